@@ -1,0 +1,1 @@
+"""kernelzoo.export: SavedModel and ONNX export."""

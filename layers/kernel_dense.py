@@ -1,0 +1,312 @@
+"""kernelNet layers: dense layers whose weight matrix is built from a kernel.
+
+`KernelDense`: W_ij = alpha_i K(u_i, v_j) (Muller 2018, Eq. 1/5): each input i
+and output j has a location in a d-dimensional space, so the layer has
+d (m + n) + m parameters instead of m n.
+`SparseKernelDense`: W = A * K_fs(u, v) (Eq. 16/17): a free matrix A masked by
+a finite-support kernel, so weights outside the support are exactly zero.
+"""
+import keras
+from keras import ops
+
+from kernelzoo.layers.kernels import DISTANCES, KERNELS, Grid2D, kernel_matrix
+
+
+def _initializer(value):
+    """Keras initializer lookup that also knows "grid" (a `Grid2D`)."""
+    if isinstance(value, str) and value.lower() == "grid":
+        return Grid2D()
+    return keras.initializers.get(value)
+
+
+def _serialize_initializer(init):
+    return keras.initializers.serialize(init)
+
+
+def _positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def _positive_float(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+class _LocationsLayer(keras.layers.Layer):
+    """Shared parts: input locations u (m, d), output locations v (n, d), bias."""
+
+    def __init__(self, units, dim, activation, use_bias,
+                 input_locations_initializer, output_locations_initializer,
+                 bias_initializer, input_locations_trainable, output_locations_trainable,
+                 input_locations_regularizer, output_locations_regularizer,
+                 bias_regularizer, kernel_values_regularizer, effective_regularizer,
+                 input_locations_constraint, output_locations_constraint,
+                 bias_constraint, **kwargs):
+        super().__init__(**kwargs)
+        self.units = _positive_int("units", units)
+        self.dim = _positive_int("dim", dim)
+        self.activation = keras.activations.get(activation)
+        self.use_bias = bool(use_bias)
+        self.input_locations_initializer = _initializer(input_locations_initializer)
+        self.output_locations_initializer = _initializer(output_locations_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.input_locations_trainable = bool(input_locations_trainable)
+        self.output_locations_trainable = bool(output_locations_trainable)
+        self.input_locations_regularizer = keras.regularizers.get(input_locations_regularizer)
+        self.output_locations_regularizer = keras.regularizers.get(output_locations_regularizer)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        self.kernel_values_regularizer = keras.regularizers.get(kernel_values_regularizer)
+        self.effective_regularizer = keras.regularizers.get(effective_regularizer)
+        self.input_locations_constraint = keras.constraints.get(input_locations_constraint)
+        self.output_locations_constraint = keras.constraints.get(output_locations_constraint)
+        self.bias_constraint = keras.constraints.get(bias_constraint)
+        for name in ("input_locations_initializer", "output_locations_initializer"):
+            if isinstance(getattr(self, name), Grid2D) and self.dim != 2:
+                raise ValueError(f"{name}='grid' needs dim=2, got dim={self.dim}")
+
+    def _build_locations(self, input_shape):
+        if input_shape[-1] is None:
+            raise ValueError("the last input dimension must be known")
+        m = int(input_shape[-1])
+        self.input_locations = self.add_weight(
+            name="input_locations", shape=(m, self.dim),
+            initializer=self.input_locations_initializer,
+            regularizer=self.input_locations_regularizer,
+            constraint=self.input_locations_constraint,
+            trainable=self.input_locations_trainable)
+        self.output_locations = self.add_weight(
+            name="output_locations", shape=(self.units, self.dim),
+            initializer=self.output_locations_initializer,
+            regularizer=self.output_locations_regularizer,
+            constraint=self.output_locations_constraint,
+            trainable=self.output_locations_trainable)
+        self.bias = None
+        if self.use_bias:
+            self.bias = self.add_weight(
+                name="bias", shape=(self.units,), initializer=self.bias_initializer,
+                regularizer=self.bias_regularizer, constraint=self.bias_constraint)
+        return m
+
+    def kernel_values(self):
+        """The (m, n) matrix K(u_i, v_j)."""
+        raise NotImplementedError
+
+    def effective_kernel(self):
+        """The effective (m, n) weight matrix W of the layer."""
+        raise NotImplementedError
+
+    def call(self, inputs):
+        k = self.kernel_values()
+        w = self._weights_from(k)
+        if self.kernel_values_regularizer is not None:
+            self.add_loss(self.kernel_values_regularizer(k))
+        if self.effective_regularizer is not None:
+            self.add_loss(self.effective_regularizer(w))
+        y = ops.matmul(inputs, w)
+        if self.bias is not None:
+            y = y + self.bias
+        return self.activation(y) if self.activation is not None else y
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.units,)
+
+    def parameter_count(self):
+        """Number of trainable scalars (the "Parameters" column of Table 4)."""
+        return int(sum(int(ops.size(w)) for w in self.trainable_weights))
+
+    def expected_macs(self, input_density=1.0):
+        """Expected multiply-accumulates per example (Table 4's "MACs").
+
+        Non-zero effective weights times the expected fraction of non-zero
+        inputs (e.g. 10 rated items out of m gives input_density = 10 / m).
+        """
+        if not 0.0 <= input_density <= 1.0:
+            raise ValueError(f"input_density must be in [0, 1], got {input_density!r}")
+        nonzero = int(ops.convert_to_numpy(ops.count_nonzero(self.effective_kernel())))
+        return float(input_density) * nonzero
+
+    def _base_config(self):
+        ser = _serialize_initializer
+        reg = keras.regularizers.serialize
+        con = keras.constraints.serialize
+        return {
+            "units": self.units, "dim": self.dim,
+            "activation": keras.activations.serialize(self.activation),
+            "use_bias": self.use_bias,
+            "input_locations_initializer": ser(self.input_locations_initializer),
+            "output_locations_initializer": ser(self.output_locations_initializer),
+            "bias_initializer": ser(self.bias_initializer),
+            "input_locations_trainable": self.input_locations_trainable,
+            "output_locations_trainable": self.output_locations_trainable,
+            "input_locations_regularizer": reg(self.input_locations_regularizer),
+            "output_locations_regularizer": reg(self.output_locations_regularizer),
+            "bias_regularizer": reg(self.bias_regularizer),
+            "kernel_values_regularizer": reg(self.kernel_values_regularizer),
+            "effective_regularizer": reg(self.effective_regularizer),
+            "input_locations_constraint": con(self.input_locations_constraint),
+            "output_locations_constraint": con(self.output_locations_constraint),
+            "bias_constraint": con(self.bias_constraint),
+        }
+
+
+@keras.saving.register_keras_serializable(package="kernelzoo")
+class KernelDense(_LocationsLayer):
+    """Dense layer with W_ij = alpha_i K(u_i, v_j) (Eq. 1/5).
+
+    Args:
+        units: output size n.
+        kernel: "rbf", "dot", "poly", "tanh" or "finite_support".
+        dim: dimension d of the locations u_i, v_j.
+        gamma: RBF width (Eq. 6). degree, offset: polynomial (u.v + offset)^degree.
+        scale: the a of the finite-support kernel (Eq. 7); distance: "euclidean"
+            or "squared" distance inside it.
+        use_alpha / alpha_trainable: per-input scale alpha_i, learned or fixed.
+        *_locations_initializer: any Keras initializer or "grid" (a `Grid2D`:
+            pixel locations of an image input, a square grid of units).
+        *_locations_trainable: learn the locations or keep them fixed.
+        kernel_values_regularizer: applied to K(u, v) (Eq. 8, lambda_0).
+        effective_regularizer: applied to the effective W.
+        activation, use_bias, bias_*: as in `keras.layers.Dense`.
+    """
+
+    def __init__(self, units, kernel="rbf", dim=2, gamma=1.0, degree=2, offset=1.0,
+                 scale=1.0, distance="euclidean", activation=None, use_bias=True,
+                 use_alpha=True, alpha_trainable=True, alpha_initializer="glorot_uniform",
+                 input_locations_initializer="random_normal",
+                 output_locations_initializer="random_normal", bias_initializer="zeros",
+                 input_locations_trainable=True, output_locations_trainable=True,
+                 alpha_regularizer=None, input_locations_regularizer=None,
+                 output_locations_regularizer=None, bias_regularizer=None,
+                 kernel_values_regularizer=None, effective_regularizer=None,
+                 alpha_constraint=None, input_locations_constraint=None,
+                 output_locations_constraint=None, bias_constraint=None, **kwargs):
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+        if distance not in DISTANCES:
+            raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
+        self.kernel = kernel
+        self.gamma = _positive_float("gamma", gamma)
+        self.degree = _positive_int("degree", degree)
+        if isinstance(offset, bool) or not isinstance(offset, (int, float)):
+            raise ValueError(f"offset must be a number, got {offset!r}")
+        self.offset = float(offset)
+        self.scale = _positive_float("scale", scale)
+        self.distance = distance
+        self.use_alpha = bool(use_alpha)
+        self.alpha_trainable = bool(alpha_trainable)
+        self.alpha_initializer = keras.initializers.get(alpha_initializer)
+        self.alpha_regularizer = keras.regularizers.get(alpha_regularizer)
+        self.alpha_constraint = keras.constraints.get(alpha_constraint)
+        super().__init__(
+            units, dim, activation, use_bias, input_locations_initializer,
+            output_locations_initializer, bias_initializer, input_locations_trainable,
+            output_locations_trainable, input_locations_regularizer,
+            output_locations_regularizer, bias_regularizer, kernel_values_regularizer,
+            effective_regularizer, input_locations_constraint,
+            output_locations_constraint, bias_constraint, **kwargs)
+
+    def build(self, input_shape):
+        m = self._build_locations(input_shape)
+        self.alpha = None
+        if self.use_alpha:
+            self.alpha = self.add_weight(
+                name="alpha", shape=(m,), initializer=self.alpha_initializer,
+                regularizer=self.alpha_regularizer, constraint=self.alpha_constraint,
+                trainable=self.alpha_trainable)
+
+    def kernel_values(self):
+        return kernel_matrix(self.input_locations, self.output_locations, self.kernel,
+                             gamma=self.gamma, degree=self.degree, offset=self.offset,
+                             scale=self.scale, distance=self.distance)
+
+    def _weights_from(self, k):
+        if self.alpha is None:
+            return k
+        return ops.expand_dims(self.alpha, -1) * k
+
+    def effective_kernel(self):
+        return self._weights_from(self.kernel_values())
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(self._base_config())
+        config.update({
+            "kernel": self.kernel, "gamma": self.gamma, "degree": self.degree,
+            "offset": self.offset, "scale": self.scale, "distance": self.distance,
+            "use_alpha": self.use_alpha, "alpha_trainable": self.alpha_trainable,
+            "alpha_initializer": _serialize_initializer(self.alpha_initializer),
+            "alpha_regularizer": keras.regularizers.serialize(self.alpha_regularizer),
+            "alpha_constraint": keras.constraints.serialize(self.alpha_constraint),
+        })
+        return config
+
+
+@keras.saving.register_keras_serializable(package="kernelzoo")
+class SparseKernelDense(_LocationsLayer):
+    """Sparse fully-connected layer W = A * K_fs(u, v) (Eq. 16/17).
+
+    A is a free (m, n) matrix; K_fs(u, v) = max(0, 1 - scale * D(u_i, v_j))
+    (Eq. 7) zeroes every weight whose locations are further apart than the
+    support, so W has exact zeros. Sec. 3.5.2's regularisers are Keras
+    regularisers: lambda_2 via `kernel_regularizer` (on A) or
+    `effective_regularizer` (on W), lambda_0 via `kernel_values_regularizer`
+    (on K_fs, Eq. 8). The paper's MovieLens code uses distance="squared" and
+    locations drawn from N(0, 1e-3) (all weights start inside the support).
+    """
+
+    def __init__(self, units, dim=5, scale=1.0, distance="squared", activation=None,
+                 use_bias=True, kernel_initializer="glorot_uniform",
+                 input_locations_initializer=None, output_locations_initializer=None,
+                 bias_initializer="zeros", input_locations_trainable=True,
+                 output_locations_trainable=True, kernel_regularizer=None,
+                 input_locations_regularizer=None, output_locations_regularizer=None,
+                 bias_regularizer=None, kernel_values_regularizer=None,
+                 effective_regularizer=None, kernel_constraint=None,
+                 input_locations_constraint=None, output_locations_constraint=None,
+                 bias_constraint=None, **kwargs):
+        if distance not in DISTANCES:
+            raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
+        self.scale = _positive_float("scale", scale)
+        self.distance = distance
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.kernel_constraint = keras.constraints.get(kernel_constraint)
+        small = {"class_name": "TruncatedNormal", "config": {"mean": 0.0, "stddev": 1e-3}}
+        super().__init__(
+            units, dim, activation, use_bias,
+            small if input_locations_initializer is None else input_locations_initializer,
+            small if output_locations_initializer is None else output_locations_initializer,
+            bias_initializer, input_locations_trainable, output_locations_trainable,
+            input_locations_regularizer, output_locations_regularizer, bias_regularizer,
+            kernel_values_regularizer, effective_regularizer, input_locations_constraint,
+            output_locations_constraint, bias_constraint, **kwargs)
+
+    def build(self, input_shape):
+        m = self._build_locations(input_shape)
+        self.kernel = self.add_weight(
+            name="kernel", shape=(m, self.units), initializer=self.kernel_initializer,
+            regularizer=self.kernel_regularizer, constraint=self.kernel_constraint)
+
+    def kernel_values(self):
+        return kernel_matrix(self.input_locations, self.output_locations,
+                             "finite_support", scale=self.scale, distance=self.distance)
+
+    def _weights_from(self, k):
+        return self.kernel * k
+
+    def effective_kernel(self):
+        return self._weights_from(self.kernel_values())
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(self._base_config())
+        config.update({
+            "scale": self.scale, "distance": self.distance,
+            "kernel_initializer": _serialize_initializer(self.kernel_initializer),
+            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+            "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
+        })
+        return config

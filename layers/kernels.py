@@ -1,0 +1,108 @@
+"""Kernel functions K(u, v) of kernelNet layers and the 2D grid initializer.
+
+Muller, *Kernelized Synaptic Weight Matrices* (ICML 2018): dot product (Eq. 3),
+polynomial, Gaussian RBF (Eq. 6), finite support (Eq. 7) and tanh (Eq. 12).
+All functions take location matrices u (m, d) and v (n, d) and return the
+(m, n) matrix K(u_i, v_j), written with `keras.ops` so any backend runs them.
+"""
+import math
+
+import keras
+from keras import ops
+
+KERNELS = ("dot", "poly", "rbf", "tanh", "finite_support")
+DISTANCES = ("euclidean", "squared")
+
+
+def squared_distances(u, v):
+    """||u_i - v_j||^2 for all pairs, as an (m, n) matrix (clamped at 0)."""
+    uu = ops.sum(u * u, axis=-1, keepdims=True)
+    vv = ops.sum(v * v, axis=-1)
+    d2 = uu + ops.expand_dims(vv, 0) - 2.0 * ops.matmul(u, ops.transpose(v))
+    return ops.maximum(d2, 0.0)
+
+
+def kernel_matrix(u, v, kernel, gamma=1.0, degree=2, offset=1.0, scale=1.0,
+                  distance="euclidean"):
+    """K(u_i, v_j) for the named kernel.
+
+    dot: u.v; poly: (u.v + offset)^degree; rbf: exp(-gamma ||u-v||^2);
+    tanh: tanh(u.v); finite_support: max(0, 1 - scale * D(u, v)) with D the
+    Euclidean distance or, with distance="squared", its square (the form used
+    by the paper's MovieLens code).
+    """
+    if kernel in ("dot", "poly", "tanh"):
+        dot = ops.matmul(u, ops.transpose(v))
+        if kernel == "dot":
+            return dot
+        if kernel == "tanh":
+            return ops.tanh(dot)
+        return ops.power(dot + offset, degree)
+    d2 = squared_distances(u, v)
+    if kernel == "rbf":
+        return ops.exp(-gamma * d2)
+    if kernel == "finite_support":
+        # sqrt has an infinite slope at 0: keep the gradient finite there
+        dist = d2 if distance == "squared" else ops.sqrt(ops.maximum(d2, 1e-12))
+        return ops.relu(1.0 - scale * dist)
+    raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+
+
+def grid_shape(n):
+    """(rows, cols) of the most square grid with rows * cols == n."""
+    rows = int(math.isqrt(n))
+    while n % rows:
+        rows -= 1
+    return rows, n // rows
+
+
+@keras.saving.register_keras_serializable(package="kernelzoo")
+class Grid2D(keras.initializers.Initializer):
+    """Locations on a regular 2D grid spanning [minval, maxval]^2 (Sec. 3.2).
+
+    For an (n, 2) weight: `repeats` stacked copies of a rows x cols grid,
+    row-major, so pixel i of a flattened H x W image gets the location of
+    pixel i (rows=H, cols=W), and C parallel grids of units get C copies.
+    rows/cols default to the most square factorisation of n / repeats.
+    """
+
+    def __init__(self, rows=None, cols=None, repeats=1, minval=0.0, maxval=1.0):
+        for name, val in (("rows", rows), ("cols", cols)):
+            if val is not None and (not isinstance(val, int) or val < 1):
+                raise ValueError(f"{name} must be a positive int or None, got {val!r}")
+        if not isinstance(repeats, int) or repeats < 1:
+            raise ValueError(f"repeats must be a positive int, got {repeats!r}")
+        if not maxval > minval:
+            raise ValueError(f"maxval must exceed minval, got minval={minval}, maxval={maxval}")
+        self.rows, self.cols, self.repeats = rows, cols, repeats
+        self.minval, self.maxval = float(minval), float(maxval)
+
+    def __call__(self, shape, dtype=None):
+        if len(shape) != 2 or shape[1] != 2 or shape[0] % self.repeats:
+            raise ValueError(
+                f"Grid2D needs a shape (repeats * rows * cols, 2), got {tuple(shape)} "
+                f"with repeats={self.repeats}")
+        n = shape[0] // self.repeats
+        rows, cols = self.rows, self.cols
+        if rows is None and cols is None:
+            rows, cols = grid_shape(n)
+        elif rows is None:
+            rows = n // cols
+        elif cols is None:
+            cols = n // rows
+        if rows * cols != n:
+            raise ValueError(f"grid {rows}x{cols} does not hold {n} locations")
+
+        def axis(k):
+            step = (self.maxval - self.minval) / max(k - 1, 1)
+            return ops.arange(k, dtype="float32") * step + self.minval
+
+        yy = ops.repeat(axis(rows), cols)
+        xx = ops.tile(axis(cols), [rows])
+        grid = ops.stack([yy, xx], axis=1)
+        grid = ops.tile(grid, [self.repeats, 1])
+        return ops.cast(grid, dtype or "float32")
+
+    def get_config(self):
+        return {"rows": self.rows, "cols": self.cols, "repeats": self.repeats,
+                "minval": self.minval, "maxval": self.maxval}

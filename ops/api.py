@@ -1,0 +1,274 @@
+"""Public SimNets operators: argument checks, the normalisation term, and dispatch.
+
+`similarity` and `mex` validate everything before any kernel runs, then call the
+custom TensorFlow op (TF backend with the op library built) or the composite
+`keras.ops` implementation. `KERNELZOO_OPS=auto|custom|composite` or the
+`implementation(...)` context manager force a path.
+"""
+import contextlib
+import math
+import os
+import threading
+
+import keras
+import numpy as np
+from keras import ops
+
+from kernelzoo.ops import composite
+from kernelzoo.ops.shapes import normalize_padding, normalize_tuple, output_size
+
+SIMILARITIES = ("linear", "l1", "l2", "lp")
+IMPLEMENTATIONS = ("auto", "custom", "composite")
+_FIXED_P = {"l1": 1.0, "l2": 2.0}
+_override = threading.local()
+
+
+@contextlib.contextmanager
+def implementation(name):
+    """Force "custom", "composite" or "auto" inside a `with` block (this thread only)."""
+    check_choice("implementation", name, IMPLEMENTATIONS)
+    previous = getattr(_override, "name", None)
+    _override.name = name
+    try:
+        yield
+    finally:
+        _override.name = previous
+
+
+def selected_implementation():
+    """The implementation the next call will use: "custom" or "composite"."""
+    mode = getattr(_override, "name", None) or os.environ.get("KERNELZOO_OPS", "auto").lower()
+    check_choice("KERNELZOO_OPS", mode, IMPLEMENTATIONS)
+    if mode == "composite":
+        return "composite"
+    tensorflow_backend = keras.backend.backend() == "tensorflow"
+    if mode == "custom":
+        if not tensorflow_backend:
+            raise RuntimeError("KERNELZOO_OPS=custom needs the TensorFlow Keras backend, "
+                               f"not {keras.backend.backend()!r}")
+        from kernelzoo.ops import library
+        library.load()  # raises with the build error
+        return "custom"
+    if tensorflow_backend:
+        from kernelzoo.ops import library
+        if library.available():
+            return "custom"
+    return "composite"
+
+
+def _backend_module():
+    if selected_implementation() == "custom":
+        from kernelzoo.ops import custom
+        return custom
+    return composite
+
+
+def similarity(inputs, templates, weights=None, *, similarity="l2", p=None, strides=(1, 1), padding="valid",
+               normalization_term=False, ignore_nan=False):
+    """SimNets similarity layer output: out[i, j, l] = sum_d u[d, l] * phi(x_ij[d], z[d, l]).
+
+    Args:
+      inputs: (N, H, W, C) images or feature maps (NHWC).
+      templates: (kh, kw, C, n), laid out like a Conv2D kernel.
+      weights: same shape as `templates`, >= 0; None means all ones (unweighted).
+      similarity: "linear" (phi = x z), "l1" (-|x - z|), "l2" (-(x - z)^2) or "lp" (-|x - z|^p).
+      p: for "lp": a scalar or per-template (n,) tensor, > 0 (differentiable).
+      strides, padding: as Conv2D. "same" pads with zeros, or NaN with `ignore_nan`.
+      normalization_term: (l1/l2/lp) add sum_d [log p + log(u_d)/p - log 2 - lgamma(1/p)],
+        the log-normaliser of the weighted generalised-Gaussian density, so the output is a
+        log-likelihood (paper 000 Sec. 5). With `ignore_nan` only observed entries count.
+      ignore_nan: NaN entries contribute 0 (they are marginalised out).
+
+    Returns:
+      (N, H', W', n) float32.
+    """
+    kind = check_choice("similarity", similarity, SIMILARITIES)
+    strides = normalize_tuple(strides, "strides")
+    padding = normalize_padding(padding)
+    inputs = _float32(inputs, "inputs")
+    templates = _float32(templates, "templates")
+    _check_rank(inputs, 4, "inputs", "(batch, height, width, channels)")
+    _check_rank(templates, 4, "templates", "(kernel_h, kernel_w, channels, n)")
+    kh, kw, channels, n = templates.shape
+    if inputs.shape[-1] != channels:
+        raise ValueError(f"`inputs` has {inputs.shape[-1]} channels but `templates` expects {channels} "
+                         f"(templates shape {tuple(templates.shape)})")
+    _check_window_fits(inputs, (kh, kw), padding, "templates spatial size")
+    if weights is None:
+        weights = ops.ones_like(templates)
+    else:
+        weights = _float32(weights, "weights")
+        if tuple(weights.shape) != tuple(templates.shape):
+            raise ValueError(f"`weights` must have the shape of `templates` {tuple(templates.shape)}, "
+                             f"got {tuple(weights.shape)}")
+        _check_concrete(weights, lambda w: not np.any(w < 0), "weights", "must be >= 0 (negative weights passed to the op)")
+    p_vector = _similarity_p(kind, p, n)
+    if normalization_term and kind == "linear":
+        raise ValueError("`normalization_term` applies to the l1/l2/lp similarities, not 'linear'")
+
+    core = _backend_module().similarity(inputs, templates, weights, p_vector, similarity=kind,
+                                        strides=strides, padding=padding, ignore_nan=bool(ignore_nan))
+    if not normalization_term:
+        return core
+    log_normaliser = (ops.log(p_vector) + ops.log(weights) / p_vector - math.log(2.0)
+                      - log_gamma(1.0 / p_vector))  # (kh, kw, C, n)
+    if ignore_nan:
+        return core + composite.valid_sum(inputs, log_normaliser, strides=strides, padding=padding)
+    return core + ops.sum(log_normaliser, axis=(0, 1, 2))
+
+
+def mex(inputs, xi, *, num_instances=1, pool_size=(1, 1), channel_block=None, strides=None, padding="valid",
+        offsets=None, c=None, softmax_mode=False):
+    """SimNets MEX layer output: MEX_xi{inp(s) + b[region, instance, s] for s in block, c[instance]}.
+
+    MEX_xi{c_1..c_n} = (1/xi) log((1/n) sum_i exp(xi c_i)): max as xi -> +inf, mean at
+    xi = 0, min as xi -> -inf (paper 000 Eq. 1).
+
+    Args:
+      inputs: (N, H, W, C).
+      xi: scalar or per-instance (num_instances,); any real, 0 and +-inf included.
+      num_instances: MEX instances per block (e.g. one per class).
+      pool_size: spatial block size; strides default to pool_size (like MaxPool2D).
+      channel_block: channels per block (C must be a multiple); None = all channels.
+      padding: "valid" or "same" (padded entries are left out of the block).
+      offsets: None or (R_h, R_w, num_instances, bh, bw, channel_block): offsets b per region
+        of a R_h x R_w grid over the output positions (1x1 = shared, output size = unshared).
+      c: None, scalar or (num_instances,): an extra element joining each block.
+      softmax_mode: log-sum-exp without the 1/n.
+
+    Returns:
+      (N, H', W', num_blocks * num_instances) float32, channel j * num_instances + k.
+    """
+    inputs = _float32(inputs, "inputs")
+    _check_rank(inputs, 4, "inputs", "(batch, height, width, channels)")
+    channels = inputs.shape[-1]
+    k = positive_int(num_instances, "num_instances")
+    pool_size = normalize_tuple(pool_size, "pool_size")
+    strides = pool_size if strides is None else normalize_tuple(strides, "strides")
+    padding = normalize_padding(padding)
+    channel_block = channels if channel_block is None else positive_int(channel_block, "channel_block")
+    if channels is None or channels % channel_block:
+        raise ValueError(f"`channel_block`={channel_block} must divide the number of input channels ({channels})")
+    _check_window_fits(inputs, pool_size, padding, "pool_size")
+    if padding == "same" and None in inputs.shape[1:3]:
+        raise ValueError("padding='same' needs static spatial dimensions in `inputs`, "
+                         f"got shape {tuple(inputs.shape)}")
+    if softmax_mode and isinstance(xi, (int, float)) and xi == 0:
+        raise ValueError("`xi`=0 with softmax_mode=True is log(n)/0 = inf; use xi != 0")
+    xi = _per_instance(xi, k, "xi")
+    _check_concrete(xi, lambda v: not np.any(np.isnan(v)), "xi", "must not be NaN")
+    if c is not None:
+        c = _per_instance(c, k, "c")
+    if offsets is not None:
+        offsets = _float32(offsets, "offsets")
+        _check_offsets(offsets, inputs, k, pool_size, channel_block, strides, padding)
+    return _backend_module().mex(inputs, xi, offsets, c, num_instances=k, pool_size=pool_size,
+                                 channel_block=channel_block, strides=strides, padding=padding,
+                                 softmax_mode=bool(softmax_mode))
+
+
+def log_gamma(x):
+    """log Gamma(x) for x > 0 in keras.ops (differentiable; keras.ops has no lgamma).
+
+    Shifts x up by 6 with Gamma(x + 1) = x Gamma(x), then Stirling's series
+    (absolute error < 1e-10 for arguments >= 6).
+    """
+    shift = x * (x + 1) * (x + 2) * (x + 3) * (x + 4) * (x + 5)
+    z = x + 6.0
+    inv = 1.0 / z
+    inv2 = inv * inv
+    series = inv * (1.0 / 12 - inv2 * (1.0 / 360 - inv2 * (1.0 / 1260 - inv2 / 1680)))
+    return (z - 0.5) * ops.log(z) - z + 0.5 * math.log(2 * math.pi) + series - ops.log(shift)
+
+
+def _similarity_p(kind, p, n):
+    """Per-template exponent (n,) float32: fixed for l1/l2/linear, given for lp."""
+    if kind != "lp":
+        if p is not None and not (kind in _FIXED_P and _is_number(p) and float(p) == _FIXED_P[kind]):
+            raise ValueError(f"`p` is only used with similarity='lp' (got p={p!r} with similarity={kind!r})")
+        return ops.full((n,), _FIXED_P.get(kind, 1.0), dtype="float32")
+    if p is None:
+        raise ValueError("similarity='lp' needs `p` (a scalar or one value per template), got None")
+    if _is_number(p):
+        if not float(p) > 0:
+            raise ValueError(f"`p` must be > 0, got {p!r}")
+        return ops.full((n,), float(p), dtype="float32")
+    p = _float32(p, "p")
+    if tuple(p.shape) not in ((), (n,)):
+        raise ValueError(f"`p` must be a scalar or have shape ({n},) (one per template), got {tuple(p.shape)}")
+    _check_concrete(p, lambda v: np.all(v > 0), "p", "must be > 0")
+    return ops.broadcast_to(p, (n,))
+
+
+def _check_offsets(offsets, inputs, k, pool_size, channel_block, strides, padding):
+    out_h = output_size(inputs.shape[1], pool_size[0], strides[0], padding)
+    out_w = output_size(inputs.shape[2], pool_size[1], strides[1], padding)
+    expected_tail = (k, pool_size[0], pool_size[1], channel_block)
+    shape = tuple(offsets.shape)
+    if len(shape) != 6 or shape[2:] != expected_tail:
+        raise ValueError("`offsets` must have shape (R_h, R_w, num_instances, pool_h, pool_w, channel_block) = "
+                         f"(R_h, R_w) + {expected_tail}, got {shape}")
+    if out_h is None or out_w is None:
+        if shape[:2] != (1, 1):
+            raise ValueError("offsets by region need static spatial dimensions in `inputs`")
+        return
+    if not (1 <= shape[0] <= out_h and 1 <= shape[1] <= out_w):
+        raise ValueError(f"`offsets` region grid {shape[:2]} must lie between (1, 1) and the output size "
+                         f"({out_h}, {out_w})")
+
+
+def _check_window_fits(inputs, window, padding, name):
+    size = tuple(inputs.shape[1:3])
+    if padding == "valid" and all(s is not None for s in size) and (window[0] > size[0] or window[1] > size[1]):
+        raise ValueError(f"`{name}` {tuple(window)} is larger than the input's spatial size {size} "
+                         "(use padding='same' or a smaller window)")
+
+
+def _per_instance(value, k, name):
+    value = _float32(value, name)
+    if tuple(value.shape) not in ((), (1,), (k,)):
+        raise ValueError(f"`{name}` must be a scalar or have shape ({k},) (one per instance), "
+                         f"got {tuple(value.shape)}")
+    return ops.broadcast_to(ops.reshape(value, (-1,)), (k,)) if tuple(value.shape) != (k,) else value
+
+
+def _float32(value, name):
+    try:
+        tensor = ops.convert_to_tensor(value)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"`{name}` must be a tensor or array, got {type(value).__name__}: {error}") from None
+    if not keras.backend.is_float_dtype(tensor.dtype) and not keras.backend.is_int_dtype(tensor.dtype):
+        raise ValueError(f"`{name}` must be numeric, got dtype {tensor.dtype}")
+    return ops.cast(tensor, "float32")
+
+
+def _check_rank(tensor, rank, name, layout):
+    if len(tensor.shape) != rank:
+        raise ValueError(f"`{name}` must be a {rank}D tensor {layout}, got shape {tuple(tensor.shape)}")
+
+
+def check_choice(name, value, choices):
+    normalized = str(value).lower()
+    if normalized not in choices:
+        raise ValueError(f"`{name}` must be one of {choices}, got {value!r}")
+    return normalized
+
+
+def positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"`{name}` must be a positive int, got {value!r}")
+    return int(value)
+
+
+def _is_number(value):
+    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+
+
+def _check_concrete(tensor, predicate, name, requirement):
+    """Check a tensor's values when they are known now (eager); symbolic tensors pass."""
+    try:
+        values = ops.convert_to_numpy(tensor)
+    except Exception:  # symbolic (inside tf.function / tracing): checked by the kernels
+        return
+    if not predicate(values):
+        raise ValueError(f"`{name}` {requirement}")

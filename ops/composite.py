@@ -1,0 +1,188 @@
+"""Composite implementation of the SimNets operators in `keras.ops`.
+
+This is the reference the custom TensorFlow ops are tested against, the
+fallback on every Keras backend (JAX included), and what export traces: it uses
+only convolutions, slicing, elementwise maths and reductions, all of which
+tf2onnx maps to standard ONNX ops.
+
+Both functions take arguments already validated and normalised by
+`kernelzoo.ops.api` (float32 tensors, tuples, lower-case padding).
+"""
+import numpy as np
+from keras import ops
+
+from kernelzoo.ops.shapes import output_size, pad_amounts
+
+# Elements of the (positions x patch x templates) slab that the lp path builds at
+# once, per image. Larger is faster, smaller saves memory.
+_LP_CHUNK_ELEMENTS = 1 << 20
+# Below |xi| * (max - min) < this, MEX uses its cumulant series (stable at xi -> 0).
+SERIES_THRESHOLD = 1e-3
+
+
+def similarity(inputs, templates, weights, p, *, similarity, strides, padding, ignore_nan):
+    """sum_d u[d, l] * phi(x_ij[d], z[d, l]) for every patch x_ij and template l.
+
+    inputs (N, H, W, C); templates and weights (kh, kw, C, n); p (n,) used by "lp".
+    Output (N, H', W', n). See `kernelzoo.ops.similarity` for the semantics.
+    """
+    x, valid = _split_nan(inputs) if ignore_nan else (inputs, None)
+    conv = lambda t, k: ops.conv(t, k, strides=strides, padding=padding)  # noqa: E731
+    if similarity == "linear":
+        return conv(x, weights * templates)
+    if similarity == "l2":
+        # -sum u (x - z)^2 = -(sum u x^2 - 2 sum u z x + sum u z^2): three convolutions.
+        uz = weights * templates
+        const = conv(valid, uz * templates) if ignore_nan else ops.sum(uz * templates, axis=(0, 1, 2))
+        return 2.0 * conv(x, uz) - conv(ops.square(x), weights) - const
+    return _lp_similarity(x, valid, templates, weights, p, similarity, strides, padding)
+
+
+def valid_sum(inputs, kernel, *, strides, padding):
+    """sum_d kernel[d, l] over the non-NaN entries of each patch (NaN padding for "same")."""
+    return ops.conv(_split_nan(inputs)[1], kernel, strides=strides, padding=padding)
+
+
+def _split_nan(inputs):
+    """(inputs with NaN -> 0, 1.0 where the entry is a number else 0.0)."""
+    missing = ops.isnan(inputs)
+    return ops.where(missing, 0.0, inputs), ops.cast(ops.logical_not(missing), inputs.dtype)
+
+
+def _lp_similarity(x, valid, templates, weights, p, similarity, strides, padding):
+    """l1 / lp similarity on patches extracted by a one-hot convolution, templates in chunks."""
+    kh, kw, channels, n = templates.shape
+    depth = kh * kw * channels
+    one_hot = ops.convert_to_tensor(np.eye(depth, dtype="float32").reshape(kh, kw, channels, depth))
+    patches = ops.conv(x, one_hot, strides=strides, padding=padding)[..., :, None]  # (N, H', W', D, 1)
+    patch_valid = None
+    if valid is not None:
+        patch_valid = ops.conv(valid, one_hot, strides=strides, padding=padding)[..., :, None]
+    z = ops.reshape(templates, (depth, n))
+    u = ops.reshape(weights, (depth, n))
+    positions = max(1, (patches.shape[1] or 1) * (patches.shape[2] or 1))
+    chunk = max(1, _LP_CHUNK_ELEMENTS // (positions * depth))
+    outputs = []
+    for start in range(0, n, chunk):
+        part = slice(start, min(start + chunk, n))
+        distance = ops.abs(patches - z[:, part])
+        if similarity == "lp":
+            distance = _safe_pow(distance, p[part])
+        term = u[:, part] * distance
+        if patch_valid is not None:
+            term = term * patch_valid
+        outputs.append(-ops.sum(term, axis=-2))
+    return outputs[0] if len(outputs) == 1 else ops.concatenate(outputs, axis=-1)
+
+
+def _safe_pow(base, exponent):
+    """base ** exponent for base >= 0, with finite gradients (0) at base == 0."""
+    positive = base > 0
+    safe = ops.where(positive, base, 1.0)
+    return ops.where(positive, ops.exp(exponent * ops.log(safe)), 0.0)
+
+
+def mex(inputs, xi, offsets, c, *, num_instances, pool_size, channel_block, strides, padding, softmax_mode):
+    """MEX over blocks of pool_size x channel_block entries, for each of num_instances instances.
+
+    inputs (N, H, W, C); xi (K,); offsets None or (Rh, Rw, K, bh, bw, bc); c None or (K,).
+    Output (N, H', W', nb * K), channel j * K + k for channel block j and instance k.
+    """
+    _, height, width, channels = inputs.shape
+    k = num_instances
+    bh, bw = pool_size
+    nb = channels // channel_block
+    blocks, valid = _extract_blocks(inputs, pool_size, strides, padding)  # (N, H', W', bh*bw, C)
+    out_h, out_w = blocks.shape[1], blocks.shape[2]
+    size = bh * bw * channel_block
+    values = ops.reshape(blocks, (-1, out_h, out_w, bh * bw, nb, channel_block))
+    values = ops.reshape(ops.transpose(values, (0, 1, 2, 4, 3, 5)), (-1, out_h, out_w, nb, 1, size))
+    if offsets is not None:
+        values = values + _offsets_per_position(offsets, out_h, out_w, k, size)
+    elif k > 1 or c is not None:
+        values = values + ops.zeros((k, 1), dtype=values.dtype)
+    if valid is not None:
+        valid = np.repeat(valid, channel_block, axis=-1).reshape(1, out_h, out_w, 1, 1, size)
+    if c is not None:
+        c_column = ops.zeros_like(values[..., :1]) + ops.reshape(c, (k, 1))
+        values = ops.concatenate([values, c_column], axis=-1)
+        if valid is not None:
+            valid = np.concatenate([valid, np.ones(valid.shape[:-1] + (1,), bool)], axis=-1)
+    out = mex_reduce(values, ops.reshape(xi, (k, 1)), valid, softmax_mode)
+    return ops.reshape(out, (-1, out_h, out_w, nb * k))
+
+
+def mex_reduce(values, xi, valid=None, softmax_mode=False):
+    """MEX_xi over the last axis of `values` (keepdims=False), entries where `valid` is False excluded.
+
+    Stable for any xi in [-inf, inf]: max-shifted log-sum-exp via expm1/log1p, the
+    cumulant series mean + xi var / 2 + xi^2 mu3 / 6 when |xi| * range is tiny
+    (so xi = 0 is exactly the mean with d/dxi = var / 2), max / min at +-inf.
+    """
+    if valid is None:
+        count = float(values.shape[-1])
+        masked = lambda t, fill: t  # noqa: E731
+    else:
+        valid = ops.convert_to_tensor(np.asarray(valid, bool))
+        count = ops.sum(ops.cast(valid, values.dtype), axis=-1, keepdims=True)
+        masked = lambda t, fill: ops.where(valid, t, fill)  # noqa: E731
+    vmax = ops.max(masked(values, -np.inf), axis=-1, keepdims=True)
+    vmin = ops.min(masked(values, np.inf), axis=-1, keepdims=True)
+    mean = ops.sum(masked(values, 0.0), axis=-1, keepdims=True) / count
+
+    finite = ops.logical_and(ops.isfinite(xi), ops.not_equal(xi, 0.0))
+    xi_safe = ops.where(finite, xi, 1.0)
+    shift = ops.where(xi_safe > 0, vmax, vmin)
+    scaled = masked(xi_safe * (values - shift), 0.0)
+    general = shift + ops.log1p(ops.sum(masked(ops.expm1(scaled), 0.0), axis=-1, keepdims=True) / count) / xi_safe
+
+    small = ops.abs(ops.where(ops.isfinite(xi), xi, 0.0)) * (vmax - vmin) < SERIES_THRESHOLD
+    small = ops.logical_and(small, ops.isfinite(xi))
+    xi_small = ops.where(small, xi, 0.0)
+    centred = masked(values - mean, 0.0)
+    var = ops.sum(ops.square(centred), axis=-1, keepdims=True) / count
+    mu3 = ops.sum(centred * ops.square(centred), axis=-1, keepdims=True) / count
+    series = mean + xi_small * var / 2.0 + ops.square(xi_small) * mu3 / 6.0
+
+    out = ops.where(small, series, general)
+    out = ops.where(xi == np.inf, vmax, ops.where(xi == -np.inf, vmin, out))
+    if softmax_mode:
+        xi_nonzero = ops.where(ops.equal(xi, 0.0), 1.0, xi)
+        out = ops.where(ops.equal(xi, 0.0), np.inf, out + ops.log(count) / xi_nonzero)
+    return ops.squeeze(out, axis=-1)
+
+
+def _extract_blocks(inputs, pool_size, strides, padding):
+    """(N, H', W', bh*bw, C) blocks in (a, b) row-major order, and a static validity mask.
+
+    The mask, (H', W', bh*bw) bool, is None when no block reaches into "same" padding.
+    Non-overlapping "valid" blocks use a reshape; others one strided slice per offset.
+    """
+    _, height, width, channels = inputs.shape
+    (bh, bw), (sh, sw) = pool_size, strides
+    out_h, out_w = output_size(height, bh, sh, padding), output_size(width, bw, sw, padding)
+    pads = (pad_amounts(height, bh, sh, padding), pad_amounts(width, bw, sw, padding))
+    valid = None
+    if any(pads[0] + pads[1]):
+        inputs = ops.pad(inputs, ((0, 0), pads[0], pads[1], (0, 0)))
+        mask = np.pad(np.ones((height, width), bool), pads)
+        valid = np.stack([mask[a:a + sh * (out_h - 1) + 1:sh, b:b + sw * (out_w - 1) + 1:sw]
+                          for a in range(bh) for b in range(bw)], axis=-1)
+    if (bh, bw) == (sh, sw):
+        cropped = inputs[:, :out_h * bh, :out_w * bw, :]
+        blocks = ops.reshape(cropped, (-1, out_h, bh, out_w, bw, channels))
+        blocks = ops.reshape(ops.transpose(blocks, (0, 1, 3, 2, 4, 5)), (-1, out_h, out_w, bh * bw, channels))
+    else:
+        blocks = ops.stack([inputs[:, a:a + sh * (out_h - 1) + 1:sh, b:b + sw * (out_w - 1) + 1:sw, :]
+                            for a in range(bh) for b in range(bw)], axis=3)
+    return blocks, valid
+
+
+def _offsets_per_position(offsets, out_h, out_w, k, size):
+    """Offsets (Rh, Rw, K, bh, bw, bc) -> (1, H', W', 1, K, bh*bw*bc), region by region."""
+    regions_h, regions_w = offsets.shape[0], offsets.shape[1]
+    flat = ops.reshape(offsets, (regions_h, regions_w, k, size))
+    rows = (np.arange(out_h) * regions_h) // out_h
+    cols = (np.arange(out_w) * regions_w) // out_w
+    per_position = ops.take(ops.take(flat, rows, axis=0), cols, axis=1)
+    return ops.reshape(per_position, (1, out_h, out_w, 1, k, size))

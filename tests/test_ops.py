@@ -1,0 +1,319 @@
+"""The similarity and MEX operators against direct NumPy references and the paper's special cases.
+
+Every test runs under each implementation (`impl` fixture: composite, and the
+custom TF op when its library builds here).
+"""
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy.special import gammaln
+
+from kernelzoo import ops as kops
+
+
+def similarity_reference(x, z, u, kind, p=None, strides=(1, 1), ignore_nan=False):
+    """Direct float64 loops over patches ("valid" padding)."""
+    x, z, u = (np.asarray(a, np.float64) for a in (x, z, u))
+    n_img, height, width, _ = x.shape
+    kh, kw, _, n = z.shape
+    out_h, out_w = (height - kh) // strides[0] + 1, (width - kw) // strides[1] + 1
+    zz, uu = z.reshape(-1, n), u.reshape(-1, n)
+    pp = np.broadcast_to(np.asarray(2.0 if p is None else p, np.float64), (n,))
+    out = np.zeros((n_img, out_h, out_w, n))
+    for i in range(out_h):
+        for j in range(out_w):
+            patch = x[:, i * strides[0]:i * strides[0] + kh, j * strides[1]:j * strides[1] + kw].reshape(n_img, -1, 1)
+            phi = {"linear": lambda: patch * zz, "l1": lambda: -np.abs(patch - zz),
+                   "l2": lambda: -(patch - zz) ** 2, "lp": lambda: -np.abs(patch - zz) ** pp}[kind]()
+            if ignore_nan:
+                phi = np.where(np.isnan(patch), 0.0, phi)
+            out[:, i, j] = (uu * phi).sum(1)
+    return out
+
+
+def mex_reference(values, xi):
+    """MEX over the last axis in float64 (xi finite nonzero, 0, or +-inf)."""
+    values = np.asarray(values, np.float64)
+    if xi == 0:
+        return values.mean(-1)
+    if np.isinf(xi):
+        return values.max(-1) if xi > 0 else values.min(-1)
+    shift = values.max(-1, keepdims=True) if xi > 0 else values.min(-1, keepdims=True)
+    return shift[..., 0] + np.log(np.mean(np.exp(xi * (values - shift)), -1)) / xi
+
+
+def pool_blocks(x, size):
+    """(N, H, W, C) -> (N, H/size, W/size, C, size*size) non-overlapping blocks."""
+    n, h, w, c = x.shape
+    return x.reshape(n, h // size, size, w // size, size, c).transpose(0, 1, 3, 5, 2, 4).reshape(
+        n, h // size, w // size, c, size * size)
+
+
+@pytest.mark.parametrize("kind,p", [("linear", None), ("l1", None), ("l2", None), ("lp", 1.5), ("lp", [0.7, 1.0, 2.0, 3.1])])
+@pytest.mark.parametrize("strides", [(1, 1), (2, 3)])
+def test_similarity_matches_reference(impl, rng, kind, p, strides):
+    x = rng.normal(size=(2, 9, 10, 3)).astype("float32")
+    z = rng.normal(size=(3, 2, 3, 4)).astype("float32")
+    u = rng.uniform(0.2, 2.0, size=z.shape).astype("float32")
+    out = np.asarray(kops.similarity(x, z, u, similarity=kind, p=p, strides=strides))
+    np.testing.assert_allclose(out, similarity_reference(x, z, u, kind, p, strides), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["linear", "l1", "l2", "lp"])
+def test_same_padding_pads_with_zeros(impl, rng, kind):
+    x = rng.normal(size=(1, 5, 6, 2)).astype("float32")
+    z = rng.normal(size=(3, 2, 2, 3)).astype("float32")
+    u = rng.uniform(0.2, 2.0, size=z.shape).astype("float32")
+    p = 1.3 if kind == "lp" else None
+    # TF "same" with a 3x2 window, stride 1: one row before and after, one column after.
+    padded = np.pad(x, ((0, 0), (1, 1), (0, 1), (0, 0)))
+    out = np.asarray(kops.similarity(x, z, u, similarity=kind, p=p, padding="same"))
+    np.testing.assert_allclose(out, similarity_reference(padded, z, u, kind, p), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["linear", "l1", "l2", "lp"])
+def test_nan_entries_are_marginalised(impl, rng, kind):
+    x = rng.normal(size=(2, 6, 6, 2)).astype("float32")
+    x[rng.uniform(size=x.shape) < 0.2] = np.nan
+    z = rng.normal(size=(3, 3, 2, 3)).astype("float32")
+    u = rng.uniform(0.2, 2.0, size=z.shape).astype("float32")
+    p = 0.8 if kind == "lp" else None
+    out = np.asarray(kops.similarity(x, z, u, similarity=kind, p=p, ignore_nan=True))
+    assert np.all(np.isfinite(out))
+    np.testing.assert_allclose(out, similarity_reference(x, z, u, kind, p, ignore_nan=True), rtol=1e-5, atol=1e-4)
+    # "same" padding with ignore_nan pads with NaN: the border counts as missing.
+    same = np.asarray(kops.similarity(x, z, u, similarity=kind, p=p, padding="same", ignore_nan=True))
+    nan_padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=np.nan)
+    np.testing.assert_allclose(same, similarity_reference(nan_padded, z, u, kind, p, ignore_nan=True),
+                               rtol=1e-5, atol=1e-4)
+
+
+def test_nan_propagates_without_ignore_nan(impl, rng):
+    x = rng.normal(size=(1, 4, 4, 1)).astype("float32")
+    x[0, 0, 0, 0] = np.nan
+    out = np.asarray(kops.similarity(x, rng.normal(size=(2, 2, 1, 2)), similarity="l1"))
+    assert np.isnan(out[0, 0, 0]).all() and np.isfinite(out[0, 2, 2]).all()
+
+
+def test_normalization_term_is_generalised_gaussian_log_density(impl, rng):
+    """With a 1x1 patch over one channel the output is log of the GG density (scipy's gennorm)."""
+    from scipy.stats import gennorm
+    x = rng.normal(size=(1, 3, 3, 1)).astype("float32")
+    z = np.array([[[[0.3, -0.5]]]], "float32")
+    u = np.array([[[[2.0, 0.5]]]], "float32")
+    p = np.array([1.5, 2.5], "float32")
+    out = np.asarray(kops.similarity(x, z, u, similarity="lp", p=p, normalization_term=True))
+    for l in range(2):  # density p u^(1/p) / (2 Gamma(1/p)) exp(-u |x - z|^p)
+        scale = u[0, 0, 0, l] ** (-1.0 / p[l])
+        expected = gennorm.logpdf(x[..., 0], p[l], loc=z[0, 0, 0, l], scale=scale)
+        np.testing.assert_allclose(out[..., l], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_normalization_term_counts_only_observed_entries(impl, rng):
+    x = rng.normal(size=(1, 4, 4, 2)).astype("float32")
+    x[0, 1, 1, 0] = np.nan
+    z = rng.normal(size=(2, 2, 2, 3)).astype("float32")
+    u = rng.uniform(0.5, 2.0, size=z.shape).astype("float32")
+    out = np.asarray(kops.similarity(x, z, u, similarity="l2", normalization_term=True, ignore_nan=True))
+    core = similarity_reference(x, z, u, "l2", ignore_nan=True)
+    per_entry = np.log(2.0) + np.log(u) / 2 - np.log(2.0) - gammaln(0.5)  # (kh, kw, C, n)
+    expected = np.zeros_like(core)
+    for i in range(3):
+        for j in range(3):
+            observed = ~np.isnan(x[0, i:i + 2, j:j + 2, :])
+            expected[0, i, j] = core[0, i, j] + (per_entry * observed[..., None]).sum((0, 1, 2))
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+@pytest.mark.parametrize("strides", [1, 2])
+def test_linear_unweighted_similarity_is_conv2d(impl, rng, padding, strides):
+    x = rng.normal(size=(2, 8, 7, 3)).astype("float32")
+    kernel = rng.normal(size=(3, 3, 3, 5)).astype("float32")
+    out = kops.similarity(x, kernel, similarity="linear", strides=strides, padding=padding)
+    expected = tf.nn.conv2d(x, kernel, strides=strides, padding=padding.upper())
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("xi", [0.0, 1.0, -2.5, 1e-5, -3e-4, 40.0, 1e6, -1e6, np.inf, -np.inf])
+def test_mex_matches_reference(impl, rng, xi):
+    x = rng.normal(size=(2, 6, 4, 3)).astype("float32") * 3
+    out = np.asarray(kops.mex(x, xi, pool_size=2, channel_block=1))
+    np.testing.assert_allclose(out, mex_reference(pool_blocks(x, 2), xi), rtol=1e-5, atol=1e-5)
+
+
+def test_mex_channel_blocks_instances_offsets_and_c(impl, rng):
+    """Overlapping 2x2 blocks, stride 1, two channel blocks of 2, three instances, region offsets, c."""
+    x = rng.normal(size=(2, 5, 5, 4)).astype("float32")
+    offsets = rng.normal(size=(2, 3, 3, 2, 2, 2)).astype("float32")
+    c = np.array([0.5, -1.0, 2.0], "float32")
+    xi = np.array([1.5, -0.7, 0.0], "float32")
+    out = np.asarray(kops.mex(x, xi, num_instances=3, pool_size=2, strides=1, channel_block=2,
+                              offsets=offsets, c=c))
+    assert out.shape == (2, 4, 4, 6)
+    for i in range(4):
+        for j in range(4):
+            region = offsets[(i * 2) // 4, (j * 3) // 4]  # (K, bh, bw, bc)
+            for block in range(2):
+                patch = x[:, i:i + 2, j:j + 2, 2 * block:2 * block + 2]  # (N, 2, 2, 2)
+                for k in range(3):
+                    values = (patch + region[k]).reshape(2, -1)
+                    values = np.concatenate([values, np.full((2, 1), c[k])], axis=1)
+                    np.testing.assert_allclose(out[:, i, j, block * 3 + k], mex_reference(values, xi[k]),
+                                               rtol=1e-5, atol=1e-5)
+
+
+def test_mex_softmax_mode_drops_the_mean(impl, rng):
+    x = rng.normal(size=(1, 4, 4, 2)).astype("float32")
+    out = np.asarray(kops.mex(x, 2.0, pool_size=2, softmax_mode=True))
+    blocks = x.reshape(1, 2, 2, 2, 2, 2).transpose(0, 1, 3, 2, 4, 5).reshape(1, 2, 2, 8)
+    expected = np.log(np.sum(np.exp(2.0 * blocks.astype(np.float64)), -1)) / 2.0
+    np.testing.assert_allclose(out[..., 0], expected, rtol=1e-5)
+
+
+def test_mex_is_stable_for_huge_xi(impl):
+    x = np.array([[[[1000.0, -1000.0, 3.0]]]], "float32")
+    for xi, expected in [(1e6, 1000.0), (-1e6, -1000.0)]:
+        out = np.asarray(kops.mex(x, xi, pool_size=1))
+        assert np.isfinite(out).all()
+        np.testing.assert_allclose(out[0, 0, 0, 0], expected + np.log(1 / 3) / xi, rtol=1e-6)
+
+
+def test_mex_relu_special_case(impl, rng):
+    """1x1 blocks, c = 0, xi -> inf: ReLU (paper 000 Sec. 2)."""
+    x = rng.normal(size=(2, 3, 3, 4)).astype("float32")
+    for xi in (np.inf, 1e6):
+        out = np.asarray(kops.mex(x, xi, channel_block=1, c=0.0))
+        np.testing.assert_allclose(out, np.maximum(x, 0), atol=1e-5)
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_mex_max_and_average_pooling_special_cases(impl, rng, padding):
+    x = rng.normal(size=(2, 7, 6, 3)).astype("float32")
+    for xi, pool in ((np.inf, tf.nn.max_pool2d), (1e6, tf.nn.max_pool2d), (0.0, tf.nn.avg_pool2d)):
+        out = kops.mex(x, xi, pool_size=2, channel_block=1, padding=padding)
+        np.testing.assert_allclose(out, pool(x, 2, 2, padding.upper()), atol=1e-5)
+
+
+def test_mex_collapsing_property(impl, rng):
+    """MEX{MEX{c_ij}_j}_i = MEX{c_ij}_ij (paper 000 Eq. 2)."""
+    x = rng.normal(size=(2, 6, 6, 2)).astype("float32")
+    for xi in (0.7, -1.3, 0.0):
+        nested = kops.mex(kops.mex(x, xi, pool_size=2, channel_block=1), xi, pool_size=3, channel_block=1)
+        direct = kops.mex(x, xi, pool_size=6, channel_block=1)
+        np.testing.assert_allclose(nested, direct, rtol=1e-5, atol=1e-5)
+
+
+def test_l2_similarity_then_mex_is_kernel_svm_rule(impl, rng):
+    """Unweighted l2 similarity + MEX with offsets = sigma(sum_l alpha_rl K(x, z_l)) (paper 000 Eq. 4/6)."""
+    n_templates, classes, xi = 6, 3, 0.4
+    x = rng.normal(size=(5, 2, 2, 3)).astype("float32")
+    z = rng.normal(size=(2, 2, 3, n_templates)).astype("float32")
+    b = rng.normal(size=(classes, n_templates)).astype("float32")
+    sim = kops.similarity(x, z, similarity="l2")  # (5, 1, 1, n)
+    offsets = b.reshape(1, 1, classes, 1, 1, n_templates)
+    h = np.asarray(kops.mex(sim, xi, num_instances=classes, offsets=offsets))[:, 0, 0]
+    distances = ((x.reshape(5, -1, 1) - z.reshape(-1, n_templates)) ** 2).sum(1)  # (5, n)
+    kernel = np.exp(-xi * distances.astype(np.float64))
+    alpha = np.exp(xi * b.astype(np.float64))  # (classes, n)
+    expected = np.log(kernel @ alpha.T / n_templates) / xi
+    np.testing.assert_allclose(h, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(h.argmax(1), (kernel @ alpha.T).argmax(1))
+
+
+def _max_gradient_error(f, args):
+    theoretical, numerical = tf.test.compute_gradient(f, args, delta=1e-2)
+    return max(np.max(np.abs(t - n)) / (1.0 + np.max(np.abs(n))) for t, n in zip(theoretical, numerical))
+
+
+@pytest.mark.parametrize("kind", ["linear", "l1", "l2", "lp"])
+def test_similarity_gradients(impl, rng, kind):
+    # x on a 0.5 grid, z halfway between: |x - z| >= 0.25 keeps finite differences off the l1 kink.
+    x = rng.integers(-3, 4, size=(1, 4, 4, 2)) * 0.5
+    z = rng.integers(-3, 3, size=(2, 2, 2, 3)) * 0.5 + 0.25
+    u = rng.uniform(0.5, 1.5, size=z.shape)
+    p = np.array([1.5, 2.5, 3.0])
+
+    def f(x, z, u, p):
+        p_arg = p if kind == "lp" else None
+        return kops.similarity(x, z, u, similarity=kind, p=p_arg, strides=(1, 2), padding="same",
+                               normalization_term=kind != "linear")
+    args = [tf.constant(a) for a in (x, z, u, p)] if kind == "lp" else [tf.constant(a) for a in (x, z, u)]
+    fn = f if kind == "lp" else (lambda x, z, u: f(x, z, u, None))
+    assert _max_gradient_error(fn, args) < 2e-2
+
+
+def test_mex_gradients(impl, rng):
+    x = rng.normal(size=(1, 4, 4, 2))
+    offsets = rng.normal(size=(2, 1, 2, 2, 2, 1)) * 0.5
+    c = np.array([0.3, -0.2])
+    xi = np.array([1.3, -0.6])
+
+    def f(x, offsets, c, xi):
+        return kops.mex(x, xi, num_instances=2, pool_size=2, strides=1, channel_block=1, offsets=offsets, c=c)
+    assert _max_gradient_error(f, [tf.constant(a) for a in (x, offsets, c, xi)]) < 2e-2
+
+
+def test_mex_xi_gradient_is_continuous_at_zero(impl, rng):
+    """d MEX / d xi = var / 2 at xi = 0 (and is continuous there)."""
+    x = tf.constant(rng.normal(size=(1, 2, 2, 1)).astype("float32"))
+    values = x.numpy().ravel().astype(np.float64)
+    grads = []
+    for xi0 in (0.0, 1e-4, -1e-4, 1e-2):
+        xi = tf.Variable(xi0)
+        with tf.GradientTape() as tape:
+            out = kops.mex(x, xi, pool_size=2)
+        grads.append(tape.gradient(out, xi).numpy())
+    np.testing.assert_allclose(grads[0], values.var() / 2, rtol=1e-4)
+    np.testing.assert_allclose(grads[1:3], [values.var() / 2] * 2, rtol=1e-2)
+    finite_difference = (mex_reference(values, 1.01e-2) - mex_reference(values, 0.99e-2)) / 2e-4
+    np.testing.assert_allclose(grads[3], finite_difference, rtol=1e-2)
+
+
+def test_mex_gradient_at_infinite_xi_goes_to_the_max(impl):
+    x = tf.constant(np.array([[[[1.0], [3.0]], [[2.0], [-1.0]]]], "float32"))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        out = kops.mex(x, np.inf, pool_size=2)
+    np.testing.assert_allclose(tape.gradient(out, x).numpy().ravel(), [0, 1, 0, 0])
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda x, z: kops.similarity(x[0], z), "4D"),
+    (lambda x, z: kops.similarity(x, z[:, :, :1]), "channels"),
+    (lambda x, z: kops.similarity(x, z, similarity="cosine"), "similarity"),
+    (lambda x, z: kops.similarity(x, z, similarity="lp", p=0.0), "p"),
+    (lambda x, z: kops.similarity(x, z, similarity="lp"), "p"),
+    (lambda x, z: kops.similarity(x, z, similarity="lp", p=[1.0, 2.0]), "p"),
+    (lambda x, z: kops.similarity(x, z, -np.ones_like(z)), "weights"),
+    (lambda x, z: kops.similarity(x, z, np.ones((1, 1, 2, 2))), "weights"),
+    (lambda x, z: kops.similarity(x, z, padding="full"), "padding"),
+    (lambda x, z: kops.similarity(x, z, strides=0), "strides"),
+    (lambda x, z: kops.similarity(x, np.ones((9, 9, 2, 3))), "larger than the input"),
+    (lambda x, z: kops.similarity(x, z, similarity="linear", normalization_term=True), "normalization_term"),
+    (lambda x, z: kops.mex(x, 1.0, pool_size=9), "larger than the input"),
+    (lambda x, z: kops.mex(x, 1.0, channel_block=3), "channel_block"),
+    (lambda x, z: kops.mex(x, [1.0, 2.0, 3.0], num_instances=2), "xi"),
+    (lambda x, z: kops.mex(x, np.nan), "xi"),
+    (lambda x, z: kops.mex(x, 0.0, softmax_mode=True), "xi"),
+    (lambda x, z: kops.mex(x, 1.0, num_instances=0), "num_instances"),
+    (lambda x, z: kops.mex(x, 1.0, offsets=np.zeros((1, 1, 1, 2, 2, 2))), "offsets"),
+    (lambda x, z: kops.mex(x, 1.0, offsets=np.zeros((9, 1, 1, 1, 1, 2))), "offsets"),
+    (lambda x, z: kops.mex(x, 1.0, c=[1.0, 2.0]), "c"),
+])
+def test_bad_input_raises_value_error_naming_the_argument(impl, call, message):
+    x = np.zeros((1, 5, 5, 2), "float32")
+    z = np.zeros((2, 2, 2, 3), "float32")
+    with pytest.raises(ValueError, match=message):
+        call(x, z)
+
+
+def test_log_gamma_matches_scipy():
+    x = np.array([0.05, 0.3, 0.5, 1.0, 2.0, 7.5, 40.0])
+    np.testing.assert_allclose(np.asarray(kops.log_gamma(x)), gammaln(x), rtol=1e-6, atol=1e-6)
+
+
+def test_implementation_override_is_validated():
+    with pytest.raises(ValueError, match="implementation"):
+        with kops.implementation("cuda"):
+            pass

@@ -1,0 +1,1 @@
+"""kernelzoo.zoo: the papers' networks, their recipes and pretrained weights."""
