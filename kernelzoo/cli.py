@@ -5,6 +5,7 @@ subpackage that owns the work, imported lazily so `kernelzoo --help` is fast.
 """
 import argparse
 import importlib
+import os
 import sys
 
 # subcommand -> (module, function, help). The function takes (parser, argv-rest)
@@ -12,7 +13,7 @@ import sys
 SUBCOMMANDS = {
     "build-ops": ("kernelzoo.ops.library", "build or rebuild the custom op library"),
     "bench": ("kernelzoo.ops.bench", "benchmarks: `kernelzoo bench ops`"),
-    "demo": ("kernelzoo.demo", "offline demo on embedded data"),
+    "demo": ("kernelzoo.zoo.demo", "offline demo on embedded data"),
     "list": ("kernelzoo.zoo.cli", "list the zoo's models"),
     "info": ("kernelzoo.zoo.cli", "show a zoo model's card"),
     "viz": ("kernelzoo.zoo.kernelnet.viz", "visualisations: `kernelzoo viz embedding NAME`"),
@@ -40,6 +41,7 @@ def main(argv=None):
         parser.print_help()
         return 0 if not argv else 2
     command, rest = argv[0], argv[1:]
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off the terminal
     module = importlib.import_module(SUBCOMMANDS[command][0])
     sub_parser = argparse.ArgumentParser(prog=f"kernelzoo {command}")
     module.add_arguments(sub_parser, command)

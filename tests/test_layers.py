@@ -1,0 +1,182 @@
+"""Similarity and Mex layers: Keras contract, special cases, training, saving, errors."""
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from kernelzoo.layers import Mex, Similarity
+
+SIMILARITY_CONFIGS = [
+    dict(filters=4, kernel_size=3),
+    dict(filters=3, kernel_size=(2, 3), strides=2, padding="same", similarity="l1", weighted=False),
+    dict(filters=5, kernel_size=2, similarity="lp", p=1.5, learn_p=True, normalization_term=True, ignore_nan=True),
+    dict(filters=2, kernel_size=2, similarity="lp", p=[1.0, 3.0], templates_regularizer="l2",
+         weights_constraint=None),
+    dict(filters=6, kernel_size=1, similarity="linear", templates_initializer="he_normal"),
+]
+MEX_CONFIGS = [
+    dict(),
+    dict(num_instances=3, offsets="shared", use_c=True, xi=[1.0, 0.0, -2.0]),
+    dict(num_instances=2, pool_size=2, channel_block=2, offsets="unshared", learn_xi=False, xi=float("inf")),
+    dict(pool_size=(2, 3), strides=1, padding="same", offsets=(2, 2), offsets_regularizer="l2",
+         softmax_mode=True),
+    dict(pool_size=3, channel_block=1, xi=0.0, learn_xi=False),
+]
+
+
+def _input(rng, shape=(2, 7, 8, 4)):
+    return rng.normal(size=shape).astype("float32")
+
+
+@pytest.mark.parametrize("config", SIMILARITY_CONFIGS + [("mex", c) for c in MEX_CONFIGS])
+def test_config_round_trip_and_output_shape(impl, rng, config):
+    layer = Mex(**config[1]) if isinstance(config, tuple) else Similarity(**config)
+    x = _input(rng)
+    out = layer(x)
+    assert tuple(out.shape) == layer.compute_output_shape(x.shape)
+    clone = type(layer).from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+    clone.build(x.shape)
+    clone.set_weights(layer.get_weights())
+    np.testing.assert_allclose(clone(x), out, rtol=1e-6, atol=1e-6)
+
+
+def test_offsets_modes_create_the_right_shapes(rng):
+    x = _input(rng)  # Mex pool 2 on 7x8 -> 3x4 outputs
+    shapes = {"shared": (1, 1), "unshared": (3, 4), (3, 2): (3, 2)}
+    for mode, regions in shapes.items():
+        layer = Mex(num_instances=2, pool_size=2, channel_block=2, offsets=mode)
+        layer.build(x.shape)
+        assert tuple(layer.offsets_variable.shape) == regions + (2, 2, 2, 2)
+
+
+def test_linear_unweighted_similarity_layer_equals_conv2d(impl, rng):
+    x = _input(rng)
+    sim = Similarity(5, 3, strides=2, padding="same", similarity="linear", weighted=False)
+    conv = keras.layers.Conv2D(5, 3, strides=2, padding="same", use_bias=False)
+    conv.build(x.shape)
+    sim.build(x.shape)
+    sim.templates.assign(conv.kernel)
+    np.testing.assert_allclose(sim(x), conv(x), rtol=1e-5, atol=1e-5)
+
+
+def test_mex_layer_equals_maxpool_relu_and_avgpool(impl, rng):
+    x = _input(rng)
+    maxpool = Mex(pool_size=2, channel_block=1, xi=float("inf"), learn_xi=False)
+    np.testing.assert_allclose(maxpool(x), keras.layers.MaxPooling2D(2)(x), atol=1e-6)
+    avgpool = Mex(pool_size=2, channel_block=1, xi=0.0, padding="same")
+    np.testing.assert_allclose(avgpool(x), keras.layers.AveragePooling2D(2, padding="same")(x), atol=1e-5)
+    relu = Mex(channel_block=1, xi=1e6, use_c=True)
+    np.testing.assert_allclose(relu(x), keras.layers.ReLU()(x), atol=1e-5)
+
+
+def _tiny_simnet(similarity="l2"):
+    return keras.Sequential([
+        keras.Input((8, 8, 1)),
+        Similarity(6, 3, similarity=similarity, weights_initializer=keras.initializers.RandomUniform(0.5, 1.5)),
+        Mex(num_instances=2, offsets=(2, 2), xi=1.0),
+        Mex(pool_size=6, channel_block=1, xi=0.0, learn_xi=False),
+        keras.layers.Flatten(),
+    ])
+
+
+def _bright_vs_dark(rng, n=64):
+    labels = rng.integers(0, 2, n)
+    images = rng.normal(size=(n, 8, 8, 1)).astype("float32") * 0.3 + labels[:, None, None, None] - 0.5
+    return images, labels
+
+
+def test_sequential_simnet_trains_and_keeps_weights_non_negative(impl, rng):
+    images, labels = _bright_vs_dark(rng)
+    model = _tiny_simnet()
+    model.compile(keras.optimizers.SGD(0.05, momentum=0.9),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    before = model.evaluate(images, labels, verbose=0)
+    model.fit(images, labels, epochs=15, batch_size=16, verbose=0)
+    after = model.evaluate(images, labels, verbose=0)
+    assert after < 0.5 * before
+    assert np.all(model.layers[0].template_weights.numpy() >= 0)
+
+
+def test_functional_model_with_learned_p_and_xi_gets_their_gradients(impl, rng):
+    inputs = keras.Input((6, 6, 2))
+    x = Similarity(3, 2, similarity="lp", p=1.5, learn_p=True)(inputs)
+    outputs = Mex(num_instances=2, pool_size=5, use_c=True, offsets="shared")(x)
+    model = keras.Model(inputs, outputs)
+    import tensorflow as tf
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(model(_input(rng, (2, 6, 6, 2))) ** 2)
+    grads = tape.gradient(loss, model.trainable_variables)
+    names = [v.path for v in model.trainable_variables]
+    assert all(g is not None and np.any(np.asarray(g) != 0) for g in grads), names
+
+
+def test_mixed_precision_computes_in_float32(rng):
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        sim, mex = Similarity(3, 2), Mex(pool_size=2)
+        out = mex(sim(_input(rng).astype("float16")))
+        dtype = keras.backend.standardize_dtype
+        assert dtype(out.dtype) == "float16"
+        assert dtype(sim.templates.dtype) == "float32" and dtype(mex.xi_variable.dtype) == "float32"
+        assert np.all(np.isfinite(np.asarray(out, np.float32)))
+    finally:
+        keras.config.set_dtype_policy(policy)
+
+
+def test_saved_model_loads_in_a_fresh_process(tmp_path, rng):
+    model = _tiny_simnet("l1")
+    images = _bright_vs_dark(rng, 8)[0]
+    path = tmp_path / "simnet.keras"
+    model.save(path)
+    np.save(tmp_path / "x.npy", images)
+    script = (
+        "import sys, numpy as np, keras, kernelzoo\n"
+        "m = keras.models.load_model(sys.argv[1])\n"
+        "np.save(sys.argv[3], m.predict(np.load(sys.argv[2]), verbose=0))\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(path), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+                   check=True, env=dict(os.environ, KERNELZOO_OPS="composite"))
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), model.predict(images, verbose=0), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: Similarity(0, 3), "filters"),
+    (lambda: Similarity(3, (2, 2, 2)), "kernel_size"),
+    (lambda: Similarity(3, 2, similarity="cosine"), "similarity"),
+    (lambda: Similarity(3, 2, similarity="lp"), "p"),
+    (lambda: Similarity(3, 2, similarity="lp", p=-1.0), "p"),
+    (lambda: Similarity(3, 2, similarity="lp", p=[1.0, 2.0]), "p"),
+    (lambda: Similarity(3, 2, similarity="l2", p=2.0), "p"),
+    (lambda: Similarity(3, 2, learn_p=True), "learn_p"),
+    (lambda: Similarity(3, 2, similarity="linear", normalization_term=True), "normalization_term"),
+    (lambda: Similarity(3, 2, padding="causal"), "padding"),
+    (lambda: Mex(num_instances=0), "num_instances"),
+    (lambda: Mex(xi=float("nan")), "xi"),
+    (lambda: Mex(num_instances=2, xi=[1.0, 2.0, 3.0]), "xi"),
+    (lambda: Mex(offsets="everywhere"), "offsets"),
+    (lambda: Mex(xi=0.0, learn_xi=False, softmax_mode=True), "xi"),
+    (lambda: Mex(pool_size=0), "pool_size"),
+])
+def test_bad_constructor_arguments(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_bad_inputs_at_build_and_call(rng):
+    with pytest.raises(ValueError, match="channel_block"):
+        Mex(channel_block=3)(_input(rng))
+    with pytest.raises(ValueError, match="region grid"):
+        Mex(pool_size=2, offsets=(5, 1))(_input(rng))
+    with pytest.raises(ValueError):
+        Similarity(3, 2)(rng.normal(size=(2, 5, 5)).astype("float32"))  # rank 3
+    layer = Similarity(3, 2)
+    layer(_input(rng))
+    with pytest.raises(ValueError):
+        layer(_input(rng, (2, 7, 8, 5)))  # channel count changed
+    with pytest.raises(ValueError, match="larger than the input"):
+        Similarity(3, 9)(_input(rng))
