@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "build-ops": ("kernelzoo.ops.library", "build or rebuild the custom op library"),
     "bench": ("kernelzoo.ops.bench", "benchmarks: `kernelzoo bench ops`"),
     "demo": ("kernelzoo.zoo.demo", "offline demo on embedded data"),
+    "export": ("kernelzoo.export.cli", "export a model to ONNX or a SavedModel (--verify checks parity)"),
     "list": ("kernelzoo.zoo.cli", "list the zoo's models"),
     "info": ("kernelzoo.zoo.cli", "show a zoo model's card"),
     "viz": ("kernelzoo.zoo.kernelnet.viz", "visualisations: `kernelzoo viz embedding NAME`"),

@@ -39,6 +39,7 @@ class Similarity(keras.layers.Layer):
                  templates_constraint=None, weights_constraint="non_neg", **kwargs):
         kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
+        self.supports_jit = api.selected_implementation() != "custom"  # custom ops have no XLA kernels
         if isinstance(filters, bool) or not isinstance(filters, (int, np.integer)) or filters < 1:
             raise ValueError(f"`filters` must be a positive int, got {filters!r}")
         self.filters = int(filters)

@@ -6,6 +6,7 @@ custom TensorFlow op (TF backend with the op library built) or the composite
 `implementation(...)` context manager force a path.
 """
 import contextlib
+import functools
 import math
 import os
 import threading
@@ -49,11 +50,17 @@ def selected_implementation():
         from kernelzoo.ops import library
         library.load()  # raises with the build error
         return "custom"
-    if tensorflow_backend:
+    if tensorflow_backend and not _gpu_visible():  # no CUDA kernels yet: composite runs better on a GPU
         from kernelzoo.ops import library
         if library.available():
             return "custom"
     return "composite"
+
+
+@functools.lru_cache(maxsize=None)
+def _gpu_visible():
+    import tensorflow as tf
+    return bool(tf.config.list_physical_devices("GPU"))
 
 
 def _backend_module():
@@ -150,13 +157,16 @@ def mex(inputs, xi, *, num_instances=1, pool_size=(1, 1), channel_block=None, st
     if channels is None or channels % channel_block:
         raise ValueError(f"`channel_block`={channel_block} must divide the number of input channels ({channels})")
     _check_window_fits(inputs, pool_size, padding, "pool_size")
-    if padding == "same" and None in inputs.shape[1:3]:
-        raise ValueError("padding='same' needs static spatial dimensions in `inputs`, "
-                         f"got shape {tuple(inputs.shape)}")
+    if None in inputs.shape[1:3]:
+        raise ValueError(f"mex needs static spatial dimensions in `inputs`, got shape {tuple(inputs.shape)}")
+    static_xi = xi
     if softmax_mode and isinstance(xi, (int, float)) and xi == 0:
         raise ValueError("`xi`=0 with softmax_mode=True is log(n)/0 = inf; use xi != 0")
     xi = _per_instance(xi, k, "xi")
     _check_concrete(xi, lambda v: not np.any(np.isnan(v)), "xi", "must not be NaN")
+    if _is_number(static_xi) or isinstance(static_xi, (list, tuple, np.ndarray)):
+        # a fixed xi lets the composite drop the branches it does not need
+        xi = np.broadcast_to(np.asarray(static_xi, "float32").reshape(-1), (k,))
     if c is not None:
         c = _per_instance(c, k, "c")
     if offsets is not None:
@@ -208,10 +218,6 @@ def _check_offsets(offsets, inputs, k, pool_size, channel_block, strides, paddin
     if len(shape) != 6 or shape[2:] != expected_tail:
         raise ValueError("`offsets` must have shape (R_h, R_w, num_instances, pool_h, pool_w, channel_block) = "
                          f"(R_h, R_w) + {expected_tail}, got {shape}")
-    if out_h is None or out_w is None:
-        if shape[:2] != (1, 1):
-            raise ValueError("offsets by region need static spatial dimensions in `inputs`")
-        return
     if not (1 <= shape[0] <= out_h and 1 <= shape[1] <= out_w):
         raise ValueError(f"`offsets` region grid {shape[:2]} must lie between (1, 1) and the output size "
                          f"({out_h}, {out_w})")

@@ -88,10 +88,9 @@ def mex(inputs, xi, offsets, c, *, num_instances, pool_size, channel_block, stri
     inputs (N, H, W, C); xi (K,); offsets None or (Rh, Rw, K, bh, bw, bc); c None or (K,).
     Output (N, H', W', nb * K), channel j * K + k for channel block j and instance k.
     """
-    _, height, width, channels = inputs.shape
     k = num_instances
     bh, bw = pool_size
-    nb = channels // channel_block
+    nb = inputs.shape[-1] // channel_block
     blocks, valid = _extract_blocks(inputs, pool_size, strides, padding)  # (N, H', W', bh*bw, C)
     out_h, out_w = blocks.shape[1], blocks.shape[2]
     size = bh * bw * channel_block
@@ -118,6 +117,7 @@ def mex_reduce(values, xi, valid=None, softmax_mode=False):
     Stable for any xi in [-inf, inf]: max-shifted log-sum-exp via expm1/log1p, the
     cumulant series mean + xi var / 2 + xi^2 mu3 / 6 when |xi| * range is tiny
     (so xi = 0 is exactly the mean with d/dxi = var / 2), max / min at +-inf.
+    A fixed xi (a NumPy array, one value for all instances) builds only the branch it needs.
     """
     if valid is None:
         count = float(values.shape[-1])
@@ -126,6 +126,12 @@ def mex_reduce(values, xi, valid=None, softmax_mode=False):
         valid = ops.convert_to_tensor(np.asarray(valid, bool))
         count = ops.sum(ops.cast(valid, values.dtype), axis=-1, keepdims=True)
         masked = lambda t, fill: ops.where(valid, t, fill)  # noqa: E731
+    if isinstance(xi, np.ndarray) and np.all(xi == xi.flat[0]):
+        fixed = float(xi.flat[0])
+        out = _mex_fixed_xi(values, fixed, count, masked)
+        if softmax_mode:
+            out = ops.full_like(out, np.inf) if fixed == 0 else out + ops.log(count) / fixed
+        return ops.squeeze(out, axis=-1)
     vmax = ops.max(masked(values, -np.inf), axis=-1, keepdims=True)
     vmin = ops.min(masked(values, np.inf), axis=-1, keepdims=True)
     mean = ops.sum(masked(values, 0.0), axis=-1, keepdims=True) / count
@@ -150,6 +156,20 @@ def mex_reduce(values, xi, valid=None, softmax_mode=False):
         xi_nonzero = ops.where(ops.equal(xi, 0.0), 1.0, xi)
         out = ops.where(ops.equal(xi, 0.0), np.inf, out + ops.log(count) / xi_nonzero)
     return ops.squeeze(out, axis=-1)
+
+
+def _mex_fixed_xi(values, xi, count, masked):
+    """MEX for one known xi (keepdims): mean, max, min, or the shifted log-mean-exp."""
+    if xi == 0:
+        return ops.sum(masked(values, 0.0), axis=-1, keepdims=True) / count
+    if xi > 0:
+        shift = ops.max(masked(values, -np.inf), axis=-1, keepdims=True)
+    else:
+        shift = ops.min(masked(values, np.inf), axis=-1, keepdims=True)
+    if np.isinf(xi):
+        return shift
+    scaled = masked(xi * (values - shift), 0.0)
+    return shift + ops.log1p(ops.sum(masked(ops.expm1(scaled), 0.0), axis=-1, keepdims=True) / count) / xi
 
 
 def _extract_blocks(inputs, pool_size, strides, padding):

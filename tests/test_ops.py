@@ -138,8 +138,10 @@ def test_linear_unweighted_similarity_is_conv2d(impl, rng, padding, strides):
 @pytest.mark.parametrize("xi", [0.0, 1.0, -2.5, 1e-5, -3e-4, 40.0, 1e6, -1e6, np.inf, -np.inf])
 def test_mex_matches_reference(impl, rng, xi):
     x = rng.normal(size=(2, 6, 4, 3)).astype("float32") * 3
-    out = np.asarray(kops.mex(x, xi, pool_size=2, channel_block=1))
-    np.testing.assert_allclose(out, mex_reference(pool_blocks(x, 2), xi), rtol=1e-5, atol=1e-5)
+    expected = mex_reference(pool_blocks(x, 2), xi)
+    for given in (xi, tf.constant(xi, tf.float32)):  # a fixed xi and a tensor xi take different paths
+        out = np.asarray(kops.mex(x, given, pool_size=2, channel_block=1))
+        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_mex_channel_blocks_instances_offsets_and_c(impl, rng):

@@ -1,0 +1,350 @@
+"""What every exporter shares: the serving signature, tracing, graph checks and atomic writes.
+
+The serving signature (documented in docs/export.md):
+  input  `images` (image models, rank >= 3) or `inputs` (others): (batch, *model input shape),
+         uint8 (raw pixels, cast to float32 before the model) or float32, batch dynamic;
+  output `logits` and `probabilities` = softmax(logits), (batch, classes) float32, for classifiers;
+         `outputs` (the model's output as it is) for other models (head="raw").
+
+"auto" rules: input_dtype is uint8 when an image model starts with a preprocessing layer
+(it takes raw pixels), else float32; head is "classifier" when the output is (batch, classes)
+and the model takes images or ends in softmax, else "raw". Logits of a model ending in softmax
+are the values that go into it.
+"""
+import contextlib
+import dataclasses
+import json
+import os
+import re
+import shutil
+import tempfile
+
+import keras
+
+INPUT_DTYPES = ("auto", "uint8", "float32")
+HEADS = ("auto", "classifier", "raw")
+# Layers that take raw pixel values: a model starting with one gets a uint8 signature by default.
+_PREPROCESSING_LAYERS = ("Rescaling", "Normalization", "CenterCrop", "Resizing")
+_PREPROCESSING_MODULES = ("keras.src.layers.preprocessing", "kernelzoo.zoo.preprocessing")
+# TF op types that never run outside the exporting process.
+_PYTHON_OPS = {"PyFunc", "PyFuncStateless", "EagerPyFunc"}
+
+
+class ExportError(ValueError):
+    """The model cannot be exported as asked (bad argument, unwritable path, failed check)."""
+
+
+class UnsupportedLayerError(ExportError):
+    """A layer of the model produces operations the target format cannot express."""
+
+    def __init__(self, message, layer=None, op_type=None):
+        super().__init__(message)
+        self.layer, self.op_type = layer, op_type
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingSpec:
+    """The exported signature of one model; stored with the artifact as JSON."""
+
+    input_name: str
+    input_dtype: str  # "uint8" or "float32"
+    input_shape: tuple  # (None, ...) with the batch axis first
+    head: str  # "classifier" or "raw"
+    logits_source: str  # "output", "softmax_input" or "activation" (how logits are read off the model)
+    model_name: str = ""
+
+    @property
+    def output_names(self):
+        return ("logits", "probabilities") if self.head == "classifier" else ("outputs",)
+
+    def to_json(self):
+        from kernelzoo._version import __version__
+        data = dataclasses.asdict(self)
+        data["input_shape"] = list(self.input_shape)
+        data["output_names"] = list(self.output_names)
+        data["kernelzoo_version"] = __version__
+        return json.dumps(data, sort_keys=True)
+
+
+def check_model(model):
+    """A built single-input single-output Keras model on the TensorFlow backend, else ExportError."""
+    if keras.backend.backend() != "tensorflow":
+        raise ExportError(f"export needs the TensorFlow Keras backend, not {keras.backend.backend()!r} "
+                          "(set KERAS_BACKEND=tensorflow)")
+    if not isinstance(model, keras.Model):
+        raise ExportError(f"expected a keras.Model, got {type(model).__name__}")
+    if not model.built:
+        raise ExportError(f"model {model.name!r} is not built: call it once or give it a keras.Input")
+    try:
+        inputs, outputs = model.inputs, model.outputs
+    except (AttributeError, ValueError):
+        raise ExportError(f"model {model.name!r} has no defined inputs/outputs "
+                          "(a subclassed model? build it as a functional or Sequential model)") from None
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ExportError(f"export supports models with one input and one output; {model.name!r} has "
+                          f"{len(inputs)} input(s) and {len(outputs)} output(s)")
+    return model
+
+
+def serving_spec(model, input_dtype="auto", head="auto"):
+    """The ServingSpec of `model` (see the module docstring for the `auto` rules)."""
+    check_model(model)
+    input_dtype = _choice("input_dtype", input_dtype, INPUT_DTYPES)
+    head = _choice("head", head, HEADS)
+    shape = tuple(model.inputs[0].shape)
+    shape = (None,) + tuple(None if d is None else int(d) for d in shape[1:])
+    image_model = len(shape) >= 3
+    first = _first_layer(model)
+    if input_dtype == "auto":
+        raw_pixels = takes_raw_pixels(first)
+        input_dtype = "uint8" if image_model and raw_pixels else "float32"
+    last = _last_layer(model)
+    out_rank = len(model.outputs[0].shape)
+    softmax_last = _is_softmax_layer(last) or _has_softmax_activation(last)
+    if head == "auto":
+        head = "classifier" if out_rank == 2 and (image_model or softmax_last) else "raw"
+    if head == "classifier" and out_rank != 2:
+        raise ExportError(f"head='classifier' needs a (batch, classes) output; {model.name!r} outputs "
+                          f"shape {tuple(model.outputs[0].shape)} (use head='raw')")
+    logits_source = "output"
+    if head == "classifier" and _is_softmax_layer(last):
+        logits_source = "softmax_input"
+    elif head == "classifier" and _has_softmax_activation(last):
+        logits_source = "activation"
+    return ServingSpec(input_name="images" if image_model else "inputs", input_dtype=input_dtype,
+                       input_shape=shape, head=head, logits_source=logits_source, model_name=model.name)
+
+
+def takes_raw_pixels(layer):
+    """True for preprocessing layers (Keras's, or kernelzoo.zoo.preprocessing's) that read raw pixels."""
+    if layer is None:
+        return False
+    module = type(layer).__module__
+    return type(layer).__name__ in _PREPROCESSING_LAYERS or module.startswith(_PREPROCESSING_MODULES)
+
+
+def serving_function(model, spec):
+    """Python function input -> {output name: tensor} implementing the signature (trace it in `tracing`)."""
+    import tensorflow as tf
+
+    logits_model = model
+    if spec.logits_source == "softmax_input":
+        logits_model = keras.Model(model.inputs, _last_layer(model).input, name=f"{model.name}_logits")
+
+    def serve(inputs):
+        x = tf.cast(inputs, model.inputs[0].dtype or "float32")
+        y = logits_model(x, training=False)
+        if isinstance(y, (list, tuple)):
+            y = y[0]
+        elif isinstance(y, dict):
+            y = next(iter(y.values()))
+        y = tf.cast(y, tf.float32)
+        if spec.head == "raw":
+            return {"outputs": tf.identity(y, name="outputs")}
+        return {"logits": tf.identity(y, name="logits"),
+                "probabilities": tf.identity(tf.nn.softmax(y, axis=-1), name="probabilities")}
+
+    return serve
+
+
+def input_signature(spec):
+    import tensorflow as tf
+    return (tf.TensorSpec(spec.input_shape, tf.dtypes.as_dtype(spec.input_dtype), name=spec.input_name),)
+
+
+@contextlib.contextmanager
+def tracing(model, spec):
+    """While tracing: the composite keras.ops similarity/MEX, and logits read before a final softmax."""
+    from kernelzoo.ops import implementation
+
+    with implementation("composite"), _activation_patch(_last_layer(model), spec):
+        yield
+
+
+def reference_outputs(model, images, spec, batch_size=64):
+    """The Keras model's outputs for `images` as the signature names them (numpy), in batches."""
+    import numpy as np
+
+    serve = serving_function(model, spec)
+    parts = {name: [] for name in spec.output_names}
+    last = _last_layer(model)
+    for start in range(0, len(images), batch_size):
+        with _activation_patch(last, spec):
+            out = serve(images[start:start + batch_size])
+        for name in spec.output_names:
+            parts[name].append(keras.ops.convert_to_numpy(out[name]))
+    return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+
+
+@contextlib.contextmanager
+def _activation_patch(layer, spec):
+    """The last layer's softmax activation swapped for linear (logits_source "activation")."""
+    if spec.logits_source != "activation":
+        yield
+        return
+    saved = layer.activation
+    layer.activation = keras.activations.linear
+    try:
+        yield
+    finally:
+        layer.activation = saved
+
+
+def graph_nodes(graph_def):
+    """(op type, node name) of every node of a GraphDef, its function library included."""
+    functions = {f.signature.name for f in graph_def.library.function}
+    nodes = [(n.op, n.name) for n in graph_def.node]
+    for function in graph_def.library.function:
+        nodes.extend((n.op, n.name) for n in function.node_def)
+    return [(op, name) for op, name in nodes if op not in functions]
+
+
+def check_tf_graph(model, graph_def):
+    """Raise UnsupportedLayerError for ops that a stock TensorFlow cannot run (custom or Python ops)."""
+    import tensorflow as tf
+
+    for op_type, name in graph_nodes(graph_def):
+        if op_type in _PYTHON_OPS or not hasattr(tf.raw_ops, op_type):
+            layer = layer_for_node(model, name)
+            why = ("runs Python code" if op_type in _PYTHON_OPS else
+                   "is not a stock TensorFlow op (a custom op library would be needed to serve it)")
+            raise UnsupportedLayerError(
+                f"layer {layer!r} cannot be exported: its op {op_type!r} (node {name!r}) {why}",
+                layer=layer, op_type=op_type)
+
+
+def layer_for_node(model, node_name):
+    """Best guess of the layer that created a graph node, from the node's name scopes."""
+    names = sorted({layer.name for layer in _all_layers(model)}, key=len, reverse=True)
+    scopes = re.split(r"[/:]", node_name)[:-1]
+    for scope in reversed(scopes):
+        for name in names:
+            if re.fullmatch(re.escape(name) + r"(_\d+)*", scope):
+                return name
+    return scopes[-1] if scopes else node_name
+
+
+def _all_layers(model):
+    try:
+        return list(model._flatten_layers(include_self=False, recursive=True))
+    except (AttributeError, TypeError):
+        return list(model.layers)
+
+
+def _first_layer(model):
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    return layers[0] if layers else None
+
+
+def _last_layer(model):
+    return model.layers[-1] if model.layers else None
+
+
+def _is_softmax_layer(layer):
+    if isinstance(layer, keras.layers.Softmax):
+        return True
+    return isinstance(layer, keras.layers.Activation) and _is_softmax(layer.activation)
+
+
+def _has_softmax_activation(layer):
+    return (layer is not None and not isinstance(layer, (keras.layers.Activation, keras.layers.Softmax))
+            and _is_softmax(getattr(layer, "activation", None)))
+
+
+def _is_softmax(fn):
+    return fn is not None and getattr(fn, "__name__", "") == "softmax"
+
+
+def _choice(name, value, choices):
+    if str(value).lower() not in choices:
+        raise ExportError(f"`{name}` must be one of {choices}, got {value!r}")
+    return str(value).lower()
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+def prepare_target(path, kind):
+    """Absolute target path after checking it can be written ("file" or "dir"), else ExportError."""
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise ExportError(f"the output path must be a non-empty path, got {path!r}")
+    path = os.path.abspath(os.fspath(path))
+    parent = os.path.dirname(path)
+    ancestor = parent
+    while not os.path.exists(ancestor) and os.path.dirname(ancestor) != ancestor:
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise ExportError(f"cannot write {path!r}: {ancestor!r} is a file, not a directory")
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as error:
+        raise ExportError(f"cannot write {path!r}: cannot create its directory {parent!r} "
+                          f"({error.strerror or error})") from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ExportError(f"cannot write {path!r}: no write permission in {parent!r}")
+    if kind == "file" and os.path.isdir(path):
+        raise ExportError(f"cannot write {path!r}: it is a directory (give a file name, e.g. model.onnx)")
+    if kind == "dir" and os.path.exists(path):
+        if not os.path.isdir(path):
+            raise ExportError(f"cannot write a SavedModel to {path!r}: a file of that name exists")
+        if os.listdir(path) and not os.path.isfile(os.path.join(path, "saved_model.pb")):
+            raise ExportError(f"cannot write a SavedModel to {path!r}: the directory is not empty and "
+                              "holds no SavedModel (refusing to replace it)")
+    return path
+
+
+def write_file_atomic(path, data):
+    """Write bytes to a temp file beside `path`, then rename over it (never a half-written file)."""
+    directory, base = os.path.split(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=directory)
+    except OSError as error:
+        raise ExportError(f"cannot write {path!r}: {error.strerror or error}") from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException as error:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if isinstance(error, OSError):
+            raise ExportError(f"cannot write {path!r}: {error.strerror or error}") from None
+        raise
+
+
+@contextlib.contextmanager
+def atomic_directory(path):
+    """Yield a temp dir beside `path`; on success it replaces `path`, on failure it is removed."""
+    directory, base = os.path.split(path)
+    try:
+        tmp = tempfile.mkdtemp(prefix=f".{base}.", suffix=".tmp", dir=directory)
+    except OSError as error:
+        raise ExportError(f"cannot write {path!r}: {error.strerror or error}") from None
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755 & ~_umask())
+        old = None
+        if os.path.exists(path):
+            old = tmp + ".old"
+            os.rename(path, old)
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            if old is not None:
+                os.rename(old, path)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(error, OSError):
+            raise ExportError(f"cannot write {path!r}: {error.strerror or error}") from None
+        raise
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

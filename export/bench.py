@@ -1,0 +1,127 @@
+"""`kernelzoo bench deploy NAME`: batch-1 latency and batch-64 throughput of Keras (TF), the
+SavedModel and onnxruntime CPU for one model, in one run, with ratios against Keras.
+
+Keras runs the model in a `tf.function` with the implementation the user gets (custom ops when
+built, see `kernelzoo.ops.selected_implementation`); the SavedModel and the ONNX file hold the
+composite one. Each figure is the median of repeated calls after two warm-up calls.
+"""
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+RUNTIMES = ("Keras (TF)", "SavedModel (TF)", "onnxruntime CPU")
+
+
+def bench_deploy(model, *, batch_sizes=(1, 64), min_time=1.0, max_calls=200, input_dtype="auto", opset=17,
+                 stream=None):
+    """Time the three runtimes on `model`; prints a table to `stream` (stdout) and returns the rows.
+
+    Returns {runtime: {"latency_ms": batch-1 median ms, "throughput": images/s at the last batch size,
+    "latency_ratio": Keras latency / this latency, "throughput_ratio": this / Keras throughput}}.
+    """
+    import tensorflow as tf
+
+    from kernelzoo.export._common import serving_spec
+    from kernelzoo.export.onnx_export import to_onnx
+    from kernelzoo.export.predictor import OnnxPredictor
+    from kernelzoo.export.saved_model import load_signature, to_saved_model
+    from kernelzoo.export.verify import make_inputs
+
+    stream = stream or sys.stdout
+    spec = serving_spec(model, input_dtype=input_dtype)
+    small, large = batch_sizes[0], batch_sizes[-1]
+    images, _ = make_inputs(model, num=large, input_dtype=input_dtype)
+    keras_call = tf.function(lambda x: model(tf.cast(x, tf.float32), training=False), reduce_retracing=True)
+    with tempfile.TemporaryDirectory(prefix="kernelzoo-bench-") as tmp:
+        saved = load_signature(to_saved_model(model, os.path.join(tmp, "saved_model"), input_dtype=input_dtype))
+        ort = OnnxPredictor(to_onnx(model, os.path.join(tmp, "model.onnx"), opset=opset, input_dtype=input_dtype),
+                            providers=["CPUExecutionProvider"], batch_size=large)
+        runners = {
+            RUNTIMES[0]: lambda x: keras_call(x).numpy(),
+            RUNTIMES[1]: lambda x: {k: v.numpy() for k, v in saved(**{spec.input_name: tf.constant(x)}).items()},
+            RUNTIMES[2]: lambda x: ort.session.run(None, {ort.input_name: x}),
+        }
+        rows = {}
+        for name, fn in runners.items():
+            latency = _median_seconds(fn, images[:small], min_time, max_calls)
+            per_call = _median_seconds(fn, images[:large], min_time, max_calls)
+            rows[name] = {"latency_ms": 1000 * latency, "throughput": large / per_call}
+    base = rows[RUNTIMES[0]]
+    for row in rows.values():
+        row["latency_ratio"] = base["latency_ms"] / row["latency_ms"]
+        row["throughput_ratio"] = row["throughput"] / base["throughput"]
+    _print_table(model, spec, rows, small, large, stream)
+    return rows
+
+
+def _median_seconds(fn, x, min_time, max_calls):
+    fn(x)
+    fn(x)
+    times, start = [], time.perf_counter()
+    while len(times) < 3 or (len(times) < max_calls and time.perf_counter() - start < min_time):
+        tick = time.perf_counter()
+        fn(x)
+        times.append(time.perf_counter() - tick)
+    return statistics.median(times)
+
+
+def _implementation():
+    try:
+        from kernelzoo.ops import selected_implementation
+        return selected_implementation()
+    except Exception as error:  # the op library may fail to build; Keras then errors or falls back
+        return f"unknown ({type(error).__name__}: {error})"
+
+
+def _print_table(model, spec, rows, small, large, stream):
+    shape = ", ".join(str(d) for d in spec.input_shape[1:])
+    print(f"bench deploy {model.name}: input {spec.input_dtype} (N, {shape}); Keras uses the "
+          f"{_implementation()} ops, the exports the composite ones; "
+          f"{os.cpu_count()} CPU cores, median of repeated calls", file=stream)
+    header = (f"{'runtime':<18} {f'batch-{small} latency':>17} {'vs Keras':>9} "
+              f"{f'batch-{large} throughput':>21} {'vs Keras':>9}")
+    print(header, file=stream)
+    print("-" * len(header), file=stream)
+    for name, row in rows.items():
+        print(f"{name:<18} {row['latency_ms']:>14.2f} ms {row['latency_ratio']:>8.2f}x "
+              f"{row['throughput']:>15.1f} img/s {row['throughput_ratio']:>8.2f}x", file=stream)
+    print("(vs Keras: > 1 is faster than Keras; latency ratio = Keras ms / runtime ms)", file=stream)
+
+
+# --- command line: `kernelzoo bench deploy NAME|FILE.keras` -----------------------------------------
+
+def add_deploy_arguments(parser):
+    parser.add_argument("model", metavar="NAME|FILE.keras", help="zoo model name or a saved .keras file")
+    parser.add_argument("--batch", type=int, default=64, help="throughput batch size (default 64)")
+    parser.add_argument("--seconds", type=float, default=1.0, help="time per measurement (default 1.0)")
+    parser.add_argument("--input-dtype", choices=("auto", "uint8", "float32"), default="auto",
+                        help="exported input dtype (default: uint8 when the model starts with preprocessing)")
+
+
+def run_deploy(args):
+    from kernelzoo.export._common import ExportError
+    from kernelzoo.export.cli import load_model
+
+    try:
+        if args.batch < 1 or not args.seconds > 0:
+            raise ExportError(f"--batch must be >= 1 and --seconds > 0, got {args.batch} and {args.seconds}")
+        model = load_model(args.model, pretrained_optional=True)
+        bench_deploy(model, batch_sizes=(1, args.batch), min_time=args.seconds, input_dtype=args.input_dtype)
+    except ExportError as error:
+        print(f"kernelzoo bench deploy: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def add_arguments(parser, command="bench"):
+    """`kernelzoo bench deploy ...` when the dispatcher routes `bench` here (see export/cli.py)."""
+    sub = parser.add_subparsers(dest="what", metavar="WHAT", required=True)
+    add_deploy_arguments(sub.add_parser("deploy", help="Keras vs SavedModel vs onnxruntime timing"))
+
+
+def run(args, command="bench"):
+    return run_deploy(args)

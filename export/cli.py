@@ -1,0 +1,115 @@
+"""CLI hooks: `kernelzoo export NAME|FILE.keras --format onnx|saved_model -o OUT [--opset N] [--verify]`
+and `kernelzoo bench deploy NAME` (the dispatcher in kernelzoo/cli.py calls add_arguments/run).
+"""
+import importlib
+import os
+import sys
+
+from kernelzoo.export._common import ExportError
+
+FORMATS = ("onnx", "saved_model")
+_LAYER_MODULES = ("kernelzoo.layers.kernel_dense", "kernelzoo.layers.sparsify", "kernelzoo.zoo.preprocessing",
+                  "kernelzoo.zoo.simnet.models")
+
+
+def add_arguments(parser, command):
+    if command == "bench":
+        from kernelzoo.export import bench
+        bench.add_arguments(parser, command)
+        return
+    parser.description = "Export a zoo model or a .keras file to ONNX or a SavedModel (docs/export.md)."
+    parser.add_argument("model", metavar="NAME|FILE.keras", help="zoo model name or a saved .keras file")
+    parser.add_argument("--format", choices=FORMATS, default=None,
+                        help="artifact format (default: onnx when OUT ends in .onnx, else saved_model)")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT", help="the .onnx file or SavedModel directory")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset, 13-18 (default 17)")
+    parser.add_argument("--input-dtype", choices=("auto", "uint8", "float32"), default="auto",
+                        help="signature input dtype (default: uint8 when the model starts with preprocessing)")
+    parser.add_argument("--head", choices=("auto", "classifier", "raw"), default="auto",
+                        help="outputs: logits + probabilities (classifier) or the model output as is (raw)")
+    parser.add_argument("--verify", action="store_true",
+                        help="run the artifact and Keras on the same inputs and print the differences")
+    parser.add_argument("--data-dir", default=os.environ.get("KERNELZOO_DATA_DIR"),
+                        help="verify on the test split found here (default $KERNELZOO_DATA_DIR; "
+                             "without one, generated inputs)")
+    parser.add_argument("--num", type=int, default=1000, help="inputs for --verify (default 1000)")
+
+
+def run(args, command):
+    if command == "bench":
+        from kernelzoo.export import bench
+        return bench.run(args, command)
+    try:
+        return _export(args)
+    except ExportError as error:
+        print(f"kernelzoo export: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _export(args):
+    fmt = args.format or ("onnx" if args.output.lower().endswith(".onnx") else "saved_model")
+    if args.num < 1:
+        raise ExportError(f"--num must be >= 1, got {args.num}")
+    if fmt == "onnx":
+        from kernelzoo.export.onnx_export import check_opset
+        check_opset(args.opset)  # before loading the model
+    model = load_model(args.model)
+    if fmt == "onnx":
+        from kernelzoo.export.onnx_export import to_onnx
+        path = to_onnx(model, args.output, opset=args.opset, input_dtype=args.input_dtype, head=args.head)
+    else:
+        from kernelzoo.export.saved_model import to_saved_model
+        path = to_saved_model(model, args.output, input_dtype=args.input_dtype, head=args.head)
+    from kernelzoo.export._common import serving_spec
+    spec = serving_spec(model, input_dtype=args.input_dtype, head=args.head)
+    shape = ", ".join("N" if d is None else str(d) for d in spec.input_shape)
+    extra = f", opset {args.opset}" if fmt == "onnx" else ", signature serving_default"
+    print(f"wrote {path} ({fmt}{extra}): input {spec.input_name} {spec.input_dtype} ({shape}) -> "
+          f"{', '.join(spec.output_names)}; {_size(path) / 1e6:.2f} MB")
+    if not args.verify:
+        return 0
+    from kernelzoo.export.verify import format_report, verify_artifact
+    report = verify_artifact(model, path, data_dir=args.data_dir, num=args.num, input_dtype=args.input_dtype,
+                             head=args.head)
+    print(format_report(report, artifact=fmt))
+    return 0 if report["ok"] else 1
+
+
+def load_model(name, pretrained_optional=False):
+    """A Keras model from a .keras file or the zoo registry (`kernelzoo.zoo.load(name)`)."""
+    import keras
+
+    import kernelzoo  # noqa: F401  (registers the layers for load_model)
+
+    for module in _LAYER_MODULES:  # zoo layers that `import kernelzoo` alone does not register
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass
+    if name.lower().endswith(".keras") or os.path.sep in name or os.path.exists(name):
+        if not os.path.isfile(name):
+            raise ExportError(f"no model file at {name!r}")
+        try:
+            return keras.saving.load_model(name, compile=False)
+        except (ValueError, TypeError, OSError) as error:
+            raise ExportError(f"cannot load {name!r} as a Keras model: {error}") from None
+    zoo = importlib.import_module("kernelzoo.zoo")
+    if not hasattr(zoo, "load"):
+        raise ExportError(f"{name!r} is not a .keras file, and the zoo registry (kernelzoo.zoo.load) is not "
+                          "available in this version")
+    known = list(zoo.list_models()) if hasattr(zoo, "list_models") else []
+    if known and name not in known:
+        raise ExportError(f"unknown zoo model {name!r}; known: {', '.join(known)}")
+    try:
+        return zoo.load(name)
+    except Exception as error:
+        if not (pretrained_optional and hasattr(zoo, "create")):
+            raise ExportError(f"cannot load zoo model {name!r}: {error}") from None
+        print(f"note: no pretrained {name!r} ({error}); timing a freshly created one", file=sys.stderr)
+        return zoo.create(name)
+
+
+def _size(path):
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)

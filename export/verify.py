@@ -1,0 +1,177 @@
+"""Parity of an exported artifact with the Keras model: max abs / rel logit difference, top-1 agreement.
+
+Inputs are the test split of the model's dataset when a data directory is given (MNIST for
+28x28 inputs, CIFAR-10 for 32x32x3), otherwise generated images. The Keras reference runs the
+implementation the user gets (`KERNELZOO_OPS`, custom ops when built); the artifacts hold the
+composite one.
+"""
+import gzip
+import os
+import tarfile
+
+import numpy as np
+
+from kernelzoo.export._common import ExportError, reference_outputs, serving_spec
+
+# Parity goal for zoo models (issue 6): all top-1 agree, logits within this absolute difference.
+MAX_ABS_GOAL = 1e-4
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def artifact_outputs(path, images, batch_size=64):
+    """{output name: array} of a SavedModel directory or an .onnx file for `images`."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        import tensorflow as tf
+
+        from kernelzoo.export.saved_model import load_signature
+
+        fn = load_signature(path)
+        (name, spec), = fn.structured_input_signature[1].items()
+        parts = {}
+        for start in range(0, len(images), batch_size):
+            out = fn(**{name: tf.constant(images[start:start + batch_size], dtype=spec.dtype)})
+            for key, value in out.items():
+                parts.setdefault(key, []).append(value.numpy())
+        return {key: np.concatenate(chunks) for key, chunks in parts.items()}
+    from kernelzoo.export.predictor import OnnxPredictor
+
+    return OnnxPredictor(path, providers=["CPUExecutionProvider"], batch_size=batch_size).run(images)
+
+
+def compare(reference, exported, tie_tolerance=1e-5):
+    """Differences between two (batch, classes) arrays of logits (or raw outputs).
+
+    top1_agreement counts an image as agreeing when the exported argmax is the Keras argmax or
+    ties with it (Keras logits within `tie_tolerance` of the max): untrained models often tie.
+    """
+    reference = np.asarray(reference, np.float64)
+    exported = np.asarray(exported, np.float64)
+    if reference.shape != exported.shape:
+        raise ExportError(f"output shapes differ: Keras {reference.shape}, exported {exported.shape}")
+    diff = np.abs(reference - exported)
+    report = {"n": int(reference.shape[0]), "max_abs": float(diff.max(initial=0.0)),
+              "max_rel": float((diff / np.maximum(np.abs(reference), 1e-6)).max(initial=0.0)),
+              "nan_mismatch": int(np.sum(np.isnan(reference) != np.isnan(exported)))}
+    if reference.ndim == 2 and reference.shape[1] >= 1:
+        top_ref, top_exp = reference.argmax(1), exported.argmax(1)
+        rows = np.arange(len(reference))
+        best = reference[rows, top_ref]
+        tied = reference[rows, top_exp] >= best - tie_tolerance * np.maximum(1.0, np.abs(best))
+        report["top1_agreement"] = float(np.mean((top_ref == top_exp) | tied)) if len(reference) else 1.0
+        report["top1_exact"] = float(np.mean(top_ref == top_exp)) if len(reference) else 1.0
+    return report
+
+
+def verify_artifact(model, path, images=None, *, data_dir=None, num=1000, seed=0, input_dtype="auto", head="auto",
+           batch_size=64):
+    """Run the artifact at `path` and the Keras `model` on the same inputs; returns the comparison.
+
+    `images` default to `make_inputs(model, data_dir, num)`. The report holds n, max_abs, max_rel,
+    top1_agreement (classifiers), the same for probabilities, the input source, and `ok`
+    (top-1 agreement 1.0 and max_abs <= 1e-4).
+    """
+    spec = serving_spec(model, input_dtype=input_dtype, head=head)
+    source = "given"
+    if images is None:
+        images, source = make_inputs(model, data_dir=data_dir, num=num, seed=seed, input_dtype=input_dtype)
+    reference = reference_outputs(model, images, spec, batch_size=batch_size)
+    exported = artifact_outputs(path, images, batch_size=batch_size)
+    key = spec.output_names[0]
+    report = compare(reference[key], exported[key])
+    report["output"], report["inputs"] = key, source
+    if "probabilities" in reference:
+        report["probabilities_max_abs"] = compare(reference["probabilities"], exported["probabilities"])["max_abs"]
+    report["ok"] = bool(report["max_abs"] <= MAX_ABS_GOAL and report.get("top1_agreement", 1.0) == 1.0
+                        and not report["nan_mismatch"])
+    return report
+
+
+def format_report(report, artifact="exported"):
+    lines = [f"verify {artifact} vs Keras on {report['n']} {report['inputs']} inputs ({report['output']}):",
+             f"  max abs diff {report['max_abs']:.3g}   max rel diff {report['max_rel']:.3g}"]
+    if "top1_agreement" in report:
+        lines.append(f"  top-1 agreement {100 * report['top1_agreement']:.2f} % "
+                     f"(exact argmax {100 * report['top1_exact']:.2f} %, the rest are ties in the Keras logits)")
+    if "probabilities_max_abs" in report:
+        lines.append(f"  probabilities max abs diff {report['probabilities_max_abs']:.3g}")
+    if report["nan_mismatch"]:
+        lines.append(f"  NaN in one output but not the other: {report['nan_mismatch']} values")
+    lines.append(f"  parity goal (top-1 100 %, max abs <= {MAX_ABS_GOAL:g}): {'met' if report['ok'] else 'NOT met'}")
+    return "\n".join(lines)
+
+
+def make_inputs(model, data_dir=None, num=1000, seed=0, input_dtype="auto"):
+    """(images, source): `num` test images shaped and typed for the model's exported signature.
+
+    With `data_dir` (holding mnist/ or cifar10/): the first images of the test split (CIFAR-10:
+    an equal share per class). Without: seeded random pixels (uint8) or values in [0, 1).
+    Float inputs are scaled to [0, 1] unless the model starts with a preprocessing layer.
+    """
+    spec = serving_spec(model, input_dtype=input_dtype)
+    shape = spec.input_shape[1:]
+    if any(d is None for d in shape):
+        raise ExportError(f"cannot make inputs for the unknown input shape {spec.input_shape}; pass images")
+    from kernelzoo.export._common import _first_layer, takes_raw_pixels
+    raw_pixels = spec.input_dtype == "uint8" or takes_raw_pixels(_first_layer(model))
+    if data_dir is not None:
+        pixels, source = _test_split(data_dir, shape, num)
+        pixels = pixels.reshape((-1,) + tuple(shape))
+    else:
+        rng = np.random.default_rng(seed)
+        if len(shape) < 2:  # not an image model: standard normal features
+            return rng.standard_normal((num,) + tuple(shape)).astype(np.float32), "generated"
+        pixels, source = rng.integers(0, 256, (num,) + tuple(shape), dtype=np.uint8), "generated"
+    if spec.input_dtype == "uint8":
+        return pixels, source
+    return (pixels.astype(np.float32) / (1.0 if raw_pixels else 255.0)), source
+
+
+def _test_split(data_dir, shape, num):
+    """uint8 test images of the dataset matching `shape`: MNIST (28, 28[, 1]) or CIFAR-10 (32, 32, 3)."""
+    data_dir = os.fspath(data_dir)
+    if not os.path.isdir(data_dir):
+        raise ExportError(f"data directory {data_dir!r} does not exist")
+    if tuple(shape) in ((28, 28), (28, 28, 1)):
+        for folder in (os.path.join(data_dir, "mnist"), data_dir):
+            path = os.path.join(folder, "t10k-images-idx3-ubyte.gz")
+            if os.path.isfile(path):
+                with gzip.open(path, "rb") as handle:
+                    raw = handle.read()
+                images = np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 28, 28)
+                return images[:num], "MNIST test"
+        raise ExportError(f"no MNIST test images (t10k-images-idx3-ubyte.gz) in {data_dir!r} or its mnist/")
+    if tuple(shape) == (32, 32, 3):
+        return _cifar10_test(data_dir, num), "CIFAR-10 (JPEG q75 variant) test"
+    raise ExportError(f"no test split is known for input shape {tuple(shape)} (MNIST 28x28, CIFAR-10 32x32x3); "
+                      "leave out the data directory to verify on generated inputs")
+
+
+def _cifar10_test(data_dir, num):
+    """The first ceil(num / 10) test images of each CIFAR-10 class (folder or tar.gz layout), class-major."""
+    from PIL import Image
+
+    per_class = -(-num // len(CIFAR10_CLASSES))
+    for root in (os.path.join(data_dir, "cifar10"), data_dir):
+        folder = os.path.join(root, "cifar10-jpeg", "test")
+        if os.path.isdir(folder):
+            images = [np.asarray(Image.open(os.path.join(folder, c, f"{i:04d}.jpg")).convert("RGB"))
+                      for c in CIFAR10_CLASSES for i in range(per_class)]
+            return np.stack(images)[:num]
+        archive = os.path.join(root, "cifar10-jpeg.tar.gz")
+        if os.path.isfile(archive):
+            wanted = {f"cifar10-jpeg/test/{c}/{i:04d}.jpg": (k, i) for k, c in enumerate(CIFAR10_CLASSES)
+                      for i in range(per_class)}
+            found = {}
+            with tarfile.open(archive, "r:gz") as tar:
+                for member in tar:
+                    if member.name in wanted:
+                        with tar.extractfile(member) as handle:
+                            found[wanted[member.name]] = np.asarray(Image.open(handle).convert("RGB"))
+                        if len(found) == len(wanted):
+                            break
+            if len(found) != len(wanted):
+                raise ExportError(f"{archive!r} lacks {len(wanted) - len(found)} of the CIFAR-10 test images")
+            return np.stack([found[key] for key in sorted(found)])[:num]
+    raise ExportError(f"no CIFAR-10 test images (cifar10-jpeg.tar.gz or cifar10-jpeg/test/) in {data_dir!r} "
+                      "or its cifar10/")

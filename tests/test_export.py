@@ -1,0 +1,423 @@
+"""Export: Keras vs SavedModel vs ONNX round trips, serving without kernelzoo, graph checks, errors, CLI."""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+import kernelzoo
+from kernelzoo.export import ExportError, OnnxPredictor, UnsupportedLayerError, serving_spec, to_onnx, to_saved_model
+from kernelzoo.export.verify import MAX_ABS_GOAL, artifact_outputs, compare, make_inputs, verify_artifact
+from kernelzoo.layers import Mex, Similarity
+from kernelzoo.ops import implementation
+
+SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+RANDOM_OFFSETS = keras.initializers.RandomNormal(stddev=1.0, seed=3)  # untrained MEX offsets of 0 tie every class
+
+
+def _simnet_l2():
+    return keras.Sequential([
+        keras.Input((12, 12, 3)), keras.layers.Rescaling(1 / 255.0),
+        Similarity(8, 3, similarity="l2", weighted=True),
+        Mex(num_instances=10, offsets=(2, 2), xi=1.0, offsets_initializer=RANDOM_OFFSETS),
+        Mex(pool_size=10, channel_block=1, xi=0.0, learn_xi=False),
+        keras.layers.Flatten()], name="simnet_l2")
+
+
+def _simnet_l1():
+    return keras.Sequential([
+        keras.Input((12, 12, 3)), keras.layers.Normalization(mean=120.0, variance=60.0 ** 2),
+        Similarity(6, 3, strides=2, padding="same", similarity="l1", weighted=False),
+        Mex(num_instances=4, offsets="unshared", use_c=True, xi=[1.0, 0.0, -2.0, 0.5],
+            offsets_initializer=RANDOM_OFFSETS),
+        Mex(pool_size=6, channel_block=1, xi=float("inf"), learn_xi=False),
+        keras.layers.Flatten()], name="simnet_l1")
+
+
+def _simnet_lp_dense_softmax():
+    return keras.Sequential([
+        keras.Input((12, 12, 3)), keras.layers.Rescaling(1 / 255.0),
+        Similarity(4, 3, similarity="lp", p=1.5, learn_p=True, normalization_term=True),
+        Mex(num_instances=2, pool_size=2, channel_block=2, offsets="shared", offsets_initializer=RANDOM_OFFSETS),
+        keras.layers.Flatten(), keras.layers.Dense(5, activation="softmax")], name="simnet_lp")
+
+
+def _simnet_float_nan():
+    """float32 input (no preprocessing), NaN marginalised, 'same' padding, softmax-mode MEX, linear head."""
+    return keras.Sequential([
+        keras.Input((10, 10, 3)),
+        Similarity(6, 3, padding="same", similarity="lp", p=[1.0, 3.0, 1.5, 2.0, 0.5, 1.0], ignore_nan=True),
+        Mex(num_instances=3, pool_size=(2, 3), strides=1, padding="same", offsets=(2, 2), softmax_mode=True,
+            offsets_initializer=RANDOM_OFFSETS),
+        Similarity(4, 1, similarity="linear"), keras.layers.GlobalAveragePooling2D()], name="simnet_float")
+
+
+def _keras_cnn():
+    return keras.Sequential([
+        keras.Input((12, 12, 1)), keras.layers.Rescaling(1 / 255.0),
+        keras.layers.Conv2D(4, 3, activation="relu"), keras.layers.MaxPooling2D(),
+        keras.layers.Flatten(), keras.layers.Dropout(0.3), keras.layers.Dense(5), keras.layers.Softmax()],
+        name="keras_cnn")
+
+
+def _kernelnet():
+    from kernelzoo.zoo.kernelnet.mnist import kernelnet_mnist
+    return kernelnet_mnist(grids=(2,), grid_sides=(5,), gammas=(150.0,), image_size=12)
+
+
+def _ratings_autoencoder():
+    from kernelzoo.layers.sparsify import SparsifyingActivation
+    return keras.Sequential([keras.Input((20,)), keras.layers.Dense(8, activation="sigmoid"),
+                             SparsifyingActivation(0.5), keras.layers.Dense(20)], name="autoencoder")
+
+
+BUILDERS = {"simnet_l2": _simnet_l2, "simnet_l1": _simnet_l1, "simnet_lp": _simnet_lp_dense_softmax,
+            "simnet_float": _simnet_float_nan, "keras_cnn": _keras_cnn, "kernelnet": _kernelnet,
+            "autoencoder": _ratings_autoencoder}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def composite_reference():
+    """The Keras reference runs the composite ops here (the custom library is compared in its own test)."""
+    with implementation("composite"):
+        yield
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """{name: (model, onnx path, SavedModel path)}, exported once for the module."""
+    keras.utils.set_random_seed(0)
+    root = tmp_path_factory.mktemp("exported")
+    out = {}
+    for name, build in BUILDERS.items():
+        with implementation("composite"):
+            model = build()
+        out[name] = (model, to_onnx(model, str(root / f"{name}.onnx")),
+                     to_saved_model(model, str(root / f"{name}_savedmodel")))
+    return out
+
+
+def _check_parity(report, n):
+    assert report["n"] == n
+    assert report["nan_mismatch"] == 0
+    assert report["max_abs"] <= MAX_ABS_GOAL, report
+    assert report.get("top1_agreement", 1.0) == 1.0, report
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_round_trip_keras_saved_model_onnx(exported, name):
+    model, onnx_path, saved_path = exported[name]
+    images, source = make_inputs(model, num=32, seed=1)
+    assert source == "generated"
+    for path in (onnx_path, saved_path):
+        _check_parity(verify_artifact(model, path, images=images), 32)
+
+
+def test_serving_spec_rules(exported):
+    spec = {name: serving_spec(model) for name, (model, _, _) in exported.items()}
+    assert (spec["simnet_l2"].input_dtype, spec["simnet_l2"].input_name) == ("uint8", "images")
+    assert spec["simnet_l1"].input_dtype == "uint8"  # Normalization first: raw pixels
+    assert spec["simnet_float"].input_dtype == "float32"
+    assert spec["kernelnet"].input_dtype == "float32" and spec["kernelnet"].logits_source == "activation"
+    assert spec["simnet_lp"].logits_source == "activation"
+    assert spec["keras_cnn"].logits_source == "softmax_input"
+    assert spec["autoencoder"].head == "raw" and spec["autoencoder"].output_names == ("outputs",)
+    assert spec["simnet_l2"].output_names == ("logits", "probabilities")
+
+
+def test_softmax_models_export_pre_softmax_logits(exported):
+    model, onnx_path, _ = exported["keras_cnn"]
+    images, _ = make_inputs(model, num=8)
+    out = OnnxPredictor(onnx_path).run(images)
+    probabilities = keras.ops.convert_to_numpy(model(images.astype("float32")))
+    np.testing.assert_allclose(out["probabilities"], probabilities, atol=1e-6)
+    logits = out["logits"]
+    np.testing.assert_allclose(np.exp(logits) / np.exp(logits).sum(1, keepdims=True), probabilities, atol=1e-6)
+
+
+def test_nan_inputs_are_marginalised_in_both_artifacts(exported):
+    model, onnx_path, saved_path = exported["simnet_float"]
+    images = np.random.default_rng(2).random((16, 10, 10, 3)).astype("float32")
+    images[images < 0.15] = np.nan
+    for path in (onnx_path, saved_path):
+        report = verify_artifact(model, path, images=images)
+        _check_parity(report, 16)
+
+
+def test_onnx_files_hold_only_standard_domain_nodes(exported):
+    import onnx
+
+    for name, (_, onnx_path, _) in exported.items():
+        proto = onnx.load(onnx_path)
+        onnx.checker.check_model(proto, full_check=True)
+        onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+        assert [(o.domain, o.version) for o in proto.opset_import] == [("", 17)], name
+        domains = {node.domain for node in proto.graph.node}
+        assert domains <= {""}, (name, domains)
+        assert all(onnx.defs.has(node.op_type) for node in proto.graph.node), name
+        assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+        signature = json.loads({p.key: p.value for p in proto.metadata_props}["kernelzoo_signature"])
+        assert signature["input_name"] in ("images", "inputs")
+
+
+def test_simnet_graph_is_lean(exported):
+    """Similarity as convolutions, no patch-extraction or gather ops, no TF leftovers."""
+    import onnx
+
+    for name in ("simnet_l2", "simnet_l1", "simnet_lp"):
+        ops = {node.op_type for node in onnx.load(exported[name][1]).graph.node}
+        assert "Conv" in ops, name
+        assert not ops & {"Loop", "If", "Scan", "NonZero", "SpaceToDepth", "Expm1", "Log1p"}, (name, ops)
+
+
+@pytest.mark.parametrize("batch", [1, 7, 64])
+def test_dynamic_batch_sizes(exported, batch):
+    model, onnx_path, saved_path = exported["simnet_l2"]
+    images, _ = make_inputs(model, num=batch, seed=batch)
+    reference = keras.ops.convert_to_numpy(model(images.astype("float32")))
+    predictor = OnnxPredictor(onnx_path, batch_size=64)
+    logits = predictor.run(images)["logits"]
+    assert logits.shape == (batch, 10)
+    np.testing.assert_allclose(logits, reference, atol=MAX_ABS_GOAL)
+    np.testing.assert_allclose(artifact_outputs(saved_path, images)["logits"], reference, atol=MAX_ABS_GOAL)
+
+
+@pytest.mark.parametrize("opset", [13, 18])
+def test_opset_range_ends_run_in_onnxruntime(exported, tmp_path, opset):
+    model = exported["simnet_l1"][0]
+    path = to_onnx(model, str(tmp_path / "m.onnx"), opset=opset)
+    _check_parity(verify_artifact(model, path, num=8), 8)
+
+
+def test_saved_model_serves_without_kernelzoo(exported, tmp_path):
+    model, _, saved_path = exported["simnet_l2"]
+    images, _ = make_inputs(model, num=5, seed=4)
+    np.save(tmp_path / "x.npy", images)
+    script = textwrap.dedent(f"""
+        import importlib.abc, sys
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name == "kernelzoo" or name.startswith("kernelzoo."):
+                    raise ImportError("kernelzoo must not be imported here")
+        sys.meta_path.insert(0, Block())
+        import numpy as np, tensorflow as tf
+        serve = tf.saved_model.load({saved_path!r}).signatures["serving_default"]
+        out = serve(images=tf.constant(np.load({str(tmp_path / 'x.npy')!r})))
+        np.save({str(tmp_path / 'y.npy')!r}, out["logits"].numpy())
+        assert not any(m == "kernelzoo" or m.startswith("kernelzoo.") for m in sys.modules)
+        print(sorted(out))
+    """)
+    env = dict(os.environ, KERNELZOO_OPS="composite", TF_CPP_MIN_LOG_LEVEL="3", KERNELZOO_CACHE=str(tmp_path))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                            cwd=str(tmp_path), timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "['logits', 'probabilities']" in result.stdout
+    reference = keras.ops.convert_to_numpy(model(images.astype("float32")))
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), reference, atol=MAX_ABS_GOAL)
+
+
+def test_keras_with_custom_ops_matches_exports(exported):
+    from kernelzoo.ops import api
+    try:
+        with implementation("custom"):
+            api.selected_implementation()
+    except Exception as error:
+        pytest.skip(f"custom op library not available: {error}")
+    model, onnx_path, saved_path = exported["simnet_l2"]
+    images, _ = make_inputs(model, num=16)
+    with implementation("custom"):
+        for path in (onnx_path, saved_path):
+            _check_parity(verify_artifact(model, path, images=images), 16)
+
+
+# --- the zoo registry ---------------------------------------------------------------------------
+
+def _zoo_names():
+    zoo = kernelzoo.zoo
+    if not hasattr(zoo, "list_models"):
+        return []
+    return list(zoo.list_models())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", _zoo_names() or [pytest.param(None, marks=pytest.mark.skip(
+    reason="kernelzoo.zoo.list_models() does not exist yet"))])
+def test_zoo_model_round_trip(tmp_path, name):
+    zoo = kernelzoo.zoo
+    try:
+        model = zoo.load(name)
+    except Exception:  # no pretrained weights: a fresh model still checks the export path
+        model = zoo.create(name)
+    onnx_path = to_onnx(model, str(tmp_path / "m.onnx"))
+    saved_path = to_saved_model(model, str(tmp_path / "saved"))
+    sources = [make_inputs(model, num=16)[0]]
+    if os.path.isdir(SHARED_DATA):
+        try:
+            sources.append(make_inputs(model, data_dir=SHARED_DATA, num=16)[0])
+        except ExportError:
+            pass  # no test split for this input shape
+    for images in sources:
+        for path in (onnx_path, saved_path):
+            _check_parity(verify_artifact(model, path, images=images), 16)
+
+
+@pytest.mark.data
+@pytest.mark.skipif(not os.path.isdir(SHARED_DATA), reason="../shared/data not present")
+def test_verify_on_real_test_splits(tmp_path):
+    keras.utils.set_random_seed(1)
+    mnist = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Rescaling(1 / 255.0),
+                              Similarity(6, 5, strides=2), Mex(num_instances=10, offsets="shared",
+                                                               offsets_initializer=RANDOM_OFFSETS),
+                              Mex(pool_size=12, channel_block=1, xi=0.0, learn_xi=False), keras.layers.Flatten()])
+    report = verify_artifact(mnist, to_onnx(mnist, str(tmp_path / "mnist.onnx")), data_dir=SHARED_DATA, num=40)
+    assert report["inputs"] == "MNIST test"
+    _check_parity(report, 40)
+    images, source = make_inputs(_simnet_l2_32(), data_dir=SHARED_DATA, num=20)
+    assert source.startswith("CIFAR-10") and images.shape == (20, 32, 32, 3) and images.dtype == np.uint8
+    assert len({images[i].tobytes() for i in range(20)}) == 20
+
+
+def _simnet_l2_32():
+    return keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Rescaling(1 / 255.0),
+                             Similarity(2, 3), keras.layers.GlobalAveragePooling2D()])
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+class _Bessel(keras.layers.Layer):
+    def call(self, x):
+        import tensorflow as tf
+        return tf.math.bessel_i0e(x)
+
+
+class _PythonLayer(keras.layers.Layer):
+    def call(self, x):
+        import tensorflow as tf
+        return tf.ensure_shape(tf.numpy_function(lambda a: a * 2, [x], tf.float32, stateful=False), x.shape)
+
+    def compute_output_shape(self, shape):
+        return shape
+
+
+def _with_layer(layer):
+    return keras.Sequential([keras.Input((6,)), keras.layers.Dense(4), layer, keras.layers.Dense(3)])
+
+
+def test_unsupported_layers_are_named(tmp_path):
+    with pytest.raises(UnsupportedLayerError, match="layer 'odd_bessel'.*BesselI0e") as info:
+        to_onnx(_with_layer(_Bessel(name="odd_bessel")), str(tmp_path / "b.onnx"))
+    assert info.value.layer == "odd_bessel"
+    python_model = _with_layer(_PythonLayer(name="py_layer"))
+    with pytest.raises(UnsupportedLayerError, match="layer 'py_layer'.*runs Python code"):
+        to_saved_model(python_model, str(tmp_path / "p"))
+    with pytest.raises(UnsupportedLayerError, match="layer 'py_layer'"):
+        to_onnx(python_model, str(tmp_path / "p.onnx"))
+    assert os.listdir(tmp_path) == []  # nothing half-written
+
+
+@pytest.mark.parametrize("opset", [12, 19, "17", True, 17.0])
+def test_opset_out_of_range(tmp_path, opset):
+    with pytest.raises(ExportError, match="opset"):
+        to_onnx(_with_layer(keras.layers.ReLU()), str(tmp_path / "m.onnx"), opset=opset)
+
+
+def test_unwritable_paths(tmp_path):
+    model = _with_layer(keras.layers.ReLU())
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(ExportError, match="is a file, not a directory"):
+        to_onnx(model, str(blocker / "m.onnx"))
+    with pytest.raises(ExportError, match="is a directory"):
+        to_onnx(model, str(tmp_path))
+    with pytest.raises(ExportError, match="a file of that name exists"):
+        to_saved_model(model, str(blocker))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "keep.txt").write_text("precious")
+    with pytest.raises(ExportError, match="not empty and holds no SavedModel"):
+        to_saved_model(model, str(tmp_path / "data"))
+    assert (tmp_path / "data" / "keep.txt").read_text() == "precious"
+    if os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(ExportError, match="no write permission"):
+            to_onnx(model, str(locked / "m.onnx"))
+
+
+def test_failed_saved_model_write_keeps_the_old_one(tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    model = _with_layer(keras.layers.ReLU())
+    target = to_saved_model(model, str(tmp_path / "sm"))
+    before = sorted(os.listdir(target))
+
+    def broken_save(obj, path, **kwargs):
+        with open(os.path.join(path, "partial.pb"), "w") as handle:
+            handle.write("half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tf.saved_model, "save", broken_save)
+    with pytest.raises(ExportError, match="No space left"):
+        to_saved_model(model, target)
+    assert sorted(os.listdir(target)) == before
+    assert os.listdir(tmp_path) == ["sm"]  # the temp dir is gone
+    monkeypatch.undo()
+    assert to_saved_model(model, target) == target  # an existing SavedModel is replaced
+
+
+def test_compare_counts_ties_as_agreement():
+    reference = np.array([[1.0, 1.0, 0.0], [0.0, 2.0, 1.0]])
+    exported = np.array([[1.0, 1.0 + 1e-7, 0.0], [1.5, 2.0, 1.0]])
+    report = compare(reference, exported)
+    assert report["top1_agreement"] == 1.0 and report["top1_exact"] == 0.5
+    assert report["max_abs"] == pytest.approx(1.5)
+    assert compare(reference, reference + [[0, 0, 0], [3.0, 0, 0]])["top1_agreement"] == 0.5
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+def _cli(argv, command="export"):
+    from kernelzoo.export import cli
+    parser = argparse.ArgumentParser(prog=f"kernelzoo {command}")
+    cli.add_arguments(parser, command)
+    return cli.run(parser.parse_args(argv), command)
+
+
+def test_cli_export_and_verify(exported, tmp_path, capsys):
+    model = exported["simnet_l2"][0]
+    keras_file = str(tmp_path / "simnet.keras")
+    model.save(keras_file)
+    assert _cli([keras_file, "--format", "onnx", "-o", str(tmp_path / "out.onnx"), "--opset", "15",
+                 "--verify", "--num", "24"]) == 0
+    text = capsys.readouterr().out
+    assert "wrote" in text and "input images uint8 (N, 12, 12, 3) -> logits, probabilities" in text
+    assert "max abs diff" in text and "top-1 agreement 100.00 %" in text and ": met" in text
+    assert _cli([keras_file, "-o", str(tmp_path / "sm"), "--verify", "--num", "8"]) == 0
+    assert os.path.isfile(tmp_path / "sm" / "saved_model.pb")
+    assert _cli([keras_file, "-o", str(tmp_path / "x.onnx"), "--opset", "20"]) == 2
+    assert _cli([str(tmp_path / "missing.keras"), "-o", str(tmp_path / "y.onnx")]) == 2
+    errors = capsys.readouterr().err
+    assert "opset" in errors and "no model file" in errors
+
+
+def test_bench_deploy_prints_all_runtimes(exported, capsys):
+    from kernelzoo.export.bench import RUNTIMES, bench_deploy
+
+    rows = bench_deploy(exported["simnet_l2"][0], batch_sizes=(1, 8), min_time=0.02, max_calls=5)
+    assert list(rows) == list(RUNTIMES)
+    assert rows[RUNTIMES[0]]["latency_ratio"] == pytest.approx(1.0)
+    assert all(row["latency_ms"] > 0 and row["throughput"] > 0 for row in rows.values())
+    text = capsys.readouterr().out
+    assert "batch-1 latency" in text and "batch-8 throughput" in text and "onnxruntime CPU" in text
+
+
+def test_bench_cli_parses_deploy():
+    from kernelzoo.export import cli
+    parser = argparse.ArgumentParser(prog="kernelzoo bench")
+    cli.add_arguments(parser, "bench")
+    args = parser.parse_args(["deploy", "model.keras", "--batch", "16"])
+    assert (args.what, args.model, args.batch) == ("deploy", "model.keras", 16)

@@ -1,0 +1,82 @@
+"""OnnxPredictor: provider choice, any batch size, uint8/float inputs, clear errors for bad input."""
+import keras
+import numpy as np
+import pytest
+
+from kernelzoo.export import OnnxPredictor, to_onnx
+from kernelzoo.layers import Mex, Similarity
+from kernelzoo.ops import implementation
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory):
+    """(uint8 SimNet .onnx, float32 model .onnx, the SimNet)."""
+    root = tmp_path_factory.mktemp("predictor")
+    keras.utils.set_random_seed(0)
+    with implementation("composite"):
+        simnet = keras.Sequential([
+            keras.Input((8, 8, 3)), keras.layers.Rescaling(1 / 255.0), Similarity(4, 3),
+            Mex(num_instances=3, offsets="shared", offsets_initializer="random_normal"),
+            keras.layers.GlobalAveragePooling2D()])
+        dense = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3, activation="softmax")])
+        return to_onnx(simnet, str(root / "u8.onnx")), to_onnx(dense, str(root / "f32.onnx")), simnet
+
+
+def test_picks_cpu_without_a_gpu_and_describes_itself(paths):
+    import onnxruntime as ort
+
+    predictor = OnnxPredictor(paths[0])
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        assert predictor.provider == "CPUExecutionProvider"
+    assert (predictor.input_name, predictor.input_dtype, predictor.input_shape) == ("images", np.uint8, (None, 8, 8, 3))
+    assert predictor.output_names == ["logits", "probabilities"]
+    assert predictor.signature["head"] == "classifier"
+    assert "images uint8(N, 8, 8, 3)" in repr(predictor)
+
+
+@pytest.mark.parametrize("batch", [0, 1, 7, 70])
+def test_predict_any_batch_size_returns_probabilities(paths, batch):
+    predictor = OnnxPredictor(paths[0], batch_size=32)
+    images = np.random.default_rng(batch).integers(0, 256, (batch, 8, 8, 3), dtype=np.uint8)
+    probabilities = predictor.predict(images)
+    assert probabilities.shape == (batch, 3) and probabilities.dtype == np.float32
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    if batch:
+        with implementation("composite"):
+            logits = keras.ops.convert_to_numpy(paths[2](images.astype("float32")))
+        np.testing.assert_allclose(predictor.run(images)["logits"], logits, atol=1e-4)
+        # whole-number floats are accepted for a uint8 model
+        np.testing.assert_allclose(predictor.predict(images.astype("float64")), probabilities)
+
+
+def test_float_model_takes_uint8_and_float(paths):
+    predictor = OnnxPredictor(paths[1])
+    x = np.arange(10, dtype=np.uint8).reshape(2, 5)
+    np.testing.assert_allclose(predictor.predict(x), predictor.predict(x.astype(np.float64)))
+    assert predictor.predict([[0.1, 0.2, 0.3, 0.4, 0.5]]).shape == (1, 3)
+
+
+@pytest.mark.parametrize("images, message", [
+    (np.zeros((8, 8, 3), np.uint8), r"shape \(N, 8, 8, 3\).*add a batch axis"),
+    (np.zeros((2, 9, 8, 3), np.uint8), r"axis 1 is 9, expected 8"),
+    (np.zeros((2, 8, 8, 1), np.uint8), r"axis 3 is 1, expected 3"),
+    (np.zeros((2, 8, 8, 3), np.int32), r"uint8 or float, got dtype int32"),
+    (np.zeros((2, 8, 8, 3), bool), r"uint8 or float, got dtype bool"),
+    (np.full((2, 8, 8, 3), 0.5, np.float32), r"raw pixel values 0-255"),
+    (np.full((2, 8, 8, 3), 300.0), r"raw pixel values 0-255"),
+    (np.full((2, 8, 8, 3), np.nan), r"raw pixel values 0-255"),
+    (np.array(["a"]), r"uint8 or float|shape"),
+])
+def test_rejects_bad_input_clearly(paths, images, message):
+    with pytest.raises(ValueError, match=message):
+        OnnxPredictor(paths[0]).predict(images)
+
+
+def test_constructor_errors(paths, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no ONNX file"):
+        OnnxPredictor(str(tmp_path / "missing.onnx"))
+    with pytest.raises(ValueError, match="not available here"):
+        OnnxPredictor(paths[0], providers=["NoSuchExecutionProvider"])
+    with pytest.raises(ValueError, match="batch_size"):
+        OnnxPredictor(paths[0], batch_size=0)
+    assert OnnxPredictor(paths[0], providers="CPUExecutionProvider").provider == "CPUExecutionProvider"
