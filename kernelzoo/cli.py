@@ -5,20 +5,25 @@ subpackage that owns the work, imported lazily so `kernelzoo --help` is fast.
 """
 import argparse
 import importlib
-import os
 import sys
 
-# subcommand -> (module, function, help). The function takes (parser, argv-rest)
-# style arguments through `add_arguments(parser)` and `run(args)` in that module.
+# subcommand -> (module, help). The module provides `add_arguments(parser, command)`
+# and `run(args, command)`.
 SUBCOMMANDS = {
     "build-ops": ("kernelzoo.ops.library", "build or rebuild the custom op library"),
-    "bench": ("kernelzoo.ops.bench", "benchmarks: `kernelzoo bench ops`"),
+    "bench": (None, "benchmarks: `kernelzoo bench ops` or `kernelzoo bench deploy NAME`"),
     "demo": ("kernelzoo.zoo.demo", "offline demo on embedded data"),
+    "train": ("kernelzoo.zoo.simnet.cli", "train a zoo image model: kernelzoo train NAME [KEY=VALUE ...]"),
+    "eval": ("kernelzoo.zoo.simnet.cli", "evaluate a zoo model or a .keras file on its test set"),
     "export": ("kernelzoo.export.cli", "export a model to ONNX or a SavedModel (--verify checks parity)"),
     "list": ("kernelzoo.zoo.cli", "list the zoo's models"),
     "info": ("kernelzoo.zoo.cli", "show a zoo model's card"),
     "viz": ("kernelzoo.zoo.kernelnet.viz", "visualisations: `kernelzoo viz embedding NAME`"),
 }
+
+
+# `kernelzoo bench WHAT ...` -> the module that benchmarks WHAT (it parses WHAT itself).
+BENCHMARKS = {"ops": "kernelzoo.ops.bench", "deploy": "kernelzoo.export.bench"}
 
 
 def build_parser():
@@ -42,8 +47,13 @@ def main(argv=None):
         parser.print_help()
         return 0 if not argv else 2
     command, rest = argv[0], argv[1:]
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off the terminal
-    module = importlib.import_module(SUBCOMMANDS[command][0])
+    module_name = SUBCOMMANDS[command][0]
+    if command == "bench":
+        if not rest or rest[0] not in BENCHMARKS:
+            print(f"usage: kernelzoo bench {{{','.join(BENCHMARKS)}}} ...", file=sys.stderr)
+            return 2
+        module_name = BENCHMARKS[rest[0]]
+    module = importlib.import_module(module_name)
     sub_parser = argparse.ArgumentParser(prog=f"kernelzoo {command}")
     module.add_arguments(sub_parser, command)
     args = sub_parser.parse_args(rest)

@@ -1,0 +1,365 @@
+"""`kernelzoo bench ops`: time and memory of the similarity and MEX operators.
+
+For each shape (the CIFAR-10 patch-labelling SimNet of paper 000 and a small
+one) it measures, in one process, forward and forward+backward wall time
+(median of --reps runs after warm-up, each run inside a `tf.function`) of
+
+* weighted l1 / l2 / linear similarity: custom op, composite (keras.ops), and
+  composite compiled with XLA (`tf.function(jit_compile=True)`), against
+  `keras.layers.Conv2D` with the same shape (ratio column = time / Conv2D);
+* MEX (xi = 1, no offsets, 2x2 blocks, stride 2): custom vs composite, against
+  `keras.layers.MaxPool2D` and `tf.reduce_logsumexp` over the same blocks
+  (ratio = time / MaxPool2D);
+
+and the peak memory of one forward+backward step. `--memory tf` (default)
+reads the TF CPU allocator's peak (`tf.config.experimental.get_memory_info`,
+reset before the step): it counts every tensor (outputs, gradients, the
+composite's intermediates) but not the custom ops' per-thread scratch (patch
+buffers of a few hundred rows plus (D, n) accumulators, malloc'ed: under ~3 MB
+per thread at the CIFAR shape) nor XLA's internal buffers; `--memory rss` runs each case in a subprocess and
+reports its RSS high-water growth (`resource.getrusage`) over the step
+(includes tracing / XLA compilation); `--memory none` skips it.
+Progress goes to stderr, the table to stdout.
+"""
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+SHAPES = {
+    # name: (batch, height, width, channels, patch, templates, mex pool)
+    "cifar": dict(batch=64, size=32, channels=3, patch=6, templates=400, pool=2),
+    "small": dict(batch=16, size=16, channels=8, patch=3, templates=32, pool=2),
+}
+SIMILARITIES = ("l2", "l1", "linear")
+
+
+def add_arguments(parser, command=None):
+    parser.description = "Benchmark the custom ops against the composite and Keras layers."
+    parser.add_argument("what", choices=["ops"], help="what to benchmark")
+    parser.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=["cifar", "small"],
+                        help="shapes to run (default: cifar small)")
+    parser.add_argument("--reps", type=int, default=7,
+                        help="timed runs per case (median; at most 3 for cases over 2 s)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs per case (>= 1)")
+    parser.add_argument("--memory", choices=["tf", "rss", "none"], default="tf",
+                        help="peak memory measurement (default: tf allocator peak)")
+    parser.add_argument("--no-xla", action="store_true", help="skip the XLA composite rows")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="TF intra-op threads (0: TF default = all cores); 1 gives steadier "
+                             "ratios on a shared machine")
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="run only rows whose label contains one of these words")
+
+
+def _log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- cases --
+_XLA_SLAB_LIMIT = 2 * 2**30
+
+
+class _Skip(Exception):
+    pass
+
+
+def _skipped(reason):
+    def build():
+        raise _Skip(reason)
+    return build
+
+
+def _cases(shape_name, no_xla=False):
+    """Yields (group, label, baseline?, builder); builder() -> (fwd, fwdbwd) tf.functions."""
+    import numpy as np
+    import tensorflow as tf
+    import keras
+
+    from kernelzoo.ops import composite
+
+    s = SHAPES[shape_name]
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(s["batch"], s["size"], s["size"], s["channels"])).astype("float32"))
+    k, n = s["patch"], s["templates"]
+    z = tf.Variable(rng.normal(size=(k, k, s["channels"], n)).astype("float32"))
+    u = tf.Variable(rng.uniform(0.5, 1.5, size=(k, k, s["channels"], n)).astype("float32"))
+    out_size = s["size"] - k + 1
+    gy = tf.constant(rng.normal(size=(s["batch"], out_size, out_size, n)).astype("float32"))
+
+    def make(forward, variables, grad):
+        def fwd():
+            return forward(x)
+
+        def fwdbwd():
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = forward(x)
+                loss = tf.reduce_sum(y * grad)
+            return tape.gradient(loss, [x] + list(variables))
+        return fwd, fwdbwd
+
+    def conv_case():
+        conv = keras.layers.Conv2D(n, k, padding="valid")
+        conv.build(x.shape)
+        fwd, fwdbwd = make(conv, conv.trainable_variables, gy)
+        return tf.function(fwd), tf.function(fwdbwd)
+
+    def sim_case(kind, impl, xla=False):
+        def build():
+            from kernelzoo.ops import custom
+            mod = custom if impl == "custom" else composite
+            p = tf.fill((n,), {"l1": 1.0, "l2": 2.0}.get(kind, 1.0))
+
+            def forward(inp):
+                return mod.similarity(inp, z, u, p, similarity=kind, strides=(1, 1),
+                                      padding="valid", ignore_nan=False)
+            fwd, fwdbwd = make(forward, [z, u], gy)
+            return tf.function(fwd, jit_compile=xla), tf.function(fwdbwd, jit_compile=xla)
+        return build
+
+    group = f"similarity {shape_name} ({s['batch']}x{s['size']}x{s['size']}x{s['channels']}, " \
+            f"{k}x{k}, {n} templates)"
+    yield group, "Conv2D", True, conv_case
+    for kind in SIMILARITIES:
+        w = "weighted " if kind != "linear" else ""
+        yield group, f"{w}{kind} custom", False, sim_case(kind, "custom")
+        yield group, f"{w}{kind} composite", False, sim_case(kind, "composite")
+        if not no_xla:
+            slab = s["batch"] * out_size ** 2 * k * k * s["channels"] * n * 4
+            if kind in ("l1", "lp") and slab > _XLA_SLAB_LIMIT:
+                # XLA fuses the composite's per-chunk slabs into one
+                # positions x patch x templates tensor (15 GiB at the CIFAR shape)
+                yield group, f"{w}{kind} composite XLA", False, _skipped(
+                    f"skipped: XLA would materialise the {slab / 2**30:.0f} GiB "
+                    "positions x patch x templates tensor")
+            else:
+                yield group, f"{w}{kind} composite XLA", False, sim_case(kind, "composite", True)
+
+    # MEX over the similarity output shape.
+    pool = s["pool"]
+    m_in = tf.constant(rng.normal(size=(s["batch"], out_size, out_size, n)).astype("float32"))
+    m_out = out_size // pool
+    gm = tf.constant(rng.normal(size=(s["batch"], m_out, m_out, n)).astype("float32"))
+    xi = tf.Variable(tf.ones((1,)))
+
+    def make_m(forward, variables):
+        def fwd():
+            return forward(m_in)
+
+        def fwdbwd():
+            with tf.GradientTape() as tape:
+                tape.watch(m_in)
+                y = forward(m_in)
+                loss = tf.reduce_sum(y * gm)
+            return tape.gradient(loss, [m_in] + list(variables))
+        return fwd, fwdbwd
+
+    def maxpool_case():
+        layer = keras.layers.MaxPool2D(pool)
+        fwd, fwdbwd = make_m(layer, [])
+        return tf.function(fwd), tf.function(fwdbwd)
+
+    def lse_case():
+        def forward(inp):
+            b, h, w, c = inp.shape
+            h2, w2 = h // pool * pool, w // pool * pool
+            blocks = tf.reshape(inp[:, :h2, :w2], (b, h2 // pool, pool, w2 // pool, pool, c))
+            return tf.reduce_logsumexp(blocks, axis=(2, 4))
+        fwd, fwdbwd = make_m(forward, [])
+        return tf.function(fwd), tf.function(fwdbwd)
+
+    def mex_case(impl, xla=False):
+        def build():
+            from kernelzoo.ops import custom
+            mod = custom if impl == "custom" else composite
+
+            def forward(inp):
+                return mod.mex(inp, xi, None, None, num_instances=1, pool_size=(pool, pool),
+                               channel_block=1, strides=(pool, pool), padding="valid",
+                               softmax_mode=False)
+            fwd, fwdbwd = make_m(forward, [xi])
+            return tf.function(fwd, jit_compile=xla), tf.function(fwdbwd, jit_compile=xla)
+        return build
+
+    group = f"mex {shape_name} ({s['batch']}x{out_size}x{out_size}x{n}, {pool}x{pool}/{pool}, xi=1)"
+    yield group, "MaxPool2D", True, maxpool_case
+    yield group, "reduce_logsumexp", False, lse_case
+    yield group, "mex custom", False, mex_case("custom")
+    yield group, "mex composite", False, mex_case("composite")
+    if not no_xla:
+        yield group, "mex composite XLA", False, mex_case("composite", True)
+
+
+def _materialise(result):
+    import tensorflow as tf
+
+    for t in tf.nest.flatten(result):
+        if t is not None:
+            t.numpy()
+
+
+def _time(fn, reps, warmup):
+    for i in range(max(warmup, 1)):
+        start = time.perf_counter()
+        _materialise(fn())
+        if i == 0 and time.perf_counter() - start > 2.0:
+            # very slow case (the composite l1 on CIFAR takes tens of seconds)
+            reps = min(reps, 3)
+            break
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        _materialise(fn())
+        times.append(time.perf_counter() - start)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def _tf_peak(fn):
+    import tensorflow as tf
+
+    _materialise(fn())  # traced / compiled already; make sure
+    tf.config.experimental.reset_memory_stats("CPU:0")
+    base = tf.config.experimental.get_memory_info("CPU:0")["current"]
+    _materialise(fn())
+    return tf.config.experimental.get_memory_info("CPU:0")["peak"] - base
+
+
+def _rss_case(shape, label, no_xla, threads=0):
+    """Runs in a subprocess: RSS high-water growth over one fwd+bwd step (bytes)."""
+    import resource
+
+    import tensorflow as tf
+
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.constant(1.0).numpy()
+    for _, lab, _, builder in _cases(shape, no_xla):
+        if lab == label:
+            _, fwdbwd = builder()
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            _materialise(fwdbwd())
+            after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            print(f"RSS_KB {after - before}")
+            return
+
+
+def _rss_peak(shape, label, no_xla, threads=0):
+    code = ("import sys; from kernelzoo.ops import bench; "
+            f"bench._rss_case({shape!r}, {label!r}, {no_xla!r}, {threads!r})")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, text=True, env=env)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RSS_KB "):
+            return int(line.split()[1]) * 1024
+    return None
+
+
+def _fmt_ms(t):
+    return "-" if t is None else f"{t * 1e3:9.1f}"
+
+
+def _fmt_ratio(t, base):
+    return "-" if t is None or not base else f"{t / base:6.2f}x"
+
+
+def _fmt_mb(b):
+    return "-" if b is None else f"{b / 2**20:8.1f}"
+
+
+def run(args, command=None):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    if args.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+
+    from kernelzoo.ops import library
+
+    if not library.available():
+        _log("kernelzoo bench: the custom op library is not available; building to show why:")
+        try:
+            library.load()
+        except RuntimeError as e:
+            _log(str(e))
+        return 1
+    memory = args.memory
+    if memory == "tf":
+        try:
+            tf.config.experimental.get_memory_info("CPU:0")
+        except Exception:  # noqa: BLE001
+            _log("kernelzoo bench: tf.config.experimental.get_memory_info('CPU:0') does not "
+                 "work here; falling back to --memory rss")
+            memory = "rss"
+    rows = []
+    for shape in args.shapes:
+        base = None
+        for group, label, is_base, builder in _cases(shape, args.no_xla):
+            if args.only and not is_base and not any(w in label for w in args.only):
+                continue
+            _log(f"[{shape}] {label} ...")
+            try:
+                fwd, fwdbwd = builder()
+                t_f = _time(fwd, args.reps, args.warmup)
+                t_b = _time(fwdbwd, args.reps, args.warmup)
+                if memory == "tf":
+                    peak = _tf_peak(fwdbwd)
+                elif memory == "rss":
+                    peak = _rss_peak(shape, label, args.no_xla, args.threads)
+                else:
+                    peak = None
+                err = None
+            except _Skip as e:
+                t_f = t_b = peak = None
+                err = str(e)
+                _log(f"  {err}")
+            except Exception as e:  # noqa: BLE001 - report and go on
+                t_f = t_b = peak = None
+                err = f"{type(e).__name__}: {str(e).splitlines()[0][:60]}"
+                _log(f"  failed: {err}")
+            if is_base:
+                base = (t_f, t_b)
+            rows.append((group, label, t_f, t_b, peak, base, err))
+    _print_table(rows, memory, args)
+    return 0
+
+
+def _print_table(rows, memory, args):
+    import platform
+
+    import tensorflow as tf
+
+    mem_head = {"tf": "peak MB (TF alloc)", "rss": "peak MB (RSS delta)", "none": ""}[memory]
+    threads = args.threads or tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()
+    print(f"kernelzoo bench ops — TF {tf.__version__}, {os.cpu_count()} CPU cores "
+          f"({threads} intra-op threads), "
+          f"{platform.processor() or platform.machine()}; median of {args.reps} runs after "
+          f"{args.warmup} warm-up; ratio = time / baseline (first row of each group)")
+    header = f"{'case':<30} {'fwd ms':>9} {'ratio':>7} {'fwd+bwd ms':>10} {'ratio':>7}  {mem_head}"
+    group = None
+    for g, label, t_f, t_b, peak, base, err in rows:
+        if g != group:
+            group = g
+            print()
+            print(g)
+            print(header)
+            print("-" * len(header))
+        if err:
+            print(f"{label:<30} {err if err.startswith('skipped') else 'failed: ' + err}")
+            continue
+        b_f, b_b = base or (None, None)
+        print(f"{label:<30} {_fmt_ms(t_f)} {_fmt_ratio(t_f, b_f):>7} {_fmt_ms(t_b):>10} "
+              f"{_fmt_ratio(t_b, b_b):>7}  {_fmt_mb(peak) if memory != 'none' else ''}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="kernelzoo bench")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+// Similarity operator of SimNets (Cohen & Shashua 2014, Sec. 2): the math and
+// the device-templated functor shared by the CPU kernel
+// (similarity_kernels.cc) and a future CUDA kernel
+// (similarity_kernels.cu.cc, which would specialise the functors for
+// Eigen::GpuDevice). No TensorFlow dependency: a standalone nvcc harness can
+// include this header.
+//
+//   out[n, i, j, l] = sum_d u[d, l] * phi(x_ij[d], z[d, l])
+//
+// with d = (a * k_w + b) * C + c the patch index (Conv2D kernel layout
+// (k_h, k_w, C, n) read as a (D, n) row-major matrix) and
+//   linear: phi = x * z        l1: phi = -|x - z|
+//   l2:     phi = -(x - z)^2   lp: phi = -|x - z|^p_l
+// "same" padding pads with zeros; with ignore_nan, padding is NaN and every NaN
+// patch entry contributes 0 to the output and receives 0 gradient.
+#ifndef KERNELZOO_OPS_CC_SIMILARITY_FUNCTOR_H_
+#define KERNELZOO_OPS_CC_SIMILARITY_FUNCTOR_H_
+
+#include <cmath>
+#include <cstdint>
+
+#include "geometry.h"
+
+namespace kernelzoo {
+
+enum SimilarityKind : int { kSimLinear = 0, kSimL1 = 1, kSimL2 = 2, kSimLp = 3 };
+
+struct SimilarityParams {
+  WindowGeometry geo;       // k_* = patch size, in_c = C
+  int64_t num_templates = 0;  // n
+  SimilarityKind kind = kSimLinear;
+  bool ignore_nan = false;
+
+  KZ_HOST_DEVICE int64_t patch_size() const { return geo.k_h * geo.k_w * geo.in_c; }
+};
+
+// phi(x, z; p) for one patch entry and one template entry.
+KZ_HOST_DEVICE inline float SimilarityPhi(SimilarityKind kind, float x, float z,
+                                          float p) {
+  switch (kind) {
+    case kSimLinear:
+      return x * z;
+    case kSimL1:
+      return -fabsf(x - z);
+    case kSimL2: {
+      const float t = x - z;
+      return -t * t;
+    }
+    default:
+      return -powf(fabsf(x - z), p);
+  }
+}
+
+// Partial derivatives of phi w.r.t. x, z and p. Conventions: sign(0) = 0,
+// d|t|^p/dt = p |t|^(p-1) sign(t) and d|t|^p/dp = |t|^p log|t|, both 0 at t = 0.
+KZ_HOST_DEVICE inline void SimilarityPhiGrad(SimilarityKind kind, float x, float z,
+                                             float p, float* dx, float* dz,
+                                             float* dp) {
+  *dp = 0.f;
+  const float t = x - z;
+  switch (kind) {
+    case kSimLinear:
+      *dx = z;
+      *dz = x;
+      return;
+    case kSimL1: {
+      const float s = (t > 0.f) ? 1.f : ((t < 0.f) ? -1.f : 0.f);
+      *dx = -s;
+      *dz = s;
+      return;
+    }
+    case kSimL2:
+      *dx = -2.f * t;
+      *dz = 2.f * t;
+      return;
+    default: {
+      const float a = fabsf(t);
+      if (a == 0.f) {
+        *dx = *dz = 0.f;
+        return;
+      }
+      const float pw = powf(a, p);
+      const float g = p * pw / a * (t > 0.f ? 1.f : -1.f);
+      *dx = -g;
+      *dz = g;
+      *dp = -pw * logf(a);
+      return;
+    }
+  }
+}
+
+// Forward: output (N, out_h, out_w, n) from input (N, H, W, C), templates and
+// weights (k_h, k_w, C, n) and p (n).
+template <typename Device>
+struct SimilarityFunctor {
+  void operator()(const Device& d, const SimilarityParams& params,
+                  const float* input, const float* templates,
+                  const float* weights, const float* p, float* output);
+};
+
+// Backward: gradients w.r.t. input, templates, weights and p (zeros unless lp)
+// given grad_output (N, out_h, out_w, n). All outputs are overwritten.
+template <typename Device>
+struct SimilarityGradFunctor {
+  void operator()(const Device& d, const SimilarityParams& params,
+                  const float* input, const float* templates,
+                  const float* weights, const float* p,
+                  const float* grad_output, float* grad_input,
+                  float* grad_templates, float* grad_weights, float* grad_p);
+};
+
+}  // namespace kernelzoo
+
+#endif  // KERNELZOO_OPS_CC_SIMILARITY_FUNCTOR_H_

@@ -1,0 +1,799 @@
+// CPU kernels for KernelzooSimilarity / KernelzooSimilarityGrad.
+//
+// Work is split into (image, band of output rows) chunks run in parallel on
+// TF's intra-op threads (Eigen::ThreadPoolDevice::parallelFor). Each chunk
+// builds its patch matrix X (positions x D, im2col) in per-thread scratch;
+// the positions x templates x patch tensor is never materialised.
+//  * linear, l2: GEMMs (Eigen, single-threaded per chunk) using
+//      linear: out = X (U*Z)
+//      l2:     out = -(X^2 U - 2 X (U*Z) + M (U*Z^2))   (M: non-NaN mask)
+//  * l1, lp: a register-blocked direct loop (tile of positions x block of
+//    templates, innermost over templates, SIMD).
+// Backward passes scatter patch gradients into the input gradient; chunks are
+// run in two waves (even bands, then odd bands) so no two concurrent chunks
+// touch the same input rows. Template/weight/p gradients use per-thread double
+// accumulators reduced at the end.
+#define EIGEN_USE_THREADS
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "Eigen/Core"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/framework/tensor_shape.h"
+#include "unsupported/Eigen/CXX11/Tensor"
+
+#include "cpu_util.h"
+#include "similarity_functor.h"
+
+namespace kernelzoo {
+
+using CPUDevice = Eigen::ThreadPoolDevice;
+using namespace cpu;  // NOLINT
+
+namespace {
+
+using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using Stride = Eigen::OuterStride<>;
+using MatMap = Eigen::Map<RowMat, 0, Stride>;
+using CMatMap = Eigen::Map<const RowMat, 0, Stride>;
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+constexpr int64_t kChunkPositions = 512;
+
+// Register blocking of the direct (l1) loops.
+#if defined(__AVX512F__)
+constexpr int kFwdPT = 8, kFwdLV = 2;  // 16 accumulators of 16 floats
+constexpr int kBwdPT = 8;
+#else
+constexpr int kFwdPT = 4, kFwdLV = 2;
+constexpr int kBwdPT = 4;
+#endif
+constexpr int kPT = (kFwdPT > kBwdPT ? kFwdPT : kBwdPT);
+constexpr int kFwdLB = kFwdLV * kVL;
+
+// ---------------------------------------------------------------- im2col --
+// Rows = positions (image, i in [i0, i1), all j) in order; columns [0, D) of
+// each row (leading dimension ldx) hold the patch, padded entries = pad.
+void Im2Col(const WindowGeometry& g, const float* input, int64_t image, int64_t i0,
+            int64_t i1, float pad, float* X, int64_t ldx) {
+  const int64_t C = g.in_c;
+  const float* img = input + image * g.in_h * g.in_w * C;
+  int64_t r = 0;
+  for (int64_t i = i0; i < i1; ++i) {
+    const int64_t y0 = g.row0(i);
+    for (int64_t j = 0; j < g.out_w; ++j, ++r) {
+      float* dst = X + r * ldx;
+      const int64_t x0 = g.col0(j);
+      const int64_t b_lo = std::max<int64_t>(0, -x0);
+      const int64_t b_hi = std::min<int64_t>(g.k_w, g.in_w - x0);
+      for (int64_t a = 0; a < g.k_h; ++a) {
+        float* row = dst + a * g.k_w * C;
+        const int64_t y = y0 + a;
+        if (y < 0 || y >= g.in_h || b_hi <= b_lo) {
+          std::fill(row, row + g.k_w * C, pad);
+          continue;
+        }
+        std::fill(row, row + b_lo * C, pad);
+        std::memcpy(row + b_lo * C, img + (y * g.in_w + x0 + b_lo) * C,
+                    (b_hi - b_lo) * C * sizeof(float));
+        std::fill(row + b_hi * C, row + g.k_w * C, pad);
+      }
+    }
+  }
+}
+
+// Adds the patch gradients GX (rows as in Im2Col, leading dim ldg) into the
+// input gradient; padded entries are dropped.
+void Col2Im(const WindowGeometry& g, const float* GX, int64_t ldg, int64_t image,
+            int64_t i0, int64_t i1, float* grad_input) {
+  const int64_t C = g.in_c;
+  float* img = grad_input + image * g.in_h * g.in_w * C;
+  int64_t r = 0;
+  for (int64_t i = i0; i < i1; ++i) {
+    const int64_t y0 = g.row0(i);
+    for (int64_t j = 0; j < g.out_w; ++j, ++r) {
+      const float* src = GX + r * ldg;
+      const int64_t x0 = g.col0(j);
+      const int64_t b_lo = std::max<int64_t>(0, -x0);
+      const int64_t b_hi = std::min<int64_t>(g.k_w, g.in_w - x0);
+      for (int64_t a = 0; a < g.k_h; ++a) {
+        const int64_t y = y0 + a;
+        if (y < 0 || y >= g.in_h || b_hi <= b_lo) continue;
+        const float* s = src + (a * g.k_w + b_lo) * C;
+        float* d = img + (y * g.in_w + x0 + b_lo) * C;
+        const int64_t len = (b_hi - b_lo) * C;
+        for (int64_t t = 0; t < len; ++t) d[t] += s[t];
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------- shared prologue --
+// Templates/weights repacked as (D, npad) with zero padding of the template
+// axis to a multiple of the SIMD block.
+struct Packed {
+  int64_t npad = 0;
+  std::vector<float> z, u;
+};
+
+Packed Pack(const float* templates, const float* weights, int64_t D, int64_t n,
+            int64_t multiple) {
+  Packed pk;
+  pk.npad = RoundUp(std::max<int64_t>(n, 1), multiple);
+  pk.z.assign(D * pk.npad, 0.f);
+  pk.u.assign(D * pk.npad, 0.f);
+  for (int64_t d = 0; d < D; ++d) {
+    std::memcpy(&pk.z[d * pk.npad], templates + d * n, n * sizeof(float));
+    std::memcpy(&pk.u[d * pk.npad], weights + d * n, n * sizeof(float));
+  }
+  return pk;
+}
+
+bool AnyNaN(const float* X, int64_t rows, int64_t cols, int64_t ldx) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* x = X + r * ldx;
+    bool nan = false;
+    for (int64_t c = 0; c < cols; ++c) nan |= (x[c] != x[c]);
+    if (nan) return true;
+  }
+  return false;
+}
+
+Eigen::TensorOpCost ChunkCost(int64_t positions, int64_t D, int64_t n) {
+  const double work = static_cast<double>(positions) * D * n;
+  return Eigen::TensorOpCost(4.0 * positions * D, 4.0 * positions * n, work);
+}
+
+// ------------------------------------------------------------ l1 forward --
+template <int PT, int LV, bool kSkipNaN>
+inline void L1ForwardTile(const float* X, int64_t ldx, int64_t D, const float* z,
+                          const float* u, int64_t npad, float* out, int64_t ldo) {
+  VF acc[PT][LV];
+  for (int p = 0; p < PT; ++p)
+    for (int v = 0; v < LV; ++v) acc[p][v] = VF{};
+  for (int64_t d = 0; d < D; ++d) {
+    VF zv[LV], uv[LV];
+    for (int v = 0; v < LV; ++v) {
+      zv[v] = LoadU(z + d * npad + v * kVL);
+      uv[v] = LoadU(u + d * npad + v * kVL);
+    }
+    for (int p = 0; p < PT; ++p) {
+      const float x = X[p * ldx + d];
+      if (kSkipNaN && x != x) continue;
+      const VF xb = Splat(x);
+      for (int v = 0; v < LV; ++v) acc[p][v] += uv[v] * Abs(xb - zv[v]);
+    }
+  }
+  for (int p = 0; p < PT; ++p)
+    for (int v = 0; v < LV; ++v) StoreU(out + p * ldo + v * kVL, -acc[p][v]);
+}
+
+// out rows (rows x n, leading dim n) from X (rows_pad x D, rows_pad a multiple
+// of kFwdPT, extra rows zero). tile: scratch of kFwdPT x kFwdLB floats.
+void L1ForwardChunk(const float* X, int64_t rows, int64_t D, const Packed& pk,
+                    int64_t n, bool skip_nan, float* out, float* tile) {
+  for (int64_t r0 = 0; r0 < rows; r0 += kFwdPT) {
+    const int64_t pr = std::min<int64_t>(kFwdPT, rows - r0);
+    for (int64_t l0 = 0; l0 < n; l0 += kFwdLB) {
+      const int64_t lb = std::min<int64_t>(kFwdLB, n - l0);
+      const float* xr = X + r0 * D;
+      float* dst = (pr == kFwdPT && lb == kFwdLB) ? out + r0 * n + l0 : tile;
+      const int64_t ldo = (dst == tile) ? kFwdLB : n;
+      if (skip_nan) {
+        L1ForwardTile<kFwdPT, kFwdLV, true>(xr, D, D, pk.z.data() + l0,
+                                            pk.u.data() + l0, pk.npad, dst, ldo);
+      } else {
+        L1ForwardTile<kFwdPT, kFwdLV, false>(xr, D, D, pk.z.data() + l0,
+                                             pk.u.data() + l0, pk.npad, dst, ldo);
+      }
+      if (dst == tile) {
+        for (int64_t p = 0; p < pr; ++p)
+          std::memcpy(out + (r0 + p) * n + l0, tile + p * kFwdLB, lb * sizeof(float));
+      }
+    }
+  }
+}
+
+// ----------------------------------------------------------- l1 backward --
+// For a tile of PT positions: GX (PT x D) = -sum_l g u sign(x - z);
+// gz (D x npad) += sum_p g sign(x - z); gu (D x npad) += sum_p g |x - z|.
+template <int PT, bool kSkipNaN>
+inline void L1BackwardTile(const float* X, int64_t D, const float* G, int64_t npad,
+                           const float* z, const float* u, float* GX, float* gz,
+                           float* gu) {
+  const int64_t nv = npad / kVL;
+  for (int64_t d = 0; d < D; ++d) {
+    VF xb[PT], gxv[PT];
+    bool skip[PT];
+    for (int p = 0; p < PT; ++p) {
+      const float x = X[p * D + d];
+      skip[p] = kSkipNaN && (x != x);
+      xb[p] = Splat(skip[p] ? 0.f : x);
+      gxv[p] = VF{};
+    }
+    const float* zr = z + d * npad;
+    const float* ur = u + d * npad;
+    float* gzr = gz + d * npad;
+    float* gur = gu + d * npad;
+    for (int64_t v = 0; v < nv; ++v) {
+      const VF zv = LoadU(zr + v * kVL);
+      const VF uv = LoadU(ur + v * kVL);
+      VF sz = VF{}, su = VF{};
+      for (int p = 0; p < PT; ++p) {
+        if (kSkipNaN && skip[p]) continue;
+        const VF g = LoadU(G + p * npad + v * kVL);
+        const VF t = xb[p] - zv;
+        const VF h = MulSign(g, t);
+        sz += h;
+        su += g * Abs(t);
+        gxv[p] += h * uv;
+      }
+      StoreU(gzr + v * kVL, LoadU(gzr + v * kVL) + sz);
+      StoreU(gur + v * kVL, LoadU(gur + v * kVL) + su);
+    }
+    for (int p = 0; p < PT; ++p) GX[p * D + d] = -HSum(gxv[p]);
+  }
+}
+
+// ------------------------------------------------------------ lp (scalar) --
+void LpForwardChunk(const float* X, int64_t rows, int64_t D, const float* z,
+                    const float* u, const float* pv, int64_t n, bool skip_nan,
+                    float* out) {
+  std::vector<float> acc(n);
+  for (int64_t r = 0; r < rows; ++r) {
+    std::fill(acc.begin(), acc.end(), 0.f);
+    for (int64_t d = 0; d < D; ++d) {
+      const float x = X[r * D + d];
+      if (skip_nan && x != x) continue;
+      const float* zr = z + d * n;
+      const float* ur = u + d * n;
+      for (int64_t l = 0; l < n; ++l) acc[l] += ur[l] * powf(fabsf(x - zr[l]), pv[l]);
+    }
+    for (int64_t l = 0; l < n; ++l) out[r * n + l] = -acc[l];
+  }
+}
+
+void LpBackwardChunk(const float* X, int64_t rows, int64_t D, const float* z,
+                     const float* u, const float* pv, int64_t n, bool skip_nan,
+                     const float* G, float* GX, double* gz, double* gu, double* gp) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* g = G + r * n;
+    for (int64_t d = 0; d < D; ++d) {
+      const float x = X[r * D + d];
+      if (skip_nan && x != x) {
+        GX[r * D + d] = 0.f;
+        continue;
+      }
+      const float* zr = z + d * n;
+      const float* ur = u + d * n;
+      double* gzr = gz + d * n;
+      double* gur = gu + d * n;
+      float gx = 0.f;
+      for (int64_t l = 0; l < n; ++l) {
+        const float t = x - zr[l];
+        const float a = fabsf(t);
+        const float pl = pv[l];
+        if (a == 0.f) {
+          gur[l] -= g[l] * powf(0.f, pl);
+          continue;
+        }
+        const float pw = powf(a, pl);
+        const float gl = g[l];
+        const float dz = pl * pw / a * (t > 0.f ? 1.f : (t < 0.f ? -1.f : t));
+        gx -= gl * ur[l] * dz;
+        gzr[l] += gl * ur[l] * dz;
+        gur[l] -= gl * pw;
+        gp[l] -= static_cast<double>(gl * ur[l]) * pw * logf(a);
+      }
+      GX[r * D + d] = gx;
+    }
+  }
+}
+
+// Per-thread scratch of the CPU functors.
+struct Scratch {
+  std::vector<float> x, gx, g, t0, t1;
+  std::vector<double> acc0, acc1, acc2;
+  bool used = false;
+};
+
+}  // namespace
+
+// ================================================================ forward ==
+template <>
+struct SimilarityFunctor<CPUDevice> {
+  void operator()(const CPUDevice& dev, const SimilarityParams& prm,
+                  const float* input, const float* templates, const float* weights,
+                  const float* p, float* output) {
+    const WindowGeometry& g = prm.geo;
+    const int64_t D = prm.patch_size(), n = prm.num_templates;
+    const int64_t P = g.positions();
+    if (P == 0 || n == 0) return;
+    if (D == 0) {
+      std::fill(output, output + P * n, 0.f);
+      return;
+    }
+    const BandPlan plan(g.out_h, g.out_w, g.k_h, g.s_h, kChunkPositions);
+    const int64_t max_rows = RoundUp(plan.rows_per_band * g.out_w, kPT);
+    const bool nan_pad = prm.ignore_nan;
+
+    // Precomputed right-hand sides.
+    RowMat W;      // linear: (D, n) U*Z; l2: (3D, n) [-U; 2UZ; -UZ^2]
+    RowMat bias;   // l2: (1, n) -sum_d U Z^2
+    Packed pk;
+    if (prm.kind == kSimLinear) {
+      W.resize(D, n);
+      for (int64_t i = 0; i < D * n; ++i) W.data()[i] = weights[i] * templates[i];
+    } else if (prm.kind == kSimL2) {
+      W.resize(3 * D, n);
+      bias.setZero(1, n);
+      for (int64_t d = 0; d < D; ++d) {
+        for (int64_t l = 0; l < n; ++l) {
+          const float zz = templates[d * n + l], uu = weights[d * n + l];
+          W(d, l) = -uu;
+          W(D + d, l) = 2.f * uu * zz;
+          W(2 * D + d, l) = -uu * zz * zz;
+          bias(0, l) += -uu * zz * zz;
+        }
+      }
+    } else if (prm.kind == kSimL1) {
+      pk = Pack(templates, weights, D, n, kFwdLB);
+    }
+
+    SlotPool slots(dev.numThreads() + 2);
+    std::vector<Scratch> scratch(slots.size());
+    const int64_t units = plan.Units(g.batch, -1);
+    dev.parallelFor(
+        units, ChunkCost(plan.rows_per_band * g.out_w, D, n),
+        [&](Eigen::Index first, Eigen::Index last) {
+          SlotGuard guard(&slots);
+          Scratch& s = scratch[guard.slot()];
+          for (Eigen::Index unit = first; unit < last; ++unit) {
+            int64_t image, i0, i1;
+            plan.Unit(unit, -1, g.out_h, &image, &i0, &i1);
+            const int64_t rows = (i1 - i0) * g.out_w;
+            float* out = output + ((image * g.out_h) + i0) * g.out_w * n;
+            switch (prm.kind) {
+              case kSimLinear: {
+                s.x.resize(max_rows * D);
+                Im2Col(g, input, image, i0, i1, 0.f, s.x.data(), D);
+                if (prm.ignore_nan) {
+                  for (int64_t t = 0; t < rows * D; ++t)
+                    if (s.x[t] != s.x[t]) s.x[t] = 0.f;
+                }
+                MatMap(out, rows, n, Stride(n)).noalias() =
+                    CMatMap(s.x.data(), rows, D, Stride(D)) * W;
+                break;
+              }
+              case kSimL2: {
+                const int64_t ld = 3 * D;
+                s.x.resize(max_rows * ld);
+                float* X = s.x.data();
+                Im2Col(g, input, image, i0, i1, nan_pad ? kNaN : 0.f, X + D, ld);
+                const bool masked = prm.ignore_nan && AnyNaN(X + D, rows, D, ld);
+                for (int64_t r = 0; r < rows; ++r) {
+                  float* xr = X + r * ld;
+                  if (masked) {
+                    for (int64_t d = 0; d < D; ++d) {
+                      const float v = xr[D + d];
+                      const bool ok = (v == v);
+                      xr[D + d] = ok ? v : 0.f;
+                      xr[d] = ok ? v * v : 0.f;
+                      xr[2 * D + d] = ok ? 1.f : 0.f;
+                    }
+                  } else {
+                    for (int64_t d = 0; d < D; ++d) xr[d] = xr[D + d] * xr[D + d];
+                  }
+                }
+                MatMap o(out, rows, n, Stride(n));
+                if (masked) {
+                  o.noalias() = CMatMap(X, rows, ld, Stride(ld)) * W;
+                } else {
+                  o.noalias() = CMatMap(X, rows, 2 * D, Stride(ld)) * W.topRows(2 * D);
+                  o.rowwise() += bias.row(0);
+                }
+                break;
+              }
+              case kSimL1: {
+                s.x.resize(max_rows * D);
+                s.t0.resize(kFwdPT * kFwdLB);
+                Im2Col(g, input, image, i0, i1, nan_pad ? kNaN : 0.f, s.x.data(), D);
+                std::fill(s.x.begin() + rows * D, s.x.begin() + RoundUp(rows, kFwdPT) * D, 0.f);
+                const bool skip = prm.ignore_nan && AnyNaN(s.x.data(), rows, D, D);
+                L1ForwardChunk(s.x.data(), rows, D, pk, n, skip, out, s.t0.data());
+                break;
+              }
+              default: {
+                s.x.resize(max_rows * D);
+                Im2Col(g, input, image, i0, i1, nan_pad ? kNaN : 0.f, s.x.data(), D);
+                LpForwardChunk(s.x.data(), rows, D, templates, weights, p, n,
+                               prm.ignore_nan, out);
+              }
+            }
+          }
+        });
+  }
+};
+
+// =============================================================== backward ==
+template <>
+struct SimilarityGradFunctor<CPUDevice> {
+  void operator()(const CPUDevice& dev, const SimilarityParams& prm,
+                  const float* input, const float* templates, const float* weights,
+                  const float* p, const float* grad_output, float* grad_input,
+                  float* grad_templates, float* grad_weights, float* grad_p) {
+    const WindowGeometry& g = prm.geo;
+    const int64_t D = prm.patch_size(), n = prm.num_templates;
+    const int64_t P = g.positions();
+    std::fill(grad_input, grad_input + g.batch * g.in_h * g.in_w * g.in_c, 0.f);
+    std::fill(grad_templates, grad_templates + D * n, 0.f);
+    std::fill(grad_weights, grad_weights + D * n, 0.f);
+    std::fill(grad_p, grad_p + n, 0.f);
+    if (P == 0 || n == 0 || D == 0) return;
+
+    const BandPlan plan(g.out_h, g.out_w, g.k_h, g.s_h, kChunkPositions);
+    const int64_t max_rows = RoundUp(plan.rows_per_band * g.out_w, kPT);
+    const bool nan_pad = prm.ignore_nan;
+
+    // Right-hand sides of the GEMM paths.
+    RowMat B;  // linear: (D, n) U*Z; l2: (2D, n) [-U; 2UZ]
+    Packed pk;
+    if (prm.kind == kSimLinear) {
+      B.resize(D, n);
+      for (int64_t i = 0; i < D * n; ++i) B.data()[i] = weights[i] * templates[i];
+    } else if (prm.kind == kSimL2) {
+      B.resize(2 * D, n);
+      for (int64_t d = 0; d < D; ++d)
+        for (int64_t l = 0; l < n; ++l) {
+          B(d, l) = -weights[d * n + l];
+          B(D + d, l) = 2.f * weights[d * n + l] * templates[d * n + l];
+        }
+    } else if (prm.kind == kSimL1) {
+      pk = Pack(templates, weights, D, n, kVL);
+    }
+    // Accumulator sizes (doubles, per slot).
+    //  linear: acc0 = X^T g (D x n)
+    //  l2:     acc0 = [X^2, X, M]^T g (3D x n), acc1 = colsum g (n) [unmasked]
+    //  l1:     acc0 = sum g sign (D x npad), acc1 = sum g |t| (D x npad)
+    //  lp:     acc0 = gz, acc1 = gu (D x n), acc2 = gp (n)
+    SlotPool slots(dev.numThreads() + 2);
+    std::vector<Scratch> scratch(slots.size());
+
+    auto run_chunk = [&](Scratch& s, int64_t image, int64_t i0, int64_t i1) {
+      const int64_t rows = (i1 - i0) * g.out_w;
+      const float* G = grad_output + ((image * g.out_h) + i0) * g.out_w * n;
+      CMatMap gm(G, rows, n, Stride(n));
+      if (!s.used) {
+        s.used = true;
+        const int64_t m0 = prm.kind == kSimL2 ? 3 * D * n
+                         : prm.kind == kSimL1 ? D * pk.npad : D * n;
+        s.acc0.assign(m0, 0.0);
+        s.acc1.assign(prm.kind == kSimL2 ? n : prm.kind == kSimL1 ? D * pk.npad
+                      : prm.kind == kSimLp ? D * n : 0, 0.0);
+        s.acc2.assign(prm.kind == kSimLp ? n : 0, 0.0);
+      }
+      switch (prm.kind) {
+        case kSimLinear: {
+          s.x.resize(max_rows * D);
+          s.gx.resize(max_rows * D);
+          s.t0.resize(D * n);
+          float* X = s.x.data();
+          Im2Col(g, input, image, i0, i1, nan_pad ? kNaN : 0.f, X, D);
+          MatMap gx(s.gx.data(), rows, D, Stride(D));
+          gx.noalias() = gm * B.transpose();
+          if (prm.ignore_nan) {
+            for (int64_t t = 0; t < rows * D; ++t)
+              if (X[t] != X[t]) { X[t] = 0.f; s.gx[t] = 0.f; }
+          }
+          MatMap a(s.t0.data(), D, n, Stride(n));
+          a.noalias() = CMatMap(X, rows, D, Stride(D)).transpose() * gm;
+          for (int64_t t = 0; t < D * n; ++t) s.acc0[t] += s.t0[t];
+          Col2Im(g, s.gx.data(), D, image, i0, i1, grad_input);
+          break;
+        }
+        case kSimL2: {
+          const int64_t ld = 3 * D;
+          s.x.resize(max_rows * ld);
+          s.gx.resize(max_rows * 2 * D);
+          s.t0.resize(3 * D * n);
+          float* X = s.x.data();
+          Im2Col(g, input, image, i0, i1, nan_pad ? kNaN : 0.f, X + D, ld);
+          const bool masked = prm.ignore_nan && AnyNaN(X + D, rows, D, ld);
+          for (int64_t r = 0; r < rows; ++r) {
+            float* xr = X + r * ld;
+            for (int64_t d = 0; d < D; ++d) {
+              const float v = xr[D + d];
+              const bool ok = (v == v) || !masked;
+              xr[D + d] = ok ? v : 0.f;
+              xr[d] = ok ? v * v : 0.f;
+              xr[2 * D + d] = ok ? 1.f : 0.f;
+            }
+          }
+          // [Ga, Gb] = g [-U; 2UZ]^T ; GX = 2 x Ga + Gb (masked).
+          MatMap gg(s.gx.data(), rows, 2 * D, Stride(2 * D));
+          gg.noalias() = gm * B.transpose();
+          for (int64_t r = 0; r < rows; ++r) {
+            float* gr = s.gx.data() + r * 2 * D;
+            const float* xr = X + r * ld;
+            for (int64_t d = 0; d < D; ++d)
+              gr[d] = xr[2 * D + d] * (2.f * xr[D + d] * gr[d] + gr[D + d]);
+          }
+          const int64_t kcols = masked ? 3 * D : 2 * D;
+          MatMap a(s.t0.data(), kcols, n, Stride(n));
+          a.noalias() = CMatMap(X, rows, kcols, Stride(ld)).transpose() * gm;
+          for (int64_t t = 0; t < kcols * n; ++t) s.acc0[t] += s.t0[t];
+          if (!masked) {
+            for (int64_t r = 0; r < rows; ++r)
+              for (int64_t l = 0; l < n; ++l) s.acc1[l] += G[r * n + l];
+          }
+          Col2Im(g, s.gx.data(), 2 * D, image, i0, i1, grad_input);
+          break;
+        }
+        case kSimL1: {
+          const int64_t rows_pad = RoundUp(rows, kBwdPT);
+          s.x.resize(max_rows * D);
+          s.gx.resize(max_rows * D);
+          s.g.resize(kBwdPT * pk.npad);
+          s.t0.assign(D * pk.npad, 0.f);
+          s.t1.assign(D * pk.npad, 0.f);
+          float* X = s.x.data();
+          Im2Col(g, input, image, i0, i1, nan_pad ? kNaN : 0.f, X, D);
+          std::fill(X + rows * D, X + rows_pad * D, 0.f);
+          const bool skip = prm.ignore_nan && AnyNaN(X, rows, D, D);
+          for (int64_t r0 = 0; r0 < rows; r0 += kBwdPT) {
+            const int64_t pr = std::min<int64_t>(kBwdPT, rows - r0);
+            std::fill(s.g.begin(), s.g.end(), 0.f);
+            for (int64_t q = 0; q < pr; ++q)
+              std::memcpy(&s.g[q * pk.npad], G + (r0 + q) * n, n * sizeof(float));
+            if (skip) {
+              L1BackwardTile<kBwdPT, true>(X + r0 * D, D, s.g.data(), pk.npad, pk.z.data(),
+                                           pk.u.data(), s.gx.data() + r0 * D,
+                                           s.t0.data(), s.t1.data());
+            } else {
+              L1BackwardTile<kBwdPT, false>(X + r0 * D, D, s.g.data(), pk.npad, pk.z.data(),
+                                            pk.u.data(), s.gx.data() + r0 * D,
+                                            s.t0.data(), s.t1.data());
+            }
+          }
+          for (int64_t t = 0; t < D * pk.npad; ++t) {
+            s.acc0[t] += s.t0[t];
+            s.acc1[t] += s.t1[t];
+          }
+          Col2Im(g, s.gx.data(), D, image, i0, i1, grad_input);
+          break;
+        }
+        default: {
+          s.x.resize(max_rows * D);
+          s.gx.resize(max_rows * D);
+          float* X = s.x.data();
+          Im2Col(g, input, image, i0, i1, nan_pad ? kNaN : 0.f, X, D);
+          LpBackwardChunk(X, rows, D, templates, weights, p, n, prm.ignore_nan, G,
+                          s.gx.data(), s.acc0.data(), s.acc1.data(), s.acc2.data());
+          Col2Im(g, s.gx.data(), D, image, i0, i1, grad_input);
+        }
+      }
+    };
+
+    for (int wave = 0; wave < 2; ++wave) {
+      const int64_t units = plan.Units(g.batch, wave);
+      if (units == 0) continue;
+      dev.parallelFor(units, ChunkCost(plan.rows_per_band * g.out_w, D, 3 * n),
+                      [&](Eigen::Index first, Eigen::Index last) {
+                        SlotGuard guard(&slots);
+                        Scratch& s = scratch[guard.slot()];
+                        for (Eigen::Index unit = first; unit < last; ++unit) {
+                          int64_t image, i0, i1;
+                          plan.Unit(unit, wave, g.out_h, &image, &i0, &i1);
+                          run_chunk(s, image, i0, i1);
+                        }
+                      });
+    }
+
+    // Reduce the per-thread accumulators.
+    std::vector<double> a0, a1, a2;
+    for (Scratch& s : scratch) {
+      if (!s.used) continue;
+      if (a0.empty()) {
+        a0 = s.acc0;
+        a1 = s.acc1;
+        a2 = s.acc2;
+        continue;
+      }
+      for (size_t t = 0; t < a0.size(); ++t) a0[t] += s.acc0[t];
+      for (size_t t = 0; t < a1.size(); ++t) a1[t] += s.acc1[t];
+      for (size_t t = 0; t < a2.size(); ++t) a2[t] += s.acc2[t];
+    }
+    if (a0.empty()) return;
+    for (int64_t d = 0; d < D; ++d) {
+      for (int64_t l = 0; l < n; ++l) {
+        const int64_t i = d * n + l;
+        const double zz = templates[i], uu = weights[i];
+        switch (prm.kind) {
+          case kSimLinear:
+            grad_templates[i] = static_cast<float>(uu * a0[i]);
+            grad_weights[i] = static_cast<float>(zz * a0[i]);
+            break;
+          case kSimL2: {
+            const double s2 = a0[i], s1 = a0[D * n + i], s0 = a0[2 * D * n + i] + a1[l];
+            grad_templates[i] = static_cast<float>(2.0 * uu * (s1 - zz * s0));
+            grad_weights[i] = static_cast<float>(-(s2 - 2.0 * zz * s1 + zz * zz * s0));
+            break;
+          }
+          case kSimL1: {
+            const int64_t k = d * pk.npad + l;
+            grad_templates[i] = static_cast<float>(uu * a0[k]);
+            grad_weights[i] = static_cast<float>(-a1[k]);
+            break;
+          }
+          default:
+            grad_templates[i] = static_cast<float>(a0[i]);
+            grad_weights[i] = static_cast<float>(a1[i]);
+        }
+      }
+    }
+    if (prm.kind == kSimLp)
+      for (int64_t l = 0; l < n; ++l) grad_p[l] = static_cast<float>(a2[l]);
+  }
+};
+
+// ================================================================= OpKernels
+namespace {
+
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Tensor;
+using ::tensorflow::TensorShape;
+
+class SimilarityOpBase : public OpKernel {
+ public:
+  explicit SimilarityOpBase(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    std::string kind, padding;
+    std::vector<int32_t> strides;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("similarity", &kind));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("padding", &padding));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("strides", &strides));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("ignore_nan", &ignore_nan_));
+    OP_REQUIRES(ctx, strides.size() == 2 && strides[0] >= 1 && strides[1] >= 1,
+                absl::InvalidArgumentError("strides must be 2 positive ints"));
+    OP_REQUIRES(ctx, padding == "valid" || padding == "same",
+                absl::InvalidArgumentError("padding must be 'valid' or 'same'"));
+    same_ = padding == "same";
+    s_h_ = strides[0];
+    s_w_ = strides[1];
+    if (kind == "linear") {
+      kind_ = kSimLinear;
+    } else if (kind == "l1") {
+      kind_ = kSimL1;
+    } else if (kind == "l2") {
+      kind_ = kSimL2;
+    } else if (kind == "lp") {
+      kind_ = kSimLp;
+    } else {
+      ctx->CtxFailure(absl::InvalidArgumentError("unknown similarity " + kind));
+    }
+  }
+
+ protected:
+  // Validates input, templates, weights and p; fills the params.
+  absl::Status Prepare(OpKernelContext* ctx, SimilarityParams* prm) const {
+    const Tensor& input = ctx->input(0);
+    const Tensor& templates = ctx->input(1);
+    const Tensor& weights = ctx->input(2);
+    const Tensor& p = ctx->input(3);
+    if (input.dims() != 4) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "input must be 4-D (N, H, W, C), got shape ", input.shape().DebugString()));
+    }
+    if (templates.dims() != 4) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "templates must be 4-D (kh, kw, C, n), got shape ",
+          templates.shape().DebugString()));
+    }
+    if (weights.shape() != templates.shape()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "weights must have the shape of templates ", templates.shape().DebugString(),
+          ", got ", weights.shape().DebugString()));
+    }
+    if (templates.dim_size(2) != input.dim_size(3)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "templates have ", templates.dim_size(2), " channels but the input has ",
+          input.dim_size(3)));
+    }
+    if (p.dims() != 1 || p.dim_size(0) != templates.dim_size(3)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "p must have shape (", templates.dim_size(3), ",), got ",
+          p.shape().DebugString()));
+    }
+    if (templates.dim_size(0) < 1 || templates.dim_size(1) < 1) {
+      return absl::InvalidArgumentError("patch size must be at least 1x1");
+    }
+    WindowGeometry& g = prm->geo;
+    g.batch = input.dim_size(0);
+    g.in_h = input.dim_size(1);
+    g.in_w = input.dim_size(2);
+    g.in_c = input.dim_size(3);
+    g.k_h = templates.dim_size(0);
+    g.k_w = templates.dim_size(1);
+    g.s_h = s_h_;
+    g.s_w = s_w_;
+    if (!g.Init(same_)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "patch ", g.k_h, "x", g.k_w, " does not fit the input ", g.in_h, "x",
+          g.in_w, " with padding 'valid'"));
+    }
+    prm->num_templates = templates.dim_size(3);
+    prm->kind = kind_;
+    prm->ignore_nan = ignore_nan_;
+    return absl::OkStatus();
+  }
+
+  SimilarityKind kind_ = kSimLinear;
+  bool same_ = false, ignore_nan_ = false;
+  int64_t s_h_ = 1, s_w_ = 1;
+};
+
+class SimilarityOp : public SimilarityOpBase {
+ public:
+  using SimilarityOpBase::SimilarityOpBase;
+
+  void Compute(OpKernelContext* ctx) override {
+    SimilarityParams prm;
+    OP_REQUIRES_OK(ctx, Prepare(ctx, &prm));
+    const WindowGeometry& g = prm.geo;
+    Tensor* output = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(
+                            0, TensorShape({g.batch, g.out_h, g.out_w, prm.num_templates}),
+                            &output));
+    SimilarityFunctor<CPUDevice>()(
+        ctx->eigen_cpu_device(), prm, ctx->input(0).flat<float>().data(),
+        ctx->input(1).flat<float>().data(), ctx->input(2).flat<float>().data(),
+        ctx->input(3).flat<float>().data(), output->flat<float>().data());
+  }
+};
+
+class SimilarityGradOp : public SimilarityOpBase {
+ public:
+  using SimilarityOpBase::SimilarityOpBase;
+
+  void Compute(OpKernelContext* ctx) override {
+    SimilarityParams prm;
+    OP_REQUIRES_OK(ctx, Prepare(ctx, &prm));
+    const WindowGeometry& g = prm.geo;
+    const Tensor& grad = ctx->input(4);
+    const TensorShape out_shape({g.batch, g.out_h, g.out_w, prm.num_templates});
+    OP_REQUIRES(ctx, grad.shape() == out_shape,
+                absl::InvalidArgumentError(absl::StrCat(
+                    "grad must have the output shape ", out_shape.DebugString(), ", got ",
+                    grad.shape().DebugString())));
+    Tensor *gi = nullptr, *gt = nullptr, *gw = nullptr, *gp = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ctx->input(0).shape(), &gi));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, ctx->input(1).shape(), &gt));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, ctx->input(2).shape(), &gw));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(3, ctx->input(3).shape(), &gp));
+    SimilarityGradFunctor<CPUDevice>()(
+        ctx->eigen_cpu_device(), prm, ctx->input(0).flat<float>().data(),
+        ctx->input(1).flat<float>().data(), ctx->input(2).flat<float>().data(),
+        ctx->input(3).flat<float>().data(), grad.flat<float>().data(),
+        gi->flat<float>().data(), gt->flat<float>().data(), gw->flat<float>().data(),
+        gp->flat<float>().data());
+  }
+};
+
+REGISTER_KERNEL_BUILDER(Name("KernelzooSimilarity").Device(::tensorflow::DEVICE_CPU),
+                        SimilarityOp);
+REGISTER_KERNEL_BUILDER(Name("KernelzooSimilarityGrad").Device(::tensorflow::DEVICE_CPU),
+                        SimilarityGradOp);
+
+// GPU slot: similarity_kernels.cu.cc would define
+//   template struct SimilarityFunctor<Eigen::GpuDevice>;
+//   template struct SimilarityGradFunctor<Eigen::GpuDevice>;
+// and the GPU kernel registrations would go here under GOOGLE_CUDA.
+
+}  // namespace
+}  // namespace kernelzoo

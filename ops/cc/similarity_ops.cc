@@ -1,0 +1,130 @@
+// Op definitions (no kernels) for the SimNets similarity operator and its
+// gradient. Kernels: similarity_kernels.cc (CPU). Python: ops/custom.py.
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/shape_inference.h"
+
+#include "geometry.h"
+
+namespace kernelzoo {
+
+using ::tensorflow::Status;
+using ::tensorflow::shape_inference::DimensionHandle;
+using ::tensorflow::shape_inference::InferenceContext;
+using ::tensorflow::shape_inference::ShapeHandle;
+
+namespace {
+
+// Spatial output dim for a window along one axis; unknown if `in` is unknown.
+Status WindowedDim(InferenceContext* c, DimensionHandle in, int64_t k, int64_t s,
+                   bool same, const char* axis, DimensionHandle* out) {
+  if (!c->ValueKnown(in)) {
+    *out = c->UnknownDim();
+    return absl::OkStatus();
+  }
+  int64_t size = 0, pad = 0;
+  if (!WindowedOutputSize(c->Value(in), k, s, same, &size, &pad)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "window of size ", k, " does not fit the input ", axis, " of size ",
+        c->Value(in), " with padding 'valid'"));
+  }
+  *out = c->MakeDim(size);
+  return absl::OkStatus();
+}
+
+Status GetStrides(InferenceContext* c, int64_t* sh, int64_t* sw) {
+  std::vector<int32_t> strides;
+  TF_RETURN_IF_ERROR(c->GetAttr("strides", &strides));
+  if (strides.size() != 2 || strides[0] < 1 || strides[1] < 1) {
+    return absl::InvalidArgumentError(
+        "strides must be a list of 2 positive ints (stride_h, stride_w)");
+  }
+  *sh = strides[0];
+  *sw = strides[1];
+  return absl::OkStatus();
+}
+
+// input (N,H,W,C), templates = weights (kh,kw,C,n), p (n) -> (N,H',W',n).
+Status SimilarityShape(InferenceContext* c) {
+  ShapeHandle input, templates, weights, p;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &input));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 4, &templates));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 4, &weights));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 1, &p));
+  TF_RETURN_IF_ERROR(c->Merge(templates, weights, &templates));
+  DimensionHandle channels, n;
+  TF_RETURN_IF_ERROR(c->Merge(c->Dim(input, 3), c->Dim(templates, 2), &channels));
+  TF_RETURN_IF_ERROR(c->Merge(c->Dim(templates, 3), c->Dim(p, 0), &n));
+  int64_t sh, sw;
+  TF_RETURN_IF_ERROR(GetStrides(c, &sh, &sw));
+  std::string padding;
+  TF_RETURN_IF_ERROR(c->GetAttr("padding", &padding));
+  const bool same = padding == "same";
+  DimensionHandle kh = c->Dim(templates, 0), kw = c->Dim(templates, 1);
+  DimensionHandle oh = c->UnknownDim(), ow = c->UnknownDim();
+  if (c->ValueKnown(kh)) {
+    TF_RETURN_IF_ERROR(WindowedDim(c, c->Dim(input, 1), c->Value(kh), sh, same, "height", &oh));
+  }
+  if (c->ValueKnown(kw)) {
+    TF_RETURN_IF_ERROR(WindowedDim(c, c->Dim(input, 2), c->Value(kw), sw, same, "width", &ow));
+  }
+  c->set_output(0, c->MakeShape({c->Dim(input, 0), oh, ow, n}));
+  return absl::OkStatus();
+}
+
+Status SimilarityGradShape(InferenceContext* c) {
+  TF_RETURN_IF_ERROR(SimilarityShape(c));
+  ShapeHandle out = c->output(0), grad;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(4), 4, &grad));
+  TF_RETURN_IF_ERROR(c->Merge(out, grad, &grad));
+  ShapeHandle templates;
+  TF_RETURN_IF_ERROR(c->Merge(c->input(1), c->input(2), &templates));
+  c->set_output(0, c->input(0));
+  c->set_output(1, templates);
+  c->set_output(2, templates);
+  c->set_output(3, c->input(3));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+REGISTER_OP("KernelzooSimilarity")
+    .Input("input: float")
+    .Input("templates: float")
+    .Input("weights: float")
+    .Input("p: float")
+    .Output("output: float")
+    .Attr("similarity: {'linear', 'l1', 'l2', 'lp'}")
+    .Attr("strides: list(int)")
+    .Attr("padding: {'valid', 'same'}")
+    .Attr("ignore_nan: bool = false")
+    .SetShapeFn(SimilarityShape)
+    .Doc(R"doc(
+SimNets similarity layer (no normalisation term).
+
+out[n, i, j, l] = sum_d weights[d, l] * phi(patch_ij[d], templates[d, l]) with
+phi = x*z (linear), -|x-z| (l1), -(x-z)^2 (l2), -|x-z|^p[l] (lp).
+input: (N, H, W, C). templates, weights: (kh, kw, C, n). p: (n,).
+output: (N, H', W', n).
+)doc");
+
+REGISTER_OP("KernelzooSimilarityGrad")
+    .Input("input: float")
+    .Input("templates: float")
+    .Input("weights: float")
+    .Input("p: float")
+    .Input("grad: float")
+    .Output("grad_input: float")
+    .Output("grad_templates: float")
+    .Output("grad_weights: float")
+    .Output("grad_p: float")
+    .Attr("similarity: {'linear', 'l1', 'l2', 'lp'}")
+    .Attr("strides: list(int)")
+    .Attr("padding: {'valid', 'same'}")
+    .Attr("ignore_nan: bool = false")
+    .SetShapeFn(SimilarityGradShape)
+    .Doc(R"doc(
+Gradients of KernelzooSimilarity w.r.t. input, templates, weights and p
+(grad_p is zero unless similarity == 'lp').
+)doc");
+
+}  // namespace kernelzoo

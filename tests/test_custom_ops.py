@@ -1,0 +1,404 @@
+"""Custom C++ ops (kernelzoo.ops.custom) against the composite keras.ops reference.
+
+Covers values and gradients over a grid of configurations, numerical gradients,
+bad shapes reaching the C++ kernels (InvalidArgumentError, not a crash) and the
+JIT build / cache of the op library. Skipped only when no C++ compiler exists.
+"""
+import argparse
+import itertools
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from kernelzoo.ops import library
+
+if library._compiler() is None:
+    pytest.skip("no C++ compiler: the custom ops cannot be built", allow_module_level=True)
+
+import tensorflow as tf  # noqa: E402
+
+from kernelzoo.ops import composite, custom  # noqa: E402
+
+RNG_SEED = 1234
+
+
+@pytest.fixture(scope="module")
+def lib():
+    return library.load()
+
+
+def _rel_close(actual, expected, rtol, name=""):
+    """|a - b| <= rtol * max|b| elementwise (NaN/inf must match exactly)."""
+    actual = np.asarray(actual, np.float64)
+    expected = np.asarray(expected, np.float64)
+    assert actual.shape == expected.shape, (name, actual.shape, expected.shape)
+    finite = np.isfinite(expected)
+    np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected), err_msg=f"{name}: NaN pattern")
+    np.testing.assert_array_equal(actual[~finite & ~np.isnan(expected)],
+                                  expected[~finite & ~np.isnan(expected)], err_msg=f"{name}: inf")
+    if not finite.any():
+        return
+    scale = max(np.max(np.abs(expected[finite])), 1e-30)
+    err = np.max(np.abs(actual[finite] - expected[finite])) / scale
+    assert err <= rtol, f"{name}: max error {err:.2e} relative to max |ref| > {rtol:.0e}"
+
+
+def _value_and_grads(fn, tensors, grad_out_seed=0):
+    tensors = [tf.convert_to_tensor(t) for t in tensors]
+    with tf.GradientTape() as tape:
+        tape.watch(tensors)
+        y = fn(*tensors)
+    g = tf.constant(np.random.default_rng(grad_out_seed).normal(size=y.shape).astype("float32"))
+    grads = tape.gradient(y, tensors, output_gradients=g)
+    return y.numpy(), [None if v is None else v.numpy() for v in grads]
+
+
+# ----------------------------------------------------------- similarity --
+SIM_GRID = list(itertools.product(["linear", "l1", "l2", "lp"], [False, True], [(1, 1), (2, 3)],
+                                  ["valid", "same"], [False, True]))
+
+
+@pytest.mark.parametrize("kind,weighted,strides,padding,ignore_nan", SIM_GRID)
+def test_similarity_matches_composite(lib, kind, weighted, strides, padding, ignore_nan):
+    rng = np.random.default_rng(RNG_SEED)
+    n = 21  # not a multiple of the SIMD width: exercises the tails
+    x = rng.normal(size=(2, 7, 6, 3)).astype("float32")
+    if ignore_nan:
+        x[0, 1, 2, 1] = np.nan
+        x[1, 4, 5, :] = np.nan
+    z = rng.normal(size=(3, 2, 3, n)).astype("float32")
+    u = (rng.uniform(0.2, 1.5, size=z.shape) if weighted else np.ones(z.shape)).astype("float32")
+    p = (rng.uniform(0.7, 2.5, size=n) if kind == "lp" else np.full(n, 2.0)).astype("float32")
+    kw = dict(similarity=kind, strides=strides, padding=padding, ignore_nan=ignore_nan)
+
+    y, grads = _value_and_grads(lambda *a: custom.similarity(*a, **kw), [x, z, u, p])
+    y_ref, grads_ref = _value_and_grads(lambda *a: composite.similarity(*a, **kw), [x, z, u, p])
+    assert not np.isnan(y).any()
+    _rel_close(y, y_ref, 1e-5, "output")
+    for name, g, g_ref in zip(["inputs", "templates", "weights", "p"], grads, grads_ref):
+        if g_ref is None:  # composite does not use p for this similarity
+            np.testing.assert_array_equal(g, 0.0)
+            continue
+        _rel_close(g, g_ref, 1e-4, f"grad {name}")
+    if ignore_nan:
+        assert np.all(grads[0][np.isnan(x)] == 0.0)
+
+
+def test_similarity_nan_propagates_without_ignore_nan(lib):
+    x = np.ones((1, 4, 4, 1), "float32")
+    x[0, 0, 0, 0] = np.nan
+    z = np.zeros((2, 2, 1, 2), "float32")
+    for kind in ["linear", "l1", "l2", "lp"]:
+        y = custom.similarity(x, z, np.ones_like(z), np.full(2, 1.5, "float32"), similarity=kind,
+                              strides=(1, 1), padding="valid", ignore_nan=False).numpy()
+        assert np.isnan(y[0, 0, 0]).all() and not np.isnan(y[0, 1:, 1:]).any(), kind
+
+
+@pytest.mark.parametrize("kind", ["l1", "l2", "lp", "linear"])
+def test_similarity_numerical_gradient(lib, kind):
+    rng = np.random.default_rng(7)
+    # x on a half-step grid, z on the grid: |x - z| >= 0.05 > delta, no kink crossed
+    x = tf.constant(((rng.integers(-20, 20, size=(1, 4, 5, 2)) + 0.5) * 0.1).astype("float32"))
+    z = tf.constant((rng.integers(-20, 20, size=(2, 2, 2, 3)) * 0.1).astype("float32"))
+    u = tf.constant(rng.uniform(0.5, 1.5, size=(2, 2, 2, 3)).astype("float32"))
+    p = tf.constant(rng.uniform(1.2, 2.5, size=3).astype("float32"))
+
+    def f(x, z, u, p):
+        return custom.similarity(x, z, u, p, similarity=kind, strides=(1, 2), padding="same",
+                                 ignore_nan=False)
+    theoretical, numerical = tf.test.compute_gradient(f, [x, z, u, p], delta=1e-2)
+    for i, (t, nm) in enumerate(zip(theoretical, numerical)):
+        if kind != "lp" and i == 3:
+            assert np.all(t == 0)
+            continue
+        scale = max(np.max(np.abs(nm)), 1.0)
+        # float32 central differences: loose; the tight check is against autodiff above
+        assert np.max(np.abs(t - nm)) / scale < 3e-2, (kind, i)
+
+
+def test_similarity_static_shape_in_graph(lib):
+    @tf.function(input_signature=[tf.TensorSpec([None, 9, 8, 3], tf.float32)])
+    def f(x):
+        z = tf.zeros((3, 3, 3, 5))
+        return custom.similarity(x, z, tf.ones_like(z), tf.ones(5), similarity="l2",
+                                 strides=(2, 2), padding="same", ignore_nan=False)
+    out = f.get_concrete_function().outputs[0]
+    assert out.shape.as_list() == [None, 5, 4, 5]
+
+
+# ------------------------------------------------------------------ mex --
+def _out_size(size, pool, stride, padding):
+    return -(-size // stride) if padding == "same" else (size - pool) // stride + 1
+
+
+MEX_GRID = list(itertools.product([(2, 2), (3, 2)], [(2, 2), (1, 2)], ["valid", "same"], [1, 2],
+                                  ["none", "shared", "regions", "unshared"], [False, True],
+                                  [False, True]))
+
+
+@pytest.mark.parametrize("pool,strides,padding,channel_block,offsets_mode,use_c,softmax", MEX_GRID)
+def test_mex_matches_composite(lib, pool, strides, padding, channel_block, offsets_mode, use_c,
+                               softmax):
+    rng = np.random.default_rng(RNG_SEED)
+    # 20 channels with channel_block 1: SIMD lanes plus a scalar remainder.
+    channels = 20 if channel_block == 1 else 6
+    k = 3
+    x = rng.normal(size=(2, 7, 6, channels)).astype("float32")
+    xi = np.array([0.7, -2.5, 1e-5 if not softmax else 4.0], "float32")
+    oh = _out_size(7, pool[0], strides[0], padding)
+    ow = _out_size(6, pool[1], strides[1], padding)
+    regions = {"none": None, "shared": (1, 1), "regions": (2, 2), "unshared": (oh, ow)}[offsets_mode]
+    tensors = [x, xi]
+    if regions is not None:
+        tensors.append(rng.normal(size=regions + (k,) + pool + (channel_block,)).astype("float32"))
+    if use_c:
+        tensors.append(rng.normal(size=k).astype("float32"))
+    kw = dict(num_instances=k, pool_size=pool, channel_block=channel_block, strides=strides,
+              padding=padding, softmax_mode=softmax)
+
+    def call(mod):
+        def fn(*t):
+            off = t[2] if regions is not None else None
+            c = t[-1] if use_c else None
+            return mod.mex(t[0], t[1], off, c, **kw)
+        return fn
+    y, grads = _value_and_grads(call(custom), tensors)
+    y_ref, grads_ref = _value_and_grads(call(composite), tensors)
+    assert y.shape == (2, oh, ow, channels // channel_block * k)
+    _rel_close(y, y_ref, 1e-5, "output")
+    names = ["inputs", "xi"] + (["offsets"] if regions is not None else []) + (["c"] if use_c else [])
+    for name, g, g_ref in zip(names, grads, grads_ref):
+        _rel_close(g, g_ref, 2e-4 if name == "xi" else 1e-4, f"grad {name}")
+
+
+XI_EDGE = np.array([0.0, 1e-5, -1e-5, 1.0, -2.5, 1e6, -1e6, np.inf, -np.inf], "float32")
+
+
+@pytest.mark.parametrize("padding,use_c,softmax,channel_block",
+                         list(itertools.product(["valid", "same"], [False, True], [False, True],
+                                                [1, 2])))
+def test_mex_xi_edge_values(lib, padding, use_c, softmax, channel_block):
+    rng = np.random.default_rng(3)
+    k = len(XI_EDGE)
+    x = rng.normal(size=(2, 5, 5, 18)).astype("float32")
+    x[0, 0, 0, :] = x[0, 0, 1, :]  # exact ties for the max / min gradients
+    tensors = [x, XI_EDGE, rng.normal(size=(1, 1, k, 2, 2, channel_block)).astype("float32")]
+    if use_c:
+        tensors.append(rng.normal(size=k).astype("float32"))
+    kw = dict(num_instances=k, pool_size=(2, 2), channel_block=channel_block, strides=(2, 2),
+              padding=padding, softmax_mode=softmax)
+
+    def call(mod):
+        return lambda *t: mod.mex(t[0], t[1], t[2], t[3] if use_c else None, **kw)
+    y, grads = _value_and_grads(call(custom), tensors)
+    y_ref, grads_ref = _value_and_grads(call(composite), tensors)
+    # per instance (columns), relative to that instance's scale
+    y, y_ref = y.reshape(-1, k), y_ref.reshape(-1, k)
+    for i in range(k):
+        _rel_close(y[:, i], y_ref[:, i], 1e-5, f"output xi={XI_EDGE[i]}")
+    if softmax:
+        assert np.all(y[:, 0] == np.inf)  # xi == 0 in softmax mode
+    gx, gxi = grads[0], grads[1]
+    _rel_close(gx, grads_ref[0], 1e-4, "grad inputs")
+    scale = np.max(np.abs(grads_ref[1][np.isfinite(grads_ref[1])]))
+    np.testing.assert_allclose(gxi, grads_ref[1], rtol=2e-4, atol=1e-6 * scale, err_msg="grad xi")
+    assert gxi[7] == 0 and gxi[8] == 0  # xi = +-inf
+    for g, g_ref, name in zip(grads[2:], grads_ref[2:], ["offsets", "c"]):
+        _rel_close(g, g_ref, 1e-4, f"grad {name}")
+
+
+def test_mex_extremes_and_mean(lib):
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(2, 6, 6, 17)).astype("float32")
+    xi = np.array([np.inf, -np.inf, 0.0], "float32")
+    y = custom.mex(x, xi, None, None, num_instances=3, pool_size=(2, 2), channel_block=1,
+                   strides=(2, 2), padding="valid", softmax_mode=False).numpy().reshape(2, 3, 3, 17, 3)
+    blocks = x.reshape(2, 3, 2, 3, 2, 17)
+    np.testing.assert_array_equal(y[..., 0], blocks.max(axis=(2, 4)))
+    np.testing.assert_array_equal(y[..., 1], blocks.min(axis=(2, 4)))
+    np.testing.assert_allclose(y[..., 2], blocks.mean(axis=(2, 4)), rtol=1e-6, atol=1e-6)
+
+
+def test_mex_nan_propagates(lib):
+    x = np.zeros((1, 4, 4, 17), "float32")
+    x[0, 0, 0, 3] = np.nan
+    for xi in [1.0, 0.0, np.inf, -3.0]:
+        y = custom.mex(x, np.array([xi], "float32"), None, None, num_instances=1, pool_size=(2, 2),
+                       channel_block=1, strides=(2, 2), padding="valid", softmax_mode=False).numpy()
+        assert np.isnan(y[0, 0, 0, 3]) and np.isnan(y).sum() == 1, xi
+
+
+@pytest.mark.parametrize("xi", [0.8, -2.5])
+def test_mex_numerical_gradient(lib, xi):
+    rng = np.random.default_rng(11)
+    x = tf.constant(rng.normal(size=(1, 5, 4, 2)).astype("float32"))
+    xis = tf.constant([xi, xi / 2], tf.float32)
+    off = tf.constant(rng.normal(size=(2, 1, 2, 2, 2, 1)).astype("float32"))
+    c = tf.constant(rng.normal(size=2).astype("float32"))
+
+    def f(x, xis, off, c):
+        return custom.mex(x, xis, off, c, num_instances=2, pool_size=(2, 2), channel_block=1,
+                          strides=(1, 2), padding="same", softmax_mode=False)
+    theoretical, numerical = tf.test.compute_gradient(f, [x, xis, off, c], delta=1e-2)
+    for t, nm in zip(theoretical, numerical):
+        assert np.max(np.abs(t - nm)) / max(np.max(np.abs(nm)), 1.0) < 2e-2
+
+
+# ------------------------------------------------------------ bad shapes --
+def _sim(lib, x, z, u, p, grad=None, **attrs):
+    kw = dict(similarity="l2", strides=[1, 1], padding="valid", ignore_nan=False)
+    kw.update(attrs)
+    if grad is None:
+        return lib.kernelzoo_similarity(x, z, u, p, **kw)
+    return lib.kernelzoo_similarity_grad(x, z, u, p, grad, **kw)
+
+
+def test_similarity_bad_shapes_raise(lib):
+    x = tf.zeros((2, 6, 6, 3))
+    z = tf.zeros((3, 3, 3, 4))
+    p = tf.ones(4)
+    bad = [
+        (tf.zeros((6, 6, 3)), z, z, p, {}),                     # input rank 3
+        (x, tf.zeros((3, 3, 2, 4)), tf.zeros((3, 3, 2, 4)), p, {}),  # channel mismatch
+        (x, z, tf.zeros((3, 3, 3, 5)), p, {}),                  # weights != templates
+        (x, z, z, tf.ones(3), {}),                              # p length
+        (x, z, z, tf.ones((4, 1)), {}),                         # p rank
+        (x, tf.zeros((7, 3, 3, 4)), tf.zeros((7, 3, 3, 4)), p, {}),  # patch taller than input
+        (x, tf.zeros((3, 3, 3)), tf.zeros((3, 3, 3)), p, {}),  # templates rank 3
+        (x, z, z, p, {"strides": [1, 1, 1]}),                  # strides length
+        (x, z, z, p, {"strides": [0, 1]}),                     # zero stride
+    ]
+    for i, (a, b, c, d, attrs) in enumerate(bad):
+        for kind in ["l2", "l1"]:
+            with pytest.raises(tf.errors.InvalidArgumentError):
+                _sim(lib, a, b, c, d, similarity=kind, **attrs)
+            with pytest.raises(tf.errors.InvalidArgumentError):
+                _sim(lib, a, b, c, d, grad=tf.zeros((2, 4, 4, 4)), similarity=kind, **attrs)
+    with pytest.raises(tf.errors.InvalidArgumentError):  # grad of the wrong shape
+        _sim(lib, x, z, z, p, grad=tf.zeros((2, 4, 5, 4)))
+    # graph mode: the shape function rejects it at trace time
+    with pytest.raises((ValueError, tf.errors.InvalidArgumentError)):
+        tf.function(lambda: _sim(lib, x, z, tf.zeros((3, 3, 3, 5)), p))()
+
+
+def _mex(lib, x, xi, off=None, c=None, grad=None, **attrs):
+    kw = dict(num_instances=2, pool_size=[2, 2], channel_block=1, strides=[2, 2],
+              padding="valid", softmax_mode=False, use_offsets=off is not None,
+              use_c=c is not None)
+    kw.update(attrs)
+    empty = tf.zeros((0,))
+    args = (x, xi, empty if off is None else off, empty if c is None else c)
+    if grad is None:
+        return lib.kernelzoo_mex(*args, **kw)
+    return lib.kernelzoo_mex_grad(*args, grad, **kw)
+
+
+def test_mex_bad_shapes_raise(lib):
+    x = tf.zeros((2, 6, 6, 4))
+    xi = tf.ones(2)
+    bad = [
+        dict(x=tf.zeros((6, 6, 4)), xi=xi),                          # input rank
+        dict(x=x, xi=tf.ones(3)),                                    # xi length
+        dict(x=x, xi=xi, off=tf.zeros((1, 1, 2, 2, 2))),             # offsets rank
+        dict(x=x, xi=xi, off=tf.zeros((1, 1, 3, 2, 2, 1))),          # offsets K
+        dict(x=x, xi=xi, off=tf.zeros((1, 1, 2, 3, 2, 1))),          # offsets block
+        dict(x=x, xi=xi, off=tf.zeros((4, 1, 2, 2, 2, 1))),          # more regions than rows
+        dict(x=x, xi=xi, c=tf.ones(3)),                              # c length
+        dict(x=x, xi=xi, channel_block=3),                           # 4 % 3 != 0
+        dict(x=x, xi=xi, pool_size=[7, 2]),                          # pool taller than input
+        dict(x=x, xi=xi, pool_size=[2, 2, 2]),                       # pool_size length
+    ]
+    for case in bad:
+        case = dict(case)
+        a, b = case.pop("x"), case.pop("xi")
+        with pytest.raises(tf.errors.InvalidArgumentError):
+            _mex(lib, a, b, **case)
+        with pytest.raises(tf.errors.InvalidArgumentError):
+            _mex(lib, a, b, grad=tf.zeros((2, 3, 3, 8)), **case)
+    with pytest.raises(tf.errors.InvalidArgumentError):  # grad of the wrong shape
+        _mex(lib, x, xi, grad=tf.zeros((2, 3, 2, 8)))
+
+
+# ------------------------------------------------------- library / cache --
+def test_build_reuses_cached_library(lib):
+    path = library.build()
+    mtime = os.stat(path).st_mtime_ns
+    assert library.build() == path
+    assert os.stat(path).st_mtime_ns == mtime
+    name = os.path.basename(path)
+    assert name.startswith("libkernelzoo_ops-") and name.endswith(".so")
+    assert os.path.dirname(path) == library.cache_dir()
+    assert f"tf-{tf.__version__}" in path
+    assert library.available() is True
+    assert library.load() is lib
+
+
+def test_kernels_and_cli(lib, capsys):
+    pairs = library.kernels()
+    for op in ["KernelzooSimilarity", "KernelzooSimilarityGrad", "KernelzooMex", "KernelzooMexGrad"]:
+        assert (op, "CPU") in pairs
+    parser = argparse.ArgumentParser()
+    library.add_arguments(parser, "build-ops")
+    assert library.run(parser.parse_args([]), "build-ops") == 0
+    out = capsys.readouterr().out
+    assert library.build() in out and "KernelzooMexGrad" in out
+
+
+_TINY_SOURCE = 'extern "C" int kernelzoo_answer() { return 42; }\n'
+
+
+def _counting_compiler(tmp_path):
+    """A $CXX wrapper that logs each compile (-c) and sleeps so builds overlap."""
+    log = tmp_path / "compiles.log"
+    wrapper = tmp_path / "cxx"
+    real = library._compiler()
+    wrapper.write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        case " $* " in *" -c "*) echo compile >> {log}; sleep 1;; esac
+        exec {real} "$@"
+        """))
+    wrapper.chmod(0o755)
+    return str(wrapper), log
+
+
+def test_concurrent_builds_produce_one_library(tmp_path):
+    src = tmp_path / "tiny.cc"
+    src.write_text(_TINY_SOURCE)
+    out_dir = tmp_path / "cache"
+    cxx, log = _counting_compiler(tmp_path)
+    # load library.py by path: no TensorFlow import, so both processes start fast
+    code = ("import importlib.util as u; "
+            f"s = u.spec_from_file_location('kzlib', {library.__file__!r}); "
+            "L = u.module_from_spec(s); s.loader.exec_module(L); "
+            f"print(L._build_library([{str(src)!r}], [], {str(out_dir)!r}, {cxx!r}, [], []))")
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    paths = {o[0].strip().splitlines()[-1] for o in outs}
+    assert len(paths) == 1
+    libs = [f for f in os.listdir(out_dir) if f.endswith(".so")]
+    assert libs == [os.path.basename(paths.pop())]
+    assert log.read_text().count("compile") == 1
+    assert not [f for f in os.listdir(out_dir) if f.startswith(".")]  # no temp leftovers
+    # a third call reuses it without compiling
+    library._build_library([str(src)], [], str(out_dir), cxx, [], [])
+    assert log.read_text().count("compile") == 1
+
+
+def test_build_failure_reports_compiler_output(tmp_path):
+    src = tmp_path / "broken.cc"
+    src.write_text("int main() { return undefined_symbol_xyz; }\n")
+    with pytest.raises(RuntimeError, match="undefined_symbol_xyz"):
+        library._build_library([str(src)], [], str(tmp_path / "c"), library._compiler(), [], [])
+    assert not [f for f in os.listdir(tmp_path / "c") if f.endswith(".so")]
+
+
+def test_no_compiler_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(library, "_compiler", lambda: None)
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
+        library.build()
