@@ -8,6 +8,8 @@ tf2onnx maps to standard ONNX ops.
 Both functions take arguments already validated and normalised by
 `kernelzoo.ops.api` (float32 tensors, tuples, lower-case padding).
 """
+import math
+
 import numpy as np
 from keras import ops
 
@@ -130,7 +132,7 @@ def mex_reduce(values, xi, valid=None, softmax_mode=False):
         fixed = float(xi.flat[0])
         out = _mex_fixed_xi(values, fixed, count, masked)
         if softmax_mode:
-            out = ops.full_like(out, np.inf) if fixed == 0 else out + ops.log(count) / fixed
+            out = ops.full_like(out, np.inf) if fixed == 0 else out + _log(count) / fixed
         return ops.squeeze(out, axis=-1)
     vmax = ops.max(masked(values, -np.inf), axis=-1, keepdims=True)
     vmin = ops.min(masked(values, np.inf), axis=-1, keepdims=True)
@@ -154,8 +156,13 @@ def mex_reduce(values, xi, valid=None, softmax_mode=False):
     out = ops.where(xi == np.inf, vmax, ops.where(xi == -np.inf, vmin, out))
     if softmax_mode:
         xi_nonzero = ops.where(ops.equal(xi, 0.0), 1.0, xi)
-        out = ops.where(ops.equal(xi, 0.0), np.inf, out + ops.log(count) / xi_nonzero)
+        out = ops.where(ops.equal(xi, 0.0), np.inf, out + _log(count) / xi_nonzero)
     return ops.squeeze(out, axis=-1)
+
+
+def _log(count):
+    """log of a block size: a Python float (keeps the input dtype) or a tensor of counts."""
+    return math.log(count) if isinstance(count, float) else ops.log(count)
 
 
 def _mex_fixed_xi(values, xi, count, masked):

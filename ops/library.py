@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 
 __all__ = ["load", "available", "build", "kernels", "library_path", "cache_dir",
            "source_files", "add_arguments", "run"]
@@ -232,14 +233,21 @@ def load():
 
 
 def available():
-    """True if the custom ops can be loaded (building them if needed). Never raises."""
+    """True if the custom ops can be loaded (building them if needed). Never raises.
+
+    The first failure warns once (RuntimeWarning) that the composite keras.ops
+    implementation is used instead.
+    """
     global _available
     if _available is None:
         try:
             load()
             _available = True
-        except Exception:  # noqa: BLE001 - any failure means "not available"
+        except Exception as error:  # noqa: BLE001 - any failure means "not available"
             _available = False
+            warnings.warn(f"kernelzoo: the custom op library is unavailable, using the composite keras.ops "
+                          f"implementation instead (set KERNELZOO_OPS=composite to silence this). Reason: {error}",
+                          RuntimeWarning, stacklevel=2)
     return _available
 
 

@@ -402,3 +402,25 @@ def test_no_compiler_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(library, "_compiler", lambda: None)
     with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
         library.build()
+
+
+def test_without_a_compiler_the_ops_warn_once_and_fall_back(tmp_path):
+    """A machine with no C++ compiler (empty PATH, fresh cache) still computes, on the composite path."""
+    script = (
+        "import warnings, numpy as np\n"
+        "from kernelzoo import ops\n"
+        "x = np.ones((1, 4, 4, 2), 'float32'); z = np.zeros((2, 2, 2, 3), 'float32')\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    first = ops.similarity(x, z, similarity='l1')\n"
+        "    ops.mex(x, 1.0)\n"
+        "messages = [str(w.message) for w in caught if 'custom op library' in str(w.message)]\n"
+        "assert len(messages) == 1, messages\n"
+        "assert ops.selected_implementation() == 'composite'\n"
+        "np.testing.assert_allclose(first, -8.0 * np.ones((1, 3, 3, 3)))\n"
+        "print('fallback ok')\n"
+    )
+    env = dict(os.environ, PATH=str(tmp_path), CXX="", KERNELZOO_CACHE=str(tmp_path / "cache"),
+               KERNELZOO_OPS="auto")
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "fallback ok" in result.stdout, result.stderr[-3000:]

@@ -1,0 +1,137 @@
+"""Generalized-Gaussian mixture EM and gmm_init (paper 000 Sec. 5) on planted mixtures."""
+import keras
+import numpy as np
+import pytest
+
+import kernelzoo  # noqa: F401
+from kernelzoo.layers import Similarity
+from kernelzoo.zoo import init
+from kernelzoo.zoo.simnet import models
+
+
+def _planted(rng, rows, beta, means, scales, priors):
+    labels = rng.choice(len(priors), size=rows, p=priors)
+    # |g| ~ Gamma(1/beta, 1)^(1/beta) with a random sign is a unit generalized Gaussian of shape beta.
+    shape = np.asarray(beta, float)[labels][:, None] if np.ndim(beta) else beta
+    magnitude = rng.gamma(1.0 / shape, 1.0, size=(rows, means.shape[1])) ** (1.0 / shape)
+    noise = magnitude * rng.choice([-1.0, 1.0], size=magnitude.shape)
+    return (means[labels] + scales[labels] * noise).astype("float32"), labels
+
+
+def _match(fitted, planted):
+    return [int(np.argmin(((fitted - m) ** 2).sum(1))) for m in planted]
+
+
+MEANS = np.array([[-6.0, 0.0, 4.0, 1.0], [5.0, 5.0, -3.0, 0.0], [0.0, -6.0, 0.0, -5.0]])
+SCALES = np.array([[1.0, 0.5, 2.0, 1.0], [0.7, 1.5, 1.0, 0.5], [1.2, 1.0, 0.6, 2.0]])
+PRIORS = np.array([0.5, 0.3, 0.2])
+
+
+@pytest.mark.parametrize("beta", [1.0, 2.0])
+def test_em_recovers_planted_mixture(beta):
+    rng = np.random.default_rng(0)
+    x, _ = _planted(rng, 6000, beta, MEANS, SCALES, PRIORS)
+    mixture = init.fit_gg_mixture(x, 3, beta, iterations=40, seed=0)
+    order = _match(mixture.means, MEANS)
+    assert sorted(order) == [0, 1, 2]
+    np.testing.assert_allclose(mixture.means[order], MEANS, atol=0.15)
+    np.testing.assert_allclose(mixture.scales[order], SCALES, rtol=0.12)
+    np.testing.assert_allclose(mixture.priors[order], PRIORS, atol=0.03)
+    history = np.array(mixture.log_likelihood)
+    assert np.all(np.diff(history) > -1e-4 * np.abs(history[:-1]))  # (generalised) EM never goes down
+    np.testing.assert_allclose(mixture.log_likelihood_of(x), history[-1], rtol=1e-3)
+
+
+def test_em_learns_the_shapes():
+    rng = np.random.default_rng(1)
+    x, _ = _planted(rng, 6000, np.array([1.0, 2.0, 2.0]), MEANS, SCALES, PRIORS)
+    mixture = init.fit_gg_mixture(x, 3, "learn", iterations=40, seed=0)
+    shapes = mixture.shapes[_match(mixture.means, MEANS)]
+    assert shapes[0] < 1.35 and shapes[1] > 1.6 and shapes[2] > 1.6
+
+
+def test_fit_is_deterministic_for_a_seed():
+    x, _ = _planted(np.random.default_rng(2), 1000, 1.0, MEANS, SCALES, PRIORS)
+    a = init.fit_gg_mixture(x, 3, 1.0, iterations=5, seed=7)
+    b = init.fit_gg_mixture(x, 3, 1.0, iterations=5, seed=7)
+    np.testing.assert_array_equal(a.means, b.means)
+    np.testing.assert_array_equal(a.scales, b.scales)
+
+
+def test_gmm_init_on_a_layer_gives_log_densities():
+    rng = np.random.default_rng(3)
+    x, _ = _planted(rng, 3000, 1.0, MEANS, SCALES, PRIORS)
+    layer = Similarity(3, 1, similarity="l1", weighted=True)
+    images = x.reshape(30, 10, 10, 4)
+    report = init.gmm_init(layer, images, num_patches=3000, iterations=30)
+    mixture = report["mixture"]
+    np.testing.assert_allclose(layer.templates.numpy().reshape(4, 3).T, mixture.means, rtol=1e-6)
+    np.testing.assert_allclose(layer.template_weights.numpy().reshape(4, 3).T, 1.0 / mixture.scales, rtol=1e-5)
+    out = keras.ops.convert_to_numpy(layer(images[:2])).reshape(-1, 3)
+    expected = mixture.component_log_density(x[:200]) - mixture.log_normalizer()
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-3)
+
+
+def test_gmm_init_sets_location_priors_as_offsets():
+    # 1x1 "patches" of a 1-channel 8x8 image: the top half mostly from component A, the bottom mostly B.
+    rng = np.random.default_rng(4)
+    top = rng.random((200, 4, 8)) < 0.9
+    bottom = rng.random((200, 4, 8)) < 0.2
+    is_a = np.concatenate([top, bottom], axis=1)
+    pixels = np.where(is_a, -4.0, 4.0) + rng.standard_normal(is_a.shape)
+    images = pixels[..., None].astype("float32")
+    model = models.simnet_patch_labeling(n=2, p=2, input_shape=(8, 8, 1), num_classes=3, patch_size=1,
+                                         whitening=False, offset_regions=(2, 2))
+    report = init.gmm_init(model, images, num_patches=4000, iterations=20, offset_images=200)
+    assert report["mex_layer"] == "mex_templates"
+    a = int(np.argmin(report["mixture"].means[:, 0]))
+    priors = report["region_priors"][..., a]
+    np.testing.assert_allclose(priors[0], [0.9, 0.9], atol=0.03)
+    np.testing.assert_allclose(priors[1], [0.2, 0.2], atol=0.03)
+    offsets = model.get_layer("mex_templates").offsets_variable.numpy()  # (2, 2, 3, 1, 1, 2)
+    expected = np.log(report["region_priors"]) + report["mixture"].log_normalizer()
+    np.testing.assert_allclose(offsets[:, :, 0, 0, 0, :], expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(offsets[:, :, 1], offsets[:, :, 2])  # the same for every class
+
+
+def test_unweighted_layer_fits_unit_scales():
+    x, _ = _planted(np.random.default_rng(5), 2000, 2.0, MEANS, np.ones_like(SCALES), PRIORS)
+    layer = Similarity(3, 1, similarity="l2", weighted=False)
+    report = init.gmm_init(layer, x.reshape(20, 10, 10, 4), iterations=20)
+    np.testing.assert_array_equal(report["mixture"].scales, 1.0)
+    order = _match(report["mixture"].means, MEANS)
+    np.testing.assert_allclose(report["mixture"].means[order], MEANS, atol=0.2)
+
+
+def test_kmeans_finds_separated_clusters():
+    x, _ = _planted(np.random.default_rng(6), 1500, 2.0, MEANS, 0.3 * SCALES, PRIORS)
+    centers = init.kmeans(x, 3, iterations=10, seed=0)
+    np.testing.assert_allclose(centers[_match(centers, MEANS)], MEANS, atol=0.1)
+
+
+def test_bad_arguments():
+    linear = Similarity(2, 1, similarity="linear")
+    images = np.zeros((2, 3, 3, 4), "float32")
+    with pytest.raises(ValueError, match="model_or_layer"):
+        init.gmm_init(linear, images)
+    with pytest.raises(ValueError, match="model_or_layer"):
+        init.gmm_init("model", images)
+    with pytest.raises(ValueError, match="`beta`"):
+        init.gmm_init(Similarity(2, 1, similarity="l2"), images, beta="learn")
+    with pytest.raises(ValueError, match="`beta`"):
+        init.gmm_init(Similarity(2, 1, similarity="l2"), images, beta=1.0)
+    with pytest.raises(ValueError, match="`images`"):
+        init.gmm_init(Similarity(2, 1, similarity="l2"), np.zeros((3, 3, 4)))
+    with pytest.raises(ValueError, match="`num_patches`"):
+        init.gmm_init(Similarity(2, 1, similarity="l2"), images, num_patches=0)
+    model = models.simnet_patch_labeling(n=2, input_shape=(8, 8, 3), patch_size=2)
+    with pytest.raises(ValueError, match="`layer`"):
+        init.gmm_init(model, np.zeros((2, 8, 8, 3)), layer="nope")
+    with pytest.raises(ValueError, match="`n`"):
+        init.fit_gg_mixture(np.zeros((2, 3)), 3)
+    with pytest.raises(ValueError, match="`x`"):
+        init.fit_gg_mixture(np.full((5, 2), np.nan), 1)
+    with pytest.raises(ValueError, match="`scales`"):
+        init.fit_gg_mixture(np.zeros((5, 2)), 1, scales="full")
+    with pytest.raises(ValueError, match="`model`"):
+        init.unsupervised_init(linear, images)

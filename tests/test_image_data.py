@@ -1,0 +1,195 @@
+"""Image loaders (kernelzoo.zoo.data.images / cifar) on tiny generated copies of every supported format."""
+import gzip
+import io
+import os
+import tarfile
+
+import numpy as np
+import pytest
+
+from kernelzoo.zoo.data import cifar
+from kernelzoo.zoo.data.images import holdout_split, load_dataset, load_images
+
+SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+@pytest.fixture
+def tiny_cifar():
+    rng = np.random.default_rng(0)
+    x_train = rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8)
+    x_test = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    return x_train, np.arange(10) % 10, x_test, np.array([3, 1, 4, 1])
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERNELZOO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("KERNELZOO_DATA_DIR", raising=False)
+
+
+def _check(data, x_train, y_train, x_test, y_test):
+    np.testing.assert_array_equal(data.x_train, x_train)
+    np.testing.assert_array_equal(data.y_train, y_train)
+    np.testing.assert_array_equal(data.x_test, x_test)
+    np.testing.assert_array_equal(data.y_test, y_test)
+
+
+def _tar(path, folder, arcname):
+    with tarfile.open(path, "w:gz") as archive:
+        archive.add(folder, arcname=arcname)
+
+
+def test_cifar_python_folder_and_archive(tmp_path, tiny_cifar):
+    root = tmp_path / "data"
+    cifar.write_python_copy(str(root / "cifar10" / "cifar-10-batches-py"), *tiny_cifar, CLASSES)
+    data = load_images("cifar10", data_dir=str(root))
+    _check(data, *tiny_cifar)
+    assert data.class_names == CLASSES and data.input_shape == (32, 32, 3)
+    other = tmp_path / "other"
+    other.mkdir()
+    _tar(str(other / "cifar-10-python.tar.gz"), str(root / "cifar10" / "cifar-10-batches-py"), "cifar-10-batches-py")
+    _check(load_images("cifar10", data_dir=str(other)), *tiny_cifar)
+
+
+def test_cifar_binary_folder_and_archive(tmp_path, tiny_cifar):
+    x_train, y_train, x_test, y_test = tiny_cifar
+    folder = tmp_path / "cifar-10-batches-bin"
+    folder.mkdir()
+    for i, part in enumerate(np.array_split(np.arange(10), 5), 1):
+        (folder / f"data_batch_{i}.bin").write_bytes(cifar.binary_records(x_train[part], y_train[part]))
+    (folder / "test_batch.bin").write_bytes(cifar.binary_records(x_test, y_test))
+    (folder / "batches.meta.txt").write_text("\n".join(CLASSES) + "\n")
+    _check(load_images("cifar10", data_dir=str(tmp_path)), *tiny_cifar)
+    archive_dir = tmp_path / "archive"
+    archive_dir.mkdir()
+    _tar(str(archive_dir / "cifar-10-binary.tar.gz"), str(folder), "cifar-10-batches-bin")
+    _check(load_images(str(archive_dir / "cifar-10-binary.tar.gz")), *tiny_cifar)
+
+
+def test_malformed_cifar_binary_names_the_file(tmp_path, tiny_cifar):
+    folder = tmp_path / "cifar-10-batches-bin"
+    folder.mkdir()
+    for i in range(1, 6):
+        (folder / f"data_batch_{i}.bin").write_bytes(b"\x00" * 100)
+    (folder / "test_batch.bin").write_bytes(b"\x00" * 100)
+    with pytest.raises(ValueError, match="data_batch_1.bin"):
+        load_images("cifar10", data_dir=str(tmp_path))
+
+
+def _write_idx(path, array, images):
+    header = np.array([2051 if images else 2049, len(array)] + list(array.shape[1:]), ">i4").tobytes()
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_mnist_idx_and_npz(tmp_path):
+    rng = np.random.default_rng(1)
+    x_train, y_train = rng.integers(0, 256, (6, 28, 28)), rng.integers(0, 10, 6)
+    x_test, y_test = rng.integers(0, 256, (3, 28, 28)), rng.integers(0, 10, 3)
+    folder = tmp_path / "idx" / "mnist"
+    folder.mkdir(parents=True)
+    for name, array, images in (("train-images-idx3-ubyte.gz", x_train, True), ("train-labels-idx1-ubyte.gz", y_train, False),
+                                ("t10k-images-idx3-ubyte.gz", x_test, True), ("t10k-labels-idx1-ubyte.gz", y_test, False)):
+        _write_idx(str(folder / name), array, images)
+    data = load_images("mnist", data_dir=str(tmp_path / "idx"))
+    _check(data, x_train[..., None], y_train, x_test[..., None], y_test)
+    npz = tmp_path / "npz"
+    npz.mkdir()
+    np.savez(npz / "mnist.npz", x_train=x_train.astype(np.uint8), y_train=y_train, x_test=x_test.astype(np.uint8),
+             y_test=y_test)
+    _check(load_images("mnist", data_dir=str(npz)), x_train[..., None], y_train, x_test[..., None], y_test)
+
+
+def _class_folders(root, rng, fmt="PNG"):
+    from PIL import Image
+    expected = {}
+    for split, count in (("train", 3), ("test", 2)):
+        images, labels = [], []
+        for label, cls in enumerate(("cat", "dog")):
+            os.makedirs(os.path.join(root, split, cls))
+            for i in range(count):
+                image = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+                Image.fromarray(image).save(os.path.join(root, split, cls, f"{i:04d}.png"), format=fmt)
+                images.append(image)
+                labels.append(label)
+        expected[split] = (np.stack(images), np.array(labels))
+    return expected
+
+
+def test_class_folders_and_tar(tmp_path):
+    expected = _class_folders(str(tmp_path / "data" / "pets" / "pets-png"), np.random.default_rng(2))
+    data = load_images("pets", data_dir=str(tmp_path / "data"))
+    _check(data, *expected["train"], *expected["test"])
+    assert data.class_names == ["cat", "dog"]
+    archive = tmp_path / "pets-png.tar.gz"
+    _tar(str(archive), str(tmp_path / "data" / "pets" / "pets-png"), "pets-png")
+    for _ in range(2):  # decoded, then from the cache
+        _check(load_images(str(archive)), *expected["train"], *expected["test"])
+    assert os.listdir(tmp_path / "cache" / "data")
+
+
+def test_jpeg_decoding_matches_tf_integer_accurate(tmp_path):
+    import tensorflow as tf
+    from PIL import Image
+    rng = np.random.default_rng(3)
+    root = tmp_path / "jpegs"
+    for split in ("train", "test"):
+        os.makedirs(root / split / "a")
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / split / "a" / "0.jpg",
+                                                                                  quality=75)
+    data = load_images(str(root))
+    raw = (root / "train" / "a" / "0.jpg").read_bytes()
+    reference = tf.io.decode_jpeg(raw, channels=3, dct_method="INTEGER_ACCURATE").numpy()
+    np.testing.assert_array_equal(data.x_train[0], reference)
+
+
+def test_missing_data_names_path_and_expected_files(tmp_path):
+    with pytest.raises(ValueError, match="cifar-10-batches-py") as error:
+        load_images("cifar10", data_dir=str(tmp_path))
+    assert str(tmp_path) in str(error.value)
+    with pytest.raises(ValueError, match="data_dir"):
+        load_images("cifar10", data_dir=str(tmp_path / "nope"))
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="`name`"):
+        load_images(3)
+    with pytest.raises(ValueError, match="`data_dir`"):
+        load_images("cifar10", data_dir=5)
+    with pytest.raises(ValueError, match="`name`"):
+        load_dataset(None)
+    with pytest.raises(ValueError, match="`size`"):
+        holdout_split(np.zeros((4, 2, 2, 1)), np.zeros(4, int), 4)
+
+
+def test_holdout_split_is_a_deterministic_partition():
+    x, y = np.arange(20).reshape(20, 1, 1, 1), np.arange(20)
+    (a, ya), (b, yb) = holdout_split(x, y, 5, seed=1)
+    assert len(b) == 5 and sorted(np.concatenate([ya, yb]).tolist()) == list(range(20))
+    np.testing.assert_array_equal(holdout_split(x, y, 5, seed=1)[1][1], yb)
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(SHARED, "mnist", "train-images-idx3-ubyte.gz")),
+                    reason="../shared/data/mnist not present")
+def test_shared_mnist():
+    data = load_images("mnist", data_dir=SHARED)
+    assert data.x_train.shape == (60000, 28, 28, 1) and data.x_test.shape == (10000, 28, 28, 1)
+    assert np.bincount(data.y_test).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(SHARED, "cifar10", "cifar10-jpeg.tar.gz")),
+                    reason="../shared/data/cifar10 not present")
+def test_shared_cifar10_jpeg(monkeypatch):
+    monkeypatch.delenv("KERNELZOO_CACHE")  # share the decoded cache with real runs (first run ~20 s)
+    data = load_images("cifar10", data_dir=SHARED)
+    assert data.x_train.shape == (50000, 32, 32, 3) and data.x_test.shape == (10000, 32, 32, 3)
+    assert data.class_names == CLASSES
+    assert np.bincount(data.y_train).tolist() == [5000] * 10
+    np.testing.assert_allclose(data.x_train.reshape(-1, 3).mean(0), [125.27, 122.93, 113.86], atol=0.05)
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(SHARED, "ml-100k", "u.data")), reason="../shared/data/ml-100k not present")
+def test_load_dataset_dispatches_ratings():
+    data = load_dataset("ml-100k", data_dir=SHARED)
+    assert len(data["ratings"]) == 100000 and data["n_users"] == 943

@@ -1,0 +1,130 @@
+"""The SimNet patch-labeling network, its two baselines, their layers and presets."""
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import kernelzoo  # noqa: F401
+from kernelzoo.zoo import init
+from kernelzoo.zoo.simnet import models, presets
+
+
+def _images(count=6, size=10, seed=0):
+    return np.random.default_rng(seed).uniform(0, 255, (count, size, size, 3)).astype("float32")
+
+
+def test_paper_sizes_of_the_cifar_networks():
+    # Weighted SimNet, n = 400: templates + weights 2 * 108 * 400, offsets 2 * 2 * 10 * 400.
+    assert models.parameter_count(models.simnet_patch_labeling(n=400, p=1)) == 2 * 108 * 400 + 40 * 400
+    assert models.parameter_count(models.simnet_patch_labeling(n=400, p=2, weighted=False)) == 108 * 400 + 40 * 400
+    convnet = models.convnet_baseline(n=64)
+    assert models.parameter_count(convnet) == 64 * 109 + (4 * 64 + 1) * 10
+    coates = models.coates_baseline(n=32)
+    assert models.parameter_count(coates) == (4 * 32 + 1) * 10  # centroids fixed
+    assert coates.get_layer("patch_whitening").output.shape == (None, 27, 27, 108)
+
+
+def test_simnet_computes_the_patch_labeling_rule():
+    """logits[r] = mean_ij log mean_l exp(s_ijl + b[r, l, q(i, j)]) (xi1 = 1, xi2 = 0)."""
+    model = models.simnet_patch_labeling(n=3, p=2, input_shape=(9, 9, 3), num_classes=4, patch_size=4,
+                                         whitening=False)
+    offsets = model.get_layer("mex_templates").offsets_variable
+    offsets.assign(np.random.default_rng(0).normal(size=offsets.shape).astype("float32"))
+    x = _images(2, 9) / 255.0
+    similarity = keras.Model(model.inputs[0], model.get_layer("similarity").output)
+    s = keras.ops.convert_to_numpy(similarity(x))  # (2, 6, 6, 3)
+    b = offsets.numpy()[:, :, :, 0, 0, :]  # (2, 2, 4, 3)
+    region = (np.arange(6) * 2) // 6
+    values = s[:, :, :, None, :] + b[region][:, region][None]  # (2, 6, 6, 4, 3)
+    top = values.max(axis=-1)
+    expected = (top + np.log(np.mean(np.exp(values - top[..., None]), axis=-1))).mean(axis=(1, 2))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model(x)), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_unsupervised_init_gives_equal_logits_per_class():
+    model = models.simnet_patch_labeling(n=4, p=1, input_shape=(10, 10, 3), patch_size=3)
+    init.unsupervised_init(model, _images(20), num_patches=600, iterations=3)
+    logits = keras.ops.convert_to_numpy(model(_images(3, seed=1)))
+    np.testing.assert_allclose(logits, logits[:, :1] * np.ones((1, 10)), rtol=1e-5)
+    assert model.get_layer("patch_whitening").fitted
+
+
+@pytest.mark.parametrize("builder", [models.simnet_patch_labeling, models.convnet_baseline, models.coates_baseline])
+def test_models_save_and_load(builder, tmp_path):
+    model = builder(n=4, input_shape=(10, 10, 3), patch_size=3)
+    init.unsupervised_init(model, _images(12), num_patches=300, iterations=2)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    x = _images(2, seed=2)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(x)), keras.ops.convert_to_numpy(model(x)),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_simnet_options():
+    model = models.simnet_patch_labeling(n=3, p=1.5, learn_p=True, learn_xi=True, weighted=False,
+                                         input_shape=(8, 8, 3), patch_size=2)
+    names = sorted(v.path for v in model.trainable_variables)
+    assert any(path.endswith("similarity/p") for path in names)
+    assert sum(path.endswith("/xi") for path in names) == 2
+    assert not any(path.endswith("similarity/weights") for path in names)
+    x = _images(2, 8)
+    mean = models.simnet_patch_labeling(n=3, input_shape=(8, 8, 3), patch_size=2)
+    summed = models.simnet_patch_labeling(n=3, input_shape=(8, 8, 3), patch_size=2, position_pooling="sum")
+    summed.set_weights(mean.get_weights())
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(summed(x)), 49 * keras.ops.convert_to_numpy(mean(x)),
+                               rtol=1e-5)
+
+
+def test_quadrant_pooling_and_triangle_coding():
+    assert models.QuadrantPooling._bounds(27, 2) == [(0, 14), (14, 27)]
+    x = np.arange(2 * 5 * 5 * 1, dtype="float32").reshape(2, 5, 5, 1)
+    out = keras.ops.convert_to_numpy(models.QuadrantPooling((2, 2), "sum")(x))
+    np.testing.assert_allclose(out[0, 0, 1, 0], x[0, :3, 3:, 0].sum())
+    layer = models.TriangleCoding(3)
+    feats = np.random.default_rng(0).normal(size=(1, 2, 2, 4)).astype("float32")
+    coded = keras.ops.convert_to_numpy(layer(feats))
+    z = np.linalg.norm(feats[..., None] - layer.centroids.numpy()[None, None, None], axis=3)
+    np.testing.assert_allclose(coded, np.maximum(z.mean(-1, keepdims=True) - z, 0), rtol=1e-4, atol=1e-4)
+
+
+def test_presets_build_and_have_cards():
+    folder = os.path.dirname(presets.__file__)
+    for name, entry in presets.PRESETS.items():
+        for key in ("description", "builder", "config", "inputs", "card", "dataset", "recipe"):
+            assert key in entry, (name, key)
+        assert os.path.isfile(os.path.join(folder, entry["card"]))
+        module, _, attr = entry["builder"].rpartition(".")
+        assert module == "kernelzoo.zoo.simnet.models" and hasattr(models, attr)
+        model = getattr(models, attr)(**dict(entry["config"], n=2))
+        assert model.output.shape == (None, 10)
+
+
+def test_registry_lists_the_presets_when_registered():
+    from kernelzoo.zoo import registry
+    if "kernelzoo.zoo.simnet.presets" not in registry.PRESET_MODULES:
+        pytest.skip("kernelzoo.zoo.simnet.presets not registered yet")
+    assert set(presets.PRESETS) <= set(registry.list_models())
+    assert "Patch" in registry.card("simnet_cifar10_wl2_n400") or "patch" in registry.card("simnet_cifar10_wl2_n400")
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"n": 0}, "`n`"), ({"p": 3}, "`p`"), ({"xi1": float("nan")}, "`xi1`"), ({"input_shape": (32, 32)}, "input_shape"),
+    ({"weight_decay": -1}, "weight_decay"), ({"offset_regions": (30, 2)}, "offset_regions"),
+    ({"patch_size": 40}, "patch_size"), ({"num_classes": 1.5}, "num_classes"),
+    ({"position_pooling": "max"}, "position_pooling")])
+def test_simnet_bad_arguments(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        models.simnet_patch_labeling(**kwargs)
+
+
+def test_baseline_bad_arguments():
+    with pytest.raises(ValueError, match="`dropout`"):
+        models.convnet_baseline(n=4, dropout=1.5)
+    with pytest.raises(ValueError, match="`n`"):
+        models.coates_baseline(n=-1)
+    with pytest.raises(ValueError, match="`mode`"):
+        models.QuadrantPooling(mode="median")
+    with pytest.raises(ValueError, match="`filters`"):
+        models.TriangleCoding(0)

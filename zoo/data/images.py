@@ -1,0 +1,325 @@
+"""One loader for image-classification datasets: tfds names or local copies in their standard forms.
+
+`load_images(name, data_dir=None)` returns an `ImageDataset` of uint8 arrays
+(N, H, W, C) and int64 labels. Sources, in order:
+
+1. `name` is a path (folder or archive): read it.
+2. `data_dir` (else $KERNELZOO_DATA_DIR) is set: look for `name` in it (in
+   data_dir/<name>, data_dir/<alias>, or data_dir itself) in any standard form:
+   the CIFAR-10/100 python or binary folders or archives, the MNIST IDX files or
+   mnist.npz, a folder of class subfolders of images (train/<class>/*, test/<class>/*,
+   possibly one folder down), or a .tar.gz of such a folder (read without
+   extracting). Nothing is downloaded; a missing or malformed copy raises a
+   ValueError naming the path and the expected files.
+3. Otherwise TensorFlow Datasets `name` (any tfds image-classification dataset).
+
+Decoded class-folder archives are cached as .npz under $KERNELZOO_CACHE/data
+(default ~/.cache/kernelzoo/data), keyed by the archive's path, size and mtime.
+JPEGs are decoded with Pillow (identical to tf.io.decode_jpeg with
+dct_method="INTEGER_ACCURATE", never TF's default).
+"""
+import hashlib
+import io
+import os
+import tarfile
+
+import numpy as np
+
+from kernelzoo.zoo.data import cifar
+from kernelzoo.zoo.data._paths import ENV_VAR
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+ALIASES = {"cifar10": ("cifar10", "cifar-10"), "cifar100": ("cifar100", "cifar-100"), "mnist": ("mnist",),
+           "stl10": ("stl10", "stl-10")}
+SPLITS = ("train", "test")
+
+
+class ImageDataset:
+    """Train and test arrays of an image-classification dataset.
+
+    Attributes: x_train, y_train, x_test, y_test (uint8 (N, H, W, C) / int64 (N,)),
+    class_names (list of str), source (where it was read from).
+    """
+
+    def __init__(self, x_train, y_train, x_test, y_test, class_names, source):
+        self.x_train, self.y_train, self.x_test, self.y_test = x_train, y_train, x_test, y_test
+        self.class_names = list(class_names)
+        self.source = source
+        for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+            if x.ndim != 4 or x.dtype != np.uint8 or y.shape != (x.shape[0],):
+                raise ValueError(f"{source}: {split} images must be uint8 (N, H, W, C) with N labels, "
+                                 f"got {x.dtype} {x.shape} and labels {y.shape}")
+            if len(y) and (y.min() < 0 or y.max() >= len(self.class_names)):
+                raise ValueError(f"{source}: {split} labels must lie in [0, {len(self.class_names)})")
+
+    @property
+    def train(self):
+        return self.x_train, self.y_train
+
+    @property
+    def test(self):
+        return self.x_test, self.y_test
+
+    @property
+    def input_shape(self):
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def num_classes(self):
+        return len(self.class_names)
+
+    def __repr__(self):
+        return (f"ImageDataset({self.source}: train {self.x_train.shape}, test {self.x_test.shape}, "
+                f"{self.num_classes} classes)")
+
+
+def load_images(name, data_dir=None, *, cache=True):
+    """An ImageDataset from a path, a local data directory, or tfds (see the module docstring).
+
+    Args:
+      name: a dataset name ("cifar10", "mnist", "cifar100", "stl10", any tfds image
+        dataset) or the path of a local copy (folder or archive).
+      data_dir: local root to read from (default $KERNELZOO_DATA_DIR); when set, nothing downloads.
+      cache: cache decoded class-folder archives as .npz (outside the repository).
+    """
+    if not isinstance(name, (str, os.PathLike)) or not os.fspath(name):
+        raise ValueError(f"`name` must be a dataset name or a path, got {name!r}")
+    name = os.fspath(name)
+    if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
+        raise ValueError(f"`data_dir` must be a path, got {data_dir!r}")
+    if os.path.exists(name):
+        return _load_local(name, _guess_name(name), cache, source_arg="name")
+    root = os.fspath(data_dir) if data_dir is not None else os.environ.get(ENV_VAR)
+    if root is not None:
+        argument = "data_dir" if data_dir is not None else ENV_VAR
+        if not os.path.isdir(root):
+            raise ValueError(f"{argument}={root!r} is not a directory")
+        key = name.lower().replace("_", "")
+        for alias in ALIASES.get(key, (name,)):
+            candidate = os.path.join(root, alias)
+            if os.path.exists(candidate):
+                return _load_local(candidate, key, cache, source_arg=argument)
+        try:
+            return _load_local(root, key, cache, source_arg=argument)
+        except ValueError as error:
+            raise ValueError(f"{argument}={root!r}: no copy of {name!r} found in "
+                             f"{[os.path.join(root, a) for a in ALIASES.get(key, (name,))]} or in {root!r} "
+                             f"itself. {error}") from None
+    return _load_tfds(name)
+
+
+def load_dataset(name, data_dir=None):
+    """The one entry point for the zoo's datasets: ratings names go to kernelzoo.zoo.data.ratings.
+
+    "ml-100k" -> load_ml100k(data_dir) (a dict of rating triples); "movielens/..." -> tfds
+    ratings; anything else -> load_images(name, data_dir) (an ImageDataset).
+    """
+    if not isinstance(name, (str, os.PathLike)) or not os.fspath(name):
+        raise ValueError(f"`name` must be a dataset name or a path, got {name!r}")
+    key = os.fspath(name).lower()
+    if key in ("ml-100k", "ml100k", "movielens-100k"):
+        from kernelzoo.zoo.data.ratings import load_ml100k
+        return load_ml100k(data_dir)
+    if key.startswith("movielens/"):
+        from kernelzoo.zoo.data.ratings import load_tfds_ratings
+        return load_tfds_ratings(key, data_dir=data_dir)
+    return load_images(name, data_dir)
+
+
+def holdout_split(x, y, size, seed=0):
+    """((x_rest, y_rest), (x_held, y_held)): `size` examples held out by a seeded permutation."""
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 0 < size < len(x):
+        raise ValueError(f"`size` must be an int in (0, {len(x)}), got {size!r}")
+    if len(x) != len(y):
+        raise ValueError(f"`x` and `y` must have the same length, got {len(x)} and {len(y)}")
+    order = np.random.default_rng(seed).permutation(len(x))
+    held, rest = np.sort(order[:size]), np.sort(order[size:])
+    return (x[rest], y[rest]), (x[held], y[held])
+
+
+# ----------------------------------------------------------------------------- local copies
+
+
+def _guess_name(path):
+    base = os.path.basename(os.path.normpath(path)).lower()
+    if "cifar-100" in base or "cifar100" in base:
+        return "cifar100"
+    if "cifar" in base:
+        return "cifar10"
+    if "mnist" in base:
+        return "mnist"
+    return base
+
+
+def _expected(name):
+    forms = "a folder train/<class>/*.jpg|png + test/<class>/* (possibly one level down) or a .tar.gz of it"
+    if name in cifar.CIFAR_FORMATS:
+        return f"{cifar.expected_files(name)}, or {forms}"
+    if name == "mnist":
+        return f"the four MNIST IDX .gz files or mnist.npz, or {forms}"
+    return forms
+
+
+def _load_local(path, name, cache, source_arg):
+    where = f"{source_arg}: {path!r}"
+    if name in cifar.CIFAR_FORMATS:
+        found = cifar.find_cifar(path, name)
+        if found is not None:
+            train, test, class_names = cifar.load_cifar(*found, name)
+            return ImageDataset(*train, *test, class_names, source=f"{found[1]} ({found[0]})")
+    if name == "mnist" and os.path.isdir(path):
+        from kernelzoo.zoo.data import mnist  # the kernelNet engineer's IDX / npz reader
+        folders = (os.path.join(path, "mnist"), path)
+        if any(all(os.path.isfile(os.path.join(f, n)) for n in mnist.IDX_FILES.values())
+               or os.path.isfile(os.path.join(f, mnist.NPZ_FILE)) for f in folders):
+            (x_train, y_train), (x_test, y_test) = mnist.load_mnist(path)
+            return ImageDataset(x_train[..., None], y_train.astype(np.int64), x_test[..., None],
+                                y_test.astype(np.int64), [str(i) for i in range(10)], source=f"{path} (mnist)")
+    folder = _find_class_folders(path)
+    if folder is not None:
+        return _read_class_folders(folder)
+    archive = _find_archive(path)
+    if archive is not None:
+        return _read_class_archive(archive, cache)
+    raise ValueError(f"{where}: expected {_expected(name)}")
+
+
+def _has_splits(folder):
+    return all(os.path.isdir(os.path.join(folder, s)) for s in SPLITS)
+
+
+def _find_class_folders(path):
+    if not os.path.isdir(path):
+        return None
+    if _has_splits(path):
+        return path
+    subfolders = sorted(e.path for e in os.scandir(path) if e.is_dir())
+    matches = [f for f in subfolders if _has_splits(f)]
+    return matches[0] if len(matches) == 1 else None
+
+
+def _find_archive(path):
+    if os.path.isfile(path) and path.endswith((".tar.gz", ".tgz", ".tar")):
+        return path
+    if os.path.isdir(path):
+        archives = sorted(e.path for e in os.scandir(path) if e.is_file() and e.name.endswith((".tar.gz", ".tgz")))
+        archives = [a for a in archives if not any(a.endswith(f[1]) or a.endswith(f[3])
+                                                    for f in cifar.CIFAR_FORMATS.values())]
+        if len(archives) == 1:
+            return archives[0]
+    return None
+
+
+def _decode(raw, where):
+    from PIL import Image
+    try:
+        with Image.open(io.BytesIO(raw)) as image:
+            if image.mode not in ("L", "RGB"):
+                image = image.convert("RGB")
+            array = np.asarray(image, dtype=np.uint8)
+    except Exception as error:  # noqa: BLE001 - Pillow raises many kinds
+        raise ValueError(f"{where!r} is not a readable image: {error}") from None
+    return array[..., None] if array.ndim == 2 else array
+
+
+def _stack(images, where):
+    shapes = {im.shape for im in images}
+    if len(shapes) != 1:
+        raise ValueError(f"{where!r}: images have different shapes {sorted(shapes)[:4]}; resize them first")
+    return np.stack(images)
+
+
+def _split_arrays(records, where):
+    """records: {split: {class: [(sort key, decoded)]}} -> ImageDataset."""
+    for split in SPLITS:
+        if not records.get(split):
+            raise ValueError(f"{where!r}: no class subfolders with images under '{split}/'")
+    class_names = sorted(records["train"])
+    if sorted(records["test"]) != class_names:
+        raise ValueError(f"{where!r}: train classes {class_names} differ from test classes {sorted(records['test'])}")
+    arrays = []
+    for split in SPLITS:
+        images, labels = [], []
+        for label, cls in enumerate(class_names):
+            for _, image in sorted(records[split][cls], key=lambda item: item[0]):
+                images.append(image)
+                labels.append(label)
+        arrays += [_stack(images, where), np.asarray(labels, np.int64)]
+    return ImageDataset(*arrays, class_names, source=where)
+
+
+def _read_class_folders(folder):
+    records = {}
+    for split in SPLITS:
+        records[split] = {}
+        base = os.path.join(folder, split)
+        for cls in sorted(e.name for e in os.scandir(base) if e.is_dir()):
+            files = sorted(f for f in os.listdir(os.path.join(base, cls)) if f.lower().endswith(IMAGE_EXTENSIONS))
+            if files:
+                records[split][cls] = [(f, _decode(_read(os.path.join(base, cls, f)), os.path.join(base, cls, f)))
+                                       for f in files]
+    return _split_arrays(records, folder)
+
+
+def _read(path):
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def _cache_path(archive):
+    stat = os.stat(archive)
+    key = hashlib.sha256(f"{os.path.abspath(archive)}|{stat.st_size}|{stat.st_mtime_ns}|v1".encode()).hexdigest()
+    root = os.environ.get("KERNELZOO_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "kernelzoo"))
+    return os.path.join(root, "data", f"{os.path.basename(archive).split('.')[0]}-{key[:16]}.npz")
+
+
+def _read_class_archive(archive, cache):
+    cached = _cache_path(archive) if cache else None
+    if cached and os.path.isfile(cached):
+        with np.load(cached) as npz:
+            return ImageDataset(npz["x_train"], npz["y_train"], npz["x_test"], npz["y_test"],
+                                [str(c) for c in npz["class_names"]], source=archive)
+    records = {split: {} for split in SPLITS}
+    try:
+        handle = tarfile.open(archive, "r:*")
+    except (OSError, tarfile.TarError) as error:
+        raise ValueError(f"{archive!r} is not a readable tar archive: {error}") from None
+    with handle:
+        for member in handle:
+            if not member.isfile() or not member.name.lower().endswith(IMAGE_EXTENSIONS):
+                continue
+            parts = member.name.strip("/").split("/")
+            if len(parts) < 3 or parts[-3] not in SPLITS:
+                continue
+            split, cls, filename = parts[-3:]
+            records[split].setdefault(cls, []).append(
+                (filename, _decode(handle.extractfile(member).read(), f"{archive}:{member.name}")))
+    data = _split_arrays(records, archive)
+    if cached:
+        os.makedirs(os.path.dirname(cached), exist_ok=True)
+        temporary = cached + ".tmp.npz"
+        np.savez(temporary, x_train=data.x_train, y_train=data.y_train, x_test=data.x_test, y_test=data.y_test,
+                 class_names=np.asarray(data.class_names))
+        os.replace(temporary, cached)
+    return data
+
+
+# ----------------------------------------------------------------------------- tfds
+
+
+def _load_tfds(name):
+    import tensorflow_datasets as tfds
+    try:
+        builder = tfds.builder(name)
+    except Exception as error:  # noqa: BLE001 - tfds raises DatasetNotFoundError and friends
+        raise ValueError(f"`name`={name!r} is neither a local path nor a TensorFlow Datasets dataset "
+                         f"(and neither data_dir nor {ENV_VAR} is set): {error}") from None
+    features = builder.info.features
+    if "label" not in features or "image" not in features:
+        raise ValueError(f"`name`={name!r}: tfds dataset without 'image' and 'label' features")
+    builder.download_and_prepare()
+    arrays = []
+    for split in SPLITS:
+        x, y = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, as_supervised=True))
+        arrays += [np.asarray(x, np.uint8), np.asarray(y, np.int64)]
+    return ImageDataset(*arrays, features["label"].names, source=f"tfds:{name}")

@@ -1,0 +1,628 @@
+"""Unsupervised initialisation of SimNets (paper 000 Sec. 5) and of the zoo's preprocessing.
+
+A Similarity layer with lp similarity computes, for template l,
+u_l^T phi(x, z_l) = -sum_i u_li |x_i - z_li|^p_l. Fitting a mixture of
+generalized-Gaussian components with independent coordinates and one shape per
+component,
+
+    P(x) = sum_l lambda_l prod_i beta_l / (2 alpha_li Gamma(1/beta_l)) exp(-(|x_i - mu_li| / alpha_li)^beta_l),
+
+to the layer's input patches and setting z = mu, u = alpha^(-beta), p = beta
+makes channel l the log-probability of (x, component l) up to the constant
+c_l = log lambda_l + sum_i log(beta_l / (2 alpha_li Gamma(1/beta_l))).
+
+`fit_gg_mixture` runs (generalised) EM: k-means++ seeding, E-step responsibilities,
+an M-step that is exact for priors and scales and, for the means, the
+majorise-minimise step of iteratively reweighted least squares (exact for
+beta = 2, monotone for beta <= 2; the weighted median's fixed point for beta = 1);
+with `beta="learn"` each shape moves to the best of a small grid around it.
+`gmm_init` fits the mixture to a Similarity layer's input and sets the layer;
+if a Mex layer with offsets consumes its output, the offsets become
+location-dependent log-priors: mixture weights re-estimated per offset region
+with the components fixed (plus c_l), so the MEX input is a precise
+log-likelihood. `unsupervised_init` runs every unsupervised step of a zoo model
+in layer order (whitening, GMM, Coates' k-means, feature standardisation).
+"""
+import math
+import time
+
+import keras
+import numpy as np
+from keras import ops
+from scipy.special import gammaln
+
+from kernelzoo.layers import Mex, Similarity
+from kernelzoo.ops.shapes import output_size, pad_amounts
+
+# Rows of the (rows x components x dims) slab evaluated per compiled call.
+_CHUNK_ELEMENTS = 1 << 23
+_BETA_GRID = (0.8, 0.9, 1.0, 1.12, 1.25)
+_LOG2 = math.log(2.0)
+
+
+class GGMixture:
+    """A fitted generalized-Gaussian mixture: means, scales (n, d), shapes, priors (n,), history."""
+
+    def __init__(self, means, scales, shapes, priors, log_likelihood):
+        self.means = means
+        self.scales = scales
+        self.shapes = shapes
+        self.priors = priors
+        self.log_likelihood = log_likelihood  # mean log-likelihood per row, one per EM iteration
+
+    @property
+    def weights(self):
+        """u = alpha^(-beta), the Similarity weights."""
+        return self.scales ** (-self.shapes[:, None])
+
+    def log_normalizer(self):
+        """sum_i log(beta_l / (2 alpha_li Gamma(1/beta_l))) per component (n,)."""
+        b = self.shapes
+        return (self.means.shape[1] * (np.log(b) - _LOG2 - gammaln(1.0 / b))
+                - np.log(self.scales).sum(axis=1))
+
+    def component_log_density(self, x):
+        """log p_l(x) (rows, n) for rows x (rows, d), without the priors."""
+        return _component_log_density(np.asarray(x, "float32"), self)
+
+    def log_likelihood_of(self, x):
+        """Mean log-likelihood of rows x under the mixture."""
+        logp = self.component_log_density(x) + np.log(self.priors)
+        return float(np.mean(_logsumexp(logp, axis=1)))
+
+
+# ----------------------------------------------------------------------------- compiled kernels
+
+
+def _jit(function):
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+        return tf.function(function, jit_compile=True, reduce_retracing=True)
+    if backend == "jax":
+        import jax
+        return jax.jit(function)
+    return function
+
+
+def _power(distance, beta, mode):
+    """distance ** beta (distance >= 0); beta (n, 1) broadcast over (rows, n, d); static fast paths."""
+    if mode == "l1":
+        return distance
+    if mode == "l2":
+        return ops.square(distance)
+    positive = distance > 0
+    return ops.where(positive, ops.exp(beta * ops.log(ops.where(positive, distance, 1.0))), 0.0)
+
+
+def _estep_kernel(x, mask, means, weights, beta, const, floor, mode):
+    """Responsibilities and the IRLS / MM sums for one chunk of rows.
+
+    x (C, d), mask (C,), means/weights (n, d), beta (n, 1), const (n,) = log prior + log normaliser.
+    Returns r (C, n), log-likelihood per row (C,), S1 = sum r w x (n, d), S0 = sum r w (n, d)
+    with w = max(|x - mu|, floor)^(beta - 2) (w = 1 for beta = 2: S1, S0 by matmuls).
+    """
+    if mode == "l2":  # sum_i u (x - mu)^2 = x^2 u^T - 2 x (u mu)^T + sum u mu^2
+        quad = (ops.matmul(ops.square(x), ops.transpose(weights)) - 2.0 * ops.matmul(x, ops.transpose(weights * means))
+                + ops.sum(weights * ops.square(means), axis=1)[None])
+        logp = const[None] - quad
+    else:
+        distance = ops.abs(x[:, None, :] - means[None])
+        logp = const[None] - ops.sum(weights[None] * _power(distance, beta[None], mode), axis=-1)
+    top = ops.max(logp, axis=1, keepdims=True)
+    total = top + ops.log(ops.sum(ops.exp(logp - top), axis=1, keepdims=True))
+    r = ops.exp(logp - total) * mask[:, None]
+    if mode == "l2":
+        s1 = ops.matmul(ops.transpose(r), x)
+        s0 = ops.zeros_like(s1) + ops.sum(r, axis=0)[:, None]
+        return r, total[:, 0], s1, s0
+    if mode == "l1":
+        irls = r[..., None] / ops.maximum(distance, floor)
+    else:
+        irls = _power(ops.maximum(distance, floor), beta[None] - 2.0, mode) * r[..., None]
+    return r, total[:, 0], ops.sum(irls * x[:, None, :], axis=0), ops.sum(irls, axis=0)
+
+
+def _moment_kernel(x, r, means, betas, mode):
+    """sum_rows r |x - mu|^b for each shape grid column b of betas (n, G): (G, n, d)."""
+    if mode == "l2":  # r^T x^2 - 2 mu (r^T x) + mu^2 sum r
+        moment = (ops.matmul(ops.transpose(r), ops.square(x)) - 2.0 * means * ops.matmul(ops.transpose(r), x)
+                  + ops.square(means) * ops.sum(r, axis=0)[:, None])
+        return ops.maximum(moment, 0.0)[None]
+    distance = ops.abs(x[:, None, :] - means[None])
+    return ops.stack([ops.sum(r[..., None] * _power(distance, betas[:, g:g + 1][None], mode), axis=0)
+                      for g in range(betas.shape[1])])
+
+
+def _density_kernel(x, means, weights, beta, const, mode):
+    if mode == "l2":
+        return const[None] - (ops.matmul(ops.square(x), ops.transpose(weights))
+                              - 2.0 * ops.matmul(x, ops.transpose(weights * means))
+                              + ops.sum(weights * ops.square(means), axis=1)[None])
+    distance = ops.abs(x[:, None, :] - means[None])
+    return const[None] - ops.sum(weights[None] * _power(distance, beta[None], mode), axis=-1)
+
+
+_KERNELS = {}
+
+
+def _kernel(name, mode):
+    """The compiled kernel `name` for a static shape mode: "l1", "l2" or "general"."""
+    if (name, mode) not in _KERNELS:
+        function = {"estep": _estep_kernel, "moment": _moment_kernel, "density": _density_kernel}[name]
+        _KERNELS[name, mode] = _jit(lambda *args: function(*args, mode=mode))
+    return _KERNELS[name, mode]
+
+
+def _mode(shapes):
+    """Static fast path for the shapes: all 1 -> "l1", all 2 -> "l2", else "general"."""
+    shapes = np.asarray(shapes)
+    if np.all(shapes == 1.0):
+        return "l1"
+    if np.all(shapes == 2.0):
+        return "l2"
+    return "general"
+
+
+def _chunks(x, n_components):
+    """(start, stop, padded rows) with a fixed chunk size (one compilation per shape)."""
+    rows = max(16, min(x.shape[0], _CHUNK_ELEMENTS // max(1, n_components * x.shape[1])))
+    for start in range(0, x.shape[0], rows):
+        part = x[start:start + rows]
+        if part.shape[0] < rows:
+            part = np.concatenate([part, np.zeros((rows - part.shape[0], x.shape[1]), x.dtype)])
+        yield start, min(start + rows, x.shape[0]), part
+
+
+def _component_log_density(x, mixture):
+    n = mixture.means.shape[0]
+    args = (mixture.means.astype("float32"), mixture.weights.astype("float32"),
+            mixture.shapes.astype("float32")[:, None], mixture.log_normalizer().astype("float32"))
+    out = np.empty((x.shape[0], n), "float32")
+    for start, stop, part in _chunks(x, n):
+        out[start:stop] = ops.convert_to_numpy(_kernel("density", _mode(mixture.shapes))(part, *args))[:stop - start]
+    return out
+
+
+def _logsumexp(a, axis):
+    top = np.max(a, axis=axis, keepdims=True)
+    return (top + np.log(np.sum(np.exp(a - top), axis=axis, keepdims=True))).squeeze(axis)
+
+
+# ----------------------------------------------------------------------------- k-means
+
+
+def _squared_distances(x, centers):
+    return np.maximum((x * x).sum(1)[:, None] - 2.0 * x @ centers.T + (centers * centers).sum(1)[None], 0.0)
+
+
+def kmeans_pp(x, k, seed=0):
+    """k-means++ seeds: k rows of x (M, d) drawn with probability proportional to D^2."""
+    x = _check_rows(x, "x")
+    k = _positive_int(k, "k")
+    if k > x.shape[0]:
+        raise ValueError(f"`k`={k} exceeds the number of rows ({x.shape[0]})")
+    rng = np.random.default_rng(seed)
+    centers = np.empty((k, x.shape[1]), x.dtype)
+    centers[0] = x[rng.integers(x.shape[0])]
+    closest = _squared_distances(x, centers[:1])[:, 0]
+    for i in range(1, k):
+        total = closest.sum()
+        index = rng.integers(x.shape[0]) if total <= 0 else rng.choice(x.shape[0], p=closest / total)
+        centers[i] = x[index]
+        closest = np.minimum(closest, _squared_distances(x, centers[i:i + 1])[:, 0])
+    return centers
+
+
+def kmeans(x, k, iterations=10, seed=0):
+    """Lloyd's k-means from k-means++ seeds; empty clusters are re-seeded. Returns centers (k, d)."""
+    x = _check_rows(x, "x")
+    iterations = _nonnegative_int(iterations, "iterations")
+    centers = kmeans_pp(x, k, seed)
+    rng = np.random.default_rng(seed + 1)
+    for _ in range(iterations):
+        labels = np.argmin(_squared_distances(x, centers), axis=1)
+        counts = np.bincount(labels, minlength=k)
+        sums = np.zeros_like(centers, dtype="float64")
+        np.add.at(sums, labels, x)
+        empty = counts == 0
+        centers = np.where(empty[:, None], centers, sums / np.maximum(counts, 1)[:, None]).astype(x.dtype)
+        if empty.any():
+            centers[empty] = x[rng.choice(x.shape[0], int(empty.sum()), replace=False)]
+    return centers
+
+
+# ----------------------------------------------------------------------------- the mixture fit
+
+
+def fit_gg_mixture(x, n, beta=2.0, *, scales="diagonal", iterations=30, tol=1e-5, seed=0, min_scale=0.05,
+                   kmeans_iterations=2, verbose=False):
+    """Fit a mixture of n generalized-Gaussian components (independent coordinates) to rows x by EM.
+
+    Args:
+      x: (M, d) data rows (e.g. whitened patches).
+      n: number of components.
+      beta: the shape: a positive float, one per component, or "learn" (start at 2 and
+        move each component's shape to the best of a grid around it every iteration).
+      scales: "diagonal" (alpha_li fitted) or "fixed" (alpha = 1, the mixture an
+        unweighted Similarity layer computes).
+      iterations: EM iterations at most; stops early when the mean log-likelihood
+        improves by less than `tol`.
+      seed: seeds k-means++ and re-seeding of empty components (the fit is deterministic).
+      min_scale: scales are kept >= min_scale * the data's per-coordinate scale.
+      kmeans_iterations: Lloyd iterations after the k-means++ seeding.
+    Returns a GGMixture.
+    """
+    x = _check_rows(x, "x").astype("float32")
+    n = _positive_int(n, "n")
+    if n > x.shape[0]:
+        raise ValueError(f"`n`={n} components need at least {n} rows in `x`, got {x.shape[0]}")
+    if scales not in ("diagonal", "fixed"):
+        raise ValueError(f"`scales` must be 'diagonal' or 'fixed', got {scales!r}")
+    iterations = _nonnegative_int(iterations, "iterations")
+    learn_beta = isinstance(beta, str)
+    if learn_beta and beta != "learn":
+        raise ValueError(f"`beta` must be a positive float, one per component, or 'learn', got {beta!r}")
+    shapes = np.full((n,), 2.0) if learn_beta else _shape_vector(beta, n)
+    rows, d = x.shape
+    rng = np.random.default_rng(seed)
+
+    means = kmeans(x, n, iterations=kmeans_iterations, seed=seed).astype("float64")
+    spread = np.mean(np.abs(x - np.median(x, axis=0)), axis=0) + 1e-12  # per-coordinate scale of the data
+    floor = min_scale * spread
+    if scales == "fixed":
+        alphas = np.ones((n, d))
+    else:  # alpha^beta = beta E|x - mu|^beta over the whole data, as a start
+        alphas = np.stack([(b * np.mean(np.abs(x - np.median(x, axis=0)) ** b, axis=0)) ** (1.0 / b)
+                           for b in shapes])
+        alphas = np.maximum(alphas, floor)
+    priors = np.full((n,), 1.0 / n)
+    mixture = GGMixture(means, alphas, shapes, priors, [])
+    history = []
+    started = time.time()
+    for iteration in range(iterations):
+        responsibilities = np.empty((rows, n), "float32")
+        s1 = np.zeros((n, d))
+        s0 = np.zeros((n, d))
+        loglik = 0.0
+        const = (np.log(mixture.priors) + mixture.log_normalizer()).astype("float32")
+        args = (mixture.means.astype("float32"), mixture.weights.astype("float32"),
+                mixture.shapes.astype("float32")[:, None], const, np.float32(1e-3 * spread.mean()))
+        for start, stop, part in _chunks(x, n):
+            mask = (np.arange(part.shape[0]) < stop - start).astype("float32")
+            r, total, a, b = _kernel("estep", _mode(mixture.shapes))(part, mask, *args)
+            responsibilities[start:stop] = ops.convert_to_numpy(r)[:stop - start]
+            loglik += float(np.sum(ops.convert_to_numpy(total)[:stop - start]))
+            s1 += ops.convert_to_numpy(a)
+            s0 += ops.convert_to_numpy(b)
+        history.append(loglik / rows)
+        if verbose:
+            print(f"  EM {iteration + 1:3d}: mean log-likelihood {history[-1]:.5f} "
+                  f"({time.time() - started:.0f} s)", flush=True)
+        if len(history) > 1 and abs(history[-1] - history[-2]) < tol * max(1.0, abs(history[-2])):
+            break
+        counts = responsibilities.sum(axis=0, dtype="float64")
+        dead = counts < max(2.0, 1e-3 * rows / n)
+        means = np.where(s0 > 0, s1 / np.maximum(s0, 1e-30), mixture.means)
+        if dead.any():  # re-seed starved components at rows the mixture explains worst
+            means[dead] = x[rng.choice(rows, int(dead.sum()), replace=False)]
+        grid = shapes[:, None] * np.asarray(_BETA_GRID)[None] if learn_beta else shapes[:, None]
+        moments = np.zeros((grid.shape[1], n, d))
+        for start, stop, part in _chunks(x, n):
+            r = np.zeros((part.shape[0], n), "float32")
+            r[:stop - start] = responsibilities[start:stop]
+            moments += ops.convert_to_numpy(_kernel("moment", _mode(grid))(part, r, means.astype("float32"),
+                                                                           grid.astype("float32")))
+        safe_counts = np.maximum(counts, 1e-12)[None, :, None]
+        if scales == "fixed":
+            candidate_alphas = np.ones_like(moments)
+        else:
+            candidate_alphas = np.maximum((grid.T[:, :, None] * moments / safe_counts)
+                                          ** (1.0 / grid.T[:, :, None]), floor)
+        if learn_beta:  # profile expected log-likelihood of each grid shape, per component
+            b = grid.T[:, :, None]
+            q = (np.log(b) - _LOG2 - gammaln(1.0 / b) - np.log(candidate_alphas)
+                 - moments / safe_counts / candidate_alphas ** b).sum(axis=2)
+            best = np.argmax(q, axis=0)
+            shapes = grid[np.arange(n), best]
+            alphas = candidate_alphas[best, np.arange(n)]
+        else:
+            alphas = candidate_alphas[0]
+        if dead.any() and scales != "fixed":
+            alphas[dead] = np.maximum(spread, floor)
+        priors = np.maximum(counts, 1e-3) / np.maximum(counts, 1e-3).sum()
+        mixture = GGMixture(means, alphas, shapes.copy(), priors, history)
+    mixture.log_likelihood = history
+    return mixture
+
+
+def _shape_vector(beta, n):
+    values = np.asarray(beta, dtype="float64")
+    if values.ndim > 1 or (values.ndim == 1 and values.shape[0] != n) or not np.all(values > 0):
+        raise ValueError(f"`beta` must be a positive float, {n} positive floats or 'learn', got {beta!r}")
+    return np.broadcast_to(values, (n,)).copy()
+
+
+# ----------------------------------------------------------------------------- patches and layers
+
+
+def extract_patches(maps, kernel_size, strides=(1, 1), padding="valid"):
+    """All patches of feature maps (N, H, W, C) as (N, H', W', kh * kw * C), Conv2D kernel order."""
+    maps = np.asarray(maps, "float32")
+    (kh, kw), (sh, sw) = kernel_size, strides
+    if padding == "same":
+        maps = np.pad(maps, ((0, 0), pad_amounts(maps.shape[1], kh, sh, padding),
+                             pad_amounts(maps.shape[2], kw, sw, padding), (0, 0)))
+        padding_used = "valid"
+    else:
+        padding_used = padding
+    out_h = output_size(maps.shape[1], kh, sh, padding_used)
+    out_w = output_size(maps.shape[2], kw, sw, padding_used)
+    windows = np.lib.stride_tricks.sliding_window_view(maps, (kh, kw), axis=(1, 2))  # N, H-, W-, C, kh, kw
+    windows = windows[:, :sh * (out_h - 1) + 1:sh, :sw * (out_w - 1) + 1:sw]
+    return np.ascontiguousarray(windows.transpose(0, 1, 2, 4, 5, 3)).reshape(
+        maps.shape[0], out_h, out_w, kh * kw * maps.shape[-1])
+
+
+def _layer_inputs(model, layer, images, batch_size=256):
+    """What `layer` receives when `model` is applied to images (numpy, in batches)."""
+    if model is None:
+        return np.asarray(images, "float32")
+    feed = keras.Model(model.inputs[0] if len(model.inputs) == 1 else model.inputs, layer.input)
+    return np.concatenate([ops.convert_to_numpy(feed(np.asarray(images[s:s + batch_size], "float32")))
+                           for s in range(0, len(images), batch_size)])
+
+
+def _sample_layer_patches(model, layer, images, num_patches, rng, batch_size=256):
+    """Up to num_patches patches (rows) of the layer's input, spread evenly over images and positions.
+
+    Patches have the layer's kernel_size / strides / padding (a Similarity layer), else 1x1.
+    """
+    per_image = None
+    rows = []
+    for start in range(0, len(images), batch_size):
+        inputs = _layer_inputs(model, layer, images[start:start + batch_size])
+        if isinstance(layer, Similarity):
+            if not layer.built:
+                layer.build(inputs.shape)
+            if inputs.ndim != 4 or inputs.shape[-1] != layer.templates.shape[2]:
+                raise ValueError(f"`images` give layer inputs of shape {inputs.shape}, but {layer.name!r} "
+                                 f"expects {layer.templates.shape[2]} channels")
+            patches = extract_patches(inputs, layer.kernel_size, layer.strides, layer.padding)
+        else:
+            patches = inputs
+        flat = patches.reshape(patches.shape[0], -1, patches.shape[-1])
+        if per_image is None:
+            per_image = min(flat.shape[1], int(np.ceil(num_patches / len(images))))
+        picks = np.stack([rng.choice(flat.shape[1], per_image, replace=False) for _ in range(flat.shape[0])])
+        rows.append(np.take_along_axis(flat, picks[..., None], axis=1).reshape(-1, flat.shape[-1]))
+    rows = np.concatenate(rows)
+    if rows.shape[0] > num_patches:
+        rows = rows[np.sort(rng.choice(rows.shape[0], num_patches, replace=False))]
+    return rows
+
+
+def _find_similarity(model_or_layer, layer):
+    if isinstance(model_or_layer, Similarity):
+        if layer is not None:
+            raise ValueError("`layer` is only used when `model_or_layer` is a model")
+        return None, model_or_layer
+    if not isinstance(model_or_layer, keras.Model):
+        raise ValueError("`model_or_layer` must be a keras.Model or a kernelzoo Similarity layer, "
+                         f"got {type(model_or_layer).__name__}")
+    model = model_or_layer
+    candidates = [lay for lay in model.layers if isinstance(lay, Similarity)]
+    if layer is None:
+        if not candidates:
+            raise ValueError("`model_or_layer` has no Similarity layer to initialise")
+        return model, candidates[0]
+    if isinstance(layer, str):
+        matches = [lay for lay in candidates if lay.name == layer]
+        if not matches:
+            raise ValueError(f"`layer`={layer!r} is not a Similarity layer of the model "
+                             f"(Similarity layers: {[lay.name for lay in candidates]})")
+        return model, matches[0]
+    if layer not in candidates:
+        raise ValueError(f"`layer` must be the name or instance of one of the model's Similarity layers "
+                         f"{[lay.name for lay in candidates]}, got {layer!r}")
+    return model, layer
+
+
+def _following_mex(model, layer):
+    """The Mex layer with offsets that consumes `layer`'s output directly, or None."""
+    if model is None:
+        return None
+    for candidate in model.layers:
+        if isinstance(candidate, Mex) and candidate.offsets_variable is not None:
+            try:
+                if candidate.input is layer.output:
+                    return candidate
+            except (AttributeError, ValueError):
+                continue
+    return None
+
+
+def gmm_init(model_or_layer, images, *, layer=None, beta=None, num_patches=20_000, iterations=15, seed=0,
+             offsets=True, offset_images=100, prior_iterations=20, min_scale=0.05, verbose=False):
+    """Initialise a Similarity layer (and the offsets of the Mex after it) by a generalized-Gaussian mixture.
+
+    Args:
+      model_or_layer: a functional/Sequential keras.Model holding a Similarity layer, or the layer.
+      images: inputs of the model (N, H, W, C), or of the layer when a layer is given. Unfitted
+        preprocessing layers before the Similarity layer should be fitted first (`unsupervised_init`).
+      layer: with a model: which Similarity layer (name or instance); default the first.
+      beta: the shape. Default: the layer's p (1 for l1, 2 for l2, its p for lp, learned when
+        the layer learns p). A float or "learn" (needs similarity="lp", learn_p=True).
+      num_patches: patches sampled from the layer's input for the fit.
+      iterations: EM iterations at most.
+      seed: makes the sampling and the fit deterministic.
+      offsets: also set the offsets of a Mex layer with offsets fed by this layer (location priors).
+      offset_images: images used to estimate the per-region priors.
+      prior_iterations: EM iterations of the per-region prior estimation.
+      min_scale: scale floor relative to the data's per-coordinate scale.
+    Returns a dict: the GGMixture ("mixture"), the layer names set, the per-region priors.
+    Unweighted layers get a mixture with alpha fixed to 1 (u = 1 is what they compute).
+    """
+    model, sim = _find_similarity(model_or_layer, layer)
+    images = _check_images(images)
+    num_patches = _positive_int(num_patches, "num_patches")
+    offset_images = _positive_int(offset_images, "offset_images")
+    if sim.similarity == "linear":
+        raise ValueError("`model_or_layer`: gmm_init needs an l1/l2/lp Similarity layer, "
+                         f"{sim.name!r} has similarity='linear'")
+    layer_p = {"l1": 1.0, "l2": 2.0}.get(sim.similarity, sim.p)
+    if beta is None:
+        beta = "learn" if sim.learn_p else layer_p
+    elif isinstance(beta, str):
+        if beta != "learn":
+            raise ValueError(f"`beta` must be a positive float or 'learn', got {beta!r}")
+        if not sim.learn_p:
+            raise ValueError("`beta`='learn' needs a Similarity layer with similarity='lp' and learn_p=True, "
+                             f"{sim.name!r} has similarity={sim.similarity!r}, learn_p={sim.learn_p}")
+    else:
+        value = np.asarray(beta, "float64")
+        if not np.all(value > 0):
+            raise ValueError(f"`beta` must be > 0, got {beta!r}")
+        if not sim.learn_p and not np.allclose(value, layer_p):
+            raise ValueError(f"`beta`={beta!r} differs from the layer's fixed p={layer_p!r}; "
+                             "use similarity='lp' with learn_p=True to choose the shape")
+
+    rng = np.random.default_rng(seed)
+    rows = _sample_layer_patches(model, sim, images, num_patches, rng)
+    if verbose:
+        print(f"gmm_init: {sim.name}: {sim.filters} components on {rows.shape[0]} patches of dim "
+              f"{rows.shape[1]}, beta={beta}", flush=True)
+    mixture = fit_gg_mixture(rows, sim.filters, beta, scales="diagonal" if sim.weighted else "fixed",
+                             iterations=iterations, seed=seed, min_scale=min_scale, verbose=verbose)
+    shape = tuple(sim.templates.shape)
+    sim.templates.assign(mixture.means.T.reshape(shape).astype("float32"))
+    if sim.weighted:
+        sim.template_weights.assign(mixture.weights.T.reshape(shape).astype("float32"))
+    if sim.learn_p:
+        sim.p_variable.assign(mixture.shapes.astype("float32"))
+    report = {"mixture": mixture, "similarity_layer": sim.name, "mex_layer": None, "region_priors": None}
+
+    mex = _following_mex(model, sim) if offsets else None
+    if mex is not None:
+        priors = _set_location_offsets(model, sim, mex, mixture, images[:offset_images], prior_iterations)
+        report.update(mex_layer=mex.name, region_priors=priors)
+    return report
+
+
+def _set_location_offsets(model, sim, mex, mixture, images, prior_iterations):
+    """Offsets b[q, r, a, b, l] = log lambda_{q, l} (+ c_l unless the layer adds its normaliser)."""
+    regions_h, regions_w, k, bh, bw, block = mex.offsets_variable.shape
+    n = sim.filters
+    if block != n:
+        raise ValueError(f"gmm_init can set the offsets of {mex.name!r} only when its channel block spans all "
+                         f"{n} templates (channel_block=None), got channel_block={block}")
+    patches = extract_patches(_layer_inputs(model, sim, images), sim.kernel_size, sim.strides, sim.padding)
+    height, width = patches.shape[1:3]
+    out_h = output_size(height, mex.pool_size[0], mex.strides[0], mex.padding)
+    out_w = output_size(width, mex.pool_size[1], mex.strides[1], mex.padding)
+    region_of_row = _positions_to_regions(height, mex.pool_size[0], mex.strides[0], mex.padding, out_h,
+                                          regions_h)
+    region_of_col = _positions_to_regions(width, mex.pool_size[1], mex.strides[1], mex.padding, out_w,
+                                          regions_w)
+    constant = 0.0 if sim.normalization_term else mixture.log_normalizer()
+    offsets = np.zeros((regions_h, regions_w, n))
+    priors = np.zeros((regions_h, regions_w, n))
+    for qh in range(regions_h):
+        for qw in range(regions_w):
+            rows = patches[:, region_of_row == qh][:, :, region_of_col == qw].reshape(-1, patches.shape[-1])
+            logp = mixture.component_log_density(rows)
+            log_prior = np.log(mixture.priors).astype("float32")
+            for _ in range(prior_iterations):  # EM on the mixture weights only
+                joint = logp + log_prior
+                r = np.exp(joint - _logsumexp(joint, axis=1)[:, None])
+                log_prior = np.log(np.maximum(r.mean(axis=0, dtype="float64"), 1e-12)).astype("float32")
+                log_prior -= _logsumexp(log_prior, axis=0)
+            priors[qh, qw] = np.exp(log_prior)
+            offsets[qh, qw] = log_prior + constant
+    values = np.broadcast_to(offsets[:, :, None, None, None, :], (regions_h, regions_w, k, bh, bw, n))
+    mex.offsets_variable.assign(values.astype("float32"))
+    return priors
+
+
+def _positions_to_regions(size, window, stride, padding, out_size, regions):
+    """Offset region of each input position along one axis (the region of the first output using it)."""
+    before = pad_amounts(size, window, stride, padding)[0]
+    region_of_output = (np.arange(out_size) * regions) // out_size
+    assigned = np.full((size,), -1)
+    for o in range(out_size):
+        start = o * stride - before
+        for i in range(max(start, 0), min(start + window, size)):
+            if assigned[i] < 0:
+                assigned[i] = region_of_output[o]
+    return assigned
+
+
+# ----------------------------------------------------------------------------- whole-model init
+
+
+def unsupervised_init(model, images, *, seed=0, num_patches=20_000, iterations=15, verbose=False):
+    """Every unsupervised step of a zoo model, in layer order, from unlabeled images.
+
+    PatchWhitening -> adapt (ZCA); Similarity (l1/l2/lp) -> gmm_init, with the
+    offsets of the Mex after it; TriangleCoding -> k-means centroids (Coates et al.);
+    keras Normalization -> adapt on its input features. Returns a dict of reports.
+    """
+    from kernelzoo.zoo.preprocessing import PatchWhitening
+    from kernelzoo.zoo.simnet.models import TriangleCoding
+
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"`model` must be a keras.Model, got {type(model).__name__}")
+    images = _check_images(images)
+    reports = {}
+    for layer in model.layers:
+        if isinstance(layer, PatchWhitening):
+            layer.adapt(_layer_inputs(model, layer, images), max_patches=4 * num_patches, seed=seed)
+            reports[layer.name] = "zca"
+        elif isinstance(layer, Similarity) and layer.similarity != "linear":
+            reports[layer.name] = gmm_init(model, images, layer=layer, num_patches=num_patches,
+                                           iterations=iterations, seed=seed, verbose=verbose)
+        elif isinstance(layer, TriangleCoding):
+            rows = _sample_layer_patches(model, layer, images, 4 * num_patches, np.random.default_rng(seed))
+            layer.centroids.assign(kmeans(rows, layer.filters, iterations=10, seed=seed).T.astype("float32"))
+            reports[layer.name] = "kmeans"
+        elif isinstance(layer, keras.layers.Normalization):
+            layer.adapt(_layer_inputs(model, layer, images))
+            reports[layer.name] = "standardize"
+    return reports
+
+
+# ----------------------------------------------------------------------------- argument checks
+
+
+def _check_rows(x, name):
+    try:
+        x = np.asarray(x)
+    except Exception as error:  # noqa: BLE001
+        raise ValueError(f"`{name}` must be a 2D array (rows, dims), got {type(x).__name__}: {error}") from None
+    if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1 or not np.issubdtype(x.dtype, np.number):
+        raise ValueError(f"`{name}` must be a non-empty numeric 2D array (rows, dims), got shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"`{name}` must be finite (found NaN or inf)")
+    return x
+
+
+def _check_images(images):
+    try:
+        array = np.asarray(images)
+    except Exception as error:  # noqa: BLE001
+        raise ValueError(f"`images` must be an array (N, H, W, C), got {type(images).__name__}: {error}") from None
+    if array.ndim != 4 or array.shape[0] == 0 or not np.issubdtype(array.dtype, np.number):
+        raise ValueError(f"`images` must be a non-empty numeric 4D array (N, H, W, C), got shape {array.shape}")
+    return array
+
+
+def _positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"`{name}` must be a positive int, got {value!r}")
+    return int(value)
+
+
+def _nonnegative_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"`{name}` must be an int >= 0, got {value!r}")
+    return int(value)

@@ -1,0 +1,286 @@
+"""The CIFAR-10 networks of SimNets (paper 000 Sec. 4 and 6, Fig. 3).
+
+- `simnet_patch_labeling` (Fig. 3a): whitened 6x6x3 patches -> weighted lp
+  Similarity (n templates, p in {1, 2}) -> MEX over the n channels with one
+  instance per class and offsets shared in 2x2 regions (xi1 = 1) -> MEX over all
+  positions (xi2 -> 0, the mean) -> 10 logits: the rule after Eq. 8,
+  out(r) = MEX_xi2_{i,j} MEX_xi1_l { u_l^T phi(x_ij, z_l) + b_{r, l, q(i, j)} }.
+- `convnet_baseline` (Fig. 3b): brightness/contrast-normalised image -> 6x6
+  convolution with n filters + ReLU -> max pooling over the four quadrants ->
+  dropout -> dense 10. (Quadrant pooling matches the paper's parameter counts:
+  the 6,400-filter ConvNet is ~9x the 400-template weighted SimNet.)
+- `coates_baseline` (Fig. 3c; Coates, Lee & Ng 2011): whitened 6x6x3 patches ->
+  k-means "triangle" coding f_k = max(0, mean(z) - z_k), z_k = ||x - c_k|| ->
+  sum pooling over the four quadrants -> standardisation -> linear classifier.
+
+All three take raw pixels (0-255 floats); every preprocessing step is a layer
+saved in the model. Templates, whitening and feature statistics come from
+`kernelzoo.zoo.init.unsupervised_init`. keras.ops only (backend agnostic).
+"""
+import keras
+import numpy as np
+from keras import ops
+
+from kernelzoo.layers import Mex, Similarity
+from kernelzoo.ops.shapes import normalize_tuple, output_size
+from kernelzoo.zoo.preprocessing import BrightnessContrastNormalization, PatchWhitening
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+# The loss every zoo classifier here is compiled with (outputs are logits).
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+_POOL_MODES = ("sum", "mean", "max")
+
+
+@keras.saving.register_keras_serializable(package="kernelzoo")
+class QuadrantPooling(keras.layers.Layer):
+    """Pool each channel over a grid of spatial regions (2x2 = the four quadrants).
+
+    Region boundaries follow the MEX offset regions: position i of H belongs to
+    region (i * R) // H (for 27 positions: rows 0-13 and 14-26, as Coates et al.).
+    Output (N, R_h, R_w, C).
+    """
+
+    def __init__(self, grid=(2, 2), mode="sum", **kwargs):
+        super().__init__(**kwargs)
+        self.grid = normalize_tuple(grid, "grid")
+        if mode not in _POOL_MODES:
+            raise ValueError(f"`mode` must be one of {_POOL_MODES}, got {mode!r}")
+        self.mode = mode
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    def build(self, input_shape):
+        height, width = input_shape[1:3]
+        if height is None or width is None or height < self.grid[0] or width < self.grid[1]:
+            raise ValueError(f"QuadrantPooling needs static spatial dimensions >= grid {self.grid}, "
+                             f"got input shape {input_shape}")
+
+    @staticmethod
+    def _bounds(size, regions):
+        owner = (np.arange(size) * regions) // size
+        return [(int(np.argmax(owner == r)), int(size - np.argmax(owner[::-1] == r))) for r in range(regions)]
+
+    def call(self, inputs):
+        reduce = {"sum": ops.sum, "mean": ops.mean, "max": ops.max}[self.mode]
+        rows = self._bounds(inputs.shape[1], self.grid[0])
+        cols = self._bounds(inputs.shape[2], self.grid[1])
+        out = [ops.stack([reduce(inputs[:, r0:r1, c0:c1, :], axis=(1, 2)) for c0, c1 in cols], axis=1)
+               for r0, r1 in rows]
+        return ops.stack(out, axis=1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0],) + self.grid + (input_shape[3],)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"grid": self.grid, "mode": self.mode})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="kernelzoo")
+class TriangleCoding(keras.layers.Layer):
+    """Coates et al.'s triangle activation: f_k(x) = max(0, mean_j z_j - z_k), z_k = ||x - c_k||_2.
+
+    Acts on the channel vector at each position (1x1: feed it PatchWhitening's output).
+    Centroids (C, filters) come from k-means (`unsupervised_init`); `trainable` decides
+    whether supervised training moves them (Coates et al. keep them fixed).
+    """
+
+    def __init__(self, filters, centroids_initializer="random_normal", **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(filters, bool) or not isinstance(filters, (int, np.integer)) or filters < 1:
+            raise ValueError(f"`filters` must be a positive int, got {filters!r}")
+        self.filters = int(filters)
+        self.centroids_initializer = keras.initializers.get(centroids_initializer)
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    def build(self, input_shape):
+        if input_shape[-1] is None:
+            raise ValueError(f"TriangleCoding needs a known number of channels, got {input_shape}")
+        self.centroids = self.add_weight(name="centroids", shape=(input_shape[-1], self.filters),
+                                         initializer=self.centroids_initializer)
+
+    def call(self, inputs):
+        x = ops.cast(inputs, "float32")
+        squared = (ops.sum(ops.square(x), axis=-1, keepdims=True) - 2.0 * ops.matmul(x, self.centroids)
+                   + ops.sum(ops.square(self.centroids), axis=0))
+        distance = ops.sqrt(ops.maximum(squared, 0.0) + 1e-12)
+        return ops.relu(ops.mean(distance, axis=-1, keepdims=True) - distance)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.filters,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"filters": self.filters,
+                       "centroids_initializer": keras.initializers.serialize(self.centroids_initializer)})
+        return config
+
+
+def _input_shape(input_shape):
+    try:
+        shape = tuple(int(v) for v in input_shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"`input_shape` must be (height, width, channels), got {input_shape!r}") from None
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"`input_shape` must be 3 positive ints (height, width, channels), got {input_shape!r}")
+    return shape
+
+
+def _positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"`{name}` must be a positive int, got {value!r}")
+    return int(value)
+
+
+def _decay(value, name):
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"`{name}` must be a number >= 0, got {value!r}") from None
+    if not value >= 0:
+        raise ValueError(f"`{name}` must be >= 0, got {value!r}")
+    # SGD weight decay wd (gradient += wd * w) is the loss term (wd / 2) * ||w||^2.
+    return keras.regularizers.L2(value / 2.0) if value > 0 else None
+
+
+def _xi(value, name):
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"`{name}` must be a real number (inf allowed), got {value!r}") from None
+    if np.isnan(value):
+        raise ValueError(f"`{name}` must not be NaN")
+    return value
+
+
+def simnet_patch_labeling(n=400, p=2, weighted=True, xi1=1.0, xi2=0.0, learn_xi=False, learn_p=False,
+                          num_classes=10, input_shape=(32, 32, 3), patch_size=6, offset_regions=(2, 2),
+                          whitening=True, weight_decay=0.0, position_pooling="mean", name=None):
+    """The patch-labeling SimNet of Fig. 3a (paper 000 Sec. 4, the rule after Eq. 8).
+
+    Args:
+      n: number of templates.
+      p: the lp order, 1 or 2 (similarity "l1" / "l2"); with learn_p=True, the initial p of "lp".
+      weighted: learn similarity weights u >= 0 (else u = 1).
+      xi1, xi2: the two MEX parameters (1 and 0 in the paper: soft max over templates, then mean).
+      learn_xi: train xi1 and xi2 (else fixed).
+      learn_p: similarity="lp" with a trainable p per template.
+      num_classes: MEX instances of the first MEX layer (one per class).
+      input_shape: (H, W, C) of the raw images (0-255).
+      patch_size: similarity patch size (6 in the paper); stride 1.
+      offset_regions: regions over which offsets are shared ((2, 2): quadrants).
+      whitening: contrast-normalise and ZCA-whiten patches (else plain patches).
+      weight_decay: SGD weight decay on the similarity weights and the offsets (none on templates).
+      position_pooling: "mean" (MEX with xi2, the network of Sec. 4) or "sum" (that MEX times the
+        number of positions: the same argmax, as the rule sum_ij MEX_xi1 written after Eq. 8, but
+        logits 729x larger at 32x32, which changes the softmax loss's temperature).
+    Returns an uncompiled keras.Model from images to logits; run `unsupervised_init` on it.
+    """
+    n = _positive_int(n, "n")
+    num_classes = _positive_int(num_classes, "num_classes")
+    shape = _input_shape(input_shape)
+    patch = normalize_tuple(patch_size, "patch_size")
+    regions = normalize_tuple(offset_regions, "offset_regions")
+    if learn_p:
+        if not (isinstance(p, (int, float)) and not isinstance(p, bool) and p > 0):
+            raise ValueError(f"`p` must be a positive number (the initial p with learn_p=True), got {p!r}")
+        similarity, p_value = "lp", float(p)
+    else:
+        if p not in (1, 2) or isinstance(p, bool):
+            raise ValueError(f"`p` must be 1 or 2 (or any p > 0 with learn_p=True), got {p!r}")
+        similarity, p_value = ("l1", "l2")[int(p) - 1], None
+    xi1, xi2 = _xi(xi1, "xi1"), _xi(xi2, "xi2")
+    regularizer = _decay(weight_decay, "weight_decay")
+    if position_pooling not in ("mean", "sum"):
+        raise ValueError(f"`position_pooling` must be 'mean' or 'sum', got {position_pooling!r}")
+    out_h = output_size(shape[0], patch[0], 1, "valid")
+    out_w = output_size(shape[1], patch[1], 1, "valid")
+    if out_h < 1 or out_w < 1:
+        raise ValueError(f"`patch_size` {patch} is larger than `input_shape` {shape}")
+    if regions[0] > out_h or regions[1] > out_w:
+        raise ValueError(f"`offset_regions` {regions} exceeds the {out_h}x{out_w} similarity map")
+
+    inputs = keras.Input(shape, name="image")
+    if whitening:
+        x = PatchWhitening(patch, name="patch_whitening")(inputs)
+        kernel = 1
+    else:
+        x, kernel = inputs, patch
+    x = Similarity(n, kernel, similarity=similarity, weighted=weighted, p=p_value, learn_p=learn_p,
+                   templates_initializer="random_normal", weights_initializer="ones",
+                   weights_regularizer=regularizer, name="similarity")(x)
+    x = Mex(num_instances=num_classes, xi=xi1, learn_xi=learn_xi, offsets=regions,
+            offsets_regularizer=regularizer, name="mex_templates")(x)
+    x = Mex(pool_size=(out_h, out_w), channel_block=1, xi=xi2, learn_xi=learn_xi, name="mex_positions")(x)
+    if position_pooling == "sum":
+        x = keras.layers.Rescaling(float(out_h * out_w), name="position_sum")(x)
+    outputs = keras.layers.Flatten(name="logits")(x)
+    kind = ("w" if weighted else "") + similarity
+    return keras.Model(inputs, outputs, name=name or f"simnet_patch_labeling_{kind}_n{n}")
+
+
+def convnet_baseline(n=400, patch_size=6, pool_grid=(2, 2), dropout=0.5, num_classes=10,
+                     input_shape=(32, 32, 3), weight_decay=0.0, name=None):
+    """The ConvNet of Fig. 3b: normalised image -> conv(n, 6x6) + ReLU -> quadrant max pool -> dense.
+
+    Args:
+      n: number of convolution filters.
+      patch_size: filter size (6, stride 1, as the SimNet's patches).
+      pool_grid: pooling regions ((2, 2): max over each quadrant).
+      dropout: dropout rate before the dense layer (chosen by cross-validation in the paper).
+      weight_decay: global SGD weight decay (kernels of both layers).
+    """
+    n = _positive_int(n, "n")
+    num_classes = _positive_int(num_classes, "num_classes")
+    shape = _input_shape(input_shape)
+    patch = normalize_tuple(patch_size, "patch_size")
+    try:
+        dropout = float(dropout)
+    except (TypeError, ValueError):
+        raise ValueError(f"`dropout` must be a number in [0, 1), got {dropout!r}") from None
+    if not 0 <= dropout < 1:
+        raise ValueError(f"`dropout` must be in [0, 1), got {dropout!r}")
+    regularizer = _decay(weight_decay, "weight_decay")
+    inputs = keras.Input(shape, name="image")
+    x = BrightnessContrastNormalization(name="normalization")(inputs)
+    x = keras.layers.Conv2D(n, patch, activation="relu", kernel_regularizer=regularizer, name="conv")(x)
+    x = QuadrantPooling(pool_grid, mode="max", name="pool")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    if dropout > 0:
+        x = keras.layers.Dropout(dropout, seed=0, name="dropout")(x)
+    outputs = keras.layers.Dense(num_classes, kernel_regularizer=regularizer, name="logits")(x)
+    return keras.Model(inputs, outputs, name=name or f"convnet_baseline_n{n}")
+
+
+def coates_baseline(n=1600, patch_size=6, pool_grid=(2, 2), train_templates=False, num_classes=10,
+                    input_shape=(32, 32, 3), weight_decay=0.0, name=None):
+    """The single-layer network of Coates et al. (Fig. 3c): triangle k-means coding, quadrant sum pooling.
+
+    Args:
+      n: number of k-means centroids.
+      train_templates: let SGD move the centroids (the paper found it does not help).
+      weight_decay: SGD weight decay of the linear classifier (stands in for the SVM's C).
+    The classifier is trained with the softmax loss (Coates et al. used an L2-SVM).
+    """
+    n = _positive_int(n, "n")
+    num_classes = _positive_int(num_classes, "num_classes")
+    shape = _input_shape(input_shape)
+    patch = normalize_tuple(patch_size, "patch_size")
+    regularizer = _decay(weight_decay, "weight_decay")
+    inputs = keras.Input(shape, name="image")
+    x = PatchWhitening(patch, name="patch_whitening")(inputs)
+    x = TriangleCoding(n, trainable=bool(train_templates), name="triangle_coding")(x)
+    x = QuadrantPooling(pool_grid, mode="sum", name="pool")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Normalization(name="feature_standardization")(x)
+    outputs = keras.layers.Dense(num_classes, kernel_regularizer=regularizer, name="logits")(x)
+    return keras.Model(inputs, outputs, name=name or f"coates_baseline_n{n}")
+
+
+BUILDERS = {"simnet_patch_labeling": simnet_patch_labeling, "convnet_baseline": convnet_baseline,
+            "coates_baseline": coates_baseline}
+
+
+def parameter_count(model):
+    """Trainable parameters (the paper's "learned parameters")."""
+    return int(sum(np.prod(v.shape) for v in model.trainable_variables))

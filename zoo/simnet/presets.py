@@ -1,0 +1,83 @@
+"""Registry entries of the SimNets zoo folder (plain data; read by kernelzoo.zoo.registry).
+
+Keys the registry needs: description, builder, config, inputs; optional weights
+(file in this folder), sha256, card (markdown in this folder), compile. The
+extra keys (dataset, class_names, preprocessing, recipe, paper) drive
+`kernelzoo train` / `kernelzoo eval`. Weights are None until a training session
+fills them in (see each card).
+"""
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+_COMPILE = {"loss": "kernelzoo.zoo.simnet.models.LOSS", "metrics": ["accuracy"]}
+_INPUTS = "float32 (N, 32, 32, 3) RGB pixels in 0-255 (uint8 values; preprocessing is inside the model)"
+# Paper 000 Sec. 6: SGD, batch 64, momentum 0.9, lr 0.01 / 10 after 50 of 100 epochs; weight decay 0 on
+# templates, one value on similarity weights and offsets chosen on 5k held-out training images.
+_SIMNET_RECIPE = {"epochs": 100, "batch_size": 64, "lr": 0.01, "momentum": 0.9, "lr_drop_every": 50,
+                  "weight_decay": 0.0, "weight_decay_grid": [0.0, 1e-5, 1e-4, 1e-3], "holdout": 5000,
+                  "unsupervised_init": True}
+# Paper 000 Sec. 6.1 (Caffe): batch 100, momentum 0.95, lr 1e-4 / 10 every 45 epochs, 150 epochs;
+# global weight decay and dropout chosen by cross-validation.
+_CONVNET_RECIPE = {"epochs": 150, "batch_size": 100, "lr": 1e-4, "momentum": 0.95, "lr_drop_every": 45,
+                   "weight_decay": 0.0, "weight_decay_grid": [0.0, 1e-4, 1e-3], "holdout": 5000,
+                   "unsupervised_init": False}
+# Coates et al.: fixed k-means templates; the linear classifier trained with the SimNet's SGD recipe.
+_COATES_RECIPE = dict(_SIMNET_RECIPE, weight_decay_grid=[0.0, 1e-4, 1e-3, 1e-2])
+_PATCH_PREPROCESSING = ("inside the model: 6x6x3 patches, each brightness/contrast-normalised "
+                        "((p - mean) / sqrt(var + 10)) and ZCA-whitened (eps 0.1, fitted on training patches)")
+
+
+def _simnet(n, p, weighted, paper):
+    kind = ("weighted " if weighted else "") + f"l{p}"
+    return {
+        "description": f"SimNet patch labeling, {kind} similarity, {n} templates, CIFAR-10 (paper 000 Fig. 3a)",
+        "builder": "kernelzoo.zoo.simnet.models.simnet_patch_labeling",
+        "config": {"n": n, "p": p, "weighted": weighted, "xi1": 1.0, "xi2": 0.0},
+        "inputs": _INPUTS,
+        "preprocessing": _PATCH_PREPROCESSING,
+        "dataset": "cifar10",
+        "class_names": CIFAR10_CLASSES,
+        "recipe": dict(_SIMNET_RECIPE),
+        "paper": paper,
+        "compile": _COMPILE,
+        "weights": None,
+        "sha256": None,
+        "card": "simnet_patch_labeling.md",
+    }
+
+
+PRESETS = {
+    "simnet_cifar10_wl1_n400": _simnet(400, 1, True, {"accuracy": 0.768, "where": "Sec. 6.1, Fig. 4"}),
+    "simnet_cifar10_wl2_n400": _simnet(400, 2, True, {"accuracy": 0.771, "where": "Sec. 6.1, Fig. 4"}),
+    "simnet_cifar10_wl1_n200": _simnet(200, 1, True, {"accuracy": 0.760, "where": "Sec. 6.3"}),
+    "convnet_cifar10_n6400": {
+        "description": "ConvNet baseline (conv 6x6 + ReLU, quadrant max pool, dense), 6400 filters, CIFAR-10 "
+                       "(paper 000 Fig. 3b)",
+        "builder": "kernelzoo.zoo.simnet.models.convnet_baseline",
+        "config": {"n": 6400, "dropout": 0.5},
+        "inputs": _INPUTS,
+        "preprocessing": "inside the model: per-image brightness/contrast normalisation",
+        "dataset": "cifar10",
+        "class_names": CIFAR10_CLASSES,
+        "recipe": dict(_CONVNET_RECIPE),
+        "paper": {"accuracy": 0.762, "where": "Sec. 6.1 (best ConvNet, 6400 templates)"},
+        "compile": _COMPILE,
+        "weights": None,
+        "sha256": None,
+        "card": "convnet_baseline.md",
+    },
+    "coates_cifar10_n1600": {
+        "description": "Coates et al. single-layer network (k-means triangle coding, quadrant sum pool, linear), "
+                       "1600 centroids, CIFAR-10 (paper 000 Fig. 3c)",
+        "builder": "kernelzoo.zoo.simnet.models.coates_baseline",
+        "config": {"n": 1600},
+        "inputs": _INPUTS,
+        "preprocessing": _PATCH_PREPROCESSING,
+        "dataset": "cifar10",
+        "class_names": CIFAR10_CLASSES,
+        "recipe": dict(_COATES_RECIPE),
+        "paper": {"accuracy": 0.773, "where": "Sec. 6.2 (reproduction of Coates et al., 1600 templates)"},
+        "compile": _COMPILE,
+        "weights": None,
+        "sha256": None,
+        "card": "coates_baseline.md",
+    },
+}
