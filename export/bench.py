@@ -11,7 +11,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 
 RUNTIMES = ("Keras (TF)", "SavedModel (TF)", "onnxruntime CPU")
 

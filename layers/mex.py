@@ -4,6 +4,7 @@ import numpy as np
 from keras import ops
 
 from kernelzoo.ops import api
+from kernelzoo.ops.checks import positive_int
 from kernelzoo.ops.shapes import normalize_padding, normalize_tuple, output_size
 
 _OFFSET_MODES = ("shared", "unshared")
@@ -37,11 +38,11 @@ class Mex(keras.layers.Layer):
         kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         self.supports_jit = api.selected_implementation() != "custom"  # custom ops have no XLA kernels
-        self.num_instances = api.positive_int(num_instances, "num_instances")
+        self.num_instances = positive_int(num_instances, "num_instances")
         self.pool_size = normalize_tuple(pool_size, "pool_size")
         self.strides = self.pool_size if strides is None else normalize_tuple(strides, "strides")
         self.padding = normalize_padding(padding)
-        self.channel_block = None if channel_block is None else api.positive_int(channel_block, "channel_block")
+        self.channel_block = None if channel_block is None else positive_int(channel_block, "channel_block")
         self.xi = _check_xi(xi, self.num_instances)
         if softmax_mode and not learn_xi and np.any(np.asarray(self.xi) == 0):
             raise ValueError("`xi`=0 with softmax_mode=True is log(n)/0 = inf; use xi != 0")

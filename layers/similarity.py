@@ -5,6 +5,7 @@ from keras import ops
 
 from kernelzoo.layers.constraints import MinValue
 from kernelzoo.ops import api
+from kernelzoo.ops.checks import check_choice, positive_int
 from kernelzoo.ops.shapes import normalize_padding, normalize_tuple, output_size
 
 # Learned exponents are kept at or above this (p must stay > 0).
@@ -40,13 +41,11 @@ class Similarity(keras.layers.Layer):
         kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         self.supports_jit = api.selected_implementation() != "custom"  # custom ops have no XLA kernels
-        if isinstance(filters, bool) or not isinstance(filters, (int, np.integer)) or filters < 1:
-            raise ValueError(f"`filters` must be a positive int, got {filters!r}")
-        self.filters = int(filters)
+        self.filters = positive_int(filters, "filters")
         self.kernel_size = normalize_tuple(kernel_size, "kernel_size")
         self.strides = normalize_tuple(strides, "strides")
         self.padding = normalize_padding(padding)
-        self.similarity = api.check_choice("similarity", similarity, api.SIMILARITIES)
+        self.similarity = check_choice("similarity", similarity, api.SIMILARITIES)
         self.weighted = bool(weighted)
         self.p = _check_p(p, self.similarity, learn_p, self.filters)
         self.learn_p = bool(learn_p)

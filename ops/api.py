@@ -16,6 +16,7 @@ import numpy as np
 from keras import ops
 
 from kernelzoo.ops import composite
+from kernelzoo.ops.checks import check_choice, positive_int
 from kernelzoo.ops.shapes import normalize_padding, normalize_tuple, output_size
 
 SIMILARITIES = ("linear", "l1", "l2", "lp")
@@ -251,19 +252,6 @@ def _float32(value, name):
 def _check_rank(tensor, rank, name, layout):
     if len(tensor.shape) != rank:
         raise ValueError(f"`{name}` must be a {rank}D tensor {layout}, got shape {tuple(tensor.shape)}")
-
-
-def check_choice(name, value, choices):
-    normalized = str(value).lower()
-    if normalized not in choices:
-        raise ValueError(f"`{name}` must be one of {choices}, got {value!r}")
-    return normalized
-
-
-def positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` must be a positive int, got {value!r}")
-    return int(value)
 
 
 def _is_number(value):

@@ -1,6 +1,5 @@
 """Image loaders (kernelzoo.zoo.data.images / cifar) on tiny generated copies of every supported format."""
 import gzip
-import io
 import os
 import tarfile
 

@@ -32,6 +32,7 @@ from keras import ops
 from scipy.special import gammaln
 
 from kernelzoo.layers import Mex, Similarity
+from kernelzoo.ops.checks import nonnegative_int, positive_int
 from kernelzoo.ops.shapes import output_size, pad_amounts
 
 # Rows of the (rows x components x dims) slab evaluated per compiled call.
@@ -199,7 +200,7 @@ def _squared_distances(x, centers):
 def kmeans_pp(x, k, seed=0):
     """k-means++ seeds: k rows of x (M, d) drawn with probability proportional to D^2."""
     x = _check_rows(x, "x")
-    k = _positive_int(k, "k")
+    k = positive_int(k, "k")
     if k > x.shape[0]:
         raise ValueError(f"`k`={k} exceeds the number of rows ({x.shape[0]})")
     rng = np.random.default_rng(seed)
@@ -217,7 +218,7 @@ def kmeans_pp(x, k, seed=0):
 def kmeans(x, k, iterations=10, seed=0):
     """Lloyd's k-means from k-means++ seeds; empty clusters are re-seeded. Returns centers (k, d)."""
     x = _check_rows(x, "x")
-    iterations = _nonnegative_int(iterations, "iterations")
+    iterations = nonnegative_int(iterations, "iterations")
     centers = kmeans_pp(x, k, seed)
     rng = np.random.default_rng(seed + 1)
     for _ in range(iterations):
@@ -254,12 +255,12 @@ def fit_gg_mixture(x, n, beta=2.0, *, scales="diagonal", iterations=30, tol=1e-5
     Returns a GGMixture.
     """
     x = _check_rows(x, "x").astype("float32")
-    n = _positive_int(n, "n")
+    n = positive_int(n, "n")
     if n > x.shape[0]:
         raise ValueError(f"`n`={n} components need at least {n} rows in `x`, got {x.shape[0]}")
     if scales not in ("diagonal", "fixed"):
         raise ValueError(f"`scales` must be 'diagonal' or 'fixed', got {scales!r}")
-    iterations = _nonnegative_int(iterations, "iterations")
+    iterations = nonnegative_int(iterations, "iterations")
     learn_beta = isinstance(beta, str)
     if learn_beta and beta != "learn":
         raise ValueError(f"`beta` must be a positive float, one per component, or 'learn', got {beta!r}")
@@ -465,8 +466,8 @@ def gmm_init(model_or_layer, images, *, layer=None, beta=None, num_patches=20_00
     """
     model, sim = _find_similarity(model_or_layer, layer)
     images = _check_images(images)
-    num_patches = _positive_int(num_patches, "num_patches")
-    offset_images = _positive_int(offset_images, "offset_images")
+    num_patches = positive_int(num_patches, "num_patches")
+    offset_images = positive_int(offset_images, "offset_images")
     if sim.similarity == "linear":
         raise ValueError("`model_or_layer`: gmm_init needs an l1/l2/lp Similarity layer, "
                          f"{sim.name!r} has similarity='linear'")
@@ -616,13 +617,3 @@ def _check_images(images):
     return array
 
 
-def _positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` must be a positive int, got {value!r}")
-    return int(value)
-
-
-def _nonnegative_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(f"`{name}` must be an int >= 0, got {value!r}")
-    return int(value)

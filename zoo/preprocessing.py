@@ -22,27 +22,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from kernelzoo.ops.checks import nonnegative_float, positive_float
 from kernelzoo.ops.shapes import normalize_padding, normalize_tuple, output_size
-
-
-def _positive_float(value, name):
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"`{name}` must be a positive number, got {value!r}") from None
-    if not value > 0:
-        raise ValueError(f"`{name}` must be > 0, got {value!r}")
-    return value
-
-
-def _nonnegative_float(value, name):
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"`{name}` must be a number >= 0, got {value!r}") from None
-    if not value >= 0:
-        raise ValueError(f"`{name}` must be >= 0, got {value!r}")
-    return value
 
 
 def _check_images(images, name="images"):
@@ -68,7 +49,7 @@ class BrightnessContrastNormalization(keras.layers.Layer):
 
     def __init__(self, eps=10.0, **kwargs):
         super().__init__(**kwargs)
-        self.eps = _positive_float(eps, "eps")
+        self.eps = positive_float(eps, "eps")
         self.input_spec = keras.layers.InputSpec(ndim=4)
 
     def call(self, inputs):
@@ -108,8 +89,8 @@ class PatchWhitening(keras.layers.Layer):
         self.strides = normalize_tuple(strides, "strides")
         self.padding = normalize_padding(padding)
         self.normalize = bool(normalize)
-        self.norm_eps = _positive_float(norm_eps, "norm_eps")
-        self.zca_eps = _nonnegative_float(zca_eps, "zca_eps")
+        self.norm_eps = positive_float(norm_eps, "norm_eps")
+        self.zca_eps = nonnegative_float(zca_eps, "zca_eps")
         self.input_spec = keras.layers.InputSpec(ndim=4)
 
     def build(self, input_shape):
@@ -190,7 +171,7 @@ def fit_zca(patches, eps):
     patches = np.asarray(patches, dtype="float64")
     if patches.ndim != 2 or patches.shape[0] < 2:
         raise ValueError(f"`patches` must be a 2D array (M >= 2, D), got shape {patches.shape}")
-    eps = _nonnegative_float(eps, "eps")
+    eps = nonnegative_float(eps, "eps")
     mean = patches.mean(axis=0)
     cov = np.cov(patches - mean, rowvar=False)
     values, vectors = np.linalg.eigh(cov)

@@ -25,16 +25,18 @@ import time
 import keras
 import numpy as np
 
+from kernelzoo.ops.checks import positive_float, positive_int
+
 STATE_FILE = "state.json"
 LAST_CHECKPOINT = "last.keras"
 
 
 def step_schedule(lr, epochs, drop_every=None, factor=0.1):
     """epoch -> lr * factor^(epoch // drop_every); drop_every defaults to half the epochs."""
-    lr = _positive_float(lr, "lr")
-    epochs = _positive_int(epochs, "epochs")
-    drop_every = max(1, epochs // 2) if drop_every is None else _positive_int(drop_every, "drop_every")
-    factor = _positive_float(factor, "factor")
+    lr = positive_float(lr, "lr")
+    epochs = positive_int(epochs, "epochs")
+    drop_every = max(1, epochs // 2) if drop_every is None else positive_int(drop_every, "drop_every")
+    factor = positive_float(factor, "factor")
 
     def schedule(epoch, current_lr=None):
         return float(lr * factor ** (int(epoch) // drop_every))
@@ -58,8 +60,8 @@ def make_dataset(x, y, batch_size, *, epochs=1, start_epoch=0, seed=0, shuffle=T
     import tensorflow as tf
 
     x, y = _check_xy(x, y)
-    batch_size = _positive_int(batch_size, "batch_size")
-    epochs = _positive_int(epochs, "epochs")
+    batch_size = positive_int(batch_size, "batch_size")
+    epochs = positive_int(epochs, "epochs")
     if not 0 <= start_epoch < epochs:
         raise ValueError(f"`start_epoch` must be in [0, {epochs}), got {start_epoch!r}")
     size = len(x)
@@ -72,7 +74,7 @@ def make_dataset(x, y, batch_size, *, epochs=1, start_epoch=0, seed=0, shuffle=T
     with tf.device("/cpu:0"):
         images = tf.Variable(x, trainable=False, name="images")
         labels = tf.Variable(y.astype(np.int32), trainable=False, name="labels")
-    take = -1 if steps_per_epoch is None else _positive_int(steps_per_epoch, "steps_per_epoch")
+    take = -1 if steps_per_epoch is None else positive_int(steps_per_epoch, "steps_per_epoch")
     index = tf.data.Dataset.from_tensor_slices(per_epoch).flat_map(
         lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch_size).take(take))
 
@@ -92,7 +94,7 @@ def make_dataset(x, y, batch_size, *, epochs=1, start_epoch=0, seed=0, shuffle=T
 def compile_model(model, lr=0.01, momentum=0.9):
     """SGD with momentum on the softmax loss of logits, with accuracy."""
     from kernelzoo.zoo.simnet.models import LOSS
-    model.compile(optimizer=keras.optimizers.SGD(learning_rate=_positive_float(lr, "lr"),
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=positive_float(lr, "lr"),
                                                  momentum=float(momentum)),
                   loss=LOSS, metrics=["accuracy"])
     return model
@@ -109,7 +111,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
     def __init__(self, folder, keep=2, metadata=None):
         super().__init__()
         self.folder = folder
-        self.keep = _positive_int(keep, "keep_checkpoints")
+        self.keep = positive_int(keep, "keep_checkpoints")
         self.metadata = dict(metadata or {})
         os.makedirs(folder, exist_ok=True)
 
@@ -176,8 +178,8 @@ def train(model, train_data, *, out_dir, epochs, batch_size=64, lr=0.01, momentu
     if not isinstance(out_dir, (str, os.PathLike)):
         raise ValueError(f"`out_dir` must be a path, got {out_dir!r}")
     out_dir = os.fspath(out_dir)
-    epochs = _positive_int(epochs, "epochs")
-    batch_size = _positive_int(batch_size, "batch_size")
+    epochs = positive_int(epochs, "epochs")
+    batch_size = positive_int(batch_size, "batch_size")
     x, y = _check_xy(*_pair(train_data, "train_data"), name="train_data")
     checkpoints = os.path.join(out_dir, "checkpoints")
     state = read_state(out_dir)
@@ -198,7 +200,7 @@ def train(model, train_data, *, out_dir, epochs, batch_size=64, lr=0.01, momentu
     os.makedirs(out_dir, exist_ok=True)
     steps = math.ceil(len(x) / batch_size)
     if max_steps_per_epoch is not None:
-        steps = min(steps, _positive_int(max_steps_per_epoch, "max_steps_per_epoch"))
+        steps = min(steps, positive_int(max_steps_per_epoch, "max_steps_per_epoch"))
     schedule = step_schedule(lr, epochs, lr_drop_every)
     callbacks = list(callbacks or []) + [keras.callbacks.LearningRateScheduler(schedule),
                  keras.callbacks.CSVLogger(os.path.join(out_dir, "log.csv"), append=start_epoch > 0),
@@ -307,17 +309,3 @@ def _check_xy(x, y, name="data"):
     return x, y
 
 
-def _positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` must be a positive int, got {value!r}")
-    return int(value)
-
-
-def _positive_float(value, name):
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"`{name}` must be a positive number, got {value!r}") from None
-    if not value > 0:
-        raise ValueError(f"`{name}` must be > 0, got {value!r}")
-    return value

@@ -22,6 +22,7 @@ import numpy as np
 from keras import ops
 
 from kernelzoo.layers import Mex, Similarity
+from kernelzoo.ops.checks import nonnegative_float, positive_int
 from kernelzoo.ops.shapes import normalize_tuple, output_size
 from kernelzoo.zoo.preprocessing import BrightnessContrastNormalization, PatchWhitening
 
@@ -126,19 +127,8 @@ def _input_shape(input_shape):
     return shape
 
 
-def _positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` must be a positive int, got {value!r}")
-    return int(value)
-
-
 def _decay(value, name):
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"`{name}` must be a number >= 0, got {value!r}") from None
-    if not value >= 0:
-        raise ValueError(f"`{name}` must be >= 0, got {value!r}")
+    value = nonnegative_float(value, name)
     # SGD weight decay wd (gradient += wd * w) is the loss term (wd / 2) * ||w||^2.
     return keras.regularizers.L2(value / 2.0) if value > 0 else None
 
@@ -176,8 +166,8 @@ def simnet_patch_labeling(n=400, p=2, weighted=True, xi1=1.0, xi2=0.0, learn_xi=
         logits 729x larger at 32x32, which changes the softmax loss's temperature).
     Returns an uncompiled keras.Model from images to logits; run `unsupervised_init` on it.
     """
-    n = _positive_int(n, "n")
-    num_classes = _positive_int(num_classes, "num_classes")
+    n = positive_int(n, "n")
+    num_classes = positive_int(num_classes, "num_classes")
     shape = _input_shape(input_shape)
     patch = normalize_tuple(patch_size, "patch_size")
     regions = normalize_tuple(offset_regions, "offset_regions")
@@ -230,8 +220,8 @@ def convnet_baseline(n=400, patch_size=6, pool_grid=(2, 2), dropout=0.5, num_cla
       dropout: dropout rate before the dense layer (chosen by cross-validation in the paper).
       weight_decay: global SGD weight decay (kernels of both layers).
     """
-    n = _positive_int(n, "n")
-    num_classes = _positive_int(num_classes, "num_classes")
+    n = positive_int(n, "n")
+    num_classes = positive_int(num_classes, "num_classes")
     shape = _input_shape(input_shape)
     patch = normalize_tuple(patch_size, "patch_size")
     try:
@@ -262,8 +252,8 @@ def coates_baseline(n=1600, patch_size=6, pool_grid=(2, 2), train_templates=Fals
       weight_decay: SGD weight decay of the linear classifier (stands in for the SVM's C).
     The classifier is trained with the softmax loss (Coates et al. used an L2-SVM).
     """
-    n = _positive_int(n, "n")
-    num_classes = _positive_int(num_classes, "num_classes")
+    n = positive_int(n, "n")
+    num_classes = positive_int(num_classes, "num_classes")
     shape = _input_shape(input_shape)
     patch = normalize_tuple(patch_size, "patch_size")
     regularizer = _decay(weight_decay, "weight_decay")
