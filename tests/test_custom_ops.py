@@ -311,6 +311,7 @@ def test_mex_bad_shapes_raise(lib):
         dict(x=x, xi=xi, channel_block=3),                           # 4 % 3 != 0
         dict(x=x, xi=xi, pool_size=[7, 2]),                          # pool taller than input
         dict(x=x, xi=xi, pool_size=[2, 2, 2]),                       # pool_size length
+        dict(x=x, xi=xi, pool_size=[100000, 100000], padding="same"),  # block too large to allocate
     ]
     for case in bad:
         case = dict(case)

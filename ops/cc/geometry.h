@@ -51,6 +51,13 @@ struct WindowGeometry {
            WindowedOutputSize(in_w, k_w, s_w, same, &out_w, &pad_left);
   }
   KZ_HOST_DEVICE int64_t positions() const { return batch * out_h * out_w; }
+  // Entries of one window over `channels` channels, capped so that per-thread
+  // scratch buffers stay allocatable (a 'same' window may exceed the input).
+  KZ_HOST_DEVICE bool WindowWithinLimit(int64_t channels) const {
+    const int64_t kMaxWindowEntries = int64_t{1} << 24;
+    return k_h <= kMaxWindowEntries && k_w <= kMaxWindowEntries &&
+           k_h * k_w <= kMaxWindowEntries / (channels > 0 ? channels : 1);
+  }
   // Top-left input coordinate (may be negative: padding) of output (i, j).
   KZ_HOST_DEVICE int64_t row0(int64_t i) const { return i * s_h - pad_top; }
   KZ_HOST_DEVICE int64_t col0(int64_t j) const { return j * s_w - pad_left; }

@@ -504,6 +504,10 @@ class MexOpBase : public OpKernel {
           "pool ", g.k_h, "x", g.k_w, " does not fit the input ", g.in_h, "x", g.in_w,
           " with padding 'valid'"));
     }
+    if (!g.WindowWithinLimit(channel_block_)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "block ", g.k_h, "x", g.k_w, "x", channel_block_, " has more than 2^24 entries"));
+    }
     if (use_offsets_) {
       const TensorShape want({offsets.dims() == 6 ? offsets.dim_size(0) : 1,
                               offsets.dims() == 6 ? offsets.dim_size(1) : 1, K, b_h_, b_w_,

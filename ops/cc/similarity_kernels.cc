@@ -727,6 +727,10 @@ class SimilarityOpBase : public OpKernel {
           "patch ", g.k_h, "x", g.k_w, " does not fit the input ", g.in_h, "x",
           g.in_w, " with padding 'valid'"));
     }
+    if (!g.WindowWithinLimit(g.in_c)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "patch ", g.k_h, "x", g.k_w, "x", g.in_c, " has more than 2^24 entries"));
+    }
     prm->num_templates = templates.dim_size(3);
     prm->kind = kind_;
     prm->ignore_nan = ignore_nan_;
