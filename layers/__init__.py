@@ -1,6 +1,9 @@
 """kernelzoo.layers: Keras 3 layers of the zoo's networks (registered for load_model)."""
 from kernelzoo.layers.constraints import MinValue
+from kernelzoo.layers.kernel_dense import KernelDense, SparseKernelDense
+from kernelzoo.layers.kernels import Grid2D
 from kernelzoo.layers.mex import Mex
 from kernelzoo.layers.similarity import Similarity
+from kernelzoo.layers.sparsify import SparsifyingActivation
 
-__all__ = ["Similarity", "Mex", "MinValue"]
+__all__ = ["Similarity", "Mex", "MinValue", "KernelDense", "SparseKernelDense", "Grid2D", "SparsifyingActivation"]

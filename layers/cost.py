@@ -6,10 +6,12 @@ from kernelzoo.layers.kernel_dense import KernelDense, SparseKernelDense
 
 
 def _dense_layers(model):
-    """Dense-like layers in call order (flattening nested models)."""
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    """Dense-like layers in model order (descending into nested models)."""
+    for layer in getattr(model, "layers", ()):
         if isinstance(layer, (KernelDense, SparseKernelDense, keras.layers.Dense)):
             yield layer
+        else:
+            yield from _dense_layers(layer)
 
 
 def cost_report(model, input_density=1.0):

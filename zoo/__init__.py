@@ -1,1 +1,12 @@
-"""kernelzoo.zoo: the papers' networks, their recipes and pretrained weights."""
+"""kernelzoo.zoo: the papers' networks, their recipes and pretrained weights.
+
+Importing it registers the zoo's own Keras objects (preprocessing layers, the
+SimNet baselines' layers, the MovieLens loss), so every saved zoo model loads
+with `keras.models.load_model` after `import kernelzoo`.
+"""
+from kernelzoo.zoo import data, init, preprocessing, simnet, training
+from kernelzoo.zoo.kernelnet import movielens
+from kernelzoo.zoo.registry import card, create, list_models, load
+
+__all__ = ["list_models", "create", "load", "card", "data", "init", "preprocessing", "training", "simnet",
+           "movielens"]

@@ -1,0 +1,191 @@
+"""kernelNet layers: kernel formulas, fit, sparsity, regularisers, costs, config."""
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from kernelzoo.layers.cost import cost_report
+from kernelzoo.layers.kernel_dense import KernelDense, SparseKernelDense
+from kernelzoo.layers.kernels import Grid2D, kernel_matrix
+from kernelzoo.layers.sparsify import SparsifyingActivation
+from kernelzoo.zoo.kernelnet.optimize import fit_lbfgs
+
+RNG = np.random.default_rng(0)
+
+
+def _np_kernel(u, v, kind, gamma=0.7, degree=3, offset=0.5, scale=1.3, distance="euclidean"):
+    dot = u @ v.T
+    d2 = ((u[:, None, :] - v[None, :, :]) ** 2).sum(-1)
+    dist = d2 if distance == "squared" else np.sqrt(d2)
+    return {"dot": dot, "poly": (dot + offset) ** degree, "rbf": np.exp(-gamma * d2),
+            "tanh": np.tanh(dot), "finite_support": np.maximum(0, 1 - scale * dist)}[kind]
+
+
+@pytest.mark.parametrize("kind", ["dot", "poly", "rbf", "tanh", "finite_support"])
+@pytest.mark.parametrize("distance", ["euclidean", "squared"])
+def test_kernel_matrix_matches_numpy(kind, distance):
+    u, v = RNG.normal(size=(7, 3)), RNG.normal(size=(5, 3))
+    got = keras.ops.convert_to_numpy(kernel_matrix(
+        u.astype("float32"), v.astype("float32"), kind, gamma=0.7, degree=3, offset=0.5,
+        scale=1.3, distance=distance))
+    want = _np_kernel(u, v, kind, distance=distance)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_kernel_dense_forward_is_alpha_times_kernel():
+    layer = KernelDense(4, kernel="rbf", dim=3, gamma=0.5, activation="tanh")
+    x = RNG.normal(size=(6, 5)).astype("float32")
+    y = keras.ops.convert_to_numpy(layer(x))
+    u, v = layer.input_locations.numpy(), layer.output_locations.numpy()
+    alpha, bias = layer.alpha.numpy(), layer.bias.numpy()
+    bias[:] = 0.3
+    layer.bias.assign(bias)
+    y = keras.ops.convert_to_numpy(layer(x))
+    w = alpha[:, None] * _np_kernel(u, v, "rbf", gamma=0.5)
+    np.testing.assert_allclose(y, np.tanh(x @ w + 0.3), rtol=1e-4, atol=1e-5)
+
+
+def _fit_residual(dim, target):
+    keras.utils.set_random_seed(1)
+    layer = KernelDense(target.shape[1], kernel="dot", dim=dim,
+                        input_locations_initializer="glorot_normal",
+                        output_locations_initializer="glorot_normal", alpha_initializer="ones")
+    layer.build((None, target.shape[0]))
+    goal = keras.ops.convert_to_tensor(target)
+
+    def loss_fn(lay):
+        return keras.ops.sum(keras.ops.square(lay.effective_kernel() - goal))
+
+    fit_lbfgs(layer, loss_fn, maxiter=2000)
+    w = keras.ops.convert_to_numpy(layer.effective_kernel())
+    return np.abs(w - target).max()
+
+
+def test_dot_kernel_represents_a_dense_matrix():
+    target = RNG.normal(size=(6, 4)).astype("float32")
+    assert _fit_residual(4, target) < 1e-3          # d = min(m, n): exact
+    assert _fit_residual(1, target) > 0.1           # rank 1 cannot (the test can fail)
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "squared"])
+def test_finite_support_weights_vanish_outside_support(distance):
+    layer = SparseKernelDense(9, dim=2, scale=2.0, distance=distance,
+                              input_locations_initializer="grid",
+                              output_locations_initializer="grid")
+    layer.build((None, 16))
+    u, v = layer.input_locations.numpy(), layer.output_locations.numpy()
+    d2 = ((u[:, None] - v[None]) ** 2).sum(-1)
+    dist = d2 if distance == "squared" else np.sqrt(d2)
+    w = keras.ops.convert_to_numpy(layer.effective_kernel())
+    assert np.all(w[2.0 * dist >= 1.0] == 0.0)
+    assert np.all(w[2.0 * dist < 1.0 - 1e-6] != 0.0)
+    assert 0 < np.count_nonzero(w) < w.size
+    assert layer.expected_macs() == np.count_nonzero(w)
+    assert layer.expected_macs(0.5) == 0.5 * np.count_nonzero(w)
+
+
+def test_finite_support_gradient_is_finite_at_coincident_locations():
+    import tensorflow as tf
+    layer = KernelDense(3, kernel="finite_support", dim=2, input_locations_initializer="zeros",
+                        output_locations_initializer="zeros")
+    x = np.ones((2, 4), "float32")
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(x))
+    grads = tape.gradient(loss, layer.trainable_variables)
+    assert all(np.all(np.isfinite(g.numpy())) for g in grads)
+
+
+def test_regulariser_values():
+    l0, l2, le = 0.3, 0.2, 0.05
+    layer = SparseKernelDense(
+        5, dim=2, kernel_regularizer=keras.regularizers.L2(l2),
+        kernel_values_regularizer=keras.regularizers.L2(l0),
+        effective_regularizer=keras.regularizers.L2(le),
+        input_locations_initializer=keras.initializers.RandomNormal(stddev=0.5),
+        output_locations_initializer=keras.initializers.RandomNormal(stddev=0.5))
+    layer(np.ones((1, 4), "float32"))
+    a = layer.kernel.numpy()
+    k = _np_kernel(layer.input_locations.numpy(), layer.output_locations.numpy(),
+                   "finite_support", scale=1.0, distance="squared")
+    got = sorted(float(v) for v in layer.losses)
+    want = sorted([l2 * (a ** 2).sum(), l0 * (k ** 2).sum(), le * ((a * k) ** 2).sum()])
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+
+
+def test_sparsifying_activation_matches_eq9():
+    x = RNG.normal(size=(4, 10)).astype("float32")
+    for eta in (0.0, 0.4, 1.0):
+        got = keras.ops.convert_to_numpy(SparsifyingActivation(eta)(x))
+        thr = eta * x.max(-1, keepdims=True) + (1 - eta) * x.mean(-1, keepdims=True)
+        np.testing.assert_allclose(got, np.maximum(0, x - thr), rtol=1e-5, atol=1e-6)
+    dense = SparsifyingActivation(0.0)(x)
+    sparse = SparsifyingActivation(0.8)(x)
+    assert np.count_nonzero(sparse) < np.count_nonzero(dense)
+
+
+def test_grid_initializer_gives_pixel_locations():
+    grid = keras.ops.convert_to_numpy(Grid2D(28, 28)((784, 2)))
+    assert grid[0].tolist() == [0.0, 0.0] and grid[-1].tolist() == [1.0, 1.0]
+    np.testing.assert_allclose(grid[29], [1 / 27, 1 / 27], rtol=1e-6)   # pixel (1, 1)
+    stacked = keras.ops.convert_to_numpy(Grid2D(repeats=3)((3 * 16, 2)))
+    np.testing.assert_array_equal(stacked[:16], stacked[32:])
+    assert len(np.unique(stacked[:16], axis=0)) == 16
+
+
+def test_parameter_count_and_cost_report():
+    m, n, d = 12, 7, 3
+    layer = KernelDense(n, kernel="dot", dim=d)
+    layer.build((None, m))
+    assert layer.parameter_count() == d * (m + n) + m + n
+    fixed = KernelDense(n, dim=2, input_locations_trainable=False,
+                        output_locations_trainable=False)
+    fixed.build((None, m))
+    assert fixed.parameter_count() == m + n
+    inputs = keras.Input((m,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(layer(inputs)))
+    report = cost_report(model, input_density=0.25)
+    assert report["params"] == layer.parameter_count() + n * 2 + 2
+    assert report["macs"] == pytest.approx(0.25 * m * n + n * 2)
+
+
+def test_config_roundtrip_and_saving(tmp_path):
+    inputs = keras.Input((16,))
+    x = SparseKernelDense(8, dim=2, kernel_values_regularizer="l2")(inputs)
+    x = KernelDense(9, kernel="poly", dim=2, degree=3, input_locations_initializer="grid",
+                    output_locations_initializer="grid", alpha_trainable=False)(x)
+    x = SparsifyingActivation(0.3)(x)
+    model = keras.Model(inputs, x)
+    for layer in model.layers[1:]:
+        clone = type(layer).from_config(layer.get_config())
+        assert clone.get_config() == layer.get_config()
+    path = os.path.join(tmp_path, "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    x = RNG.normal(size=(3, 16)).astype("float32")
+    np.testing.assert_allclose(loaded(x), model(x), rtol=1e-6)
+
+
+@pytest.mark.parametrize("make, argument", [
+    (lambda: KernelDense(0), "units"),
+    (lambda: KernelDense(3, kernel="gauss"), "kernel"),
+    (lambda: KernelDense(3, dim=0), "dim"),
+    (lambda: KernelDense(3, gamma=-1.0), "gamma"),
+    (lambda: KernelDense(3, degree=0), "degree"),
+    (lambda: KernelDense(3, scale=0), "scale"),
+    (lambda: KernelDense(3, distance="manhattan"), "distance"),
+    (lambda: KernelDense(3, dim=3, input_locations_initializer="grid"),
+     "input_locations_initializer"),
+    (lambda: SparseKernelDense(3, distance="l1"), "distance"),
+    (lambda: SparseKernelDense(-2), "units"),
+    (lambda: SparsifyingActivation(eta=1.5), "eta"),
+    (lambda: SparsifyingActivation(axis=0.5), "axis"),
+    (lambda: Grid2D(rows=0), "rows"),
+    (lambda: Grid2D(repeats=0), "repeats"),
+    (lambda: Grid2D(minval=1.0, maxval=0.0), "maxval"),
+    (lambda: Grid2D(rows=3)((8, 2)), "grid"),
+    (lambda: KernelDense(3).expected_macs(2.0), "input_density"),
+])
+def test_bad_arguments_raise_value_error_naming_them(make, argument):
+    with pytest.raises(ValueError, match=argument):
+        make()

@@ -1,0 +1,144 @@
+"""kernelNet zoo models: MovieLens autoencoder, MNIST grids, embedding network."""
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kernelzoo.layers.kernel_dense import KernelDense, SparseKernelDense
+from kernelzoo.zoo.data import rating_matrix, random_split
+from kernelzoo.zoo.kernelnet import embedding, movielens as ml
+from kernelzoo.zoo.kernelnet.mnist import kernelnet_mnist
+from kernelzoo.zoo.kernelnet.optimize import fit_adam, fit_lbfgs
+
+
+def test_autoencoder_loss_ignores_unobserved_ratings():
+    model = ml.kernelnet_movielens(n_users=6, hidden=(4,), seed=0)
+    ratings = np.array([[5, 0, 3, 0, 1, 0]], np.float32)
+    mask = (ratings > 0).astype(np.float32)
+    pred = tf.Variable(model(ratings))
+    with tf.GradientTape() as tape:
+        loss = ml.masked_squared_error(ratings, mask, pred)
+    grad = tape.gradient(loss, pred).numpy()
+    assert np.all(grad[mask == 0] == 0) and np.all(grad[mask == 1] != 0)
+    moved = pred.numpy() + 7.0 * (1 - mask)          # change only unobserved predictions
+    assert float(ml.masked_squared_error(ratings, mask, moved)) == pytest.approx(float(loss))
+    keras_loss = ml.masked_rating_loss(ratings, pred)
+    assert float(keras_loss[0]) == pytest.approx(float(loss))
+
+
+def test_variants_use_the_paper_layers():
+    sparse = ml.kernelnet_movielens(n_users=10, hidden=(8, 8))
+    kern = ml.kernelnet_movielens(n_users=10, variant="kernel", hidden=(8,))
+    assert [type(l) for l in sparse.layers[1:]] == [SparseKernelDense] * 3
+    assert sparse.layers[1].dim == 5 and kern.layers[1].dim == 50
+    assert all(isinstance(l, KernelDense) and l.kernel == "tanh" for l in kern.layers[1:])
+    assert sparse.output_shape == (None, 10)
+
+
+def _planted(n_items=120, n_users=80, rank=2, seed=0):
+    rng = np.random.default_rng(seed)
+    scores = rng.normal(size=(n_items, rank)) @ rng.normal(size=(rank, n_users))
+    full = np.clip(np.round(3 + 1.2 * scores / scores.std()), 1, 5).astype(np.float32)
+    items, users = np.nonzero(rng.random(full.shape) < 0.5)
+    data = {"items": items, "users": users, "ratings": full[items, users],
+            "n_items": n_items, "n_users": n_users}
+    return random_split(data, 0.2, seed=seed)
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
+def test_rmse_on_planted_low_rank_matrix_beats_mean_predictor(optimizer):
+    train, test = _planted()
+    matrix, mask = rating_matrix(train)
+    model = ml.kernelnet_movielens(n_users=train["n_users"], hidden=(32,), lambda_2=0.5,
+                                   lambda_0=0.001, seed=0)
+
+    def loss_fn(m):
+        return ml.masked_squared_error(matrix, mask, m(matrix, training=True))
+
+    if optimizer == "lbfgs":
+        fit_lbfgs(model, loss_fn, maxiter=150)
+    else:
+        fit_adam(model, loss_fn, steps=300, learning_rate=0.02)
+    baseline = np.sqrt(np.mean((test["ratings"] - train["ratings"].mean()) ** 2))
+    error = ml.rmse(ml.predict_ratings(model, matrix), test)
+    assert error < 0.75 * baseline, (error, baseline)
+
+
+def test_lbfgs_callback_sees_current_iterate():
+    model = ml.kernelnet_movielens(n_users=5, hidden=(3,), seed=0)
+    x = np.ones((4, 5), np.float32) * 3
+    seen = []
+    fit_lbfgs(model, lambda m: ml.masked_squared_error(x, np.ones_like(x), m(x)),
+              maxiter=6, every=2, callback=lambda step, loss: seen.append(step))
+    assert seen and all(s % 2 == 0 for s in seen)
+
+
+def test_mnist_prior_fixes_locations_learned_trains_them():
+    prior = kernelnet_mnist(prior=True, grids=(2, 2), grid_sides=(6, 4), gammas=(100.0, 30.0))
+    learned = kernelnet_mnist(prior=False, grids=(2, 2), grid_sides=(6, 4),
+                              gammas=(100.0, 30.0))
+    assert prior.output_shape == (None, 10)
+    first = prior.get_layer("kernel1_grid1")
+    np.testing.assert_allclose(first.input_locations.numpy()[29], [1 / 27, 1 / 27], rtol=1e-6)
+    assert not first.input_locations.trainable and not first.output_locations.trainable
+    second = learned.get_layer("kernel2_grid2")
+    assert second.input_locations.shape == (2 * 36, 2) and second.input_locations.trainable
+    count = lambda m: sum(int(np.prod(w.shape)) for w in m.trainable_weights)
+    assert count(learned) == count(prior) + 2 * (784 + 36) * 2 + 2 * (72 + 16) * 2
+    probs = prior(np.random.default_rng(0).random((2, 28, 28)).astype("float32"))
+    np.testing.assert_allclose(np.sum(probs, -1), 1.0, rtol=1e-5)
+
+
+def test_embedding_center_of_mass_and_walk():
+    model = embedding.kernelnet_embedding("autoencoder", encoder=(16,), grid_side=5,
+                                          decoder=(8,), seed=0)
+    images = np.random.default_rng(0).random((7, 28, 28)).astype("float32")
+    points = embedding.embed(model, images)
+    assert points.shape == (7, 2) and np.all(points >= 0) and np.all(points <= 1)
+    probe = keras.Model(model.input, model.get_layer(embedding.SPARSIFY_LAYER).output)
+    acts = probe(images).numpy()
+    grid = model.get_layer(embedding.KERNEL_LAYER).output_locations.numpy()
+    np.testing.assert_allclose(points[0], acts[0] @ grid / acts[0].sum(), rtol=1e-5)
+    walk = embedding.latent_walk(model, [[0.2, 0.3], [0.8, 0.5]])
+    assert walk.shape == (2, 28, 28)
+
+
+@pytest.mark.parametrize("call, argument", [
+    (lambda: ml.kernelnet_movielens(n_users=0), "n_users"),
+    (lambda: ml.kernelnet_movielens(variant="dense"), "variant"),
+    (lambda: ml.kernelnet_movielens(hidden=()), "hidden"),
+    (lambda: ml.kernelnet_movielens(lambda_2=-1), "lambda_2"),
+    (lambda: kernelnet_mnist(prior="yes"), "prior"),
+    (lambda: kernelnet_mnist(grids=(2,), grid_sides=(4, 4), gammas=(1.0,)), "grids"),
+    (lambda: kernelnet_mnist(num_classes=1), "num_classes"),
+    (lambda: embedding.kernelnet_embedding("gan"), "objective"),
+    (lambda: embedding.kernelnet_embedding(grid_side=1), "grid_side"),
+    (lambda: fit_lbfgs(None, None, maxiter=0), "maxiter"),
+    (lambda: fit_adam(None, None, steps=0), "steps"),
+])
+def test_bad_arguments(call, argument):
+    with pytest.raises(ValueError, match=argument):
+        call()
+
+
+def test_train_cli_runs_and_records_its_result(tmp_path):
+    import json
+
+    from kernelzoo.zoo.kernelnet import train
+
+    folder = tmp_path / "ml-100k"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    lines = [f"{u}\t{i}\t{rng.integers(1, 6)}\t0\n" for u in range(1, 7) for i in range(1, 11)]
+    (folder / "u.data").write_text("".join(lines))
+    (folder / "u1.base").write_text("".join(lines[::2] + lines[1::4]))
+    (folder / "u1.test").write_text("".join(lines[3::4]))
+    out = tmp_path / "run"
+    train.main(["movielens", "--data-dir", str(tmp_path), "--split", "u1", "--maxiter", "4",
+                "--every", "2", "--out", str(out)])
+    result = json.loads((out / "result.json").read_text())
+    assert result["iterations"] <= 4 and 0 < result["test_rmse"] < 4
+    assert (out / "model.keras").is_file()
+    with pytest.raises(ValueError, match="split"):
+        train.main(["movielens", "--data-dir", str(tmp_path), "--split", "u9",
+                    "--out", str(out)])

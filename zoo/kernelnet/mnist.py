@@ -1,0 +1,72 @@
+"""The 2D-grid kernelNet image classifier of Muller 2018, Fig. 4 / Table 1.
+
+Pixels and hidden units live in [0, 1]^2. Each hidden layer is several 2D
+grids of units in parallel (like the filters of a ConvNet layer); each grid
+is one RBF `KernelDense` reading the whole layer below, with its own
+per-input scales alpha. With `prior=True` the input locations are the pixel
+positions (or the grid positions of the layer below) and the unit locations
+a square grid, both fixed (Sec. 3.2); with `prior=False` all locations start
+uniformly at random in [0, 1]^2 and are learned. A softmax layer is on top.
+The grid counts and sizes are ours: the paper's supplement is not available.
+"""
+import keras
+
+from kernelzoo.layers.kernel_dense import KernelDense
+from kernelzoo.layers.kernels import Grid2D
+
+
+def _check_ints(name, values):
+    values = tuple(values)
+    if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
+                         for v in values):
+        raise ValueError(f"{name} must be a non-empty sequence of positive ints, got {values!r}")
+    return values
+
+
+def kernelnet_mnist(prior=True, grids=(16, 16), grid_sides=(14, 7), gammas=(100.0, 25.0),
+                    image_size=28, num_classes=10, seed=None):
+    """Build the classifier on (image_size, image_size) inputs scaled to [0, 1].
+
+    Layer l has grids[l] parallel square grids of grid_sides[l]^2 units, RBF
+    width gammas[l] (in the [0, 1]^2 coordinates), ReLU.
+    """
+    if not isinstance(prior, bool):
+        raise ValueError(f"prior must be a bool, got {prior!r}")
+    grids, grid_sides = _check_ints("grids", grids), _check_ints("grid_sides", grid_sides)
+    gammas = tuple(gammas)
+    if not len(grids) == len(grid_sides) == len(gammas):
+        raise ValueError(f"grids, grid_sides and gammas must have equal lengths, got "
+                         f"{len(grids)}, {len(grid_sides)}, {len(gammas)}")
+    for name, val in (("image_size", image_size), ("num_classes", num_classes)):
+        if isinstance(val, bool) or not isinstance(val, int) or val < 2:
+            raise ValueError(f"{name} must be an int >= 2, got {val!r}")
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    inputs = keras.Input((image_size, image_size), name="image")
+    x = keras.layers.Flatten(name="pixels")(inputs)
+    below = (1, image_size)  # (number of grids, side) of the layer below
+    uniform = {"class_name": "RandomUniform", "config": {"minval": 0.0, "maxval": 1.0}}
+    for l, (count, side, gamma) in enumerate(zip(grids, grid_sides, gammas)):
+        branches = []
+        for c in range(count):
+            if prior:
+                u_init = Grid2D(below[1], below[1], repeats=below[0])
+                v_init = Grid2D(side, side)
+            else:
+                u_init = v_init = uniform
+            branches.append(KernelDense(
+                side * side, kernel="rbf", dim=2, gamma=gamma,
+                input_locations_initializer=u_init, output_locations_initializer=v_init,
+                input_locations_trainable=not prior, output_locations_trainable=not prior,
+                name=f"kernel{l + 1}_grid{c + 1}")(x))
+        x = branches[0] if count == 1 else keras.layers.Concatenate(name=f"grids{l + 1}")(branches)
+        x = keras.layers.ReLU(name=f"relu{l + 1}")(x)
+        below = (count, side)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="softmax")(x)
+    name = "kernelnet_mnist_prior" if prior else "kernelnet_mnist_learned"
+    return keras.Model(inputs, outputs, name=name)
+
+
+def preprocess(images):
+    """uint8 (N, 28, 28) -> float32 in [0, 1] (the models' input)."""
+    return (keras.ops.convert_to_numpy(images).astype("float32")) / 255.0

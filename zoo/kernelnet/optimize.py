@@ -1,0 +1,96 @@
+"""Full-batch training of a Keras model: L-BFGS-B on its flat weights, or Adam.
+
+`loss_fn(model)` returns the scalar objective (data term); the model's own
+regularisation losses (`model.losses`) are added here.
+"""
+import numpy as np
+import scipy.optimize
+import tensorflow as tf
+
+
+class FlatWeights:
+    """Maps a model's trainable variables to one float64 vector and back."""
+
+    def __init__(self, variables):
+        self.variables = list(variables)
+        self.shapes = [tuple(v.shape) for v in self.variables]
+        self.sizes = [int(np.prod(s)) for s in self.shapes]
+
+    def get(self):
+        return np.concatenate([np.ravel(v.numpy()) for v in self.variables]).astype(np.float64)
+
+    def set(self, flat):
+        start = 0
+        for var, shape, size in zip(self.variables, self.shapes, self.sizes):
+            var.assign(np.reshape(flat[start:start + size], shape).astype(var.dtype))
+            start += size
+
+    def flatten(self, tensors):
+        """Concatenate gradients; None (a variable the loss ignores) counts as 0."""
+        return np.concatenate([np.zeros(size) if t is None else np.ravel(t.numpy())
+                               for t, size in zip(tensors, self.sizes)]).astype(np.float64)
+
+
+def _objective(model, loss_fn):
+    variables = model.trainable_variables
+
+    @tf.function
+    def value_and_grads():
+        with tf.GradientTape() as tape:
+            loss = loss_fn(model)
+            if model.losses:
+                loss = loss + tf.add_n(model.losses)
+        return loss, tape.gradient(loss, variables)
+
+    return value_and_grads
+
+
+def fit_lbfgs(model, loss_fn, maxiter=500, maxcor=10, every=None, callback=None):
+    """L-BFGS-B (scipy) on the model's flat weights, full batch.
+
+    Every `every` iterations `callback(iteration, loss)` runs with the model
+    holding the current iterate (to evaluate or checkpoint). Returns scipy's
+    result; the model ends with its final weights.
+    """
+    if isinstance(maxiter, bool) or not isinstance(maxiter, int) or maxiter < 1:
+        raise ValueError(f"maxiter must be a positive int, got {maxiter!r}")
+    if every is not None and (not isinstance(every, int) or every < 1):
+        raise ValueError(f"every must be a positive int or None, got {every!r}")
+    flat = FlatWeights(model.trainable_variables)
+    value_and_grads = _objective(model, loss_fn)
+    count = [0]
+
+    def fun(x):
+        flat.set(x)
+        loss, grads = value_and_grads()
+        return float(loss), flat.flatten(grads)
+
+    def on_step(intermediate_result):
+        count[0] += 1
+        if callback is not None and every and count[0] % every == 0:
+            flat.set(intermediate_result.x)
+            callback(count[0], float(intermediate_result.fun))
+
+    result = scipy.optimize.minimize(fun, flat.get(), jac=True, method="L-BFGS-B",
+                                     callback=on_step,
+                                     options={"maxiter": maxiter, "maxcor": maxcor})
+    flat.set(result.x)
+    return result
+
+
+def fit_adam(model, loss_fn, steps=100, learning_rate=1e-3):
+    """`steps` full-batch Adam steps; returns the last loss."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if not learning_rate > 0:
+        raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
+    import keras
+
+    optimizer = keras.optimizers.Adam(learning_rate)
+    variables = model.trainable_variables
+    value_and_grads = _objective(model, loss_fn)
+    loss = None
+    for _ in range(steps):
+        loss, grads = value_and_grads()
+        optimizer.apply_gradients(zip(grads, variables))
+    return float(loss)

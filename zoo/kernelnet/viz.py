@@ -1,0 +1,95 @@
+"""`kernelzoo viz embedding NAME`: the 2D kernelNet embedding of MNIST (Fig. 5/6).
+
+Loads the pretrained network NAME from the registry (or trains it with
+--train), embeds test digits with the center of mass of Eq. 10 and writes a
+scatter plot coloured by class; --walk also writes the latent-space walk of
+Fig. 6 (decoded Gaussian bumps; autoencoder networks only).
+"""
+import numpy as np
+
+COMMANDS = ("embedding",)
+
+
+def add_arguments(parser, command):
+    if command != "viz":
+        raise ValueError(f"command must be 'viz', got {command!r}")
+    parser.add_argument("what", choices=COMMANDS, help="what to visualise")
+    parser.add_argument("name", help="registry name, e.g. kernelnet_embedding_mnist")
+    parser.add_argument("--out", default="embedding.png", help="output PNG")
+    parser.add_argument("--data-dir", default=None,
+                        help="local MNIST folder (default: $KERNELZOO_DATA_DIR, else tfds)")
+    parser.add_argument("--samples", type=int, default=5000, help="test digits to plot")
+    parser.add_argument("--train", action="store_true",
+                        help="train a fresh network instead of loading the weights")
+    parser.add_argument("--epochs", type=int, default=5, help="with --train")
+    parser.add_argument("--walk", default=None, metavar="PNG",
+                        help="also write the latent walk (autoencoders)")
+    parser.add_argument("--window", type=float, nargs=4, default=(0.25, 0.75, 0.25, 0.75),
+                        metavar=("X0", "X1", "Y0", "Y1"), help="walk window in [0, 1]^2")
+    parser.add_argument("--steps", type=int, default=12, help="walk grid steps per side")
+
+
+def plot_embedding(points, labels, path, title):
+    """Scatter of (N, 2) points coloured by digit class."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 7), dpi=110)
+    scatter = ax.scatter(points[:, 1], points[:, 0], c=labels, cmap="tab10", s=3,
+                         vmin=-0.5, vmax=9.5)
+    fig.colorbar(scatter, ax=ax, ticks=range(10), fraction=0.046, label="digit")
+    ax.set(xlim=(0, 1), ylim=(1, 0), aspect="equal", title=title,
+           xlabel="grid column (center of mass)", ylabel="grid row (center of mass)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_walk(images, steps, path):
+    """steps x steps mosaic of decoded images."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    side = images.shape[-1]
+    mosaic = images.reshape(steps, steps, side, side).transpose(0, 2, 1, 3)
+    plt.imsave(path, mosaic.reshape(steps * side, steps * side), cmap="gray_r")
+
+
+def run(args, command):
+    from kernelzoo.zoo import registry
+    from kernelzoo.zoo.data import load_mnist
+    from kernelzoo.zoo.kernelnet import embedding
+    from kernelzoo.zoo.kernelnet.mnist import preprocess
+
+    if args.samples < 1:
+        raise ValueError(f"--samples must be positive, got {args.samples}")
+    if args.steps < 2:
+        raise ValueError(f"--steps must be >= 2, got {args.steps}")
+    if not registry.info(args.name)["builder"].endswith("kernelnet_embedding"):
+        raise ValueError(f"name must be an embedding network, got {args.name!r}")
+    (x_train, y_train), (x_test, y_test) = load_mnist(args.data_dir)
+    if args.train:
+        model = registry.create(args.name)
+        embedding.fit_embedding(model, preprocess(x_train), y_train, epochs=args.epochs)
+    else:
+        model = registry.load(args.name)
+    x_test, y_test = preprocess(x_test[:args.samples]), y_test[:args.samples]
+    points = embedding.embed(model, x_test)
+    plot_embedding(points, y_test, args.out,
+                   f"{args.name}: {len(points)} MNIST test digits (Eq. 10)")
+    print(f"wrote {args.out}")
+    if args.walk:
+        if not model.name.endswith("autoencoder"):
+            raise ValueError("--walk needs an autoencoder network "
+                             f"(e.g. kernelnet_embedding_mnist_ae), got {args.name!r}")
+        x0, x1, y0, y1 = args.window
+        rows, cols = np.meshgrid(np.linspace(y0, y1, args.steps),
+                                 np.linspace(x0, x1, args.steps), indexing="ij")
+        centers = np.stack([rows.ravel(), cols.ravel()], axis=1)
+        plot_walk(embedding.latent_walk(model, centers), args.steps, args.walk)
+        print(f"wrote {args.walk}")
+    return 0
