@@ -10,6 +10,7 @@ import keras
 from keras import ops
 
 from kernelzoo.layers.kernels import DISTANCES, KERNELS, Grid2D, kernel_matrix
+from kernelzoo.ops.checks import positive_float, positive_int
 
 
 def _initializer(value):
@@ -23,18 +24,6 @@ def _serialize_initializer(init):
     return keras.initializers.serialize(init)
 
 
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
-def _positive_float(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-    return float(value)
-
-
 class _LocationsLayer(keras.layers.Layer):
     """Shared parts: input locations u (m, d), output locations v (n, d), bias."""
 
@@ -46,8 +35,8 @@ class _LocationsLayer(keras.layers.Layer):
                  input_locations_constraint, output_locations_constraint,
                  bias_constraint, **kwargs):
         super().__init__(**kwargs)
-        self.units = _positive_int("units", units)
-        self.dim = _positive_int("dim", dim)
+        self.units = positive_int(units, "units")
+        self.dim = positive_int(dim, "dim")
         self.activation = keras.activations.get(activation)
         self.use_bias = bool(use_bias)
         self.input_locations_initializer = _initializer(input_locations_initializer)
@@ -188,12 +177,12 @@ class KernelDense(_LocationsLayer):
         if distance not in DISTANCES:
             raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
         self.kernel = kernel
-        self.gamma = _positive_float("gamma", gamma)
-        self.degree = _positive_int("degree", degree)
+        self.gamma = positive_float(gamma, "gamma")
+        self.degree = positive_int(degree, "degree")
         if isinstance(offset, bool) or not isinstance(offset, (int, float)):
             raise ValueError(f"offset must be a number, got {offset!r}")
         self.offset = float(offset)
-        self.scale = _positive_float("scale", scale)
+        self.scale = positive_float(scale, "scale")
         self.distance = distance
         self.use_alpha = bool(use_alpha)
         self.alpha_trainable = bool(alpha_trainable)
@@ -269,7 +258,7 @@ class SparseKernelDense(_LocationsLayer):
                  bias_constraint=None, **kwargs):
         if distance not in DISTANCES:
             raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
-        self.scale = _positive_float("scale", scale)
+        self.scale = positive_float(scale, "scale")
         self.distance = distance
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
