@@ -211,6 +211,38 @@ def test_mex_xi_edge_values(lib, padding, use_c, softmax, channel_block):
         _rel_close(g, g_ref, 1e-4, f"grad {name}")
 
 
+LONG_SET_XI = np.array([0.7, -2.5, 40.0, 0.05, 1e-6, 0.0], "float32")  # exact, exact, exp, expm1, series, mean
+
+
+@pytest.mark.parametrize("pool,padding,channel_block", [((1, 1), "valid", 80), ((2, 2), "same", 24),
+                                                        ((1, 1), "valid", 37)])
+@pytest.mark.parametrize("softmax", [False, True])
+def test_mex_long_sets_match_composite(lib, pool, padding, channel_block, softmax):
+    """Blocks of many channels (the SimNet's class-wise MEX) take the vectorised long-set path."""
+    rng = np.random.default_rng(11)
+    k = len(LONG_SET_XI) - (1 if softmax else 0)  # softmax at xi = 0 is +inf (tested above)
+    channels = 2 * channel_block
+    x = rng.normal(size=(2, 5, 4, channels)).astype("float32")
+    tensors = [x, LONG_SET_XI[:k], rng.normal(size=(2, 2, k) + pool + (channel_block,)).astype("float32"),
+               rng.normal(size=k).astype("float32")]
+    kw = dict(num_instances=k, pool_size=pool, channel_block=channel_block, strides=pool, padding=padding,
+              softmax_mode=softmax)
+
+    def call(mod):
+        return lambda *t: mod.mex(*t, **kw)
+    y, grads = _value_and_grads(call(custom), tensors)
+    y_ref, grads_ref = _value_and_grads(call(composite), tensors)
+    y, y_ref = y.reshape(-1, k), y_ref.reshape(-1, k)
+    for i in range(k):
+        _rel_close(y[:, i], y_ref[:, i], 1e-5, f"output xi={LONG_SET_XI[i]}")
+    for name, g, g_ref in zip(["inputs", "xi", "offsets", "c"], grads, grads_ref):
+        _rel_close(g, g_ref, 2e-4 if name == "xi" else 1e-4, f"grad {name}")
+    x[1, 0, 0, 0] = np.nan  # a set with a NaN goes to the scalar path and propagates it
+    nan_out = custom.mex(x, *tensors[1:], **kw).numpy()
+    np.testing.assert_array_equal(np.isnan(nan_out), np.isnan(composite.mex(x, *tensors[1:], **kw).numpy()))
+    assert np.isnan(nan_out[1, 0, 0]).any() and not np.isnan(nan_out[0]).any()
+
+
 def test_mex_extremes_and_mean(lib):
     rng = np.random.default_rng(5)
     x = rng.normal(size=(2, 6, 6, 17)).astype("float32")

@@ -4,7 +4,9 @@
 // processed as SIMD lanes (vector exp / expm1 / log1p in cpu_util.h, sums in
 // float: a set holds bh * bw (+1) elements, no channels); lanes in the moment
 // series regime and channels past the last full vector use the scalar path.
-// Other channel blocks use the scalar path (mex_functor.h, double sums).
+// Other channel blocks use the scalar path (mex_functor.h, double sums), except
+// that long sets (>= 2 vectors, e.g. a block over all channels) in the exact
+// regime vectorise over the set's elements (SetForward / SetBackward).
 //
 // Forward: parallel over (image, output row); for each output position and
 // channel block the valid block entries are gathered once, then each instance
@@ -208,6 +210,111 @@ inline int64_t BlockPositions(const WindowGeometry& g, int64_t i, int64_t j, int
   return cnt;
 }
 
+// ------------------------------------------------ long sets (bc > 1) --
+// A set of n >= kMinLongSet elements (e.g. a 1x1 block over all channels)
+// takes its exact regime with the set's elements as SIMD lanes: float sums per
+// lane, combined in double. Every other regime goes to the scalar reference
+// (MexSetForward / MexSetBackward), whose regime rules this follows.
+constexpr int64_t kMinLongSet = 2 * kVL;
+
+inline MexSetState SetForward(const float* v, int64_t n, float xi, bool softmax) {
+  if (n < kMinLongSet || !(xi == xi) || std::isinf(xi) || xi == 0.f)
+    return MexSetForward(v, n, xi, softmax);
+  VF lo = LoadU(v), hi = lo;
+  VI nan = (lo != lo);
+  int64_t s = kVL;
+  for (; s + kVL <= n; s += kVL) {
+    const VF x = LoadU(v + s);
+    lo = Min(lo, x);
+    hi = Max(hi, x);
+    nan |= (x != x);
+  }
+  float flo = lo[0], fhi = hi[0];
+  bool has_nan = false;
+  for (int lane = 0; lane < kVL; ++lane) {
+    flo = std::min(flo, lo[lane]);
+    fhi = std::max(fhi, hi[lane]);
+    has_nan |= nan[lane] != 0;
+  }
+  for (; s < n; ++s) {
+    has_nan |= (v[s] != v[s]);
+    flo = std::min(flo, v[s]);
+    fhi = std::max(fhi, v[s]);
+  }
+  const double dxi = xi;
+  const double range = static_cast<double>(fhi) - static_cast<double>(flo);
+  if (has_nan || std::isinf(flo) || std::isinf(fhi) || std::fabs(dxi) * range < kMexSeriesThreshold)
+    return MexSetForward(v, n, xi, softmax);
+  MexSetState st;
+  st.regime = kMexExact;
+  st.m = xi > 0.f ? fhi : flo;
+  const float mf = static_cast<float>(st.m);
+  const bool small = std::fabs(dxi) * range < kMexExpm1Threshold;
+  VF acc = VF{};
+  double tail = 0.0;
+  int64_t t = 0;
+  for (; t + kVL <= n; t += kVL) {
+    const VF e = (LoadU(v + t) - mf) * xi;
+    acc += small ? Expm1(e) : Exp(e);
+  }
+  for (; t < n; ++t) tail += small ? std::expm1(xi * (v[t] - mf)) : std::exp(xi * (v[t] - mf));
+  double total = tail;
+  for (int lane = 0; lane < kVL; ++lane) total += acc[lane];
+  if (small) {
+    st.lse = std::log1p(total / n);
+    st.sum = n + total;
+  } else {
+    st.sum = total;
+    st.lse = std::log(total / n);
+  }
+  double value = st.m + st.lse / dxi;
+  if (softmax) value += std::log(static_cast<double>(n)) / dxi;
+  st.value = static_cast<float>(value);
+  return st;
+}
+
+inline double SetBackward(const float* v, int64_t n, float xi, bool softmax, const MexSetState& st,
+                          float g, float* gv) {
+  if (n < kMinLongSet || st.regime != kMexExact) return MexSetBackward(v, n, xi, softmax, st, g, gv);
+  const double dxi = xi;
+  const float mf = static_cast<float>(st.m);
+  const float scale = static_cast<float>(g / st.sum);
+  VF acc = VF{};
+  double tail = 0.0;
+  int64_t t = 0;
+  for (; t + kVL <= n; t += kVL) {
+    const VF d = LoadU(v + t) - mf;
+    const VF e = Exp(d * xi);
+    StoreU(gv + t, e * scale);
+    acc += Select(e > 0.f, e * d, VF{});
+  }
+  for (; t < n; ++t) {
+    const double d = static_cast<double>(v[t]) - st.m;
+    const double e = std::exp(dxi * d);
+    gv[t] = static_cast<float>(e * scale);
+    if (e > 0.0) tail += e * d;
+  }
+  double wv = tail;
+  for (int lane = 0; lane < kVL; ++lane) wv += acc[lane];
+  wv /= st.sum;
+  double dval_dxi = (wv - st.lse / dxi) / dxi;
+  if (softmax) dval_dxi -= std::log(static_cast<double>(n)) / (dxi * dxi);
+  return g * dval_dxi;
+}
+
+// v[t] = vals[t] + offsets of instance k (off_k may be null) for the cnt gathered entries;
+// a full block (cnt == block size) has sidx[t] == t, so the loop vectorises.
+inline void AddOffsets(const float* vals, const int32_t* sidx, const float* off_k, int64_t cnt,
+                       int64_t block_size, float* v) {
+  if (off_k == nullptr) {
+    std::copy(vals, vals + cnt, v);
+  } else if (cnt == block_size) {
+    for (int64_t t = 0; t < cnt; ++t) v[t] = vals[t] + off_k[t];
+  } else {
+    for (int64_t t = 0; t < cnt; ++t) v[t] = vals[t] + off_k[sidx[t]];
+  }
+}
+
 }  // namespace
 
 template <>
@@ -277,12 +384,12 @@ struct MexFunctor<CPUDevice> {
                 const int64_t cnt =
                     GatherBlock(prm, img, i, j, cb, s.vals.data(), s.sidx.data(), nullptr);
                 for (int64_t k = 0; k < K; ++k) {
-                  for (int64_t t = 0; t < cnt; ++t)
-                    s.v[t] = s.vals[t] + (off_r ? off_r[k * bs + s.sidx[t]] : 0.f);
+                  AddOffsets(s.vals.data(), s.sidx.data(), off_r ? off_r + k * bs : nullptr, cnt, bs,
+                             s.v.data());
                   int64_t n = cnt;
                   if (prm.use_c) s.v[n++] = c[k];
                   out[cb * K + k] =
-                      n > 0 ? MexSetForward(s.v.data(), n, xi[k], prm.softmax_mode).value : NAN;
+                      n > 0 ? SetForward(s.v.data(), n, xi[k], prm.softmax_mode).value : NAN;
                 }
               }
             }
@@ -386,20 +493,21 @@ struct MexGradFunctor<CPUDevice> {
                                             s.sidx.data(), s.pos.data());
             for (int64_t k = 0; k < K; ++k) {
               const float gk = go[cb * K + k];
-              for (int64_t t = 0; t < cnt; ++t) {
-                s.v[t] = s.vals[t] +
-                         (prm.use_offsets ? offsets[off_r + k * bs + s.sidx[t]] : 0.f);
-              }
+              AddOffsets(s.vals.data(), s.sidx.data(),
+                         prm.use_offsets ? offsets + off_r + k * bs : nullptr, cnt, bs, s.v.data());
               int64_t n = cnt;
               if (prm.use_c) s.v[n++] = c[k];
               if (n == 0) continue;
-              const MexSetState st = MexSetForward(s.v.data(), n, xi[k], prm.softmax_mode);
-              s.gxi[k] += MexSetBackward(s.v.data(), n, xi[k], prm.softmax_mode, st, gk,
-                                         s.gv.data());
+              const MexSetState st = SetForward(s.v.data(), n, xi[k], prm.softmax_mode);
+              s.gxi[k] += SetBackward(s.v.data(), n, xi[k], prm.softmax_mode, st, gk, s.gv.data());
               for (int64_t t = 0; t < cnt; ++t) gimg[s.pos[t]] += s.gv[t];
               if (prm.use_offsets) {
                 double* go_k = s.goff.data() + off_r + k * bs;
-                for (int64_t t = 0; t < cnt; ++t) go_k[s.sidx[t]] += s.gv[t];
+                if (cnt == bs) {
+                  for (int64_t t = 0; t < cnt; ++t) go_k[t] += s.gv[t];
+                } else {
+                  for (int64_t t = 0; t < cnt; ++t) go_k[s.sidx[t]] += s.gv[t];
+                }
               }
               if (prm.use_c) s.gc[k] += s.gv[cnt];
             }
