@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "demo": ("kernelzoo.zoo.demo", "offline demo on embedded data"),
     "train": ("kernelzoo.zoo.simnet.cli", "train a zoo image model: kernelzoo train NAME [KEY=VALUE ...]"),
     "eval": ("kernelzoo.zoo.simnet.cli", "evaluate a zoo model or a .keras file on its test set"),
+    "finetune": ("kernelzoo.zoo.finetune_cli", "fine-tune a pretrained zoo model on a new image dataset (-o OUT.keras)"),
     "export": ("kernelzoo.export.cli", "export a model to ONNX or a SavedModel (--verify checks parity)"),
     "list": ("kernelzoo.zoo.cli", "list the zoo's models"),
     "info": ("kernelzoo.zoo.cli", "show a zoo model's card"),

@@ -1,0 +1,187 @@
+"""Fine-tuning (kernelzoo.zoo.finetune, `kernelzoo finetune`): head replacement, input adaptation, training."""
+import importlib
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import kernelzoo  # noqa: F401  (registers the custom layers)
+from kernelzoo import zoo
+from kernelzoo.zoo.kernelnet.mnist import kernelnet_mnist
+from kernelzoo.zoo.simnet.models import coates_baseline, convnet_baseline, simnet_patch_labeling
+
+NUM_CLASSES = 3
+ft = importlib.import_module("kernelzoo.zoo.finetune")  # the module; kernelzoo.zoo.finetune is the function
+
+
+def _tiny_kernelnet(num_classes=10):
+    """A small MNIST-type kernelNet (12x12 inputs in [0, 1], softmax head), seeded."""
+    return kernelnet_mnist(prior=True, grids=(4,), grid_sides=(6,), gammas=(25.0,), image_size=12,
+                           num_classes=num_classes, seed=0)
+
+
+def _blob_images(count, rng, size=16, channels=3):
+    """uint8 images of one bright square on noise; the class is the quadrant it sits in (0-2)."""
+    labels = np.arange(count) % NUM_CLASSES
+    images = rng.integers(0, 60, size=(count, size, size, channels)).astype(np.uint8)
+    half = size // 2
+    corners = [(1, 1), (1, half + 1), (half + 1, 1)]
+    for image, label in zip(images, labels):
+        row, col = corners[label]
+        image[row:row + half - 2, col:col + half - 2] = 230
+    return images, labels.astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """A generated train/<class>/*.png, test/<class>/*.png folder (16x16 RGB, 3 classes)."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("folder") / "blobs"
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 240), ("test", 90)):
+        images, labels = _blob_images(count, rng)
+        for i, (image, label) in enumerate(zip(images, labels)):
+            folder = root / split / f"class{label}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(folder / f"{i:04d}.png")
+    return str(root)
+
+
+def test_finetuning_a_tiny_model_on_an_image_folder_beats_chance(image_folder, tmp_path):
+    from kernelzoo.zoo.data import holdout_split, load_images
+
+    data = load_images(image_folder)
+    assert data.num_classes == NUM_CLASSES and data.input_shape == (16, 16, 3)
+    train, val = holdout_split(*data.train, 30, seed=0)
+    model, metrics = ft.finetune(_tiny_kernelnet(), train, val, data.num_classes, freeze="features", epochs=4,
+                                 batch_size=16, lr=0.05, test_ds=data.test, out_dir=tmp_path / "run", verbose=0)
+    assert model.output.shape[-1] == NUM_CLASSES
+    assert metrics["test_accuracy"] > 0.6, metrics  # chance: 1/3
+    assert metrics["val_accuracy"] > 0.6, metrics
+    assert metrics["trainable_params"] == (4 * 36 + 1) * NUM_CLASSES  # only the new softmax layer trains
+    assert os.path.isfile(tmp_path / "run" / "log.csv")
+    # the input adapter travels with the model: it takes the folder's raw uint8 pixels
+    path = str(tmp_path / "tuned.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_allclose(loaded.predict(data.x_test[:8], verbose=0), model.predict(data.x_test[:8], verbose=0),
+                               atol=1e-6)
+    from kernelzoo.export import serving_spec
+    assert serving_spec(loaded).input_dtype == "uint8"
+
+
+def test_simnet_head_is_the_classwise_mex_and_keeps_the_templates():
+    source = simnet_patch_labeling(n=4, input_shape=(32, 32, 3))
+    head, kind = ft.find_head(source)
+    assert (head.name, kind) == ("mex_templates", "mex")
+    # MNIST-shaped input: 28x28 grey -> replicated to RGB and zero-padded to 32x32
+    tuned = ft.adapt_model(source, 5, (28, 28, 1), freeze="features")
+    assert tuple(tuned.input.shape) == (None, 28, 28, 1) and tuple(tuned.output.shape) == (None, 5)
+    names = [layer.name for layer in tuned.layers]
+    assert names[:4] == ["image", "adapt_scale", "adapt_channels", "adapt_pad"]
+    assert tuned.get_layer("adapt_scale").scale == 1.0  # the SimNet reads 0-255 pixels
+    assert tuned.get_layer("mex_templates").num_instances == 5
+    assert tuned.get_layer("mex_templates").offsets_variable.shape[2] == 5
+    for name in ("similarity", "patch_whitening"):
+        for new, old in zip(tuned.get_layer(name).get_weights(), source.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(new, old)
+    assert [w.path for w in tuned.trainable_weights] == ["mex_templates/offsets"]
+    everything = ft.adapt_model(source, 5, (28, 28, 1), freeze="none")
+    assert any(w.path.startswith("similarity/") for w in everything.trainable_weights)
+    assert not everything.get_layer("adapt_channels").trainable
+    out = tuned.predict(np.zeros((2, 28, 28, 1), np.uint8), verbose=0)
+    assert out.shape == (2, 5) and np.all(np.isfinite(out))
+
+
+def test_kernelnet_head_is_the_softmax_dense_and_colour_inputs_become_grey():
+    source = _tiny_kernelnet()
+    head, kind = ft.find_head(source)
+    assert (head.name, kind) == ("softmax", "dense")
+    tuned = ft.adapt_model(source, 4, (16, 16, 3))
+    assert tuple(tuned.output.shape) == (None, 4)
+    assert tuned.get_layer("softmax").kernel.shape == (4 * 36, 4)
+    assert ft.output_activation(tuned) == "softmax"
+    # the adapter: /255, BT.601 luma, centred crop 16 -> 12, drop the channel axis
+    adapter = keras.Model(tuned.input, tuned.get_layer("adapt_reshape").output)
+    x = np.random.default_rng(0).integers(0, 256, size=(2, 16, 16, 3)).astype(np.uint8)
+    expected = (x[:, 2:14, 2:14].astype(np.float64) / 255.0) @ np.asarray(ft.LUMA)
+    np.testing.assert_allclose(adapter.predict(x, verbose=0), expected, atol=1e-5)
+    resized = ft.adapt_model(source, 4, (16, 16, 3), spatial="resize")
+    assert "adapt_resize" in [layer.name for layer in resized.layers]
+
+
+def test_sequential_models_with_a_dense_head():
+    source = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(name="flat"),
+                               keras.layers.Dense(5, activation="softmax", name="probs")])
+    tuned = ft.adapt_model(source, 2, (10, 10, 3))
+    assert tuple(tuned.output.shape) == (None, 2) and "adapt_crop" in [layer.name for layer in tuned.layers]
+    assert tuned.get_layer("adapt_scale").scale == pytest.approx(1 / 255)
+
+
+@pytest.mark.parametrize("builder", [convnet_baseline, coates_baseline])
+def test_baseline_heads_are_their_dense_logits(builder):
+    tuned = ft.adapt_model(builder(n=4), 7, (32, 32, 3))
+    assert tuple(tuned.output.shape) == (None, 7)
+    assert [w.path for w in tuned.trainable_weights] == ["logits/kernel", "logits/bias"]
+    assert ft.output_activation(tuned) is None  # logits: trained with from_logits=True
+
+
+def test_finetune_is_exported_from_the_zoo():
+    assert zoo.finetune is ft.finetune and "finetune" in zoo.__all__
+
+
+def test_bad_arguments_are_named():
+    model = _tiny_kernelnet()
+    data = (np.zeros((4, 12, 12, 1), np.uint8), np.array([0, 1, 0, 1]))
+    with pytest.raises(ValueError, match="freeze"):
+        ft.finetune(model, data, None, 2, freeze="all")
+    with pytest.raises(ValueError, match="num_classes"):
+        ft.finetune(model, data, None, 1)
+    with pytest.raises(ValueError, match="train_ds"):
+        ft.finetune(model, (data[0], np.array([0, 1, 2, 1])), None, 2)
+    with pytest.raises(ValueError, match="spatial"):
+        ft.adapt_model(model, 2, (12, 12, 1), spatial="stretch")
+    headless = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.GlobalAveragePooling2D(name="gap")])
+    with pytest.raises(ValueError, match="'gap'"):
+        ft.adapt_model(headless, 2, (8, 8, 1))
+    with pytest.raises(ValueError, match="no pretrained weights"):
+        ft.resolve_model("simnet_cifar10_wl2_n400")
+
+
+def test_cli_finetune_writes_the_model_and_its_card(image_folder, tmp_path, monkeypatch, capsys):
+    from kernelzoo import cli
+
+    monkeypatch.setitem(cli.SUBCOMMANDS, "finetune", ("kernelzoo.zoo.finetune_cli", "fine-tune"))
+    source = str(tmp_path / "tiny.keras")
+    _tiny_kernelnet().save(source)
+    out = str(tmp_path / "out" / "tuned.keras")
+    code = cli.main(["finetune", source, "--dataset", image_folder, "--epochs", "1", "--batch-size", "32",
+                     "--compare-scratch", "--quiet", "-o", out])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "fine-tuned" in printed and "from scratch" in printed
+    assert os.path.isfile(out)
+    with open(out[:-len(".keras")] + ".md", encoding="utf-8") as handle:
+        card = handle.read()
+    for text in ("source model", "tiny.keras", "test accuracy", "from scratch", "kernelzoo finetune",
+                 "adapt_channels"):
+        assert text in card
+    model = keras.models.load_model(out)
+    assert tuple(model.input.shape) == (None, 16, 16, 3) and tuple(model.output.shape) == (None, NUM_CLASSES)
+
+
+def test_cli_finetune_usage_errors_are_one_line(image_folder, tmp_path, monkeypatch, capsys):
+    from kernelzoo import cli
+
+    monkeypatch.setitem(cli.SUBCOMMANDS, "finetune", ("kernelzoo.zoo.finetune_cli", "fine-tune"))
+    assert cli.main(["finetune", "simnet_cifar10_wl2_n400", "--dataset", image_folder,
+                     "-o", str(tmp_path / "x.keras")]) == 2
+    assert "no pretrained weights" in capsys.readouterr().err
+    assert cli.main(["finetune", "kernelnet_mnist_prior", "--dataset", image_folder,
+                     "-o", str(tmp_path / "x.h5")]) == 2
+    assert ".keras" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["finetune", "kernelnet_mnist_prior", "--dataset", image_folder, "--freeze", "all",
+                  "-o", str(tmp_path / "x.keras")])

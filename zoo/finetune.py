@@ -1,0 +1,354 @@
+"""Fine-tuning a zoo model on a new image dataset: `finetune(model, train_ds, val_ds, num_classes, ...)`.
+
+What it does to the model (the input model is left untouched; its layers are cloned):
+
+- **Input adaptation, as layers saved in the model.** The fine-tuned model takes the new
+  dataset's raw uint8 pixels (N, H, W, C) as they are; the conversion to the pretrained
+  model's input is a few stock Keras layers at its front (`adapt_*`), so the .keras file,
+  the SavedModel and the ONNX export all take the new images directly:
+  `adapt_scale` (Rescaling: x 1/255 for models that read [0, 1] values such as the
+  kernelNet MNIST classifiers, x 1 for models whose preprocessing reads 0-255 pixels such as
+  the SimNets), `adapt_channels` (a fixed, non-trainable 1x1 convolution: grey -> RGB by
+  replication, RGB -> grey by ITU-R BT.601 luma 0.299 R + 0.587 G + 0.114 B, other counts
+  by averaging), `adapt_pad` / `adapt_crop` (centred zero padding to a larger input, e.g.
+  MNIST 28x28 -> 32x32 for a SimNet, the black MNIST background; centred cropping to a smaller
+  one, e.g. CIFAR 32x32 -> 28x28 for a kernelNet) or `adapt_resize` (bilinear, spatial="resize"),
+  and `adapt_reshape` to drop the channel axis of (28, 28) models. The first layer is always
+  the Rescaling, so exports get a uint8 signature (docs/export.md).
+- **Head replacement** for the new class count, fresh weights, the rest copied:
+  the final Dense (kernelNet MNIST classifiers, ConvNet and Coates baselines; its activation,
+  softmax or none, is kept) or, for the SimNet patch-labeling network, the class-wise MEX
+  (`mex_templates`: one instance per class, new offsets initialised at zero; the Similarity
+  templates and weights and the whitening are kept, as are the layers after it).
+- **freeze**: "features" trains only the head (for a SimNet: the class-wise MEX offsets, and
+  its xi when learned); "none" trains every layer (the fixed adapter and layers that were
+  never trainable stay so).
+- **Training** with the zoo recipe (`kernelzoo.zoo.training.train`): SGD with momentum,
+  lr / 10 after half the epochs, fixed data order per (seed, epoch), checkpoints and log.csv in
+  `out_dir`; then accuracy on the validation (and test) split.
+
+`from_scratch=True` builds the same adapted architecture with freshly initialised weights
+(plus the unsupervised initialisation of SimNet-type layers on the training images) and
+trains all of it with the same budget: the baseline fine-tuning is measured against.
+
+The CLI hooks (`kernelzoo finetune`) are in `kernelzoo.zoo.finetune_cli`.
+"""
+import os
+import shutil
+import tempfile
+
+import keras
+import numpy as np
+
+FREEZE_MODES = ("features", "none")
+SPATIAL_MODES = ("pad_crop", "resize")
+LUMA = (0.299, 0.587, 0.114)
+ADAPTER_PREFIX = "adapt_"
+
+
+# ----------------------------------------------------------------------------- head
+
+
+def find_head(model):
+    """(head layer, kind) of a zoo classifier: kind "dense" (final Dense) or "mex" (class-wise MEX).
+
+    Raises ValueError naming the model's last layer when neither is recognisable.
+    """
+    from kernelzoo.layers import Mex
+
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"`model` must be a keras.Model, got {type(model).__name__}")
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    if not layers:
+        raise ValueError(f"`model` {model.name!r} has no layers")
+    last = layers[-1]
+    if len(model.outputs) != 1 or len(model.outputs[0].shape) != 2:
+        raise ValueError(f"`model` {model.name!r} must have one (batch, classes) output to fine-tune; its last "
+                         f"layer {last.name!r} ({type(last).__name__}) outputs {_shapes(model.outputs)}")
+    classes = model.outputs[0].shape[-1]
+    if isinstance(last, keras.layers.Dense):
+        return last, "dense"
+    for layer in reversed(layers):
+        if isinstance(layer, Mex) and layer.num_instances > 1 and layer.num_instances == classes:
+            return layer, "mex"
+    raise ValueError(f"`model` {model.name!r} has no recognisable classification head: its last layer "
+                     f"{last.name!r} ({type(last).__name__}) is not a Dense layer, and no Mex layer has one "
+                     f"instance per class ({classes})")
+
+
+def _shapes(tensors):
+    return [tuple(t.shape) for t in tensors]
+
+
+def _new_head(head, kind, num_classes):
+    config = head.get_config()
+    if kind == "dense":
+        config["units"] = num_classes
+    else:
+        config["num_instances"] = num_classes
+        xi = config.get("xi")
+        if getattr(head, "xi_variable", None) is not None:  # learned xi: start the new instances at its mean
+            config["xi"] = float(np.mean(keras.ops.convert_to_numpy(head.xi_variable)))
+        elif isinstance(xi, (list, tuple)):  # one xi per instance: start all new instances at their mean
+            config["xi"] = float(np.mean(xi))
+    config["trainable"] = True
+    return head.__class__.from_config(config)
+
+
+def output_activation(model):
+    """"softmax" when the model's last layer applies a softmax (its loss takes probabilities), else None."""
+    last = model.layers[-1]
+    if isinstance(last, keras.layers.Softmax):
+        return "softmax"
+    activation = getattr(last, "activation", None)
+    return "softmax" if getattr(activation, "__name__", "") == "softmax" else None
+
+
+# ----------------------------------------------------------------------------- input adaptation
+
+
+def _target_shape(model):
+    shape = tuple(model.inputs[0].shape[1:])
+    if any(d is None for d in shape) or len(shape) not in (2, 3):
+        raise ValueError(f"`model` {model.name!r} must take images of a fixed shape (H, W) or (H, W, C), "
+                         f"got input shape {shape}")
+    return shape
+
+
+def takes_raw_pixels(model):
+    """Whether `model` reads 0-255 pixel values (its first layer is a preprocessing layer)."""
+    from kernelzoo.export._common import takes_raw_pixels as raw
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    return bool(layers) and raw(layers[0])
+
+
+def input_adapter(x, source_shape, target_shape, raw_pixels, spatial="pad_crop"):
+    """Apply the adapter layers (module docstring) to tensor `x` of shape source_shape; returns the tensor."""
+    if spatial not in SPATIAL_MODES:
+        raise ValueError(f"`spatial` must be one of {SPATIAL_MODES}, got {spatial!r}")
+    height, width, channels = source_shape
+    t_height, t_width = target_shape[:2]
+    t_channels = target_shape[2] if len(target_shape) == 3 else 1
+    x = keras.layers.Rescaling(1.0 if raw_pixels else 1.0 / 255.0, name=ADAPTER_PREFIX + "scale")(x)
+    if channels != t_channels:
+        mixer = keras.layers.Conv2D(t_channels, 1, use_bias=False, trainable=False, name=ADAPTER_PREFIX + "channels")
+        x = mixer(x)
+        if channels == 3 and t_channels == 1:
+            matrix = np.asarray(LUMA, "float32").reshape(3, 1)
+        else:
+            matrix = np.full((channels, t_channels), 1.0 / channels, "float32")
+        mixer.set_weights([matrix.reshape(1, 1, channels, t_channels)])
+    if (height, width) != (t_height, t_width):
+        if spatial == "resize":
+            x = keras.layers.Resizing(t_height, t_width, interpolation="bilinear", name=ADAPTER_PREFIX + "resize")(x)
+        else:
+            pad, crop = [], []
+            for size, target in ((height, t_height), (width, t_width)):
+                delta = target - size
+                pad.append((max(delta, 0) // 2, max(delta, 0) - max(delta, 0) // 2))
+                crop.append((max(-delta, 0) // 2, max(-delta, 0) - max(-delta, 0) // 2))
+            if any(sum(p) for p in pad):
+                x = keras.layers.ZeroPadding2D(tuple(pad), name=ADAPTER_PREFIX + "pad")(x)
+            if any(sum(c) for c in crop):
+                x = keras.layers.Cropping2D(tuple(crop), name=ADAPTER_PREFIX + "crop")(x)
+    if len(target_shape) == 2:
+        x = keras.layers.Reshape(tuple(target_shape), name=ADAPTER_PREFIX + "reshape")(x)
+    return x
+
+
+# ----------------------------------------------------------------------------- the new model
+
+
+def adapt_model(model, num_classes, input_shape, *, freeze="features", spatial="pad_crop", copy_weights=True):
+    """A new model: input adapter + `model`'s layers (cloned, weights copied) + a new head.
+
+    Args:
+      model: a functional keras.Model classifier (find_head must recognise its head).
+      num_classes: classes of the new dataset (>= 2).
+      input_shape: (H, W, C) of the new dataset's images (uint8 pixel values).
+      freeze: "features" (only the head and what follows it train) or "none".
+      spatial: "pad_crop" or "resize" (how the image size is matched).
+      copy_weights: False gives the same architecture freshly initialised (the from-scratch baseline).
+    """
+    freeze = _choice("freeze", freeze, FREEZE_MODES)
+    num_classes = _num_classes(num_classes)
+    source = _source_shape(input_shape)
+    head, kind = find_head(model)
+    if isinstance(model, keras.Sequential):  # its layer graph as a functional model (same layers)
+        model = keras.Model(model.inputs[0], model.outputs[0], name=model.name)
+    if not hasattr(model, "_run_through_graph"):
+        raise ValueError(f"`model` {model.name!r} must be a functional or Sequential keras.Model "
+                         f"(got {type(model).__name__})")
+    target = _target_shape(model)
+    order = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    after_head = set(order[order.index(head) + 1:])
+    clones = {}
+
+    def operation_fn(layer):
+        if layer is head:
+            new = _new_head(head, kind, num_classes)
+        else:
+            new = layer.__class__.from_config(layer.get_config())
+        clones[id(layer)] = (layer, new)
+        return new
+
+    inputs = keras.Input(source, name="image")
+    x = input_adapter(inputs, source, target, takes_raw_pixels(model), spatial)
+    outputs = model._run_through_graph(x, operation_fn=operation_fn)
+    new_model = keras.Model(inputs, outputs, name=f"{model.name}_finetuned_{num_classes}")
+    for old, new in clones.values():
+        if old is not head and copy_weights and old.weights:
+            new.set_weights(old.get_weights())
+        if freeze == "features" and old is not head and old not in after_head:
+            new.trainable = False
+    return new_model
+
+
+def _reinitialise_unsupervised(model, images, seed, verbose):
+    """The unsupervised initialisation of SimNet-type layers (ZCA, GMM, k-means), when the model has them."""
+    from kernelzoo.layers import Similarity
+    from kernelzoo.zoo.preprocessing import PatchWhitening
+    from kernelzoo.zoo.simnet.models import TriangleCoding
+
+    kinds = (PatchWhitening, Similarity, TriangleCoding, keras.layers.Normalization)
+    if any(isinstance(layer, kinds) for layer in model.layers):
+        from kernelzoo.zoo.init import unsupervised_init
+        unsupervised_init(model, images[:5000], seed=seed, verbose=verbose)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def compile_for_finetuning(model, lr=0.01, momentum=0.9):
+    """SGD with momentum and the softmax cross-entropy matching the output (probabilities or logits)."""
+    from kernelzoo.ops.checks import positive_float
+    from_logits = output_activation(model) != "softmax"
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=positive_float(lr, "lr"), momentum=float(momentum)),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits), metrics=["accuracy"])
+    return model
+
+
+def finetune(model, train_ds, val_ds, num_classes, *, freeze="features", epochs=10, batch_size=64, lr=0.01,
+             momentum=0.9, lr_drop_every=None, test_ds=None, spatial="pad_crop", from_scratch=False, out_dir=None,
+             seed=0, verbose=1, max_steps_per_epoch=None):
+    """Fine-tune `model` on a new image-classification dataset; returns (fine-tuned model, metrics).
+
+    Args:
+      model: a keras.Model classifier, a zoo model name (its pretrained weights are loaded) or a .keras path.
+      train_ds, val_ds: (images uint8 (N, H, W, C), integer labels (N,)) pairs; val_ds may be None.
+      num_classes: number of classes of the new dataset (>= 2; labels must lie in [0, num_classes)).
+      freeze: "features" (train the new head only) or "none" (train everything).
+      epochs, batch_size, lr, momentum, lr_drop_every: the zoo SGD recipe (lr / 10 after half the epochs).
+        For a SimNet with freeze="features" a larger lr may be needed: each MEX offset gets only a
+        share of its class logit's gradient (docs/finetune.md).
+      test_ds: optional (images, labels) evaluated at the end.
+      spatial: "pad_crop" (centred zero padding / cropping) or "resize" (bilinear) to the model's input size.
+      from_scratch: same adapted architecture, fresh weights (and unsupervised init), all layers trained.
+      out_dir: run folder (log.csv, checkpoints, model.keras); default a temporary folder, removed after.
+      seed: data-order seed (and weight seed with from_scratch).
+      max_steps_per_epoch: cap the steps of each epoch (quick runs, tests).
+    Returns (model, metrics): metrics holds freeze, epochs, from_scratch, trainable / total params,
+    history (per-epoch dicts), val_accuracy / val_loss, test_accuracy / test_loss (when given), examples.
+    """
+    from kernelzoo.ops.checks import positive_int
+    from kernelzoo.zoo import training
+
+    freeze = _choice("freeze", freeze, FREEZE_MODES)
+    spatial = _choice("spatial", spatial, SPATIAL_MODES)
+    num_classes = _num_classes(num_classes)
+    epochs = positive_int(epochs, "epochs")
+    model = resolve_model(model)
+    x_train, y_train = _data(train_ds, "train_ds", num_classes)
+    val = None if val_ds is None else _data(val_ds, "val_ds", num_classes, x_train.shape[1:])
+    test = None if test_ds is None else _data(test_ds, "test_ds", num_classes, x_train.shape[1:])
+    if from_scratch:
+        keras.utils.set_random_seed(seed)
+        freeze = "none"
+    new_model = adapt_model(model, num_classes, x_train.shape[1:], freeze=freeze, spatial=spatial,
+                            copy_weights=not from_scratch)
+    if from_scratch:
+        _reinitialise_unsupervised(new_model, x_train, seed, bool(verbose))
+    compile_for_finetuning(new_model, lr, momentum)
+    temporary = out_dir is None
+    run_dir = tempfile.mkdtemp(prefix="kernelzoo-finetune-") if temporary else os.fspath(out_dir)
+    try:
+        result = training.train(new_model, (x_train, y_train), out_dir=run_dir, epochs=epochs, batch_size=batch_size,
+                                lr=lr, momentum=momentum, lr_drop_every=lr_drop_every, val_data=val, test_data=test,
+                                seed=seed, verbose=verbose, tensorboard=False,
+                                max_steps_per_epoch=max_steps_per_epoch)
+    finally:
+        if temporary:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    new_model = result["model"]
+    metrics = {"freeze": freeze, "epochs": epochs, "lr": float(lr), "from_scratch": bool(from_scratch),
+               "spatial": spatial, "num_classes": num_classes, "train_examples": int(len(x_train)),
+               "trainable_params": int(sum(np.prod(w.shape) for w in new_model.trainable_weights)),
+               "params": int(new_model.count_params()), "history": result["history"]}
+    for name, data in (("val", val), ("test", test)):
+        if data is not None:
+            scores = result["test"] if name == "test" else training.evaluate(new_model, data)
+            metrics[f"{name}_accuracy"] = float(scores["accuracy"])
+            metrics[f"{name}_loss"] = float(scores["loss"])
+            metrics[f"{name}_examples"] = int(scores["examples"])
+    return new_model, metrics
+
+
+def resolve_model(model):
+    """A keras.Model from a model, a zoo model name (pretrained weights) or a .keras file path."""
+    if isinstance(model, keras.Model):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        path = os.fspath(model)
+        if path.endswith(".keras"):
+            if not os.path.isfile(path):
+                raise ValueError(f"`model`={path!r}: no such .keras file")
+            import kernelzoo  # noqa: F401  (registers the custom layers)
+            return keras.models.load_model(path, compile=False)
+        from kernelzoo.zoo import registry
+        if path in registry.list_models():
+            if not registry.info(path).get("weights"):
+                raise ValueError(f"`model`={path!r} has no pretrained weights yet: nothing to fine-tune "
+                                 "(train it first, or pass a .keras file)")
+            return registry.load(path)
+        raise ValueError(f"`model` must be a keras.Model, a zoo model name ({registry.list_models()}) or a "
+                         f".keras file, got {path!r}")
+    raise ValueError(f"`model` must be a keras.Model, a zoo model name or a .keras path, got {type(model).__name__}")
+
+
+def _choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {choices}, got {value!r}")
+    return value
+
+
+def _num_classes(value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 2:
+        raise ValueError(f"`num_classes` must be an int >= 2, got {value!r}")
+    return int(value)
+
+
+def _source_shape(shape):
+    try:
+        shape = tuple(int(d) for d in shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"`input_shape` must be (height, width, channels), got {shape!r}") from None
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"`input_shape` must be 3 positive ints (height, width, channels), got {shape!r}")
+    return shape
+
+
+def _data(data, name, num_classes, shape=None):
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise ValueError(f"`{name}` must be an (images, labels) pair, got {type(data).__name__}")
+    x, y = np.asarray(data[0]), np.asarray(data[1])
+    if x.ndim == 3:  # (N, H, W) grey images
+        x = x[..., None]
+    if x.ndim != 4 or len(x) == 0:
+        raise ValueError(f"`{name}` images must be a non-empty array (N, H, W, C), got shape {x.shape}")
+    if shape is not None and tuple(x.shape[1:]) != tuple(shape):
+        raise ValueError(f"`{name}` images are {tuple(x.shape[1:])}, the training images {tuple(shape)}")
+    if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"`{name}` labels must be {len(x)} integers, got {y.dtype} {y.shape}")
+    if y.min() < 0 or y.max() >= num_classes:
+        raise ValueError(f"`{name}` labels must lie in [0, num_classes={num_classes}), got [{y.min()}, {y.max()}]")
+    return x, y

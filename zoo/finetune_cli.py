@@ -1,0 +1,165 @@
+"""`kernelzoo finetune NAME|FILE.keras --dataset tfds:NAME|DIR -o OUT.keras` (hooks for kernelzoo/cli.py).
+
+Loads the pretrained model and the dataset (a folder or archive of train/<class>/*, test/<class>/*
+images, a local copy under --data-dir, or a TensorFlow Datasets name), holds out a validation
+part of the training split, fine-tunes with `kernelzoo.zoo.finetune.finetune`, evaluates on the
+validation and test splits, and writes OUT.keras and its card OUT.md (source model, dataset,
+recipe, measured accuracies, the command). --compare-scratch also trains the same architecture
+from scratch with the same budget and puts both figures in the card.
+"""
+import json
+import os
+import shlex
+import sys
+import time
+
+import numpy as np
+
+
+def add_arguments(parser, command="finetune"):
+    parser.add_argument("model", help="a pretrained zoo model name (`kernelzoo list`) or a .keras file")
+    parser.add_argument("--dataset", required=True,
+                        help="tfds:NAME (TensorFlow Datasets, or NAME under --data-dir), or a folder / .tar.gz "
+                             "of train/<class>/* and test/<class>/* images")
+    parser.add_argument("-o", "--output", required=True, help="the fine-tuned model, OUT.keras (card: OUT.md)")
+    parser.add_argument("--data-dir", default=None, help="local dataset root (default $KERNELZOO_DATA_DIR)")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--freeze", default="features", choices=("features", "none"),
+                        help="features: train the new head only (default); none: train every layer")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=0.01,
+                        help="initial learning rate (the zoo recipe's 0.01; a SimNet with --freeze features may "
+                             "need more, see docs/finetune.md)")
+    parser.add_argument("--momentum", type=float, default=0.9)
+    parser.add_argument("--spatial", default="pad_crop", choices=("pad_crop", "resize"),
+                        help="match the image size by centred zero padding / cropping (default) or by resizing")
+    parser.add_argument("--val-size", type=int, default=None,
+                        help="training images held out for validation (default 10 %%, at most 5000)")
+    parser.add_argument("--limit-train", type=int, default=None, help="use only N training images (seeded)")
+    parser.add_argument("--limit-test", type=int, default=None, help="evaluate on N test images (seeded)")
+    parser.add_argument("--compare-scratch", action="store_true",
+                        help="also train the same architecture from scratch with the same budget")
+    parser.add_argument("--run-dir", default=None, help="keep the training logs and checkpoints here")
+    parser.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap steps (quick runs)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def load(spec, data_dir=None):
+    """An ImageDataset from 'tfds:NAME', a path, or a name under data_dir."""
+    from kernelzoo.zoo.data import load_images
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"`dataset` must be tfds:NAME or a path, got {spec!r}")
+    name = spec[len("tfds:"):] if spec.startswith("tfds:") else spec
+    if not name:
+        raise ValueError(f"`dataset`={spec!r}: tfds: needs a dataset name")
+    return load_images(name, data_dir)
+
+
+def _subset(x, y, limit, seed):
+    if limit is None or limit >= len(x):
+        return x, y
+    if limit < 1:
+        raise ValueError(f"limits must be positive, got {limit}")
+    keep = np.sort(np.random.default_rng(seed).permutation(len(x))[:limit])
+    return x[keep], y[keep]
+
+
+def run(args, command="finetune"):
+    try:
+        return _run(args)
+    except ValueError as error:  # bad arguments, data or model: one line, not a traceback
+        print(f"kernelzoo finetune: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args):
+    from kernelzoo.zoo.data import holdout_split
+    from kernelzoo.zoo.finetune import finetune, resolve_model
+
+    output = os.fspath(args.output)
+    if not output.endswith(".keras"):
+        raise ValueError(f"-o/--output must end in .keras, got {output!r}")
+    model = resolve_model(args.model)
+    data = load(args.dataset, args.data_dir)
+    x_train, y_train = _subset(data.x_train, data.y_train, args.limit_train, args.seed)
+    x_test, y_test = _subset(data.x_test, data.y_test, args.limit_test, args.seed + 1)
+    val_size = args.val_size if args.val_size is not None else max(1, min(5000, len(x_train) // 10))
+    train, val = holdout_split(x_train, y_train, val_size, seed=args.seed)
+    print(f"fine-tuning {args.model} ({model.name}) on {data.source}: {len(train[0])} train / {len(val[0])} val / "
+          f"{len(x_test)} test images {data.input_shape}, {data.num_classes} classes, freeze={args.freeze}, "
+          f"{args.epochs} epochs", flush=True)
+    common = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+                  test_ds=(x_test, y_test), spatial=args.spatial, seed=args.seed, verbose=0 if args.quiet else 1,
+                  max_steps_per_epoch=args.max_steps_per_epoch)
+    started = time.time()
+    tuned, metrics = finetune(model, train, val, data.num_classes, freeze=args.freeze, out_dir=args.run_dir,
+                              **common)
+    metrics["seconds"] = round(time.time() - started, 1)
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    tuned.save(output)
+    scratch = None
+    if args.compare_scratch:
+        started = time.time()
+        scratch_dir = None if args.run_dir is None else os.path.join(args.run_dir, "scratch")
+        _, scratch = finetune(model, train, val, data.num_classes, from_scratch=True, out_dir=scratch_dir, **common)
+        scratch["seconds"] = round(time.time() - started, 1)
+    command_line = _command_line(args)
+    card = write_card(output, args, data, model, tuned, metrics, scratch, command_line)
+    print(_summary("fine-tuned", metrics))
+    if scratch is not None:
+        print(_summary("from scratch", scratch))
+    print(f"wrote {output} and {card}")
+    return 0
+
+
+def _summary(label, metrics):
+    parts = [f"{label:>12}: freeze={metrics['freeze']}, {metrics['trainable_params']:,} trainable params"]
+    for split in ("val", "test"):
+        if f"{split}_accuracy" in metrics:
+            parts.append(f"{split} accuracy {100 * metrics[f'{split}_accuracy']:.2f} %")
+    parts.append(f"{metrics['seconds']:.0f} s")
+    return ", ".join(parts)
+
+
+def _command_line(args):
+    argv = sys.argv[1:]
+    if argv and argv[0] == "finetune":
+        return shlex.join(["kernelzoo"] + argv)
+    return shlex.join(["kernelzoo", "finetune", str(args.model), "--dataset", str(args.dataset), "-o",
+                       str(args.output), "--epochs", str(args.epochs), "--freeze", args.freeze])
+
+
+def write_card(output, args, data, source_model, tuned, metrics, scratch, command_line):
+    """OUT.md next to OUT.keras; returns its path."""
+    card = output[:-len(".keras")] + ".md"
+    adapter = [layer for layer in tuned.layers if layer.name.startswith("adapt_")]
+    rows = [("fine-tuned", metrics)] + ([("from scratch (same architecture, same budget)", scratch)] if scratch else [])
+    lines = [f"# {os.path.basename(output)}: {args.model} fine-tuned on {data.source}", "",
+             f"- source model: `{args.model}` ({source_model.name}, input {tuple(source_model.inputs[0].shape[1:])})",
+             f"- dataset: `{args.dataset}` -> {data.source}; {data.num_classes} classes "
+             f"({', '.join(data.class_names)}); images {data.input_shape} uint8",
+             f"- split: {metrics['train_examples']} training images, {metrics.get('val_examples', 0)} held out for "
+             f"validation (seed {args.seed}), {metrics.get('test_examples', 0)} test images",
+             "- input adaptation (layers saved in the model, the file takes the dataset's raw pixels): "
+             + (", ".join(f"{layer.name} ({type(layer).__name__})" for layer in adapter) or "none"),
+             f"- head: replaced for {data.num_classes} classes; freeze={metrics['freeze']} "
+             f"({metrics['trainable_params']:,} of {metrics['params']:,} parameters trained)",
+             f"- recipe: SGD, momentum {args.momentum}, batch {args.batch_size}, lr {metrics['lr']:g} / 10 after "
+             f"half of {args.epochs} epochs (kernelzoo.zoo.training)"
+             + (f"; from scratch: lr {scratch['lr']:g}" if scratch and scratch["lr"] != metrics["lr"] else ""), "",
+             "| run | trained params | val accuracy | test accuracy | time |", "|---|---|---|---|---|"]
+    for label, values in rows:
+        lines.append(f"| {label} | {values['trainable_params']:,} | {_pct(values.get('val_accuracy'))} | "
+                     f"{_pct(values.get('test_accuracy'))} | {values['seconds']:.0f} s |")
+    lines += ["", "Reproduce:", "", "```bash", command_line, "```", "",
+              "Metrics (JSON):", "", "```json",
+              json.dumps({label: {k: v for k, v in values.items() if k != "history"} for label, values in rows},
+                         indent=1), "```", ""]
+    with open(card, "w", encoding="utf-8") as handle:
+        handle.write("\n".join(lines))
+    return card
+
+
+def _pct(value):
+    return "-" if value is None else f"{100 * value:.2f} %"
