@@ -4,6 +4,7 @@
 #include "tensorflow/core/framework/shape_inference.h"
 
 #include "geometry.h"
+#include "shape_fn_util.h"
 
 namespace kernelzoo {
 
@@ -13,34 +14,6 @@ using ::tensorflow::shape_inference::InferenceContext;
 using ::tensorflow::shape_inference::ShapeHandle;
 
 namespace {
-
-Status GetPair(InferenceContext* c, const char* name, int64_t* a, int64_t* b) {
-  std::vector<int32_t> v;
-  TF_RETURN_IF_ERROR(c->GetAttr(name, &v));
-  if (v.size() != 2 || v[0] < 1 || v[1] < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(name, " must be a list of 2 positive ints"));
-  }
-  *a = v[0];
-  *b = v[1];
-  return absl::OkStatus();
-}
-
-Status WindowedDim(InferenceContext* c, DimensionHandle in, int64_t k, int64_t s,
-                   bool same, const char* axis, DimensionHandle* out) {
-  if (!c->ValueKnown(in)) {
-    *out = c->UnknownDim();
-    return absl::OkStatus();
-  }
-  int64_t size = 0, pad = 0;
-  if (!WindowedOutputSize(c->Value(in), k, s, same, &size, &pad)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "pool of size ", k, " does not fit the input ", axis, " of size ",
-        c->Value(in), " with padding 'valid'"));
-  }
-  *out = c->MakeDim(size);
-  return absl::OkStatus();
-}
 
 // input (N,H,W,C), xi (K), offsets (Rh,Rw,K,bh,bw,bc) if use_offsets,
 // c (K) if use_c -> (N,H',W',(C/bc)*K).
@@ -84,8 +57,8 @@ Status MexShape(InferenceContext* c) {
     out_c = c->MakeDim(c->Value(channels) / channel_block * num_instances);
   }
   DimensionHandle oh, ow;
-  TF_RETURN_IF_ERROR(WindowedDim(c, c->Dim(input, 1), bh, sh, same, "height", &oh));
-  TF_RETURN_IF_ERROR(WindowedDim(c, c->Dim(input, 2), bw, sw, same, "width", &ow));
+  TF_RETURN_IF_ERROR(WindowedDim(c, c->Dim(input, 1), bh, sh, same, "pool", "height", &oh));
+  TF_RETURN_IF_ERROR(WindowedDim(c, c->Dim(input, 2), bw, sw, same, "pool", "width", &ow));
   c->set_output(0, c->MakeShape({c->Dim(input, 0), oh, ow, out_c}));
   return absl::OkStatus();
 }

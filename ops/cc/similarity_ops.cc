@@ -4,6 +4,7 @@
 #include "tensorflow/core/framework/shape_inference.h"
 
 #include "geometry.h"
+#include "shape_fn_util.h"
 
 namespace kernelzoo {
 
@@ -13,35 +14,6 @@ using ::tensorflow::shape_inference::InferenceContext;
 using ::tensorflow::shape_inference::ShapeHandle;
 
 namespace {
-
-// Spatial output dim for a window along one axis; unknown if `in` is unknown.
-Status WindowedDim(InferenceContext* c, DimensionHandle in, int64_t k, int64_t s,
-                   bool same, const char* axis, DimensionHandle* out) {
-  if (!c->ValueKnown(in)) {
-    *out = c->UnknownDim();
-    return absl::OkStatus();
-  }
-  int64_t size = 0, pad = 0;
-  if (!WindowedOutputSize(c->Value(in), k, s, same, &size, &pad)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "window of size ", k, " does not fit the input ", axis, " of size ",
-        c->Value(in), " with padding 'valid'"));
-  }
-  *out = c->MakeDim(size);
-  return absl::OkStatus();
-}
-
-Status GetStrides(InferenceContext* c, int64_t* sh, int64_t* sw) {
-  std::vector<int32_t> strides;
-  TF_RETURN_IF_ERROR(c->GetAttr("strides", &strides));
-  if (strides.size() != 2 || strides[0] < 1 || strides[1] < 1) {
-    return absl::InvalidArgumentError(
-        "strides must be a list of 2 positive ints (stride_h, stride_w)");
-  }
-  *sh = strides[0];
-  *sw = strides[1];
-  return absl::OkStatus();
-}
 
 // input (N,H,W,C), templates = weights (kh,kw,C,n), p (n) -> (N,H',W',n).
 Status SimilarityShape(InferenceContext* c) {
@@ -55,17 +27,17 @@ Status SimilarityShape(InferenceContext* c) {
   TF_RETURN_IF_ERROR(c->Merge(c->Dim(input, 3), c->Dim(templates, 2), &channels));
   TF_RETURN_IF_ERROR(c->Merge(c->Dim(templates, 3), c->Dim(p, 0), &n));
   int64_t sh, sw;
-  TF_RETURN_IF_ERROR(GetStrides(c, &sh, &sw));
+  TF_RETURN_IF_ERROR(GetPair(c, "strides", &sh, &sw));
   std::string padding;
   TF_RETURN_IF_ERROR(c->GetAttr("padding", &padding));
   const bool same = padding == "same";
   DimensionHandle kh = c->Dim(templates, 0), kw = c->Dim(templates, 1);
   DimensionHandle oh = c->UnknownDim(), ow = c->UnknownDim();
   if (c->ValueKnown(kh)) {
-    TF_RETURN_IF_ERROR(WindowedDim(c, c->Dim(input, 1), c->Value(kh), sh, same, "height", &oh));
+    TF_RETURN_IF_ERROR(WindowedDim(c, c->Dim(input, 1), c->Value(kh), sh, same, "patch", "height", &oh));
   }
   if (c->ValueKnown(kw)) {
-    TF_RETURN_IF_ERROR(WindowedDim(c, c->Dim(input, 2), c->Value(kw), sw, same, "width", &ow));
+    TF_RETURN_IF_ERROR(WindowedDim(c, c->Dim(input, 2), c->Value(kw), sw, same, "patch", "width", &ow));
   }
   c->set_output(0, c->MakeShape({c->Dim(input, 0), oh, ow, n}));
   return absl::OkStatus();
