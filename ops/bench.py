@@ -191,6 +191,34 @@ def _cases(shape_name, no_xla=False):
     if not no_xla:
         yield group, "mex composite XLA", False, mex_case("composite", True)
 
+    # The SimNet's class-wise MEX: 1x1 blocks over all channels, 10 instances, offsets per quadrant.
+    classes = 10
+    offsets = tf.Variable(rng.normal(size=(2, 2, classes, 1, 1, n)).astype("float32"))
+    gc = tf.constant(rng.normal(size=(s["batch"], out_size, out_size, classes)).astype("float32"))
+
+    def classwise_case(impl):
+        def build():
+            from kernelzoo.ops import custom
+            mod = custom if impl == "custom" else composite
+            xis = tf.Variable(tf.ones((classes,)))
+
+            def fwd():
+                return mod.mex(m_in, xis, offsets, None, num_instances=classes, pool_size=(1, 1),
+                               channel_block=n, strides=(1, 1), padding="valid", softmax_mode=False)
+
+            def fwdbwd():
+                with tf.GradientTape() as tape:
+                    tape.watch(m_in)
+                    loss = tf.reduce_sum(fwd() * gc)
+                return tape.gradient(loss, [m_in, xis, offsets])
+            return tf.function(fwd), tf.function(fwdbwd)
+        return build
+
+    group = (f"mex {shape_name} class-wise ({s['batch']}x{out_size}x{out_size}x{n}, 1x1 blocks over all "
+             f"{n} channels, {classes} instances, 2x2 offset regions)")
+    yield group, "mex composite", True, classwise_case("composite")
+    yield group, "mex custom", False, classwise_case("custom")
+
 
 def _materialise(result):
     import tensorflow as tf
