@@ -28,7 +28,7 @@ import time
 import warnings
 
 __all__ = ["load", "available", "build", "kernels", "library_path", "cache_dir",
-           "source_files", "add_arguments", "run"]
+           "source_files", "remove_stale_libraries", "add_arguments", "run"]
 
 SOURCE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cc")
 LIB_PREFIX = "libkernelzoo_ops-"
@@ -268,6 +268,8 @@ def add_arguments(parser, command=None):
     parser.description = "Build (or rebuild) the kernelzoo custom op library."
     parser.add_argument("--force", action="store_true",
                         help="rebuild even if a cached library exists")
+    parser.add_argument("--clean", action="store_true",
+                        help="delete the cached libraries of other source versions (this TF version's cache)")
 
 
 def run(args, command=None):
@@ -281,4 +283,17 @@ def run(args, command=None):
     print(path)
     for name, device in pairs:
         print(f"  {name}  [{device}]")
+    if getattr(args, "clean", False):
+        for stale in remove_stale_libraries(keep=path):
+            print(f"removed {stale}")
     return 0
+
+
+def remove_stale_libraries(keep):
+    """Deletes the cached libraries in `keep`'s directory other than `keep`; returns their paths."""
+    folder = os.path.dirname(keep)
+    stale = [os.path.join(folder, name) for name in sorted(os.listdir(folder))
+             if name.startswith(LIB_PREFIX) and name.endswith(".so") and os.path.join(folder, name) != keep]
+    for path in stale:
+        os.remove(path)
+    return stale

@@ -457,3 +457,14 @@ def test_without_a_compiler_the_ops_warn_once_and_fall_back(tmp_path):
                KERNELZOO_OPS="auto")
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "fallback ok" in result.stdout, result.stderr[-3000:]
+
+
+def test_clean_removes_only_other_library_versions(tmp_path):
+    keep = tmp_path / f"{library.LIB_PREFIX}current.so"
+    stale = [tmp_path / f"{library.LIB_PREFIX}old{i}.so" for i in range(2)]
+    other = tmp_path / "notes.txt"
+    for path in [keep, other, *stale]:
+        path.write_text("x")
+    removed = library.remove_stale_libraries(str(keep))
+    assert sorted(removed) == sorted(str(p) for p in stale)
+    assert keep.exists() and other.exists() and not any(p.exists() for p in stale)
