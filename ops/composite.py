@@ -116,7 +116,7 @@ def mex(inputs, xi, offsets, c, *, num_instances, pool_size, channel_block, stri
 def mex_reduce(values, xi, valid=None, softmax_mode=False):
     """MEX_xi over the last axis of `values` (keepdims=False), entries where `valid` is False excluded.
 
-    Stable for any xi in [-inf, inf]: max-shifted log-sum-exp via expm1/log1p, the
+    Stable for any xi in [-inf, inf]: shifted log-mean-exp via expm1/log1p, the
     cumulant series mean + xi var / 2 + xi^2 mu3 / 6 when |xi| * range is tiny
     (so xi = 0 is exactly the mean with d/dxi = var / 2), max / min at +-inf.
     A fixed xi (a NumPy array, one value for all instances) builds only the branch it needs.
@@ -140,7 +140,10 @@ def mex_reduce(values, xi, valid=None, softmax_mode=False):
 
     finite = ops.logical_and(ops.isfinite(xi), ops.not_equal(xi, 0.0))
     xi_safe = ops.where(finite, xi, 1.0)
-    shift = ops.where(xi_safe > 0, vmax, vmin)
+    # The result does not depend on the shift. Around the max / min no exponent overflows; around the
+    # mean (safe while |xi| * range < 1) the xi-gradient avoids cancelling two terms of size range / xi.
+    moderate = ops.abs(xi_safe) * (vmax - vmin) < 1.0
+    shift = ops.where(moderate, mean, ops.where(xi_safe > 0, vmax, vmin))
     scaled = masked(xi_safe * (values - shift), 0.0)
     general = shift + ops.log1p(ops.sum(masked(ops.expm1(scaled), 0.0), axis=-1, keepdims=True) / count) / xi_safe
 

@@ -272,6 +272,21 @@ def test_mex_xi_gradient_is_continuous_at_zero(impl, rng):
     np.testing.assert_allclose(grads[3], finite_difference, rtol=1e-2)
 
 
+@pytest.mark.parametrize("xi0", [2.5e-4, -4e-4, 0.004, 0.3])
+def test_mex_xi_gradient_is_accurate_for_small_xi(impl, rng, xi0):
+    """1e-3 < |xi| * range < 1: d MEX / d xi against float64 (E_w[v] - MEX) / xi."""
+    x = (rng.normal(size=(1, 9, 9, 1)) * 2).astype("float32")
+    xi = tf.Variable(xi0)
+    with tf.GradientTape() as tape:
+        out = kops.mex(x, xi, pool_size=9)
+    grad = tape.gradient(out, xi).numpy()
+    values = x.ravel().astype(np.float64)
+    weights = np.exp(xi0 * (values - values.max()))
+    weights /= weights.sum()
+    expected = (weights @ values - mex_reference(values, xi0)) / xi0
+    np.testing.assert_allclose(grad, expected, rtol=1e-4)
+
+
 def test_mex_gradient_at_infinite_xi_goes_to_the_max(impl):
     x = tf.constant(np.array([[[[1.0], [3.0]], [[2.0], [-1.0]]]], "float32"))
     with tf.GradientTape() as tape:

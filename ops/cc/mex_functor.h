@@ -42,6 +42,9 @@ struct MexParams {
 
 constexpr double kMexSeriesThreshold = 1e-3;
 constexpr double kMexExpm1Threshold = 1.0;
+// Below this |xi| * range, float sums lose d/dxi to cancellation: SIMD paths hand the set to
+// the scalar backward, which centres it on its mean in double.
+constexpr double kMexFloatXiGradThreshold = 0.05;
 
 enum MexRegime : int {
   kMexNaN = 0,         // a NaN in the set: NaN value and gradients
@@ -60,6 +63,7 @@ struct MexSetState {
   double mu3 = 0.0;    // series (3rd central moment)
   double sum = 0.0;    // exact: sum_s exp(xi (v_s - m))
   double lse = 0.0;    // exact: log(mean exp(xi (v_s - m)))
+  double range = 0.0;  // exact: max - min
 };
 
 // Value of MEX_xi over v[0..n) (n >= 1). The state feeds MexSetBackward.
@@ -115,6 +119,7 @@ KZ_HOST_DEVICE inline MexSetState MexSetForward(const float* v, int64_t n, float
   }
   st.regime = kMexExact;
   st.m = xi > 0.f ? hi : lo;
+  st.range = range;
   const float mf = static_cast<float>(st.m);
   double acc = 0.0;
   if (fabs(dxi) * range < kMexExpm1Threshold) {
@@ -174,6 +179,25 @@ KZ_HOST_DEVICE inline double MexSetBackward(const float* v, int64_t n, float xi,
         gv[s] = static_cast<float>(scale * expf(xi * (v[s] - mf)));
     }
     dval_dxi = st.var / 2.0 + dxi * st.mu3 / 3.0;
+    if (softmax_mode) dval_dxi -= logn / (dxi * dxi);
+    return g * dval_dxi;
+  }
+  if (fabs(dxi) * st.range < kMexExpm1Threshold) {
+    // Centred on the mean in double (exponents stay below 1): d/dxi = (E_w[d] - lse_c / xi) / xi
+    // with both terms O(xi var), instead of two terms of size range / xi that cancel.
+    double mean = 0.0;
+    for (int64_t s = 0; s < n; ++s) mean += v[s];
+    mean /= n;
+    double s0 = 0.0, s1 = 0.0, q = 0.0;
+    for (int64_t s = 0; s < n; ++s) {
+      const double d = v[s] - mean;
+      const double em = expm1(dxi * d);
+      q += em;
+      s0 += em + 1.0;
+      s1 += (em + 1.0) * d;
+    }
+    for (int64_t s = 0; s < n; ++s) gv[s] = static_cast<float>(g * exp(dxi * (v[s] - mean)) / s0);
+    dval_dxi = (s1 / s0 - log1p(q / n) / dxi) / dxi;
     if (softmax_mode) dval_dxi -= logn / (dxi * dxi);
     return g * dval_dxi;
   }

@@ -78,7 +78,8 @@ struct MexScratch {
 // Lanes are kVL consecutive channels; every lane shares the block geometry,
 // the instance's xi, offsets and c. Lanes whose set needs the moment series
 // (|xi| * range < 1e-3, xi finite nonzero) are flagged and redone by the
-// scalar MexSetForward / MexSetBackward.
+// scalar MexSetForward / MexSetBackward; so are, in the backward pass, lanes
+// with |xi| * range < kMexFloatXiGradThreshold, where float d/dxi cancels.
 
 struct VecSetInfo {
   VF m, lo, hi;
@@ -143,6 +144,10 @@ inline VF MexBackwardVec(const VF* v, int64_t n, float xi, bool softmax, VF g, V
   const VF nanv = Splat(__builtin_nanf(""));
   const float inv_n = 1.f / static_cast<float>(n);
   *series = in.series;
+  if (xi != 0.f && !std::isinf(xi)) {  // the scalar redo is exact where float d/dxi would cancel
+    *series |= (Abs((in.hi - in.lo) * xi) < static_cast<float>(kMexFloatXiGradThreshold)) & ~in.extreme &
+               ~in.nan;
+  }
   VF gxi = VF{};
   if (xi == 0.f && softmax) {
     for (int64_t s = 0; s < n; ++s) gv[s] = VF{};
@@ -248,6 +253,7 @@ inline MexSetState SetForward(const float* v, int64_t n, float xi, bool softmax)
   MexSetState st;
   st.regime = kMexExact;
   st.m = xi > 0.f ? fhi : flo;
+  st.range = range;
   const float mf = static_cast<float>(st.m);
   const bool small = std::fabs(dxi) * range < kMexExpm1Threshold;
   VF acc = VF{};
@@ -275,7 +281,8 @@ inline MexSetState SetForward(const float* v, int64_t n, float xi, bool softmax)
 
 inline double SetBackward(const float* v, int64_t n, float xi, bool softmax, const MexSetState& st,
                           float g, float* gv) {
-  if (n < kMinLongSet || st.regime != kMexExact) return MexSetBackward(v, n, xi, softmax, st, g, gv);
+  if (n < kMinLongSet || st.regime != kMexExact || std::fabs(xi) * st.range < kMexFloatXiGradThreshold)
+    return MexSetBackward(v, n, xi, softmax, st, g, gv);
   const double dxi = xi;
   const float mf = static_cast<float>(st.m);
   const float scale = static_cast<float>(g / st.sum);
