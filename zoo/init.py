@@ -34,6 +34,7 @@ from scipy.special import gammaln
 from kernelzoo.layers import Mex, Similarity
 from kernelzoo.ops.checks import nonnegative_int, positive_int
 from kernelzoo.ops.shapes import output_size, pad_amounts
+from kernelzoo.zoo.preprocessing import sample_patch_rows
 
 # Rows of the (rows x components x dims) slab evaluated per compiled call.
 _CHUNK_ELEMENTS = 1 << 23
@@ -379,28 +380,17 @@ def _sample_layer_patches(model, layer, images, num_patches, rng, batch_size=256
 
     Patches have the layer's kernel_size / strides / padding (a Similarity layer), else 1x1.
     """
-    per_image = None
-    rows = []
-    for start in range(0, len(images), batch_size):
-        inputs = _layer_inputs(model, layer, images[start:start + batch_size])
-        if isinstance(layer, Similarity):
-            if not layer.built:
-                layer.build(inputs.shape)
-            if inputs.ndim != 4 or inputs.shape[-1] != layer.templates.shape[2]:
-                raise ValueError(f"`images` give layer inputs of shape {inputs.shape}, but {layer.name!r} "
-                                 f"expects {layer.templates.shape[2]} channels")
-            patches = extract_patches(inputs, layer.kernel_size, layer.strides, layer.padding)
-        else:
-            patches = inputs
-        flat = patches.reshape(patches.shape[0], -1, patches.shape[-1])
-        if per_image is None:
-            per_image = min(flat.shape[1], int(np.ceil(num_patches / len(images))))
-        picks = np.stack([rng.choice(flat.shape[1], per_image, replace=False) for _ in range(flat.shape[0])])
-        rows.append(np.take_along_axis(flat, picks[..., None], axis=1).reshape(-1, flat.shape[-1]))
-    rows = np.concatenate(rows)
-    if rows.shape[0] > num_patches:
-        rows = rows[np.sort(rng.choice(rows.shape[0], num_patches, replace=False))]
-    return rows
+    def layer_patches(batch):
+        inputs = _layer_inputs(model, layer, batch)
+        if not isinstance(layer, Similarity):
+            return inputs
+        if not layer.built:
+            layer.build(inputs.shape)
+        if inputs.ndim != 4 or inputs.shape[-1] != layer.templates.shape[2]:
+            raise ValueError(f"`images` give layer inputs of shape {inputs.shape}, but {layer.name!r} "
+                             f"expects {layer.templates.shape[2]} channels")
+        return extract_patches(inputs, layer.kernel_size, layer.strides, layer.padding)
+    return sample_patch_rows(layer_patches, images, num_patches, batch_size, rng)
 
 
 def _find_similarity(model_or_layer, layer):

@@ -145,7 +145,8 @@ class PatchWhitening(keras.layers.Layer):
         if images.shape[-1] * self.patch_size[0] * self.patch_size[1] != self.depth:
             raise ValueError(f"`images` has {images.shape[-1]} channels; the layer was built for "
                              f"{self.depth // (self.patch_size[0] * self.patch_size[1])}")
-        patches = sample_patch_rows(self.normalized_patches, images, max_patches, batch_size, seed)
+        patches = sample_patch_rows(self.normalized_patches, images, max_patches, batch_size,
+                                    np.random.default_rng(seed))
         mean, zca = fit_zca(patches, self.zca_eps)
         self.mean.assign(mean)
         self.zca.assign(zca)
@@ -182,9 +183,11 @@ def fit_zca(patches, eps):
     return mean.astype("float32"), zca.astype("float32")
 
 
-def sample_patch_rows(feature_fn, images, max_patches, batch_size, seed):
-    """Rows (M <= max_patches, D) sampled uniformly over images and positions of feature_fn(images)."""
-    rng = np.random.default_rng(seed)
+def sample_patch_rows(feature_fn, images, max_patches, batch_size, rng):
+    """Rows (M <= max_patches, D) sampled uniformly over images and positions of feature_fn(images).
+
+    feature_fn maps a batch of images to (B, ..., D) feature maps; rng is a NumPy Generator.
+    """
     count = images.shape[0]
     rows = []
     per_image = None
