@@ -88,16 +88,16 @@ def _cases(shape_name, no_xla=False):
     out_size = s["size"] - k + 1
     gy = tf.constant(rng.normal(size=(s["batch"], out_size, out_size, n)).astype("float32"))
 
-    def make(forward, variables, grad):
+    def make(forward, variables, grad, inputs=x):
+        """(forward, forward+backward) closures over `inputs`; the backward seeds `grad`."""
         def fwd():
-            return forward(x)
+            return forward(inputs)
 
         def fwdbwd():
             with tf.GradientTape() as tape:
-                tape.watch(x)
-                y = forward(x)
-                loss = tf.reduce_sum(y * grad)
-            return tape.gradient(loss, [x] + list(variables))
+                tape.watch(inputs)
+                loss = tf.reduce_sum(forward(inputs) * grad)
+            return tape.gradient(loss, [inputs] + list(variables))
         return fwd, fwdbwd
 
     def conv_case():
@@ -144,21 +144,9 @@ def _cases(shape_name, no_xla=False):
     gm = tf.constant(rng.normal(size=(s["batch"], m_out, m_out, n)).astype("float32"))
     xi = tf.Variable(tf.ones((1,)))
 
-    def make_m(forward, variables):
-        def fwd():
-            return forward(m_in)
-
-        def fwdbwd():
-            with tf.GradientTape() as tape:
-                tape.watch(m_in)
-                y = forward(m_in)
-                loss = tf.reduce_sum(y * gm)
-            return tape.gradient(loss, [m_in] + list(variables))
-        return fwd, fwdbwd
-
     def maxpool_case():
         layer = keras.layers.MaxPool2D(pool)
-        fwd, fwdbwd = make_m(layer, [])
+        fwd, fwdbwd = make(layer, [], gm, m_in)
         return tf.function(fwd), tf.function(fwdbwd)
 
     def lse_case():
@@ -167,7 +155,7 @@ def _cases(shape_name, no_xla=False):
             h2, w2 = h // pool * pool, w // pool * pool
             blocks = tf.reshape(inp[:, :h2, :w2], (b, h2 // pool, pool, w2 // pool, pool, c))
             return tf.reduce_logsumexp(blocks, axis=(2, 4))
-        fwd, fwdbwd = make_m(forward, [])
+        fwd, fwdbwd = make(forward, [], gm, m_in)
         return tf.function(fwd), tf.function(fwdbwd)
 
     def mex_case(impl, xla=False):
@@ -179,7 +167,7 @@ def _cases(shape_name, no_xla=False):
                 return mod.mex(inp, xi, None, None, num_instances=1, pool_size=(pool, pool),
                                channel_block=1, strides=(pool, pool), padding="valid",
                                softmax_mode=False)
-            fwd, fwdbwd = make_m(forward, [xi])
+            fwd, fwdbwd = make(forward, [xi], gm, m_in)
             return tf.function(fwd, jit_compile=xla), tf.function(fwdbwd, jit_compile=xla)
         return build
 
@@ -202,15 +190,10 @@ def _cases(shape_name, no_xla=False):
             mod = custom if impl == "custom" else composite
             xis = tf.Variable(tf.ones((classes,)))
 
-            def fwd():
-                return mod.mex(m_in, xis, offsets, None, num_instances=classes, pool_size=(1, 1),
+            def forward(inp):
+                return mod.mex(inp, xis, offsets, None, num_instances=classes, pool_size=(1, 1),
                                channel_block=n, strides=(1, 1), padding="valid", softmax_mode=False)
-
-            def fwdbwd():
-                with tf.GradientTape() as tape:
-                    tape.watch(m_in)
-                    loss = tf.reduce_sum(fwd() * gc)
-                return tape.gradient(loss, [m_in, xis, offsets])
+            fwd, fwdbwd = make(forward, [xis, offsets], gc, m_in)
             return tf.function(fwd), tf.function(fwdbwd)
         return build
 
