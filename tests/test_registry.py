@@ -9,10 +9,14 @@ import pytest
 import kernelzoo  # noqa: F401  (registers the layers)
 from kernelzoo.zoo import card, cli, create, list_models, load, registry
 from kernelzoo.zoo.kernelnet import presets, viz
-from kernelzoo.zoo.kernelnet.evaluate import evaluate
+from kernelzoo.zoo.kernelnet.evaluate import evaluate as evaluate_kernelnet
+from kernelzoo.zoo.simnet import presets as simnet_presets
+from kernelzoo.zoo.simnet.evaluate import evaluate as evaluate_simnet
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
-SHIPPED = [name for name, entry in presets.PRESETS.items() if entry.get("weights")]
+EVALUATE = {name: evaluate for module, evaluate in ((presets, evaluate_kernelnet), (simnet_presets, evaluate_simnet))
+            for name, entry in module.PRESETS.items() if entry.get("weights")}
+SHIPPED = sorted(EVALUATE)
 
 
 def test_list_models_and_pattern():
@@ -43,7 +47,7 @@ def test_shipped_weights_match_sha256_and_load(name):
 
 
 def test_sha256_mismatch_is_refused(monkeypatch):
-    name = SHIPPED[0]
+    name = next(name for name in SHIPPED if name in presets.PRESETS)
     broken = dict(presets.PRESETS[name], sha256="0" * 64)
     monkeypatch.setitem(presets.PRESETS, name, broken)
     with pytest.raises(RuntimeError, match="SHA-256"):
@@ -53,10 +57,11 @@ def test_sha256_mismatch_is_refused(monkeypatch):
 @pytest.mark.data
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_weights_reproduce_their_card(name):
+    """Within 0.02 points (the issue allows 0.2): the figure is re-measured, not re-trained."""
     if not os.path.isdir(SHARED):
         pytest.skip("../shared/data absent")
     metrics = registry.info(name)["metrics"]
-    measured = evaluate(name, SHARED)[metrics["key"]]
+    measured = EVALUATE[name](name, SHARED)[metrics["key"]]
     assert measured == pytest.approx(metrics["value"], abs=2e-4)
 
 

@@ -140,6 +140,34 @@ def test_cli_train_then_eval(tmp_path, monkeypatch, capsys):
     assert metrics["examples"] == 12 and 0 <= metrics["accuracy"] <= 1
 
 
+def test_cli_validate_only_with_random_init(tmp_path, monkeypatch, capsys):
+    """--validate-only trains on train minus the holdout and never evaluates the test split;
+    --no-init keeps the random templates but still fits the whitening (paper Sec. 6.3)."""
+    monkeypatch.setenv("KERNELZOO_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "stripes"
+    _write_folder_dataset(str(data))
+    out = tmp_path / "run"
+    args = _parse("train", ["simnet_cifar10_wl2_n400", "n=4", "patch_size=3", "--dataset", str(data), "--epochs", "1",
+                            "--batch-size", "12", "--holdout", "12", "--validate-only", "--no-init",
+                            "--init-images", "20", "--out", str(out), "--quiet", "--no-tensorboard"])
+    assert cli.run(args, "train") == 0
+    assert "held-out accuracy" in capsys.readouterr().out
+    run = json.loads((out / "run.json").read_text())
+    assert (run["train_examples"], run["validation_examples"]) == (24, 12)
+    assert run["init"] == {"patch_whitening": "zca"}
+    assert not (out / "test_metrics.json").exists()
+    assert "val_accuracy" in training.read_log(str(out / "log.csv"))[-1]
+
+
+def test_unsupervised_init_without_similarity_keeps_random_templates():
+    model = models.simnet_patch_labeling(n=6, p=2, input_shape=(10, 10, 3), num_classes=3, patch_size=3)
+    before = keras.ops.convert_to_numpy(model.get_layer("similarity").templates)
+    reports = init.unsupervised_init(model, _stripes(60)[0], num_patches=800, similarity=False)
+    assert reports == {"patch_whitening": "zca"}
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(model.get_layer("similarity").templates), before)
+    assert 0.8 < before.std() < 1.2      # the paper's unit-variance Gaussian templates
+
+
 def test_cli_bad_arguments():
     with pytest.raises(ValueError, match="overrides"):
         cli.parse_overrides(["n"])

@@ -551,12 +551,15 @@ def _positions_to_regions(size, window, stride, padding, out_size, regions):
 # ----------------------------------------------------------------------------- whole-model init
 
 
-def unsupervised_init(model, images, *, seed=0, num_patches=20_000, iterations=15, verbose=False):
+def unsupervised_init(model, images, *, seed=0, num_patches=20_000, iterations=15, similarity=True,
+                      verbose=False):
     """Every unsupervised step of a zoo model, in layer order, from unlabeled images.
 
     PatchWhitening -> adapt (ZCA); Similarity (l1/l2/lp) -> gmm_init, with the
     offsets of the Mex after it; TriangleCoding -> k-means centroids (Coates et al.);
     keras Normalization -> adapt on its input features. Returns a dict of reports.
+    similarity=False fits the preprocessing only and leaves the Similarity layers at their
+    random initialisation (the paper's Sec. 6.3 ablation).
     """
     from kernelzoo.zoo.preprocessing import PatchWhitening
     from kernelzoo.zoo.simnet.models import TriangleCoding
@@ -569,7 +572,7 @@ def unsupervised_init(model, images, *, seed=0, num_patches=20_000, iterations=1
         if isinstance(layer, PatchWhitening):
             layer.adapt(_layer_inputs(model, layer, images), max_patches=4 * num_patches, seed=seed)
             reports[layer.name] = "zca"
-        elif isinstance(layer, Similarity) and layer.similarity != "linear":
+        elif isinstance(layer, Similarity) and layer.similarity != "linear" and similarity:
             reports[layer.name] = gmm_init(model, images, layer=layer, num_patches=num_patches,
                                            iterations=iterations, seed=seed, verbose=verbose)
         elif isinstance(layer, TriangleCoding):

@@ -4,7 +4,8 @@ train: load the preset's dataset (--data-dir / $KERNELZOO_DATA_DIR, else tfds), 
 model with KEY=VALUE overrides, run the unsupervised initialisation (ZCA, GMM, k-means) on
 unlabeled training images, train with the preset's recipe (paper defaults, each overridable),
 evaluate on the test set. --tune-weight-decay first picks the weight decay on a held-out part
-of the training set. --resume continues a killed run from its last completed epoch.
+of the training set; --validate-only stops after such a held-out run (design choices).
+--resume continues a killed run from its last completed epoch.
 """
 import ast
 import json
@@ -38,9 +39,14 @@ def add_arguments(parser, command):
                             help="choose the weight decay among these on --holdout training images first "
                                  "('preset' = the preset's grid)")
         parser.add_argument("--holdout", type=int, default=None, help="training images held out for tuning")
+        parser.add_argument("--validate-only", action="store_true",
+                            help="train on the training set minus --holdout images, report the held-out "
+                                 "accuracy and stop (design choices; never touches the test set)")
         parser.add_argument("--init-images", type=int, default=5000,
                             help="unlabeled training images for the unsupervised initialisation")
-        parser.add_argument("--no-init", action="store_true", help="random initialisation (paper Sec. 6.3)")
+        parser.add_argument("--no-init", action="store_true",
+                            help="random templates, unit weights, zero offsets (paper Sec. 6.3 ablation); the "
+                                 "preprocessing (whitening) is still fitted")
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--resume", action="store_true", help="continue the run in --out")
         parser.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap steps (quick runs)")
@@ -135,7 +141,7 @@ def _initialise(model, x, args, verbose):
     count = min(len(x), args.init_images)
     sample = x[np.sort(rng.choice(len(x), count, replace=False))]
     started = time.time()
-    reports = unsupervised_init(model, sample, seed=args.seed, verbose=verbose)
+    reports = unsupervised_init(model, sample, seed=args.seed, similarity=not args.no_init, verbose=verbose)
     if verbose:
         print(f"unsupervised initialisation on {count} images: {sorted(reports)} ({time.time() - started:.0f} s)",
               flush=True)
@@ -143,16 +149,15 @@ def _initialise(model, x, args, verbose):
                    {"log_likelihood": value["mixture"].log_likelihood}) for name, value in reports.items()}
 
 
-def _fit_one(entry_dict, overrides, recipe, weight_decay, train, val, test, out, args, verbose):
+def _fit_one(entry_dict, overrides, recipe, weight_decay, train, val, test, out, args, verbose, num_classes):
     from kernelzoo import ops
     from kernelzoo.zoo import training
 
     state = training.read_state(out)
     model, init_report = None, None
     if state is None or not args.resume:
-        model = build(entry_dict, dict(overrides, weight_decay=weight_decay), train[0].shape[1:],
-                      _num_classes(entry_dict, train, test))
-        if recipe.get("unsupervised_init", True) and not args.no_init:
+        model = build(entry_dict, dict(overrides, weight_decay=weight_decay), train[0].shape[1:], num_classes)
+        if recipe.get("unsupervised_init", True):
             init_report = _initialise(model, train[0], args, verbose)
     os.makedirs(out, exist_ok=True)
     if model is not None:
@@ -166,10 +171,6 @@ def _fit_one(entry_dict, overrides, recipe, weight_decay, train, val, test, out,
                           val_data=val, test_data=test, seed=args.seed, resume=args.resume,
                           verbose=verbose, tensorboard=not args.no_tensorboard,
                           max_steps_per_epoch=args.max_steps_per_epoch, metadata={"name": args.name})
-
-
-def _num_classes(entry_dict, train, test):
-    return int(max(train[1].max(), test[1].max())) + 1
 
 
 def _train(args):
@@ -187,6 +188,15 @@ def _train(args):
         x, y = x[keep], y[keep]
     print(f"{args.name}: {data}, recipe {recipe}", flush=True)
     weight_decay = recipe["weight_decay"]
+    num_classes = int(max(y.max(), data.test[1].max())) + 1
+    if args.validate_only:
+        (x_fit, y_fit), (x_val, y_val) = holdout_split(x, y, int(recipe["holdout"]), seed=args.seed)
+        result = _fit_one(entry_dict, overrides, recipe, weight_decay, (x_fit, y_fit), (x_val, y_val), None,
+                          out, args, verbose, num_classes)
+        print(f"{args.name} {overrides}: held-out accuracy "
+              f"{result['history'][-1].get('val_accuracy', float('nan')):.4f} on {len(x_val)} training images",
+              flush=True)
+        return 0
     if args.tune_weight_decay:
         grid = (recipe.get("weight_decay_grid") or [0.0] if args.tune_weight_decay == "preset"
                 else [float(v) for v in args.tune_weight_decay.split(",")])
@@ -194,7 +204,7 @@ def _train(args):
         scores = {}
         for value in grid:
             result = _fit_one(entry_dict, overrides, recipe, value, (x_fit, y_fit), (x_val, y_val), None,
-                              os.path.join(out, "tune", f"wd={value:g}"), args, verbose)
+                              os.path.join(out, "tune", f"wd={value:g}"), args, verbose, num_classes)
             scores[value] = result["history"][-1].get("val_accuracy", float("nan"))
             print(f"weight decay {value:g}: held-out accuracy {scores[value]:.4f}", flush=True)
         weight_decay = max(scores, key=lambda v: scores[v])
@@ -202,7 +212,8 @@ def _train(args):
             json.dump({"holdout": int(recipe["holdout"]), "scores": {f"{k:g}": v for k, v in scores.items()},
                        "chosen": weight_decay}, handle, indent=1)
         print(f"chosen weight decay: {weight_decay:g}", flush=True)
-    result = _fit_one(entry_dict, overrides, recipe, weight_decay, (x, y), None, data.test, out, args, verbose)
+    result = _fit_one(entry_dict, overrides, recipe, weight_decay, (x, y), None, data.test, out, args, verbose,
+                      num_classes)
     test = result.get("test", {})
     print(f"{args.name}: test accuracy {test.get('accuracy', float('nan')):.4f} "
           f"(loss {test.get('loss', float('nan')):.4f}); model {result['model_path']}; "

@@ -197,7 +197,8 @@ def simnet_patch_labeling(n=400, p=2, weighted=True, xi1=1.0, xi2=0.0, learn_xi=
     else:
         x, kernel = inputs, patch
     x = Similarity(n, kernel, similarity=similarity, weighted=weighted, p=p_value, learn_p=learn_p,
-                   templates_initializer="random_normal", weights_initializer="ones",
+                   templates_initializer=keras.initializers.RandomNormal(stddev=1.0, seed=0),
+                   weights_initializer="ones",
                    weights_regularizer=regularizer, name="similarity")(x)
     x = Mex(num_instances=num_classes, xi=xi1, learn_xi=learn_xi, offsets=regions,
             offsets_regularizer=regularizer, name="mex_templates")(x)
