@@ -62,9 +62,11 @@ def _shipped_simnet(n, p, paper, weights, sha256, accuracy):
 
 PRESETS = {
     "simnet_cifar10_l1": _shipped_simnet(100, 1, {"accuracy": 0.768, "where": "Sec. 6.1, Fig. 4 (n = 400)"},
-                                         None, None, None),
+                                         "simnet_cifar10_l1.keras",
+                                         "d94d1fcec64dd1b2232f835a4bc8b7ab97a8d996493c44f48a2d6dfae49b31e9", 0.5971),
     "simnet_cifar10_l2": _shipped_simnet(100, 2, {"accuracy": 0.771, "where": "Sec. 6.1, Fig. 4 (n = 400)"},
-                                         None, None, None),
+                                         "simnet_cifar10_l2.keras",
+                                         "7ba055b6908b0383fe1555a26b4a739d36d6b6108712c92d6226234d07555d4c", 0.5968),
     "simnet_cifar10_wl1_n400": _simnet(400, 1, True, {"accuracy": 0.768, "where": "Sec. 6.1, Fig. 4"}),
     "simnet_cifar10_wl2_n400": _simnet(400, 2, True, {"accuracy": 0.771, "where": "Sec. 6.1, Fig. 4"}),
     "simnet_cifar10_wl1_n200": _simnet(200, 1, True, {"accuracy": 0.760, "where": "Sec. 6.3"}),
