@@ -12,7 +12,8 @@ import pytest
 
 import kernelzoo
 from kernelzoo.export import ExportError, OnnxPredictor, UnsupportedLayerError, serving_spec, to_onnx, to_saved_model
-from kernelzoo.export.verify import MAX_ABS_GOAL, artifact_outputs, compare, make_inputs, verify_artifact
+from kernelzoo.export.verify import (MAX_ABS_GOAL, artifact_outputs, compare, float32_tolerance, format_report,
+                                     make_inputs, verify_artifact)
 from kernelzoo.layers import Mex, Similarity
 from kernelzoo.ops import implementation
 from kernelzoo.zoo import registry
@@ -106,7 +107,7 @@ def exported(tmp_path_factory):
 def _check_parity(report, n):
     assert report["n"] == n
     assert report["nan_mismatch"] == 0
-    assert report["max_abs"] <= MAX_ABS_GOAL, report
+    assert report["max_abs"] <= float32_tolerance(report["max_reference"]), report
     assert report.get("top1_agreement", 1.0) == 1.0, report
 
 
@@ -375,6 +376,18 @@ def test_compare_counts_ties_as_agreement():
     assert report["top1_agreement"] == 1.0 and report["top1_exact"] == 0.5
     assert report["max_abs"] == pytest.approx(1.5)
     assert compare(reference, reference + [[0, 0, 0], [3.0, 0, 0]])["top1_agreement"] == 0.5
+
+
+def test_float32_tolerance_is_absolute_for_small_outputs_relative_for_large():
+    assert float32_tolerance(3.0) == MAX_ABS_GOAL
+    assert float32_tolerance(7.3e4) == pytest.approx(0.073)
+    reference = np.array([[-73000.0, -73004.0, -73010.0]])
+    report = compare(reference, reference + [[0.03, 0.0, 0.0]])
+    assert report["max_reference"] == 73010.0
+    assert report["max_abs"] <= float32_tolerance(report["max_reference"])
+    assert compare(reference, reference + [[0.5, 0.0, 0.0]])["max_abs"] > float32_tolerance(73010.0)
+    lines = format_report(dict(report, inputs="given", output="logits", ok=False, ok_float32=True))
+    assert "parity goal" in lines and "NOT met" in lines and "float32 goal" in lines and "spacing is 0.0078" in lines
 
 
 # --- command line ---------------------------------------------------------------------------------
