@@ -72,7 +72,7 @@ def _export(args):
     report = verify_artifact(model, path, data_dir=args.data_dir, num=args.num, input_dtype=args.input_dtype,
                              head=args.head)
     print(format_report(report, artifact=fmt))
-    return 0 if report["ok"] else 1
+    return 0 if report["ok_float32"] else 1
 
 
 def load_model(name, pretrained_optional=False):
