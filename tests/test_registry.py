@@ -46,6 +46,12 @@ def test_shipped_weights_match_sha256_and_load(name):
     assert f"{entry['metrics']['value']:.4f}" in card(name)
 
 
+@pytest.mark.parametrize("evaluate", [evaluate_kernelnet, evaluate_simnet])
+def test_evaluate_rejects_unknown_names(evaluate):
+    with pytest.raises(ValueError, match="name"):
+        evaluate("no_such_model")
+
+
 def test_sha256_mismatch_is_refused(monkeypatch):
     name = next(name for name in SHIPPED if name in presets.PRESETS)
     broken = dict(presets.PRESETS[name], sha256="0" * 64)
