@@ -32,6 +32,17 @@ def nonnegative_float(value, name):
     return value
 
 
+def image_shape(value, name="input_shape"):
+    """(height, width, channels) as a tuple of positive ints."""
+    try:
+        shape = tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"`{name}` must be (height, width, channels), got {value!r}") from None
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"`{name}` must be 3 positive ints (height, width, channels), got {value!r}")
+    return shape
+
+
 def _int_at_least(value, name, minimum, description):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"`{name}` must be {description}, got {value!r}")

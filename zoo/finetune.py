@@ -172,7 +172,8 @@ def adapt_model(model, num_classes, input_shape, *, freeze="features", spatial="
     """
     freeze = _choice("freeze", freeze, FREEZE_MODES)
     num_classes = _num_classes(num_classes)
-    source = _source_shape(input_shape)
+    from kernelzoo.ops.checks import image_shape
+    source = image_shape(input_shape)
     head, kind = find_head(model)
     if isinstance(model, keras.Sequential):  # its layer graph as a functional model (same layers)
         model = keras.Model(model.inputs[0], model.outputs[0], name=model.name)
@@ -325,16 +326,6 @@ def _num_classes(value):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 2:
         raise ValueError(f"`num_classes` must be an int >= 2, got {value!r}")
     return int(value)
-
-
-def _source_shape(shape):
-    try:
-        shape = tuple(int(d) for d in shape)
-    except (TypeError, ValueError):
-        raise ValueError(f"`input_shape` must be (height, width, channels), got {shape!r}") from None
-    if len(shape) != 3 or min(shape) < 1:
-        raise ValueError(f"`input_shape` must be 3 positive ints (height, width, channels), got {shape!r}")
-    return shape
 
 
 def _data(data, name, num_classes, shape=None):

@@ -189,8 +189,9 @@ def _train(args):
     print(f"{args.name}: {data}, recipe {recipe}", flush=True)
     weight_decay = recipe["weight_decay"]
     num_classes = int(max(y.max(), data.test[1].max())) + 1
-    if args.validate_only:
+    if args.validate_only or args.tune_weight_decay:
         (x_fit, y_fit), (x_val, y_val) = holdout_split(x, y, int(recipe["holdout"]), seed=args.seed)
+    if args.validate_only:
         result = _fit_one(entry_dict, overrides, recipe, weight_decay, (x_fit, y_fit), (x_val, y_val), None,
                           out, args, verbose, num_classes)
         print(f"{args.name} {overrides}: held-out accuracy "
@@ -200,7 +201,6 @@ def _train(args):
     if args.tune_weight_decay:
         grid = (recipe.get("weight_decay_grid") or [0.0] if args.tune_weight_decay == "preset"
                 else [float(v) for v in args.tune_weight_decay.split(",")])
-        (x_fit, y_fit), (x_val, y_val) = holdout_split(x, y, int(recipe["holdout"]), seed=args.seed)
         scores = {}
         for value in grid:
             result = _fit_one(entry_dict, overrides, recipe, value, (x_fit, y_fit), (x_val, y_val), None,

@@ -22,7 +22,7 @@ import numpy as np
 from keras import ops
 
 from kernelzoo.layers import Mex, Similarity
-from kernelzoo.ops.checks import nonnegative_float, positive_int
+from kernelzoo.ops.checks import image_shape, nonnegative_float, positive_int
 from kernelzoo.ops.shapes import normalize_tuple, output_size
 from kernelzoo.zoo.preprocessing import BrightnessContrastNormalization, PatchWhitening
 
@@ -117,16 +117,6 @@ class TriangleCoding(keras.layers.Layer):
         return config
 
 
-def _input_shape(input_shape):
-    try:
-        shape = tuple(int(v) for v in input_shape)
-    except (TypeError, ValueError):
-        raise ValueError(f"`input_shape` must be (height, width, channels), got {input_shape!r}") from None
-    if len(shape) != 3 or min(shape) < 1:
-        raise ValueError(f"`input_shape` must be 3 positive ints (height, width, channels), got {input_shape!r}")
-    return shape
-
-
 def _decay(value, name):
     value = nonnegative_float(value, name)
     # SGD weight decay wd (gradient += wd * w) is the loss term (wd / 2) * ||w||^2.
@@ -168,7 +158,7 @@ def simnet_patch_labeling(n=400, p=2, weighted=True, xi1=1.0, xi2=0.0, learn_xi=
     """
     n = positive_int(n, "n")
     num_classes = positive_int(num_classes, "num_classes")
-    shape = _input_shape(input_shape)
+    shape = image_shape(input_shape)
     patch = normalize_tuple(patch_size, "patch_size")
     regions = normalize_tuple(offset_regions, "offset_regions")
     if learn_p:
@@ -223,7 +213,7 @@ def convnet_baseline(n=400, patch_size=6, pool_grid=(2, 2), dropout=0.5, num_cla
     """
     n = positive_int(n, "n")
     num_classes = positive_int(num_classes, "num_classes")
-    shape = _input_shape(input_shape)
+    shape = image_shape(input_shape)
     patch = normalize_tuple(patch_size, "patch_size")
     try:
         dropout = float(dropout)
@@ -255,7 +245,7 @@ def coates_baseline(n=1600, patch_size=6, pool_grid=(2, 2), train_templates=Fals
     """
     n = positive_int(n, "n")
     num_classes = positive_int(num_classes, "num_classes")
-    shape = _input_shape(input_shape)
+    shape = image_shape(input_shape)
     patch = normalize_tuple(patch_size, "patch_size")
     regularizer = _decay(weight_decay, "weight_decay")
     inputs = keras.Input(shape, name="image")
