@@ -58,6 +58,34 @@ def selected_implementation():
     return "composite"
 
 
+def describe_implementation():
+    """Which implementation the ops use here and why, as printable lines (demo, bug reports)."""
+    chosen = selected_implementation()
+    lines = [f"kernelzoo ops implementation: {chosen} (Keras backend: {keras.backend.backend()})"]
+    mode = getattr(_override, "name", None) or os.environ.get("KERNELZOO_OPS", "auto").lower()
+    if chosen == "custom":
+        from kernelzoo.ops import library
+        info = library.build_info()
+        lines += [f"  op library: {info.path}",
+                  f"  target: {info.variant} ({' '.join(info.arch_flags) or 'no -march'})"
+                  + (" after failed builds with " + "; ".join(" ".join(f) for _, f, _ in info.failed)
+                     if info.fell_back else ""),
+                  "  kernels: " + ", ".join(f"{name} ({device})" for name, device in library.kernels())]
+    elif mode == "composite":
+        lines.append("  reason: forced by KERNELZOO_OPS=composite or kernelzoo.ops.implementation('composite')")
+    elif keras.backend.backend() != "tensorflow":
+        lines.append("  reason: the custom ops are TensorFlow ops; this Keras backend runs the composite")
+    elif _gpu_visible():
+        lines.append("  reason: a GPU is visible and the op library has no GPU kernels yet")
+    else:
+        from kernelzoo.ops import library
+        reason = (library.failure_reason() or "unknown").strip().splitlines()
+        first_error = next((line.strip() for line in reason[1:] if "error" in line.lower()), "")
+        lines.append(f"  reason (FALLBACK): {reason[0]}" + (f"\n    {first_error}" if first_error else ""))
+        lines.append("  run `kernelzoo build-ops` to see the compiler output")
+    return "\n".join(lines)
+
+
 @functools.lru_cache(maxsize=None)
 def _gpu_visible():
     import tensorflow as tf

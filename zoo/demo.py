@@ -31,11 +31,7 @@ def run(args, command):
 
     rng = np.random.default_rng(args.seed)
     chosen = ops.selected_implementation()
-    print(f"kernelzoo ops implementation: {chosen} (Keras backend: {keras.backend.backend()})")
-    if chosen == "custom":
-        from kernelzoo.ops import library
-        print(f"  op library: {library.build()}")
-        print("  kernels: " + ", ".join(f"{name} ({device})" for name, device in library.kernels()))
+    print(ops.describe_implementation())
 
     x = rng.normal(size=(4, 16, 16, 8)).astype("float32")
     kernel = rng.normal(size=(3, 3, 8, 16)).astype("float32")

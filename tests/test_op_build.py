@@ -1,0 +1,154 @@
+"""The op library builds and loads on this CPU with every target flag set, and failures are loud.
+
+Each flag variant is built in a subprocess (one op library per process: the ops
+register once) into the shared cache, so later runs reuse it. Only a machine
+without a C++ compiler may skip.
+"""
+import json
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+
+from kernelzoo.ops import library
+
+if library._compiler() is None:
+    pytest.skip("no C++ compiler: the custom ops cannot be built", allow_module_level=True)
+
+X86 = platform.machine().lower() in ("x86_64", "amd64")
+
+
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as handle:
+            return next((line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), [])
+    except OSError:
+        return []
+
+
+# Builds the library with $KERNELZOO_ARCH_FLAGS, then compares custom and composite on small configs.
+_VARIANT_SCRIPT = r"""
+import json, warnings
+import numpy as np
+from kernelzoo import ops
+from kernelzoo.ops import library
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    library.load()
+info = library.build_info()
+rng = np.random.default_rng(0)
+x = rng.normal(size=(2, 9, 8, 3)).astype("float32")
+x[0, 1, 2, 0] = np.nan
+z = rng.normal(size=(3, 2, 3, 5)).astype("float32")
+u = rng.uniform(0.2, 2.0, size=z.shape).astype("float32")
+offsets = rng.normal(size=(2, 2, 4, 2, 2, 3)).astype("float32")
+cases = {
+    "l1": lambda: ops.similarity(x, z, u, similarity="l1", padding="same", ignore_nan=True),
+    "l2": lambda: ops.similarity(x, z, u, similarity="l2", strides=2, ignore_nan=True),
+    "lp": lambda: ops.similarity(x, z, u, similarity="lp", p=np.linspace(0.7, 2.5, 5).astype("float32"),
+                                 ignore_nan=True),
+    "linear": lambda: ops.similarity(np.nan_to_num(x), z, u, similarity="linear"),
+    "mex": lambda: ops.mex(np.nan_to_num(x), 0.7, num_instances=4, pool_size=2, offsets=offsets, c=0.5),
+}
+errors = {}
+for name, case in cases.items():
+    with ops.implementation("custom"):
+        custom = np.asarray(case())
+    with ops.implementation("composite"):
+        reference = np.asarray(case())
+    errors[name] = float(np.max(np.abs(custom - reference)) / max(1.0, np.max(np.abs(reference))))
+print(json.dumps({"variant": info.variant, "arch_flags": list(info.arch_flags),
+                  "failed": [[v, list(f), m[-3000:]] for v, f, m in info.failed], "errors": errors,
+                  "warnings": [str(w.message) for w in caught]}))
+"""
+
+
+def _build_variant(arch_flags):
+    env = dict(os.environ, KERNELZOO_ARCH_FLAGS=arch_flags, KERNELZOO_OPS="auto")
+    result = subprocess.run([sys.executable, "-c", _VARIANT_SCRIPT], env=env, capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_custom_ops_load_with_the_default_flags_whenever_a_compiler_exists():
+    """No silent fallback: where a compiler exists the library must load, built with the first flag set."""
+    library.load()
+    info = library.build_info()
+    assert not info.fell_back, f"the op library fell back to {info.arch_flags}: {info.failed}"
+    if X86 and not os.environ.get(library.ARCH_FLAGS_ENV):
+        assert info.variant == "native" and "-mno-avx512fp16" in info.arch_flags
+    assert info.cpu_features, "the compiler reported no instruction-set macros for the target flags"
+
+
+@pytest.mark.skipif(not X86, reason="x86-64 flag variants")
+@pytest.mark.parametrize("arch_flags", ["-march=native -mno-avx512fp16", "-march=x86-64-v3", "-march=x86-64-v2"])
+def test_each_flag_variant_builds_loads_and_matches_the_composite(arch_flags):
+    result = _build_variant(arch_flags)
+    assert result["arch_flags"] == arch_flags.split() and not result["failed"], result
+    assert all(error < 1e-5 for error in result["errors"].values()), result["errors"]
+
+
+@pytest.mark.skipif("avx512_fp16" not in _cpu_flags(), reason="the CPU has no AVX512-FP16")
+def test_avx512fp16_enabled_explicitly_falls_back_to_portable_flags_loudly():
+    """TF's Eigen does not compile with AVX512-FP16: the build retries with x86-64-v3 and says so."""
+    result = _build_variant("-march=native -mavx512fp16")
+    assert [v for v, _, _ in result["failed"]] == ["$KERNELZOO_ARCH_FLAGS"], result
+    assert "PacketMathFP16" in result["failed"][0][2] or "error" in result["failed"][0][2]
+    assert result["arch_flags"] == ["-march=x86-64-v3"]
+    assert any("kernelzoo build-ops" in w and "-mavx512fp16" in w for w in result["warnings"]), result["warnings"]
+    assert all(error < 1e-5 for error in result["errors"].values()), result["errors"]
+
+
+def test_a_failing_compiler_is_loud_everywhere(tmp_path):
+    """build-ops exits non-zero with the compiler's message; the first op call warns with it and the command."""
+    compiler, log = tmp_path / "cxx", tmp_path / "compiles.log"
+    compiler.write_text(f"#!/bin/sh\ncase \" $* \" in *\" -c \"*) echo compile >> {log}; "
+                        "echo 'boom: simulated compiler error' >&2; exit 1;; esac\nexit 0\n")
+    compiler.chmod(0o755)
+    env = dict(os.environ, CXX=str(compiler), KERNELZOO_CACHE=str(tmp_path / "cache"), KERNELZOO_OPS="auto")
+    env.pop(library.ARCH_FLAGS_ENV, None)
+    build = subprocess.run([sys.executable, "-m", "kernelzoo.cli", "build-ops"], env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert build.returncode != 0
+    assert "boom: simulated compiler error" in build.stderr
+    for flags in ("-march=native", "-march=x86-64-v3", "-march=x86-64-v2") if X86 else ():
+        assert flags in build.stderr
+    compiles = log.read_text().count("compile")
+    script = ("import warnings, numpy as np\n"
+              "from kernelzoo import ops\n"
+              "with warnings.catch_warnings(record=True) as caught:\n"
+              "    warnings.simplefilter('always')\n"
+              "    ops.similarity(np.ones((1, 4, 4, 2), 'float32'), np.zeros((2, 2, 2, 3), 'float32'), similarity='l1')\n"
+              "    ops.mex(np.ones((1, 4, 4, 2), 'float32'), 1.0)\n"
+              "print([str(w.message) for w in caught if 'custom op library' in str(w.message)])\n"
+              "print(ops.describe_implementation())\n")
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    messages, report = run.stdout.split("\n", 1)
+    assert messages.count("custom op library") == 1  # warned once
+    assert "boom: simulated compiler error" in messages and "kernelzoo build-ops" in messages
+    assert "composite" in report and "FALLBACK" in report and "kernelzoo build-ops" in report
+    assert log.read_text().count("compile") == compiles  # the failures were remembered, not recompiled
+
+
+def test_clean_removes_failure_notes_of_other_sources(tmp_path):
+    keep = tmp_path / f"{library.LIB_PREFIX}current.so"
+    old_note = tmp_path / f"{library.LIB_PREFIX}old.so.failed"
+    for path in (keep, old_note):
+        path.write_text("x")
+    assert library.remove_stale_libraries(str(keep)) == [str(old_note)]
+    assert keep.exists() and not old_note.exists()
+
+
+def test_arch_candidates_start_with_the_override_then_retry_portable(monkeypatch):
+    monkeypatch.setenv(library.ARCH_FLAGS_ENV, "-march=skylake -mtune=generic")
+    candidates = library.arch_candidates()
+    assert candidates[0] == ("$KERNELZOO_ARCH_FLAGS", ("-march=skylake", "-mtune=generic"))
+    if X86:
+        assert [flags for _, flags in candidates[1:]] == [("-march=x86-64-v3",), ("-march=x86-64-v2",)]
+    monkeypatch.delenv(library.ARCH_FLAGS_ENV)
+    if X86:
+        assert library.arch_candidates()[0] == ("native", ("-march=native", "-mno-avx512fp16"))
