@@ -24,7 +24,6 @@ def add_arguments(parser, command):
 
 
 def run(args, command):
-    import keras
     import tensorflow as tf
 
     from kernelzoo import ops
