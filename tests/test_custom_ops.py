@@ -98,6 +98,75 @@ def test_similarity_nan_propagates_without_ignore_nan(lib):
         assert np.isnan(y[0, 0, 0]).all() and not np.isnan(y[0, 1:, 1:]).any(), kind
 
 
+# p per template: below 1, 1, 2, large, and in between; 21 templates (SIMD tails).
+LP_EDGE_P = np.array([0.3, 0.5, 0.7, 1.0, 1.0, 1.5, 2.0, 2.0, 3.0, 6.0, 10.0,
+                      0.9, 1.2, 2.5, 4.0, 8.0, 1.0, 2.0, 0.6, 1.7, 5.0], "float32")
+
+
+@pytest.mark.parametrize("padding,ignore_nan", [("valid", False), ("same", True)])
+def test_lp_similarity_edge_cases(lib, padding, ignore_nan):
+    """x and z on one small integer grid (many |x - z| = 0: value and gradients 0, no NaN)."""
+    rng = np.random.default_rng(3)
+    n = LP_EDGE_P.size
+    x = rng.integers(-2, 3, size=(2, 6, 7, 3)).astype("float32")
+    if ignore_nan:
+        x[0, 2, 3, 1] = np.nan
+        x[1, 0, :, :] = np.nan
+    z = rng.integers(-2, 3, size=(3, 3, 3, n)).astype("float32")
+    u = rng.uniform(0.2, 1.5, size=z.shape).astype("float32")
+    kw = dict(similarity="lp", strides=(1, 1), padding=padding, ignore_nan=ignore_nan)
+    y, grads = _value_and_grads(lambda *a: custom.similarity(*a, **kw), [x, z, u, LP_EDGE_P])
+    y_ref, grads_ref = _value_and_grads(lambda *a: composite.similarity(*a, **kw),
+                                        [x, z, u, LP_EDGE_P])
+    assert not np.isnan(y).any() and all(not np.isnan(g).any() for g in grads)
+    # per template (|x - z|^10 would hide the p < 1 columns), p gradient per entry
+    for l, p_l in enumerate(LP_EDGE_P):
+        _rel_close(y[..., l], y_ref[..., l], 1e-5, f"output, p = {p_l}")
+        _rel_close(grads[1][..., l], grads_ref[1][..., l], 1e-4, f"grad templates, p = {p_l}")
+        _rel_close(grads[2][..., l], grads_ref[2][..., l], 1e-4, f"grad weights, p = {p_l}")
+    np.testing.assert_allclose(grads[3], grads_ref[3], rtol=1e-4, err_msg="grad p")
+    _rel_close(grads[0], grads_ref[0], 1e-4, "grad inputs")
+    # p = 1 is l1 and p = 2 is l2, values and gradients
+    for p_value, kind in [(1.0, "l1"), (2.0, "l2")]:
+        pick = np.flatnonzero(LP_EDGE_P == p_value)
+        kw_k = dict(kw, similarity=kind)
+        y_k, grads_k = _value_and_grads(
+            lambda *a: custom.similarity(*a, **kw_k), [x, z[..., pick], u[..., pick], LP_EDGE_P[pick]])
+        _rel_close(y[..., pick], y_k, 1e-5, f"p = {p_value} output")
+        _, grads_p = _value_and_grads(
+            lambda *a: tf.gather(custom.similarity(*a, **kw), pick, axis=-1), [x, z, u, LP_EDGE_P])
+        _rel_close(grads_p[1][..., pick], grads_k[1], 1e-4, f"p = {p_value} grad templates")
+        _rel_close(grads_p[2][..., pick], grads_k[2], 1e-4, f"p = {p_value} grad weights")
+
+
+def test_lp_similarity_non_finite_chunks(lib):
+    """Chunks holding NaN, inf or huge x take the kernel's special-case path: same results elsewhere."""
+    rng = np.random.default_rng(5)
+    n = LP_EDGE_P.size
+    x = rng.normal(size=(2, 6, 6, 2)).astype("float32")
+    z = rng.normal(size=(2, 2, 2, n)).astype("float32")
+    u = rng.uniform(0.2, 1.5, size=z.shape).astype("float32")
+    kw = dict(similarity="lp", strides=(1, 1), padding="valid", ignore_nan=False)
+    y, (gx, _, _, _) = _value_and_grads(lambda *a: custom.similarity(*a, **kw), [x, z, u, LP_EDGE_P])
+    for bad in [np.nan, np.inf, 3e38]:  # 3e38: |x - z| may overflow
+        x_bad = x.copy()
+        x_bad[1, 0, 0, 0] = bad
+        y_bad, (gx_bad, _, _, _) = _value_and_grads(lambda *a: custom.similarity(*a, **kw),
+                                                    [x_bad, z, u, LP_EDGE_P])
+        if np.isnan(bad):
+            np.testing.assert_array_equal(y_bad[1, 0, 0], np.full(n, np.nan, "float32"))
+        else:  # inf: -inf; 3e38: -inf where p > 1, finite where p < 1
+            y_ref = composite.similarity(x_bad, z, u, LP_EDGE_P, **kw).numpy()
+            np.testing.assert_allclose(y_bad[1, 0, 0], y_ref[1, 0, 0], rtol=1e-5)
+            assert np.isinf(y_bad[1, 0, 0]).any()
+            assert np.isfinite(y_bad[1, 0, 0]).any() == np.isfinite(bad)
+        _rel_close(y_bad[1, 1:, 1:], y[1, 1:, 1:], 1e-5, f"{bad}: other outputs")
+        _rel_close(y_bad[0], y[0], 0.0, f"{bad}: other image")
+        # the input gradient of an entry depends on that entry only
+        kept = x_bad == x
+        _rel_close(gx_bad[kept], gx[kept], 1e-5, f"{bad}: grad inputs")
+
+
 @pytest.mark.parametrize("kind", ["l1", "l2", "lp", "linear"])
 def test_similarity_numerical_gradient(lib, kind):
     rng = np.random.default_rng(7)

@@ -46,8 +46,10 @@ KZ_HOST_DEVICE inline float SimilarityPhi(SimilarityKind kind, float x, float z,
       const float t = x - z;
       return -t * t;
     }
-    default:
-      return -powf(fabsf(x - z), p);
+    default: {
+      const float a = fabsf(x - z);
+      return a == 0.f ? 0.f : -powf(a, p);  // 0 at t = 0 for every p
+    }
   }
 }
 

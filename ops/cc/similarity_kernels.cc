@@ -8,7 +8,9 @@
 //      linear: out = X (U*Z)
 //      l2:     out = -(X^2 U - 2 X (U*Z) + M (U*Z^2))   (M: non-NaN mask)
 //  * l1, lp: a register-blocked direct loop (tile of positions x block of
-//    templates, innermost over templates, SIMD).
+//    templates, innermost over templates, SIMD); lp evaluates |x - z|^p as
+//    2^(p log2|x - z|) with the polynomial Log2Fast / Exp2Fast of
+//    cpu_util.h (and IEEE special cases for chunks with NaN, inf or huge x).
 // Backward passes scatter patch gradients into the input gradient; chunks are
 // run in two waves (even bands, then odd bands) so no two concurrent chunks
 // touch the same input rows. Template/weight/p gradients use per-thread double
@@ -19,6 +21,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "Eigen/Core"
@@ -115,14 +118,18 @@ void Col2Im(const WindowGeometry& g, const float* GX, int64_t ldg, int64_t image
 
 // ------------------------------------------------------- shared prologue --
 // Templates/weights repacked as (D, npad) with zero padding of the template
-// axis to a multiple of the SIMD block.
+// axis to a multiple of the SIMD block; for lp also p (npad), padded with ones,
+// and whether p is finite and every |z| < kLpFastLimit (lp's fast path).
+constexpr float kLpFastLimit = 0x1p126f;  // |x|, |z| below: |x - z| < 2^127
+
 struct Packed {
   int64_t npad = 0;
-  std::vector<float> z, u;
+  std::vector<float> z, u, p;
+  bool lp_fast = true;
 };
 
 Packed Pack(const float* templates, const float* weights, int64_t D, int64_t n,
-            int64_t multiple) {
+            int64_t multiple, const float* p = nullptr) {
   Packed pk;
   pk.npad = RoundUp(std::max<int64_t>(n, 1), multiple);
   pk.z.assign(D * pk.npad, 0.f);
@@ -130,6 +137,12 @@ Packed Pack(const float* templates, const float* weights, int64_t D, int64_t n,
   for (int64_t d = 0; d < D; ++d) {
     std::memcpy(&pk.z[d * pk.npad], templates + d * n, n * sizeof(float));
     std::memcpy(&pk.u[d * pk.npad], weights + d * n, n * sizeof(float));
+  }
+  if (p != nullptr) {
+    pk.p.assign(pk.npad, 1.f);
+    std::memcpy(pk.p.data(), p, n * sizeof(float));
+    for (int64_t i = 0; i < D * n; ++i) pk.lp_fast &= std::fabs(templates[i]) < kLpFastLimit;
+    for (int64_t l = 0; l < n; ++l) pk.lp_fast &= std::isfinite(p[l]);
   }
   return pk;
 }
@@ -240,64 +253,176 @@ inline void L1BackwardTile(const float* X, int64_t D, const float* G, int64_t np
   }
 }
 
-// ------------------------------------------------------------ lp (scalar) --
-void LpForwardChunk(const float* X, int64_t rows, int64_t D, const float* z,
-                    const float* u, const float* pv, int64_t n, bool skip_nan,
-                    float* out) {
-  std::vector<float> acc(n);
-  for (int64_t r = 0; r < rows; ++r) {
-    std::fill(acc.begin(), acc.end(), 0.f);
-    for (int64_t d = 0; d < D; ++d) {
-      const float x = X[r * D + d];
-      if (skip_nan && x != x) continue;
-      const float* zr = z + d * n;
-      const float* ur = u + d * n;
-      for (int64_t l = 0; l < n; ++l) acc[l] += ur[l] * powf(fabsf(x - zr[l]), pv[l]);
+// -------------------------------------------------------------------- lp --
+// The l1 loops with |t|^p = 2^(p log2|t|) (t = x - z) by SIMD polynomials.
+// Fast path (Log2Fast / Exp2Fast): finite |t| (all |x|, |z| below
+// kLpFastLimit, NaN x skipped) and finite p. kExact (Log, and Exp2Fast with
+// NaN passed through: IEEE special cases) for a chunk holding an unskipped
+// NaN, an inf or a huge x, or when some |z| or p is out of range. |t| = 0
+// gives 0 and zero gradients (as composite._safe_pow), for every p.
+template <bool kExact>
+inline VF LpLog2(VF a) {
+  return kExact ? Log(a) * 1.44269504088896341f : Log2Fast(a);
+}
+template <bool kExact>
+inline VF LpExp2(VF y) {
+  return kExact ? Select(y != y, y, Exp2Fast(y)) : Exp2Fast(y);
+}
+inline VF ZeroWhere(VI zero, VF v) { return (VF)((VI)v & ~zero); }
+
+// Register blocking of the lp loops (their arithmetic needs the registers
+// that l1 spends on accumulators).
+constexpr int kLpFwdPT = 4, kLpFwdLV = 2, kLpBwdPT = 4;
+constexpr int kLpFwdLB = kLpFwdLV * kVL;
+static_assert(kLpFwdPT <= kPT && kLpBwdPT <= kPT, "scratch rows are padded to kPT");
+
+template <int PT, int LV, bool kSkipNaN, bool kExact>
+inline void LpForwardTile(const float* X, int64_t ldx, int64_t D, const float* z,
+                          const float* u, const float* p, int64_t npad, float* out,
+                          int64_t ldo) {
+  VF acc[PT][LV], pv[LV];
+  for (int v = 0; v < LV; ++v) pv[v] = LoadU(p + v * kVL);
+  for (int q = 0; q < PT; ++q)
+    for (int v = 0; v < LV; ++v) acc[q][v] = VF{};
+  for (int64_t d = 0; d < D; ++d) {
+    VF zv[LV], uv[LV];
+    for (int v = 0; v < LV; ++v) {
+      zv[v] = LoadU(z + d * npad + v * kVL);
+      uv[v] = LoadU(u + d * npad + v * kVL);
     }
-    for (int64_t l = 0; l < n; ++l) out[r * n + l] = -acc[l];
+    for (int q = 0; q < PT; ++q) {
+      const float x = X[q * ldx + d];
+      if (kSkipNaN && x != x) continue;
+      const VF xb = Splat(x);
+      for (int v = 0; v < LV; ++v) {
+        const VF a = Abs(xb - zv[v]);
+        const VF pw = LpExp2<kExact>(pv[v] * LpLog2<kExact>(a));
+        acc[q][v] += uv[v] * ZeroWhere(a == 0.f, pw);
+      }
+    }
+  }
+  for (int q = 0; q < PT; ++q)
+    for (int v = 0; v < LV; ++v) StoreU(out + q * ldo + v * kVL, -acc[q][v]);
+}
+
+// As L1ForwardChunk; pk.p holds p padded to npad with ones.
+template <bool kSkipNaN, bool kExact>
+void LpForwardChunk(const float* X, int64_t rows, int64_t D, const Packed& pk,
+                    int64_t n, float* out, float* tile) {
+  for (int64_t r0 = 0; r0 < rows; r0 += kLpFwdPT) {
+    const int64_t pr = std::min<int64_t>(kLpFwdPT, rows - r0);
+    for (int64_t l0 = 0; l0 < n; l0 += kLpFwdLB) {
+      const int64_t lb = std::min<int64_t>(kLpFwdLB, n - l0);
+      float* dst = (pr == kLpFwdPT && lb == kLpFwdLB) ? out + r0 * n + l0 : tile;
+      const int64_t ldo = (dst == tile) ? kLpFwdLB : n;
+      LpForwardTile<kLpFwdPT, kLpFwdLV, kSkipNaN, kExact>(
+          X + r0 * D, D, D, pk.z.data() + l0, pk.u.data() + l0, pk.p.data() + l0,
+          pk.npad, dst, ldo);
+      if (dst == tile) {
+        for (int64_t q = 0; q < pr; ++q)
+          std::memcpy(out + (r0 + q) * n + l0, tile + q * kLpFwdLB, lb * sizeof(float));
+      }
+    }
   }
 }
 
-void LpBackwardChunk(const float* X, int64_t rows, int64_t D, const float* z,
-                     const float* u, const float* pv, int64_t n, bool skip_nan,
-                     const float* G, float* GX, double* gz, double* gu, double* gp) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* g = G + r * n;
-    for (int64_t d = 0; d < D; ++d) {
-      const float x = X[r * D + d];
-      if (skip_nan && x != x) {
-        GX[r * D + d] = 0.f;
-        continue;
-      }
-      const float* zr = z + d * n;
-      const float* ur = u + d * n;
-      double* gzr = gz + d * n;
-      double* gur = gu + d * n;
-      float gx = 0.f;
-      for (int64_t l = 0; l < n; ++l) {
-        const float t = x - zr[l];
-        const float a = fabsf(t);
-        const float pl = pv[l];
-        if (a == 0.f) {
-          gur[l] -= g[l] * powf(0.f, pl);
-          continue;
-        }
-        const float pw = powf(a, pl);
-        const float gl = g[l];
-        const float dz = pl * pw / a * (t > 0.f ? 1.f : (t < 0.f ? -1.f : t));
-        gx -= gl * ur[l] * dz;
-        gzr[l] += gl * ur[l] * dz;
-        gur[l] -= gl * pw;
-        gp[l] -= static_cast<double>(gl * ur[l]) * pw * logf(a);
-      }
-      GX[r * D + d] = gx;
+// For a tile of PT positions, with h = g p |t|^(p-1) sign(t):
+// GX (PT x D) = -sum_l u h; gz (D x npad) += sum_q h;
+// gu += sum_q g |t|^p; gp += sum_q g |t|^p log2|t|.
+// (grad templates = u gz, grad weights = -gu, grad p = -ln 2 sum_d u gp.)
+template <int PT, bool kSkipNaN, bool kExact>
+inline void LpBackwardTile(const float* X, int64_t D, const float* G, int64_t npad,
+                           const float* z, const float* u, const float* p, float* GX,
+                           float* gz, float* gu, float* gp) {
+  const int64_t nv = npad / kVL;
+  for (int64_t d = 0; d < D; ++d) {
+    VF xb[PT], gxv[PT];
+    bool skip[PT];
+    for (int q = 0; q < PT; ++q) {
+      const float x = X[q * D + d];
+      skip[q] = kSkipNaN && (x != x);
+      xb[q] = Splat(skip[q] ? 0.f : x);
+      gxv[q] = VF{};
     }
+    const float* zr = z + d * npad;
+    const float* ur = u + d * npad;
+    for (int64_t v = 0; v < nv; ++v) {
+      const VF zv = LoadU(zr + v * kVL);
+      const VF uv = LoadU(ur + v * kVL);
+      const VF pv = LoadU(p + v * kVL);
+      const VF pm1 = pv - 1.f;
+      VF sz = VF{}, su = VF{}, sp = VF{};
+      for (int q = 0; q < PT; ++q) {
+        if (kSkipNaN && skip[q]) continue;
+        const VF g = LoadU(G + q * npad + v * kVL);
+        const VF t = xb[q] - zv;
+        const VF a = Abs(t);
+        const VF l2 = LpLog2<kExact>(a);
+        const VF pm = LpExp2<kExact>(pm1 * l2);  // |t|^(p-1)
+        const VF gpw = g * ZeroWhere(a == 0.f, pm * a);
+        const VF h = MulSign(g * pv * pm, t);
+        sz += h;
+        gxv[q] += h * uv;
+        su += gpw;
+        sp += gpw * l2;
+      }
+      float* o = gz + d * npad + v * kVL;
+      StoreU(o, LoadU(o) + sz);
+      o = gu + d * npad + v * kVL;
+      StoreU(o, LoadU(o) + su);
+      o = gp + d * npad + v * kVL;
+      StoreU(o, LoadU(o) + sp);
+    }
+    for (int q = 0; q < PT; ++q) GX[q * D + d] = -HSum(gxv[q]);
+  }
+}
+
+template <bool kSkipNaN, bool kExact>
+void LpBackwardChunk(const float* X, int64_t rows, int64_t D, const Packed& pk,
+                     int64_t n, const float* G, float* gtile, float* GX, float* gz,
+                     float* gu, float* gp) {
+  for (int64_t r0 = 0; r0 < rows; r0 += kLpBwdPT) {
+    const int64_t pr = std::min<int64_t>(kLpBwdPT, rows - r0);
+    std::fill(gtile, gtile + kLpBwdPT * pk.npad, 0.f);
+    for (int64_t q = 0; q < pr; ++q)
+      std::memcpy(gtile + q * pk.npad, G + (r0 + q) * n, n * sizeof(float));
+    LpBackwardTile<kLpBwdPT, kSkipNaN, kExact>(X + r0 * D, D, gtile, pk.npad,
+                                               pk.z.data(), pk.u.data(), pk.p.data(),
+                                               GX + r0 * D, gz, gu, gp);
+  }
+}
+
+// True if X (rows x cols, leading dim ldx) holds an entry with |x| >=
+// kLpFastLimit (inf included), or a NaN unless ignore_nan (NaN is skipped).
+bool AnyBeyondLpFastPath(const float* X, int64_t rows, int64_t cols, int64_t ldx,
+                         bool ignore_nan) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* x = X + r * ldx;
+    bool bad = false;
+    if (ignore_nan) {
+      for (int64_t c = 0; c < cols; ++c) bad |= (std::fabs(x[c]) >= kLpFastLimit);
+    } else {
+      for (int64_t c = 0; c < cols; ++c) bad |= !(std::fabs(x[c]) < kLpFastLimit);
+    }
+    if (bad) return true;
+  }
+  return false;
+}
+
+template <typename F>
+void DispatchLp(bool skip_nan, bool exact, F&& f) {
+  if (skip_nan) {
+    if (exact) f(std::true_type(), std::true_type());
+    else f(std::true_type(), std::false_type());
+  } else {
+    if (exact) f(std::false_type(), std::true_type());
+    else f(std::false_type(), std::false_type());
   }
 }
 
 // Per-thread scratch of the CPU functors.
 struct Scratch {
-  std::vector<float> x, gx, g, t0, t1;
+  std::vector<float> x, gx, g, t0, t1, t2;
   std::vector<double> acc0, acc1, acc2;
   bool used = false;
 };
@@ -343,6 +468,8 @@ struct SimilarityFunctor<CPUDevice> {
       }
     } else if (prm.kind == kSimL1) {
       pk = Pack(templates, weights, D, n, kFwdLB);
+    } else {
+      pk = Pack(templates, weights, D, n, kLpFwdLB, p);
     }
 
     SlotPool slots(dev.numThreads() + 2);
@@ -410,9 +537,17 @@ struct SimilarityFunctor<CPUDevice> {
               }
               default: {
                 s.x.resize(max_rows * D);
-                Im2Col(g, input, image, i0, i1, nan_pad ? kNaN : 0.f, s.x.data(), D);
-                LpForwardChunk(s.x.data(), rows, D, templates, weights, p, n,
-                               prm.ignore_nan, out);
+                s.t0.resize(kLpFwdPT * kLpFwdLB);
+                float* X = s.x.data();
+                Im2Col(g, input, image, i0, i1, nan_pad ? kNaN : 0.f, X, D);
+                std::fill(X + rows * D, X + RoundUp(rows, kLpFwdPT) * D, 0.f);
+                const bool skip = prm.ignore_nan && AnyNaN(X, rows, D, D);
+                const bool exact =
+                    !pk.lp_fast || AnyBeyondLpFastPath(X, rows, D, D, prm.ignore_nan);
+                DispatchLp(skip, exact, [&](auto skip_nan, auto exact_math) {
+                  LpForwardChunk<decltype(skip_nan)::value, decltype(exact_math)::value>(
+                      X, rows, D, pk, n, out, s.t0.data());
+                });
               }
             }
           }
@@ -455,12 +590,15 @@ struct SimilarityGradFunctor<CPUDevice> {
         }
     } else if (prm.kind == kSimL1) {
       pk = Pack(templates, weights, D, n, kVL);
+    } else {
+      pk = Pack(templates, weights, D, n, kVL, p);
     }
     // Accumulator sizes (doubles, per slot).
     //  linear: acc0 = X^T g (D x n)
     //  l2:     acc0 = [X^2, X, M]^T g (3D x n), acc1 = colsum g (n) [unmasked]
     //  l1:     acc0 = sum g sign (D x npad), acc1 = sum g |t| (D x npad)
-    //  lp:     acc0 = gz, acc1 = gu (D x n), acc2 = gp (n)
+    //  lp:     acc0 = sum h, acc1 = sum g |t|^p, acc2 = sum g |t|^p log2|t|
+    //          (D x npad each; see LpBackwardTile)
     SlotPool slots(dev.numThreads() + 2);
     std::vector<Scratch> scratch(slots.size());
 
@@ -470,12 +608,11 @@ struct SimilarityGradFunctor<CPUDevice> {
       CMatMap gm(G, rows, n, Stride(n));
       if (!s.used) {
         s.used = true;
-        const int64_t m0 = prm.kind == kSimL2 ? 3 * D * n
-                         : prm.kind == kSimL1 ? D * pk.npad : D * n;
+        const bool direct = prm.kind == kSimL1 || prm.kind == kSimLp;
+        const int64_t m0 = prm.kind == kSimL2 ? 3 * D * n : direct ? D * pk.npad : D * n;
         s.acc0.assign(m0, 0.0);
-        s.acc1.assign(prm.kind == kSimL2 ? n : prm.kind == kSimL1 ? D * pk.npad
-                      : prm.kind == kSimLp ? D * n : 0, 0.0);
-        s.acc2.assign(prm.kind == kSimLp ? n : 0, 0.0);
+        s.acc1.assign(prm.kind == kSimL2 ? n : direct ? D * pk.npad : 0, 0.0);
+        s.acc2.assign(prm.kind == kSimLp ? D * pk.npad : 0, 0.0);
       }
       switch (prm.kind) {
         case kSimLinear: {
@@ -568,12 +705,29 @@ struct SimilarityGradFunctor<CPUDevice> {
           break;
         }
         default: {
+          const int64_t rows_pad = RoundUp(rows, kLpBwdPT);
           s.x.resize(max_rows * D);
           s.gx.resize(max_rows * D);
+          s.g.resize(kLpBwdPT * pk.npad);
+          s.t0.assign(D * pk.npad, 0.f);
+          s.t1.assign(D * pk.npad, 0.f);
+          s.t2.assign(D * pk.npad, 0.f);
           float* X = s.x.data();
           Im2Col(g, input, image, i0, i1, nan_pad ? kNaN : 0.f, X, D);
-          LpBackwardChunk(X, rows, D, templates, weights, p, n, prm.ignore_nan, G,
-                          s.gx.data(), s.acc0.data(), s.acc1.data(), s.acc2.data());
+          std::fill(X + rows * D, X + rows_pad * D, 0.f);
+          const bool skip = prm.ignore_nan && AnyNaN(X, rows, D, D);
+          const bool exact =
+              !pk.lp_fast || AnyBeyondLpFastPath(X, rows, D, D, prm.ignore_nan);
+          DispatchLp(skip, exact, [&](auto skip_nan, auto exact_math) {
+            LpBackwardChunk<decltype(skip_nan)::value, decltype(exact_math)::value>(
+                X, rows, D, pk, n, G, s.g.data(), s.gx.data(), s.t0.data(), s.t1.data(),
+                s.t2.data());
+          });
+          for (int64_t t = 0; t < D * pk.npad; ++t) {
+            s.acc0[t] += s.t0[t];
+            s.acc1[t] += s.t1[t];
+            s.acc2[t] += s.t2[t];
+          }
           Col2Im(g, s.gx.data(), D, image, i0, i1, grad_input);
         }
       }
@@ -630,14 +784,22 @@ struct SimilarityGradFunctor<CPUDevice> {
             grad_weights[i] = static_cast<float>(-a1[k]);
             break;
           }
-          default:
-            grad_templates[i] = static_cast<float>(a0[i]);
-            grad_weights[i] = static_cast<float>(a1[i]);
+          default: {
+            const int64_t k = d * pk.npad + l;
+            grad_templates[i] = static_cast<float>(uu * a0[k]);
+            grad_weights[i] = static_cast<float>(-a1[k]);
+          }
         }
       }
     }
-    if (prm.kind == kSimLp)
-      for (int64_t l = 0; l < n; ++l) grad_p[l] = static_cast<float>(a2[l]);
+    if (prm.kind == kSimLp) {
+      std::vector<double> gp(n, 0.0);
+      for (int64_t d = 0; d < D; ++d)
+        for (int64_t l = 0; l < n; ++l)
+          gp[l] += static_cast<double>(weights[d * n + l]) * a2[d * pk.npad + l];
+      for (int64_t l = 0; l < n; ++l)
+        grad_p[l] = static_cast<float>(-0.693147180559945309 * gp[l]);
+    }
   }
 };
 
