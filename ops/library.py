@@ -332,9 +332,10 @@ def load():
                 raise RuntimeError(
                     f"kernelzoo: loading the custom op library {path} failed: {e}. "
                     f"Try `kernelzoo build-ops --force`.") from e
-            if _build_info.fell_back:
-                tried = ", ".join(" ".join(flags) or "no -march" for _, flags, _ in _build_info.failed)
-                warnings.warn(f"kernelzoo: the custom op library was built with {' '.join(_build_info.arch_flags) or 'no -march'} "
+            info = _build_info  # None if autograph ran build() on a copy of this module's globals
+            if info is not None and info.fell_back:
+                tried = ", ".join(" ".join(flags) or "no -march" for _, flags, _ in info.failed)
+                warnings.warn(f"kernelzoo: the custom op library was built with {' '.join(info.arch_flags) or 'no -march'} "
                               f"because the build with {tried} failed; the ops work, perhaps slower. "
                               "Run `kernelzoo build-ops` to see the compiler output.", RuntimeWarning, stacklevel=2)
     return _module
