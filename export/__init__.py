@@ -2,7 +2,8 @@
 
 `to_saved_model(model, path)` and `to_onnx(model, path, opset=17)` write a model with its
 preprocessing and a documented serving signature (docs/export.md); `OnnxPredictor` runs an
-exported ONNX file with onnxruntime; `verify_artifact` measures parity with the Keras model.
+exported ONNX file with onnxruntime (`load_signature` serves a SavedModel); `verify_artifact`
+measures parity with the Keras model, `median_seconds` times a call.
 TensorFlow, tf2onnx and onnxruntime are imported on first use, not with kernelzoo.
 """
 import importlib
@@ -12,6 +13,8 @@ _EXPORTS = {
     "to_onnx": "kernelzoo.export.onnx_export",
     "OnnxPredictor": "kernelzoo.export.predictor",
     "verify_artifact": "kernelzoo.export.verify",
+    "load_signature": "kernelzoo.export.saved_model",
+    "median_seconds": "kernelzoo.export.bench",
     "ServingSpec": "kernelzoo.export._common",
     "serving_spec": "kernelzoo.export._common",
     "ExportError": "kernelzoo.export._common",

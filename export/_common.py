@@ -6,9 +6,9 @@ The serving signature (documented in docs/export.md):
   output `logits` and `probabilities` = softmax(logits), (batch, classes) float32, for classifiers;
          `outputs` (the model's output as it is) for other models (head="raw").
 
-"auto" rules: input_dtype is uint8 when an image model starts with a preprocessing layer
-(it takes raw pixels), else float32; head is "classifier" when the output is (batch, classes)
-and the model takes images or ends in softmax, else "raw". Logits of a model ending in softmax
+"auto" rules: input_dtype is uint8 when an image model takes raw pixels (its first layer is
+preprocessing: `kernelzoo.zoo.takes_raw_pixels`), else float32; head is "classifier" when the
+output is (batch, classes) and the model takes images or ends in softmax, else "raw". Logits of a model ending in softmax
 are the values that go into it.
 """
 import contextlib
@@ -20,6 +20,8 @@ import shutil
 import tempfile
 
 import keras
+
+from kernelzoo.ops import checks
 
 INPUT_DTYPES = ("auto", "uint8", "float32")
 HEADS = ("auto", "classifier", "raw")
@@ -89,15 +91,14 @@ def check_model(model):
 def serving_spec(model, input_dtype="auto", head="auto"):
     """The ServingSpec of `model` (see the module docstring for the `auto` rules)."""
     check_model(model)
-    input_dtype = _choice("input_dtype", input_dtype, INPUT_DTYPES)
-    head = _choice("head", head, HEADS)
+    input_dtype = checked(checks.check_choice, "input_dtype", input_dtype, INPUT_DTYPES)
+    head = checked(checks.check_choice, "head", head, HEADS)
     shape = tuple(model.inputs[0].shape)
     shape = (None,) + tuple(None if d is None else int(d) for d in shape[1:])
     image_model = len(shape) >= 3
-    first = _first_layer(model)
     if input_dtype == "auto":
-        raw_pixels = takes_raw_pixels(first)
-        input_dtype = "uint8" if image_model and raw_pixels else "float32"
+        from kernelzoo.zoo.inputs import takes_raw_pixels
+        input_dtype = "uint8" if image_model and takes_raw_pixels(model) else "float32"
     last = _last_layer(model)
     out_rank = len(model.outputs[0].shape)
     softmax_last = _is_softmax_layer(last) or _has_softmax_activation(last)
@@ -113,14 +114,6 @@ def serving_spec(model, input_dtype="auto", head="auto"):
         logits_source = "activation"
     return ServingSpec(input_name="images" if image_model else "inputs", input_dtype=input_dtype,
                        input_shape=shape, head=head, logits_source=logits_source, model_name=model.name)
-
-
-def takes_raw_pixels(layer):
-    """True for preprocessing layers (Keras's, or kernelzoo.zoo.preprocessing's) that read raw pixels."""
-    if layer is None:
-        return False
-    module = type(layer).__module__
-    return type(layer).__name__ in _PREPROCESSING_LAYERS or module.startswith(_PREPROCESSING_MODULES)
 
 
 def serving_function(model, spec):
@@ -161,14 +154,18 @@ def tracing(model, spec):
         yield
 
 
-def reference_outputs(model, images, spec, batch_size=64):
-    """The Keras model's outputs for `images` as the signature names them (numpy), in batches."""
+def reference_outputs(model, images, spec, batch_size=64, verbose=False):
+    """The Keras model's outputs for `images` as the signature names them (numpy), in batches
+    (a progress bar when `verbose`)."""
     import numpy as np
+
+    from kernelzoo.progress import progress
 
     serve = serving_function(model, spec)
     parts = {name: [] for name in spec.output_names}
     last = _last_layer(model)
-    for start in range(0, len(images), batch_size):
+    for start in progress(range(0, len(images), batch_size), label="Keras reference", verbose=verbose,
+                          unit="batch"):
         with _activation_patch(last, spec):
             out = serve(images[start:start + batch_size])
         for name in spec.output_names:
@@ -231,11 +228,6 @@ def _all_layers(model):
         return list(model.layers)
 
 
-def _first_layer(model):
-    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
-    return layers[0] if layers else None
-
-
 def _last_layer(model):
     return model.layers[-1] if model.layers else None
 
@@ -255,19 +247,21 @@ def _is_softmax(fn):
     return fn is not None and getattr(fn, "__name__", "") == "softmax"
 
 
-def _choice(name, value, choices):
-    if str(value).lower() not in choices:
-        raise ExportError(f"`{name}` must be one of {choices}, got {value!r}")
-    return str(value).lower()
+def checked(check, *args):
+    """`check(*args)` (a `kernelzoo.ops.checks` helper) raising ExportError, which the CLI reports."""
+    try:
+        return check(*args)
+    except ExportError:
+        raise
+    except ValueError as error:
+        raise ExportError(str(error)) from None
 
 
 # --- writing -------------------------------------------------------------------------------------
 
 def prepare_target(path, kind):
     """Absolute target path after checking it can be written ("file" or "dir"), else ExportError."""
-    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
-        raise ExportError(f"the output path must be a non-empty path, got {path!r}")
-    path = os.path.abspath(os.fspath(path))
+    path = os.path.abspath(checked(checks.path, path, "path"))
     parent = os.path.dirname(path)
     ancestor = parent
     while not os.path.exists(ancestor) and os.path.dirname(ancestor) != ancestor:

@@ -46,8 +46,8 @@ def bench_deploy(model, *, batch_sizes=(1, 64), min_time=1.0, max_calls=200, inp
         }
         rows = {}
         for name, fn in runners.items():
-            latency = _median_seconds(fn, images[:small], min_time, max_calls)
-            per_call = _median_seconds(fn, images[:large], min_time, max_calls)
+            latency = median_seconds(fn, images[:small], min_time, max_calls)
+            per_call = median_seconds(fn, images[:large], min_time, max_calls)
             rows[name] = {"latency_ms": 1000 * latency, "throughput": large / per_call}
     base = rows[RUNTIMES[0]]
     for row in rows.values():
@@ -57,7 +57,8 @@ def bench_deploy(model, *, batch_sizes=(1, 64), min_time=1.0, max_calls=200, inp
     return rows
 
 
-def _median_seconds(fn, x, min_time, max_calls):
+def median_seconds(fn, x, min_time, max_calls):
+    """Median seconds of fn(x) over repeated calls (at least 3, up to max_calls or min_time) after 2 warm-ups."""
     fn(x)
     fn(x)
     times, start = [], time.perf_counter()
@@ -102,12 +103,13 @@ def add_deploy_arguments(parser):
 
 
 def run_deploy(args):
-    from kernelzoo.export._common import ExportError
+    from kernelzoo.export._common import ExportError, checked
     from kernelzoo.export.cli import load_model
+    from kernelzoo.ops.checks import positive_float, positive_int
 
     try:
-        if args.batch < 1 or not args.seconds > 0:
-            raise ExportError(f"--batch must be >= 1 and --seconds > 0, got {args.batch} and {args.seconds}")
+        checked(positive_int, args.batch, "--batch")
+        checked(positive_float, args.seconds, "--seconds")
         model = load_model(args.model, pretrained_optional=True)
         bench_deploy(model, batch_sizes=(1, args.batch), min_time=args.seconds, input_dtype=args.input_dtype)
     except ExportError as error:

@@ -1,15 +1,13 @@
 """CLI hooks: `kernelzoo export NAME|FILE.keras --format onnx|saved_model -o OUT [--opset N] [--verify]`
 and `kernelzoo bench deploy NAME` (the dispatcher in kernelzoo/cli.py calls add_arguments/run).
 """
-import importlib
 import os
 import sys
 
-from kernelzoo.export._common import ExportError
+from kernelzoo.export._common import ExportError, checked
+from kernelzoo.ops.checks import positive_int
 
 FORMATS = ("onnx", "saved_model")
-_LAYER_MODULES = ("kernelzoo.layers.kernel_dense", "kernelzoo.layers.sparsify", "kernelzoo.zoo.preprocessing",
-                  "kernelzoo.zoo.simnet.models")
 
 
 def add_arguments(parser, command):
@@ -30,8 +28,10 @@ def add_arguments(parser, command):
     parser.add_argument("--verify", action="store_true",
                         help="run the artifact and Keras on the same inputs and print the differences")
     parser.add_argument("--data-dir", default=os.environ.get("KERNELZOO_DATA_DIR"),
-                        help="verify on the test split found here (default $KERNELZOO_DATA_DIR; "
+                        help="verify on the model's test split found here (default $KERNELZOO_DATA_DIR; "
                              "without one, generated inputs)")
+    parser.add_argument("--preset", default=None,
+                        help="whose test split --verify uses for a .keras file outside a run folder")
     parser.add_argument("--num", type=int, default=1000, help="inputs for --verify (default 1000)")
 
 
@@ -48,8 +48,7 @@ def run(args, command):
 
 def _export(args):
     fmt = args.format or ("onnx" if args.output.lower().endswith(".onnx") else "saved_model")
-    if args.num < 1:
-        raise ExportError(f"--num must be >= 1, got {args.num}")
+    checked(positive_int, args.num, "--num")
     if fmt == "onnx":
         from kernelzoo.export.onnx_export import check_opset
         check_opset(args.opset)  # before loading the model
@@ -69,8 +68,9 @@ def _export(args):
     if not args.verify:
         return 0
     from kernelzoo.export.verify import format_report, verify_artifact
-    report = verify_artifact(model, path, data_dir=args.data_dir, num=args.num, input_dtype=args.input_dtype,
-                             head=args.head)
+    from kernelzoo.zoo import preset_of
+    report = verify_artifact(model, path, data_dir=args.data_dir, preset=args.preset or preset_of(args.model),
+                             num=args.num, input_dtype=args.input_dtype, head=args.head, verbose=True)
     print(format_report(report, artifact=fmt))
     return 0 if report["ok_float32"] else 1
 
@@ -79,13 +79,8 @@ def load_model(name, pretrained_optional=False):
     """A Keras model from a .keras file or the zoo registry (`kernelzoo.zoo.load(name)`)."""
     import keras
 
-    import kernelzoo  # noqa: F401  (registers the layers for load_model)
+    from kernelzoo import zoo  # registers every family's layers for load_model
 
-    for module in _LAYER_MODULES:  # zoo layers that `import kernelzoo` alone does not register
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            pass
     if name.lower().endswith(".keras") or os.path.sep in name or os.path.exists(name):
         if not os.path.isfile(name):
             raise ExportError(f"no model file at {name!r}")
@@ -93,20 +88,16 @@ def load_model(name, pretrained_optional=False):
             return keras.saving.load_model(name, compile=False)
         except (ValueError, TypeError, OSError) as error:
             raise ExportError(f"cannot load {name!r} as a Keras model: {error}") from None
-    zoo = importlib.import_module("kernelzoo.zoo")
-    if not hasattr(zoo, "load"):
-        raise ExportError(f"{name!r} is not a .keras file, and the zoo registry (kernelzoo.zoo.load) is not "
-                          "available in this version")
-    known = list(zoo.list_models()) if hasattr(zoo, "list_models") else []
-    if known and name not in known:
+    known = zoo.list_models()
+    if name not in known:
         raise ExportError(f"unknown zoo model {name!r}; known: {', '.join(known)}")
-    try:
-        return zoo.load(name)
-    except Exception as error:
-        if not (pretrained_optional and hasattr(zoo, "create")):
-            raise ExportError(f"cannot load zoo model {name!r}: {error}") from None
-        print(f"note: no pretrained {name!r} ({error}); timing a freshly created one", file=sys.stderr)
+    if pretrained_optional and not zoo.info(name).pretrained:
+        print(f"note: {name!r} has no pretrained weights; timing a freshly created one", file=sys.stderr)
         return zoo.create(name)
+    try:
+        return zoo.load(name, compile=False)
+    except (OSError, RuntimeError, ValueError) as error:
+        raise ExportError(f"cannot load zoo model {name!r}: {error}") from None
 
 
 def _size(path):

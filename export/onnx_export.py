@@ -12,8 +12,9 @@ import logging
 import numpy as np
 
 from kernelzoo.export._common import (
-    ExportError, UnsupportedLayerError, input_signature, layer_for_node, prepare_target, serving_function,
+    ExportError, UnsupportedLayerError, checked, input_signature, layer_for_node, prepare_target, serving_function,
     serving_spec, tracing, write_file_atomic)
+from kernelzoo.ops.checks import int_in_range
 
 MIN_OPSET, MAX_OPSET = 13, 18
 DEFAULT_OPSET = 17
@@ -46,12 +47,8 @@ def to_onnx(model, path, opset=DEFAULT_OPSET, *, input_dtype="auto", head="auto"
 
 
 def check_opset(opset):
-    if isinstance(opset, bool) or not isinstance(opset, (int, np.integer)):
-        raise ExportError(f"`opset` must be an int between {MIN_OPSET} and {MAX_OPSET}, got {opset!r}")
-    if not MIN_OPSET <= int(opset) <= MAX_OPSET:
-        raise ExportError(f"`opset` must be between {MIN_OPSET} and {MAX_OPSET} (the opsets kernelzoo exports and "
-                          f"tests; tf2onnx 1.17 converts up to {MAX_OPSET}), got {opset}")
-    return int(opset)
+    """`opset` as an int kernelzoo exports and tests (tf2onnx 1.17 converts up to MAX_OPSET), else ExportError."""
+    return checked(int_in_range, opset, "opset", MIN_OPSET, MAX_OPSET)
 
 
 def convert(model, spec, opset):

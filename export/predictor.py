@@ -4,6 +4,8 @@ import os
 
 import numpy as np
 
+from kernelzoo.ops.checks import positive_int
+
 GPU_PROVIDER, CPU_PROVIDER = "CUDAExecutionProvider", "CPUExecutionProvider"
 _ORT_TYPES = {"tensor(uint8)": np.uint8, "tensor(float)": np.float32, "tensor(double)": np.float64}
 
@@ -27,9 +29,7 @@ class OnnxPredictor:
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no ONNX file at {path!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}")
-        self.path, self.batch_size = path, int(batch_size)
+        self.path, self.batch_size = path, positive_int(batch_size, "batch_size")
         self.session = _session(ort, path, providers)
         self.provider = self.session.get_providers()[0]
         inputs = self.session.get_inputs()

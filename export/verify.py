@@ -1,29 +1,29 @@
 """Parity of an exported artifact with the Keras model: max abs / rel logit difference, top-1 agreement.
 
-Inputs are the test split of the model's dataset when a data directory is given (MNIST for
-28x28 inputs, CIFAR-10 for 32x32x3), otherwise generated images. The Keras reference runs the
+Inputs are the test split of the model's preset (`kernelzoo.zoo.test_split`: a zoo name, or a
+run folder's .keras file) when a data directory is given, otherwise generated images. The Keras reference runs the
 implementation the user gets (`KERNELZOO_OPS`, custom ops when built); the artifacts hold the
 composite one.
 """
-import gzip
 import os
-import tarfile
 
 import numpy as np
 
 from kernelzoo.export._common import ExportError, reference_outputs, serving_spec
+from kernelzoo.progress import progress
 
 # Parity goal for zoo models (issue 6): all top-1 agree, logits within this absolute difference.
 MAX_ABS_GOAL = 1e-4
 # Logits far from O(1) (the sum-over-positions SimNets: |logit| ~ 7e4) cannot meet an absolute
 # 1e-4 in float32 (spacing 0.0078 there): they are held to 1e-6 of the largest |logit| (~8 ulps).
 RELATIVE_GOAL = 1e-6
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
-def artifact_outputs(path, images, batch_size=64):
-    """{output name: array} of a SavedModel directory or an .onnx file for `images`."""
+def artifact_outputs(path, images, batch_size=64, verbose=False):
+    """{output name: array} of a SavedModel directory or an .onnx file for `images` (a progress bar
+    when `verbose`)."""
     path = os.fspath(path)
+    batches = range(0, len(images), batch_size)
     if os.path.isdir(path):
         import tensorflow as tf
 
@@ -31,15 +31,21 @@ def artifact_outputs(path, images, batch_size=64):
 
         fn = load_signature(path)
         (name, spec), = fn.structured_input_signature[1].items()
-        parts = {}
-        for start in range(0, len(images), batch_size):
-            out = fn(**{name: tf.constant(images[start:start + batch_size], dtype=spec.dtype)})
-            for key, value in out.items():
-                parts.setdefault(key, []).append(value.numpy())
-        return {key: np.concatenate(chunks) for key, chunks in parts.items()}
-    from kernelzoo.export.predictor import OnnxPredictor
+        run = lambda batch: {key: value.numpy() for key, value in  # noqa: E731
+                             fn(**{name: tf.constant(batch, dtype=spec.dtype)}).items()}
+        label = "SavedModel"
+    else:
+        from kernelzoo.export.predictor import OnnxPredictor
 
-    return OnnxPredictor(path, providers=["CPUExecutionProvider"], batch_size=batch_size).run(images)
+        run = OnnxPredictor(path, providers=["CPUExecutionProvider"], batch_size=batch_size).run
+        label = "onnxruntime"
+    if not len(images):
+        return run(images)
+    parts = {}
+    for start in progress(batches, label=label, verbose=verbose, unit="batch"):
+        for key, value in run(images[start:start + batch_size]).items():
+            parts.setdefault(key, []).append(value)
+    return {key: np.concatenate(chunks) for key, chunks in parts.items()}
 
 
 def compare(reference, exported, tie_tolerance=1e-5):
@@ -67,11 +73,12 @@ def compare(reference, exported, tie_tolerance=1e-5):
     return report
 
 
-def verify_artifact(model, path, images=None, *, data_dir=None, num=1000, seed=0, input_dtype="auto", head="auto",
-           batch_size=64):
-    """Run the artifact at `path` and the Keras `model` on the same inputs; returns the comparison.
+def verify_artifact(model, path, images=None, *, data_dir=None, preset=None, num=1000, seed=0, input_dtype="auto",
+                    head="auto", batch_size=64, verbose=False):
+    """Run the artifact at `path` and the Keras `model` on the same inputs; returns the comparison
+    (with a progress bar for each when `verbose`).
 
-    `images` default to `make_inputs(model, data_dir, num)`. The report holds n, max_abs, max_rel,
+    `images` default to `make_inputs(model, data_dir, num, preset=preset)`. The report holds n, max_abs, max_rel,
     top1_agreement (classifiers), the same for probabilities, the input source, `ok`
     (top-1 agreement 1.0 and max_abs <= 1e-4) and `ok_float32` (max_abs within
     `float32_tolerance` of the largest |output| instead).
@@ -79,9 +86,10 @@ def verify_artifact(model, path, images=None, *, data_dir=None, num=1000, seed=0
     spec = serving_spec(model, input_dtype=input_dtype, head=head)
     source = "given"
     if images is None:
-        images, source = make_inputs(model, data_dir=data_dir, num=num, seed=seed, input_dtype=input_dtype)
-    reference = reference_outputs(model, images, spec, batch_size=batch_size)
-    exported = artifact_outputs(path, images, batch_size=batch_size)
+        images, source = make_inputs(model, data_dir=data_dir, num=num, seed=seed, input_dtype=input_dtype,
+                                     preset=preset)
+    reference = reference_outputs(model, images, spec, batch_size=batch_size, verbose=verbose)
+    exported = artifact_outputs(path, images, batch_size=batch_size, verbose=verbose)
     key = spec.output_names[0]
     report = compare(reference[key], exported[key])
     report["output"], report["inputs"] = key, source
@@ -117,21 +125,27 @@ def format_report(report, artifact="exported"):
     return "\n".join(lines)
 
 
-def make_inputs(model, data_dir=None, num=1000, seed=0, input_dtype="auto"):
-    """(images, source): `num` test images shaped and typed for the model's exported signature.
+def make_inputs(model, data_dir=None, num=1000, seed=0, input_dtype="auto", preset=None):
+    """(images, source): `num` inputs shaped and typed for the model's exported signature.
 
-    With `data_dir` (holding mnist/ or cifar10/): the first images of the test split (CIFAR-10:
-    an equal share per class). Without: seeded random pixels (uint8) or values in [0, 1).
-    Float inputs are scaled to [0, 1] unless the model starts with a preprocessing layer.
+    With `data_dir` and a `preset` (a zoo name or Preset): its test split (`kernelzoo.zoo.test_split`:
+    an equal share of each class). Without `data_dir`: seeded random pixels (uint8) or values in [0, 1).
+    Float inputs are scaled to [0, 1] unless the model takes raw pixels.
     """
+    from kernelzoo.zoo import takes_raw_pixels, test_split
+
     spec = serving_spec(model, input_dtype=input_dtype)
     shape = spec.input_shape[1:]
     if any(d is None for d in shape):
         raise ExportError(f"cannot make inputs for the unknown input shape {spec.input_shape}; pass images")
-    from kernelzoo.export._common import _first_layer, takes_raw_pixels
-    raw_pixels = spec.input_dtype == "uint8" or takes_raw_pixels(_first_layer(model))
     if data_dir is not None:
-        pixels, source = _test_split(data_dir, shape, num)
+        if preset is None:
+            raise ExportError(f"no test split is known for {model.name!r}: verify a zoo NAME or a run folder's "
+                              ".keras file, or leave out the data directory to verify on generated inputs")
+        try:
+            pixels, _, source = test_split(preset, data_dir, num)
+        except ValueError as error:
+            raise ExportError(f"test split of {getattr(preset, 'name', preset)!r}: {error}") from None
         pixels = pixels.reshape((-1,) + tuple(shape))
     else:
         rng = np.random.default_rng(seed)
@@ -140,54 +154,4 @@ def make_inputs(model, data_dir=None, num=1000, seed=0, input_dtype="auto"):
         pixels, source = rng.integers(0, 256, (num,) + tuple(shape), dtype=np.uint8), "generated"
     if spec.input_dtype == "uint8":
         return pixels, source
-    return (pixels.astype(np.float32) / (1.0 if raw_pixels else 255.0)), source
-
-
-def _test_split(data_dir, shape, num):
-    """uint8 test images of the dataset matching `shape`: MNIST (28, 28[, 1]) or CIFAR-10 (32, 32, 3)."""
-    data_dir = os.fspath(data_dir)
-    if not os.path.isdir(data_dir):
-        raise ExportError(f"data directory {data_dir!r} does not exist")
-    if tuple(shape) in ((28, 28), (28, 28, 1)):
-        for folder in (os.path.join(data_dir, "mnist"), data_dir):
-            path = os.path.join(folder, "t10k-images-idx3-ubyte.gz")
-            if os.path.isfile(path):
-                with gzip.open(path, "rb") as handle:
-                    raw = handle.read()
-                images = np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 28, 28)
-                return images[:num], "MNIST test"
-        raise ExportError(f"no MNIST test images (t10k-images-idx3-ubyte.gz) in {data_dir!r} or its mnist/")
-    if tuple(shape) == (32, 32, 3):
-        return _cifar10_test(data_dir, num), "CIFAR-10 (JPEG q75 variant) test"
-    raise ExportError(f"no test split is known for input shape {tuple(shape)} (MNIST 28x28, CIFAR-10 32x32x3); "
-                      "leave out the data directory to verify on generated inputs")
-
-
-def _cifar10_test(data_dir, num):
-    """The first ceil(num / 10) test images of each CIFAR-10 class (folder or tar.gz layout), class-major."""
-    from PIL import Image
-
-    per_class = -(-num // len(CIFAR10_CLASSES))
-    for root in (os.path.join(data_dir, "cifar10"), data_dir):
-        folder = os.path.join(root, "cifar10-jpeg", "test")
-        if os.path.isdir(folder):
-            images = [np.asarray(Image.open(os.path.join(folder, c, f"{i:04d}.jpg")).convert("RGB"))
-                      for c in CIFAR10_CLASSES for i in range(per_class)]
-            return np.stack(images)[:num]
-        archive = os.path.join(root, "cifar10-jpeg.tar.gz")
-        if os.path.isfile(archive):
-            wanted = {f"cifar10-jpeg/test/{c}/{i:04d}.jpg": (k, i) for k, c in enumerate(CIFAR10_CLASSES)
-                      for i in range(per_class)}
-            found = {}
-            with tarfile.open(archive, "r:gz") as tar:
-                for member in tar:
-                    if member.name in wanted:
-                        with tar.extractfile(member) as handle:
-                            found[wanted[member.name]] = np.asarray(Image.open(handle).convert("RGB"))
-                        if len(found) == len(wanted):
-                            break
-            if len(found) != len(wanted):
-                raise ExportError(f"{archive!r} lacks {len(wanted) - len(found)} of the CIFAR-10 test images")
-            return np.stack([found[key] for key in sorted(found)])[:num]
-    raise ExportError(f"no CIFAR-10 test images (cifar10-jpeg.tar.gz or cifar10-jpeg/test/) in {data_dir!r} "
-                      "or its cifar10/")
+    return pixels.astype(np.float32) / (1.0 if takes_raw_pixels(model) else 255.0), source

@@ -2,9 +2,14 @@
 
 Each subcommand is a thin shim: it parses arguments and calls a function of the
 subpackage that owns the work, imported lazily so `kernelzoo --help` is fast.
+Quiet by default: TensorFlow's C++ log lines are off unless -v/--verbose is given or
+TF_CPP_MIN_LOG_LEVEL is set.
 """
 import argparse
+import contextlib
 import importlib
+import importlib.util
+import os
 import sys
 
 # subcommand -> (module, help). The module provides `add_arguments(parser, command)`
@@ -13,11 +18,11 @@ SUBCOMMANDS = {
     "build-ops": ("kernelzoo.ops.library", "build or rebuild the custom op library"),
     "bench": (None, "benchmarks: `kernelzoo bench ops` or `kernelzoo bench deploy NAME`"),
     "demo": ("kernelzoo.zoo.demo", "offline demo on embedded data"),
-    "train": ("kernelzoo.zoo.simnet.cli", "train a zoo image model: kernelzoo train NAME [KEY=VALUE ...]"),
-    "eval": ("kernelzoo.zoo.simnet.cli", "evaluate a zoo model or a .keras file on its test set"),
+    "train": ("kernelzoo.zoo.cli", "train a zoo model: kernelzoo train NAME|FAMILY:BUILDER [KEY=VALUE ...]"),
+    "eval": ("kernelzoo.zoo.cli", "re-measure a zoo model's card figure (or a .keras file's) on its test split"),
     "finetune": ("kernelzoo.zoo.finetune_cli", "fine-tune a pretrained zoo model on a new image dataset (-o OUT.keras)"),
     "export": ("kernelzoo.export.cli", "export a model to ONNX or a SavedModel (--verify checks parity)"),
-    "list": ("kernelzoo.zoo.cli", "list the zoo's models"),
+    "list": ("kernelzoo.zoo.cli", "list the zoo's models (--pretrained: those with weights)"),
     "info": ("kernelzoo.zoo.cli", "show a zoo model's card"),
     "viz": ("kernelzoo.zoo.kernelnet.viz", "visualisations: `kernelzoo viz embedding NAME`"),
 }
@@ -25,11 +30,47 @@ SUBCOMMANDS = {
 
 # `kernelzoo bench WHAT ...` -> the module that benchmarks WHAT (it parses WHAT itself).
 BENCHMARKS = {"ops": "kernelzoo.ops.bench", "deploy": "kernelzoo.export.bench"}
+VERBOSE_FLAGS = ("-v", "--verbose")
+
+
+def quiet_tensorflow(verbose=False):
+    """Silence TensorFlow's C++ logging before TensorFlow is imported, unless `verbose` or the
+    user set TF_CPP_MIN_LOG_LEVEL.
+
+    TF_CPP_MIN_LOG_LEVEL=3 drops the later C++ messages (cuInit errors on a machine without a
+    GPU, say); the lines its libraries print while they load (oneDNN, cuda drivers, CPU
+    features, the absl pre-init notice) ignore it, so TensorFlow is imported here with the
+    process's stderr pointed at /dev/null. Its Python errors still raise.
+    """
+    if verbose or "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    if importlib.util.find_spec("tensorflow") is None:
+        return
+    with _stderr_to_devnull():
+        importlib.import_module("tensorflow")
+
+
+@contextlib.contextmanager
+def _stderr_to_devnull():
+    """File descriptor 2 (what C++ code writes to) goes to /dev/null inside the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="kernelzoo", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="keep TensorFlow's log lines (any place on the command line)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
@@ -38,6 +79,8 @@ def build_parser():
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = any(arg in VERBOSE_FLAGS for arg in argv)
+    argv = [arg for arg in argv if arg not in VERBOSE_FLAGS]
     parser = build_parser()
     if not argv or argv[0] not in SUBCOMMANDS:
         args = parser.parse_args(argv)
@@ -54,6 +97,7 @@ def main(argv=None):
             print(f"usage: kernelzoo bench {{{','.join(BENCHMARKS)}}} ...", file=sys.stderr)
             return 2
         module_name = BENCHMARKS[rest[0]]
+    quiet_tensorflow(verbose)
     module = importlib.import_module(module_name)
     sub_parser = argparse.ArgumentParser(prog=f"kernelzoo {command}")
     module.add_arguments(sub_parser, command)

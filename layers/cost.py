@@ -3,6 +3,7 @@ import keras
 import numpy as np
 
 from kernelzoo.layers.kernel_dense import KernelDense, SparseKernelDense
+from kernelzoo.ops.checks import float_in_range
 
 
 def _dense_layers(model):
@@ -21,8 +22,7 @@ def cost_report(model, input_density=1.0):
     expected fraction of non-zero inputs, Table 4 assumes 10 rated items);
     kernel layers count their non-zero effective weights, Dense all weights.
     """
-    if not 0.0 <= input_density <= 1.0:
-        raise ValueError(f"input_density must be in [0, 1], got {input_density!r}")
+    input_density = float_in_range(input_density, "input_density", 0.0, 1.0)
     params = int(sum(np.prod(w.shape) for w in model.trainable_weights))
     macs = 0.0
     for i, layer in enumerate(_dense_layers(model)):

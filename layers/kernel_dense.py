@@ -5,12 +5,13 @@ and output j has a location in a d-dimensional space, so the layer has
 d (m + n) + m parameters instead of m n.
 `SparseKernelDense`: W = A * K_fs(u, v) (Eq. 16/17): a free matrix A masked by
 a finite-support kernel, so weights outside the support are exactly zero.
+Both share `_LocationsLayer`: the locations, bias, regularisers, call and costs.
 """
 import keras
 from keras import ops
 
 from kernelzoo.layers.kernels import DISTANCES, KERNELS, Grid2D, kernel_matrix
-from kernelzoo.ops.checks import positive_float, positive_int
+from kernelzoo.ops.checks import check_choice, float_in_range, positive_float, positive_int, real
 
 
 def _initializer(value):
@@ -25,18 +26,24 @@ def _serialize_initializer(init):
 
 
 class _LocationsLayer(keras.layers.Layer):
-    """Shared parts: input locations u (m, d), output locations v (n, d), bias."""
+    """Shared parts: input locations u (m, d), output locations v (n, d), bias, the
+    finite-support `scale` / `distance`, regularisers, call and cost counts.
 
-    def __init__(self, units, dim, activation, use_bias,
-                 input_locations_initializer, output_locations_initializer,
-                 bias_initializer, input_locations_trainable, output_locations_trainable,
-                 input_locations_regularizer, output_locations_regularizer,
-                 bias_regularizer, kernel_values_regularizer, effective_regularizer,
-                 input_locations_constraint, output_locations_constraint,
-                 bias_constraint, **kwargs):
+    A subclass names its kernel in `kernel_function`, creates its own (m, ...) weight in
+    `_build_matrix(m)` and turns K(u, v) into the effective weights in `_weights_from(k)`.
+    """
+
+    def __init__(self, units, *, dim, scale, distance, activation, use_bias,
+                 input_locations_initializer, output_locations_initializer, bias_initializer,
+                 input_locations_trainable, output_locations_trainable,
+                 input_locations_regularizer, output_locations_regularizer, bias_regularizer,
+                 kernel_values_regularizer, effective_regularizer,
+                 input_locations_constraint, output_locations_constraint, bias_constraint, **kwargs):
         super().__init__(**kwargs)
         self.units = positive_int(units, "units")
         self.dim = positive_int(dim, "dim")
+        self.scale = positive_float(scale, "scale")
+        self.distance = check_choice("distance", distance, DISTANCES)
         self.activation = keras.activations.get(activation)
         self.use_bias = bool(use_bias)
         self.input_locations_initializer = _initializer(input_locations_initializer)
@@ -54,11 +61,11 @@ class _LocationsLayer(keras.layers.Layer):
         self.bias_constraint = keras.constraints.get(bias_constraint)
         for name in ("input_locations_initializer", "output_locations_initializer"):
             if isinstance(getattr(self, name), Grid2D) and self.dim != 2:
-                raise ValueError(f"{name}='grid' needs dim=2, got dim={self.dim}")
+                raise ValueError(f"`{name}`='grid' needs dim=2, got dim={self.dim}")
 
-    def _build_locations(self, input_shape):
+    def build(self, input_shape):
         if input_shape[-1] is None:
-            raise ValueError("the last input dimension must be known")
+            raise ValueError(f"{type(self).__name__} needs a known last input dimension, got {input_shape}")
         m = int(input_shape[-1])
         self.input_locations = self.add_weight(
             name="input_locations", shape=(m, self.dim),
@@ -77,15 +84,28 @@ class _LocationsLayer(keras.layers.Layer):
             self.bias = self.add_weight(
                 name="bias", shape=(self.units,), initializer=self.bias_initializer,
                 regularizer=self.bias_regularizer, constraint=self.bias_constraint)
-        return m
+        self._build_matrix(m)
+
+    def _build_matrix(self, m):
+        """Create the subclass's own weight for m inputs."""
+        raise NotImplementedError
+
+    def _weights_from(self, k):
+        """The effective (m, n) weights given the kernel values K(u, v)."""
+        raise NotImplementedError
 
     def kernel_values(self):
         """The (m, n) matrix K(u_i, v_j)."""
-        raise NotImplementedError
+        return kernel_matrix(self.input_locations, self.output_locations, self.kernel_function,
+                             scale=self.scale, distance=self.distance, **self._kernel_options())
+
+    def _kernel_options(self):
+        """Keyword arguments of `kernel_matrix` beyond scale and distance."""
+        return {}
 
     def effective_kernel(self):
         """The effective (m, n) weight matrix W of the layer."""
-        raise NotImplementedError
+        return self._weights_from(self.kernel_values())
 
     def call(self, inputs):
         k = self.kernel_values()
@@ -112,17 +132,17 @@ class _LocationsLayer(keras.layers.Layer):
         Non-zero effective weights times the expected fraction of non-zero
         inputs (e.g. 10 rated items out of m gives input_density = 10 / m).
         """
-        if not 0.0 <= input_density <= 1.0:
-            raise ValueError(f"input_density must be in [0, 1], got {input_density!r}")
+        input_density = float_in_range(input_density, "input_density", 0.0, 1.0)
         nonzero = int(ops.convert_to_numpy(ops.count_nonzero(self.effective_kernel())))
-        return float(input_density) * nonzero
+        return input_density * nonzero
 
-    def _base_config(self):
+    def get_config(self):
+        config = super().get_config()
         ser = _serialize_initializer
         reg = keras.regularizers.serialize
         con = keras.constraints.serialize
-        return {
-            "units": self.units, "dim": self.dim,
+        config.update({
+            "units": self.units, "dim": self.dim, "scale": self.scale, "distance": self.distance,
             "activation": keras.activations.serialize(self.activation),
             "use_bias": self.use_bias,
             "input_locations_initializer": ser(self.input_locations_initializer),
@@ -138,7 +158,8 @@ class _LocationsLayer(keras.layers.Layer):
             "input_locations_constraint": con(self.input_locations_constraint),
             "output_locations_constraint": con(self.output_locations_constraint),
             "bias_constraint": con(self.bias_constraint),
-        }
+        })
+        return config
 
 
 @keras.saving.register_keras_serializable(package="kernelzoo")
@@ -147,7 +168,8 @@ class KernelDense(_LocationsLayer):
 
     Args:
         units: output size n.
-        kernel: "rbf", "dot", "poly", "tanh" or "finite_support".
+        kernel_function: "rbf", "dot", "poly", "tanh" or "finite_support" (called
+            `kernel` before 0.2; that keyword, and saved configs holding it, still work).
         dim: dimension d of the locations u_i, v_j.
         gamma: RBF width (Eq. 6). degree, offset: polynomial (u.v + offset)^degree.
         scale: the a of the finite-support kernel (Eq. 7); distance: "euclidean"
@@ -161,7 +183,7 @@ class KernelDense(_LocationsLayer):
         activation, use_bias, bias_*: as in `keras.layers.Dense`.
     """
 
-    def __init__(self, units, kernel="rbf", dim=2, gamma=1.0, degree=2, offset=1.0,
+    def __init__(self, units, kernel_function="rbf", dim=2, gamma=1.0, degree=2, offset=1.0,
                  scale=1.0, distance="euclidean", activation=None, use_bias=True,
                  use_alpha=True, alpha_trainable=True, alpha_initializer="glorot_uniform",
                  input_locations_initializer="random_normal",
@@ -172,33 +194,32 @@ class KernelDense(_LocationsLayer):
                  kernel_values_regularizer=None, effective_regularizer=None,
                  alpha_constraint=None, input_locations_constraint=None,
                  output_locations_constraint=None, bias_constraint=None, **kwargs):
-        if kernel not in KERNELS:
-            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-        if distance not in DISTANCES:
-            raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
-        self.kernel = kernel
+        kernel_function = kwargs.pop("kernel", kernel_function)  # the name before 0.2 (in saved configs)
+        super().__init__(
+            units, dim=dim, scale=scale, distance=distance, activation=activation, use_bias=use_bias,
+            input_locations_initializer=input_locations_initializer,
+            output_locations_initializer=output_locations_initializer,
+            bias_initializer=bias_initializer,
+            input_locations_trainable=input_locations_trainable,
+            output_locations_trainable=output_locations_trainable,
+            input_locations_regularizer=input_locations_regularizer,
+            output_locations_regularizer=output_locations_regularizer,
+            bias_regularizer=bias_regularizer, kernel_values_regularizer=kernel_values_regularizer,
+            effective_regularizer=effective_regularizer,
+            input_locations_constraint=input_locations_constraint,
+            output_locations_constraint=output_locations_constraint,
+            bias_constraint=bias_constraint, **kwargs)
+        self.kernel_function = check_choice("kernel_function", kernel_function, KERNELS)
         self.gamma = positive_float(gamma, "gamma")
         self.degree = positive_int(degree, "degree")
-        if isinstance(offset, bool) or not isinstance(offset, (int, float)):
-            raise ValueError(f"offset must be a number, got {offset!r}")
-        self.offset = float(offset)
-        self.scale = positive_float(scale, "scale")
-        self.distance = distance
+        self.offset = real(offset, "offset")
         self.use_alpha = bool(use_alpha)
         self.alpha_trainable = bool(alpha_trainable)
         self.alpha_initializer = keras.initializers.get(alpha_initializer)
         self.alpha_regularizer = keras.regularizers.get(alpha_regularizer)
         self.alpha_constraint = keras.constraints.get(alpha_constraint)
-        super().__init__(
-            units, dim, activation, use_bias, input_locations_initializer,
-            output_locations_initializer, bias_initializer, input_locations_trainable,
-            output_locations_trainable, input_locations_regularizer,
-            output_locations_regularizer, bias_regularizer, kernel_values_regularizer,
-            effective_regularizer, input_locations_constraint,
-            output_locations_constraint, bias_constraint, **kwargs)
 
-    def build(self, input_shape):
-        m = self._build_locations(input_shape)
+    def _build_matrix(self, m):
         self.alpha = None
         if self.use_alpha:
             self.alpha = self.add_weight(
@@ -206,26 +227,19 @@ class KernelDense(_LocationsLayer):
                 regularizer=self.alpha_regularizer, constraint=self.alpha_constraint,
                 trainable=self.alpha_trainable)
 
-    def kernel_values(self):
-        return kernel_matrix(self.input_locations, self.output_locations, self.kernel,
-                             gamma=self.gamma, degree=self.degree, offset=self.offset,
-                             scale=self.scale, distance=self.distance)
+    def _kernel_options(self):
+        return {"gamma": self.gamma, "degree": self.degree, "offset": self.offset}
 
     def _weights_from(self, k):
         if self.alpha is None:
             return k
         return ops.expand_dims(self.alpha, -1) * k
 
-    def effective_kernel(self):
-        return self._weights_from(self.kernel_values())
-
     def get_config(self):
         config = super().get_config()
-        config.update(self._base_config())
         config.update({
-            "kernel": self.kernel, "gamma": self.gamma, "degree": self.degree,
-            "offset": self.offset, "scale": self.scale, "distance": self.distance,
-            "use_alpha": self.use_alpha, "alpha_trainable": self.alpha_trainable,
+            "kernel_function": self.kernel_function, "gamma": self.gamma, "degree": self.degree,
+            "offset": self.offset, "use_alpha": self.use_alpha, "alpha_trainable": self.alpha_trainable,
             "alpha_initializer": _serialize_initializer(self.alpha_initializer),
             "alpha_regularizer": keras.regularizers.serialize(self.alpha_regularizer),
             "alpha_constraint": keras.constraints.serialize(self.alpha_constraint),
@@ -237,14 +251,17 @@ class KernelDense(_LocationsLayer):
 class SparseKernelDense(_LocationsLayer):
     """Sparse fully-connected layer W = A * K_fs(u, v) (Eq. 16/17).
 
-    A is a free (m, n) matrix; K_fs(u, v) = max(0, 1 - scale * D(u_i, v_j))
-    (Eq. 7) zeroes every weight whose locations are further apart than the
-    support, so W has exact zeros. Sec. 3.5.2's regularisers are Keras
-    regularisers: lambda_2 via `kernel_regularizer` (on A) or
-    `effective_regularizer` (on W), lambda_0 via `kernel_values_regularizer`
-    (on K_fs, Eq. 8). The paper's MovieLens code uses distance="squared" and
-    locations drawn from N(0, 1e-3) (all weights start inside the support).
+    A is a free (m, n) matrix (the `kernel` weight, as in keras.layers.Dense);
+    K_fs(u, v) = max(0, 1 - scale * D(u_i, v_j)) (Eq. 7) zeroes every weight
+    whose locations are further apart than the support, so W has exact zeros.
+    Sec. 3.5.2's regularisers are Keras regularisers: lambda_2 via
+    `kernel_regularizer` (on A) or `effective_regularizer` (on W), lambda_0 via
+    `kernel_values_regularizer` (on K_fs, Eq. 8). The paper's MovieLens code
+    uses distance="squared" and locations drawn from N(0, 1e-3) (all weights
+    start inside the support), the defaults here.
     """
+
+    kernel_function = "finite_support"
 
     def __init__(self, units, dim=5, scale=1.0, distance="squared", activation=None,
                  use_bias=True, kernel_initializer="glorot_uniform",
@@ -256,44 +273,38 @@ class SparseKernelDense(_LocationsLayer):
                  effective_regularizer=None, kernel_constraint=None,
                  input_locations_constraint=None, output_locations_constraint=None,
                  bias_constraint=None, **kwargs):
-        if distance not in DISTANCES:
-            raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
-        self.scale = positive_float(scale, "scale")
-        self.distance = distance
+        small = {"class_name": "TruncatedNormal", "config": {"mean": 0.0, "stddev": 1e-3}}
+        super().__init__(
+            units, dim=dim, scale=scale, distance=distance, activation=activation, use_bias=use_bias,
+            input_locations_initializer=small if input_locations_initializer is None
+            else input_locations_initializer,
+            output_locations_initializer=small if output_locations_initializer is None
+            else output_locations_initializer,
+            bias_initializer=bias_initializer,
+            input_locations_trainable=input_locations_trainable,
+            output_locations_trainable=output_locations_trainable,
+            input_locations_regularizer=input_locations_regularizer,
+            output_locations_regularizer=output_locations_regularizer,
+            bias_regularizer=bias_regularizer, kernel_values_regularizer=kernel_values_regularizer,
+            effective_regularizer=effective_regularizer,
+            input_locations_constraint=input_locations_constraint,
+            output_locations_constraint=output_locations_constraint,
+            bias_constraint=bias_constraint, **kwargs)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
         self.kernel_constraint = keras.constraints.get(kernel_constraint)
-        small = {"class_name": "TruncatedNormal", "config": {"mean": 0.0, "stddev": 1e-3}}
-        super().__init__(
-            units, dim, activation, use_bias,
-            small if input_locations_initializer is None else input_locations_initializer,
-            small if output_locations_initializer is None else output_locations_initializer,
-            bias_initializer, input_locations_trainable, output_locations_trainable,
-            input_locations_regularizer, output_locations_regularizer, bias_regularizer,
-            kernel_values_regularizer, effective_regularizer, input_locations_constraint,
-            output_locations_constraint, bias_constraint, **kwargs)
 
-    def build(self, input_shape):
-        m = self._build_locations(input_shape)
+    def _build_matrix(self, m):
         self.kernel = self.add_weight(
             name="kernel", shape=(m, self.units), initializer=self.kernel_initializer,
             regularizer=self.kernel_regularizer, constraint=self.kernel_constraint)
 
-    def kernel_values(self):
-        return kernel_matrix(self.input_locations, self.output_locations,
-                             "finite_support", scale=self.scale, distance=self.distance)
-
     def _weights_from(self, k):
         return self.kernel * k
 
-    def effective_kernel(self):
-        return self._weights_from(self.kernel_values())
-
     def get_config(self):
         config = super().get_config()
-        config.update(self._base_config())
         config.update({
-            "scale": self.scale, "distance": self.distance,
             "kernel_initializer": _serialize_initializer(self.kernel_initializer),
             "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
             "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),

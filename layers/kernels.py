@@ -10,6 +10,8 @@ import math
 import keras
 from keras import ops
 
+from kernelzoo.ops.checks import check_choice, positive_int, real
+
 KERNELS = ("dot", "poly", "rbf", "tanh", "finite_support")
 DISTANCES = ("euclidean", "squared")
 
@@ -31,6 +33,7 @@ def kernel_matrix(u, v, kernel, gamma=1.0, degree=2, offset=1.0, scale=1.0,
     Euclidean distance or, with distance="squared", its square (the form used
     by the paper's MovieLens code).
     """
+    kernel = check_choice("kernel", kernel, KERNELS)
     if kernel in ("dot", "poly", "tanh"):
         dot = ops.matmul(u, ops.transpose(v))
         if kernel == "dot":
@@ -41,11 +44,9 @@ def kernel_matrix(u, v, kernel, gamma=1.0, degree=2, offset=1.0, scale=1.0,
     d2 = squared_distances(u, v)
     if kernel == "rbf":
         return ops.exp(-gamma * d2)
-    if kernel == "finite_support":
-        # sqrt has an infinite slope at 0: keep the gradient finite there
-        dist = d2 if distance == "squared" else ops.sqrt(ops.maximum(d2, 1e-12))
-        return ops.relu(1.0 - scale * dist)
-    raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    # finite_support; sqrt has an infinite slope at 0: keep the gradient finite there
+    dist = d2 if distance == "squared" else ops.sqrt(ops.maximum(d2, 1e-12))
+    return ops.relu(1.0 - scale * dist)
 
 
 def grid_shape(n):
@@ -67,15 +68,12 @@ class Grid2D(keras.initializers.Initializer):
     """
 
     def __init__(self, rows=None, cols=None, repeats=1, minval=0.0, maxval=1.0):
-        for name, val in (("rows", rows), ("cols", cols)):
-            if val is not None and (not isinstance(val, int) or val < 1):
-                raise ValueError(f"{name} must be a positive int or None, got {val!r}")
-        if not isinstance(repeats, int) or repeats < 1:
-            raise ValueError(f"repeats must be a positive int, got {repeats!r}")
-        if not maxval > minval:
-            raise ValueError(f"maxval must exceed minval, got minval={minval}, maxval={maxval}")
-        self.rows, self.cols, self.repeats = rows, cols, repeats
-        self.minval, self.maxval = float(minval), float(maxval)
+        self.rows = None if rows is None else positive_int(rows, "rows")
+        self.cols = None if cols is None else positive_int(cols, "cols")
+        self.repeats = positive_int(repeats, "repeats")
+        self.minval, self.maxval = real(minval, "minval"), real(maxval, "maxval")
+        if not self.maxval > self.minval:
+            raise ValueError(f"`maxval` must exceed `minval`, got minval={minval}, maxval={maxval}")
 
     def __call__(self, shape, dtype=None):
         if len(shape) != 2 or shape[1] != 2 or shape[0] % self.repeats:

@@ -4,8 +4,8 @@ import numpy as np
 from keras import ops
 
 from kernelzoo.ops import api
-from kernelzoo.ops.checks import positive_int
-from kernelzoo.ops.shapes import normalize_padding, normalize_tuple, output_size
+from kernelzoo.ops.checks import normalize_padding, normalize_tuple, positive_int
+from kernelzoo.ops.shapes import output_size
 
 _OFFSET_MODES = ("shared", "unshared")
 

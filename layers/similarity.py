@@ -5,8 +5,8 @@ from keras import ops
 
 from kernelzoo.layers.constraints import MinValue
 from kernelzoo.ops import api
-from kernelzoo.ops.checks import check_choice, positive_int
-from kernelzoo.ops.shapes import normalize_padding, normalize_tuple, output_size
+from kernelzoo.ops.checks import check_choice, normalize_padding, normalize_tuple, positive_int
+from kernelzoo.ops.shapes import output_size
 
 # Learned exponents are kept at or above this (p must stay > 0).
 P_MIN = 0.05

@@ -2,6 +2,8 @@
 import keras
 from keras import ops
 
+from kernelzoo.ops.checks import float_in_range, int_in_range
+
 
 @keras.saving.register_keras_serializable(package="kernelzoo")
 class SparsifyingActivation(keras.layers.Layer):
@@ -15,12 +17,8 @@ class SparsifyingActivation(keras.layers.Layer):
 
     def __init__(self, eta=0.5, axis=-1, **kwargs):
         super().__init__(**kwargs)
-        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
-            raise ValueError(f"eta must be a number in [0, 1], got {eta!r}")
-        if isinstance(axis, bool) or not isinstance(axis, int):
-            raise ValueError(f"axis must be an int, got {axis!r}")
-        self.eta = float(eta)
-        self.axis = axis
+        self.eta = float_in_range(eta, "eta", 0.0, 1.0)
+        self.axis = int_in_range(axis, "axis")
 
     def call(self, inputs):
         top = ops.max(inputs, axis=self.axis, keepdims=True)

@@ -16,8 +16,8 @@ import numpy as np
 from keras import ops
 
 from kernelzoo.ops import composite
-from kernelzoo.ops.checks import check_choice, positive_int
-from kernelzoo.ops.shapes import normalize_padding, normalize_tuple, output_size
+from kernelzoo.ops.checks import check_choice, normalize_padding, normalize_tuple, positive_int
+from kernelzoo.ops.shapes import output_size
 
 SIMILARITIES = ("linear", "l1", "l2", "lp")
 IMPLEMENTATIONS = ("auto", "custom", "composite")

@@ -4,7 +4,8 @@ For each shape (the CIFAR-10 patch-labelling SimNet of paper 000 and a small
 one) it measures, in one process, forward and forward+backward wall time
 (median of --reps runs after warm-up, each run inside a `tf.function`) of
 
-* weighted l1 / l2 / linear similarity: custom op, composite (keras.ops), and
+* weighted l1 / l2 / lp (p = 1.5 for every template) / linear similarity:
+  custom op, composite (keras.ops), and
   composite compiled with XLA (`tf.function(jit_compile=True)`), against
   `keras.layers.Conv2D` with the same shape (ratio column = time / Conv2D);
 * MEX (xi = 1, no offsets, 2x2 blocks, stride 2): custom vs composite, against
@@ -19,9 +20,17 @@ buffers of a few hundred rows plus (D, n) accumulators, malloc'ed: under ~3 MB
 per thread at the CIFAR shape) nor XLA's internal buffers; `--memory rss` runs each case in a subprocess and
 reports its RSS high-water growth (`resource.getrusage`) over the step
 (includes tracing / XLA compilation); `--memory none` skips it.
+
+With the cifar shape it then times whole training steps, each case in a fresh
+process that reports its peak resident memory (`ru_maxrss`): the SimNet with
+weighted l1 and with weighted l2 similarity (`model.train_on_batch`, batch 64)
+and the class-wise MEX alone (gradients for input, xi and offsets), custom op
+vs composite on TF, and composite on JAX when JAX is installed (`--no-steps`
+skips them). The header states the op library's build flags and CPU features.
 Progress goes to stderr, the table to stdout.
 """
 import argparse
+import functools
 import os
 import subprocess
 import sys
@@ -32,7 +41,7 @@ SHAPES = {
     "cifar": dict(batch=64, size=32, channels=3, patch=6, templates=400, pool=2),
     "small": dict(batch=16, size=16, channels=8, patch=3, templates=32, pool=2),
 }
-SIMILARITIES = ("l2", "l1", "linear")
+SIMILARITIES = ("l2", "l1", "lp", "linear")
 
 
 def add_arguments(parser, command=None):
@@ -51,6 +60,8 @@ def add_arguments(parser, command=None):
                              "ratios on a shared machine")
     parser.add_argument("--only", nargs="*", default=None,
                         help="run only rows whose label contains one of these words")
+    parser.add_argument("--no-steps", action="store_true",
+                        help="skip the training-step rows (time and peak RSS, a fresh process each)")
 
 
 def _log(msg):
@@ -110,7 +121,7 @@ def _cases(shape_name, no_xla=False):
         def build():
             from kernelzoo.ops import custom
             mod = custom if impl == "custom" else composite
-            p = tf.fill((n,), {"l1": 1.0, "l2": 2.0}.get(kind, 1.0))
+            p = tf.fill((n,), {"l1": 1.0, "l2": 2.0, "lp": 1.5}.get(kind, 1.0))
 
             def forward(inp):
                 return mod.similarity(inp, z, u, p, similarity=kind, strides=(1, 1),
@@ -204,11 +215,11 @@ def _cases(shape_name, no_xla=False):
 
 
 def _materialise(result):
-    import tensorflow as tf
+    import keras
 
-    for t in tf.nest.flatten(result):
+    for t in keras.tree.flatten(result):
         if t is not None:
-            t.numpy()
+            keras.ops.convert_to_numpy(t)
 
 
 def _time(fn, reps, warmup):
@@ -334,7 +345,9 @@ def run(args, command=None):
             if is_base:
                 base = (t_f, t_b)
             rows.append((group, label, t_f, t_b, peak, base, err))
+    steps = [] if args.no_steps or "cifar" not in args.shapes else _step_rows(args)
     _print_table(rows, memory, args)
+    _print_step_table(steps, args)
     return 0
 
 
@@ -349,6 +362,7 @@ def _print_table(rows, memory, args):
           f"({threads} intra-op threads), "
           f"{platform.processor() or platform.machine()}; median of {args.reps} runs after "
           f"{args.warmup} warm-up; ratio = time / baseline (first row of each group)")
+    print(_build_line())
     header = f"{'case':<30} {'fwd ms':>9} {'ratio':>7} {'fwd+bwd ms':>10} {'ratio':>7}  {mem_head}"
     group = None
     for g, label, t_f, t_b, peak, base, err in rows:
@@ -364,6 +378,150 @@ def _print_table(rows, memory, args):
         b_f, b_b = base or (None, None)
         print(f"{label:<30} {_fmt_ms(t_f)} {_fmt_ratio(t_f, b_f):>7} {_fmt_ms(t_b):>10} "
               f"{_fmt_ratio(t_b, b_b):>7}  {_fmt_mb(peak) if memory != 'none' else ''}")
+
+
+def _build_line():
+    """The op library's target, compile flags and the CPU features they use."""
+    from kernelzoo.ops import library
+
+    info = library.build_info()
+    return (f"custom ops built for {info.variant} ({' '.join(info.arch_flags) or 'no -march'}); "
+            f"flags: {' '.join(info.flags)}; CPU features used: {' '.join(info.cpu_features) or 'none reported'}")
+
+
+# ------------------------------------------------------- training steps --
+# Whole steps at the CIFAR shape, batch 64, each case in a fresh process: the peak resident set
+# (ru_maxrss) is a high-water mark, so one process per case. The composite rows run with the
+# default memory budget (kernelzoo.ops.blockwise, $KERNELZOO_COMPOSITE_MEMORY_MB).
+STEP_BATCH = 64
+STEPS = {
+    "simnet l1": "SimNet training step: weighted l1, 400 templates, 6x6x3 whitened patches, 32x32x3 images",
+    "simnet l2": "SimNet training step: weighted l2, 400 templates, 6x6x3 whitened patches, 32x32x3 images",
+    "mex": "class-wise MEX fwd+bwd alone (64x27x27x400, 1x1 blocks over all 400 channels, 10 instances, "
+           "2x2 offset regions, xi learned)",
+}
+STEP_RUNS = (("custom", "tensorflow"), ("composite", "tensorflow"), ("composite", "jax"))
+
+
+def _step_rows(args):
+    """[(group, label, seconds per step, RSS before the first step, peak RSS, error)], custom first."""
+    import importlib.util
+
+    rows = []
+    for what, group in STEPS.items():
+        for impl, backend in STEP_RUNS:
+            label = impl if backend == "tensorflow" else f"{impl} (JAX)"
+            if args.only and not any(w in f"{what} {label}" for w in args.only):
+                continue
+            _log(f"[step] {what} {label} ...")
+            if backend == "jax" and importlib.util.find_spec("jax") is None:
+                rows.append((group, label, None, None, None, "skipped: JAX is not installed"))
+                continue
+            rows.append((group, label) + _step_subprocess(what, impl, backend, args))
+    return rows
+
+
+def _step_subprocess(what, impl, backend, args):
+    """(seconds, RSS before, peak RSS, error) of `what` measured in a fresh process."""
+    code = (f"from kernelzoo.ops import bench; bench._step_case({what!r}, {args.reps!r}, {args.warmup!r}, "
+            f"{args.threads!r})")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND=backend, KERNELZOO_OPS=impl)
+    proc = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, env=env)
+    for line in proc.stdout.splitlines():
+        if line.startswith("STEP "):
+            seconds, before, peak = line.split()[1:]
+            return float(seconds), int(before), int(peak), None
+    reason = "killed (out of memory?)" if proc.returncode < 0 else (proc.stderr.strip().splitlines() or ["?"])[-1]
+    _log(f"  failed: {reason}")
+    return None, None, None, f"exit {proc.returncode}: {reason[:80]}"
+
+
+def _step_case(what, reps, warmup, threads=0):
+    """Runs in a fresh process: prints STEP <median seconds> <RSS before the first step> <peak RSS> (bytes)."""
+    import resource
+
+    import keras
+
+    if threads and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+    step = _step_function(what)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    seconds = _time(step, reps, warmup)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(f"STEP {seconds} {before} {peak}", flush=True)
+
+
+def _step_function(what):
+    """A no-argument callable running one step of `what` on the current Keras backend."""
+    import keras
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    if what.startswith("simnet"):
+        from kernelzoo.zoo.simnet import models
+
+        model = models.simnet_patch_labeling(n=400, p=1 if what.endswith("l1") else 2, weighted=True)
+        model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        x = rng.integers(0, 256, (STEP_BATCH, 32, 32, 3)).astype("float32")
+        y = rng.integers(0, 10, STEP_BATCH)
+        return lambda: model.train_on_batch(x, y)
+    from kernelzoo import ops as kops
+
+    classes, channels = 10, 400
+    args = [rng.normal(size=(STEP_BATCH, 27, 27, channels)).astype("float32"), np.ones(classes, "float32"),
+            rng.normal(size=(2, 2, classes, 1, 1, channels)).astype("float32")]
+    weights = rng.normal(size=(STEP_BATCH, 27, 27, classes)).astype("float32")
+
+    def loss(inputs, xi, offsets):
+        out = kops.mex(inputs, xi, num_instances=classes, channel_block=channels, offsets=offsets)
+        return keras.ops.sum(out * weights)
+    return _gradient_step(loss, args)
+
+
+def _gradient_step(loss, args):
+    """A compiled callable returning the gradients of loss(*args) with respect to every argument."""
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+        return functools.partial(jax.jit(jax.grad(loss, argnums=tuple(range(len(args))))), *args)
+    import tensorflow as tf
+
+    tensors = [tf.constant(a) for a in args]
+
+    @tf.function(autograph=False)
+    def gradients():
+        with tf.GradientTape() as tape:
+            tape.watch(tensors)
+            value = loss(*tensors)
+        return tape.gradient(value, tensors)
+    return gradients
+
+
+def _print_step_table(rows, args):
+    if not rows:
+        return
+    print()
+    print(f"training steps, batch {STEP_BATCH}, each case in a fresh process: median of {args.reps} steps "
+          f"(at most 3 over 2 s) after {args.warmup} warm-up; peak RSS = the process's resident high-water "
+          "mark; ratio = time / custom")
+    header = f"{'case':<30} {'step ms':>10} {'ratio':>7} {'RSS before MB':>14} {'peak RSS MB':>12}"
+    group = base = None
+    for g, label, seconds, before, peak, err in rows:
+        if g != group:
+            group, base = g, seconds
+            print()
+            print(g)
+            print(header)
+            print("-" * len(header))
+        if err:
+            print(f"{label:<30} {err if err.startswith('skipped') else 'failed: ' + err}")
+            continue
+        print(f"{label:<30} {_fmt_ms(seconds):>10} {_fmt_ratio(seconds, base):>7} {_fmt_mb(before):>14} "
+              f"{_fmt_mb(peak):>12}")
 
 
 def main(argv=None):

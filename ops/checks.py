@@ -1,4 +1,8 @@
-"""Argument checks shared by the whole package: each raises ValueError naming the argument."""
+"""Argument checks shared by the whole package: each returns the normalised value or raises
+ValueError naming the argument. Only numpy here, so every package can use it.
+"""
+import os
+
 import numpy as np
 
 
@@ -6,19 +10,64 @@ def check_choice(name, value, choices):
     """`value` lower-cased if it is one of `choices`."""
     normalized = str(value).lower()
     if normalized not in choices:
-        raise ValueError(f"`{name}` must be one of {choices}, got {value!r}")
+        raise ValueError(f"`{name}` must be one of {tuple(choices)}, got {value!r}")
     return normalized
 
 
+def boolean(value, name):
+    """`value` as a bool; only True/False (numpy's too) are accepted."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"`{name}` must be True or False, got {value!r}")
+    return bool(value)
+
+
 def positive_int(value, name):
-    return _int_at_least(value, name, 1, "a positive int")
+    """`value` as an int >= 1 (bools are not ints)."""
+    return int_in_range(value, name, 1)
 
 
 def nonnegative_int(value, name):
-    return _int_at_least(value, name, 0, "an int >= 0")
+    """`value` as an int >= 0."""
+    return int_in_range(value, name, 0)
+
+
+def int_in_range(value, name, low=None, high=None):
+    """`value` as an int, at least `low` and at most `high` where given (bools are not ints)."""
+    if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+            or (low is not None and value < low) or (high is not None and value > high)):
+        if high is not None:
+            wanted = f"an int in [{low}, {high}]" if low is not None else f"an int <= {high}"
+        elif low is not None:
+            wanted = {0: "an int >= 0", 1: "a positive int"}.get(low, f"an int >= {low}")
+        else:
+            wanted = "an int"
+        raise ValueError(f"`{name}` must be {wanted}, got {value!r}")
+    return int(value)
+
+
+def positive_ints(value, name, allow_empty=False):
+    """A sequence of positive ints as a tuple."""
+    try:
+        items = tuple(value)
+    except TypeError:
+        items = None
+    if items is None or (not items and not allow_empty) or any(
+            isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in items):
+        what = "a sequence" if allow_empty else "a non-empty sequence"
+        raise ValueError(f"`{name}` must be {what} of positive ints, got {value!r}")
+    return tuple(int(v) for v in items)
+
+
+def real(value, name):
+    """`value` as a float: any real number, +-inf included; NaN and bools are refused."""
+    value = _float(value, name, "a real number")
+    if np.isnan(value):
+        raise ValueError(f"`{name}` must be a real number, got NaN")
+    return value
 
 
 def positive_float(value, name):
+    """`value` as a float > 0."""
     value = _float(value, name, "a positive number")
     if not value > 0:
         raise ValueError(f"`{name}` must be > 0, got {value!r}")
@@ -26,10 +75,40 @@ def positive_float(value, name):
 
 
 def nonnegative_float(value, name):
+    """`value` as a float >= 0."""
     value = _float(value, name, "a number >= 0")
     if not value >= 0:
         raise ValueError(f"`{name}` must be >= 0, got {value!r}")
     return value
+
+
+def float_in_range(value, name, low, high, interval="[]"):
+    """`value` as a float between `low` and `high`; `interval` "[]", "[)", "(]" or "()" says which ends count."""
+    text = f"{interval[0]}{low}, {high}{interval[1]}"
+    number = _float(value, name, f"a number in {text}")
+    above = number >= low if interval[0] == "[" else number > low
+    below = number <= high if interval[1] == "]" else number < high
+    if not (above and below):
+        raise ValueError(f"`{name}` must be a number in {text}, got {value!r}")
+    return number
+
+
+def normalize_tuple(value, name, length=2):
+    """An int or a sequence of `length` positive ints -> tuple (Keras's `standardize_tuple`)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value,) * length
+    try:
+        value = tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"`{name}` must be an int or a tuple of {length} ints, got {value!r}") from None
+    if len(value) != length or any(v < 1 for v in value):
+        raise ValueError(f"`{name}` must be {length} positive ints, got {value!r}")
+    return value
+
+
+def normalize_padding(padding, name="padding"):
+    """'valid' or 'same' (any case) -> lower case."""
+    return check_choice(name, padding, ("valid", "same"))
 
 
 def image_shape(value, name="input_shape"):
@@ -43,13 +122,30 @@ def image_shape(value, name="input_shape"):
     return shape
 
 
-def _int_at_least(value, name, minimum, description):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"`{name}` must be {description}, got {value!r}")
-    return int(value)
+def image_batch(value, name="images"):
+    """`value` as a non-empty numeric numpy array of images (N, H, W, C)."""
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"`{name}` must be an array (N, H, W, C), got {type(value).__name__}: {error}") from None
+    if array.ndim != 4 or not array.size or array.dtype.kind not in "uif":
+        raise ValueError(f"`{name}` must be a non-empty numeric 4D array (N, H, W, C), got "
+                         f"{array.dtype} {array.shape}")
+    return array
+
+
+def path(value, name):
+    """`value` (a str or os.PathLike, not empty) as a str."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"`{name}` must be a path (a non-empty str or os.PathLike), got {value!r}")
+    return value
 
 
 def _float(value, name, description):
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"`{name}` must be {description}, got {value!r}")
     try:
         return float(value)
     except (TypeError, ValueError):

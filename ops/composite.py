@@ -13,13 +13,15 @@ import math
 import numpy as np
 from keras import ops
 
+from kernelzoo.ops import blockwise
 from kernelzoo.ops.shapes import output_size, pad_amounts
 
-# Elements of the (positions x patch x templates) slab that the lp path builds at
-# once, per image. Larger is faster, smaller saves memory.
-_LP_CHUNK_ELEMENTS = 1 << 20
 # Below |xi| * (max - min) < this, MEX uses its cumulant series (stable at xi -> 0).
 SERIES_THRESHOLD = 1e-3
+# Copies of the largest intermediate (patch x templates slab per patch, block values x instances per
+# image) alive while one block's gradient is computed: the block size is the memory budget over this.
+# Measured with TF's allocator peak (slope over budgets, docs/benchmarks.md): l1 4.6, lp 7.4, MEX 13.4.
+_LIVE_COPIES = {"l1": 5, "lp": 8, "mex": 14}
 
 
 def similarity(inputs, templates, weights, p, *, similarity, strides, padding, ignore_nan):
@@ -52,29 +54,58 @@ def _split_nan(inputs):
 
 
 def _lp_similarity(x, valid, templates, weights, p, similarity, strides, padding):
-    """l1 / lp similarity on patches extracted by a one-hot convolution, templates in chunks."""
+    """l1 / lp similarity on patches taken by a one-hot convolution, in blocks of patches (bounded memory)."""
     kh, kw, channels, n = templates.shape
     depth = kh * kw * channels
     one_hot = ops.convert_to_tensor(np.eye(depth, dtype="float32").reshape(kh, kw, channels, depth))
-    patches = ops.conv(x, one_hot, strides=strides, padding=padding)[..., :, None]  # (N, H', W', D, 1)
-    patch_valid = None
+    patches = ops.conv(x, one_hot, strides=strides, padding=padding)  # (N, H', W', D)
+    rows = [ops.reshape(patches, (-1, depth))]
     if valid is not None:
-        patch_valid = ops.conv(valid, one_hot, strides=strides, padding=padding)[..., :, None]
-    z = ops.reshape(templates, (depth, n))
-    u = ops.reshape(weights, (depth, n))
-    positions = max(1, (patches.shape[1] or 1) * (patches.shape[2] or 1))
-    chunk = max(1, _LP_CHUNK_ELEMENTS // (positions * depth))
-    outputs = []
-    for start in range(0, n, chunk):
-        part = slice(start, min(start + chunk, n))
-        distance = ops.abs(patches - z[:, part])
-        if similarity == "lp":
-            distance = _safe_pow(distance, p[part])
-        term = u[:, part] * distance
-        if patch_valid is not None:
-            term = term * patch_valid
-        outputs.append(-ops.sum(term, axis=-2))
-    return outputs[0] if len(outputs) == 1 else ops.concatenate(outputs, axis=-1)
+        rows.append(ops.reshape(ops.conv(valid, one_hot, strides=strides, padding=padding), (-1, depth)))
+    shared = [ops.reshape(templates, (depth, n)), ops.reshape(weights, (depth, n))]
+    if similarity == "lp":
+        shared.append(p)
+    fn = _lp_distance(similarity, valid is not None)
+    out = _patch_rows_by_templates(fn, rows, shared, depth * _LIVE_COPIES[similarity])
+    return ops.reshape(out, tuple(ops.shape(patches)[:3]) + (n,))
+
+
+def _lp_distance(similarity, masked):
+    """fn(x, [valid], z, u, [p]): -sum_d u |x - z|^p (x rows (b, D), z and u (D, t), p (t,)) -> (b, t)."""
+    def fn(x, *args):
+        valid, (z, u, *p) = (args[0], args[1:]) if masked else (None, args)
+        distance = ops.abs(x[:, :, None] - z)
+        if p:
+            distance = _safe_pow(distance, p[0])
+        term = u * distance
+        if valid is not None:
+            term = term * valid[:, :, None]
+        return -ops.sum(term, axis=1)
+    return fn
+
+
+def _patch_rows_by_templates(fn, rows, shared, pair_elements):
+    """fn over blocks of patch rows against all templates; also in chunks of templates if one row is too big.
+
+    shared = (z, u[, p]) with templates on the last axis; pair_elements: live elements per
+    (row, template) pair. When one row against all n templates exceeds the budget, blocks of b
+    rows meet chunks of t templates with b = t = sqrt(what fits).
+    """
+    n = shared[0].shape[-1]
+    pairs = blockwise.rows_per_block(pair_elements)
+    if pairs >= n:
+        return blockwise.blockwise(fn, rows, shared, elements_per_row=pair_elements * n)
+    side = pair_elements * max(1, math.isqrt(pairs))
+
+    def row_block(*args):
+        row_args, template_args = args[:len(rows)], args[len(rows):]
+
+        def template_chunk(*chunk_args):
+            chunk, block = chunk_args[:len(template_args)], chunk_args[len(template_args):]
+            return ops.transpose(fn(*block, *(ops.transpose(t) for t in chunk)))
+        by_template = [ops.transpose(t) for t in template_args]  # (t, D) and (t,)
+        return ops.transpose(blockwise.blockwise(template_chunk, by_template, row_args, elements_per_row=side))
+    return blockwise.blockwise(row_block, rows, shared, elements_per_row=side)
 
 
 def _safe_pow(base, exponent):
@@ -89,7 +120,26 @@ def mex(inputs, xi, offsets, c, *, num_instances, pool_size, channel_block, stri
 
     inputs (N, H, W, C); xi (K,); offsets None or (Rh, Rw, K, bh, bw, bc); c None or (K,).
     Output (N, H', W', nb * K), channel j * K + k for channel block j and instance k.
+    Runs over groups of images (`blockwise`): one image's largest intermediate is its
+    H' x W' x nb x K x (block size + 1) values.
     """
+    _, height, width, channels = inputs.shape
+    size = pool_size[0] * pool_size[1] * channel_block
+    positions = (output_size(height, pool_size[0], strides[0], padding)
+                 * output_size(width, pool_size[1], strides[1], padding))
+    params = {"xi": xi, "offsets": offsets, "c": c}
+    tensors = [name for name, value in params.items() if value is not None and not isinstance(value, np.ndarray)]
+
+    def images(x, *values):
+        return _mex_images(x, **dict(params, **dict(zip(tensors, values))), num_instances=num_instances,
+                           pool_size=pool_size, channel_block=channel_block, strides=strides, padding=padding,
+                           softmax_mode=softmax_mode)
+    elements = positions * channels // channel_block * num_instances * (size + 1) * _LIVE_COPIES["mex"]
+    return blockwise.blockwise(images, [inputs], [params[name] for name in tensors], elements_per_row=elements)
+
+
+def _mex_images(inputs, xi, offsets, c, *, num_instances, pool_size, channel_block, strides, padding, softmax_mode):
+    """`mex` on one group of images, all at once."""
     k = num_instances
     bh, bw = pool_size
     nb = inputs.shape[-1] // channel_block

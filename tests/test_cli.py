@@ -1,4 +1,5 @@
 """The `kernelzoo` console script: dispatch, usage errors, and the offline demo."""
+import os
 import subprocess
 import sys
 
@@ -23,9 +24,12 @@ def test_unknown_command_and_bad_bench_target_are_usage_errors(capsys):
 
 
 def test_demo_checks_the_special_cases_offline():
+    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}  # a user's shell
     result = subprocess.run([sys.executable, "-m", "kernelzoo.cli", "demo"], capture_output=True, text=True,
-                            timeout=600)
+                            timeout=600, env=env)
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    assert "retracing" not in result.stderr, result.stderr[-2000:]
+    assert not _tf_log_lines(result.stderr), result.stderr[-2000:]
     assert "linear unweighted similarity == Conv2D" in result.stdout
     assert "BAD" not in result.stdout
     # the bundled MNIST digits: predictions, export parity and latency for each pretrained classifier
@@ -61,3 +65,48 @@ def test_bundled_mnist_samples_are_the_attributed_t10k_digits():
         y = _read_idx(os.path.join(mnist, "t10k-labels-idx1-ubyte.gz"), False)
         np.testing.assert_array_equal(x[indices], images)
         np.testing.assert_array_equal(y[indices], labels)
+
+
+def _tf_log_lines(stderr):
+    """TensorFlow C++ / absl log lines: "I0000 00:00:... port.cc:153] ...", the absl pre-init notice, CPU flags."""
+    import re
+
+    pattern = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before absl|To enable the following instructions)")
+    return [line for line in stderr.splitlines() if pattern.match(line)]
+
+
+def _kernelzoo(*args, env=None):
+    """`kernelzoo ARGS` in a fresh process, TF_CPP_MIN_LOG_LEVEL unset unless `env` sets it."""
+    import os
+
+    environment = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    environment.update(env or {})
+    return subprocess.run([sys.executable, "-m", "kernelzoo.cli", *args], capture_output=True, text=True,
+                          timeout=600, env=environment)
+
+
+def test_plain_commands_print_no_tensorflow_log_lines():
+    from kernelzoo.zoo import list_models
+
+    listing = _kernelzoo("list")
+    assert listing.returncode == 0 and list_models()[0] in listing.stdout, listing.stderr[-2000:]
+    info = _kernelzoo("info", list_models()[0])
+    assert info.returncode == 0, info.stderr[-2000:]
+    for result in (listing, info):
+        assert not _tf_log_lines(result.stderr), result.stderr
+        assert result.stderr.strip() == "", result.stderr
+
+
+def test_verbose_or_a_user_log_level_leaves_tensorflow_logging_alone():
+    code = ("import os, sys; from kernelzoo import cli; cli.quiet_tensorflow({verbose}); "
+            "print(os.environ.get('TF_CPP_MIN_LOG_LEVEL'), 'tensorflow' in sys.modules)")
+    for verbose, env, expected in ((False, {}, "3 True"), (True, {}, "None False"),
+                                   (False, {"TF_CPP_MIN_LOG_LEVEL": "1"}, "1 False")):
+        environment = {k: v for k, v in __import__("os").environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+        result = subprocess.run([sys.executable, "-c", code.format(verbose=verbose)], capture_output=True, text=True,
+                                timeout=300, env={**environment, **env})
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert result.stdout.strip() == expected
+        if expected.startswith("3"):
+            assert result.stderr.strip() == "", result.stderr
+    assert cli.main(["-v", "--version"]) == 0 and cli.main(["--version", "--verbose"]) == 0

@@ -349,6 +349,215 @@ def test_mex_numerical_gradient(lib, xi):
         assert np.max(np.abs(t - nm)) / max(np.max(np.abs(nm)), 1.0) < 2e-2
 
 
+
+# ---------------------------------------------------- class-wise MEX as a GEMM --
+# Pool 1x1 over >= 32 channels per block, >= 2 instances sharing one finite nonzero xi: the
+# kernels take the exp-domain GEMM form (mex_functor.h), entry by entry falling back to the direct
+# form where it is not certified accurate. The op's `gemm` attr (default true) switches the GEMM
+# form off, so the same op gives the direct form as a reference: it is the form every other MEX
+# test checks against the composite, and the GEMM entries must match it (within float rounding)
+# without the O(1e-7) detour of perturbing xi per instance. The composite is the second reference.
+GEMM_XI = [1e-4, 0.5, 1.0, 30.0, 1e4, 0.0, np.inf, -np.inf, -1.5]
+GEMM_KINDS = ["normal", "wide", "anti", "anti_k", "underflow", "dominant", "nonfinite"]
+
+
+def _gemm_geometry(channels):
+    """(channel blocks, strides, padding): 33 channels also cover 2 blocks and a strided 'same' pool."""
+    return (2, (2, 1), "same") if channels == 33 else (1, (1, 1), "valid")
+
+
+def _gemm_data(kind, channels, k, regions, use_c, blocks, seed=0):
+    """Input (2, 5, 4, blocks * channels), offsets (regions + (k, 1, 1, channels)) or None, c or None.
+
+    normal: x ~ N(0, 9), b ~ N(0, 1); wide: b uniform over a range of 1e3; anti: b anti-aligned
+    with x by a ramp of 18 shared by all instances (as trained SimNet offsets: the kernels' split
+    v = (x + mean b) + (b - mean b) undoes it); anti_k: the ramp of 25 with alternating signs over
+    instances (shifts overshoot max(v) by ~20 xi: accepted up to xi ~ 2, cancellation in d/dxi);
+    underflow: the same with a ramp of 60 (T < exp(-40) at xi = 1: the direct form); dominant: one
+    channel per instance 50 above the rest; nonfinite: NaN and +-inf in x, -inf and NaN in b.
+    """
+    rng = np.random.default_rng(seed)
+    shape = (2, 5, 4, blocks, channels)
+    off_shape = (regions or (1, 1)) + (k, 1, 1, channels)
+    x = 3.0 * rng.normal(size=shape)
+    b = rng.normal(size=off_shape)
+    if kind == "wide":
+        b = rng.uniform(-500, 500, size=off_shape)
+    elif kind in ("anti", "anti_k", "underflow"):
+        a = rng.permutation(np.linspace(0.0, {"anti": 18.0, "anti_k": 25.0, "underflow": 60.0}[kind], channels))
+        sign = np.ones(k) if kind == "anti" else np.where(np.arange(k) % 2 == 0, 1.0, -1.0)
+        x = x + a
+        b = b - sign[:, None, None, None] * a
+    elif kind == "dominant":
+        top = rng.integers(0, channels, size=k)
+        b[:, :, np.arange(k), 0, 0, top] += 50.0
+    elif kind == "nonfinite":
+        x[0, 0, 0, 0, 3] = np.nan
+        x[0, 1, 2, -1, 0] = np.inf
+        x[1, 3, 1, 0, 7] = -np.inf
+        b[0, 0, 0, 0, 0, 5] = -np.inf
+        b[-1, -1, k - 1, 0, 0, 1] = np.nan
+    x = x.reshape(2, 5, 4, blocks * channels).astype("float32")
+    off = b.astype("float32") if regions is not None else None
+    c = rng.normal(size=k).astype("float32") if use_c else None
+    return x, off, c
+
+
+def _gemm_regions(mode, out_hw):
+    return {"none": None, "shared": (1, 1), "regions": (2, 2), "unshared": out_hw}[mode]
+
+
+def _mex_value_and_grads(lib, x, xi, off, c, g, **attrs):
+    y = _mex(lib, x, xi, off, c, **attrs).numpy()
+    grads = _mex(lib, x, xi, off, c, grad=g, **attrs)
+    return [y] + [t.numpy() for t in grads]
+
+
+@pytest.mark.parametrize("channels,k", [(33, 2), (33, 10), (400, 2), (400, 10)])
+@pytest.mark.parametrize("regions_mode", ["none", "shared", "regions", "unshared"])
+@pytest.mark.parametrize("softmax,use_c", [(False, False), (False, True), (True, False), (True, True)])
+def test_mex_gemm_matches_direct(lib, channels, k, regions_mode, softmax, use_c):
+    blocks, strides, padding = _gemm_geometry(channels)
+    out_hw = (_out_size(5, 1, strides[0], padding), _out_size(4, 1, strides[1], padding))
+    regions = _gemm_regions(regions_mode, out_hw)
+    attrs = dict(num_instances=k, pool_size=[1, 1], channel_block=channels, strides=list(strides),
+                 padding=padding, softmax_mode=softmax)
+    g = tf.constant(np.random.default_rng(1).normal(size=(2,) + out_hw + (blocks * k,)).astype("float32"))
+    names = ["output", "grad inputs", "grad xi", "grad offsets", "grad c"]
+    gemm_ran = False
+    for kind in GEMM_KINDS:
+        if kind != "nonfinite" and regions is None and kind != "normal":
+            continue  # the offsets are what these kinds vary
+        x, off, c = _gemm_data(kind, channels, k, regions, use_c, blocks)
+        for xi_value in GEMM_XI:
+            xi = np.full(k, xi_value, "float32")
+            got = _mex_value_and_grads(lib, x, xi, off, c, g, **attrs)
+            ref = _mex_value_and_grads(lib, x, xi, off, c, g, gemm=False, **attrs)
+            for name, a, b in zip(names, got, ref):
+                if name == "grad offsets" and off is None or name == "grad c" and c is None:
+                    continue
+                _rel_close(a, b, 1e-5 if name == "output" else 1e-4, f"{kind} xi={xi_value} {name}")
+            if kind == "normal" and xi_value in (0.5, 1.0, 30.0, -1.5):
+                gemm_ran |= bool(np.any(got[0] != ref[0]))  # float rounding differs: the GEMM form ran
+            if kind == "nonfinite":
+                assert np.isnan(got[0]).any() and np.isnan(got[1]).any()
+    assert gemm_ran, "the GEMM form never ran"
+
+
+def _mex_1x1_float64(x, xi, off, c, g, *, channel_block, strides, softmax):
+    """Float64 MEX over pool-1x1 blocks and its gradients (inputs, xi, offsets, c): the reference."""
+    xs = x.astype(np.float64)[:, ::strides[0], ::strides[1], :]  # output (i, j) reads pixel (i s_h, j s_w)
+    n_img, oh, ow, channels = xs.shape
+    k, bc = len(xi), channel_block
+    v = xs.reshape(n_img, oh, ow, channels // bc, 1, bc) + np.zeros((k, 1))
+    if off is not None:
+        ri = np.arange(oh) * off.shape[0] // oh
+        rj = np.arange(ow) * off.shape[1] // ow
+        v = v + off.astype(np.float64)[ri][:, rj][None, :, :, None, :, 0, 0, :]
+    if c is not None:
+        v = np.concatenate([v, np.broadcast_to(c.astype(np.float64)[:, None], v.shape[:-1] + (1,))], -1)
+    z, size = xi.astype(np.float64)[:, None], v.shape[-1]
+    m = np.where(z[:, 0] > 0, v.max(-1), v.min(-1))[..., None]
+    e = np.exp(z * (v - m))
+    w = e / e.sum(-1, keepdims=True)
+    log_mean = np.log(e.mean(-1))
+    value = m[..., 0] + log_mean / z[:, 0]
+    dxi = ((w * (v - m)).sum(-1) - log_mean / z[:, 0]) / z[:, 0]
+    if softmax:
+        value = value + np.log(size) / z[:, 0]
+        dxi = dxi - np.log(size) / z[:, 0] ** 2
+    gw = g.astype(np.float64).reshape(value.shape)[..., None] * w
+    gx = np.zeros(x.shape)
+    gx[:, ::strides[0], ::strides[1], :] = gw[..., :bc].sum(4).reshape(xs.shape)
+    grads = [gx, (g.reshape(value.shape) * dxi).sum((0, 1, 2, 3))]
+    if off is not None:
+        goff = np.zeros(off.shape)
+        per_position = gw[..., :bc].sum((0, 3))  # (oh, ow, K, bc)
+        for i in range(oh):
+            for j in range(ow):
+                goff[ri[i], rj[j], :, 0, 0, :] += per_position[i, j]
+        grads.append(goff)
+    if c is not None:
+        grads.append(gw[..., -1].sum((0, 1, 2, 3)))
+    return value.reshape(n_img, oh, ow, -1), grads
+
+
+GEMM_FINITE_XI = [x for x in GEMM_XI if np.isfinite(x) and x != 0]
+
+
+@pytest.mark.parametrize("kind", ["normal", "wide", "anti", "anti_k", "underflow", "dominant"])
+@pytest.mark.parametrize("geometry", ["simnet", "unshared"])
+@pytest.mark.parametrize("softmax,use_c", [(False, False), (True, True)])
+def test_mex_gemm_matches_float64(lib, kind, geometry, softmax, use_c):
+    """custom.mex (the registered gradient, GEMM form on) against a float64 NumPy reference."""
+    channels, k = (400, 10) if geometry == "simnet" else (33, 2)
+    blocks, strides, padding = _gemm_geometry(channels)
+    out_hw = (_out_size(5, 1, strides[0], padding), _out_size(4, 1, strides[1], padding))
+    x, off, c = _gemm_data(kind, channels, k, (2, 2) if geometry == "simnet" else out_hw, use_c, blocks,
+                           seed=2)
+    kw = dict(num_instances=k, pool_size=(1, 1), channel_block=channels, strides=strides, padding=padding,
+              softmax_mode=softmax)
+
+    def fn(*t):
+        return custom.mex(t[0], t[1], t[2], t[3] if use_c else None, **kw)
+    for xi_value in GEMM_FINITE_XI:
+        xi = np.full(k, xi_value, "float32")
+        tensors = [x, xi, off] + ([c] if use_c else [])
+        y, grads = _value_and_grads(fn, tensors)
+        g = np.random.default_rng(0).normal(size=y.shape).astype("float32")  # as in _value_and_grads
+        y_ref, grads_ref = _mex_1x1_float64(x, xi, off, c if use_c else None, g, channel_block=channels,
+                                            strides=strides, softmax=softmax)
+        _rel_close(y, y_ref.astype("float32"), 1e-5, f"xi={xi_value} output")
+        for name, gr, gr_ref in zip(["inputs", "xi", "offsets", "c"], grads, grads_ref):
+            if name != "xi":  # float32 references: terms below float32's range are 0 for the op too
+                _rel_close(gr, gr_ref.astype("float32"), 1e-4, f"xi={xi_value} grad {name}")
+                continue
+            # xi^2 d value / d xi = log(n) - H(w) (softmax mode: -H(w)). Saturated weights (xi = 1e4)
+            # leave only rounding noise of the log(n) terms, in float64 as well: scale with a floor.
+            # Rounding v = x + b to float32 (the direct form does) moves the small weights' exponents
+            # by |xi| ulp(v): d/dxi is only that accurate, relative.
+            floor = 1e-7 * np.abs(g).sum() * np.log(channels + use_c) / xi_value ** 2
+            v_max = np.abs(x).max() + np.abs(off).max() + (np.abs(c).max() if use_c else 0.0)
+            rtol = max(1e-4, 1e-7 * abs(xi_value) * v_max)
+            np.testing.assert_allclose(gr, gr_ref, rtol=0, atol=rtol * max(np.abs(gr_ref).max(), floor),
+                                       err_msg=f"xi={xi_value} grad xi")
+
+
+@pytest.mark.parametrize("kind", ["normal", "wide", "dominant"])
+def test_mex_gemm_matches_composite(lib, kind):
+    """custom.mex against the composite (which export traces) at the SimNet's shape of block."""
+    x, off, c = _gemm_data(kind, 400, 10, (2, 2), True, 1, seed=4)
+    kw = dict(num_instances=10, pool_size=(1, 1), channel_block=400, strides=(1, 1), padding="valid",
+              softmax_mode=False)
+
+    def call(mod):
+        return lambda *t: mod.mex(*t, **kw)
+    for xi_value in GEMM_XI:
+        tensors = [x, np.full(10, xi_value, "float32"), off, c]
+        y, grads = _value_and_grads(call(custom), tensors)
+        y_ref, grads_ref = _value_and_grads(call(composite), tensors)
+        _rel_close(y, y_ref, 1e-5, f"xi={xi_value} output")
+        for name, gr, gr_ref in zip(["inputs", "xi", "offsets", "c"], grads, grads_ref):
+            # The float32 composite's d/dxi over 401-element sets is itself off by up to 2.3e-3 (against
+            # the float64 reference above, which the op matches to 5e-7): a loose check there.
+            _rel_close(gr, gr_ref, 5e-3 if name == "xi" else 1e-4, f"xi={xi_value} grad {name}")
+
+
+@pytest.mark.parametrize("xi", [1.3, -0.9])
+def test_mex_gemm_numerical_gradient(lib, xi):
+    """Perturbing one instance's xi makes the xi unequal (the direct form): a check of both."""
+    x, off, c = _gemm_data("normal", 33, 2, (2, 1), True, 1, seed=3)
+    x = tf.constant(x[:1])
+
+    def f(x, xis, off, c):
+        return custom.mex(x, xis, off, c, num_instances=2, pool_size=(1, 1), channel_block=33,
+                          strides=(1, 1), padding="valid", softmax_mode=False)
+    args = [x, tf.constant([xi, xi]), tf.constant(off), tf.constant(c)]
+    theoretical, numerical = tf.test.compute_gradient(f, args, delta=1e-2)
+    for t, nm in zip(theoretical, numerical):
+        assert np.max(np.abs(t - nm)) / max(np.max(np.abs(nm)), 1.0) < 2e-2
+
+
 # ------------------------------------------------------------ bad shapes --
 def _sim(lib, x, z, u, p, grad=None, **attrs):
     kw = dict(similarity="l2", strides=[1, 1], padding="valid", ignore_nan=False)

@@ -9,6 +9,7 @@ import pytest
 import kernelzoo  # noqa: F401  (registers the custom layers)
 from kernelzoo import zoo
 from kernelzoo.zoo.kernelnet.mnist import kernelnet_mnist
+from kernelzoo.zoo.recipe import output_activation
 from kernelzoo.zoo.simnet.models import coates_baseline, convnet_baseline, simnet_patch_labeling
 
 NUM_CLASSES = 3
@@ -16,7 +17,7 @@ ft = importlib.import_module("kernelzoo.zoo.finetune")  # the module; kernelzoo.
 
 
 def _tiny_kernelnet(num_classes=10):
-    """A small MNIST-type kernelNet (12x12 inputs in [0, 1], softmax head), seeded."""
+    """A small MNIST-type kernelNet (12x12 raw pixels, softmax head), seeded."""
     return kernelnet_mnist(prior=True, grids=(4,), grid_sides=(6,), gammas=(25.0,), image_size=12,
                            num_classes=num_classes, seed=0)
 
@@ -102,12 +103,13 @@ def test_kernelnet_head_is_the_softmax_dense_and_colour_inputs_become_grey():
     tuned = ft.adapt_model(source, 4, (16, 16, 3))
     assert tuple(tuned.output.shape) == (None, 4)
     assert tuned.get_layer("softmax").kernel.shape == (4 * 36, 4)
-    assert ft.output_activation(tuned) == "softmax"
-    # the adapter: /255, BT.601 luma, centred crop 16 -> 12, drop the channel axis
+    assert output_activation(tuned) == "softmax"
+    # the adapter: x 1 (the kernelNet takes raw pixels), BT.601 luma, centred crop 16 -> 12, drop the channel axis
+    assert tuned.get_layer("adapt_scale").scale == 1.0
     adapter = keras.Model(tuned.input, tuned.get_layer("adapt_reshape").output)
     x = np.random.default_rng(0).integers(0, 256, size=(2, 16, 16, 3)).astype(np.uint8)
-    expected = (x[:, 2:14, 2:14].astype(np.float64) / 255.0) @ np.asarray(ft.LUMA)
-    np.testing.assert_allclose(adapter.predict(x, verbose=0), expected, atol=1e-5)
+    expected = x[:, 2:14, 2:14].astype(np.float64) @ np.asarray(ft.LUMA)
+    np.testing.assert_allclose(adapter.predict(x, verbose=0), expected, rtol=1e-6, atol=1e-4)
     resized = ft.adapt_model(source, 4, (16, 16, 3), spatial="resize")
     assert "adapt_resize" in [layer.name for layer in resized.layers]
 
@@ -125,7 +127,7 @@ def test_baseline_heads_are_their_dense_logits(builder):
     tuned = ft.adapt_model(builder(n=4), 7, (32, 32, 3))
     assert tuple(tuned.output.shape) == (None, 7)
     assert [w.path for w in tuned.trainable_weights] == ["logits/kernel", "logits/bias"]
-    assert ft.output_activation(tuned) is None  # logits: trained with from_logits=True
+    assert output_activation(tuned) is None  # logits: trained with from_logits=True
 
 
 def test_finetune_is_exported_from_the_zoo():

@@ -5,8 +5,7 @@ import pytest
 
 import kernelzoo  # noqa: F401
 from kernelzoo.layers import Similarity
-from kernelzoo.zoo import init
-from kernelzoo.zoo.simnet import models
+from kernelzoo.zoo.simnet import init, models
 
 
 def _planted(rng, rows, beta, means, scales, priors):

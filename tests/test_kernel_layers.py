@@ -34,7 +34,7 @@ def test_kernel_matrix_matches_numpy(kind, distance):
 
 
 def test_kernel_dense_forward_is_alpha_times_kernel():
-    layer = KernelDense(4, kernel="rbf", dim=3, gamma=0.5, activation="tanh")
+    layer = KernelDense(4, kernel_function="rbf", dim=3, gamma=0.5, activation="tanh")
     x = RNG.normal(size=(6, 5)).astype("float32")
     y = keras.ops.convert_to_numpy(layer(x))
     u, v = layer.input_locations.numpy(), layer.output_locations.numpy()
@@ -48,7 +48,7 @@ def test_kernel_dense_forward_is_alpha_times_kernel():
 
 def _fit_residual(dim, target):
     keras.utils.set_random_seed(1)
-    layer = KernelDense(target.shape[1], kernel="dot", dim=dim,
+    layer = KernelDense(target.shape[1], kernel_function="dot", dim=dim,
                         input_locations_initializer="glorot_normal",
                         output_locations_initializer="glorot_normal", alpha_initializer="ones")
     layer.build((None, target.shape[0]))
@@ -87,7 +87,7 @@ def test_finite_support_weights_vanish_outside_support(distance):
 
 def test_finite_support_gradient_is_finite_at_coincident_locations():
     import tensorflow as tf
-    layer = KernelDense(3, kernel="finite_support", dim=2, input_locations_initializer="zeros",
+    layer = KernelDense(3, kernel_function="finite_support", dim=2, input_locations_initializer="zeros",
                         output_locations_initializer="zeros")
     x = np.ones((2, 4), "float32")
     with tf.GradientTape() as tape:
@@ -135,7 +135,7 @@ def test_grid_initializer_gives_pixel_locations():
 
 def test_parameter_count_and_cost_report():
     m, n, d = 12, 7, 3
-    layer = KernelDense(n, kernel="dot", dim=d)
+    layer = KernelDense(n, kernel_function="dot", dim=d)
     layer.build((None, m))
     assert layer.parameter_count() == d * (m + n) + m + n
     fixed = KernelDense(n, dim=2, input_locations_trainable=False,
@@ -152,7 +152,7 @@ def test_parameter_count_and_cost_report():
 def test_config_roundtrip_and_saving(tmp_path):
     inputs = keras.Input((16,))
     x = SparseKernelDense(8, dim=2, kernel_values_regularizer="l2")(inputs)
-    x = KernelDense(9, kernel="poly", dim=2, degree=3, input_locations_initializer="grid",
+    x = KernelDense(9, kernel_function="poly", dim=2, degree=3, input_locations_initializer="grid",
                     output_locations_initializer="grid", alpha_trainable=False)(x)
     x = SparsifyingActivation(0.3)(x)
     model = keras.Model(inputs, x)
@@ -168,7 +168,8 @@ def test_config_roundtrip_and_saving(tmp_path):
 
 @pytest.mark.parametrize("make, argument", [
     (lambda: KernelDense(0), "units"),
-    (lambda: KernelDense(3, kernel="gauss"), "kernel"),
+    (lambda: KernelDense(3, kernel_function="gauss"), "kernel_function"),
+    (lambda: KernelDense(3, offset=float("nan")), "offset"),
     (lambda: KernelDense(3, dim=0), "dim"),
     (lambda: KernelDense(3, gamma=-1.0), "gamma"),
     (lambda: KernelDense(3, degree=0), "degree"),
@@ -189,3 +190,20 @@ def test_config_roundtrip_and_saving(tmp_path):
 def test_bad_arguments_raise_value_error_naming_them(make, argument):
     with pytest.raises(ValueError, match=argument):
         make()
+
+
+def test_kernel_dense_names_its_kernel_kernel_function_and_reads_old_configs():
+    x = RNG.normal(size=(3, 4)).astype("float32")
+    layer = KernelDense(5, kernel_function="poly", dim=2, degree=3)
+    y = keras.ops.convert_to_numpy(layer(x))
+    assert layer.kernel_function == "poly" and not hasattr(layer, "kernel")
+    config = layer.get_config()
+    assert config["kernel_function"] == "poly" and "kernel" not in config
+    legacy = dict(config)
+    legacy["kernel"] = legacy.pop("kernel_function")  # as saved before the rename (the shipped .keras files)
+    old = KernelDense.from_config(legacy)
+    old.build((None, 4))
+    old.set_weights(layer.get_weights())
+    assert old.kernel_function == "poly"
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(old(x)), y)
+    assert KernelDense(3, kernel="tanh").kernel_function == "tanh"  # the old keyword still works

@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from kernelzoo.layers.kernel_dense import KernelDense, SparseKernelDense
 from kernelzoo.zoo.data import rating_matrix, random_split
+from kernelzoo.zoo.data.synthetic import planted_ratings
 from kernelzoo.zoo.kernelnet import embedding, movielens as ml
 from kernelzoo.zoo.kernelnet.mnist import kernelnet_mnist
 from kernelzoo.zoo.kernelnet.optimize import fit_adam, fit_lbfgs
@@ -31,18 +32,12 @@ def test_variants_use_the_paper_layers():
     kern = ml.kernelnet_movielens(n_users=10, variant="kernel", hidden=(8,))
     assert [type(l) for l in sparse.layers[1:]] == [SparseKernelDense] * 3
     assert sparse.layers[1].dim == 5 and kern.layers[1].dim == 50
-    assert all(isinstance(l, KernelDense) and l.kernel == "tanh" for l in kern.layers[1:])
+    assert all(isinstance(l, KernelDense) and l.kernel_function == "tanh" for l in kern.layers[1:])
     assert sparse.output_shape == (None, 10)
 
 
-def _planted(n_items=120, n_users=80, rank=2, seed=0):
-    rng = np.random.default_rng(seed)
-    scores = rng.normal(size=(n_items, rank)) @ rng.normal(size=(rank, n_users))
-    full = np.clip(np.round(3 + 1.2 * scores / scores.std()), 1, 5).astype(np.float32)
-    items, users = np.nonzero(rng.random(full.shape) < 0.5)
-    data = {"items": items, "users": users, "ratings": full[items, users],
-            "n_items": n_items, "n_users": n_users}
-    return random_split(data, 0.2, seed=seed)
+def _planted():
+    return random_split(planted_ratings(), 0.2, seed=0)
 
 
 @pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
@@ -121,10 +116,11 @@ def test_bad_arguments(call, argument):
         call()
 
 
-def test_train_cli_runs_and_records_its_result(tmp_path):
+def test_train_cli_runs_the_lbfgs_recipe_into_a_run_folder(tmp_path, capsys):
+    import argparse
     import json
 
-    from kernelzoo.zoo.kernelnet import train
+    from kernelzoo.zoo import cli, training
 
     folder = tmp_path / "ml-100k"
     folder.mkdir()
@@ -134,11 +130,21 @@ def test_train_cli_runs_and_records_its_result(tmp_path):
     (folder / "u1.base").write_text("".join(lines[::2] + lines[1::4]))
     (folder / "u1.test").write_text("".join(lines[3::4]))
     out = tmp_path / "run"
-    train.main(["movielens", "--data-dir", str(tmp_path), "--split", "u1", "--maxiter", "4",
-                "--every", "2", "--out", str(out)])
-    result = json.loads((out / "result.json").read_text())
-    assert result["iterations"] <= 4 and 0 < result["test_rmse"] < 4
-    assert (out / "model.keras").is_file()
-    with pytest.raises(ValueError, match="split"):
-        train.main(["movielens", "--data-dir", str(tmp_path), "--split", "u9",
-                    "--out", str(out)])
+
+    def run(*argv):
+        parser = argparse.ArgumentParser()
+        cli.add_arguments(parser, "train")
+        return cli.run(parser.parse_args(["kernelnet_movielens_100k", "hidden=(4,)", "--data-dir", str(tmp_path),
+                                          *argv]), "train")
+
+    assert run("--split", "u1", "--epochs", "2", "--iterations-per-epoch", "2", "--out", str(out), "--quiet") == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 < metrics["test_rmse"] < 4 and metrics["test_examples"] == 15
+    assert (out / "model.keras").is_file() and (out / "checkpoints" / "best.keras").is_file()
+    rows = training.read_log(str(out / "log.csv"))
+    assert rows and [row["iterations"] for row in rows] == [2.0 * (i + 1) for i in range(len(rows))]
+    capsys.readouterr()
+    assert run("--split", "u9", "--out", str(tmp_path / "other")) == 2
+    assert "split must be one of" in capsys.readouterr().err
+    assert run("--no-init", "--out", str(tmp_path / "other")) == 2  # a SimNet option
+    assert "--no-init is not an option of RatingsRecipe" in capsys.readouterr().err

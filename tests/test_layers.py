@@ -181,3 +181,19 @@ def test_bad_inputs_at_build_and_call(rng):
         layer(_input(rng, (2, 7, 8, 5)))  # channel count changed
     with pytest.raises(ValueError, match="larger than the input"):
         Similarity(3, 9)(_input(rng))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: Similarity(4, 3), lambda: Mex(2),
+    lambda: __import__("kernelzoo.layers", fromlist=["KernelDense"]).KernelDense(3),
+    lambda: __import__("kernelzoo.layers", fromlist=["SparseKernelDense"]).SparseKernelDense(3),
+    lambda: __import__("kernelzoo.layers", fromlist=["SparsifyingActivation"]).SparsifyingActivation(),
+])
+def test_get_config_holds_exactly_the_constructor_arguments(make):
+    import inspect
+
+    layer = make()
+    arguments = set(inspect.signature(type(layer).__init__).parameters) - {"self", "kwargs"}
+    keras_keys = set(keras.layers.Layer().get_config())  # name, trainable, dtype
+    assert set(layer.get_config()) - keras_keys == arguments
+    assert type(layer).from_config(layer.get_config()).get_config() == layer.get_config()

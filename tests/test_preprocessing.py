@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import kernelzoo  # noqa: F401
-from kernelzoo.zoo.preprocessing import BrightnessContrastNormalization, PatchWhitening, fit_zca
+from kernelzoo.zoo.simnet.preprocessing import BrightnessContrastNormalization, PatchWhitening, fit_zca
 
 
 def _inverse_sqrt(cov, eps=0.0):

@@ -1,5 +1,7 @@
-"""Registry API, shipped weights (SHA-256, size, loading) and their cards' figures."""
+"""Registry API, typed presets, shipped weights (SHA-256, size, loading) and `kernelzoo list/info/eval`."""
 import argparse
+import dataclasses
+import json
 import os
 
 import keras
@@ -7,23 +9,27 @@ import numpy as np
 import pytest
 
 import kernelzoo  # noqa: F401  (registers the layers)
-from kernelzoo.zoo import card, cli, create, list_models, load, registry
-from kernelzoo.zoo.kernelnet import presets, viz
-from kernelzoo.zoo.kernelnet.evaluate import evaluate as evaluate_kernelnet
-from kernelzoo.zoo.simnet import presets as simnet_presets
-from kernelzoo.zoo.simnet.evaluate import evaluate as evaluate_simnet
+from kernelzoo.zoo import card, cli, create, info, list_models, load, registry
+from kernelzoo.zoo.kernelnet import viz
+from kernelzoo.zoo.preset import CIFAR10_CLASSES, DatasetSpec, Figure, InputSpec, Preset, PresetError
 
-SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
-EVALUATE = {name: evaluate for module, evaluate in ((presets, evaluate_kernelnet), (simnet_presets, evaluate_simnet))
-            for name, entry in module.PRESETS.items() if entry.get("weights")}
-SHIPPED = sorted(EVALUATE)
+from conftest import SHARED_DATA
+
+SHIPPED = list_models(pretrained=True)
 
 
-def test_list_models_and_pattern():
+def test_list_models_pattern_and_pretrained():
     names = list_models()
     assert names == sorted(names) and "kernelnet_movielens_100k" in names
     assert list_models("kernelnet_mnist_*") == ["kernelnet_mnist_learned", "kernelnet_mnist_prior"]
     assert list_models("nothing*") == []
+    assert set(SHIPPED) == {n for n in names if info(n).weights} and "simnet_cifar10_l1" in SHIPPED
+    assert "simnet_cifar10_wl2_n400" in list_models(pretrained=False)
+
+
+def test_cifar10_classes_are_defined_once():
+    assert info("simnet_cifar10_l1").class_names == CIFAR10_CLASSES
+    assert CIFAR10_CLASSES[0] == "airplane" and CIFAR10_CLASSES[-1] == "truck"
 
 
 def test_create_builds_fresh_models_with_overrides():
@@ -34,85 +40,120 @@ def test_create_builds_fresh_models_with_overrides():
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_weights_match_sha256_and_load(name):
-    entry = registry.info(name)
+    preset = info(name)
     path = registry.weights_path(name)
     assert os.path.getsize(path) < 6 * 2 ** 20
-    assert registry.sha256(path) == entry["sha256"]
+    assert registry.sha256(path) == preset.sha256
     model = load(name)
-    assert model.optimizer is not None            # compiled
+    assert model.optimizer is not None            # compiled by the family recipe
     plain = keras.models.load_model(path, compile=False)
-    x = np.zeros((1,) + tuple(plain.input_shape[1:]), np.float32)
+    assert tuple(plain.input_shape[1:]) == preset.inputs.shape
+    x = np.zeros((1,) + preset.inputs.shape, np.float32)
     np.testing.assert_allclose(model.predict(x, verbose=0), plain.predict(x, verbose=0))
-    assert f"{entry['metrics']['value']:.4f}" in card(name)
+    assert preset.measured.format(preset.metric) in card(name).replace("**", "") or \
+        f"{preset.measured.value:.4f}" in card(name)
 
 
-@pytest.mark.parametrize("evaluate", [evaluate_kernelnet, evaluate_simnet])
-def test_evaluate_rejects_unknown_names(evaluate):
-    with pytest.raises(ValueError, match="name"):
-        evaluate("no_such_model")
+def test_image_models_take_raw_pixels():
+    """Every image preset documents uint8 input and its model starts with preprocessing."""
+    from kernelzoo.zoo import input_spec
+    for name in list_models():
+        preset = info(name)
+        if len(preset.inputs.shape) >= 2:
+            assert preset.inputs.dtype == "uint8", name
+    for name in SHIPPED:
+        spec = input_spec(load(name, compile=False))
+        assert spec.shape == info(name).inputs.shape and spec.dtype == info(name).inputs.dtype, name
 
 
 def test_sha256_mismatch_is_refused(monkeypatch):
-    name = next(name for name in SHIPPED if name in presets.PRESETS)
-    broken = dict(presets.PRESETS[name], sha256="0" * 64)
-    monkeypatch.setitem(presets.PRESETS, name, broken)
+    real = info("kernelnet_mnist_prior")
+    monkeypatch.setattr(registry, "info", lambda name: dataclasses.replace(real, sha256="0" * 64))
     with pytest.raises(RuntimeError, match="SHA-256"):
-        load(name)
+        load("kernelnet_mnist_prior")
 
 
-@pytest.mark.data
-@pytest.mark.parametrize("name", SHIPPED)
-def test_shipped_weights_reproduce_their_card(name):
-    """Within 0.02 points (the issue allows 0.2): the figure is re-measured, not re-trained."""
-    if not os.path.isdir(SHARED):
-        pytest.skip("../shared/data absent")
-    metrics = registry.info(name)["metrics"]
-    measured = EVALUATE[name](name, SHARED)[metrics["key"]]
-    assert measured == pytest.approx(metrics["value"], abs=2e-4)
-
-
-@pytest.mark.parametrize("call", [lambda: create("resnet50"), lambda: load("nope"),
-                                  lambda: card(3), lambda: list_models(pattern=5)])
+@pytest.mark.parametrize("call", [lambda: create("resnet50"), lambda: load("nope"), lambda: card(3),
+                                  lambda: list_models(pattern=5), lambda: list_models(pretrained="yes")])
 def test_bad_names_raise_value_error(call):
-    with pytest.raises(ValueError, match="name|pattern"):
+    with pytest.raises(ValueError, match="name|pattern|pretrained"):
         call()
 
 
+def _preset(**changes):
+    fields = dict(name="toy", family="simnet", builder="kernelzoo.zoo.simnet.models.convnet_baseline", config={},
+                  description="a toy", inputs=InputSpec((8, 8, 3)), task="classification",
+                  dataset=DatasetSpec("cifar10", "DATA/cifar10"), recipe={}, card="toy.md",
+                  class_names=("a", "b"))
+    return Preset(**dict(fields, **changes))
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"name": "Bad Name"}, "name"), ({"builder": "somewhere.else.fn"}, "builder"), ({"config": [1]}, "config"),
+    ({"task": "detection"}, "task"), ({"class_names": ("one",)}, "class_names"), ({"card": "toy.txt"}, "card"),
+    ({"weights": "toy.keras"}, "sha256"), ({"weights": "toy.keras", "sha256": "xyz"}, "sha256"),
+    ({"measured": Figure(0.5)}, "measured"), ({"inputs": (8, 8, 3)}, "inputs"),
+    ({"task": "rating_prediction"}, "class_names")])
+def test_presets_validate_and_name_the_bad_field(changes, field):
+    with pytest.raises(PresetError, match=f"`{field}`"):
+        _preset(**changes)
+    with pytest.raises(PresetError, match="`dtype`"):
+        InputSpec((8, 8), "int8")
+    assert _preset().config == {} and _preset().metric == "accuracy"
+
+
+def _run(command, argv):
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser, command)
+    return cli.run(parser.parse_args(argv), command)
+
+
 def test_cli_list_and_info(capsys):
-    for command, argv in (("list", ["kernelnet_*"]), ("info", ["kernelnet_mnist_prior"])):
-        parser = argparse.ArgumentParser()
-        cli.add_arguments(parser, command)
-        assert cli.run(parser.parse_args(argv), command) == 0
+    assert _run("list", ["kernelnet_*"]) == 0
+    assert _run("list", ["--pretrained"]) == 0
+    assert _run("info", ["kernelnet_mnist_prior"]) == 0
     out = capsys.readouterr().out
-    assert "kernelnet_movielens_100k" in out and "sha256" in out
+    assert "kernelnet_movielens_100k" in out and "sha256" in out and "98.23 %" in out
+    assert "simnet_cifar10_wl2_n400" not in out.split("kernelnet_mnist_prior (kernelnet family)")[0].split(
+        "kernelnet_movielens_100k")[-1]
+    assert _run("info", ["kernelnet_mnist_prior", "--cost", "1"]) == 0
+    assert capsys.readouterr().out.strip() == "kernelnet_mnist_prior params 74490 macs 4699129"
     with pytest.raises(ValueError, match="command"):
         cli.add_arguments(argparse.ArgumentParser(), "remove")
+
+
+@pytest.mark.data
+def test_cli_eval_prints_measured_card_and_paper_figures(capsys, tmp_path):
+    if not os.path.isdir(SHARED_DATA):
+        pytest.skip("../shared/data absent")
+    out = tmp_path / "eval.json"
+    assert _run("eval", ["kernelnet_mnist_prior", "--data-dir", SHARED_DATA, "--json", str(out)]) == 0
+    line = capsys.readouterr().out
+    assert "measured 98.23 % | card 98.23 % | paper 99.03 % (Table 1)" in line and "10,000 examples" in line
+    assert json.loads(out.read_text())["accuracy"] == pytest.approx(0.9823, abs=1e-4)
 
 
 def test_viz_rejects_non_embedding_models(tmp_path):
     parser = argparse.ArgumentParser()
     viz.add_arguments(parser, "viz")
-    args = parser.parse_args(["embedding", "kernelnet_mnist_prior", "--out",
-                              str(tmp_path / "x.png")])
+    args = parser.parse_args(["embedding", "kernelnet_mnist_prior", "--out", str(tmp_path / "x.png")])
     with pytest.raises(ValueError, match="name"):
         viz.run(args, "viz")
     with pytest.raises(ValueError, match="samples"):
-        viz.run(parser.parse_args(["embedding", "kernelnet_embedding_mnist", "--samples", "0"]),
-                "viz")
+        viz.run(parser.parse_args(["embedding", "kernelnet_embedding_mnist", "--samples", "0"]), "viz")
 
 
 @pytest.mark.data
 def test_viz_writes_embedding_png(tmp_path):
-    if not os.path.isdir(os.path.join(SHARED, "mnist")):
+    if not os.path.isdir(os.path.join(SHARED_DATA, "mnist")):
         pytest.skip("../shared/data absent")
     parser = argparse.ArgumentParser()
     viz.add_arguments(parser, "viz")
     out = tmp_path / "emb.png"
-    args = parser.parse_args(["embedding", "kernelnet_embedding_mnist", "--data-dir", SHARED,
+    args = parser.parse_args(["embedding", "kernelnet_embedding_mnist", "--data-dir", SHARED_DATA,
                               "--samples", "300", "--out", str(out)])
     assert viz.run(args, "viz") == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="autoencoder"):
-        viz.run(parser.parse_args(["embedding", "kernelnet_embedding_mnist", "--data-dir",
-                                   SHARED, "--samples", "10", "--out", str(out),
-                                   "--walk", str(tmp_path / "w.png")]), "viz")
+        viz.run(parser.parse_args(["embedding", "kernelnet_embedding_mnist", "--data-dir", SHARED_DATA,
+                                   "--samples", "10", "--out", str(out), "--walk", str(tmp_path / "w.png")]), "viz")

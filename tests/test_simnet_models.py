@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import kernelzoo  # noqa: F401
-from kernelzoo.zoo import init
-from kernelzoo.zoo.simnet import models, presets
+from kernelzoo.zoo import registry
+from kernelzoo.zoo.simnet import init, models, presets
 
 
 def _images(count=6, size=10, seed=0):
@@ -89,24 +89,11 @@ def test_quadrant_pooling_and_triangle_coding():
     np.testing.assert_allclose(coded, np.maximum(z.mean(-1, keepdims=True) - z, 0), rtol=1e-4, atol=1e-4)
 
 
-def test_presets_build_and_have_cards():
-    folder = os.path.dirname(presets.__file__)
-    for name, entry in presets.PRESETS.items():
-        for key in ("description", "builder", "config", "inputs", "card", "dataset", "recipe"):
-            assert key in entry, (name, key)
-        assert os.path.isfile(os.path.join(folder, entry["card"]))
-        module, _, attr = entry["builder"].rpartition(".")
-        assert module == "kernelzoo.zoo.simnet.models" and hasattr(models, attr)
-        model = getattr(models, attr)(**dict(entry["config"], n=2))
-        assert model.output.shape == (None, 10)
-
-
-def test_registry_lists_the_presets_when_registered():
-    from kernelzoo.zoo import registry
-    if "kernelzoo.zoo.simnet.presets" not in registry.PRESET_MODULES:
-        pytest.skip("kernelzoo.zoo.simnet.presets not registered yet")
-    assert set(presets.PRESETS) <= set(registry.list_models())
-    assert "Patch" in registry.card("simnet_cifar10_wl2_n400") or "patch" in registry.card("simnet_cifar10_wl2_n400")
+def test_presets_build_ten_class_cifar_models():
+    for preset in presets.PRESETS:
+        assert preset.family == "simnet" and preset.inputs.shape == (32, 32, 3) and preset.inputs.raw_pixels
+        model = registry.create(preset.name, n=2)
+        assert model.output.shape == (None, 10) and len(preset.class_names) == 10
 
 
 @pytest.mark.parametrize("kwargs, name", [

@@ -1,30 +1,246 @@
-"""`kernelzoo list [PATTERN]` and `kernelzoo info NAME` (hooks for kernelzoo/cli.py)."""
+"""`kernelzoo train | eval | list | info` for every family (hooks for kernelzoo/cli.py).
+
+Each command dispatches on the preset's family: the family recipe loads the data, trains and
+measures (kernelzoo.zoo.recipe). `train` takes a zoo NAME or FAMILY:BUILDER (a builder of the
+family with its own defaults, trained and measured like the family's first preset that uses it).
+"""
+import ast
+import dataclasses
+import json
+import os
+import sys
+from fractions import Fraction
+
+import numpy as np
+
 from kernelzoo.zoo import registry
+from kernelzoo.zoo.recipe import Recipe
+
+COMMANDS = ("train", "eval", "list", "info")
 
 
 def add_arguments(parser, command):
-    if command == "list":
-        parser.add_argument("pattern", nargs="?", default=None,
-                            help="shell-style filter, e.g. 'kernelnet_*'")
+    if command == "train":
+        _train_arguments(parser)
+    elif command == "eval":
+        parser.add_argument("models", nargs="+", metavar="NAME|FILE.keras",
+                            help="zoo names (shipped weights) or .keras files (a run folder's: its preset and "
+                                 "split come from its config.json); several: also their mean +- std")
+        parser.add_argument("--data-dir", default=None, help="local dataset root (default $KERNELZOO_DATA_DIR)")
+        parser.add_argument("--preset", default=None, help="the protocol of a .keras file outside a run folder")
+        parser.add_argument("--dataset", default=None,
+                            help="measure image-classification accuracy on this dataset (a name or a path) instead")
+        parser.add_argument("--json", default=None, help="also write the results to this file")
+    elif command == "list":
+        parser.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. 'kernelnet_*'")
+        parser.add_argument("--pretrained", action="store_true", help="only models with shipped weights")
     elif command == "info":
         parser.add_argument("name", help="a model name from `kernelzoo list`")
+        parser.add_argument("--cost", type=lambda text: float(Fraction(text)), default=None, metavar="DENSITY",
+                            help="print parameters and expected MACs (kernelNet Table 4) of the shipped weights for "
+                                 "this input density (e.g. 10/943: ten rated users) instead of the card")
     else:
-        raise ValueError(f"command must be 'list' or 'info', got {command!r}")
+        raise ValueError(f"command must be one of {COMMANDS}, got {command!r}")
 
 
 def run(args, command):
-    if command == "list":
-        for name in registry.list_models(args.pattern):
-            print(f"{name:34s} {registry.info(name)['description']}")
+    if command not in COMMANDS:
+        raise ValueError(f"command must be one of {COMMANDS}, got {command!r}")
+    try:
+        return {"train": _train, "eval": _eval, "list": _list, "info": _info}[command](args)
+    except ValueError as error:  # bad arguments, data or model: one line, not a traceback
+        print(f"kernelzoo {command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+# ----------------------------------------------------------------------------- train
+
+
+class _Once:
+    """Adds each family option to one argument group once (families share some options)."""
+
+    def __init__(self, group, taken):
+        self.group, self.taken = group, taken
+
+    def add_argument(self, *flags, **kwargs):
+        if not self.taken.intersection(flags):
+            self.taken.update(flags)
+            self.group.add_argument(*flags, **kwargs)
+
+
+def _recipes():
+    """(family, recipe) for every distinct recipe class of the registered families."""
+    found = {}
+    for family in registry.FAMILIES:
+        for preset in registry.family_presets(family):
+            recipe = registry.recipe(preset)
+            found.setdefault(type(recipe), (family, recipe))
+    return list(found.values())
+
+
+def _train_arguments(parser):
+    common = _Once(parser, set())
+    common.add_argument("target", metavar="NAME|FAMILY:BUILDER",
+                        help="a model name from `kernelzoo list`, or e.g. simnet:convnet_baseline")
+    common.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="builder arguments, e.g. n=100 p=1 weighted=false")
+    common.add_argument("--data-dir", default=None,
+                        help="local dataset root (default $KERNELZOO_DATA_DIR; nothing downloads when set)")
+    common.add_argument("--dataset", default=None, help="dataset name or path (default: the preset's)")
+    common.add_argument("--out", default=None, help="run folder (default runs/NAME)")
+    common.add_argument("--epochs", type=int, default=None)
+    common.add_argument("--batch-size", type=int, default=None, help="global batch size (over all replicas)")
+    common.add_argument("--lr", type=float, default=None)
+    common.add_argument("--strategy", default="none", choices=("none", "mirrored", "multiworker"),
+                        help="tf.distribute: MirroredStrategy over the local devices, or "
+                             "MultiWorkerMirroredStrategy (TF_CONFIG); see docs/training.md")
+    common.add_argument("--seed", type=int, default=0)
+    common.add_argument("--resume", action="store_true", help="continue the run in --out")
+    common.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap steps (quick runs)")
+    common.add_argument("--no-tensorboard", action="store_true")
+    common.add_argument("--quiet", action="store_true", help="no progress bars")
+    Recipe().add_arguments(common)  # the options every image recipe shares
+    defaults = {}
+    for family, recipe in _recipes():
+        group = parser.add_argument_group(f"{family} options ({type(recipe).__name__})")
+        recipe.add_arguments(_Once(group, common.taken))
+        defaults.update(vars(recipe.options()))
+    parser.set_defaults(family_option_defaults=defaults)
+
+
+def parse_overrides(items):
+    """["n=100", "weighted=false"] -> {"n": 100, "weighted": False}."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise ValueError(f"overrides must look like KEY=VALUE, got {item!r}")
+        lowered = value.lower()
+        if lowered in ("true", "false"):
+            out[key] = lowered == "true"
+        elif lowered in ("none", "null"):
+            out[key] = None
+        else:
+            try:
+                out[key] = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                out[key] = value
+    return out
+
+
+def training_target(target):
+    """The Preset to train: a zoo name, or FAMILY:BUILDER (the builder's defaults, the protocol of the
+    family's first preset that uses that builder)."""
+    family, sep, builder = target.partition(":")
+    if not sep:
+        return registry.info(target)
+    matches = [p for p in registry.family_presets(family) if p.builder.rpartition(".")[2] == builder]
+    if not matches:
+        builders = sorted({p.builder.rpartition(".")[2] for p in registry.family_presets(family)})
+        raise ValueError(f"target: family {family!r} has no builder {builder!r} (builders: {builders})")
+    return dataclasses.replace(matches[0], config={}, weights=None, sha256=None, measured=None)
+
+
+def _family_options(args, recipe):
+    """The recipe's options from the parsed arguments; other families' options must keep their defaults."""
+    own = vars(recipe.options())
+    for dest, default in args.family_option_defaults.items():
+        if dest not in own and getattr(args, dest) != default:
+            raise ValueError(f"--{dest.replace('_', '-')} is not an option of {type(recipe).__name__}")
+    return recipe.options(**{dest: getattr(args, dest) for dest in own})
+
+
+def _train(args):
+    preset = training_target(args.target)
+    recipe = registry.recipe(preset)
+    options = _family_options(args, recipe)
+    keys = set(recipe.hyperparameters(preset))
+    hp = recipe.hyperparameters(preset, **{key: value for key, value in vars(args).items() if key in keys})
+    out = args.out or os.path.join("runs", preset.name)
+    verbose = 0 if args.quiet else 1
+    data = recipe.load_data(preset, args.data_dir, args.dataset, options, seed=args.seed)
+    print(f"{args.target}: {data.source}; hyper-parameters {hp}", flush=True)
+    result = recipe.train(preset, data, out, overrides=parse_overrides(args.overrides), hp=hp, options=options,
+                          seed=args.seed, resume=args.resume, verbose=verbose, tensorboard=not args.no_tensorboard,
+                          max_steps_per_epoch=args.max_steps_per_epoch, strategy=args.strategy)
+    figures = ", ".join(f"{key} {value:.4f}" for key, value in result.get("metrics", {}).items()
+                        if isinstance(value, float))
+    print(f"{args.target}: {figures or 'no test figure'}; model {result['model_path']}; "
+          f"curves {result.get('curves')}", flush=True)
+    return 0
+
+
+# ----------------------------------------------------------------------------- eval
+
+
+def _eval(args):
+    from kernelzoo.zoo.evaluation import measure
+
+    results = []
+    for model in args.models:
+        result = measure(model, args.data_dir, preset=args.preset, dataset=args.dataset)
+        result["model"] = model
+        print(format_result(result), flush=True)
+        results.append(result)
+    values = np.array([r["value"] for r in results if r["value"] is not None])
+    summary = None
+    if len(values) > 1 and len({(r["preset"], r["metric"]) for r in results}) == 1:
+        summary = {"mean": float(values.mean()), "std": float(values.std(ddof=1)), "n": len(values)}
+        print(f"{results[0]['metric']}: mean {summary['mean']:.4f} +- {summary['std']:.4f} "
+              f"(sample std, n={summary['n']})")
+    if args.json:
+        plain = [{k: _plain(v) for k, v in r.items()} for r in results]
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(plain[0] if len(plain) == 1 else {"runs": plain, "summary": summary}, handle, indent=1)
+    return 0
+
+
+def _plain(value):
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+
+def format_result(result):
+    """One line: the measured figure beside the card's and the paper's."""
+    metric = result["metric"]
+    data = f"[{result['data']}, {result['examples']:,} examples]"
+    if metric is None:
+        return f"{result['model']}: loss {result['loss']:.4f} {data}"
+    from kernelzoo.zoo.preset import Figure
+    parts = [f"{result['model']}: {metric} measured {Figure(result['value']).format(metric)}"]
+    if result["card"] is not None:
+        parts.append(f"card {result['card'].format(metric)}")
+    if result["paper"] is not None:
+        parts.append(f"paper {result['paper'].format(metric)} ({result['paper'].where})")
+    return " | ".join(parts) + f" {data}"
+
+
+# ----------------------------------------------------------------------------- list, info
+
+
+def _list(args):
+    for name in registry.list_models(args.pattern, pretrained=True if args.pretrained else None):
+        preset = registry.info(name)
+        figure = preset.measured.format(preset.metric) if preset.measured else "-"
+        print(f"{name:30s} {preset.family:10s} {figure:>9s}  {preset.description}")
+    return 0
+
+
+def _info(args):
+    preset = registry.info(args.name)
+    if args.cost is not None:
+        from kernelzoo.layers.cost import cost_report
+        report = cost_report(registry.load(args.name, compile=False), args.cost)
+        print(f"{args.name} params {report['params']} macs {report['macs']:.0f}")
         return 0
-    if command == "info":
-        entry = registry.info(args.name)
-        print(f"{args.name}: {entry['description']}")
-        print(f"input: {entry['inputs']}")
-        if entry.get("weights"):
-            print(f"weights: {entry['weights']} (sha256 {entry['sha256']})")
-        if entry.get("card"):
-            print()
-            print(registry.card(args.name))
-        return 0
-    raise ValueError(f"command must be 'list' or 'info', got {command!r}")
+    print(f"{preset.name} ({preset.family} family): {preset.description}")
+    print(f"input: {preset.inputs.dtype} {preset.inputs.shape} ({preset.inputs.note})")
+    print(f"task: {preset.task}; dataset: {preset.dataset.name}, split {preset.dataset.split} "
+          f"(local copy: {preset.dataset.local})")
+    if preset.pretrained:
+        print(f"weights: {preset.weights} (sha256 {preset.sha256})")
+    for label, figure in (("measured", preset.measured), ("paper", preset.paper)):
+        if figure is not None:
+            print(f"{label}: {figure.format(preset.metric)} ({figure.where})")
+    print()
+    print(registry.card(args.name))
+    return 0

@@ -73,19 +73,18 @@ def run(args, command):
 
 def _pretrained_models():
     """Load every shipped checkpoint (SHA-256 checked) and run it on a zero input; count failures."""
+    import keras
+
     from kernelzoo import zoo
-    from kernelzoo.zoo import registry
 
     print("\nPretrained zoo models (weights verified by SHA-256):")
     failures = 0
-    for name in zoo.list_models():
-        if not registry.info(name).get("weights"):
-            continue
+    for name in zoo.list_models(pretrained=True):
         start = time.perf_counter()
         try:
-            model = zoo.load(name)
-            shape = (1,) + tuple(model.inputs[0].shape[1:])
-            output = np.asarray(model.predict(np.zeros(shape, "float32"), verbose=0))
+            model = zoo.load(name, compile=False)
+            spec = zoo.info(name).inputs
+            output = keras.ops.convert_to_numpy(model(np.zeros((1,) + spec.shape, "float32"), training=False))
             trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
             status = f"{trainable:>9,} trainable / {model.count_params():,} params, output {output.shape[1:]}"
             ok = bool(np.all(np.isfinite(output)))
@@ -105,19 +104,16 @@ def load_samples(path=SAMPLES):
 
 def _mnist_samples(latency_time=0.3):
     """Classify the bundled digits, export, check parity and time batch-1 latency; count failures."""
+    import keras
     import tensorflow as tf
 
     from kernelzoo import zoo
-    from kernelzoo.export import OnnxPredictor, to_onnx, to_saved_model
-    from kernelzoo.export._common import reference_outputs, serving_spec
-    from kernelzoo.export.bench import _median_seconds
-    from kernelzoo.export.saved_model import load_signature
-    from kernelzoo.export.verify import MAX_ABS_GOAL, compare
-    from kernelzoo.zoo import registry
+    from kernelzoo.export import (OnnxPredictor, load_signature, median_seconds, serving_spec, to_onnx,
+                                  to_saved_model, verify_artifact)
+    from kernelzoo.export.verify import MAX_ABS_GOAL
 
     images, labels, indices = load_samples()
-    names = [n for n in zoo.list_models() if registry.info(n).get("weights")
-             and (registry.info(n).get("evaluation") or {}).get("data") == "mnist"]
+    names = [n for n in zoo.list_models(pretrained=True) if zoo.info(n).dataset.name == "mnist"]
     print(f"\nPretrained MNIST classifiers on the {len(images)} bundled MNIST test digits "
           f"(t10k indices {indices[0]}..{indices[-1]}; MNIST by Yann LeCun and Corinna Cortes, CC BY-SA 3.0):")
     print(f"  labels      {' '.join(str(v) for v in labels)}")
@@ -126,34 +122,28 @@ def _mnist_samples(latency_time=0.3):
         for name in names:
             start = time.perf_counter()
             try:
-                model = zoo.load(name)
+                model = zoo.load(name, compile=False)
                 spec = serving_spec(model)
-                x = images.astype("float32") / 255.0 if spec.input_dtype == "float32" else images
-                x = x.reshape((len(x),) + tuple(spec.input_shape[1:]))
-                reference = reference_outputs(model, x, spec)
-                predictions = reference["logits"].argmax(1)
+                x = images.reshape((len(images),) + tuple(spec.input_shape[1:])).astype(spec.input_dtype)
+                predictions = keras.ops.convert_to_numpy(model(x.astype("float32"), training=False)).argmax(1)
                 correct = int(np.sum(predictions == labels))
                 print(f"  {name:<28} predictions {' '.join(str(v) for v in predictions)}  "
                       f"{correct}/{len(labels)} correct")
                 saved_path = to_saved_model(model, os.path.join(tmp, name + "_saved_model"))
                 onnx_path = to_onnx(model, os.path.join(tmp, name + ".onnx"))
-                saved = load_signature(saved_path)
-                ort = OnnxPredictor(onnx_path, providers=["CPUExecutionProvider"])
-                runners = {
-                    "SavedModel": lambda b: {k: v.numpy() for k, v in
-                                             saved(**{spec.input_name: tf.constant(b)}).items()},
-                    "onnxruntime": lambda b: dict(zip(ort.output_names, ort.session.run(None, {ort.input_name: b}))),
-                }
-                for runtime, fn in runners.items():
-                    report = compare(reference["logits"], fn(x)["logits"])
-                    ok = report["max_abs"] <= MAX_ABS_GOAL and report["top1_agreement"] == 1.0
-                    failures += not ok
-                    print(f"    {'ok ' if ok else 'BAD'}  parity {runtime:<11} vs Keras: max |logit diff| "
+                for runtime, path in (("SavedModel", saved_path), ("onnxruntime", onnx_path)):
+                    report = verify_artifact(model, path, images=x)
+                    failures += not report["ok"]
+                    print(f"    {'ok ' if report['ok'] else 'BAD'}  parity {runtime:<11} vs Keras: max |logit diff| "
                           f"{report['max_abs']:.2e} (goal <= {MAX_ABS_GOAL:g}), top-1 agreement "
                           f"{100 * report['top1_agreement']:.0f} %")
+                saved = load_signature(saved_path)
+                ort = OnnxPredictor(onnx_path, providers=["CPUExecutionProvider"])
                 keras_call = tf.function(lambda b: model(b, training=False), reduce_retracing=True)
-                timers = {"Keras": lambda b: keras_call(tf.constant(b)).numpy(), **runners}
-                latency = {runtime: 1000 * _median_seconds(fn, x[:1], latency_time, 200)
+                timers = {"Keras": lambda b: keras_call(tf.constant(b, tf.float32)).numpy(),
+                          "SavedModel": lambda b: saved(**{spec.input_name: tf.constant(b)}),
+                          "onnxruntime": lambda b: ort.session.run(None, {ort.input_name: b})}
+                latency = {runtime: 1000 * median_seconds(fn, x[:1], latency_time, 200)
                            for runtime, fn in timers.items()}
                 print("    latency (batch 1, median): " + ", ".join(f"{k} {v:.2f} ms" for k, v in latency.items())
                       + f"  ({time.perf_counter() - start:.1f}s)")

@@ -6,9 +6,9 @@ What it does to the model (the input model is left untouched; its layers are clo
   dataset's raw uint8 pixels (N, H, W, C) as they are; the conversion to the pretrained
   model's input is a few stock Keras layers at its front (`adapt_*`), so the .keras file,
   the SavedModel and the ONNX export all take the new images directly:
-  `adapt_scale` (Rescaling: x 1/255 for models that read [0, 1] values such as the
-  kernelNet MNIST classifiers, x 1 for models whose preprocessing reads 0-255 pixels such as
-  the SimNets), `adapt_channels` (a fixed, non-trainable 1x1 convolution: grey -> RGB by
+  `adapt_scale` (Rescaling: x 1 for models that take raw 0-255 pixels, as every zoo model does,
+  x 1/255 for models whose first layer is not preprocessing and so read [0, 1] values;
+  `kernelzoo.zoo.takes_raw_pixels` tells them apart), `adapt_channels` (a fixed, non-trainable 1x1 convolution: grey -> RGB by
   replication, RGB -> grey by ITU-R BT.601 luma 0.299 R + 0.587 G + 0.114 B, other counts
   by averaging), `adapt_pad` / `adapt_crop` (centred zero padding to a larger input, e.g.
   MNIST 28x28 -> 32x32 for a SimNet, the black MNIST background; centred cropping to a smaller
@@ -39,6 +39,9 @@ import tempfile
 
 import keras
 import numpy as np
+
+from kernelzoo.zoo.inputs import takes_raw_pixels
+from kernelzoo.zoo.recipe import DEFAULTS, Recipe
 
 FREEZE_MODES = ("features", "none")
 SPATIAL_MODES = ("pad_crop", "resize")
@@ -95,15 +98,6 @@ def _new_head(head, kind, num_classes):
     return head.__class__.from_config(config)
 
 
-def output_activation(model):
-    """"softmax" when the model's last layer applies a softmax (its loss takes probabilities), else None."""
-    last = model.layers[-1]
-    if isinstance(last, keras.layers.Softmax):
-        return "softmax"
-    activation = getattr(last, "activation", None)
-    return "softmax" if getattr(activation, "__name__", "") == "softmax" else None
-
-
 # ----------------------------------------------------------------------------- input adaptation
 
 
@@ -113,13 +107,6 @@ def _target_shape(model):
         raise ValueError(f"`model` {model.name!r} must take images of a fixed shape (H, W) or (H, W, C), "
                          f"got input shape {shape}")
     return shape
-
-
-def takes_raw_pixels(model):
-    """Whether `model` reads 0-255 pixel values (its first layer is a preprocessing layer)."""
-    from kernelzoo.export._common import takes_raw_pixels as raw
-    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
-    return bool(layers) and raw(layers[0])
 
 
 def input_adapter(x, source_shape, target_shape, raw_pixels, spatial="pad_crop"):
@@ -208,25 +195,15 @@ def adapt_model(model, num_classes, input_shape, *, freeze="features", spatial="
 def _reinitialise_unsupervised(model, images, seed, verbose):
     """The unsupervised initialisation of SimNet-type layers (ZCA, GMM, k-means), when the model has them."""
     from kernelzoo.layers import Similarity
-    from kernelzoo.zoo.preprocessing import PatchWhitening
-    from kernelzoo.zoo.simnet.models import TriangleCoding
+    from kernelzoo.zoo.simnet import PatchWhitening, TriangleCoding
 
     kinds = (PatchWhitening, Similarity, TriangleCoding, keras.layers.Normalization)
     if any(isinstance(layer, kinds) for layer in model.layers):
-        from kernelzoo.zoo.init import unsupervised_init
+        from kernelzoo.zoo.simnet.init import unsupervised_init
         unsupervised_init(model, images[:5000], seed=seed, verbose=verbose)
 
 
 # ----------------------------------------------------------------------------- training
-
-
-def compile_for_finetuning(model, lr=0.01, momentum=0.9):
-    """SGD with momentum and the softmax cross-entropy matching the output (probabilities or logits)."""
-    from kernelzoo.ops.checks import positive_float
-    from_logits = output_activation(model) != "softmax"
-    model.compile(optimizer=keras.optimizers.SGD(learning_rate=positive_float(lr, "lr"), momentum=float(momentum)),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits), metrics=["accuracy"])
-    return model
 
 
 def finetune(model, train_ds, val_ds, num_classes, *, freeze="features", epochs=10, batch_size=64, lr=0.01,
@@ -269,12 +246,12 @@ def finetune(model, train_ds, val_ds, num_classes, *, freeze="features", epochs=
                             copy_weights=not from_scratch)
     if from_scratch:
         _reinitialise_unsupervised(new_model, x_train, seed, bool(verbose))
-    compile_for_finetuning(new_model, lr, momentum)
+    Recipe().compile(new_model, dict(DEFAULTS, lr=lr, momentum=momentum))  # SGD, loss on logits or probabilities
     temporary = out_dir is None
     run_dir = tempfile.mkdtemp(prefix="kernelzoo-finetune-") if temporary else os.fspath(out_dir)
     try:
         result = training.train(new_model, (x_train, y_train), out_dir=run_dir, epochs=epochs, batch_size=batch_size,
-                                lr=lr, momentum=momentum, lr_drop_every=lr_drop_every, val_data=val, test_data=test,
+                                lr_schedule=training.step_schedule(lr, epochs, lr_drop_every), val_data=val,
                                 seed=seed, verbose=verbose, tensorboard=False,
                                 max_steps_per_epoch=max_steps_per_epoch)
     finally:
@@ -287,7 +264,7 @@ def finetune(model, train_ds, val_ds, num_classes, *, freeze="features", epochs=
                "params": int(new_model.count_params()), "history": result["history"]}
     for name, data in (("val", val), ("test", test)):
         if data is not None:
-            scores = result["test"] if name == "test" else training.evaluate(new_model, data)
+            scores = training.evaluate(new_model, data)
             metrics[f"{name}_accuracy"] = float(scores["accuracy"])
             metrics[f"{name}_loss"] = float(scores["loss"])
             metrics[f"{name}_examples"] = int(scores["examples"])
@@ -307,7 +284,7 @@ def resolve_model(model):
             return keras.models.load_model(path, compile=False)
         from kernelzoo.zoo import registry
         if path in registry.list_models():
-            if not registry.info(path).get("weights"):
+            if not registry.info(path).pretrained:
                 raise ValueError(f"`model`={path!r} has no pretrained weights yet: nothing to fine-tune "
                                  "(train it first, or pass a .keras file)")
             return registry.load(path)

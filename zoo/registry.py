@@ -1,63 +1,92 @@
-"""A small timm-like model registry: names -> builders, weights and cards.
+"""The zoo's registry (timm's shape): model names -> typed presets, builders, weights and cards.
 
-Each zoo folder declares its entries as data (a `PRESETS` dict in its
-`presets` module, listed in PRESET_MODULES); files are looked up in that
-folder. `load` verifies the SHA-256 of the weight file before opening it.
+A family is a package `kernelzoo.zoo.<family>` listed in FAMILIES with a `presets` module
+(`PRESETS`, a tuple of Preset) and a `recipe` module (`recipe_for(preset)`, the hooks that
+train and measure it); its weight files and cards sit in its folder (docs/adding-a-family.md).
+`load` checks a weight file's SHA-256 before opening it.
 """
 import fnmatch
+import functools
 import hashlib
 import importlib
+import inspect
 import os
 
 import keras
 
-PRESET_MODULES = ("kernelzoo.zoo.kernelnet.presets", "kernelzoo.zoo.simnet.presets")
-REQUIRED = ("description", "builder", "config", "inputs")
+from kernelzoo.zoo.preset import Preset
+
+FAMILIES = ("kernelnet", "simnet")
 
 
-def _entries():
-    """name -> entry dict (with its folder added), over all preset modules."""
-    entries = {}
-    for module_name in PRESET_MODULES:
-        module = importlib.import_module(module_name)
-        folder = os.path.dirname(module.__file__)
-        for name, entry in module.PRESETS.items():
-            missing = [key for key in REQUIRED if key not in entry]
-            if missing:
-                raise RuntimeError(f"registry entry {name!r} lacks {missing}")
-            entries[name] = dict(entry, folder=folder)
-    return entries
+@functools.cache
+def _presets():
+    """name -> Preset over every family (a family's presets validate when its module is imported)."""
+    presets = {}
+    for family in FAMILIES:
+        for preset in importlib.import_module(f"kernelzoo.zoo.{family}.presets").PRESETS:
+            if not isinstance(preset, Preset) or preset.family != family:
+                raise RuntimeError(f"kernelzoo.zoo.{family}.presets.PRESETS holds {preset!r}, not a "
+                                   f"Preset of family {family!r}")
+            if preset.name in presets:
+                raise RuntimeError(f"preset name {preset.name!r} is defined twice")
+            presets[preset.name] = preset
+    return presets
 
 
-def _entry(name):
-    entries = _entries()
-    if not isinstance(name, str) or name not in entries:
-        raise ValueError(f"name must be one of {sorted(entries)}, got {name!r}")
-    return entries[name]
+def info(name):
+    """The Preset called `name` (ValueError listing the known names otherwise)."""
+    presets = _presets()
+    if not isinstance(name, str) or name not in presets:
+        raise ValueError(f"name must be one of {sorted(presets)}, got {name!r}")
+    return presets[name]
 
 
-def _resolve(dotted):
+
+def list_models(pattern=None, pretrained=None):
+    """Sorted model names, filtered by a shell-style `pattern` and by having weights (`pretrained`)."""
+    if pattern is not None and not isinstance(pattern, str):
+        raise ValueError(f"pattern must be a string or None, got {pattern!r}")
+    if pretrained not in (None, True, False):
+        raise ValueError(f"pretrained must be True, False or None, got {pretrained!r}")
+    return [name for name, preset in sorted(_presets().items())
+            if (pattern is None or fnmatch.fnmatch(name, pattern))
+            and (pretrained is None or preset.pretrained == pretrained)]
+
+
+def family_presets(family):
+    """The presets of one family, in name order."""
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    return [preset for _, preset in sorted(_presets().items()) if preset.family == family]
+
+
+def folder(preset):
+    """The folder of the preset's family (weights and cards live there)."""
+    return os.path.dirname(importlib.import_module(f"kernelzoo.zoo.{preset.family}").__file__)
+
+
+def resolve(dotted):
+    """The object at a dotted path such as a preset's builder."""
     module, _, attr = dotted.rpartition(".")
     return getattr(importlib.import_module(module), attr)
 
 
-def list_models(pattern=None):
-    """Sorted model names, optionally filtered by a shell-style pattern."""
-    if pattern is not None and not isinstance(pattern, str):
-        raise ValueError(f"pattern must be a string or None, got {pattern!r}")
-    names = sorted(_entries())
-    return names if pattern is None else [n for n in names if fnmatch.fnmatch(n, pattern)]
+def builder_arguments(preset):
+    """The keyword arguments the preset's builder accepts."""
+    return set(inspect.signature(resolve(preset.builder)).parameters)
 
 
-def info(name):
-    """The registry entry of `name` (a copy)."""
-    return dict(_entry(name))
+def recipe(preset):
+    """The family recipe (training and evaluation hooks) of a Preset or a model name."""
+    preset = info(preset) if isinstance(preset, str) else preset
+    return importlib.import_module(f"kernelzoo.zoo.{preset.family}.recipe").recipe_for(preset)
 
 
 def create(name, **overrides):
     """A freshly initialised (untrained, uncompiled) model; overrides go to the builder."""
-    entry = _entry(name)
-    return _resolve(entry["builder"])(**{**entry["config"], **overrides})
+    preset = info(name)
+    return resolve(preset.builder)(**{**preset.config, **overrides})
 
 
 def sha256(path):
@@ -71,35 +100,29 @@ def sha256(path):
 
 def weights_path(name):
     """Path of the shipped weight file of `name` (ValueError if it has none)."""
-    entry = _entry(name)
-    if not entry.get("weights"):
+    preset = info(name)
+    if not preset.pretrained:
         raise ValueError(f"name={name!r} has no pretrained weights")
-    return os.path.join(entry["folder"], entry["weights"])
+    return os.path.join(folder(preset), preset.weights)
 
 
-def load(name):
-    """The pretrained model, compiled, after checking the file's SHA-256."""
-    entry = _entry(name)
-    _resolve(entry["builder"])  # importing the builder registers its layers
+def load(name, compile=True):
+    """The pretrained model after checking its file's SHA-256; compiled by its recipe unless compile=False."""
+    preset = info(name)
     path = weights_path(name)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights of {name!r} missing: {path}")
     digest = sha256(path)
-    if digest != entry["sha256"]:
-        raise RuntimeError(f"SHA-256 mismatch for {path}: expected {entry['sha256']}, "
-                           f"got {digest}")
+    if digest != preset.sha256:
+        raise RuntimeError(f"SHA-256 mismatch for {path}: expected {preset.sha256}, got {digest}")
     model = keras.models.load_model(path, compile=False)
-    compile_args = entry.get("compile")
-    if compile_args:
-        model.compile(**{k: _resolve(v) if k == "loss" and "." in v else v
-                         for k, v in compile_args.items()})
+    if compile:
+        recipe(preset).compile(model, dict(preset.recipe))
     return model
 
 
 def card(name):
     """The model card (markdown) of `name`."""
-    entry = _entry(name)
-    if not entry.get("card"):
-        raise ValueError(f"name={name!r} has no card")
-    with open(os.path.join(entry["folder"], entry["card"]), encoding="utf-8") as handle:
+    preset = info(name)
+    with open(os.path.join(folder(preset), preset.card), encoding="utf-8") as handle:
         return handle.read()

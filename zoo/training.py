@@ -1,20 +1,26 @@
-"""A reusable, resumable Keras trainer for the zoo's image classifiers.
+"""The zoo's training loop and run folder, shared by every family.
 
-`train(model, (x, y), out_dir=..., epochs=...)`:
-- tf.data over uint8 arrays held in memory (decoded once), each epoch in a
-  permutation that depends only on (seed, epoch), batches gathered in parallel
-  and prefetched; nothing is augmented (the paper does not augment);
-- SGD with momentum, the learning rate a step function of the epoch index only
-  (lr * 0.1^(epoch // drop_every), default: /10 after half the epochs);
-- callbacks: progress bar, CSV log (log.csv), TensorBoard (tensorboard/), a
-  checkpoint every epoch (checkpoints/epoch-NNN.keras, the last `keep_checkpoints`
-  kept) and the resume state (checkpoints/last.keras + state.json: weights,
-  optimizer state and epoch). `resume=True` reloads it and continues with the
-  next epoch, on the same data order and learning rate, so a killed run ends
-  with the weights of an uninterrupted one;
-- at the end: model.keras, test-set evaluation (test_metrics.json) and the
-  training curves (training_curves.png).
+A run folder holds:
+  config.json          what was run (preset, overrides, hyper-parameters, seed, strategy, host)
+  log.csv              one row per epoch (Keras CSVLogger columns: epoch, loss, metrics, val_*)
+  checkpoints/         epoch-NNN.keras (the last `keep` of them), last.keras + state.json (resume)
+  model.keras          the final model
+  metrics.json         the final measured figures (e.g. test_accuracy, test_rmse)
+  training_curves.png  every logged metric per epoch
+  tensorboard/         (Keras loops, when tensorboard is installed)
+
+`train(model, (x, y), out_dir=..., epochs=...)` is the Keras loop for a compiled model:
+- tf.data over uint8 arrays held in memory (decoded once), each epoch in a permutation that
+  depends only on (seed, epoch), batches gathered in parallel and prefetched; nothing is
+  augmented; the batch size is global (split over the replicas of a tf.distribute strategy);
+- an optional learning-rate function of the epoch index only (`step_schedule`);
+- callbacks: progress bar, CSV log, TensorBoard, a checkpoint every epoch and the resume state.
+  `resume=True` reloads it and continues with the next epoch, on the same data order and
+  learning rate, so a killed run ends with the weights of an uninterrupted one.
+Loops that are not Keras `fit` (the kernelNet L-BFGS-B) write the same files with
+`save_checkpoint`, `append_log` and `finish`.
 """
+import contextlib
 import csv
 import json
 import math
@@ -25,10 +31,33 @@ import time
 import keras
 import numpy as np
 
-from kernelzoo.ops.checks import positive_float, positive_int
+from kernelzoo.ops.checks import check_choice, positive_float, positive_int
 
+CONFIG_FILE = "config.json"
+LOG_FILE = "log.csv"
+METRICS_FILE = "metrics.json"
+MODEL_FILE = "model.keras"
+CURVES_FILE = "training_curves.png"
+CHECKPOINTS = "checkpoints"
 STATE_FILE = "state.json"
 LAST_CHECKPOINT = "last.keras"
+STRATEGIES = ("none", "mirrored", "multiworker")
+
+
+def make_strategy(name):
+    """A tf.distribute strategy by name, or None for "none".
+
+    "mirrored": MirroredStrategy over the local GPUs, else over the logical CPU devices;
+    "multiworker": MultiWorkerMirroredStrategy (the cluster comes from $TF_CONFIG).
+    """
+    name = check_choice("strategy", "none" if name is None else name, STRATEGIES)
+    if name == "none":
+        return None
+    import tensorflow as tf
+    if name == "mirrored":
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy(devices=[device.name for device in devices])
+    return tf.distribute.MultiWorkerMirroredStrategy()
 
 
 def step_schedule(lr, epochs, drop_every=None, factor=0.1):
@@ -50,16 +79,16 @@ def epoch_order(size, epoch, seed):
 
 
 def make_dataset(x, y, batch_size, *, epochs=1, start_epoch=0, seed=0, shuffle=True, steps_per_epoch=None):
-    """A tf.data.Dataset of (float32 images, labels) batches for epochs [start_epoch, epochs).
+    """A tf.data.Dataset of (float32 inputs, targets) batches for epochs [start_epoch, epochs).
 
-    With `steps_per_epoch`, only the first that many batches of each epoch are kept.
-
-    x stays uint8 in memory (a tf.Variable, not a graph constant); each batch is a
-    parallel gather + cast, prefetched. With shuffle, epoch e uses `epoch_order(N, e, seed)`.
+    x stays in memory in its dtype (uint8 images: a tf.Variable, not a graph constant); each
+    batch is a parallel gather + cast to float32, prefetched. y holds one target per example
+    (integer labels, or anything with N rows). With shuffle, epoch e uses
+    `epoch_order(N, e, seed)`; with `steps_per_epoch`, only that many batches of each epoch are kept.
     """
     import tensorflow as tf
 
-    x, y = _check_xy(x, y)
+    x, y = check_pair((x, y), "data")
     batch_size = positive_int(batch_size, "batch_size")
     epochs = positive_int(epochs, "epochs")
     if not 0 <= start_epoch < epochs:
@@ -72,14 +101,18 @@ def make_dataset(x, y, batch_size, *, epochs=1, start_epoch=0, seed=0, shuffle=T
     # Batches never straddle two epochs: split each epoch's order separately.
     per_epoch = orders.reshape(epochs - start_epoch, size)
     with tf.device("/cpu:0"):
-        images = tf.Variable(x, trainable=False, name="images")
-        labels = tf.Variable(y.astype(np.int32), trainable=False, name="labels")
+        inputs = tf.Variable(x, trainable=False, name="inputs")
+        targets = tf.Variable(y.astype(np.int32) if np.issubdtype(y.dtype, np.integer) and y.ndim == 1 else y,
+                              trainable=False, name="targets")
     take = -1 if steps_per_epoch is None else positive_int(steps_per_epoch, "steps_per_epoch")
     index = tf.data.Dataset.from_tensor_slices(per_epoch).flat_map(
         lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch_size).take(take))
 
     def gather(batch):
-        return tf.cast(tf.gather(images, batch), tf.float32), tf.gather(labels, batch)
+        target = tf.gather(targets, batch)
+        if target.dtype != tf.int32:
+            target = tf.cast(target, tf.float32)
+        return tf.cast(tf.gather(inputs, batch), tf.float32), target
 
     options = tf.data.Options()
     options.deterministic = True
@@ -87,45 +120,111 @@ def make_dataset(x, y, batch_size, *, epochs=1, start_epoch=0, seed=0, shuffle=T
     index = index.apply(tf.data.experimental.assert_cardinality((epochs - start_epoch) * batches))
     dataset = index.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
     dataset = dataset.with_options(options)
-    dataset._kernelzoo_keepalive = (images, labels)  # keep the variables alive with the dataset
+    dataset._kernelzoo_keepalive = (inputs, targets)  # keep the variables alive with the dataset
     return dataset
 
 
-def compile_model(model, lr=0.01, momentum=0.9):
-    """SGD with momentum on the softmax loss of logits, with accuracy."""
-    from kernelzoo.zoo.simnet.models import LOSS
-    model.compile(optimizer=keras.optimizers.SGD(learning_rate=positive_float(lr, "lr"),
-                                                 momentum=float(momentum)),
-                  loss=LOSS, metrics=["accuracy"])
-    return model
+# ----------------------------------------------------------------------------- run folder
+
+
+def save_checkpoint(model, out_dir, epoch, logs=None, keep=2, state=None):
+    """After `epoch` epochs: checkpoints/epoch-NNN.keras, last.keras and state.json (epoch, logs, `state`).
+
+    Files are written to a temporary name and renamed, so a kill during the save leaves the
+    previous state intact; only the last `keep` epoch files are kept.
+    """
+    folder = os.path.join(out_dir, CHECKPOINTS)
+    os.makedirs(folder, exist_ok=True)
+    epoch_file = os.path.join(folder, f"epoch-{epoch:03d}.keras")
+    _atomic_save(model, epoch_file)
+    last = os.path.join(folder, LAST_CHECKPOINT)
+    shutil.copyfile(epoch_file, last + ".tmp")
+    os.replace(last + ".tmp", last)
+    write_json(os.path.join(folder, STATE_FILE),
+               dict(state or {}, epoch=int(epoch), logs={k: float(v) for k, v in (logs or {}).items()},
+                    time=time.time()))
+    old = sorted(f for f in os.listdir(folder) if f.startswith("epoch-") and f.endswith(".keras"))
+    for name in old[:-positive_int(keep, "keep_checkpoints")]:
+        os.remove(os.path.join(folder, name))
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
-    """Every epoch: checkpoints/epoch-NNN.keras, and the resume state last.keras + state.json.
+    """`save_checkpoint` at the end of every epoch of a Keras `fit`."""
 
-    The .keras files hold weights and optimizer state; state.json the number of
-    completed epochs. Files are written to a temporary name and renamed, so a kill
-    during the save leaves the previous state intact.
-    """
-
-    def __init__(self, folder, keep=2, metadata=None):
+    def __init__(self, out_dir, keep=2, state=None):
         super().__init__()
-        self.folder = folder
-        self.keep = positive_int(keep, "keep_checkpoints")
-        self.metadata = dict(metadata or {})
-        os.makedirs(folder, exist_ok=True)
+        self.out_dir, self.keep, self.state = out_dir, positive_int(keep, "keep_checkpoints"), dict(state or {})
 
     def on_epoch_end(self, epoch, logs=None):
-        epoch_file = os.path.join(self.folder, f"epoch-{epoch + 1:03d}.keras")
-        _atomic_save(self.model, epoch_file)
-        shutil.copyfile(epoch_file, os.path.join(self.folder, LAST_CHECKPOINT + ".tmp"))
-        os.replace(os.path.join(self.folder, LAST_CHECKPOINT + ".tmp"), os.path.join(self.folder, LAST_CHECKPOINT))
-        state = dict(self.metadata, epoch=epoch + 1, logs={k: float(v) for k, v in (logs or {}).items()},
-                     time=time.time())
-        _atomic_json(os.path.join(self.folder, STATE_FILE), state)
-        old = sorted(f for f in os.listdir(self.folder) if f.startswith("epoch-") and f.endswith(".keras"))
-        for name in old[:-self.keep]:
-            os.remove(os.path.join(self.folder, name))
+        save_checkpoint(self.model, self.out_dir, epoch + 1, logs, self.keep, self.state)
+
+
+def read_state(out_dir):
+    """The resume state of a run folder (dict with "epoch"), or None."""
+    folder = os.path.join(out_dir, CHECKPOINTS)
+    path = os.path.join(folder, STATE_FILE)
+    if not os.path.isfile(path) or not os.path.isfile(os.path.join(folder, LAST_CHECKPOINT)):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def load_last(out_dir, compile=True):
+    """The model of the last checkpoint (weights, and optimizer state when `compile`)."""
+    import kernelzoo  # noqa: F401  (registers the custom layers)
+    return keras.models.load_model(os.path.join(out_dir, CHECKPOINTS, LAST_CHECKPOINT), compile=compile)
+
+
+def start_run(out_dir, resume, config=None):
+    """The completed epochs of the run in `out_dir` (0 for a new run, whose config.json is written).
+
+    Refuses to overwrite a run unless `resume`.
+    """
+    if not isinstance(out_dir, (str, os.PathLike)):
+        raise ValueError(f"`out_dir` must be a path, got {out_dir!r}")
+    out_dir = os.fspath(out_dir)
+    state = read_state(out_dir)
+    if state is not None and not resume:
+        raise ValueError(f"`out_dir`={out_dir!r} already holds a run ({CHECKPOINTS}/{STATE_FILE}); pass "
+                         "resume=True (--resume) to continue it, or choose another out_dir")
+    os.makedirs(out_dir, exist_ok=True)
+    if state is None and config is not None:
+        write_json(os.path.join(out_dir, CONFIG_FILE), config)
+    return 0 if state is None else int(state["epoch"])
+
+
+def append_log(out_dir, row):
+    """Append one row (a dict with the same keys every time) to log.csv."""
+    path = os.path.join(out_dir, LOG_FILE)
+    new = not os.path.isfile(path)
+    with open(path, "a", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def finish(model, out_dir, title=None):
+    """model.keras and training_curves.png; returns {model, model_path, history (log.csv rows), curves}."""
+    path = os.path.join(out_dir, MODEL_FILE)
+    model.save(path)
+    result = {"model": model, "model_path": path, "history": read_log(os.path.join(out_dir, LOG_FILE))}
+    if result["history"]:
+        result["curves"] = plot_curves(result["history"], os.path.join(out_dir, CURVES_FILE), title=title or model.name)
+    return result
+
+
+def write_json(path, data):
+    """Write JSON atomically (temporary file + rename)."""
+    with open(path + ".tmp", "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def _atomic_save(model, path):
+    temporary = path[:-len(".keras")] + ".tmp.keras"
+    model.save(temporary)
+    os.replace(temporary, path)
 
 
 def tensorboard_available():
@@ -137,76 +236,50 @@ def tensorboard_available():
     return True
 
 
-def _atomic_save(model, path):
-    temporary = path[:-len(".keras")] + ".tmp.keras"
-    model.save(temporary)
-    os.replace(temporary, path)
+# ----------------------------------------------------------------------------- the Keras loop
 
 
-def _atomic_json(path, data):
-    with open(path + ".tmp", "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=1)
-    os.replace(path + ".tmp", path)
-
-
-def read_state(out_dir):
-    """The resume state of a run folder (dict with "epoch"), or None."""
-    path = os.path.join(out_dir, "checkpoints", STATE_FILE)
-    if not os.path.isfile(path) or not os.path.isfile(os.path.join(out_dir, "checkpoints", LAST_CHECKPOINT)):
-        return None
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
-
-
-def train(model, train_data, *, out_dir, epochs, batch_size=64, lr=0.01, momentum=0.9, lr_drop_every=None,
-          val_data=None, test_data=None, seed=0, resume=False, verbose=1, tensorboard=True, keep_checkpoints=2,
-          max_steps_per_epoch=None, metadata=None, callbacks=None):
-    """Train `model` (uncompiled or compiled) on (x, y) uint8 arrays; see the module docstring.
+def train(model, train_data, *, out_dir, epochs, batch_size=64, lr_schedule=None, val_data=None, seed=0,
+          resume=False, verbose=1, tensorboard=True, keep_checkpoints=2, max_steps_per_epoch=None, config=None,
+          callbacks=None, strategy=None):
+    """Train a compiled `model` on (inputs, targets) arrays into the run folder `out_dir`.
 
     Args:
-      model: the keras.Model (already initialised); ignored when resuming from a checkpoint.
-      train_data, val_data, test_data: (x uint8 (N, H, W, C), y int (N,)) tuples; val/test optional.
-      out_dir: run folder (log.csv, tensorboard/, checkpoints/, model.keras, test_metrics.json, PNG).
-      epochs, batch_size, lr, momentum, lr_drop_every: the SGD recipe (lr / 10 every lr_drop_every
-        epochs, default half the epochs).
+      model: a compiled keras.Model (built and compiled in `strategy.scope()` when distributed); when
+        resuming, the checkpoint's model (`load_last`) or None to load it here.
+      train_data, val_data: (x (N, ...), y (N, ...)) pairs; val_data optional.
+      epochs, batch_size: the loop; the batch size is global.
+      lr_schedule: epoch -> learning rate (e.g. `step_schedule`), or None to keep the optimizer's own.
       seed: data order seed.
       resume: continue from out_dir/checkpoints if a state is there (else start fresh).
       max_steps_per_epoch: cap the steps of each epoch (quick runs and tests).
-      callbacks: extra Keras callbacks.
-    Returns a dict: model, history (list of per-epoch dicts from log.csv), test metrics, paths.
+      config: written to config.json when the run starts.
+      strategy: a tf.distribute strategy (the checkpoint is reloaded in its scope).
+    Returns a dict: model, model_path, history (log.csv rows), curves.
     """
-    if not isinstance(out_dir, (str, os.PathLike)):
-        raise ValueError(f"`out_dir` must be a path, got {out_dir!r}")
-    out_dir = os.fspath(out_dir)
     epochs = positive_int(epochs, "epochs")
     batch_size = positive_int(batch_size, "batch_size")
-    x, y = _check_xy(*_pair(train_data, "train_data"), name="train_data")
-    checkpoints = os.path.join(out_dir, "checkpoints")
-    state = read_state(out_dir)
-    start_epoch = 0
-    if state is not None and not resume:
-        raise ValueError(f"`out_dir`={out_dir!r} already holds a run (checkpoints/{STATE_FILE}); pass "
-                         "resume=True (--resume) to continue it, or choose another out_dir")
-    if state is not None:
-        import kernelzoo  # noqa: F401  (registers the custom layers)
-        model = keras.models.load_model(os.path.join(checkpoints, LAST_CHECKPOINT))
-        start_epoch = int(state["epoch"])
+    x, y = check_pair(train_data, "train_data")
+    start_epoch = start_run(out_dir, resume, config)
+    out_dir = os.fspath(out_dir)
+    if start_epoch:
+        if model is None:
+            with strategy.scope() if strategy else contextlib.nullcontext():
+                model = load_last(out_dir)
         if verbose:
             print(f"resuming {out_dir} after epoch {start_epoch}/{epochs}", flush=True)
     elif not isinstance(model, keras.Model):
         raise ValueError(f"`model` must be a keras.Model, got {type(model).__name__}")
-    if getattr(model, "optimizer", None) is None or not getattr(model, "compiled", True):
-        compile_model(model, lr, momentum)
-    os.makedirs(out_dir, exist_ok=True)
+    if not getattr(model, "compiled", False):
+        raise ValueError(f"`model` {model.name!r} must be compiled (the family recipe's compile hook does it)")
     steps = math.ceil(len(x) / batch_size)
     if max_steps_per_epoch is not None:
         steps = min(steps, positive_int(max_steps_per_epoch, "max_steps_per_epoch"))
-    schedule = step_schedule(lr, epochs, lr_drop_every)
-    callbacks = list(callbacks or []) + [keras.callbacks.LearningRateScheduler(schedule),
-                 keras.callbacks.CSVLogger(os.path.join(out_dir, "log.csv"), append=start_epoch > 0),
-                 EpochCheckpoint(checkpoints, keep=keep_checkpoints,
-                                 metadata=dict(metadata or {}, epochs=epochs, batch_size=batch_size, lr=lr,
-                                               momentum=momentum, seed=seed))]
+    callbacks = list(callbacks or [])
+    if lr_schedule is not None:
+        callbacks.append(keras.callbacks.LearningRateScheduler(lr_schedule))
+    callbacks += [keras.callbacks.CSVLogger(os.path.join(out_dir, LOG_FILE), append=start_epoch > 0),
+                  EpochCheckpoint(out_dir, keep=keep_checkpoints, state={"seed": seed})]
     if tensorboard and tensorboard_available():
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(out_dir, "tensorboard"), write_graph=False))
     elif tensorboard and verbose:
@@ -216,28 +289,15 @@ def train(model, train_data, *, out_dir, epochs, batch_size=64, lr=0.01, momentu
                                steps_per_epoch=steps)
         validation = None
         if val_data is not None:
-            validation = make_dataset(*_check_xy(*_pair(val_data, "val_data"), name="val_data"), 256,
-                                      shuffle=False)
+            validation = make_dataset(*check_pair(val_data, "val_data"), 256, shuffle=False)
         model.fit(dataset, epochs=epochs, initial_epoch=start_epoch, steps_per_epoch=steps,
                   validation_data=validation, callbacks=callbacks, verbose=verbose, shuffle=False)
-    final = os.path.join(out_dir, "model.keras")
-    model.save(final)
-    result = {"model": model, "model_path": final, "history": read_log(os.path.join(out_dir, "log.csv"))}
-    if test_data is not None:
-        metrics = evaluate(model, test_data, verbose=verbose)
-        _atomic_json(os.path.join(out_dir, "test_metrics.json"), metrics)
-        result["test"] = metrics
-    if result["history"]:
-        result["curves"] = plot_curves(result["history"], os.path.join(out_dir, "training_curves.png"),
-                                       title=model.name)
-    return result
+    return finish(model, out_dir)
 
 
 def evaluate(model, data, batch_size=256, verbose=0):
-    """{"loss", "accuracy", "examples"} of a compiled model on (x, y)."""
-    x, y = _check_xy(*_pair(data, "data"), name="data")
-    if getattr(model, "optimizer", None) is None or not getattr(model, "compiled", False):
-        compile_model(model)
+    """{"loss", metrics..., "examples"} of a compiled model on (x, y)."""
+    x, y = check_pair(data, "data")
     values = model.evaluate(make_dataset(x, y, batch_size, shuffle=False), verbose=verbose, return_dict=True)
     out = {key: float(value) for key, value in values.items()}
     out["examples"] = int(len(x))
@@ -245,7 +305,7 @@ def evaluate(model, data, batch_size=256, verbose=0):
 
 
 def read_log(path):
-    """Rows of a CSVLogger file as dicts of floats (empty list if missing)."""
+    """Rows of a log.csv file as dicts of floats (empty list if missing)."""
     if not os.path.isfile(path):
         return []
     with open(path, newline="", encoding="utf-8") as handle:
@@ -260,7 +320,7 @@ def _number(text):
 
 
 def plot_curves(history, path, title=None):
-    """Loss and accuracy per epoch (train, and validation when logged) into a PNG; returns the path."""
+    """Every logged metric per epoch (train, and validation when logged) into a PNG; returns the path."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -268,9 +328,11 @@ def plot_curves(history, path, title=None):
 
     if not history:
         raise ValueError("`history` is empty: nothing to plot")
+    skip = {"epoch", "learning_rate", "iterations"}
+    metrics = [key for key in history[0] if key not in skip and not key.startswith("val_")]
     epochs = [row["epoch"] + 1 for row in history]
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for axis, metric in zip(axes, ("loss", "accuracy")):
+    figure, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
+    for axis, metric in zip(axes[0], metrics):
         for prefix, style in (("", "-"), ("val_", "--")):
             key = prefix + metric
             if all(key in row for row in history) and np.any(np.isfinite([row[key] for row in history])):
@@ -294,18 +356,13 @@ def plot_curves(history, path, title=None):
     return path
 
 
-def _pair(data, name):
+def check_pair(data, name):
+    """(x, y) arrays with the same number of rows, else ValueError naming `name`."""
     if not isinstance(data, (tuple, list)) or len(data) != 2:
-        raise ValueError(f"`{name}` must be an (images, labels) pair, got {type(data).__name__}")
-    return data
-
-
-def _check_xy(x, y, name="data"):
-    x, y = np.asarray(x), np.asarray(y)
-    if x.ndim != 4 or x.shape[0] == 0:
-        raise ValueError(f"`{name}` images must be a non-empty 4D array (N, H, W, C), got shape {x.shape}")
-    if y.shape != (x.shape[0],) or not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"`{name}` labels must be {x.shape[0]} integers, got {y.dtype} {y.shape}")
+        raise ValueError(f"`{name}` must be an (inputs, targets) pair, got {type(data).__name__}")
+    x, y = np.asarray(data[0]), np.asarray(data[1])
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise ValueError(f"`{name}` inputs must be a non-empty array (N, ...), got shape {x.shape}")
+    if y.shape[:1] != (x.shape[0],) or not np.issubdtype(y.dtype, np.number):
+        raise ValueError(f"`{name}` targets must hold {x.shape[0]} numeric rows, got {y.dtype} {y.shape}")
     return x, y
-
-

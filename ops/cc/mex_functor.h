@@ -31,6 +31,7 @@ struct MexParams {
   bool softmax_mode = false;
   bool use_offsets = false;
   bool use_c = false;
+  bool allow_gemm = true;  // attr `gemm`: false keeps the direct form (MexGemmApplies)
 
   KZ_HOST_DEVICE int64_t num_blocks() const { return geo.in_c / channel_block; }
   KZ_HOST_DEVICE int64_t out_channels() const { return num_blocks() * num_instances; }
@@ -213,6 +214,93 @@ KZ_HOST_DEVICE inline double MexSetBackward(const float* v, int64_t n, float xi,
   dval_dxi = (wv - st.lse / dxi) / dxi;
   if (softmax_mode) dval_dxi -= logn / (dxi * dxi);
   return g * dval_dxi;
+}
+
+// ------------------------------------------- class-wise MEX as a GEMM --
+// Pool 1x1, blocks of bc >= kMexGemmMinBlock channels, K >= 2 instances sharing one finite nonzero
+// xi (the SimNet's class-wise MEX), offsets b[r, k, :] shared by the positions of region r (zero
+// without offsets). The set of row p (a position and channel block) and instance k is
+// v_c = x_pc + b_rkc (c < bc) plus c_k, n = bc (+1) elements. Any split v = x' + b' serves
+// (x'_pc = x_pc + beta_c, b'_rkc = b_rkc - beta_c); the kernels take beta = 0 or the mean of b_..c
+// over regions and instances, whichever overshoots less on a sample (the mean removes what the
+// offsets share across classes: trained SimNet offsets are mostly a per-template bias against the
+// similarity's, and shifts overshoot max(v) by ~150 without it, ~10 with it). Shifts, for xi > 0
+// the maxima (xi < 0: the minima) m_p of x'_p. and m_rk of b'_rk., M = m_p + m_rk; then
+// xi (v_c - M) <= 0 and
+//   E_pc = exp(xi (x'_pc - m_p)),  F_rkc = exp(xi (b'_rkc - m_rk)),  e_pk = exp(xi (c_k - M)),
+//   T_pk = sum_c E_pc F_rkc (+ e_pk)             one (rows x bc) (bc x K) GEMM per region,
+//   value = M + log(T / n) / xi (+ log(n) / xi in softmax mode),
+// one exp per (row, channel) instead of per (row, channel, instance). Backward, G = g / T:
+//   grad_x = E o (G F^T),  grad_b_r = F_r o (G^T E) over the rows of r,  grad_c = sum G e,
+//   d value / d xi = (E_w[v - M] - log(T / n) / xi) / xi (- log(n) / xi^2 in softmax mode),
+//   T E_w[v - M] = ((E o (x' - m)) F^T)_pk + (E (F o (b' - m_r))^T)_pk (+ e_pk (c_k - M)),
+// where every term of each sum has the same sign. An entry takes the direct form
+// (MexSetForward / MexSetBackward of its gathered set) unless MexGemmValue accepts it (and, in
+// the backward, MexGemmDxi):
+//   T >= exp(-40) and finite: T >= exp(xi max(v) - xi M), so the shift overshoots xi max(v) by at
+//     most 40: the terms within float precision (exp(-17)) of the largest stay normal floats
+//     (> exp(-87)), so T, the value and the weights keep float's relative accuracy;
+//   |xi| range(v) >= 1 (kMexExpm1Threshold): where the direct form is this same log-sum-exp; the
+//     value's error, (relative error of T) / |xi|, is then at most that relative error times
+//     range(v), as for the direct form (below, its expm1 / series forms are more accurate).
+//     |xi| |value - mean(v)| >= 1 certifies it (as |value - mean| <= range(v)); otherwise the
+//     kernel computes range(v) for the entry;
+//   backward: MexGemmDxi (d value / d xi accurate to ~1e-5 relative).
+// The weights (grad_x, grad_b, grad_c) are then as accurate, relative, as T (float sums over the
+// set: ~1e-6).
+// Rows or offsets with a non-finite entry, and non-finite c_k, also take the direct form.
+constexpr int64_t kMexGemmMinBlock = 32;
+constexpr double kMexGemmMinSum = 4.248354255291589e-18;  // exp(-40)
+
+// True when the op takes the GEMM form; xi: the K values (host memory).
+KZ_HOST_DEVICE inline bool MexGemmApplies(const MexParams& p, const float* xi) {
+  if (!p.allow_gemm || p.geo.k_h != 1 || p.geo.k_w != 1 || p.channel_block < kMexGemmMinBlock ||
+      p.num_instances < 2)
+    return false;
+  const float x0 = xi[0];
+  if (!(x0 == x0) || x0 == 0.f || isinf(x0)) return false;
+  for (int64_t k = 1; k < p.num_instances; ++k)
+    if (!(xi[k] == x0)) return false;
+  return true;
+}
+
+// Value of a GEMM entry: shift M, sum t = T_pk, mean of the set, logn = log(set size).
+// Returns false where the entry must take the direct form (T out of range, NaN mean); else the
+// value, log(T), and whether |xi| |value - mean| certifies |xi| range(v) >= 1 (if not, the
+// caller checks MexGemmRange).
+KZ_HOST_DEVICE inline bool MexGemmValue(double shift, double t, double mean, double xi, double logn,
+                                        bool softmax_mode, double* value, double* log_t,
+                                        bool* certified) {
+  if (!(t >= kMexGemmMinSum) || isinf(t) || !(mean == mean)) return false;  // NaN too
+  const double lt = log(t);
+  const double v = shift + (lt - logn) / xi;
+  *certified = fabs(xi * (v - mean)) >= kMexExpm1Threshold;
+  *log_t = lt;
+  *value = softmax_mode ? v + logn / xi : v;
+  return true;
+}
+
+// Whether the direct form would take its plain log-sum-exp (MexSetForward's regimes).
+KZ_HOST_DEVICE inline bool MexGemmRange(double range, double xi) {
+  return fabs(xi) * range >= kMexExpm1Threshold;
+}
+
+// d value / d xi of an accepted GEMM entry from ew = E_w[v - M] and log(T):
+//   xi^2 d value / d xi = log(n) - H(w)  (softmax mode: -H(w)),  H(w) = log(T) - xi ew,
+// the entropy of the weights, a difference of terms of size |xi ew| ~ |xi| (M - max(v)) each
+// rounded to ~1e-7 relative (float E, F and sums; the direct form shifts by max(v) itself).
+// False (the backward then takes the direct form) unless the result is >= kMexGemmDxiMargin
+// (1 + |xi ew|), i.e. accurate to ~1e-5 relative: rejects saturated weights in softmax mode
+// (H ~ 0) and near-uniform ones otherwise.
+constexpr double kMexGemmDxiMargin = 2e-2;
+
+KZ_HOST_DEVICE inline bool MexGemmDxi(double ew, double log_t, double xi, double logn,
+                                      bool softmax_mode, double* dxi) {
+  const double a = xi * ew;
+  const double q = softmax_mode ? a - log_t : a - log_t + logn;
+  if (!(fabs(q) >= kMexGemmDxiMargin * (1.0 + fabs(a)))) return false;
+  *dxi = q / (xi * xi);
+  return true;
 }
 
 // Forward: output (N, out_h, out_w, nb * K), channel j * K + k.

@@ -88,6 +88,7 @@ REGISTER_OP("KernelzooMex")
     .Attr("softmax_mode: bool = false")
     .Attr("use_offsets: bool = false")
     .Attr("use_c: bool = false")
+    .Attr("gemm: bool = true")
     .SetShapeFn(MexShape)
     .Doc(R"doc(
 SimNets MEX layer: out[n, i, j, b*K + k] = MEX_{xi[k]} of the set
@@ -95,6 +96,10 @@ SimNets MEX layer: out[n, i, j, b*K + k] = MEX_{xi[k]} of the set
 c[k] if use_c). Padded entries are excluded from the set. offsets:
 (Rh, Rw, K, bh, bw, bc), region (i*Rh // H', j*Rw // W'); ignored unless
 use_offsets (pass an empty tensor). c: (K,), ignored unless use_c.
+gemm: allow the exp-domain GEMM form of the class-wise MEX (pool 1x1, >= 32
+channels per block, >= 2 instances with one shared xi; see mex_functor.h);
+false keeps the direct form everywhere (tests, benchmarks). Same values
+within float rounding either way.
 )doc");
 
 REGISTER_OP("KernelzooMexGrad")
@@ -115,10 +120,11 @@ REGISTER_OP("KernelzooMexGrad")
     .Attr("softmax_mode: bool = false")
     .Attr("use_offsets: bool = false")
     .Attr("use_c: bool = false")
+    .Attr("gemm: bool = true")
     .SetShapeFn(MexGradShape)
     .Doc(R"doc(
 Gradients of KernelzooMex w.r.t. input, xi, offsets and c (zeros of the given
-shapes when offsets / c are unused).
+shapes when offsets / c are unused). gemm: as for KernelzooMex.
 )doc");
 
 }  // namespace kernelzoo

@@ -1,6 +1,8 @@
 """Resolve the local data directory (argument, then KERNELZOO_DATA_DIR)."""
 import os
 
+from kernelzoo.ops import checks
+
 ENV_VAR = "KERNELZOO_DATA_DIR"
 
 
@@ -14,9 +16,7 @@ def local_dir(data_dir, subdir, marker):
     root = data_dir if data_dir is not None else os.environ.get(ENV_VAR)
     if root is None:
         return None
-    if not isinstance(root, (str, os.PathLike)):
-        raise ValueError(f"data_dir must be a path, got {root!r}")
-    root = os.fspath(root)
+    root = checks.path(root, "data_dir")
     for folder in (os.path.join(root, subdir), root):
         if os.path.isfile(os.path.join(folder, marker)):
             return folder

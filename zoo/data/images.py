@@ -25,6 +25,8 @@ import tarfile
 
 import numpy as np
 
+from kernelzoo.ops import checks
+from kernelzoo.progress import progress
 from kernelzoo.zoo.data import cifar
 from kernelzoo.zoo.data._paths import ENV_VAR
 
@@ -73,7 +75,7 @@ class ImageDataset:
                 f"{self.num_classes} classes)")
 
 
-def load_images(name, data_dir=None, *, cache=True):
+def load_images(name, data_dir=None, *, cache=True, verbose=True):
     """An ImageDataset from a path, a local data directory, or tfds (see the module docstring).
 
     Args:
@@ -81,14 +83,13 @@ def load_images(name, data_dir=None, *, cache=True):
         dataset) or the path of a local copy (folder or archive).
       data_dir: local root to read from (default $KERNELZOO_DATA_DIR); when set, nothing downloads.
       cache: cache decoded class-folder archives as .npz (outside the repository).
+      verbose: a progress bar while images are decoded.
     """
-    if not isinstance(name, (str, os.PathLike)) or not os.fspath(name):
-        raise ValueError(f"`name` must be a dataset name or a path, got {name!r}")
-    name = os.fspath(name)
-    if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
-        raise ValueError(f"`data_dir` must be a path, got {data_dir!r}")
+    name = checks.path(name, "name")
+    if data_dir is not None:
+        data_dir = checks.path(data_dir, "data_dir")
     if os.path.exists(name):
-        return _load_local(name, _guess_name(name), cache, source_arg="name")
+        return _load_local(name, _guess_name(name), cache, source_arg="name", verbose=verbose)
     root = os.fspath(data_dir) if data_dir is not None else os.environ.get(ENV_VAR)
     if root is not None:
         argument = "data_dir" if data_dir is not None else ENV_VAR
@@ -98,9 +99,9 @@ def load_images(name, data_dir=None, *, cache=True):
         for alias in ALIASES.get(key, (name,)):
             candidate = os.path.join(root, alias)
             if os.path.exists(candidate):
-                return _load_local(candidate, key, cache, source_arg=argument)
+                return _load_local(candidate, key, cache, source_arg=argument, verbose=verbose)
         try:
-            return _load_local(root, key, cache, source_arg=argument)
+            return _load_local(root, key, cache, source_arg=argument, verbose=verbose)
         except ValueError as error:
             raise ValueError(f"{argument}={root!r}: no copy of {name!r} found in "
                              f"{[os.path.join(root, a) for a in ALIASES.get(key, (name,))]} or in {root!r} "
@@ -114,9 +115,7 @@ def load_dataset(name, data_dir=None):
     "ml-100k" -> load_ml100k(data_dir) (a dict of rating triples); "movielens/..." -> tfds
     ratings; anything else -> load_images(name, data_dir) (an ImageDataset).
     """
-    if not isinstance(name, (str, os.PathLike)) or not os.fspath(name):
-        raise ValueError(f"`name` must be a dataset name or a path, got {name!r}")
-    key = os.fspath(name).lower()
+    key = checks.path(name, "name").lower()
     if key in ("ml-100k", "ml100k", "movielens-100k"):
         from kernelzoo.zoo.data.ratings import load_ml100k
         return load_ml100k(data_dir)
@@ -128,8 +127,7 @@ def load_dataset(name, data_dir=None):
 
 def holdout_split(x, y, size, seed=0):
     """((x_rest, y_rest), (x_held, y_held)): `size` examples held out by a seeded permutation."""
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 0 < size < len(x):
-        raise ValueError(f"`size` must be an int in (0, {len(x)}), got {size!r}")
+    size = checks.int_in_range(size, "size", 1, len(x) - 1)
     if len(x) != len(y):
         raise ValueError(f"`x` and `y` must have the same length, got {len(x)} and {len(y)}")
     order = np.random.default_rng(seed).permutation(len(x))
@@ -160,7 +158,7 @@ def _expected(name):
     return forms
 
 
-def _load_local(path, name, cache, source_arg):
+def _load_local(path, name, cache, source_arg, verbose=True):
     where = f"{source_arg}: {path!r}"
     if name in cifar.CIFAR_FORMATS:
         found = cifar.find_cifar(path, name)
@@ -177,10 +175,10 @@ def _load_local(path, name, cache, source_arg):
                                 y_test.astype(np.int64), [str(i) for i in range(10)], source=f"{path} (mnist)")
     folder = _find_class_folders(path)
     if folder is not None:
-        return _read_class_folders(folder)
+        return _read_class_folders(folder, verbose)
     archive = _find_archive(path)
     if archive is not None:
-        return _read_class_archive(archive, cache)
+        return _read_class_archive(archive, cache, verbose)
     raise ValueError(f"{where}: expected {_expected(name)}")
 
 
@@ -248,16 +246,13 @@ def _split_arrays(records, where):
     return ImageDataset(*arrays, class_names, source=where)
 
 
-def _read_class_folders(folder):
-    records = {}
-    for split in SPLITS:
-        records[split] = {}
-        base = os.path.join(folder, split)
-        for cls in sorted(e.name for e in os.scandir(base) if e.is_dir()):
-            files = sorted(f for f in os.listdir(os.path.join(base, cls)) if f.lower().endswith(IMAGE_EXTENSIONS))
-            if files:
-                records[split][cls] = [(f, _decode(_read(os.path.join(base, cls, f)), os.path.join(base, cls, f)))
-                                       for f in files]
+def _read_class_folders(folder, verbose=True):
+    files = [(split, cls, os.path.join(folder, split, cls, f)) for split in SPLITS
+             for cls in sorted(e.name for e in os.scandir(os.path.join(folder, split)) if e.is_dir())
+             for f in sorted(os.listdir(os.path.join(folder, split, cls))) if f.lower().endswith(IMAGE_EXTENSIONS)]
+    records = {split: {} for split in SPLITS}
+    for split, cls, path in progress(files, label=f"decoding {folder}", verbose=verbose, unit="image"):
+        records[split].setdefault(cls, []).append((os.path.basename(path), _decode(_read(path), path)))
     return _split_arrays(records, folder)
 
 
@@ -273,7 +268,7 @@ def _cache_path(archive):
     return os.path.join(root, "data", f"{os.path.basename(archive).split('.')[0]}-{key[:16]}.npz")
 
 
-def _read_class_archive(archive, cache):
+def _read_class_archive(archive, cache, verbose=True):
     cached = _cache_path(archive) if cache else None
     if cached and os.path.isfile(cached):
         with np.load(cached) as npz:
@@ -285,7 +280,7 @@ def _read_class_archive(archive, cache):
     except (OSError, tarfile.TarError) as error:
         raise ValueError(f"{archive!r} is not a readable tar archive: {error}") from None
     with handle:
-        for member in handle:
+        for member in progress(handle, label=f"decoding {archive}", verbose=verbose, unit="file"):
             if not member.isfile() or not member.name.lower().endswith(IMAGE_EXTENSIONS):
                 continue
             parts = member.name.strip("/").split("/")

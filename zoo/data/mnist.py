@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 
+from kernelzoo.ops import checks
 from kernelzoo.zoo.data._paths import ENV_VAR
 
 IDX_FILES = {"x_train": "train-images-idx3-ubyte.gz", "y_train": "train-labels-idx1-ubyte.gz",
@@ -71,9 +72,7 @@ def load_mnist(data_dir=None):
                                            as_supervised=True))
             out[f"x_{split}"], out[f"y_{split}"] = x[..., 0], y
         return _check(out, "tfds mnist")
-    if not isinstance(root, (str, os.PathLike)):
-        raise ValueError(f"data_dir must be a path, got {root!r}")
-    kind, folder = _find_local(os.fspath(root))
+    kind, folder = _find_local(checks.path(root, "data_dir"))
     if kind == "npz":
         path = os.path.join(folder, NPZ_FILE)
         with np.load(path) as npz:

@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 
+from kernelzoo.ops.checks import float_in_range, int_in_range
 from kernelzoo.zoo.data._paths import ENV_VAR, local_dir
 
 
@@ -46,8 +47,7 @@ def load_ml100k(data_dir=None):
 
 def load_ml100k_fold(fold, data_dir=None):
     """Canonical 80/20 split `fold` (1..5): (train, test) dicts as load_ml100k."""
-    if fold not in (1, 2, 3, 4, 5):
-        raise ValueError(f"fold must be one of 1..5, got {fold!r}")
+    fold = int_in_range(fold, "fold", 1, 5)
     folder = _ml100k_dir(data_dir)
     full = load_ml100k(data_dir)
     parts = []
@@ -63,8 +63,7 @@ def load_ml100k_fold(fold, data_dir=None):
 
 def random_split(data, test_fraction=0.1, seed=0):
     """Random (train, test) split of the ratings, `test_fraction` held out."""
-    if not isinstance(test_fraction, float) or not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be a float in (0, 1), got {test_fraction!r}")
+    test_fraction = float_in_range(test_fraction, "test_fraction", 0.0, 1.0, "()")
     n = len(data["ratings"])
     order = np.random.default_rng(seed).permutation(n)
     n_test = int(round(test_fraction * n))

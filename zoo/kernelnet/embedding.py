@@ -6,7 +6,9 @@ learned, and the sparsifying activation of Eq. 9 keeps a compact blob of
 units active. The center of mass of that blob (Eq. 10) is the embedding.
 The paper's layout is 784-2000-2000-2500-K1600-2000-2000-(10 | 784); the
 default here is the smaller documented variant 784-256-256-256-K400-256-256-
-(10 | 784), which trains in minutes on a CPU.
+(10 | 784), which trains in minutes on a CPU. The network takes raw 0-255
+pixels (a saved Rescaling layer divides them by 255); the autoencoder
+reconstructs them in [0, 1] (`pixel_crossentropy` compares with pixels / 255).
 """
 import keras
 import numpy as np
@@ -15,6 +17,7 @@ from keras import ops
 from kernelzoo.layers.kernel_dense import KernelDense
 from kernelzoo.layers.kernels import Grid2D, squared_distances
 from kernelzoo.layers.sparsify import SparsifyingActivation
+from kernelzoo.ops.checks import check_choice, int_in_range, positive_ints
 
 OBJECTIVES = ("classifier", "autoencoder")
 KERNEL_LAYER, SPARSIFY_LAYER = "kernel_embedding", "sparsify"
@@ -23,26 +26,24 @@ KERNEL_LAYER, SPARSIFY_LAYER = "kernel_embedding", "sparsify"
 def kernelnet_embedding(objective="classifier", encoder=(256, 256, 256), grid_side=20,
                         decoder=(256, 256), gamma=100.0, eta=0.5, image_size=28,
                         num_classes=10, seed=None):
-    """Build the network on (image_size, image_size) images in [0, 1].
+    """Build the network on (image_size, image_size) raw pixels (0-255).
 
     classifier: softmax over num_classes; autoencoder: per-pixel sigmoid
-    output (trained with per-pixel cross-entropy), reshaped to the image.
+    output in [0, 1] (trained with `pixel_crossentropy`), reshaped to the image.
     """
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-    for name, sizes in (("encoder", encoder), ("decoder", decoder)):
-        if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes):
-            raise ValueError(f"{name} must be a sequence of positive ints, got {sizes!r}")
-    if isinstance(grid_side, bool) or not isinstance(grid_side, int) or grid_side < 2:
-        raise ValueError(f"grid_side must be an int >= 2, got {grid_side!r}")
+    objective = check_choice("objective", objective, OBJECTIVES)
+    encoder = positive_ints(encoder, "encoder", allow_empty=True)
+    decoder = positive_ints(decoder, "decoder", allow_empty=True)
+    grid_side = int_in_range(grid_side, "grid_side", 2)
     if seed is not None:
         keras.utils.set_random_seed(seed)
     inputs = keras.Input((image_size, image_size), name="image")
-    x = keras.layers.Flatten(name="pixels")(inputs)
+    x = keras.layers.Rescaling(1.0 / 255.0, name="scale")(inputs)
+    x = keras.layers.Flatten(name="pixels")(x)
     for i, units in enumerate(encoder):
         x = keras.layers.Dense(units, activation="relu", name=f"encoder_{i + 1}")(x)
     x = KernelDense(
-        grid_side * grid_side, kernel="rbf", dim=2, gamma=gamma,
+        grid_side * grid_side, kernel_function="rbf", dim=2, gamma=gamma,
         input_locations_initializer={"class_name": "RandomUniform",
                                      "config": {"minval": 0.0, "maxval": 1.0}},
         output_locations_initializer=Grid2D(grid_side, grid_side),
@@ -85,23 +86,8 @@ def latent_walk(model, centers, width=None):
     return keras.ops.convert_to_numpy(x)
 
 
-def compile_embedding(model, learning_rate=1e-3):
-    """Compile with the objective's loss (categorical / per-pixel cross-entropy)."""
-    if model.name.endswith("autoencoder"):
-        model.compile(keras.optimizers.Adam(learning_rate), "binary_crossentropy")
-    else:
-        model.compile(keras.optimizers.Adam(learning_rate), "sparse_categorical_crossentropy",
-                      metrics=["accuracy"])
-    return model
-
-
-def fit_embedding(model, images, labels, epochs=5, batch_size=128, learning_rate=1e-3,
-                  callbacks=None):
-    """Train on images in [0, 1] (labels unused by the autoencoder)."""
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
-    compile_embedding(model, learning_rate)
-    target = images if model.name.endswith("autoencoder") else labels
-    model.fit(images, target, batch_size=batch_size, epochs=epochs, verbose=2,
-              callbacks=callbacks)
-    return model
+@keras.saving.register_keras_serializable(package="kernelzoo")
+def pixel_crossentropy(pixels, reconstruction):
+    """Per-pixel binary cross-entropy of a [0, 1] reconstruction against raw 0-255 pixels."""
+    target = ops.cast(pixels, reconstruction.dtype) / 255.0
+    return ops.mean(keras.losses.binary_crossentropy(target, reconstruction), axis=-1)

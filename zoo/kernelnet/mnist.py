@@ -1,5 +1,6 @@
 """The 2D-grid kernelNet image classifier of Muller 2018, Fig. 4 / Table 1.
 
+The model takes raw 0-255 pixels (a saved Rescaling layer divides them by 255).
 Pixels and hidden units live in [0, 1]^2. Each hidden layer is several 2D
 grids of units in parallel (like the filters of a ConvNet layer); each grid
 is one RBF `KernelDense` reading the whole layer below, with its own
@@ -13,37 +14,28 @@ import keras
 
 from kernelzoo.layers.kernel_dense import KernelDense
 from kernelzoo.layers.kernels import Grid2D
-
-
-def _check_ints(name, values):
-    values = tuple(values)
-    if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
-                         for v in values):
-        raise ValueError(f"{name} must be a non-empty sequence of positive ints, got {values!r}")
-    return values
+from kernelzoo.ops.checks import boolean, int_in_range, positive_ints
 
 
 def kernelnet_mnist(prior=True, grids=(16, 16), grid_sides=(14, 7), gammas=(100.0, 25.0),
                     image_size=28, num_classes=10, seed=None):
-    """Build the classifier on (image_size, image_size) inputs scaled to [0, 1].
+    """Build the classifier on (image_size, image_size) raw pixels (0-255).
 
     Layer l has grids[l] parallel square grids of grid_sides[l]^2 units, RBF
     width gammas[l] (in the [0, 1]^2 coordinates), ReLU.
     """
-    if not isinstance(prior, bool):
-        raise ValueError(f"prior must be a bool, got {prior!r}")
-    grids, grid_sides = _check_ints("grids", grids), _check_ints("grid_sides", grid_sides)
+    prior = boolean(prior, "prior")
+    grids, grid_sides = positive_ints(grids, "grids"), positive_ints(grid_sides, "grid_sides")
     gammas = tuple(gammas)
     if not len(grids) == len(grid_sides) == len(gammas):
         raise ValueError(f"grids, grid_sides and gammas must have equal lengths, got "
                          f"{len(grids)}, {len(grid_sides)}, {len(gammas)}")
-    for name, val in (("image_size", image_size), ("num_classes", num_classes)):
-        if isinstance(val, bool) or not isinstance(val, int) or val < 2:
-            raise ValueError(f"{name} must be an int >= 2, got {val!r}")
+    image_size, num_classes = int_in_range(image_size, "image_size", 2), int_in_range(num_classes, "num_classes", 2)
     if seed is not None:
         keras.utils.set_random_seed(seed)
     inputs = keras.Input((image_size, image_size), name="image")
-    x = keras.layers.Flatten(name="pixels")(inputs)
+    x = keras.layers.Rescaling(1.0 / 255.0, name="scale")(inputs)
+    x = keras.layers.Flatten(name="pixels")(x)
     below = (1, image_size)  # (number of grids, side) of the layer below
     uniform = {"class_name": "RandomUniform", "config": {"minval": 0.0, "maxval": 1.0}}
     for l, (count, side, gamma) in enumerate(zip(grids, grid_sides, gammas)):
@@ -55,7 +47,7 @@ def kernelnet_mnist(prior=True, grids=(16, 16), grid_sides=(14, 7), gammas=(100.
             else:
                 u_init = v_init = uniform
             branches.append(KernelDense(
-                side * side, kernel="rbf", dim=2, gamma=gamma,
+                side * side, kernel_function="rbf", dim=2, gamma=gamma,
                 input_locations_initializer=u_init, output_locations_initializer=v_init,
                 input_locations_trainable=not prior, output_locations_trainable=not prior,
                 name=f"kernel{l + 1}_grid{c + 1}")(x))
@@ -66,7 +58,3 @@ def kernelnet_mnist(prior=True, grids=(16, 16), grid_sides=(14, 7), gammas=(100.
     name = "kernelnet_mnist_prior" if prior else "kernelnet_mnist_learned"
     return keras.Model(inputs, outputs, name=name)
 
-
-def preprocess(images):
-    """uint8 (N, 28, 28) -> float32 in [0, 1] (the models' input)."""
-    return (keras.ops.convert_to_numpy(images).astype("float32")) / 255.0

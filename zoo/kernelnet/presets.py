@@ -1,71 +1,64 @@
-"""Registry entries of the kernelNet models (Muller 2018), as data.
+"""The kernelNet family's presets (Muller 2018).
 
-`sha256` pins each shipped weight file; `metrics` are the figures measured by
-the command in the card next to the weights (never typed in by hand: the
-tests recompute them from the data).
+`measured` is the figure `kernelzoo eval NAME --data-dir DIR` re-measures from the shipped
+weights (never typed in by hand: the tests recompute it from the data). The image models
+take raw 0-255 pixels (a saved Rescaling layer divides them by 255).
 """
-PRESETS = {
-    "kernelnet_movielens_100k": {
-        "description": "item-based sparse-FC kernelNet autoencoder, ML-100K (Sec. 3.5)",
-        "builder": "kernelzoo.zoo.kernelnet.movielens.kernelnet_movielens",
-        "config": {"n_users": 943, "variant": "sparse_fc"},
-        "inputs": "one item's ratings by the 943 ML-100K users, float32 (943,), 0 = unrated; "
-                  "outputs raw ratings: clip to [1, 5] (movielens.predict_ratings)",
-        "weights": "kernelnet_movielens_100k.keras",
-        "sha256": "23cc3150e5aee9aa548673d26ed0036870aa6edc0a6cd277efe935a42bf8a6c2",
-        "evaluation": {"data": "ml100k", "fold": 1},
-        "metrics": {"key": "test_rmse", "value": 0.9071},
-        "card": "kernelnet_movielens_100k.md",
-        "compile": {"optimizer": "adam", "loss": "kernelzoo.zoo.kernelnet.movielens.masked_rating_loss"},
-    },
-    "kernelnet_mnist_prior": {
-        "description": "MNIST 2D-RBF grid kernelNet, fixed pixel/grid locations (Fig. 4, Table 1)",
-        "builder": "kernelzoo.zoo.kernelnet.mnist.kernelnet_mnist",
-        "config": {"prior": True},
-        "inputs": "28x28 grayscale digits scaled to [0, 1], float32 (28, 28); 10-way softmax",
-        "weights": "kernelnet_mnist_prior.keras",
-        "sha256": "cabe80e7832aef2e8a0be49d0884d55c64b398c0f0d6e620af34f4a42bdda17a",
-        "evaluation": {"data": "mnist"},
-        "metrics": {"key": "test_accuracy", "value": 0.9823},
-        "card": "kernelnet_mnist.md",
-        "compile": {"optimizer": "adam", "loss": "sparse_categorical_crossentropy",
-                    "metrics": ["accuracy"]},
-    },
-    "kernelnet_mnist_learned": {
-        "description": "MNIST 2D-RBF grid kernelNet, learned locations (Fig. 4, Table 1)",
-        "builder": "kernelzoo.zoo.kernelnet.mnist.kernelnet_mnist",
-        "config": {"prior": False},
-        "inputs": "28x28 grayscale digits scaled to [0, 1], float32 (28, 28); 10-way softmax",
-        "weights": "kernelnet_mnist_learned.keras",
-        "sha256": "4a74b29a8c6ad211158d99b0a8a4b0aff68e236882fe84c75e3f958f6b9c36a4",
-        "evaluation": {"data": "mnist"},
-        "metrics": {"key": "test_accuracy", "value": 0.9826},
-        "card": "kernelnet_mnist.md",
-        "compile": {"optimizer": "adam", "loss": "sparse_categorical_crossentropy",
-                    "metrics": ["accuracy"]},
-    },
-    "kernelnet_embedding_mnist": {
-        "description": "MNIST classifier with a 2D kernelNet embedding layer (Sec. 3.3, Fig. 5b)",
-        "builder": "kernelzoo.zoo.kernelnet.embedding.kernelnet_embedding",
-        "config": {"objective": "classifier"},
-        "inputs": "28x28 grayscale digits scaled to [0, 1], float32 (28, 28); 10-way softmax",
-        "weights": "kernelnet_embedding_mnist.keras",
-        "sha256": "7fdf624aa1f5d24eb2834a017d1282a9a94c454361369bc8d152b42a9529c12d",
-        "evaluation": {"data": "mnist"},
-        "metrics": {"key": "test_accuracy", "value": 0.9703},
-        "card": "kernelnet_embedding_mnist.md",
-        "compile": {"optimizer": "adam", "loss": "sparse_categorical_crossentropy",
-                    "metrics": ["accuracy"]},
-    },
-    "kernelnet_embedding_mnist_ae": {
-        "description": "MNIST autoencoder with a 2D kernelNet embedding layer (Sec. 3.3, "
-                       "Fig. 5a/6); no shipped weights: `kernelzoo viz embedding ... --train`",
-        "builder": "kernelzoo.zoo.kernelnet.embedding.kernelnet_embedding",
-        "config": {"objective": "autoencoder"},
-        "inputs": "28x28 grayscale digits scaled to [0, 1], float32 (28, 28); "
-                  "reconstructs the image (per-pixel sigmoid)",
-        "weights": None,
-        "sha256": None,
-        "card": "kernelnet_embedding_mnist.md",
-    },
-}
+from kernelzoo.zoo.preset import MNIST_CLASSES, DatasetSpec, Figure, InputSpec, Preset
+
+_MNIST = DatasetSpec("mnist", "DATA/mnist: the four IDX .gz files or mnist.npz", "test")
+_MNIST_TEST = "MNIST test, 10,000 images"
+_PIXELS = InputSpec((28, 28), "uint8", "grey pixels 0-255 (the /255 scaling is inside the model)")
+# The card's runs: Adam, lr 2e-3 with cosine decay to 0, batch 128, 8 epochs (MNIST grids);
+# Adam, lr 1e-3, batch 128, 5 epochs (embedding network).
+_GRID_RECIPE = {"epochs": 8, "batch_size": 128, "optimizer": "adam", "lr": 2e-3, "schedule": "cosine"}
+_EMBEDDING_RECIPE = {"epochs": 5, "batch_size": 128, "optimizer": "adam", "lr": 1e-3, "schedule": "constant"}
+
+
+def _grid(name, prior, what, sha256, measured, paper):
+    return Preset(
+        name=name, family="kernelnet", builder="kernelzoo.zoo.kernelnet.mnist.kernelnet_mnist",
+        config={"prior": prior}, description=f"MNIST 2D-RBF grid kernelNet, {what} (Fig. 4, Table 1)",
+        inputs=_PIXELS, task="classification", dataset=_MNIST, class_names=MNIST_CLASSES, recipe=_GRID_RECIPE,
+        card="kernelnet_mnist.md", weights=f"{name}.keras", sha256=sha256, measured=Figure(measured, _MNIST_TEST),
+        paper=Figure(paper, "Table 1"))
+
+
+PRESETS = (
+    Preset(
+        name="kernelnet_movielens_100k", family="kernelnet",
+        builder="kernelzoo.zoo.kernelnet.movielens.kernelnet_movielens",
+        config={"n_users": 943, "variant": "sparse_fc"},
+        description="item-based sparse-FC kernelNet autoencoder, ML-100K (Sec. 3.5)",
+        inputs=InputSpec((943,), "float32", "one item's ratings by the 943 ML-100K users, 0 = unrated; outputs "
+                                            "raw ratings: clip to [1, 5] (movielens.predict_ratings)"),
+        task="rating_prediction",
+        dataset=DatasetSpec("ml-100k", "DATA/ml-100k: u.data and the canonical u1..u5 .base/.test files", "u1"),
+        # Full-batch L-BFGS-B; an epoch is 25 iterations (one validation check); early stopping on 5 % of
+        # the training ratings, after 2 checks without improvement, at most 16 x 25 = 400 iterations.
+        recipe={"optimizer": "lbfgs", "epochs": 16, "iterations_per_epoch": 25, "patience": 2,
+                "val_fraction": 0.05, "lr": 1e-3},
+        card="kernelnet_movielens_100k.md", weights="kernelnet_movielens_100k.keras",
+        sha256="23cc3150e5aee9aa548673d26ed0036870aa6edc0a6cd277efe935a42bf8a6c2",
+        measured=Figure(0.9071, "ML-100K u1.test (the shipped weights trained on u1.base)"),
+        paper=Figure(0.890, "Table 3 (ML-100K, 80/20 random splits)", upper=0.895)),
+    _grid("kernelnet_mnist_prior", True, "fixed pixel/grid locations",
+          "53810a8bba7b5bd9e73cb3196d730bea469e9d9de8250950a60f815a6b8aa942", 0.9823, 0.9903),
+    _grid("kernelnet_mnist_learned", False, "learned locations",
+          "a0a1fdd240feba8f5fb93e8dfad3be00476ee28727ac0456f503a53745c1cb62", 0.9826, 0.9889),
+    Preset(
+        name="kernelnet_embedding_mnist", family="kernelnet",
+        builder="kernelzoo.zoo.kernelnet.embedding.kernelnet_embedding", config={"objective": "classifier"},
+        description="MNIST classifier with a 2D kernelNet embedding layer (Sec. 3.3, Fig. 5b)",
+        inputs=_PIXELS, task="classification", dataset=_MNIST, class_names=MNIST_CLASSES,
+        recipe=_EMBEDDING_RECIPE, card="kernelnet_embedding_mnist.md", weights="kernelnet_embedding_mnist.keras",
+        sha256="50e4ae7b3078fcb1193bc931ba20f49b3c2da8866769d3590f7a98212b72847a",
+        measured=Figure(0.9703, _MNIST_TEST)),
+    Preset(
+        name="kernelnet_embedding_mnist_ae", family="kernelnet",
+        builder="kernelzoo.zoo.kernelnet.embedding.kernelnet_embedding", config={"objective": "autoencoder"},
+        description="MNIST autoencoder with a 2D kernelNet embedding layer (Sec. 3.3, Fig. 5a/6); no shipped "
+                    "weights: `kernelzoo train kernelnet_embedding_mnist_ae` or `kernelzoo viz embedding ... --train`",
+        inputs=_PIXELS, task="reconstruction", dataset=_MNIST, recipe=_EMBEDDING_RECIPE,
+        card="kernelnet_embedding_mnist.md"),
+)

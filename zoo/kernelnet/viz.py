@@ -1,7 +1,7 @@
 """`kernelzoo viz embedding NAME`: the 2D kernelNet embedding of MNIST (Fig. 5/6).
 
 Loads the pretrained network NAME from the registry (or trains it with
---train), embeds test digits with the center of mass of Eq. 10 and writes a
+--train, through the family recipe, into --run-dir), embeds test digits with the center of mass of Eq. 10 and writes a
 scatter plot coloured by class; --walk also writes the latent-space walk of
 Fig. 6 (decoded Gaussian bumps; autoencoder networks only).
 """
@@ -21,7 +21,8 @@ def add_arguments(parser, command):
     parser.add_argument("--samples", type=int, default=5000, help="test digits to plot")
     parser.add_argument("--train", action="store_true",
                         help="train a fresh network instead of loading the weights")
-    parser.add_argument("--epochs", type=int, default=5, help="with --train")
+    parser.add_argument("--epochs", type=int, default=None, help="with --train (default: the recipe's)")
+    parser.add_argument("--run-dir", default=None, help="with --train: keep the run folder here")
     parser.add_argument("--walk", default=None, metavar="PNG",
                         help="also write the latent walk (autoencoders)")
     parser.add_argument("--window", type=float, nargs=4, default=(0.25, 0.75, 0.25, 0.75),
@@ -63,21 +64,17 @@ def run(args, command):
     from kernelzoo.zoo import registry
     from kernelzoo.zoo.data import load_mnist
     from kernelzoo.zoo.kernelnet import embedding
-    from kernelzoo.zoo.kernelnet.mnist import preprocess
 
     if args.samples < 1:
         raise ValueError(f"--samples must be positive, got {args.samples}")
     if args.steps < 2:
         raise ValueError(f"--steps must be >= 2, got {args.steps}")
-    if not registry.info(args.name)["builder"].endswith("kernelnet_embedding"):
+    preset = registry.info(args.name)
+    if not preset.builder.endswith("kernelnet_embedding"):
         raise ValueError(f"name must be an embedding network, got {args.name!r}")
-    (x_train, y_train), (x_test, y_test) = load_mnist(args.data_dir)
-    if args.train:
-        model = registry.create(args.name)
-        embedding.fit_embedding(model, preprocess(x_train), y_train, epochs=args.epochs)
-    else:
-        model = registry.load(args.name)
-    x_test, y_test = preprocess(x_test[:args.samples]), y_test[:args.samples]
+    model = _train(preset, args) if args.train else registry.load(args.name)
+    _, (x_test, y_test) = load_mnist(args.data_dir)
+    x_test, y_test = x_test[:args.samples], y_test[:args.samples]
     points = embedding.embed(model, x_test)
     plot_embedding(points, y_test, args.out,
                    f"{args.name}: {len(points)} MNIST test digits (Eq. 10)")
@@ -93,3 +90,17 @@ def run(args, command):
         plot_walk(embedding.latent_walk(model, centers), args.steps, args.walk)
         print(f"wrote {args.walk}")
     return 0
+
+
+def _train(preset, args):
+    """A freshly trained network (the preset's recipe, --epochs) from a run folder (--run-dir or a temporary one)."""
+    import tempfile
+
+    from kernelzoo.zoo import registry
+
+    recipe = registry.recipe(preset)
+    data = recipe.load_data(preset, args.data_dir)
+    with tempfile.TemporaryDirectory(prefix="kernelzoo-viz-") as scratch:
+        result = recipe.train(preset, data, args.run_dir or scratch, hp=recipe.hyperparameters(preset, epochs=args.epochs),
+                              verbose=2, tensorboard=False)
+    return result["model"]

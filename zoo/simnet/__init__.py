@@ -1,7 +1,11 @@
-"""SimNets (Cohen & Shashua 2014) in the zoo: the CIFAR-10 patch-labeling SimNet and its two baselines."""
+"""The SimNet family (Cohen & Shashua 2014): the CIFAR-10 patch-labeling SimNet and its two baselines.
+
+Importing it registers the family's Keras layers (PatchWhitening, BrightnessContrastNormalization,
+QuadrantPooling, TriangleCoding), so its saved models load with `keras.models.load_model`.
+"""
 from kernelzoo.zoo.simnet.models import (
-    CIFAR10_CLASSES, QuadrantPooling, TriangleCoding, coates_baseline, convnet_baseline, parameter_count,
-    simnet_patch_labeling)
+    QuadrantPooling, TriangleCoding, coates_baseline, convnet_baseline, parameter_count, simnet_patch_labeling)
+from kernelzoo.zoo.simnet.preprocessing import BrightnessContrastNormalization, PatchWhitening
 
 __all__ = ["simnet_patch_labeling", "convnet_baseline", "coates_baseline", "QuadrantPooling", "TriangleCoding",
-           "CIFAR10_CLASSES", "parameter_count"]
+           "PatchWhitening", "BrightnessContrastNormalization", "parameter_count"]

@@ -32,9 +32,9 @@ def build(kind, n, convnet_n):
 
 def measure(kind, n=400, convnet_n=400, batch_size=64, steps=10, warmup=2, seed=0):
     """(images per second, seconds per step) of model.train_on_batch for one model."""
-    from kernelzoo.zoo import training
-    model = build(kind, n, convnet_n)
-    training.compile_model(model)
+    from kernelzoo.zoo.recipe import DEFAULTS
+    from kernelzoo.zoo.simnet.recipe import SimNetRecipe
+    model = SimNetRecipe().compile(build(kind, n, convnet_n), DEFAULTS)
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 256, (batch_size, 32, 32, 3)).astype("float32")
     y = rng.integers(0, 10, batch_size)

@@ -15,7 +15,7 @@
 
 All three take raw pixels (0-255 floats); every preprocessing step is a layer
 saved in the model. Templates, whitening and feature statistics come from
-`kernelzoo.zoo.init.unsupervised_init`. keras.ops only (backend agnostic).
+`kernelzoo.zoo.simnet.init.unsupervised_init`. keras.ops only (backend agnostic).
 """
 import keras
 import numpy as np
@@ -24,11 +24,8 @@ from keras import ops
 from kernelzoo.layers import Mex, Similarity
 from kernelzoo.ops.checks import image_shape, nonnegative_float, positive_int
 from kernelzoo.ops.shapes import normalize_tuple, output_size
-from kernelzoo.zoo.preprocessing import BrightnessContrastNormalization, PatchWhitening
+from kernelzoo.zoo.simnet.preprocessing import BrightnessContrastNormalization, PatchWhitening
 
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-# The loss every zoo classifier here is compiled with (outputs are logits).
-LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 _POOL_MODES = ("sum", "mean", "max")
 
 
@@ -256,10 +253,6 @@ def coates_baseline(n=1600, patch_size=6, pool_grid=(2, 2), train_templates=Fals
     x = keras.layers.Normalization(name="feature_standardization")(x)
     outputs = keras.layers.Dense(num_classes, kernel_regularizer=regularizer, name="logits")(x)
     return keras.Model(inputs, outputs, name=name or f"coates_baseline_n{n}")
-
-
-BUILDERS = {"simnet_patch_labeling": simnet_patch_labeling, "convnet_baseline": convnet_baseline,
-            "coates_baseline": coates_baseline}
 
 
 def parameter_count(model):

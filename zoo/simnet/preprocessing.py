@@ -47,6 +47,8 @@ class BrightnessContrastNormalization(keras.layers.Layer):
     `eps` is in the squared units of the input (10 suits 0-255 pixel values).
     """
 
+    reads_raw_pixels = True  # input spec: the model takes 0-255 pixels (kernelzoo.zoo.inputs)
+
     def __init__(self, eps=10.0, **kwargs):
         super().__init__(**kwargs)
         self.eps = positive_float(eps, "eps")
@@ -81,6 +83,8 @@ class PatchWhitening(keras.layers.Layer):
       zca_eps: added to the covariance eigenvalues (0.1 for contrast-normalised patches).
     Until `adapt` runs the whitening is the identity (mean 0, W = I); `fitted` says which.
     """
+
+    reads_raw_pixels = True  # input spec: the model takes 0-255 pixels (kernelzoo.zoo.inputs)
 
     def __init__(self, patch_size=6, strides=1, padding="valid", normalize=True, norm_eps=10.0, zca_eps=0.1,
                  **kwargs):

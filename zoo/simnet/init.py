@@ -34,7 +34,7 @@ from scipy.special import gammaln
 from kernelzoo.layers import Mex, Similarity
 from kernelzoo.ops.checks import nonnegative_int, positive_int
 from kernelzoo.ops.shapes import output_size, pad_amounts
-from kernelzoo.zoo.preprocessing import sample_patch_rows
+from kernelzoo.zoo.simnet.preprocessing import sample_patch_rows
 
 # Rows of the (rows x components x dims) slab evaluated per compiled call.
 _CHUNK_ELEMENTS = 1 << 23
@@ -561,7 +561,7 @@ def unsupervised_init(model, images, *, seed=0, num_patches=20_000, iterations=1
     similarity=False fits the preprocessing only and leaves the Similarity layers at their
     random initialisation (the paper's Sec. 6.3 ablation).
     """
-    from kernelzoo.zoo.preprocessing import PatchWhitening
+    from kernelzoo.zoo.simnet.preprocessing import PatchWhitening
     from kernelzoo.zoo.simnet.models import TriangleCoding
 
     if not isinstance(model, keras.Model):

@@ -1,0 +1,185 @@
+"""The convolutional kernel network layer (Mairal 2014/2016; paper 004 and papers/README.md).
+
+For every patch x of the input map, psi(x) = ||x|| kappa(Z^T x / ||x||) with the anchors Z (columns)
+on the unit sphere, then Gaussian linear pooling, then the Nystrom factor kappa(Z^T Z)^(-1/2): the
+projection of the patch kernel's feature map onto the span of the anchors, so that
+<psi(x), psi(x')> approximates ||x|| ||x'|| kappa(<x, x'> / (||x|| ||x'||)). The factor is linear,
+so it is applied after pooling (the same map, fewer positions).
+"""
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+from kernelzoo.ops.checks import check_choice, normalize_padding, normalize_tuple, positive_float, positive_int
+from kernelzoo.ops.shapes import output_size
+
+KERNELS = ("exp", "poly2")
+# Squared patch norms are clipped at this before the square root: a zero patch maps to ~0, never NaN.
+NORM_EPS = 1e-8
+
+
+@keras.saving.register_keras_serializable(package="kernelzoo")
+class CKNConv2D(keras.layers.Layer):
+    """A CKN layer: kernel map of every patch on `filters` anchors, Gaussian pooling, Nystrom factor.
+
+    Args:
+      filters: number of anchors p (output channels).
+      kernel_size: patch size, as Conv2D.
+      subsampling: pooling stride s; the Gaussian filter has sigma s / sqrt(2) and width 2s + 1 (1: none).
+      kernel: "exp", kappa(u) = exp((u - 1) / sigma^2), or "poly2", kappa(u) = u^2.
+      sigma: bandwidth of the "exp" kernel (on the unit sphere); "poly2" has none and ignores it.
+      padding: patch extraction, "same" (zeros) or "valid"; pooling always pads s zeros.
+      eigenvalue_floor: eigenvalues of kappa(Z^T Z) are raised to at least this before ^(-1/2).
+      anchors_initializer, anchors_regularizer: Keras names or objects (anchors are normalised in call).
+
+    Anchors live on the sphere by parameterisation: the weight `anchors` (kh, kw, C, p) is divided by
+    its column norms in call. While the layer is trainable the factor is recomputed from the anchors
+    on every call (symmetric eigendecomposition, differentiable); a frozen layer (trainable=False)
+    uses the stored weight `factor`, refreshed whenever the layer is frozen or `set_anchors` runs,
+    so its inference graph has no eigendecomposition (ONNX has none).
+    """
+
+    def __init__(self, filters, kernel_size, subsampling=1, kernel="exp", sigma=0.6, padding="same",
+                 eigenvalue_floor=1e-4, anchors_initializer="random_normal", anchors_regularizer=None, **kwargs):
+        kwargs.setdefault("autocast", False)
+        super().__init__(**kwargs)
+        self.filters = positive_int(filters, "filters")
+        self.kernel_size = normalize_tuple(kernel_size, "kernel_size")
+        self.subsampling = positive_int(subsampling, "subsampling")
+        self.kernel = check_choice("kernel", kernel, KERNELS)
+        self.sigma = positive_float(sigma, "sigma")
+        self.padding = normalize_padding(padding)
+        self.eigenvalue_floor = positive_float(eigenvalue_floor, "eigenvalue_floor")
+        self.anchors_initializer = keras.initializers.get(anchors_initializer)
+        self.anchors_regularizer = keras.regularizers.get(anchors_regularizer)
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        if channels is None:
+            raise ValueError(f"CKNConv2D needs a known number of input channels, got input shape {input_shape}")
+        self.anchors = self.add_weight(name="anchors", shape=self.kernel_size + (channels, self.filters),
+                                       initializer=self.anchors_initializer, regularizer=self.anchors_regularizer)
+        self.factor = self.add_weight(name="factor", shape=(self.filters, self.filters), initializer="identity",
+                                      trainable=False)
+        self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: channels})
+        if not self.trainable:
+            self.refresh_factor()
+
+    # ------------------------------------------------------------------ anchors and the Nystrom factor
+
+    @keras.layers.Layer.trainable.setter
+    def trainable(self, value):
+        keras.layers.Layer.trainable.fset(self, value)
+        if not value and self.built:
+            self.refresh_factor()
+
+    def kappa(self, u):
+        """The dot-product kernel on the sphere, entry-wise."""
+        if self.kernel == "poly2":
+            return ops.square(u)
+        return ops.exp((u - 1.0) / (self.sigma ** 2))
+
+    def unit_anchors(self):
+        """The anchors as columns of a (kh * kw * C, p) matrix with unit norms."""
+        z = ops.reshape(ops.cast(self.anchors, "float32"), (-1, self.filters))
+        return z / ops.sqrt(ops.maximum(ops.sum(ops.square(z), axis=0, keepdims=True), NORM_EPS))
+
+    def nystrom_factor(self):
+        """kappa(Z^T Z)^(-1/2) from the current anchors (float64 eigendecomposition, float32 result)."""
+        z = ops.cast(self.unit_anchors(), "float64")
+        gram = self.kappa(ops.matmul(ops.transpose(z), z))
+        return ops.cast(inverse_sqrt(gram, self.eigenvalue_floor), "float32")
+
+    def refresh_factor(self):
+        """Store the factor of the current anchors in the `factor` weight (what a frozen layer uses)."""
+        self.factor.assign(self.nystrom_factor())
+
+    def set_anchors(self, anchors):
+        """Set the anchors (kh, kw, C, p) or (kh * kw * C, p) (normalised in call) and refresh the factor."""
+        anchors = np.asarray(anchors, dtype="float32")
+        if anchors.size != int(np.prod(self.anchors.shape)) or anchors.shape[-1] != self.filters:
+            raise ValueError(f"`anchors` must have shape {tuple(self.anchors.shape)} or "
+                             f"({int(np.prod(self.anchors.shape[:-1]))}, {self.filters}), got {anchors.shape}")
+        self.anchors.assign(anchors.reshape(self.anchors.shape))
+        self.refresh_factor()
+
+    # ------------------------------------------------------------------ forward
+
+    def call(self, inputs):
+        x = ops.cast(inputs, "float32")
+        kh, kw = self.kernel_size
+        channels = x.shape[-1]
+        z = self.unit_anchors()
+        squares = ops.sum(ops.square(x), axis=-1, keepdims=True)
+        norm = ops.sqrt(ops.maximum(ops.conv(squares, ops.ones((kh, kw, 1, 1)), padding=self.padding), NORM_EPS))
+        dots = ops.conv(x, ops.reshape(z, (kh, kw, channels, self.filters)), padding=self.padding)
+        out = norm * self.kappa(dots / norm)
+        out = self.pool(out)
+        factor = self.factor if not self.trainable else self.nystrom_factor()
+        return ops.cast(ops.matmul(out, factor), self.compute_dtype)
+
+    def pool(self, maps):
+        """Gaussian linear pooling with stride s (sigma s / sqrt(2), 2s + 1 taps, s zeros of padding)."""
+        s = self.subsampling
+        if s == 1:
+            return maps
+        taps = gaussian_filter(s)
+        kernel = np.broadcast_to(np.outer(taps, taps)[:, :, None, None], (2 * s + 1, 2 * s + 1, self.filters, 1))
+        maps = ops.pad(maps, ((0, 0), (s, s), (s, s), (0, 0)))
+        return ops.depthwise_conv(maps, np.ascontiguousarray(kernel, dtype="float32"), strides=s, padding="valid")
+
+    def compute_output_shape(self, input_shape):
+        kh, kw = self.kernel_size
+        sizes = [output_size(input_shape[1], kh, 1, self.padding), output_size(input_shape[2], kw, 1, self.padding)]
+        sizes = [None if size is None else -(-size // self.subsampling) for size in sizes]
+        return (input_shape[0], sizes[0], sizes[1], self.filters)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "filters": self.filters,
+            "kernel_size": self.kernel_size,
+            "subsampling": self.subsampling,
+            "kernel": self.kernel,
+            "sigma": self.sigma,
+            "padding": self.padding,
+            "eigenvalue_floor": self.eigenvalue_floor,
+            "anchors_initializer": keras.initializers.serialize(self.anchors_initializer),
+            "anchors_regularizer": keras.regularizers.serialize(self.anchors_regularizer),
+        })
+        return config
+
+
+def gaussian_filter(subsampling):
+    """The 2s + 1 taps exp(-t^2 / (2 sigma^2)), sigma = s / sqrt(2), t = -s..s, summing to 1."""
+    t = np.arange(-subsampling, subsampling + 1, dtype="float64")
+    taps = np.exp(-t ** 2 / (2 * (subsampling / math.sqrt(2)) ** 2))
+    return taps / taps.sum()
+
+
+@ops.custom_gradient
+def _inverse_sqrt(matrix, floor):
+    values, vectors = ops.eigh(matrix)
+    roots = ops.sqrt(ops.maximum(values, floor))
+    result = ops.matmul(vectors / roots, ops.transpose(vectors))
+
+    def grad(*args, upstream=None):
+        upstream = args[0] if upstream is None else upstream
+        # Daleckii-Krein: d(A^(-1/2)) = V (L o (V^T dA V)) V^T, L_ij = -1 / (r_i r_j (r_i + r_j)), r = sqrt(lambda).
+        # Finite for repeated eigenvalues, unlike the gradient of eigh itself.
+        scale = -1.0 / (roots[:, None] * roots[None, :] * (roots[:, None] + roots[None, :]))
+        inner = ops.matmul(ops.matmul(ops.transpose(vectors), upstream), vectors)
+        return ops.matmul(ops.matmul(vectors, scale * inner), ops.transpose(vectors)), ops.zeros_like(floor)
+
+    return result, grad
+
+
+def inverse_sqrt(matrix, floor):
+    """Symmetric inverse square root V diag(max(lambda, floor))^(-1/2) V^T of a symmetric matrix.
+
+    Its gradient treats the floor as the identity (exact while every eigenvalue is above it).
+    """
+    return _inverse_sqrt(matrix, ops.convert_to_tensor(floor, dtype=matrix.dtype))

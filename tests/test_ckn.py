@@ -1,0 +1,392 @@
+"""CKN family (issue 14): the CKNConv2D layer, PerImageWhitening, spherical k-means, the classifier,
+the unsupervised recipe end to end, saving and export."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import scipy.optimize
+import tensorflow as tf
+
+from kernelzoo.layers import CKNConv2D
+from kernelzoo.layers.ckn import gaussian_filter, inverse_sqrt
+from kernelzoo.zoo.ckn import PerImageWhitening, ckn, init_ckn_layers, spherical_kmeans
+from kernelzoo.zoo.ckn.preprocessing import inverse_sqrt_spd
+from kernelzoo.zoo.ckn.classifier import accuracy, fit_logistic
+
+LAYER_CONFIGS = [
+    dict(filters=4, kernel_size=3),
+    dict(filters=3, kernel_size=(2, 3), subsampling=2, padding="valid", kernel="poly2"),
+    dict(filters=5, kernel_size=1, subsampling=3, sigma=0.5, eigenvalue_floor=1e-3, anchors_regularizer="l2"),
+    dict(filters=2, kernel_size=3, trainable=False, anchors_initializer="he_normal"),
+]
+
+
+def _kappa(u, kernel="exp", sigma=0.6):
+    return u ** 2 if kernel == "poly2" else np.exp((u - 1) / sigma ** 2)
+
+
+def _points_layer(points, anchors, kernel="exp", floor=1e-9):
+    """A 1x1 CKN layer whose anchors are the given unit vectors, and the points as a (1, n, 1, d) map."""
+    layer = CKNConv2D(anchors.shape[0], 1, kernel=kernel, padding="valid", eigenvalue_floor=floor)
+    layer.build((1, len(points), 1, points.shape[1]))
+    layer.set_anchors(anchors.T)
+    return layer, points[None, :, None, :].astype("float32")
+
+
+def _exact_gram(points, kernel="exp"):
+    norms = np.linalg.norm(points, axis=1)
+    return np.outer(norms, norms) * _kappa(points @ points.T / np.outer(norms, norms), kernel)
+
+
+def _psi(layer, x):
+    return np.asarray(layer(x))[0, :, 0, :].astype("float64")
+
+
+# ----------------------------------------------------------------------------- the Nystrom map
+
+
+def test_nystrom_identity_with_the_points_as_anchors(rng):
+    points = rng.normal(size=(12, 6)) * rng.uniform(0.5, 3.0, size=(12, 1))
+    layer, x = _points_layer(points, points / np.linalg.norm(points, axis=1, keepdims=True))
+    psi = _psi(layer, x)
+    np.testing.assert_allclose(psi @ psi.T, _exact_gram(points), rtol=1e-4, atol=1e-4)
+
+
+def test_nystrom_identity_for_any_point_when_anchors_span_the_poly2_space(rng):
+    # kappa(u) = u^2 on R^3 has a 6-dimensional feature space: 6 generic anchors span it.
+    anchors = rng.normal(size=(6, 3))
+    layer, x = _points_layer(rng.normal(size=(20, 3)), anchors / np.linalg.norm(anchors, axis=1, keepdims=True),
+                             kernel="poly2")
+    psi = _psi(layer, x)
+    np.testing.assert_allclose(psi @ psi.T, _exact_gram(x[0, :, 0], "poly2"), rtol=1e-4, atol=1e-4)
+
+
+def test_approximation_error_falls_as_anchors_grow(rng):
+    centres = rng.normal(size=(8, 9))
+    points = centres[rng.integers(0, 8, 300)] + 0.4 * rng.normal(size=(300, 9))
+    exact = _exact_gram(points)
+    errors = []
+    for count in (4, 16, 64, 256):
+        anchors, _ = spherical_kmeans(points, count, seed=0)
+        layer, x = _points_layer(points, anchors, floor=1e-6)
+        psi = _psi(layer, x)
+        errors.append(np.abs(psi @ psi.T - exact).mean())
+    assert all(later < 0.8 * earlier for earlier, later in zip(errors, errors[1:])), errors
+
+
+def test_forward_matches_a_numpy_reference(rng):
+    layer = CKNConv2D(5, 3, subsampling=2, sigma=0.7)
+    x = rng.normal(size=(2, 7, 6, 3)).astype("float32")
+    out = np.asarray(layer(x))
+    z = np.asarray(layer.anchors).reshape(-1, 5).astype("float64")
+    z /= np.linalg.norm(z, axis=0)
+    values, vectors = np.linalg.eigh(_kappa(z.T @ z, sigma=0.7))
+    factor = (vectors / np.sqrt(values)) @ vectors.T
+    padded = np.pad(x.astype("float64"), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    patches = np.stack([np.stack([padded[:, i:i + 3, j:j + 3].reshape(2, -1) for j in range(6)], axis=1)
+                        for i in range(7)], axis=1)  # (2, 7, 6, 27) in (row, col, channel) order
+    norms = np.linalg.norm(patches, axis=-1, keepdims=True)  # (2, 7, 6, 1)
+    maps = norms * _kappa(patches @ z / norms, sigma=0.7)
+    np.testing.assert_allclose(out, _numpy_pool(maps, 2) @ factor, rtol=1e-4, atol=1e-5)
+
+
+def _numpy_pool(maps, s):
+    """Gaussian pooling written out: sum over the (2s+1)^2 window of the s-padded map at stride s."""
+    taps = np.exp(-np.arange(-s, s + 1) ** 2 / s ** 2)
+    taps /= taps.sum()
+    padded = np.pad(maps, ((0, 0), (s, s), (s, s), (0, 0)))
+    rows, cols = -(-maps.shape[1] // s), -(-maps.shape[2] // s)
+    out = np.zeros((maps.shape[0], rows, cols, maps.shape[3]))
+    for i in range(rows):
+        for j in range(cols):
+            for a in range(2 * s + 1):
+                for b in range(2 * s + 1):
+                    out[:, i, j] += taps[a] * taps[b] * padded[:, i * s + a, j * s + b]
+    return out
+
+
+@pytest.mark.parametrize("s, size", [(2, (8, 8)), (3, (7, 11)), (6, (16, 16))])
+def test_gaussian_pooling_matches_the_direct_sum(rng, s, size):
+    layer = CKNConv2D(4, 1, subsampling=s)
+    maps = rng.normal(size=(2,) + size + (4,)).astype("float32")
+    np.testing.assert_allclose(np.asarray(layer.pool(maps)), _numpy_pool(maps.astype("float64"), s),
+                               rtol=1e-5, atol=1e-6)
+    taps = gaussian_filter(s)
+    assert taps.shape == (2 * s + 1,) and abs(taps.sum() - 1) < 1e-12
+
+
+# ----------------------------------------------------------------------------- numerics and gradients
+
+
+def test_zero_patches_give_zero_features_and_finite_gradients():
+    layer = CKNConv2D(4, 3, subsampling=2)
+    x = tf.zeros((1, 6, 6, 2))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        out = layer(x)
+        loss = tf.reduce_sum(out)
+    grads = tape.gradient(loss, [x, layer.anchors])
+    assert np.all(np.isfinite(out)) and np.abs(np.asarray(out)).max() < 1e-3
+    assert all(np.all(np.isfinite(g)) for g in grads)
+
+
+def test_inverse_sqrt_gradient_matches_finite_differences(rng):
+    a = rng.normal(size=(5, 5))
+    matrix = a @ a.T + 0.5 * np.eye(5)
+    weights = rng.normal(size=(5, 5))
+
+    def value(m):
+        return float(np.sum(np.asarray(inverse_sqrt(tf.constant(m), 1e-9)) * weights))
+
+    m = tf.constant(matrix)
+    with tf.GradientTape() as tape:
+        tape.watch(m)
+        loss = tf.reduce_sum(inverse_sqrt(m, 1e-9) * weights)
+    grad = tape.gradient(loss, m).numpy()
+    for i, j in [(0, 0), (1, 3), (4, 2)]:  # symmetric perturbations: the matrix stays symmetric
+        step = np.zeros((5, 5))
+        step[i, j] = step[j, i] = 1e-6
+        numeric = (value(matrix + step) - value(matrix - step)) / 2e-6
+        analytic = grad[i, j] + grad[j, i] if i != j else grad[i, i]
+        assert abs(numeric - analytic) < 1e-6 * max(1.0, abs(numeric)), (i, j, numeric, analytic)
+
+
+def test_layer_gradients_match_finite_differences(rng):
+    layer = CKNConv2D(3, 2, subsampling=2, kernel="exp", sigma=0.8, dtype="float32")
+    x = rng.normal(size=(1, 4, 4, 2)).astype("float32")
+    weights = rng.normal(size=(1, 2, 2, 3)).astype("float32")
+    layer(x)
+    anchors = np.asarray(layer.anchors).copy()
+
+    def value(a):
+        layer.anchors.assign(a)
+        return float(np.sum(np.asarray(layer(x), "float64") * weights))
+
+    layer.anchors.assign(anchors)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(x) * weights)
+    grad = tape.gradient(loss, layer.anchors).numpy()
+    for index in [(0, 0, 0, 0), (1, 0, 1, 2), (1, 1, 0, 1)]:
+        step = np.zeros_like(anchors)
+        step[index] = 1e-2
+        numeric = (value(anchors + step) - value(anchors - step)) / 2e-2
+        assert abs(numeric - grad[index]) < 2e-2 * max(1.0, abs(numeric)), (index, numeric, grad[index])
+
+
+def test_repeated_anchors_keep_gradients_finite(rng):
+    layer = CKNConv2D(4, 1)
+    layer.build((1, 3, 3, 3))
+    anchor = rng.normal(size=(3, 1))
+    layer.anchors.assign(np.tile(anchor, (1, 4)).reshape(1, 1, 3, 4))  # a singular Gram matrix
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(rng.normal(size=(1, 3, 3, 3)).astype("float32")))
+    assert np.all(np.isfinite(tape.gradient(loss, layer.anchors)))
+
+
+# ----------------------------------------------------------------------------- the frozen (inference) mode
+
+
+def test_frozen_layer_uses_the_stored_factor_and_matches(rng):
+    layer = CKNConv2D(6, 3, subsampling=2)
+    x = rng.normal(size=(2, 8, 8, 3)).astype("float32")
+    live = np.asarray(layer(x))
+    np.testing.assert_allclose(np.asarray(layer.factor), np.eye(6))  # not refreshed while trainable
+    layer.trainable = False
+    np.testing.assert_allclose(np.asarray(layer.factor), np.asarray(layer.nystrom_factor()))
+    np.testing.assert_allclose(np.asarray(layer(x)), live, rtol=1e-6, atol=1e-6)
+    assert layer.trainable_weights == []
+    layer.set_anchors(rng.normal(size=(27, 6)))  # refreshes the stored factor too
+    layer.trainable = True
+    np.testing.assert_allclose(np.asarray(layer.factor), np.asarray(layer.nystrom_factor()), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="anchors"):
+        layer.set_anchors(np.ones((26, 6)))
+
+
+def test_frozen_graph_has_no_eigendecomposition(rng):
+    layer = CKNConv2D(4, 3, trainable=False)
+    layer.build((None, 6, 6, 3))
+    graph = tf.function(lambda x: layer(x)).get_concrete_function(tf.TensorSpec((None, 6, 6, 3))).graph
+    assert "SelfAdjointEigV2" not in {op.type for op in graph.get_operations()}
+
+
+# ----------------------------------------------------------------------------- Keras contract
+
+
+@pytest.mark.parametrize("config", LAYER_CONFIGS)
+def test_config_round_trip_and_output_shape(rng, config):
+    layer = CKNConv2D(**config)
+    x = rng.normal(size=(2, 7, 8, 3)).astype("float32")
+    out = layer(x)
+    assert tuple(out.shape) == layer.compute_output_shape(x.shape)
+    clone = CKNConv2D.from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+    clone.build(x.shape)
+    clone.set_weights(layer.get_weights())
+    np.testing.assert_allclose(np.asarray(clone(x)), np.asarray(out), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(filters=0, kernel_size=3), "filters"), (dict(filters=2, kernel_size=(3, 0)), "kernel_size"),
+    (dict(filters=2, kernel_size=3, subsampling=0), "subsampling"),
+    (dict(filters=2, kernel_size=3, kernel="rbf"), "kernel"), (dict(filters=2, kernel_size=3, sigma=0), "sigma"),
+    (dict(filters=2, kernel_size=3, padding="full"), "padding"),
+    (dict(filters=2, kernel_size=3, eigenvalue_floor=-1), "eigenvalue_floor")])
+def test_bad_arguments_are_named(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        CKNConv2D(**kwargs)
+
+
+def _tiny_model():
+    model = ckn(filters=(6, 8), kernel_sizes=(3, 2), subsamplings=(2, 3), kernels=("exp", "poly2"),
+                num_classes=3, input_shape=(12, 12, 3))
+    return model
+
+
+def test_save_and_load_in_a_fresh_process(tmp_path, rng):
+    model = _tiny_model()
+    images = rng.integers(0, 256, (40, 12, 12, 3)).astype("uint8")
+    model.get_layer("ckn1").trainable = False  # one frozen layer, one trainable layer
+    path = str(tmp_path / "ckn.keras")
+    model.save(path)
+    np.save(tmp_path / "x.npy", images[:5])
+    np.save(tmp_path / "y.npy", np.asarray(model(images[:5].astype("float32"))))
+    script = textwrap.dedent(f"""
+        import numpy as np, keras, kernelzoo
+        model = keras.models.load_model({path!r})
+        assert [l.trainable for l in model.layers[2:4]] == [False, True]
+        out = np.asarray(model(np.load({str(tmp_path / 'x.npy')!r}).astype("float32")))
+        np.testing.assert_allclose(out, np.load({str(tmp_path / 'y.npy')!r}), rtol=1e-5, atol=1e-5)
+        print("ok")
+    """)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=240)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+
+
+# ----------------------------------------------------------------------------- whitening, k-means, classifier
+
+
+def test_newton_schulz_inverse_sqrt_matches_the_eigendecomposition(rng):
+    a = rng.normal(size=(4, 12, 50)) * np.logspace(0, -3, 12)[None, :, None]
+    cov = np.einsum("bdn,ben->bde", a, a) / 50
+    trace = np.trace(cov, axis1=1, axis2=2)[:, None, None]
+    matrices = cov + 0.01 * trace / 12 * np.eye(12)  # the smallest regularisation the layer is used with
+    values, vectors = np.linalg.eigh(matrices)
+    exact = np.einsum("bde,be,bfe->bdf", vectors, values ** -0.5, vectors)
+    approx = np.asarray(inverse_sqrt_spd(matrices.astype("float32"), trace.astype("float32")))
+    np.testing.assert_allclose(approx, exact, atol=1e-5 * np.abs(exact).max())
+
+
+def test_per_image_whitening_matches_a_numpy_reference(rng):
+    images = np.cumsum(np.cumsum(rng.normal(size=(3, 10, 10, 3)), 1), 2) @ rng.normal(size=(3, 3)) + 100
+    layer = PerImageWhitening(3, eps=0.1)
+    out = np.asarray(layer(images.astype("float32"))).reshape(3, 100, 27)
+    assert tuple(layer.compute_output_shape((None, 10, 10, 3))) == (None, 10, 10, 27)
+    padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    for image, whitened in zip(padded, out):
+        patches = np.stack([image[i:i + 3, j:j + 3] for i in range(10) for j in range(10)])  # (100, 3, 3, 3)
+        patches = (patches - patches.mean(axis=(1, 2), keepdims=True)).reshape(100, 27)
+        patches -= patches.mean(axis=0)
+        cov = patches.T @ patches / 100
+        values, vectors = np.linalg.eigh(cov + 0.1 * np.trace(cov) / 27 * np.eye(27))
+        expected = patches @ (vectors / np.sqrt(values)) @ vectors.T
+        np.testing.assert_allclose(whitened, expected, atol=1e-4 * np.abs(expected).max())
+    clone = PerImageWhitening.from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+    with pytest.raises(ValueError, match="eps"):
+        PerImageWhitening(3, eps=0)
+
+
+@pytest.mark.parametrize("init", ["k-means++", "random"])
+def test_spherical_kmeans_finds_planted_directions(rng, init):
+    directions = np.linalg.qr(rng.normal(size=(10, 5)))[0].T  # 5 orthonormal directions
+    rows = directions[rng.integers(0, 5, 2000)] * rng.uniform(0.5, 2, (2000, 1)) + 0.05 * rng.normal(size=(2000, 10))
+    centroids, report = spherical_kmeans(np.vstack([rows, np.zeros((3, 10))]), 5, init=init, seed=3)
+    assert np.allclose(np.linalg.norm(centroids, axis=1), 1, atol=1e-5)
+    assert np.sort(np.max(centroids @ directions.T, axis=0))[0] > 0.99
+    assert report["rows"] == 2000 and np.all(np.diff(report["objective"]) >= -1e-6)
+    again, _ = spherical_kmeans(rows, 5, init=init, seed=3)
+    np.testing.assert_array_equal(again, centroids)
+    with pytest.raises(ValueError, match="k="):
+        spherical_kmeans(rows[:4], 5)
+
+
+def test_logistic_regression_reaches_the_optimum(rng):
+    x = rng.normal(size=(200, 6)).astype("float32")
+    y = np.argmax(x[:, :3] + 0.3 * rng.normal(size=(200, 3)), axis=1)
+    kernel, bias, report = fit_logistic(x[:150], y[:150], 3, 0.1)
+    assert report["converged"]
+
+    def objective(theta):  # the same loss in float64: its gradient vanishes at the optimum
+        logits = x[:150] @ theta[:18].reshape(6, 3) + theta[18:]
+        return (np.mean(np.log(np.exp(logits).sum(1)) - logits[np.arange(150), y[:150]])
+                + 0.05 * theta[:18] @ theta[:18])
+    gradient = scipy.optimize.approx_fprime(np.concatenate([kernel.ravel(), bias]).astype("float64"), objective, 1e-6)
+    assert np.abs(gradient).max() < 1e-4
+    assert accuracy(x[150:], y[150:], kernel, bias) > 0.7
+
+
+# ----------------------------------------------------------------------------- the unsupervised recipe
+
+
+def test_tiny_unsupervised_ckn_beats_chance_and_resumes_exactly(tmp_path):
+    from kernelzoo.zoo.ckn.presets import PRESETS
+    from kernelzoo.zoo.ckn.recipe import UnsupervisedCKNRecipe, tiny_runs
+
+    run = tiny_runs()[0]
+    recipe = UnsupervisedCKNRecipe()
+    hp = recipe.hyperparameters(PRESETS[0], **run.hp)
+    result = recipe.train(PRESETS[0], run.data, str(tmp_path / "run"), hp=hp, overrides=run.overrides, verbose=0)
+    assert result["metrics"]["test_accuracy"] > 0.8  # chance: 1/3
+    assert all(not layer.trainable for layer in result["model"].layers if isinstance(layer, CKNConv2D))
+    history = result["history"]
+    assert [int(row["epoch"]) for row in history] == [0, 1, 2, 3] and history[-1]["loss"] < history[0]["loss"]
+
+    class Kill(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        recipe.train(PRESETS[0], run.data, str(tmp_path / "killed"), hp=hp, overrides=run.overrides, verbose=0,
+                     callbacks=[Kill()])
+    resumed = recipe.train(PRESETS[0], run.data, str(tmp_path / "killed"), hp=hp, overrides=run.overrides,
+                           verbose=0, resume=True)
+    for a, b in zip(result["model"].weights, resumed["model"].weights):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7, err_msg=a.path)
+
+
+def test_init_freezes_every_layer_in_order(rng):
+    model = _tiny_model()
+    images = rng.integers(0, 256, (30, 12, 12, 3)).astype("uint8")
+    reports = init_ckn_layers(model, images, max_patches=1500, seed=0)
+    assert list(reports) == ["ckn1", "ckn2"]
+    for name in reports:
+        layer = model.get_layer(name)
+        assert not layer.trainable
+        z = np.asarray(layer.unit_anchors())
+        np.testing.assert_allclose(np.asarray(layer.factor), np.asarray(layer.nystrom_factor()), atol=1e-6)
+        assert np.allclose(np.linalg.norm(z, axis=0), 1, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def test_export_parity_onnx_and_saved_model(tmp_path, rng):
+    from kernelzoo.export import to_onnx, to_saved_model
+    from kernelzoo.export.verify import float32_tolerance, verify_artifact
+
+    model = _tiny_model()
+    images = rng.integers(0, 256, (40, 12, 12, 3)).astype("uint8")
+    init_ckn_layers(model, images, max_patches=1500, seed=0)
+    model.get_layer("logits").set_weights([rng.normal(size=w.shape).astype("float32")
+                                           for w in model.get_layer("logits").get_weights()])
+    for path in (to_onnx(model, str(tmp_path / "ckn.onnx"), input_dtype="uint8"),
+                 to_saved_model(model, str(tmp_path / "ckn_saved"), input_dtype="uint8")):
+        report = verify_artifact(model, path, images=images, input_dtype="uint8")
+        assert report["nan_mismatch"] == 0 and report.get("top1_agreement", 1.0) == 1.0, report
+        assert report["max_abs"] <= float32_tolerance(report["max_reference"]), report

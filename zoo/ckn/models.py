@@ -1,0 +1,51 @@
+"""The CIFAR-10 convolutional kernel networks (Mairal 2016; reference CKN-Pytorch-image).
+
+`ckn`: raw pixels -> PerImageWhitening -> CKNConv2D layers -> flatten -> centred, normalised
+features (per example: minus its mean, over its standard deviation) -> linear classifier.
+The unsupervised models of issue 14 set the anchors without labels and fit only the classifier
+(kernelzoo.zoo.ckn.recipe); keras.ops only, so it runs on every backend.
+"""
+import keras
+
+from kernelzoo.layers import CKNConv2D
+from kernelzoo.ops.checks import image_shape, positive_float, positive_int, positive_ints
+from kernelzoo.zoo.ckn.preprocessing import PerImageWhitening
+
+
+def ckn(filters=(64, 256), kernel_sizes=(3, 3), subsamplings=(2, 6), kernels="exp", sigmas=0.6, whitening_eps=0.1,
+        num_classes=10, input_shape=(32, 32, 3), name=None):
+    """A CKN classifier; `kernels` and `sigmas` are one value for every layer or one per layer.
+
+    Args:
+      filters, kernel_sizes, subsamplings: per CKN layer (anchors, patch size, pooling stride); the
+        first patch size (an int) is the whitening's, read by a 1x1 first CKN layer.
+      kernels: "exp" or "poly2" (see CKNConv2D); sigmas: the exp kernels' bandwidths.
+      whitening_eps: regularisation of the per-image whitening of the first layer's patches.
+    Layer names: "whitening", "ckn1".."cknL", "features" (the classifier's input), "logits".
+    """
+    filters = positive_ints(filters, "filters")
+    depth = len(filters)
+    kernel_sizes = _per_layer(kernel_sizes, depth, "kernel_sizes")
+    subsamplings = positive_ints(_per_layer(subsamplings, depth, "subsamplings"), "subsamplings")
+    kernels = _per_layer(kernels, depth, "kernels")
+    sigmas = [positive_float(sigma, "sigmas") for sigma in _per_layer(sigmas, depth, "sigmas")]
+    num_classes = positive_int(num_classes, "num_classes")
+    inputs = keras.Input(image_shape(input_shape), name="image")
+    x = PerImageWhitening(kernel_sizes[0], whitening_eps, name="whitening")(inputs)
+    kernel_sizes = [1] + list(kernel_sizes[1:])  # layer 1 reads the whitened k x k patches as channels
+    for index, layer in enumerate(zip(filters, kernel_sizes, subsamplings, kernels, sigmas), 1):
+        x = CKNConv2D(*layer[:4], sigma=layer[4], name=f"ckn{index}")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.LayerNormalization(epsilon=1e-6, center=False, scale=False, name="features")(x)
+    outputs = keras.layers.Dense(num_classes, kernel_initializer="zeros", name="logits")(x)
+    return keras.Model(inputs, outputs, name=name or "ckn_" + "_".join(map(str, filters)))
+
+
+def _per_layer(value, depth, name):
+    """`value` repeated for every layer, or its `depth` items."""
+    if isinstance(value, (str, int, float)):
+        return [value] * depth
+    items = list(value) if isinstance(value, (list, tuple)) else None
+    if items is None or len(items) != depth:
+        raise ValueError(f"`{name}` must be one value or {depth} values (one per layer), got {value!r}")
+    return items

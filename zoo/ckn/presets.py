@@ -1,0 +1,39 @@
+"""The CKN family's presets (Mairal 2016; issue 14): unsupervised two-layer CKNs on CIFAR-10.
+
+Every model takes raw 0-255 CIFAR pixels (the whitening is inside). The paper figures are the
+reference implementation's (CKN-Pytorch-image README), which chose its regularisation on the
+test set; ours is chosen on 5,000 held-out training images.
+"""
+from kernelzoo.zoo.preset import CIFAR10_CLASSES, DatasetSpec, Figure, InputSpec, Preset
+
+_INPUTS = InputSpec((32, 32, 3), "uint8", "RGB pixels 0-255; the whitening is inside the model")
+_CIFAR10 = DatasetSpec("cifar10", "DATA/cifar10: the CIFAR-10 python or binary archive/folder, or a "
+                                  "train/<class>/, test/<class>/ image folder or its .tar.gz", "test")
+_CIFAR10_JPEG = "CIFAR-10 (JPEG q75 copy) test, 10,000 images"
+_REFERENCE = "CKN-Pytorch-image README (regularisation picked on the test set)"
+# Unsupervised init and classifier (zoo/ckn/recipe.py): k-means on 300k patches per layer, L2 of the
+# logistic regression chosen on 5k held-out training images over 1e-1 .. 1e-7 (half decades).
+_UNSUPERVISED = {"batch_size": 128, "kmeans_patches": 300_000,
+                 "kmeans_init": "k-means++", "kmeans_iterations": 30, "holdout": 5000,
+                 "l2_grid": (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6, 3e-7, 1e-7),
+                 "l2_patience": 3, "lbfgs_iterations": 1000}
+
+
+def _unsupervised(filters, kernel_sizes, paper, weights=None, sha256=None, measured=None):
+    name = f"ckn_cifar10_unsup_{filters[0]}_{filters[1]}"
+    return Preset(name=name, family="ckn", builder="kernelzoo.zoo.ckn.models.ckn",
+                  config={"filters": filters, "kernel_sizes": kernel_sizes, "subsamplings": (2, 6), "kernels": "exp",
+                          "sigmas": 0.6},
+                  description=f"unsupervised CKN, 2 layers of {filters[0]} and {filters[1]} anchors (patches "
+                              f"{kernel_sizes[0]}x{kernel_sizes[0]}, {kernel_sizes[1]}x{kernel_sizes[1]}; pooling 2, 6), "
+                              "spherical k-means + logistic regression, CIFAR-10",
+                  inputs=_INPUTS, task="classification", dataset=_CIFAR10, class_names=CIFAR10_CLASSES,
+                  recipe=_UNSUPERVISED, card="ckn_cifar10_unsup.md", weights=weights, sha256=sha256,
+                  measured=None if measured is None else Figure(measured, _CIFAR10_JPEG), paper=paper)
+
+
+PRESETS = (
+    _unsupervised((64, 256), (3, 3), Figure(0.775, _REFERENCE)),
+    _unsupervised((256, 1024), (3, 3), Figure(0.820, _REFERENCE)),
+    _unsupervised((512, 8192), (3, 2), Figure(0.840, _REFERENCE)),
+)

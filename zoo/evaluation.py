@@ -1,0 +1,97 @@
+"""One evaluator for every family: re-measure a model's card figure with its preset's protocol.
+
+A model is a zoo name (its shipped weights, SHA-256 checked), a .keras file (its preset and
+options read from the config.json of the run folder it sits in, or given), or a keras.Model
+with its preset. The family recipe loads the preset's dataset and split and measures the
+preset's metric (accuracy on the test split, RMSE on the held-out ratings of a MovieLens fold).
+"""
+import json
+import os
+
+import keras
+import numpy as np
+
+from kernelzoo.zoo import registry, training
+from kernelzoo.zoo.recipe import Recipe
+
+
+def run_config(path):
+    """The config.json of the run folder holding the .keras file `path` (or its checkpoints/), or None."""
+    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
+    for candidate in (folder, os.path.dirname(folder)):
+        config = os.path.join(candidate, training.CONFIG_FILE)
+        if os.path.isfile(config):
+            with open(config, encoding="utf-8") as handle:
+                return json.load(handle)
+    return None
+
+
+def preset_of(model):
+    """The Preset behind a zoo name or a run folder's .keras file; None when nothing says."""
+    if not isinstance(model, (str, os.PathLike)):
+        raise ValueError(f"`model` must be a zoo name or a .keras path, got {type(model).__name__}")
+    model = os.fspath(model)
+    if model in registry.list_models():
+        return registry.info(model)
+    config = run_config(model) if model.endswith(".keras") else None
+    return None if config is None else registry.info(config["preset"])
+
+
+def _load(model, preset):
+    """(keras.Model, Preset or None, recipe options) for a name, a .keras path or a model."""
+    if isinstance(model, keras.Model):
+        return model, preset, None
+    preset = registry.info(preset) if isinstance(preset, str) else preset
+    path = os.fspath(model)
+    if not path.endswith(".keras"):
+        named = registry.info(path)
+        return registry.load(path), preset or named, None
+    if not os.path.isfile(path):
+        raise ValueError(f"`model`: no such file {path!r}")
+    import kernelzoo  # noqa: F401  (registers the custom layers)
+    config = run_config(path)
+    if preset is None and config is not None:
+        preset = registry.info(config["preset"])
+    options = config.get("options") if config is not None and preset.name == config["preset"] else None
+    return keras.models.load_model(path, compile=False), preset, options
+
+
+def measure(model, data_dir=None, *, preset=None, dataset=None, split="test"):
+    """Re-measure `model` with its preset's protocol (or image classification on `dataset`).
+
+    Returns {"metric", "value" (of the preset's metric), every measured metric, "data",
+    "preset", "card" and "paper" (Figures or None)}.
+    """
+    model, preset, saved_options = _load(model, preset)
+    if preset is None and dataset is None:
+        raise ValueError(f"`preset`: no preset is known for {getattr(model, 'name', model)!r} (no zoo name, no "
+                         "run folder config.json): give the preset (--preset NAME) or a dataset (--dataset)")
+    recipe = Recipe() if preset is None else registry.recipe(preset)
+    known = vars(recipe.options())
+    options = recipe.options(**{k: v for k, v in (saved_options or {}).items() if k in known})
+    data = recipe.load_data(preset, data_dir, dataset, options)
+    scores = recipe.evaluate(model, data, split)
+    metric = preset.metric if preset is not None else "accuracy"
+    same_protocol = preset is not None and dataset is None and saved_options is None
+    return dict(scores, metric=metric, value=scores.get(metric), data=data.source,
+                preset=None if preset is None else preset.name,
+                card=preset.measured if same_protocol else None,
+                paper=None if preset is None else preset.paper)
+
+
+def test_split(preset, data_dir=None, num=None):
+    """(images uint8, labels, source) of a classification preset's test split.
+
+    With `num`: the first ceil(num / classes) test images of each class, class by class.
+    """
+    preset = registry.info(preset) if isinstance(preset, str) else preset
+    if preset.task != "classification":
+        raise ValueError(f"`preset` {preset.name!r} is a {preset.task} model: it has no test images")
+    from kernelzoo.zoo.data import load_images
+    data = load_images(preset.dataset.name, data_dir)
+    x, y = data.test
+    if num is not None:
+        per_class = -(-int(num) // data.num_classes)
+        keep = np.concatenate([np.flatnonzero(y == label)[:per_class] for label in range(data.num_classes)])
+        x, y = x[keep][:num], y[keep][:num]
+    return x, y, f"{preset.dataset.name} test split ({data.source})"

@@ -1,0 +1,183 @@
+"""How the kernelNet family trains (Muller 2018): the recipe hooks `kernelzoo train` calls.
+
+- MNIST grid classifiers and the embedding network: the default image recipe (Adam, the
+  preset's schedule, Keras loop); the embedding autoencoder reconstructs its input
+  (`pixel_crossentropy`, no accuracy).
+- MovieLens autoencoder (`RatingsRecipe`): full-batch L-BFGS-B (or Adam) on the masked
+  squared error plus the model's regularisers; an "epoch" is `iterations_per_epoch`
+  iterations, after which the run folder gets its log row and checkpoint; the iterate is
+  chosen by early stopping on `val_fraction` of the training ratings (never on the test
+  ratings). --resume restarts L-BFGS-B from the last checkpoint (its curvature memory is
+  not saved, so a resumed run is not bit-identical to an uninterrupted one).
+"""
+import os
+
+import keras
+import numpy as np
+
+from kernelzoo.ops.checks import check_choice, positive_int
+from kernelzoo.zoo import training
+from kernelzoo.zoo.recipe import Data, Recipe, TinyRun
+
+BEST_CHECKPOINT = "best.keras"
+FOLDS = ("u1", "u2", "u3", "u4", "u5")
+
+
+class ImageRecipe(Recipe):
+    """The default image recipe; reconstruction presets train on their own pixels."""
+
+    def loss(self, model):
+        if model.name.endswith("autoencoder"):
+            from kernelzoo.zoo.kernelnet.embedding import pixel_crossentropy
+            return pixel_crossentropy
+        return super().loss(model)
+
+    def metrics(self, model):
+        return [] if model.name.endswith("autoencoder") else super().metrics(model)
+
+    def targets(self, model, data, split):
+        x, y = super().targets(model, data, split)
+        return (x, x) if model.name.endswith("autoencoder") else (x, y)
+
+
+class RatingsRecipe(Recipe):
+    """The MovieLens autoencoder: full-batch L-BFGS-B with early stopping (module docstring)."""
+
+    def add_arguments(self, parser):
+        parser.add_argument("--split", default=None,
+                            help="u1..u5 (canonical ML-100K 80/20 folds; default the preset's) or random "
+                                 "(--test-fraction, --seed; also for tfds movielens/* datasets)")
+        parser.add_argument("--test-fraction", type=float, default=0.1, help="held-out share with --split random")
+        parser.add_argument("--optimizer", default=None, choices=("lbfgs", "adam"))
+        parser.add_argument("--iterations-per-epoch", type=int, default=None,
+                            help="optimizer iterations between two checks (log row, checkpoint)")
+        parser.add_argument("--patience", type=int, default=None,
+                            help="stop after this many checks without a better validation RMSE")
+        parser.add_argument("--val-fraction", type=float, default=None,
+                            help="training ratings held out to pick the best checkpoint (0: keep the last)")
+
+    def load_data(self, preset, data_dir=None, dataset=None, options=None, seed=0):
+        """(train, test) ratings of a canonical fold or of a seeded random split."""
+        from kernelzoo.zoo.data import load_ml100k, load_ml100k_fold, load_tfds_ratings, random_split
+        options = self.options() if options is None else options
+        name = dataset or preset.dataset.name
+        split = options.split or preset.dataset.split
+        if split in FOLDS and name == "ml-100k":
+            train, test = load_ml100k_fold(int(split[1]), data_dir)
+        elif split == "random":
+            ratings = load_ml100k(data_dir) if name == "ml-100k" else load_tfds_ratings(name, data_dir=data_dir)
+            train, test = random_split(ratings, options.test_fraction, seed)
+        else:
+            raise ValueError(f"split must be one of {FOLDS} (ml-100k) or 'random', got {split!r}")
+        return Data(train=train, test=test, source=f"{name} {split}")
+
+    def build(self, preset, data, overrides=None, hp=None):
+        return super().build(preset, None, dict({"n_users": data.train["n_users"]}, **(overrides or {})))
+
+    def compile(self, model, hp, steps_per_epoch=None):
+        """Adam on the masked squared error (for Keras `fit` / `evaluate` use; training is full-batch)."""
+        from kernelzoo.zoo.kernelnet.movielens import masked_rating_loss
+        model.compile(keras.optimizers.Adam(hp.get("lr", 1e-3)), masked_rating_loss)
+        return model
+
+    def steps_per_epoch(self, data, hp, max_steps_per_epoch=None):
+        return hp["iterations_per_epoch"]
+
+    def load_checkpoint(self, out_dir):
+        """The last checkpoint's weights (full batch: no Keras optimizer state to restore)."""
+        return training.load_last(out_dir, compile=False)
+
+    def evaluate(self, model, data, split="test"):
+        """RMSE on a split's ratings, predicted from all training ratings and clipped to [1, 5]."""
+        from kernelzoo.zoo.data import rating_matrix
+        from kernelzoo.zoo.kernelnet import movielens
+        predictions = movielens.predict_ratings(model, rating_matrix(data.train)[0])
+        return {"rmse": movielens.rmse(predictions, getattr(data, split)), "examples": len(getattr(data, split)["ratings"])}
+
+    def fit(self, model, data, out_dir, hp, *, seed=0, resume=False, verbose=1, strategy=None, config=None,
+            **unused):
+        from kernelzoo.zoo.data import random_split, rating_matrix
+        from kernelzoo.zoo.kernelnet import movielens
+        from kernelzoo.zoo.kernelnet.optimize import fit_adam, fit_lbfgs
+
+        if strategy is not None:
+            raise ValueError("strategy: the full-batch MovieLens recipe runs on one device")
+        optimizer = check_choice("optimizer", hp["optimizer"], ("lbfgs", "adam"))
+        every = positive_int(hp["iterations_per_epoch"], "iterations_per_epoch")
+        epochs = positive_int(hp["epochs"], "epochs")
+        start = training.start_run(out_dir, resume, config)
+        out_dir = os.fspath(out_dir)
+        state = training.read_state(out_dir) or {}
+        fit, val = data.train, None
+        if hp["val_fraction"]:
+            fit, val = random_split(data.train, float(hp["val_fraction"]), seed=seed + 1000)
+        matrix, mask = (np.asarray(a) for a in rating_matrix(fit))
+        best = dict(state.get("best") or {"val_rmse": float("inf"), "epoch": 0})
+        best_path = os.path.join(out_dir, training.CHECKPOINTS, BEST_CHECKPOINT)
+        done = [start]
+
+        def loss_fn(m):
+            return movielens.masked_squared_error(matrix, mask, m(matrix, training=True))
+
+        def check(loss):
+            """End of an epoch: log row, best model, checkpoint; StopIteration when patience runs out."""
+            done[0] += 1
+            predictions = movielens.predict_ratings(model, matrix)
+            row = {"epoch": done[0] - 1, "iterations": done[0] * every, "loss": float(loss),
+                   "rmse": movielens.rmse(predictions, fit)}
+            if val is not None:
+                row["val_rmse"] = movielens.rmse(predictions, val)
+            training.append_log(out_dir, row)
+            if val is None or row["val_rmse"] < best["val_rmse"]:
+                best.update(val_rmse=row.get("val_rmse", float("nan")), epoch=done[0])
+                os.makedirs(os.path.dirname(best_path), exist_ok=True)
+                model.save(best_path)
+            training.save_checkpoint(model, out_dir, done[0], row, state={"best": best})
+            if verbose:
+                print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()),
+                      flush=True)
+            if val is not None and done[0] - best["epoch"] >= hp["patience"]:
+                raise StopIteration
+
+        remaining = (epochs - start) * every
+        if remaining > 0 and optimizer == "lbfgs":
+            result = fit_lbfgs(model, loss_fn, maxiter=remaining, every=every, callback=lambda step, loss: check(loss))
+            if result.nit % every and result.nit < remaining:  # converged between two checks: check the end
+                try:
+                    check(result.fun)
+                except StopIteration:
+                    pass
+        elif remaining > 0:
+            try:
+                for _ in range(epochs - start):
+                    check(fit_adam(model, loss_fn, steps=every, learning_rate=hp["lr"]))
+            except StopIteration:
+                pass
+        result = training.finish(keras.models.load_model(best_path, compile=False), out_dir)
+        result["selected_epoch"] = best["epoch"]
+        return result
+
+
+def recipe_for(preset):
+    """RatingsRecipe for the MovieLens autoencoder, ImageRecipe for the MNIST networks."""
+    return RatingsRecipe() if preset.task == "rating_prediction" else ImageRecipe()
+
+
+def tiny_runs():
+    """A one-layer grid classifier and the embedding autoencoder on 12x12 stripes, the MovieLens
+    autoencoder on a planted low-rank matrix (L-BFGS-B: a resumed run restarts its memory)."""
+    from kernelzoo.zoo.data import random_split
+    from kernelzoo.zoo.data.synthetic import planted_ratings, stripes
+    x, y = stripes(96, size=12, channels=1)
+    images = Data(train=(x, y), test=stripes(30, size=12, channels=1, seed=1), source="stripes 12x12",
+                  class_names=("h", "v", "flat"))
+    train, test = random_split(planted_ratings(), 0.2, seed=0)
+    ratings = Data(train=train, test=test, source="planted rank-2 ratings")
+    hp = {"epochs": 4, "batch_size": 16, "lr": 0.01}
+    grid = {"grids": (2,), "grid_sides": (4,), "gammas": (25.0,), "image_size": 12}
+    embedding = {"encoder": (16,), "grid_side": 4, "decoder": (8,), "image_size": 12}
+    return [TinyRun("kernelnet_mnist_prior", images, grid, hp),
+            TinyRun("kernelnet_embedding_mnist_ae", images, embedding, dict(hp, lr=0.003)),
+            TinyRun("kernelnet_movielens_100k", ratings, {"hidden": (16,), "lambda_2": 0.5, "lambda_0": 0.001},
+                    {"epochs": 4, "iterations_per_epoch": 10, "val_fraction": 0.1, "patience": 4},
+                    exact_resume=False)]

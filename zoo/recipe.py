@@ -1,0 +1,232 @@
+"""Recipe hooks: how a family trains and measures its presets.
+
+`kernelzoo train` calls `Recipe.train`, which runs the hooks in order:
+  load_data -> build -> initialise -> compile -> fit -> evaluate
+and writes the run folder (kernelzoo.zoo.training); `kernelzoo eval` calls load_data and
+evaluate. The defaults here are supervised image classification from raw pixels with the
+Keras loop; a family subclasses `Recipe` in its `recipe.py` and overrides what differs
+(unsupervised initialisation, another optimiser, a loop that is not Keras `fit`).
+"""
+import argparse
+import contextlib
+import dataclasses
+import os
+import platform
+import time
+
+import keras
+import numpy as np
+
+from kernelzoo.ops.checks import check_choice, positive_float, positive_int
+from kernelzoo.zoo import registry, training
+from kernelzoo.zoo.inputs import as_model_input
+
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("step", "cosine", "constant")
+LR_SCALING = ("none", "linear")
+# Hyper-parameters every recipe understands (the preset's recipe overrides them).
+DEFAULTS = {"epochs": 10, "batch_size": 64, "optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "schedule": "step",
+            "lr_drop_every": None, "lr_scaling": "none"}
+
+
+@dataclasses.dataclass
+class Data:
+    """What a recipe trains and measures on. Image recipes hold (x uint8, y) pairs; others their own form."""
+
+    train: object
+    test: object
+    source: str
+    class_names: tuple = None
+    val: object = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyRun:
+    """A configuration small enough to train in seconds: the family contract tests run it end to end.
+
+    `hp` changes the preset's hyper-parameters (epochs, batch_size, lr); `exact_resume` says a
+    killed and resumed run must end with the weights of an uninterrupted one.
+    """
+
+    preset: str
+    data: Data
+    overrides: dict
+    hp: dict
+    exact_resume: bool = True
+
+
+def output_activation(model):
+    """"softmax" when the model's last layer applies a softmax (its loss takes probabilities), else None."""
+    last = model.layers[-1]
+    activation = getattr(getattr(last, "activation", None), "__name__", "")
+    return "softmax" if isinstance(last, keras.layers.Softmax) or activation == "softmax" else None
+
+
+def classification_loss(model):
+    """Sparse softmax cross-entropy on the model's output: probabilities when it ends in softmax, else logits."""
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=output_activation(model) != "softmax")
+
+
+class Recipe:
+    """Default hooks: image classification on raw pixels, SGD or Adam, accuracy on the test split."""
+
+    def add_arguments(self, parser):
+        """Family options of `kernelzoo train`; subclasses call super() and add theirs.
+
+        An option whose name is a hyper-parameter of the recipe (e.g. --momentum) overrides it.
+        """
+        parser.add_argument("--limit-train", type=int, default=None,
+                            help="use only N training images of a seeded permutation (quick runs)")
+
+    def options(self, **changes):
+        """The family options with their defaults (as `kernelzoo train` parses them), with `changes`."""
+        parser = argparse.ArgumentParser(add_help=False)
+        self.add_arguments(parser)
+        options = parser.parse_args([])
+        for key, value in changes.items():
+            if not hasattr(options, key):
+                raise ValueError(f"`{key}` is not an option of {type(self).__name__} (options: {sorted(vars(options))})")
+            setattr(options, key, value)
+        return options
+
+    def hyperparameters(self, preset, **changes):
+        """DEFAULTS < the preset's recipe < `changes` (None values ignored).
+
+        With lr_scaling "linear", a batch size other than the recipe's scales the lr by the same factor.
+        """
+        hp = {**DEFAULTS, **preset.recipe}
+        batch = hp["batch_size"]
+        hp.update({key: value for key, value in changes.items() if value is not None})
+        check_choice("lr_scaling", hp["lr_scaling"], LR_SCALING)
+        if hp["lr_scaling"] == "linear" and changes.get("lr") is None and hp["batch_size"] != batch:
+            hp["lr"] = hp["lr"] * hp["batch_size"] / batch
+        if changes.get("epochs") is not None and changes.get("lr_drop_every") is None and hp["lr_drop_every"]:
+            hp["lr_drop_every"] = max(1, hp["epochs"] // 2)  # "after half the epochs" of a shortened run
+        return hp
+
+    def load_data(self, preset, data_dir=None, dataset=None, options=None, seed=0):
+        """Train and test images of the preset's dataset (or `dataset`: a name or a path)."""
+        from kernelzoo.zoo.data import load_images
+        images = load_images(dataset or preset.dataset.name, data_dir)
+        x, y = images.train
+        limit = getattr(options, "limit_train", None)
+        if limit is not None:
+            keep = np.sort(np.random.default_rng(seed).permutation(len(x))[:positive_int(limit, "limit_train")])
+            x, y = x[keep], y[keep]
+        return Data(train=(x, y), test=images.test, source=images.source, class_names=images.class_names)
+
+    def build(self, preset, data, overrides=None, hp=None):
+        """The preset's model for `data` (its input shape and class count when the builder takes them).
+
+        `hp` (the run's hyper-parameters) is for recipes whose builder takes some of them.
+        """
+        config = dict(preset.config)
+        accepted = registry.builder_arguments(preset)
+        if data is not None and "input_shape" in accepted:
+            config["input_shape"] = tuple(np.asarray(data.train[0]).shape[1:])
+        if data is not None and data.class_names and "num_classes" in accepted:
+            config["num_classes"] = len(data.class_names)
+        unknown = set(overrides or {}) - accepted
+        if unknown:
+            raise ValueError(f"overrides: {sorted(unknown)} are not arguments of {preset.builder} "
+                             f"(it takes {sorted(accepted)})")
+        return registry.resolve(preset.builder)(**{**config, **(overrides or {})})
+
+    def initialise(self, model, data, hp, options, seed=0, verbose=0):
+        """Anything before supervised training (none here); returns a JSON-able report or None."""
+        return None
+
+    def loss(self, model):
+        return classification_loss(model)
+
+    def metrics(self, model):
+        return ["accuracy"]
+
+    def compile(self, model, hp, steps_per_epoch=None):
+        """Compile with the recipe's optimizer (a cosine decay over the whole run when steps are known)."""
+        optimizer = check_choice("optimizer", hp["optimizer"], OPTIMIZERS)
+        schedule = check_choice("schedule", hp["schedule"], SCHEDULES)
+        lr = positive_float(hp["lr"], "lr")
+        if schedule == "cosine" and steps_per_epoch:
+            lr = keras.optimizers.schedules.CosineDecay(lr, positive_int(hp["epochs"], "epochs") * steps_per_epoch)
+        if optimizer == "sgd":
+            optimizer = keras.optimizers.SGD(learning_rate=lr, momentum=float(hp["momentum"]))
+        else:
+            optimizer = keras.optimizers.Adam(learning_rate=lr)
+        model.compile(optimizer=optimizer, loss=self.loss(model), metrics=self.metrics(model))
+        return model
+
+    def load_checkpoint(self, out_dir):
+        """The model to resume from: the run folder's last checkpoint, with its optimizer state."""
+        return training.load_last(out_dir)
+
+    def steps_per_epoch(self, data, hp, max_steps_per_epoch=None):
+        steps = -(-len(data.train[0]) // hp["batch_size"])
+        return steps if max_steps_per_epoch is None else min(steps, max_steps_per_epoch)
+
+    def targets(self, model, data, split):
+        """(inputs, targets) of a split for the model: images shaped for its input, the labels."""
+        x, y = getattr(data, split)
+        return as_model_input(x, model), y
+
+    def fit(self, model, data, out_dir, hp, *, seed=0, resume=False, verbose=1, tensorboard=True,
+            max_steps_per_epoch=None, config=None, strategy=None, callbacks=None):
+        """The Keras loop (kernelzoo.zoo.training.train); returns its result dict."""
+        schedule = None
+        if hp["schedule"] == "step":
+            schedule = training.step_schedule(hp["lr"], hp["epochs"], hp["lr_drop_every"])
+        return training.train(model, self.targets(model, data, "train"), out_dir=out_dir, epochs=hp["epochs"],
+                              batch_size=hp["batch_size"], lr_schedule=schedule,
+                              val_data=None if data.val is None else self.targets(model, data, "val"), seed=seed,
+                              resume=resume, verbose=verbose, tensorboard=tensorboard,
+                              max_steps_per_epoch=max_steps_per_epoch, config=config, strategy=strategy,
+                              callbacks=callbacks)
+
+    def evaluate(self, model, data, split="test"):
+        """{metric: value} on a split: accuracy and loss (and the example count)."""
+        if not getattr(model, "compiled", False):
+            self.compile(model, dict(DEFAULTS))
+        return training.evaluate(model, self.targets(model, data, split))
+
+    def train(self, preset, data, out_dir, *, overrides=None, hp=None, options=None, seed=0, resume=False,
+              verbose=1, tensorboard=True, max_steps_per_epoch=None, strategy=None, callbacks=None):
+        """build -> initialise -> compile -> fit -> evaluate into the run folder `out_dir`.
+
+        Returns the fit result with "metrics" (test_* figures, also in metrics.json when data.test is given).
+        """
+        hp = self.hyperparameters(preset) if hp is None else hp
+        options = self.options() if options is None else options
+        if isinstance(strategy, str) or strategy is None:
+            strategy = training.make_strategy(strategy)
+        scope = strategy.scope if strategy else contextlib.nullcontext
+        config = None
+        if resume and training.read_state(out_dir):
+            with scope():
+                model = self.load_checkpoint(out_dir)
+        else:
+            keras.utils.set_random_seed(seed)
+            with scope():
+                model = self.build(preset, data, overrides, hp)
+            report = self.initialise(model, data, hp, options, seed=seed, verbose=verbose)
+            with scope():
+                self.compile(model, hp, self.steps_per_epoch(data, hp, max_steps_per_epoch))
+            config = run_config(preset, overrides, hp, options, seed, data, report, strategy)
+        result = self.fit(model, data, out_dir, hp, seed=seed, resume=resume, verbose=verbose,
+                          tensorboard=tensorboard, max_steps_per_epoch=max_steps_per_epoch, config=config,
+                          strategy=strategy, callbacks=callbacks)
+        if data.test is not None:
+            scores = self.evaluate(result["model"], data)
+            result["metrics"] = {f"test_{key}": value for key, value in scores.items()}
+            training.write_json(os.path.join(out_dir, training.METRICS_FILE), result["metrics"])
+        return result
+
+
+def run_config(preset, overrides, hp, options, seed, data, report, strategy):
+    """What config.json records about a run."""
+    from kernelzoo import ops
+    return {"preset": preset.name, "family": preset.family, "builder": preset.builder, "config": dict(preset.config),
+            "overrides": dict(overrides or {}), "hyperparameters": hp, "options": vars(options), "seed": seed,
+            "data": data.source, "init": report, "implementation": ops.selected_implementation(),
+            "strategy": None if strategy is None else type(strategy).__name__,
+            "replicas": 1 if strategy is None else strategy.num_replicas_in_sync,
+            "host": platform.node(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
