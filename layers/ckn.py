@@ -28,7 +28,8 @@ class CKNConv2D(keras.layers.Layer):
       filters: number of anchors p (output channels).
       kernel_size: patch size, as Conv2D.
       subsampling: pooling stride s; the Gaussian filter has sigma s / sqrt(2) and width 2s + 1 (1: none).
-      kernel: "exp", kappa(u) = exp((u - 1) / sigma^2), or "poly2", kappa(u) = u^2.
+      kernel_function: the dot-product kernel kappa on the sphere: "exp", kappa(u) = exp((u - 1) / sigma^2),
+        or "poly2", kappa(u) = u^2 (called `kernel` in the first experiments' saved configs, still read).
       sigma: bandwidth of the "exp" kernel (on the unit sphere); "poly2" has none and ignores it.
       padding: patch extraction, "same" (zeros) or "valid"; pooling always pads s zeros.
       eigenvalue_floor: eigenvalues of kappa(Z^T Z) are raised to at least this before ^(-1/2).
@@ -41,14 +42,15 @@ class CKNConv2D(keras.layers.Layer):
     so its inference graph has no eigendecomposition (ONNX has none).
     """
 
-    def __init__(self, filters, kernel_size, subsampling=1, kernel="exp", sigma=0.6, padding="same",
+    def __init__(self, filters, kernel_size, subsampling=1, kernel_function="exp", sigma=0.6, padding="same",
                  eigenvalue_floor=1e-4, anchors_initializer="random_normal", anchors_regularizer=None, **kwargs):
+        kernel_function = kwargs.pop("kernel", kernel_function)  # the name in runs saved before the rename
         kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         self.filters = positive_int(filters, "filters")
         self.kernel_size = normalize_tuple(kernel_size, "kernel_size")
         self.subsampling = positive_int(subsampling, "subsampling")
-        self.kernel = check_choice("kernel", kernel, KERNELS)
+        self.kernel_function = check_choice("kernel_function", kernel_function, KERNELS)
         self.sigma = positive_float(sigma, "sigma")
         self.padding = normalize_padding(padding)
         self.eigenvalue_floor = positive_float(eigenvalue_floor, "eigenvalue_floor")
@@ -78,7 +80,7 @@ class CKNConv2D(keras.layers.Layer):
 
     def kappa(self, u):
         """The dot-product kernel on the sphere, entry-wise."""
-        if self.kernel == "poly2":
+        if self.kernel_function == "poly2":
             return ops.square(u)
         return ops.exp((u - 1.0) / (self.sigma ** 2))
 
@@ -143,7 +145,7 @@ class CKNConv2D(keras.layers.Layer):
             "filters": self.filters,
             "kernel_size": self.kernel_size,
             "subsampling": self.subsampling,
-            "kernel": self.kernel,
+            "kernel_function": self.kernel_function,
             "sigma": self.sigma,
             "padding": self.padding,
             "eigenvalue_floor": self.eigenvalue_floor,

@@ -134,6 +134,20 @@ def image_batch(value, name="images"):
     return array
 
 
+def matrix(value, name, min_rows=1):
+    """`value` as a finite numeric numpy array (rows, dims), at least `min_rows` rows and one column."""
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"`{name}` must be a 2D array (rows, dims), got {type(value).__name__}: {error}") from None
+    if array.ndim != 2 or array.shape[0] < min_rows or not array.shape[1] or array.dtype.kind not in "uif":
+        raise ValueError(f"`{name}` must be a numeric 2D array (rows, dims) with at least {min_rows} row(s), got "
+                         f"{array.dtype} {array.shape}")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"`{name}` must be finite (found NaN or inf)")
+    return array
+
+
 def path(value, name):
     """`value` (a str or os.PathLike, not empty) as a str."""
     if isinstance(value, os.PathLike):

@@ -22,6 +22,7 @@ def test_checks_return_normalised_values():
     assert checks.image_shape([32, 32, 3]) == (32, 32, 3)
     assert checks.image_batch(np.zeros((2, 4, 4, 1), np.uint8)).shape == (2, 4, 4, 1)
     assert checks.path(pathlib.Path("/tmp/x"), "data_dir") == "/tmp/x"
+    assert checks.matrix([[1, 2], [3, 4]], "rows", min_rows=2).shape == (2, 2)
 
 
 @pytest.mark.parametrize("call, argument", [
@@ -52,6 +53,10 @@ def test_checks_return_normalised_values():
     (lambda: checks.image_batch(np.array([[[["a"]]]]), "x_train"), "x_train"),
     (lambda: checks.path("", "data_dir"), "data_dir"),
     (lambda: checks.path(3, "data_dir"), "data_dir"),
+    (lambda: checks.matrix(np.zeros(5), "patches"), "patches"),
+    (lambda: checks.matrix(np.zeros((1, 3)), "patches", min_rows=2), "patches"),
+    (lambda: checks.matrix([[1.0, float("nan")]], "x"), "x"),
+    (lambda: checks.matrix([["a"]], "x"), "x"),
 ])
 def test_bad_values_raise_value_error_naming_the_argument(call, argument):
     with pytest.raises(ValueError, match=f"`{argument}`"):

@@ -19,27 +19,27 @@ from kernelzoo.zoo.ckn.classifier import accuracy, fit_logistic
 
 LAYER_CONFIGS = [
     dict(filters=4, kernel_size=3),
-    dict(filters=3, kernel_size=(2, 3), subsampling=2, padding="valid", kernel="poly2"),
+    dict(filters=3, kernel_size=(2, 3), subsampling=2, padding="valid", kernel_function="poly2"),
     dict(filters=5, kernel_size=1, subsampling=3, sigma=0.5, eigenvalue_floor=1e-3, anchors_regularizer="l2"),
     dict(filters=2, kernel_size=3, trainable=False, anchors_initializer="he_normal"),
 ]
 
 
-def _kappa(u, kernel="exp", sigma=0.6):
-    return u ** 2 if kernel == "poly2" else np.exp((u - 1) / sigma ** 2)
+def _kappa(u, kernel_function="exp", sigma=0.6):
+    return u ** 2 if kernel_function == "poly2" else np.exp((u - 1) / sigma ** 2)
 
 
-def _points_layer(points, anchors, kernel="exp", floor=1e-9):
+def _points_layer(points, anchors, kernel_function="exp", floor=1e-9):
     """A 1x1 CKN layer whose anchors are the given unit vectors, and the points as a (1, n, 1, d) map."""
-    layer = CKNConv2D(anchors.shape[0], 1, kernel=kernel, padding="valid", eigenvalue_floor=floor)
+    layer = CKNConv2D(anchors.shape[0], 1, kernel_function=kernel_function, padding="valid", eigenvalue_floor=floor)
     layer.build((1, len(points), 1, points.shape[1]))
     layer.set_anchors(anchors.T)
     return layer, points[None, :, None, :].astype("float32")
 
 
-def _exact_gram(points, kernel="exp"):
+def _exact_gram(points, kernel_function="exp"):
     norms = np.linalg.norm(points, axis=1)
-    return np.outer(norms, norms) * _kappa(points @ points.T / np.outer(norms, norms), kernel)
+    return np.outer(norms, norms) * _kappa(points @ points.T / np.outer(norms, norms), kernel_function)
 
 
 def _psi(layer, x):
@@ -60,7 +60,7 @@ def test_nystrom_identity_for_any_point_when_anchors_span_the_poly2_space(rng):
     # kappa(u) = u^2 on R^3 has a 6-dimensional feature space: 6 generic anchors span it.
     anchors = rng.normal(size=(6, 3))
     layer, x = _points_layer(rng.normal(size=(20, 3)), anchors / np.linalg.norm(anchors, axis=1, keepdims=True),
-                             kernel="poly2")
+                             kernel_function="poly2")
     psi = _psi(layer, x)
     np.testing.assert_allclose(psi @ psi.T, _exact_gram(x[0, :, 0], "poly2"), rtol=1e-4, atol=1e-4)
 
@@ -156,11 +156,11 @@ def test_inverse_sqrt_gradient_matches_finite_differences(rng):
 
 
 def test_layer_gradients_match_finite_differences(rng):
-    layer = CKNConv2D(3, 2, subsampling=2, kernel="exp", sigma=0.8, dtype="float32")
+    layer = CKNConv2D(3, 2, subsampling=2, kernel_function="exp", sigma=0.8, dtype="float32")
     x = rng.normal(size=(1, 4, 4, 2)).astype("float32")
     weights = rng.normal(size=(1, 2, 2, 3)).astype("float32")
     layer(x)
-    anchors = np.asarray(layer.anchors).copy()
+    anchors = rng.normal(size=tuple(layer.anchors.shape)).astype("float32")  # seeded: the check is deterministic
 
     def value(a):
         layer.anchors.assign(a)
@@ -229,10 +229,19 @@ def test_config_round_trip_and_output_shape(rng, config):
     np.testing.assert_allclose(np.asarray(clone(x)), np.asarray(out), rtol=1e-6, atol=1e-6)
 
 
+def test_kernel_function_is_a_string_attribute_not_kernel_and_old_configs_load():
+    layer = CKNConv2D(2, 3, kernel_function="poly2")
+    assert layer.kernel_function == "poly2" and not hasattr(layer, "kernel")
+    config = layer.get_config()
+    assert config["kernel_function"] == "poly2" and "kernel" not in config
+    config["kernel"] = config.pop("kernel_function")  # as saved by the first CKN runs (runs/ckn)
+    assert CKNConv2D.from_config(config).kernel_function == "poly2"
+
+
 @pytest.mark.parametrize("kwargs, name", [
     (dict(filters=0, kernel_size=3), "filters"), (dict(filters=2, kernel_size=(3, 0)), "kernel_size"),
     (dict(filters=2, kernel_size=3, subsampling=0), "subsampling"),
-    (dict(filters=2, kernel_size=3, kernel="rbf"), "kernel"), (dict(filters=2, kernel_size=3, sigma=0), "sigma"),
+    (dict(filters=2, kernel_size=3, kernel_function="rbf"), "kernel_function"), (dict(filters=2, kernel_size=3, sigma=0), "sigma"),
     (dict(filters=2, kernel_size=3, padding="full"), "padding"),
     (dict(filters=2, kernel_size=3, eigenvalue_floor=-1), "eigenvalue_floor")])
 def test_bad_arguments_are_named(kwargs, name):

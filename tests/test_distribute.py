@@ -1,66 +1,120 @@
-"""`kernelzoo train --strategy mirrored`: one epoch on two logical CPU devices equals the single-device epoch.
+"""`kernelzoo train --strategy mirrored|multiworker`: one distributed epoch equals the single-device epoch.
 
-The logical devices must be configured before TensorFlow initialises, so the check runs in a
-fresh process: a tiny SimNet trained through the family recipe (unsupervised init included) for
-one epoch with and without tf.distribute.MirroredStrategy (global batch 16 = 2 replicas x 8),
-with the custom ops and with the composite.
+- mirrored: two logical CPU devices. They must be configured before TensorFlow initialises, so the
+  check runs in a fresh process: a tiny SimNet trained through the family recipe (unsupervised init
+  included) for one epoch with and without tf.distribute.MirroredStrategy (global batch 16 =
+  2 replicas x 8), with the custom ops and with the composite.
+- multiworker: a one-worker MultiWorkerMirroredStrategy cluster ($TF_CONFIG: one worker on a free
+  localhost port), also in a fresh process: the strategy configures TensorFlow's collective ops,
+  which is only possible before TensorFlow runs its first op, and starts a gRPC server that lives
+  as long as the process.
 """
 import json
 import os
+import socket
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
 from conftest import _custom_available
 
-SCRIPT = textwrap.dedent("""
-    import json, sys, tempfile
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    import keras
-    import numpy as np
-    from kernelzoo import ops
-    from kernelzoo.zoo import registry
-    from kernelzoo.zoo.simnet.recipe import tiny_runs
+# One epoch of the SimNet family's first tiny run through its recipe, from the same start: epoch(strategy)
+# gives what config.json records, the epoch's loss and the weights after it.
+TINY_EPOCH = """
+import json, sys, tempfile
+import keras
+import numpy as np
+import tensorflow as tf
+from kernelzoo import ops
+from kernelzoo.zoo import registry, training
+from kernelzoo.zoo.simnet.recipe import tiny_runs
 
-    run = tiny_runs()[0]
-    preset = registry.info(run.preset)
-    recipe = registry.recipe(preset)
-    hp = recipe.hyperparameters(preset, **dict(run.hp, epochs=1))
-    keras.utils.set_random_seed(0)
-    start = recipe.build(preset, run.data, run.overrides, hp)
-    recipe.initialise(start, run.data, hp, recipe.options(), seed=0)
-    start = [w.numpy() for w in start.weights]
-    for implementation in sys.argv[1:]:
-        weights, report = {}, {"implementation": implementation}
-        with ops.implementation(implementation):
-            for strategy in ("none", "mirrored"):
-                with tempfile.TemporaryDirectory() as out:
-                    result = recipe.train(preset, run.data, out, overrides=run.overrides, hp=hp, verbose=0,
-                                          tensorboard=False, strategy=strategy)
-                    with open(out + "/config.json") as handle:
-                        report[strategy] = {"replicas": json.load(handle)["replicas"],
-                                            "loss": result["history"][0]["loss"]}
-                    weights[strategy] = [np.asarray(w.numpy()) for w in result["model"].weights]
-        report["moved"] = max(float(np.max(np.abs(a - b))) for a, b in zip(start, weights["none"]))
-        report["max_abs"] = max(float(np.max(np.abs(a - b))) for a, b in zip(weights["none"], weights["mirrored"]))
-        print(json.dumps(report), flush=True)
-""")
+run = tiny_runs()[0]
+preset = registry.info(run.preset)
+recipe = registry.recipe(preset)
+hp = recipe.hyperparameters(preset, **dict(run.hp, epochs=1))
+
+
+def weights_of(model):
+    return [np.asarray(w.numpy()) for w in model.weights]
+
+
+def max_abs(a, b):
+    return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b))
+
+
+def epoch(strategy):
+    with tempfile.TemporaryDirectory() as out:
+        result = recipe.train(preset, run.data, out, overrides=run.overrides, hp=hp, verbose=0, tensorboard=False,
+                              strategy=strategy)
+        with open(out + "/config.json") as handle:
+            config = json.load(handle)
+    return ({"strategy": config["strategy"], "replicas": config["replicas"], "loss": result["history"][0]["loss"]},
+            weights_of(result["model"]))
+
+
+keras.utils.set_random_seed(0)
+start = recipe.build(preset, run.data, run.overrides, hp)
+recipe.initialise(start, run.data, hp, recipe.options(), seed=0)
+start = weights_of(start)
+"""
+
+MIRRORED_SCRIPT = """
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+""" + TINY_EPOCH + """
+for implementation in sys.argv[1:]:
+    with ops.implementation(implementation):
+        (none, single), (mirrored, distributed) = epoch("none"), epoch("mirrored")
+    print(json.dumps({"implementation": implementation, "none": none, "distributed": mirrored,
+                      "moved": max_abs(start, single), "max_abs": max_abs(single, distributed)}), flush=True)
+"""
+
+MULTIWORKER_SCRIPT = """
+from kernelzoo.zoo import training
+strategy = training.make_strategy("multiworker")  # first, as `kernelzoo train` does: before any op
+""" + TINY_EPOCH + """
+(none, single), (multiworker, distributed) = epoch(None), epoch(strategy)
+print(json.dumps({"multiworker_strategy": isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy),
+                  "workers": strategy.extended._num_workers, "none": none, "distributed": multiworker,
+                  "moved": max_abs(start, single), "max_abs": max_abs(single, distributed)}), flush=True)
+"""
+
+
+def _reports(script, *args, **env):
+    """The JSON lines a fresh Python process running `script` prints."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **env)
+    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=900, env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def _assert_same_epoch(report, replicas):
+    assert (report["none"]["replicas"], report["distributed"]["replicas"]) == (1, replicas), report
+    assert report["distributed"]["loss"] == pytest.approx(report["none"]["loss"], rel=1e-5), report
+    assert report["moved"] > 1e-3, report  # the epoch changed the weights ...
+    assert report["max_abs"] <= 1e-5, report  # ... identically on one device and distributed
 
 
 def test_mirrored_epoch_equals_single_device_epoch():
     implementations = ["composite"] + (["custom"] if _custom_available() else [])
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    done = subprocess.run([sys.executable, "-c", SCRIPT, *implementations], capture_output=True, text=True,
-                          timeout=900, env=env)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    reports = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    reports = _reports(MIRRORED_SCRIPT, *implementations)
     assert [r["implementation"] for r in reports] == implementations
     for report in reports:
-        assert (report["none"]["replicas"], report["mirrored"]["replicas"]) == (1, 2), report
-        assert report["mirrored"]["loss"] == pytest.approx(report["none"]["loss"], rel=1e-5), report
-        assert report["moved"] > 1e-3, report  # the epoch changed the weights ...
-        assert report["max_abs"] <= 1e-5, report  # ... identically on one device and on two
+        _assert_same_epoch(report, replicas=2)
+
+
+def _free_port():
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        return probe.getsockname()[1]
+
+
+def test_one_worker_multiworker_epoch_equals_single_device_epoch():
+    cluster = {"cluster": {"worker": [f"localhost:{_free_port()}"]}, "task": {"type": "worker", "index": 0}}
+    (report,) = _reports(MULTIWORKER_SCRIPT, TF_CONFIG=json.dumps(cluster))
+    assert report["multiworker_strategy"] and report["workers"] == 1, report
+    assert report["distributed"]["strategy"] == "CollectiveAllReduceStrategy", report  # TF's name for it
+    _assert_same_epoch(report, replicas=1)  # on CPU a worker is one replica

@@ -13,6 +13,7 @@ from fractions import Fraction
 
 import numpy as np
 
+from kernelzoo.ops.checks import check_choice
 from kernelzoo.zoo import registry
 from kernelzoo.zoo.recipe import Recipe
 
@@ -20,6 +21,7 @@ COMMANDS = ("train", "eval", "list", "info")
 
 
 def add_arguments(parser, command):
+    command = check_choice("command", command, COMMANDS)
     if command == "train":
         _train_arguments(parser)
     elif command == "eval":
@@ -31,21 +33,19 @@ def add_arguments(parser, command):
         parser.add_argument("--dataset", default=None,
                             help="measure image-classification accuracy on this dataset (a name or a path) instead")
         parser.add_argument("--json", default=None, help="also write the results to this file")
+        parser.add_argument("--quiet", action="store_true", help="no progress bars")
     elif command == "list":
         parser.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. 'kernelnet_*'")
         parser.add_argument("--pretrained", action="store_true", help="only models with shipped weights")
-    elif command == "info":
+    else:  # info
         parser.add_argument("name", help="a model name from `kernelzoo list`")
         parser.add_argument("--cost", type=lambda text: float(Fraction(text)), default=None, metavar="DENSITY",
                             help="print parameters and expected MACs (kernelNet Table 4) of the shipped weights for "
                                  "this input density (e.g. 10/943: ten rated users) instead of the card")
-    else:
-        raise ValueError(f"command must be one of {COMMANDS}, got {command!r}")
 
 
 def run(args, command):
-    if command not in COMMANDS:
-        raise ValueError(f"command must be one of {COMMANDS}, got {command!r}")
+    command = check_choice("command", command, COMMANDS)
     try:
         return {"train": _train, "eval": _eval, "list": _list, "info": _info}[command](args)
     except ValueError as error:  # bad arguments, data or model: one line, not a traceback
@@ -151,6 +151,11 @@ def _family_options(args, recipe):
 
 
 def _train(args):
+    from kernelzoo.zoo import training
+
+    # Before anything runs a TensorFlow op: MultiWorkerMirroredStrategy configures the collective ops,
+    # which TensorFlow allows only at startup (a data loader may already run ops).
+    strategy = training.make_strategy(args.strategy)
     preset = training_target(args.target)
     recipe = registry.recipe(preset)
     options = _family_options(args, recipe)
@@ -162,7 +167,7 @@ def _train(args):
     print(f"{args.target}: {data.source}; hyper-parameters {hp}", flush=True)
     result = recipe.train(preset, data, out, overrides=parse_overrides(args.overrides), hp=hp, options=options,
                           seed=args.seed, resume=args.resume, verbose=verbose, tensorboard=not args.no_tensorboard,
-                          max_steps_per_epoch=args.max_steps_per_epoch, strategy=args.strategy)
+                          max_steps_per_epoch=args.max_steps_per_epoch, strategy=strategy)
     figures = ", ".join(f"{key} {value:.4f}" for key, value in result.get("metrics", {}).items()
                         if isinstance(value, float))
     print(f"{args.target}: {figures or 'no test figure'}; model {result['model_path']}; "
@@ -178,7 +183,7 @@ def _eval(args):
 
     results = []
     for model in args.models:
-        result = measure(model, args.data_dir, preset=args.preset, dataset=args.dataset)
+        result = measure(model, args.data_dir, preset=args.preset, dataset=args.dataset, verbose=0 if args.quiet else 1)
         result["model"] = model
         print(format_result(result), flush=True)
         results.append(result)

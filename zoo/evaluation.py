@@ -56,8 +56,9 @@ def _load(model, preset):
     return keras.models.load_model(path, compile=False), preset, options
 
 
-def measure(model, data_dir=None, *, preset=None, dataset=None, split="test"):
-    """Re-measure `model` with its preset's protocol (or image classification on `dataset`).
+def measure(model, data_dir=None, *, preset=None, dataset=None, split="test", verbose=0):
+    """Re-measure `model` with its preset's protocol (or image classification on `dataset`); `verbose`:
+    a progress bar while it evaluates.
 
     Returns {"metric", "value" (of the preset's metric), every measured metric, "data",
     "preset", "card" and "paper" (Figures or None)}.
@@ -70,7 +71,7 @@ def measure(model, data_dir=None, *, preset=None, dataset=None, split="test"):
     known = vars(recipe.options())
     options = recipe.options(**{k: v for k, v in (saved_options or {}).items() if k in known})
     data = recipe.load_data(preset, data_dir, dataset, options)
-    scores = recipe.evaluate(model, data, split)
+    scores = recipe.evaluate(model, data, split, verbose=verbose)
     metric = preset.metric if preset is not None else "accuracy"
     same_protocol = preset is not None and dataset is None and saved_options is None
     return dict(scores, metric=metric, value=scores.get(metric), data=data.source,

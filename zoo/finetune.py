@@ -40,6 +40,7 @@ import tempfile
 import keras
 import numpy as np
 
+from kernelzoo.ops.checks import check_choice, image_batch, image_shape, int_in_range, positive_int
 from kernelzoo.zoo.inputs import takes_raw_pixels
 from kernelzoo.zoo.recipe import DEFAULTS, Recipe
 
@@ -111,8 +112,7 @@ def _target_shape(model):
 
 def input_adapter(x, source_shape, target_shape, raw_pixels, spatial="pad_crop"):
     """Apply the adapter layers (module docstring) to tensor `x` of shape source_shape; returns the tensor."""
-    if spatial not in SPATIAL_MODES:
-        raise ValueError(f"`spatial` must be one of {SPATIAL_MODES}, got {spatial!r}")
+    spatial = check_choice("spatial", spatial, SPATIAL_MODES)
     height, width, channels = source_shape
     t_height, t_width = target_shape[:2]
     t_channels = target_shape[2] if len(target_shape) == 3 else 1
@@ -157,9 +157,8 @@ def adapt_model(model, num_classes, input_shape, *, freeze="features", spatial="
       spatial: "pad_crop" or "resize" (how the image size is matched).
       copy_weights: False gives the same architecture freshly initialised (the from-scratch baseline).
     """
-    freeze = _choice("freeze", freeze, FREEZE_MODES)
-    num_classes = _num_classes(num_classes)
-    from kernelzoo.ops.checks import image_shape
+    freeze = check_choice("freeze", freeze, FREEZE_MODES)
+    num_classes = int_in_range(num_classes, "num_classes", 2)
     source = image_shape(input_shape)
     head, kind = find_head(model)
     if isinstance(model, keras.Sequential):  # its layer graph as a functional model (same layers)
@@ -228,12 +227,11 @@ def finetune(model, train_ds, val_ds, num_classes, *, freeze="features", epochs=
     Returns (model, metrics): metrics holds freeze, epochs, from_scratch, trainable / total params,
     history (per-epoch dicts), val_accuracy / val_loss, test_accuracy / test_loss (when given), examples.
     """
-    from kernelzoo.ops.checks import positive_int
     from kernelzoo.zoo import training
 
-    freeze = _choice("freeze", freeze, FREEZE_MODES)
-    spatial = _choice("spatial", spatial, SPATIAL_MODES)
-    num_classes = _num_classes(num_classes)
+    freeze = check_choice("freeze", freeze, FREEZE_MODES)
+    spatial = check_choice("spatial", spatial, SPATIAL_MODES)
+    num_classes = int_in_range(num_classes, "num_classes", 2)
     epochs = positive_int(epochs, "epochs")
     model = resolve_model(model)
     x_train, y_train = _data(train_ds, "train_ds", num_classes)
@@ -293,26 +291,13 @@ def resolve_model(model):
     raise ValueError(f"`model` must be a keras.Model, a zoo model name or a .keras path, got {type(model).__name__}")
 
 
-def _choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(f"`{name}` must be one of {choices}, got {value!r}")
-    return value
-
-
-def _num_classes(value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 2:
-        raise ValueError(f"`num_classes` must be an int >= 2, got {value!r}")
-    return int(value)
-
-
 def _data(data, name, num_classes, shape=None):
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         raise ValueError(f"`{name}` must be an (images, labels) pair, got {type(data).__name__}")
     x, y = np.asarray(data[0]), np.asarray(data[1])
     if x.ndim == 3:  # (N, H, W) grey images
         x = x[..., None]
-    if x.ndim != 4 or len(x) == 0:
-        raise ValueError(f"`{name}` images must be a non-empty array (N, H, W, C), got shape {x.shape}")
+    x = image_batch(x, name)
     if shape is not None and tuple(x.shape[1:]) != tuple(shape):
         raise ValueError(f"`{name}` images are {tuple(x.shape[1:])}, the training images {tuple(shape)}")
     if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):

@@ -15,6 +15,8 @@ import time
 
 import numpy as np
 
+from kernelzoo.ops import checks
+
 
 def add_arguments(parser, command="finetune"):
     parser.add_argument("model", help="a pretrained zoo model name (`kernelzoo list`) or a .keras file")
@@ -48,19 +50,16 @@ def add_arguments(parser, command="finetune"):
 def load(spec, data_dir=None):
     """An ImageDataset from 'tfds:NAME', a path, or a name under data_dir."""
     from kernelzoo.zoo.data import load_images
-    if not isinstance(spec, str) or not spec:
-        raise ValueError(f"`dataset` must be tfds:NAME or a path, got {spec!r}")
+    spec = checks.path(spec, "dataset")  # tfds:NAME or a folder / archive path
     name = spec[len("tfds:"):] if spec.startswith("tfds:") else spec
     if not name:
         raise ValueError(f"`dataset`={spec!r}: tfds: needs a dataset name")
     return load_images(name, data_dir)
 
 
-def _subset(x, y, limit, seed):
-    if limit is None or limit >= len(x):
+def _subset(x, y, limit, seed, name):
+    if limit is None or checks.positive_int(limit, name) >= len(x):
         return x, y
-    if limit < 1:
-        raise ValueError(f"limits must be positive, got {limit}")
     keep = np.sort(np.random.default_rng(seed).permutation(len(x))[:limit])
     return x[keep], y[keep]
 
@@ -82,8 +81,8 @@ def _run(args):
         raise ValueError(f"-o/--output must end in .keras, got {output!r}")
     model = resolve_model(args.model)
     data = load(args.dataset, args.data_dir)
-    x_train, y_train = _subset(data.x_train, data.y_train, args.limit_train, args.seed)
-    x_test, y_test = _subset(data.x_test, data.y_test, args.limit_test, args.seed + 1)
+    x_train, y_train = _subset(data.x_train, data.y_train, args.limit_train, args.seed, "--limit-train")
+    x_test, y_test = _subset(data.x_test, data.y_test, args.limit_test, args.seed + 1, "--limit-test")
     val_size = args.val_size if args.val_size is not None else max(1, min(5000, len(x_train) // 10))
     train, val = holdout_split(x_train, y_train, val_size, seed=args.seed)
     print(f"fine-tuning {args.model} ({model.name}) on {data.source}: {len(train[0])} train / {len(val[0])} val / "

@@ -182,11 +182,11 @@ class Recipe:
                               max_steps_per_epoch=max_steps_per_epoch, config=config, strategy=strategy,
                               callbacks=callbacks)
 
-    def evaluate(self, model, data, split="test"):
-        """{metric: value} on a split: accuracy and loss (and the example count)."""
+    def evaluate(self, model, data, split="test", verbose=0):
+        """{metric: value} on a split: accuracy and loss (and the example count); a progress bar when `verbose`."""
         if not getattr(model, "compiled", False):
             self.compile(model, dict(DEFAULTS))
-        return training.evaluate(model, self.targets(model, data, split))
+        return training.evaluate(model, self.targets(model, data, split), verbose=verbose)
 
     def train(self, preset, data, out_dir, *, overrides=None, hp=None, options=None, seed=0, resume=False,
               verbose=1, tensorboard=True, max_steps_per_epoch=None, strategy=None, callbacks=None):
@@ -215,7 +215,7 @@ class Recipe:
                           tensorboard=tensorboard, max_steps_per_epoch=max_steps_per_epoch, config=config,
                           strategy=strategy, callbacks=callbacks)
         if data.test is not None:
-            scores = self.evaluate(result["model"], data)
+            scores = self.evaluate(result["model"], data, verbose=verbose)
             result["metrics"] = {f"test_{key}": value for key, value in scores.items()}
             training.write_json(os.path.join(out_dir, training.METRICS_FILE), result["metrics"])
         return result

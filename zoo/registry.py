@@ -14,6 +14,7 @@ import os
 
 import keras
 
+from kernelzoo.ops.checks import boolean, check_choice
 from kernelzoo.zoo.preset import Preset
 
 FAMILIES = ("kernelnet", "simnet")
@@ -37,18 +38,15 @@ def _presets():
 def info(name):
     """The Preset called `name` (ValueError listing the known names otherwise)."""
     presets = _presets()
-    if not isinstance(name, str) or name not in presets:
-        raise ValueError(f"name must be one of {sorted(presets)}, got {name!r}")
-    return presets[name]
+    return presets[check_choice("name", name, sorted(presets))]
 
 
 
 def list_models(pattern=None, pretrained=None):
     """Sorted model names, filtered by a shell-style `pattern` and by having weights (`pretrained`)."""
     if pattern is not None and not isinstance(pattern, str):
-        raise ValueError(f"pattern must be a string or None, got {pattern!r}")
-    if pretrained not in (None, True, False):
-        raise ValueError(f"pretrained must be True, False or None, got {pretrained!r}")
+        raise ValueError(f"`pattern` must be a string or None, got {pattern!r}")
+    pretrained = None if pretrained is None else boolean(pretrained, "pretrained")
     return [name for name, preset in sorted(_presets().items())
             if (pattern is None or fnmatch.fnmatch(name, pattern))
             and (pretrained is None or preset.pretrained == pretrained)]
@@ -56,8 +54,7 @@ def list_models(pattern=None, pretrained=None):
 
 def family_presets(family):
     """The presets of one family, in name order."""
-    if family not in FAMILIES:
-        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    family = check_choice("family", family, FAMILIES)
     return [preset for _, preset in sorted(_presets().items()) if preset.family == family]
 
 

@@ -31,7 +31,8 @@ import time
 import keras
 import numpy as np
 
-from kernelzoo.ops.checks import check_choice, positive_float, positive_int
+from kernelzoo.ops import checks
+from kernelzoo.ops.checks import check_choice, int_in_range, positive_float, positive_int
 
 CONFIG_FILE = "config.json"
 LOG_FILE = "log.csv"
@@ -91,8 +92,7 @@ def make_dataset(x, y, batch_size, *, epochs=1, start_epoch=0, seed=0, shuffle=T
     x, y = check_pair((x, y), "data")
     batch_size = positive_int(batch_size, "batch_size")
     epochs = positive_int(epochs, "epochs")
-    if not 0 <= start_epoch < epochs:
-        raise ValueError(f"`start_epoch` must be in [0, {epochs}), got {start_epoch!r}")
+    start_epoch = int_in_range(start_epoch, "start_epoch", 0, epochs - 1)
     size = len(x)
     if shuffle:
         orders = np.concatenate([epoch_order(size, e, seed) for e in range(start_epoch, epochs)])
@@ -180,9 +180,7 @@ def start_run(out_dir, resume, config=None):
 
     Refuses to overwrite a run unless `resume`.
     """
-    if not isinstance(out_dir, (str, os.PathLike)):
-        raise ValueError(f"`out_dir` must be a path, got {out_dir!r}")
-    out_dir = os.fspath(out_dir)
+    out_dir = checks.path(out_dir, "out_dir")
     state = read_state(out_dir)
     if state is not None and not resume:
         raise ValueError(f"`out_dir`={out_dir!r} already holds a run ({CHECKPOINTS}/{STATE_FILE}); pass "

@@ -14,7 +14,7 @@ import scipy.sparse
 from keras import ops
 
 from kernelzoo.layers.ckn import CKNConv2D
-from kernelzoo.ops.checks import check_choice, nonnegative_float, positive_int
+from kernelzoo.ops.checks import check_choice, matrix, nonnegative_float, positive_int
 from kernelzoo.progress import progress
 from kernelzoo.zoo.simnet.init import extract_patches
 from kernelzoo.zoo.simnet.preprocessing import sample_patch_rows
@@ -56,9 +56,7 @@ def spherical_kmeans(rows, k, *, init="k-means++", max_iter=50, tol=1e-4, seed=0
 
 
 def _unit_rows(rows):
-    x = np.asarray(rows, dtype="float32")
-    if x.ndim != 2 or not x.size or not np.all(np.isfinite(x)):
-        raise ValueError(f"`rows` must be a finite non-empty 2D array (rows, dims), got shape {x.shape}")
+    x = matrix(rows, "rows").astype("float32")
     norms = np.linalg.norm(x, axis=1)
     keep = norms > MIN_NORM
     x = x[keep]

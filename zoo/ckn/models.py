@@ -34,7 +34,7 @@ def ckn(filters=(64, 256), kernel_sizes=(3, 3), subsamplings=(2, 6), kernels="ex
     x = PerImageWhitening(kernel_sizes[0], whitening_eps, name="whitening")(inputs)
     kernel_sizes = [1] + list(kernel_sizes[1:])  # layer 1 reads the whitened k x k patches as channels
     for index, layer in enumerate(zip(filters, kernel_sizes, subsamplings, kernels, sigmas), 1):
-        x = CKNConv2D(*layer[:4], sigma=layer[4], name=f"ckn{index}")(x)
+        x = CKNConv2D(*layer[:3], kernel_function=layer[3], sigma=layer[4], name=f"ckn{index}")(x)
     x = keras.layers.Flatten(name="flatten")(x)
     x = keras.layers.LayerNormalization(epsilon=1e-6, center=False, scale=False, name="features")(x)
     outputs = keras.layers.Dense(num_classes, kernel_initializer="zeros", name="logits")(x)

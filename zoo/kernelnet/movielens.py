@@ -14,6 +14,7 @@ import numpy as np
 from keras import ops
 
 from kernelzoo.layers.kernel_dense import KernelDense, SparseKernelDense
+from kernelzoo.ops.checks import check_choice, nonnegative_float, positive_float, positive_int, positive_ints
 
 VARIANTS = ("sparse_fc", "kernel")
 
@@ -25,19 +26,12 @@ def kernelnet_movielens(n_users=943, variant="sparse_fc", hidden=(500, 500), dim
     location_stddev: sparse_fc locations start from a truncated normal with
     this std (1e-3 as in the paper's code: every K_fs starts at ~1).
     """
-    if isinstance(n_users, bool) or not isinstance(n_users, int) or n_users < 1:
-        raise ValueError(f"n_users must be a positive int, got {n_users!r}")
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    hidden = tuple(hidden)
-    if not hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
-        raise ValueError(f"hidden must be a non-empty sequence of positive ints, got {hidden!r}")
-    for name, lam in (("lambda_2", lambda_2), ("lambda_0", lambda_0)):
-        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or lam < 0:
-            raise ValueError(f"{name} must be a number >= 0, got {lam!r}")
-    if isinstance(location_stddev, bool) or not isinstance(location_stddev, (int, float)) \
-            or not location_stddev > 0:
-        raise ValueError(f"location_stddev must be a positive number, got {location_stddev!r}")
+    n_users = positive_int(n_users, "n_users")
+    variant = check_choice("variant", variant, VARIANTS)
+    hidden = positive_ints(hidden, "hidden")
+    lambda_2 = nonnegative_float(lambda_2, "lambda_2")
+    lambda_0 = nonnegative_float(lambda_0, "lambda_0")
+    location_stddev = positive_float(location_stddev, "location_stddev")
     dim = dim if dim is not None else (5 if variant == "sparse_fc" else 50)
     if seed is not None:
         keras.utils.set_random_seed(seed)
@@ -61,7 +55,7 @@ def kernelnet_movielens(n_users=943, variant="sparse_fc", hidden=(500, 500), dim
         else:
             std = float(dim) ** -0.25  # u . v has unit variance at start
             init = {"class_name": "RandomNormal", "config": {"stddev": std}}
-            layer = KernelDense(units, kernel="tanh", dim=dim, activation=activation,
+            layer = KernelDense(units, kernel_function="tanh", dim=dim, activation=activation,
                                 input_locations_initializer=init,
                                 output_locations_initializer=init,
                                 effective_regularizer=l2, name=name)
@@ -74,10 +68,9 @@ def masked_squared_error(ratings, mask, predictions):
     return 0.5 * ops.sum(mask * ops.square(ratings - predictions))
 
 
-def predict_ratings(model, train_matrix, batch_size=4096):
+def predict_ratings(model, train_matrix, batch_size=4096, verbose=0):
     """Predicted item x user ratings from the training matrix, clipped to [1, 5]."""
-    pred = model.predict(np.asarray(train_matrix, np.float32), batch_size=batch_size,
-                         verbose=0)
+    pred = model.predict(np.asarray(train_matrix, np.float32), batch_size=batch_size, verbose=verbose)
     return np.clip(pred, 1.0, 5.0)
 
 

@@ -7,6 +7,8 @@ import numpy as np
 import scipy.optimize
 import tensorflow as tf
 
+from kernelzoo.ops.checks import positive_float, positive_int
+
 
 class FlatWeights:
     """Maps a model's trainable variables to one float64 vector and back."""
@@ -52,10 +54,8 @@ def fit_lbfgs(model, loss_fn, maxiter=500, maxcor=10, every=None, callback=None)
     holding the current iterate (to evaluate or checkpoint). Returns scipy's
     result; the model ends with its final weights.
     """
-    if isinstance(maxiter, bool) or not isinstance(maxiter, int) or maxiter < 1:
-        raise ValueError(f"maxiter must be a positive int, got {maxiter!r}")
-    if every is not None and (not isinstance(every, int) or every < 1):
-        raise ValueError(f"every must be a positive int or None, got {every!r}")
+    maxiter = positive_int(maxiter, "maxiter")
+    every = None if every is None else positive_int(every, "every")
     flat = FlatWeights(model.trainable_variables)
     value_and_grads = _objective(model, loss_fn)
     count = [0]
@@ -80,10 +80,8 @@ def fit_lbfgs(model, loss_fn, maxiter=500, maxcor=10, every=None, callback=None)
 
 def fit_adam(model, loss_fn, steps=100, learning_rate=1e-3):
     """`steps` full-batch Adam steps; returns the last loss."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if not learning_rate > 0:
-        raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
+    steps = positive_int(steps, "steps")
+    learning_rate = positive_float(learning_rate, "learning_rate")
     import keras
 
     optimizer = keras.optimizers.Adam(learning_rate)

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 
 from kernelzoo.ops.checks import check_choice, positive_int
+from kernelzoo.progress import progbar
 from kernelzoo.zoo import training
 from kernelzoo.zoo.recipe import Data, Recipe, TinyRun
 
@@ -87,11 +88,11 @@ class RatingsRecipe(Recipe):
         """The last checkpoint's weights (full batch: no Keras optimizer state to restore)."""
         return training.load_last(out_dir, compile=False)
 
-    def evaluate(self, model, data, split="test"):
+    def evaluate(self, model, data, split="test", verbose=0):
         """RMSE on a split's ratings, predicted from all training ratings and clipped to [1, 5]."""
         from kernelzoo.zoo.data import rating_matrix
         from kernelzoo.zoo.kernelnet import movielens
-        predictions = movielens.predict_ratings(model, rating_matrix(data.train)[0])
+        predictions = movielens.predict_ratings(model, rating_matrix(data.train)[0], verbose=verbose)
         return {"rmse": movielens.rmse(predictions, getattr(data, split)), "examples": len(getattr(data, split)["ratings"])}
 
     def fit(self, model, data, out_dir, hp, *, seed=0, resume=False, verbose=1, strategy=None, config=None,
@@ -115,6 +116,8 @@ class RatingsRecipe(Recipe):
         best = dict(state.get("best") or {"val_rmse": float("inf"), "epoch": 0})
         best_path = os.path.join(out_dir, training.CHECKPOINTS, BEST_CHECKPOINT)
         done = [start]
+        bar = progbar(epochs, f"{optimizer}: epochs of {every} full-batch iterations", verbose, "epoch",
+                      ("loss", "rmse", "val_rmse"))
 
         def loss_fn(m):
             return movielens.masked_squared_error(matrix, mask, m(matrix, training=True))
@@ -133,9 +136,8 @@ class RatingsRecipe(Recipe):
                 os.makedirs(os.path.dirname(best_path), exist_ok=True)
                 model.save(best_path)
             training.save_checkpoint(model, out_dir, done[0], row, state={"best": best})
-            if verbose:
-                print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()),
-                      flush=True)
+            if bar is not None:
+                bar.update(done[0], values=[(key, row[key]) for key in ("loss", "rmse", "val_rmse") if key in row])
             if val is not None and done[0] - best["epoch"] >= hp["patience"]:
                 raise StopIteration
 
@@ -153,6 +155,8 @@ class RatingsRecipe(Recipe):
                     check(fit_adam(model, loss_fn, steps=every, learning_rate=hp["lr"]))
             except StopIteration:
                 pass
+        if bar is not None and done[0] < epochs:  # early stop or convergence: close the bar's line
+            bar.update(done[0], finalize=True)
         result = training.finish(keras.models.load_model(best_path, compile=False), out_dir)
         result["selected_epoch"] = best["epoch"]
         return result

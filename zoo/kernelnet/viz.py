@@ -7,12 +7,13 @@ Fig. 6 (decoded Gaussian bumps; autoencoder networks only).
 """
 import numpy as np
 
+from kernelzoo.ops.checks import check_choice, int_in_range, positive_int
+
 COMMANDS = ("embedding",)
 
 
 def add_arguments(parser, command):
-    if command != "viz":
-        raise ValueError(f"command must be 'viz', got {command!r}")
+    check_choice("command", command, ("viz",))
     parser.add_argument("what", choices=COMMANDS, help="what to visualise")
     parser.add_argument("name", help="registry name, e.g. kernelnet_embedding_mnist")
     parser.add_argument("--out", default="embedding.png", help="output PNG")
@@ -65,10 +66,8 @@ def run(args, command):
     from kernelzoo.zoo.data import load_mnist
     from kernelzoo.zoo.kernelnet import embedding
 
-    if args.samples < 1:
-        raise ValueError(f"--samples must be positive, got {args.samples}")
-    if args.steps < 2:
-        raise ValueError(f"--steps must be >= 2, got {args.steps}")
+    positive_int(args.samples, "--samples")
+    int_in_range(args.steps, "--steps", 2)
     preset = registry.info(args.name)
     if not preset.builder.endswith("kernelnet_embedding"):
         raise ValueError(f"name must be an embedding network, got {args.name!r}")

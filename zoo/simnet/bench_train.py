@@ -14,20 +14,21 @@ import time
 
 import numpy as np
 
+from kernelzoo.ops.checks import check_choice
+
 MODELS = ("simnet_l1", "simnet_l2", "convnet", "coates")
 
 
 def build(kind, n, convnet_n):
     from kernelzoo.zoo.simnet import models
+    kind = check_choice("models", kind, MODELS)
     if kind == "simnet_l1":
         return models.simnet_patch_labeling(n=n, p=1, weighted=True)
     if kind == "simnet_l2":
         return models.simnet_patch_labeling(n=n, p=2, weighted=True)
     if kind == "convnet":
         return models.convnet_baseline(n=convnet_n)
-    if kind == "coates":
-        return models.coates_baseline(n=convnet_n)
-    raise ValueError(f"models must be among {MODELS}, got {kind!r}")
+    return models.coates_baseline(n=convnet_n)
 
 
 def measure(kind, n=400, convnet_n=400, batch_size=64, steps=10, warmup=2, seed=0):
@@ -59,10 +60,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from kernelzoo import ops
-    kinds = [k.strip() for k in args.models.split(",") if k.strip()]
-    for kind in kinds:
-        if kind not in MODELS:
-            raise ValueError(f"--models: {kind!r} is not one of {MODELS}")
+    kinds = [check_choice("--models", k.strip(), MODELS) for k in args.models.split(",") if k.strip()]
     with ops.implementation(args.implementation):
         implementation = ops.selected_implementation()
         print(f"op implementation: {implementation}; batch {args.batch_size}; {os.cpu_count()} CPUs", flush=True)

@@ -32,8 +32,9 @@ from keras import ops
 from scipy.special import gammaln
 
 from kernelzoo.layers import Mex, Similarity
-from kernelzoo.ops.checks import nonnegative_int, positive_int
+from kernelzoo.ops.checks import check_choice, image_batch, matrix, nonnegative_int, positive_int
 from kernelzoo.ops.shapes import output_size, pad_amounts
+from kernelzoo.progress import progress
 from kernelzoo.zoo.simnet.preprocessing import sample_patch_rows
 
 # Rows of the (rows x components x dims) slab evaluated per compiled call.
@@ -198,9 +199,9 @@ def _squared_distances(x, centers):
     return np.maximum((x * x).sum(1)[:, None] - 2.0 * x @ centers.T + (centers * centers).sum(1)[None], 0.0)
 
 
-def kmeans_pp(x, k, seed=0):
-    """k-means++ seeds: k rows of x (M, d) drawn with probability proportional to D^2."""
-    x = _check_rows(x, "x")
+def kmeans_pp(x, k, seed=0, verbose=False):
+    """k-means++ seeds: k rows of x (M, d) drawn with probability proportional to D^2 (a bar when `verbose`)."""
+    x = matrix(x, "x")
     k = positive_int(k, "k")
     if k > x.shape[0]:
         raise ValueError(f"`k`={k} exceeds the number of rows ({x.shape[0]})")
@@ -208,7 +209,8 @@ def kmeans_pp(x, k, seed=0):
     centers = np.empty((k, x.shape[1]), x.dtype)
     centers[0] = x[rng.integers(x.shape[0])]
     closest = _squared_distances(x, centers[:1])[:, 0]
-    for i in range(1, k):
+    for i in progress(range(1, k), label=f"k-means++ seeding: {x.shape[0]:,} rows, {k} centers", verbose=verbose,
+                      unit="seed"):
         total = closest.sum()
         index = rng.integers(x.shape[0]) if total <= 0 else rng.choice(x.shape[0], p=closest / total)
         centers[i] = x[index]
@@ -216,13 +218,17 @@ def kmeans_pp(x, k, seed=0):
     return centers
 
 
-def kmeans(x, k, iterations=10, seed=0):
-    """Lloyd's k-means from k-means++ seeds; empty clusters are re-seeded. Returns centers (k, d)."""
-    x = _check_rows(x, "x")
+def kmeans(x, k, iterations=10, seed=0, verbose=False):
+    """Lloyd's k-means from k-means++ seeds; empty clusters are re-seeded. Returns centers (k, d).
+
+    `verbose`: a progress bar for the seeding and one for the iterations.
+    """
+    x = matrix(x, "x")
     iterations = nonnegative_int(iterations, "iterations")
-    centers = kmeans_pp(x, k, seed)
+    centers = kmeans_pp(x, k, seed, verbose=verbose)
     rng = np.random.default_rng(seed + 1)
-    for _ in range(iterations):
+    for _ in progress(range(iterations), label=f"k-means: {x.shape[0]:,} rows, {k} centers", verbose=verbose,
+                      unit="iteration"):
         labels = np.argmin(_squared_distances(x, centers), axis=1)
         counts = np.bincount(labels, minlength=k)
         sums = np.zeros_like(centers, dtype="float64")
@@ -253,14 +259,14 @@ def fit_gg_mixture(x, n, beta=2.0, *, scales="diagonal", iterations=30, tol=1e-5
       seed: seeds k-means++ and re-seeding of empty components (the fit is deterministic).
       min_scale: scales are kept >= min_scale * the data's per-coordinate scale.
       kmeans_iterations: Lloyd iterations after the k-means++ seeding.
+      verbose: progress bars (k-means, EM) and the final mean log-likelihood.
     Returns a GGMixture.
     """
-    x = _check_rows(x, "x").astype("float32")
+    x = matrix(x, "x").astype("float32")
     n = positive_int(n, "n")
     if n > x.shape[0]:
         raise ValueError(f"`n`={n} components need at least {n} rows in `x`, got {x.shape[0]}")
-    if scales not in ("diagonal", "fixed"):
-        raise ValueError(f"`scales` must be 'diagonal' or 'fixed', got {scales!r}")
+    scales = check_choice("scales", scales, ("diagonal", "fixed"))
     iterations = nonnegative_int(iterations, "iterations")
     learn_beta = isinstance(beta, str)
     if learn_beta and beta != "learn":
@@ -269,7 +275,7 @@ def fit_gg_mixture(x, n, beta=2.0, *, scales="diagonal", iterations=30, tol=1e-5
     rows, d = x.shape
     rng = np.random.default_rng(seed)
 
-    means = kmeans(x, n, iterations=kmeans_iterations, seed=seed).astype("float64")
+    means = kmeans(x, n, iterations=kmeans_iterations, seed=seed, verbose=verbose).astype("float64")
     spread = np.mean(np.abs(x - np.median(x, axis=0)), axis=0) + 1e-12  # per-coordinate scale of the data
     floor = min_scale * spread
     if scales == "fixed":
@@ -282,7 +288,8 @@ def fit_gg_mixture(x, n, beta=2.0, *, scales="diagonal", iterations=30, tol=1e-5
     mixture = GGMixture(means, alphas, shapes, priors, [])
     history = []
     started = time.time()
-    for iteration in range(iterations):
+    for _ in progress(range(iterations), label=f"GG-mixture EM: {rows:,} rows, {n} components", verbose=verbose,
+                      unit="iteration"):
         responsibilities = np.empty((rows, n), "float32")
         s1 = np.zeros((n, d))
         s0 = np.zeros((n, d))
@@ -298,9 +305,6 @@ def fit_gg_mixture(x, n, beta=2.0, *, scales="diagonal", iterations=30, tol=1e-5
             s1 += ops.convert_to_numpy(a)
             s0 += ops.convert_to_numpy(b)
         history.append(loglik / rows)
-        if verbose:
-            print(f"  EM {iteration + 1:3d}: mean log-likelihood {history[-1]:.5f} "
-                  f"({time.time() - started:.0f} s)", flush=True)
         if len(history) > 1 and abs(history[-1] - history[-2]) < tol * max(1.0, abs(history[-2])):
             break
         counts = responsibilities.sum(axis=0, dtype="float64")
@@ -335,6 +339,9 @@ def fit_gg_mixture(x, n, beta=2.0, *, scales="diagonal", iterations=30, tol=1e-5
         priors = np.maximum(counts, 1e-3) / np.maximum(counts, 1e-3).sum()
         mixture = GGMixture(means, alphas, shapes.copy(), priors, history)
     mixture.log_likelihood = history
+    if verbose and history:
+        print(f"GG-mixture EM: {len(history)} iterations, mean log-likelihood {history[-1]:.5f} "
+              f"({time.time() - started:.0f} s)", flush=True)
     return mixture
 
 
@@ -455,7 +462,7 @@ def gmm_init(model_or_layer, images, *, layer=None, beta=None, num_patches=20_00
     Unweighted layers get a mixture with alpha fixed to 1 (u = 1 is what they compute).
     """
     model, sim = _find_similarity(model_or_layer, layer)
-    images = _check_images(images)
+    images = image_batch(images)
     num_patches = positive_int(num_patches, "num_patches")
     offset_images = positive_int(offset_images, "offset_images")
     if sim.similarity == "linear":
@@ -471,9 +478,7 @@ def gmm_init(model_or_layer, images, *, layer=None, beta=None, num_patches=20_00
             raise ValueError("`beta`='learn' needs a Similarity layer with similarity='lp' and learn_p=True, "
                              f"{sim.name!r} has similarity={sim.similarity!r}, learn_p={sim.learn_p}")
     else:
-        value = np.asarray(beta, "float64")
-        if not np.all(value > 0):
-            raise ValueError(f"`beta` must be > 0, got {beta!r}")
+        value = _shape_vector(beta, sim.filters)
         if not sim.learn_p and not np.allclose(value, layer_p):
             raise ValueError(f"`beta`={beta!r} differs from the layer's fixed p={layer_p!r}; "
                              "use similarity='lp' with learn_p=True to choose the shape")
@@ -566,7 +571,7 @@ def unsupervised_init(model, images, *, seed=0, num_patches=20_000, iterations=1
 
     if not isinstance(model, keras.Model):
         raise ValueError(f"`model` must be a keras.Model, got {type(model).__name__}")
-    images = _check_images(images)
+    images = image_batch(images)
     reports = {}
     for layer in model.layers:
         if isinstance(layer, PatchWhitening):
@@ -577,36 +582,10 @@ def unsupervised_init(model, images, *, seed=0, num_patches=20_000, iterations=1
                                            iterations=iterations, seed=seed, verbose=verbose)
         elif isinstance(layer, TriangleCoding):
             rows = _sample_layer_patches(model, layer, images, 4 * num_patches, np.random.default_rng(seed))
-            layer.centroids.assign(kmeans(rows, layer.filters, iterations=10, seed=seed).T.astype("float32"))
+            centroids = kmeans(rows, layer.filters, iterations=10, seed=seed, verbose=verbose)
+            layer.centroids.assign(centroids.T.astype("float32"))
             reports[layer.name] = "kmeans"
         elif isinstance(layer, keras.layers.Normalization):
             layer.adapt(_layer_inputs(model, layer, images))
             reports[layer.name] = "standardize"
     return reports
-
-
-# ----------------------------------------------------------------------------- argument checks
-
-
-def _check_rows(x, name):
-    try:
-        x = np.asarray(x)
-    except Exception as error:  # noqa: BLE001
-        raise ValueError(f"`{name}` must be a 2D array (rows, dims), got {type(x).__name__}: {error}") from None
-    if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1 or not np.issubdtype(x.dtype, np.number):
-        raise ValueError(f"`{name}` must be a non-empty numeric 2D array (rows, dims), got shape {x.shape}")
-    if not np.all(np.isfinite(x)):
-        raise ValueError(f"`{name}` must be finite (found NaN or inf)")
-    return x
-
-
-def _check_images(images):
-    try:
-        array = np.asarray(images)
-    except Exception as error:  # noqa: BLE001
-        raise ValueError(f"`images` must be an array (N, H, W, C), got {type(images).__name__}: {error}") from None
-    if array.ndim != 4 or array.shape[0] == 0 or not np.issubdtype(array.dtype, np.number):
-        raise ValueError(f"`images` must be a non-empty numeric 4D array (N, H, W, C), got shape {array.shape}")
-    return array
-
-

@@ -22,7 +22,8 @@ import numpy as np
 from keras import ops
 
 from kernelzoo.layers import Mex, Similarity
-from kernelzoo.ops.checks import image_shape, nonnegative_float, positive_int
+from kernelzoo.ops.checks import (check_choice, float_in_range, image_shape, nonnegative_float, positive_float,
+                                   positive_int, real)
 from kernelzoo.ops.shapes import normalize_tuple, output_size
 from kernelzoo.zoo.simnet.preprocessing import BrightnessContrastNormalization, PatchWhitening
 
@@ -41,9 +42,7 @@ class QuadrantPooling(keras.layers.Layer):
     def __init__(self, grid=(2, 2), mode="sum", **kwargs):
         super().__init__(**kwargs)
         self.grid = normalize_tuple(grid, "grid")
-        if mode not in _POOL_MODES:
-            raise ValueError(f"`mode` must be one of {_POOL_MODES}, got {mode!r}")
-        self.mode = mode
+        self.mode = check_choice("mode", mode, _POOL_MODES)
         self.input_spec = keras.layers.InputSpec(ndim=4)
 
     def build(self, input_shape):
@@ -85,9 +84,7 @@ class TriangleCoding(keras.layers.Layer):
 
     def __init__(self, filters, centroids_initializer="random_normal", **kwargs):
         super().__init__(**kwargs)
-        if isinstance(filters, bool) or not isinstance(filters, (int, np.integer)) or filters < 1:
-            raise ValueError(f"`filters` must be a positive int, got {filters!r}")
-        self.filters = int(filters)
+        self.filters = positive_int(filters, "filters")
         self.centroids_initializer = keras.initializers.get(centroids_initializer)
         self.input_spec = keras.layers.InputSpec(ndim=4)
 
@@ -120,16 +117,6 @@ def _decay(value, name):
     return keras.regularizers.L2(value / 2.0) if value > 0 else None
 
 
-def _xi(value, name):
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"`{name}` must be a real number (inf allowed), got {value!r}") from None
-    if np.isnan(value):
-        raise ValueError(f"`{name}` must not be NaN")
-    return value
-
-
 def simnet_patch_labeling(n=400, p=2, weighted=True, xi1=1.0, xi2=0.0, learn_xi=False, learn_p=False,
                           num_classes=10, input_shape=(32, 32, 3), patch_size=6, offset_regions=(2, 2),
                           whitening=True, weight_decay=0.0, position_pooling="mean", name=None):
@@ -159,17 +146,14 @@ def simnet_patch_labeling(n=400, p=2, weighted=True, xi1=1.0, xi2=0.0, learn_xi=
     patch = normalize_tuple(patch_size, "patch_size")
     regions = normalize_tuple(offset_regions, "offset_regions")
     if learn_p:
-        if not (isinstance(p, (int, float)) and not isinstance(p, bool) and p > 0):
-            raise ValueError(f"`p` must be a positive number (the initial p with learn_p=True), got {p!r}")
-        similarity, p_value = "lp", float(p)
+        similarity, p_value = "lp", positive_float(p, "p")
     else:
         if p not in (1, 2) or isinstance(p, bool):
             raise ValueError(f"`p` must be 1 or 2 (or any p > 0 with learn_p=True), got {p!r}")
         similarity, p_value = ("l1", "l2")[int(p) - 1], None
-    xi1, xi2 = _xi(xi1, "xi1"), _xi(xi2, "xi2")
+    xi1, xi2 = real(xi1, "xi1"), real(xi2, "xi2")
     regularizer = _decay(weight_decay, "weight_decay")
-    if position_pooling not in ("mean", "sum"):
-        raise ValueError(f"`position_pooling` must be 'mean' or 'sum', got {position_pooling!r}")
+    position_pooling = check_choice("position_pooling", position_pooling, ("mean", "sum"))
     out_h = output_size(shape[0], patch[0], 1, "valid")
     out_w = output_size(shape[1], patch[1], 1, "valid")
     if out_h < 1 or out_w < 1:
@@ -212,12 +196,7 @@ def convnet_baseline(n=400, patch_size=6, pool_grid=(2, 2), dropout=0.5, num_cla
     num_classes = positive_int(num_classes, "num_classes")
     shape = image_shape(input_shape)
     patch = normalize_tuple(patch_size, "patch_size")
-    try:
-        dropout = float(dropout)
-    except (TypeError, ValueError):
-        raise ValueError(f"`dropout` must be a number in [0, 1), got {dropout!r}") from None
-    if not 0 <= dropout < 1:
-        raise ValueError(f"`dropout` must be in [0, 1), got {dropout!r}")
+    dropout = float_in_range(dropout, "dropout", 0, 1, "[)")
     regularizer = _decay(weight_decay, "weight_decay")
     inputs = keras.Input(shape, name="image")
     x = BrightnessContrastNormalization(name="normalization")(inputs)

@@ -22,21 +22,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from kernelzoo.ops.checks import nonnegative_float, positive_float
+from kernelzoo.ops.checks import image_batch, int_in_range, matrix, nonnegative_float, positive_float, positive_int
 from kernelzoo.ops.shapes import normalize_padding, normalize_tuple, output_size
-
-
-def _check_images(images, name="images"):
-    """A float32 numpy (N, H, W, C) array, else ValueError naming `name`."""
-    try:
-        array = np.asarray(images)
-    except Exception as error:  # noqa: BLE001 - any conversion failure is the caller's argument
-        raise ValueError(f"`{name}` must be an array (N, H, W, C), got {type(images).__name__}: {error}") from None
-    if array.ndim != 4 or array.shape[0] == 0:
-        raise ValueError(f"`{name}` must be a non-empty 4D array (N, H, W, C), got shape {array.shape}")
-    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
-        raise ValueError(f"`{name}` must be numeric, got dtype {array.dtype}")
-    return array
 
 
 @keras.saving.register_keras_serializable(package="kernelzoo")
@@ -139,11 +126,9 @@ class PatchWhitening(keras.layers.Layer):
         images: (N, H, W, C) array (the layer's input, e.g. 0-255 pixels). Deterministic for a seed.
         Returns self.
         """
-        images = _check_images(images)
-        if isinstance(max_patches, bool) or not isinstance(max_patches, (int, np.integer)) or max_patches < 2:
-            raise ValueError(f"`max_patches` must be an int >= 2, got {max_patches!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}")
+        images = image_batch(images)
+        max_patches = int_in_range(max_patches, "max_patches", 2)
+        batch_size = positive_int(batch_size, "batch_size")
         if not self.built:
             self.build(images.shape)
         if images.shape[-1] * self.patch_size[0] * self.patch_size[1] != self.depth:
@@ -173,9 +158,7 @@ class PatchWhitening(keras.layers.Layer):
 
 def fit_zca(patches, eps):
     """(mean (D,), ZCA matrix (D, D)) of patch rows (M, D): W = V (D + eps)^(-1/2) V^T."""
-    patches = np.asarray(patches, dtype="float64")
-    if patches.ndim != 2 or patches.shape[0] < 2:
-        raise ValueError(f"`patches` must be a 2D array (M >= 2, D), got shape {patches.shape}")
+    patches = matrix(patches, "patches", min_rows=2).astype("float64")
     eps = nonnegative_float(eps, "eps")
     mean = patches.mean(axis=0)
     cov = np.cov(patches - mean, rowvar=False)
