@@ -25,6 +25,20 @@ _FIXED_P = {"l1": 1.0, "l2": 2.0}
 _override = threading.local()
 
 
+def _outside_autograph(fn):
+    """`fn`, called as is (not converted) by TF's autograph inside a user's `tf.function`.
+
+    `similarity` and `mex` are host-side Python (argument checks, dispatch, the op library's
+    build and load, the composite's explicit loops) with no tensor-dependent control flow.
+    Converted, they warned about the build's subprocess calls, and autograph's rewrite of
+    `library.build`'s loop dropped its assignment to the module's build info.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return fn
+    import tensorflow as tf
+    return tf.autograph.experimental.do_not_convert(fn)
+
+
 @contextlib.contextmanager
 def implementation(name):
     """Force "custom", "composite" or "auto" inside a `with` block (this thread only)."""
@@ -99,6 +113,7 @@ def _backend_module():
     return composite
 
 
+@_outside_autograph
 def similarity(inputs, templates, weights=None, *, similarity="l2", p=None, strides=(1, 1), padding="valid",
                normalization_term=False, ignore_nan=False):
     """SimNets similarity layer output: out[i, j, l] = sum_d u[d, l] * phi(x_ij[d], z[d, l]).
@@ -153,6 +168,7 @@ def similarity(inputs, templates, weights=None, *, similarity="l2", p=None, stri
     return core + ops.sum(log_normaliser, axis=(0, 1, 2))
 
 
+@_outside_autograph
 def mex(inputs, xi, *, num_instances=1, pool_size=(1, 1), channel_block=None, strides=None, padding="valid",
         offsets=None, c=None, softmax_mode=False):
     """SimNets MEX layer output: MEX_xi{inp(s) + b[region, instance, s] for s in block, c[instance]}.
@@ -288,6 +304,10 @@ def _is_number(value):
 
 def _check_concrete(tensor, predicate, name, requirement):
     """Check a tensor's values when they are known now (eager); symbolic tensors pass."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+        if not tf.executing_eagerly():  # tracing; converting would only raise (after a numpy 2 DeprecationWarning)
+            return
     try:
         values = ops.convert_to_numpy(tensor)
     except Exception:  # symbolic (inside tf.function / tracing): checked by the kernels

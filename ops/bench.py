@@ -11,6 +11,10 @@ one) it measures, in one process, forward and forward+backward wall time
 * MEX (xi = 1, no offsets, 2x2 blocks, stride 2): custom vs composite, against
   `keras.layers.MaxPool2D` and `tf.reduce_logsumexp` over the same blocks
   (ratio = time / MaxPool2D);
+* the SimNet's class-wise MEX (1x1 blocks over all channels, 10 instances, 2x2
+  offset regions, one xi): custom vs composite (ratio = time / composite), and
+  the custom op's exp-domain GEMM form against its direct loop (the op's `gemm`
+  attr off; ratio = time / direct);
 
 and the peak memory of one forward+backward step. `--memory tf` (default)
 reads the TF CPU allocator's peak (`tf.config.experimental.get_memory_info`,
@@ -40,6 +44,7 @@ SHAPES = {
     # name: (batch, height, width, channels, patch, templates, mex pool)
     "cifar": dict(batch=64, size=32, channels=3, patch=6, templates=400, pool=2),
     "small": dict(batch=16, size=16, channels=8, patch=3, templates=32, pool=2),
+    "tiny": dict(batch=2, size=8, channels=2, patch=3, templates=32, pool=2),  # a smoke test
 }
 SIMILARITIES = ("l2", "l1", "lp", "linear")
 
@@ -195,15 +200,15 @@ def _cases(shape_name, no_xla=False):
     offsets = tf.Variable(rng.normal(size=(2, 2, classes, 1, 1, n)).astype("float32"))
     gc = tf.constant(rng.normal(size=(s["batch"], out_size, out_size, classes)).astype("float32"))
 
-    def classwise_case(impl):
+    def classwise_case(impl, gemm=True):
         def build():
             from kernelzoo.ops import custom
-            mod = custom if impl == "custom" else composite
+            mex = functools.partial(custom.mex, gemm=gemm) if impl == "custom" else composite.mex
             xis = tf.Variable(tf.ones((classes,)))
 
             def forward(inp):
-                return mod.mex(inp, xis, offsets, None, num_instances=classes, pool_size=(1, 1),
-                               channel_block=n, strides=(1, 1), padding="valid", softmax_mode=False)
+                return mex(inp, xis, offsets, None, num_instances=classes, pool_size=(1, 1),
+                           channel_block=n, strides=(1, 1), padding="valid", softmax_mode=False)
             fwd, fwdbwd = make(forward, [xis, offsets], gc, m_in)
             return tf.function(fwd), tf.function(fwdbwd)
         return build
@@ -212,6 +217,9 @@ def _cases(shape_name, no_xla=False):
              f"{n} channels, {classes} instances, 2x2 offset regions)")
     yield group, "mex composite", True, classwise_case("composite")
     yield group, "mex custom", False, classwise_case("custom")
+    group = f"mex {shape_name} class-wise, custom op: GEMM form against the direct loop (gemm=False), same shape"
+    yield group, "mex custom direct", True, classwise_case("custom", gemm=False)
+    yield group, "mex custom GEMM", False, classwise_case("custom")
 
 
 def _materialise(result):

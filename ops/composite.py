@@ -54,7 +54,11 @@ def _split_nan(inputs):
 
 
 def _lp_similarity(x, valid, templates, weights, p, similarity, strides, padding):
-    """l1 / lp similarity on patches taken by a one-hot convolution, in blocks of patches (bounded memory)."""
+    """l1 / lp similarity on patches taken by a one-hot convolution, in blocks of patches (bounded memory).
+
+    An inf input makes its patches NaN (inf * 0 in that convolution): the output there is NaN,
+    where the custom op gives -inf.
+    """
     kh, kw, channels, n = templates.shape
     depth = kh * kw * channels
     one_hot = ops.convert_to_tensor(np.eye(depth, dtype="float32").reshape(kh, kw, channels, depth))
@@ -109,10 +113,10 @@ def _patch_rows_by_templates(fn, rows, shared, pair_elements):
 
 
 def _safe_pow(base, exponent):
-    """base ** exponent for base >= 0, with finite gradients (0) at base == 0."""
-    positive = base > 0
-    safe = ops.where(positive, base, 1.0)
-    return ops.where(positive, ops.exp(exponent * ops.log(safe)), 0.0)
+    """base ** exponent for base >= 0, with finite gradients (0) at base == 0; NaN stays NaN."""
+    nonzero = base != 0  # True for NaN, so NaN propagates (as in the custom op)
+    safe = ops.where(nonzero, base, 1.0)
+    return ops.where(nonzero, ops.exp(exponent * ops.log(safe)), 0.0)
 
 
 def mex(inputs, xi, offsets, c, *, num_instances, pool_size, channel_block, strides, padding, softmax_mode):

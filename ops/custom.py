@@ -42,8 +42,12 @@ _EMPTY_SHAPE = (0,)
 
 @tf.autograph.experimental.do_not_convert
 def mex(inputs, xi, offsets, c, *, num_instances, pool_size, channel_block, strides,
-        padding, softmax_mode):
-    """MEX core over blocks (pool_size x channel_block) with offsets and c (or None)."""
+        padding, softmax_mode, gemm=True):
+    """MEX core over blocks (pool_size x channel_block) with offsets and c (or None).
+
+    gemm: the op's attr, kept by its gradient: False runs the direct loop where the
+    class-wise MEX would take its GEMM form (tests, `kernelzoo bench ops`).
+    """
     use_offsets = offsets is not None
     use_c = c is not None
     empty = tf.zeros(_EMPTY_SHAPE, tf.float32)
@@ -53,7 +57,7 @@ def mex(inputs, xi, offsets, c, *, num_instances, pool_size, channel_block, stri
         num_instances=int(num_instances), pool_size=_pair(pool_size),
         channel_block=int(channel_block), strides=_pair(strides),
         padding=str(padding).lower(), softmax_mode=bool(softmax_mode),
-        use_offsets=use_offsets, use_c=use_c)
+        use_offsets=use_offsets, use_c=use_c, gemm=bool(gemm))
 
 
 def _similarity_grad(op, grad):
@@ -72,7 +76,7 @@ def _mex_grad(op, grad):
         num_instances=op.get_attr("num_instances"), pool_size=op.get_attr("pool_size"),
         channel_block=op.get_attr("channel_block"), strides=op.get_attr("strides"),
         padding=op.get_attr("padding"), softmax_mode=op.get_attr("softmax_mode"),
-        use_offsets=use_offsets, use_c=use_c)
+        use_offsets=use_offsets, use_c=use_c, gemm=op.get_attr("gemm"))
     return [gi, gxi, goff if use_offsets else None, gc if use_c else None]
 
 

@@ -267,6 +267,12 @@ def build(force=False):
     Raises RuntimeError with every attempt's compiler output if none compiles.
     """
     global _build_info
+    _build_info = _build(force)  # assigned here, outside any loop: autograph's loop rewrite would drop it
+    return _build_info.path
+
+
+def _build(force):
+    """`build`'s work: the `BuildInfo` of the first flag set that compiles."""
     compiler = _compiler()
     if compiler is None:
         raise RuntimeError(_no_compiler_message())
@@ -296,10 +302,9 @@ def build(force=False):
             continue
         if os.path.exists(marker):
             os.remove(marker)
-        _build_info = BuildInfo(path=path, variant=variant, arch_flags=tuple(arch_flags),
-                                flags=tuple(BASE_FLAGS) + tuple(compile_flags) + tuple(lflags),
-                                cpu_features=cpu_features(compiler, arch_flags), failed=tuple(failed))
-        return path
+        return BuildInfo(path=path, variant=variant, arch_flags=tuple(arch_flags),
+                         flags=tuple(BASE_FLAGS) + tuple(compile_flags) + tuple(lflags),
+                         cpu_features=cpu_features(compiler, arch_flags), failed=tuple(failed))
     raise RuntimeError("kernelzoo: building the custom op library failed with every flag set tried:\n\n"
                        + "\n\n".join(f"[{variant}: {' '.join(flags) or 'no -march'}]\n{message}"
                                       for variant, flags, message in failed)
@@ -332,10 +337,9 @@ def load():
                 raise RuntimeError(
                     f"kernelzoo: loading the custom op library {path} failed: {e}. "
                     f"Try `kernelzoo build-ops --force`.") from e
-            info = _build_info  # None if autograph ran build() on a copy of this module's globals
-            if info is not None and info.fell_back:
-                tried = ", ".join(" ".join(flags) or "no -march" for _, flags, _ in info.failed)
-                warnings.warn(f"kernelzoo: the custom op library was built with {' '.join(info.arch_flags) or 'no -march'} "
+            if _build_info.fell_back:
+                tried = ", ".join(" ".join(flags) or "no -march" for _, flags, _ in _build_info.failed)
+                warnings.warn(f"kernelzoo: the custom op library was built with {' '.join(_build_info.arch_flags) or 'no -march'} "
                               f"because the build with {tried} failed; the ops work, perhaps slower. "
                               "Run `kernelzoo build-ops` to see the compiler output.", RuntimeWarning, stacklevel=2)
     return _module

@@ -153,13 +153,13 @@ def test_lp_similarity_non_finite_chunks(lib):
         x_bad[1, 0, 0, 0] = bad
         y_bad, (gx_bad, _, _, _) = _value_and_grads(lambda *a: custom.similarity(*a, **kw),
                                                     [x_bad, z, u, LP_EDGE_P])
-        if np.isnan(bad):
-            np.testing.assert_array_equal(y_bad[1, 0, 0], np.full(n, np.nan, "float32"))
-        else:  # inf: -inf; 3e38: -inf where p > 1, finite where p < 1
+        if not np.isfinite(bad):  # |x - z|^p = NaN or inf for every p > 0
+            np.testing.assert_array_equal(y_bad[1, 0, 0], np.full(n, -bad, "float32"))
+        else:  # -inf where p > 1, finite where p < 1
+            # (not for inf: the composite's one-hot patch convolution turns inf * 0 into NaN)
             y_ref = composite.similarity(x_bad, z, u, LP_EDGE_P, **kw).numpy()
             np.testing.assert_allclose(y_bad[1, 0, 0], y_ref[1, 0, 0], rtol=1e-5)
-            assert np.isinf(y_bad[1, 0, 0]).any()
-            assert np.isfinite(y_bad[1, 0, 0]).any() == np.isfinite(bad)
+            assert np.isinf(y_bad[1, 0, 0]).any() and np.isfinite(y_bad[1, 0, 0]).any()
         _rel_close(y_bad[1, 1:, 1:], y[1, 1:, 1:], 1e-5, f"{bad}: other outputs")
         _rel_close(y_bad[0], y[0], 0.0, f"{bad}: other image")
         # the input gradient of an entry depends on that entry only
@@ -558,6 +558,32 @@ def test_mex_gemm_numerical_gradient(lib, xi):
         assert np.max(np.abs(t - nm)) / max(np.max(np.abs(nm)), 1.0) < 2e-2
 
 
+@pytest.mark.parametrize("gemm", [True, False])
+def test_mex_gradient_keeps_the_gemm_attr(lib, gemm):
+    """The registered gradient runs KernelzooMexGrad with the forward op's `gemm`: one form both ways."""
+    x, off, c = _gemm_data("normal", 400, 10, (2, 2), True, 1, seed=6)
+    xi = np.full(10, 0.5, "float32")
+    kw = dict(num_instances=10, pool_size=(1, 1), channel_block=400, strides=(1, 1), padding="valid",
+              softmax_mode=False)
+
+    @tf.function
+    def value_and_grads(*tensors):
+        with tf.GradientTape() as tape:
+            tape.watch(tensors)
+            y = custom.mex(*tensors, gemm=gemm, **kw)
+        return y, tape.gradient(y, tensors, output_gradients=tf.ones_like(y))
+    tensors = [tf.constant(t) for t in (x, xi, off, c)]
+    graph = value_and_grads.get_concrete_function(*tensors).graph
+    attrs = {op.type: op.get_attr("gemm") for op in graph.get_operations() if op.type.startswith("KernelzooMex")}
+    assert attrs == {"KernelzooMex": gemm, "KernelzooMexGrad": gemm}
+    y, grads = value_and_grads(*tensors)
+    attrs = dict(kw, pool_size=[1, 1], strides=[1, 1])
+    for form in (True, False):  # the same numbers as the op of that form (the two forms differ in rounding)
+        expected = _mex(lib, *tensors, grad=tf.ones_like(y), gemm=form, **attrs)
+        same = all(np.array_equal(a, b) for a, b in zip(grads, expected))
+        assert same == (form == gemm), form
+
+
 # ------------------------------------------------------------ bad shapes --
 def _sim(lib, x, z, u, p, grad=None, **attrs):
     kw = dict(similarity="l2", strides=[1, 1], padding="valid", ignore_nan=False)
@@ -735,6 +761,49 @@ def test_without_a_compiler_the_ops_warn_once_and_fall_back(tmp_path):
                KERNELZOO_OPS="auto")
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "fallback ok" in result.stdout, result.stderr[-3000:]
+
+
+def test_first_op_call_inside_tf_function(lib, tmp_path):
+    """A fresh process whose first kernelzoo op call is traced by autograph (a user's tf.function).
+
+    It runs the custom ops, warns nothing (no Python warning, no AutoGraph "could not transform"
+    of the build's subprocess calls) and records the build info (autograph's loop rewrite of
+    `library.build` once dropped it: 'NoneType' object has no attribute 'fell_back').
+    """
+    script = textwrap.dedent("""\
+        import warnings
+        import numpy as np
+        import tensorflow as tf
+        from kernelzoo import ops
+        from kernelzoo.ops import composite, library
+
+        @tf.function
+        def step(x, z, xi, off):
+            y = ops.similarity(x, z, similarity="lp", p=1.5)
+            return ops.mex(y, xi, num_instances=2, channel_block=3, offsets=off)
+
+        rng = np.random.default_rng(0)
+        args = [rng.normal(size=s).astype("float32") for s in [(2, 5, 5, 2), (2, 2, 2, 3), (2,), (1, 1, 2, 1, 1, 3)]]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = step(*args).numpy()
+        assert not caught, [str(w.message) for w in caught]
+        graph = step.get_concrete_function(*args).graph
+        kinds = {op.type for op in graph.get_operations()}
+        assert {"KernelzooSimilarity", "KernelzooMex"} <= kinds, kinds
+        assert library._build_info is not None and library._build_info.path == library.build()
+        with ops.implementation("composite"):
+            ref = step.python_function(*args).numpy()
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+        print("first call ok")
+        """)
+    path = tmp_path / "first_call.py"  # a file: autograph converts only functions whose source it can read
+    path.write_text(script)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERNELZOO_OPS="auto")
+    result = subprocess.run([sys.executable, str(path)], env=env, capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and "first call ok" in result.stdout, output[-3000:]
+    assert "AutoGraph" not in output and "Warning" not in output, output[-3000:]
 
 
 def test_clean_removes_only_other_library_versions(tmp_path):

@@ -1,0 +1,23 @@
+"""`kernelzoo bench ops` runs end to end on its tiny shape (a smoke test, not a timing test)."""
+import pytest
+
+from kernelzoo import cli
+from kernelzoo.ops import library
+
+if library._compiler() is None:
+    pytest.skip("no C++ compiler: the benchmark compares against the custom ops", allow_module_level=True)
+
+
+def test_bench_ops_tiny_runs_every_row(capsys):
+    assert cli.main(["bench", "ops", "--shapes", "tiny", "--reps", "1", "--warmup", "1", "--no-xla"]) == 0
+    out = capsys.readouterr().out
+    assert "failed" not in out, out
+    groups = [line for line in out.splitlines() if line.startswith(("similarity tiny", "mex tiny"))]
+    assert len(groups) == 4, groups
+    assert "GEMM form against the direct loop" in groups[-1]
+    rows = {line.split()[0] + " " + " ".join(line.split()[1:-5]): line.split()[-5:]
+            for line in out.splitlines() if line.startswith(("Conv2D", "weighted", "linear", "MaxPool2D", "mex "))}
+    for label in ["weighted l1 custom", "weighted lp composite", "mex custom direct", "mex custom GEMM"]:
+        fwd_ms, fwd_ratio, fwdbwd_ms, fwdbwd_ratio, peak_mb = rows[label]
+        assert float(fwd_ms) > 0 and float(fwdbwd_ms) > 0 and fwd_ratio.endswith("x"), (label, rows[label])
+    assert rows["mex custom direct"][1] == rows["mex custom direct"][3] == "1.00x"
