@@ -65,8 +65,11 @@ def add_arguments(parser, command=None):
                              "ratios on a shared machine")
     parser.add_argument("--only", nargs="*", default=None,
                         help="run only rows whose label contains one of these words")
-    parser.add_argument("--no-steps", action="store_true",
-                        help="skip the training-step rows (time and peak RSS, a fresh process each)")
+    steps = parser.add_mutually_exclusive_group()
+    steps.add_argument("--no-steps", action="store_true",
+                       help="skip the training-step rows (time and peak RSS, a fresh process each)")
+    steps.add_argument("--steps-only", action="store_true",
+                       help="only the training-step rows (at the CIFAR shape, whatever --shapes says)")
 
 
 def _log(msg):
@@ -325,7 +328,7 @@ def run(args, command=None):
                  "work here; falling back to --memory rss")
             memory = "rss"
     rows = []
-    for shape in args.shapes:
+    for shape in [] if args.steps_only else args.shapes:
         base = None
         for group, label, is_base, builder in _cases(shape, args.no_xla):
             if args.only and not is_base and not any(w in label for w in args.only):
@@ -353,7 +356,7 @@ def run(args, command=None):
             if is_base:
                 base = (t_f, t_b)
             rows.append((group, label, t_f, t_b, peak, base, err))
-    steps = [] if args.no_steps or "cifar" not in args.shapes else _step_rows(args)
+    steps = _step_rows(args) if args.steps_only or (not args.no_steps and "cifar" in args.shapes) else []
     _print_table(rows, memory, args)
     _print_step_table(steps, args)
     return 0
@@ -399,7 +402,7 @@ def _build_line():
 
 # ------------------------------------------------------- training steps --
 # Whole steps at the CIFAR shape, batch 64, each case in a fresh process: the peak resident set
-# (ru_maxrss) is a high-water mark, so one process per case. The composite rows run with the
+# is a high-water mark, so one process per case. The composite rows run with the
 # default memory budget (kernelzoo.ops.blockwise, $KERNELZOO_COMPOSITE_MEMORY_MB).
 STEP_BATCH = 64
 STEPS = {
@@ -447,18 +450,33 @@ def _step_subprocess(what, impl, backend, args):
 
 def _step_case(what, reps, warmup, threads=0):
     """Runs in a fresh process: prints STEP <median seconds> <RSS before the first step> <peak RSS> (bytes)."""
-    import resource
-
     import keras
 
     if threads and keras.backend.backend() == "tensorflow":
         import tensorflow as tf
         tf.config.threading.set_intra_op_parallelism_threads(threads)
     step = _step_function(what)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    before = _peak_rss()
     seconds = _time(step, reps, warmup)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _peak_rss()
     print(f"STEP {seconds} {before} {peak}", flush=True)
+
+
+def _peak_rss():
+    """This process's peak resident set in bytes: VmHWM on Linux.
+
+    Not ru_maxrss: Linux carries it over fork and exec, so a child started by a process that
+    once held 1.8 GB reports at least 1.8 GB.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _step_function(what):

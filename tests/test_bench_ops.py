@@ -21,3 +21,16 @@ def test_bench_ops_tiny_runs_every_row(capsys):
         fwd_ms, fwd_ratio, fwdbwd_ms, fwdbwd_ratio, peak_mb = rows[label]
         assert float(fwd_ms) > 0 and float(fwdbwd_ms) > 0 and fwd_ratio.endswith("x"), (label, rows[label])
     assert rows["mex custom direct"][1] == rows["mex custom direct"][3] == "1.00x"
+
+
+def test_step_peak_memory_is_the_child_process_own():
+    """A step process started by one that once held 800 MB reports its own peak, not 800 MB (ru_maxrss would)."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    held = np.ones(800 * 2**20 // 8)  # touched: resident in this process
+    code = "from kernelzoo.ops import bench; print(bench._peak_rss())"
+    child_peak = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert 0 < child_peak < held.nbytes
