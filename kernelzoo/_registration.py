@@ -29,6 +29,7 @@ CLASSES = {
     "BrightnessContrastNormalization": "kernelzoo.zoo.simnet.preprocessing",
     "PatchWhitening": "kernelzoo.zoo.simnet.preprocessing",
     "PerImageWhitening": "kernelzoo.zoo.ckn.preprocessing",
+    "ImageWhitening": "kernelzoo.zoo.ckn.preprocessing",
 }
 FUNCTIONS = {
     "masked_rating_loss": "kernelzoo.zoo.kernelnet.movielens",

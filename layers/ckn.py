@@ -12,7 +12,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from kernelzoo.ops.checks import check_choice, normalize_padding, normalize_tuple, positive_float, positive_int
+from kernelzoo.ops.checks import (check_choice, nonnegative_float, normalize_padding, normalize_tuple, positive_float,
+                                  positive_int)
 from kernelzoo.ops.shapes import output_size
 
 KERNELS = ("exp", "poly2")
@@ -33,6 +34,8 @@ class CKNConv2D(keras.layers.Layer):
       sigma: bandwidth of the "exp" kernel (on the unit sphere); "poly2" has none and ignores it.
       padding: patch extraction, "same" (zeros) or "valid"; pooling always pads s zeros.
       eigenvalue_floor: eigenvalues of kappa(Z^T Z) are raised to at least this before ^(-1/2).
+      nystrom_shift: c in the factor V diag(1 / (sqrt(lambda) + c)) V^T (0: the exact inverse square
+        root; the reference CKN-Pytorch-image uses 0.01, a mild shrinkage of the small eigenvalues).
       anchors_initializer, anchors_regularizer: Keras names or objects (anchors are normalised in call).
 
     Anchors live on the sphere by parameterisation: the weight `anchors` (kh, kw, C, p) is divided by
@@ -43,7 +46,8 @@ class CKNConv2D(keras.layers.Layer):
     """
 
     def __init__(self, filters, kernel_size, subsampling=1, kernel_function="exp", sigma=0.6, padding="same",
-                 eigenvalue_floor=1e-4, anchors_initializer="random_normal", anchors_regularizer=None, **kwargs):
+                 eigenvalue_floor=1e-4, nystrom_shift=0.0, anchors_initializer="random_normal", anchors_regularizer=None,
+                 **kwargs):
         kernel_function = kwargs.pop("kernel", kernel_function)  # the name in runs saved before the rename
         kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
@@ -54,6 +58,7 @@ class CKNConv2D(keras.layers.Layer):
         self.sigma = positive_float(sigma, "sigma")
         self.padding = normalize_padding(padding)
         self.eigenvalue_floor = positive_float(eigenvalue_floor, "eigenvalue_floor")
+        self.nystrom_shift = nonnegative_float(nystrom_shift, "nystrom_shift")
         self.anchors_initializer = keras.initializers.get(anchors_initializer)
         self.anchors_regularizer = keras.regularizers.get(anchors_regularizer)
         self.input_spec = keras.layers.InputSpec(ndim=4)
@@ -90,10 +95,11 @@ class CKNConv2D(keras.layers.Layer):
         return z / ops.sqrt(ops.maximum(ops.sum(ops.square(z), axis=0, keepdims=True), NORM_EPS))
 
     def nystrom_factor(self):
-        """kappa(Z^T Z)^(-1/2) from the current anchors (float64 eigendecomposition, float32 result)."""
+        """kappa(Z^T Z)^(-1/2) from the current anchors (float64 eigendecomposition, float32 result);
+        with `nystrom_shift` c, V diag(1 / (sqrt(lambda) + c)) V^T."""
         z = ops.cast(self.unit_anchors(), "float64")
         gram = self.kappa(ops.matmul(ops.transpose(z), z))
-        return ops.cast(inverse_sqrt(gram, self.eigenvalue_floor), "float32")
+        return ops.cast(inverse_sqrt(gram, self.eigenvalue_floor, self.nystrom_shift), "float32")
 
     def refresh_factor(self):
         """Store the factor of the current anchors in the `factor` weight (what a frozen layer uses)."""
@@ -149,6 +155,7 @@ class CKNConv2D(keras.layers.Layer):
             "sigma": self.sigma,
             "padding": self.padding,
             "eigenvalue_floor": self.eigenvalue_floor,
+            "nystrom_shift": self.nystrom_shift,
             "anchors_initializer": keras.initializers.serialize(self.anchors_initializer),
             "anchors_regularizer": keras.regularizers.serialize(self.anchors_regularizer),
         })
@@ -163,25 +170,30 @@ def gaussian_filter(subsampling):
 
 
 @ops.custom_gradient
-def _inverse_sqrt(matrix, floor):
+def _inverse_sqrt(matrix, floor, shift):
     values, vectors = ops.eigh(matrix)
     roots = ops.sqrt(ops.maximum(values, floor))
-    result = ops.matmul(vectors / roots, ops.transpose(vectors))
+    shifted = roots + shift
+    result = ops.matmul(vectors / shifted, ops.transpose(vectors))
 
     def grad(*args, upstream=None):
         upstream = args[0] if upstream is None else upstream
-        # Daleckii-Krein: d(A^(-1/2)) = V (L o (V^T dA V)) V^T, L_ij = -1 / (r_i r_j (r_i + r_j)), r = sqrt(lambda).
+        # Daleckii-Krein for f(lambda) = 1 / (sqrt(lambda) + c): d f(A) = V (L o (V^T dA V)) V^T with the divided
+        # differences L_ij = -1 / ((r_i + c) (r_j + c) (r_i + r_j)), r = sqrt(lambda) (f'(lambda_i) on the diagonal).
         # Finite for repeated eigenvalues, unlike the gradient of eigh itself.
-        scale = -1.0 / (roots[:, None] * roots[None, :] * (roots[:, None] + roots[None, :]))
+        scale = -1.0 / (shifted[:, None] * shifted[None, :] * (roots[:, None] + roots[None, :]))
         inner = ops.matmul(ops.matmul(ops.transpose(vectors), upstream), vectors)
-        return ops.matmul(ops.matmul(vectors, scale * inner), ops.transpose(vectors)), ops.zeros_like(floor)
+        return (ops.matmul(ops.matmul(vectors, scale * inner), ops.transpose(vectors)), ops.zeros_like(floor),
+                ops.zeros_like(shift))
 
     return result, grad
 
 
-def inverse_sqrt(matrix, floor):
-    """Symmetric inverse square root V diag(max(lambda, floor))^(-1/2) V^T of a symmetric matrix.
+def inverse_sqrt(matrix, floor, shift=0.0):
+    """V diag(1 / (sqrt(max(lambda, floor)) + shift)) V^T of a symmetric matrix: its inverse square root
+    for shift 0.
 
     Its gradient treats the floor as the identity (exact while every eigenvalue is above it).
     """
-    return _inverse_sqrt(matrix, ops.convert_to_tensor(floor, dtype=matrix.dtype))
+    return _inverse_sqrt(matrix, ops.convert_to_tensor(floor, dtype=matrix.dtype),
+                         ops.convert_to_tensor(shift, dtype=matrix.dtype))

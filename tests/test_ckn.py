@@ -13,14 +13,15 @@ import tensorflow as tf
 
 from kernelzoo.layers import CKNConv2D
 from kernelzoo.layers.ckn import gaussian_filter, inverse_sqrt
-from kernelzoo.zoo.ckn import PerImageWhitening, ckn, init_ckn_layers, spherical_kmeans
+from kernelzoo.zoo.ckn import ImageWhitening, PerImageWhitening, ckn, init_ckn_layers, spherical_kmeans
 from kernelzoo.zoo.ckn.preprocessing import inverse_sqrt_spd
 from kernelzoo.zoo.ckn.classifier import accuracy, fit_logistic
 
 LAYER_CONFIGS = [
     dict(filters=4, kernel_size=3),
     dict(filters=3, kernel_size=(2, 3), subsampling=2, padding="valid", kernel_function="poly2"),
-    dict(filters=5, kernel_size=1, subsampling=3, sigma=0.5, eigenvalue_floor=1e-3, anchors_regularizer="l2"),
+    dict(filters=5, kernel_size=1, subsampling=3, sigma=0.5, eigenvalue_floor=1e-3, nystrom_shift=0.01,
+         anchors_regularizer="l2"),
     dict(filters=2, kernel_size=3, trainable=False, anchors_initializer="he_normal"),
 ]
 
@@ -134,18 +135,22 @@ def test_zero_patches_give_zero_features_and_finite_gradients():
     assert all(np.all(np.isfinite(g)) for g in grads)
 
 
-def test_inverse_sqrt_gradient_matches_finite_differences(rng):
+@pytest.mark.parametrize("shift", [0.0, 0.01, 0.3])
+def test_inverse_sqrt_gradient_matches_finite_differences(rng, shift):
     a = rng.normal(size=(5, 5))
     matrix = a @ a.T + 0.5 * np.eye(5)
     weights = rng.normal(size=(5, 5))
+    values, vectors = np.linalg.eigh(matrix)
+    np.testing.assert_allclose(np.asarray(inverse_sqrt(tf.constant(matrix), 1e-9, shift)),
+                               (vectors / (np.sqrt(values) + shift)) @ vectors.T, rtol=1e-10, atol=1e-12)
 
     def value(m):
-        return float(np.sum(np.asarray(inverse_sqrt(tf.constant(m), 1e-9)) * weights))
+        return float(np.sum(np.asarray(inverse_sqrt(tf.constant(m), 1e-9, shift)) * weights))
 
     m = tf.constant(matrix)
     with tf.GradientTape() as tape:
         tape.watch(m)
-        loss = tf.reduce_sum(inverse_sqrt(m, 1e-9) * weights)
+        loss = tf.reduce_sum(inverse_sqrt(m, 1e-9, shift) * weights)
     grad = tape.gradient(loss, m).numpy()
     for i, j in [(0, 0), (1, 3), (4, 2)]:  # symmetric perturbations: the matrix stays symmetric
         step = np.zeros((5, 5))
@@ -243,20 +248,21 @@ def test_kernel_function_is_a_string_attribute_not_kernel_and_old_configs_load()
     (dict(filters=2, kernel_size=3, subsampling=0), "subsampling"),
     (dict(filters=2, kernel_size=3, kernel_function="rbf"), "kernel_function"), (dict(filters=2, kernel_size=3, sigma=0), "sigma"),
     (dict(filters=2, kernel_size=3, padding="full"), "padding"),
-    (dict(filters=2, kernel_size=3, eigenvalue_floor=-1), "eigenvalue_floor")])
+    (dict(filters=2, kernel_size=3, eigenvalue_floor=-1), "eigenvalue_floor"),
+    (dict(filters=2, kernel_size=3, nystrom_shift=-0.1), "nystrom_shift")])
 def test_bad_arguments_are_named(kwargs, name):
     with pytest.raises(ValueError, match=name):
         CKNConv2D(**kwargs)
 
 
-def _tiny_model():
-    model = ckn(filters=(6, 8), kernel_sizes=(3, 2), subsamplings=(2, 3), kernels=("exp", "poly2"),
-                num_classes=3, input_shape=(12, 12, 3))
+def _tiny_model(whitening="patches", kernels=("exp", "poly2"), **kwargs):
+    model = ckn(filters=(6, 8), kernel_sizes=(3, 2), subsamplings=(2, 3), kernels=kernels,
+                whitening=whitening, num_classes=3, input_shape=(12, 12, 3), **kwargs)
     return model
 
 
 def test_save_and_load_in_a_fresh_process(tmp_path, rng):
-    model = _tiny_model()
+    model = _tiny_model("image", nystrom_shift=0.01)
     images = rng.integers(0, 256, (40, 12, 12, 3)).astype("uint8")
     model.get_layer("ckn1").trainable = False  # one frozen layer, one trainable layer
     path = str(tmp_path / "ckn.keras")
@@ -310,6 +316,49 @@ def test_per_image_whitening_matches_a_numpy_reference(rng):
         PerImageWhitening(3, eps=0)
 
 
+def _reference_image_whitening(image, k, power, eps):
+    """The reference preprocessing written out directly (float64, eigendecomposition, explicit loops):
+    centre every k x k patch per channel, rebuild the image by averaging; whiten the patches with their
+    Gram matrix G (+ eps tr(G) / D) to the -power; rebuild by averaging."""
+    h, w, c = image.shape
+    corners = [(i, j) for i in range(h - k + 1) for j in range(w - k + 1)]
+
+    def rebuild(patches):
+        total, count = np.zeros((h, w, c)), np.zeros((h, w, 1))
+        for (i, j), patch in zip(corners, patches):
+            total[i:i + k, j:j + k] += patch
+            count[i:i + k, j:j + k] += 1
+        return total / count
+
+    patches = np.stack([image[i:i + k, j:j + k] for i, j in corners])
+    image = rebuild(patches - patches.mean(axis=(1, 2), keepdims=True))
+    patches = np.stack([image[i:i + k, j:j + k] for i, j in corners]).reshape(len(corners), -1)
+    gram = patches.T @ patches / len(corners)
+    if np.trace(gram) == 0:
+        return np.zeros_like(image)
+    values, vectors = np.linalg.eigh(gram + eps * np.trace(gram) / gram.shape[0] * np.eye(gram.shape[0]))
+    return rebuild((patches @ (vectors * values ** -power) @ vectors.T).reshape(len(corners), k, k, c))
+
+
+@pytest.mark.parametrize("power, eps, k", [(0.25, 1e-3, 3), (0.5, 1e-3, 3), (0.25, 1e-4, 2)])
+def test_image_whitening_matches_a_numpy_reference(rng, power, eps, k):
+    images = np.stack([rng.integers(0, 256, (11, 9, 3)).astype("float64"),
+                       np.cumsum(np.cumsum(rng.normal(size=(11, 9, 3)), 0), 1) * 4 + 128,  # smooth: ill-conditioned
+                       np.full((11, 9, 3), 77.0)])  # flat: maps to zero
+    layer = ImageWhitening(k, power=power, eps=eps)
+    out = np.asarray(layer(images.astype("float32")))
+    assert out.shape == images.shape and tuple(layer.compute_output_shape((None, 11, 9, 3))) == (None, 11, 9, 3)
+    for image, whitened in zip(images, out):
+        expected = _reference_image_whitening(image / 255.0, k, power, eps)
+        np.testing.assert_allclose(whitened, expected, atol=2e-5 * max(np.abs(expected).max(), 1e-3))
+    clone = ImageWhitening.from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+    with pytest.raises(ValueError, match="power"):
+        ImageWhitening(3, power=0.3)
+    with pytest.raises(ValueError, match="eps"):
+        ImageWhitening(3, eps=0)
+
+
 @pytest.mark.parametrize("init", ["k-means++", "random"])
 def test_spherical_kmeans_finds_planted_directions(rng, init):
     directions = np.linalg.qr(rng.normal(size=(10, 5)))[0].T  # 5 orthonormal directions
@@ -324,16 +373,21 @@ def test_spherical_kmeans_finds_planted_directions(rng, init):
         spherical_kmeans(rows[:4], 5)
 
 
-def test_logistic_regression_reaches_the_optimum(rng):
+@pytest.mark.parametrize("loss", ["logistic", "squared_hinge"])
+def test_linear_classifier_reaches_the_optimum(rng, loss):
     x = rng.normal(size=(200, 6)).astype("float32")
     y = np.argmax(x[:, :3] + 0.3 * rng.normal(size=(200, 3)), axis=1)
-    kernel, bias, report = fit_logistic(x[:150], y[:150], 3, 0.1)
+    kernel, bias, report = fit_logistic(x[:150], y[:150], 3, 0.1, loss=loss, tol=1e-12)
     assert report["converged"]
+    signs = np.where(np.arange(3)[None, :] == y[:150, None], 1.0, -1.0)
 
     def objective(theta):  # the same loss in float64: its gradient vanishes at the optimum
         logits = x[:150] @ theta[:18].reshape(6, 3) + theta[18:]
-        return (np.mean(np.log(np.exp(logits).sum(1)) - logits[np.arange(150), y[:150]])
-                + 0.05 * theta[:18] @ theta[:18])
+        if loss == "squared_hinge":  # one-vs-rest, 1/2 max(0, 1 - y f)^2 per class, mean over examples
+            data = 0.5 * np.sum(np.maximum(1 - signs * logits, 0) ** 2) / 150
+        else:
+            data = np.mean(np.log(np.exp(logits).sum(1)) - logits[np.arange(150), y[:150]])
+        return data + 0.05 * theta[:18] @ theta[:18]
     gradient = scipy.optimize.approx_fprime(np.concatenate([kernel.ravel(), bias]).astype("float64"), objective, 1e-6)
     assert np.abs(gradient).max() < 1e-4
     assert accuracy(x[150:], y[150:], kernel, bias) > 0.7
@@ -385,12 +439,18 @@ def test_init_freezes_every_layer_in_order(rng):
 # ----------------------------------------------------------------------------- export
 
 
-def test_export_parity_onnx_and_saved_model(tmp_path, rng):
+@pytest.mark.parametrize("whitening", ["image", "patches"])
+def test_export_parity_onnx_and_saved_model(tmp_path, rng, whitening):
     from kernelzoo.export import to_onnx, to_saved_model
     from kernelzoo.export.verify import float32_tolerance, verify_artifact
 
-    model = _tiny_model()
-    images = rng.integers(0, 256, (40, 12, 12, 3)).astype("uint8")
+    model = _tiny_model(whitening, nystrom_shift=0.01)
+    if whitening == "image":  # smooth images: whitened uniform noise gives nearly collinear layer-2 anchors, a
+        # Nystrom factor with entries ~30 that lifts float32 rounding past the tolerance (natural images: ~10)
+        smooth = np.cumsum(np.cumsum(rng.normal(size=(40, 12, 12, 3)), 1), 2) * 8 + 128
+        images = np.clip(smooth, 0, 255).astype("uint8")
+    else:
+        images = rng.integers(0, 256, (40, 12, 12, 3)).astype("uint8")
     init_ckn_layers(model, images, max_patches=1500, seed=0)
     model.get_layer("logits").set_weights([rng.normal(size=w.shape).astype("float32")
                                            for w in model.get_layer("logits").get_weights()])

@@ -82,6 +82,10 @@ def test_mnist_prior_fixes_locations_learned_trains_them():
     assert count(learned) == count(prior) + 2 * (784 + 36) * 2 + 2 * (72 + 16) * 2
     probs = prior(np.random.default_rng(0).random((2, 28, 28)).astype("float32"))
     np.testing.assert_allclose(np.sum(probs, -1), 1.0, rtol=1e-5)
+    assert not [layer for layer in prior.layers if isinstance(layer, keras.layers.Dropout)]  # dropout 0: none
+    dropped = kernelnet_mnist(prior=True, grids=(2, 2), grid_sides=(6, 4), gammas=(100.0, 30.0), dropout=0.25)
+    assert [layer.rate for layer in dropped.layers if isinstance(layer, keras.layers.Dropout)] == [0.25, 0.25]
+    assert count(dropped) == count(prior)
 
 
 def test_embedding_center_of_mass_and_walk():
@@ -106,6 +110,7 @@ def test_embedding_center_of_mass_and_walk():
     (lambda: kernelnet_mnist(prior="yes"), "prior"),
     (lambda: kernelnet_mnist(grids=(2,), grid_sides=(4, 4), gammas=(1.0,)), "grids"),
     (lambda: kernelnet_mnist(num_classes=1), "num_classes"),
+    (lambda: kernelnet_mnist(dropout=1.0), "dropout"),
     (lambda: embedding.kernelnet_embedding("gan"), "objective"),
     (lambda: embedding.kernelnet_embedding(grid_side=1), "grid_side"),
     (lambda: fit_lbfgs(None, None, maxiter=0), "maxiter"),

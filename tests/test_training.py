@@ -187,3 +187,66 @@ def test_cli_bad_arguments(capsys):
     assert "--split is not an option of SimNetRecipe" in capsys.readouterr().err  # another family's option
     assert cli.parse_overrides(["n=4", "weighted=false", "p=1.5", "name=x"]) == {
         "n": 4, "weighted": False, "p": 1.5, "name": "x"}
+
+
+def test_recipe_holdout_and_validate_only(tmp_path):
+    """The base recipe's validation protocol: --holdout N trains on the rest and logs val_* every epoch
+    (the test split still measured at the end); --validate-only reports the held-out figures and never
+    reads the test split; the split is the seeded permutation of holdout_split."""
+    from kernelzoo.zoo.data import holdout_split
+    from kernelzoo.zoo.recipe import Data
+    recipe = registry.recipe(registry.info("kernelnet_mnist_prior"))
+    preset = registry.info("kernelnet_mnist_prior")
+    x, y = stripes(60, size=12, channels=1)
+    grid = {"grids": (2,), "grid_sides": (4,), "gammas": (25.0,), "image_size": 12}
+    hp = recipe.hyperparameters(preset, epochs=2, batch_size=16, lr=0.01)
+    data = Data(train=(x, y), test=stripes(20, size=12, channels=1, seed=1), source="stripes",
+                class_names=("h", "v", "f"))
+
+    split = recipe.validation_split(data, hp, recipe.options(holdout=15), seed=3)
+    (fit_x, _), (val_x, val_y) = holdout_split(x, y, 15, seed=3)
+    np.testing.assert_array_equal(split.train[0], fit_x)
+    np.testing.assert_array_equal(split.val[1], val_y)
+    assert split.test is data.test and recipe.validation_split(data, hp, recipe.options()) is data
+
+    out = tmp_path / "holdout"
+    result = recipe.train(preset, data, str(out), overrides=grid, hp=hp, options=recipe.options(holdout=15), seed=3,
+                          verbose=0, tensorboard=False)
+    log = training.read_log(str(out / "log.csv"))
+    assert len(log) == 2 and all(0 <= row["val_accuracy"] <= 1 for row in log)
+    assert json.loads((out / "metrics.json").read_text())["test_examples"] == 20
+    assert json.loads((out / "config.json").read_text())["options"]["holdout"] == 15
+
+    never = Data(train=(x, y), test=object(), source="stripes", class_names=("h", "v", "f"))  # unusable test split
+    out = tmp_path / "validate"
+    result = recipe.train(preset, never, str(out), overrides=grid, hp=hp,
+                          options=recipe.options(holdout=15, validate_only=True), seed=3, verbose=0, tensorboard=False)
+    assert result["metrics"]["val_examples"] == 15 and not (out / "metrics.json").exists()
+    last = training.read_log(str(out / "log.csv"))[-1]
+    assert result["metrics"]["val_accuracy"] == pytest.approx(last["val_accuracy"])
+    # resumed after its last epoch on the same split: the same figure
+    again = recipe.train(preset, never, str(out), overrides=grid, hp=hp,
+                         options=recipe.options(holdout=15, validate_only=True), seed=3, resume=True, verbose=0,
+                         tensorboard=False)
+    assert again["metrics"]["val_accuracy"] == pytest.approx(result["metrics"]["val_accuracy"])
+    with pytest.raises(ValueError, match="holdout"):  # no recipe default to fall back on
+        recipe.validation_split(data, hp, recipe.options(validate_only=True))
+    with pytest.raises(ValueError, match="holdout"):
+        recipe.validation_split(data, hp, recipe.options(holdout=60))
+
+
+def test_cli_holdout_for_every_image_family(tmp_path, monkeypatch, capsys):
+    """--holdout / --validate-only are options of every image recipe; the MovieLens recipe (its own
+    --val-fraction) refuses them."""
+    monkeypatch.setenv("KERNELZOO_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "stripes"
+    _write_folder_dataset(str(data))
+    out = tmp_path / "run"
+    args = _parse("train", ["simnet:convnet_baseline", "n=3", "patch_size=3", "--dataset", str(data), "--epochs", "2",
+                            "--batch-size", "12", "--holdout", "12", "--out", str(out), "--quiet", "--no-tensorboard"])
+    assert cli.run(args, "train") == 0
+    assert all("val_accuracy" in row for row in training.read_log(str(out / "log.csv")))
+    assert (out / "metrics.json").exists()
+    capsys.readouterr()
+    assert cli.run(_parse("train", ["kernelnet_movielens_100k", "--validate-only"]), "train") == 2
+    assert "--validate-only is not an option of RatingsRecipe" in capsys.readouterr().err

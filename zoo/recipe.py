@@ -1,11 +1,17 @@
 """Recipe hooks: how a family trains and measures its presets.
 
-`kernelzoo train` calls `Recipe.train`, which runs the hooks in order:
-  load_data -> build -> initialise -> compile -> fit -> evaluate
+`kernelzoo train` calls load_data, then `Recipe.train`, which runs the hooks in order:
+  validation_split -> (train_run:) build -> initialise -> compile -> fit -> evaluate
 and writes the run folder (kernelzoo.zoo.training); `kernelzoo eval` calls load_data and
 evaluate. The defaults here are supervised image classification from raw pixels with the
 Keras loop; a family subclasses `Recipe` in its `recipe.py` and overrides what differs
 (unsupervised initialisation, another optimiser, a loop that is not Keras `fit`).
+
+The held-out validation protocol is the recipe's too (`validation_split`): `--holdout N` trains
+on the training set minus N images of a seeded permutation (`holdout_split`, the run's seed) and
+measures those N as `Data.val` after every epoch (val_* columns of log.csv); `--validate-only`
+also drops the test split: the run reports its held-out figures (val_*) and never touches the
+test set (design choices: schedule, epochs, sizes).
 """
 import argparse
 import contextlib
@@ -17,7 +23,7 @@ import time
 import keras
 import numpy as np
 
-from kernelzoo.ops.checks import check_choice, positive_float, positive_int
+from kernelzoo.ops.checks import check_choice, int_in_range, positive_float, positive_int
 from kernelzoo.zoo import registry, training
 from kernelzoo.zoo.inputs import as_model_input
 
@@ -77,6 +83,15 @@ class Recipe:
         """
         parser.add_argument("--limit-train", type=int, default=None,
                             help="use only N training images of a seeded permutation (quick runs)")
+        parser.add_argument("--holdout", type=int, default=None, metavar="N",
+                            help="image recipes: hold out N training images (seeded permutation, --seed) as "
+                                 "the validation split: the model trains on the rest, log.csv gets val_* every "
+                                 "epoch, the test split is still measured at the end (SimNet "
+                                 "--tune-weight-decay, CKN: the tuning images; the final model trains on all). "
+                                 "Default with --validate-only: the recipe's `holdout` (SimNet, CKN: 5000)")
+        parser.add_argument("--validate-only", action="store_true",
+                            help="train on the training set minus --holdout images, report the held-out "
+                                 "figures (val_*) and stop: the test set is never touched (design choices)")
 
     def options(self, **changes):
         """The family options with their defaults (as `kernelzoo train` parses them), with `changes`."""
@@ -114,6 +129,30 @@ class Recipe:
             keep = np.sort(np.random.default_rng(seed).permutation(len(x))[:positive_int(limit, "limit_train")])
             x, y = x[keep], y[keep]
         return Data(train=(x, y), test=images.test, source=images.source, class_names=images.class_names)
+
+    def holdout(self, hp, options):
+        """Training examples to hold out for validation: --holdout, else (with --validate-only) the
+        recipe's `holdout`; None when the run trains on the whole training set."""
+        size = getattr(options, "holdout", None)
+        validate_only = getattr(options, "validate_only", False)
+        if size is None and not validate_only:
+            return None
+        size = hp.get("holdout") if size is None else size
+        if size is None:
+            raise ValueError("holdout: --validate-only needs --holdout N (this recipe has no default `holdout`)")
+        return positive_int(size, "holdout")
+
+    def validation_split(self, data, hp, options, seed=0):
+        """The validation protocol (module docstring): `data` with `holdout(hp, options)` training
+        images moved to `data.val`, and without its test split under --validate-only."""
+        size = self.holdout(hp, options)
+        if size is None:
+            return data
+        from kernelzoo.zoo.data import holdout_split
+        size = int_in_range(size, "holdout", 1, len(data.train[0]) - 1)
+        train, val = holdout_split(*data.train, size, seed=seed)
+        test = None if getattr(options, "validate_only", False) else data.test
+        return dataclasses.replace(data, train=train, val=val, test=test)
 
     def build(self, preset, data, overrides=None, hp=None):
         """The preset's model for `data` (its input shape and class count when the builder takes them).
@@ -188,9 +227,26 @@ class Recipe:
             self.compile(model, dict(DEFAULTS))
         return training.evaluate(model, self.targets(model, data, split), verbose=verbose)
 
-    def train(self, preset, data, out_dir, *, overrides=None, hp=None, options=None, seed=0, resume=False,
-              verbose=1, tensorboard=True, max_steps_per_epoch=None, strategy=None, callbacks=None):
-        """build -> initialise -> compile -> fit -> evaluate into the run folder `out_dir`.
+    def train(self, preset, data, out_dir, *, overrides=None, hp=None, options=None, seed=0, **kwargs):
+        """The validation protocol (`validation_split`), then `train_run` into the run folder `out_dir`.
+
+        Returns the result of `train_run`; with --validate-only its "metrics" are the held-out
+        figures (val_*, measured by `evaluate` on data.val after training; no metrics.json).
+        """
+        hp = self.hyperparameters(preset) if hp is None else hp
+        options = self.options() if options is None else options
+        data = self.validation_split(data, hp, options, seed=seed)
+        result = self.train_run(preset, data, out_dir, overrides=overrides, hp=hp, options=options, seed=seed,
+                                **kwargs)
+        if getattr(options, "validate_only", False) and "metrics" not in result:
+            scores = self.evaluate(result["model"], data, "val", verbose=kwargs.get("verbose", 1))
+            result["metrics"] = {f"val_{key}": value for key, value in scores.items()}
+        return result
+
+    def train_run(self, preset, data, out_dir, *, overrides=None, hp=None, options=None, seed=0, resume=False,
+                  verbose=1, tensorboard=True, max_steps_per_epoch=None, strategy=None, callbacks=None):
+        """build -> initialise -> compile -> fit -> evaluate into the run folder `out_dir`, on `data` as
+        given (data.val, when set, is measured after every epoch).
 
         Returns the fit result with "metrics" (test_* figures, also in metrics.json when data.test is given).
         """

@@ -1,6 +1,6 @@
 """The CIFAR-10 convolutional kernel networks (Mairal 2016; reference CKN-Pytorch-image).
 
-`ckn`: raw pixels -> PerImageWhitening -> CKNConv2D layers -> flatten -> centred, normalised
+`ckn`: raw pixels -> ImageWhitening (or PerImageWhitening) -> CKNConv2D layers -> flatten -> centred, normalised
 features (per example: minus its mean, over its standard deviation) -> linear classifier.
 The unsupervised models of issue 14 set the anchors without labels and fit only the classifier
 (kernelzoo.zoo.ckn.recipe); keras.ops only, so it runs on every backend.
@@ -8,19 +8,29 @@ The unsupervised models of issue 14 set the anchors without labels and fit only 
 import keras
 
 from kernelzoo.layers import CKNConv2D
-from kernelzoo.ops.checks import image_shape, positive_float, positive_int, positive_ints
-from kernelzoo.zoo.ckn.preprocessing import PerImageWhitening
+from kernelzoo.ops.checks import check_choice, image_shape, positive_float, positive_int, positive_ints
+from kernelzoo.zoo.ckn.preprocessing import ImageWhitening, PerImageWhitening
+
+WHITENINGS = ("image", "patches")
+_WHITENING_EPS = {"image": 1e-3, "patches": 0.1}
 
 
-def ckn(filters=(64, 256), kernel_sizes=(3, 3), subsamplings=(2, 6), kernels="exp", sigmas=0.6, whitening_eps=0.1,
-        num_classes=10, input_shape=(32, 32, 3), name=None):
+def ckn(filters=(64, 256), kernel_sizes=(3, 3), subsamplings=(2, 6), kernels="exp", sigmas=0.6, whitening="patches",
+        whitening_eps=None, whitening_power=0.25, nystrom_shift=0.0, num_classes=10, input_shape=(32, 32, 3),
+        name=None):
     """A CKN classifier; `kernels` and `sigmas` are one value for every layer or one per layer.
 
     Args:
       filters, kernel_sizes, subsamplings: per CKN layer (anchors, patch size, pooling stride); the
         first patch size (an int) is the whitening's, read by a 1x1 first CKN layer.
       kernels: "exp" or "poly2" (see CKNConv2D); sigmas: the exp kernels' bandwidths.
-      whitening_eps: regularisation of the per-image whitening of the first layer's patches.
+      whitening: "image", the reference's (ImageWhitening: per-patch centring, the image's patches times
+        their Gram matrix to the -`whitening_power`, image rebuilt; the first CKN layer reads its k x k
+        patches), or "patches" (PerImageWhitening: whitened k x k patches as channels, read by a 1x1
+        first CKN layer).
+      whitening_eps: regularisation of the whitening (share of the mean eigenvalue; default 1e-3 for
+        "image", 0.1 for "patches"); whitening_power: 0.25 (reference) or 0.5 (ZCA), "image" only.
+      nystrom_shift: the CKN layers' factor V diag(1 / (sqrt(lambda) + c)) V^T (0: exact; reference 0.01).
     Layer names: "whitening", "ckn1".."cknL", "features" (the classifier's input), "logits".
     """
     filters = positive_ints(filters, "filters")
@@ -31,10 +41,16 @@ def ckn(filters=(64, 256), kernel_sizes=(3, 3), subsamplings=(2, 6), kernels="ex
     sigmas = [positive_float(sigma, "sigmas") for sigma in _per_layer(sigmas, depth, "sigmas")]
     num_classes = positive_int(num_classes, "num_classes")
     inputs = keras.Input(image_shape(input_shape), name="image")
-    x = PerImageWhitening(kernel_sizes[0], whitening_eps, name="whitening")(inputs)
-    kernel_sizes = [1] + list(kernel_sizes[1:])  # layer 1 reads the whitened k x k patches as channels
+    whitening = check_choice("whitening", whitening, WHITENINGS)
+    eps = _WHITENING_EPS[whitening] if whitening_eps is None else whitening_eps
+    if whitening == "image":
+        x = ImageWhitening(kernel_sizes[0], whitening_power, eps, name="whitening")(inputs)
+    else:
+        x = PerImageWhitening(kernel_sizes[0], eps, name="whitening")(inputs)
+        kernel_sizes = [1] + list(kernel_sizes[1:])  # layer 1 reads the whitened k x k patches as channels
     for index, layer in enumerate(zip(filters, kernel_sizes, subsamplings, kernels, sigmas), 1):
-        x = CKNConv2D(*layer[:3], kernel_function=layer[3], sigma=layer[4], name=f"ckn{index}")(x)
+        x = CKNConv2D(*layer[:3], kernel_function=layer[3], sigma=layer[4], nystrom_shift=nystrom_shift,
+                      name=f"ckn{index}")(x)
     x = keras.layers.Flatten(name="flatten")(x)
     x = keras.layers.LayerNormalization(epsilon=1e-6, center=False, scale=False, name="features")(x)
     outputs = keras.layers.Dense(num_classes, kernel_initializer="zeros", name="logits")(x)

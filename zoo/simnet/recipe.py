@@ -4,11 +4,11 @@
   generalized-Gaussian mixture templates and weights, MEX offsets, k-means for the Coates
   baseline); --no-init keeps random templates but still fits the whitening (Sec. 6.3 ablation).
 - train: --tune-weight-decay first picks the weight decay of the similarity weights and
-  offsets on a held-out part of the training set; --validate-only stops after such a held-out
-  run (design choices, the test split never touched).
+  offsets on --holdout training images (the recipe's 5000 by default), then trains on the whole
+  training set; --holdout / --validate-only are the recipe's validation protocol
+  (kernelzoo.zoo.recipe: a held-out run, the test split never touched with --validate-only).
 The rest (SGD with momentum, lr / 10 every lr_drop_every epochs, Keras loop) is the default recipe.
 """
-import dataclasses
 import os
 import time
 
@@ -30,11 +30,8 @@ class SimNetRecipe(Recipe):
                             help="weight decay on similarity weights and offsets (baselines: all kernels)")
         parser.add_argument("--tune-weight-decay", default=None, metavar="W1,W2,...",
                             help="choose the weight decay among these on --holdout training images first "
-                                 "('preset' = the recipe's grid)")
-        parser.add_argument("--holdout", type=int, default=None, help="training images held out for tuning")
-        parser.add_argument("--validate-only", action="store_true",
-                            help="train on the training set minus --holdout images, report the held-out "
-                                 "accuracy and stop (design choices; never touches the test set)")
+                                 "(default the recipe's 5000; 'preset' = the recipe's grid), then train on "
+                                 "the whole training set with it")
         parser.add_argument("--init-images", type=int, default=5000,
                             help="unlabeled training images for the unsupervised initialisation")
         parser.add_argument("--no-init", action="store_true",
@@ -61,28 +58,22 @@ class SimNetRecipe(Recipe):
         return {name: value if isinstance(value, str) else {"log_likelihood": value["mixture"].log_likelihood}
                 for name, value in reports.items()}
 
-    def train(self, preset, data, out_dir, *, overrides=None, hp=None, options=None, verbose=1, **kwargs):
+    def train(self, preset, data, out_dir, *, overrides=None, hp=None, options=None, seed=0, verbose=1, **kwargs):
+        """The recipe's validation protocol (--holdout, --validate-only: `Recipe.train`), or with
+        --tune-weight-decay: one held-out run per value, then the whole training set with the best."""
         hp = self.hyperparameters(preset) if hp is None else hp
         options = self.options() if options is None else options
+        if options.validate_only or not options.tune_weight_decay:
+            return super().train(preset, data, out_dir, overrides=overrides, hp=hp, options=options, seed=seed,
+                                 verbose=verbose, **kwargs)
 
         def run(folder, weight_decay, fit_data):
-            return super(SimNetRecipe, self).train(preset, fit_data, folder, overrides=overrides,
-                                                   hp=dict(hp, weight_decay=weight_decay), options=options,
-                                                   verbose=verbose, **kwargs)
+            return self.train_run(preset, fit_data, folder, overrides=overrides,
+                                  hp=dict(hp, weight_decay=weight_decay), options=options, seed=seed,
+                                  verbose=verbose, **kwargs)
 
-        if options.validate_only or options.tune_weight_decay:
-            x, y = data.train
-            from kernelzoo.zoo.data import holdout_split
-            fit, val = holdout_split(x, y, int(hp["holdout"]), seed=kwargs.get("seed", 0))
-            held_out = dataclasses.replace(data, train=fit, val=val, test=None)
-        if options.validate_only:
-            result = run(out_dir, hp["weight_decay"], held_out)
-            result["metrics"] = {"val_accuracy": result["history"][-1].get("val_accuracy", float("nan")),
-                                 "val_examples": len(held_out.val[0])}
-            return result
-        weight_decay = hp["weight_decay"]
-        if options.tune_weight_decay:
-            weight_decay = self._tune(preset, held_out, out_dir, hp, options, run, verbose)
+        held_out = self.validation_split(data, hp, self.options(holdout=options.holdout, validate_only=True), seed=seed)
+        weight_decay = self._tune(preset, held_out, out_dir, hp, options, run, verbose)
         return run(out_dir, weight_decay, data)
 
     def _tune(self, preset, held_out, out_dir, hp, options, run, verbose):
@@ -98,7 +89,7 @@ class SimNetRecipe(Recipe):
         chosen = max(scores, key=lambda v: scores[v])
         os.makedirs(out_dir, exist_ok=True)
         training.write_json(os.path.join(out_dir, "tuning.json"),
-                            {"holdout": int(hp["holdout"]), "scores": {f"{k:g}": v for k, v in scores.items()},
+                            {"holdout": len(held_out.val[0]), "scores": {f"{k:g}": v for k, v in scores.items()},
                              "chosen": chosen})
         if verbose:
             print(f"chosen weight decay: {chosen:g}", flush=True)
