@@ -379,12 +379,9 @@ def _print_table(rows, memory, args):
     for g, label, t_f, t_b, peak, base, err in rows:
         if g != group:
             group = g
-            print()
-            print(g)
-            print(header)
-            print("-" * len(header))
+            _print_group_header(g, header)
         if err:
-            print(f"{label:<30} {err if err.startswith('skipped') else 'failed: ' + err}")
+            _print_error_row(label, err)
             continue
         b_f, b_b = base or (None, None)
         print(f"{label:<30} {_fmt_ms(t_f)} {_fmt_ratio(t_f, b_f):>7} {_fmt_ms(t_b):>10} "
@@ -460,6 +457,19 @@ def _step_case(what, reps, warmup, threads=0):
     seconds = _time(step, reps, warmup)
     peak = _peak_rss()
     print(f"STEP {seconds} {before} {peak}", flush=True)
+
+
+def _print_group_header(group, header):
+    """A blank line, the group's title, the column header and its rule."""
+    print()
+    print(group)
+    print(header)
+    print("-" * len(header))
+
+
+def _print_error_row(label, err):
+    """A row that did not run: "skipped: why" as it is, anything else as "failed: ..."."""
+    print(f"{label:<30} {err if err.startswith('skipped') else 'failed: ' + err}")
 
 
 def _peak_rss():
@@ -539,12 +549,9 @@ def _print_step_table(rows, args):
     for g, label, seconds, before, peak, err in rows:
         if g != group:
             group, base = g, seconds
-            print()
-            print(g)
-            print(header)
-            print("-" * len(header))
+            _print_group_header(g, header)
         if err:
-            print(f"{label:<30} {err if err.startswith('skipped') else 'failed: ' + err}")
+            _print_error_row(label, err)
             continue
         print(f"{label:<30} {_fmt_ms(seconds):>10} {_fmt_ratio(seconds, base):>7} {_fmt_mb(before):>14} "
               f"{_fmt_mb(peak):>12}")
