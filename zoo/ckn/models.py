@@ -16,8 +16,8 @@ _WHITENING_EPS = {"image": 1e-3, "patches": 0.1}
 
 
 def ckn(filters=(64, 256), kernel_sizes=(3, 3), subsamplings=(2, 6), kernels="exp", sigmas=0.6, whitening="patches",
-        whitening_eps=None, whitening_power=0.25, nystrom_shift=0.0, num_classes=10, input_shape=(32, 32, 3),
-        name=None):
+        whitening_eps=None, whitening_power=0.25, nystrom_shift=0.0, trainable_anchors=True, num_classes=10,
+        input_shape=(32, 32, 3), name=None):
     """A CKN classifier; `kernels` and `sigmas` are one value for every layer or one per layer.
 
     Args:
@@ -31,6 +31,8 @@ def ckn(filters=(64, 256), kernel_sizes=(3, 3), subsamplings=(2, 6), kernels="ex
       whitening_eps: regularisation of the whitening (share of the mean eigenvalue; default 1e-3 for
         "image", 0.1 for "patches"); whitening_power: 0.25 (reference) or 0.5 (ZCA), "image" only.
       nystrom_shift: the CKN layers' factor V diag(1 / (sqrt(lambda) + c)) V^T (0: exact; reference 0.01).
+      trainable_anchors: False builds the CKN layers frozen (unsupervised models: anchors set by k-means,
+        the Nystrom factor a stored weight, so even an untrained model exports without eigendecomposition).
     Layer names: "whitening", "ckn1".."cknL", "features" (the classifier's input), "logits".
     """
     filters = positive_ints(filters, "filters")
@@ -50,7 +52,7 @@ def ckn(filters=(64, 256), kernel_sizes=(3, 3), subsamplings=(2, 6), kernels="ex
         kernel_sizes = [1] + list(kernel_sizes[1:])  # layer 1 reads the whitened k x k patches as channels
     for index, layer in enumerate(zip(filters, kernel_sizes, subsamplings, kernels, sigmas), 1):
         x = CKNConv2D(*layer[:3], kernel_function=layer[3], sigma=layer[4], nystrom_shift=nystrom_shift,
-                      name=f"ckn{index}")(x)
+                      trainable=bool(trainable_anchors), name=f"ckn{index}")(x)
     x = keras.layers.Flatten(name="flatten")(x)
     x = keras.layers.LayerNormalization(epsilon=1e-6, center=False, scale=False, name="features")(x)
     outputs = keras.layers.Dense(num_classes, kernel_initializer="zeros", name="logits")(x)

@@ -25,7 +25,7 @@ def _unsupervised(filters, kernel_sizes, paper, weights=None, sha256=None, measu
     name = f"ckn_cifar10_unsup_{filters[0]}_{filters[1]}"
     return Preset(name=name, family="ckn", builder="kernelzoo.zoo.ckn.models.ckn",
                   config={"filters": filters, "kernel_sizes": kernel_sizes, "subsamplings": (2, 6), "kernels": "exp",
-                          "sigmas": 0.6, "whitening": "image"},
+                          "sigmas": 0.6, "whitening": "image", "trainable_anchors": False},
                   description=f"unsupervised CKN, 2 layers of {filters[0]} and {filters[1]} anchors (patches "
                               f"{kernel_sizes[0]}x{kernel_sizes[0]}, {kernel_sizes[1]}x{kernel_sizes[1]}; pooling 2, 6), "
                               "spherical k-means + linear classifier (squared hinge), CIFAR-10",
