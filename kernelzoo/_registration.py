@@ -25,6 +25,7 @@ CLASSES = {
     "SparsifyingActivation": "kernelzoo.layers.sparsify",
     "CKNConv2D": "kernelzoo.layers.ckn",
     "QuadrantPooling": "kernelzoo.zoo.simnet.models",
+    "ClassCentering": "kernelzoo.zoo.simnet.models",
     "TriangleCoding": "kernelzoo.zoo.simnet.models",
     "BrightnessContrastNormalization": "kernelzoo.zoo.simnet.preprocessing",
     "PatchWhitening": "kernelzoo.zoo.simnet.preprocessing",

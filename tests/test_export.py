@@ -241,6 +241,19 @@ def test_keras_with_custom_ops_matches_exports(exported):
             _check_parity(verify_artifact(model, path, images=images), 16)
 
 
+def test_centred_simnet_meets_the_absolute_goal(tmp_path):
+    """A SimNet with centred logits (ClassCentering, issue 12) exports within 1e-4 absolute, top-1 exact."""
+    from kernelzoo.zoo.simnet import init, models
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (64, 16, 16, 3)).astype("float32")
+    model = models.simnet_patch_labeling(n=16, p=1, input_shape=(16, 16, 3), patch_size=4)
+    init.unsupervised_init(model, images, num_patches=2000, iterations=3)
+    offsets = model.get_layer("mex_templates").offsets_variable
+    offsets.assign(rng.normal(size=offsets.shape).astype("float32"))
+    report = verify_artifact(model, to_onnx(model, str(tmp_path / "centred.onnx")), images=images[:32])
+    assert report["ok"] and report["top1_agreement"] == 1.0, report
+
+
 # --- the zoo registry ---------------------------------------------------------------------------
 
 def _round_trip_names():

@@ -26,7 +26,7 @@ def test_paper_sizes_of_the_cifar_networks():
 
 
 def test_simnet_computes_the_patch_labeling_rule():
-    """logits[r] = mean_ij log mean_l exp(s_ijl + b[r, l, q(i, j)]) (xi1 = 1, xi2 = 0)."""
+    """logits[r] = mean_ij log mean_l exp(s_ijl + b[r, l, q(i, j)]) (xi1 = 1, xi2 = 0), minus their mean over r."""
     model = models.simnet_patch_labeling(n=3, p=2, input_shape=(9, 9, 3), num_classes=4, patch_size=4,
                                          whitening=False)
     offsets = model.get_layer("mex_templates").offsets_variable
@@ -39,6 +39,7 @@ def test_simnet_computes_the_patch_labeling_rule():
     values = s[:, :, :, None, :] + b[region][:, region][None]  # (2, 6, 6, 4, 3)
     top = values.max(axis=-1)
     expected = (top + np.log(np.mean(np.exp(values - top[..., None]), axis=-1))).mean(axis=(1, 2))
+    expected -= expected.mean(axis=1, keepdims=True)  # the model centres its logits (ClassCentering)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(model(x)), expected, rtol=1e-4, atol=1e-4)
 
 
@@ -75,6 +76,32 @@ def test_simnet_options():
     summed.set_weights(mean.get_weights())
     np.testing.assert_allclose(keras.ops.convert_to_numpy(summed(x)), 49 * keras.ops.convert_to_numpy(mean(x)),
                                rtol=1e-5)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "sum"])
+def test_logit_centring_changes_no_prediction_and_no_softmax(pooling):
+    """Centring shifts every class's logit by one amount per image: same softmax, same argmax, and
+    logits whose mean over classes is 0 (the uncentred ones are large and negative)."""
+    x = _images(4, 8)
+    plain = models.simnet_patch_labeling(n=5, input_shape=(8, 8, 3), patch_size=2, position_pooling=pooling,
+                                         center_logits=False)
+    centred = models.simnet_patch_labeling(n=5, input_shape=(8, 8, 3), patch_size=2, position_pooling=pooling)
+    assert "class_centering" in [layer.name for layer in centred.layers]
+    assert "class_centering" not in [layer.name for layer in plain.layers]
+    offsets = centred.get_layer("mex_templates").offsets_variable
+    offsets.assign(np.random.default_rng(3).normal(size=offsets.shape).astype("float32"))
+    plain.set_weights(centred.get_weights())
+    a, b = (keras.ops.convert_to_numpy(m(x)) for m in (plain, centred))
+    assert np.abs(a.mean(axis=1)).min() > 1.0 and np.abs(b.mean(axis=1)).max() < 1e-3
+    np.testing.assert_allclose(b, a - a.mean(axis=1, keepdims=True), rtol=1e-4, atol=1e-3)
+    np.testing.assert_array_equal(a.argmax(1), b.argmax(1))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(keras.ops.softmax(b)),
+                               keras.ops.convert_to_numpy(keras.ops.softmax(a)), atol=1e-4)
+    with pytest.raises(ValueError, match="center_logits"):
+        models.simnet_patch_labeling(n=5, input_shape=(8, 8, 3), patch_size=2, xi2=1.0, center_logits=True)
+    assert "class_centering" not in [layer.name for layer in
+                                     models.simnet_patch_labeling(n=5, input_shape=(8, 8, 3), patch_size=2,
+                                                                  learn_xi=True).layers]
 
 
 def test_quadrant_pooling_and_triangle_coding():

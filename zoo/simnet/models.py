@@ -22,7 +22,7 @@ import numpy as np
 from keras import ops
 
 from kernelzoo.layers import Mex, Similarity
-from kernelzoo.ops.checks import (check_choice, float_in_range, image_shape, nonnegative_float, positive_float,
+from kernelzoo.ops.checks import (boolean, check_choice, float_in_range, image_shape, nonnegative_float, positive_float,
                                    positive_int, real)
 from kernelzoo.ops.shapes import normalize_tuple, output_size
 from kernelzoo.zoo.simnet.preprocessing import BrightnessContrastNormalization, PatchWhitening
@@ -74,6 +74,23 @@ class QuadrantPooling(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="kernelzoo")
+class ClassCentering(keras.layers.Layer):
+    """Subtract, at every position, the mean over the last axis (the classes).
+
+    Before a linear position pooling this shifts every class's logit by the same amount: no
+    prediction and no softmax changes, but the logits stay O(10) instead of the -7e4 of raw
+    similarity sums, whose float32 rounding flipped near-tied test images between builds and
+    between Keras and ONNX (issue 12).
+    """
+
+    def call(self, inputs):
+        return inputs - ops.mean(inputs, axis=-1, keepdims=True)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+@keras.saving.register_keras_serializable(package="kernelzoo")
 class TriangleCoding(keras.layers.Layer):
     """Coates et al.'s triangle activation: f_k(x) = max(0, mean_j z_j - z_k), z_k = ||x - c_k||_2.
 
@@ -119,7 +136,7 @@ def _decay(value, name):
 
 def simnet_patch_labeling(n=400, p=2, weighted=True, xi1=1.0, xi2=0.0, learn_xi=False, learn_p=False,
                           num_classes=10, input_shape=(32, 32, 3), patch_size=6, offset_regions=(2, 2),
-                          whitening=True, weight_decay=0.0, position_pooling="mean", name=None):
+                          whitening=True, weight_decay=0.0, position_pooling="mean", center_logits=None, name=None):
     """The patch-labeling SimNet of Fig. 3a (paper 000 Sec. 4, the rule after Eq. 8).
 
     Args:
@@ -138,6 +155,9 @@ def simnet_patch_labeling(n=400, p=2, weighted=True, xi1=1.0, xi2=0.0, learn_xi=
       position_pooling: "mean" (MEX with xi2, the network of Sec. 4) or "sum" (that MEX times the
         number of positions: the same argmax, as the rule sum_ij MEX_xi1 written after Eq. 8, but
         logits 729x larger at 32x32, which changes the softmax loss's temperature).
+      center_logits: subtract the mean over classes at every position before the position MEX
+        (`ClassCentering`: same predictions and softmax, logits of a sane size). Only possible while
+        that MEX is the mean (xi2 = 0, not learned); None: whenever it is.
     Returns an uncompiled keras.Model from images to logits; run `unsupervised_init` on it.
     """
     n = positive_int(n, "n")
@@ -154,6 +174,11 @@ def simnet_patch_labeling(n=400, p=2, weighted=True, xi1=1.0, xi2=0.0, learn_xi=
     xi1, xi2 = real(xi1, "xi1"), real(xi2, "xi2")
     regularizer = _decay(weight_decay, "weight_decay")
     position_pooling = check_choice("position_pooling", position_pooling, ("mean", "sum"))
+    linear_pooling = xi2 == 0 and not learn_xi
+    center_logits = linear_pooling if center_logits is None else boolean(center_logits, "center_logits")
+    if center_logits and not linear_pooling:
+        raise ValueError("`center_logits` needs the position MEX to be the mean (xi2 = 0 and learn_xi False): "
+                         f"otherwise centring changes the predictions; got xi2={xi2}, learn_xi={learn_xi}")
     out_h = output_size(shape[0], patch[0], 1, "valid")
     out_w = output_size(shape[1], patch[1], 1, "valid")
     if out_h < 1 or out_w < 1:
@@ -173,6 +198,8 @@ def simnet_patch_labeling(n=400, p=2, weighted=True, xi1=1.0, xi2=0.0, learn_xi=
                    weights_regularizer=regularizer, name="similarity")(x)
     x = Mex(num_instances=num_classes, xi=xi1, learn_xi=learn_xi, offsets=regions,
             offsets_regularizer=regularizer, name="mex_templates")(x)
+    if center_logits:
+        x = ClassCentering(name="class_centering")(x)
     x = Mex(pool_size=(out_h, out_w), channel_block=1, xi=xi2, learn_xi=learn_xi, name="mex_positions")(x)
     if position_pooling == "sum":
         x = keras.layers.Rescaling(float(out_h * out_w), name="position_sum")(x)

@@ -40,9 +40,11 @@ def _simnet(n, p, paper):
 
 
 def _shipped_simnet(p, paper, sha256, measured):
-    """A trained patch-labeling SimNet: 100 templates, the sum over positions (see its card)."""
+    """A trained patch-labeling SimNet: 100 templates, the sum over positions, logits not centred (trained
+    before `center_logits`; see docs/export.md)."""
     return _preset(f"simnet_cifar10_l{p}", "simnet_patch_labeling",
-                   {"n": 100, "p": p, "weighted": True, "xi1": 1.0, "xi2": 0.0, "position_pooling": "sum"},
+                   {"n": 100, "p": p, "weighted": True, "xi1": 1.0, "xi2": 0.0, "position_pooling": "sum",
+                    "center_logits": False},
                    f"SimNet patch labeling, weighted l{p}, 100 templates, pretrained on CIFAR-10 (JPEG q75 copy) "
                    "(paper 000 Fig. 3a)", _SHIPPED_RECIPE, "simnet_cifar10.md", paper,
                    f"simnet_cifar10_l{p}.keras", sha256, measured)
