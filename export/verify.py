@@ -17,6 +17,11 @@ MAX_ABS_GOAL = 1e-4
 # Logits far from O(1) (the sum-over-positions SimNets: |logit| ~ 7e4) cannot meet an absolute
 # 1e-4 in float32 (spacing 0.0078 there): they are held to 1e-6 of the largest |logit| (~8 ulps).
 RELATIVE_GOAL = 1e-6
+# Some models amplify float32 rounding beyond both: an unsupervised CKN's logits move by 2e-4 when its
+# pixels move by one float32 rounding step (per-image whitening of near-flat images, the Nystrom
+# factor). No float32 implementation can promise more than that, so the float32 goal also allows
+# this many times the Keras model's own movement under such a step (`rounding_floor`).
+ROUNDING_MARGIN = 4
 
 
 def artifact_outputs(path, images, batch_size=64, verbose=False):
@@ -97,13 +102,29 @@ def verify_artifact(model, path, images=None, *, data_dir=None, preset=None, num
         report["probabilities_max_abs"] = compare(reference["probabilities"], exported["probabilities"])["max_abs"]
     agree = report.get("top1_agreement", 1.0) == 1.0 and not report["nan_mismatch"]
     report["ok"] = bool(report["max_abs"] <= MAX_ABS_GOAL and agree)
-    report["ok_float32"] = bool(report["max_abs"] <= float32_tolerance(report["max_reference"]) and agree)
+    tolerance = float32_tolerance(report["max_reference"])
+    if report["max_abs"] > tolerance:  # only then is the floor worth another Keras pass
+        report["rounding_floor"] = rounding_floor(model, images, key, head=head, batch_size=batch_size)
+        tolerance = float32_tolerance(report["max_reference"], report["rounding_floor"])
+    report["ok_float32"] = bool(report["max_abs"] <= tolerance and agree)
     return report
 
 
-def float32_tolerance(max_reference):
-    """The parity bound for outputs up to `max_reference` in magnitude (see RELATIVE_GOAL)."""
-    return max(MAX_ABS_GOAL, RELATIVE_GOAL * max_reference)
+def rounding_floor(model, images, output="logits", head="auto", batch_size=64, seed=0):
+    """Max |change| of the Keras model's `output` when every input is multiplied by 1 +- 2^-23 (random
+    signs, one float32 rounding step): how far float32 arithmetic alone moves this model's outputs."""
+    spec = serving_spec(model, input_dtype="float32", head=head)
+    x = np.asarray(images, "float32")
+    signs = np.random.default_rng(seed).choice(np.float32([-1.0, 1.0]), size=x.shape)
+    moved = x * (1 + signs * np.float32(2.0 ** -23))
+    base, shifted = (reference_outputs(model, inputs, spec, batch_size=batch_size)[output] for inputs in (x, moved))
+    return float(np.abs(np.asarray(base, np.float64) - shifted).max(initial=0.0))
+
+
+def float32_tolerance(max_reference, rounding_floor=0.0):
+    """The parity bound for outputs up to `max_reference` in magnitude (see RELATIVE_GOAL) of a model
+    whose `rounding_floor` is given (see ROUNDING_MARGIN)."""
+    return max(MAX_ABS_GOAL, RELATIVE_GOAL * max_reference, ROUNDING_MARGIN * rounding_floor)
 
 
 def format_report(report, artifact="exported"):
@@ -117,10 +138,13 @@ def format_report(report, artifact="exported"):
     if report["nan_mismatch"]:
         lines.append(f"  NaN in one output but not the other: {report['nan_mismatch']} values")
     lines.append(f"  parity goal (top-1 100 %, max abs <= {MAX_ABS_GOAL:g}): {'met' if report['ok'] else 'NOT met'}")
-    if float32_tolerance(report["max_reference"]) > MAX_ABS_GOAL:
+    floor = report.get("rounding_floor", 0.0)
+    if float32_tolerance(report["max_reference"], floor) > MAX_ABS_GOAL:
         spacing = float(np.spacing(np.float32(report["max_reference"])))
-        lines.append(f"  |outputs| reach {report['max_reference']:.3g}, where float32 spacing is {spacing:.2g}: "
-                     f"float32 goal (max abs <= {RELATIVE_GOAL:g} x that) "
+        lines.append(f"  |outputs| reach {report['max_reference']:.3g}, where float32 spacing is {spacing:.2g}; "
+                     f"one float32 rounding step of the inputs moves the Keras outputs by {floor:.2g}: float32 goal "
+                     f"(max abs <= {float32_tolerance(report['max_reference'], floor):.2g}, the larger of "
+                     f"{RELATIVE_GOAL:g} x the first and {ROUNDING_MARGIN} x the second) "
                      f"{'met' if report['ok_float32'] else 'NOT met'}")
     return "\n".join(lines)
 

@@ -107,7 +107,7 @@ def exported(tmp_path_factory):
 def _check_parity(report, n):
     assert report["n"] == n
     assert report["nan_mismatch"] == 0
-    assert report["max_abs"] <= float32_tolerance(report["max_reference"]), report
+    assert report["max_abs"] <= float32_tolerance(report["max_reference"], report.get("rounding_floor", 0.0)), report
     assert report.get("top1_agreement", 1.0) == 1.0, report
 
 
@@ -401,6 +401,18 @@ def test_compare_counts_ties_as_agreement():
     assert report["top1_agreement"] == 1.0 and report["top1_exact"] == 0.5
     assert report["max_abs"] == pytest.approx(1.5)
     assert compare(reference, reference + [[0, 0, 0], [3.0, 0, 0]])["top1_agreement"] == 0.5
+
+
+def test_rounding_floor_measures_how_far_float32_steps_move_a_model():
+    """A rounding step of four inputs of 100 (~1e-5 each) moves their sum by at most a few 1e-5; times a gain of
+    1e6, by tens; the float32 goal then allows ROUNDING_MARGIN times that."""
+    from kernelzoo.export.verify import ROUNDING_MARGIN, rounding_floor
+    images = np.full((8, 4), 100.0, "float32")
+    for gain, low, high in ((1.0, 1e-6, 1e-4), (1e6, 1.0, 200.0)):
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, kernel_initializer=keras.initializers.Constant(gain))])
+        floor = rounding_floor(model, images, output=serving_spec(model).output_names[0])
+        assert low < floor < high, (gain, floor)
+    assert float32_tolerance(3.0, 0.1) == pytest.approx(ROUNDING_MARGIN * 0.1)
 
 
 def test_float32_tolerance_is_absolute_for_small_outputs_relative_for_large():
