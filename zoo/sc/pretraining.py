@@ -1,0 +1,251 @@
+"""Spatial contrasting pre-training of any Keras conv backbone (paper 002, Sec. 4.2 and 5).
+
+    import kernelzoo.zoo.sc as sc
+    model = ...                                   # any keras.Model with a 4D feature map at `layer_name`
+    sc.pretrain(model, "block3_pool", unlabelled_images, patch_size=4, epochs=20)
+    model.compile(...); model.fit(labelled_images, labels, ...)   # fine-tune from the SC weights
+
+`pretrain` trains, in place, the layers of `model` up to `layer_name` with the spatial contrasting
+criterion (kernelzoo.zoo.sc.loss) on unlabelled images: SGD with momentum, the learning rate divided
+by 10 whenever the epoch's loss stops decreasing (`PlateauDrop`: by less than a 1e-3 share for
+`patience` epochs), as the paper. The layers after `layer_name` are untouched. With `out_dir` it
+writes a run folder like every zoo run (kernelzoo.zoo.training: config.json, log.csv, a checkpoint
+every epoch, model.keras = `model` with its SC weights, training_curves.png) and `resume=True`
+continues an interrupted one where it stopped, drawing the same batches and patches as an
+uninterrupted run would (data order from (seed, epoch), patch positions from (seed, step), the
+optimizer's momenta saved beside each checkpoint).
+
+`SpatialContrastingTrainer` is the Keras model behind it (a custom `train_step` on a backbone) for
+those who want their own loop: `SpatialContrastingTrainer(backbone, patch_size).compile(optimizer)`
+then `fit(images)`.
+"""
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kernelzoo.ops.checks import (boolean, check_choice, image_batch, nonnegative_int, normalize_tuple,
+                                  positive_float, positive_int)
+from kernelzoo.zoo import training
+from kernelzoo.zoo.inputs import as_model_input
+from kernelzoo.zoo.sc.loss import DISTANCES, POOLINGS, positions_grid, spatial_contrasting_from_maps
+
+OPTIMIZER_FILE = "sc-optimizer-{epoch:03d}.npz"
+
+
+class SpatialContrastingTrainer(keras.Model):
+    """Trains `backbone` (a model whose output is (N, H, W, C) feature maps) with the SC criterion.
+
+    `fit(images)` (targets, if any, are ignored) minimises `spatial_contrasting_from_maps` of the
+    backbone's output; the patch positions of a step are drawn with the stateless seed (`seed`, the
+    optimizer's iteration count). Regularisation losses of the backbone's layers are added. It is a
+    training device, not a model to save: save the backbone's model instead.
+    """
+
+    def __init__(self, backbone, patch_size, distance="squared", pooling="mean", symmetric=True, seed=0, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(backbone, keras.Model):
+            raise ValueError(f"`backbone` must be a keras.Model, got {type(backbone).__name__}")
+        if len(backbone.outputs) != 1 or len(backbone.outputs[0].shape) != 4:
+            raise ValueError(f"`backbone` {backbone.name!r} must output one feature map (N, H, W, C), got "
+                             f"{[tuple(o.shape) for o in backbone.outputs]}")
+        self.backbone = backbone
+        self.patch_size = normalize_tuple(patch_size, "patch_size")
+        self.grid = positions_grid(backbone.outputs[0].shape[1:3], self.patch_size)
+        self.distance = check_choice("distance", distance, DISTANCES)
+        self.pooling = check_choice("pooling", pooling, POOLINGS)
+        self.symmetric = boolean(symmetric, "symmetric")
+        self.seed = nonnegative_int(seed, "seed")
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker]
+
+    def call(self, inputs, training=False):
+        return self.backbone(inputs, training=training)
+
+    def sc_loss(self, images, step, training=True):
+        """The SC loss of a batch with the patches of step `step`."""
+        features = self.backbone(images, training=training)
+        seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)])
+        return spatial_contrasting_from_maps(features, self.patch_size, seed, self.distance, self.pooling,
+                                             self.symmetric)
+
+    def train_step(self, data):
+        images = data[0] if isinstance(data, (tuple, list)) else data
+        variables = self.backbone.trainable_variables
+        with tf.GradientTape() as tape:
+            loss = self.sc_loss(images, self.optimizer.iterations)
+            total = loss + tf.add_n(self.backbone.losses) if self.backbone.losses else loss
+        self.optimizer.apply_gradients(zip(tape.gradient(total, variables), variables))
+        self.loss_tracker.update_state(loss)
+        return {"loss": self.loss_tracker.result()}
+
+    def test_step(self, data):
+        images = data[0] if isinstance(data, (tuple, list)) else data
+        self.loss_tracker.update_state(self.sc_loss(images, 0, training=False))
+        return {"loss": self.loss_tracker.result()}
+
+
+class PlateauDrop(keras.callbacks.Callback):
+    """lr * `factor` when the monitored loss has not decreased by more than a `min_delta` share of its
+    best for `patience` epochs (then the count restarts); never below `min_lr`.
+
+    Logs the learning rate the epoch ran with as "learning_rate". `history` (log.csv rows of the
+    epochs already run, for a resumed run) replays the decisions so the count continues where it
+    stopped; the learning rate itself is the optimizer's (restored with it).
+    """
+
+    def __init__(self, monitor="loss", factor=0.1, patience=3, min_delta=1e-3, min_lr=0.0, history=(), verbose=0):
+        super().__init__()
+        self.monitor = monitor
+        self.factor = positive_float(factor, "factor")
+        self.patience = positive_int(patience, "patience")
+        self.min_delta, self.min_lr = float(min_delta), float(min_lr)
+        self.verbose = verbose
+        self.best, self.wait = float("inf"), 0
+        for row in history:
+            if monitor in row:
+                self._update(float(row[monitor]))
+
+    def _update(self, value):
+        """Whether to drop the rate after an epoch with loss `value`."""
+        if value < self.best - self.min_delta * abs(self.best) or not np.isfinite(self.best):
+            self.best, self.wait = value, 0
+            return False
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.wait = 0
+            return True
+        return False
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        logs["learning_rate"] = rate
+        if self.monitor in logs and self._update(float(logs[self.monitor])) and rate > self.min_lr:
+            new = max(rate * self.factor, self.min_lr)
+            self.model.optimizer.learning_rate.assign(new)
+            if self.verbose:
+                print(f"epoch {epoch + 1}: {self.monitor} stopped decreasing, learning rate {rate:g} -> {new:g}",
+                      flush=True)
+
+
+class _RunFolder(keras.callbacks.Callback):
+    """After every SC epoch: a log.csv row, the model's checkpoint, the optimizer's variables."""
+
+    def __init__(self, model, out_dir, rows, state):
+        super().__init__()
+        self.target, self.out_dir, self.rows, self.state = model, out_dir, rows, state
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": epoch, **{k: float(v) for k, v in (logs or {}).items()}}
+        self.rows.append(row)
+        if self.out_dir is None:
+            return
+        folder = os.path.join(self.out_dir, training.CHECKPOINTS)
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, OPTIMIZER_FILE.format(epoch=epoch + 1))
+        np.savez(path[:-4] + ".tmp.npz", *[np.asarray(v.numpy()) for v in self.model.optimizer.variables])
+        os.replace(path[:-4] + ".tmp.npz", path)
+        training.append_log(self.out_dir, row)
+        training.save_checkpoint(self.target, self.out_dir, epoch + 1, logs, state=self.state)
+        for name in os.listdir(folder):  # keep the two newest, as save_checkpoint keeps two epoch files
+            if name.startswith("sc-optimizer-") and name < OPTIMIZER_FILE.format(epoch=epoch):
+                os.remove(os.path.join(folder, name))
+
+
+def feature_layer(model, layer_name):
+    """The backbone of `model` up to `layer_name` (sharing its layers); ValueError naming the argument."""
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"`model` must be a keras.Model, got {type(model).__name__}")
+    names = [layer.name for layer in model.layers]
+    if layer_name not in names:
+        raise ValueError(f"`layer_name`={layer_name!r} is not a layer of {model.name!r} (layers: {names})")
+    output = model.get_layer(layer_name).output
+    if len(output.shape) != 4:
+        raise ValueError(f"`layer_name`={layer_name!r} outputs shape {tuple(output.shape)}, not a feature map "
+                         "(N, H, W, C)")
+    return keras.Model(model.inputs, output, name=f"{model.name}_to_{layer_name}")
+
+
+def pretrain(model, layer_name, images, *, patch_size, epochs=10, batch_size=128, lr=0.1, momentum=0.9,
+             distance="squared", pooling="mean", symmetric=True, patience=3, min_lr=1e-5, seed=0, out_dir=None,
+             resume=False, verbose=1, max_steps_per_epoch=None, callbacks=None, config=None):
+    """Spatial contrasting pre-training of `model` up to `layer_name`, in place (module docstring).
+
+    Args:
+      model: a keras.Model (built; any conv backbone, e.g. a zoo model or keras.applications).
+      layer_name: the layer whose (N, H, W, C) output the criterion reads.
+      images: unlabelled images (N, H, W, C), numeric (raw pixels for the zoo's models: the
+        preprocessing is inside them); reshaped to the model's input when only a unit channel differs.
+      patch_size: int or (ph, pw), in cells of that feature map (at least 2 positions must remain).
+      epochs, batch_size, lr, momentum: SGD; lr * 0.1 on a plateau of `patience` epochs, >= `min_lr`.
+      distance: "squared" or "euclidean"; pooling: "mean" or "flatten"; symmetric: Eq. 3's average.
+      seed: data order and patch positions.
+      out_dir: a run folder to write (checkpoint every epoch); None: train in memory only.
+      resume: continue the run in `out_dir`.
+      max_steps_per_epoch: cap the steps of each epoch (quick runs).
+      callbacks: more Keras callbacks for the trainer's fit.
+      config: written to out_dir/config.json when the run starts (default: these arguments).
+    Returns {"model", "history" (one dict per epoch: epoch, loss, learning_rate)} and, with `out_dir`,
+    what `training.finish` returns (model_path, curves).
+    """
+    backbone = feature_layer(model, layer_name)
+    images = as_model_input(image_batch(images, "images"), model)
+    epochs, batch_size = positive_int(epochs, "epochs"), positive_int(batch_size, "batch_size")
+    lr, momentum = positive_float(lr, "lr"), float(momentum)
+    trainer = SpatialContrastingTrainer(backbone, patch_size, distance, pooling, symmetric, seed,
+                                        name=f"sc_{model.name}")
+    arguments = {"layer_name": layer_name, "patch_size": list(trainer.patch_size), "epochs": epochs,
+                 "batch_size": batch_size, "lr": lr, "momentum": momentum, "distance": trainer.distance,
+                 "pooling": trainer.pooling, "symmetric": trainer.symmetric, "patience": patience,
+                 "min_lr": min_lr, "seed": seed, "images": int(len(images))}
+    start, rows = 0, []
+    if out_dir is not None:
+        out_dir = os.fspath(out_dir)
+        start = training.start_run(out_dir, resume, config or {"spatial_contrasting": arguments})
+        if start:
+            model.set_weights(training.load_last(out_dir, compile=False).get_weights())
+            rows = [row for row in training.read_log(os.path.join(out_dir, training.LOG_FILE)) if row["epoch"] < start]
+    trainer.compile(optimizer=keras.optimizers.SGD(learning_rate=lr, momentum=momentum))
+    trainer.optimizer.build(backbone.trainable_variables)  # not inside the traced step (a second trace)
+    if start:
+        _restore_optimizer(trainer, out_dir, start)
+    steps = -(-len(images) // batch_size)
+    if max_steps_per_epoch is not None:
+        steps = min(steps, positive_int(max_steps_per_epoch, "max_steps_per_epoch"))
+    features = backbone.outputs[0].shape
+    if verbose:
+        what = "resuming" if start else "starting"
+        print(f"spatial contrasting at {layer_name!r} ({features[1]}x{features[2]}x{features[3]} map, "
+              f"{trainer.patch_size[0]}x{trainer.patch_size[1]} patches at {trainer.grid[0] * trainer.grid[1]} "
+              f"positions, {trainer.distance} distance) on {len(images):,} images: {what} at epoch "
+              f"{start + 1}/{epochs}", flush=True)
+    if start < epochs:
+        dataset = training.make_dataset(images, np.zeros(len(images), np.int32), batch_size, epochs=epochs,
+                                        start_epoch=start, seed=seed, steps_per_epoch=steps)
+        plateau = PlateauDrop("loss", 0.1, patience, min_lr=min_lr, history=rows, verbose=verbose)
+        folder = _RunFolder(model, out_dir, rows, {"seed": seed, "stage": "spatial_contrasting"})
+        trainer.fit(dataset, epochs=epochs, initial_epoch=start, steps_per_epoch=steps,
+                    callbacks=[plateau, *(callbacks or []), folder], verbose=verbose, shuffle=False)
+    if out_dir is None:
+        return {"model": model, "history": rows}
+    return training.finish(model, out_dir, title=f"{model.name}: spatial contrasting at {layer_name}")
+
+
+def _restore_optimizer(trainer, out_dir, epoch):
+    path = os.path.join(out_dir, training.CHECKPOINTS, OPTIMIZER_FILE.format(epoch=epoch))
+    if not os.path.isfile(path):
+        raise ValueError(f"`out_dir`={out_dir!r}: the optimizer state of epoch {epoch} ({path}) is missing; "
+                         "the run cannot resume exactly (start a new run folder)")
+    with np.load(path) as saved:
+        values = [saved[f"arr_{index}"] for index in range(len(saved.files))]
+    variables = trainer.optimizer.variables
+    if len(values) != len(variables):
+        raise ValueError(f"`out_dir`={out_dir!r}: {path} holds {len(values)} optimizer variables, the model "
+                         f"needs {len(variables)} (another model?)")
+    for variable, value in zip(variables, values):
+        variable.assign(value)
