@@ -1,0 +1,211 @@
+"""The three networks of paper 002, Table 4 (after Lin et al. 2013 and Rasmus et al. 2015's ConvLarge/ConvSmall).
+
+Every builder returns an uncompiled keras.Model that takes raw 0-255 pixels:
+
+    augment (RandomShiftFlip: training only) -> normalize (per-channel mean / std, constants) -> the
+    table's layers -> "logits" (float32, also under mixed precision)
+
+and names the layer the spatial contrasting criterion reads "sc_features" (the table's "Spatial
+contrasting criterion" row: after the second pooling + BN for CIFAR-10 and MNIST, after the third
+block for STL-10). What the table leaves open and we chose: "same" padding up to the SC layer, then
+the first 3x3 convolution "valid" (ConvLarge / ConvSmall); LeakyReLU slope 0.1 (Rasmus et al.); no
+conv bias before a BN; the 3x3 max-pooling of the STL-10 network "same"-padded (96 -> 48 -> 24 -> 12).
+The last layer of the CIFAR-10 and MNIST networks is the table's "1x1 conv 10 BN (Leaky)ReLU, global
+average pooling": the model outputs logits (the softmax is in the loss).
+"""
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kernelzoo.ops.checks import (boolean, check_choice, image_shape, nonnegative_float, nonnegative_int,
+                                  positive_int, positive_ints)
+
+SC_LAYER = "sc_features"
+BN_MOMENTUM = 0.9  # Torch7's BatchNormalization momentum 0.1 (the paper's framework): Keras's 0.9
+ACTIVATIONS = ("relu", "leaky_relu")
+FILLS = ("reflect", "constant")
+# Per-channel mean and standard deviation of the training images, in 0-255 pixel units.
+CIFAR10_MEAN, CIFAR10_STD = (125.31, 122.95, 113.87), (62.99, 62.09, 66.70)
+MNIST_MEAN, MNIST_STD = (33.32,), (78.57,)
+STL10_MEAN, STL10_STD = (114.06, 112.23, 103.62), (66.40, 65.41, 68.98)
+
+
+@keras.saving.register_keras_serializable(package="kernelzoo")
+class RandomShiftFlip(keras.layers.Layer):
+    """Mild augmentation inside the model (paper 002 Sec. 5): in training, each image is shifted by a
+    whole number of pixels in [-shift, shift] along each axis (the border filled by reflection or with
+    zeros) and, with `flip`, mirrored left-right with probability 1/2. The identity otherwise.
+
+    The random draws are stateless, seeded by (`seed`, the layer's call count): the count is a weight
+    of the layer, saved with the model, so a resumed run draws what the uninterrupted one drew
+    (Keras's RandomTranslation / RandomFlip do not save their generator state).
+    """
+
+    reads_raw_pixels = True  # input spec: the model takes 0-255 pixels (kernelzoo.zoo.inputs)
+
+    def __init__(self, shift=2, flip=True, fill="reflect", seed=0, **kwargs):
+        super().__init__(**kwargs)
+        self.shift = nonnegative_int(shift, "shift")
+        self.flip = boolean(flip, "flip")
+        self.fill = check_choice("fill", fill, FILLS)
+        self.seed = nonnegative_int(seed, "seed")
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    def build(self, input_shape):
+        if self.fill == "reflect" and self.shift >= min(input_shape[1], input_shape[2]):
+            raise ValueError(f"`shift`={self.shift} must be smaller than the image ({input_shape[1]}x"
+                             f"{input_shape[2]}) for fill='reflect'")
+        self.calls = self.add_weight(name="calls", shape=(), dtype="int64", initializer="zeros", trainable=False,
+                                     aggregation="only_first_replica")
+
+    def call(self, inputs, training=None):
+        if not training or (self.shift == 0 and not self.flip):
+            return inputs
+        seeds = tf.random.experimental.stateless_split(tf.stack([tf.constant(self.seed, tf.int64),
+                                                                 tf.cast(self.calls, tf.int64)]), 3)
+        self.calls.assign_add(1)
+        x = inputs
+        batch = tf.shape(x)[0]
+        if self.shift:
+            s = self.shift
+            height, width = tf.shape(x)[1], tf.shape(x)[2]
+            mode = "REFLECT" if self.fill == "reflect" else "CONSTANT"
+            padded = tf.pad(x, [[0, 0], [s, s], [s, s], [0, 0]], mode=mode)
+            offsets = tf.random.stateless_uniform([batch, 2], seeds[0], minval=0, maxval=2 * s + 1, dtype=tf.int32)
+            rows = offsets[:, :1] + tf.range(height)[None, :]
+            cols = offsets[:, 1:] + tf.range(width)[None, :]
+            x = tf.gather(tf.gather(padded, rows, axis=1, batch_dims=1), cols, axis=2, batch_dims=1)
+        if self.flip:
+            mirror = tf.random.stateless_uniform([batch], seeds[1]) < 0.5
+            x = tf.where(mirror[:, None, None, None], tf.reverse(x, axis=[2]), x)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"shift": self.shift, "flip": self.flip, "fill": self.fill, "seed": self.seed})
+        return config
+
+
+def _preprocessing(inputs, mean, std, shift, flip, fill, seed):
+    channels = inputs.shape[-1]
+    mean, std = np.asarray(mean, "float32"), np.asarray(std, "float32")
+    if mean.shape != (channels,) or std.shape != (channels,) or np.any(std <= 0):
+        raise ValueError(f"`mean` and `std` must hold {channels} values (one per channel, std > 0), got "
+                         f"{mean.tolist()} and {std.tolist()}")
+    x = RandomShiftFlip(shift, flip, fill, seed, dtype="float32", name="augment")(inputs)
+    return keras.layers.Normalization(mean=mean, variance=np.square(std), name="normalize")(x)
+
+
+def _activation(kind, slope, name):
+    if kind == "leaky_relu":
+        return keras.layers.LeakyReLU(negative_slope=slope, name=name)
+    return keras.layers.ReLU(name=name)
+
+
+def _conv_bn(x, filters, size, name, activation, slope, padding="same", batch_norm=True):
+    x = keras.layers.Conv2D(filters, size, padding=padding, use_bias=not batch_norm, name=name)(x)
+    if batch_norm:
+        x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
+    return _activation(activation, slope, f"{name}_act")(x)
+
+
+def _common(input_shape, num_classes, activation, slope, shift, seed):
+    return (image_shape(input_shape), positive_int(num_classes, "num_classes"),
+            check_choice("activation", activation, ACTIVATIONS), nonnegative_float(slope, "negative_slope"),
+            nonnegative_int(shift, "shift"), nonnegative_int(seed, "augment_seed"))
+
+
+def sc_cifar10(widths=(96, 192), head_width=192, num_classes=10, input_shape=(32, 32, 3), activation="leaky_relu",
+               negative_slope=0.1, mean=CIFAR10_MEAN, std=CIFAR10_STD, shift=2, flip=True, augment_seed=0,
+               block_depth=3, name=None):
+    """Table 4, CIFAR-10 column: 3x [3x3 conv w1 BN LeakyReLU], 2x2 max-pool, BN, 3x [3x3 conv w2 BN
+    LeakyReLU], 2x2 max-pool, BN ("sc_features": 8x8x192), 3x3 conv head_width (valid) BN LeakyReLU,
+    1x1 conv head_width BN LeakyReLU, 1x1 conv num_classes BN LeakyReLU, global average pooling.
+
+    ~0.4 GMAC per 32x32 image forward at the paper's widths (96, 192). `block_depth`: the 3x3
+    convolutions per block (3 in the paper; fewer for quick tests).
+    """
+    shape, num_classes, activation, slope, shift, seed = _common(input_shape, num_classes, activation,
+                                                                 negative_slope, shift, augment_seed)
+    widths = positive_ints(widths, "widths")
+    if len(widths) != 2:
+        raise ValueError(f"`widths` must be 2 positive ints (the two blocks), got {widths!r}")
+    head_width = positive_int(head_width, "head_width")
+    depth = positive_int(block_depth, "block_depth")
+    inputs = keras.Input(shape, name="image")
+    x = _preprocessing(inputs, mean, std, shift, flip, "reflect", seed)
+    for block, width in enumerate(widths, 1):
+        for index in range(1, depth + 1):
+            x = _conv_bn(x, width, 3, f"conv{block}_{index}", activation, slope)
+        x = keras.layers.MaxPooling2D(2, name=f"pool{block}")(x)
+        x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=SC_LAYER if block == 2 else f"pool{block}_bn")(x)
+    x = _conv_bn(x, head_width, 3, "conv3_1", activation, slope, padding="valid")
+    x = _conv_bn(x, head_width, 1, "conv3_2", activation, slope)
+    x = _conv_bn(x, num_classes, 1, "conv3_3", activation, slope)
+    outputs = keras.layers.GlobalAveragePooling2D(dtype="float32", name="logits")(x)
+    return keras.Model(inputs, outputs, name=name or "sc_cifar10")
+
+
+def sc_mnist(widths=(32, 64, 128), num_classes=10, input_shape=(28, 28, 1), activation="relu", negative_slope=0.1,
+             mean=MNIST_MEAN, std=MNIST_STD, shift=2, flip=False, augment_seed=0, name=None):
+    """Table 4, MNIST column: 5x5 conv w1 ReLU, 2x2 max-pool, BN, 2x [3x3 conv w2 BN ReLU], 2x2 max-pool,
+    BN ("sc_features": 7x7x64), 3x3 conv w3 (valid) BN ReLU, 1x1 conv num_classes BN ReLU, global
+    average pooling. No flips (digits are not mirror-symmetric); shifts fill with zeros (background).
+    """
+    shape, num_classes, activation, slope, shift, seed = _common(input_shape, num_classes, activation,
+                                                                 negative_slope, shift, augment_seed)
+    widths = positive_ints(widths, "widths")
+    if len(widths) != 3:
+        raise ValueError(f"`widths` must be 3 positive ints (5x5 conv, 3x3 convs, head), got {widths!r}")
+    inputs = keras.Input(shape, name="image")
+    x = _preprocessing(inputs, mean, std, shift, flip, "constant", seed)
+    x = _conv_bn(x, widths[0], 5, "conv1_1", activation, slope, batch_norm=False)
+    x = keras.layers.MaxPooling2D(2, name="pool1")(x)
+    x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name="pool1_bn")(x)
+    x = _conv_bn(x, widths[1], 3, "conv2_1", activation, slope)
+    x = _conv_bn(x, widths[1], 3, "conv2_2", activation, slope)
+    x = keras.layers.MaxPooling2D(2, name="pool2")(x)
+    x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=SC_LAYER)(x)
+    x = _conv_bn(x, widths[2], 3, "conv3_1", activation, slope, padding="valid")
+    x = _conv_bn(x, num_classes, 1, "conv3_2", activation, slope)
+    outputs = keras.layers.GlobalAveragePooling2D(dtype="float32", name="logits")(x)
+    return keras.Model(inputs, outputs, name=name or "sc_mnist")
+
+
+def sc_stl10(widths=(64, 160, 96, 192, 192, 192, 192, 192, 192), head=(256, 128), num_classes=10,
+             input_shape=(96, 96, 3), activation="relu", negative_slope=0.1, dropout=0.5, mean=STL10_MEAN,
+             std=STL10_STD, shift=4, flip=True, augment_seed=0, name=None):
+    """Table 4, STL-10 column: [5x5 w1, 1x1 w2, 1x1 w3] BN ReLU, 3x3 max-pool stride 2, [5x5 w4, 1x1 w5,
+    1x1 w6] BN ReLU, 3x3 max-pool stride 2, [3x3 w7, 1x1 w8, 1x1 w9] BN ReLU ("sc_features": the last
+    activation, 24x24x192), 3x3 conv head[0] ReLU, 3x3 max-pool stride 2, dropout, 3x3 conv head[1]
+    ReLU, dropout, fully connected num_classes.
+    """
+    shape, num_classes, activation, slope, shift, seed = _common(input_shape, num_classes, activation,
+                                                                 negative_slope, shift, augment_seed)
+    widths = positive_ints(widths, "widths")
+    head = positive_ints(head, "head")
+    if len(widths) != 9 or len(head) != 2:
+        raise ValueError(f"`widths` must be 9 and `head` 2 positive ints, got {widths!r} and {head!r}")
+    rate = nonnegative_float(dropout, "dropout")
+    if rate >= 1:
+        raise ValueError(f"`dropout` must be in [0, 1), got {dropout!r}")
+    inputs = keras.Input(shape, name="image")
+    x = _preprocessing(inputs, mean, std, shift, flip, "reflect", seed)
+    sizes = (5, 1, 1, 5, 1, 1, 3, 1, 1)
+    for index, (width, size) in enumerate(zip(widths, sizes)):
+        block, position = index // 3 + 1, index % 3 + 1
+        x = _conv_bn(x, width, size, f"conv{block}_{position}", activation, slope)
+        if position == 3 and block < 3:
+            x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name=f"pool{block}")(x)
+    x = keras.layers.Activation("linear", name=SC_LAYER)(x)
+    x = _conv_bn(x, head[0], 3, "conv4_1", activation, slope, batch_norm=False)
+    x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="pool4")(x)
+    x = keras.layers.Dropout(rate, name="dropout1")(x)
+    x = _conv_bn(x, head[1], 3, "conv4_2", activation, slope, batch_norm=False)
+    x = keras.layers.Dropout(rate, name="dropout2")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    outputs = keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
+    return keras.Model(inputs, outputs, name=name or "sc_stl10")
