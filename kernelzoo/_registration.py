@@ -31,6 +31,7 @@ CLASSES = {
     "PatchWhitening": "kernelzoo.zoo.simnet.preprocessing",
     "PerImageWhitening": "kernelzoo.zoo.ckn.preprocessing",
     "ImageWhitening": "kernelzoo.zoo.ckn.preprocessing",
+    "RandomShiftFlip": "kernelzoo.zoo.sc.models",
 }
 FUNCTIONS = {
     "masked_rating_loss": "kernelzoo.zoo.kernelnet.movielens",

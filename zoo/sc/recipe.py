@@ -1,0 +1,216 @@
+"""How the spatial contrasting family trains (paper 002 Sec. 5): the recipe hooks `kernelzoo train` calls.
+
+- load_data: the dataset's training images as the pool of the semi-supervised protocol
+  (kernelzoo.zoo.sc.data): `labels_per_class` of each class drawn with the recipe's fixed
+  `label_seed` (CIFAR-10 4k: 400), every image for spatial contrasting (STL-10: + the unlabelled split).
+- validation_split: --holdout N images carved from the pool, disjoint from the labelled subset when it
+  can be (CIFAR-10 4k), and out of the SC set.
+- initialise: the SC stage (`kernelzoo.zoo.sc.pretrain`) at `sc_layer` on the SC images: SGD lr `sc_lr`
+  (0.1), momentum, lr / 10 whenever the epoch's loss stops decreasing (`plateau_patience` epochs),
+  `sc_epochs` epochs, into the run folder's `pretrain/` (a run folder of its own: log, checkpoint every
+  epoch, resumable). `sc_epochs` 0 (the *_noinit presets): no SC, the network starts from its random init.
+- compile / fit: supervised fine-tuning from those weights with the Keras loop: SGD lr `lr` (0.01),
+  the same plateau rule on the training loss, the mild augmentation inside the model (RandomShiftFlip).
+- `precision`: "float32" or "mixed_bfloat16" (Keras mixed precision: bfloat16 compute, float32
+  variables; AMX on recent Xeons, `kernelzoo bench sc`); the saved model.keras is always float32.
+--resume continues the fine-tuning from its last checkpoint, or, before it has one, the SC stage from its own.
+"""
+import contextlib
+import dataclasses
+import os
+
+import keras
+import numpy as np
+
+from kernelzoo.ops.checks import boolean, check_choice, nonnegative_int, positive_float, positive_int
+from kernelzoo.zoo import training
+from kernelzoo.zoo.recipe import DEFAULTS, Recipe, TinyRun
+from kernelzoo.zoo.sc.data import as_sc_data, carve_validation, sc_images, semi_supervised
+from kernelzoo.zoo.sc.loss import DISTANCES, POOLINGS
+from kernelzoo.zoo.sc.pretraining import PlateauDrop, pretrain
+
+PRECISIONS = ("float32", "mixed_bfloat16")
+PRETRAIN_DIR = "pretrain"
+# What every SC recipe understands besides recipe.DEFAULTS (a preset's recipe overrides them).
+SC_DEFAULTS = {"schedule": "plateau", "plateau_patience": 3, "min_lr": 1e-5, "sc_epochs": 10, "sc_lr": 0.1,
+               "sc_batch_size": 128, "sc_layer": "sc_features", "sc_patch_size": 4, "sc_distance": "squared",
+               "sc_pooling": "mean", "sc_symmetric": True, "precision": "float32", "labels_per_class": None,
+               "label_seed": 0, "holdout": 5000}
+
+
+@contextlib.contextmanager
+def precision_policy(name):
+    """Keras's global dtype policy set to `name` ("float32" or "mixed_bfloat16") inside the block."""
+    name = check_choice("precision", name, PRECISIONS)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def float32_copy(model):
+    """`model` with every layer computing in float32 (the same weights): what a mixed-precision run saves."""
+    if all(layer.dtype_policy.name == "float32" for layer in model.layers):
+        return model
+
+    def clone(layer):
+        return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def build_training_state(model):
+    """Create the optimizer's and the compiled metrics' variables now: Keras creates them inside the
+    first traced train step otherwise (without a distribution strategy), and TensorFlow then traces
+    the step a second time (seconds for these networks on a small CPU)."""
+    model.optimizer.build(model.trainable_variables)
+    build = getattr(model, "_symbolic_build", None)  # Keras 3's own pre-build (private; skipped if absent)
+    if build is not None and len(model.inputs) == 1:
+        example = np.zeros((1,) + tuple(model.inputs[0].shape[1:]), "float32")
+        build(data_batch=(example, np.zeros((1,), "int32"), None))
+
+
+class SCRecipe(Recipe):
+    """Spatial contrasting pre-training, then supervised fine-tuning (module docstring)."""
+
+    def add_arguments(self, parser):
+        super().add_arguments(parser)
+        parser.add_argument("--sc-epochs", type=int, default=None,
+                            help="epochs of spatial contrasting pre-training (0: none, the *_noinit protocol)")
+        parser.add_argument("--sc-lr", type=float, default=None, help="initial learning rate of the SC stage")
+        parser.add_argument("--sc-batch-size", type=int, default=None, help="images per SC batch (the contrasted set)")
+        parser.add_argument("--sc-patch-size", type=int, default=None, help="patch side in cells of the SC layer's map")
+        parser.add_argument("--sc-distance", choices=DISTANCES, default=None,
+                            help="squared (Eq. 4) or euclidean distance between patch features")
+        parser.add_argument("--sc-pooling", choices=POOLINGS, default=None,
+                            help="a patch's feature: the mean of its cells or all of them")
+        parser.add_argument("--plateau-patience", type=int, default=None,
+                            help="epochs without a lower loss before lr / 10 (both stages)")
+        parser.add_argument("--precision", choices=PRECISIONS, default=None,
+                            help="float32 or Keras mixed_bfloat16 (the saved model is float32)")
+        parser.add_argument("--labels-per-class", type=int, default=None,
+                            help="labelled training images per class, drawn with the recipe's label_seed")
+
+    def hyperparameters(self, preset, **changes):
+        hp = {**SC_DEFAULTS, **super().hyperparameters(preset, **changes)}
+        for key in set(SC_DEFAULTS) & set(DEFAULTS):  # schedule: the SC default unless the preset or a change says
+            if key not in preset.recipe and changes.get(key) is None:
+                hp[key] = SC_DEFAULTS[key]
+        check_choice("precision", hp["precision"], PRECISIONS)
+        check_choice("sc_distance", hp["sc_distance"], DISTANCES)
+        check_choice("sc_pooling", hp["sc_pooling"], POOLINGS)
+        nonnegative_int(hp["sc_epochs"], "sc_epochs")
+        positive_float(hp["sc_lr"], "sc_lr")
+        positive_int(hp["sc_batch_size"], "sc_batch_size")
+        positive_int(hp["plateau_patience"], "plateau_patience")
+        boolean(hp["sc_symmetric"], "sc_symmetric")
+        return hp
+
+    def load_data(self, preset, data_dir=None, dataset=None, options=None, seed=0):
+        """The pool of the protocol (kernelzoo.zoo.sc.data); --limit-train N keeps N pool images of a
+        seeded permutation (the labelled subset is then drawn among them)."""
+        name = dataset or preset.dataset.name
+        extra = None
+        if os.path.basename(os.path.normpath(str(name))).lower().replace("-", "").startswith("stl10"):
+            from kernelzoo.zoo.data.stl10 import load_stl10
+            stl = load_stl10(name if os.path.exists(str(name)) else None, data_dir)
+            pool, test, source, class_names, extra = stl.train, stl.test, stl.source, stl.class_names, stl.unlabelled
+        else:
+            from kernelzoo.zoo.data import load_images
+            images = load_images(name, data_dir)
+            pool, test, source, class_names = images.train, images.test, images.source, images.class_names
+        limit = getattr(options, "limit_train", None)
+        if limit is not None:
+            keep = np.sort(np.random.default_rng(seed).permutation(len(pool[0]))[:positive_int(limit, "limit_train")])
+            pool = (pool[0][keep], pool[1][keep])
+        per_class = getattr(options, "labels_per_class", None)
+        per_class = preset.recipe.get("labels_per_class") if per_class is None else per_class
+        return semi_supervised(pool, test, source, class_names, per_class, preset.recipe.get("label_seed", 0), extra)
+
+    def validation_split(self, data, hp, options, seed=0):
+        data = as_sc_data(data)
+        size = self.holdout(hp, options)
+        if size is None:
+            return data
+        data = carve_validation(data, size, seed)
+        return dataclasses.replace(data, test=None) if getattr(options, "validate_only", False) else data
+
+    def train_run(self, preset, data, out_dir, *, overrides=None, hp=None, options=None, seed=0, resume=False,
+                  max_steps_per_epoch=None, strategy=None, **kwargs):
+        hp = self.hyperparameters(preset) if hp is None else hp
+        finetuning = resume and training.read_state(out_dir) is not None
+        if strategy not in (None, "none") and hp["sc_epochs"] and not finetuning:
+            raise ValueError("`strategy`: the spatial contrasting stage runs on one device; pre-train without "
+                             "--strategy (or --sc-epochs 0), then fine-tune with it (--resume)")
+        self._stage = {"out_dir": out_dir, "resume": resume, "max_steps_per_epoch": max_steps_per_epoch}
+        try:
+            with precision_policy(hp["precision"]):
+                return super().train_run(preset, as_sc_data(data), out_dir, overrides=overrides, hp=hp,
+                                         options=options, seed=seed, resume=resume,
+                                         max_steps_per_epoch=max_steps_per_epoch, strategy=strategy, **kwargs)
+        finally:
+            self._stage = None
+
+    def initialise(self, model, data, hp, options, seed=0, verbose=0):
+        """The SC stage (module docstring); its report goes to config.json ("init")."""
+        if not hp["sc_epochs"]:
+            return None
+        stage = getattr(self, "_stage", None) or {}
+        folder = None if stage.get("out_dir") is None else os.path.join(stage["out_dir"], PRETRAIN_DIR)
+        images = sc_images(data)
+        result = pretrain(model, hp["sc_layer"], images, patch_size=hp["sc_patch_size"], epochs=hp["sc_epochs"],
+                          batch_size=hp["sc_batch_size"], lr=hp["sc_lr"], momentum=hp["momentum"],
+                          distance=hp["sc_distance"], pooling=hp["sc_pooling"], symmetric=hp["sc_symmetric"],
+                          patience=hp["plateau_patience"], min_lr=hp["min_lr"], seed=seed, out_dir=folder,
+                          resume=stage.get("resume", False), verbose=verbose,
+                          max_steps_per_epoch=stage.get("max_steps_per_epoch"))
+        last = result["history"][-1] if result["history"] else {}
+        return {"spatial_contrasting": {"images": int(len(images)), "epochs": hp["sc_epochs"], "layer": hp["sc_layer"],
+                                        "final_loss": last.get("loss"), "run_folder": folder}}
+
+    def compile(self, model, hp, steps_per_epoch=None):
+        """SGD (or Adam) at the recipe's lr; the plateau schedule is the `fit` callback (PlateauDrop)."""
+        hp = {**DEFAULTS, **SC_DEFAULTS, **hp}
+        if hp["schedule"] == "plateau":
+            hp["schedule"] = "constant"
+        super().compile(model, hp, steps_per_epoch)
+        build_training_state(model)
+        return model
+
+    def fit(self, model, data, out_dir, hp, *, resume=False, verbose=1, callbacks=None, **kwargs):
+        """The Keras loop with PlateauDrop (replayed from log.csv on --resume); a mixed-precision model is
+        saved (model.keras) and returned as its float32 copy."""
+        callbacks = list(callbacks or [])
+        if hp["schedule"] == "plateau":
+            state = training.read_state(out_dir) if resume else None
+            rows = [] if state is None else [row for row in training.read_log(os.path.join(out_dir, training.LOG_FILE))
+                                             if row["epoch"] < state["epoch"]]
+            callbacks.insert(0, PlateauDrop("loss", 0.1, hp["plateau_patience"], min_lr=hp["min_lr"], history=rows,
+                                            verbose=verbose))
+            hp = dict(hp, schedule="constant")
+        result = super().fit(model, data, out_dir, hp, resume=resume, verbose=verbose, callbacks=callbacks, **kwargs)
+        final = float32_copy(result["model"])
+        if final is not result["model"]:
+            self.compile(final, hp)
+            final.save(result["model_path"])
+            result["model"] = final
+        return result
+
+
+def recipe_for(preset):
+    """Every SC-family preset trains with SCRecipe."""
+    return SCRecipe()
+
+
+def tiny_runs():
+    """The CIFAR-10 network at widths 8/16, one conv per block, on 12x12 stripes: 16 labels per class (48 of
+    96 images), SC on all 96 (2 epochs, 2x2 patches of the 3x3 SC map), then 3 fine-tuning epochs."""
+    from kernelzoo.zoo.data.synthetic import stripes
+    data = semi_supervised(stripes(96, size=12), stripes(30, size=12, seed=1), "stripes 12x12x3", ("h", "v", "flat"),
+                           labels_per_class=16, label_seed=0)
+    hp = {"epochs": 3, "batch_size": 16, "lr": 0.05, "sc_epochs": 2, "sc_batch_size": 16, "sc_patch_size": 2}
+    return [TinyRun("sc_cifar10_4k", data, {"widths": (8, 16), "head_width": 8, "block_depth": 1}, hp)]
