@@ -1,0 +1,377 @@
+"""The spatial contrasting family (paper 002; issue 15): sampling, loss, pre-training API, data protocol,
+networks, STL-10 reader, precision. The end-to-end run, resume, reload and export of the family's tiny
+run are the family contract's (tests/test_families.py -k sc).
+
+The three bugs of the paper's public reimplementation each have a test: patches on the diagonal only
+(`test_rows_and_columns_are_independent_and_uniform`), ~25 % of positive pairs the same patch
+(`test_the_two_positives_are_never_the_same_patch`), validation images taken from the labelled training
+images (`test_cifar10_4k_labels_are_400_per_class_and_disjoint_from_validation`).
+"""
+import argparse
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy import stats
+
+import kernelzoo  # noqa: F401  (registers the layers)
+from kernelzoo.zoo import registry
+from kernelzoo.zoo.inputs import takes_raw_pixels
+from kernelzoo.zoo.sc import (RandomShiftFlip, pretrain, sample_patch_positions, sc_cifar10, sc_mnist, sc_stl10,
+                              spatial_contrasting_loss)
+from kernelzoo.zoo.sc.data import carve_validation, labelled_subset, sc_images, semi_supervised
+from kernelzoo.zoo.sc.loss import patch_features, positions_grid
+from kernelzoo.zoo.sc.pretraining import PlateauDrop
+from kernelzoo.zoo.sc.recipe import SCRecipe, float32_copy, precision_policy
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def _draws(grid, count=200_000, seed=(3, 4)):
+    first, second = sample_patch_positions(count, grid, seed)
+    return first.numpy(), second.numpy()
+
+
+def test_rows_and_columns_are_independent_and_uniform():
+    """Bug 1 of the public reimplementation: its column offset reused the row offset (diagonal patches)."""
+    rows, cols = 5, 4
+    for patch in _draws((rows, cols)):
+        assert patch[:, 0].min() == 0 and patch[:, 0].max() == rows - 1
+        assert patch[:, 1].min() == 0 and patch[:, 1].max() == cols - 1
+        table = np.zeros((rows, cols))
+        np.add.at(table, (patch[:, 0], patch[:, 1]), 1)
+        assert stats.chisquare(table.ravel()).pvalue > 1e-3                 # uniform over the 20 positions
+        assert stats.chi2_contingency(table).pvalue > 1e-3                  # row independent of column
+        assert np.mean(patch[:, 0] == patch[:, 1]) == pytest.approx(0.2, abs=0.01)  # not on the diagonal
+
+
+@pytest.mark.parametrize("grid", [(1, 2), (2, 2), (5, 5), (3, 7)])
+def test_the_two_positives_are_never_the_same_patch(grid):
+    """Bug 2: an off-by-one made ~25 % of the positive pairs the identical patch. Here none is, and the
+    second patch is uniform over the other positions."""
+    first, second = _draws(grid, 50_000)
+    assert not np.any(np.all(first == second, axis=1))
+    index = lambda p: p[:, 0] * grid[1] + p[:, 1]  # noqa: E731
+    count = grid[0] * grid[1]
+    pairs = np.zeros((count, count))
+    np.add.at(pairs, (index(first), index(second)), 1)
+    off_diagonal = pairs[~np.eye(count, dtype=bool)]
+    assert stats.chisquare(off_diagonal).pvalue > 1e-3
+
+
+def test_sampling_is_a_function_of_the_seed():
+    a, b = _draws((4, 4), 100, seed=(1, 2)), _draws((4, 4), 100, seed=(1, 2))
+    c = _draws((4, 4), 100, seed=(1, 3))
+    np.testing.assert_array_equal(a[0], b[0])
+    assert not np.array_equal(a[0], c[0])
+
+
+def test_patch_grid_errors_name_the_patch_size():
+    assert positions_grid((8, 8), 4) == (5, 5) and positions_grid((7, 7), (6, 5)) == (2, 3)
+    for bad in (9, (8, 8), 0):
+        with pytest.raises(ValueError, match="patch_size"):
+            positions_grid((8, 8), bad)
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+def _reference_loss(first, second, distance, symmetric):
+    """Eq. 4 written out with loops, in float64."""
+    n = len(first)
+    dist = np.array([[np.sum((first[i] - second[j]) ** 2) for j in range(n)] for i in range(n)], np.float64)
+    if distance == "euclidean":
+        dist = np.sqrt(dist)
+    rows = -np.mean([np.log(np.exp(-dist[i, i]) / np.sum(np.exp(-dist[i, :]))) for i in range(n)])
+    if not symmetric:
+        return rows
+    cols = -np.mean([np.log(np.exp(-dist[j, j]) / np.sum(np.exp(-dist[:, j]))) for j in range(n)])
+    return 0.5 * (rows + cols)
+
+
+@pytest.mark.parametrize("distance", ["squared", "euclidean"])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_loss_matches_a_direct_numpy_reference(distance, symmetric, rng):
+    first, second = rng.normal(size=(7, 5)) * 0.5, rng.normal(size=(7, 5)) * 0.5
+    got = spatial_contrasting_loss(tf.constant(first, tf.float32), tf.constant(second, tf.float32), distance, symmetric)
+    assert float(got) == pytest.approx(_reference_loss(first, second, distance, symmetric), rel=1e-5)
+
+
+@pytest.mark.parametrize("distance", ["squared", "euclidean"])
+def test_loss_gradient_matches_finite_differences(distance, rng):
+    first, second = rng.normal(size=(4, 3)) * 0.5, rng.normal(size=(4, 3)) * 0.5
+    a, b = tf.Variable(first, dtype=tf.float32), tf.Variable(second, dtype=tf.float32)
+    with tf.GradientTape() as tape:
+        loss = spatial_contrasting_loss(a, b, distance)
+    grads = [g.numpy() for g in tape.gradient(loss, [a, b])]
+    step = 1e-5
+    for which, grad in enumerate(grads):
+        numeric = np.zeros_like(grad)
+        for index in np.ndindex(grad.shape):
+            plus, minus = [first.copy(), second.copy()], [first.copy(), second.copy()]
+            plus[which][index] += step
+            minus[which][index] -= step
+            numeric[index] = (_reference_loss(*plus, distance, True) - _reference_loss(*minus, distance, True)) / (2 * step)
+        np.testing.assert_allclose(grad, numeric, rtol=1e-3, atol=1e-5)
+
+
+def test_patch_features_are_the_patch_cells(rng):
+    maps = rng.normal(size=(3, 6, 5, 4)).astype("float32")
+    positions = np.array([[0, 0], [2, 1], [3, 2]])
+    mean = patch_features(tf.constant(maps), positions, (3, 2)).numpy()
+    flat = patch_features(tf.constant(maps), positions, (3, 2), "flatten").numpy()
+    for i, (r, c) in enumerate(positions):
+        cells = maps[i, r:r + 3, c:c + 2]
+        np.testing.assert_allclose(mean[i], cells.mean(axis=(0, 1)), rtol=1e-6)
+        np.testing.assert_allclose(flat[i], cells.ravel(), rtol=1e-6)
+
+
+def _toy(count=128, size=6, channels=4, seed=0):
+    """Images whose cells share one image-specific feature under per-cell noise of the same size."""
+    rng = np.random.default_rng(seed)
+    identity = rng.normal(size=(count, 1, 1, channels))
+    return (identity + rng.normal(size=(count, size, size, channels))).astype("float32")
+
+
+def _toy_model():
+    inputs = keras.Input((6, 6, 4))
+    x = keras.layers.Conv2D(8, 1, kernel_initializer=keras.initializers.RandomNormal(stddev=0.1), name="proj")(inputs)
+    return keras.Model(inputs, keras.layers.GlobalAveragePooling2D(name="head")(x))
+
+
+def test_loss_falls_on_a_toy_problem_where_patches_of_an_image_share_a_feature():
+    keras.utils.set_random_seed(0)
+    model = _toy_model()
+    result = pretrain(model, "proj", _toy(), patch_size=3, epochs=6, batch_size=32, lr=0.01, verbose=0)
+    losses = [row["loss"] for row in result["history"]]
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert losses[-1] < np.log(32) / 2, losses                      # far below chance (log of the batch)
+
+
+def test_pretrain_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path):
+    class Kill(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                raise KeyboardInterrupt
+
+    def run(folder, **kwargs):
+        keras.utils.set_random_seed(0)
+        model = _toy_model()
+        result = pretrain(model, "proj", _toy(64), patch_size=3, epochs=3, batch_size=16, lr=0.05, patience=1,
+                          out_dir=str(folder), verbose=0, **kwargs)
+        return model, result
+
+    straight, result = run(tmp_path / "a")
+    assert [int(r["epoch"]) for r in result["history"]] == [0, 1, 2]
+    assert {"model.keras", "log.csv", "config.json", "checkpoints"} <= set(os.listdir(tmp_path / "a"))
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b", callbacks=[Kill()])
+    with pytest.raises(ValueError, match="resume"):
+        run(tmp_path / "b")
+    resumed, _ = run(tmp_path / "b", resume=True)
+    for a, b in zip(straight.weights, resumed.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7, err_msg=a.path)
+
+
+def test_pretrain_errors_name_the_argument():
+    model = _toy_model()
+    images = _toy(8)
+    with pytest.raises(ValueError, match="layer_name"):
+        pretrain(model, "nope", images, patch_size=2)
+    with pytest.raises(ValueError, match="layer_name"):
+        pretrain(model, "head", images, patch_size=2)          # not a feature map
+    with pytest.raises(ValueError, match="patch_size"):
+        pretrain(model, "proj", images, patch_size=6)          # one position only
+    with pytest.raises(ValueError, match="images"):
+        pretrain(model, "proj", images[0], patch_size=2)
+    with pytest.raises(ValueError, match="model"):
+        pretrain("model", "proj", images, patch_size=2)
+    with pytest.raises(ValueError, match="distance"):
+        pretrain(model, "proj", images, patch_size=2, distance="cosine")
+
+
+def test_plateau_drop_divides_by_ten_and_replays_its_history():
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    losses = [5.0, 4.0, 4.0, 3.999, 4.5, 3.0, 3.0, 3.0]
+    callback = PlateauDrop(patience=2)
+    callback.set_model(model)
+    rates = []
+    for epoch, loss in enumerate(losses):
+        logs = {"loss": loss}
+        callback.on_epoch_end(epoch, logs)
+        rates.append(logs["learning_rate"])
+    np.testing.assert_allclose(rates, [0.1] * 4 + [0.01] * 4, rtol=1e-6)        # the rate each epoch ran with
+    assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(0.001)  # dropped after epochs 4 and 8
+    replayed = PlateauDrop(patience=2, history=[{"epoch": e, "loss": v} for e, v in enumerate(losses[:6])])
+    assert (replayed.best, replayed.wait) == (3.0, 0)
+    assert (callback.best, callback.wait) == (3.0, 0)
+
+
+# ----------------------------------------------------------------------------- data protocol
+
+
+def _pool(count=50_000, classes=10, seed=0):
+    labels = np.random.default_rng(seed).integers(0, classes, count)
+    return np.arange(count, dtype=np.int64).reshape(count, 1, 1, 1), labels
+
+
+def test_cifar10_4k_labels_are_400_per_class_and_disjoint_from_validation():
+    """Bug 3 of the public reimplementation: validation images taken from the labelled training images."""
+    x, y = _pool()
+    data = semi_supervised((x, y), None, "pool", labels_per_class=400, label_seed=2017)
+    assert np.bincount(data.train[1]).tolist() == [400] * 10 and len(data.unlabelled) == 50_000
+    recipe = SCRecipe()
+    hp = recipe.hyperparameters(registry.info("sc_cifar10_4k"))
+    held = recipe.validation_split(data, hp, recipe.options(holdout=5000, validate_only=True), seed=7)
+    assert len(held.val[0]) == 5000 and held.test is None
+    assert not set(held.validation) & set(held.labelled)
+    np.testing.assert_array_equal(held.labelled, data.labelled)        # the final run's 4,000 labels
+    np.testing.assert_array_equal(held.train[0].ravel(), data.train[0].ravel())
+    assert not set(held.validation) & set(held.unlabelled) and len(held.unlabelled) == 45_000
+    np.testing.assert_array_equal(held.val[0].ravel(), held.validation)
+    assert len(sc_images(held)) == 45_000
+    again = semi_supervised((x, y), None, "pool", labels_per_class=400, label_seed=2017)
+    np.testing.assert_array_equal(again.labelled, data.labelled)       # the recorded seed fixes the subset
+    other = semi_supervised((x, y), None, "pool", labels_per_class=400, label_seed=1)
+    assert not np.array_equal(other.labelled, data.labelled)
+
+
+def test_an_all_labelled_pool_holds_out_labelled_images():
+    x, y = _pool(600)
+    data = carve_validation(semi_supervised((x, y), None, "pool"), 100, seed=0)
+    assert len(data.train[0]) == 500 and len(data.unlabelled) == 500
+    assert not set(data.validation) & set(data.labelled) and not set(data.validation) & set(data.unlabelled)
+
+
+def test_labelled_subset_errors_name_labels_per_class():
+    with pytest.raises(ValueError, match="labels_per_class"):
+        labelled_subset(np.array([0, 0, 1]), 2, 0)
+    with pytest.raises(ValueError, match="holdout"):
+        carve_validation(semi_supervised(_pool(10), None, "pool"), 10, 0)
+
+
+# ----------------------------------------------------------------------------- networks
+
+
+@pytest.mark.parametrize("builder, shape, sc_map", [(sc_mnist, (28, 28, 1), (7, 7, 64)),
+                                                    (sc_cifar10, (32, 32, 3), (8, 8, 192)),
+                                                    (sc_stl10, (96, 96, 3), (24, 24, 192))])
+def test_table4_networks(builder, shape, sc_map):
+    model = builder()
+    assert tuple(model.input_shape[1:]) == shape and model.output_shape == (None, 10)
+    assert tuple(model.get_layer("sc_features").output.shape[1:]) == sc_map
+    assert takes_raw_pixels(model) and model.get_layer("logits").dtype_policy.name == "float32"
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert len(convs) == {sc_mnist: 5, sc_cifar10: 9, sc_stl10: 11}[builder]
+
+
+def test_cifar10_network_is_about_0_4_gmac():
+    model = sc_cifar10()
+    macs = sum(int(np.prod(layer.output.shape[1:])) * int(np.prod(layer.kernel.shape[:-1]))
+               for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
+    assert 0.38e9 < macs < 0.42e9, macs
+
+
+def test_builder_errors_name_the_argument():
+    with pytest.raises(ValueError, match="widths"):
+        sc_cifar10(widths=(96,))
+    with pytest.raises(ValueError, match="activation"):
+        sc_mnist(activation="tanh")
+    with pytest.raises(ValueError, match="mean"):
+        sc_cifar10(mean=(1.0,))
+
+
+def test_augmentation_shifts_and_flips_in_training_only():
+    images = np.random.default_rng(0).integers(0, 256, (16, 10, 10, 1)).astype("float32")
+    layer = RandomShiftFlip(shift=2, flip=True, fill="constant", seed=3)
+    np.testing.assert_array_equal(layer(images, training=False), images)
+    out = layer(images, training=True).numpy()
+    padded = np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)))
+    for image, result in zip(padded, out):
+        candidates = [image[r:r + 10, c:c + 10] for r in range(5) for c in range(5)]
+        candidates += [np.flip(candidate, axis=1) for candidate in candidates]
+        assert any(np.array_equal(result, candidate) for candidate in candidates)
+    assert int(layer.calls.numpy()) == 1
+    assert not np.array_equal(out, layer(images, training=True).numpy())   # the next call draws anew
+    again = RandomShiftFlip(shift=2, flip=True, fill="constant", seed=3)
+    np.testing.assert_array_equal(again(images, training=True), out)       # a function of (seed, calls)
+
+
+# ----------------------------------------------------------------------------- precision
+
+
+def test_mixed_precision_model_is_saved_as_float32():
+    with precision_policy("mixed_bfloat16"):
+        model = sc_mnist(widths=(4, 4, 4), input_shape=(12, 12, 1))
+    assert model.get_layer("conv2_1").compute_dtype == "bfloat16"
+    assert keras.config.dtype_policy().name == "float32"
+    copy = float32_copy(model)
+    assert all(layer.dtype_policy.name == "float32" for layer in copy.layers)
+    images = np.random.default_rng(0).integers(0, 256, (4, 12, 12, 1)).astype("float32")
+    np.testing.assert_allclose(copy(images), model(images), rtol=0.05, atol=0.05)
+    with pytest.raises(ValueError, match="precision"):
+        SCRecipe().hyperparameters(registry.info("sc_mnist"), precision="float16")
+
+
+# ----------------------------------------------------------------------------- STL-10
+
+
+def _write_stl10(folder, counts=(20, 10, 30)):
+    """A small STL-10 copy in the standard binary form: 3x96x96 channels stored column-major, labels 1..10."""
+    rng = np.random.default_rng(0)
+    os.makedirs(folder)
+    images = {}
+    for split, count in zip(("train", "test", "unlabeled"), counts):
+        x = rng.integers(0, 256, (count, 96, 96, 3), dtype=np.uint8)
+        x.transpose(0, 3, 2, 1).tofile(os.path.join(folder, f"{split}_X.bin"))
+        images[split] = x
+        if split != "unlabeled":
+            (np.arange(count) % 10 + 1).astype(np.uint8).tofile(os.path.join(folder, f"{split}_y.bin"))
+    with open(os.path.join(folder, "class_names.txt"), "w", encoding="utf-8") as handle:
+        handle.write("\n".join(registry.info("sc_stl10").class_names) + "\n")
+    return images
+
+
+def test_stl10_binary_copy_loads_through_the_recipe(tmp_path):
+    images = _write_stl10(tmp_path / "stl10" / "stl10_binary")
+    recipe = SCRecipe()
+    data = recipe.load_data(registry.info("sc_stl10"), str(tmp_path), options=recipe.options())
+    np.testing.assert_array_equal(data.train[0], images["train"])
+    np.testing.assert_array_equal(data.train[1], np.arange(20) % 10)
+    np.testing.assert_array_equal(data.test[0], images["test"])
+    assert data.class_names[2] == "car" and "stl10 binary" in data.source
+    unlabelled = sc_images(data)
+    assert unlabelled.shape == (50, 96, 96, 3)
+    np.testing.assert_array_equal(unlabelled[20:], images["unlabeled"])
+    os.makedirs(tmp_path / "empty")
+    with pytest.raises(ValueError, match="data_dir"):
+        recipe.load_data(registry.info("sc_stl10"), str(tmp_path / "empty"))
+
+
+def test_stl10_tfds_path_on_generated_data(monkeypatch):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from kernelzoo.zoo.data import stl10
+    monkeypatch.delenv("KERNELZOO_DATA_DIR", raising=False)
+    with tfds.testing.mock_data(num_examples=6, policy=tfds.testing.MockPolicy.USE_CODE):
+        copy = stl10.load_stl10()
+        unlabelled = copy.unlabelled()
+    assert copy.train[0].shape == (6, 96, 96, 3) and copy.train[0].dtype == np.uint8
+    assert copy.test[1].shape == (6,) and len(copy.class_names) == 10 and copy.source == "tfds:stl10"
+    assert unlabelled.shape == (6, 96, 96, 3)
+
+
+def test_family_options_reach_the_hyperparameters():
+    recipe = SCRecipe()
+    preset = registry.info("sc_cifar10_4k")
+    hp = recipe.hyperparameters(preset)
+    assert (hp["schedule"], hp["labels_per_class"], hp["label_seed"], hp["sc_patch_size"]) == ("plateau", 400, 2017, 4)
+    assert recipe.hyperparameters(registry.info("sc_cifar10_4k_noinit"))["sc_epochs"] == 0
+    parser = argparse.ArgumentParser()
+    recipe.add_arguments(parser)
+    args = parser.parse_args(["--sc-epochs", "2", "--sc-distance", "euclidean", "--precision", "float32"])
+    hp = recipe.hyperparameters(preset, **{k: v for k, v in vars(args).items() if k in hp})
+    assert (hp["sc_epochs"], hp["sc_distance"], hp["precision"]) == (2, "euclidean", "float32")
