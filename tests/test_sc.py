@@ -20,7 +20,7 @@ import kernelzoo  # noqa: F401  (registers the layers)
 from kernelzoo.zoo import registry
 from kernelzoo.zoo.inputs import takes_raw_pixels
 from kernelzoo.zoo.sc import (RandomShiftFlip, pretrain, sample_patch_positions, sc_cifar10, sc_mnist, sc_stl10,
-                              spatial_contrasting_loss)
+                              spatial_contrasting_from_maps, spatial_contrasting_loss)
 from kernelzoo.zoo.sc.data import carve_validation, labelled_subset, sc_images, semi_supervised
 from kernelzoo.zoo.sc.loss import patch_features, positions_grid
 from kernelzoo.zoo.sc.pretraining import PlateauDrop
@@ -375,3 +375,15 @@ def test_family_options_reach_the_hyperparameters():
     args = parser.parse_args(["--sc-epochs", "2", "--sc-distance", "euclidean", "--precision", "float32"])
     hp = recipe.hyperparameters(preset, **{k: v for k, v in vars(args).items() if k in hp})
     assert (hp["sc_epochs"], hp["sc_distance"], hp["precision"]) == (2, "euclidean", "float32")
+
+
+def test_loss_reads_bfloat16_maps_in_float32(rng):
+    maps = tf.cast(rng.normal(size=(6, 5, 5, 3)), tf.bfloat16)
+    loss = spatial_contrasting_from_maps(maps, 2, (0, 1), "euclidean")
+    assert loss.dtype == tf.float32 and np.isfinite(float(loss))
+
+
+def test_bench_sc_times_a_mixed_precision_sc_step():
+    from kernelzoo.zoo.sc.bench import measure
+    result = measure("mnist", "mixed_bfloat16", "sc", batch_size=8, steps=1, warmup=1, overrides={"widths": (4, 4, 4)})
+    assert result["ms"] > 0 and result["images_per_s"] > 0 and result["steps"] == 1
