@@ -171,7 +171,10 @@ def test_pretrain_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path):
         run(tmp_path / "b", callbacks=[Kill()])
     with pytest.raises(ValueError, match="resume"):
         run(tmp_path / "b")
-    resumed, _ = run(tmp_path / "b", resume=True)
+    with open(tmp_path / "b" / "log.csv", "a", encoding="utf-8") as handle:
+        handle.write("2,9.9,0.05\n")  # as a run killed between its log row and its checkpoint
+    resumed, again = run(tmp_path / "b", resume=True)
+    assert [int(r["epoch"]) for r in again["history"]] == [0, 1, 2] and again["history"][-1]["loss"] != 9.9
     for a, b in zip(straight.weights, resumed.weights):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7, err_msg=a.path)
 
