@@ -114,7 +114,8 @@ def test_loss_gradient_matches_finite_differences(distance, rng):
             plus, minus = [first.copy(), second.copy()], [first.copy(), second.copy()]
             plus[which][index] += step
             minus[which][index] -= step
-            numeric[index] = (_reference_loss(*plus, distance, True) - _reference_loss(*minus, distance, True)) / (2 * step)
+            difference = _reference_loss(*plus, distance, True) - _reference_loss(*minus, distance, True)
+            numeric[index] = difference / (2 * step)
         np.testing.assert_allclose(grad, numeric, rtol=1e-3, atol=1e-5)
 
 

@@ -49,7 +49,7 @@ def measure(network="cifar10", precision="float32", stage="supervised", batch_si
 
     from kernelzoo.zoo import registry
     from kernelzoo.zoo.sc.pretraining import SpatialContrastingTrainer, feature_layer
-    from kernelzoo.zoo.sc.recipe import SCRecipe, build_training_state, precision_policy
+    from kernelzoo.zoo.sc.recipe import SCRecipe, precision_policy
 
     network = check_choice("network", network, NETWORKS)
     stage = check_choice("stage", stage, STAGES)

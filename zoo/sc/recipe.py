@@ -156,9 +156,13 @@ class SCRecipe(Recipe):
             self._stage = None
 
     def initialise(self, model, data, hp, options, seed=0, verbose=0):
-        """The SC stage (module docstring); its report goes to config.json ("init")."""
+        """The SC stage (module docstring); its report and the data protocol's sizes go to config.json ("init")."""
+        data = as_sc_data(data)
+        report = {"labelled_images": int(len(data.labelled)), "label_seed": data.label_seed,
+                  "validation_images": 0 if data.validation is None else int(len(data.validation)),
+                  "spatial_contrasting": None}
         if not hp["sc_epochs"]:
-            return None
+            return report
         stage = getattr(self, "_stage", None) or {}
         folder = None if stage.get("out_dir") is None else os.path.join(stage["out_dir"], PRETRAIN_DIR)
         images = sc_images(data)
@@ -169,8 +173,9 @@ class SCRecipe(Recipe):
                           resume=stage.get("resume", False), verbose=verbose,
                           max_steps_per_epoch=stage.get("max_steps_per_epoch"))
         last = result["history"][-1] if result["history"] else {}
-        return {"spatial_contrasting": {"images": int(len(images)), "epochs": hp["sc_epochs"], "layer": hp["sc_layer"],
-                                        "final_loss": last.get("loss"), "run_folder": folder}}
+        report["spatial_contrasting"] = {"images": int(len(images)), "epochs": hp["sc_epochs"], "layer": hp["sc_layer"],
+                                         "final_loss": last.get("loss"), "run_folder": folder}
+        return report
 
     def compile(self, model, hp, steps_per_epoch=None):
         """SGD (or Adam) at the recipe's lr; the plateau schedule is the `fit` callback (PlateauDrop)."""
