@@ -20,7 +20,7 @@ def test_unknown_command_and_bad_bench_target_are_usage_errors(capsys):
         cli.main(["frobnicate"])
     assert exit_info.value.code == 2
     assert cli.main(["bench", "gpu"]) == 2
-    assert "kernelzoo bench {ops,deploy}" in capsys.readouterr().err
+    assert "kernelzoo bench {ops,deploy,sc}" in capsys.readouterr().err
 
 
 def test_demo_checks_the_special_cases_offline():
