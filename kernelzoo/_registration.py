@@ -31,6 +31,8 @@ CLASSES = {
     "PatchWhitening": "kernelzoo.zoo.simnet.preprocessing",
     "PerImageWhitening": "kernelzoo.zoo.ckn.preprocessing",
     "ImageWhitening": "kernelzoo.zoo.ckn.preprocessing",
+    "CentroidConv2D": "kernelzoo.zoo.layerwise.layers",
+    "PerImageStandardization": "kernelzoo.zoo.layerwise.layers",
     "RandomShiftFlip": "kernelzoo.zoo.sc.models",
 }
 FUNCTIONS = {

@@ -17,7 +17,7 @@ import keras
 from kernelzoo.ops.checks import boolean, check_choice
 from kernelzoo.zoo.preset import Preset
 
-FAMILIES = ("ckn", "kernelnet", "sc", "simnet")
+FAMILIES = ("ckn", "kernelnet", "layerwise", "sc", "simnet")
 
 
 @functools.cache
