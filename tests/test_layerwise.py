@@ -17,7 +17,7 @@ from kernelzoo.zoo.layerwise import algorithm, theory
 from kernelzoo.zoo.layerwise.generative import (DIGITS, GLYPHS, STROKES, HierarchicalModel, random_model,
                                                 synthetic_digits, to_uint8)
 from kernelzoo.zoo.layerwise.layers import CentroidConv2D, PerImageStandardization
-from kernelzoo.zoo.layerwise.models import layerwise_cnn
+from kernelzoo.zoo.layerwise.models import layerwise_cnn, with_cluster_dtype
 from kernelzoo.zoo.recipe import Data
 
 
@@ -216,6 +216,17 @@ def test_builder_and_presets():
         layerwise_cnn(clusters=(4, 5), embeddings=(3,))
     with pytest.raises(ValueError, match="head"):
         layerwise_cnn(clusters=(4,), embeddings=(3,), head="svm")
+
+
+def test_bfloat16_centroid_convolutions_and_their_float32_copy():
+    model = layerwise_cnn(clusters=(6, 8), embeddings=(4, 5), fc_units=(8, 4), bias=0.5, input_shape=(12, 12, 3),
+                          cluster_dtype="bfloat16")
+    assert model.get_layer("block2_cluster").dtype_policy.name == "mixed_bfloat16"
+    plain = with_cluster_dtype(model, "float32")
+    assert plain.get_layer("block2_cluster").dtype_policy.name == "float32"
+    x = np.random.default_rng(0).integers(0, 256, size=(4, 12, 12, 3)).astype("float32")
+    low, high = model.predict(x, verbose=0), plain.predict(x, verbose=0)
+    assert low.dtype == np.float32 and np.abs(low - high).max() <= 0.05 * np.abs(high).max()   # bf16: 8-bit mantissa
 
 
 # ----------------------------------------------------------------------------- Sec. 4: the two-level analysis

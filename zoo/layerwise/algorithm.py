@@ -27,8 +27,7 @@ from kernelzoo.ops.checks import positive_int
 from kernelzoo.progress import progress
 from kernelzoo.zoo.ckn.kmeans import spherical_kmeans
 from kernelzoo.zoo.layerwise.models import FEATURES
-from kernelzoo.zoo.simnet.init import extract_patches
-from kernelzoo.zoo.simnet.preprocessing import sample_patch_rows
+from kernelzoo.ops.shapes import output_size, pad_amounts
 
 PARTS = ("cluster", "pool", "embed", "projection")
 
@@ -69,16 +68,32 @@ def trained_blocks(model):
 
 
 def sample_patches(model, index, images, count, seed=0, batch_size=64):
-    """`count` patches (rows in Conv2D patch order) of the input of block `index`'s centroid
-    convolution, spread evenly over `images` and the convolution's positions (its strides and padding)."""
+    """`count` patches (rows in Conv2D patch order: kh, kw, C) of the input of block `index`'s centroid
+    convolution, spread evenly over `images` (ceil(count / images) per image, at distinct positions
+    drawn uniformly among the convolution's, with its strides and zero padding), then `count` of them."""
     layer = block_layer(model, index, "cluster")
     feed = keras.Model(model.input, layer.input)
-
-    def patches(batch):
-        maps = ops.convert_to_numpy(feed(np.asarray(batch, "float32"), training=False))
-        return extract_patches(maps, layer.kernel_size, layer.strides, layer.padding)
-
-    return sample_patch_rows(patches, images, positive_int(count, "count"), batch_size, np.random.default_rng(seed))
+    count, batch_size = positive_int(count, "count"), positive_int(batch_size, "batch_size")
+    images = np.asarray(images)
+    rng = np.random.default_rng(seed)
+    (kh, kw), (sh, sw) = layer.kernel_size, layer.strides
+    rows = []
+    for start in range(0, len(images), batch_size):
+        maps = ops.convert_to_numpy(feed(np.asarray(images[start:start + batch_size], "float32"), training=False))
+        n, height, width, _ = maps.shape
+        out_h, out_w = output_size(height, kh, sh, layer.padding), output_size(width, kw, sw, layer.padding)
+        maps = np.pad(maps, ((0, 0), pad_amounts(height, kh, sh, layer.padding),
+                             pad_amounts(width, kw, sw, layer.padding), (0, 0)))
+        per_image = min(-(-count // len(images)), out_h * out_w)
+        picks = np.stack([rng.choice(out_h * out_w, per_image, replace=False) for _ in range(n)])
+        image = np.repeat(np.arange(n), per_image)
+        y, x = (picks.ravel() // out_w) * sh, (picks.ravel() % out_w) * sw
+        rows.append(np.stack([maps[image, y + dy, x + dx] for dy in range(kh) for dx in range(kw)], axis=1)
+                    .reshape(len(image), -1))
+    rows = np.concatenate(rows)
+    if len(rows) > count:
+        rows = rows[np.sort(rng.choice(len(rows), count, replace=False))]
+    return rows
 
 
 def cluster_block(model, index, images, *, patches=50_000, candidates=None, max_iter=30, tol=0.0, seed=0,
