@@ -86,9 +86,16 @@ def fit_adam(model, loss_fn, steps=100, learning_rate=1e-3):
 
     optimizer = keras.optimizers.Adam(learning_rate)
     variables = model.trainable_variables
+    optimizer.build(variables)  # its slots exist before the step is traced
     value_and_grads = _objective(model, loss_fn)
-    loss = None
-    for _ in range(steps):
+
+    @tf.function
+    def step():  # one graph per step: Adam's update run eagerly cost ~20x the gradient itself
         loss, grads = value_and_grads()
         optimizer.apply_gradients(zip(grads, variables))
+        return loss
+
+    loss = None
+    for _ in range(steps):
+        loss = step()
     return float(loss)
