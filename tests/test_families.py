@@ -10,6 +10,7 @@ import dataclasses
 import importlib
 import inspect
 import os
+import shutil
 import subprocess
 import sys
 
@@ -96,14 +97,17 @@ def test_resumed_run_equals_the_uninterrupted_one(trained, key, tmp_path):
 
 
 @pytest.mark.parametrize("key", [k for k, (_, run) in zip(TINY_IDS, TINY) if not run.exact_resume])
-def test_inexact_resume_continues_from_the_last_checkpoint(key, tmp_path):
-    """A loop that cannot promise equal weights (L-BFGS-B) still resumes: 2 epochs, then 2 more."""
-    run = dict(zip(TINY_IDS, (r for _, r in TINY)))[key]
-    patient = dict(run.hp, epochs=2, patience=100)
-    _train(dataclasses.replace(run, hp=patient), tmp_path)
-    result = _train(dataclasses.replace(run, hp=dict(patient, epochs=4)), tmp_path, resume=True)
-    assert [int(row["epoch"]) for row in result["history"]] == [0, 1, 2, 3]
-    assert training.read_state(str(tmp_path))["epoch"] == 4
+def test_inexact_resume_continues_from_the_last_checkpoint(trained, key, tmp_path):
+    """A loop that cannot promise equal weights (L-BFGS-B) still resumes: the tiny run's epochs (a copy of
+    its finished run folder), then 2 more."""
+    run, _, folder = trained[key]
+    epochs = run.hp["epochs"]
+    assert training.read_state(str(folder))["epoch"] == epochs
+    shutil.copytree(folder, tmp_path / "run")
+    result = _train(dataclasses.replace(run, hp=dict(run.hp, epochs=epochs + 2, patience=100)), tmp_path / "run",
+                    resume=True)
+    assert [int(row["epoch"]) for row in result["history"]] == list(range(epochs + 2))
+    assert training.read_state(str(tmp_path / "run"))["epoch"] == epochs + 2
 
 
 def _inputs(run, model):
