@@ -12,8 +12,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from kernelzoo.ops.checks import (check_choice, nonnegative_float, normalize_padding, normalize_tuple, positive_float,
-                                  positive_int)
+from kernelzoo.ops.checks import (check_choice, known_channels, nonnegative_float, normalize_padding, normalize_tuple,
+                                  positive_float, positive_int)
 from kernelzoo.ops.shapes import output_size
 
 KERNELS = ("exp", "poly2")
@@ -64,9 +64,7 @@ class CKNConv2D(keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(ndim=4)
 
     def build(self, input_shape):
-        channels = input_shape[-1]
-        if channels is None:
-            raise ValueError(f"CKNConv2D needs a known number of input channels, got input shape {input_shape}")
+        channels = known_channels(input_shape, "CKNConv2D")
         self.anchors = self.add_weight(name="anchors", shape=self.kernel_size + (channels, self.filters),
                                        initializer=self.anchors_initializer, regularizer=self.anchors_regularizer)
         self.factor = self.add_weight(name="factor", shape=(self.filters, self.filters), initializer="identity",

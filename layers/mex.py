@@ -4,7 +4,7 @@ import numpy as np
 from keras import ops
 
 from kernelzoo.ops import api
-from kernelzoo.ops.checks import normalize_padding, normalize_tuple, positive_int
+from kernelzoo.ops.checks import known_channels, normalize_padding, normalize_tuple, positive_int
 from kernelzoo.ops.shapes import output_size
 
 _OFFSET_MODES = ("shared", "unshared")
@@ -57,9 +57,8 @@ class Mex(keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(ndim=4)
 
     def build(self, input_shape):
-        _, height, width, channels = input_shape
-        if channels is None:
-            raise ValueError(f"Mex needs a known number of input channels, got input shape {input_shape}")
+        _, height, width, _ = input_shape
+        channels = known_channels(input_shape, "Mex")
         block = channels if self.channel_block is None else self.channel_block
         if channels % block:
             raise ValueError(f"`channel_block`={block} must divide the number of input channels ({channels})")

@@ -5,7 +5,7 @@ from keras import ops
 
 from kernelzoo.layers.constraints import MinValue
 from kernelzoo.ops import api
-from kernelzoo.ops.checks import check_choice, normalize_padding, normalize_tuple, positive_int
+from kernelzoo.ops.checks import check_choice, known_channels, normalize_padding, normalize_tuple, positive_int
 from kernelzoo.ops.shapes import output_size
 
 # Learned exponents are kept at or above this (p must stay > 0).
@@ -62,9 +62,7 @@ class Similarity(keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(ndim=4)
 
     def build(self, input_shape):
-        channels = input_shape[-1]
-        if channels is None:
-            raise ValueError(f"Similarity needs a known number of input channels, got input shape {input_shape}")
+        channels = known_channels(input_shape, "Similarity")
         shape = self.kernel_size + (channels, self.filters)
         self.templates = self.add_weight(name="templates", shape=shape, initializer=self.templates_initializer,
                                          regularizer=self.templates_regularizer,

@@ -122,6 +122,14 @@ def image_shape(value, name="input_shape"):
     return shape
 
 
+def known_channels(input_shape, layer):
+    """The channel count (last axis) of a layer's `input_shape`; ValueError naming `layer` when it is unknown."""
+    channels = input_shape[-1]
+    if channels is None:
+        raise ValueError(f"{layer} needs a known number of input channels, got input shape {input_shape}")
+    return int(channels)
+
+
 def image_batch(value, name="images"):
     """`value` as a non-empty numeric numpy array of images (N, H, W, C)."""
     try:

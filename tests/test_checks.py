@@ -7,6 +7,12 @@ import pytest
 from kernelzoo.ops import checks
 
 
+def test_known_channels_names_the_layer():
+    assert checks.known_channels((None, 8, 8, 3), "Mex") == 3
+    with pytest.raises(ValueError, match="CKNConv2D needs a known number of input channels"):
+        checks.known_channels((None, 8, 8, None), "CKNConv2D")
+
+
 def test_checks_return_normalised_values():
     assert checks.check_choice("padding", "SAME", ("valid", "same")) == "same"
     assert checks.boolean(np.bool_(True), "flag") is True

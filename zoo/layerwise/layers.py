@@ -13,7 +13,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from kernelzoo.ops.checks import boolean, normalize_padding, normalize_tuple, positive_int, real
+from kernelzoo.ops.checks import boolean, known_channels, normalize_padding, normalize_tuple, positive_int, real
 from kernelzoo.ops.shapes import output_size
 
 # Squared patch norms are clipped at this before the square root (a zero patch gives 0, not NaN).
@@ -47,9 +47,7 @@ class CentroidConv2D(keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(ndim=4)
 
     def build(self, input_shape):
-        channels = input_shape[-1]
-        if channels is None:
-            raise ValueError(f"CentroidConv2D needs a known number of input channels, got {input_shape}")
+        channels = known_channels(input_shape, "CentroidConv2D")
         self.kernel = self.add_weight(name="kernel", shape=self.kernel_size + (channels, self.filters),
                                       initializer="random_normal", trainable=False)
         self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: channels})

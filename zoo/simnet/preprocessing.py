@@ -22,7 +22,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from kernelzoo.ops.checks import image_batch, int_in_range, matrix, nonnegative_float, positive_float, positive_int
+from kernelzoo.ops.checks import image_batch, int_in_range, known_channels, matrix, nonnegative_float, positive_float, positive_int
 from kernelzoo.ops.shapes import normalize_padding, normalize_tuple, output_size
 
 
@@ -85,9 +85,7 @@ class PatchWhitening(keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(ndim=4)
 
     def build(self, input_shape):
-        channels = input_shape[-1]
-        if channels is None:
-            raise ValueError(f"PatchWhitening needs a known number of input channels, got {input_shape}")
+        channels = known_channels(input_shape, "PatchWhitening")
         depth = self.patch_size[0] * self.patch_size[1] * channels
         self.depth = depth
         self.mean = self.add_weight(name="mean", shape=(depth,), initializer="zeros", trainable=False)
