@@ -1,8 +1,7 @@
 // MEX operator of SimNets (Cohen & Shashua 2014, Eq. 1): the math of one set
 // and the device-templated functor shared by the CPU kernel (mex_kernels.cc)
-// and a future CUDA kernel (mex_kernels.cu.cc, specialising the functors for
-// Eigen::GpuDevice; each GPU thread would gather one set into local memory and
-// call MexSetForward / MexSetBackward). No TensorFlow dependency.
+// and the GPU kernels (mex_gpu.h: each GPU thread reads one set in place and
+// calls MexSetForward / MexSetBackward). No TensorFlow dependency.
 //
 //   MEX_xi{v_1..v_n} = (1/xi) log((1/n) sum_s exp(xi v_s))
 //
@@ -15,6 +14,8 @@
 // exponents are small). Sums are accumulated in double.
 #ifndef KERNELZOO_OPS_CC_MEX_FUNCTOR_H_
 #define KERNELZOO_OPS_CC_MEX_FUNCTOR_H_
+
+#include <math.h>  // isinf, expm1f, ... in the global namespace (host and CUDA alike)
 
 #include <cmath>
 #include <cstdint>
@@ -68,7 +69,9 @@ struct MexSetState {
 };
 
 // Value of MEX_xi over v[0..n) (n >= 1). The state feeds MexSetBackward.
-KZ_HOST_DEVICE inline MexSetState MexSetForward(const float* v, int64_t n, float xi,
+// Values: a float pointer, or (GPU kernels) any type whose v[s] is the float s.
+template <typename Values>
+KZ_HOST_DEVICE inline MexSetState MexSetForward(const Values& v, int64_t n, float xi,
                                                 bool softmax_mode) {
   MexSetState st;
   const double nan = NAN;
@@ -138,10 +141,13 @@ KZ_HOST_DEVICE inline MexSetState MexSetForward(const float* v, int64_t n, float
   return st;
 }
 
-// Gradient of one set: gv[s] = g * d value / d v_s, returns g * d value / d xi.
-KZ_HOST_DEVICE inline double MexSetBackward(const float* v, int64_t n, float xi,
+// Gradient of one set: gv[s] = g * d value / d v_s (each s assigned once),
+// returns g * d value / d xi. Grads: a float pointer, or any type whose
+// gv[s] = x stores x (the GPU kernels scatter it).
+template <typename Values, typename Grads>
+KZ_HOST_DEVICE inline double MexSetBackward(const Values& v, int64_t n, float xi,
                                             bool softmax_mode, const MexSetState& st,
-                                            float g, float* gv) {
+                                            float g, Grads&& gv) {
   switch (st.regime) {
     case kMexNaN: {
       for (int64_t s = 0; s < n; ++s) gv[s] = NAN;

@@ -1,0 +1,189 @@
+// GPU kernels of the MEX operator (launch code and memory layout only; the
+// math is MexSetForward / MexSetBackward of mex_functor.h). Written against
+// gpu_shim.h: nvcc builds them for the GPU, a host compiler builds the same
+// source as the emulation the tests compare with the CPU kernels.
+//
+// One thread per set (output position, channel block, instance) reads its set
+// in place through MexSetView (input entries of the window that lie inside
+// the image, plus the region's offsets, plus c) and runs the shared math.
+// Every set takes the direct form: the class-wise GEMM form of the CPU kernels
+// (mex_functor.h) is a CPU optimisation with the same values within rounding.
+// The backward pass scatters each set's gradients with atomic adds: into
+// grad_input (float) and into double accumulators for xi, offsets and c,
+// converted to float at the end.
+#ifndef KERNELZOO_OPS_CC_MEX_GPU_H_
+#define KERNELZOO_OPS_CC_MEX_GPU_H_
+
+#include "gpu_shim.h"
+#include "mex_functor.h"
+
+namespace kernelzoo {
+namespace gpu {
+
+// The set of output (image, i, j), channel block cb, instance k: entry s < count
+// is input[image, y0 + a, x0 + b, cb * bc + cc] (+ offsets[region, k, a, b, cc]) for
+// the window entries inside the image, in (a, b, cc) order; entry `count` is c[k].
+struct MexSetView {
+  const float* img = nullptr;      // input at (image, y0 + a_lo, x0 + b_lo, cb * bc)
+  const float* offsets = nullptr;  // offsets at (region, k, a_lo, b_lo, 0), or null
+  int64_t in_w = 0, in_c = 0, k_w = 0, bc = 0, width = 0;  // width: valid columns
+  int64_t count = 0;
+  float c = 0.f;
+
+  KZ_HOST_DEVICE float operator[](int64_t s) const {
+    if (s >= count) return c;
+    const int64_t cc = s % bc, b = (s / bc) % width, a = s / (bc * width);
+    float v = img[(a * in_w + b) * in_c + cc];
+    if (offsets != nullptr) v += offsets[(a * k_w + b) * bc + cc];
+    return v;
+  }
+};
+
+// Set `set` = ((image * out_h + i) * out_w + j) * nb + cb) * K + k, the output index.
+KZ_HOST_DEVICE inline MexSetView MakeSetView(const MexParams& prm, const float* input,
+                                             const float* offsets, const float* c, int64_t set,
+                                             int64_t* input_base, int64_t* offset_base) {
+  const WindowGeometry& g = prm.geo;
+  const int64_t K = prm.num_instances, nb = prm.num_blocks(), bc = prm.channel_block;
+  const int64_t k = set % K, cb = (set / K) % nb, pos = set / (K * nb);
+  const int64_t j = pos % g.out_w, i = (pos / g.out_w) % g.out_h, image = pos / (g.out_w * g.out_h);
+  const int64_t y0 = g.row0(i), x0 = g.col0(j);
+  const int64_t a_lo = y0 < 0 ? -y0 : 0, b_lo = x0 < 0 ? -x0 : 0;
+  const int64_t a_hi = g.in_h - y0 < g.k_h ? g.in_h - y0 : g.k_h;
+  const int64_t b_hi = g.in_w - x0 < g.k_w ? g.in_w - x0 : g.k_w;
+  MexSetView view;
+  view.in_w = g.in_w;
+  view.in_c = g.in_c;
+  view.k_w = g.k_w;
+  view.bc = bc;
+  view.width = b_hi > b_lo ? b_hi - b_lo : 0;
+  view.count = (a_hi > a_lo && b_hi > b_lo) ? (a_hi - a_lo) * view.width * bc : 0;
+  *input_base = ((image * g.in_h + y0 + a_lo) * g.in_w + x0 + b_lo) * g.in_c + cb * bc;
+  view.img = input + *input_base;
+  *offset_base = -1;
+  if (prm.use_offsets) {
+    const int64_t region = prm.region_h(i) * prm.regions_w + prm.region_w(j);
+    *offset_base = ((region * K + k) * g.k_h + a_lo) * g.k_w * bc + b_lo * bc;
+    view.offsets = offsets + *offset_base;
+  }
+  if (prm.use_c) view.c = c[k];
+  return view;
+}
+
+// Where gv[s] = x goes: grad_input, and the offsets' double accumulator; c's slot.
+struct MexGradSink {
+  struct Slot {
+    const MexGradSink* sink;
+    int64_t s;
+    KZ_HOST_DEVICE void operator=(float x) const { sink->Add(s, x); }
+  };
+  MexSetView view;
+  float* grad_input = nullptr;   // at the view's input base
+  double* grad_offsets = nullptr;  // at the view's offset base, or null
+  double* grad_c = nullptr;        // at instance k, or null
+
+  KZ_HOST_DEVICE Slot operator[](int64_t s) const { return Slot{this, s}; }
+  KZ_HOST_DEVICE void Add(int64_t s, float x) const {
+    if (s >= view.count) {
+      if (grad_c != nullptr) AtomicAdd(grad_c, static_cast<double>(x));
+      return;
+    }
+    const int64_t cc = s % view.bc, b = (s / view.bc) % view.width, a = s / (view.bc * view.width);
+    AtomicAdd(grad_input + (a * view.in_w + b) * view.in_c + cc, x);
+    if (grad_offsets != nullptr)
+      AtomicAdd(grad_offsets + (a * view.k_w + b) * view.bc + cc, static_cast<double>(x));
+  }
+};
+
+KZ_GLOBAL void MexForwardKernel(MexParams prm, const float* input, const float* xi,
+                                const float* offsets, const float* c, float* output) {
+  const int64_t sets = prm.geo.positions() * prm.out_channels();
+  KZ_FOR_THREADS(t) {
+    KZ_GRID_STRIDE(set, t, sets) {
+      int64_t input_base, offset_base;
+      const MexSetView v = MakeSetView(prm, input, offsets, c, set, &input_base, &offset_base);
+      const int64_t n = v.count + (prm.use_c ? 1 : 0);
+      const float x = xi[set % prm.num_instances];
+      output[set] = n > 0 ? MexSetForward(v, n, x, prm.softmax_mode).value : NAN;
+    }
+  }
+}
+
+// ws: K doubles for xi, then (if used) the offsets' and K for c, all zeroed.
+KZ_GLOBAL void MexBackwardKernel(MexParams prm, const float* input, const float* xi,
+                                 const float* offsets, const float* c, const float* grad,
+                                 float* grad_input, double* ws) {
+  const int64_t K = prm.num_instances, sets = prm.geo.positions() * prm.out_channels();
+  double* ws_offsets = ws + K;
+  double* ws_c = ws_offsets + (prm.use_offsets ? prm.regions_h * prm.regions_w * K * prm.block_size() : 0);
+  KZ_FOR_THREADS(t) {
+    KZ_GRID_STRIDE(set, t, sets) {
+      MexGradSink sink;
+      int64_t input_base, offset_base;
+      sink.view = MakeSetView(prm, input, offsets, c, set, &input_base, &offset_base);
+      const int64_t n = sink.view.count + (prm.use_c ? 1 : 0);
+      if (n == 0) continue;
+      const int64_t k = set % K;
+      sink.grad_input = grad_input + input_base;
+      sink.grad_offsets = prm.use_offsets ? ws_offsets + offset_base : nullptr;
+      sink.grad_c = prm.use_c ? ws_c + k : nullptr;
+      const MexSetState st = MexSetForward(sink.view, n, xi[k], prm.softmax_mode);
+      AtomicAdd(ws + k, MexSetBackward(sink.view, n, xi[k], prm.softmax_mode, st, grad[set], sink));
+    }
+  }
+}
+
+KZ_GLOBAL void DoubleToFloatKernel(const double* from, int64_t count, float* to) {
+  KZ_FOR_THREADS(t) {
+    KZ_GRID_STRIDE(idx, t, count) { to[idx] = static_cast<float>(from[idx]); }
+  }
+}
+
+// output (N, out_h, out_w, nb * K). Device pointers (host pointers in the emulation);
+// offsets / c may be null when unused.
+inline void MexForward(const Launcher& launch, const MexParams& prm, const float* input,
+                       const float* xi, const float* offsets, const float* c, float* output) {
+  const int64_t sets = prm.geo.positions() * prm.out_channels();
+  const int threads = launch.max_threads;
+  launch(MexForwardKernel, BlocksFor(launch, sets, threads), threads, prm, input, xi, offsets, c, output);
+}
+
+inline int64_t MexOffsetsSize(const MexParams& prm) {
+  return prm.use_offsets ? prm.regions_h * prm.regions_w * prm.num_instances * prm.block_size() : 0;
+}
+
+// Bytes of device scratch MexBackward needs.
+inline int64_t MexBackwardWorkspaceBytes(const MexParams& prm) {
+  const int64_t K = prm.num_instances;
+  return (K + MexOffsetsSize(prm) + (prm.use_c ? K : 0)) * static_cast<int64_t>(sizeof(double));
+}
+
+// Gradients w.r.t. input, xi, and offsets / c when used (null otherwise); all overwritten.
+inline void MexBackward(const Launcher& launch, const MexParams& prm, const float* input,
+                        const float* xi, const float* offsets, const float* c, const float* grad,
+                        float* grad_input, float* grad_xi, float* grad_offsets, float* grad_c,
+                        void* workspace) {
+  const WindowGeometry& g = prm.geo;
+  const int64_t K = prm.num_instances, sets = g.positions() * prm.out_channels();
+  const int64_t ws_count = MexBackwardWorkspaceBytes(prm) / static_cast<int64_t>(sizeof(double));
+  const int threads = launch.max_threads;
+  double* ws = static_cast<double*>(workspace);
+  launch.Zero(grad_input, g.batch * g.in_h * g.in_w * g.in_c);
+  launch.Zero(ws, ws_count);
+  launch(MexBackwardKernel, BlocksFor(launch, sets, threads), threads, prm, input, xi, offsets, c, grad,
+         grad_input, ws);
+  launch(DoubleToFloatKernel, BlocksFor(launch, K, threads), threads, static_cast<const double*>(ws), K,
+         grad_xi);
+  const int64_t off = MexOffsetsSize(prm);
+  if (prm.use_offsets)
+    launch(DoubleToFloatKernel, BlocksFor(launch, off, threads), threads, static_cast<const double*>(ws + K),
+           off, grad_offsets);
+  if (prm.use_c)
+    launch(DoubleToFloatKernel, BlocksFor(launch, K, threads), threads,
+           static_cast<const double*>(ws + K + off), K, grad_c);
+}
+
+}  // namespace gpu
+}  // namespace kernelzoo
+
+#endif  // KERNELZOO_OPS_CC_MEX_GPU_H_
