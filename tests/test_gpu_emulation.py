@@ -1,0 +1,162 @@
+"""The GPU kernels (ops/cc/*_gpu.h), run by host emulation, against the CPU kernels.
+
+`ops/capi.py` builds `cc/kernels_capi.cu` with the host compiler: the CUDA kernel bodies run
+block by block, each phase for every thread in turn (`cc/gpu_shim.h`), with the grid capped
+at a few blocks and odd thread counts so that every grid-stride loop wraps. This checks the
+kernels' index math and numerics over the custom-op test grid (odd sizes, padding, strides,
+NaN inputs, xi from -inf to inf, offsets by region, long sets); it cannot check concurrency
+(races), which `ops/gpu_check.py` checks on a GPU with compute-sanitizer.
+"""
+import itertools
+
+import numpy as np
+import pytest
+
+from kernelzoo.ops import capi, library
+
+if library._compiler() is None:
+    pytest.skip("no C++ compiler: neither the CPU kernels nor the emulation can be built", allow_module_level=True)
+
+import tensorflow as tf  # noqa: E402
+
+from kernelzoo.ops import custom  # noqa: E402
+from test_custom_ops import XI_EDGE, _rel_close  # noqa: E402
+
+# Grids of 3 blocks: the tiled forward loops over its tiles, the per-item kernels over
+# items in strides of 3 x 37 (a thread count that divides nothing).
+LAUNCH = (0, 3, 37)
+
+
+@pytest.fixture(scope="module")
+def emulated(tmp_path_factory):
+    library.load()
+    return capi.Kernels(capi.build(str(tmp_path_factory.mktemp("capi"))), launch=LAUNCH)
+
+
+def _cpu_value_and_grads(fn, tensors, seed=0):
+    tensors = [tf.convert_to_tensor(t) for t in tensors]
+    with tf.GradientTape() as tape:
+        tape.watch(tensors)
+        y = fn(*tensors)
+    g = np.random.default_rng(seed).normal(size=y.shape).astype("float32")
+    grads = tape.gradient(y, tensors, output_gradients=tf.constant(g))
+    return y.numpy(), g, [None if v is None else v.numpy() for v in grads]
+
+
+SIM_GRID = list(itertools.product(["linear", "l1", "l2", "lp"], [(1, 1), (2, 3)], ["valid", "same"],
+                                  [False, True]))
+
+
+@pytest.mark.parametrize("kind,strides,padding,ignore_nan", SIM_GRID)
+def test_similarity_emulation_matches_cpu(emulated, kind, strides, padding, ignore_nan):
+    rng = np.random.default_rng(7)
+    # 70 templates: two template tiles (64 + 6); 2 x 9 x 8 positions: more than one position tile.
+    x = rng.normal(size=(2, 11, 10, 3)).astype("float32")
+    if ignore_nan:
+        x[0, 1, 2, 0] = x[1, 4, 4, 2] = np.nan
+    z = rng.normal(size=(3, 2, 3, 70)).astype("float32")
+    u = rng.uniform(0.2, 1.5, size=z.shape).astype("float32")
+    p = (rng.uniform(0.6, 2.5, size=70) if kind == "lp" else np.full(70, {"l1": 1.0}.get(kind, 2.0))).astype("float32")
+    kw = dict(similarity=kind, strides=strides, padding=padding, ignore_nan=ignore_nan)
+    y, g, grads = _cpu_value_and_grads(lambda *t: custom.similarity(*t, **kw), [x, z, u, p])
+    y_emu = emulated.similarity(x, z, u, p, **kw)
+    _rel_close(y_emu, y, 1e-5, "output")
+    for name, got, want in zip(["input", "templates", "weights", "p"], emulated.similarity_grad(x, z, u, p, g, **kw),
+                               grads):
+        if name == "p" and kind != "lp":
+            assert not np.any(got), "grad p must be zero unless lp"
+            continue
+        _rel_close(got, want, 1e-4, f"grad {name}")
+
+
+def test_similarity_emulation_propagates_nan_without_ignore_nan(emulated):
+    x = np.random.default_rng(1).normal(size=(1, 5, 5, 2)).astype("float32")
+    x[0, 2, 2, 1] = np.nan
+    z = np.ones((3, 3, 2, 4), "float32")
+    y = emulated.similarity(x, z, z, np.full(4, 2.0, "float32"), similarity="l2")
+    assert np.isnan(y).sum() == 9 * 4  # every window over (2, 2), every template
+
+
+def _mex_tensors(rng, x_shape, k, pool, channel_block, regions, use_c, xi):
+    offsets = None if regions is None else rng.normal(size=regions + (k,) + pool + (channel_block,)).astype("float32")
+    c = rng.normal(size=k).astype("float32") if use_c else None
+    return rng.normal(size=x_shape).astype("float32"), np.asarray(xi, "float32"), offsets, c
+
+
+def _check_mex(emulated, x, xi, offsets, c, kw, rtol_xi=2e-4):
+    tensors = [t for t in (x, xi, offsets, c) if t is not None]
+
+    def fn(*t):
+        it = iter(t[2:])
+        return custom.mex(t[0], t[1], next(it) if offsets is not None else None,
+                          next(it) if c is not None else None, gemm=False, **kw)
+    y, g, grads = _cpu_value_and_grads(fn, tensors)
+    k = kw["num_instances"]
+    y_emu = emulated.mex(x, xi, offsets, c, **kw)
+    y, y_emu = y.reshape(-1, k), y_emu.reshape(-1, k)
+    for i in range(k):  # per instance: each has its own scale
+        _rel_close(y_emu[:, i], y[:, i], 1e-5, f"output xi={xi[i]}")
+    got = dict(zip(["inputs", "xi", "offsets", "c"], emulated.mex_grad(x, xi, offsets, c, g, **kw)))
+    want = dict(zip(["inputs", "xi"] + (["offsets"] if offsets is not None else []) + (["c"] if c is not None else []),
+                    grads))
+    for name, ref in want.items():
+        if name == "xi":
+            finite = np.isfinite(ref)
+            scale = np.max(np.abs(ref[finite])) if finite.any() else 1.0
+            np.testing.assert_allclose(got[name], ref, rtol=rtol_xi, atol=1e-6 * scale, err_msg="grad xi")
+        else:
+            _rel_close(got[name], ref, 1e-4, f"grad {name}")
+
+
+MEX_GRID = list(itertools.product([(2, 2), (3, 2)], [(2, 2), (1, 2)], ["valid", "same"], [1, 2],
+                                  ["none", "shared", "regions", "unshared"], [False, True], [False, True]))
+
+
+@pytest.mark.parametrize("pool,strides,padding,channel_block,offsets_mode,use_c,softmax", MEX_GRID)
+def test_mex_emulation_matches_cpu(emulated, pool, strides, padding, channel_block, offsets_mode, use_c, softmax):
+    rng = np.random.default_rng(5)
+    oh = -(-7 // strides[0]) if padding == "same" else (7 - pool[0]) // strides[0] + 1
+    ow = -(-6 // strides[1]) if padding == "same" else (6 - pool[1]) // strides[1] + 1
+    regions = {"none": None, "shared": (1, 1), "regions": (2, 2), "unshared": (oh, ow)}[offsets_mode]
+    xi = [0.7, -2.5, 1e-5 if not softmax else 4.0]
+    tensors = _mex_tensors(rng, (2, 7, 6, 6), 3, pool, channel_block, regions, use_c, xi)
+    _check_mex(emulated, *tensors, dict(num_instances=3, pool_size=pool, channel_block=channel_block,
+                                        strides=strides, padding=padding, softmax_mode=softmax))
+
+
+@pytest.mark.parametrize("padding,use_c,softmax", list(itertools.product(["valid", "same"], [False, True],
+                                                                         [False, True])))
+def test_mex_emulation_xi_edge_values(emulated, padding, use_c, softmax):
+    """xi = 0, tiny, large and +-inf; ties at the max / min."""
+    rng = np.random.default_rng(3)
+    k = len(XI_EDGE)
+    x, xi, offsets, c = _mex_tensors(rng, (2, 5, 5, 4), k, (2, 2), 2, (1, 1), use_c, XI_EDGE)
+    x[0, 0, 0, :] = x[0, 0, 1, :]
+    _check_mex(emulated, x, xi, offsets, c, dict(num_instances=k, pool_size=(2, 2), channel_block=2, strides=(2, 2),
+                                                 padding=padding, softmax_mode=softmax))
+
+
+@pytest.mark.parametrize("softmax", [False, True])
+def test_mex_emulation_long_class_wise_sets(emulated, softmax):
+    """The SimNet's class-wise MEX (1x1, 80 channels a block, offsets by region): on the CPU a GEMM, here direct."""
+    rng = np.random.default_rng(11)
+    xi = [0.7, -2.5, 40.0, 0.05, 1e-6] + ([] if softmax else [0.0])
+    k = len(xi)
+    tensors = _mex_tensors(rng, (2, 5, 4, 160), k, (1, 1), 80, (2, 2), True, xi)
+    _check_mex(emulated, *tensors, dict(num_instances=k, pool_size=(1, 1), channel_block=80, strides=(1, 1),
+                                        padding="valid", softmax_mode=softmax))
+
+
+def test_mex_emulation_propagates_nan(emulated):
+    x = np.zeros((1, 4, 4, 1), "float32")
+    x[0, 1, 1, 0] = np.nan
+    y = emulated.mex(x, np.array([1.0], "float32"), num_instances=1, pool_size=(2, 2), channel_block=1)
+    assert np.isnan(y[0, 0, 0, 0]) and not np.isnan(y[0, 1, 1, 0])
+
+
+def test_capi_rejects_a_bad_configuration(emulated):
+    x = np.zeros((1, 3, 3, 2), "float32")
+    z = np.zeros((5, 5, 2, 1), "float32")  # a 5x5 patch does not fit 3x3 with 'valid'
+    with pytest.raises(RuntimeError, match="invalid similarity configuration"):
+        emulated._call("kz_similarity_forward", emulated.similarity_config(x.shape, z.shape, "l2", 1, "valid", False),
+                       emulated.launch, *[None] * 5)
