@@ -138,4 +138,31 @@ int kz_mex_backward(const int64_t* cfg, const int64_t* launch, const float* inpu
   return Finish(l);
 }
 
+#if defined(__CUDACC__)
+// Device memory for the harness (no framework needed, so compute-sanitizer sees only our kernels).
+void* kz_device_alloc(int64_t bytes) {
+  void* p = nullptr;
+  if (cudaMalloc(&p, bytes > 0 ? bytes : 1) != cudaSuccess) {
+    last_error = "cudaMalloc failed";
+    return nullptr;
+  }
+  return p;
+}
+
+void kz_device_free(void* p) { cudaFree(p); }
+
+// to_device: 1 host -> device, 0 device -> host. Synchronous; also reports earlier kernel errors.
+int kz_copy(void* dst, const void* src, int64_t bytes, int to_device) {
+  const cudaError_t e = cudaMemcpy(dst, src, bytes, to_device ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost);
+  if (e != cudaSuccess) return Fail(cudaGetErrorString(e));
+  return 0;
+}
+
+int kz_synchronize() {
+  const cudaError_t e = cudaDeviceSynchronize();
+  if (e != cudaSuccess) return Fail(cudaGetErrorString(e));
+  return 0;
+}
+#endif
+
 }  // extern "C"
