@@ -338,6 +338,7 @@ def bench(build_dir):
             rows.append(dict(op=f"similarity {kind}", shape=label, ours_ms=fwd, baseline="cuDNN conv2d",
                              baseline_ms=conv_ms, ratio=fwd / conv_ms, ours_fb_ms=fb, baseline_fb_ms=conv_fb_ms,
                              ratio_fb=fb / conv_fb_ms))
+    profile = _kernel_profile(kernels)
     x = torch.randn(64, 28, 28, 400, device="cuda")
     x_cl = x.permute(0, 3, 1, 2)  # NCHW view of NHWC memory (channels_last)
     one = torch.ones(1, device="cuda")
@@ -357,7 +358,24 @@ def bench(build_dir):
     rows.append(dict(op="class-wise MEX (10 classes, 400 templates, offsets, c)", shape="64x27x27x400",
                      ours_ms=cls_ms, baseline="none", baseline_ms=float("nan"), ratio=float("nan")))
     return rows, dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, cuda=torch.version.cuda,
-                      cudnn=torch.backends.cudnn.version())
+                      cudnn=torch.backends.cudnn.version(), kernel_profile=profile)
+
+
+def _kernel_profile(kernels):
+    """Per-kernel GPU time of one l2 similarity forward + backward on the CIFAR shape (torch.profiler)."""
+    import torch
+    x = torch.randn(64, 32, 32, 3, device="cuda")
+    z = torch.randn(6, 6, 3, 400, device="cuda")
+    u = torch.rand(6, 6, 3, 400, device="cuda") + 0.5
+    p = torch.full((400,), 2.0, device="cuda")
+    g = torch.randn(64, 27, 27, 400, device="cuda")
+    kernels.similarity_grad(x, z, u, p, g, similarity="l2")
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        kernels.similarity(x, z, u, p, similarity="l2")
+        kernels.similarity_grad(x, z, u, p, g, similarity="l2")
+        torch.cuda.synchronize()
+    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=70)
 
 
 def markdown(bench_rows, env, check_rows, sanitizer):
@@ -406,6 +424,7 @@ def main(argv=None):
     print(json.dumps(sanitizer))
     bench_rows, env = bench(args.build_dir)
     table = markdown(bench_rows, env, rows, sanitizer)
+    print(env.pop("kernel_profile"))
     print(table)
     if args.out:
         os.makedirs(args.out, exist_ok=True)

@@ -144,6 +144,15 @@ inline int64_t BlocksFor(const Launcher& launch, int64_t items, int threads) {
   return blocks < launch.MaxBlocks() ? blocks : launch.MaxBlocks();
 }
 
+// a / b and a % b for a, b >= 0, in 32-bit arithmetic when both fit (a GPU's 64-bit
+// division is a long software sequence; index math would otherwise dominate).
+KZ_HOST_DEVICE inline int64_t Div(int64_t a, int64_t b) {
+  return ((a | b) >> 31) == 0 ? static_cast<int64_t>(static_cast<uint32_t>(a) / static_cast<uint32_t>(b)) : a / b;
+}
+KZ_HOST_DEVICE inline int64_t Mod(int64_t a, int64_t b) {
+  return ((a | b) >> 31) == 0 ? static_cast<int64_t>(static_cast<uint32_t>(a) % static_cast<uint32_t>(b)) : a % b;
+}
+
 // for (item = global thread index; item < count; item += grid size) inside a phase.
 #define KZ_GRID_STRIDE(item, t, count)                                    \
   for (int64_t item = KZ_BLOCK_ID * KZ_THREADS + (t); item < (count); \

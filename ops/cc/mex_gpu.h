@@ -26,16 +26,21 @@ namespace gpu {
 struct MexSetView {
   const float* img = nullptr;      // input at (image, y0 + a_lo, x0 + b_lo, cb * bc)
   const float* offsets = nullptr;  // offsets at (region, k, a_lo, b_lo, 0), or null
-  int64_t in_w = 0, in_c = 0, k_w = 0, bc = 0, width = 0;  // width: valid columns
-  int64_t count = 0;
+  int64_t in_w = 0, in_c = 0, k_w = 0;
+  int bc = 0, width = 0, count = 0;  // width: valid columns; sets have < 2^24 + 1 entries (geometry.h)
   float c = 0.f;
 
+  // Window offsets of entry s < count: into the input and into the region's offsets.
+  KZ_HOST_DEVICE void Locate(int s, int64_t* in, int64_t* off) const {
+    const int cc = s % bc, ab = s / bc, b = ab % width, a = ab / width;
+    *in = (a * in_w + b) * in_c + cc;
+    *off = (a * k_w + b) * bc + cc;
+  }
   KZ_HOST_DEVICE float operator[](int64_t s) const {
     if (s >= count) return c;
-    const int64_t cc = s % bc, b = (s / bc) % width, a = s / (bc * width);
-    float v = img[(a * in_w + b) * in_c + cc];
-    if (offsets != nullptr) v += offsets[(a * k_w + b) * bc + cc];
-    return v;
+    int64_t in, off;
+    Locate(static_cast<int>(s), &in, &off);
+    return offsets != nullptr ? img[in] + offsets[off] : img[in];
   }
 };
 
@@ -45,8 +50,8 @@ KZ_HOST_DEVICE inline MexSetView MakeSetView(const MexParams& prm, const float* 
                                              int64_t* input_base, int64_t* offset_base) {
   const WindowGeometry& g = prm.geo;
   const int64_t K = prm.num_instances, nb = prm.num_blocks(), bc = prm.channel_block;
-  const int64_t k = set % K, cb = (set / K) % nb, pos = set / (K * nb);
-  const int64_t j = pos % g.out_w, i = (pos / g.out_w) % g.out_h, image = pos / (g.out_w * g.out_h);
+  const int64_t k = Mod(set, K), cb = Mod(Div(set, K), nb), pos = Div(set, K * nb);
+  const int64_t j = Mod(pos, g.out_w), i = Mod(Div(pos, g.out_w), g.out_h), image = Div(pos, g.out_w * g.out_h);
   const int64_t y0 = g.row0(i), x0 = g.col0(j);
   const int64_t a_lo = y0 < 0 ? -y0 : 0, b_lo = x0 < 0 ? -x0 : 0;
   const int64_t a_hi = g.in_h - y0 < g.k_h ? g.in_h - y0 : g.k_h;
@@ -55,9 +60,9 @@ KZ_HOST_DEVICE inline MexSetView MakeSetView(const MexParams& prm, const float* 
   view.in_w = g.in_w;
   view.in_c = g.in_c;
   view.k_w = g.k_w;
-  view.bc = bc;
-  view.width = b_hi > b_lo ? b_hi - b_lo : 0;
-  view.count = (a_hi > a_lo && b_hi > b_lo) ? (a_hi - a_lo) * view.width * bc : 0;
+  view.bc = static_cast<int>(bc);
+  view.width = b_hi > b_lo ? static_cast<int>(b_hi - b_lo) : 0;
+  view.count = (a_hi > a_lo && b_hi > b_lo) ? static_cast<int>((a_hi - a_lo) * view.width * bc) : 0;
   *input_base = ((image * g.in_h + y0 + a_lo) * g.in_w + x0 + b_lo) * g.in_c + cb * bc;
   view.img = input + *input_base;
   *offset_base = -1;
@@ -88,10 +93,10 @@ struct MexGradSink {
       if (grad_c != nullptr) AtomicAdd(grad_c, static_cast<double>(x));
       return;
     }
-    const int64_t cc = s % view.bc, b = (s / view.bc) % view.width, a = s / (view.bc * view.width);
-    AtomicAdd(grad_input + (a * view.in_w + b) * view.in_c + cc, x);
-    if (grad_offsets != nullptr)
-      AtomicAdd(grad_offsets + (a * view.k_w + b) * view.bc + cc, static_cast<double>(x));
+    int64_t in, off;
+    view.Locate(static_cast<int>(s), &in, &off);
+    AtomicAdd(grad_input + in, x);
+    if (grad_offsets != nullptr) AtomicAdd(grad_offsets + off, static_cast<double>(x));
   }
 };
 
@@ -103,7 +108,7 @@ KZ_GLOBAL void MexForwardKernel(MexParams prm, const float* input, const float* 
       int64_t input_base, offset_base;
       const MexSetView v = MakeSetView(prm, input, offsets, c, set, &input_base, &offset_base);
       const int64_t n = v.count + (prm.use_c ? 1 : 0);
-      const float x = xi[set % prm.num_instances];
+      const float x = xi[Mod(set, prm.num_instances)];
       output[set] = n > 0 ? MexSetForward(v, n, x, prm.softmax_mode).value : NAN;
     }
   }
@@ -123,7 +128,7 @@ KZ_GLOBAL void MexBackwardKernel(MexParams prm, const float* input, const float*
       sink.view = MakeSetView(prm, input, offsets, c, set, &input_base, &offset_base);
       const int64_t n = sink.view.count + (prm.use_c ? 1 : 0);
       if (n == 0) continue;
-      const int64_t k = set % K;
+      const int64_t k = Mod(set, K);
       sink.grad_input = grad_input + input_base;
       sink.grad_offsets = prm.use_offsets ? ws_offsets + offset_base : nullptr;
       sink.grad_c = prm.use_c ? ws_c + k : nullptr;
