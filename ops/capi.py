@@ -34,11 +34,12 @@ def _sources():
     return [os.path.join(SOURCE_DIR, n) for n in names]
 
 
-def build(out_dir, cuda=False, arch=("sm_90",)):
+def build(out_dir, cuda=False, arch=("sm_90",), defines=()):
     """Compiles `cc/kernels_capi.cu` into `out_dir` (once per source version); returns the path.
 
     cuda=False: host emulation with `$CXX` (else g++). cuda=True: GPU kernels with `$NVCC`
-    (else nvcc) for the `arch` targets. Raises RuntimeError with the compiler output on failure.
+    (else nvcc) for the `arch` targets. defines: extra `-D` macros (tests shrink limits with
+    them). Raises RuntimeError with the compiler output on failure.
     """
     if cuda:
         compiler = shutil.which(os.environ.get("NVCC", "nvcc"))
@@ -46,6 +47,7 @@ def build(out_dir, cuda=False, arch=("sm_90",)):
     else:
         compiler = shutil.which(os.environ.get("CXX", "g++"))
         flags = list(HOST_FLAGS)
+    flags += [f"-D{d}" for d in defines]
     if compiler is None:
         raise RuntimeError(f"kernelzoo: no {'nvcc' if cuda else 'C++ compiler'} found to build the kernels' C API")
     digest = hashlib.sha256(" ".join([compiler] + flags).encode())

@@ -34,6 +34,7 @@ constexpr int kMaxThreads = 256;
 #if defined(__CUDACC__)
 
 #define KZ_GLOBAL static __global__
+#define KZ_LAUNCH_BOUNDS(threads, blocks) __launch_bounds__(threads, blocks)
 #define KZ_SHARED __shared__
 #define KZ_SYNC() __syncthreads()
 #define KZ_BLOCK_ID static_cast<int64_t>(blockIdx.x)
@@ -87,6 +88,7 @@ struct Launcher {
 #else  // host emulation
 
 #define KZ_GLOBAL static
+#define KZ_LAUNCH_BOUNDS(threads, blocks)
 #define KZ_SHARED
 #define KZ_SYNC() ((void)0)
 #define KZ_BLOCK_ID (::kernelzoo::gpu::emulated::block)
@@ -143,6 +145,12 @@ inline int64_t BlocksFor(const Launcher& launch, int64_t items, int threads) {
   const int64_t blocks = (items + threads - 1) / threads;
   return blocks < launch.MaxBlocks() ? blocks : launch.MaxBlocks();
 }
+
+// A compile-time value as a type, for dispatching runtime choices to template kernels.
+template <typename T, T kValue>
+struct Constant {
+  static constexpr T value = kValue;
+};
 
 // a / b and a % b for a, b >= 0, in 32-bit arithmetic when both fit (a GPU's 64-bit
 // division is a long software sequence; index math would otherwise dominate).

@@ -44,6 +44,9 @@ struct MexSetView {
   }
 };
 
+// Sets of at most this many entries are first copied to thread-local memory.
+constexpr int64_t kMexLocalSet = 32;
+
 // Set `set` = ((image * out_h + i) * out_w + j) * nb + cb) * K + k, the output index.
 KZ_HOST_DEVICE inline MexSetView MakeSetView(const MexParams& prm, const float* input,
                                              const float* offsets, const float* c, int64_t set,
@@ -109,7 +112,13 @@ KZ_GLOBAL void MexForwardKernel(MexParams prm, const float* input, const float* 
       const MexSetView v = MakeSetView(prm, input, offsets, c, set, &input_base, &offset_base);
       const int64_t n = v.count + (prm.use_c ? 1 : 0);
       const float x = xi[Mod(set, prm.num_instances)];
-      output[set] = n > 0 ? MexSetForward(v, n, x, prm.softmax_mode).value : NAN;
+      if (n > 0 && n <= kMexLocalSet) {  // small sets: read each entry once
+        float local[kMexLocalSet];
+        for (int64_t s = 0; s < n; ++s) local[s] = v[s];
+        output[set] = MexSetForward(local, n, x, prm.softmax_mode).value;
+      } else {
+        output[set] = n > 0 ? MexSetForward(v, n, x, prm.softmax_mode).value : NAN;
+      }
     }
   }
 }
@@ -132,8 +141,17 @@ KZ_GLOBAL void MexBackwardKernel(MexParams prm, const float* input, const float*
       sink.grad_input = grad_input + input_base;
       sink.grad_offsets = prm.use_offsets ? ws_offsets + offset_base : nullptr;
       sink.grad_c = prm.use_c ? ws_c + k : nullptr;
-      const MexSetState st = MexSetForward(sink.view, n, xi[k], prm.softmax_mode);
-      AtomicAdd(ws + k, MexSetBackward(sink.view, n, xi[k], prm.softmax_mode, st, grad[set], sink));
+      double dxi;
+      if (n <= kMexLocalSet) {  // small sets: read each entry once
+        float local[kMexLocalSet];
+        for (int64_t s = 0; s < n; ++s) local[s] = sink.view[s];
+        const MexSetState st = MexSetForward(local, n, xi[k], prm.softmax_mode);
+        dxi = MexSetBackward(local, n, xi[k], prm.softmax_mode, st, grad[set], sink);
+      } else {
+        const MexSetState st = MexSetForward(sink.view, n, xi[k], prm.softmax_mode);
+        dxi = MexSetBackward(sink.view, n, xi[k], prm.softmax_mode, st, grad[set], sink);
+      }
+      AtomicAdd(ws + k, dxi);
     }
   }
 }

@@ -7,10 +7,8 @@
 // patch entries are walked in chunks of kTileD, staged in shared memory
 // (patches gathered from the image, im2col style; templates and weights), and
 // each thread accumulates a 4 x 4 register tile.
-// Backward: grad_input gathers, for each input entry, every (window, template)
-// that reads it; grad_templates / grad_weights / grad_p give one thread to
-// each (patch entry, template) pair, summing over positions in double. No
-// atomics: results do not depend on scheduling.
+// Backward: tiled the same way (see "backward" below); no atomics, so results
+// do not depend on scheduling.
 #ifndef KERNELZOO_OPS_CC_SIMILARITY_GPU_H_
 #define KERNELZOO_OPS_CC_SIMILARITY_GPU_H_
 
@@ -20,7 +18,7 @@
 namespace kernelzoo {
 namespace gpu {
 
-constexpr int kTileP = 128, kTileL = 64, kTileD = 16;
+constexpr int kTileP = 128, kTileL = 64, kTileD = 32;
 constexpr int kTileThreads = 256;  // 16 x 16 threads
 constexpr int kRegP = 8, kRegL = 4;  // each: 8 consecutive positions x 4 consecutive templates
 constexpr int kPadP = 4;             // row padding of the patch tile (fewer bank conflicts, float4 aligned)
@@ -58,7 +56,7 @@ KZ_HOST_DEVICE inline float PowAbs(float t, float p) {
 //   l1, lp: us = u, zs = z                 term us |x - z|^p  (-phi u)
 // With ignore_nan, l2 takes the direct term us (x - z)^2 and NaN entries are skipped.
 template <int kKind, bool kIgnoreNaN>
-KZ_GLOBAL void SimilarityForwardKernel(SimilarityParams prm, const float* input,
+KZ_GLOBAL void KZ_LAUNCH_BOUNDS(kTileThreads, 2) SimilarityForwardKernel(SimilarityParams prm, const float* input,
                                        const float* templates, const float* weights,
                                        const float* p, float* output) {
   const WindowGeometry& g = prm.geo;
@@ -150,14 +148,14 @@ KZ_GLOBAL void SimilarityForwardKernel(SimilarityParams prm, const float* input,
             for (int s = 0; s < kRegL; ++s) {
               float& out = KZ_REG(acc, t)[r][s];
               if (kKind == kSimLinear) {
-                out += x * zr[s];
+                out = fmaf(x, zr[s], out);
               } else if (kExpand) {
-                out += ur[s] * (x * x) + zr[s] * x;
+                out = fmaf(ur[s], x * x, fmaf(zr[s], x, out));  // two FMAs (x * x is hoisted)
               } else if (kKind == kSimL2) {
                 const float diff = x - zr[s];
                 out += ur[s] * diff * diff;
               } else if (kKind == kSimL1) {
-                out += ur[s] * fabsf(x - zr[s]);
+                out = fmaf(ur[s], fabsf(x - zr[s]), out);
               } else {
                 out += ur[s] * PowAbs(x - zr[s], pr[s]);
               }
@@ -184,105 +182,305 @@ KZ_GLOBAL void SimilarityForwardKernel(SimilarityParams prm, const float* input,
   }
 }
 
-// grad_input[n, y, x, c] = sum over windows (i, j) covering (y, x) and templates l of
-// grad[n, i, j, l] * u[d, l] * dphi/dx(x, z[d, l]).
-template <bool kIgnoreNaN>
-KZ_GLOBAL void SimilarityGradInputKernel(SimilarityParams prm, const float* input,
-                                         const float* templates, const float* weights,
-                                         const float* p, const float* grad, float* grad_input) {
+// ------------------------------------------------------------ backward --
+// Both gradients are tiled like the forward pass (64 x 64 outputs a block, 4 x 4 a
+// thread, the reduced axis in chunks of kGradChunk staged in shared memory):
+//  * patch gradients G[pos, d] = sum_l grad[pos, l] u[d, l] dphi/dx(x[pos, d], z[d, l])
+//    into a workspace, one batch of images at a time (bounded memory), then gathered into
+//    grad_input (each input entry sums the windows covering it: no atomics);
+//  * parameter gradients: block (split, d tile, l tile) sums grad dphi/dz, grad phi and
+//    grad dphi/dp over its split of the positions into partial[3][splits][D n];
+//    SimilarityGradParamsReduceKernel sums the splits in double.
+constexpr int kGradTile = 64, kGradChunk = 16, kGradReg = 4;
+#ifndef KZ_PATCH_GRAD_FLOATS  // a test build lowers it to run several batches
+#define KZ_PATCH_GRAD_FLOATS (int64_t{1} << 24)
+#endif
+constexpr int64_t kPatchGradFloats = KZ_PATCH_GRAD_FLOATS;  // patch-gradient workspace: 64 MB at most
+constexpr int64_t kParamBlocks = 1056;                   // ~8 blocks per multiprocessor of an H100/H200
+constexpr int64_t kParamPartialFloats = int64_t{1} << 22;
+
+// dphi/dx summed with weights g u, for the kinds without an expanded form.
+template <int kKind>
+KZ_HOST_DEVICE inline float WeightedDx(float gu, float x, float z, float p) {
+  if (kKind == kSimL1) {
+    const float t = x - z;
+    return gu * ((t < 0.f) - (t > 0.f));  // -sign(x - z)
+  }
+  float dx, dz, dp;
+  SimilarityPhiGrad(static_cast<SimilarityKind>(kKind), x, z, p, &dx, &dz, &dp);
+  return gu * dx;
+}
+
+// G for positions [pos0, pos0 + count) into gpatch[(pos - pos0) * D + d]. Per (pos, d) and
+// template chunk: linear  acc += g (u z)                      G = acc
+//                 l2      acc += g u, acc2 += g (u z)         G = -2 (x acc - acc2)
+//                 others  acc += g u dphi/dx                  G = acc
+// With ignore_nan, NaN entries get G = 0.
+template <int kKind, bool kIgnoreNaN>
+KZ_GLOBAL void KZ_LAUNCH_BOUNDS(kTileThreads, 2) SimilarityPatchGradKernel(
+    SimilarityParams prm, int64_t pos0, int64_t count, const float* input, const float* templates,
+    const float* weights, const float* p, const float* grad, float* gpatch) {
   const WindowGeometry& g = prm.geo;
-  const int64_t n = prm.num_templates, count = g.batch * g.in_h * g.in_w * g.in_c;
+  const int64_t n = prm.num_templates, D = prm.patch_size();
+  const int64_t tiles_d = (D + kGradTile - 1) / kGradTile;
+  const int64_t tiles = (count + kGradTile - 1) / kGradTile * tiles_d;
+  KZ_SHARED float gs[kGradChunk][kGradTile + 4];
+  KZ_SHARED float us[kGradChunk][kGradTile + 4];
+  KZ_SHARED float zs[kGradChunk][kGradTile + 4];
+  KZ_SHARED float ps[kGradChunk];
+  KZ_PER_THREAD(float, xr, [kGradReg][kGradReg]);
+  KZ_PER_THREAD(float, acc, [kGradReg][kGradReg]);
+  KZ_PER_THREAD(float, acc2, [kGradReg][kGradReg]);
+  for (int64_t tile = KZ_BLOCK_ID; tile < tiles; tile += KZ_BLOCKS) {
+    const int64_t p0 = Div(tile, tiles_d) * kGradTile, d0 = Mod(tile, tiles_d) * kGradTile;
+    KZ_FOR_THREADS(t) {
+      const int tx = t % 16, ty = t / 16;
+      for (int r = 0; r < kGradReg; ++r) {
+        const int64_t pos = p0 + ty * kGradReg + r;
+        for (int s = 0; s < kGradReg; ++s) {
+          const int64_t d = d0 + tx * kGradReg + s;
+          KZ_REG(xr, t)[r][s] = (pos < count && d < D) ? PatchEntry(g, input, pos0 + pos, d, 0.f) : 0.f;
+          KZ_REG(acc, t)[r][s] = KZ_REG(acc2, t)[r][s] = 0.f;
+        }
+      }
+    }
+    for (int64_t l0 = 0; l0 < n; l0 += kGradChunk) {
+      KZ_FOR_THREADS(t) {
+        for (int e = t; e < kGradChunk * kGradTile; e += kTileThreads) {
+          const int ll = e % kGradChunk, i = e / kGradChunk;
+          const int64_t l = l0 + ll, pos = p0 + i, d = d0 + i;
+          gs[ll][i] = (l < n && pos < count) ? grad[(pos0 + pos) * n + l] : 0.f;
+          const float u = (l < n && d < D) ? weights[d * n + l] : 0.f;
+          const float z = (l < n && d < D) ? templates[d * n + l] : 0.f;
+          us[ll][i] = u;
+          zs[ll][i] = (kKind == kSimLinear || kKind == kSimL2) ? u * z : z;
+        }
+        if (t < kGradChunk) ps[t] = (kKind == kSimLp && l0 + t < n) ? p[l0 + t] : 1.f;
+      }
+      KZ_SYNC();
+      KZ_FOR_THREADS(t) {
+        const int tx = t % 16, ty = t / 16;
+        const int l_end = n - l0 < kGradChunk ? static_cast<int>(n - l0) : kGradChunk;
+        for (int ll = 0; ll < l_end; ++ll) {
+          float gr[kGradReg], ur[kGradReg], zr[kGradReg];
+          for (int r = 0; r < kGradReg; ++r) gr[r] = gs[ll][ty * kGradReg + r];
+          for (int s = 0; s < kGradReg; ++s) {
+            ur[s] = us[ll][tx * kGradReg + s];
+            zr[s] = zs[ll][tx * kGradReg + s];
+          }
+          for (int r = 0; r < kGradReg; ++r)
+            for (int s = 0; s < kGradReg; ++s) {
+              if (kKind == kSimLinear) {
+                KZ_REG(acc, t)[r][s] = fmaf(gr[r], zr[s], KZ_REG(acc, t)[r][s]);
+              } else if (kKind == kSimL2) {
+                KZ_REG(acc, t)[r][s] = fmaf(gr[r], ur[s], KZ_REG(acc, t)[r][s]);
+                KZ_REG(acc2, t)[r][s] = fmaf(gr[r], zr[s], KZ_REG(acc2, t)[r][s]);
+              } else {
+                KZ_REG(acc, t)[r][s] += WeightedDx<kKind>(gr[r] * ur[s], KZ_REG(xr, t)[r][s], zr[s], ps[ll]);
+              }
+            }
+        }
+      }
+      KZ_SYNC();
+    }
+    KZ_FOR_THREADS(t) {
+      const int tx = t % 16, ty = t / 16;
+      for (int r = 0; r < kGradReg; ++r) {
+        const int64_t pos = p0 + ty * kGradReg + r;
+        if (pos >= count) continue;
+        for (int s = 0; s < kGradReg; ++s) {
+          const int64_t d = d0 + tx * kGradReg + s;
+          if (d >= D) continue;
+          const float x = KZ_REG(xr, t)[r][s];
+          float value = kKind == kSimL2 ? -2.f * (x * KZ_REG(acc, t)[r][s] - KZ_REG(acc2, t)[r][s])
+                                        : KZ_REG(acc, t)[r][s];
+          if (kIgnoreNaN && x != x) value = 0.f;
+          gpatch[pos * D + d] = value;
+        }
+      }
+    }
+  }
+}
+
+// grad_input of images [image0, image0 + images): each entry sums gpatch over the windows
+// covering it (gpatch of the batch's positions, as SimilarityPatchGradKernel wrote it).
+KZ_GLOBAL void SimilarityGatherKernel(SimilarityParams prm, int64_t image0, int64_t images,
+                                      const float* gpatch, float* grad_input) {
+  const WindowGeometry& g = prm.geo;
+  const int64_t D = prm.patch_size(), per_image = g.in_h * g.in_w * g.in_c;
   KZ_FOR_THREADS(t) {
-    KZ_GRID_STRIDE(idx, t, count) {
+    KZ_GRID_STRIDE(idx, t, images * per_image) {
       const int64_t c = Mod(idx, g.in_c), rest = Div(idx, g.in_c);
       const int64_t x = Mod(rest, g.in_w), y = Mod(Div(rest, g.in_w), g.in_h);
-      const int64_t image = Div(rest, g.in_w * g.in_h);
-      const float v = input[idx];
-      double acc = 0.0;
-      if (!(kIgnoreNaN && v != v)) {
-        for (int64_t a = 0; a < g.k_h; ++a) {
-          const int64_t ry = y + g.pad_top - a;  // = i * s_h
-          if (ry < 0 || Mod(ry, g.s_h) != 0 || Div(ry, g.s_h) >= g.out_h) continue;
-          const int64_t i = Div(ry, g.s_h);
-          for (int64_t b = 0; b < g.k_w; ++b) {
-            const int64_t rx = x + g.pad_left - b;
-            if (rx < 0 || Mod(rx, g.s_w) != 0 || Div(rx, g.s_w) >= g.out_w) continue;
-            const int64_t j = Div(rx, g.s_w);
-            const int64_t d = (a * g.k_w + b) * g.in_c + c;
-            const float* go = grad + ((image * g.out_h + i) * g.out_w + j) * n;
-            float sum = 0.f;
-            for (int64_t l = 0; l < n; ++l) {
-              float dx, dz, dp;
-              SimilarityPhiGrad(prm.kind, v, templates[d * n + l], p[l], &dx, &dz, &dp);
-              sum += go[l] * weights[d * n + l] * dx;
-            }
-            acc += sum;
-          }
+      const int64_t image = Div(rest, g.in_w * g.in_h);  // within the batch
+      float acc = 0.f;
+      for (int64_t a = 0; a < g.k_h; ++a) {
+        const int64_t ry = y + g.pad_top - a;  // = i * s_h
+        if (ry < 0 || Mod(ry, g.s_h) != 0 || Div(ry, g.s_h) >= g.out_h) continue;
+        const int64_t i = Div(ry, g.s_h);
+        for (int64_t b = 0; b < g.k_w; ++b) {
+          const int64_t rx = x + g.pad_left - b;
+          if (rx < 0 || Mod(rx, g.s_w) != 0 || Div(rx, g.s_w) >= g.out_w) continue;
+          const int64_t j = Div(rx, g.s_w);
+          acc += gpatch[((image * g.out_h + i) * g.out_w + j) * D + (a * g.k_w + b) * g.in_c + c];
         }
       }
-      grad_input[idx] = static_cast<float>(acc);
+      grad_input[image0 * per_image + idx] = acc;
     }
   }
 }
 
-// Parameter gradients in two steps. Step 1: thread (slice, d, l) sums, over the output
-// positions of its slice, go dphi/dz, go phi and go dphi/dp into partial[3][slices][D n]
-// (summed in double, stored as float; the positions walked without divisions). Step 2: per (d, l),
-// the slices summed in double: grad_templates = u sum, grad_weights = sum, and
-// u sum(dp) per (d, l) for grad_p, summed over d by SimilarityGradPKernel.
-constexpr int64_t kParamThreads = int64_t{1} << 20;  // slices x D x n: enough to fill a GPU
-
-inline int64_t ParamSlices(const SimilarityParams& prm) {
-  const int64_t pairs = prm.patch_size() * prm.num_templates, positions = prm.geo.positions();
-  int64_t slices = (kParamThreads + pairs - 1) / pairs;
-  const int64_t most = (positions + 63) / 64;  // at least 64 positions a slice
-  if (slices > most) slices = most;
-  return slices < 1 ? 1 : slices;
-}
-
-template <bool kIgnoreNaN>
-KZ_GLOBAL void SimilarityGradParamsKernel(SimilarityParams prm, int64_t slices, const float* input,
-                                          const float* templates, const float* p, const float* grad,
-                                          float* partial) {
+// Parameter gradients of split `split` of the positions, d tile and l tile (see above).
+//   linear: gz += g x              (gu = z gz)
+//   l2:     gz += g t, gu += g t^2 (t = x - z; then gz *= 2, gu = -gu)
+//   l1:     gz += g sign(t), gu += g |t|  (then gu = -gu)
+//   lp:     gz += g dphi/dz, gu += g phi, gp += g dphi/dp
+template <int kKind, bool kIgnoreNaN>
+KZ_GLOBAL void KZ_LAUNCH_BOUNDS(kTileThreads, 2) SimilarityParamGradKernel(
+    SimilarityParams prm, int64_t splits, const float* input, const float* templates, const float* p,
+    const float* grad, float* partial) {
   const WindowGeometry& g = prm.geo;
-  const int64_t n = prm.num_templates, pairs = prm.patch_size() * n, positions = g.positions();
-  const int64_t per_slice = (positions + slices - 1) / slices;
+  const int64_t n = prm.num_templates, D = prm.patch_size(), pairs = D * n, positions = g.positions();
+  const int64_t tiles_d = (D + kGradTile - 1) / kGradTile, tiles_l = (n + kGradTile - 1) / kGradTile;
+  const int64_t per_split = (positions + splits - 1) / splits;
   const float pad = kIgnoreNaN ? NAN : 0.f;
-  KZ_FOR_THREADS(t) {
-    KZ_GRID_STRIDE(item, t, slices * pairs) {
-      const int64_t pair = Mod(item, pairs), slice = Div(item, pairs);
-      const int64_t d = Div(pair, n), l = Mod(pair, n);
-      const int64_t c = Mod(d, g.in_c), b = Mod(Div(d, g.in_c), g.k_w), a = Div(d, g.in_c * g.k_w);
-      const float z = templates[pair], pl = p[l];
-      double gz = 0.0, gu = 0.0, gp = 0.0;
-      int64_t pos = slice * per_slice;
-      const int64_t end = pos + per_slice < positions ? pos + per_slice : positions;
-      int64_t j = Mod(pos, g.out_w), i = Mod(Div(pos, g.out_w), g.out_h), image = Div(pos, g.out_w * g.out_h);
-      for (; pos < end; ++pos) {
-        const int64_t y = g.row0(i) + a, x = g.col0(j) + b;
-        const float v = (y < 0 || y >= g.in_h || x < 0 || x >= g.in_w)
-                            ? pad : input[((image * g.in_h + y) * g.in_w + x) * g.in_c + c];
-        if (!(kIgnoreNaN && v != v)) {
-          const float go = grad[pos * n + l];
-          float dx, dz, dp;
-          SimilarityPhiGrad(prm.kind, v, z, pl, &dx, &dz, &dp);
-          gz += go * dz;
-          gu += go * SimilarityPhi(prm.kind, v, z, pl);
-          gp += go * dp;
+  KZ_SHARED float xs[kGradChunk][kGradTile + 4];
+  KZ_SHARED float gs[kGradChunk][kGradTile + 4];
+  KZ_SHARED int64_t p_base[kGradChunk];
+  KZ_SHARED int p_y0[kGradChunk], p_x0[kGradChunk];
+  KZ_SHARED int d_a[kGradTile], d_b[kGradTile], d_c[kGradTile];
+  KZ_PER_THREAD(float, zr, [kGradReg][kGradReg]);
+  KZ_PER_THREAD(float, pr, [kGradReg]);
+  KZ_PER_THREAD(float, gz, [kGradReg][kGradReg]);
+  KZ_PER_THREAD(float, gu, [kGradReg][kGradReg]);
+  KZ_PER_THREAD(float, gp, [kGradReg][kGradReg]);
+  for (int64_t item = KZ_BLOCK_ID; item < splits * tiles_d * tiles_l; item += KZ_BLOCKS) {
+    const int64_t lt = Mod(item, tiles_l), dt = Mod(Div(item, tiles_l), tiles_d);
+    const int64_t split = Div(item, tiles_l * tiles_d);
+    const int64_t d0 = dt * kGradTile, l0 = lt * kGradTile;
+    const int64_t begin = split * per_split;
+    const int64_t end = begin + per_split < positions ? begin + per_split : positions;
+    KZ_FOR_THREADS(t) {
+      const int tx = t % 16, ty = t / 16;  // templates l0 + 4 tx + s, entries d0 + 4 ty + r
+      for (int r = 0; r < kGradReg; ++r) {
+        const int64_t d = d0 + ty * kGradReg + r;
+        for (int s = 0; s < kGradReg; ++s) {
+          const int64_t l = l0 + tx * kGradReg + s;
+          KZ_REG(zr, t)[r][s] = (d < D && l < n) ? templates[d * n + l] : 0.f;
+          KZ_REG(gz, t)[r][s] = KZ_REG(gu, t)[r][s] = KZ_REG(gp, t)[r][s] = 0.f;
         }
-        if (++j == g.out_w) {
-          j = 0;
-          if (++i == g.out_h) {
-            i = 0;
-            ++image;
+      }
+      for (int s = 0; s < kGradReg; ++s) {
+        const int64_t l = l0 + tx * kGradReg + s;
+        KZ_REG(pr, t)[s] = (kKind == kSimLp && l < n) ? p[l] : 1.f;
+      }
+      if (t < kGradTile) {
+        const int64_t d = d0 + t;
+        d_c[t] = static_cast<int>(Mod(d, g.in_c));
+        d_b[t] = static_cast<int>(Mod(Div(d, g.in_c), g.k_w));
+        d_a[t] = d < D ? static_cast<int>(Div(d, g.in_c * g.k_w)) : -(1 << 30);  // past D: outside
+      }
+    }
+    for (int64_t c0 = begin; c0 < end; c0 += kGradChunk) {
+      KZ_FOR_THREADS(t) {
+        if (t < kGradChunk) {
+          const int64_t pos = c0 + t;
+          const int64_t j = Mod(pos, g.out_w), rest = Div(pos, g.out_w);
+          const int64_t i = Mod(rest, g.out_h), image = Div(rest, g.out_h);
+          p_y0[t] = pos < end ? static_cast<int>(g.row0(i)) : -(1 << 30);
+          p_x0[t] = static_cast<int>(g.col0(j));
+          p_base[t] = image * g.in_h * g.in_w * g.in_c;
+        }
+      }
+      KZ_SYNC();
+      KZ_FOR_THREADS(t) {
+        for (int e = t; e < kGradChunk * kGradTile; e += kTileThreads) {
+          const int i = e % kGradTile, pp = e / kGradTile;
+          // Entries past D or positions past the split: x = 0, g = 0 (no contribution).
+          const bool live = p_y0[pp] > -(1 << 29) && d_a[i] > -(1 << 29);
+          const int64_t y = p_y0[pp] + d_a[i], x = p_x0[pp] + d_b[i];
+          float v = 0.f;
+          if (live) {
+            v = (y < 0 || y >= g.in_h || x < 0 || x >= g.in_w) ? pad
+                : input[p_base[pp] + (y * g.in_w + x) * g.in_c + d_c[i]];
+          }
+          xs[pp][i] = v;
+          const int64_t l = l0 + i, pos = c0 + pp;
+          gs[pp][i] = (l < n && pos < end) ? grad[pos * n + l] : 0.f;
+        }
+      }
+      KZ_SYNC();
+      KZ_FOR_THREADS(t) {
+        const int tx = t % 16, ty = t / 16;
+        for (int pp = 0; pp < kGradChunk; ++pp) {
+          float xv[kGradReg], gv[kGradReg];
+          for (int r = 0; r < kGradReg; ++r) xv[r] = xs[pp][ty * kGradReg + r];
+          for (int s = 0; s < kGradReg; ++s) gv[s] = gs[pp][tx * kGradReg + s];
+          for (int r = 0; r < kGradReg; ++r) {
+            const float x = xv[r];
+            if (kIgnoreNaN && x != x) continue;
+            for (int s = 0; s < kGradReg; ++s) {
+              const float z = KZ_REG(zr, t)[r][s], go = gv[s];
+              if (kKind == kSimLinear) {
+                KZ_REG(gz, t)[r][s] = fmaf(go, x, KZ_REG(gz, t)[r][s]);
+              } else if (kKind == kSimL2) {
+                const float diff = x - z, gd = go * diff;
+                KZ_REG(gz, t)[r][s] += gd;
+                KZ_REG(gu, t)[r][s] = fmaf(gd, diff, KZ_REG(gu, t)[r][s]);
+              } else if (kKind == kSimL1) {
+                const float diff = x - z;
+                KZ_REG(gz, t)[r][s] = fmaf(go, (diff > 0.f) - (diff < 0.f), KZ_REG(gz, t)[r][s]);
+                KZ_REG(gu, t)[r][s] = fmaf(go, fabsf(diff), KZ_REG(gu, t)[r][s]);
+              } else {
+                float dx, dz, dp;
+                SimilarityPhiGrad(kSimLp, x, z, KZ_REG(pr, t)[s], &dx, &dz, &dp);
+                KZ_REG(gz, t)[r][s] += go * dz;
+                KZ_REG(gu, t)[r][s] += go * SimilarityPhi(kSimLp, x, z, KZ_REG(pr, t)[s]);
+                KZ_REG(gp, t)[r][s] += go * dp;
+              }
+            }
           }
         }
       }
-      partial[item] = static_cast<float>(gz);
-      partial[slices * pairs + item] = static_cast<float>(gu);
-      partial[2 * slices * pairs + item] = static_cast<float>(gp);
+      KZ_SYNC();
+    }
+    KZ_FOR_THREADS(t) {
+      const int tx = t % 16, ty = t / 16;
+      for (int r = 0; r < kGradReg; ++r) {
+        const int64_t d = d0 + ty * kGradReg + r;
+        for (int s = 0; s < kGradReg; ++s) {
+          const int64_t l = l0 + tx * kGradReg + s;
+          if (d >= D || l >= n) continue;
+          float z_grad = KZ_REG(gz, t)[r][s], u_grad = KZ_REG(gu, t)[r][s];
+          if (kKind == kSimLinear) u_grad = KZ_REG(zr, t)[r][s] * z_grad;
+          if (kKind == kSimL2) z_grad *= 2.f;
+          if (kKind == kSimL2 || kKind == kSimL1) u_grad = -u_grad;
+          const int64_t at = split * pairs + d * n + l;
+          partial[at] = z_grad;
+          partial[splits * pairs + at] = u_grad;
+          partial[2 * splits * pairs + at] = KZ_REG(gp, t)[r][s];
+        }
+      }
     }
   }
+}
+
+inline int64_t ParamSplits(const SimilarityParams& prm) {
+  const int64_t D = prm.patch_size(), n = prm.num_templates, positions = prm.geo.positions();
+  const int64_t tiles = ((D + kGradTile - 1) / kGradTile) * ((n + kGradTile - 1) / kGradTile);
+  int64_t splits = (kParamBlocks + tiles - 1) / tiles;
+  const int64_t by_positions = (positions + 4 * kGradChunk - 1) / (4 * kGradChunk);  // >= 64 positions a split
+  const int64_t by_memory = kParamPartialFloats / (3 * D * n > 0 ? 3 * D * n : 1);
+  if (splits > by_positions) splits = by_positions;
+  if (splits > by_memory) splits = by_memory;
+  return splits < 1 ? 1 : splits;
+}
+
+// Images per batch of the patch-gradient workspace.
+inline int64_t PatchGradImages(const SimilarityParams& prm) {
+  const int64_t per_image = prm.geo.out_h * prm.geo.out_w * prm.patch_size();
+  const int64_t images = per_image > 0 ? kPatchGradFloats / per_image : prm.geo.batch;
+  return images < 1 ? 1 : (images < prm.geo.batch ? images : prm.geo.batch);
 }
 
 KZ_GLOBAL void SimilarityGradParamsReduceKernel(SimilarityParams prm, int64_t slices, const float* weights,
@@ -352,11 +550,35 @@ inline void SimilarityForward(const Launcher& launch, const SimilarityParams& pr
   }
 }
 
-// Bytes of device scratch SimilarityBackward needs: the slices' float partial sums and the
-// double grad_p partial sums (at most ~12 MB + 8 bytes per template entry).
+// Device scratch of SimilarityBackward, in bytes: the double grad_p partial sums, the
+// splits' float partials (<= 16 MB) and one batch of patch gradients (<= 64 MB).
 inline int64_t SimilarityBackwardWorkspaceBytes(const SimilarityParams& prm) {
   const int64_t pairs = prm.patch_size() * prm.num_templates;
-  return pairs * static_cast<int64_t>(sizeof(double)) + 3 * ParamSlices(prm) * pairs * static_cast<int64_t>(sizeof(float));
+  const int64_t floats = 3 * ParamSplits(prm) * pairs +
+                         PatchGradImages(prm) * prm.geo.out_h * prm.geo.out_w * prm.patch_size();
+  return pairs * static_cast<int64_t>(sizeof(double)) + floats * static_cast<int64_t>(sizeof(float));
+}
+
+template <int kKind, bool kIgnoreNaN>
+void LaunchSimilarityBackward(const Launcher& launch, const SimilarityParams& prm, const float* input,
+                              const float* templates, const float* weights, const float* p, const float* grad,
+                              float* grad_input, float* partial, float* gpatch) {
+  const WindowGeometry& g = prm.geo;
+  const int64_t D = prm.patch_size(), n = prm.num_templates, per_image = g.out_h * g.out_w;
+  const int64_t batch_images = PatchGradImages(prm);
+  for (int64_t image0 = 0; image0 < g.batch; image0 += batch_images) {
+    const int64_t images = g.batch - image0 < batch_images ? g.batch - image0 : batch_images;
+    const int64_t count = images * per_image;
+    const int64_t tiles = (count + kGradTile - 1) / kGradTile * ((D + kGradTile - 1) / kGradTile);
+    launch(SimilarityPatchGradKernel<kKind, kIgnoreNaN>, tiles < launch.MaxBlocks() ? tiles : launch.MaxBlocks(),
+           kTileThreads, prm, image0 * per_image, count, input, templates, weights, p, grad, gpatch);
+    launch(SimilarityGatherKernel, BlocksFor(launch, images * g.in_h * g.in_w * g.in_c, launch.max_threads),
+           launch.max_threads, prm, image0, images, static_cast<const float*>(gpatch), grad_input);
+  }
+  const int64_t splits = ParamSplits(prm);
+  const int64_t items = splits * ((D + kGradTile - 1) / kGradTile) * ((n + kGradTile - 1) / kGradTile);
+  launch(SimilarityParamGradKernel<kKind, kIgnoreNaN>, items < launch.MaxBlocks() ? items : launch.MaxBlocks(),
+         kTileThreads, prm, splits, input, templates, p, grad, partial);
 }
 
 // Gradients w.r.t. input, templates, weights and p (all overwritten).
@@ -366,31 +588,36 @@ inline void SimilarityBackward(const Launcher& launch, const SimilarityParams& p
                                float* grad_weights, float* grad_p, void* workspace) {
   const WindowGeometry& g = prm.geo;
   const int64_t n = prm.num_templates, D = prm.patch_size();
-  const int64_t inputs = g.batch * g.in_h * g.in_w * g.in_c;
   const int threads = launch.max_threads;
-  double* grad_p_partial = static_cast<double*>(workspace);
-  float* partial = reinterpret_cast<float*>(grad_p_partial + D * n);
-  if (n == 0 || g.positions() == 0) {
-    launch.Zero(grad_input, inputs);
+  if (n == 0 || g.positions() == 0 || D == 0) {
+    launch.Zero(grad_input, g.batch * g.in_h * g.in_w * g.in_c);
     launch.Zero(grad_templates, D * n);
     launch.Zero(grad_weights, D * n);
     launch.Zero(grad_p, n);
     return;
   }
-  const int64_t slices = ParamSlices(prm);
-  if (prm.ignore_nan) {
-    launch(SimilarityGradInputKernel<true>, BlocksFor(launch, inputs, threads), threads, prm, input,
-           templates, weights, p, grad, grad_input);
-    launch(SimilarityGradParamsKernel<true>, BlocksFor(launch, slices * D * n, threads), threads, prm, slices,
-           input, templates, p, grad, partial);
-  } else {
-    launch(SimilarityGradInputKernel<false>, BlocksFor(launch, inputs, threads), threads, prm, input,
-           templates, weights, p, grad, grad_input);
-    launch(SimilarityGradParamsKernel<false>, BlocksFor(launch, slices * D * n, threads), threads, prm, slices,
-           input, templates, p, grad, partial);
+  double* grad_p_partial = static_cast<double*>(workspace);
+  float* partial = reinterpret_cast<float*>(grad_p_partial + D * n);
+  float* gpatch = partial + 3 * ParamSplits(prm) * D * n;
+  const auto run = [&](auto kind, auto nan) {
+    LaunchSimilarityBackward<decltype(kind)::value, decltype(nan)::value>(
+        launch, prm, input, templates, weights, p, grad, grad_input, partial, gpatch);
+  };
+  const auto with_nan = [&](auto kind) {
+    if (prm.ignore_nan) {
+      run(kind, Constant<bool, true>());
+    } else {
+      run(kind, Constant<bool, false>());
+    }
+  };
+  switch (prm.kind) {
+    case kSimLinear: with_nan(Constant<int, kSimLinear>()); break;
+    case kSimL1: with_nan(Constant<int, kSimL1>()); break;
+    case kSimL2: with_nan(Constant<int, kSimL2>()); break;
+    default: with_nan(Constant<int, kSimLp>()); break;
   }
-  launch(SimilarityGradParamsReduceKernel, BlocksFor(launch, D * n, threads), threads, prm, slices, weights,
-         static_cast<const float*>(partial), grad_templates, grad_weights, grad_p_partial);
+  launch(SimilarityGradParamsReduceKernel, BlocksFor(launch, D * n, threads), threads, prm, ParamSplits(prm),
+         weights, static_cast<const float*>(partial), grad_templates, grad_weights, grad_p_partial);
   launch(SimilarityGradPKernel, BlocksFor(launch, n, threads), threads, prm,
          static_cast<const double*>(grad_p_partial), grad_p);
 }
