@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import sys
 
-import keras
 import numpy as np
 import pytest
 
@@ -24,7 +23,7 @@ from kernelzoo.zoo import registry, training
 from kernelzoo.zoo.inputs import as_model_input
 from kernelzoo.zoo.recipe import Recipe
 
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, TinyRuns, measure_card
 
 TINY = [(family, run) for family in registry.FAMILIES
         for run in importlib.import_module(f"kernelzoo.zoo.{family}.recipe").tiny_runs()]
@@ -32,23 +31,14 @@ TINY_IDS = [f"{family}-{run.preset}" for family, run in TINY]
 RUN_FILES = (training.CONFIG_FILE, training.LOG_FILE, training.MODEL_FILE, training.METRICS_FILE,
              training.CURVES_FILE, f"{training.CHECKPOINTS}/{training.LAST_CHECKPOINT}",
              f"{training.CHECKPOINTS}/{training.STATE_FILE}")
-
-
-def _train(run, out_dir, **kwargs):
-    preset = registry.info(run.preset)
-    recipe = registry.recipe(preset)
-    return recipe.train(preset, run.data, str(out_dir), overrides=run.overrides,
-                        hp=recipe.hyperparameters(preset, **run.hp), verbose=0, tensorboard=False, **kwargs)
+_train = TinyRuns.train
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """Every tiny run trained once: {test id: (run, result, run folder)}."""
-    out = {}
-    for key, (family, run) in zip(TINY_IDS, TINY):
-        folder = tmp_path_factory.mktemp(key)
-        out[key] = (run, _train(run, folder / "run"), folder / "run")
-    return out
+def trained(tiny_runs):
+    """Every tiny run trained once (per session: conftest.TinyRuns): {test id: (run, result, run folder)}."""
+    assert [key for key, _ in tiny_runs.runs()] == TINY_IDS
+    return {key: tiny_runs.trained(key) for key in TINY_IDS}
 
 
 @pytest.mark.parametrize("family", registry.FAMILIES)
@@ -78,19 +68,11 @@ def test_tiny_run_trains_end_to_end_into_a_run_folder(trained, key):
     assert registry.info(run.preset).metric in (None, *[k[len("test_"):] for k in result["metrics"]])
 
 
-class _Kill(keras.callbacks.Callback):
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == 2:
-            raise KeyboardInterrupt("killed")
-
-
 @pytest.mark.parametrize("key", [k for k, (_, run) in zip(TINY_IDS, TINY) if run.exact_resume])
-def test_resumed_run_equals_the_uninterrupted_one(trained, key, tmp_path):
+def test_resumed_run_equals_the_uninterrupted_one(trained, tiny_runs, key):
     run, straight, _ = trained[key]
-    with pytest.raises(KeyboardInterrupt):
-        _train(run, tmp_path, callbacks=[_Kill()])
-    assert training.read_state(str(tmp_path))["epoch"] == 2
-    resumed = _train(run, tmp_path, resume=True)
+    resumed, _, killed_at = tiny_runs.resumed(key)  # interrupted at the start of epoch 2, then resumed
+    assert killed_at == 2
     for a, b in zip(straight["model"].weights, resumed["model"].weights):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
     assert [int(row["epoch"]) for row in resumed["history"]] == list(range(run.hp["epochs"]))
@@ -149,7 +131,7 @@ def test_tiny_model_exports_with_parity(trained, key, tmp_path):
 
 @pytest.mark.data
 @pytest.mark.parametrize("name", zoo.list_models(pretrained=True))
-def test_shipped_weights_reproduce_their_card(name):
+def test_shipped_weights_reproduce_their_card(card_measurements, name):
     """Re-measured with the card's protocol (kernelzoo eval), within 0.1 points of the card.
 
     The card gives the default build's figure. The op library's instruction set (native,
@@ -159,5 +141,5 @@ def test_shipped_weights_reproduce_their_card(name):
     """
     if not os.path.isdir(SHARED_DATA):
         pytest.skip("../shared/data absent")
-    result = zoo.measure(name, SHARED_DATA)
+    result = measure_card(card_measurements, name)
     assert result["value"] == pytest.approx(registry.info(name).measured.value, abs=1e-3)
