@@ -1,5 +1,7 @@
 """Shared fixtures: run op/layer tests under each available implementation; results several modules use."""
 import os
+import subprocess
+import threading
 
 import numpy as np
 import pytest
@@ -123,3 +125,114 @@ def measure_card(measurements, name):
         from kernelzoo import zoo
         measurements[name] = zoo.measure(name, SHARED_DATA)
     return measurements[name]
+
+
+# --- checks in fresh processes, run beside the in-process tests ------------------------------------
+
+class BackgroundJob:
+    """Fresh-process steps (subprocess.run keyword arguments: args, env, cwd, timeout, input; or a function
+    returning them, called when the step starts) that need
+    nothing from the test process. The session starts them as soon as its tests begin, one job at a time
+    in the order of the tests that use them (marked with `job.mark`), so on 2 cores they run beside the
+    in-process tests instead of after them; a test calls `job.results()` (waiting if need be, or running
+    the job itself when its turn has not come) and asserts on the CompletedProcess list as it would on
+    subprocess.run's. Exceptions (a timeout) are raised in the test."""
+
+    def __init__(self, name, *steps):
+        self.name, self.steps = name, steps
+        self._claimed = threading.Lock()
+        self._done = threading.Event()
+        self._results, self._error, self._process = [], None, None
+
+    @property
+    def mark(self):
+        return pytest.mark.background(self.name)
+
+    def run_if_unclaimed(self):
+        """Run the steps in this thread unless another thread has (or is); True when this call ran them."""
+        if not self._claimed.acquire(blocking=False):
+            return False
+        try:
+            for step in self.steps:
+                if _SESSION_OVER.is_set():
+                    raise RuntimeError("the test session ended before this background job ran")
+                step = dict(step() if callable(step) else step)  # a callable: made when the step starts
+                timeout = step.pop("timeout", None)
+                stdin = step.pop("input", None)
+                self._process = subprocess.Popen(stdin=subprocess.PIPE if stdin is not None else None,
+                                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **step)
+                try:
+                    out, err = self._process.communicate(stdin, timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    self._process.kill()
+                    self._process.communicate()
+                    raise
+                self._results.append(subprocess.CompletedProcess(step["args"], self._process.returncode, out, err))
+        except BaseException as error:  # noqa: BLE001 - handed to the test
+            self._error = error
+        finally:
+            self._done.set()
+        return True
+
+    def results(self):
+        self.run_if_unclaimed()
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return list(self._results)
+
+    def kill(self):
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+
+
+BACKGROUND_JOBS = {}
+_SESSION_OVER = threading.Event()
+_JOB_FOLDERS = []
+
+
+def job_folder():
+    """A fresh temporary folder for a job's files (made at a module's import), removed at the session's end."""
+    import pathlib
+    import tempfile
+
+    _JOB_FOLDERS.append(tempfile.mkdtemp(prefix="kernelzoo-test-job-"))
+    return pathlib.Path(_JOB_FOLDERS[-1])
+
+
+def background_job(name, *steps):
+    """Register (at a test module's import) and return the BackgroundJob `name`."""
+    assert name not in BACKGROUND_JOBS, name
+    BACKGROUND_JOBS[name] = BackgroundJob(name, *steps)
+    return BACKGROUND_JOBS[name]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "background(name): the test checks the outcome of a BackgroundJob")
+
+
+def pytest_collection_finish(session):
+    """Queue the jobs of the selected tests, in test order, and start one runner thread for them."""
+    queue = []
+    for item in session.items:
+        for mark in item.iter_markers("background"):
+            if mark.args[0] not in queue:
+                queue.append(mark.args[0])
+    if not queue:
+        return
+
+    def runner():
+        for name in queue:
+            if name in BACKGROUND_JOBS:  # not registered: a skipped test's (say, for a CPU feature)
+                BACKGROUND_JOBS[name].run_if_unclaimed()
+
+    threading.Thread(target=runner, name="kernelzoo-background-jobs", daemon=True).start()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _SESSION_OVER.set()  # nothing starts after this; what still runs is killed
+    for job in BACKGROUND_JOBS.values():
+        job.kill()
+    import shutil
+    for folder in _JOB_FOLDERS:
+        shutil.rmtree(folder, ignore_errors=True)
