@@ -207,6 +207,14 @@ def background_job(name, *steps):
     return BACKGROUND_JOBS[name]
 
 
+def started_job(name, *steps):
+    """Register the BackgroundJob `name` and start it now in a thread of its own: for fresh-process checks
+    of what a fixture just made, run while the module's other tests go on."""
+    job = background_job(name, *steps)
+    threading.Thread(target=job.run_if_unclaimed, name=name, daemon=True).start()
+    return job
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "background(name): the test checks the outcome of a BackgroundJob")
 
@@ -236,3 +244,22 @@ def pytest_sessionfinish(session, exitstatus):
     import shutil
     for folder in _JOB_FOLDERS:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def reference_once(monkeypatch):
+    """verify_artifact runs the Keras model on its inputs for every artifact it checks; in a test using
+    this, the two artifacts (ONNX, SavedModel) of one model checked on the very same input array share
+    one run: the reference is the same computation (same model, inputs, signature and implementation
+    within the test). Everything else in verify_artifact runs as is."""
+    from kernelzoo.export import verify
+
+    real, cache = verify.reference_outputs, {}
+
+    def reference_outputs(model, images, spec, **kwargs):
+        key = (id(model), id(images), spec, tuple(sorted(kwargs.items())))
+        if key not in cache:
+            cache[key] = (model, images, real(model, images, spec, **kwargs))  # kept alive: ids stay theirs
+        return cache[key][2]
+
+    monkeypatch.setattr(verify, "reference_outputs", reference_outputs)

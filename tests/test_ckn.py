@@ -434,7 +434,7 @@ def test_init_freezes_every_layer_in_order(rng):
 
 
 @pytest.mark.parametrize("whitening", ["image", "patches"])
-def test_export_parity_onnx_and_saved_model(tmp_path, rng, whitening):
+def test_export_parity_onnx_and_saved_model(tmp_path, rng, reference_once, whitening):
     from kernelzoo.export import to_onnx, to_saved_model
     from kernelzoo.export.verify import float32_tolerance, verify_artifact
 

@@ -12,7 +12,6 @@ import inspect
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import numpy as np
@@ -24,7 +23,7 @@ from kernelzoo.zoo import registry, training
 from kernelzoo.zoo.inputs import as_model_input
 from kernelzoo.zoo.recipe import Recipe
 
-from conftest import SHARED_DATA, TinyRuns, background_job, measure_card
+from conftest import SHARED_DATA, TinyRuns, background_job, measure_card, started_job
 
 TINY = [(family, run) for family in registry.FAMILIES
         for run in importlib.import_module(f"kernelzoo.zoo.{family}.recipe").tiny_runs()]
@@ -36,10 +35,14 @@ _train = TinyRuns.train
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_runs):
-    """Every tiny run trained once (per session: conftest.TinyRuns): {test id: (run, result, run folder)}."""
+def trained(tiny_runs, tmp_path_factory):
+    """Every tiny run trained once (per session: conftest.TinyRuns): {test id: (run, result, run folder)}.
+
+    Then the fresh-process load of their saved models starts (test_saved_models_load_in_a_fresh_process)."""
     assert [key for key, _ in tiny_runs.runs()] == TINY_IDS
-    return {key: tiny_runs.trained(key) for key in TINY_IDS}
+    out = {key: tiny_runs.trained(key) for key in TINY_IDS}
+    _start_fresh_load(out, tmp_path_factory.mktemp("fresh-load"))
+    return out
 
 
 @pytest.mark.parametrize("family", registry.FAMILIES)
@@ -100,21 +103,30 @@ def _inputs(run, model):
     return as_model_input(run.data.test[0][:8], model).astype("float32")
 
 
-def test_saved_models_load_in_a_fresh_process(trained, tmp_path):
+_FRESH_LOAD = {}
+
+
+def _start_fresh_load(trained, folder):
+    """Inputs and each trained model's predictions saved; a fresh process then loads every model.keras and
+    compares, beside the module's other tests (conftest.started_job)."""
     script = ["import sys, numpy as np, keras, kernelzoo",
               "for path, x, y in zip(sys.argv[1::3], sys.argv[2::3], sys.argv[3::3]):",
               "    out = keras.models.load_model(path).predict(np.load(x), verbose=0)",
               "    np.testing.assert_allclose(out, np.load(y), rtol=1e-5, atol=1e-5, err_msg=path)",
               "print('loaded', len(sys.argv) // 3)"]
     argv = []
-    for key, (run, result, folder) in trained.items():
+    for key, (run, result, run_folder) in trained.items():
         x = _inputs(run, result["model"])
-        np.save(tmp_path / f"{key}-x.npy", x)
-        np.save(tmp_path / f"{key}-y.npy", result["model"].predict(x, verbose=0))
-        argv += [str(folder / training.MODEL_FILE), str(tmp_path / f"{key}-x.npy"), str(tmp_path / f"{key}-y.npy")]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    done = subprocess.run([sys.executable, "-c", "\n".join(script), *argv], capture_output=True, text=True,
-                          timeout=300, env=env)
+        np.save(folder / f"{key}-x.npy", x)
+        np.save(folder / f"{key}-y.npy", result["model"].predict(x, verbose=0))
+        argv += [str(run_folder / training.MODEL_FILE), str(folder / f"{key}-x.npy"), str(folder / f"{key}-y.npy")]
+    _FRESH_LOAD["job"] = started_job("families fresh-process load", dict(
+        args=[sys.executable, "-c", "\n".join(script), *argv], timeout=300,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")))
+
+
+def test_saved_models_load_in_a_fresh_process(trained):
+    (done,) = _FRESH_LOAD["job"].results()
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"loaded {len(trained)}" in done.stdout
 
