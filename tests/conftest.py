@@ -220,7 +220,10 @@ def pytest_configure(config):
 
 
 def pytest_collection_finish(session):
-    """Queue the jobs of the selected tests, in test order, and start one runner thread for them."""
+    """Queue the jobs of the selected tests, in test order, and start one runner thread for them (not for
+    --collect-only, nor in a pytest-xdist worker: each would start every job; there a test runs its own)."""
+    if session.config.option.collectonly or hasattr(session.config, "workerinput"):
+        return
     queue = []
     for item in session.items:
         for mark in item.iter_markers("background"):
