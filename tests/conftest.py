@@ -130,13 +130,14 @@ def measure_card(measurements, name):
 # --- checks in fresh processes, run beside the in-process tests ------------------------------------
 
 class BackgroundJob:
-    """Fresh-process steps (subprocess.run keyword arguments: args, env, cwd, timeout, input; or a function
-    returning them, called when the step starts) that need
-    nothing from the test process. The session starts them as soon as its tests begin, one job at a time
-    in the order of the tests that use them (marked with `job.mark`), so on 2 cores they run beside the
-    in-process tests instead of after them; a test calls `job.results()` (waiting if need be, or running
-    the job itself when its turn has not come) and asserts on the CompletedProcess list as it would on
-    subprocess.run's. Exceptions (a timeout) are raised in the test."""
+    """Steps in fresh processes (each subprocess.run's keyword arguments: args, env, cwd, timeout, input;
+    or a function returning them, called when the step starts) that need nothing from the test process.
+
+    The session starts the jobs as soon as its tests begin, one at a time in the order of the tests that
+    use them (marked with `job.mark`), so on 2 cores they run beside the in-process tests instead of
+    after them. A test calls `job.results()` (waiting if need be, or running the job itself when its
+    turn has not come) and asserts on the CompletedProcess list as it would on subprocess.run's;
+    exceptions (a timeout) are raised in the test."""
 
     def __init__(self, name, *steps):
         self.name, self.steps = name, steps
