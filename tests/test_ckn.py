@@ -5,7 +5,6 @@ import subprocess
 import sys
 import textwrap
 
-import keras
 import numpy as np
 import pytest
 import scipy.optimize
@@ -396,29 +395,24 @@ def test_linear_classifier_reaches_the_optimum(rng, loss):
 # ----------------------------------------------------------------------------- the unsupervised recipe
 
 
-def test_tiny_unsupervised_ckn_beats_chance_and_resumes_exactly(tmp_path):
+def test_tiny_unsupervised_ckn_beats_chance_and_resumes_exactly(tiny_runs):
+    """The CKN family's tiny run (trained once per session, conftest.TinyRuns: test_families checks the
+    family contract on the same runs, with a looser resume tolerance than this one)."""
+    from kernelzoo.zoo import registry
     from kernelzoo.zoo.ckn.presets import PRESETS
-    from kernelzoo.zoo.ckn.recipe import UnsupervisedCKNRecipe, tiny_runs
+    from kernelzoo.zoo.ckn.recipe import UnsupervisedCKNRecipe, tiny_runs as ckn_tiny_runs
 
-    run = tiny_runs()[0]
-    recipe = UnsupervisedCKNRecipe()
-    hp = recipe.hyperparameters(PRESETS[0], **run.hp)
-    result = recipe.train(PRESETS[0], run.data, str(tmp_path / "run"), hp=hp, overrides=run.overrides, verbose=0)
+    run = ckn_tiny_runs()[0]
+    assert run.preset == PRESETS[0].name and isinstance(registry.recipe(PRESETS[0]), UnsupervisedCKNRecipe)
+    key = f"ckn-{run.preset}"
+    _, result, _ = tiny_runs.trained(key)
     assert result["metrics"]["test_accuracy"] > 0.8  # chance: 1/3
     assert all(not layer.trainable for layer in result["model"].layers if isinstance(layer, CKNConv2D))
     history = result["history"]
     assert [int(row["epoch"]) for row in history] == [0, 1, 2, 3] and history[-1]["loss"] < history[0]["loss"]
 
-    class Kill(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            if epoch == 2:
-                raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        recipe.train(PRESETS[0], run.data, str(tmp_path / "killed"), hp=hp, overrides=run.overrides, verbose=0,
-                     callbacks=[Kill()])
-    resumed = recipe.train(PRESETS[0], run.data, str(tmp_path / "killed"), hp=hp, overrides=run.overrides,
-                           verbose=0, resume=True)
+    resumed, _, killed_at = tiny_runs.resumed(key)  # interrupted at the start of epoch 2, then resumed
+    assert killed_at == 2
     for a, b in zip(result["model"].weights, resumed["model"].weights):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7, err_msg=a.path)
 
@@ -440,7 +434,7 @@ def test_init_freezes_every_layer_in_order(rng):
 
 
 @pytest.mark.parametrize("whitening", ["image", "patches"])
-def test_export_parity_onnx_and_saved_model(tmp_path, rng, whitening):
+def test_export_parity_onnx_and_saved_model(tmp_path, rng, reference_once, whitening):
     from kernelzoo.export import to_onnx, to_saved_model
     from kernelzoo.export.verify import float32_tolerance, verify_artifact
 

@@ -1,11 +1,12 @@
 """The `kernelzoo` console script: dispatch, usage errors, and the offline demo."""
 import os
-import subprocess
 import sys
 
 import pytest
 
 from kernelzoo import __version__, cli
+
+from conftest import background_job
 
 
 def test_version_and_help(capsys):
@@ -23,10 +24,14 @@ def test_unknown_command_and_bad_bench_target_are_usage_errors(capsys):
     assert "kernelzoo bench {ops,deploy,sc}" in capsys.readouterr().err
 
 
+# `kernelzoo demo` in a user's shell (TF_CPP_MIN_LOG_LEVEL unset), run beside the in-process tests.
+DEMO = background_job("cli-demo", dict(args=[sys.executable, "-m", "kernelzoo.cli", "demo"], timeout=600,
+                                       env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}))
+
+
+@DEMO.mark
 def test_demo_checks_the_special_cases_offline():
-    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}  # a user's shell
-    result = subprocess.run([sys.executable, "-m", "kernelzoo.cli", "demo"], capture_output=True, text=True,
-                            timeout=600, env=env)
+    (result,) = DEMO.results()
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
     assert "retracing" not in result.stderr, result.stderr[-2000:]
     assert not _tf_log_lines(result.stderr), result.stderr[-2000:]
@@ -76,35 +81,42 @@ def _tf_log_lines(stderr):
 
 
 def _kernelzoo(*args, env=None):
-    """`kernelzoo ARGS` in a fresh process, TF_CPP_MIN_LOG_LEVEL unset unless `env` sets it."""
-    import os
-
+    """`kernelzoo ARGS` in a fresh process, TF_CPP_MIN_LOG_LEVEL unset unless `env` sets it (a job step)."""
     environment = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     environment.update(env or {})
-    return subprocess.run([sys.executable, "-m", "kernelzoo.cli", *args], capture_output=True, text=True,
-                          timeout=600, env=environment)
+    return dict(args=[sys.executable, "-m", "kernelzoo.cli", *args], timeout=600, env=environment)
 
 
-def test_plain_commands_print_no_tensorflow_log_lines():
+def _first_model():
     from kernelzoo.zoo import list_models
+    return list_models()[0]
 
-    listing = _kernelzoo("list")
-    assert listing.returncode == 0 and list_models()[0] in listing.stdout, listing.stderr[-2000:]
-    info = _kernelzoo("info", list_models()[0])
+
+PLAIN_COMMANDS = background_job("cli-plain-commands", _kernelzoo("list"), _kernelzoo("info", _first_model()))
+
+
+@PLAIN_COMMANDS.mark
+def test_plain_commands_print_no_tensorflow_log_lines():
+    listing, info = PLAIN_COMMANDS.results()
+    assert listing.returncode == 0 and _first_model() in listing.stdout, listing.stderr[-2000:]
     assert info.returncode == 0, info.stderr[-2000:]
     for result in (listing, info):
         assert not _tf_log_lines(result.stderr), result.stderr
         assert result.stderr.strip() == "", result.stderr
 
 
+_QUIET_CODE = ("import os, sys; from kernelzoo import cli; cli.quiet_tensorflow({verbose}); "
+               "print(os.environ.get('TF_CPP_MIN_LOG_LEVEL'), 'tensorflow' in sys.modules)")
+_QUIET_CASES = ((False, {}, "3 True"), (True, {}, "None False"), (False, {"TF_CPP_MIN_LOG_LEVEL": "1"}, "1 False"))
+QUIET = background_job("cli-quiet-tensorflow", *[
+    dict(args=[sys.executable, "-c", _QUIET_CODE.format(verbose=verbose)], timeout=300,
+         env={**{k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}, **env})
+    for verbose, env, _ in _QUIET_CASES])
+
+
+@QUIET.mark
 def test_verbose_or_a_user_log_level_leaves_tensorflow_logging_alone():
-    code = ("import os, sys; from kernelzoo import cli; cli.quiet_tensorflow({verbose}); "
-            "print(os.environ.get('TF_CPP_MIN_LOG_LEVEL'), 'tensorflow' in sys.modules)")
-    for verbose, env, expected in ((False, {}, "3 True"), (True, {}, "None False"),
-                                   (False, {"TF_CPP_MIN_LOG_LEVEL": "1"}, "1 False")):
-        environment = {k: v for k, v in __import__("os").environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-        result = subprocess.run([sys.executable, "-c", code.format(verbose=verbose)], capture_output=True, text=True,
-                                timeout=300, env={**environment, **env})
+    for (_, _, expected), result in zip(_QUIET_CASES, QUIET.results(), strict=True):
         assert result.returncode == 0, result.stderr[-2000:]
         assert result.stdout.strip() == expected
         if expected.startswith("3"):

@@ -16,6 +16,8 @@ import pytest
 
 from kernelzoo.ops import library
 
+from conftest import background_job, job_folder
+
 if library._compiler() is None:
     pytest.skip("no C++ compiler: the custom ops cannot be built", allow_module_level=True)
 
@@ -741,8 +743,8 @@ def test_no_compiler_is_a_clear_error(monkeypatch):
         library.build()
 
 
-def test_without_a_compiler_the_ops_warn_once_and_fall_back(tmp_path):
-    """A machine with no C++ compiler (empty PATH, fresh cache) still computes, on the composite path."""
+def _no_compiler_job():
+    folder = job_folder()
     script = (
         "import warnings, numpy as np\n"
         "from kernelzoo import ops\n"
@@ -757,50 +759,72 @@ def test_without_a_compiler_the_ops_warn_once_and_fall_back(tmp_path):
         "np.testing.assert_allclose(first, -8.0 * np.ones((1, 3, 3, 3)))\n"
         "print('fallback ok')\n"
     )
-    env = dict(os.environ, PATH=str(tmp_path), CXX="", KERNELZOO_CACHE=str(tmp_path / "cache"),
-               KERNELZOO_OPS="auto")
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    env = dict(os.environ, PATH=str(folder), CXX="", KERNELZOO_CACHE=str(folder / "cache"), KERNELZOO_OPS="auto")
+    return background_job("custom ops without a compiler",
+                          dict(args=[sys.executable, "-c", script], env=env, timeout=300))
+
+
+NO_COMPILER = _no_compiler_job()  # fresh processes run beside the in-process tests (conftest.BackgroundJob)
+
+
+@NO_COMPILER.mark
+def test_without_a_compiler_the_ops_warn_once_and_fall_back():
+    """A machine with no C++ compiler (empty PATH, fresh cache) still computes, on the composite path."""
+    (result,) = NO_COMPILER.results()
     assert result.returncode == 0 and "fallback ok" in result.stdout, result.stderr[-3000:]
 
 
-def test_first_op_call_inside_tf_function(lib, tmp_path):
+_FIRST_CALL_SCRIPT = textwrap.dedent("""\
+    import warnings
+    import numpy as np
+    import tensorflow as tf
+    from kernelzoo import ops
+    from kernelzoo.ops import composite, library
+
+    @tf.function
+    def step(x, z, xi, off):
+        y = ops.similarity(x, z, similarity="lp", p=1.5)
+        return ops.mex(y, xi, num_instances=2, channel_block=3, offsets=off)
+
+    rng = np.random.default_rng(0)
+    args = [rng.normal(size=s).astype("float32") for s in [(2, 5, 5, 2), (2, 2, 2, 3), (2,), (1, 1, 2, 1, 1, 3)]]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = step(*args).numpy()
+    assert not caught, [str(w.message) for w in caught]
+    graph = step.get_concrete_function(*args).graph
+    kinds = {op.type for op in graph.get_operations()}
+    assert {"KernelzooSimilarity", "KernelzooMex"} <= kinds, kinds
+    assert library._build_info is not None and library._build_info.path == library.build()
+    with ops.implementation("composite"):
+        ref = step.python_function(*args).numpy()
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+    print("first call ok")
+    """)
+
+
+def _first_call_step():
+    """Made when the job starts: the library is built first (as the `lib` fixture would), so the fresh
+    process only loads it."""
+    library.build()
+    path = job_folder() / "first_call.py"  # a file: autograph converts only functions whose source it can read
+    path.write_text(_FIRST_CALL_SCRIPT)
+    return dict(args=[sys.executable, str(path)], timeout=300,
+                env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERNELZOO_OPS="auto"))
+
+
+FIRST_CALL = background_job("custom ops first call in a tf.function", _first_call_step)
+
+
+@FIRST_CALL.mark
+def test_first_op_call_inside_tf_function(lib):
     """A fresh process whose first kernelzoo op call is traced by autograph (a user's tf.function).
 
     It runs the custom ops, warns nothing (no Python warning, no AutoGraph "could not transform"
     of the build's subprocess calls) and records the build info (autograph's loop rewrite of
     `library.build` once dropped it: 'NoneType' object has no attribute 'fell_back').
     """
-    script = textwrap.dedent("""\
-        import warnings
-        import numpy as np
-        import tensorflow as tf
-        from kernelzoo import ops
-        from kernelzoo.ops import composite, library
-
-        @tf.function
-        def step(x, z, xi, off):
-            y = ops.similarity(x, z, similarity="lp", p=1.5)
-            return ops.mex(y, xi, num_instances=2, channel_block=3, offsets=off)
-
-        rng = np.random.default_rng(0)
-        args = [rng.normal(size=s).astype("float32") for s in [(2, 5, 5, 2), (2, 2, 2, 3), (2,), (1, 1, 2, 1, 1, 3)]]
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            out = step(*args).numpy()
-        assert not caught, [str(w.message) for w in caught]
-        graph = step.get_concrete_function(*args).graph
-        kinds = {op.type for op in graph.get_operations()}
-        assert {"KernelzooSimilarity", "KernelzooMex"} <= kinds, kinds
-        assert library._build_info is not None and library._build_info.path == library.build()
-        with ops.implementation("composite"):
-            ref = step.python_function(*args).numpy()
-        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
-        print("first call ok")
-        """)
-    path = tmp_path / "first_call.py"  # a file: autograph converts only functions whose source it can read
-    path.write_text(script)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERNELZOO_OPS="auto")
-    result = subprocess.run([sys.executable, str(path)], env=env, capture_output=True, text=True, timeout=300)
+    (result,) = FIRST_CALL.results()
     output = result.stdout + result.stderr
     assert result.returncode == 0 and "first call ok" in result.stdout, output[-3000:]
     assert "AutoGraph" not in output and "Warning" not in output, output[-3000:]

@@ -12,12 +12,11 @@
 import json
 import os
 import socket
-import subprocess
 import sys
 
 import pytest
 
-from conftest import _custom_available
+from conftest import _custom_available, background_job
 
 # One epoch of the SimNet family's first tiny run through its recipe, from the same start: epoch(strategy)
 # gives what config.json records, the epoch's loss and the weights after it.
@@ -83,10 +82,15 @@ print(json.dumps({"multiworker_strategy": isinstance(strategy, tf.distribute.Mul
 """
 
 
-def _reports(script, *args, **env):
-    """The JSON lines a fresh Python process running `script` prints."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **env)
-    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=900, env=env)
+def _fresh_process(script, *args, **env):
+    """A job step: a fresh Python process running `script`."""
+    return dict(args=[sys.executable, "-c", script, *args], timeout=900,
+                env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **env))
+
+
+def _reports(job):
+    """The JSON lines the job's fresh Python process printed."""
+    (done,) = job.results()
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
@@ -98,9 +102,15 @@ def _assert_same_epoch(report, replicas):
     assert report["max_abs"] <= 1e-5, report  # ... identically on one device and distributed
 
 
+# Both checks run in fresh processes beside the in-process tests (conftest.BackgroundJob).
+IMPLEMENTATIONS = ["composite"] + (["custom"] if _custom_available() else [])
+MIRRORED = background_job("distribute-mirrored", _fresh_process(MIRRORED_SCRIPT, *IMPLEMENTATIONS))
+
+
+@MIRRORED.mark
 def test_mirrored_epoch_equals_single_device_epoch():
-    implementations = ["composite"] + (["custom"] if _custom_available() else [])
-    reports = _reports(MIRRORED_SCRIPT, *implementations)
+    implementations = IMPLEMENTATIONS
+    reports = _reports(MIRRORED)
     assert [r["implementation"] for r in reports] == implementations
     for report in reports:
         _assert_same_epoch(report, replicas=2)
@@ -112,9 +122,18 @@ def _free_port():
         return probe.getsockname()[1]
 
 
-def test_one_worker_multiworker_epoch_equals_single_device_epoch():
+def _one_worker_cluster():
+    """The job step, made when it starts: a free port then, not at collection."""
     cluster = {"cluster": {"worker": [f"localhost:{_free_port()}"]}, "task": {"type": "worker", "index": 0}}
-    (report,) = _reports(MULTIWORKER_SCRIPT, TF_CONFIG=json.dumps(cluster))
+    return _fresh_process(MULTIWORKER_SCRIPT, TF_CONFIG=json.dumps(cluster))
+
+
+MULTIWORKER = background_job("distribute-multiworker", _one_worker_cluster)
+
+
+@MULTIWORKER.mark
+def test_one_worker_multiworker_epoch_equals_single_device_epoch():
+    (report,) = _reports(MULTIWORKER)
     assert report["multiworker_strategy"] and report["workers"] == 1, report
     assert report["distributed"]["strategy"] == "CollectiveAllReduceStrategy", report  # TF's name for it
     _assert_same_epoch(report, replicas=1)  # on CPU a worker is one replica

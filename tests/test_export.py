@@ -2,7 +2,6 @@
 import argparse
 import json
 import os
-import subprocess
 import sys
 import textwrap
 
@@ -17,6 +16,8 @@ from kernelzoo.export.verify import (MAX_ABS_GOAL, artifact_outputs, compare, fl
 from kernelzoo.layers import Mex, Similarity
 from kernelzoo.ops import implementation
 from kernelzoo.zoo import registry
+
+from conftest import started_job
 
 SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 RANDOM_OFFSETS = keras.initializers.RandomNormal(stddev=1.0, seed=3)  # untrained MEX offsets of 0 tie every class
@@ -92,7 +93,8 @@ def composite_reference():
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """{name: (model, onnx path, SavedModel path)}, exported once for the module."""
+    """{name: (model, onnx path, SavedModel path)}, exported once for the module; then simnet_l2's SavedModel
+    starts serving in a fresh process (test_saved_model_serves_without_kernelzoo)."""
     keras.utils.set_random_seed(0)
     root = tmp_path_factory.mktemp("exported")
     out = {}
@@ -101,6 +103,7 @@ def exported(tmp_path_factory):
             model = build()
         out[name] = (model, to_onnx(model, str(root / f"{name}.onnx")),
                      to_saved_model(model, str(root / f"{name}_savedmodel")))
+    _start_serving_without_kernelzoo(out["simnet_l2"][0], out["simnet_l2"][2], tmp_path_factory.mktemp("serving"))
     return out
 
 
@@ -112,7 +115,7 @@ def _check_parity(report, n):
 
 
 @pytest.mark.parametrize("name", list(BUILDERS))
-def test_round_trip_keras_saved_model_onnx(exported, name):
+def test_round_trip_keras_saved_model_onnx(exported, reference_once, name):
     model, onnx_path, saved_path = exported[name]
     images, source = make_inputs(model, num=32, seed=1)
     assert source == "generated"
@@ -142,7 +145,7 @@ def test_softmax_models_export_pre_softmax_logits(exported):
     np.testing.assert_allclose(np.exp(logits) / np.exp(logits).sum(1, keepdims=True), probabilities, atol=1e-6)
 
 
-def test_nan_inputs_are_marginalised_in_both_artifacts(exported):
+def test_nan_inputs_are_marginalised_in_both_artifacts(exported, reference_once):
     model, onnx_path, saved_path = exported["simnet_float"]
     images = np.random.default_rng(2).random((16, 10, 10, 3)).astype("float32")
     images[images < 0.15] = np.nan
@@ -200,10 +203,14 @@ def test_opset_range_ends_run_in_onnxruntime(exported, tmp_path, opset):
     _check_parity(verify_artifact(model, path, num=8), 8)
 
 
-def test_saved_model_serves_without_kernelzoo(exported, tmp_path):
-    model, _, saved_path = exported["simnet_l2"]
+_SERVING = {}
+
+
+def _start_serving_without_kernelzoo(model, saved_path, folder):
+    """A fresh process that cannot import kernelzoo serves the SavedModel: started as soon as `exported`
+    has written it, beside the module's other tests (conftest.started_job)."""
     images, _ = make_inputs(model, num=5, seed=4)
-    np.save(tmp_path / "x.npy", images)
+    np.save(folder / "x.npy", images)
     script = textwrap.dedent(f"""
         import importlib.abc, sys
         class Block(importlib.abc.MetaPathFinder):
@@ -213,21 +220,27 @@ def test_saved_model_serves_without_kernelzoo(exported, tmp_path):
         sys.meta_path.insert(0, Block())
         import numpy as np, tensorflow as tf
         serve = tf.saved_model.load({saved_path!r}).signatures["serving_default"]
-        out = serve(images=tf.constant(np.load({str(tmp_path / 'x.npy')!r})))
-        np.save({str(tmp_path / 'y.npy')!r}, out["logits"].numpy())
+        out = serve(images=tf.constant(np.load({str(folder / 'x.npy')!r})))
+        np.save({str(folder / 'y.npy')!r}, out["logits"].numpy())
         assert not any(m == "kernelzoo" or m.startswith("kernelzoo.") for m in sys.modules)
         print(sorted(out))
     """)
-    env = dict(os.environ, KERNELZOO_OPS="composite", TF_CPP_MIN_LOG_LEVEL="3", KERNELZOO_CACHE=str(tmp_path))
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                            cwd=str(tmp_path), timeout=240)
+    env = dict(os.environ, KERNELZOO_OPS="composite", TF_CPP_MIN_LOG_LEVEL="3", KERNELZOO_CACHE=str(folder))
+    _SERVING.update(images=images, folder=folder, job=started_job(
+        "export serving without kernelzoo", dict(args=[sys.executable, "-c", script], env=env, cwd=str(folder),
+                                                 timeout=240)))
+
+
+def test_saved_model_serves_without_kernelzoo(exported):
+    model = exported["simnet_l2"][0]
+    (result,) = _SERVING["job"].results()
     assert result.returncode == 0, result.stderr[-3000:]
     assert "['logits', 'probabilities']" in result.stdout
-    reference = keras.ops.convert_to_numpy(model(images.astype("float32")))
-    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), reference, atol=MAX_ABS_GOAL)
+    reference = keras.ops.convert_to_numpy(model(_SERVING["images"].astype("float32")))
+    np.testing.assert_allclose(np.load(_SERVING["folder"] / "y.npy"), reference, atol=MAX_ABS_GOAL)
 
 
-def test_keras_with_custom_ops_matches_exports(exported):
+def test_keras_with_custom_ops_matches_exports(exported, reference_once):
     from kernelzoo.ops import api
     try:
         with implementation("custom"):
@@ -272,7 +285,7 @@ def _round_trip_names():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", _round_trip_names())
-def test_zoo_model_round_trip(tmp_path, name):
+def test_zoo_model_round_trip(tmp_path, reference_once, name):
     zoo = kernelzoo.zoo
     model = zoo.load(name) if registry.info(name).pretrained else zoo.create(name)
     onnx_path = to_onnx(model, str(tmp_path / "m.onnx"))

@@ -1,18 +1,19 @@
 """The op library builds and loads on this CPU with every target flag set, and failures are loud.
 
-Each flag variant is built in a subprocess (one op library per process: the ops
-register once) into the shared cache, so later runs reuse it. Only a machine
-without a C++ compiler may skip.
+Each flag variant is built in a fresh process (one op library per process: the ops
+register once), beside the in-process tests (conftest.BackgroundJob), into the shared cache,
+so later runs reuse it. Only a machine without a C++ compiler may skip.
 """
 import json
 import os
 import platform
-import subprocess
 import sys
 
 import pytest
 
 from kernelzoo.ops import library
+
+from conftest import background_job, job_folder
 
 if library._compiler() is None:
     pytest.skip("no C++ compiler: the custom ops cannot be built", allow_module_level=True)
@@ -65,12 +66,23 @@ print(json.dumps({"variant": info.variant, "arch_flags": list(info.arch_flags),
 """
 
 
-def _build_variant(arch_flags):
-    env = dict(os.environ, KERNELZOO_ARCH_FLAGS=arch_flags, KERNELZOO_OPS="auto")
-    result = subprocess.run([sys.executable, "-c", _VARIANT_SCRIPT], env=env, capture_output=True, text=True,
-                            timeout=900)
+def _variant_job(arch_flags):
+    """The library built with $KERNELZOO_ARCH_FLAGS in a fresh process (one job beside the in-process tests)."""
+    return background_job(f"op-build {arch_flags}", dict(
+        args=[sys.executable, "-c", _VARIANT_SCRIPT], timeout=900,
+        env=dict(os.environ, KERNELZOO_ARCH_FLAGS=arch_flags, KERNELZOO_OPS="auto")))
+
+
+def _build_variant(job):
+    (result,) = job.results()
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+FLAG_VARIANTS = ["-march=native -mno-avx512fp16", "-march=x86-64-v3", "-march=x86-64-v2"]
+VARIANT_JOBS = {flags: _variant_job(flags) for flags in FLAG_VARIANTS} if X86 else {}
+AVX512FP16_FLAGS = "-march=native -mavx512fp16"
+AVX512FP16_JOB = _variant_job(AVX512FP16_FLAGS) if "avx512_fp16" in _cpu_flags() else None
 
 
 def test_custom_ops_load_with_the_default_flags_whenever_a_compiler_exists():
@@ -84,17 +96,19 @@ def test_custom_ops_load_with_the_default_flags_whenever_a_compiler_exists():
 
 
 @pytest.mark.skipif(not X86, reason="x86-64 flag variants")
-@pytest.mark.parametrize("arch_flags", ["-march=native -mno-avx512fp16", "-march=x86-64-v3", "-march=x86-64-v2"])
+@pytest.mark.parametrize("arch_flags", [pytest.param(flags, marks=job.mark) for flags, job in VARIANT_JOBS.items()]
+                         or FLAG_VARIANTS)
 def test_each_flag_variant_builds_loads_and_matches_the_composite(arch_flags):
-    result = _build_variant(arch_flags)
+    result = _build_variant(VARIANT_JOBS[arch_flags])
     assert result["arch_flags"] == arch_flags.split() and not result["failed"], result
     assert all(error < 1e-5 for error in result["errors"].values()), result["errors"]
 
 
-@pytest.mark.skipif("avx512_fp16" not in _cpu_flags(), reason="the CPU has no AVX512-FP16")
+@pytest.mark.skipif(AVX512FP16_JOB is None, reason="the CPU has no AVX512-FP16")
+@pytest.mark.background(f"op-build {AVX512FP16_FLAGS}")
 def test_avx512fp16_enabled_explicitly_falls_back_to_portable_flags_loudly():
     """TF's Eigen does not compile with AVX512-FP16: the build retries with x86-64-v3 and says so."""
-    result = _build_variant("-march=native -mavx512fp16")
+    result = _build_variant(AVX512FP16_JOB)
     assert [v for v, _, _ in result["failed"]] == ["$KERNELZOO_ARCH_FLAGS"], result
     assert "PacketMathFP16" in result["failed"][0][2] or "error" in result["failed"][0][2]
     assert result["arch_flags"] == ["-march=x86-64-v3"]
@@ -102,21 +116,16 @@ def test_avx512fp16_enabled_explicitly_falls_back_to_portable_flags_loudly():
     assert all(error < 1e-5 for error in result["errors"].values()), result["errors"]
 
 
-def test_a_failing_compiler_is_loud_everywhere(tmp_path):
-    """build-ops exits non-zero with the compiler's message; the first op call warns with it and the command."""
-    compiler, log = tmp_path / "cxx", tmp_path / "compiles.log"
+def _failing_compiler_job():
+    """build-ops, then the first op calls, in fresh processes with a $CXX that fails every compile; the
+    compile count after each (the compiler logs every compile to a file)."""
+    folder = job_folder()
+    compiler, log = folder / "cxx", folder / "compiles.log"
     compiler.write_text(f"#!/bin/sh\ncase \" $* \" in *\" -c \"*) echo compile >> {log}; "
                         "echo 'boom: simulated compiler error' >&2; exit 1;; esac\nexit 0\n")
     compiler.chmod(0o755)
-    env = dict(os.environ, CXX=str(compiler), KERNELZOO_CACHE=str(tmp_path / "cache"), KERNELZOO_OPS="auto")
+    env = dict(os.environ, CXX=str(compiler), KERNELZOO_CACHE=str(folder / "cache"), KERNELZOO_OPS="auto")
     env.pop(library.ARCH_FLAGS_ENV, None)
-    build = subprocess.run([sys.executable, "-m", "kernelzoo.cli", "build-ops"], env=env, capture_output=True,
-                           text=True, timeout=300)
-    assert build.returncode != 0
-    assert "boom: simulated compiler error" in build.stderr
-    for flags in ("-march=native", "-march=x86-64-v3", "-march=x86-64-v2") if X86 else ():
-        assert flags in build.stderr
-    compiles = log.read_text().count("compile")
     script = ("import warnings, numpy as np\n"
               "from kernelzoo import ops\n"
               "with warnings.catch_warnings(record=True) as caught:\n"
@@ -125,13 +134,32 @@ def test_a_failing_compiler_is_loud_everywhere(tmp_path):
               "    ops.mex(np.ones((1, 4, 4, 2), 'float32'), 1.0)\n"
               "import json; print(json.dumps([str(w.message) for w in caught if 'custom op library' in str(w.message)]))\n"
               "print(ops.describe_implementation())\n")
-    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    count = dict(args=[sys.executable, "-c", "import sys; print(open(sys.argv[1]).read().count('compile'))", str(log)],
+                 timeout=60)
+    return background_job("op-build failing compiler",
+                          dict(args=[sys.executable, "-m", "kernelzoo.cli", "build-ops"], env=env, timeout=300),
+                          count, dict(args=[sys.executable, "-c", script], env=env, timeout=300), count)
+
+
+FAILING_COMPILER = _failing_compiler_job()
+
+
+@FAILING_COMPILER.mark
+def test_a_failing_compiler_is_loud_everywhere():
+    """build-ops exits non-zero with the compiler's message; the first op call warns with it and the command."""
+    build, compiled, run, compiled_after = FAILING_COMPILER.results()
+    assert build.returncode != 0
+    assert "boom: simulated compiler error" in build.stderr
+    for flags in ("-march=native", "-march=x86-64-v3", "-march=x86-64-v2") if X86 else ():
+        assert flags in build.stderr
+    assert compiled.returncode == 0, compiled.stderr
+    compiles = int(compiled.stdout)
     assert run.returncode == 0, run.stderr[-3000:]
     messages, report = run.stdout.split("\n", 1)
     (message,) = json.loads(messages)  # warned once
     assert "boom: simulated compiler error" in message and "kernelzoo build-ops" in message
     assert "composite" in report and "FALLBACK" in report and "kernelzoo build-ops" in report
-    assert log.read_text().count("compile") == compiles  # the failures were remembered, not recompiled
+    assert int(compiled_after.stdout) == compiles  # the failures were remembered, not recompiled
 
 
 def test_clean_removes_failure_notes_of_other_sources(tmp_path):
