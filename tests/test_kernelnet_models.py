@@ -9,7 +9,7 @@ from kernelzoo.zoo.data import rating_matrix, random_split
 from kernelzoo.zoo.data.synthetic import planted_ratings
 from kernelzoo.zoo.kernelnet import embedding, movielens as ml
 from kernelzoo.zoo.kernelnet.mnist import kernelnet_mnist
-from kernelzoo.zoo.kernelnet.optimize import fit_adam, fit_lbfgs
+from kernelzoo.zoo.kernelnet.optimize import adam_steps, fit_adam, fit_lbfgs
 
 
 def test_autoencoder_loss_ignores_unobserved_ratings():
@@ -57,6 +57,29 @@ def test_rmse_on_planted_low_rank_matrix_beats_mean_predictor(optimizer):
     baseline = np.sqrt(np.mean((test["ratings"] - train["ratings"].mean()) ** 2))
     error = ml.rmse(ml.predict_ratings(model, matrix), test)
     assert error < 0.75 * baseline, (error, baseline)
+
+
+def test_adam_epochs_continue_one_run():
+    """Epochs of full-batch Adam (the MovieLens recipe) share one optimizer: 3 + 3 steps are 6 steps,
+    not two runs whose moments restart (which is what a fresh optimizer per epoch would give)."""
+    x = np.random.default_rng(0).uniform(1, 5, size=(6, 5)).astype("float32")
+
+    def fresh():
+        return ml.kernelnet_movielens(n_users=5, hidden=(3,), seed=0)
+
+    def loss_fn(m):
+        return ml.masked_squared_error(x, np.ones_like(x), m(x, training=True))
+
+    def weights(model):
+        return np.concatenate([w.reshape(-1) for w in model.get_weights()])
+
+    split, whole, restarted = fresh(), fresh(), fresh()
+    run = adam_steps(split, loss_fn, learning_rate=0.05)
+    run(3), run(3)
+    adam_steps(whole, loss_fn, learning_rate=0.05)(6)
+    fit_adam(restarted, loss_fn, steps=3, learning_rate=0.05), fit_adam(restarted, loss_fn, steps=3, learning_rate=0.05)
+    np.testing.assert_allclose(weights(split), weights(whole), rtol=1e-5, atol=1e-6)
+    assert np.max(np.abs(weights(restarted) - weights(whole))) > 1e-3
 
 
 def test_lbfgs_callback_sees_current_iterate():

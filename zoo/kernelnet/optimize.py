@@ -78,9 +78,12 @@ def fit_lbfgs(model, loss_fn, maxiter=500, maxcor=10, every=None, callback=None)
     return result
 
 
-def fit_adam(model, loss_fn, steps=100, learning_rate=1e-3):
-    """`steps` full-batch Adam steps; returns the last loss."""
-    steps = positive_int(steps, "steps")
+def adam_steps(model, loss_fn, learning_rate=1e-3):
+    """A function `run(steps)` taking `steps` full-batch Adam steps and returning the last loss.
+
+    One optimizer serves every call, so its moments (and bias correction) carry over from one
+    call to the next, as in one long run split into epochs.
+    """
     learning_rate = positive_float(learning_rate, "learning_rate")
     import keras
 
@@ -95,7 +98,18 @@ def fit_adam(model, loss_fn, steps=100, learning_rate=1e-3):
         optimizer.apply_gradients(zip(grads, variables))
         return loss
 
-    loss = None
-    for _ in range(steps):
-        loss = step()
-    return float(loss)
+    def run(steps):
+        steps = positive_int(steps, "steps")
+        loss = None
+        for _ in range(steps):
+            loss = step()
+        return float(loss)
+
+    run.optimizer = optimizer
+    return run
+
+
+def fit_adam(model, loss_fn, steps=100, learning_rate=1e-3):
+    """`steps` full-batch Adam steps on a fresh optimizer; returns the last loss."""
+    steps = positive_int(steps, "steps")
+    return adam_steps(model, loss_fn, learning_rate)(steps)

@@ -99,7 +99,7 @@ class RatingsRecipe(Recipe):
             **unused):
         from kernelzoo.zoo.data import random_split, rating_matrix
         from kernelzoo.zoo.kernelnet import movielens
-        from kernelzoo.zoo.kernelnet.optimize import fit_adam, fit_lbfgs
+        from kernelzoo.zoo.kernelnet.optimize import adam_steps, fit_lbfgs
 
         if strategy is not None:
             raise ValueError("strategy: the full-batch MovieLens recipe runs on one device")
@@ -150,9 +150,10 @@ class RatingsRecipe(Recipe):
                 except StopIteration:
                     pass
         elif remaining > 0:
+            run_adam = adam_steps(model, loss_fn, learning_rate=hp["lr"])  # one optimizer for every epoch
             try:
                 for _ in range(epochs - start):
-                    check(fit_adam(model, loss_fn, steps=every, learning_rate=hp["lr"]))
+                    check(run_adam(every))
             except StopIteration:
                 pass
         if bar is not None and done[0] < epochs:  # early stop or convergence: close the bar's line
