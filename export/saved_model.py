@@ -45,7 +45,9 @@ def to_saved_model(model, path, *, input_dtype="auto", head="auto"):
         module.serve = serve
         with atomic_directory(path) as tmp:
             try:
-                tf.saved_model.save(module, tmp, signatures={SIGNATURE_KEY: concrete})
+                # Serving needs no gradients: tracing the custom ops' gradient functions is skipped.
+                tf.saved_model.save(module, tmp, signatures={SIGNATURE_KEY: concrete},
+                                    options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
             except (ValueError, TypeError, tf.errors.OpError) as error:
                 raise ExportError(f"TensorFlow could not save {model.name!r} as a SavedModel: {error}") from error
             os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
