@@ -131,6 +131,10 @@ class MexOpBase : public ::tensorflow::OpKernel {
     return absl::OkStatus();
   }
 
+  static ::tensorflow::TensorShape OutputShape(const MexParams& prm) {
+    return ::tensorflow::TensorShape({prm.geo.batch, prm.geo.out_h, prm.geo.out_w, prm.out_channels()});
+  }
+
   int64_t num_instances_ = 1, channel_block_ = 1;
   int64_t b_h_ = 1, b_w_ = 1, s_h_ = 1, s_w_ = 1;
   bool same_ = false, softmax_mode_ = false, use_offsets_ = false, use_c_ = false, gemm_ = true;
@@ -144,11 +148,8 @@ class MexOp : public MexOpBase {
   void Compute(::tensorflow::OpKernelContext* ctx) override {
     MexParams prm;
     OP_REQUIRES_OK(ctx, Prepare(ctx, &prm));
-    const WindowGeometry& g = prm.geo;
     ::tensorflow::Tensor* output = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(
-                            0, ::tensorflow::TensorShape({g.batch, g.out_h, g.out_w, prm.out_channels()}),
-                            &output));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, OutputShape(prm), &output));
     RunMex<Device>(ctx, prm, InputData(ctx, 0), InputData(ctx, 1),
                    use_offsets_ ? InputData(ctx, 2) : nullptr, use_c_ ? InputData(ctx, 3) : nullptr,
                    output->flat<float>().data());
@@ -163,26 +164,17 @@ class MexGradOp : public MexOpBase {
   void Compute(::tensorflow::OpKernelContext* ctx) override {
     MexParams prm;
     OP_REQUIRES_OK(ctx, Prepare(ctx, &prm));
-    const WindowGeometry& g = prm.geo;
-    const ::tensorflow::Tensor& grad = ctx->input(4);
-    const ::tensorflow::TensorShape out_shape({g.batch, g.out_h, g.out_w, prm.out_channels()});
-    OP_REQUIRES(ctx, grad.shape() == out_shape,
-                absl::InvalidArgumentError(absl::StrCat(
-                    "grad must have the output shape ", out_shape.DebugString(), ", got ",
-                    grad.shape().DebugString())));
-    ::tensorflow::Tensor *gi = nullptr, *gxi = nullptr, *goff = nullptr, *gc = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ctx->input(0).shape(), &gi));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, ctx->input(1).shape(), &gxi));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, ctx->input(2).shape(), &goff));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(3, ctx->input(3).shape(), &gc));
+    OP_REQUIRES_OK(ctx, CheckGradShape(ctx->input(4), OutputShape(prm)));
+    ::tensorflow::Tensor* grads[4] = {};  // input, xi, offsets, c
+    OP_REQUIRES_OK(ctx, AllocateLikeInputs(ctx, 4, grads));
     // The gradients of unused inputs are zeros of their shape (the device functions skip them).
-    if (!use_offsets_ && goff->NumElements() > 0) SetZero<Device>(ctx, goff);
-    if (!use_c_ && gc->NumElements() > 0) SetZero<Device>(ctx, gc);
+    if (!use_offsets_ && grads[2]->NumElements() > 0) SetZero<Device>(ctx, grads[2]);
+    if (!use_c_ && grads[3]->NumElements() > 0) SetZero<Device>(ctx, grads[3]);
     RunMexGrad<Device>(ctx, prm, InputData(ctx, 0), InputData(ctx, 1),
                        use_offsets_ ? InputData(ctx, 2) : nullptr, use_c_ ? InputData(ctx, 3) : nullptr,
-                       grad.flat<float>().data(), gi->flat<float>().data(), gxi->flat<float>().data(),
-                       use_offsets_ ? goff->flat<float>().data() : nullptr,
-                       use_c_ ? gc->flat<float>().data() : nullptr);
+                       InputData(ctx, 4), grads[0]->flat<float>().data(), grads[1]->flat<float>().data(),
+                       use_offsets_ ? grads[2]->flat<float>().data() : nullptr,
+                       use_c_ ? grads[3]->flat<float>().data() : nullptr);
   }
 };
 

@@ -21,6 +21,22 @@ inline const float* InputData(::tensorflow::OpKernelContext* ctx, int i) {
   return ctx->input(i).flat<float>().data();
 }
 
+// Allocates outputs 0 .. count-1 with the shapes of inputs 0 .. count-1 (the gradient ops).
+inline absl::Status AllocateLikeInputs(::tensorflow::OpKernelContext* ctx, int count,
+                                       ::tensorflow::Tensor** outputs) {
+  for (int i = 0; i < count; ++i) {
+    TF_RETURN_IF_ERROR(ctx->allocate_output(i, ctx->input(i).shape(), &outputs[i]));
+  }
+  return absl::OkStatus();
+}
+
+// The gradient ops' `grad` must have the forward output's shape.
+inline absl::Status CheckGradShape(const ::tensorflow::Tensor& grad, const ::tensorflow::TensorShape& out_shape) {
+  if (grad.shape() == out_shape) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat("grad must have the output shape ", out_shape.DebugString(),
+                                                 ", got ", grad.shape().DebugString()));
+}
+
 // Sets a float tensor to zero on Device (an Eigen expression: on a GPU it runs
 // on the op's stream; needs nvcc there, so GPU ops instantiate it in *.cu.cc).
 template <typename Device>

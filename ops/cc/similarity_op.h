@@ -122,6 +122,10 @@ class SimilarityOpBase : public ::tensorflow::OpKernel {
     return absl::OkStatus();
   }
 
+  static ::tensorflow::TensorShape OutputShape(const SimilarityParams& prm) {
+    return ::tensorflow::TensorShape({prm.geo.batch, prm.geo.out_h, prm.geo.out_w, prm.num_templates});
+  }
+
   SimilarityKind kind_ = kSimLinear;
   bool same_ = false, ignore_nan_ = false;
   int64_t s_h_ = 1, s_w_ = 1;
@@ -135,11 +139,8 @@ class SimilarityOp : public SimilarityOpBase {
   void Compute(::tensorflow::OpKernelContext* ctx) override {
     SimilarityParams prm;
     OP_REQUIRES_OK(ctx, Prepare(ctx, &prm));
-    const WindowGeometry& g = prm.geo;
     ::tensorflow::Tensor* output = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(
-                            0, ::tensorflow::TensorShape({g.batch, g.out_h, g.out_w, prm.num_templates}),
-                            &output));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, OutputShape(prm), &output));
     RunSimilarity<Device>(ctx, prm, InputData(ctx, 0), InputData(ctx, 1), InputData(ctx, 2), InputData(ctx, 3),
                           output->flat<float>().data());
   }
@@ -153,21 +154,13 @@ class SimilarityGradOp : public SimilarityOpBase {
   void Compute(::tensorflow::OpKernelContext* ctx) override {
     SimilarityParams prm;
     OP_REQUIRES_OK(ctx, Prepare(ctx, &prm));
-    const WindowGeometry& g = prm.geo;
-    const ::tensorflow::Tensor& grad = ctx->input(4);
-    const ::tensorflow::TensorShape out_shape({g.batch, g.out_h, g.out_w, prm.num_templates});
-    OP_REQUIRES(ctx, grad.shape() == out_shape,
-                absl::InvalidArgumentError(absl::StrCat(
-                    "grad must have the output shape ", out_shape.DebugString(), ", got ",
-                    grad.shape().DebugString())));
-    ::tensorflow::Tensor *gi = nullptr, *gt = nullptr, *gw = nullptr, *gp = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ctx->input(0).shape(), &gi));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, ctx->input(1).shape(), &gt));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, ctx->input(2).shape(), &gw));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(3, ctx->input(3).shape(), &gp));
+    OP_REQUIRES_OK(ctx, CheckGradShape(ctx->input(4), OutputShape(prm)));
+    ::tensorflow::Tensor* grads[4] = {};  // input, templates, weights, p
+    OP_REQUIRES_OK(ctx, AllocateLikeInputs(ctx, 4, grads));
     RunSimilarityGrad<Device>(ctx, prm, InputData(ctx, 0), InputData(ctx, 1), InputData(ctx, 2),
-                              InputData(ctx, 3), grad.flat<float>().data(), gi->flat<float>().data(),
-                              gt->flat<float>().data(), gw->flat<float>().data(), gp->flat<float>().data());
+                              InputData(ctx, 3), InputData(ctx, 4), grads[0]->flat<float>().data(),
+                              grads[1]->flat<float>().data(), grads[2]->flat<float>().data(),
+                              grads[3]->flat<float>().data());
   }
 };
 
