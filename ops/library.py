@@ -41,6 +41,7 @@ Public API: `load()`, `available()`, `build(force=False)`, `build_info()`,
 import dataclasses
 import functools
 import hashlib
+import itertools
 import os
 import platform
 import re
@@ -328,19 +329,20 @@ def _fail(cmd, proc_out, returncode, error=RuntimeError):
 
 
 def _compile(compiler, units, out_path, compile_flags, link_flags, work_dir, jobs, cuda=None):
-    """Compiles each unit to an object (up to `jobs` at a time; g++'s units first, so that a failing
-    target flag set is known before nvcc's minute), then links.
+    """Compiles each unit to an object (up to `jobs` at a time, g++'s and nvcc's units alternating, so
+    that either compiler's failure shows within seconds), then links.
 
     A failing nvcc, or link with `cuda`, raises CudaBuildError; any other failure RuntimeError.
     """
-    commands = []
+    cxx_jobs, nvcc_jobs = [], []
     for unit in units:
         obj = os.path.join(work_dir, os.path.basename(unit) + ".o")
-        commands.append(([compiler] + list(BASE_FLAGS) + list(compile_flags) + ["-c", unit, "-o", obj], obj,
+        cxx_jobs.append(([compiler] + list(BASE_FLAGS) + list(compile_flags) + ["-c", unit, "-o", obj], obj,
                          RuntimeError))
     for unit in (cuda.units if cuda else ()):
         obj = os.path.join(work_dir, os.path.basename(unit) + ".o")
-        commands.append(([cuda.nvcc] + list(cuda.compile_flags) + ["-c", unit, "-o", obj], obj, CudaBuildError))
+        nvcc_jobs.append(([cuda.nvcc] + list(cuda.compile_flags) + ["-c", unit, "-o", obj], obj, CudaBuildError))
+    commands = [job for pair in itertools.zip_longest(cxx_jobs, nvcc_jobs) for job in pair if job]
     objects, pending, running = [obj for _, obj, _ in commands], list(commands), []
     while pending or running:
         while pending and len(running) < jobs:
