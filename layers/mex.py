@@ -37,7 +37,7 @@ class Mex(keras.layers.Layer):
                  offsets_constraint=None, use_c=False, c_initializer="zeros", softmax_mode=False, **kwargs):
         kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
-        self.supports_jit = api.selected_implementation() != "custom"  # custom ops have no XLA kernels
+        self.supports_jit = api.selected_implementation("mex") != "custom"  # custom ops have no XLA kernels
         self.num_instances = positive_int(num_instances, "num_instances")
         self.pool_size = normalize_tuple(pool_size, "pool_size")
         self.strides = self.pool_size if strides is None else normalize_tuple(strides, "strides")

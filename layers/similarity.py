@@ -40,7 +40,7 @@ class Similarity(keras.layers.Layer):
                  templates_constraint=None, weights_constraint="non_neg", **kwargs):
         kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
-        self.supports_jit = api.selected_implementation() != "custom"  # custom ops have no XLA kernels
+        self.supports_jit = api.selected_implementation("similarity") != "custom"  # custom ops have no XLA kernels
         self.filters = positive_int(filters, "filters")
         self.kernel_size = normalize_tuple(kernel_size, "kernel_size")
         self.strides = normalize_tuple(strides, "strides")

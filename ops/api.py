@@ -4,6 +4,10 @@
 custom TensorFlow op (TF backend with the op library built) or the composite
 `keras.ops` implementation. `KERNELZOO_OPS=auto|custom|composite` or the
 `implementation(...)` context manager force a path.
+
+On a GPU, "auto" picks the custom op only when the library has GPU kernels for it,
+`KERNELZOO_GPU_KERNELS` is not "0" and the op passed the once-per-process self-check
+against the composite (`kernelzoo.ops.selfcheck`); otherwise the composite.
 """
 import contextlib
 import functools
@@ -21,6 +25,10 @@ from kernelzoo.ops.shapes import output_size
 
 SIMILARITIES = ("linear", "l1", "l2", "lp")
 IMPLEMENTATIONS = ("auto", "custom", "composite")
+# The TF ops behind each operator (forward, gradient).
+_TF_OPS = {"similarity": ("KernelzooSimilarity", "KernelzooSimilarityGrad"),
+           "mex": ("KernelzooMex", "KernelzooMexGrad")}
+GPU_DEVICE = "/GPU:0"
 _FIXED_P = {"l1": 1.0, "l2": 2.0}
 _override = threading.local()
 
@@ -51,10 +59,19 @@ def implementation(name):
         _override.name = previous
 
 
-def selected_implementation():
-    """The implementation the next call will use: "custom" or "composite"."""
+def _mode():
     mode = getattr(_override, "name", None) or os.environ.get("KERNELZOO_OPS", "auto").lower()
     check_choice("KERNELZOO_OPS", mode, IMPLEMENTATIONS)
+    return mode
+
+
+def selected_implementation(op=None):
+    """The implementation the next call of `op` ("similarity", "mex") will use: "custom" or "composite".
+
+    op=None: "custom" when both operators use it.
+    """
+    ops_asked = _check_op_name(op)
+    mode = _mode()
     if mode == "composite":
         return "composite"
     tensorflow_backend = keras.backend.backend() == "tensorflow"
@@ -65,33 +82,68 @@ def selected_implementation():
         from kernelzoo.ops import library
         library.load()  # raises with the build error
         return "custom"
-    if tensorflow_backend and not _gpu_visible():  # no CUDA kernels yet: composite runs better on a GPU
+    if not tensorflow_backend:
+        return "composite"
+    if not _gpu_visible():
         from kernelzoo.ops import library
-        if library.available():
-            return "custom"
-    return "composite"
+        return "custom" if library.available() else "composite"
+    return "composite" if any(_gpu_composite_reason(name) for name in ops_asked) else "custom"
+
+
+def _check_op_name(op):
+    if op is None:
+        return tuple(_TF_OPS)
+    return (check_choice("op", op, tuple(_TF_OPS)),)
+
+
+def _gpu_composite_reason(op):
+    """Why `op` runs the composite on this GPU machine ("auto" mode), or None when it runs the GPU kernels.
+
+    The first call that finds GPU kernels runs the self-check on GPU_DEVICE.
+    """
+    from kernelzoo.ops import library, selfcheck
+
+    if os.environ.get("KERNELZOO_GPU_KERNELS", "").strip() == "0":
+        return "KERNELZOO_GPU_KERNELS=0"
+    if not library.available():
+        return f"the op library is unavailable ({(library.failure_reason() or 'unknown').strip().splitlines()[0]})"
+    missing = [name for name in _TF_OPS[op] if name not in library.gpu_kernel_ops()]
+    if missing:
+        return (f"the op library has no GPU kernel for {', '.join(missing)} "
+                f"(GPU kernels: {library.build_info().gpu_status})")
+    problem = selfcheck.check(GPU_DEVICE).get(op)
+    if problem or op in selfcheck.routed_to_composite():
+        return f"its GPU kernel failed the self-check against the composite: {problem}"
+    return None
 
 
 def describe_implementation():
     """Which implementation the ops use here and why, as printable lines (demo, bug reports)."""
-    chosen = selected_implementation()
-    lines = [f"kernelzoo ops implementation: {chosen} (Keras backend: {keras.backend.backend()})"]
-    mode = getattr(_override, "name", None) or os.environ.get("KERNELZOO_OPS", "auto").lower()
-    if chosen == "custom":
+    chosen = {op: selected_implementation(op) for op in _TF_OPS}
+    summary = (chosen["mex"] if len(set(chosen.values())) == 1
+               else ", ".join(f"{op}: {c}" for op, c in chosen.items()))
+    lines = [f"kernelzoo ops implementation: {summary} (Keras backend: {keras.backend.backend()})"]
+    mode = _mode()
+    gpu = keras.backend.backend() == "tensorflow" and _gpu_visible()
+    if "custom" in chosen.values():
         from kernelzoo.ops import library
         info = library.build_info()
         lines += [f"  op library: {info.path}",
                   f"  target: {info.variant} ({' '.join(info.arch_flags) or 'no -march'})"
                   + (" after failed builds with " + "; ".join(" ".join(f) for _, f, _ in info.failed)
                      if info.fell_back else ""),
+                  f"  GPU kernels: {info.gpu_status}",
                   "  kernels: " + ", ".join(f"{name} ({device})" for name, device in library.kernels())]
-    elif mode == "composite":
+    if mode == "composite":
         lines.append("  reason: forced by KERNELZOO_OPS=composite or kernelzoo.ops.implementation('composite')")
     elif keras.backend.backend() != "tensorflow":
         lines.append("  reason: the custom ops are TensorFlow ops; this Keras backend runs the composite")
-    elif _gpu_visible():
-        lines.append("  reason: a GPU is visible and the op library has no GPU kernels yet")
-    else:
+    elif gpu and mode == "auto":
+        for op in _TF_OPS:
+            reason = _gpu_composite_reason(op)
+            lines.append(f"  {op} on the GPU: " + (f"composite, because {reason}" if reason else
+                                                   f"GPU kernels (self-check on {GPU_DEVICE} passed)"))
+    elif "composite" in chosen.values():
         from kernelzoo.ops import library
         reason = (library.failure_reason() or "unknown").strip().splitlines()
         first_error = next((line.strip() for line in reason[1:] if "error" in line.lower()), "")
@@ -106,8 +158,8 @@ def _gpu_visible():
     return bool(tf.config.list_physical_devices("GPU"))
 
 
-def _backend_module():
-    if selected_implementation() == "custom":
+def _backend_module(op):
+    if selected_implementation(op) == "custom":
         from kernelzoo.ops import custom
         return custom
     return composite
@@ -157,7 +209,7 @@ def similarity(inputs, templates, weights=None, *, similarity="l2", p=None, stri
     if normalization_term and kind == "linear":
         raise ValueError("`normalization_term` applies to the l1/l2/lp similarities, not 'linear'")
 
-    core = _backend_module().similarity(inputs, templates, weights, p_vector, similarity=kind,
+    core = _backend_module("similarity").similarity(inputs, templates, weights, p_vector, similarity=kind,
                                         strides=strides, padding=padding, ignore_nan=bool(ignore_nan))
     if not normalization_term:
         return core
@@ -217,7 +269,7 @@ def mex(inputs, xi, *, num_instances=1, pool_size=(1, 1), channel_block=None, st
     if offsets is not None:
         offsets = _float32(offsets, "offsets")
         _check_offsets(offsets, inputs, k, pool_size, channel_block, strides, padding)
-    return _backend_module().mex(inputs, xi, offsets, c, num_instances=k, pool_size=pool_size,
+    return _backend_module("mex").mex(inputs, xi, offsets, c, num_instances=k, pool_size=pool_size,
                                  channel_block=channel_block, strides=strides, padding=padding,
                                  softmax_mode=bool(softmax_mode))
 

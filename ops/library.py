@@ -22,13 +22,26 @@ first attempt. A failed attempt is remembered beside the cache (`<key>.failed`,
 holding the compiler output) so later processes go straight to the flags that
 work; `build(force=True)` retries everything.
 
+GPU kernels: when nvcc is found (`$NVCC`, else `nvcc` on PATH, else
+`/usr/local/cuda/bin/nvcc`), the `*.cu.cc` sources are compiled with it (for
+`$KERNELZOO_CUDA_ARCH`, default "80;90": SASS for each listed architecture
+plus PTX for the last) and linked into the same library with the static CUDA
+runtime, so one library carries CPU and GPU kernels and loads on machines
+without a GPU or a CUDA install. nvcc's version and flags are part of the key.
+When nvcc is absent, or fails (remembered like a failed flag set), the library
+is built with the CPU kernels only, under the same key as a build without
+nvcc; a failed nvcc warns (RuntimeWarning, stderr with its output), an absent
+one warns only where a GPU is visible. `KERNELZOO_GPU_KERNELS=0` skips nvcc.
+`BuildInfo.gpu_kernels` / `gpu_status` say which happened.
+
 Public API: `load()`, `available()`, `build(force=False)`, `build_info()`,
-`kernels()`, and the `kernelzoo build-ops` CLI hooks `add_arguments(parser,
-command)` and `run(args, command)`.
+`kernels()`, `cuda_arch_list()`, and the `kernelzoo build-ops` CLI hooks
+`add_arguments(parser, command)` and `run(args, command)`.
 """
 import dataclasses
 import functools
 import hashlib
+import itertools
 import os
 import platform
 import re
@@ -42,7 +55,8 @@ import time
 import warnings
 
 __all__ = ["load", "available", "build", "build_info", "BuildInfo", "failure_reason", "arch_candidates", "kernels",
-           "cache_dir", "source_files", "remove_stale_libraries", "add_arguments", "run"]
+           "gpu_kernel_ops",
+           "cache_dir", "source_files", "cuda_arch_list", "remove_stale_libraries", "add_arguments", "run"]
 
 SOURCE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cc")
 LIB_PREFIX = "libkernelzoo_ops-"
@@ -58,6 +72,15 @@ UNSUPPORTED_ISA_FLAGS = ("-mno-avx512fp16",)
 # Retries, in order, when the first target flags fail to compile.
 PORTABLE_X86_FLAGS = (("x86-64-v3", ("-march=x86-64-v3",)), ("x86-64-v2", ("-march=x86-64-v2",)))
 ARCH_FLAGS_ENV = "KERNELZOO_ARCH_FLAGS"
+NVCC_ENV = "NVCC"
+CUDA_ARCH_ENV = "KERNELZOO_CUDA_ARCH"
+GPU_KERNELS_ENV = "KERNELZOO_GPU_KERNELS"
+DEFAULT_CUDA_ARCH = ("80", "90")
+# nvcc flags besides the architectures and TensorFlow's flags (part of the cache key).
+NVCC_FLAGS = ("-std=c++17", "-x", "cu", "-Xcompiler", "-fPIC", "--expt-relaxed-constexpr", "-DGOOGLE_CUDA=1",
+              "-DEIGEN_USE_GPU", "-O3", "-Xcompiler", "-Wno-deprecated-declarations")
+# What the static CUDA runtime needs besides itself.
+CUDART_STATIC_LIBS = ("-lcudart_static", "-ldl", "-lrt", "-lpthread")
 
 _lock = threading.Lock()
 _module = None
@@ -76,6 +99,9 @@ class BuildInfo:
     flags: tuple                 # every compile and link flag used
     cpu_features: tuple          # instruction-set macros those flags enable (e.g. "AVX512F")
     failed: tuple = ()           # (variant, arch flags, compiler output tail) of earlier attempts
+    gpu_kernels: bool = False    # whether the library holds the CUDA kernels (*.cu.cc)
+    gpu_status: str = ""         # how they were built, or why not (one line)
+    gpu_failure: str = ""        # nvcc's failed build output, when that is why not
 
     @property
     def fell_back(self):
@@ -90,6 +116,13 @@ def source_files(source_dir=None):
              if n.endswith(".cc") and not n.endswith(".cu.cc")]
     headers = [os.path.join(source_dir, n) for n in names if n.endswith(".h")]
     return units, headers
+
+
+def cuda_source_files(source_dir=None):
+    """The CUDA translation units (`*.cu.cc`), sorted."""
+    source_dir = source_dir or SOURCE_DIR
+    names = sorted(os.listdir(source_dir)) if os.path.isdir(source_dir) else []
+    return [os.path.join(source_dir, n) for n in names if n.endswith(".cu.cc")]
 
 
 def _compiler():
@@ -135,6 +168,99 @@ def cpu_features(compiler, arch_flags):
     return tuple(sorted(set(names)))
 
 
+def cuda_arch_list():
+    """The CUDA architectures to build for, e.g. ("80", "90"): `$KERNELZOO_CUDA_ARCH` ("80;90") or the default."""
+    text = os.environ.get(CUDA_ARCH_ENV, "").strip()
+    if not text:
+        return DEFAULT_CUDA_ARCH
+    archs = tuple(re.sub(r"^(sm_|compute_)", "", a) for a in re.split(r"[;,\s]+", text) if a)
+    bad = [a for a in archs if not re.fullmatch(r"\d+[a-z]?", a)]
+    if bad or not archs:
+        raise ValueError(f"${CUDA_ARCH_ENV}={text!r}: expected compute capabilities like '80;90', got {bad or text!r}")
+    return archs
+
+
+def _gencode_flags(archs):
+    """SASS for each architecture, PTX for the last (JIT-compiled by newer GPUs' drivers)."""
+    flags = []
+    for arch in archs:
+        flags += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
+    return flags + ["-gencode", f"arch=compute_{archs[-1]},code=compute_{archs[-1]}"]
+
+
+def _nvcc():
+    """(path, None), or (None, why not): `$NVCC`, else `nvcc` on PATH, else /usr/local/cuda/bin/nvcc."""
+    override = os.environ.get(NVCC_ENV, "").strip()
+    if override:
+        path = shutil.which(override)
+        return (path, None) if path else (None, f"${NVCC_ENV}={override} is not an executable")
+    path = shutil.which("nvcc")
+    if path is None and os.access("/usr/local/cuda/bin/nvcc", os.X_OK):
+        path = "/usr/local/cuda/bin/nvcc"
+    return (path, None) if path else (None, "nvcc not found (looked for $NVCC, nvcc on PATH, /usr/local/cuda/bin/nvcc)")
+
+
+@functools.lru_cache(maxsize=None)
+def _nvcc_query(nvcc):
+    """(version line, full `--version` output, CUDA library directory or None) of `nvcc`."""
+    try:
+        version = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60).stdout
+        dry = subprocess.run([nvcc, "--dryrun", "-c", "-x", "cu", os.devnull, "-o", os.devnull],
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", "", None
+    lines = version.strip().splitlines()
+    line = next((l for l in lines if "release" in l), lines[-1] if lines else "unknown")
+    lib_dirs = re.findall(r'"?-L([^"\s]+)"?', dry.stdout + dry.stderr)
+    lib_dir = next((d for d in lib_dirs if os.path.exists(os.path.join(d, "libcudart_static.a"))), None)
+    return line, version, lib_dir
+
+
+@dataclasses.dataclass(frozen=True)
+class _Cuda:
+    """How to compile and link the CUDA sources."""
+
+    nvcc: str
+    version: str          # "Cuda compilation tools, release 13.0, V13.0.88"
+    archs: tuple
+    compile_flags: tuple  # everything but "-c unit -o obj"
+    link_flags: tuple
+    units: tuple
+    key: str              # nvcc's version output and the architectures (the flags are keyed apart)
+
+
+def _nvcc_host_flags(tf_compile_flags):
+    """TF's compile flags as nvcc takes them: -I/-D as they are, the language standard dropped
+    (NVCC_FLAGS sets it), anything else passed to the host compiler."""
+    out = []
+    for flag in tf_compile_flags:
+        if flag.startswith(("-I", "-D")):
+            out.append(flag)
+        elif not flag.lstrip("-").startswith("std="):
+            out += ["-Xcompiler", flag]
+    return out
+
+
+def _cuda_toolchain(tf_compile_flags):
+    """(`_Cuda`, None) when the GPU kernels can be built here, else (None, why not)."""
+    if os.environ.get(GPU_KERNELS_ENV, "").strip() == "0":
+        return None, f"skipped: {GPU_KERNELS_ENV}=0"
+    units = cuda_source_files()
+    if not units:
+        return None, f"no CUDA sources (*.cu.cc) in {SOURCE_DIR}"
+    nvcc, why = _nvcc()
+    if nvcc is None:
+        return None, why
+    version, full_version, lib_dir = _nvcc_query(nvcc)
+    if lib_dir is None:
+        return None, f"{nvcc} ({version}): libcudart_static.a not found in the library directories it reports"
+    archs = cuda_arch_list()
+    flags = tuple(NVCC_FLAGS) + tuple(_gencode_flags(archs)) + tuple(_nvcc_host_flags(tf_compile_flags))
+    return _Cuda(nvcc=nvcc, version=version, archs=archs, compile_flags=flags,
+                 link_flags=(f"-L{lib_dir}",) + CUDART_STATIC_LIBS, units=tuple(units),
+                 key=f"nvcc={full_version}\ncuda_arch={';'.join(archs)}"), None
+
+
 def _tf_flags():
     import tensorflow as tf
 
@@ -178,71 +304,106 @@ def _build_key(compiler, flags, units, headers, extra=""):
     return h.hexdigest()[:16]
 
 
-def _run(cmd):
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, errors="replace")
+def _run(cmd, log_path):
+    """Starts `cmd` with its stdout and stderr in `log_path` (a file: no pipe to fill while others run)."""
+    with open(log_path, "w") as log:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
 
-def _fail(cmd, proc_out, returncode):
+def _output(log_path):
+    with open(log_path, encoding="utf-8", errors="replace") as handle:
+        return handle.read()
+
+
+class CudaBuildError(RuntimeError):
+    """nvcc, or the link of its objects with the CUDA runtime, failed (the CPU-only build may still work)."""
+
+
+_CUDA_FAILED = "kernelzoo: building the GPU kernels (nvcc) failed"
+
+
+def _fail(cmd, proc_out, returncode, error=RuntimeError):
     tail = "\n".join(proc_out.strip().splitlines()[-40:])
-    raise RuntimeError(
-        f"kernelzoo: building the custom op library failed (exit {returncode}).\n"
-        f"command: {' '.join(cmd)}\ncompiler output (tail):\n{tail}")
+    what = _CUDA_FAILED if error is CudaBuildError else "kernelzoo: building the custom op library failed"
+    raise error(f"{what} (exit {returncode}).\ncommand: {' '.join(cmd)}\ncompiler output (tail):\n{tail}")
 
 
-def _compile(compiler, units, out_path, compile_flags, link_flags, work_dir, jobs):
-    """Compiles each unit to an object (up to `jobs` at a time), then links."""
-    objects, pending, running = [], list(units), []
+def _compile(compiler, units, out_path, compile_flags, link_flags, work_dir, jobs, cuda=None):
+    """Compiles each unit to an object (up to `jobs` at a time, g++'s and nvcc's units alternating, so
+    that either compiler's failure shows within seconds), then links.
+
+    A failing nvcc, or link with `cuda`, raises CudaBuildError; any other failure RuntimeError.
+    """
+    cxx_jobs, nvcc_jobs = [], []
+    for unit in units:
+        obj = os.path.join(work_dir, os.path.basename(unit) + ".o")
+        cxx_jobs.append(([compiler] + list(BASE_FLAGS) + list(compile_flags) + ["-c", unit, "-o", obj], obj,
+                         RuntimeError))
+    for unit in (cuda.units if cuda else ()):
+        obj = os.path.join(work_dir, os.path.basename(unit) + ".o")
+        nvcc_jobs.append(([cuda.nvcc] + list(cuda.compile_flags) + ["-c", unit, "-o", obj], obj, CudaBuildError))
+    commands = [job for pair in itertools.zip_longest(cxx_jobs, nvcc_jobs) for job in pair if job]
+    objects, pending, running = [obj for _, obj, _ in commands], list(commands), []
     while pending or running:
         while pending and len(running) < jobs:
-            unit = pending.pop(0)
-            obj = os.path.join(work_dir, os.path.basename(unit) + ".o")
-            cmd = [compiler] + list(BASE_FLAGS) + list(compile_flags) + ["-c", unit, "-o", obj]
-            running.append((cmd, _run(cmd)))
-            objects.append(obj)
-        cmd, proc = running.pop(0)
-        out, err = proc.communicate()
-        if proc.returncode != 0:
-            for _, p in running:
-                p.kill()
-                p.communicate()
-            _fail(cmd, err or out, proc.returncode)
-    cmd = ([compiler, "-shared", "-fPIC"] + objects + ["-o", out_path] + list(link_flags))
-    proc = _run(cmd)
-    out, err = proc.communicate()
-    if proc.returncode != 0:
-        _fail(cmd, err or out, proc.returncode)
+            cmd, obj, error = pending.pop(0)
+            running.append((cmd, obj + ".log", error, _run(cmd, obj + ".log")))
+        done = next((job for job in running if job[3].poll() is not None), None)
+        if done is None:
+            time.sleep(0.05)
+            continue
+        running.remove(done)
+        cmd, log, error, proc = done
+        if proc.returncode != 0:  # the first failure to finish, whichever was started first
+            for *_, other in running:
+                other.kill()
+                other.wait()
+            _fail(cmd, _output(log), proc.returncode, error)
+    cmd = ([compiler, "-shared", "-fPIC"] + objects + ["-o", out_path] + list(link_flags)
+           + list(cuda.link_flags if cuda else ()))
+    log = os.path.join(work_dir, "link.log")
+    proc = _run(cmd, log)
+    if proc.wait() != 0:
+        _fail(cmd, _output(log), proc.returncode, CudaBuildError if cuda else RuntimeError)
 
 
-def _library_file(out_dir, prefix, compiler, compile_flags, link_flags, units, headers, key_extra):
+def _library_file(out_dir, prefix, compiler, compile_flags, link_flags, units, headers, key_extra, cuda=None):
+    """The library path: the key hashes the flags, sources and `key_extra` (and `cuda`'s, when given)."""
+    if cuda is not None:
+        compile_flags = list(compile_flags) + list(cuda.compile_flags)
+        link_flags = list(link_flags) + list(cuda.link_flags)
+        units = list(units) + list(cuda.units)
+        key_extra = f"{key_extra}\n{cuda.key}"
     flags = list(BASE_FLAGS) + list(compile_flags) + list(link_flags)
     key = _build_key(compiler, flags, units, headers, key_extra)
     return os.path.join(out_dir, f"{prefix}{key}.so")
 
 
 def _build_library(units, headers, out_dir, compiler, compile_flags, link_flags,
-                   key_extra="", force=False, prefix=LIB_PREFIX, log=None, jobs=None):
-    """Compiles `units` into `<out_dir>/<prefix><key>.so` unless it exists.
+                   key_extra="", force=False, prefix=LIB_PREFIX, log=None, jobs=None, cuda=None):
+    """Compiles `units` (and `cuda.units` with nvcc) into `<out_dir>/<prefix><key>.so` unless it exists.
 
     Safe across processes: a file lock serialises builders, the library is
     written to a temporary file and renamed into place. Returns the path.
     """
     from filelock import FileLock
 
-    path = _library_file(out_dir, prefix, compiler, compile_flags, link_flags, units, headers, key_extra)
+    path = _library_file(out_dir, prefix, compiler, compile_flags, link_flags, units, headers, key_extra, cuda)
     os.makedirs(out_dir, exist_ok=True)
     if os.path.exists(path) and not force:
         return path
     with FileLock(path + ".lock"):
         if os.path.exists(path) and not force:
             return path  # another process built it while we waited
+        count = len(units) + (len(cuda.units) if cuda else 0)
         if log:
-            log(f"kernelzoo: building custom ops ({len(units)} sources) -> {path}")
+            log(f"kernelzoo: building custom ops ({count} sources"
+                + (f", {len(cuda.units)} with nvcc for sm_{', sm_'.join(cuda.archs)}" if cuda else "") + f") -> {path}")
         start = time.time()
-        jobs = jobs or max(1, min(len(units), os.cpu_count() or 1))
+        jobs = jobs or max(1, min(count, os.cpu_count() or 1))
         with tempfile.TemporaryDirectory(prefix=f".{os.path.basename(path)}-", dir=out_dir) as work:
             tmp = os.path.join(work, "lib.so")
-            _compile(compiler, units, tmp, compile_flags, link_flags, work, jobs)
+            _compile(compiler, units, tmp, compile_flags, link_flags, work, jobs, cuda)
             os.replace(tmp, path)
         if log:
             log(f"kernelzoo: built in {time.time() - start:.1f} s")
@@ -272,7 +433,11 @@ def build(force=False):
 
 
 def _build(force):
-    """`build`'s work: the `BuildInfo` of the first flag set that compiles."""
+    """`build`'s work: the `BuildInfo` of the first flag set that compiles.
+
+    Each flag set is tried with the CUDA sources first (when nvcc is here) and,
+    if nvcc fails, without them; a failed nvcc is not retried with later flag sets.
+    """
     compiler = _compiler()
     if compiler is None:
         raise RuntimeError(_no_compiler_message())
@@ -281,34 +446,64 @@ def _build(force):
         raise RuntimeError(f"kernelzoo: no C++ sources found in {SOURCE_DIR}")
     version, cflags, lflags = _tf_flags()
     extra, out_dir = _key_extra(version, compiler), cache_dir()
+    cuda, gpu_status = _cuda_toolchain(cflags)
+    gpu_failure = ""
     failed = []
     for variant, arch_flags in arch_candidates():
         compile_flags = list(arch_flags) + cflags
-        path = _library_file(out_dir, LIB_PREFIX, compiler, compile_flags, lflags, units, headers, extra)
-        marker = path + ".failed"
-        if os.path.exists(marker) and not os.path.exists(path) and not force:
-            with open(marker, encoding="utf-8", errors="replace") as handle:
-                failed.append((variant, tuple(arch_flags), handle.read()))
-            continue
-        try:
-            path = _build_library(units, headers, out_dir, compiler, compile_flags, lflags, key_extra=extra,
-                                  force=force, log=lambda m: print(m, file=sys.stderr, flush=True))
-        except RuntimeError as error:
-            with open(marker, "w", encoding="utf-8") as handle:
-                handle.write(str(error))
-            failed.append((variant, tuple(arch_flags), str(error)))
+        for toolchain in (cuda, None) if cuda else (None,):
+            note = "" if toolchain else f"kernelzoo: GPU kernels not built: {gpu_status}"
+            path, error = _attempt(out_dir, compiler, compile_flags, lflags, units, headers, extra, force, toolchain,
+                                   note)
+            if error is None:
+                return BuildInfo(path=path, variant=variant, arch_flags=tuple(arch_flags),
+                                 flags=tuple(BASE_FLAGS) + tuple(compile_flags) + tuple(lflags)
+                                 + (tuple(toolchain.link_flags) if toolchain else ()),
+                                 cpu_features=cpu_features(compiler, arch_flags), failed=tuple(failed),
+                                 gpu_kernels=toolchain is not None,
+                                 gpu_status=_gpu_built_status(toolchain) if toolchain else f"not built: {gpu_status}",
+                                 gpu_failure=gpu_failure)
+            if toolchain is not None and error.startswith(_CUDA_FAILED):
+                cuda, gpu_failure = None, error
+                gpu_status = f"nvcc failed ({toolchain.version}); CPU kernels only"
+                print(f"{error}\nkernelzoo: building the CPU kernels only (the ops run the composite on a GPU)",
+                      file=sys.stderr, flush=True)
+                continue
+            failed.append((variant, tuple(arch_flags), error))
             print(f"kernelzoo: the build with {' '.join(arch_flags) or 'no -march'} failed; "
                   "retrying with portable flags", file=sys.stderr, flush=True)
-            continue
-        if os.path.exists(marker):
-            os.remove(marker)
-        return BuildInfo(path=path, variant=variant, arch_flags=tuple(arch_flags),
-                         flags=tuple(BASE_FLAGS) + tuple(compile_flags) + tuple(lflags),
-                         cpu_features=cpu_features(compiler, arch_flags), failed=tuple(failed))
+            break
     raise RuntimeError("kernelzoo: building the custom op library failed with every flag set tried:\n\n"
                        + "\n\n".join(f"[{variant}: {' '.join(flags) or 'no -march'}]\n{message}"
                                       for variant, flags, message in failed)
                        + "\n\n(`kernelzoo build-ops --force` retries every flag set.)")
+
+
+def _attempt(out_dir, compiler, compile_flags, lflags, units, headers, extra, force, cuda, note):
+    """(path, None) once the library is built, or (None, the error), remembered in `<path>.failed`.
+
+    `note` is printed (stderr) with the build's start, when it builds."""
+    path = _library_file(out_dir, LIB_PREFIX, compiler, compile_flags, lflags, units, headers, extra, cuda)
+    marker = path + ".failed"
+    if os.path.exists(marker) and not os.path.exists(path) and not force:
+        with open(marker, encoding="utf-8", errors="replace") as handle:
+            return None, handle.read()
+    try:
+        path = _build_library(units, headers, out_dir, compiler, compile_flags, lflags, key_extra=extra,
+                              force=force, log=lambda m: print(m, *([note] if note and "building" in m else []),
+                                                               sep="\n", file=sys.stderr, flush=True), cuda=cuda)
+    except RuntimeError as error:
+        with open(marker, "w", encoding="utf-8") as handle:
+            handle.write(str(error))
+        return None, str(error)
+    if os.path.exists(marker):
+        os.remove(marker)
+    return path, None
+
+
+def _gpu_built_status(cuda):
+    archs = ", ".join(f"sm_{a}" for a in cuda.archs)
+    return f"built with {cuda.nvcc} ({cuda.version}) for {archs} + PTX compute_{cuda.archs[-1]}"
 
 
 def build_info():
@@ -342,7 +537,32 @@ def load():
                 warnings.warn(f"kernelzoo: the custom op library was built with {' '.join(_build_info.arch_flags) or 'no -march'} "
                               f"because the build with {tried} failed; the ops work, perhaps slower. "
                               "Run `kernelzoo build-ops` to see the compiler output.", RuntimeWarning, stacklevel=2)
+            message = _no_gpu_kernels_warning(_build_info)
+            if message:
+                warnings.warn(message, RuntimeWarning, stacklevel=2)
     return _module
+
+
+def _no_gpu_kernels_warning(info):
+    """The warning for a library without GPU kernels: always when nvcc failed, when nvcc is
+    missing only where a GPU is visible (elsewhere nothing is lost); None when skipped on purpose."""
+    if info.gpu_kernels or os.environ.get(GPU_KERNELS_ENV, "").strip() == "0":
+        return None
+    if not info.gpu_failure:
+        import tensorflow as tf
+
+        if not tf.config.list_physical_devices("GPU"):
+            return None
+    detail = f"\n{_short(info.gpu_failure)}" if info.gpu_failure else ""
+    return (f"kernelzoo: the custom op library has no GPU kernels ({info.gpu_status}); on a GPU the ops run "
+            f"the composite keras.ops implementation. Run `kernelzoo build-ops` to see why "
+            f"({GPU_KERNELS_ENV}=0 skips nvcc and silences this).{detail}")
+
+
+@functools.lru_cache(maxsize=None)
+def gpu_kernel_ops():
+    """Names of the ops that have a GPU kernel in the loaded library (frozen set; loads it)."""
+    return frozenset(name for name, device in kernels() if device == "GPU")
 
 
 def available():
@@ -413,9 +633,12 @@ def run(args, command=None):
           + (" [fallback: see the failures above]" if info.fell_back else ""))
     print(f"flags: {' '.join(info.flags)}")
     print(f"cpu features used: {' '.join(info.cpu_features) or 'none reported'}")
+    if info.gpu_failure:
+        print(f"GPU kernels failed to build:\n{info.gpu_failure}\n", file=sys.stderr)
+    print(f"GPU kernels: {info.gpu_status}")
     print("kernels:")
-    for name, device in pairs:
-        print(f"  {name}  [{device}]")
+    for device in sorted({device for _, device in pairs}):
+        print(f"  {device}: {', '.join(name for name, d in pairs if d == device)}")
     if getattr(args, "clean", False):
         for stale in remove_stale_libraries(keep=path):
             print(f"removed {stale}")

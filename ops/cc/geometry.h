@@ -1,7 +1,7 @@
 // Window geometry shared by the similarity and MEX ops (NHWC, TF/Keras padding).
 //
 // Plain structs and inline functions with no TensorFlow dependency, so the CPU
-// kernels, a future `*_kernels.cu.cc` and a standalone nvcc test harness can all
+// kernels, the GPU kernels (`*_gpu.h`) and the standalone nvcc test harness can all
 // include this header.
 #ifndef KERNELZOO_OPS_CC_GEOMETRY_H_
 #define KERNELZOO_OPS_CC_GEOMETRY_H_

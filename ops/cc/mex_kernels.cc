@@ -28,13 +28,11 @@
 #include <mutex>
 #include <vector>
 
-#include "tensorflow/core/framework/op_kernel.h"
-#include "tensorflow/core/framework/tensor.h"
-#include "tensorflow/core/framework/tensor_shape.h"
 #include "unsupported/Eigen/CXX11/Tensor"
 
 #include "cpu_util.h"
 #include "mex_functor.h"
+#include "mex_op.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -1209,171 +1207,21 @@ struct MexGradFunctor<CPUDevice> {
 };
 
 // ================================================================= OpKernels
-namespace {
+template <>
+void RunMex<CPUDevice>(::tensorflow::OpKernelContext* ctx, const MexParams& prm, const float* input,
+                       const float* xi, const float* offsets, const float* c, float* output) {
+  MexFunctor<CPUDevice>()(ctx->eigen_cpu_device(), prm, input, xi, offsets, c, output);
+}
 
-using ::tensorflow::OpKernel;
-using ::tensorflow::OpKernelConstruction;
-using ::tensorflow::OpKernelContext;
-using ::tensorflow::Tensor;
-using ::tensorflow::TensorShape;
+template <>
+void RunMexGrad<CPUDevice>(::tensorflow::OpKernelContext* ctx, const MexParams& prm, const float* input,
+                           const float* xi, const float* offsets, const float* c, const float* grad,
+                           float* grad_input, float* grad_xi, float* grad_offsets, float* grad_c) {
+  MexGradFunctor<CPUDevice>()(ctx->eigen_cpu_device(), prm, input, xi, offsets, c, grad, grad_input,
+                              grad_xi, grad_offsets, grad_c);
+}
 
-class MexOpBase : public OpKernel {
- public:
-  explicit MexOpBase(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    std::vector<int32_t> pool, strides;
-    std::string padding;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("num_instances", &num_instances_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("channel_block", &channel_block_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("pool_size", &pool));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("strides", &strides));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("padding", &padding));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("softmax_mode", &softmax_mode_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("use_offsets", &use_offsets_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("use_c", &use_c_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("gemm", &gemm_));
-    OP_REQUIRES(ctx, pool.size() == 2 && pool[0] >= 1 && pool[1] >= 1,
-                absl::InvalidArgumentError("pool_size must be 2 positive ints"));
-    OP_REQUIRES(ctx, strides.size() == 2 && strides[0] >= 1 && strides[1] >= 1,
-                absl::InvalidArgumentError("strides must be 2 positive ints"));
-    OP_REQUIRES(ctx, num_instances_ >= 1 && channel_block_ >= 1,
-                absl::InvalidArgumentError("num_instances and channel_block must be >= 1"));
-    b_h_ = pool[0];
-    b_w_ = pool[1];
-    s_h_ = strides[0];
-    s_w_ = strides[1];
-    same_ = padding == "same";
-  }
+REGISTER_KERNEL_BUILDER(Name("KernelzooMex").Device(::tensorflow::DEVICE_CPU), MexOp<CPUDevice>);
+REGISTER_KERNEL_BUILDER(Name("KernelzooMexGrad").Device(::tensorflow::DEVICE_CPU), MexGradOp<CPUDevice>);
 
- protected:
-  absl::Status Prepare(OpKernelContext* ctx, MexParams* prm) const {
-    const Tensor& input = ctx->input(0);
-    const Tensor& xi = ctx->input(1);
-    const Tensor& offsets = ctx->input(2);
-    const Tensor& c = ctx->input(3);
-    const int64_t K = num_instances_;
-    if (input.dims() != 4) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "input must be 4-D (N, H, W, C), got shape ", input.shape().DebugString()));
-    }
-    if (input.dim_size(3) % channel_block_ != 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "input channels (", input.dim_size(3), ") must be a multiple of channel_block (",
-          channel_block_, ")"));
-    }
-    if (xi.dims() != 1 || xi.dim_size(0) != K) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "xi must have shape (", K, ",), got ", xi.shape().DebugString()));
-    }
-    WindowGeometry& g = prm->geo;
-    g.batch = input.dim_size(0);
-    g.in_h = input.dim_size(1);
-    g.in_w = input.dim_size(2);
-    g.in_c = input.dim_size(3);
-    g.k_h = b_h_;
-    g.k_w = b_w_;
-    g.s_h = s_h_;
-    g.s_w = s_w_;
-    if (!g.Init(same_)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "pool ", g.k_h, "x", g.k_w, " does not fit the input ", g.in_h, "x", g.in_w,
-          " with padding 'valid'"));
-    }
-    if (!g.WindowWithinLimit(channel_block_)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "block ", g.k_h, "x", g.k_w, "x", channel_block_, " has more than 2^24 entries"));
-    }
-    if (use_offsets_) {
-      const TensorShape want({offsets.dims() == 6 ? offsets.dim_size(0) : 1,
-                              offsets.dims() == 6 ? offsets.dim_size(1) : 1, K, b_h_, b_w_,
-                              channel_block_});
-      if (offsets.dims() != 6 || offsets.shape() != want || offsets.dim_size(0) < 1 ||
-          offsets.dim_size(1) < 1 ||
-          offsets.dim_size(0) > std::max<int64_t>(g.out_h, 1) ||
-          offsets.dim_size(1) > std::max<int64_t>(g.out_w, 1)) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "offsets must have shape (Rh, Rw, ", K, ", ", b_h_, ", ", b_w_, ", ",
-            channel_block_, ") with 1 <= Rh <= ", g.out_h, " and 1 <= Rw <= ", g.out_w,
-            ", got ", offsets.shape().DebugString()));
-      }
-      prm->regions_h = offsets.dim_size(0);
-      prm->regions_w = offsets.dim_size(1);
-    }
-    if (use_c_ && (c.dims() != 1 || c.dim_size(0) != K)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "c must have shape (", K, ",), got ", c.shape().DebugString()));
-    }
-    prm->num_instances = K;
-    prm->channel_block = channel_block_;
-    prm->softmax_mode = softmax_mode_;
-    prm->use_offsets = use_offsets_;
-    prm->use_c = use_c_;
-    prm->allow_gemm = gemm_;
-    return absl::OkStatus();
-  }
-
-  int64_t num_instances_ = 1, channel_block_ = 1;
-  int64_t b_h_ = 1, b_w_ = 1, s_h_ = 1, s_w_ = 1;
-  bool same_ = false, softmax_mode_ = false, use_offsets_ = false, use_c_ = false, gemm_ = true;
-};
-
-class MexOp : public MexOpBase {
- public:
-  using MexOpBase::MexOpBase;
-
-  void Compute(OpKernelContext* ctx) override {
-    MexParams prm;
-    OP_REQUIRES_OK(ctx, Prepare(ctx, &prm));
-    const WindowGeometry& g = prm.geo;
-    Tensor* output = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(
-                            0, TensorShape({g.batch, g.out_h, g.out_w, prm.out_channels()}),
-                            &output));
-    MexFunctor<CPUDevice>()(ctx->eigen_cpu_device(), prm,
-                            ctx->input(0).flat<float>().data(),
-                            ctx->input(1).flat<float>().data(),
-                            use_offsets_ ? ctx->input(2).flat<float>().data() : nullptr,
-                            use_c_ ? ctx->input(3).flat<float>().data() : nullptr,
-                            output->flat<float>().data());
-  }
-};
-
-class MexGradOp : public MexOpBase {
- public:
-  using MexOpBase::MexOpBase;
-
-  void Compute(OpKernelContext* ctx) override {
-    MexParams prm;
-    OP_REQUIRES_OK(ctx, Prepare(ctx, &prm));
-    const WindowGeometry& g = prm.geo;
-    const Tensor& grad = ctx->input(4);
-    const TensorShape out_shape({g.batch, g.out_h, g.out_w, prm.out_channels()});
-    OP_REQUIRES(ctx, grad.shape() == out_shape,
-                absl::InvalidArgumentError(absl::StrCat(
-                    "grad must have the output shape ", out_shape.DebugString(), ", got ",
-                    grad.shape().DebugString())));
-    Tensor *gi = nullptr, *gxi = nullptr, *goff = nullptr, *gc = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ctx->input(0).shape(), &gi));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, ctx->input(1).shape(), &gxi));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, ctx->input(2).shape(), &goff));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(3, ctx->input(3).shape(), &gc));
-    if (!use_offsets_) goff->flat<float>().setZero();
-    if (!use_c_) gc->flat<float>().setZero();
-    MexGradFunctor<CPUDevice>()(
-        ctx->eigen_cpu_device(), prm, ctx->input(0).flat<float>().data(),
-        ctx->input(1).flat<float>().data(),
-        use_offsets_ ? ctx->input(2).flat<float>().data() : nullptr,
-        use_c_ ? ctx->input(3).flat<float>().data() : nullptr, grad.flat<float>().data(),
-        gi->flat<float>().data(), gxi->flat<float>().data(),
-        use_offsets_ ? goff->flat<float>().data() : nullptr,
-        use_c_ ? gc->flat<float>().data() : nullptr);
-  }
-};
-
-REGISTER_KERNEL_BUILDER(Name("KernelzooMex").Device(::tensorflow::DEVICE_CPU), MexOp);
-REGISTER_KERNEL_BUILDER(Name("KernelzooMexGrad").Device(::tensorflow::DEVICE_CPU), MexGradOp);
-
-// GPU slot: mex_kernels.cu.cc would define MexFunctor<Eigen::GpuDevice> and
-// MexGradFunctor<Eigen::GpuDevice>; register them here under GOOGLE_CUDA.
-
-}  // namespace
 }  // namespace kernelzoo

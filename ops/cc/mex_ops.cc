@@ -1,5 +1,5 @@
 // Op definitions (no kernels) for the SimNets MEX operator and its gradient.
-// Kernels: mex_kernels.cc (CPU). Python: ops/custom.py.
+// Kernels: mex_kernels.cc (CPU), mex_kernels.cu.cc (GPU). Python: ops/custom.py.
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
 

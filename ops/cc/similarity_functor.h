@@ -1,9 +1,8 @@
-// Similarity operator of SimNets (Cohen & Shashua 2014, Sec. 2): the math and
-// the device-templated functor shared by the CPU kernel
-// (similarity_kernels.cc) and a future CUDA kernel
-// (similarity_kernels.cu.cc, which would specialise the functors for
-// Eigen::GpuDevice). No TensorFlow dependency: a standalone nvcc harness can
-// include this header.
+// Similarity operator of SimNets (Cohen & Shashua 2014, Sec. 2): the math
+// shared by the CPU kernel (similarity_kernels.cc, which specialises the
+// functors below) and the GPU kernels (similarity_gpu.h, launched by
+// similarity_kernels.cu.cc). No TensorFlow dependency: the standalone nvcc
+// harness includes this header.
 //
 //   out[n, i, j, l] = sum_d u[d, l] * phi(x_ij[d], z[d, l])
 //

@@ -25,13 +25,11 @@
 #include <vector>
 
 #include "Eigen/Core"
-#include "tensorflow/core/framework/op_kernel.h"
-#include "tensorflow/core/framework/tensor.h"
-#include "tensorflow/core/framework/tensor_shape.h"
 #include "unsupported/Eigen/CXX11/Tensor"
 
 #include "cpu_util.h"
 #include "similarity_functor.h"
+#include "similarity_op.h"
 
 namespace kernelzoo {
 
@@ -804,162 +802,25 @@ struct SimilarityGradFunctor<CPUDevice> {
 };
 
 // ================================================================= OpKernels
-namespace {
+template <>
+void RunSimilarity<CPUDevice>(::tensorflow::OpKernelContext* ctx, const SimilarityParams& prm,
+                              const float* input, const float* templates, const float* weights,
+                              const float* p, float* output) {
+  SimilarityFunctor<CPUDevice>()(ctx->eigen_cpu_device(), prm, input, templates, weights, p, output);
+}
 
-using ::tensorflow::OpKernel;
-using ::tensorflow::OpKernelConstruction;
-using ::tensorflow::OpKernelContext;
-using ::tensorflow::Tensor;
-using ::tensorflow::TensorShape;
-
-class SimilarityOpBase : public OpKernel {
- public:
-  explicit SimilarityOpBase(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    std::string kind, padding;
-    std::vector<int32_t> strides;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("similarity", &kind));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("padding", &padding));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("strides", &strides));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("ignore_nan", &ignore_nan_));
-    OP_REQUIRES(ctx, strides.size() == 2 && strides[0] >= 1 && strides[1] >= 1,
-                absl::InvalidArgumentError("strides must be 2 positive ints"));
-    OP_REQUIRES(ctx, padding == "valid" || padding == "same",
-                absl::InvalidArgumentError("padding must be 'valid' or 'same'"));
-    same_ = padding == "same";
-    s_h_ = strides[0];
-    s_w_ = strides[1];
-    if (kind == "linear") {
-      kind_ = kSimLinear;
-    } else if (kind == "l1") {
-      kind_ = kSimL1;
-    } else if (kind == "l2") {
-      kind_ = kSimL2;
-    } else if (kind == "lp") {
-      kind_ = kSimLp;
-    } else {
-      ctx->CtxFailure(absl::InvalidArgumentError("unknown similarity " + kind));
-    }
-  }
-
- protected:
-  // Validates input, templates, weights and p; fills the params.
-  absl::Status Prepare(OpKernelContext* ctx, SimilarityParams* prm) const {
-    const Tensor& input = ctx->input(0);
-    const Tensor& templates = ctx->input(1);
-    const Tensor& weights = ctx->input(2);
-    const Tensor& p = ctx->input(3);
-    if (input.dims() != 4) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "input must be 4-D (N, H, W, C), got shape ", input.shape().DebugString()));
-    }
-    if (templates.dims() != 4) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "templates must be 4-D (kh, kw, C, n), got shape ",
-          templates.shape().DebugString()));
-    }
-    if (weights.shape() != templates.shape()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "weights must have the shape of templates ", templates.shape().DebugString(),
-          ", got ", weights.shape().DebugString()));
-    }
-    if (templates.dim_size(2) != input.dim_size(3)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "templates have ", templates.dim_size(2), " channels but the input has ",
-          input.dim_size(3)));
-    }
-    if (p.dims() != 1 || p.dim_size(0) != templates.dim_size(3)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "p must have shape (", templates.dim_size(3), ",), got ",
-          p.shape().DebugString()));
-    }
-    if (templates.dim_size(0) < 1 || templates.dim_size(1) < 1) {
-      return absl::InvalidArgumentError("patch size must be at least 1x1");
-    }
-    WindowGeometry& g = prm->geo;
-    g.batch = input.dim_size(0);
-    g.in_h = input.dim_size(1);
-    g.in_w = input.dim_size(2);
-    g.in_c = input.dim_size(3);
-    g.k_h = templates.dim_size(0);
-    g.k_w = templates.dim_size(1);
-    g.s_h = s_h_;
-    g.s_w = s_w_;
-    if (!g.Init(same_)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "patch ", g.k_h, "x", g.k_w, " does not fit the input ", g.in_h, "x",
-          g.in_w, " with padding 'valid'"));
-    }
-    if (!g.WindowWithinLimit(g.in_c)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "patch ", g.k_h, "x", g.k_w, "x", g.in_c, " has more than 2^24 entries"));
-    }
-    prm->num_templates = templates.dim_size(3);
-    prm->kind = kind_;
-    prm->ignore_nan = ignore_nan_;
-    return absl::OkStatus();
-  }
-
-  SimilarityKind kind_ = kSimLinear;
-  bool same_ = false, ignore_nan_ = false;
-  int64_t s_h_ = 1, s_w_ = 1;
-};
-
-class SimilarityOp : public SimilarityOpBase {
- public:
-  using SimilarityOpBase::SimilarityOpBase;
-
-  void Compute(OpKernelContext* ctx) override {
-    SimilarityParams prm;
-    OP_REQUIRES_OK(ctx, Prepare(ctx, &prm));
-    const WindowGeometry& g = prm.geo;
-    Tensor* output = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(
-                            0, TensorShape({g.batch, g.out_h, g.out_w, prm.num_templates}),
-                            &output));
-    SimilarityFunctor<CPUDevice>()(
-        ctx->eigen_cpu_device(), prm, ctx->input(0).flat<float>().data(),
-        ctx->input(1).flat<float>().data(), ctx->input(2).flat<float>().data(),
-        ctx->input(3).flat<float>().data(), output->flat<float>().data());
-  }
-};
-
-class SimilarityGradOp : public SimilarityOpBase {
- public:
-  using SimilarityOpBase::SimilarityOpBase;
-
-  void Compute(OpKernelContext* ctx) override {
-    SimilarityParams prm;
-    OP_REQUIRES_OK(ctx, Prepare(ctx, &prm));
-    const WindowGeometry& g = prm.geo;
-    const Tensor& grad = ctx->input(4);
-    const TensorShape out_shape({g.batch, g.out_h, g.out_w, prm.num_templates});
-    OP_REQUIRES(ctx, grad.shape() == out_shape,
-                absl::InvalidArgumentError(absl::StrCat(
-                    "grad must have the output shape ", out_shape.DebugString(), ", got ",
-                    grad.shape().DebugString())));
-    Tensor *gi = nullptr, *gt = nullptr, *gw = nullptr, *gp = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ctx->input(0).shape(), &gi));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, ctx->input(1).shape(), &gt));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, ctx->input(2).shape(), &gw));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(3, ctx->input(3).shape(), &gp));
-    SimilarityGradFunctor<CPUDevice>()(
-        ctx->eigen_cpu_device(), prm, ctx->input(0).flat<float>().data(),
-        ctx->input(1).flat<float>().data(), ctx->input(2).flat<float>().data(),
-        ctx->input(3).flat<float>().data(), grad.flat<float>().data(),
-        gi->flat<float>().data(), gt->flat<float>().data(), gw->flat<float>().data(),
-        gp->flat<float>().data());
-  }
-};
+template <>
+void RunSimilarityGrad<CPUDevice>(::tensorflow::OpKernelContext* ctx, const SimilarityParams& prm,
+                                  const float* input, const float* templates, const float* weights,
+                                  const float* p, const float* grad, float* grad_input,
+                                  float* grad_templates, float* grad_weights, float* grad_p) {
+  SimilarityGradFunctor<CPUDevice>()(ctx->eigen_cpu_device(), prm, input, templates, weights, p, grad,
+                                     grad_input, grad_templates, grad_weights, grad_p);
+}
 
 REGISTER_KERNEL_BUILDER(Name("KernelzooSimilarity").Device(::tensorflow::DEVICE_CPU),
-                        SimilarityOp);
+                        SimilarityOp<CPUDevice>);
 REGISTER_KERNEL_BUILDER(Name("KernelzooSimilarityGrad").Device(::tensorflow::DEVICE_CPU),
-                        SimilarityGradOp);
+                        SimilarityGradOp<CPUDevice>);
 
-// GPU slot: similarity_kernels.cu.cc would define
-//   template struct SimilarityFunctor<Eigen::GpuDevice>;
-//   template struct SimilarityGradFunctor<Eigen::GpuDevice>;
-// and the GPU kernel registrations would go here under GOOGLE_CUDA.
-
-}  // namespace
 }  // namespace kernelzoo

@@ -1,5 +1,6 @@
 // Op definitions (no kernels) for the SimNets similarity operator and its
-// gradient. Kernels: similarity_kernels.cc (CPU). Python: ops/custom.py.
+// gradient. Kernels: similarity_kernels.cc (CPU), similarity_kernels.cu.cc (GPU).
+// Python: ops/custom.py.
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
 
