@@ -341,3 +341,19 @@ def test_validate_only_and_the_jl_variant(tmp_path):
     assert all("val_accuracy" in row for row in result["history"])
     with pytest.raises(ValueError, match="epochs must exceed"):
         recipe.stages(registry.create("layerwise_cifar10_fc"), dict(hp, epochs=10, block_epochs=5))
+
+
+def test_block_lr_reaches_the_blocks_from_the_command_line(monkeypatch, tmp_path):
+    """`kernelzoo train ... --block-lr X` sets the blocks' lr (the classifier keeps --lr)."""
+    from kernelzoo import cli
+    from kernelzoo.zoo.layerwise import recipe as layerwise_recipe
+    from kernelzoo.zoo.recipe import Data
+
+    seen = {}
+    monkeypatch.setattr(layerwise_recipe.LayerwiseRecipe, "load_data", lambda self, *a, **k: Data(None, None, "stub"))
+    monkeypatch.setattr(layerwise_recipe.LayerwiseRecipe, "train",
+                        lambda self, preset, data, out, hp=None, **k: seen.update(hp) or {"model_path": "-"})
+    cli.main(["train", "layerwise_synthetic_digits", "--block-lr", "3e-4", "--out", str(tmp_path)])
+    recipe = layerwise_recipe.LayerwiseRecipe()
+    assert seen["block_lr"] == 3e-4 and seen["lr"] == 1e-2
+    assert recipe.stage_hyperparameters(seen, layerwise_recipe.Stage(0, 1, 0, 3))["lr"] == 3e-4

@@ -63,6 +63,8 @@ class LayerwiseRecipe(Recipe):
         parser.add_argument("--block-epochs", type=int, default=None,
                             help="epochs of each block's two-layer subnet (layerwise: --epochs counts every "
                                  "stage, the classifier gets the epochs after the blocks')")
+        parser.add_argument("--block-lr", type=float, default=None,
+                            help="learning rate of the blocks' two-layer subnets (--lr: the classifier's)")
 
     def load_data(self, preset, data_dir=None, dataset=None, options=None, seed=0):
         """The preset's images; for synthetic_digits, `train_size` and `test_size` generated examples."""
