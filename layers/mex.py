@@ -29,7 +29,9 @@ class Mex(keras.layers.Layer):
       offsets_initializer, offsets_regularizer, offsets_constraint: Keras names or objects.
       use_c: add a trainable per-instance element c to every block (initialised by c_initializer).
       softmax_mode: log-sum-exp without the 1/n.
-    Computes in float32 whatever the dtype policy, and returns the policy's compute dtype.
+    Returns the dtype policy's compute dtype. Under a mixed-precision policy ("mixed_float16",
+    "mixed_bfloat16") the activations stay float16 / bfloat16 (the custom op accumulates in
+    float32) and the variables float32 (not autocast); otherwise it computes in float32.
     """
 
     def __init__(self, num_instances=1, pool_size=(1, 1), channel_block=None, strides=None, padding="valid",
@@ -92,9 +94,9 @@ class Mex(keras.layers.Layer):
 
     def call(self, inputs):
         xi = self.xi_variable if self.learn_xi else self.xi
-        out = api.mex(ops.cast(inputs, "float32"), xi, num_instances=self.num_instances, pool_size=self.pool_size,
-                      channel_block=self.channel_block, strides=self.strides, padding=self.padding,
-                      offsets=self.offsets_variable, c=self.c, softmax_mode=self.softmax_mode)
+        out = api.mex(ops.cast(inputs, self.compute_dtype), xi, num_instances=self.num_instances,
+                      pool_size=self.pool_size, channel_block=self.channel_block, strides=self.strides,
+                      padding=self.padding, offsets=self.offsets_variable, c=self.c, softmax_mode=self.softmax_mode)
         return ops.cast(out, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):

@@ -30,7 +30,9 @@ class Similarity(keras.layers.Layer):
       normalization_term: add the generalised-Gaussian log-normaliser (output = log-likelihood).
       ignore_nan: NaN inputs are marginalised out (and "same" padding counts as missing).
       templates_initializer, weights_initializer, *_regularizer, *_constraint: Keras names or objects.
-    Computes in float32 whatever the dtype policy, and returns the policy's compute dtype.
+    Returns the dtype policy's compute dtype. Under a mixed-precision policy ("mixed_float16",
+    "mixed_bfloat16") the activations stay float16 / bfloat16 (the custom op accumulates in
+    float32) and the variables float32 (not autocast); otherwise it computes in float32.
     """
 
     def __init__(self, filters, kernel_size, strides=1, padding="valid", similarity="l2", weighted=True, p=None,
@@ -83,7 +85,7 @@ class Similarity(keras.layers.Layer):
 
     def call(self, inputs):
         p = self.p_variable if self.learn_p else self.p
-        out = api.similarity(ops.cast(inputs, "float32"), self.templates, self.template_weights,
+        out = api.similarity(ops.cast(inputs, self.compute_dtype), self.templates, self.template_weights,
                              similarity=self.similarity, p=p, strides=self.strides, padding=self.padding,
                              normalization_term=self.normalization_term, ignore_nan=self.ignore_nan)
         return ops.cast(out, self.compute_dtype)

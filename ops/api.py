@@ -8,6 +8,11 @@ custom TensorFlow op (TF backend with the op library built) or the composite
 On a GPU, "auto" picks the custom op only when the library has GPU kernels for it,
 `KERNELZOO_GPU_KERNELS` is not "0" and the op passed the once-per-process self-check
 against the composite (`kernelzoo.ops.selfcheck`); otherwise the composite.
+
+Activations (`inputs` and the output) are float32, or float16 / bfloat16 as Keras mixed
+precision computes: those reach the custom op as they are (it accumulates in float32 and rounds
+its output to their dtype), the composite computes on a float32 copy and casts its output back,
+so both return the input's dtype. Other input dtypes are cast to float32, as are all parameters.
 """
 import contextlib
 import functools
@@ -30,6 +35,7 @@ _TF_OPS = {"similarity": ("KernelzooSimilarity", "KernelzooSimilarityGrad"),
            "mex": ("KernelzooMex", "KernelzooMexGrad")}
 GPU_DEVICE = "/GPU:0"
 _FIXED_P = {"l1": 1.0, "l2": 2.0}
+ACTIVATION_DTYPES = ("float32", "float16", "bfloat16")
 _override = threading.local()
 
 
@@ -158,11 +164,14 @@ def _gpu_visible():
     return bool(tf.config.list_physical_devices("GPU"))
 
 
-def _backend_module(op):
+def _core(op, inputs, *args, **kwargs):
+    """`op` of the implementation selected: the custom op on `inputs` as they are, or the composite on a
+    float32 copy with its output cast to the dtype of `inputs`."""
     if selected_implementation(op) == "custom":
         from kernelzoo.ops import custom
-        return custom
-    return composite
+        return getattr(custom, op)(inputs, *args, **kwargs)
+    out = getattr(composite, op)(ops.cast(inputs, "float32"), *args, **kwargs)
+    return ops.cast(out, inputs.dtype)
 
 
 @_outside_autograph
@@ -183,12 +192,12 @@ def similarity(inputs, templates, weights=None, *, similarity="l2", p=None, stri
       ignore_nan: NaN entries contribute 0 (they are marginalised out).
 
     Returns:
-      (N, H', W', n) float32.
+      (N, H', W', n), float16 / bfloat16 for inputs of that dtype, else float32.
     """
     kind = check_choice("similarity", similarity, SIMILARITIES)
     strides = normalize_tuple(strides, "strides")
     padding = normalize_padding(padding)
-    inputs = _float32(inputs, "inputs")
+    inputs = _activations(inputs, "inputs")
     templates = _float32(templates, "templates")
     _check_rank(inputs, 4, "inputs", "(batch, height, width, channels)")
     _check_rank(templates, 4, "templates", "(kernel_h, kernel_w, channels, n)")
@@ -209,15 +218,17 @@ def similarity(inputs, templates, weights=None, *, similarity="l2", p=None, stri
     if normalization_term and kind == "linear":
         raise ValueError("`normalization_term` applies to the l1/l2/lp similarities, not 'linear'")
 
-    core = _backend_module("similarity").similarity(inputs, templates, weights, p_vector, similarity=kind,
-                                        strides=strides, padding=padding, ignore_nan=bool(ignore_nan))
+    core = _core("similarity", inputs, templates, weights, p_vector, similarity=kind, strides=strides,
+                 padding=padding, ignore_nan=bool(ignore_nan))
     if not normalization_term:
         return core
     log_normaliser = (ops.log(p_vector) + ops.log(weights) / p_vector - math.log(2.0)
                       - log_gamma(1.0 / p_vector))  # (kh, kw, C, n)
     if ignore_nan:
-        return core + composite.valid_sum(inputs, log_normaliser, strides=strides, padding=padding)
-    return core + ops.sum(log_normaliser, axis=(0, 1, 2))
+        term = composite.valid_sum(ops.cast(inputs, "float32"), log_normaliser, strides=strides, padding=padding)
+    else:
+        term = ops.sum(log_normaliser, axis=(0, 1, 2))
+    return ops.cast(ops.cast(core, "float32") + term, inputs.dtype)
 
 
 @_outside_autograph
@@ -241,9 +252,10 @@ def mex(inputs, xi, *, num_instances=1, pool_size=(1, 1), channel_block=None, st
       softmax_mode: log-sum-exp without the 1/n.
 
     Returns:
-      (N, H', W', num_blocks * num_instances) float32, channel j * num_instances + k.
+      (N, H', W', num_blocks * num_instances), channel j * num_instances + k; float16 / bfloat16
+      for inputs of that dtype, else float32.
     """
-    inputs = _float32(inputs, "inputs")
+    inputs = _activations(inputs, "inputs")
     _check_rank(inputs, 4, "inputs", "(batch, height, width, channels)")
     channels = inputs.shape[-1]
     k = positive_int(num_instances, "num_instances")
@@ -269,9 +281,8 @@ def mex(inputs, xi, *, num_instances=1, pool_size=(1, 1), channel_block=None, st
     if offsets is not None:
         offsets = _float32(offsets, "offsets")
         _check_offsets(offsets, inputs, k, pool_size, channel_block, strides, padding)
-    return _backend_module("mex").mex(inputs, xi, offsets, c, num_instances=k, pool_size=pool_size,
-                                 channel_block=channel_block, strides=strides, padding=padding,
-                                 softmax_mode=bool(softmax_mode))
+    return _core("mex", inputs, xi, offsets, c, num_instances=k, pool_size=pool_size, channel_block=channel_block,
+                 strides=strides, padding=padding, softmax_mode=bool(softmax_mode))
 
 
 def log_gamma(x):
@@ -336,13 +347,23 @@ def _per_instance(value, k, name):
 
 
 def _float32(value, name):
+    return ops.cast(_numeric(value, name), "float32")
+
+
+def _activations(value, name):
+    """float32, float16 and bfloat16 tensors as they are, other numeric ones cast to float32."""
+    tensor = _numeric(value, name)
+    return tensor if keras.backend.standardize_dtype(tensor.dtype) in ACTIVATION_DTYPES else ops.cast(tensor, "float32")
+
+
+def _numeric(value, name):
     try:
         tensor = ops.convert_to_tensor(value)
     except (TypeError, ValueError) as error:
         raise ValueError(f"`{name}` must be a tensor or array, got {type(value).__name__}: {error}") from None
     if not keras.backend.is_float_dtype(tensor.dtype) and not keras.backend.is_int_dtype(tensor.dtype):
         raise ValueError(f"`{name}` must be numeric, got dtype {tensor.dtype}")
-    return ops.cast(tensor, "float32")
+    return tensor
 
 
 def _check_rank(tensor, rank, name, layout):

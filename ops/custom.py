@@ -1,7 +1,8 @@
 """Thin wrapper over the C++ custom ops (`library.load()`), with their gradients.
 
 Same core signatures as `composite.py`; arguments arrive validated and
-normalised by the dispatcher (`api.py`). The gradient ops are C++ kernels
+normalised by the dispatcher (`api.py`). Activations (inputs, output and their
+gradients) are float32, float16 or bfloat16 (the ops' attr T); parameters float32. The gradient ops are C++ kernels
 (`KernelzooSimilarityGrad`, `KernelzooMexGrad`) registered here for the
 forward ops with `tf.RegisterGradient`.
 """
@@ -21,6 +22,12 @@ def _f32(x):
     return x if x.dtype == tf.float32 else tf.cast(x, tf.float32)
 
 
+def _activations(x):
+    """The ops' T: float32, float16 and bfloat16 as they are, other dtypes cast to float32."""
+    x = tf.convert_to_tensor(x)
+    return x if x.dtype in (tf.float16, tf.bfloat16) else _f32(x)
+
+
 def _pair(v):
     if isinstance(v, int):
         return [int(v), int(v)]
@@ -32,7 +39,7 @@ def similarity(inputs, templates, weights, p, *, similarity, strides, padding,
                ignore_nan):
     """Similarity core: sum_d u[d,l] phi(x_ij[d], z[d,l]), NHWC, no normalisation."""
     return _ops().kernelzoo_similarity(
-        _f32(inputs), _f32(templates), _f32(weights), _f32(p),
+        _activations(inputs), _f32(templates), _f32(weights), _f32(p),
         similarity=str(similarity), strides=_pair(strides),
         padding=str(padding).lower(), ignore_nan=bool(ignore_nan))
 
@@ -52,7 +59,7 @@ def mex(inputs, xi, offsets, c, *, num_instances, pool_size, channel_block, stri
     use_c = c is not None
     empty = tf.zeros(_EMPTY_SHAPE, tf.float32)
     return _ops().kernelzoo_mex(
-        _f32(inputs), _f32(xi), _f32(offsets) if use_offsets else empty,
+        _activations(inputs), _f32(xi), _f32(offsets) if use_offsets else empty,
         _f32(c) if use_c else empty,
         num_instances=int(num_instances), pool_size=_pair(pool_size),
         channel_block=int(channel_block), strides=_pair(strides),

@@ -597,14 +597,16 @@ def _short(error, lines=12):
 
 
 def kernels():
-    """(op name, device) pairs of the kernels the library registers."""
+    """(op name, device) pairs of the kernels the library registers (one pair for the kernels of every
+    activation type T)."""
     load()
     from tensorflow.python.framework import kernels as tf_kernels
 
     out = []
     for name in OP_NAMES:
         for k in tf_kernels.get_registered_kernels_for_op(name).kernel:
-            out.append((name, k.device_type))
+            if (name, k.device_type) not in out:
+                out.append((name, k.device_type))
     return out
 
 

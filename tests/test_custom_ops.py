@@ -662,6 +662,100 @@ def test_mex_bad_shapes_raise(lib):
         _mex(lib, x, xi, grad=tf.zeros((2, 3, 2, 8)))
 
 
+# ------------------------------------------ float16 / bfloat16 activations --
+# The ops' attr T: float16 / bfloat16 input, output, grad and grad_input, float32 parameters.
+# Reference: the float32 op on the same (rounded) input and output gradient values.
+HALF_DTYPES = [tf.float16, tf.bfloat16]
+# Relative spacing of T (half an ulp is the rounding of one value).
+EPSILON = {tf.float16: 2.0 ** -10, tf.bfloat16: 2.0 ** -7}
+
+
+def _half_cases(rng):
+    x = rng.normal(size=(2, 7, 6, 4)).astype("float32")
+    z = rng.normal(size=(3, 2, 4, 5)).astype("float32")
+    u = rng.uniform(0.2, 1.5, size=z.shape).astype("float32")
+    for kind in ["linear", "l2", "lp"]:
+        p = (rng.uniform(0.7, 2.5, size=5) if kind == "lp" else np.full(5, 2.0)).astype("float32")
+        kw = dict(similarity=kind, strides=(1, 2), padding="same", ignore_nan=False)
+        yield f"similarity-{kind}", (lambda *t, kw=kw: custom.similarity(*t, **kw)), [x, z, u, p]
+    xi = np.array([0.7, -2.5, 30.0], "float32")
+    off = rng.normal(size=(2, 2, 3, 2, 2, 2)).astype("float32")
+    c = rng.normal(size=3).astype("float32")
+    kw = dict(num_instances=3, pool_size=(2, 2), channel_block=2, strides=(2, 2), padding="same",
+              softmax_mode=False, gemm=False)
+    yield "mex", (lambda x_, xi_, off_, c_: custom.mex(x_, xi_, off_, c_, **kw)), [x, xi, off, c]
+    x_wide = rng.normal(size=(2, 3, 3, 64)).astype("float32")  # the class-wise GEMM form
+    kw_gemm = dict(num_instances=4, pool_size=(1, 1), channel_block=32, strides=(1, 1), padding="valid",
+                   softmax_mode=True)
+    yield "mex-gemm", (lambda x_, xi_: custom.mex(x_, xi_, None, None, **kw_gemm)), [x_wide, np.full(4, 2.0, "f4")]
+
+
+def _run(fn, tensors, dtype, rounding):
+    """fn's output and gradients with the activations (tensors[0]) and the output gradient rounded to
+    `rounding` and passed as `dtype`."""
+    tensors = [tf.cast(tf.cast(tensors[0], rounding), dtype)] + [tf.convert_to_tensor(t) for t in tensors[1:]]
+    with tf.GradientTape() as tape:
+        tape.watch(tensors)
+        y = fn(*tensors)
+    g = tf.cast(tf.cast(np.random.default_rng(0).normal(size=y.shape), rounding), dtype)
+    return y, tape.gradient(y, tensors, output_gradients=g)
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES, ids=["float16", "bfloat16"])
+def test_half_activations_match_float32_on_the_rounded_values(lib, dtype):
+    """Output: the float32 op's output rounded to T, exactly (the CPU kernels compute in float32 on
+    the same values). Gradients: grad_input within T's rounding, parameter gradients as float32."""
+    for name, fn, tensors in _half_cases(np.random.default_rng(RNG_SEED)):
+        y, grads = _run(fn, tensors, dtype, dtype)
+        y_ref, grads_ref = _run(fn, tensors, tf.float32, dtype)
+        assert y.dtype == dtype and grads[0].dtype == dtype, name
+        assert all(g.dtype == tf.float32 for g in grads[1:]), name
+        np.testing.assert_array_equal(tf.cast(y, tf.float32).numpy(),
+                                      tf.cast(tf.cast(y_ref, dtype), tf.float32).numpy(), err_msg=f"{name}: output")
+        gi, gi_ref = tf.cast(grads[0], tf.float32).numpy(), grads_ref[0].numpy()
+        np.testing.assert_allclose(gi, gi_ref, rtol=EPSILON[dtype], atol=1e-6 * np.abs(gi_ref).max(),
+                                   err_msg=f"{name}: grad input")
+        for i, (g, g_ref) in enumerate(zip(grads[1:], grads_ref[1:]), 1):
+            _rel_close(g.numpy(), g_ref.numpy(), 1e-5, f"{name}: grad of argument {i}")
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES, ids=["float16", "bfloat16"])
+def test_half_activations_custom_and_composite_agree(lib, dtype):
+    """Through kernelzoo.ops (both implementations): the input's dtype out, values within T's rounding."""
+    from kernelzoo.ops import api
+    rng = np.random.default_rng(RNG_SEED)
+    x = tf.cast(rng.normal(size=(2, 6, 6, 3)), dtype)
+    z = rng.normal(size=(3, 3, 3, 4)).astype("float32")
+    outs = {}
+    for impl in ["custom", "composite"]:
+        with api.implementation(impl):
+            outs[impl] = [api.similarity(x, z, similarity="l2", padding="same", normalization_term=True),
+                          api.mex(x, [1.0, -3.0], num_instances=2, pool_size=2, channel_block=1, c=[0.5, 0.0])]
+    for custom_out, composite_out in zip(outs["custom"], outs["composite"]):
+        assert custom_out.dtype == composite_out.dtype == dtype
+        _rel_close(tf.cast(custom_out, tf.float32).numpy(), tf.cast(composite_out, tf.float32).numpy(),
+                   2 * EPSILON[dtype], "custom vs composite")
+
+
+def test_half_activations_type_errors_name_the_argument(lib):
+    """TF's checks of the op signature (T for input and grad, float for the parameters), as building a
+    graph with the ops reports them."""
+    def build(x_dtype=tf.float16, z_dtype=tf.float32, grad_dtype=None):
+        def fn():
+            x, z = tf.zeros((1, 4, 4, 2), x_dtype), tf.zeros((2, 2, 2, 3), z_dtype)
+            grad = None if grad_dtype is None else tf.zeros((1, 3, 3, 3), grad_dtype)
+            return _sim(lib, x, z, tf.zeros((2, 2, 2, 3)), tf.ones(3), grad=grad)
+        tf.function(fn, autograph=False).get_concrete_function()
+    build()
+    build(grad_dtype=tf.float16)
+    with pytest.raises(TypeError, match="parameter 'input' has DataType float64 not in list"):
+        build(x_dtype=tf.float64)
+    with pytest.raises(TypeError, match="'grad' of 'KernelzooSimilarityGrad' Op has type float32 that does not match"):
+        build(grad_dtype=tf.float32)
+    with pytest.raises(TypeError, match="'templates' of 'KernelzooSimilarity' Op has type float16"):
+        build(z_dtype=tf.float16)
+
+
 # ------------------------------------------------------- library / cache --
 def test_build_reuses_cached_library(lib):
     path = library.build()

@@ -9,6 +9,7 @@ NaN inputs, xi from -inf to inf, offsets by region, long sets); it cannot check 
 """
 import itertools
 
+import ml_dtypes  # noqa: F401 (numpy's "bfloat16")
 import numpy as np
 import pytest
 
@@ -34,11 +35,12 @@ def emulated(tmp_path_factory):
 
 
 def _cpu_value_and_grads(fn, tensors, seed=0):
+    """Output, output gradient (of the output's dtype) and gradients of the CPU op, as numpy."""
     tensors = [tf.convert_to_tensor(t) for t in tensors]
     with tf.GradientTape() as tape:
         tape.watch(tensors)
         y = fn(*tensors)
-    g = np.random.default_rng(seed).normal(size=y.shape).astype("float32")
+    g = np.random.default_rng(seed).normal(size=y.shape).astype(y.dtype.as_numpy_dtype)
     grads = tape.gradient(y, tensors, output_gradients=tf.constant(g))
     return y.numpy(), g, [None if v is None else v.numpy() for v in grads]
 
@@ -97,7 +99,7 @@ def _mex_tensors(rng, x_shape, k, pool, channel_block, regions, use_c, xi):
     return rng.normal(size=x_shape).astype("float32"), np.asarray(xi, "float32"), offsets, c
 
 
-def _check_mex(emulated, x, xi, offsets, c, kw, rtol_xi=2e-4):
+def _check_mex(emulated, x, xi, offsets, c, kw, rtol_xi=2e-4, rtol=1e-5):
     tensors = [t for t in (x, xi, offsets, c) if t is not None]
 
     def fn(*t):
@@ -108,8 +110,9 @@ def _check_mex(emulated, x, xi, offsets, c, kw, rtol_xi=2e-4):
     k = kw["num_instances"]
     y_emu = emulated.mex(x, xi, offsets, c, **kw)
     y, y_emu = y.reshape(-1, k), y_emu.reshape(-1, k)
+    assert y_emu.dtype == y.dtype
     for i in range(k):  # per instance: each has its own scale
-        _rel_close(y_emu[:, i], y[:, i], 1e-5, f"output xi={xi[i]}")
+        _rel_close(y_emu[:, i], y[:, i], rtol, f"output xi={xi[i]}")
     got = dict(zip(["inputs", "xi", "offsets", "c"], emulated.mex_grad(x, xi, offsets, c, g, **kw)))
     want = dict(zip(["inputs", "xi"] + (["offsets"] if offsets is not None else []) + (["c"] if c is not None else []),
                     grads))
@@ -119,7 +122,8 @@ def _check_mex(emulated, x, xi, offsets, c, kw, rtol_xi=2e-4):
             scale = np.max(np.abs(ref[finite])) if finite.any() else 1.0
             np.testing.assert_allclose(got[name], ref, rtol=rtol_xi, atol=1e-6 * scale, err_msg="grad xi")
         else:
-            _rel_close(got[name], ref, 1e-4, f"grad {name}")
+            assert got[name].dtype == ref.dtype, name
+            _rel_close(got[name], ref, max(rtol, 1e-4), f"grad {name}")
 
 
 MEX_GRID = list(itertools.product([(2, 2), (3, 2)], [(2, 2), (1, 2)], ["valid", "same"], [1, 2],
@@ -166,6 +170,83 @@ def test_mex_emulation_propagates_nan(emulated):
     x[0, 1, 1, 0] = np.nan
     y = emulated.mex(x, np.array([1.0], "float32"), num_instances=1, pool_size=(2, 2), channel_block=1)
     assert np.isnan(y[0, 0, 0, 0]) and not np.isnan(y[0, 1, 1, 0])
+
+
+# float16 / bfloat16 activations: the kernels load them as float and round their outputs to them; the
+# CPU op computes in float32 on the same values. Outputs and input gradients differ by float rounding
+# and then T's (up to one step of T); the parameters' gradients are float32 on both sides.
+HALF = {"float16": 2.0 ** -10, "bfloat16": 2.0 ** -7}  # the relative step of T
+
+
+@pytest.mark.parametrize("dtype", list(HALF))
+@pytest.mark.parametrize("kind,strides,padding,ignore_nan", [("linear", (1, 1), "valid", False),
+                                                              ("l2", (2, 3), "same", True),
+                                                              ("lp", (1, 1), "same", False)])
+def test_similarity_emulation_half_activations(emulated, dtype, kind, strides, padding, ignore_nan):
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(2, 11, 10, 3)).astype(dtype)
+    if ignore_nan:
+        x[0, 1, 2, 0] = x[1, 4, 4, 2] = np.nan
+    z = rng.normal(size=(3, 2, 3, 70)).astype("float32")
+    u = rng.uniform(0.2, 1.5, size=z.shape).astype("float32")
+    p = (rng.uniform(0.6, 2.5, size=70) if kind == "lp" else np.full(70, 2.0)).astype("float32")
+    kw = dict(similarity=kind, strides=strides, padding=padding, ignore_nan=ignore_nan)
+    y, g, grads = _cpu_value_and_grads(lambda *t: custom.similarity(*t, **kw), [x, z, u, p])
+    y_emu = emulated.similarity(x, z, u, p, **kw)
+    assert y_emu.dtype == y.dtype == x.dtype
+    _rel_close(y_emu, y, HALF[dtype], "output")
+    got = emulated.similarity_grad(x, z, u, p, g, **kw)
+    assert [a.dtype for a in got] == [a.dtype for a in grads] == [x.dtype] + [np.float32] * 3
+    for name, a, b in zip(["input", "templates", "weights", "p"], got, grads):
+        _rel_close(a, b, HALF[dtype] if name == "input" else 1e-4, f"grad {name}")
+
+
+@pytest.mark.parametrize("dtype", list(HALF))
+@pytest.mark.parametrize("pool,strides,padding,channel_block,offsets_mode,use_c,softmax", [
+    ((2, 2), (2, 2), "same", 2, "regions", True, False),
+    ((3, 2), (1, 2), "valid", 1, "unshared", False, True)])
+def test_mex_emulation_half_activations(emulated, dtype, pool, strides, padding, channel_block, offsets_mode,
+                                        use_c, softmax):
+    rng = np.random.default_rng(5)
+    regions = {"regions": (2, 2), "unshared": (5, 3)}[offsets_mode]
+    x, xi, offsets, c = _mex_tensors(rng, (2, 7, 6, 6), 3, pool, channel_block, regions, use_c,
+                                     [0.7, -2.5, 1e-5 if not softmax else 4.0])
+    _check_mex(emulated, x.astype(dtype), xi, offsets, c,
+               dict(num_instances=3, pool_size=pool, channel_block=channel_block, strides=strides,
+                    padding=padding, softmax_mode=softmax), rtol=HALF[dtype])
+
+
+@pytest.mark.parametrize("dtype", list(HALF))
+def test_mex_emulation_half_activations_long_sets(emulated, dtype):
+    """80-entry sets (read in place, not copied): the class-wise MEX with offsets and c."""
+    rng = np.random.default_rng(11)
+    x, xi, offsets, c = _mex_tensors(rng, (2, 5, 4, 160), 3, (1, 1), 80, (2, 2), True, [0.7, -2.5, 40.0])
+    _check_mex(emulated, x.astype(dtype), xi, offsets, c,
+               dict(num_instances=3, pool_size=(1, 1), channel_block=80, strides=(1, 1), padding="valid",
+                    softmax_mode=False), rtol=HALF[dtype])
+
+
+@pytest.mark.parametrize("dtype", list(HALF))
+def test_emulation_rounds_like_numpy(emulated, dtype):
+    """The kernels' float <-> T conversions: every T value through a one-entry MEX (the identity), and
+    float32 sums x + offset (normal, subnormal, overflowing, inf, NaN) rounded to T as numpy rounds them."""
+    every = np.arange(2 ** 16, dtype=np.uint16).view(np.dtype(dtype)).reshape(1, 256, 256, 1)
+    one = dict(num_instances=1, pool_size=(1, 1), channel_block=1)
+    y = emulated.mex(every, np.ones(1, "float32"), **one)
+    assert y.dtype == every.dtype
+    np.testing.assert_array_equal(y.astype("float32"), every.astype("float32"))  # NaN where NaN; -0 == 0
+    rng = np.random.default_rng(2)
+    x = (rng.normal(size=(1, 64, 64, 1)) * 4).astype(dtype)
+    offsets = (rng.normal(size=(64, 64, 1, 1, 1, 1)) * np.logspace(-30, 6, 64 * 64).reshape(64, 64, 1, 1, 1, 1))
+    step = HALF[dtype]  # ties (to even) at 1 and at float16's smallest subnormal 2^-24
+    ties = [1 + step / 2, 1 + 3 * step / 2, -1 - step / 2, 2.0 ** -25, 3 * 2.0 ** -25]
+    offsets.flat[:10] = [65519.0, 65520.0, np.inf, -np.inf, np.nan] + ties
+    x.flat[:10] = 0
+    offsets = offsets.astype("float32")
+    with np.errstate(over="ignore"):
+        want = (x.astype("float32") + offsets.reshape(1, 64, 64, 1)).astype(dtype)
+    y = emulated.mex(x, np.ones(1, "float32"), offsets, **one)
+    np.testing.assert_array_equal(y.astype("float32"), want.astype("float32"))
 
 
 def test_capi_rejects_a_bad_configuration(emulated):

@@ -115,18 +115,37 @@ def test_functional_model_with_learned_p_and_xi_gets_their_gradients(impl, rng):
     assert all(g is not None and np.any(np.asarray(g) != 0) for g in grads), names
 
 
-def test_mixed_precision_computes_in_float32(rng):
-    policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("mixed_float16")
-    try:
-        sim, mex = Similarity(3, 2), Mex(pool_size=2)
-        out = mex(sim(_input(rng).astype("float16")))
-        dtype = keras.backend.standardize_dtype
-        assert dtype(out.dtype) == "float16"
-        assert dtype(sim.templates.dtype) == "float32" and dtype(mex.xi_variable.dtype) == "float32"
-        assert np.all(np.isfinite(np.asarray(out, np.float32)))
-    finally:
-        keras.config.set_dtype_policy(policy)
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_keeps_the_compute_dtype(impl, rng, policy):
+    """Activations in the policy's compute dtype (the custom ops' T), variables and their gradients float32,
+    values those of the float32 layers within the compute dtype's rounding."""
+    import tensorflow as tf
+    dtype = keras.backend.standardize_dtype
+    compute = keras.DTypePolicy(policy).compute_dtype
+    make = [lambda **kw: Similarity(3, 2, **kw), lambda **kw: Mex(pool_size=2, offsets="shared", use_c=True, **kw)]
+    mixed, full = [f(dtype=policy) for f in make], [f() for f in make]
+    x = _input(rng)
+    hidden = mixed[0](x)
+    out = mixed[1](hidden)
+    full[1](full[0](x))
+    for a, b in zip(full, mixed):
+        a.set_weights(b.get_weights())
+    ref = full[1](full[0](x))
+    assert dtype(hidden.dtype) == dtype(out.dtype) == compute
+    assert all(dtype(v.dtype) == "float32" for layer in mixed for v in layer.weights)
+    scale = np.abs(np.asarray(ref)).max()
+    epsilon = {"float16": 2.0 ** -10, "bfloat16": 2.0 ** -7}[compute]
+    np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref), atol=4 * epsilon * scale)
+    variables = [v for layer in mixed for v in layer.trainable_variables]
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.cast(mixed[1](mixed[0](x)), tf.float32) ** 2)
+    grads = tape.gradient(loss, variables)
+    assert all(g.dtype == tf.float32 and np.all(np.isfinite(g)) and np.any(g != 0) for g in grads)
+    from kernelzoo.ops import api
+    if api.selected_implementation() == "custom":  # the ops run on the compute dtype, not a float32 copy
+        graph = tf.function(lambda t: mixed[1](mixed[0](t))).get_concrete_function(tf.TensorSpec(x.shape)).graph
+        types = {op.type: op.get_attr("T") for op in graph.get_operations() if op.type.startswith("Kernelzoo")}
+        assert types == {"KernelzooSimilarity": tf.as_dtype(compute), "KernelzooMex": tf.as_dtype(compute)}
 
 
 def test_saved_model_loads_in_a_fresh_process(tmp_path, rng):

@@ -51,6 +51,7 @@ struct WindowGeometry {
            WindowedOutputSize(in_w, k_w, s_w, same, &out_w, &pad_left);
   }
   KZ_HOST_DEVICE int64_t positions() const { return batch * out_h * out_w; }
+  KZ_HOST_DEVICE int64_t inputs() const { return batch * in_h * in_w * in_c; }  // entries of the input
   // Entries of one window over `channels` channels, capped so that per-thread
   // scratch buffers stay allocatable (a 'same' window may exceed the input).
   KZ_HOST_DEVICE bool WindowWithinLimit(int64_t channels) const {

@@ -26,6 +26,11 @@
 
 #include "geometry.h"
 
+#if defined(__CUDACC__)
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#endif
+
 namespace kernelzoo {
 namespace gpu {
 
@@ -159,6 +164,102 @@ KZ_HOST_DEVICE inline int64_t Div(int64_t a, int64_t b) {
 }
 KZ_HOST_DEVICE inline int64_t Mod(int64_t a, int64_t b) {
   return ((a | b) >> 31) == 0 ? static_cast<int64_t>(static_cast<uint32_t>(a) % static_cast<uint32_t>(b)) : a % b;
+}
+
+// Activation types: float, or the 16-bit storage types below (the bits of IEEE float16 and
+// bfloat16: Eigen::half / Eigen::bfloat16, __half / __nv_bfloat16, numpy's float16 and
+// ml_dtypes' bfloat16). Kernels load activations with ToFloat, compute in float, and store
+// with FromFloat<T> (round to nearest even; NaN stays NaN, overflow gives inf).
+struct Half {
+  uint16_t bits;
+};
+struct BFloat16 {
+  uint16_t bits;
+};
+
+KZ_HOST_DEVICE inline uint32_t FloatBits(float x) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(x);
+#else
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof(u));
+  return u;
+#endif
+}
+
+KZ_HOST_DEVICE inline float BitsFloat(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
+  float x;
+  std::memcpy(&x, &u, sizeof(x));
+  return x;
+#endif
+}
+
+KZ_HOST_DEVICE inline float ToFloat(float x) { return x; }
+
+KZ_HOST_DEVICE inline float ToFloat(Half h) {
+#if defined(__CUDA_ARCH__)
+  return __half2float(__ushort_as_half(h.bits));
+#else
+  const uint32_t sign = static_cast<uint32_t>(h.bits & 0x8000u) << 16;
+  const uint32_t exponent = (h.bits >> 10) & 0x1fu, mantissa = h.bits & 0x3ffu;
+  if (exponent == 0) {  // zero or subnormal: mantissa * 2^-24, exact in float
+    const float v = static_cast<float>(mantissa) * 5.9604644775390625e-8f;
+    return sign != 0 ? -v : v;
+  }
+  const uint32_t magnitude = exponent == 0x1fu ? 0x7f800000u | (mantissa << 13)  // inf, NaN
+                                               : ((exponent + 112u) << 23) | (mantissa << 13);
+  return BitsFloat(sign | magnitude);
+#endif
+}
+
+KZ_HOST_DEVICE inline float ToFloat(BFloat16 b) {
+#if defined(__CUDA_ARCH__)
+  return __bfloat162float(__ushort_as_bfloat16(b.bits));
+#else
+  return BitsFloat(static_cast<uint32_t>(b.bits) << 16);
+#endif
+}
+
+template <typename T>
+KZ_HOST_DEVICE T FromFloat(float x);
+
+template <>
+KZ_HOST_DEVICE inline float FromFloat<float>(float x) {
+  return x;
+}
+
+template <>
+KZ_HOST_DEVICE inline Half FromFloat<Half>(float x) {
+#if defined(__CUDA_ARCH__)
+  return Half{__half_as_ushort(__float2half_rn(x))};
+#else
+  uint32_t u = FloatBits(x);
+  const uint32_t sign = (u >> 16) & 0x8000u;
+  u &= 0x7fffffffu;
+  uint32_t bits;
+  if (u >= 0x47800000u) {  // |x| >= 2^16, inf or NaN
+    bits = u > 0x7f800000u ? 0x7e00u : 0x7c00u;
+  } else if (u < 0x38800000u) {  // |x| < 2^-14: subnormal or zero; adding 0.5 rounds to a multiple of 2^-24
+    bits = FloatBits(BitsFloat(u) + 0.5f) - 0x3f000000u;
+  } else {  // rebias the exponent and round the 13 dropped bits to nearest even (may carry into inf)
+    bits = (u + 0xc8000fffu + ((u >> 13) & 1u)) >> 13;
+  }
+  return Half{static_cast<uint16_t>(bits | sign)};
+#endif
+}
+
+template <>
+KZ_HOST_DEVICE inline BFloat16 FromFloat<BFloat16>(float x) {
+#if defined(__CUDA_ARCH__)
+  return BFloat16{__bfloat16_as_ushort(__float2bfloat16_rn(x))};
+#else
+  const uint32_t u = FloatBits(x);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return BFloat16{static_cast<uint16_t>((u >> 16) | 0x40u)};  // quiet NaN
+  return BFloat16{static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16)};
+#endif
 }
 
 // for (item = global thread index; item < count; item += grid size) inside a phase.

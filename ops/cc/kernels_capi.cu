@@ -6,7 +6,8 @@
 //    with the CPU kernels).
 // Configurations arrive as int64 arrays (layouts below, mirrored in capi.py);
 // every call validates them and returns 0, or an error code with a message
-// from kz_last_error().
+// from kz_last_error(). The activations (input, output, grad, grad_input) are
+// of the configuration's dtype (DType below), all other arrays float32.
 #include <cstdint>
 #include <cstdio>
 #include <string>
@@ -42,7 +43,19 @@ int Finish(const gpu::Launcher& l) {
   return 0;
 }
 
-// similarity config: {N, H, W, C, kh, kw, n, s_h, s_w, same, kind, ignore_nan}
+enum DType : int64_t { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+
+bool ValidDType(int64_t dtype) { return dtype >= kFloat32 && dtype <= kBFloat16; }
+
+// f(T()) with T the activation type of a valid dtype.
+template <typename F>
+auto WithActivation(int64_t dtype, F&& f) {
+  if (dtype == kFloat16) return f(gpu::Half());
+  if (dtype == kBFloat16) return f(gpu::BFloat16());
+  return f(float());
+}
+
+// similarity config: {N, H, W, C, kh, kw, n, s_h, s_w, same, kind, ignore_nan, dtype}
 bool SimilarityConfig(const int64_t* cfg, SimilarityParams* prm) {
   WindowGeometry& g = prm->geo;
   g.batch = cfg[0], g.in_h = cfg[1], g.in_w = cfg[2], g.in_c = cfg[3];
@@ -50,11 +63,11 @@ bool SimilarityConfig(const int64_t* cfg, SimilarityParams* prm) {
   prm->num_templates = cfg[6];
   prm->kind = static_cast<SimilarityKind>(cfg[10]);
   prm->ignore_nan = cfg[11] != 0;
-  if (cfg[10] < 0 || cfg[10] > 3) return false;
+  if (cfg[10] < 0 || cfg[10] > 3 || !ValidDType(cfg[12])) return false;
   return g.Init(cfg[9] != 0) && g.WindowWithinLimit(g.in_c);
 }
 
-// mex config: {N, H, W, C, K, bh, bw, bc, s_h, s_w, same, softmax, use_offsets, Rh, Rw, use_c}
+// mex config: {N, H, W, C, K, bh, bw, bc, s_h, s_w, same, softmax, use_offsets, Rh, Rw, use_c, dtype}
 bool MexConfig(const int64_t* cfg, MexParams* prm) {
   WindowGeometry& g = prm->geo;
   g.batch = cfg[0], g.in_h = cfg[1], g.in_w = cfg[2], g.in_c = cfg[3];
@@ -67,7 +80,8 @@ bool MexConfig(const int64_t* cfg, MexParams* prm) {
   prm->regions_w = cfg[12] ? cfg[14] : 1;
   prm->use_c = cfg[15] != 0;
   prm->allow_gemm = false;
-  if (prm->num_instances < 1 || prm->channel_block < 1 || g.in_c % prm->channel_block != 0) return false;
+  if (prm->num_instances < 1 || prm->channel_block < 1 || g.in_c % prm->channel_block != 0 || !ValidDType(cfg[16]))
+    return false;
   if (!g.Init(cfg[10] != 0) || !g.WindowWithinLimit(prm->channel_block)) return false;
   return prm->regions_h >= 1 && prm->regions_w >= 1 && prm->regions_h <= (g.out_h > 0 ? g.out_h : 1) &&
          prm->regions_w <= (g.out_w > 0 ? g.out_w : 1);
@@ -92,49 +106,63 @@ int64_t kz_similarity_workspace_bytes(const int64_t* cfg) {
   return SimilarityConfig(cfg, &prm) ? gpu::SimilarityBackwardWorkspaceBytes(prm) : -1;
 }
 
-int kz_similarity_forward(const int64_t* cfg, const int64_t* launch, const float* input,
-                          const float* templates, const float* weights, const float* p, float* output) {
+int kz_similarity_forward(const int64_t* cfg, const int64_t* launch, const void* input,
+                          const float* templates, const float* weights, const float* p, void* output) {
   SimilarityParams prm;
   if (!SimilarityConfig(cfg, &prm)) return Fail("invalid similarity configuration");
   const gpu::Launcher l = MakeLauncher(launch);
-  gpu::SimilarityForward(l, prm, input, templates, weights, p, output);
+  WithActivation(cfg[12], [&](auto type) {
+    using T = decltype(type);
+    gpu::SimilarityForward(l, prm, static_cast<const T*>(input), templates, weights, p, static_cast<T*>(output));
+  });
   return Finish(l);
 }
 
-int kz_similarity_backward(const int64_t* cfg, const int64_t* launch, const float* input,
+int kz_similarity_backward(const int64_t* cfg, const int64_t* launch, const void* input,
                            const float* templates, const float* weights, const float* p,
-                           const float* grad, float* grad_input, float* grad_templates,
+                           const void* grad, void* grad_input, float* grad_templates,
                            float* grad_weights, float* grad_p, void* workspace) {
   SimilarityParams prm;
   if (!SimilarityConfig(cfg, &prm)) return Fail("invalid similarity configuration");
   const gpu::Launcher l = MakeLauncher(launch);
-  gpu::SimilarityBackward(l, prm, input, templates, weights, p, grad, grad_input, grad_templates,
-                          grad_weights, grad_p, workspace);
+  WithActivation(cfg[12], [&](auto type) {
+    using T = decltype(type);
+    gpu::SimilarityBackward(l, prm, static_cast<const T*>(input), templates, weights, p,
+                            static_cast<const T*>(grad), static_cast<T*>(grad_input), grad_templates,
+                            grad_weights, grad_p, workspace);
+  });
   return Finish(l);
 }
 
 int64_t kz_mex_workspace_bytes(const int64_t* cfg) {
   MexParams prm;
-  return MexConfig(cfg, &prm) ? gpu::MexBackwardWorkspaceBytes(prm) : -1;
+  if (!MexConfig(cfg, &prm)) return -1;
+  return WithActivation(cfg[16], [&](auto type) { return gpu::MexBackwardWorkspaceBytes<decltype(type)>(prm); });
 }
 
-int kz_mex_forward(const int64_t* cfg, const int64_t* launch, const float* input, const float* xi,
-                   const float* offsets, const float* c, float* output) {
+int kz_mex_forward(const int64_t* cfg, const int64_t* launch, const void* input, const float* xi,
+                   const float* offsets, const float* c, void* output) {
   MexParams prm;
   if (!MexConfig(cfg, &prm)) return Fail("invalid mex configuration");
   const gpu::Launcher l = MakeLauncher(launch);
-  gpu::MexForward(l, prm, input, xi, offsets, c, output);
+  WithActivation(cfg[16], [&](auto type) {
+    using T = decltype(type);
+    gpu::MexForward(l, prm, static_cast<const T*>(input), xi, offsets, c, static_cast<T*>(output));
+  });
   return Finish(l);
 }
 
-int kz_mex_backward(const int64_t* cfg, const int64_t* launch, const float* input, const float* xi,
-                    const float* offsets, const float* c, const float* grad, float* grad_input,
+int kz_mex_backward(const int64_t* cfg, const int64_t* launch, const void* input, const float* xi,
+                    const float* offsets, const float* c, const void* grad, void* grad_input,
                     float* grad_xi, float* grad_offsets, float* grad_c, void* workspace) {
   MexParams prm;
   if (!MexConfig(cfg, &prm)) return Fail("invalid mex configuration");
   const gpu::Launcher l = MakeLauncher(launch);
-  gpu::MexBackward(l, prm, input, xi, offsets, c, grad, grad_input, grad_xi, grad_offsets, grad_c,
-                   workspace);
+  WithActivation(cfg[16], [&](auto type) {
+    using T = decltype(type);
+    gpu::MexBackward(l, prm, static_cast<const T*>(input), xi, offsets, c, static_cast<const T*>(grad),
+                     static_cast<T*>(grad_input), grad_xi, grad_offsets, grad_c, workspace);
+  });
   return Finish(l);
 }
 

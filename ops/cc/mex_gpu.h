@@ -11,8 +11,14 @@
 // The backward pass scatters each set's gradients with atomic adds: into
 // grad_input (float) and into double accumulators for xi, offsets and c,
 // converted to float at the end.
+// Activations (input, output, grad, grad_input) are of type T (float, Half or
+// BFloat16, gpu_shim.h), converted to float at the load and rounded to T at the
+// store. For T other than float, grad_input is accumulated in a float workspace
+// and rounded to T at the end.
 #ifndef KERNELZOO_OPS_CC_MEX_GPU_H_
 #define KERNELZOO_OPS_CC_MEX_GPU_H_
+
+#include <type_traits>
 
 #include "gpu_shim.h"
 #include "mex_functor.h"
@@ -23,8 +29,9 @@ namespace gpu {
 // The set of output (image, i, j), channel block cb, instance k: entry s < count
 // is input[image, y0 + a, x0 + b, cb * bc + cc] (+ offsets[region, k, a, b, cc]) for
 // the window entries inside the image, in (a, b, cc) order; entry `count` is c[k].
+template <typename T>
 struct MexSetView {
-  const float* img = nullptr;      // input at (image, y0 + a_lo, x0 + b_lo, cb * bc)
+  const T* img = nullptr;          // input at (image, y0 + a_lo, x0 + b_lo, cb * bc)
   const float* offsets = nullptr;  // offsets at (region, k, a_lo, b_lo, 0), or null
   int64_t in_w = 0, in_c = 0, k_w = 0;
   int bc = 0, width = 0, count = 0;  // width: valid columns; sets have < 2^24 + 1 entries (geometry.h)
@@ -40,7 +47,7 @@ struct MexSetView {
     if (s >= count) return c;
     int64_t in, off;
     Locate(static_cast<int>(s), &in, &off);
-    return offsets != nullptr ? img[in] + offsets[off] : img[in];
+    return offsets != nullptr ? ToFloat(img[in]) + offsets[off] : ToFloat(img[in]);
   }
 };
 
@@ -48,9 +55,10 @@ struct MexSetView {
 constexpr int64_t kMexLocalSet = 32;
 
 // Set `set` = ((image * out_h + i) * out_w + j) * nb + cb) * K + k, the output index.
-KZ_HOST_DEVICE inline MexSetView MakeSetView(const MexParams& prm, const float* input,
-                                             const float* offsets, const float* c, int64_t set,
-                                             int64_t* input_base, int64_t* offset_base) {
+template <typename T>
+KZ_HOST_DEVICE inline MexSetView<T> MakeSetView(const MexParams& prm, const T* input, const float* offsets,
+                                                const float* c, int64_t set, int64_t* input_base,
+                                                int64_t* offset_base) {
   const WindowGeometry& g = prm.geo;
   const int64_t K = prm.num_instances, nb = prm.num_blocks(), bc = prm.channel_block;
   const int64_t k = Mod(set, K), cb = Mod(Div(set, K), nb), pos = Div(set, K * nb);
@@ -59,7 +67,7 @@ KZ_HOST_DEVICE inline MexSetView MakeSetView(const MexParams& prm, const float* 
   const int64_t a_lo = y0 < 0 ? -y0 : 0, b_lo = x0 < 0 ? -x0 : 0;
   const int64_t a_hi = g.in_h - y0 < g.k_h ? g.in_h - y0 : g.k_h;
   const int64_t b_hi = g.in_w - x0 < g.k_w ? g.in_w - x0 : g.k_w;
-  MexSetView view;
+  MexSetView<T> view;
   view.in_w = g.in_w;
   view.in_c = g.in_c;
   view.k_w = g.k_w;
@@ -78,14 +86,15 @@ KZ_HOST_DEVICE inline MexSetView MakeSetView(const MexParams& prm, const float* 
   return view;
 }
 
-// Where gv[s] = x goes: grad_input, and the offsets' double accumulator; c's slot.
+// Where gv[s] = x goes: grad_input (float), and the offsets' double accumulator; c's slot.
+template <typename T>
 struct MexGradSink {
   struct Slot {
     const MexGradSink* sink;
     int64_t s;
     KZ_HOST_DEVICE void operator=(float x) const { sink->Add(s, x); }
   };
-  MexSetView view;
+  MexSetView<T> view;
   float* grad_input = nullptr;   // at the view's input base
   double* grad_offsets = nullptr;  // at the view's offset base, or null
   double* grad_c = nullptr;        // at instance k, or null
@@ -103,36 +112,38 @@ struct MexGradSink {
   }
 };
 
-KZ_GLOBAL void MexForwardKernel(MexParams prm, const float* input, const float* xi,
-                                const float* offsets, const float* c, float* output) {
+template <typename T>
+KZ_GLOBAL void MexForwardKernel(MexParams prm, const T* input, const float* xi, const float* offsets,
+                                const float* c, T* output) {
   const int64_t sets = prm.geo.positions() * prm.out_channels();
   KZ_FOR_THREADS(t) {
     KZ_GRID_STRIDE(set, t, sets) {
       int64_t input_base, offset_base;
-      const MexSetView v = MakeSetView(prm, input, offsets, c, set, &input_base, &offset_base);
+      const MexSetView<T> v = MakeSetView(prm, input, offsets, c, set, &input_base, &offset_base);
       const int64_t n = v.count + (prm.use_c ? 1 : 0);
       const float x = xi[Mod(set, prm.num_instances)];
       if (n > 0 && n <= kMexLocalSet) {  // small sets: read each entry once
         float local[kMexLocalSet];
         for (int64_t s = 0; s < n; ++s) local[s] = v[s];
-        output[set] = MexSetForward(local, n, x, prm.softmax_mode).value;
+        output[set] = FromFloat<T>(MexSetForward(local, n, x, prm.softmax_mode).value);
       } else {
-        output[set] = n > 0 ? MexSetForward(v, n, x, prm.softmax_mode).value : NAN;
+        output[set] = FromFloat<T>(n > 0 ? MexSetForward(v, n, x, prm.softmax_mode).value : NAN);
       }
     }
   }
 }
 
-// ws: K doubles for xi, then (if used) the offsets' and K for c, all zeroed.
-KZ_GLOBAL void MexBackwardKernel(MexParams prm, const float* input, const float* xi,
-                                 const float* offsets, const float* c, const float* grad,
-                                 float* grad_input, double* ws) {
+// ws: K doubles for xi, then (if used) the offsets' and K for c, all zeroed. grad_input:
+// float, zeroed (the op's output for T = float, else a workspace).
+template <typename T>
+KZ_GLOBAL void MexBackwardKernel(MexParams prm, const T* input, const float* xi, const float* offsets,
+                                 const float* c, const T* grad, float* grad_input, double* ws) {
   const int64_t K = prm.num_instances, sets = prm.geo.positions() * prm.out_channels();
   double* ws_offsets = ws + K;
   double* ws_c = ws_offsets + (prm.use_offsets ? prm.regions_h * prm.regions_w * K * prm.block_size() : 0);
   KZ_FOR_THREADS(t) {
     KZ_GRID_STRIDE(set, t, sets) {
-      MexGradSink sink;
+      MexGradSink<T> sink;
       int64_t input_base, offset_base;
       sink.view = MakeSetView(prm, input, offsets, c, set, &input_base, &offset_base);
       const int64_t n = sink.view.count + (prm.use_c ? 1 : 0);
@@ -146,63 +157,73 @@ KZ_GLOBAL void MexBackwardKernel(MexParams prm, const float* input, const float*
         float local[kMexLocalSet];
         for (int64_t s = 0; s < n; ++s) local[s] = sink.view[s];
         const MexSetState st = MexSetForward(local, n, xi[k], prm.softmax_mode);
-        dxi = MexSetBackward(local, n, xi[k], prm.softmax_mode, st, grad[set], sink);
+        dxi = MexSetBackward(local, n, xi[k], prm.softmax_mode, st, ToFloat(grad[set]), sink);
       } else {
         const MexSetState st = MexSetForward(sink.view, n, xi[k], prm.softmax_mode);
-        dxi = MexSetBackward(sink.view, n, xi[k], prm.softmax_mode, st, grad[set], sink);
+        dxi = MexSetBackward(sink.view, n, xi[k], prm.softmax_mode, st, ToFloat(grad[set]), sink);
       }
       AtomicAdd(ws + k, dxi);
     }
   }
 }
 
-KZ_GLOBAL void DoubleToFloatKernel(const double* from, int64_t count, float* to) {
+// to[i] = from[i] as float (double: rounded to float), then rounded to To.
+template <typename From, typename To>
+KZ_GLOBAL void ConvertKernel(const From* from, int64_t count, To* to) {
   KZ_FOR_THREADS(t) {
-    KZ_GRID_STRIDE(idx, t, count) { to[idx] = static_cast<float>(from[idx]); }
+    KZ_GRID_STRIDE(idx, t, count) { to[idx] = FromFloat<To>(static_cast<float>(from[idx])); }
   }
 }
 
 // output (N, out_h, out_w, nb * K). Device pointers (host pointers in the emulation);
 // offsets / c may be null when unused.
-inline void MexForward(const Launcher& launch, const MexParams& prm, const float* input,
-                       const float* xi, const float* offsets, const float* c, float* output) {
+template <typename T>
+void MexForward(const Launcher& launch, const MexParams& prm, const T* input, const float* xi,
+                const float* offsets, const float* c, T* output) {
   const int64_t sets = prm.geo.positions() * prm.out_channels();
   const int threads = launch.max_threads;
-  launch(MexForwardKernel, BlocksFor(launch, sets, threads), threads, prm, input, xi, offsets, c, output);
+  launch(MexForwardKernel<T>, BlocksFor(launch, sets, threads), threads, prm, input, xi, offsets, c, output);
 }
 
 inline int64_t MexOffsetsSize(const MexParams& prm) {
   return prm.use_offsets ? prm.regions_h * prm.regions_w * prm.num_instances * prm.block_size() : 0;
 }
 
-// Bytes of device scratch MexBackward needs.
-inline int64_t MexBackwardWorkspaceBytes(const MexParams& prm) {
+// Bytes of device scratch MexBackward<T> needs: the double accumulators, then for T other than
+// float the float grad_input.
+template <typename T>
+int64_t MexBackwardWorkspaceBytes(const MexParams& prm) {
   const int64_t K = prm.num_instances;
-  return (K + MexOffsetsSize(prm) + (prm.use_c ? K : 0)) * static_cast<int64_t>(sizeof(double));
+  const int64_t doubles = K + MexOffsetsSize(prm) + (prm.use_c ? K : 0);
+  const int64_t floats = std::is_same<T, float>::value ? 0 : prm.geo.inputs();
+  return doubles * static_cast<int64_t>(sizeof(double)) + floats * static_cast<int64_t>(sizeof(float));
 }
 
 // Gradients w.r.t. input, xi, and offsets / c when used (null otherwise); all overwritten.
-inline void MexBackward(const Launcher& launch, const MexParams& prm, const float* input,
-                        const float* xi, const float* offsets, const float* c, const float* grad,
-                        float* grad_input, float* grad_xi, float* grad_offsets, float* grad_c,
-                        void* workspace) {
-  const WindowGeometry& g = prm.geo;
-  const int64_t K = prm.num_instances, sets = g.positions() * prm.out_channels();
-  const int64_t ws_count = MexBackwardWorkspaceBytes(prm) / static_cast<int64_t>(sizeof(double));
+template <typename T>
+void MexBackward(const Launcher& launch, const MexParams& prm, const T* input, const float* xi,
+                 const float* offsets, const float* c, const T* grad, T* grad_input, float* grad_xi,
+                 float* grad_offsets, float* grad_c, void* workspace) {
+  const int64_t K = prm.num_instances, sets = prm.geo.positions() * prm.out_channels();
+  const int64_t off = MexOffsetsSize(prm), ws_count = K + off + (prm.use_c ? K : 0), inputs = prm.geo.inputs();
   const int threads = launch.max_threads;
   double* ws = static_cast<double*>(workspace);
-  launch.Zero(grad_input, g.batch * g.in_h * g.in_w * g.in_c);
+  constexpr bool kFloat = std::is_same<T, float>::value;
+  float* grad_input_float = kFloat ? reinterpret_cast<float*>(grad_input) : reinterpret_cast<float*>(ws + ws_count);
+  launch.Zero(grad_input_float, inputs);
   launch.Zero(ws, ws_count);
-  launch(MexBackwardKernel, BlocksFor(launch, sets, threads), threads, prm, input, xi, offsets, c, grad,
-         grad_input, ws);
-  launch(DoubleToFloatKernel, BlocksFor(launch, K, threads), threads, static_cast<const double*>(ws), K,
+  launch(MexBackwardKernel<T>, BlocksFor(launch, sets, threads), threads, prm, input, xi, offsets, c, grad,
+         grad_input_float, ws);
+  if (!kFloat)
+    launch(ConvertKernel<float, T>, BlocksFor(launch, inputs, threads), threads,
+           static_cast<const float*>(grad_input_float), inputs, grad_input);
+  launch(ConvertKernel<double, float>, BlocksFor(launch, K, threads), threads, static_cast<const double*>(ws), K,
          grad_xi);
-  const int64_t off = MexOffsetsSize(prm);
   if (prm.use_offsets)
-    launch(DoubleToFloatKernel, BlocksFor(launch, off, threads), threads, static_cast<const double*>(ws + K),
-           off, grad_offsets);
+    launch(ConvertKernel<double, float>, BlocksFor(launch, off, threads), threads,
+           static_cast<const double*>(ws + K), off, grad_offsets);
   if (prm.use_c)
-    launch(DoubleToFloatKernel, BlocksFor(launch, K, threads), threads,
+    launch(ConvertKernel<double, float>, BlocksFor(launch, K, threads), threads,
            static_cast<const double*>(ws + K + off), K, grad_c);
 }
 

@@ -1207,21 +1207,41 @@ struct MexGradFunctor<CPUDevice> {
 };
 
 // ================================================================= OpKernels
-template <>
-void RunMex<CPUDevice>(::tensorflow::OpKernelContext* ctx, const MexParams& prm, const float* input,
-                       const float* xi, const float* offsets, const float* c, float* output) {
-  MexFunctor<CPUDevice>()(ctx->eigen_cpu_device(), prm, input, xi, offsets, c, output);
-}
+// float16 / bfloat16 activations run the float32 kernels on float32 copies (FloatActivations).
+template <typename T>
+struct MexCompute<CPUDevice, T> {
+  static void Forward(::tensorflow::OpKernelContext* ctx, const MexParams& prm, const T* input, const float* xi,
+                      const float* offsets, const float* c, T* output) {
+    FloatActivations<T> act(ctx);
+    const float* x = act.In(input, prm.geo.inputs());
+    float* out = act.Out(output, prm.geo.positions() * prm.out_channels());
+    OP_REQUIRES_OK(ctx, act.status());
+    MexFunctor<CPUDevice>()(ctx->eigen_cpu_device(), prm, x, xi, offsets, c, out);
+    act.Finish();
+  }
 
-template <>
-void RunMexGrad<CPUDevice>(::tensorflow::OpKernelContext* ctx, const MexParams& prm, const float* input,
-                           const float* xi, const float* offsets, const float* c, const float* grad,
-                           float* grad_input, float* grad_xi, float* grad_offsets, float* grad_c) {
-  MexGradFunctor<CPUDevice>()(ctx->eigen_cpu_device(), prm, input, xi, offsets, c, grad, grad_input,
-                              grad_xi, grad_offsets, grad_c);
-}
+  static void Backward(::tensorflow::OpKernelContext* ctx, const MexParams& prm, const T* input, const float* xi,
+                       const float* offsets, const float* c, const T* grad, T* grad_input, float* grad_xi,
+                       float* grad_offsets, float* grad_c) {
+    FloatActivations<T> act(ctx);
+    const float* x = act.In(input, prm.geo.inputs());
+    const float* g = act.In(grad, prm.geo.positions() * prm.out_channels());
+    float* gx = act.Out(grad_input, prm.geo.inputs());
+    OP_REQUIRES_OK(ctx, act.status());
+    MexGradFunctor<CPUDevice>()(ctx->eigen_cpu_device(), prm, x, xi, offsets, c, g, gx, grad_xi, grad_offsets,
+                                grad_c);
+    act.Finish();
+  }
+};
 
-REGISTER_KERNEL_BUILDER(Name("KernelzooMex").Device(::tensorflow::DEVICE_CPU), MexOp<CPUDevice>);
-REGISTER_KERNEL_BUILDER(Name("KernelzooMexGrad").Device(::tensorflow::DEVICE_CPU), MexGradOp<CPUDevice>);
+#define KZ_REGISTER_CPU(T)                                                                                    \
+  REGISTER_KERNEL_BUILDER(Name("KernelzooMex").Device(::tensorflow::DEVICE_CPU).TypeConstraint<T>("T"),      \
+                          MexOp<CPUDevice, T>);                                                               \
+  REGISTER_KERNEL_BUILDER(Name("KernelzooMexGrad").Device(::tensorflow::DEVICE_CPU).TypeConstraint<T>("T"),  \
+                          MexGradOp<CPUDevice, T>);
+KZ_REGISTER_CPU(float);
+KZ_REGISTER_CPU(Eigen::half);
+KZ_REGISTER_CPU(Eigen::bfloat16);
+#undef KZ_REGISTER_CPU
 
 }  // namespace kernelzoo

@@ -15,29 +15,38 @@ namespace kernelzoo {
 
 using GPUDevice = Eigen::GpuDevice;
 
-template <>
-void RunMex<GPUDevice>(::tensorflow::OpKernelContext* ctx, const MexParams& prm, const float* input,
-                       const float* xi, const float* offsets, const float* c, float* output) {
-  const gpu::Launcher launch = StreamLauncher(ctx);
-  gpu::MexForward(launch, prm, input, xi, offsets, c, output);
-  CheckLaunch(ctx, launch, "KernelzooMex");
-}
+template <typename T>
+struct MexCompute<GPUDevice, T> {
+  static void Forward(::tensorflow::OpKernelContext* ctx, const MexParams& prm, const T* input, const float* xi,
+                      const float* offsets, const float* c, T* output) {
+    const gpu::Launcher launch = StreamLauncher(ctx);
+    gpu::MexForward(launch, prm, GpuData(input), xi, offsets, c, GpuData(output));
+    CheckLaunch(ctx, launch, "KernelzooMex");
+  }
 
-template <>
-void RunMexGrad<GPUDevice>(::tensorflow::OpKernelContext* ctx, const MexParams& prm, const float* input,
-                           const float* xi, const float* offsets, const float* c, const float* grad,
-                           float* grad_input, float* grad_xi, float* grad_offsets, float* grad_c) {
-  ::tensorflow::Tensor holder;
-  void* workspace = nullptr;
-  OP_REQUIRES_OK(ctx, AllocateWorkspace(ctx, gpu::MexBackwardWorkspaceBytes(prm), &holder, &workspace));
-  const gpu::Launcher launch = StreamLauncher(ctx);
-  gpu::MexBackward(launch, prm, input, xi, offsets, c, grad, grad_input, grad_xi, grad_offsets, grad_c,
-                   workspace);
-  CheckLaunch(ctx, launch, "KernelzooMexGrad");
-}
+  static void Backward(::tensorflow::OpKernelContext* ctx, const MexParams& prm, const T* input, const float* xi,
+                       const float* offsets, const float* c, const T* grad, T* grad_input, float* grad_xi,
+                       float* grad_offsets, float* grad_c) {
+    using Gpu = typename GpuActivation<T>::type;
+    ::tensorflow::Tensor holder;
+    void* workspace = nullptr;
+    OP_REQUIRES_OK(ctx, AllocateWorkspace(ctx, gpu::MexBackwardWorkspaceBytes<Gpu>(prm), &holder, &workspace));
+    const gpu::Launcher launch = StreamLauncher(ctx);
+    gpu::MexBackward(launch, prm, GpuData(input), xi, offsets, c, GpuData(grad), GpuData(grad_input), grad_xi,
+                     grad_offsets, grad_c, workspace);
+    CheckLaunch(ctx, launch, "KernelzooMexGrad");
+  }
+};
 
-REGISTER_KERNEL_BUILDER(Name("KernelzooMex").Device(::tensorflow::DEVICE_GPU), MexOp<GPUDevice>);
-REGISTER_KERNEL_BUILDER(Name("KernelzooMexGrad").Device(::tensorflow::DEVICE_GPU), MexGradOp<GPUDevice>);
+#define KZ_REGISTER_GPU(T)                                                                                    \
+  REGISTER_KERNEL_BUILDER(Name("KernelzooMex").Device(::tensorflow::DEVICE_GPU).TypeConstraint<T>("T"),      \
+                          MexOp<GPUDevice, T>);                                                               \
+  REGISTER_KERNEL_BUILDER(Name("KernelzooMexGrad").Device(::tensorflow::DEVICE_GPU).TypeConstraint<T>("T"),  \
+                          MexGradOp<GPUDevice, T>);
+KZ_REGISTER_GPU(float);
+KZ_REGISTER_GPU(Eigen::half);
+KZ_REGISTER_GPU(Eigen::bfloat16);
+#undef KZ_REGISTER_GPU
 
 }  // namespace kernelzoo
 

@@ -2,11 +2,13 @@
 // attrs, input validation, output allocation, the check on `grad` and the
 // zero gradients of unused inputs (offsets, c) live here once, for the CPU
 // kernels (mex_kernels.cc) and the GPU kernels (mex_kernels.cu.cc). Each
-// device supplies the compute:
+// device supplies the compute by specialising MexCompute<Device, T> for every
+// activation type T (the attr T: float, Eigen::half or Eigen::bfloat16; input,
+// output, grad and grad_input are T, everything else float):
 //
-//   template <> void RunMex<Device>(ctx, prm, input, xi, offsets, c, output);
-//   template <> void RunMexGrad<Device>(ctx, prm, input, xi, offsets, c, grad,
-//                                       grad_input, grad_xi, grad_offsets, grad_c);
+//   Forward(ctx, prm, input, xi, offsets, c, output);
+//   Backward(ctx, prm, input, xi, offsets, c, grad,
+//            grad_input, grad_xi, grad_offsets, grad_c);
 //
 // on the tensors' data (validated, in the device's memory; offsets, c and
 // their gradients null when unused), which fill every output it is given
@@ -28,14 +30,8 @@
 
 namespace kernelzoo {
 
-template <typename Device>
-void RunMex(::tensorflow::OpKernelContext* ctx, const MexParams& prm, const float* input, const float* xi,
-            const float* offsets, const float* c, float* output);
-
-template <typename Device>
-void RunMexGrad(::tensorflow::OpKernelContext* ctx, const MexParams& prm, const float* input,
-                const float* xi, const float* offsets, const float* c, const float* grad,
-                float* grad_input, float* grad_xi, float* grad_offsets, float* grad_c);
+template <typename Device, typename T>
+struct MexCompute;
 
 class MexOpBase : public ::tensorflow::OpKernel {
  public:
@@ -140,7 +136,7 @@ class MexOpBase : public ::tensorflow::OpKernel {
   bool same_ = false, softmax_mode_ = false, use_offsets_ = false, use_c_ = false, gemm_ = true;
 };
 
-template <typename Device>
+template <typename Device, typename T>
 class MexOp : public MexOpBase {
  public:
   using MexOpBase::MexOpBase;
@@ -150,13 +146,13 @@ class MexOp : public MexOpBase {
     OP_REQUIRES_OK(ctx, Prepare(ctx, &prm));
     ::tensorflow::Tensor* output = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, OutputShape(prm), &output));
-    RunMex<Device>(ctx, prm, InputData(ctx, 0), InputData(ctx, 1),
-                   use_offsets_ ? InputData(ctx, 2) : nullptr, use_c_ ? InputData(ctx, 3) : nullptr,
-                   output->flat<float>().data());
+    MexCompute<Device, T>::Forward(ctx, prm, InputData<T>(ctx, 0), InputData(ctx, 1),
+                                   use_offsets_ ? InputData(ctx, 2) : nullptr,
+                                   use_c_ ? InputData(ctx, 3) : nullptr, output->flat<T>().data());
   }
 };
 
-template <typename Device>
+template <typename Device, typename T>
 class MexGradOp : public MexOpBase {
  public:
   using MexOpBase::MexOpBase;
@@ -170,11 +166,12 @@ class MexGradOp : public MexOpBase {
     // The gradients of unused inputs are zeros of their shape (the device functions skip them).
     if (!use_offsets_ && grads[2]->NumElements() > 0) SetZero<Device>(ctx, grads[2]);
     if (!use_c_ && grads[3]->NumElements() > 0) SetZero<Device>(ctx, grads[3]);
-    RunMexGrad<Device>(ctx, prm, InputData(ctx, 0), InputData(ctx, 1),
-                       use_offsets_ ? InputData(ctx, 2) : nullptr, use_c_ ? InputData(ctx, 3) : nullptr,
-                       InputData(ctx, 4), grads[0]->flat<float>().data(), grads[1]->flat<float>().data(),
-                       use_offsets_ ? grads[2]->flat<float>().data() : nullptr,
-                       use_c_ ? grads[3]->flat<float>().data() : nullptr);
+    MexCompute<Device, T>::Backward(ctx, prm, InputData<T>(ctx, 0), InputData(ctx, 1),
+                                    use_offsets_ ? InputData(ctx, 2) : nullptr,
+                                    use_c_ ? InputData(ctx, 3) : nullptr, InputData<T>(ctx, 4),
+                                    grads[0]->flat<T>().data(), grads[1]->flat<float>().data(),
+                                    use_offsets_ ? grads[2]->flat<float>().data() : nullptr,
+                                    use_c_ ? grads[3]->flat<float>().data() : nullptr);
   }
 };
 

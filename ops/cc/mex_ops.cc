@@ -75,11 +75,11 @@ Status MexGradShape(InferenceContext* c) {
 }  // namespace
 
 REGISTER_OP("KernelzooMex")
-    .Input("input: float")
+    .Input("input: T")
     .Input("xi: float")
     .Input("offsets: float")
     .Input("c: float")
-    .Output("output: float")
+    .Output("output: T")
     .Attr("num_instances: int >= 1")
     .Attr("pool_size: list(int)")
     .Attr("channel_block: int >= 1")
@@ -89,6 +89,7 @@ REGISTER_OP("KernelzooMex")
     .Attr("use_offsets: bool = false")
     .Attr("use_c: bool = false")
     .Attr("gemm: bool = true")
+    .Attr("T: {float, half, bfloat16} = DT_FLOAT")
     .SetShapeFn(MexShape)
     .Doc(R"doc(
 SimNets MEX layer: out[n, i, j, b*K + k] = MEX_{xi[k]} of the set
@@ -100,15 +101,18 @@ gemm: allow the exp-domain GEMM form of the class-wise MEX (pool 1x1, >= 32
 channels per block, >= 2 instances with one shared xi; see mex_functor.h);
 false keeps the direct form everywhere (tests, benchmarks). Same values
 within float rounding either way.
+T: the activations' type (input, output): float, half or bfloat16; xi, offsets
+and c are float, and the sets are reduced in float (sums in double), rounded
+to T once at the end.
 )doc");
 
 REGISTER_OP("KernelzooMexGrad")
-    .Input("input: float")
+    .Input("input: T")
     .Input("xi: float")
     .Input("offsets: float")
     .Input("c: float")
-    .Input("grad: float")
-    .Output("grad_input: float")
+    .Input("grad: T")
+    .Output("grad_input: T")
     .Output("grad_xi: float")
     .Output("grad_offsets: float")
     .Output("grad_c: float")
@@ -121,10 +125,12 @@ REGISTER_OP("KernelzooMexGrad")
     .Attr("use_offsets: bool = false")
     .Attr("use_c: bool = false")
     .Attr("gemm: bool = true")
+    .Attr("T: {float, half, bfloat16} = DT_FLOAT")
     .SetShapeFn(MexGradShape)
     .Doc(R"doc(
 Gradients of KernelzooMex w.r.t. input, xi, offsets and c (zeros of the given
-shapes when offsets / c are unused). gemm: as for KernelzooMex.
+shapes when offsets / c are unused). gemm: as for KernelzooMex. grad and
+grad_input are T, the parameters' gradients float.
 )doc");
 
 }  // namespace kernelzoo

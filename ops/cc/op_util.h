@@ -5,6 +5,8 @@
 #define KERNELZOO_OPS_CC_OP_UTIL_H_
 
 #include <cstdint>
+#include <type_traits>
+#include <vector>
 
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
@@ -16,9 +18,10 @@
 
 namespace kernelzoo {
 
-// The float data of input i of the op (device memory on the op's device).
-inline const float* InputData(::tensorflow::OpKernelContext* ctx, int i) {
-  return ctx->input(i).flat<float>().data();
+// The data of input i of the op, of type T (device memory on the op's device).
+template <typename T = float>
+const T* InputData(::tensorflow::OpKernelContext* ctx, int i) {
+  return ctx->input(i).flat<T>().data();
 }
 
 // Allocates outputs 0 .. count-1 with the shapes of inputs 0 .. count-1 (the gradient ops).
@@ -44,7 +47,91 @@ void SetZero(::tensorflow::OpKernelContext* ctx, ::tensorflow::Tensor* t) {
   t->flat<float>().device(ctx->eigen_device<Device>()) = t->flat<float>().constant(0.f);
 }
 
+// For the CPU kernels, which compute in float32: float32 copies of activations of type T
+// (float, Eigen::half, Eigen::bfloat16) and float32 buffers for outputs of type T, rounded
+// to T by Finish(). For T = float the data itself, so float32 results are unchanged.
+template <typename T>
+class FloatActivations {
+ public:
+  explicit FloatActivations(::tensorflow::OpKernelContext* ctx) : ctx_(ctx) {}
+
+  // `count` values as float (null after a failed allocation: see status()).
+  const float* In(const T* data, int64_t count) {
+    if constexpr (std::is_same<T, float>::value) {
+      return data;
+    } else {
+      float* copy = Allocate(count);
+      if (copy != nullptr) Map(copy, count).device(ctx_->eigen_cpu_device()) = Map(data, count).template cast<float>();
+      return copy;
+    }
+  }
+
+  // A float buffer for `count` output values, rounded into `data` by Finish().
+  float* Out(T* data, int64_t count) {
+    if constexpr (std::is_same<T, float>::value) {
+      return data;
+    } else {
+      float* buffer = Allocate(count);
+      if (buffer != nullptr) outputs_.push_back({buffer, data, count});
+      return buffer;
+    }
+  }
+
+  const absl::Status& status() const { return status_; }
+
+  void Finish() {
+    for (const Output& out : outputs_) {
+      Map(out.data, out.count).device(ctx_->eigen_cpu_device()) = Map(out.buffer, out.count).template cast<T>();
+    }
+  }
+
+ private:
+  struct Output {
+    const float* buffer;
+    T* data;
+    int64_t count;
+  };
+
+  template <typename U>
+  static auto Map(U* data, int64_t count) {
+    return Eigen::TensorMap<Eigen::Tensor<U, 1, Eigen::RowMajor>>(data, count);
+  }
+
+  float* Allocate(int64_t count) {
+    temps_.emplace_back();
+    status_.Update(ctx_->allocate_temp(::tensorflow::DT_FLOAT, ::tensorflow::TensorShape({count}), &temps_.back()));
+    return status_.ok() ? temps_.back().flat<float>().data() : nullptr;
+  }
+
+  ::tensorflow::OpKernelContext* ctx_;
+  std::vector<::tensorflow::Tensor> temps_;
+  std::vector<Output> outputs_;
+  absl::Status status_;
+};
+
 #if defined(__CUDACC__)
+// The gpu_shim.h type with the bits of activation type T.
+template <typename T>
+struct GpuActivation {
+  using type = T;  // float
+};
+template <>
+struct GpuActivation<Eigen::half> {
+  using type = gpu::Half;
+};
+template <>
+struct GpuActivation<Eigen::bfloat16> {
+  using type = gpu::BFloat16;
+};
+
+// Activation data of type T as the GPU kernels' type.
+template <typename T>
+auto* GpuData(T* data) {
+  using Gpu = typename GpuActivation<typename std::remove_const<T>::type>::type;
+  static_assert(sizeof(Gpu) == sizeof(T), "the GPU activation type must have the bits of T");
+  return reinterpret_cast<typename std::conditional<std::is_const<T>::value, const Gpu, Gpu>::type*>(data);
+}
+
 // A launcher on the op's CUDA stream.
 inline gpu::Launcher StreamLauncher(::tensorflow::OpKernelContext* ctx) {
   gpu::Launcher launch;

@@ -9,6 +9,9 @@
 // each thread accumulates a 4 x 4 register tile.
 // Backward: tiled the same way (see "backward" below); no atomics, so results
 // do not depend on scheduling.
+// Activations (input, output, grad, grad_input) are of type T (float, Half or
+// BFloat16, gpu_shim.h), converted to float at the load and rounded to T at the
+// store; parameters, their gradients and all accumulation are float.
 #ifndef KERNELZOO_OPS_CC_SIMILARITY_GPU_H_
 #define KERNELZOO_OPS_CC_SIMILARITY_GPU_H_
 
@@ -25,15 +28,15 @@ constexpr int kPadP = 4;             // row padding of the patch tile (fewer ban
 
 // Patch entry d = (a * k_w + b) * C + c of output position pos, or `pad`
 // outside the image.
-KZ_HOST_DEVICE inline float PatchEntry(const WindowGeometry& g, const float* input, int64_t pos, int64_t d,
-                                       float pad) {
+template <typename T>
+KZ_HOST_DEVICE inline float PatchEntry(const WindowGeometry& g, const T* input, int64_t pos, int64_t d, float pad) {
   const int64_t j = Mod(pos, g.out_w), rest = Div(pos, g.out_w);
   const int64_t i = Mod(rest, g.out_h), n = Div(rest, g.out_h);
   const int64_t c = Mod(d, g.in_c), ab = Div(d, g.in_c);
   const int64_t b = Mod(ab, g.k_w), a = Div(ab, g.k_w);
   const int64_t y = g.row0(i) + a, x = g.col0(j) + b;
   if (y < 0 || y >= g.in_h || x < 0 || x >= g.in_w) return pad;
-  return input[((n * g.in_h + y) * g.in_w + x) * g.in_c + c];
+  return ToFloat(input[((n * g.in_h + y) * g.in_w + x) * g.in_c + c]);
 }
 
 // |t|^p for the forward pass: exp2(p log2|t|) with the fast log2 (relative error ~1e-6 p),
@@ -55,10 +58,10 @@ KZ_HOST_DEVICE inline float PowAbs(float t, float p) {
 //   l2:     us = u, zs = -2 u z, cz = u z^2  term us x^2 + zs x, plus sum_d cz: -phi u expanded
 //   l1, lp: us = u, zs = z                 term us |x - z|^p  (-phi u)
 // With ignore_nan, l2 takes the direct term us (x - z)^2 and NaN entries are skipped.
-template <int kKind, bool kIgnoreNaN>
-KZ_GLOBAL void KZ_LAUNCH_BOUNDS(kTileThreads, 2) SimilarityForwardKernel(SimilarityParams prm, const float* input,
+template <int kKind, bool kIgnoreNaN, typename T>
+KZ_GLOBAL void KZ_LAUNCH_BOUNDS(kTileThreads, 2) SimilarityForwardKernel(SimilarityParams prm, const T* input,
                                        const float* templates, const float* weights,
-                                       const float* p, float* output) {
+                                       const float* p, T* output) {
   const WindowGeometry& g = prm.geo;
   const int64_t positions = g.positions(), n = prm.num_templates, D = prm.patch_size();
   const int64_t tiles_l = (n + kTileL - 1) / kTileL;
@@ -102,7 +105,7 @@ KZ_GLOBAL void KZ_LAUNCH_BOUNDS(kTileThreads, 2) SimilarityForwardKernel(Similar
           if (d < D) {
             const int64_t y = p_y0[pp] + a, x = p_x0[pp] + b;
             v = (y < 0 || y >= g.in_h || x < 0 || x >= g.in_w) ? pad
-                : input[p_base[pp] + (y * g.in_w + x) * g.in_c + c];
+                : ToFloat(input[p_base[pp] + (y * g.in_w + x) * g.in_c + c]);
           }
           xs[dd][pp] = v;
         }
@@ -174,7 +177,7 @@ KZ_GLOBAL void KZ_LAUNCH_BOUNDS(kTileThreads, 2) SimilarityForwardKernel(Similar
         for (int s = 0; s < kRegL; ++s) {
           const int64_t l = l0 + tx * kRegL + s;
           const float extra = kExpand ? cs[tx * kRegL + s] : 0.f;
-          if (l < n) output[pos * n + l] = sign * (KZ_REG(acc, t)[r][s] + extra);
+          if (l < n) output[pos * n + l] = FromFloat<T>(sign * (KZ_REG(acc, t)[r][s] + extra));
         }
       }
     }
@@ -216,10 +219,10 @@ KZ_HOST_DEVICE inline float WeightedDx(float gu, float x, float z, float p) {
 //                 l2      acc += g u, acc2 += g (u z)         G = -2 (x acc - acc2)
 //                 others  acc += g u dphi/dx                  G = acc
 // With ignore_nan, NaN entries get G = 0.
-template <int kKind, bool kIgnoreNaN>
+template <int kKind, bool kIgnoreNaN, typename T>
 KZ_GLOBAL void KZ_LAUNCH_BOUNDS(kTileThreads, 2) SimilarityPatchGradKernel(
-    SimilarityParams prm, int64_t pos0, int64_t count, const float* input, const float* templates,
-    const float* weights, const float* p, const float* grad, float* gpatch) {
+    SimilarityParams prm, int64_t pos0, int64_t count, const T* input, const float* templates,
+    const float* weights, const float* p, const T* grad, float* gpatch) {
   const WindowGeometry& g = prm.geo;
   const int64_t n = prm.num_templates, D = prm.patch_size();
   const int64_t tiles_d = (D + kGradTile - 1) / kGradTile;
@@ -249,7 +252,7 @@ KZ_GLOBAL void KZ_LAUNCH_BOUNDS(kTileThreads, 2) SimilarityPatchGradKernel(
         for (int e = t; e < kGradChunk * kGradTile; e += kTileThreads) {
           const int ll = e % kGradChunk, i = e / kGradChunk;
           const int64_t l = l0 + ll, pos = p0 + i, d = d0 + i;
-          gs[ll][i] = (l < n && pos < count) ? grad[(pos0 + pos) * n + l] : 0.f;
+          gs[ll][i] = (l < n && pos < count) ? ToFloat(grad[(pos0 + pos) * n + l]) : 0.f;
           const float u = (l < n && d < D) ? weights[d * n + l] : 0.f;
           const float z = (l < n && d < D) ? templates[d * n + l] : 0.f;
           us[ll][i] = u;
@@ -304,8 +307,9 @@ KZ_GLOBAL void KZ_LAUNCH_BOUNDS(kTileThreads, 2) SimilarityPatchGradKernel(
 
 // grad_input of images [image0, image0 + images): each entry sums gpatch over the windows
 // covering it (gpatch of the batch's positions, as SimilarityPatchGradKernel wrote it).
+template <typename T>
 KZ_GLOBAL void SimilarityGatherKernel(SimilarityParams prm, int64_t image0, int64_t images,
-                                      const float* gpatch, float* grad_input) {
+                                      const float* gpatch, T* grad_input) {
   const WindowGeometry& g = prm.geo;
   const int64_t D = prm.patch_size(), per_image = g.in_h * g.in_w * g.in_c;
   KZ_FOR_THREADS(t) {
@@ -325,7 +329,7 @@ KZ_GLOBAL void SimilarityGatherKernel(SimilarityParams prm, int64_t image0, int6
           acc += gpatch[((image * g.out_h + i) * g.out_w + j) * D + (a * g.k_w + b) * g.in_c + c];
         }
       }
-      grad_input[image0 * per_image + idx] = acc;
+      grad_input[image0 * per_image + idx] = FromFloat<T>(acc);
     }
   }
 }
@@ -335,10 +339,10 @@ KZ_GLOBAL void SimilarityGatherKernel(SimilarityParams prm, int64_t image0, int6
 //   l2:     gz += g t, gu += g t^2 (t = x - z; then gz *= 2, gu = -gu)
 //   l1:     gz += g sign(t), gu += g |t|  (then gu = -gu)
 //   lp:     gz += g dphi/dz, gu += g phi, gp += g dphi/dp
-template <int kKind, bool kIgnoreNaN>
+template <int kKind, bool kIgnoreNaN, typename T>
 KZ_GLOBAL void KZ_LAUNCH_BOUNDS(kTileThreads, 2) SimilarityParamGradKernel(
-    SimilarityParams prm, int64_t splits, const float* input, const float* templates, const float* p,
-    const float* grad, float* partial) {
+    SimilarityParams prm, int64_t splits, const T* input, const float* templates, const float* p,
+    const T* grad, float* partial) {
   const WindowGeometry& g = prm.geo;
   const int64_t n = prm.num_templates, D = prm.patch_size(), pairs = D * n, positions = g.positions();
   const int64_t tiles_d = (D + kGradTile - 1) / kGradTile, tiles_l = (n + kGradTile - 1) / kGradTile;
@@ -402,11 +406,11 @@ KZ_GLOBAL void KZ_LAUNCH_BOUNDS(kTileThreads, 2) SimilarityParamGradKernel(
           float v = 0.f;
           if (live) {
             v = (y < 0 || y >= g.in_h || x < 0 || x >= g.in_w) ? pad
-                : input[p_base[pp] + (y * g.in_w + x) * g.in_c + d_c[i]];
+                : ToFloat(input[p_base[pp] + (y * g.in_w + x) * g.in_c + d_c[i]]);
           }
           xs[pp][i] = v;
           const int64_t l = l0 + i, pos = c0 + pp;
-          gs[pp][i] = (l < n && pos < end) ? grad[pos * n + l] : 0.f;
+          gs[pp][i] = (l < n && pos < end) ? ToFloat(grad[pos * n + l]) : 0.f;
         }
       }
       KZ_SYNC();
@@ -514,20 +518,19 @@ KZ_GLOBAL void SimilarityGradPKernel(SimilarityParams prm, const double* partial
   }
 }
 
-template <int kKind, bool kIgnoreNaN>
-void LaunchSimilarityForward(const Launcher& launch, const SimilarityParams& prm, const float* input,
-                             const float* templates, const float* weights, const float* p,
-                             float* output) {
+template <int kKind, bool kIgnoreNaN, typename T>
+void LaunchSimilarityForward(const Launcher& launch, const SimilarityParams& prm, const T* input,
+                             const float* templates, const float* weights, const float* p, T* output) {
   const int64_t tiles = (prm.geo.positions() + kTileP - 1) / kTileP *
                         ((prm.num_templates + kTileL - 1) / kTileL);
-  launch(SimilarityForwardKernel<kKind, kIgnoreNaN>, tiles < launch.MaxBlocks() ? tiles : launch.MaxBlocks(),
+  launch(SimilarityForwardKernel<kKind, kIgnoreNaN, T>, tiles < launch.MaxBlocks() ? tiles : launch.MaxBlocks(),
          kTileThreads, prm, input, templates, weights, p, output);
 }
 
 // output (N, out_h, out_w, n). Device pointers (host pointers in the emulation).
-inline void SimilarityForward(const Launcher& launch, const SimilarityParams& prm, const float* input,
-                              const float* templates, const float* weights, const float* p,
-                              float* output) {
+template <typename T>
+void SimilarityForward(const Launcher& launch, const SimilarityParams& prm, const T* input,
+                       const float* templates, const float* weights, const float* p, T* output) {
   if (prm.geo.positions() == 0 || prm.num_templates == 0) return;
   if (prm.patch_size() == 0) {
     launch.Zero(output, prm.geo.positions() * prm.num_templates);
@@ -536,17 +539,17 @@ inline void SimilarityForward(const Launcher& launch, const SimilarityParams& pr
   const bool nan = prm.ignore_nan;
   switch (prm.kind) {
     case kSimLinear:
-      return nan ? LaunchSimilarityForward<kSimLinear, true>(launch, prm, input, templates, weights, p, output)
-                 : LaunchSimilarityForward<kSimLinear, false>(launch, prm, input, templates, weights, p, output);
+      return nan ? LaunchSimilarityForward<kSimLinear, true, T>(launch, prm, input, templates, weights, p, output)
+                 : LaunchSimilarityForward<kSimLinear, false, T>(launch, prm, input, templates, weights, p, output);
     case kSimL1:
-      return nan ? LaunchSimilarityForward<kSimL1, true>(launch, prm, input, templates, weights, p, output)
-                 : LaunchSimilarityForward<kSimL1, false>(launch, prm, input, templates, weights, p, output);
+      return nan ? LaunchSimilarityForward<kSimL1, true, T>(launch, prm, input, templates, weights, p, output)
+                 : LaunchSimilarityForward<kSimL1, false, T>(launch, prm, input, templates, weights, p, output);
     case kSimL2:
-      return nan ? LaunchSimilarityForward<kSimL2, true>(launch, prm, input, templates, weights, p, output)
-                 : LaunchSimilarityForward<kSimL2, false>(launch, prm, input, templates, weights, p, output);
+      return nan ? LaunchSimilarityForward<kSimL2, true, T>(launch, prm, input, templates, weights, p, output)
+                 : LaunchSimilarityForward<kSimL2, false, T>(launch, prm, input, templates, weights, p, output);
     default:
-      return nan ? LaunchSimilarityForward<kSimLp, true>(launch, prm, input, templates, weights, p, output)
-                 : LaunchSimilarityForward<kSimLp, false>(launch, prm, input, templates, weights, p, output);
+      return nan ? LaunchSimilarityForward<kSimLp, true, T>(launch, prm, input, templates, weights, p, output)
+                 : LaunchSimilarityForward<kSimLp, false, T>(launch, prm, input, templates, weights, p, output);
   }
 }
 
@@ -559,10 +562,10 @@ inline int64_t SimilarityBackwardWorkspaceBytes(const SimilarityParams& prm) {
   return pairs * static_cast<int64_t>(sizeof(double)) + floats * static_cast<int64_t>(sizeof(float));
 }
 
-template <int kKind, bool kIgnoreNaN>
-void LaunchSimilarityBackward(const Launcher& launch, const SimilarityParams& prm, const float* input,
-                              const float* templates, const float* weights, const float* p, const float* grad,
-                              float* grad_input, float* partial, float* gpatch) {
+template <int kKind, bool kIgnoreNaN, typename T>
+void LaunchSimilarityBackward(const Launcher& launch, const SimilarityParams& prm, const T* input,
+                              const float* templates, const float* weights, const float* p, const T* grad,
+                              T* grad_input, float* partial, float* gpatch) {
   const WindowGeometry& g = prm.geo;
   const int64_t D = prm.patch_size(), n = prm.num_templates, per_image = g.out_h * g.out_w;
   const int64_t batch_images = PatchGradImages(prm);
@@ -570,22 +573,23 @@ void LaunchSimilarityBackward(const Launcher& launch, const SimilarityParams& pr
     const int64_t images = g.batch - image0 < batch_images ? g.batch - image0 : batch_images;
     const int64_t count = images * per_image;
     const int64_t tiles = (count + kGradTile - 1) / kGradTile * ((D + kGradTile - 1) / kGradTile);
-    launch(SimilarityPatchGradKernel<kKind, kIgnoreNaN>, tiles < launch.MaxBlocks() ? tiles : launch.MaxBlocks(),
+    launch(SimilarityPatchGradKernel<kKind, kIgnoreNaN, T>, tiles < launch.MaxBlocks() ? tiles : launch.MaxBlocks(),
            kTileThreads, prm, image0 * per_image, count, input, templates, weights, p, grad, gpatch);
-    launch(SimilarityGatherKernel, BlocksFor(launch, images * g.in_h * g.in_w * g.in_c, launch.max_threads),
+    launch(SimilarityGatherKernel<T>, BlocksFor(launch, images * g.in_h * g.in_w * g.in_c, launch.max_threads),
            launch.max_threads, prm, image0, images, static_cast<const float*>(gpatch), grad_input);
   }
   const int64_t splits = ParamSplits(prm);
   const int64_t items = splits * ((D + kGradTile - 1) / kGradTile) * ((n + kGradTile - 1) / kGradTile);
-  launch(SimilarityParamGradKernel<kKind, kIgnoreNaN>, items < launch.MaxBlocks() ? items : launch.MaxBlocks(),
+  launch(SimilarityParamGradKernel<kKind, kIgnoreNaN, T>, items < launch.MaxBlocks() ? items : launch.MaxBlocks(),
          kTileThreads, prm, splits, input, templates, p, grad, partial);
 }
 
 // Gradients w.r.t. input, templates, weights and p (all overwritten).
-inline void SimilarityBackward(const Launcher& launch, const SimilarityParams& prm, const float* input,
-                               const float* templates, const float* weights, const float* p,
-                               const float* grad, float* grad_input, float* grad_templates,
-                               float* grad_weights, float* grad_p, void* workspace) {
+template <typename T>
+void SimilarityBackward(const Launcher& launch, const SimilarityParams& prm, const T* input,
+                        const float* templates, const float* weights, const float* p, const T* grad,
+                        T* grad_input, float* grad_templates, float* grad_weights, float* grad_p,
+                        void* workspace) {
   const WindowGeometry& g = prm.geo;
   const int64_t n = prm.num_templates, D = prm.patch_size();
   const int threads = launch.max_threads;
@@ -600,7 +604,7 @@ inline void SimilarityBackward(const Launcher& launch, const SimilarityParams& p
   float* partial = reinterpret_cast<float*>(grad_p_partial + D * n);
   float* gpatch = partial + 3 * ParamSplits(prm) * D * n;
   const auto run = [&](auto kind, auto nan) {
-    LaunchSimilarityBackward<decltype(kind)::value, decltype(nan)::value>(
+    LaunchSimilarityBackward<decltype(kind)::value, decltype(nan)::value, T>(
         launch, prm, input, templates, weights, p, grad, grad_input, partial, gpatch);
   };
   const auto with_nan = [&](auto kind) {

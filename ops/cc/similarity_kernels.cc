@@ -802,25 +802,43 @@ struct SimilarityGradFunctor<CPUDevice> {
 };
 
 // ================================================================= OpKernels
-template <>
-void RunSimilarity<CPUDevice>(::tensorflow::OpKernelContext* ctx, const SimilarityParams& prm,
-                              const float* input, const float* templates, const float* weights,
-                              const float* p, float* output) {
-  SimilarityFunctor<CPUDevice>()(ctx->eigen_cpu_device(), prm, input, templates, weights, p, output);
-}
+// float16 / bfloat16 activations run the float32 kernels on float32 copies (FloatActivations).
+template <typename T>
+struct SimilarityCompute<CPUDevice, T> {
+  static void Forward(::tensorflow::OpKernelContext* ctx, const SimilarityParams& prm, const T* input,
+                      const float* templates, const float* weights, const float* p, T* output) {
+    FloatActivations<T> act(ctx);
+    const float* x = act.In(input, prm.geo.inputs());
+    float* out = act.Out(output, prm.geo.positions() * prm.num_templates);
+    OP_REQUIRES_OK(ctx, act.status());
+    SimilarityFunctor<CPUDevice>()(ctx->eigen_cpu_device(), prm, x, templates, weights, p, out);
+    act.Finish();
+  }
 
-template <>
-void RunSimilarityGrad<CPUDevice>(::tensorflow::OpKernelContext* ctx, const SimilarityParams& prm,
-                                  const float* input, const float* templates, const float* weights,
-                                  const float* p, const float* grad, float* grad_input,
-                                  float* grad_templates, float* grad_weights, float* grad_p) {
-  SimilarityGradFunctor<CPUDevice>()(ctx->eigen_cpu_device(), prm, input, templates, weights, p, grad,
-                                     grad_input, grad_templates, grad_weights, grad_p);
-}
+  static void Backward(::tensorflow::OpKernelContext* ctx, const SimilarityParams& prm, const T* input,
+                       const float* templates, const float* weights, const float* p, const T* grad,
+                       T* grad_input, float* grad_templates, float* grad_weights, float* grad_p) {
+    FloatActivations<T> act(ctx);
+    const float* x = act.In(input, prm.geo.inputs());
+    const float* g = act.In(grad, prm.geo.positions() * prm.num_templates);
+    float* gx = act.Out(grad_input, prm.geo.inputs());
+    OP_REQUIRES_OK(ctx, act.status());
+    SimilarityGradFunctor<CPUDevice>()(ctx->eigen_cpu_device(), prm, x, templates, weights, p, g, gx,
+                                       grad_templates, grad_weights, grad_p);
+    act.Finish();
+  }
+};
 
-REGISTER_KERNEL_BUILDER(Name("KernelzooSimilarity").Device(::tensorflow::DEVICE_CPU),
-                        SimilarityOp<CPUDevice>);
-REGISTER_KERNEL_BUILDER(Name("KernelzooSimilarityGrad").Device(::tensorflow::DEVICE_CPU),
-                        SimilarityGradOp<CPUDevice>);
+#define KZ_REGISTER_CPU(T)                                                                            \
+  REGISTER_KERNEL_BUILDER(                                                                            \
+      Name("KernelzooSimilarity").Device(::tensorflow::DEVICE_CPU).TypeConstraint<T>("T"),           \
+      SimilarityOp<CPUDevice, T>);                                                                    \
+  REGISTER_KERNEL_BUILDER(                                                                            \
+      Name("KernelzooSimilarityGrad").Device(::tensorflow::DEVICE_CPU).TypeConstraint<T>("T"),       \
+      SimilarityGradOp<CPUDevice, T>);
+KZ_REGISTER_CPU(float);
+KZ_REGISTER_CPU(Eigen::half);
+KZ_REGISTER_CPU(Eigen::bfloat16);
+#undef KZ_REGISTER_CPU
 
 }  // namespace kernelzoo

@@ -14,33 +14,39 @@ namespace kernelzoo {
 
 using GPUDevice = Eigen::GpuDevice;
 
-template <>
-void RunSimilarity<GPUDevice>(::tensorflow::OpKernelContext* ctx, const SimilarityParams& prm,
-                              const float* input, const float* templates, const float* weights,
-                              const float* p, float* output) {
-  const gpu::Launcher launch = StreamLauncher(ctx);
-  gpu::SimilarityForward(launch, prm, input, templates, weights, p, output);
-  CheckLaunch(ctx, launch, "KernelzooSimilarity");
-}
+template <typename T>
+struct SimilarityCompute<GPUDevice, T> {
+  static void Forward(::tensorflow::OpKernelContext* ctx, const SimilarityParams& prm, const T* input,
+                      const float* templates, const float* weights, const float* p, T* output) {
+    const gpu::Launcher launch = StreamLauncher(ctx);
+    gpu::SimilarityForward(launch, prm, GpuData(input), templates, weights, p, GpuData(output));
+    CheckLaunch(ctx, launch, "KernelzooSimilarity");
+  }
 
-template <>
-void RunSimilarityGrad<GPUDevice>(::tensorflow::OpKernelContext* ctx, const SimilarityParams& prm,
-                                  const float* input, const float* templates, const float* weights,
-                                  const float* p, const float* grad, float* grad_input,
-                                  float* grad_templates, float* grad_weights, float* grad_p) {
-  ::tensorflow::Tensor holder;
-  void* workspace = nullptr;
-  OP_REQUIRES_OK(ctx, AllocateWorkspace(ctx, gpu::SimilarityBackwardWorkspaceBytes(prm), &holder, &workspace));
-  const gpu::Launcher launch = StreamLauncher(ctx);
-  gpu::SimilarityBackward(launch, prm, input, templates, weights, p, grad, grad_input, grad_templates,
-                          grad_weights, grad_p, workspace);
-  CheckLaunch(ctx, launch, "KernelzooSimilarityGrad");
-}
+  static void Backward(::tensorflow::OpKernelContext* ctx, const SimilarityParams& prm, const T* input,
+                       const float* templates, const float* weights, const float* p, const T* grad,
+                       T* grad_input, float* grad_templates, float* grad_weights, float* grad_p) {
+    ::tensorflow::Tensor holder;
+    void* workspace = nullptr;
+    OP_REQUIRES_OK(ctx, AllocateWorkspace(ctx, gpu::SimilarityBackwardWorkspaceBytes(prm), &holder, &workspace));
+    const gpu::Launcher launch = StreamLauncher(ctx);
+    gpu::SimilarityBackward(launch, prm, GpuData(input), templates, weights, p, GpuData(grad), GpuData(grad_input),
+                            grad_templates, grad_weights, grad_p, workspace);
+    CheckLaunch(ctx, launch, "KernelzooSimilarityGrad");
+  }
+};
 
-REGISTER_KERNEL_BUILDER(Name("KernelzooSimilarity").Device(::tensorflow::DEVICE_GPU),
-                        SimilarityOp<GPUDevice>);
-REGISTER_KERNEL_BUILDER(Name("KernelzooSimilarityGrad").Device(::tensorflow::DEVICE_GPU),
-                        SimilarityGradOp<GPUDevice>);
+#define KZ_REGISTER_GPU(T)                                                                            \
+  REGISTER_KERNEL_BUILDER(                                                                            \
+      Name("KernelzooSimilarity").Device(::tensorflow::DEVICE_GPU).TypeConstraint<T>("T"),           \
+      SimilarityOp<GPUDevice, T>);                                                                    \
+  REGISTER_KERNEL_BUILDER(                                                                            \
+      Name("KernelzooSimilarityGrad").Device(::tensorflow::DEVICE_GPU).TypeConstraint<T>("T"),       \
+      SimilarityGradOp<GPUDevice, T>);
+KZ_REGISTER_GPU(float);
+KZ_REGISTER_GPU(Eigen::half);
+KZ_REGISTER_GPU(Eigen::bfloat16);
+#undef KZ_REGISTER_GPU
 
 }  // namespace kernelzoo
 

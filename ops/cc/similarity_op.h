@@ -1,11 +1,14 @@
 // OpKernels of KernelzooSimilarity / KernelzooSimilarityGrad, templated on the
 // device: attrs, input validation, output allocation and the checks on
 // `grad` live here once, for the CPU kernels (similarity_kernels.cc) and the
-// GPU kernels (similarity_kernels.cu.cc). Each device supplies the compute:
+// GPU kernels (similarity_kernels.cu.cc). The activations (input, output,
+// grad, grad_input) are of type T (the attr T: float, Eigen::half or
+// Eigen::bfloat16), everything else float. Each device supplies the compute by
+// specialising SimilarityCompute<Device, T> for every T:
 //
-//   template <> void RunSimilarity<Device>(ctx, prm, input, templates, weights, p, output);
-//   template <> void RunSimilarityGrad<Device>(ctx, prm, input, templates, weights, p, grad,
-//                                              grad_input, grad_templates, grad_weights, grad_p);
+//   Forward(ctx, prm, input, templates, weights, p, output);
+//   Backward(ctx, prm, input, templates, weights, p, grad,
+//            grad_input, grad_templates, grad_weights, grad_p);
 //
 // on the tensors' data (validated, in the device's memory), which fill every
 // output (allocated, not zeroed) and report failures through ctx
@@ -26,14 +29,8 @@
 
 namespace kernelzoo {
 
-template <typename Device>
-void RunSimilarity(::tensorflow::OpKernelContext* ctx, const SimilarityParams& prm, const float* input,
-                   const float* templates, const float* weights, const float* p, float* output);
-
-template <typename Device>
-void RunSimilarityGrad(::tensorflow::OpKernelContext* ctx, const SimilarityParams& prm, const float* input,
-                       const float* templates, const float* weights, const float* p, const float* grad,
-                       float* grad_input, float* grad_templates, float* grad_weights, float* grad_p);
+template <typename Device, typename T>
+struct SimilarityCompute;
 
 class SimilarityOpBase : public ::tensorflow::OpKernel {
  public:
@@ -131,7 +128,7 @@ class SimilarityOpBase : public ::tensorflow::OpKernel {
   int64_t s_h_ = 1, s_w_ = 1;
 };
 
-template <typename Device>
+template <typename Device, typename T>
 class SimilarityOp : public SimilarityOpBase {
  public:
   using SimilarityOpBase::SimilarityOpBase;
@@ -141,12 +138,12 @@ class SimilarityOp : public SimilarityOpBase {
     OP_REQUIRES_OK(ctx, Prepare(ctx, &prm));
     ::tensorflow::Tensor* output = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, OutputShape(prm), &output));
-    RunSimilarity<Device>(ctx, prm, InputData(ctx, 0), InputData(ctx, 1), InputData(ctx, 2), InputData(ctx, 3),
-                          output->flat<float>().data());
+    SimilarityCompute<Device, T>::Forward(ctx, prm, InputData<T>(ctx, 0), InputData(ctx, 1), InputData(ctx, 2),
+                                          InputData(ctx, 3), output->flat<T>().data());
   }
 };
 
-template <typename Device>
+template <typename Device, typename T>
 class SimilarityGradOp : public SimilarityOpBase {
  public:
   using SimilarityOpBase::SimilarityOpBase;
@@ -157,10 +154,10 @@ class SimilarityGradOp : public SimilarityOpBase {
     OP_REQUIRES_OK(ctx, CheckGradShape(ctx->input(4), OutputShape(prm)));
     ::tensorflow::Tensor* grads[4] = {};  // input, templates, weights, p
     OP_REQUIRES_OK(ctx, AllocateLikeInputs(ctx, 4, grads));
-    RunSimilarityGrad<Device>(ctx, prm, InputData(ctx, 0), InputData(ctx, 1), InputData(ctx, 2),
-                              InputData(ctx, 3), InputData(ctx, 4), grads[0]->flat<float>().data(),
-                              grads[1]->flat<float>().data(), grads[2]->flat<float>().data(),
-                              grads[3]->flat<float>().data());
+    SimilarityCompute<Device, T>::Backward(ctx, prm, InputData<T>(ctx, 0), InputData(ctx, 1), InputData(ctx, 2),
+                                           InputData(ctx, 3), InputData<T>(ctx, 4), grads[0]->flat<T>().data(),
+                                           grads[1]->flat<float>().data(), grads[2]->flat<float>().data(),
+                                           grads[3]->flat<float>().data());
   }
 };
 

@@ -61,15 +61,16 @@ Status SimilarityGradShape(InferenceContext* c) {
 }  // namespace
 
 REGISTER_OP("KernelzooSimilarity")
-    .Input("input: float")
+    .Input("input: T")
     .Input("templates: float")
     .Input("weights: float")
     .Input("p: float")
-    .Output("output: float")
+    .Output("output: T")
     .Attr("similarity: {'linear', 'l1', 'l2', 'lp'}")
     .Attr("strides: list(int)")
     .Attr("padding: {'valid', 'same'}")
     .Attr("ignore_nan: bool = false")
+    .Attr("T: {float, half, bfloat16} = DT_FLOAT")
     .SetShapeFn(SimilarityShape)
     .Doc(R"doc(
 SimNets similarity layer (no normalisation term).
@@ -78,15 +79,18 @@ out[n, i, j, l] = sum_d weights[d, l] * phi(patch_ij[d], templates[d, l]) with
 phi = x*z (linear), -|x-z| (l1), -(x-z)^2 (l2), -|x-z|^p[l] (lp).
 input: (N, H, W, C). templates, weights: (kh, kw, C, n). p: (n,).
 output: (N, H', W', n).
+T: the activations' type (input, output): float, half or bfloat16; templates,
+weights and p are float, and the sums are accumulated in float, rounded to T
+once at the end.
 )doc");
 
 REGISTER_OP("KernelzooSimilarityGrad")
-    .Input("input: float")
+    .Input("input: T")
     .Input("templates: float")
     .Input("weights: float")
     .Input("p: float")
-    .Input("grad: float")
-    .Output("grad_input: float")
+    .Input("grad: T")
+    .Output("grad_input: T")
     .Output("grad_templates: float")
     .Output("grad_weights: float")
     .Output("grad_p: float")
@@ -94,10 +98,12 @@ REGISTER_OP("KernelzooSimilarityGrad")
     .Attr("strides: list(int)")
     .Attr("padding: {'valid', 'same'}")
     .Attr("ignore_nan: bool = false")
+    .Attr("T: {float, half, bfloat16} = DT_FLOAT")
     .SetShapeFn(SimilarityGradShape)
     .Doc(R"doc(
 Gradients of KernelzooSimilarity w.r.t. input, templates, weights and p
-(grad_p is zero unless similarity == 'lp').
+(grad_p is zero unless similarity == 'lp'). grad and grad_input are T, the
+parameters' gradients float.
 )doc");
 
 }  // namespace kernelzoo
