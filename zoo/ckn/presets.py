@@ -37,6 +37,7 @@ def _unsupervised(filters, kernel_sizes, paper, weights=None, sha256=None, measu
 PRESETS = (
     _unsupervised((64, 256), (3, 3), Figure(0.775, _REFERENCE), weights="ckn_cifar10_unsup_64_256.keras",
                   sha256="429ae285ebe663b11ab5fa59feead7bb927386fde1950169cd2b32830306c0bc", measured=0.7476),
-    _unsupervised((256, 1024), (3, 3), Figure(0.820, _REFERENCE)),
+    _unsupervised((256, 1024), (3, 3), Figure(0.820, _REFERENCE), weights="ckn_cifar10_unsup_256_1024.keras",
+                  sha256="c2f2cfc00f85aba26672ea7e090c0e9165099e65618df9ca89af43ea4949f306", measured=0.7852),
     _unsupervised((512, 8192), (3, 2), Figure(0.840, _REFERENCE)),
 )
