@@ -8,6 +8,7 @@ Exp(x) - 1 and Log(1 + x), which loses nothing that matters: the composite MEX s
 cumulant series where expm1/log1p precision would count (|xi| * range < 1e-3).
 """
 import logging
+import warnings
 
 import numpy as np
 
@@ -66,13 +67,15 @@ def convert(model, spec, opset):
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.CRITICAL)
+    failed_optimizers = _OptimizerFailures()
     try:
         with tracing(model, spec):
             graph_def, inputs, renames = _frozen_graph(serve.get_concrete_function())
-        proto, _ = tf2onnx.convert.from_graph_def(graph_def, name=model.name, input_names=inputs,
-                                                  output_names=list(renames), opset=opset,
-                                                  custom_op_handlers=dict(_HANDLERS),
-                                                  tensors_to_rename=dict(renames, **{inputs[0]: spec.input_name}))
+        with failed_optimizers:
+            proto, _ = tf2onnx.convert.from_graph_def(graph_def, name=model.name, input_names=inputs,
+                                                      output_names=list(renames), opset=opset,
+                                                      custom_op_handlers=dict(_HANDLERS),
+                                                      tensors_to_rename=dict(renames, **{inputs[0]: spec.input_name}))
     except UnsupportedLayerError:
         raise
     except Exception as error:  # tf2onnx raises bare exceptions from its handlers
@@ -82,6 +85,11 @@ def convert(model, spec, opset):
     finally:
         for logger, saved in zip(loggers, levels):
             logger.setLevel(saved)
+    if failed_optimizers.messages:
+        failures = "; ".join(dict.fromkeys(failed_optimizers.messages))  # each pass over the graph retries them
+        warnings.warn(f"tf2onnx could not apply {failures} to {model.name!r}: it kept "
+                      "the graph as it was before each, so the ONNX model is correct but less optimized",
+                      RuntimeWarning, stacklevel=3)
     _check_standard_nodes(model, proto, opset)
     _name_batch_axis(proto, spec)
     del proto.opset_import[:]
@@ -166,6 +174,38 @@ def _node_in_message(message):
 
 def _shape_text(shape):
     return "(" + ", ".join("batch" if d is None and i == 0 else str(d) for i, d in enumerate(shape)) + ")"
+
+
+class _OptimizerFailures(logging.Handler):
+    """Collects tf2onnx's "Failed to apply <optimizer>" warnings while the `with` block runs.
+
+    tf2onnx catches a failing graph optimizer, logs a warning and keeps the graph from before it;
+    the export silences tf2onnx's logging, so without this the failure would go unnoticed.
+    """
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+        self._logger = logging.getLogger("tf2onnx.optimizer")
+
+    def emit(self, record):
+        if record.getMessage().startswith("Failed to apply"):
+            error = record.exc_info[1] if record.exc_info else None
+            name = record.getMessage()[len("Failed to apply "):]
+            self.messages.append(f"{name} ({type(error).__name__}: {error})" if error else name)
+
+    def __enter__(self):
+        self._saved = (self._logger.level, self._logger.propagate)
+        self._logger.setLevel(logging.WARNING)
+        self._logger.propagate = False
+        self._logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc):
+        self._logger.removeHandler(self)
+        self._logger.setLevel(self._saved[0])
+        self._logger.propagate = self._saved[1]
+        return False
 
 
 # --- tf2onnx handlers for TF ops it lacks (old-style custom_op_handlers: func(ctx, node, name, args)) ---

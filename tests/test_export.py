@@ -407,6 +407,26 @@ def test_failed_saved_model_write_keeps_the_old_one(tmp_path, monkeypatch):
     assert to_saved_model(model, target) == target  # an existing SavedModel is replaced
 
 
+def test_a_failing_tf2onnx_optimizer_is_reported(tmp_path, monkeypatch):
+    """tf2onnx keeps the graph from before an optimizer that raises and only logs it: the export warns."""
+    from tf2onnx import optimizer
+
+    class Broken:
+        graph_been_opt = False
+
+        def optimize(self, graph, iteration):
+            raise ValueError("max() arg is an empty sequence")  # as TransposeOptimizer raised on a layerwise model
+
+    real = optimizer._get_optimizers
+    monkeypatch.setattr(optimizer, "_get_optimizers", lambda: {"BrokenOptimizer": Broken, **real()})
+    model = _keras_cnn()
+    with pytest.warns(RuntimeWarning, match=r"BrokenOptimizer \(ValueError: max\(\) arg is an empty sequence\)"):
+        path = to_onnx(model, str(tmp_path / "m.onnx"))
+    x = np.random.default_rng(0).integers(0, 256, size=(3, 12, 12, 1)).astype("uint8")
+    np.testing.assert_allclose(OnnxPredictor(path).predict(x), model.predict(x.astype("float32"), verbose=0),
+                               atol=1e-5)  # the graph from before the broken optimizer is correct
+
+
 def test_compare_counts_ties_as_agreement():
     reference = np.array([[1.0, 1.0, 0.0], [0.0, 2.0, 1.0]])
     exported = np.array([[1.0, 1.0 + 1e-7, 0.0], [1.5, 2.0, 1.0]])
