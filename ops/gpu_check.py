@@ -9,7 +9,7 @@ the CPU kernels computed beforehand where TensorFlow is:
 
 `check` compares the GPU kernels with the reference over the custom-op test grid (forward
 and gradients, odd sizes, padding, strides, NaN, xi from -inf to inf, offsets by region,
-long sets); `sanitize` runs a quick part of it under `compute-sanitizer` (memcheck and
+long sets, float16 and bfloat16 activations); `sanitize` runs a quick part of it under `compute-sanitizer` (memcheck and
 racecheck); `bench` times the kernels against cuDNN (convolution, max-pool, PyTorch) on
 the issue's shapes, float32 with TF32 off; `all` runs the three and writes
 `gpu_check.json` and `gpu_check.md` (the table for docs/benchmarks.md) into --out.
@@ -33,6 +33,11 @@ else:  # run as a script on a machine without kernelzoo's dependencies
     import capi
 
 TOLERANCE = {"output": 1e-5, "grad": 1e-4, "grad_xi": 2e-4}
+# float16 / bfloat16 activations: outputs and input gradients are rounded to the type once, so two
+# float32 accumulations may round to neighbouring values (one unit in the last place, relative 2^-10 /
+# 2^-7 near the largest entry); parameter gradients stay float32.
+ROUNDED_TOLERANCE = {"float16": 2e-3, "bfloat16": 1.6e-2}
+ROUNDED = ("output", "grad_inputs")
 XI_EDGE = [0.0, 1e-5, -1e-5, 1.0, -2.5, 1e6, -1e6, np.inf, -np.inf]
 
 
@@ -94,14 +99,38 @@ def cases():
         xi = [0.7, -2.5, 40.0, 0.05, 1e-6] + ([] if softmax else [0.0])
         out.append(_mex_case(rng, f"mex-classwise-sm{int(softmax)}", (2, 5, 4, 160), xi, (1, 1), (1, 1), "valid", 80,
                              (2, 2), True, softmax))
+    for dtype in ["float16", "bfloat16"]:  # 16-bit activations (inputs rounded to the type beforehand)
+        for kind in ["linear", "l1", "l2", "lp"]:
+            out.append(dict(_similarity_case(rng, f"sim-{kind}-{dtype}", (2, 9, 8, 3), (3, 3, 3, 70), kind, (1, 2),
+                                             "same", kind == "l2"), dtype=dtype))
+        out.append(dict(_mex_case(rng, f"mex-pool-{dtype}", (2, 7, 6, 6), [0.7, -2.5, 1e-5], (2, 2), (2, 2), "same", 2,
+                                  (2, 2), True, False), dtype=dtype))
+        out.append(dict(_mex_case(rng, f"mex-classwise-{dtype}", (2, 5, 4, 160), [0.7, -2.5, 40.0], (1, 1), (1, 1),
+                                  "valid", 80, (2, 2), True, True), dtype=dtype))
+    for case in out:
+        dtype = case.setdefault("dtype", "float32")
+        case["arrays"]["inputs"] = _rounded(case["arrays"]["inputs"], dtype)
     return out
+
+
+def _activation_type(dtype):
+    """The numpy type of an activation dtype name (ml_dtypes for bfloat16, which numpy lacks)."""
+    if dtype == "bfloat16":
+        import ml_dtypes
+        return ml_dtypes.bfloat16
+    return np.dtype(dtype)
+
+
+def _rounded(values, dtype):
+    """float32 values exactly representable in `dtype` (what a 16-bit input holds)."""
+    return values.astype(_activation_type(dtype)).astype("float32")
 
 
 def quick_cases():
     """A part of the grid small enough for compute-sanitizer: every kind and mode at least once."""
     all_cases = cases()
     return [c for i, c in enumerate(all_cases) if i % 7 == 0 or "large" in c["name"] or "edge" in c["name"]
-            or "classwise" in c["name"]]
+            or "classwise" in c["name"] or c["dtype"] != "float32"]
 
 
 def _grad_seed(index):
@@ -117,9 +146,10 @@ def make_reference(path):
 
     saved = {}
     for index, case in enumerate(cases()):
-        arrays, kw = case["arrays"], case["kwargs"]
+        arrays, kw, dtype = case["arrays"], case["kwargs"], case["dtype"]
         names = list(arrays)
-        tensors = [tf.constant(arrays[n]) for n in names]
+        tensors = [tf.constant(arrays[n].astype(_activation_type(dtype)) if n == "inputs" else arrays[n])
+                   for n in names]
         with tf.GradientTape() as tape:
             tape.watch(tensors)
             t = dict(zip(names, tensors))
@@ -127,13 +157,13 @@ def make_reference(path):
                 y = custom.similarity(t["inputs"], t["templates"], t["weights"], t["p"], **kw)
             else:
                 y = custom.mex(t["inputs"], t["xi"], t.get("offsets"), t.get("c"), gemm=False, **kw)
-        g = _grad_seed(index).normal(size=y.shape).astype("float32")
-        grads = tape.gradient(y, tensors, output_gradients=tf.constant(g))
+        g = _rounded(_grad_seed(index).normal(size=y.shape).astype("float32"), dtype)
+        grads = tape.gradient(y, tensors, output_gradients=tf.constant(g.astype(_activation_type(dtype))))
         prefix = case["name"] + "/"
-        saved[prefix + "output"] = y.numpy()
+        saved[prefix + "output"] = y.numpy().astype("float32")  # npz holds float32; the values are the type's
         saved[prefix + "grad_output"] = g
         for name, grad in zip(names, grads):
-            saved[prefix + "grad_" + name] = grad.numpy()
+            saved[prefix + "grad_" + name] = grad.numpy().astype("float32")
     np.savez_compressed(path, **saved)
     return path
 
@@ -220,9 +250,10 @@ def run_case(kernels, case):
     """
     lib = kernels.lib
     upload = (lambda a: DeviceArray.from_host(lib, a)) if kernels.cuda else np.ascontiguousarray
-    download = (lambda a: a.to_host()) if kernels.cuda else np.asarray
-    dev = {k: upload(v) for k, v in case["arrays"].items()}
-    grad = upload(case["grad_output"])
+    download = (lambda a: np.asarray(a.to_host() if kernels.cuda else a).astype("float32"))
+    activation = _activation_type(case["dtype"])
+    dev = {k: upload(v.astype(activation) if k == "inputs" else v) for k, v in case["arrays"].items()}
+    grad = upload(case["grad_output"].astype(activation))
     kw = case["kwargs"]
     if case["op"] == "similarity":
         args = (dev["inputs"], dev["templates"], dev["weights"], dev["p"])
@@ -251,10 +282,13 @@ def check(kernels, reference, quick=False):
         got = run_case(kernels, case)
         for key, value in got.items():
             want = ref[f"{case['name']}/{key}"]
+            rounded = ROUNDED_TOLERANCE.get(case["dtype"]) if key in ROUNDED else None
             if case["op"] == "mex" and key == "output":  # per instance: each has its own scale
                 k = case["kwargs"]["num_instances"]
                 err = max(relative_error(value.reshape(-1, k)[:, i], want.reshape(-1, k)[:, i]) for i in range(k))
-                tol = TOLERANCE["output"]
+                tol = rounded or TOLERANCE["output"]
+            elif rounded:
+                err, tol = relative_error(value, want), rounded
             elif key == "grad_xi":
                 err, tol = _xi_error(value, want), TOLERANCE["grad_xi"]
             elif key == "grad_p" and case["kwargs"].get("similarity") != "lp":

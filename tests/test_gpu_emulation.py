@@ -255,3 +255,21 @@ def test_capi_rejects_a_bad_configuration(emulated):
     with pytest.raises(RuntimeError, match="invalid similarity configuration"):
         emulated._call("kz_similarity_forward", emulated.similarity_config(x.shape, z.shape, "l2", 1, "valid", False),
                        emulated.launch, *[None] * 5)
+
+
+def test_gpu_check_harness_on_the_emulation(emulated, tmp_path):
+    """ops/gpu_check.py end to end here: the CPU kernels' reference (float32, float16 and bfloat16 cases),
+    then `check` with the emulated kernels in place of the GPU build: every comparison passes, and a
+    reference value moved by 1e-3 of its scale is reported."""
+    from kernelzoo.ops import gpu_check
+
+    reference = gpu_check.make_reference(str(tmp_path / "ref.npz"))
+    rows = gpu_check.check(emulated, reference)
+    assert {c["dtype"] for c in gpu_check.cases()} == {"float32", "float16", "bfloat16"}
+    assert len(rows) > 1000 and all(ok for *_, ok in rows), [r for r in rows if not r[4]][:5]
+    saved = dict(np.load(reference))
+    key = "sim-l2-s11-valid-nan0/output"
+    saved[key] = saved[key] + 1e-3 * np.abs(saved[key]).max() * (np.arange(saved[key].size) == 7).reshape(saved[key].shape)
+    np.savez(tmp_path / "bad.npz", **saved)
+    failed = [r[:2] for r in gpu_check.check(emulated, str(tmp_path / "bad.npz")) if not r[4]]
+    assert failed == [("sim-l2-s11-valid-nan0", "output")]
