@@ -23,6 +23,11 @@ import subprocess
 
 import numpy as np
 
+if __package__:
+    from .shapes import output_size
+else:  # imported by ops/gpu_check.py run as a script
+    from shapes import output_size
+
 __all__ = ["SOURCE_DIR", "SIMILARITY_KINDS", "ACTIVATION_DTYPES", "build", "Kernels"]
 
 SOURCE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cc")
@@ -133,12 +138,9 @@ class Kernels:
 
     @staticmethod
     def similarity_output_shape(input_shape, template_shape, strides, padding):
-        from math import ceil
         (n, h, w, _), (kh, kw, _, templates) = input_shape, template_shape
         sh, sw = _pair(strides)
-        if padding == "same":
-            return (n, ceil(h / sh), ceil(w / sw), templates)
-        return (n, (h - kh) // sh + 1, (w - kw) // sw + 1, templates)
+        return (n, output_size(h, kh, sh, padding), output_size(w, kw, sw, padding), templates)
 
     def similarity(self, inputs, templates, weights, p, *, similarity, strides=(1, 1), padding="valid",
                    ignore_nan=False):

@@ -29,8 +29,10 @@ import numpy as np
 
 if __package__:
     from . import capi
+    from .shapes import output_size
 else:  # run as a script on a machine without kernelzoo's dependencies
     import capi
+    from shapes import output_size
 
 TOLERANCE = {"output": 1e-5, "grad": 1e-4, "grad_xi": 2e-4}
 # float16 / bfloat16 activations: outputs and input gradients are rounded to the type once, so two
@@ -66,10 +68,6 @@ def _mex_case(rng, name, x_shape, xi, pool, strides, padding, channel_block, reg
                             padding=padding, softmax_mode=softmax))
 
 
-def _out(size, window, stride, padding):
-    return -(-size // stride) if padding == "same" else (size - window) // stride + 1
-
-
 def cases():
     """The check's grid (deterministic): a list of dicts with name, op, arrays, kwargs."""
     rng = np.random.default_rng(2026)
@@ -84,7 +82,7 @@ def cases():
     for pool, strides, padding, block, offsets, use_c, softmax in itertools.product(
             [(2, 2), (3, 2)], [(2, 2), (1, 2)], ["valid", "same"], [1, 2],
             ["none", "shared", "regions", "unshared"], [False, True], [False, True]):
-        oh, ow = _out(7, pool[0], strides[0], padding), _out(6, pool[1], strides[1], padding)
+        oh, ow = output_size(7, pool[0], strides[0], padding), output_size(6, pool[1], strides[1], padding)
         regions = {"none": None, "shared": (1, 1), "regions": (2, 2), "unshared": (oh, ow)}[offsets]
         xi = [0.7, -2.5, 4.0 if softmax else 1e-5]
         out.append(_mex_case(rng, f"mex-p{pool[0]}{pool[1]}-s{strides[0]}{strides[1]}-{padding}-b{block}-{offsets}"

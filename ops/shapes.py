@@ -2,10 +2,9 @@
 
 TF/Keras conventions: "valid" keeps only full windows; "same" gives
 ceil(size / stride) outputs and puts the odd padding element after the input.
-The argument normalisers `normalize_tuple` / `normalize_padding` live in `kernelzoo.ops.checks`
-(re-exported here for older imports).
+No imports: the standalone GPU harness (`capi.py`, `gpu_check.py`, run where kernelzoo's
+dependencies are not installed) uses it too. The argument normalisers live in `kernelzoo.ops.checks`.
 """
-from kernelzoo.ops.checks import normalize_padding, normalize_tuple  # noqa: F401
 
 
 def output_size(size, window, stride, padding):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from kernelzoo.ops import capi, library
+from kernelzoo.ops.shapes import output_size
 
 if library._compiler() is None:
     pytest.skip("no C++ compiler: neither the CPU kernels nor the emulation can be built", allow_module_level=True)
@@ -133,8 +134,7 @@ MEX_GRID = list(itertools.product([(2, 2), (3, 2)], [(2, 2), (1, 2)], ["valid", 
 @pytest.mark.parametrize("pool,strides,padding,channel_block,offsets_mode,use_c,softmax", MEX_GRID)
 def test_mex_emulation_matches_cpu(emulated, pool, strides, padding, channel_block, offsets_mode, use_c, softmax):
     rng = np.random.default_rng(5)
-    oh = -(-7 // strides[0]) if padding == "same" else (7 - pool[0]) // strides[0] + 1
-    ow = -(-6 // strides[1]) if padding == "same" else (6 - pool[1]) // strides[1] + 1
+    oh, ow = output_size(7, pool[0], strides[0], padding), output_size(6, pool[1], strides[1], padding)
     regions = {"none": None, "shared": (1, 1), "regions": (2, 2), "unshared": (oh, ow)}[offsets_mode]
     xi = [0.7, -2.5, 1e-5 if not softmax else 4.0]
     tensors = _mex_tensors(rng, (2, 7, 6, 6), 3, pool, channel_block, regions, use_c, xi)

@@ -24,7 +24,8 @@ from keras import ops
 from kernelzoo.layers import Mex, Similarity
 from kernelzoo.ops.checks import (boolean, check_choice, float_in_range, image_shape, nonnegative_float, positive_float,
                                    positive_int, real)
-from kernelzoo.ops.shapes import normalize_tuple, output_size
+from kernelzoo.ops.checks import normalize_tuple
+from kernelzoo.ops.shapes import output_size
 from kernelzoo.zoo.simnet.preprocessing import BrightnessContrastNormalization, PatchWhitening
 
 _POOL_MODES = ("sum", "mean", "max")

@@ -23,7 +23,8 @@ import numpy as np
 from keras import ops
 
 from kernelzoo.ops.checks import image_batch, int_in_range, known_channels, matrix, nonnegative_float, positive_float, positive_int
-from kernelzoo.ops.shapes import normalize_padding, normalize_tuple, output_size
+from kernelzoo.ops.checks import normalize_padding, normalize_tuple
+from kernelzoo.ops.shapes import output_size
 
 
 @keras.saving.register_keras_serializable(package="kernelzoo")
