@@ -26,17 +26,40 @@ constexpr int kTileThreads = 256;  // 16 x 16 threads
 constexpr int kRegP = 8, kRegL = 4;  // each: 8 consecutive positions x 4 consecutive templates
 constexpr int kPadP = 4;             // row padding of the patch tile (fewer bank conflicts, float4 aligned)
 
+// A row far outside any image: a window origin with it reads padding only.
+constexpr int kOutside = -(1 << 30);
+
+// Where the window of an output position starts: its image's offset in the input and the
+// input row and column of its top-left entry (negative in the padding). The tiled kernels keep
+// one per position of a tile in shared memory.
+struct WindowOrigin {
+  int64_t base;
+  int y0, x0;
+};
+
+// The origin of output position pos; live = false gives row kOutside (positions past a tile's end).
+KZ_HOST_DEVICE inline WindowOrigin OriginOf(const WindowGeometry& g, int64_t pos, bool live = true) {
+  const int64_t j = Mod(pos, g.out_w), rest = Div(pos, g.out_w);
+  const int64_t i = Mod(rest, g.out_h), image = Div(rest, g.out_h);
+  return WindowOrigin{image * g.in_h * g.in_w * g.in_c, live ? static_cast<int>(g.row0(i)) : kOutside,
+                      static_cast<int>(g.col0(j))};
+}
+
+// Entry (a, b, c) of the window at `origin`, or `pad` outside the image.
+template <typename T>
+KZ_HOST_DEVICE inline float WindowEntry(const WindowGeometry& g, const T* input, const WindowOrigin& origin,
+                                        int64_t a, int64_t b, int64_t c, float pad) {
+  const int64_t y = origin.y0 + a, x = origin.x0 + b;
+  if (y < 0 || y >= g.in_h || x < 0 || x >= g.in_w) return pad;
+  return ToFloat(input[origin.base + (y * g.in_w + x) * g.in_c + c]);
+}
+
 // Patch entry d = (a * k_w + b) * C + c of output position pos, or `pad`
 // outside the image.
 template <typename T>
 KZ_HOST_DEVICE inline float PatchEntry(const WindowGeometry& g, const T* input, int64_t pos, int64_t d, float pad) {
-  const int64_t j = Mod(pos, g.out_w), rest = Div(pos, g.out_w);
-  const int64_t i = Mod(rest, g.out_h), n = Div(rest, g.out_h);
   const int64_t c = Mod(d, g.in_c), ab = Div(d, g.in_c);
-  const int64_t b = Mod(ab, g.k_w), a = Div(ab, g.k_w);
-  const int64_t y = g.row0(i) + a, x = g.col0(j) + b;
-  if (y < 0 || y >= g.in_h || x < 0 || x >= g.in_w) return pad;
-  return ToFloat(input[((n * g.in_h + y) * g.in_w + x) * g.in_c + c]);
+  return WindowEntry(g, input, OriginOf(g, pos), Div(ab, g.k_w), Mod(ab, g.k_w), c, pad);
 }
 
 // |t|^p for the forward pass: exp2(p log2|t|) with the fast log2 (relative error ~1e-6 p),
@@ -73,23 +96,14 @@ KZ_GLOBAL void KZ_LAUNCH_BOUNDS(kTileThreads, 2) SimilarityForwardKernel(Similar
   KZ_SHARED float us[kTileD][kTileL];
   KZ_SHARED float cz[kTileD][kTileL];  // l2 expanded: u z^2
   KZ_SHARED float cs[kTileL];          // l2 expanded: sum_d u z^2, accumulated by the threads of row 0
-  KZ_SHARED int64_t p_base[kTileP];  // input offset of the position's window origin (image, y0, x0)
-  KZ_SHARED int p_y0[kTileP], p_x0[kTileP];
+  KZ_SHARED WindowOrigin origin[kTileP];
   KZ_PER_THREAD(float, acc, [kRegP][kRegL]);
   for (int64_t tile = KZ_BLOCK_ID; tile < tiles; tile += KZ_BLOCKS) {
     const int64_t p0 = Div(tile, tiles_l) * kTileP, l0 = Mod(tile, tiles_l) * kTileL;
     KZ_FOR_THREADS(t) {
       for (int r = 0; r < kRegP; ++r)
         for (int s = 0; s < kRegL; ++s) KZ_REG(acc, t)[r][s] = 0.f;
-      if (t < kTileP) {
-        const int64_t pos = p0 + t;
-        const int64_t j = Mod(pos, g.out_w), rest = Div(pos, g.out_w);
-        const int64_t i = Mod(rest, g.out_h), image = Div(rest, g.out_h);
-        // Positions past the end read as outside the image (never stored).
-        p_y0[t] = pos < positions ? static_cast<int>(g.row0(i)) : -(1 << 30);
-        p_x0[t] = static_cast<int>(g.col0(j));
-        p_base[t] = image * g.in_h * g.in_w * g.in_c;
-      }
+      if (t < kTileP) origin[t] = OriginOf(g, p0 + t, p0 + t < positions);  // past the end: never stored
       if (t < kTileL) cs[t] = 0.f;
     }
     KZ_SYNC();
@@ -101,13 +115,7 @@ KZ_GLOBAL void KZ_LAUNCH_BOUNDS(kTileThreads, 2) SimilarityForwardKernel(Similar
         const int64_t c = Mod(d, g.in_c), ab = Div(d, g.in_c);
         const int b = static_cast<int>(Mod(ab, g.k_w)), a = static_cast<int>(Div(ab, g.k_w));
         for (int pp = t / kTileD; pp < kTileP; pp += kTileThreads / kTileD) {
-          float v = 0.f;
-          if (d < D) {
-            const int64_t y = p_y0[pp] + a, x = p_x0[pp] + b;
-            v = (y < 0 || y >= g.in_h || x < 0 || x >= g.in_w) ? pad
-                : ToFloat(input[p_base[pp] + (y * g.in_w + x) * g.in_c + c]);
-          }
-          xs[dd][pp] = v;
+          xs[dd][pp] = d < D ? WindowEntry(g, input, origin[pp], a, b, c, pad) : 0.f;
         }
         for (int e = t; e < kTileD * kTileL; e += kTileThreads) {
           const int ll = e % kTileL, de = e / kTileL;
@@ -350,8 +358,7 @@ KZ_GLOBAL void KZ_LAUNCH_BOUNDS(kTileThreads, 2) SimilarityParamGradKernel(
   const float pad = kIgnoreNaN ? NAN : 0.f;
   KZ_SHARED float xs[kGradChunk][kGradTile + 4];
   KZ_SHARED float gs[kGradChunk][kGradTile + 4];
-  KZ_SHARED int64_t p_base[kGradChunk];
-  KZ_SHARED int p_y0[kGradChunk], p_x0[kGradChunk];
+  KZ_SHARED WindowOrigin origin[kGradChunk];
   KZ_SHARED int d_a[kGradTile], d_b[kGradTile], d_c[kGradTile];
   KZ_PER_THREAD(float, zr, [kGradReg][kGradReg]);
   KZ_PER_THREAD(float, pr, [kGradReg]);
@@ -382,33 +389,20 @@ KZ_GLOBAL void KZ_LAUNCH_BOUNDS(kTileThreads, 2) SimilarityParamGradKernel(
         const int64_t d = d0 + t;
         d_c[t] = static_cast<int>(Mod(d, g.in_c));
         d_b[t] = static_cast<int>(Mod(Div(d, g.in_c), g.k_w));
-        d_a[t] = d < D ? static_cast<int>(Div(d, g.in_c * g.k_w)) : -(1 << 30);  // past D: outside
+        d_a[t] = d < D ? static_cast<int>(Div(d, g.in_c * g.k_w)) : kOutside;  // past D: outside
       }
     }
     for (int64_t c0 = begin; c0 < end; c0 += kGradChunk) {
       KZ_FOR_THREADS(t) {
-        if (t < kGradChunk) {
-          const int64_t pos = c0 + t;
-          const int64_t j = Mod(pos, g.out_w), rest = Div(pos, g.out_w);
-          const int64_t i = Mod(rest, g.out_h), image = Div(rest, g.out_h);
-          p_y0[t] = pos < end ? static_cast<int>(g.row0(i)) : -(1 << 30);
-          p_x0[t] = static_cast<int>(g.col0(j));
-          p_base[t] = image * g.in_h * g.in_w * g.in_c;
-        }
+        if (t < kGradChunk) origin[t] = OriginOf(g, c0 + t, c0 + t < end);
       }
       KZ_SYNC();
       KZ_FOR_THREADS(t) {
         for (int e = t; e < kGradChunk * kGradTile; e += kTileThreads) {
           const int i = e % kGradTile, pp = e / kGradTile;
           // Entries past D or positions past the split: x = 0, g = 0 (no contribution).
-          const bool live = p_y0[pp] > -(1 << 29) && d_a[i] > -(1 << 29);
-          const int64_t y = p_y0[pp] + d_a[i], x = p_x0[pp] + d_b[i];
-          float v = 0.f;
-          if (live) {
-            v = (y < 0 || y >= g.in_h || x < 0 || x >= g.in_w) ? pad
-                : ToFloat(input[p_base[pp] + (y * g.in_w + x) * g.in_c + d_c[i]]);
-          }
-          xs[pp][i] = v;
+          const bool live = origin[pp].y0 != kOutside && d_a[i] != kOutside;
+          xs[pp][i] = live ? WindowEntry(g, input, origin[pp], d_a[i], d_b[i], d_c[i], pad) : 0.f;
           const int64_t l = l0 + i, pos = c0 + pp;
           gs[pp][i] = (l < n && pos < end) ? ToFloat(grad[pos * n + l]) : 0.f;
         }
