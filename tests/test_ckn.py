@@ -14,7 +14,7 @@ from kernelzoo.layers import CKNConv2D
 from kernelzoo.layers.ckn import gaussian_filter, inverse_sqrt
 from kernelzoo.zoo.ckn import ImageWhitening, PerImageWhitening, ckn, init_ckn_layers, spherical_kmeans
 from kernelzoo.zoo.ckn.preprocessing import inverse_sqrt_spd
-from kernelzoo.zoo.ckn.classifier import accuracy, fit_logistic
+from kernelzoo.zoo.linear_classifier import accuracy, fit_logistic
 
 LAYER_CONFIGS = [
     dict(filters=4, kernel_size=3),

@@ -10,7 +10,7 @@ import pytest
 
 import kernelzoo  # noqa: F401  (registers the layers)
 from kernelzoo.zoo import registry, training
-from kernelzoo.zoo.ckn.classifier import accuracy, fit_logistic
+from kernelzoo.zoo.linear_classifier import accuracy, fit_logistic
 from kernelzoo.zoo.ckn.kmeans import _seeds, spherical_kmeans
 from kernelzoo.zoo.data.synthetic import stripes
 from kernelzoo.zoo.layerwise import algorithm, theory

@@ -10,12 +10,11 @@ Per block i, on the output of the blocks before it:
    linear head (a Dense on the flattened map), the only trainable layers; the recipe trains it with
    Adam on the cross-entropy and drops the head. Clustering+JL skips this step (random projection).
 Finally `classifier_trainer`: the classifier (linear or three fully connected layers) alone, on the
-features of the frozen blocks (`cached_features`, computed once).
+features of the frozen blocks (`kernelzoo.zoo.frozen_features.cached_features`, computed once).
 
 `assignments` and `cluster_purity` measure what the clustering recovered (the planted patch
 identities of the synthetic model, kernelzoo.zoo.layerwise.generative).
 """
-import json
 import os
 import time
 
@@ -24,7 +23,6 @@ import numpy as np
 from keras import ops
 
 from kernelzoo.ops.checks import positive_int
-from kernelzoo.progress import progress
 from kernelzoo.zoo.ckn.kmeans import spherical_kmeans
 from kernelzoo.zoo.layerwise.models import FEATURES
 from kernelzoo.ops.shapes import output_size, pad_amounts
@@ -215,41 +213,6 @@ def copy_weights(source, target):
 
 
 # ----------------------------------------------------------------------------- 3. features for the classifier
-
-
-def feature_extractor(model):
-    return keras.Model(model.input, model.get_layer(FEATURES).output)
-
-
-def cached_features(model, images, path, batch_size=128, chunk=2000, verbose=False):
-    """The "features" output (N, D) float32 for `images`, as a read-only memory map of the .npy `path`.
-
-    Computed once, chunk by chunk, into `path`.partial.npy (a kill keeps the finished chunks: the
-    next call continues), then renamed.
-    """
-    if os.path.isfile(path):
-        return np.load(path, mmap_mode="r")
-    extractor = feature_extractor(model)
-    shape = (len(images), int(np.prod(extractor.output.shape[1:])))
-    partial, done_file = path[:-len(".npy")] + ".partial.npy", path[:-len(".npy")] + ".done.json"
-    done = 0
-    if os.path.isfile(partial) and os.path.isfile(done_file):
-        with open(done_file, encoding="utf-8") as handle:
-            done = int(json.load(handle)["done"])
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    out = np.lib.format.open_memmap(partial, mode="r+" if done else "w+", dtype="float32", shape=shape)
-    for start in progress(range(done, len(images), chunk), label=f"features of {len(images):,} images "
-                          f"({shape[1]:,} values each)", verbose=verbose, unit="chunk"):
-        part = extractor.predict(np.asarray(images[start:start + chunk]), batch_size=batch_size, verbose=0)
-        out[start:start + len(part)] = part.reshape(len(part), -1)
-        out.flush()
-        with open(done_file + ".tmp", "w", encoding="utf-8") as handle:
-            json.dump({"done": start + len(part)}, handle)
-        os.replace(done_file + ".tmp", done_file)
-    del out
-    os.replace(partial, path)
-    os.remove(done_file)
-    return np.load(path, mmap_mode="r")
 
 
 class Batches(keras.utils.PyDataset):

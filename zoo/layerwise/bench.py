@@ -21,6 +21,7 @@ import numpy as np
 
 from kernelzoo.ops.checks import positive_int
 from kernelzoo.zoo import registry
+from kernelzoo.zoo.frozen_features import feature_extractor
 from kernelzoo.zoo.ckn.kmeans import _assign, _one_hot, _seeds, _unit_rows
 from kernelzoo.zoo.layerwise import algorithm
 
@@ -81,7 +82,7 @@ def bench(name, images=256, batch_size=128, train=50_000, test=10_000, steps=3, 
             out[f"block {index}: {block_epochs[index]} epochs of {steps_per_epoch} steps"] = (
                 step * steps_per_epoch * block_epochs[index])
             notes[f"block {index}"]["train_step_s"] = step
-    extractor = algorithm.feature_extractor(model)
+    extractor = feature_extractor(model)
     forward = _timed(lambda: extractor.predict_on_batch(x[:batch_size]), steps) / batch_size
     out[f"features: the network forward on {train:,} images"] = forward * train
     algorithm.release(model)

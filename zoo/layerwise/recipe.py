@@ -30,6 +30,7 @@ import numpy as np
 
 from kernelzoo.ops.checks import nonnegative_int, positive_int
 from kernelzoo.zoo import training
+from kernelzoo.zoo.frozen_features import cached_features
 from kernelzoo.zoo.layerwise import algorithm
 from kernelzoo.zoo.recipe import Data, Recipe, TinyRun, run_config
 
@@ -209,9 +210,9 @@ class LayerwiseRecipe(Recipe):
         (x, _), val = data.train, data.val
         if stage.block is None:
             folder = os.path.join(out_dir, FEATURES)
-            inputs = algorithm.cached_features(model, x, os.path.join(folder, f"train-{len(x)}.npy"),
-                                               batch_size=hp["batch_size"], verbose=verbose)
-            val_inputs = None if val is None else algorithm.cached_features(
+            inputs = cached_features(model, x, os.path.join(folder, f"train-{len(x)}.npy"),
+                                     batch_size=hp["batch_size"], verbose=verbose)
+            val_inputs = None if val is None else cached_features(
                 model, val[0], os.path.join(folder, f"val-{len(val[0])}.npy"), batch_size=hp["batch_size"],
                 verbose=verbose)
             fresh = algorithm.classifier_trainer(model)

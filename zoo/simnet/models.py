@@ -244,8 +244,9 @@ def coates_baseline(n=1600, patch_size=6, pool_grid=(2, 2), train_templates=Fals
     Args:
       n: number of k-means centroids.
       train_templates: let SGD move the centroids (the paper found it does not help).
-      weight_decay: SGD weight decay of the linear classifier (stands in for the SVM's C).
-    The classifier is trained with the softmax loss (Coates et al. used an L2-SVM).
+      weight_decay: SGD weight decay of the linear classifier, for fine-tuning.
+    The zoo's recipe (kernelzoo.zoo.simnet.recipe.CoatesRecipe) fits the classifier as Coates et al.:
+    an L2-SVM on the fixed, standardised features (the "features" layer).
     """
     n = positive_int(n, "n")
     num_classes = positive_int(num_classes, "num_classes")
@@ -257,7 +258,7 @@ def coates_baseline(n=1600, patch_size=6, pool_grid=(2, 2), train_templates=Fals
     x = TriangleCoding(n, trainable=bool(train_templates), name="triangle_coding")(x)
     x = QuadrantPooling(pool_grid, mode="sum", name="pool")(x)
     x = keras.layers.Flatten(name="flatten")(x)
-    x = keras.layers.Normalization(name="feature_standardization")(x)
+    x = keras.layers.Normalization(name="features")(x)  # standardised: the fixed features the classifier sees
     outputs = keras.layers.Dense(num_classes, kernel_regularizer=regularizer, name="logits")(x)
     return keras.Model(inputs, outputs, name=name or f"coates_baseline_n{n}")
 

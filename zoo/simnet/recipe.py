@@ -8,13 +8,20 @@
   training set; --holdout / --validate-only are the recipe's validation protocol
   (kernelzoo.zoo.recipe: a held-out run, the test split never touched with --validate-only).
 The rest (SGD with momentum, lr / 10 every lr_drop_every epochs, Keras loop) is the default recipe.
+
+The Coates et al. baseline trains with CoatesRecipe instead: the same unsupervised initialisation
+(whitening, k-means centroids, feature standardisation), then its linear classifier fitted once on
+the frozen features (`kernelzoo.zoo.frozen_features`: an L2-SVM as Coates et al., L-BFGS, the L2
+chosen on --holdout training images), not by SGD epochs through the triangle coding.
 """
 import os
 import time
 
 import numpy as np
 
+from kernelzoo.ops.checks import positive_int
 from kernelzoo.zoo import training
+from kernelzoo.zoo.frozen_features import FrozenFeaturesRecipe
 from kernelzoo.zoo.recipe import Data, Recipe, TinyRun
 
 
@@ -32,8 +39,7 @@ class SimNetRecipe(Recipe):
                             help="choose the weight decay among these on --holdout training images first "
                                  "(default the recipe's 5000; 'preset' = the recipe's grid), then train on "
                                  "the whole training set with it")
-        parser.add_argument("--init-images", type=int, default=5000,
-                            help="unlabeled training images for the unsupervised initialisation")
+        add_init_images_argument(parser)
         parser.add_argument("--no-init", action="store_true",
                             help="random templates, unit weights, zero offsets (paper Sec. 6.3 ablation); the "
                                  "preprocessing (whitening) is still fitted")
@@ -46,17 +52,8 @@ class SimNetRecipe(Recipe):
     def initialise(self, model, data, hp, options, seed=0, verbose=0):
         if not hp.get("unsupervised_init", True):
             return None
-        from kernelzoo.zoo.simnet.init import unsupervised_init
-        x = np.asarray(data.train[0])
-        count = min(len(x), options.init_images)
-        sample = x[np.sort(np.random.default_rng(seed).choice(len(x), count, replace=False))]
-        started = time.time()
-        reports = unsupervised_init(model, sample, seed=seed, similarity=not options.no_init, verbose=bool(verbose))
-        if verbose:
-            print(f"unsupervised initialisation on {count} images: {sorted(reports)} "
-                  f"({time.time() - started:.0f} s)", flush=True)
-        return {name: value if isinstance(value, str) else {"log_likelihood": value["mixture"].log_likelihood}
-                for name, value in reports.items()}
+        return initialise_from_images(model, data, options.init_images, similarity=not options.no_init, seed=seed,
+                                      verbose=verbose)
 
     def train(self, preset, data, out_dir, *, overrides=None, hp=None, options=None, seed=0, verbose=1, **kwargs):
         """The recipe's validation protocol (--holdout, --validate-only: `Recipe.train`), or with
@@ -96,15 +93,49 @@ class SimNetRecipe(Recipe):
         return chosen
 
 
+class CoatesRecipe(FrozenFeaturesRecipe):
+    """Coates et al.: k-means triangle coding fitted without labels, then an L2-SVM on the frozen features."""
+
+    def add_arguments(self, parser):
+        super().add_arguments(parser)
+        add_init_images_argument(parser)
+
+    def initialise(self, model, data, hp, options, seed=0, verbose=0):
+        return initialise_from_images(model, data, options.init_images, seed=seed, verbose=verbose)
+
+
+def add_init_images_argument(parser):
+    """--init-images, shared by both recipes."""
+    parser.add_argument("--init-images", type=int, default=5000,
+                        help="unlabeled training images for the unsupervised initialisation")
+
+
+def initialise_from_images(model, data, count, *, similarity=True, seed=0, verbose=0):
+    """`unsupervised_init` on `count` training images drawn without replacement (seeded); its report."""
+    from kernelzoo.zoo.simnet.init import unsupervised_init
+    x = np.asarray(data.train[0])
+    count = min(len(x), positive_int(count, "init_images"))
+    sample = x[np.sort(np.random.default_rng(seed).choice(len(x), count, replace=False))]
+    started = time.time()
+    reports = unsupervised_init(model, sample, seed=seed, similarity=similarity, verbose=bool(verbose))
+    if verbose:
+        print(f"unsupervised initialisation on {count} images: {sorted(reports)} "
+              f"({time.time() - started:.0f} s)", flush=True)
+    return {name: value if isinstance(value, str) else {"log_likelihood": value["mixture"].log_likelihood}
+            for name, value in reports.items()}
+
+
 def recipe_for(preset):
-    """Every SimNet-family preset trains with SimNetRecipe."""
-    return SimNetRecipe()
+    """The Coates et al. baseline trains with CoatesRecipe, every other SimNet-family preset with SimNetRecipe."""
+    return CoatesRecipe() if preset.builder.endswith(".coates_baseline") else SimNetRecipe()
 
 
 def tiny_runs():
-    """A 4-template SimNet and a 4-filter ConvNet on 10x10 stripes (three classes)."""
+    """A 4-template SimNet, a 4-filter ConvNet and an 8-centroid Coates network on 10x10 stripes (three classes)."""
     from kernelzoo.zoo.data.synthetic import stripes
     data = Data(train=stripes(96), test=stripes(30, seed=1), source="stripes 10x10x3", class_names=("h", "v", "flat"))
     hp = {"epochs": 4, "batch_size": 16, "lr": 0.05, "lr_drop_every": 3}
     return [TinyRun("simnet_cifar10_wl2_n400", data, {"n": 4, "patch_size": 3}, hp),
-            TinyRun("convnet_cifar10", data, {"n": 4, "patch_size": 3, "dropout": 0.0}, hp)]
+            TinyRun("convnet_cifar10", data, {"n": 4, "patch_size": 3, "dropout": 0.0}, hp),
+            TinyRun("coates_cifar10_n1600", data, {"n": 8, "patch_size": 3},
+                    {"epochs": 4, "batch_size": 16, "holdout": 24, "l2_grid": (1.0, 0.1, 0.01)})]

@@ -1,10 +1,9 @@
-"""The linear classifier of the unsupervised CKNs: L2-regularised multinomial logistic regression, or
-one-vs-rest squared hinge (the reference's MISO SVM: mean of 1/2 max(0, 1 - y_c f_c(x))^2 over the
-examples, summed over the classes, y_c = +-1).
+"""A linear classifier on fixed features: L2-regularised multinomial logistic regression, or one-vs-rest
+squared hinge (an L2-SVM, as Coates et al. and the CKN reference's MISO SVM: mean of
+1/2 max(0, 1 - y_c f_c(x))^2 over the examples, summed over the classes, y_c = +-1).
 
-Fitted with L-BFGS on fixed features (the CKN layers are frozen), which is exact and far cheaper
-than SGD epochs through the network; the recipe walks the L2 strength down a grid, warm-starting
-each fit from the previous one, and keeps the value with the best held-out accuracy.
+Fitted with L-BFGS on fixed features (frozen layers below), which is exact and far cheaper than SGD
+epochs through the network; `kernelzoo.zoo.frozen_features` walks the L2 strength down a grid with it.
 """
 import numpy as np
 import scipy.optimize
