@@ -1,5 +1,6 @@
 """CKN family (issue 14): the CKNConv2D layer, PerImageWhitening, spherical k-means, the classifier,
 the unsupervised recipe end to end, saving and export."""
+import json
 import os
 import subprocess
 import sys
@@ -405,8 +406,13 @@ def test_tiny_unsupervised_ckn_beats_chance_and_resumes_exactly(tiny_runs):
     run = ckn_tiny_runs()[0]
     assert run.preset == PRESETS[0].name and isinstance(registry.recipe(PRESETS[0]), UnsupervisedCKNRecipe)
     key = f"ckn-{run.preset}"
-    _, result, _ = tiny_runs.trained(key)
+    _, result, folder = tiny_runs.trained(key)
     assert result["metrics"]["test_accuracy"] > 0.8  # chance: 1/3
+    tuning = json.loads((folder / "tuning.json").read_text())
+    assert tuning["holdout"] == run.hp["holdout"] and sorted(map(float, tuning["scores"])) == [0.01, 0.1, 1.0]
+    assert tuning["scores"][f"{tuning['chosen']:g}"] == max(tuning["scores"].values())
+    assert result["history"][-1]["l2"] == tuning["chosen"]  # the refit on all uses the chosen value
+    assert (folder / "l2_path.png").stat().st_size > 1000
     assert all(not layer.trainable for layer in result["model"].layers if isinstance(layer, CKNConv2D))
     history = result["history"]
     assert [int(row["epoch"]) for row in history] == [0, 1, 2, 3] and history[-1]["loss"] < history[0]["loss"]

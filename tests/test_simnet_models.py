@@ -1,4 +1,5 @@
 """The SimNet patch-labeling network, its two baselines, their layers and presets."""
+import json
 import os
 
 import keras
@@ -142,3 +143,23 @@ def test_baseline_bad_arguments():
         models.QuadrantPooling(mode="median")
     with pytest.raises(ValueError, match="`filters`"):
         models.TriangleCoding(0)
+
+
+def test_coates_recipe_fits_an_svm_on_frozen_standardised_features(tiny_runs):
+    """The Coates tiny run (conftest.TinyRuns): k-means centroids, feature statistics and the L2-SVM,
+    never an SGD step through the coding; beats chance on the three stripe classes."""
+    from kernelzoo.zoo.simnet.recipe import CoatesRecipe, tiny_runs as simnet_tiny_runs
+    from kernelzoo.zoo.frozen_features import cached_features
+
+    assert isinstance(registry.recipe(registry.info("coates_cifar10_n1600")), CoatesRecipe)
+    run = next(r for r in simnet_tiny_runs() if r.preset == "coates_cifar10_n1600")
+    _, result, folder = tiny_runs.trained(f"simnet-{run.preset}")
+    model = result["model"]
+    assert result["metrics"]["test_accuracy"] > 0.6  # chance: 1/3
+    assert [w.path for w in model.trainable_weights] == ["logits/kernel", "logits/bias"]
+    config = json.loads((folder / "config.json").read_text())
+    assert config["init"] == {"patch_whitening": "zca", "triangle_coding": "kmeans", "features": "standardize"}
+    images = run.data.train[0]
+    features = cached_features(model, images, str(folder / "features" / f"train-{len(images)}.npy"))
+    assert abs(float(np.mean(features))) < 0.5 and 0.2 < float(np.std(features)) < 2  # standardised on a sample
+    assert [row["l2"] for row in result["history"][:-1]] == [1.0, 0.1, 0.01][:len(result["history"]) - 1]

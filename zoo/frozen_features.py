@@ -8,7 +8,7 @@ Coates et al. baseline): the classifier is fitted once on cached features instea
   minus `holdout` for each L2 value of `l2_grid`, from the largest down, each warm-started from the
   previous one, until `l2_patience` values bring no better held-out accuracy; then refitted on the
   whole training set with the best value. --validate-only stops before the refit (the test split
-  is never touched).
+  is never touched). tuning.json and l2_path.png (held-out accuracy against L2) record the choice.
 The test split is measured once, by `Recipe.train_run`, after fit. Hyper-parameters the recipe reads:
 batch_size (feature passes), holdout, l2_grid, l2_patience, lbfgs_iterations, classifier_loss.
 """
@@ -28,6 +28,7 @@ from kernelzoo.zoo.recipe import DEFAULTS, Recipe
 
 FEATURES = "features"
 TUNING_FILE = "tuning.json"
+L2_PATH_FILE = "l2_path.png"
 
 
 class FrozenFeaturesRecipe(Recipe):
@@ -108,8 +109,9 @@ class FrozenFeaturesRecipe(Recipe):
             if final:
                 break
         chosen = _best(scores)
-        training.write_json(os.path.join(out_dir, TUNING_FILE),
-                            {"holdout": len(held), "scores": {f"{k:g}": v for k, v in scores.items()}, "chosen": chosen})
+        training.write_json(os.path.join(out_dir, TUNING_FILE), {"holdout": len(held), "chosen": chosen,
+                                                                 "scores": {f"{k:g}": v for k, v in scores.items()}})
+        plot_l2_path(scores, chosen, len(held), os.path.join(out_dir, L2_PATH_FILE), title=model.name)
         result = training.finish(model, out_dir)
         if hp.get("validate_only"):
             result["metrics"] = {"val_accuracy": scores[chosen], "val_examples": len(held), "l2": chosen}
@@ -130,6 +132,28 @@ def _floats(text):
 def _best(scores):
     """The L2 value with the best held-out accuracy; on a tie the later (smaller) one. None if none yet."""
     return max(reversed(scores), key=scores.get) if scores else None
+
+
+def plot_l2_path(scores, chosen, holdout, path, title=None):
+    """Held-out accuracy against the L2 strength (log scale), the chosen value marked, into a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = sorted(scores)
+    figure, axis = plt.subplots(figsize=(5, 4))
+    axis.semilogx(values, [scores[v] for v in values], "-o", markersize=4, label=f"{holdout:,} held-out images")
+    axis.semilogx([chosen], [scores[chosen]], "*", markersize=14, label=f"chosen: l2 {chosen:g}")
+    axis.set_xlabel("L2 strength")
+    axis.set_ylabel("held-out accuracy")
+    axis.grid(alpha=0.3, which="both")
+    axis.legend()
+    if title:
+        axis.set_title(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
 
 
 def feature_extractor(model):
