@@ -270,6 +270,9 @@ def run_case(kernels, case):
 
 def check(kernels, reference, quick=False):
     """Compares every case with the reference; returns rows (case, quantity, error, tolerance, ok)."""
+    if not reference or not os.path.isfile(reference):
+        raise FileNotFoundError(f"reference file {reference!r} not found: make it where the CPU kernels build, with "
+                                "`python -m kernelzoo.ops.gpu_check reference REF.npz`, and pass --reference REF.npz")
     ref = np.load(reference)
     rows = []
     names = {c["name"] for c in (quick_cases() if quick else cases())}

@@ -273,3 +273,9 @@ def test_gpu_check_harness_on_the_emulation(emulated, tmp_path):
     np.savez(tmp_path / "bad.npz", **saved)
     failed = [r[:2] for r in gpu_check.check(emulated, str(tmp_path / "bad.npz")) if not r[4]]
     assert failed == [("sim-l2-s11-valid-nan0", "output")]
+
+
+def test_gpu_check_names_a_missing_reference(emulated, tmp_path):
+    from kernelzoo.ops import gpu_check
+    with pytest.raises(FileNotFoundError, match="gpu_check reference"):
+        gpu_check.check(emulated, str(tmp_path / "absent.npz"))

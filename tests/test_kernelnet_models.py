@@ -82,6 +82,14 @@ def test_adam_epochs_continue_one_run():
     assert np.max(np.abs(weights(restarted) - weights(whole))) > 1e-3
 
 
+def test_adam_steps_names_bad_arguments():
+    model = ml.kernelnet_movielens(n_users=5, hidden=(3,), seed=0)
+    with pytest.raises(ValueError, match="learning_rate"):
+        adam_steps(model, lambda m: 0.0, learning_rate=0)
+    with pytest.raises(ValueError, match="steps"):
+        adam_steps(model, lambda m: ml.masked_squared_error(np.ones((1, 5)), np.ones((1, 5)), m(np.ones((1, 5)))))(0)
+
+
 def test_lbfgs_callback_sees_current_iterate():
     model = ml.kernelnet_movielens(n_users=5, hidden=(3,), seed=0)
     x = np.ones((4, 5), np.float32) * 3
