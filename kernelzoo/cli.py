@@ -16,7 +16,8 @@ import sys
 # and `run(args, command)`.
 SUBCOMMANDS = {
     "build-ops": ("kernelzoo.ops.library", "build or rebuild the custom op library"),
-    "bench": (None, "benchmarks: `kernelzoo bench ops`, `kernelzoo bench deploy NAME` or `kernelzoo bench sc`"),
+    "bench": (None, "benchmarks: `kernelzoo bench ops`, `kernelzoo bench deploy NAME`, `kernelzoo bench sc` or "
+                    "`kernelzoo bench ckn`"),
     "demo": ("kernelzoo.zoo.demo", "offline demo on embedded data"),
     "train": ("kernelzoo.zoo.cli", "train a zoo model: kernelzoo train NAME|FAMILY:BUILDER [KEY=VALUE ...]"),
     "eval": ("kernelzoo.zoo.cli", "re-measure a zoo model's card figure (or a .keras file's) on its test split"),
@@ -29,7 +30,8 @@ SUBCOMMANDS = {
 
 
 # `kernelzoo bench WHAT ...` -> the module that benchmarks WHAT (it parses WHAT itself).
-BENCHMARKS = {"ops": "kernelzoo.ops.bench", "deploy": "kernelzoo.export.bench", "sc": "kernelzoo.zoo.sc.bench"}
+BENCHMARKS = {"ops": "kernelzoo.ops.bench", "deploy": "kernelzoo.export.bench", "sc": "kernelzoo.zoo.sc.bench",
+              "ckn": "kernelzoo.zoo.ckn.bench"}
 VERBOSE_FLAGS = ("-v", "--verbose")
 
 

@@ -43,6 +43,10 @@ class CKNConv2D(keras.layers.Layer):
     on every call (symmetric eigendecomposition, differentiable); a frozen layer (trainable=False)
     uses the stored weight `factor`, refreshed whenever the layer is frozen or `set_anchors` runs,
     so its inference graph has no eigendecomposition (ONNX has none).
+
+    Under a mixed-precision policy (mixed_bfloat16) only the patch-anchor products, the layer's large GEMM
+    (and their gradients), run in the compute dtype; the patch norms, the kernel, the pooling and the Nystrom
+    factor and its product stay float32 (the factor of a close pair of anchors amplifies rounding).
     """
 
     def __init__(self, filters, kernel_size, subsampling=1, kernel_function="exp", sigma=0.6, padding="same",
@@ -121,7 +125,10 @@ class CKNConv2D(keras.layers.Layer):
         z = self.unit_anchors()
         squares = ops.sum(ops.square(x), axis=-1, keepdims=True)
         norm = ops.sqrt(ops.maximum(ops.conv(squares, ops.ones((kh, kw, 1, 1)), padding=self.padding), NORM_EPS))
-        dots = ops.conv(x, ops.reshape(z, (kh, kw, channels, self.filters)), padding=self.padding)
+        gemm = self.compute_dtype  # the patch-anchor products: bfloat16 under mixed_bfloat16, else float32
+        dots = ops.conv(ops.cast(x, gemm), ops.cast(ops.reshape(z, (kh, kw, channels, self.filters)), gemm),
+                        padding=self.padding)
+        dots = ops.cast(dots, "float32")
         out = norm * self.kappa(dots / norm)
         out = self.pool(out)
         factor = self.factor if not self.trainable else self.nystrom_factor()

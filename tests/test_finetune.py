@@ -174,6 +174,29 @@ def test_cli_finetune_writes_the_model_and_its_card(image_folder, tmp_path, monk
     assert tuple(model.input.shape) == (None, 16, 16, 3) and tuple(model.output.shape) == (None, NUM_CLASSES)
 
 
+def test_cli_finetunes_a_ckn_keeping_its_frozen_anchors(image_folder, tmp_path, monkeypatch):
+    """A tiny CKN saved as the supervised CKN recipe saves it (CKN layers frozen, Nystrom factors stored, 10
+    classes): `kernelzoo finetune` gives it a 3-class head on the folder's raw pixels; the anchors stay."""
+    from kernelzoo import cli
+    from kernelzoo.zoo.ckn import ckn, init_ckn_layers
+
+    monkeypatch.setitem(cli.SUBCOMMANDS, "finetune", ("kernelzoo.zoo.finetune_cli", "fine-tune"))
+    source = ckn(filters=(4, 4), kernel_sizes=(3, 1), subsamplings=(2, 2), kernels=("exp", "poly2"), whitening="image",
+                 normalize_features=False, input_shape=(16, 16, 3))
+    init_ckn_layers(source, _blob_images(60, np.random.default_rng(1))[0], max_patches=2000, seed=0)
+    path, out = str(tmp_path / "ckn.keras"), str(tmp_path / "tuned.keras")
+    source.save(path)
+    assert cli.main(["finetune", path, "--dataset", image_folder, "--epochs", "2", "--batch-size", "32", "--quiet",
+                     "-o", out]) == 0
+    tuned = keras.models.load_model(out)
+    assert tuple(tuned.output.shape) == (None, NUM_CLASSES) and tuned.get_layer("adapt_scale").scale == 1.0
+    for name in ("ckn1", "ckn2"):
+        assert not tuned.get_layer(name).trainable
+        for new, old in zip(tuned.get_layer(name).get_weights(), source.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(new, old)
+    assert np.isfinite(tuned.predict(_blob_images(6, np.random.default_rng(2))[0], verbose=0)).all()
+
+
 def test_cli_finetune_usage_errors_are_one_line(image_folder, tmp_path, monkeypatch, capsys):
     from kernelzoo import cli
 

@@ -19,12 +19,13 @@ from scipy import stats
 import kernelzoo  # noqa: F401  (registers the layers)
 from kernelzoo.zoo import registry
 from kernelzoo.zoo.inputs import takes_raw_pixels
+from kernelzoo.zoo.precision import float32_copy, precision_policy
 from kernelzoo.zoo.sc import (RandomShiftFlip, pretrain, sample_patch_positions, sc_cifar10, sc_mnist, sc_stl10,
                               spatial_contrasting_from_maps, spatial_contrasting_loss)
 from kernelzoo.zoo.sc.data import carve_validation, labelled_subset, sc_images, semi_supervised
 from kernelzoo.zoo.sc.loss import patch_features, positions_grid
 from kernelzoo.zoo.sc.pretraining import PlateauDrop
-from kernelzoo.zoo.sc.recipe import SCRecipe, float32_copy, precision_policy
+from kernelzoo.zoo.sc.recipe import SCRecipe
 
 
 # ----------------------------------------------------------------------------- sampling

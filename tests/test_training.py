@@ -27,6 +27,38 @@ def test_schedule_and_epoch_order():
     assert not np.array_equal(training.epoch_order(10, 3, 0), training.epoch_order(10, 4, 0))
 
 
+def test_milestone_schedule_drops_at_each_milestone_as_multisteplr():
+    schedule = training.milestone_schedule(0.1, (60, 85, 100))
+    rates = [schedule(epoch) for epoch in range(105)]
+    assert rates[:60] == [0.1] * 60 and rates[100:] == pytest.approx([1e-4] * 5)
+    assert rates[60] == pytest.approx(0.01) and rates[84] == pytest.approx(0.01) and rates[85] == pytest.approx(1e-3)
+    assert training.milestone_schedule(1.0, [2], factor=0.5)(7) == 0.5  # a list, another factor; past the end
+
+
+@pytest.mark.parametrize("milestones, factor, name", [
+    ((), 0.1, "milestones"), ((5, 5), 0.1, "milestones"), ((8, 3), 0.1, "milestones"), ((0, 3), 0.1, "milestones"),
+    ((2.5,), 0.1, "milestones"), (5, 0.1, "milestones"), ((3,), 0.0, "factor")])
+def test_milestone_schedule_names_its_bad_arguments(milestones, factor, name):
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        training.milestone_schedule(0.1, milestones, factor)
+    with pytest.raises(ValueError, match="`lr`"):
+        training.milestone_schedule(0, (3,))
+
+
+def test_recipe_schedules_and_their_bad_hyperparameters():
+    recipe = Recipe()
+    rates = recipe.lr_schedule(dict(DEFAULTS, lr=0.1, epochs=6, schedule="milestones", lr_milestones=(2, 4)))
+    assert [rates(epoch) for epoch in range(6)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    assert recipe.lr_schedule(dict(DEFAULTS, lr=0.1, epochs=6))(3) == pytest.approx(0.01)  # step: after half
+    assert recipe.lr_schedule(dict(DEFAULTS, schedule="cosine")) is None
+    with pytest.raises(ValueError, match="`lr_milestones`"):
+        recipe.lr_schedule(dict(DEFAULTS, schedule="milestones"))
+    with pytest.raises(ValueError, match="`lr_milestones`.*increasing"):
+        recipe.lr_schedule(dict(DEFAULTS, schedule="milestones", lr_milestones=(4, 2)))
+    with pytest.raises(ValueError, match="schedule"):
+        recipe.lr_schedule(dict(DEFAULTS, schedule="exponential"))
+
+
 def test_dataset_visits_every_example_once_per_epoch():
     x, y = stripes(10)
     batches = list(training.make_dataset(x, y, 4, epochs=2, seed=1))

@@ -4,9 +4,12 @@ squared hinge (an L2-SVM, as Coates et al. and the CKN reference's MISO SVM: mea
 
 Fitted with L-BFGS on fixed features (frozen layers below), which is exact and far cheaper than SGD
 epochs through the network; `kernelzoo.zoo.frozen_features` walks the L2 strength down a grid with it.
+`one_vs_rest_squared_hinge` is the squared hinge as a Keras loss, for SGD through the network (supervised CKN).
 """
+import keras
 import numpy as np
 import scipy.optimize
+from keras import ops
 
 from kernelzoo.ops.checks import check_choice, nonnegative_float, positive_int
 
@@ -73,3 +76,13 @@ def fit_logistic(features, labels, num_classes, l2, *, start=None, max_iter=1000
 def accuracy(features, labels, kernel, bias):
     """The fraction of `labels` that argmax(features @ kernel + bias) gets right."""
     return float(np.mean(np.argmax(np.asarray(features, "float32") @ kernel + bias, axis=1) == labels))
+
+
+@keras.saving.register_keras_serializable(package="kernelzoo")
+def one_vs_rest_squared_hinge(y_true, y_pred):
+    """Keras loss on logits and integer labels: the sum over the classes of 1/2 max(0, 1 - y_c f_c)^2, y_c = +1 for
+    the label and -1 for the others (the module docstring's "squared_hinge"; Keras averages it over the batch)."""
+    logits = ops.cast(y_pred, "float32")
+    labels = ops.reshape(ops.cast(y_true, "int32"), (-1,))
+    signs = 2.0 * ops.one_hot(labels, logits.shape[-1]) - 1.0
+    return 0.5 * ops.sum(ops.square(ops.relu(1.0 - signs * logits)), axis=-1)

@@ -28,11 +28,13 @@ from kernelzoo.zoo import registry, training
 from kernelzoo.zoo.inputs import as_model_input
 
 OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("step", "cosine", "constant")
+SCHEDULES = ("step", "milestones", "cosine", "constant")
 LR_SCALING = ("none", "linear")
 # Hyper-parameters every recipe understands (the preset's recipe overrides them).
+# schedule "step": lr / 10 every `lr_drop_every` epochs (default half the run); "milestones": lr / 10 at each epoch
+# of `lr_milestones`; "cosine": a cosine decay over the run; "constant".
 DEFAULTS = {"epochs": 10, "batch_size": 64, "optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "schedule": "step",
-            "lr_drop_every": None, "lr_scaling": "none"}
+            "lr_drop_every": None, "lr_milestones": None, "lr_scaling": "none"}
 
 
 @dataclasses.dataclass
@@ -211,15 +213,27 @@ class Recipe:
     def fit(self, model, data, out_dir, hp, *, seed=0, resume=False, verbose=1, tensorboard=True,
             max_steps_per_epoch=None, config=None, strategy=None, callbacks=None):
         """The Keras loop (kernelzoo.zoo.training.train); returns its result dict."""
-        schedule = None
-        if hp["schedule"] == "step":
-            schedule = training.step_schedule(hp["lr"], hp["epochs"], hp["lr_drop_every"])
         return training.train(model, self.targets(model, data, "train"), out_dir=out_dir, epochs=hp["epochs"],
-                              batch_size=hp["batch_size"], lr_schedule=schedule,
+                              batch_size=hp["batch_size"], lr_schedule=self.lr_schedule(hp),
                               val_data=None if data.val is None else self.targets(model, data, "val"), seed=seed,
                               resume=resume, verbose=verbose, tensorboard=tensorboard,
                               max_steps_per_epoch=max_steps_per_epoch, config=config, strategy=strategy,
                               callbacks=callbacks)
+
+    def lr_schedule(self, hp):
+        """The epoch -> lr function of the "step" and "milestones" schedules; None for the others (the optimizer's
+        own learning rate: a cosine decay or a constant)."""
+        schedule = check_choice("schedule", hp["schedule"], SCHEDULES)
+        if schedule == "step":
+            return training.step_schedule(hp["lr"], hp["epochs"], hp["lr_drop_every"])
+        if schedule != "milestones":
+            return None
+        if hp["lr_milestones"] is None:
+            raise ValueError("`lr_milestones` must list the epochs at which the lr drops (schedule 'milestones')")
+        try:
+            return training.milestone_schedule(hp["lr"], hp["lr_milestones"])
+        except ValueError as error:
+            raise ValueError(f"`lr_milestones`: {error}") from None
 
     def evaluate(self, model, data, split="test", verbose=0):
         """{metric: value} on a split: accuracy and loss (and the example count); a progress bar when `verbose`."""

@@ -13,13 +13,14 @@ A run folder holds:
 - tf.data over uint8 arrays held in memory (decoded once), each epoch in a permutation that
   depends only on (seed, epoch), batches gathered in parallel and prefetched; nothing is
   augmented; the batch size is global (split over the replicas of a tf.distribute strategy);
-- an optional learning-rate function of the epoch index only (`step_schedule`);
+- an optional learning-rate function of the epoch index only (`step_schedule`, `milestone_schedule`);
 - callbacks: progress bar, CSV log, TensorBoard, a checkpoint every epoch and the resume state.
   `resume=True` reloads it and continues with the next epoch, on the same data order and
   learning rate, so a killed run ends with the weights of an uninterrupted one.
 Loops that are not Keras `fit` (the kernelNet L-BFGS-B) write the same files with
 `save_checkpoint`, `append_log` and `finish`.
 """
+import bisect
 import contextlib
 import csv
 import json
@@ -32,7 +33,7 @@ import keras
 import numpy as np
 
 from kernelzoo.ops import checks
-from kernelzoo.ops.checks import check_choice, int_in_range, positive_float, positive_int
+from kernelzoo.ops.checks import check_choice, int_in_range, positive_float, positive_int, positive_ints
 
 CONFIG_FILE = "config.json"
 LOG_FILE = "log.csv"
@@ -70,6 +71,21 @@ def step_schedule(lr, epochs, drop_every=None, factor=0.1):
 
     def schedule(epoch, current_lr=None):
         return float(lr * factor ** (int(epoch) // drop_every))
+
+    return schedule
+
+
+def milestone_schedule(lr, milestones, factor=0.1):
+    """epoch -> lr * factor^(milestones reached): the lr drops at the start of each epoch index in `milestones`
+    (strictly increasing; PyTorch's MultiStepLR stepped once per epoch). Milestones past the run's end never act."""
+    lr = positive_float(lr, "lr")
+    milestones = positive_ints(milestones, "milestones")
+    if any(later <= earlier for earlier, later in zip(milestones, milestones[1:])):
+        raise ValueError(f"`milestones` must be strictly increasing epochs, got {milestones!r}")
+    factor = positive_float(factor, "factor")
+
+    def schedule(epoch, current_lr=None):
+        return float(lr * factor ** bisect.bisect_right(milestones, int(epoch)))
 
     return schedule
 

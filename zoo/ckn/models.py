@@ -1,23 +1,25 @@
 """The CIFAR-10 convolutional kernel networks (Mairal 2016; reference CKN-Pytorch-image).
 
-`ckn`: raw pixels -> ImageWhitening (or PerImageWhitening) -> CKNConv2D layers -> flatten -> centred, normalised
-features (per example: minus its mean, over its standard deviation) -> linear classifier.
-The unsupervised models of issue 14 set the anchors without labels and fit only the classifier
-(kernelzoo.zoo.ckn.recipe); keras.ops only, so it runs on every backend.
+`ckn`: raw pixels -> ImageWhitening (or PerImageWhitening) -> [augmentation] -> CKNConv2D layers -> flatten ->
+[centred, normalised features (per example: minus its mean, over its standard deviation)] -> linear classifier.
+The unsupervised models of issue 14 set the anchors without labels and fit only the classifier on the normalised
+features; the supervised CKN-5 learns anchors and classifier together on the flattened map itself, as the
+reference's supervised networks (kernelzoo.zoo.ckn.recipe). keras.ops only (the optional augmentation: TensorFlow).
 """
 import keras
 
 from kernelzoo.layers import CKNConv2D
-from kernelzoo.ops.checks import check_choice, image_shape, positive_float, positive_int, positive_ints
+from kernelzoo.ops.checks import boolean, check_choice, image_shape, positive_float, positive_int, positive_ints
 from kernelzoo.zoo.ckn.preprocessing import ImageWhitening, PerImageWhitening
 
 WHITENINGS = ("image", "patches")
 _WHITENING_EPS = {"image": 1e-3, "patches": 0.1}
+AUGMENT_SHIFT = 4  # the reference's RandomCrop(32, padding=4)
 
 
 def ckn(filters=(64, 256), kernel_sizes=(3, 3), subsamplings=(2, 6), kernels="exp", sigmas=0.6, whitening="patches",
-        whitening_eps=None, whitening_power=0.25, nystrom_shift=0.0, trainable_anchors=True, num_classes=10,
-        input_shape=(32, 32, 3), name=None):
+        whitening_eps=None, whitening_power=0.25, nystrom_shift=0.0, trainable_anchors=True, normalize_features=True,
+        augment=False, num_classes=10, input_shape=(32, 32, 3), name=None):
     """A CKN classifier; `kernels` and `sigmas` are one value for every layer or one per layer.
 
     Args:
@@ -33,7 +35,12 @@ def ckn(filters=(64, 256), kernel_sizes=(3, 3), subsamplings=(2, 6), kernels="ex
       nystrom_shift: the CKN layers' factor V diag(1 / (sqrt(lambda) + c)) V^T (0: exact; reference 0.01).
       trainable_anchors: False builds the CKN layers frozen (unsupervised models: anchors set by k-means,
         the Nystrom factor a stored weight, so even an untrained model exports without eigendecomposition).
-    Layer names: "whitening", "ckn1".."cknL", "features" (the classifier's input), "logits".
+      normalize_features: True (unsupervised models): the flattened map centred and normalised per example
+        (LayerNormalization "features"); False (the reference's supervised CKNs): the flattened map is "features".
+      augment: the reference's --augmentation after the whitening, in training only (RandomShiftFlip
+        "augment": shifts of up to 4 pixels with zeros filled in, i.e. 32x32 crops of the image padded by 4,
+        and left-right mirroring).
+    Layer names: "whitening", ["augment"], "ckn1".."cknL", "features" (the classifier's input), "logits".
     """
     filters = positive_ints(filters, "filters")
     depth = len(filters)
@@ -50,11 +57,17 @@ def ckn(filters=(64, 256), kernel_sizes=(3, 3), subsamplings=(2, 6), kernels="ex
     else:
         x = PerImageWhitening(kernel_sizes[0], eps, name="whitening")(inputs)
         kernel_sizes = [1] + list(kernel_sizes[1:])  # layer 1 reads the whitened k x k patches as channels
+    if boolean(augment, "augment"):
+        from kernelzoo.zoo.sc.models import RandomShiftFlip
+        x = RandomShiftFlip(AUGMENT_SHIFT, flip=True, fill="constant", dtype="float32", name="augment")(x)
     for index, layer in enumerate(zip(filters, kernel_sizes, subsamplings, kernels, sigmas), 1):
         x = CKNConv2D(*layer[:3], kernel_function=layer[3], sigma=layer[4], nystrom_shift=nystrom_shift,
                       trainable=bool(trainable_anchors), name=f"ckn{index}")(x)
-    x = keras.layers.Flatten(name="flatten")(x)
-    x = keras.layers.LayerNormalization(epsilon=1e-6, center=False, scale=False, name="features")(x)
+    if boolean(normalize_features, "normalize_features"):
+        x = keras.layers.Flatten(name="flatten")(x)
+        x = keras.layers.LayerNormalization(epsilon=1e-6, center=False, scale=False, name="features")(x)
+    else:
+        x = keras.layers.Flatten(name="features")(x)
     outputs = keras.layers.Dense(num_classes, kernel_initializer="zeros", name="logits")(x)
     return keras.Model(inputs, outputs, name=name or "ckn_" + "_".join(map(str, filters)))
 

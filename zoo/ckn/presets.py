@@ -1,8 +1,8 @@
-"""The CKN family's presets (Mairal 2016; issue 14): unsupervised two-layer CKNs on CIFAR-10.
+"""The CKN family's presets (Mairal 2016; issue 14): unsupervised two-layer CKNs and the supervised CKN-5 on CIFAR-10.
 
 Every model takes raw 0-255 CIFAR pixels (the whitening is inside). The paper figures are the
-reference implementation's (CKN-Pytorch-image README), which chose its regularisation on the
-test set; ours is chosen on 5,000 held-out training images.
+reference implementation's (CKN-Pytorch-image README), which chose its regularisation (unsupervised) or its
+epoch (supervised) on the test set; ours are chosen on 5,000 held-out training images.
 """
 from kernelzoo.zoo.preset import CIFAR10_CLASSES, DatasetSpec, Figure, InputSpec, Preset
 
@@ -34,10 +34,29 @@ def _unsupervised(filters, kernel_sizes, paper, weights=None, sha256=None, measu
                   measured=None if measured is None else Figure(measured, _CIFAR10_JPEG), paper=paper)
 
 
+# The reference's CKN-5 (ckn/models.py SupCKNetCifar10_5): the exp kernels' sigma 0.5, its Nystrom shift 0.01, no
+# feature normalisation (the classifier reads the flattened last map, with a bias). Its training (cifar10_sup.sh,
+# experiments/cifar10_sup.py): SGD, momentum 0.9, lr 0.1, batch 128, 105 epochs, lr / 10 at epochs 60, 85, 100
+# (MultiStepLR); the rest of the recipe is the recipe module's SUPERVISED_DEFAULTS.
+_SUPERVISED_5 = Preset(
+    name="ckn_cifar10_sup5", family="ckn", builder="kernelzoo.zoo.ckn.models.ckn",
+    config={"filters": (128,) * 5, "kernel_sizes": (3, 1, 3, 1, 3), "subsamplings": (2, 1, 2, 1, 3),
+            "kernels": ("exp", "poly2", "exp", "poly2", "exp"), "sigmas": 0.5, "whitening": "image",
+            "nystrom_shift": 0.01, "trainable_anchors": True, "normalize_features": False},
+    description="supervised CKN-5, 5 layers of 128 anchors (patches 3,1,3,1,3; pooling 2,1,2,1,3; exp kernels "
+                "sigma 0.5 on the 3x3 layers, poly2 on the 1x1), anchors and classifier trained by SGD from "
+                "spherical k-means (squared hinge), CIFAR-10",
+    inputs=_INPUTS, task="classification", dataset=_CIFAR10, class_names=CIFAR10_CLASSES,
+    recipe={"epochs": 105, "batch_size": 128, "optimizer": "sgd", "lr": 0.1, "momentum": 0.9,
+            "schedule": "milestones", "lr_milestones": (60, 85, 100)},
+    card="ckn_cifar10_sup5.md",
+    paper=Figure(0.861, "CKN-Pytorch-image README, CKN-5 (best epoch on the test set, no augmentation)"))
+
 PRESETS = (
     _unsupervised((64, 256), (3, 3), Figure(0.775, _REFERENCE), weights="ckn_cifar10_unsup_64_256.keras",
                   sha256="429ae285ebe663b11ab5fa59feead7bb927386fde1950169cd2b32830306c0bc", measured=0.7476),
     _unsupervised((256, 1024), (3, 3), Figure(0.820, _REFERENCE), weights="ckn_cifar10_unsup_256_1024.keras",
                   sha256="c2f2cfc00f85aba26672ea7e090c0e9165099e65618df9ca89af43ea4949f306", measured=0.7852),
     _unsupervised((512, 8192), (3, 2), Figure(0.840, _REFERENCE)),
+    _SUPERVISED_5,
 )

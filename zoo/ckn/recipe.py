@@ -1,12 +1,14 @@
-"""How the unsupervised CKNs train (Mairal 2016 Sec. 4; issue 14): the recipe hooks `kernelzoo train` calls.
+"""How the CKNs train (Mairal 2016 Sec. 4; issue 14): the recipe hooks `kernelzoo train` calls.
 
-- initialise: spherical k-means anchors for each CKN layer in turn, on patches of its input sampled
-  uniformly over the training images and positions; each layer is frozen (its Nystrom factor
-  becomes a stored constant) before the next is fitted. Labels are not used; the whitening has
-  nothing to fit. The run folder's first checkpoint holds this stage, for --resume.
+Both recipes start from spherical k-means anchors for each CKN layer in turn, on patches of its input
+sampled uniformly over the training images and positions; each layer is frozen (its Nystrom factor
+becomes a stored constant) before the next is fitted. Labels are not used; the whitening has nothing to fit.
+
+UnsupervisedCKNRecipe (the ckn_cifar10_unsup_* presets): the anchors stay as k-means set them.
 - fit (`kernelzoo.zoo.frozen_features`): the linear classifier on the centred, normalised features
   of every training image ("features" layer), its L2 chosen on held-out training images; the
-  presets use the reference's loss, the one-vs-rest squared hinge (an L2-SVM).
+  presets use the reference's loss, the one-vs-rest squared hinge (an L2-SVM). The run folder's first
+  checkpoint holds the k-means stage, for --resume.
 
 Design choices for ckn_cifar10_unsup_64_256, held-out accuracy with --limit-train 20000 --holdout 5000
 --validate-only --kmeans-patches 100000 (15k training images, the same 5k held out):
@@ -14,12 +16,52 @@ Design choices for ckn_cifar10_unsup_64_256, held-out accuracy with --limit-trai
   whitening=image (the reference's), logistic                                     0.7140 (l2 3e-4)
   whitening=image, squared hinge                                                  0.7170 (l2 1e-3)
   whitening=image, squared hinge, nystrom_shift=0.01 (the reference's)            0.7176 (l2 1e-3)
+
+SupervisedCKNRecipe (ckn_cifar10_sup5; the reference's experiments/cifar10_sup.py without --alternating):
+- initialise: the k-means anchors, then the classifier fitted by L-BFGS on the features of the training images
+  (squared hinge, L2 = alpha D / N s^2: the reference's Linear.fit, s the mean per-image RMS of the D features,
+  N images, `classifier_alpha` its --alpha), then every CKN layer unfrozen.
+- compile / fit: anchors (on the sphere by the layer's parameterisation) and classifier trained together by SGD
+  with momentum on the one-vs-rest squared hinge with the Keras loop; the lr divided by 10 at each epoch of
+  `lr_milestones` (schedule "milestones"). `augment`: the reference's --augmentation inside the model.
+- `precision`: "float32" or "mixed_bfloat16" (the CKN layers' patch-anchor products in bfloat16, see
+  CKNConv2D); model.keras is always float32 with its CKN layers frozen (the Nystrom factors stored weights:
+  it exports without eigendecomposition), the checkpoints keep them trainable for --resume.
 """
+import inspect
+
 import numpy as np
 
-from kernelzoo.zoo.ckn.kmeans import init_ckn_layers
-from kernelzoo.zoo.frozen_features import FrozenFeaturesRecipe
-from kernelzoo.zoo.recipe import Data, TinyRun
+from kernelzoo.layers.ckn import CKNConv2D
+from kernelzoo.ops.checks import boolean, check_choice, nonnegative_float, positive_int
+from kernelzoo.zoo.ckn.kmeans import INITS, init_ckn_layers
+from kernelzoo.zoo.ckn.models import ckn
+from kernelzoo.zoo.frozen_features import FrozenFeaturesRecipe, feature_extractor
+from kernelzoo.zoo.linear_classifier import fit_logistic, one_vs_rest_squared_hinge
+from kernelzoo.zoo.precision import PRECISIONS, float32_copy, precision_policy
+from kernelzoo.zoo.recipe import Data, Recipe, TinyRun
+
+# What SupervisedCKNRecipe reads besides recipe.DEFAULTS (a preset's recipe overrides them): the reference's
+# values (experiments/cifar10_sup.py: --sampling-patches 150000, spherical k-means of at most 100 steps,
+# --alpha 0.001 as cifar10_sup.sh runs it); L-BFGS stops earlier than its 5000 steps on standardised features.
+SUPERVISED_DEFAULTS = {"kmeans_patches": 150_000, "kmeans_init": "k-means++", "kmeans_iterations": 100,
+                       "classifier_alpha": 1e-3, "lbfgs_iterations": 1000, "precision": "float32", "augment": False,
+                       "holdout": 5000}
+
+
+def add_kmeans_option(parser):
+    parser.add_argument("--kmeans-patches", type=int, default=None,
+                        help="patches sampled per CKN layer for spherical k-means")
+
+
+def kmeans_anchors(model, images, hp, seed, verbose):
+    """Every CKN layer's anchors by spherical k-means, in order, each frozen once set; {layer: report}."""
+    return init_ckn_layers(model, np.asarray(images), max_patches=hp["kmeans_patches"], init=hp["kmeans_init"],
+                           max_iter=hp["kmeans_iterations"], seed=seed, verbose=bool(verbose))
+
+
+def ckn_layers(model):
+    return [layer for layer in model.layers if isinstance(layer, CKNConv2D)]
 
 
 class UnsupervisedCKNRecipe(FrozenFeaturesRecipe):
@@ -27,25 +69,106 @@ class UnsupervisedCKNRecipe(FrozenFeaturesRecipe):
 
     def add_arguments(self, parser):
         super().add_arguments(parser)
-        parser.add_argument("--kmeans-patches", type=int, default=None,
-                            help="patches sampled per CKN layer for spherical k-means")
+        add_kmeans_option(parser)
 
     def initialise(self, model, data, hp, options, seed=0, verbose=0):
-        return init_ckn_layers(model, np.asarray(data.train[0]), max_patches=hp["kmeans_patches"],
-                               init=hp["kmeans_init"], max_iter=hp["kmeans_iterations"], seed=seed,
-                               verbose=bool(verbose))
+        return kmeans_anchors(model, data.train[0], hp, seed, verbose)
+
+
+class SupervisedCKNRecipe(Recipe):
+    """k-means anchors and an L-BFGS classifier, then both trained by SGD (module docstring)."""
+
+    def add_arguments(self, parser):
+        super().add_arguments(parser)
+        add_kmeans_option(parser)
+        parser.add_argument("--precision", choices=PRECISIONS, default=None,
+                            help="float32 or Keras mixed_bfloat16 (the saved model is float32)")
+        parser.add_argument("--augment", action="store_true", default=None,
+                            help="supervised CKN: random shifts (up to 4 pixels) and mirroring in training")
+
+    def hyperparameters(self, preset, **changes):
+        hp = {**SUPERVISED_DEFAULTS, **super().hyperparameters(preset, **changes)}
+        check_choice("precision", hp["precision"], PRECISIONS)
+        check_choice("kmeans_init", hp["kmeans_init"], INITS)
+        boolean(hp["augment"], "augment")
+        nonnegative_float(hp["classifier_alpha"], "classifier_alpha")
+        for key in ("kmeans_patches", "kmeans_iterations", "lbfgs_iterations"):
+            positive_int(hp[key], key)
+        return hp
+
+    def build(self, preset, data, overrides=None, hp=None):
+        """The builder's `augment` is the recipe's."""
+        augment = {} if hp is None else {"augment": hp["augment"]}
+        return super().build(preset, data, {**augment, **(overrides or {})}, hp)
+
+    def train_run(self, preset, data, out_dir, *, hp=None, **kwargs):
+        hp = self.hyperparameters(preset) if hp is None else hp
+        with precision_policy(hp["precision"]):
+            return super().train_run(preset, data, out_dir, hp=hp, **kwargs)
+
+    def initialise(self, model, data, hp, options, seed=0, verbose=0):
+        """k-means anchors, the classifier fitted on their features, then the CKN layers unfrozen; the report."""
+        x, y = data.train
+        report = {"kmeans": kmeans_anchors(model, x, hp, seed, verbose)}
+        report["classifier"] = fit_classifier(model, x, y, hp["classifier_alpha"], hp["lbfgs_iterations"],
+                                              hp["batch_size"])
+        if verbose:
+            print(f"classifier: L2 {report['classifier']['l2']:.3g}, loss {report['classifier']['loss']:.4f} "
+                  f"({report['classifier']['iterations']} L-BFGS iterations)", flush=True)
+        for layer in ckn_layers(model):
+            layer.trainable = True
+        return report
+
+    def loss(self, model):
+        return one_vs_rest_squared_hinge
+
+    def fit(self, model, data, out_dir, hp, **kwargs):
+        """The Keras loop; model.keras (and the returned model) is then `frozen_float32` of the trained model."""
+        result = super().fit(model, data, out_dir, hp, **kwargs)
+        result["model"] = frozen_float32(result["model"])
+        result["model"].save(result["model_path"])
+        return result
+
+
+def frozen_float32(model):
+    """An uncompiled float32 copy of `model` (same weights) with its CKN layers frozen: their Nystrom factors
+    stored weights, so it exports without eigendecomposition."""
+    copy = float32_copy(model)
+    for layer in ckn_layers(copy):
+        layer.trainable = False
+    return copy
+
+
+def fit_classifier(model, images, labels, alpha, max_iter, batch_size=128):
+    """The "logits" Dense fitted by L-BFGS (squared hinge) on the "features" of `images`, with the reference's
+    scale-free L2 alpha D / N s^2 (s: the features' mean per-image RMS); its report with l2 and s."""
+    features = feature_extractor(model).predict(np.asarray(images), batch_size=batch_size, verbose=0)
+    scale = float(np.mean(np.sqrt(np.mean(np.square(features, dtype="float64"), axis=1))))
+    l2 = alpha * features.shape[1] / len(features) * scale ** 2
+    head = model.get_layer("logits")
+    kernel, bias, report = fit_logistic(features, labels, head.units, l2, max_iter=max_iter, loss="squared_hinge")
+    head.set_weights([kernel, bias])
+    return dict(report, alpha=alpha, feature_scale=scale)
 
 
 def tiny_runs():
-    """A two-layer CKN on 12x12 stripes: k-means, then three L2 values and the refit."""
+    """Two-layer CKNs on 12x12 stripes. Unsupervised: k-means, then three L2 values and the refit. Supervised: the
+    CKN-5 recipe on two layers of 8 anchors (3x3 exp, 1x1 poly2), k-means and L-BFGS, then 4 SGD epochs (lr / 10
+    after 2 and 3); its classifier starts strongly regularised (alpha 10), so the SGD epochs have loss to remove."""
     from kernelzoo.zoo.data.synthetic import stripes
     data = Data(train=stripes(240, size=12), test=stripes(60, size=12, seed=1), source="stripes 12x12",
                 class_names=("h", "v", "flat"))
-    overrides = {"filters": (8, 16), "subsamplings": (2, 3)}
-    hp = {"epochs": 4, "holdout": 60, "kmeans_patches": 3000, "l2_grid": (1.0, 0.1, 0.01)}
-    return [TinyRun("ckn_cifar10_unsup_64_256", data, overrides, hp)]
+    unsupervised = TinyRun("ckn_cifar10_unsup_64_256", data, {"filters": (8, 16), "subsamplings": (2, 3)},
+                           {"epochs": 4, "holdout": 60, "kmeans_patches": 3000, "l2_grid": (1.0, 0.1, 0.01)})
+    supervised = TinyRun("ckn_cifar10_sup5", data, {"filters": (8, 8), "kernel_sizes": (3, 1), "subsamplings": (2, 3),
+                                                    "kernels": ("exp", "poly2")},
+                         {"epochs": 4, "batch_size": 16, "lr_milestones": (2, 3), "kmeans_patches": 3000,
+                          "kmeans_iterations": 20, "classifier_alpha": 10.0})
+    return [unsupervised, supervised]
 
 
 def recipe_for(preset):
-    """Every CKN-family preset so far is unsupervised (the supervised CKN-5 recipe is still to come)."""
-    return UnsupervisedCKNRecipe()
+    """SupervisedCKNRecipe when the preset's anchors are learned (`trainable_anchors`, by default), else
+    UnsupervisedCKNRecipe."""
+    learned = preset.config.get("trainable_anchors", inspect.signature(ckn).parameters["trainable_anchors"].default)
+    return SupervisedCKNRecipe() if learned else UnsupervisedCKNRecipe()

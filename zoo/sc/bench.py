@@ -14,13 +14,12 @@ amx_bf16), the variables stay float32. The last columns estimate the seconds per
 presets' data (SC: the SC images; supervised: the labelled images) from the step time.
 """
 import os
-import statistics
 import sys
-import time
 
 import numpy as np
 
-from kernelzoo.ops.checks import check_choice, nonnegative_int, positive_int
+from kernelzoo.ops.checks import check_choice, positive_int
+from kernelzoo.zoo.step_bench import environment, listed, time_step
 
 NETWORKS = {"cifar10": ("sc_cifar10", "sc_cifar10_4k"), "mnist": ("sc_mnist", "sc_mnist"),
             "stl10": ("sc_stl10", "sc_stl10")}
@@ -30,26 +29,15 @@ EPOCH_IMAGES = {"cifar10": {"sc": 50_000, "supervised": 4_000}, "mnist": {"sc": 
 STAGES = ("supervised", "sc")
 
 
-def cpu_flags():
-    """The CPU feature flags of /proc/cpuinfo (empty where it does not exist)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def measure(network="cifar10", precision="float32", stage="supervised", batch_size=128, steps=5, warmup=2, seed=0,
             overrides=None):
     """{"ms" (median ms per step), "images_per_s", "steps"} of one network, precision and stage."""
     import keras
 
     from kernelzoo.zoo import registry
+    from kernelzoo.zoo.precision import precision_policy
     from kernelzoo.zoo.sc.pretraining import SpatialContrastingTrainer, feature_layer
-    from kernelzoo.zoo.sc.recipe import SCRecipe, precision_policy
+    from kernelzoo.zoo.sc.recipe import SCRecipe
 
     network = check_choice("network", network, NETWORKS)
     stage = check_choice("stage", stage, STAGES)
@@ -73,15 +61,7 @@ def measure(network="cifar10", precision="float32", stage="supervised", batch_si
             trainer.compile(optimizer=keras.optimizers.SGD(hp["sc_lr"], momentum=hp["momentum"]))
             trainer.optimizer.build(trainer.backbone.trainable_variables)
             step = lambda: trainer.train_on_batch(x)  # noqa: E731
-        for _ in range(max(1, nonnegative_int(warmup, "warmup"))):
-            step()
-        times = []
-        for _ in range(positive_int(steps, "steps")):
-            started = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - started)
-    ms = 1000 * statistics.median(times)
-    return {"ms": ms, "images_per_s": batch_size / ms * 1000, "steps": len(times)}
+        return time_step(step, batch_size, steps, warmup)
 
 
 def add_arguments(parser, command=None):
@@ -93,30 +73,18 @@ def add_arguments(parser, command=None):
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=5, help="timed steps (median)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (>= 1: the first traces)")
-    parser.add_argument("--threads", type=int, default=0, help="TF intra-op threads (0: TF's default, all cores)")
-
-
-def _items(text, choices, name):
-    return [check_choice(name, item.strip(), choices) for item in text.split(",") if item.strip()]
+    parser.add_argument("--threads", type=int, default=0,
+                        help="TF intra-op threads (0: $TF_NUM_INTRAOP_THREADS, else all cores)")
 
 
 def run(args, command=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
+    from kernelzoo.zoo.precision import PRECISIONS
 
-    from kernelzoo.zoo.sc.recipe import PRECISIONS
-
-    if args.threads:
-        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    networks = _items(args.networks, NETWORKS, "--networks")
-    precisions = _items(args.precisions, PRECISIONS, "--precisions")
-    stages = _items(args.stages, STAGES, "--stages")
-    flags = cpu_flags()
-    amx = "amx_bf16" if "amx_bf16" in flags else "no amx_bf16"
-    onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on for x86)")
-    print(f"kernelzoo bench sc: TensorFlow {tf.__version__}, {os.cpu_count()} CPUs ({amx}, avx512_bf16: "
-          f"{'avx512_bf16' in flags}), TF_ENABLE_ONEDNN_OPTS={onednn}, intra-op threads "
-          f"{args.threads or 'default'}, batch {args.batch_size}, median of {args.steps} steps", flush=True)
+    networks = listed(args.networks, NETWORKS, "--networks")
+    precisions = listed(args.precisions, PRECISIONS, "--precisions")
+    stages = listed(args.stages, STAGES, "--stages")
+    print(environment("kernelzoo bench sc", args.threads, args.batch_size, args.steps), flush=True)
     print(f"{'network':8s} {'stage':10s} {'precision':15s} {'ms/step':>9s} {'images/s':>9s} {'vs float32':>10s} "
           f"{'s/epoch':>9s}  (epoch images)", flush=True)
     for network in networks:

@@ -15,52 +15,25 @@
   variables; AMX on recent Xeons, `kernelzoo bench sc`); the saved model.keras is always float32.
 --resume continues the fine-tuning from its last checkpoint, or, before it has one, the SC stage from its own.
 """
-import contextlib
 import dataclasses
 import os
 
-import keras
 import numpy as np
 
 from kernelzoo.ops.checks import boolean, check_choice, nonnegative_int, positive_float, positive_int
 from kernelzoo.zoo import training
+from kernelzoo.zoo.precision import PRECISIONS, float32_copy, precision_policy
 from kernelzoo.zoo.recipe import DEFAULTS, Recipe, TinyRun
 from kernelzoo.zoo.sc.data import as_sc_data, carve_validation, sc_images, semi_supervised
 from kernelzoo.zoo.sc.loss import DISTANCES, POOLINGS
 from kernelzoo.zoo.sc.pretraining import PlateauDrop, pretrain
 
-PRECISIONS = ("float32", "mixed_bfloat16")
 PRETRAIN_DIR = "pretrain"
 # What every SC recipe understands besides recipe.DEFAULTS (a preset's recipe overrides them).
 SC_DEFAULTS = {"schedule": "plateau", "plateau_patience": 3, "min_lr": 1e-5, "sc_epochs": 10, "sc_lr": 0.1,
                "sc_batch_size": 128, "sc_layer": "sc_features", "sc_patch_size": 4, "sc_distance": "squared",
                "sc_pooling": "mean", "sc_symmetric": True, "precision": "float32", "labels_per_class": None,
                "label_seed": 0, "holdout": 5000}
-
-
-@contextlib.contextmanager
-def precision_policy(name):
-    """Keras's global dtype policy set to `name` ("float32" or "mixed_bfloat16") inside the block."""
-    name = check_choice("precision", name, PRECISIONS)
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(name)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
-
-
-def float32_copy(model):
-    """`model` with every layer computing in float32 (the same weights): what a mixed-precision run saves."""
-    if all(layer.dtype_policy.name == "float32" for layer in model.layers):
-        return model
-
-    def clone(layer):
-        return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
-
-    copy = keras.models.clone_model(model, clone_function=clone)
-    copy.set_weights(model.get_weights())
-    return copy
 
 
 def build_training_state(model):
@@ -198,8 +171,8 @@ class SCRecipe(Recipe):
                                             verbose=verbose))
             hp = dict(hp, schedule="constant")
         result = super().fit(model, data, out_dir, hp, resume=resume, verbose=verbose, callbacks=callbacks, **kwargs)
-        final = float32_copy(result["model"])
-        if final is not result["model"]:
+        if hp["precision"] != "float32":
+            final = float32_copy(result["model"])
             self.compile(final, hp)
             final.save(result["model_path"])
             result["model"] = final
