@@ -25,7 +25,8 @@ SUBCOMMANDS = {
     "export": ("kernelzoo.export.cli", "export a model to ONNX or a SavedModel (--verify checks parity)"),
     "list": ("kernelzoo.zoo.cli", "list the zoo's models (--pretrained: those with weights)"),
     "info": ("kernelzoo.zoo.cli", "show a zoo model's card"),
-    "viz": ("kernelzoo.zoo.kernelnet.viz", "visualisations: `kernelzoo viz embedding NAME`"),
+    "viz": ("kernelzoo.zoo.kernelnet.viz",
+            "kernelNet figures: `kernelzoo viz embedding NAME`, `kernelzoo viz dimensionality` (Fig. 3)"),
 }
 
 

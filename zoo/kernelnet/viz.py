@@ -1,20 +1,28 @@
-"""`kernelzoo viz embedding NAME`: the 2D kernelNet embedding of MNIST (Fig. 5/6).
+"""`kernelzoo viz embedding NAME` and `kernelzoo viz dimensionality`: the kernelNet figures.
 
-Loads the pretrained network NAME from the registry (or trains it with
---train, through the family recipe, into --run-dir), embeds test digits with the center of mass of Eq. 10 and writes a
-scatter plot coloured by class; --walk also writes the latent-space walk of
-Fig. 6 (decoded Gaussian bumps; autoencoder networks only).
+embedding: loads the pretrained network NAME from the registry (or trains it with --train, through
+the family recipe, into --run-dir), embeds test digits with the center of mass of Eq. 10 and writes
+a scatter plot coloured by class; --walk also writes the latent-space walk of Fig. 6 (decoded
+Gaussian bumps; autoencoder networks only).
+dimensionality: the resumable sweep of Fig. 3 (kernelzoo.zoo.kernelnet.dimensionality) into --out:
+its JSON results and PNG.
 """
+import os
+
 import numpy as np
 
 from kernelzoo.ops.checks import check_choice, int_in_range, positive_int
 
-COMMANDS = ("embedding",)
-
 
 def add_arguments(parser, command):
     check_choice("command", command, ("viz",))
-    parser.add_argument("what", choices=COMMANDS, help="what to visualise")
+    what = parser.add_subparsers(dest="what", required=True, metavar="WHAT", help="embedding or dimensionality")
+    _embedding_arguments(what.add_parser("embedding", help="the 2D embedding of MNIST test digits (Fig. 5/6)"))
+    _dimensionality_arguments(what.add_parser(
+        "dimensionality", help="accuracy of dot / polynomial / RBF kernelNets against d (Fig. 3)"))
+
+
+def _embedding_arguments(parser):
     parser.add_argument("name", help="registry name, e.g. kernelnet_embedding_mnist")
     parser.add_argument("--out", default="embedding.png", help="output PNG")
     parser.add_argument("--data-dir", default=None,
@@ -29,6 +37,29 @@ def add_arguments(parser, command):
     parser.add_argument("--window", type=float, nargs=4, default=(0.25, 0.75, 0.25, 0.75),
                         metavar=("X0", "X1", "Y0", "Y1"), help="walk window in [0, 1]^2")
     parser.add_argument("--steps", type=int, default=12, help="walk grid steps per side")
+
+
+def _dimensionality_arguments(parser):
+    from kernelzoo.zoo.kernelnet.dimensionality import DEFAULTS, KERNELS
+
+    parser.add_argument("--out", default="dimensionality", help="folder of the results JSON and the PNG")
+    parser.add_argument("--data-dir", default=None, help="local MNIST folder (default: $KERNELZOO_DATA_DIR, else tfds)")
+    parser.add_argument("--kernels", nargs="+", default=DEFAULTS["kernels"], metavar="KERNEL",
+                        help=f"any of {', '.join(KERNELS)}")
+    parser.add_argument("--dims", nargs="+", type=int, default=DEFAULTS["dims"], metavar="D",
+                        help="dimensionalities d of the locations")
+    parser.add_argument("--repeats", type=int, default=DEFAULTS["repeats"], help="seeds per setting")
+    parser.add_argument("--lrs", nargs="+", type=float, default=DEFAULTS["lrs"], metavar="LR",
+                        help="Adam learning rates to choose from")
+    parser.add_argument("--l2s", nargs="+", type=float, default=DEFAULTS["l2s"], metavar="L2",
+                        help="L2 penalties to choose from")
+    parser.add_argument("--train-size", type=int, default=DEFAULTS["train_size"], help="training images")
+    parser.add_argument("--holdout", type=int, default=DEFAULTS["holdout"],
+                        help="other training images, held out to choose lr and l2")
+    parser.add_argument("--hidden", type=int, default=DEFAULTS["hidden"], help="units of the kernel layer")
+    parser.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
+    parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def plot_embedding(points, labels, path, title):
@@ -62,6 +93,25 @@ def plot_walk(images, steps, path):
 
 
 def run(args, command):
+    check_choice("command", command, ("viz",))
+    return {"embedding": _embedding, "dimensionality": _dimensionality}[args.what](args)
+
+
+def _dimensionality(args):
+    from kernelzoo.zoo.kernelnet import dimensionality
+
+    data = dimensionality.mnist_data(args.data_dir, args.train_size, args.holdout)
+    results = dimensionality.sweep(data, args.out, args.kernels, args.dims, args.repeats, args.lrs, args.l2s,
+                                   args.hidden, args.epochs, args.batch_size, verbose=not args.quiet)
+    for row in results["summary"]:
+        print(f"{row['kernel']:4s} d={row['dim']:<3d} test {100 * row['test_accuracy']:.2f} +- "
+              f"{100 * row['test_stderr']:.2f} % (held-out {100 * row['val_accuracy']:.2f} %; lr {row['lr']:g}, "
+              f"l2 {row['l2']:g})")
+    print(f"wrote {dimensionality.plot(results, os.path.join(args.out, dimensionality.FIGURE_FILE))}")
+    return 0
+
+
+def _embedding(args):
     from kernelzoo.zoo import registry
     from kernelzoo.zoo.data import load_mnist
     from kernelzoo.zoo.kernelnet import embedding
