@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from kernelzoo import __version__, cli
+from kernelzoo import __version__, cli, zoo
 
 from conftest import background_job
 
@@ -39,13 +39,15 @@ def test_demo_checks_the_special_cases_offline():
     assert "BAD" not in result.stdout
     # the bundled MNIST digits: predictions, export parity and latency for each pretrained classifier
     assert "bundled MNIST test digits" in result.stdout and "CC BY-SA 3.0" in result.stdout
-    for name in ("kernelnet_mnist_prior", "kernelnet_mnist_learned", "kernelnet_embedding_mnist"):
+    mnist = [name for name in zoo.list_models(pretrained=True) if zoo.info(name).dataset.name == "mnist"]
+    assert {"kernelnet_mnist_prior", "kernelnet_mnist_learned", "kernelnet_embedding_mnist", "sc_mnist"} <= set(mnist)
+    for name in mnist:
         assert f"{name}" in result.stdout
-    assert result.stdout.count("ok   parity SavedModel  vs Keras") == 3
-    assert result.stdout.count("ok   parity onnxruntime vs Keras") == 3
-    assert result.stdout.count("latency (batch 1, median): Keras") == 3
+    assert result.stdout.count("ok   parity SavedModel  vs Keras") == len(mnist)
+    assert result.stdout.count("ok   parity onnxruntime vs Keras") == len(mnist)
+    assert result.stdout.count("latency (batch 1, median): Keras") == len(mnist)
     correct = [int(line.split("/")[0].split()[-1]) for line in result.stdout.splitlines() if "correct" in line]
-    assert len(correct) == 3 and min(correct) >= 18, result.stdout
+    assert len(correct) == len(mnist) and min(correct) >= 18, result.stdout
 
 
 def test_bundled_mnist_samples_are_the_attributed_t10k_digits():

@@ -1,5 +1,5 @@
 """What the training-step benchmarks share (`kernelzoo bench sc`, `kernelzoo bench ckn`): the CPU's features,
-the environment line they print first, their comma-separated options and the median time of a step."""
+the environment line they print first, their options and the median time of a step."""
 import os
 import statistics
 import time
@@ -17,6 +17,16 @@ def cpu_flags():
     except OSError:
         pass
     return set()
+
+
+def add_step_options(parser):
+    """The options every step benchmark takes: --precisions, --batch-size, --steps, --warmup, --threads."""
+    parser.add_argument("--precisions", default="float32,mixed_bfloat16", help="comma-separated")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps (median)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (>= 1: the first traces)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="TF intra-op threads (0: $TF_NUM_INTRAOP_THREADS, else all cores)")
 
 
 def listed(text, choices, name):

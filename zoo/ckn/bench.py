@@ -17,7 +17,7 @@ import sys
 import numpy as np
 
 from kernelzoo.ops.checks import check_choice, positive_int
-from kernelzoo.zoo.step_bench import environment, listed, time_step
+from kernelzoo.zoo.step_bench import add_step_options, environment, listed, time_step
 
 PRESETS = ("ckn_cifar10_sup5",)
 EPOCH_IMAGES = 50_000
@@ -50,12 +50,7 @@ def add_arguments(parser, command=None):
     parser.description = "Training-step time of the supervised CKNs: float32 vs mixed_bfloat16."
     parser.add_argument("what", choices=["ckn"], help="what to benchmark")
     parser.add_argument("--presets", default=",".join(PRESETS), help="comma-separated: " + ",".join(PRESETS))
-    parser.add_argument("--precisions", default="float32,mixed_bfloat16", help="comma-separated")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=5, help="timed steps (median)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (>= 1: the first traces)")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="TF intra-op threads (0: $TF_NUM_INTRAOP_THREADS, else all cores)")
+    add_step_options(parser)
 
 
 def run(args, command=None):

@@ -19,7 +19,7 @@ import sys
 import numpy as np
 
 from kernelzoo.ops.checks import check_choice, positive_int
-from kernelzoo.zoo.step_bench import environment, listed, time_step
+from kernelzoo.zoo.step_bench import add_step_options, environment, listed, time_step
 
 NETWORKS = {"cifar10": ("sc_cifar10", "sc_cifar10_4k"), "mnist": ("sc_mnist", "sc_mnist"),
             "stl10": ("sc_stl10", "sc_stl10")}
@@ -68,13 +68,8 @@ def add_arguments(parser, command=None):
     parser.description = "Training-step time of the spatial contrasting networks: float32 vs mixed_bfloat16."
     parser.add_argument("what", choices=["sc"], help="what to benchmark")
     parser.add_argument("--networks", default="cifar10", help="comma-separated: " + ",".join(NETWORKS))
-    parser.add_argument("--precisions", default="float32,mixed_bfloat16", help="comma-separated")
     parser.add_argument("--stages", default="supervised,sc", help="comma-separated: " + ",".join(STAGES))
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=5, help="timed steps (median)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (>= 1: the first traces)")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="TF intra-op threads (0: $TF_NUM_INTRAOP_THREADS, else all cores)")
+    add_step_options(parser)
 
 
 def run(args, command=None):
