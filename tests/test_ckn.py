@@ -393,6 +393,31 @@ def test_linear_classifier_reaches_the_optimum(rng, loss):
     assert accuracy(x[150:], y[150:], kernel, bias) > 0.7
 
 
+def test_linear_classifier_can_standardise_the_callers_copy(rng):
+    """overwrite_features: the same fit without a second copy; the caller's array is consumed, a
+    read-only or non-float32 one is copied as before."""
+    x = rng.normal(3.0, 2.0, size=(120, 5)).astype("float32")
+    y = rng.integers(0, 3, 120)
+    expected = fit_logistic(x, y, 3, 0.1, max_iter=50)
+    owned = x.copy()
+    in_place = fit_logistic(owned, y, 3, 0.1, max_iter=50, overwrite_features=True)
+    np.testing.assert_allclose(in_place[0], expected[0], rtol=1e-5, atol=1e-6)
+    assert abs(float(owned.mean())) < 1e-3  # standardised where it lay
+    frozen = x.copy()
+    frozen.flags.writeable = False
+    fit_logistic(frozen, y, 3, 0.1, max_iter=50, overwrite_features=True)
+    np.testing.assert_array_equal(frozen, x)
+
+
+def test_l2_path_plot_needs_the_chosen_score(tmp_path):
+    from kernelzoo.zoo.frozen_features import plot_l2_path
+    with pytest.raises(ValueError, match="`scores`"):
+        plot_l2_path({}, None, 10, str(tmp_path / "a.png"))
+    with pytest.raises(ValueError, match="`chosen`=0.5"):
+        plot_l2_path({0.1: 0.7}, 0.5, 10, str(tmp_path / "a.png"))
+    assert os.path.getsize(plot_l2_path({0.1: 0.7, 0.01: 0.8}, 0.01, 10, str(tmp_path / "a.png"))) > 1000
+
+
 # ----------------------------------------------------------------------------- the unsupervised recipe
 
 

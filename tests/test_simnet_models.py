@@ -1,6 +1,7 @@
 """The SimNet patch-labeling network, its two baselines, their layers and presets."""
 import json
 import os
+import types
 
 import keras
 import numpy as np
@@ -163,3 +164,10 @@ def test_coates_recipe_fits_an_svm_on_frozen_standardised_features(tiny_runs):
     features = cached_features(model, images, str(folder / "features" / f"train-{len(images)}.npy"))
     assert abs(float(np.mean(features))) < 0.5 and 0.2 < float(np.std(features)) < 2  # standardised on a sample
     assert [row["l2"] for row in result["history"][:-1]] == [1.0, 0.1, 0.01][:len(result["history"]) - 1]
+
+
+def test_init_images_must_be_positive():
+    from kernelzoo.zoo.simnet.recipe import initialise_from_images
+    data = types.SimpleNamespace(train=(_images(4), np.arange(4) % 2))
+    with pytest.raises(ValueError, match="init_images"):
+        initialise_from_images(models.coates_baseline(n=2, input_shape=(10, 10, 3)), data, 0)

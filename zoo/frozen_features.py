@@ -91,9 +91,10 @@ class FrozenFeaturesRecipe(Recipe):
                 callback.on_epoch_begin(step)
             l2 = best if final else grid[len(scores)]
             rows = slice(None) if final else rest
-            kernel, bias, report = fit_logistic(features[rows], y[rows], head.units, l2, start=head.get_weights(),
-                                                max_iter=hp["lbfgs_iterations"],
-                                                loss=hp.get("classifier_loss", "logistic"))
+            # One in-memory copy of the cached rows (fancy indexing copies), standardised in place by fit_logistic.
+            kernel, bias, report = fit_logistic(np.array(features) if final else features[rest], y[rows], head.units, l2,
+                                                start=head.get_weights(), max_iter=hp["lbfgs_iterations"],
+                                                loss=hp.get("classifier_loss", "logistic"), overwrite_features=True)
             head.set_weights([kernel, bias])
             if not final:
                 scores[l2] = accuracy(features[held], y[held], kernel, bias)
@@ -136,6 +137,9 @@ def _best(scores):
 
 def plot_l2_path(scores, chosen, holdout, path, title=None):
     """Held-out accuracy against the L2 strength (log scale), the chosen value marked, into a PNG."""
+    if not scores or chosen not in scores:
+        raise ValueError(f"`scores` must map L2 values to accuracies and contain `chosen`={chosen!r}, "
+                         f"got {sorted(scores) if scores else scores!r}")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

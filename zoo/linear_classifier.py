@@ -17,15 +17,20 @@ from kernelzoo.ops.checks import check_choice, nonnegative_float, positive_int
 LOSSES = ("logistic", "squared_hinge")
 
 
-def fit_logistic(features, labels, num_classes, l2, *, start=None, max_iter=1000, tol=1e-7, loss="logistic"):
+def fit_logistic(features, labels, num_classes, l2, *, start=None, max_iter=1000, tol=1e-7, loss="logistic",
+                 overwrite_features=False):
     """(kernel (D, K), bias (K,), report): argmin mean loss + l2 / 2 ||kernel||^2 (bias free); the loss is
     the cross-entropy ("logistic") or the one-vs-rest squared hinge ("squared_hinge", module docstring).
 
     features (N, D) float32, labels (N,) ints in [0, K); `start` a previous (kernel, bias). L-BFGS
     runs on standardised features, (x - mean) / std per column, with the penalty rewritten for them:
-    the same objective, better conditioned (fewer passes over the features).
+    the same objective, better conditioned (fewer passes over the features). They are standardised in
+    a copy, or, with `overwrite_features` and a writable float32 array, in `features` itself (its
+    contents are then lost): the caller's copy of a large feature matrix is the only one.
     """
-    x = np.array(features, dtype="float32")  # a copy, standardised in place below
+    in_place = overwrite_features and isinstance(features, np.ndarray) and features.dtype == np.float32 \
+        and features.flags.writeable and features.flags.c_contiguous
+    x = features if in_place else np.array(features, dtype="float32")  # standardised in place below
     y = np.asarray(labels, dtype="int64")
     k = positive_int(num_classes, "num_classes")
     l2 = nonnegative_float(l2, "l2")
