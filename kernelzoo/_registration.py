@@ -33,6 +33,7 @@ CLASSES = {
     "ImageWhitening": "kernelzoo.zoo.ckn.preprocessing",
     "CentroidConv2D": "kernelzoo.zoo.layerwise.layers",
     "PerImageStandardization": "kernelzoo.zoo.layerwise.layers",
+    "LocalResponseNormalization": "kernelzoo.zoo.layerwise.layers",
     "RandomShiftFlip": "kernelzoo.zoo.sc.models",
 }
 FUNCTIONS = {

@@ -8,12 +8,15 @@
 - `PerImageStandardization`: TensorFlow's `per_image_standardization` (the CIFAR-10 tutorial CNN the
   paper builds on): each image minus its mean, over max(its standard deviation, 1 / sqrt(H W C)).
   Reads raw 0-255 pixels (scale-free), nothing is fitted.
+- `LocalResponseNormalization`: TensorFlow's `local_response_normalization` (the tutorial CNN's norm1
+  and norm2; Keras has no such layer), nothing is fitted.
 """
 import keras
 import numpy as np
 from keras import ops
 
-from kernelzoo.ops.checks import boolean, known_channels, normalize_padding, normalize_tuple, positive_int, real
+from kernelzoo.ops.checks import (boolean, known_channels, nonnegative_float, nonnegative_int, normalize_padding,
+                                  normalize_tuple, positive_float, positive_int, real)
 from kernelzoo.ops.shapes import output_size
 
 # Squared patch norms are clipped at this before the square root (a zero patch gives 0, not NaN).
@@ -116,3 +119,50 @@ class PerImageStandardization(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
+
+
+@keras.saving.register_keras_serializable(package="kernelzoo")
+class LocalResponseNormalization(keras.layers.Layer):
+    """x_c / (bias + alpha * sum of x_d^2 over the channels d with |d - c| <= depth_radius)^beta, per position,
+    as `tf.nn.local_response_normalization` (the window stops at the first and last channel).
+
+    The defaults are TensorFlow's; the CIFAR-10 tutorial's norm1 / norm2 use depth_radius 4, bias 1,
+    alpha 0.001 / 9, beta 0.75. On the TensorFlow backend the layer is TF's LRN op (tf2onnx exports it as
+    ONNX's LRN); on the others the window sum is a product with a banded 0/1 (C, C) matrix (`composite`).
+    It computes in float32 under any dtype policy (TensorFlow has no bfloat16 LRN kernel on CPU) and
+    returns its compute dtype.
+    """
+
+    def __init__(self, depth_radius=5, bias=1.0, alpha=1.0, beta=0.5, **kwargs):
+        kwargs.setdefault("autocast", False)  # cast to float32 in `call`, not to the compute dtype first
+        super().__init__(**kwargs)
+        self.depth_radius = nonnegative_int(depth_radius, "depth_radius")
+        self.bias = positive_float(bias, "bias")
+        self.alpha = nonnegative_float(alpha, "alpha")
+        self.beta = nonnegative_float(beta, "beta")
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    def call(self, inputs):
+        x = ops.cast(inputs, "float32")
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+            out = tf.nn.local_response_normalization(x, self.depth_radius, self.bias, self.alpha, self.beta)
+        else:
+            out = self.composite(x)
+        return ops.cast(out, self.compute_dtype)
+
+    def composite(self, x):
+        """The same normalisation in `keras.ops` (any backend)."""
+        channels = known_channels(x.shape, "LocalResponseNormalization")
+        offsets = np.arange(channels)
+        band = (np.abs(offsets[:, None] - offsets[None, :]) <= self.depth_radius).astype("float32")
+        sums = ops.matmul(ops.square(x), ops.convert_to_tensor(band))
+        return x / ops.power(self.bias + self.alpha * sums, self.beta)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"depth_radius": self.depth_radius, "bias": self.bias, "alpha": self.alpha, "beta": self.beta})
+        return config

@@ -12,18 +12,25 @@ classifier reads the cluster indicators).
 
 Layer names: "preprocess", "block{i}_cluster", "block{i}_pool", "block{i}_embed" (a trained Conv1x1) or
 "block{i}_projection" (a JL one), "features", then "logits" (linear head) or "fc1", "fc2", "logits".
+
+`tf_tutorial_cnn`: the CNN the paper compares with (Sec. 6, Fig. 3 "CNN" and "CNN(Random)"), the TensorFlow
+CIFAR-10 tutorial's `inference` (tensorflow/models tutorials/image/cifar10/cifar10.py) as Keras layers:
+raw pixels -> per-image standardisation -> "conv1" -> "pool1" -> "norm1" -> "conv2" -> "norm2" -> "pool2" ->
+"features" -> "fc1", "fc2", "logits" (the tutorial's local3, local4, softmax_linear) or "logits" alone.
 """
 import keras
 
 from kernelzoo.ops.checks import (boolean, check_choice, image_shape, nonnegative_float, normalize_padding,
                                   positive_int, positive_ints, real)
-from kernelzoo.zoo.layerwise.layers import CentroidConv2D, PerImageStandardization
+from kernelzoo.zoo.layerwise.layers import CentroidConv2D, LocalResponseNormalization, PerImageStandardization
 
 HEADS = ("linear", "fc")
 PROJECTIONS = ("trained", "random")
 PREPROCESSING = ("standardize", "rescale")
 CLUSTER_DTYPES = ("float32", "bfloat16")
 FEATURES = "features"
+# The tutorial's norm1 / norm2: tf.nn.lrn(x, 4, bias=1.0, alpha=0.001 / 9.0, beta=0.75).
+TUTORIAL_LRN = {"depth_radius": 4, "bias": 1.0, "alpha": 0.001 / 9.0, "beta": 0.75}
 
 
 def layerwise_cnn(clusters=(1377, 3534), embeddings=(155, 216), patch_sizes=3, strides=1, pool_sizes=2, bias=-0.14,
@@ -96,6 +103,61 @@ def layerwise_cnn(clusters=(1377, 3534), embeddings=(155, 216), patch_sizes=3, s
     for layer in head_layers(head, num_classes, fc_units):
         x = layer(x)
     return keras.Model(inputs, x, name=name or f"layerwise_{head}_" + "_".join(map(str, clusters)))
+
+
+def tf_tutorial_cnn(head="fc", train_conv=True, filters=(64, 64), kernel_size=5, fc_units=(384, 192),
+                    weight_decay=0.004, num_classes=10, input_shape=(32, 32, 3), name=None):
+    """The TensorFlow CIFAR-10 tutorial CNN (module docstring), paper 003's SGD baseline.
+
+    conv1 (5 x 5, 64, ReLU) -> max pooling 3 x 3, stride 2, same -> LRN -> conv2 (5 x 5, 64, ReLU) -> LRN ->
+    max pooling 3 x 3, stride 2, same -> flatten -> head; convolutions stride 1, same padding. Initialisation
+    as the tutorial: truncated normal (cut at 2 std) kernels of std 0.05 (convolutions), 0.04 (fc1, fc2) and
+    1 / fan-in (logits); biases 0 (conv1, logits) and 0.1 (conv2, fc1, fc2). No dropout or batch normalisation.
+
+    Args:
+      head: "fc" (fc_units Dense + ReLU with weight decay, then the classes: the paper's CNN+(FC+ReLU)3) or
+        "linear" (one Dense from the features to the classes: the paper's CNN+Linear).
+      train_conv: False freezes conv1 and conv2 at their random initialisation (the paper's CNN(Random):
+        only the head trains).
+      filters: the two convolutions' output channels (the tutorial: 64, 64).
+      kernel_size: their square kernel side (the tutorial: 5).
+      fc_units: the hidden Dense widths of the "fc" head (the tutorial's local3, local4: 384, 192).
+      weight_decay: the tutorial's L2 weight decay wd on the hidden Dense kernels (wd * sum(w^2) / 2 added to
+        the loss, TensorFlow's `wd * tf.nn.l2_loss(w)`); none on the other weights. 0 for none.
+      num_classes, input_shape: the classes and the (H, W, C) of the raw images (32 x 32 whole CIFAR images;
+        the tutorial crops 24 x 24).
+    """
+    head = check_choice("head", head, HEADS)
+    train_conv = boolean(train_conv, "train_conv")
+    filters = positive_ints(filters, "filters")
+    if len(filters) != 2:
+        raise ValueError(f"`filters` must be 2 positive ints (conv1, conv2), got {filters!r}")
+    kernel_size = positive_int(kernel_size, "kernel_size")
+    fc_units = positive_ints(fc_units, "fc_units")
+    weight_decay = nonnegative_float(weight_decay, "weight_decay")
+    num_classes = positive_int(num_classes, "num_classes")
+    decay = keras.regularizers.L2(weight_decay / 2.0) if weight_decay > 0 else None
+
+    def normal(stddev):
+        return keras.initializers.TruncatedNormal(stddev=stddev)
+
+    inputs = keras.Input(image_shape(input_shape), name="image")
+    x = PerImageStandardization(name="preprocess")(inputs)
+    for index, bias in ((1, 0.0), (2, 0.1)):
+        x = keras.layers.Conv2D(filters[index - 1], kernel_size, padding="same", activation="relu",
+                                kernel_initializer=normal(5e-2), bias_initializer=keras.initializers.Constant(bias),
+                                trainable=train_conv, name=f"conv{index}")(x)
+        pool = keras.layers.MaxPooling2D(3, strides=2, padding="same", name=f"pool{index}")
+        norm = LocalResponseNormalization(**TUTORIAL_LRN, name=f"norm{index}")
+        for layer in (pool, norm) if index == 1 else (norm, pool):
+            x = layer(x)
+    x = keras.layers.Flatten(name=FEATURES)(x)
+    for index, units in enumerate(fc_units if head == "fc" else (), 1):
+        x = keras.layers.Dense(units, activation="relu", kernel_initializer=normal(0.04), kernel_regularizer=decay,
+                               bias_initializer=keras.initializers.Constant(0.1), name=f"fc{index}")(x)
+    x = keras.layers.Dense(num_classes, kernel_initializer=normal(1.0 / x.shape[-1]), name="logits")(x)
+    default = f"tf_tutorial_cnn_{head}" + ("" if train_conv else "_random")
+    return keras.Model(inputs, x, name=name or default)
 
 
 def with_cluster_dtype(model, cluster_dtype):

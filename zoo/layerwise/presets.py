@@ -6,6 +6,10 @@ the fixed bias b, 2 x 2 max pooling, Conv1x1; then a linear classifier or the Te
 tutorial's three fully connected layers (384, 192, 10). Every model takes raw 0-255 pixels (per-image
 standardization inside). No weights yet: `kernelzoo train NAME` runs the recipe.
 
+The cnn_cifar10_tf_* presets are the paper's SGD baseline (Sec. 6, Fig. 3 "CNN" and "CNN(Random)"): the
+TensorFlow CIFAR-10 tutorial CNN (`tf_tutorial_cnn`) with its three fully connected layers or one linear
+layer, trained whole, or with its two convolutions frozen at their random initialisation. No weights yet.
+
 The synthetic preset is Algorithm 1 itself on our reconstruction of the Sec. 3.2 digits: aligned,
 non-overlapping patches (stride = patch size, no pooling), cosine responses, k_i = k |C_{i-1}| clusters
 (every distinct patch of a level), a small initialisation of the Conv1x1 (Sec. 4.1), no Conv1x1 after
@@ -25,6 +29,23 @@ _CLASSIFIER_EPOCHS = 256
 _RECIPE = {"epochs": 2 * _BLOCK_EPOCHS + _CLASSIFIER_EPOCHS, "block_epochs": _BLOCK_EPOCHS, "batch_size": 128,
            "optimizer": "adam", "lr": 1e-3, "block_lr": 1e-3, "schedule": "constant", "kmeans_iterations": 30,
            "holdout": 10_000}
+
+
+# The tutorial CNN as the tutorial trains it (cifar10.py: plain SGD, lr 0.1, batch 128, cross-entropy plus weight
+# decay 0.004 on local3 / local4) without its augmentation (24 x 24 random crops, flips, brightness, contrast), lr
+# decay and weight averaging, as Sec. 6 says. Epochs: the paper gives none; 256 (100k steps, the budget of the
+# paper's own classifier) is the held-out run's horizon: --holdout 10000 --validate-only logs val_accuracy every
+# epoch, the final run takes the best epoch (the card).
+_TUTORIAL_RECIPE = {"epochs": 256, "batch_size": 128, "optimizer": "sgd", "lr": 0.1, "momentum": 0.0,
+                    "schedule": "constant", "precision": "float32", "holdout": 10_000}
+_FIGURE3_CNN = "Fig. 3 (original CIFAR-10; the TensorFlow CIFAR-10 tutorial CNN trained with SGD)"
+
+
+def _tutorial(name, description, head, train_conv, paper):
+    return Preset(name=name, family="layerwise", builder="kernelzoo.zoo.layerwise.models.tf_tutorial_cnn",
+                  config={"head": head, "train_conv": train_conv}, description=description, inputs=_INPUTS,
+                  task="classification", dataset=_CIFAR10, class_names=CIFAR10_CLASSES, recipe=dict(_TUTORIAL_RECIPE),
+                  card="cnn_cifar10_tf.md", paper=Figure(paper, _FIGURE3_CNN))
 
 
 # Algorithm 1 as analysed: the Conv1x1 trained near the linear regime of Sec. 4 (small init, Adam at a
@@ -60,6 +81,14 @@ PRESETS = (
     _cifar10("layerwise_cifar10_jl_linear", "clustering + JL random projections (k 5004/6813, n 345/407, b -0.01), "
              "linear classifier, CIFAR-10 (paper 003 Fig. 3, Clustering+JL+Linear)", 57_893, (5004, 6813), (345, 407),
              -0.01, "linear", 0.588, projection="random"),
+    _tutorial("cnn_cifar10_tf_fc", "TensorFlow CIFAR-10 tutorial CNN (two 5x5 conv + LRN, FC 384-192-10) trained by "
+              "SGD, CIFAR-10 (paper 003 Fig. 3, CNN+FC)", "fc", True, 0.759),
+    _tutorial("cnn_cifar10_tf_linear", "TensorFlow CIFAR-10 tutorial CNN with one linear layer as the head, trained by "
+              "SGD, CIFAR-10 (paper 003 Fig. 3, CNN+Linear)", "linear", True, 0.735),
+    _tutorial("cnn_cifar10_tf_fc_random", "TensorFlow CIFAR-10 tutorial CNN, random frozen convolutions, FC 384-192-10 "
+              "trained by SGD, CIFAR-10 (paper 003 Fig. 3, CNN(Random)+FC)", "fc", False, 0.645),
+    _tutorial("cnn_cifar10_tf_linear_random", "TensorFlow CIFAR-10 tutorial CNN, random frozen convolutions, linear "
+              "head trained by SGD, CIFAR-10 (paper 003 Fig. 3, CNN(Random)+Linear)", "linear", False, 0.616),
     Preset(name="layerwise_synthetic_digits", family="layerwise",
            builder="kernelzoo.zoo.layerwise.models.layerwise_cnn",
            config={"clusters": (24, 36), "embeddings": (16, None), "patch_sizes": (4, 3), "strides": (4, 3),
