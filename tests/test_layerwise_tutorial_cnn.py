@@ -105,6 +105,9 @@ def test_presets_and_their_recipe():
     assert recipe.lr_schedule(hp) is None                                        # constant: the optimizer's lr
     with pytest.raises(ValueError, match="precision"):
         recipe.hyperparameters(presets["cnn_cifar10_tf_fc"], precision="float16")
+    from kernelzoo.zoo.layerwise.bench import bench
+    with pytest.raises(ValueError, match="TutorialCNNRecipe"):   # the stage benchmark is the layerwise recipe's
+        bench("cnn_cifar10_tf_fc")
 
 
 def test_precision_reaches_the_recipe_from_the_command_line(monkeypatch, tmp_path):

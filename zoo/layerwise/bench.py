@@ -39,6 +39,9 @@ def bench(name, images=256, batch_size=128, train=50_000, test=10_000, steps=3, 
     """{stage: seconds} extrapolated to the full run of preset `name` (module docstring)."""
     preset = registry.info(name)
     recipe = registry.recipe(preset)
+    if not hasattr(recipe, "stages"):
+        raise ValueError(f"name: {name!r} trains with {type(recipe).__name__} (the Keras loop, no stages); time it "
+                         "with `kernelzoo train NAME --limit-train N --epochs 3` (its card)")
     hp = recipe.hyperparameters(preset)
     images, batch_size = positive_int(images, "images"), positive_int(batch_size, "batch_size")
     keras.utils.set_random_seed(seed)
