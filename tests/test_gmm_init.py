@@ -102,10 +102,15 @@ def test_unweighted_layer_fits_unit_scales():
     np.testing.assert_allclose(report["mixture"].means[order], MEANS, atol=0.2)
 
 
-def test_kmeans_finds_separated_clusters():
+@pytest.mark.parametrize("start", init.KMEANS_INITS)
+def test_kmeans_finds_separated_clusters(start):
     x, _ = _planted(np.random.default_rng(6), 1500, 2.0, MEANS, 0.3 * SCALES, PRIORS)
-    centers = init.kmeans(x, 3, iterations=10, seed=0)
+    centers = init.kmeans(x, 3, iterations=10, seed=0, init=start)
     np.testing.assert_allclose(centers[_match(centers, MEANS)], MEANS, atol=0.1)
+    # Distances in blocks of rows: the same iterations whatever the block size.
+    np.testing.assert_array_equal(init.kmeans(x, 3, iterations=10, seed=0, init=start, block=7), centers)
+    with pytest.raises(ValueError, match="`init`"):
+        init.kmeans(x, 3, init="random")
 
 
 def test_bad_arguments():

@@ -218,18 +218,32 @@ def kmeans_pp(x, k, seed=0, verbose=False):
     return centers
 
 
-def kmeans(x, k, iterations=10, seed=0, verbose=False):
-    """Lloyd's k-means from k-means++ seeds; empty clusters are re-seeded. Returns centers (k, d).
+KMEANS_INITS = ("k-means++", "normal")
 
+
+def kmeans(x, k, iterations=10, seed=0, init="k-means++", verbose=False, block=20_000):
+    """Lloyd's k-means; empty clusters are re-seeded with random rows. Returns centers (k, d).
+
+    init: "k-means++" (seeds drawn among the rows, D^2-weighted) or "normal" (Coates et al.'s
+      run_kmeans: centers drawn from N(0, 0.1^2), every one moved by the first assignment; on
+      whitened patches k-means++ picks outlying patches that few others join, which Coates'
+      triangle coding turns into rarely active features).
+    block: rows per distance block (memory stays at block x k floats).
     `verbose`: a progress bar for the seeding and one for the iterations.
     """
     x = matrix(x, "x")
     iterations = nonnegative_int(iterations, "iterations")
-    centers = kmeans_pp(x, k, seed, verbose=verbose)
+    init = check_choice("init", init, KMEANS_INITS)
+    block = positive_int(block, "block")
+    if init == "normal":
+        centers = (0.1 * np.random.default_rng(seed).standard_normal((positive_int(k, "k"), x.shape[1]))).astype(x.dtype)
+    else:
+        centers = kmeans_pp(x, k, seed, verbose=verbose)
     rng = np.random.default_rng(seed + 1)
     for _ in progress(range(iterations), label=f"k-means: {x.shape[0]:,} rows, {k} centers", verbose=verbose,
                       unit="iteration"):
-        labels = np.argmin(_squared_distances(x, centers), axis=1)
+        labels = np.concatenate([np.argmin(_squared_distances(x[start:start + block], centers), axis=1)
+                                 for start in range(0, len(x), block)])
         counts = np.bincount(labels, minlength=k)
         sums = np.zeros_like(centers, dtype="float64")
         np.add.at(sums, labels, x)
@@ -557,11 +571,12 @@ def _positions_to_regions(size, window, stride, padding, out_size, regions):
 
 
 def unsupervised_init(model, images, *, seed=0, num_patches=20_000, iterations=15, similarity=True,
-                      verbose=False):
+                      kmeans_patches=400_000, kmeans_iterations=50, verbose=False):
     """Every unsupervised step of a zoo model, in layer order, from unlabeled images.
 
-    PatchWhitening -> adapt (ZCA); Similarity (l1/l2/lp) -> gmm_init, with the
-    offsets of the Mex after it; TriangleCoding -> k-means centroids (Coates et al.);
+    PatchWhitening -> adapt (ZCA, 4 * num_patches patches); Similarity (l1/l2/lp) -> gmm_init, with the
+    offsets of the Mex after it; TriangleCoding -> k-means centroids as Coates et al.'s code
+    (`kmeans_patches` whitened patches, `kmeans_iterations` Lloyd iterations from N(0, 0.1^2) centers);
     keras Normalization -> adapt on its input features. Returns a dict of reports.
     similarity=False fits the preprocessing only and leaves the Similarity layers at their
     random initialisation (the paper's Sec. 6.3 ablation).
@@ -572,6 +587,8 @@ def unsupervised_init(model, images, *, seed=0, num_patches=20_000, iterations=1
     if not isinstance(model, keras.Model):
         raise ValueError(f"`model` must be a keras.Model, got {type(model).__name__}")
     images = image_batch(images)
+    kmeans_patches = positive_int(kmeans_patches, "kmeans_patches")
+    kmeans_iterations = nonnegative_int(kmeans_iterations, "kmeans_iterations")
     reports = {}
     for layer in model.layers:
         if isinstance(layer, PatchWhitening):
@@ -581,8 +598,9 @@ def unsupervised_init(model, images, *, seed=0, num_patches=20_000, iterations=1
             reports[layer.name] = gmm_init(model, images, layer=layer, num_patches=num_patches,
                                            iterations=iterations, seed=seed, verbose=verbose)
         elif isinstance(layer, TriangleCoding):
-            rows = _sample_layer_patches(model, layer, images, 4 * num_patches, np.random.default_rng(seed))
-            centroids = kmeans(rows, layer.filters, iterations=10, seed=seed, verbose=verbose)
+            rows = _sample_layer_patches(model, layer, images, kmeans_patches, np.random.default_rng(seed))
+            centroids = kmeans(rows, layer.filters, iterations=kmeans_iterations, seed=seed, init="normal",
+                               verbose=verbose)
             layer.centroids.assign(centroids.T.astype("float32"))
             reports[layer.name] = "kmeans"
         elif isinstance(layer, keras.layers.Normalization):
