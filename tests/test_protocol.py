@@ -6,7 +6,7 @@ import pytest
 
 from kernelzoo.zoo import cli, protocol
 from kernelzoo.zoo.data import load_ml100k_fold
-from kernelzoo.zoo.data.synthetic import write_ml100k
+from kernelzoo.zoo.data.synthetic import planted_ratings, write_ml100k
 
 
 def test_grid_settings_labels_and_mean_std():
@@ -36,7 +36,7 @@ def _protocol(tmp_path, *argv):
 
 
 def test_protocol_runs_splits_resumes_and_validates_without_test_ratings(tmp_path, capsys):
-    write_ml100k(tmp_path)
+    write_ml100k(tmp_path, planted_ratings(n_items=40, n_users=30))
     out = tmp_path / "folds"
     assert _protocol(tmp_path, "--splits", "u1", "u2", "--out", str(out)) == 0
     result = json.loads((out / protocol.PROTOCOL_FILE).read_text())
@@ -56,15 +56,36 @@ def test_protocol_runs_splits_resumes_and_validates_without_test_ratings(tmp_pat
 
     grid = tmp_path / "grid"
     assert _protocol(tmp_path, "--splits", "random", "--seeds", "7", "--test-fraction", "0.2", "--validate-only",
-                     "--grid", "lambda_2=0.5", "lambda_2=2", "--out", str(grid)) == 0
-    result = json.loads((grid / protocol.PROTOCOL_FILE).read_text())
-    assert {row["label"] for row in result["summary"]} == {"lambda_2=0.5", "lambda_2=2"}
-    assert [row["mean"] for row in result["summary"]] == sorted(row["mean"] for row in result["summary"])
-    for run in result["runs"]:  # the held-out training ratings only: no test figure anywhere
-        assert run["figure"] == "val_rmse" and set(run["metrics"]) == {"val_rmse"} and run["seed"] == 7
-        config = json.loads((grid / protocol.config_label(run["config"]) / "random-s7" / "config.json").read_text())
-        assert config["overrides"]["lambda_2"] == run["config"]["lambda_2"] and config["options"]["validate_only"]
+                     "--grid", "lambda_2=2", "--out", str(grid)) == 0
+    (run,) = json.loads((grid / protocol.PROTOCOL_FILE).read_text())["runs"]
+    # the held-out training ratings only: no test figure anywhere
+    assert run["figure"] == "val_rmse" and set(run["metrics"]) == {"val_rmse"} and run["seed"] == 7
+    config = json.loads((grid / "lambda_2=2" / "random-s7" / "config.json").read_text())
+    assert config["overrides"]["lambda_2"] == 2 and config["options"]["validate_only"]
+    assert config["options"]["split"] == "random" and config["options"]["test_fraction"] == 0.2
     assert "test_rmse" not in (grid / "lambda_2=2" / "random-s7" / "metrics.json").read_text()
     capsys.readouterr()
     assert _protocol(tmp_path, "--splits", "u1", "--split", "u2", "--out", str(grid)) == 2
     assert "--splits, not --split" in capsys.readouterr().err
+
+
+def test_collect_groups_configurations_best_first(tmp_path):
+    from kernelzoo.zoo import training
+
+    for config, values in (({"lambda_2": 5}, (0.95, 0.97)), ({"lambda_2": 40}, (0.90, 0.92)), ({}, (0.93,))):
+        for seed, value in enumerate(values):
+            run = {"config": config, "split": "random", "seed": seed, "label": f"random-s{seed}",
+                   "figure": "val_rmse", "value": value, "metrics": {"val_rmse": value}, "seconds": 10.0 + seed}
+            folder = tmp_path / protocol.config_label(config) / f"random-s{seed}"
+            folder.mkdir(parents=True)
+            training.write_json(str(folder / protocol.RUN_FILE), run)
+    (tmp_path / "lambda_2=80" / "random-s0").mkdir(parents=True)  # a run not finished: not collected
+    result = protocol.collect(tmp_path, "rmse")
+    assert [row["label"] for row in result["summary"]] == ["lambda_2=40", "default", "lambda_2=5"]
+    best = result["summary"][0]
+    assert best["n"] == 2 and best["mean"] == pytest.approx(0.91) and best["std"] == pytest.approx(0.01414, abs=1e-5)
+    assert best["values"] == {"random-s0": 0.90, "random-s1": 0.92} and len(result["runs"]) == 5
+    assert json.loads((tmp_path / protocol.PROTOCOL_FILE).read_text())["summary"][0]["label"] == "lambda_2=40"
+    table = protocol.format_table(result).splitlines()
+    assert table[1].startswith("lambda_2=40") and "0.9100 +- 0.0141" in table[1] and "10-11 s" in table[1]
+    assert protocol.collect(tmp_path, "accuracy")["summary"][0]["label"] == "lambda_2=5"  # larger is better
