@@ -2,6 +2,8 @@
 import argparse
 import json
 
+import keras
+import numpy as np
 import pytest
 
 from kernelzoo.zoo import cli, protocol
@@ -35,7 +37,7 @@ def _protocol(tmp_path, *argv):
     return cli.run(args, "protocol")
 
 
-def test_protocol_runs_splits_resumes_and_validates_without_test_ratings(tmp_path, capsys):
+def test_protocol_runs_splits_resumes_and_ensembles_without_test_ratings(tmp_path, capsys):
     write_ml100k(tmp_path, planted_ratings(n_items=40, n_users=30))
     out = tmp_path / "folds"
     assert _protocol(tmp_path, "--splits", "u1", "u2", "--out", str(out)) == 0
@@ -54,18 +56,33 @@ def test_protocol_runs_splits_resumes_and_validates_without_test_ratings(tmp_pat
     assert capsys.readouterr().out.count("finished, not re-run") == 2
     assert (out / "default" / "u1" / protocol.RUN_FILE).read_text() == before
 
-    grid = tmp_path / "grid"
-    assert _protocol(tmp_path, "--splits", "random", "--seeds", "7", "--test-fraction", "0.2", "--validate-only",
-                     "--grid", "lambda_2=2", "--out", str(grid)) == 0
-    (run,) = json.loads((grid / protocol.PROTOCOL_FILE).read_text())["runs"]
-    # the held-out training ratings only: no test figure anywhere
-    assert run["figure"] == "val_rmse" and set(run["metrics"]) == {"val_rmse"} and run["seed"] == 7
-    config = json.loads((grid / "lambda_2=2" / "random-s7" / "config.json").read_text())
-    assert config["overrides"]["lambda_2"] == 2 and config["options"]["validate_only"]
-    assert config["options"]["split"] == "random" and config["options"]["test_fraction"] == 0.2
-    assert "test_rmse" not in (grid / "lambda_2=2" / "random-s7" / "metrics.json").read_text()
+    # an ensemble of 2 on u1, chosen on held-out training ratings: the test ratings are never measured
+    assert _protocol(tmp_path, "--splits", "u1", "--validate-only", "--grid", "members=2", "--out", str(out)) == 0
+    folder = out / "members=2" / "u1"
+    run = json.loads((folder / protocol.RUN_FILE).read_text())
+    assert run["figure"] == "val_rmse" and set(run["metrics"]) == {"val_rmse"} and 0 < run["value"] < 4
+    config = json.loads((folder / "config.json").read_text())
+    assert config["hyperparameters"]["members"] == 2 and config["options"]["validate_only"]
+    assert "test_rmse" not in (folder / "metrics.json").read_text()
+    # member 0 is the single model of the same seed, member 1 another init; the saved model is their mean
+    single = keras.models.load_model(out / "default" / "u1" / "model.keras", compile=False)
+    ensemble = keras.models.load_model(folder / "model.keras", compile=False)
+    members = [keras.models.load_model(folder / f"member-{m}" / "model.keras", compile=False) for m in range(2)]
+    for a, b in zip(single.get_weights(), members[0].get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert not np.allclose(members[0].get_weights()[0], members[1].get_weights()[0])
+    x = np.random.default_rng(0).uniform(0, 5, size=(7, 30)).astype("float32")
+    np.testing.assert_allclose(ensemble.predict(x, verbose=0),
+                               (members[0].predict(x, verbose=0) + members[1].predict(x, verbose=0)) / 2, rtol=1e-5)
+    (folder / protocol.RUN_FILE).unlink()  # the ensemble again: both members are finished, loaded, not re-run
+    (folder / "member-1" / "log.csv").write_text("marker")
+    assert _protocol(tmp_path, "--splits", "u1", "--validate-only", "--grid", "members=2", "--out", str(out)) == 0
+    assert (folder / "member-1" / "log.csv").read_text() == "marker"
+    assert json.loads((folder / protocol.RUN_FILE).read_text())["value"] == pytest.approx(run["value"])
+    assert {row["label"] for row in json.loads((out / protocol.PROTOCOL_FILE).read_text())["summary"]} == {
+        "default", "members=2"}
     capsys.readouterr()
-    assert _protocol(tmp_path, "--splits", "u1", "--split", "u2", "--out", str(grid)) == 2
+    assert _protocol(tmp_path, "--splits", "u1", "--split", "u2", "--out", str(out)) == 2
     assert "--splits, not --split" in capsys.readouterr().err
 
 
@@ -89,3 +106,4 @@ def test_collect_groups_configurations_best_first(tmp_path):
     table = protocol.format_table(result).splitlines()
     assert table[1].startswith("lambda_2=40") and "0.9100 +- 0.0141" in table[1] and "10-11 s" in table[1]
     assert protocol.collect(tmp_path, "accuracy")["summary"][0]["label"] == "lambda_2=5"  # larger is better
+

@@ -61,6 +61,8 @@ class RatingsRecipe(Recipe):
                             help="stop after this many checks without a better validation RMSE")
         parser.add_argument("--val-fraction", type=float, default=None,
                             help="training ratings held out to pick the best checkpoint (0: keep the last)")
+        parser.add_argument("--members", type=int, default=None,
+                            help="an ensemble of this many models (seeds S, S + 10000, ...), their mean predicted")
         parser.add_argument("--validate-only", action="store_true",
                             help="report the RMSE on the --val-fraction ratings held out of the training part "
                                  "(val_rmse) and never measure the test ratings (hyper-parameter choices)")
@@ -113,12 +115,46 @@ class RatingsRecipe(Recipe):
 
     def fit(self, model, data, out_dir, hp, *, seed=0, resume=False, verbose=1, strategy=None, config=None,
             **unused):
+        """One model (`members` 1), or an ensemble: `members` models trained one after the other on the
+        same ratings and held-out ratings, member m initialised with seed + 10000 m (member 0 is the
+        single model of the same seed), each in OUT/member-m, averaged (`movielens.average_models`)."""
+        from kernelzoo.zoo.data import random_split, rating_matrix
+        from kernelzoo.zoo.kernelnet import movielens
+
+        if strategy is not None:
+            raise ValueError("strategy: the full-batch MovieLens recipe runs on one device")
+        members = positive_int(hp.get("members", 1), "members")
+        if members == 1:
+            return self._fit_one(model, data, out_dir, hp, seed=seed, resume=resume, verbose=verbose, config=config)
+        training.start_run(out_dir, resume, config)
+        trained = []
+        for member in range(members):
+            folder = os.path.join(os.fspath(out_dir), f"member-{member}")
+            if os.path.isfile(os.path.join(folder, training.MODEL_FILE)):  # finished: not re-run
+                trained.append(keras.models.load_model(os.path.join(folder, training.MODEL_FILE), compile=False))
+                continue
+            if member:
+                keras.utils.set_random_seed(seed + 10000 * member)
+                model = keras.models.clone_model(model)  # fresh weights from the initializers
+            result = self._fit_one(model, data, folder, hp, seed=seed, resume=training.read_state(folder) is not None,
+                                   verbose=verbose, config=dict(config or {}, member=member))
+            trained.append(result["model"])
+        ensemble = movielens.average_models(trained)
+        result = training.finish(ensemble, os.fspath(out_dir))
+        if hp["val_fraction"]:
+            fit, val = random_split(data.train, float(hp["val_fraction"]), seed=seed + 1000)
+            result["val_rmse"] = movielens.rmse(movielens.predict_ratings(ensemble, rating_matrix(fit)[0]), val)
+        if data.test is None:
+            result["metrics"] = {"val_rmse": result["val_rmse"]}
+            training.write_json(os.path.join(os.fspath(out_dir), training.METRICS_FILE), result["metrics"])
+        return result
+
+    def _fit_one(self, model, data, out_dir, hp, *, seed=0, resume=False, verbose=1, config=None):
+        """One model into the run folder `out_dir`: L-BFGS-B or Adam, early stopping (module docstring)."""
         from kernelzoo.zoo.data import random_split, rating_matrix
         from kernelzoo.zoo.kernelnet import movielens
         from kernelzoo.zoo.kernelnet.optimize import adam_steps, fit_lbfgs
 
-        if strategy is not None:
-            raise ValueError("strategy: the full-batch MovieLens recipe runs on one device")
         optimizer = check_choice("optimizer", hp["optimizer"], ("lbfgs", "adam"))
         every = positive_int(hp["iterations_per_epoch"], "iterations_per_epoch")
         epochs = positive_int(hp["epochs"], "epochs")
