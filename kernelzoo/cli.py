@@ -20,6 +20,8 @@ SUBCOMMANDS = {
                     "`kernelzoo bench ckn`"),
     "demo": ("kernelzoo.zoo.demo", "offline demo on embedded data"),
     "train": ("kernelzoo.zoo.cli", "train a zoo model: kernelzoo train NAME|FAMILY:BUILDER [KEY=VALUE ...]"),
+    "protocol": ("kernelzoo.zoo.cli", "train a zoo model over a protocol's splits / seeds (and a grid of settings): "
+                                      "mean +- std table and JSON, resumable"),
     "eval": ("kernelzoo.zoo.cli", "re-measure a zoo model's card figure (or a .keras file's) on its test split"),
     "finetune": ("kernelzoo.zoo.finetune_cli", "fine-tune a pretrained zoo model on a new image dataset (-o OUT.keras)"),
     "export": ("kernelzoo.export.cli", "export a model to ONNX or a SavedModel (--verify checks parity)"),

@@ -184,3 +184,36 @@ def test_train_cli_runs_the_lbfgs_recipe_into_a_run_folder(tmp_path, capsys):
     assert "split must be one of" in capsys.readouterr().err
     assert run("--no-init", "--out", str(tmp_path / "other")) == 2  # a SimNet option
     assert "--no-init is not an option of RatingsRecipe" in capsys.readouterr().err
+
+
+def test_lbfgs_restart_rounds_drop_the_memory_and_stop_on_request():
+    """lbfgs_restart: rounds of `every` iterations, each a fresh L-BFGS-B (kernelNet's public code): one
+    round of 4 equals a plain 4-iteration run, two rounds of 2 do not; StopIteration ends the rounds."""
+    x = np.random.default_rng(0).uniform(1, 5, size=(6, 5)).astype("float32")
+
+    def fresh():
+        return ml.kernelnet_movielens(n_users=5, hidden=(3,), seed=0)
+
+    def loss_fn(m):
+        return ml.masked_squared_error(x, np.ones_like(x), m(x, training=True))
+
+    plain, one_round, rounds = fresh(), fresh(), fresh()
+    fit_lbfgs(plain, loss_fn, maxiter=4)
+    fit_lbfgs(one_round, loss_fn, maxiter=4, every=4, restart=True)
+    seen = []
+    result = fit_lbfgs(rounds, loss_fn, maxiter=4, every=2, restart=True,
+                       callback=lambda step, loss: seen.append((step, loss)))
+    weights = [np.concatenate([np.ravel(w) for w in m.get_weights()]) for m in (plain, one_round, rounds)]
+    np.testing.assert_allclose(weights[1], weights[0], rtol=1e-6)
+    assert not np.allclose(weights[2], weights[0])
+    assert [step for step, _ in seen] == [2, 4] and seen[1][1] < seen[0][1] and result.nit == 4
+
+    def stop(step, loss):
+        seen.append(step)
+        raise StopIteration
+
+    seen.clear()
+    fit_lbfgs(fresh(), loss_fn, maxiter=10, every=2, restart=True, callback=stop)
+    assert seen == [2]
+    with pytest.raises(ValueError, match="every"):
+        fit_lbfgs(fresh(), loss_fn, maxiter=4, restart=True)

@@ -1,8 +1,10 @@
-"""`kernelzoo train | eval | list | info` for every family (hooks for kernelzoo/cli.py).
+"""`kernelzoo train | protocol | eval | list | info` for every family (hooks for kernelzoo/cli.py).
 
 Each command dispatches on the preset's family: the family recipe loads the data, trains and
 measures (kernelzoo.zoo.recipe). `train` takes a zoo NAME or FAMILY:BUILDER (a builder of the
 family with its own defaults, trained and measured like the family's first preset that uses it).
+`protocol` trains the same way over several splits / seeds (and a grid of settings) and reports
+mean +- std (kernelzoo.zoo.protocol).
 """
 import ast
 import dataclasses
@@ -11,19 +13,20 @@ import os
 import sys
 from fractions import Fraction
 
-import numpy as np
 
 from kernelzoo.ops.checks import check_choice
 from kernelzoo.zoo import registry
 from kernelzoo.zoo.recipe import Recipe
 
-COMMANDS = ("train", "eval", "list", "info")
+COMMANDS = ("train", "protocol", "eval", "list", "info")
 
 
 def add_arguments(parser, command):
     command = check_choice("command", command, COMMANDS)
     if command == "train":
         _train_arguments(parser)
+    elif command == "protocol":
+        _protocol_arguments(parser)
     elif command == "eval":
         parser.add_argument("models", nargs="+", metavar="NAME|FILE.keras",
                             help="zoo names (shipped weights) or .keras files (a run folder's: its preset and "
@@ -47,7 +50,7 @@ def add_arguments(parser, command):
 def run(args, command):
     command = check_choice("command", command, COMMANDS)
     try:
-        return {"train": _train, "eval": _eval, "list": _list, "info": _info}[command](args)
+        return {"train": _train, "protocol": _protocol, "eval": _eval, "list": _list, "info": _info}[command](args)
     except ValueError as error:  # bad arguments, data or model: one line, not a traceback
         print(f"kernelzoo {command}: error: {error}", file=sys.stderr)
         return 2
@@ -150,6 +153,23 @@ def _family_options(args, recipe):
     return recipe.options(**{dest: getattr(args, dest) for dest in own})
 
 
+def _hyperparameters(args, preset, recipe, **changes):
+    """The preset's recipe hyper-parameters with the command line's (--epochs, --lr, ...) and `changes`."""
+    keys = set(recipe.hyperparameters(preset))
+    given = {key: value for key, value in vars(args).items() if key in keys}
+    return recipe.hyperparameters(preset, **{**given, **changes})
+
+
+def _train_one(args, preset, recipe, options, hp, overrides, out, seed, resume, strategy=None):
+    """Load the data of `options` (split) and `seed`, train into `out`; returns the recipe's result."""
+    verbose = 0 if args.quiet else 1
+    data = recipe.load_data(preset, args.data_dir, args.dataset, options, seed=seed)
+    print(f"{args.target}: {data.source}; hyper-parameters {hp}", flush=True)
+    return recipe.train(preset, data, out, overrides=overrides, hp=hp, options=options, seed=seed, resume=resume,
+                        verbose=verbose, tensorboard=not args.no_tensorboard,
+                        max_steps_per_epoch=args.max_steps_per_epoch, strategy=strategy)
+
+
 def _train(args):
     from kernelzoo.zoo import training
 
@@ -159,19 +179,61 @@ def _train(args):
     preset = training_target(args.target)
     recipe = registry.recipe(preset)
     options = _family_options(args, recipe)
-    keys = set(recipe.hyperparameters(preset))
-    hp = recipe.hyperparameters(preset, **{key: value for key, value in vars(args).items() if key in keys})
+    hp = _hyperparameters(args, preset, recipe)
     out = args.out or os.path.join("runs", preset.name)
-    verbose = 0 if args.quiet else 1
-    data = recipe.load_data(preset, args.data_dir, args.dataset, options, seed=args.seed)
-    print(f"{args.target}: {data.source}; hyper-parameters {hp}", flush=True)
-    result = recipe.train(preset, data, out, overrides=parse_overrides(args.overrides), hp=hp, options=options,
-                          seed=args.seed, resume=args.resume, verbose=verbose, tensorboard=not args.no_tensorboard,
-                          max_steps_per_epoch=args.max_steps_per_epoch, strategy=strategy)
+    result = _train_one(args, preset, recipe, options, hp, parse_overrides(args.overrides), out, args.seed,
+                        args.resume, strategy)
     figures = ", ".join(f"{key} {value:.4f}" for key, value in result.get("metrics", {}).items()
                         if isinstance(value, float))
     print(f"{args.target}: {figures or 'no test figure'}; model {result['model_path']}; "
           f"curves {result.get('curves')}", flush=True)
+    return 0
+
+
+# ----------------------------------------------------------------------------- protocol
+
+
+def _protocol_arguments(parser):
+    """`kernelzoo train`'s arguments (--seed, --resume and --strategy aside) and the protocol's."""
+    _train_arguments(parser)
+    parser.add_argument("--splits", nargs="+", default=None, metavar="SPLIT",
+                        help="the family's --split values to run (MovieLens: u1 ... u5, or random with --seeds)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, metavar="S",
+                        help="seeds of each split (random splits: the seed draws the split); default --seed")
+    parser.add_argument("--grid", nargs="+", default=(), metavar="KEY=VALUE",
+                        help="settings to compare: builder arguments or hyper-parameters; a key given twice has "
+                             "two values; the product over the keys runs (e.g. lambda_2=10 lambda_2=20 dim=10)")
+
+
+def _protocol(args):
+    from kernelzoo.zoo import protocol
+
+    if args.strategy != "none" or args.resume:
+        raise ValueError("protocol: --strategy and --resume are not options of a protocol (it always resumes)")
+    if args.splits and getattr(args, "split", None) is not None:
+        raise ValueError("protocol: give the splits with --splits, not --split")
+    preset = training_target(args.target)
+    recipe = registry.recipe(preset)
+    options = _family_options(args, recipe)
+    if args.splits and not hasattr(options, "split"):
+        raise ValueError(f"--splits: {type(recipe).__name__} has no --split option (use --seeds)")
+    overrides = parse_overrides(args.overrides)
+    hp_keys = set(recipe.hyperparameters(preset))
+    out = args.out or os.path.join("runs", f"protocol_{preset.name}")
+    validate_only = bool(getattr(options, "validate_only", False))
+
+    def train_one(config, split, seed, run_dir, resume):
+        changes = {key: value for key, value in config.items() if key in hp_keys}
+        builder = {key: value for key, value in config.items() if key not in hp_keys}
+        run_options = options if split is None else recipe.options(**dict(vars(options), split=split))
+        return _train_one(args, preset, recipe, run_options, _hyperparameters(args, preset, recipe, **changes),
+                          {**overrides, **builder}, run_dir, seed, resume)
+
+    result = protocol.run_protocol(train_one, out, protocol.grid_configs(args.grid),
+                                   protocol.settings(args.splits, args.seeds or [args.seed]), preset.metric,
+                                   validate_only=validate_only)
+    print(protocol.format_table(result))
+    print(f"runs and summary: {os.path.join(out, protocol.PROTOCOL_FILE)}", flush=True)
     return 0
 
 
@@ -187,10 +249,11 @@ def _eval(args):
         result["model"] = model
         print(format_result(result), flush=True)
         results.append(result)
-    values = np.array([r["value"] for r in results if r["value"] is not None])
+    values = [r["value"] for r in results if r["value"] is not None]
     summary = None
     if len(values) > 1 and len({(r["preset"], r["metric"]) for r in results}) == 1:
-        summary = {"mean": float(values.mean()), "std": float(values.std(ddof=1)), "n": len(values)}
+        from kernelzoo.zoo.protocol import mean_std
+        summary = mean_std(values)
         print(f"{results[0]['metric']}: mean {summary['mean']:.4f} +- {summary['std']:.4f} "
               f"(sample std, n={summary['n']})")
     if args.json:

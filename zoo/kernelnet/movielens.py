@@ -63,6 +63,17 @@ def kernelnet_movielens(n_users=943, variant="sparse_fc", hidden=(500, 500), dim
     return keras.Model(inputs, x, name=f"kernelnet_movielens_{variant}")
 
 
+def average_models(models, name="kernelnet_movielens_ensemble"):
+    """One model whose output is the mean of `models`' outputs (an ensemble: same input, members renamed
+    member_0, member_1, ...)."""
+    models = list(models)
+    if len(models) < 2:
+        raise ValueError(f"`models`: an ensemble needs at least 2, got {len(models)}")
+    inputs = keras.Input(models[0].input_shape[1:], name="item_ratings")
+    outputs = [keras.Model(m.input, m.output, name=f"member_{i}")(inputs) for i, m in enumerate(models)]
+    return keras.Model(inputs, keras.layers.Average(name="mean")(outputs), name=name)
+
+
 def masked_squared_error(ratings, mask, predictions):
     """0.5 * sum of squared errors over observed ratings only (mask == 1)."""
     return 0.5 * ops.sum(mask * ops.square(ratings - predictions))

@@ -47,17 +47,36 @@ def _objective(model, loss_fn):
     return value_and_grads
 
 
-def fit_lbfgs(model, loss_fn, maxiter=500, maxcor=10, every=None, callback=None):
+def fit_lbfgs(model, loss_fn, maxiter=500, maxcor=10, every=None, callback=None, restart=False, objective=None):
     """L-BFGS-B (scipy) on the model's flat weights, full batch.
 
     Every `every` iterations `callback(iteration, loss)` runs with the model
-    holding the current iterate (to evaluate or checkpoint). Returns scipy's
-    result; the model ends with its final weights.
+    holding the current iterate (to evaluate or checkpoint). With `restart`,
+    every `every` iterations are a fresh L-BFGS-B call (its curvature memory
+    dropped, as the rounds of kernelNet's public code), the callback after each
+    round; a StopIteration raised by the callback ends the run. Returns scipy's
+    result (of the last round, `nit` counting every round); the model ends with
+    its final weights. `objective`: the traced loss-and-gradients function to reuse.
     """
     maxiter = positive_int(maxiter, "maxiter")
     every = None if every is None else positive_int(every, "every")
+    if restart:
+        if every is None:
+            raise ValueError("restart: the rounds need `every` (iterations per round)")
+        done = 0
+        value_and_grads = _objective(model, loss_fn)
+        while done < maxiter:
+            result = fit_lbfgs(model, loss_fn, min(every, maxiter - done), maxcor, objective=value_and_grads)
+            done += max(int(result.nit), 1)
+            result.nit = done
+            if callback is not None:
+                try:
+                    callback(done, float(result.fun))
+                except StopIteration:
+                    break
+        return result
     flat = FlatWeights(model.trainable_variables)
-    value_and_grads = _objective(model, loss_fn)
+    value_and_grads = objective or _objective(model, loss_fn)
     count = [0]
 
     def fun(x):

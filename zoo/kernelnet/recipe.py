@@ -7,9 +7,14 @@
   squared error plus the model's regularisers; an "epoch" is `iterations_per_epoch`
   iterations, after which the run folder gets its log row and checkpoint; the iterate is
   chosen by early stopping on `val_fraction` of the training ratings (never on the test
-  ratings). --resume restarts L-BFGS-B from the last checkpoint (its curvature memory is
-  not saved, so a resumed run is not bit-identical to an uninterrupted one).
+  ratings); --validate-only reports that choice's val_rmse and never measures the test ratings
+  (hyper-parameter choices, `kernelzoo protocol --grid`). `lbfgs_restart`: each epoch is a fresh
+  L-BFGS-B call (its curvature memory dropped, as the rounds of kernelNet's public code); else one
+  call runs through all epochs. --resume restarts L-BFGS-B from the last checkpoint (its curvature
+  memory is not saved, so a resumed run is not bit-identical to an uninterrupted one unless
+  `lbfgs_restart`).
 """
+import dataclasses
 import os
 
 import keras
@@ -56,6 +61,19 @@ class RatingsRecipe(Recipe):
                             help="stop after this many checks without a better validation RMSE")
         parser.add_argument("--val-fraction", type=float, default=None,
                             help="training ratings held out to pick the best checkpoint (0: keep the last)")
+        parser.add_argument("--members", type=int, default=None,
+                            help="an ensemble of this many models (seeds S, S + 10000, ...), their mean predicted")
+        parser.add_argument("--validate-only", action="store_true",
+                            help="report the RMSE on the --val-fraction ratings held out of the training part "
+                                 "(val_rmse) and never measure the test ratings (hyper-parameter choices)")
+
+    def validation_split(self, data, hp, options, seed=0):
+        """The held-out ratings are drawn inside `fit` (`val_fraction`); --validate-only drops the test ratings."""
+        if not getattr(options, "validate_only", False):
+            return data
+        if not hp["val_fraction"]:
+            raise ValueError("--validate-only needs held-out training ratings: a --val-fraction above 0")
+        return dataclasses.replace(data, test=None)
 
     def load_data(self, preset, data_dir=None, dataset=None, options=None, seed=0):
         """(train, test) ratings of a canonical fold or of a seeded random split."""
@@ -97,12 +115,46 @@ class RatingsRecipe(Recipe):
 
     def fit(self, model, data, out_dir, hp, *, seed=0, resume=False, verbose=1, strategy=None, config=None,
             **unused):
+        """One model (`members` 1), or an ensemble: `members` models trained one after the other on the
+        same ratings and held-out ratings, member m initialised with seed + 10000 m (member 0 is the
+        single model of the same seed), each in OUT/member-m, averaged (`movielens.average_models`)."""
+        from kernelzoo.zoo.data import random_split, rating_matrix
+        from kernelzoo.zoo.kernelnet import movielens
+
+        if strategy is not None:
+            raise ValueError("strategy: the full-batch MovieLens recipe runs on one device")
+        members = positive_int(hp.get("members", 1), "members")
+        if members == 1:
+            return self._fit_one(model, data, out_dir, hp, seed=seed, resume=resume, verbose=verbose, config=config)
+        training.start_run(out_dir, resume, config)
+        trained = []
+        for member in range(members):
+            folder = os.path.join(os.fspath(out_dir), f"member-{member}")
+            if os.path.isfile(os.path.join(folder, training.MODEL_FILE)):  # finished: not re-run
+                trained.append(keras.models.load_model(os.path.join(folder, training.MODEL_FILE), compile=False))
+                continue
+            if member:
+                keras.utils.set_random_seed(seed + 10000 * member)
+                model = keras.models.clone_model(model)  # fresh weights from the initializers
+            result = self._fit_one(model, data, folder, hp, seed=seed, resume=training.read_state(folder) is not None,
+                                   verbose=verbose, config=dict(config or {}, member=member))
+            trained.append(result["model"])
+        ensemble = movielens.average_models(trained)
+        result = training.finish(ensemble, os.fspath(out_dir))
+        if hp["val_fraction"]:
+            fit, val = random_split(data.train, float(hp["val_fraction"]), seed=seed + 1000)
+            result["val_rmse"] = movielens.rmse(movielens.predict_ratings(ensemble, rating_matrix(fit)[0]), val)
+        if data.test is None:
+            result["metrics"] = {"val_rmse": result["val_rmse"]}
+            training.write_json(os.path.join(os.fspath(out_dir), training.METRICS_FILE), result["metrics"])
+        return result
+
+    def _fit_one(self, model, data, out_dir, hp, *, seed=0, resume=False, verbose=1, config=None):
+        """One model into the run folder `out_dir`: L-BFGS-B or Adam, early stopping (module docstring)."""
         from kernelzoo.zoo.data import random_split, rating_matrix
         from kernelzoo.zoo.kernelnet import movielens
         from kernelzoo.zoo.kernelnet.optimize import adam_steps, fit_lbfgs
 
-        if strategy is not None:
-            raise ValueError("strategy: the full-batch MovieLens recipe runs on one device")
         optimizer = check_choice("optimizer", hp["optimizer"], ("lbfgs", "adam"))
         every = positive_int(hp["iterations_per_epoch"], "iterations_per_epoch")
         epochs = positive_int(hp["epochs"], "epochs")
@@ -143,8 +195,10 @@ class RatingsRecipe(Recipe):
 
         remaining = (epochs - start) * every
         if remaining > 0 and optimizer == "lbfgs":
-            result = fit_lbfgs(model, loss_fn, maxiter=remaining, every=every, callback=lambda step, loss: check(loss))
-            if result.nit % every and result.nit < remaining:  # converged between two checks: check the end
+            restart = bool(hp.get("lbfgs_restart", False))
+            result = fit_lbfgs(model, loss_fn, maxiter=remaining, every=every, callback=lambda step, loss: check(loss),
+                               restart=restart)
+            if not restart and result.nit % every and result.nit < remaining:  # converged between two checks
                 try:
                     check(result.fun)
                 except StopIteration:
@@ -159,7 +213,10 @@ class RatingsRecipe(Recipe):
         if bar is not None and done[0] < epochs:  # early stop or convergence: close the bar's line
             bar.update(done[0], finalize=True)
         result = training.finish(keras.models.load_model(best_path, compile=False), out_dir)
-        result["selected_epoch"] = best["epoch"]
+        result.update(selected_epoch=best["epoch"], val_rmse=best["val_rmse"])
+        if data.test is None:  # --validate-only: the held-out ratings' figure is the run's
+            result["metrics"] = {"val_rmse": best["val_rmse"]}
+            training.write_json(os.path.join(out_dir, training.METRICS_FILE), result["metrics"])
         return result
 
 

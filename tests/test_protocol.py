@@ -1,0 +1,109 @@
+"""`kernelzoo protocol`: splits x seeds x grid, mean +- std, resumable; the MovieLens recipe on generated ratings."""
+import argparse
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from kernelzoo.zoo import cli, protocol
+from kernelzoo.zoo.data import load_ml100k_fold
+from kernelzoo.zoo.data.synthetic import planted_ratings, write_ml100k
+
+
+def test_grid_settings_labels_and_mean_std():
+    configs = protocol.grid_configs(["lambda_2=5", "hidden=(8,8)", "lambda_2=10"])
+    assert configs == [{"lambda_2": 5, "hidden": (8, 8)}, {"lambda_2": 10, "hidden": (8, 8)}]
+    assert protocol.grid_configs([]) == [{}]
+    assert [protocol.config_label(c) for c in configs + [{}]] == [
+        "lambda_2=5_hidden=8-8", "lambda_2=10_hidden=8-8", "default"]
+    with pytest.raises(ValueError, match="twice"):
+        protocol.grid_configs(["dim=5", "dim=5"])
+    with pytest.raises(ValueError, match="grid"):
+        protocol.grid_configs(["dim"])
+    assert protocol.settings(["u1", "u2"], [0]) == [("u1", "u1", 0), ("u2", "u2", 0)]
+    assert protocol.settings(["random"], [3, 4]) == [("random-s3", "random", 3), ("random-s4", "random", 4)]
+    assert protocol.settings(None, [1]) == [("s1", None, 1)]
+    summary = protocol.mean_std([0.9, 0.8, 1.0])
+    assert summary["mean"] == pytest.approx(0.9) and summary["std"] == pytest.approx(0.1) and summary["n"] == 3
+    assert protocol.mean_std([0.5])["std"] == 0.0
+
+
+def _protocol(tmp_path, *argv):
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser, "protocol")
+    args = parser.parse_args(["kernelnet_movielens_100k", "hidden=(4,)", "--data-dir", str(tmp_path), "--epochs", "1",
+                              "--iterations-per-epoch", "2", "--quiet", "--no-tensorboard", *argv])
+    return cli.run(args, "protocol")
+
+
+def test_protocol_runs_splits_resumes_and_ensembles_without_test_ratings(tmp_path, capsys):
+    write_ml100k(tmp_path, planted_ratings(n_items=40, n_users=30))
+    out = tmp_path / "folds"
+    assert _protocol(tmp_path, "--splits", "u1", "u2", "--out", str(out)) == 0
+    result = json.loads((out / protocol.PROTOCOL_FILE).read_text())
+    (row,) = result["summary"]
+    assert row["figure"] == "test_rmse" and row["n"] == 2 and set(row["values"]) == {"u1", "u2"}
+    runs = {run["label"]: run for run in result["runs"]}
+    assert runs["u1"]["metrics"]["test_examples"] == len(load_ml100k_fold(1, str(tmp_path))[1]["ratings"])
+    assert 0 < runs["u1"]["value"] < 4 and runs["u1"]["selected_epoch"] >= 1
+    assert row["mean"] == pytest.approx(protocol.mean_std(list(row["values"].values()))["mean"])
+    printed = capsys.readouterr().out
+    assert "test_rmse" in printed and f"{row['mean']:.4f} +- {row['std']:.4f}" in printed
+
+    before = (out / "default" / "u1" / protocol.RUN_FILE).read_text()
+    assert _protocol(tmp_path, "--splits", "u1", "u2", "--out", str(out)) == 0  # nothing re-runs
+    assert capsys.readouterr().out.count("finished, not re-run") == 2
+    assert (out / "default" / "u1" / protocol.RUN_FILE).read_text() == before
+
+    # an ensemble of 2 on u1, chosen on held-out training ratings: the test ratings are never measured
+    assert _protocol(tmp_path, "--splits", "u1", "--validate-only", "--grid", "members=2", "--out", str(out)) == 0
+    folder = out / "members=2" / "u1"
+    run = json.loads((folder / protocol.RUN_FILE).read_text())
+    assert run["figure"] == "val_rmse" and set(run["metrics"]) == {"val_rmse"} and 0 < run["value"] < 4
+    config = json.loads((folder / "config.json").read_text())
+    assert config["hyperparameters"]["members"] == 2 and config["options"]["validate_only"]
+    assert "test_rmse" not in (folder / "metrics.json").read_text()
+    # member 0 is the single model of the same seed, member 1 another init; the saved model is their mean
+    single = keras.models.load_model(out / "default" / "u1" / "model.keras", compile=False)
+    ensemble = keras.models.load_model(folder / "model.keras", compile=False)
+    members = [keras.models.load_model(folder / f"member-{m}" / "model.keras", compile=False) for m in range(2)]
+    for a, b in zip(single.get_weights(), members[0].get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert not np.allclose(members[0].get_weights()[0], members[1].get_weights()[0])
+    x = np.random.default_rng(0).uniform(0, 5, size=(7, 30)).astype("float32")
+    np.testing.assert_allclose(ensemble.predict(x, verbose=0),
+                               (members[0].predict(x, verbose=0) + members[1].predict(x, verbose=0)) / 2, rtol=1e-5)
+    (folder / protocol.RUN_FILE).unlink()  # the ensemble again: both members are finished, loaded, not re-run
+    (folder / "member-1" / "log.csv").write_text("marker")
+    assert _protocol(tmp_path, "--splits", "u1", "--validate-only", "--grid", "members=2", "--out", str(out)) == 0
+    assert (folder / "member-1" / "log.csv").read_text() == "marker"
+    assert json.loads((folder / protocol.RUN_FILE).read_text())["value"] == pytest.approx(run["value"])
+    assert {row["label"] for row in json.loads((out / protocol.PROTOCOL_FILE).read_text())["summary"]} == {
+        "default", "members=2"}
+    capsys.readouterr()
+    assert _protocol(tmp_path, "--splits", "u1", "--split", "u2", "--out", str(out)) == 2
+    assert "--splits, not --split" in capsys.readouterr().err
+
+
+def test_collect_groups_configurations_best_first(tmp_path):
+    from kernelzoo.zoo import training
+
+    for config, values in (({"lambda_2": 5}, (0.95, 0.97)), ({"lambda_2": 40}, (0.90, 0.92)), ({}, (0.93,))):
+        for seed, value in enumerate(values):
+            run = {"config": config, "split": "random", "seed": seed, "label": f"random-s{seed}",
+                   "figure": "val_rmse", "value": value, "metrics": {"val_rmse": value}, "seconds": 10.0 + seed}
+            folder = tmp_path / protocol.config_label(config) / f"random-s{seed}"
+            folder.mkdir(parents=True)
+            training.write_json(str(folder / protocol.RUN_FILE), run)
+    (tmp_path / "lambda_2=80" / "random-s0").mkdir(parents=True)  # a run not finished: not collected
+    result = protocol.collect(tmp_path, "rmse")
+    assert [row["label"] for row in result["summary"]] == ["lambda_2=40", "default", "lambda_2=5"]
+    best = result["summary"][0]
+    assert best["n"] == 2 and best["mean"] == pytest.approx(0.91) and best["std"] == pytest.approx(0.01414, abs=1e-5)
+    assert best["values"] == {"random-s0": 0.90, "random-s1": 0.92} and len(result["runs"]) == 5
+    assert json.loads((tmp_path / protocol.PROTOCOL_FILE).read_text())["summary"][0]["label"] == "lambda_2=40"
+    table = protocol.format_table(result).splitlines()
+    assert table[1].startswith("lambda_2=40") and "0.9100 +- 0.0141" in table[1] and "10-11 s" in table[1]
+    assert protocol.collect(tmp_path, "accuracy")["summary"][0]["label"] == "lambda_2=5"  # larger is better
+
