@@ -118,7 +118,7 @@ class RatingsRecipe(Recipe):
         """One model (`members` 1), or an ensemble: `members` models trained one after the other on the
         same ratings and held-out ratings, member m initialised with seed + 10000 m (member 0 is the
         single model of the same seed), each in OUT/member-m, averaged (`movielens.average_models`)."""
-        from kernelzoo.zoo.data import random_split, rating_matrix
+        from kernelzoo.zoo.data import rating_matrix
         from kernelzoo.zoo.kernelnet import movielens
 
         if strategy is not None:
@@ -141,17 +141,14 @@ class RatingsRecipe(Recipe):
             trained.append(result["model"])
         ensemble = movielens.average_models(trained)
         result = training.finish(ensemble, os.fspath(out_dir))
-        if hp["val_fraction"]:
-            fit, val = random_split(data.train, float(hp["val_fraction"]), seed=seed + 1000)
+        fit, val = _held_out_ratings(data.train, hp, seed)
+        if val is not None:
             result["val_rmse"] = movielens.rmse(movielens.predict_ratings(ensemble, rating_matrix(fit)[0]), val)
-        if data.test is None:
-            result["metrics"] = {"val_rmse": result["val_rmse"]}
-            training.write_json(os.path.join(os.fspath(out_dir), training.METRICS_FILE), result["metrics"])
-        return result
+        return _validation_figure(result, data, out_dir)
 
     def _fit_one(self, model, data, out_dir, hp, *, seed=0, resume=False, verbose=1, config=None):
         """One model into the run folder `out_dir`: L-BFGS-B or Adam, early stopping (module docstring)."""
-        from kernelzoo.zoo.data import random_split, rating_matrix
+        from kernelzoo.zoo.data import rating_matrix
         from kernelzoo.zoo.kernelnet import movielens
         from kernelzoo.zoo.kernelnet.optimize import adam_steps, fit_lbfgs
 
@@ -161,9 +158,7 @@ class RatingsRecipe(Recipe):
         start = training.start_run(out_dir, resume, config)
         out_dir = os.fspath(out_dir)
         state = training.read_state(out_dir) or {}
-        fit, val = data.train, None
-        if hp["val_fraction"]:
-            fit, val = random_split(data.train, float(hp["val_fraction"]), seed=seed + 1000)
+        fit, val = _held_out_ratings(data.train, hp, seed)
         matrix, mask = (np.asarray(a) for a in rating_matrix(fit))
         best = dict(state.get("best") or {"val_rmse": float("inf"), "epoch": 0})
         best_path = os.path.join(out_dir, training.CHECKPOINTS, BEST_CHECKPOINT)
@@ -214,10 +209,24 @@ class RatingsRecipe(Recipe):
             bar.update(done[0], finalize=True)
         result = training.finish(keras.models.load_model(best_path, compile=False), out_dir)
         result.update(selected_epoch=best["epoch"], val_rmse=best["val_rmse"])
-        if data.test is None:  # --validate-only: the held-out ratings' figure is the run's
-            result["metrics"] = {"val_rmse": best["val_rmse"]}
-            training.write_json(os.path.join(out_dir, training.METRICS_FILE), result["metrics"])
-        return result
+        return _validation_figure(result, data, out_dir)
+
+
+def _held_out_ratings(train, hp, seed):
+    """(fit, val): `val_fraction` of the training ratings held out (seed + 1000), or (train, None)."""
+    from kernelzoo.zoo.data import random_split
+
+    if not hp["val_fraction"]:
+        return train, None
+    return random_split(train, float(hp["val_fraction"]), seed=seed + 1000)
+
+
+def _validation_figure(result, data, out_dir):
+    """--validate-only (no test ratings): the held-out ratings' val_rmse becomes the run's metrics.json."""
+    if data.test is None:
+        result["metrics"] = {"val_rmse": result["val_rmse"]}
+        training.write_json(os.path.join(os.fspath(out_dir), training.METRICS_FILE), result["metrics"])
+    return result
 
 
 def recipe_for(preset):
