@@ -171,3 +171,10 @@ def test_init_images_must_be_positive():
     data = types.SimpleNamespace(train=(_images(4), np.arange(4) % 2))
     with pytest.raises(ValueError, match="init_images"):
         initialise_from_images(models.coates_baseline(n=2, input_shape=(10, 10, 3)), data, 0)
+
+
+@pytest.mark.parametrize("argument", ["kmeans_patches", "kmeans_iterations"])
+def test_unsupervised_init_rejects_bad_kmeans_sizes(argument):
+    model = models.coates_baseline(n=2, input_shape=(10, 10, 3))
+    with pytest.raises(ValueError, match=argument):
+        init.unsupervised_init(model, _images(4), **{argument: -1 if argument == "kmeans_iterations" else 0})

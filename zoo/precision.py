@@ -2,7 +2,8 @@
 
 "mixed_bfloat16" computes in bfloat16 with float32 variables (oneDNN runs the convolutions and matmuls on AMX
 where the CPU has it); layers may keep parts in float32 (CKNConv2D: all but its patch-anchor products). The
-recipes that offer it (spatial contrasting, supervised CKN) save a float32 model.
+recipes that offer it (spatial contrasting, supervised CKN, the tutorial CNN) take `MixedPrecisionMixin`, so
+they save a float32 model.
 """
 import contextlib
 
@@ -35,3 +36,37 @@ def float32_copy(model):
         copy = keras.Model.from_config(config)
     copy.set_weights(model.get_weights())
     return copy
+
+
+class MixedPrecisionMixin:
+    """Recipe mixin (before `Recipe` in the bases): the `precision` hyper-parameter ("float32" by default;
+    --precision), the run trained under its dtype policy, and model.keras saved as `saved_model` of the result
+    (a float32 copy after a mixed-precision run)."""
+
+    def add_arguments(self, parser):
+        super().add_arguments(parser)
+        parser.add_argument("--precision", choices=PRECISIONS, default=None,
+                            help="float32 or Keras mixed_bfloat16 (the saved model is float32)")
+
+    def hyperparameters(self, preset, **changes):
+        hp = {"precision": "float32", **super().hyperparameters(preset, **changes)}
+        check_choice("precision", hp["precision"], PRECISIONS)
+        return hp
+
+    def train_run(self, preset, data, out_dir, *, hp=None, **kwargs):
+        hp = self.hyperparameters(preset) if hp is None else hp
+        with precision_policy(hp["precision"]):
+            return super().train_run(preset, data, out_dir, hp=hp, **kwargs)
+
+    def fit(self, model, data, out_dir, hp, **kwargs):
+        """The recipe's fit; model.keras and the returned model are then `saved_model` of the trained one."""
+        result = super().fit(model, data, out_dir, hp, **kwargs)
+        final = self.saved_model(result["model"], hp)
+        if final is not result["model"]:
+            final.save(result["model_path"])
+            result["model"] = final
+        return result
+
+    def saved_model(self, model, hp):
+        """What model.keras holds: `model`, or after a mixed-precision run its compiled float32 copy."""
+        return model if hp["precision"] == "float32" else self.compile(float32_copy(model), hp)

@@ -38,14 +38,14 @@ from kernelzoo.zoo.ckn.kmeans import INITS, init_ckn_layers
 from kernelzoo.zoo.ckn.models import ckn
 from kernelzoo.zoo.frozen_features import FrozenFeaturesRecipe, feature_extractor
 from kernelzoo.zoo.linear_classifier import fit_logistic, one_vs_rest_squared_hinge
-from kernelzoo.zoo.precision import PRECISIONS, float32_copy, precision_policy
+from kernelzoo.zoo.precision import MixedPrecisionMixin, float32_copy
 from kernelzoo.zoo.recipe import Data, Recipe, TinyRun
 
 # What SupervisedCKNRecipe reads besides recipe.DEFAULTS (a preset's recipe overrides them): the reference's
 # values (experiments/cifar10_sup.py: --sampling-patches 150000, spherical k-means of at most 100 steps,
 # --alpha 0.001 as cifar10_sup.sh runs it); L-BFGS stops earlier than its 5000 steps on standardised features.
 SUPERVISED_DEFAULTS = {"kmeans_patches": 150_000, "kmeans_init": "k-means++", "kmeans_iterations": 100,
-                       "classifier_alpha": 1e-3, "lbfgs_iterations": 1000, "precision": "float32", "augment": False,
+                       "classifier_alpha": 1e-3, "lbfgs_iterations": 1000, "augment": False,
                        "holdout": 5000}
 
 
@@ -75,20 +75,17 @@ class UnsupervisedCKNRecipe(FrozenFeaturesRecipe):
         return kmeans_anchors(model, data.train[0], hp, seed, verbose)
 
 
-class SupervisedCKNRecipe(Recipe):
+class SupervisedCKNRecipe(MixedPrecisionMixin, Recipe):
     """k-means anchors and an L-BFGS classifier, then both trained by SGD (module docstring)."""
 
     def add_arguments(self, parser):
         super().add_arguments(parser)
         add_kmeans_option(parser)
-        parser.add_argument("--precision", choices=PRECISIONS, default=None,
-                            help="float32 or Keras mixed_bfloat16 (the saved model is float32)")
         parser.add_argument("--augment", action="store_true", default=None,
                             help="supervised CKN: random shifts (up to 4 pixels) and mirroring in training")
 
     def hyperparameters(self, preset, **changes):
         hp = {**SUPERVISED_DEFAULTS, **super().hyperparameters(preset, **changes)}
-        check_choice("precision", hp["precision"], PRECISIONS)
         check_choice("kmeans_init", hp["kmeans_init"], INITS)
         boolean(hp["augment"], "augment")
         nonnegative_float(hp["classifier_alpha"], "classifier_alpha")
@@ -100,11 +97,6 @@ class SupervisedCKNRecipe(Recipe):
         """The builder's `augment` is the recipe's."""
         augment = {} if hp is None else {"augment": hp["augment"]}
         return super().build(preset, data, {**augment, **(overrides or {})}, hp)
-
-    def train_run(self, preset, data, out_dir, *, hp=None, **kwargs):
-        hp = self.hyperparameters(preset) if hp is None else hp
-        with precision_policy(hp["precision"]):
-            return super().train_run(preset, data, out_dir, hp=hp, **kwargs)
 
     def initialise(self, model, data, hp, options, seed=0, verbose=0):
         """k-means anchors, the classifier fitted on their features, then the CKN layers unfrozen; the report."""
@@ -122,12 +114,9 @@ class SupervisedCKNRecipe(Recipe):
     def loss(self, model):
         return one_vs_rest_squared_hinge
 
-    def fit(self, model, data, out_dir, hp, **kwargs):
-        """The Keras loop; model.keras (and the returned model) is then `frozen_float32` of the trained model."""
-        result = super().fit(model, data, out_dir, hp, **kwargs)
-        result["model"] = frozen_float32(result["model"])
-        result["model"].save(result["model_path"])
-        return result
+    def saved_model(self, model, hp):
+        """model.keras (and the model `fit` returns) is `frozen_float32` of the trained model, at any precision."""
+        return frozen_float32(model)
 
 
 def frozen_float32(model):

@@ -34,11 +34,11 @@ import shutil
 import keras
 import numpy as np
 
-from kernelzoo.ops.checks import check_choice, nonnegative_int, positive_int
+from kernelzoo.ops.checks import nonnegative_int, positive_int
 from kernelzoo.zoo import training
 from kernelzoo.zoo.frozen_features import cached_features
 from kernelzoo.zoo.layerwise import algorithm
-from kernelzoo.zoo.precision import PRECISIONS, float32_copy, precision_policy
+from kernelzoo.zoo.precision import MixedPrecisionMixin
 from kernelzoo.zoo.recipe import Data, Recipe, TinyRun, run_config
 
 SYNTHETIC = "synthetic_digits"
@@ -256,31 +256,8 @@ class LayerwiseRecipe(Recipe):
                 os.remove(os.path.join(folder, name))
 
 
-class TutorialCNNRecipe(Recipe):
+class TutorialCNNRecipe(MixedPrecisionMixin, Recipe):
     """The tutorial CNN by SGD with the default Keras loop, in float32 or mixed_bfloat16 (module docstring)."""
-
-    def add_arguments(self, parser):
-        super().add_arguments(parser)
-        parser.add_argument("--precision", choices=PRECISIONS, default=None,
-                            help="float32 or Keras mixed_bfloat16 (the saved model is float32)")
-
-    def hyperparameters(self, preset, **changes):
-        hp = {"precision": "float32", **super().hyperparameters(preset, **changes)}
-        check_choice("precision", hp["precision"], PRECISIONS)
-        return hp
-
-    def train_run(self, preset, data, out_dir, *, hp=None, **kwargs):
-        hp = self.hyperparameters(preset) if hp is None else hp
-        with precision_policy(hp["precision"]):
-            return super().train_run(preset, data, out_dir, hp=hp, **kwargs)
-
-    def fit(self, model, data, out_dir, hp, **kwargs):
-        """The Keras loop; a mixed-precision model is saved (model.keras) and returned as its float32 copy."""
-        result = super().fit(model, data, out_dir, hp, **kwargs)
-        if hp["precision"] != "float32":
-            result["model"] = self.compile(float32_copy(result["model"]), hp)
-            result["model"].save(result["model_path"])
-        return result
 
 
 def recipe_for(preset):

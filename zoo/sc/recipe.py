@@ -22,7 +22,7 @@ import numpy as np
 
 from kernelzoo.ops.checks import boolean, check_choice, nonnegative_int, positive_float, positive_int
 from kernelzoo.zoo import training
-from kernelzoo.zoo.precision import PRECISIONS, float32_copy, precision_policy
+from kernelzoo.zoo.precision import MixedPrecisionMixin
 from kernelzoo.zoo.recipe import DEFAULTS, Recipe, TinyRun
 from kernelzoo.zoo.sc.data import as_sc_data, carve_validation, sc_images, semi_supervised
 from kernelzoo.zoo.sc.loss import DISTANCES, POOLINGS
@@ -32,7 +32,7 @@ PRETRAIN_DIR = "pretrain"
 # What every SC recipe understands besides recipe.DEFAULTS (a preset's recipe overrides them).
 SC_DEFAULTS = {"schedule": "plateau", "plateau_patience": 3, "min_lr": 1e-5, "sc_epochs": 10, "sc_lr": 0.1,
                "sc_batch_size": 128, "sc_layer": "sc_features", "sc_patch_size": 4, "sc_distance": "squared",
-               "sc_pooling": "mean", "sc_symmetric": True, "precision": "float32", "labels_per_class": None,
+               "sc_pooling": "mean", "sc_symmetric": True, "labels_per_class": None,
                "label_seed": 0, "holdout": 5000}
 
 
@@ -47,7 +47,7 @@ def build_training_state(model):
         build(data_batch=(example, np.zeros((1,), "int32"), None))
 
 
-class SCRecipe(Recipe):
+class SCRecipe(MixedPrecisionMixin, Recipe):
     """Spatial contrasting pre-training, then supervised fine-tuning (module docstring)."""
 
     def add_arguments(self, parser):
@@ -63,8 +63,6 @@ class SCRecipe(Recipe):
                             help="a patch's feature: the mean of its cells or all of them")
         parser.add_argument("--plateau-patience", type=int, default=None,
                             help="epochs without a lower loss before lr / 10 (both stages)")
-        parser.add_argument("--precision", choices=PRECISIONS, default=None,
-                            help="float32 or Keras mixed_bfloat16 (the saved model is float32)")
         parser.add_argument("--labels-per-class", type=int, default=None,
                             help="labelled training images per class, drawn with the recipe's label_seed")
 
@@ -73,7 +71,6 @@ class SCRecipe(Recipe):
         for key in set(SC_DEFAULTS) & set(DEFAULTS):  # schedule: the SC default unless the preset or a change says
             if key not in preset.recipe and changes.get(key) is None:
                 hp[key] = SC_DEFAULTS[key]
-        check_choice("precision", hp["precision"], PRECISIONS)
         check_choice("sc_distance", hp["sc_distance"], DISTANCES)
         check_choice("sc_pooling", hp["sc_pooling"], POOLINGS)
         nonnegative_int(hp["sc_epochs"], "sc_epochs")
@@ -121,10 +118,9 @@ class SCRecipe(Recipe):
                              "--strategy (or --sc-epochs 0), then fine-tune with it (--resume)")
         self._stage = {"out_dir": out_dir, "resume": resume, "max_steps_per_epoch": max_steps_per_epoch}
         try:
-            with precision_policy(hp["precision"]):
-                return super().train_run(preset, as_sc_data(data), out_dir, overrides=overrides, hp=hp,
-                                         options=options, seed=seed, resume=resume,
-                                         max_steps_per_epoch=max_steps_per_epoch, strategy=strategy, **kwargs)
+            return super().train_run(preset, as_sc_data(data), out_dir, overrides=overrides, hp=hp, options=options,
+                                     seed=seed, resume=resume, max_steps_per_epoch=max_steps_per_epoch,
+                                     strategy=strategy, **kwargs)
         finally:
             self._stage = None
 
@@ -160,8 +156,8 @@ class SCRecipe(Recipe):
         return model
 
     def fit(self, model, data, out_dir, hp, *, resume=False, verbose=1, callbacks=None, **kwargs):
-        """The Keras loop with PlateauDrop (replayed from log.csv on --resume); a mixed-precision model is
-        saved (model.keras) and returned as its float32 copy."""
+        """The Keras loop with PlateauDrop (replayed from log.csv on --resume); then MixedPrecisionMixin's
+        float32 copy of a mixed-precision model."""
         callbacks = list(callbacks or [])
         if hp["schedule"] == "plateau":
             state = training.read_state(out_dir) if resume else None
@@ -170,13 +166,7 @@ class SCRecipe(Recipe):
             callbacks.insert(0, PlateauDrop("loss", 0.1, hp["plateau_patience"], min_lr=hp["min_lr"], history=rows,
                                             verbose=verbose))
             hp = dict(hp, schedule="constant")
-        result = super().fit(model, data, out_dir, hp, resume=resume, verbose=verbose, callbacks=callbacks, **kwargs)
-        if hp["precision"] != "float32":
-            final = float32_copy(result["model"])
-            self.compile(final, hp)
-            final.save(result["model_path"])
-            result["model"] = final
-        return result
+        return super().fit(model, data, out_dir, hp, resume=resume, verbose=verbose, callbacks=callbacks, **kwargs)
 
 
 def recipe_for(preset):
