@@ -27,14 +27,18 @@ SUBCOMMANDS = {
     "export": ("kernelzoo.export.cli", "export a model to ONNX or a SavedModel (--verify checks parity)"),
     "list": ("kernelzoo.zoo.cli", "list the zoo's models (--pretrained: those with weights)"),
     "info": ("kernelzoo.zoo.cli", "show a zoo model's card"),
-    "viz": ("kernelzoo.zoo.kernelnet.viz",
-            "kernelNet figures: `kernelzoo viz embedding NAME`, `kernelzoo viz dimensionality` (Fig. 3)"),
+    "viz": (None, "figures: `kernelzoo viz embedding NAME`, `kernelzoo viz dimensionality` (kernelNet Fig. 5/6, "
+                  "Fig. 3) or `kernelzoo viz simnet-size RUN_DIR ...` (SimNets Fig. 4/5)"),
 }
 
 
-# `kernelzoo bench WHAT ...` -> the module that benchmarks WHAT (it parses WHAT itself).
-BENCHMARKS = {"ops": "kernelzoo.ops.bench", "deploy": "kernelzoo.export.bench", "sc": "kernelzoo.zoo.sc.bench",
-              "ckn": "kernelzoo.zoo.ckn.bench"}
+# `kernelzoo bench WHAT ...` / `kernelzoo viz WHAT ...` -> the module that does WHAT (it parses WHAT itself).
+WHATS = {
+    "bench": {"ops": "kernelzoo.ops.bench", "deploy": "kernelzoo.export.bench", "sc": "kernelzoo.zoo.sc.bench",
+              "ckn": "kernelzoo.zoo.ckn.bench"},
+    "viz": {"embedding": "kernelzoo.zoo.kernelnet.viz", "dimensionality": "kernelzoo.zoo.kernelnet.viz",
+            "simnet-size": "kernelzoo.zoo.simnet.figures"},
+}
 VERBOSE_FLAGS = ("-v", "--verbose")
 
 
@@ -97,11 +101,11 @@ def main(argv=None):
         return 0 if not argv else 2
     command, rest = argv[0], argv[1:]
     module_name = SUBCOMMANDS[command][0]
-    if command == "bench":
-        if not rest or rest[0] not in BENCHMARKS:
-            print(f"usage: kernelzoo bench {{{','.join(BENCHMARKS)}}} ...", file=sys.stderr)
+    if command in WHATS:
+        if not rest or rest[0] not in WHATS[command]:
+            print(f"usage: kernelzoo {command} {{{','.join(WHATS[command])}}} ...", file=sys.stderr)
             return 2
-        module_name = BENCHMARKS[rest[0]]
+        module_name = WHATS[command][rest[0]]
     quiet_tensorflow(verbose)
     module = importlib.import_module(module_name)
     sub_parser = argparse.ArgumentParser(prog=f"kernelzoo {command}")

@@ -1,0 +1,61 @@
+"""`kernelzoo viz simnet-size` (paper 000 Fig. 4/5): points from run folders and presets, the paper's
+size statements as identities of our builders, the PNG through the command line."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from kernelzoo import cli
+from kernelzoo.zoo.simnet import figures, models
+
+
+def test_model_kind_names_the_four_curves():
+    simnet = "kernelzoo.zoo.simnet.models.simnet_patch_labeling"
+    assert figures.model_kind(simnet, {"n": 400, "p": 1, "weighted": True}) == "simnet_wl1"
+    assert figures.model_kind(simnet, {"n": 400, "p": 2}) == "simnet_wl2"
+    assert figures.model_kind(simnet, {"n": 400, "p": 2, "weighted": False}) is None
+    assert figures.model_kind("x.convnet_baseline", {"n": 6400}) == "convnet"
+    assert figures.model_kind("x.coates_baseline", {"n": 1600}) == "coates"
+    assert figures.model_kind("x.kernelnet_mnist", {}) is None
+
+
+def test_learned_parameters_match_the_papers_size_statements():
+    # Sec. 6.1: the weighted 400-template SimNet is under 1/9 the size of the 6,400-template ConvNet.
+    assert 9 * figures.learned_parameters("simnet_wl1", 400) < figures.learned_parameters("convnet", 6400)
+    # Coates et al.: the linear classifier on 4 quadrants x n features, 10 classes.
+    assert figures.learned_parameters("coates", 1600) == (4 * 1600 + 1) * 10
+    with pytest.raises(ValueError, match="kind"):
+        figures.learned_parameters("resnet", 10)
+
+
+def _run_folder(path, accuracy):
+    model = models.coates_baseline(n=2, input_shape=(10, 10, 3))
+    os.makedirs(path)
+    model.save(os.path.join(path, "model.keras"))
+    with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as handle:
+        json.dump({"builder": "kernelzoo.zoo.simnet.models.coates_baseline", "config": {"n": 2}}, handle)
+    with open(os.path.join(path, "metrics.json"), "w", encoding="utf-8") as handle:
+        json.dump({"test_accuracy": accuracy}, handle)
+    return str(path)
+
+
+def test_run_point_reads_a_finished_run_and_names_what_is_missing(tmp_path):
+    folder = _run_folder(tmp_path / "coates_n2", 0.25)
+    assert figures.run_point(folder) == ("coates", 2, (4 * 2 + 1) * 10, 0.25, "coates_n2")
+    os.remove(os.path.join(folder, "metrics.json"))
+    with pytest.raises(ValueError, match="metrics.json"):
+        figures.run_point(folder)
+
+
+def test_viz_simnet_size_draws_runs_and_shipped_presets(tmp_path, capsys):
+    from PIL import Image
+    out = str(tmp_path / "size.png")
+    assert cli.main(["viz", "simnet-size", _run_folder(tmp_path / "coates_n2", 0.25), "--shipped", "--out", out]) == 0
+    printed = capsys.readouterr().out
+    assert "coates_n2: Coates et al. (triangle k-means), n 2, 90 learned parameters, test 25.00 %" in printed
+    assert "simnet_cifar10_l1: SimNet, weighted l1, n 100" in printed  # a pretrained preset
+    image = np.asarray(Image.open(out).convert("L"))
+    assert image.shape[1] > 1000 and image.std() > 10  # two panels with content, not a blank canvas
+    with pytest.raises(ValueError, match="RUN_DIR"):
+        cli.main(["viz", "simnet-size", "--out", out])
