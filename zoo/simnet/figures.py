@@ -14,7 +14,6 @@ without labels, so `parameter_count` leaves them out.
 import json
 import os
 
-import numpy as np
 
 from kernelzoo.ops.checks import check_choice
 
