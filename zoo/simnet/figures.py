@@ -14,7 +14,6 @@ without labels, so `parameter_count` leaves them out.
 import json
 import os
 
-
 from kernelzoo.ops.checks import check_choice
 
 KINDS = ("simnet_wl1", "simnet_wl2", "convnet", "coates")
