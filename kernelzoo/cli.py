@@ -16,8 +16,8 @@ import sys
 # and `run(args, command)`.
 SUBCOMMANDS = {
     "build-ops": ("kernelzoo.ops.library", "build or rebuild the custom op library"),
-    "bench": (None, "benchmarks: `kernelzoo bench ops`, `kernelzoo bench deploy NAME`, `kernelzoo bench sc` or "
-                    "`kernelzoo bench ckn`"),
+    "bench": (None, "benchmarks: `kernelzoo bench ops`, `kernelzoo bench deploy NAME`, `kernelzoo bench sc`, "
+                    "`kernelzoo bench ckn` or `kernelzoo bench simnet`"),
     "demo": ("kernelzoo.zoo.demo", "offline demo on embedded data"),
     "train": ("kernelzoo.zoo.cli", "train a zoo model: kernelzoo train NAME|FAMILY:BUILDER [KEY=VALUE ...]"),
     "protocol": ("kernelzoo.zoo.cli", "train a zoo model over a protocol's splits / seeds (and a grid of settings): "
@@ -35,7 +35,7 @@ SUBCOMMANDS = {
 # `kernelzoo bench WHAT ...` / `kernelzoo viz WHAT ...` -> the module that does WHAT (it parses WHAT itself).
 WHATS = {
     "bench": {"ops": "kernelzoo.ops.bench", "deploy": "kernelzoo.export.bench", "sc": "kernelzoo.zoo.sc.bench",
-              "ckn": "kernelzoo.zoo.ckn.bench"},
+              "ckn": "kernelzoo.zoo.ckn.bench", "simnet": "kernelzoo.zoo.simnet.bench_train"},
     "viz": {"embedding": "kernelzoo.zoo.kernelnet.viz", "dimensionality": "kernelzoo.zoo.kernelnet.viz",
             "simnet-size": "kernelzoo.zoo.simnet.figures"},
 }

@@ -1,5 +1,5 @@
-"""`kernelzoo viz simnet-size` (paper 000 Fig. 4/5): points from run folders and presets, the paper's
-size statements as identities of our builders, the PNG through the command line."""
+"""The SimNet family's commands: `kernelzoo viz simnet-size` (paper 000 Fig. 4/5: points from run folders and
+presets, the paper's size statements as identities of our builders, the PNG) and `kernelzoo bench simnet`."""
 import json
 import os
 
@@ -59,3 +59,14 @@ def test_viz_simnet_size_draws_runs_and_shipped_presets(tmp_path, capsys):
     assert image.shape[1] > 1000 and image.std() > 10  # two panels with content, not a blank canvas
     with pytest.raises(ValueError, match="RUN_DIR"):
         cli.main(["viz", "simnet-size", "--out", out])
+
+
+def test_bench_simnet_times_the_steps_side_by_side(capsys):
+    assert cli.main(["bench", "simnet", "--n", "4", "--convnet-n", "4", "--batch-size", "4", "--steps", "1",
+                     "--warmup", "1", "--models", "simnet_l2,convnet"]) == 0
+    rows = {tuple(line.split()[:3]): line.split() for line in capsys.readouterr().out.splitlines()[2:]}
+    assert set(rows) == {("convnet", "4", "float32"), ("convnet", "4", "mixed_bfloat16"), ("simnet_l2", "4", "float32")}
+    assert rows[("convnet", "4", "float32")][5] == "1.00x"  # the reference row
+    assert float(rows[("simnet_l2", "4", "float32")][3]) > 0 and rows[("simnet_l2", "4", "float32")][5].endswith("x")
+    with pytest.raises(ValueError, match="--models"):
+        cli.main(["bench", "simnet", "--models", "resnet"])
