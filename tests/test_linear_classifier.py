@@ -50,6 +50,7 @@ def test_chunked_fit_equals_the_in_memory_fit(rng, loss):
     chunks (the same float32 operations in the same order: identical results); chunks of 7 rows reach
     the same optimum."""
     x, y = _problem(rng)
+    original = x.copy()
     whole = fit_logistic(x, y, 3, 0.1, loss=loss, tol=1e-12)
     chunked = fit_logistic(x, y, 3, 0.1, loss=loss, tol=1e-12, chunk_rows=7)
     scale = np.abs(whole[0]).max()
@@ -58,6 +59,7 @@ def test_chunked_fit_equals_the_in_memory_fit(rng, loss):
     assert chunked[2]["loss"] == pytest.approx(whole[2]["loss"], rel=1e-7)
     warm = fit_logistic(x, y, 3, 0.1, loss=loss, tol=1e-12, chunk_rows=7, start=whole[:2])
     assert warm[2]["iterations"] <= 3 and warm[2]["loss"] == pytest.approx(whole[2]["loss"], rel=1e-7)
+    np.testing.assert_array_equal(x, original)  # standardised in chunk copies only
 
 
 def test_float16_features_give_nearly_the_same_classifier(rng, tmp_path):
