@@ -5,8 +5,8 @@ Coates et al. baseline): the classifier is fitted once on cached features instea
 - fit: the output of the model's "features" layer for every training image, cached in chunks under
   the run folder (`feature_dtype`: "float32", or "float16" for half the disk and page cache, as
   ckn_cifar10_unsup_512_8192's 73,728 features per image: its card; the 11-bit mantissa is ample for a
-  linear classifier's inputs); the "logits" Dense fitted on it
-  (`kernelzoo.zoo.linear_classifier`, L-BFGS; `classifier_loss`: "squared_hinge", a one-vs-rest L2-SVM, or "logistic") on the training images
+  linear classifier's inputs); the "logits" Dense fitted on it (`kernelzoo.zoo.linear_classifier`,
+  L-BFGS; `classifier_loss`: "squared_hinge", a one-vs-rest L2-SVM, or "logistic") on the training images
   minus `holdout` for each L2 value of `l2_grid`, from the largest down, each warm-started from the
   previous one, until `l2_patience` values bring no better held-out accuracy; then refitted on the
   whole training set with the best value. The fit reads the cache in chunks (never a whole copy of it:
