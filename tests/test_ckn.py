@@ -8,14 +8,12 @@ import textwrap
 
 import numpy as np
 import pytest
-import scipy.optimize
 import tensorflow as tf
 
 from kernelzoo.layers import CKNConv2D
 from kernelzoo.layers.ckn import gaussian_filter, inverse_sqrt
 from kernelzoo.zoo.ckn import ImageWhitening, PerImageWhitening, ckn, init_ckn_layers, spherical_kmeans
 from kernelzoo.zoo.ckn.preprocessing import inverse_sqrt_spd
-from kernelzoo.zoo.linear_classifier import accuracy, fit_logistic
 
 LAYER_CONFIGS = [
     dict(filters=4, kernel_size=3),
@@ -371,42 +369,6 @@ def test_spherical_kmeans_finds_planted_directions(rng, init):
     np.testing.assert_array_equal(again, centroids)
     with pytest.raises(ValueError, match="k="):
         spherical_kmeans(rows[:4], 5)
-
-
-@pytest.mark.parametrize("loss", ["logistic", "squared_hinge"])
-def test_linear_classifier_reaches_the_optimum(rng, loss):
-    x = rng.normal(size=(200, 6)).astype("float32")
-    y = np.argmax(x[:, :3] + 0.3 * rng.normal(size=(200, 3)), axis=1)
-    kernel, bias, report = fit_logistic(x[:150], y[:150], 3, 0.1, loss=loss, tol=1e-12)
-    assert report["converged"]
-    signs = np.where(np.arange(3)[None, :] == y[:150, None], 1.0, -1.0)
-
-    def objective(theta):  # the same loss in float64: its gradient vanishes at the optimum
-        logits = x[:150] @ theta[:18].reshape(6, 3) + theta[18:]
-        if loss == "squared_hinge":  # one-vs-rest, 1/2 max(0, 1 - y f)^2 per class, mean over examples
-            data = 0.5 * np.sum(np.maximum(1 - signs * logits, 0) ** 2) / 150
-        else:
-            data = np.mean(np.log(np.exp(logits).sum(1)) - logits[np.arange(150), y[:150]])
-        return data + 0.05 * theta[:18] @ theta[:18]
-    gradient = scipy.optimize.approx_fprime(np.concatenate([kernel.ravel(), bias]).astype("float64"), objective, 1e-6)
-    assert np.abs(gradient).max() < 1e-4
-    assert accuracy(x[150:], y[150:], kernel, bias) > 0.7
-
-
-def test_linear_classifier_can_standardise_the_callers_copy(rng):
-    """overwrite_features: the same fit without a second copy; the caller's array is consumed, a
-    read-only or non-float32 one is copied as before."""
-    x = rng.normal(3.0, 2.0, size=(120, 5)).astype("float32")
-    y = rng.integers(0, 3, 120)
-    expected = fit_logistic(x, y, 3, 0.1, max_iter=50)
-    owned = x.copy()
-    in_place = fit_logistic(owned, y, 3, 0.1, max_iter=50, overwrite_features=True)
-    np.testing.assert_allclose(in_place[0], expected[0], rtol=1e-5, atol=1e-6)
-    assert abs(float(owned.mean())) < 1e-3  # standardised where it lay
-    frozen = x.copy()
-    frozen.flags.writeable = False
-    fit_logistic(frozen, y, 3, 0.1, max_iter=50, overwrite_features=True)
-    np.testing.assert_array_equal(frozen, x)
 
 
 def test_l2_path_plot_needs_the_chosen_score(tmp_path):

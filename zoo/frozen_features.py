@@ -3,14 +3,17 @@ Coates et al. baseline): the classifier is fitted once on cached features instea
 
 - initialise (the family's): whatever fits the frozen layers without labels (k-means anchors...).
 - fit: the output of the model's "features" layer for every training image, cached in chunks under
-  the run folder; the "logits" Dense fitted on it (`kernelzoo.zoo.linear_classifier`, L-BFGS;
-  `classifier_loss`: "squared_hinge", a one-vs-rest L2-SVM, or "logistic") on the training images
+  the run folder (`feature_dtype`: "float32", or "float16" for half the disk and page cache, as
+  ckn_cifar10_unsup_512_8192's 73,728 features per image: its card; the 11-bit mantissa is ample for a
+  linear classifier's inputs); the "logits" Dense fitted on it (`kernelzoo.zoo.linear_classifier`,
+  L-BFGS; `classifier_loss`: "squared_hinge", a one-vs-rest L2-SVM, or "logistic") on the training images
   minus `holdout` for each L2 value of `l2_grid`, from the largest down, each warm-started from the
   previous one, until `l2_patience` values bring no better held-out accuracy; then refitted on the
-  whole training set with the best value. --validate-only stops before the refit (the test split
+  whole training set with the best value. The fit reads the cache in chunks (never a whole copy of it:
+  memory independent of the number of images). --validate-only stops before the refit (the test split
   is never touched). tuning.json and l2_path.png (held-out accuracy against L2) record the choice.
 The test split is measured once, by `Recipe.train_run`, after fit. Hyper-parameters the recipe reads:
-batch_size (feature passes), holdout, l2_grid, l2_patience, lbfgs_iterations, classifier_loss.
+batch_size (feature passes), holdout, l2_grid, l2_patience, lbfgs_iterations, classifier_loss, feature_dtype.
 """
 import argparse
 import dataclasses
@@ -20,6 +23,7 @@ import os
 import keras
 import numpy as np
 
+from kernelzoo.ops.checks import check_choice
 from kernelzoo.progress import progress
 from kernelzoo.zoo import training
 from kernelzoo.zoo.data import holdout_split
@@ -29,6 +33,7 @@ from kernelzoo.zoo.recipe import DEFAULTS, Recipe
 FEATURES = "features"
 TUNING_FILE = "tuning.json"
 L2_PATH_FILE = "l2_path.png"
+FEATURE_DTYPES = ("float32", "float16")
 
 
 class FrozenFeaturesRecipe(Recipe):
@@ -41,6 +46,14 @@ class FrozenFeaturesRecipe(Recipe):
         parser.add_argument("--l2-grid", type=_floats, default=None, metavar="L1,L2,...",
                             help="L2 strengths of the linear classifier to try on the held-out images "
                                  "(default the recipe's)")
+        parser.add_argument("--feature-dtype", choices=FEATURE_DTYPES, default=None,
+                            help="the cached features' dtype (default the recipe's)")
+
+    def hyperparameters(self, preset, **changes):
+        """`feature_dtype` "float32" unless the preset or `changes` say "float16"."""
+        hp = {"feature_dtype": "float32", **super().hyperparameters(preset, **changes)}
+        hp["feature_dtype"] = check_choice("feature_dtype", hp["feature_dtype"], FEATURE_DTYPES)
+        return hp
 
     def validation_split(self, data, hp, options, seed=0):
         """The held-out images are chosen inside `fit` (the L2 path; --holdout sets how many, default the
@@ -75,7 +88,7 @@ class FrozenFeaturesRecipe(Recipe):
             model = training.load_last(out_dir, compile=False)
         x, y = data.train
         features = cached_features(model, x, os.path.join(out_dir, FEATURES, f"train-{len(x)}.npy"),
-                                   hp["batch_size"], verbose=verbose)
+                                   hp["batch_size"], dtype=hp["feature_dtype"], verbose=verbose)
         (rest, _), (held, _) = holdout_split(np.arange(len(y)), y, int(hp["holdout"]), seed=seed)
         grid = sorted((float(value) for value in hp["l2_grid"]), reverse=True)
         scores = {float(key): value for key, value in state["scores"].items()}
@@ -90,14 +103,12 @@ class FrozenFeaturesRecipe(Recipe):
             for callback in callbacks or ():
                 callback.on_epoch_begin(step)
             l2 = best if final else grid[len(scores)]
-            rows = slice(None) if final else rest
-            # One in-memory copy of the cached rows (fancy indexing copies), standardised in place by fit_logistic.
-            kernel, bias, report = fit_logistic(np.array(features) if final else features[rest], y[rows], head.units, l2,
+            kernel, bias, report = fit_logistic(features, y, head.units, l2, rows=None if final else rest,
                                                 start=head.get_weights(), max_iter=hp["lbfgs_iterations"],
-                                                loss=hp.get("classifier_loss", "logistic"), overwrite_features=True)
+                                                loss=hp.get("classifier_loss", "logistic"))
             head.set_weights([kernel, bias])
             if not final:
-                scores[l2] = accuracy(features[held], y[held], kernel, bias)
+                scores[l2] = accuracy(features, y, kernel, bias, rows=held)
             row = {"epoch": step, "l2": l2, "loss": report["loss"], "val_accuracy": scores[l2],
                    "lbfgs_iterations": report["iterations"]}
             training.append_log(out_dir, row)
@@ -165,12 +176,17 @@ def feature_extractor(model):
     return keras.Model(model.input, model.get_layer(FEATURES).output)
 
 
-def cached_features(model, images, path, batch_size=128, chunk=2000, verbose=False):
-    """The "features" output (N, D) float32 for `images`, as a read-only memory map of the .npy `path`.
+def cached_features(model, images, path, batch_size=128, chunk=2000, dtype="float32", verbose=False):
+    """The "features" output (N, D) for `images`, as a read-only memory map of the .npy `path`, stored as
+    `dtype` (FEATURE_DTYPES); a float16 cache is <`path` less .npy>.float16.npy, so that a cache of one
+    dtype is never read for the other.
 
-    Computed once, chunk by chunk, into `path`.partial.npy (a kill keeps the finished chunks: the
-    next call continues), then renamed.
+    Computed once, chunk by chunk, into <that path>.partial.npy (a kill keeps the finished chunks: the
+    next call continues), then renamed. ValueError if a value exceeds the float16 range rather than
+    storing it as inf (`_stored`).
     """
+    dtype = check_choice("dtype", dtype, FEATURE_DTYPES)
+    path = path if dtype == "float32" else f"{path[:-len('.npy')]}.{dtype}.npy"
     if os.path.isfile(path):
         return np.load(path, mmap_mode="r")
     extractor = feature_extractor(model)
@@ -181,11 +197,11 @@ def cached_features(model, images, path, batch_size=128, chunk=2000, verbose=Fal
         with open(done_file, encoding="utf-8") as handle:
             done = int(json.load(handle)["done"])
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    out = np.lib.format.open_memmap(partial, mode="r+" if done else "w+", dtype="float32", shape=shape)
+    out = np.lib.format.open_memmap(partial, mode="r+" if done else "w+", dtype=dtype, shape=shape)
     for start in progress(range(done, len(images), chunk), label=f"features of {len(images):,} images "
                           f"({shape[1]:,} values each)", verbose=verbose, unit="chunk"):
         part = extractor.predict(np.asarray(images[start:start + chunk]), batch_size=batch_size, verbose=0)
-        out[start:start + len(part)] = part.reshape(len(part), -1)
+        out[start:start + len(part)] = _stored(part.reshape(len(part), -1), dtype)
         out.flush()
         with open(done_file + ".tmp", "w", encoding="utf-8") as handle:
             json.dump({"done": start + len(part)}, handle)
@@ -194,3 +210,16 @@ def cached_features(model, images, path, batch_size=128, chunk=2000, verbose=Fal
     os.replace(partial, path)
     os.remove(done_file)
     return np.load(path, mmap_mode="r")
+
+
+def _stored(features, dtype):
+    """`features` as `dtype`. ValueError if that turns finite values into inf (beyond float16's 65504):
+    clipping would silently change the classifier's inputs, and features that large (the CKNs' and Coates's
+    are normalised or standardised) mean something upstream is wrong; float32 stores them."""
+    with np.errstate(over="ignore"):  # counted below
+        stored = features.astype(dtype, copy=False)
+    beyond = np.count_nonzero(np.isinf(stored)) - np.count_nonzero(np.isinf(features))
+    if beyond:
+        raise ValueError(f"{beyond} feature values exceed the {dtype} range (|x| <= {np.finfo(dtype).max:g}): "
+                         f"cache them with dtype 'float32' (the recipe's `feature_dtype`)")
+    return stored

@@ -21,7 +21,7 @@ _UNSUPERVISED = {"batch_size": 128, "kmeans_patches": 300_000,
                  "l2_patience": 3, "lbfgs_iterations": 1000, "classifier_loss": "squared_hinge"}
 
 
-def _unsupervised(filters, kernel_sizes, paper, weights=None, sha256=None, measured=None):
+def _unsupervised(filters, kernel_sizes, paper, weights=None, sha256=None, measured=None, **recipe):
     name = f"ckn_cifar10_unsup_{filters[0]}_{filters[1]}"
     return Preset(name=name, family="ckn", builder="kernelzoo.zoo.ckn.models.ckn",
                   config={"filters": filters, "kernel_sizes": kernel_sizes, "subsamplings": (2, 6), "kernels": "exp",
@@ -30,7 +30,7 @@ def _unsupervised(filters, kernel_sizes, paper, weights=None, sha256=None, measu
                               f"{kernel_sizes[0]}x{kernel_sizes[0]}, {kernel_sizes[1]}x{kernel_sizes[1]}; pooling 2, 6), "
                               "spherical k-means + linear classifier (squared hinge), CIFAR-10",
                   inputs=_INPUTS, task="classification", dataset=_CIFAR10, class_names=CIFAR10_CLASSES,
-                  recipe=_UNSUPERVISED, card="ckn_cifar10_unsup.md", weights=weights, sha256=sha256,
+                  recipe={**_UNSUPERVISED, **recipe}, card="ckn_cifar10_unsup.md", weights=weights, sha256=sha256,
                   measured=None if measured is None else Figure(measured, _CIFAR10_JPEG), paper=paper)
 
 
@@ -57,6 +57,7 @@ PRESETS = (
                   sha256="429ae285ebe663b11ab5fa59feead7bb927386fde1950169cd2b32830306c0bc", measured=0.7476),
     _unsupervised((256, 1024), (3, 3), Figure(0.820, _REFERENCE), weights="ckn_cifar10_unsup_256_1024.keras",
                   sha256="c2f2cfc00f85aba26672ea7e090c0e9165099e65618df9ca89af43ea4949f306", measured=0.7852),
-    _unsupervised((512, 8192), (3, 2), Figure(0.840, _REFERENCE)),
+    # Its features cached in float16 (kernelzoo.zoo.frozen_features; the card says why).
+    _unsupervised((512, 8192), (3, 2), Figure(0.840, _REFERENCE), feature_dtype="float16"),
     _SUPERVISED_5,
 )

@@ -8,7 +8,8 @@ UnsupervisedCKNRecipe (the ckn_cifar10_unsup_* presets): the anchors stay as k-m
 - fit (`kernelzoo.zoo.frozen_features`): the linear classifier on the centred, normalised features
   of every training image ("features" layer), its L2 chosen on held-out training images; the
   presets use the reference's loss, the one-vs-rest squared hinge (an L2-SVM). The run folder's first
-  checkpoint holds the k-means stage, for --resume.
+  checkpoint holds the k-means stage, for --resume. ckn_cifar10_unsup_512_8192 caches its 73,728 features
+  per image in float16 (`feature_dtype`, its card).
 
 Design choices for ckn_cifar10_unsup_64_256, held-out accuracy with --limit-train 20000 --holdout 5000
 --validate-only --kmeans-patches 100000 (15k training images, the same 5k held out):
