@@ -39,6 +39,7 @@ CLASSES = {
 FUNCTIONS = {
     "masked_rating_loss": "kernelzoo.zoo.kernelnet.movielens",
     "pixel_crossentropy": "kernelzoo.zoo.kernelnet.embedding",
+    "pixel_squared_error": "kernelzoo.zoo.kernelnet.embedding",
     "one_vs_rest_squared_hinge": "kernelzoo.zoo.linear_classifier",
 }
 

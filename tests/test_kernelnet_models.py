@@ -1,4 +1,6 @@
 """kernelNet zoo models: MovieLens autoencoder, MNIST grids, embedding network."""
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -10,6 +12,8 @@ from kernelzoo.zoo.data.synthetic import planted_ratings
 from kernelzoo.zoo.kernelnet import embedding, movielens as ml
 from kernelzoo.zoo.kernelnet.mnist import kernelnet_mnist
 from kernelzoo.zoo.kernelnet.optimize import adam_steps, fit_adam, fit_lbfgs
+
+from conftest import SHARED_DATA
 
 
 def test_autoencoder_loss_ignores_unobserved_ratings():
@@ -133,6 +137,38 @@ def test_embedding_center_of_mass_and_walk():
     assert walk.shape == (2, 28, 28)
 
 
+@pytest.mark.data
+@pytest.mark.parametrize("center, collapses", [(None, False), (False, True)], ids=["preset", "uncentred"])
+def test_autoencoder_embedding_does_not_collapse(center, collapses):
+    """80 Adam steps on 500 MNIST digits; 500 other digits' class means must spread over more than one
+    grid spacing (1/19 on the preset's 20 x 20 grid over [0, 1]^2). A collapsed embedding only moves
+    inside one blob of active units, so its class means stay within a fraction of a spacing; the
+    uncentred features (center=False, the configuration that collapses: card) must fall below the bound.
+    Measured (seeds 0, 1): between 0.17, 0.19 for the preset, 0.0004, 0.002 uncentred."""
+    from kernelzoo.zoo import create
+    from kernelzoo.zoo.data import load_mnist
+
+    if not os.path.isdir(SHARED_DATA):
+        pytest.skip("../shared/data absent")
+    (x, y), _ = load_mnist(SHARED_DATA)
+    model = create("kernelnet_embedding_mnist_ae", seed=0, **({} if center is None else {"center": center}))
+    model.compile(keras.optimizers.Adam(1e-3), embedding.pixel_crossentropy)
+    model.fit(x[:500], x[:500], batch_size=32, epochs=5, verbose=0)
+    between = embedding.spread(embedding.embed(model, x[500:1000]), y[500:1000])["between"]
+    spacing = 1.0 / (int(np.sqrt(model.get_layer(embedding.KERNEL_LAYER).units)) - 1)
+    assert (between < spacing) == collapses, (between, spacing)
+
+
+def test_spread_of_separated_and_collapsed_points():
+    labels = np.repeat([0, 1], 50)
+    apart = np.where(labels[:, None] == 0, 0.2, 0.8) + np.random.default_rng(0).normal(0, 0.01, (100, 2))
+    figures = embedding.spread(apart, labels)
+    assert figures["between"] == pytest.approx(0.3 * np.sqrt(2), rel=0.02) and figures["separation"] > 10
+    assert embedding.spread(np.full((100, 2), 0.5), labels)["between"] == 0
+    with pytest.raises(ValueError, match="labels"):
+        embedding.spread(apart, np.zeros(100))
+
+
 @pytest.mark.parametrize("call, argument", [
     (lambda: ml.kernelnet_movielens(n_users=0), "n_users"),
     (lambda: ml.kernelnet_movielens(variant="dense"), "variant"),
@@ -144,6 +180,7 @@ def test_embedding_center_of_mass_and_walk():
     (lambda: kernelnet_mnist(dropout=1.0), "dropout"),
     (lambda: embedding.kernelnet_embedding("gan"), "objective"),
     (lambda: embedding.kernelnet_embedding(grid_side=1), "grid_side"),
+    (lambda: embedding.kernelnet_embedding(center="yes"), "center"),
     (lambda: fit_lbfgs(None, None, maxiter=0), "maxiter"),
     (lambda: fit_adam(None, None, steps=0), "steps"),
 ])

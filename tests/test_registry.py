@@ -181,3 +181,18 @@ def test_viz_writes_embedding_png(tmp_path):
     with pytest.raises(ValueError, match="autoencoder"):
         viz.run(parser.parse_args(["embedding", "kernelnet_embedding_mnist", "--data-dir", SHARED_DATA,
                                    "--samples", "10", "--out", str(out), "--walk", str(tmp_path / "w.png")]), "viz")
+
+
+@pytest.mark.data
+def test_viz_writes_the_autoencoder_embedding_and_walk(tmp_path, capsys):
+    if not os.path.isdir(os.path.join(SHARED_DATA, "mnist")):
+        pytest.skip("../shared/data absent")
+    parser = argparse.ArgumentParser()
+    viz.add_arguments(parser, "viz")
+    out, walk = tmp_path / "emb.png", tmp_path / "walk.png"
+    args = parser.parse_args(["embedding", "kernelnet_embedding_mnist_ae", "--data-dir", SHARED_DATA, "--samples", "300",
+                              "--out", str(out), "--walk", str(walk), "--steps", "3", "--window", "0.3", "0.7", "0.3", "0.7"])
+    assert viz.run(args, "viz") == 0
+    assert out.read_bytes()[:8] == walk.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    between = float(capsys.readouterr().out.split("between ")[1].split(",")[0])
+    assert between > 1 / 19  # above one grid spacing: not collapsed

@@ -271,8 +271,6 @@ def format_result(result):
     """One line: the measured figure beside the card's and the paper's."""
     metric = result["metric"]
     data = f"[{result['data']}, {result['examples']:,} examples]"
-    if metric is None:
-        return f"{result['model']}: loss {result['loss']:.4f} {data}"
     from kernelzoo.zoo.preset import Figure
     parts = [f"{result['model']}: {metric} measured {Figure(result['value']).format(metric)}"]
     if result["card"] is not None:

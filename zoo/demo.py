@@ -113,7 +113,8 @@ def _mnist_samples(latency_time=0.3):
     from kernelzoo.export.verify import MAX_ABS_GOAL
 
     images, labels, indices = load_samples()
-    names = [n for n in zoo.list_models(pretrained=True) if zoo.info(n).dataset.name == "mnist"]
+    names = [n for n in zoo.list_models(pretrained=True)
+             if zoo.info(n).dataset.name == "mnist" and zoo.info(n).task == "classification"]
     print(f"\nPretrained MNIST classifiers on the {len(images)} bundled MNIST test digits "
           f"(t10k indices {indices[0]}..{indices[-1]}; MNIST by Yann LeCun and Corinna Cortes, CC BY-SA 3.0):")
     print(f"  labels      {' '.join(str(v) for v in labels)}")

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 MNIST_CLASSES = tuple(str(digit) for digit in range(10))
-# task -> the metric its card figures use (None: no figure, e.g. an autoencoder's reconstructions).
-TASKS = {"classification": "accuracy", "rating_prediction": "rmse", "reconstruction": None}
+# task -> the metric its card figures use (a reconstruction's: the mean squared error on pixels / 255).
+TASKS = {"classification": "accuracy", "rating_prediction": "rmse", "reconstruction": "mse"}
 INPUT_DTYPES = ("uint8", "float32")
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -138,9 +138,8 @@ class Preset:
                           "a .keras file name")
             self._require(isinstance(self.sha256, str) and _SHA256.match(self.sha256), "sha256",
                           "64 lower-case hex digits")
-        self._require(self.measured is None or (isinstance(self.measured, Figure) and self.weights is not None
-                                                and self.metric is not None), "measured",
-                      "a Figure of the shipped weights (None without weights or metric)")
+        self._require(self.measured is None or (isinstance(self.measured, Figure) and self.weights is not None),
+                      "measured", "a Figure of the shipped weights (None without weights)")
         self._require(self.paper is None or isinstance(self.paper, Figure), "paper", "a Figure or None")
 
     def _require(self, ok, field, what):
@@ -149,7 +148,7 @@ class Preset:
 
     @property
     def metric(self):
-        """"accuracy", "rmse" or None: the metric of the card figure (from the task)."""
+        """"accuracy", "rmse" or "mse": the metric of the card figure (from the task)."""
         return TASKS[self.task]
 
     @property

@@ -8,7 +8,9 @@ The paper's layout is 784-2000-2000-2500-K1600-2000-2000-(10 | 784); the
 default here is the smaller documented variant 784-256-256-256-K400-256-256-
 (10 | 784), which trains in minutes on a CPU. The network takes raw 0-255
 pixels (a saved Rescaling layer divides them by 255); the autoencoder
-reconstructs them in [0, 1] (`pixel_crossentropy` compares with pixels / 255).
+reconstructs them in [0, 1] (`pixel_crossentropy` compares with pixels / 255)
+and centres its kernel layer (`center`), without which its embedding collapses;
+`spread` and `common_share` measure that collapse.
 """
 import keras
 import numpy as np
@@ -17,21 +19,26 @@ from keras import ops
 from kernelzoo.layers.kernel_dense import KernelDense
 from kernelzoo.layers.kernels import Grid2D, squared_distances
 from kernelzoo.layers.sparsify import SparsifyingActivation
-from kernelzoo.ops.checks import check_choice, int_in_range, positive_ints
+from kernelzoo.ops.checks import boolean, check_choice, int_in_range, positive_ints
 
 OBJECTIVES = ("classifier", "autoencoder")
-KERNEL_LAYER, SPARSIFY_LAYER = "kernel_embedding", "sparsify"
+KERNEL_LAYER, SPARSIFY_LAYER, CENTER_LAYER = "kernel_embedding", "sparsify", "center"
 
 
 def kernelnet_embedding(objective="classifier", encoder=(256, 256, 256), grid_side=20,
                         decoder=(256, 256), gamma=100.0, eta=0.5, image_size=28,
-                        num_classes=10, seed=None):
+                        num_classes=10, center=None, seed=None):
     """Build the network on (image_size, image_size) raw pixels (0-255).
 
     classifier: softmax over num_classes; autoencoder: per-pixel sigmoid
     output in [0, 1] (trained with `pixel_crossentropy`), reshaped to the image.
+    center: zero-mean kernel-layer activations over the data (its input features batch-normalised
+    without offset, no bias), so that no landscape common to all images outweighs each image's
+    own (without it the autoencoder's embedding collapses to one point: the card's diagnosis,
+    `common_share`); None: on for the autoencoder, off for the classifier (its shipped weights).
     """
     objective = check_choice("objective", objective, OBJECTIVES)
+    center = objective == "autoencoder" if center is None else boolean(center, "center")
     encoder = positive_ints(encoder, "encoder", allow_empty=True)
     decoder = positive_ints(decoder, "decoder", allow_empty=True)
     grid_side = int_in_range(grid_side, "grid_side", 2)
@@ -42,12 +49,14 @@ def kernelnet_embedding(objective="classifier", encoder=(256, 256, 256), grid_si
     x = keras.layers.Flatten(name="pixels")(x)
     for i, units in enumerate(encoder):
         x = keras.layers.Dense(units, activation="relu", name=f"encoder_{i + 1}")(x)
+    if center:
+        x = keras.layers.BatchNormalization(center=False, name=CENTER_LAYER)(x)
     x = KernelDense(
         grid_side * grid_side, kernel_function="rbf", dim=2, gamma=gamma,
         input_locations_initializer={"class_name": "RandomUniform",
                                      "config": {"minval": 0.0, "maxval": 1.0}},
         output_locations_initializer=Grid2D(grid_side, grid_side),
-        output_locations_trainable=False, name=KERNEL_LAYER)(x)
+        output_locations_trainable=False, use_bias=not center, name=KERNEL_LAYER)(x)
     x = SparsifyingActivation(eta, name=SPARSIFY_LAYER)(x)
     for i, units in enumerate(decoder):
         x = keras.layers.Dense(units, activation="relu", name=f"decoder_{i + 1}")(x)
@@ -66,6 +75,38 @@ def embed(model, images, batch_size=1000):
     grid = keras.ops.convert_to_numpy(model.get_layer(KERNEL_LAYER).output_locations)
     mass = np.maximum(acts.sum(axis=1, keepdims=True), 1e-12)
     return acts @ grid / mass
+
+
+def spread(points, labels):
+    """Non-collapse figures of (N, 2) embeddings of labelled images.
+
+    "spread": the standard deviation of the points per axis; "between": the RMS distance of
+    the class means to their mean; "separation": between over the RMS distance of the points
+    to their class mean. On the [0, 1]^2 grid a collapsed embedding has between far below
+    one grid spacing; the shipped autoencoder's test digits have about 2 (0.096, spacing 1/19).
+    """
+    points, labels = np.asarray(points, "float64"), np.asarray(labels)
+    classes = np.unique(labels)
+    if len(points) != len(labels) or len(classes) < 2:
+        raise ValueError(f"labels must give one label per point, of 2 or more classes; got {len(labels)} labels "
+                         f"of {len(classes)} classes for {len(points)} points")
+    means = np.stack([points[labels == c].mean(axis=0) for c in classes])
+    between = np.sqrt(np.mean(np.sum((means - means.mean(axis=0)) ** 2, axis=1)))
+    within = np.sqrt(np.mean(np.sum((points - means[np.searchsorted(classes, labels)]) ** 2, axis=1)))
+    return {"spread": float(np.sqrt(np.mean(points.var(axis=0)))), "between": float(between),
+            "separation": float(between / max(within, 1e-12))}
+
+
+def common_share(model, images, batch_size=1000):
+    """Share of the kernel-layer activations' variation over the grid common to all `images`.
+
+    var_j(mean_n y_nj) / mean_n var_j(y_nj) for the activations y (N, units) before Eq. 9: near 1,
+    every image's landscape is the same one plus a small part of its own, so its peak, hence the
+    embedding, hardly moves between images (the collapse); near 0, each image has its own.
+    """
+    probe = keras.Model(model.input, model.get_layer(KERNEL_LAYER).output)
+    acts = probe.predict(images, batch_size=batch_size, verbose=0).astype("float64")
+    return float(acts.mean(axis=0).var() / max(acts.var(axis=1).mean(), 1e-30))
 
 
 def latent_walk(model, centers, width=None):
@@ -89,5 +130,15 @@ def latent_walk(model, centers, width=None):
 @keras.saving.register_keras_serializable(package="kernelzoo")
 def pixel_crossentropy(pixels, reconstruction):
     """Per-pixel binary cross-entropy of a [0, 1] reconstruction against raw 0-255 pixels."""
-    target = ops.cast(pixels, reconstruction.dtype) / 255.0
-    return ops.mean(keras.losses.binary_crossentropy(target, reconstruction), axis=-1)
+    return ops.mean(keras.losses.binary_crossentropy(_target(pixels, reconstruction), reconstruction), axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="kernelzoo")
+def pixel_squared_error(pixels, reconstruction):
+    """Per-image mean squared error of a [0, 1] reconstruction against raw 0-255 pixels / 255."""
+    return ops.mean(ops.square(_target(pixels, reconstruction) - reconstruction), axis=(-2, -1))
+
+
+def _target(pixels, reconstruction):
+    """Raw 0-255 pixels as [0, 1] values of the reconstruction's dtype."""
+    return ops.cast(pixels, reconstruction.dtype) / 255.0

@@ -39,11 +39,25 @@ class ImageRecipe(Recipe):
         return super().loss(model)
 
     def metrics(self, model):
-        return [] if model.name.endswith("autoencoder") else super().metrics(model)
+        """Reconstructions: "mse", the mean squared error on pixels / 255 (the card's figure)."""
+        if model.name.endswith("autoencoder"):
+            from kernelzoo.zoo.kernelnet.embedding import pixel_squared_error
+            return [keras.metrics.MeanMetricWrapper(pixel_squared_error, name="mse")]
+        return super().metrics(model)
 
     def targets(self, model, data, split):
         x, y = super().targets(model, data, split)
         return (x, x) if model.name.endswith("autoencoder") else (x, y)
+
+    def evaluate(self, model, data, split="test", verbose=0):
+        """The default figures; embedding networks add their embedding's spread (`embedding.spread`) and
+        the common share of their kernel-layer activations ("common", `embedding.common_share`)."""
+        scores = super().evaluate(model, data, split, verbose=verbose)
+        if model.name.startswith("kernelnet_embedding"):
+            from kernelzoo.zoo.kernelnet import embedding
+            x, y = super().targets(model, data, split)
+            scores.update(embedding.spread(embedding.embed(model, x), y), common=embedding.common_share(model, x))
+        return scores
 
 
 class RatingsRecipe(Recipe):

@@ -62,8 +62,8 @@ def _dimensionality_arguments(parser):
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def plot_embedding(points, labels, path, title):
-    """Scatter of (N, 2) points coloured by digit class."""
+def plot_embedding(points, labels, path, title, window=None):
+    """Scatter of (N, 2) points coloured by digit class; `window` (x0, x1, y0, y1): the walk's, dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -73,6 +73,9 @@ def plot_embedding(points, labels, path, title):
     scatter = ax.scatter(points[:, 1], points[:, 0], c=labels, cmap="tab10", s=3,
                          vmin=-0.5, vmax=9.5)
     fig.colorbar(scatter, ax=ax, ticks=range(10), fraction=0.046, label="digit")
+    if window is not None:
+        x0, x1, y0, y1 = window
+        ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, linestyle="--", color="black"))
     ax.set(xlim=(0, 1), ylim=(1, 0), aspect="equal", title=title,
            xlabel="grid column (center of mass)", ylabel="grid row (center of mass)")
     fig.tight_layout()
@@ -122,16 +125,16 @@ def _embedding(args):
     if not preset.builder.endswith("kernelnet_embedding"):
         raise ValueError(f"name must be an embedding network, got {args.name!r}")
     model = _train(preset, args) if args.train else registry.load(args.name)
+    if args.walk and not model.name.endswith("autoencoder"):
+        raise ValueError(f"--walk needs an autoencoder network (e.g. kernelnet_embedding_mnist_ae), got {args.name!r}")
     _, (x_test, y_test) = load_mnist(args.data_dir)
     x_test, y_test = x_test[:args.samples], y_test[:args.samples]
     points = embedding.embed(model, x_test)
-    plot_embedding(points, y_test, args.out,
-                   f"{args.name}: {len(points)} MNIST test digits (Eq. 10)")
-    print(f"wrote {args.out}")
+    plot_embedding(points, y_test, args.out, f"{args.name}: {len(points)} MNIST test digits (Eq. 10)",
+                   window=args.window if args.walk else None)
+    print(f"wrote {args.out}; " + ", ".join(f"{key} {value:.4f}" for key, value in
+                                             embedding.spread(points, y_test).items()))
     if args.walk:
-        if not model.name.endswith("autoencoder"):
-            raise ValueError("--walk needs an autoencoder network "
-                             f"(e.g. kernelnet_embedding_mnist_ae), got {args.name!r}")
         x0, x1, y0, y1 = args.window
         rows, cols = np.meshgrid(np.linspace(y0, y1, args.steps),
                                  np.linspace(x0, x1, args.steps), indexing="ij")
