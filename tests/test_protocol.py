@@ -107,3 +107,37 @@ def test_collect_groups_configurations_best_first(tmp_path):
     assert table[1].startswith("lambda_2=40") and "0.9100 +- 0.0141" in table[1] and "10-11 s" in table[1]
     assert protocol.collect(tmp_path, "accuracy")["summary"][0]["label"] == "lambda_2=5"  # larger is better
 
+
+
+def _train(tmp_path, *argv):
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser, "train")
+    args = parser.parse_args(["kernelnet_movielens_100k", "hidden=(4,)", "--data-dir", str(tmp_path), "--split", "u1",
+                              "--epochs", "4", "--iterations-per-epoch", "2", "--val-fraction", "0.1", "--quiet",
+                              "--no-tensorboard", *argv])
+    return cli.run(args, "train")
+
+
+def test_refit_trains_the_initial_weights_on_every_training_rating_for_the_selected_epochs(tmp_path):
+    write_ml100k(tmp_path, planted_ratings(n_items=40, n_users=30))
+    out = tmp_path / "run"
+    assert _train(tmp_path, "--refit", "--patience", "1", "--out", str(out)) == 0
+    selected = json.loads((out / "checkpoints" / "state.json").read_text())["best"]["epoch"]
+    assert 1 <= selected <= 4
+    refit_log = (out / "refit" / "log.csv").read_text()
+    assert len(refit_log.splitlines()) == 1 + selected and "val_rmse" not in refit_log  # no held-out ratings
+    config = json.loads((out / "refit" / "config.json").read_text())
+    assert config["hyperparameters"]["refit"] is True
+    final, refit = (keras.models.load_model(out / p, compile=False) for p in ("model.keras", "refit/model.keras"))
+    early = keras.models.load_model(out / "checkpoints" / "best.keras", compile=False)
+    for a, b in zip(final.get_weights(), refit.get_weights()):
+        np.testing.assert_array_equal(a, b)  # the run's model is the refit's
+    assert not np.allclose(final.get_weights()[0], early.get_weights()[0])
+    assert 0 < json.loads((out / "metrics.json").read_text())["test_rmse"] < 4
+
+    assert _train(tmp_path, "--refit", "--patience", "1", "--out", str(out), "--resume") == 0  # finished: nothing re-runs
+    assert (out / "refit" / "log.csv").read_text() == refit_log
+
+    held = tmp_path / "held"  # --validate-only measures the early-stopped model: no refit
+    assert _train(tmp_path, "--refit", "--validate-only", "--out", str(held)) == 0
+    assert not (held / "refit").exists() and "val_rmse" in (held / "metrics.json").read_text()

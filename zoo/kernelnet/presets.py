@@ -32,7 +32,7 @@ _ML100K = {"n_users": 943, "variant": "sparse_fc", "lambda_2": 40.0, "lambda_0":
 # Full-batch L-BFGS-B; an epoch is 25 iterations (one validation check); early stopping on 5 % of
 # the training ratings, after 2 checks without improvement, at most 40 x 25 = 1000 iterations.
 _ML100K_RECIPE = {"optimizer": "lbfgs", "epochs": 40, "iterations_per_epoch": 25, "patience": 2,
-                  "val_fraction": 0.05, "lr": 1e-3, "lbfgs_restart": False, "members": 1}
+                  "val_fraction": 0.05, "lr": 1e-3, "lbfgs_restart": False, "members": 1, "refit": False}
 _ML100K_INPUTS = InputSpec((943,), "float32", "one item's ratings by the 943 ML-100K users, 0 = unrated; outputs "
                                               "raw ratings: clip to [1, 5] (movielens.predict_ratings)")
 _ML100K_DATA = DatasetSpec("ml-100k", "DATA/ml-100k: u.data and the canonical u1..u5 .base/.test files", "u1")

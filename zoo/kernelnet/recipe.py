@@ -12,7 +12,8 @@
   L-BFGS-B call (its curvature memory dropped, as the rounds of kernelNet's public code); else one
   call runs through all epochs. --resume restarts L-BFGS-B from the last checkpoint (its curvature
   memory is not saved, so a resumed run is not bit-identical to an uninterrupted one unless
-  `lbfgs_restart`).
+  `lbfgs_restart`). `refit`: then the same initial weights trained on all training ratings (held-out
+  ones included) for the selected number of epochs, the run's model (not under --validate-only).
 """
 import dataclasses
 import os
@@ -25,7 +26,7 @@ from kernelzoo.progress import progbar
 from kernelzoo.zoo import training
 from kernelzoo.zoo.recipe import Data, Recipe, TinyRun
 
-BEST_CHECKPOINT = "best.keras"
+BEST_CHECKPOINT, INITIAL_CHECKPOINT, REFIT_DIR = "best.keras", "initial.keras", "refit"
 FOLDS = ("u1", "u2", "u3", "u4", "u5")
 
 
@@ -75,6 +76,9 @@ class RatingsRecipe(Recipe):
                             help="stop after this many checks without a better validation RMSE")
         parser.add_argument("--val-fraction", type=float, default=None,
                             help="training ratings held out to pick the best checkpoint (0: keep the last)")
+        parser.add_argument("--refit", action="store_true", default=None,
+                            help="after early stopping, train the same initial weights on every training rating "
+                                 "for the selected number of epochs (OUT/refit): the run's model")
         parser.add_argument("--members", type=int, default=None,
                             help="an ensemble of this many models (seeds S, S + 10000, ...), their mean predicted")
         parser.add_argument("--validate-only", action="store_true",
@@ -139,7 +143,8 @@ class RatingsRecipe(Recipe):
             raise ValueError("strategy: the full-batch MovieLens recipe runs on one device")
         members = positive_int(hp.get("members", 1), "members")
         if members == 1:
-            return self._fit_one(model, data, out_dir, hp, seed=seed, resume=resume, verbose=verbose, config=config)
+            return self._fit_selected(model, data, out_dir, hp, seed=seed, resume=resume, verbose=verbose,
+                                      config=config)
         training.start_run(out_dir, resume, config)
         trained = []
         for member in range(members):
@@ -150,15 +155,37 @@ class RatingsRecipe(Recipe):
             if member:
                 keras.utils.set_random_seed(seed + 10000 * member)
                 model = keras.models.clone_model(model)  # fresh weights from the initializers
-            result = self._fit_one(model, data, folder, hp, seed=seed, resume=training.read_state(folder) is not None,
-                                   verbose=verbose, config=dict(config or {}, member=member))
+            result = self._fit_selected(model, data, folder, hp, seed=seed,
+                                        resume=training.read_state(folder) is not None, verbose=verbose,
+                                        config=dict(config or {}, member=member))
             trained.append(result["model"])
         ensemble = movielens.average_models(trained)
         result = training.finish(ensemble, os.fspath(out_dir))
         fit, val = _held_out_ratings(data.train, hp, seed)
-        if val is not None:
+        if val is not None and not _refits(hp, data):  # refitted members have seen the held-out ratings
             result["val_rmse"] = movielens.rmse(movielens.predict_ratings(ensemble, rating_matrix(fit)[0]), val)
         return _validation_figure(result, data, out_dir)
+
+    def _fit_selected(self, model, data, out_dir, hp, *, seed=0, resume=False, verbose=1, config=None):
+        """`_fit_one`; with `refit` (held-out ratings and test ratings: not under --validate-only, which
+        measures the early-stopped model), then the same initial weights trained on every training rating
+        for the selected number of epochs, without early stopping, into OUT/refit: the run's model.keras
+        (and so its test figure) is the refit's. A started refit is resumed; the selection is not re-run."""
+        if not _refits(hp, data):
+            return self._fit_one(model, data, out_dir, hp, seed=seed, resume=resume, verbose=verbose, config=config)
+        out_dir, folder = os.fspath(out_dir), os.path.join(os.fspath(out_dir), REFIT_DIR)
+        refitting = training.read_state(folder) is not None
+        if not refitting:
+            self._fit_one(model, data, out_dir, hp, seed=seed, resume=resume, verbose=verbose, config=config)
+        selected = training.read_state(out_dir)["best"]
+        initial = keras.models.load_model(os.path.join(out_dir, training.CHECKPOINTS, INITIAL_CHECKPOINT),
+                                          compile=False)
+        refit = self._fit_one(initial, data, folder,
+                              dict(hp, val_fraction=0, epochs=selected["epoch"]), seed=seed, resume=refitting,
+                              verbose=verbose, config=config)
+        result = training.finish(refit["model"], out_dir)
+        result.update(selected_epoch=selected["epoch"], val_rmse=selected["val_rmse"], refit_epochs=selected["epoch"])
+        return result
 
     def _fit_one(self, model, data, out_dir, hp, *, seed=0, resume=False, verbose=1, config=None):
         """One model into the run folder `out_dir`: L-BFGS-B or Adam, early stopping (module docstring)."""
@@ -172,6 +199,9 @@ class RatingsRecipe(Recipe):
         start = training.start_run(out_dir, resume, config)
         out_dir = os.fspath(out_dir)
         state = training.read_state(out_dir) or {}
+        if not start and hp.get("refit") and hp["val_fraction"]:  # the initial weights, for `_fit_selected`
+            os.makedirs(os.path.join(out_dir, training.CHECKPOINTS), exist_ok=True)
+            model.save(os.path.join(out_dir, training.CHECKPOINTS, INITIAL_CHECKPOINT))
         fit, val = _held_out_ratings(data.train, hp, seed)
         matrix, mask = (np.asarray(a) for a in rating_matrix(fit))
         best = dict(state.get("best") or {"val_rmse": float("inf"), "epoch": 0})
@@ -224,6 +254,11 @@ class RatingsRecipe(Recipe):
         result = training.finish(keras.models.load_model(best_path, compile=False), out_dir)
         result.update(selected_epoch=best["epoch"], val_rmse=best["val_rmse"])
         return _validation_figure(result, data, out_dir)
+
+
+def _refits(hp, data):
+    """Whether `_fit_selected` refits: `refit` asked, held-out ratings to select with, test ratings to measure."""
+    return bool(hp.get("refit") and hp["val_fraction"] and data.test is not None)
 
 
 def _held_out_ratings(train, hp, seed):
