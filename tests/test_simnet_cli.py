@@ -63,10 +63,10 @@ def test_viz_simnet_size_draws_runs_and_shipped_presets(tmp_path, capsys):
 
 def test_bench_simnet_times_the_steps_side_by_side(capsys):
     assert cli.main(["bench", "simnet", "--n", "4", "--convnet-n", "4", "--batch-size", "4", "--steps", "1",
-                     "--warmup", "1", "--models", "simnet_l2,convnet"]) == 0
+                     "--warmup", "1", "--models", "simnet_wl2,convnet"]) == 0
     rows = {tuple(line.split()[:3]): line.split() for line in capsys.readouterr().out.splitlines()[2:]}
-    assert set(rows) == {("convnet", "4", "float32"), ("convnet", "4", "mixed_bfloat16"), ("simnet_l2", "4", "float32")}
+    assert set(rows) == {("convnet", "4", "float32"), ("convnet", "4", "mixed_bfloat16"), ("simnet_wl2", "4", "float32")}
     assert rows[("convnet", "4", "float32")][5] == "1.00x"  # the reference row
-    assert float(rows[("simnet_l2", "4", "float32")][3]) > 0 and rows[("simnet_l2", "4", "float32")][5].endswith("x")
+    assert float(rows[("simnet_wl2", "4", "float32")][3]) > 0 and rows[("simnet_wl2", "4", "float32")][5].endswith("x")
     with pytest.raises(ValueError, match="--models"):
         cli.main(["bench", "simnet", "--models", "resnet"])

@@ -1,6 +1,6 @@
 """`kernelzoo bench simnet`: the training step of the SimNets against their ConvNet baseline, side by side.
 
-    kernelzoo bench simnet [--models simnet_l1,simnet_l2,convnet] [--n 400] [--convnet-n 400]
+    kernelzoo bench simnet [--models simnet_wl1,simnet_wl2,convnet] [--n 400] [--convnet-n 400]
         [--precisions float32,mixed_bfloat16] [--implementation auto|custom|composite]
         [--batch-size 64] [--steps 5] [--warmup 2] [--threads 0]
     (python -m kernelzoo.zoo.simnet.bench_train takes the same options)
@@ -19,21 +19,17 @@ import sys
 
 import numpy as np
 
-from kernelzoo.ops.checks import check_choice, positive_int
+from kernelzoo.ops.checks import positive_int
+from kernelzoo.zoo.simnet import models
 from kernelzoo.zoo.step_bench import add_step_options, environment, listed, time_step
 
-MODELS = ("simnet_l1", "simnet_l2", "convnet", "coates")
-FLOAT32_ONLY = ("simnet_l1", "simnet_l2")
+FLOAT32_ONLY = ("simnet_wl1", "simnet_wl2")
 EPOCH_IMAGES = 50_000
 
 
-def build(kind, n, convnet_n):
-    """The zoo model of `kind`: n templates for the SimNets, `convnet_n` filters / centroids for the baselines."""
-    from kernelzoo.zoo.simnet import models
-    kind = check_choice("models", kind, MODELS)
-    if kind.startswith("simnet"):
-        return models.simnet_patch_labeling(n=n, p=int(kind[-1]), weighted=True)
-    return (models.convnet_baseline if kind == "convnet" else models.coates_baseline)(n=convnet_n)
+def size(kind, n, convnet_n):
+    """The model's n: the templates of a SimNet, `convnet_n` filters / centroids for a baseline."""
+    return n if kind in FLOAT32_ONLY else convnet_n
 
 
 def measure(kind, n=400, convnet_n=400, precision="float32", batch_size=64, steps=5, warmup=2, seed=0):
@@ -47,7 +43,7 @@ def measure(kind, n=400, convnet_n=400, precision="float32", batch_size=64, step
     batch_size = positive_int(batch_size, "batch_size")
     keras.utils.set_random_seed(seed)
     with precision_policy(precision):
-        model = SimNetRecipe().compile(build(kind, n, convnet_n), DEFAULTS)
+        model = SimNetRecipe().compile(models.build_kind(kind, size(kind, n, convnet_n)), DEFAULTS)
         rng = np.random.default_rng(seed)
         x = rng.integers(0, 256, (batch_size, 32, 32, 3)).astype("float32")
         y = rng.integers(0, 10, batch_size)
@@ -57,7 +53,7 @@ def measure(kind, n=400, convnet_n=400, precision="float32", batch_size=64, step
 def add_arguments(parser, command=None):
     parser.description = "Training-step time of the SimNets and their ConvNet / Coates baselines."
     parser.add_argument("what", choices=["simnet"], help="what to benchmark")
-    parser.add_argument("--models", default="simnet_l1,simnet_l2,convnet", help="comma-separated: " + ",".join(MODELS))
+    parser.add_argument("--models", default="simnet_wl1,simnet_wl2,convnet", help="comma-separated: " + ",".join(models.KINDS))
     parser.add_argument("--n", type=int, default=400, help="SimNet templates")
     parser.add_argument("--convnet-n", type=int, default=400, help="ConvNet filters / Coates centroids")
     parser.add_argument("--implementation", default="auto", choices=("auto", "custom", "composite"),
@@ -71,7 +67,7 @@ def run(args, command=None):
     from kernelzoo import ops
     from kernelzoo.zoo.precision import PRECISIONS
 
-    kinds = listed(args.models, MODELS, "--models")
+    kinds = listed(args.models, models.KINDS, "--models")
     precisions = listed(args.precisions, PRECISIONS, "--precisions")
     with ops.implementation(args.implementation):
         print(environment("kernelzoo bench simnet", args.threads, args.batch_size, args.steps)
@@ -87,9 +83,8 @@ def run(args, command=None):
                 if kind == "convnet" and precision == "float32":
                     convnet_ms = result["ms"]
                 ratio = f"{convnet_ms / result['ms']:.2f}x" if convnet_ms else "-"
-                size = args.convnet_n if kind in ("convnet", "coates") else args.n
                 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-                print(f"{kind:10s} {size:5d} {precision:15s} {result['ms']:9.1f} {result['images_per_s']:9.1f} "
+                print(f"{kind:10s} {size(kind, args.n, args.convnet_n):5d} {precision:15s} {result['ms']:9.1f} {result['images_per_s']:9.1f} "
                       f"{ratio:>10s} {EPOCH_IMAGES / result['images_per_s'] / 60:9.1f} {peak:12.0f}", flush=True)
     return 0
 

@@ -15,8 +15,9 @@ import json
 import os
 
 from kernelzoo.ops.checks import check_choice
+from kernelzoo.zoo.simnet import models
+from kernelzoo.zoo.simnet.models import KINDS
 
-KINDS = ("simnet_wl1", "simnet_wl2", "convnet", "coates")
 LABELS = {"simnet_wl1": "SimNet, weighted l1", "simnet_wl2": "SimNet, weighted l2", "convnet": "ConvNet",
           "coates": "Coates et al. (triangle k-means)"}
 COLORS = {"simnet_wl1": "tab:blue", "simnet_wl2": "tab:orange", "convnet": "tab:green", "coates": "tab:red"}
@@ -38,13 +39,7 @@ def model_kind(builder, config):
 
 def learned_parameters(kind, n):
     """Trainable parameters of the zoo's model of `kind` with n templates (built, not trained)."""
-    from kernelzoo.zoo.simnet import models
-    kind = check_choice("kind", kind, KINDS)
-    if kind.startswith("simnet"):
-        model = models.simnet_patch_labeling(n=n, p=int(kind[-1]), weighted=True)
-    else:
-        model = (models.convnet_baseline if kind == "convnet" else models.coates_baseline)(n=n)
-    return models.parameter_count(model)
+    return models.parameter_count(models.build_kind(kind, n))
 
 
 def run_point(folder):
@@ -63,7 +58,6 @@ def run_point(folder):
         raise ValueError(f"run folder {folder!r}: expected a weighted SimNet, ConvNet or Coates run with a test "
                          f"accuracy, got builder {config['builder']!r} and metrics {sorted(metrics)}")
     import keras
-    from kernelzoo.zoo.simnet import models
     model = keras.models.load_model(paths["model.keras"], compile=False)
     return (kind, int(config["config"]["n"]), models.parameter_count(model), float(metrics["test_accuracy"]),
             os.path.basename(os.path.normpath(folder)))

@@ -263,6 +263,19 @@ def coates_baseline(n=1600, patch_size=6, pool_grid=(2, 2), train_templates=Fals
     return keras.Model(inputs, outputs, name=name or f"coates_baseline_n{n}")
 
 
+# The four networks of the paper's comparison (Fig. 4/5), as the benchmark and the figure name them.
+KINDS = ("simnet_wl1", "simnet_wl2", "convnet", "coates")
+
+
+def build_kind(kind, n):
+    """The zoo's model of `kind` (one of KINDS) with n templates, filters or centroids: the weighted l1 / l2
+    SimNet, the ConvNet or the Coates et al. network, each with its builder's defaults otherwise."""
+    kind = check_choice("kind", kind, KINDS)
+    if kind.startswith("simnet"):
+        return simnet_patch_labeling(n=n, p=int(kind[-1]), weighted=True)
+    return (convnet_baseline if kind == "convnet" else coates_baseline)(n=n)
+
+
 def parameter_count(model):
     """Trainable parameters (the paper's "learned parameters")."""
     return int(sum(np.prod(v.shape) for v in model.trainable_variables))
