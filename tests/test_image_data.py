@@ -128,6 +128,29 @@ def test_class_folders_and_tar(tmp_path):
     assert os.listdir(tmp_path / "cache" / "data")
 
 
+def test_runs_decoding_one_archive_at_once_share_the_cache(tmp_path, monkeypatch):
+    # Two runs decoded CIFAR-10 at once and the second rename found no temporary file (one name for both):
+    # here a second decode of the same archive completes while the first is writing its cache.
+    from kernelzoo.zoo.data import images
+    rng = np.random.default_rng(0)
+    expected = _class_folders(tmp_path / "data" / "pets" / "pets-png", rng)
+    archive = tmp_path / "pets-png.tar.gz"
+    _tar(str(archive), str(tmp_path / "data" / "pets" / "pets-png"), "pets-png")
+    save, nested = np.savez, []
+
+    def savez_while_another_run_decodes(file, **arrays):
+        save(file, **arrays)
+        if not nested:
+            nested.append(True)
+            _check(images._read_class_archive(str(archive), cache=True, verbose=False),
+                   *expected["train"], *expected["test"])
+
+    monkeypatch.setattr(images.np, "savez", savez_while_another_run_decodes)
+    _check(images._read_class_archive(str(archive), cache=True, verbose=False), *expected["train"], *expected["test"])
+    assert nested and os.listdir(tmp_path / "cache" / "data") == [os.path.basename(images._cache_path(str(archive)))]
+    _check(load_images(str(archive)), *expected["train"], *expected["test"])  # the cache left is whole
+
+
 def test_jpeg_decoding_matches_tf_integer_accurate(tmp_path):
     import tensorflow as tf
     from PIL import Image

@@ -18,10 +18,12 @@ Decoded class-folder archives are cached as .npz under $KERNELZOO_CACHE/data
 JPEGs are decoded with Pillow (identical to tf.io.decode_jpeg with
 dct_method="INTEGER_ACCURATE", never TF's default).
 """
+import contextlib
 import hashlib
 import io
 import os
 import tarfile
+import tempfile
 
 import numpy as np
 
@@ -291,12 +293,25 @@ def _read_class_archive(archive, cache, verbose=True):
                 (filename, _decode(handle.extractfile(member).read(), f"{archive}:{member.name}")))
     data = _split_arrays(records, archive)
     if cached:
-        os.makedirs(os.path.dirname(cached), exist_ok=True)
-        temporary = cached + ".tmp.npz"
-        np.savez(temporary, x_train=data.x_train, y_train=data.y_train, x_test=data.x_test, y_test=data.y_test,
-                 class_names=np.asarray(data.class_names))
-        os.replace(temporary, cached)
+        _write_cache(cached, data)
     return data
+
+
+def _write_cache(cached, data):
+    """Save the decoded arrays to `cached` through a temporary file of this writer's own, so runs that decode
+    the same archive at once (they share the cache) each rename a whole file and never another's half."""
+    os.makedirs(os.path.dirname(cached), exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=os.path.basename(cached) + ".", suffix=".tmp.npz",
+                                     dir=os.path.dirname(cached))
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(handle, x_train=data.x_train, y_train=data.y_train, x_test=data.x_test, y_test=data.y_test,
+                     class_names=np.asarray(data.class_names))
+        os.replace(temporary, cached)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        raise
 
 
 # ----------------------------------------------------------------------------- tfds
