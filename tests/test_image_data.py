@@ -125,7 +125,15 @@ def test_class_folders_and_tar(tmp_path):
     _tar(str(archive), str(tmp_path / "data" / "pets" / "pets-png"), "pets-png")
     for _ in range(2):  # decoded, then from the cache
         _check(load_images(str(archive)), *expected["train"], *expected["test"])
-    assert os.listdir(tmp_path / "cache" / "data")
+    assert len(os.listdir(tmp_path / "cache" / "data")) == 1
+    copy = tmp_path / "elsewhere" / "pets-png.tar.gz"  # the same bytes, another folder and mtime: cache reused
+    copy.parent.mkdir()
+    copy.write_bytes(archive.read_bytes())
+    _check(load_images(str(copy)), *expected["train"], *expected["test"])
+    assert len(os.listdir(tmp_path / "cache" / "data")) == 1
+    _tar(str(copy), str(tmp_path / "data" / "pets" / "pets-png" / "train"), "pets-png/train")  # other content
+    with pytest.raises(ValueError):  # decoded afresh (a test split is missing), not served from the cache
+        load_images(str(copy))
 
 
 def test_runs_decoding_one_archive_at_once_share_the_cache(tmp_path, monkeypatch):

@@ -14,7 +14,7 @@
 3. Otherwise TensorFlow Datasets `name` (any tfds image-classification dataset).
 
 Decoded class-folder archives are cached as .npz under $KERNELZOO_CACHE/data
-(default ~/.cache/kernelzoo/data), keyed by the archive's path, size and mtime.
+(default ~/.cache/kernelzoo/data), keyed by the archive's SHA-256.
 JPEGs are decoded with Pillow (identical to tf.io.decode_jpeg with
 dct_method="INTEGER_ACCURATE", never TF's default).
 """
@@ -264,8 +264,10 @@ def _read(path):
 
 
 def _cache_path(archive):
-    stat = os.stat(archive)
-    key = hashlib.sha256(f"{os.path.abspath(archive)}|{stat.st_size}|{stat.st_mtime_ns}|v1".encode()).hexdigest()
+    """The cache file of an archive, named by its content: a copy of the same file (a fresh checkout, another
+    folder, a new mtime) reuses it, a changed file gets its own."""
+    from kernelzoo.zoo.registry import sha256
+    key = hashlib.sha256(f"{sha256(archive)}|v1".encode()).hexdigest()
     root = os.environ.get("KERNELZOO_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "kernelzoo"))
     return os.path.join(root, "data", f"{os.path.basename(archive).split('.')[0]}-{key[:16]}.npz")
 
