@@ -77,19 +77,20 @@ def test_approximation_error_falls_as_anchors_grow(rng):
     assert all(later < 0.8 * earlier for earlier, later in zip(errors, errors[1:])), errors
 
 
-def test_forward_matches_a_numpy_reference(rng):
-    layer = CKNConv2D(5, 3, subsampling=2, sigma=0.7)
+@pytest.mark.parametrize("kernel_function", ["exp", "poly2"])
+def test_forward_matches_a_numpy_reference(rng, kernel_function):
+    layer = CKNConv2D(5, 3, subsampling=2, kernel_function=kernel_function, sigma=0.7)
     x = rng.normal(size=(2, 7, 6, 3)).astype("float32")
     out = np.asarray(layer(x))
     z = np.asarray(layer.anchors).reshape(-1, 5).astype("float64")
     z /= np.linalg.norm(z, axis=0)
-    values, vectors = np.linalg.eigh(_kappa(z.T @ z, sigma=0.7))
+    values, vectors = np.linalg.eigh(_kappa(z.T @ z, kernel_function, sigma=0.7))
     factor = (vectors / np.sqrt(values)) @ vectors.T
     padded = np.pad(x.astype("float64"), ((0, 0), (1, 1), (1, 1), (0, 0)))
     patches = np.stack([np.stack([padded[:, i:i + 3, j:j + 3].reshape(2, -1) for j in range(6)], axis=1)
                         for i in range(7)], axis=1)  # (2, 7, 6, 27) in (row, col, channel) order
     norms = np.linalg.norm(patches, axis=-1, keepdims=True)  # (2, 7, 6, 1)
-    maps = norms * _kappa(patches @ z / norms, sigma=0.7)
+    maps = norms * _kappa(patches @ z / norms, kernel_function, sigma=0.7)
     np.testing.assert_allclose(out, _numpy_pool(maps, 2) @ factor, rtol=1e-4, atol=1e-5)
 
 
@@ -116,6 +117,16 @@ def test_gaussian_pooling_matches_the_direct_sum(rng, s, size):
                                rtol=1e-5, atol=1e-6)
     taps = gaussian_filter(s)
     assert taps.shape == (2 * s + 1,) and abs(taps.sum() - 1) < 1e-12
+
+
+@pytest.mark.parametrize("kernel_function", ["exp", "poly2"])
+def test_patch_map_is_the_norm_times_kappa_of_the_cosine(rng, kernel_function):
+    layer = CKNConv2D(4, 1, kernel_function=kernel_function, sigma=0.7)
+    squares = np.concatenate([rng.uniform(1e-8, 1e-6, size=(1, 2, 3, 1)), rng.uniform(0.1, 9.0, size=(1, 2, 3, 1))])
+    dots = rng.uniform(-1, 1, size=(2, 2, 3, 4)) * np.sqrt(squares)  # |cosine| <= 1
+    norms = np.sqrt(squares)
+    np.testing.assert_allclose(np.asarray(layer.patch_map(dots.astype("float32"), squares.astype("float32"))),
+                               norms * _kappa(dots / norms, kernel_function, sigma=0.7), rtol=2e-6, atol=1e-12)
 
 
 # ----------------------------------------------------------------------------- numerics and gradients
@@ -158,26 +169,38 @@ def test_inverse_sqrt_gradient_matches_finite_differences(rng, shift):
         assert abs(numeric - analytic) < 1e-6 * max(1.0, abs(numeric)), (i, j, numeric, analytic)
 
 
-def test_layer_gradients_match_finite_differences(rng):
-    layer = CKNConv2D(3, 2, subsampling=2, kernel_function="exp", sigma=0.8, dtype="float32")
-    x = rng.normal(size=(1, 4, 4, 2)).astype("float32")
+@pytest.mark.parametrize("kernel_function", ["exp", "poly2"])
+def test_layer_gradients_match_finite_differences(rng, kernel_function):
+    layer = CKNConv2D(3, 2, subsampling=2, kernel_function=kernel_function, sigma=0.8, dtype="float32")
+    x = tf.Variable(rng.normal(size=(1, 4, 4, 2)).astype("float32"))
     weights = rng.normal(size=(1, 2, 2, 3)).astype("float32")
     layer(x)
-    anchors = rng.normal(size=tuple(layer.anchors.shape)).astype("float32")  # seeded: the check is deterministic
+    layer.anchors.assign(rng.normal(size=tuple(layer.anchors.shape)).astype("float32"))  # seeded: deterministic
 
-    def value(a):
-        layer.anchors.assign(a)
+    def value():
         return float(np.sum(np.asarray(layer(x), "float64") * weights))
 
-    layer.anchors.assign(anchors)
     with tf.GradientTape() as tape:
         loss = tf.reduce_sum(layer(x) * weights)
-    grad = tape.gradient(loss, layer.anchors).numpy()
-    for index in [(0, 0, 0, 0), (1, 0, 1, 2), (1, 1, 0, 1)]:
-        step = np.zeros_like(anchors)
-        step[index] = 1e-2
-        numeric = (value(anchors + step) - value(anchors - step)) / 2e-2
-        assert abs(numeric - grad[index]) < 2e-2 * max(1.0, abs(numeric)), (index, numeric, grad[index])
+    grads = tape.gradient(loss, [layer.anchors, x])
+    indices = [[(0, 0, 0, 0), (1, 0, 1, 2), (1, 1, 0, 1)], [(0, 0, 0, 0), (0, 1, 2, 1), (0, 3, 3, 0)]]
+    for variable, grad, where in zip([layer.anchors, x], grads, indices):
+        for index in where:
+            numeric = _central_difference(value, variable, index, 1e-2)
+            assert abs(numeric - grad.numpy()[index]) < 2e-2 * max(1.0, abs(numeric)), (index, numeric, grad[index])
+
+
+def _central_difference(value, variable, index, step):
+    """(value() with variable[index] + step, minus with - step) / (2 step); the variable is restored."""
+    start = variable.numpy()
+    values = []
+    for sign in (1, -1):
+        moved = start.copy()
+        moved[index] += sign * step
+        variable.assign(moved)
+        values.append(value())
+    variable.assign(start)
+    return (values[0] - values[1]) / (2 * step)
 
 
 def test_repeated_anchors_keep_gradients_finite(rng):
