@@ -142,14 +142,19 @@ class CKNConv2D(keras.layers.Layer):
         return ops.cast(ops.matmul(out, factor), self.compute_dtype)
 
     def pool(self, maps):
-        """Gaussian linear pooling with stride s (sigma s / sqrt(2), 2s + 1 taps, s zeros of padding)."""
+        """Gaussian linear pooling with stride s (sigma s / sqrt(2), 2s + 1 taps, s zeros of padding): the separable
+        filter as two products with `pooling_matrix`, rows then columns (on the CPU faster than the equivalent
+        depthwise convolution, forward and backward: kernelzoo bench ckn). Needs the map's height and width."""
         s = self.subsampling
         if s == 1:
             return maps
-        taps = gaussian_filter(s)
-        kernel = np.broadcast_to(np.outer(taps, taps)[:, :, None, None], (2 * s + 1, 2 * s + 1, self.filters, 1))
-        maps = ops.pad(maps, ((0, 0), (s, s), (s, s), (0, 0)))
-        return ops.depthwise_conv(maps, np.ascontiguousarray(kernel, dtype="float32"), strides=s, padding="valid")
+        _, height, width, channels = maps.shape
+        if height is None or width is None:
+            raise ValueError(f"CKNConv2D pooling (subsampling {s}) needs a known map size, got {maps.shape}")
+        rows, cols = pooling_matrix(height, s), pooling_matrix(width, s)
+        maps = ops.matmul(rows, ops.reshape(maps, (-1, height, width * channels)))
+        maps = ops.matmul(cols, ops.reshape(maps, (-1, width, channels)))
+        return ops.reshape(maps, (-1, rows.shape[0], cols.shape[0], channels))
 
     def compute_output_shape(self, input_shape):
         kh, kw = self.kernel_size
@@ -179,6 +184,16 @@ def gaussian_filter(subsampling):
     t = np.arange(-subsampling, subsampling + 1, dtype="float64")
     taps = np.exp(-t ** 2 / (2 * (subsampling / math.sqrt(2)) ** 2))
     return taps / taps.sum()
+
+
+def pooling_matrix(size, subsampling):
+    """(ceil(size / s), size) float32: row i holds the Gaussian taps centred on position i s; the s zeros of padding
+    on each side are the columns left out."""
+    s = subsampling
+    matrix = np.zeros((-(-size // s), size + 2 * s))
+    for row in range(len(matrix)):
+        matrix[row, row * s:row * s + 2 * s + 1] = gaussian_filter(s)
+    return matrix[:, s:s + size].astype("float32")
 
 
 @ops.custom_gradient

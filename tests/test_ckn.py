@@ -119,6 +119,27 @@ def test_gaussian_pooling_matches_the_direct_sum(rng, s, size):
     assert taps.shape == (2 * s + 1,) and abs(taps.sum() - 1) < 1e-12
 
 
+def test_gaussian_pooling_gradient_is_the_direct_sum_adjoint(rng):
+    layer = CKNConv2D(3, 1, subsampling=2)
+    maps = rng.normal(size=(2, 7, 6, 3))
+    weights = rng.normal(size=(2, 4, 3, 3))
+    x = tf.constant(maps)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = tf.reduce_sum(layer.pool(x) * weights)
+    grad = tape.gradient(loss, x).numpy()
+    for index in [(0, 0, 0, 0), (1, 3, 2, 1), (0, 6, 5, 2), (1, 4, 1, 0)]:  # the pooling is linear: a unit step is exact
+        step = np.zeros_like(maps)
+        step[index] = 1.0
+        numeric = np.sum((_numpy_pool(maps + step, 2) - _numpy_pool(maps, 2)) * weights)
+        assert abs(numeric - grad[index]) < 1e-6, (index, numeric, grad[index])  # float32 taps
+
+
+def test_pooling_needs_a_known_map_size():
+    with pytest.raises(ValueError, match="known map size"):
+        tf.function(CKNConv2D(4, 1, subsampling=2)).get_concrete_function(tf.TensorSpec((None, None, None, 3)))
+
+
 @pytest.mark.parametrize("kernel_function", ["exp", "poly2"])
 def test_patch_map_is_the_norm_times_kappa_of_the_cosine(rng, kernel_function):
     layer = CKNConv2D(4, 1, kernel_function=kernel_function, sigma=0.7)
