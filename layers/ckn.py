@@ -17,7 +17,7 @@ from kernelzoo.ops.checks import (check_choice, known_channels, nonnegative_floa
 from kernelzoo.ops.shapes import output_size
 
 KERNELS = ("exp", "poly2")
-# Squared patch norms are clipped at this before the square root: a zero patch maps to ~0, never NaN.
+# Squared patch norms are clipped at this before their inverse square root and log: a zero patch maps to ~0, never NaN.
 NORM_EPS = 1e-8
 
 

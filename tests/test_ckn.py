@@ -128,7 +128,7 @@ def test_gaussian_pooling_gradient_is_the_direct_sum_adjoint(rng):
         tape.watch(x)
         loss = tf.reduce_sum(layer.pool(x) * weights)
     grad = tape.gradient(loss, x).numpy()
-    for index in [(0, 0, 0, 0), (1, 3, 2, 1), (0, 6, 5, 2), (1, 4, 1, 0)]:  # the pooling is linear: a unit step is exact
+    for index in [(0, 0, 0, 0), (1, 3, 2, 1), (0, 6, 5, 2), (1, 4, 1, 0)]:  # linear: a unit step is exact
         step = np.zeros_like(maps)
         step[index] = 1.0
         numeric = np.sum((_numpy_pool(maps + step, 2) - _numpy_pool(maps, 2)) * weights)
