@@ -34,7 +34,8 @@ def _run_folder(path, accuracy):
     os.makedirs(path)
     model.save(os.path.join(path, "model.keras"))
     with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as handle:
-        json.dump({"builder": "kernelzoo.zoo.simnet.models.coates_baseline", "config": {"n": 2}}, handle)
+        json.dump({"builder": "kernelzoo.zoo.simnet.models.coates_baseline", "config": {"n": 1600},
+                   "overrides": {"n": 2}}, handle)  # as `kernelzoo train coates_cifar10_n1600 n=2` writes it
     with open(os.path.join(path, "metrics.json"), "w", encoding="utf-8") as handle:
         json.dump({"test_accuracy": accuracy}, handle)
     return str(path)

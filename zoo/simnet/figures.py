@@ -53,13 +53,14 @@ def run_point(folder):
         config = json.load(handle)
     with open(paths["metrics.json"], encoding="utf-8") as handle:
         metrics = json.load(handle)
-    kind = model_kind(config["builder"], config["config"])
+    built = {**config["config"], **config.get("overrides", {})}  # the preset's arguments, then KEY=VALUE ones
+    kind = model_kind(config["builder"], built)
     if kind is None or "test_accuracy" not in metrics:
         raise ValueError(f"run folder {folder!r}: expected a weighted SimNet, ConvNet or Coates run with a test "
                          f"accuracy, got builder {config['builder']!r} and metrics {sorted(metrics)}")
     import keras
     model = keras.models.load_model(paths["model.keras"], compile=False)
-    return (kind, int(config["config"]["n"]), models.parameter_count(model), float(metrics["test_accuracy"]),
+    return (kind, int(built["n"]), models.parameter_count(model), float(metrics["test_accuracy"]),
             os.path.basename(os.path.normpath(folder)))
 
 
