@@ -176,7 +176,8 @@ class RatingsRecipe(Recipe):
         out_dir, folder = os.fspath(out_dir), os.path.join(os.fspath(out_dir), REFIT_DIR)
         refitting = training.read_state(folder) is not None
         if not refitting:
-            self._fit_one(model, data, out_dir, hp, seed=seed, resume=resume, verbose=verbose, config=config)
+            self._fit_one(model, data, out_dir, hp, seed=seed, resume=resume, verbose=verbose, config=config,
+                          keep_initial=True)
         selected = training.read_state(out_dir)["best"]
         initial = keras.models.load_model(os.path.join(out_dir, training.CHECKPOINTS, INITIAL_CHECKPOINT),
                                           compile=False)
@@ -184,11 +185,12 @@ class RatingsRecipe(Recipe):
                               dict(hp, val_fraction=0, epochs=selected["epoch"]), seed=seed, resume=refitting,
                               verbose=verbose, config=config)
         result = training.finish(refit["model"], out_dir)
-        result.update(selected_epoch=selected["epoch"], val_rmse=selected["val_rmse"], refit_epochs=selected["epoch"])
+        result.update(selected_epoch=selected["epoch"], val_rmse=selected["val_rmse"])
         return result
 
-    def _fit_one(self, model, data, out_dir, hp, *, seed=0, resume=False, verbose=1, config=None):
-        """One model into the run folder `out_dir`: L-BFGS-B or Adam, early stopping (module docstring)."""
+    def _fit_one(self, model, data, out_dir, hp, *, seed=0, resume=False, verbose=1, config=None, keep_initial=False):
+        """One model into the run folder `out_dir`: L-BFGS-B or Adam, early stopping (module docstring);
+        `keep_initial`: also save the starting weights (checkpoints/initial.keras, what a refit starts from)."""
         from kernelzoo.zoo.data import rating_matrix
         from kernelzoo.zoo.kernelnet import movielens
         from kernelzoo.zoo.kernelnet.optimize import adam_steps, fit_lbfgs
@@ -199,7 +201,7 @@ class RatingsRecipe(Recipe):
         start = training.start_run(out_dir, resume, config)
         out_dir = os.fspath(out_dir)
         state = training.read_state(out_dir) or {}
-        if not start and hp.get("refit") and hp["val_fraction"]:  # the initial weights, for `_fit_selected`
+        if keep_initial and not start:
             os.makedirs(os.path.join(out_dir, training.CHECKPOINTS), exist_ok=True)
             model.save(os.path.join(out_dir, training.CHECKPOINTS, INITIAL_CHECKPOINT))
         fit, val = _held_out_ratings(data.train, hp, seed)

@@ -53,7 +53,8 @@ def measure(kind, n=400, convnet_n=400, precision="float32", batch_size=64, step
 def add_arguments(parser, command=None):
     parser.description = "Training-step time of the SimNets and their ConvNet / Coates baselines."
     parser.add_argument("what", choices=["simnet"], help="what to benchmark")
-    parser.add_argument("--models", default="simnet_wl1,simnet_wl2,convnet", help="comma-separated: " + ",".join(models.KINDS))
+    parser.add_argument("--models", default="simnet_wl1,simnet_wl2,convnet",
+                        help="comma-separated: " + ",".join(models.KINDS))
     parser.add_argument("--n", type=int, default=400, help="SimNet templates")
     parser.add_argument("--convnet-n", type=int, default=400, help="ConvNet filters / Coates centroids")
     parser.add_argument("--implementation", default="auto", choices=("auto", "custom", "composite"),
@@ -84,8 +85,9 @@ def run(args, command=None):
                     convnet_ms = result["ms"]
                 ratio = f"{convnet_ms / result['ms']:.2f}x" if convnet_ms else "-"
                 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-                print(f"{kind:10s} {size(kind, args.n, args.convnet_n):5d} {precision:15s} {result['ms']:9.1f} {result['images_per_s']:9.1f} "
-                      f"{ratio:>10s} {EPOCH_IMAGES / result['images_per_s'] / 60:9.1f} {peak:12.0f}", flush=True)
+                print(f"{kind:10s} {size(kind, args.n, args.convnet_n):5d} {precision:15s} {result['ms']:9.1f} "
+                      f"{result['images_per_s']:9.1f} {ratio:>10s} {EPOCH_IMAGES / result['images_per_s'] / 60:9.1f} "
+                      f"{peak:12.0f}", flush=True)
     return 0
 
 

@@ -16,7 +16,6 @@ import os
 
 from kernelzoo.ops.checks import check_choice
 from kernelzoo.zoo.simnet import models
-from kernelzoo.zoo.simnet.models import KINDS
 
 LABELS = {"simnet_wl1": "SimNet, weighted l1", "simnet_wl2": "SimNet, weighted l2", "convnet": "ConvNet",
           "coates": "Coates et al. (triangle k-means)"}
@@ -86,7 +85,7 @@ def plot(ours, out):
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
     paper = [(kind, n, learned_parameters(kind, n), accuracy) for kind, n, accuracy in PAPER_POINTS]
     for axis, column, xlabel in ((axes[0], 1, "templates n"), (axes[1], 2, "learned parameters")):
-        for kind in KINDS:
+        for kind in models.KINDS:
             mine = sorted((p for p in ours if p[0] == kind), key=lambda p: p[column])
             theirs = sorted((p for p in paper if p[0] == kind), key=lambda p: p[column])
             if theirs:
@@ -97,7 +96,7 @@ def plot(ours, out):
                           label=f"{LABELS[kind]}, ours")
                 for point in mine:
                     axis.annotate(point[4], (point[column], 100 * point[3]), fontsize=6, textcoords="offset points",
-                                  xytext=(3, -9 - 7 * KINDS.index(kind)))  # kinds at one spot stay apart
+                                  xytext=(3, -9 - 7 * models.KINDS.index(kind)))  # kinds at one spot stay apart
         axis.set_xscale("log")
         axis.set_xlabel(xlabel)
         axis.grid(alpha=0.3, which="both")
