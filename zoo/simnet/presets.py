@@ -79,6 +79,10 @@ PRESETS = (
     _preset("convnet_cifar10_n6400", "convnet_baseline", {"n": 6400, "dropout": 0.5},
             "ConvNet baseline (conv 6x6 + ReLU, quadrant max pool, dense), 6400 filters, CIFAR-10 "
             "(paper 000 Fig. 3b)", _CONVNET_RECIPE, "convnet_baseline.md", _CONVNET_PAPER),
+    _preset("coates_cifar10_n400", "coates_baseline", {"n": 400},
+            "Coates et al. single-layer network (k-means triangle coding, quadrant sum pool, linear), "
+            "400 centroids, CIFAR-10 (paper 000 Fig. 3c; Fig. 4's n = 400 point of this curve)", _COATES_RECIPE,
+            "coates_baseline.md", None),
     _preset("coates_cifar10_n1600", "coates_baseline", {"n": 1600},
             "Coates et al. single-layer network (k-means triangle coding, quadrant sum pool, linear), "
             "1600 centroids, pretrained on CIFAR-10 (JPEG q75 copy) (paper 000 Fig. 3c)", _COATES_RECIPE,
