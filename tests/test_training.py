@@ -127,6 +127,24 @@ def test_hyperparameters_override_and_scale_the_lr():
         recipe.options(no_such_option=1)
 
 
+def test_optimizer_option_is_shared_and_checked_per_recipe_before_training():
+    from kernelzoo.zoo.kernelnet.recipe import RatingsRecipe
+    from kernelzoo.zoo.simnet.recipe import SimNetRecipe
+    simnet, ratings = registry.info("simnet_cifar10_wl2_n400"), registry.info("kernelnet_movielens_100k")
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser, "train")
+    args = parser.parse_args(["simnet_cifar10_wl2_n400", "--optimizer", "adam"])
+    assert cli._family_options(args, SimNetRecipe()).optimizer == "adam"  # not another family's option
+    hp = cli._hyperparameters(args, simnet, SimNetRecipe())
+    assert hp["optimizer"] == "adam"
+    assert isinstance(SimNetRecipe().compile(_tiny_simnet(), hp).optimizer, keras.optimizers.Adam)
+    assert RatingsRecipe().hyperparameters(ratings, optimizer="adam")["optimizer"] == "adam"
+    with pytest.raises(ValueError, match="`optimizer` must be one of \\('sgd', 'adam'\\)"):
+        SimNetRecipe().hyperparameters(simnet, optimizer="lbfgs")
+    with pytest.raises(ValueError, match="`optimizer`"):
+        RatingsRecipe().hyperparameters(ratings, optimizer="sgd")
+
+
 def _write_folder_dataset(root):
     from PIL import Image
     for split, count, seed in (("train", 36, 0), ("test", 12, 1)):

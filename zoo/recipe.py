@@ -27,7 +27,6 @@ from kernelzoo.ops.checks import check_choice, int_in_range, positive_float, pos
 from kernelzoo.zoo import registry, training
 from kernelzoo.zoo.inputs import as_model_input
 
-OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("step", "milestones", "cosine", "constant")
 LR_SCALING = ("none", "linear")
 # Hyper-parameters every recipe understands (the preset's recipe overrides them).
@@ -70,6 +69,14 @@ def output_activation(model):
     return "softmax" if isinstance(last, keras.layers.Softmax) or activation == "softmax" else None
 
 
+def add_optimizer_argument(parser):
+    """--optimizer, shared by the recipes that offer it (one CLI option); each checks the name against its own
+    choices when it compiles."""
+    parser.add_argument("--optimizer", default=None,
+                        help="the optimizer (default the preset's): sgd or adam for the SimNet family's "
+                             "recipe, lbfgs or adam for the MovieLens autoencoder")
+
+
 def classification_loss(model):
     """Sparse softmax cross-entropy on the model's output: probabilities when it ends in softmax, else logits."""
     return keras.losses.SparseCategoricalCrossentropy(from_logits=output_activation(model) != "softmax")
@@ -77,6 +84,8 @@ def classification_loss(model):
 
 class Recipe:
     """Default hooks: image classification on raw pixels, SGD or Adam, accuracy on the test split."""
+
+    optimizers = ("sgd", "adam")  # the names hp["optimizer"] (--optimizer) may take
 
     def add_arguments(self, parser):
         """Family options of `kernelzoo train`; subclasses call super() and add theirs.
@@ -115,6 +124,7 @@ class Recipe:
         batch = hp["batch_size"]
         hp.update({key: value for key, value in changes.items() if value is not None})
         check_choice("lr_scaling", hp["lr_scaling"], LR_SCALING)
+        check_choice("optimizer", hp["optimizer"], self.optimizers)
         if hp["lr_scaling"] == "linear" and changes.get("lr") is None and hp["batch_size"] != batch:
             hp["lr"] = hp["lr"] * hp["batch_size"] / batch
         if changes.get("epochs") is not None and changes.get("lr_drop_every") is None and hp["lr_drop_every"]:
@@ -185,7 +195,7 @@ class Recipe:
 
     def compile(self, model, hp, steps_per_epoch=None):
         """Compile with the recipe's optimizer (a cosine decay over the whole run when steps are known)."""
-        optimizer = check_choice("optimizer", hp["optimizer"], OPTIMIZERS)
+        optimizer = check_choice("optimizer", hp["optimizer"], self.optimizers)
         schedule = check_choice("schedule", hp["schedule"], SCHEDULES)
         lr = positive_float(hp["lr"], "lr")
         if schedule == "cosine" and steps_per_epoch:

@@ -24,7 +24,7 @@ import numpy as np
 from kernelzoo.ops.checks import check_choice, positive_int
 from kernelzoo.progress import progbar
 from kernelzoo.zoo import training
-from kernelzoo.zoo.recipe import Data, Recipe, TinyRun
+from kernelzoo.zoo.recipe import Data, Recipe, TinyRun, add_optimizer_argument
 
 BEST_CHECKPOINT, INITIAL_CHECKPOINT, REFIT_DIR = "best.keras", "initial.keras", "refit"
 FOLDS = ("u1", "u2", "u3", "u4", "u5")
@@ -64,12 +64,14 @@ class ImageRecipe(Recipe):
 class RatingsRecipe(Recipe):
     """The MovieLens autoencoder: full-batch L-BFGS-B with early stopping (module docstring)."""
 
+    optimizers = ("lbfgs", "adam")
+
     def add_arguments(self, parser):
         parser.add_argument("--split", default=None,
                             help="u1..u5 (canonical ML-100K 80/20 folds; default the preset's) or random "
                                  "(--test-fraction, --seed; also for tfds movielens/* datasets)")
         parser.add_argument("--test-fraction", type=float, default=0.1, help="held-out share with --split random")
-        parser.add_argument("--optimizer", default=None, choices=("lbfgs", "adam"))
+        add_optimizer_argument(parser)
         parser.add_argument("--iterations-per-epoch", type=int, default=None,
                             help="optimizer iterations between two checks (log row, checkpoint)")
         parser.add_argument("--patience", type=int, default=None,
@@ -195,7 +197,7 @@ class RatingsRecipe(Recipe):
         from kernelzoo.zoo.kernelnet import movielens
         from kernelzoo.zoo.kernelnet.optimize import adam_steps, fit_lbfgs
 
-        optimizer = check_choice("optimizer", hp["optimizer"], ("lbfgs", "adam"))
+        optimizer = check_choice("optimizer", hp["optimizer"], self.optimizers)
         every = positive_int(hp["iterations_per_epoch"], "iterations_per_epoch")
         epochs = positive_int(hp["epochs"], "epochs")
         start = training.start_run(out_dir, resume, config)

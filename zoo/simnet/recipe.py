@@ -22,7 +22,7 @@ import numpy as np
 from kernelzoo.ops.checks import positive_int
 from kernelzoo.zoo import training
 from kernelzoo.zoo.frozen_features import FrozenFeaturesRecipe
-from kernelzoo.zoo.recipe import Data, Recipe, TinyRun
+from kernelzoo.zoo.recipe import Data, Recipe, TinyRun, add_optimizer_argument
 
 
 class SimNetRecipe(Recipe):
@@ -30,6 +30,7 @@ class SimNetRecipe(Recipe):
 
     def add_arguments(self, parser):
         super().add_arguments(parser)
+        add_optimizer_argument(parser)
         parser.add_argument("--momentum", type=float, default=None)
         parser.add_argument("--lr-drop-every", type=int, default=None,
                             help="epochs between lr / 10 steps (default: the recipe's, half of --epochs)")
