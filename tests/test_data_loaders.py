@@ -134,6 +134,13 @@ def test_bad_arguments(call, argument):
         call()
 
 
+def test_tfds_can_prepare_datasets_with_the_installed_dependencies():
+    """tfds reaches its builders' code path (checksums) before any download: it imports importlib_resources,
+    which tensorflow-datasets does not declare (setup.cfg)."""
+    import tensorflow_datasets as tfds
+    assert tfds.builder("mnist").url_infos
+
+
 def test_tfds_name_is_checked():
     from kernelzoo.zoo.data import load_tfds_ratings
     with pytest.raises(ValueError, match="name"):
