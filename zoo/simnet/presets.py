@@ -81,8 +81,9 @@ PRESETS = (
             "(paper 000 Fig. 3b)", _CONVNET_RECIPE, "convnet_baseline.md", _CONVNET_PAPER),
     _preset("coates_cifar10_n400", "coates_baseline", {"n": 400},
             "Coates et al. single-layer network (k-means triangle coding, quadrant sum pool, linear), "
-            "400 centroids, CIFAR-10 (paper 000 Fig. 3c; Fig. 4's n = 400 point of this curve)", _COATES_RECIPE,
-            "coates_baseline.md", None),
+            "400 centroids, pretrained on CIFAR-10 (JPEG q75 copy) (paper 000 Fig. 3c; the paper states no n = 400 "
+            "figure)", _COATES_RECIPE, "coates_baseline.md", None, "coates_cifar10_n400.keras",
+            "f00bf3d0db14e0121f2abb281438e483200debdc012e2da9e8402f327eb203c5", 0.7045),
     _preset("coates_cifar10_n1600", "coates_baseline", {"n": 1600},
             "Coates et al. single-layer network (k-means triangle coding, quadrant sum pool, linear), "
             "1600 centroids, pretrained on CIFAR-10 (JPEG q75 copy) (paper 000 Fig. 3c)", _COATES_RECIPE,
