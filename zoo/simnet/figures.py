@@ -82,7 +82,7 @@ def plot(ours, out):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
+    figure, axes = plt.subplots(1, 2, figsize=(14, 4.8), sharey=True)
     paper = [(kind, n, learned_parameters(kind, n), accuracy) for kind, n, accuracy in PAPER_POINTS]
     for axis, column, xlabel in ((axes[0], 1, "templates n"), (axes[1], 2, "learned parameters")):
         for kind in models.KINDS:
@@ -103,7 +103,7 @@ def plot(ours, out):
     axes[0].set_ylabel("CIFAR-10 test accuracy (%)")
     axes[0].set_title("Fig. 4: accuracy against templates")
     axes[1].set_title("Fig. 5: accuracy against learned parameters")
-    axes[1].legend(fontsize=7, loc="lower right")
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: no point hidden
     figure.text(0.5, 0.005, "ours: CIFAR-10 (JPEG q75 copy) test set; paper: its stated cross-validation "
                 "accuracies (paper 000 Sec. 6)", ha="center", fontsize=7)
     figure.tight_layout(rect=(0, 0.03, 1, 1))
