@@ -24,7 +24,7 @@ def test_list_models_pattern_and_pretrained():
     assert list_models("kernelnet_mnist_*") == ["kernelnet_mnist_learned", "kernelnet_mnist_prior"]
     assert list_models("nothing*") == []
     assert set(SHIPPED) == {n for n in names if info(n).weights} and "simnet_cifar10_l1" in SHIPPED
-    assert "simnet_cifar10_wl2_n400" in list_models(pretrained=False)
+    assert "simnet_cifar10_wl1_n400" in list_models(pretrained=False)
 
 
 def test_cifar10_classes_are_defined_once():
@@ -124,7 +124,7 @@ def test_cli_list_and_info(capsys):
     assert _run("info", ["kernelnet_mnist_prior"]) == 0
     out = capsys.readouterr().out
     assert "kernelnet_movielens_100k" in out and "sha256" in out and "98.23 %" in out
-    assert "simnet_cifar10_wl2_n400" not in out.split("kernelnet_mnist_prior (kernelnet family)")[0].split(
+    assert "simnet_cifar10_wl1_n400" not in out.split("kernelnet_mnist_prior (kernelnet family)")[0].split(
         "kernelnet_movielens_100k")[-1]
     assert _run("info", ["kernelnet_mnist_prior", "--cost", "1"]) == 0
     assert capsys.readouterr().out.strip() == "kernelnet_mnist_prior params 74490 macs 4699129"
