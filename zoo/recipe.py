@@ -70,8 +70,8 @@ def output_activation(model):
 
 
 def add_optimizer_argument(parser):
-    """--optimizer, shared by the recipes that offer it (one CLI option); each checks the name against its own
-    choices when it compiles."""
+    """--optimizer, shared by the recipes that offer it (one CLI option); each recipe's `hyperparameters` checks
+    the name against its own `optimizers` before anything runs."""
     parser.add_argument("--optimizer", default=None,
                         help="the optimizer (default the preset's): sgd or adam for the SimNet family's "
                              "recipe, lbfgs or adam for the MovieLens autoencoder")
