@@ -32,9 +32,14 @@ _CONVNET_RECIPE = dict(_PAPER_SIMNET_RECIPE, epochs=150, batch_size=100, lr=1e-4
 # the first held-out path (k-means++ centroids) rose from 1e-1 to its peak at 1e-2.
 _COATES_RECIPE = {"batch_size": 128, "holdout": 5000, "classifier_loss": "squared_hinge",
                   "lbfgs_iterations": 1000, "l2_grid": (3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4), "l2_patience": 2}
-# What the shipped weights ran on 2 CPU cores (one session): the paper's optimiser and lr schedule
-# shortened to 10 epochs (lr / 10 after 5), weight decay 0 (no grid search: no compute for it).
+# What the shipped n = 100 pair (simnet_cifar10_l1, _l2) ran on 2 CPU cores (one session): the paper's optimiser
+# and lr schedule shortened to 10 epochs (lr / 10 after 5), weight decay 0 (no grid search: no compute for it).
 _SHIPPED_RECIPE = dict(_PAPER_SIMNET_RECIPE, epochs=10, lr_drop_every=5, weight_decay_grid=(0.0,))
+
+
+def _patch_labeling(n, p):
+    """The builder's config of a patch-labeling SimNet: weighted lp, the sum over positions."""
+    return {"n": n, "p": p, "weighted": True, "xi1": 1.0, "xi2": 0.0, "position_pooling": "sum"}
 
 
 def _preset(name, builder, config, description, recipe, card, paper, weights=None, sha256=None, measured=None):
@@ -50,17 +55,16 @@ def _simnet(n, p, paper, sha256=None, measured=None):
     `sha256`, its trained weights are shipped as NAME.keras."""
     name = f"simnet_cifar10_wl{p}_n{n}"
     trained = "pretrained on CIFAR-10 (JPEG q75 copy)" if sha256 else "CIFAR-10"
-    return _preset(name, "simnet_patch_labeling",
-                   {"n": n, "p": p, "weighted": True, "xi1": 1.0, "xi2": 0.0, "position_pooling": "sum"},
+    return _preset(name, "simnet_patch_labeling", _patch_labeling(n, p),
                    f"SimNet patch labeling, weighted l{p} similarity, {n} templates, {trained} (paper 000 Fig. 3a)",
-                   _SIMNET_RECIPE, "simnet_patch_labeling.md", paper, sha256 and f"{name}.keras", sha256, measured)
+                   _SIMNET_RECIPE, "simnet_patch_labeling.md", paper, f"{name}.keras" if sha256 else None, sha256,
+                   measured)
 
 
 def _shipped_simnet(p, paper, sha256, measured):
     """A trained patch-labeling SimNet: 100 templates, the sum over positions, logits centred over the
     classes (`center_logits`; trained before it existed and re-saved with it: same predictions)."""
-    return _preset(f"simnet_cifar10_l{p}", "simnet_patch_labeling",
-                   {"n": 100, "p": p, "weighted": True, "xi1": 1.0, "xi2": 0.0, "position_pooling": "sum"},
+    return _preset(f"simnet_cifar10_l{p}", "simnet_patch_labeling", _patch_labeling(100, p),
                    f"SimNet patch labeling, weighted l{p}, 100 templates, pretrained on CIFAR-10 (JPEG q75 copy) "
                    "(paper 000 Fig. 3a)", _SHIPPED_RECIPE, "simnet_cifar10.md", paper,
                    f"simnet_cifar10_l{p}.keras", sha256, measured)
