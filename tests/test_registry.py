@@ -64,6 +64,27 @@ def test_shipped_weights_match_sha256_and_load(name):
         f"{preset.measured.value:.4f}" in card(name)
 
 
+# Keys of a layer config that change neither the architecture nor a prediction (what the weights are
+# initialised with, how they were regularised in training, names).
+_TRAINING_ONLY = ("initializer", "regularizer", "seed", "name", "build_config", "compile_config")
+
+
+def _architecture(config):
+    if isinstance(config, dict):
+        return {key: _architecture(value) for key, value in config.items() if not key.endswith(_TRAINING_ONLY)}
+    return [_architecture(value) for value in config] if isinstance(config, list) else config
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_weights_have_the_architecture_their_preset_builds(name):
+    """The preset's config describes the shipped file: every layer, with every argument that shapes a
+    prediction (e.g. a MEX's xi), is what `create(name)` builds."""
+    fresh = create(name)
+    shipped = keras.models.load_model(registry.weights_path(name), compile=False)
+    assert [(type(layer).__name__, _architecture(layer.get_config())) for layer in shipped.layers] == \
+        [(type(layer).__name__, _architecture(layer.get_config())) for layer in fresh.layers]
+
+
 def test_image_models_take_raw_pixels():
     """Every image preset documents uint8 input and its model starts with preprocessing."""
     from kernelzoo.zoo import input_spec
