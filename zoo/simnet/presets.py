@@ -37,9 +37,9 @@ _COATES_RECIPE = {"batch_size": 128, "holdout": 5000, "classifier_loss": "square
 _SHIPPED_RECIPE = dict(_PAPER_SIMNET_RECIPE, epochs=10, lr_drop_every=5, weight_decay_grid=(0.0,))
 
 
-def _patch_labeling(n, p):
+def _patch_labeling(n, p, xi1=1.0):
     """The builder's config of a patch-labeling SimNet: weighted lp, the sum over positions."""
-    return {"n": n, "p": p, "weighted": True, "xi1": 1.0, "xi2": 0.0, "position_pooling": "sum"}
+    return {"n": n, "p": p, "weighted": True, "xi1": xi1, "xi2": 0.0, "position_pooling": "sum"}
 
 
 def _preset(name, builder, config, description, recipe, card, paper, weights=None, sha256=None, measured=None):
@@ -49,14 +49,16 @@ def _preset(name, builder, config, description, recipe, card, paper, weights=Non
                   measured=None if measured is None else Figure(measured, _CIFAR10_JPEG), paper=paper)
 
 
-def _simnet(n, p, paper, sha256=None, measured=None):
+def _simnet(n, p, paper, sha256=None, measured=None, xi1=1.0):
     """A patch-labeling SimNet at the presets' recipe; the sum over positions, chosen on held-out images (see
     simnet_cifar10.md: the mean's 729x smaller logits leave the softmax loss almost flat at lr 0.01); with
-    `sha256`, its trained weights are shipped as NAME.keras."""
+    `sha256`, its trained weights are shipped as NAME.keras. `xi1` other than the paper's 1 is ours."""
     name = f"simnet_cifar10_wl{p}_n{n}"
     trained = "pretrained on CIFAR-10 (JPEG q75 copy)" if sha256 else "CIFAR-10"
-    return _preset(name, "simnet_patch_labeling", _patch_labeling(n, p),
-                   f"SimNet patch labeling, weighted l{p} similarity, {n} templates, {trained} (paper 000 Fig. 3a)",
+    soft = "" if xi1 == 1.0 else f", template MEX xi1 = {xi1} (ours)"
+    return _preset(name, "simnet_patch_labeling", _patch_labeling(n, p, xi1),
+                   f"SimNet patch labeling, weighted l{p} similarity, {n} templates{soft}, {trained} "
+                   "(paper 000 Fig. 3a)",
                    _SIMNET_RECIPE, "simnet_patch_labeling.md", paper, f"{name}.keras" if sha256 else None, sha256,
                    measured)
 
@@ -78,8 +80,10 @@ PRESETS = (
     _shipped_simnet(2, Figure(0.771, "Sec. 6.1, Fig. 4 (n = 400, 100 epochs)"),
                     "c2fc21c665879deab57032bbe9ac645af3f340726667d661a6faed13bad75cd7", 0.5972),
     _simnet(400, 1, Figure(0.768, "Sec. 6.1, Fig. 4")),
+    # xi1 = 0.1, ours: chosen on 5k held-out images at n = 100 (0.6704 against 0.6456 for the paper's 1 after
+    # 10 epochs of the presets' recipe; simnet_patch_labeling.md).
     _simnet(400, 2, Figure(0.771, "Sec. 6.1, Fig. 4"),
-            "e978f8d5aeec5592d60d4724b88959348299173ee6ff9bb694d2525bae12aebf", 0.6412),
+            "8d333412ae281650aaf9d459c63f64fc793e380aa4317fa4a944fd745ab2c045", 0.7071, xi1=0.1),
     _simnet(200, 1, Figure(0.760, "Sec. 6.3")),
     # The SimNets' shipped recipe (same optimiser and budget, for a like-for-like comparison); the
     # paper's Caffe recipe (lr 1e-4, 150 epochs) is convnet_cifar10_n6400's.
