@@ -149,7 +149,7 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="'gap'"):
         ft.adapt_model(headless, 2, (8, 8, 1))
     with pytest.raises(ValueError, match="no pretrained weights"):
-        ft.resolve_model("simnet_cifar10_wl1_n400")
+        ft.resolve_model("simnet_cifar10_wl1_n200")
 
 
 def test_cli_finetune_writes_the_model_and_its_card(image_folder, tmp_path, monkeypatch, capsys):
@@ -201,7 +201,7 @@ def test_cli_finetune_usage_errors_are_one_line(image_folder, tmp_path, monkeypa
     from kernelzoo import cli
 
     monkeypatch.setitem(cli.SUBCOMMANDS, "finetune", ("kernelzoo.zoo.finetune_cli", "fine-tune"))
-    assert cli.main(["finetune", "simnet_cifar10_wl1_n400", "--dataset", image_folder,
+    assert cli.main(["finetune", "simnet_cifar10_wl1_n200", "--dataset", image_folder,
                      "-o", str(tmp_path / "x.keras")]) == 2
     assert "no pretrained weights" in capsys.readouterr().err
     assert cli.main(["finetune", "kernelnet_mnist_prior", "--dataset", image_folder,
