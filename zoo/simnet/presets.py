@@ -19,7 +19,7 @@ _PAPER_SIMNET_RECIPE = {"epochs": 100, "batch_size": 64, "optimizer": "sgd", "lr
                         "weight_decay_grid": (0.0, 1e-8, 1e-7, 1e-6), "holdout": 5000, "unsupervised_init": True}
 # Ours: Adam at 3e-3, chosen on the 5k holdout (weighted l2, n = 100, 3 epochs: 0.6050 against SGD's 0.5528;
 # simnet_patch_labeling.md); 10 epochs, lr / 10 after 5: a session's budget at n = 400, not a held-out choice.
-# The paper's recipe: `--optimizer sgd --lr 0.01 --epochs 100` (and its model, for simnet_cifar10_wl2_n400: `xi1=1`).
+# The paper's recipe: `--optimizer sgd --lr 0.01 --epochs 100` (and its model, for the wl1 and wl2 n400 presets: `xi1=1`).
 _SIMNET_RECIPE = dict(_PAPER_SIMNET_RECIPE, optimizer="adam", lr=3e-3, epochs=10, lr_drop_every=5)
 # Paper 000 Sec. 6.1 (Caffe): batch 100, momentum 0.95, lr 1e-4 / 10 every 45 epochs, 150 epochs;
 # global weight decay and dropout chosen by cross-validation.
