@@ -72,6 +72,8 @@ def test_simnet_options():
     assert any(path.endswith("similarity/p") for path in names)
     assert sum(path.endswith("/xi") for path in names) == 2
     assert not any(path.endswith("similarity/weights") for path in names)
+    for build in (models.simnet_patch_labeling, models.coates_baseline):  # the whitening's eps reaches the layer
+        assert build(n=3, input_shape=(8, 8, 3), patch_size=2, zca_eps=1.5).get_layer("patch_whitening").zca_eps == 1.5
     x = _images(2, 8)
     mean = models.simnet_patch_labeling(n=3, input_shape=(8, 8, 3), patch_size=2)
     summed = models.simnet_patch_labeling(n=3, input_shape=(8, 8, 3), patch_size=2, position_pooling="sum")
@@ -129,7 +131,7 @@ def test_presets_build_ten_class_cifar_models():
     ({"n": 0}, "`n`"), ({"p": 3}, "`p`"), ({"xi1": float("nan")}, "`xi1`"), ({"input_shape": (32, 32)}, "input_shape"),
     ({"weight_decay": -1}, "weight_decay"), ({"offset_regions": (30, 2)}, "offset_regions"),
     ({"patch_size": 40}, "patch_size"), ({"num_classes": 1.5}, "num_classes"),
-    ({"position_pooling": "max"}, "position_pooling")])
+    ({"position_pooling": "max"}, "position_pooling"), ({"zca_eps": -0.1}, "zca_eps")])
 def test_simnet_bad_arguments(kwargs, name):
     with pytest.raises(ValueError, match=name):
         models.simnet_patch_labeling(**kwargs)
@@ -140,6 +142,8 @@ def test_baseline_bad_arguments():
         models.convnet_baseline(n=4, dropout=1.5)
     with pytest.raises(ValueError, match="`n`"):
         models.coates_baseline(n=-1)
+    with pytest.raises(ValueError, match="`zca_eps`"):
+        models.coates_baseline(n=4, zca_eps=-1)
     with pytest.raises(ValueError, match="`mode`"):
         models.QuadrantPooling(mode="median")
     with pytest.raises(ValueError, match="`filters`"):

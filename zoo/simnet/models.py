@@ -137,7 +137,8 @@ def _decay(value, name):
 
 def simnet_patch_labeling(n=400, p=2, weighted=True, xi1=1.0, xi2=0.0, learn_xi=False, learn_p=False,
                           num_classes=10, input_shape=(32, 32, 3), patch_size=6, offset_regions=(2, 2),
-                          whitening=True, weight_decay=0.0, position_pooling="mean", center_logits=None, name=None):
+                          whitening=True, zca_eps=0.1, weight_decay=0.0, position_pooling="mean", center_logits=None,
+                          name=None):
     """The patch-labeling SimNet of Fig. 3a (paper 000 Sec. 4, the rule after Eq. 8).
 
     Args:
@@ -152,6 +153,8 @@ def simnet_patch_labeling(n=400, p=2, weighted=True, xi1=1.0, xi2=0.0, learn_xi=
       patch_size: similarity patch size (6 in the paper); stride 1.
       offset_regions: regions over which offsets are shared ((2, 2): quadrants).
       whitening: contrast-normalise and ZCA-whiten patches (else plain patches).
+      zca_eps: added to the patch covariance's eigenvalues before the ZCA (Coates et al.'s 0.1; larger
+        values amplify the high frequencies, where JPEG artefacts live, less).
       weight_decay: SGD weight decay on the similarity weights and the offsets (none on templates).
       position_pooling: "mean" (MEX with xi2, the network of Sec. 4) or "sum" (that MEX times the
         number of positions: the same argmax, as the rule sum_ij MEX_xi1 written after Eq. 8, but
@@ -189,7 +192,7 @@ def simnet_patch_labeling(n=400, p=2, weighted=True, xi1=1.0, xi2=0.0, learn_xi=
 
     inputs = keras.Input(shape, name="image")
     if whitening:
-        x = PatchWhitening(patch, name="patch_whitening")(inputs)
+        x = PatchWhitening(patch, zca_eps=zca_eps, name="patch_whitening")(inputs)
         kernel = 1
     else:
         x, kernel = inputs, patch
@@ -238,12 +241,13 @@ def convnet_baseline(n=400, patch_size=6, pool_grid=(2, 2), dropout=0.5, num_cla
 
 
 def coates_baseline(n=1600, patch_size=6, pool_grid=(2, 2), train_templates=False, num_classes=10,
-                    input_shape=(32, 32, 3), weight_decay=0.0, name=None):
+                    input_shape=(32, 32, 3), zca_eps=0.1, weight_decay=0.0, name=None):
     """The single-layer network of Coates et al. (Fig. 3c): triangle k-means coding, quadrant sum pooling.
 
     Args:
       n: number of k-means centroids.
       train_templates: let SGD move the centroids (the paper found it does not help).
+      zca_eps: added to the patch covariance's eigenvalues before the ZCA (Coates et al.'s 0.1).
       weight_decay: SGD weight decay of the linear classifier, for fine-tuning.
     The zoo's recipe (kernelzoo.zoo.simnet.recipe.CoatesRecipe) fits the classifier as Coates et al.:
     an L2-SVM on the fixed, standardised features (the "features" layer).
@@ -254,7 +258,7 @@ def coates_baseline(n=1600, patch_size=6, pool_grid=(2, 2), train_templates=Fals
     patch = normalize_tuple(patch_size, "patch_size")
     regularizer = _decay(weight_decay, "weight_decay")
     inputs = keras.Input(shape, name="image")
-    x = PatchWhitening(patch, name="patch_whitening")(inputs)
+    x = PatchWhitening(patch, zca_eps=zca_eps, name="patch_whitening")(inputs)
     x = TriangleCoding(n, trainable=bool(train_templates), name="triangle_coding")(x)
     x = QuadrantPooling(pool_grid, mode="sum", name="pool")(x)
     x = keras.layers.Flatten(name="flatten")(x)
