@@ -206,6 +206,23 @@ def test_mex_softmax_mode_drops_the_mean(impl, rng):
     np.testing.assert_allclose(out[..., 0], expected, rtol=1e-5)
 
 
+@pytest.mark.parametrize("xi", [0.1, -0.1])
+def test_mex_is_accurate_far_below_the_shift(impl, rng, xi):
+    """One value leads the others by 6-20 / |xi|: mean exp ~ 1/400, which 1 + mean(expm1) would lose digits of.
+
+    The error of that form, ~eps * 400 / |xi| = 2.4e-4, reached 4e-3 in the logits of a SimNet (xi1 = 0.1, 729
+    positions); the tolerance is a few float32 spacings of the output (~60).
+    """
+    lead = rng.uniform(-5.0, 5.0, size=(8, 1))
+    rest = lead + np.sign(xi) * rng.uniform(-200.0, -60.0, size=(8, 399))
+    values = np.concatenate([lead, rest], axis=1).astype("float32")
+    x = values.reshape(8, 1, 1, 400)
+    expected = mex_reference(values, xi)
+    for given in (xi, tf.constant(xi, tf.float32)):
+        out = np.asarray(kops.mex(x, given, channel_block=400)).reshape(8)
+        np.testing.assert_allclose(out, expected, rtol=0, atol=2e-5)
+
+
 def test_mex_is_stable_for_huge_xi(impl):
     x = np.array([[[[1000.0, -1000.0, 3.0]]]], "float32")
     for xi, expected in [(1e6, 1000.0), (-1e6, -1000.0)]:
