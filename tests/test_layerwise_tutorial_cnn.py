@@ -90,6 +90,31 @@ def test_cnn_random_trains_the_head_and_keeps_the_random_convolutions():
     assert [copy.get_layer(name).trainable for name in ("conv1", "conv2", "fc1")] == [False, False, True]
 
 
+def test_cnn_random_trains_its_head_on_cached_features_with_the_keras_loops_steps(tmp_path, monkeypatch):
+    """CNN(Random) runs the frozen convolutions once (LayerwiseRecipe's classifier stage) and ends where the Keras
+    loop over the whole network ends: the same head initialisation, batches and order, frozen weights untouched."""
+    from kernelzoo.zoo.layerwise import recipe as layerwise_recipe
+    from kernelzoo.zoo.recipe import Recipe
+
+    preset = registry.info("cnn_cifar10_tf_fc_random")
+    recipe = registry.recipe(preset)
+    data = Data(train=stripes(48, size=12), test=stripes(12, size=12, seed=1), source="stripes",
+                class_names=("h", "v", "flat"))
+    hp = recipe.hyperparameters(preset, epochs=2, batch_size=8, lr=0.3)
+    run = lambda folder: recipe.train(preset, data, str(tmp_path / folder), overrides=TINY, hp=hp, verbose=0,  # noqa: E731
+                                      tensorboard=False)
+    cached = run("cached")
+    rows = training.read_log(str(tmp_path / "cached" / training.LOG_FILE))
+    assert [row["stage"] for row in rows] == [1, 1]  # the classifier stage of a network without blocks
+    assert not (tmp_path / "cached" / "features").exists()  # the cache goes at the end
+    with pytest.raises(ValueError, match="strategy"):
+        recipe.fit(cached["model"], data, str(tmp_path / "x"), hp, strategy=object())
+    monkeypatch.setattr(layerwise_recipe._FrozenConvolutionsRecipe, "fit", Recipe.fit)
+    keras_loop = run("keras_loop")
+    for mine, theirs in zip(cached["model"].weights, keras_loop["model"].weights):
+        np.testing.assert_allclose(mine.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-6, err_msg=mine.path)
+
+
 def test_presets_and_their_recipe():
     presets = {name: registry.info(name) for name in NAMES}
     assert {name: (p.config["head"], p.config["train_conv"], p.paper.value) for name, p in presets.items()} == {

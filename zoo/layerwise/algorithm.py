@@ -31,14 +31,24 @@ PARTS = ("cluster", "pool", "embed", "projection")
 
 
 def block_count(model):
-    """The number of blocks of a layerwise_cnn (layers "block{i}_cluster")."""
+    """The number of blocks of a layerwise_cnn (layers "block{i}_cluster"); 0 for another network with a
+    "features" layer whose layers below it are all frozen (CNN(Random): only its classifier trains)."""
     names = {layer.name for layer in model.layers}
     count = 0
     while f"block{count + 1}_cluster" in names:
         count += 1
-    if not count:
-        raise ValueError(f"`model` {model.name!r} has no layer 'block1_cluster' (not a layerwise_cnn)")
+    if not count and not frozen_below_features(model):
+        raise ValueError(f"`model` {model.name!r} has no layer 'block1_cluster' (not a layerwise_cnn) and "
+                         f"trainable layers below {FEATURES!r}")
     return count
+
+
+def frozen_below_features(model):
+    """True when `model` has a "features" layer and nothing below it has trainable weights."""
+    names = [layer.name for layer in model.layers]
+    if FEATURES not in names:
+        return False
+    return not any(layer.trainable_weights for layer in model.layers[:names.index(FEATURES)])
 
 
 def block_layer(model, index, part):

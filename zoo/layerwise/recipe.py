@@ -23,9 +23,11 @@ kernelzoo.zoo.layerwise.generative.synthetic_digits (train_size / test_size of t
 
 The paper's baseline, the TensorFlow tutorial CNN (the cnn_cifar10_tf_* presets, builder tf_tutorial_cnn),
 trains with TutorialCNNRecipe instead: the zoo's default Keras loop (kernelzoo.zoo.recipe.Recipe: SGD,
-cross-entropy plus the builder's weight decay, --holdout / --validate-only) on the whole network, its
-frozen convolutions included in the forward pass of the CNN(Random) presets; `precision` "float32" or
-"mixed_bfloat16" (Keras mixed precision; the saved model.keras is float32).
+cross-entropy plus the builder's weight decay, --holdout / --validate-only) on the whole network; the
+CNN(Random) presets, frozen below "features", train their head alone on the features of the frozen
+convolutions, computed once (the classifier stage above, the only stage of a network without blocks: the
+same SGD steps); `precision` "float32" or "mixed_bfloat16" (Keras mixed precision; the saved model.keras
+is float32).
 """
 import dataclasses
 import os
@@ -93,7 +95,7 @@ class LayerwiseRecipe(Recipe):
     def stages(self, model, hp):
         """The run's stages (module docstring); ValueError when `epochs` leaves the classifier none."""
         blocks = algorithm.trained_blocks(model)
-        per_block = hp["block_epochs"]
+        per_block = hp.get("block_epochs", 0)  # CNN(Random)'s recipe has no blocks and none
         if isinstance(per_block, (list, tuple)):
             if len(per_block) != len(blocks):
                 raise ValueError(f"block_epochs: one value or one per trained block ({len(blocks)}), got {per_block!r}")
@@ -256,8 +258,23 @@ class LayerwiseRecipe(Recipe):
                 os.remove(os.path.join(folder, name))
 
 
-class TutorialCNNRecipe(MixedPrecisionMixin, Recipe):
-    """The tutorial CNN by SGD with the default Keras loop, in float32 or mixed_bfloat16 (module docstring)."""
+class _FrozenConvolutionsRecipe(Recipe):
+    """The Keras loop, or for a network frozen below "features" (CNN(Random)) LayerwiseRecipe's classifier
+    stage, the only stage of a network without blocks: the frozen layers run once per image into the run
+    folder instead of in every epoch; the SGD steps are the Keras loop's (the same head initialisation,
+    batches and data order). That path takes no tf.distribute strategy and writes no TensorBoard logs."""
+
+    def fit(self, model, data, out_dir, hp, *, strategy=None, tensorboard=True, **kwargs):
+        if not algorithm.frozen_below_features(model):
+            return super().fit(model, data, out_dir, hp, strategy=strategy, tensorboard=tensorboard, **kwargs)
+        if strategy is not None:
+            raise ValueError("strategy: a network with frozen convolutions trains its head on cached features in "
+                             "one process; it takes no tf.distribute strategy (--strategy none)")
+        return LayerwiseRecipe().fit(model, data, out_dir, hp, **kwargs)
+
+
+class TutorialCNNRecipe(MixedPrecisionMixin, _FrozenConvolutionsRecipe):
+    """The tutorial CNN by SGD, in float32 or mixed_bfloat16 (module docstring)."""
 
 
 def recipe_for(preset):
@@ -271,7 +288,7 @@ def tiny_runs():
     12 x 12 stripes: block 1 for three epochs (a run killed after two resumes inside it, from its
     trainer's checkpoint), then the classifier for four. The tutorial CNN shrunk (8 and 8 filters, FC head
     32-16) on the same images: three epochs of plain SGD, at lr 0.3 (its small initialisation barely moves
-    in 36 steps at the preset's 0.1)."""
+    in 36 steps at the preset's 0.1); and its CNN(Random) variant, the head alone on cached features."""
     from kernelzoo.zoo.data.synthetic import stripes
     data = Data(train=stripes(96, size=12), test=stripes(30, size=12, seed=1), source="stripes 12x12",
                 class_names=("h", "v", "flat"))
@@ -279,4 +296,6 @@ def tiny_runs():
                     {"epochs": 7, "block_epochs": 3, "batch_size": 16, "lr": 1e-2, "block_lr": 1e-2,
                      "kmeans_patches": 800, "kmeans_iterations": 5}),
             TinyRun("cnn_cifar10_tf_fc", data, {"filters": (8, 8), "fc_units": (32, 16)},
+                    {"epochs": 3, "batch_size": 8, "lr": 0.3}),
+            TinyRun("cnn_cifar10_tf_fc_random", data, {"filters": (8, 8), "fc_units": (32, 16)},
                     {"epochs": 3, "batch_size": 8, "lr": 0.3})]
