@@ -334,7 +334,9 @@ def _number(text):
 
 
 def plot_curves(history, path, title=None):
-    """Every logged metric per epoch (train, and validation when logged) into a PNG; returns the path."""
+    """Every logged metric per epoch (train, and validation when logged) into a PNG; returns the path.
+
+    Dotted lines mark learning-rate drops, dash-dotted ones the start of a new stage (layerwise runs)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -342,7 +344,7 @@ def plot_curves(history, path, title=None):
 
     if not history:
         raise ValueError("`history` is empty: nothing to plot")
-    skip = {"epoch", "learning_rate", "iterations"}
+    skip = {"epoch", "learning_rate", "iterations", "stage"}
     metrics = [key for key in history[0] if key not in skip and not key.startswith("val_")]
     epochs = [row["epoch"] + 1 for row in history]
     figure, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
@@ -357,11 +359,11 @@ def plot_curves(history, path, title=None):
         axis.set_ylabel(metric)
         axis.grid(alpha=0.3)
         axis.legend()
-        if "learning_rate" in history[0]:
-            rates = [row["learning_rate"] for row in history]
-            for e, (before, after) in enumerate(zip(rates, rates[1:]), start=2):
-                if after < before:
-                    axis.axvline(e - 0.5, color="grey", linestyle=":", linewidth=1)
+        for column, changed, style in (("learning_rate", lambda a, b: b < a, ":"), ("stage", lambda a, b: b != a, "-.")):
+            values = [row.get(column) for row in history]
+            for e, (before, after) in enumerate(zip(values, values[1:]), start=2):
+                if before is not None and after is not None and changed(before, after):
+                    axis.axvline(e - 0.5, color="grey", linestyle=style, linewidth=1)
     if title:
         figure.suptitle(title)
     figure.tight_layout()
