@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 MNIST_CLASSES = tuple(str(digit) for digit in range(10))
+CIFAR10_JPEG_TEST = "CIFAR-10 (JPEG q75 copy) test, 10,000 images"  # what our CIFAR-10 figures are measured on
 # task -> the metric its card figures use (a reconstruction's: the mean squared error on pixels / 255).
 TASKS = {"classification": "accuracy", "rating_prediction": "rmse", "reconstruction": "mse"}
 INPUT_DTYPES = ("uint8", "float32")

@@ -4,12 +4,11 @@ Every model takes raw 0-255 CIFAR pixels (the whitening is inside). The paper fi
 reference implementation's (CKN-Pytorch-image README), which chose its regularisation (unsupervised) or its
 epoch (supervised) on the test set; ours are chosen on 5,000 held-out training images.
 """
-from kernelzoo.zoo.preset import CIFAR10_CLASSES, DatasetSpec, Figure, InputSpec, Preset
+from kernelzoo.zoo.preset import CIFAR10_CLASSES, CIFAR10_JPEG_TEST, DatasetSpec, Figure, InputSpec, Preset
 
 _INPUTS = InputSpec((32, 32, 3), "uint8", "RGB pixels 0-255; the whitening is inside the model")
 _CIFAR10 = DatasetSpec("cifar10", "DATA/cifar10: the CIFAR-10 python or binary archive/folder, or a "
                                   "train/<class>/, test/<class>/ image folder or its .tar.gz", "test")
-_CIFAR10_JPEG = "CIFAR-10 (JPEG q75 copy) test, 10,000 images"
 _REFERENCE = "CKN-Pytorch-image README (regularisation picked on the test set)"
 # Unsupervised init and classifier (zoo/ckn/recipe.py): the reference's image whitening, k-means on 300k
 # patches per layer, one-vs-rest squared hinge (the reference's loss) with its L2 chosen on 5k held-out
@@ -31,7 +30,7 @@ def _unsupervised(filters, kernel_sizes, paper, weights=None, sha256=None, measu
                               "spherical k-means + linear classifier (squared hinge), CIFAR-10",
                   inputs=_INPUTS, task="classification", dataset=_CIFAR10, class_names=CIFAR10_CLASSES,
                   recipe={**_UNSUPERVISED, **recipe}, card="ckn_cifar10_unsup.md", weights=weights, sha256=sha256,
-                  measured=None if measured is None else Figure(measured, _CIFAR10_JPEG), paper=paper)
+                  measured=None if measured is None else Figure(measured, CIFAR10_JPEG_TEST), paper=paper)
 
 
 # The reference's CKN-5 (ckn/models.py SupCKNetCifar10_5): the exp kernels' sigma 0.5, its Nystrom shift 0.01, no

@@ -15,7 +15,7 @@ non-overlapping patches (stride = patch size, no pooling), cosine responses, k_i
 (every distinct patch of a level), a small initialisation of the Conv1x1 (Sec. 4.1), no Conv1x1 after
 the last clustering, a linear classifier.
 """
-from kernelzoo.zoo.preset import CIFAR10_CLASSES, DatasetSpec, Figure, InputSpec, Preset
+from kernelzoo.zoo.preset import CIFAR10_CLASSES, CIFAR10_JPEG_TEST, DatasetSpec, Figure, InputSpec, Preset
 
 _INPUTS = InputSpec((32, 32, 3), "uint8", "RGB pixels 0-255; per-image standardization inside the model")
 _CIFAR10 = DatasetSpec("cifar10", "DATA/cifar10: the CIFAR-10 python or binary archive/folder, or a "
@@ -43,11 +43,13 @@ _TUTORIAL_RECIPE = {"epochs": 256, "batch_size": 128, "optimizer": "sgd", "lr": 
 _FIGURE3_CNN = "Fig. 3 (original CIFAR-10; the TensorFlow CIFAR-10 tutorial CNN trained with SGD)"
 
 
-def _tutorial(name, description, head, train_conv, paper):
+def _tutorial(name, description, head, train_conv, paper, weights=None, sha256=None, measured=None, **recipe):
     return Preset(name=name, family="layerwise", builder="kernelzoo.zoo.layerwise.models.tf_tutorial_cnn",
                   config={"head": head, "train_conv": train_conv}, description=description, inputs=_INPUTS,
-                  task="classification", dataset=_CIFAR10, class_names=CIFAR10_CLASSES, recipe=dict(_TUTORIAL_RECIPE),
-                  card="cnn_cifar10_tf.md", paper=Figure(paper, _FIGURE3_CNN))
+                  task="classification", dataset=_CIFAR10, class_names=CIFAR10_CLASSES,
+                  recipe={**_TUTORIAL_RECIPE, **recipe}, card="cnn_cifar10_tf.md", weights=weights, sha256=sha256,
+                  measured=None if measured is None else Figure(measured, CIFAR10_JPEG_TEST),
+                  paper=Figure(paper, _FIGURE3_CNN))
 
 
 # Algorithm 1 as analysed: the Conv1x1 trained near the linear regime of Sec. 4 (small init, Adam at a

@@ -3,12 +3,11 @@
 Every model takes raw 0-255 CIFAR pixels (its preprocessing is saved inside). Presets without
 weights are the paper's sizes and recipes, ready for `kernelzoo train NAME`.
 """
-from kernelzoo.zoo.preset import CIFAR10_CLASSES, DatasetSpec, Figure, InputSpec, Preset
+from kernelzoo.zoo.preset import CIFAR10_CLASSES, CIFAR10_JPEG_TEST, DatasetSpec, Figure, InputSpec, Preset
 
 _INPUTS = InputSpec((32, 32, 3), "uint8", "RGB pixels 0-255; the preprocessing is inside the model")
 _CIFAR10 = DatasetSpec("cifar10", "DATA/cifar10: the CIFAR-10 python or binary archive/folder, or a "
                                   "train/<class>/, test/<class>/ image folder or its .tar.gz", "test")
-_CIFAR10_JPEG = "CIFAR-10 (JPEG q75 copy) test, 10,000 images"
 # Paper 000 Sec. 6: SGD, batch 64, momentum 0.9, lr 0.01 / 10 after 50 of 100 epochs; weight decay 0 on
 # templates, one value on similarity weights and offsets chosen on 5k held-out training images. The grid
 # (ours: the paper gives none) is scaled to the initialised weights, which are large (u = alpha^-p, about 30
@@ -46,7 +45,7 @@ def _preset(name, builder, config, description, recipe, card, paper, weights=Non
     return Preset(name=name, family="simnet", builder=f"kernelzoo.zoo.simnet.models.{builder}", config=config,
                   description=description, inputs=_INPUTS, task="classification", dataset=_CIFAR10,
                   class_names=CIFAR10_CLASSES, recipe=recipe, card=card, weights=weights, sha256=sha256,
-                  measured=None if measured is None else Figure(measured, _CIFAR10_JPEG), paper=paper)
+                  measured=None if measured is None else Figure(measured, CIFAR10_JPEG_TEST), paper=paper)
 
 
 def _simnet(n, p, paper, sha256=None, measured=None, xi1=1.0):
