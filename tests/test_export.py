@@ -330,7 +330,7 @@ def test_shipped_soft_mex_simnet_meets_the_float32_goal(tmp_path):
     """simnet_cifar10_wl1_n400 (template MEX xi1 = 0.1) on 30 real test images, Keras on the C++ ops (as users
     run it) against its ONNX export (the composite): within 4x the rounding floor (0.0037 here).
 
-    The composite formed mean(exp) as 1 + mean(expm1) before, and this test measured 0.0053 (docs/export.md).
+    The composite formed mean(exp) as 1 + mean(expm1) before: the same check then measured 0.0053 (docs/export.md).
     """
     from kernelzoo import zoo
     _skip_without_custom_ops()
