@@ -35,6 +35,7 @@ CLASSES = {
     "PerImageStandardization": "kernelzoo.zoo.layerwise.layers",
     "LocalResponseNormalization": "kernelzoo.zoo.layerwise.layers",
     "RandomShiftFlip": "kernelzoo.zoo.sc.models",
+    "AdamW": "kernelzoo.zoo.recipe",
 }
 FUNCTIONS = {
     "masked_rating_loss": "kernelzoo.zoo.kernelnet.movielens",

@@ -10,7 +10,7 @@ import pytest
 import kernelzoo  # noqa: F401
 from kernelzoo.zoo import cli, registry, training
 from kernelzoo.zoo.data.synthetic import stripes
-from kernelzoo.zoo.recipe import DEFAULTS, Recipe
+from kernelzoo.zoo.recipe import DEFAULTS, Data, Recipe
 from kernelzoo.zoo.simnet import init, models
 
 
@@ -139,10 +139,34 @@ def test_optimizer_option_is_shared_and_checked_per_recipe_before_training():
     assert hp["optimizer"] == "sgd" and SimNetRecipe().hyperparameters(simnet)["optimizer"] == "adam"
     assert isinstance(SimNetRecipe().compile(_tiny_simnet(), hp).optimizer, keras.optimizers.SGD)
     assert RatingsRecipe().hyperparameters(ratings, optimizer="adam")["optimizer"] == "adam"
-    with pytest.raises(ValueError, match="`optimizer` must be one of \\('sgd', 'adam'\\)"):
+    with pytest.raises(ValueError, match="`optimizer` must be one of \\('sgd', 'adam', 'adamw'\\)"):
         SimNetRecipe().hyperparameters(simnet, optimizer="lbfgs")
     with pytest.raises(ValueError, match="`optimizer`"):
         RatingsRecipe().hyperparameters(ratings, optimizer="sgd")
+
+
+def test_adamw_decays_only_the_papers_variables_and_a_resumed_run_decays_the_same(tmp_path):
+    """--optimizer adamw: the decay is AdamW's, decoupled (no L2 term in the model), on the similarity weights
+    and offsets only, and the exclusion survives a checkpoint (Keras's own does not)."""
+    from kernelzoo.zoo.simnet.recipe import SimNetRecipe
+    recipe, preset = SimNetRecipe(), registry.info("simnet_cifar10_wl2_n400")
+    hp = recipe.hyperparameters(preset, optimizer="adamw", weight_decay=0.5, lr=0.1)
+    data = Data(train=stripes(12, seed=0), test=None, source="stripes", class_names=("a", "b", "c"))
+    model = recipe.build(preset, data, {"n": 4, "patch_size": 3, "input_shape": (10, 10, 3)}, hp)
+    assert not model.losses  # the same setting with adam builds the L2 term
+    assert recipe.build(preset, data, {"n": 4, "patch_size": 3}, dict(hp, optimizer="adam")).losses
+    for variable in model.trainable_variables:  # offsets start at zero, which a decay leaves in place
+        variable.assign(np.random.default_rng(0).uniform(0.5, 1.5, variable.shape))
+    recipe.compile(model, hp)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    for candidate in (model, keras.models.load_model(path)):
+        before = {v.name: np.array(v) for v in candidate.trainable_variables}
+        candidate.optimizer.apply([keras.ops.zeros_like(v) for v in candidate.trainable_variables],
+                                  candidate.trainable_variables)  # zero gradients: only the decay moves them
+        moved = {v.name for v in candidate.trainable_variables if not np.allclose(np.array(v), before[v.name])}
+        assert moved == {"weights", "offsets"}, moved
+        assert sorted(candidate.optimizer.get_config()["exclude"]) == ["templates"]
 
 
 def _write_folder_dataset(root):

@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import os
 import platform
+import re
 import time
 
 import keras
@@ -73,8 +74,26 @@ def add_optimizer_argument(parser):
     """--optimizer, shared by the recipes that offer it (one CLI option); each recipe's `hyperparameters` checks
     the name against its own `optimizers` before anything runs."""
     parser.add_argument("--optimizer", default=None,
-                        help="the optimizer (default the preset's): sgd or adam for the SimNet family's "
-                             "recipe, lbfgs or adam for the MovieLens autoencoder")
+                        help="the optimizer (default the preset's): sgd, adam or adamw (decoupled weight "
+                             "decay) for the SimNet family's recipe, lbfgs or adam for the MovieLens autoencoder")
+
+
+@keras.saving.register_keras_serializable(package="kernelzoo")
+class AdamW(keras.optimizers.AdamW):
+    """Keras's AdamW whose decoupled weight decay skips the variables named in `exclude` (exact names).
+
+    Keras's `exclude_from_weight_decay` is not part of the optimizer's config: a run resumed from a
+    checkpoint would decay every variable. Here the exclusion is in the config, so it decays the same ones.
+    """
+
+    def __init__(self, exclude=(), **kwargs):
+        super().__init__(**kwargs)
+        self.exclude = tuple(sorted(exclude))
+        # The TensorFlow backend matches its tf.Variable's name ("layer/name:0"), the others the Keras name.
+        self.exclude_from_weight_decay(var_names=[f"(^|/){re.escape(name)}(:\\d+)?$" for name in self.exclude])
+
+    def get_config(self):
+        return {**super().get_config(), "exclude": list(self.exclude)}
 
 
 def classification_loss(model):
@@ -200,12 +219,16 @@ class Recipe:
         lr = positive_float(hp["lr"], "lr")
         if schedule == "cosine" and steps_per_epoch:
             lr = keras.optimizers.schedules.CosineDecay(lr, positive_int(hp["epochs"], "epochs") * steps_per_epoch)
-        if optimizer == "sgd":
-            optimizer = keras.optimizers.SGD(learning_rate=lr, momentum=float(hp["momentum"]))
-        else:
-            optimizer = keras.optimizers.Adam(learning_rate=lr)
-        model.compile(optimizer=optimizer, loss=self.loss(model), metrics=self.metrics(model))
+        model.compile(optimizer=self.optimizer(optimizer, lr, hp, model), loss=self.loss(model),
+                      metrics=self.metrics(model))
         return model
+
+    def optimizer(self, name, lr, hp, model):
+        """The Keras optimizer `name` (one of `optimizers`) for `model` at learning rate `lr` (a float or a
+        schedule)."""
+        if name == "sgd":
+            return keras.optimizers.SGD(learning_rate=lr, momentum=float(hp["momentum"]))
+        return keras.optimizers.Adam(learning_rate=lr)
 
     def load_checkpoint(self, out_dir):
         """The model to resume from: the run folder's last checkpoint, with its optimizer state."""

@@ -19,14 +19,24 @@ import time
 
 import numpy as np
 
-from kernelzoo.ops.checks import positive_int
+from kernelzoo.ops.checks import nonnegative_float, positive_int
 from kernelzoo.zoo import training
 from kernelzoo.zoo.frozen_features import FrozenFeaturesRecipe
-from kernelzoo.zoo.recipe import Data, Recipe, TinyRun, add_optimizer_argument
+from kernelzoo.zoo.recipe import AdamW, Data, Recipe, TinyRun, add_optimizer_argument
+
+# The variables the recipe's weight decay applies to (the builders' regularised ones): similarity weights and
+# offsets (SimNet), kernels (baselines); never templates, biases or MEX parameters.
+DECAYED = ("weights", "offsets", "kernel")
 
 
 class SimNetRecipe(Recipe):
-    """Image classification with the paper's unsupervised initialisation and weight-decay tuning."""
+    """Image classification with the paper's unsupervised initialisation and weight-decay tuning.
+
+    `weight_decay` is the paper's SGD decay (an L2 term built into the model) with sgd and adam; with adamw it
+    is AdamW's decoupled decay of the same variables instead (the model gets no L2 term).
+    """
+
+    optimizers = ("sgd", "adam", "adamw")
 
     def add_arguments(self, parser):
         super().add_arguments(parser)
@@ -35,7 +45,8 @@ class SimNetRecipe(Recipe):
         parser.add_argument("--lr-drop-every", type=int, default=None,
                             help="epochs between lr / 10 steps (default: the recipe's, half of --epochs)")
         parser.add_argument("--weight-decay", type=float, default=None,
-                            help="weight decay on similarity weights and offsets (baselines: all kernels)")
+                            help="weight decay on similarity weights and offsets (baselines: all kernels): an L2 "
+                                 "term with sgd and adam, decoupled (AdamW) with --optimizer adamw")
         parser.add_argument("--tune-weight-decay", default=None, metavar="W1,W2,...",
                             help="choose the weight decay among these on --holdout training images first "
                                  "(default the recipe's 5000; 'preset' = the recipe's grid), then train on "
@@ -47,8 +58,16 @@ class SimNetRecipe(Recipe):
 
     def build(self, preset, data, overrides=None, hp=None):
         """The builder's `weight_decay` is the recipe's (tuned by --tune-weight-decay)."""
-        weight_decay = {} if hp is None else {"weight_decay": hp["weight_decay"]}
+        decoupled = hp is not None and hp["optimizer"] == "adamw"
+        weight_decay = {} if hp is None else {"weight_decay": 0.0 if decoupled else hp["weight_decay"]}
         return super().build(preset, data, {**weight_decay, **(overrides or {})})
+
+    def optimizer(self, name, lr, hp, model):
+        if name != "adamw":
+            return super().optimizer(name, lr, hp, model)
+        exclude = {variable.name for variable in model.trainable_variables} - set(DECAYED)
+        return AdamW(learning_rate=lr, weight_decay=nonnegative_float(hp["weight_decay"], "weight_decay"),
+                     exclude=exclude)
 
     def initialise(self, model, data, hp, options, seed=0, verbose=0):
         if not hp.get("unsupervised_init", True):
