@@ -28,7 +28,8 @@ SUBCOMMANDS = {
     "list": ("kernelzoo.zoo.cli", "list the zoo's models (--pretrained: those with weights)"),
     "info": ("kernelzoo.zoo.cli", "show a zoo model's card"),
     "viz": (None, "figures: `kernelzoo viz embedding NAME`, `kernelzoo viz dimensionality` (kernelNet Fig. 5/6, "
-                  "Fig. 3) or `kernelzoo viz simnet-size RUN_DIR ...` (SimNets Fig. 4/5)"),
+                  "Fig. 3), `kernelzoo viz simnet-size RUN_DIR ...` (SimNets Fig. 4/5) or `kernelzoo viz runs "
+                  "RUN_DIR ...` (a held-out sweep's curves, smoothed)"),
 }
 
 
@@ -37,7 +38,7 @@ WHATS = {
     "bench": {"ops": "kernelzoo.ops.bench", "deploy": "kernelzoo.export.bench", "sc": "kernelzoo.zoo.sc.bench",
               "ckn": "kernelzoo.zoo.ckn.bench", "simnet": "kernelzoo.zoo.simnet.bench_train"},
     "viz": {"embedding": "kernelzoo.zoo.kernelnet.viz", "dimensionality": "kernelzoo.zoo.kernelnet.viz",
-            "simnet-size": "kernelzoo.zoo.simnet.figures"},
+            "simnet-size": "kernelzoo.zoo.simnet.figures", "runs": "kernelzoo.zoo.sweep"},
 }
 VERBOSE_FLAGS = ("-v", "--verbose")
 

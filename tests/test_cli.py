@@ -23,7 +23,7 @@ def test_unknown_command_and_bad_bench_target_are_usage_errors(capsys):
     assert cli.main(["bench", "gpu"]) == 2
     assert "kernelzoo bench {ops,deploy,sc,ckn,simnet}" in capsys.readouterr().err
     assert cli.main(["viz", "loss-landscape"]) == 2
-    assert "kernelzoo viz {embedding,dimensionality,simnet-size}" in capsys.readouterr().err
+    assert "kernelzoo viz {embedding,dimensionality,simnet-size,runs}" in capsys.readouterr().err
 
 
 # `kernelzoo demo` in a user's shell (TF_CPP_MIN_LOG_LEVEL unset), run beside the in-process tests.

@@ -1,0 +1,122 @@
+"""`kernelzoo viz runs RUN_DIR ...`: compare held-out runs of a sweep (log.csv of each run folder).
+
+A held-out metric logged every epoch is noisy (at a constant learning rate it can swing by several points
+from one epoch to the next), so its single best epoch overstates what a run with that many epochs will
+reach. For each run this prints the best epoch, the best centred moving average over `--smooth` epochs
+(the epoch at its centre: an epoch count to retrain with) and the mean and standard deviation of the last
+`--last` epochs, and plots every run's curve with its moving average.
+
+    kernelzoo viz runs runs/holdout_lr0.01 runs/holdout_lr0.003 [--metric val_accuracy] [--smooth 21] [--out sweep.png]
+"""
+import dataclasses
+import os
+
+import numpy as np
+
+from kernelzoo.ops.checks import check_choice, positive_int
+from kernelzoo.zoo import training
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSummary:
+    """One run's metric curve, summarised (epochs count from 1)."""
+
+    label: str
+    values: tuple
+    best_epoch: int
+    best: float
+    smoothed_epoch: int
+    smoothed: float
+    last_mean: float
+    last_std: float
+
+
+def moving_average(values, window):
+    """Centred moving average over `window` epochs (odd; only where the whole window fits)."""
+    values = np.asarray(values, dtype="float64")
+    window = positive_int(window, "smooth")
+    if window % 2 == 0:
+        raise ValueError(f"`smooth` must be odd (a window centred on an epoch), got {window}")
+    if len(values) < window:
+        raise ValueError(f"`smooth`={window} is longer than the run ({len(values)} epochs)")
+    return np.convolve(values, np.ones(window) / window, mode="valid")
+
+
+def summarize(values, label, smooth=21, last=50, mode="max"):
+    """A `RunSummary` of a metric's per-epoch values; `mode` "max" (accuracy) or "min" (a loss)."""
+    check_choice("mode", mode, ("max", "min"))
+    values = np.asarray(values, dtype="float64")
+    if values.ndim != 1 or len(values) == 0 or not np.all(np.isfinite(values)):
+        raise ValueError(f"run {label!r}: expected finite per-epoch values, got {values}")
+    pick = np.argmax if mode == "max" else np.argmin
+    smoothed = moving_average(values, smooth)
+    best, centre = int(pick(values)), int(pick(smoothed))
+    tail = values[-positive_int(last, "last"):]
+    return RunSummary(label, tuple(values), best + 1, float(values[best]), centre + smooth // 2 + 1,
+                      float(smoothed[centre]), float(tail.mean()), float(tail.std(ddof=1)) if len(tail) > 1 else 0.0)
+
+
+def read_run(folder, metric="val_accuracy"):
+    """The per-epoch values of `metric` in a run folder's log.csv; ValueError naming what is missing."""
+    rows = training.read_log(os.path.join(folder, training.LOG_FILE))
+    if not rows:
+        raise ValueError(f"run folder {folder!r} has no {training.LOG_FILE}")
+    if not all(metric in row for row in rows):
+        raise ValueError(f"run folder {folder!r}: `metric` {metric!r} is not in every row of its log "
+                         f"(columns: {sorted(rows[0])})")
+    return [row[metric] for row in rows]
+
+
+def plot(summaries, path, metric, smooth):
+    """Each run's curve (thin) and its moving average (thick, same colour) into a PNG; returns the path."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(9, 5))
+    for index, summary in enumerate(summaries):
+        color = f"C{index % 10}"
+        epochs = np.arange(1, len(summary.values) + 1)
+        axis.plot(epochs, summary.values, color=color, linewidth=0.6, alpha=0.45)
+        smoothed = moving_average(summary.values, smooth)
+        axis.plot(epochs[smooth // 2:len(epochs) - smooth // 2], smoothed, color=color, linewidth=2,
+                  label=f"{summary.label}: best {summary.best:.4f} (epoch {summary.best_epoch}), "
+                        f"{smooth}-epoch mean {summary.smoothed:.4f} (epoch {summary.smoothed_epoch})")
+        axis.plot(summary.smoothed_epoch, summary.smoothed, "o", color=color)
+    axis.set_xlabel("epoch")
+    axis.set_ylabel(metric)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    axis.set_title(f"{metric} per epoch (thin) and its centred {smooth}-epoch moving average (thick)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def add_arguments(parser, command):
+    check_choice("command", command, ("viz",))
+    what = parser.add_subparsers(dest="what", required=True, metavar="WHAT")
+    runs = what.add_parser("runs", help="compare the held-out curves of a sweep's run folders")
+    runs.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (their log.csv)")
+    runs.add_argument("--metric", default="val_accuracy", help="a log.csv column (default val_accuracy)")
+    runs.add_argument("--mode", default=None, choices=("max", "min"),
+                      help="best is the largest or smallest value (default: min for a loss, else max)")
+    runs.add_argument("--smooth", type=int, default=21, help="moving-average window in epochs (odd)")
+    runs.add_argument("--last", type=int, default=50, help="epochs at the end that the mean and sd cover")
+    runs.add_argument("--out", default=None, help="also plot the curves to this PNG")
+
+
+def run(args, command):
+    check_choice("command", command, ("viz",))
+    mode = args.mode or ("min" if "loss" in args.metric else "max")
+    summaries = [summarize(read_run(folder, args.metric), os.path.basename(os.path.normpath(folder)),
+                           smooth=args.smooth, last=args.last, mode=mode) for folder in args.runs]
+    print(f"{'run':<48} {'epochs':>6} {'best (epoch)':>17} {f'{args.smooth}-epoch mean (centre)':>24} "
+          f"{f'last {args.last}: mean (sd)':>22}")
+    for s in summaries:
+        print(f"{s.label:<48} {len(s.values):>6} {s.best:>9.4f} ({s.best_epoch:>4}) {s.smoothed:>16.4f} "
+              f"({s.smoothed_epoch:>4}) {s.last_mean:>13.4f} ({s.last_std:.4f})")
+    if args.out:
+        print(f"wrote {plot(summaries, args.out, args.metric, args.smooth)}")
+    return 0
