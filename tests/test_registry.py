@@ -38,9 +38,10 @@ def test_create_builds_fresh_models_with_overrides():
     assert create("kernelnet_mnist_prior", grids=(1, 1), grid_sides=(4, 3)).output_shape == (None, 10)
 
 
-# Shipped weights travel in the repository: 16 MB a file (ckn_cifar10_unsup_256_1024, 14 MB, is the
-# largest), 40 MB in all, so a checkout stays well inside what tools copy (64 MiB to a GPU machine).
-MAX_WEIGHTS_FILE, MAX_WEIGHTS_TOTAL = 16 * 2 ** 20, 40 * 2 ** 20
+# Shipped weights travel in the repository: 16 MiB a file (ckn_cifar10_unsup_256_1024, 14 MB, is the
+# largest), 48 MiB in all (45 MB with cnn_cifar10_tf_fc_random), so a checkout (47 MB of tracked files) stays
+# inside what tools copy (64 MiB to a GPU machine). A larger model needs its weights hosted outside the repo.
+MAX_WEIGHTS_FILE, MAX_WEIGHTS_TOTAL = 16 * 2 ** 20, 48 * 2 ** 20
 
 
 def test_shipped_weights_stay_within_the_size_budget():
