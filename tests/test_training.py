@@ -155,6 +155,9 @@ def test_adamw_decays_only_the_papers_variables_and_a_resumed_run_decays_the_sam
     model = recipe.build(preset, data, {"n": 4, "patch_size": 3, "input_shape": (10, 10, 3)}, hp)
     assert not model.losses  # the same setting with adam builds the L2 term
     assert recipe.build(preset, data, {"n": 4, "patch_size": 3}, dict(hp, optimizer="adam")).losses
+    for optimizer in ("adamw", "adam"):  # refused at the build, before the initialisation runs
+        with pytest.raises(ValueError, match="`weight_decay`"):
+            recipe.build(preset, data, {"n": 4, "patch_size": 3}, dict(hp, optimizer=optimizer, weight_decay=-0.1))
     for variable in model.trainable_variables:  # offsets start at zero, which a decay leaves in place
         variable.assign(np.random.default_rng(0).uniform(0.5, 1.5, variable.shape))
     recipe.compile(model, hp)

@@ -23,6 +23,8 @@ class RunSummary:
 
     label: str
     values: tuple
+    smoothed_values: tuple
+    smooth: int
     best_epoch: int
     best: float
     smoothed_epoch: int
@@ -52,8 +54,9 @@ def summarize(values, label, smooth=21, last=50, mode="max"):
     smoothed = moving_average(values, smooth)
     best, centre = int(pick(values)), int(pick(smoothed))
     tail = values[-positive_int(last, "last"):]
-    return RunSummary(label, tuple(values), best + 1, float(values[best]), centre + smooth // 2 + 1,
-                      float(smoothed[centre]), float(tail.mean()), float(tail.std(ddof=1)) if len(tail) > 1 else 0.0)
+    return RunSummary(label, tuple(values), tuple(smoothed), smooth, best + 1, float(values[best]),
+                      centre + smooth // 2 + 1, float(smoothed[centre]), float(tail.mean()),
+                      float(tail.std(ddof=1)) if len(tail) > 1 else 0.0)
 
 
 def read_run(folder, metric="val_accuracy"):
@@ -67,7 +70,7 @@ def read_run(folder, metric="val_accuracy"):
     return [row[metric] for row in rows]
 
 
-def plot(summaries, path, metric, smooth):
+def plot(summaries, path, metric):
     """Each run's curve (thin) and its moving average (thick, same colour) into a PNG; returns the path."""
     import matplotlib
     matplotlib.use("Agg")
@@ -78,16 +81,18 @@ def plot(summaries, path, metric, smooth):
         color = f"C{index % 10}"
         epochs = np.arange(1, len(summary.values) + 1)
         axis.plot(epochs, summary.values, color=color, linewidth=0.6, alpha=0.45)
-        smoothed = moving_average(summary.values, smooth)
-        axis.plot(epochs[smooth // 2:len(epochs) - smooth // 2], smoothed, color=color, linewidth=2,
+        half = summary.smooth // 2
+        axis.plot(epochs[half:len(epochs) - half], summary.smoothed_values, color=color, linewidth=2,
                   label=f"{summary.label}: best {summary.best:.4f} (epoch {summary.best_epoch}), "
-                        f"{smooth}-epoch mean {summary.smoothed:.4f} (epoch {summary.smoothed_epoch})")
+                        f"{summary.smooth}-epoch mean {summary.smoothed:.4f} (epoch {summary.smoothed_epoch})")
         axis.plot(summary.smoothed_epoch, summary.smoothed, "o", color=color)
     axis.set_xlabel("epoch")
     axis.set_ylabel(metric)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
-    axis.set_title(f"{metric} per epoch (thin) and its centred {smooth}-epoch moving average (thick)")
+    windows = sorted({summary.smooth for summary in summaries})
+    axis.set_title(f"{metric} per epoch (thin) and its centred {'/'.join(map(str, windows))}-epoch "
+                   "moving average (thick)")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
@@ -118,5 +123,5 @@ def run(args, command):
         print(f"{s.label:<48} {len(s.values):>6} {s.best:>9.4f} ({s.best_epoch:>4}) {s.smoothed:>16.4f} "
               f"({s.smoothed_epoch:>4}) {s.last_mean:>13.4f} ({s.last_std:.4f})")
     if args.out:
-        print(f"wrote {plot(summaries, args.out, args.metric, args.smooth)}")
+        print(f"wrote {plot(summaries, args.out, args.metric)}")
     return 0

@@ -55,11 +55,11 @@ def _simnet(n, p, paper, sha256=None, measured=None, xi1=1.0, zca_eps=0.1):
     than Coates et al.'s 0.1 are ours."""
     name = f"simnet_cifar10_wl{p}_n{n}"
     trained = "pretrained on CIFAR-10 (JPEG q75 copy)" if sha256 else "CIFAR-10"
-    soft = "" if xi1 == 1.0 else f", template MEX xi1 = {xi1} (ours)"
+    ours = "" if xi1 == 1.0 else f", template MEX xi1 = {xi1} (ours)"
     floor = {} if zca_eps == 0.1 else {"zca_eps": zca_eps}
-    soft += f", ZCA floor {zca_eps} (ours)" if floor else ""
+    ours += f", ZCA floor {zca_eps} (ours)" if floor else ""
     return _preset(name, "simnet_patch_labeling", {**_patch_labeling(n, p, xi1), **floor},
-                   f"SimNet patch labeling, weighted l{p} similarity, {n} templates{soft}, {trained} "
+                   f"SimNet patch labeling, weighted l{p} similarity, {n} templates{ours}, {trained} "
                    "(paper 000 Fig. 3a)",
                    _SIMNET_RECIPE, "simnet_patch_labeling.md", paper, f"{name}.keras" if sha256 else None, sha256,
                    measured)

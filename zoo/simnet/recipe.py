@@ -57,8 +57,11 @@ class SimNetRecipe(Recipe):
                                  "preprocessing (whitening) is still fitted")
 
     def build(self, preset, data, overrides=None, hp=None):
-        """The builder's `weight_decay` is the recipe's (tuned by --tune-weight-decay)."""
+        """The builder's `weight_decay` is the recipe's (tuned by --tune-weight-decay); 0 with adamw, whose
+        decay is the optimizer's (checked here all the same, before the initialisation's minutes)."""
         decoupled = hp is not None and hp["optimizer"] == "adamw"
+        if decoupled:
+            nonnegative_float(hp["weight_decay"], "weight_decay")
         weight_decay = {} if hp is None else {"weight_decay": 0.0 if decoupled else hp["weight_decay"]}
         return super().build(preset, data, {**weight_decay, **(overrides or {})})
 
