@@ -346,6 +346,46 @@ def test_validate_only_and_the_jl_variant(tmp_path):
         recipe.stages(registry.create("layerwise_cifar10_fc"), dict(hp, epochs=10, block_epochs=5))
 
 
+def test_feature_standardization_is_fitted_to_the_training_features_and_survives_a_resume(tmp_path):
+    """standardize_features=true: the head sees the training features standardised (the statistics fitted once,
+    at the classifier stage's start); a run killed inside the classifier stage resumes to the same weights, and
+    the saved model standardises as the trained one (Normalization's statistics are restored, not re-fitted)."""
+    preset = registry.info("layerwise_cifar10_jl_fc")
+    recipe = registry.recipe(preset)
+    data = Data(train=stripes(64, size=12), test=stripes(16, size=12, seed=1), source="stripes",
+                class_names=("h", "v", "flat"))
+    overrides = {"clusters": (6, 8), "embeddings": (4, 5), "fc_units": (8, 4), "bias": 0.5,
+                 "standardize_features": True}
+    hp = recipe.hyperparameters(preset, epochs=3, batch_size=16, lr=1e-2, kmeans_patches=400, kmeans_iterations=3)
+    hp["keep_features"] = True
+
+    def run(folder, epochs, resume=False):
+        return recipe.train(preset, data, str(folder), overrides=overrides, hp=dict(hp, epochs=epochs),
+                            options=recipe.options(), resume=resume, verbose=0, tensorboard=False)
+
+    whole = run(tmp_path / "whole", 3)
+    model = keras.models.load_model(whole["model_path"], compile=False)
+    features = np.load(tmp_path / "whole" / "features" / "train-64.npy")
+    standardized = keras.Model(model.input, model.get_layer("feature_standardization").output).predict(
+        data.train[0], verbose=0)
+    assert features.std() > 2  # the raw responses, far from unit scale
+    np.testing.assert_allclose(standardized.mean(0), 0, atol=1e-4)
+    live = features.std(0) > 1e-3
+    np.testing.assert_allclose(standardized.std(0)[live], 1, atol=1e-3)
+    run(tmp_path / "cut", 2)
+    resumed = run(tmp_path / "cut", 3, resume=True)
+    again = keras.models.load_model(resumed["model_path"], compile=False)
+    np.testing.assert_allclose(again.predict(data.test[0], verbose=0), model.predict(data.test[0], verbose=0),
+                               rtol=1e-5, atol=1e-5)
+    # measured in memory after the resume, on the statistics copied from the checkpoint
+    assert resumed["metrics"]["test_loss"] == pytest.approx(whole["metrics"]["test_loss"], rel=1e-4)
+    from kernelzoo.export import to_onnx, verify_artifact
+    report = verify_artifact(model, to_onnx(model, str(tmp_path / "model.onnx")), images=data.test[0])
+    assert report["ok_float32"], report
+    with pytest.raises(ValueError, match="standardize_features"):
+        layerwise_cnn(clusters=(4,), embeddings=(3,), standardize_features="sometimes")
+
+
 def test_block_lr_reaches_the_blocks_from_the_command_line(monkeypatch, tmp_path):
     """`kernelzoo train ... --block-lr X` sets the blocks' lr (the classifier keeps --lr)."""
     from kernelzoo import cli

@@ -24,7 +24,7 @@ from keras import ops
 
 from kernelzoo.ops.checks import positive_int
 from kernelzoo.zoo.ckn.kmeans import spherical_kmeans
-from kernelzoo.zoo.layerwise.models import FEATURES
+from kernelzoo.zoo.layerwise.models import FEATURE_STANDARDIZATION, FEATURES
 from kernelzoo.ops.shapes import output_size, pad_amounts
 
 PARTS = ("cluster", "pool", "embed", "projection")
@@ -220,6 +220,23 @@ def copy_weights(source, target):
         other = targets.get(layer.name)
         if other is not None and other is not layer and layer.weights:
             other.set_weights(layer.get_weights())
+            if isinstance(other, keras.layers.Normalization):
+                other.finalize_state()  # its call reads the statistics finalize_state derives from the weights
+
+
+def adapt_feature_standardization(model, features, chunk=4096):
+    """Fit the model's "feature_standardization" layer, if it has one, to `features` (N, D; a memory map is
+    streamed `chunk` rows at a time); returns the layer or None."""
+    names = {layer.name for layer in model.layers}
+    if FEATURE_STANDARDIZATION not in names:
+        return None
+    import tensorflow as tf
+    layer = model.get_layer(FEATURE_STANDARDIZATION)
+    rows = range(0, len(features), positive_int(chunk, "chunk"))
+    layer.adapt(tf.data.Dataset.from_generator(
+        lambda: (np.asarray(features[start:start + chunk], dtype="float32") for start in rows),
+        output_signature=tf.TensorSpec((None, features.shape[1]), tf.float32)))
+    return layer
 
 
 # ----------------------------------------------------------------------------- 3. features for the classifier

@@ -8,7 +8,8 @@ A block's first epoch starts with its clustering (kernelzoo.zoo.layerwise.algori
 most; a JL block is clustered when the next stage starts); its epochs train the block's Conv1x1 with
 a temporary linear head (lr `block_lr`), dropped when the block is done. The classifier's epochs
 train the linear or three-layer head (lr `lr`) on the features of the frozen blocks, computed once
-into the run folder (features/, removed at the end). Data order: a permutation per (seed, epoch).
+into the run folder (features/, removed at the end; a network built with `standardize_features` first fits
+its feature standardisation to them). Data order: a permutation per (seed, epoch).
 Every epoch is a row of log.csv (epoch, stage: the block, or B + 1 for the classifier, loss,
 accuracy, and val_* on --holdout images) and a checkpoint: last.keras holds the whole network,
 stage-NNN.keras the stage's trainer with its optimizer; kmeans/ the centroids (and reports) of each
@@ -224,6 +225,8 @@ class LayerwiseRecipe(Recipe):
             val_inputs = None if val is None else cached_features(
                 model, val[0], os.path.join(folder, f"val-{len(val[0])}.npy"), batch_size=hp["batch_size"],
                 verbose=verbose)
+            if stage_file is None:  # resumed inside the stage, the checkpoints hold the fitted statistics
+                algorithm.adapt_feature_standardization(model, inputs)
             fresh = algorithm.classifier_trainer(model)
         else:
             inputs, val_inputs = x, None if val is None else val[0]
