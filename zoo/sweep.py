@@ -90,9 +90,7 @@ def plot(summaries, path, metric):
     axis.set_ylabel(metric)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
-    windows = sorted({summary.smooth for summary in summaries})
-    axis.set_title(f"{metric} per epoch (thin) and its centred {'/'.join(map(str, windows))}-epoch "
-                   "moving average (thick)")
+    axis.set_title(f"{metric} per epoch (thin) and its centred moving average (thick; window in the legend)")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
