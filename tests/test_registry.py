@@ -161,15 +161,16 @@ def test_cli_eval_prints_measured_card_and_paper_figures(capsys, tmp_path, monke
     from kernelzoo.zoo import evaluation
     real_measure = evaluation.measure
 
-    def measure(model, data_dir=None, *, preset=None, dataset=None, split="test", verbose=0):
+    def measure(model, data_dir=None, *, preset=None, dataset=None, split="test", holdout=None, seed=0, verbose=0):
         """The card protocol's measurement of a shipped model is shared with test_families's card test
         (conftest.card_measurements): one 10k-image evaluation per model and session."""
-        card_protocol = (preset, dataset, split) == (None, None, "test")
+        card_protocol = (preset, dataset, split, holdout) == (None, None, "test", None)
         if model == "kernelnet_mnist_prior" and data_dir == SHARED_DATA and card_protocol:
             if model not in card_measurements:
                 card_measurements[model] = real_measure(model, SHARED_DATA)
             return dict(card_measurements[model])
-        return real_measure(model, data_dir, preset=preset, dataset=dataset, split=split, verbose=verbose)
+        return real_measure(model, data_dir, preset=preset, dataset=dataset, split=split, holdout=holdout, seed=seed,
+                            verbose=verbose)
 
     monkeypatch.setattr(evaluation, "measure", measure)
     out = tmp_path / "eval.json"

@@ -226,7 +226,21 @@ def test_cli_validate_only_with_random_init(tmp_path, monkeypatch, capsys):
     config = json.loads((out / "config.json").read_text())
     assert config["init"] == {"patch_whitening": "zca"} and config["data"].endswith("stripes")
     assert not (out / "metrics.json").exists()
-    assert "val_accuracy" in training.read_log(str(out / "log.csv"))[-1]
+    last = training.read_log(str(out / "log.csv"))[-1]
+    # `kernelzoo eval --holdout N` measures the same held-out images as the run's last epoch
+    capsys.readouterr()
+    assert cli.run(_parse("eval", [str(out / "model.keras"), "--dataset", str(data), "--holdout", "12", "--json",
+                                   str(tmp_path / "held.json")]), "eval") == 0
+    held = json.loads((tmp_path / "held.json").read_text())
+    assert held["examples"] == 12 and held["card"] is None and held["data"].endswith("held-out training images, seed 0")
+    assert held["loss"] == pytest.approx(last["val_loss"], rel=1e-5)
+    assert held["accuracy"] == pytest.approx(last["val_accuracy"])
+
+
+def test_eval_holdout_needs_a_recipe_with_held_out_images():
+    from kernelzoo.zoo.evaluation import measure
+    with pytest.raises(ValueError, match="`holdout`: RatingsRecipe has no held-out image split"):
+        measure("kernelnet_movielens_100k", "/no/such/data", holdout=10)
 
 
 def test_cli_trains_a_family_builder_with_its_defaults(tmp_path, monkeypatch):

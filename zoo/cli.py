@@ -35,6 +35,10 @@ def add_arguments(parser, command):
         parser.add_argument("--preset", default=None, help="the protocol of a .keras file outside a run folder")
         parser.add_argument("--dataset", default=None,
                             help="measure image-classification accuracy on this dataset (a name or a path) instead")
+        parser.add_argument("--holdout", type=int, default=None, metavar="N",
+                            help="measure on the N training images that `kernelzoo train --holdout N --seed S` "
+                                 "holds out instead of the test split")
+        parser.add_argument("--seed", type=int, default=0, help="the --seed of that held-out split (default 0)")
         parser.add_argument("--json", default=None, help="also write the results to this file")
         parser.add_argument("--quiet", action="store_true", help="no progress bars")
     elif command == "list":
@@ -245,7 +249,8 @@ def _eval(args):
 
     results = []
     for model in args.models:
-        result = measure(model, args.data_dir, preset=args.preset, dataset=args.dataset, verbose=0 if args.quiet else 1)
+        result = measure(model, args.data_dir, preset=args.preset, dataset=args.dataset, holdout=args.holdout,
+                         seed=args.seed, verbose=0 if args.quiet else 1)
         result["model"] = model
         print(format_result(result), flush=True)
         results.append(result)

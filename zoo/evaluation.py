@@ -56,9 +56,12 @@ def _load(model, preset):
     return keras.models.load_model(path, compile=False), preset, options
 
 
-def measure(model, data_dir=None, *, preset=None, dataset=None, split="test", verbose=0):
+def measure(model, data_dir=None, *, preset=None, dataset=None, split="test", holdout=None, seed=0, verbose=0):
     """Re-measure `model` with its preset's protocol (or image classification on `dataset`); `verbose`:
     a progress bar while it evaluates.
+
+    With `holdout`: on the `holdout` training images that `kernelzoo train --holdout N --seed S` holds out
+    instead (the validation split; e.g. to compare a shipped model with a held-out run on the same images).
 
     Returns {"metric", "value" (of the preset's metric), every measured metric, "data",
     "preset", "card" and "paper" (Figures or None)}.
@@ -70,11 +73,17 @@ def measure(model, data_dir=None, *, preset=None, dataset=None, split="test", ve
     recipe = Recipe() if preset is None else registry.recipe(preset)
     known = vars(recipe.options())
     options = recipe.options(**{k: v for k, v in (saved_options or {}).items() if k in known})
+    if holdout is not None and not hasattr(options, "holdout"):
+        raise ValueError(f"`holdout`: {type(recipe).__name__} has no held-out image split (--holdout)")
     data = recipe.load_data(preset, data_dir, dataset, options)
+    if holdout is not None:
+        options.holdout = holdout
+        data, split = recipe.validation_split(data, {}, options, seed=seed), "val"
     scores = recipe.evaluate(model, data, split, verbose=verbose)
     metric = preset.metric if preset is not None else "accuracy"
-    same_protocol = preset is not None and dataset is None and saved_options is None
-    return dict(scores, metric=metric, value=scores.get(metric), data=data.source,
+    same_protocol = preset is not None and dataset is None and saved_options is None and holdout is None
+    source = data.source if holdout is None else f"{data.source}: held-out training images, seed {seed}"
+    return dict(scores, metric=metric, value=scores.get(metric), data=source,
                 preset=None if preset is None else preset.name,
                 card=preset.measured if same_protocol else None,
                 paper=None if preset is None else preset.paper)
