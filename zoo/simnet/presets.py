@@ -104,9 +104,11 @@ PRESETS = (
             "400 centroids, pretrained on CIFAR-10 (JPEG q75 copy) (paper 000 Fig. 3c; the paper states no n = 400 "
             "figure)", _COATES_RECIPE, "coates_baseline.md", None, "coates_cifar10_n400.keras",
             "f00bf3d0db14e0121f2abb281438e483200debdc012e2da9e8402f327eb203c5", 0.7045),
-    _preset("coates_cifar10_n1600", "coates_baseline", {"n": 1600},
+    # zca_eps 1, ours: chosen on 5k held-out images (n = 1600: 0.7426 against 0.7302 at Coates et al.'s 0.1).
+    _preset("coates_cifar10_n1600", "coates_baseline", {"n": 1600, "zca_eps": 1.0},
             "Coates et al. single-layer network (k-means triangle coding, quadrant sum pool, linear), "
-            "1600 centroids, pretrained on CIFAR-10 (JPEG q75 copy) (paper 000 Fig. 3c)", _COATES_RECIPE,
-            "coates_baseline.md", Figure(0.773, "Sec. 6.2 (reproduction of Coates et al., 1600 templates)"),
-            "coates_cifar10_n1600.keras", "381d12993ca516cbeb2fac12796075323a6a105071f8e98754543dbc3de0c6cc", 0.7401),
+            "1600 centroids, ZCA floor 1 (ours), pretrained on CIFAR-10 (JPEG q75 copy) (paper 000 Fig. 3c)",
+            _COATES_RECIPE, "coates_baseline.md",
+            Figure(0.773, "Sec. 6.2 (reproduction of Coates et al., 1600 templates)"),
+            "coates_cifar10_n1600.keras", "1cb31dd944964802a78428196e83b83bc6063b9d2e131987eca368f79d2acc00", 0.7538),
 )
