@@ -212,6 +212,9 @@ def test_builder_and_presets():
     assert presets["layerwise_cifar10_fc"].config["clusters"] == (1377, 3534)
     assert presets["layerwise_cifar10_linear"].recipe["kmeans_patches"] == 32_124
     assert presets["layerwise_cifar10_jl_fc"].recipe["block_epochs"] == 0
+    assert presets["layerwise_cifar10_jl_fc"].recipe["epochs"] == 26  # held out (the card)
+    assert presets["layerwise_cifar10_fc"].recipe["epochs"] == 2 * 5 + 256
+    assert jl.get_layer("feature_standardization") is not None
     with pytest.raises(ValueError, match="embeddings"):
         layerwise_cnn(clusters=(4, 5), embeddings=(3,))
     with pytest.raises(ValueError, match="head"):

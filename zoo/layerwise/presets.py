@@ -62,13 +62,15 @@ _SYNTHETIC_RECIPE = {"epochs": 8, "block_epochs": 3, "batch_size": 64, "optimize
                      "holdout": 1000, "train_size": 4000, "test_size": 2000}
 
 
-def _cifar10(name, description, patches, clusters, embeddings, bias, head, paper, projection="trained"):
-    recipe = dict(_RECIPE, kmeans_patches=patches)
+def _cifar10(name, description, patches, clusters, embeddings, bias, head, paper, projection="trained",
+             classifier_epochs=_CLASSIFIER_EPOCHS, **ours):
+    """An Appendix C network; `ours`: builder arguments the paper does not have (chosen held out: the card)."""
+    recipe = dict(_RECIPE, kmeans_patches=patches, epochs=2 * _BLOCK_EPOCHS + classifier_epochs)
     if projection == "random":  # nothing to train in the blocks: every epoch is the classifier's
-        recipe.update(epochs=_CLASSIFIER_EPOCHS, block_epochs=0)
+        recipe.update(epochs=classifier_epochs, block_epochs=0)
     return Preset(name=name, family="layerwise", builder="kernelzoo.zoo.layerwise.models.layerwise_cnn",
                   config={"clusters": clusters, "embeddings": embeddings, "patch_sizes": 3, "strides": 1,
-                          "pool_sizes": 2, "bias": bias, "projection": projection, "head": head},
+                          "pool_sizes": 2, "bias": bias, "projection": projection, "head": head, **ours},
                   description=description, inputs=_INPUTS, task="classification", dataset=_CIFAR10,
                   class_names=CIFAR10_CLASSES, recipe=recipe, card="layerwise_cifar10.md",
                   paper=Figure(paper, _FIGURE3))
@@ -80,9 +82,11 @@ PRESETS = (
     _cifar10("layerwise_cifar10_linear", "layerwise clustering + Conv1x1 (k 1384/2576, n 97/211, b -0.63), linear "
              "classifier, CIFAR-10 (paper 003 Fig. 3, Ours+Linear)", 32_124, (1384, 2576), (97, 211), -0.63, "linear",
              0.689),
-    _cifar10("layerwise_cifar10_jl_fc", "clustering + JL random projections (k 39/184, n 39/184, b 0.84), three FC "
-             "layers, CIFAR-10 (paper 003 Fig. 3, Clustering+JL+FC)", 12_369, (39, 184), (39, 184), 0.84, "fc", 0.586,
-             projection="random"),
+    # standardize_features and 26 classifier epochs, ours: chosen on the 10k held-out images (the best 21-epoch
+    # mean, 0.5316 centred at epoch 26, against 0.4677 for the raw features after 110 epochs; the card).
+    _cifar10("layerwise_cifar10_jl_fc", "clustering + JL random projections (k 39/184, n 39/184, b 0.84), features "
+             "standardised (ours), three FC layers, CIFAR-10 (paper 003 Fig. 3, Clustering+JL+FC)", 12_369, (39, 184),
+             (39, 184), 0.84, "fc", 0.586, projection="random", classifier_epochs=26, standardize_features=True),
     _cifar10("layerwise_cifar10_jl_linear", "clustering + JL random projections (k 5004/6813, n 345/407, b -0.01), "
              "linear classifier, CIFAR-10 (paper 003 Fig. 3, Clustering+JL+Linear)", 57_893, (5004, 6813), (345, 407),
              -0.01, "linear", 0.588, projection="random"),

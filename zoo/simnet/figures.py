@@ -100,6 +100,7 @@ def plot(ours, out):
         axis.set_xscale("log")
         axis.set_xlabel(xlabel)
         axis.grid(alpha=0.3, which="both")
+    axes[0].margins(y=0.12)  # room for the labels under the lowest points
     axes[0].set_ylabel("CIFAR-10 test accuracy (%)")
     axes[0].set_title("Fig. 4: accuracy against templates")
     axes[1].set_title("Fig. 5: accuracy against learned parameters")
