@@ -54,37 +54,30 @@ def _preset(name, builder, config, description, recipe, card, paper, weights=Non
                   measured=None if measured is None else Figure(measured, CIFAR10_JPEG_TEST), paper=paper)
 
 
-def _simnet(n, p, paper, sha256=None, measured=None, xi1=1.0, zca_eps=0.1):
+def _simnet(n, p, paper, sha256=None, measured=None, xi1=1.0, zca_eps=0.1, name=None,
+            card="simnet_patch_labeling.md"):
     """A patch-labeling SimNet at the presets' recipe; the sum over positions, chosen on held-out images (see
     simnet_cifar10.md: the mean's 729x smaller logits leave the softmax loss almost flat at lr 0.01); with
-    `sha256`, its trained weights are shipped as NAME.keras."""
-    name = f"simnet_cifar10_wl{p}_n{n}"
+    `sha256`, its trained weights are shipped as NAME.keras (`name`, default simnet_cifar10_wl{p}_n{n})."""
+    name = name or f"simnet_cifar10_wl{p}_n{n}"
     trained = "pretrained on CIFAR-10 (JPEG q75 copy)" if sha256 else "CIFAR-10"
     config, ours = _patch_labeling(n, p, xi1, zca_eps)
     return _preset(name, "simnet_patch_labeling", config,
                    f"SimNet patch labeling, weighted l{p} similarity, {n} templates{ours}, {trained} "
                    "(paper 000 Fig. 3a)",
-                   _SIMNET_RECIPE, "simnet_patch_labeling.md", paper, f"{name}.keras" if sha256 else None, sha256,
-                   measured)
-
-
-def _small_simnet(p, paper, sha256, measured):
-    """The small trained patch-labeling SimNets: 100 templates, the n = 400 presets' model and recipe (xi1 0.1,
-    ZCA floor 1, Adam), logits centred over the classes (`center_logits`)."""
-    config, ours = _patch_labeling(100, p, xi1=0.1, zca_eps=1.0)
-    return _preset(f"simnet_cifar10_l{p}", "simnet_patch_labeling", config,
-                   f"SimNet patch labeling, weighted l{p}, 100 templates{ours}, pretrained on CIFAR-10 (JPEG q75 "
-                   "copy) (paper 000 Fig. 3a)", _SIMNET_RECIPE, "simnet_cifar10.md", paper,
-                   f"simnet_cifar10_l{p}.keras", sha256, measured)
+                   _SIMNET_RECIPE, card, paper, f"{name}.keras" if sha256 else None, sha256, measured)
 
 
 _CONVNET_PAPER = Figure(0.762, "Sec. 6.1 (best ConvNet, 6400 templates)")
 
 PRESETS = (
-    _small_simnet(1, Figure(0.768, "Sec. 6.1, Fig. 4 (n = 400, 100 epochs)"),
-                  "b8eaa625a4055f0198b807de15b7a032e9b31ebb5cfd049422ddd5cec1f5b400", 0.6839),
-    _small_simnet(2, Figure(0.771, "Sec. 6.1, Fig. 4 (n = 400, 100 epochs)"),
-                  "c9e9865138c9b84d3cee7266fb5b69946421d14277b11db11f1f25696269f546", 0.6853),
+    # The small variants under their first names: 100 templates, the n = 400 presets' model and recipe.
+    _simnet(100, 1, Figure(0.768, "Sec. 6.1, Fig. 4 (n = 400, 100 epochs)"),
+            "b8eaa625a4055f0198b807de15b7a032e9b31ebb5cfd049422ddd5cec1f5b400", 0.6839, xi1=0.1, zca_eps=1.0,
+            name="simnet_cifar10_l1", card="simnet_cifar10.md"),
+    _simnet(100, 2, Figure(0.771, "Sec. 6.1, Fig. 4 (n = 400, 100 epochs)"),
+            "c9e9865138c9b84d3cee7266fb5b69946421d14277b11db11f1f25696269f546", 0.6853, xi1=0.1, zca_eps=1.0,
+            name="simnet_cifar10_l2", card="simnet_cifar10.md"),
     # xi1 = 0.1, ours: chosen on 5k held-out images at n = 100 (wl1: 0.6372 against 0.6132 for the paper's 1
     # after 4 epochs; wl2: 0.6704 against 0.6456 after 10 epochs of the presets' recipe; simnet_patch_labeling.md).
     # zca_eps 1, ours: chosen on 5k held-out images at n = 100 (wl2: 0.6454 against 0.6208 for 0.1 after 4 epochs).
