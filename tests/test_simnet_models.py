@@ -182,3 +182,24 @@ def test_unsupervised_init_rejects_bad_kmeans_sizes(argument):
     model = models.coates_baseline(n=2, input_shape=(10, 10, 3))
     with pytest.raises(ValueError, match=argument):
         init.unsupervised_init(model, _images(4), **{argument: -1 if argument == "kmeans_iterations" else 0})
+
+
+@pytest.mark.parametrize("preset", ["convnet_cifar10", "simnet_cifar10_wl2_n400"])
+def test_a_mixed_bfloat16_run_saves_a_float32_model(preset, tmp_path):
+    """--precision mixed_bfloat16 (the ConvNet's 1.3x faster step, docs/benchmarks.md): the run computes in
+    bfloat16, model.keras is its float32 copy with the same predictions."""
+    from kernelzoo.zoo import training
+    from kernelzoo.zoo.simnet.recipe import tiny_runs
+
+    run = next(r for r in tiny_runs() if r.preset == preset)
+    recipe, info = registry.recipe(registry.info(preset)), registry.info(preset)
+    hp = recipe.hyperparameters(info, **dict(run.hp, epochs=1, precision="mixed_bfloat16"))
+    result = recipe.train(info, run.data, str(tmp_path), overrides=run.overrides, hp=hp, verbose=0,
+                          tensorboard=False)
+    trained = keras.models.load_model(tmp_path / "checkpoints" / "last.keras")
+    assert {layer.dtype_policy.name for layer in trained.layers[1:]} == {"mixed_bfloat16"}  # [0]: the input
+    saved = keras.models.load_model(tmp_path / training.MODEL_FILE)
+    assert {layer.dtype_policy.name for layer in saved.layers} == {"float32"}
+    x = run.data.test[0].astype("float32")
+    np.testing.assert_allclose(saved.predict(x, verbose=0), result["model"].predict(x, verbose=0), rtol=1e-5,
+                               atol=1e-4)

@@ -7,7 +7,8 @@
   offsets on --holdout training images (the recipe's 5000 by default), then trains on the whole
   training set; --holdout / --validate-only are the recipe's validation protocol
   (kernelzoo.zoo.recipe: a held-out run, the test split never touched with --validate-only).
-The rest (SGD with momentum, lr / 10 every lr_drop_every epochs, Keras loop) is the default recipe.
+The rest (SGD with momentum, lr / 10 every lr_drop_every epochs, Keras loop) is the default recipe;
+--precision mixed_bfloat16 trains under Keras's mixed policy and saves a float32 model (zoo/precision.py).
 
 The Coates et al. baseline trains with CoatesRecipe instead: the same unsupervised initialisation
 (whitening, k-means centroids, feature standardisation), then its linear classifier fitted once on
@@ -22,6 +23,7 @@ import numpy as np
 from kernelzoo.ops.checks import nonnegative_float, positive_int
 from kernelzoo.zoo import training
 from kernelzoo.zoo.frozen_features import FrozenFeaturesRecipe
+from kernelzoo.zoo.precision import MixedPrecisionMixin
 from kernelzoo.zoo.recipe import AdamW, Data, Recipe, TinyRun, add_optimizer_argument
 
 # The variables the recipe's weight decay applies to (the builders' regularised ones): similarity weights and
@@ -29,11 +31,13 @@ from kernelzoo.zoo.recipe import AdamW, Data, Recipe, TinyRun, add_optimizer_arg
 DECAYED = ("weights", "offsets", "kernel")
 
 
-class SimNetRecipe(Recipe):
+class SimNetRecipe(MixedPrecisionMixin, Recipe):
     """Image classification with the paper's unsupervised initialisation and weight-decay tuning.
 
     `weight_decay` is the paper's SGD decay (an L2 term built into the model) with sgd and adam; with adamw it
-    is AdamW's decoupled decay of the same variables instead (the model gets no L2 term).
+    is AdamW's decoupled decay of the same variables instead (the model gets no L2 term). `precision`
+    (--precision mixed_bfloat16) is meant for the ConvNet baseline (oneDNN's bfloat16 convolutions:
+    docs/benchmarks.md); the similarity and MEX kernels accumulate in float32 whatever their activations.
     """
 
     optimizers = ("sgd", "adam", "adamw")
