@@ -192,7 +192,8 @@ def test_a_mixed_bfloat16_run_saves_a_float32_model(preset, tmp_path):
     from kernelzoo.zoo.simnet.recipe import tiny_runs
 
     run = next(r for r in tiny_runs() if r.preset == preset)
-    recipe, info = registry.recipe(registry.info(preset)), registry.info(preset)
+    info = registry.info(preset)
+    recipe = registry.recipe(info)
     hp = recipe.hyperparameters(info, **dict(run.hp, epochs=1, precision="mixed_bfloat16"))
     result = recipe.train(info, run.data, str(tmp_path), overrides=run.overrides, hp=hp, verbose=0,
                           tensorboard=False)
@@ -203,3 +204,5 @@ def test_a_mixed_bfloat16_run_saves_a_float32_model(preset, tmp_path):
     x = run.data.test[0].astype("float32")
     np.testing.assert_allclose(saved.predict(x, verbose=0), result["model"].predict(x, verbose=0), rtol=1e-5,
                                atol=1e-4)
+    with pytest.raises(ValueError, match="precision"):
+        recipe.hyperparameters(info, precision="float16")

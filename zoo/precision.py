@@ -2,8 +2,8 @@
 
 "mixed_bfloat16" computes in bfloat16 with float32 variables (oneDNN runs the convolutions and matmuls on AMX
 where the CPU has it); layers may keep parts in float32 (CKNConv2D: all but its patch-anchor products). The
-recipes that offer it (spatial contrasting, supervised CKN, the tutorial CNN) take `MixedPrecisionMixin`, so
-they save a float32 model.
+recipes that offer it (spatial contrasting, supervised CKN, the tutorial CNN, the SimNet family) take
+`MixedPrecisionMixin`, so they save a float32 model.
 """
 import contextlib
 
