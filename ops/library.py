@@ -20,7 +20,10 @@ retries once per portable flag set (`-march=x86-64-v3`, then `-march=x86-64-v2`;
 no `-march` off x86-64) before giving up; `$KERNELZOO_ARCH_FLAGS` replaces the
 first attempt. A failed attempt is remembered beside the cache (`<key>.failed`,
 holding the compiler output) so later processes go straight to the flags that
-work; `build(force=True)` retries everything.
+work; `build(force=True)` retries everything. A compiler killed or out of memory
+or disk (a busy machine, not the flags) is neither remembered nor a reason to
+change flags: the build retries once a unit at a time, then fails with
+`CompilerResourceError`, which says so.
 
 GPU kernels: when nvcc is found (`$NVCC`, else `nvcc` on PATH, else
 `/usr/local/cuda/bin/nvcc`), the `*.cu.cc` sources are compiled with it (for
@@ -54,7 +57,7 @@ import threading
 import time
 import warnings
 
-__all__ = ["load", "available", "build", "build_info", "BuildInfo", "failure_reason", "arch_candidates", "kernels",
+__all__ = ["load", "available", "build", "build_info", "BuildInfo", "CompilerResourceError", "failure_reason", "arch_candidates", "kernels",
            "gpu_kernel_ops",
            "cache_dir", "source_files", "cuda_arch_list", "remove_stale_libraries", "add_arguments", "run"]
 
@@ -319,12 +322,26 @@ class CudaBuildError(RuntimeError):
     """nvcc, or the link of its objects with the CUDA runtime, failed (the CPU-only build may still work)."""
 
 
+class CompilerResourceError(RuntimeError):
+    """The compiler was killed, or ran out of memory or disk: the machine's state, not the sources or flags."""
+
+
 _CUDA_FAILED = "kernelzoo: building the GPU kernels (nvcc) failed"
+_RESOURCE_FAILED = ("kernelzoo: the compiler was killed or ran out of memory or disk space while building the "
+                    "custom op library (not a problem of the target flags; free memory or disk and run "
+                    "`kernelzoo build-ops`)")
+# What g++, clang and nvcc print when the OOM killer or a full disk stops them (they then exit 1, not by a signal).
+_RESOURCE_MESSAGES = re.compile(r"Killed signal terminated program|died due to signal|failed due to signal|"
+                                r"unable to execute command: Killed|virtual memory exhausted|out of memory|"
+                                r"Cannot allocate memory|No space left on device", re.IGNORECASE)
 
 
 def _fail(cmd, proc_out, returncode, error=RuntimeError):
     tail = "\n".join(proc_out.strip().splitlines()[-40:])
-    what = _CUDA_FAILED if error is CudaBuildError else "kernelzoo: building the custom op library failed"
+    if returncode < 0 or _RESOURCE_MESSAGES.search(tail):
+        error = CompilerResourceError
+    what = {CudaBuildError: _CUDA_FAILED, CompilerResourceError: _RESOURCE_FAILED}.get(
+        error, "kernelzoo: building the custom op library failed")
     raise error(f"{what} (exit {returncode}).\ncommand: {' '.join(cmd)}\ncompiler output (tail):\n{tail}")
 
 
@@ -403,7 +420,14 @@ def _build_library(units, headers, out_dir, compiler, compile_flags, link_flags,
         jobs = jobs or max(1, min(count, os.cpu_count() or 1))
         with tempfile.TemporaryDirectory(prefix=f".{os.path.basename(path)}-", dir=out_dir) as work:
             tmp = os.path.join(work, "lib.so")
-            _compile(compiler, units, tmp, compile_flags, link_flags, work, jobs, cuda)
+            try:
+                _compile(compiler, units, tmp, compile_flags, link_flags, work, jobs, cuda)
+            except CompilerResourceError as error:
+                if jobs == 1:
+                    raise
+                if log:
+                    log(f"{str(error).splitlines()[0]}\nkernelzoo: retrying one source at a time")
+                _compile(compiler, units, tmp, compile_flags, link_flags, work, 1, cuda)
             os.replace(tmp, path)
         if log:
             log(f"kernelzoo: built in {time.time() - start:.1f} s")
@@ -482,7 +506,8 @@ def _build(force):
 def _attempt(out_dir, compiler, compile_flags, lflags, units, headers, extra, force, cuda, note):
     """(path, None) once the library is built, or (None, the error), remembered in `<path>.failed`.
 
-    `note` is printed (stderr) with the build's start, when it builds."""
+    `note` is printed (stderr) with the build's start, when it builds. A `CompilerResourceError` is
+    raised, not remembered: the same flags may build once the machine has memory or disk to spare."""
     path = _library_file(out_dir, LIB_PREFIX, compiler, compile_flags, lflags, units, headers, extra, cuda)
     marker = path + ".failed"
     if os.path.exists(marker) and not os.path.exists(path) and not force:
@@ -492,6 +517,8 @@ def _attempt(out_dir, compiler, compile_flags, lflags, units, headers, extra, fo
         path = _build_library(units, headers, out_dir, compiler, compile_flags, lflags, key_extra=extra,
                               force=force, log=lambda m: print(m, *([note] if note and "building" in m else []),
                                                                sep="\n", file=sys.stderr, flush=True), cuda=cuda)
+    except CompilerResourceError:
+        raise
     except RuntimeError as error:
         with open(marker, "w", encoding="utf-8") as handle:
             handle.write(str(error))

@@ -182,3 +182,51 @@ def test_arch_candidates_start_with_the_override_then_retry_portable(monkeypatch
     monkeypatch.delenv(library.ARCH_FLAGS_ENV)
     if X86:
         assert library.arch_candidates()[0] == ("native", ("-march=native", "-mno-avx512fp16"))
+
+
+def _wrapped_compiler(folder, failure, every_time=False):
+    """A $CXX that logs each compile to `compiles.log` and runs `failure` (shell) on the first one (on each
+    with `every_time`), then calls the real compiler."""
+    log, wrapper = folder / "compiles.log", folder / "cxx"
+    first = "true" if every_time else f"mkdir {folder / 'failed-once'} 2>/dev/null"
+    wrapper.write_text(f"#!/bin/sh\ncase \" $* \" in *\" -c \"*)\n  echo compile >> {log}\n"
+                       f"  if {first}; then {failure}; fi;;\nesac\nexec {library._compiler()} \"$@\"\n")
+    wrapper.chmod(0o755)
+    units = []
+    for name in ("a", "b"):
+        unit = folder / f"{name}.cc"
+        unit.write_text(f"int kernelzoo_test_{name}() {{ return 1; }}\n")
+        units.append(str(unit))
+    return str(wrapper), units, log
+
+
+def _attempt(folder, compiler, units):
+    """`library._attempt` for `units` alone (no TF flags, no nvcc) into `folder`/cache."""
+    return library._attempt(str(folder / "cache"), compiler, [], [], units, [], "test", False, None, "")
+
+
+@pytest.mark.parametrize("failure", ["kill -KILL $$",
+                                     "echo 'g++: fatal error: Killed signal terminated program cc1plus' >&2; exit 1",
+                                     "echo 'cc1plus: out of memory allocating 65536 bytes' >&2; exit 1"])
+def test_a_compiler_killed_or_out_of_memory_is_retried_one_source_at_a_time_not_remembered(tmp_path, capfd, failure):
+    compiler, units, log = _wrapped_compiler(tmp_path, failure)
+    path, error = _attempt(tmp_path, compiler, units)
+    assert error is None and os.path.exists(path) and not os.path.exists(path + ".failed")
+    stderr = capfd.readouterr().err
+    assert "killed or ran out of memory" in stderr and "retrying one source at a time" in stderr
+    assert len(units) + 1 <= log.read_text().count("compile") <= 2 * len(units)
+
+
+def test_a_resource_failure_that_persists_is_raised_and_not_remembered_as_a_flag_failure(tmp_path):
+    compiler, units, _ = _wrapped_compiler(tmp_path, "echo 'No space left on device' >&2; exit 1", every_time=True)
+    with pytest.raises(library.CompilerResourceError, match="not a problem of the target flags"):
+        _attempt(tmp_path, compiler, units)
+    assert not [name for name in os.listdir(tmp_path / "cache") if name.endswith(".failed")]
+
+
+def test_an_ordinary_compile_error_is_remembered_and_not_retried(tmp_path):
+    compiler, units, log = _wrapped_compiler(tmp_path, "echo 'boom: simulated compiler error' >&2; exit 1")
+    path, error = _attempt(tmp_path, compiler, units)
+    assert path is None and "boom: simulated compiler error" in error
+    (note,) = [name for name in os.listdir(tmp_path / "cache") if name.endswith(".failed")]
+    assert log.read_text().count("compile") <= len(units)
