@@ -23,7 +23,9 @@ holding the compiler output) so later processes go straight to the flags that
 work; `build(force=True)` retries everything. A compiler killed or out of memory
 or disk (a busy machine, not the flags) is neither remembered nor a reason to
 change flags: the build retries once a unit at a time, then fails with
-`CompilerResourceError`, which says so.
+`CompilerResourceError`, which says so. Nor is a failure while the sources
+changed or vanished (a checkout replaced mid-build), and a remembered failure
+that names one of our own files as missing is stale: it is rebuilt.
 
 GPU kernels: when nvcc is found (`$NVCC`, else `nvcc` on PATH, else
 `/usr/local/cuda/bin/nvcc`), the `*.cu.cc` sources are compiled with it (for
@@ -503,16 +505,28 @@ def _build(force):
                        + "\n\n(`kernelzoo build-ops --force` retries every flag set.)")
 
 
+def _names_our_missing_file(compiler_output, units, headers):
+    """Whether the compiler said one of our own sources or headers (which exist now) was missing."""
+    ours = {os.path.basename(path) for path in units + headers}
+    missing = re.findall(r"fatal error: (\S+): No such file or directory", compiler_output)
+    return any(os.path.basename(name) in ours for name in missing)
+
+
 def _attempt(out_dir, compiler, compile_flags, lflags, units, headers, extra, force, cuda, note):
     """(path, None) once the library is built, or (None, the error), remembered in `<path>.failed`.
 
-    `note` is printed (stderr) with the build's start, when it builds. A `CompilerResourceError` is
-    raised, not remembered: the same flags may build once the machine has memory or disk to spare."""
-    path = _library_file(out_dir, LIB_PREFIX, compiler, compile_flags, lflags, units, headers, extra, cuda)
+    `note` is printed (stderr) with the build's start, when it builds. Raised, not remembered: a
+    `CompilerResourceError` (the same flags may build once the machine has memory or disk to spare), and a
+    failure while the sources changed or vanished."""
+    library_file = functools.partial(_library_file, out_dir, LIB_PREFIX, compiler, compile_flags, lflags, units,
+                                     headers, extra, cuda)
+    path = library_file()
     marker = path + ".failed"
     if os.path.exists(marker) and not os.path.exists(path) and not force:
         with open(marker, encoding="utf-8", errors="replace") as handle:
-            return None, handle.read()
+            remembered = handle.read()
+        if not _names_our_missing_file(remembered, units, headers):
+            return None, remembered
     try:
         path = _build_library(units, headers, out_dir, compiler, compile_flags, lflags, key_extra=extra,
                               force=force, log=lambda m: print(m, *([note] if note and "building" in m else []),
@@ -520,6 +534,13 @@ def _attempt(out_dir, compiler, compile_flags, lflags, units, headers, extra, fo
     except CompilerResourceError:
         raise
     except RuntimeError as error:
+        try:
+            unchanged = library_file() == path
+        except OSError:  # a source or header vanished
+            unchanged = False
+        if not unchanged:
+            raise RuntimeError(f"{error}\n\nkernelzoo: the sources in {os.path.dirname(units[0])} changed or "
+                               "vanished during the build (not remembered; run `kernelzoo build-ops` again)") from error
         with open(marker, "w", encoding="utf-8") as handle:
             handle.write(str(error))
         return None, str(error)

@@ -78,7 +78,9 @@ def _variant_job(arch_flags):
 def _build_variant(job):
     (result,) = job.results()
     assert result.returncode == 0, result.stderr[-4000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    print(json.dumps(outcome, indent=1))  # in full with a failure's report (an assertion's message is cut short)
+    return outcome
 
 
 FLAG_VARIANTS = ["-march=native -mno-avx512fp16", "-march=x86-64-v3", "-march=x86-64-v2"]
@@ -200,9 +202,9 @@ def _wrapped_compiler(folder, failure, every_time=False):
     return str(wrapper), units, log
 
 
-def _attempt(folder, compiler, units):
+def _attempt(folder, compiler, units, headers=()):
     """`library._attempt` for `units` alone (no TF flags, no nvcc) into `folder`/cache."""
-    return library._attempt(str(folder / "cache"), compiler, [], [], units, [], "test", False, None, "")
+    return library._attempt(str(folder / "cache"), compiler, [], [], units, list(headers), "test", False, None, "")
 
 
 @pytest.mark.parametrize("failure", ["kill -KILL $$",
@@ -230,3 +232,32 @@ def test_an_ordinary_compile_error_is_remembered_and_not_retried(tmp_path):
     assert path is None and "boom: simulated compiler error" in error
     (note,) = [name for name in os.listdir(tmp_path / "cache") if name.endswith(".failed")]
     assert log.read_text().count("compile") <= len(units)
+
+
+def test_a_failure_while_the_sources_vanish_is_not_remembered(tmp_path):
+    """A checkout removed mid-build (`rm -rf` of a clone whose build still runs) is not the flags' failure."""
+    header = tmp_path / "util.h"
+    header.write_text("// header\n")
+    compiler, units, _ = _wrapped_compiler(
+        tmp_path, f"rm {header}; echo 'a.cc:1:10: fatal error: util.h: No such file or directory' >&2; exit 1")
+    with pytest.raises(RuntimeError, match="changed or vanished during the build"):
+        _attempt(tmp_path, compiler, units, [str(header)])
+    assert not [name for name in os.listdir(tmp_path / "cache") if name.endswith(".failed")]
+
+
+def test_a_remembered_failure_naming_one_of_our_files_as_missing_is_stale_and_rebuilt(tmp_path):
+    header = tmp_path / "util.h"
+    header.write_text("// header\n")
+    compiler, units, _ = _wrapped_compiler(tmp_path, ":")
+    path = library._library_file(str(tmp_path / "cache"), library.LIB_PREFIX, compiler, [], [], units, [str(header)],
+                                 "test")
+    os.makedirs(tmp_path / "cache")
+    with open(path + ".failed", "w") as note:
+        note.write("kernelzoo: building the custom op library failed (exit 1).\n"
+                   "a.cc:1:10: fatal error: util.h: No such file or directory\ncompilation terminated.")
+    built, error = _attempt(tmp_path, compiler, units, [str(header)])
+    assert error is None and built == path and os.path.exists(path) and not os.path.exists(path + ".failed")
+    with open(path + ".failed", "w") as note:  # any other remembered failure still stands
+        note.write("a.cc:1:1: error: boom")
+    os.remove(path)
+    assert _attempt(tmp_path, compiler, units, [str(header)]) == (None, "a.cc:1:1: error: boom")
