@@ -59,8 +59,8 @@ import threading
 import time
 import warnings
 
-__all__ = ["load", "available", "build", "build_info", "BuildInfo", "CompilerResourceError", "failure_reason", "arch_candidates", "kernels",
-           "gpu_kernel_ops",
+__all__ = ["load", "available", "build", "build_info", "BuildInfo", "CompilerResourceError", "failure_reason",
+           "arch_candidates", "kernels", "gpu_kernel_ops",
            "cache_dir", "source_files", "cuda_arch_list", "remove_stale_libraries", "add_arguments", "run"]
 
 SOURCE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cc")

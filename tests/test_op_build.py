@@ -207,6 +207,11 @@ def _attempt(folder, compiler, units, headers=()):
     return library._attempt(str(folder / "cache"), compiler, [], [], units, list(headers), "test", False, None, "")
 
 
+def _failure_notes(folder):
+    """The failures `_attempt` remembered in `folder`/cache."""
+    return [name for name in os.listdir(folder / "cache") if name.endswith(".failed")]
+
+
 @pytest.mark.parametrize("failure", ["kill -KILL $$",
                                      "echo 'g++: fatal error: Killed signal terminated program cc1plus' >&2; exit 1",
                                      "echo 'cc1plus: out of memory allocating 65536 bytes' >&2; exit 1"])
@@ -223,14 +228,14 @@ def test_a_resource_failure_that_persists_is_raised_and_not_remembered_as_a_flag
     compiler, units, _ = _wrapped_compiler(tmp_path, "echo 'No space left on device' >&2; exit 1", every_time=True)
     with pytest.raises(library.CompilerResourceError, match="not a problem of the target flags"):
         _attempt(tmp_path, compiler, units)
-    assert not [name for name in os.listdir(tmp_path / "cache") if name.endswith(".failed")]
+    assert not _failure_notes(tmp_path)
 
 
 def test_an_ordinary_compile_error_is_remembered_and_not_retried(tmp_path):
     compiler, units, log = _wrapped_compiler(tmp_path, "echo 'boom: simulated compiler error' >&2; exit 1")
     path, error = _attempt(tmp_path, compiler, units)
     assert path is None and "boom: simulated compiler error" in error
-    (note,) = [name for name in os.listdir(tmp_path / "cache") if name.endswith(".failed")]
+    (note,) = _failure_notes(tmp_path)
     assert log.read_text().count("compile") <= len(units)
 
 
@@ -242,7 +247,7 @@ def test_a_failure_while_the_sources_vanish_is_not_remembered(tmp_path):
         tmp_path, f"rm {header}; echo 'a.cc:1:10: fatal error: util.h: No such file or directory' >&2; exit 1")
     with pytest.raises(RuntimeError, match="changed or vanished during the build"):
         _attempt(tmp_path, compiler, units, [str(header)])
-    assert not [name for name in os.listdir(tmp_path / "cache") if name.endswith(".failed")]
+    assert not _failure_notes(tmp_path)
 
 
 def test_a_remembered_failure_naming_one_of_our_files_as_missing_is_stale_and_rebuilt(tmp_path):
