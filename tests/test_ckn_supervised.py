@@ -15,7 +15,7 @@ from kernelzoo.zoo.ckn import ImageWhitening, ckn
 from kernelzoo.zoo.ckn.recipe import SupervisedCKNRecipe, UnsupervisedCKNRecipe, recipe_for, tiny_runs
 from kernelzoo.zoo.linear_classifier import one_vs_rest_squared_hinge
 from kernelzoo.zoo.precision import precision_policy
-from kernelzoo.zoo.sc.models import RandomShiftFlip
+from kernelzoo.zoo.augment import RandomShiftFlip
 
 SUP5 = "ckn_cifar10_sup5"
 TINY_KEY = f"ckn-{SUP5}"

@@ -127,11 +127,33 @@ def test_presets_build_ten_class_cifar_models():
         assert model.output.shape == (None, 10) and len(preset.class_names) == 10
 
 
+def test_augmentation_mirrors_raw_images_in_training_only(tmp_path):
+    """augment_flip puts RandomShiftFlip before the whitening: it mirrors some images of a training batch,
+    none at inference; the plain model has no such layer, and the option survives save / load."""
+    assert "augment" not in [layer.name for layer in models.simnet_patch_labeling(n=3, input_shape=(8, 8, 3),
+                                                                                 patch_size=2).layers]
+    model = models.simnet_patch_labeling(n=3, input_shape=(8, 8, 3), patch_size=2, augment_flip=True)
+    assert [layer.name for layer in model.layers][1:3] == ["augment", "patch_whitening"]
+    x = _images(16, 8)
+    augment = model.get_layer("augment")
+    seen = keras.ops.convert_to_numpy(augment(x, training=True))
+    mirrored = [np.array_equal(seen[i], x[i, :, ::-1]) for i in range(16)]
+    assert 0 < sum(mirrored) < 16
+    assert all(mirrored[i] or np.array_equal(seen[i], x[i]) for i in range(16))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(augment(x, training=False)), x)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert loaded.get_layer("augment").flip and loaded.get_layer("augment").shift == 0
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(x)), keras.ops.convert_to_numpy(model(x)),
+                               rtol=1e-6)
+
+
 @pytest.mark.parametrize("kwargs, name", [
     ({"n": 0}, "`n`"), ({"p": 3}, "`p`"), ({"xi1": float("nan")}, "`xi1`"), ({"input_shape": (32, 32)}, "input_shape"),
     ({"weight_decay": -1}, "weight_decay"), ({"offset_regions": (30, 2)}, "offset_regions"),
     ({"patch_size": 40}, "patch_size"), ({"num_classes": 1.5}, "num_classes"),
-    ({"position_pooling": "max"}, "position_pooling"), ({"zca_eps": -0.1}, "zca_eps")])
+    ({"position_pooling": "max"}, "position_pooling"), ({"zca_eps": -0.1}, "zca_eps"),
+    ({"augment_flip": "yes"}, "augment_flip"), ({"augment_shift": -1}, "augment_shift")])
 def test_simnet_bad_arguments(kwargs, name):
     with pytest.raises(ValueError, match=name):
         models.simnet_patch_labeling(**kwargs)

@@ -10,6 +10,7 @@ import keras
 
 from kernelzoo.layers import CKNConv2D
 from kernelzoo.ops.checks import boolean, check_choice, image_shape, positive_float, positive_int, positive_ints
+from kernelzoo.zoo.augment import RandomShiftFlip
 from kernelzoo.zoo.ckn.preprocessing import ImageWhitening, PerImageWhitening
 
 WHITENINGS = ("image", "patches")
@@ -58,7 +59,6 @@ def ckn(filters=(64, 256), kernel_sizes=(3, 3), subsamplings=(2, 6), kernels="ex
         x = PerImageWhitening(kernel_sizes[0], eps, name="whitening")(inputs)
         kernel_sizes = [1] + list(kernel_sizes[1:])  # layer 1 reads the whitened k x k patches as channels
     if boolean(augment, "augment"):
-        from kernelzoo.zoo.sc.models import RandomShiftFlip
         x = RandomShiftFlip(AUGMENT_SHIFT, flip=True, fill="constant", dtype="float32", name="augment")(x)
     for index, layer in enumerate(zip(filters, kernel_sizes, subsamplings, kernels, sigmas), 1):
         x = CKNConv2D(*layer[:3], kernel_function=layer[3], sigma=layer[4], nystrom_shift=nystrom_shift,

@@ -14,7 +14,8 @@ contrasting", ICLR 2017 submission; paper 002).
 """
 from kernelzoo.zoo.sc.loss import (pairwise_distances, patch_features, sample_patch_positions,
                                    spatial_contrasting_from_maps, spatial_contrasting_loss)
-from kernelzoo.zoo.sc.models import RandomShiftFlip, sc_cifar10, sc_mnist, sc_stl10
+from kernelzoo.zoo.augment import RandomShiftFlip
+from kernelzoo.zoo.sc.models import sc_cifar10, sc_mnist, sc_stl10
 from kernelzoo.zoo.sc.pretraining import PlateauDrop, SpatialContrastingTrainer, pretrain
 
 __all__ = ["spatial_contrasting_loss", "spatial_contrasting_from_maps", "sample_patch_positions", "patch_features",

@@ -22,10 +22,11 @@ import numpy as np
 from keras import ops
 
 from kernelzoo.layers import Mex, Similarity
-from kernelzoo.ops.checks import (boolean, check_choice, float_in_range, image_shape, nonnegative_float, positive_float,
-                                   positive_int, real)
+from kernelzoo.ops.checks import (boolean, check_choice, float_in_range, image_shape, nonnegative_float,
+                                   nonnegative_int, positive_float, positive_int, real)
 from kernelzoo.ops.checks import normalize_tuple
 from kernelzoo.ops.shapes import output_size
+from kernelzoo.zoo.augment import RandomShiftFlip
 from kernelzoo.zoo.simnet.preprocessing import BrightnessContrastNormalization, PatchWhitening
 
 _POOL_MODES = ("sum", "mean", "max")
@@ -138,7 +139,7 @@ def _decay(value, name):
 def simnet_patch_labeling(n=400, p=2, weighted=True, xi1=1.0, xi2=0.0, learn_xi=False, learn_p=False,
                           num_classes=10, input_shape=(32, 32, 3), patch_size=6, offset_regions=(2, 2),
                           whitening=True, zca_eps=0.1, weight_decay=0.0, position_pooling="mean", center_logits=None,
-                          name=None):
+                          augment_flip=False, augment_shift=0, name=None):
     """The patch-labeling SimNet of Fig. 3a (paper 000 Sec. 4, the rule after Eq. 8).
 
     Args:
@@ -162,6 +163,9 @@ def simnet_patch_labeling(n=400, p=2, weighted=True, xi1=1.0, xi2=0.0, learn_xi=
       center_logits: subtract the mean over classes at every position before the position MEX
         (`ClassCentering`: same predictions and softmax, logits of a sane size). Only possible while
         that MEX is the mean (xi2 = 0, not learned); None: whenever it is.
+      augment_flip, augment_shift: in training only, mirror each image left-right with probability 1/2
+        and shift it by up to `augment_shift` pixels (reflected borders) before the whitening
+        (`RandomShiftFlip`, layer "augment"; ours: the paper trains on the plain images).
     Returns an uncompiled keras.Model from images to logits; run `unsupervised_init` on it.
     """
     n = positive_int(n, "n")
@@ -190,12 +194,16 @@ def simnet_patch_labeling(n=400, p=2, weighted=True, xi1=1.0, xi2=0.0, learn_xi=
     if regions[0] > out_h or regions[1] > out_w:
         raise ValueError(f"`offset_regions` {regions} exceeds the {out_h}x{out_w} similarity map")
 
-    inputs = keras.Input(shape, name="image")
+    augment_flip, augment_shift = boolean(augment_flip, "augment_flip"), nonnegative_int(augment_shift, "augment_shift")
+
+    inputs = x = keras.Input(shape, name="image")
+    if augment_flip or augment_shift:
+        x = RandomShiftFlip(augment_shift, augment_flip, "reflect", dtype="float32", name="augment")(x)
     if whitening:
-        x = PatchWhitening(patch, zca_eps=zca_eps, name="patch_whitening")(inputs)
+        x = PatchWhitening(patch, zca_eps=zca_eps, name="patch_whitening")(x)
         kernel = 1
     else:
-        x, kernel = inputs, patch
+        kernel = patch
     x = Similarity(n, kernel, similarity=similarity, weighted=weighted, p=p_value, learn_p=learn_p,
                    templates_initializer=keras.initializers.RandomNormal(stddev=1.0, seed=0),
                    weights_initializer="ones",
