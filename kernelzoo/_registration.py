@@ -34,7 +34,7 @@ CLASSES = {
     "CentroidConv2D": "kernelzoo.zoo.layerwise.layers",
     "PerImageStandardization": "kernelzoo.zoo.layerwise.layers",
     "LocalResponseNormalization": "kernelzoo.zoo.layerwise.layers",
-    "RandomShiftFlip": "kernelzoo.zoo.sc.models",
+    "RandomShiftFlip": "kernelzoo.zoo.augment",
     "AdamW": "kernelzoo.zoo.recipe",
 }
 FUNCTIONS = {
