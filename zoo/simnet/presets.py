@@ -60,9 +60,10 @@ def _preset(name, builder, config, description, recipe, card, paper, weights=Non
 
 def _simnet(n, p, paper, sha256=None, measured=None, xi1=1.0, zca_eps=0.1, name=None,
             card="simnet_patch_labeling.md", recipe=_SIMNET_RECIPE):
-    """A patch-labeling SimNet trained by `recipe` (default the presets' 10 epochs); the sum over positions, chosen on held-out images (see
-    simnet_cifar10.md: the mean's 729x smaller logits leave the softmax loss almost flat at lr 0.01); with
-    `sha256`, its trained weights are shipped as NAME.keras (`name`, default simnet_cifar10_wl{p}_n{n})."""
+    """A patch-labeling SimNet trained by `recipe` (default the presets' 10 epochs); the sum over
+    positions, chosen on held-out images (see simnet_cifar10.md: the mean's 729x smaller logits leave
+    the softmax loss almost flat at lr 0.01); with `sha256`, its trained weights are shipped as
+    NAME.keras (`name`, default simnet_cifar10_wl{p}_n{n})."""
     name = name or f"simnet_cifar10_wl{p}_n{n}"
     trained = "pretrained on CIFAR-10 (JPEG q75 copy)" if sha256 else "CIFAR-10"
     config, ours = _patch_labeling(n, p, xi1, zca_eps)
