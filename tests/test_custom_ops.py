@@ -488,20 +488,23 @@ def _mex_1x1_float64(x, xi, off, c, g, *, channel_block, strides, softmax):
 GEMM_FINITE_XI = [x for x in GEMM_XI if np.isfinite(x) and x != 0]
 
 
-def _shift_rounding(tensors, xi_value, **kw):
-    """Elementwise allowance for the direct form's expm1 regime (1e-3 <= |xi| range(v) < 1): it shifts
-    each set by max(v) (xi < 0: min(v)) in float32, so its value, about mean(v), carries rounding of
-    ~eps32 range(v) rather than eps32 |value| (e.g. 1.02e-5 of max |value| at xi = 1e-4 for the
-    'dominant' sets on an AVX2 CPU). 2 eps32 range(v) there, 0 elsewhere; range(v) = MEX at xi = +inf
-    minus MEX at xi = -inf (exact: both are elements of the set)."""
-    x, _, *rest = tensors
-
+def _set_ranges(x, off, c, **kw):
+    """range(v) of every output entry's set: MEX at xi = +inf minus MEX at xi = -inf (exact: both are
+    elements of the set)."""
     def extreme(sign):
-        return composite.mex(x, np.full(kw["num_instances"], sign * np.inf, "float32"), *rest,
+        return composite.mex(x, np.full(kw["num_instances"], sign * np.inf, "float32"), off, c,
                              **dict(kw, softmax_mode=False)).numpy().astype("float64")
-    spread = extreme(1.0) - extreme(-1.0)
-    regime = (abs(xi_value) * spread >= 1e-3) & (abs(xi_value) * spread < 1.0)
-    return np.where(regime, 2 * np.finfo(np.float32).eps * spread, 0.0)
+    return extreme(1.0) - extreme(-1.0)
+
+
+def _shift_rounding(ranges, xi_value):
+    """Elementwise allowance for the direct form's expm1 regime (SERIES_THRESHOLD <= |xi| range(v) < 1):
+    it shifts each set by max(v) (xi < 0: min(v)) in float32, so its value, about mean(v), carries
+    rounding of ~eps32 range(v) rather than eps32 |value| (e.g. 1.02e-5 of max |value| at xi = 1e-4 for
+    the 'dominant' sets on an AVX2 CPU). 2 eps32 range(v) there, 0 elsewhere."""
+    spread = abs(xi_value) * ranges
+    regime = (spread >= composite.SERIES_THRESHOLD) & (spread < 1.0)
+    return np.where(regime, 2 * np.finfo(np.float32).eps * ranges, 0.0)
 
 
 @pytest.mark.parametrize("kind", ["normal", "wide", "anti", "anti_k", "underflow", "dominant"])
@@ -519,6 +522,7 @@ def test_mex_gemm_matches_float64(lib, kind, geometry, softmax, use_c):
 
     def fn(*t):
         return custom.mex(t[0], t[1], t[2], t[3] if use_c else None, **kw)
+    ranges = _set_ranges(x, off, c if use_c else None, **kw)
     for xi_value in GEMM_FINITE_XI:
         xi = np.full(k, xi_value, "float32")
         tensors = [x, xi, off] + ([c] if use_c else [])
@@ -527,7 +531,7 @@ def test_mex_gemm_matches_float64(lib, kind, geometry, softmax, use_c):
         y_ref, grads_ref = _mex_1x1_float64(x, xi, off, c if use_c else None, g, channel_block=channels,
                                             strides=strides, softmax=softmax)
         _rel_close(y, y_ref.astype("float32"), 1e-5, f"xi={xi_value} output",
-                   atol=_shift_rounding(tensors + ([] if use_c else [None]), xi_value, **kw))
+                   atol=_shift_rounding(ranges, xi_value))
         for name, gr, gr_ref in zip(["inputs", "xi", "offsets", "c"], grads, grads_ref):
             if name != "xi":  # float32 references: terms below float32's range are 0 for the op too
                 _rel_close(gr, gr_ref.astype("float32"), 1e-4, f"xi={xi_value} grad {name}")
@@ -552,11 +556,12 @@ def test_mex_gemm_matches_composite(lib, kind):
 
     def call(mod):
         return lambda *t: mod.mex(*t, **kw)
+    ranges = _set_ranges(x, off, c, **kw)
     for xi_value in GEMM_XI:
         tensors = [x, np.full(10, xi_value, "float32"), off, c]
         y, grads = _value_and_grads(call(custom), tensors)
         y_ref, grads_ref = _value_and_grads(call(composite), tensors)
-        _rel_close(y, y_ref, 1e-5, f"xi={xi_value} output", atol=_shift_rounding(tensors, xi_value, **kw))
+        _rel_close(y, y_ref, 1e-5, f"xi={xi_value} output", atol=_shift_rounding(ranges, xi_value))
         for name, gr, gr_ref in zip(["inputs", "xi", "offsets", "c"], grads, grads_ref):
             # The float32 composite's d/dxi over 401-element sets is itself off by up to 2.3e-3 (against
             # the float64 reference above, which the op matches to 5e-7): a loose check there.
