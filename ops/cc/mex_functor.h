@@ -6,11 +6,11 @@
 //   MEX_xi{v_1..v_n} = (1/xi) log((1/n) sum_s exp(xi v_s))
 //
 // xi -> +inf: max, xi -> 0: mean, xi -> -inf: min. softmax_mode drops the 1/n
-// (adds log(n)/xi). Evaluation: m = max(v) (xi > 0) or min(v) (xi < 0);
+// (adds log(n)/xi). Evaluation, with m = max(v) (xi > 0) or min(v) (xi < 0):
 //   |xi| (max - min) <  1e-3 (incl. xi == 0): mean + xi var/2 + xi^2 mu3/6
-//   |xi| (max - min) <  1:                    m + log1p(mean(expm1(xi (v - m)))) / xi
+//   |xi| (max - min) <  1:                    mean + log1p(mean(expm1(xi (v - mean)))) / xi
 //   otherwise:                                m + log(mean(exp(xi (v - m)))) / xi
-// (the last two are the same formula, the first is accurate when the
+// (the last two are the same formula, shifted: the first is accurate when the
 // exponents are small). Sums are accumulated in double.
 #ifndef KERNELZOO_OPS_CC_MEX_FUNCTOR_H_
 #define KERNELZOO_OPS_CC_MEX_FUNCTOR_H_
@@ -59,7 +59,7 @@ enum MexRegime : int {
 struct MexSetState {
   int regime = kMexNaN;
   float value = 0.f;
-  double m = 0.0;      // extreme used as the shift (exact) / the extreme
+  double m = 0.0;      // the shift (exact: the mean where |xi| range < 1, else the extreme) / the extreme
   double mean = 0.0;   // series
   double var = 0.0;    // series (2nd central moment)
   double mu3 = 0.0;    // series (3rd central moment)
@@ -122,15 +122,20 @@ KZ_HOST_DEVICE inline MexSetState MexSetForward(const Values& v, int64_t n, floa
     return st;
   }
   st.regime = kMexExact;
-  st.m = xi > 0.f ? hi : lo;
   st.range = range;
-  const float mf = static_cast<float>(st.m);
   double acc = 0.0;
   if (fabs(dxi) * range < kMexExpm1Threshold) {
-    for (int64_t s = 0; s < n; ++s) acc += expm1f(xi * (v[s] - mf));
+    // Centred on the mean, in double (every exponent is below 1): shifting by the extreme in float
+    // left ~eps32 range(v) of rounding in a value about mean(v).
+    double mean = 0.0;
+    for (int64_t s = 0; s < n; ++s) mean += v[s];
+    st.m = mean / n;
+    for (int64_t s = 0; s < n; ++s) acc += expm1(dxi * (static_cast<double>(v[s]) - st.m));
     st.lse = log1p(acc / n);
     st.sum = n + acc;
   } else {
+    st.m = xi > 0.f ? hi : lo;
+    const float mf = static_cast<float>(st.m);
     for (int64_t s = 0; s < n; ++s) acc += expf(xi * (v[s] - mf));
     st.sum = acc;
     st.lse = log(acc / n);

@@ -130,16 +130,17 @@ inline VF MexForwardVec(const VF* v, int64_t n, float xi, bool softmax, VI* seri
   const float inv_n = 1.f / static_cast<float>(n);
   VF out;
   *series = in.series;
-  if (xi == 0.f) {
-    if (softmax) return Select(in.nan, nanv, Splat(__builtin_inff()));
-    VF sum = VF{};
-    for (int64_t s = 0; s < n; ++s) sum += v[s];
-    return sum * inv_n;
-  }
+  if (xi == 0.f && softmax) return Select(in.nan, nanv, Splat(__builtin_inff()));
   if (std::isinf(xi)) return Select(in.nan, nanv, in.m);
+  VF sum = VF{};
+  for (int64_t s = 0; s < n; ++s) sum += v[s];
+  if (xi == 0.f) return sum * inv_n;
+  // Lanes whose exponents are all small shift by their mean (as MexSetForward), the others by the extreme.
+  const VI small = Abs((in.hi - in.lo) * xi) < static_cast<float>(kMexExpm1Threshold);
+  const VF shift = Select(small, sum * inv_n, in.m);
   VF q = VF{};
-  for (int64_t s = 0; s < n; ++s) q += Expm1((v[s] - in.m) * xi);
-  out = in.m + Log1p(q * inv_n) * (1.f / xi);
+  for (int64_t s = 0; s < n; ++s) q += Expm1((v[s] - shift) * xi);
+  out = shift + Log1p(q * inv_n) * (1.f / xi);
   if (softmax) out += static_cast<float>(std::log(static_cast<double>(n)) / xi);
   out = Select(in.extreme, in.m, out);
   return Select(in.nan, nanv, out);
@@ -230,6 +231,17 @@ inline int64_t BlockPositions(const WindowGeometry& g, int64_t i, int64_t j, int
 // (MexSetForward / MexSetBackward), whose regime rules this follows.
 constexpr int64_t kMinLongSet = 2 * kVL;
 
+// Mean of v[0..n): float sums per lane, combined in double.
+inline double LaneSumMean(const float* v, int64_t n) {
+  VF acc = VF{};
+  int64_t t = 0;
+  for (; t + kVL <= n; t += kVL) acc += LoadU(v + t);
+  double sum = 0.0;
+  for (; t < n; ++t) sum += v[t];
+  for (int lane = 0; lane < kVL; ++lane) sum += acc[lane];
+  return sum / n;
+}
+
 inline MexSetState SetForward(const float* v, int64_t n, float xi, bool softmax) {
   if (n < kMinLongSet || !(xi == xi) || std::isinf(xi) || xi == 0.f)
     return MexSetForward(v, n, xi, softmax);
@@ -260,10 +272,12 @@ inline MexSetState SetForward(const float* v, int64_t n, float xi, bool softmax)
     return MexSetForward(v, n, xi, softmax);
   MexSetState st;
   st.regime = kMexExact;
-  st.m = xi > 0.f ? fhi : flo;
   st.range = range;
-  const float mf = static_cast<float>(st.m);
   const bool small = std::fabs(dxi) * range < kMexExpm1Threshold;
+  // Shift: the mean where every exponent is small (as the scalar form; the extreme left ~eps32 range(v)
+  // of rounding in a value about mean(v)), else the extreme.
+  st.m = small ? static_cast<float>(LaneSumMean(v, n)) : (xi > 0.f ? fhi : flo);
+  const float mf = static_cast<float>(st.m);
   // exp form: the extreme's terms (exactly 1) are counted apart, so that float lanes keep the
   // small terms of saturated weights (the entropy in the softmax-mode d/dxi is their size).
   VF acc = VF{}, ties = VF{};
