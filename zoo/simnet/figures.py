@@ -77,7 +77,7 @@ def shipped_points():
 
 def plot(ours, out):
     """Fig. 4 (accuracy against n) and Fig. 5 (against learned parameters) side by side into the PNG `out`:
-    `ours` filled markers labelled with their run or preset, the paper's points hollow."""
+    `ours` filled markers (labelled with their run or preset in Fig. 4), the paper's points hollow."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -94,7 +94,7 @@ def plot(ours, out):
             if mine:
                 axis.plot([p[column] for p in mine], [100 * p[3] for p in mine], "s-", color=COLORS[kind],
                           label=f"{LABELS[kind]}, ours")
-                for point in mine:
+                for point in mine if column == 1 else ():  # Fig. 5's points crowd: named in Fig. 4 only
                     axis.annotate(point[4], (point[column], 100 * point[3]), fontsize=6, textcoords="offset points",
                                   xytext=(3, -9 - 7 * models.KINDS.index(kind)))  # kinds at one spot stay apart
         axis.set_xscale("log")
