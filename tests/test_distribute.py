@@ -3,7 +3,8 @@
 - mirrored: two logical CPU devices. They must be configured before TensorFlow initialises, so the
   check runs in a fresh process: a tiny SimNet trained through the family recipe (unsupervised init
   included) for one epoch with and without tf.distribute.MirroredStrategy (global batch 16 =
-  2 replicas x 8), with the custom ops and with the composite.
+  2 replicas x 8), with the custom ops and with the composite, without the preset's random flips;
+  and, in the same process, that the replicas of a step draw their own flips.
 - multiworker: a one-worker MultiWorkerMirroredStrategy cluster ($TF_CONFIG: one worker on a free
   localhost port), also in a fresh process: the strategy configures TensorFlow's collective ops,
   which is only possible before TensorFlow runs its first op, and starts a gRPC server that lives
@@ -73,6 +74,16 @@ for implementation in sys.argv[1:]:
         (none, single), (mirrored, distributed) = epoch("none"), epoch("mirrored")
     print(json.dumps({"implementation": implementation, "none": none, "distributed": mirrored,
                       "moved": max_abs(start, single), "max_abs": max_abs(single, distributed)}), flush=True)
+
+# The same 64 images on both replicas: which of them each replica flipped.
+from kernelzoo.zoo.augment import RandomShiftFlip
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    flip = RandomShiftFlip(shift=0, flip=True)
+    flip.build((None, 2, 2, 1))
+images = tf.reshape(tf.range(64 * 4, dtype=tf.float32), (64, 2, 2, 1))
+flipped = strategy.run(tf.function(lambda: tf.reduce_any(flip(images, training=True) != images, axis=[1, 2, 3])))
+print(json.dumps({"flipped": [np.asarray(f).tolist() for f in strategy.experimental_local_results(flipped)]}))
 """
 
 MULTIWORKER_SCRIPT = """
@@ -113,11 +124,20 @@ MIRRORED = background_job("distribute-mirrored", _fresh_process(MIRRORED_SCRIPT,
 
 @MIRRORED.mark
 def test_mirrored_epoch_equals_single_device_epoch():
-    implementations = IMPLEMENTATIONS
-    reports = _reports(MIRRORED)
-    assert [r["implementation"] for r in reports] == implementations
-    for report in reports:
+    epochs = [r for r in _reports(MIRRORED) if "implementation" in r]
+    assert [r["implementation"] for r in epochs] == IMPLEMENTATIONS
+    for report in epochs:
         _assert_same_epoch(report, replicas=2)
+
+
+@MIRRORED.mark
+def test_replicas_draw_their_own_flips():
+    """RandomShiftFlip folds the replica's index into its seed: replicas given the same 64 images flip
+    different ones (the same masks on both would have probability 2^-64), each about half of them."""
+    (report,) = [r for r in _reports(MIRRORED) if "flipped" in r]
+    first, second = report["flipped"]
+    assert first != second, report
+    assert all(16 <= sum(mask) <= 48 for mask in (first, second)), report  # binomial(64, 1/2): 4 sd
 
 
 def _free_port():

@@ -15,7 +15,8 @@ class RandomShiftFlip(keras.layers.Layer):
 
     The random draws are stateless, seeded by (`seed`, the layer's call count): the count is a weight
     of the layer, saved with the model, so a resumed run draws what the uninterrupted one drew
-    (Keras's RandomTranslation / RandomFlip do not save their generator state).
+    (Keras's RandomTranslation / RandomFlip do not save their generator state). Under a tf.distribute
+    strategy each replica folds its index into the seed, so that replicas draw apart.
     """
 
     reads_raw_pixels = True  # input spec: the model takes 0-255 pixels (kernelzoo.zoo.inputs)
@@ -38,8 +39,8 @@ class RandomShiftFlip(keras.layers.Layer):
     def call(self, inputs, training=None):
         if not training or (self.shift == 0 and not self.flip):
             return inputs
-        seeds = tf.random.experimental.stateless_split(tf.stack([tf.constant(self.seed, tf.int64),
-                                                                 tf.cast(self.calls, tf.int64)]), 3)
+        seed = _per_replica(tf.stack([tf.constant(self.seed, tf.int64), tf.cast(self.calls, tf.int64)]))
+        seeds = tf.random.experimental.stateless_split(seed, 3)
         self.calls.assign_add(1)
         x = inputs
         batch = tf.shape(x)[0]
@@ -64,3 +65,12 @@ class RandomShiftFlip(keras.layers.Layer):
         config = super().get_config()
         config.update({"shift": self.shift, "flip": self.flip, "fill": self.fill, "seed": self.seed})
         return config
+
+
+def _per_replica(seed):
+    """`seed` on one device; folded with the replica's index when a step runs on several replicas, which
+    would otherwise all draw the same shifts and flips for their parts of the batch."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return seed
+    return tf.random.experimental.stateless_fold_in(seed, context.replica_id_in_sync_group)
