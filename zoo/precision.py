@@ -6,12 +6,39 @@ recipes that offer it (spatial contrasting, supervised CKN, the tutorial CNN, th
 `MixedPrecisionMixin`, so they save a float32 model.
 """
 import contextlib
+import warnings
 
 import keras
 
 from kernelzoo.ops.checks import check_choice
 
 PRECISIONS = ("float32", "mixed_bfloat16")
+BFLOAT16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo: the CPU computes bfloat16 natively
+
+
+def cpu_flags():
+    """The CPU feature flags of /proc/cpuinfo (empty where it does not exist)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def warn_if_emulated(name):
+    """Warn when `name` is "mixed_bfloat16" but neither a GPU nor the CPU computes bfloat16 natively: oneDNN then
+    emulates it, usually slower than float32 (`kernelzoo bench ckn` / `bench sc` show the ratio on a machine)."""
+    if check_choice("precision", name, PRECISIONS) != "mixed_bfloat16" or cpu_flags() & set(BFLOAT16_CPU_FLAGS):
+        return
+    import tensorflow as tf
+
+    if not tf.config.list_physical_devices("GPU"):
+        warnings.warn(f"precision 'mixed_bfloat16' on a CPU without {' or '.join(BFLOAT16_CPU_FLAGS)} and no GPU: "
+                      "bfloat16 is emulated, usually slower than float32 (measure with `kernelzoo bench ckn`)",
+                      RuntimeWarning, stacklevel=2)
 
 
 @contextlib.contextmanager
@@ -55,6 +82,7 @@ class MixedPrecisionMixin:
 
     def train_run(self, preset, data, out_dir, *, hp=None, **kwargs):
         hp = self.hyperparameters(preset) if hp is None else hp
+        warn_if_emulated(hp["precision"])
         with precision_policy(hp["precision"]):
             return super().train_run(preset, data, out_dir, hp=hp, **kwargs)
 

@@ -1,22 +1,11 @@
-"""What the training-step benchmarks share (`kernelzoo bench sc`, `kernelzoo bench ckn`): the CPU's features,
-the environment line they print first, their options and the median time of a step."""
+"""What the training-step benchmarks share (`kernelzoo bench sc`, `kernelzoo bench ckn`): the environment line
+they print first, their options and the median time of a step."""
 import os
 import statistics
 import time
 
 from kernelzoo.ops.checks import check_choice, nonnegative_int, positive_int
-
-
-def cpu_flags():
-    """The CPU feature flags of /proc/cpuinfo (empty where it does not exist)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+from kernelzoo.zoo.precision import cpu_flags
 
 
 def add_step_options(parser):
