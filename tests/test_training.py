@@ -59,6 +59,16 @@ def test_recipe_schedules_and_their_bad_hyperparameters():
         recipe.lr_schedule(dict(DEFAULTS, schedule="exponential"))
 
 
+def test_other_epochs_move_the_milestones_with_them():
+    """CKN-5's 60/85/100 of 105 epochs: at the same fractions of a 40-epoch run; explicit milestones win."""
+    recipe, preset = Recipe(), registry.info("ckn_cifar10_sup5")
+    assert recipe.hyperparameters(preset)["lr_milestones"] == (60, 85, 100)
+    assert recipe.hyperparameters(preset, epochs=40)["lr_milestones"] == (23, 32, 38)
+    assert recipe.hyperparameters(preset, epochs=210)["lr_milestones"] == (120, 170, 200)
+    assert recipe.hyperparameters(preset, epochs=2)["lr_milestones"] == (1, 2)  # merged, never epoch 0
+    assert recipe.hyperparameters(preset, epochs=40, lr_milestones=(30,))["lr_milestones"] == (30,)
+
+
 def test_dataset_visits_every_example_once_per_epoch():
     x, y = stripes(10)
     batches = list(training.make_dataset(x, y, 4, epochs=2, seed=1))

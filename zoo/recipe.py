@@ -37,6 +37,13 @@ DEFAULTS = {"epochs": 10, "batch_size": 64, "optimizer": "sgd", "lr": 0.01, "mom
             "lr_drop_every": None, "lr_milestones": None, "lr_scaling": "none"}
 
 
+def scaled_milestones(milestones, epochs, new_epochs):
+    """`milestones` of an `epochs`-epoch schedule at the same fractions of `new_epochs` (rounded, each at least
+    epoch 1, repeats merged): a shortened run keeps the shape of its schedule."""
+    scale = positive_int(new_epochs, "epochs") / positive_int(epochs, "epochs")
+    return tuple(sorted({max(1, round(milestone * scale)) for milestone in milestones}))
+
+
 @dataclasses.dataclass
 class Data:
     """What a recipe trains and measures on. Image recipes hold (x uint8, y) pairs; others their own form."""
@@ -137,10 +144,12 @@ class Recipe:
     def hyperparameters(self, preset, **changes):
         """DEFAULTS < the preset's recipe < `changes` (None values ignored).
 
-        With lr_scaling "linear", a batch size other than the recipe's scales the lr by the same factor.
+        With lr_scaling "linear", a batch size other than the recipe's scales the lr by the same factor. Other
+        `epochs` than the recipe's move its lr drops with them (unless `changes` sets them too): "step" drops after
+        half the run, "milestones" at the same fractions of it (60/85/100 of 105 epochs: 23/32/38 of 40).
         """
         hp = {**DEFAULTS, **preset.recipe}
-        batch = hp["batch_size"]
+        batch, epochs = hp["batch_size"], hp["epochs"]
         hp.update({key: value for key, value in changes.items() if value is not None})
         check_choice("lr_scaling", hp["lr_scaling"], LR_SCALING)
         check_choice("optimizer", hp["optimizer"], self.optimizers)
@@ -148,6 +157,8 @@ class Recipe:
             hp["lr"] = hp["lr"] * hp["batch_size"] / batch
         if changes.get("epochs") is not None and changes.get("lr_drop_every") is None and hp["lr_drop_every"]:
             hp["lr_drop_every"] = max(1, hp["epochs"] // 2)  # "after half the epochs" of a shortened run
+        if changes.get("epochs") is not None and changes.get("lr_milestones") is None and hp["lr_milestones"]:
+            hp["lr_milestones"] = scaled_milestones(hp["lr_milestones"], epochs, hp["epochs"])
         return hp
 
     def load_data(self, preset, data_dir=None, dataset=None, options=None, seed=0):
