@@ -10,7 +10,7 @@ import pytest
 import kernelzoo  # noqa: F401
 from kernelzoo.zoo import cli, registry, training
 from kernelzoo.zoo.data.synthetic import stripes
-from kernelzoo.zoo.recipe import DEFAULTS, Data, Recipe
+from kernelzoo.zoo.recipe import DEFAULTS, Data, Recipe, scaled_milestones
 from kernelzoo.zoo.simnet import init, models
 
 
@@ -67,6 +67,9 @@ def test_other_epochs_move_the_milestones_with_them():
     assert recipe.hyperparameters(preset, epochs=210)["lr_milestones"] == (120, 170, 200)
     assert recipe.hyperparameters(preset, epochs=2)["lr_milestones"] == (1, 2)  # merged, never epoch 0
     assert recipe.hyperparameters(preset, epochs=40, lr_milestones=(30,))["lr_milestones"] == (30,)
+    for epochs, new_epochs in ((0, 40), (105, 0), (105, 2.5)):
+        with pytest.raises(ValueError, match="`epochs`"):
+            scaled_milestones((60, 85, 100), epochs, new_epochs)
 
 
 def test_dataset_visits_every_example_once_per_epoch():
