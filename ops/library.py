@@ -273,6 +273,19 @@ def _tf_flags():
             list(tf.sysconfig.get_link_flags()))
 
 
+def cpu_flags():
+    """The CPU feature flags of /proc/cpuinfo (empty where it does not exist): what the op build, the
+    bfloat16 warning and the benchmarks' headers key on."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
 def _cpu_signature():
     """What -march=native depends on: the CPU model and feature flags."""
     parts = [platform.machine()]

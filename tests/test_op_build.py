@@ -21,14 +21,6 @@ if library._compiler() is None:
 X86 = platform.machine().lower() in ("x86_64", "amd64")
 
 
-def _cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as handle:
-            return next((line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), [])
-    except OSError:
-        return []
-
-
 # Builds the library with $KERNELZOO_ARCH_FLAGS, then compares custom and composite on small configs.
 _VARIANT_SCRIPT = r"""
 import json, warnings
@@ -86,7 +78,7 @@ def _build_variant(job):
 FLAG_VARIANTS = ["-march=native -mno-avx512fp16", "-march=x86-64-v3", "-march=x86-64-v2"]
 VARIANT_JOBS = {flags: _variant_job(flags) for flags in FLAG_VARIANTS} if X86 else {}
 AVX512FP16_FLAGS = "-march=native -mavx512fp16"
-AVX512FP16_JOB = _variant_job(AVX512FP16_FLAGS) if "avx512_fp16" in _cpu_flags() else None
+AVX512FP16_JOB = _variant_job(AVX512FP16_FLAGS) if "avx512_fp16" in library.cpu_flags() else None
 
 
 def test_custom_ops_load_with_the_default_flags_whenever_a_compiler_exists():

@@ -11,21 +11,10 @@ import warnings
 import keras
 
 from kernelzoo.ops.checks import check_choice
+from kernelzoo.ops.library import cpu_flags
 
 PRECISIONS = ("float32", "mixed_bfloat16")
 BFLOAT16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo: the CPU computes bfloat16 natively
-
-
-def cpu_flags():
-    """The CPU feature flags of /proc/cpuinfo (empty where it does not exist)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def warn_if_emulated(name):

@@ -5,7 +5,7 @@ import statistics
 import time
 
 from kernelzoo.ops.checks import check_choice, nonnegative_int, positive_int
-from kernelzoo.zoo.precision import cpu_flags
+from kernelzoo.ops.library import cpu_flags
 
 
 def add_step_options(parser):
