@@ -117,6 +117,18 @@ def test_synthetic_digits_reconstruction():
         assert theta > 0.5 and xi > 0.05
 
 
+def test_samples_command_draws_the_digits_png(tmp_path, capsys):
+    from PIL import Image
+    from kernelzoo.zoo.layerwise.__main__ import main
+
+    out = tmp_path / "digits.png"
+    main(["samples", "--out", str(out), "--count", "4", "--seed", "1"])
+    assert f"wrote {out}" in capsys.readouterr().out
+    with Image.open(out) as image:   # a real figure: the level-by-level row above the grid of examples
+        assert image.format == "PNG" and image.width > 400 and image.height > 300
+        assert len(set(image.convert("L").getdata())) > 10
+
+
 # ----------------------------------------------------------------------------- k-means++
 
 

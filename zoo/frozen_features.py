@@ -28,6 +28,7 @@ from kernelzoo.progress import progress
 from kernelzoo.zoo import training
 from kernelzoo.zoo.data import holdout_split
 from kernelzoo.zoo.linear_classifier import LOSSES, accuracy, fit_logistic
+from kernelzoo.zoo.plotting import pyplot, save_figure
 from kernelzoo.zoo.recipe import DEFAULTS, Recipe
 
 FEATURES = "features"
@@ -151,10 +152,7 @@ def plot_l2_path(scores, chosen, holdout, path, title=None):
     if not scores or chosen not in scores:
         raise ValueError(f"`scores` must map L2 values to accuracies and contain `chosen`={chosen!r}, "
                          f"got {sorted(scores) if scores else scores!r}")
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     values = sorted(scores)
     figure, axis = plt.subplots(figsize=(5, 4))
     axis.semilogx(values, [scores[v] for v in values], "-o", markersize=4, label=f"{holdout:,} held-out images")
@@ -165,10 +163,7 @@ def plot_l2_path(scores, chosen, holdout, path, title=None):
     axis.legend()
     if title:
         axis.set_title(title)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, dpi=100)
 
 
 def feature_extractor(model):

@@ -15,6 +15,7 @@ import numpy as np
 
 from kernelzoo.ops.checks import check_choice, positive_int
 from kernelzoo.zoo import training
+from kernelzoo.zoo.plotting import pyplot, save_figure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,10 +73,7 @@ def read_run(folder, metric="val_accuracy"):
 
 def plot(summaries, path, metric):
     """Each run's curve (thin) and its moving average (thick, same colour) into a PNG; returns the path."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(9, 5))
     for index, summary in enumerate(summaries):
         color = f"C{index % 10}"
@@ -91,10 +89,7 @@ def plot(summaries, path, metric):
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     axis.set_title(f"{metric} per epoch (thin) and its centred moving average (thick; window in the legend)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, dpi=100)
 
 
 def add_arguments(parser, command):

@@ -34,6 +34,7 @@ import numpy as np
 
 from kernelzoo.ops import checks
 from kernelzoo.ops.checks import check_choice, int_in_range, positive_float, positive_int, positive_ints
+from kernelzoo.zoo.plotting import pyplot, save_figure
 
 CONFIG_FILE = "config.json"
 LOG_FILE = "log.csv"
@@ -337,10 +338,9 @@ def plot_curves(history, path, title=None):
     """Every logged metric per epoch (train, and validation when logged) into a PNG; returns the path.
 
     Dotted lines mark learning-rate drops, dash-dotted ones the start of a new stage (layerwise runs)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import matplotlib.ticker
+
+    plt = pyplot()
 
     if not history:
         raise ValueError("`history` is empty: nothing to plot")
@@ -366,10 +366,7 @@ def plot_curves(history, path, title=None):
                     axis.axvline(e - 0.5, color="grey", linestyle=style, linewidth=1)
     if title:
         figure.suptitle(title)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, dpi=100)
 
 
 def check_pair(data, name):

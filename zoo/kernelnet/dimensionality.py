@@ -26,6 +26,7 @@ from kernelzoo.layers.kernel_dense import KernelDense
 from kernelzoo.ops.checks import check_choice, nonnegative_float, positive_float, positive_int
 from kernelzoo.progress import progbar
 from kernelzoo.zoo import training
+from kernelzoo.zoo.plotting import pyplot, save_figure
 from kernelzoo.zoo.recipe import Data, Recipe
 
 KERNELS = ("dot", "poly", "rbf")
@@ -178,11 +179,7 @@ def _finite(value):
 
 def plot(results, path):
     """Test accuracy at the held-out choice of lr and l2 against d, one line per kernel, standard-error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     setup, summary = results["setup"], results["summary"]
     labels = {"dot": "dot product (d* = d)", "poly": "polynomial, degree 2 (d* = (d+1)(d+2)/2)",
               "rbf": "Gaussian RBF (d* infinite)"}
@@ -202,7 +199,4 @@ def plot(results, path):
                  f"Adam; lr, l2 chosen on {setup['holdout']:,} held-out images")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from kernelzoo.ops.checks import check_choice, int_in_range, positive_int
+from kernelzoo.zoo.plotting import pyplot, save_figure
 
 
 def add_arguments(parser, command):
@@ -64,11 +65,7 @@ def _dimensionality_arguments(parser):
 
 def plot_embedding(points, labels, path, title, window=None):
     """Scatter of (N, 2) points coloured by digit class; `window` (x0, x1, y0, y1): the walk's, dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 7), dpi=110)
     scatter = ax.scatter(points[:, 1], points[:, 0], c=labels, cmap="tab10", s=3,
                          vmin=-0.5, vmax=9.5)
@@ -78,18 +75,12 @@ def plot_embedding(points, labels, path, title, window=None):
         ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, linestyle="--", color="black"))
     ax.set(xlim=(0, 1), ylim=(1, 0), aspect="equal", title=title,
            xlabel="grid column (center of mass)", ylabel="grid row (center of mass)")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_walk(images, steps, path):
     """steps x steps mosaic of decoded images."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     side = images.shape[-1]
     mosaic = images.reshape(steps, steps, side, side).transpose(0, 2, 1, 3)
     plt.imsave(path, mosaic.reshape(steps * side, steps * side), cmap="gray_r")

@@ -8,16 +8,13 @@ classifier to use), above a grid of generated images with their labels (Fig. 2, 
 import numpy as np
 
 from kernelzoo.ops.checks import positive_int
+from kernelzoo.zoo.plotting import pyplot
 
 
 def plot_samples(model, path, count=24, seed=0, columns=8, mean_of=2000):
     """Write the PNG `path`: the levels X(0), ..., X(d) of the first example and the mean image of
     `mean_of` examples per label (top row), then a grid of `count` examples (below)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     count, columns = positive_int(count, "count"), positive_int(columns, "columns")
     drawn = model.sample(count, seed=seed)
     rows = -(-count // columns)

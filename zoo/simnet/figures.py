@@ -15,6 +15,7 @@ import json
 import os
 
 from kernelzoo.ops.checks import check_choice
+from kernelzoo.zoo.plotting import pyplot, save_figure
 from kernelzoo.zoo.simnet import models
 
 LABELS = {"simnet_wl1": "SimNet, weighted l1", "simnet_wl2": "SimNet, weighted l2", "convnet": "ConvNet",
@@ -78,10 +79,7 @@ def shipped_points():
 def plot(ours, out):
     """Fig. 4 (accuracy against n) and Fig. 5 (against learned parameters) side by side into the PNG `out`:
     `ours` filled markers (labelled with their run or preset in Fig. 4), the paper's points hollow."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     figure, axes = plt.subplots(1, 2, figsize=(14, 4.8), sharey=True)
     paper = [(kind, n, learned_parameters(kind, n), accuracy) for kind, n, accuracy in PAPER_POINTS]
     for axis, column, xlabel in ((axes[0], 1, "templates n"), (axes[1], 2, "learned parameters")):
@@ -107,10 +105,7 @@ def plot(ours, out):
     axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: no point hidden
     figure.text(0.5, 0.005, "ours: CIFAR-10 (JPEG q75 copy) test set; paper: its stated cross-validation "
                 "accuracies (paper 000 Sec. 6)", ha="center", fontsize=7)
-    figure.tight_layout(rect=(0, 0.03, 1, 1))
-    figure.savefig(out, dpi=110)
-    plt.close(figure)
-    return out
+    return save_figure(figure, out, dpi=110, rect=(0, 0.03, 1, 1))
 
 
 def add_arguments(parser, command):

@@ -1,0 +1,20 @@
+"""PNG figures without a display: the headless pyplot and the lay-out, write and close every plot of the zoo ends with."""
+
+
+def pyplot():
+    """`matplotlib.pyplot` on the Agg backend (writes files, needs no display), imported on first use."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(figure, path, dpi="figure", **layout):
+    """Lay `figure` out tightly (`layout`: `tight_layout`'s arguments), write it to `path` and close it (pyplot keeps
+    every open figure alive otherwise); returns `path`."""
+    figure.tight_layout(**layout)
+    figure.savefig(path, dpi=dpi)
+    pyplot().close(figure)
+    return path
