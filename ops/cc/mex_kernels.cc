@@ -837,36 +837,42 @@ inline void GemmGatherSet(const GemmPlan& pl, const float* x, const float* offse
   if (c != nullptr) s.v[pl.bc] = c[k];
 }
 
+// Runs body(scratch, rows, row_count, region) on every chunk of the plan, chunks in parallel, each
+// task on its own per-slot scratch sized for the plan; `row_cost` is the cost of one row.
+template <typename Body>
+void ForEachGemmChunk(const CPUDevice& dev, const GemmPlan& pl, const Eigen::TensorOpCost& row_cost, Body body) {
+  SlotPool slots(dev.numThreads() + 2);
+  std::vector<GemmScratch> scratch(slots.size());
+  const double rows = GemmChunkRows(pl.bc);
+  dev.parallelFor(pl.chunks(), row_cost * rows, [&](Eigen::Index first, Eigen::Index last) {
+    SlotGuard guard(&slots);
+    GemmScratch& s = scratch[guard.slot()];
+    s.Resize(pl);
+    for (Eigen::Index chunk = first; chunk < last; ++chunk)
+      body(s, pl.order.data() + pl.chunk_begin[chunk], pl.chunk_begin[chunk + 1] - pl.chunk_begin[chunk],
+           pl.chunk_region[chunk]);
+  });
+}
+
 void MexGemmForward(const CPUDevice& dev, const MexParams& prm, const float* input, float xi,
                     const float* offsets, const float* c, float* output) {
   const GemmPlan pl = MakeGemmPlan(prm, xi, input, offsets, c, false);
   const int64_t K = pl.K, bc = pl.bc, kp = pl.kp;
-  SlotPool slots(dev.numThreads() + 2);
-  std::vector<GemmScratch> scratch(slots.size());
-  const double rows = GemmChunkRows(bc);
-  dev.parallelFor(
-      pl.chunks(), Eigen::TensorOpCost(rows * bc * 4.0, rows * K * 4.0, rows * bc * (1.0 * kp + 16.0)),
-      [&](Eigen::Index first, Eigen::Index last) {
-        SlotGuard guard(&slots);
-        GemmScratch& s = scratch[guard.slot()];
-        s.Resize(pl);
-        for (Eigen::Index chunk = first; chunk < last; ++chunk) {
-          const int64_t* rws = pl.order.data() + pl.chunk_begin[chunk];
-          const int64_t nr = pl.chunk_begin[chunk + 1] - pl.chunk_begin[chunk];
-          const int64_t r = pl.chunk_region[chunk];
-          if (GemmPrepareRows(pl, prm, input, rws, nr, r, s))  // T = E F^T
-            DotLanes(s.e.data(), nr, pl.ld, bc, pl.ft.data() + r * pl.ft_stride, kp, kp, s.t.data(), kp);
-          for (int64_t t = 0; t < nr; ++t) {
-            float* out = output + rws[t] * K;
-            const float* x = input + GemmRowInput(prm, rws[t]);
-            for (int64_t k = 0; k < K; ++k) {
-              GemmEntry e;
-              if (GemmAccept(pl, s, t, r, k, x, offsets, c, s.t[t * kp + k], &e)) {
-                out[k] = static_cast<float>(e.value);
-              } else {
-                GemmGatherSet(pl, x, offsets, c, r, k, s);
-                out[k] = SetForward(s.v.data(), pl.n, xi, pl.softmax).value;
-              }
+  ForEachGemmChunk(
+      dev, pl, Eigen::TensorOpCost(bc * 4.0, K * 4.0, bc * (1.0 * kp + 16.0)),
+      [&](GemmScratch& s, const int64_t* rws, int64_t nr, int64_t r) {
+        if (GemmPrepareRows(pl, prm, input, rws, nr, r, s))  // T = E F^T
+          DotLanes(s.e.data(), nr, pl.ld, bc, pl.ft.data() + r * pl.ft_stride, kp, kp, s.t.data(), kp);
+        for (int64_t t = 0; t < nr; ++t) {
+          float* out = output + rws[t] * K;
+          const float* x = input + GemmRowInput(prm, rws[t]);
+          for (int64_t k = 0; k < K; ++k) {
+            GemmEntry e;
+            if (GemmAccept(pl, s, t, r, k, x, offsets, c, s.t[t * kp + k], &e)) {
+              out[k] = static_cast<float>(e.value);
+            } else {
+              GemmGatherSet(pl, x, offsets, c, r, k, s);
+              out[k] = SetForward(s.v.data(), pl.n, xi, pl.softmax).value;
             }
           }
         }
@@ -885,95 +891,84 @@ void MexGemmBackward(const CPUDevice& dev, const MexParams& prm, const float* in
   std::vector<double> goff(offsets ? R * K * bc : 0, 0.0), gxi(K, 0.0), gc(K, 0.0);
   std::unique_ptr<std::mutex[]> region_lock(new std::mutex[R]);
   std::mutex total_lock;
-  SlotPool slots(dev.numThreads() + 2);
-  std::vector<GemmScratch> scratch(slots.size());
-  const double rows = GemmChunkRows(bc);
-  dev.parallelFor(
-      pl.chunks(), Eigen::TensorOpCost(rows * bc * 8.0, rows * bc * 4.0, rows * bc * (5.0 * kp + 24.0)),
-      [&](Eigen::Index first, Eigen::Index last) {
-        SlotGuard guard(&slots);
-        GemmScratch& s = scratch[guard.slot()];
-        s.Resize(pl);
-        for (Eigen::Index chunk = first; chunk < last; ++chunk) {
-          const int64_t* rws = pl.order.data() + pl.chunk_begin[chunk];
-          const int64_t nr = pl.chunk_begin[chunk + 1] - pl.chunk_begin[chunk];
-          const int64_t r = pl.chunk_region[chunk];
-          const float* ft = pl.ft.data() + r * pl.ft_stride;  // [F^T | (F o (b' - m))^T]
-          const float* f = pl.f.data() + r * K * ld;
-          const bool any = GemmPrepareRows(pl, prm, input, rws, nr, r, s);
-          if (any) {  // [T | V] = E [F | F o (b' - m)]^T, U = (E o (x' - m)) F^T
-            DotLanes(s.e.data(), nr, ld, bc, ft, 2 * kp, 2 * kp, s.t.data(), 2 * kp);
-            DotLanes(s.xe.data(), nr, ld, bc, ft, 2 * kp, kp, s.u.data(), kp);
-          }
-          std::fill(s.gxi.begin(), s.gxi.end(), 0.0);
-          std::fill(s.gc.begin(), s.gc.end(), 0.0);
-          s.rejected.clear();
-          for (int64_t t = 0; t < nr; ++t) {
-            const float* go = grad_output + rws[t] * K;
-            const float* x = input + GemmRowInput(prm, rws[t]);
-            for (int64_t k = 0; k < K; ++k) {
-              GemmEntry e;
-              float gk = 0.f;
-              double dxi = 0.0;
-              bool accept = any && GemmAccept(pl, s, t, r, k, x, offsets, c, s.t[t * 2 * kp + k], &e);
-              if (accept) {
-                double ew = s.u[t * kp + k] + static_cast<double>(s.t[t * 2 * kp + kp + k]);
-                if (c != nullptr) ew += e.ec * (c[k] - e.shift);
-                accept = MexGemmDxi(ew / e.t, e.log_t, xi, pl.logn, pl.softmax, &dxi);
-              }
-              if (accept) {
-                gk = static_cast<float>(go[k] / e.t);
-                s.gxi[k] += go[k] * dxi;
-                s.gc[k] += gk * e.ec;
-              } else {
-                s.rejected.push_back(t * K + k);
-              }
-              s.gk[t * kp + k] = gk;
-            }
-          }
-          // grad_x = E o (G F), grad_b = F o (G^T E)
-          for (int64_t t = 0; t < nr; ++t) {
-            float* gx = grad_input + GemmRowInput(prm, rws[t]);
-            if (any) {
-              CombineRow(s.e.data() + t * ld, s.gk.data() + t * kp, K, f, ld, bc, gx);
-            } else {
-              std::fill(gx, gx + bc, 0.f);
-            }
-          }
-          if (offsets != nullptr) {
-            if (any) {
-              ColumnSums(s.e.data(), nr, ld, s.gk.data(), kp, K, f, s.d.data());
-            } else {
-              std::fill(s.d.begin(), s.d.end(), 0.f);
-            }
-          }
-          for (const int64_t entry : s.rejected) {
-            const int64_t t = entry / K, k = entry % K;
-            const int64_t in = GemmRowInput(prm, rws[t]);
-            const float gk = grad_output[rws[t] * K + k];
-            GemmGatherSet(pl, input + in, offsets, c, r, k, s);
-            const MexSetState st = SetForward(s.v.data(), pl.n, xi, pl.softmax);
-            s.gxi[k] += SetBackward(s.v.data(), pl.n, xi, pl.softmax, st, gk, s.gv.data());
-            float* gx = grad_input + in;
-            for (int64_t i = 0; i < bc; ++i) gx[i] += s.gv[i];
-            if (offsets != nullptr) {
-              float* dk = s.d.data() + k * ld;
-              for (int64_t i = 0; i < bc; ++i) dk[i] += s.gv[i];
-            }
-            if (c != nullptr) s.gc[k] += s.gv[bc];
-          }
-          StreamFence();
-          if (offsets != nullptr) {
-            std::lock_guard<std::mutex> lock(region_lock[r]);
-            double* acc = goff.data() + r * K * bc;
-            for (int64_t k = 0; k < K; ++k)
-              for (int64_t i = 0; i < bc; ++i) acc[k * bc + i] += s.d[k * ld + i];
-          }
-          std::lock_guard<std::mutex> lock(total_lock);
+  ForEachGemmChunk(
+      dev, pl, Eigen::TensorOpCost(bc * 8.0, bc * 4.0, bc * (5.0 * kp + 24.0)),
+      [&](GemmScratch& s, const int64_t* rws, int64_t nr, int64_t r) {
+        const float* ft = pl.ft.data() + r * pl.ft_stride;  // [F^T | (F o (b' - m))^T]
+        const float* f = pl.f.data() + r * K * ld;
+        const bool any = GemmPrepareRows(pl, prm, input, rws, nr, r, s);
+        if (any) {  // [T | V] = E [F | F o (b' - m)]^T, U = (E o (x' - m)) F^T
+          DotLanes(s.e.data(), nr, ld, bc, ft, 2 * kp, 2 * kp, s.t.data(), 2 * kp);
+          DotLanes(s.xe.data(), nr, ld, bc, ft, 2 * kp, kp, s.u.data(), kp);
+        }
+        std::fill(s.gxi.begin(), s.gxi.end(), 0.0);
+        std::fill(s.gc.begin(), s.gc.end(), 0.0);
+        s.rejected.clear();
+        for (int64_t t = 0; t < nr; ++t) {
+          const float* go = grad_output + rws[t] * K;
+          const float* x = input + GemmRowInput(prm, rws[t]);
           for (int64_t k = 0; k < K; ++k) {
-            gxi[k] += s.gxi[k];
-            gc[k] += s.gc[k];
+            GemmEntry e;
+            float gk = 0.f;
+            double dxi = 0.0;
+            bool accept = any && GemmAccept(pl, s, t, r, k, x, offsets, c, s.t[t * 2 * kp + k], &e);
+            if (accept) {
+              double ew = s.u[t * kp + k] + static_cast<double>(s.t[t * 2 * kp + kp + k]);
+              if (c != nullptr) ew += e.ec * (c[k] - e.shift);
+              accept = MexGemmDxi(ew / e.t, e.log_t, xi, pl.logn, pl.softmax, &dxi);
+            }
+            if (accept) {
+              gk = static_cast<float>(go[k] / e.t);
+              s.gxi[k] += go[k] * dxi;
+              s.gc[k] += gk * e.ec;
+            } else {
+              s.rejected.push_back(t * K + k);
+            }
+            s.gk[t * kp + k] = gk;
           }
+        }
+        // grad_x = E o (G F), grad_b = F o (G^T E)
+        for (int64_t t = 0; t < nr; ++t) {
+          float* gx = grad_input + GemmRowInput(prm, rws[t]);
+          if (any) {
+            CombineRow(s.e.data() + t * ld, s.gk.data() + t * kp, K, f, ld, bc, gx);
+          } else {
+            std::fill(gx, gx + bc, 0.f);
+          }
+        }
+        if (offsets != nullptr) {
+          if (any) {
+            ColumnSums(s.e.data(), nr, ld, s.gk.data(), kp, K, f, s.d.data());
+          } else {
+            std::fill(s.d.begin(), s.d.end(), 0.f);
+          }
+        }
+        for (const int64_t entry : s.rejected) {
+          const int64_t t = entry / K, k = entry % K;
+          const int64_t in = GemmRowInput(prm, rws[t]);
+          const float gk = grad_output[rws[t] * K + k];
+          GemmGatherSet(pl, input + in, offsets, c, r, k, s);
+          const MexSetState st = SetForward(s.v.data(), pl.n, xi, pl.softmax);
+          s.gxi[k] += SetBackward(s.v.data(), pl.n, xi, pl.softmax, st, gk, s.gv.data());
+          float* gx = grad_input + in;
+          for (int64_t i = 0; i < bc; ++i) gx[i] += s.gv[i];
+          if (offsets != nullptr) {
+            float* dk = s.d.data() + k * ld;
+            for (int64_t i = 0; i < bc; ++i) dk[i] += s.gv[i];
+          }
+          if (c != nullptr) s.gc[k] += s.gv[bc];
+        }
+        StreamFence();
+        if (offsets != nullptr) {
+          std::lock_guard<std::mutex> lock(region_lock[r]);
+          double* acc = goff.data() + r * K * bc;
+          for (int64_t k = 0; k < K; ++k)
+            for (int64_t i = 0; i < bc; ++i) acc[k * bc + i] += s.d[k * ld + i];
+        }
+        std::lock_guard<std::mutex> lock(total_lock);
+        for (int64_t k = 0; k < K; ++k) {
+          gxi[k] += s.gxi[k];
+          gc[k] += s.gc[k];
         }
       });
   for (int64_t k = 0; k < K; ++k) grad_xi[k] = static_cast<float>(gxi[k]);
