@@ -39,7 +39,9 @@ class CKNConv2D(keras.layers.Layer):
       anchors_initializer, anchors_regularizer: Keras names or objects (anchors are normalised in call).
 
     Anchors live on the sphere by parameterisation: the weight `anchors` (kh, kw, C, p) is divided by
-    its column norms in call. While the layer is trainable the factor is recomputed from the anchors
+    its column norms in call, and a training step is followed by their projection back to unit norms (a
+    UnitNorm constraint, the reference's `normalize_`): the parameterisation's gradient is tangent to the
+    sphere, so every step would otherwise lengthen the columns and shrink the next steps on the sphere. While the layer is trainable the factor is recomputed from the anchors
     on every call (symmetric eigendecomposition, differentiable); a frozen layer (trainable=False)
     uses the stored weight `factor`, refreshed whenever the layer is frozen or `set_anchors` runs,
     so its inference graph has no eigendecomposition (ONNX has none).
@@ -70,7 +72,8 @@ class CKNConv2D(keras.layers.Layer):
     def build(self, input_shape):
         channels = known_channels(input_shape, "CKNConv2D")
         self.anchors = self.add_weight(name="anchors", shape=self.kernel_size + (channels, self.filters),
-                                       initializer=self.anchors_initializer, regularizer=self.anchors_regularizer)
+                                       initializer=self.anchors_initializer, regularizer=self.anchors_regularizer,
+                                       constraint=keras.constraints.UnitNorm(axis=(0, 1, 2)))
         self.factor = self.add_weight(name="factor", shape=(self.filters, self.filters), initializer="identity",
                                       trainable=False)
         self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: channels})

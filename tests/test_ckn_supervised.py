@@ -12,7 +12,8 @@ import kernelzoo  # noqa: F401  (registers the layers)
 from kernelzoo.layers import CKNConv2D
 from kernelzoo.zoo import registry
 from kernelzoo.zoo.ckn import ImageWhitening, ckn
-from kernelzoo.zoo.ckn.recipe import SupervisedCKNRecipe, UnsupervisedCKNRecipe, recipe_for, tiny_runs
+from kernelzoo.zoo.ckn.recipe import (ClassifierRefit, SupervisedCKNRecipe, UnsupervisedCKNRecipe, recipe_for,
+                                     tiny_runs)
 from kernelzoo.zoo.linear_classifier import one_vs_rest_squared_hinge
 from kernelzoo.zoo.precision import precision_policy
 from kernelzoo.zoo.augment import RandomShiftFlip
@@ -73,9 +74,10 @@ def test_sup5_hyperparameters_are_the_reference_and_bad_values_are_named():
                                                            "lr_milestones": (60, 85, 100)}
     assert (hp["precision"], hp["augment"], hp["classifier_alpha"], hp["kmeans_patches"]) == ("float32", False, 1e-3,
                                                                                               150_000)
+    assert hp["alternating"] is True  # cifar10_sup.sh's --alternating
     assert recipe.hyperparameters(preset, precision="mixed_bfloat16", augment=True)["precision"] == "mixed_bfloat16"
     for key, value in (("precision", "float16"), ("kmeans_init", "kmeans"), ("classifier_alpha", -1.0),
-                       ("augment", "yes"), ("kmeans_patches", 0), ("lbfgs_iterations", 0)):
+                       ("augment", "yes"), ("alternating", "no"), ("kmeans_patches", 0), ("lbfgs_iterations", 0)):
         with pytest.raises(ValueError, match=key):
             recipe.hyperparameters(preset, **{key: value})
     with pytest.raises(ValueError, match="augment"):
@@ -86,7 +88,8 @@ def test_sup5_hyperparameters_are_the_reference_and_bad_values_are_named():
 
 def test_cli_options_of_the_supervised_recipe():
     options = SupervisedCKNRecipe().options()
-    assert (options.precision, options.augment, options.kmeans_patches) == (None, None, None)  # the recipe's
+    assert (options.precision, options.augment, options.kmeans_patches, options.alternating) == (None,) * 4
+    assert SupervisedCKNRecipe().options(alternating=False).alternating is False
 
 
 # ----------------------------------------------------------------------------- the recipe's stages
@@ -114,6 +117,76 @@ def test_initialise_sets_kmeans_anchors_fits_the_classifier_and_unfreezes_every_
     model.train_on_batch(x[:16].astype("float32"), y[:16])
     for layer, anchors in zip(layers, before):  # the gradient reaches every layer's anchors
         assert not np.allclose(np.asarray(layer.anchors), anchors), layer.name
+
+
+def test_training_steps_keep_the_anchors_unit_norm(rng):
+    """The reference renormalises the anchors after every step; without it the parameterisation's tangent steps
+    lengthen the stored columns (here by far more than the tolerance) and shrink the later steps on the sphere."""
+    inputs = keras.Input((6, 6, 3))
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(CKNConv2D(4, 3, sigma=0.5)(inputs))))
+    model.compile(optimizer=keras.optimizers.SGD(1.0, momentum=0.9), loss="mse")
+    x, y = rng.normal(size=(32, 6, 6, 3)).astype("float32"), rng.normal(size=(32, 2)).astype("float32")
+    layer = model.layers[1]
+    before = np.asarray(layer.anchors).copy()
+    model.fit(x, y, batch_size=8, epochs=3, verbose=0)
+    anchors = np.asarray(layer.anchors)
+    assert np.abs(anchors - before).max() > 0.1  # the anchors moved
+    np.testing.assert_allclose(np.linalg.norm(anchors.reshape(-1, 4), axis=0), 1, atol=1e-5)
+
+
+def test_classifier_refit_lowers_the_loss_from_the_current_weights_after_the_first_epoch():
+    run = _tiny_run()
+    preset, recipe = registry.info(SUP5), SupervisedCKNRecipe()
+    hp = recipe.hyperparameters(preset, **dict(run.hp, classifier_alpha=1e-4))
+    model = recipe.build(preset, run.data, run.overrides, hp)
+    recipe.initialise(model, run.data, hp, recipe.options(), seed=0)
+    x, y = run.data.train
+    head = model.get_layer("logits")
+    head.set_weights([w * 0.1 for w in head.get_weights()])  # as if SGD had moved it off its fit
+    refit = ClassifierRefit(x, y, hp["classifier_alpha"], hp["lbfgs_iterations"], hp["batch_size"])
+    refit.set_model(model)
+
+    def loss():
+        return float(np.mean(one_vs_rest_squared_hinge(y, model.predict(x, verbose=0))))
+
+    moved = [w.copy() for w in head.get_weights()]
+    refit.on_epoch_begin(0)  # the first epoch keeps the initial fit
+    assert all(np.array_equal(a, b) for a, b in zip(moved, head.get_weights()))
+    before = loss()
+    refit.on_epoch_begin(1)
+    assert loss() < 0.5 * before
+
+
+def test_alternating_run_refits_before_every_epoch_but_the_first(monkeypatch, tmp_path):
+    from kernelzoo.zoo.ckn import recipe as ckn_recipe
+
+    run = _tiny_run()
+    preset, recipe = registry.info(SUP5), SupervisedCKNRecipe()
+    epochs = []
+    monkeypatch.setattr(ckn_recipe, "fit_classifier",
+                        lambda *args, warm_start=False, **kwargs: epochs.append(warm_start) or {"loss": 0.0,
+                                                                                              "iterations": 0})
+    for alternating, refits in ((True, [True, True, True]), (False, [])):
+        epochs.clear()
+        hp = recipe.hyperparameters(preset, **dict(run.hp, alternating=alternating))
+        model = recipe.build(preset, run.data, run.overrides, hp)
+        recipe.compile(model, hp)
+        recipe.fit(model, run.data, str(tmp_path / str(alternating)), hp, verbose=0, tensorboard=False)
+        assert epochs == refits  # 4 epochs: a warm-started refit before epochs 2, 3 and 4
+
+
+def test_alternating_run_killed_and_resumed_equals_the_unbroken_one(tmp_path):
+    """The refit before epoch 2 runs again on resume, from the same checkpoint: the same weights."""
+    from conftest import TinyRuns, _Kill
+
+    run = dataclasses.replace(_tiny_run(), hp=dict(_tiny_run().hp, alternating=True, classifier_alpha=1e-3))
+    straight = TinyRuns.train(run, tmp_path / "straight")
+    with pytest.raises(KeyboardInterrupt):
+        TinyRuns.train(run, tmp_path / "resumed", callbacks=[_Kill()])
+    resumed = TinyRuns.train(run, tmp_path / "resumed", resume=True)
+    assert [int(row["epoch"]) for row in resumed["history"]] == [0, 1, 2, 3]
+    for a, b in zip(straight["model"].weights, resumed["model"].weights):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
 
 
 def test_tiny_supervised_run_follows_the_milestones_and_saves_a_frozen_model(tiny_runs):

@@ -18,19 +18,23 @@ Design choices for ckn_cifar10_unsup_64_256, held-out accuracy with --limit-trai
   whitening=image, squared hinge                                                  0.7170 (l2 1e-3)
   whitening=image, squared hinge, nystrom_shift=0.01 (the reference's)            0.7176 (l2 1e-3)
 
-SupervisedCKNRecipe (ckn_cifar10_sup5; the reference's experiments/cifar10_sup.py without --alternating):
+SupervisedCKNRecipe (ckn_cifar10_sup5; the reference's experiments/cifar10_sup.py as cifar10_sup.sh runs it):
 - initialise: the k-means anchors, then the classifier fitted by L-BFGS on the features of the training images
   (squared hinge, L2 = alpha D / N s^2: the reference's Linear.fit, s the mean per-image RMS of the D features,
   N images, `classifier_alpha` its --alpha), then every CKN layer unfrozen.
-- compile / fit: anchors (on the sphere by the layer's parameterisation) and classifier trained together by SGD
-  with momentum on the one-vs-rest squared hinge with the Keras loop; the lr divided by 10 at each epoch of
-  `lr_milestones` (schedule "milestones"). `augment`: the reference's --augmentation inside the model.
+- compile / fit: anchors (on the sphere: the layer's parameterisation, renormalised after every step) and
+  classifier trained together by SGD with momentum on the one-vs-rest squared hinge with the Keras loop; the lr
+  divided by 10 at each epoch of `lr_milestones` (schedule "milestones"). `alternating` (default, the reference's
+  --alternating): before every epoch after the first the classifier is refitted by L-BFGS from its current
+  weights on the current features (ClassifierRefit). `augment`: the reference's --augmentation inside the model.
 - `precision`: "float32" or "mixed_bfloat16" (the CKN layers' patch-anchor products in bfloat16, see
   CKNConv2D); model.keras is always float32 with its CKN layers frozen (the Nystrom factors stored weights:
   it exports without eigendecomposition), the checkpoints keep them trainable for --resume.
 """
+import argparse
 import inspect
 
+import keras
 import numpy as np
 
 from kernelzoo.layers.ckn import CKNConv2D
@@ -45,9 +49,10 @@ from kernelzoo.zoo.recipe import Data, Recipe, TinyRun
 # What SupervisedCKNRecipe reads besides recipe.DEFAULTS (a preset's recipe overrides them): the reference's
 # values (experiments/cifar10_sup.py: --sampling-patches 150000, spherical k-means of at most 100 steps,
 # --alpha 0.001 as cifar10_sup.sh runs it); L-BFGS stops earlier than its 5000 steps on standardised features.
+# `alternating`: cifar10_sup.sh's --alternating, the classifier refitted by L-BFGS before every epoch after the first.
 SUPERVISED_DEFAULTS = {"kmeans_patches": 150_000, "kmeans_init": "k-means++", "kmeans_iterations": 100,
                        "classifier_alpha": 1e-3, "lbfgs_iterations": 1000, "augment": False,
-                       "holdout": 5000}
+                       "alternating": True, "holdout": 5000}
 
 
 def add_kmeans_option(parser):
@@ -84,11 +89,15 @@ class SupervisedCKNRecipe(MixedPrecisionMixin, Recipe):
         add_kmeans_option(parser)
         parser.add_argument("--augment", action="store_true", default=None,
                             help="supervised CKN: random shifts (up to 4 pixels) and mirroring in training")
+        parser.add_argument("--alternating", action=argparse.BooleanOptionalAction, default=None,
+                            help="supervised CKN: refit the classifier by L-BFGS before every epoch (default: the "
+                                 "preset's; the reference's --alternating)")
 
     def hyperparameters(self, preset, **changes):
         hp = {**SUPERVISED_DEFAULTS, **super().hyperparameters(preset, **changes)}
         check_choice("kmeans_init", hp["kmeans_init"], INITS)
         boolean(hp["augment"], "augment")
+        boolean(hp["alternating"], "alternating")
         nonnegative_float(hp["classifier_alpha"], "classifier_alpha")
         for key in ("kmeans_patches", "kmeans_iterations", "lbfgs_iterations"):
             positive_int(hp[key], key)
@@ -112,6 +121,15 @@ class SupervisedCKNRecipe(MixedPrecisionMixin, Recipe):
             layer.trainable = True
         return report
 
+    def fit(self, model, data, out_dir, hp, *, callbacks=None, verbose=1, **kwargs):
+        """The Keras loop; with `alternating`, a ClassifierRefit before every epoch but the first."""
+        if hp["alternating"]:
+            images, labels = self.targets(model, data, "train")
+            refit = ClassifierRefit(images, labels, hp["classifier_alpha"], hp["lbfgs_iterations"], hp["batch_size"],
+                                    verbose=verbose)
+            callbacks = [refit, *(callbacks or [])]
+        return super().fit(model, data, out_dir, hp, callbacks=callbacks, verbose=verbose, **kwargs)
+
     def loss(self, model):
         return one_vs_rest_squared_hinge
 
@@ -129,22 +147,48 @@ def frozen_float32(model):
     return copy
 
 
-def fit_classifier(model, images, labels, alpha, max_iter, batch_size=128):
+def fit_classifier(model, images, labels, alpha, max_iter, batch_size=128, warm_start=False):
     """The "logits" Dense fitted by L-BFGS (squared hinge) on the "features" of `images`, with the reference's
-    scale-free L2 alpha D / N s^2 (s: the features' mean per-image RMS); its report with l2 and s."""
+    scale-free L2 alpha D / N s^2 (s: the features' mean per-image RMS); its report with l2 and s. `warm_start`:
+    L-BFGS starts from the layer's current weights (the reference's refits), else from zeros."""
     features = feature_extractor(model).predict(np.asarray(images), batch_size=batch_size, verbose=0)
     scale = float(np.mean(np.sqrt(np.mean(np.square(features, dtype="float64"), axis=1))))
     l2 = alpha * features.shape[1] / len(features) * scale ** 2
     head = model.get_layer("logits")
-    kernel, bias, report = fit_logistic(features, labels, head.units, l2, max_iter=max_iter, loss="squared_hinge")
+    start = tuple(np.asarray(w, dtype="float64") for w in head.get_weights()) if warm_start else None
+    kernel, bias, report = fit_logistic(features, labels, head.units, l2, start=start, max_iter=max_iter,
+                                        loss="squared_hinge")
     head.set_weights([kernel, bias])
     return dict(report, alpha=alpha, feature_scale=scale)
+
+
+class ClassifierRefit(keras.callbacks.Callback):
+    """Before every epoch but the first (whose classifier is the initial fit), refit the classifier by L-BFGS on the
+    current features of the training images, from its current weights: the reference's alternating optimisation
+    (experiments/cifar10_sup.py --alternating). The unnormalised features are small (RMS ~0.01), so SGD alone
+    barely moves the classifier (ckn_cifar10_sup5.md). Deterministic, so a resumed run refits as an unbroken one."""
+
+    def __init__(self, images, labels, alpha, max_iter, batch_size, verbose=0):
+        super().__init__()
+        self.images, self.labels = images, labels
+        self.alpha, self.max_iter, self.batch_size, self.verbose = alpha, max_iter, batch_size, verbose
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 0:
+            return
+        report = fit_classifier(self.model, self.images, self.labels, self.alpha, self.max_iter, self.batch_size,
+                                warm_start=True)
+        if self.verbose:
+            print(f"classifier refitted: loss {report['loss']:.4f} ({report['iterations']} L-BFGS iterations)",
+                  flush=True)
 
 
 def tiny_runs():
     """Two-layer CKNs on 12x12 stripes. Unsupervised: k-means, then three L2 values and the refit. Supervised: the
     CKN-5 recipe on two layers of 8 anchors (3x3 exp, 1x1 poly2), k-means and L-BFGS, then 4 SGD epochs (lr / 10
-    after 2 and 3); its classifier starts strongly regularised (alpha 10), so the SGD epochs have loss to remove."""
+    after 2 and 3); its classifier starts strongly regularised (alpha 10), so the SGD epochs have loss to remove,
+    and is not refitted between epochs (a refit would put that regularised fit back before every epoch; the
+    alternating scheme has its own tests in tests/test_ckn_supervised.py)."""
     from kernelzoo.zoo.data.synthetic import stripes
     data = Data(train=stripes(240, size=12), test=stripes(60, size=12, seed=1), source="stripes 12x12",
                 class_names=("h", "v", "flat"))
@@ -153,7 +197,7 @@ def tiny_runs():
     supervised = TinyRun("ckn_cifar10_sup5", data, {"filters": (8, 8), "kernel_sizes": (3, 1), "subsamplings": (2, 3),
                                                     "kernels": ("exp", "poly2")},
                          {"epochs": 4, "batch_size": 16, "lr_milestones": (2, 3), "kmeans_patches": 3000,
-                          "kmeans_iterations": 20, "classifier_alpha": 10.0})
+                          "kmeans_iterations": 20, "classifier_alpha": 10.0, "alternating": False})
     return [unsupervised, supervised]
 
 
