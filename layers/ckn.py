@@ -41,10 +41,10 @@ class CKNConv2D(keras.layers.Layer):
     Anchors live on the sphere by parameterisation: the weight `anchors` (kh, kw, C, p) is divided by
     its column norms in call, and a training step is followed by their projection back to unit norms (a
     UnitNorm constraint, the reference's `normalize_`): the parameterisation's gradient is tangent to the
-    sphere, so every step would otherwise lengthen the columns and shrink the next steps on the sphere. While the layer is trainable the factor is recomputed from the anchors
-    on every call (symmetric eigendecomposition, differentiable); a frozen layer (trainable=False)
-    uses the stored weight `factor`, refreshed whenever the layer is frozen or `set_anchors` runs,
-    so its inference graph has no eigendecomposition (ONNX has none).
+    sphere, so every step would otherwise lengthen the columns and shrink the next steps on the sphere.
+    While the layer is trainable the factor is recomputed from the anchors on every call (symmetric
+    eigendecomposition, differentiable); a frozen layer (trainable=False) uses the stored weight `factor`,
+    refreshed whenever the layer is frozen or `set_anchors` runs, so its inference graph has no eigendecomposition (ONNX has none).
 
     Under a mixed-precision policy (mixed_bfloat16) only the patch-anchor products, the layer's large GEMM
     (and their gradients), run in the compute dtype; the patch norms, the kernel, the pooling and the Nystrom

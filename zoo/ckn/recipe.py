@@ -155,7 +155,7 @@ def fit_classifier(model, images, labels, alpha, max_iter, batch_size=128, warm_
     scale = float(np.mean(np.sqrt(np.mean(np.square(features, dtype="float64"), axis=1))))
     l2 = alpha * features.shape[1] / len(features) * scale ** 2
     head = model.get_layer("logits")
-    start = tuple(np.asarray(w, dtype="float64") for w in head.get_weights()) if warm_start else None
+    start = head.get_weights() if warm_start else None
     kernel, bias, report = fit_logistic(features, labels, head.units, l2, start=start, max_iter=max_iter,
                                         loss="squared_hinge")
     head.set_weights([kernel, bias])
