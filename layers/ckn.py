@@ -44,7 +44,8 @@ class CKNConv2D(keras.layers.Layer):
     sphere, so every step would otherwise lengthen the columns and shrink the next steps on the sphere.
     While the layer is trainable the factor is recomputed from the anchors on every call (symmetric
     eigendecomposition, differentiable); a frozen layer (trainable=False) uses the stored weight `factor`,
-    refreshed whenever the layer is frozen or `set_anchors` runs, so its inference graph has no eigendecomposition (ONNX has none).
+    refreshed whenever the layer is frozen or `set_anchors` runs, so its inference graph has no
+    eigendecomposition (ONNX has none).
 
     Under a mixed-precision policy (mixed_bfloat16) only the patch-anchor products, the layer's large GEMM
     (and their gradients), run in the compute dtype; the patch norms, the kernel, the pooling and the Nystrom
