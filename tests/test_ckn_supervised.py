@@ -88,8 +88,10 @@ def test_sup5_hyperparameters_are_the_reference_and_bad_values_are_named():
 
 def test_cli_options_of_the_supervised_recipe():
     options = SupervisedCKNRecipe().options()
-    assert (options.precision, options.augment, options.kmeans_patches, options.alternating) == (None,) * 4
+    assert (options.precision, options.augment, options.kmeans_patches, options.alternating,
+            options.classifier_alpha) == (None,) * 5
     assert SupervisedCKNRecipe().options(alternating=False).alternating is False
+    assert SupervisedCKNRecipe().options(classifier_alpha=0.1).classifier_alpha == 0.1
 
 
 # ----------------------------------------------------------------------------- the recipe's stages

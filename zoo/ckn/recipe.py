@@ -92,6 +92,9 @@ class SupervisedCKNRecipe(MixedPrecisionMixin, Recipe):
         parser.add_argument("--alternating", action=argparse.BooleanOptionalAction, default=None,
                             help="supervised CKN: refit the classifier by L-BFGS before every epoch (default: the "
                                  "preset's; the reference's --alternating)")
+        parser.add_argument("--classifier-alpha", type=float, default=None,
+                            help="supervised CKN: the classifier's scale-free L2 alpha (L2 = alpha D / N s^2; "
+                                 "default 1e-3, the reference's --alpha)")
 
     def hyperparameters(self, preset, **changes):
         hp = {**SUPERVISED_DEFAULTS, **super().hyperparameters(preset, **changes)}
