@@ -112,6 +112,9 @@ class Recipe:
     """Default hooks: image classification on raw pixels, SGD or Adam, accuracy on the test split."""
 
     optimizers = ("sgd", "adam")  # the names hp["optimizer"] (--optimizer) may take
+    # True for recipes whose `initialise` takes long and whose `fit` is the Keras loop: `train_run` then saves the
+    # initialised model as the checkpoint after epoch 0, so a run killed in its first epoch resumes without it.
+    checkpoints_initialisation = False
 
     def add_arguments(self, parser):
         """Family options of `kernelzoo train`; subclasses call super() and add theirs.
@@ -325,6 +328,10 @@ class Recipe:
             with scope():
                 self.compile(model, hp, self.steps_per_epoch(data, hp, max_steps_per_epoch))
             config = run_config(preset, overrides, hp, options, seed, data, report, strategy)
+            if self.checkpoints_initialisation:
+                training.start_run(out_dir, resume, config)  # config.json; refuses to overwrite a run
+                training.save_checkpoint(model, out_dir, 0, state={"seed": seed})
+                resume = True  # fit continues from that checkpoint's state (epoch 0)
         result = self.fit(model, data, out_dir, hp, seed=seed, resume=resume, verbose=verbose,
                           tensorboard=tensorboard, max_steps_per_epoch=max_steps_per_epoch, config=config,
                           strategy=strategy, callbacks=callbacks)

@@ -84,6 +84,8 @@ class UnsupervisedCKNRecipe(FrozenFeaturesRecipe):
 class SupervisedCKNRecipe(MixedPrecisionMixin, Recipe):
     """k-means anchors and an L-BFGS classifier, then both trained by SGD (module docstring)."""
 
+    checkpoints_initialisation = True  # CKN-5's k-means and L-BFGS: about an hour on 2 cores
+
     def add_arguments(self, parser):
         super().add_arguments(parser)
         add_kmeans_option(parser)
