@@ -191,9 +191,10 @@ def test_alternating_run_killed_and_resumed_equals_the_unbroken_one(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
 
 
-def test_run_killed_in_its_first_epoch_resumes_from_the_initialised_checkpoint(monkeypatch, tmp_path):
+def test_run_killed_in_its_first_epoch_resumes_from_the_initialised_checkpoint(monkeypatch, recwarn, tmp_path):
     """The k-means and L-BFGS initialisation (an hour for CKN-5) is saved as the epoch-0 checkpoint: a resumed run
-    does not repeat it and ends with the unbroken run's weights."""
+    does not repeat it, loads the checkpoint's optimizer without Keras's "Skipping variable loading" warning, and
+    ends with the unbroken run's weights."""
     from conftest import TinyRuns
 
     class KillAtFirstStep(keras.callbacks.Callback):
@@ -208,7 +209,9 @@ def test_run_killed_in_its_first_epoch_resumes_from_the_initialised_checkpoint(m
     with pytest.raises(ValueError, match="already holds a run"):
         TinyRuns.train(run, tmp_path / "resumed")
     monkeypatch.setattr(SupervisedCKNRecipe, "initialise", lambda *args, **kwargs: pytest.fail("initialised again"))
+    recwarn.clear()
     resumed = TinyRuns.train(run, tmp_path / "resumed", resume=True)
+    assert not [w for w in recwarn if "Skipping variable loading" in str(w.message)]
     assert [int(row["epoch"]) for row in resumed["history"]] == [0, 1, 2, 3]
     for a, b in zip(straight["model"].weights, resumed["model"].weights):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
