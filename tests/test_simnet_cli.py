@@ -62,6 +62,19 @@ def test_viz_simnet_size_draws_runs_and_shipped_presets(tmp_path, capsys):
         cli.main(["viz", "simnet-size", "--out", out])
 
 
+def test_fig4_names_close_points_at_one_n_in_a_column_and_far_ones_apart():
+    from matplotlib.figure import Figure
+    axis = Figure().add_subplot()
+    ours = [("simnet_wl1", 400, 1, 0.7466, "wl1"), ("simnet_wl2", 400, 1, 0.7519, "wl2"),
+            ("convnet", 400, 1, 0.6210, "convnet"), ("simnet_wl1", 100, 1, 0.6961, "l1")]
+    figures._name_points(axis, ours)
+    placed = {text.get_text(): (text.xy, text.xyann) for text in axis.texts}
+    assert placed["wl2"][0] == placed["wl1"][0] == (400, pytest.approx(74.66))  # under the lower of the two
+    assert placed["wl2"][1][1] > placed["wl1"][1][1]  # the higher point's name first, one row apart
+    assert placed["convnet"][0] == (400, pytest.approx(62.10)) and placed["convnet"][1] == placed["wl2"][1]
+    assert placed["l1"][0] == (100, pytest.approx(69.61))
+
+
 def test_bench_simnet_times_the_steps_side_by_side(capsys):
     assert cli.main(["bench", "simnet", "--n", "4", "--convnet-n", "4", "--batch-size", "4", "--steps", "1",
                      "--warmup", "1", "--models", "simnet_wl2,convnet"]) == 0

@@ -76,6 +76,23 @@ def shipped_points():
     return points
 
 
+def _name_points(axis, ours, close=1.5):
+    """Fig. 4's labels (Fig. 5's points crowd: named there only). Points at one n less than `close` accuracy points
+    apart are named in one column under the lowest of them, highest first, so that their labels never overlap."""
+    for n in sorted({point[1] for point in ours}):
+        column = sorted((point for point in ours if point[1] == n), key=lambda point: -point[3])
+        groups = [[column[0]]]
+        for point in column[1:]:
+            if 100 * (groups[-1][-1][3] - point[3]) < close:
+                groups[-1].append(point)
+            else:
+                groups.append([point])
+        for group in groups:
+            for row, point in enumerate(group):
+                axis.annotate(point[4], (n, 100 * group[-1][3]), fontsize=6, textcoords="offset points",
+                              xytext=(3, -9 - 7 * row))
+
+
 def plot(ours, out):
     """Fig. 4 (accuracy against n) and Fig. 5 (against learned parameters) side by side into the PNG `out`:
     `ours` filled markers (labelled with their run or preset in Fig. 4), the paper's points hollow."""
@@ -92,12 +109,10 @@ def plot(ours, out):
             if mine:
                 axis.plot([p[column] for p in mine], [100 * p[3] for p in mine], "s-", color=COLORS[kind],
                           label=f"{LABELS[kind]}, ours")
-                for point in mine if column == 1 else ():  # Fig. 5's points crowd: named in Fig. 4 only
-                    axis.annotate(point[4], (point[column], 100 * point[3]), fontsize=6, textcoords="offset points",
-                                  xytext=(3, -9 - 7 * models.KINDS.index(kind)))  # kinds at one spot stay apart
         axis.set_xscale("log")
         axis.set_xlabel(xlabel)
         axis.grid(alpha=0.3, which="both")
+    _name_points(axes[0], ours)
     axes[0].margins(y=0.12)  # room for the labels under the lowest points
     axes[0].set_ylabel("CIFAR-10 test accuracy (%)")
     axes[0].set_title("Fig. 4: accuracy against templates")
