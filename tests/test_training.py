@@ -250,6 +250,23 @@ def test_cli_validate_only_with_random_init(tmp_path, monkeypatch, capsys):
     assert held["accuracy"] == pytest.approx(last["val_accuracy"])
 
 
+def test_a_copy_of_shipped_weights_is_known_by_its_sha256(tmp_path):
+    """`kernelzoo eval simnet_cifar10_l1.keras` (a downloaded copy, no run folder) measures it as its preset."""
+    import shutil
+    from kernelzoo.zoo import registry
+    from kernelzoo.zoo.evaluation import _load, measure, preset_of
+    copy = tmp_path / "downloaded.keras"
+    shutil.copyfile(registry.weights_path("simnet_cifar10_l1"), copy)
+    assert preset_of(copy).name == "simnet_cifar10_l1"
+    model, preset, options = _load(str(copy), None)
+    assert preset.name == "simnet_cifar10_l1" and options is None and model.count_params() > 0
+    with open(copy, "ab") as handle:
+        handle.write(b"\0")  # other content: no preset, and measure asks for one
+    assert preset_of(copy) is None
+    with pytest.raises(ValueError, match="--preset NAME"):
+        measure(str(copy), "/no/such/data")
+
+
 def test_eval_holdout_needs_a_recipe_with_held_out_images():
     from kernelzoo.zoo.evaluation import measure
     with pytest.raises(ValueError, match="`holdout`: RatingsRecipe has no held-out image split"):

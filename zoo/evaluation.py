@@ -1,8 +1,8 @@
 """One evaluator for every family: re-measure a model's card figure with its preset's protocol.
 
 A model is a zoo name (its shipped weights, SHA-256 checked), a .keras file (its preset and
-options read from the config.json of the run folder it sits in, or given), or a keras.Model
-with its preset. The family recipe loads the preset's dataset and split and measures the
+options read from the config.json of the run folder it sits in, or given; a copy of a shipped
+weight file is known by its SHA-256), or a keras.Model with its preset. The family recipe loads the preset's dataset and split and measures the
 preset's metric (accuracy on the test split, RMSE on the held-out ratings of a MovieLens fold).
 """
 import json
@@ -27,14 +27,19 @@ def run_config(path):
 
 
 def preset_of(model):
-    """The Preset behind a zoo name or a run folder's .keras file; None when nothing says."""
+    """The Preset behind a zoo name, a run folder's .keras file or a copy of shipped weights; None when nothing
+    says."""
     if not isinstance(model, (str, os.PathLike)):
         raise ValueError(f"`model` must be a zoo name or a .keras path, got {type(model).__name__}")
     model = os.fspath(model)
     if model in registry.list_models():
         return registry.info(model)
-    config = run_config(model) if model.endswith(".keras") else None
-    return None if config is None else registry.info(config["preset"])
+    if not model.endswith(".keras"):
+        return None
+    config = run_config(model)
+    if config is not None:
+        return registry.info(config["preset"])
+    return registry.shipped_preset(model) if os.path.isfile(model) else None
 
 
 def _load(model, preset):
@@ -50,8 +55,7 @@ def _load(model, preset):
         raise ValueError(f"`model`: no such file {path!r}")
     import kernelzoo  # noqa: F401  (registers the custom layers)
     config = run_config(path)
-    if preset is None and config is not None:
-        preset = registry.info(config["preset"])
+    preset = preset or preset_of(path)
     options = config.get("options") if config is not None and preset.name == config["preset"] else None
     return keras.models.load_model(path, compile=False), preset, options
 

@@ -95,6 +95,13 @@ def sha256(path):
     return digest.hexdigest()
 
 
+def shipped_preset(path):
+    """The pretrained preset whose weight file has the SHA-256 of the file `path` (a copy of shipped weights is
+    recognised by its content wherever it lies), or None."""
+    digest = sha256(path)
+    return next((preset for preset in _presets().values() if preset.pretrained and preset.sha256 == digest), None)
+
+
 def weights_path(name):
     """Path of the shipped weight file of `name` (ValueError if it has none)."""
     preset = info(name)
