@@ -2,8 +2,9 @@
 
 A model is a zoo name (its shipped weights, SHA-256 checked), a .keras file (its preset and
 options read from the config.json of the run folder it sits in, or given; a copy of a shipped
-weight file is known by its SHA-256), or a keras.Model with its preset. The family recipe loads the preset's dataset and split and measures the
-preset's metric (accuracy on the test split, RMSE on the held-out ratings of a MovieLens fold).
+weight file is known by its SHA-256), or a keras.Model with its preset. The family recipe loads
+the preset's dataset and split and measures the preset's metric (accuracy on the test split, RMSE
+on the held-out ratings of a MovieLens fold).
 """
 import json
 import os
@@ -34,12 +35,15 @@ def preset_of(model):
     model = os.fspath(model)
     if model in registry.list_models():
         return registry.info(model)
-    if not model.endswith(".keras"):
-        return None
-    config = run_config(model)
+    return _file_preset(model, run_config(model)) if model.endswith(".keras") else None
+
+
+def _file_preset(path, config):
+    """The preset of the .keras file `path`: its run folder's (`config`, or None), else that of the shipped weights
+    with its SHA-256; None when neither says."""
     if config is not None:
         return registry.info(config["preset"])
-    return registry.shipped_preset(model) if os.path.isfile(model) else None
+    return registry.shipped_preset(path) if os.path.isfile(path) else None
 
 
 def _load(model, preset):
@@ -55,7 +59,7 @@ def _load(model, preset):
         raise ValueError(f"`model`: no such file {path!r}")
     import kernelzoo  # noqa: F401  (registers the custom layers)
     config = run_config(path)
-    preset = preset or preset_of(path)
+    preset = preset or _file_preset(path, config)
     options = config.get("options") if config is not None and preset.name == config["preset"] else None
     return keras.models.load_model(path, compile=False), preset, options
 
