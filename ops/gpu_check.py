@@ -11,7 +11,8 @@ the CPU kernels computed beforehand where TensorFlow is:
 and gradients, odd sizes, padding, strides, NaN, xi from -inf to inf, offsets by region,
 long sets, float16 and bfloat16 activations); `sanitize` runs a quick part of it under `compute-sanitizer` (memcheck and
 racecheck); `bench` times the kernels against cuDNN (convolution, max-pool, PyTorch) on
-the issue's shapes, float32 with TF32 off; `all` runs the three and writes
+the issue's shapes, float32 with TF32 off, in GPU time (calls enqueued back to back: host-side
+launch costs, ours through ctypes and PyTorch's, are not counted); `all` runs the three and writes
 `gpu_check.json` and `gpu_check.md` (the table for docs/benchmarks.md) into --out.
 """
 import argparse
@@ -40,6 +41,7 @@ TOLERANCE = {"output": 1e-5, "grad": 1e-4, "grad_xi": 2e-4}
 # 2^-7 near the largest entry); parameter gradients stay float32.
 ROUNDED_TOLERANCE = {"float16": 2e-3, "bfloat16": 1.6e-2}
 ROUNDED = ("output", "grad_inputs")
+SPIN_CYCLES = 50_000_000  # ~25 ms at 2 GHz: longer than the host needs to enqueue a timed batch
 XI_EDGE = [0.0, 1e-5, -1e-5, 1.0, -2.5, 1e6, -1e6, np.inf, -np.inf]
 
 
@@ -323,19 +325,22 @@ def sanitize(reference, build_dir, timeout=240):
 
 # ------------------------------------------------------------------ bench --
 def _time_ms(fn, repeats=20, warmup=3):
+    """GPU time of one call of fn: `repeats` calls enqueued back to back behind a spinning kernel, timed by
+    CUDA events. The GPU is busy while the host enqueues, so host-side costs (Python, ctypes, argument
+    checks) are not counted, for our kernels and the baselines alike: each call separately timed would add
+    them, tens of microseconds against kernels of a tenth of a millisecond."""
     import torch
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
-    times = []
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda._sleep(SPIN_CYCLES)
+    start.record()
     for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
         fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return float(np.median(times))
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / repeats
 
 
 def bench(build_dir):

@@ -68,6 +68,9 @@ struct MexSetState {
   double range = 0.0;  // exact: max - min
 };
 
+// softmax_mode's term log(n) / xi (the 1/n it drops), computed only where that mode needs it.
+KZ_HOST_DEVICE inline double MexSoftmaxTerm(int64_t n, double xi) { return log(static_cast<double>(n)) / xi; }
+
 // Value of MEX_xi over v[0..n) (n >= 1). The state feeds MexSetBackward.
 // Values: a float pointer, or (GPU kernels) any type whose v[s] is the float s.
 template <typename Values>
@@ -88,7 +91,6 @@ KZ_HOST_DEVICE inline MexSetState MexSetForward(const Values& v, int64_t n, floa
     st.value = static_cast<float>(nan);
     return st;
   }
-  const double logn = log(static_cast<double>(n));
   if (softmax_mode && xi == 0.f) {
     st.regime = kMexSoftmaxZero;
     st.value = INFINITY;
@@ -117,7 +119,7 @@ KZ_HOST_DEVICE inline MexSetState MexSetForward(const Values& v, int64_t n, floa
     st.var = m2 / n;
     st.mu3 = m3 / n;
     double value = mean + dxi * st.var / 2.0 + dxi * dxi * st.mu3 / 6.0;
-    if (softmax_mode) value += logn / dxi;
+    if (softmax_mode) value += MexSoftmaxTerm(n, dxi);
     st.value = static_cast<float>(value);
     return st;
   }
@@ -141,7 +143,7 @@ KZ_HOST_DEVICE inline MexSetState MexSetForward(const Values& v, int64_t n, floa
     st.lse = log(acc / n);
   }
   double value = st.m + st.lse / dxi;
-  if (softmax_mode) value += logn / dxi;
+  if (softmax_mode) value += MexSoftmaxTerm(n, dxi);
   st.value = static_cast<float>(value);
   return st;
 }
@@ -175,7 +177,6 @@ KZ_HOST_DEVICE inline double MexSetBackward(const Values& v, int64_t n, float xi
       break;
   }
   const double dxi = xi;
-  const double logn = log(static_cast<double>(n));
   double dval_dxi;
   if (st.regime == kMexSeries) {
     if (xi == 0.f) {
@@ -191,7 +192,7 @@ KZ_HOST_DEVICE inline double MexSetBackward(const Values& v, int64_t n, float xi
         gv[s] = static_cast<float>(scale * expf(xi * (v[s] - mf)));
     }
     dval_dxi = st.var / 2.0 + dxi * st.mu3 / 3.0;
-    if (softmax_mode) dval_dxi -= logn / (dxi * dxi);
+    if (softmax_mode) dval_dxi -= MexSoftmaxTerm(n, dxi) / dxi;
     return g * dval_dxi;
   }
   if (fabs(dxi) * st.range < kMexExpm1Threshold) {
@@ -210,7 +211,7 @@ KZ_HOST_DEVICE inline double MexSetBackward(const Values& v, int64_t n, float xi
     }
     for (int64_t s = 0; s < n; ++s) gv[s] = static_cast<float>(g * exp(dxi * (v[s] - mean)) / s0);
     dval_dxi = (s1 / s0 - log1p(q / n) / dxi) / dxi;
-    if (softmax_mode) dval_dxi -= logn / (dxi * dxi);
+    if (softmax_mode) dval_dxi -= MexSoftmaxTerm(n, dxi) / dxi;
     return g * dval_dxi;
   }
   // Exact: w_s = exp(xi (v_s - m)) / sum; d/dxi = (sum_s w_s (v_s - m) - lse/xi) / xi.
@@ -223,7 +224,7 @@ KZ_HOST_DEVICE inline double MexSetBackward(const Values& v, int64_t n, float xi
     if (w > 0.0) wv += w * d;
   }
   dval_dxi = (wv - st.lse / dxi) / dxi;
-  if (softmax_mode) dval_dxi -= logn / (dxi * dxi);
+  if (softmax_mode) dval_dxi -= MexSoftmaxTerm(n, dxi) / dxi;
   return g * dval_dxi;
 }
 

@@ -34,7 +34,7 @@ struct MexSetView {
   const T* img = nullptr;          // input at (image, y0 + a_lo, x0 + b_lo, cb * bc)
   const float* offsets = nullptr;  // offsets at (region, k, a_lo, b_lo, 0), or null
   int64_t in_w = 0, in_c = 0, k_w = 0;
-  int bc = 0, width = 0, count = 0;  // width: valid columns; sets have < 2^24 + 1 entries (geometry.h)
+  int bc = 0, rows = 0, width = 0, count = 0;  // valid rows and columns; sets have < 2^24 + 1 entries (geometry.h)
   float c = 0.f;
 
   // Window offsets of entry s < count: into the input and into the region's offsets.
@@ -49,6 +49,23 @@ struct MexSetView {
     Locate(static_cast<int>(s), &in, &off);
     return offsets != nullptr ? ToFloat(img[in]) + offsets[off] : ToFloat(img[in]);
   }
+  // out[s] = (*this)[s] for s < n, walking the window row by row (no index division per entry).
+  KZ_HOST_DEVICE void CopyTo(float* out, int64_t n) const {
+    int s = 0;
+    for (int a = 0; a < rows; ++a) {
+      for (int b = 0; b < width; ++b) {
+        const T* x = img + (a * in_w + b) * in_c;
+        const float* o = offsets != nullptr ? offsets + (a * k_w + b) * bc : nullptr;
+        for (int cc = 0; cc < bc; ++cc, ++s) out[s] = o != nullptr ? ToFloat(x[cc]) + o[cc] : ToFloat(x[cc]);
+      }
+    }
+    if (n > count) out[count] = c;
+  }
+};
+
+// Where a set's data start: its window in the input, its offsets (-1: none), its instance.
+struct MexSetPlace {
+  int64_t input_base = 0, offset_base = -1, instance = 0;
 };
 
 // Sets of at most this many entries are first copied to thread-local memory.
@@ -57,12 +74,14 @@ constexpr int64_t kMexLocalSet = 32;
 // Set `set` = ((image * out_h + i) * out_w + j) * nb + cb) * K + k, the output index.
 template <typename T>
 KZ_HOST_DEVICE inline MexSetView<T> MakeSetView(const MexParams& prm, const T* input, const float* offsets,
-                                                const float* c, int64_t set, int64_t* input_base,
-                                                int64_t* offset_base) {
+                                                const float* c, int64_t set, MexSetPlace* place) {
   const WindowGeometry& g = prm.geo;
   const int64_t K = prm.num_instances, nb = prm.num_blocks(), bc = prm.channel_block;
-  const int64_t k = Mod(set, K), cb = Mod(Div(set, K), nb), pos = Div(set, K * nb);
-  const int64_t j = Mod(pos, g.out_w), i = Mod(Div(pos, g.out_w), g.out_h), image = Div(pos, g.out_w * g.out_h);
+  // Four divisions, each remainder by a multiply (index math is much of this kernel's work).
+  const int64_t q = Div(set, K), k = set - q * K;
+  const int64_t pos = Div(q, nb), cb = q - pos * nb;
+  const int64_t rest = Div(pos, g.out_w), j = pos - rest * g.out_w;
+  const int64_t image = Div(rest, g.out_h), i = rest - image * g.out_h;
   const int64_t y0 = g.row0(i), x0 = g.col0(j);
   const int64_t a_lo = y0 < 0 ? -y0 : 0, b_lo = x0 < 0 ? -x0 : 0;
   const int64_t a_hi = g.in_h - y0 < g.k_h ? g.in_h - y0 : g.k_h;
@@ -73,14 +92,16 @@ KZ_HOST_DEVICE inline MexSetView<T> MakeSetView(const MexParams& prm, const T* i
   view.k_w = g.k_w;
   view.bc = static_cast<int>(bc);
   view.width = b_hi > b_lo ? static_cast<int>(b_hi - b_lo) : 0;
-  view.count = (a_hi > a_lo && b_hi > b_lo) ? static_cast<int>((a_hi - a_lo) * view.width * bc) : 0;
-  *input_base = ((image * g.in_h + y0 + a_lo) * g.in_w + x0 + b_lo) * g.in_c + cb * bc;
-  view.img = input + *input_base;
-  *offset_base = -1;
+  view.rows = (a_hi > a_lo && b_hi > b_lo) ? static_cast<int>(a_hi - a_lo) : 0;
+  view.count = view.rows * view.width * static_cast<int>(bc);
+  place->instance = k;
+  place->input_base = ((image * g.in_h + y0 + a_lo) * g.in_w + x0 + b_lo) * g.in_c + cb * bc;
+  view.img = input + place->input_base;
+  place->offset_base = -1;
   if (prm.use_offsets) {
     const int64_t region = prm.region_h(i) * prm.regions_w + prm.region_w(j);
-    *offset_base = ((region * K + k) * g.k_h + a_lo) * g.k_w * bc + b_lo * bc;
-    view.offsets = offsets + *offset_base;
+    place->offset_base = ((region * K + k) * g.k_h + a_lo) * g.k_w * bc + b_lo * bc;
+    view.offsets = offsets + place->offset_base;
   }
   if (prm.use_c) view.c = c[k];
   return view;
@@ -118,13 +139,13 @@ KZ_GLOBAL void MexForwardKernel(MexParams prm, const T* input, const float* xi, 
   const int64_t sets = prm.geo.positions() * prm.out_channels();
   KZ_FOR_THREADS(t) {
     KZ_GRID_STRIDE(set, t, sets) {
-      int64_t input_base, offset_base;
-      const MexSetView<T> v = MakeSetView(prm, input, offsets, c, set, &input_base, &offset_base);
+      MexSetPlace place;
+      const MexSetView<T> v = MakeSetView(prm, input, offsets, c, set, &place);
       const int64_t n = v.count + (prm.use_c ? 1 : 0);
-      const float x = xi[Mod(set, prm.num_instances)];
+      const float x = xi[place.instance];
       if (n > 0 && n <= kMexLocalSet) {  // small sets: read each entry once
         float local[kMexLocalSet];
-        for (int64_t s = 0; s < n; ++s) local[s] = v[s];
+        v.CopyTo(local, n);
         output[set] = FromFloat<T>(MexSetForward(local, n, x, prm.softmax_mode).value);
       } else {
         output[set] = FromFloat<T>(n > 0 ? MexSetForward(v, n, x, prm.softmax_mode).value : NAN);
@@ -144,18 +165,18 @@ KZ_GLOBAL void MexBackwardKernel(MexParams prm, const T* input, const float* xi,
   KZ_FOR_THREADS(t) {
     KZ_GRID_STRIDE(set, t, sets) {
       MexGradSink<T> sink;
-      int64_t input_base, offset_base;
-      sink.view = MakeSetView(prm, input, offsets, c, set, &input_base, &offset_base);
+      MexSetPlace place;
+      sink.view = MakeSetView(prm, input, offsets, c, set, &place);
       const int64_t n = sink.view.count + (prm.use_c ? 1 : 0);
       if (n == 0) continue;
-      const int64_t k = Mod(set, K);
-      sink.grad_input = grad_input + input_base;
-      sink.grad_offsets = prm.use_offsets ? ws_offsets + offset_base : nullptr;
+      const int64_t k = place.instance;
+      sink.grad_input = grad_input + place.input_base;
+      sink.grad_offsets = prm.use_offsets ? ws_offsets + place.offset_base : nullptr;
       sink.grad_c = prm.use_c ? ws_c + k : nullptr;
       double dxi;
       if (n <= kMexLocalSet) {  // small sets: read each entry once
         float local[kMexLocalSet];
-        for (int64_t s = 0; s < n; ++s) local[s] = sink.view[s];
+        sink.view.CopyTo(local, n);
         const MexSetState st = MexSetForward(local, n, xi[k], prm.softmax_mode);
         dxi = MexSetBackward(local, n, xi[k], prm.softmax_mode, st, ToFloat(grad[set]), sink);
       } else {

@@ -91,11 +91,12 @@ KZ_GLOBAL void KZ_LAUNCH_BOUNDS(kTileThreads, 2) SimilarityForwardKernel(Similar
   const int64_t tiles = (positions + kTileP - 1) / kTileP * tiles_l;
   constexpr bool kExpand = kKind == kSimL2 && !kIgnoreNaN;
   const float pad = kIgnoreNaN ? NAN : 0.f;
-  KZ_SHARED float xs[kTileD][kTileP + kPadP];
-  KZ_SHARED float zs[kTileD][kTileL];
-  KZ_SHARED float us[kTileD][kTileL];
+  // 16-byte aligned rows: the compute phase reads them with Load4.
+  KZ_SHARED alignas(16) float xs[kTileD][kTileP + kPadP];
+  KZ_SHARED alignas(16) float zs[kTileD][kTileL];
+  KZ_SHARED alignas(16) float us[kTileD][kTileL];
   KZ_SHARED float cz[kTileD][kTileL];  // l2 expanded: u z^2
-  KZ_SHARED float cs[kTileL];          // l2 expanded: sum_d u z^2, accumulated by the threads of row 0
+  KZ_SHARED float cs[kTileL];          // l2 expanded: sum_d u z^2, accumulated by threads 0..kTileL-1
   KZ_SHARED WindowOrigin origin[kTileP];
   KZ_PER_THREAD(float, acc, [kRegP][kRegL]);
   for (int64_t tile = KZ_BLOCK_ID; tile < tiles; tile += KZ_BLOCKS) {
@@ -143,16 +144,16 @@ KZ_GLOBAL void KZ_LAUNCH_BOUNDS(kTileThreads, 2) SimilarityForwardKernel(Similar
           pr[s] = (kKind == kSimLp && l < n) ? p[l] : 1.f;
         }
         const int d_end = D - d0 < kTileD ? static_cast<int>(D - d0) : kTileD;
+        if (kExpand && t < kTileL) {
+          for (int dd = 0; dd < d_end; ++dd) cs[t] += cz[dd][t];
+        }
+        static_assert(kRegP == 8 && kRegL == 4, "the loads below read 2 x 4 patch and 4 template values");
         for (int dd = 0; dd < d_end; ++dd) {
-          float xr[kRegP], zr[kRegL], ur[kRegL];
-          for (int r = 0; r < kRegP; ++r) xr[r] = xs[dd][ty * kRegP + r];
-          for (int s = 0; s < kRegL; ++s) {
-            zr[s] = zs[dd][tx * kRegL + s];
-            ur[s] = (kKind == kSimLinear) ? 0.f : us[dd][tx * kRegL + s];
-          }
-          if (kExpand && ty == 0) {
-            for (int s = 0; s < kRegL; ++s) cs[tx * kRegL + s] += cz[dd][tx * kRegL + s];
-          }
+          const Float4 x_lo = Load4(&xs[dd][ty * kRegP]), x_hi = Load4(&xs[dd][ty * kRegP + 4]);
+          const Float4 z4 = Load4(&zs[dd][tx * kRegL]);
+          const Float4 u4 = kKind == kSimLinear ? Float4{0.f, 0.f, 0.f, 0.f} : Load4(&us[dd][tx * kRegL]);
+          const float xr[kRegP] = {x_lo.x, x_lo.y, x_lo.z, x_lo.w, x_hi.x, x_hi.y, x_hi.z, x_hi.w};
+          const float zr[kRegL] = {z4.x, z4.y, z4.z, z4.w}, ur[kRegL] = {u4.x, u4.y, u4.z, u4.w};
           for (int r = 0; r < kRegP; ++r) {
             const float x = xr[r];
             if (kIgnoreNaN && x != x) continue;
@@ -203,6 +204,7 @@ KZ_GLOBAL void KZ_LAUNCH_BOUNDS(kTileThreads, 2) SimilarityForwardKernel(Similar
 //    grad dphi/dp over its split of the positions into partial[3][splits][D n];
 //    SimilarityGradParamsReduceKernel sums the splits in double.
 constexpr int kGradTile = 64, kGradChunk = 16, kGradReg = 4;
+static_assert(kGradReg == 4, "the backward kernels read a register row of shared memory with one Load4");
 #ifndef KZ_PATCH_GRAD_FLOATS  // a test build lowers it to run several batches
 #define KZ_PATCH_GRAD_FLOATS (int64_t{1} << 24)
 #endif
@@ -235,9 +237,9 @@ KZ_GLOBAL void KZ_LAUNCH_BOUNDS(kTileThreads, 2) SimilarityPatchGradKernel(
   const int64_t n = prm.num_templates, D = prm.patch_size();
   const int64_t tiles_d = (D + kGradTile - 1) / kGradTile;
   const int64_t tiles = (count + kGradTile - 1) / kGradTile * tiles_d;
-  KZ_SHARED float gs[kGradChunk][kGradTile + 4];
-  KZ_SHARED float us[kGradChunk][kGradTile + 4];
-  KZ_SHARED float zs[kGradChunk][kGradTile + 4];
+  KZ_SHARED alignas(16) float gs[kGradChunk][kGradTile + 4];  // 16-byte aligned rows, read with Load4
+  KZ_SHARED alignas(16) float us[kGradChunk][kGradTile + 4];
+  KZ_SHARED alignas(16) float zs[kGradChunk][kGradTile + 4];
   KZ_SHARED float ps[kGradChunk];
   KZ_PER_THREAD(float, xr, [kGradReg][kGradReg]);
   KZ_PER_THREAD(float, acc, [kGradReg][kGradReg]);
@@ -273,12 +275,10 @@ KZ_GLOBAL void KZ_LAUNCH_BOUNDS(kTileThreads, 2) SimilarityPatchGradKernel(
         const int tx = t % 16, ty = t / 16;
         const int l_end = n - l0 < kGradChunk ? static_cast<int>(n - l0) : kGradChunk;
         for (int ll = 0; ll < l_end; ++ll) {
-          float gr[kGradReg], ur[kGradReg], zr[kGradReg];
-          for (int r = 0; r < kGradReg; ++r) gr[r] = gs[ll][ty * kGradReg + r];
-          for (int s = 0; s < kGradReg; ++s) {
-            ur[s] = us[ll][tx * kGradReg + s];
-            zr[s] = zs[ll][tx * kGradReg + s];
-          }
+          const Float4 g4 = Load4(&gs[ll][ty * kGradReg]), u4 = Load4(&us[ll][tx * kGradReg]);
+          const Float4 z4 = Load4(&zs[ll][tx * kGradReg]);
+          const float gr[kGradReg] = {g4.x, g4.y, g4.z, g4.w}, ur[kGradReg] = {u4.x, u4.y, u4.z, u4.w};
+          const float zr[kGradReg] = {z4.x, z4.y, z4.z, z4.w};
           for (int r = 0; r < kGradReg; ++r)
             for (int s = 0; s < kGradReg; ++s) {
               if (kKind == kSimLinear) {
@@ -356,8 +356,8 @@ KZ_GLOBAL void KZ_LAUNCH_BOUNDS(kTileThreads, 2) SimilarityParamGradKernel(
   const int64_t tiles_d = (D + kGradTile - 1) / kGradTile, tiles_l = (n + kGradTile - 1) / kGradTile;
   const int64_t per_split = (positions + splits - 1) / splits;
   const float pad = kIgnoreNaN ? NAN : 0.f;
-  KZ_SHARED float xs[kGradChunk][kGradTile + 4];
-  KZ_SHARED float gs[kGradChunk][kGradTile + 4];
+  KZ_SHARED alignas(16) float xs[kGradChunk][kGradTile + 4];  // 16-byte aligned rows, read with Load4
+  KZ_SHARED alignas(16) float gs[kGradChunk][kGradTile + 4];
   KZ_SHARED WindowOrigin origin[kGradChunk];
   KZ_SHARED int d_a[kGradTile], d_b[kGradTile], d_c[kGradTile];
   KZ_PER_THREAD(float, zr, [kGradReg][kGradReg]);
@@ -411,9 +411,8 @@ KZ_GLOBAL void KZ_LAUNCH_BOUNDS(kTileThreads, 2) SimilarityParamGradKernel(
       KZ_FOR_THREADS(t) {
         const int tx = t % 16, ty = t / 16;
         for (int pp = 0; pp < kGradChunk; ++pp) {
-          float xv[kGradReg], gv[kGradReg];
-          for (int r = 0; r < kGradReg; ++r) xv[r] = xs[pp][ty * kGradReg + r];
-          for (int s = 0; s < kGradReg; ++s) gv[s] = gs[pp][tx * kGradReg + s];
+          const Float4 x4 = Load4(&xs[pp][ty * kGradReg]), g4 = Load4(&gs[pp][tx * kGradReg]);
+          const float xv[kGradReg] = {x4.x, x4.y, x4.z, x4.w}, gv[kGradReg] = {g4.x, g4.y, g4.z, g4.w};
           for (int r = 0; r < kGradReg; ++r) {
             const float x = xv[r];
             if (kIgnoreNaN && x != x) continue;
