@@ -37,11 +37,14 @@ struct MexSetView {
   int bc = 0, rows = 0, width = 0, count = 0;  // valid rows and columns; sets have < 2^24 + 1 entries (geometry.h)
   float c = 0.f;
 
+  // Where window row a, column b (channel 0) lies: in the input, in the region's offsets.
+  KZ_HOST_DEVICE int64_t InputAt(int64_t a, int64_t b) const { return (a * in_w + b) * in_c; }
+  KZ_HOST_DEVICE int64_t OffsetAt(int64_t a, int64_t b) const { return (a * k_w + b) * bc; }
   // Window offsets of entry s < count: into the input and into the region's offsets.
   KZ_HOST_DEVICE void Locate(int s, int64_t* in, int64_t* off) const {
     const int cc = s % bc, ab = s / bc, b = ab % width, a = ab / width;
-    *in = (a * in_w + b) * in_c + cc;
-    *off = (a * k_w + b) * bc + cc;
+    *in = InputAt(a, b) + cc;
+    *off = OffsetAt(a, b) + cc;
   }
   KZ_HOST_DEVICE float operator[](int64_t s) const {
     if (s >= count) return c;
@@ -54,8 +57,8 @@ struct MexSetView {
     int s = 0;
     for (int a = 0; a < rows; ++a) {
       for (int b = 0; b < width; ++b) {
-        const T* x = img + (a * in_w + b) * in_c;
-        const float* o = offsets != nullptr ? offsets + (a * k_w + b) * bc : nullptr;
+        const T* x = img + InputAt(a, b);
+        const float* o = offsets != nullptr ? offsets + OffsetAt(a, b) : nullptr;
         for (int cc = 0; cc < bc; ++cc, ++s) out[s] = o != nullptr ? ToFloat(x[cc]) + o[cc] : ToFloat(x[cc]);
       }
     }
