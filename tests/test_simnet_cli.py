@@ -77,10 +77,14 @@ def test_fig4_names_close_points_at_one_n_in_a_column_and_far_ones_apart():
 
 def test_bench_simnet_times_the_steps_side_by_side(capsys):
     assert cli.main(["bench", "simnet", "--n", "4", "--convnet-n", "4", "--batch-size", "4", "--steps", "1",
-                     "--warmup", "1", "--models", "simnet_wl2,convnet"]) == 0
-    rows = {tuple(line.split()[:3]): line.split() for line in capsys.readouterr().out.splitlines()[2:]}
-    assert set(rows) == {("convnet", "4", "float32"), ("convnet", "4", "mixed_bfloat16"), ("simnet_wl2", "4", "float32")}
-    assert rows[("convnet", "4", "float32")][5] == "1.00x"  # the reference row
-    assert float(rows[("simnet_wl2", "4", "float32")][3]) > 0 and rows[("simnet_wl2", "4", "float32")][5].endswith("x")
+                     "--warmup", "1", "--models", "simnet_wl2,convnet", "--pooling", "auto,slices"]) == 0
+    rows = {tuple(line.split()[:4]): line.split() for line in capsys.readouterr().out.splitlines()[2:]}
+    assert set(rows) == {("convnet", "4", precision, pooling) for precision in ("float32", "mixed_bfloat16")
+                         for pooling in ("auto", "slices")} | {("simnet_wl2", "4", "float32", "-")}
+    assert rows[("convnet", "4", "float32", "auto")][6] == "1.00x"  # the reference row
+    simnet = rows[("simnet_wl2", "4", "float32", "-")]
+    assert float(simnet[4]) > 0 and simnet[6].endswith("x")
     with pytest.raises(ValueError, match="--models"):
         cli.main(["bench", "simnet", "--models", "resnet"])
+    with pytest.raises(ValueError, match="--pooling"):
+        cli.main(["bench", "simnet", "--pooling", "fused"])

@@ -110,6 +110,33 @@ def test_logit_centring_changes_no_prediction_and_no_softmax(pooling):
                                                                   learn_xi=True).layers]
 
 
+def test_quadrant_pooling_takes_one_pooling_op_where_same_windows_are_the_regions():
+    window = models.QuadrantPooling._same_window
+    assert [window(27, 2), window(28, 2), window(9, 3), window(6, 1)] == [14, 14, 3, 6]
+    assert window(10, 4) is None  # regions of 3, 2, 3, 2 rows: no "same" pooling has them
+    with pytest.raises(ValueError, match="implementation"):
+        models.QuadrantPooling(implementation="fused")
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+@pytest.mark.parametrize("size,grid", [((27, 27), (2, 2)), ((28, 9), (2, 3)), ((10, 27), (4, 2))])
+def test_quadrant_pooling_by_window_equals_the_slices(mode, size, grid):
+    rng = np.random.default_rng(0)
+    x = tf.Variable(rng.permutation(2 * size[0] * size[1] * 3).reshape(2, *size, 3).astype("float32") / 100)
+    seed = tf.constant(rng.normal(size=(2, *grid, 3)).astype("float32"))
+    results = []
+    for implementation in ("auto", "slices"):
+        layer = models.QuadrantPooling(grid, mode, implementation=implementation)
+        with tf.GradientTape() as tape:
+            y = layer(x)
+            loss = tf.reduce_sum(y * seed)
+        results.append((y.numpy(), tape.gradient(loss, x).numpy()))
+    (y, grad), (y_ref, grad_ref) = results
+    np.testing.assert_allclose(y, y_ref, rtol=1e-6)
+    np.testing.assert_allclose(grad, grad_ref, rtol=1e-6, atol=1e-7)
+    assert models.QuadrantPooling.from_config(layer.get_config()).implementation == "slices"
+
+
 def test_quadrant_pooling_and_triangle_coding():
     assert models.QuadrantPooling._bounds(27, 2) == [(0, 14), (14, 27)]
     x = np.arange(2 * 5 * 5 * 1, dtype="float32").reshape(2, 5, 5, 1)

@@ -30,6 +30,7 @@ from kernelzoo.zoo.augment import RandomShiftFlip
 from kernelzoo.zoo.simnet.preprocessing import BrightnessContrastNormalization, PatchWhitening
 
 _POOL_MODES = ("sum", "mean", "max")
+POOL_IMPLEMENTATIONS = ("auto", "slices")
 
 
 @keras.saving.register_keras_serializable(package="kernelzoo")
@@ -39,12 +40,18 @@ class QuadrantPooling(keras.layers.Layer):
     Region boundaries follow the MEX offset regions: position i of H belongs to
     region (i * R) // H (for 27 positions: rows 0-13 and 14-26, as Coates et al.).
     Output (N, R_h, R_w, C).
+
+    implementation "auto": one max / average pooling op wherever one "same" pooling window per
+    region reproduces these boundaries (27 -> 2 regions does), else one reduction per region's
+    slice, whose gradient costs a full-size tensor per region; "slices" always takes the latter
+    (for comparison: `kernelzoo bench simnet --pooling auto,slices`).
     """
 
-    def __init__(self, grid=(2, 2), mode="sum", **kwargs):
+    def __init__(self, grid=(2, 2), mode="sum", implementation="auto", **kwargs):
         super().__init__(**kwargs)
         self.grid = normalize_tuple(grid, "grid")
         self.mode = check_choice("mode", mode, _POOL_MODES)
+        self.implementation = check_choice("implementation", implementation, POOL_IMPLEMENTATIONS)
         self.input_spec = keras.layers.InputSpec(ndim=4)
 
     def build(self, input_shape):
@@ -58,7 +65,31 @@ class QuadrantPooling(keras.layers.Layer):
         owner = (np.arange(size) * regions) // size
         return [(int(np.argmax(owner == r)), int(size - np.argmax(owner[::-1] == r))) for r in range(regions)]
 
+    @classmethod
+    def _same_window(cls, size, regions):
+        """The window (= stride) of a "same" pooling whose windows are exactly the regions, else None."""
+        bounds = cls._bounds(size, regions)
+        window = max(hi - lo for lo, hi in bounds)
+        if -(-size // window) != regions:
+            return None
+        top = (regions * window - size) // 2  # TensorFlow's "same" puts the odd padding row last
+        same = [(max(r * window - top, 0), min((r + 1) * window - top, size)) for r in range(regions)]
+        return window if same == bounds else None
+
     def call(self, inputs):
+        size = inputs.shape[1:3]
+        windows = tuple(self._same_window(n, r) for n, r in zip(size, self.grid))
+        if self.implementation == "slices" or None in windows:
+            return self._pool_by_slices(inputs)
+        if self.mode == "max":
+            return ops.max_pool(inputs, windows, windows, padding="same")
+        mean = ops.average_pool(inputs, windows, windows, padding="same")  # the padding is not counted
+        if self.mode == "mean":
+            return mean
+        rows, cols = ([hi - lo for lo, hi in self._bounds(n, r)] for n, r in zip(size, self.grid))
+        return mean * ops.cast(np.outer(rows, cols)[None, :, :, None], mean.dtype)
+
+    def _pool_by_slices(self, inputs):
         reduce = {"sum": ops.sum, "mean": ops.mean, "max": ops.max}[self.mode]
         rows = self._bounds(inputs.shape[1], self.grid[0])
         cols = self._bounds(inputs.shape[2], self.grid[1])
@@ -71,7 +102,7 @@ class QuadrantPooling(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"grid": self.grid, "mode": self.mode})
+        config.update({"grid": self.grid, "mode": self.mode, "implementation": self.implementation})
         return config
 
 
