@@ -9,11 +9,11 @@ In one process, for each model and precision: the median wall time of `train_on_
 compiled model (SGD with momentum, cross-entropy) on random raw-pixel 32x32x3 images (throughput does not
 depend on the pixels), after `--warmup` untimed steps (the first traces the step). "vs convnet" is the
 ConvNet's float32 step time (its first --pooling) over the row's (above 1: faster than the ConvNet; paper
-000 issue target: the SimNets at n=400 at least as fast as the ConvNet at n=400). The SimNets run in float32 only: their
-similarity and MEX ops are float32 kernels (mixed_bfloat16 rows are skipped for them); the ConvNet and
-Coates baselines run at every precision listed, and with each `--pooling` implementation of their
-quadrant pooling (`QuadrantPooling`: "auto", one pooling op; "slices", one reduction per quadrant).
-Peak RSS is the process's high-water mark so far.
+000 issue target: the SimNets at n=400 at least as fast as the ConvNet at n=400). The SimNets run in
+float32 only: their similarity and MEX ops are float32 kernels (mixed_bfloat16 rows are skipped for them);
+the ConvNet and Coates baselines run at every precision listed, and with each `--pooling` implementation
+of their quadrant pooling (`QuadrantPooling`: "auto", one pooling op; "slices", one reduction per
+quadrant). Peak RSS is the process's high-water mark so far.
 """
 import itertools
 import os
