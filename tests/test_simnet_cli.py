@@ -88,3 +88,6 @@ def test_bench_simnet_times_the_steps_side_by_side(capsys):
         cli.main(["bench", "simnet", "--models", "resnet"])
     with pytest.raises(ValueError, match="--pooling"):
         cli.main(["bench", "simnet", "--pooling", "fused"])
+    from kernelzoo.zoo.simnet import bench_train
+    with pytest.raises(ValueError, match="pooling"):
+        bench_train.measure("convnet", pooling="fused")

@@ -111,7 +111,9 @@ def test_logit_centring_changes_no_prediction_and_no_softmax(pooling):
 
 
 def test_quadrant_pooling_takes_one_pooling_op_where_same_windows_are_the_regions():
-    window = models.QuadrantPooling._same_window
+    def window(size, regions):
+        return models.QuadrantPooling._same_window(size, models.QuadrantPooling._bounds(size, regions))
+
     assert [window(27, 2), window(28, 2), window(9, 3), window(6, 1)] == [14, 14, 3, 6]
     assert window(10, 4) is None  # regions of 3, 2, 3, 2 rows: no "same" pooling has them
     with pytest.raises(ValueError, match="implementation"):

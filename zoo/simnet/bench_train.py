@@ -22,7 +22,7 @@ import sys
 
 import numpy as np
 
-from kernelzoo.ops.checks import positive_int
+from kernelzoo.ops.checks import check_choice, positive_int
 from kernelzoo.zoo.simnet import models
 from kernelzoo.zoo.step_bench import add_step_options, environment, listed, time_step
 
@@ -46,6 +46,7 @@ def measure(kind, n=400, convnet_n=400, precision="float32", batch_size=64, step
     from kernelzoo.zoo.simnet.recipe import SimNetRecipe
 
     batch_size = positive_int(batch_size, "batch_size")
+    pooling = check_choice("pooling", pooling, models.POOL_IMPLEMENTATIONS)  # set below, past the layer's check
     keras.utils.set_random_seed(seed)
     with precision_policy(precision):
         model = models.build_kind(kind, size(kind, n, convnet_n))

@@ -65,11 +65,11 @@ class QuadrantPooling(keras.layers.Layer):
         owner = (np.arange(size) * regions) // size
         return [(int(np.argmax(owner == r)), int(size - np.argmax(owner[::-1] == r))) for r in range(regions)]
 
-    @classmethod
-    def _same_window(cls, size, regions):
-        """The window (= stride) of a "same" pooling whose windows are exactly the regions, else None."""
-        bounds = cls._bounds(size, regions)
-        window = max(hi - lo for lo, hi in bounds)
+    @staticmethod
+    def _same_window(size, bounds):
+        """The window (= stride) of a "same" pooling over `size` positions whose windows are exactly
+        `bounds` (`_bounds`' regions), else None."""
+        regions, window = len(bounds), max(hi - lo for lo, hi in bounds)
         if -(-size // window) != regions:
             return None
         top = (regions * window - size) // 2  # TensorFlow's "same" puts the odd padding row last
@@ -78,21 +78,20 @@ class QuadrantPooling(keras.layers.Layer):
 
     def call(self, inputs):
         size = inputs.shape[1:3]
-        windows = tuple(self._same_window(n, r) for n, r in zip(size, self.grid))
+        rows, cols = (self._bounds(n, r) for n, r in zip(size, self.grid))
+        windows = (self._same_window(size[0], rows), self._same_window(size[1], cols))
         if self.implementation == "slices" or None in windows:
-            return self._pool_by_slices(inputs)
+            return self._pool_by_slices(inputs, rows, cols)
         if self.mode == "max":
             return ops.max_pool(inputs, windows, windows, padding="same")
         mean = ops.average_pool(inputs, windows, windows, padding="same")  # the padding is not counted
         if self.mode == "mean":
             return mean
-        rows, cols = ([hi - lo for lo, hi in self._bounds(n, r)] for n, r in zip(size, self.grid))
-        return mean * ops.cast(np.outer(rows, cols)[None, :, :, None], mean.dtype)
+        counts = np.outer([hi - lo for lo, hi in rows], [hi - lo for lo, hi in cols])
+        return mean * ops.cast(counts[None, :, :, None], mean.dtype)
 
-    def _pool_by_slices(self, inputs):
+    def _pool_by_slices(self, inputs, rows, cols):
         reduce = {"sum": ops.sum, "mean": ops.mean, "max": ops.max}[self.mode]
-        rows = self._bounds(inputs.shape[1], self.grid[0])
-        cols = self._bounds(inputs.shape[2], self.grid[1])
         out = [ops.stack([reduce(inputs[:, r0:r1, c0:c1, :], axis=(1, 2)) for c0, c1 in cols], axis=1)
                for r0, r1 in rows]
         return ops.stack(out, axis=1)
