@@ -8,6 +8,9 @@ one) it measures, in one process, forward and forward+backward wall time
   custom op, composite (keras.ops), and
   composite compiled with XLA (`tf.function(jit_compile=True)`), against
   `keras.layers.Conv2D` with the same shape (ratio column = time / Conv2D);
+* weighted l1 / l2 custom op with the parameters' gradients only (a first
+  layer, whose input needs none: the op's input_grad=False) against the input's
+  and the parameters' (ratio = time / the latter);
 * MEX (xi = 1, no offsets, 2x2 blocks, stride 2): custom vs composite, against
   `keras.layers.MaxPool2D` and `tf.reduce_logsumexp` over the same blocks
   (ratio = time / MaxPool2D);
@@ -107,16 +110,21 @@ def _cases(shape_name, no_xla=False):
     out_size = s["size"] - k + 1
     gy = tf.constant(rng.normal(size=(s["batch"], out_size, out_size, n)).astype("float32"))
 
-    def make(forward, variables, grad, inputs=x):
-        """(forward, forward+backward) closures over `inputs`; the backward seeds `grad`."""
+    def make(forward, variables, grad, inputs=x, input_grad=True):
+        """(forward, forward+backward) closures over `inputs`; the backward seeds `grad` and differentiates
+        the variables, and the inputs unless input_grad=False. forward+backward returns the loss too: a
+        gradient op that does not read the forward's output would otherwise leave the forward pruned away."""
+        sources = ([inputs] if input_grad else []) + list(variables)
+
         def fwd():
             return forward(inputs)
 
         def fwdbwd():
             with tf.GradientTape() as tape:
-                tape.watch(inputs)
+                if input_grad:
+                    tape.watch(inputs)
                 loss = tf.reduce_sum(forward(inputs) * grad)
-            return tape.gradient(loss, [inputs] + list(variables))
+            return loss, tape.gradient(loss, sources)
         return fwd, fwdbwd
 
     def conv_case():
@@ -125,7 +133,7 @@ def _cases(shape_name, no_xla=False):
         fwd, fwdbwd = make(conv, conv.trainable_variables, gy)
         return tf.function(fwd), tf.function(fwdbwd)
 
-    def sim_case(kind, impl, xla=False):
+    def sim_case(kind, impl, xla=False, input_grad=True):
         def build():
             from kernelzoo.ops import custom
             mod = custom if impl == "custom" else composite
@@ -134,7 +142,7 @@ def _cases(shape_name, no_xla=False):
             def forward(inp):
                 return mod.similarity(inp, z, u, p, similarity=kind, strides=(1, 1),
                                       padding="valid", ignore_nan=False)
-            fwd, fwdbwd = make(forward, [z, u], gy)
+            fwd, fwdbwd = make(forward, [z, u], gy, input_grad=input_grad)
             return tf.function(fwd, jit_compile=xla), tf.function(fwdbwd, jit_compile=xla)
         return build
 
@@ -155,6 +163,12 @@ def _cases(shape_name, no_xla=False):
                     "positions x patch x templates tensor")
             else:
                 yield group, f"{w}{kind} composite XLA", False, sim_case(kind, "composite", True)
+
+    for kind in ("l1", "l2"):
+        group = (f"similarity {shape_name}, weighted {kind} custom op: the parameters' gradients only (a first "
+                 "layer's: input_grad=False) against the input's and the parameters'")
+        yield group, "input and parameters", True, sim_case(kind, "custom")
+        yield group, "parameters only", False, sim_case(kind, "custom", input_grad=False)
 
     # MEX over the similarity output shape.
     pool = s["pool"]
@@ -518,12 +532,13 @@ def _step_function(what):
 
 
 def _gradient_step(loss, args):
-    """A compiled callable returning the gradients of loss(*args) with respect to every argument."""
+    """A compiled callable returning loss(*args) and its gradients with respect to every argument (the value
+    too: the custom ops' gradients do not read the forward's output, which TF would otherwise prune away)."""
     import keras
 
     if keras.backend.backend() == "jax":
         import jax
-        return functools.partial(jax.jit(jax.grad(loss, argnums=tuple(range(len(args))))), *args)
+        return functools.partial(jax.jit(jax.value_and_grad(loss, argnums=tuple(range(len(args))))), *args)
     import tensorflow as tf
 
     tensors = [tf.constant(a) for a in args]
@@ -533,7 +548,7 @@ def _gradient_step(loss, args):
         with tf.GradientTape() as tape:
             tape.watch(tensors)
             value = loss(*tensors)
-        return tape.gradient(value, tensors)
+        return value, tape.gradient(value, tensors)
     return gradients
 
 

@@ -153,13 +153,14 @@ class Kernels:
         return out
 
     def similarity_grad(self, inputs, templates, weights, p, grad, *, similarity, strides=(1, 1),
-                        padding="valid", ignore_nan=False):
-        """Backward: (grad_input, grad_templates, grad_weights, grad_p); grad_input of the dtype of `inputs`."""
+                        padding="valid", ignore_nan=False, input_grad=True):
+        """Backward: (grad_input, grad_templates, grad_weights, grad_p); grad_input of the dtype of `inputs`,
+        None with input_grad=False (the kernels then skip it)."""
         dtype = _activation_dtype(inputs, grad)
         cfg = self.similarity_config(inputs.shape, templates.shape, similarity, strides, padding, ignore_nan, dtype)
         work = self.empty((max(int(self.lib.kz_similarity_workspace_bytes(cfg)), 8),), "uint8")
-        outs = [self.empty(tuple(inputs.shape), dtype)] + [self.empty(tuple(a.shape), "float32")
-                                                          for a in (templates, weights, p)]
+        outs = [self.empty(tuple(inputs.shape), dtype) if input_grad else None] + [
+            self.empty(tuple(a.shape), "float32") for a in (templates, weights, p)]
         self._call("kz_similarity_backward", cfg, self.launch, _ptr(inputs), _ptr(templates), _ptr(weights),
                    _ptr(p), _ptr(grad), *[_ptr(o) for o in outs], _ptr(work))
         return tuple(outs)

@@ -68,11 +68,14 @@ def mex(inputs, xi, offsets, c, *, num_instances, pool_size, channel_block, stri
 
 
 def _similarity_grad(op, grad):
+    # A GradientTape lists the inputs no watched source reaches (e.g. the images under a first
+    # layer): the kernels then skip the input's gradient. tf.gradients' ops have no such list.
+    input_grad = 0 not in (getattr(op, "skip_input_indices", None) or ())
     grads = _ops().kernelzoo_similarity_grad(
         op.inputs[0], op.inputs[1], op.inputs[2], op.inputs[3], grad,
         similarity=op.get_attr("similarity"), strides=op.get_attr("strides"),
-        padding=op.get_attr("padding"), ignore_nan=op.get_attr("ignore_nan"))
-    return list(grads)
+        padding=op.get_attr("padding"), ignore_nan=op.get_attr("ignore_nan"), input_grad=input_grad)
+    return [grads[0] if input_grad else None] + list(grads[1:])
 
 
 def _mex_grad(op, grad):

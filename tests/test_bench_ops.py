@@ -13,10 +13,11 @@ def test_bench_ops_tiny_runs_every_row(capsys):
     out = capsys.readouterr().out
     assert "failed" not in out, out
     groups = [line for line in out.splitlines() if line.startswith(("similarity tiny", "mex tiny"))]
-    assert len(groups) == 4, groups
+    assert len(groups) == 6, groups
     assert "GEMM form against the direct loop" in groups[-1]
     rows = {line.split()[0] + " " + " ".join(line.split()[1:-5]): line.split()[-5:]
             for line in out.splitlines() if line.startswith(("Conv2D", "weighted", "linear", "MaxPool2D", "mex "))}
+    assert sum(line.startswith("parameters only") for line in out.splitlines()) == 2  # l1 and l2
     for label in ["weighted l1 custom", "weighted lp composite", "mex custom direct", "mex custom GEMM"]:
         fwd_ms, fwd_ratio, fwdbwd_ms, fwdbwd_ratio, peak_mb = rows[label]
         assert float(fwd_ms) > 0 and float(fwdbwd_ms) > 0 and fwd_ratio.endswith("x"), (label, rows[label])
@@ -34,3 +35,18 @@ def test_step_peak_memory_is_the_child_process_own():
     code = "from kernelzoo.ops import bench; print(bench._peak_rss())"
     child_peak = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert 0 < child_peak < held.nbytes
+
+
+def test_forward_backward_cases_fetch_the_forward():
+    """fwd+bwd returns the loss: TF prunes a forward op whose output nothing fetches, and the custom ops'
+    gradients do not read it (the column then timed the backward alone)."""
+    import numpy as np
+
+    from kernelzoo.ops import bench
+
+    cases = {label: build for group, label, _, build in bench._cases("tiny", no_xla=True)
+             if group.startswith("similarity tiny (")}
+    _, fwdbwd = cases["weighted l2 custom"]()
+    loss, grads = fwdbwd()
+    assert loss.shape == () and np.isfinite(float(loss)) and float(loss) != 0.0
+    assert [tuple(g.shape) for g in grads] == [(2, 8, 8, 2), (3, 3, 2, 32), (3, 3, 2, 32)]  # input, z, u

@@ -90,6 +90,41 @@ def test_similarity_matches_composite(lib, kind, weighted, strides, padding, ign
         assert np.all(grads[0][np.isnan(x)] == 0.0)
 
 
+@pytest.mark.parametrize("kind", ["linear", "l1", "l2", "lp"])
+@pytest.mark.parametrize("padding,ignore_nan", [("valid", False), ("same", True)])
+def test_similarity_gradient_skips_an_unwatched_input(lib, kind, padding, ignore_nan):
+    """With the input outside the tape (a first layer's images) the gradient op runs with input_grad=False:
+    no input gradient (None), the parameters' gradients those of the full op."""
+    rng = np.random.default_rng(RNG_SEED)
+    x = rng.normal(size=(3, 9, 8, 3)).astype("float32")
+    if ignore_nan:
+        x[0, 1, 2, 1] = x[2, 4, 5, 0] = np.nan
+    z = rng.normal(size=(3, 2, 3, 21)).astype("float32")
+    u = rng.uniform(0.2, 1.5, size=z.shape).astype("float32")
+    p = (rng.uniform(0.7, 2.5, size=21) if kind == "lp" else np.full(21, 2.0)).astype("float32")
+    kw = dict(similarity=kind, strides=(1, 1), padding=padding, ignore_nan=ignore_nan)
+    g = tf.constant(rng.normal(size=(3, 9, 8, 21) if padding == "same" else (3, 7, 7, 21)).astype("float32"))
+
+    @tf.function
+    def grads(x, params, watch_input):
+        sources = params + ([x] if watch_input else [])
+        with tf.GradientTape() as tape:
+            tape.watch(sources)
+            y = custom.similarity(x, *params, **kw)
+        return tape.gradient(y, sources, output_gradients=g)
+    tensors = [tf.constant(t) for t in (x, z, u, p)]
+    for watch_input in (False, True):
+        graph = grads.get_concrete_function(tensors[0], tensors[1:], watch_input).graph
+        flags = [op.get_attr("input_grad") for op in graph.get_operations() if op.type == "KernelzooSimilarityGrad"]
+        assert flags == [watch_input]
+    partial, full = grads(tensors[0], tensors[1:], False), grads(tensors[0], tensors[1:], True)
+    assert len(partial) == 3 and full[3].shape == x.shape
+    for name, a, b in zip(["templates", "weights", "p"], partial, full):
+        _rel_close(a, b, 1e-6, f"grad {name}")
+    direct = lib.kernelzoo_similarity_grad(*tensors, g, **dict(kw, strides=[1, 1], input_grad=False))
+    assert direct[0].shape == (0,)
+
+
 def test_similarity_nan_propagates_without_ignore_nan(lib):
     x = np.ones((1, 4, 4, 1), "float32")
     x[0, 0, 0, 0] = np.nan

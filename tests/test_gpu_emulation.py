@@ -86,6 +86,23 @@ def test_similarity_emulation_input_gradient_in_image_batches(tmp_path, kind):
     _rel_close(small.similarity_grad(x, z, u, p, g, **kw)[0], grads[0], 1e-4, "grad input")
 
 
+@pytest.mark.parametrize("kind", ["linear", "l1", "l2", "lp"])
+def test_similarity_emulation_skips_the_input_gradient(emulated, kind):
+    """A null grad_input (the op's input_grad=False): no patch-gradient kernels, the same parameters' gradients."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(2, 7, 6, 3)).astype("float32")
+    z = rng.normal(size=(2, 2, 3, 9)).astype("float32")
+    u = rng.uniform(0.2, 1.5, size=z.shape).astype("float32")
+    p = rng.uniform(0.6, 2.5, size=9).astype("float32")
+    g = rng.normal(size=(2, 6, 5, 9)).astype("float32")
+    kw = dict(similarity=kind, strides=(1, 1), padding="valid", ignore_nan=False)
+    full = emulated.similarity_grad(x, z, u, p, g, **kw)
+    partial = emulated.similarity_grad(x, z, u, p, g, input_grad=False, **kw)
+    assert partial[0] is None
+    for name, a, b in zip(["templates", "weights", "p"], partial[1:], full[1:]):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+
+
 def test_similarity_emulation_propagates_nan_without_ignore_nan(emulated):
     x = np.random.default_rng(1).normal(size=(1, 5, 5, 2)).astype("float32")
     x[0, 2, 2, 1] = np.nan

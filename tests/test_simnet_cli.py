@@ -91,3 +91,18 @@ def test_bench_simnet_times_the_steps_side_by_side(capsys):
     from kernelzoo.zoo.simnet import bench_train
     with pytest.raises(ValueError, match="pooling"):
         bench_train.measure("convnet", pooling="fused")
+
+
+def test_bench_simnet_profiles_the_step(capsys):
+    """--profile N lists a row's N longest ops (the model's scope dropped) and the total of all its ops."""
+    assert cli.main(["bench", "simnet", "--n", "4", "--batch-size", "4", "--steps", "1", "--warmup", "1",
+                     "--models", "simnet_wl2", "--profile", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()[2:]
+    assert lines[0].startswith("simnet_wl2") and len(lines) == 5, lines
+    ops = [line.split(" ms  ")[1] for line in lines[1:4]]
+    times = [float(line.split(" ms  ")[0]) for line in lines[1:]]
+    assert times[0] >= times[1] >= times[2] > 0 and times[3] >= sum(times[:3])
+    assert lines[4].split(" ms  ")[1].startswith("all ") and not any("simnet_patch_labeling" in op for op in ops)
+    assert any("Kernelzoo" in op for op in ops), ops  # the SimNet's own ops lead its step
+    with pytest.raises(ValueError, match="--profile"):
+        cli.main(["bench", "simnet", "--profile", "-1"])

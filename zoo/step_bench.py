@@ -1,7 +1,11 @@
 """What the training-step benchmarks share (`kernelzoo bench sc`, `kernelzoo bench ckn`): the environment line
-they print first, their options and the median time of a step."""
+they print first, their options, the median time of a step and where a step's time goes."""
+import collections
+import glob
 import os
+import re
 import statistics
+import tempfile
 import time
 
 from kernelzoo.ops.checks import check_choice, nonnegative_int, positive_int
@@ -51,3 +55,48 @@ def time_step(step, batch_size, steps=5, warmup=2):
         times.append(time.perf_counter() - started)
     ms = 1000 * statistics.median(times)
     return {"ms": ms, "images_per_s": batch_size / ms * 1000, "steps": len(times)}
+
+
+# An op's event in a TF profiler trace is "scope/name:OpType"; executor bookkeeping ("ExecutorState::Process")
+# and Python frames are not ops.
+_OP_EVENT = re.compile(r"^[^:]+:[A-Za-z0-9_]+$")
+
+
+def profile_step(step, steps=3, drop_scope=None):
+    """[(op, ms per call)] of the TensorFlow ops run by `steps` calls of `step`, longest first (TF profiler).
+
+    An op's time is its wall time on the executor thread that ran it, its own intra-op threads included;
+    ops that ran side by side both count. `drop_scope` (e.g. the model's name) is removed from the op names,
+    with the "_1" Keras appends to a reused scope. Call `step` at least once before (tracing is not profiled).
+    """
+    import tensorflow as tf
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    steps = positive_int(steps, "steps")
+    totals = collections.Counter()
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        try:
+            for _ in range(steps):
+                step()
+        finally:
+            tf.profiler.experimental.stop()
+        for path in glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True):
+            space = xplane_pb2.XSpace()
+            with open(path, "rb") as f:
+                space.ParseFromString(f.read())
+            for plane in space.planes:
+                if plane.name != "/host:CPU":
+                    continue
+                for line in plane.lines:
+                    for event in line.events:
+                        name = plane.event_metadata[event.metadata_id].name
+                        if _OP_EVENT.match(name):
+                            totals[name.rsplit(":", 1)[0]] += event.duration_ps
+    if drop_scope:
+        scope = re.compile(r"(^|/)" + re.escape(drop_scope) + r"(_\d+)?/")
+        merged = collections.Counter()
+        for name, ps in totals.items():
+            merged[scope.sub(r"\1", name)] += ps
+        totals = merged
+    return [(name, ps / 1e9 / steps) for name, ps in totals.most_common()]

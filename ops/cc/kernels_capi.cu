@@ -7,7 +7,8 @@
 // Configurations arrive as int64 arrays (layouts below, mirrored in capi.py);
 // every call validates them and returns 0, or an error code with a message
 // from kz_last_error(). The activations (input, output, grad, grad_input) are
-// of the configuration's dtype (DType below), all other arrays float32.
+// of the configuration's dtype (DType below), all other arrays float32. A null
+// similarity grad_input skips the input's gradient (as the op's input_grad).
 #include <cstdint>
 #include <cstdio>
 #include <string>

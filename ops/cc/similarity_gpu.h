@@ -562,7 +562,7 @@ void LaunchSimilarityBackward(const Launcher& launch, const SimilarityParams& pr
   const WindowGeometry& g = prm.geo;
   const int64_t D = prm.patch_size(), n = prm.num_templates, per_image = g.out_h * g.out_w;
   const int64_t batch_images = PatchGradImages(prm);
-  for (int64_t image0 = 0; image0 < g.batch; image0 += batch_images) {
+  for (int64_t image0 = 0; grad_input != nullptr && image0 < g.batch; image0 += batch_images) {
     const int64_t images = g.batch - image0 < batch_images ? g.batch - image0 : batch_images;
     const int64_t count = images * per_image;
     const int64_t tiles = (count + kGradTile - 1) / kGradTile * ((D + kGradTile - 1) / kGradTile);
@@ -577,7 +577,8 @@ void LaunchSimilarityBackward(const Launcher& launch, const SimilarityParams& pr
          kTileThreads, prm, splits, input, templates, p, grad, partial);
 }
 
-// Gradients w.r.t. input, templates, weights and p (all overwritten).
+// Gradients w.r.t. input, templates, weights and p (all overwritten); grad_input null: the
+// parameters' only.
 template <typename T>
 void SimilarityBackward(const Launcher& launch, const SimilarityParams& prm, const T* input,
                         const float* templates, const float* weights, const float* p, const T* grad,
@@ -587,7 +588,7 @@ void SimilarityBackward(const Launcher& launch, const SimilarityParams& prm, con
   const int64_t n = prm.num_templates, D = prm.patch_size();
   const int threads = launch.max_threads;
   if (n == 0 || g.positions() == 0 || D == 0) {
-    launch.Zero(grad_input, g.batch * g.in_h * g.in_w * g.in_c);
+    if (grad_input != nullptr) launch.Zero(grad_input, g.inputs());
     launch.Zero(grad_templates, D * n);
     launch.Zero(grad_weights, D * n);
     launch.Zero(grad_p, n);

@@ -13,8 +13,9 @@
 //    cpu_util.h (and IEEE special cases for chunks with NaN, inf or huge x).
 // Backward passes scatter patch gradients into the input gradient; chunks are
 // run in two waves (even bands, then odd bands) so no two concurrent chunks
-// touch the same input rows. Template/weight/p gradients use per-thread double
-// accumulators reduced at the end.
+// touch the same input rows (one wave, and no patch gradients, when the input
+// gradient is not asked for). Template/weight/p gradients use per-thread
+// double accumulators reduced at the end.
 #define EIGEN_USE_THREADS
 
 #include <algorithm>
@@ -211,9 +212,9 @@ void L1ForwardChunk(const float* X, int64_t rows, int64_t D, const Packed& pk,
 }
 
 // ----------------------------------------------------------- l1 backward --
-// For a tile of PT positions: GX (PT x D) = -sum_l g u sign(x - z);
-// gz (D x npad) += sum_p g sign(x - z); gu (D x npad) += sum_p g |x - z|.
-template <int PT, bool kSkipNaN>
+// For a tile of PT positions: GX (PT x D) = -sum_l g u sign(x - z) (when
+// kInputGrad); gz (D x npad) += sum_p g sign(x - z); gu (D x npad) += sum_p g |x - z|.
+template <int PT, bool kSkipNaN, bool kInputGrad>
 inline void L1BackwardTile(const float* X, int64_t D, const float* G, int64_t npad,
                            const float* z, const float* u, float* GX, float* gz,
                            float* gu) {
@@ -242,12 +243,14 @@ inline void L1BackwardTile(const float* X, int64_t D, const float* G, int64_t np
         const VF h = MulSign(g, t);
         sz += h;
         su += g * Abs(t);
-        gxv[p] += h * uv;
+        if constexpr (kInputGrad) gxv[p] += h * uv;
       }
       StoreU(gzr + v * kVL, LoadU(gzr + v * kVL) + sz);
       StoreU(gur + v * kVL, LoadU(gur + v * kVL) + su);
     }
-    for (int p = 0; p < PT; ++p) GX[p * D + d] = -HSum(gxv[p]);
+    if constexpr (kInputGrad) {
+      for (int p = 0; p < PT; ++p) GX[p * D + d] = -HSum(gxv[p]);
+    }
   }
 }
 
@@ -325,10 +328,10 @@ void LpForwardChunk(const float* X, int64_t rows, int64_t D, const Packed& pk,
 }
 
 // For a tile of PT positions, with h = g p |t|^(p-1) sign(t):
-// GX (PT x D) = -sum_l u h; gz (D x npad) += sum_q h;
+// GX (PT x D) = -sum_l u h (when kInputGrad); gz (D x npad) += sum_q h;
 // gu += sum_q g |t|^p; gp += sum_q g |t|^p log2|t|.
 // (grad templates = u gz, grad weights = -gu, grad p = -ln 2 sum_d u gp.)
-template <int PT, bool kSkipNaN, bool kExact>
+template <int PT, bool kSkipNaN, bool kExact, bool kInputGrad>
 inline void LpBackwardTile(const float* X, int64_t D, const float* G, int64_t npad,
                            const float* z, const float* u, const float* p, float* GX,
                            float* gz, float* gu, float* gp) {
@@ -360,7 +363,7 @@ inline void LpBackwardTile(const float* X, int64_t D, const float* G, int64_t np
         const VF gpw = g * ZeroWhere(a == 0.f, pm * a);
         const VF h = MulSign(g * pv * pm, t);
         sz += h;
-        gxv[q] += h * uv;
+        if constexpr (kInputGrad) gxv[q] += h * uv;
         su += gpw;
         sp += gpw * l2;
       }
@@ -371,11 +374,14 @@ inline void LpBackwardTile(const float* X, int64_t D, const float* G, int64_t np
       o = gp + d * npad + v * kVL;
       StoreU(o, LoadU(o) + sp);
     }
-    for (int q = 0; q < PT; ++q) GX[q * D + d] = -HSum(gxv[q]);
+    if constexpr (kInputGrad) {
+      for (int q = 0; q < PT; ++q) GX[q * D + d] = -HSum(gxv[q]);
+    }
   }
 }
 
-template <bool kSkipNaN, bool kExact>
+// GX is null unless kInputGrad.
+template <bool kSkipNaN, bool kExact, bool kInputGrad>
 void LpBackwardChunk(const float* X, int64_t rows, int64_t D, const Packed& pk,
                      int64_t n, const float* G, float* gtile, float* GX, float* gz,
                      float* gu, float* gp) {
@@ -384,9 +390,9 @@ void LpBackwardChunk(const float* X, int64_t rows, int64_t D, const Packed& pk,
     std::fill(gtile, gtile + kLpBwdPT * pk.npad, 0.f);
     for (int64_t q = 0; q < pr; ++q)
       std::memcpy(gtile + q * pk.npad, G + (r0 + q) * n, n * sizeof(float));
-    LpBackwardTile<kLpBwdPT, kSkipNaN, kExact>(X + r0 * D, D, gtile, pk.npad,
-                                               pk.z.data(), pk.u.data(), pk.p.data(),
-                                               GX + r0 * D, gz, gu, gp);
+    LpBackwardTile<kLpBwdPT, kSkipNaN, kExact, kInputGrad>(
+        X + r0 * D, D, gtile, pk.npad, pk.z.data(), pk.u.data(), pk.p.data(),
+        kInputGrad ? GX + r0 * D : nullptr, gz, gu, gp);
   }
 }
 
@@ -407,14 +413,18 @@ bool AnyBeyondLpFastPath(const float* X, int64_t rows, int64_t cols, int64_t ldx
   return false;
 }
 
+// f(std::bool_constant<flag>...) for runtime flags: the loops' template
+// switches, one instantiation per combination.
 template <typename F>
-void DispatchLp(bool skip_nan, bool exact, F&& f) {
-  if (skip_nan) {
-    if (exact) f(std::true_type(), std::true_type());
-    else f(std::true_type(), std::false_type());
+void WithFlags(F&& f) {
+  f();
+}
+template <typename F, typename... Flags>
+void WithFlags(F&& f, bool flag, Flags... rest) {
+  if (flag) {
+    WithFlags([&](auto... more) { f(std::true_type(), more...); }, rest...);
   } else {
-    if (exact) f(std::false_type(), std::true_type());
-    else f(std::false_type(), std::false_type());
+    WithFlags([&](auto... more) { f(std::false_type(), more...); }, rest...);
   }
 }
 
@@ -542,10 +552,12 @@ struct SimilarityFunctor<CPUDevice> {
                 const bool skip = prm.ignore_nan && AnyNaN(X, rows, D, D);
                 const bool exact =
                     !pk.lp_fast || AnyBeyondLpFastPath(X, rows, D, D, prm.ignore_nan);
-                DispatchLp(skip, exact, [&](auto skip_nan, auto exact_math) {
-                  LpForwardChunk<decltype(skip_nan)::value, decltype(exact_math)::value>(
-                      X, rows, D, pk, n, out, s.t0.data());
-                });
+                WithFlags(
+                    [&](auto skip_nan, auto exact_math) {
+                      LpForwardChunk<decltype(skip_nan)::value, decltype(exact_math)::value>(
+                          X, rows, D, pk, n, out, s.t0.data());
+                    },
+                    skip, exact);
               }
             }
           }
@@ -563,7 +575,8 @@ struct SimilarityGradFunctor<CPUDevice> {
     const WindowGeometry& g = prm.geo;
     const int64_t D = prm.patch_size(), n = prm.num_templates;
     const int64_t P = g.positions();
-    std::fill(grad_input, grad_input + g.batch * g.in_h * g.in_w * g.in_c, 0.f);
+    const bool input_grad = grad_input != nullptr;  // else only the parameters' gradients
+    if (input_grad) std::fill(grad_input, grad_input + g.inputs(), 0.f);
     std::fill(grad_templates, grad_templates + D * n, 0.f);
     std::fill(grad_weights, grad_weights + D * n, 0.f);
     std::fill(grad_p, grad_p + n, 0.f);
@@ -619,16 +632,19 @@ struct SimilarityGradFunctor<CPUDevice> {
           s.t0.resize(D * n);
           float* X = s.x.data();
           Im2Col(g, input, image, i0, i1, nan_pad ? kNaN : 0.f, X, D);
-          MatMap gx(s.gx.data(), rows, D, Stride(D));
-          gx.noalias() = gm * B.transpose();
+          if (input_grad) MatMap(s.gx.data(), rows, D, Stride(D)).noalias() = gm * B.transpose();
           if (prm.ignore_nan) {
-            for (int64_t t = 0; t < rows * D; ++t)
-              if (X[t] != X[t]) { X[t] = 0.f; s.gx[t] = 0.f; }
+            for (int64_t t = 0; t < rows * D; ++t) {
+              if (X[t] != X[t]) {
+                X[t] = 0.f;
+                if (input_grad) s.gx[t] = 0.f;
+              }
+            }
           }
           MatMap a(s.t0.data(), D, n, Stride(n));
           a.noalias() = CMatMap(X, rows, D, Stride(D)).transpose() * gm;
           for (int64_t t = 0; t < D * n; ++t) s.acc0[t] += s.t0[t];
-          Col2Im(g, s.gx.data(), D, image, i0, i1, grad_input);
+          if (input_grad) Col2Im(g, s.gx.data(), D, image, i0, i1, grad_input);
           break;
         }
         case kSimL2: {
@@ -649,14 +665,16 @@ struct SimilarityGradFunctor<CPUDevice> {
               xr[2 * D + d] = ok ? 1.f : 0.f;
             }
           }
-          // [Ga, Gb] = g [-U; 2UZ]^T ; GX = 2 x Ga + Gb (masked).
-          MatMap gg(s.gx.data(), rows, 2 * D, Stride(2 * D));
-          gg.noalias() = gm * B.transpose();
-          for (int64_t r = 0; r < rows; ++r) {
-            float* gr = s.gx.data() + r * 2 * D;
-            const float* xr = X + r * ld;
-            for (int64_t d = 0; d < D; ++d)
-              gr[d] = xr[2 * D + d] * (2.f * xr[D + d] * gr[d] + gr[D + d]);
+          if (input_grad) {
+            // [Ga, Gb] = g [-U; 2UZ]^T ; GX = 2 x Ga + Gb (masked).
+            MatMap gg(s.gx.data(), rows, 2 * D, Stride(2 * D));
+            gg.noalias() = gm * B.transpose();
+            for (int64_t r = 0; r < rows; ++r) {
+              float* gr = s.gx.data() + r * 2 * D;
+              const float* xr = X + r * ld;
+              for (int64_t d = 0; d < D; ++d)
+                gr[d] = xr[2 * D + d] * (2.f * xr[D + d] * gr[d] + gr[D + d]);
+            }
           }
           const int64_t kcols = masked ? 3 * D : 2 * D;
           MatMap a(s.t0.data(), kcols, n, Stride(n));
@@ -666,7 +684,7 @@ struct SimilarityGradFunctor<CPUDevice> {
             for (int64_t r = 0; r < rows; ++r)
               for (int64_t l = 0; l < n; ++l) s.acc1[l] += G[r * n + l];
           }
-          Col2Im(g, s.gx.data(), 2 * D, image, i0, i1, grad_input);
+          if (input_grad) Col2Im(g, s.gx.data(), 2 * D, image, i0, i1, grad_input);
           break;
         }
         case kSimL1: {
@@ -685,21 +703,19 @@ struct SimilarityGradFunctor<CPUDevice> {
             std::fill(s.g.begin(), s.g.end(), 0.f);
             for (int64_t q = 0; q < pr; ++q)
               std::memcpy(&s.g[q * pk.npad], G + (r0 + q) * n, n * sizeof(float));
-            if (skip) {
-              L1BackwardTile<kBwdPT, true>(X + r0 * D, D, s.g.data(), pk.npad, pk.z.data(),
-                                           pk.u.data(), s.gx.data() + r0 * D,
-                                           s.t0.data(), s.t1.data());
-            } else {
-              L1BackwardTile<kBwdPT, false>(X + r0 * D, D, s.g.data(), pk.npad, pk.z.data(),
-                                            pk.u.data(), s.gx.data() + r0 * D,
-                                            s.t0.data(), s.t1.data());
-            }
+            WithFlags(
+                [&](auto skip_nan, auto with_gx) {
+                  L1BackwardTile<kBwdPT, decltype(skip_nan)::value, decltype(with_gx)::value>(
+                      X + r0 * D, D, s.g.data(), pk.npad, pk.z.data(), pk.u.data(),
+                      input_grad ? s.gx.data() + r0 * D : nullptr, s.t0.data(), s.t1.data());
+                },
+                skip, input_grad);
           }
           for (int64_t t = 0; t < D * pk.npad; ++t) {
             s.acc0[t] += s.t0[t];
             s.acc1[t] += s.t1[t];
           }
-          Col2Im(g, s.gx.data(), D, image, i0, i1, grad_input);
+          if (input_grad) Col2Im(g, s.gx.data(), D, image, i0, i1, grad_input);
           break;
         }
         default: {
@@ -716,22 +732,27 @@ struct SimilarityGradFunctor<CPUDevice> {
           const bool skip = prm.ignore_nan && AnyNaN(X, rows, D, D);
           const bool exact =
               !pk.lp_fast || AnyBeyondLpFastPath(X, rows, D, D, prm.ignore_nan);
-          DispatchLp(skip, exact, [&](auto skip_nan, auto exact_math) {
-            LpBackwardChunk<decltype(skip_nan)::value, decltype(exact_math)::value>(
-                X, rows, D, pk, n, G, s.g.data(), s.gx.data(), s.t0.data(), s.t1.data(),
-                s.t2.data());
-          });
+          WithFlags(
+              [&](auto skip_nan, auto exact_math, auto with_gx) {
+                LpBackwardChunk<decltype(skip_nan)::value, decltype(exact_math)::value,
+                                decltype(with_gx)::value>(
+                    X, rows, D, pk, n, G, s.g.data(), input_grad ? s.gx.data() : nullptr,
+                    s.t0.data(), s.t1.data(), s.t2.data());
+              },
+              skip, exact, input_grad);
           for (int64_t t = 0; t < D * pk.npad; ++t) {
             s.acc0[t] += s.t0[t];
             s.acc1[t] += s.t1[t];
             s.acc2[t] += s.t2[t];
           }
-          Col2Im(g, s.gx.data(), D, image, i0, i1, grad_input);
+          if (input_grad) Col2Im(g, s.gx.data(), D, image, i0, i1, grad_input);
         }
       }
     };
 
-    for (int wave = 0; wave < 2; ++wave) {
+    // Waves 0 and 1 (even, then odd bands) keep concurrent chunks off each other's input rows;
+    // without the input gradient nothing is shared: one wave (-1) of all bands.
+    for (const int wave : input_grad ? std::vector<int>{0, 1} : std::vector<int>{-1}) {
       const int64_t units = plan.Units(g.batch, wave);
       if (units == 0) continue;
       dev.parallelFor(units, ChunkCost(plan.rows_per_band * g.out_w, D, 3 * n),
@@ -821,7 +842,7 @@ struct SimilarityCompute<CPUDevice, T> {
     FloatActivations<T> act(ctx);
     const float* x = act.In(input, prm.geo.inputs());
     const float* g = act.In(grad, prm.geo.positions() * prm.num_templates);
-    float* gx = act.Out(grad_input, prm.geo.inputs());
+    float* gx = grad_input == nullptr ? nullptr : act.Out(grad_input, prm.geo.inputs());
     OP_REQUIRES_OK(ctx, act.status());
     SimilarityGradFunctor<CPUDevice>()(ctx->eigen_cpu_device(), prm, x, templates, weights, p, g, gx,
                                        grad_templates, grad_weights, grad_p);

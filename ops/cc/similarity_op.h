@@ -11,7 +11,8 @@
 //            grad_input, grad_templates, grad_weights, grad_p);
 //
 // on the tensors' data (validated, in the device's memory), which fill every
-// output (allocated, not zeroed) and report failures through ctx
+// output (allocated, not zeroed; grad_input is null when the attr input_grad
+// is false) and report failures through ctx
 // (OP_REQUIRES / ctx->SetStatus). TensorFlow dependent, unlike
 // similarity_functor.h / similarity_gpu.h.
 #ifndef KERNELZOO_OPS_CC_SIMILARITY_OP_H_
@@ -146,19 +147,27 @@ class SimilarityOp : public SimilarityOpBase {
 template <typename Device, typename T>
 class SimilarityGradOp : public SimilarityOpBase {
  public:
-  using SimilarityOpBase::SimilarityOpBase;
+  explicit SimilarityGradOp(::tensorflow::OpKernelConstruction* ctx) : SimilarityOpBase(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("input_grad", &input_grad_));
+  }
 
   void Compute(::tensorflow::OpKernelContext* ctx) override {
     SimilarityParams prm;
     OP_REQUIRES_OK(ctx, Prepare(ctx, &prm));
     OP_REQUIRES_OK(ctx, CheckGradShape(ctx->input(4), OutputShape(prm)));
     ::tensorflow::Tensor* grads[4] = {};  // input, templates, weights, p
-    OP_REQUIRES_OK(ctx, AllocateLikeInputs(ctx, 4, grads));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, input_grad_ ? ctx->input(0).shape() : ::tensorflow::TensorShape({0}),
+                                             &grads[0]));
+    for (int i = 1; i < 4; ++i) OP_REQUIRES_OK(ctx, ctx->allocate_output(i, ctx->input(i).shape(), &grads[i]));
     SimilarityCompute<Device, T>::Backward(ctx, prm, InputData<T>(ctx, 0), InputData(ctx, 1), InputData(ctx, 2),
-                                           InputData(ctx, 3), InputData<T>(ctx, 4), grads[0]->flat<T>().data(),
+                                           InputData(ctx, 3), InputData<T>(ctx, 4),
+                                           input_grad_ ? grads[0]->flat<T>().data() : nullptr,
                                            grads[1]->flat<float>().data(), grads[2]->flat<float>().data(),
                                            grads[3]->flat<float>().data());
   }
+
+ private:
+  bool input_grad_ = true;
 };
 
 }  // namespace kernelzoo

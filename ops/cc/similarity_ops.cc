@@ -51,7 +51,9 @@ Status SimilarityGradShape(InferenceContext* c) {
   TF_RETURN_IF_ERROR(c->Merge(out, grad, &grad));
   ShapeHandle templates;
   TF_RETURN_IF_ERROR(c->Merge(c->input(1), c->input(2), &templates));
-  c->set_output(0, c->input(0));
+  bool input_grad;
+  TF_RETURN_IF_ERROR(c->GetAttr("input_grad", &input_grad));
+  c->set_output(0, input_grad ? c->input(0) : c->Vector(0));
   c->set_output(1, templates);
   c->set_output(2, templates);
   c->set_output(3, c->input(3));
@@ -98,12 +100,14 @@ REGISTER_OP("KernelzooSimilarityGrad")
     .Attr("strides: list(int)")
     .Attr("padding: {'valid', 'same'}")
     .Attr("ignore_nan: bool = false")
+    .Attr("input_grad: bool = true")
     .Attr("T: {float, half, bfloat16} = DT_FLOAT")
     .SetShapeFn(SimilarityGradShape)
     .Doc(R"doc(
 Gradients of KernelzooSimilarity w.r.t. input, templates, weights and p
 (grad_p is zero unless similarity == 'lp'). grad and grad_input are T, the
-parameters' gradients float.
+parameters' gradients float. input_grad = false skips the input's gradient
+(grad_input is then empty, shape (0,)): a first layer's input needs none.
 )doc");
 
 }  // namespace kernelzoo

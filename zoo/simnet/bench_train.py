@@ -2,7 +2,7 @@
 
     kernelzoo bench simnet [--models simnet_wl1,simnet_wl2,convnet] [--n 400] [--convnet-n 400]
         [--precisions float32,mixed_bfloat16] [--implementation auto|custom|composite]
-        [--pooling auto,slices] [--batch-size 64] [--steps 5] [--warmup 2] [--threads 0]
+        [--pooling auto,slices] [--batch-size 64] [--steps 5] [--warmup 2] [--threads 0] [--profile 0]
     (python -m kernelzoo.zoo.simnet.bench_train takes the same options)
 
 In one process, for each model and precision: the median wall time of `train_on_batch` of the recipe's
@@ -13,7 +13,8 @@ ConvNet's float32 step time (its first --pooling) over the row's (above 1: faste
 float32 only: their similarity and MEX ops are float32 kernels (mixed_bfloat16 rows are skipped for them);
 the ConvNet and Coates baselines run at every precision listed, and with each `--pooling` implementation
 of their quadrant pooling (`QuadrantPooling`: "auto", one pooling op; "slices", one reduction per
-quadrant). Peak RSS is the process's high-water mark so far.
+quadrant). Peak RSS is the process's high-water mark so far. `--profile N` then lists, under each row, the N
+ops that took longest in --steps more steps (TF profiler, ms per step) and all ops' total.
 """
 import itertools
 import os
@@ -22,9 +23,9 @@ import sys
 
 import numpy as np
 
-from kernelzoo.ops.checks import check_choice, positive_int
+from kernelzoo.ops.checks import check_choice, nonnegative_int, positive_int
 from kernelzoo.zoo.simnet import models
-from kernelzoo.zoo.step_bench import add_step_options, environment, listed, time_step
+from kernelzoo.zoo.step_bench import add_step_options, environment, listed, profile_step, time_step
 
 FLOAT32_ONLY = ("simnet_wl1", "simnet_wl2")
 EPOCH_IMAGES = 50_000
@@ -36,9 +37,10 @@ def size(kind, n, convnet_n):
 
 
 def measure(kind, n=400, convnet_n=400, precision="float32", batch_size=64, steps=5, warmup=2, seed=0,
-            pooling="auto"):
+            pooling="auto", profile=False):
     """{"ms" (median ms per step), "images_per_s", "steps"} of one model's training step at one precision,
-    its quadrant pooling (if any) by the implementation `pooling`."""
+    its quadrant pooling (if any) by the implementation `pooling`; with `profile`, also "profile": [(op, ms per
+    step)] of `steps` more steps, longest first (`profile_step`)."""
     import keras
 
     from kernelzoo.zoo.precision import precision_policy
@@ -57,7 +59,10 @@ def measure(kind, n=400, convnet_n=400, precision="float32", batch_size=64, step
         rng = np.random.default_rng(seed)
         x = rng.integers(0, 256, (batch_size, 32, 32, 3)).astype("float32")
         y = rng.integers(0, 10, batch_size)
-        return time_step(lambda: model.train_on_batch(x, y), batch_size, steps, warmup)
+        result = time_step(lambda: model.train_on_batch(x, y), batch_size, steps, warmup)
+        if profile:
+            result["profile"] = profile_step(lambda: model.train_on_batch(x, y), steps, drop_scope=model.name)
+        return result
 
 
 def add_arguments(parser, command=None):
@@ -71,6 +76,8 @@ def add_arguments(parser, command=None):
                         help="the similarity / MEX op implementation (kernelzoo.ops)")
     parser.add_argument("--pooling", default="auto",
                         help="comma-separated QuadrantPooling implementations: auto,slices (ConvNet, Coates)")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="list the N longest ops of each row's step (TF profiler; 0: none)")
     add_step_options(parser)
     parser.set_defaults(batch_size=64)  # the paper's SimNet batch
 
@@ -83,6 +90,7 @@ def run(args, command=None):
     kinds = listed(args.models, models.KINDS, "--models")
     precisions = listed(args.precisions, PRECISIONS, "--precisions")
     poolings = listed(args.pooling, models.POOL_IMPLEMENTATIONS, "--pooling")
+    top = nonnegative_int(args.profile, "--profile")
     with ops.implementation(args.implementation):
         print(environment("kernelzoo bench simnet", args.threads, args.batch_size, args.steps)
               + f", ops {ops.selected_implementation()}", flush=True)
@@ -94,7 +102,7 @@ def run(args, command=None):
                 if kind in FLOAT32_ONLY and (precision != "float32" or pooling != poolings[0]):
                     continue
                 result = measure(kind, args.n, args.convnet_n, precision, args.batch_size, args.steps, args.warmup,
-                                 pooling=pooling)
+                                 pooling=pooling, profile=top > 0)
                 if convnet_ms is None and kind == "convnet" and precision == "float32":
                     convnet_ms = result["ms"]
                 ratio = f"{convnet_ms / result['ms']:.2f}x" if convnet_ms else "-"
@@ -103,7 +111,16 @@ def run(args, command=None):
                       f"{'-' if kind in FLOAT32_ONLY else pooling:7s} "
                       f"{result['ms']:9.1f} {result['images_per_s']:9.1f} {ratio:>10s} "
                       f"{EPOCH_IMAGES / result['images_per_s'] / 60:9.1f} {peak:12.0f}", flush=True)
+                if top:
+                    _print_profile(result["profile"], top)
     return 0
+
+
+def _print_profile(profile, top):
+    """The `top` longest ops of a profiled step and all ops' total, indented under the step's row."""
+    for name, ms in profile[:top]:
+        print(f"    {ms:9.1f} ms  {name}")
+    print(f"    {sum(ms for _, ms in profile):9.1f} ms  all {len(profile)} ops", flush=True)
 
 
 def main(argv=None):
