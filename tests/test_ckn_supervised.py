@@ -296,5 +296,8 @@ def test_bench_ckn_times_a_step_at_both_precisions():
     for precision in ("float32", "mixed_bfloat16"):
         result = measure(SUP5, precision, batch_size=4, steps=1, warmup=1, overrides=tiny)
         assert result["ms"] > 0 and result["images_per_s"] > 0 and result["steps"] == 1
+    profile = measure(SUP5, batch_size=4, steps=1, warmup=1, overrides=tiny, profile=True)["profile"]
+    assert profile and all(ms >= 0 for _, ms in profile) and profile[0][1] > 0
+    assert any("gradient_tape/" in name for name, _ in profile)  # the backward's ops are in the step
     with pytest.raises(ValueError, match="preset"):
         measure("ckn_cifar10_unsup_64_256")

@@ -390,5 +390,7 @@ def test_loss_reads_bfloat16_maps_in_float32(rng):
 
 def test_bench_sc_times_a_mixed_precision_sc_step():
     from kernelzoo.zoo.sc.bench import measure
-    result = measure("mnist", "mixed_bfloat16", "sc", batch_size=8, steps=1, warmup=1, overrides={"widths": (4, 4, 4)})
+    result = measure("mnist", "mixed_bfloat16", "sc", batch_size=8, steps=1, warmup=1, overrides={"widths": (4, 4, 4)},
+                     profile=True)
     assert result["ms"] > 0 and result["images_per_s"] > 0 and result["steps"] == 1
+    assert result["profile"][0][1] > 0 and any("Conv2D" in name for name, _ in result["profile"])

@@ -1,5 +1,5 @@
-"""What the training-step benchmarks share (`kernelzoo bench sc`, `kernelzoo bench ckn`): the environment line
-they print first, their options, the median time of a step and where a step's time goes."""
+"""What the training-step benchmarks share (`kernelzoo bench sc`, `kernelzoo bench ckn`, `kernelzoo bench simnet`):
+the environment line they print first, their options, the median time of a step and where a step's time goes."""
 import collections
 import glob
 import os
@@ -13,13 +13,15 @@ from kernelzoo.ops.library import cpu_flags
 
 
 def add_step_options(parser):
-    """The options every step benchmark takes: --precisions, --batch-size, --steps, --warmup, --threads."""
+    """The options every step benchmark takes: --precisions, --batch-size, --steps, --warmup, --threads, --profile."""
     parser.add_argument("--precisions", default="float32,mixed_bfloat16", help="comma-separated")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=5, help="timed steps (median)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (>= 1: the first traces)")
     parser.add_argument("--threads", type=int, default=0,
                         help="TF intra-op threads (0: $TF_NUM_INTRAOP_THREADS, else all cores)")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="under each row, the N longest ops of --steps more steps (TF profiler; 0: none)")
 
 
 def listed(text, choices, name):
@@ -43,9 +45,9 @@ def environment(command, threads, batch_size, steps):
             f"batch {batch_size}, median of {steps} steps")
 
 
-def time_step(step, batch_size, steps=5, warmup=2):
+def time_step(step, batch_size, steps=5, warmup=2, profile=False, drop_scope=None):
     """{"ms" (median ms per call of `step`), "images_per_s", "steps"} after max(1, `warmup`) untimed calls (the
-    first traces the step)."""
+    first traces the step); with `profile`, also "profile" of `steps` more calls (`profile_step`)."""
     for _ in range(max(1, nonnegative_int(warmup, "warmup"))):
         step()
     times = []
@@ -54,7 +56,21 @@ def time_step(step, batch_size, steps=5, warmup=2):
         step()
         times.append(time.perf_counter() - started)
     ms = 1000 * statistics.median(times)
-    return {"ms": ms, "images_per_s": batch_size / ms * 1000, "steps": len(times)}
+    result = {"ms": ms, "images_per_s": batch_size / ms * 1000, "steps": len(times)}
+    if profile:
+        result["profile"] = profile_step(step, steps, drop_scope)
+    return result
+
+
+def print_profile(result, top):
+    """The `top` longest ops of a profiled step and all ops' total, indented under the step's row (nothing if
+    `top` is 0)."""
+    if not top:
+        return
+    profile = result["profile"]
+    for name, ms in profile[:top]:
+        print(f"    {ms:9.1f} ms  {name}")
+    print(f"    {sum(ms for _, ms in profile):9.1f} ms  all {len(profile)} ops", flush=True)
 
 
 # An op's event in a TF profiler trace is "scope/name:OpType"; executor bookkeeping ("ExecutorState::Process")

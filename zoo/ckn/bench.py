@@ -16,17 +16,18 @@ import sys
 
 import numpy as np
 
-from kernelzoo.ops.checks import check_choice, positive_int
-from kernelzoo.zoo.step_bench import add_step_options, environment, listed, time_step
+from kernelzoo.ops.checks import check_choice, nonnegative_int, positive_int
+from kernelzoo.zoo.step_bench import add_step_options, environment, listed, print_profile, time_step
 
 PRESETS = ("ckn_cifar10_sup5",)
 EPOCH_IMAGES = 50_000
 
 
 def measure(preset_name="ckn_cifar10_sup5", precision="float32", batch_size=128, steps=5, warmup=2, seed=0,
-            overrides=None):
-    """{"ms" (median ms per step), "images_per_s", "steps"} of one preset's training step at one precision;
-    `overrides` (builder arguments, input_shape among them) shrink it (tests)."""
+            overrides=None, profile=False):
+    """{"ms" (median ms per step), "images_per_s", "steps"} of one preset's training step at one precision
+    (and "profile" with `profile`: `step_bench.time_step`); `overrides` (builder arguments, input_shape among
+    them) shrink it (tests)."""
     import keras
 
     from kernelzoo.zoo import registry
@@ -43,7 +44,7 @@ def measure(preset_name="ckn_cifar10_sup5", precision="float32", batch_size=128,
         rng = np.random.default_rng(seed)
         x = rng.integers(0, 256, (batch_size,) + tuple(model.inputs[0].shape[1:])).astype("float32")
         y = rng.integers(0, len(preset.class_names), batch_size)
-        return time_step(lambda: model.train_on_batch(x, y), batch_size, steps, warmup)
+        return time_step(lambda: model.train_on_batch(x, y), batch_size, steps, warmup, profile, model.name)
 
 
 def add_arguments(parser, command=None):
@@ -59,17 +60,19 @@ def run(args, command=None):
 
     presets = listed(args.presets, PRESETS, "--presets")
     precisions = listed(args.precisions, PRECISIONS, "--precisions")
+    top = nonnegative_int(args.profile, "--profile")
     print(environment("kernelzoo bench ckn", args.threads, args.batch_size, args.steps), flush=True)
     print(f"{'preset':18s} {'precision':15s} {'ms/step':>9s} {'images/s':>9s} {'vs float32':>10s} {'s/epoch':>9s}  "
           f"({EPOCH_IMAGES:,} images)", flush=True)
     for preset in presets:
         base = None
         for precision in precisions:
-            result = measure(preset, precision, args.batch_size, args.steps, args.warmup)
+            result = measure(preset, precision, args.batch_size, args.steps, args.warmup, profile=top > 0)
             base = result["ms"] if precision == "float32" else base
             ratio = f"{base / result['ms']:.2f}x" if base else "-"
             print(f"{preset:18s} {precision:15s} {result['ms']:9.1f} {result['images_per_s']:9.1f} {ratio:>10s} "
                   f"{EPOCH_IMAGES / result['images_per_s']:9.0f}", flush=True)
+            print_profile(result, top)
     return 0
 
 

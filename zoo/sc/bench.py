@@ -18,8 +18,8 @@ import sys
 
 import numpy as np
 
-from kernelzoo.ops.checks import check_choice, positive_int
-from kernelzoo.zoo.step_bench import add_step_options, environment, listed, time_step
+from kernelzoo.ops.checks import check_choice, nonnegative_int, positive_int
+from kernelzoo.zoo.step_bench import add_step_options, environment, listed, print_profile, time_step
 
 NETWORKS = {"cifar10": ("sc_cifar10", "sc_cifar10_4k"), "mnist": ("sc_mnist", "sc_mnist"),
             "stl10": ("sc_stl10", "sc_stl10")}
@@ -30,8 +30,9 @@ STAGES = ("supervised", "sc")
 
 
 def measure(network="cifar10", precision="float32", stage="supervised", batch_size=128, steps=5, warmup=2, seed=0,
-            overrides=None):
-    """{"ms" (median ms per step), "images_per_s", "steps"} of one network, precision and stage."""
+            overrides=None, profile=False):
+    """{"ms" (median ms per step), "images_per_s", "steps"} of one network, precision and stage (and "profile"
+    with `profile`: `step_bench.time_step`)."""
     import keras
 
     from kernelzoo.zoo import registry
@@ -54,14 +55,14 @@ def measure(network="cifar10", precision="float32", stage="supervised", batch_si
         if stage == "supervised":
             recipe.compile(model, hp)
             y = rng.integers(0, 10, batch_size)
-            step = lambda: model.train_on_batch(x, y)  # noqa: E731
+            step, scope = (lambda: model.train_on_batch(x, y)), model.name
         else:
             trainer = SpatialContrastingTrainer(feature_layer(model, hp["sc_layer"]), hp["sc_patch_size"],
                                                 hp["sc_distance"], hp["sc_pooling"], hp["sc_symmetric"])
             trainer.compile(optimizer=keras.optimizers.SGD(hp["sc_lr"], momentum=hp["momentum"]))
             trainer.optimizer.build(trainer.backbone.trainable_variables)
-            step = lambda: trainer.train_on_batch(x)  # noqa: E731
-        return time_step(step, batch_size, steps, warmup)
+            step, scope = (lambda: trainer.train_on_batch(x)), trainer.backbone.name
+        return time_step(step, batch_size, steps, warmup, profile, scope)
 
 
 def add_arguments(parser, command=None):
@@ -79,6 +80,7 @@ def run(args, command=None):
     networks = listed(args.networks, NETWORKS, "--networks")
     precisions = listed(args.precisions, PRECISIONS, "--precisions")
     stages = listed(args.stages, STAGES, "--stages")
+    top = nonnegative_int(args.profile, "--profile")
     print(environment("kernelzoo bench sc", args.threads, args.batch_size, args.steps), flush=True)
     print(f"{'network':8s} {'stage':10s} {'precision':15s} {'ms/step':>9s} {'images/s':>9s} {'vs float32':>10s} "
           f"{'s/epoch':>9s}  (epoch images)", flush=True)
@@ -86,12 +88,14 @@ def run(args, command=None):
         for stage in stages:
             base = None
             for precision in precisions:
-                result = measure(network, precision, stage, args.batch_size, args.steps, args.warmup)
+                result = measure(network, precision, stage, args.batch_size, args.steps, args.warmup,
+                                 profile=top > 0)
                 base = result["ms"] if precision == "float32" else base
                 ratio = f"{base / result['ms']:.2f}x" if base else "-"
                 images = EPOCH_IMAGES[network][stage]
                 print(f"{network:8s} {stage:10s} {precision:15s} {result['ms']:9.1f} {result['images_per_s']:9.1f} "
                       f"{ratio:>10s} {images / result['images_per_s']:9.0f}  ({images:,})", flush=True)
+                print_profile(result, top)
     return 0
 
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from kernelzoo.ops.checks import check_choice, nonnegative_int, positive_int
 from kernelzoo.zoo.simnet import models
-from kernelzoo.zoo.step_bench import add_step_options, environment, listed, profile_step, time_step
+from kernelzoo.zoo.step_bench import add_step_options, environment, listed, print_profile, time_step
 
 FLOAT32_ONLY = ("simnet_wl1", "simnet_wl2")
 EPOCH_IMAGES = 50_000
@@ -40,7 +40,7 @@ def measure(kind, n=400, convnet_n=400, precision="float32", batch_size=64, step
             pooling="auto", profile=False):
     """{"ms" (median ms per step), "images_per_s", "steps"} of one model's training step at one precision,
     its quadrant pooling (if any) by the implementation `pooling`; with `profile`, also "profile": [(op, ms per
-    step)] of `steps` more steps, longest first (`profile_step`)."""
+    step)] of `steps` more steps, longest first (`step_bench.profile_step`)."""
     import keras
 
     from kernelzoo.zoo.precision import precision_policy
@@ -59,10 +59,7 @@ def measure(kind, n=400, convnet_n=400, precision="float32", batch_size=64, step
         rng = np.random.default_rng(seed)
         x = rng.integers(0, 256, (batch_size, 32, 32, 3)).astype("float32")
         y = rng.integers(0, 10, batch_size)
-        result = time_step(lambda: model.train_on_batch(x, y), batch_size, steps, warmup)
-        if profile:
-            result["profile"] = profile_step(lambda: model.train_on_batch(x, y), steps, drop_scope=model.name)
-        return result
+        return time_step(lambda: model.train_on_batch(x, y), batch_size, steps, warmup, profile, model.name)
 
 
 def add_arguments(parser, command=None):
@@ -76,8 +73,6 @@ def add_arguments(parser, command=None):
                         help="the similarity / MEX op implementation (kernelzoo.ops)")
     parser.add_argument("--pooling", default="auto",
                         help="comma-separated QuadrantPooling implementations: auto,slices (ConvNet, Coates)")
-    parser.add_argument("--profile", type=int, default=0, metavar="N",
-                        help="list the N longest ops of each row's step (TF profiler; 0: none)")
     add_step_options(parser)
     parser.set_defaults(batch_size=64)  # the paper's SimNet batch
 
@@ -90,7 +85,7 @@ def run(args, command=None):
     kinds = listed(args.models, models.KINDS, "--models")
     precisions = listed(args.precisions, PRECISIONS, "--precisions")
     poolings = listed(args.pooling, models.POOL_IMPLEMENTATIONS, "--pooling")
-    top = nonnegative_int(args.profile, "--profile")
+    top = nonnegative_int(args.profile, "--profile")  # before the first row
     with ops.implementation(args.implementation):
         print(environment("kernelzoo bench simnet", args.threads, args.batch_size, args.steps)
               + f", ops {ops.selected_implementation()}", flush=True)
@@ -111,16 +106,8 @@ def run(args, command=None):
                       f"{'-' if kind in FLOAT32_ONLY else pooling:7s} "
                       f"{result['ms']:9.1f} {result['images_per_s']:9.1f} {ratio:>10s} "
                       f"{EPOCH_IMAGES / result['images_per_s'] / 60:9.1f} {peak:12.0f}", flush=True)
-                if top:
-                    _print_profile(result["profile"], top)
+                print_profile(result, top)
     return 0
-
-
-def _print_profile(profile, top):
-    """The `top` longest ops of a profiled step and all ops' total, indented under the step's row."""
-    for name, ms in profile[:top]:
-        print(f"    {ms:9.1f} ms  {name}")
-    print(f"    {sum(ms for _, ms in profile):9.1f} ms  all {len(profile)} ops", flush=True)
 
 
 def main(argv=None):
