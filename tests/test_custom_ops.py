@@ -90,29 +90,37 @@ def test_similarity_matches_composite(lib, kind, weighted, strides, padding, ign
         assert np.all(grads[0][np.isnan(x)] == 0.0)
 
 
+# (input shape, patch): a few rows in one chunk; 38 output rows of 38 in two bands (the backward's waves).
+SKIP_GEOMETRIES = {"small": ((3, 9, 8, 3), (3, 2)), "bands": ((2, 40, 40, 2), (3, 3))}
+
+
 @pytest.mark.parametrize("kind", ["linear", "l1", "l2", "lp"])
 @pytest.mark.parametrize("padding,ignore_nan", [("valid", False), ("same", True)])
-def test_similarity_gradient_skips_an_unwatched_input(lib, kind, padding, ignore_nan):
+@pytest.mark.parametrize("geometry", sorted(SKIP_GEOMETRIES))
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_similarity_gradient_skips_an_unwatched_input(lib, kind, padding, ignore_nan, geometry, dtype):
     """With the input outside the tape (a first layer's images) the gradient op runs with input_grad=False:
-    no input gradient (None), the parameters' gradients those of the full op."""
+    no input gradient, the parameters' gradients those of the full op."""
     rng = np.random.default_rng(RNG_SEED)
-    x = rng.normal(size=(3, 9, 8, 3)).astype("float32")
+    shape, (kh, kw) = SKIP_GEOMETRIES[geometry]
+    x = rng.normal(size=shape).astype("float32")
     if ignore_nan:
-        x[0, 1, 2, 1] = x[2, 4, 5, 0] = np.nan
-    z = rng.normal(size=(3, 2, 3, 21)).astype("float32")
+        x[0, 1, 2, 1] = x[-1, 4, 5, 0] = np.nan
+    z = rng.normal(size=(kh, kw, shape[3], 21)).astype("float32")
     u = rng.uniform(0.2, 1.5, size=z.shape).astype("float32")
     p = (rng.uniform(0.7, 2.5, size=21) if kind == "lp" else np.full(21, 2.0)).astype("float32")
-    kw = dict(similarity=kind, strides=(1, 1), padding=padding, ignore_nan=ignore_nan)
-    g = tf.constant(rng.normal(size=(3, 9, 8, 21) if padding == "same" else (3, 7, 7, 21)).astype("float32"))
+    kw_ = dict(similarity=kind, strides=(1, 1), padding=padding, ignore_nan=ignore_nan)
+    out_hw = shape[1:3] if padding == "same" else (shape[1] - kh + 1, shape[2] - kw + 1)
+    g = tf.constant(rng.normal(size=(shape[0], *out_hw, 21)), dtype)
 
     @tf.function
     def grads(x, params, watch_input):
         sources = params + ([x] if watch_input else [])
         with tf.GradientTape() as tape:
             tape.watch(sources)
-            y = custom.similarity(x, *params, **kw)
+            y = custom.similarity(x, *params, **kw_)
         return tape.gradient(y, sources, output_gradients=g)
-    tensors = [tf.constant(t) for t in (x, z, u, p)]
+    tensors = [tf.constant(x, dtype)] + [tf.constant(t) for t in (z, u, p)]
     for watch_input in (False, True):
         graph = grads.get_concrete_function(tensors[0], tensors[1:], watch_input).graph
         flags = [op.get_attr("input_grad") for op in graph.get_operations() if op.type == "KernelzooSimilarityGrad"]
@@ -121,7 +129,7 @@ def test_similarity_gradient_skips_an_unwatched_input(lib, kind, padding, ignore
     assert len(partial) == 3 and full[3].shape == x.shape
     for name, a, b in zip(["templates", "weights", "p"], partial, full):
         _rel_close(a, b, 1e-6, f"grad {name}")
-    direct = lib.kernelzoo_similarity_grad(*tensors, g, **dict(kw, strides=[1, 1], input_grad=False))
+    direct = lib.kernelzoo_similarity_grad(*tensors, g, **dict(kw_, strides=[1, 1], input_grad=False))
     assert direct[0].shape == (0,)
 
 

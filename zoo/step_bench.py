@@ -86,7 +86,6 @@ def profile_step(step, steps=3, drop_scope=None):
     with the "_1" Keras appends to a reused scope. Call `step` at least once before (tracing is not profiled).
     """
     import tensorflow as tf
-    from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     steps = positive_int(steps, "steps")
     totals = collections.Counter()
@@ -98,17 +97,7 @@ def profile_step(step, steps=3, drop_scope=None):
         finally:
             tf.profiler.experimental.stop()
         for path in glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True):
-            space = xplane_pb2.XSpace()
-            with open(path, "rb") as f:
-                space.ParseFromString(f.read())
-            for plane in space.planes:
-                if plane.name != "/host:CPU":
-                    continue
-                for line in plane.lines:
-                    for event in line.events:
-                        name = plane.event_metadata[event.metadata_id].name
-                        if _OP_EVENT.match(name):
-                            totals[name.rsplit(":", 1)[0]] += event.duration_ps
+            totals.update(_host_op_times(path))
     if drop_scope:
         scope = re.compile(r"(^|/)" + re.escape(drop_scope) + r"(_\d+)?/")
         merged = collections.Counter()
@@ -116,3 +105,22 @@ def profile_step(step, steps=3, drop_scope=None):
             merged[scope.sub(r"\1", name)] += ps
         totals = merged
     return [(name, ps / 1e9 / steps) for name, ps in totals.most_common()]
+
+
+def _host_op_times(path):
+    """Counter of op name ("scope/name") -> picoseconds over the host CPU's events of one profiler trace file."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    space = xplane_pb2.XSpace()
+    with open(path, "rb") as f:
+        space.ParseFromString(f.read())
+    times = collections.Counter()
+    for plane in space.planes:
+        if plane.name != "/host:CPU":
+            continue
+        for line in plane.lines:
+            for event in line.events:
+                name = plane.event_metadata[event.metadata_id].name
+                if _OP_EVENT.match(name):
+                    times[name.rsplit(":", 1)[0]] += event.duration_ps
+    return times

@@ -24,10 +24,10 @@ const T* InputData(::tensorflow::OpKernelContext* ctx, int i) {
   return ctx->input(i).flat<T>().data();
 }
 
-// Allocates outputs 0 .. count-1 with the shapes of inputs 0 .. count-1 (the gradient ops).
-inline absl::Status AllocateLikeInputs(::tensorflow::OpKernelContext* ctx, int count,
+// Allocates outputs begin .. end-1 with the shapes of inputs begin .. end-1 (the gradient ops).
+inline absl::Status AllocateLikeInputs(::tensorflow::OpKernelContext* ctx, int begin, int end,
                                        ::tensorflow::Tensor** outputs) {
-  for (int i = 0; i < count; ++i) {
+  for (int i = begin; i < end; ++i) {
     TF_RETURN_IF_ERROR(ctx->allocate_output(i, ctx->input(i).shape(), &outputs[i]));
   }
   return absl::OkStatus();

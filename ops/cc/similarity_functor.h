@@ -100,7 +100,8 @@ struct SimilarityFunctor {
 };
 
 // Backward: gradients w.r.t. input, templates, weights and p (zeros unless lp)
-// given grad_output (N, out_h, out_w, n). All outputs are overwritten.
+// given grad_output (N, out_h, out_w, n). All outputs are overwritten;
+// grad_input may be null: the parameters' gradients only.
 template <typename Device>
 struct SimilarityGradFunctor {
   void operator()(const Device& d, const SimilarityParams& params,

@@ -547,11 +547,12 @@ void SimilarityForward(const Launcher& launch, const SimilarityParams& prm, cons
 }
 
 // Device scratch of SimilarityBackward, in bytes: the double grad_p partial sums, the
-// splits' float partials (<= 16 MB) and one batch of patch gradients (<= 64 MB).
-inline int64_t SimilarityBackwardWorkspaceBytes(const SimilarityParams& prm) {
+// splits' float partials (<= 16 MB) and, for the input's gradient, one batch of patch
+// gradients (<= 64 MB).
+inline int64_t SimilarityBackwardWorkspaceBytes(const SimilarityParams& prm, bool input_grad = true) {
   const int64_t pairs = prm.patch_size() * prm.num_templates;
   const int64_t floats = 3 * ParamSplits(prm) * pairs +
-                         PatchGradImages(prm) * prm.geo.out_h * prm.geo.out_w * prm.patch_size();
+                         (input_grad ? PatchGradImages(prm) * prm.geo.out_h * prm.geo.out_w * prm.patch_size() : 0);
   return pairs * static_cast<int64_t>(sizeof(double)) + floats * static_cast<int64_t>(sizeof(float));
 }
 
@@ -562,14 +563,17 @@ void LaunchSimilarityBackward(const Launcher& launch, const SimilarityParams& pr
   const WindowGeometry& g = prm.geo;
   const int64_t D = prm.patch_size(), n = prm.num_templates, per_image = g.out_h * g.out_w;
   const int64_t batch_images = PatchGradImages(prm);
-  for (int64_t image0 = 0; grad_input != nullptr && image0 < g.batch; image0 += batch_images) {
-    const int64_t images = g.batch - image0 < batch_images ? g.batch - image0 : batch_images;
-    const int64_t count = images * per_image;
-    const int64_t tiles = (count + kGradTile - 1) / kGradTile * ((D + kGradTile - 1) / kGradTile);
-    launch(SimilarityPatchGradKernel<kKind, kIgnoreNaN, T>, tiles < launch.MaxBlocks() ? tiles : launch.MaxBlocks(),
-           kTileThreads, prm, image0 * per_image, count, input, templates, weights, p, grad, gpatch);
-    launch(SimilarityGatherKernel<T>, BlocksFor(launch, images * g.in_h * g.in_w * g.in_c, launch.max_threads),
-           launch.max_threads, prm, image0, images, static_cast<const float*>(gpatch), grad_input);
+  if (grad_input != nullptr) {
+    for (int64_t image0 = 0; image0 < g.batch; image0 += batch_images) {
+      const int64_t images = g.batch - image0 < batch_images ? g.batch - image0 : batch_images;
+      const int64_t count = images * per_image;
+      const int64_t tiles = (count + kGradTile - 1) / kGradTile * ((D + kGradTile - 1) / kGradTile);
+      launch(SimilarityPatchGradKernel<kKind, kIgnoreNaN, T>,
+             tiles < launch.MaxBlocks() ? tiles : launch.MaxBlocks(), kTileThreads, prm, image0 * per_image, count,
+             input, templates, weights, p, grad, gpatch);
+      launch(SimilarityGatherKernel<T>, BlocksFor(launch, images * g.in_h * g.in_w * g.in_c, launch.max_threads),
+             launch.max_threads, prm, image0, images, static_cast<const float*>(gpatch), grad_input);
+    }
   }
   const int64_t splits = ParamSplits(prm);
   const int64_t items = splits * ((D + kGradTile - 1) / kGradTile) * ((n + kGradTile - 1) / kGradTile);

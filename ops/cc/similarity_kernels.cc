@@ -628,7 +628,7 @@ struct SimilarityGradFunctor<CPUDevice> {
       switch (prm.kind) {
         case kSimLinear: {
           s.x.resize(max_rows * D);
-          s.gx.resize(max_rows * D);
+          if (input_grad) s.gx.resize(max_rows * D);
           s.t0.resize(D * n);
           float* X = s.x.data();
           Im2Col(g, input, image, i0, i1, nan_pad ? kNaN : 0.f, X, D);
@@ -650,7 +650,7 @@ struct SimilarityGradFunctor<CPUDevice> {
         case kSimL2: {
           const int64_t ld = 3 * D;
           s.x.resize(max_rows * ld);
-          s.gx.resize(max_rows * 2 * D);
+          if (input_grad) s.gx.resize(max_rows * 2 * D);
           s.t0.resize(3 * D * n);
           float* X = s.x.data();
           Im2Col(g, input, image, i0, i1, nan_pad ? kNaN : 0.f, X + D, ld);
@@ -690,7 +690,7 @@ struct SimilarityGradFunctor<CPUDevice> {
         case kSimL1: {
           const int64_t rows_pad = RoundUp(rows, kBwdPT);
           s.x.resize(max_rows * D);
-          s.gx.resize(max_rows * D);
+          if (input_grad) s.gx.resize(max_rows * D);
           s.g.resize(kBwdPT * pk.npad);
           s.t0.assign(D * pk.npad, 0.f);
           s.t1.assign(D * pk.npad, 0.f);
@@ -721,7 +721,7 @@ struct SimilarityGradFunctor<CPUDevice> {
         default: {
           const int64_t rows_pad = RoundUp(rows, kLpBwdPT);
           s.x.resize(max_rows * D);
-          s.gx.resize(max_rows * D);
+          if (input_grad) s.gx.resize(max_rows * D);
           s.g.resize(kLpBwdPT * pk.npad);
           s.t0.assign(D * pk.npad, 0.f);
           s.t1.assign(D * pk.npad, 0.f);
@@ -752,7 +752,8 @@ struct SimilarityGradFunctor<CPUDevice> {
 
     // Waves 0 and 1 (even, then odd bands) keep concurrent chunks off each other's input rows;
     // without the input gradient nothing is shared: one wave (-1) of all bands.
-    for (const int wave : input_grad ? std::vector<int>{0, 1} : std::vector<int>{-1}) {
+    const int first_wave = input_grad ? 0 : -1, last_wave = input_grad ? 1 : -1;
+    for (int wave = first_wave; wave <= last_wave; ++wave) {
       const int64_t units = plan.Units(g.batch, wave);
       if (units == 0) continue;
       dev.parallelFor(units, ChunkCost(plan.rows_per_band * g.out_w, D, 3 * n),

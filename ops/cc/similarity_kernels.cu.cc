@@ -28,7 +28,8 @@ struct SimilarityCompute<GPUDevice, T> {
                        T* grad_input, float* grad_templates, float* grad_weights, float* grad_p) {
     ::tensorflow::Tensor holder;
     void* workspace = nullptr;
-    OP_REQUIRES_OK(ctx, AllocateWorkspace(ctx, gpu::SimilarityBackwardWorkspaceBytes(prm), &holder, &workspace));
+    OP_REQUIRES_OK(ctx, AllocateWorkspace(ctx, gpu::SimilarityBackwardWorkspaceBytes(prm, grad_input != nullptr),
+                                          &holder, &workspace));
     const gpu::Launcher launch = StreamLauncher(ctx);
     gpu::SimilarityBackward(launch, prm, GpuData(input), templates, weights, p, GpuData(grad), GpuData(grad_input),
                             grad_templates, grad_weights, grad_p, workspace);
