@@ -15,9 +15,10 @@ one) it measures, in one process, forward and forward+backward wall time
   `keras.layers.MaxPool2D` and `tf.reduce_logsumexp` over the same blocks
   (ratio = time / MaxPool2D);
 * the SimNet's class-wise MEX (1x1 blocks over all channels, 10 instances, 2x2
-  offset regions, one xi): custom vs composite (ratio = time / composite), and
+  offset regions, one xi): custom vs composite (ratio = time / composite),
   the custom op's exp-domain GEMM form against its direct loop (the op's `gemm`
-  attr off; ratio = time / direct);
+  attr off; ratio = time / direct), and with xi fixed (no xi gradient: the op's
+  xi_grad=False) against xi learned;
 
 and the peak memory of one forward+backward step. `--memory tf` (default)
 reads the TF CPU allocator's peak (`tf.config.experimental.get_memory_info`,
@@ -217,16 +218,16 @@ def _cases(shape_name, no_xla=False):
     offsets = tf.Variable(rng.normal(size=(2, 2, classes, 1, 1, n)).astype("float32"))
     gc = tf.constant(rng.normal(size=(s["batch"], out_size, out_size, classes)).astype("float32"))
 
-    def classwise_case(impl, gemm=True):
+    def classwise_case(impl, gemm=True, learn_xi=True):
         def build():
             from kernelzoo.ops import custom
             mex = functools.partial(custom.mex, gemm=gemm) if impl == "custom" else composite.mex
-            xis = tf.Variable(tf.ones((classes,)))
+            xis = tf.Variable(tf.ones((classes,))) if learn_xi else tf.ones((classes,))
 
             def forward(inp):
                 return mex(inp, xis, offsets, None, num_instances=classes, pool_size=(1, 1),
                            channel_block=n, strides=(1, 1), padding="valid", softmax_mode=False)
-            fwd, fwdbwd = make(forward, [xis, offsets], gc, m_in)
+            fwd, fwdbwd = make(forward, [xis, offsets] if learn_xi else [offsets], gc, m_in)
             return tf.function(fwd), tf.function(fwdbwd)
         return build
 
@@ -237,6 +238,10 @@ def _cases(shape_name, no_xla=False):
     group = f"mex {shape_name} class-wise, custom op: GEMM form against the direct loop (gemm=False), same shape"
     yield group, "mex custom direct", True, classwise_case("custom", gemm=False)
     yield group, "mex custom GEMM", False, classwise_case("custom")
+    group = (f"mex {shape_name} class-wise, custom op: xi fixed (no xi gradient: xi_grad=False) against xi "
+             "learned, same shape")
+    yield group, "xi learned", True, classwise_case("custom")
+    yield group, "xi fixed", False, classwise_case("custom", learn_xi=False)
 
 
 def _materialise(result):

@@ -67,10 +67,14 @@ def mex(inputs, xi, offsets, c, *, num_instances, pool_size, channel_block, stri
         use_offsets=use_offsets, use_c=use_c, gemm=bool(gemm))
 
 
+def _unneeded_inputs(op):
+    """The indices of op's inputs whose gradient nothing uses: a GradientTape lists those no watched source
+    reaches (e.g. the images under a first layer, a fixed xi); tf.gradients' ops have no such list (none)."""
+    return getattr(op, "skip_input_indices", None) or ()
+
+
 def _similarity_grad(op, grad):
-    # A GradientTape lists the inputs no watched source reaches (e.g. the images under a first
-    # layer): the kernels then skip the input's gradient. tf.gradients' ops have no such list.
-    input_grad = 0 not in (getattr(op, "skip_input_indices", None) or ())
+    input_grad = 0 not in _unneeded_inputs(op)
     grads = _ops().kernelzoo_similarity_grad(
         op.inputs[0], op.inputs[1], op.inputs[2], op.inputs[3], grad,
         similarity=op.get_attr("similarity"), strides=op.get_attr("strides"),
@@ -81,13 +85,14 @@ def _similarity_grad(op, grad):
 def _mex_grad(op, grad):
     use_offsets = op.get_attr("use_offsets")
     use_c = op.get_attr("use_c")
+    xi_grad = 1 not in _unneeded_inputs(op)  # a fixed xi (not learned) needs none
     gi, gxi, goff, gc = _ops().kernelzoo_mex_grad(
         op.inputs[0], op.inputs[1], op.inputs[2], op.inputs[3], grad,
         num_instances=op.get_attr("num_instances"), pool_size=op.get_attr("pool_size"),
         channel_block=op.get_attr("channel_block"), strides=op.get_attr("strides"),
         padding=op.get_attr("padding"), softmax_mode=op.get_attr("softmax_mode"),
-        use_offsets=use_offsets, use_c=use_c, gemm=op.get_attr("gemm"))
-    return [gi, gxi, goff if use_offsets else None, gc if use_c else None]
+        use_offsets=use_offsets, use_c=use_c, gemm=op.get_attr("gemm"), xi_grad=xi_grad)
+    return [gi, gxi if xi_grad else None, goff if use_offsets else None, gc if use_c else None]
 
 
 def _register(name, fn):

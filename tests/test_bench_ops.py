@@ -13,11 +13,12 @@ def test_bench_ops_tiny_runs_every_row(capsys):
     out = capsys.readouterr().out
     assert "failed" not in out, out
     groups = [line for line in out.splitlines() if line.startswith(("similarity tiny", "mex tiny"))]
-    assert len(groups) == 6, groups
-    assert "GEMM form against the direct loop" in groups[-1]
+    assert len(groups) == 7, groups
+    assert "GEMM form against the direct loop" in groups[-2] and "xi fixed" in groups[-1]
     rows = {line.split()[0] + " " + " ".join(line.split()[1:-5]): line.split()[-5:]
             for line in out.splitlines() if line.startswith(("Conv2D", "weighted", "linear", "MaxPool2D", "mex "))}
     assert sum(line.startswith("parameters only") for line in out.splitlines()) == 2  # l1 and l2
+    assert sum(line.startswith("xi fixed") for line in out.splitlines()) == 1
     for label in ["weighted l1 custom", "weighted lp composite", "mex custom direct", "mex custom GEMM"]:
         fwd_ms, fwd_ratio, fwdbwd_ms, fwdbwd_ratio, peak_mb = rows[label]
         assert float(fwd_ms) > 0 and float(fwdbwd_ms) > 0 and fwd_ratio.endswith("x"), (label, rows[label])

@@ -653,6 +653,40 @@ def test_mex_gradient_keeps_the_gemm_attr(lib, gemm):
         assert same == (form == gemm), form
 
 
+@pytest.mark.parametrize("kind", ["normal", "anti_k", "dominant"])
+@pytest.mark.parametrize("gemm,softmax,use_c", [(True, False, False), (True, True, True), (False, False, True)])
+def test_mex_gradient_skips_a_fixed_xi(lib, kind, gemm, softmax, use_c):
+    """With xi outside the tape (a fixed xi) the gradient op runs with xi_grad=False: no xi gradient, the others
+    those of the full op (the GEMM form within its tolerance: an entry it sends to the direct form only for
+    d/dxi's accuracy then stays in the GEMM form; the direct loop the same numbers)."""
+    x, off, c = _gemm_data(kind, 400, 10, (2, 2), use_c, 1, seed=3)
+    kw = dict(num_instances=10, pool_size=(1, 1), channel_block=400, strides=(1, 1), padding="valid",
+              softmax_mode=softmax, gemm=gemm)
+    g = tf.constant(np.random.default_rng(2).normal(size=(2, 5, 4, 10)).astype("float32"))
+    xi = tf.constant(np.full(10, 0.8, "float32"))
+
+    @tf.function
+    def grads(xi, params, watch_xi):
+        sources = params + ([xi] if watch_xi else [])
+        with tf.GradientTape() as tape:
+            tape.watch(sources)
+            y = custom.mex(params[0], xi, params[1], params[2] if use_c else None, **kw)
+        return tape.gradient(y, sources, output_gradients=g)
+    params = [tf.constant(t) for t in (x, off, c) if t is not None]
+    for watch_xi in (False, True):
+        graph = grads.get_concrete_function(xi, params, watch_xi).graph
+        assert [op.get_attr("xi_grad") for op in graph.get_operations() if op.type == "KernelzooMexGrad"] == [watch_xi]
+    partial, full = grads(xi, params, False), grads(xi, params, True)
+    assert len(partial) == len(params) and full[-1].shape == (10,)
+    for name, a, b in zip(["input", "offsets", "c"], partial, full):
+        if gemm:
+            _rel_close(a, b, 1e-5, f"grad {name}")
+        else:
+            np.testing.assert_array_equal(a, b, err_msg=name)
+    attrs = dict(kw, pool_size=[1, 1], strides=[1, 1], xi_grad=False)
+    assert _mex(lib, x, xi, off, c, grad=g, **attrs)[1].shape == (0,)
+
+
 # ------------------------------------------------------------ bad shapes --
 def _sim(lib, x, z, u, p, grad=None, **attrs):
     kw = dict(similarity="l2", strides=[1, 1], padding="valid", ignore_nan=False)

@@ -550,6 +550,7 @@ struct GemmPlan {
   double c_lo = INFINITY, c_hi = -INFINITY;  // over finite c
   bool softmax = false;
   bool backward = false;
+  bool xi_grad = false;              // backward: d / d xi wanted (U, V and E o (x' - m) computed)
   std::vector<float> beta;           // (bc): x' = x + beta, b' = b - beta (empty: 0; GemmSplit)
   int64_t ft_stride = 0;             // floats per region in ft
   std::vector<float> ft;             // per region (bc, kp): F^T; backward (bc, 2 kp): [F^T | (F o (b' - m))^T]
@@ -621,7 +622,7 @@ std::vector<float> GemmSplit(const MexParams& prm, float xi, const float* input,
 // The split (GemmSplit), F^T (and, for the backward, (F o (b' - m))^T and F) per region, the
 // offsets' shifts and sums, and the chunks of rows.
 GemmPlan MakeGemmPlan(const MexParams& prm, float xi, const float* input, const float* offsets,
-                      const float* c, bool backward) {
+                      const float* c, bool backward, bool xi_grad = false) {
   GemmPlan pl;
   pl.K = prm.num_instances;
   pl.bc = prm.channel_block;
@@ -634,6 +635,7 @@ GemmPlan MakeGemmPlan(const MexParams& prm, float xi, const float* input, const 
   pl.logn = std::log(static_cast<double>(pl.n));
   pl.softmax = prm.softmax_mode;
   pl.backward = backward;
+  pl.xi_grad = backward && xi_grad;
   const int64_t K = pl.K, bc = pl.bc, R = pl.R, ld = pl.ld, kp = pl.kp;
   if (c != nullptr)
     for (int64_t k = 0; k < K; ++k)
@@ -735,8 +737,10 @@ struct GemmScratch {
     direct.resize(ch);
     v.resize(pl.n);
     if (!pl.backward) return;
-    xe.assign(ch * pl.ld, 0.f);
-    u.assign(ch * pl.kp, 0.f);
+    if (pl.xi_grad) {
+      xe.assign(ch * pl.ld, 0.f);
+      u.assign(ch * pl.kp, 0.f);
+    }
     gk.assign(ch * pl.kp, 0.f);
     d.assign(pl.K * pl.ld, 0.f);
     gv.resize(pl.n);
@@ -767,7 +771,7 @@ bool GemmPrepareRows(const GemmPlan& pl, const MexParams& prm, const float* inpu
     s.m[t] = pl.xi > 0.f ? hi : lo;
     s.sum[t] = sum;
     s.direct[t] = direct;
-    float* xe = pl.backward ? s.xe.data() + t * ld : nullptr;
+    float* xe = pl.xi_grad ? s.xe.data() + t * ld : nullptr;
     if (direct) {
       std::fill(e, e + ld, 0.f);
       if (xe) std::fill(xe, xe + ld, 0.f);
@@ -883,7 +887,7 @@ void MexGemmBackward(const CPUDevice& dev, const MexParams& prm, const float* in
                      const float* offsets, const float* c, const float* grad_output, float* grad_input,
                      float* grad_xi, float* grad_offsets, float* grad_c) {
   const WindowGeometry& g = prm.geo;
-  const GemmPlan pl = MakeGemmPlan(prm, xi, input, offsets, c, true);
+  const GemmPlan pl = MakeGemmPlan(prm, xi, input, offsets, c, true, grad_xi != nullptr);
   const int64_t K = pl.K, bc = pl.bc, R = pl.R, ld = pl.ld, kp = pl.kp;
   // Strided 1x1 pools leave input pixels without a gradient.
   if (g.out_h != g.in_h || g.out_w != g.in_w)
@@ -897,9 +901,9 @@ void MexGemmBackward(const CPUDevice& dev, const MexParams& prm, const float* in
         const float* ft = pl.ft.data() + r * pl.ft_stride;  // [F^T | (F o (b' - m))^T]
         const float* f = pl.f.data() + r * K * ld;
         const bool any = GemmPrepareRows(pl, prm, input, rws, nr, r, s);
-        if (any) {  // [T | V] = E [F | F o (b' - m)]^T, U = (E o (x' - m)) F^T
-          DotLanes(s.e.data(), nr, ld, bc, ft, 2 * kp, 2 * kp, s.t.data(), 2 * kp);
-          DotLanes(s.xe.data(), nr, ld, bc, ft, 2 * kp, kp, s.u.data(), kp);
+        if (any) {  // [T | V] = E [F | F o (b' - m)]^T, U = (E o (x' - m)) F^T; V, U for d / d xi only
+          DotLanes(s.e.data(), nr, ld, bc, ft, 2 * kp, pl.xi_grad ? 2 * kp : kp, s.t.data(), 2 * kp);
+          if (pl.xi_grad) DotLanes(s.xe.data(), nr, ld, bc, ft, 2 * kp, kp, s.u.data(), kp);
         }
         std::fill(s.gxi.begin(), s.gxi.end(), 0.0);
         std::fill(s.gc.begin(), s.gc.end(), 0.0);
@@ -912,7 +916,7 @@ void MexGemmBackward(const CPUDevice& dev, const MexParams& prm, const float* in
             float gk = 0.f;
             double dxi = 0.0;
             bool accept = any && GemmAccept(pl, s, t, r, k, x, offsets, c, s.t[t * 2 * kp + k], &e);
-            if (accept) {
+            if (accept && pl.xi_grad) {
               double ew = s.u[t * kp + k] + static_cast<double>(s.t[t * 2 * kp + kp + k]);
               if (c != nullptr) ew += e.ec * (c[k] - e.shift);
               accept = MexGemmDxi(ew / e.t, e.log_t, xi, pl.logn, pl.softmax, &dxi);
@@ -971,7 +975,8 @@ void MexGemmBackward(const CPUDevice& dev, const MexParams& prm, const float* in
           gc[k] += s.gc[k];
         }
       });
-  for (int64_t k = 0; k < K; ++k) grad_xi[k] = static_cast<float>(gxi[k]);
+  if (grad_xi != nullptr)
+    for (int64_t k = 0; k < K; ++k) grad_xi[k] = static_cast<float>(gxi[k]);
   if (offsets != nullptr)
     for (size_t i = 0; i < goff.size(); ++i) grad_offsets[i] = static_cast<float>(goff[i]);
   if (c != nullptr)
@@ -1082,7 +1087,7 @@ struct MexGradFunctor<CPUDevice> {
       return;
     }
     std::fill(grad_input, grad_input + g.batch * g.in_h * g.in_w * g.in_c, 0.f);
-    std::fill(grad_xi, grad_xi + K, 0.f);
+    if (grad_xi != nullptr) std::fill(grad_xi, grad_xi + K, 0.f);
     if (prm.use_offsets) std::fill(grad_offsets, grad_offsets + off_size, 0.f);
     if (prm.use_c) std::fill(grad_c, grad_c + K, 0.f);
     if (g.positions() == 0 || oc == 0) return;
@@ -1209,7 +1214,8 @@ struct MexGradFunctor<CPUDevice> {
       for (int64_t t = 0; t < off_size; ++t) goff[t] += s.goff[t];
       for (size_t k = 0; k < gc.size(); ++k) gc[k] += s.gc[k];
     }
-    for (int64_t k = 0; k < K; ++k) grad_xi[k] = static_cast<float>(gxi[k]);
+    if (grad_xi != nullptr)
+      for (int64_t k = 0; k < K; ++k) grad_xi[k] = static_cast<float>(gxi[k]);
     for (int64_t t = 0; t < off_size; ++t) grad_offsets[t] = static_cast<float>(goff[t]);
     for (size_t k = 0; k < gc.size(); ++k) grad_c[k] = static_cast<float>(gc[k]);
   }

@@ -155,24 +155,35 @@ class MexOp : public MexOpBase {
 template <typename Device, typename T>
 class MexGradOp : public MexOpBase {
  public:
-  using MexOpBase::MexOpBase;
+  explicit MexGradOp(::tensorflow::OpKernelConstruction* ctx) : MexOpBase(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("xi_grad", &xi_grad_));
+  }
 
   void Compute(::tensorflow::OpKernelContext* ctx) override {
     MexParams prm;
     OP_REQUIRES_OK(ctx, Prepare(ctx, &prm));
     OP_REQUIRES_OK(ctx, CheckGradShape(ctx->input(4), OutputShape(prm)));
     ::tensorflow::Tensor* grads[4] = {};  // input, xi, offsets, c
-    OP_REQUIRES_OK(ctx, AllocateLikeInputs(ctx, 0, 4, grads));
+    if (xi_grad_) {
+      OP_REQUIRES_OK(ctx, AllocateLikeInputs(ctx, 0, 4, grads));
+    } else {
+      OP_REQUIRES_OK(ctx, AllocateLikeInputs(ctx, 0, 1, grads));
+      OP_REQUIRES_OK(ctx, ctx->allocate_output(1, ::tensorflow::TensorShape({0}), &grads[1]));
+      OP_REQUIRES_OK(ctx, AllocateLikeInputs(ctx, 2, 4, grads));
+    }
     // The gradients of unused inputs are zeros of their shape (the device functions skip them).
     if (!use_offsets_ && grads[2]->NumElements() > 0) SetZero<Device>(ctx, grads[2]);
     if (!use_c_ && grads[3]->NumElements() > 0) SetZero<Device>(ctx, grads[3]);
     MexCompute<Device, T>::Backward(ctx, prm, InputData<T>(ctx, 0), InputData(ctx, 1),
                                     use_offsets_ ? InputData(ctx, 2) : nullptr,
                                     use_c_ ? InputData(ctx, 3) : nullptr, InputData<T>(ctx, 4),
-                                    grads[0]->flat<T>().data(), grads[1]->flat<float>().data(),
+                                    grads[0]->flat<T>().data(), xi_grad_ ? grads[1]->flat<float>().data() : nullptr,
                                     use_offsets_ ? grads[2]->flat<float>().data() : nullptr,
                                     use_c_ ? grads[3]->flat<float>().data() : nullptr);
   }
+
+ private:
+  bool xi_grad_ = true;
 };
 
 }  // namespace kernelzoo

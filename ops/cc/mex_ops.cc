@@ -68,7 +68,9 @@ Status MexGradShape(InferenceContext* c) {
   ShapeHandle grad;
   TF_RETURN_IF_ERROR(c->WithRank(c->input(4), 4, &grad));
   TF_RETURN_IF_ERROR(c->Merge(c->output(0), grad, &grad));
-  for (int i = 0; i < 4; ++i) c->set_output(i, c->input(i));
+  bool xi_grad;
+  TF_RETURN_IF_ERROR(c->GetAttr("xi_grad", &xi_grad));
+  for (int i = 0; i < 4; ++i) c->set_output(i, i == 1 && !xi_grad ? c->Vector(0) : c->input(i));
   return absl::OkStatus();
 }
 
@@ -125,12 +127,14 @@ REGISTER_OP("KernelzooMexGrad")
     .Attr("use_offsets: bool = false")
     .Attr("use_c: bool = false")
     .Attr("gemm: bool = true")
+    .Attr("xi_grad: bool = true")
     .Attr("T: {float, half, bfloat16} = DT_FLOAT")
     .SetShapeFn(MexGradShape)
     .Doc(R"doc(
 Gradients of KernelzooMex w.r.t. input, xi, offsets and c (zeros of the given
 shapes when offsets / c are unused). gemm: as for KernelzooMex. grad and
-grad_input are T, the parameters' gradients float.
+grad_input are T, the parameters' gradients float. xi_grad = false skips xi's
+gradient (grad_xi is then empty, shape (0,)): a fixed xi needs none.
 )doc");
 
 }  // namespace kernelzoo
