@@ -197,13 +197,14 @@ class Kernels:
         return out
 
     def mex_grad(self, inputs, xi, offsets, c, grad, *, num_instances, pool_size=(1, 1), channel_block,
-                 strides=None, padding="valid", softmax_mode=False):
-        """Backward: (grad_input, grad_xi, grad_offsets or None, grad_c or None); grad_input of the dtype of `inputs`."""
+                 strides=None, padding="valid", softmax_mode=False, xi_grad=True):
+        """Backward: (grad_input, grad_xi, grad_offsets or None, grad_c or None); grad_input of the dtype of `inputs`,
+        grad_xi None with xi_grad=False."""
         cfg, _ = self._mex_setup(inputs, num_instances, pool_size, channel_block, strides, padding, softmax_mode,
                                  offsets, c)
         work = self.empty((max(int(self.lib.kz_mex_workspace_bytes(cfg)), 8),), "uint8")
         gi = self.empty(tuple(inputs.shape), _activation_dtype(inputs, grad))
-        gxi = self.empty((num_instances,), "float32")
+        gxi = self.empty((num_instances,), "float32") if xi_grad else None
         goff = None if offsets is None else self.empty(tuple(offsets.shape), "float32")
         gc = None if c is None else self.empty((num_instances,), "float32")
         self._call("kz_mex_backward", cfg, self.launch, _ptr(inputs), _ptr(xi), _ptr(offsets), _ptr(c), _ptr(grad),

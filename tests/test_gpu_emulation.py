@@ -182,6 +182,22 @@ def test_mex_emulation_long_class_wise_sets(emulated, softmax):
                                         padding="valid", softmax_mode=softmax))
 
 
+def test_mex_emulation_skips_the_xi_gradient(emulated):
+    """A null grad_xi (the op's xi_grad=False): not written, the other gradients the same."""
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(2, 5, 4, 6)).astype("float32")
+    xi = np.array([0.7, -1.5], "float32")
+    off = rng.normal(size=(2, 2, 2, 1, 1, 3)).astype("float32")
+    c = rng.normal(size=2).astype("float32")
+    kw = dict(num_instances=2, pool_size=(1, 1), channel_block=3, strides=(1, 1))
+    g = rng.normal(size=(2, 5, 4, 4)).astype("float32")
+    full = emulated.mex_grad(x, xi, off, c, g, **kw)
+    partial = emulated.mex_grad(x, xi, off, c, g, xi_grad=False, **kw)
+    assert partial[1] is None and full[1].shape == (2,)
+    for name, a, b in zip(["input", "offsets", "c"], partial[::2] + partial[3:], full[::2] + full[3:]):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+
+
 def test_mex_emulation_propagates_nan(emulated):
     x = np.zeros((1, 4, 4, 1), "float32")
     x[0, 1, 1, 0] = np.nan

@@ -8,7 +8,8 @@
 // every call validates them and returns 0, or an error code with a message
 // from kz_last_error(). The activations (input, output, grad, grad_input) are
 // of the configuration's dtype (DType below), all other arrays float32. A null
-// similarity grad_input skips the input's gradient (as the op's input_grad).
+// similarity grad_input skips the input's gradient (as the op's input_grad), a
+// null MEX grad_xi xi's (as xi_grad).
 #include <cstdint>
 #include <cstdio>
 #include <string>

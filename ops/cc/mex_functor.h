@@ -248,7 +248,7 @@ KZ_HOST_DEVICE inline double MexSetBackward(const Values& v, int64_t n, float xi
 //   T E_w[v - M] = ((E o (x' - m)) F^T)_pk + (E (F o (b' - m_r))^T)_pk (+ e_pk (c_k - M)),
 // where every term of each sum has the same sign. An entry takes the direct form
 // (MexSetForward / MexSetBackward of its gathered set) unless MexGemmValue accepts it (and, in
-// the backward, MexGemmDxi):
+// the backward with xi's gradient, MexGemmDxi):
 //   T >= exp(-40) and finite: T >= exp(xi max(v) - xi M), so the shift overshoots xi max(v) by at
 //     most 40: the terms within float precision (exp(-17)) of the largest stay normal floats
 //     (> exp(-87)), so T, the value and the weights keep float's relative accuracy;
@@ -257,7 +257,7 @@ KZ_HOST_DEVICE inline double MexSetBackward(const Values& v, int64_t n, float xi
 //     range(v), as for the direct form (below, its expm1 / series forms are more accurate).
 //     |xi| |value - mean(v)| >= 1 certifies it (as |value - mean| <= range(v)); otherwise the
 //     kernel computes range(v) for the entry;
-//   backward: MexGemmDxi (d value / d xi accurate to ~1e-5 relative).
+//   backward with xi's gradient: MexGemmDxi (d value / d xi accurate to ~1e-5 relative).
 // The weights (grad_x, grad_b, grad_c) are then as accurate, relative, as T (float sums over the
 // set: ~1e-6).
 // Rows or offsets with a non-finite entry, and non-finite c_k, also take the direct form.
@@ -323,7 +323,7 @@ struct MexFunctor {
                   float* output);
 };
 
-// Backward: gradients w.r.t. input, xi, offsets (if used) and c (if used).
+// Backward: gradients w.r.t. input, xi (unless grad_xi is null), offsets (if used) and c (if used).
 template <typename Device>
 struct MexGradFunctor {
   void operator()(const Device& d, const MexParams& params, const float* input,

@@ -223,7 +223,8 @@ int64_t MexBackwardWorkspaceBytes(const MexParams& prm) {
   return doubles * static_cast<int64_t>(sizeof(double)) + floats * static_cast<int64_t>(sizeof(float));
 }
 
-// Gradients w.r.t. input, xi, and offsets / c when used (null otherwise); all overwritten.
+// Gradients w.r.t. input, xi, and offsets / c when used (null otherwise); all overwritten. grad_xi
+// may be null (xi fixed): not written.
 template <typename T>
 void MexBackward(const Launcher& launch, const MexParams& prm, const T* input, const float* xi,
                  const float* offsets, const float* c, const T* grad, T* grad_input, float* grad_xi,
@@ -241,8 +242,9 @@ void MexBackward(const Launcher& launch, const MexParams& prm, const T* input, c
   if (!kFloat)
     launch(ConvertKernel<float, T>, BlocksFor(launch, inputs, threads), threads,
            static_cast<const float*>(grad_input_float), inputs, grad_input);
-  launch(ConvertKernel<double, float>, BlocksFor(launch, K, threads), threads, static_cast<const double*>(ws), K,
-         grad_xi);
+  if (grad_xi != nullptr)
+    launch(ConvertKernel<double, float>, BlocksFor(launch, K, threads), threads, static_cast<const double*>(ws), K,
+           grad_xi);
   if (prm.use_offsets)
     launch(ConvertKernel<double, float>, BlocksFor(launch, off, threads), threads,
            static_cast<const double*>(ws + K), off, grad_offsets);

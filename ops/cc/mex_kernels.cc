@@ -622,7 +622,7 @@ std::vector<float> GemmSplit(const MexParams& prm, float xi, const float* input,
 // The split (GemmSplit), F^T (and, for the backward, (F o (b' - m))^T and F) per region, the
 // offsets' shifts and sums, and the chunks of rows.
 GemmPlan MakeGemmPlan(const MexParams& prm, float xi, const float* input, const float* offsets,
-                      const float* c, bool backward, bool xi_grad = false) {
+                      const float* c, bool backward, bool xi_grad) {
   GemmPlan pl;
   pl.K = prm.num_instances;
   pl.bc = prm.channel_block;
@@ -717,8 +717,8 @@ GemmPlan MakeGemmPlan(const MexParams& prm, float xi, const float* input, const 
 }
 
 struct GemmScratch {
-  std::vector<float> e, xe;   // (rows, ld): x', then E; E o (x' - m)
-  std::vector<float> t, u;    // (rows, kp or 2 kp): T (| F o (b' - m) sums); (E o (x' - m)) F^T
+  std::vector<float> e, xe;   // (rows, ld): x', then E; E o (x' - m) (xi_grad only)
+  std::vector<float> t, u;    // (rows, kp or 2 kp): T (| F o (b' - m) sums); (E o (x' - m)) F^T (xi_grad only)
   std::vector<float> gk, d;   // (rows, kp): G (zeros past K); (K, ld): offsets gradient of the chunk
   std::vector<float> m;       // per row: shift
   std::vector<double> sum;    // per row: sum of x'
@@ -860,7 +860,7 @@ void ForEachGemmChunk(const CPUDevice& dev, const GemmPlan& pl, const Eigen::Ten
 
 void MexGemmForward(const CPUDevice& dev, const MexParams& prm, const float* input, float xi,
                     const float* offsets, const float* c, float* output) {
-  const GemmPlan pl = MakeGemmPlan(prm, xi, input, offsets, c, false);
+  const GemmPlan pl = MakeGemmPlan(prm, xi, input, offsets, c, false, false);
   const int64_t K = pl.K, bc = pl.bc, kp = pl.kp;
   ForEachGemmChunk(
       dev, pl, Eigen::TensorOpCost(bc * 4.0, K * 4.0, bc * (1.0 * kp + 16.0)),

@@ -28,14 +28,9 @@ struct MexCompute<GPUDevice, T> {
                        const float* offsets, const float* c, const T* grad, T* grad_input, float* grad_xi,
                        float* grad_offsets, float* grad_c) {
     using Gpu = typename GpuActivation<T>::type;
-    ::tensorflow::Tensor holder, unused_xi;
+    ::tensorflow::Tensor holder;
     void* workspace = nullptr;
     OP_REQUIRES_OK(ctx, AllocateWorkspace(ctx, gpu::MexBackwardWorkspaceBytes<Gpu>(prm), &holder, &workspace));
-    if (grad_xi == nullptr) {  // the kernels compute it anyway: into scratch
-      OP_REQUIRES_OK(ctx, ctx->allocate_temp(::tensorflow::DT_FLOAT, ::tensorflow::TensorShape({prm.num_instances}),
-                                             &unused_xi));
-      grad_xi = unused_xi.flat<float>().data();
-    }
     const gpu::Launcher launch = StreamLauncher(ctx);
     gpu::MexBackward(launch, prm, GpuData(input), xi, offsets, c, GpuData(grad), GpuData(grad_input), grad_xi,
                      grad_offsets, grad_c, workspace);

@@ -11,7 +11,8 @@
 //            grad_input, grad_xi, grad_offsets, grad_c);
 //
 // on the tensors' data (validated, in the device's memory; offsets, c and
-// their gradients null when unused), which fill every output it is given
+// their gradients null when unused, grad_xi null when the attr xi_grad is
+// false), which fill every output it is given
 // (allocated, not zeroed) and report failures through ctx (OP_REQUIRES /
 // ctx->SetStatus). TensorFlow dependent, unlike mex_functor.h / mex_gpu.h.
 #ifndef KERNELZOO_OPS_CC_MEX_OP_H_
