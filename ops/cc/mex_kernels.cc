@@ -545,6 +545,7 @@ struct GemmPlan {
   int64_t n = 0;                     // set size
   int64_t ld = 0;                    // bc rounded up to whole vectors
   int64_t kp = 0;                    // K rounded up to whole vectors
+  int64_t ldt = 0;                   // columns of ft and T: kp, or 2 kp with d / d xi
   float xi = 1.f;
   double logn = 0.0;
   double c_lo = INFINITY, c_hi = -INFINITY;  // over finite c
@@ -553,7 +554,7 @@ struct GemmPlan {
   bool xi_grad = false;              // backward: d / d xi wanted (U, V and E o (x' - m) computed)
   std::vector<float> beta;           // (bc): x' = x + beta, b' = b - beta (empty: 0; GemmSplit)
   int64_t ft_stride = 0;             // floats per region in ft
-  std::vector<float> ft;             // per region (bc, kp): F^T; backward (bc, 2 kp): [F^T | (F o (b' - m))^T]
+  std::vector<float> ft;             // per region (bc, ldt): F^T (| (F o (b' - m))^T with d / d xi)
   std::vector<float> f;              // backward, per region (K, ld): F
   std::vector<double> shift_b;       // (R, K): max (xi > 0) / min of b'_rk.
   std::vector<double> sum_b;         // (R, K): sum of b'_rk.
@@ -619,7 +620,7 @@ std::vector<float> GemmSplit(const MexParams& prm, float xi, const float* input,
   return overshoot(mean.data()) < overshoot(nullptr) ? mean : std::vector<float>();
 }
 
-// The split (GemmSplit), F^T (and, for the backward, (F o (b' - m))^T and F) per region, the
+// The split (GemmSplit), F^T (and, for the backward, F; with d / d xi, (F o (b' - m))^T) per region, the
 // offsets' shifts and sums, and the chunks of rows.
 GemmPlan MakeGemmPlan(const MexParams& prm, float xi, const float* input, const float* offsets,
                       const float* c, bool backward, bool xi_grad) {
@@ -643,7 +644,7 @@ GemmPlan MakeGemmPlan(const MexParams& prm, float xi, const float* input, const 
         pl.c_lo = std::min<double>(pl.c_lo, c[k]);
         pl.c_hi = std::max<double>(pl.c_hi, c[k]);
       }
-  const int64_t ldt = (backward ? 2 : 1) * kp;
+  const int64_t ldt = pl.ldt = (pl.xi_grad ? 2 : 1) * kp;
   pl.ft_stride = bc * ldt;
   pl.ft.assign(R * pl.ft_stride, 0.f);
   if (backward) pl.f.assign(R * K * ld, 0.f);
@@ -686,11 +687,11 @@ GemmPlan MakeGemmPlan(const MexParams& prm, float xi, const float* input, const 
         pl.sum_b[r * K + k] = sum;
         pl.lo_b[r] = std::min<double>(pl.lo_b[r], lo);
         pl.hi_b[r] = std::max<double>(pl.hi_b[r], hi);
-        ExpRow(b.data(), bc, m, xi, f.data(), backward ? fb.data() : nullptr);
+        ExpRow(b.data(), bc, m, xi, f.data(), pl.xi_grad ? fb.data() : nullptr);
       }
       for (int64_t i = 0; i < bc; ++i) {
         ft[i * ldt + k] = f[i];
-        if (backward) ft[i * ldt + kp + k] = fb[i];
+        if (pl.xi_grad) ft[i * ldt + kp + k] = fb[i];
       }
       if (backward) std::copy(f.begin(), f.end(), pl.f.begin() + (r * K + k) * ld);
     }
@@ -718,7 +719,7 @@ GemmPlan MakeGemmPlan(const MexParams& prm, float xi, const float* input, const 
 
 struct GemmScratch {
   std::vector<float> e, xe;   // (rows, ld): x', then E; E o (x' - m) (xi_grad only)
-  std::vector<float> t, u;    // (rows, kp or 2 kp): T (| F o (b' - m) sums); (E o (x' - m)) F^T (xi_grad only)
+  std::vector<float> t, u;    // (rows, ldt): T (| F o (b' - m) sums); (E o (x' - m)) F^T (xi_grad only)
   std::vector<float> gk, d;   // (rows, kp): G (zeros past K); (K, ld): offsets gradient of the chunk
   std::vector<float> m;       // per row: shift
   std::vector<double> sum;    // per row: sum of x'
@@ -731,7 +732,7 @@ struct GemmScratch {
     if (!m.empty()) return;
     const int64_t ch = GemmChunkRows(pl.bc);
     e.assign(ch * pl.ld, 0.f);
-    t.assign(ch * pl.kp * (pl.backward ? 2 : 1), 0.f);
+    t.assign(ch * pl.ldt, 0.f);
     m.resize(ch);
     sum.resize(ch);
     direct.resize(ch);
@@ -888,7 +889,7 @@ void MexGemmBackward(const CPUDevice& dev, const MexParams& prm, const float* in
                      float* grad_xi, float* grad_offsets, float* grad_c) {
   const WindowGeometry& g = prm.geo;
   const GemmPlan pl = MakeGemmPlan(prm, xi, input, offsets, c, true, grad_xi != nullptr);
-  const int64_t K = pl.K, bc = pl.bc, R = pl.R, ld = pl.ld, kp = pl.kp;
+  const int64_t K = pl.K, bc = pl.bc, R = pl.R, ld = pl.ld, kp = pl.kp, ldt = pl.ldt;
   // Strided 1x1 pools leave input pixels without a gradient.
   if (g.out_h != g.in_h || g.out_w != g.in_w)
     std::fill(grad_input, grad_input + g.batch * g.in_h * g.in_w * g.in_c, 0.f);
@@ -898,12 +899,12 @@ void MexGemmBackward(const CPUDevice& dev, const MexParams& prm, const float* in
   ForEachGemmChunk(
       dev, pl, Eigen::TensorOpCost(bc * 8.0, bc * 4.0, bc * (5.0 * kp + 24.0)),
       [&](GemmScratch& s, const int64_t* rws, int64_t nr, int64_t r) {
-        const float* ft = pl.ft.data() + r * pl.ft_stride;  // [F^T | (F o (b' - m))^T]
+        const float* ft = pl.ft.data() + r * pl.ft_stride;  // F^T (| (F o (b' - m))^T)
         const float* f = pl.f.data() + r * K * ld;
         const bool any = GemmPrepareRows(pl, prm, input, rws, nr, r, s);
         if (any) {  // [T | V] = E [F | F o (b' - m)]^T, U = (E o (x' - m)) F^T; V, U for d / d xi only
-          DotLanes(s.e.data(), nr, ld, bc, ft, 2 * kp, pl.xi_grad ? 2 * kp : kp, s.t.data(), 2 * kp);
-          if (pl.xi_grad) DotLanes(s.xe.data(), nr, ld, bc, ft, 2 * kp, kp, s.u.data(), kp);
+          DotLanes(s.e.data(), nr, ld, bc, ft, ldt, ldt, s.t.data(), ldt);
+          if (pl.xi_grad) DotLanes(s.xe.data(), nr, ld, bc, ft, ldt, kp, s.u.data(), kp);
         }
         std::fill(s.gxi.begin(), s.gxi.end(), 0.0);
         std::fill(s.gc.begin(), s.gc.end(), 0.0);
@@ -915,9 +916,9 @@ void MexGemmBackward(const CPUDevice& dev, const MexParams& prm, const float* in
             GemmEntry e;
             float gk = 0.f;
             double dxi = 0.0;
-            bool accept = any && GemmAccept(pl, s, t, r, k, x, offsets, c, s.t[t * 2 * kp + k], &e);
+            bool accept = any && GemmAccept(pl, s, t, r, k, x, offsets, c, s.t[t * ldt + k], &e);
             if (accept && pl.xi_grad) {
-              double ew = s.u[t * kp + k] + static_cast<double>(s.t[t * 2 * kp + kp + k]);
+              double ew = s.u[t * kp + k] + static_cast<double>(s.t[t * ldt + kp + k]);
               if (c != nullptr) ew += e.ec * (c[k] - e.shift);
               accept = MexGemmDxi(ew / e.t, e.log_t, xi, pl.logn, pl.softmax, &dxi);
             }

@@ -165,13 +165,7 @@ class MexGradOp : public MexOpBase {
     OP_REQUIRES_OK(ctx, Prepare(ctx, &prm));
     OP_REQUIRES_OK(ctx, CheckGradShape(ctx->input(4), OutputShape(prm)));
     ::tensorflow::Tensor* grads[4] = {};  // input, xi, offsets, c
-    if (xi_grad_) {
-      OP_REQUIRES_OK(ctx, AllocateLikeInputs(ctx, 0, 4, grads));
-    } else {
-      OP_REQUIRES_OK(ctx, AllocateLikeInputs(ctx, 0, 1, grads));
-      OP_REQUIRES_OK(ctx, ctx->allocate_output(1, ::tensorflow::TensorShape({0}), &grads[1]));
-      OP_REQUIRES_OK(ctx, AllocateLikeInputs(ctx, 2, 4, grads));
-    }
+    OP_REQUIRES_OK(ctx, AllocateGradients(ctx, 4, xi_grad_ ? -1 : 1, grads));
     // The gradients of unused inputs are zeros of their shape (the device functions skip them).
     if (!use_offsets_ && grads[2]->NumElements() > 0) SetZero<Device>(ctx, grads[2]);
     if (!use_c_ && grads[3]->NumElements() > 0) SetZero<Device>(ctx, grads[3]);

@@ -24,11 +24,13 @@ const T* InputData(::tensorflow::OpKernelContext* ctx, int i) {
   return ctx->input(i).flat<T>().data();
 }
 
-// Allocates outputs begin .. end-1 with the shapes of inputs begin .. end-1 (the gradient ops).
-inline absl::Status AllocateLikeInputs(::tensorflow::OpKernelContext* ctx, int begin, int end,
-                                       ::tensorflow::Tensor** outputs) {
-  for (int i = begin; i < end; ++i) {
-    TF_RETURN_IF_ERROR(ctx->allocate_output(i, ctx->input(i).shape(), &outputs[i]));
+// Allocates the gradient ops' outputs 0 .. count-1 with the shapes of inputs 0 .. count-1,
+// except output `skipped` (a gradient nothing uses; -1 for none), which gets shape (0,).
+inline absl::Status AllocateGradients(::tensorflow::OpKernelContext* ctx, int count, int skipped,
+                                      ::tensorflow::Tensor** outputs) {
+  for (int i = 0; i < count; ++i) {
+    const ::tensorflow::TensorShape shape = i == skipped ? ::tensorflow::TensorShape({0}) : ctx->input(i).shape();
+    TF_RETURN_IF_ERROR(ctx->allocate_output(i, shape, &outputs[i]));
   }
   return absl::OkStatus();
 }

@@ -156,12 +156,7 @@ class SimilarityGradOp : public SimilarityOpBase {
     OP_REQUIRES_OK(ctx, Prepare(ctx, &prm));
     OP_REQUIRES_OK(ctx, CheckGradShape(ctx->input(4), OutputShape(prm)));
     ::tensorflow::Tensor* grads[4] = {};  // input, templates, weights, p
-    if (input_grad_) {
-      OP_REQUIRES_OK(ctx, AllocateLikeInputs(ctx, 0, 4, grads));
-    } else {
-      OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ::tensorflow::TensorShape({0}), &grads[0]));
-      OP_REQUIRES_OK(ctx, AllocateLikeInputs(ctx, 1, 4, grads));
-    }
+    OP_REQUIRES_OK(ctx, AllocateGradients(ctx, 4, input_grad_ ? -1 : 0, grads));
     SimilarityCompute<Device, T>::Backward(ctx, prm, InputData<T>(ctx, 0), InputData(ctx, 1), InputData(ctx, 2),
                                            InputData(ctx, 3), InputData<T>(ctx, 4),
                                            input_grad_ ? grads[0]->flat<T>().data() : nullptr,
