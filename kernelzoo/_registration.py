@@ -24,6 +24,7 @@ CLASSES = {
     "Grid2D": "kernelzoo.layers.kernels",
     "SparsifyingActivation": "kernelzoo.layers.sparsify",
     "CKNConv2D": "kernelzoo.layers.ckn",
+    "FusedBatchNormalization": "kernelzoo.layers.batch_norm",
     "QuadrantPooling": "kernelzoo.zoo.simnet.models",
     "ClassCentering": "kernelzoo.zoo.simnet.models",
     "TriangleCoding": "kernelzoo.zoo.simnet.models",

@@ -388,9 +388,33 @@ def test_loss_reads_bfloat16_maps_in_float32(rng):
     assert loss.dtype == tf.float32 and np.isfinite(float(loss))
 
 
-def test_bench_sc_times_a_mixed_precision_sc_step():
+@pytest.mark.parametrize("batch_norm,op", [("fused", "FusedBatchNormGradV3"), ("keras", "Conv2D")])
+def test_bench_sc_times_a_mixed_precision_sc_step(batch_norm, op):
     from kernelzoo.zoo.sc.bench import measure
     result = measure("mnist", "mixed_bfloat16", "sc", batch_size=8, steps=1, warmup=1, overrides={"widths": (4, 4, 4)},
-                     profile=True)
+                     profile=True, batch_norm=batch_norm)
     assert result["ms"] > 0 and result["images_per_s"] > 0 and result["steps"] == 1
-    assert result["profile"][0][1] > 0 and any("Conv2D" in name for name, _ in result["profile"])
+    names = [name for name, _ in result["profile"]]
+    assert result["profile"][0][1] > 0 and any(op in name for name in names)
+    assert any("FusedBatchNorm" in name for name in names) == (batch_norm == "fused")
+
+
+@pytest.mark.parametrize("builder", ["sc_cifar10", "sc_mnist", "sc_stl10"])
+def test_networks_train_through_fused_batch_norm(builder):
+    from kernelzoo.layers import FusedBatchNormalization
+    from kernelzoo.zoo.sc import models
+    from kernelzoo.zoo.sc.bench import with_keras_batch_norm
+    model = getattr(models, builder)()
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms and all(type(layer) is FusedBatchNormalization for layer in norms)
+    baseline = with_keras_batch_norm(model)
+    assert [layer.name for layer in baseline.layers] == [layer.name for layer in model.layers]
+    assert [type(layer) for layer in baseline.layers if layer.name in {n.name for n in norms}] == (
+        [keras.layers.BatchNormalization] * len(norms))
+
+
+@pytest.mark.parametrize("option", ["--batch-norm", "--stages", "--networks"])
+def test_bench_sc_names_a_bad_option(option):
+    from kernelzoo.zoo.sc.bench import main
+    with pytest.raises(ValueError, match=option):
+        main([option, "fast"])

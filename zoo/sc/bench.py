@@ -1,16 +1,18 @@
-"""`kernelzoo bench sc`: training-step time of the spatial contrasting networks, float32 vs Keras mixed_bfloat16.
+"""`kernelzoo bench sc`: training-step time of the spatial contrasting networks, float32 vs Keras mixed_bfloat16,
+and their fused batch normalization vs Keras's.
 
     kernelzoo bench sc [--networks cifar10,mnist] [--precisions float32,mixed_bfloat16]
-        [--stages supervised,sc] [--batch-size 128] [--steps 5] [--warmup 2] [--threads 0]
+        [--stages supervised,sc] [--batch-norm fused] [--batch-size 128] [--steps 5] [--warmup 2] [--threads 0]
 
-For each network, stage and precision, side by side in one process: the median wall time of a full
+For each network, stage, batch normalization and precision, side by side in one process: the median wall time of a full
 training step on random raw-pixel images (throughput does not depend on the pixels), after
 `--warmup` untimed steps (the first traces the step). "supervised" is `train_on_batch` of the
 compiled classifier (the fine-tuning step, SGD + cross-entropy); "sc" is a step of
 SpatialContrastingTrainer at the network's "sc_features" layer with the recipe's patch size (the
 pre-training step: the layers up to it only). Under mixed_bfloat16 the convolutions and matmuls run
 in bfloat16 (oneDNN uses AMX where the CPU has it: the header says whether /proc/cpuinfo lists
-amx_bf16), the variables stay float32. The last columns estimate the seconds per epoch of the
+amx_bf16), the variables stay float32. `--batch-norm keras` rebuilds the network with Keras's own
+BatchNormalization in place of FusedBatchNormalization (same weights and maths). The last columns estimate the seconds per epoch of the
 presets' data (SC: the SC images; supervised: the labelled images) from the step time.
 """
 import os
@@ -27,12 +29,13 @@ NETWORKS = {"cifar10": ("sc_cifar10", "sc_cifar10_4k"), "mnist": ("sc_mnist", "s
 EPOCH_IMAGES = {"cifar10": {"sc": 50_000, "supervised": 4_000}, "mnist": {"sc": 60_000, "supervised": 60_000},
                 "stl10": {"sc": 105_000, "supervised": 5_000}}
 STAGES = ("supervised", "sc")
+BATCH_NORMS = ("fused", "keras")
 
 
 def measure(network="cifar10", precision="float32", stage="supervised", batch_size=128, steps=5, warmup=2, seed=0,
-            overrides=None, profile=False):
-    """{"ms" (median ms per step), "images_per_s", "steps"} of one network, precision and stage (and "profile"
-    with `profile`: `step_bench.time_step`)."""
+            overrides=None, profile=False, batch_norm="fused"):
+    """{"ms" (median ms per step), "images_per_s", "steps"} of one network, precision, stage and batch
+    normalization (and "profile" with `profile`: `step_bench.time_step`)."""
     import keras
 
     from kernelzoo.zoo import registry
@@ -42,6 +45,7 @@ def measure(network="cifar10", precision="float32", stage="supervised", batch_si
 
     network = check_choice("network", network, NETWORKS)
     stage = check_choice("stage", stage, STAGES)
+    batch_norm = check_choice("batch_norm", batch_norm, BATCH_NORMS)
     builder, preset_name = NETWORKS[network]
     preset = registry.info(preset_name)
     recipe = SCRecipe()
@@ -49,6 +53,8 @@ def measure(network="cifar10", precision="float32", stage="supervised", batch_si
     keras.utils.set_random_seed(seed)
     with precision_policy(precision):
         model = registry.resolve(f"kernelzoo.zoo.sc.models.{builder}")(**(overrides or {}))
+        if batch_norm == "keras":
+            model = with_keras_batch_norm(model)
         rng = np.random.default_rng(seed)
         x = rng.integers(0, 256, (positive_int(batch_size, "batch_size"),) + tuple(model.inputs[0].shape[1:]))
         x = x.astype("float32")
@@ -65,11 +71,25 @@ def measure(network="cifar10", precision="float32", stage="supervised", batch_si
         return time_step(step, batch_size, steps, warmup, profile, scope)
 
 
+def with_keras_batch_norm(model):
+    """A copy of `model` (fresh weights) with Keras's BatchNormalization in place of FusedBatchNormalization."""
+    import keras
+
+    from kernelzoo.layers import FusedBatchNormalization
+
+    def clone(layer):
+        kind = keras.layers.BatchNormalization if isinstance(layer, FusedBatchNormalization) else type(layer)
+        return kind.from_config(layer.get_config())
+
+    return keras.models.clone_model(model, clone_function=clone)
+
+
 def add_arguments(parser, command=None):
     parser.description = "Training-step time of the spatial contrasting networks: float32 vs mixed_bfloat16."
     parser.add_argument("what", choices=["sc"], help="what to benchmark")
     parser.add_argument("--networks", default="cifar10", help="comma-separated: " + ",".join(NETWORKS))
     parser.add_argument("--stages", default="supervised,sc", help="comma-separated: " + ",".join(STAGES))
+    parser.add_argument("--batch-norm", default="fused", help="comma-separated: " + ",".join(BATCH_NORMS))
     add_step_options(parser)
 
 
@@ -80,22 +100,30 @@ def run(args, command=None):
     networks = listed(args.networks, NETWORKS, "--networks")
     precisions = listed(args.precisions, PRECISIONS, "--precisions")
     stages = listed(args.stages, STAGES, "--stages")
+    batch_norms = sorted(listed(args.batch_norm, BATCH_NORMS, "--batch-norm"), key=lambda kind: kind != "keras")
     top = nonnegative_int(args.profile, "--profile")
     print(environment("kernelzoo bench sc", args.threads, args.batch_size, args.steps), flush=True)
-    print(f"{'network':8s} {'stage':10s} {'precision':15s} {'ms/step':>9s} {'images/s':>9s} {'vs float32':>10s} "
-          f"{'s/epoch':>9s}  (epoch images)", flush=True)
+    print(f"{'network':8s} {'stage':10s} {'batch norm':10s} {'precision':15s} {'ms/step':>9s} {'images/s':>9s} "
+          f"{'vs float32':>10s} {'vs keras':>8s} {'s/epoch':>9s}  (epoch images)", flush=True)
     for network in networks:
         for stage in stages:
-            base = None
-            for precision in precisions:
-                result = measure(network, precision, stage, args.batch_size, args.steps, args.warmup,
-                                 profile=top > 0)
-                base = result["ms"] if precision == "float32" else base
-                ratio = f"{base / result['ms']:.2f}x" if base else "-"
-                images = EPOCH_IMAGES[network][stage]
-                print(f"{network:8s} {stage:10s} {precision:15s} {result['ms']:9.1f} {result['images_per_s']:9.1f} "
-                      f"{ratio:>10s} {images / result['images_per_s']:9.0f}  ({images:,})", flush=True)
-                print_profile(result, top)
+            keras_ms = {}
+            for batch_norm in batch_norms:
+                base = None
+                for precision in precisions:
+                    result = measure(network, precision, stage, args.batch_size, args.steps, args.warmup,
+                                     profile=top > 0, batch_norm=batch_norm)
+                    base = result["ms"] if precision == "float32" else base
+                    if batch_norm == "keras":
+                        keras_ms[precision] = result["ms"]
+                    ratio = f"{base / result['ms']:.2f}x" if base else "-"
+                    vs_keras = (f"{keras_ms[precision] / result['ms']:.2f}x"
+                                if batch_norm != "keras" and precision in keras_ms else "-")
+                    images = EPOCH_IMAGES[network][stage]
+                    print(f"{network:8s} {stage:10s} {batch_norm:10s} {precision:15s} {result['ms']:9.1f} "
+                          f"{result['images_per_s']:9.1f} {ratio:>10s} {vs_keras:>8s} "
+                          f"{images / result['images_per_s']:9.0f}  ({images:,})", flush=True)
+                    print_profile(result, top)
     return 0
 
 

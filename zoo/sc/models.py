@@ -7,7 +7,8 @@ Every builder returns an uncompiled keras.Model that takes raw 0-255 pixels:
 
 and names the layer the spatial contrasting criterion reads "sc_features" (the table's "Spatial
 contrasting criterion" row: after the second pooling + BN for CIFAR-10 and MNIST, after the third
-block for STL-10). What the table leaves open and we chose: "same" padding up to the SC layer, then
+block for STL-10). Batch normalization is `kernelzoo.layers.FusedBatchNormalization` (Keras's, trained
+through TF's fused op). What the table leaves open and we chose: "same" padding up to the SC layer, then
 the first 3x3 convolution "valid" (ConvLarge / ConvSmall); LeakyReLU slope 0.1 (Rasmus et al.); no
 conv bias before a BN; the 3x3 max-pooling of the STL-10 network "same"-padded (96 -> 48 -> 24 -> 12).
 The last layer of the CIFAR-10 and MNIST networks is the table's "1x1 conv 10 BN (Leaky)ReLU, global
@@ -16,6 +17,7 @@ average pooling": the model outputs logits (the softmax is in the loss).
 import keras
 import numpy as np
 
+from kernelzoo.layers import FusedBatchNormalization
 from kernelzoo.ops.checks import (check_choice, image_shape, nonnegative_float, nonnegative_int, positive_int,
                                   positive_ints)
 from kernelzoo.zoo.augment import RandomShiftFlip
@@ -45,10 +47,14 @@ def _activation(kind, slope, name):
     return keras.layers.ReLU(name=name)
 
 
+def _batch_norm(name):
+    return FusedBatchNormalization(momentum=BN_MOMENTUM, name=name)
+
+
 def _conv_bn(x, filters, size, name, activation, slope, padding="same", batch_norm=True):
     x = keras.layers.Conv2D(filters, size, padding=padding, use_bias=not batch_norm, name=name)(x)
     if batch_norm:
-        x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
+        x = _batch_norm(f"{name}_bn")(x)
     return _activation(activation, slope, f"{name}_act")(x)
 
 
@@ -81,7 +87,7 @@ def sc_cifar10(widths=(96, 192), head_width=192, num_classes=10, input_shape=(32
         for index in range(1, depth + 1):
             x = _conv_bn(x, width, 3, f"conv{block}_{index}", activation, slope)
         x = keras.layers.MaxPooling2D(2, name=f"pool{block}")(x)
-        x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=SC_LAYER if block == 2 else f"pool{block}_bn")(x)
+        x = _batch_norm(SC_LAYER if block == 2 else f"pool{block}_bn")(x)
     x = _conv_bn(x, head_width, 3, "conv3_1", activation, slope, padding="valid")
     x = _conv_bn(x, head_width, 1, "conv3_2", activation, slope)
     x = _conv_bn(x, num_classes, 1, "conv3_3", activation, slope)
@@ -104,11 +110,11 @@ def sc_mnist(widths=(32, 64, 128), num_classes=10, input_shape=(28, 28, 1), acti
     x = _preprocessing(inputs, mean, std, shift, flip, "constant", seed)
     x = _conv_bn(x, widths[0], 5, "conv1_1", activation, slope, batch_norm=False)
     x = keras.layers.MaxPooling2D(2, name="pool1")(x)
-    x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name="pool1_bn")(x)
+    x = _batch_norm("pool1_bn")(x)
     x = _conv_bn(x, widths[1], 3, "conv2_1", activation, slope)
     x = _conv_bn(x, widths[1], 3, "conv2_2", activation, slope)
     x = keras.layers.MaxPooling2D(2, name="pool2")(x)
-    x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=SC_LAYER)(x)
+    x = _batch_norm(SC_LAYER)(x)
     x = _conv_bn(x, widths[2], 3, "conv3_1", activation, slope, padding="valid")
     x = _conv_bn(x, num_classes, 1, "conv3_2", activation, slope)
     outputs = keras.layers.GlobalAveragePooling2D(dtype="float32", name="logits")(x)
