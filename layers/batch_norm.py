@@ -30,8 +30,10 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         # The op returns the unbiased batch variance (n / (n - 1) times the one it normalised with).
         count = ops.cast(ops.prod(ops.shape(inputs)[:-1]), "float32")
         variance = variance * (count - 1.0) / ops.maximum(count, 1.0)
-        self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
-        self.moving_variance.assign(self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
+        for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
+            # In float32, as Keras does: the statistics of a "bfloat16" or "float16" layer are low precision.
+            updated = ops.cast(moving, "float32") * self.momentum + batch * (1.0 - self.momentum)
+            moving.assign(ops.cast(updated, moving.dtype))
         return outputs
 
     def _fusable(self, inputs, mask):

@@ -96,3 +96,45 @@ def test_saves_and_loads(tmp_path, rng):
     assert type(loaded.get_layer("bn")) is FusedBatchNormalization
     assert loaded.get_layer("bn").get_config() == model.get_layer("bn").get_config()
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_low_precision_layer_close_to_keras(rng, dtype):
+    """A layer whose weights and moving statistics are themselves low precision (not a mixed policy)."""
+    shape = (8, 6, 6, 5)
+    x = rng.normal(1.0, 2.0, shape).astype("float32")
+    weights = rng.normal(size=shape).astype("float32")
+    results = []
+    for kind in (keras.layers.BatchNormalization, FusedBatchNormalization):
+        layer = _layer(kind, shape, dtype=dtype)
+        assert layer.moving_mean.dtype == dtype
+        results.append([np.asarray(r, "float32") for r in _training_step(layer, x, weights)])
+    assert "FusedBatchNormV3" in _op_types(_layer(FusedBatchNormalization, shape, dtype=dtype), x, True)
+    for g, e in zip(*results):
+        np.testing.assert_allclose(g, e, rtol=0.05, atol=0.05 * np.abs(e).max())
+
+
+def test_without_center_and_scale_equals_keras(rng):
+    shape = (4, 3, 3, 2)
+    x = rng.normal(2.0, 3.0, shape).astype("float32")
+    weights = rng.normal(size=shape).astype("float32")
+    expected = _training_step(_layer(keras.layers.BatchNormalization, shape, center=False, scale=False), x, weights)
+    got = _training_step(_layer(FusedBatchNormalization, shape, center=False, scale=False), x, weights)
+    assert len(got) == len(expected) == 4
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5)
+
+
+def test_fit_equals_keras(rng):
+    """Compiled training (fit's tf.function): weights and moving statistics follow Keras's layer's."""
+    x = rng.normal(1.0, 2.0, (16, 4, 4, 3)).astype("float32")
+    y = rng.normal(size=(16, 4, 4, 3)).astype("float32")
+    trained = []
+    for kind in (keras.layers.BatchNormalization, FusedBatchNormalization):
+        inputs = keras.Input((4, 4, 3))
+        model = keras.Model(inputs, _layer(kind, (None, 4, 4, 3))(inputs))
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+        model.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
+        trained.append([w.numpy() for w in model.weights])
+    for g, e in zip(*trained):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5)

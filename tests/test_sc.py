@@ -400,7 +400,7 @@ def test_bench_sc_times_a_mixed_precision_sc_step(batch_norm, op):
 
 
 @pytest.mark.parametrize("builder", ["sc_cifar10", "sc_mnist", "sc_stl10"])
-def test_networks_train_through_fused_batch_norm(builder):
+def test_networks_use_fused_batch_norm(builder):
     from kernelzoo.layers import FusedBatchNormalization
     from kernelzoo.zoo.sc import models
     from kernelzoo.zoo.sc.bench import with_keras_batch_norm

@@ -4,16 +4,17 @@ and their fused batch normalization vs Keras's.
     kernelzoo bench sc [--networks cifar10,mnist] [--precisions float32,mixed_bfloat16]
         [--stages supervised,sc] [--batch-norm fused] [--batch-size 128] [--steps 5] [--warmup 2] [--threads 0]
 
-For each network, stage, batch normalization and precision, side by side in one process: the median wall time of a full
-training step on random raw-pixel images (throughput does not depend on the pixels), after
+For each network, stage, batch normalization and precision, side by side in one process: the median
+wall time of a full training step on random raw-pixel images (throughput does not depend on the pixels), after
 `--warmup` untimed steps (the first traces the step). "supervised" is `train_on_batch` of the
 compiled classifier (the fine-tuning step, SGD + cross-entropy); "sc" is a step of
 SpatialContrastingTrainer at the network's "sc_features" layer with the recipe's patch size (the
 pre-training step: the layers up to it only). Under mixed_bfloat16 the convolutions and matmuls run
 in bfloat16 (oneDNN uses AMX where the CPU has it: the header says whether /proc/cpuinfo lists
 amx_bf16), the variables stay float32. `--batch-norm keras` rebuilds the network with Keras's own
-BatchNormalization in place of FusedBatchNormalization (same weights and maths). The last columns estimate the seconds per epoch of the
-presets' data (SC: the SC images; supervised: the labelled images) from the step time.
+BatchNormalization in place of FusedBatchNormalization (same architecture and maths). The last
+columns estimate the seconds per epoch of the presets' data (SC: the SC images; supervised: the
+labelled images) from the step time.
 """
 import os
 import sys
