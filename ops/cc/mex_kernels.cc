@@ -719,7 +719,7 @@ GemmPlan MakeGemmPlan(const MexParams& prm, float xi, const float* input, const 
 
 struct GemmScratch {
   std::vector<float> e, xe;   // (rows, ld): x', then E; E o (x' - m) (xi_grad only)
-  std::vector<float> t, u;    // (rows, ldt): T (| F o (b' - m) sums); (E o (x' - m)) F^T (xi_grad only)
+  std::vector<float> t, u;    // (rows, ldt): T (| F o (b' - m) sums); (rows, kp): (E o (x' - m)) F^T (xi_grad only)
   std::vector<float> gk, d;   // (rows, kp): G (zeros past K); (K, ld): offsets gradient of the chunk
   std::vector<float> m;       // per row: shift
   std::vector<double> sum;    // per row: sum of x'
@@ -867,7 +867,7 @@ void MexGemmForward(const CPUDevice& dev, const MexParams& prm, const float* inp
       dev, pl, Eigen::TensorOpCost(bc * 4.0, K * 4.0, bc * (1.0 * kp + 16.0)),
       [&](GemmScratch& s, const int64_t* rws, int64_t nr, int64_t r) {
         if (GemmPrepareRows(pl, prm, input, rws, nr, r, s))  // T = E F^T
-          DotLanes(s.e.data(), nr, pl.ld, bc, pl.ft.data() + r * pl.ft_stride, kp, kp, s.t.data(), kp);
+          DotLanes(s.e.data(), nr, pl.ld, bc, pl.ft.data() + r * pl.ft_stride, pl.ldt, kp, s.t.data(), kp);
         for (int64_t t = 0; t < nr; ++t) {
           float* out = output + rws[t] * K;
           const float* x = input + GemmRowInput(prm, rws[t]);
