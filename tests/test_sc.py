@@ -281,6 +281,39 @@ def test_cifar10_network_is_about_0_4_gmac():
     assert 0.38e9 < macs < 0.42e9, macs
 
 
+@pytest.mark.parametrize("builder", [sc_mnist, sc_cifar10, sc_stl10])
+def test_weight_decay_is_torch_sgd_decay_on_every_kernel(builder):
+    """The gradient of the model's L2 terms is weight_decay * w for each conv / dense kernel, none elsewhere."""
+    assert builder().losses == []
+    model = builder(weight_decay=1e-3)
+    kernels = [layer.kernel for layer in model.layers if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))]
+    with tf.GradientTape() as tape:
+        penalty = tf.add_n(model.losses)
+    grads = tape.gradient(penalty, model.trainable_variables)
+    assert len(model.losses) == len(kernels)
+    for variable, grad in zip(model.trainable_variables, grads):
+        if any(variable is kernel for kernel in kernels):
+            np.testing.assert_allclose(grad, 1e-3 * variable.numpy(), rtol=1e-5, atol=1e-12, err_msg=variable.path)
+        else:
+            assert grad is None, variable.path
+
+
+def test_weight_decay_acts_in_the_sc_stage():
+    """One SC step with plain SGD: decay moves each kernel by exactly -lr * weight_decay * w more."""
+    images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3)).astype("float32")
+    after = {}
+    for decay in (0.0, 0.5):
+        keras.utils.set_random_seed(0)
+        model = sc_cifar10(widths=(4, 8), head_width=8, block_depth=1, weight_decay=decay)
+        before = {layer.name: layer.kernel.numpy() for layer in model.layers if isinstance(layer, keras.layers.Conv2D)}
+        pretrain(model, "sc_features", images, patch_size=4, epochs=1, batch_size=8, lr=0.1, momentum=0.0, verbose=0)
+        after[decay] = {name: model.get_layer(name).kernel.numpy() for name in before}
+    for name in ("conv1_1", "conv2_1"):  # below the SC layer: trained by the SC stage
+        np.testing.assert_allclose(after[0.5][name] - after[0.0][name], -0.1 * 0.5 * before[name], rtol=1e-3,
+                                   atol=1e-6, err_msg=name)
+    np.testing.assert_array_equal(after[0.5]["conv3_1"], before["conv3_1"])  # above it: untouched
+
+
 def test_builder_errors_name_the_argument():
     with pytest.raises(ValueError, match="widths"):
         sc_cifar10(widths=(96,))
@@ -288,6 +321,8 @@ def test_builder_errors_name_the_argument():
         sc_mnist(activation="tanh")
     with pytest.raises(ValueError, match="mean"):
         sc_cifar10(mean=(1.0,))
+    with pytest.raises(ValueError, match="weight_decay"):
+        sc_mnist(weight_decay=-1e-4)
 
 
 def test_augmentation_shifts_and_flips_in_training_only():

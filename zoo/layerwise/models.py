@@ -20,6 +20,7 @@ raw pixels -> per-image standardisation -> "conv1" -> "pool1" -> "norm1" -> "con
 """
 import keras
 
+from kernelzoo.layers.regularizers import sgd_weight_decay
 from kernelzoo.ops.checks import (boolean, check_choice, image_shape, nonnegative_float, normalize_padding,
                                   positive_int, positive_ints, real)
 from kernelzoo.zoo.layerwise.layers import CentroidConv2D, LocalResponseNormalization, PerImageStandardization
@@ -143,9 +144,8 @@ def tf_tutorial_cnn(head="fc", train_conv=True, filters=(64, 64), kernel_size=5,
         raise ValueError(f"`filters` must be 2 positive ints (conv1, conv2), got {filters!r}")
     kernel_size = positive_int(kernel_size, "kernel_size")
     fc_units = positive_ints(fc_units, "fc_units")
-    weight_decay = nonnegative_float(weight_decay, "weight_decay")
+    decay = sgd_weight_decay(weight_decay)
     num_classes = positive_int(num_classes, "num_classes")
-    decay = keras.regularizers.L2(weight_decay / 2.0) if weight_decay > 0 else None
 
     def normal(stddev):
         return keras.initializers.TruncatedNormal(stddev=stddev)

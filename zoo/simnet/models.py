@@ -22,7 +22,8 @@ import numpy as np
 from keras import ops
 
 from kernelzoo.layers import Mex, Similarity
-from kernelzoo.ops.checks import (boolean, check_choice, float_in_range, image_shape, nonnegative_float,
+from kernelzoo.layers.regularizers import sgd_weight_decay
+from kernelzoo.ops.checks import (boolean, check_choice, float_in_range, image_shape,
                                    nonnegative_int, positive_float, positive_int, real)
 from kernelzoo.ops.checks import normalize_tuple
 from kernelzoo.ops.shapes import output_size
@@ -160,12 +161,6 @@ class TriangleCoding(keras.layers.Layer):
         return config
 
 
-def _decay(value, name):
-    value = nonnegative_float(value, name)
-    # SGD weight decay wd (gradient += wd * w) is the loss term (wd / 2) * ||w||^2.
-    return keras.regularizers.L2(value / 2.0) if value > 0 else None
-
-
 def simnet_patch_labeling(n=400, p=2, weighted=True, xi1=1.0, xi2=0.0, learn_xi=False, learn_p=False,
                           num_classes=10, input_shape=(32, 32, 3), patch_size=6, offset_regions=(2, 2),
                           whitening=True, zca_eps=0.1, weight_decay=0.0, position_pooling="mean", center_logits=None,
@@ -210,7 +205,7 @@ def simnet_patch_labeling(n=400, p=2, weighted=True, xi1=1.0, xi2=0.0, learn_xi=
             raise ValueError(f"`p` must be 1 or 2 (or any p > 0 with learn_p=True), got {p!r}")
         similarity, p_value = ("l1", "l2")[int(p) - 1], None
     xi1, xi2 = real(xi1, "xi1"), real(xi2, "xi2")
-    regularizer = _decay(weight_decay, "weight_decay")
+    regularizer = sgd_weight_decay(weight_decay)
     position_pooling = check_choice("position_pooling", position_pooling, ("mean", "sum"))
     linear_pooling = xi2 == 0 and not learn_xi
     center_logits = linear_pooling if center_logits is None else boolean(center_logits, "center_logits")
@@ -266,7 +261,7 @@ def convnet_baseline(n=400, patch_size=6, pool_grid=(2, 2), dropout=0.5, num_cla
     shape = image_shape(input_shape)
     patch = normalize_tuple(patch_size, "patch_size")
     dropout = float_in_range(dropout, "dropout", 0, 1, "[)")
-    regularizer = _decay(weight_decay, "weight_decay")
+    regularizer = sgd_weight_decay(weight_decay)
     inputs = keras.Input(shape, name="image")
     x = BrightnessContrastNormalization(name="normalization")(inputs)
     x = keras.layers.Conv2D(n, patch, activation="relu", kernel_regularizer=regularizer, name="conv")(x)
@@ -294,7 +289,7 @@ def coates_baseline(n=1600, patch_size=6, pool_grid=(2, 2), train_templates=Fals
     num_classes = positive_int(num_classes, "num_classes")
     shape = image_shape(input_shape)
     patch = normalize_tuple(patch_size, "patch_size")
-    regularizer = _decay(weight_decay, "weight_decay")
+    regularizer = sgd_weight_decay(weight_decay)
     inputs = keras.Input(shape, name="image")
     x = PatchWhitening(patch, zca_eps=zca_eps, name="patch_whitening")(inputs)
     x = TriangleCoding(n, trainable=bool(train_templates), name="triangle_coding")(x)
