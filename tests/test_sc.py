@@ -22,10 +22,11 @@ from kernelzoo.zoo.inputs import takes_raw_pixels
 from kernelzoo.zoo.precision import float32_copy, precision_policy
 from kernelzoo.zoo.sc import (RandomShiftFlip, pretrain, sample_patch_positions, sc_cifar10, sc_mnist, sc_stl10,
                               spatial_contrasting_from_maps, spatial_contrasting_loss)
+from kernelzoo.zoo.sc import models
 from kernelzoo.zoo.sc.data import carve_validation, labelled_subset, sc_images, semi_supervised
 from kernelzoo.zoo.sc.loss import patch_features, positions_grid
 from kernelzoo.zoo.sc.pretraining import PlateauDrop
-from kernelzoo.zoo.sc.recipe import SCRecipe
+from kernelzoo.zoo.sc.recipe import SCRecipe, tiny_runs
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -312,6 +313,52 @@ def test_weight_decay_acts_in_the_sc_stage():
         np.testing.assert_allclose(after[0.5][name] - after[0.0][name], -0.1 * 0.5 * before[name], rtol=1e-3,
                                    atol=1e-6, err_msg=name)
     np.testing.assert_array_equal(after[0.5]["conv3_1"], before["conv3_1"])  # above it: untouched
+
+
+def test_rescaling_the_batch_normalized_kernels_changes_no_output():
+    keras.utils.set_random_seed(0)
+    model = sc_cifar10(widths=(4, 8), head_width=8, block_depth=1, shift=0, flip=False)  # no random augmentation
+    images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3)).astype("float32")
+    model(images, training=True)  # moving statistics away from their initial values
+    for layer in model.layers:  # as SGD leaves them: kernels far above their initial scale
+        if isinstance(layer, keras.layers.Conv2D):
+            layer.kernel.assign(layer.kernel * 30.0)
+            if f"{layer.name}_bn" in [other.name for other in model.layers]:
+                norm = model.get_layer(f"{layer.name}_bn")
+                norm.moving_mean.assign(norm.moving_mean * 30.0)
+                norm.moving_variance.assign(norm.moving_variance * 900.0)
+    kernels = {layer.name: layer.kernel.numpy() for layer in model.layers if isinstance(layer, keras.layers.Conv2D)}
+    before = [model(images, training=True).numpy(), model(images, training=False).numpy()]  # (training updates
+    factors = models.rescale_batch_normalized_kernels(model)                                  # the statistics)
+    assert sorted(factors) == ["conv1_1", "conv2_1"]              # below the SC layer, each feeding a BN
+    for name, factor in factors.items():
+        kernel = model.get_layer(name).kernel.numpy()
+        fan = np.prod(kernel.shape[:-2]) * (kernel.shape[-2] + kernel.shape[-1])
+        np.testing.assert_allclose(np.linalg.norm(kernel), np.sqrt(kernel.size * 2.0 / fan), rtol=1e-5)
+        np.testing.assert_allclose(kernel, kernels[name] * factor, rtol=1e-6)
+    np.testing.assert_array_equal(model.get_layer("conv3_1").kernel.numpy(), kernels["conv3_1"])
+    after_inference = model(images, training=False).numpy()
+    after = [model(images, training=True).numpy(), after_inference]
+    for a, b in zip(before, after):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3 * np.abs(a).max())
+    with pytest.raises(ValueError, match="up_to"):
+        models.rescale_batch_normalized_kernels(model, "nope")
+
+
+def test_sc_rescale_option_rescales_after_the_sc_stage():
+    run = tiny_runs()[0]
+    recipe = SCRecipe()
+    preset = registry.info(run.preset)
+    hp = recipe.hyperparameters(preset, **{**run.hp, "sc_epochs": 1, "sc_rescale": True})
+    keras.utils.set_random_seed(0)
+    model = recipe.build(preset, run.data, run.overrides, hp)
+    report = recipe.initialise(model, run.data, hp, recipe.options())
+    assert sorted(report["spatial_contrasting"]["rescaled"]) == ["conv1_1", "conv2_1"]
+    kernel = model.get_layer("conv2_1").kernel.numpy()
+    fan = np.prod(kernel.shape[:-2]) * (kernel.shape[-2] + kernel.shape[-1])
+    np.testing.assert_allclose(np.linalg.norm(kernel), np.sqrt(kernel.size * 2.0 / fan), rtol=1e-5)
+    assert "rescaled" not in recipe.initialise(model, run.data, dict(hp, sc_rescale=False),
+                                               recipe.options())["spatial_contrasting"]
 
 
 def test_builder_errors_name_the_argument():

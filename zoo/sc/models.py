@@ -170,3 +170,31 @@ def sc_stl10(widths=(64, 160, 96, 192, 192, 192, 192, 192, 192), head=(256, 128)
     x = keras.layers.Flatten(name="flatten")(x)
     outputs = keras.layers.Dense(num_classes, kernel_regularizer=decay, dtype="float32", name="logits")(x)
     return keras.Model(inputs, outputs, name=name or "sc_stl10")
+
+
+def rescale_batch_normalized_kernels(model, up_to=SC_LAYER):
+    """Rescale, below layer `up_to`, the kernel of every convolution that feeds a BN (`_conv_bn`'s "NAME" ->
+    "NAME_bn") to the expected norm of its Glorot-uniform initialisation; returns {name: factor}.
+
+    The BN's moving statistics are rescaled with it, so no output changes (up to the BN's epsilon). SGD
+    without weight decay lets such kernels grow (a BN output does not depend on their scale), and each
+    step then turns them by less: after the spatial contrasting stage at lr 0.1 the fine-tuning at lr
+    0.01 barely moves them. Rescaling gives the fine-tuning the step sizes of a fresh network.
+    """
+    names = [layer.name for layer in model.layers]
+    if up_to not in names:
+        raise ValueError(f"`up_to`={up_to!r} is not a layer of {model.name!r}")
+    factors = {}
+    for layer in model.layers[:names.index(up_to)]:
+        if not isinstance(layer, keras.layers.Conv2D) or f"{layer.name}_bn" not in names:
+            continue
+        norm = model.get_layer(f"{layer.name}_bn")
+        kernel = layer.kernel.numpy()
+        receptive = int(np.prod(kernel.shape[:-2]))
+        expected = np.sqrt(kernel.size * 2.0 / (receptive * (kernel.shape[-2] + kernel.shape[-1])))
+        factor = float(expected / np.linalg.norm(kernel))
+        layer.kernel.assign(kernel * factor)
+        norm.moving_mean.assign(norm.moving_mean.numpy() * factor)
+        norm.moving_variance.assign(norm.moving_variance.numpy() * factor ** 2)
+        factors[layer.name] = factor
+    return factors

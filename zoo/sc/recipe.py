@@ -9,6 +9,8 @@
   (0.1), momentum, lr / 10 whenever the epoch's loss stops decreasing (`plateau_patience` epochs),
   `sc_epochs` epochs, into the run folder's `pretrain/` (a run folder of its own: log, checkpoint every
   epoch, resumable). `sc_epochs` 0 (the *_noinit presets): no SC, the network starts from its random init.
+  `sc_rescale` (--sc-rescale): then rescale the SC-trained kernels that feed a BN to their initialiser's norm
+  (`models.rescale_batch_normalized_kernels`: the same function, the fine-tuning's step sizes of a fresh network).
 - compile / fit: supervised fine-tuning from those weights with the Keras loop: SGD lr `lr` (0.01),
   the same plateau rule on the training loss, the mild augmentation inside the model (RandomShiftFlip).
 - `precision`: "float32" or "mixed_bfloat16" (Keras mixed precision: bfloat16 compute, float32
@@ -26,13 +28,14 @@ from kernelzoo.zoo.precision import MixedPrecisionMixin
 from kernelzoo.zoo.recipe import DEFAULTS, Recipe, TinyRun
 from kernelzoo.zoo.sc.data import as_sc_data, carve_validation, sc_images, semi_supervised
 from kernelzoo.zoo.sc.loss import DISTANCES, POOLINGS
+from kernelzoo.zoo.sc.models import rescale_batch_normalized_kernels
 from kernelzoo.zoo.sc.pretraining import PlateauDrop, pretrain
 
 PRETRAIN_DIR = "pretrain"
 # What every SC recipe understands besides recipe.DEFAULTS (a preset's recipe overrides them).
 SC_DEFAULTS = {"schedule": "plateau", "plateau_patience": 3, "min_lr": 1e-5, "sc_epochs": 10, "sc_lr": 0.1,
                "sc_batch_size": 128, "sc_layer": "sc_features", "sc_patch_size": 4, "sc_distance": "squared",
-               "sc_pooling": "mean", "sc_symmetric": True, "labels_per_class": None,
+               "sc_pooling": "mean", "sc_symmetric": True, "sc_rescale": False, "labels_per_class": None,
                "label_seed": 0, "holdout": 5000}
 
 
@@ -61,6 +64,9 @@ class SCRecipe(MixedPrecisionMixin, Recipe):
                             help="squared (Eq. 4) or euclidean distance between patch features")
         parser.add_argument("--sc-pooling", choices=POOLINGS, default=None,
                             help="a patch's feature: the mean of its cells or all of them")
+        parser.add_argument("--sc-rescale", action="store_true", default=None,
+                            help="after the SC stage, rescale the SC-trained kernels that feed a BN to their "
+                                 "initialiser's norm (no output changes; the fine-tuning's steps regain their size)")
         parser.add_argument("--plateau-patience", type=int, default=None,
                             help="epochs without a lower loss before lr / 10 (both stages)")
         parser.add_argument("--labels-per-class", type=int, default=None,
@@ -78,6 +84,7 @@ class SCRecipe(MixedPrecisionMixin, Recipe):
         positive_int(hp["sc_batch_size"], "sc_batch_size")
         positive_int(hp["plateau_patience"], "plateau_patience")
         boolean(hp["sc_symmetric"], "sc_symmetric")
+        boolean(hp["sc_rescale"], "sc_rescale")
         return hp
 
     def load_data(self, preset, data_dir=None, dataset=None, options=None, seed=0):
@@ -144,6 +151,8 @@ class SCRecipe(MixedPrecisionMixin, Recipe):
         last = result["history"][-1] if result["history"] else {}
         report["spatial_contrasting"] = {"images": int(len(images)), "epochs": hp["sc_epochs"], "layer": hp["sc_layer"],
                                          "final_loss": last.get("loss"), "run_folder": folder}
+        if hp["sc_rescale"]:
+            report["spatial_contrasting"]["rescaled"] = rescale_batch_normalized_kernels(model, hp["sc_layer"])
         return report
 
     def compile(self, model, hp, steps_per_epoch=None):
