@@ -315,15 +315,22 @@ def test_weight_decay_acts_in_the_sc_stage():
     np.testing.assert_array_equal(after[0.5]["conv3_1"], before["conv3_1"])  # above it: untouched
 
 
+def _glorot_uniform_norm(kernel):
+    """The expected norm of a Glorot-uniform kernel of this shape (variance 2 / (fan_in + fan_out))."""
+    fans = np.prod(kernel.shape[:-2]) * (kernel.shape[-2] + kernel.shape[-1])
+    return np.sqrt(kernel.size * 2.0 / fans)
+
+
 def test_rescaling_the_batch_normalized_kernels_changes_no_output():
     keras.utils.set_random_seed(0)
     model = sc_cifar10(widths=(4, 8), head_width=8, block_depth=1, shift=0, flip=False)  # no random augmentation
     images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3)).astype("float32")
     model(images, training=True)  # moving statistics away from their initial values
+    names = [layer.name for layer in model.layers]
     for layer in model.layers:  # as SGD leaves them: kernels far above their initial scale
         if isinstance(layer, keras.layers.Conv2D):
             layer.kernel.assign(layer.kernel * 30.0)
-            if f"{layer.name}_bn" in [other.name for other in model.layers]:
+            if f"{layer.name}_bn" in names:
                 norm = model.get_layer(f"{layer.name}_bn")
                 norm.moving_mean.assign(norm.moving_mean * 30.0)
                 norm.moving_variance.assign(norm.moving_variance * 900.0)
@@ -333,8 +340,7 @@ def test_rescaling_the_batch_normalized_kernels_changes_no_output():
     assert sorted(factors) == ["conv1_1", "conv2_1"]              # below the SC layer, each feeding a BN
     for name, factor in factors.items():
         kernel = model.get_layer(name).kernel.numpy()
-        fan = np.prod(kernel.shape[:-2]) * (kernel.shape[-2] + kernel.shape[-1])
-        np.testing.assert_allclose(np.linalg.norm(kernel), np.sqrt(kernel.size * 2.0 / fan), rtol=1e-5)
+        np.testing.assert_allclose(np.linalg.norm(kernel), _glorot_uniform_norm(kernel), rtol=1e-5)
         np.testing.assert_allclose(kernel, kernels[name] * factor, rtol=1e-6)
     np.testing.assert_array_equal(model.get_layer("conv3_1").kernel.numpy(), kernels["conv3_1"])
     after_inference = model(images, training=False).numpy()
@@ -355,8 +361,7 @@ def test_sc_rescale_option_rescales_after_the_sc_stage():
     report = recipe.initialise(model, run.data, hp, recipe.options())
     assert sorted(report["spatial_contrasting"]["rescaled"]) == ["conv1_1", "conv2_1"]
     kernel = model.get_layer("conv2_1").kernel.numpy()
-    fan = np.prod(kernel.shape[:-2]) * (kernel.shape[-2] + kernel.shape[-1])
-    np.testing.assert_allclose(np.linalg.norm(kernel), np.sqrt(kernel.size * 2.0 / fan), rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(kernel), _glorot_uniform_norm(kernel), rtol=1e-5)
     assert "rescaled" not in recipe.initialise(model, run.data, dict(hp, sc_rescale=False),
                                                recipe.options())["spatial_contrasting"]
 
