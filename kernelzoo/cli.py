@@ -24,6 +24,8 @@ SUBCOMMANDS = {
                                       "mean +- std table and JSON, resumable"),
     "eval": ("kernelzoo.zoo.cli", "re-measure a zoo model's card figure (or a .keras file's) on its test split"),
     "finetune": ("kernelzoo.zoo.finetune_cli", "fine-tune a pretrained zoo model on a new image dataset (-o OUT.keras)"),
+    "probe": ("kernelzoo.zoo.sc.probe", "what an SC network's layer holds: linear probe and SC-task accuracy on "
+                                        "held-out training images, beside the pixels' colour statistics"),
     "export": ("kernelzoo.export.cli", "export a model to ONNX or a SavedModel (--verify checks parity)"),
     "list": ("kernelzoo.zoo.cli", "list the zoo's models (--pretrained: those with weights)"),
     "info": ("kernelzoo.zoo.cli", "show a zoo model's card"),
