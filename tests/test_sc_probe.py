@@ -76,7 +76,11 @@ def test_probe_command_prints_every_model_and_the_colour_row(tmp_path, monkeypat
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[2:]}
     assert set(rows) == {"untrained", path, "colour"}
     assert all(0.0 <= float(value) <= 1.0 for row in rows.values() for value in row if value[0].isdigit())
-    assert "(16x16 pixels)" in out
+    assert "(16x16 pixels)" in out and "4x4-cell patches" in out
+    cli.main(["probe", "sc_cifar10_4k", path, "--holdout", "40", "--batches", "1", "--batch-size", "8", "--grids", "2",
+              "--patch-size", "1"])
+    out = capsys.readouterr().out
+    assert "1x1-cell patches" in out and "(4x4 pixels)" in out and "probe 2x2" in out
 
 
 @pytest.mark.parametrize("argv, match", [

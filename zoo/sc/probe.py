@@ -11,7 +11,8 @@ carves them (same seed: same images, none of them labelled or SC-trained on):
 - linear probe: the layer's map average-pooled over a g x g grid of regions (`--grids`), an L2-regularised
   multinomial logistic regression (kernelzoo.zoo.linear_classifier) fitted on the labelled images, its L2 chosen
   from `--l2-grid` on a fifth of them held out, then refitted on all; its accuracy on the held-out images.
-- SC task: `--batches` batches of the recipe's SC batch size from the held-out images, two patches per image
+- SC task: `--batches` batches of the recipe's SC batch size from the held-out images, patches of the recipe's
+  size (`--patch-size`), two patches per image
   drawn with the criterion's own sampling (kernelzoo.zoo.sc.loss); the fraction of first patches whose nearest
   second patch (the recipe's distance) comes from the same image. Chance: 1 / batch size.
 - the row "colour statistics" plays the same SC task on the raw pixels, a patch's feature being its pixels'
@@ -114,6 +115,8 @@ def add_arguments(parser, command=None):
     parser.add_argument("--grids", default="1,2", help="comma-separated region grids of the linear probe")
     parser.add_argument("--holdout", type=int, default=5000, help="held-out training images (as train --holdout)")
     parser.add_argument("--batches", type=int, default=20, help="batches of the SC task")
+    parser.add_argument("--patch-size", type=int, default=None, help="SC-task patch side in cells (default the "
+                                                                      "recipe's)")
     parser.add_argument("--batch-size", type=int, default=None, help="images per SC-task batch (default the recipe's "
                                                                       "SC batch size)")
     parser.add_argument("--seed", type=int, default=0, help="the run seed the holdout was carved with")
@@ -143,12 +146,14 @@ def run(args, command=None):
     hp = recipe.hyperparameters(preset)
     layer = args.layer or hp["sc_layer"]
     batch = args.batch_size or hp["sc_batch_size"]
+    patch = positive_int(args.patch_size or hp["sc_patch_size"], "--patch-size")
     data = carve_validation(recipe.load_data(preset, args.data_dir, args.dataset, seed=args.seed), args.holdout,
                             args.seed)
     (x, y), (xh, yh) = data.train, data.val
     num_classes = int(max(y.max(), yh.max())) + 1
     print(f"{preset.name}: layer {layer!r}, {len(x):,} labelled images, {len(xh):,} held out; SC task: "
-          f"{args.batches} batches of {batch}, {hp['sc_distance']} distance, chance {1 / batch:.4f}", flush=True)
+          f"{args.batches} batches of {batch}, {patch}x{patch}-cell patches, {hp['sc_distance']} distance, "
+          f"chance {1 / batch:.4f}", flush=True)
     header = "".join(f"{f'probe {g}x{g}':>12s}" for g in grids)
     print(f"{'model':60s}{header}{'SC task':>10s}", flush=True)
     models = ([("untrained", registry.create(preset.name))] if args.untrained else []) + \
@@ -160,10 +165,10 @@ def run(args, command=None):
         maps_of = lambda images: extractor([images], training=False)  # noqa: E731  (inference mode)
         probes = [probe_accuracy((region_features(maps_of, x, g), y), (region_features(maps_of, xh, g), yh),
                                  num_classes, seed=args.seed)[0] for g in grids]
-        task = contrast_accuracy(maps_of, xh, hp["sc_patch_size"], batch, args.batches,
+        task = contrast_accuracy(maps_of, xh, patch, batch, args.batches,
                                  hp["sc_distance"], seed=args.seed)
         print(f"{label:60s}" + "".join(f"{p:12.4f}" for p in probes) + f"{task:10.4f}", flush=True)
-    pixels = tuple(int(hp["sc_patch_size"]) * int(i) // int(m) for i, m in zip(xh.shape[1:3], map_size))
+    pixels = tuple(patch * int(i) // int(m) for i, m in zip(xh.shape[1:3], map_size))
     task = contrast_accuracy(colour_maps, xh, pixels, batch, args.batches, hp["sc_distance"],
                              describe=colour_statistics, seed=args.seed)
     print(f"{f'{COLOUR} ({pixels[0]}x{pixels[1]} pixels)':60s}" + " " * 12 * len(grids) + f"{task:10.4f}", flush=True)
