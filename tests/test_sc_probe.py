@@ -1,5 +1,4 @@
 """`kernelzoo probe` (kernelzoo.zoo.sc.probe): the linear probe, the SC task's accuracy and the colour baseline."""
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -15,13 +14,14 @@ from kernelzoo.zoo.sc.recipe import SCRecipe
 def test_region_features_are_the_regions_means(rng):
     maps = rng.normal(size=(7, 5, 5, 3)).astype("float32")
     identity = lambda images: images  # noqa: E731
-    np.testing.assert_allclose(probe.region_features(identity, maps, 1), maps.mean(axis=(1, 2)), rtol=1e-6)
-    quads = probe.region_features(identity, maps, 2, batch_size=3).reshape(7, 4, 3)
+    whole, quads = probe.region_features(identity, maps, (1, 2), batch_size=3)
+    np.testing.assert_allclose(whole, maps.mean(axis=(1, 2)), rtol=1e-6)
+    quads = quads.reshape(7, 4, 3)
     for index, (rows, cols) in enumerate([(slice(0, 3), slice(0, 3)), (slice(0, 3), slice(3, 5)),
                                           (slice(3, 5), slice(0, 3)), (slice(3, 5), slice(3, 5))]):
         np.testing.assert_allclose(quads[:, index], maps[:, rows, cols].mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="grid"):
-        probe.region_features(identity, maps, 6)
+        probe.region_features(identity, maps, (6,))
 
 
 def test_probe_separates_what_is_separable_and_not_noise(rng):

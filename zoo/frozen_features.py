@@ -96,7 +96,7 @@ class FrozenFeaturesRecipe(Recipe):
         head = model.get_layer("logits")
         first = len(grid) + 1 if state.get("final") else int(state["epoch"])
         for step in range(first, len(grid) + 1):
-            best = _best(scores)
+            best = best_l2(scores)
             final = len(scores) == len(grid) or (best is not None and len(scores) - list(scores).index(best)
                                                  > hp["l2_patience"])
             if final and hp.get("validate_only"):
@@ -121,7 +121,7 @@ class FrozenFeaturesRecipe(Recipe):
                       f"loss {report['loss']:.4f} ({report['iterations']} L-BFGS iterations)", flush=True)
             if final:
                 break
-        chosen = _best(scores)
+        chosen = best_l2(scores)
         training.write_json(os.path.join(out_dir, TUNING_FILE), {"holdout": len(held), "chosen": chosen,
                                                                  "scores": {f"{k:g}": v for k, v in scores.items()}})
         plot_l2_path(scores, chosen, len(held), os.path.join(out_dir, L2_PATH_FILE), title=model.name)
@@ -142,7 +142,7 @@ def _floats(text):
     return values
 
 
-def _best(scores):
+def best_l2(scores):
     """The L2 value with the best held-out accuracy; on a tie the later (smaller) one. None if none yet."""
     return max(reversed(scores), key=scores.get) if scores else None
 

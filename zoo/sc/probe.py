@@ -10,11 +10,11 @@ carves them (same seed: same images, none of them labelled or SC-trained on):
 
 - linear probe: the layer's map average-pooled over a g x g grid of regions (`--grids`), an L2-regularised
   multinomial logistic regression (kernelzoo.zoo.linear_classifier) fitted on the labelled images, its L2 chosen
-  from `--l2-grid` on a fifth of them held out, then refitted on all; its accuracy on the held-out images.
+  from L2_GRID on a fifth of them held out, then refitted on all; its accuracy on the held-out images.
 - SC task: `--batches` batches of the recipe's SC batch size from the held-out images, patches of the recipe's
-  size (`--patch-size`), two patches per image
-  drawn with the criterion's own sampling (kernelzoo.zoo.sc.loss); the fraction of first patches whose nearest
-  second patch (the recipe's distance) comes from the same image. Chance: 1 / batch size.
+  size (`--patch-size`), two patches per image drawn with the criterion's own sampling (kernelzoo.zoo.sc.loss);
+  the fraction of first patches whose nearest second patch (the recipe's distance) comes from the same image.
+  Chance: 1 / batch size.
 - the row "colour statistics" plays the same SC task on the raw pixels, a patch's feature being its pixels'
   per-channel mean and standard deviation, the patch covering the pixels under the SC patch's cells.
 The networks run in inference mode (batch normalisation with its moving statistics).
@@ -27,6 +27,7 @@ import tensorflow as tf
 from kernelzoo.ops.checks import int_in_range, nonnegative_int, positive_int, positive_ints
 from kernelzoo.progress import progress
 from kernelzoo.zoo.data import holdout_split
+from kernelzoo.zoo.frozen_features import best_l2
 from kernelzoo.zoo.linear_classifier import accuracy, fit_logistic
 from kernelzoo.zoo.sc.loss import pairwise_distances, patch_features, positions_grid, sample_patch_positions
 
@@ -34,21 +35,22 @@ L2_GRID = (1e-1, 1e-2, 1e-3, 1e-4)
 COLOUR = "colour statistics"
 
 
-def region_features(maps_of, images, grid=1, batch_size=250):
-    """(N, grid * grid * C) float32: the (N, H, W, C) maps `maps_of(images)` averaged over a grid x grid partition
-    of the map (regions as equal as the map allows; grid 1: global average pooling), `batch_size` images at a
-    time."""
-    grid = positive_int(grid, "grid")
-    out = []
+def region_features(maps_of, images, grids=(1,), batch_size=250):
+    """[(N, g * g * C) float32 for g in `grids`]: the (N, H, W, C) maps `maps_of(images)` averaged over a g x g
+    partition of the map (regions as equal as the map allows; g 1: global average pooling). The maps are computed
+    once, `batch_size` images at a time, for all the grids."""
+    grids = positive_ints(grids, "grids")
+    out = [[] for _ in grids]
     for start in range(0, len(images), positive_int(batch_size, "batch_size")):
         maps = np.asarray(maps_of(np.asarray(images[start:start + batch_size])), "float32")
-        if grid > min(maps.shape[1:3]):
-            raise ValueError(f"`grid`={grid} exceeds the {maps.shape[1]}x{maps.shape[2]} feature map")
-        rows = np.array_split(np.arange(maps.shape[1]), grid)
-        cols = np.array_split(np.arange(maps.shape[2]), grid)
-        out.append(np.stack([maps[:, r[0]:r[-1] + 1, c[0]:c[-1] + 1].mean(axis=(1, 2)) for r in rows for c in cols],
-                            axis=1).reshape(len(maps), -1))
-    return np.concatenate(out)
+        for pooled, grid in zip(out, grids):
+            if grid > min(maps.shape[1:3]):
+                raise ValueError(f"`grids`: {grid} exceeds the {maps.shape[1]}x{maps.shape[2]} feature map")
+            rows = np.array_split(np.arange(maps.shape[1]), grid)
+            cols = np.array_split(np.arange(maps.shape[2]), grid)
+            pooled.append(np.stack([maps[:, r[0]:r[-1] + 1, c[0]:c[-1] + 1].mean(axis=(1, 2))
+                                    for r in rows for c in cols], axis=1).reshape(len(maps), -1))
+    return [np.concatenate(pooled) for pooled in out]
 
 
 def probe_accuracy(train, held, num_classes, l2_grid=L2_GRID, seed=0):
@@ -67,7 +69,7 @@ def probe_accuracy(train, held, num_classes, l2_grid=L2_GRID, seed=0):
         kernel, bias, _ = fit_logistic(x, y, num_classes, l2, rows=rest, start=start)
         start = (kernel, bias)
         scores[l2] = accuracy(x, y, kernel, bias, rows=inner)
-    chosen = max(reversed(grid), key=scores.get)
+    chosen = best_l2(scores)
     kernel, bias, _ = fit_logistic(x, y, num_classes, chosen, start=start)
     return accuracy(xh, yh, kernel, bias), chosen
 
@@ -163,8 +165,8 @@ def run(args, command=None):
         extractor = feature_layer(model, layer)
         map_size = extractor.output.shape[1:3]
         maps_of = lambda images: extractor([images], training=False)  # noqa: E731  (inference mode)
-        probes = [probe_accuracy((region_features(maps_of, x, g), y), (region_features(maps_of, xh, g), yh),
-                                 num_classes, seed=args.seed)[0] for g in grids]
+        probes = [probe_accuracy((train, y), (held, yh), num_classes, seed=args.seed)[0]
+                  for train, held in zip(region_features(maps_of, x, grids), region_features(maps_of, xh, grids))]
         task = contrast_accuracy(maps_of, xh, patch, batch, args.batches,
                                  hp["sc_distance"], seed=args.seed)
         print(f"{label:60s}" + "".join(f"{p:12.4f}" for p in probes) + f"{task:10.4f}", flush=True)
