@@ -460,13 +460,15 @@ def test_family_options_reach_the_hyperparameters():
     recipe = SCRecipe()
     preset = registry.info("sc_cifar10_4k")
     hp = recipe.hyperparameters(preset)
-    assert (hp["schedule"], hp["labels_per_class"], hp["label_seed"], hp["sc_patch_size"]) == ("plateau", 400, 2017, 4)
+    assert (hp["schedule"], hp["labels_per_class"], hp["label_seed"], hp["sc_patch_size"], hp["sc_distance"]) == \
+        ("plateau", 400, 2017, 4, "euclidean")
+    assert recipe.hyperparameters(registry.info("sc_mnist"))["sc_distance"] == "squared"
     assert recipe.hyperparameters(registry.info("sc_cifar10_4k_noinit"))["sc_epochs"] == 0
     parser = argparse.ArgumentParser()
     recipe.add_arguments(parser)
-    args = parser.parse_args(["--sc-epochs", "2", "--sc-distance", "euclidean", "--precision", "float32"])
+    args = parser.parse_args(["--sc-epochs", "2", "--sc-distance", "squared", "--precision", "float32"])
     hp = recipe.hyperparameters(preset, **{k: v for k, v in vars(args).items() if k in hp})
-    assert (hp["sc_epochs"], hp["sc_distance"], hp["precision"]) == (2, "euclidean", "float32")
+    assert (hp["sc_epochs"], hp["sc_distance"], hp["precision"]) == (2, "squared", "float32")
 
 
 def test_loss_reads_bfloat16_maps_in_float32(rng):
