@@ -21,11 +21,12 @@ from kernelzoo.zoo import registry
 from kernelzoo.zoo.inputs import takes_raw_pixels
 from kernelzoo.zoo.precision import float32_copy, precision_policy
 from kernelzoo.zoo.sc import (RandomShiftFlip, pretrain, sample_patch_positions, sc_cifar10, sc_mnist, sc_stl10,
-                              spatial_contrasting_from_maps, spatial_contrasting_loss)
+                              spatial_contrasting_from_images, spatial_contrasting_from_maps,
+                              spatial_contrasting_loss)
 from kernelzoo.zoo.sc import models
 from kernelzoo.zoo.sc.data import carve_validation, labelled_subset, sc_images, semi_supervised
-from kernelzoo.zoo.sc.loss import patch_features, positions_grid
-from kernelzoo.zoo.sc.pretraining import PlateauDrop
+from kernelzoo.zoo.sc.loss import crop_patches, patch_features, pool_map, positions_grid
+from kernelzoo.zoo.sc.pretraining import PlateauDrop, SpatialContrastingTrainer, feature_layer
 from kernelzoo.zoo.sc.recipe import SCRecipe, tiny_runs
 
 
@@ -132,6 +133,29 @@ def test_patch_features_are_the_patch_cells(rng):
         np.testing.assert_allclose(flat[i], cells.ravel(), rtol=1e-6)
 
 
+def test_image_crops_through_the_backbone_match_a_direct_reference(rng):
+    """sampling="image": the crops of each image at the sampled positions, the backbone run on them,
+    each crop's map averaged whole, Eq. 4 (checked against numpy and the reference loss)."""
+    images = rng.normal(size=(5, 9, 8, 2)).astype("float32")
+    inputs = keras.Input((None, None, 2))
+    backbone = keras.Model(inputs, keras.layers.AveragePooling2D(2)(inputs))   # any-size input, halves the crop
+    seed = (5, 6)
+    loss = spatial_contrasting_from_images(backbone, images, (4, 6), seed, "euclidean")
+    first, second = sample_patch_positions(5, positions_grid((9, 8), (4, 6)), seed)
+
+    def feature(image, row, col):
+        crop = image[row:row + 4, col:col + 6]
+        return crop.reshape(2, 2, 3, 2, 2).mean(axis=(1, 3)).mean(axis=(0, 1))   # 2x2 average pool, then the mean
+
+    f1 = np.stack([feature(images[i], *first.numpy()[i]) for i in range(5)])
+    f2 = np.stack([feature(images[i], *second.numpy()[i]) for i in range(5)])
+    assert float(loss) == pytest.approx(_reference_loss(f1, f2, "euclidean", True), rel=1e-5)
+    flat = spatial_contrasting_from_images(backbone, images, (4, 6), seed, "squared", "flatten")
+    direct = spatial_contrasting_loss(*(pool_map(backbone(crop_patches(images, p, (4, 6))), "flatten")
+                                        for p in (first, second)))
+    assert float(flat) == pytest.approx(float(direct), rel=1e-6)
+
+
 def _toy(count=128, size=6, channels=4, seed=0):
     """Images whose cells share one image-specific feature under per-cell noise of the same size."""
     rng = np.random.default_rng(seed)
@@ -152,6 +176,26 @@ def test_loss_falls_on_a_toy_problem_where_patches_of_an_image_share_a_feature()
     losses = [row["loss"] for row in result["history"]]
     assert losses[-1] < 0.5 * losses[0], losses
     assert losses[-1] < np.log(32) / 2, losses                      # far below chance (log of the batch)
+
+
+def test_image_sampling_trains_a_fixed_size_backbone_on_crops(tmp_path):
+    """The toy images' cells share an image-specific feature: crops of 3x3 pixels, each through a backbone
+    built for 6x6 images, learn to match; the run folder records the sampling."""
+    keras.utils.set_random_seed(0)
+    model = _toy_model()
+    result = pretrain(model, "proj", _toy(), patch_size=3, epochs=6, batch_size=32, lr=0.01, sampling="image",
+                      out_dir=str(tmp_path / "run"), verbose=0)
+    losses = [row["loss"] for row in result["history"]]
+    assert losses[-1] < 0.5 * losses[0] and losses[-1] < np.log(32) / 2, losses
+    with open(tmp_path / "run" / "config.json", encoding="utf-8") as handle:
+        assert '"sampling": "image"' in handle.read()
+    assert model.predict(_toy(2), verbose=0).shape == (2, 8)          # the model keeps its own input
+    trainer = SpatialContrastingTrainer(feature_layer(model, "proj"), 3, sampling="image", seed=4)
+    inputs = keras.Input((None, None, 4))
+    crops_net = keras.Model(inputs, model.get_layer("proj")(inputs))
+    images = _toy(16)
+    expected = spatial_contrasting_from_images(crops_net, images, 3, (4, 7), training=False)
+    assert float(trainer.sc_loss(images, 7, training=False)) == pytest.approx(float(expected), rel=1e-6)
 
 
 def test_pretrain_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path):
@@ -197,6 +241,10 @@ def test_pretrain_errors_name_the_argument():
         pretrain("model", "proj", images, patch_size=2)
     with pytest.raises(ValueError, match="distance"):
         pretrain(model, "proj", images, patch_size=2, distance="cosine")
+    with pytest.raises(ValueError, match="sampling"):
+        pretrain(model, "proj", images, patch_size=2, sampling="crops")
+    with pytest.raises(ValueError, match="patch_size"):
+        pretrain(sc_cifar10(), "sc_features", np.zeros((4, 32, 32, 3), "uint8"), patch_size=3, sampling="image")
 
 
 def test_plateau_drop_divides_by_ten_and_replays_its_history():
@@ -466,9 +514,13 @@ def test_family_options_reach_the_hyperparameters():
     assert recipe.hyperparameters(registry.info("sc_cifar10_4k_noinit"))["sc_epochs"] == 0
     parser = argparse.ArgumentParser()
     recipe.add_arguments(parser)
-    args = parser.parse_args(["--sc-epochs", "2", "--sc-distance", "squared", "--precision", "float32"])
+    args = parser.parse_args(["--sc-epochs", "2", "--sc-distance", "squared", "--precision", "float32",
+                              "--sc-sampling", "image"])
     hp = recipe.hyperparameters(preset, **{k: v for k, v in vars(args).items() if k in hp})
-    assert (hp["sc_epochs"], hp["sc_distance"], hp["precision"]) == (2, "squared", "float32")
+    assert (hp["sc_epochs"], hp["sc_distance"], hp["precision"], hp["sc_sampling"]) == \
+        (2, "squared", "float32", "image")
+    with pytest.raises(ValueError, match="sc_sampling"):
+        recipe.hyperparameters(preset, sc_sampling="crops")
 
 
 def test_loss_reads_bfloat16_maps_in_float32(rng):

@@ -11,7 +11,9 @@ For a batch of N feature maps f_1..f_N (N, H, W, C) taken at some layer of a Con
    pairs the same patch; tests/test_sc.py checks both.
 2. `patch_features`: each patch's representation, the mean of its cells' features ("mean", the
    default: a patch-level feature as the paper's spatially pooled deep features) or all its cells
-   concatenated ("flatten").
+   concatenated ("flatten"). `spatial_contrasting_from_images` instead crops the patches from the
+   images and runs the network on the crops (the paper samples the feature map as a cheap stand-in
+   for that; the two differ where a cell's receptive field spans much of the image).
 3. `spatial_contrasting_loss`: Dist(i, j) = ||f_i^(1) - f_j^(2)||^2 ("squared", the paper's Eq. 2-4)
    or its square root ("euclidean", the extracted text is not clear which one the paper ran), and
 
@@ -32,6 +34,7 @@ from kernelzoo.ops.checks import check_choice, normalize_tuple
 
 DISTANCES = ("squared", "euclidean")
 POOLINGS = ("mean", "flatten")
+SAMPLINGS = ("features", "image")
 _SQRT_FLOOR = 1e-12  # euclidean: sqrt(max(d^2, floor)) keeps the gradient finite at d = 0
 
 
@@ -44,10 +47,10 @@ def positions_grid(map_shape, patch_size):
     height, width = (int(d) for d in map_shape[:2])
     ph, pw = normalize_tuple(patch_size, "patch_size")
     if ph > height or pw > width:
-        raise ValueError(f"`patch_size` {(ph, pw)} does not fit in the {height}x{width} feature map")
+        raise ValueError(f"`patch_size` {(ph, pw)} does not fit in the {height}x{width} map")
     rows, cols = height - ph + 1, width - pw + 1
     if rows * cols < 2:
-        raise ValueError(f"`patch_size` {(ph, pw)} leaves {rows * cols} position in the {height}x{width} feature "
+        raise ValueError(f"`patch_size` {(ph, pw)} leaves {rows * cols} position in the {height}x{width} "
                          "map: spatial contrasting needs at least 2 (two distinct patches per image)")
     return rows, cols
 
@@ -76,6 +79,31 @@ def sample_patch_positions(batch_size, grid, seed):
     return as_row_col(first), as_row_col(second)
 
 
+def crop_patches(maps, positions, patch_size):
+    """One (ph, pw) patch per image: (N, ph, pw, C), in `maps`' dtype.
+
+    Args:
+      maps: (N, H, W, C) feature maps or images.
+      positions: int (N, 2) top-left (row, col) of each image's patch.
+      patch_size: int or (ph, pw), in cells (pixels for images).
+    """
+    ph, pw = normalize_tuple(patch_size, "patch_size")
+    positions = tf.cast(positions, tf.int32)
+    rows = positions[:, :1] + tf.range(ph)[None, :]                     # (N, ph)
+    cols = positions[:, 1:] + tf.range(pw)[None, :]                     # (N, pw)
+    patch = tf.gather(maps, rows, axis=1, batch_dims=1)                 # (N, ph, W, C)
+    return tf.gather(patch, cols, axis=2, batch_dims=1)                 # (N, ph, pw, C)
+
+
+def pool_map(maps, pooling="mean"):
+    """A feature per map, float32: the mean of its cells (N, C) ("mean") or all of them (N, H * W * C)."""
+    pooling = check_choice("pooling", pooling, POOLINGS)
+    maps = tf.cast(maps, tf.float32)
+    if pooling == "mean":
+        return tf.reduce_mean(maps, axis=(1, 2))
+    return tf.reshape(maps, [tf.shape(maps)[0], -1])
+
+
 def patch_features(features, positions, patch_size, pooling="mean"):
     """The representation of one patch per image: (N, C) ("mean") or (N, ph * pw * C) ("flatten").
 
@@ -84,17 +112,8 @@ def patch_features(features, positions, patch_size, pooling="mean"):
       positions: int (N, 2) top-left (row, col) of each image's patch.
       patch_size: int or (ph, pw), in feature-map cells.
     """
-    pooling = check_choice("pooling", pooling, POOLINGS)
-    ph, pw = normalize_tuple(patch_size, "patch_size")
-    positions = tf.cast(positions, tf.int32)
-    rows = positions[:, :1] + tf.range(ph)[None, :]                     # (N, ph)
-    cols = positions[:, 1:] + tf.range(pw)[None, :]                     # (N, pw)
-    patch = tf.gather(features, rows, axis=1, batch_dims=1)             # (N, ph, W, C)
-    patch = tf.gather(patch, cols, axis=2, batch_dims=1)                # (N, ph, pw, C)
-    patch = tf.cast(patch, tf.float32)
-    if pooling == "mean":
-        return tf.reduce_mean(patch, axis=(1, 2))
-    return tf.reshape(patch, [tf.shape(patch)[0], -1])
+    check_choice("pooling", pooling, POOLINGS)
+    return pool_map(crop_patches(features, positions, patch_size), pooling)
 
 
 def pairwise_distances(first, second, distance="squared"):
@@ -127,3 +146,20 @@ def spatial_contrasting_from_maps(features, patch_size, seed, distance="squared"
     first, second = sample_patch_positions(tf.shape(features)[0], grid, seed)
     return spatial_contrasting_loss(patch_features(features, first, patch_size, pooling),
                                     patch_features(features, second, patch_size, pooling), distance, symmetric)
+
+
+def spatial_contrasting_from_images(backbone, images, patch_size, seed, distance="squared", pooling="mean",
+                                    symmetric=True, training=True):
+    """The paper's patches taken from the IMAGES (Sec. 4.2; sampling the feature map is its shortcut):
+    two `patch_size`-pixel crops per image at positions drawn as in Algorithm 1, both crops of the
+    batch through `backbone` in one call (2N images: one set of batch statistics), each crop's map
+    pooled whole into its feature, the loss. `backbone` must accept inputs of the crops' size."""
+    images = tf.convert_to_tensor(images)
+    if images.shape.rank != 4:
+        raise ValueError(f"`images` must be a batch (N, H, W, C), got shape {images.shape}")
+    grid = positions_grid(images.shape[1:3], patch_size)
+    count = tf.shape(images)[0]
+    first, second = sample_patch_positions(count, grid, seed)
+    crops = tf.concat([crop_patches(images, first, patch_size), crop_patches(images, second, patch_size)], 0)
+    features = pool_map(backbone(crops, training=training), pooling)
+    return spatial_contrasting_loss(features[:count], features[count:], distance, symmetric)

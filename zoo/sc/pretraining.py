@@ -29,7 +29,8 @@ from kernelzoo.ops.checks import (boolean, check_choice, image_batch, nonnegativ
                                   positive_float, positive_int)
 from kernelzoo.zoo import training
 from kernelzoo.zoo.inputs import as_model_input
-from kernelzoo.zoo.sc.loss import DISTANCES, POOLINGS, positions_grid, spatial_contrasting_from_maps
+from kernelzoo.zoo.sc.loss import (DISTANCES, POOLINGS, SAMPLINGS, positions_grid, spatial_contrasting_from_images,
+                                   spatial_contrasting_from_maps)
 
 OPTIMIZER_FILE = "sc-optimizer-{epoch:03d}.npz"
 
@@ -38,21 +39,30 @@ class SpatialContrastingTrainer(keras.Model):
     """Trains `backbone` (a model whose output is (N, H, W, C) feature maps) with the SC criterion.
 
     `fit(images)` (targets, if any, are ignored) minimises `spatial_contrasting_from_maps` of the
-    backbone's output; the patch positions of a step are drawn with the stateless seed (`seed`, the
-    optimizer's iteration count). Regularisation losses of the backbone's layers are added. It is a
-    training device, not a model to save: save the backbone's model instead.
+    backbone's output (`sampling="features"`: patches of `patch_size` cells of its map) or
+    `spatial_contrasting_from_images` (`sampling="image"`: crops of `patch_size` pixels of the input,
+    the backbone run on the crops); the patch positions of a step are drawn with the stateless seed
+    (`seed`, the optimizer's iteration count). Regularisation losses of the backbone's layers are
+    added. It is a training device, not a model to save: save the backbone's model instead.
     """
 
-    def __init__(self, backbone, patch_size, distance="squared", pooling="mean", symmetric=True, seed=0, **kwargs):
+    def __init__(self, backbone, patch_size, distance="squared", pooling="mean", symmetric=True, seed=0,
+                 sampling="features", **kwargs):
         super().__init__(**kwargs)
         if not isinstance(backbone, keras.Model):
             raise ValueError(f"`backbone` must be a keras.Model, got {type(backbone).__name__}")
         if len(backbone.outputs) != 1 or len(backbone.outputs[0].shape) != 4:
             raise ValueError(f"`backbone` {backbone.name!r} must output one feature map (N, H, W, C), got "
                              f"{[tuple(o.shape) for o in backbone.outputs]}")
-        self.backbone = backbone
         self.patch_size = normalize_tuple(patch_size, "patch_size")
-        self.grid = positions_grid(backbone.outputs[0].shape[1:3], self.patch_size)
+        self.sampling = check_choice("sampling", sampling, SAMPLINGS)
+        if self.sampling == "image":
+            self.grid = positions_grid(backbone.inputs[0].shape[1:3], self.patch_size)
+            backbone = _any_input_size(backbone)
+            _check_crop_map(backbone, self.patch_size)
+        else:
+            self.grid = positions_grid(backbone.outputs[0].shape[1:3], self.patch_size)
+        self.backbone = backbone
         self.distance = check_choice("distance", distance, DISTANCES)
         self.pooling = check_choice("pooling", pooling, POOLINGS)
         self.symmetric = boolean(symmetric, "symmetric")
@@ -68,8 +78,11 @@ class SpatialContrastingTrainer(keras.Model):
 
     def sc_loss(self, images, step, training=True):
         """The SC loss of a batch with the patches of step `step`."""
-        features = self.backbone(images, training=training)
         seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)])
+        if self.sampling == "image":
+            return spatial_contrasting_from_images(self.backbone, images, self.patch_size, seed, self.distance,
+                                                   self.pooling, self.symmetric, training=training)
+        features = self.backbone(images, training=training)
         return spatial_contrasting_from_maps(features, self.patch_size, seed, self.distance, self.pooling,
                                              self.symmetric)
 
@@ -87,6 +100,26 @@ class SpatialContrastingTrainer(keras.Model):
         images = data[0] if isinstance(data, (tuple, list)) else data
         self.loss_tracker.update_state(self.sc_loss(images, 0, training=False))
         return {"loss": self.loss_tracker.result()}
+
+
+def _any_input_size(backbone):
+    """`backbone` (its layers shared) callable on images of any height and width: Keras checks a
+    functional model's inputs against the shape it was built with, and the crops are smaller."""
+    shape = (None, None) + tuple(backbone.inputs[0].shape[3:])
+    inputs = keras.Input(shape, dtype=backbone.inputs[0].dtype, name=backbone.inputs[0].name)
+    backbone.input_spec = None
+    return keras.Model(inputs, backbone(inputs), name=backbone.name)
+
+
+def _check_crop_map(backbone, patch_size):
+    """ValueError naming `patch_size` when the crops are too small to leave a feature map."""
+    problem = f"`patch_size` {tuple(patch_size)} (pixels, sampling='image'): crops that small leave no feature map"
+    try:
+        shape = backbone.compute_output_shape((None,) + tuple(patch_size) + tuple(backbone.inputs[0].shape[3:]))
+    except ValueError as error:
+        raise ValueError(f"{problem} ({error})") from error
+    if any(size is not None and size < 1 for size in shape[1:3]):
+        raise ValueError(f"{problem} (output shape {shape})")
 
 
 class PlateauDrop(keras.callbacks.Callback):
@@ -172,8 +205,8 @@ def feature_layer(model, layer_name):
 
 
 def pretrain(model, layer_name, images, *, patch_size, epochs=10, batch_size=128, lr=0.1, momentum=0.9,
-             distance="squared", pooling="mean", symmetric=True, patience=3, min_lr=1e-5, seed=0, out_dir=None,
-             resume=False, verbose=1, max_steps_per_epoch=None, callbacks=None, config=None):
+             distance="squared", pooling="mean", symmetric=True, sampling="features", patience=3, min_lr=1e-5, seed=0,
+             out_dir=None, resume=False, verbose=1, max_steps_per_epoch=None, callbacks=None, config=None):
     """Spatial contrasting pre-training of `model` up to `layer_name`, in place (module docstring).
 
     Args:
@@ -181,9 +214,12 @@ def pretrain(model, layer_name, images, *, patch_size, epochs=10, batch_size=128
       layer_name: the layer whose (N, H, W, C) output the criterion reads.
       images: unlabelled images (N, H, W, C), numeric (raw pixels for the zoo's models: the
         preprocessing is inside them); reshaped to the model's input when only a unit channel differs.
-      patch_size: int or (ph, pw), in cells of that feature map (at least 2 positions must remain).
+      patch_size: int or (ph, pw), in cells of that feature map, or in pixels of the images with
+        sampling="image" (at least 2 positions must remain).
       epochs, batch_size, lr, momentum: SGD; lr * 0.1 on a plateau of `patience` epochs, >= `min_lr`.
       distance: "squared" or "euclidean"; pooling: "mean" or "flatten"; symmetric: Eq. 3's average.
+      sampling: "features" (patches of the layer's map, Algorithm 1) or "image" (crops of the images,
+        each through the network: `SpatialContrastingTrainer`).
       seed: data order and patch positions.
       out_dir: a run folder to write (checkpoint every epoch); None: train in memory only.
       resume: continue the run in `out_dir`.
@@ -197,11 +233,12 @@ def pretrain(model, layer_name, images, *, patch_size, epochs=10, batch_size=128
     images = as_model_input(image_batch(images, "images"), model)
     epochs, batch_size = positive_int(epochs, "epochs"), positive_int(batch_size, "batch_size")
     lr, momentum = positive_float(lr, "lr"), float(momentum)
-    trainer = SpatialContrastingTrainer(backbone, patch_size, distance, pooling, symmetric, seed,
+    trainer = SpatialContrastingTrainer(backbone, patch_size, distance, pooling, symmetric, seed, sampling,
                                         name=f"sc_{model.name}")
     arguments = {"layer_name": layer_name, "patch_size": list(trainer.patch_size), "epochs": epochs,
                  "batch_size": batch_size, "lr": lr, "momentum": momentum, "distance": trainer.distance,
-                 "pooling": trainer.pooling, "symmetric": trainer.symmetric, "patience": patience,
+                 "pooling": trainer.pooling, "symmetric": trainer.symmetric, "sampling": trainer.sampling,
+                 "patience": patience,
                  "min_lr": min_lr, "seed": seed, "images": int(len(images))}
     start, rows = 0, []
     if out_dir is not None:
@@ -220,8 +257,9 @@ def pretrain(model, layer_name, images, *, patch_size, epochs=10, batch_size=128
     features = backbone.outputs[0].shape
     if verbose:
         what = "resuming" if start else "starting"
+        unit = "-pixel crops of the images" if trainer.sampling == "image" else "-cell patches"
         print(f"spatial contrasting at {layer_name!r} ({features[1]}x{features[2]}x{features[3]} map, "
-              f"{trainer.patch_size[0]}x{trainer.patch_size[1]} patches at {trainer.grid[0] * trainer.grid[1]} "
+              f"{trainer.patch_size[0]}x{trainer.patch_size[1]}{unit} at {trainer.grid[0] * trainer.grid[1]} "
               f"positions, {trainer.distance} distance) on {len(images):,} images: {what} at epoch "
               f"{start + 1}/{epochs}", flush=True)
     if start < epochs:

@@ -7,8 +7,9 @@
   can be (CIFAR-10 4k), and out of the SC set.
 - initialise: the SC stage (`kernelzoo.zoo.sc.pretrain`) at `sc_layer` on the SC images: SGD lr `sc_lr`
   (0.1), momentum, lr / 10 whenever the epoch's loss stops decreasing (`plateau_patience` epochs),
-  `sc_epochs` epochs, into the run folder's `pretrain/` (a run folder of its own: log, checkpoint every
-  epoch, resumable). `sc_epochs` 0 (the *_noinit presets): no SC, the network starts from its random init.
+  `sc_epochs` epochs (`sc_sampling`: patches of that layer's map, or crops of the images), into the run
+  folder's `pretrain/` (a run folder of its own: log, checkpoint every epoch, resumable). `sc_epochs` 0
+  (the *_noinit presets): no SC, the network starts from its random init.
   `sc_rescale` (--sc-rescale): then rescale the SC-trained kernels that feed a BN to their initialiser's norm
   (`models.rescale_batch_normalized_kernels`: the same function, the fine-tuning's step sizes of a fresh network).
 - compile / fit: supervised fine-tuning from those weights with the Keras loop: SGD lr `lr` (0.01),
@@ -27,7 +28,7 @@ from kernelzoo.zoo import training
 from kernelzoo.zoo.precision import MixedPrecisionMixin
 from kernelzoo.zoo.recipe import DEFAULTS, Recipe, TinyRun
 from kernelzoo.zoo.sc.data import as_sc_data, carve_validation, sc_images, semi_supervised
-from kernelzoo.zoo.sc.loss import DISTANCES, POOLINGS
+from kernelzoo.zoo.sc.loss import DISTANCES, POOLINGS, SAMPLINGS
 from kernelzoo.zoo.sc.models import rescale_batch_normalized_kernels
 from kernelzoo.zoo.sc.pretraining import PlateauDrop, pretrain
 
@@ -35,8 +36,8 @@ PRETRAIN_DIR = "pretrain"
 # What every SC recipe understands besides recipe.DEFAULTS (a preset's recipe overrides them).
 SC_DEFAULTS = {"schedule": "plateau", "plateau_patience": 3, "min_lr": 1e-5, "sc_epochs": 10, "sc_lr": 0.1,
                "sc_batch_size": 128, "sc_layer": "sc_features", "sc_patch_size": 4, "sc_distance": "squared",
-               "sc_pooling": "mean", "sc_symmetric": True, "sc_rescale": False, "labels_per_class": None,
-               "label_seed": 0, "holdout": 5000}
+               "sc_pooling": "mean", "sc_sampling": "features", "sc_symmetric": True, "sc_rescale": False,
+               "labels_per_class": None, "label_seed": 0, "holdout": 5000}
 
 
 def build_training_state(model):
@@ -59,7 +60,11 @@ class SCRecipe(MixedPrecisionMixin, Recipe):
                             help="epochs of spatial contrasting pre-training (0: none, the *_noinit protocol)")
         parser.add_argument("--sc-lr", type=float, default=None, help="initial learning rate of the SC stage")
         parser.add_argument("--sc-batch-size", type=int, default=None, help="images per SC batch (the contrasted set)")
-        parser.add_argument("--sc-patch-size", type=int, default=None, help="patch side in cells of the SC layer's map")
+        parser.add_argument("--sc-patch-size", type=int, default=None,
+                            help="patch side in cells of the SC layer's map (in pixels with --sc-sampling image)")
+        parser.add_argument("--sc-sampling", choices=SAMPLINGS, default=None,
+                            help="patches of the SC layer's map (Algorithm 1) or crops of the images, each "
+                                 "through the network (what the map's patches stand in for)")
         parser.add_argument("--sc-distance", choices=DISTANCES, default=None,
                             help="squared (Eq. 4) or euclidean distance between patch features")
         parser.add_argument("--sc-pooling", choices=POOLINGS, default=None,
@@ -79,6 +84,7 @@ class SCRecipe(MixedPrecisionMixin, Recipe):
                 hp[key] = SC_DEFAULTS[key]
         check_choice("sc_distance", hp["sc_distance"], DISTANCES)
         check_choice("sc_pooling", hp["sc_pooling"], POOLINGS)
+        check_choice("sc_sampling", hp["sc_sampling"], SAMPLINGS)
         nonnegative_int(hp["sc_epochs"], "sc_epochs")
         positive_float(hp["sc_lr"], "sc_lr")
         positive_int(hp["sc_batch_size"], "sc_batch_size")
@@ -145,8 +151,8 @@ class SCRecipe(MixedPrecisionMixin, Recipe):
         result = pretrain(model, hp["sc_layer"], images, patch_size=hp["sc_patch_size"], epochs=hp["sc_epochs"],
                           batch_size=hp["sc_batch_size"], lr=hp["sc_lr"], momentum=hp["momentum"],
                           distance=hp["sc_distance"], pooling=hp["sc_pooling"], symmetric=hp["sc_symmetric"],
-                          patience=hp["plateau_patience"], min_lr=hp["min_lr"], seed=seed, out_dir=folder,
-                          resume=stage.get("resume", False), verbose=verbose,
+                          sampling=hp["sc_sampling"], patience=hp["plateau_patience"], min_lr=hp["min_lr"],
+                          seed=seed, out_dir=folder, resume=stage.get("resume", False), verbose=verbose,
                           max_steps_per_epoch=stage.get("max_steps_per_epoch"))
         last = result["history"][-1] if result["history"] else {}
         report["spatial_contrasting"] = {"images": int(len(images)), "epochs": hp["sc_epochs"], "layer": hp["sc_layer"],
