@@ -191,6 +191,7 @@ def test_image_sampling_trains_a_fixed_size_backbone_on_crops(tmp_path):
         assert '"sampling": "image"' in handle.read()
     assert model.predict(_toy(2), verbose=0).shape == (2, 8)          # the model keeps its own input
     trainer = SpatialContrastingTrainer(feature_layer(model, "proj"), 3, sampling="image", seed=4)
+    assert trainer.map_shape == (3, 3, 8)
     inputs = keras.Input((None, None, 4))
     crops_net = keras.Model(inputs, model.get_layer("proj")(inputs))
     images = _toy(16)

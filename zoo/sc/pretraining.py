@@ -43,7 +43,8 @@ class SpatialContrastingTrainer(keras.Model):
     `spatial_contrasting_from_images` (`sampling="image"`: crops of `patch_size` pixels of the input,
     the backbone run on the crops); the patch positions of a step are drawn with the stateless seed
     (`seed`, the optimizer's iteration count). Regularisation losses of the backbone's layers are
-    added. It is a training device, not a model to save: save the backbone's model instead.
+    added. `map_shape` is the (h, w, C) map the criterion reads (one crop's with sampling="image").
+    It is a training device, not a model to save: save the backbone's model instead.
     """
 
     def __init__(self, backbone, patch_size, distance="squared", pooling="mean", symmetric=True, seed=0,
@@ -59,9 +60,10 @@ class SpatialContrastingTrainer(keras.Model):
         if self.sampling == "image":
             self.grid = positions_grid(backbone.inputs[0].shape[1:3], self.patch_size)
             backbone = _any_input_size(backbone)
-            _check_crop_map(backbone, self.patch_size)
+            self.map_shape = _crop_map_shape(backbone, self.patch_size)
         else:
             self.grid = positions_grid(backbone.outputs[0].shape[1:3], self.patch_size)
+            self.map_shape = tuple(backbone.outputs[0].shape[1:])
         self.backbone = backbone
         self.distance = check_choice("distance", distance, DISTANCES)
         self.pooling = check_choice("pooling", pooling, POOLINGS)
@@ -111,8 +113,9 @@ def _any_input_size(backbone):
     return keras.Model(inputs, backbone(inputs), name=backbone.name)
 
 
-def _check_crop_map(backbone, patch_size):
-    """ValueError naming `patch_size` when the crops are too small to leave a feature map."""
+def _crop_map_shape(backbone, patch_size):
+    """The (h, w, C) map of one crop; ValueError naming `patch_size` when the crops are too small to
+    leave a feature map."""
     problem = f"`patch_size` {tuple(patch_size)} (pixels, sampling='image'): crops that small leave no feature map"
     try:
         shape = backbone.compute_output_shape((None,) + tuple(patch_size) + tuple(backbone.inputs[0].shape[3:]))
@@ -120,6 +123,7 @@ def _check_crop_map(backbone, patch_size):
         raise ValueError(f"{problem} ({error})") from error
     if any(size is not None and size < 1 for size in shape[1:3]):
         raise ValueError(f"{problem} (output shape {shape})")
+    return tuple(shape[1:])
 
 
 class PlateauDrop(keras.callbacks.Callback):
@@ -254,11 +258,11 @@ def pretrain(model, layer_name, images, *, patch_size, epochs=10, batch_size=128
     steps = -(-len(images) // batch_size)
     if max_steps_per_epoch is not None:
         steps = min(steps, positive_int(max_steps_per_epoch, "max_steps_per_epoch"))
-    features = backbone.outputs[0].shape
     if verbose:
+        height, width, channels = trainer.map_shape
         what = "resuming" if start else "starting"
         unit = "-pixel crops of the images" if trainer.sampling == "image" else "-cell patches"
-        print(f"spatial contrasting at {layer_name!r} ({features[1]}x{features[2]}x{features[3]} map, "
+        print(f"spatial contrasting at {layer_name!r} ({height}x{width}x{channels} map, "
               f"{trainer.patch_size[0]}x{trainer.patch_size[1]}{unit} at {trainer.grid[0] * trainer.grid[1]} "
               f"positions, {trainer.distance} distance) on {len(images):,} images: {what} at epoch "
               f"{start + 1}/{epochs}", flush=True)
