@@ -106,7 +106,8 @@ class SpatialContrastingTrainer(keras.Model):
 
 def _any_input_size(backbone):
     """`backbone` (its layers shared) callable on images of any height and width: Keras checks a
-    functional model's inputs against the shape it was built with, and the crops are smaller."""
+    functional model's inputs against the shape it was built with, and the crops are smaller (the
+    check is switched off on `backbone` itself, which then also takes other sizes)."""
     shape = (None, None) + tuple(backbone.inputs[0].shape[3:])
     inputs = keras.Input(shape, dtype=backbone.inputs[0].dtype, name=backbone.inputs[0].name)
     backbone.input_spec = None
