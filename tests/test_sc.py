@@ -509,8 +509,8 @@ def test_family_options_reach_the_hyperparameters():
     recipe = SCRecipe()
     preset = registry.info("sc_cifar10_4k")
     hp = recipe.hyperparameters(preset)
-    assert (hp["schedule"], hp["labels_per_class"], hp["label_seed"], hp["sc_patch_size"], hp["sc_distance"]) == \
-        ("plateau", 400, 2017, 4, "euclidean")
+    assert (hp["schedule"], hp["labels_per_class"], hp["label_seed"], hp["sc_patch_size"], hp["sc_distance"],
+            hp["sc_rescale"]) == ("plateau", 400, 2017, 4, "euclidean", True)
     assert recipe.hyperparameters(registry.info("sc_mnist"))["sc_distance"] == "squared"
     assert recipe.hyperparameters(registry.info("sc_cifar10_4k_noinit"))["sc_epochs"] == 0
     parser = argparse.ArgumentParser()
@@ -522,6 +522,13 @@ def test_family_options_reach_the_hyperparameters():
         (2, "squared", "float32", "image")
     with pytest.raises(ValueError, match="sc_sampling"):
         recipe.hyperparameters(preset, sc_sampling="crops")
+    for flags, rescale in (([], True), (["--no-sc-rescale"], False), (["--sc-rescale"], True)):
+        args = parser.parse_args(flags)
+        assert recipe.hyperparameters(preset, **{k: v for k, v in vars(args).items() if k in hp})["sc_rescale"] is rescale
+    args = parser.parse_args(["--sc-rescale"])
+    mnist = registry.info("sc_mnist")
+    assert recipe.hyperparameters(mnist, **{k: v for k, v in vars(args).items() if k in hp})["sc_rescale"] is True
+    assert recipe.hyperparameters(mnist)["sc_rescale"] is False
 
 
 def test_loss_reads_bfloat16_maps_in_float32(rng):

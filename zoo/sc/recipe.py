@@ -18,6 +18,7 @@
   variables; AMX on recent Xeons, `kernelzoo bench sc`); the saved model.keras is always float32.
 --resume continues the fine-tuning from its last checkpoint, or, before it has one, the SC stage from its own.
 """
+import argparse
 import dataclasses
 import os
 
@@ -69,9 +70,10 @@ class SCRecipe(MixedPrecisionMixin, Recipe):
                             help="squared (Eq. 4) or euclidean distance between patch features")
         parser.add_argument("--sc-pooling", choices=POOLINGS, default=None,
                             help="a patch's feature: the mean of its cells or all of them")
-        parser.add_argument("--sc-rescale", action="store_true", default=None,
+        parser.add_argument("--sc-rescale", action=argparse.BooleanOptionalAction, default=None,
                             help="after the SC stage, rescale the SC-trained kernels that feed a BN to their "
-                                 "initialiser's norm (no output changes; the fine-tuning's steps regain their size)")
+                                 "initialiser's norm (no output changes; the fine-tuning's steps regain their "
+                                 "size); default the preset's")
         parser.add_argument("--plateau-patience", type=int, default=None,
                             help="epochs without a lower loss before lr / 10 (both stages)")
         parser.add_argument("--labels-per-class", type=int, default=None,
