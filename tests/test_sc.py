@@ -524,7 +524,8 @@ def test_family_options_reach_the_hyperparameters():
         recipe.hyperparameters(preset, sc_sampling="crops")
     for flags, rescale in (([], True), (["--no-sc-rescale"], False), (["--sc-rescale"], True)):
         args = parser.parse_args(flags)
-        assert recipe.hyperparameters(preset, **{k: v for k, v in vars(args).items() if k in hp})["sc_rescale"] is rescale
+        changes = {k: v for k, v in vars(args).items() if k in hp}
+        assert recipe.hyperparameters(preset, **changes)["sc_rescale"] is rescale
     args = parser.parse_args(["--sc-rescale"])
     mnist = registry.info("sc_mnist")
     assert recipe.hyperparameters(mnist, **{k: v for k, v in vars(args).items() if k in hp})["sc_rescale"] is True
