@@ -515,20 +515,17 @@ def test_family_options_reach_the_hyperparameters():
     assert recipe.hyperparameters(registry.info("sc_cifar10_4k_noinit"))["sc_epochs"] == 0
     parser = argparse.ArgumentParser()
     recipe.add_arguments(parser)
-    args = parser.parse_args(["--sc-epochs", "2", "--sc-distance", "squared", "--precision", "float32",
-                              "--sc-sampling", "image"])
-    hp = recipe.hyperparameters(preset, **{k: v for k, v in vars(args).items() if k in hp})
+    parsed = lambda *flags: {k: v for k, v in vars(parser.parse_args(flags)).items() if k in hp}  # noqa: E731
+    hp = recipe.hyperparameters(preset, **parsed("--sc-epochs", "2", "--sc-distance", "squared", "--precision",
+                                                 "float32", "--sc-sampling", "image"))
     assert (hp["sc_epochs"], hp["sc_distance"], hp["precision"], hp["sc_sampling"]) == \
         (2, "squared", "float32", "image")
     with pytest.raises(ValueError, match="sc_sampling"):
         recipe.hyperparameters(preset, sc_sampling="crops")
-    for flags, rescale in (([], True), (["--no-sc-rescale"], False), (["--sc-rescale"], True)):
-        args = parser.parse_args(flags)
-        changes = {k: v for k, v in vars(args).items() if k in hp}
-        assert recipe.hyperparameters(preset, **changes)["sc_rescale"] is rescale
-    args = parser.parse_args(["--sc-rescale"])
+    for flags, rescale in (((), True), (("--no-sc-rescale",), False), (("--sc-rescale",), True)):
+        assert recipe.hyperparameters(preset, **parsed(*flags))["sc_rescale"] is rescale
     mnist = registry.info("sc_mnist")
-    assert recipe.hyperparameters(mnist, **{k: v for k, v in vars(args).items() if k in hp})["sc_rescale"] is True
+    assert recipe.hyperparameters(mnist, **parsed("--sc-rescale"))["sc_rescale"] is True
     assert recipe.hyperparameters(mnist)["sc_rescale"] is False
 
 

@@ -112,7 +112,6 @@ def patch_features(features, positions, patch_size, pooling="mean"):
       positions: int (N, 2) top-left (row, col) of each image's patch.
       patch_size: int or (ph, pw), in feature-map cells.
     """
-    check_choice("pooling", pooling, POOLINGS)
     return pool_map(crop_patches(features, positions, patch_size), pooling)
 
 
