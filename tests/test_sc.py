@@ -154,6 +154,12 @@ def test_image_crops_through_the_backbone_match_a_direct_reference(rng):
     direct = spatial_contrasting_loss(*(pool_map(backbone(crop_patches(images, p, (4, 6))), "flatten")
                                         for p in (first, second)))
     assert float(flat) == pytest.approx(float(direct), rel=1e-6)
+    with pytest.raises(ValueError, match="images"):
+        spatial_contrasting_from_images(backbone, images[0], (4, 6), seed)
+    with pytest.raises(ValueError, match="pooling"):
+        spatial_contrasting_from_images(backbone, images, (4, 6), seed, pooling="max")
+    with pytest.raises(ValueError, match="patch_size"):
+        spatial_contrasting_from_images(backbone, images, (9, 8), seed)        # one position only
 
 
 def _toy(count=128, size=6, channels=4, seed=0):
