@@ -18,6 +18,7 @@ from scipy import stats
 
 import kernelzoo  # noqa: F401  (registers the layers)
 from kernelzoo.zoo import registry
+from kernelzoo.zoo.augment import LUMA, distort_colors, jitter_colors
 from kernelzoo.zoo.inputs import takes_raw_pixels
 from kernelzoo.zoo.precision import float32_copy, precision_policy
 from kernelzoo.zoo.sc import (RandomShiftFlip, pretrain, sample_patch_positions, sc_cifar10, sc_mnist, sc_stl10,
@@ -184,6 +185,37 @@ def test_loss_falls_on_a_toy_problem_where_patches_of_an_image_share_a_feature()
     assert losses[-1] < np.log(32) / 2, losses                      # far below chance (log of the batch)
 
 
+def test_distort_colors_matches_numpy(rng):
+    images = rng.uniform(0, 255, size=(3, 5, 4, 3)).astype("float32")
+    factors = rng.uniform(0.5, 1.5, size=(3, 3))
+    got = distort_colors(images, *factors.T).numpy()
+    luma = np.array(LUMA)
+    for image, (b, c, s), out in zip(images, factors, got):
+        x = image * b
+        mean = (x @ luma).mean()
+        x = (x - mean) * c + mean
+        grey = (x @ luma)[..., None]
+        np.testing.assert_allclose(out, grey + (x - grey) * s, rtol=1e-4, atol=1e-3)
+
+
+def test_color_jitter_draws_per_image(rng):
+    images = np.repeat(rng.uniform(0, 255, size=(1, 5, 4, 3)), 1000, axis=0).astype("float32")
+    out = jitter_colors(images, 0.5, (1, 2)).numpy()
+    np.testing.assert_array_equal(out, jitter_colors(images, 0.5, (1, 2)).numpy())      # stateless
+    assert not np.array_equal(out, jitter_colors(images, 0.5, (1, 3)).numpy())
+    assert out.min() >= 0 and out.max() <= 255
+    unchanged = np.all(out == images, axis=(1, 2, 3))
+    grey = np.all(np.ptp(out, axis=-1) < 1e-3, axis=(1, 2))
+    assert 0.12 < unchanged.mean() < 0.20 and 0.15 < grey.mean() < 0.25      # 0.2 * 0.8 = 0.16 and 0.2
+    distorted = out[~unchanged & ~grey]
+    assert len(np.unique(distorted.round(2), axis=0)) == len(distorted)      # factors drawn per image
+    np.testing.assert_array_equal(jitter_colors(images[:3], 0.0, (1, 2)).numpy(), images[:3])
+    with pytest.raises(ValueError, match="strength"):
+        jitter_colors(images, 2.0, (1, 2))
+    with pytest.raises(ValueError, match="images"):
+        jitter_colors(images[..., :1], 0.5, (1, 2))
+
+
 def test_image_sampling_trains_a_fixed_size_backbone_on_crops(tmp_path):
     """The toy images' cells share an image-specific feature: crops of 3x3 pixels, each through a backbone
     built for 6x6 images, learn to match; the run folder records the sampling."""
@@ -203,6 +235,34 @@ def test_image_sampling_trains_a_fixed_size_backbone_on_crops(tmp_path):
     images = _toy(16)
     expected = spatial_contrasting_from_images(crops_net, images, 3, (4, 7), training=False)
     assert float(trainer.sc_loss(images, 7, training=False)) == pytest.approx(float(expected), rel=1e-6)
+
+
+
+def test_color_jitter_distorts_each_crop_before_the_network(rng):
+    images = rng.uniform(0, 255, size=(6, 8, 8, 3)).astype("float32")
+    inputs = keras.Input((None, None, 3))
+    identity = keras.Model(inputs, inputs)
+    seed = tf.constant([3, 9], tf.int64)
+    jittered = spatial_contrasting_from_images(identity, images, 4, seed, "euclidean", color_jitter=0.5)
+    first, second = sample_patch_positions(6, positions_grid((8, 8), 4), seed)
+    crops = tf.concat([crop_patches(images, first, 4), crop_patches(images, second, 4)], 0)
+    crops = jitter_colors(crops, 0.5, tf.random.experimental.stateless_fold_in(seed, 1))
+    features = pool_map(crops)
+    assert float(jittered) == pytest.approx(float(spatial_contrasting_loss(features[:6], features[6:], "euclidean")),
+                                            rel=1e-6)
+    plain = spatial_contrasting_from_images(identity, images, 4, seed, "euclidean")
+    assert float(plain) != pytest.approx(float(jittered), rel=1e-3)
+    model = sc_cifar10()
+    with pytest.raises(ValueError, match="color_jitter"):
+        pretrain(model, "sc_features", np.zeros((4, 32, 32, 3), "uint8"), patch_size=2, color_jitter=0.5)
+    recipe = SCRecipe()
+    with pytest.raises(ValueError, match="sc_color_jitter"):
+        recipe.hyperparameters(registry.info("sc_cifar10_4k"), sc_color_jitter=0.5)
+    hp = recipe.hyperparameters(registry.info("sc_cifar10_4k"), sc_color_jitter=0.5, sc_sampling="image")
+    assert (hp["sc_color_jitter"], hp["sc_sampling"]) == (0.5, "image")
+    parser = argparse.ArgumentParser()
+    recipe.add_arguments(parser)
+    assert vars(parser.parse_args(["--sc-color-jitter", "0.5"]))["sc_color_jitter"] == 0.5
 
 
 def test_pretrain_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path):

@@ -2,7 +2,7 @@
 import keras
 import tensorflow as tf
 
-from kernelzoo.ops.checks import boolean, check_choice, nonnegative_int
+from kernelzoo.ops.checks import boolean, check_choice, float_in_range, nonnegative_int
 
 FILLS = ("reflect", "constant")
 
@@ -74,3 +74,42 @@ def _per_replica(seed):
     if context is None or context.num_replicas_in_sync == 1:
         return seed
     return tf.random.experimental.stateless_fold_in(seed, context.replica_id_in_sync_group)
+
+
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights of R, G, B in grey
+
+
+def distort_colors(images, brightness, contrast, saturation):
+    """RGB images (N, H, W, 3) times `brightness`, then their contrast around each image's mean grey and their
+    saturation around each pixel's grey scaled by `contrast` and `saturation` (per-image factors, (N,))."""
+    x = tf.cast(images, tf.float32)
+    factor = lambda values: tf.reshape(tf.cast(values, tf.float32), [-1, 1, 1, 1])  # noqa: E731
+    x = x * factor(brightness)
+    mean = tf.reduce_mean(_grey(x), axis=(1, 2, 3), keepdims=True)
+    x = (x - mean) * factor(contrast) + mean
+    return _grey(x) + (x - _grey(x)) * factor(saturation)
+
+
+def jitter_colors(images, strength, seed, max_value=255.0):
+    """Colour distortion drawn per image (SimCLR's, Chen et al. 2020, App. A, without its hue term), for
+    contrastive pre-training on crops: with probability 0.8 `distort_colors` with factors each uniform in
+    [1 - 0.8 s, 1 + 0.8 s]; then, with probability 0.2, the image in grey. RGB images (N, H, W, 3) in
+    [0, `max_value`], returned clipped to it, float32. Stateless: `seed` is a (2,) integer seed.
+    `strength` s in [0, 1.25] (the factors stay >= 0); 0 returns the images."""
+    x = tf.cast(images, tf.float32)
+    if x.shape.rank != 4 or x.shape[-1] != 3:
+        raise ValueError(f"`images` must be RGB images (N, H, W, 3), got shape {x.shape}")
+    strength = float_in_range(strength, "strength", 0.0, 1.25)
+    if strength == 0:
+        return x
+    seeds = tf.random.experimental.stateless_split(tf.cast(tf.convert_to_tensor(seed), tf.int64), 5)
+    count = tf.shape(x)[:1]
+    draw = lambda index, low=0.0, high=1.0: tf.random.stateless_uniform(count, seeds[index], low, high)  # noqa: E731
+    low, high = 1.0 - 0.8 * strength, 1.0 + 0.8 * strength
+    distorted = distort_colors(x, draw(0, low, high), draw(1, low, high), draw(2, low, high))
+    x = tf.clip_by_value(tf.where((draw(3) < 0.8)[:, None, None, None], distorted, x), 0.0, max_value)
+    return tf.where((draw(4) < 0.2)[:, None, None, None], tf.broadcast_to(_grey(x), tf.shape(x)), x)
+
+
+def _grey(images):
+    return tf.reduce_sum(images * tf.constant(LUMA), axis=-1, keepdims=True)

@@ -31,6 +31,7 @@ exported model. Features are cast to float32 (bfloat16 maps under mixed precisio
 import tensorflow as tf
 
 from kernelzoo.ops.checks import check_choice, normalize_tuple
+from kernelzoo.zoo.augment import jitter_colors
 
 DISTANCES = ("squared", "euclidean")
 POOLINGS = ("mean", "flatten")
@@ -148,17 +149,21 @@ def spatial_contrasting_from_maps(features, patch_size, seed, distance="squared"
 
 
 def spatial_contrasting_from_images(backbone, images, patch_size, seed, distance="squared", pooling="mean",
-                                    symmetric=True, training=True):
+                                    symmetric=True, training=True, color_jitter=0.0):
     """The paper's patches taken from the IMAGES (Sec. 4.2; sampling the feature map is its shortcut):
     two `patch_size`-pixel crops per image at positions drawn as in Algorithm 1, both crops of the
     batch through `backbone` in one call (2N images: one set of batch statistics), each crop's map
-    pooled whole into its feature, the loss. `backbone` must accept inputs of the crops' size."""
-    images = tf.convert_to_tensor(images)
+    pooled whole into its feature, the loss. `backbone` must accept inputs of the crops' size.
+    `color_jitter` s > 0: each crop's colours distorted on its own (`kernelzoo.zoo.augment.jitter_colors`,
+    0-255 pixels), so that matching two crops by their colour statistics no longer works."""
+    images, seed = tf.convert_to_tensor(images), tf.cast(tf.convert_to_tensor(seed), tf.int64)
     if images.shape.rank != 4:
         raise ValueError(f"`images` must be a batch (N, H, W, C), got shape {images.shape}")
     grid = positions_grid(images.shape[1:3], patch_size)
     count = tf.shape(images)[0]
     first, second = sample_patch_positions(count, grid, seed)
     crops = tf.concat([crop_patches(images, first, patch_size), crop_patches(images, second, patch_size)], 0)
+    if color_jitter:
+        crops = jitter_colors(crops, color_jitter, tf.random.experimental.stateless_fold_in(seed, 1))
     features = pool_map(backbone(crops, training=training), pooling)
     return spatial_contrasting_loss(features[:count], features[count:], distance, symmetric)

@@ -25,8 +25,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kernelzoo.ops.checks import (boolean, check_choice, image_batch, nonnegative_int, normalize_tuple,
-                                  positive_float, positive_int)
+from kernelzoo.ops.checks import (boolean, check_choice, float_in_range, image_batch, nonnegative_int,
+                                  normalize_tuple, positive_float, positive_int)
 from kernelzoo.zoo import training
 from kernelzoo.zoo.inputs import as_model_input
 from kernelzoo.zoo.sc.loss import (DISTANCES, POOLINGS, SAMPLINGS, positions_grid, spatial_contrasting_from_images,
@@ -43,12 +43,13 @@ class SpatialContrastingTrainer(keras.Model):
     `spatial_contrasting_from_images` (`sampling="image"`: crops of `patch_size` pixels of the input,
     the backbone run on the crops); the patch positions of a step are drawn with the stateless seed
     (`seed`, the optimizer's iteration count). Regularisation losses of the backbone's layers are
-    added. `map_shape` is the (h, w, C) map the criterion reads (one crop's with sampling="image").
+    added. `color_jitter` (with sampling="image"): each crop's colours distorted on its own
+    (`jitter_colors`). `map_shape` is the (h, w, C) map the criterion reads (one crop's with sampling="image").
     It is a training device, not a model to save: save the backbone's model instead.
     """
 
     def __init__(self, backbone, patch_size, distance="squared", pooling="mean", symmetric=True, seed=0,
-                 sampling="features", **kwargs):
+                 sampling="features", color_jitter=0.0, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(backbone, keras.Model):
             raise ValueError(f"`backbone` must be a keras.Model, got {type(backbone).__name__}")
@@ -57,6 +58,10 @@ class SpatialContrastingTrainer(keras.Model):
                              f"{[tuple(o.shape) for o in backbone.outputs]}")
         self.patch_size = normalize_tuple(patch_size, "patch_size")
         self.sampling = check_choice("sampling", sampling, SAMPLINGS)
+        self.color_jitter = float_in_range(color_jitter, "color_jitter", 0.0, 1.25)
+        if self.color_jitter and self.sampling != "image":
+            raise ValueError(f"`color_jitter`={color_jitter} needs sampling='image' (the two patches of a feature "
+                             "map come from one pass over the image: their colours cannot differ)")
         if self.sampling == "image":
             self.grid = positions_grid(backbone.inputs[0].shape[1:3], self.patch_size)
             backbone = _any_input_size(backbone)
@@ -83,7 +88,7 @@ class SpatialContrastingTrainer(keras.Model):
         seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)])
         if self.sampling == "image":
             return spatial_contrasting_from_images(self.backbone, images, self.patch_size, seed, self.distance,
-                                                   self.pooling, self.symmetric, training=training)
+                                                   self.pooling, self.symmetric, training, self.color_jitter)
         features = self.backbone(images, training=training)
         return spatial_contrasting_from_maps(features, self.patch_size, seed, self.distance, self.pooling,
                                              self.symmetric)
@@ -210,8 +215,9 @@ def feature_layer(model, layer_name):
 
 
 def pretrain(model, layer_name, images, *, patch_size, epochs=10, batch_size=128, lr=0.1, momentum=0.9,
-             distance="squared", pooling="mean", symmetric=True, sampling="features", patience=3, min_lr=1e-5, seed=0,
-             out_dir=None, resume=False, verbose=1, max_steps_per_epoch=None, callbacks=None, config=None):
+             distance="squared", pooling="mean", symmetric=True, sampling="features", color_jitter=0.0, patience=3,
+             min_lr=1e-5, seed=0, out_dir=None, resume=False, verbose=1, max_steps_per_epoch=None, callbacks=None,
+             config=None):
     """Spatial contrasting pre-training of `model` up to `layer_name`, in place (module docstring).
 
     Args:
@@ -224,7 +230,8 @@ def pretrain(model, layer_name, images, *, patch_size, epochs=10, batch_size=128
       epochs, batch_size, lr, momentum: SGD; lr * 0.1 on a plateau of `patience` epochs, >= `min_lr`.
       distance: "squared" or "euclidean"; pooling: "mean" or "flatten"; symmetric: Eq. 3's average.
       sampling: "features" (patches of the layer's map, Algorithm 1) or "image" (crops of the images,
-        each through the network: `SpatialContrastingTrainer`).
+        each through the network: `SpatialContrastingTrainer`); color_jitter: with "image", SimCLR's
+        colour distortion of strength s on each crop (0: none).
       seed: data order and patch positions.
       out_dir: a run folder to write (checkpoint every epoch); None: train in memory only.
       resume: continue the run in `out_dir`.
@@ -239,12 +246,12 @@ def pretrain(model, layer_name, images, *, patch_size, epochs=10, batch_size=128
     epochs, batch_size = positive_int(epochs, "epochs"), positive_int(batch_size, "batch_size")
     lr, momentum = positive_float(lr, "lr"), float(momentum)
     trainer = SpatialContrastingTrainer(backbone, patch_size, distance, pooling, symmetric, seed, sampling,
-                                        name=f"sc_{model.name}")
+                                        color_jitter,                                        name=f"sc_{model.name}")
     arguments = {"layer_name": layer_name, "patch_size": list(trainer.patch_size), "epochs": epochs,
                  "batch_size": batch_size, "lr": lr, "momentum": momentum, "distance": trainer.distance,
                  "pooling": trainer.pooling, "symmetric": trainer.symmetric, "sampling": trainer.sampling,
-                 "patience": patience,
-                 "min_lr": min_lr, "seed": seed, "images": int(len(images))}
+                 "color_jitter": trainer.color_jitter, "patience": patience, "min_lr": min_lr, "seed": seed,
+                 "images": int(len(images))}
     start, rows = 0, []
     if out_dir is not None:
         out_dir = os.fspath(out_dir)

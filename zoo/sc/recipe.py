@@ -37,8 +37,8 @@ PRETRAIN_DIR = "pretrain"
 # What every SC recipe understands besides recipe.DEFAULTS (a preset's recipe overrides them).
 SC_DEFAULTS = {"schedule": "plateau", "plateau_patience": 3, "min_lr": 1e-5, "sc_epochs": 10, "sc_lr": 0.1,
                "sc_batch_size": 128, "sc_layer": "sc_features", "sc_patch_size": 4, "sc_distance": "squared",
-               "sc_pooling": "mean", "sc_sampling": "features", "sc_symmetric": True, "sc_rescale": False,
-               "labels_per_class": None, "label_seed": 0, "holdout": 5000}
+               "sc_pooling": "mean", "sc_sampling": "features", "sc_color_jitter": 0.0, "sc_symmetric": True,
+               "sc_rescale": False, "labels_per_class": None, "label_seed": 0, "holdout": 5000}
 
 
 def build_training_state(model):
@@ -66,6 +66,9 @@ class SCRecipe(MixedPrecisionMixin, Recipe):
         parser.add_argument("--sc-sampling", choices=SAMPLINGS, default=None,
                             help="patches of the SC layer's map (Algorithm 1) or crops of the images, each "
                                  "through the network (what the map's patches stand in for)")
+        parser.add_argument("--sc-color-jitter", type=float, default=None,
+                            help="with --sc-sampling image: SimCLR's colour distortion of this strength on each "
+                                 "crop (0: none)")
         parser.add_argument("--sc-distance", choices=DISTANCES, default=None,
                             help="squared (Eq. 4) or euclidean distance between patch features")
         parser.add_argument("--sc-pooling", choices=POOLINGS, default=None,
@@ -87,6 +90,9 @@ class SCRecipe(MixedPrecisionMixin, Recipe):
         check_choice("sc_distance", hp["sc_distance"], DISTANCES)
         check_choice("sc_pooling", hp["sc_pooling"], POOLINGS)
         check_choice("sc_sampling", hp["sc_sampling"], SAMPLINGS)
+        if hp["sc_color_jitter"] and hp["sc_sampling"] != "image":
+            raise ValueError(f"`sc_color_jitter`={hp['sc_color_jitter']} needs sc_sampling='image' "
+                             "(--sc-sampling image)")
         nonnegative_int(hp["sc_epochs"], "sc_epochs")
         positive_float(hp["sc_lr"], "sc_lr")
         positive_int(hp["sc_batch_size"], "sc_batch_size")
@@ -153,8 +159,9 @@ class SCRecipe(MixedPrecisionMixin, Recipe):
         result = pretrain(model, hp["sc_layer"], images, patch_size=hp["sc_patch_size"], epochs=hp["sc_epochs"],
                           batch_size=hp["sc_batch_size"], lr=hp["sc_lr"], momentum=hp["momentum"],
                           distance=hp["sc_distance"], pooling=hp["sc_pooling"], symmetric=hp["sc_symmetric"],
-                          sampling=hp["sc_sampling"], patience=hp["plateau_patience"], min_lr=hp["min_lr"],
-                          seed=seed, out_dir=folder, resume=stage.get("resume", False), verbose=verbose,
+                          sampling=hp["sc_sampling"], color_jitter=hp["sc_color_jitter"],
+                          patience=hp["plateau_patience"], min_lr=hp["min_lr"], seed=seed, out_dir=folder,
+                          resume=stage.get("resume", False), verbose=verbose,
                           max_steps_per_epoch=stage.get("max_steps_per_epoch"))
         last = result["history"][-1] if result["history"] else {}
         report["spatial_contrasting"] = {"images": int(len(images)), "epochs": hp["sc_epochs"], "layer": hp["sc_layer"],
