@@ -123,6 +123,19 @@ def test_mnist_prior_fixes_locations_learned_trains_them():
     assert count(dropped) == count(prior)
 
 
+def test_mnist_weight_decay_is_the_l2_term_of_alphas_and_softmax(tmp_path):
+    decayed = kernelnet_mnist(prior=True, grids=(2, 2), grid_sides=(6, 4), gammas=(100.0, 30.0), weight_decay=0.01)
+    assert not kernelnet_mnist(prior=True, grids=(2, 2), grid_sides=(6, 4), gammas=(100.0, 30.0)).losses
+    decayed(np.zeros((1, 28, 28), "float32"))
+    penalised = [w for w in decayed.weights if w.path.endswith(("alpha", "softmax/kernel"))]
+    assert len(penalised) == 5  # 2 + 2 grids' alphas, the softmax kernel
+    expected = 0.01 * sum(0.5 * float(np.sum(np.square(w.numpy()))) for w in penalised)  # 0.01 * tf.nn.l2_loss
+    np.testing.assert_allclose(float(sum(decayed.losses)), expected, rtol=1e-5)
+    decayed.save(tmp_path / "decayed.keras")
+    reloaded = keras.models.load_model(tmp_path / "decayed.keras")
+    np.testing.assert_allclose(float(sum(reloaded.losses)), expected, rtol=1e-5)
+
+
 def test_embedding_center_of_mass_and_walk():
     model = embedding.kernelnet_embedding("autoencoder", encoder=(16,), grid_side=5,
                                           decoder=(8,), seed=0)
@@ -178,6 +191,7 @@ def test_spread_of_separated_and_collapsed_points():
     (lambda: kernelnet_mnist(grids=(2,), grid_sides=(4, 4), gammas=(1.0,)), "grids"),
     (lambda: kernelnet_mnist(num_classes=1), "num_classes"),
     (lambda: kernelnet_mnist(dropout=1.0), "dropout"),
+    (lambda: kernelnet_mnist(weight_decay=-1e-4), "weight_decay"),
     (lambda: embedding.kernelnet_embedding("gan"), "objective"),
     (lambda: embedding.kernelnet_embedding(grid_side=1), "grid_side"),
     (lambda: embedding.kernelnet_embedding(center="yes"), "center"),
