@@ -257,7 +257,7 @@ def test_color_jitter_distorts_each_crop_before_the_network(rng):
         pretrain(model, "sc_features", np.zeros((4, 32, 32, 3), "uint8"), patch_size=2, color_jitter=0.5)
     recipe = SCRecipe()
     with pytest.raises(ValueError, match="sc_color_jitter"):
-        recipe.hyperparameters(registry.info("sc_cifar10_4k"), sc_color_jitter=0.5)
+        recipe.hyperparameters(registry.info("sc_cifar10_4k"), sc_color_jitter=0.5, sc_sampling="features")
     hp = recipe.hyperparameters(registry.info("sc_cifar10_4k"), sc_color_jitter=0.5, sc_sampling="image")
     assert (hp["sc_color_jitter"], hp["sc_sampling"]) == (0.5, "image")
     parser = argparse.ArgumentParser()
@@ -576,16 +576,18 @@ def test_family_options_reach_the_hyperparameters():
     preset = registry.info("sc_cifar10_4k")
     hp = recipe.hyperparameters(preset)
     assert (hp["schedule"], hp["labels_per_class"], hp["label_seed"], hp["sc_patch_size"], hp["sc_distance"],
-            hp["sc_rescale"]) == ("plateau", 400, 2017, 4, "euclidean", True)
+            hp["sc_rescale"], hp["sc_sampling"], hp["sc_color_jitter"]) == \
+        ("plateau", 400, 2017, 18, "euclidean", True, "image", 0.5)
     assert recipe.hyperparameters(registry.info("sc_mnist"))["sc_distance"] == "squared"
     assert recipe.hyperparameters(registry.info("sc_cifar10_4k_noinit"))["sc_epochs"] == 0
     parser = argparse.ArgumentParser()
     recipe.add_arguments(parser)
     parsed = lambda *flags: {k: v for k, v in vars(parser.parse_args(flags)).items() if k in hp}  # noqa: E731
     hp = recipe.hyperparameters(preset, **parsed("--sc-epochs", "2", "--sc-distance", "squared", "--precision",
-                                                 "float32", "--sc-sampling", "image"))
-    assert (hp["sc_epochs"], hp["sc_distance"], hp["precision"], hp["sc_sampling"]) == \
-        (2, "squared", "float32", "image")
+                                                 "float32", "--sc-sampling", "features", "--sc-patch-size", "4",
+                                                 "--sc-color-jitter", "0"))
+    assert (hp["sc_epochs"], hp["sc_distance"], hp["precision"], hp["sc_sampling"], hp["sc_patch_size"]) == \
+        (2, "squared", "float32", "features", 4)
     with pytest.raises(ValueError, match="sc_sampling"):
         recipe.hyperparameters(preset, sc_sampling="crops")
     for flags, rescale in (((), True), (("--no-sc-rescale",), False), (("--sc-rescale",), True)):
@@ -610,6 +612,14 @@ def test_bench_sc_times_a_mixed_precision_sc_step(batch_norm, op):
     names = [name for name, _ in result["profile"]]
     assert result["profile"][0][1] > 0 and any(op in name for name in names)
     assert any("FusedBatchNorm" in name for name in names) == (batch_norm == "fused")
+
+
+def test_bench_sc_times_the_presets_sampling():
+    """sc_cifar10_4k samples 18-pixel image crops: read as map cells they would not fit its 8x8 map."""
+    from kernelzoo.zoo.sc.bench import measure
+    result = measure("cifar10", "float32", "sc", batch_size=4, steps=1, warmup=1,
+                     overrides={"widths": (4, 8), "head_width": 4, "block_depth": 1})
+    assert result["ms"] > 0 and result["steps"] == 1
 
 
 @pytest.mark.parametrize("builder", ["sc_cifar10", "sc_mnist", "sc_stl10"])

@@ -83,6 +83,12 @@ def test_probe_command_prints_every_model_and_the_colour_row(tmp_path, monkeypat
     assert "1x1-cell patches" in out and "(4x4 pixels)" in out and "probe 2x2" in out
 
 
+def test_the_task_patch_of_an_image_crop_recipe_is_the_cells_one_crop_covers():
+    assert probe.recipe_patch_cells({"sc_sampling": "features", "sc_patch_size": 4}, 8, 32) == 4
+    assert probe.recipe_patch_cells({"sc_sampling": "image", "sc_patch_size": 18}, 8, 32) == 4   # sc_cifar10_4k
+    assert probe.recipe_patch_cells({"sc_sampling": "image", "sc_patch_size": 3}, 8, 32) == 1
+
+
 @pytest.mark.parametrize("argv, match", [
     (["sc_cifar10_4k"], "--untrained"), (["sc_cifar10_4k", "missing.keras"], "no such file"),
     (["convnet_cifar10", "--untrained"], "not a spatial contrasting preset"),

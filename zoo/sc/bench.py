@@ -65,7 +65,8 @@ def measure(network="cifar10", precision="float32", stage="supervised", batch_si
             step, scope = (lambda: model.train_on_batch(x, y)), model.name
         else:
             trainer = SpatialContrastingTrainer(feature_layer(model, hp["sc_layer"]), hp["sc_patch_size"],
-                                                hp["sc_distance"], hp["sc_pooling"], hp["sc_symmetric"])
+                                                hp["sc_distance"], hp["sc_pooling"], hp["sc_symmetric"],
+                                                sampling=hp["sc_sampling"], color_jitter=hp["sc_color_jitter"])
             trainer.compile(optimizer=keras.optimizers.SGD(hp["sc_lr"], momentum=hp["momentum"]))
             trainer.optimizer.build(trainer.backbone.trainable_variables)
             step, scope = (lambda: trainer.train_on_batch(x)), trainer.backbone.name

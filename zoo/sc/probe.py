@@ -12,7 +12,8 @@ carves them (same seed: same images, none of them labelled or SC-trained on):
   multinomial logistic regression (kernelzoo.zoo.linear_classifier) fitted on the labelled images, its L2 chosen
   from L2_GRID on a fifth of them held out, then refitted on all; its accuracy on the held-out images.
 - SC task: `--batches` batches of the recipe's SC batch size from the held-out images, patches of the recipe's
-  size (`--patch-size`), two patches per image drawn with the criterion's own sampling (kernelzoo.zoo.sc.loss);
+  size in cells (with image-crop sampling, the cells one crop covers; `--patch-size`), two patches per image drawn
+  with the criterion's own map sampling (kernelzoo.zoo.sc.loss);
   the fraction of first patches whose nearest second patch (the recipe's distance) comes from the same image.
   Chance: 1 / batch size.
 - the row "colour statistics" plays the same SC task on the raw pixels, a patch's feature being its pixels'
@@ -108,6 +109,14 @@ def contrast_accuracy(maps_of, images, patch_size, batch_size=128, batches=20, d
     return float(np.mean(right))
 
 
+def recipe_patch_cells(hp, map_side, image_side):
+    """The recipe's SC patch side in cells of the map: `sc_patch_size`, or with sampling="image" (crops of
+    `sc_patch_size` pixels) the cells under one crop, at least 1."""
+    if hp["sc_sampling"] != "image":
+        return hp["sc_patch_size"]
+    return max(1, hp["sc_patch_size"] * int(map_side) // int(image_side))
+
+
 def add_arguments(parser, command=None):
     parser.description = __doc__.splitlines()[0].replace("`", "")
     parser.add_argument("name", help="an SC preset (its network, data protocol and SC settings), e.g. sc_cifar10_4k")
@@ -117,8 +126,8 @@ def add_arguments(parser, command=None):
     parser.add_argument("--grids", default="1,2", help="comma-separated region grids of the linear probe")
     parser.add_argument("--holdout", type=int, default=5000, help="held-out training images (as train --holdout)")
     parser.add_argument("--batches", type=int, default=20, help="batches of the SC task")
-    parser.add_argument("--patch-size", type=int, default=None, help="SC-task patch side in cells (default the "
-                                                                      "recipe's)")
+    parser.add_argument("--patch-size", type=int, default=None,
+                        help="SC-task patch side in cells (default the recipe's; with image crops the cells of one)")
     parser.add_argument("--batch-size", type=int, default=None, help="images per SC-task batch (default the recipe's "
                                                                       "SC batch size)")
     parser.add_argument("--seed", type=int, default=0, help="the run seed the holdout was carved with")
@@ -148,7 +157,11 @@ def run(args, command=None):
     hp = recipe.hyperparameters(preset)
     layer = args.layer or hp["sc_layer"]
     batch = args.batch_size or hp["sc_batch_size"]
-    patch = positive_int(args.patch_size or hp["sc_patch_size"], "--patch-size")
+    models = ([("untrained", registry.create(preset.name))] if args.untrained else []) + \
+        [(path, keras.models.load_model(path, compile=False)) for path in args.models]
+    map_size = feature_layer(models[0][1], layer).output.shape[1:3]
+    patch = positive_int(args.patch_size or recipe_patch_cells(hp, map_size[0], models[0][1].inputs[0].shape[1]),
+                         "--patch-size")
     data = carve_validation(recipe.load_data(preset, args.data_dir, args.dataset, seed=args.seed), args.holdout,
                             args.seed)
     (x, y), (xh, yh) = data.train, data.val
@@ -158,9 +171,6 @@ def run(args, command=None):
           f"chance {1 / batch:.4f}", flush=True)
     header = "".join(f"{f'probe {g}x{g}':>12s}" for g in grids)
     print(f"{'model':60s}{header}{'SC task':>10s}", flush=True)
-    models = ([("untrained", registry.create(preset.name))] if args.untrained else []) + \
-        [(path, keras.models.load_model(path, compile=False)) for path in args.models]
-    map_size = None
     for label, model in models:
         extractor = feature_layer(model, layer)
         map_size = extractor.output.shape[1:3]

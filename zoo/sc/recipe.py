@@ -200,9 +200,10 @@ def recipe_for(preset):
 
 def tiny_runs():
     """The CIFAR-10 network at widths 8/16, one conv per block, on 12x12 stripes: 16 labels per class (48 of
-    96 images), SC on all 96 (2 epochs, 2x2 patches of the 3x3 SC map), then 3 fine-tuning epochs."""
+    96 images), SC on all 96 (2 epochs, the preset's sampling: colour-jittered 8x8-pixel crops, 2x2 maps), then 3
+    fine-tuning epochs."""
     from kernelzoo.zoo.data.synthetic import stripes
     data = semi_supervised(stripes(96, size=12), stripes(30, size=12, seed=1), "stripes 12x12x3", ("h", "v", "flat"),
                            labels_per_class=16, label_seed=0)
-    hp = {"epochs": 3, "batch_size": 16, "lr": 0.05, "sc_epochs": 2, "sc_batch_size": 16, "sc_patch_size": 2}
+    hp = {"epochs": 3, "batch_size": 16, "lr": 0.05, "sc_epochs": 2, "sc_batch_size": 16, "sc_patch_size": 8}
     return [TinyRun("sc_cifar10_4k", data, {"widths": (8, 16), "head_width": 8, "block_depth": 1}, hp)]
