@@ -92,7 +92,8 @@ def test_the_task_patch_of_an_image_crop_recipe_is_the_cells_one_crop_covers():
 @pytest.mark.parametrize("argv, match", [
     (["sc_cifar10_4k"], "--untrained"), (["sc_cifar10_4k", "missing.keras"], "no such file"),
     (["convnet_cifar10", "--untrained"], "not a spatial contrasting preset"),
-    (["sc_cifar10_4k", "--untrained", "--grids", "1,x"], "--grids")])
+    (["sc_cifar10_4k", "--untrained", "--grids", "1,x"], "--grids"),
+    (["sc_cifar10_4k", "--untrained", "--patch-size", "-1"], "--patch-size")])
 def test_probe_command_errors_name_the_argument(argv, match):
     with pytest.raises(ValueError, match=match):
         cli.main(["probe", *argv])

@@ -157,11 +157,11 @@ def run(args, command=None):
     hp = recipe.hyperparameters(preset)
     layer = args.layer or hp["sc_layer"]
     batch = args.batch_size or hp["sc_batch_size"]
+    patch = None if args.patch_size is None else positive_int(args.patch_size, "--patch-size")
     models = ([("untrained", registry.create(preset.name))] if args.untrained else []) + \
         [(path, keras.models.load_model(path, compile=False)) for path in args.models]
-    map_size = feature_layer(models[0][1], layer).output.shape[1:3]
-    patch = positive_int(args.patch_size or recipe_patch_cells(hp, map_size[0], models[0][1].inputs[0].shape[1]),
-                         "--patch-size")
+    map_size = feature_layer(models[0][1], layer).output.shape[1:3]  # the models probed share the preset's layers
+    patch = patch or recipe_patch_cells(hp, map_size[0], models[0][1].inputs[0].shape[1])
     data = carve_validation(recipe.load_data(preset, args.data_dir, args.dataset, seed=args.seed), args.holdout,
                             args.seed)
     (x, y), (xh, yh) = data.train, data.val
@@ -173,7 +173,6 @@ def run(args, command=None):
     print(f"{'model':60s}{header}{'SC task':>10s}", flush=True)
     for label, model in models:
         extractor = feature_layer(model, layer)
-        map_size = extractor.output.shape[1:3]
         maps_of = lambda images: extractor([images], training=False)  # noqa: E731  (inference mode)
         probes = [probe_accuracy((train, y), (held, yh), num_classes, seed=args.seed)[0]
                   for train, held in zip(region_features(maps_of, x, grids), region_features(maps_of, xh, grids))]
