@@ -42,7 +42,7 @@ def measure(network="cifar10", precision="float32", stage="supervised", batch_si
     from kernelzoo.zoo import registry
     from kernelzoo.zoo.precision import precision_policy
     from kernelzoo.zoo.sc.pretraining import SpatialContrastingTrainer, feature_layer
-    from kernelzoo.zoo.sc.recipe import SCRecipe
+    from kernelzoo.zoo.sc.recipe import SCRecipe, sc_criterion
 
     network = check_choice("network", network, NETWORKS)
     stage = check_choice("stage", stage, STAGES)
@@ -64,9 +64,7 @@ def measure(network="cifar10", precision="float32", stage="supervised", batch_si
             y = rng.integers(0, 10, batch_size)
             step, scope = (lambda: model.train_on_batch(x, y)), model.name
         else:
-            trainer = SpatialContrastingTrainer(feature_layer(model, hp["sc_layer"]), hp["sc_patch_size"],
-                                                hp["sc_distance"], hp["sc_pooling"], hp["sc_symmetric"],
-                                                sampling=hp["sc_sampling"], color_jitter=hp["sc_color_jitter"])
+            trainer = SpatialContrastingTrainer(feature_layer(model, hp["sc_layer"]), **sc_criterion(hp))
             trainer.compile(optimizer=keras.optimizers.SGD(hp["sc_lr"], momentum=hp["momentum"]))
             trainer.optimizer.build(trainer.backbone.trainable_variables)
             step, scope = (lambda: trainer.train_on_batch(x)), trainer.backbone.name

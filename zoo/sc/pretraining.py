@@ -246,7 +246,7 @@ def pretrain(model, layer_name, images, *, patch_size, epochs=10, batch_size=128
     epochs, batch_size = positive_int(epochs, "epochs"), positive_int(batch_size, "batch_size")
     lr, momentum = positive_float(lr, "lr"), float(momentum)
     trainer = SpatialContrastingTrainer(backbone, patch_size, distance, pooling, symmetric, seed, sampling,
-                                        color_jitter,                                        name=f"sc_{model.name}")
+                                        color_jitter, name=f"sc_{model.name}")
     arguments = {"layer_name": layer_name, "patch_size": list(trainer.patch_size), "epochs": epochs,
                  "batch_size": batch_size, "lr": lr, "momentum": momentum, "distance": trainer.distance,
                  "pooling": trainer.pooling, "symmetric": trainer.symmetric, "sampling": trainer.sampling,

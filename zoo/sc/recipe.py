@@ -41,6 +41,13 @@ SC_DEFAULTS = {"schedule": "plateau", "plateau_patience": 3, "min_lr": 1e-5, "sc
                "sc_rescale": False, "labels_per_class": None, "label_seed": 0, "holdout": 5000}
 
 
+def sc_criterion(hp):
+    """The SC criterion's arguments in hyper-parameters `hp` (as `pretrain` and `SpatialContrastingTrainer`
+    take them), so every caller reads a preset's criterion the same way."""
+    return {"patch_size": hp["sc_patch_size"], "distance": hp["sc_distance"], "pooling": hp["sc_pooling"],
+            "symmetric": hp["sc_symmetric"], "sampling": hp["sc_sampling"], "color_jitter": hp["sc_color_jitter"]}
+
+
 def build_training_state(model):
     """Create the optimizer's and the compiled metrics' variables now: Keras creates them inside the
     first traced train step otherwise (without a distribution strategy), and TensorFlow then traces
@@ -156,10 +163,8 @@ class SCRecipe(MixedPrecisionMixin, Recipe):
         stage = getattr(self, "_stage", None) or {}
         folder = None if stage.get("out_dir") is None else os.path.join(stage["out_dir"], PRETRAIN_DIR)
         images = sc_images(data)
-        result = pretrain(model, hp["sc_layer"], images, patch_size=hp["sc_patch_size"], epochs=hp["sc_epochs"],
+        result = pretrain(model, hp["sc_layer"], images, **sc_criterion(hp), epochs=hp["sc_epochs"],
                           batch_size=hp["sc_batch_size"], lr=hp["sc_lr"], momentum=hp["momentum"],
-                          distance=hp["sc_distance"], pooling=hp["sc_pooling"], symmetric=hp["sc_symmetric"],
-                          sampling=hp["sc_sampling"], color_jitter=hp["sc_color_jitter"],
                           patience=hp["plateau_patience"], min_lr=hp["min_lr"], seed=seed, out_dir=folder,
                           resume=stage.get("resume", False), verbose=verbose,
                           max_steps_per_epoch=stage.get("max_steps_per_epoch"))
