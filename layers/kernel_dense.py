@@ -5,7 +5,9 @@ and output j has a location in a d-dimensional space, so the layer has
 d (m + n) + m parameters instead of m n.
 `SparseKernelDense`: W = A * K_fs(u, v) (Eq. 16/17): a free matrix A masked by
 a finite-support kernel, so weights outside the support are exactly zero.
-Both share `_LocationsLayer`: the locations, bias, regularisers, call and costs.
+Both share `_LocationsLayer`: the locations, bias, regularisers, call and costs, and `location_noise`:
+Gaussian noise of that standard deviation added to the input locations at each training step (Sec. 3.2: noise on
+a pixel's location models uncertainty about where it is; a regulariser, off by default).
 """
 import keras
 from keras import ops
@@ -38,7 +40,8 @@ class _LocationsLayer(keras.layers.Layer):
                  input_locations_trainable, output_locations_trainable,
                  input_locations_regularizer, output_locations_regularizer, bias_regularizer,
                  kernel_values_regularizer, effective_regularizer,
-                 input_locations_constraint, output_locations_constraint, bias_constraint, **kwargs):
+                 input_locations_constraint, output_locations_constraint, bias_constraint, location_noise=0.0,
+                 **kwargs):
         super().__init__(**kwargs)
         self.units = positive_int(units, "units")
         self.dim = positive_int(dim, "dim")
@@ -59,6 +62,9 @@ class _LocationsLayer(keras.layers.Layer):
         self.input_locations_constraint = keras.constraints.get(input_locations_constraint)
         self.output_locations_constraint = keras.constraints.get(output_locations_constraint)
         self.bias_constraint = keras.constraints.get(bias_constraint)
+        self.location_noise = float_in_range(location_noise, "location_noise", 0.0, float("inf"), "[)")
+        # only a noisy layer owns a seed state: the saved weights of the others stay as they were
+        self._noise_seed = keras.random.SeedGenerator() if self.location_noise else None
         for name in ("input_locations_initializer", "output_locations_initializer"):
             if isinstance(getattr(self, name), Grid2D) and self.dim != 2:
                 raise ValueError(f"`{name}`='grid' needs dim=2, got dim={self.dim}")
@@ -94,9 +100,13 @@ class _LocationsLayer(keras.layers.Layer):
         """The effective (m, n) weights given the kernel values K(u, v)."""
         raise NotImplementedError
 
-    def kernel_values(self):
-        """The (m, n) matrix K(u_i, v_j)."""
-        return kernel_matrix(self.input_locations, self.output_locations, self.kernel_function,
+    def kernel_values(self, jitter=False):
+        """The (m, n) matrix K(u_i, v_j); `jitter`: with u_i moved by the layer's `location_noise`."""
+        u = self.input_locations
+        if jitter and self.location_noise:
+            u = u + keras.random.normal(ops.shape(u), stddev=self.location_noise, seed=self._noise_seed,
+                                        dtype=u.dtype)
+        return kernel_matrix(u, self.output_locations, self.kernel_function,
                              scale=self.scale, distance=self.distance, **self._kernel_options())
 
     def _kernel_options(self):
@@ -107,8 +117,8 @@ class _LocationsLayer(keras.layers.Layer):
         """The effective (m, n) weight matrix W of the layer."""
         return self._weights_from(self.kernel_values())
 
-    def call(self, inputs):
-        k = self.kernel_values()
+    def call(self, inputs, training=None):
+        k = self.kernel_values(jitter=bool(training))
         w = self._weights_from(k)
         if self.kernel_values_regularizer is not None:
             self.add_loss(self.kernel_values_regularizer(k))
@@ -157,7 +167,7 @@ class _LocationsLayer(keras.layers.Layer):
             "effective_regularizer": reg(self.effective_regularizer),
             "input_locations_constraint": con(self.input_locations_constraint),
             "output_locations_constraint": con(self.output_locations_constraint),
-            "bias_constraint": con(self.bias_constraint),
+            "bias_constraint": con(self.bias_constraint), "location_noise": self.location_noise,
         })
         return config
 
@@ -178,6 +188,8 @@ class KernelDense(_LocationsLayer):
         *_locations_initializer: any Keras initializer or "grid" (a `Grid2D`:
             pixel locations of an image input, a square grid of units).
         *_locations_trainable: learn the locations or keep them fixed.
+        location_noise: standard deviation of the Gaussian noise added to the input
+            locations at each training step (module docstring); 0: none.
         kernel_values_regularizer: applied to K(u, v) (Eq. 8, lambda_0).
         effective_regularizer: applied to the effective W.
         activation, use_bias, bias_*: as in `keras.layers.Dense`.

@@ -166,8 +166,31 @@ def test_config_roundtrip_and_saving(tmp_path):
     np.testing.assert_allclose(loaded(x), model(x), rtol=1e-6)
 
 
+def test_location_noise_moves_the_input_locations_in_training_only(tmp_path):
+    # dot kernel with the identity as output locations: y = (u_i + noise) for the one-hot input i
+    layer = KernelDense(2, kernel_function="dot", dim=2, use_alpha=False, use_bias=False, location_noise=0.05,
+                        output_locations_initializer="identity")
+    x = np.eye(40, dtype="float32")
+    inference = keras.ops.convert_to_numpy(layer(x))
+    np.testing.assert_allclose(inference, layer.input_locations.numpy(), rtol=1e-6)
+    noise = np.stack([keras.ops.convert_to_numpy(layer(x, training=True)) - inference for _ in range(50)])
+    assert abs(noise.std() - 0.05) < 0.005 and abs(noise.mean()) < 0.005  # 4,000 draws: 1.1 % and 0.0008 s.e.
+    assert not np.allclose(noise[0], noise[1])  # a new draw every call
+    quiet = KernelDense(2, kernel_function="dot", dim=2, use_alpha=False, use_bias=False)
+    quiet(x)
+    assert len(layer.variables) == len(quiet.variables) + 1  # its seed state; a noiseless layer saves what it did
+    inputs = keras.Input((40,))
+    model = keras.Model(inputs, layer(inputs))
+    model.save(tmp_path / "noisy.keras")
+    loaded = keras.models.load_model(tmp_path / "noisy.keras")
+    assert loaded.layers[-1].location_noise == 0.05
+    np.testing.assert_allclose(loaded(x), inference, rtol=1e-6)
+
+
 @pytest.mark.parametrize("make, argument", [
     (lambda: KernelDense(0), "units"),
+    (lambda: KernelDense(3, location_noise=-0.1), "location_noise"),
+    (lambda: SparseKernelDense(3, location_noise=float("inf")), "location_noise"),
     (lambda: KernelDense(3, kernel_function="gauss"), "kernel_function"),
     (lambda: KernelDense(3, offset=float("nan")), "offset"),
     (lambda: KernelDense(3, dim=0), "dim"),

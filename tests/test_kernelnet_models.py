@@ -136,6 +136,12 @@ def test_mnist_weight_decay_is_the_l2_term_of_alphas_and_softmax(tmp_path):
     np.testing.assert_allclose(float(sum(reloaded.losses)), expected, rtol=1e-5)
 
 
+def test_mnist_location_noise_reaches_every_grid():
+    kernels = [layer for layer in kernelnet_mnist(grids=(2, 2), grid_sides=(6, 4), gammas=(100.0, 30.0),
+                                                  location_noise=0.02).layers if isinstance(layer, KernelDense)]
+    assert [layer.location_noise for layer in kernels] == [0.02] * 4
+
+
 def test_embedding_center_of_mass_and_walk():
     model = embedding.kernelnet_embedding("autoencoder", encoder=(16,), grid_side=5,
                                           decoder=(8,), seed=0)
@@ -192,6 +198,7 @@ def test_spread_of_separated_and_collapsed_points():
     (lambda: kernelnet_mnist(num_classes=1), "num_classes"),
     (lambda: kernelnet_mnist(dropout=1.0), "dropout"),
     (lambda: kernelnet_mnist(weight_decay=-1e-4), "weight_decay"),
+    (lambda: kernelnet_mnist(location_noise=-0.01), "location_noise"),
     (lambda: embedding.kernelnet_embedding("gan"), "objective"),
     (lambda: embedding.kernelnet_embedding(grid_side=1), "grid_side"),
     (lambda: embedding.kernelnet_embedding(center="yes"), "center"),

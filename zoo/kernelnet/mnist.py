@@ -12,6 +12,8 @@ uniformly at random in [0, 1]^2 and are learned. A softmax layer is on top.
 each ReLU during training; 0 adds no layer (the shipped models). `weight_decay` is the L2 term the paper's
 Adam runs were tuned with (Sec. 3.1: "learning rate and l2 regularization"), TensorFlow's
 `weight_decay * tf.nn.l2_loss(w)` on the scales alpha and the softmax weights; 0 adds none (the shipped models).
+`location_noise` (Sec. 3.2's "noise on a pixel's location"; a regulariser, 0 in the shipped models) moves every
+input location by Gaussian noise of that standard deviation ([0, 1]^2 units) at each training step.
 The grid counts and sizes are ours: the paper's supplement is not available.
 """
 import keras
@@ -23,12 +25,13 @@ from kernelzoo.ops.checks import boolean, float_in_range, int_in_range, positive
 
 
 def kernelnet_mnist(prior=True, grids=(16, 16), grid_sides=(14, 7), gammas=(100.0, 25.0),
-                    image_size=28, num_classes=10, dropout=0.0, weight_decay=0.0, seed=None):
+                    image_size=28, num_classes=10, dropout=0.0, weight_decay=0.0, location_noise=0.0, seed=None):
     """Build the classifier on (image_size, image_size) raw pixels (0-255).
 
     Layer l has grids[l] parallel square grids of grid_sides[l]^2 units, RBF
     width gammas[l] (in the [0, 1]^2 coordinates), ReLU, then Dropout(dropout) when dropout > 0;
-    `weight_decay` >= 0 is the L2 coefficient of the alphas and the softmax kernel.
+    `weight_decay` >= 0 is the L2 coefficient of the alphas and the softmax kernel; `location_noise` >= 0 the
+    standard deviation of the training-time noise on the input locations.
     """
     prior = boolean(prior, "prior")
     grids, grid_sides = positive_ints(grids, "grids"), positive_ints(grid_sides, "grid_sides")
@@ -58,6 +61,7 @@ def kernelnet_mnist(prior=True, grids=(16, 16), grid_sides=(14, 7), gammas=(100.
                 side * side, kernel_function="rbf", dim=2, gamma=gamma,
                 input_locations_initializer=u_init, output_locations_initializer=v_init,
                 input_locations_trainable=not prior, output_locations_trainable=not prior, alpha_regularizer=decay,
+                location_noise=location_noise,
                 name=f"kernel{l + 1}_grid{c + 1}")(x))
         x = branches[0] if count == 1 else keras.layers.Concatenate(name=f"grids{l + 1}")(branches)
         x = keras.layers.ReLU(name=f"relu{l + 1}")(x)
