@@ -40,7 +40,7 @@ class _LocationsLayer(keras.layers.Layer):
                  input_locations_trainable, output_locations_trainable,
                  input_locations_regularizer, output_locations_regularizer, bias_regularizer,
                  kernel_values_regularizer, effective_regularizer,
-                 input_locations_constraint, output_locations_constraint, bias_constraint, location_noise=0.0,
+                 input_locations_constraint, output_locations_constraint, bias_constraint, location_noise,
                  **kwargs):
         super().__init__(**kwargs)
         self.units = positive_int(units, "units")
@@ -205,7 +205,7 @@ class KernelDense(_LocationsLayer):
                  output_locations_regularizer=None, bias_regularizer=None,
                  kernel_values_regularizer=None, effective_regularizer=None,
                  alpha_constraint=None, input_locations_constraint=None,
-                 output_locations_constraint=None, bias_constraint=None, **kwargs):
+                 output_locations_constraint=None, bias_constraint=None, location_noise=0.0, **kwargs):
         kernel_function = kwargs.pop("kernel", kernel_function)  # the name before 0.2 (in saved configs)
         super().__init__(
             units, dim=dim, scale=scale, distance=distance, activation=activation, use_bias=use_bias,
@@ -220,7 +220,7 @@ class KernelDense(_LocationsLayer):
             effective_regularizer=effective_regularizer,
             input_locations_constraint=input_locations_constraint,
             output_locations_constraint=output_locations_constraint,
-            bias_constraint=bias_constraint, **kwargs)
+            bias_constraint=bias_constraint, location_noise=location_noise, **kwargs)
         self.kernel_function = check_choice("kernel_function", kernel_function, KERNELS)
         self.gamma = positive_float(gamma, "gamma")
         self.degree = positive_int(degree, "degree")
@@ -270,7 +270,7 @@ class SparseKernelDense(_LocationsLayer):
     `kernel_regularizer` (on A) or `effective_regularizer` (on W), lambda_0 via
     `kernel_values_regularizer` (on K_fs, Eq. 8). The paper's MovieLens code
     uses distance="squared" and locations drawn from N(0, 1e-3) (all weights
-    start inside the support), the defaults here.
+    start inside the support), the defaults here. `location_noise`: as `KernelDense`'s.
     """
 
     kernel_function = "finite_support"
@@ -284,7 +284,7 @@ class SparseKernelDense(_LocationsLayer):
                  bias_regularizer=None, kernel_values_regularizer=None,
                  effective_regularizer=None, kernel_constraint=None,
                  input_locations_constraint=None, output_locations_constraint=None,
-                 bias_constraint=None, **kwargs):
+                 bias_constraint=None, location_noise=0.0, **kwargs):
         small = {"class_name": "TruncatedNormal", "config": {"mean": 0.0, "stddev": 1e-3}}
         super().__init__(
             units, dim=dim, scale=scale, distance=distance, activation=activation, use_bias=use_bias,
@@ -301,7 +301,7 @@ class SparseKernelDense(_LocationsLayer):
             effective_regularizer=effective_regularizer,
             input_locations_constraint=input_locations_constraint,
             output_locations_constraint=output_locations_constraint,
-            bias_constraint=bias_constraint, **kwargs)
+            bias_constraint=bias_constraint, location_noise=location_noise, **kwargs)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
         self.kernel_constraint = keras.constraints.get(kernel_constraint)
