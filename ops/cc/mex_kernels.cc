@@ -759,6 +759,10 @@ bool GemmPrepareRows(const GemmPlan& pl, const MexParams& prm, const float* inpu
   bool any = false;
   for (int64_t t = 0; t < nr; ++t) {
     const float* x = input + GemmRowInput(prm, rows[t]);
+    if (t + 1 < nr) {  // fetch the next row while this one computes: a region's rows are not contiguous
+      const char* next = reinterpret_cast<const char*>(input + GemmRowInput(prm, rows[t + 1]));
+      for (int64_t b = 0; b < bc * static_cast<int64_t>(sizeof(float)); b += 64) __builtin_prefetch(next + b);
+    }
     float* e = s.e.data() + t * ld;
     if (!pl.beta.empty()) {  // x' = x + beta, in place of E
       for (int64_t i = 0; i < bc; ++i) e[i] = x[i] + pl.beta[i];
