@@ -13,6 +13,10 @@
 #include <memory>
 #include <vector>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 namespace kernelzoo {
 namespace cpu {
 
@@ -32,11 +36,16 @@ inline VF LoadU(const float* p) { return *reinterpret_cast<const VFU*>(p); }
 inline void StoreU(float* p, VF v) { *reinterpret_cast<VFU*>(p) = v; }
 inline VF Splat(float x) { return VF{} + x; }
 inline VF Abs(VF v) { return (VF)((VI)v & 0x7fffffff); }
-// g * sign(t), with sign(0) = 0.
+// g * sign(t), with sign(0) = 0 (sign(NaN) flips g by NaN's sign bit).
 inline VF MulSign(VF g, VF t) {
+#if defined(__AVX512F__)  // g ^ (t & sign bit) as one ternary-logic op, zeroed where t == 0
+  const __mmask16 nonzero = _mm512_cmp_ps_mask((__m512)t, _mm512_setzero_ps(), _CMP_NEQ_UQ);
+  return (VF)_mm512_maskz_ternarylogic_epi32(nonzero, (__m512i)g, (__m512i)t, _mm512_set1_epi32(INT32_MIN), 0x78);
+#else
   const VI sign_bit = (VI)t & (int32_t)0x80000000;
   const VI nonzero = (t != 0.f);
   return (VF)(((VI)g ^ sign_bit) & nonzero);
+#endif
 }
 inline float HSum(VF v) {
   float s = 0.f;

@@ -242,7 +242,7 @@ inline void L1BackwardTile(const float* X, int64_t D, const float* G, int64_t np
         const VF t = xb[p] - zv;
         const VF h = MulSign(g, t);
         sz += h;
-        su += g * Abs(t);
+        su += h * t;  // = g |t| for finite g (h = g sign(t)): one op fewer
         if constexpr (kInputGrad) gxv[p] += h * uv;
       }
       StoreU(gzr + v * kVL, LoadU(gzr + v * kVL) + sz);
