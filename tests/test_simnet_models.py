@@ -158,13 +158,15 @@ def test_presets_build_ten_class_cifar_models():
         assert model.output.shape == (None, 10) and len(preset.class_names) == 10
 
 
-def test_augmentation_mirrors_raw_images_in_training_only(tmp_path):
-    """augment_flip puts RandomShiftFlip before the whitening: it mirrors some images of a training batch,
-    none at inference; the plain model has no such layer, and the option survives save / load."""
-    assert "augment" not in [layer.name for layer in models.simnet_patch_labeling(n=3, input_shape=(8, 8, 3),
-                                                                                 patch_size=2).layers]
-    model = models.simnet_patch_labeling(n=3, input_shape=(8, 8, 3), patch_size=2, augment_flip=True)
-    assert [layer.name for layer in model.layers][1:3] == ["augment", "patch_whitening"]
+@pytest.mark.parametrize("builder, first", [(models.simnet_patch_labeling, "patch_whitening"),
+                                             (models.convnet_baseline, "normalization")])
+def test_augmentation_mirrors_raw_images_in_training_only(tmp_path, builder, first):
+    """augment_flip puts RandomShiftFlip before the SimNet's whitening (the ConvNet's normalisation): it mirrors
+    some images of a training batch, none at inference; the plain model has no such layer, and the option
+    survives save / load."""
+    assert "augment" not in [layer.name for layer in builder(n=3, input_shape=(8, 8, 3), patch_size=2).layers]
+    model = builder(n=3, input_shape=(8, 8, 3), patch_size=2, augment_flip=True)
+    assert [layer.name for layer in model.layers][1:3] == ["augment", first]
     x = _images(16, 8)
     augment = model.get_layer("augment")
     seen = keras.ops.convert_to_numpy(augment(x, training=True))
@@ -193,6 +195,8 @@ def test_simnet_bad_arguments(kwargs, name):
 def test_baseline_bad_arguments():
     with pytest.raises(ValueError, match="`dropout`"):
         models.convnet_baseline(n=4, dropout=1.5)
+    with pytest.raises(ValueError, match="`augment_flip`"):
+        models.convnet_baseline(n=4, augment_flip="yes")
     with pytest.raises(ValueError, match="`n`"):
         models.coates_baseline(n=-1)
     with pytest.raises(ValueError, match="`zca_eps`"):

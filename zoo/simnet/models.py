@@ -161,6 +161,14 @@ class TriangleCoding(keras.layers.Layer):
         return config
 
 
+def _augmented(images, augment_flip, augment_shift):
+    """`images` through `RandomShiftFlip` (layer "augment": training only, reflected borders) when asked for."""
+    augment_flip, augment_shift = boolean(augment_flip, "augment_flip"), nonnegative_int(augment_shift, "augment_shift")
+    if not (augment_flip or augment_shift):
+        return images
+    return RandomShiftFlip(augment_shift, augment_flip, "reflect", dtype="float32", name="augment")(images)
+
+
 def simnet_patch_labeling(n=400, p=2, weighted=True, xi1=1.0, xi2=0.0, learn_xi=False, learn_p=False,
                           num_classes=10, input_shape=(32, 32, 3), patch_size=6, offset_regions=(2, 2),
                           whitening=True, zca_eps=0.1, weight_decay=0.0, position_pooling="mean", center_logits=None,
@@ -219,11 +227,9 @@ def simnet_patch_labeling(n=400, p=2, weighted=True, xi1=1.0, xi2=0.0, learn_xi=
     if regions[0] > out_h or regions[1] > out_w:
         raise ValueError(f"`offset_regions` {regions} exceeds the {out_h}x{out_w} similarity map")
 
-    augment_flip, augment_shift = boolean(augment_flip, "augment_flip"), nonnegative_int(augment_shift, "augment_shift")
 
-    inputs = x = keras.Input(shape, name="image")
-    if augment_flip or augment_shift:
-        x = RandomShiftFlip(augment_shift, augment_flip, "reflect", dtype="float32", name="augment")(x)
+    inputs = keras.Input(shape, name="image")
+    x = _augmented(inputs, augment_flip, augment_shift)
     if whitening:
         x = PatchWhitening(patch, zca_eps=zca_eps, name="patch_whitening")(x)
         kernel = 1
@@ -246,7 +252,7 @@ def simnet_patch_labeling(n=400, p=2, weighted=True, xi1=1.0, xi2=0.0, learn_xi=
 
 
 def convnet_baseline(n=400, patch_size=6, pool_grid=(2, 2), dropout=0.5, num_classes=10,
-                     input_shape=(32, 32, 3), weight_decay=0.0, name=None):
+                     input_shape=(32, 32, 3), weight_decay=0.0, augment_flip=False, augment_shift=0, name=None):
     """The ConvNet of Fig. 3b: normalised image -> conv(n, 6x6) + ReLU -> quadrant max pool -> dense.
 
     Args:
@@ -255,6 +261,7 @@ def convnet_baseline(n=400, patch_size=6, pool_grid=(2, 2), dropout=0.5, num_cla
       pool_grid: pooling regions ((2, 2): max over each quadrant).
       dropout: dropout rate before the dense layer (chosen by cross-validation in the paper).
       weight_decay: global SGD weight decay (kernels of both layers).
+      augment_flip, augment_shift: as `simnet_patch_labeling`'s, before the normalisation (ours).
     """
     n = positive_int(n, "n")
     num_classes = positive_int(num_classes, "num_classes")
@@ -263,7 +270,7 @@ def convnet_baseline(n=400, patch_size=6, pool_grid=(2, 2), dropout=0.5, num_cla
     dropout = float_in_range(dropout, "dropout", 0, 1, "[)")
     regularizer = sgd_weight_decay(weight_decay)
     inputs = keras.Input(shape, name="image")
-    x = BrightnessContrastNormalization(name="normalization")(inputs)
+    x = BrightnessContrastNormalization(name="normalization")(_augmented(inputs, augment_flip, augment_shift))
     x = keras.layers.Conv2D(n, patch, activation="relu", kernel_regularizer=regularizer, name="conv")(x)
     x = QuadrantPooling(pool_grid, mode="max", name="pool")(x)
     x = keras.layers.Flatten(name="flatten")(x)
