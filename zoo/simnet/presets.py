@@ -36,9 +36,6 @@ _CONVNET_RECIPE = dict(_PAPER_SIMNET_RECIPE, epochs=150, batch_size=100, lr=1e-4
 # the first held-out path (k-means++ centroids) rose from 1e-1 to its peak at 1e-2.
 _COATES_RECIPE = {"batch_size": 128, "holdout": 5000, "classifier_loss": "squared_hinge",
                   "lbfgs_iterations": 1000, "l2_grid": (3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4), "l2_patience": 2}
-# The paper's optimiser and lr schedule shortened to 10 epochs (lr / 10 after 5), weight decay 0 (no grid search):
-# what convnet_cifar10 ran (and the n = 100 SimNets shipped before 2026-12-02).
-_SHIPPED_RECIPE = dict(_PAPER_SIMNET_RECIPE, epochs=10, lr_drop_every=5, weight_decay_grid=(0.0,))
 
 
 def _patch_labeling(n, p, xi1=1.0, zca_eps=0.1, augment_flip=False):
@@ -98,13 +95,15 @@ PRESETS = (
             "d7ca1677e953dab29d7c70f1c9ea0e618a6ba7d21f8dcbea6dff5bce4e8b3600", 0.7519, xi1=0.1, zca_eps=1.0,
             augment_flip=True, recipe=_LONG_SIMNET_RECIPE),
     _simnet(200, 1, Figure(0.760, "Sec. 6.3")),
-    # The recipe of the first shipped n = 100 SimNets (the same optimiser and budget, for a like-for-like
-    # comparison with them); the paper's Caffe recipe (lr 1e-4, 150 epochs) is convnet_cifar10_n6400's.
-    _preset("convnet_cifar10", "convnet_baseline", {"n": 400, "dropout": 0.5},
+    # The n = 400 SimNets' recipe and flips (a like-for-like comparison with them) in the ConvNet family's
+    # mixed_bfloat16; it replaced the first n = 100 SimNets' SGD recipe by a rule fixed before its run (last held
+    # out 0.6168 against 0.6102, convnet_cifar10.md). The paper's Caffe recipe is convnet_cifar10_n6400's.
+    _preset("convnet_cifar10", "convnet_baseline", {"n": 400, "dropout": 0.5, "augment_flip": True},
             "ConvNet baseline (conv 6x6 + ReLU, quadrant max pool, dense), 400 filters, pretrained on CIFAR-10 "
-            "(JPEG q75 copy) (paper 000 Fig. 3b)", dict(_SHIPPED_RECIPE, unsupervised_init=False),
+            "(JPEG q75 copy) with the n = 400 SimNets' recipe (paper 000 Fig. 3b)",
+            dict(_LONG_SIMNET_RECIPE, unsupervised_init=False, precision="mixed_bfloat16"),
             "convnet_cifar10.md", _CONVNET_PAPER, "convnet_cifar10.keras",
-            "f2945c009d7173937896fcda690e619c9ec8ac1a353726503c11997648e8c3fc", 0.6210),
+            "e2071c50caea7b694c0c3b9ebbc481b2c43892acf0ccd73a0603b7ff1b099e0a", 0.6161),
     _preset("convnet_cifar10_n6400", "convnet_baseline", {"n": 6400, "dropout": 0.5},
             "ConvNet baseline (conv 6x6 + ReLU, quadrant max pool, dense), 6400 filters, CIFAR-10 "
             "(paper 000 Fig. 3b)", _CONVNET_RECIPE, "convnet_baseline.md", _CONVNET_PAPER),
