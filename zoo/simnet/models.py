@@ -227,7 +227,6 @@ def simnet_patch_labeling(n=400, p=2, weighted=True, xi1=1.0, xi2=0.0, learn_xi=
     if regions[0] > out_h or regions[1] > out_w:
         raise ValueError(f"`offset_regions` {regions} exceeds the {out_h}x{out_w} similarity map")
 
-
     inputs = keras.Input(shape, name="image")
     x = _augmented(inputs, augment_flip, augment_shift)
     if whitening:
