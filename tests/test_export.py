@@ -287,13 +287,20 @@ def _round_trip_names():
     return shipped + list(fresh.values())
 
 
+_ROUND_TRIP_NAMES = _round_trip_names()
+# A SavedModel runs the model's own TensorFlow graph, so its parity does not depend on the weights: one model per
+# builder checks it. ONNX runs other kernels, where the weights' scale matters (issue 12's logits): every model.
+_SAVED_MODEL_NAMES = set({registry.info(name).builder: name for name in reversed(_ROUND_TRIP_NAMES)}.values())
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", _round_trip_names())
+@pytest.mark.parametrize("name", _ROUND_TRIP_NAMES)
 def test_zoo_model_round_trip(tmp_path, reference_once, name):
     zoo = kernelzoo.zoo
     model = zoo.load(name) if registry.info(name).pretrained else zoo.create(name)
-    onnx_path = to_onnx(model, str(tmp_path / "m.onnx"))
-    saved_path = to_saved_model(model, str(tmp_path / "saved"))
+    paths = [to_onnx(model, str(tmp_path / "m.onnx"))]
+    if name in _SAVED_MODEL_NAMES:
+        paths.append(to_saved_model(model, str(tmp_path / "saved")))
     sources = [make_inputs(model, num=16)[0]]
     if os.path.isdir(SHARED_DATA):
         try:
@@ -301,7 +308,7 @@ def test_zoo_model_round_trip(tmp_path, reference_once, name):
         except ExportError:
             pass  # no test images (the MovieLens autoencoder)
     images = np.concatenate(sources)  # one verification per artifact: generated and real inputs together
-    for path in (onnx_path, saved_path):
+    for path in paths:
         _check_parity(verify_artifact(model, path, images=images), len(images))
 
 
