@@ -191,7 +191,8 @@ def test_alternating_run_killed_and_resumed_equals_the_unbroken_one(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
 
 
-def test_run_killed_in_its_first_epoch_resumes_from_the_initialised_checkpoint(monkeypatch, recwarn, tmp_path):
+def test_run_killed_in_its_first_epoch_resumes_from_the_initialised_checkpoint(tiny_runs, monkeypatch, recwarn,
+                                                                                tmp_path):
     """The k-means and L-BFGS initialisation (an hour for CKN-5) is saved as the epoch-0 checkpoint: a resumed run
     does not repeat it, loads the checkpoint's optimizer without Keras's "Skipping variable loading" warning, and
     ends with the unbroken run's weights."""
@@ -201,8 +202,7 @@ def test_run_killed_in_its_first_epoch_resumes_from_the_initialised_checkpoint(m
         def on_train_batch_begin(self, batch, logs=None):
             raise KeyboardInterrupt("killed")
 
-    run = _tiny_run()
-    straight = TinyRuns.train(run, tmp_path / "straight")
+    run, straight, _ = tiny_runs.trained(TINY_KEY)  # the unbroken run
     with pytest.raises(KeyboardInterrupt):
         TinyRuns.train(run, tmp_path / "resumed", callbacks=[KillAtFirstStep()])
     assert training.read_state(tmp_path / "resumed")["epoch"] == 0

@@ -72,10 +72,17 @@ def test_similarity_emulation_matches_cpu(emulated, kind, strides, padding, igno
         _rel_close(got, want, 1e-4, f"grad {name}")
 
 
+@pytest.fixture(scope="module")
+def small_workspace(tmp_path_factory):
+    """The emulation built with a patch-gradient workspace of 2,000 floats."""
+    library.load()
+    path = capi.build(str(tmp_path_factory.mktemp("capi-small")), defines=("KZ_PATCH_GRAD_FLOATS=2000",))
+    return capi.Kernels(path, launch=LAUNCH)
+
+
 @pytest.mark.parametrize("kind", ["l2", "l1"])
-def test_similarity_emulation_input_gradient_in_image_batches(tmp_path, kind):
+def test_similarity_emulation_input_gradient_in_image_batches(small_workspace, kind):
     """A patch-gradient workspace of 2,000 floats holds one image (3 x 2 x 8 x 36 = 1,728): three batches."""
-    small = capi.Kernels(capi.build(str(tmp_path), defines=("KZ_PATCH_GRAD_FLOATS=2000",)), launch=LAUNCH)
     rng = np.random.default_rng(4)
     x = rng.normal(size=(3, 5, 9, 4)).astype("float32")
     z = rng.normal(size=(3, 3, 4, 5)).astype("float32")
@@ -83,7 +90,7 @@ def test_similarity_emulation_input_gradient_in_image_batches(tmp_path, kind):
     p = np.full(5, {"l1": 1.0, "l2": 2.0}[kind], "float32")
     kw = dict(similarity=kind, strides=(1, 1), padding="valid", ignore_nan=False)
     y, g, grads = _cpu_value_and_grads(lambda *t: custom.similarity(*t, **kw), [x, z, u, p])
-    _rel_close(small.similarity_grad(x, z, u, p, g, **kw)[0], grads[0], 1e-4, "grad input")
+    _rel_close(small_workspace.similarity_grad(x, z, u, p, g, **kw)[0], grads[0], 1e-4, "grad input")
 
 
 @pytest.mark.parametrize("kind", ["linear", "l1", "l2", "lp"])
