@@ -123,13 +123,13 @@ def test_presets_and_their_recipe():
     recipe = registry.recipe(presets["cnn_cifar10_tf_fc"])
     assert isinstance(recipe, TutorialCNNRecipe) and isinstance(registry.recipe("layerwise_cifar10_fc"), LayerwiseRecipe)
     hp = recipe.hyperparameters(presets["cnn_cifar10_tf_fc"])
-    assert {key: hp[key] for key in ("optimizer", "lr", "momentum", "schedule", "batch_size", "precision")} == {
-        "optimizer": "sgd", "lr": 0.1, "momentum": 0.0, "schedule": "constant", "batch_size": 128,
-        "precision": "float32"}
+    assert {key: hp[key] for key in ("optimizer", "lr", "momentum", "schedule", "batch_size")} == {
+        "optimizer": "sgd", "lr": 0.1, "momentum": 0.0, "schedule": "constant", "batch_size": 128}
     assert recipe.holdout(hp, recipe.options(validate_only=True)) == 10_000     # the paper's 10k held-out images
     assert recipe.lr_schedule(hp) is None                                        # constant: the optimizer's lr
-    linear = recipe.hyperparameters(presets["cnn_cifar10_tf_linear"])            # its epochs chosen held out in bf16
-    assert (linear["lr"], linear["epochs"], linear["precision"]) == (0.1, 27, "mixed_bfloat16")
+    linear = recipe.hyperparameters(presets["cnn_cifar10_tf_linear"])            # epochs chosen held out in bf16
+    assert (hp["epochs"], hp["precision"], linear["lr"], linear["epochs"], linear["precision"]) == (
+        60, "mixed_bfloat16", 0.1, 27, "mixed_bfloat16")
     with pytest.raises(ValueError, match="precision"):
         recipe.hyperparameters(presets["cnn_cifar10_tf_fc"], precision="float16")
     from kernelzoo.zoo.layerwise.bench import bench
