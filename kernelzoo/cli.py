@@ -26,6 +26,8 @@ SUBCOMMANDS = {
     "finetune": ("kernelzoo.zoo.finetune_cli", "fine-tune a pretrained zoo model on a new image dataset (-o OUT.keras)"),
     "probe": ("kernelzoo.zoo.sc.probe", "what an SC network's layer holds: linear probe and SC-task accuracy on "
                                         "held-out training images, beside the pixels' colour statistics"),
+    "ship": ("kernelzoo.zoo.shipping", "write a trained model as a zoo model's shipped weights (deflated, "
+                                       "checked, within the weight budget) and print its SHA-256"),
     "export": ("kernelzoo.export.cli", "export a model to ONNX or a SavedModel (--verify checks parity)"),
     "list": ("kernelzoo.zoo.cli", "list the zoo's models (--pretrained: those with weights)"),
     "info": ("kernelzoo.zoo.cli", "show a zoo model's card"),

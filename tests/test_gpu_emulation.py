@@ -29,10 +29,15 @@ from test_custom_ops import XI_EDGE, _rel_close  # noqa: E402
 LAUNCH = (0, 3, 37)
 
 
+def _emulation(folder, defines=()):
+    """The CUDA kernels built for the CPU emulation in `folder`, launched with LAUNCH (the op library loaded)."""
+    library.load()
+    return capi.Kernels(capi.build(str(folder), defines=defines), launch=LAUNCH)
+
+
 @pytest.fixture(scope="module")
 def emulated(tmp_path_factory):
-    library.load()
-    return capi.Kernels(capi.build(str(tmp_path_factory.mktemp("capi"))), launch=LAUNCH)
+    return _emulation(tmp_path_factory.mktemp("capi"))
 
 
 def _cpu_value_and_grads(fn, tensors, seed=0):
@@ -75,9 +80,7 @@ def test_similarity_emulation_matches_cpu(emulated, kind, strides, padding, igno
 @pytest.fixture(scope="module")
 def small_workspace(tmp_path_factory):
     """The emulation built with a patch-gradient workspace of 2,000 floats."""
-    library.load()
-    path = capi.build(str(tmp_path_factory.mktemp("capi-small")), defines=("KZ_PATCH_GRAD_FLOATS=2000",))
-    return capi.Kernels(path, launch=LAUNCH)
+    return _emulation(tmp_path_factory.mktemp("capi-small"), defines=("KZ_PATCH_GRAD_FLOATS=2000",))
 
 
 @pytest.mark.parametrize("kind", ["l2", "l1"])

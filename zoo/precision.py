@@ -12,6 +12,7 @@ import keras
 
 from kernelzoo.ops.checks import check_choice
 from kernelzoo.ops.library import cpu_flags
+from kernelzoo.zoo import training
 
 PRECISIONS = ("float32", "mixed_bfloat16")
 BFLOAT16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo: the CPU computes bfloat16 natively
@@ -80,7 +81,7 @@ class MixedPrecisionMixin:
         result = super().fit(model, data, out_dir, hp, **kwargs)
         final = self.saved_model(result["model"], hp)
         if final is not result["model"]:
-            final.save(result["model_path"])
+            training.save_model(final, result["model_path"])
             result["model"] = final
         return result
 

@@ -331,7 +331,7 @@ class Recipe:
             if self.checkpoints_initialisation:
                 training.start_run(out_dir, resume, config)  # config.json; refuses to overwrite a run
                 with scope():
-                    model.optimizer.build(model.trainable_variables)  # its slots saved, so they load on resume
+                    model.optimizer.build(model.trainable_variables)  # in the scope (not in save_checkpoint)
                 training.save_checkpoint(model, out_dir, 0, state={"seed": seed})
                 resume = True  # fit continues from that checkpoint's state (epoch 0)
         result = self.fit(model, data, out_dir, hp, seed=seed, resume=resume, verbose=verbose,

@@ -153,7 +153,7 @@ def save_checkpoint(model, out_dir, epoch, logs=None, keep=2, state=None):
     folder = os.path.join(out_dir, CHECKPOINTS)
     os.makedirs(folder, exist_ok=True)
     epoch_file = os.path.join(folder, f"epoch-{epoch:03d}.keras")
-    _atomic_save(model, epoch_file)
+    save_model(model, epoch_file)
     last = os.path.join(folder, LAST_CHECKPOINT)
     shutil.copyfile(epoch_file, last + ".tmp")
     os.replace(last + ".tmp", last)
@@ -222,7 +222,7 @@ def append_log(out_dir, row):
 def finish(model, out_dir, title=None):
     """model.keras and training_curves.png; returns {model, model_path, history (log.csv rows), curves}."""
     path = os.path.join(out_dir, MODEL_FILE)
-    model.save(path)
+    save_model(model, path)
     result = {"model": model, "model_path": path, "history": read_log(os.path.join(out_dir, LOG_FILE))}
     if result["history"]:
         result["curves"] = plot_curves(result["history"], os.path.join(out_dir, CURVES_FILE), title=title or model.name)
@@ -236,7 +236,16 @@ def write_json(path, data):
     os.replace(path + ".tmp", path)
 
 
-def _atomic_save(model, path):
+def save_model(model, path):
+    """`model.save(path)` through a temporary file and a rename (a kill leaves the previous file whole).
+
+    A compiled model's optimizer is built first: saved before its first step it would hold none of the slot
+    variables a compiled load creates, and Keras would warn that it skips loading it (nothing is lost: the slots
+    of a never-stepped optimizer are its initial values).
+    """
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None and not optimizer.built:
+        optimizer.build(model.trainable_variables)
     temporary = path[:-len(".keras")] + ".tmp.keras"
     model.save(temporary)
     os.replace(temporary, path)

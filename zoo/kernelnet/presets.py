@@ -47,7 +47,7 @@ PRESETS = (
         config=_ML100K, description="item-based sparse-FC kernelNet autoencoder, ML-100K (Sec. 3.5)",
         inputs=_ML100K_INPUTS, task="rating_prediction", dataset=_ML100K_DATA, recipe=_ML100K_RECIPE,
         card="kernelnet_movielens_100k.md", weights="kernelnet_movielens_100k.keras",
-        sha256="23cc3150e5aee9aa548673d26ed0036870aa6edc0a6cd277efe935a42bf8a6c2",
+        sha256="ff7b0fb54eb700427137b03de05c0ccba20b6626d1c531652c286561366eb69e",
         measured=Figure(0.9071, "ML-100K u1.test (the shipped weights trained on u1.base)"),
         paper=_ML100K_PAPER),
     Preset(
@@ -58,16 +58,16 @@ PRESETS = (
         inputs=_ML100K_INPUTS, task="rating_prediction", dataset=_ML100K_DATA, recipe=dict(_ML100K_RECIPE, members=3),
         card="kernelnet_movielens_100k.md", paper=_ML100K_PAPER),
     _grid("kernelnet_mnist_prior", True, "fixed pixel/grid locations",
-          "b523579bcb605b4e56c5a2d2ab79873c67fe8297da829b8dd98f489909555d88", 0.9866, 0.9903),
+          "47c6835ad6e14fdbbcb2e96723e7fd97507777cab9001834a543286636a24495", 0.9866, 0.9903),
     _grid("kernelnet_mnist_learned", False, "learned locations",
-          "00336249dcfc572b7ab55b3ea351351646405444e67ab48e96d6211c50f724c4", 0.9835, 0.9889),
+          "16fdce555e261c56514b6e0a9cd9ed8e401de895533653ba0b7ce99f9f51ab4a", 0.9835, 0.9889),
     Preset(
         name="kernelnet_embedding_mnist", family="kernelnet",
         builder="kernelzoo.zoo.kernelnet.embedding.kernelnet_embedding", config={"objective": "classifier"},
         description="MNIST classifier with a 2D kernelNet embedding layer (Sec. 3.3, Fig. 5b)",
         inputs=_PIXELS, task="classification", dataset=_MNIST, class_names=MNIST_CLASSES,
         recipe=_EMBEDDING_RECIPE, card="kernelnet_embedding_mnist.md", weights="kernelnet_embedding_mnist.keras",
-        sha256="50e4ae7b3078fcb1193bc931ba20f49b3c2da8866769d3590f7a98212b72847a",
+        sha256="c5d58e6d5321e413503d48f05637e1cbee482f2e027dd2ea829f3e1a2dd926bc",
         measured=Figure(0.9703, _MNIST_TEST)),
     Preset(
         name="kernelnet_embedding_mnist_ae", family="kernelnet",
@@ -76,6 +76,6 @@ PRESETS = (
                     "layer's activations centred over the data (else the embedding collapses: card)",
         inputs=_PIXELS, task="reconstruction", dataset=_MNIST, recipe=_EMBEDDING_AE_RECIPE,
         card="kernelnet_embedding_mnist.md", weights="kernelnet_embedding_mnist_ae.keras",
-        sha256="c950a4d960bc8ffb56d4a6ec7831b8b4321315834328d2805ef6a78f6a181b0d",
+        sha256="229cb54f94b6cc388b8ffe1e6bcc1c8d27c1738341704c1a7be779aaec870513",
         measured=Figure(0.0064, _MNIST_TEST)),
 )

@@ -250,8 +250,7 @@ class LayerwiseRecipe(Recipe):
         name = f"{STAGE_PREFIX}{epoch:03d}.keras"
         path = os.path.join(out_dir, training.CHECKPOINTS, name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        trainer.save(path[:-len(".keras")] + ".tmp.keras")
-        os.replace(path[:-len(".keras")] + ".tmp.keras", path)
+        training.save_model(trainer, path)
         return name
 
     def _prune_stages(self, out_dir, keep):

@@ -1,0 +1,80 @@
+"""`kernelzoo ship`: a trained model written as deflated, checked shipped weights within the budget."""
+import os
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+
+import kernelzoo  # noqa: F401  (registers the layers)
+from kernelzoo import cli as main_cli
+from kernelzoo.zoo import create, registry, shipping
+
+NAME = "kernelnet_mnist_prior"  # any preset: a small model of its builder stands for a trained one
+
+
+@pytest.fixture()
+def trained(tmp_path):
+    path = str(tmp_path / "run" / "model.keras")
+    os.makedirs(os.path.dirname(path))
+    create(NAME, grids=(1, 1), grid_sides=(4, 3)).save(path)
+    return path
+
+
+def _members(path):
+    with zipfile.ZipFile(path) as archive:
+        return {info.filename: (info.compress_type, archive.read(info)) for info in archive.infolist()}
+
+
+def test_deflate_keeps_every_member_and_keras_reads_it(trained, tmp_path):
+    packed = str(tmp_path / "packed.keras")
+    shipping.deflate(trained, packed)
+    before, after = _members(trained), _members(packed)
+    assert list(before) == list(after) and all(after[name][1] == before[name][1] for name in before)
+    assert {kind for kind, _ in after.values()} == {zipfile.ZIP_DEFLATED}
+    assert os.path.getsize(packed) < os.path.getsize(trained)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 28, 28)).astype("float32")
+    np.testing.assert_array_equal(keras.models.load_model(packed).predict(x, verbose=0),
+                                  keras.models.load_model(trained).predict(x, verbose=0))
+
+
+def test_ship_writes_the_run_folders_model_deflated_with_its_sha256(trained, tmp_path):
+    target = str(tmp_path / "shipped.keras")
+    path, digest, size = shipping.ship(os.path.dirname(trained), NAME, target=target)
+    assert path == target and digest == registry.sha256(target) and size == os.path.getsize(target)
+    shipped, source = keras.models.load_model(target, compile=False), keras.models.load_model(trained)
+    assert all(np.array_equal(a, b) for a, b in zip(shipped.get_weights(), source.get_weights()))
+    assert {kind for kind, _ in _members(target).values()} == {zipfile.ZIP_DEFLATED}
+
+
+def test_ship_refuses_a_model_over_the_budget_and_writes_nothing(trained, tmp_path, monkeypatch):
+    target = str(tmp_path / "shipped.keras")
+    others = sum(size for name, size in shipping.shipped_sizes().items() if name != NAME)
+    monkeypatch.setattr(shipping, "MAX_TOTAL_BYTES", others + 1)   # the shipped file replaces NAME's
+    with pytest.raises(ValueError, match="total .* MiB, the limit"):
+        shipping.ship(trained, NAME, target=target)
+    monkeypatch.setattr(shipping, "MAX_FILE_BYTES", 1000)
+    with pytest.raises(ValueError, match="MiB a file"):
+        shipping.ship(trained, NAME, target=target)
+    assert os.listdir(tmp_path) == ["run"]          # no file and no staging folder left
+
+
+def test_ship_names_a_bad_model_path_and_input_shape(trained, tmp_path):
+    with pytest.raises(ValueError, match="model_path=.*neither a .keras file nor a run folder"):
+        shipping.ship(str(tmp_path / "missing"), NAME, target=str(tmp_path / "x.keras"))
+    other = str(tmp_path / "other.keras")
+    create(NAME, grids=(1, 1), grid_sides=(4, 3), image_size=14).save(other)
+    with pytest.raises(ValueError, match=r"model_path=.* takes inputs \(14, 14\), 'kernelnet_mnist_prior' takes"):
+        shipping.ship(other, NAME, target=str(tmp_path / "x.keras"))
+    with pytest.raises(ValueError, match="name"):
+        shipping.ship(trained, "no_such_model", target=str(tmp_path / "x.keras"))
+
+
+def test_cli_ship_reports_the_file_and_a_bad_argument_in_one_line(trained, tmp_path, monkeypatch, capsys):
+    target = str(tmp_path / "shipped.keras")
+    monkeypatch.setattr(shipping, "target_path", lambda name: target)
+    assert main_cli.main(["ship", trained, NAME]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {target}" in out and f'sha256="{registry.sha256(target)}"' in out and "of 48 MiB" in out
+    assert main_cli.main(["ship", str(tmp_path / "missing.keras"), NAME]) == 2
+    assert "kernelzoo ship: error: model_path=" in capsys.readouterr().err
