@@ -103,18 +103,14 @@ def add_deploy_arguments(parser):
 
 
 def run_deploy(args):
-    from kernelzoo.export._common import ExportError, checked
+    from kernelzoo.export._common import checked
     from kernelzoo.export.cli import load_model
     from kernelzoo.ops.checks import positive_float, positive_int
 
-    try:
-        checked(positive_int, args.batch, "--batch")
-        checked(positive_float, args.seconds, "--seconds")
-        model = load_model(args.model, pretrained_optional=True)
-        bench_deploy(model, batch_sizes=(1, args.batch), min_time=args.seconds, input_dtype=args.input_dtype)
-    except ExportError as error:
-        print(f"kernelzoo bench deploy: error: {error}", file=sys.stderr)
-        return 2
+    checked(positive_int, args.batch, "--batch")
+    checked(positive_float, args.seconds, "--seconds")
+    model = load_model(args.model, pretrained_optional=True)
+    bench_deploy(model, batch_sizes=(1, args.batch), min_time=args.seconds, input_dtype=args.input_dtype)
     return 0
 
 

@@ -39,11 +39,7 @@ def run(args, command):
     if command == "bench":
         from kernelzoo.export import bench
         return bench.run(args, command)
-    try:
-        return _export(args)
-    except ExportError as error:
-        print(f"kernelzoo export: error: {error}", file=sys.stderr)
-        return 2
+    return _export(args)
 
 
 def _export(args):

@@ -1,7 +1,8 @@
 """The `kernelzoo` command line.
 
 Each subcommand is a thin shim: it parses arguments and calls a function of the
-subpackage that owns the work, imported lazily so `kernelzoo --help` is fast.
+subpackage that owns the work, imported lazily so `kernelzoo --help` is fast. A ValueError
+out of a subcommand (a bad argument, data or model) is printed as one line, exit status 2.
 Quiet by default: TensorFlow's C++ log lines are off unless -v/--verbose is given or
 TF_CPP_MIN_LOG_LEVEL is set.
 """
@@ -116,7 +117,12 @@ def main(argv=None):
     sub_parser = argparse.ArgumentParser(prog=f"kernelzoo {command}")
     module.add_arguments(sub_parser, command)
     args = sub_parser.parse_args(rest)
-    return module.run(args, command) or 0
+    try:
+        return module.run(args, command) or 0
+    except ValueError as error:  # bad arguments, data or model (ExportError too): one line, not a traceback
+        what = f" {rest[0]}" if command in WHATS else ""
+        print(f"kernelzoo {command}{what}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

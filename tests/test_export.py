@@ -475,11 +475,9 @@ def test_float32_tolerance_is_absolute_for_small_outputs_relative_for_large():
 
 # --- command line ---------------------------------------------------------------------------------
 
-def _cli(argv, command="export"):
-    from kernelzoo.export import cli
-    parser = argparse.ArgumentParser(prog=f"kernelzoo {command}")
-    cli.add_arguments(parser, command)
-    return cli.run(parser.parse_args(argv), command)
+def _cli(argv):
+    from kernelzoo import cli
+    return cli.main(["export", *argv])
 
 
 def test_cli_export_and_verify(exported, tmp_path, capsys):
@@ -516,3 +514,9 @@ def test_bench_cli_parses_deploy():
     cli.add_arguments(parser, "bench")
     args = parser.parse_args(["deploy", "model.keras", "--batch", "16"])
     assert (args.what, args.model, args.batch) == ("deploy", "model.keras", 16)
+
+
+def test_bench_deploy_reports_a_bad_model_in_one_line(tmp_path, capsys):
+    from kernelzoo import cli
+    assert cli.main(["bench", "deploy", str(tmp_path / "missing.keras")]) == 2
+    assert f"kernelzoo bench deploy: error: no model file at '{tmp_path / 'missing.keras'}'" in capsys.readouterr().err

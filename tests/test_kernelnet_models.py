@@ -211,10 +211,10 @@ def test_bad_arguments(call, argument):
 
 
 def test_train_cli_runs_the_lbfgs_recipe_into_a_run_folder(tmp_path, capsys):
-    import argparse
     import json
 
-    from kernelzoo.zoo import cli, training
+    from kernelzoo import cli
+    from kernelzoo.zoo import training
 
     folder = tmp_path / "ml-100k"
     folder.mkdir()
@@ -226,10 +226,7 @@ def test_train_cli_runs_the_lbfgs_recipe_into_a_run_folder(tmp_path, capsys):
     out = tmp_path / "run"
 
     def run(*argv):
-        parser = argparse.ArgumentParser()
-        cli.add_arguments(parser, "train")
-        return cli.run(parser.parse_args(["kernelnet_movielens_100k", "hidden=(4,)", "--data-dir", str(tmp_path),
-                                          *argv]), "train")
+        return cli.main(["train", "kernelnet_movielens_100k", "hidden=(4,)", "--data-dir", str(tmp_path), *argv])
 
     assert run("--split", "u1", "--epochs", "2", "--iterations-per-epoch", "2", "--out", str(out), "--quiet") == 0
     metrics = json.loads((out / "metrics.json").read_text())

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 
+from kernelzoo import cli as main_cli
 from kernelzoo.zoo import cli, protocol
 from kernelzoo.zoo.data import load_ml100k_fold
 from kernelzoo.zoo.data.synthetic import planted_ratings, write_ml100k
@@ -30,11 +31,8 @@ def test_grid_settings_labels_and_mean_std():
 
 
 def _protocol(tmp_path, *argv):
-    parser = argparse.ArgumentParser()
-    cli.add_arguments(parser, "protocol")
-    args = parser.parse_args(["kernelnet_movielens_100k", "hidden=(4,)", "--data-dir", str(tmp_path), "--epochs", "1",
-                              "--iterations-per-epoch", "2", "--quiet", "--no-tensorboard", *argv])
-    return cli.run(args, "protocol")
+    return main_cli.main(["protocol", "kernelnet_movielens_100k", "hidden=(4,)", "--data-dir", str(tmp_path), "--epochs",
+                          "1", "--iterations-per-epoch", "2", "--quiet", "--no-tensorboard", *argv])
 
 
 def test_protocol_runs_splits_resumes_and_ensembles_without_test_ratings(tmp_path, capsys):

@@ -40,8 +40,10 @@ def test_deflate_keeps_every_member_and_keras_reads_it(trained, tmp_path):
 
 def test_ship_writes_the_run_folders_model_deflated_with_its_sha256(trained, tmp_path):
     target = str(tmp_path / "shipped.keras")
-    path, digest, size = shipping.ship(os.path.dirname(trained), NAME, target=target)
+    path, digest, size, total = shipping.ship(os.path.dirname(trained), NAME, target=target)
     assert path == target and digest == registry.sha256(target) and size == os.path.getsize(target)
+    others = sum(nbytes for name, nbytes in shipping.shipped_sizes().items() if name != NAME)
+    assert total == others + size                    # the shipped file counted in place of NAME's
     shipped, source = keras.models.load_model(target, compile=False), keras.models.load_model(trained)
     assert all(np.array_equal(a, b) for a, b in zip(shipped.get_weights(), source.get_weights()))
     assert {kind for kind, _ in _members(target).values()} == {zipfile.ZIP_DEFLATED}

@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-import kernelzoo  # noqa: F401
+from kernelzoo import cli as main_cli
 from kernelzoo.zoo import cli, registry, training
 from kernelzoo.zoo.data.synthetic import stripes
 from kernelzoo.zoo.recipe import DEFAULTS, Data, Recipe, scaled_milestones
@@ -313,9 +313,9 @@ def test_cli_bad_arguments(capsys):
         cli.training_target("no_such_model")
     with pytest.raises(ValueError, match="command"):
         cli.add_arguments(argparse.ArgumentParser(), "fly")
-    assert cli.run(_parse("eval", ["missing.keras"]), "eval") == 2
+    assert main_cli.main(["eval", "missing.keras"]) == 2
     assert "kernelzoo eval: error: `model`: no such file 'missing.keras'" in capsys.readouterr().err
-    assert cli.run(_parse("train", ["simnet_cifar10_l1", "--split", "u2"]), "train") == 2
+    assert main_cli.main(["train", "simnet_cifar10_l1", "--split", "u2"]) == 2
     assert "--split is not an option of SimNetRecipe" in capsys.readouterr().err  # another family's option
     assert cli.parse_overrides(["n=4", "weighted=false", "p=1.5", "name=x"]) == {
         "n": 4, "weighted": False, "p": 1.5, "name": "x"}
@@ -380,5 +380,5 @@ def test_cli_holdout_for_every_image_family(tmp_path, monkeypatch, capsys):
     assert all("val_accuracy" in row for row in training.read_log(str(out / "log.csv")))
     assert (out / "metrics.json").exists()
     capsys.readouterr()
-    assert cli.run(_parse("train", ["kernelnet_movielens_100k", "--holdout", "5"]), "train") == 2
+    assert main_cli.main(["train", "kernelnet_movielens_100k", "--holdout", "5"]) == 2
     assert "--holdout is not an option of RatingsRecipe" in capsys.readouterr().err

@@ -10,7 +10,6 @@ import ast
 import dataclasses
 import json
 import os
-import sys
 from fractions import Fraction
 
 
@@ -53,11 +52,7 @@ def add_arguments(parser, command):
 
 def run(args, command):
     command = check_choice("command", command, COMMANDS)
-    try:
-        return {"train": _train, "protocol": _protocol, "eval": _eval, "list": _list, "info": _info}[command](args)
-    except ValueError as error:  # bad arguments, data or model: one line, not a traceback
-        print(f"kernelzoo {command}: error: {error}", file=sys.stderr)
-        return 2
+    return {"train": _train, "protocol": _protocol, "eval": _eval, "list": _list, "info": _info}[command](args)
 
 
 # ----------------------------------------------------------------------------- train

@@ -65,14 +65,6 @@ def _subset(x, y, limit, seed, name):
 
 
 def run(args, command="finetune"):
-    try:
-        return _run(args)
-    except ValueError as error:  # bad arguments, data or model: one line, not a traceback
-        print(f"kernelzoo finetune: error: {error}", file=sys.stderr)
-        return 2
-
-
-def _run(args):
     from kernelzoo.zoo.data import holdout_split
     from kernelzoo.zoo.finetune import finetune, resolve_model
 

@@ -7,7 +7,6 @@ machine) stays small: at most MAX_FILE_BYTES a file and MAX_TOTAL_BYTES for the 
 no optimizer state (it is saved from the model loaded with compile=False).
 """
 import os
-import sys
 import tempfile
 import zipfile
 
@@ -45,7 +44,7 @@ def shipped_sizes(replacing=None):
 
 
 def check_budget(sizes):
-    """ValueError naming the file or the total that exceeds the weight budget."""
+    """The total bytes of `sizes`; ValueError naming the file or the total that exceeds the weight budget."""
     name, largest = max(sizes.items(), key=lambda item: item[1])
     if largest >= MAX_FILE_BYTES:
         raise ValueError(f"{name}: {largest / 2 ** 20:.2f} MiB, the limit is {MAX_FILE_BYTES / 2 ** 20:.0f} MiB a file")
@@ -53,6 +52,7 @@ def check_budget(sizes):
     if total >= MAX_TOTAL_BYTES:
         raise ValueError(f"the shipped weights would total {total / 2 ** 20:.2f} MiB, the limit is "
                          f"{MAX_TOTAL_BYTES / 2 ** 20:.0f} MiB: host larger weights outside the repository")
+    return total
 
 
 def target_path(name):
@@ -66,7 +66,7 @@ def ship(model_path, name, target=None):
 
     `target` (default `target_path(name)`) is where the file goes, counted as `name`'s in the budget.
     The file is checked before it replaces anything: the preset's input shape, the same weights as the source,
-    and the budget with it counted. Returns (path, sha256, bytes).
+    and the budget with it counted. Returns (path, sha256, bytes, the shipped weights' total bytes with it).
     """
     if os.path.isdir(model_path):
         model_path = os.path.join(model_path, MODEL_FILE)
@@ -83,9 +83,9 @@ def ship(model_path, name, target=None):
         model.save(staged)
         deflate(staged, staged)
         _check_same_weights(model, keras.models.load_model(staged, compile=False), model_path)
-        check_budget(shipped_sizes(replacing=(name, os.path.getsize(staged))))
+        total = check_budget(shipped_sizes(replacing=(name, os.path.getsize(staged))))
         os.replace(staged, target)
-    return target, registry.sha256(target), os.path.getsize(target)
+    return target, registry.sha256(target), os.path.getsize(target), total
 
 
 def _check_same_weights(model, shipped, model_path):
@@ -100,12 +100,7 @@ def add_arguments(parser, command):
 
 
 def run(args, command):
-    try:
-        path, digest, size = ship(args.model, args.name)
-    except ValueError as error:
-        print(f"kernelzoo {command}: error: {error}", file=sys.stderr)
-        return 2
-    total = sum(shipped_sizes(replacing=(args.name, size)).values())
+    path, digest, size, total = ship(args.model, args.name)
     print(f"wrote {path}: {size / 2 ** 20:.2f} MiB, sha256 {digest}")
     print(f"shipped weights with it: {total / 2 ** 20:.2f} of {MAX_TOTAL_BYTES / 2 ** 20:.0f} MiB")
     print(f'set in its preset: weights="{os.path.basename(path)}", sha256="{digest}", and `measured` from '
