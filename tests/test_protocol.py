@@ -31,8 +31,8 @@ def test_grid_settings_labels_and_mean_std():
 
 
 def _protocol(tmp_path, *argv):
-    return main_cli.main(["protocol", "kernelnet_movielens_100k", "hidden=(4,)", "--data-dir", str(tmp_path), "--epochs",
-                          "1", "--iterations-per-epoch", "2", "--quiet", "--no-tensorboard", *argv])
+    return main_cli.main(["protocol", "kernelnet_movielens_100k", "hidden=(4,)", "--data-dir", str(tmp_path),
+                          "--epochs", "1", "--iterations-per-epoch", "2", "--quiet", "--no-tensorboard", *argv])
 
 
 def test_protocol_runs_splits_resumes_and_ensembles_without_test_ratings(tmp_path, capsys):

@@ -205,7 +205,7 @@ class RatingsRecipe(Recipe):
         state = training.read_state(out_dir) or {}
         if keep_initial and not start:
             os.makedirs(os.path.join(out_dir, training.CHECKPOINTS), exist_ok=True)
-            model.save(os.path.join(out_dir, training.CHECKPOINTS, INITIAL_CHECKPOINT))
+            training.save_model(model, os.path.join(out_dir, training.CHECKPOINTS, INITIAL_CHECKPOINT))
         fit, val = _held_out_ratings(data.train, hp, seed)
         matrix, mask = (np.asarray(a) for a in rating_matrix(fit))
         best = dict(state.get("best") or {"val_rmse": float("inf"), "epoch": 0})
@@ -229,7 +229,7 @@ class RatingsRecipe(Recipe):
             if val is None or row["val_rmse"] < best["val_rmse"]:
                 best.update(val_rmse=row.get("val_rmse", float("nan")), epoch=done[0])
                 os.makedirs(os.path.dirname(best_path), exist_ok=True)
-                model.save(best_path)
+                training.save_model(model, best_path)
             training.save_checkpoint(model, out_dir, done[0], row, state={"best": best})
             if bar is not None:
                 bar.update(done[0], values=[(key, row[key]) for key in ("loss", "rmse", "val_rmse") if key in row])
