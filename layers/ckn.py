@@ -43,9 +43,10 @@ class CKNConv2D(keras.layers.Layer):
     UnitNorm constraint, the reference's `normalize_`): the parameterisation's gradient is tangent to the
     sphere, so every step would otherwise lengthen the columns and shrink the next steps on the sphere.
     While the layer is trainable the factor is recomputed from the anchors on every call (symmetric
-    eigendecomposition, differentiable); a frozen layer (trainable=False) uses the stored weight `factor`,
-    refreshed whenever the layer is frozen or `set_anchors` runs, so its inference graph has no
-    eigendecomposition (ONNX has none).
+    eigendecomposition, differentiable); a frozen layer (trainable=False) uses the weight `factor`,
+    refreshed whenever the layer is frozen, `set_anchors` runs or the layer is loaded, so its inference graph
+    has no eigendecomposition (ONNX has none). A saved layer holds its anchors only: the factor is a function
+    of them (at 1,024 anchors, 4 MiB that deflate little).
 
     Under a mixed-precision policy (mixed_bfloat16) only the patch-anchor products, the layer's large GEMM
     (and their gradients), run in the compute dtype; the patch norms, the kernel, the pooling and the Nystrom
@@ -119,6 +120,21 @@ class CKNConv2D(keras.layers.Layer):
     def refresh_factor(self):
         """Store the factor of the current anchors in the `factor` weight (what a frozen layer uses)."""
         self.factor.assign(self.nystrom_factor())
+
+    def save_own_variables(self, store):
+        """The anchors only: the factor is a function of them, recomputed on load."""
+        store["0"] = self.anchors
+
+    def load_own_variables(self, store):
+        """The anchors, then their factor; a file saved with the factor (before it was left out) loads it as saved."""
+        if len(store) not in (1, 2):
+            raise ValueError(f"CKNConv2D {self.name!r}: a saved layer holds its anchors (and, saved before "
+                             f"2026-12-06, its factor), got {len(store)} arrays")
+        self.anchors.assign(store["0"])
+        if len(store) == 2:
+            self.factor.assign(store["1"])
+        else:
+            self.refresh_factor()
 
     def set_anchors(self, anchors):
         """Set the anchors (kh, kw, C, p) or (kh * kw * C, p) (normalised in call) and refresh the factor."""

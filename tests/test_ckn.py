@@ -253,6 +253,24 @@ def test_frozen_layer_uses_the_stored_factor_and_matches(rng):
         layer.set_anchors(np.ones((26, 6)))
 
 
+def test_a_saved_layer_holds_its_anchors_and_recomputes_its_factor_on_load(rng):
+    layer = CKNConv2D(6, 3, trainable=False)
+    layer.build((None, 8, 8, 3))
+    layer.set_anchors(rng.normal(size=(27, 6)))
+    store = {}
+    layer.save_own_variables(store)
+    assert list(store) == ["0"]                       # the anchors; the factor is a function of them
+    loaded = CKNConv2D(6, 3, trainable=False)
+    loaded.build((None, 8, 8, 3))
+    loaded.load_own_variables(store)
+    np.testing.assert_array_equal(np.asarray(loaded.factor), np.asarray(layer.factor))
+    saved_with_factor = {"0": np.asarray(layer.anchors), "1": np.full((6, 6), 0.5, "float32")}
+    loaded.load_own_variables(saved_with_factor)      # a file written before: its factor as saved
+    np.testing.assert_array_equal(np.asarray(loaded.factor), saved_with_factor["1"])
+    with pytest.raises(ValueError, match="anchors .* got 3 arrays"):
+        loaded.load_own_variables(dict(saved_with_factor, **{"2": saved_with_factor["1"]}))
+
+
 def test_frozen_graph_has_no_eigendecomposition(rng):
     layer = CKNConv2D(4, 3, trainable=False)
     layer.build((None, 6, 6, 3))

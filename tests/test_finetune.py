@@ -175,7 +175,7 @@ def test_cli_finetune_writes_the_model_and_its_card(image_folder, tmp_path, monk
 
 
 def test_cli_finetunes_a_ckn_keeping_its_frozen_anchors(image_folder, tmp_path, monkeypatch):
-    """A tiny CKN saved as the supervised CKN recipe saves it (CKN layers frozen, Nystrom factors stored, 10
+    """A tiny CKN saved as the supervised CKN recipe saves it (CKN layers frozen, Nystrom factors precomputed, 10
     classes): `kernelzoo finetune` gives it a 3-class head on the folder's raw pixels; the anchors stay."""
     from kernelzoo import cli
     from kernelzoo.zoo.ckn import ckn, init_ckn_layers

@@ -35,7 +35,7 @@ def ckn(filters=(64, 256), kernel_sizes=(3, 3), subsamplings=(2, 6), kernels="ex
         "image", 0.1 for "patches"); whitening_power: 0.25 (reference) or 0.5 (ZCA), "image" only.
       nystrom_shift: the CKN layers' factor V diag(1 / (sqrt(lambda) + c)) V^T (0: exact; reference 0.01).
       trainable_anchors: False builds the CKN layers frozen (unsupervised models: anchors set by k-means,
-        the Nystrom factor a stored weight, so even an untrained model exports without eigendecomposition).
+        the Nystrom factor a precomputed weight, so even an untrained model exports without eigendecomposition).
       normalize_features: True (unsupervised models): the flattened map centred and normalised per example
         (LayerNormalization "features"); False (the reference's supervised CKNs): the flattened map is "features".
       augment: the reference's --augmentation after the whitening, in training only (RandomShiftFlip

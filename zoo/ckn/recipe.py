@@ -28,7 +28,7 @@ SupervisedCKNRecipe (ckn_cifar10_sup5; the reference's experiments/cifar10_sup.p
   --alternating): before every epoch after the first the classifier is refitted by L-BFGS from its current
   weights on the current features (ClassifierRefit). `augment`: the reference's --augmentation inside the model.
 - `precision`: "float32" or "mixed_bfloat16" (the CKN layers' patch-anchor products in bfloat16, see
-  CKNConv2D); model.keras is always float32 with its CKN layers frozen (the Nystrom factors stored weights:
+  CKNConv2D); model.keras is always float32 with its CKN layers frozen (the Nystrom factors precomputed weights:
   it exports without eigendecomposition), the checkpoints keep them trainable for --resume.
 """
 import argparse
