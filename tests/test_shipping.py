@@ -1,7 +1,9 @@
 """`kernelzoo ship`: a trained model written as deflated, checked shipped weights within the budget."""
+import io
 import os
 import zipfile
 
+import h5py
 import keras
 import numpy as np
 import pytest
@@ -80,3 +82,31 @@ def test_cli_ship_reports_the_file_and_a_bad_argument_in_one_line(trained, tmp_p
     assert f"wrote {target}" in out and f'sha256="{registry.sha256(target)}"' in out and "of 48 MiB" in out
     assert main_cli.main(["ship", str(tmp_path / "missing.keras"), NAME]) == 2
     assert "kernelzoo ship: error: model_path=" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("error, ships", [(2e-9, True), (1e-3, False)])
+def test_ship_allows_a_recomputed_ckn_factor_its_float32_rounding_only(tmp_path, monkeypatch, error, ships):
+    """A CKN file saved with its Nystrom factor (as before 2026-12-06) ships anchors only; the reloaded factor,
+    recomputed from them, may differ from the saved one by another machine's rounding (1.9e-9 measured), no more."""
+    from kernelzoo.layers.ckn import CKNConv2D
+    model = create("ckn_cifar10_unsup_64_256", filters=(4, 6))
+    for layer in model.layers:
+        if isinstance(layer, CKNConv2D):
+            layer.factor.assign(layer.factor + error)   # the factor as another machine computed it
+    source = str(tmp_path / "old.keras")
+    with monkeypatch.context() as old_format:
+        old_format.setattr(CKNConv2D, "save_own_variables", keras.layers.Layer.save_own_variables)
+        model.save(source)
+    target = str(tmp_path / "shipped.keras")
+    if ships:
+        shipping.ship(source, "ckn_cifar10_unsup_64_256", target=target)
+        _, weights = _members(target)["model.weights.h5"]
+        with h5py.File(io.BytesIO(weights)) as h5:
+            arrays = []
+            h5.visit(lambda key: arrays.append(key) if isinstance(h5[key], h5py.Dataset) else None)
+        assert sorted(arrays) == ["layers/ckn_conv2d/vars/0", "layers/ckn_conv2d_1/vars/0",   # anchors only
+                                  "layers/dense/vars/0", "layers/dense/vars/1"]
+    else:
+        with pytest.raises(RuntimeError, match="does not hold its weights"):
+            shipping.ship(source, "ckn_cifar10_unsup_64_256", target=target)
+        assert not os.path.exists(target)
