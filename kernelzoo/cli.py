@@ -2,7 +2,8 @@
 
 Each subcommand is a thin shim: it parses arguments and calls a function of the
 subpackage that owns the work, imported lazily so `kernelzoo --help` is fast. A ValueError
-out of a subcommand (a bad argument, data or model) is printed as one line, exit status 2.
+out of a subcommand (a bad argument, data or model) is printed as one line, exit status 2
+(with -v/--verbose: its traceback).
 Quiet by default: TensorFlow's C++ log lines are off unless -v/--verbose is given or
 TF_CPP_MIN_LOG_LEVEL is set.
 """
@@ -85,7 +86,8 @@ def build_parser():
     parser = argparse.ArgumentParser(prog="kernelzoo", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     parser.add_argument("-v", "--verbose", action="store_true",
-                        help="keep TensorFlow's log lines (any place on the command line)")
+                        help="keep TensorFlow's log lines and show an error's traceback (anywhere on the command "
+                             "line)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
@@ -120,6 +122,8 @@ def main(argv=None):
     try:
         return module.run(args, command) or 0
     except ValueError as error:  # bad arguments, data or model (ExportError too): one line, not a traceback
+        if verbose:
+            raise
         what = f" {rest[0]}" if command in WHATS else ""
         print(f"kernelzoo {command}{what}: error: {error}", file=sys.stderr)
         return 2

@@ -127,3 +127,10 @@ def test_verbose_or_a_user_log_level_leaves_tensorflow_logging_alone():
         if expected.startswith("3"):
             assert result.stderr.strip() == "", result.stderr
     assert cli.main(["-v", "--version"]) == 0 and cli.main(["--version", "--verbose"]) == 0
+
+
+def test_a_subcommand_error_is_one_line_or_with_verbose_its_traceback(capsys):
+    assert cli.main(["eval", "missing.keras"]) == 2
+    assert capsys.readouterr().err == "kernelzoo eval: error: `model`: no such file 'missing.keras'\n"
+    with pytest.raises(ValueError, match="no such file"):
+        cli.main(["eval", "missing.keras", "--verbose"])
