@@ -115,7 +115,7 @@ def run_deploy(args):
 
 
 def add_arguments(parser, command="bench"):
-    """`kernelzoo bench deploy ...` when the dispatcher routes `bench` here (see export/cli.py)."""
+    """`kernelzoo bench deploy ...` (the dispatcher in kernelzoo/cli.py routes `bench deploy` here)."""
     sub = parser.add_subparsers(dest="what", metavar="WHAT", required=True)
     add_deploy_arguments(sub.add_parser("deploy", help="Keras vs SavedModel vs onnxruntime timing"))
 

@@ -1,5 +1,5 @@
 """CLI hooks: `kernelzoo export NAME|FILE.keras --format onnx|saved_model -o OUT [--opset N] [--verify]`
-and `kernelzoo bench deploy NAME` (the dispatcher in kernelzoo/cli.py calls add_arguments/run).
+(the dispatcher in kernelzoo/cli.py calls add_arguments/run; `kernelzoo bench deploy` is export/bench.py's).
 """
 import os
 import sys
@@ -11,10 +11,6 @@ FORMATS = ("onnx", "saved_model")
 
 
 def add_arguments(parser, command):
-    if command == "bench":
-        from kernelzoo.export import bench
-        bench.add_arguments(parser, command)
-        return
     parser.description = "Export a zoo model or a .keras file to ONNX or a SavedModel (docs/export.md)."
     parser.add_argument("model", metavar="NAME|FILE.keras", help="zoo model name or a saved .keras file")
     parser.add_argument("--format", choices=FORMATS, default=None,
@@ -36,9 +32,6 @@ def add_arguments(parser, command):
 
 
 def run(args, command):
-    if command == "bench":
-        from kernelzoo.export import bench
-        return bench.run(args, command)
     return _export(args)
 
 

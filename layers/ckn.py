@@ -123,17 +123,22 @@ class CKNConv2D(keras.layers.Layer):
 
     def save_own_variables(self, store):
         """The anchors only: the factor is a function of them, recomputed on load."""
+        if not self.built:  # nothing to save, as Keras's own method
+            return super().save_own_variables(store)
         store["0"] = self.anchors
 
     def load_own_variables(self, store):
-        """The anchors, then their factor; a file saved with the factor (before it was left out) loads it as saved."""
+        """The anchors, then a frozen layer's factor (a trainable one computes it in call); a file saved with the
+        factor (before it was left out) loads it as saved."""
+        if not self.built:
+            return super().load_own_variables(store)
         if len(store) not in (1, 2):
             raise ValueError(f"CKNConv2D {self.name!r}: a saved layer holds its anchors (and, saved before "
                              f"2026-12-06, its factor), got {len(store)} arrays")
         self.anchors.assign(store["0"])
         if len(store) == 2:
             self.factor.assign(store["1"])
-        else:
+        elif not self.trainable:
             self.refresh_factor()
 
     def set_anchors(self, anchors):

@@ -264,6 +264,14 @@ def test_a_saved_layer_holds_its_anchors_and_recomputes_its_factor_on_load(rng):
     loaded.build((None, 8, 8, 3))
     loaded.load_own_variables(store)
     np.testing.assert_array_equal(np.asarray(loaded.factor), np.asarray(layer.factor))
+    trainable = CKNConv2D(6, 3)
+    trainable.build((None, 8, 8, 3))
+    trainable.load_own_variables(store)               # its factor is computed in call: no eigendecomposition here
+    np.testing.assert_array_equal(np.asarray(trainable.factor), np.eye(6))
+    unbuilt, nothing = CKNConv2D(6, 3), {}
+    unbuilt.save_own_variables(nothing)               # saves and loads nothing, as a Keras layer
+    unbuilt.load_own_variables(nothing)
+    assert nothing == {}
     saved_with_factor = {"0": np.asarray(layer.anchors), "1": np.full((6, 6), 0.5, "float32")}
     loaded.load_own_variables(saved_with_factor)      # a file written before: its factor as saved
     np.testing.assert_array_equal(np.asarray(loaded.factor), saved_with_factor["1"])

@@ -509,9 +509,9 @@ def test_bench_deploy_prints_all_runtimes(exported, capsys):
 
 
 def test_bench_cli_parses_deploy():
-    from kernelzoo.export import cli
+    from kernelzoo.export import bench
     parser = argparse.ArgumentParser(prog="kernelzoo bench")
-    cli.add_arguments(parser, "bench")
+    bench.add_arguments(parser, "bench")
     args = parser.parse_args(["deploy", "model.keras", "--batch", "16"])
     assert (args.what, args.model, args.batch) == ("deploy", "model.keras", 16)
 

@@ -8,7 +8,6 @@ import keras
 import numpy as np
 import pytest
 
-import kernelzoo  # noqa: F401  (registers the layers)
 from kernelzoo import cli as main_cli
 from kernelzoo.zoo import create, registry, shipping
 

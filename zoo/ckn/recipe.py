@@ -2,7 +2,7 @@
 
 Both recipes start from spherical k-means anchors for each CKN layer in turn, on patches of its input
 sampled uniformly over the training images and positions; each layer is frozen (its Nystrom factor
-becomes a stored constant) before the next is fitted. Labels are not used; the whitening has nothing to fit.
+becomes a precomputed weight) before the next is fitted. Labels are not used; the whitening has nothing to fit.
 
 UnsupervisedCKNRecipe (the ckn_cifar10_unsup_* presets): the anchors stay as k-means set them.
 - fit (`kernelzoo.zoo.frozen_features`): the linear classifier on the centred, normalised features
@@ -145,7 +145,7 @@ class SupervisedCKNRecipe(MixedPrecisionMixin, Recipe):
 
 def frozen_float32(model):
     """An uncompiled float32 copy of `model` (same weights) with its CKN layers frozen: their Nystrom factors
-    stored weights, so it exports without eigendecomposition."""
+    precomputed weights, so it exports without eigendecomposition."""
     copy = float32_copy(model)
     for layer in ckn_layers(copy):
         layer.trainable = False
