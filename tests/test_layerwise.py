@@ -35,7 +35,7 @@ def test_any_depth_patch_and_set_sizes_sample_with_the_right_shapes():
         assert latent.min() >= 0 and latent.max() < model.num_classes[level]
         assert choice.min() >= 0 and choice.max() < model.set_sizes[level]
     # Each pixel of X(i) is its class's chosen patch in X(i + 1).
-    s, rule = model.patch_sizes[0], model.rules[0]
+    rule = model.rules[0]
     expected = rule[drawn.latents[0], drawn.choices[0]].transpose(0, 1, 3, 2, 4).reshape(7, 4, 6)
     np.testing.assert_array_equal(drawn.latents[1], expected)
 

@@ -1,7 +1,6 @@
 """The SimNet patch-labeling network, its two baselines, their layers and presets."""
 import contextlib
 import json
-import os
 import types
 
 import keras

@@ -15,7 +15,6 @@ features of the frozen blocks (`kernelzoo.zoo.frozen_features.cached_features`, 
 `assignments` and `cluster_purity` measure what the clustering recovered (the planted patch
 identities of the synthetic model, kernelzoo.zoo.layerwise.generative).
 """
-import os
 import time
 
 import keras
