@@ -6,10 +6,11 @@ The serving signature (documented in docs/export.md):
   output `logits` and `probabilities` = softmax(logits), (batch, classes) float32, for classifiers;
          `outputs` (the model's output as it is) for other models (head="raw").
 
-"auto" rules: input_dtype is uint8 when an image model takes raw pixels (its first layer is
-preprocessing: `kernelzoo.zoo.takes_raw_pixels`), else float32; head is "classifier" when the
-output is (batch, classes) and the model takes images or ends in softmax, else "raw". Logits of a model ending in softmax
-are the values that go into it.
+"auto" rules: input_dtype is uint8 when an image model takes raw pixels (its first layer after any
+augmentation is preprocessing: `kernelzoo.zoo.takes_raw_pixels`), else float32; head is "classifier" when
+the output is (batch, classes) with classes >= 2, the model takes images or ends in softmax and does not end
+in a sigmoid, else "raw". Logits of a model ending in softmax are the values that go into it (the last
+layer of a nested last model counts).
 """
 import contextlib
 import dataclasses
@@ -25,9 +26,8 @@ from kernelzoo.ops import checks
 
 INPUT_DTYPES = ("auto", "uint8", "float32")
 HEADS = ("auto", "classifier", "raw")
-# Layers that take raw pixel values: a model starting with one gets a uint8 signature by default.
-_PREPROCESSING_LAYERS = ("Rescaling", "Normalization", "CenterCrop", "Resizing")
-_PREPROCESSING_MODULES = ("keras.src.layers.preprocessing", "kernelzoo.zoo.preprocessing")
+_SOFTMAX_NAMES = ("softmax", "softmax_v2")  # keras.activations / keras.ops, tf.nn
+_SIGMOID_NAMES = ("sigmoid", "hard_sigmoid")  # independent per-column probabilities: not a softmax classifier
 # TF op types that never run outside the exporting process.
 _PYTHON_OPS = {"PyFunc", "PyFuncStateless", "EagerPyFunc"}
 
@@ -54,6 +54,15 @@ class ServingSpec:
     head: str  # "classifier" or "raw"
     logits_source: str  # "output", "softmax_input" or "activation" (how logits are read off the model)
     model_name: str = ""
+
+    @classmethod
+    def from_json(cls, text):
+        """The spec `to_json` wrote (extra keys such as output_names are ignored)."""
+        data = json.loads(text)
+        fields = {field.name for field in dataclasses.fields(cls)}
+        data = {key: value for key, value in data.items() if key in fields}
+        data["input_shape"] = tuple(data["input_shape"])
+        return cls(**data)
 
     @property
     def output_names(self):
@@ -100,15 +109,23 @@ def serving_spec(model, input_dtype="auto", head="auto"):
         from kernelzoo.zoo.inputs import takes_raw_pixels
         input_dtype = "uint8" if image_model and takes_raw_pixels(model) else "float32"
     last = _last_layer(model)
-    out_rank = len(model.outputs[0].shape)
-    softmax_last = _is_softmax_layer(last) or _has_softmax_activation(last)
+    out_shape = tuple(model.outputs[0].shape)
+    out_rank = len(out_shape)
+    softmax_last = ends_in_softmax(model)
     if head == "auto":
-        head = "classifier" if out_rank == 2 and (image_model or softmax_last) else "raw"
+        classes = out_shape[-1] if out_rank == 2 else None
+        sigmoid_last = _activation_name(last) in _SIGMOID_NAMES
+        head = ("classifier" if classes is not None and classes >= 2 and not sigmoid_last
+                and (image_model or softmax_last) else "raw")
     if head == "classifier" and out_rank != 2:
         raise ExportError(f"head='classifier' needs a (batch, classes) output; {model.name!r} outputs "
                           f"shape {tuple(model.outputs[0].shape)} (use head='raw')")
     logits_source = "output"
     if head == "classifier" and _is_softmax_layer(last):
+        if last not in model.layers:
+            raise ExportError(f"the logits of {model.name!r} go into the {type(last).__name__} layer {last.name!r} "
+                              "of a nested model, where they cannot be read: use head='raw' (the probabilities "
+                              "as they are) or end the outer model in the softmax")
         logits_source = "softmax_input"
     elif head == "classifier" and _has_softmax_activation(last):
         logits_source = "activation"
@@ -229,22 +246,37 @@ def _all_layers(model):
 
 
 def _last_layer(model):
-    return model.layers[-1] if model.layers else None
+    """The layer that makes the model's output, looking into a nested last model (e.g. a Sequential head)."""
+    layer = model
+    while isinstance(layer, keras.Model):
+        if not layer.layers:
+            return None
+        layer = layer.layers[-1]
+    return layer
+
+
+def ends_in_softmax(model):
+    """Whether the model's output is a softmax (a Softmax layer, Activation("softmax") or a layer's activation)."""
+    last = _last_layer(model)
+    return _is_softmax_layer(last) or _has_softmax_activation(last)
 
 
 def _is_softmax_layer(layer):
     if isinstance(layer, keras.layers.Softmax):
         return True
-    return isinstance(layer, keras.layers.Activation) and _is_softmax(layer.activation)
+    return isinstance(layer, keras.layers.Activation) and _activation_name(layer) in _SOFTMAX_NAMES
 
 
 def _has_softmax_activation(layer):
-    return (layer is not None and not isinstance(layer, (keras.layers.Activation, keras.layers.Softmax))
-            and _is_softmax(getattr(layer, "activation", None)))
+    return (not isinstance(layer, (keras.layers.Activation, keras.layers.Softmax))
+            and _activation_name(layer) in _SOFTMAX_NAMES)
 
 
-def _is_softmax(fn):
-    return fn is not None and getattr(fn, "__name__", "") == "softmax"
+def _activation_name(layer):
+    """The name of `layer`'s activation function ("" without one)."""
+    if isinstance(layer, keras.layers.Softmax):
+        return "softmax"
+    return getattr(getattr(layer, "activation", None), "__name__", "")
 
 
 def checked(check, *args):
@@ -260,21 +292,18 @@ def checked(check, *args):
 # --- writing -------------------------------------------------------------------------------------
 
 def prepare_target(path, kind):
-    """Absolute target path after checking it can be written ("file" or "dir"), else ExportError."""
+    """Absolute target path after checking it can be written ("file" or "dir"), else ExportError.
+
+    Missing parent directories are created only when the artifact is written (and removed again if
+    writing fails), so a failed export leaves nothing behind."""
     path = os.path.abspath(checked(checks.path, path, "path"))
-    parent = os.path.dirname(path)
-    ancestor = parent
+    ancestor = os.path.dirname(path)
     while not os.path.exists(ancestor) and os.path.dirname(ancestor) != ancestor:
         ancestor = os.path.dirname(ancestor)
     if not os.path.isdir(ancestor):
         raise ExportError(f"cannot write {path!r}: {ancestor!r} is a file, not a directory")
-    try:
-        os.makedirs(parent, exist_ok=True)
-    except OSError as error:
-        raise ExportError(f"cannot write {path!r}: cannot create its directory {parent!r} "
-                          f"({error.strerror or error})") from None
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ExportError(f"cannot write {path!r}: no write permission in {parent!r}")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ExportError(f"cannot write {path!r}: no write permission in {ancestor!r}")
     if kind == "file" and os.path.isdir(path):
         raise ExportError(f"cannot write {path!r}: it is a directory (give a file name, e.g. model.onnx)")
     if kind == "dir" and os.path.exists(path):
@@ -286,8 +315,36 @@ def prepare_target(path, kind):
     return path
 
 
+@contextlib.contextmanager
+def _parent_directory(path):
+    """`path`'s missing parent directories created for the block, removed again if the block fails."""
+    parent = os.path.dirname(path)
+    missing = []
+    directory = parent
+    while not os.path.isdir(directory) and os.path.dirname(directory) != directory:
+        missing.append(directory)  # deepest first
+        directory = os.path.dirname(directory)
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as error:
+        raise ExportError(f"cannot write {path!r}: cannot create its directory {parent!r} "
+                          f"({error.strerror or error})") from None
+    try:
+        yield
+    except BaseException:
+        for directory in missing:
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
+        raise
+
+
 def write_file_atomic(path, data):
     """Write bytes to a temp file beside `path`, then rename over it (never a half-written file)."""
+    with _parent_directory(path):
+        _write_file_atomic(path, data)
+
+
+def _write_file_atomic(path, data):
     directory, base = os.path.split(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=directory)
@@ -311,6 +368,12 @@ def write_file_atomic(path, data):
 @contextlib.contextmanager
 def atomic_directory(path):
     """Yield a temp dir beside `path`; on success it replaces `path`, on failure it is removed."""
+    with _parent_directory(path), _atomic_directory(path) as tmp:
+        yield tmp
+
+
+@contextlib.contextmanager
+def _atomic_directory(path):
     directory, base = os.path.split(path)
     try:
         tmp = tempfile.mkdtemp(prefix=f".{base}.", suffix=".tmp", dir=directory)

@@ -38,6 +38,9 @@ def run(args, command):
 def _export(args):
     fmt = args.format or ("onnx" if args.output.lower().endswith(".onnx") else "saved_model")
     checked(positive_int, args.num, "--num")
+    if args.preset is not None and not (args.verify and args.data_dir):
+        raise ExportError("--preset: names the test split that --verify reads from --data-dir "
+                          "(or $KERNELZOO_DATA_DIR); give both, or leave it out")
     if fmt == "onnx":
         from kernelzoo.export.onnx_export import check_opset
         check_opset(args.opset)  # before loading the model
@@ -71,6 +74,8 @@ def load_model(name, pretrained_optional=False):
     from kernelzoo import zoo  # registers every family's layers for load_model
 
     if name.lower().endswith(".keras") or os.path.sep in name or os.path.exists(name):
+        if os.path.isdir(name):
+            raise ExportError(f"{name!r} is a directory: give a .keras file (a run folder's model.keras) or a zoo name")
         if not os.path.isfile(name):
             raise ExportError(f"no model file at {name!r}")
         try:

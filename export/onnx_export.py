@@ -76,7 +76,7 @@ def convert(model, spec, opset):
                                                       output_names=list(renames), opset=opset,
                                                       custom_op_handlers=dict(_HANDLERS),
                                                       tensors_to_rename=dict(renames, **{inputs[0]: spec.input_name}))
-    except UnsupportedLayerError:
+    except ExportError:  # ours (UnsupportedLayerError, _frozen_graph's): already say what is wrong
         raise
     except Exception as error:  # tf2onnx raises bare exceptions from its handlers
         node = getattr(error, "node_name", None) or _node_in_message(str(error))
@@ -166,9 +166,11 @@ def _name_batch_axis(proto, spec):
 
 
 def _node_in_message(message):
+    """The first token of a tf2onnx error that looks like a graph node name (a/b, not a file path /a/b)."""
     for token in message.replace("[", " ").replace("]", " ").replace(",", " ").split():
-        if "/" in token:
-            return token.strip("'\":")
+        token = token.strip("'\":")
+        if "/" in token and not token.startswith(("/", ".")):
+            return token
     return None
 
 

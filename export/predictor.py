@@ -17,7 +17,9 @@ class OnnxPredictor:
       path: an .onnx file written by `kernelzoo.export.to_onnx` (any ONNX model with one input works).
       providers: onnxruntime execution providers, e.g. ["CPUExecutionProvider"]; None picks
         CUDAExecutionProvider when onnxruntime-gpu is installed and a GPU answers, else CPU.
-      batch_size: images per onnxruntime call inside `predict` (bounds memory).
+      batch_size: images per onnxruntime call inside `predict` (bounds memory). A model whose input has
+        a fixed batch size (a foreign model) is fed that many at a time instead, the last call padded
+        with zeros and its outputs cut back (right for models that treat images independently).
 
     Attributes: provider (the one in use), input_name, input_dtype, input_shape, output_names,
     signature (the kernelzoo signature stored in the file, {} for foreign models).
@@ -60,11 +62,17 @@ class OnnxPredictor:
     def run(self, images):
         """All outputs, {name: (batch, ...) array}, for `images` (validated and cast to the input dtype)."""
         images = self.check_images(images)
+        fixed = self.input_shape[0] if self.input_shape else None
+        step = fixed or self.batch_size
         parts = {name: [] for name in self.output_names}
-        for start in range(0, len(images), self.batch_size):
-            values = self.session.run(self.output_names, {self.input_name: images[start:start + self.batch_size]})
+        for start in range(0, len(images), step):
+            chunk = images[start:start + step]
+            rows = len(chunk)
+            if fixed and rows < fixed:
+                chunk = np.concatenate([chunk, np.zeros((fixed - rows,) + chunk.shape[1:], chunk.dtype)])
+            values = self.session.run(self.output_names, {self.input_name: chunk})
             for name, value in zip(self.output_names, values):
-                parts[name].append(value)
+                parts[name].append(value[:rows])
         if not len(images):
             return {name: np.zeros((0,) + self._output_tail(name), np.float32) for name in self.output_names}
         return {name: np.concatenate(chunks) for name, chunks in parts.items()}

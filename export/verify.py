@@ -5,11 +5,14 @@ run folder's .keras file) when a data directory is given, otherwise generated im
 implementation the user gets (`KERNELZOO_OPS`, custom ops when built); the artifacts hold the
 composite one.
 """
+import dataclasses
 import os
 
 import numpy as np
 
-from kernelzoo.export._common import ExportError, reference_outputs, serving_spec
+from kernelzoo.export._common import (
+    ExportError, ServingSpec, checked, ends_in_softmax, reference_outputs, serving_spec)
+from kernelzoo.ops.checks import positive_int
 from kernelzoo.progress import progress
 
 # Parity goal for zoo models (issue 6): all top-1 agree, logits within this absolute difference.
@@ -53,22 +56,28 @@ def artifact_outputs(path, images, batch_size=64, verbose=False):
     return {key: np.concatenate(chunks) for key, chunks in parts.items()}
 
 
-def compare(reference, exported, tie_tolerance=1e-5):
-    """Differences between two (batch, classes) arrays of logits (or raw outputs).
+def compare(reference, exported, *, top1=False, tie_tolerance=1e-5):
+    """Differences between two arrays of outputs (logits, probabilities or raw outputs); the same
+    non-finite value on both sides (NaN and NaN, inf and inf) counts as no difference.
 
-    top1_agreement counts an image as agreeing when the exported argmax is the Keras argmax or
-    ties with it (Keras logits within `tie_tolerance` of the max): untrained models often tie.
+    With `top1` ((batch, classes) logits): top1_agreement counts an image as agreeing when the exported
+    argmax is the Keras argmax or ties with it (Keras logits within `tie_tolerance` of the max):
+    untrained models often tie.
     """
     reference = np.asarray(reference, np.float64)
     exported = np.asarray(exported, np.float64)
     if reference.shape != exported.shape:
         raise ExportError(f"output shapes differ: Keras {reference.shape}, exported {exported.shape}")
-    diff = np.abs(reference - exported)
-    report = {"n": int(reference.shape[0]), "max_abs": float(diff.max(initial=0.0)),
-              "max_rel": float((diff / np.maximum(np.abs(reference), 1e-6)).max(initial=0.0)),
+    same = (reference == exported) | (np.isnan(reference) & np.isnan(exported))
+    with np.errstate(invalid="ignore"):  # inf - inf, inf / inf: NaN, a difference that fails every goal
+        diff = np.where(same, 0.0, np.abs(reference - exported))
+        max_rel = float((diff / np.maximum(np.abs(reference), 1e-6)).max(initial=0.0))
+    report = {"n": int(reference.shape[0]), "max_abs": float(diff.max(initial=0.0)), "max_rel": max_rel,
               "nan_mismatch": int(np.sum(np.isnan(reference) != np.isnan(exported))),
               "max_reference": float(np.abs(reference[np.isfinite(reference)]).max(initial=0.0))}
-    if reference.ndim == 2 and reference.shape[1] >= 1:
+    if top1:
+        if reference.ndim != 2:
+            raise ExportError(f"top-1 agreement needs (batch, classes) outputs, got shape {reference.shape}")
         top_ref, top_exp = reference.argmax(1), exported.argmax(1)
         rows = np.arange(len(reference))
         best = reference[rows, top_ref]
@@ -83,31 +92,97 @@ def verify_artifact(model, path, images=None, *, data_dir=None, preset=None, num
     """Run the artifact at `path` and the Keras `model` on the same inputs; returns the comparison
     (with a progress bar for each when `verbose`).
 
-    `images` default to `make_inputs(model, data_dir, num, preset=preset)`. The report holds n, max_abs, max_rel,
+    The signature is the one stored in the artifact (`stored_spec`); `input_dtype` and `head` are what it
+    was exported with: checked against it, or the signature of an artifact that stores none. `images`
+    default to `make_inputs(model, data_dir, num, preset=preset)`. The report holds n, max_abs, max_rel,
     top1_agreement (classifiers), the same for probabilities, the input source, `ok`
     (top-1 agreement 1.0 and max_abs <= 1e-4) and `ok_float32` (max_abs within
-    `float32_tolerance` of the largest |output| instead).
+    `float32_tolerance` of the largest |output| instead). Classifiers are also held to the Keras model's
+    own output, a check that does not go through the signature's reading of the logits: the exported
+    probabilities for a model ending in softmax, else the logits (model_output, model_output_max_abs,
+    within the same goals).
     """
-    spec = serving_spec(model, input_dtype=input_dtype, head=head)
+    spec = artifact_spec(model, path, input_dtype, head)
     source = "given"
     if images is None:
-        images, source = make_inputs(model, data_dir=data_dir, num=num, seed=seed, input_dtype=input_dtype,
+        images, source = make_inputs(model, data_dir=data_dir, num=num, seed=seed, input_dtype=spec.input_dtype,
                                      preset=preset)
+    if not len(images):
+        raise ExportError("images: no inputs to compare (parity needs at least one)")
     reference = reference_outputs(model, images, spec, batch_size=batch_size, verbose=verbose)
     exported = artifact_outputs(path, images, batch_size=batch_size, verbose=verbose)
     key = spec.output_names[0]
-    report = compare(reference[key], exported[key])
+    report = compare(reference[key], exported[key], top1=spec.head == "classifier")
     report["output"], report["inputs"] = key, source
     if "probabilities" in reference:
         report["probabilities_max_abs"] = compare(reference["probabilities"], exported["probabilities"])["max_abs"]
+    if spec.head == "classifier":
+        report.update(_model_output_check(model, images, spec, reference, exported, batch_size))
+    worst = max(report["max_abs"], report.get("model_output_max_abs", 0.0))
     agree = report.get("top1_agreement", 1.0) == 1.0 and not report["nan_mismatch"]
-    report["ok"] = bool(report["max_abs"] <= MAX_ABS_GOAL and agree)
+    report["ok"] = bool(worst <= MAX_ABS_GOAL and agree)
     tolerance = float32_tolerance(report["max_reference"])
-    if report["max_abs"] > tolerance:  # only then is the floor worth another Keras pass
-        report["rounding_floor"] = rounding_floor(model, images, key, head=head, batch_size=batch_size)
+    if worst > tolerance:  # only then is the floor worth another Keras pass
+        report["rounding_floor"] = rounding_floor(model, images, key, head=spec.head, batch_size=batch_size)
         tolerance = float32_tolerance(report["max_reference"], report["rounding_floor"])
-    report["ok_float32"] = bool(report["max_abs"] <= tolerance and agree)
+    report["ok_float32"] = bool(worst <= tolerance and agree)
     return report
+
+
+def _model_output_check(model, images, spec, reference, exported, batch_size):
+    """The exported output that should equal the Keras model's own output (probabilities after a final
+    softmax, else logits) against that output."""
+    if spec.logits_source == "output":
+        own = reference["logits"]  # the signature's logits are the model's output, cast to float32
+    else:
+        as_is = dataclasses.replace(spec, head="raw", logits_source="output")
+        own = reference_outputs(model, images, as_is, batch_size=batch_size)["outputs"]
+    name = "probabilities" if ends_in_softmax(model) else "logits"
+    return {"model_output": name, "model_output_max_abs": compare(own, exported[name])["max_abs"]}
+
+
+def stored_spec(path):
+    """The ServingSpec an artifact stores (an .onnx file's `kernelzoo_signature` property, a SavedModel's
+    assets.extra/kernelzoo_signature.json), or None for an artifact kernelzoo did not write."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        from kernelzoo.export.saved_model import SIGNATURE_FILE
+
+        file = os.path.join(path, SIGNATURE_FILE)
+        if not os.path.isfile(file):
+            return None
+        with open(file) as handle:
+            text = handle.read()
+    else:
+        import onnx
+
+        if not os.path.isfile(path):
+            raise ExportError(f"no artifact at {path!r} (an .onnx file or a SavedModel directory)")
+        properties = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
+        text = properties.get("kernelzoo_signature")
+        if text is None:
+            return None
+    try:
+        return ServingSpec.from_json(text)
+    except (ValueError, TypeError, KeyError) as error:
+        raise ExportError(f"{path!r}: unreadable kernelzoo signature ({type(error).__name__}: {error})") from None
+
+
+def artifact_spec(model, path, input_dtype="auto", head="auto"):
+    """The signature `path` was exported with: its stored one (ExportError when a non-"auto" `input_dtype`
+    or `head` says otherwise), else `serving_spec(model, input_dtype, head)`."""
+    asked = serving_spec(model, input_dtype=input_dtype, head=head)
+    stored = stored_spec(path)
+    if stored is None:
+        return asked
+    for name, value in (("input_dtype", input_dtype), ("head", head)):
+        if value != "auto" and getattr(stored, name) != value:
+            raise ExportError(f"`{name}`: {os.fspath(path)!r} was exported with {name}={getattr(stored, name)!r}, "
+                              f"not {value!r}")
+    if stored.input_shape != asked.input_shape:
+        raise ExportError(f"{os.fspath(path)!r} takes inputs of shape {stored.input_shape}, the model "
+                          f"{model.name!r} {asked.input_shape}: not an export of this model")
+    return stored
 
 
 def rounding_floor(model, images, output="logits", head="auto", batch_size=64, seed=0):
@@ -135,6 +210,9 @@ def format_report(report, artifact="exported"):
                      f"(exact argmax {100 * report['top1_exact']:.2f} %, the rest are ties in the Keras logits)")
     if "probabilities_max_abs" in report:
         lines.append(f"  probabilities max abs diff {report['probabilities_max_abs']:.3g}")
+    if "model_output_max_abs" in report:
+        lines.append(f"  exported {report['model_output']} vs the Keras model's own output: max abs diff "
+                     f"{report['model_output_max_abs']:.3g}")
     if report["nan_mismatch"]:
         lines.append(f"  NaN in one output but not the other: {report['nan_mismatch']} values")
     lines.append(f"  parity goal (top-1 100 %, max abs <= {MAX_ABS_GOAL:g}): {'met' if report['ok'] else 'NOT met'}")
@@ -157,7 +235,9 @@ def make_inputs(model, data_dir=None, num=1000, seed=0, input_dtype="auto", pres
     Float inputs are scaled to [0, 1] unless the model takes raw pixels.
     """
     from kernelzoo.zoo import takes_raw_pixels, test_split
+    from kernelzoo.zoo.inputs import as_model_input
 
+    num = checked(positive_int, num, "num")
     spec = serving_spec(model, input_dtype=input_dtype)
     shape = spec.input_shape[1:]
     if any(d is None for d in shape):
@@ -170,7 +250,12 @@ def make_inputs(model, data_dir=None, num=1000, seed=0, input_dtype="auto", pres
             pixels, _, source = test_split(preset, data_dir, num)
         except ValueError as error:
             raise ExportError(f"test split of {getattr(preset, 'name', preset)!r}: {error}") from None
-        pixels = pixels.reshape((-1,) + tuple(shape))
+        try:
+            pixels = as_model_input(pixels, model)
+        except ValueError:
+            raise ExportError(f"the test split of {getattr(preset, 'name', preset)!r} has inputs of shape "
+                              f"{pixels.shape[1:]}, {model.name!r} takes {tuple(shape)}: a preset of another "
+                              "dataset?") from None
     else:
         rng = np.random.default_rng(seed)
         if len(shape) < 2:  # not an image model: standard normal features

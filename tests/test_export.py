@@ -145,6 +145,88 @@ def test_softmax_models_export_pre_softmax_logits(exported):
     np.testing.assert_allclose(np.exp(logits) / np.exp(logits).sum(1, keepdims=True), probabilities, atol=1e-6)
 
 
+def _dense_head(*layers, input_shape=(6, 6, 1)):
+    return keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(), *layers], name="dense_head")
+
+
+def test_auto_rules_for_other_heads():
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    tf_softmax = serving_spec(_dense_head(keras.layers.Dense(3, activation=tf.nn.softmax)))
+    assert (tf_softmax.head, tf_softmax.logits_source) == ("classifier", "activation")
+    assert serving_spec(_dense_head(keras.layers.Dense(1, activation="sigmoid"))).head == "raw"
+    assert serving_spec(_dense_head(keras.layers.Dense(4, activation="sigmoid"))).head == "raw"  # multi-label
+    assert serving_spec(_dense_head(keras.layers.Dense(1))).head == "raw"
+    nested = _dense_head(keras.Sequential([keras.layers.Dense(8), keras.layers.Dense(3, activation="softmax")]))
+    assert serving_spec(nested).logits_source == "activation"
+    nested_layer = _dense_head(keras.Sequential([keras.layers.Dense(3), keras.layers.Softmax()]))
+    with pytest.raises(ExportError, match="nested model.*head='raw'"):
+        serving_spec(nested_layer)
+    assert serving_spec(nested_layer, head="raw").head == "raw"
+
+
+def test_auto_input_dtype_looks_past_augmentation():
+    conv = keras.layers.Conv2D(2, 3)
+    flipped_floats = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.RandomFlip(), conv])
+    assert serving_spec(flipped_floats).input_dtype == "float32"
+    flipped_pixels = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.RandomFlip(),
+                                       keras.layers.Rescaling(1 / 255.0), keras.layers.Conv2D(2, 3)])
+    assert serving_spec(flipped_pixels).input_dtype == "uint8"
+
+
+def test_verify_holds_the_artifact_to_the_models_own_output(tmp_path, monkeypatch):
+    """An artifact whose logits are the model's probabilities (a final softmax not recognised at export)
+    exports softmax(probabilities): the Keras reference reads the model the same way, so only the model's own
+    output can tell; and an artifact of another model fails outright."""
+    from kernelzoo.export import _common
+
+    keras.utils.set_random_seed(0)
+    model = _dense_head(keras.layers.Dense(3, activation="softmax"))
+    images = np.random.default_rng(0).random((16, 6, 6, 1)).astype("float32")
+    good = to_onnx(model, str(tmp_path / "good.onnx"))
+    report = verify_artifact(model, good, images=images)
+    assert report["ok"] and report["model_output"] == "probabilities" and report["model_output_max_abs"] < 1e-6
+    with monkeypatch.context() as patch:
+        patch.setattr(_common, "_has_softmax_activation", lambda layer: False)
+        misread = to_onnx(model, str(tmp_path / "misread.onnx"))
+    report = verify_artifact(model, misread, images=images)
+    assert report["max_abs"] < 1e-6  # the artifact agrees with the Keras reference read its way ...
+    assert report["model_output_max_abs"] > 0.05 and not report["ok"] and not report["ok_float32"]  # ... not the model
+    other = _dense_head(keras.layers.Dense(3, activation="softmax"))
+    report = verify_artifact(other, good, images=images)
+    assert report["max_abs"] > 1e-3 and not report["ok"] and not report["ok_float32"]
+
+
+def test_verify_reads_the_signature_stored_in_the_artifact(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = _dense_head(keras.layers.Dense(3, activation="softmax"))
+    images = np.random.default_rng(0).random((4, 6, 6, 1)).astype("float32")
+    for path in (to_onnx(model, str(tmp_path / "raw.onnx"), head="raw"),
+                 to_saved_model(model, str(tmp_path / "raw_savedmodel"), head="raw")):
+        report = verify_artifact(model, path, images=images)
+        assert report["output"] == "outputs" and report["ok"], report
+        with pytest.raises(ExportError, match="`head`: .* was exported with head='raw', not 'classifier'"):
+            verify_artifact(model, path, images=images, head="classifier")
+    with pytest.raises(ExportError, match="not an export of this model"):
+        verify_artifact(_dense_head(keras.layers.Dense(3), input_shape=(5, 5, 1)), path, images=images)
+    with pytest.raises(ExportError, match="images: no inputs"):
+        verify_artifact(model, path, images=images[:0])
+    with pytest.raises(ExportError, match="num"):
+        make_inputs(model, num=0)
+
+
+def test_a_failed_export_leaves_no_directories(tmp_path):
+    model = _with_layer(_PythonLayer(name="py_layer"))
+    target = tmp_path / "new" / "deep"
+    with pytest.raises(UnsupportedLayerError):
+        to_saved_model(model, str(target / "sm"))
+    with pytest.raises(UnsupportedLayerError):
+        to_onnx(model, str(target / "m.onnx"))
+    assert os.listdir(tmp_path) == []
+    assert to_onnx(_with_layer(keras.layers.ReLU()), str(target / "m.onnx")) == str(target / "m.onnx")
+
+
 def test_nan_inputs_are_marginalised_in_both_artifacts(exported, reference_once):
     model, onnx_path, saved_path = exported["simnet_float"]
     images = np.random.default_rng(2).random((16, 10, 10, 3)).astype("float32")
@@ -443,10 +525,19 @@ def test_a_failing_tf2onnx_optimizer_is_reported(tmp_path, monkeypatch):
 def test_compare_counts_ties_as_agreement():
     reference = np.array([[1.0, 1.0, 0.0], [0.0, 2.0, 1.0]])
     exported = np.array([[1.0, 1.0 + 1e-7, 0.0], [1.5, 2.0, 1.0]])
-    report = compare(reference, exported)
+    report = compare(reference, exported, top1=True)
     assert report["top1_agreement"] == 1.0 and report["top1_exact"] == 0.5
     assert report["max_abs"] == pytest.approx(1.5)
-    assert compare(reference, reference + [[0, 0, 0], [3.0, 0, 0]])["top1_agreement"] == 0.5
+    assert compare(reference, reference + [[0, 0, 0], [3.0, 0, 0]], top1=True)["top1_agreement"] == 0.5
+    assert "top1_agreement" not in compare(reference, exported)  # raw outputs: no argmax to agree on
+
+
+def test_compare_counts_the_same_non_finite_values_as_equal():
+    reference = np.array([[np.nan, np.inf, -np.inf, 1.0]])
+    assert compare(reference, reference.copy())["max_abs"] == 0.0
+    report = compare(reference, np.array([[np.nan, np.inf, np.inf, 1.0]]))
+    assert report["max_abs"] == np.inf
+    assert np.isnan(compare(reference, np.array([[0.0, np.inf, -np.inf, 1.0]]))["max_abs"])
 
 
 def test_rounding_floor_measures_how_far_float32_steps_move_a_model():
@@ -493,8 +584,12 @@ def test_cli_export_and_verify(exported, tmp_path, capsys):
     assert os.path.isfile(tmp_path / "sm" / "saved_model.pb")
     assert _cli([keras_file, "-o", str(tmp_path / "x.onnx"), "--opset", "20"]) == 2
     assert _cli([str(tmp_path / "missing.keras"), "-o", str(tmp_path / "y.onnx")]) == 2
+    assert _cli([str(tmp_path / "sm"), "-o", str(tmp_path / "z.onnx")]) == 2
+    assert _cli([keras_file, "-o", str(tmp_path / "w.onnx"), "--verify", "--preset", "simnet_cifar10_l2",
+                 "--data-dir", ""]) == 2
     errors = capsys.readouterr().err
-    assert "opset" in errors and "no model file" in errors
+    assert "opset" in errors and "no model file" in errors and "'" + str(tmp_path / "sm") + "' is a directory" in errors
+    assert "--preset: names the test split" in errors
 
 
 def test_bench_deploy_prints_all_runtimes(exported, capsys):

@@ -80,3 +80,21 @@ def test_constructor_errors(paths, tmp_path):
     with pytest.raises(ValueError, match="batch_size"):
         OnnxPredictor(paths[0], batch_size=0)
     assert OnnxPredictor(paths[0], providers="CPUExecutionProvider").provider == "CPUExecutionProvider"
+
+
+def test_a_fixed_batch_model_is_fed_that_many_rows_at_a_time(tmp_path):
+    """A foreign ONNX file with input (2, 3): rows go in pairs, the last pair padded, its padding cut off."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    weights = np.arange(12, dtype=np.float32).reshape(3, 4)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "fixed_batch",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor("w", TensorProto.FLOAT, weights.shape, weights.ravel())])
+    path = tmp_path / "fixed.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    predictor = OnnxPredictor(path, batch_size=64)
+    rows = np.random.default_rng(0).random((5, 3)).astype(np.float32)
+    np.testing.assert_allclose(predictor.predict(rows), rows @ weights, rtol=1e-6)

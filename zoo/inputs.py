@@ -1,9 +1,10 @@
 """What a model takes, read off its own layers: the input spec that export and fine-tuning use.
 
-A model takes raw 0-255 pixels when its first layer is preprocessing: a Keras preprocessing
-layer (Rescaling, Normalization, Resizing, ...) or a layer whose class sets
-`reads_raw_pixels = True` (the SimNet family's PatchWhitening and
-BrightnessContrastNormalization). Every zoo image model starts with one.
+A model takes raw 0-255 pixels when its first layer, after any Keras augmentation layers (RandomFlip,
+RandomCrop, ..., RandAugment, MixUp: they pass on whatever range they get), is preprocessing: a Keras
+preprocessing layer (Rescaling, Normalization, Resizing, ...) or a layer whose class sets
+`reads_raw_pixels = True` (the SimNet family's PatchWhitening and BrightnessContrastNormalization).
+Every zoo image model starts with one.
 """
 import keras
 import numpy as np
@@ -11,19 +12,23 @@ import numpy as np
 from kernelzoo.zoo.preset import InputSpec
 
 _KERAS_PREPROCESSING = "keras.src.layers.preprocessing"
-
-
-def first_layer(model):
-    """The first layer after the input layer (None for an empty model)."""
-    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
-    return layers[0] if layers else None
+_KERAS_AUGMENTATION = ("RandAugment", "AugMix", "MixUp", "CutMix")  # and every Random* layer
 
 
 def takes_raw_pixels(model):
-    """Whether `model` reads 0-255 pixel values (its first layer is preprocessing)."""
-    layer = first_layer(model)
-    return layer is not None and (type(layer).__module__.startswith(_KERAS_PREPROCESSING)
-                                  or bool(getattr(layer, "reads_raw_pixels", False)))
+    """Whether `model` reads 0-255 pixel values (its first layer after any augmentation is preprocessing)."""
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    layer = next((layer for layer in layers if not _keras_augmentation(layer)), None)
+    return layer is not None and (_keras_preprocessing(layer) or bool(getattr(layer, "reads_raw_pixels", False)))
+
+
+def _keras_preprocessing(layer):
+    return type(layer).__module__.startswith(_KERAS_PREPROCESSING)
+
+
+def _keras_augmentation(layer):
+    name = type(layer).__name__
+    return _keras_preprocessing(layer) and (name.startswith("Random") or name in _KERAS_AUGMENTATION)
 
 
 def input_spec(model):
