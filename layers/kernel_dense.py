@@ -13,7 +13,7 @@ import keras
 from keras import ops
 
 from kernelzoo.layers.kernels import DISTANCES, KERNELS, Grid2D, kernel_matrix
-from kernelzoo.ops.checks import check_choice, float_in_range, positive_float, positive_int, real
+from kernelzoo.ops.checks import boolean, check_choice, float_in_range, positive_float, positive_int, real
 
 
 def _initializer(value):
@@ -48,12 +48,12 @@ class _LocationsLayer(keras.layers.Layer):
         self.scale = positive_float(scale, "scale")
         self.distance = check_choice("distance", distance, DISTANCES)
         self.activation = keras.activations.get(activation)
-        self.use_bias = bool(use_bias)
+        self.use_bias = boolean(use_bias, "use_bias")
         self.input_locations_initializer = _initializer(input_locations_initializer)
         self.output_locations_initializer = _initializer(output_locations_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.input_locations_trainable = bool(input_locations_trainable)
-        self.output_locations_trainable = bool(output_locations_trainable)
+        self.input_locations_trainable = boolean(input_locations_trainable, "input_locations_trainable")
+        self.output_locations_trainable = boolean(output_locations_trainable, "output_locations_trainable")
         self.input_locations_regularizer = keras.regularizers.get(input_locations_regularizer)
         self.output_locations_regularizer = keras.regularizers.get(output_locations_regularizer)
         self.bias_regularizer = keras.regularizers.get(bias_regularizer)
@@ -225,8 +225,8 @@ class KernelDense(_LocationsLayer):
         self.gamma = positive_float(gamma, "gamma")
         self.degree = positive_int(degree, "degree")
         self.offset = real(offset, "offset")
-        self.use_alpha = bool(use_alpha)
-        self.alpha_trainable = bool(alpha_trainable)
+        self.use_alpha = boolean(use_alpha, "use_alpha")
+        self.alpha_trainable = boolean(alpha_trainable, "alpha_trainable")
         self.alpha_initializer = keras.initializers.get(alpha_initializer)
         self.alpha_regularizer = keras.regularizers.get(alpha_regularizer)
         self.alpha_constraint = keras.constraints.get(alpha_constraint)

@@ -4,7 +4,7 @@ import numpy as np
 from keras import ops
 
 from kernelzoo.ops import api
-from kernelzoo.ops.checks import known_channels, normalize_padding, normalize_tuple, positive_int
+from kernelzoo.ops.checks import boolean, known_channels, normalize_padding, normalize_tuple, positive_int
 from kernelzoo.ops.shapes import output_size
 
 _OFFSET_MODES = ("shared", "unshared")
@@ -46,16 +46,16 @@ class Mex(keras.layers.Layer):
         self.padding = normalize_padding(padding)
         self.channel_block = None if channel_block is None else positive_int(channel_block, "channel_block")
         self.xi = _check_xi(xi, self.num_instances)
-        if softmax_mode and not learn_xi and np.any(np.asarray(self.xi) == 0):
+        if softmax_mode and np.any(np.asarray(self.xi) == 0):  # a learned xi must not cross 0 either
             raise ValueError("`xi`=0 with softmax_mode=True is log(n)/0 = inf; use xi != 0")
-        self.learn_xi = bool(learn_xi)
+        self.learn_xi = boolean(learn_xi, "learn_xi")
         self.offsets = _check_offsets_mode(offsets)
         self.offsets_initializer = keras.initializers.get(offsets_initializer)
         self.offsets_regularizer = keras.regularizers.get(offsets_regularizer)
         self.offsets_constraint = keras.constraints.get(offsets_constraint)
-        self.use_c = bool(use_c)
+        self.use_c = boolean(use_c, "use_c")
         self.c_initializer = keras.initializers.get(c_initializer)
-        self.softmax_mode = bool(softmax_mode)
+        self.softmax_mode = boolean(softmax_mode, "softmax_mode")
         self.input_spec = keras.layers.InputSpec(ndim=4)
 
     def build(self, input_shape):
@@ -77,7 +77,10 @@ class Mex(keras.layers.Layer):
                 initializer=self.offsets_initializer, regularizer=self.offsets_regularizer,
                 constraint=self.offsets_constraint)
         self.c = self.add_weight(name="c", shape=(k,), initializer=self.c_initializer) if self.use_c else None
-        self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: channels})
+        axes = {-1: channels}
+        if self.offsets == "unshared":  # one offset per output position: of this input size only
+            axes.update({1: height, 2: width})
+        self.input_spec = keras.layers.InputSpec(ndim=4, axes=axes)
 
     def _offset_regions(self, height, width):
         if self.offsets == "shared":

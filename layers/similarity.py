@@ -5,7 +5,7 @@ from keras import ops
 
 from kernelzoo.layers.constraints import MinValue
 from kernelzoo.ops import api
-from kernelzoo.ops.checks import check_choice, known_channels, normalize_padding, normalize_tuple, positive_int
+from kernelzoo.ops.checks import boolean, check_choice, known_channels, normalize_padding, normalize_tuple, positive_int
 from kernelzoo.ops.shapes import output_size
 
 # Learned exponents are kept at or above this (p must stay > 0).
@@ -48,13 +48,13 @@ class Similarity(keras.layers.Layer):
         self.strides = normalize_tuple(strides, "strides")
         self.padding = normalize_padding(padding)
         self.similarity = check_choice("similarity", similarity, api.SIMILARITIES)
-        self.weighted = bool(weighted)
+        self.weighted = boolean(weighted, "weighted")
         self.p = _check_p(p, self.similarity, learn_p, self.filters)
-        self.learn_p = bool(learn_p)
+        self.learn_p = boolean(learn_p, "learn_p")
         if normalization_term and self.similarity == "linear":
             raise ValueError("`normalization_term` applies to the l1/l2/lp similarities, not 'linear'")
-        self.normalization_term = bool(normalization_term)
-        self.ignore_nan = bool(ignore_nan)
+        self.normalization_term = boolean(normalization_term, "normalization_term")
+        self.ignore_nan = boolean(ignore_nan, "ignore_nan")
         self.templates_initializer = keras.initializers.get(templates_initializer)
         self.weights_initializer = keras.initializers.get(weights_initializer)
         self.templates_regularizer = keras.regularizers.get(templates_regularizer)

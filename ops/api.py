@@ -218,11 +218,17 @@ def similarity(inputs, templates, weights=None, *, similarity="l2", p=None, stri
     if normalization_term and kind == "linear":
         raise ValueError("`normalization_term` applies to the l1/l2/lp similarities, not 'linear'")
 
-    core = _core("similarity", inputs, templates, weights, p_vector, similarity=kind, strides=strides,
-                 padding=padding, ignore_nan=bool(ignore_nan))
+    core_inputs, core_templates, core_padding = inputs, templates, padding
+    if kind == "l2":
+        core_inputs, core_templates, core_padding = _centred(inputs, templates, strides, padding, ignore_nan)
+    core = _core("similarity", core_inputs, core_templates, weights, p_vector, similarity=kind, strides=strides,
+                 padding=core_padding, ignore_nan=bool(ignore_nan))
     if not normalization_term:
         return core
-    log_normaliser = (ops.log(p_vector) + ops.log(weights) / p_vector - math.log(2.0)
+    # A zero weight (allowed by the layers' non_neg constraint) counts as the smallest normal float32
+    # there: log u = -87, finite with finite gradients, instead of -inf poisoning the loss.
+    log_weights = ops.log(ops.maximum(weights, float(np.finfo(np.float32).tiny)))
+    log_normaliser = (ops.log(p_vector) + log_weights / p_vector - math.log(2.0)
                       - log_gamma(1.0 / p_vector))  # (kh, kw, C, n)
     if ignore_nan:
         term = composite.valid_sum(ops.cast(inputs, "float32"), log_normaliser, strides=strides, padding=padding)
@@ -329,6 +335,36 @@ def _check_offsets(offsets, inputs, k, pool_size, channel_block, strides, paddin
     if not (1 <= shape[0] <= out_h and 1 <= shape[1] <= out_w):
         raise ValueError(f"`offsets` region grid {shape[:2]} must lie between (1, 1) and the output size "
                          f"({out_h}, {out_w})")
+
+
+def _centred(inputs, templates, strides, padding, ignore_nan):
+    """(inputs, templates, padding) for the l2 similarity, both shifted by the templates' mean per channel.
+
+    -sum u (x - z)^2 depends on x - z only, but both implementations expand it into three terms
+    (sum u x^2 - 2 sum u z x + sum u z^2) that cancel when x and z share a large offset (raw 0-255
+    pixels: a distance of 0.003 came out as +0.008). Shifting both by the same constant (outside the
+    gradient: the derivatives are those of x - z) removes the offset. "same" padding is made explicit
+    first (zeros, or NaN with `ignore_nan`, of the unshifted input); with an unknown spatial size it is
+    left to the op and the input is not shifted.
+    """
+    kh, kw = templates.shape[:2]
+    if padding == "same":
+        pads = [_same_pads(size, k, s) for size, k, s in zip(inputs.shape[1:3], (kh, kw), strides)]
+        if None in pads:
+            return inputs, templates, padding
+        if any(before or after for before, after in pads):
+            inputs = ops.pad(inputs, [(0, 0), *pads, (0, 0)], constant_values=float("nan") if ignore_nan else 0.0)
+        padding = "valid"
+    shift = ops.cast(ops.cast(ops.stop_gradient(ops.mean(templates, axis=(0, 1, 3))), inputs.dtype), "float32")
+    return inputs - ops.cast(shift, inputs.dtype), templates - ops.reshape(shift, (1, 1, -1, 1)), padding
+
+
+def _same_pads(size, window, stride):
+    """(before, after) padding of Conv2D's "same" along an axis of `size` (None when unknown)."""
+    if size is None:
+        return None
+    total = max((-(-size // stride) - 1) * stride + window - size, 0)
+    return total // 2, total - total // 2
 
 
 def _check_window_fits(inputs, window, padding, name):

@@ -180,6 +180,12 @@ def test_saved_model_loads_in_a_fresh_process(tmp_path, rng):
     (lambda: Mex(num_instances=2, xi=[1.0, 2.0, 3.0]), "xi"),
     (lambda: Mex(offsets="everywhere"), "offsets"),
     (lambda: Mex(xi=0.0, learn_xi=False, softmax_mode=True), "xi"),
+    (lambda: Mex(xi=[1.0, 0.0], num_instances=2, learn_xi=True, softmax_mode=True), "xi"),
+    (lambda: Mex(learn_xi="no"), "learn_xi"),
+    (lambda: Mex(softmax_mode=1), "softmax_mode"),
+    (lambda: Similarity(3, 2, weighted="False"), "weighted"),
+    (lambda: Similarity(3, 2, ignore_nan=None), "ignore_nan"),
+    (lambda: __import__("kernelzoo.layers", fromlist=["KernelDense"]).KernelDense(3, use_bias="false"), "use_bias"),
     (lambda: Mex(pool_size=0), "pool_size"),
 ])
 def test_bad_constructor_arguments(make, message):
@@ -200,6 +206,13 @@ def test_bad_inputs_at_build_and_call(rng):
         layer(_input(rng, (2, 7, 8, 5)))  # channel count changed
     with pytest.raises(ValueError, match="larger than the input"):
         Similarity(3, 9)(_input(rng))
+    unshared = Mex(pool_size=2, offsets="unshared")
+    unshared(_input(rng, (2, 8, 8, 5)))
+    with pytest.raises(ValueError):  # one offset per output position of an 8 x 8 input
+        unshared(_input(rng, (2, 16, 16, 5)))
+    shared = Mex(pool_size=2, offsets="shared")
+    shared(_input(rng, (2, 8, 8, 5)))
+    assert tuple(shared(_input(rng, (2, 16, 16, 5))).shape) == (2, 8, 8, 1)
 
 
 @pytest.mark.parametrize("make", [

@@ -71,6 +71,23 @@ def test_same_padding_pads_with_zeros(impl, rng, kind):
     np.testing.assert_allclose(out, similarity_reference(padded, z, u, kind, p), rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("mean", [50.0, 200.0])
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_l2_is_accurate_for_inputs_with_a_large_mean(impl, rng, mean, padding):
+    """Raw pixels: a template 0.01 from a patch is at l2 distance ~1e-3, which the expansion
+    sum u x^2 - 2 sum u z x + sum u z^2 lost to cancellation (+0.008 at mean 50, 0 at 200)."""
+    x = (mean + rng.normal(size=(2, 7, 7, 3))).astype("float32")
+    z = (x[0, 1:4, 2:5, :, None] + 0.01 + rng.normal(size=(3, 3, 3, 4)) * [0.0, 1.0, 1.0, 1.0]).astype("float32")
+    u = rng.uniform(0.2, 1.0, size=z.shape).astype("float32")
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))) if padding == "same" else x
+    reference = similarity_reference(padded, z, u, "l2")
+    out = np.asarray(kops.similarity(x, z, u, similarity="l2", padding=padding))
+    near = (0, 1, 2, 0) if padding == "valid" else (0, 2, 3, 0)
+    assert -3e-3 < reference[near] < 0
+    assert abs(out[near] - reference[near]) < 2e-5  # float32 rounding of the O(1) centred terms
+    np.testing.assert_allclose(out, reference, rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("kind", ["linear", "l1", "l2", "lp"])
 def test_nan_entries_are_marginalised(impl, rng, kind):
     x = rng.normal(size=(2, 6, 6, 2)).astype("float32")
@@ -140,6 +157,20 @@ def test_normalization_term_is_generalised_gaussian_log_density(impl, rng):
         scale = u[0, 0, 0, l] ** (-1.0 / p[l])
         expected = gennorm.logpdf(x[..., 0], p[l], loc=z[0, 0, 0, l], scale=scale)
         np.testing.assert_allclose(out[..., l], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_normalization_term_with_a_zero_weight_stays_finite(impl, rng):
+    """The layers' non_neg constraint can set a weight to 0: its log counts as log(float32 tiny), not -inf."""
+    x = tf.constant(rng.normal(size=(1, 3, 3, 2)).astype("float32"))
+    z = tf.constant(rng.normal(size=(2, 2, 2, 3)).astype("float32"))
+    u = tf.Variable((rng.uniform(0.5, 2.0, size=(2, 2, 2, 3)) * [1.0, 0.0, 1.0]).astype("float32"))
+    with tf.GradientTape() as tape:
+        out = kops.similarity(x, z, u, similarity="l2", normalization_term=True)
+        total = tf.reduce_sum(out)
+    gradient = tape.gradient(total, u)
+    assert np.isfinite(out.numpy()).all() and np.isfinite(gradient.numpy()).all()
+    tiny = np.log(np.finfo(np.float32).tiny) / 2 * 8  # 8 entries of the zero template, p = 2
+    assert np.all(out.numpy()[..., 1] < tiny + 1.0)
 
 
 def test_normalization_term_counts_only_observed_entries(impl, rng):
