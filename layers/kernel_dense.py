@@ -101,12 +101,13 @@ class _LocationsLayer(keras.layers.Layer):
         raise NotImplementedError
 
     def kernel_values(self, jitter=False):
-        """The (m, n) matrix K(u_i, v_j); `jitter`: with u_i moved by the layer's `location_noise`."""
-        u = self.input_locations
+        """The (m, n) matrix K(u_i, v_j), float32 (under a float16 policy the distances underflow: NaN
+        gradients at coincident locations); `jitter`: with u_i moved by the layer's `location_noise`."""
+        u = ops.cast(self.input_locations, "float32")
         if jitter and self.location_noise:
             u = u + keras.random.normal(ops.shape(u), stddev=self.location_noise, seed=self._noise_seed,
-                                        dtype=u.dtype)
-        return kernel_matrix(u, self.output_locations, self.kernel_function,
+                                        dtype="float32")
+        return kernel_matrix(u, ops.cast(self.output_locations, "float32"), self.kernel_function,
                              scale=self.scale, distance=self.distance, **self._kernel_options())
 
     def _kernel_options(self):
@@ -119,7 +120,7 @@ class _LocationsLayer(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         k = self.kernel_values(jitter=bool(training))
-        w = self._weights_from(k)
+        w = self._weights_from(ops.cast(k, self.compute_dtype))
         if self.kernel_values_regularizer is not None:
             self.add_loss(self.kernel_values_regularizer(k))
         if self.effective_regularizer is not None:

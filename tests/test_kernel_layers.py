@@ -85,14 +85,24 @@ def test_finite_support_weights_vanish_outside_support(distance):
     assert layer.expected_macs(0.5) == 0.5 * np.count_nonzero(w)
 
 
-def test_finite_support_gradient_is_finite_at_coincident_locations():
+@pytest.mark.parametrize("policy", ["float32", "mixed_float16"])
+def test_finite_support_gradient_is_finite_at_coincident_locations(policy):
+    """Under mixed_float16 the 1e-12 floor of the squared distance underflowed to 0 (sqrt: NaN gradient);
+    the kernel values are computed in float32."""
     import tensorflow as tf
-    layer = KernelDense(3, kernel_function="finite_support", dim=2, input_locations_initializer="zeros",
-                        output_locations_initializer="zeros")
-    x = np.ones((2, 4), "float32")
-    with tf.GradientTape() as tape:
-        loss = tf.reduce_sum(layer(x))
-    grads = tape.gradient(loss, layer.trainable_variables)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        layer = KernelDense(3, kernel_function="finite_support", dim=2, input_locations_initializer="zeros",
+                            output_locations_initializer="zeros")
+        x = np.ones((2, 4), "float32")
+        with tf.GradientTape() as tape:
+            out = layer(x)
+            loss = tf.reduce_sum(tf.cast(out, "float32"))
+        grads = tape.gradient(loss, layer.trainable_variables)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert out.dtype == layer.compute_dtype
     assert all(np.all(np.isfinite(g.numpy())) for g in grads)
 
 
