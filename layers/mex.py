@@ -61,6 +61,9 @@ class Mex(keras.layers.Layer):
     def build(self, input_shape):
         _, height, width, _ = input_shape
         channels = known_channels(input_shape, "Mex")
+        if height is None or width is None:  # the op's blocks and offset regions are laid out on a known grid
+            raise ValueError(f"Mex needs a static spatial input size, got {tuple(input_shape)}: give keras.Input "
+                             "a fixed height and width")
         block = channels if self.channel_block is None else self.channel_block
         if channels % block:
             raise ValueError(f"`channel_block`={block} must divide the number of input channels ({channels})")

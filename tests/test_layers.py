@@ -206,6 +206,8 @@ def test_bad_inputs_at_build_and_call(rng):
         layer(_input(rng, (2, 7, 8, 5)))  # channel count changed
     with pytest.raises(ValueError, match="larger than the input"):
         Similarity(3, 9)(_input(rng))
+    with pytest.raises(ValueError, match="static spatial input size"):
+        Mex(pool_size=2)(keras.Input((None, None, 4)))
     unshared = Mex(pool_size=2, offsets="unshared")
     unshared(_input(rng, (2, 8, 8, 5)))
     with pytest.raises(ValueError):  # one offset per output position of an 8 x 8 input
