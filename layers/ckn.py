@@ -13,7 +13,7 @@ import numpy as np
 from keras import ops
 
 from kernelzoo.ops.checks import (check_choice, known_channels, nonnegative_float, normalize_padding, normalize_tuple,
-                                  positive_float, positive_int)
+                                  positive_float, positive_int, window_fits)
 from kernelzoo.ops.shapes import output_size
 
 KERNELS = ("exp", "poly2")
@@ -73,6 +73,7 @@ class CKNConv2D(keras.layers.Layer):
 
     def build(self, input_shape):
         channels = known_channels(input_shape, "CKNConv2D")
+        window_fits(input_shape[1:3], self.kernel_size, self.padding, "kernel_size")
         self.anchors = self.add_weight(name="anchors", shape=self.kernel_size + (channels, self.filters),
                                        initializer=self.anchors_initializer, regularizer=self.anchors_regularizer,
                                        constraint=keras.constraints.UnitNorm(axis=(0, 1, 2)))

@@ -207,7 +207,12 @@ class KernelDense(_LocationsLayer):
                  kernel_values_regularizer=None, effective_regularizer=None,
                  alpha_constraint=None, input_locations_constraint=None,
                  output_locations_constraint=None, bias_constraint=None, location_noise=0.0, **kwargs):
-        kernel_function = kwargs.pop("kernel", kernel_function)  # the name before 0.2 (in saved configs)
+        if "kernel" in kwargs:  # the name before 0.2 (in saved configs)
+            legacy = kwargs.pop("kernel")
+            if kernel_function not in ("rbf", legacy):
+                raise ValueError(f"`kernel`={legacy!r} (the name of `kernel_function` before 0.2) and "
+                                 f"`kernel_function`={kernel_function!r} disagree: give `kernel_function` only")
+            kernel_function = legacy
         super().__init__(
             units, dim=dim, scale=scale, distance=distance, activation=activation, use_bias=use_bias,
             input_locations_initializer=input_locations_initializer,

@@ -4,7 +4,7 @@ import numpy as np
 from keras import ops
 
 from kernelzoo.ops import api
-from kernelzoo.ops.checks import boolean, known_channels, normalize_padding, normalize_tuple, positive_int
+from kernelzoo.ops.checks import boolean, known_channels, normalize_padding, normalize_tuple, positive_int, window_fits
 from kernelzoo.ops.shapes import output_size
 
 _OFFSET_MODES = ("shared", "unshared")
@@ -61,6 +61,7 @@ class Mex(keras.layers.Layer):
     def build(self, input_shape):
         _, height, width, _ = input_shape
         channels = known_channels(input_shape, "Mex")
+        window_fits(input_shape[1:3], self.pool_size, self.padding, "pool_size")
         if height is None or width is None:  # the op's blocks and offset regions are laid out on a known grid
             raise ValueError(f"Mex needs a static spatial input size, got {tuple(input_shape)}: give keras.Input "
                              "a fixed height and width")

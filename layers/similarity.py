@@ -5,7 +5,8 @@ from keras import ops
 
 from kernelzoo.layers.constraints import MinValue
 from kernelzoo.ops import api
-from kernelzoo.ops.checks import boolean, check_choice, known_channels, normalize_padding, normalize_tuple, positive_int
+from kernelzoo.ops.checks import (boolean, check_choice, known_channels, normalize_padding, normalize_tuple, positive_int,
+                                  window_fits)
 from kernelzoo.ops.shapes import output_size
 
 # Learned exponents are kept at or above this (p must stay > 0).
@@ -65,6 +66,7 @@ class Similarity(keras.layers.Layer):
 
     def build(self, input_shape):
         channels = known_channels(input_shape, "Similarity")
+        window_fits(input_shape[1:3], self.kernel_size, self.padding, "kernel_size")
         shape = self.kernel_size + (channels, self.filters)
         self.templates = self.add_weight(name="templates", shape=shape, initializer=self.templates_initializer,
                                          regularizer=self.templates_regularizer,

@@ -20,6 +20,11 @@ class SparsifyingActivation(keras.layers.Layer):
         self.eta = float_in_range(eta, "eta", 0.0, 1.0)
         self.axis = int_in_range(axis, "axis")
 
+    def build(self, input_shape):
+        if not -len(input_shape) <= self.axis < len(input_shape):
+            raise ValueError(f"`axis`={self.axis} is out of range for inputs of rank {len(input_shape)} "
+                             f"(shape {tuple(input_shape)})")
+
     def call(self, inputs):
         top = ops.max(inputs, axis=self.axis, keepdims=True)
         mean = ops.mean(inputs, axis=self.axis, keepdims=True)

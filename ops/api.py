@@ -25,7 +25,7 @@ import numpy as np
 from keras import ops
 
 from kernelzoo.ops import composite
-from kernelzoo.ops.checks import check_choice, normalize_padding, normalize_tuple, positive_int
+from kernelzoo.ops.checks import check_choice, normalize_padding, normalize_tuple, positive_int, window_fits
 from kernelzoo.ops.shapes import output_size
 
 SIMILARITIES = ("linear", "l1", "l2", "lp")
@@ -205,7 +205,7 @@ def similarity(inputs, templates, weights=None, *, similarity="l2", p=None, stri
     if inputs.shape[-1] != channels:
         raise ValueError(f"`inputs` has {inputs.shape[-1]} channels but `templates` expects {channels} "
                          f"(templates shape {tuple(templates.shape)})")
-    _check_window_fits(inputs, (kh, kw), padding, "templates spatial size")
+    window_fits(inputs.shape[1:3], (kh, kw), padding, "templates spatial size")
     if weights is None:
         weights = ops.ones_like(templates)
     else:
@@ -271,7 +271,7 @@ def mex(inputs, xi, *, num_instances=1, pool_size=(1, 1), channel_block=None, st
     channel_block = channels if channel_block is None else positive_int(channel_block, "channel_block")
     if channels is None or channels % channel_block:
         raise ValueError(f"`channel_block`={channel_block} must divide the number of input channels ({channels})")
-    _check_window_fits(inputs, pool_size, padding, "pool_size")
+    window_fits(inputs.shape[1:3], pool_size, padding, "pool_size")
     if None in inputs.shape[1:3]:
         raise ValueError(f"mex needs static spatial dimensions in `inputs`, got shape {tuple(inputs.shape)}")
     static_xi = xi
@@ -365,13 +365,6 @@ def _same_pads(size, window, stride):
         return None
     total = max((-(-size // stride) - 1) * stride + window - size, 0)
     return total // 2, total - total // 2
-
-
-def _check_window_fits(inputs, window, padding, name):
-    size = tuple(inputs.shape[1:3])
-    if padding == "valid" and all(s is not None for s in size) and (window[0] > size[0] or window[1] > size[1]):
-        raise ValueError(f"`{name}` {tuple(window)} is larger than the input's spatial size {size} "
-                         "(use padding='same' or a smaller window)")
 
 
 def _per_instance(value, k, name):

@@ -130,6 +130,13 @@ def known_channels(input_shape, layer):
     return int(channels)
 
 
+def window_fits(size, window, padding, name):
+    """ValueError naming `name` when a "valid" `window` is larger than the known spatial `size` (h, w)."""
+    if padding == "valid" and all(s is not None for s in size) and (window[0] > size[0] or window[1] > size[1]):
+        raise ValueError(f"`{name}` {tuple(window)} is larger than the input's spatial size {tuple(size)} "
+                         "(use padding='same' or a smaller window)")
+
+
 def image_batch(value, name="images"):
     """`value` as a non-empty numeric numpy array of images (N, H, W, C)."""
     try:

@@ -206,6 +206,18 @@ def test_bad_inputs_at_build_and_call(rng):
         layer(_input(rng, (2, 7, 8, 5)))  # channel count changed
     with pytest.raises(ValueError, match="larger than the input"):
         Similarity(3, 9)(_input(rng))
+    with pytest.raises(ValueError, match="`kernel_size` \\(3, 9\\) is larger"):
+        Similarity(3, (3, 9))(keras.Input((7, 8, 4)))  # symbolic: at build, not with a negative output shape
+    with pytest.raises(ValueError, match="`pool_size` \\(5, 5\\) is larger"):
+        Mex(pool_size=5)(keras.Input((3, 3, 1)))
+    from kernelzoo.layers import CKNConv2D, KernelDense, SparsifyingActivation
+    with pytest.raises(ValueError, match="`kernel_size` \\(5, 5\\) is larger"):
+        CKNConv2D(4, 5, padding="valid")(keras.Input((3, 3, 2)))
+    with pytest.raises(ValueError, match="`axis`=3 is out of range"):
+        SparsifyingActivation(axis=3)(keras.Input((5,)))
+    with pytest.raises(ValueError, match="disagree"):
+        KernelDense(3, kernel="dot", kernel_function="poly")
+    assert KernelDense(3, kernel="dot").kernel_function == "dot"
     with pytest.raises(ValueError, match="static spatial input size"):
         Mex(pool_size=2)(keras.Input((None, None, 4)))
     unshared = Mex(pool_size=2, offsets="unshared")
