@@ -136,6 +136,24 @@ def test_class_folders_and_tar(tmp_path):
         load_images(str(copy))
 
 
+def test_class_folders_without_images_or_of_other_shapes_are_refused(tmp_path):
+    from PIL import Image
+    root = tmp_path / "pets"
+    _class_folders(str(root), np.random.default_rng(3))
+    (root / "train" / "bird").mkdir()
+    (root / "test" / "bird").mkdir()  # an empty class in both splits: it would vanish, relabelling nothing
+    with pytest.raises(ValueError, match="train/bird/ holds no images"):
+        load_images(str(root))
+    for split in ("train", "test"):
+        (root / split / "bird").rmdir()
+    Image.fromarray(np.zeros((6, 6, 3), np.uint8)).save(root / "test" / "cat" / "0000.png")
+    for name in os.listdir(root / "test" / "dog"):
+        Image.fromarray(np.zeros((6, 6, 3), np.uint8)).save(root / "test" / "dog" / name)
+    Image.fromarray(np.zeros((6, 6, 3), np.uint8)).save(root / "test" / "cat" / "0001.png")
+    with pytest.raises(ValueError, match="train and test images differ in shape"):
+        load_images(str(root))
+
+
 def test_runs_decoding_one_archive_at_once_share_the_cache(tmp_path, monkeypatch):
     # Two runs decoded CIFAR-10 at once and the second rename found no temporary file (one name for both):
     # here a second decode of the same archive completes while the first is writing its cache.

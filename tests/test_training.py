@@ -2,6 +2,7 @@
 import argparse
 import json
 import os
+import re
 
 import keras
 import numpy as np
@@ -115,6 +116,70 @@ def test_a_checkpoint_saved_before_the_first_step_resumes_without_a_warning(tmp_
     resumed = training.load_last(str(tmp_path))
     assert not [w for w in recwarn if "Skipping variable loading" in str(w.message)]
     assert len(resumed.optimizer.variables) == len(model.optimizer.variables) > 2
+
+
+def test_a_kill_inside_a_checkpoint_resumes_from_a_matching_state(tmp_path):
+    """state.json names its checkpoint: killed after the epoch file or after the state, the run resumes from
+    weights of the epoch its state counts; log rows past that epoch are dropped."""
+    x, y = stripes(24)
+    config = {"preset": "p", "hyperparameters": {"lr": 0.05, "epochs": 2}, "seed": 0}
+    model = _tiny_simnet()
+    training.train(model, (x, y), out_dir=str(tmp_path), epochs=2, batch_size=8, verbose=0, tensorboard=False,
+                   config=config)
+    state = training.read_state(str(tmp_path))
+    assert state["epoch"] == 2 and state["checkpoint"] == "epoch-002.keras"
+    two = model.get_weights()
+    model.set_weights([w + 1.0 for w in two])  # epoch 3's file written, then killed before its state.json
+    training.save_model(model, str(tmp_path / "checkpoints" / "epoch-003.keras"))
+    training.append_log(str(tmp_path), {"epoch": 2, "accuracy": 0.5, "loss": 1.0})
+    assert [row["epoch"] for row in training.read_log(str(tmp_path / "log.csv"))] == [0, 1, 2]
+    assert training.start_run(str(tmp_path), True, config) == 2
+    assert [row["epoch"] for row in training.read_log(str(tmp_path / "log.csv"))] == [0, 1]
+    for loaded, saved in zip(training.load_last(str(tmp_path)).get_weights(), two):
+        np.testing.assert_array_equal(loaded, saved)
+    old = tmp_path / "old"
+    (old / "checkpoints").mkdir(parents=True)  # a run saved before state.json named its file
+    training.save_model(model, str(old / "checkpoints" / "last.keras"))
+    training.write_json(str(old / "checkpoints" / "state.json"), {"epoch": 3})
+    assert training.read_state(str(old))["epoch"] == 3 and training.load_last(str(old)).count_params() > 0
+
+
+def test_a_run_resumes_only_with_its_own_settings(tmp_path):
+    x, y = stripes(12)
+    config = {"preset": "p", "overrides": {"n": 2}, "hyperparameters": {"lr": 0.05, "epochs": 1},
+              "options": {"holdout": 5}, "seed": 3, "host": "a"}
+    training.train(_tiny_simnet(), (x, y), out_dir=str(tmp_path), epochs=1, batch_size=6, verbose=0,
+                   tensorboard=False, config=config)
+    longer = dict(config, hyperparameters={"lr": 0.05, "epochs": 4}, host="b")  # more epochs, another machine
+    assert training.start_run(str(tmp_path), True, longer) == 1
+    other_lr = {"lr": 0.01, "epochs": 1}
+    for changed, message in ((dict(config, seed=0), "seed 3 -> 0"),
+                             (dict(config, hyperparameters=other_lr), "hyperparameters.lr 0.05 -> 0.01"),
+                             (dict(config, options={"holdout": None}), "options.holdout 5 -> None"),
+                             (dict(config, overrides={}), "overrides.n 2 -> None")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            training.start_run(str(tmp_path), True, changed)
+
+
+def test_eval_draws_the_run_folders_split_with_its_seed(tmp_path, monkeypatch):
+    """A run's held-out images and random splits depend on its --seed: eval of its model.keras loads the data
+    with the seed in its config.json (an explicit seed wins)."""
+    from kernelzoo.zoo import evaluation
+    from kernelzoo.zoo.kernelnet.mnist import kernelnet_mnist
+
+    kernelnet_mnist(grids=(1,), grid_sides=(2,), gammas=(25.0,)).save(tmp_path / "model.keras")
+    training.write_json(str(tmp_path / "config.json"), {"preset": "kernelnet_mnist_prior", "options": {}, "seed": 7})
+    seeds = []
+
+    def load_data(self, preset, data_dir=None, dataset=None, options=None, seed=0):
+        seeds.append(seed)
+        raise RuntimeError("data loaded")
+
+    monkeypatch.setattr(type(registry.recipe(registry.info("kernelnet_mnist_prior"))), "load_data", load_data)
+    for seed in (None, 2):
+        with pytest.raises(RuntimeError, match="data loaded"):
+            evaluation.measure(str(tmp_path / "model.keras"), seed=seed)
+    assert seeds == [7, 2]
 
 
 def test_training_bad_arguments(tmp_path):
@@ -269,8 +334,8 @@ def test_a_copy_of_shipped_weights_is_known_by_its_sha256(tmp_path):
     copy = tmp_path / "downloaded.keras"
     shutil.copyfile(registry.weights_path("simnet_cifar10_l1"), copy)
     assert preset_of(copy).name == "simnet_cifar10_l1"
-    model, preset, options = _load(str(copy), None)
-    assert preset.name == "simnet_cifar10_l1" and options is None and model.count_params() > 0
+    model, preset, options, seed = _load(str(copy), None)
+    assert preset.name == "simnet_cifar10_l1" and options is None and seed is None and model.count_params() > 0
     with open(copy, "ab") as handle:
         handle.write(b"\0")  # other content: no preset, and measure asks for one
     assert preset_of(copy) is None

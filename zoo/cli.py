@@ -37,7 +37,9 @@ def add_arguments(parser, command):
         parser.add_argument("--holdout", type=int, default=None, metavar="N",
                             help="measure on the N training images that `kernelzoo train --holdout N --seed S` "
                                  "holds out instead of the test split")
-        parser.add_argument("--seed", type=int, default=0, help="the --seed of that held-out split (default 0)")
+        parser.add_argument("--seed", type=int, default=None,
+                            help="the run's --seed: it draws the held-out images and random splits (default: the "
+                                 "seed in a run folder's config.json, else 0)")
         parser.add_argument("--json", default=None, help="also write the results to this file")
         parser.add_argument("--quiet", action="store_true", help="no progress bars")
     elif command == "list":

@@ -47,34 +47,39 @@ def _file_preset(path, config):
 
 
 def _load(model, preset):
-    """(keras.Model, Preset or None, recipe options) for a name, a .keras path or a model."""
+    """(keras.Model, Preset or None, recipe options, seed) for a name, a .keras path or a model; options and
+    seed are the run folder's (its config.json), else None."""
     if isinstance(model, keras.Model):
-        return model, preset, None
+        return model, preset, None, None
     preset = registry.info(preset) if isinstance(preset, str) else preset
     path = os.fspath(model)
     if not path.endswith(".keras"):
         named = registry.info(path)
-        return registry.load(path), preset or named, None
+        return registry.load(path), preset or named, None, None
     if not os.path.isfile(path):
         raise ValueError(f"`model`: no such file {path!r}")
     import kernelzoo  # noqa: F401  (registers the custom layers)
     config = run_config(path)
     preset = preset or _file_preset(path, config)
-    options = config.get("options") if config is not None and preset.name == config["preset"] else None
-    return keras.models.load_model(path, compile=False), preset, options
+    own = config is not None and preset.name == config["preset"]
+    options, seed = (config.get("options"), config.get("seed")) if own else (None, None)
+    return keras.models.load_model(path, compile=False), preset, options, seed
 
 
-def measure(model, data_dir=None, *, preset=None, dataset=None, split="test", holdout=None, seed=0, verbose=0):
+def measure(model, data_dir=None, *, preset=None, dataset=None, split="test", holdout=None, seed=None, verbose=0):
     """Re-measure `model` with its preset's protocol (or image classification on `dataset`); `verbose`:
     a progress bar while it evaluates.
 
     With `holdout`: on the `holdout` training images that `kernelzoo train --holdout N --seed S` holds out
     instead (the validation split; e.g. to compare a shipped model with a held-out run on the same images).
+    `seed`: the run's --seed, which draws its held-out images and its random splits (MovieLens --split
+    random); None: the seed in the run folder's config.json, else 0.
 
     Returns {"metric", "value" (of the preset's metric), every measured metric, "data",
     "preset", "card" and "paper" (Figures or None)}.
     """
-    model, preset, saved_options = _load(model, preset)
+    model, preset, saved_options, run_seed = _load(model, preset)
+    seed = (0 if run_seed is None else int(run_seed)) if seed is None else int(seed)
     if preset is None and dataset is None:
         raise ValueError(f"`preset`: no preset is known for {getattr(model, 'name', model)!r} (no zoo name, no "
                          "run folder config.json): give the preset (--preset NAME) or a dataset (--dataset)")
@@ -83,7 +88,7 @@ def measure(model, data_dir=None, *, preset=None, dataset=None, split="test", ho
     options = recipe.options(**{k: v for k, v in (saved_options or {}).items() if k in known})
     if holdout is not None and not hasattr(options, "holdout"):
         raise ValueError(f"`holdout`: {type(recipe).__name__} has no held-out image split (--holdout)")
-    data = recipe.load_data(preset, data_dir, dataset, options)
+    data = recipe.load_data(preset, data_dir, dataset, options, seed=seed)
     if holdout is not None:
         options.holdout = holdout
         data, split = recipe.validation_split(data, {}, options, seed=seed), "val"

@@ -16,7 +16,11 @@ A run folder holds:
 - an optional learning-rate function of the epoch index only (`step_schedule`, `milestone_schedule`);
 - callbacks: progress bar, CSV log, TensorBoard, a checkpoint every epoch and the resume state.
   `resume=True` reloads it and continues with the next epoch, on the same data order and
-  learning rate, so a killed run ends with the weights of an uninterrupted one.
+  learning rate, so a killed run ends with the weights of an uninterrupted one; except in models
+  with random layers (Dropout, location noise, in-model augmentation without a saved counter), whose
+  Keras random generators are not saved: they restart, and the run continues on other draws. A
+  resumed run must have the settings of its config.json (`start_run` checks), and log.csv loses the
+  rows of epochs after the checkpoint.
 Loops that are not Keras `fit` (the kernelNet L-BFGS-B) write the same files with
 `save_checkpoint`, `append_log` and `finish`.
 """
@@ -26,6 +30,7 @@ import csv
 import json
 import math
 import os
+import re
 import shutil
 import time
 
@@ -45,6 +50,8 @@ CHECKPOINTS = "checkpoints"
 STATE_FILE = "state.json"
 LAST_CHECKPOINT = "last.keras"
 STRATEGIES = ("none", "mirrored", "multiworker")
+# config.json entries a resumed run must share with the run it continues (`epochs` may grow).
+_RESUME_KEYS = ("preset", "builder", "config", "overrides", "hyperparameters", "options", "seed")
 
 
 def make_strategy(name):
@@ -145,24 +152,27 @@ def make_dataset(x, y, batch_size, *, epochs=1, start_epoch=0, seed=0, shuffle=T
 
 
 def save_checkpoint(model, out_dir, epoch, logs=None, keep=2, state=None):
-    """After `epoch` epochs: checkpoints/epoch-NNN.keras, last.keras and state.json (epoch, logs, `state`).
+    """After `epoch` epochs: checkpoints/epoch-NNN.keras, state.json (epoch, logs, `state`, the checkpoint's
+    file name) and a copy as last.keras.
 
-    Files are written to a temporary name and renamed, so a kill during the save leaves the
-    previous state intact; only the last `keep` epoch files are kept.
+    Files are written to a temporary name and renamed, and state.json names the epoch file it goes with, so
+    a kill at any point leaves a state and a checkpoint of the same epoch; only the last `keep` epoch files
+    are kept.
     """
     folder = os.path.join(out_dir, CHECKPOINTS)
     os.makedirs(folder, exist_ok=True)
-    epoch_file = os.path.join(folder, f"epoch-{epoch:03d}.keras")
-    save_model(model, epoch_file)
-    last = os.path.join(folder, LAST_CHECKPOINT)
-    shutil.copyfile(epoch_file, last + ".tmp")
-    os.replace(last + ".tmp", last)
+    name = f"epoch-{epoch:03d}.keras"
+    save_model(model, os.path.join(folder, name))
     write_json(os.path.join(folder, STATE_FILE),
-               dict(state or {}, epoch=int(epoch), logs={k: float(v) for k, v in (logs or {}).items()},
-                    time=time.time()))
-    old = sorted(f for f in os.listdir(folder) if f.startswith("epoch-") and f.endswith(".keras"))
-    for name in old[:-positive_int(keep, "keep_checkpoints")]:
-        os.remove(os.path.join(folder, name))
+               dict(state or {}, epoch=int(epoch), checkpoint=name,
+                    logs={k: float(v) for k, v in (logs or {}).items()}, time=time.time()))
+    last = os.path.join(folder, LAST_CHECKPOINT)
+    shutil.copyfile(os.path.join(folder, name), last + ".tmp")
+    os.replace(last + ".tmp", last)
+    old = sorted((f for f in os.listdir(folder) if re.fullmatch(r"epoch-\d+\.keras", f)),
+                 key=lambda f: int(f[len("epoch-"):-len(".keras")]))
+    for stale in old[:-positive_int(keep, "keep_checkpoints")]:
+        os.remove(os.path.join(folder, stale))
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
@@ -178,24 +188,35 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
 def read_state(out_dir):
     """The resume state of a run folder (dict with "epoch"), or None."""
-    folder = os.path.join(out_dir, CHECKPOINTS)
-    path = os.path.join(folder, STATE_FILE)
-    if not os.path.isfile(path) or not os.path.isfile(os.path.join(folder, LAST_CHECKPOINT)):
+    path = os.path.join(out_dir, CHECKPOINTS, STATE_FILE)
+    if not os.path.isfile(path):
         return None
     with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+        state = json.load(handle)
+    return state if os.path.isfile(_checkpoint_path(out_dir, state)) else None
+
+
+def _checkpoint_path(out_dir, state):
+    """The checkpoint saved with `state` (runs before it was named there: last.keras)."""
+    return os.path.join(out_dir, CHECKPOINTS, state.get("checkpoint", LAST_CHECKPOINT))
 
 
 def load_last(out_dir, compile=True):
-    """The model of the last checkpoint (weights, and optimizer state when `compile`)."""
+    """The model of the last checkpoint (weights, and optimizer state when `compile`): the one its state.json
+    names, so that weights and epoch count always match."""
     import kernelzoo  # noqa: F401  (registers the custom layers)
-    return keras.models.load_model(os.path.join(out_dir, CHECKPOINTS, LAST_CHECKPOINT), compile=compile)
+    state = read_state(out_dir)
+    path = _checkpoint_path(out_dir, state) if state is not None else os.path.join(out_dir, CHECKPOINTS,
+                                                                                     LAST_CHECKPOINT)
+    return keras.models.load_model(path, compile=compile)
 
 
 def start_run(out_dir, resume, config=None):
     """The completed epochs of the run in `out_dir` (0 for a new run, whose config.json is written).
 
-    Refuses to overwrite a run unless `resume`.
+    Refuses to overwrite a run unless `resume`, and to resume one with other settings than its
+    config.json holds (preset, builder config, overrides, hyper-parameters but `epochs`, options, seed):
+    the data order, the held-out images or the model would silently change half-way.
     """
     out_dir = checks.path(out_dir, "out_dir")
     state = read_state(out_dir)
@@ -205,7 +226,51 @@ def start_run(out_dir, resume, config=None):
     os.makedirs(out_dir, exist_ok=True)
     if state is None and config is not None:
         write_json(os.path.join(out_dir, CONFIG_FILE), config)
+    if state is not None and config is not None:
+        _check_resumed_config(out_dir, config)
+    if state is not None:
+        _trim_log(out_dir, int(state["epoch"]))
     return 0 if state is None else int(state["epoch"])
+
+
+def _trim_log(out_dir, epochs):
+    """Drop the log.csv rows of epochs after the checkpoint (a kill between a row and its checkpoint)."""
+    path = os.path.join(out_dir, LOG_FILE)
+    if not os.path.isfile(path):
+        return
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    if not rows or "epoch" not in rows[0]:
+        return
+    column = rows[0].index("epoch")
+    kept = [row for row in rows[1:] if float(row[column]) < epochs]
+    if len(kept) < len(rows) - 1:
+        with open(path + ".tmp", "w", newline="", encoding="utf-8") as handle:
+            csv.writer(handle).writerows([rows[0]] + kept)
+        os.replace(path + ".tmp", path)
+
+
+def _check_resumed_config(out_dir, config):
+    path = os.path.join(out_dir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as handle:
+        saved = json.load(handle)
+    config = json.loads(json.dumps(config, default=str))  # tuples as lists, as saved
+    changes = []
+    for key in _RESUME_KEYS:
+        if key not in saved or key not in config:
+            continue
+        before, now = saved[key], config[key]
+        if isinstance(before, dict) and isinstance(now, dict):
+            names = sorted(set(before) | set(now))
+            changes += [f"{key}.{name} {before.get(name)!r} -> {now.get(name)!r}" for name in names
+                        if before.get(name) != now.get(name) and not (key == "hyperparameters" and name == "epochs")]
+        elif before != now:
+            changes.append(f"{key} {before!r} -> {now!r}")
+    if changes:
+        raise ValueError(f"`resume`: {out_dir!r} was started with other settings ({'; '.join(changes)}): resume it "
+                         f"with those of its {CONFIG_FILE}, or start a new run in another folder")
 
 
 def append_log(out_dir, row):

@@ -55,6 +55,9 @@ class ImageDataset:
                                  f"got {x.dtype} {x.shape} and labels {y.shape}")
             if len(y) and (y.min() < 0 or y.max() >= len(self.class_names)):
                 raise ValueError(f"{source}: {split} labels must lie in [0, {len(self.class_names)})")
+        if len(x_train) and len(x_test) and x_train.shape[1:] != x_test.shape[1:]:
+            raise ValueError(f"{source}: train and test images differ in shape, {x_train.shape[1:]} and "
+                             f"{x_test.shape[1:]}")
 
     @property
     def train(self):
@@ -249,9 +252,15 @@ def _split_arrays(records, where):
 
 
 def _read_class_folders(folder, verbose=True):
-    files = [(split, cls, os.path.join(folder, split, cls, f)) for split in SPLITS
-             for cls in sorted(e.name for e in os.scandir(os.path.join(folder, split)) if e.is_dir())
-             for f in sorted(os.listdir(os.path.join(folder, split, cls))) if f.lower().endswith(IMAGE_EXTENSIONS)]
+    files = []
+    for split in SPLITS:
+        for cls in sorted(e.name for e in os.scandir(os.path.join(folder, split)) if e.is_dir()):
+            names = [f for f in sorted(os.listdir(os.path.join(folder, split, cls)))
+                     if f.lower().endswith(IMAGE_EXTENSIONS)]
+            if not names:  # dropping it would change the classes (and their labels) without a word
+                raise ValueError(f"{folder!r}: the class folder {split}/{cls}/ holds no images "
+                                 f"({', '.join(IMAGE_EXTENSIONS)})")
+            files += [(split, cls, os.path.join(folder, split, cls, f)) for f in names]
     records = {split: {} for split in SPLITS}
     for split, cls, path in progress(files, label=f"decoding {folder}", verbose=verbose, unit="image"):
         records[split].setdefault(cls, []).append((os.path.basename(path), _decode(_read(path), path)))
