@@ -77,13 +77,13 @@ class _LocationsLayer(keras.layers.Layer):
             name="input_locations", shape=(m, self.dim),
             initializer=self.input_locations_initializer,
             regularizer=self.input_locations_regularizer,
-            constraint=self.input_locations_constraint,
+            constraint=self.input_locations_constraint, autocast=False,
             trainable=self.input_locations_trainable)
         self.output_locations = self.add_weight(
             name="output_locations", shape=(self.units, self.dim),
             initializer=self.output_locations_initializer,
             regularizer=self.output_locations_regularizer,
-            constraint=self.output_locations_constraint,
+            constraint=self.output_locations_constraint, autocast=False,
             trainable=self.output_locations_trainable)
         self.bias = None
         if self.use_bias:
@@ -101,8 +101,9 @@ class _LocationsLayer(keras.layers.Layer):
         raise NotImplementedError
 
     def kernel_values(self, jitter=False):
-        """The (m, n) matrix K(u_i, v_j), float32 (under a float16 policy the distances underflow: NaN
-        gradients at coincident locations); `jitter`: with u_i moved by the layer's `location_noise`."""
+        """The (m, n) matrix K(u_i, v_j), float32 from float32 locations (their variables are never autocast:
+        under a float16 policy nearby locations would round together and the distances underflow, NaN
+        gradients at coincident ones); `jitter`: with u_i moved by the layer's `location_noise`."""
         u = ops.cast(self.input_locations, "float32")
         if jitter and self.location_noise:
             u = u + keras.random.normal(ops.shape(u), stddev=self.location_noise, seed=self._noise_seed,
@@ -120,14 +121,14 @@ class _LocationsLayer(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         k = self.kernel_values(jitter=bool(training))
-        w = self._weights_from(ops.cast(k, self.compute_dtype))
+        w = ops.cast(self._weights_from(k), self.compute_dtype)
         if self.kernel_values_regularizer is not None:
             self.add_loss(self.kernel_values_regularizer(k))
         if self.effective_regularizer is not None:
             self.add_loss(self.effective_regularizer(w))
-        y = ops.matmul(inputs, w)
+        y = ops.matmul(ops.cast(inputs, self.compute_dtype), w)
         if self.bias is not None:
-            y = y + self.bias
+            y = y + ops.cast(self.bias, self.compute_dtype)
         return self.activation(y) if self.activation is not None else y
 
     def compute_output_shape(self, input_shape):
@@ -243,7 +244,7 @@ class KernelDense(_LocationsLayer):
             self.alpha = self.add_weight(
                 name="alpha", shape=(m,), initializer=self.alpha_initializer,
                 regularizer=self.alpha_regularizer, constraint=self.alpha_constraint,
-                trainable=self.alpha_trainable)
+                trainable=self.alpha_trainable, autocast=False)
 
     def _kernel_options(self):
         return {"gamma": self.gamma, "degree": self.degree, "offset": self.offset}
@@ -315,7 +316,7 @@ class SparseKernelDense(_LocationsLayer):
     def _build_matrix(self, m):
         self.kernel = self.add_weight(
             name="kernel", shape=(m, self.units), initializer=self.kernel_initializer,
-            regularizer=self.kernel_regularizer, constraint=self.kernel_constraint)
+            regularizer=self.kernel_regularizer, constraint=self.kernel_constraint, autocast=False)
 
     def _weights_from(self, k):
         return self.kernel * k

@@ -46,7 +46,7 @@ class Mex(keras.layers.Layer):
         self.padding = normalize_padding(padding)
         self.channel_block = None if channel_block is None else positive_int(channel_block, "channel_block")
         self.xi = _check_xi(xi, self.num_instances)
-        if softmax_mode and np.any(np.asarray(self.xi) == 0):  # a learned xi must not cross 0 either
+        if softmax_mode and np.any(np.asarray(self.xi) == 0):  # (a learned xi that reaches 0 gives inf too)
             raise ValueError("`xi`=0 with softmax_mode=True is log(n)/0 = inf; use xi != 0")
         self.learn_xi = boolean(learn_xi, "learn_xi")
         self.offsets = _check_offsets_mode(offsets)

@@ -26,7 +26,7 @@ from keras import ops
 
 from kernelzoo.ops import composite
 from kernelzoo.ops.checks import check_choice, normalize_padding, normalize_tuple, positive_int, window_fits
-from kernelzoo.ops.shapes import output_size
+from kernelzoo.ops.shapes import output_size, pad_amounts
 
 SIMILARITIES = ("linear", "l1", "l2", "lp")
 IMPLEMENTATIONS = ("auto", "custom", "composite")
@@ -349,22 +349,14 @@ def _centred(inputs, templates, strides, padding, ignore_nan):
     """
     kh, kw = templates.shape[:2]
     if padding == "same":
-        pads = [_same_pads(size, k, s) for size, k, s in zip(inputs.shape[1:3], (kh, kw), strides)]
-        if None in pads:
+        if None in inputs.shape[1:3]:
             return inputs, templates, padding
+        pads = [pad_amounts(size, k, s, "same") for size, k, s in zip(inputs.shape[1:3], (kh, kw), strides)]
         if any(before or after for before, after in pads):
             inputs = ops.pad(inputs, [(0, 0), *pads, (0, 0)], constant_values=float("nan") if ignore_nan else 0.0)
         padding = "valid"
     shift = ops.cast(ops.cast(ops.stop_gradient(ops.mean(templates, axis=(0, 1, 3))), inputs.dtype), "float32")
     return inputs - ops.cast(shift, inputs.dtype), templates - ops.reshape(shift, (1, 1, -1, 1)), padding
-
-
-def _same_pads(size, window, stride):
-    """(before, after) padding of Conv2D's "same" along an axis of `size` (None when unknown)."""
-    if size is None:
-        return None
-    total = max((-(-size // stride) - 1) * stride + window - size, 0)
-    return total // 2, total - total // 2
 
 
 def _per_instance(value, k, name):

@@ -212,6 +212,9 @@ def test_verify_reads_the_signature_stored_in_the_artifact(tmp_path):
         verify_artifact(_dense_head(keras.layers.Dense(3), input_shape=(5, 5, 1)), path, images=images)
     with pytest.raises(ExportError, match="images: no inputs"):
         verify_artifact(model, path, images=images[:0])
+    nested = _dense_head(keras.Sequential([keras.layers.Dense(3), keras.layers.Softmax()]))  # auto refuses it
+    raw = to_onnx(nested, str(tmp_path / "nested.onnx"), head="raw")
+    assert verify_artifact(nested, raw, num=4)["ok"]  # the stored signature, generated inputs
     with pytest.raises(ExportError, match="num"):
         make_inputs(model, num=0)
 

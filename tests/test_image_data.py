@@ -146,6 +146,8 @@ def test_class_folders_without_images_or_of_other_shapes_are_refused(tmp_path):
         load_images(str(root))
     for split in ("train", "test"):
         (root / split / "bird").rmdir()
+    (root / "train" / ".ipynb_checkpoints").mkdir()  # hidden folders are not classes
+    assert load_images(str(root)).class_names == ["cat", "dog"]
     Image.fromarray(np.zeros((6, 6, 3), np.uint8)).save(root / "test" / "cat" / "0000.png")
     for name in os.listdir(root / "test" / "dog"):
         Image.fromarray(np.zeros((6, 6, 3), np.uint8)).save(root / "test" / "dog" / name)

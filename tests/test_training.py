@@ -137,6 +137,10 @@ def test_a_kill_inside_a_checkpoint_resumes_from_a_matching_state(tmp_path):
     assert [row["epoch"] for row in training.read_log(str(tmp_path / "log.csv"))] == [0, 1]
     for loaded, saved in zip(training.load_last(str(tmp_path)).get_weights(), two):
         np.testing.assert_array_equal(loaded, saved)
+    training.write_json(str(tmp_path / "checkpoints" / "state.json"),  # killed after the state, before last.keras
+                        {"epoch": 3, "checkpoint": "epoch-003.keras", "seed": 0})
+    for loaded, saved in zip(training.load_last(str(tmp_path)).get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(loaded, saved)  # epoch 3's weights, as its state counts (not last.keras)
     old = tmp_path / "old"
     (old / "checkpoints").mkdir(parents=True)  # a run saved before state.json named its file
     training.save_model(model, str(old / "checkpoints" / "last.keras"))
@@ -413,6 +417,9 @@ def test_recipe_holdout_and_validate_only(tmp_path):
     assert len(log) == 2 and all(0 <= row["val_accuracy"] <= 1 for row in log)
     assert json.loads((out / "metrics.json").read_text())["test_examples"] == 20
     assert json.loads((out / "config.json").read_text())["options"]["holdout"] == 15
+    with pytest.raises(ValueError, match="seed 3 -> 0"):  # resumed with another seed: other held-out images
+        recipe.train(preset, data, str(out), overrides=grid, hp=hp, options=recipe.options(holdout=15), seed=0,
+                     resume=True, verbose=0, tensorboard=False)
 
     never = Data(train=(x, y), test=object(), source="stripes", class_names=("h", "v", "f"))  # unusable test split
     out = tmp_path / "validate"

@@ -318,6 +318,8 @@ class Recipe:
         scope = strategy.scope if strategy else contextlib.nullcontext
         config = None
         if resume and training.read_state(out_dir):
+            training.check_resumed_config(out_dir, run_config(preset, overrides, hp, options, seed, data, None,
+                                                              strategy))
             with scope():
                 model = self.load_checkpoint(out_dir)
         else:

@@ -227,7 +227,7 @@ def start_run(out_dir, resume, config=None):
     if state is None and config is not None:
         write_json(os.path.join(out_dir, CONFIG_FILE), config)
     if state is not None and config is not None:
-        _check_resumed_config(out_dir, config)
+        check_resumed_config(out_dir, config)
     if state is not None:
         _trim_log(out_dir, int(state["epoch"]))
     return 0 if state is None else int(state["epoch"])
@@ -243,14 +243,16 @@ def _trim_log(out_dir, epochs):
     if not rows or "epoch" not in rows[0]:
         return
     column = rows[0].index("epoch")
-    kept = [row for row in rows[1:] if float(row[column]) < epochs]
+    kept = [row for row in rows[1:] if len(row) > column and _number(row[column]) < epochs]  # NaN: dropped
     if len(kept) < len(rows) - 1:
         with open(path + ".tmp", "w", newline="", encoding="utf-8") as handle:
             csv.writer(handle).writerows([rows[0]] + kept)
         os.replace(path + ".tmp", path)
 
 
-def _check_resumed_config(out_dir, config):
+def check_resumed_config(out_dir, config):
+    """ValueError naming what differs when `config` (what a resume is asked to run) changes a setting of the
+    run's config.json (`_RESUME_KEYS`; entries the saved one lacks, such as defaults added since, pass)."""
     path = os.path.join(out_dir, CONFIG_FILE)
     if not os.path.isfile(path):
         return
@@ -263,7 +265,8 @@ def _check_resumed_config(out_dir, config):
             continue
         before, now = saved[key], config[key]
         if isinstance(before, dict) and isinstance(now, dict):
-            names = sorted(set(before) | set(now))
+            # the user's overrides must match both ways; elsewhere only what both configs name
+            names = sorted(set(before) | set(now) if key == "overrides" else set(before) & set(now))
             changes += [f"{key}.{name} {before.get(name)!r} -> {now.get(name)!r}" for name in names
                         if before.get(name) != now.get(name) and not (key == "hyperparameters" and name == "epochs")]
         elif before != now:

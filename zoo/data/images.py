@@ -254,7 +254,8 @@ def _split_arrays(records, where):
 def _read_class_folders(folder, verbose=True):
     files = []
     for split in SPLITS:
-        for cls in sorted(e.name for e in os.scandir(os.path.join(folder, split)) if e.is_dir()):
+        for cls in sorted(e.name for e in os.scandir(os.path.join(folder, split))
+                          if e.is_dir() and not e.name.startswith(".")):  # .ipynb_checkpoints and the like
             names = [f for f in sorted(os.listdir(os.path.join(folder, split, cls)))
                      if f.lower().endswith(IMAGE_EXTENSIONS)]
             if not names:  # dropping it would change the classes (and their labels) without a word

@@ -258,7 +258,7 @@ def pretrain(model, layer_name, images, *, patch_size, epochs=10, batch_size=128
         start = training.start_run(out_dir, resume, config or {"spatial_contrasting": arguments})
         if start:
             model.set_weights(training.load_last(out_dir, compile=False).get_weights())
-            rows = _truncate_log(out_dir, start)
+            rows = training.read_log(os.path.join(out_dir, training.LOG_FILE))  # start_run dropped later rows
     trainer.compile(optimizer=keras.optimizers.SGD(learning_rate=lr, momentum=momentum))
     trainer.optimizer.build(backbone.trainable_variables)  # not inside the traced step (a second trace)
     if start:
@@ -284,21 +284,6 @@ def pretrain(model, layer_name, images, *, patch_size, epochs=10, batch_size=128
     if out_dir is None:
         return {"model": model, "history": rows}
     return training.finish(model, out_dir, title=f"{model.name}: spatial contrasting at {layer_name}")
-
-
-def _truncate_log(out_dir, start):
-    """The log.csv rows of the epochs before `start`; rows of a later epoch (written by a run killed
-    before its checkpoint) are dropped from the file, as that epoch runs again."""
-    path = os.path.join(out_dir, training.LOG_FILE)
-    rows = training.read_log(path)
-    kept = [row for row in rows if row["epoch"] < start]
-    if len(kept) < len(rows):
-        with open(path, encoding="utf-8") as handle:
-            lines = handle.readlines()
-        with open(path + ".tmp", "w", encoding="utf-8") as handle:
-            handle.writelines(lines[:1 + len(kept)])
-        os.replace(path + ".tmp", path)
-    return kept
 
 
 def _restore_optimizer(trainer, out_dir, epoch):
