@@ -154,7 +154,7 @@ def test_a_run_resumes_only_with_its_own_settings(tmp_path):
               "options": {"holdout": 5}, "seed": 3, "host": "a"}
     training.train(_tiny_simnet(), (x, y), out_dir=str(tmp_path), epochs=1, batch_size=6, verbose=0,
                    tensorboard=False, config=config)
-    longer = dict(config, hyperparameters={"lr": 0.05, "epochs": 4}, host="b")  # more epochs, another machine
+    longer = dict(config, hyperparameters={"lr": 0.05, "epochs": 4, "patience": 9}, host="b")  # run longer, elsewhere
     assert training.start_run(str(tmp_path), True, longer) == 1
     other_lr = {"lr": 0.01, "epochs": 1}
     for changed, message in ((dict(config, seed=0), "seed 3 -> 0"),

@@ -50,8 +50,10 @@ CHECKPOINTS = "checkpoints"
 STATE_FILE = "state.json"
 LAST_CHECKPOINT = "last.keras"
 STRATEGIES = ("none", "mirrored", "multiworker")
-# config.json entries a resumed run must share with the run it continues (`epochs` may grow).
+# config.json entries a resumed run must share with the run it continues, and the hyper-parameters that say
+# only how long it runs (a resume may extend it).
 _RESUME_KEYS = ("preset", "builder", "config", "overrides", "hyperparameters", "options", "seed")
+_RUN_LENGTH = ("epochs", "patience")
 
 
 def make_strategy(name):
@@ -215,7 +217,8 @@ def start_run(out_dir, resume, config=None):
     """The completed epochs of the run in `out_dir` (0 for a new run, whose config.json is written).
 
     Refuses to overwrite a run unless `resume`, and to resume one with other settings than its
-    config.json holds (preset, builder config, overrides, hyper-parameters but `epochs`, options, seed):
+    config.json holds (preset, builder config, overrides, hyper-parameters but `epochs` and `patience`,
+    options, seed):
     the data order, the held-out images or the model would silently change half-way.
     """
     out_dir = checks.path(out_dir, "out_dir")
@@ -268,7 +271,7 @@ def check_resumed_config(out_dir, config):
             # the user's overrides must match both ways; elsewhere only what both configs name
             names = sorted(set(before) | set(now) if key == "overrides" else set(before) & set(now))
             changes += [f"{key}.{name} {before.get(name)!r} -> {now.get(name)!r}" for name in names
-                        if before.get(name) != now.get(name) and not (key == "hyperparameters" and name == "epochs")]
+                        if before.get(name) != now.get(name) and not (key == "hyperparameters" and name in _RUN_LENGTH)]
         elif before != now:
             changes.append(f"{key} {before!r} -> {now!r}")
     if changes:
