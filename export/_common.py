@@ -297,9 +297,8 @@ def prepare_target(path, kind):
     Missing parent directories are created only when the artifact is written (and removed again if
     writing fails), so a failed export leaves nothing behind."""
     path = os.path.abspath(checked(checks.path, path, "path"))
-    ancestor = os.path.dirname(path)
-    while not os.path.exists(ancestor) and os.path.dirname(ancestor) != ancestor:
-        ancestor = os.path.dirname(ancestor)
+    missing = _missing_parents(path)
+    ancestor = os.path.dirname(missing[-1] if missing else path)
     if not os.path.isdir(ancestor):
         raise ExportError(f"cannot write {path!r}: {ancestor!r} is a file, not a directory")
     if not os.access(ancestor, os.W_OK | os.X_OK):
@@ -315,15 +314,21 @@ def prepare_target(path, kind):
     return path
 
 
+def _missing_parents(path):
+    """The directories above `path` that do not exist yet, deepest first."""
+    missing = []
+    directory = os.path.dirname(path)
+    while not os.path.exists(directory) and os.path.dirname(directory) != directory:
+        missing.append(directory)
+        directory = os.path.dirname(directory)
+    return missing
+
+
 @contextlib.contextmanager
 def _parent_directory(path):
     """`path`'s missing parent directories created for the block, removed again if the block fails."""
     parent = os.path.dirname(path)
-    missing = []
-    directory = parent
-    while not os.path.isdir(directory) and os.path.dirname(directory) != directory:
-        missing.append(directory)  # deepest first
-        directory = os.path.dirname(directory)
+    missing = _missing_parents(path)
     try:
         os.makedirs(parent, exist_ok=True)
     except OSError as error:

@@ -126,9 +126,9 @@ class _LocationsLayer(keras.layers.Layer):
             self.add_loss(self.kernel_values_regularizer(k))
         if self.effective_regularizer is not None:
             self.add_loss(self.effective_regularizer(w))
-        y = ops.matmul(ops.cast(inputs, self.compute_dtype), w)
+        y = ops.matmul(inputs, w)
         if self.bias is not None:
-            y = y + ops.cast(self.bias, self.compute_dtype)
+            y = y + self.bias
         return self.activation(y) if self.activation is not None else y
 
     def compute_output_shape(self, input_shape):
