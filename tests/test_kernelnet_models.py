@@ -12,6 +12,7 @@ from kernelzoo.zoo.data.synthetic import planted_ratings
 from kernelzoo.zoo.kernelnet import embedding, movielens as ml
 from kernelzoo.zoo.kernelnet.mnist import kernelnet_mnist
 from kernelzoo.zoo.kernelnet.optimize import adam_steps, fit_adam, fit_lbfgs
+from kernelzoo.zoo.kernelnet.recipe import best_checkpoint
 
 from conftest import SHARED_DATA
 
@@ -231,7 +232,7 @@ def test_train_cli_runs_the_lbfgs_recipe_into_a_run_folder(tmp_path, capsys):
     assert run("--split", "u1", "--epochs", "2", "--iterations-per-epoch", "2", "--out", str(out), "--quiet") == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 < metrics["test_rmse"] < 4 and metrics["test_examples"] == 15
-    assert (out / "model.keras").is_file() and (out / "checkpoints" / "best.keras").is_file()
+    assert (out / "model.keras").is_file() and os.path.isfile(best_checkpoint(out))
     rows = training.read_log(str(out / "log.csv"))
     assert rows and [row["iterations"] for row in rows] == [2.0 * (i + 1) for i in range(len(rows))]
     capsys.readouterr()
@@ -239,7 +240,51 @@ def test_train_cli_runs_the_lbfgs_recipe_into_a_run_folder(tmp_path, capsys):
     assert "split must be one of" in capsys.readouterr().err
     assert run("--no-init", "--out", str(tmp_path / "other")) == 2  # a SimNet option
     assert "--no-init is not an option of RatingsRecipe" in capsys.readouterr().err
+    for flags, message in ((("--batch-size", "32"), "batch_size: the MovieLens recipe trains full-batch"),
+                           (("--lr", "0.1"), "lr: L-BFGS-B takes no learning rate"),
+                           (("--max-steps-per-epoch", "1"), "max_steps_per_epoch: an epoch of the full-batch")):
+        assert run(*flags, "--out", str(tmp_path / "other")) == 2, flags  # refused, not ignored
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
+    assert run("--lr", "0.1", "--optimizer", "adam", "--epochs", "1", "--iterations-per-epoch", "1", "--out",
+               str(tmp_path / "adam"), "--quiet") == 0
 
+
+def test_a_kill_between_saving_the_best_model_and_the_state_keeps_the_states_best(tmp_path, monkeypatch):
+    """The best epoch's model is a new file that state.json names: killed after a better epoch's model was saved
+    but before its state, the run still ends on the previous best weights, as its state says (the old best.keras
+    was overwritten first: the run ended on the newer weights while it reported the older epoch)."""
+    from kernelzoo.zoo import registry
+    from kernelzoo.zoo.kernelnet import recipe as kernelnet_recipe
+    from kernelzoo.zoo.recipe import Data
+
+    train, test = random_split(planted_ratings(n_items=40, n_users=30), 0.2, seed=0)
+    data = Data(train=train, test=test, source="planted")
+    preset = registry.info("kernelnet_movielens_100k")
+    recipe = kernelnet_recipe.RatingsRecipe()
+    hp = recipe.hyperparameters(preset, epochs=6, iterations_per_epoch=2, patience=6, val_fraction=0.2)
+    save, killed = kernelnet_recipe.training.save_checkpoint, []
+
+    def killed_at_the_second_best(model, out_dir, epoch, *args, state, **kwargs):
+        if epoch > 1 and state["best"]["epoch"] == epoch:
+            killed.append(epoch)
+            raise KeyboardInterrupt("killed")
+        return save(model, out_dir, epoch, *args, state=state, keep=100)  # every epoch's file, to compare
+
+    monkeypatch.setattr(kernelnet_recipe.training, "save_checkpoint", killed_at_the_second_best)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        recipe.train(preset, data, out, overrides={"hidden": (4,)}, hp=hp, verbose=0)
+    monkeypatch.setattr(kernelnet_recipe.training, "save_checkpoint", save)
+    previous = kernelnet_recipe.training.read_state(str(out))["best"]["epoch"]
+    assert previous < killed[0]
+    assert len(list((out / "checkpoints").glob("best-*.keras"))) == 2  # the newer best was saved before the kill
+    result = recipe.train(preset, data, out, overrides={"hidden": (4,)}, hp=dict(hp, epochs=previous), resume=True,
+                          verbose=0)  # nothing left to train: the run ends on its state's best model
+    assert result["selected_epoch"] == previous
+    checkpoint = keras.models.load_model(out / "checkpoints" / f"epoch-{previous:03d}.keras", compile=False)
+    for a, b in zip(result["model"].get_weights(), checkpoint.get_weights()):
+        np.testing.assert_array_equal(a, b)
 
 def test_lbfgs_restart_rounds_drop_the_memory_and_stop_on_request():
     """lbfgs_restart: rounds of `every` iterations, each a fresh L-BFGS-B (kernelNet's public code): one

@@ -10,6 +10,7 @@ from kernelzoo import cli as main_cli
 from kernelzoo.zoo import cli, protocol
 from kernelzoo.zoo.data import load_ml100k_fold
 from kernelzoo.zoo.data.synthetic import planted_ratings, write_ml100k
+from kernelzoo.zoo.kernelnet.recipe import best_checkpoint
 
 
 def test_grid_settings_labels_and_mean_std():
@@ -127,7 +128,7 @@ def test_refit_trains_the_initial_weights_on_every_training_rating_for_the_selec
     config = json.loads((out / "refit" / "config.json").read_text())
     assert config["hyperparameters"]["refit"] is True
     final, refit = (keras.models.load_model(out / p, compile=False) for p in ("model.keras", "refit/model.keras"))
-    early = keras.models.load_model(out / "checkpoints" / "best.keras", compile=False)
+    early = keras.models.load_model(best_checkpoint(out), compile=False)
     for a, b in zip(final.get_weights(), refit.get_weights()):
         np.testing.assert_array_equal(a, b)  # the run's model is the refit's
     assert not np.allclose(final.get_weights()[0], early.get_weights()[0])
@@ -149,7 +150,7 @@ def test_an_ensemble_with_refit_averages_the_refitted_members(tmp_path):
     assert _train(tmp_path, "--refit", "--members", "2", "--patience", "1", "--out", str(out)) == 0
     ensemble = keras.models.load_model(out / "model.keras", compile=False)
     refits = [keras.models.load_model(out / f"member-{m}" / "refit" / "model.keras", compile=False) for m in range(2)]
-    early = keras.models.load_model(out / "member-0" / "checkpoints" / "best.keras", compile=False)
+    early = keras.models.load_model(best_checkpoint(out / "member-0"), compile=False)
     x = np.random.default_rng(1).uniform(0, 5, size=(7, 30)).astype("float32")
     np.testing.assert_allclose(ensemble.predict(x, verbose=0),
                                (refits[0].predict(x, verbose=0) + refits[1].predict(x, verbose=0)) / 2, rtol=1e-5)

@@ -17,6 +17,7 @@
 """
 import dataclasses
 import os
+import re
 
 import keras
 import numpy as np
@@ -27,6 +28,7 @@ from kernelzoo.zoo import training
 from kernelzoo.zoo.recipe import Data, Recipe, TinyRun, add_optimizer_argument
 
 BEST_CHECKPOINT, INITIAL_CHECKPOINT, REFIT_DIR = "best.keras", "initial.keras", "refit"
+BEST_FILES = re.compile(r"best-\d+\.keras")
 FOLDS = ("u1", "u2", "u3", "u4", "u5")
 
 
@@ -87,6 +89,17 @@ class RatingsRecipe(Recipe):
                             help="report the RMSE on the --val-fraction ratings held out of the training part "
                                  "(val_rmse) and never measure the test ratings (hyper-parameter choices)")
 
+    def hyperparameters(self, preset, **changes):
+        """As `Recipe.hyperparameters`; refuses what full-batch training would ignore: a batch size, and a
+        learning rate for L-BFGS-B."""
+        if changes.get("batch_size") is not None:
+            raise ValueError("batch_size: the MovieLens recipe trains full-batch (every item at once); it takes no "
+                             "batch size")
+        hp = super().hyperparameters(preset, **changes)
+        if changes.get("lr") is not None and hp["optimizer"] == "lbfgs":
+            raise ValueError("lr: L-BFGS-B takes no learning rate (it is the Adam optimizer's: --optimizer adam)")
+        return hp
+
     def validation_split(self, data, hp, options, seed=0):
         """The held-out ratings are drawn inside `fit` (`val_fraction`); --validate-only drops the test ratings."""
         if not getattr(options, "validate_only", False):
@@ -131,18 +144,26 @@ class RatingsRecipe(Recipe):
         from kernelzoo.zoo.data import rating_matrix
         from kernelzoo.zoo.kernelnet import movielens
         predictions = movielens.predict_ratings(model, rating_matrix(data.train)[0], verbose=verbose)
-        return {"rmse": movielens.rmse(predictions, getattr(data, split)), "examples": len(getattr(data, split)["ratings"])}
+        ratings = getattr(data, split)
+        return {"rmse": movielens.rmse(predictions, ratings), "examples": len(ratings["ratings"])}
 
     def fit(self, model, data, out_dir, hp, *, seed=0, resume=False, verbose=1, strategy=None, config=None,
-            **unused):
+            tensorboard=True, max_steps_per_epoch=None, callbacks=None):
         """One model (`members` 1), or an ensemble: `members` models trained one after the other on the
         same ratings and held-out ratings, member m initialised with seed + 10000 m (member 0 is the
-        single model of the same seed), each in OUT/member-m, averaged (`movielens.average_models`)."""
+        single model of the same seed), each in OUT/member-m, averaged (`movielens.average_models`).
+        Writes no TensorBoard logs (`tensorboard` is ignored); takes no step cap, Keras callbacks or strategy."""
         from kernelzoo.zoo.data import rating_matrix
         from kernelzoo.zoo.kernelnet import movielens
 
         if strategy is not None:
             raise ValueError("strategy: the full-batch MovieLens recipe runs on one device")
+        if max_steps_per_epoch is not None:
+            raise ValueError("max_steps_per_epoch: an epoch of the full-batch MovieLens recipe is "
+                             "`iterations_per_epoch` optimizer iterations (--iterations-per-epoch)")
+        if callbacks:
+            raise ValueError("callbacks: the full-batch MovieLens recipe does not run Keras `fit`; it takes no "
+                             "Keras callbacks")
         members = positive_int(hp.get("members", 1), "members")
         if members == 1:
             return self._fit_selected(model, data, out_dir, hp, seed=seed, resume=resume, verbose=verbose,
@@ -209,7 +230,7 @@ class RatingsRecipe(Recipe):
         fit, val = _held_out_ratings(data.train, hp, seed)
         matrix, mask = (np.asarray(a) for a in rating_matrix(fit))
         best = dict(state.get("best") or {"val_rmse": float("inf"), "epoch": 0})
-        best_path = os.path.join(out_dir, training.CHECKPOINTS, BEST_CHECKPOINT)
+        checkpoints = os.path.join(out_dir, training.CHECKPOINTS)
         done = [start]
         bar = progbar(epochs, f"{optimizer}: epochs of {every} full-batch iterations", verbose, "epoch",
                       ("loss", "rmse", "val_rmse"))
@@ -227,10 +248,15 @@ class RatingsRecipe(Recipe):
                 row["val_rmse"] = movielens.rmse(predictions, val)
             training.append_log(out_dir, row)
             if val is None or row["val_rmse"] < best["val_rmse"]:
-                best.update(val_rmse=row.get("val_rmse", float("nan")), epoch=done[0])
-                os.makedirs(os.path.dirname(best_path), exist_ok=True)
-                training.save_model(model, best_path)
+                # a new file per best epoch, named by state.json once written: a kill in between leaves
+                # the state's best file as it was
+                best.update(val_rmse=row.get("val_rmse", float("nan")), epoch=done[0], file=f"best-{done[0]:03d}.keras")
+                os.makedirs(checkpoints, exist_ok=True)
+                training.save_model(model, os.path.join(checkpoints, best["file"]))
             training.save_checkpoint(model, out_dir, done[0], row, state={"best": best})
+            for stale in os.listdir(checkpoints):
+                if BEST_FILES.fullmatch(stale) and stale != best["file"]:
+                    os.remove(os.path.join(checkpoints, stale))
             if bar is not None:
                 bar.update(done[0], values=[(key, row[key]) for key in ("loss", "rmse", "val_rmse") if key in row])
             if val is not None and done[0] - best["epoch"] >= hp["patience"]:
@@ -255,9 +281,15 @@ class RatingsRecipe(Recipe):
                 pass
         if bar is not None and done[0] < epochs:  # early stop or convergence: close the bar's line
             bar.update(done[0], finalize=True)
-        result = training.finish(keras.models.load_model(best_path, compile=False), out_dir)
+        result = training.finish(keras.models.load_model(best_checkpoint(out_dir), compile=False), out_dir)
         result.update(selected_epoch=best["epoch"], val_rmse=best["val_rmse"])
         return _validation_figure(result, data, out_dir)
+
+
+def best_checkpoint(out_dir):
+    """The file of a run's early-stopped model: the best epoch's, as its state.json names it."""
+    best = (training.read_state(out_dir) or {}).get("best", {})
+    return os.path.join(os.fspath(out_dir), training.CHECKPOINTS, best.get("file", BEST_CHECKPOINT))  # or older runs'
 
 
 def _refits(hp, data):
