@@ -114,6 +114,21 @@ def test_kernelnet_head_is_the_softmax_dense_and_colour_inputs_become_grey():
     assert "adapt_resize" in [layer.name for layer in resized.layers]
 
 
+def test_the_seed_fixes_the_new_heads_weights():
+    """Two fine-tunings with one seed end on the same weights (the new head's initialisation included);
+    another seed starts the head elsewhere."""
+    rng = np.random.default_rng(0)
+    train = _blob_images(12, rng, size=12, channels=1)
+
+    def head(seed):
+        model, _ = ft.finetune(_tiny_kernelnet(), train, None, NUM_CLASSES, epochs=1, batch_size=4, lr=1e-9,
+                               seed=seed, verbose=0)  # lr 1e-9: the weights stay near the initial ones
+        return keras.ops.convert_to_numpy(model.layers[-1].kernel)
+
+    np.testing.assert_array_equal(head(0), head(0))
+    assert not np.allclose(head(0), head(1))
+
+
 def test_sequential_models_with_a_dense_head():
     source = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(name="flat"),
                                keras.layers.Dense(5, activation="softmax", name="probs")])

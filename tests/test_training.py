@@ -357,11 +357,13 @@ def test_cli_trains_a_family_builder_with_its_defaults(tmp_path, monkeypatch):
     monkeypatch.setenv("KERNELZOO_CACHE", str(tmp_path / "cache"))
     data = tmp_path / "stripes"
     _write_folder_dataset(str(data))
-    out = tmp_path / "run"
+    monkeypatch.chdir(tmp_path)
     args = _parse("train", ["simnet:convnet_baseline", "n=3", "patch_size=3", "--dataset", str(data), "--epochs", "1",
-                            "--out", str(out), "--quiet", "--no-tensorboard"])
+                            "--quiet", "--no-tensorboard"])
     assert cli.run(args, "train") == 0
+    out = tmp_path / "runs" / "simnet_convnet_baseline"  # its own folder, not the borrowed preset's runs/convnet_cifar10
     assert json.loads((out / "config.json").read_text())["preset"] == "convnet_cifar10"
+    assert os.listdir(tmp_path / "runs") == ["simnet_convnet_baseline"]
     with pytest.raises(ValueError, match="builder"):
         cli.training_target("simnet:resnet")
 

@@ -91,7 +91,7 @@ def _train_arguments(parser):
     common.add_argument("--data-dir", default=None,
                         help="local dataset root (default $KERNELZOO_DATA_DIR; nothing downloads when set)")
     common.add_argument("--dataset", default=None, help="dataset name or path (default: the preset's)")
-    common.add_argument("--out", default=None, help="run folder (default runs/NAME)")
+    common.add_argument("--out", default=None, help="run folder (default runs/NAME, runs/FAMILY_BUILDER)")
     common.add_argument("--epochs", type=int, default=None)
     common.add_argument("--batch-size", type=int, default=None, help="global batch size (over all replicas)")
     common.add_argument("--lr", type=float, default=None)
@@ -145,6 +145,12 @@ def training_target(target):
     return dataclasses.replace(matches[0], config={}, weights=None, sha256=None, measured=None)
 
 
+def default_run_folder(target, prefix=""):
+    """runs/NAME for a zoo name, runs/FAMILY_BUILDER for FAMILY:BUILDER (not the folder of the preset whose
+    protocol it borrows)."""
+    return os.path.join("runs", prefix + target.replace(":", "_"))
+
+
 def _family_options(args, recipe):
     """The recipe's options from the parsed arguments; other families' options must keep their defaults."""
     own = vars(recipe.options())
@@ -181,7 +187,7 @@ def _train(args):
     recipe = registry.recipe(preset)
     options = _family_options(args, recipe)
     hp = _hyperparameters(args, preset, recipe)
-    out = args.out or os.path.join("runs", preset.name)
+    out = args.out or default_run_folder(args.target)
     result = _train_one(args, preset, recipe, options, hp, parse_overrides(args.overrides), out, args.seed,
                         args.resume, strategy)
     figures = ", ".join(f"{key} {value:.4f}" for key, value in result.get("metrics", {}).items()
@@ -220,7 +226,7 @@ def _protocol(args):
         raise ValueError(f"--splits: {type(recipe).__name__} has no --split option (use --seeds)")
     overrides = parse_overrides(args.overrides)
     hp_keys = set(recipe.hyperparameters(preset))
-    out = args.out or os.path.join("runs", f"protocol_{preset.name}")
+    out = args.out or default_run_folder(args.target, "protocol_")
     validate_only = bool(getattr(options, "validate_only", False))
 
     def train_one(config, split, seed, run_dir, resume):

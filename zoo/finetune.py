@@ -222,7 +222,7 @@ def finetune(model, train_ds, val_ds, num_classes, *, freeze="features", epochs=
       spatial: "pad_crop" (centred zero padding / cropping) or "resize" (bilinear) to the model's input size.
       from_scratch: same adapted architecture, fresh weights (and unsupervised init), all layers trained.
       out_dir: run folder (log.csv, checkpoints, model.keras); default a temporary folder, removed after.
-      seed: data-order seed (and weight seed with from_scratch).
+      seed: data order and the new head's initial weights (every weight's with from_scratch).
       max_steps_per_epoch: cap the steps of each epoch (quick runs, tests).
     Returns (model, metrics): metrics holds freeze, epochs, from_scratch, trainable / total params,
     history (per-epoch dicts), val_accuracy / val_loss, test_accuracy / test_loss (when given), examples.
@@ -237,8 +237,8 @@ def finetune(model, train_ds, val_ds, num_classes, *, freeze="features", epochs=
     x_train, y_train = _data(train_ds, "train_ds", num_classes)
     val = None if val_ds is None else _data(val_ds, "val_ds", num_classes, x_train.shape[1:])
     test = None if test_ds is None else _data(test_ds, "test_ds", num_classes, x_train.shape[1:])
+    keras.utils.set_random_seed(seed)  # the new head's weights (all weights with from_scratch)
     if from_scratch:
-        keras.utils.set_random_seed(seed)
         freeze = "none"
     new_model = adapt_model(model, num_classes, x_train.shape[1:], freeze=freeze, spatial=spatial,
                             copy_weights=not from_scratch)
