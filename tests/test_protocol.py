@@ -54,6 +54,12 @@ def test_protocol_runs_splits_resumes_and_ensembles_without_test_ratings(tmp_pat
     assert _protocol(tmp_path, "--splits", "u1", "u2", "--out", str(out)) == 0  # nothing re-runs
     assert capsys.readouterr().out.count("finished, not re-run") == 2
     assert (out / "default" / "u1" / protocol.RUN_FILE).read_text() == before
+    for flags, change in ((("--epochs", "2"), "hyperparameters.epochs 1 -> 2"),
+                          (("--val-fraction", "0.1"), "hyperparameters.val_fraction 0.05 -> 0.1")):
+        assert _protocol(tmp_path, "--splits", "u1", "--out", str(out), *flags) == 2  # not the finished run's result
+        err = capsys.readouterr().err
+        assert "finished with other settings (" in err and change in err
+    assert (out / "default" / "u1" / protocol.RUN_FILE).read_text() == before
 
     # an ensemble of 2 on u1, chosen on held-out training ratings: the test ratings are never measured
     assert _protocol(tmp_path, "--splits", "u1", "--validate-only", "--grid", "members=2", "--out", str(out)) == 0

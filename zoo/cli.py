@@ -15,7 +15,7 @@ from fractions import Fraction
 
 from kernelzoo.ops.checks import check_choice
 from kernelzoo.zoo import registry
-from kernelzoo.zoo.recipe import Recipe
+from kernelzoo.zoo.recipe import Recipe, run_settings
 
 COMMANDS = ("train", "protocol", "eval", "list", "info")
 
@@ -229,16 +229,23 @@ def _protocol(args):
     out = args.out or default_run_folder(args.target, "protocol_")
     validate_only = bool(getattr(options, "validate_only", False))
 
-    def train_one(config, split, seed, run_dir, resume):
+    def arguments(config, split):
+        """(options, hyper-parameters, builder overrides) of a grid configuration's run on `split`."""
         changes = {key: value for key, value in config.items() if key in hp_keys}
         builder = {key: value for key, value in config.items() if key not in hp_keys}
         run_options = options if split is None else recipe.options(**dict(vars(options), split=split))
-        return _train_one(args, preset, recipe, run_options, _hyperparameters(args, preset, recipe, **changes),
-                          {**overrides, **builder}, run_dir, seed, resume)
+        return run_options, _hyperparameters(args, preset, recipe, **changes), {**overrides, **builder}
+
+    def train_one(config, split, seed, run_dir, resume):
+        return _train_one(args, preset, recipe, *arguments(config, split), run_dir, seed, resume)
+
+    def planned(config, split, seed):
+        run_options, hp, run_overrides = arguments(config, split)
+        return run_settings(preset, run_overrides, hp, run_options, seed)
 
     result = protocol.run_protocol(train_one, out, protocol.grid_configs(args.grid),
                                    protocol.settings(args.splits, args.seeds or [args.seed]), preset.metric,
-                                   validate_only=validate_only)
+                                   validate_only=validate_only, planned=planned)
     print(protocol.format_table(result))
     print(f"runs and summary: {os.path.join(out, protocol.PROTOCOL_FILE)}", flush=True)
     return 0

@@ -14,7 +14,8 @@ the test split is never measured, so the best row of the table is a choice made 
 
 Run folders: OUT/CONFIG/SPLIT (CONFIG "default" or e.g. "lambda_2=5", SPLIT e.g. "u1" or
 "random-s3"), each with its `run.json` (figures, selected epoch, wall time) once finished. Resumable:
-a finished run is never re-run, a killed one continues from its checkpoint (--resume). OUT/protocol.json
+a finished run is never re-run (and is refused when asked with other settings than its config.json holds),
+a killed one continues from its checkpoint (--resume). OUT/protocol.json
 and the printed table collect every finished run under OUT, so stages of a grid run into the same OUT
 add up: every configuration ever tried there is recorded.
 """
@@ -80,16 +81,23 @@ def settings(splits, seeds):
     return out
 
 
-def run_protocol(train_one, out_dir, configs, protocol_settings, metric, *, validate_only=False, log=print):
+def run_protocol(train_one, out_dir, configs, protocol_settings, metric, *, validate_only=False, planned=None,
+                 log=print):
     """Train every (config, setting) not finished yet under `out_dir`, then return `collect(out_dir, metric)`.
 
     `train_one(config, split, seed, run_dir, resume)` trains one run and returns its result dict
     ("metrics": {test_* or val_*: value}, optionally "selected_epoch", "val_rmse"...).
+    `planned(config, split, seed)`: the run's settings (`recipe.run_settings`); a finished run is reused only
+    when its config.json holds the same (ValueError naming the differences otherwise), its length included.
     """
     key = f"{'val' if validate_only else 'test'}_{metric}"
     for config, (label, split, seed) in itertools.product(configs, protocol_settings):
         run_dir = os.path.join(out_dir, config_label(config), label)
         if os.path.isfile(os.path.join(run_dir, RUN_FILE)):
+            changes = [] if planned is None else training.config_changes(run_dir, planned(config, split, seed), True)
+            if changes:
+                raise ValueError(f"protocol: {run_dir!r} finished with other settings ({'; '.join(changes)}): "
+                                 "give another --out, or the settings it ran with")
             log(f"{config_label(config)} {label}: finished, not re-run")
             continue
         resume = training.read_state(run_dir) is not None

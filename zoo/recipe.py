@@ -346,11 +346,16 @@ class Recipe:
         return result
 
 
-def run_config(preset, overrides, hp, options, seed, data, report, strategy):
-    """What config.json records about a run."""
-    from kernelzoo import ops
+def run_settings(preset, overrides, hp, options, seed):
+    """The settings that make a run what it is (a resume or a reuse must not change them)."""
     return {"preset": preset.name, "family": preset.family, "builder": preset.builder, "config": dict(preset.config),
-            "overrides": dict(overrides or {}), "hyperparameters": hp, "options": vars(options), "seed": seed,
+            "overrides": dict(overrides or {}), "hyperparameters": hp, "options": vars(options), "seed": seed}
+
+
+def run_config(preset, overrides, hp, options, seed, data, report, strategy):
+    """What config.json records about a run: its settings, data, initialisation and machine."""
+    from kernelzoo import ops
+    return {**run_settings(preset, overrides, hp, options, seed),
             "data": data.source, "init": report, "implementation": ops.selected_implementation(),
             "strategy": None if strategy is None else type(strategy).__name__,
             "replicas": 1 if strategy is None else strategy.num_replicas_in_sync,

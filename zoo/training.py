@@ -253,15 +253,17 @@ def _trim_log(out_dir, epochs):
         os.replace(path + ".tmp", path)
 
 
-def check_resumed_config(out_dir, config):
-    """ValueError naming what differs when `config` (what a resume is asked to run) changes a setting of the
-    run's config.json (`_RESUME_KEYS`; entries the saved one lacks, such as defaults added since, pass)."""
+def config_changes(out_dir, config, run_length=False):
+    """["key before -> now", ...]: the settings (`_RESUME_KEYS`) in which `config` differs from the run's
+    config.json; entries the saved one lacks (such as defaults added since) pass. Epochs and patience only say
+    how long a run goes: they count only with `run_length` (a finished run of another length is another run)."""
     path = os.path.join(out_dir, CONFIG_FILE)
     if not os.path.isfile(path):
-        return
+        return []
     with open(path, encoding="utf-8") as handle:
         saved = json.load(handle)
     config = json.loads(json.dumps(config, default=str))  # tuples as lists, as saved
+    ignored = () if run_length else _RUN_LENGTH
     changes = []
     for key in _RESUME_KEYS:
         if key not in saved or key not in config:
@@ -271,9 +273,16 @@ def check_resumed_config(out_dir, config):
             # the user's overrides must match both ways; elsewhere only what both configs name
             names = sorted(set(before) | set(now) if key == "overrides" else set(before) & set(now))
             changes += [f"{key}.{name} {before.get(name)!r} -> {now.get(name)!r}" for name in names
-                        if before.get(name) != now.get(name) and not (key == "hyperparameters" and name in _RUN_LENGTH)]
+                        if before.get(name) != now.get(name) and not (key == "hyperparameters" and name in ignored)]
         elif before != now:
             changes.append(f"{key} {before!r} -> {now!r}")
+    return changes
+
+
+def check_resumed_config(out_dir, config):
+    """ValueError naming what differs when `config` (what a resume is asked to run) changes a setting of the
+    run's config.json (`config_changes`)."""
+    changes = config_changes(out_dir, config)
     if changes:
         raise ValueError(f"`resume`: {out_dir!r} was started with other settings ({'; '.join(changes)}): resume it "
                          f"with those of its {CONFIG_FILE}, or start a new run in another folder")
