@@ -27,7 +27,7 @@ from kernelzoo.zoo.sc import (RandomShiftFlip, pretrain, sample_patch_positions,
 from kernelzoo.zoo.sc import models
 from kernelzoo.zoo.sc.data import carve_validation, labelled_subset, sc_images, semi_supervised
 from kernelzoo.zoo.sc.loss import crop_patches, patch_features, pool_map, positions_grid
-from kernelzoo.zoo.sc.pretraining import PlateauDrop, SpatialContrastingTrainer, feature_layer
+from kernelzoo.zoo.sc.pretraining import SC_STREAM, PlateauDrop, SpatialContrastingTrainer, feature_layer
 from kernelzoo.zoo.sc.recipe import SCRecipe, tiny_runs
 
 
@@ -233,7 +233,8 @@ def test_image_sampling_trains_a_fixed_size_backbone_on_crops(tmp_path):
     inputs = keras.Input((None, None, 4))
     crops_net = keras.Model(inputs, model.get_layer("proj")(inputs))
     images = _toy(16)
-    expected = spatial_contrasting_from_images(crops_net, images, 3, (4, 7), training=False)
+    seed = tf.random.experimental.stateless_fold_in(tf.constant([4, 7], tf.int64), SC_STREAM)  # (seed, step)
+    expected = spatial_contrasting_from_images(crops_net, images, 3, seed, training=False)
     assert float(trainer.sc_loss(images, 7, training=False)) == pytest.approx(float(expected), rel=1e-6)
 
 
@@ -274,8 +275,8 @@ def test_pretrain_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path):
     def run(folder, **kwargs):
         keras.utils.set_random_seed(0)
         model = _toy_model()
-        result = pretrain(model, "proj", _toy(64), patch_size=3, epochs=3, batch_size=16, lr=0.05, patience=1,
-                          out_dir=str(folder), verbose=0, **kwargs)
+        arguments = {"patch_size": 3, "epochs": 3, "batch_size": 16, "lr": 0.05, "patience": 1, **kwargs}
+        result = pretrain(model, "proj", _toy(64), out_dir=str(folder), verbose=0, **arguments)
         return model, result
 
     straight, result = run(tmp_path / "a")
@@ -287,10 +288,52 @@ def test_pretrain_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path):
         run(tmp_path / "b")
     with open(tmp_path / "b" / "log.csv", "a", encoding="utf-8") as handle:
         handle.write("2,9.9,0.05\n")  # as a run killed between its log row and its checkpoint
+    for changed in ({"seed": 7}, {"distance": "euclidean"}, {"lr": 0.5}):  # another run: refused, not continued
+        with pytest.raises(ValueError, match=f"`resume`: .*hyperparameters.{next(iter(changed))} "):
+            run(tmp_path / "b", resume=True, **changed)
     resumed, again = run(tmp_path / "b", resume=True)
     assert [int(r["epoch"]) for r in again["history"]] == [0, 1, 2] and again["history"][-1]["loss"] != 9.9
     for a, b in zip(straight.weights, resumed.weights):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7, err_msg=a.path)
+
+
+def test_pretrain_keeps_the_two_newest_optimizer_files_past_epoch_999(tmp_path):
+    """Compared as numbers: as names, "sc-optimizer-1000.npz" < "sc-optimizer-999.npz" deleted the newest."""
+    from kernelzoo.zoo.sc.pretraining import OPTIMIZER_FILE, _RunFolder
+
+    model = _toy_model()
+    model.compile(optimizer=keras.optimizers.SGD(0.1))
+    model.optimizer.build(model.trainable_variables)
+    folder = _RunFolder(model, str(tmp_path), [], {})
+    folder.set_model(model)
+    for epoch in (997, 998, 999):
+        folder.on_epoch_end(epoch, {"loss": 1.0})
+    names = {name for name in os.listdir(tmp_path / "checkpoints") if name.startswith("sc-optimizer-")}
+    assert names == {OPTIMIZER_FILE.format(epoch=epoch) for epoch in (999, 1000)}
+
+
+def test_patch_positions_and_the_models_augmentation_draw_apart(monkeypatch):
+    """The SC stage's patch positions of (seed, step) do not come from the random bits that RandomShiftFlip draws
+    its crops with for the same (seed, call count) pair (the two counts advance together in the SC stage)."""
+    import kernelzoo.zoo.sc.loss as loss_module
+
+    inputs = keras.Input((6, 6, 4))
+    x = RandomShiftFlip(shift=2, flip=False, seed=0, name="augment")(inputs)
+    trainer = SpatialContrastingTrainer(keras.Model(inputs, keras.layers.Conv2D(8, 1)(x)), 2, seed=0)
+    seeds = []
+    monkeypatch.setattr(loss_module, "sample_patch_positions",
+                        lambda count, grid, seed: seeds.append(seed) or sample_patch_positions(count, grid, seed))
+    trainer.sc_loss(_toy(8), 3)
+    augment = tf.random.experimental.stateless_split(tf.constant([0, 3], tf.int64), 3)[:2]
+    assert not np.array_equal(tf.random.experimental.stateless_split(seeds[0], 2).numpy(), augment.numpy())
+
+
+def test_pretrain_refuses_a_backbone_of_unknown_spatial_size():
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
+    with pytest.raises(ValueError, match="`backbone` .* needs a fixed input size"):
+        pretrain(model, "conv", np.zeros((8, 16, 16, 3), "float32"), patch_size=2, epochs=1, verbose=0)
 
 
 def test_pretrain_errors_name_the_argument():
@@ -481,6 +524,29 @@ def test_sc_rescale_option_rescales_after_the_sc_stage():
                                                recipe.options())["spatial_contrasting"]
 
 
+def test_a_resumed_sc_stage_refuses_other_settings(tmp_path, monkeypatch):
+    """Killed after its SC stage, before fine-tuning: `--resume` continues the SC run folder only with the
+    run's own settings (its config.json holds them, not only the SC arguments)."""
+    run = tiny_runs()[0]
+    recipe = SCRecipe()
+    preset = registry.info(run.preset)
+    hp = recipe.hyperparameters(preset, **{**run.hp, "sc_epochs": 1})
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(SCRecipe, "compile", killed)  # the fine-tuning's start
+        with pytest.raises(KeyboardInterrupt):
+            recipe.train(preset, run.data, tmp_path, overrides=run.overrides, hp=hp, verbose=0)
+    with pytest.raises(ValueError, match="`resume`: .*seed 0 -> 1"):
+        recipe.train(preset, run.data, tmp_path, overrides=run.overrides, hp=hp, seed=1, resume=True, verbose=0,
+                     max_steps_per_epoch=1)
+    with pytest.raises(ValueError, match="`resume`: .*hyperparameters.sc_lr"):
+        recipe.train(preset, run.data, tmp_path, overrides=run.overrides, hp=dict(hp, sc_lr=0.5), resume=True,
+                     verbose=0, max_steps_per_epoch=1)
+
+
 def test_builder_errors_name_the_argument():
     with pytest.raises(ValueError, match="widths"):
         sc_cifar10(widths=(96,))
@@ -575,9 +641,13 @@ def test_family_options_reach_the_hyperparameters():
     recipe = SCRecipe()
     preset = registry.info("sc_cifar10_4k")
     hp = recipe.hyperparameters(preset)
-    assert (hp["schedule"], hp["labels_per_class"], hp["label_seed"], hp["sc_patch_size"], hp["sc_distance"],
-            hp["sc_rescale"], hp["sc_sampling"], hp["sc_color_jitter"]) == \
-        ("plateau", 400, 2017, 18, "euclidean", True, "image", 0.5)
+    assert (hp["schedule"], hp["sc_patch_size"], hp["sc_distance"], hp["sc_rescale"], hp["sc_sampling"],
+            hp["sc_color_jitter"]) == ("plateau", 18, "euclidean", True, "image", 0.5)
+    # the labelled subset is data (load_data), not a hyper-parameter a grid could change without effect
+    assert "labels_per_class" not in hp and "label_seed" not in hp
+    for key in ("labels_per_class", "label_seed"):
+        with pytest.raises(ValueError, match=f"`{key}` draws the labelled subset"):
+            recipe.hyperparameters(preset, **{key: 20})
     assert recipe.hyperparameters(registry.info("sc_mnist"))["sc_distance"] == "squared"
     assert recipe.hyperparameters(registry.info("sc_cifar10_4k_noinit"))["sc_epochs"] == 0
     parser = argparse.ArgumentParser()

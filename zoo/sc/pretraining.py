@@ -12,14 +12,15 @@ by 10 whenever the epoch's loss stops decreasing (`PlateauDrop`: by less than a 
 writes a run folder like every zoo run (kernelzoo.zoo.training: config.json, log.csv, a checkpoint
 every epoch, model.keras = `model` with its SC weights, training_curves.png) and `resume=True`
 continues an interrupted one where it stopped, drawing the same batches and patches as an
-uninterrupted run would (data order from (seed, epoch), patch positions from (seed, step), the
-optimizer's momenta saved beside each checkpoint).
+uninterrupted run would (data order from (seed, epoch), patch positions from (seed, step) folded with
+SC_STREAM, the optimizer's momenta saved beside each checkpoint).
 
 `SpatialContrastingTrainer` is the Keras model behind it (a custom `train_step` on a backbone) for
 those who want their own loop: `SpatialContrastingTrainer(backbone, patch_size).compile(optimizer)`
 then `fit(images)`.
 """
 import os
+import re
 
 import keras
 import numpy as np
@@ -33,6 +34,10 @@ from kernelzoo.zoo.sc.loss import (DISTANCES, POOLINGS, SAMPLINGS, positions_gri
                                    spatial_contrasting_from_maps)
 
 OPTIMIZER_FILE = "sc-optimizer-{epoch:03d}.npz"
+OPTIMIZER_FILES = re.compile(r"sc-optimizer-(\d+)\.npz")
+# Folded into the SC stream's seed: the patch positions of (seed, step) must not be the bits that the model's own
+# stateless layers (RandomShiftFlip: (seed, call count), the same pair in the SC stage) draw their crops with.
+SC_STREAM = 0x5C
 
 
 class SpatialContrastingTrainer(keras.Model):
@@ -42,7 +47,7 @@ class SpatialContrastingTrainer(keras.Model):
     backbone's output (`sampling="features"`: patches of `patch_size` cells of its map) or
     `spatial_contrasting_from_images` (`sampling="image"`: crops of `patch_size` pixels of the input,
     the backbone run on the crops); the patch positions of a step are drawn with the stateless seed
-    (`seed`, the optimizer's iteration count). Regularisation losses of the backbone's layers are
+    (`seed`, the optimizer's iteration count; folded with SC_STREAM). Regularisation losses of the backbone's layers are
     added. `color_jitter` (with sampling="image"): each crop's colours distorted on its own
     (`jitter_colors`). `map_shape` is the (h, w, C) map the criterion reads (one crop's with sampling="image").
     It is a training device, not a model to save: save the backbone's model instead.
@@ -56,6 +61,10 @@ class SpatialContrastingTrainer(keras.Model):
         if len(backbone.outputs) != 1 or len(backbone.outputs[0].shape) != 4:
             raise ValueError(f"`backbone` {backbone.name!r} must output one feature map (N, H, W, C), got "
                              f"{[tuple(o.shape) for o in backbone.outputs]}")
+        if None in tuple(backbone.inputs[0].shape[1:]) + tuple(backbone.outputs[0].shape[1:]):
+            raise ValueError(f"`backbone` {backbone.name!r} needs a fixed input size (input "
+                             f"{tuple(backbone.inputs[0].shape)}, map {tuple(backbone.outputs[0].shape)}): the "
+                             "patch grid is drawn from it; build the model on keras.Input((H, W, C))")
         self.patch_size = normalize_tuple(patch_size, "patch_size")
         self.sampling = check_choice("sampling", sampling, SAMPLINGS)
         self.color_jitter = float_in_range(color_jitter, "color_jitter", 0.0, 1.25)
@@ -85,7 +94,8 @@ class SpatialContrastingTrainer(keras.Model):
 
     def sc_loss(self, images, step, training=True):
         """The SC loss of a batch with the patches of step `step`."""
-        seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)])
+        seed = tf.random.experimental.stateless_fold_in(
+            tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)]), SC_STREAM)
         if self.sampling == "image":
             return spatial_contrasting_from_images(self.backbone, images, self.patch_size, seed, self.distance,
                                                    self.pooling, self.symmetric, training, self.color_jitter)
@@ -196,7 +206,8 @@ class _RunFolder(keras.callbacks.Callback):
         training.append_log(self.out_dir, row)
         training.save_checkpoint(self.target, self.out_dir, epoch + 1, logs, state=self.state)
         for name in os.listdir(folder):  # keep the two newest, as save_checkpoint keeps two epoch files
-            if name.startswith("sc-optimizer-") and name < OPTIMIZER_FILE.format(epoch=epoch):
+            saved = OPTIMIZER_FILES.fullmatch(name)
+            if saved and int(saved.group(1)) < epoch:
                 os.remove(os.path.join(folder, name))
 
 
@@ -237,25 +248,28 @@ def pretrain(model, layer_name, images, *, patch_size, epochs=10, batch_size=128
       resume: continue the run in `out_dir`.
       max_steps_per_epoch: cap the steps of each epoch (quick runs).
       callbacks: more Keras callbacks for the trainer's fit.
-      config: written to out_dir/config.json when the run starts (default: these arguments).
+      config: the run's settings, written to out_dir/config.json when the run starts with these arguments
+        ("spatial_contrasting"); a resume with other settings is refused (`training.check_resumed_config`; default
+        {"hyperparameters": these arguments}, so epochs alone may change).
     Returns {"model", "history" (one dict per epoch: epoch, loss, learning_rate)} and, with `out_dir`,
     what `training.finish` returns (model_path, curves).
     """
     backbone = feature_layer(model, layer_name)
+    trainer = SpatialContrastingTrainer(backbone, patch_size, distance, pooling, symmetric, seed, sampling,
+                                        color_jitter, name=f"sc_{model.name}")
     images = as_model_input(image_batch(images, "images"), model)
     epochs, batch_size = positive_int(epochs, "epochs"), positive_int(batch_size, "batch_size")
     lr, momentum = positive_float(lr, "lr"), float(momentum)
-    trainer = SpatialContrastingTrainer(backbone, patch_size, distance, pooling, symmetric, seed, sampling,
-                                        color_jitter, name=f"sc_{model.name}")
     arguments = {"layer_name": layer_name, "patch_size": list(trainer.patch_size), "epochs": epochs,
                  "batch_size": batch_size, "lr": lr, "momentum": momentum, "distance": trainer.distance,
                  "pooling": trainer.pooling, "symmetric": trainer.symmetric, "sampling": trainer.sampling,
-                 "color_jitter": trainer.color_jitter, "patience": patience, "min_lr": min_lr, "seed": seed,
-                 "images": int(len(images))}
+                 "color_jitter": trainer.color_jitter, "plateau_patience": patience, "min_lr": min_lr,
+                 "seed": seed, "images": int(len(images))}
     start, rows = 0, []
     if out_dir is not None:
         out_dir = os.fspath(out_dir)
-        start = training.start_run(out_dir, resume, config or {"spatial_contrasting": arguments})
+        settings = {"hyperparameters": arguments} if config is None else config
+        start = training.start_run(out_dir, resume, {**settings, "spatial_contrasting": arguments})
         if start:
             model.set_weights(training.load_last(out_dir, compile=False).get_weights())
             rows = training.read_log(os.path.join(out_dir, training.LOG_FILE))  # start_run dropped later rows

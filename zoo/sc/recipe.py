@@ -27,7 +27,7 @@ import numpy as np
 from kernelzoo.ops.checks import boolean, check_choice, nonnegative_int, positive_float, positive_int
 from kernelzoo.zoo import training
 from kernelzoo.zoo.precision import MixedPrecisionMixin
-from kernelzoo.zoo.recipe import DEFAULTS, Recipe, TinyRun
+from kernelzoo.zoo.recipe import DEFAULTS, Recipe, TinyRun, run_settings
 from kernelzoo.zoo.sc.data import as_sc_data, carve_validation, sc_images, semi_supervised
 from kernelzoo.zoo.sc.loss import DISTANCES, POOLINGS, SAMPLINGS
 from kernelzoo.zoo.sc.models import rescale_batch_normalized_kernels
@@ -38,7 +38,10 @@ PRETRAIN_DIR = "pretrain"
 SC_DEFAULTS = {"schedule": "plateau", "plateau_patience": 3, "min_lr": 1e-5, "sc_epochs": 10, "sc_lr": 0.1,
                "sc_batch_size": 128, "sc_layer": "sc_features", "sc_patch_size": 4, "sc_distance": "squared",
                "sc_pooling": "mean", "sc_sampling": "features", "sc_color_jitter": 0.0, "sc_symmetric": True,
-               "sc_rescale": False, "labels_per_class": None, "label_seed": 0, "holdout": 5000}
+               "sc_rescale": False, "holdout": 5000}
+# The labelled subset is drawn when the data loads (`load_data`: --labels-per-class, else the preset's recipe, with
+# its label_seed): data protocol, not hyper-parameters (a --grid of them would train every cell on one subset).
+LABELLED_SUBSET = ("labels_per_class", "label_seed")
 
 
 def sc_criterion(hp):
@@ -90,7 +93,13 @@ class SCRecipe(MixedPrecisionMixin, Recipe):
                             help="labelled training images per class, drawn with the recipe's label_seed")
 
     def hyperparameters(self, preset, **changes):
-        hp = {**SC_DEFAULTS, **super().hyperparameters(preset, **changes)}
+        """SC_DEFAULTS < `Recipe.hyperparameters`, checked; the labelled subset's keys are not among them."""
+        given = [key for key in LABELLED_SUBSET if changes.get(key) is not None]
+        if given:
+            raise ValueError(f"`{given[0]}` draws the labelled subset when the data loads (--labels-per-class, and "
+                             "the preset's label_seed): it is not a hyper-parameter")
+        hp = {key: value for key, value in {**SC_DEFAULTS, **super().hyperparameters(preset, **changes)}.items()
+              if key not in LABELLED_SUBSET}
         for key in set(SC_DEFAULTS) & set(DEFAULTS):  # schedule: the SC default unless the preset or a change says
             if key not in preset.recipe and changes.get(key) is None:
                 hp[key] = SC_DEFAULTS[key]
@@ -144,7 +153,9 @@ class SCRecipe(MixedPrecisionMixin, Recipe):
         if strategy not in (None, "none") and hp["sc_epochs"] and not finetuning:
             raise ValueError("`strategy`: the spatial contrasting stage runs on one device; pre-train without "
                              "--strategy (or --sc-epochs 0), then fine-tune with it (--resume)")
-        self._stage = {"out_dir": out_dir, "resume": resume, "max_steps_per_epoch": max_steps_per_epoch}
+        options = self.options() if options is None else options
+        self._stage = {"out_dir": out_dir, "resume": resume, "max_steps_per_epoch": max_steps_per_epoch,
+                       "settings": run_settings(preset, overrides, hp, options, seed)}  # a resumed SC stage checks them
         try:
             return super().train_run(preset, as_sc_data(data), out_dir, overrides=overrides, hp=hp, options=options,
                                      seed=seed, resume=resume, max_steps_per_epoch=max_steps_per_epoch,
@@ -167,7 +178,7 @@ class SCRecipe(MixedPrecisionMixin, Recipe):
                           batch_size=hp["sc_batch_size"], lr=hp["sc_lr"], momentum=hp["momentum"],
                           patience=hp["plateau_patience"], min_lr=hp["min_lr"], seed=seed, out_dir=folder,
                           resume=stage.get("resume", False), verbose=verbose,
-                          max_steps_per_epoch=stage.get("max_steps_per_epoch"))
+                          max_steps_per_epoch=stage.get("max_steps_per_epoch"), config=stage.get("settings"))
         last = result["history"][-1] if result["history"] else {}
         report["spatial_contrasting"] = {"images": int(len(images)), "epochs": hp["sc_epochs"], "layer": hp["sc_layer"],
                                          "final_loss": last.get("loss"), "run_folder": folder}
