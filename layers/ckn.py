@@ -29,7 +29,7 @@ class CKNConv2D(keras.layers.Layer):
       filters: number of anchors p (output channels).
       kernel_size: patch size, as Conv2D.
       subsampling: pooling stride s; the Gaussian filter has sigma s / sqrt(2) and width 2s + 1 (1: none).
-      kernel_function: the dot-product kernel kappa on the sphere: "exp", kappa(u) = exp((u - 1) / sigma^2),
+      kernel_function: the dot-product kernel kappa on the sphere: "exp" (default), kappa(u) = exp((u - 1) / sigma^2),
         or "poly2", kappa(u) = u^2 (called `kernel` in the first experiments' saved configs, still read).
       sigma: bandwidth of the "exp" kernel (on the unit sphere); "poly2" has none and ignores it.
       padding: patch extraction, "same" (zeros) or "valid"; pooling always pads s zeros.
@@ -43,26 +43,32 @@ class CKNConv2D(keras.layers.Layer):
     UnitNorm constraint, the reference's `normalize_`): the parameterisation's gradient is tangent to the
     sphere, so every step would otherwise lengthen the columns and shrink the next steps on the sphere.
     While the layer is trainable the factor is recomputed from the anchors on every call (symmetric
-    eigendecomposition, differentiable); a frozen layer (trainable=False) uses the weight `factor`,
-    refreshed whenever the layer is frozen, `set_anchors` runs or the layer is loaded, so its inference graph
-    has no eigendecomposition (ONNX has none). A saved layer holds its anchors only: the factor is a function
-    of them (at 1,024 anchors, 4 MiB that deflate little).
+    eigendecomposition, differentiable); a frozen layer (trainable=False) uses the weight `factor`, refreshed
+    when the layer is built or becomes frozen and, while it is frozen, when `set_anchors` runs or its weights
+    load, so its inference graph has no eigendecomposition (ONNX has none). A saved layer holds its anchors
+    only: the factor is a function of them (at 1,024 anchors, 4 MiB that deflate little); deserialisation
+    (load_model) leaves it to the weights' loading, not to the initial anchors (one eigendecomposition each).
 
     Under a mixed-precision policy (mixed_bfloat16) only the patch-anchor products, the layer's large GEMM
     (and their gradients), run in the compute dtype; the patch norms, the kernel, the pooling and the Nystrom
     factor and its product stay float32 (the factor of a close pair of anchors amplifies rounding).
     """
 
-    def __init__(self, filters, kernel_size, subsampling=1, kernel_function="exp", sigma=0.6, padding="same",
-                 eigenvalue_floor=1e-4, nystrom_shift=0.0, anchors_initializer="random_normal", anchors_regularizer=None,
-                 **kwargs):
-        kernel_function = kwargs.pop("kernel", kernel_function)  # the name in runs saved before the rename
+    def __init__(self, filters, kernel_size, subsampling=1, kernel_function=None, sigma=0.6, padding="same",
+                 eigenvalue_floor=1e-4, nystrom_shift=0.0, anchors_initializer="random_normal",
+                 anchors_regularizer=None, **kwargs):
+        if "kernel" in kwargs:  # the name in runs saved before the rename
+            if kernel_function is not None:
+                raise ValueError("`kernel` (the former name of `kernel_function`) and `kernel_function` are both "
+                                 "given: pass `kernel_function` only")
+            kernel_function = kwargs.pop("kernel")
         kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         self.filters = positive_int(filters, "filters")
         self.kernel_size = normalize_tuple(kernel_size, "kernel_size")
         self.subsampling = positive_int(subsampling, "subsampling")
-        self.kernel_function = check_choice("kernel_function", kernel_function, KERNELS)
+        self.kernel_function = check_choice("kernel_function", "exp" if kernel_function is None else kernel_function,
+                                            KERNELS)
         self.sigma = positive_float(sigma, "sigma")
         self.padding = normalize_padding(padding)
         self.eigenvalue_floor = positive_float(eigenvalue_floor, "eigenvalue_floor")
@@ -70,6 +76,7 @@ class CKNConv2D(keras.layers.Layer):
         self.anchors_initializer = keras.initializers.get(anchors_initializer)
         self.anchors_regularizer = keras.regularizers.get(anchors_regularizer)
         self.input_spec = keras.layers.InputSpec(ndim=4)
+        self._deserializing = False
 
     def build(self, input_shape):
         channels = known_channels(input_shape, "CKNConv2D")
@@ -80,15 +87,25 @@ class CKNConv2D(keras.layers.Layer):
         self.factor = self.add_weight(name="factor", shape=(self.filters, self.filters), initializer="identity",
                                       trainable=False)
         self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: channels})
-        if not self.trainable:
+        if not self.trainable and not self._deserializing:
             self.refresh_factor()
+
+    def build_from_config(self, config):
+        """Deserialisation: the weights load next (load_own_variables refreshes a frozen layer's factor), so the
+        factor of the initial anchors would be a wasted eigendecomposition."""
+        self._deserializing = True
+        try:
+            super().build_from_config(config)
+        finally:
+            self._deserializing = False
 
     # ------------------------------------------------------------------ anchors and the Nystrom factor
 
     @keras.layers.Layer.trainable.setter
     def trainable(self, value):
+        freezing = self.trainable and not value  # a frozen layer's factor is already its anchors'
         keras.layers.Layer.trainable.fset(self, value)
-        if not value and self.built:
+        if freezing and self.built:
             self.refresh_factor()
 
     def kappa(self, u):
@@ -143,13 +160,16 @@ class CKNConv2D(keras.layers.Layer):
             self.refresh_factor()
 
     def set_anchors(self, anchors):
-        """Set the anchors (kh, kw, C, p) or (kh * kw * C, p) (normalised in call) and refresh the factor."""
+        """Set the anchors (kh, kw, C, p) or (kh * kw * C, p) (normalised in call) and, if the layer is frozen, its
+        factor (a trainable layer computes it in call, and when it is frozen)."""
         anchors = np.asarray(anchors, dtype="float32")
-        if anchors.size != int(np.prod(self.anchors.shape)) or anchors.shape[-1] != self.filters:
-            raise ValueError(f"`anchors` must have shape {tuple(self.anchors.shape)} or "
-                             f"({int(np.prod(self.anchors.shape[:-1]))}, {self.filters}), got {anchors.shape}")
-        self.anchors.assign(anchors.reshape(self.anchors.shape))
-        self.refresh_factor()
+        shape = tuple(self.anchors.shape)
+        if anchors.shape not in (shape, (int(np.prod(shape[:-1])), self.filters)):
+            raise ValueError(f"`anchors` must have shape {shape} or ({int(np.prod(shape[:-1]))}, {self.filters}), "
+                             f"got {anchors.shape}")
+        self.anchors.assign(anchors.reshape(shape))
+        if not self.trainable:
+            self.refresh_factor()
 
     # ------------------------------------------------------------------ forward
 

@@ -6,13 +6,14 @@ import subprocess
 import sys
 import textwrap
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from kernelzoo.layers import CKNConv2D
 from kernelzoo.layers.ckn import gaussian_filter, inverse_sqrt
-from kernelzoo.zoo.ckn import ImageWhitening, PerImageWhitening, ckn, init_ckn_layers, spherical_kmeans
+from kernelzoo.zoo.ckn import ImageWhitening, PerImageWhitening, ckn, init_ckn_layers, preprocessing, spherical_kmeans
 from kernelzoo.zoo.ckn.preprocessing import inverse_sqrt_spd
 
 LAYER_CONFIGS = [
@@ -253,6 +254,56 @@ def test_frozen_layer_uses_the_stored_factor_and_matches(rng):
         layer.set_anchors(np.ones((26, 6)))
 
 
+def test_set_anchors_takes_only_the_layer_shape_or_its_matrix(rng):
+    layer = CKNConv2D(4, (3, 2))
+    layer.build((None, 8, 8, 2))
+    anchors = rng.normal(size=(3, 2, 2, 4)).astype("float32")
+    layer.set_anchors(anchors)
+    np.testing.assert_array_equal(np.asarray(layer.anchors), anchors)
+    layer.set_anchors(anchors.reshape(12, 4))
+    np.testing.assert_array_equal(np.asarray(layer.anchors), anchors)
+    for shape in [(2, 3, 2, 4), (6, 2, 4), (4, 3, 4)]:  # the right size and last axis, another layout
+        with pytest.raises(ValueError, match=r"`anchors` must have shape \(3, 2, 2, 4\) or \(12, 4\)"):
+            layer.set_anchors(anchors.reshape(shape))
+
+
+def _count_refreshes(monkeypatch):
+    """The names of the CKN layers whose factor is refreshed (an eigendecomposition each), in order."""
+    calls, refresh = [], CKNConv2D.refresh_factor
+    monkeypatch.setattr(CKNConv2D, "refresh_factor", lambda layer: (calls.append(layer.name), refresh(layer))[1])
+    return calls
+
+
+def test_a_frozen_layer_refreshes_its_factor_once_when_built_frozen_or_given_anchors(rng, monkeypatch):
+    calls = _count_refreshes(monkeypatch)
+    layer = CKNConv2D(6, 3, trainable=False, name="frozen")
+    layer.build((None, 8, 8, 3))
+    assert calls == ["frozen"]                        # the factor of the initial anchors
+    CKNConv2D.trainable.fset(layer, False)            # already frozen: its factor is already its anchors' (the
+    assert calls == ["frozen"]                        # setter itself: TF's __setattr__ skips an unchanged value)
+    trainable = CKNConv2D(6, 3, name="trainable")
+    trainable.build((None, 8, 8, 3))
+    trainable.set_anchors(rng.normal(size=(27, 6)))   # a trainable layer computes its factor in call
+    assert calls == ["frozen"]
+    trainable.trainable = False
+    assert calls == ["frozen", "trainable"]
+    np.testing.assert_allclose(np.asarray(trainable.factor), np.asarray(trainable.nystrom_factor()), atol=1e-6)
+
+
+def test_load_model_refreshes_each_frozen_factor_once_and_outputs_are_unchanged(tmp_path, rng, monkeypatch):
+    model = _tiny_model("image")
+    model.get_layer("ckn1").set_anchors(rng.normal(size=(27, 6)))
+    model.get_layer("ckn1").trainable = False         # one frozen layer, one trainable layer
+    images = rng.integers(0, 256, (4, 12, 12, 3)).astype("float32")
+    model.save(tmp_path / "ckn.keras")
+    calls = _count_refreshes(monkeypatch)
+    loaded = keras.models.load_model(tmp_path / "ckn.keras")
+    assert calls == ["ckn1"]                          # after its anchors load, not also from the initial ones
+    layer = loaded.get_layer("ckn1")
+    np.testing.assert_array_equal(np.asarray(layer.factor), np.asarray(model.get_layer("ckn1").factor))
+    np.testing.assert_array_equal(np.asarray(loaded(images)), np.asarray(model(images)))
+
+
 def test_a_saved_layer_holds_its_anchors_and_recomputes_its_factor_on_load(rng):
     layer = CKNConv2D(6, 3, trainable=False)
     layer.build((None, 8, 8, 3))
@@ -309,6 +360,9 @@ def test_kernel_function_is_a_string_attribute_not_kernel_and_old_configs_load()
     assert config["kernel_function"] == "poly2" and "kernel" not in config
     config["kernel"] = config.pop("kernel_function")  # as saved by the first CKN runs (runs/ckn)
     assert CKNConv2D.from_config(config).kernel_function == "poly2"
+    assert CKNConv2D(2, 3).kernel_function == "exp"
+    with pytest.raises(ValueError, match="`kernel`.*`kernel_function`"):  # the legacy name must not win silently
+        CKNConv2D(2, 3, kernel="poly2", kernel_function="exp")
 
 
 @pytest.mark.parametrize("kwargs, name", [
@@ -321,6 +375,24 @@ def test_kernel_function_is_a_string_attribute_not_kernel_and_old_configs_load()
 def test_bad_arguments_are_named(kwargs, name):
     with pytest.raises(ValueError, match=name):
         CKNConv2D(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(whitening_eps=-1.0), "whitening_eps"), (dict(kernel_sizes=(0, 3)), "kernel_sizes"),
+    (dict(kernel_sizes=(3, (2, 0))), "kernel_sizes"), (dict(kernels="rbf"), "kernels"),
+    (dict(whitening="image", whitening_power=0.3), "whitening_power"),
+    (dict(whitening="patches", whitening_power=0.5), "whitening_power"),  # it would be ignored
+    (dict(trainable_anchors="no"), "trainable_anchors"), (dict(trainable_anchors=0), "trainable_anchors")])
+def test_builder_errors_name_the_builder_arguments(kwargs, name):
+    """Not the layers' own (`eps`, `patch_size`, `kernel_function`, `power`); no argument is silently ignored."""
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        ckn(filters=(4, 4), input_shape=(8, 8, 3), **kwargs)
+
+
+def test_builder_whitening_power_defaults_to_the_reference():
+    assert ckn(filters=(4, 4), input_shape=(8, 8, 3), whitening="image").get_layer("whitening").power == 0.25
+    model = ckn(filters=(4, 4), input_shape=(8, 8, 3), whitening="image", whitening_power=0.5)
+    assert model.get_layer("whitening").power == 0.5
 
 
 def _tiny_model(whitening="patches", kernels=("exp", "poly2"), **kwargs):
@@ -382,6 +454,16 @@ def test_per_image_whitening_matches_a_numpy_reference(rng):
     assert clone.get_config() == layer.get_config()
     with pytest.raises(ValueError, match="eps"):
         PerImageWhitening(3, eps=0)
+
+
+def test_per_image_whitening_maps_a_zero_image_to_zero(rng, monkeypatch):
+    images = np.stack([np.zeros((6, 6, 3)), rng.normal(size=(6, 6, 3)) + 100]).astype("float32")
+    out = np.asarray(PerImageWhitening(3)(images))
+    np.testing.assert_array_equal(out[0], 0)          # trace 0 (the zero padding makes any other image's > 0)
+    monkeypatch.setattr(preprocessing, "TRACE_FLOOR", 0.0)  # the layer as it was: 0 / 0 for the zero image
+    unfloored = np.asarray(PerImageWhitening(3)(images))
+    assert np.isnan(unfloored[0]).all()
+    np.testing.assert_array_equal(out[1], unfloored[1])  # any other image's output is bit-identical
 
 
 def _reference_image_whitening(image, k, power, eps):
@@ -453,6 +535,15 @@ def test_l2_path_plot_needs_the_chosen_score(tmp_path):
 # ----------------------------------------------------------------------------- the unsupervised recipe
 
 
+@pytest.mark.parametrize("key, value", [("kmeans_init", "kmeans"), ("kmeans_patches", -5), ("kmeans_iterations", 0)])
+def test_unsupervised_recipe_checks_its_kmeans_hyperparameters(key, value):
+    """As the supervised recipe (the same check), before any work and with the hyper-parameter's name."""
+    from kernelzoo.zoo import registry
+    preset = registry.info("ckn_cifar10_unsup_64_256")
+    with pytest.raises(ValueError, match=f"`{key}`"):
+        registry.recipe(preset).hyperparameters(preset, **{key: value})
+
+
 def test_tiny_unsupervised_ckn_beats_chance_and_resumes_exactly(tiny_runs):
     """The CKN family's tiny run (trained once per session, conftest.TinyRuns: test_families checks the
     family contract on the same runs, with a looser resume tolerance than this one)."""
@@ -491,6 +582,17 @@ def test_init_freezes_every_layer_in_order(rng):
         z = np.asarray(layer.unit_anchors())
         np.testing.assert_allclose(np.asarray(layer.factor), np.asarray(layer.nystrom_factor()), atol=1e-6)
         assert np.allclose(np.linalg.norm(z, axis=0), 1, atol=1e-5)
+
+
+@pytest.mark.parametrize("trainable_anchors", [True, False])
+def test_init_refreshes_each_factor_once(rng, monkeypatch, trainable_anchors):
+    model = _tiny_model(trainable_anchors=trainable_anchors)
+    images = rng.integers(0, 256, (20, 12, 12, 3)).astype("uint8")
+    calls = _count_refreshes(monkeypatch)
+    init_ckn_layers(model, images, max_patches=500, max_iter=3, seed=0)
+    assert calls == ["ckn1", "ckn2"]
+    for layer in (model.get_layer("ckn1"), model.get_layer("ckn2")):
+        np.testing.assert_allclose(np.asarray(layer.factor), np.asarray(layer.nystrom_factor()), atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- export

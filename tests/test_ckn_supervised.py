@@ -64,6 +64,21 @@ def test_recipe_for_picks_the_supervised_recipe_for_learned_anchors():
     assert SUP5 in [run.preset for run in tiny_runs()]
 
 
+def test_a_trainable_anchors_override_must_agree_with_the_recipe_the_preset_chose():
+    """Else initialise would overturn it (k-means freezes the layers, the supervised recipe unfreezes them)."""
+    for run in tiny_runs():
+        preset = registry.info(run.preset)
+        recipe = registry.recipe(preset)
+        hp = recipe.hyperparameters(preset, **run.hp)
+        learned = isinstance(recipe, SupervisedCKNRecipe)
+        model = recipe.build(preset, run.data, dict(run.overrides, trainable_anchors=learned), hp)
+        assert all(layer.trainable == learned for layer in _ckn_layers(model))
+        with pytest.raises(ValueError, match="`trainable_anchors`"):
+            recipe.build(preset, run.data, dict(run.overrides, trainable_anchors=not learned), hp)
+        with pytest.raises(ValueError, match="`trainable_anchors`"):
+            recipe.build(preset, run.data, dict(run.overrides, trainable_anchors="no"), hp)
+
+
 def test_sup5_hyperparameters_are_the_reference_and_bad_values_are_named():
     preset = registry.info(SUP5)
     recipe = SupervisedCKNRecipe()

@@ -136,6 +136,11 @@ def layer_patches(feed, layer, images, max_patches, seed=0, batch_size=64):
     return sample_patch_rows(patches, images, max_patches, batch_size, np.random.default_rng(seed))
 
 
+def ckn_layers(model):
+    """The CKNConv2D layers of `model`, in order."""
+    return [layer for layer in model.layers if isinstance(layer, CKNConv2D)]
+
+
 def init_ckn_layers(model, images, *, max_patches=300_000, init="k-means++", max_iter=50, tol=1e-4, seed=0,
                     verbose=False):
     """Spherical k-means anchors for every CKNConv2D of `model`, in order, each frozen once set.
@@ -143,7 +148,7 @@ def init_ckn_layers(model, images, *, max_patches=300_000, init="k-means++", max
     Returns {layer name: k-means report with the seconds it took}.
     """
     reports = {}
-    layers = [layer for layer in model.layers if isinstance(layer, CKNConv2D)]
+    layers = ckn_layers(model)
     if not layers:
         raise ValueError(f"`model` {model.name!r} has no CKNConv2D layer")
     for index, layer in enumerate(layers):
@@ -152,7 +157,7 @@ def init_ckn_layers(model, images, *, max_patches=300_000, init="k-means++", max
         rows = layer_patches(feed, layer, images, max_patches, seed=seed + index)
         centroids, report = spherical_kmeans(rows, layer.filters, init=init, max_iter=max_iter, tol=tol,
                                              seed=seed + index, verbose=verbose)
-        layer.set_anchors(centroids.T)
+        layer.set_anchors(centroids.T)  # refreshes the factor of a frozen layer, freezing that of a trainable one
         layer.trainable = False
         reports[layer.name] = dict(report, seconds=round(time.time() - started, 1))
         if verbose:

@@ -9,7 +9,9 @@ reference's supervised networks (kernelzoo.zoo.ckn.recipe). keras.ops only (the 
 import keras
 
 from kernelzoo.layers import CKNConv2D
-from kernelzoo.ops.checks import boolean, check_choice, image_shape, positive_float, positive_int, positive_ints
+from kernelzoo.layers.ckn import KERNELS
+from kernelzoo.ops.checks import (boolean, check_choice, image_shape, normalize_tuple, positive_float, positive_int,
+                                  positive_ints)
 from kernelzoo.zoo.augment import RandomShiftFlip
 from kernelzoo.zoo.ckn.preprocessing import ImageWhitening, PerImageWhitening
 
@@ -19,7 +21,7 @@ AUGMENT_SHIFT = 4  # the reference's RandomCrop(32, padding=4)
 
 
 def ckn(filters=(64, 256), kernel_sizes=(3, 3), subsamplings=(2, 6), kernels="exp", sigmas=0.6, whitening="patches",
-        whitening_eps=None, whitening_power=0.25, nystrom_shift=0.0, trainable_anchors=True, normalize_features=True,
+        whitening_eps=None, whitening_power=None, nystrom_shift=0.0, trainable_anchors=True, normalize_features=True,
         augment=False, num_classes=10, input_shape=(32, 32, 3), name=None):
     """A CKN classifier; `kernels` and `sigmas` are one value for every layer or one per layer.
 
@@ -32,7 +34,7 @@ def ckn(filters=(64, 256), kernel_sizes=(3, 3), subsamplings=(2, 6), kernels="ex
         patches), or "patches" (PerImageWhitening: whitened k x k patches as channels, read by a 1x1
         first CKN layer).
       whitening_eps: regularisation of the whitening (share of the mean eigenvalue; default 1e-3 for
-        "image", 0.1 for "patches"); whitening_power: 0.25 (reference) or 0.5 (ZCA), "image" only.
+        "image", 0.1 for "patches"); whitening_power: "image" only, 0.25 (reference, default) or 0.5 (ZCA).
       nystrom_shift: the CKN layers' factor V diag(1 / (sqrt(lambda) + c)) V^T (0: exact; reference 0.01).
       trainable_anchors: False builds the CKN layers frozen (unsupervised models: anchors set by k-means,
         the Nystrom factor a precomputed weight, so even an untrained model exports without eigendecomposition).
@@ -42,27 +44,35 @@ def ckn(filters=(64, 256), kernel_sizes=(3, 3), subsamplings=(2, 6), kernels="ex
         "augment": shifts of up to 4 pixels with zeros filled in, i.e. 32x32 crops of the image padded by 4,
         and left-right mirroring).
     Layer names: "whitening", ["augment"], "ckn1".."cknL", "features" (the classifier's input), "logits".
+    Arguments are checked here, before any layer is built, so that errors name them (not the layers' own).
     """
     filters = positive_ints(filters, "filters")
     depth = len(filters)
     kernel_sizes = _per_layer(kernel_sizes, depth, "kernel_sizes")
+    kernel_sizes = [positive_int(kernel_sizes[0], "kernel_sizes")] + [normalize_tuple(size, "kernel_sizes")
+                                                                       for size in kernel_sizes[1:]]
     subsamplings = positive_ints(_per_layer(subsamplings, depth, "subsamplings"), "subsamplings")
-    kernels = _per_layer(kernels, depth, "kernels")
+    kernels = [check_choice("kernels", kernel, KERNELS) for kernel in _per_layer(kernels, depth, "kernels")]
     sigmas = [positive_float(sigma, "sigmas") for sigma in _per_layer(sigmas, depth, "sigmas")]
+    trainable_anchors = boolean(trainable_anchors, "trainable_anchors")
     num_classes = positive_int(num_classes, "num_classes")
-    inputs = keras.Input(image_shape(input_shape), name="image")
     whitening = check_choice("whitening", whitening, WHITENINGS)
-    eps = _WHITENING_EPS[whitening] if whitening_eps is None else whitening_eps
+    eps = positive_float(_WHITENING_EPS[whitening] if whitening_eps is None else whitening_eps, "whitening_eps")
+    if whitening == "patches" and whitening_power is not None:
+        raise ValueError(f"`whitening_power` is for whitening='image' only (whitening='patches' is a ZCA), got "
+                         f"{whitening_power!r}")
+    power = ImageWhitening.check_power(0.25 if whitening_power is None else whitening_power, "whitening_power")
+    inputs = keras.Input(image_shape(input_shape), name="image")
     if whitening == "image":
-        x = ImageWhitening(kernel_sizes[0], whitening_power, eps, name="whitening")(inputs)
+        x = ImageWhitening(kernel_sizes[0], power, eps, name="whitening")(inputs)
     else:
         x = PerImageWhitening(kernel_sizes[0], eps, name="whitening")(inputs)
-        kernel_sizes = [1] + list(kernel_sizes[1:])  # layer 1 reads the whitened k x k patches as channels
+        kernel_sizes = [1] + kernel_sizes[1:]  # layer 1 reads the whitened k x k patches as channels
     if boolean(augment, "augment"):
         x = RandomShiftFlip(AUGMENT_SHIFT, flip=True, fill="constant", dtype="float32", name="augment")(x)
     for index, layer in enumerate(zip(filters, kernel_sizes, subsamplings, kernels, sigmas), 1):
         x = CKNConv2D(*layer[:3], kernel_function=layer[3], sigma=layer[4], nystrom_shift=nystrom_shift,
-                      trainable=bool(trainable_anchors), name=f"ckn{index}")(x)
+                      trainable=trainable_anchors, name=f"ckn{index}")(x)
     if boolean(normalize_features, "normalize_features"):
         x = keras.layers.Flatten(name="flatten")(x)
         x = keras.layers.LayerNormalization(epsilon=1e-6, center=False, scale=False, name="features")(x)

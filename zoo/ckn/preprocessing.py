@@ -18,13 +18,14 @@ import keras
 import numpy as np
 from keras import ops
 
-from kernelzoo.ops.checks import positive_float, positive_int
+from kernelzoo.ops.checks import positive_float, positive_int, real
 
 
 @keras.saving.register_keras_serializable(package="kernelzoo")
 class PerImageWhitening(keras.layers.Layer):
     """Each image's k x k patches as channels, centred per channel, then ZCA-whitened with the image's
-    own patch covariance C: out = p (C + eps tr(C) / D I)^(-1/2), D = k * k * channels.
+    own patch covariance C: out = p (C + eps tr(C) / D I)^(-1/2), D = k * k * channels; tr(C) is floored at
+    TRACE_FLOOR, so a zero image (C = 0; the zero padding gives any other image edges) maps to 0, not NaN.
 
     The inverse square root is NEWTON_SCHULZ_STEPS coupled Newton-Schulz iterations (matrix products
     only, so it exports to ONNX, which has no eigendecomposition). Nothing is fitted.
@@ -48,7 +49,7 @@ class PerImageWhitening(keras.layers.Layer):
         p = ops.reshape(p - ops.mean(p, axis=2, keepdims=True), (-1, height * width, depth))
         p = p - ops.mean(p, axis=1, keepdims=True)
         cov = ops.einsum("bnd,bne->bde", p, p) / (height * width)
-        trace = ops.trace(cov, axis1=1, axis2=2)[:, None, None]
+        trace = ops.maximum(ops.trace(cov, axis1=1, axis2=2)[:, None, None], TRACE_FLOOR)
         return ops.reshape(ops.matmul(p, inverse_sqrt_spd(cov + self.eps * trace / depth * np.eye(depth), trace)),
                            (-1, height, width, depth))
 
@@ -79,12 +80,17 @@ class ImageWhitening(keras.layers.Layer):
     def __init__(self, patch_size=3, power=0.25, eps=1e-3, **kwargs):
         super().__init__(**kwargs)
         self.patch_size = positive_int(patch_size, "patch_size")
-        power = float(power)
-        if power not in self.POWERS:
-            raise ValueError(f"`power` must be one of {self.POWERS} (1/4: the reference, 1/2: ZCA), got {power}")
-        self.power = power
+        self.power = self.check_power(power)
         self.eps = positive_float(eps, "eps")
         self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    @classmethod
+    def check_power(cls, value, name="power"):
+        """`value` as a float of POWERS, else ValueError naming `name` (the `ckn` builder's is `whitening_power`)."""
+        power = real(value, name)
+        if power not in cls.POWERS:
+            raise ValueError(f"`{name}` must be one of {cls.POWERS} (1/4: the reference, 1/2: ZCA), got {value!r}")
+        return power
 
     def call(self, inputs):
         x = ops.cast(inputs, "float32") / 255.0
@@ -128,7 +134,8 @@ class ImageWhitening(keras.layers.Layer):
         return config
 
 
-# Added to the trace (in [0, 1] pixel units): a flat image (G = 0) stays finite and maps to 0.
+# Added to ImageWhitening's trace (in [0, 1] pixel units): a flat image (G = 0) stays finite and maps to 0.
+# PerImageWhitening floors its trace (0-255 units) at it: only a zero image's is below, other outputs are unchanged.
 TRACE_FLOOR = 1e-12
 
 

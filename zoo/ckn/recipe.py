@@ -37,9 +37,8 @@ import inspect
 import keras
 import numpy as np
 
-from kernelzoo.layers.ckn import CKNConv2D
 from kernelzoo.ops.checks import boolean, check_choice, nonnegative_float, positive_int
-from kernelzoo.zoo.ckn.kmeans import INITS, init_ckn_layers
+from kernelzoo.zoo.ckn.kmeans import INITS, ckn_layers, init_ckn_layers
 from kernelzoo.zoo.ckn.models import ckn
 from kernelzoo.zoo.frozen_features import FrozenFeaturesRecipe, feature_extractor
 from kernelzoo.zoo.linear_classifier import fit_logistic, one_vs_rest_squared_hinge
@@ -60,22 +59,51 @@ def add_kmeans_option(parser):
                         help="patches sampled per CKN layer for spherical k-means")
 
 
+def check_kmeans(hp):
+    """`hp`, once the k-means hyper-parameters it holds are checked, so that a bad value is named before any work
+    (both recipes; a frozen-features preset of another family has none)."""
+    if "kmeans_init" in hp:
+        check_choice("kmeans_init", hp["kmeans_init"], INITS)
+    for key in ("kmeans_patches", "kmeans_iterations"):
+        if key in hp:
+            positive_int(hp[key], key)
+    return hp
+
+
 def kmeans_anchors(model, images, hp, seed, verbose):
     """Every CKN layer's anchors by spherical k-means, in order, each frozen once set; {layer: report}."""
     return init_ckn_layers(model, np.asarray(images), max_patches=hp["kmeans_patches"], init=hp["kmeans_init"],
                            max_iter=hp["kmeans_iterations"], seed=seed, verbose=bool(verbose))
 
 
-def ckn_layers(model):
-    return [layer for layer in model.layers if isinstance(layer, CKNConv2D)]
+def check_anchors_override(overrides, recipe):
+    """`overrides` (or {}), refused when their `trainable_anchors` contradicts `recipe`'s `trainable_anchors`: its
+    initialise would overturn it (k-means freezes the layers, the supervised recipe then unfreezes them)."""
+    overrides = overrides or {}
+    if ("trainable_anchors" in overrides
+            and boolean(overrides["trainable_anchors"], "trainable_anchors") != recipe.trainable_anchors):
+        raise ValueError(f"`trainable_anchors`={overrides['trainable_anchors']!r} contradicts the preset's recipe, "
+                         f"{type(recipe).__name__}, whose anchors are {'' if recipe.trainable_anchors else 'not '}"
+                         "learned (the preset's `trainable_anchors` chooses the recipe)")
+    return overrides
 
 
 class UnsupervisedCKNRecipe(FrozenFeaturesRecipe):
     """Anchors without labels, then an L2-regularised linear classifier on the frozen features."""
 
+    trainable_anchors = False
+
     def add_arguments(self, parser):
         super().add_arguments(parser)
         add_kmeans_option(parser)
+
+    def hyperparameters(self, preset, **changes):
+        """The frozen-features recipe's, the k-means ones checked (`check_kmeans`)."""
+        return check_kmeans(super().hyperparameters(preset, **changes))
+
+    def build(self, preset, data, overrides=None, hp=None):
+        """A `trainable_anchors` override must agree with the recipe (`check_anchors_override`)."""
+        return super().build(preset, data, check_anchors_override(overrides, self), hp)
 
     def initialise(self, model, data, hp, options, seed=0, verbose=0):
         return kmeans_anchors(model, data.train[0], hp, seed, verbose)
@@ -85,6 +113,7 @@ class SupervisedCKNRecipe(MixedPrecisionMixin, Recipe):
     """k-means anchors and an L-BFGS classifier, then both trained by SGD (module docstring)."""
 
     checkpoints_initialisation = True  # CKN-5's k-means and L-BFGS: about an hour on 2 cores
+    trainable_anchors = True
 
     def add_arguments(self, parser):
         super().add_arguments(parser)
@@ -99,19 +128,18 @@ class SupervisedCKNRecipe(MixedPrecisionMixin, Recipe):
                                  "default 1e-3, the reference's --alpha)")
 
     def hyperparameters(self, preset, **changes):
-        hp = {**SUPERVISED_DEFAULTS, **super().hyperparameters(preset, **changes)}
-        check_choice("kmeans_init", hp["kmeans_init"], INITS)
+        hp = check_kmeans({**SUPERVISED_DEFAULTS, **super().hyperparameters(preset, **changes)})
         boolean(hp["augment"], "augment")
         boolean(hp["alternating"], "alternating")
         nonnegative_float(hp["classifier_alpha"], "classifier_alpha")
-        for key in ("kmeans_patches", "kmeans_iterations", "lbfgs_iterations"):
-            positive_int(hp[key], key)
+        positive_int(hp["lbfgs_iterations"], "lbfgs_iterations")
         return hp
 
     def build(self, preset, data, overrides=None, hp=None):
-        """The builder's `augment` is the recipe's."""
+        """The builder's `augment` is the recipe's; a `trainable_anchors` override must agree with the recipe
+        (`check_anchors_override`)."""
         augment = {} if hp is None else {"augment": hp["augment"]}
-        return super().build(preset, data, {**augment, **(overrides or {})}, hp)
+        return super().build(preset, data, {**augment, **check_anchors_override(overrides, self)}, hp)
 
     def initialise(self, model, data, hp, options, seed=0, verbose=0):
         """k-means anchors, the classifier fitted on their features, then the CKN layers unfrozen; the report."""
