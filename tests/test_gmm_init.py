@@ -93,6 +93,33 @@ def test_gmm_init_sets_location_priors_as_offsets():
     np.testing.assert_allclose(offsets[:, :, 1], offsets[:, :, 2])  # the same for every class
 
 
+def test_a_region_no_position_maps_to_keeps_the_global_priors():
+    """Mex offsets unshared over a 'same' 3x3 window of stride 1: positions go to the region of the first output
+    that uses them, so the last row and column of regions get none: their offsets are the global priors'."""
+    from kernelzoo.layers import Mex
+    inputs = keras.Input((6, 6, 2))
+    x = Similarity(3, 1, similarity="l2", name="sim")(inputs)
+    x = Mex(num_instances=2, pool_size=3, strides=1, padding="same", offsets="unshared", name="mex")(x)
+    model = keras.Model(inputs, x)
+    images = np.random.default_rng(0).normal(size=(20, 6, 6, 2)).astype("float32")
+    report = init.gmm_init(model, images, num_patches=500, iterations=3)
+    offsets = model.get_layer("mex").offsets_variable.numpy()
+    assert np.all(np.isfinite(offsets))
+    priors = report["mixture"].priors
+    for empty in (report["region_priors"][5], report["region_priors"][:, 5]):
+        np.testing.assert_allclose(empty, np.broadcast_to(priors, empty.shape), rtol=1e-6)
+    assert not np.allclose(report["region_priors"][0, 0], priors, rtol=1e-3)  # the others: fitted to their positions
+
+
+def test_a_constant_coordinate_gets_the_scale_floor_of_the_others():
+    """Its spread is 0: the floor relative to it was ~0, and its weights ~1e26."""
+    x = np.random.default_rng(0).normal(size=(300, 4)).astype("float32")
+    x[:, 0] = 1.0
+    for beta in (1.0, 2.0):
+        mixture = init.fit_gg_mixture(x, 3, beta, iterations=3)
+        assert np.all(np.isfinite(mixture.log_likelihood)) and mixture.weights.max() < 1e3
+
+
 def test_unweighted_layer_fits_unit_scales():
     x, _ = _planted(np.random.default_rng(5), 2000, 2.0, MEANS, np.ones_like(SCALES), PRIORS)
     layer = Similarity(3, 1, similarity="l2", weighted=False)
@@ -137,5 +164,10 @@ def test_bad_arguments():
         init.fit_gg_mixture(np.full((5, 2), np.nan), 1)
     with pytest.raises(ValueError, match="`scales`"):
         init.fit_gg_mixture(np.zeros((5, 2)), 1, scales="full")
+    for min_scale in (0.0, -1.0):
+        with pytest.raises(ValueError, match="`min_scale`"):
+            init.fit_gg_mixture(np.eye(5, 2), 1, min_scale=min_scale)
+        with pytest.raises(ValueError, match="`min_scale`"):
+            init.gmm_init(Similarity(2, 1, similarity="l2"), images, min_scale=min_scale)
     with pytest.raises(ValueError, match="`model`"):
         init.unsupervised_init(linear, images)

@@ -274,6 +274,14 @@ def test_gradient_descent_on_the_two_layer_cnn_recovers_the_latent_classes():
     assert between > 5 * within
 
 
+def test_embedding_gaps_need_a_pair_of_one_class_and_two_classes():
+    kernel, patches = np.eye(3), np.eye(3)
+    assert theory.embedding_gaps(kernel, patches, [0, 0, 1]) == pytest.approx((np.sqrt(2), np.sqrt(2)))
+    for classes in ([0, 1, 2], [1, 1, 1], [0, 1]):  # no pair of one class, one class, not one per patch
+        with pytest.raises(ValueError, match="`classes`"):
+            theory.embedding_gaps(kernel, patches, classes)
+
+
 # ----------------------------------------------------------------------------- Sec. 5.1: the algorithm
 
 
@@ -415,3 +423,26 @@ def test_block_lr_reaches_the_blocks_from_the_command_line(monkeypatch, tmp_path
     recipe = layerwise_recipe.LayerwiseRecipe()
     assert seen["block_lr"] == 3e-4 and seen["lr"] == 1e-2
     assert recipe.stage_hyperparameters(seen, layerwise_recipe.Stage(0, 1, 0, 3))["lr"] == 3e-4
+
+
+def test_block_settings_are_checked_under_their_own_names_and_refused_without_a_trained_block(tmp_path):
+    """block_lr 0 is refused (it was the classifier's lr then), as a bad block_optimizer or block_momentum, each by
+    its name; a JL network (no trained Conv1x1) refuses block settings other than its preset's before it trains."""
+    from kernelzoo.zoo.layerwise.recipe import Stage
+    preset = registry.info("layerwise_cifar10_fc")
+    recipe = registry.recipe(preset)
+    for name, value in (("block_lr", 0.0), ("block_lr", -1e-3), ("block_optimizer", "rmsprop"),
+                        ("block_momentum", 1.5)):
+        with pytest.raises(ValueError, match=f"`{name}`"):
+            recipe.hyperparameters(preset, **{name: value})
+    hp = recipe.hyperparameters(preset, block_optimizer="sgd", block_momentum=0.0)
+    assert recipe.stage_hyperparameters(dict(hp, block_lr=0.0), Stage(1, 1, 0, 5))["lr"] == 0.0  # not `lr`
+    assert recipe.stage_hyperparameters(hp, Stage(1, 1, 0, 5))["momentum"] == 0.0
+    jl = registry.info("layerwise_cifar10_jl_fc")
+    data = Data(train=stripes(24, size=12), test=None, source="stripes", class_names=("h", "v", "flat"))
+    for name, value in (("block_epochs", 5), ("block_lr", 1e-3)):
+        hp = recipe.hyperparameters(jl, epochs=7, **{name: value})
+        with pytest.raises(ValueError, match=f"`{name}`={value!r}: .* no trained Conv1x1 block"):
+            recipe.train(jl, data, str(tmp_path / name), overrides={"clusters": (6, 8), "embeddings": (4, 5)}, hp=hp,
+                         verbose=0, tensorboard=False)
+        assert not os.path.exists(tmp_path / name)  # refused before the run folder

@@ -15,6 +15,8 @@ def test_model_kind_names_the_four_curves():
     assert figures.model_kind(simnet, {"n": 400, "p": 1, "weighted": True}) == "simnet_wl1"
     assert figures.model_kind(simnet, {"n": 400, "p": 2}) == "simnet_wl2"
     assert figures.model_kind(simnet, {"n": 400, "p": 2, "weighted": False}) is None
+    assert figures.model_kind(simnet, {"n": 400}) == "simnet_wl2"  # the builder's default p
+    assert figures.model_kind(simnet, {"n": 400, "p": 2, "learn_p": True}) is None  # an lp SimNet
     assert figures.model_kind("x.convnet_baseline", {"n": 6400}) == "convnet"
     assert figures.model_kind("x.coates_baseline", {"n": 1600}) == "coates"
     assert figures.model_kind("x.kernelnet_mnist", {}) is None

@@ -185,7 +185,8 @@ def test_augmentation_mirrors_raw_images_in_training_only(tmp_path, builder, fir
     ({"weight_decay": -1}, "weight_decay"), ({"offset_regions": (30, 2)}, "offset_regions"),
     ({"patch_size": 40}, "patch_size"), ({"num_classes": 1.5}, "num_classes"),
     ({"position_pooling": "max"}, "position_pooling"), ({"zca_eps": -0.1}, "zca_eps"),
-    ({"augment_flip": "yes"}, "augment_flip"), ({"augment_shift": -1}, "augment_shift")])
+    ({"augment_flip": "yes"}, "augment_flip"), ({"augment_shift": -1}, "augment_shift"),
+    ({"whitening": "no"}, "`whitening`")])
 def test_simnet_bad_arguments(kwargs, name):
     with pytest.raises(ValueError, match=name):
         models.simnet_patch_labeling(**kwargs)
@@ -198,6 +199,8 @@ def test_baseline_bad_arguments():
         models.convnet_baseline(n=4, augment_flip="yes")
     with pytest.raises(ValueError, match="`n`"):
         models.coates_baseline(n=-1)
+    with pytest.raises(ValueError, match="`train_templates`"):
+        models.coates_baseline(n=4, train_templates="no")
     with pytest.raises(ValueError, match="`zca_eps`"):
         models.coates_baseline(n=4, zca_eps=-1)
     with pytest.raises(ValueError, match="`mode`"):
@@ -224,6 +227,35 @@ def test_coates_recipe_fits_an_svm_on_frozen_standardised_features(tiny_runs):
     features = cached_features(model, images, str(folder / "features" / f"train-{len(images)}.npy"))
     assert abs(float(np.mean(features))) < 0.5 and 0.2 < float(np.std(features)) < 2  # standardised on a sample
     assert [row["l2"] for row in result["history"][:-1]] == [1.0, 0.1, 0.01][:len(result["history"]) - 1]
+
+
+def test_tune_weight_decay_checks_its_values_and_gives_each_its_own_folder(tmp_path):
+    """--tune-weight-decay: numbers >= 0, each once (errors name the option); one held-out run per value in
+    tune/wd=VALUE, named by :g where that reads back as the same float, else by repr (1e-7 and 1.0000001e-7 apart)."""
+    from kernelzoo.zoo.data.synthetic import stripes
+    from kernelzoo.zoo.recipe import Data
+
+    preset = registry.info("simnet_cifar10_wl2_n400")
+    recipe = registry.recipe(preset)
+    data = Data(train=stripes(20), test=None, source="stripes", class_names=("h", "v", "flat"))
+    folders = []
+
+    def train_run(preset, data, folder, hp=None, **kwargs):  # the held-out runs score their weight decay
+        folders.append(folder)
+        return {"history": [{"val_accuracy": hp["weight_decay"] * 1e7}]}
+
+    recipe.train_run = train_run
+    hp = recipe.hyperparameters(preset, holdout=5)
+    chosen = recipe.train(preset, data, str(tmp_path), hp=hp, options=recipe.options(
+        tune_weight_decay="0, 1e-7,1.0000001e-7"), verbose=0)
+    tune = tmp_path / "tune"
+    assert folders == [str(tune / "wd=0"), str(tune / "wd=1e-07"), str(tune / "wd=1.0000001e-07"), str(tmp_path)]
+    assert chosen["history"][0]["val_accuracy"] == pytest.approx(1.0000001)  # the final run, with the chosen value
+    tuning = json.loads((tmp_path / "tuning.json").read_text())
+    assert list(tuning["scores"]) == ["0", "1e-07", "1.0000001e-07"] and tuning["chosen"] == 1.0000001e-7
+    for text in ("1e-7,,1e-6", "1e-7,-1e-6", "1e-7,1e-07", "1e-7,x", "inf"):
+        with pytest.raises(ValueError, match="`--tune-weight-decay`"):
+            recipe.train(preset, data, str(tmp_path / "bad"), hp=hp, options=recipe.options(tune_weight_decay=text))
 
 
 def test_init_images_must_be_positive():

@@ -148,6 +148,26 @@ def test_a_kill_inside_a_checkpoint_resumes_from_a_matching_state(tmp_path):
     assert training.read_state(str(old))["epoch"] == 3 and training.load_last(str(old)).count_params() > 0
 
 
+def test_a_resumed_run_draws_the_dropout_masks_of_the_uninterrupted_one(tmp_path):
+    """The Keras random generators' states (not in the .keras file) are in state.json and restored on resume: the
+    ConvNet baseline with dropout 0.5, killed at the start of epoch 2 and resumed, ends with the same weights."""
+    import dataclasses
+
+    from conftest import TinyRuns, _Kill
+    from kernelzoo.zoo.simnet.recipe import tiny_runs
+
+    run = next(run for run in tiny_runs() if run.preset == "convnet_cifar10")
+    run = dataclasses.replace(run, overrides=dict(run.overrides, dropout=0.5))
+    straight = TinyRuns.train(run, tmp_path / "straight")
+    with pytest.raises(KeyboardInterrupt):
+        TinyRuns.train(run, tmp_path / "resumed", callbacks=[_Kill()])
+    assert training.read_state(str(tmp_path / "resumed"))["random_states"] == [[0, 2 * 6]]  # 6 steps per epoch
+    resumed = TinyRuns.train(run, tmp_path / "resumed", resume=True)
+    assert [int(row["epoch"]) for row in resumed["history"]] == [0, 1, 2, 3]
+    for a, b in zip(straight["model"].variables, resumed["model"].variables):  # weights and the dropout's state
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
+
+
 def test_a_run_resumes_only_with_its_own_settings(tmp_path):
     x, y = stripes(12)
     config = {"preset": "p", "overrides": {"n": 2}, "hyperparameters": {"lr": 0.05, "epochs": 1},

@@ -16,11 +16,10 @@ A run folder holds:
 - an optional learning-rate function of the epoch index only (`step_schedule`, `milestone_schedule`);
 - callbacks: progress bar, CSV log, TensorBoard, a checkpoint every epoch and the resume state.
   `resume=True` reloads it and continues with the next epoch, on the same data order and
-  learning rate, so a killed run ends with the weights of an uninterrupted one; except in models
-  with random layers (Dropout, location noise, in-model augmentation without a saved counter), whose
-  Keras random generators are not saved: they restart, and the run continues on other draws. A
-  resumed run must have the settings of its config.json (`start_run` checks), and log.csv loses the
-  rows of epochs after the checkpoint.
+  learning rate, so a killed run ends with the weights of an uninterrupted one; random layers (Dropout,
+  location noise) included: the states of their Keras random generators, which the .keras file leaves
+  out, are in state.json (`random_states`). A resumed run must have the settings of its config.json
+  (`start_run` checks), and log.csv loses the rows of epochs after the checkpoint.
 Loops that are not Keras `fit` (the kernelNet L-BFGS-B) write the same files with
 `save_checkpoint`, `append_log` and `finish`.
 """
@@ -155,7 +154,7 @@ def make_dataset(x, y, batch_size, *, epochs=1, start_epoch=0, seed=0, shuffle=T
 
 def save_checkpoint(model, out_dir, epoch, logs=None, keep=2, state=None):
     """After `epoch` epochs: checkpoints/epoch-NNN.keras, state.json (epoch, logs, `state`, the checkpoint's
-    file name) and a copy as last.keras.
+    file name, the model's `random_states`) and a copy as last.keras.
 
     Files are written to a temporary name and renamed, and state.json names the epoch file it goes with, so
     a kill at any point leaves a state and a checkpoint of the same epoch; only the last `keep` epoch files
@@ -167,7 +166,8 @@ def save_checkpoint(model, out_dir, epoch, logs=None, keep=2, state=None):
     save_model(model, os.path.join(folder, name))
     write_json(os.path.join(folder, STATE_FILE),
                dict(state or {}, epoch=int(epoch), checkpoint=name,
-                    logs={k: float(v) for k, v in (logs or {}).items()}, time=time.time()))
+                    logs={k: float(v) for k, v in (logs or {}).items()}, time=time.time(),
+                    random_states=[np.asarray(v).tolist() for v in random_states(model)]))
     last = os.path.join(folder, LAST_CHECKPOINT)
     shutil.copyfile(os.path.join(folder, name), last + ".tmp")
     os.replace(last + ".tmp", last)
@@ -205,12 +205,28 @@ def _checkpoint_path(out_dir, state):
 
 def load_last(out_dir, compile=True):
     """The model of the last checkpoint (weights, and optimizer state when `compile`): the one its state.json
-    names, so that weights and epoch count always match."""
+    names, so that weights and epoch count always match; with the random states state.json records."""
     import kernelzoo  # noqa: F401  (registers the custom layers)
     state = read_state(out_dir)
     path = _checkpoint_path(out_dir, state) if state is not None else os.path.join(out_dir, CHECKPOINTS,
                                                                                      LAST_CHECKPOINT)
-    return keras.models.load_model(path, compile=compile)
+    model = keras.models.load_model(path, compile=compile)
+    saved = (state or {}).get("random_states")  # None: a checkpoint saved before they were recorded
+    if saved is not None:
+        variables = random_states(model)
+        if len(saved) != len(variables):
+            raise ValueError(f"`out_dir` {out_dir!r}: state.json holds {len(saved)} random states, its checkpoint's "
+                             f"model has {len(variables)} random generators")
+        for variable, value in zip(variables, saved):
+            variable.assign(np.asarray(value, dtype=variable.dtype))
+    return model
+
+
+def random_states(model):
+    """The state variables of the Keras random generators (SeedGenerator) of `model` and its nested layers, in
+    model order: its variables that are not weights, which `model.save` leaves out."""
+    weights = {id(variable) for variable in model.weights}
+    return [variable for variable in model.variables if id(variable) not in weights]
 
 
 def start_run(out_dir, resume, config=None):

@@ -26,8 +26,6 @@ from kernelzoo.zoo.ckn.kmeans import spherical_kmeans
 from kernelzoo.zoo.layerwise.models import FEATURE_STANDARDIZATION, FEATURES
 from kernelzoo.ops.shapes import output_size, pad_amounts
 
-PARTS = ("cluster", "pool", "embed", "projection")
-
 
 def block_count(model):
     """The number of blocks of a layerwise_cnn (layers "block{i}_cluster"); 0 for another network with a
@@ -55,15 +53,6 @@ def block_layer(model, index, part):
     `index`, or None when the block has none."""
     name = f"block{index}_{part}"
     return next((layer for layer in model.layers if layer.name == name), None)
-
-
-def block_output(model, index):
-    """The output tensor of block `index` (its Conv1x1, else its pooling, else its centroid convolution)."""
-    for part in ("embed", "projection", "pool", "cluster"):
-        layer = block_layer(model, index, part)
-        if layer is not None:
-            return layer.output
-    raise ValueError(f"`model` {model.name!r} has no block {index}")
 
 
 def trained_blocks(model):

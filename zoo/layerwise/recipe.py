@@ -37,7 +37,7 @@ import shutil
 import keras
 import numpy as np
 
-from kernelzoo.ops.checks import nonnegative_int, positive_int
+from kernelzoo.ops.checks import check_choice, float_in_range, nonnegative_int, positive_float, positive_int
 from kernelzoo.zoo import training
 from kernelzoo.zoo.frozen_features import cached_features
 from kernelzoo.zoo.layerwise import algorithm
@@ -48,6 +48,8 @@ SYNTHETIC = "synthetic_digits"
 KMEANS = "kmeans"
 FEATURES = "features"
 STAGE_PREFIX = "stage-"
+# The hyper-parameters of the blocks' two-layer subnets (None: the classifier's optimizer, lr, momentum).
+BLOCK_SETTINGS = ("block_epochs", "block_optimizer", "block_lr", "block_momentum")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +78,17 @@ class LayerwiseRecipe(Recipe):
                                  "stage, the classifier gets the epochs after the blocks')")
         parser.add_argument("--block-lr", type=float, default=None,
                             help="learning rate of the blocks' two-layer subnets (--lr: the classifier's)")
+
+    def hyperparameters(self, preset, **changes):
+        """`Recipe.hyperparameters`, the blocks' optimizer settings checked under their own names."""
+        hp = super().hyperparameters(preset, **changes)
+        if hp.get("block_optimizer") is not None:
+            check_choice("block_optimizer", hp["block_optimizer"], self.optimizers)
+        if hp.get("block_lr") is not None:
+            positive_float(hp["block_lr"], "block_lr")
+        if hp.get("block_momentum") is not None:
+            float_in_range(hp["block_momentum"], "block_momentum", 0, 1)
+        return hp
 
     def load_data(self, preset, data_dir=None, dataset=None, options=None, seed=0):
         """The preset's images; for synthetic_digits, `train_size` and `test_size` generated examples."""
@@ -125,6 +138,8 @@ class LayerwiseRecipe(Recipe):
         options = self.options() if options is None else options
         keras.utils.set_random_seed(seed)
         model = self.build(preset, data, overrides, hp)
+        if not algorithm.trained_blocks(model):
+            self._check_no_block_settings(preset, model, hp)
         config = run_config(preset, overrides, hp, options, seed, data, None, None)
         result = self.fit(model, data, out_dir, hp, seed=seed, resume=resume, verbose=verbose, config=config,
                           callbacks=callbacks, max_steps_per_epoch=max_steps_per_epoch)
@@ -138,6 +153,15 @@ class LayerwiseRecipe(Recipe):
             result["metrics"] = {key: last[key] for key in ("val_accuracy", "val_loss") if key in last}
             result["metrics"]["val_examples"] = int(len(data.val[1]))
         return result
+
+    def _check_no_block_settings(self, preset, model, hp):
+        """ValueError naming a block setting other than the preset's for a network without a trained Conv1x1
+        block (JL projections, or none): nothing would use it."""
+        defaults = self.hyperparameters(preset)
+        for name in BLOCK_SETTINGS:
+            if hp.get(name) != defaults.get(name):
+                raise ValueError(f"`{name}`={hp.get(name)!r}: {model.name!r} has no trained Conv1x1 block to use it "
+                                 f"(every epoch is the classifier's); leave it at the preset's {defaults.get(name)!r}")
 
     def fit(self, model, data, out_dir, hp, *, seed=0, resume=False, verbose=1, config=None, callbacks=None,
             max_steps_per_epoch=None, **unused):
@@ -242,9 +266,11 @@ class LayerwiseRecipe(Recipe):
         (each defaulting to the classifier's `optimizer`, `lr`, `momentum`), constant lr."""
         if stage.block is None:
             return dict(hp, schedule="constant")
-        return dict(hp, optimizer=hp.get("block_optimizer") or hp["optimizer"], lr=hp.get("block_lr") or hp["lr"],
-                    momentum=hp["momentum"] if hp.get("block_momentum") is None else hp["block_momentum"],
-                    schedule="constant")
+
+        def block(name):  # the blocks' setting, else the classifier's
+            return hp[name] if hp.get(f"block_{name}") is None else hp[f"block_{name}"]
+
+        return dict(hp, optimizer=block("optimizer"), lr=block("lr"), momentum=block("momentum"), schedule="constant")
 
     def _save_stage(self, trainer, out_dir, epoch):
         name = f"{STAGE_PREFIX}{epoch:03d}.keras"

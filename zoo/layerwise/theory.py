@@ -76,10 +76,16 @@ def two_layer_gd(corr, n, *, lr=0.1, steps=100, delta=0.1, seed=0):
 
 def embedding_gaps(kernel, patches, classes):
     """(largest distance between the embeddings K^T x of two patches of one class, smallest between two
-    of different classes): patches (P, s^2 C) as rows, classes (P,)."""
+    of different classes): patches (P, s^2 C) as rows, classes (P,), with two patches of some class and two
+    classes (else there is no such pair)."""
     embedded = np.asarray(patches, np.float64).reshape(len(patches), -1) @ np.asarray(kernel, np.float64)
-    distance = np.linalg.norm(embedded[:, None] - embedded[None], axis=-1)
     classes = np.asarray(classes)
+    labels, counts = np.unique(classes, return_counts=True)
+    if classes.shape != (len(embedded),) or len(labels) < 2 or counts.max() < 2:
+        raise ValueError(f"`classes` must hold one class per patch ({len(embedded)}), two patches of one class and "
+                         f"two classes at least, got {len(labels)} classes of {counts.tolist()} patches "
+                         f"(shape {classes.shape})")
+    distance = np.linalg.norm(embedded[:, None] - embedded[None], axis=-1)
     same = classes[:, None] == classes[None]
     np.fill_diagonal(same, False)
     different = classes[:, None] != classes[None]

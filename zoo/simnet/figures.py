@@ -11,6 +11,7 @@ without labels, so `parameter_count` leaves them out.
 
     kernelzoo viz simnet-size [RUN_DIR ...] [--shipped] [--out simnet_size.png]
 """
+import inspect
 import json
 import os
 
@@ -28,12 +29,15 @@ PAPER_POINTS = (("simnet_wl1", 200, 0.760), ("simnet_wl1", 400, 0.768), ("simnet
 
 
 def model_kind(builder, config):
-    """The curve a model belongs to ("simnet_wl1", ...), from its builder name and configuration; None for
-    a model of none of the four (an unweighted SimNet, say)."""
+    """The curve a model belongs to ("simnet_wl1", ...), from its builder name and configuration (the builder's
+    defaults for the arguments it leaves out); None for a model of none of the four (an unweighted SimNet, or
+    one that learns its p, say)."""
     name = builder.rsplit(".", 1)[-1]
     if name == "simnet_patch_labeling":
-        weighted, p = config.get("weighted", True), config.get("p", 1)
-        return f"simnet_wl{p}" if weighted and p in (1, 2) else None
+        parameters = inspect.signature(models.simnet_patch_labeling).parameters
+        arguments = {**{key: parameter.default for key, parameter in parameters.items()}, **config}
+        p = arguments["p"]
+        return f"simnet_wl{p}" if arguments["weighted"] and not arguments["learn_p"] and p in (1, 2) else None
     return {"convnet_baseline": "convnet", "coates_baseline": "coates"}.get(name)
 
 

@@ -32,7 +32,7 @@ from keras import ops
 from scipy.special import gammaln
 
 from kernelzoo.layers import Mex, Similarity
-from kernelzoo.ops.checks import check_choice, image_batch, matrix, nonnegative_int, positive_int
+from kernelzoo.ops.checks import check_choice, image_batch, matrix, nonnegative_int, positive_float, positive_int
 from kernelzoo.ops.shapes import output_size, pad_amounts
 from kernelzoo.progress import progress
 from kernelzoo.zoo.simnet.preprocessing import sample_patch_rows
@@ -271,7 +271,8 @@ def fit_gg_mixture(x, n, beta=2.0, *, scales="diagonal", iterations=30, tol=1e-5
       iterations: EM iterations at most; stops early when the mean log-likelihood
         improves by less than `tol`.
       seed: seeds k-means++ and re-seeding of empty components (the fit is deterministic).
-      min_scale: scales are kept >= min_scale * the data's per-coordinate scale.
+      min_scale: scales are kept >= min_scale (> 0) * the data's per-coordinate scale (a constant
+        coordinate: the mean of the others').
       kmeans_iterations: Lloyd iterations after the k-means++ seeding.
       verbose: progress bars (k-means, EM) and the final mean log-likelihood.
     Returns a GGMixture.
@@ -282,6 +283,7 @@ def fit_gg_mixture(x, n, beta=2.0, *, scales="diagonal", iterations=30, tol=1e-5
         raise ValueError(f"`n`={n} components need at least {n} rows in `x`, got {x.shape[0]}")
     scales = check_choice("scales", scales, ("diagonal", "fixed"))
     iterations = nonnegative_int(iterations, "iterations")
+    min_scale = positive_float(min_scale, "min_scale")
     learn_beta = isinstance(beta, str)
     if learn_beta and beta != "learn":
         raise ValueError(f"`beta` must be a positive float, one per component, or 'learn', got {beta!r}")
@@ -290,7 +292,11 @@ def fit_gg_mixture(x, n, beta=2.0, *, scales="diagonal", iterations=30, tol=1e-5
     rng = np.random.default_rng(seed)
 
     means = kmeans(x, n, iterations=kmeans_iterations, seed=seed, verbose=verbose).astype("float64")
-    spread = np.mean(np.abs(x - np.median(x, axis=0)), axis=0) + 1e-12  # per-coordinate scale of the data
+    # The per-coordinate scale of the data; a constant coordinate takes the others' mean, as a floor relative to
+    # its 0 would give it weights ~1e12 / min_scale.
+    deviation = np.mean(np.abs(x - np.median(x, axis=0)), axis=0)
+    live = deviation > 0
+    spread = np.where(live, deviation, deviation[live].mean() if live.any() else 1.0) + 1e-12
     floor = min_scale * spread
     if scales == "fixed":
         alphas = np.ones((n, d))
@@ -324,7 +330,7 @@ def fit_gg_mixture(x, n, beta=2.0, *, scales="diagonal", iterations=30, tol=1e-5
         counts = responsibilities.sum(axis=0, dtype="float64")
         dead = counts < max(2.0, 1e-3 * rows / n)
         means = np.where(s0 > 0, s1 / np.maximum(s0, 1e-30), mixture.means)
-        if dead.any():  # re-seed starved components at rows the mixture explains worst
+        if dead.any():  # re-seed starved components at rows drawn uniformly (without replacement)
             means[dead] = x[rng.choice(rows, int(dead.sum()), replace=False)]
         grid = shapes[:, None] * np.asarray(_BETA_GRID)[None] if learn_beta else shapes[:, None]
         moments = np.zeros((grid.shape[1], n, d))
@@ -542,7 +548,8 @@ def _set_location_offsets(model, sim, mex, mixture, images, prior_iterations):
             rows = patches[:, region_of_row == qh][:, :, region_of_col == qw].reshape(-1, patches.shape[-1])
             logp = mixture.component_log_density(rows)
             log_prior = np.log(mixture.priors).astype("float32")
-            for _ in range(prior_iterations):  # EM on the mixture weights only
+            # EM on the mixture weights only; a region no position is assigned to keeps the global priors
+            for _ in range(prior_iterations if len(rows) else 0):
                 joint = logp + log_prior
                 r = np.exp(joint - _logsumexp(joint, axis=1)[:, None])
                 log_prior = np.log(np.maximum(r.mean(axis=0, dtype="float64"), 1e-12)).astype("float32")

@@ -206,6 +206,7 @@ def simnet_patch_labeling(n=400, p=2, weighted=True, xi1=1.0, xi2=0.0, learn_xi=
     shape = image_shape(input_shape)
     patch = normalize_tuple(patch_size, "patch_size")
     regions = normalize_tuple(offset_regions, "offset_regions")
+    whitening = boolean(whitening, "whitening")
     if learn_p:
         similarity, p_value = "lp", positive_float(p, "p")
     else:
@@ -298,7 +299,7 @@ def coates_baseline(n=1600, patch_size=6, pool_grid=(2, 2), train_templates=Fals
     regularizer = sgd_weight_decay(weight_decay)
     inputs = keras.Input(shape, name="image")
     x = PatchWhitening(patch, zca_eps=zca_eps, name="patch_whitening")(inputs)
-    x = TriangleCoding(n, trainable=bool(train_templates), name="triangle_coding")(x)
+    x = TriangleCoding(n, trainable=boolean(train_templates, "train_templates"), name="triangle_coding")(x)
     x = QuadrantPooling(pool_grid, mode="sum", name="pool")(x)
     x = keras.layers.Flatten(name="flatten")(x)
     x = keras.layers.Normalization(name="features")(x)  # standardised: the fixed features the classifier sees

@@ -15,12 +15,13 @@ The Coates et al. baseline trains with CoatesRecipe instead: the same unsupervis
 the frozen features (`kernelzoo.zoo.frozen_features`: an L2-SVM as Coates et al., L-BFGS, the L2
 chosen on --holdout training images), not by SGD epochs through the triangle coding.
 """
+import math
 import os
 import time
 
 import numpy as np
 
-from kernelzoo.ops.checks import nonnegative_float, positive_int
+from kernelzoo.ops.checks import float_in_range, nonnegative_float, positive_int
 from kernelzoo.zoo import training
 from kernelzoo.zoo.frozen_features import FrozenFeaturesRecipe
 from kernelzoo.zoo.precision import MixedPrecisionMixin
@@ -103,21 +104,40 @@ class SimNetRecipe(MixedPrecisionMixin, Recipe):
     def _tune(self, preset, held_out, out_dir, hp, options, run, verbose):
         """The weight decay with the best held-out accuracy (tuning.json in the run folder)."""
         grid = (list(hp.get("weight_decay_grid") or [0.0]) if options.tune_weight_decay == "preset"
-                else [float(v) for v in options.tune_weight_decay.split(",")])
+                else weight_decays(options.tune_weight_decay))
         scores = {}
         for value in grid:
-            result = run(os.path.join(out_dir, "tune", f"wd={value:g}"), value, held_out)
+            result = run(os.path.join(out_dir, "tune", f"wd={decay_label(value)}"), value, held_out)
             scores[value] = result["history"][-1].get("val_accuracy", float("nan"))
             if verbose:
-                print(f"weight decay {value:g}: held-out accuracy {scores[value]:.4f}", flush=True)
+                print(f"weight decay {decay_label(value)}: held-out accuracy {scores[value]:.4f}", flush=True)
         chosen = max(scores, key=lambda v: scores[v])
         os.makedirs(out_dir, exist_ok=True)
         training.write_json(os.path.join(out_dir, "tuning.json"),
-                            {"holdout": len(held_out.val[0]), "scores": {f"{k:g}": v for k, v in scores.items()},
-                             "chosen": chosen})
+                            {"holdout": len(held_out.val[0]),
+                             "scores": {decay_label(k): v for k, v in scores.items()}, "chosen": chosen})
         if verbose:
-            print(f"chosen weight decay: {chosen:g}", flush=True)
+            print(f"chosen weight decay: {decay_label(chosen)}", flush=True)
         return chosen
+
+
+def weight_decays(text):
+    """The values of --tune-weight-decay "W1,W2,...": distinct finite numbers >= 0, else ValueError naming it."""
+    name = "--tune-weight-decay"
+    items = [item.strip() for item in str(text).split(",")]
+    if not all(items):
+        raise ValueError(f"`{name}` must be comma-separated numbers, got an empty item in {text!r}")
+    values = [float_in_range(item, name, 0, math.inf, "[)") for item in items]
+    if len(set(values)) < len(values):
+        raise ValueError(f"`{name}` lists a value twice: {text!r}")
+    return values
+
+
+def decay_label(value):
+    """A weight decay in folder names and tuning.json: its :g form where that reads back as the same float (1e-07),
+    else its repr (1.0000001e-07), so that two values never share a folder."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(float(value))
 
 
 class CoatesRecipe(FrozenFeaturesRecipe):
