@@ -7,6 +7,7 @@ JIT build / cache of the op library. Skipped only when no C++ compiler exists.
 import argparse
 import itertools
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -758,6 +759,48 @@ def test_mex_bad_shapes_raise(lib):
             _mex(lib, a, b, grad=tf.zeros((2, 3, 3, 8)), **case)
     with pytest.raises(tf.errors.InvalidArgumentError):  # grad of the wrong shape
         _mex(lib, x, xi, grad=tf.zeros((2, 3, 2, 8)))
+
+
+def test_sizes_that_overflow_int64_raise_instead_of_aborting():
+    """Empty tensors with sizes near int64's limit: 'same' with a huge height (ceil(in / s) overflowed: now the
+    empty output of the right shape), Mex channels x instances and an offsets shape that overflow (clear errors, in
+    eager and graph mode). TensorFlow aborts the process on a TensorShape or a shape-function dimension that
+    overflows, so the cases run in a subprocess that must finish normally."""
+    code = textwrap.dedent("""
+        import tensorflow as tf
+        from kernelzoo.ops import library
+        M, E, big = library.load(), tf.zeros([0]), 2 ** 63 - 1
+        mex = dict(num_instances=2, pool_size=[1, 1], channel_block=1, strides=[1, 1], padding="valid")
+        cases = {
+            "similarity same": lambda: M.kernelzoo_similarity(
+                tf.zeros([0, big, 1, 1]), tf.zeros([1, 1, 1, 2]), tf.zeros([1, 1, 1, 2]), tf.zeros([2]),
+                similarity="l2", strides=[2, 1], padding="same"),
+            "mex same": lambda: M.kernelzoo_mex(tf.zeros([0, big, 1, 2]), tf.zeros([2]), E, E,
+                                                **dict(mex, channel_block=2, strides=[2, 1], padding="same")),
+            "mex channels": lambda: M.kernelzoo_mex(tf.zeros([0, 1, 1, 2 ** 62]), tf.zeros([2]), E, E, **mex),
+            "mex grad channels": lambda: M.kernelzoo_mex_grad(tf.zeros([0, 1, 1, 2 ** 62]), tf.zeros([2]), E, E,
+                                                              tf.zeros([0, 1, 1, 0]), **mex),
+            "mex offsets": lambda: M.kernelzoo_mex(
+                tf.zeros([1, 4, 4, 4]), tf.ones([2]), tf.zeros([2 ** 62, 1, 0, 2, 2, 2]), E, num_instances=2,
+                pool_size=[2, 2], channel_block=2, strides=[2, 2], padding="valid", use_offsets=True),
+            "mex graph channels": lambda: tf.function(
+                lambda x: M.kernelzoo_mex(x, tf.zeros([2]), E, E, **mex),
+                input_signature=[tf.TensorSpec([0, 1, 1, 2 ** 62])]).get_concrete_function(),
+        }
+        for name, call in cases.items():
+            try:
+                print(name, "gave", list(call().shape), flush=True)
+            except (tf.errors.InvalidArgumentError, ValueError) as error:
+                print(name, "raised", type(error).__name__, flush=True)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert done.returncode == 0, done.stderr[-2000:]  # an abort: -6
+    lines = dict(re.fullmatch(r"(.+?) (?:raised|gave) (.+)", line).groups() for line in done.stdout.splitlines())
+    half = 2 ** 62  # ceil((2^63 - 1) / 2)
+    assert lines["similarity same"] == lines["mex same"] == f"[0, {half}, 1, 2]", done.stdout
+    assert [name for name, result in lines.items() if "Error" in result] == [
+        "mex channels", "mex grad channels", "mex offsets", "mex graph channels"], done.stdout
 
 
 # ------------------------------------------ float16 / bfloat16 activations --

@@ -18,14 +18,14 @@ namespace kernelzoo {
 
 // Output size and leading padding along one spatial axis. Follows
 // TF/Keras: "valid" -> out = (in - k) / s + 1 (requires in >= k);
-// "same" -> out = ceil(in / s), pad_total = max((out - 1) * s + k - in, 0),
+// "same" -> out = ceil(in / s) (without overflow near INT64_MAX), pad_total = max((out - 1) * s + k - in, 0),
 // pad_before = pad_total / 2. Returns false if the window does not fit.
 KZ_HOST_DEVICE inline bool WindowedOutputSize(int64_t in, int64_t k, int64_t s,
                                               bool same, int64_t* out,
                                               int64_t* pad_before) {
   if (in < 0 || k < 1 || s < 1) return false;
   if (same) {
-    *out = (in + s - 1) / s;
+    *out = in / s + (in % s != 0 ? 1 : 0);
     int64_t pad_total = (*out - 1) * s + k - in;
     if (pad_total < 0) pad_total = 0;
     *pad_before = pad_total / 2;

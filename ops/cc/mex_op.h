@@ -19,6 +19,7 @@
 #define KERNELZOO_OPS_CC_MEX_OP_H_
 
 #include <algorithm>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -77,6 +78,11 @@ class MexOpBase : public ::tensorflow::OpKernel {
           "input channels (", input.dim_size(3), ") must be a multiple of channel_block (",
           channel_block_, ")"));
     }
+    if (input.dim_size(3) / channel_block_ > std::numeric_limits<int64_t>::max() / K) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "output channels (", input.dim_size(3) / channel_block_, " blocks x ", K,
+          " instances) overflow int64"));
+    }
     if (xi.dims() != 1 || xi.dim_size(0) != K) {
       return absl::InvalidArgumentError(absl::StrCat(
           "xi must have shape (", K, ",), got ", xi.shape().DebugString()));
@@ -100,11 +106,10 @@ class MexOpBase : public ::tensorflow::OpKernel {
           "block ", g.k_h, "x", g.k_w, "x", channel_block_, " has more than 2^24 entries"));
     }
     if (use_offsets_) {
-      const ::tensorflow::TensorShape want({offsets.dims() == 6 ? offsets.dim_size(0) : 1,
-                              offsets.dims() == 6 ? offsets.dim_size(1) : 1, K, b_h_, b_w_,
-                              channel_block_});
-      if (offsets.dims() != 6 || offsets.shape() != want || offsets.dim_size(0) < 1 ||
-          offsets.dim_size(1) < 1 ||
+      // dimension by dimension: a TensorShape built from unchecked sizes aborts on overflow
+      if (offsets.dims() != 6 || offsets.dim_size(2) != K || offsets.dim_size(3) != b_h_ ||
+          offsets.dim_size(4) != b_w_ || offsets.dim_size(5) != channel_block_ ||
+          offsets.dim_size(0) < 1 || offsets.dim_size(1) < 1 ||
           offsets.dim_size(0) > std::max<int64_t>(g.out_h, 1) ||
           offsets.dim_size(1) > std::max<int64_t>(g.out_w, 1)) {
         return absl::InvalidArgumentError(absl::StrCat(
@@ -125,7 +130,8 @@ class MexOpBase : public ::tensorflow::OpKernel {
     prm->use_offsets = use_offsets_;
     prm->use_c = use_c_;
     prm->allow_gemm = gemm_;
-    return absl::OkStatus();
+    ::tensorflow::TensorShape output;  // its element count must fit int64 (OutputShape aborts otherwise)
+    return ::tensorflow::TensorShape::BuildTensorShape({g.batch, g.out_h, g.out_w, prm->out_channels()}, &output);
   }
 
   static ::tensorflow::TensorShape OutputShape(const MexParams& prm) {

@@ -1,5 +1,7 @@
 // Op definitions (no kernels) for the SimNets MEX operator and its gradient.
 // Kernels: mex_kernels.cc (CPU), mex_kernels.cu.cc (GPU). Python: ops/custom.py.
+#include <limits>
+
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
 
@@ -53,6 +55,10 @@ Status MexShape(InferenceContext* c) {
       return absl::InvalidArgumentError(absl::StrCat(
           "input channels (", c->Value(channels), ") must be a multiple of channel_block (",
           channel_block, ")"));
+    }
+    if (c->Value(channels) / channel_block > std::numeric_limits<int64_t>::max() / num_instances) {
+      return absl::InvalidArgumentError(absl::StrCat("output channels (", c->Value(channels) / channel_block,
+                                                     " blocks x ", num_instances, " instances) overflow int64"));
     }
     out_c = c->MakeDim(c->Value(channels) / channel_block * num_instances);
   }

@@ -117,7 +117,8 @@ class SimilarityOpBase : public ::tensorflow::OpKernel {
     prm->num_templates = templates.dim_size(3);
     prm->kind = kind_;
     prm->ignore_nan = ignore_nan_;
-    return absl::OkStatus();
+    ::tensorflow::TensorShape output;  // its element count must fit int64 (OutputShape aborts otherwise)
+    return ::tensorflow::TensorShape::BuildTensorShape({g.batch, g.out_h, g.out_w, prm->num_templates}, &output);
   }
 
   static ::tensorflow::TensorShape OutputShape(const SimilarityParams& prm) {
