@@ -28,6 +28,21 @@ def test_paper_sizes_of_the_cifar_networks():
     assert coates.get_layer("patch_whitening").output.shape == (None, 27, 27, 108)
 
 
+def test_the_run_seed_draws_the_random_templates_and_the_dropout_masks():
+    """`--no-init` templates and the ConvNet's dropout follow `keras.utils.set_random_seed` (the run's --seed)."""
+    def draws(seed):
+        keras.utils.set_random_seed(seed)
+        simnet = models.simnet_patch_labeling(n=4, input_shape=(10, 10, 3))
+        convnet = models.convnet_baseline(n=4, input_shape=(10, 10, 3))
+        return (simnet.get_layer("similarity").templates.numpy(),
+                np.asarray(convnet.get_layer("dropout").seed_generator.state.value))
+
+    first, again, other = draws(1), draws(1), draws(2)
+    for a, b, c in zip(first, again, other):
+        np.testing.assert_array_equal(a, b)
+        assert not np.array_equal(a, c)
+
+
 def test_simnet_computes_the_patch_labeling_rule():
     """logits[r] = mean_ij log mean_l exp(s_ijl + b[r, l, q(i, j)]) (xi1 = 1, xi2 = 0), minus their mean over r."""
     model = models.simnet_patch_labeling(n=3, p=2, input_shape=(9, 9, 3), num_classes=4, patch_size=4,

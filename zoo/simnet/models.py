@@ -236,7 +236,7 @@ def simnet_patch_labeling(n=400, p=2, weighted=True, xi1=1.0, xi2=0.0, learn_xi=
     else:
         kernel = patch
     x = Similarity(n, kernel, similarity=similarity, weighted=weighted, p=p_value, learn_p=learn_p,
-                   templates_initializer=keras.initializers.RandomNormal(stddev=1.0, seed=0),
+                   templates_initializer=keras.initializers.RandomNormal(stddev=1.0),
                    weights_initializer="ones",
                    weights_regularizer=regularizer, name="similarity")(x)
     x = Mex(num_instances=num_classes, xi=xi1, learn_xi=learn_xi, offsets=regions,
@@ -275,7 +275,7 @@ def convnet_baseline(n=400, patch_size=6, pool_grid=(2, 2), dropout=0.5, num_cla
     x = QuadrantPooling(pool_grid, mode="max", name="pool")(x)
     x = keras.layers.Flatten(name="flatten")(x)
     if dropout > 0:
-        x = keras.layers.Dropout(dropout, seed=0, name="dropout")(x)
+        x = keras.layers.Dropout(dropout, name="dropout")(x)
     outputs = keras.layers.Dense(num_classes, kernel_regularizer=regularizer, name="logits")(x)
     return keras.Model(inputs, outputs, name=name or f"convnet_baseline_n{n}")
 
