@@ -48,6 +48,7 @@ CURVES_FILE = "training_curves.png"
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "state.json"
 LAST_CHECKPOINT = "last.keras"
+EPOCH_FILES = re.compile(r"epoch-(\d+)\.keras")
 STRATEGIES = ("none", "mirrored", "multiworker")
 # config.json entries a resumed run must share with the run it continues, and the hyper-parameters that say
 # only how long it runs (a resume may extend it).
@@ -171,10 +172,22 @@ def save_checkpoint(model, out_dir, epoch, logs=None, keep=2, state=None):
     last = os.path.join(folder, LAST_CHECKPOINT)
     shutil.copyfile(os.path.join(folder, name), last + ".tmp")
     os.replace(last + ".tmp", last)
-    old = sorted((f for f in os.listdir(folder) if re.fullmatch(r"epoch-\d+\.keras", f)),
-                 key=lambda f: int(f[len("epoch-"):-len(".keras")]))
-    for stale in old[:-positive_int(keep, "keep_checkpoints")]:
-        os.remove(os.path.join(folder, stale))
+    prune_numbered_files(folder, EPOCH_FILES, positive_int(keep, "keep_checkpoints"))
+
+
+def prune_numbered_files(folder, pattern, keep):
+    """Remove the files of `folder` whose names match `pattern` (a compiled regex whose group 1 is a number)
+    but the `keep` highest-numbered ones."""
+    numbered = sorted((int(match.group(1)), name) for name in os.listdir(folder)
+                      if (match := pattern.fullmatch(name)))
+    remove_files_but(folder, pattern, {name for _, name in numbered[-keep:]})
+
+
+def remove_files_but(folder, pattern, keep):
+    """Remove the files of `folder` whose names match `pattern` (a compiled regex) but the names in `keep`."""
+    for name in os.listdir(folder):
+        if pattern.fullmatch(name) and name not in keep:
+            os.remove(os.path.join(folder, name))
 
 
 class EpochCheckpoint(keras.callbacks.Callback):

@@ -254,9 +254,7 @@ class RatingsRecipe(Recipe):
                 os.makedirs(checkpoints, exist_ok=True)
                 training.save_model(model, os.path.join(checkpoints, best["file"]))
             training.save_checkpoint(model, out_dir, done[0], row, state={"best": best})
-            for stale in os.listdir(checkpoints):
-                if BEST_FILES.fullmatch(stale) and stale != best["file"]:
-                    os.remove(os.path.join(checkpoints, stale))
+            training.remove_files_but(checkpoints, BEST_FILES, {best["file"]})
             if bar is not None:
                 bar.update(done[0], values=[(key, row[key]) for key in ("loss", "rmse", "val_rmse") if key in row])
             if val is not None and done[0] - best["epoch"] >= hp["patience"]:

@@ -32,6 +32,7 @@ is float32).
 """
 import dataclasses
 import os
+import re
 import shutil
 
 import keras
@@ -48,6 +49,7 @@ SYNTHETIC = "synthetic_digits"
 KMEANS = "kmeans"
 FEATURES = "features"
 STAGE_PREFIX = "stage-"
+STAGE_FILES = re.compile(rf"{STAGE_PREFIX}\d+(\.tmp)?\.keras")
 # The hyper-parameters of the blocks' two-layer subnets (None: the classifier's optimizer, lr, momentum).
 BLOCK_SETTINGS = ("block_epochs", "block_optimizer", "block_lr", "block_momentum")
 
@@ -280,10 +282,7 @@ class LayerwiseRecipe(Recipe):
         return name
 
     def _prune_stages(self, out_dir, keep):
-        folder = os.path.join(out_dir, training.CHECKPOINTS)
-        for name in os.listdir(folder):
-            if name.startswith(STAGE_PREFIX) and name.endswith(".keras") and name != keep:
-                os.remove(os.path.join(folder, name))
+        training.remove_files_but(os.path.join(out_dir, training.CHECKPOINTS), STAGE_FILES, {keep})
 
 
 class _FrozenConvolutionsRecipe(Recipe):

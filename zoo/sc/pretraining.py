@@ -205,10 +205,7 @@ class _RunFolder(keras.callbacks.Callback):
         os.replace(path[:-4] + ".tmp.npz", path)
         training.append_log(self.out_dir, row)
         training.save_checkpoint(self.target, self.out_dir, epoch + 1, logs, state=self.state)
-        for name in os.listdir(folder):  # keep the two newest, as save_checkpoint keeps two epoch files
-            saved = OPTIMIZER_FILES.fullmatch(name)
-            if saved and int(saved.group(1)) < epoch:
-                os.remove(os.path.join(folder, name))
+        training.prune_numbered_files(folder, OPTIMIZER_FILES, keep=2)  # as save_checkpoint keeps two epoch files
 
 
 def feature_layer(model, layer_name):
