@@ -104,6 +104,22 @@ def test_loss_matches_a_direct_numpy_reference(distance, symmetric, rng):
     assert float(got) == pytest.approx(_reference_loss(first, second, distance, symmetric), rel=1e-5)
 
 
+def test_pairwise_distances_take_no_pairs_by_features_tensor_and_exact_positives(rng):
+    """(N, N) memory: no op of the traced function outputs (N, N, D); no cancellation of |a|^2 + |b|^2 - 2 a.b
+    for features far from 0 and, on the diagonal (positive pairs), close to each other."""
+    from kernelzoo.zoo.sc.loss import pairwise_distances
+
+    graph = tf.function(pairwise_distances).get_concrete_function(
+        tf.TensorSpec((8, 64), tf.float32), tf.TensorSpec((8, 64), tf.float32)).graph
+    assert max(len(output.shape) for op in graph.get_operations() for output in op.outputs) == 2
+    first = 1000.0 + rng.normal(size=(6, 64))
+    second = first + 0.01 * rng.normal(size=(6, 64))
+    want = np.sum(np.square(first[:, None, :] - second[None, :, :]), axis=-1)
+    got = pairwise_distances(tf.constant(first, tf.float32), tf.constant(second, tf.float32)).numpy()
+    np.testing.assert_allclose(np.diag(got), np.diag(want), rtol=1e-3)
+    np.testing.assert_allclose(got, want, rtol=1e-3)  # float32 inputs near 1000; uncentred: off by about 10
+
+
 @pytest.mark.parametrize("distance", ["squared", "euclidean"])
 def test_loss_gradient_matches_finite_differences(distance, rng):
     first, second = rng.normal(size=(4, 3)) * 0.5, rng.normal(size=(4, 3)) * 0.5

@@ -117,10 +117,19 @@ def patch_features(features, positions, patch_size, pooling="mean"):
 
 
 def pairwise_distances(first, second, distance="squared"):
-    """Dist(i, j) between first[i] and second[j], (N, N): squared or plain Euclidean."""
+    """Dist(i, j) between first[i] and second[j], (N, N): squared or plain Euclidean.
+
+    |a|^2 + |b|^2 - 2 a.b in (N, N) memory (the differences would take (N, N, D)), on features centred by
+    their common mean (distances do not change; the form's cancellation does, for features far from 0); the
+    diagonal, the positive pairs' distances, exactly from the differences.
+    """
     distance = check_choice("distance", distance, DISTANCES)
     first, second = tf.cast(first, tf.float32), tf.cast(second, tf.float32)
-    squared = tf.reduce_sum(tf.square(first[:, None, :] - second[None, :, :]), axis=-1)
+    center = 0.5 * (tf.reduce_mean(first, axis=0) + tf.reduce_mean(second, axis=0))
+    first, second = first - center, second - center
+    norms = tf.reduce_sum(tf.square(first), axis=1)[:, None] + tf.reduce_sum(tf.square(second), axis=1)[None, :]
+    expanded = tf.maximum(norms - 2.0 * tf.matmul(first, second, transpose_b=True), 0.0)
+    squared = tf.linalg.set_diag(expanded, tf.reduce_sum(tf.square(first - second), axis=1))
     return squared if distance == "squared" else tf.sqrt(tf.maximum(squared, _SQRT_FLOOR))
 
 
