@@ -17,7 +17,13 @@ DISTANCES = ("euclidean", "squared")
 
 
 def squared_distances(u, v):
-    """||u_i - v_j||^2 for all pairs, as an (m, n) matrix (clamped at 0)."""
+    """||u_i - v_j||^2 for all pairs, as an (m, n) matrix (clamped at 0).
+
+    |u|^2 + |v|^2 - 2 u.v in (m, n) memory (the differences would take (m, n, d)), on points centred by their
+    common mean: the distances do not change, the form's cancellation for points far from 0 does.
+    """
+    center = 0.5 * (ops.mean(u, axis=0) + ops.mean(v, axis=0))
+    u, v = u - center, v - center
     uu = ops.sum(u * u, axis=-1, keepdims=True)
     vv = ops.sum(v * v, axis=-1)
     d2 = uu + ops.expand_dims(vv, 0) - 2.0 * ops.matmul(u, ops.transpose(v))

@@ -7,7 +7,7 @@ import pytest
 
 from kernelzoo.layers.cost import cost_report
 from kernelzoo.layers.kernel_dense import KernelDense, SparseKernelDense
-from kernelzoo.layers.kernels import Grid2D, kernel_matrix
+from kernelzoo.layers.kernels import Grid2D, kernel_matrix, squared_distances
 from kernelzoo.layers.sparsify import SparsifyingActivation
 from kernelzoo.zoo.kernelnet.optimize import fit_lbfgs
 
@@ -31,6 +31,15 @@ def test_kernel_matrix_matches_numpy(kind, distance):
         scale=1.3, distance=distance))
     want = _np_kernel(u, v, kind, distance=distance)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_squared_distances_of_points_far_from_the_origin_keep_their_digits():
+    """Centred first: |u|^2 + |v|^2 - 2 u.v of points near (300, 300) loses about 0.03 in float32."""
+    u = 300.0 + RNG.uniform(size=(20, 2))
+    v = 300.0 + RNG.uniform(size=(30, 2))
+    want = ((u[:, None, :] - v[None, :, :]) ** 2).sum(-1)
+    got = keras.ops.convert_to_numpy(squared_distances(u.astype("float32"), v.astype("float32")))
+    np.testing.assert_allclose(got, want, atol=1e-4)
 
 
 def test_kernel_dense_forward_is_alpha_times_kernel():

@@ -30,6 +30,7 @@ exported model. Features are cast to float32 (bfloat16 maps under mixed precisio
 """
 import tensorflow as tf
 
+from kernelzoo.layers.kernels import squared_distances
 from kernelzoo.ops.checks import check_choice, normalize_tuple
 from kernelzoo.zoo.augment import jitter_colors
 
@@ -119,17 +120,12 @@ def patch_features(features, positions, patch_size, pooling="mean"):
 def pairwise_distances(first, second, distance="squared"):
     """Dist(i, j) between first[i] and second[j], (N, N): squared or plain Euclidean.
 
-    |a|^2 + |b|^2 - 2 a.b in (N, N) memory (the differences would take (N, N, D)), on features centred by
-    their common mean (distances do not change; the form's cancellation does, for features far from 0); the
-    diagonal, the positive pairs' distances, exactly from the differences.
+    In (N, N) memory (`squared_distances`); the diagonal, the positive pairs' distances, exactly from the
+    differences (the expansion there loses the digits of close pairs).
     """
     distance = check_choice("distance", distance, DISTANCES)
     first, second = tf.cast(first, tf.float32), tf.cast(second, tf.float32)
-    center = 0.5 * (tf.reduce_mean(first, axis=0) + tf.reduce_mean(second, axis=0))
-    first, second = first - center, second - center
-    norms = tf.reduce_sum(tf.square(first), axis=1)[:, None] + tf.reduce_sum(tf.square(second), axis=1)[None, :]
-    expanded = tf.maximum(norms - 2.0 * tf.matmul(first, second, transpose_b=True), 0.0)
-    squared = tf.linalg.set_diag(expanded, tf.reduce_sum(tf.square(first - second), axis=1))
+    squared = tf.linalg.set_diag(squared_distances(first, second), tf.reduce_sum(tf.square(first - second), axis=1))
     return squared if distance == "squared" else tf.sqrt(tf.maximum(squared, _SQRT_FLOOR))
 
 
