@@ -10,7 +10,7 @@ import pytest
 
 import kernelzoo  # noqa: F401  (registers the layers)
 from kernelzoo.layers import CKNConv2D
-from kernelzoo.zoo import registry, training
+from kernelzoo.zoo import registry
 from kernelzoo.zoo.ckn import ImageWhitening, ckn
 from kernelzoo.zoo.ckn.recipe import (ClassifierRefit, SupervisedCKNRecipe, UnsupervisedCKNRecipe, recipe_for,
                                      tiny_runs)
@@ -201,32 +201,6 @@ def test_alternating_run_killed_and_resumed_equals_the_unbroken_one(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         TinyRuns.train(run, tmp_path / "resumed", callbacks=[_Kill()])
     resumed = TinyRuns.train(run, tmp_path / "resumed", resume=True)
-    assert [int(row["epoch"]) for row in resumed["history"]] == [0, 1, 2, 3]
-    for a, b in zip(straight["model"].weights, resumed["model"].weights):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
-
-
-def test_run_killed_in_its_first_epoch_resumes_from_the_initialised_checkpoint(tiny_runs, monkeypatch, recwarn,
-                                                                                tmp_path):
-    """The k-means and L-BFGS initialisation (an hour for CKN-5) is saved as the epoch-0 checkpoint: a resumed run
-    does not repeat it, loads the checkpoint's optimizer without Keras's "Skipping variable loading" warning, and
-    ends with the unbroken run's weights."""
-    from conftest import TinyRuns
-
-    class KillAtFirstStep(keras.callbacks.Callback):
-        def on_train_batch_begin(self, batch, logs=None):
-            raise KeyboardInterrupt("killed")
-
-    run, straight, _ = tiny_runs.trained(TINY_KEY)  # the unbroken run
-    with pytest.raises(KeyboardInterrupt):
-        TinyRuns.train(run, tmp_path / "resumed", callbacks=[KillAtFirstStep()])
-    assert training.read_state(tmp_path / "resumed")["epoch"] == 0
-    with pytest.raises(ValueError, match="already holds a run"):
-        TinyRuns.train(run, tmp_path / "resumed")
-    monkeypatch.setattr(SupervisedCKNRecipe, "initialise", lambda *args, **kwargs: pytest.fail("initialised again"))
-    recwarn.clear()
-    resumed = TinyRuns.train(run, tmp_path / "resumed", resume=True)
-    assert not [w for w in recwarn if "Skipping variable loading" in str(w.message)]
     assert [int(row["epoch"]) for row in resumed["history"]] == [0, 1, 2, 3]
     for a, b in zip(straight["model"].weights, resumed["model"].weights):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)

@@ -82,6 +82,38 @@ def test_resumed_run_equals_the_uninterrupted_one(trained, tiny_runs, key):
     assert [int(row["epoch"]) for row in resumed["history"]] == list(range(run.hp["epochs"]))
 
 
+def _checkpoints_initialisation(run):
+    return registry.recipe(registry.info(run.preset)).checkpoints_initialisation
+
+
+@pytest.mark.parametrize("key", [k for k, (_, run) in zip(TINY_IDS, TINY) if _checkpoints_initialisation(run)])
+def test_run_killed_in_its_first_epoch_resumes_from_the_initialised_checkpoint(trained, key, monkeypatch, recwarn,
+                                                                                tmp_path):
+    """A long initialisation (CKN-5's k-means and L-BFGS: an hour; the SimNet's ZCA and mixture fit) is saved as
+    the epoch-0 checkpoint: a resumed run does not repeat it, loads the checkpoint's optimizer without Keras's
+    "Skipping variable loading" warning, and ends with the unbroken run's weights."""
+    import keras
+
+    class KillAtFirstStep(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            raise KeyboardInterrupt("killed")
+
+    run, straight, _ = trained[key]
+    with pytest.raises(KeyboardInterrupt):
+        _train(run, tmp_path / "resumed", callbacks=[KillAtFirstStep()])
+    assert training.read_state(tmp_path / "resumed")["epoch"] == 0
+    with pytest.raises(ValueError, match="already holds a run"):
+        _train(run, tmp_path / "resumed")
+    recipe = type(registry.recipe(registry.info(run.preset)))
+    monkeypatch.setattr(recipe, "initialise", lambda *args, **kwargs: pytest.fail("initialised again"))
+    recwarn.clear()
+    resumed = _train(run, tmp_path / "resumed", resume=True)
+    assert not [w for w in recwarn if "Skipping variable loading" in str(w.message)]
+    assert [int(row["epoch"]) for row in resumed["history"]] == list(range(run.hp["epochs"]))
+    for a, b in zip(straight["model"].weights, resumed["model"].weights):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
+
+
 @pytest.mark.parametrize("key", [k for k, (_, run) in zip(TINY_IDS, TINY) if not run.exact_resume])
 def test_inexact_resume_continues_from_the_last_checkpoint(trained, key, tmp_path):
     """A loop that cannot promise equal weights (L-BFGS-B) still resumes: the tiny run's epochs (a copy of

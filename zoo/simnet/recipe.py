@@ -42,6 +42,7 @@ class SimNetRecipe(MixedPrecisionMixin, Recipe):
     """
 
     optimizers = ("sgd", "adam", "adamw")
+    checkpoints_initialisation = True  # the ZCA and mixture fits: minutes a run killed in its first epoch keeps
 
     def add_arguments(self, parser):
         super().add_arguments(parser)
