@@ -49,6 +49,17 @@ def test_em_learns_the_shapes():
     assert shapes[0] < 1.35 and shapes[1] > 1.6 and shapes[2] > 1.6
 
 
+def test_learned_shapes_stay_in_range_and_follow_a_fixed_shape_fit():
+    """Uniform data pushed the learned shape up until the moments overflowed (NaN log-likelihood); a learned fit
+    after a fixed non-1/2 shape's (one compiled kernel, retraced with relaxed shapes) failed to trace."""
+    x = np.random.default_rng(3).uniform(-1, 1, (2000, 3)).astype("float32")
+    init.fit_gg_mixture(x, 1, 1.5, iterations=2)
+    mixture = init.fit_gg_mixture(x, 2, "learn", iterations=40, tol=0)
+    assert np.all(np.isfinite(mixture.log_likelihood)) and np.all(np.isfinite(mixture.weights))
+    assert np.all((mixture.shapes >= init.BETA_RANGE[0]) & (mixture.shapes <= init.BETA_RANGE[1]))
+    assert mixture.log_likelihood[-1] >= mixture.log_likelihood[0]
+
+
 def test_fit_is_deterministic_for_a_seed():
     x, _ = _planted(np.random.default_rng(2), 1000, 1.0, MEANS, SCALES, PRIORS)
     a = init.fit_gg_mixture(x, 3, 1.0, iterations=5, seed=7)

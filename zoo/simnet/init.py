@@ -40,6 +40,10 @@ from kernelzoo.zoo.simnet.preprocessing import sample_patch_rows
 # Rows of the (rows x components x dims) slab evaluated per compiled call.
 _CHUNK_ELEMENTS = 1 << 23
 _BETA_GRID = (0.8, 0.9, 1.0, 1.12, 1.25)
+# Learned shapes stay inside: the means' MM step is monotone for beta <= 2 only (uniform data pushed beta up by
+# x1.25 an iteration until |x - mu|^beta overflowed float32 and the fit ended in NaN; held at 8, the means walked to
+# the cube's corners: mean log-likelihood -3.91 against -2.61 at 2); 0.25 keeps Gamma(1 / beta) finite.
+BETA_RANGE = (0.25, 2.0)
 _LOG2 = math.log(2.0)
 
 
@@ -133,8 +137,9 @@ def _moment_kernel(x, r, means, betas, mode):
                   + ops.square(means) * ops.sum(r, axis=0)[:, None])
         return ops.maximum(moment, 0.0)[None]
     distance = ops.abs(x[:, None, :] - means[None])
-    return ops.stack([ops.sum(r[..., None] * _power(distance, betas[:, g:g + 1][None], mode), axis=0)
-                      for g in range(betas.shape[1])])
+    # ops.map: G is not static once a retrace has relaxed the shapes (a fixed shape's fit, then a learned one's)
+    return ops.map(lambda beta: ops.sum(r[..., None] * _power(distance, beta[None, :, None], mode), axis=0),
+                   ops.transpose(betas))
 
 
 def _density_kernel(x, means, weights, beta, const, mode):
@@ -265,7 +270,7 @@ def fit_gg_mixture(x, n, beta=2.0, *, scales="diagonal", iterations=30, tol=1e-5
       x: (M, d) data rows (e.g. whitened patches).
       n: number of components.
       beta: the shape: a positive float, one per component, or "learn" (start at 2 and
-        move each component's shape to the best of a grid around it every iteration).
+        move each component's shape to the best of a grid around it every iteration, inside `BETA_RANGE`).
       scales: "diagonal" (alpha_li fitted) or "fixed" (alpha = 1, the mixture an
         unweighted Similarity layer computes).
       iterations: EM iterations at most; stops early when the mean log-likelihood
@@ -332,7 +337,7 @@ def fit_gg_mixture(x, n, beta=2.0, *, scales="diagonal", iterations=30, tol=1e-5
         means = np.where(s0 > 0, s1 / np.maximum(s0, 1e-30), mixture.means)
         if dead.any():  # re-seed starved components at rows drawn uniformly (without replacement)
             means[dead] = x[rng.choice(rows, int(dead.sum()), replace=False)]
-        grid = shapes[:, None] * np.asarray(_BETA_GRID)[None] if learn_beta else shapes[:, None]
+        grid = np.clip(shapes[:, None] * np.asarray(_BETA_GRID)[None], *BETA_RANGE) if learn_beta else shapes[:, None]
         moments = np.zeros((grid.shape[1], n, d))
         for start, stop, part in _chunks(x, n):
             r = np.zeros((part.shape[0], n), "float32")
@@ -349,7 +354,7 @@ def fit_gg_mixture(x, n, beta=2.0, *, scales="diagonal", iterations=30, tol=1e-5
             b = grid.T[:, :, None]
             q = (np.log(b) - _LOG2 - gammaln(1.0 / b) - np.log(candidate_alphas)
                  - moments / safe_counts / candidate_alphas ** b).sum(axis=2)
-            best = np.argmax(q, axis=0)
+            best = np.argmax(np.where(np.isfinite(q), q, -np.inf), axis=0)
             shapes = grid[np.arange(n), best]
             alphas = candidate_alphas[best, np.arange(n)]
         else:
