@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 
 import keras
 
@@ -97,6 +98,40 @@ def check_model(model):
     return model
 
 
+def float32_model(model):
+    """`model` when every layer computes in float32, else a float32 copy (the same weights) with a warning.
+
+    The signature and ONNX are float32 (a bfloat16 graph fails onnx.checker, float64 convolutions do not run in
+    onnxruntime), so a model under another dtype policy is exported, and verified, as this copy. A model that
+    cannot be copied (subclassed) is an ExportError naming the policy, before any conversion."""
+    policies = sorted({layer.dtype_policy.name for layer in _all_layers(check_model(model))
+                       if _computes_in_other_float(layer)})
+    if not policies:
+        return model
+    try:
+        copy = keras.models.clone_model(model, clone_function=_float32_layer, recursive=True)
+        copy.set_weights(model.get_weights())
+    except (ValueError, TypeError, NotImplementedError) as error:
+        raise ExportError(f"model {model.name!r} computes under the dtype policy {', '.join(policies)} and cannot be "
+                          f"copied to float32 for export ({error}): build it under the 'float32' policy and "
+                          "load its weights") from None
+    warnings.warn(f"model {model.name!r} computes under the dtype policy {', '.join(policies)}: exporting and "
+                  "verifying a float32 copy of it (the same weights, every layer computing in float32)",
+                  RuntimeWarning, stacklevel=3)
+    return copy
+
+
+def _computes_in_other_float(layer):
+    """Whether `layer` computes in a float type other than float32 (bfloat16, float16, float64)."""
+    dtype = layer.dtype_policy.compute_dtype
+    return keras.backend.is_float_dtype(dtype) and keras.backend.standardize_dtype(dtype) != "float32"
+
+
+def _float32_layer(layer):
+    """A new `layer` (no weights yet) computing in float32."""
+    return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
+
+
 def serving_spec(model, input_dtype="auto", head="auto"):
     """The ServingSpec of `model` (see the module docstring for the `auto` rules)."""
     check_model(model)
@@ -110,16 +145,14 @@ def serving_spec(model, input_dtype="auto", head="auto"):
         input_dtype = "uint8" if image_model and takes_raw_pixels(model) else "float32"
     last = _last_layer(model)
     out_shape = tuple(model.outputs[0].shape)
-    out_rank = len(out_shape)
     softmax_last = ends_in_softmax(model)
     if head == "auto":
-        classes = out_shape[-1] if out_rank == 2 else None
+        classes = out_shape[-1] if len(out_shape) == 2 else None
         sigmoid_last = _activation_name(last) in _SIGMOID_NAMES
         head = ("classifier" if classes is not None and classes >= 2 and not sigmoid_last
                 and (image_model or softmax_last) else "raw")
-    if head == "classifier" and out_rank != 2:
-        raise ExportError(f"head='classifier' needs a (batch, classes) output; {model.name!r} outputs "
-                          f"shape {tuple(model.outputs[0].shape)} (use head='raw')")
+    if head == "classifier":
+        _check_classifier(model, out_shape, last)
     logits_source = "output"
     if head == "classifier" and _is_softmax_layer(last):
         if last not in model.layers:
@@ -131,6 +164,17 @@ def serving_spec(model, input_dtype="auto", head="auto"):
         logits_source = "activation"
     return ServingSpec(input_name="images" if image_model else "inputs", input_dtype=input_dtype,
                        input_shape=shape, head=head, logits_source=logits_source, model_name=model.name)
+
+
+def _check_classifier(model, out_shape, last):
+    """A (batch, classes >= 2) output not from a sigmoid, else ExportError: softmax would not give its
+    probabilities (a single unit's softmax is always 1)."""
+    if len(out_shape) != 2 or (out_shape[-1] is not None and out_shape[-1] < 2):
+        raise ExportError(f"head='classifier' needs a (batch, classes >= 2) output; {model.name!r} outputs "
+                          f"shape {out_shape} (use head='raw')")
+    if _activation_name(last) in _SIGMOID_NAMES:
+        raise ExportError(f"head='classifier': {model.name!r} ends in a {_activation_name(last)}, whose outputs are "
+                          "independent probabilities, not softmax logits (use head='raw')")
 
 
 def serving_function(model, spec):
@@ -292,11 +336,15 @@ def checked(check, *args):
 # --- writing -------------------------------------------------------------------------------------
 
 def prepare_target(path, kind):
-    """Absolute target path after checking it can be written ("file" or "dir"), else ExportError.
+    """Absolute target path after checking it can be written ("file": an .onnx file, "dir": a SavedModel
+    directory), else ExportError. An existing file is replaced only when it is an .onnx file.
 
     Missing parent directories are created only when the artifact is written (and removed again if
     writing fails), so a failed export leaves nothing behind."""
-    path = os.path.abspath(checked(checks.path, path, "path"))
+    path = checked(checks.path, path, "path")
+    if kind == "file" and path.endswith(tuple(filter(None, (os.sep, os.altsep)))):
+        raise ExportError(f"cannot write {path!r}: it ends in a path separator (give a file name, e.g. model.onnx)")
+    path = os.path.abspath(path)
     missing = _missing_parents(path)
     ancestor = os.path.dirname(missing[-1] if missing else path)
     if not os.path.isdir(ancestor):
@@ -305,6 +353,9 @@ def prepare_target(path, kind):
         raise ExportError(f"cannot write {path!r}: no write permission in {ancestor!r}")
     if kind == "file" and os.path.isdir(path):
         raise ExportError(f"cannot write {path!r}: it is a directory (give a file name, e.g. model.onnx)")
+    if kind == "file" and os.path.exists(path) and not path.lower().endswith(".onnx"):
+        raise ExportError(f"cannot write {path!r}: a file of that name exists and is not an .onnx file "
+                          "(refusing to replace it: is it the model itself?)")
     if kind == "dir" and os.path.exists(path):
         if not os.path.isdir(path):
             raise ExportError(f"cannot write a SavedModel to {path!r}: a file of that name exists")

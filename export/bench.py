@@ -11,41 +11,33 @@ import sys
 import tempfile
 import time
 
+from kernelzoo.export._common import INPUT_DTYPES
+from kernelzoo.export.onnx_export import DEFAULT_OPSET
 
 RUNTIMES = ("Keras (TF)", "SavedModel (TF)", "onnxruntime CPU")
 
 
-def bench_deploy(model, *, batch_sizes=(1, 64), min_time=1.0, max_calls=200, input_dtype="auto", opset=17,
+def bench_deploy(model, *, batch_sizes=(1, 64), min_time=1.0, max_calls=200, input_dtype="auto", opset=DEFAULT_OPSET,
                  stream=None):
     """Time the three runtimes on `model`; prints a table to `stream` (stdout) and returns the rows.
 
     Returns {runtime: {"latency_ms": batch-1 median ms, "throughput": images/s at the last batch size,
     "latency_ratio": Keras latency / this latency, "throughput_ratio": this / Keras throughput}}.
     """
-    import tensorflow as tf
-
     from kernelzoo.export._common import serving_spec
     from kernelzoo.export.onnx_export import to_onnx
-    from kernelzoo.export.predictor import OnnxPredictor
-    from kernelzoo.export.saved_model import load_signature, to_saved_model
+    from kernelzoo.export.saved_model import to_saved_model
     from kernelzoo.export.verify import make_inputs
 
     stream = stream or sys.stdout
     spec = serving_spec(model, input_dtype=input_dtype)
     small, large = batch_sizes[0], batch_sizes[-1]
     images, _ = make_inputs(model, num=large, input_dtype=input_dtype)
-    keras_call = tf.function(lambda x: model(tf.cast(x, tf.float32), training=False), reduce_retracing=True)
     with tempfile.TemporaryDirectory(prefix="kernelzoo-bench-") as tmp:
-        saved = load_signature(to_saved_model(model, os.path.join(tmp, "saved_model"), input_dtype=input_dtype))
-        ort = OnnxPredictor(to_onnx(model, os.path.join(tmp, "model.onnx"), opset=opset, input_dtype=input_dtype),
-                            providers=["CPUExecutionProvider"], batch_size=large)
-        runners = {
-            RUNTIMES[0]: lambda x: keras_call(x).numpy(),
-            RUNTIMES[1]: lambda x: {k: v.numpy() for k, v in saved(**{spec.input_name: tf.constant(x)}).items()},
-            RUNTIMES[2]: lambda x: ort.session.run(None, {ort.input_name: x}),
-        }
+        saved_path = to_saved_model(model, os.path.join(tmp, "saved_model"), input_dtype=input_dtype)
+        onnx_path = to_onnx(model, os.path.join(tmp, "model.onnx"), opset=opset, input_dtype=input_dtype)
         rows = {}
-        for name, fn in runners.items():
+        for name, fn in runtime_calls(model, spec, saved_path, onnx_path).items():
             latency = median_seconds(fn, images[:small], min_time, max_calls)
             per_call = median_seconds(fn, images[:large], min_time, max_calls)
             rows[name] = {"latency_ms": 1000 * latency, "throughput": large / per_call}
@@ -55,6 +47,24 @@ def bench_deploy(model, *, batch_sizes=(1, 64), min_time=1.0, max_calls=200, inp
         row["throughput_ratio"] = row["throughput"] / base["throughput"]
     _print_table(model, spec, rows, small, large, stream)
     return rows
+
+
+def runtime_calls(model, spec, saved_path, onnx_path):
+    """{runtime (RUNTIMES): fn(images) -> outputs}: the Keras `model` in a tf.function, its SavedModel at
+    `saved_path` and its ONNX file at `onnx_path` on onnxruntime CPU, all exported with `spec`."""
+    import tensorflow as tf
+
+    from kernelzoo.export.predictor import CPU_PROVIDER, OnnxPredictor
+    from kernelzoo.export.saved_model import load_signature
+
+    keras_call = tf.function(lambda x: model(tf.cast(x, tf.float32), training=False), reduce_retracing=True)
+    saved = load_signature(saved_path)
+    ort = OnnxPredictor(onnx_path, providers=[CPU_PROVIDER])
+    return {
+        RUNTIMES[0]: lambda x: keras_call(x).numpy(),
+        RUNTIMES[1]: lambda x: {k: v.numpy() for k, v in saved(**{spec.input_name: tf.constant(x)}).items()},
+        RUNTIMES[2]: lambda x: ort.session.run(None, {ort.input_name: x}),
+    }
 
 
 def median_seconds(fn, x, min_time, max_calls):
@@ -98,7 +108,7 @@ def add_deploy_arguments(parser):
     parser.add_argument("model", metavar="NAME|FILE.keras", help="zoo model name or a saved .keras file")
     parser.add_argument("--batch", type=int, default=64, help="throughput batch size (default 64)")
     parser.add_argument("--seconds", type=float, default=1.0, help="time per measurement (default 1.0)")
-    parser.add_argument("--input-dtype", choices=("auto", "uint8", "float32"), default="auto",
+    parser.add_argument("--input-dtype", choices=INPUT_DTYPES, default="auto",
                         help="exported input dtype (default: uint8 when the model starts with preprocessing)")
 
 

@@ -13,8 +13,9 @@ import warnings
 import numpy as np
 
 from kernelzoo.export._common import (
-    ExportError, UnsupportedLayerError, checked, input_signature, layer_for_node, prepare_target, serving_function,
-    serving_spec, tracing, write_file_atomic)
+    ExportError, UnsupportedLayerError, checked, float32_model, input_signature, layer_for_node, prepare_target,
+    serving_function, serving_spec, tracing, write_file_atomic)
+from kernelzoo.export.predictor import shape_text
 from kernelzoo.ops.checks import int_in_range
 
 MIN_OPSET, MAX_OPSET = 13, 18
@@ -28,20 +29,22 @@ def to_onnx(model, path, opset=DEFAULT_OPSET, *, input_dtype="auto", head="auto"
 
     Args:
       model: a built single-input Keras model (kernelzoo layers, preprocessing layers included).
-      path: the .onnx file, written to a temp file beside it and renamed into place.
-      opset: ONNX opset, 13 to 18 (tf2onnx 1.17 goes up to 18).
+      path: the .onnx file, written to a temp file beside it and renamed into place (an existing file is
+        replaced only when its name ends in .onnx).
+      opset: ONNX opset, MIN_OPSET to MAX_OPSET (tf2onnx 1.17 goes up to 18).
       input_dtype, head: as `to_saved_model` (the same signature: input `images` uint8 or float32
         with a dynamic batch axis named "batch"; outputs `logits` and `probabilities`).
 
     The file holds standard-domain ONNX nodes only, passes `onnx.checker` (full check, with
-    strict shape inference) and runs in plain onnxruntime (CPU) and onnxruntime-gpu.
+    strict shape inference) and runs in plain onnxruntime (CPU) and onnxruntime-gpu. A model under a
+    non-float32 dtype policy is exported as its float32 copy (`float32_model`, with a warning).
     Raises ExportError for a bad opset or path, UnsupportedLayerError naming the layer whose
     ops have no standard ONNX equivalent.
     """
     opset = check_opset(opset)
     spec = serving_spec(model, input_dtype=input_dtype, head=head)
     path = prepare_target(path, "file")
-    proto = convert(model, spec, opset)
+    proto = convert(float32_model(model), spec, opset)
     data = proto.SerializeToString()
     write_file_atomic(path, data)
     return path
@@ -81,7 +84,8 @@ def convert(model, spec, opset):
     except Exception as error:  # tf2onnx raises bare exceptions from its handlers
         node = getattr(error, "node_name", None) or _node_in_message(str(error))
         where = f" in layer {layer_for_node(model, node)!r}" if node else ""
-        raise ExportError(f"tf2onnx could not convert {model.name!r}{where}: {type(error).__name__}: {error}") from error
+        raise ExportError(f"tf2onnx could not convert {model.name!r}{where}: "
+                          f"{type(error).__name__}: {error}") from error
     finally:
         for logger, saved in zip(loggers, levels):
             logger.setLevel(saved)
@@ -96,7 +100,7 @@ def convert(model, spec, opset):
     proto.opset_import.append(onnx.helper.make_opsetid("", opset))
     proto.producer_name, proto.producer_version = "kernelzoo", __version__
     proto.doc_string = (f"kernelzoo export of {model.name}: input {spec.input_name} {spec.input_dtype} "
-                        f"{_shape_text(spec.input_shape)}, outputs {', '.join(spec.output_names)}")
+                        f"{shape_text(spec.input_shape)}, outputs {', '.join(spec.output_names)}")
     onnx.helper.set_model_props(proto, {"kernelzoo_signature": spec.to_json(), "kernelzoo_version": __version__,
                                         "keras_model_name": model.name})
     try:
@@ -172,10 +176,6 @@ def _node_in_message(message):
         if "/" in token and not token.startswith(("/", ".")):
             return token
     return None
-
-
-def _shape_text(shape):
-    return "(" + ", ".join("batch" if d is None and i == 0 else str(d) for i, d in enumerate(shape)) + ")"
 
 
 class _OptimizerFailures(logging.Handler):

@@ -1,10 +1,12 @@
 """OnnxPredictor: run an exported ONNX model with onnxruntime, on the GPU when there is one."""
 import json
 import os
+import warnings
 
 import numpy as np
 
 from kernelzoo.ops.checks import positive_int
+from kernelzoo.progress import progress
 
 GPU_PROVIDER, CPU_PROVIDER = "CUDAExecutionProvider", "CPUExecutionProvider"
 _ORT_TYPES = {"tensor(uint8)": np.uint8, "tensor(float)": np.float32, "tensor(double)": np.float64}
@@ -15,14 +17,16 @@ class OnnxPredictor:
 
     Args:
       path: an .onnx file written by `kernelzoo.export.to_onnx` (any ONNX model with one input works).
-      providers: onnxruntime execution providers, e.g. ["CPUExecutionProvider"]; None picks
-        CUDAExecutionProvider when onnxruntime-gpu is installed and a GPU answers, else CPU.
+      providers: onnxruntime execution providers, e.g. ["CPUExecutionProvider"] (ValueError when one of them
+        cannot run here); None picks CUDAExecutionProvider when onnxruntime-gpu is installed and a GPU
+        answers, else CPU (with a warning when onnxruntime-gpu cannot use the GPU).
       batch_size: images per onnxruntime call inside `predict` (bounds memory). A model whose input has
         a fixed batch size (a foreign model) is fed that many at a time instead, the last call padded
         with zeros and its outputs cut back (right for models that treat images independently).
 
     Attributes: provider (the one in use), input_name, input_dtype, input_shape, output_names,
     signature (the kernelzoo signature stored in the file, {} for foreign models).
+    Files onnxruntime cannot load or run raise ValueError naming the file.
     """
 
     def __init__(self, path, providers=None, batch_size=64):
@@ -48,7 +52,7 @@ class OnnxPredictor:
 
     def __repr__(self):
         return (f"OnnxPredictor({self.path!r}, provider={self.provider!r}, input={self.input_name} "
-                f"{self.input_dtype.name}{_shape_text(self.input_shape)})")
+                f"{self.input_dtype.name}{shape_text(self.input_shape)})")
 
     def predict(self, images):
         """Probabilities (batch, classes) float32 for uint8 or float `images` of any batch size.
@@ -59,19 +63,19 @@ class OnnxPredictor:
         key = "probabilities" if "probabilities" in outputs else self.output_names[0]
         return outputs[key]
 
-    def run(self, images):
-        """All outputs, {name: (batch, ...) array}, for `images` (validated and cast to the input dtype)."""
+    def run(self, images, verbose=False):
+        """All outputs, {name: (batch, ...) array}, for `images` (validated and cast to the input dtype), in
+        batches (a progress bar when `verbose`)."""
         images = self.check_images(images)
         fixed = self.input_shape[0] if self.input_shape else None
         step = fixed or self.batch_size
         parts = {name: [] for name in self.output_names}
-        for start in range(0, len(images), step):
+        for start in progress(range(0, len(images), step), label="onnxruntime", verbose=verbose, unit="batch"):
             chunk = images[start:start + step]
             rows = len(chunk)
             if fixed and rows < fixed:
                 chunk = np.concatenate([chunk, np.zeros((fixed - rows,) + chunk.shape[1:], chunk.dtype)])
-            values = self.session.run(self.output_names, {self.input_name: chunk})
-            for name, value in zip(self.output_names, values):
+            for name, value in zip(self.output_names, self._run_batch(chunk)):
                 parts[name].append(value[:rows])
         if not len(images):
             return {name: np.zeros((0,) + self._output_tail(name), np.float32) for name in self.output_names}
@@ -79,61 +83,129 @@ class OnnxPredictor:
 
     def check_images(self, images):
         """`images` as a C-contiguous array of the model's input dtype, or ValueError saying what is wrong."""
-        if not isinstance(images, np.ndarray):
-            if hasattr(images, "numpy"):  # tf / torch tensors
-                images = images.numpy()
-            else:
-                try:
-                    images = np.asarray(images)
-                except (TypeError, ValueError) as error:
-                    raise ValueError(f"images must be an array, got {type(images).__name__}: {error}") from None
-        expected = _shape_text(self.input_shape)
-        if images.ndim != len(self.input_shape):
-            hint = " (a single image? add a batch axis: images[None])" if images.ndim == len(self.input_shape) - 1 \
-                else ""
-            raise ValueError(f"images must have shape {expected} ({len(self.input_shape)}D), got shape "
-                             f"{images.shape}{hint}")
-        for axis, (want, got) in enumerate(zip(self.input_shape[1:], images.shape[1:]), start=1):
-            if want is not None and want != got:
-                raise ValueError(f"images must have shape {expected}, got shape {images.shape} (axis {axis} is "
-                                 f"{got}, expected {want})")
-        kind = images.dtype.kind
-        if images.dtype != np.uint8 and kind != "f":
-            raise ValueError(f"images must be uint8 or float, got dtype {images.dtype} "
-                             "(convert with images.astype(np.uint8) for 0-255 pixels)")
-        if self.input_dtype == np.uint8 and kind == "f":
-            finite = np.isfinite(images).all()
-            if not finite or images.min(initial=0) < 0 or images.max(initial=0) > 255 \
-                    or not np.array_equal(images, np.round(images)):
-                raise ValueError("this model takes raw pixel values 0-255 (uint8 input); got float images that "
-                                 "are not whole numbers in [0, 255] (already scaled? pass the uint8 pixels)")
-        return np.ascontiguousarray(images, dtype=self.input_dtype)
+        return model_input(images, self.input_dtype, self.input_shape)
+
+    def _run_batch(self, chunk):
+        try:
+            return self.session.run(self.output_names, {self.input_name: chunk})
+        except _ort_errors() as error:
+            raise ValueError(f"onnxruntime failed to run {self.path!r}: {type(error).__name__}: {error}") from error
 
     def _output_tail(self, name):
         output = next(o for o in self.session.get_outputs() if o.name == name)
         return tuple(d if isinstance(d, int) else 0 for d in output.shape[1:])
 
 
+def model_input(images, dtype, shape):
+    """`images` as a C-contiguous array of `dtype` (uint8 or float) for a model input of `shape` (None: any
+    size), or ValueError saying what is wrong: what OnnxPredictor and `verify_artifact` feed a model."""
+    images = _as_array(images)
+    _check_shape(images, shape)
+    dtype = np.dtype(dtype)
+    if dtype == np.uint8:
+        return _as_pixels(images)
+    return _as_float(images, dtype)
+
+
+def _as_array(images):
+    if isinstance(images, np.ndarray):
+        return images
+    if hasattr(images, "numpy"):  # tf / torch tensors
+        return images.numpy()
+    try:
+        return np.asarray(images)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"images must be an array, got {type(images).__name__}: {error}") from None
+
+
+def _check_shape(images, shape):
+    expected = shape_text(shape)
+    if images.ndim != len(shape):
+        hint = " (a single image? add a batch axis: images[None])" if images.ndim == len(shape) - 1 else ""
+        raise ValueError(f"images must have shape {expected} ({len(shape)}D), got shape {images.shape}{hint}")
+    for axis, (want, got) in enumerate(zip(shape[1:], images.shape[1:]), start=1):
+        if want is not None and want != got:
+            raise ValueError(f"images must have shape {expected}, got shape {images.shape} (axis {axis} is "
+                             f"{got}, expected {want})")
+
+
+def _as_pixels(images):
+    """uint8 images, or whole-number floats in [0, 255], as uint8."""
+    kind = images.dtype.kind
+    if images.dtype != np.uint8 and kind != "f":
+        raise ValueError(f"images must be uint8 or float, got dtype {images.dtype} "
+                         "(convert with images.astype(np.uint8) for 0-255 pixels)")
+    if kind == "f" and (not np.isfinite(images).all() or images.min(initial=0) < 0 or images.max(initial=0) > 255
+                        or not np.array_equal(images, np.round(images))):
+        raise ValueError("this model takes raw pixel values 0-255 (uint8 input); got float images that "
+                         "are not whole numbers in [0, 255] (already scaled? pass the uint8 pixels)")
+    return np.ascontiguousarray(images, dtype=np.uint8)
+
+
+def _as_float(images, dtype):
+    """Numbers (ints included) as `dtype`; values a narrower float cannot hold are an error, not inf."""
+    if images.dtype.kind not in "uif":
+        raise ValueError(f"images must be numbers (float, int or uint8), got dtype {images.dtype}")
+    with np.errstate(over="ignore"):
+        cast = np.ascontiguousarray(images, dtype=dtype)
+    if images.dtype.kind == "f" and images.dtype.itemsize > dtype.itemsize \
+            and not np.array_equal(np.isfinite(images), np.isfinite(cast)):
+        raise ValueError(f"images hold values beyond the {dtype.name} range of the model input "
+                         f"(|x| > {np.finfo(dtype).max:.3g}): they would become inf")
+    return cast
+
+
+def shape_text(shape):
+    """A shape as text, the dynamic batch axis as N: (N, 28, 28, 1)."""
+    return "(" + ", ".join("N" if d is None and i == 0 else str(d) for i, d in enumerate(shape)) + ")"
+
+
 def _session(ort, path, providers):
-    available = ort.get_available_providers()
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only (no CUDA fallback chatter)
-    if providers is not None:
-        providers = [providers] if isinstance(providers, str) else list(providers)
-        names = [p[0] if isinstance(p, tuple) else p for p in providers]
-        missing = [name for name in names if name not in available]
-        if missing:
-            raise ValueError(f"onnxruntime providers {missing} are not available here (available: {available})")
+    if providers is None:
+        return _auto_session(ort, path, options)
+    providers = [providers] if isinstance(providers, str) else list(providers)
+    names = [p[0] if isinstance(p, tuple) else p for p in providers]
+    available = ort.get_available_providers()
+    missing = [name for name in names if name not in available]
+    if missing:
+        raise ValueError(f"onnxruntime providers {missing} are not available here (available: {available})")
+    session = _new_session(ort, path, options, providers)
+    in_use = session.get_providers()
+    unused = [name for name in names if name not in in_use]
+    if unused:
+        raise ValueError(f"onnxruntime could not start providers {unused} for {path!r} (in use: {in_use}; "
+                         "for CUDA: is a GPU visible, with the CUDA and cuDNN libraries onnxruntime-gpu needs?)")
+    return session
+
+
+def _auto_session(ort, path, options):
+    """A CUDA session where onnxruntime-gpu can use the GPU, else a CPU one (with a warning when it cannot)."""
+    if GPU_PROVIDER not in ort.get_available_providers():
+        return _new_session(ort, path, options, [CPU_PROVIDER])
+    try:
+        session = ort.InferenceSession(path, options, providers=[GPU_PROVIDER, CPU_PROVIDER])
+        if session.get_providers()[0] == GPU_PROVIDER:
+            return session
+    except Exception:  # noqa: BLE001 - onnxruntime-gpu without a usable GPU / CUDA libraries: use the CPU
+        pass
+    session = _new_session(ort, path, options, [CPU_PROVIDER])
+    warnings.warn(f"onnxruntime-gpu is installed but could not use the GPU for {path!r}: running on the CPU",
+                  RuntimeWarning, stacklevel=3)
+    return session
+
+
+def _new_session(ort, path, options, providers):
+    try:
         return ort.InferenceSession(path, options, providers=providers)
-    if GPU_PROVIDER in available:
-        try:
-            session = ort.InferenceSession(path, options, providers=[GPU_PROVIDER, CPU_PROVIDER])
-            if session.get_providers()[0] == GPU_PROVIDER:
-                return session
-        except Exception:  # onnxruntime-gpu without a usable GPU / CUDA libraries: use the CPU
-            pass
-    return ort.InferenceSession(path, options, providers=[CPU_PROVIDER])
+    except _ort_errors() as error:
+        raise ValueError(f"onnxruntime cannot load {path!r}: {type(error).__name__}: {error}") from error
 
 
-def _shape_text(shape):
-    return "(" + ", ".join("N" if d is None else str(d) for d in shape) + ")"
+def _ort_errors():
+    """The exceptions onnxruntime raises for a file it cannot load or run (none is a ValueError)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    return (RuntimeError,) + tuple(value for value in vars(state).values()
+                                   if isinstance(value, type) and issubclass(value, Exception))

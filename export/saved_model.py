@@ -8,7 +8,7 @@ docs/export.md and stored as JSON in `assets.extra/kernelzoo_signature.json`.
 import os
 
 from kernelzoo.export._common import (
-    ExportError, atomic_directory, check_tf_graph, input_signature, prepare_target, serving_function,
+    ExportError, atomic_directory, check_tf_graph, float32_model, input_signature, prepare_target, serving_function,
     serving_spec, tracing)
 
 SIGNATURE_KEY = "serving_default"
@@ -27,7 +27,8 @@ def to_saved_model(model, path, *, input_dtype="auto", head="auto"):
       head: "classifier" (outputs `logits` and `probabilities`), "raw" (`outputs`), or "auto":
         classifier for (batch, classes) outputs of image models or models ending in softmax.
 
-    Signature `serving_default`: input `images` (or `inputs`) -> {"logits", "probabilities"}.
+    Signature `serving_default`: input `images` (or `inputs`) -> {"logits", "probabilities"}. A model under a
+    non-float32 dtype policy is exported as its float32 copy (`float32_model`, with a warning).
     Raises ExportError (UnsupportedLayerError naming the layer) when the model cannot be served
     by a stock TensorFlow, or the path cannot be written.
     """
@@ -35,6 +36,7 @@ def to_saved_model(model, path, *, input_dtype="auto", head="auto"):
 
     spec = serving_spec(model, input_dtype=input_dtype, head=head)
     path = prepare_target(path, "dir")
+    model = float32_model(model)
     module = tf.Module(name="kernelzoo_export")
     module.model_variables = [getattr(v, "value", v) for v in model.variables]
     serve = tf.function(serving_function(model, spec), input_signature=input_signature(spec),
@@ -60,7 +62,10 @@ def load_signature(path):
     """The serving function of a SavedModel (callable as fn(images=...) -> dict of tensors)."""
     import tensorflow as tf
 
-    loaded = tf.saved_model.load(os.fspath(path))
+    try:
+        loaded = tf.saved_model.load(os.fspath(path))
+    except (OSError, ValueError, tf.errors.OpError) as error:
+        raise ExportError(f"cannot load {os.fspath(path)!r} as a SavedModel: {error}") from error
     if SIGNATURE_KEY not in loaded.signatures:
         raise ExportError(f"{path!r} has no {SIGNATURE_KEY!r} signature "
                           f"(signatures: {sorted(loaded.signatures)})")

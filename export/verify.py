@@ -11,7 +11,8 @@ import os
 import numpy as np
 
 from kernelzoo.export._common import (
-    ExportError, ServingSpec, checked, ends_in_softmax, reference_outputs, serving_spec)
+    ExportError, ServingSpec, checked, ends_in_softmax, float32_model, reference_outputs, serving_spec)
+from kernelzoo.export.predictor import CPU_PROVIDER, OnnxPredictor, model_input
 from kernelzoo.ops.checks import positive_int
 from kernelzoo.progress import progress
 
@@ -28,31 +29,32 @@ ROUNDING_MARGIN = 4
 
 
 def artifact_outputs(path, images, batch_size=64, verbose=False):
-    """{output name: array} of a SavedModel directory or an .onnx file for `images` (a progress bar
-    when `verbose`)."""
+    """{output name: array} of a SavedModel directory or an .onnx file for `images` (checked and cast to the
+    artifact's input dtype as `OnnxPredictor` does, ValueError otherwise), in batches (a progress bar when
+    `verbose`)."""
     path = os.fspath(path)
-    batches = range(0, len(images), batch_size)
     if os.path.isdir(path):
-        import tensorflow as tf
+        return _saved_model_outputs(path, images, batch_size, verbose)
+    return OnnxPredictor(path, providers=[CPU_PROVIDER], batch_size=batch_size).run(images, verbose=verbose)
 
-        from kernelzoo.export.saved_model import load_signature
 
-        fn = load_signature(path)
-        (name, spec), = fn.structured_input_signature[1].items()
-        run = lambda batch: {key: value.numpy() for key, value in  # noqa: E731
-                             fn(**{name: tf.constant(batch, dtype=spec.dtype)}).items()}
-        label = "SavedModel"
-    else:
-        from kernelzoo.export.predictor import OnnxPredictor
+def _saved_model_outputs(path, images, batch_size, verbose):
+    import tensorflow as tf
 
-        run = OnnxPredictor(path, providers=["CPUExecutionProvider"], batch_size=batch_size).run
-        label = "onnxruntime"
-    if not len(images):
-        return run(images)
+    from kernelzoo.export.saved_model import load_signature
+
+    fn = load_signature(path)
+    (name, spec), = fn.structured_input_signature[1].items()
+    images = model_input(images, spec.dtype.as_numpy_dtype, tuple(spec.shape.as_list()))
     parts = {}
-    for start in progress(batches, label=label, verbose=verbose, unit="batch"):
-        for key, value in run(images[start:start + batch_size]).items():
-            parts.setdefault(key, []).append(value)
+    for start in progress(range(0, max(len(images), 1), batch_size), label="SavedModel", verbose=verbose,
+                          unit="batch"):  # one call for no images: the outputs' shapes
+        try:
+            outputs = fn(**{name: tf.constant(images[start:start + batch_size])})
+        except tf.errors.OpError as error:
+            raise ExportError(f"the SavedModel {path!r} failed to run: {error.message}") from error
+        for key, value in outputs.items():
+            parts.setdefault(key, []).append(value.numpy())
     return {key: np.concatenate(chunks) for key, chunks in parts.items()}
 
 
@@ -94,7 +96,10 @@ def verify_artifact(model, path, images=None, *, data_dir=None, preset=None, num
 
     The signature is the one stored in the artifact (`stored_spec`); `input_dtype` and `head` are what it
     was exported with: checked against it, or the signature of an artifact that stores none. `images`
-    default to `make_inputs(model, data_dir, num, preset=preset)`. The report holds n, max_abs, max_rel,
+    default to `make_inputs(model, data_dir, num, preset=preset)`; they are checked and cast to the signature's
+    input dtype once (`model_input`, ExportError when they do not fit it), and that one array goes to Keras and
+    the artifact. A model under a non-float32 dtype policy is compared as the float32 copy its export
+    holds (`float32_model`). The report holds n, max_abs, max_rel,
     top1_agreement (classifiers), the same for probabilities, the input source, `ok`
     (top-1 agreement 1.0 and max_abs <= 1e-4) and `ok_float32` (max_abs within
     `float32_tolerance` of the largest |output| instead). Classifiers are also held to the Keras model's
@@ -102,11 +107,14 @@ def verify_artifact(model, path, images=None, *, data_dir=None, preset=None, num
     probabilities for a model ending in softmax, else the logits (model_output, model_output_max_abs,
     within the same goals).
     """
+    batch_size = checked(positive_int, batch_size, "batch_size")
+    model = float32_model(model)
     spec = artifact_spec(model, path, input_dtype, head)
     source = "given"
     if images is None:
         images, source = make_inputs(model, data_dir=data_dir, num=num, seed=seed, input_dtype=spec.input_dtype,
                                      preset=preset)
+    images = checked(model_input, images, spec.input_dtype, spec.input_shape)
     if not len(images):
         raise ExportError("images: no inputs to compare (parity needs at least one)")
     reference = reference_outputs(model, images, spec, batch_size=batch_size, verbose=verbose)
@@ -234,8 +242,8 @@ def make_inputs(model, data_dir=None, num=1000, seed=0, input_dtype="auto", pres
     """(images, source): `num` inputs shaped and typed for the model's exported signature.
 
     With `data_dir` and a `preset` (a zoo name or Preset): its test split (`kernelzoo.zoo.test_split`:
-    an equal share of each class). Without `data_dir`: seeded random pixels (uint8) or values in [0, 1).
-    Float inputs are scaled to [0, 1] unless the model takes raw pixels.
+    an equal share of each class). Without `data_dir`: seeded random pixels 0-255 for a uint8 signature or an
+    image model, else standard normal features. Float pixels are scaled to [0, 1] unless the model takes raw pixels.
     """
     from kernelzoo.zoo import takes_raw_pixels, test_split
     from kernelzoo.zoo.inputs import as_model_input
@@ -261,7 +269,7 @@ def make_inputs(model, data_dir=None, num=1000, seed=0, input_dtype="auto", pres
                               "dataset?") from None
     else:
         rng = np.random.default_rng(seed)
-        if len(shape) < 2:  # not an image model: standard normal features
+        if len(shape) < 2 and spec.input_dtype != "uint8":  # not an image model: standard normal features
             return rng.standard_normal((num,) + tuple(shape)).astype(np.float32), "generated"
         pixels, source = rng.integers(0, 256, (num,) + tuple(shape), dtype=np.uint8), "generated"
     if spec.input_dtype == "uint8":

@@ -1,5 +1,6 @@
 """Export: Keras vs SavedModel vs ONNX round trips, serving without kernelzoo, graph checks, errors, CLI."""
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -246,13 +247,23 @@ def test_onnx_files_hold_only_standard_domain_nodes(exported):
         proto = onnx.load(onnx_path)
         onnx.checker.check_model(proto, full_check=True)
         onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
-        assert [(o.domain, o.version) for o in proto.opset_import] == [("", 17)], name
-        domains = {node.domain for node in proto.graph.node}
-        assert domains <= {""}, (name, domains)
-        assert all(onnx.defs.has(node.op_type) for node in proto.graph.node), name
+        nodes = list(_every_node(proto.graph))
+        assert {node.domain for node in nodes} <= {""}, name
+        for node in nodes:  # defined at opset 17 itself, not only under the opset the file declares
+            assert onnx.defs.get_schema(node.op_type, 17, "").since_version <= 17, (name, node.op_type)
         assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+        assert " (N, " in proto.doc_string  # shapes are written as everywhere else (predictor, CLI)
         signature = json.loads({p.key: p.value for p in proto.metadata_props}["kernelzoo_signature"])
         assert signature["input_name"] in ("images", "inputs")
+
+
+def _every_node(graph):
+    """The nodes of an ONNX graph and of its subgraphs (Loop bodies)."""
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            for sub in list(attribute.graphs) + ([attribute.g] if attribute.HasField("g") else []):
+                yield from _every_node(sub)
 
 
 def test_simnet_graph_is_lean(exported):
@@ -354,6 +365,93 @@ def test_centred_simnet_meets_the_absolute_goal(tmp_path):
     offsets.assign(rng.normal(size=offsets.shape).astype("float32"))
     report = verify_artifact(model, to_onnx(model, str(tmp_path / "centred.onnx")), images=images[:32])
     assert report["ok"] and report["top1_agreement"] == 1.0, report
+
+
+@contextlib.contextmanager
+def _dtype_policy(name):
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "float64"])
+def test_models_under_other_dtype_policies_export_and_verify_as_float32_copies(tmp_path, policy):
+    """A bfloat16 graph fails onnx.checker and float64 convolutions do not run in onnxruntime: both formats
+    export a float32 copy (saying so), and verify compares it with the same float32 computation."""
+    keras.utils.set_random_seed(0)
+    with _dtype_policy(policy):
+        model = keras.Sequential([keras.Input((6, 6, 3)), keras.layers.Rescaling(1 / 255.0), keras.layers.Conv2D(3, 3),
+                                  keras.layers.Flatten(), keras.layers.Dense(4, activation="softmax")], name="low")
+    for export, target in ((to_onnx, "m.onnx"), (to_saved_model, "sm")):
+        with pytest.warns(RuntimeWarning, match=f"dtype policy {policy}: exporting and verifying a float32 copy"):
+            path = export(model, str(tmp_path / target))
+        with pytest.warns(RuntimeWarning, match="float32 copy"):
+            report = verify_artifact(model, path, num=8)
+        assert report["ok"] and report["model_output_max_abs"] < 1e-6, report
+    assert model.layers[1].dtype_policy.name == policy  # the user's model is left as it was
+
+
+def test_a_model_that_cannot_be_copied_to_float32_is_refused_before_converting(tmp_path, monkeypatch):
+    def no_clone(*args, **kwargs):
+        raise ValueError("cannot clone a subclassed model")
+
+    with _dtype_policy("mixed_bfloat16"):
+        model = _with_layer(keras.layers.ReLU())
+    monkeypatch.setattr(keras.models, "clone_model", no_clone)
+    with pytest.raises(ExportError, match="dtype policy mixed_bfloat16 and cannot be copied to float32"):
+        to_onnx(model, str(tmp_path / "m.onnx"))
+    assert os.listdir(tmp_path) == []
+
+
+def test_verify_feeds_keras_and_the_artifact_the_same_checked_inputs(tmp_path):
+    """A uint8 signature takes whole numbers 0-255: scaled or out-of-range floats are an error in both formats
+    (a SavedModel used to truncate them while Keras got the floats), whole-number floats are pixels."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Rescaling(1 / 255.0), keras.layers.Flatten(),
+                              keras.layers.Dense(3)], name="pixels")
+    scaled = np.random.default_rng(1).random((4, 6, 6, 1))
+    for path in (to_onnx(model, str(tmp_path / "m.onnx")), to_saved_model(model, str(tmp_path / "sm"))):
+        for images in (scaled.astype("float32"), np.full((2, 6, 6, 1), 300.0, "float32")):
+            with pytest.raises(ExportError, match="raw pixel values 0-255"):
+                verify_artifact(model, path, images=images)
+        report = verify_artifact(model, path, images=np.round(scaled * 255))
+        assert report["ok"] and report["max_abs"] == 0.0, report
+        with pytest.raises(ValueError, match="raw pixel values 0-255"):
+            artifact_outputs(path, scaled)
+
+
+def test_generated_inputs_follow_a_uint8_signature_of_any_rank(tmp_path):
+    keras.utils.set_random_seed(0)
+    mlp = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4, activation="relu"), keras.layers.Dense(5)])
+    images, _ = make_inputs(mlp, num=4, input_dtype="uint8")
+    assert images.dtype == np.uint8 and images.shape == (4, 5)
+    for path in (to_onnx(mlp, str(tmp_path / "m.onnx"), input_dtype="uint8"),
+                 to_saved_model(mlp, str(tmp_path / "sm"), input_dtype="uint8")):
+        report = verify_artifact(mlp, path, num=4)
+        assert report["ok"] and report["max_abs"] == 0.0, report
+
+
+def test_a_directory_that_holds_no_saved_model_is_an_export_error(tmp_path):
+    with pytest.raises(ExportError, match="cannot load .* as a SavedModel"):
+        artifact_outputs(str(tmp_path), np.zeros((1, 5), np.float32))
+
+
+def test_verify_checks_batch_size_first(exported):
+    model, onnx_path, _ = exported["autoencoder"]
+    with pytest.raises(ExportError, match="`batch_size` must be a positive int, got 0"):
+        verify_artifact(model, onnx_path, num=2, batch_size=0)
+
+
+def test_an_explicit_classifier_head_needs_softmax_logits():
+    """softmax of one unit is always 1, of sigmoid outputs meaningless: head='classifier' refuses both."""
+    with pytest.raises(ExportError, match=r"classes >= 2.*\(None, 1\)"):
+        serving_spec(_dense_head(keras.layers.Dense(1)), head="classifier")
+    with pytest.raises(ExportError, match="ends in a sigmoid"):
+        serving_spec(_dense_head(keras.layers.Dense(3, activation="sigmoid")), head="classifier")
+    assert serving_spec(_dense_head(keras.layers.Dense(3)), head="classifier").head == "classifier"
 
 
 # --- the zoo registry ---------------------------------------------------------------------------
@@ -477,6 +575,14 @@ def test_unwritable_paths(tmp_path):
     with pytest.raises(ExportError, match="not empty and holds no SavedModel"):
         to_saved_model(model, str(tmp_path / "data"))
     assert (tmp_path / "data" / "keep.txt").read_text() == "precious"
+    with pytest.raises(ExportError, match="ends in a path separator"):
+        to_onnx(model, str(tmp_path / "newdir") + os.sep)
+    assert not os.path.exists(tmp_path / "newdir")
+    victim = tmp_path / "victim.keras"
+    victim.write_bytes(b"the model")
+    with pytest.raises(ExportError, match="exists and is not an .onnx file"):
+        to_onnx(model, str(victim))
+    assert victim.read_bytes() == b"the model"
     if os.geteuid() != 0:
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
@@ -593,6 +699,58 @@ def test_cli_export_and_verify(exported, tmp_path, capsys):
     errors = capsys.readouterr().err
     assert "opset" in errors and "no model file" in errors and "'" + str(tmp_path / "sm") + "' is a directory" in errors
     assert "--preset: names the test split" in errors
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """The CLI's model loader, made to fail the test: bad arguments must be reported before it runs."""
+    from kernelzoo.export import cli
+
+    def load_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(cli, "load_model", load_model)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--verify", "--preset", "nosuch_preset", "--data-dir", "{tmp}"], "`--preset` must be one of"),
+    (["--verify", "--data-dir", "{tmp}/missing"], "--data-dir: '{tmp}/missing' is not a directory"),
+    (["--verify", "--data-dir", "{tmp}"], "--data-dir: no test split is known"),
+    (["--format", "saved_model", "--opset", "99"], "--opset: only --format onnx"),
+    (["-o", "{tmp}/victim.keras", "--format", "onnx"], "exists and is not an .onnx file"),
+    (["-o", "{tmp}/victim.keras/m.onnx"], "is a file, not a directory"),
+])
+def test_cli_checks_arguments_and_the_target_before_loading(tmp_path, capsys, no_model_loading, extra, message):
+    (tmp_path / "victim.keras").write_bytes(b"the model")
+    argv = [str(tmp_path / "victim.keras"), "-o", str(tmp_path / "out.onnx"), *extra]
+    assert _cli([arg.format(tmp=tmp_path) for arg in argv]) == 2
+    assert message.format(tmp=tmp_path) in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["victim.keras"]
+
+
+def test_cli_verifies_on_generated_inputs_when_only_the_environment_names_a_data_dir(tmp_path, capsys,
+                                                                                    monkeypatch):
+    keras.utils.set_random_seed(0)
+    keras_file = str(tmp_path / "tiny.keras")
+    _with_layer(keras.layers.ReLU()).save(keras_file)
+    monkeypatch.setenv("KERNELZOO_DATA_DIR", str(tmp_path))
+    assert _cli([keras_file, "-o", str(tmp_path / "m.onnx"), "--verify", "--num", "4"]) == 0
+    captured = capsys.readouterr()
+    assert "no test split is known" in captured.err and "generated inputs, not $KERNELZOO_DATA_DIR" in captured.err
+    assert "on 4 generated inputs" in captured.out
+
+
+def test_a_directory_named_like_a_zoo_model_does_not_hide_it(tmp_path, monkeypatch):
+    """Training writes runs/NAME: a folder NAME in the working directory is not the model NAME."""
+    from kernelzoo.export.cli import load_model
+
+    name = registry.list_models(pretrained=True)[0]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / name).mkdir()
+    monkeypatch.setattr(kernelzoo.zoo, "load", lambda model, compile=True: ("zoo model", model))
+    assert load_model(name) == ("zoo model", name)
+    with pytest.raises(ExportError, match="is a directory"):
+        load_model(os.path.join(".", name))
 
 
 def test_bench_deploy_prints_all_runtimes(exported, capsys):

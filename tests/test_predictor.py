@@ -56,6 +56,20 @@ def test_float_model_takes_uint8_and_float(paths):
     assert predictor.predict([[0.1, 0.2, 0.3, 0.4, 0.5]]).shape == (1, 3)
 
 
+def test_float_model_casts_ints_and_refuses_values_float32_cannot_hold(paths):
+    """Integers are numbers to a float model (not pixels to convert to uint8); float64 beyond float32's range
+    would become inf, and NaN outputs: an error instead. NaN inputs stay NaN (models may marginalise them)."""
+    predictor = OnnxPredictor(paths[1])
+    x = np.arange(10).reshape(2, 5)
+    np.testing.assert_allclose(predictor.predict(x), predictor.predict(x.astype(np.float32)))
+    assert predictor.predict([[1, 2, 3, 4, 5]]).shape == (1, 3)
+    with pytest.raises(ValueError, match="beyond the float32 range"):
+        predictor.predict(np.full((1, 5), 1e300))
+    assert predictor.check_images(np.full((1, 5), np.nan)).dtype == np.float32
+    with pytest.raises(ValueError, match=r"numbers \(float, int or uint8\), got dtype bool"):
+        predictor.predict(np.zeros((1, 5), bool))
+
+
 @pytest.mark.parametrize("images, message", [
     (np.zeros((8, 8, 3), np.uint8), r"shape \(N, 8, 8, 3\).*add a batch axis"),
     (np.zeros((2, 9, 8, 3), np.uint8), r"axis 1 is 9, expected 8"),
@@ -98,3 +112,47 @@ def test_a_fixed_batch_model_is_fed_that_many_rows_at_a_time(tmp_path):
     predictor = OnnxPredictor(path, batch_size=64)
     rows = np.random.default_rng(0).random((5, 3)).astype(np.float32)
     np.testing.assert_allclose(predictor.predict(rows), rows @ weights, rtol=1e-6)
+
+
+def test_an_explicit_provider_that_does_not_start_is_an_error(paths, monkeypatch):
+    """onnxruntime-gpu lists CUDA as available even where it cannot load CUDA, and then runs on the CPU: asked for
+    CUDA, that is an error naming both; left to choose, the CPU with a warning."""
+    import onnxruntime as ort
+
+    real = ort.InferenceSession
+
+    def without_cuda(path, options=None, providers=None):
+        return real(path, options, providers=[p for p in providers if p != "CUDAExecutionProvider"])
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", without_cuda)
+    with pytest.raises(ValueError, match=r"could not start providers \['CUDAExecutionProvider'\].*"
+                                         r"in use: \['CPUExecutionProvider'\]"):
+        OnnxPredictor(paths[0], providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    with pytest.warns(RuntimeWarning, match="could not use the GPU.*running on the CPU"):
+        assert OnnxPredictor(paths[0]).provider == "CPUExecutionProvider"
+
+
+def test_files_onnxruntime_cannot_load_or_run_raise_value_error_naming_them(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    not_onnx = tmp_path / "model.keras"
+    not_onnx.write_bytes(b"PK\x03\x04 not a protobuf")
+    with pytest.raises(ValueError, match=f"onnxruntime cannot load '{not_onnx}'"):
+        OnnxPredictor(not_onnx)
+    graph = helper.make_graph(  # reshapes any (N, 3) batch to 4 values: fails when it runs
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])], "bad_reshape",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+        [helper.make_tensor("shape", TensorProto.INT64, [1], [4])])
+    path = tmp_path / "reshape.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    with pytest.raises(ValueError, match=f"onnxruntime failed to run '{path}'"):
+        OnnxPredictor(path).run(np.zeros((1, 3), np.float32))
+
+
+def test_run_draws_a_progress_bar_when_verbose(paths, capsys):
+    images = np.zeros((5, 8, 8, 3), np.uint8)
+    out = OnnxPredictor(paths[0], batch_size=2).run(images, verbose=True)
+    assert out["logits"].shape == (5, 3) and "onnxruntime" in capsys.readouterr().out

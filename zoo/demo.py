@@ -105,11 +105,10 @@ def load_samples(path=SAMPLES):
 def _mnist_samples(latency_time=0.3):
     """Classify the bundled digits, export, check parity and time batch-1 latency; count failures."""
     import keras
-    import tensorflow as tf
 
     from kernelzoo import zoo
-    from kernelzoo.export import (OnnxPredictor, load_signature, median_seconds, serving_spec, to_onnx,
-                                  to_saved_model, verify_artifact)
+    from kernelzoo.export import median_seconds, serving_spec, to_onnx, to_saved_model, verify_artifact
+    from kernelzoo.export.bench import runtime_calls
     from kernelzoo.export.verify import MAX_ABS_GOAL
 
     images, labels, indices = load_samples()
@@ -138,14 +137,8 @@ def _mnist_samples(latency_time=0.3):
                     print(f"    {'ok ' if report['ok'] else 'BAD'}  parity {runtime:<11} vs Keras: max |logit diff| "
                           f"{report['max_abs']:.2e} (goal <= {MAX_ABS_GOAL:g}), top-1 agreement "
                           f"{100 * report['top1_agreement']:.0f} %")
-                saved = load_signature(saved_path)
-                ort = OnnxPredictor(onnx_path, providers=["CPUExecutionProvider"])
-                keras_call = tf.function(lambda b: model(b, training=False), reduce_retracing=True)
-                timers = {"Keras": lambda b: keras_call(tf.constant(b, tf.float32)).numpy(),
-                          "SavedModel": lambda b: saved(**{spec.input_name: tf.constant(b)}),
-                          "onnxruntime": lambda b: ort.session.run(None, {ort.input_name: b})}
                 latency = {runtime: 1000 * median_seconds(fn, x[:1], latency_time, 200)
-                           for runtime, fn in timers.items()}
+                           for runtime, fn in runtime_calls(model, spec, saved_path, onnx_path).items()}
                 print("    latency (batch 1, median): " + ", ".join(f"{k} {v:.2f} ms" for k, v in latency.items())
                       + f"  ({time.perf_counter() - start:.1f}s)")
             except Exception as error:  # noqa: BLE001 - reported, and the demo fails
