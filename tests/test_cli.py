@@ -135,3 +135,24 @@ def test_a_subcommand_error_is_one_line_or_with_verbose_its_traceback(capsys):
     assert error.startswith("kernelzoo info: error: ") and "no_such_model" in error and error.count("\n") == 1
     with pytest.raises(ValueError, match="no_such_model"):
         cli.main(["info", "no_such_model", "--verbose"])
+
+
+def test_eval_json_is_written_after_every_model(tmp_path, monkeypatch, capsys):
+    """A failure on the second model keeps the first one's result; the summary comes with the last model."""
+    import json
+
+    from kernelzoo.zoo import evaluation
+
+    def fake_measure(model, *args, **kwargs):
+        if model == "broken":
+            raise ValueError("cannot measure")
+        return {"metric": "accuracy", "value": {"a": 0.9, "b": 0.8}[model], "preset": "p", "data": "test",
+                "examples": 10, "card": None, "paper": None}
+
+    monkeypatch.setattr(evaluation, "measure", fake_measure)
+    path = tmp_path / "eval.json"
+    assert cli.main(["eval", "a", "broken", "--json", str(path)]) == 2
+    assert [run["value"] for run in json.loads(path.read_text())["runs"]] == [0.9]
+    assert cli.main(["eval", "a", "b", "--json", str(path)]) == 0
+    written = json.loads(path.read_text())
+    assert written["summary"]["n"] == 2 and not (tmp_path / "eval.json.tmp").exists()

@@ -225,3 +225,101 @@ def test_cli_finetune_usage_errors_are_one_line(image_folder, tmp_path, monkeypa
     with pytest.raises(SystemExit):
         cli.main(["finetune", "kernelnet_mnist_prior", "--dataset", image_folder, "--freeze", "all",
                   "-o", str(tmp_path / "x.keras")])
+
+
+def _cli_finetune(monkeypatch, *argv):
+    from kernelzoo import cli
+
+    monkeypatch.setitem(cli.SUBCOMMANDS, "finetune", ("kernelzoo.zoo.finetune_cli", "fine-tune"))
+    return cli.main(["finetune", *argv])
+
+
+def test_cli_finetune_checks_numbers_run_dir_and_head_before_loading_the_data(image_folder, tmp_path, monkeypatch,
+                                                                              capsys):
+    finetune_cli = importlib.import_module("kernelzoo.zoo.finetune_cli")
+    source = str(tmp_path / "tiny.keras")
+    _tiny_kernelnet().save(source)
+    headless = str(tmp_path / "headless.keras")
+    keras.Sequential([keras.Input((8, 8, 1)), keras.layers.GlobalAveragePooling2D(name="gap")]).save(headless)
+    busy = tmp_path / "busy"  # a run folder holding a run
+    (busy / "checkpoints").mkdir(parents=True)
+    (busy / "checkpoints" / "state.json").write_text('{"epoch": 1}')
+    (busy / "checkpoints" / "last.keras").write_text("")
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the dataset was loaded")
+
+    monkeypatch.setattr(finetune_cli, "load", no_load)
+    base = ["--dataset", image_folder, "-o", str(tmp_path / "x.keras")]
+    for extra, named in ((["--epochs", "0"], "`--epochs`"), (["--batch-size", "0"], "`--batch-size`"),
+                         (["--lr", "-1"], "`--lr`"), (["--limit-train", "0"], "`--limit-train`"),
+                         (["--val-size", "0"], "`--val-size`"), (["--momentum", "1"], "`--momentum`"),
+                         (["--run-dir", str(busy)], "pass `--resume`"), (["--resume"], "`--resume` needs `--run-dir`")):
+        assert _cli_finetune(monkeypatch, source, *base, *extra) == 2, extra
+        assert named in capsys.readouterr().err, extra
+    assert _cli_finetune(monkeypatch, headless, *base) == 2
+    assert "no recognisable classification head" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert _cli_finetune(monkeypatch, source, *base, "--val-size", "240") == 2  # the folder has 240 training images
+    assert "`--val-size` must be an int in [1, 239]" in capsys.readouterr().err
+    import kernelzoo.zoo.data as data_module
+    seen = []
+
+    def recording_load(*args, verbose=True, **kwargs):
+        seen.append(verbose)
+        raise ValueError("recorded")
+
+    monkeypatch.setattr(data_module, "load_images", recording_load)
+    assert _cli_finetune(monkeypatch, source, *base, "--quiet") == 2 and seen == [False]  # --quiet: no decoding bar
+
+
+def test_cli_finetune_resumes_writes_atomically_and_its_card_reproduces_the_command(image_folder, tmp_path,
+                                                                                   monkeypatch, capsys):
+    source = str(tmp_path / "tiny.keras")
+    _tiny_kernelnet().save(source)
+    out, run_dir = str(tmp_path / "tuned.keras"), str(tmp_path / "run")
+    card = out[:-len(".keras")] + ".md"
+    argv = [source, "--dataset", image_folder, "-o", out, "--batch-size", "16", "--limit-train", "40", "--seed", "3",
+            "--lr", "0.05", "--max-steps-per-epoch", "2", "--run-dir", run_dir, "--quiet"]
+    assert _cli_finetune(monkeypatch, *argv, "--epochs", "1") == 0
+    first_card = open(card, encoding="utf-8").read()
+    for option in ("--batch-size 16", "--limit-train 40", "--seed 3", "--lr 0.05", "--run-dir", "--epochs 1"):
+        assert option in first_card, option  # the card's command is the parsed arguments, not sys.argv
+    first_model = open(out, "rb").read()
+    first_log = open(os.path.join(run_dir, "log.csv"), encoding="utf-8").read().splitlines()
+
+    replace = os.replace
+
+    def killed_before(suffix):  # a kill before the rename onto OUT.keras / OUT.md
+        def fake(src, dst):
+            if os.fspath(dst).endswith(suffix):
+                raise OSError("killed")
+            return replace(src, dst)
+        return fake
+
+    monkeypatch.setattr(os, "replace", killed_before("tuned.keras"))
+    with pytest.raises(OSError, match="killed"):  # resumed for a second epoch, then killed writing OUT.keras
+        _cli_finetune(monkeypatch, *argv, "--epochs", "2", "--resume")
+    assert open(out, "rb").read() == first_model
+    log = open(os.path.join(run_dir, "log.csv"), encoding="utf-8").read().splitlines()
+    assert len(log) == 3 and log[:2] == first_log  # epoch 1 kept, epoch 2 trained after it
+    monkeypatch.setattr(os, "replace", killed_before("tuned.md"))
+    with pytest.raises(OSError, match="killed"):  # finished: nothing trains; killed writing the card
+        _cli_finetune(monkeypatch, *argv, "--epochs", "2", "--resume")
+    assert open(card, encoding="utf-8").read() == first_card and open(out, "rb").read() != first_model
+    monkeypatch.setattr(os, "replace", replace)
+    assert _cli_finetune(monkeypatch, *argv, "--epochs", "2", "--resume", "--lr", "0.5") == 2
+    err = capsys.readouterr().err
+    assert "other settings" in err and "hyperparameters.lr 0.05 -> 0.5" in err
+
+    def scratch_fails(*args, from_scratch=False, **kwargs):
+        if from_scratch:
+            raise ValueError("scratch failed")
+        return tune(*args, **kwargs)
+
+    tune = ft.finetune
+    monkeypatch.setattr(ft, "finetune", scratch_fails)
+    before = open(out, "rb").read()
+    assert _cli_finetune(monkeypatch, *argv, "--epochs", "2", "--resume", "--compare-scratch") == 2
+    assert "scratch failed" in capsys.readouterr().err
+    assert open(out, "rb").read() == before and open(card, encoding="utf-8").read() == first_card

@@ -1,6 +1,7 @@
 """`kernelzoo protocol`: splits x seeds x grid, mean +- std, resumable; the MovieLens recipe on generated ratings."""
 import argparse
 import json
+import os
 
 import keras
 import numpy as np
@@ -23,12 +24,61 @@ def test_grid_settings_labels_and_mean_std():
         protocol.grid_configs(["dim=5", "dim=5"])
     with pytest.raises(ValueError, match="grid"):
         protocol.grid_configs(["dim"])
-    assert protocol.settings(["u1", "u2"], [0]) == [("u1", "u1", 0), ("u2", "u2", 0)]
+    assert protocol.settings(["u1", "u2"], [0]) == [("u1-s0", "u1", 0), ("u2-s0", "u2", 0)]
     assert protocol.settings(["random"], [3, 4]) == [("random-s3", "random", 3), ("random-s4", "random", 4)]
     assert protocol.settings(None, [1]) == [("s1", None, 1)]
     summary = protocol.mean_std([0.9, 0.8, 1.0])
     assert summary["mean"] == pytest.approx(0.9) and summary["std"] == pytest.approx(0.1) and summary["n"] == 3
     assert protocol.mean_std([0.5])["std"] == 0.0
+
+
+def _fake_protocol(out, configs, splits, seeds, trained):
+    """run_protocol with a train_one that records what it trains and measures test_rmse 0.9 + 0.01 seed."""
+    def train_one(config, split, seed, run_dir, resume):
+        os.makedirs(run_dir)
+        trained.append((split, seed))
+        return {"metrics": {"test_rmse": 0.9 + 0.01 * seed}}
+
+    return protocol.run_protocol(train_one, out, configs, protocol.settings(splits, seeds), "rmse",
+                                 log=lambda *_: None)
+
+
+def test_a_run_keeps_its_folder_whatever_the_other_settings_and_counts_once(tmp_path):
+    trained = []
+    _fake_protocol(tmp_path, [{}], ["u1", "u2"], [0], trained)
+    result = _fake_protocol(tmp_path, [{}], ["u1", "u2"], [0, 1], trained)
+    assert trained == [("u1", 0), ("u2", 0), ("u1", 1), ("u2", 1)]  # seed 0 is not trained again
+    (row,) = result["summary"]
+    assert row["n"] == 4 and set(row["values"]) == {"u1-s0", "u1-s1", "u2-s0", "u2-s1"}
+    _fake_protocol(tmp_path, [{}], ["u1"], [3], trained)
+    assert _fake_protocol(tmp_path, [{}], ["u1"], [0, 3], trained)["summary"][0]["n"] == 5 and len(trained) == 5
+
+
+def test_a_run_in_an_old_split_named_folder_is_reused_and_never_counted_twice(tmp_path):
+    from kernelzoo.zoo import training
+
+    legacy = tmp_path / "default" / "u1"  # older versions: a fixed fold of one seed labelled by its split
+    legacy.mkdir(parents=True)
+    training.write_json(str(legacy / protocol.RUN_FILE), {
+        "config": {}, "split": "u1", "seed": 0, "label": "u1", "figure": "test_rmse", "value": 0.95,
+        "metrics": {"test_rmse": 0.95}, "seconds": 1.0})
+    trained = []
+    result = _fake_protocol(tmp_path, [{}], ["u1"], [0, 1], trained)
+    assert trained == [("u1", 1)] and result["summary"][0]["values"] == {"u1": 0.95, "u1-s1": 0.91}
+    twin = tmp_path / "default" / "u1-s0"  # the same run under both labels (the old bug's output): refused
+    twin.mkdir()
+    (twin / protocol.RUN_FILE).write_text((legacy / protocol.RUN_FILE).read_text())
+    with pytest.raises(ValueError, match="hold the same run"):
+        protocol.collect(tmp_path, "rmse")
+
+
+def test_configurations_that_would_share_a_folder_are_refused(tmp_path):
+    assert protocol.config_label({"hidden": (8, 8)}) == protocol.config_label({"hidden": "8-8"})
+    with pytest.raises(ValueError, match="share the run folder 'hidden=8-8'"):
+        _fake_protocol(tmp_path, [{"hidden": (8, 8)}, {"hidden": "8-8"}], ["u1"], [0], [])
+    _fake_protocol(tmp_path, [{"hidden": (8, 8)}], ["u1"], [0], [])
+    with pytest.raises(ValueError, match="holds the run of configuration"):  # the same across two calls
+        _fake_protocol(tmp_path, [{"hidden": "8-8"}], ["u1"], [0], [])
 
 
 def _protocol(tmp_path, *argv):
@@ -42,35 +92,35 @@ def test_protocol_runs_splits_resumes_and_ensembles_without_test_ratings(tmp_pat
     assert _protocol(tmp_path, "--splits", "u1", "u2", "--out", str(out)) == 0
     result = json.loads((out / protocol.PROTOCOL_FILE).read_text())
     (row,) = result["summary"]
-    assert row["figure"] == "test_rmse" and row["n"] == 2 and set(row["values"]) == {"u1", "u2"}
+    assert row["figure"] == "test_rmse" and row["n"] == 2 and set(row["values"]) == {"u1-s0", "u2-s0"}
     runs = {run["label"]: run for run in result["runs"]}
-    assert runs["u1"]["metrics"]["test_examples"] == len(load_ml100k_fold(1, str(tmp_path))[1]["ratings"])
-    assert 0 < runs["u1"]["value"] < 4 and runs["u1"]["selected_epoch"] >= 1
+    assert runs["u1-s0"]["metrics"]["test_examples"] == len(load_ml100k_fold(1, str(tmp_path))[1]["ratings"])
+    assert 0 < runs["u1-s0"]["value"] < 4 and runs["u1-s0"]["selected_epoch"] >= 1
     assert row["mean"] == pytest.approx(protocol.mean_std(list(row["values"].values()))["mean"])
     printed = capsys.readouterr().out
     assert "test_rmse" in printed and f"{row['mean']:.4f} +- {row['std']:.4f}" in printed
 
-    before = (out / "default" / "u1" / protocol.RUN_FILE).read_text()
+    before = (out / "default" / "u1-s0" / protocol.RUN_FILE).read_text()
     assert _protocol(tmp_path, "--splits", "u1", "u2", "--out", str(out)) == 0  # nothing re-runs
     assert capsys.readouterr().out.count("finished, not re-run") == 2
-    assert (out / "default" / "u1" / protocol.RUN_FILE).read_text() == before
+    assert (out / "default" / "u1-s0" / protocol.RUN_FILE).read_text() == before
     for flags, change in ((("--epochs", "2"), "hyperparameters.epochs 1 -> 2"),
                           (("--val-fraction", "0.1"), "hyperparameters.val_fraction 0.05 -> 0.1")):
         assert _protocol(tmp_path, "--splits", "u1", "--out", str(out), *flags) == 2  # not the finished run's result
         err = capsys.readouterr().err
         assert "finished with other settings (" in err and change in err
-    assert (out / "default" / "u1" / protocol.RUN_FILE).read_text() == before
+    assert (out / "default" / "u1-s0" / protocol.RUN_FILE).read_text() == before
 
     # an ensemble of 2 on u1, chosen on held-out training ratings: the test ratings are never measured
     assert _protocol(tmp_path, "--splits", "u1", "--validate-only", "--grid", "members=2", "--out", str(out)) == 0
-    folder = out / "members=2" / "u1"
+    folder = out / "members=2" / "u1-s0"
     run = json.loads((folder / protocol.RUN_FILE).read_text())
     assert run["figure"] == "val_rmse" and set(run["metrics"]) == {"val_rmse"} and 0 < run["value"] < 4
     config = json.loads((folder / "config.json").read_text())
     assert config["hyperparameters"]["members"] == 2 and config["options"]["validate_only"]
     assert "test_rmse" not in (folder / "metrics.json").read_text()
     # member 0 is the single model of the same seed, member 1 another init; the saved model is their mean
-    single = keras.models.load_model(out / "default" / "u1" / "model.keras", compile=False)
+    single = keras.models.load_model(out / "default" / "u1-s0" / "model.keras", compile=False)
     ensemble = keras.models.load_model(folder / "model.keras", compile=False)
     members = [keras.models.load_model(folder / f"member-{m}" / "model.keras", compile=False) for m in range(2)]
     for a, b in zip(single.get_weights(), members[0].get_weights()):
@@ -140,7 +190,8 @@ def test_refit_trains_the_initial_weights_on_every_training_rating_for_the_selec
     assert not np.allclose(final.get_weights()[0], early.get_weights()[0])
     assert 0 < json.loads((out / "metrics.json").read_text())["test_rmse"] < 4
 
-    assert _train(tmp_path, "--refit", "--patience", "1", "--out", str(out), "--resume") == 0  # finished: nothing re-runs
+    # finished: nothing re-runs
+    assert _train(tmp_path, "--refit", "--patience", "1", "--out", str(out), "--resume") == 0
     assert (out / "refit" / "log.csv").read_text() == refit_log
 
     held = tmp_path / "held"  # --validate-only measures the early-stopped model: no refit
@@ -163,3 +214,15 @@ def test_an_ensemble_with_refit_averages_the_refitted_members(tmp_path):
     assert not np.allclose(refits[0].get_weights()[0], early.get_weights()[0])
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 < metrics["test_rmse"] < 4 and "val_rmse" not in metrics  # refitted members saw the held-out ratings
+
+
+def test_typos_and_a_seed_beside_seeds_are_refused_before_any_data_loads(tmp_path, capsys):
+    empty = tmp_path / "empty"  # no ratings here: an error about them would mean the data loaded first
+    empty.mkdir()
+    assert main_cli.main(["train", "kernelnet_movielens_100k", "hdden=(4,)", "--data-dir", str(empty)]) == 2
+    assert "overrides: ['hdden'] are not arguments of" in capsys.readouterr().err
+    assert _protocol(empty, "--splits", "u1", "--grid", "lamda_2=5", "--out", str(tmp_path / "p")) == 2
+    err = capsys.readouterr().err
+    assert "--grid: ['lamda_2'] are not arguments of" in err and "nor recipe hyper-parameters" in err
+    assert _protocol(empty, "--seed", "5", "--seeds", "0", "1", "--out", str(tmp_path / "p")) == 2
+    assert "give the seeds with --seeds, not --seed" in capsys.readouterr().err

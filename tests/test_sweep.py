@@ -33,7 +33,8 @@ def test_viz_runs_reads_run_folders_and_plots(tmp_path, capsys):
         folder = tmp_path / name
         folder.mkdir()
         for epoch in range(9):
-            training.append_log(str(folder), {"epoch": epoch, "accuracy": 0.7, "val_accuracy": level + 0.01 * (epoch % 3)})
+            training.append_log(str(folder),
+                                {"epoch": epoch, "accuracy": 0.7, "val_accuracy": level + 0.01 * (epoch % 3)})
     out = tmp_path / "sweep.png"
     from kernelzoo.cli import main
     assert main(["viz", "runs", str(tmp_path / "lr_a"), str(tmp_path / "lr_b"), "--smooth", "3", "--last", "4",
@@ -44,3 +45,28 @@ def test_viz_runs_reads_run_folders_and_plots(tmp_path, capsys):
         sweep.read_run(str(tmp_path / "lr_a"), "val_loss")
     with pytest.raises(ValueError, match="has no log.csv"):
         sweep.read_run(str(tmp_path), "val_accuracy")
+
+
+def _log(folder, values, metric="val_accuracy"):
+    folder.mkdir(parents=True)
+    for epoch, value in enumerate(values):
+        training.append_log(str(folder), {"epoch": epoch, metric: value})
+
+
+def test_errors_are_minimised_runs_keep_their_paths_and_a_diverged_run_is_skipped(tmp_path, capsys):
+    from kernelzoo.cli import main
+
+    for name in ("a/seed0", "b/seed0"):
+        _log(tmp_path / name, [1.0, 0.8, 0.9, 1.2], "val_rmse")
+    _log(tmp_path / "c/seed0", [1.0, float("nan"), 0.9, 1.2], "val_rmse")
+    runs = [str(tmp_path / name) for name in ("a/seed0", "b/seed0", "c/seed0")]
+    assert main(["viz", "runs", *runs, "--metric", "val_rmse", "--smooth", "1", "--last", "2"]) == 0
+    printed = capsys.readouterr().out
+    rows = [line for line in printed.splitlines() if "seed0 " in line]
+    assert rows[0].startswith("a/seed0") and rows[1].startswith("b/seed0")  # not two rows labelled seed0
+    assert "0.8000 (   2)" in rows[0]  # rmse: the smallest is the best epoch
+    assert "c/seed0: skipped" in printed and "from epoch 2" in printed
+    assert [sweep.default_mode(m) for m in ("val_accuracy", "val_loss", "val_mse", "mean_absolute_error")] == [
+        "max", "min", "min", "min"]
+    with pytest.raises(ValueError, match="--mode"):
+        sweep.default_mode("val_f00")

@@ -8,10 +8,8 @@ mean +- std (kernelzoo.zoo.protocol).
 """
 import ast
 import dataclasses
-import json
 import os
 from fractions import Fraction
-
 
 from kernelzoo.ops.checks import check_choice
 from kernelzoo.zoo import registry
@@ -167,6 +165,16 @@ def _hyperparameters(args, preset, recipe, **changes):
     return recipe.hyperparameters(preset, **{**given, **changes})
 
 
+def check_builder_arguments(preset, names, what, also=()):
+    """ValueError naming the `names` (of `what`: overrides, --grid) that the preset's builder does not take (nor
+    `also`, the recipe's hyper-parameters for --grid): a typo caught before the data loads."""
+    accepted = registry.builder_arguments(preset)
+    unknown = set(names) - accepted - set(also)
+    if unknown:
+        raise ValueError(f"{what}: {sorted(unknown)} are not arguments of {preset.builder} (it takes "
+                         f"{sorted(accepted)})" + (f" nor recipe hyper-parameters ({sorted(also)})" if also else ""))
+
+
 def _train_one(args, preset, recipe, options, hp, overrides, out, seed, resume, strategy=None):
     """Load the data of `options` (split) and `seed`, train into `out`; returns the recipe's result."""
     verbose = 0 if args.quiet else 1
@@ -187,9 +195,10 @@ def _train(args):
     recipe = registry.recipe(preset)
     options = _family_options(args, recipe)
     hp = _hyperparameters(args, preset, recipe)
+    overrides = parse_overrides(args.overrides)
+    check_builder_arguments(preset, overrides, "overrides")
     out = args.out or default_run_folder(args.target)
-    result = _train_one(args, preset, recipe, options, hp, parse_overrides(args.overrides), out, args.seed,
-                        args.resume, strategy)
+    result = _train_one(args, preset, recipe, options, hp, overrides, out, args.seed, args.resume, strategy)
     figures = ", ".join(f"{key} {value:.4f}" for key, value in result.get("metrics", {}).items()
                         if isinstance(value, float))
     print(f"{args.target}: {figures or 'no test figure'}; model {result['model_path']}; "
@@ -210,6 +219,7 @@ def _protocol_arguments(parser):
     parser.add_argument("--grid", nargs="+", default=(), metavar="KEY=VALUE",
                         help="settings to compare: builder arguments or hyper-parameters; a key given twice has "
                              "two values; the product over the keys runs (e.g. lambda_2=10 lambda_2=20 dim=10)")
+    parser.set_defaults(seed=None)  # --seed S is --seeds S; given with --seeds it is refused
 
 
 def _protocol(args):
@@ -219,6 +229,8 @@ def _protocol(args):
         raise ValueError("protocol: --strategy and --resume are not options of a protocol (it always resumes)")
     if args.splits and getattr(args, "split", None) is not None:
         raise ValueError("protocol: give the splits with --splits, not --split")
+    if args.seeds and args.seed is not None:
+        raise ValueError("protocol: give the seeds with --seeds, not --seed")
     preset = training_target(args.target)
     recipe = registry.recipe(preset)
     options = _family_options(args, recipe)
@@ -226,6 +238,9 @@ def _protocol(args):
         raise ValueError(f"--splits: {type(recipe).__name__} has no --split option (use --seeds)")
     overrides = parse_overrides(args.overrides)
     hp_keys = set(recipe.hyperparameters(preset))
+    configs = protocol.grid_configs(args.grid)
+    check_builder_arguments(preset, overrides, "overrides")
+    check_builder_arguments(preset, {key for config in configs for key in config}, "--grid", hp_keys)
     out = args.out or default_run_folder(args.target, "protocol_")
     validate_only = bool(getattr(options, "validate_only", False))
 
@@ -243,8 +258,8 @@ def _protocol(args):
         run_options, hp, run_overrides = arguments(config, split)
         return run_settings(preset, run_overrides, hp, run_options, seed)
 
-    result = protocol.run_protocol(train_one, out, protocol.grid_configs(args.grid),
-                                   protocol.settings(args.splits, args.seeds or [args.seed]), preset.metric,
+    seeds = args.seeds or [args.seed or 0]
+    result = protocol.run_protocol(train_one, out, configs, protocol.settings(args.splits, seeds), preset.metric,
                                    validate_only=validate_only, planned=planned)
     print(protocol.format_table(result))
     print(f"runs and summary: {os.path.join(out, protocol.PROTOCOL_FILE)}", flush=True)
@@ -264,6 +279,7 @@ def _eval(args):
         result["model"] = model
         print(format_result(result), flush=True)
         results.append(result)
+        _write_eval_json(args, results, None)  # after every model: what is measured survives a later failure
     values = [r["value"] for r in results if r["value"] is not None]
     summary = None
     if len(values) > 1 and len({(r["preset"], r["metric"]) for r in results}) == 1:
@@ -271,11 +287,17 @@ def _eval(args):
         summary = mean_std(values)
         print(f"{results[0]['metric']}: mean {summary['mean']:.4f} +- {summary['std']:.4f} "
               f"(sample std, n={summary['n']})")
-    if args.json:
-        plain = [{k: _plain(v) for k, v in r.items()} for r in results]
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(plain[0] if len(plain) == 1 else {"runs": plain, "summary": summary}, handle, indent=1)
+        _write_eval_json(args, results, summary)
     return 0
+
+
+def _write_eval_json(args, results, summary):
+    """--json, atomically: one model's result, or for several {"runs": [...], "summary": mean +- std or None}."""
+    if not args.json:
+        return
+    from kernelzoo.zoo import training
+    plain = [{k: _plain(v) for k, v in r.items()} for r in results]
+    training.write_json(args.json, plain[0] if len(args.models) == 1 else {"runs": plain, "summary": summary})
 
 
 def _plain(value):

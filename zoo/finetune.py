@@ -8,8 +8,8 @@ What it does to the model (the input model is left untouched; its layers are clo
   the SavedModel and the ONNX export all take the new images directly:
   `adapt_scale` (Rescaling: x 1 for models that take raw 0-255 pixels, as every zoo model does,
   x 1/255 for models whose first layer is not preprocessing and so read [0, 1] values;
-  `kernelzoo.zoo.takes_raw_pixels` tells them apart), `adapt_channels` (a fixed, non-trainable 1x1 convolution: grey -> RGB by
-  replication, RGB -> grey by ITU-R BT.601 luma 0.299 R + 0.587 G + 0.114 B, other counts
+  `kernelzoo.zoo.takes_raw_pixels` tells them apart), `adapt_channels` (a fixed, non-trainable 1x1
+  convolution: grey -> RGB by replication, RGB -> grey by ITU-R BT.601 luma 0.299 R + 0.587 G + 0.114 B, other counts
   by averaging), `adapt_pad` / `adapt_crop` (centred zero padding to a larger input, e.g.
   MNIST 28x28 -> 32x32 for a SimNet, the black MNIST background; centred cropping to a smaller
   one, e.g. CIFAR 32x32 -> 28x28 for a kernelNet) or `adapt_resize` (bilinear, spatial="resize"),
@@ -40,7 +40,8 @@ import tempfile
 import keras
 import numpy as np
 
-from kernelzoo.ops.checks import check_choice, image_batch, image_shape, int_in_range, positive_int
+from kernelzoo.ops.checks import (check_choice, float_in_range, image_batch, image_shape, int_in_range, positive_float,
+                                  positive_int)
 from kernelzoo.zoo.inputs import takes_raw_pixels
 from kernelzoo.zoo.recipe import DEFAULTS, Recipe
 
@@ -207,7 +208,7 @@ def _reinitialise_unsupervised(model, images, seed, verbose):
 
 def finetune(model, train_ds, val_ds, num_classes, *, freeze="features", epochs=10, batch_size=64, lr=0.01,
              momentum=0.9, lr_drop_every=None, test_ds=None, spatial="pad_crop", from_scratch=False, out_dir=None,
-             seed=0, verbose=1, max_steps_per_epoch=None):
+             seed=0, verbose=1, max_steps_per_epoch=None, resume=False):
     """Fine-tune `model` on a new image-classification dataset; returns (fine-tuned model, metrics).
 
     Args:
@@ -224,6 +225,8 @@ def finetune(model, train_ds, val_ds, num_classes, *, freeze="features", epochs=
       out_dir: run folder (log.csv, checkpoints, model.keras); default a temporary folder, removed after.
       seed: data order and the new head's initial weights (every weight's with from_scratch).
       max_steps_per_epoch: cap the steps of each epoch (quick runs, tests).
+      resume: continue the run in `out_dir` from its last checkpoint (`training.train`; refused when its
+        config.json holds other settings, the number of epochs aside); without it a run there is refused.
     Returns (model, metrics): metrics holds freeze, epochs, from_scratch, trainable / total params,
     history (per-epoch dicts), val_accuracy / val_loss, test_accuracy / test_loss (when given), examples.
     """
@@ -233,25 +236,38 @@ def finetune(model, train_ds, val_ds, num_classes, *, freeze="features", epochs=
     spatial = check_choice("spatial", spatial, SPATIAL_MODES)
     num_classes = int_in_range(num_classes, "num_classes", 2)
     epochs = positive_int(epochs, "epochs")
+    batch_size = positive_int(batch_size, "batch_size")
+    lr = positive_float(lr, "lr")
+    momentum = float_in_range(momentum, "momentum", 0, 1, "[)")
+    check_run_dir(out_dir, resume)
+    source = model.name if isinstance(model, keras.Model) else str(model)
     model = resolve_model(model)
+    find_head(model)
     x_train, y_train = _data(train_ds, "train_ds", num_classes)
     val = None if val_ds is None else _data(val_ds, "val_ds", num_classes, x_train.shape[1:])
     test = None if test_ds is None else _data(test_ds, "test_ds", num_classes, x_train.shape[1:])
-    keras.utils.set_random_seed(seed)  # the new head's weights (all weights with from_scratch)
     if from_scratch:
         freeze = "none"
-    new_model = adapt_model(model, num_classes, x_train.shape[1:], freeze=freeze, spatial=spatial,
-                            copy_weights=not from_scratch)
-    if from_scratch:
-        _reinitialise_unsupervised(new_model, x_train, seed, bool(verbose))
-    Recipe().compile(new_model, dict(DEFAULTS, lr=lr, momentum=momentum))  # SGD, loss on logits or probabilities
     temporary = out_dir is None
     run_dir = tempfile.mkdtemp(prefix="kernelzoo-finetune-") if temporary else os.fspath(out_dir)
+    new_model = None  # resuming: training.train loads the last checkpoint
+    if training.read_state(run_dir) is None:
+        keras.utils.set_random_seed(seed)  # the new head's weights (all weights with from_scratch)
+        new_model = adapt_model(model, num_classes, x_train.shape[1:], freeze=freeze, spatial=spatial,
+                                copy_weights=not from_scratch)
+        if from_scratch:
+            _reinitialise_unsupervised(new_model, x_train, seed, bool(verbose))
+        Recipe().compile(new_model, dict(DEFAULTS, lr=lr, momentum=momentum))  # SGD, loss on logits or probabilities
+    config = {"options": {"model": source, "freeze": freeze, "spatial": spatial, "from_scratch": bool(from_scratch),
+                          "num_classes": num_classes},
+              "hyperparameters": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "momentum": momentum,
+                                  "lr_drop_every": lr_drop_every, "max_steps_per_epoch": max_steps_per_epoch},
+              "seed": seed}
     try:
         result = training.train(new_model, (x_train, y_train), out_dir=run_dir, epochs=epochs, batch_size=batch_size,
                                 lr_schedule=training.step_schedule(lr, epochs, lr_drop_every), val_data=val,
-                                seed=seed, verbose=verbose, tensorboard=False,
-                                max_steps_per_epoch=max_steps_per_epoch)
+                                seed=seed, resume=resume, verbose=verbose, tensorboard=False,
+                                max_steps_per_epoch=max_steps_per_epoch, config=config)
     finally:
         if temporary:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -267,6 +283,19 @@ def finetune(model, train_ds, val_ds, num_classes, *, freeze="features", epochs=
             metrics[f"{name}_loss"] = float(scores["loss"])
             metrics[f"{name}_examples"] = int(scores["examples"])
     return new_model, metrics
+
+
+def check_run_dir(run_dir, resume, names=("out_dir", "resume")):
+    """ValueError, before anything loads, when `run_dir` already holds a run and `resume` is not set, or `resume`
+    is set without a `run_dir`; `names` are the two arguments as the caller spells them (e.g. CLI flags)."""
+    from kernelzoo.zoo import training
+
+    run_name, resume_name = names
+    if resume and run_dir is None:
+        raise ValueError(f"`{resume_name}` needs `{run_name}`: the run folder to continue")
+    if not resume and run_dir is not None and training.read_state(os.fspath(run_dir)) is not None:
+        raise ValueError(f"`{run_name}`={os.fspath(run_dir)!r} already holds a run: pass `{resume_name}` to continue "
+                         f"it, or choose another `{run_name}`")
 
 
 def resolve_model(model):

@@ -4,13 +4,15 @@ Loads the pretrained model and the dataset (a folder or archive of train/<class>
 images, a local copy under --data-dir, or a TensorFlow Datasets name), holds out a validation
 part of the training split, fine-tunes with `kernelzoo.zoo.finetune.finetune`, evaluates on the
 validation and test splits, and writes OUT.keras and its card OUT.md (source model, dataset,
-recipe, measured accuracies, the command). --compare-scratch also trains the same architecture
-from scratch with the same budget and puts both figures in the card.
+recipe, measured accuracies, the command) once every run has finished, each atomically.
+--compare-scratch also trains the same architecture from scratch with the same budget and puts both
+figures in the card. The numbers, --run-dir (a run there needs --resume) and the model's head are checked
+before the dataset is decoded.
 """
+import argparse
 import json
 import os
 import shlex
-import sys
 import time
 
 import numpy as np
@@ -42,61 +44,93 @@ def add_arguments(parser, command="finetune"):
     parser.add_argument("--compare-scratch", action="store_true",
                         help="also train the same architecture from scratch with the same budget")
     parser.add_argument("--run-dir", default=None, help="keep the training logs and checkpoints here")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the runs in --run-dir from their last checkpoints (same settings; --epochs "
+                             "may grow)")
     parser.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap steps (quick runs)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def load(spec, data_dir=None):
-    """An ImageDataset from 'tfds:NAME', a path, or a name under data_dir."""
+def load(spec, data_dir=None, verbose=True):
+    """An ImageDataset from 'tfds:NAME', a path, or a name under data_dir (`verbose`: the decoding bar)."""
     from kernelzoo.zoo.data import load_images
     spec = checks.path(spec, "dataset")  # tfds:NAME or a folder / archive path
     name = spec[len("tfds:"):] if spec.startswith("tfds:") else spec
     if not name:
         raise ValueError(f"`dataset`={spec!r}: tfds: needs a dataset name")
-    return load_images(name, data_dir)
+    return load_images(name, data_dir, verbose=verbose)
 
 
-def _subset(x, y, limit, seed, name):
-    if limit is None or checks.positive_int(limit, name) >= len(x):
+# option -> its check (positive ints, the learning rate, momentum in [0, 1)); None is an unset optional.
+NUMBER_CHECKS = {
+    "epochs": checks.positive_int, "batch_size": checks.positive_int, "lr": checks.positive_float,
+    "momentum": lambda value, name: checks.float_in_range(value, name, 0, 1, "[)"),
+    "val_size": checks.positive_int, "limit_train": checks.positive_int, "limit_test": checks.positive_int,
+    "max_steps_per_epoch": checks.positive_int, "seed": checks.nonnegative_int,
+}
+
+
+def check_numbers(args):
+    """Check every number option before the model and the data load; errors name the --flag."""
+    for dest, check in NUMBER_CHECKS.items():
+        value = getattr(args, dest)
+        if value is not None:
+            check(value, "--" + dest.replace("_", "-"))
+
+
+def _subset(x, y, limit, seed):
+    if limit is None or limit >= len(x):
         return x, y
     keep = np.sort(np.random.default_rng(seed).permutation(len(x))[:limit])
     return x[keep], y[keep]
 
 
+def _run_dirs(args):
+    """The run folders of the fine-tuning and (--compare-scratch) the scratch run; None: temporary ones."""
+    if args.run_dir is None:
+        return None, None
+    return args.run_dir, os.path.join(args.run_dir, "scratch") if args.compare_scratch else None
+
+
 def run(args, command="finetune"):
+    from kernelzoo.zoo import training
     from kernelzoo.zoo.data import holdout_split
-    from kernelzoo.zoo.finetune import finetune, resolve_model
+    from kernelzoo.zoo.finetune import check_run_dir, find_head, finetune, resolve_model
 
     output = os.fspath(args.output)
     if not output.endswith(".keras"):
         raise ValueError(f"-o/--output must end in .keras, got {output!r}")
+    check_numbers(args)
+    run_dir, scratch_dir = _run_dirs(args)
+    check_run_dir(run_dir, args.resume, ("--run-dir", "--resume"))
+    if scratch_dir is not None:
+        check_run_dir(scratch_dir, args.resume, ("--run-dir", "--resume"))
     model = resolve_model(args.model)
-    data = load(args.dataset, args.data_dir)
-    x_train, y_train = _subset(data.x_train, data.y_train, args.limit_train, args.seed, "--limit-train")
-    x_test, y_test = _subset(data.x_test, data.y_test, args.limit_test, args.seed + 1, "--limit-test")
+    find_head(model)
+    data = load(args.dataset, args.data_dir, verbose=not args.quiet)
+    x_train, y_train = _subset(data.x_train, data.y_train, args.limit_train, args.seed)
+    x_test, y_test = _subset(data.x_test, data.y_test, args.limit_test, args.seed + 1)
     val_size = args.val_size if args.val_size is not None else max(1, min(5000, len(x_train) // 10))
-    train, val = holdout_split(x_train, y_train, val_size, seed=args.seed)
+    train, val = holdout_split(x_train, y_train, checks.int_in_range(val_size, "--val-size", 1, len(x_train) - 1),
+                               seed=args.seed)
     print(f"fine-tuning {args.model} ({model.name}) on {data.source}: {len(train[0])} train / {len(val[0])} val / "
           f"{len(x_test)} test images {data.input_shape}, {data.num_classes} classes, freeze={args.freeze}, "
           f"{args.epochs} epochs", flush=True)
     common = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                   test_ds=(x_test, y_test), spatial=args.spatial, seed=args.seed, verbose=0 if args.quiet else 1,
-                  max_steps_per_epoch=args.max_steps_per_epoch)
+                  max_steps_per_epoch=args.max_steps_per_epoch, resume=args.resume)
     started = time.time()
-    tuned, metrics = finetune(model, train, val, data.num_classes, freeze=args.freeze, out_dir=args.run_dir,
-                              **common)
+    tuned, metrics = finetune(model, train, val, data.num_classes, freeze=args.freeze, out_dir=run_dir, **common)
     metrics["seconds"] = round(time.time() - started, 1)
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    tuned.save(output)
     scratch = None
     if args.compare_scratch:
         started = time.time()
-        scratch_dir = None if args.run_dir is None else os.path.join(args.run_dir, "scratch")
         _, scratch = finetune(model, train, val, data.num_classes, from_scratch=True, out_dir=scratch_dir, **common)
         scratch["seconds"] = round(time.time() - started, 1)
-    command_line = _command_line(args)
-    card = write_card(output, args, data, model, tuned, metrics, scratch, command_line)
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    training.save_model(tuned, output)  # the results once every run is done, each file whole or not at all
+    card = write_card(output, args, data, model, tuned, metrics, scratch)
     print(_summary("fine-tuned", metrics))
     if scratch is not None:
         print(_summary("from scratch", scratch))
@@ -113,15 +147,21 @@ def _summary(label, metrics):
     return ", ".join(parts)
 
 
-def _command_line(args):
-    argv = sys.argv[1:]
-    if argv and argv[0] == "finetune":
-        return shlex.join(["kernelzoo"] + argv)
-    return shlex.join(["kernelzoo", "finetune", str(args.model), "--dataset", str(args.dataset), "-o",
-                       str(args.output), "--epochs", str(args.epochs), "--freeze", args.freeze])
+def command_line(args):
+    """`kernelzoo finetune ...` that reproduces the parsed `args`: the model and every option not at its default."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    words = ["kernelzoo", "finetune", str(args.model)]
+    for action in parser._actions:
+        value = getattr(args, action.dest, None)
+        if not action.option_strings or action.dest == "help" or value == action.default:
+            continue
+        flag = max(action.option_strings, key=len)
+        words += [flag] if action.nargs == 0 else [flag, str(value)]
+    return shlex.join(words)
 
 
-def write_card(output, args, data, source_model, tuned, metrics, scratch, command_line):
+def write_card(output, args, data, source_model, tuned, metrics, scratch):
     """OUT.md next to OUT.keras; returns its path."""
     card = output[:-len(".keras")] + ".md"
     adapter = [layer for layer in tuned.layers if layer.name.startswith("adapt_")]
@@ -143,13 +183,19 @@ def write_card(output, args, data, source_model, tuned, metrics, scratch, comman
     for label, values in rows:
         lines.append(f"| {label} | {values['trainable_params']:,} | {_pct(values.get('val_accuracy'))} | "
                      f"{_pct(values.get('test_accuracy'))} | {values['seconds']:.0f} s |")
-    lines += ["", "Reproduce:", "", "```bash", command_line, "```", "",
+    lines += ["", "Reproduce:", "", "```bash", command_line(args), "```", "",
               "Metrics (JSON):", "", "```json",
               json.dumps({label: {k: v for k, v in values.items() if k != "history"} for label, values in rows},
                          indent=1), "```", ""]
-    with open(card, "w", encoding="utf-8") as handle:
-        handle.write("\n".join(lines))
+    write_text(card, "\n".join(lines))
     return card
+
+
+def write_text(path, text):
+    """Write a text file atomically (temporary file + rename: a kill leaves the previous file whole)."""
+    with open(path + ".tmp", "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(path + ".tmp", path)
 
 
 def _pct(value):

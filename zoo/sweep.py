@@ -4,7 +4,8 @@ A held-out metric logged every epoch is noisy (at a constant learning rate it ca
 from one epoch to the next), so its single best epoch overstates what a run with that many epochs will
 reach. For each run this prints the best epoch, the best centred moving average over `--smooth` epochs
 (the epoch at its centre: an epoch count to retrain with) and the mean and standard deviation of the last
-`--last` epochs, and plots every run's curve with its moving average.
+`--last` epochs, and plots every run's curve with its moving average. A run whose metric is not finite in
+some epoch (diverged) is skipped with a message; runs are labelled by their path below their common parent.
 
     kernelzoo viz runs runs/holdout_lr0.01 runs/holdout_lr0.003 [--metric val_accuracy] [--smooth 21] [--out sweep.png]
 """
@@ -14,7 +15,7 @@ import os
 import numpy as np
 
 from kernelzoo.ops.checks import check_choice, positive_int
-from kernelzoo.zoo import training
+from kernelzoo.zoo import protocol, training
 from kernelzoo.zoo.plotting import pyplot, save_figure
 
 
@@ -99,7 +100,8 @@ def add_arguments(parser, command):
     runs.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (their log.csv)")
     runs.add_argument("--metric", default="val_accuracy", help="a log.csv column (default val_accuracy)")
     runs.add_argument("--mode", default=None, choices=("max", "min"),
-                      help="best is the largest or smallest value (default: min for a loss, else max)")
+                      help="best is the largest or smallest value (default: max for an accuracy, min for a loss, "
+                           "rmse, mse, mae or error)")
     runs.add_argument("--smooth", type=int, default=21, help="moving-average window in epochs (odd)")
     runs.add_argument("--last", type=int, default=50, help="epochs at the end that the mean and sd cover")
     runs.add_argument("--out", default=None, help="also plot the curves to this PNG")
@@ -107,9 +109,17 @@ def add_arguments(parser, command):
 
 def run(args, command):
     check_choice("command", command, ("viz",))
-    mode = args.mode or ("min" if "loss" in args.metric else "max")
-    summaries = [summarize(read_run(folder, args.metric), os.path.basename(os.path.normpath(folder)),
-                           smooth=args.smooth, last=args.last, mode=mode) for folder in args.runs]
+    mode = args.mode or default_mode(args.metric)
+    summaries = []
+    for folder, label in zip(args.runs, run_labels(args.runs)):
+        values = np.asarray(read_run(folder, args.metric), dtype="float64")
+        if not np.all(np.isfinite(values)):  # a diverged run is an outcome of a sweep, not an error
+            print(f"{label}: skipped, its {args.metric} is not finite from epoch "
+                  f"{int(np.argmin(np.isfinite(values))) + 1} (diverged)")
+            continue
+        summaries.append(summarize(values, label, smooth=args.smooth, last=args.last, mode=mode))
+    if not summaries:
+        raise ValueError(f"no run has a finite {args.metric} in every epoch: nothing to compare")
     print(f"{'run':<48} {'epochs':>6} {'best (epoch)':>17} {f'{args.smooth}-epoch mean (centre)':>24} "
           f"{f'last {args.last}: mean (sd)':>22}")
     for s in summaries:
@@ -118,3 +128,19 @@ def run(args, command):
     if args.out:
         print(f"wrote {plot(summaries, args.out, args.metric)}")
     return 0
+
+
+def default_mode(metric):
+    """The --mode default, "max" or "min": which end of `metric` is best (`protocol.larger_is_better`: rmse,
+    mse, mae, error and loss are minimised); ValueError asking for --mode when the metric is not known."""
+    larger = protocol.larger_is_better(metric)
+    if larger is None:
+        raise ValueError(f"--metric {metric!r}: which way is better is not known for it; give --mode max or min")
+    return "max" if larger else "min"
+
+
+def run_labels(folders):
+    """Each run folder's path relative to the common parent of them all (a/seed0 and b/seed0 stay apart)."""
+    paths = [os.path.abspath(folder) for folder in folders]
+    parent = os.path.commonpath([os.path.dirname(path) for path in paths])
+    return [os.path.relpath(path, parent) for path in paths]
