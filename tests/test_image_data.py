@@ -243,3 +243,73 @@ def test_shared_cifar10_jpeg(monkeypatch):
 def test_load_dataset_dispatches_ratings():
     data = load_dataset("ml-100k", data_dir=SHARED)
     assert len(data["ratings"]) == 100000 and data["n_users"] == 943
+
+
+def _save(path, mode, size=8, seed=0):
+    """An image of `mode` (L, RGB, P: a palette of greys, 1: 1-bit) at `path`; its decoded grey or RGB pixels."""
+    from PIL import Image
+    rgb = Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8))
+    image = {"L": rgb.convert("L"), "RGB": rgb, "P": rgb.convert("L").convert("P"), "1": rgb.convert("1")}[mode]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    image.save(path)
+    return np.asarray(image.convert("RGB" if mode == "RGB" else "L"))
+
+
+def _grey_folders(root):
+    for i, place in enumerate(("train/a", "train/b", "test/a", "test/b")):
+        _save(os.path.join(root, place, "0.png"), "L", seed=i)
+
+
+def test_grey_palette_and_1_bit_images_are_grey_and_one_colour_image_makes_all_rgb(tmp_path, recwarn):
+    root = str(tmp_path / "mixed")
+    _grey_folders(root)
+    palette = _save(os.path.join(root, "train", "a", "1.png"), "P", seed=5)
+    _save(os.path.join(root, "train", "b", "1.png"), "1", seed=6)
+    data = load_images(root)
+    assert data.input_shape == (8, 8, 1) and not recwarn.list
+    np.testing.assert_array_equal(data.x_train[1, ..., 0], palette)
+    colour = _save(os.path.join(root, "test", "a", "1.png"), "RGB", seed=7)
+    with pytest.warns(UserWarning, match="6 of 7 images are grey among colour ones .*all are read as RGB") as said:
+        data = load_images(root)
+    assert data.input_shape == (8, 8, 3) and len(said) == 1  # said once
+    np.testing.assert_array_equal(data.x_test[1], colour)
+    np.testing.assert_array_equal(data.x_train[1], np.repeat(palette[..., None], 3, axis=-1))
+    _save(os.path.join(root, "train", "b", "2.png"), "L", size=6)
+    with pytest.raises(ValueError, match=r"different sizes \(.*train/b/2\.png \(6, 6, 3\), .*0\.png \(8, 8, 3\)\)"):
+        load_images(root)
+
+
+@pytest.mark.parametrize("archived", [False, True])
+def test_empty_and_nested_class_folders_are_refused_and_hidden_files_skipped_in_folders_and_archives(tmp_path,
+                                                                                                     archived):
+    root = tmp_path / "ds"
+    _grey_folders(str(root))
+
+    def load():
+        if not archived:
+            return load_images(str(root))
+        _tar(str(tmp_path / "ds.tar.gz"), str(root), "ds")
+        return load_images(str(tmp_path / "ds.tar.gz"), cache=False)
+
+    for split in ("train", "test"):
+        (root / split / "c").mkdir()
+    with pytest.raises(ValueError, match="the class folder train/c/ holds no images"):
+        load()
+    for split in ("train", "test"):
+        (root / split / "c").rmdir()
+    _save(str(root / "train" / "a" / "sub" / "1.png"), "L")
+    with pytest.raises(ValueError, match="train/a/sub/ is a folder inside a class folder"):
+        load()
+    os.remove(root / "train" / "a" / "sub" / "1.png")
+    (root / "train" / "a" / "sub").rmdir()
+    (root / "train" / "a" / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # macOS metadata: skipped
+    assert load().class_names == ["a", "b"]
+
+
+def test_a_data_dir_holding_only_another_dataset_is_not_read_as_the_one_asked(tmp_path):
+    _grey_folders(str(tmp_path / "shapes"))
+    (tmp_path / "dd").mkdir()
+    _tar(str(tmp_path / "dd" / "shapes.tar.gz"), str(tmp_path / "shapes"), "shapes")
+    with pytest.raises(ValueError, match="no copy of 'mnist' found .* a subfolder mnist/ holding"):
+        load_images("mnist", data_dir=str(tmp_path / "dd"))
+    assert load_images("shapes", data_dir=str(tmp_path / "dd")).class_names == ["a", "b"]  # named after it

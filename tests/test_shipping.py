@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from kernelzoo import cli as main_cli
-from kernelzoo.zoo import create, registry, shipping
+from kernelzoo.zoo import create, registry, shipping, training
 
 NAME = "kernelnet_mnist_prior"  # any preset: a small model of its builder stands for a trained one
 
@@ -109,3 +109,15 @@ def test_ship_allows_a_recomputed_ckn_factor_its_float32_rounding_only(tmp_path,
         with pytest.raises(RuntimeError, match="does not hold its weights"):
             shipping.ship(source, "ckn_cifar10_unsup_64_256", target=target)
         assert not os.path.exists(target)
+
+
+def test_ship_refuses_another_presets_run_and_a_model_of_other_classes(trained, tmp_path):
+    training.write_json(os.path.join(os.path.dirname(trained), training.CONFIG_FILE),
+                        {"preset": "kernelnet_mnist_learned"})
+    with pytest.raises(ValueError, match="a run of preset 'kernelnet_mnist_learned' .* not of 'kernelnet_mnist_prior'"):
+        shipping.ship(os.path.dirname(trained), NAME, target=str(tmp_path / "x.keras"))
+    three = str(tmp_path / "three.keras")
+    create(NAME, grids=(1, 1), grid_sides=(4, 3), num_classes=3).save(three)
+    with pytest.raises(ValueError, match="scores 3 classes, 'kernelnet_mnist_prior' has 10"):
+        shipping.ship(three, NAME, target=str(tmp_path / "x.keras"))
+    assert not os.path.exists(tmp_path / "x.keras")

@@ -359,8 +359,8 @@ def test_a_copy_of_shipped_weights_is_known_by_its_sha256(tmp_path):
     copy = tmp_path / "downloaded.keras"
     shutil.copyfile(registry.weights_path("simnet_cifar10_l1"), copy)
     assert preset_of(copy).name == "simnet_cifar10_l1"
-    model, preset, options, seed = _load(str(copy), None)
-    assert preset.name == "simnet_cifar10_l1" and options is None and seed is None and model.count_params() > 0
+    model, preset, run = _load(str(copy), None)
+    assert preset.name == "simnet_cifar10_l1" and run == {} and model.count_params() > 0  # no run folder
     with open(copy, "ab") as handle:
         handle.write(b"\0")  # other content: no preset, and measure asks for one
     assert preset_of(copy) is None
@@ -487,3 +487,13 @@ def test_pruning_keeps_the_highest_numbers_or_the_named_files_and_nothing_else(t
     assert sorted(os.listdir(tmp_path)) == sorted(set(names) - {"epoch-9.keras"})
     training.remove_files_but(str(tmp_path), training.EPOCH_FILES, {"epoch-10.keras"})
     assert sorted(os.listdir(tmp_path)) == sorted(set(names) - {"epoch-9.keras", "epoch-100.keras"})
+
+
+def test_recipe_load_data_decodes_quietly_when_not_verbose(tmp_path, capsys):
+    """--quiet: no image-decoding progress bar either."""
+    _write_folder_dataset(str(tmp_path / "stripes"))
+    preset = registry.info("convnet_cifar10")
+    data = Recipe().load_data(preset, dataset=str(tmp_path / "stripes"), verbose=0)
+    assert len(data.train[0]) == 36 and capsys.readouterr().out == ""
+    Recipe().load_data(preset, dataset=str(tmp_path / "stripes"))
+    assert "decoding" in capsys.readouterr().out

@@ -1,19 +1,21 @@
 """One evaluator for every family: re-measure a model's card figure with its preset's protocol.
 
-A model is a zoo name (its shipped weights, SHA-256 checked), a .keras file (its preset and
-options read from the config.json of the run folder it sits in, or given; a copy of a shipped
-weight file is known by its SHA-256), or a keras.Model with its preset. The family recipe loads
-the preset's dataset and split and measures the preset's metric (accuracy on the test split, RMSE
-on the held-out ratings of a MovieLens fold).
+A model is a zoo name (its shipped weights, SHA-256 checked), a .keras file (its preset,
+options and dataset read from the config.json of the run folder it sits in, or given; a copy of a
+shipped weight file is known by its SHA-256), or a keras.Model with its preset. The family recipe loads
+the preset's dataset (a run's: the one it trained on) and split and measures the preset's metric
+(accuracy on the test split, RMSE on the held-out ratings of a MovieLens fold). The card's and the
+paper's figures are shown beside it only when it is measured on the preset's own test split.
 """
 import json
 import os
+import warnings
 
 import keras
 import numpy as np
 
 from kernelzoo.zoo import registry, training
-from kernelzoo.zoo.recipe import Recipe
+from kernelzoo.zoo.recipe import Recipe, dataset_name
 
 
 def run_config(path):
@@ -47,23 +49,48 @@ def _file_preset(path, config):
 
 
 def _load(model, preset):
-    """(keras.Model, Preset or None, recipe options, seed) for a name, a .keras path or a model; options and
-    seed are the run folder's (its config.json), else None."""
+    """(keras.Model, Preset or None, run) for a name, a .keras path or a model; `run` is the config.json of the
+    run folder the file sits in when it is a run of that preset, else {}."""
     if isinstance(model, keras.Model):
-        return model, preset, None, None
+        return model, preset, {}
     preset = registry.info(preset) if isinstance(preset, str) else preset
     path = os.fspath(model)
     if not path.endswith(".keras"):
         named = registry.info(path)
-        return registry.load(path), preset or named, None, None
+        return registry.load(path), preset or named, {}
     if not os.path.isfile(path):
         raise ValueError(f"`model`: no such file {path!r}")
     import kernelzoo  # noqa: F401  (registers the custom layers)
     config = run_config(path)
     preset = preset or _file_preset(path, config)
     own = config is not None and preset.name == config["preset"]
-    options, seed = (config.get("options"), config.get("seed")) if own else (None, None)
-    return keras.models.load_model(path, compile=False), preset, options, seed
+    return keras.models.load_model(path, compile=False), preset, config if own else {}
+
+
+def run_dataset(run):
+    """The dataset a run trained on: its config.json's `dataset`, or (older runs) its `data` when that is a local
+    path; None when it does not say (the preset's)."""
+    data = run.get("data")
+    return run.get("dataset") or (data if isinstance(data, str) and os.path.exists(data) else None)
+
+
+def check_classes(model, data, preset=None):
+    """ValueError naming both counts when a classifier's class scores do not match the classes of `data`
+    (before anything runs: a label past them fails deep inside TensorFlow)."""
+    shape = model.output_shape
+    classifier = preset is None or preset.task == "classification"
+    if not classifier or not data.class_names or not isinstance(shape, tuple) or shape[-1] == len(data.class_names):
+        return
+    raise ValueError(f"`model` {model.name!r} scores {shape[-1]} classes, {data.source} has "
+                     f"{len(data.class_names)} ({', '.join(map(str, data.class_names[:10]))}): measure it on the "
+                     "dataset it was trained on (--dataset)")
+
+
+def _warn_validate_only(run, split):
+    """A --validate-only run never touched the test split: say so when it is measured on it."""
+    if split == "test" and run.get("options", {}).get("validate_only"):
+        warnings.warn("the run was --validate-only (its test split never touched): this measures the test split "
+                      "now; --holdout N measures its held-out images", stacklevel=3)
 
 
 def measure(model, data_dir=None, *, preset=None, dataset=None, split="test", holdout=None, seed=None, verbose=0):
@@ -73,33 +100,40 @@ def measure(model, data_dir=None, *, preset=None, dataset=None, split="test", ho
     With `holdout`: on the `holdout` training images that `kernelzoo train --holdout N --seed S` holds out
     instead (the validation split; e.g. to compare a shipped model with a held-out run on the same images).
     `seed`: the run's --seed, which draws its held-out images and its random splits (MovieLens --split
-    random); None: the seed in the run folder's config.json, else 0.
+    random); None: the seed in the run folder's config.json, else 0. `dataset` None: the run folder's
+    (`run_dataset`), else the preset's. A classifier whose class count differs from the data's is refused.
 
     Returns {"metric", "value" (of the preset's metric), every measured metric, "data",
     "preset", "card" and "paper" (Figures or None)}.
     """
-    model, preset, saved_options, run_seed = _load(model, preset)
-    seed = (0 if run_seed is None else int(run_seed)) if seed is None else int(seed)
+    model, preset, run = _load(model, preset)
+    seed = (0 if run.get("seed") is None else int(run["seed"])) if seed is None else int(seed)
     if preset is None and dataset is None:
         raise ValueError(f"`preset`: no preset is known for {getattr(model, 'name', model)!r} (no zoo name, no "
                          "run folder config.json): give the preset (--preset NAME) or a dataset (--dataset)")
     recipe = Recipe() if preset is None else registry.recipe(preset)
     known = vars(recipe.options())
-    options = recipe.options(**{k: v for k, v in (saved_options or {}).items() if k in known})
+    options = recipe.options(**{k: v for k, v in run.get("options", {}).items() if k in known})
     if holdout is not None and not hasattr(options, "holdout"):
         raise ValueError(f"`holdout`: {type(recipe).__name__} has no held-out image split (--holdout)")
-    data = recipe.load_data(preset, data_dir, dataset, options, seed=seed)
+    trained_on = None if dataset is not None else run_dataset(run)
+    data = recipe.load_data(preset, data_dir, dataset or trained_on, options, seed=seed)
     if holdout is not None:
         options.holdout = holdout
         data, split = recipe.validation_split(data, {}, options, seed=seed), "val"
+    check_classes(model, data, preset)
+    _warn_validate_only(run, split)
     scores = recipe.evaluate(model, data, split, verbose=verbose)
     metric = preset.metric if preset is not None else "accuracy"
-    same_protocol = preset is not None and dataset is None and saved_options is None and holdout is None
     source = data.source if holdout is None else f"{data.source}: held-out training images, seed {seed}"
+    own_data = preset is not None and dataset_name(preset, dataset or trained_on) == preset.dataset.name
+    if trained_on is not None and not own_data:
+        source += " (the dataset in its run folder's config.json)"
+    # the card's and the paper's figures are of the preset's test split (the card: of its shipped weights)
+    comparable = own_data and holdout is None
     return dict(scores, metric=metric, value=scores.get(metric), data=source,
                 preset=None if preset is None else preset.name,
-                card=preset.measured if same_protocol else None,
-                paper=None if preset is None else preset.paper)
+                card=preset.measured if comparable and not run else None, paper=preset.paper if comparable else None)
 
 
 def test_split(preset, data_dir=None, num=None):

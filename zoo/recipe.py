@@ -53,6 +53,7 @@ class Data:
     source: str
     class_names: tuple = None
     val: object = None
+    dataset: str = None  # what the data is (`dataset_name`), recorded in config.json; None: not said
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,16 +165,18 @@ class Recipe:
             hp["lr_milestones"] = scaled_milestones(hp["lr_milestones"], epochs, hp["epochs"])
         return hp
 
-    def load_data(self, preset, data_dir=None, dataset=None, options=None, seed=0):
-        """Train and test images of the preset's dataset (or `dataset`: a name or a path)."""
+    def load_data(self, preset, data_dir=None, dataset=None, options=None, seed=0, verbose=1):
+        """Train and test images of the preset's dataset (or `dataset`: a name or a path); `verbose`: a progress
+        bar while images are decoded (0 with --quiet)."""
         from kernelzoo.zoo.data import load_images
-        images = load_images(dataset or preset.dataset.name, data_dir)
+        images = load_images(dataset or preset.dataset.name, data_dir, verbose=bool(verbose))
         x, y = images.train
         limit = getattr(options, "limit_train", None)
         if limit is not None:
             keep = np.sort(np.random.default_rng(seed).permutation(len(x))[:positive_int(limit, "limit_train")])
             x, y = x[keep], y[keep]
-        return Data(train=(x, y), test=images.test, source=images.source, class_names=images.class_names)
+        return Data(train=(x, y), test=images.test, source=images.source, class_names=images.class_names,
+                    dataset=dataset_name(preset, dataset))
 
     def holdout(self, hp, options):
         """Training examples to hold out for validation: --holdout, else (with --validate-only) the
@@ -346,16 +349,30 @@ class Recipe:
         return result
 
 
-def run_settings(preset, overrides, hp, options, seed):
-    """The settings that make a run what it is (a resume or a reuse must not change them)."""
-    return {"preset": preset.name, "family": preset.family, "builder": preset.builder, "config": dict(preset.config),
-            "overrides": dict(overrides or {}), "hyperparameters": hp, "options": vars(options), "seed": seed}
+def dataset_name(preset, dataset=None):
+    """What a run's data is: `dataset` (--dataset: a name, or a path made absolute), else the preset's dataset.
+
+    Where the preset's dataset was read from (--data-dir, tfds) does not change it; another dataset does.
+    """
+    name = preset.dataset.name if dataset is None else os.fspath(dataset)
+    return os.path.abspath(name) if os.path.exists(name) else name
+
+
+def run_settings(preset, overrides, hp, options, seed, dataset=None):
+    """The settings that make a run what it is (a resume or a reuse must not change them).
+
+    `dataset`: the run's `dataset_name`; None when not known (then not recorded, and not compared).
+    """
+    settings = {"preset": preset.name, "family": preset.family, "builder": preset.builder,
+                "config": dict(preset.config), "overrides": dict(overrides or {}), "hyperparameters": hp,
+                "options": vars(options), "seed": seed}
+    return settings if dataset is None else {**settings, "dataset": dataset}
 
 
 def run_config(preset, overrides, hp, options, seed, data, report, strategy):
     """What config.json records about a run: its settings, data, initialisation and machine."""
     from kernelzoo import ops
-    return {**run_settings(preset, overrides, hp, options, seed),
+    return {**run_settings(preset, overrides, hp, options, seed, data.dataset),
             "data": data.source, "init": report, "implementation": ops.selected_implementation(),
             "strategy": None if strategy is None else type(strategy).__name__,
             "replicas": 1 if strategy is None else strategy.num_replicas_in_sync,

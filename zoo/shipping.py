@@ -14,7 +14,7 @@ import keras
 import numpy as np
 
 from kernelzoo.zoo import registry
-from kernelzoo.zoo.training import MODEL_FILE
+from kernelzoo.zoo.training import CONFIG_FILE, MODEL_FILE
 
 MAX_FILE_BYTES, MAX_TOTAL_BYTES = 16 * 2 ** 20, 48 * 2 ** 20
 # Weights not written to the file but recomputed when it loads, so equal to the source's up to rounding.
@@ -67,18 +67,18 @@ def ship(model_path, name, target=None):
     """Write the model at `model_path` (a .keras file or a run folder) as `name`'s shipped weights.
 
     `target` (default `target_path(name)`) is where the file goes, counted as `name`'s in the budget.
-    The file is checked before it replaces anything: the preset's input shape, the source's weights,
-    and the budget with it counted. Returns (path, sha256, bytes, the shipped weights' total bytes with it).
+    The file is checked before it replaces anything: a run folder's preset, the preset's input shape and class
+    count, the source's weights, and the budget with it counted. Returns (path, sha256, bytes, the shipped
+    weights' total bytes with it).
     """
     if os.path.isdir(model_path):
         model_path = os.path.join(model_path, MODEL_FILE)
     if not os.path.isfile(model_path):
         raise ValueError(f"model_path={model_path!r} is neither a .keras file nor a run folder holding {MODEL_FILE}")
     preset = registry.info(name)
+    check_run_preset(model_path, preset)
     model = keras.models.load_model(model_path, compile=False)
-    if tuple(model.input_shape[1:]) != tuple(preset.inputs.shape):
-        raise ValueError(f"model_path={model_path!r} takes inputs {tuple(model.input_shape[1:])}, "
-                         f"{name!r} takes {tuple(preset.inputs.shape)}")
+    check_model_fits(model, model_path, preset)
     target = target or target_path(name)
     with tempfile.TemporaryDirectory(dir=os.path.dirname(target)) as folder:
         staged = os.path.join(folder, os.path.basename(target))
@@ -88,6 +88,26 @@ def ship(model_path, name, target=None):
         total = check_budget(shipped_sizes(replacing=(name, os.path.getsize(staged))))
         os.replace(staged, target)
     return target, registry.sha256(target), os.path.getsize(target), total
+
+
+def check_run_preset(model_path, preset):
+    """ValueError naming both presets when `model_path` sits in a run folder whose config.json trained another."""
+    from kernelzoo.zoo.evaluation import run_config
+    trained = (run_config(model_path) or {}).get("preset", preset.name)
+    if trained != preset.name:
+        raise ValueError(f"model_path={model_path!r} is a run of preset {trained!r} (its {CONFIG_FILE}), not of "
+                         f"{preset.name!r}: ship it as {trained!r}, or train {preset.name!r}")
+
+
+def check_model_fits(model, model_path, preset):
+    """ValueError when the model does not take the preset's inputs or (a classifier) score its classes."""
+    if tuple(model.input_shape[1:]) != tuple(preset.inputs.shape):
+        raise ValueError(f"model_path={model_path!r} takes inputs {tuple(model.input_shape[1:])}, "
+                         f"{preset.name!r} takes {tuple(preset.inputs.shape)}")
+    classes = model.output_shape[-1] if isinstance(model.output_shape, tuple) else None
+    if preset.task == "classification" and classes != len(preset.class_names):
+        raise ValueError(f"model_path={model_path!r} scores {classes} classes, {preset.name!r} has "
+                         f"{len(preset.class_names)}")
 
 
 def _check_same_weights(model, shipped, model_path):

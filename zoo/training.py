@@ -1,7 +1,7 @@
 """The zoo's training loop and run folder, shared by every family.
 
 A run folder holds:
-  config.json          what was run (preset, overrides, hyper-parameters, seed, strategy, host)
+  config.json          what was run (preset, overrides, hyper-parameters, seed, dataset, strategy, host)
   log.csv              one row per epoch (Keras CSVLogger columns: epoch, loss, metrics, val_*)
   checkpoints/         epoch-NNN.keras (the last `keep` of them), last.keras + state.json (resume)
   model.keras          the final model
@@ -52,7 +52,7 @@ EPOCH_FILES = re.compile(r"epoch-(\d+)\.keras")
 STRATEGIES = ("none", "mirrored", "multiworker")
 # config.json entries a resumed run must share with the run it continues, and the hyper-parameters that say
 # only how long it runs (a resume may extend it).
-_RESUME_KEYS = ("preset", "builder", "config", "overrides", "hyperparameters", "options", "seed")
+_RESUME_KEYS = ("preset", "builder", "config", "overrides", "hyperparameters", "options", "seed", "dataset")
 _RUN_LENGTH = ("epochs", "patience")
 
 

@@ -5,18 +5,23 @@
 
 1. `name` is a path (folder or archive): read it.
 2. `data_dir` (else $KERNELZOO_DATA_DIR) is set: look for `name` in it (in
-   data_dir/<name>, data_dir/<alias>, or data_dir itself) in any standard form:
+   data_dir/<name>, data_dir/<alias>, their .tar.gz, or data_dir itself) in any standard form:
    the CIFAR-10/100 python or binary folders or archives, the MNIST IDX files or
    mnist.npz, a folder of class subfolders of images (train/<class>/*, test/<class>/*,
    possibly one folder down), or a .tar.gz of such a folder (read without
-   extracting). Nothing is downloaded; a missing or malformed copy raises a
-   ValueError naming the path and the expected files.
+   extracting). Class folders and archives count in data_dir itself only when its
+   name is the dataset's (a lone archive of another dataset is not it). Nothing is
+   downloaded; a missing or malformed copy raises a ValueError naming the path and
+   the expected files.
 3. Otherwise TensorFlow Datasets `name` (any tfds image-classification dataset).
 
 Decoded class-folder archives are cached as .npz under $KERNELZOO_CACHE/data
 (default ~/.cache/kernelzoo/data), keyed by the archive's SHA-256.
 JPEGs are decoded with Pillow (identical to tf.io.decode_jpeg with
-dct_method="INTEGER_ACCURATE", never TF's default).
+dct_method="INTEGER_ACCURATE", never TF's default). Class folders: names starting with
+"." (macOS ._* files, .ipynb_checkpoints) are skipped, an empty class folder or a folder
+inside a class folder is refused; grey images (1-bit, grey + alpha, grey palettes) are
+read as one channel, colour ones as RGB, and grey ones among colour ones as RGB (a warning).
 """
 import contextlib
 import hashlib
@@ -24,6 +29,7 @@ import io
 import os
 import tarfile
 import tempfile
+import warnings
 
 import numpy as np
 
@@ -101,17 +107,22 @@ def load_images(name, data_dir=None, *, cache=True, verbose=True):
         if not os.path.isdir(root):
             raise ValueError(f"{argument}={root!r} is not a directory")
         key = name.lower().replace("_", "")
-        for alias in ALIASES.get(key, (name,)):
-            candidate = os.path.join(root, alias)
+        for candidate in _candidates(root, name):
             if os.path.exists(candidate):
                 return _load_local(candidate, key, cache, source_arg=argument, verbose=verbose)
         try:
-            return _load_local(root, key, cache, source_arg=argument, verbose=verbose)
+            return _load_local(root, key, cache, source_arg=argument, verbose=verbose,
+                               any_form=_guess_name(root) == _guess_name(key))
         except ValueError as error:
-            raise ValueError(f"{argument}={root!r}: no copy of {name!r} found in "
-                             f"{[os.path.join(root, a) for a in ALIASES.get(key, (name,))]} or in {root!r} "
-                             f"itself. {error}") from None
+            raise ValueError(f"{argument}={root!r}: no copy of {name!r} found in {_candidates(root, name)} or in "
+                             f"{root!r} itself. {error}") from None
     return _load_tfds(name)
+
+
+def _candidates(root, name):
+    """Where data_dir `root` may hold dataset `name`: a folder or a .tar.gz named after it (or an alias)."""
+    aliases = ALIASES.get(name.lower().replace("_", ""), (name,))
+    return [os.path.join(root, alias + suffix) for alias in aliases for suffix in ("", ".tar.gz", ".tgz")]
 
 
 def load_dataset(name, data_dir=None):
@@ -154,8 +165,10 @@ def _guess_name(path):
     return base
 
 
-def _expected(name):
+def _expected(name, any_form=True):
     forms = "a folder train/<class>/*.jpg|png + test/<class>/* (possibly one level down) or a .tar.gz of it"
+    if not any_form:
+        forms = f"a subfolder {name}/ holding {forms}"
     if name in cifar.CIFAR_FORMATS:
         return f"{cifar.expected_files(name)}, or {forms}"
     if name == "mnist":
@@ -163,7 +176,9 @@ def _expected(name):
     return forms
 
 
-def _load_local(path, name, cache, source_arg, verbose=True):
+def _load_local(path, name, cache, source_arg, verbose=True, any_form=True):
+    """The copy of dataset `name` at `path`; class folders and archives only with `any_form` (`path` is the
+    dataset's own: not a data directory that happens to hold another dataset)."""
     where = f"{source_arg}: {path!r}"
     if name in cifar.CIFAR_FORMATS:
         found = cifar.find_cifar(path, name)
@@ -178,13 +193,13 @@ def _load_local(path, name, cache, source_arg, verbose=True):
             (x_train, y_train), (x_test, y_test) = mnist.load_mnist(path)
             return ImageDataset(x_train[..., None], y_train.astype(np.int64), x_test[..., None],
                                 y_test.astype(np.int64), [str(i) for i in range(10)], source=f"{path} (mnist)")
-    folder = _find_class_folders(path)
+    folder = _find_class_folders(path) if any_form else None
     if folder is not None:
         return _read_class_folders(folder, verbose)
-    archive = _find_archive(path)
+    archive = _find_archive(path) if any_form else None
     if archive is not None:
         return _read_class_archive(archive, cache, verbose)
-    raise ValueError(f"{where}: expected {_expected(name)}")
+    raise ValueError(f"{where}: expected {_expected(name, any_form)}")
 
 
 def _has_splits(folder):
@@ -213,58 +228,110 @@ def _find_archive(path):
     return None
 
 
+def _hidden(name):
+    """Names starting with "." (macOS ._* files, .ipynb_checkpoints, .DS_Store): never images or classes."""
+    return name.startswith(".")
+
+
 def _decode(raw, where):
+    """(H, W, 1) for a grey image, (H, W, 3) for a colour one (alpha dropped)."""
     from PIL import Image
     try:
         with Image.open(io.BytesIO(raw)) as image:
-            if image.mode not in ("L", "RGB"):
-                image = image.convert("RGB")
-            array = np.asarray(image, dtype=np.uint8)
+            array = np.asarray(image.convert(_base_mode(image)), dtype=np.uint8)
     except Exception as error:  # noqa: BLE001 - Pillow raises many kinds
         raise ValueError(f"{where!r} is not a readable image: {error}") from None
     return array[..., None] if array.ndim == 2 else array
 
 
-def _stack(images, where):
-    shapes = {im.shape for im in images}
-    if len(shapes) != 1:
-        raise ValueError(f"{where!r}: images have different shapes {sorted(shapes)[:4]}; resize them first")
-    return np.stack(images)
+def _base_mode(image):
+    """"L" for grey modes (1-bit, grey + alpha, 16-bit) and palettes of greys, else "RGB"."""
+    from PIL import ImageMode
+    if image.mode != "P":
+        return ImageMode.getmode(image.mode).basemode
+    palette = np.asarray(image.getpalette("RGB") or [0, 0, 0], np.uint8).reshape(-1, 3)
+    used = palette[np.unique(np.asarray(image)).clip(max=len(palette) - 1)]
+    return "L" if (used == used[:, :1]).all() else "RGB"
+
+
+def _channels(images, where):
+    """3 when any image is colour (the grey ones are then read as RGB: said once), else 1."""
+    grey = [name for name, image in images if image.shape[-1] == 1]
+    if not grey or len(grey) == len(images):
+        return images[0][1].shape[-1] if images else 1
+    warnings.warn(f"{where!r}: {len(grey)} of {len(images)} images are grey among colour ones (e.g. {grey[0]}): "
+                  "all are read as RGB", stacklevel=2)
+    return 3
+
+
+def _stack(images, where, channels):
+    """One (N, H, W, channels) array of (file, image) pairs; ValueError naming a file of each size."""
+    images = [(name, np.repeat(image, channels, axis=-1) if image.shape[-1] != channels else image)
+              for name, image in images]
+    first = {}
+    for name, image in images:
+        first.setdefault(image.shape, name)
+    if len(first) != 1:
+        sizes = ", ".join(f"{name} {shape}" for shape, name in sorted(first.items())[:4])
+        raise ValueError(f"{where!r}: images have different sizes ({sizes}); resize them first")
+    return np.stack([image for _, image in images])
+
+
+def _check_classes(records, where):
+    """ValueError for an empty class folder: dropping it would change the classes (and their labels) without a
+    word. `records`: {split: {class: [...]}}."""
+    for split in SPLITS:
+        for cls, items in records.get(split, {}).items():
+            if not items:
+                raise ValueError(f"{where!r}: the class folder {split}/{cls}/ holds no images "
+                                 f"({', '.join(IMAGE_EXTENSIONS)})")
+
+
+def _nested(where, folder):
+    """The error for a folder inside a class folder (both readers refuse it: its images would silently not count)."""
+    return ValueError(f"{where!r}: {folder} is a folder inside a class folder (its images would not be read): "
+                      "move them up into the class folder, or remove it")
 
 
 def _split_arrays(records, where):
-    """records: {split: {class: [(sort key, decoded)]}} -> ImageDataset."""
+    """records: {split: {class: [(sort key, file, decoded)]}} -> ImageDataset."""
     for split in SPLITS:
         if not records.get(split):
             raise ValueError(f"{where!r}: no class subfolders with images under '{split}/'")
     class_names = sorted(records["train"])
     if sorted(records["test"]) != class_names:
         raise ValueError(f"{where!r}: train classes {class_names} differ from test classes {sorted(records['test'])}")
+    ordered = {split: [(label, name, image) for label, cls in enumerate(class_names)
+                       for _, name, image in sorted(records[split][cls], key=lambda item: item[0])]
+               for split in SPLITS}
+    channels = _channels([(name, image) for split in SPLITS for _, name, image in ordered[split]], where)
     arrays = []
     for split in SPLITS:
-        images, labels = [], []
-        for label, cls in enumerate(class_names):
-            for _, image in sorted(records[split][cls], key=lambda item: item[0]):
-                images.append(image)
-                labels.append(label)
-        arrays += [_stack(images, where), np.asarray(labels, np.int64)]
+        arrays += [_stack([(name, image) for _, name, image in ordered[split]], where, channels),
+                   np.asarray([label for label, _, _ in ordered[split]], np.int64)]
     return ImageDataset(*arrays, class_names, source=where)
 
 
+def _list_classes(folder, split):
+    """{class: [image paths]} of folder/split/ (hidden names skipped); ValueError for a folder in a class folder."""
+    classes = {}
+    for cls in sorted(e.name for e in os.scandir(os.path.join(folder, split)) if e.is_dir() and not _hidden(e.name)):
+        entries = sorted((e for e in os.scandir(os.path.join(folder, split, cls)) if not _hidden(e.name)),
+                         key=lambda entry: entry.name)
+        nested = [e.name for e in entries if e.is_dir()]
+        if nested:
+            raise _nested(folder, f"{split}/{cls}/{nested[0]}/")
+        classes[cls] = [e.path for e in entries if e.name.lower().endswith(IMAGE_EXTENSIONS)]
+    return classes
+
+
 def _read_class_folders(folder, verbose=True):
-    files = []
-    for split in SPLITS:
-        for cls in sorted(e.name for e in os.scandir(os.path.join(folder, split))
-                          if e.is_dir() and not e.name.startswith(".")):  # .ipynb_checkpoints and the like
-            names = [f for f in sorted(os.listdir(os.path.join(folder, split, cls)))
-                     if f.lower().endswith(IMAGE_EXTENSIONS)]
-            if not names:  # dropping it would change the classes (and their labels) without a word
-                raise ValueError(f"{folder!r}: the class folder {split}/{cls}/ holds no images "
-                                 f"({', '.join(IMAGE_EXTENSIONS)})")
-            files += [(split, cls, os.path.join(folder, split, cls, f)) for f in names]
+    listing = {split: _list_classes(folder, split) for split in SPLITS}
+    _check_classes(listing, folder)  # before decoding anything
+    files = [(split, cls, path) for split in SPLITS for cls, paths in listing[split].items() for path in paths]
     records = {split: {} for split in SPLITS}
     for split, cls, path in progress(files, label=f"decoding {folder}", verbose=verbose, unit="image"):
-        records[split].setdefault(cls, []).append((os.path.basename(path), _decode(_read(path), path)))
+        records[split].setdefault(cls, []).append((os.path.basename(path), path, _decode(_read(path), path)))
     return _split_arrays(records, folder)
 
 
@@ -277,7 +344,7 @@ def _cache_path(archive):
     """The cache file of an archive, named by its content: a copy of the same file (a fresh checkout, another
     folder, a new mtime) reuses it, a changed file gets its own."""
     from kernelzoo.zoo.registry import sha256
-    key = hashlib.sha256(f"{sha256(archive)}|v1".encode()).hexdigest()
+    key = hashlib.sha256(f"{sha256(archive)}|v2".encode()).hexdigest()  # v2: grey palettes and 1-bit as grey
     root = os.environ.get("KERNELZOO_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "kernelzoo"))
     return os.path.join(root, "data", f"{os.path.basename(archive).split('.')[0]}-{key[:16]}.npz")
 
@@ -295,18 +362,34 @@ def _read_class_archive(archive, cache, verbose=True):
         raise ValueError(f"{archive!r} is not a readable tar archive: {error}") from None
     with handle:
         for member in progress(handle, label=f"decoding {archive}", verbose=verbose, unit="file"):
-            if not member.isfile() or not member.name.lower().endswith(IMAGE_EXTENSIONS):
+            place = _archive_place(member, archive)
+            if place is None:
                 continue
-            parts = member.name.strip("/").split("/")
-            if len(parts) < 3 or parts[-3] not in SPLITS:
-                continue
-            split, cls, filename = parts[-3:]
-            records[split].setdefault(cls, []).append(
-                (filename, _decode(handle.extractfile(member).read(), f"{archive}:{member.name}")))
+            split, cls, filename = place
+            images = records[split].setdefault(cls, [])  # a class folder counts even when empty
+            if filename is not None and filename.lower().endswith(IMAGE_EXTENSIONS):
+                where = f"{archive}:{member.name}"
+                images.append((filename, where, _decode(handle.extractfile(member).read(), where)))
+    _check_classes(records, archive)
     data = _split_arrays(records, archive)
     if cached:
         _write_cache(cached, data)
     return data
+
+
+def _archive_place(member, archive):
+    """(split, class, file name or None for the class folder) of a tar member under <split>/<class>/ at the
+    archive's top or one folder down (as `_find_class_folders`); None for anything else, hidden names included."""
+    parts = [part for part in member.name.split("/") if part not in ("", ".")]
+    top = next((i for i in (0, 1) if len(parts) > i + 1 and parts[i] in SPLITS), None)
+    if top is None or any(_hidden(part) for part in parts) or not (member.isdir() or member.isfile()):
+        return None
+    split, cls, inside = parts[top], parts[top + 1], parts[top + 2:]
+    if len(inside) > 1 or (inside and member.isdir()):
+        raise _nested(archive, f"{split}/{cls}/{inside[0]}/")
+    if not inside and not member.isdir():
+        return None  # a file beside the class folders
+    return split, cls, inside[0] if inside else None
 
 
 def _write_cache(cached, data):

@@ -1,0 +1,113 @@
+"""A run folder knows the data it trained on: a resume or a protocol's reuse on other data is refused, and
+`kernelzoo eval` of its model measures that data, checks the class count and compares with no card or paper."""
+import argparse
+import json
+import os
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from kernelzoo.zoo import cli, registry, training
+from kernelzoo.zoo.data.synthetic import stripes
+from kernelzoo.zoo.evaluation import measure
+from kernelzoo.zoo.recipe import dataset_name, run_settings
+
+PRESET = "convnet_cifar10"  # its tiny builder trains in seconds on 10x10 stripes (3 classes)
+TINY = ["n=4", "patch_size=3", "dropout=0.0", "--batch-size", "6", "--quiet", "--no-tensorboard"]
+
+
+def _stripes_folders(root, seed, classes=3):
+    from PIL import Image
+    for split, count in (("train", 12), ("test", 6)):
+        x, y = stripes(count, seed=seed + (split == "test"))
+        for i, (image, label) in enumerate(zip(x, y)):
+            if label < classes:
+                os.makedirs(os.path.join(root, split, f"class{label}"), exist_ok=True)
+                Image.fromarray(image).save(os.path.join(root, split, f"class{label}", f"{i:03d}.png"))
+    return root
+
+
+def _train(argv):
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser, "train")
+    return cli.run(parser.parse_args([PRESET, *TINY, *argv]), "train")
+
+
+@pytest.fixture(autouse=True)
+def no_preset_data(tmp_path, monkeypatch):
+    """A data directory without CIFAR-10: the preset's dataset is never read (nor downloaded)."""
+    monkeypatch.setenv("KERNELZOO_DATA_DIR", str(tmp_path))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """(run folder, its dataset A, another dataset B of the same classes) after one epoch on A."""
+    root = tmp_path_factory.mktemp("identity")
+    a, b = _stripes_folders(str(root / "A"), 0), _stripes_folders(str(root / "B"), 5)
+    assert _train(["--dataset", a, "--epochs", "1", "--out", str(root / "run")]) == 0
+    return str(root / "run"), a, b
+
+
+def _copy(run_dir, tmp_path, **changes):
+    """A copy of the run folder whose config.json has `changes` (None: the key removed)."""
+    copy = str(tmp_path / "copy")
+    shutil.copytree(run_dir, copy)
+    path = os.path.join(copy, training.CONFIG_FILE)
+    with open(path, encoding="utf-8") as handle:
+        config = json.load(handle)
+    config.update(changes)
+    training.write_json(path, {key: value for key, value in config.items() if value is not None})
+    return copy, config
+
+
+def test_a_resume_on_another_dataset_is_refused_but_an_older_run_that_does_not_say_resumes(run, tmp_path):
+    run_dir, a, b = run
+    copy, config = _copy(run_dir, tmp_path)
+    assert config["dataset"] == os.path.abspath(a)
+    with pytest.raises(ValueError, match=re.escape(f"dataset {os.path.abspath(a)!r} -> {os.path.abspath(b)!r}")):
+        _train(["--dataset", b, "--epochs", "2", "--out", copy, "--resume"])
+    older, _ = _copy(run_dir, tmp_path / "older", dataset=None)  # written before runs recorded their dataset
+    training.check_resumed_config(older, dict(config, dataset=os.path.abspath(b)))
+
+
+def test_a_protocol_reuses_a_finished_run_only_on_its_dataset(run):
+    run_dir, a, _ = run
+    with open(os.path.join(run_dir, training.CONFIG_FILE), encoding="utf-8") as handle:
+        config = json.load(handle)
+    preset = registry.info(PRESET)
+
+    def planned(dataset):  # what `kernelzoo protocol --dataset DATASET` asks of the run
+        return run_settings(preset, config["overrides"], config["hyperparameters"],
+                            argparse.Namespace(**config["options"]), config["seed"], dataset_name(preset, dataset))
+
+    assert training.config_changes(run_dir, planned(a), True) == []
+    assert training.config_changes(run_dir, planned("/does-not-exist"), True) == [
+        f"dataset {os.path.abspath(a)!r} -> '/does-not-exist'"]
+
+
+def test_eval_of_a_run_measures_the_dataset_it_trained_on_with_no_card_or_paper(run):
+    run_dir, a, _ = run
+    result = measure(os.path.join(run_dir, "model.keras"))
+    assert result["examples"] == 6 and result["card"] is None and result["paper"] is None
+    assert result["data"] == f"{a} (the dataset in its run folder's config.json)"
+    assert measure(os.path.join(run_dir, "model.keras"), dataset=a)["paper"] is None  # not CIFAR-10 either
+
+
+def test_eval_refuses_data_of_another_class_count_before_measuring(run, tmp_path):
+    run_dir, _, _ = run
+    two = _stripes_folders(str(tmp_path / "two"), 0, classes=2)
+    with pytest.raises(ValueError, match=r"scores 3 classes, .*two has 2 \(class0, class1\)"):
+        measure(os.path.join(run_dir, "model.keras"), dataset=two)
+
+
+def test_eval_of_an_older_validate_only_run_reads_its_data_path_and_warns_of_the_test_split(run, tmp_path):
+    run_dir, a, _ = run
+    with open(os.path.join(run_dir, training.CONFIG_FILE), encoding="utf-8") as handle:
+        options = json.load(handle)["options"]
+    copy, _ = _copy(run_dir, tmp_path, dataset=None, data=a, options=dict(options, validate_only=True))
+    with pytest.warns(UserWarning, match="--validate-only .* measures the test split now"):
+        result = measure(os.path.join(copy, "model.keras"))
+    assert result["data"].startswith(a) and result["examples"] == 6
+    assert np.isfinite(result["accuracy"])
