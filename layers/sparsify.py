@@ -10,14 +10,14 @@ class SparsifyingActivation(keras.layers.Layer):
     """f(x) = max(0, x - (eta * max(x) + (1 - eta) * mean(x))) along `axis`.
 
     eta interpolates the threshold between the mean (eta=0) and the maximum
-    (eta=1) of the activations, approximating a percentile clip: with a 2D
+    of the activations, approximating a percentile clip: with a 2D
     kernelNet layer below it, only a compact blob of units stays active
-    (Sec. 3.3).
+    (Sec. 3.3). eta must be below 1: at 1 every output is 0 (x - max(x) <= 0).
     """
 
     def __init__(self, eta=0.5, axis=-1, **kwargs):
         super().__init__(**kwargs)
-        self.eta = float_in_range(eta, "eta", 0.0, 1.0)
+        self.eta = float_in_range(eta, "eta", 0.0, 1.0, "[)")
         self.axis = int_in_range(axis, "axis")
 
     def build(self, input_shape):

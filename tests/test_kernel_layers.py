@@ -134,7 +134,7 @@ def test_regulariser_values():
 
 def test_sparsifying_activation_matches_eq9():
     x = RNG.normal(size=(4, 10)).astype("float32")
-    for eta in (0.0, 0.4, 1.0):
+    for eta in (0.0, 0.4, 0.9):
         got = keras.ops.convert_to_numpy(SparsifyingActivation(eta)(x))
         thr = eta * x.max(-1, keepdims=True) + (1 - eta) * x.mean(-1, keepdims=True)
         np.testing.assert_allclose(got, np.maximum(0, x - thr), rtol=1e-5, atol=1e-6)
@@ -222,6 +222,7 @@ def test_location_noise_moves_the_input_locations_in_training_only(tmp_path):
     (lambda: SparseKernelDense(3, distance="l1"), "distance"),
     (lambda: SparseKernelDense(-2), "units"),
     (lambda: SparsifyingActivation(eta=1.5), "eta"),
+    (lambda: SparsifyingActivation(eta=1.0), "eta"),  # every output 0
     (lambda: SparsifyingActivation(axis=0.5), "axis"),
     (lambda: Grid2D(rows=0), "rows"),
     (lambda: Grid2D(repeats=0), "repeats"),

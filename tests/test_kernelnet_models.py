@@ -32,6 +32,13 @@ def test_autoencoder_loss_ignores_unobserved_ratings():
     assert float(keras_loss[0]) == pytest.approx(float(loss))
 
 
+def test_predictions_are_clipped_to_the_rating_scale():
+    """[1, 5] for whole stars (ML-100K, ML-1M); half-star data (tfds movielens/20m, 25m, latest-small) keep 0.5."""
+    constant = keras.Sequential([keras.Input((3,)), keras.layers.Lambda(lambda x: 0.0 * x + 0.7)])
+    assert np.all(ml.predict_ratings(constant, [[1, 0, 4]]) == 1.0)
+    np.testing.assert_allclose(ml.predict_ratings(constant, [[1.5, 0, 4]]), 0.7)
+
+
 def test_variants_use_the_paper_layers():
     sparse = ml.kernelnet_movielens(n_users=10, hidden=(8, 8))
     kern = ml.kernelnet_movielens(n_users=10, variant="kernel", hidden=(8,))
@@ -197,6 +204,11 @@ def test_spread_of_separated_and_collapsed_points():
     (lambda: kernelnet_mnist(prior="yes"), "prior"),
     (lambda: kernelnet_mnist(grids=(2,), grid_sides=(4, 4), gammas=(1.0,)), "grids"),
     (lambda: kernelnet_mnist(num_classes=1), "num_classes"),
+    (lambda: kernelnet_mnist(grids=(2,), grid_sides=(4,), gammas=100.0), "gammas"),
+    (lambda: kernelnet_mnist(grids=(2,), grid_sides=(4,), gammas=(-1.0,)), "gammas"),
+    (lambda: ml.kernelnet_movielens(variant="kernel", lambda_0=0.1), "lambda_0"),  # sparse_fc only
+    (lambda: ml.kernelnet_movielens(variant="kernel", location_stddev=0.01), "location_stddev"),
+    (lambda: embedding.kernelnet_embedding(image_size=0), "image_size"),
     (lambda: kernelnet_mnist(dropout=1.0), "dropout"),
     (lambda: kernelnet_mnist(weight_decay=-1e-4), "weight_decay"),
     (lambda: kernelnet_mnist(location_noise=-0.01), "location_noise"),

@@ -42,6 +42,7 @@ def kernelnet_embedding(objective="classifier", encoder=(256, 256, 256), grid_si
     encoder = positive_ints(encoder, "encoder", allow_empty=True)
     decoder = positive_ints(decoder, "decoder", allow_empty=True)
     grid_side = int_in_range(grid_side, "grid_side", 2)
+    image_size = int_in_range(image_size, "image_size", 1)
     if seed is not None:
         keras.utils.set_random_seed(seed)
     inputs = keras.Input((image_size, image_size), name="image")

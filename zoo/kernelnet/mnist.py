@@ -17,11 +17,12 @@ input location by Gaussian noise of that standard deviation ([0, 1]^2 units) at 
 The grid counts and sizes are ours: the paper's supplement is not available.
 """
 import keras
+import numpy as np
 
 from kernelzoo.layers.kernel_dense import KernelDense
 from kernelzoo.layers.kernels import Grid2D
 from kernelzoo.layers.regularizers import sgd_weight_decay
-from kernelzoo.ops.checks import boolean, float_in_range, int_in_range, positive_ints
+from kernelzoo.ops.checks import boolean, float_in_range, int_in_range, positive_float, positive_ints
 
 
 def kernelnet_mnist(prior=True, grids=(16, 16), grid_sides=(14, 7), gammas=(100.0, 25.0),
@@ -35,7 +36,7 @@ def kernelnet_mnist(prior=True, grids=(16, 16), grid_sides=(14, 7), gammas=(100.
     """
     prior = boolean(prior, "prior")
     grids, grid_sides = positive_ints(grids, "grids"), positive_ints(grid_sides, "grid_sides")
-    gammas = tuple(gammas)
+    gammas = _gammas(gammas)
     if not len(grids) == len(grid_sides) == len(gammas):
         raise ValueError(f"grids, grid_sides and gammas must have equal lengths, got "
                          f"{len(grids)}, {len(grid_sides)}, {len(gammas)}")
@@ -72,3 +73,9 @@ def kernelnet_mnist(prior=True, grids=(16, 16), grid_sides=(14, 7), gammas=(100.
     name = "kernelnet_mnist_prior" if prior else "kernelnet_mnist_learned"
     return keras.Model(inputs, outputs, name=name)
 
+
+def _gammas(gammas):
+    """`gammas` as a tuple of positive floats (one RBF width per layer), else ValueError naming `gammas`."""
+    if np.ndim(gammas) != 1:
+        raise ValueError(f"`gammas` must be a sequence of positive numbers (one per layer), got {gammas!r}")
+    return tuple(positive_float(gamma, "gammas") for gamma in gammas)

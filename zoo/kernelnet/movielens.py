@@ -17,14 +17,17 @@ from kernelzoo.layers.kernel_dense import KernelDense, SparseKernelDense
 from kernelzoo.ops.checks import check_choice, nonnegative_float, positive_float, positive_int, positive_ints
 
 VARIANTS = ("sparse_fc", "kernel")
+SPARSE_FC_DEFAULTS = {"lambda_0": 0.006, "location_stddev": 1e-3}  # what the "kernel" variant has no use for
 
 
 def kernelnet_movielens(n_users=943, variant="sparse_fc", hidden=(500, 500), dim=None,
-                        lambda_2=20.0, lambda_0=0.006, location_stddev=1e-3, seed=None):
+                        lambda_2=20.0, lambda_0=SPARSE_FC_DEFAULTS["lambda_0"],
+                        location_stddev=SPARSE_FC_DEFAULTS["location_stddev"], seed=None):
     """Build (uncompiled) the autoencoder; dim defaults to 5 (sparse_fc) / 50 (kernel).
 
-    location_stddev: sparse_fc locations start from a truncated normal with
-    this std (1e-3 as in the paper's code: every K_fs starts at ~1).
+    lambda_0, location_stddev: sparse_fc only (its finite-support kernel values K and their locations; the
+    "kernel" variant refuses other values than the defaults rather than ignore them); its locations start from
+    a truncated normal with std location_stddev (1e-3 as in the paper's code: every K_fs starts at ~1).
     """
     n_users = positive_int(n_users, "n_users")
     variant = check_choice("variant", variant, VARIANTS)
@@ -32,6 +35,8 @@ def kernelnet_movielens(n_users=943, variant="sparse_fc", hidden=(500, 500), dim
     lambda_2 = nonnegative_float(lambda_2, "lambda_2")
     lambda_0 = nonnegative_float(lambda_0, "lambda_0")
     location_stddev = positive_float(location_stddev, "location_stddev")
+    if variant == "kernel":
+        _check_sparse_fc_defaults(lambda_0=lambda_0, location_stddev=location_stddev)
     dim = dim if dim is not None else (5 if variant == "sparse_fc" else 50)
     if seed is not None:
         keras.utils.set_random_seed(seed)
@@ -63,6 +68,15 @@ def kernelnet_movielens(n_users=943, variant="sparse_fc", hidden=(500, 500), dim
     return keras.Model(inputs, x, name=f"kernelnet_movielens_{variant}")
 
 
+def _check_sparse_fc_defaults(**values):
+    """ValueError naming a sparse_fc-only argument given another value than its default for the "kernel" variant
+    (its W = alpha tanh(u . v) has no finite-support kernel values to penalise, its locations their own init)."""
+    for name, value in values.items():
+        if value != SPARSE_FC_DEFAULTS[name]:
+            raise ValueError(f"`{name}`={value!r}: only the sparse_fc variant uses it (the kernel variant would "
+                             f"ignore it); leave it at {SPARSE_FC_DEFAULTS[name]!r} or use variant='sparse_fc'")
+
+
 def average_models(models, name="kernelnet_movielens_ensemble"):
     """One model whose output is the mean of `models`' outputs (an ensemble: same input, members renamed
     member_0, member_1, ...)."""
@@ -80,9 +94,11 @@ def masked_squared_error(ratings, mask, predictions):
 
 
 def predict_ratings(model, train_matrix, batch_size=4096, verbose=0):
-    """Predicted item x user ratings from the training matrix, clipped to [1, 5]."""
-    pred = model.predict(np.asarray(train_matrix, np.float32), batch_size=batch_size, verbose=verbose)
-    return np.clip(pred, 1.0, 5.0)
+    """Predicted item x user ratings from the training matrix, clipped to the rating scale: [1, 5], or [0.5, 5]
+    when the training ratings hold half stars (tfds movielens/20m, 25m, latest-small)."""
+    train_matrix = np.asarray(train_matrix, np.float32)
+    pred = model.predict(train_matrix, batch_size=batch_size, verbose=verbose)
+    return np.clip(pred, 0.5 if np.any(train_matrix % 1) else 1.0, 5.0)
 
 
 def rmse(predictions, data):

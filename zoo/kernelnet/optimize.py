@@ -3,6 +3,8 @@
 `loss_fn(model)` returns the scalar objective (data term); the model's own
 regularisation losses (`model.losses`) are added here.
 """
+import math
+
 import numpy as np
 import scipy.optimize
 import tensorflow as tf
@@ -54,27 +56,18 @@ def fit_lbfgs(model, loss_fn, maxiter=500, maxcor=10, every=None, callback=None,
     holding the current iterate (to evaluate or checkpoint). With `restart`,
     every `every` iterations are a fresh L-BFGS-B call (its curvature memory
     dropped, as the rounds of kernelNet's public code), the callback after each
-    round; a StopIteration raised by the callback ends the run. Returns scipy's
-    result (of the last round, `nit` counting every round); the model ends with
-    its final weights. `objective`: the traced loss-and-gradients function to reuse.
+    round with the iterations run so far; at most ceil(maxiter / every) rounds, the
+    last one a round that ended before its iterations (converged) or whose callback
+    raised StopIteration. Returns scipy's result (of the last round, `nit` counting
+    every round); the model ends with its final weights. `objective`: the traced
+    loss-and-gradients function to reuse.
     """
     maxiter = positive_int(maxiter, "maxiter")
     every = None if every is None else positive_int(every, "every")
     if restart:
         if every is None:
             raise ValueError("restart: the rounds need `every` (iterations per round)")
-        done = 0
-        value_and_grads = _objective(model, loss_fn)
-        while done < maxiter:
-            result = fit_lbfgs(model, loss_fn, min(every, maxiter - done), maxcor, objective=value_and_grads)
-            done += max(int(result.nit), 1)
-            result.nit = done
-            if callback is not None:
-                try:
-                    callback(done, float(result.fun))
-                except StopIteration:
-                    break
-        return result
+        return _lbfgs_rounds(model, loss_fn, maxiter, maxcor, every, callback)
     flat = FlatWeights(model.trainable_variables)
     value_and_grads = objective or _objective(model, loss_fn)
     count = [0]
@@ -97,16 +90,37 @@ def fit_lbfgs(model, loss_fn, maxiter=500, maxcor=10, every=None, callback=None,
     return result
 
 
-def adam_steps(model, loss_fn, learning_rate=1e-3):
+def _lbfgs_rounds(model, loss_fn, maxiter, maxcor, every, callback):
+    """`fit_lbfgs` with `restart`: rounds of `every` iterations, each a fresh L-BFGS-B call."""
+    value_and_grads = _objective(model, loss_fn)
+    done = 0
+    for _ in range(math.ceil(maxiter / every)):
+        asked = min(every, maxiter - done)
+        result = fit_lbfgs(model, loss_fn, asked, maxcor, objective=value_and_grads)
+        converged = result.nit < asked
+        done += int(result.nit)
+        result.nit = done
+        if callback is not None:
+            try:
+                callback(done, float(result.fun))
+            except StopIteration:
+                break
+        if converged:
+            break
+    return result
+
+
+def adam_steps(model, loss_fn, learning_rate=1e-3, optimizer=None):
     """A function `run(steps)` taking `steps` full-batch Adam steps and returning the last loss.
 
     One optimizer serves every call, so its moments (and bias correction) carry over from one
-    call to the next, as in one long run split into epochs.
+    call to the next, as in one long run split into epochs. `optimizer`: the Adam to continue (a resumed
+    run's, holding its moments; its own learning rate); default a fresh one at `learning_rate`.
     """
-    learning_rate = positive_float(learning_rate, "learning_rate")
     import keras
 
-    optimizer = keras.optimizers.Adam(learning_rate)
+    if optimizer is None:
+        optimizer = keras.optimizers.Adam(positive_float(learning_rate, "learning_rate"))
     variables = model.trainable_variables
     optimizer.build(variables)  # its slots exist before the step is traced
     value_and_grads = _objective(model, loss_fn)

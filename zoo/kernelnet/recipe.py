@@ -10,19 +10,22 @@
   ratings); --validate-only reports that choice's val_rmse and never measures the test ratings
   (hyper-parameter choices, `kernelzoo protocol --grid`). `lbfgs_restart`: each epoch is a fresh
   L-BFGS-B call (its curvature memory dropped, as the rounds of kernelNet's public code); else one
-  call runs through all epochs. --resume restarts L-BFGS-B from the last checkpoint (its curvature
-  memory is not saved, so a resumed run is not bit-identical to an uninterrupted one unless
-  `lbfgs_restart`). `refit`: then the same initial weights trained on all training ratings (held-out
-  ones included) for the selected number of epochs, the run's model (not under --validate-only).
+  call runs through all epochs; a run whose L-BFGS-B converged, or whose patience ran out, is over
+  (`stopped` in its state: --resume trains it no further). --resume restarts L-BFGS-B from the last
+  checkpoint (its curvature memory is not saved, so a resumed run is not bit-identical to an
+  uninterrupted one unless `lbfgs_restart`); Adam's moments are saved with every checkpoint. `refit`:
+  then the same initial weights trained on all training ratings (held-out ones included) for the
+  selected number of epochs, the run's model (not under --validate-only).
 """
 import dataclasses
+import json
 import os
 import re
 
 import keras
 import numpy as np
 
-from kernelzoo.ops.checks import check_choice, positive_int
+from kernelzoo.ops.checks import check_choice, float_in_range, positive_float, positive_int
 from kernelzoo.progress import progbar
 from kernelzoo.zoo import training
 from kernelzoo.zoo.recipe import Data, Recipe, TinyRun, add_optimizer_argument
@@ -108,8 +111,9 @@ class RatingsRecipe(Recipe):
             raise ValueError("--validate-only needs held-out training ratings: a --val-fraction above 0")
         return dataclasses.replace(data, test=None)
 
-    def load_data(self, preset, data_dir=None, dataset=None, options=None, seed=0):
-        """(train, test) ratings of a canonical fold or of a seeded random split."""
+    def load_data(self, preset, data_dir=None, dataset=None, options=None, seed=0, verbose=1):
+        """(train, test) ratings of a canonical fold or of a seeded random split (read at once: `verbose`
+        draws nothing)."""
         from kernelzoo.zoo.data import load_ml100k, load_ml100k_fold, load_tfds_ratings, random_split
         options = self.options() if options is None else options
         name = dataset or preset.dataset.name
@@ -136,11 +140,11 @@ class RatingsRecipe(Recipe):
         return hp["iterations_per_epoch"]
 
     def load_checkpoint(self, out_dir):
-        """The last checkpoint's weights (full batch: no Keras optimizer state to restore)."""
+        """The last checkpoint's weights (`fit` reloads it with what it needs, Adam's moments included)."""
         return training.load_last(out_dir, compile=False)
 
     def evaluate(self, model, data, split="test", verbose=0):
-        """RMSE on a split's ratings, predicted from all training ratings and clipped to [1, 5]."""
+        """RMSE on a split's ratings, predicted from all training ratings and clipped to the rating scale."""
         from kernelzoo.zoo.data import rating_matrix
         from kernelzoo.zoo.kernelnet import movielens
         predictions = movielens.predict_ratings(model, rating_matrix(data.train)[0], verbose=verbose)
@@ -151,7 +155,8 @@ class RatingsRecipe(Recipe):
             tensorboard=True, max_steps_per_epoch=None, callbacks=None):
         """One model (`members` 1), or an ensemble: `members` models trained one after the other on the
         same ratings and held-out ratings, member m initialised with seed + 10000 m (member 0 is the
-        single model of the same seed), each in OUT/member-m, averaged (`movielens.average_models`).
+        single model of the same seed), each in OUT/member-m, averaged (`movielens.average_models`); a
+        resume continues each member's run (refused where its config.json holds other settings).
         Writes no TensorBoard logs (`tensorboard` is ignored); takes no step cap, Keras callbacks or strategy."""
         from kernelzoo.zoo.data import rating_matrix
         from kernelzoo.zoo.kernelnet import movielens
@@ -164,26 +169,24 @@ class RatingsRecipe(Recipe):
         if callbacks:
             raise ValueError("callbacks: the full-batch MovieLens recipe does not run Keras `fit`; it takes no "
                              "Keras callbacks")
-        members = positive_int(hp.get("members", 1), "members")
+        members = _check_hyperparameters(hp)
+        _held_out_ratings(data.train, hp, seed)  # refuses an empty held-out set before a run folder is written
         if members == 1:
             return self._fit_selected(model, data, out_dir, hp, seed=seed, resume=resume, verbose=verbose,
                                       config=config)
-        training.start_run(out_dir, resume, config)
+        out_dir = os.fspath(out_dir)
+        config = _start_ensemble(model, out_dir, hp, resume, config)
         trained = []
         for member in range(members):
-            folder = os.path.join(os.fspath(out_dir), f"member-{member}")
-            if os.path.isfile(os.path.join(folder, training.MODEL_FILE)):  # finished: not re-run
-                trained.append(keras.models.load_model(os.path.join(folder, training.MODEL_FILE), compile=False))
-                continue
+            folder = os.path.join(out_dir, f"member-{member}")
             if member:
                 keras.utils.set_random_seed(seed + 10000 * member)
                 model = keras.models.clone_model(model)  # fresh weights from the initializers
-            result = self._fit_selected(model, data, folder, hp, seed=seed,
-                                        resume=training.read_state(folder) is not None, verbose=verbose,
-                                        config=dict(config or {}, member=member))
+            result = self._fit_selected(model, data, folder, hp, seed=seed, resume=resume, verbose=verbose,
+                                        config=dict(config, member=member))
             trained.append(result["model"])
         ensemble = movielens.average_models(trained)
-        result = training.finish(ensemble, os.fspath(out_dir))
+        result = training.finish(ensemble, out_dir)
         fit, val = _held_out_ratings(data.train, hp, seed)
         if val is not None and not _refits(hp, data):  # refitted members have seen the held-out ratings
             result["val_rmse"] = movielens.rmse(movielens.predict_ratings(ensemble, rating_matrix(fit)[0]), val)
@@ -197,52 +200,58 @@ class RatingsRecipe(Recipe):
         if not _refits(hp, data):
             return self._fit_one(model, data, out_dir, hp, seed=seed, resume=resume, verbose=verbose, config=config)
         out_dir, folder = os.fspath(out_dir), os.path.join(os.fspath(out_dir), REFIT_DIR)
-        refitting = training.read_state(folder) is not None
+        refitting = resume and training.read_state(folder) is not None
         if not refitting:
             self._fit_one(model, data, out_dir, hp, seed=seed, resume=resume, verbose=verbose, config=config,
                           keep_initial=True)
         selected = training.read_state(out_dir)["best"]
-        initial = keras.models.load_model(os.path.join(out_dir, training.CHECKPOINTS, INITIAL_CHECKPOINT),
-                                          compile=False)
-        refit = self._fit_one(initial, data, folder,
-                              dict(hp, val_fraction=0, epochs=selected["epoch"]), seed=seed, resume=refitting,
-                              verbose=verbose, config=config)
+        initial = None if refitting else keras.models.load_model(
+            os.path.join(out_dir, training.CHECKPOINTS, INITIAL_CHECKPOINT), compile=False)  # resumed: its checkpoint
+        refit = self._fit_one(initial, data, folder, dict(hp, val_fraction=0, epochs=selected["epoch"]), seed=seed,
+                              resume=refitting, verbose=verbose, config=config)
         result = training.finish(refit["model"], out_dir)
         result.update(selected_epoch=selected["epoch"], val_rmse=selected["val_rmse"])
         return result
 
     def _fit_one(self, model, data, out_dir, hp, *, seed=0, resume=False, verbose=1, config=None, keep_initial=False):
         """One model into the run folder `out_dir`: L-BFGS-B or Adam, early stopping (module docstring);
-        `keep_initial`: also save the starting weights (checkpoints/initial.keras, what a refit starts from)."""
+        `keep_initial`: also save the starting weights (checkpoints/initial.keras, what a refit starts from).
+        A resumed run continues from its last checkpoint (`model` is then not used), with Adam's moments; one
+        that stopped early (patience ran out, L-BFGS-B converged: `stopped` in its state) trains no further."""
         from kernelzoo.zoo.data import rating_matrix
         from kernelzoo.zoo.kernelnet import movielens
         from kernelzoo.zoo.kernelnet.optimize import adam_steps, fit_lbfgs
 
-        optimizer = check_choice("optimizer", hp["optimizer"], self.optimizers)
-        every = positive_int(hp["iterations_per_epoch"], "iterations_per_epoch")
-        epochs = positive_int(hp["epochs"], "epochs")
+        optimizer, every, epochs = hp["optimizer"], hp["iterations_per_epoch"], hp["epochs"]
         start = training.start_run(out_dir, resume, config)
         out_dir = os.fspath(out_dir)
         state = training.read_state(out_dir) or {}
-        if keep_initial and not start:
-            os.makedirs(os.path.join(out_dir, training.CHECKPOINTS), exist_ok=True)
-            training.save_model(model, os.path.join(out_dir, training.CHECKPOINTS, INITIAL_CHECKPOINT))
+        if state:  # the checkpoint's weights, and the Adam optimizer it was compiled with
+            model = training.load_last(out_dir, compile=optimizer == "adam")
+        else:
+            if optimizer == "adam":
+                self.compile(model, hp)  # a fresh Adam, saved with every checkpoint
+            if keep_initial:
+                os.makedirs(os.path.join(out_dir, training.CHECKPOINTS), exist_ok=True)
+                training.save_model(model, os.path.join(out_dir, training.CHECKPOINTS, INITIAL_CHECKPOINT))
         fit, val = _held_out_ratings(data.train, hp, seed)
         matrix, mask = (np.asarray(a) for a in rating_matrix(fit))
         best = dict(state.get("best") or {"val_rmse": float("inf"), "epoch": 0})
+        status = {"epochs": start, "stopped": bool(state.get("stopped"))}
         checkpoints = os.path.join(out_dir, training.CHECKPOINTS)
-        done = [start]
         bar = progbar(epochs, f"{optimizer}: epochs of {every} full-batch iterations", verbose, "epoch",
                       ("loss", "rmse", "val_rmse"))
 
         def loss_fn(m):
             return movielens.masked_squared_error(matrix, mask, m(matrix, training=True))
 
-        def check(loss):
-            """End of an epoch: log row, best model, checkpoint; StopIteration when patience runs out."""
-            done[0] += 1
+        def check(loss, steps):
+            """End of an epoch after `steps` iterations of this call: log row, best model, checkpoint; the state
+            records `stopped` (and StopIteration is raised) when patience runs out or the epoch ended early."""
+            status["epochs"] += 1
+            done = status["epochs"]
             predictions = movielens.predict_ratings(model, matrix)
-            row = {"epoch": done[0] - 1, "iterations": done[0] * every, "loss": float(loss),
+            row = {"epoch": done - 1, "iterations": start * every + steps, "loss": float(loss),
                    "rmse": movielens.rmse(predictions, fit)}
             if val is not None:
                 row["val_rmse"] = movielens.rmse(predictions, val)
@@ -250,38 +259,50 @@ class RatingsRecipe(Recipe):
             if val is None or row["val_rmse"] < best["val_rmse"]:
                 # a new file per best epoch, named by state.json once written: a kill in between leaves
                 # the state's best file as it was
-                best.update(val_rmse=row.get("val_rmse", float("nan")), epoch=done[0], file=f"best-{done[0]:03d}.keras")
+                best.update(val_rmse=row.get("val_rmse", float("nan")), epoch=done, file=f"best-{done:03d}.keras")
                 os.makedirs(checkpoints, exist_ok=True)
                 training.save_model(model, os.path.join(checkpoints, best["file"]))
-            training.save_checkpoint(model, out_dir, done[0], row, state={"best": best})
+            status["stopped"] = (row["iterations"] < done * every  # L-BFGS-B converged within the epoch
+                                 or (val is not None and done - best["epoch"] >= hp["patience"]))
+            training.save_checkpoint(model, out_dir, done, row, state={"best": best, "stopped": status["stopped"]})
             training.remove_files_but(checkpoints, BEST_FILES, {best["file"]})
             if bar is not None:
-                bar.update(done[0], values=[(key, row[key]) for key in ("loss", "rmse", "val_rmse") if key in row])
-            if val is not None and done[0] - best["epoch"] >= hp["patience"]:
+                bar.update(done, values=[(key, row[key]) for key in ("loss", "rmse", "val_rmse") if key in row])
+            if status["stopped"]:
                 raise StopIteration
 
-        remaining = (epochs - start) * every
+        remaining = 0 if status["stopped"] else (epochs - start) * every
         if remaining > 0 and optimizer == "lbfgs":
-            restart = bool(hp.get("lbfgs_restart", False))
-            result = fit_lbfgs(model, loss_fn, maxiter=remaining, every=every, callback=lambda step, loss: check(loss),
-                               restart=restart)
-            if not restart and result.nit % every and result.nit < remaining:  # converged between two checks
-                try:
-                    check(result.fun)
-                except StopIteration:
-                    pass
+            result = fit_lbfgs(model, loss_fn, maxiter=remaining, every=every, restart=bool(hp.get("lbfgs_restart")),
+                               callback=lambda step, loss: check(loss, step))
+            if result.nit < remaining and not status["stopped"]:  # converged: never seen by a check (no restart)
+                _end_converged(check, result, out_dir, every, status["epochs"] > start)
         elif remaining > 0:
-            run_adam = adam_steps(model, loss_fn, learning_rate=hp["lr"])  # one optimizer for every epoch
+            run_adam = adam_steps(model, loss_fn, optimizer=model.optimizer)  # one optimizer for every epoch
             try:
-                for _ in range(epochs - start):
-                    check(run_adam(every))
+                for epoch in range(epochs - start):
+                    check(run_adam(every), (epoch + 1) * every)
             except StopIteration:
                 pass
-        if bar is not None and done[0] < epochs:  # early stop or convergence: close the bar's line
-            bar.update(done[0], finalize=True)
+        if bar is not None and status["epochs"] < epochs:  # early stop or convergence: close the bar's line
+            bar.update(status["epochs"], finalize=True)
         result = training.finish(keras.models.load_model(best_checkpoint(out_dir), compile=False), out_dir)
         result.update(selected_epoch=best["epoch"], val_rmse=best["val_rmse"])
         return _validation_figure(result, data, out_dir)
+
+
+def _end_converged(check, result, out_dir, every, checked):
+    """L-BFGS-B (one call) converged before its iterations ran out: between two checks, a last check on its final
+    iterate; on a check (`checked` in this call, the iterate the last checkpoint holds), `stopped` added to the state
+    so that a resume trains no further."""
+    if result.nit % every or not checked:
+        try:
+            check(result.fun, result.nit)
+        except StopIteration:
+            pass
+        return
+    path = os.path.join(out_dir, training.CHECKPOINTS, training.STATE_FILE)
+    training.write_json(path, dict(training.read_state(out_dir), stopped=True))
 
 
 def best_checkpoint(out_dir):
@@ -295,13 +316,47 @@ def _refits(hp, data):
     return bool(hp.get("refit") and hp["val_fraction"] and data.test is not None)
 
 
+def _check_hyperparameters(hp):
+    """The number of members, after checking every hyper-parameter `fit` uses under its own name, before a run
+    folder is written."""
+    check_choice("optimizer", hp["optimizer"], RatingsRecipe.optimizers)
+    positive_int(hp["iterations_per_epoch"], "iterations_per_epoch")
+    positive_int(hp["epochs"], "epochs")
+    positive_int(hp["patience"], "patience")
+    float_in_range(hp["val_fraction"], "val_fraction", 0.0, 1.0, "[)")
+    if hp["optimizer"] == "adam":
+        positive_float(hp["lr"], "lr")
+    return positive_int(hp.get("members", 1), "members")
+
+
+def _start_ensemble(model, out_dir, hp, resume, config):
+    """Start (or with `resume` continue) the ensemble run in `out_dir`; returns the config its members record.
+
+    The folder is a run of its own (`training.start_run`: refused unless `resume` once started), its checkpoint
+    member 0's initial weights (what a resume starts it from). A resume passes no `config`: then the one of
+    config.json (checked by `train_run`) with the asked hyper-parameters (a run's length may change)."""
+    started = training.read_state(out_dir) is not None
+    training.start_run(out_dir, resume, config)
+    if not started:
+        training.save_checkpoint(model, out_dir, 0)
+    path = os.path.join(out_dir, training.CONFIG_FILE)
+    if config is None and os.path.isfile(path):
+        with open(path, encoding="utf-8") as handle:
+            config = json.load(handle)
+    return dict(config or {}, hyperparameters=hp)
+
+
 def _held_out_ratings(train, hp, seed):
     """(fit, val): `val_fraction` of the training ratings held out (seed + 1000), or (train, None)."""
     from kernelzoo.zoo.data import random_split
 
     if not hp["val_fraction"]:
         return train, None
-    return random_split(train, float(hp["val_fraction"]), seed=seed + 1000)
+    fit, val = random_split(train, float(hp["val_fraction"]), seed=seed + 1000)
+    if not len(val["ratings"]):  # no val_rmse, no best epoch
+        raise ValueError(f"`val_fraction`={hp['val_fraction']!r} holds out none of the {len(train['ratings'])} "
+                         "training ratings: choose a larger one, or 0 (keep the last epoch)")
+    return fit, val
 
 
 def _validation_figure(result, data, out_dir):
