@@ -111,3 +111,19 @@ def test_eval_of_an_older_validate_only_run_reads_its_data_path_and_warns_of_the
         result = measure(os.path.join(copy, "model.keras"))
     assert result["data"].startswith(a) and result["examples"] == 6
     assert np.isfinite(result["accuracy"])
+
+
+def test_kernelzoo_protocol_refuses_a_finished_run_of_another_dataset_and_quiet_decodes_quietly(run, tmp_path,
+                                                                                                   capfd):
+    _, a, b = run
+
+    def protocol(dataset):
+        parser = argparse.ArgumentParser()
+        cli.add_arguments(parser, "protocol")
+        return cli.run(parser.parse_args([PRESET, *TINY, "--dataset", dataset, "--epochs", "1", "--seeds", "0",
+                                          "--out", str(tmp_path / "protocol")]), "protocol")
+
+    assert protocol(a) == 0
+    assert "decoding" not in "".join(capfd.readouterr())  # --quiet: no bar while the images are decoded
+    with pytest.raises(ValueError, match="finished with other settings .*dataset"):
+        protocol(b)

@@ -13,7 +13,7 @@ from fractions import Fraction
 
 from kernelzoo.ops.checks import check_choice
 from kernelzoo.zoo import registry
-from kernelzoo.zoo.recipe import Recipe, run_settings
+from kernelzoo.zoo.recipe import Recipe, dataset_name, run_settings
 
 COMMANDS = ("train", "protocol", "eval", "list", "info")
 
@@ -178,7 +178,7 @@ def check_builder_arguments(preset, names, what, also=()):
 def _train_one(args, preset, recipe, options, hp, overrides, out, seed, resume, strategy=None):
     """Load the data of `options` (split) and `seed`, train into `out`; returns the recipe's result."""
     verbose = 0 if args.quiet else 1
-    data = recipe.load_data(preset, args.data_dir, args.dataset, options, seed=seed)
+    data = recipe.load_data(preset, args.data_dir, args.dataset, options, seed=seed, verbose=verbose)
     print(f"{args.target}: {data.source}; hyper-parameters {hp}", flush=True)
     return recipe.train(preset, data, out, overrides=overrides, hp=hp, options=options, seed=seed, resume=resume,
                         verbose=verbose, tensorboard=not args.no_tensorboard,
@@ -256,7 +256,7 @@ def _protocol(args):
 
     def planned(config, split, seed):
         run_options, hp, run_overrides = arguments(config, split)
-        return run_settings(preset, run_overrides, hp, run_options, seed)
+        return run_settings(preset, run_overrides, hp, run_options, seed, dataset_name(preset, args.dataset))
 
     seeds = args.seeds or [args.seed or 0]
     result = protocol.run_protocol(train_one, out, configs, protocol.settings(args.splits, seeds), preset.metric,

@@ -92,10 +92,10 @@ class LayerwiseRecipe(Recipe):
             float_in_range(hp["block_momentum"], "block_momentum", 0, 1)
         return hp
 
-    def load_data(self, preset, data_dir=None, dataset=None, options=None, seed=0):
+    def load_data(self, preset, data_dir=None, dataset=None, options=None, seed=0, verbose=1):
         """The preset's images; for synthetic_digits, `train_size` and `test_size` generated examples."""
         if (dataset or preset.dataset.name) != SYNTHETIC:
-            return super().load_data(preset, data_dir, dataset, options, seed)
+            return super().load_data(preset, data_dir, dataset, options, seed, verbose)
         from kernelzoo.zoo.layerwise.generative import synthetic_digits, to_uint8
         model = synthetic_digits()
         hp = self.hyperparameters(preset)

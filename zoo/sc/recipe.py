@@ -117,7 +117,7 @@ class SCRecipe(MixedPrecisionMixin, Recipe):
         boolean(hp["sc_rescale"], "sc_rescale")
         return hp
 
-    def load_data(self, preset, data_dir=None, dataset=None, options=None, seed=0):
+    def load_data(self, preset, data_dir=None, dataset=None, options=None, seed=0, verbose=1):
         """The pool of the protocol (kernelzoo.zoo.sc.data); --limit-train N keeps N pool images of a
         seeded permutation (the labelled subset is then drawn among them)."""
         name = dataset or preset.dataset.name
@@ -128,7 +128,7 @@ class SCRecipe(MixedPrecisionMixin, Recipe):
             pool, test, source, class_names, extra = stl.train, stl.test, stl.source, stl.class_names, stl.unlabelled
         else:
             from kernelzoo.zoo.data import load_images
-            images = load_images(name, data_dir)
+            images = load_images(name, data_dir, verbose=bool(verbose))
             pool, test, source, class_names = images.train, images.test, images.source, images.class_names
         limit = getattr(options, "limit_train", None)
         if limit is not None:
