@@ -41,8 +41,8 @@ from kernelzoo.zoo.simnet.preprocessing import sample_patch_rows
 _CHUNK_ELEMENTS = 1 << 23
 _BETA_GRID = (0.8, 0.9, 1.0, 1.12, 1.25)
 # Learned shapes stay inside: the means' MM step is monotone for beta <= 2 only (uniform data pushed beta up by
-# x1.25 an iteration until |x - mu|^beta overflowed float32 and the fit ended in NaN; held at 8, the means walked to
-# the cube's corners: mean log-likelihood -3.91 against -2.61 at 2); 0.25 keeps Gamma(1 / beta) finite.
+# x1.25 an iteration until |x - mu|^beta overflowed float32 and the fit ended in NaN; above 2 the means can walk
+# away from the data); 0.25 keeps Gamma(1 / beta) finite (test_gmm_init).
 BETA_RANGE = (0.25, 2.0)
 _LOG2 = math.log(2.0)
 
