@@ -244,6 +244,7 @@ def test_train_cli_runs_the_lbfgs_recipe_into_a_run_folder(tmp_path, capsys):
     assert run("--split", "u1", "--epochs", "2", "--iterations-per-epoch", "2", "--out", str(out), "--quiet") == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 < metrics["test_rmse"] < 4 and metrics["test_examples"] == 15
+    assert json.loads((out / "config.json").read_text())["dataset"] == "ml-100k"  # a resume on other data refuses
     assert (out / "model.keras").is_file() and os.path.isfile(best_checkpoint(out))
     rows = training.read_log(str(out / "log.csv"))
     assert rows and [row["iterations"] for row in rows] == [2.0 * (i + 1) for i in range(len(rows))]

@@ -12,7 +12,7 @@ import pytest
 from kernelzoo.zoo import cli, registry, training
 from kernelzoo.zoo.data.synthetic import stripes
 from kernelzoo.zoo.evaluation import measure
-from kernelzoo.zoo.recipe import dataset_name, run_settings
+from kernelzoo.zoo.recipe import Recipe, dataset_name, run_settings
 
 PRESET = "convnet_cifar10"  # its tiny builder trains in seconds on 10x10 stripes (3 classes)
 TINY = ["n=4", "patch_size=3", "dropout=0.0", "--batch-size", "6", "--quiet", "--no-tensorboard"]
@@ -127,3 +127,17 @@ def test_kernelzoo_protocol_refuses_a_finished_run_of_another_dataset_and_quiet_
     assert "decoding" not in "".join(capfd.readouterr())  # --quiet: no bar while the images are decoded
     with pytest.raises(ValueError, match="finished with other settings .*dataset"):
         protocol(b)
+
+
+def test_sc_pools_keep_the_dataset_they_were_read_from(run):
+    from kernelzoo.zoo.sc.data import as_sc_data, carve_validation
+    from kernelzoo.zoo.sc.recipe import SCRecipe
+
+    _, a, _ = run
+    recipe = SCRecipe()
+    data = recipe.load_data(registry.info("sc_cifar10_4k"), dataset=a, options=recipe.options(labels_per_class=2),
+                            verbose=0)
+    assert data.dataset == os.path.abspath(a)
+    assert carve_validation(data, 2, 0).dataset == data.dataset
+    plain = Recipe().load_data(registry.info(PRESET), dataset=a, verbose=0)
+    assert as_sc_data(plain).dataset == os.path.abspath(a)

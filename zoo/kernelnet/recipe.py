@@ -28,7 +28,7 @@ import numpy as np
 from kernelzoo.ops.checks import check_choice, float_in_range, positive_float, positive_int
 from kernelzoo.progress import progbar
 from kernelzoo.zoo import training
-from kernelzoo.zoo.recipe import Data, Recipe, TinyRun, add_optimizer_argument
+from kernelzoo.zoo.recipe import Data, Recipe, TinyRun, add_optimizer_argument, dataset_name
 
 BEST_CHECKPOINT, INITIAL_CHECKPOINT, REFIT_DIR = "best.keras", "initial.keras", "refit"
 BEST_FILES = re.compile(r"best-\d+\.keras")
@@ -125,7 +125,7 @@ class RatingsRecipe(Recipe):
             train, test = random_split(ratings, options.test_fraction, seed)
         else:
             raise ValueError(f"split must be one of {FOLDS} (ml-100k) or 'random', got {split!r}")
-        return Data(train=train, test=test, source=f"{name} {split}")
+        return Data(train=train, test=test, source=f"{name} {split}", dataset=dataset_name(preset, dataset))
 
     def build(self, preset, data, overrides=None, hp=None):
         return super().build(preset, None, dict({"n_users": data.train["n_users"]}, **(overrides or {})))

@@ -70,7 +70,8 @@ def as_sc_data(data):
     """`data` itself if it is SCData, else a plain Data seen as a pool that is all labelled."""
     if isinstance(data, SCData):
         return data
-    return dataclasses.replace(semi_supervised(data.train, data.test, data.source, data.class_names), val=data.val)
+    return dataclasses.replace(semi_supervised(data.train, data.test, data.source, data.class_names), val=data.val,
+                               dataset=data.dataset)
 
 
 def carve_validation(data, size, seed):

@@ -27,7 +27,7 @@ import numpy as np
 from kernelzoo.ops.checks import boolean, check_choice, nonnegative_int, positive_float, positive_int
 from kernelzoo.zoo import training
 from kernelzoo.zoo.precision import MixedPrecisionMixin
-from kernelzoo.zoo.recipe import DEFAULTS, Recipe, TinyRun, run_settings
+from kernelzoo.zoo.recipe import DEFAULTS, Recipe, TinyRun, dataset_name, run_settings
 from kernelzoo.zoo.sc.data import as_sc_data, carve_validation, sc_images, semi_supervised
 from kernelzoo.zoo.sc.loss import DISTANCES, POOLINGS, SAMPLINGS
 from kernelzoo.zoo.sc.models import rescale_batch_normalized_kernels
@@ -136,7 +136,9 @@ class SCRecipe(MixedPrecisionMixin, Recipe):
             pool = (pool[0][keep], pool[1][keep])
         per_class = getattr(options, "labels_per_class", None)
         per_class = preset.recipe.get("labels_per_class") if per_class is None else per_class
-        return semi_supervised(pool, test, source, class_names, per_class, preset.recipe.get("label_seed", 0), extra)
+        return dataclasses.replace(semi_supervised(pool, test, source, class_names, per_class,
+                                                   preset.recipe.get("label_seed", 0), extra),
+                                   dataset=dataset_name(preset, dataset))
 
     def validation_split(self, data, hp, options, seed=0):
         data = as_sc_data(data)
