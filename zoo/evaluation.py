@@ -7,7 +7,6 @@ the preset's dataset (a run's: the one it trained on) and split and measures the
 (accuracy on the test split, RMSE on the held-out ratings of a MovieLens fold). The card's and the
 paper's figures are shown beside it only when it is measured on the preset's own test split.
 """
-import json
 import os
 import warnings
 
@@ -22,10 +21,9 @@ def run_config(path):
     """The config.json of the run folder holding the .keras file `path` (or its checkpoints/), or None."""
     folder = os.path.dirname(os.path.abspath(os.fspath(path)))
     for candidate in (folder, os.path.dirname(folder)):
-        config = os.path.join(candidate, training.CONFIG_FILE)
-        if os.path.isfile(config):
-            with open(config, encoding="utf-8") as handle:
-                return json.load(handle)
+        config = training.read_config(candidate)
+        if config is not None:
+            return config
     return None
 
 

@@ -90,12 +90,15 @@ def run_protocol(train_one, out_dir, configs, protocol_settings, metric, *, vali
     """
     key = f"{'val' if validate_only else 'test'}_{metric}"
     _check_folder_names(configs)
-    finished = {run_key: path for run_key, (path, _) in finished_runs(out_dir).items()}
+    finished = finished_runs(out_dir)
+    records = dict(finished.values())  # run folder -> its run.json record
     for config, (label, split, seed) in itertools.product(configs, protocol_settings):
         name = f"{config_label(config)} {label}"
-        run_dir = finished.get((config_key(config), split, seed)) or os.path.join(out_dir, config_label(config), label)
-        if os.path.isfile(os.path.join(run_dir, RUN_FILE)):
-            _check_finished(run_dir, config, split, seed, None if planned is None else planned(config, split, seed))
+        found = finished.get((config_key(config), split, seed))
+        run_dir = found[0] if found else os.path.join(out_dir, config_label(config), label)
+        if run_dir in records:
+            _check_finished(run_dir, records[run_dir], config, split, seed,
+                            None if planned is None else planned(config, split, seed))
             log(f"{name}: finished, not re-run")
             continue
         resume = training.read_state(run_dir) is not None
@@ -129,11 +132,9 @@ def _check_folder_names(configs):
                              "spell one of the values differently")
 
 
-def _check_finished(run_dir, config, split, seed, planned):
-    """ValueError when the finished run in `run_dir` is not the run of (config, split, seed) or, with `planned`
-    (its settings), ran with other settings."""
-    with open(os.path.join(run_dir, RUN_FILE), encoding="utf-8") as handle:
-        record = json.load(handle)
+def _check_finished(run_dir, record, config, split, seed, planned):
+    """ValueError when the finished run in `run_dir` (its run.json `record`) is not the run of (config, split,
+    seed) or, with `planned` (its settings), ran with other settings."""
     if (config_key(record["config"]), record["split"], record["seed"]) != (config_key(config), split, seed):
         raise ValueError(f"protocol: {run_dir!r} holds the run of configuration {record['config']}, split "
                          f"{record['split']}, seed {record['seed']}, not {config}, {split}, {seed}: give another --out")

@@ -282,15 +282,22 @@ def _trim_log(out_dir, epochs):
         os.replace(path + ".tmp", path)
 
 
+def read_config(out_dir):
+    """The config.json of the run folder `out_dir` (what was run), or None."""
+    path = os.path.join(out_dir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
 def config_changes(out_dir, config, run_length=False):
     """["key before -> now", ...]: the settings (`_RESUME_KEYS`) in which `config` differs from the run's
     config.json; entries the saved one lacks (such as defaults added since) pass. Epochs and patience only say
     how long a run goes: they count only with `run_length` (a finished run of another length is another run)."""
-    path = os.path.join(out_dir, CONFIG_FILE)
-    if not os.path.isfile(path):
+    saved = read_config(out_dir)
+    if saved is None:
         return []
-    with open(path, encoding="utf-8") as handle:
-        saved = json.load(handle)
     config = json.loads(json.dumps(config, default=str))  # tuples as lists, as saved
     ignored = () if run_length else _RUN_LENGTH
     changes = []

@@ -18,7 +18,6 @@
   selected number of epochs, the run's model (not under --validate-only).
 """
 import dataclasses
-import json
 import os
 import re
 
@@ -339,10 +338,8 @@ def _start_ensemble(model, out_dir, hp, resume, config):
     training.start_run(out_dir, resume, config)
     if not started:
         training.save_checkpoint(model, out_dir, 0)
-    path = os.path.join(out_dir, training.CONFIG_FILE)
-    if config is None and os.path.isfile(path):
-        with open(path, encoding="utf-8") as handle:
-            config = json.load(handle)
+    if config is None:
+        config = training.read_config(out_dir)
     return dict(config or {}, hyperparameters=hp)
 
 
