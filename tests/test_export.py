@@ -1,6 +1,5 @@
 """Export: Keras vs SavedModel vs ONNX round trips, serving without kernelzoo, graph checks, errors, CLI."""
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -17,6 +16,7 @@ from kernelzoo.export.verify import (MAX_ABS_GOAL, artifact_outputs, compare, fl
 from kernelzoo.layers import Mex, Similarity
 from kernelzoo.ops import implementation
 from kernelzoo.zoo import registry
+from kernelzoo.zoo.precision import dtype_policy
 
 from conftest import started_job
 
@@ -367,22 +367,12 @@ def test_centred_simnet_meets_the_absolute_goal(tmp_path):
     assert report["ok"] and report["top1_agreement"] == 1.0, report
 
 
-@contextlib.contextmanager
-def _dtype_policy(name):
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(name)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
-
-
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "float64"])
 def test_models_under_other_dtype_policies_export_and_verify_as_float32_copies(tmp_path, policy):
     """A bfloat16 graph fails onnx.checker and float64 convolutions do not run in onnxruntime: both formats
     export a float32 copy (saying so), and verify compares it with the same float32 computation."""
     keras.utils.set_random_seed(0)
-    with _dtype_policy(policy):
+    with dtype_policy(policy):
         model = keras.Sequential([keras.Input((6, 6, 3)), keras.layers.Rescaling(1 / 255.0), keras.layers.Conv2D(3, 3),
                                   keras.layers.Flatten(), keras.layers.Dense(4, activation="softmax")], name="low")
     for export, target in ((to_onnx, "m.onnx"), (to_saved_model, "sm")):
@@ -398,7 +388,7 @@ def test_a_model_that_cannot_be_copied_to_float32_is_refused_before_converting(t
     def no_clone(*args, **kwargs):
         raise ValueError("cannot clone a subclassed model")
 
-    with _dtype_policy("mixed_bfloat16"):
+    with dtype_policy("mixed_bfloat16"):
         model = _with_layer(keras.layers.ReLU())
     monkeypatch.setattr(keras.models, "clone_model", no_clone)
     with pytest.raises(ExportError, match="dtype policy mixed_bfloat16 and cannot be copied to float32"):

@@ -10,6 +10,7 @@ from kernelzoo.layers.kernel_dense import KernelDense, SparseKernelDense
 from kernelzoo.layers.kernels import Grid2D, kernel_matrix, squared_distances
 from kernelzoo.layers.sparsify import SparsifyingActivation
 from kernelzoo.zoo.kernelnet.optimize import fit_lbfgs
+from kernelzoo.zoo.precision import dtype_policy
 
 RNG = np.random.default_rng(0)
 
@@ -99,9 +100,7 @@ def test_finite_support_gradient_is_finite_at_coincident_locations(policy):
     """Under mixed_float16 the 1e-12 floor of the squared distance underflowed to 0 (sqrt: NaN gradient);
     the kernel values are computed in float32."""
     import tensorflow as tf
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(policy)
-    try:
+    with dtype_policy(policy):
         layer = KernelDense(3, kernel_function="finite_support", dim=2, input_locations_initializer="zeros",
                             output_locations_initializer="zeros")
         x = np.ones((2, 4), "float32")
@@ -109,8 +108,6 @@ def test_finite_support_gradient_is_finite_at_coincident_locations(policy):
             out = layer(x)
             loss = tf.reduce_sum(tf.cast(out, "float32"))
         grads = tape.gradient(loss, layer.trainable_variables)
-    finally:
-        keras.config.set_dtype_policy(previous)
     assert out.dtype == layer.compute_dtype
     assert all(np.all(np.isfinite(g.numpy())) for g in grads)
 

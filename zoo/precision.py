@@ -32,15 +32,20 @@ def warn_if_emulated(name):
 
 
 @contextlib.contextmanager
-def precision_policy(name):
-    """Keras's global dtype policy set to `name` ("float32" or "mixed_bfloat16") inside the block."""
-    name = check_choice("precision", name, PRECISIONS)
+def dtype_policy(name):
+    """Keras's global dtype policy set to any policy `name` (a string or a `keras.DTypePolicy`) inside the block,
+    the previous one restored after it."""
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(name)
     try:
         yield
     finally:
         keras.config.set_dtype_policy(previous)
+
+
+def precision_policy(name):
+    """`dtype_policy` for a training precision: `name` is "float32" or "mixed_bfloat16"."""
+    return dtype_policy(check_choice("precision", name, PRECISIONS))
 
 
 def float32_copy(model):
