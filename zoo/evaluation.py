@@ -75,13 +75,18 @@ def run_dataset(run):
 def check_classes(model, data, preset=None):
     """ValueError naming both counts when a classifier's class scores do not match the classes of `data`
     (before anything runs: a label past them fails deep inside TensorFlow)."""
+    if (preset is None or preset.task == "classification") and data.class_names:
+        check_scores(model, data.class_names, data.source, hint=": measure it on the dataset it was trained on "
+                     "(--dataset)")
+
+
+def check_scores(model, class_names, owner, *, hint=""):
+    """ValueError when `model` does not output one score for each of `class_names` (those of `owner`)."""
     shape = model.output_shape
-    classifier = preset is None or preset.task == "classification"
-    if not classifier or not data.class_names or not isinstance(shape, tuple) or shape[-1] == len(data.class_names):
-        return
-    raise ValueError(f"`model` {model.name!r} scores {shape[-1]} classes, {data.source} has "
-                     f"{len(data.class_names)} ({', '.join(map(str, data.class_names[:10]))}): measure it on the "
-                     "dataset it was trained on (--dataset)")
+    classes = shape[-1] if isinstance(shape, tuple) else None
+    if classes != len(class_names):
+        raise ValueError(f"`model` {model.name!r} scores {classes} classes, {owner} has {len(class_names)} "
+                         f"({', '.join(map(str, class_names[:10]))}){hint}")
 
 
 def _warn_validate_only(run, split):

@@ -13,7 +13,7 @@ import zipfile
 import keras
 import numpy as np
 
-from kernelzoo.zoo import registry
+from kernelzoo.zoo import evaluation, registry
 from kernelzoo.zoo.training import CONFIG_FILE, MODEL_FILE
 
 MAX_FILE_BYTES, MAX_TOTAL_BYTES = 16 * 2 ** 20, 48 * 2 ** 20
@@ -104,10 +104,8 @@ def check_model_fits(model, model_path, preset):
     if tuple(model.input_shape[1:]) != tuple(preset.inputs.shape):
         raise ValueError(f"model_path={model_path!r} takes inputs {tuple(model.input_shape[1:])}, "
                          f"{preset.name!r} takes {tuple(preset.inputs.shape)}")
-    classes = model.output_shape[-1] if isinstance(model.output_shape, tuple) else None
-    if preset.task == "classification" and classes != len(preset.class_names):
-        raise ValueError(f"model_path={model_path!r} scores {classes} classes, {preset.name!r} has "
-                         f"{len(preset.class_names)}")
+    if preset.task == "classification":
+        evaluation.check_scores(model, preset.class_names, repr(preset.name), hint=f" (model_path={model_path!r})")
 
 
 def _check_same_weights(model, shipped, model_path):
