@@ -72,11 +72,14 @@ def test_an_ensemble_killed_anywhere_resumes_to_the_uninterrupted_one(ensemble, 
 
 
 def test_an_ensemble_folder_is_not_reused_unasked_or_with_other_settings(ensemble, tmp_path):
+    """Nor resumed at another length (a single run may be: an ensemble's finished members would keep theirs)."""
     out, _ = ensemble
     with pytest.raises(ValueError, match="already holds a run"):
         _train(out, ENSEMBLE)  # no --resume
     with pytest.raises(ValueError, match="lambda_2"):
         _train(out, ENSEMBLE, overrides=dict(OVERRIDES, lambda_2=50.0), resume=True)
+    with pytest.raises(ValueError, match=r"ensemble .*hyperparameters.epochs 30 -> 40.*share one recipe"):
+        _train(out, dict(ENSEMBLE, epochs=40), resume=True)  # its finished members would keep 30
     older = tmp_path / "run"  # an ensemble folder of before its own checkpoint: each member checks its settings
     shutil.copytree(out, older, ignore=lambda folder, names: ["checkpoints"] if folder == str(out) else [])
     with pytest.raises(ValueError, match=r"member-0.*other settings.*lambda_2"):
@@ -119,6 +122,16 @@ def test_a_resumed_adam_run_keeps_its_moments(tmp_path, monkeypatch):
         _train(tmp_path / "resumed", hp)
     resumed = _train(tmp_path / "resumed", hp, resume=True)
     np.testing.assert_array_equal(_weights(resumed["model"]), _weights(straight["model"]))
+
+
+def test_a_diverged_run_fails_at_once_naming_the_epoch(tmp_path):
+    """Non-finite predictions (an absurd Adam step) end the run at that epoch with a clear error; they used to
+    write no best model and fail at the end with a KeyError."""
+    hp = {"epochs": 3, "iterations_per_epoch": 4, "patience": 10, "val_fraction": 0.2, "optimizer": "adam",
+          "lr": 1e30}
+    with pytest.raises(FloatingPointError, match="epoch 1: loss nan, rmse nan, val_rmse nan: the training diverged"):
+        _train(tmp_path / "run", hp)
+    assert not (tmp_path / "run" / training.CHECKPOINTS / training.LAST_CHECKPOINT).exists()
 
 
 @pytest.mark.parametrize("change, argument", [({"val_fraction": 1.5}, "val_fraction"),

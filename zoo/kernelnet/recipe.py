@@ -255,6 +255,10 @@ class RatingsRecipe(Recipe):
             if val is not None:
                 row["val_rmse"] = movielens.rmse(predictions, val)
             training.append_log(out_dir, row)
+            if not np.all(np.isfinite([row[key] for key in ("loss", "rmse", "val_rmse") if key in row])):
+                raise FloatingPointError(
+                    f"epoch {done}: loss {row['loss']}, rmse {row['rmse']}, val_rmse {row.get('val_rmse')}: the "
+                    f"training diverged (lower `lr` or raise `lambda_2`); no checkpoint of it is written")
             if val is None or row["val_rmse"] < best["val_rmse"]:
                 # a new file per best epoch, named by state.json once written: a kill in between leaves
                 # the state's best file as it was
@@ -333,14 +337,18 @@ def _start_ensemble(model, out_dir, hp, resume, config):
 
     The folder is a run of its own (`training.start_run`: refused unless `resume` once started), its checkpoint
     member 0's initial weights (what a resume starts it from). A resume passes no `config`: then the one of
-    config.json (checked by `train_run`) with the asked hyper-parameters (a run's length may change)."""
+    config.json (checked by `train_run`) with the asked hyper-parameters. Unlike a single run's, an ensemble's
+    length (`epochs`, `patience`) cannot change on a resume: its finished members would keep the old one."""
     started = training.read_state(out_dir) is not None
     training.start_run(out_dir, resume, config)
     if not started:
         training.save_checkpoint(model, out_dir, 0)
-    if config is None:
-        config = training.read_config(out_dir)
-    return dict(config or {}, hyperparameters=hp)
+    config = dict(config or training.read_config(out_dir) or {}, hyperparameters=hp)
+    changes = training.config_changes(out_dir, config, run_length=True) if started else []
+    if changes:
+        raise ValueError(f"`resume`: the ensemble in {out_dir!r} was started with {'; '.join(changes)}: its members "
+                         "share one recipe, so resume it with those settings or start a new run in another folder")
+    return config
 
 
 def _held_out_ratings(train, hp, seed):
