@@ -18,7 +18,7 @@ from kernelzoo.zoo.layerwise.generative import (DIGITS, GLYPHS, STROKES, Hierarc
                                                 synthetic_digits, to_uint8)
 from kernelzoo.zoo.layerwise.layers import CentroidConv2D, PerImageStandardization
 from kernelzoo.zoo.layerwise.models import layerwise_cnn, with_cluster_dtype
-from kernelzoo.zoo.recipe import Data
+from kernelzoo.zoo.recipe import Data, dataset_name
 
 
 # ----------------------------------------------------------------------------- the generative model
@@ -285,6 +285,14 @@ def test_embedding_gaps_need_a_pair_of_one_class_and_two_classes():
 # ----------------------------------------------------------------------------- Sec. 5.1: the algorithm
 
 
+def test_generated_synthetic_digits_name_their_dataset():
+    """Runs on them record it in config.json, as runs on read images do (a resume on other data is refused)."""
+    preset = registry.info("layerwise_synthetic_digits")
+    recipe = registry.recipe(preset)
+    data = recipe.load_data(preset, options=recipe.options(limit_train=10), verbose=0)
+    assert data.dataset == dataset_name(preset) == "synthetic_digits" and len(data.train[0]) == 10
+
+
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
     """Algorithm 1 on 1,200 synthetic digits (the preset, at a smaller budget), measured on 500 more."""
@@ -413,7 +421,7 @@ def test_block_lr_reaches_the_blocks_from_the_command_line(monkeypatch, tmp_path
     """`kernelzoo train ... --block-lr X` sets the blocks' lr (the classifier keeps --lr)."""
     from kernelzoo import cli
     from kernelzoo.zoo.layerwise import recipe as layerwise_recipe
-    from kernelzoo.zoo.recipe import Data
+    from kernelzoo.zoo.recipe import Data, dataset_name
 
     seen = {}
     monkeypatch.setattr(layerwise_recipe.LayerwiseRecipe, "load_data", lambda self, *a, **k: Data(None, None, "stub"))

@@ -106,7 +106,7 @@ class LayerwiseRecipe(Recipe):
         train, test = model.sample(count, seed=(seed, 0)), model.sample(hp["test_size"], seed=(seed, 1))
         return Data(train=(to_uint8(train.images), train.labels), test=(to_uint8(test.images), test.labels),
                     source=f"synthetic digits (paper 003 Sec. 3.2, ours), seed {seed}: {count:,} train, "
-                           f"{hp['test_size']:,} test", class_names=model.label_names)
+                           f"{hp['test_size']:,} test", class_names=model.label_names, dataset=SYNTHETIC)
 
     def stages(self, model, hp):
         """The run's stages (module docstring); ValueError when `epochs` leaves the classifier none."""
