@@ -2,6 +2,12 @@
 import keras
 from keras import ops
 
+from kernelzoo.ops.checks import float_in_range
+
+# The least epsilon of cuDNN's batch normalization (CUDNN_BN_MIN_EPSILON, with TensorFlow's margin): TensorFlow's own
+# fused wrappers silently raise a smaller one to it; this layer leaves a smaller one to Keras's path instead.
+FUSED_MIN_EPSILON = 1.001e-5
+
 
 @keras.saving.register_keras_serializable(package="kernelzoo")
 class FusedBatchNormalization(keras.layers.BatchNormalization):
@@ -12,9 +18,15 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     TensorFlow backend, in training, a 4-D channels-last input (axis -1) goes through one fused op (oneDNN
     on x86) forward and one backward instead; `kernelzoo bench sc --batch-norm keras,fused` times both.
     Every other case (inference, which export traces; other backends; masks, renorm, synchronized, other
-    ranks, axes or dtypes) is Keras's own path. Same weights, statistics and config as the Keras layer: the moving
-    variance is updated with the biased batch variance, as Keras does.
+    ranks, axes or dtypes; an epsilon below `FUSED_MIN_EPSILON`, cuDNN's least) is Keras's own path, so the layer
+    always normalises with its own epsilon. Same weights, statistics and config as the Keras layer: the moving
+    variance is updated with the biased batch variance, as Keras does. `momentum` must lie in [0, 1] (Keras does
+    not check it).
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.momentum = float_in_range(self.momentum, "momentum", 0.0, 1.0)
 
     def call(self, inputs, training=None, mask=None):
         if not (training and self.trainable and self._fusable(inputs, mask)):
@@ -39,4 +51,4 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     def _fusable(self, inputs, mask):
         return (keras.backend.backend() == "tensorflow" and mask is None and not self.renorm
                 and not self.synchronized and len(inputs.shape) == 4 and self.axis in (-1, 3)
-                and self.compute_dtype in ("float32", "bfloat16", "float16"))
+                and self.compute_dtype in ("float32", "bfloat16", "float16") and self.epsilon >= FUSED_MIN_EPSILON)

@@ -12,8 +12,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from kernelzoo.ops.checks import (check_choice, known_channels, nonnegative_float, normalize_padding, normalize_tuple,
-                                  positive_float, positive_int, window_fits)
+from kernelzoo.ops.checks import (check_choice, float_in_range, known_channels, normalize_padding, normalize_tuple,
+                                  positive_int, window_fits)
 from kernelzoo.ops.shapes import output_size
 
 KERNELS = ("exp", "poly2")
@@ -44,14 +44,22 @@ class CKNConv2D(keras.layers.Layer):
     sphere, so every step would otherwise lengthen the columns and shrink the next steps on the sphere.
     While the layer is trainable the factor is recomputed from the anchors on every call (symmetric
     eigendecomposition, differentiable); a frozen layer (trainable=False) uses the weight `factor`, refreshed
-    when the layer is built or becomes frozen and, while it is frozen, when `set_anchors` runs or its weights
-    load, so its inference graph has no eigendecomposition (ONNX has none). A saved layer holds its anchors
-    only: the factor is a function of them (at 1,024 anchors, 4 MiB that deflate little); deserialisation
-    (load_model) leaves it to the weights' loading, not to the initial anchors (one eigendecomposition each).
+    when the layer is built or becomes frozen and, while it is frozen, when `set_anchors` or the layer's
+    `set_weights` runs or its weights load, so its inference graph has no eigendecomposition (ONNX has none).
+    Writing `anchors` directly (`anchors.assign`) or a model's `set_weights` (which sets the variables, not
+    through the layers) leaves a frozen layer's factor stale: call `refresh_factor()` after them. A saved layer
+    holds its anchors only: the factor is a function of them (at 1,024 anchors, 4 MiB that deflate little);
+    deserialisation (load_model) leaves it to the weights' loading, not to the initial anchors (one
+    eigendecomposition each).
 
     Under a mixed-precision policy (mixed_bfloat16) only the patch-anchor products, the layer's large GEMM
     (and their gradients), run in the compute dtype; the patch norms, the kernel, the pooling and the Nystrom
-    factor and its product stay float32 (the factor of a close pair of anchors amplifies rounding).
+    factor and its product stay float32. The products are rounded to bfloat16 before the kernel and the factor
+    apply, and both amplify that rounding: the factor of close anchors (data-like ones, from k-means) is
+    ill-conditioned, so the outputs can be far less accurate than bfloat16 (64 3x3 anchors drawn from the
+    data, sigma 0.5: 0.4 relative error per position at the 99th percentile). `nystrom_shift` > 0 bounds the
+    factor's gain and reduces it (0.07 there at 0.01). Under a float64 policy the layer computes in float32
+    (the factor's eigendecomposition in float64) and returns float64.
     """
 
     def __init__(self, filters, kernel_size, subsampling=1, kernel_function=None, sigma=0.6, padding="same",
@@ -69,10 +77,10 @@ class CKNConv2D(keras.layers.Layer):
         self.subsampling = positive_int(subsampling, "subsampling")
         self.kernel_function = check_choice("kernel_function", "exp" if kernel_function is None else kernel_function,
                                             KERNELS)
-        self.sigma = positive_float(sigma, "sigma")
+        self.sigma = float_in_range(sigma, "sigma", 0.0, math.inf, "()")
         self.padding = normalize_padding(padding)
-        self.eigenvalue_floor = positive_float(eigenvalue_floor, "eigenvalue_floor")
-        self.nystrom_shift = nonnegative_float(nystrom_shift, "nystrom_shift")
+        self.eigenvalue_floor = float_in_range(eigenvalue_floor, "eigenvalue_floor", 0.0, math.inf, "()")
+        self.nystrom_shift = float_in_range(nystrom_shift, "nystrom_shift", 0.0, math.inf, "[)")
         self.anchors_initializer = keras.initializers.get(anchors_initializer)
         self.anchors_regularizer = keras.regularizers.get(anchors_regularizer)
         self.input_spec = keras.layers.InputSpec(ndim=4)
@@ -138,6 +146,13 @@ class CKNConv2D(keras.layers.Layer):
     def refresh_factor(self):
         """Store the factor of the current anchors in the `factor` weight (what a frozen layer uses)."""
         self.factor.assign(self.nystrom_factor())
+
+    def set_weights(self, weights):
+        """Keras's, then a frozen layer's factor from the new anchors: the factor given with them may be stale (a
+        trainable layer's is never refreshed)."""
+        super().set_weights(weights)
+        if self.built and not self.trainable:
+            self.refresh_factor()
 
     def save_own_variables(self, store):
         """The anchors only: the factor is a function of them, recomputed on load."""

@@ -1,8 +1,10 @@
 """Constraints the SimNets layers need beyond keras.constraints."""
+import math
+
 import keras
 from keras import ops
 
-from kernelzoo.ops.checks import real
+from kernelzoo.ops.checks import float_in_range
 
 
 @keras.saving.register_keras_serializable(package="kernelzoo")
@@ -10,7 +12,7 @@ class MinValue(keras.constraints.Constraint):
     """Clips a weight to >= `min_value` after each update (keeps p > 0, say)."""
 
     def __init__(self, min_value):
-        self.min_value = real(min_value, "min_value")
+        self.min_value = float_in_range(min_value, "min_value", -math.inf, math.inf, "()")
 
     def __call__(self, w):
         return ops.maximum(w, ops.cast(self.min_value, w.dtype))

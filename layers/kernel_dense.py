@@ -9,11 +9,13 @@ Both share `_LocationsLayer`: the locations, bias, regularisers, call and costs,
 Gaussian noise of that standard deviation added to the input locations at each training step (Sec. 3.2: noise on
 a pixel's location models uncertainty about where it is; a regulariser, off by default).
 """
+import math
+
 import keras
 from keras import ops
 
 from kernelzoo.layers.kernels import DISTANCES, KERNELS, Grid2D, kernel_matrix
-from kernelzoo.ops.checks import boolean, check_choice, float_in_range, positive_float, positive_int, real
+from kernelzoo.ops.checks import boolean, check_choice, float_in_range, positive_int
 
 
 def _initializer(value):
@@ -23,8 +25,16 @@ def _initializer(value):
     return keras.initializers.get(value)
 
 
-def _serialize_initializer(init):
-    return keras.initializers.serialize(init)
+def _kernel_function(kernel_function, legacy):
+    """`kernel_function` ("rbf" when not given), or `legacy`: the `kernel` keyword of saved configs (the name
+    before 0.2); both given must agree, so that neither silently wins."""
+    if legacy is None:
+        return check_choice("kernel_function", "rbf" if kernel_function is None else kernel_function, KERNELS)
+    legacy = check_choice("kernel", legacy, KERNELS)
+    if kernel_function is not None and check_choice("kernel_function", kernel_function, KERNELS) != legacy:
+        raise ValueError(f"`kernel`={legacy!r} (the name of `kernel_function` before 0.2) and "
+                         f"`kernel_function`={kernel_function!r} disagree: give `kernel_function` only")
+    return legacy
 
 
 class _LocationsLayer(keras.layers.Layer):
@@ -45,7 +55,7 @@ class _LocationsLayer(keras.layers.Layer):
         super().__init__(**kwargs)
         self.units = positive_int(units, "units")
         self.dim = positive_int(dim, "dim")
-        self.scale = positive_float(scale, "scale")
+        self.scale = float_in_range(scale, "scale", 0.0, math.inf, "()")
         self.distance = check_choice("distance", distance, DISTANCES)
         self.activation = keras.activations.get(activation)
         self.use_bias = boolean(use_bias, "use_bias")
@@ -91,6 +101,7 @@ class _LocationsLayer(keras.layers.Layer):
                 name="bias", shape=(self.units,), initializer=self.bias_initializer,
                 regularizer=self.bias_regularizer, constraint=self.bias_constraint)
         self._build_matrix(m)
+        self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: m})
 
     def _build_matrix(self, m):
         """Create the subclass's own weight for m inputs."""
@@ -150,7 +161,7 @@ class _LocationsLayer(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        ser = _serialize_initializer
+        ser = keras.initializers.serialize
         reg = keras.regularizers.serialize
         con = keras.constraints.serialize
         config.update({
@@ -180,7 +191,7 @@ class KernelDense(_LocationsLayer):
 
     Args:
         units: output size n.
-        kernel_function: "rbf", "dot", "poly", "tanh" or "finite_support" (called
+        kernel_function: "rbf" (the default), "dot", "poly", "tanh" or "finite_support" (called
             `kernel` before 0.2; that keyword, and saved configs holding it, still work).
         dim: dimension d of the locations u_i, v_j.
         gamma: RBF width (Eq. 6). degree, offset: polynomial (u.v + offset)^degree.
@@ -195,9 +206,12 @@ class KernelDense(_LocationsLayer):
         kernel_values_regularizer: applied to K(u, v) (Eq. 8, lambda_0).
         effective_regularizer: applied to the effective W.
         activation, use_bias, bias_*: as in `keras.layers.Dense`.
+    Returns the dtype policy's compute dtype. The kernel values K(u, v) and the effective W are float32 under
+    every policy, float64 included (`kernel_values`): only the product with the inputs and the bias run in the
+    compute dtype.
     """
 
-    def __init__(self, units, kernel_function="rbf", dim=2, gamma=1.0, degree=2, offset=1.0,
+    def __init__(self, units, kernel_function=None, dim=2, gamma=1.0, degree=2, offset=1.0,
                  scale=1.0, distance="euclidean", activation=None, use_bias=True,
                  use_alpha=True, alpha_trainable=True, alpha_initializer="glorot_uniform",
                  input_locations_initializer="random_normal",
@@ -208,12 +222,7 @@ class KernelDense(_LocationsLayer):
                  kernel_values_regularizer=None, effective_regularizer=None,
                  alpha_constraint=None, input_locations_constraint=None,
                  output_locations_constraint=None, bias_constraint=None, location_noise=0.0, **kwargs):
-        if "kernel" in kwargs:  # the name before 0.2 (in saved configs)
-            legacy = kwargs.pop("kernel")
-            if kernel_function not in ("rbf", legacy):
-                raise ValueError(f"`kernel`={legacy!r} (the name of `kernel_function` before 0.2) and "
-                                 f"`kernel_function`={kernel_function!r} disagree: give `kernel_function` only")
-            kernel_function = legacy
+        legacy = kwargs.pop("kernel", None)  # the name of `kernel_function` before 0.2 (in saved configs)
         super().__init__(
             units, dim=dim, scale=scale, distance=distance, activation=activation, use_bias=use_bias,
             input_locations_initializer=input_locations_initializer,
@@ -228,10 +237,10 @@ class KernelDense(_LocationsLayer):
             input_locations_constraint=input_locations_constraint,
             output_locations_constraint=output_locations_constraint,
             bias_constraint=bias_constraint, location_noise=location_noise, **kwargs)
-        self.kernel_function = check_choice("kernel_function", kernel_function, KERNELS)
-        self.gamma = positive_float(gamma, "gamma")
+        self.kernel_function = _kernel_function(kernel_function, legacy)
+        self.gamma = float_in_range(gamma, "gamma", 0.0, math.inf, "()")
         self.degree = positive_int(degree, "degree")
-        self.offset = real(offset, "offset")
+        self.offset = float_in_range(offset, "offset", -math.inf, math.inf, "()")
         self.use_alpha = boolean(use_alpha, "use_alpha")
         self.alpha_trainable = boolean(alpha_trainable, "alpha_trainable")
         self.alpha_initializer = keras.initializers.get(alpha_initializer)
@@ -252,14 +261,14 @@ class KernelDense(_LocationsLayer):
     def _weights_from(self, k):
         if self.alpha is None:
             return k
-        return ops.expand_dims(self.alpha, -1) * k
+        return ops.expand_dims(ops.cast(self.alpha, k.dtype), -1) * k  # alpha is float64 under a float64 policy
 
     def get_config(self):
         config = super().get_config()
         config.update({
             "kernel_function": self.kernel_function, "gamma": self.gamma, "degree": self.degree,
             "offset": self.offset, "use_alpha": self.use_alpha, "alpha_trainable": self.alpha_trainable,
-            "alpha_initializer": _serialize_initializer(self.alpha_initializer),
+            "alpha_initializer": keras.initializers.serialize(self.alpha_initializer),
             "alpha_regularizer": keras.regularizers.serialize(self.alpha_regularizer),
             "alpha_constraint": keras.constraints.serialize(self.alpha_constraint),
         })
@@ -277,7 +286,7 @@ class SparseKernelDense(_LocationsLayer):
     `kernel_regularizer` (on A) or `effective_regularizer` (on W), lambda_0 via
     `kernel_values_regularizer` (on K_fs, Eq. 8). The paper's MovieLens code
     uses distance="squared" and locations drawn from N(0, 1e-3) (all weights
-    start inside the support), the defaults here. `location_noise`: as `KernelDense`'s.
+    start inside the support), the defaults here. `location_noise` and dtypes: as `KernelDense`'s.
     """
 
     kernel_function = "finite_support"
@@ -324,7 +333,7 @@ class SparseKernelDense(_LocationsLayer):
     def get_config(self):
         config = super().get_config()
         config.update({
-            "kernel_initializer": _serialize_initializer(self.kernel_initializer),
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
             "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
             "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
         })

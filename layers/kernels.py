@@ -10,7 +10,7 @@ import math
 import keras
 from keras import ops
 
-from kernelzoo.ops.checks import check_choice, positive_int, real
+from kernelzoo.ops.checks import check_choice, float_in_range, positive_int
 
 KERNELS = ("dot", "poly", "rbf", "tanh", "finite_support")
 DISTANCES = ("euclidean", "squared")
@@ -77,7 +77,8 @@ class Grid2D(keras.initializers.Initializer):
         self.rows = None if rows is None else positive_int(rows, "rows")
         self.cols = None if cols is None else positive_int(cols, "cols")
         self.repeats = positive_int(repeats, "repeats")
-        self.minval, self.maxval = real(minval, "minval"), real(maxval, "maxval")
+        self.minval = float_in_range(minval, "minval", -math.inf, math.inf, "()")
+        self.maxval = float_in_range(maxval, "maxval", -math.inf, math.inf, "()")
         if not self.maxval > self.minval:
             raise ValueError(f"`maxval` must exceed `minval`, got minval={minval}, maxval={maxval}")
 

@@ -1,8 +1,10 @@
-"""The SimNets MEX layer: soft max / mean / min pooling with offsets (ReLU, max and average pooling as special cases)."""
+"""The SimNets MEX layer: soft max / mean / min pooling with offsets (ReLU, max and average pooling as special
+cases)."""
 import keras
 import numpy as np
 from keras import ops
 
+from kernelzoo.layers.similarity import real_or_reals
 from kernelzoo.ops import api
 from kernelzoo.ops.checks import boolean, known_channels, normalize_padding, normalize_tuple, positive_int, window_fits
 from kernelzoo.ops.shapes import output_size
@@ -45,7 +47,8 @@ class Mex(keras.layers.Layer):
         self.strides = self.pool_size if strides is None else normalize_tuple(strides, "strides")
         self.padding = normalize_padding(padding)
         self.channel_block = None if channel_block is None else positive_int(channel_block, "channel_block")
-        self.xi = _check_xi(xi, self.num_instances)
+        k = self.num_instances
+        self.xi = real_or_reals(xi, "xi", k, f"a real (inf allowed) or a list of {k} reals")
         if softmax_mode and np.any(np.asarray(self.xi) == 0):  # (a learned xi that reaches 0 gives inf too)
             raise ValueError("`xi`=0 with softmax_mode=True is log(n)/0 = inf; use xi != 0")
         self.learn_xi = boolean(learn_xi, "learn_xi")
@@ -134,13 +137,6 @@ class Mex(keras.layers.Layer):
             "softmax_mode": self.softmax_mode,
         })
         return config
-
-
-def _check_xi(xi, k):
-    values = np.asarray(xi, dtype="float64")
-    if values.ndim > 1 or (values.ndim == 1 and values.shape[0] != k) or np.any(np.isnan(values)):
-        raise ValueError(f"`xi` must be a real (inf allowed) or a list of {k} reals, got {xi!r}")
-    return float(values) if values.ndim == 0 else [float(v) for v in values]
 
 
 def _check_offsets_mode(offsets):

@@ -5,8 +5,8 @@ from keras import ops
 
 from kernelzoo.layers.constraints import MinValue
 from kernelzoo.ops import api
-from kernelzoo.ops.checks import (boolean, check_choice, known_channels, normalize_padding, normalize_tuple, positive_int,
-                                  window_fits)
+from kernelzoo.ops.checks import (boolean, check_choice, known_channels, normalize_padding, normalize_tuple,
+                                  positive_int, window_fits)
 from kernelzoo.ops.shapes import output_size
 
 # Learned exponents are kept at or above this (p must stay > 0).
@@ -26,7 +26,7 @@ class Similarity(keras.layers.Layer):
       kernel_size, strides, padding: as Conv2D (NHWC).
       similarity: "linear", "l1", "l2" or "lp".
       weighted: learn weights u >= 0 (kept non-negative by `weights_constraint`), else u = 1.
-      p: the order for "lp": a float or a list of `filters` floats.
+      p: the order for "lp": a finite float > 0 or a list of `filters` of them (with learn_p, at least 0.05).
       learn_p: make p a trainable per-template variable (kept >= 0.05).
       normalization_term: add the generalised-Gaussian log-normaliser (output = log-likelihood).
       ignore_nan: NaN inputs are marginalised out (and "same" padding counts as missing).
@@ -50,8 +50,8 @@ class Similarity(keras.layers.Layer):
         self.padding = normalize_padding(padding)
         self.similarity = check_choice("similarity", similarity, api.SIMILARITIES)
         self.weighted = boolean(weighted, "weighted")
-        self.p = _check_p(p, self.similarity, learn_p, self.filters)
         self.learn_p = boolean(learn_p, "learn_p")
+        self.p = _check_p(p, self.similarity, self.learn_p, self.filters)
         if normalization_term and self.similarity == "linear":
             raise ValueError("`normalization_term` applies to the l1/l2/lp similarities, not 'linear'")
         self.normalization_term = boolean(normalization_term, "normalization_term")
@@ -121,7 +121,8 @@ class Similarity(keras.layers.Layer):
 
 
 def _check_p(p, similarity, learn_p, filters):
-    """p as a float or a list of `filters` floats, validated against the similarity."""
+    """p as a float or a list of `filters` floats, validated against the similarity (and `learn_p`: a smaller initial
+    p than P_MIN would jump to it at the first training step, whatever the gradient)."""
     if similarity != "lp":
         if learn_p:
             raise ValueError(f"`learn_p=True` needs similarity='lp', got similarity={similarity!r}")
@@ -130,9 +131,23 @@ def _check_p(p, similarity, learn_p, filters):
         return None
     if p is None:
         raise ValueError("similarity='lp' needs `p` (its value, or the initial value with learn_p=True)")
-    values = np.asarray(p, dtype="float64")
-    if values.ndim > 1 or (values.ndim == 1 and values.shape[0] != filters):
-        raise ValueError(f"`p` must be a float or a list of {filters} floats (one per template), got {p!r}")
-    if not np.all(values > 0):
-        raise ValueError(f"`p` must be > 0, got {p!r}")
+    checked = real_or_reals(p, "p", filters, f"a number or a list of {filters} numbers (one per template)")
+    values = np.asarray(checked)
+    if not np.all(np.isfinite(values) & (values > 0)):
+        raise ValueError(f"`p` must be finite and > 0, got {p!r}")
+    if learn_p and np.any(values < P_MIN):
+        raise ValueError(f"`p` must be >= {P_MIN} with learn_p=True (a learned p is kept there), got {p!r}")
+    return checked
+
+
+def real_or_reals(value, name, count, description):
+    """`value`, a real or a list of `count` reals (+-inf included; NaN, bools and strings refused), as a float or a
+    list of floats; ValueError saying that `name` must be `description`."""
+    try:
+        values = np.asarray(value, dtype="float64")
+    except (TypeError, ValueError):
+        values = None
+    if (values is None or values.ndim > 1 or (values.ndim == 1 and len(values) != count) or np.any(np.isnan(values))
+            or any(isinstance(v, (bool, np.bool_, str, bytes)) for v in np.asarray(value, dtype=object).ravel())):
+        raise ValueError(f"`{name}` must be {description}, got {value!r}")
     return float(values) if values.ndim == 0 else [float(v) for v in values]

@@ -254,6 +254,19 @@ def test_frozen_layer_uses_the_stored_factor_and_matches(rng):
         layer.set_anchors(np.ones((26, 6)))
 
 
+def test_set_weights_of_a_frozen_layer_refreshes_its_factor(rng):
+    """A trainable layer's `factor` weight is never refreshed (the identity here): copied as it is, it was stale."""
+    x = rng.normal(size=(2, 8, 8, 3)).astype("float32")
+    source = CKNConv2D(6, 3, subsampling=2)
+    source.build(x.shape)
+    frozen = CKNConv2D(6, 3, subsampling=2, trainable=False)
+    frozen.build(x.shape)
+    frozen.set_weights(source.get_weights())
+    np.testing.assert_allclose(np.asarray(frozen(x)), np.asarray(source(x)), rtol=1e-6, atol=1e-6)
+    unbuilt = CKNConv2D(6, 3, trainable=False)
+    unbuilt.set_weights([])  # nothing to set, nothing to refresh (as Keras's)
+
+
 def test_set_anchors_takes_only_the_layer_shape_or_its_matrix(rng):
     layer = CKNConv2D(4, (3, 2))
     layer.build((None, 8, 8, 2))
@@ -368,10 +381,14 @@ def test_kernel_function_is_a_string_attribute_not_kernel_and_old_configs_load()
 @pytest.mark.parametrize("kwargs, name", [
     (dict(filters=0, kernel_size=3), "filters"), (dict(filters=2, kernel_size=(3, 0)), "kernel_size"),
     (dict(filters=2, kernel_size=3, subsampling=0), "subsampling"),
-    (dict(filters=2, kernel_size=3, kernel_function="rbf"), "kernel_function"), (dict(filters=2, kernel_size=3, sigma=0), "sigma"),
+    (dict(filters=2, kernel_size=3, kernel_function="rbf"), "kernel_function"),
+    (dict(filters=2, kernel_size=3, sigma=0), "sigma"),
     (dict(filters=2, kernel_size=3, padding="full"), "padding"),
     (dict(filters=2, kernel_size=3, eigenvalue_floor=-1), "eigenvalue_floor"),
-    (dict(filters=2, kernel_size=3, nystrom_shift=-0.1), "nystrom_shift")])
+    (dict(filters=2, kernel_size=3, nystrom_shift=-0.1), "nystrom_shift"),
+    (dict(filters=2, kernel_size=3, sigma=float("inf")), "sigma"),
+    (dict(filters=2, kernel_size=3, eigenvalue_floor=float("inf")), "eigenvalue_floor"),
+    (dict(filters=2, kernel_size=3, nystrom_shift=float("inf")), "nystrom_shift")])
 def test_bad_arguments_are_named(kwargs, name):
     with pytest.raises(ValueError, match=name):
         CKNConv2D(**kwargs)
@@ -617,4 +634,5 @@ def test_export_parity_onnx_and_saved_model(tmp_path, rng, reference_once, white
                  to_saved_model(model, str(tmp_path / "ckn_saved"), input_dtype="uint8")):
         report = verify_artifact(model, path, images=images, input_dtype="uint8")
         assert report["nan_mismatch"] == 0 and report.get("top1_agreement", 1.0) == 1.0, report
-        assert report["max_abs"] <= float32_tolerance(report["max_reference"], report.get("rounding_floor", 0.0)), report
+        tolerance = float32_tolerance(report["max_reference"], report.get("rounding_floor", 0.0))
+        assert report["max_abs"] <= tolerance, report

@@ -7,7 +7,7 @@ import pytest
 
 from kernelzoo.layers.cost import cost_report
 from kernelzoo.layers.kernel_dense import KernelDense, SparseKernelDense
-from kernelzoo.layers.kernels import Grid2D, kernel_matrix, squared_distances
+from kernelzoo.layers.kernels import KERNELS, Grid2D, kernel_matrix, squared_distances
 from kernelzoo.layers.sparsify import SparsifyingActivation
 from kernelzoo.zoo.kernelnet.optimize import fit_lbfgs
 from kernelzoo.zoo.precision import dtype_policy
@@ -54,6 +54,28 @@ def test_kernel_dense_forward_is_alpha_times_kernel():
     y = keras.ops.convert_to_numpy(layer(x))
     w = alpha[:, None] * _np_kernel(u, v, "rbf", gamma=0.5)
     np.testing.assert_allclose(y, np.tanh(x @ w + 0.3), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KERNELS)
+def test_kernel_dense_with_alpha_runs_under_a_float64_policy(kind):
+    """alpha is a float64 variable there, the kernel values float32: W is their product in float32."""
+    x = RNG.normal(size=(3, 6))
+    with dtype_policy("float64"):
+        layer = KernelDense(4, kernel_function=kind, bias_initializer="random_normal")
+        y = layer(x)
+    assert keras.backend.standardize_dtype(y.dtype) == "float64"
+    w = keras.ops.convert_to_numpy(layer.effective_kernel())
+    assert w.dtype == np.float32
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(y), x @ w + layer.bias.numpy(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("make", [lambda: KernelDense(3), lambda: SparseKernelDense(3)])
+def test_kernel_layers_name_a_wrong_input_width(make):
+    layer = make()
+    layer(RNG.normal(size=(2, 6)).astype("float32"))
+    with pytest.raises(ValueError, match="expected axis -1 of input shape to have value 6"):
+        layer(RNG.normal(size=(2, 5)).astype("float32"))
+    assert tuple(layer(RNG.normal(size=(4, 2, 6)).astype("float32")).shape) == (4, 2, 3)  # any leading axes
 
 
 def _fit_residual(dim, target):
@@ -209,6 +231,10 @@ def test_location_noise_moves_the_input_locations_in_training_only(tmp_path):
     (lambda: SparseKernelDense(3, location_noise=float("inf")), "location_noise"),
     (lambda: KernelDense(3, kernel_function="gauss"), "kernel_function"),
     (lambda: KernelDense(3, offset=float("nan")), "offset"),
+    (lambda: KernelDense(3, offset=float("inf")), "offset"),
+    (lambda: KernelDense(3, gamma=float("inf")), "gamma"),
+    (lambda: KernelDense(3, scale=float("inf")), "scale"),
+    (lambda: SparseKernelDense(3, scale=float("inf")), "scale"),
     (lambda: KernelDense(3, dim=0), "dim"),
     (lambda: KernelDense(3, gamma=-1.0), "gamma"),
     (lambda: KernelDense(3, degree=0), "degree"),
@@ -224,6 +250,8 @@ def test_location_noise_moves_the_input_locations_in_training_only(tmp_path):
     (lambda: Grid2D(rows=0), "rows"),
     (lambda: Grid2D(repeats=0), "repeats"),
     (lambda: Grid2D(minval=1.0, maxval=0.0), "maxval"),
+    (lambda: Grid2D(maxval=float("inf")), "maxval"),
+    (lambda: Grid2D(minval=-float("inf")), "minval"),
     (lambda: Grid2D(rows=3)((8, 2)), "grid"),
     (lambda: KernelDense(3).expected_macs(2.0), "input_density"),
 ])
@@ -247,3 +275,14 @@ def test_kernel_dense_names_its_kernel_kernel_function_and_reads_old_configs():
     assert old.kernel_function == "poly"
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(old(x)), y)
     assert KernelDense(3, kernel="tanh").kernel_function == "tanh"  # the old keyword still works
+
+
+def test_kernel_dense_defaults_to_rbf_and_refuses_a_legacy_kernel_that_disagrees():
+    """The default is not a value of `kernel_function`: kernel="dot" with kernel_function="rbf" is a conflict."""
+    assert KernelDense(3).kernel_function == "rbf"
+    assert KernelDense.from_config(KernelDense(3).get_config()).kernel_function == "rbf"
+    assert KernelDense(3, kernel="dot", kernel_function="dot").kernel_function == "dot"
+    with pytest.raises(ValueError, match="`kernel`='dot' .* `kernel_function`='rbf' disagree"):
+        KernelDense(3, kernel="dot", kernel_function="rbf")
+    with pytest.raises(ValueError, match="`kernel` must be one of"):
+        KernelDense(3, kernel="gauss")

@@ -7,7 +7,9 @@ import keras
 import numpy as np
 import pytest
 
-from kernelzoo.layers import Mex, Similarity
+from kernelzoo.layers import FusedBatchNormalization, Mex, MinValue, Similarity
+from kernelzoo.layers.regularizers import sgd_weight_decay
+from kernelzoo.zoo.simnet.models import TriangleCoding
 
 SIMILARITY_CONFIGS = [
     dict(filters=4, kernel_size=3),
@@ -187,10 +189,58 @@ def test_saved_model_loads_in_a_fresh_process(tmp_path, rng):
     (lambda: Similarity(3, 2, ignore_nan=None), "ignore_nan"),
     (lambda: __import__("kernelzoo.layers", fromlist=["KernelDense"]).KernelDense(3, use_bias="false"), "use_bias"),
     (lambda: Mex(pool_size=0), "pool_size"),
+    (lambda: Similarity(3, 2, similarity="lp", p=float("inf")), "`p`"),
+    (lambda: Similarity(2, 2, similarity="lp", p=[1.0, float("inf")]), "`p`"),
+    (lambda: Similarity(3, 2, similarity="lp", p=float("nan")), "`p`"),
+    (lambda: Similarity(3, 2, similarity="lp", p="2"), "`p`"),
+    (lambda: Similarity(3, 2, similarity="lp", p=0.01, learn_p=True), "`p` must be >= 0.05 with learn_p=True"),
+    (lambda: Similarity(2, 2, similarity="lp", p=[1.0, 0.04], learn_p=True), "`p` must be >= 0.05"),
+    (lambda: Mex(xi=True), "`xi`"),
+    (lambda: Mex(xi="1"), "`xi`"),
+    (lambda: Mex(num_instances=2, xi=[1.0, True]), "`xi`"),
+    (lambda: MinValue(float("inf")), "`min_value`"),
+    (lambda: sgd_weight_decay(float("inf")), "`weight_decay`"),
+    (lambda: FusedBatchNormalization(momentum=2.0), "`momentum`"),
+    (lambda: FusedBatchNormalization(momentum=-0.1), "`momentum`"),
 ])
 def test_bad_constructor_arguments(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_limits_of_the_accepted_arguments():
+    """Infinite xi is MEX's max / min pooling; a fixed p may be below the floor of a learned one."""
+    assert Mex(num_instances=2, xi=[float("inf"), -float("inf")]).xi == [float("inf"), -float("inf")]
+    assert Similarity(3, 2, similarity="lp", p=0.01).p == 0.01
+    assert Similarity(3, 2, similarity="lp", p=0.05, learn_p=True).p == 0.05
+    assert FusedBatchNormalization(momentum=1.0).momentum == 1.0
+    assert sgd_weight_decay(0) is None
+
+
+def _fused_ops(layer, x):
+    """The op types of a training step of `layer`."""
+    import tensorflow as tf
+    graph = tf.function(lambda v: layer(v, training=True)).get_concrete_function(tf.constant(x)).graph
+    return {op.type for op in graph.get_operations()}
+
+
+def test_fused_batch_norm_leaves_an_epsilon_below_cudnns_least_to_keras(rng):
+    """TensorFlow's fused wrappers raise such an epsilon to 1.001e-5; Keras's path normalises with it."""
+    x = rng.normal(size=(2, 3, 3, 4)).astype("float32")
+    assert "FusedBatchNormV3" in _fused_ops(FusedBatchNormalization(epsilon=1.001e-5), x)
+    small = FusedBatchNormalization(epsilon=1e-6)
+    assert "FusedBatchNormV3" not in _fused_ops(small, x)
+    reference = keras.layers.BatchNormalization(epsilon=1e-6)
+    np.testing.assert_allclose(small(x, training=True), reference(x, training=True), rtol=1e-6, atol=1e-6)
+
+
+def test_triangle_coding_keeps_its_digits_far_from_the_origin(rng):
+    """Distances through `squared_distances` (centred): |x|^2 - 2 x.c + |c|^2 of points near 300 loses ~0.03."""
+    centroids = 300.0 + rng.uniform(size=(2, 5))
+    feats = 300.0 + rng.uniform(size=(1, 3, 4, 2))
+    layer = TriangleCoding(5, centroids_initializer=keras.initializers.Constant(centroids))
+    z = np.linalg.norm(feats[..., None] - centroids, axis=3)
+    np.testing.assert_allclose(layer(feats.astype("float32")), np.maximum(z.mean(-1, keepdims=True) - z, 0), atol=2e-5)
 
 
 def test_bad_inputs_at_build_and_call(rng):

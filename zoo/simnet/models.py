@@ -22,6 +22,7 @@ import numpy as np
 from keras import ops
 
 from kernelzoo.layers import Mex, Similarity
+from kernelzoo.layers.kernels import squared_distances
 from kernelzoo.layers.regularizers import sgd_weight_decay
 from kernelzoo.ops.checks import (boolean, check_choice, float_in_range, image_shape,
                                    nonnegative_int, positive_float, positive_int, real)
@@ -127,7 +128,8 @@ class ClassCentering(keras.layers.Layer):
 class TriangleCoding(keras.layers.Layer):
     """Coates et al.'s triangle activation: f_k(x) = max(0, mean_j z_j - z_k), z_k = ||x - c_k||_2.
 
-    Acts on the channel vector at each position (1x1: feed it PatchWhitening's output).
+    Acts on the channel vector at each position (1x1: feed it PatchWhitening's output); the distances come from
+    `squared_distances` (centred first: points far from 0 keep their digits).
     Centroids (C, filters) come from k-means (`unsupervised_init`); `trainable` decides
     whether supervised training moves them (Coates et al. keep them fixed).
     """
@@ -146,9 +148,8 @@ class TriangleCoding(keras.layers.Layer):
 
     def call(self, inputs):
         x = ops.cast(inputs, "float32")
-        squared = (ops.sum(ops.square(x), axis=-1, keepdims=True) - 2.0 * ops.matmul(x, self.centroids)
-                   + ops.sum(ops.square(self.centroids), axis=0))
-        distance = ops.sqrt(ops.maximum(squared, 0.0) + 1e-12)
+        squared = squared_distances(ops.reshape(x, (-1, x.shape[-1])), ops.transpose(self.centroids))
+        distance = ops.reshape(ops.sqrt(squared + 1e-12), (*ops.shape(x)[:-1], self.filters))
         return ops.relu(ops.mean(distance, axis=-1, keepdims=True) - distance)
 
     def compute_output_shape(self, input_shape):
