@@ -199,9 +199,11 @@ def similarity(inputs, templates, weights=None, *, similarity="l2", p=None, stri
     padding = normalize_padding(padding)
     inputs = _activations(inputs, "inputs")
     templates = _float32(templates, "templates")
-    _check_rank(inputs, 4, "inputs", "(batch, height, width, channels)")
+    _check_images(inputs)
     _check_rank(templates, 4, "templates", "(kernel_h, kernel_w, channels, n)")
     kh, kw, channels, n = templates.shape
+    if 0 in templates.shape:
+        raise ValueError(f"`templates` must have no empty axis (kh, kw, C, n >= 1), got shape {tuple(templates.shape)}")
     if inputs.shape[-1] != channels:
         raise ValueError(f"`inputs` has {inputs.shape[-1]} channels but `templates` expects {channels} "
                          f"(templates shape {tuple(templates.shape)})")
@@ -213,7 +215,8 @@ def similarity(inputs, templates, weights=None, *, similarity="l2", p=None, stri
         if tuple(weights.shape) != tuple(templates.shape):
             raise ValueError(f"`weights` must have the shape of `templates` {tuple(templates.shape)}, "
                              f"got {tuple(weights.shape)}")
-        _check_concrete(weights, lambda w: not np.any(w < 0), "weights", "must be >= 0 (negative weights passed to the op)")
+        _check_concrete(weights, lambda w: not np.any(w < 0), "weights",
+                        "must be >= 0 (negative weights passed to the op)")
     p_vector = _similarity_p(kind, p, n)
     if normalization_term and kind == "linear":
         raise ValueError("`normalization_term` applies to the l1/l2/lp similarities, not 'linear'")
@@ -262,14 +265,16 @@ def mex(inputs, xi, *, num_instances=1, pool_size=(1, 1), channel_block=None, st
       for inputs of that dtype, else float32.
     """
     inputs = _activations(inputs, "inputs")
-    _check_rank(inputs, 4, "inputs", "(batch, height, width, channels)")
+    _check_images(inputs)
     channels = inputs.shape[-1]
+    if not channels:
+        raise ValueError(f"`inputs` must have a known, nonzero number of channels, got shape {tuple(inputs.shape)}")
     k = positive_int(num_instances, "num_instances")
     pool_size = normalize_tuple(pool_size, "pool_size")
     strides = pool_size if strides is None else normalize_tuple(strides, "strides")
     padding = normalize_padding(padding)
     channel_block = channels if channel_block is None else positive_int(channel_block, "channel_block")
-    if channels is None or channels % channel_block:
+    if channels % channel_block:
         raise ValueError(f"`channel_block`={channel_block} must divide the number of input channels ({channels})")
     window_fits(inputs.shape[1:3], pool_size, padding, "pool_size")
     if None in inputs.shape[1:3]:
@@ -277,13 +282,13 @@ def mex(inputs, xi, *, num_instances=1, pool_size=(1, 1), channel_block=None, st
     static_xi = xi
     if softmax_mode and isinstance(xi, (int, float)) and xi == 0:
         raise ValueError("`xi`=0 with softmax_mode=True is log(n)/0 = inf; use xi != 0")
-    xi = _per_instance(xi, k, "xi")
+    xi = _one_or_each(xi, k, "xi", "instance")
     _check_concrete(xi, lambda v: not np.any(np.isnan(v)), "xi", "must not be NaN")
     if _is_number(static_xi) or isinstance(static_xi, (list, tuple, np.ndarray)):
         # a fixed xi lets the composite drop the branches it does not need
         xi = np.broadcast_to(np.asarray(static_xi, "float32").reshape(-1), (k,))
     if c is not None:
-        c = _per_instance(c, k, "c")
+        c = _one_or_each(c, k, "c", "instance")
     if offsets is not None:
         offsets = _float32(offsets, "offsets")
         _check_offsets(offsets, inputs, k, pool_size, channel_block, strides, padding)
@@ -317,11 +322,9 @@ def _similarity_p(kind, p, n):
         if not float(p) > 0:
             raise ValueError(f"`p` must be > 0, got {p!r}")
         return ops.full((n,), float(p), dtype="float32")
-    p = _float32(p, "p")
-    if tuple(p.shape) not in ((), (n,)):
-        raise ValueError(f"`p` must be a scalar or have shape ({n},) (one per template), got {tuple(p.shape)}")
+    p = _one_or_each(p, n, "p", "template")
     _check_concrete(p, lambda v: np.all(v > 0), "p", "must be > 0")
-    return ops.broadcast_to(p, (n,))
+    return p
 
 
 def _check_offsets(offsets, inputs, k, pool_size, channel_block, strides, padding):
@@ -359,12 +362,13 @@ def _centred(inputs, templates, strides, padding, ignore_nan):
     return inputs - ops.cast(shift, inputs.dtype), templates - ops.reshape(shift, (1, 1, -1, 1)), padding
 
 
-def _per_instance(value, k, name):
+def _one_or_each(value, count, name, item):
+    """`value` as a float32 (count,) tensor: a scalar or (1,) shared by every `item`, or one per `item`."""
     value = _float32(value, name)
-    if tuple(value.shape) not in ((), (1,), (k,)):
-        raise ValueError(f"`{name}` must be a scalar or have shape ({k},) (one per instance), "
+    if tuple(value.shape) not in ((), (1,), (count,)):
+        raise ValueError(f"`{name}` must be a scalar or have shape ({count},) (one per {item}), "
                          f"got {tuple(value.shape)}")
-    return ops.broadcast_to(ops.reshape(value, (-1,)), (k,)) if tuple(value.shape) != (k,) else value
+    return ops.broadcast_to(ops.reshape(value, (-1,)), (count,)) if tuple(value.shape) != (count,) else value
 
 
 def _float32(value, name):
@@ -387,6 +391,13 @@ def _numeric(value, name):
     return tensor
 
 
+def _check_images(inputs):
+    """`inputs` of rank 4 (N, H, W, C) with no empty spatial axis (a 'same' window over none gives no output)."""
+    _check_rank(inputs, 4, "inputs", "(batch, height, width, channels)")
+    if 0 in inputs.shape[1:3]:
+        raise ValueError(f"`inputs` must have a height and width of at least 1, got shape {tuple(inputs.shape)}")
+
+
 def _check_rank(tensor, rank, name, layout):
     if len(tensor.shape) != rank:
         raise ValueError(f"`{name}` must be a {rank}D tensor {layout}, got shape {tuple(tensor.shape)}")
@@ -397,14 +408,18 @@ def _is_number(value):
 
 
 def _check_concrete(tensor, predicate, name, requirement):
-    """Check a tensor's values when they are known now (eager); symbolic tensors pass."""
+    """Check a tensor's values when they are known now (eager).
+
+    Symbolic tensors (inside a tf.function, Keras tracing) pass unchecked: neither implementation checks
+    them at run time, so e.g. negative weights, p <= 0 or a NaN xi give NaN or meaningless outputs there.
+    """
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
-        if not tf.executing_eagerly():  # tracing; converting would only raise (after a numpy 2 DeprecationWarning)
+        if not tf.executing_eagerly():  # converting would only raise (after a numpy 2 DeprecationWarning)
             return
     try:
         values = ops.convert_to_numpy(tensor)
-    except Exception:  # symbolic (inside tf.function / tracing): checked by the kernels
+    except Exception:  # symbolic (another backend's tracing): no values to check
         return
     if not predicate(values):
         raise ValueError(f"`{name}` {requirement}")

@@ -33,8 +33,7 @@ def nonnegative_int(value, name):
 
 def int_in_range(value, name, low=None, high=None):
     """`value` as an int, at least `low` and at most `high` where given (bools are not ints)."""
-    if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
-            or (low is not None and value < low) or (high is not None and value > high)):
+    if not _is_int(value) or (low is not None and value < low) or (high is not None and value > high):
         if high is not None:
             wanted = f"an int in [{low}, {high}]" if low is not None else f"an int <= {high}"
         elif low is not None:
@@ -51,8 +50,7 @@ def positive_ints(value, name, allow_empty=False):
         items = tuple(value)
     except TypeError:
         items = None
-    if items is None or (not items and not allow_empty) or any(
-            isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in items):
+    if items is None or (not items and not allow_empty) or not all(_is_int(v) and v >= 1 for v in items):
         what = "a sequence" if allow_empty else "a non-empty sequence"
         raise ValueError(f"`{name}` must be {what} of positive ints, got {value!r}")
     return tuple(int(v) for v in items)
@@ -94,16 +92,17 @@ def float_in_range(value, name, low, high, interval="[]"):
 
 
 def normalize_tuple(value, name, length=2):
-    """An int or a sequence of `length` positive ints -> tuple (Keras's `standardize_tuple`)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = (value,) * length
+    """A positive int or a sequence of `length` of them -> tuple (Keras's `standardize_tuple`).
+
+    Each element is checked as `positive_ints` checks it: floats, strings and bools are refused, not truncated.
+    """
     try:
-        value = tuple(int(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"`{name}` must be an int or a tuple of {length} ints, got {value!r}") from None
-    if len(value) != length or any(v < 1 for v in value):
-        raise ValueError(f"`{name}` must be {length} positive ints, got {value!r}")
-    return value
+        items = positive_ints((value,) * length if _is_int(value) else value, name)
+    except ValueError:
+        items = ()
+    if len(items) != length:
+        raise ValueError(f"`{name}` must be a positive int or a tuple of {length} positive ints, got {value!r}")
+    return items
 
 
 def normalize_padding(padding, name="padding"):
@@ -170,6 +169,11 @@ def path(value, name):
     if not isinstance(value, str) or not value:
         raise ValueError(f"`{name}` must be a path (a non-empty str or os.PathLike), got {value!r}")
     return value
+
+
+def _is_int(value):
+    """An int or numpy integer, not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _float(value, name, description):

@@ -8,6 +8,7 @@ tf2onnx maps to standard ONNX ops.
 Both functions take arguments already validated and normalised by
 `kernelzoo.ops.api` (float32 tensors, tuples, lower-case padding).
 """
+import functools
 import math
 
 import numpy as np
@@ -24,6 +25,44 @@ SERIES_THRESHOLD = 1e-3
 _LIVE_COPIES = {"l1": 5, "lp": 8, "mex": 14}
 
 
+def _handles_empty_batch(fn):
+    """`fn(inputs, ...)` that also takes a batch known to hold no images: run on one zero image, sliced to none.
+
+    TF's Conv2D returns an empty input unchanged (not the output's shape) and keras.ops.max refuses an
+    empty tensor; the slice keeps the output's shape and the (empty, zero) gradients connected.
+    """
+    @functools.wraps(fn)
+    def wrapper(inputs, *args, **kwargs):
+        if inputs.shape[0] != 0:
+            return fn(inputs, *args, **kwargs)
+        return fn(ops.pad(inputs, [(0, 1), (0, 0), (0, 0), (0, 0)]), *args, **kwargs)[:0]
+    return wrapper
+
+
+def _conv(inputs, kernel, strides, padding):
+    """`ops.conv` (NHWC), clear of a TensorFlow 2.21 CPU bug.
+
+    TF 2.21's oneDNN Conv2D (the CPU default, TF_ENABLE_ONEDNN_OPTS=1) returns wrong values for a
+    batch of >= 2 one-channel images with a width stride > 1 when the windows leave a trailing input
+    column unread or the output is one column wide. The same convolution on the zero-padded input
+    ("same"), cropped to the extent the windows read, with stride 1 along an axis of one output, is
+    right. Spatial sizes unknown when traced are passed on as they are.
+    """
+    sizes, window = inputs.shape[1:3], kernel.shape[:2]
+    if None in sizes:
+        return ops.conv(inputs, kernel, strides=strides, padding=padding)
+    pads = [pad_amounts(size, k, s, padding) for size, k, s in zip(sizes, window, strides)]
+    if any(sum(pads, ())):
+        inputs = ops.pad(inputs, [(0, 0), *pads, (0, 0)])
+    outs = [output_size(size, k, s, padding) for size, k, s in zip(sizes, window, strides)]
+    extents = tuple((out - 1) * s + k for out, k, s in zip(outs, window, strides))
+    if extents != tuple(inputs.shape[1:3]):
+        inputs = inputs[:, :extents[0], :extents[1]]
+    strides = tuple(s if out > 1 else 1 for out, s in zip(outs, strides))
+    return ops.conv(inputs, kernel, strides=strides, padding="valid")
+
+
+@_handles_empty_batch
 def similarity(inputs, templates, weights, p, *, similarity, strides, padding, ignore_nan):
     """sum_d u[d, l] * phi(x_ij[d], z[d, l]) for every patch x_ij and template l.
 
@@ -31,7 +70,7 @@ def similarity(inputs, templates, weights, p, *, similarity, strides, padding, i
     Output (N, H', W', n). See `kernelzoo.ops.similarity` for the semantics.
     """
     x, valid = _split_nan(inputs) if ignore_nan else (inputs, None)
-    conv = lambda t, k: ops.conv(t, k, strides=strides, padding=padding)  # noqa: E731
+    conv = lambda t, k: _conv(t, k, strides, padding)  # noqa: E731
     if similarity == "linear":
         return conv(x, weights * templates)
     if similarity == "l2":
@@ -42,9 +81,10 @@ def similarity(inputs, templates, weights, p, *, similarity, strides, padding, i
     return _lp_similarity(x, valid, templates, weights, p, similarity, strides, padding)
 
 
+@_handles_empty_batch
 def valid_sum(inputs, kernel, *, strides, padding):
     """sum_d kernel[d, l] over the non-NaN entries of each patch (NaN padding for "same")."""
-    return ops.conv(_split_nan(inputs)[1], kernel, strides=strides, padding=padding)
+    return _conv(_split_nan(inputs)[1], kernel, strides, padding)
 
 
 def _split_nan(inputs):
@@ -62,10 +102,10 @@ def _lp_similarity(x, valid, templates, weights, p, similarity, strides, padding
     kh, kw, channels, n = templates.shape
     depth = kh * kw * channels
     one_hot = ops.convert_to_tensor(np.eye(depth, dtype="float32").reshape(kh, kw, channels, depth))
-    patches = ops.conv(x, one_hot, strides=strides, padding=padding)  # (N, H', W', D)
+    patches = _conv(x, one_hot, strides, padding)  # (N, H', W', D)
     rows = [ops.reshape(patches, (-1, depth))]
     if valid is not None:
-        rows.append(ops.reshape(ops.conv(valid, one_hot, strides=strides, padding=padding), (-1, depth)))
+        rows.append(ops.reshape(_conv(valid, one_hot, strides, padding), (-1, depth)))
     shared = [ops.reshape(templates, (depth, n)), ops.reshape(weights, (depth, n))]
     if similarity == "lp":
         shared.append(p)
@@ -119,6 +159,7 @@ def _safe_pow(base, exponent):
     return ops.where(nonzero, ops.exp(exponent * ops.log(safe)), 0.0)
 
 
+@_handles_empty_batch
 def mex(inputs, xi, offsets, c, *, num_instances, pool_size, channel_block, strides, padding, softmax_mode):
     """MEX over blocks of pool_size x channel_block entries, for each of num_instances instances.
 
@@ -173,6 +214,8 @@ def mex_reduce(values, xi, valid=None, softmax_mode=False):
     Stable for any xi in [-inf, inf]: shifted log-mean-exp (`_log_mean_exp`), the
     cumulant series mean + xi var / 2 + xi^2 mu3 / 6 when |xi| * range is tiny
     (so xi = 0 is exactly the mean with d/dxi = var / 2), max / min at +-inf.
+    A set holding +-inf gets the custom op's value: its max (xi > 0) / min (xi < 0) where
+    that is infinite, its mean at xi = 0; its gradients may be NaN here where the custom op's are not.
     A fixed xi (a NumPy array, one value for all instances) builds only the branch it needs.
     """
     if valid is None:
@@ -201,20 +244,30 @@ def mex_reduce(values, xi, valid=None, softmax_mode=False):
     scaled = masked(xi_safe * (values - shift), 0.0)
     general = shift + _log_mean_exp(scaled, count, masked, moderate) / xi_safe
 
-    small = ops.abs(ops.where(ops.isfinite(xi), xi, 0.0)) * (vmax - vmin) < SERIES_THRESHOLD
-    small = ops.logical_and(small, ops.isfinite(xi))
-    xi_small = ops.where(small, xi, 0.0)
-    centred = masked(values - mean, 0.0)
-    var = ops.sum(ops.square(centred), axis=-1, keepdims=True) / count
-    mu3 = ops.sum(centred * ops.square(centred), axis=-1, keepdims=True) / count
-    series = mean + xi_small * var / 2.0 + ops.square(xi_small) * mu3 / 6.0
-
-    out = ops.where(small, series, general)
-    out = ops.where(xi == np.inf, vmax, ops.where(xi == -np.inf, vmin, out))
+    # xi = 0 is small even for a set holding +-inf (0 * inf range is NaN).
+    small = ops.abs(ops.where(finite, xi, 0.0)) * (vmax - vmin) < SERIES_THRESHOLD
+    small = ops.logical_or(ops.logical_and(small, finite), ops.equal(xi, 0.0))
+    out = ops.where(small, _mex_series(values, ops.where(small, xi, 0.0), mean, count, masked), general)
+    extreme = ops.where(xi > 0, vmax, vmin)
+    at_extreme = ops.logical_or(ops.isinf(xi), ops.logical_and(ops.isinf(extreme), ops.not_equal(xi, 0.0)))
+    out = ops.where(at_extreme, extreme, out)
     if softmax_mode:
         xi_nonzero = ops.where(ops.equal(xi, 0.0), 1.0, xi)
         out = ops.where(ops.equal(xi, 0.0), np.inf, out + _log(count) / xi_nonzero)
     return ops.squeeze(out, axis=-1)
+
+
+def _mex_series(values, xi, mean, count, masked):
+    """mean + xi var / 2 + xi^2 mu3 / 6 (keepdims); an infinite mean (a set holding +-inf, at xi = 0) is the result.
+
+    xi^2 is taken of xi clipped to +-1e19: beyond, it overflows float32 (times the zero mu3 of an all-equal
+    set, NaN in the value or its gradients), and there the series' |xi| * range < 1e-3 leaves mu3 = 0 anyway.
+    """
+    centred = masked(values - mean, 0.0)
+    var = ops.sum(ops.square(centred), axis=-1, keepdims=True) / count
+    mu3 = ops.sum(centred * ops.square(centred), axis=-1, keepdims=True) / count
+    series = mean + xi * var / 2.0 + ops.square(ops.clip(xi, -1e19, 1e19)) * mu3 / 6.0
+    return ops.where(ops.isfinite(mean), series, mean)
 
 
 def _log_mean_exp(scaled, count, masked, moderate):
@@ -247,7 +300,8 @@ def _mex_fixed_xi(values, xi, count, masked):
         return vmin
     shift = vmax if xi > 0 else vmin
     scaled = masked(xi * (values - shift), 0.0)
-    return shift + _log_mean_exp(scaled, count, masked, abs(xi) * (vmax - vmin) < 1.0) / xi
+    out = shift + _log_mean_exp(scaled, count, masked, abs(xi) * (vmax - vmin) < 1.0) / xi
+    return ops.where(ops.isinf(shift), shift, out)  # a set holding +inf (xi > 0) / -inf (xi < 0): that extreme
 
 
 def _extract_blocks(inputs, pool_size, strides, padding):

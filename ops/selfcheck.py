@@ -109,13 +109,14 @@ def _check_op(op, device):
     rng = np.random.default_rng(17)
     cases = _similarity_cases(rng) if op == "similarity" else _mex_cases(rng)
     for seed, (name, args, kwargs) in enumerate(cases):
-        try:
-            with tf.device(device):
-                values = _fault(op, _run(getattr(custom, op), args, kwargs, seed))
-                reference = _run(getattr(composite, op), args, kwargs, seed)
-        except Exception as error:  # noqa: BLE001 - a kernel that fails is a failed check
-            return f"{name}: the custom op raised {type(error).__name__}: {str(error).strip().splitlines()[0]}"
-        problem = _mismatch(values, reference)
+        results = []
+        for label, module in (("the custom op", custom), ("the composite reference", composite)):
+            try:
+                with tf.device(device):
+                    results.append(_run(getattr(module, op), args, kwargs, seed))
+            except Exception as error:  # noqa: BLE001 - a kernel that fails is a failed check
+                return f"{name}: {label} raised {type(error).__name__}: {str(error).strip().splitlines()[0]}"
+        problem = _mismatch(_fault(op, results[0]), results[1])
         if problem:
             return f"{name}: {problem}"
     return None

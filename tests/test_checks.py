@@ -24,6 +24,8 @@ def test_checks_return_normalised_values():
     assert checks.positive_float("0.5", "gamma") == 0.5 and checks.nonnegative_float(0, "decay") == 0.0
     assert checks.float_in_range(1, "eta", 0, 1) == 1.0 and checks.float_in_range(0.5, "f", 0, 1, "()") == 0.5
     assert checks.normalize_tuple(3, "kernel_size") == (3, 3) and checks.normalize_tuple([2, 1], "strides") == (2, 1)
+    assert checks.normalize_tuple(np.int64(2), "pool_size") == (2, 2)
+    assert checks.normalize_tuple(np.array([2, 1]), "strides") == (2, 1)
     assert checks.normalize_padding("Valid") == "valid"
     assert checks.image_shape([32, 32, 3]) == (32, 32, 3)
     assert checks.image_batch(np.zeros((2, 4, 4, 1), np.uint8)).shape == (2, 4, 4, 1)
@@ -52,6 +54,12 @@ def test_checks_return_normalised_values():
     (lambda: checks.float_in_range(1.0, "dropout", 0, 1, "[)"), "dropout"),
     (lambda: checks.normalize_tuple((2, 0), "strides"), "strides"),
     (lambda: checks.normalize_tuple("ab", "strides"), "strides"),
+    (lambda: checks.normalize_tuple((1.7, 2), "pool_size"), "pool_size"),
+    (lambda: checks.normalize_tuple(("2", "2"), "pool_size"), "pool_size"),
+    (lambda: checks.normalize_tuple("22", "pool_size"), "pool_size"),
+    (lambda: checks.normalize_tuple((True, 2), "strides"), "strides"),
+    (lambda: checks.normalize_tuple(2.0, "strides"), "strides"),
+    (lambda: checks.normalize_tuple((2, 2, 2), "strides"), "strides"),
     (lambda: checks.normalize_padding("full"), "padding"),
     (lambda: checks.image_shape((32, 32)), "input_shape"),
     (lambda: checks.image_batch(np.zeros((4, 4, 1)), "x_train"), "x_train"),

@@ -24,7 +24,8 @@ if library._compiler() is None:
 
 import tensorflow as tf  # noqa: E402
 
-from kernelzoo.ops import composite, custom  # noqa: E402
+from kernelzoo.ops import composite, custom, selfcheck  # noqa: E402
+from test_ops import ONE_CHANNEL_STRIDED  # noqa: E402
 
 RNG_SEED = 1234
 
@@ -89,6 +90,26 @@ def test_similarity_matches_composite(lib, kind, weighted, strides, padding, ign
         _rel_close(g, g_ref, 1e-4, f"grad {name}")
     if ignore_nan:
         assert np.all(grads[0][np.isnan(x)] == 0.0)
+
+
+@pytest.mark.parametrize("kind", ["linear", "l1", "l2", "lp"])
+@pytest.mark.parametrize("padding", ["valid", "same"])
+@pytest.mark.parametrize("shape,window,strides", ONE_CHANNEL_STRIDED)
+def test_similarity_matches_composite_on_one_channel_batches_with_width_strides(lib, kind, padding, shape, window,
+                                                                                strides):
+    """Values and gradients where TF 2.21's oneDNN Conv2D was wrong (composite `_conv` works around it)."""
+    rng = np.random.default_rng(RNG_SEED)
+    x = rng.normal(size=shape).astype("float32")
+    z = rng.normal(size=window + (1, 5)).astype("float32")
+    u = rng.uniform(0.2, 1.5, size=z.shape).astype("float32")
+    p = (rng.uniform(0.7, 2.5, size=5) if kind == "lp" else np.full(5, 2.0)).astype("float32")
+    kw = dict(similarity=kind, strides=strides, padding=padding, ignore_nan=False)
+    y, grads = _value_and_grads(lambda *a: custom.similarity(*a, **kw), [x, z, u, p])
+    y_ref, grads_ref = _value_and_grads(lambda *a: composite.similarity(*a, **kw), [x, z, u, p])
+    _rel_close(y, y_ref, 1e-5, "output")
+    for name, g, g_ref in zip(["inputs", "templates", "weights", "p"], grads, grads_ref):
+        if g_ref is not None:
+            _rel_close(g, g_ref, 1e-4, f"grad {name}")
 
 
 # (input shape, patch): a few rows in one chunk; 38 output rows of 38 in two bands (the backward's waves).
@@ -722,6 +743,15 @@ def test_similarity_bad_shapes_raise(lib):
         tf.function(lambda: _sim(lib, x, z, tf.zeros((3, 3, 3, 5)), p))()
 
 
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_similarity_shape_function_names_the_padding(lib, padding):
+    empty = tf.TensorSpec((0, 3, 3, 4))  # a patch of height 0 fits no padding
+    trace = tf.function(lambda x, z: _sim(lib, x, z, z, tf.ones(4), padding=padding)).get_concrete_function
+    with pytest.raises(ValueError, match=f"patch of size 0 does not fit the input height of size 6 with padding "
+                                         f"'{padding}'"):
+        trace(tf.TensorSpec((2, 6, 6, 3)), empty)
+
+
 def _mex(lib, x, xi, off=None, c=None, grad=None, **attrs):
     kw = dict(num_instances=2, pool_size=[2, 2], channel_block=1, strides=[2, 2],
               padding="valid", softmax_mode=False, use_offsets=off is not None,
@@ -898,6 +928,16 @@ def test_half_activations_type_errors_name_the_argument(lib):
 
 
 # ------------------------------------------------------- library / cache --
+@pytest.mark.parametrize("broken,label", [(custom, "the custom op"), (composite, "the composite reference")])
+def test_self_check_names_the_implementation_that_raised(lib, monkeypatch, broken, label):
+    def fail(*args, **kwargs):
+        raise RuntimeError("broken")
+
+    monkeypatch.setattr(broken, "mex", fail)
+    problem = selfcheck._check_op("mex", "/CPU:0")
+    assert problem == f"pool 2x2, 2 instances, offsets, c: {label} raised RuntimeError: broken"
+
+
 def test_build_reuses_cached_library(lib):
     path = library.build()
     mtime = os.stat(path).st_mtime_ns

@@ -322,3 +322,14 @@ def test_gpu_check_names_a_missing_reference(emulated, tmp_path):
     from kernelzoo.ops import gpu_check
     with pytest.raises(FileNotFoundError, match="gpu_check reference"):
         gpu_check.check(emulated, str(tmp_path / "absent.npz"))
+
+
+@pytest.mark.parametrize("infinity", [np.inf, -np.inf])
+def test_mex_emulation_of_sets_holding_an_infinity(emulated, infinity):
+    """xi = 0: the mean, that infinity (the shared MexSetForward); other xi as the CPU kernels."""
+    x = np.tile(np.array([1.0, 2.0, infinity, 4.0], "float32").reshape(1, 2, 2, 1), (2, 2, 2, 4))
+    xi = np.array([0.0, 0.5, -0.5], "float32")
+    kw = dict(num_instances=3, pool_size=(2, 2), channel_block=2, strides=(2, 2), padding="valid", softmax_mode=False)
+    y = emulated.mex(x, xi, None, None, **kw).reshape(-1, 3)
+    np.testing.assert_array_equal(y[:, 0], infinity)
+    _check_mex(emulated, x, xi, None, None, kw)

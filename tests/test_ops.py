@@ -9,6 +9,7 @@ import tensorflow as tf
 from scipy.special import gammaln
 
 from kernelzoo import ops as kops
+from kernelzoo.ops.shapes import pad_amounts
 
 
 def similarity_reference(x, z, u, kind, p=None, strides=(1, 1), ignore_nan=False):
@@ -398,6 +399,15 @@ def test_mex_gradient_at_infinite_xi_goes_to_the_max(impl):
     (lambda x, z: kops.mex(x, 1.0, offsets=np.zeros((1, 1, 1, 2, 2, 2))), "offsets"),
     (lambda x, z: kops.mex(x, 1.0, offsets=np.zeros((9, 1, 1, 1, 1, 2))), "offsets"),
     (lambda x, z: kops.mex(x, 1.0, c=[1.0, 2.0]), "c"),
+    (lambda x, z: kops.mex(x[..., :0], 1.0, pool_size=2), "inputs"),
+    (lambda x, z: kops.mex(x[:, :, :0], 1.0, pool_size=2, padding="same"), "inputs"),
+    (lambda x, z: kops.similarity(x[:, :0], z, padding="same"), "inputs"),
+    (lambda x, z: kops.mex(x, 1.0, pool_size=(1.7, 2)), "pool_size"),
+    (lambda x, z: kops.mex(x, 1.0, pool_size=("2", "2")), "pool_size"),
+    (lambda x, z: kops.similarity(x, z, strides=(True, 1)), "strides"),
+    (lambda x, z: kops.similarity(x, z[:0]), "templates"),
+    (lambda x, z: kops.similarity(x, z[:, :0], padding="same"), "templates"),
+    (lambda x, z: kops.similarity(x, z[..., :0]), "templates"),
 ])
 def test_bad_input_raises_value_error_naming_the_argument(impl, call, message):
     x = np.zeros((1, 5, 5, 2), "float32")
@@ -415,3 +425,110 @@ def test_implementation_override_is_validated():
     with pytest.raises(ValueError, match="implementation"):
         with kops.implementation("cuda"):
             pass
+
+
+# Batches of >= 2 one-channel images with a width stride > 1 and a trailing column no window reads, or
+# an output one column wide: TF 2.21's oneDNN Conv2D returned wrong values there (composite `_conv`).
+ONE_CHANNEL_STRIDED = [((2, 6, 3, 1), (2, 2), (1, 2)), ((2, 4, 4, 1), (2, 2), (1, 3)),
+                       ((2, 3, 3, 1), (2, 3), (1, 2)), ((2, 3, 2, 1), (2, 2), (1, 3))]
+
+
+def _same_padded(x, window, strides, value=0.0):
+    """x with the zero (or NaN) border "same" padding adds (the references take "valid" windows)."""
+    pads = [pad_amounts(size, k, s, "same") for size, k, s in zip(x.shape[1:3], window, strides)]
+    return np.pad(x, [(0, 0), *pads, (0, 0)], constant_values=value)
+
+
+@pytest.mark.parametrize("kind,p", [("linear", None), ("l1", None), ("l2", None), ("lp", [0.7, 1.5, 3.0])])
+@pytest.mark.parametrize("padding", ["valid", "same"])
+@pytest.mark.parametrize("shape,window,strides", ONE_CHANNEL_STRIDED)
+def test_similarity_of_one_channel_batches_with_width_strides(impl, rng, kind, p, padding, shape, window, strides):
+    x = rng.normal(size=shape).astype("float32")
+    z = rng.normal(size=window + (1, 3)).astype("float32")
+    u = rng.uniform(0.2, 2.0, size=z.shape).astype("float32")
+    out = np.asarray(kops.similarity(x, z, u, similarity=kind, p=p, strides=strides, padding=padding))
+    padded = _same_padded(x, window, strides) if padding == "same" else x
+    np.testing.assert_allclose(out, similarity_reference(padded, z, u, kind, p, strides), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+@pytest.mark.parametrize("shape,window,strides", ONE_CHANNEL_STRIDED)
+def test_normalization_term_of_one_channel_batches_with_width_strides(impl, rng, padding, shape, window, strides):
+    """The observed-entry count of `ignore_nan` (composite.valid_sum, both implementations) on those shapes."""
+    x = rng.normal(size=shape).astype("float32")
+    x[x > 1.0] = np.nan
+    z = rng.normal(size=window + (1, 3)).astype("float32")
+    u = rng.uniform(0.5, 2.0, size=z.shape).astype("float32")
+    out = np.asarray(kops.similarity(x, z, u, similarity="l1", strides=strides, padding=padding,
+                                     normalization_term=True, ignore_nan=True))
+    padded = _same_padded(x, window, strides, np.nan) if padding == "same" else x
+    per_entry = np.log(u) - np.log(2.0)  # log p + log(u) / p - log 2 - lgamma(1 / p) at p = 1
+    observed = similarity_reference(~np.isnan(padded), per_entry, np.ones_like(u), "linear", strides=strides)
+    expected = similarity_reference(padded, z, u, "l1", strides=strides, ignore_nan=True) + observed
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-4)
+
+
+EMPTY_BATCH_CALLS = {  # name: (fn(x, parameter), parameter, output shape for x of shape (0, 4, 4, 2))
+    "l1": (lambda x, z: kops.similarity(x, z, similarity="l1"), (2, 2, 2, 3), (0, 3, 3, 3)),
+    "l2 same strides 2": (lambda x, z: kops.similarity(x, z, strides=2, padding="same"), (2, 2, 2, 3), (0, 2, 2, 3)),
+    "linear": (lambda x, z: kops.similarity(x, z, similarity="linear"), (3, 2, 2, 3), (0, 2, 3, 3)),
+    "lp ignore_nan normalization_term": (
+        lambda x, z: kops.similarity(x, z, similarity="lp", p=1.5, ignore_nan=True, normalization_term=True),
+        (2, 2, 2, 3), (0, 3, 3, 3)),
+    "mex": (lambda x, xi: kops.mex(x, xi, num_instances=2, pool_size=2, channel_block=1), (2,), (0, 2, 2, 4)),
+    "mex offsets c": (lambda x, c: kops.mex(x, 0.5, num_instances=2, pool_size=2, strides=1, padding="same",
+                                            offsets=np.ones((1, 1, 2, 2, 2, 2), "float32"), c=c), (2,), (0, 4, 4, 2)),
+}
+
+
+@pytest.mark.parametrize("name", list(EMPTY_BATCH_CALLS))
+def test_empty_batch_gives_empty_outputs_and_gradients(impl, name):
+    fn, parameter_shape, expected = EMPTY_BATCH_CALLS[name]
+    x = tf.zeros((0, 4, 4, 2))
+    parameter = tf.Variable(np.full(parameter_shape, 0.5, "float32"))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        out = fn(x, parameter)
+    grad_x, grad_parameter = tape.gradient(out, [x, parameter])
+    assert tuple(out.shape) == expected
+    assert tuple(grad_x.shape) == tuple(x.shape)
+    np.testing.assert_array_equal(grad_parameter, np.zeros(parameter_shape))
+
+
+@pytest.mark.parametrize("channels,channel_block", [(1, 1), (16, 1), (4, 2)])
+@pytest.mark.parametrize("infinity", [np.inf, -np.inf])
+def test_mex_of_a_set_holding_an_infinity(impl, channels, channel_block, infinity):
+    """xi = 0: the mean, that infinity; xi of its sign: it; the other sign: the finite values' MEX (exp(-inf) = 0).
+
+    One channel and channel blocks > 1 take the custom op's scalar path, 16 channels its SIMD lanes.
+    """
+    block = np.array([1.0, 2.0, infinity, 4.0])
+    x = np.repeat(block.reshape(1, 2, 2, 1), channels, axis=-1).astype("float32")
+    sign = np.sign(infinity)
+    finite = np.log(np.sum(np.exp(-sign * 0.5 * block[np.isfinite(block)])) / 4) / (-sign * 0.5)
+    for xi, expected in [(0.0, infinity), (sign * 0.5, infinity), (-sign * 0.5, finite)]:
+        for given in (xi, tf.Variable(xi)):  # a fixed xi and a tensor (learned) xi take different paths
+            out = np.asarray(kops.mex(x, given, pool_size=2, channel_block=channel_block))
+            np.testing.assert_allclose(out, np.full(out.shape, expected), rtol=1e-6, err_msg=f"xi={given!r}")
+
+
+@pytest.mark.parametrize("xi", [1e20, -1e20, 3e38])
+def test_mex_of_equal_values_at_a_huge_tensor_xi(impl, xi):
+    """All-equal and one-element sets are their value at any xi, each entry's gradient 1/n and d/dxi = 0."""
+    x = tf.constant(np.full((1, 2, 2, 3), 3.0, "float32"))
+    learned = tf.Variable(xi, dtype=tf.float32)
+    for pool in (2, 1):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = kops.mex(x, learned, pool_size=pool, channel_block=1)
+        grad_x, grad_xi = tape.gradient(out, [x, learned])
+        np.testing.assert_array_equal(out, 3.0)
+        np.testing.assert_allclose(grad_x, 1.0 / pool ** 2)
+        assert grad_xi == 0.0
+
+
+def test_lp_p_of_shape_one_is_shared_like_xi_and_c(impl, rng):
+    x = rng.normal(size=(1, 4, 4, 2)).astype("float32")
+    z = rng.normal(size=(2, 2, 2, 3)).astype("float32")
+    shared = kops.similarity(x, z, similarity="lp", p=np.array([1.5], "float32"))
+    np.testing.assert_array_equal(shared, kops.similarity(x, z, similarity="lp", p=1.5))

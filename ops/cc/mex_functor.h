@@ -7,7 +7,7 @@
 //
 // xi -> +inf: max, xi -> 0: mean, xi -> -inf: min. softmax_mode drops the 1/n
 // (adds log(n)/xi). Evaluation, with m = max(v) (xi > 0) or min(v) (xi < 0):
-//   |xi| (max - min) <  1e-3 (incl. xi == 0): mean + xi var/2 + xi^2 mu3/6
+//   |xi| (max - min) <  1e-3 (incl. xi == 0): mean + xi var/2 + xi^2 mu3/6 (xi == 0: the mean)
 //   |xi| (max - min) <  1:                    mean + log1p(mean(expm1(xi (v - mean)))) / xi
 //   otherwise:                                m + log(mean(exp(xi (v - m)))) / xi
 // (the last two are the same formula, shifted: the first is accurate when the
@@ -118,7 +118,8 @@ KZ_HOST_DEVICE inline MexSetState MexSetForward(const Values& v, int64_t n, floa
     st.mean = mean;
     st.var = m2 / n;
     st.mu3 = m3 / n;
-    double value = mean + dxi * st.var / 2.0 + dxi * dxi * st.mu3 / 6.0;
+    // xi == 0: the mean itself (for a set holding +-inf the moments are NaN, and 0 * NaN would be NaN).
+    double value = xi == 0.f ? mean : mean + dxi * st.var / 2.0 + dxi * dxi * st.mu3 / 6.0;
     if (softmax_mode) value += MexSoftmaxTerm(n, dxi);
     st.value = static_cast<float>(value);
     return st;

@@ -35,7 +35,8 @@ inline ::tensorflow::Status WindowedDim(::tensorflow::shape_inference::Inference
   int64_t size = 0, pad = 0;
   if (!WindowedOutputSize(c->Value(in), k, s, same, &size, &pad)) {
     return absl::InvalidArgumentError(absl::StrCat(window, " of size ", k, " does not fit the input ", axis,
-                                                   " of size ", c->Value(in), " with padding 'valid'"));
+                                                   " of size ", c->Value(in), " with padding '",
+                                                   same ? "same" : "valid", "'"));
   }
   *out = c->MakeDim(size);
   return absl::OkStatus();
