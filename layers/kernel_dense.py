@@ -27,12 +27,12 @@ def _initializer(value):
 
 def _kernel_function(kernel_function, legacy):
     """`kernel_function` ("rbf" when not given), or `legacy`: the `kernel` keyword of saved configs (the name
-    before 0.2); both given must agree, so that neither silently wins."""
+    in earlier versions); both given must agree, so that neither silently wins."""
     if legacy is None:
         return check_choice("kernel_function", "rbf" if kernel_function is None else kernel_function, KERNELS)
     legacy = check_choice("kernel", legacy, KERNELS)
     if kernel_function is not None and check_choice("kernel_function", kernel_function, KERNELS) != legacy:
-        raise ValueError(f"`kernel`={legacy!r} (the name of `kernel_function` before 0.2) and "
+        raise ValueError(f"`kernel`={legacy!r} (the name of `kernel_function` in earlier versions) and "
                          f"`kernel_function`={kernel_function!r} disagree: give `kernel_function` only")
     return legacy
 
@@ -192,7 +192,7 @@ class KernelDense(_LocationsLayer):
     Args:
         units: output size n.
         kernel_function: "rbf" (the default), "dot", "poly", "tanh" or "finite_support" (called
-            `kernel` before 0.2; that keyword, and saved configs holding it, still work).
+            `kernel` in earlier versions; that keyword, and saved configs holding it, still work).
         dim: dimension d of the locations u_i, v_j.
         gamma: RBF width (Eq. 6). degree, offset: polynomial (u.v + offset)^degree.
         scale: the a of the finite-support kernel (Eq. 7); distance: "euclidean"
@@ -222,7 +222,7 @@ class KernelDense(_LocationsLayer):
                  kernel_values_regularizer=None, effective_regularizer=None,
                  alpha_constraint=None, input_locations_constraint=None,
                  output_locations_constraint=None, bias_constraint=None, location_noise=0.0, **kwargs):
-        legacy = kwargs.pop("kernel", None)  # the name of `kernel_function` before 0.2 (in saved configs)
+        legacy = kwargs.pop("kernel", None)  # the name of `kernel_function` in earlier versions (in saved configs)
         super().__init__(
             units, dim=dim, scale=scale, distance=distance, activation=activation, use_bias=use_bias,
             input_locations_initializer=input_locations_initializer,

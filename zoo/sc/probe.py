@@ -118,7 +118,7 @@ def recipe_patch_cells(hp, map_side, image_side):
 
 
 def add_arguments(parser, command=None):
-    parser.description = __doc__.splitlines()[0].replace("`", "")
+    parser.description = __doc__.split("\n\n")[0].replace("`", "").replace("\n", " ")
     parser.add_argument("name", help="an SC preset (its network, data protocol and SC settings), e.g. sc_cifar10_4k")
     parser.add_argument("models", nargs="*", help=".keras files to probe (run models or SC-stage checkpoints)")
     parser.add_argument("--untrained", action="store_true", help="also probe the preset's freshly initialised network")
