@@ -7,6 +7,7 @@ import json
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import kernelzoo  # noqa: F401  (registers the layers)
 from kernelzoo.layers import CKNConv2D
@@ -239,6 +240,9 @@ def test_mixed_precision_run_saves_a_float32_model(tmp_path):
 
 
 def test_mixed_bfloat16_rounds_only_the_patch_anchor_products(rng):
+    """Under mixed_bfloat16 the layer's graph computes one op in bfloat16, the patch-anchor products (the Conv2D
+    with an output per anchor); the patch norms, kernel, pooling and Nystrom factor stay float32. The outputs hardly
+    tell (a whole-bfloat16 layer's error, 0.8 % of the largest output here, is as small): its traced ops do."""
     x = rng.normal(size=(2, 9, 9, 16)).astype("float32")
     exact = CKNConv2D(8, 3, subsampling=2, sigma=0.5)
     exact.build(x.shape)
@@ -247,9 +251,16 @@ def test_mixed_bfloat16_rounds_only_the_patch_anchor_products(rng):
     mixed.build(x.shape)
     mixed.set_weights(exact.get_weights())
     assert mixed.compute_dtype == "bfloat16" and mixed.anchors.dtype == "float32" and mixed.factor.dtype == "float32"
+    graph = tf.function(mixed).get_concrete_function(tf.TensorSpec(x.shape, "float32")).graph
+    in_bfloat16 = [(op.type, op.outputs[0].shape.as_list()[-1:]) for op in graph.get_operations()
+                   if op.type not in ("Cast", "Identity", "Reshape") and op.outputs
+                   and any(out.dtype == tf.bfloat16 for out in op.outputs)]
+    assert in_bfloat16 == [("Conv2D", [8])], in_bfloat16
+    assert any(op.type == "Exp" and op.outputs[0].dtype == tf.float32 for op in graph.get_operations())
     reference, rounded = np.asarray(exact(x)), np.asarray(keras.ops.cast(mixed(x), "float32"))
     assert not np.array_equal(reference, rounded)
-    np.testing.assert_allclose(rounded, reference, atol=0.05 * np.abs(reference).max())
+    # measured 0.34 % of the largest output (a few bfloat16 steps, after the kernel and the factor amplify them)
+    np.testing.assert_allclose(rounded, reference, rtol=0, atol=0.01 * np.abs(reference).max())
 
 
 # ----------------------------------------------------------------------------- builder options, loss, benchmark

@@ -103,12 +103,23 @@ def test_adam_steps_names_bad_arguments():
 
 
 def test_lbfgs_callback_sees_current_iterate():
+    """The callback runs once every `every` iterations, the model holding the iterate whose objective (the data
+    term plus the model's regularisation losses) it is given: what a checkpoint or an evaluation there sees."""
     model = ml.kernelnet_movielens(n_users=5, hidden=(3,), seed=0)
     x = np.ones((4, 5), np.float32) * 3
+
+    def loss_fn(m):
+        return ml.masked_squared_error(x, np.ones_like(x), m(x))
+
     seen = []
-    fit_lbfgs(model, lambda m: ml.masked_squared_error(x, np.ones_like(x), m(x)),
-              maxiter=6, every=2, callback=lambda step, loss: seen.append(step))
-    assert seen and all(s % 2 == 0 for s in seen)
+
+    def callback(step, loss):
+        seen.append(step)
+        assert loss == pytest.approx(float(loss_fn(model) + tf.add_n(model.losses)), rel=1e-6), step
+
+    assert model.losses  # the objective has a regularisation term
+    fit_lbfgs(model, loss_fn, maxiter=6, every=2, callback=callback)
+    assert seen == [2, 4, 6]
 
 
 def test_mnist_prior_fixes_locations_learned_trains_them():

@@ -234,6 +234,8 @@ def test_builder_and_presets():
 
 
 def test_bfloat16_centroid_convolutions_and_their_float32_copy():
+    """cluster_dtype="bfloat16" convolves in bfloat16 (features within its rounding of the float32 copy's, yet not
+    equal: a policy named but not applied fails); with_cluster_dtype gives the float32 network ONNX export needs."""
     keras.utils.set_random_seed(0)
     model = layerwise_cnn(clusters=(6, 8), embeddings=(4, 5), fc_units=(8, 4), bias=0.5, input_shape=(12, 12, 3),
                           cluster_dtype="bfloat16")
@@ -243,8 +245,10 @@ def test_bfloat16_centroid_convolutions_and_their_float32_copy():
     x = np.random.default_rng(0).integers(0, 256, size=(4, 12, 12, 3)).astype("float32")
     # The features (what the bfloat16 convolutions feed), not the logits: a random head's ReLUs can all be off.
     low, high = (keras.Model(m.input, m.get_layer("features").output).predict(x, verbose=0) for m in (model, plain))
-    assert np.abs(high).max() > 0
-    assert low.dtype == np.float32 and np.abs(low - high).max() <= 0.05 * np.abs(high).max()   # bf16: 8-bit mantissa
+    error, scale = np.abs(low - high).max(), np.abs(high).max()
+    assert scale > 0 and low.dtype == np.float32
+    # bfloat16 (8-bit mantissa) does run: its rounding, ~0.4 % of the largest feature here, far above float32's
+    assert 1e-4 * scale < error <= 0.05 * scale, (error, scale)
 
 
 # ----------------------------------------------------------------------------- Sec. 4: the two-level analysis
@@ -377,7 +381,7 @@ def test_validate_only_and_the_jl_variant(tmp_path):
         recipe.stages(registry.create("layerwise_cifar10_fc"), dict(hp, epochs=10, block_epochs=5))
 
 
-def test_feature_standardization_is_fitted_to_the_training_features_and_survives_a_resume(tmp_path):
+def test_feature_standardization_is_fitted_to_the_training_features_and_survives_a_resume(tmp_path, monkeypatch):
     """standardize_features=true: the head sees the training features standardised (the statistics fitted once,
     at the classifier stage's start); a run killed inside the classifier stage resumes to the same weights, and
     the saved model standardises as the trained one (Normalization's statistics are restored, not re-fitted)."""
@@ -404,7 +408,10 @@ def test_feature_standardization_is_fitted_to_the_training_features_and_survives
     live = features.std(0) > 1e-3
     np.testing.assert_allclose(standardized.std(0)[live], 1, atol=1e-3)
     run(tmp_path / "cut", 2)
-    resumed = run(tmp_path / "cut", 3, resume=True)
+    with monkeypatch.context() as patch:  # a re-fit to the same features would end the same: it must not run at all
+        patch.setattr(algorithm, "adapt_feature_standardization",
+                      lambda *args, **kwargs: pytest.fail("the resume re-fitted the feature standardisation"))
+        resumed = run(tmp_path / "cut", 3, resume=True)
     again = keras.models.load_model(resumed["model_path"], compile=False)
     np.testing.assert_allclose(again.predict(data.test[0], verbose=0), model.predict(data.test[0], verbose=0),
                                rtol=1e-5, atol=1e-5)
@@ -421,7 +428,7 @@ def test_block_lr_reaches_the_blocks_from_the_command_line(monkeypatch, tmp_path
     """`kernelzoo train ... --block-lr X` sets the blocks' lr (the classifier keeps --lr)."""
     from kernelzoo import cli
     from kernelzoo.zoo.layerwise import recipe as layerwise_recipe
-    from kernelzoo.zoo.recipe import Data, dataset_name
+    from kernelzoo.zoo.recipe import Data
 
     seen = {}
     monkeypatch.setattr(layerwise_recipe.LayerwiseRecipe, "load_data", lambda self, *a, **k: Data(None, None, "stub"))

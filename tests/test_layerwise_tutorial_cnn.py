@@ -149,6 +149,8 @@ def test_precision_reaches_the_recipe_from_the_command_line(monkeypatch, tmp_pat
 
 
 def test_a_mixed_bfloat16_run_saves_a_float32_model(tmp_path):
+    """A mixed_bfloat16 run saves a float32 model.keras holding the trained weights (the checkpoint's float32
+    variables, exactly: a copy that re-initialises fails), which the run also returns."""
     preset = registry.info("cnn_cifar10_tf_linear")
     recipe = registry.recipe(preset)
     data = Data(train=stripes(48, size=12), test=stripes(12, size=12, seed=1), source="stripes",
@@ -159,6 +161,8 @@ def test_a_mixed_bfloat16_run_saves_a_float32_model(tmp_path):
     assert trained.get_layer("conv2").dtype_policy.name == "mixed_bfloat16"
     saved = keras.models.load_model(tmp_path / training.MODEL_FILE)
     assert {layer.dtype_policy.name for layer in saved.layers} == {"float32"}
+    for weight, checkpointed in zip(saved.get_weights(), trained.get_weights(), strict=True):
+        np.testing.assert_array_equal(weight, checkpointed)
     x = data.test[0].astype("float32")
     np.testing.assert_allclose(saved.predict(x, verbose=0), result["model"].predict(x, verbose=0), rtol=1e-5, atol=1e-6)
     assert set(result["metrics"]) >= {"test_accuracy", "test_loss"}

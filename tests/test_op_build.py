@@ -106,7 +106,7 @@ def test_avx512fp16_enabled_explicitly_falls_back_to_portable_flags_loudly():
     """TF's Eigen does not compile with AVX512-FP16: the build retries with x86-64-v3 and says so."""
     result = _build_variant(AVX512FP16_JOB)
     assert [v for v, _, _ in result["failed"]] == ["$KERNELZOO_ARCH_FLAGS"], result
-    assert "PacketMathFP16" in result["failed"][0][2] or "error" in result["failed"][0][2]
+    assert "PacketMathFP16" in result["failed"][0][2], result["failed"][0][2]   # Eigen's FP16 header, not any error
     assert result["arch_flags"] == ["-march=x86-64-v3"]
     assert any("kernelzoo build-ops" in w and "-mavx512fp16" in w for w in result["warnings"]), result["warnings"]
     assert all(error < 1e-5 for error in result["errors"].values()), result["errors"]

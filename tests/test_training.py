@@ -22,8 +22,11 @@ def _tiny_simnet():
 
 
 def test_schedule_and_epoch_order():
+    """The step schedule drops 10x at half the epochs; an epoch's order is a permutation of the examples (each
+    seen once), a function of (seed, epoch) only."""
     schedule = training.step_schedule(0.01, 100)
     assert schedule(0) == 0.01 and schedule(49) == 0.01 and schedule(50) == pytest.approx(0.001)
+    np.testing.assert_array_equal(np.sort(training.epoch_order(10, 3, 0)), np.arange(10))
     np.testing.assert_array_equal(training.epoch_order(10, 3, 0), training.epoch_order(10, 3, 0))
     assert not np.array_equal(training.epoch_order(10, 3, 0), training.epoch_order(10, 4, 0))
 
