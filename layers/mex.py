@@ -4,9 +4,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from kernelzoo.layers.similarity import real_or_reals
 from kernelzoo.ops import api
-from kernelzoo.ops.checks import boolean, known_channels, normalize_padding, normalize_tuple, positive_int, window_fits
+from kernelzoo.ops.checks import (boolean, known_channels, normalize_padding, normalize_tuple, positive_int,
+                                  real_or_reals, window_fits)
 from kernelzoo.ops.shapes import output_size
 
 _OFFSET_MODES = ("shared", "unshared")

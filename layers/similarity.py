@@ -6,7 +6,7 @@ from keras import ops
 from kernelzoo.layers.constraints import MinValue
 from kernelzoo.ops import api
 from kernelzoo.ops.checks import (boolean, check_choice, known_channels, normalize_padding, normalize_tuple,
-                                  positive_int, window_fits)
+                                  positive_int, real_or_reals, window_fits)
 from kernelzoo.ops.shapes import output_size
 
 # Learned exponents are kept at or above this (p must stay > 0).
@@ -138,16 +138,3 @@ def _check_p(p, similarity, learn_p, filters):
     if learn_p and np.any(values < P_MIN):
         raise ValueError(f"`p` must be >= {P_MIN} with learn_p=True (a learned p is kept there), got {p!r}")
     return checked
-
-
-def real_or_reals(value, name, count, description):
-    """`value`, a real or a list of `count` reals (+-inf included; NaN, bools and strings refused), as a float or a
-    list of floats; ValueError saying that `name` must be `description`."""
-    try:
-        values = np.asarray(value, dtype="float64")
-    except (TypeError, ValueError):
-        values = None
-    if (values is None or values.ndim > 1 or (values.ndim == 1 and len(values) != count) or np.any(np.isnan(values))
-            or any(isinstance(v, (bool, np.bool_, str, bytes)) for v in np.asarray(value, dtype=object).ravel())):
-        raise ValueError(f"`{name}` must be {description}, got {value!r}")
-    return float(values) if values.ndim == 0 else [float(v) for v in values]

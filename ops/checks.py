@@ -80,6 +80,19 @@ def nonnegative_float(value, name):
     return value
 
 
+def real_or_reals(value, name, count, description):
+    """`value`, a real or a list of `count` reals (+-inf included; NaN, bools and strings refused), as a float or a
+    list of floats; ValueError saying that `name` must be `description`."""
+    try:
+        values = np.asarray(value, dtype="float64")
+    except (TypeError, ValueError):
+        values = None
+    if (values is None or values.ndim > 1 or (values.ndim == 1 and len(values) != count) or np.any(np.isnan(values))
+            or any(isinstance(v, (bool, np.bool_, str, bytes)) for v in np.asarray(value, dtype=object).ravel())):
+        raise ValueError(f"`{name}` must be {description}, got {value!r}")
+    return float(values) if values.ndim == 0 else [float(v) for v in values]
+
+
 def float_in_range(value, name, low, high, interval="[]"):
     """`value` as a float between `low` and `high`; `interval` "[]", "[)", "(]" or "()" says which ends count."""
     text = f"{interval[0]}{low}, {high}{interval[1]}"
