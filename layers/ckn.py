@@ -12,8 +12,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from kernelzoo.ops.checks import (check_choice, float_in_range, known_channels, normalize_padding, normalize_tuple,
-                                  positive_int, window_fits)
+from kernelzoo.ops.checks import (check_choice, known_channels, nonnegative_float, normalize_padding, normalize_tuple,
+                                  positive_float, positive_int, window_fits)
 from kernelzoo.ops.shapes import output_size
 
 KERNELS = ("exp", "poly2")
@@ -77,10 +77,10 @@ class CKNConv2D(keras.layers.Layer):
         self.subsampling = positive_int(subsampling, "subsampling")
         self.kernel_function = check_choice("kernel_function", "exp" if kernel_function is None else kernel_function,
                                             KERNELS)
-        self.sigma = float_in_range(sigma, "sigma", 0.0, math.inf, "()")
+        self.sigma = positive_float(sigma, "sigma")
         self.padding = normalize_padding(padding)
-        self.eigenvalue_floor = float_in_range(eigenvalue_floor, "eigenvalue_floor", 0.0, math.inf, "()")
-        self.nystrom_shift = float_in_range(nystrom_shift, "nystrom_shift", 0.0, math.inf, "[)")
+        self.eigenvalue_floor = positive_float(eigenvalue_floor, "eigenvalue_floor")
+        self.nystrom_shift = nonnegative_float(nystrom_shift, "nystrom_shift")
         self.anchors_initializer = keras.initializers.get(anchors_initializer)
         self.anchors_regularizer = keras.regularizers.get(anchors_regularizer)
         self.input_spec = keras.layers.InputSpec(ndim=4)

@@ -9,13 +9,12 @@ Both share `_LocationsLayer`: the locations, bias, regularisers, call and costs,
 Gaussian noise of that standard deviation added to the input locations at each training step (Sec. 3.2: noise on
 a pixel's location models uncertainty about where it is; a regulariser, off by default).
 """
-import math
-
 import keras
 from keras import ops
 
 from kernelzoo.layers.kernels import DISTANCES, KERNELS, Grid2D, kernel_matrix
-from kernelzoo.ops.checks import boolean, check_choice, float_in_range, positive_int
+from kernelzoo.ops.checks import (boolean, check_choice, finite_float, float_in_range, nonnegative_float, positive_float,
+                                   positive_int)
 
 
 def _initializer(value):
@@ -55,7 +54,7 @@ class _LocationsLayer(keras.layers.Layer):
         super().__init__(**kwargs)
         self.units = positive_int(units, "units")
         self.dim = positive_int(dim, "dim")
-        self.scale = float_in_range(scale, "scale", 0.0, math.inf, "()")
+        self.scale = positive_float(scale, "scale")
         self.distance = check_choice("distance", distance, DISTANCES)
         self.activation = keras.activations.get(activation)
         self.use_bias = boolean(use_bias, "use_bias")
@@ -72,7 +71,7 @@ class _LocationsLayer(keras.layers.Layer):
         self.input_locations_constraint = keras.constraints.get(input_locations_constraint)
         self.output_locations_constraint = keras.constraints.get(output_locations_constraint)
         self.bias_constraint = keras.constraints.get(bias_constraint)
-        self.location_noise = float_in_range(location_noise, "location_noise", 0.0, float("inf"), "[)")
+        self.location_noise = nonnegative_float(location_noise, "location_noise")
         # only a noisy layer owns a seed state: the saved weights of the others stay as they were
         self._noise_seed = keras.random.SeedGenerator() if self.location_noise else None
         for name in ("input_locations_initializer", "output_locations_initializer"):
@@ -238,9 +237,9 @@ class KernelDense(_LocationsLayer):
             output_locations_constraint=output_locations_constraint,
             bias_constraint=bias_constraint, location_noise=location_noise, **kwargs)
         self.kernel_function = _kernel_function(kernel_function, legacy)
-        self.gamma = float_in_range(gamma, "gamma", 0.0, math.inf, "()")
+        self.gamma = positive_float(gamma, "gamma")
         self.degree = positive_int(degree, "degree")
-        self.offset = float_in_range(offset, "offset", -math.inf, math.inf, "()")
+        self.offset = finite_float(offset, "offset")
         self.use_alpha = boolean(use_alpha, "use_alpha")
         self.alpha_trainable = boolean(alpha_trainable, "alpha_trainable")
         self.alpha_initializer = keras.initializers.get(alpha_initializer)

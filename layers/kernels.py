@@ -10,7 +10,7 @@ import math
 import keras
 from keras import ops
 
-from kernelzoo.ops.checks import check_choice, float_in_range, positive_int
+from kernelzoo.ops.checks import check_choice, finite_float, positive_int
 
 KERNELS = ("dot", "poly", "rbf", "tanh", "finite_support")
 DISTANCES = ("euclidean", "squared")
@@ -77,8 +77,8 @@ class Grid2D(keras.initializers.Initializer):
         self.rows = None if rows is None else positive_int(rows, "rows")
         self.cols = None if cols is None else positive_int(cols, "cols")
         self.repeats = positive_int(repeats, "repeats")
-        self.minval = float_in_range(minval, "minval", -math.inf, math.inf, "()")
-        self.maxval = float_in_range(maxval, "maxval", -math.inf, math.inf, "()")
+        self.minval = finite_float(minval, "minval")
+        self.maxval = finite_float(maxval, "maxval")
         if not self.maxval > self.minval:
             raise ValueError(f"`maxval` must exceed `minval`, got minval={minval}, maxval={maxval}")
 

@@ -1,9 +1,7 @@
 """Weight decay as the papers' SGD frameworks (Caffe, Torch7, TensorFlow 1) define it, for the zoo's builders."""
-import math
-
 import keras
 
-from kernelzoo.ops.checks import float_in_range
+from kernelzoo.ops.checks import nonnegative_float
 
 
 def sgd_weight_decay(value, name="weight_decay"):
@@ -13,5 +11,5 @@ def sgd_weight_decay(value, name="weight_decay"):
     (value / 2) * ||w||^2 (TensorFlow's `value * tf.nn.l2_loss(w)`), unlike the decoupled `weight_decay`
     of Keras's optimizers.
     """
-    value = float_in_range(value, name, 0.0, math.inf, "[)")
+    value = nonnegative_float(value, name)
     return keras.regularizers.L2(value / 2.0) if value > 0 else None

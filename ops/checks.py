@@ -64,19 +64,27 @@ def real(value, name):
     return value
 
 
+def finite_float(value, name):
+    """`value` as a float: any real number but +-inf; NaN and bools are refused."""
+    value = _float(value, name, "a finite number")
+    if not np.isfinite(value):
+        raise ValueError(f"`{name}` must be a finite number, got {value!r}")
+    return value
+
+
 def positive_float(value, name):
-    """`value` as a float > 0."""
+    """`value` as a finite float > 0 (an infinite rate, scale or epsilon is always a mistake)."""
     value = _float(value, name, "a positive number")
-    if not value > 0:
-        raise ValueError(f"`{name}` must be > 0, got {value!r}")
+    if not (value > 0 and np.isfinite(value)):
+        raise ValueError(f"`{name}` must be > 0 and finite, got {value!r}")
     return value
 
 
 def nonnegative_float(value, name):
-    """`value` as a float >= 0."""
+    """`value` as a finite float >= 0."""
     value = _float(value, name, "a number >= 0")
-    if not value >= 0:
-        raise ValueError(f"`{name}` must be >= 0, got {value!r}")
+    if not (value >= 0 and np.isfinite(value)):
+        raise ValueError(f"`{name}` must be >= 0 and finite, got {value!r}")
     return value
 
 

@@ -22,6 +22,7 @@ def test_checks_return_normalised_values():
     assert checks.positive_ints([2, 3], "grids") == (2, 3) and checks.positive_ints((), "d", allow_empty=True) == ()
     assert checks.real(float("inf"), "xi") == float("inf") and checks.real(2, "offset") == 2.0
     assert checks.positive_float("0.5", "gamma") == 0.5 and checks.nonnegative_float(0, "decay") == 0.0
+    assert checks.finite_float("-1e300", "offset") == -1e300
     assert checks.float_in_range(1, "eta", 0, 1) == 1.0 and checks.float_in_range(0.5, "f", 0, 1, "()") == 0.5
     assert checks.normalize_tuple(3, "kernel_size") == (3, 3) and checks.normalize_tuple([2, 1], "strides") == (2, 1)
     assert checks.normalize_tuple(np.int64(2), "pool_size") == (2, 2)
@@ -50,6 +51,11 @@ def test_checks_return_normalised_values():
     (lambda: checks.positive_float(0, "gamma"), "gamma"),
     (lambda: checks.positive_float("x", "gamma"), "gamma"),
     (lambda: checks.nonnegative_float(-1e-9, "decay"), "decay"),
+    (lambda: checks.positive_float(float("inf"), "lr"), "lr"),
+    (lambda: checks.nonnegative_float(float("inf"), "l2"), "l2"),
+    (lambda: checks.finite_float(float("-inf"), "offset"), "offset"),
+    (lambda: checks.finite_float(float("nan"), "offset"), "offset"),
+    (lambda: checks.finite_float(False, "offset"), "offset"),
     (lambda: checks.float_in_range(1.5, "eta", 0, 1), "eta"),
     (lambda: checks.float_in_range(1.0, "dropout", 0, 1, "[)"), "dropout"),
     (lambda: checks.normalize_tuple((2, 0), "strides"), "strides"),

@@ -15,13 +15,12 @@ The Coates et al. baseline trains with CoatesRecipe instead: the same unsupervis
 the frozen features (`kernelzoo.zoo.frozen_features`: an L2-SVM as Coates et al., L-BFGS, the L2
 chosen on --holdout training images), not by SGD epochs through the triangle coding.
 """
-import math
 import os
 import time
 
 import numpy as np
 
-from kernelzoo.ops.checks import float_in_range, nonnegative_float, positive_int
+from kernelzoo.ops.checks import nonnegative_float, positive_int
 from kernelzoo.zoo import training
 from kernelzoo.zoo.frozen_features import FrozenFeaturesRecipe
 from kernelzoo.zoo.precision import MixedPrecisionMixin
@@ -128,7 +127,7 @@ def weight_decays(text):
     items = [item.strip() for item in str(text).split(",")]
     if not all(items):
         raise ValueError(f"`{name}` must be comma-separated numbers, got an empty item in {text!r}")
-    values = [float_in_range(item, name, 0, math.inf, "[)") for item in items]
+    values = [nonnegative_float(item, name) for item in items]
     if len(set(values)) < len(values):
         raise ValueError(f"`{name}` lists a value twice: {text!r}")
     return values
