@@ -25,7 +25,8 @@ import numpy as np
 from keras import ops
 
 from kernelzoo.ops import composite
-from kernelzoo.ops.checks import check_choice, normalize_padding, normalize_tuple, positive_int, window_fits
+from kernelzoo.ops.checks import (check_choice, normalize_padding, normalize_tuple, positive_float, positive_int,
+                                  window_fits)
 from kernelzoo.ops.shapes import output_size, pad_amounts
 
 SIMILARITIES = ("linear", "l1", "l2", "lp")
@@ -182,9 +183,9 @@ def similarity(inputs, templates, weights=None, *, similarity="l2", p=None, stri
     Args:
       inputs: (N, H, W, C) images or feature maps (NHWC).
       templates: (kh, kw, C, n), laid out like a Conv2D kernel.
-      weights: same shape as `templates`, >= 0; None means all ones (unweighted).
+      weights: same shape as `templates`, >= 0 (not NaN); None means all ones (unweighted).
       similarity: "linear" (phi = x z), "l1" (-|x - z|), "l2" (-(x - z)^2) or "lp" (-|x - z|^p).
-      p: for "lp": a scalar or per-template (n,) tensor, > 0 (differentiable).
+      p: for "lp": a scalar or per-template (n,) tensor, finite and > 0 (differentiable).
       strides, padding: as Conv2D. "same" pads with zeros, or NaN with `ignore_nan`.
       normalization_term: (l1/l2/lp) add sum_d [log p + log(u_d)/p - log 2 - lgamma(1/p)],
         the log-normaliser of the weighted generalised-Gaussian density, so the output is a
@@ -215,8 +216,8 @@ def similarity(inputs, templates, weights=None, *, similarity="l2", p=None, stri
         if tuple(weights.shape) != tuple(templates.shape):
             raise ValueError(f"`weights` must have the shape of `templates` {tuple(templates.shape)}, "
                              f"got {tuple(weights.shape)}")
-        _check_concrete(weights, lambda w: not np.any(w < 0), "weights",
-                        "must be >= 0 (negative weights passed to the op)")
+        _check_concrete(weights, lambda w: np.all(w >= 0), "weights",
+                        "must be >= 0 (negative or NaN weights passed to the op)")
     p_vector = _similarity_p(kind, p, n)
     if normalization_term and kind == "linear":
         raise ValueError("`normalization_term` applies to the l1/l2/lp similarities, not 'linear'")
@@ -250,14 +251,14 @@ def mex(inputs, xi, *, num_instances=1, pool_size=(1, 1), channel_block=None, st
 
     Args:
       inputs: (N, H, W, C).
-      xi: scalar or per-instance (num_instances,); any real, 0 and +-inf included.
+      xi: scalar or per-instance (num_instances,); any real, 0 (but not with softmax_mode) and +-inf included.
       num_instances: MEX instances per block (e.g. one per class).
       pool_size: spatial block size; strides default to pool_size (like MaxPool2D).
       channel_block: channels per block (C must be a multiple); None = all channels.
       padding: "valid" or "same" (padded entries are left out of the block).
       offsets: None or (R_h, R_w, num_instances, bh, bw, channel_block): offsets b per region
         of a R_h x R_w grid over the output positions (1x1 = shared, output size = unshared).
-      c: None, scalar or (num_instances,): an extra element joining each block.
+      c: None, scalar or (num_instances,), not NaN: an extra element joining each block.
       softmax_mode: log-sum-exp without the 1/n.
 
     Returns:
@@ -280,15 +281,16 @@ def mex(inputs, xi, *, num_instances=1, pool_size=(1, 1), channel_block=None, st
     if None in inputs.shape[1:3]:
         raise ValueError(f"mex needs static spatial dimensions in `inputs`, got shape {tuple(inputs.shape)}")
     static_xi = xi
-    if softmax_mode and isinstance(xi, (int, float)) and xi == 0:
-        raise ValueError("`xi`=0 with softmax_mode=True is log(n)/0 = inf; use xi != 0")
     xi = _one_or_each(xi, k, "xi", "instance")
     _check_concrete(xi, lambda v: not np.any(np.isnan(v)), "xi", "must not be NaN")
+    if softmax_mode:  # every spelling: 0, np.float32(0), [1.0, 0.0], a tensor
+        _check_concrete(xi, lambda v: np.all(v != 0), "xi", "must not be 0 with softmax_mode=True (log(n)/0 = inf)")
     if _is_number(static_xi) or isinstance(static_xi, (list, tuple, np.ndarray)):
         # a fixed xi lets the composite drop the branches it does not need
         xi = np.broadcast_to(np.asarray(static_xi, "float32").reshape(-1), (k,))
     if c is not None:
         c = _one_or_each(c, k, "c", "instance")
+        _check_concrete(c, lambda v: not np.any(np.isnan(v)), "c", "must not be NaN")
     if offsets is not None:
         offsets = _float32(offsets, "offsets")
         _check_offsets(offsets, inputs, k, pool_size, channel_block, strides, padding)
@@ -319,11 +321,9 @@ def _similarity_p(kind, p, n):
     if p is None:
         raise ValueError("similarity='lp' needs `p` (a scalar or one value per template), got None")
     if _is_number(p):
-        if not float(p) > 0:
-            raise ValueError(f"`p` must be > 0, got {p!r}")
-        return ops.full((n,), float(p), dtype="float32")
+        return ops.full((n,), positive_float(p, "p"), dtype="float32")
     p = _one_or_each(p, n, "p", "template")
-    _check_concrete(p, lambda v: np.all(v > 0), "p", "must be > 0")
+    _check_concrete(p, lambda v: np.all(np.isfinite(v) & (v > 0)), "p", "must be > 0 and finite")
     return p
 
 
@@ -411,7 +411,8 @@ def _check_concrete(tensor, predicate, name, requirement):
     """Check a tensor's values when they are known now (eager).
 
     Symbolic tensors (inside a tf.function, Keras tracing) pass unchecked: neither implementation checks
-    them at run time, so e.g. negative weights, p <= 0 or a NaN xi give NaN or meaningless outputs there.
+    them at run time, so e.g. negative or NaN weights, p <= 0 or inf, a NaN xi or c, or xi = 0 with
+    softmax_mode give NaN, inf or meaningless outputs there.
     """
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf

@@ -1,8 +1,9 @@
 """Custom C++ ops (kernelzoo.ops.custom) against the composite keras.ops reference.
 
-Covers values and gradients over a grid of configurations, numerical gradients,
-bad shapes reaching the C++ kernels (InvalidArgumentError, not a crash) and the
+Covers values and gradients over a grid of configurations, numerical gradients of the
+GEMM form, bad shapes reaching the C++ kernels (InvalidArgumentError, not a crash) and the
 JIT build / cache of the op library. Skipped only when no C++ compiler exists.
+The numerical gradients and NaN propagation of the public API (custom op included) are in test_ops.py.
 """
 import argparse
 import itertools
@@ -155,16 +156,6 @@ def test_similarity_gradient_skips_an_unwatched_input(lib, kind, padding, ignore
     assert direct[0].shape == (0,)
 
 
-def test_similarity_nan_propagates_without_ignore_nan(lib):
-    x = np.ones((1, 4, 4, 1), "float32")
-    x[0, 0, 0, 0] = np.nan
-    z = np.zeros((2, 2, 1, 2), "float32")
-    for kind in ["linear", "l1", "l2", "lp"]:
-        y = custom.similarity(x, z, np.ones_like(z), np.full(2, 1.5, "float32"), similarity=kind,
-                              strides=(1, 1), padding="valid", ignore_nan=False).numpy()
-        assert np.isnan(y[0, 0, 0]).all() and not np.isnan(y[0, 1:, 1:]).any(), kind
-
-
 # p per template: below 1, 1, 2, large, and in between; 21 templates (SIMD tails).
 LP_EDGE_P = np.array([0.3, 0.5, 0.7, 1.0, 1.0, 1.5, 2.0, 2.0, 3.0, 6.0, 10.0,
                       0.9, 1.2, 2.5, 4.0, 8.0, 1.0, 2.0, 0.6, 1.7, 5.0], "float32")
@@ -232,28 +223,6 @@ def test_lp_similarity_non_finite_chunks(lib):
         # the input gradient of an entry depends on that entry only
         kept = x_bad == x
         _rel_close(gx_bad[kept], gx[kept], 1e-5, f"{bad}: grad inputs")
-
-
-@pytest.mark.parametrize("kind", ["l1", "l2", "lp", "linear"])
-def test_similarity_numerical_gradient(lib, kind):
-    rng = np.random.default_rng(7)
-    # x on a half-step grid, z on the grid: |x - z| >= 0.05 > delta, no kink crossed
-    x = tf.constant(((rng.integers(-20, 20, size=(1, 4, 5, 2)) + 0.5) * 0.1).astype("float32"))
-    z = tf.constant((rng.integers(-20, 20, size=(2, 2, 2, 3)) * 0.1).astype("float32"))
-    u = tf.constant(rng.uniform(0.5, 1.5, size=(2, 2, 2, 3)).astype("float32"))
-    p = tf.constant(rng.uniform(1.2, 2.5, size=3).astype("float32"))
-
-    def f(x, z, u, p):
-        return custom.similarity(x, z, u, p, similarity=kind, strides=(1, 2), padding="same",
-                                 ignore_nan=False)
-    theoretical, numerical = tf.test.compute_gradient(f, [x, z, u, p], delta=1e-2)
-    for i, (t, nm) in enumerate(zip(theoretical, numerical)):
-        if kind != "lp" and i == 3:
-            assert np.all(t == 0)
-            continue
-        scale = max(np.max(np.abs(nm)), 1.0)
-        # float32 central differences: loose; the tight check is against autodiff above
-        assert np.max(np.abs(t - nm)) / scale < 3e-2, (kind, i)
 
 
 def test_similarity_static_shape_in_graph(lib):
@@ -422,23 +391,6 @@ def test_mex_nan_propagates(lib):
         y = custom.mex(x, np.array([xi], "float32"), None, None, num_instances=1, pool_size=(2, 2),
                        channel_block=1, strides=(2, 2), padding="valid", softmax_mode=False).numpy()
         assert np.isnan(y[0, 0, 0, 3]) and np.isnan(y).sum() == 1, xi
-
-
-@pytest.mark.parametrize("xi", [0.8, -2.5])
-def test_mex_numerical_gradient(lib, xi):
-    rng = np.random.default_rng(11)
-    x = tf.constant(rng.normal(size=(1, 5, 4, 2)).astype("float32"))
-    xis = tf.constant([xi, xi / 2], tf.float32)
-    off = tf.constant(rng.normal(size=(2, 1, 2, 2, 2, 1)).astype("float32"))
-    c = tf.constant(rng.normal(size=2).astype("float32"))
-
-    def f(x, xis, off, c):
-        return custom.mex(x, xis, off, c, num_instances=2, pool_size=(2, 2), channel_block=1,
-                          strides=(1, 2), padding="same", softmax_mode=False)
-    theoretical, numerical = tf.test.compute_gradient(f, [x, xis, off, c], delta=1e-2)
-    for t, nm in zip(theoretical, numerical):
-        assert np.max(np.abs(t - nm)) / max(np.max(np.abs(nm)), 1.0) < 2e-2
-
 
 
 # ---------------------------------------------------- class-wise MEX as a GEMM --

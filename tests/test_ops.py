@@ -1,7 +1,8 @@
 """The similarity and MEX operators against direct NumPy references and the paper's special cases.
 
-Every test runs under each implementation (`impl` fixture: composite, and the
-custom TF op when its library builds here).
+The tests taking the `impl` fixture run under each implementation (composite, and the custom TF op
+when its library builds here); the bad-argument checks, which raise before either runs, run once
+(two of them under each implementation too).
 """
 import numpy as np
 import pytest
@@ -108,17 +109,23 @@ def test_nan_entries_are_marginalised(impl, rng, kind):
 
 @pytest.mark.parametrize("kind", ["linear", "l1", "l2", "lp"])
 def test_nan_propagates_without_ignore_nan(impl, rng, kind):
-    x = rng.normal(size=(1, 4, 4, 1)).astype("float32")
-    x[0, 0, 0, 0] = np.nan
+    """Exactly the outputs whose window holds the NaN are NaN (every template), all others finite."""
+    x = rng.normal(size=(2, 4, 5, 2)).astype("float32")
+    x[0, 1, 2, 1] = np.nan  # inside: 4 of the 3 x 4 windows of image 0 hold it, none of image 1
+    z = rng.normal(size=(2, 2, 2, 3)).astype("float32")
     p = 1.5 if kind == "lp" else None
-    out = np.asarray(kops.similarity(x, rng.normal(size=(2, 2, 1, 2)), similarity=kind, p=p))
-    assert np.isnan(out[0, 0, 0]).all() and np.isfinite(out[0, 2, 2]).all()
+    out = np.asarray(kops.similarity(x, z, similarity=kind, p=p))
+    nan_windows = similarity_reference(np.isnan(x), np.ones(z.shape), np.ones(z.shape), "linear") > 0
+    assert nan_windows.sum() == 4 * 3
+    np.testing.assert_array_equal(np.isnan(out), nan_windows)
+    assert np.isfinite(out[~nan_windows]).all()
 
 
+@pytest.mark.parametrize("impl", ["custom"], indirect=True)  # the composite against itself would check nothing
 @pytest.mark.parametrize("kind", ["linear", "l1", "l2", "lp"])
 @pytest.mark.parametrize("ignore_nan", [False, True])
 def test_nan_input_same_as_composite(impl, rng, kind, ignore_nan):
-    """Each implementation gives the composite's output on one NaN-holding input: NaN where a patch
+    """The custom op gives the composite's output on one NaN-holding input: NaN where a patch
     holds a NaN, or (ignore_nan) the marginalised values and their gradients."""
     x = rng.normal(size=(2, 5, 5, 2)).astype("float32")
     x[0, 1, 1, 0] = x[1, 3, 2, 1] = np.nan
@@ -327,14 +334,21 @@ def test_similarity_gradients(impl, rng, kind):
     assert _max_gradient_error(fn, args) < 2e-2
 
 
-def test_mex_gradients(impl, rng):
-    x = rng.normal(size=(1, 4, 4, 2))
+@pytest.mark.parametrize("impl,height,strides,padding,xi", [
+    ("composite", 4, 1, "valid", [1.3, -0.6]), ("custom", 4, 1, "valid", [1.3, -0.6]),
+    ("custom", 5, (1, 2), "same", [0.8, -2.5])], indirect=["impl"], ids=["composite", "custom", "custom-same"])
+def test_mex_gradients(impl, rng, height, strides, padding, xi):
+    """"same": the bottom row's blocks are partial (padded entries are left out of them). Not run on the
+    composite (3 s of CI): its gradients are autodiff's, checked against the custom op's in
+    test_custom_ops.py::test_mex_matches_composite, "same" padding included."""
+    x = rng.normal(size=(1, height, 4, 2))
     offsets = rng.normal(size=(2, 1, 2, 2, 2, 1)) * 0.5
     c = np.array([0.3, -0.2])
-    xi = np.array([1.3, -0.6])
+    xi = np.array(xi)
 
     def f(x, offsets, c, xi):
-        return kops.mex(x, xi, num_instances=2, pool_size=2, strides=1, channel_block=1, offsets=offsets, c=c)
+        return kops.mex(x, xi, num_instances=2, pool_size=2, strides=strides, channel_block=1, padding=padding,
+                        offsets=offsets, c=c)
     assert _max_gradient_error(f, [tf.constant(a) for a in (x, offsets, c, xi)]) < 2e-2
 
 
@@ -377,43 +391,80 @@ def test_mex_gradient_at_infinite_xi_goes_to_the_max(impl):
     np.testing.assert_allclose(tape.gradient(out, x).numpy().ravel(), [0, 1, 0, 0])
 
 
-@pytest.mark.parametrize("call,message", [
+# Refused before the op runs, whatever the implementation (before the API refused them, both implementations
+# returned -inf / NaN for p = inf and inf for a softmax xi = 0).
+P_INF = (lambda x, z: kops.similarity(x, z, similarity="lp", p=np.inf), "`p`")
+SOFTMAX_ZERO_XI = (lambda x, z: kops.mex(x, [1.0, 0.0], num_instances=2, softmax_mode=True), "`xi`")
+BAD_CALLS = [
     (lambda x, z: kops.similarity(x[0], z), "4D"),
     (lambda x, z: kops.similarity(x, z[:, :, :1]), "channels"),
-    (lambda x, z: kops.similarity(x, z, similarity="cosine"), "similarity"),
-    (lambda x, z: kops.similarity(x, z, similarity="lp", p=0.0), "p"),
-    (lambda x, z: kops.similarity(x, z, similarity="lp"), "p"),
-    (lambda x, z: kops.similarity(x, z, similarity="lp", p=[1.0, 2.0]), "p"),
-    (lambda x, z: kops.similarity(x, z, -np.ones_like(z)), "weights"),
-    (lambda x, z: kops.similarity(x, z, np.ones((1, 1, 2, 2))), "weights"),
-    (lambda x, z: kops.similarity(x, z, padding="full"), "padding"),
-    (lambda x, z: kops.similarity(x, z, strides=0), "strides"),
+    (lambda x, z: kops.similarity(x, z, similarity="cosine"), "`similarity`"),
+    (lambda x, z: kops.similarity(x, z, similarity="lp", p=0.0), "`p`"),
+    (lambda x, z: kops.similarity(x, z, similarity="lp"), "`p`"),
+    (lambda x, z: kops.similarity(x, z, similarity="lp", p=[1.0, 2.0]), "`p`"),
+    P_INF,
+    (lambda x, z: kops.similarity(x, z, similarity="lp", p=-np.inf), "`p`"),
+    (lambda x, z: kops.similarity(x, z, similarity="lp", p=np.float32(np.inf)), "`p`"),
+    (lambda x, z: kops.similarity(x, z, similarity="lp", p=[1.0, np.inf, 2.0]), "`p`"),
+    (lambda x, z: kops.similarity(x, z, similarity="lp", p=np.array([np.inf], "float32")), "`p`"),
+    (lambda x, z: kops.similarity(x, z, -np.ones_like(z)), "`weights`"),
+    (lambda x, z: kops.similarity(x, z, np.where(np.arange(z.size).reshape(z.shape) == 5, np.nan, 1.0)),
+     "`weights`"),
+    (lambda x, z: kops.similarity(x, z, tf.fill(z.shape, np.nan)), "`weights`"),
+    (lambda x, z: kops.similarity(x, z, np.ones((1, 1, 2, 2))), "`weights`"),
+    (lambda x, z: kops.similarity(x, z, padding="full"), "`padding`"),
+    (lambda x, z: kops.similarity(x, z, strides=0), "`strides`"),
     (lambda x, z: kops.similarity(x, np.ones((9, 9, 2, 3))), "larger than the input"),
-    (lambda x, z: kops.similarity(x, z, similarity="linear", normalization_term=True), "normalization_term"),
+    (lambda x, z: kops.similarity(x, z, similarity="linear", normalization_term=True), "`normalization_term`"),
     (lambda x, z: kops.mex(x, 1.0, pool_size=9), "larger than the input"),
-    (lambda x, z: kops.mex(x, 1.0, channel_block=3), "channel_block"),
-    (lambda x, z: kops.mex(x, [1.0, 2.0, 3.0], num_instances=2), "xi"),
-    (lambda x, z: kops.mex(x, np.nan), "xi"),
-    (lambda x, z: kops.mex(x, 0.0, softmax_mode=True), "xi"),
-    (lambda x, z: kops.mex(x, 1.0, num_instances=0), "num_instances"),
-    (lambda x, z: kops.mex(x, 1.0, offsets=np.zeros((1, 1, 1, 2, 2, 2))), "offsets"),
-    (lambda x, z: kops.mex(x, 1.0, offsets=np.zeros((9, 1, 1, 1, 1, 2))), "offsets"),
-    (lambda x, z: kops.mex(x, 1.0, c=[1.0, 2.0]), "c"),
-    (lambda x, z: kops.mex(x[..., :0], 1.0, pool_size=2), "inputs"),
-    (lambda x, z: kops.mex(x[:, :, :0], 1.0, pool_size=2, padding="same"), "inputs"),
-    (lambda x, z: kops.similarity(x[:, :0], z, padding="same"), "inputs"),
-    (lambda x, z: kops.mex(x, 1.0, pool_size=(1.7, 2)), "pool_size"),
-    (lambda x, z: kops.mex(x, 1.0, pool_size=("2", "2")), "pool_size"),
-    (lambda x, z: kops.similarity(x, z, strides=(True, 1)), "strides"),
-    (lambda x, z: kops.similarity(x, z[:0]), "templates"),
-    (lambda x, z: kops.similarity(x, z[:, :0], padding="same"), "templates"),
-    (lambda x, z: kops.similarity(x, z[..., :0]), "templates"),
-])
-def test_bad_input_raises_value_error_naming_the_argument(impl, call, message):
+    (lambda x, z: kops.mex(x, 1.0, channel_block=3), "`channel_block`"),
+    (lambda x, z: kops.mex(x, [1.0, 2.0, 3.0], num_instances=2), "`xi`"),
+    (lambda x, z: kops.mex(x, np.nan), "`xi`"),
+    (lambda x, z: kops.mex(x, 0.0, softmax_mode=True), "`xi`"),
+    SOFTMAX_ZERO_XI,
+    (lambda x, z: kops.mex(x, np.float32(0.0), softmax_mode=True), "`xi`"),
+    (lambda x, z: kops.mex(x, [0.0], softmax_mode=True), "`xi`"),
+    (lambda x, z: kops.mex(x, 0, softmax_mode=True), "`xi`"),
+    (lambda x, z: kops.mex(x, tf.constant([2.0, 0.0]), num_instances=2, softmax_mode=True), "`xi`"),
+    (lambda x, z: kops.mex(x, 1.0, num_instances=0), "`num_instances`"),
+    (lambda x, z: kops.mex(x, 1.0, offsets=np.zeros((1, 1, 1, 2, 2, 2))), "`offsets`"),
+    (lambda x, z: kops.mex(x, 1.0, offsets=np.zeros((9, 1, 1, 1, 1, 2))), "`offsets`"),
+    (lambda x, z: kops.mex(x, 1.0, c=[1.0, 2.0]), "`c`"),
+    (lambda x, z: kops.mex(x, 1.0, c=np.nan), "`c`"),
+    (lambda x, z: kops.mex(x, 1.0, num_instances=2, c=np.array([0.5, np.nan], "float32")), "`c`"),
+    (lambda x, z: kops.mex(x[..., :0], 1.0, pool_size=2), "`inputs`"),
+    (lambda x, z: kops.mex(x[:, :, :0], 1.0, pool_size=2, padding="same"), "`inputs`"),
+    (lambda x, z: kops.similarity(x[:, :0], z, padding="same"), "`inputs`"),
+    (lambda x, z: kops.mex(x, 1.0, pool_size=(1.7, 2)), "`pool_size`"),
+    (lambda x, z: kops.mex(x, 1.0, pool_size=("2", "2")), "`pool_size`"),
+    (lambda x, z: kops.similarity(x, z, strides=(True, 1)), "`strides`"),
+    (lambda x, z: kops.similarity(x, z[:0]), "`templates`"),
+    (lambda x, z: kops.similarity(x, z[:, :0], padding="same"), "`templates`"),
+    (lambda x, z: kops.similarity(x, z[..., :0]), "`templates`"),
+]
+
+
+def _bad_call(call, message):
     x = np.zeros((1, 5, 5, 2), "float32")
     z = np.zeros((2, 2, 2, 3), "float32")
     with pytest.raises(ValueError, match=message):
         call(x, z)
+
+
+@pytest.mark.parametrize("call,message", BAD_CALLS)
+def test_bad_input_raises_value_error_naming_the_argument(monkeypatch, call, message):
+    """Every check raises in ops/api.py before the dispatch to an implementation (which would fail the test)."""
+    from kernelzoo.ops import api
+
+    def no_kernel(*args, **kwargs):
+        raise AssertionError("an implementation ran: the argument was not checked before the dispatch")
+    monkeypatch.setattr(api, "_core", no_kernel)
+    _bad_call(call, message)
+
+
+@pytest.mark.parametrize("call,message", [P_INF, SOFTMAX_ZERO_XI], ids=["similarity", "mex"])
+def test_bad_input_raises_under_each_implementation(impl, call, message):
+    _bad_call(call, message)
 
 
 def test_log_gamma_matches_scipy():
