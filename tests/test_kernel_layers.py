@@ -23,14 +23,20 @@ def _np_kernel(u, v, kind, gamma=0.7, degree=3, offset=0.5, scale=1.3, distance=
             "tanh": np.tanh(dot), "finite_support": np.maximum(0, 1 - scale * dist)}[kind]
 
 
-@pytest.mark.parametrize("kind", ["dot", "poly", "rbf", "tanh", "finite_support"])
-@pytest.mark.parametrize("distance", ["euclidean", "squared"])
+@pytest.mark.parametrize("kind, distance", [("dot", "euclidean"), ("poly", "euclidean"), ("rbf", "euclidean"),
+                                            ("tanh", "euclidean"),  # `distance` is finite_support's alone
+                                            ("finite_support", "euclidean"), ("finite_support", "squared")])
 def test_kernel_matrix_matches_numpy(kind, distance):
-    u, v = RNG.normal(size=(7, 3)), RNG.normal(size=(5, 3))
+    rng = np.random.default_rng(0)
+    u, v = rng.normal(size=(20, 3)), rng.normal(size=(15, 3))
+    if kind == "finite_support":  # points closer together: a good part of the pairs within the support
+        u, v = 0.4 * u, 0.4 * v
     got = keras.ops.convert_to_numpy(kernel_matrix(
         u.astype("float32"), v.astype("float32"), kind, gamma=0.7, degree=3, offset=0.5,
         scale=1.3, distance=distance))
     want = _np_kernel(u, v, kind, distance=distance)
+    if kind == "finite_support":
+        assert 0.2 < np.mean(want > 0) < 0.8
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
@@ -226,34 +232,34 @@ def test_location_noise_moves_the_input_locations_in_training_only(tmp_path):
 
 
 @pytest.mark.parametrize("make, argument", [
-    (lambda: KernelDense(0), "units"),
-    (lambda: KernelDense(3, location_noise=-0.1), "location_noise"),
-    (lambda: SparseKernelDense(3, location_noise=float("inf")), "location_noise"),
-    (lambda: KernelDense(3, kernel_function="gauss"), "kernel_function"),
-    (lambda: KernelDense(3, offset=float("nan")), "offset"),
-    (lambda: KernelDense(3, offset=float("inf")), "offset"),
-    (lambda: KernelDense(3, gamma=float("inf")), "gamma"),
-    (lambda: KernelDense(3, scale=float("inf")), "scale"),
-    (lambda: SparseKernelDense(3, scale=float("inf")), "scale"),
-    (lambda: KernelDense(3, dim=0), "dim"),
-    (lambda: KernelDense(3, gamma=-1.0), "gamma"),
-    (lambda: KernelDense(3, degree=0), "degree"),
-    (lambda: KernelDense(3, scale=0), "scale"),
-    (lambda: KernelDense(3, distance="manhattan"), "distance"),
+    (lambda: KernelDense(0), "`units`"),
+    (lambda: KernelDense(3, location_noise=-0.1), "`location_noise`"),
+    (lambda: SparseKernelDense(3, location_noise=float("inf")), "`location_noise`"),
+    (lambda: KernelDense(3, kernel_function="gauss"), "`kernel_function`"),
+    (lambda: KernelDense(3, offset=float("nan")), "`offset`"),
+    (lambda: KernelDense(3, offset=float("inf")), "`offset`"),
+    (lambda: KernelDense(3, gamma=float("inf")), "`gamma`"),
+    (lambda: KernelDense(3, scale=float("inf")), "`scale`"),
+    (lambda: SparseKernelDense(3, scale=float("inf")), "`scale`"),
+    (lambda: KernelDense(3, dim=0), "`dim`"),
+    (lambda: KernelDense(3, gamma=-1.0), "`gamma`"),
+    (lambda: KernelDense(3, degree=0), "`degree`"),
+    (lambda: KernelDense(3, scale=0), "`scale`"),
+    (lambda: KernelDense(3, distance="manhattan"), "`distance`"),
     (lambda: KernelDense(3, dim=3, input_locations_initializer="grid"),
-     "input_locations_initializer"),
-    (lambda: SparseKernelDense(3, distance="l1"), "distance"),
-    (lambda: SparseKernelDense(-2), "units"),
-    (lambda: SparsifyingActivation(eta=1.5), "eta"),
-    (lambda: SparsifyingActivation(eta=1.0), "eta"),  # every output 0
-    (lambda: SparsifyingActivation(axis=0.5), "axis"),
-    (lambda: Grid2D(rows=0), "rows"),
-    (lambda: Grid2D(repeats=0), "repeats"),
-    (lambda: Grid2D(minval=1.0, maxval=0.0), "maxval"),
-    (lambda: Grid2D(maxval=float("inf")), "maxval"),
-    (lambda: Grid2D(minval=-float("inf")), "minval"),
-    (lambda: Grid2D(rows=3)((8, 2)), "grid"),
-    (lambda: KernelDense(3).expected_macs(2.0), "input_density"),
+     "`input_locations_initializer`='grid' needs dim=2"),
+    (lambda: SparseKernelDense(3, distance="l1"), "`distance`"),
+    (lambda: SparseKernelDense(-2), "`units`"),
+    (lambda: SparsifyingActivation(eta=1.5), "`eta`"),
+    (lambda: SparsifyingActivation(eta=1.0), "`eta`"),  # every output 0
+    (lambda: SparsifyingActivation(axis=0.5), "`axis`"),
+    (lambda: Grid2D(rows=0), "`rows`"),
+    (lambda: Grid2D(repeats=0), "`repeats`"),
+    (lambda: Grid2D(minval=1.0, maxval=0.0), "`maxval` must exceed `minval`"),
+    (lambda: Grid2D(maxval=float("inf")), "`maxval`"),
+    (lambda: Grid2D(minval=-float("inf")), "`minval`"),
+    (lambda: Grid2D(rows=3)((8, 2)), "grid 3x2 does not hold 8 locations"),
+    (lambda: KernelDense(3).expected_macs(2.0), "`input_density`"),
 ])
 def test_bad_arguments_raise_value_error_naming_them(make, argument):
     with pytest.raises(ValueError, match=argument):

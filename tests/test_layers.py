@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import warnings
 
 import keras
 import numpy as np
@@ -34,7 +35,8 @@ def _input(rng, shape=(2, 7, 8, 4)):
 
 
 @pytest.mark.parametrize("config", SIMILARITY_CONFIGS + [("mex", c) for c in MEX_CONFIGS])
-def test_config_round_trip_and_output_shape(impl, rng, config):
+def test_config_round_trip_and_output_shape(rng, config):
+    """Config and weights, not the op: run once, under the default implementation."""
     layer = Mex(**config[1]) if isinstance(config, tuple) else Similarity(**config)
     x = _input(rng)
     out = layer(x)
@@ -55,24 +57,22 @@ def test_offsets_modes_create_the_right_shapes(rng):
         assert tuple(layer.offsets_variable.shape) == regions + (2, 2, 2, 2)
 
 
-def test_linear_unweighted_similarity_layer_equals_conv2d(impl, rng):
+def test_layers_hand_their_variables_and_arguments_to_the_ops(rng):
+    """Plumbing, under one implementation (the special cases themselves: test_ops, under both): the templates
+    are laid out as Conv2D's kernel; strides, padding, a fixed xi, a learned xi and c reach the op."""
+    from kernelzoo.ops import implementation
     x = _input(rng)
-    sim = Similarity(5, 3, strides=2, padding="same", similarity="linear", weighted=False)
-    conv = keras.layers.Conv2D(5, 3, strides=2, padding="same", use_bias=False)
-    conv.build(x.shape)
-    sim.build(x.shape)
-    sim.templates.assign(conv.kernel)
-    np.testing.assert_allclose(sim(x), conv(x), rtol=1e-5, atol=1e-5)
-
-
-def test_mex_layer_equals_maxpool_relu_and_avgpool(impl, rng):
-    x = _input(rng)
-    maxpool = Mex(pool_size=2, channel_block=1, xi=float("inf"), learn_xi=False)
-    np.testing.assert_allclose(maxpool(x), keras.layers.MaxPooling2D(2)(x), atol=1e-6)
-    avgpool = Mex(pool_size=2, channel_block=1, xi=0.0, padding="same")
-    np.testing.assert_allclose(avgpool(x), keras.layers.AveragePooling2D(2, padding="same")(x), atol=1e-5)
-    relu = Mex(channel_block=1, xi=1e6, use_c=True)
-    np.testing.assert_allclose(relu(x), keras.layers.ReLU()(x), atol=1e-5)
+    with implementation("composite"):
+        sim = Similarity(5, 3, strides=2, padding="same", similarity="linear", weighted=False)
+        conv = keras.layers.Conv2D(5, 3, strides=2, padding="same", use_bias=False)
+        conv.build(x.shape)
+        sim.build(x.shape)
+        sim.templates.assign(conv.kernel)
+        np.testing.assert_allclose(sim(x), conv(x), rtol=1e-5, atol=1e-5)
+        maxpool = Mex(pool_size=2, channel_block=1, padding="same", xi=float("inf"), learn_xi=False)
+        np.testing.assert_allclose(maxpool(x), keras.layers.MaxPooling2D(2, padding="same")(x), atol=1e-6)
+        relu = Mex(channel_block=1, xi=1e6, use_c=True)
+        np.testing.assert_allclose(relu(x), keras.layers.ReLU()(x), atol=1e-5)
 
 
 def _tiny_simnet(similarity="l2"):
@@ -91,7 +91,7 @@ def _bright_vs_dark(rng, n=64):
     return images, labels
 
 
-def test_sequential_simnet_trains_and_keeps_weights_non_negative(impl, rng):
+def test_sequential_simnet_trains(impl, rng):
     keras.utils.set_random_seed(0)
     images, labels = _bright_vs_dark(rng)
     model = _tiny_simnet()
@@ -101,7 +101,18 @@ def test_sequential_simnet_trains_and_keeps_weights_non_negative(impl, rng):
     model.fit(images, labels, epochs=15, batch_size=16, verbose=0)
     after = model.evaluate(images, labels, verbose=0)
     assert after < 0.5 * before
-    assert np.all(model.layers[0].template_weights.numpy() >= 0)
+
+
+def test_an_optimizer_step_keeps_the_weights_non_negative_and_a_learned_p_at_its_floor():
+    """One SGD step that drives both below their constraints (training alone keeps the weights >= 0.29)."""
+    import tensorflow as tf
+    sim = Similarity(2, 2, similarity="lp", p=0.06, learn_p=True)
+    sim.build((None, 4, 4, 1))
+    assert sim.template_weights.shape == (2, 2, 1, 2) and sim.p_variable.shape == (2,)
+    keras.optimizers.SGD(1.0).apply([tf.fill(sim.template_weights.shape, 10.0), tf.ones((2,))],
+                                    [sim.template_weights, sim.p_variable])
+    assert np.all(sim.template_weights.numpy() == 0)  # 1 - 10, clipped by non_neg
+    np.testing.assert_allclose(sim.p_variable.numpy(), [0.05, 0.05])  # 0.06 - 1, clipped by MinValue(0.05)
 
 
 def test_functional_model_with_learned_p_and_xi_gets_their_gradients(impl, rng):
@@ -115,6 +126,19 @@ def test_functional_model_with_learned_p_and_xi_gets_their_gradients(impl, rng):
     grads = tape.gradient(loss, model.trainable_variables)
     names = [v.path for v in model.trainable_variables]
     assert all(g is not None and np.any(np.asarray(g) != 0) for g in grads), names
+
+
+def test_layers_on_the_custom_ops_opt_out_of_xla(impl):
+    """The custom ops have no XLA kernels: under them the layers say supports_jit=False, and Keras then compiles
+    without XLA (jit_compile="auto" on a GPU, or True, would compile them with XLA otherwise)."""
+    layers = [Similarity(3, 2), Mex(pool_size=2)]
+    jit = impl == "composite"
+    assert [layer.supports_jit for layer in layers] == [jit, jit]
+    model = keras.Sequential([keras.Input((6, 6, 2))] + layers)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Model doesn't support `jit_compile=True`")
+        model.compile("sgd", "mse", jit_compile=True)
+    assert model.jit_compile is jit
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
@@ -151,7 +175,12 @@ def test_mixed_precision_keeps_the_compute_dtype(impl, rng, policy):
 
 
 def test_saved_model_loads_in_a_fresh_process(tmp_path, rng):
+    """Every weight moved off its initial value first (kept valid: > 0), so a load that dropped one (the MEX
+    offsets at 0, xi at 1) fails."""
     model = _tiny_simnet("l1")
+    for v in model.weights:
+        v.assign(np.abs(v.numpy()) + rng.uniform(0.1, 0.5, v.shape))
+    assert [v.name for v in model.weights] == ["templates", "weights", "xi", "offsets"]
     images = _bright_vs_dark(rng, 8)[0]
     path = tmp_path / "simnet.keras"
     model.save(path)
@@ -160,37 +189,43 @@ def test_saved_model_loads_in_a_fresh_process(tmp_path, rng):
         "import sys, numpy as np, keras, kernelzoo\n"
         "m = keras.models.load_model(sys.argv[1])\n"
         "np.save(sys.argv[3], m.predict(np.load(sys.argv[2]), verbose=0))\n"
+        "np.savez(sys.argv[4], *m.get_weights())\n"
     )
-    subprocess.run([sys.executable, "-c", script, str(path), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
-                   check=True, env=dict(os.environ, KERNELZOO_OPS="composite"))
+    subprocess.run([sys.executable, "-c", script, str(path), str(tmp_path / "x.npy"), str(tmp_path / "y.npy"),
+                    str(tmp_path / "w.npz")], check=True, env=dict(os.environ, KERNELZOO_OPS="composite"))
+    loaded = np.load(tmp_path / "w.npz")
+    weights = model.get_weights()
+    assert len(loaded.files) == len(weights)
+    for i, w in enumerate(weights):
+        np.testing.assert_array_equal(loaded[f"arr_{i}"], w)
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), model.predict(images, verbose=0), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("make,message", [
-    (lambda: Similarity(0, 3), "filters"),
-    (lambda: Similarity(3, (2, 2, 2)), "kernel_size"),
-    (lambda: Similarity(3, 2, similarity="cosine"), "similarity"),
-    (lambda: Similarity(3, 2, similarity="lp"), "p"),
-    (lambda: Similarity(3, 2, similarity="lp", p=-1.0), "p"),
-    (lambda: Similarity(3, 2, similarity="lp", p=[1.0, 2.0]), "p"),
-    (lambda: Similarity(3, 2, similarity="l2", p=2.0), "p"),
-    (lambda: Similarity(3, 2, learn_p=True), "learn_p"),
-    (lambda: Similarity(3, 2, similarity="linear", normalization_term=True), "normalization_term"),
-    (lambda: Similarity(3, 2, padding="causal"), "padding"),
-    (lambda: Mex(num_instances=0), "num_instances"),
-    (lambda: Mex(xi=float("nan")), "xi"),
-    (lambda: Mex(num_instances=2, xi=[1.0, 2.0, 3.0]), "xi"),
-    (lambda: Mex(offsets="everywhere"), "offsets"),
-    (lambda: Mex(xi=0.0, learn_xi=False, softmax_mode=True), "xi"),
-    (lambda: Mex(xi=[1.0, 0.0], num_instances=2, learn_xi=True, softmax_mode=True), "xi"),
-    (lambda: Mex(learn_xi="no"), "learn_xi"),
-    (lambda: Mex(softmax_mode=1), "softmax_mode"),
-    (lambda: Similarity(3, 2, weighted="False"), "weighted"),
-    (lambda: Similarity(3, 2, ignore_nan=None), "ignore_nan"),
-    (lambda: __import__("kernelzoo.layers", fromlist=["KernelDense"]).KernelDense(3, use_bias="false"), "use_bias"),
-    (lambda: Mex(pool_size=0), "pool_size"),
-    (lambda: Similarity(3, 2, similarity="lp", p=float("inf")), "`p`"),
-    (lambda: Similarity(2, 2, similarity="lp", p=[1.0, float("inf")]), "`p`"),
+    (lambda: Similarity(0, 3), "`filters`"),
+    (lambda: Similarity(3, (2, 2, 2)), "`kernel_size`"),
+    (lambda: Similarity(3, 2, similarity="cosine"), "`similarity`"),
+    (lambda: Similarity(3, 2, similarity="lp"), "needs `p`"),
+    (lambda: Similarity(3, 2, similarity="lp", p=-1.0), "`p` must be finite and > 0"),
+    (lambda: Similarity(3, 2, similarity="lp", p=[1.0, 2.0]), "`p` must be a number or a list of 3"),
+    (lambda: Similarity(3, 2, similarity="l2", p=2.0), "`p` is only used with similarity='lp'"),
+    (lambda: Similarity(3, 2, learn_p=True), "`learn_p=True` needs similarity='lp'"),
+    (lambda: Similarity(3, 2, similarity="linear", normalization_term=True), "`normalization_term`"),
+    (lambda: Similarity(3, 2, padding="causal"), "`padding`"),
+    (lambda: Mex(num_instances=0), "`num_instances`"),
+    (lambda: Mex(xi=float("nan")), "`xi` must be a real"),
+    (lambda: Mex(num_instances=2, xi=[1.0, 2.0, 3.0]), "`xi` must be a real .* list of 2"),
+    (lambda: Mex(offsets="everywhere"), "`offsets`"),
+    (lambda: Mex(xi=0.0, learn_xi=False, softmax_mode=True), "`xi`=0 with softmax_mode=True"),
+    (lambda: Mex(xi=[1.0, 0.0], num_instances=2, learn_xi=True, softmax_mode=True), "`xi`=0 with softmax_mode"),
+    (lambda: Mex(learn_xi="no"), "`learn_xi`"),
+    (lambda: Mex(softmax_mode=1), "`softmax_mode`"),
+    (lambda: Similarity(3, 2, weighted="False"), "`weighted`"),
+    (lambda: Similarity(3, 2, ignore_nan=None), "`ignore_nan`"),
+    (lambda: __import__("kernelzoo.layers", fromlist=["KernelDense"]).KernelDense(3, use_bias="false"), "`use_bias`"),
+    (lambda: Mex(pool_size=0), "`pool_size`"),
+    (lambda: Similarity(3, 2, similarity="lp", p=float("inf")), "`p` must be finite"),
+    (lambda: Similarity(2, 2, similarity="lp", p=[1.0, float("inf")]), "`p` must be finite"),
     (lambda: Similarity(3, 2, similarity="lp", p=float("nan")), "`p`"),
     (lambda: Similarity(3, 2, similarity="lp", p="2"), "`p`"),
     (lambda: Similarity(3, 2, similarity="lp", p=0.01, learn_p=True), "`p` must be >= 0.05 with learn_p=True"),
@@ -260,14 +295,11 @@ def test_bad_inputs_at_build_and_call(rng):
         Similarity(3, (3, 9))(keras.Input((7, 8, 4)))  # symbolic: at build, not with a negative output shape
     with pytest.raises(ValueError, match="`pool_size` \\(5, 5\\) is larger"):
         Mex(pool_size=5)(keras.Input((3, 3, 1)))
-    from kernelzoo.layers import CKNConv2D, KernelDense, SparsifyingActivation
+    from kernelzoo.layers import CKNConv2D, SparsifyingActivation
     with pytest.raises(ValueError, match="`kernel_size` \\(5, 5\\) is larger"):
         CKNConv2D(4, 5, padding="valid")(keras.Input((3, 3, 2)))
     with pytest.raises(ValueError, match="`axis`=3 is out of range"):
         SparsifyingActivation(axis=3)(keras.Input((5,)))
-    with pytest.raises(ValueError, match="disagree"):
-        KernelDense(3, kernel="dot", kernel_function="poly")
-    assert KernelDense(3, kernel="dot").kernel_function == "dot"
     with pytest.raises(ValueError, match="static spatial input size"):
         Mex(pool_size=2)(keras.Input((None, None, 4)))
     unshared = Mex(pool_size=2, offsets="unshared")
@@ -292,4 +324,3 @@ def test_get_config_holds_exactly_the_constructor_arguments(make):
     arguments = set(inspect.signature(type(layer).__init__).parameters) - {"self", "kwargs"}
     keras_keys = set(keras.layers.Layer().get_config())  # name, trainable, dtype
     assert set(layer.get_config()) - keras_keys == arguments
-    assert type(layer).from_config(layer.get_config()).get_config() == layer.get_config()
