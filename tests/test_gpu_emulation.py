@@ -29,15 +29,37 @@ from test_custom_ops import XI_EDGE, _rel_close  # noqa: E402
 LAUNCH = (0, 3, 37)
 
 
-def _emulation(folder, defines=()):
-    """The CUDA kernels built for the CPU emulation in `folder`, launched with LAUNCH (the op library loaded)."""
-    library.load()
-    return capi.Kernels(capi.build(str(folder), defines=defines), launch=LAUNCH)
+# The patch-gradient workspace (floats) of the emulation build: similarity_gpu.h's KZ_PATCH_GRAD_FLOATS,
+# a compile-time constant (2^24 as shipped), lowered so that one build (~8 s of g++) serves every test: the
+# input gradients of the SIM_GRID and half-activation shapes (at most 2 x 11 x 10 x 18 = 3,960 floats) fit
+# in one batch, as every batch does with the shipped size, and test_similarity_emulation_input_gradient_in_
+# image_batches needs several (a ragged last one included).
+PATCH_GRAD_FLOATS = 4096
+
+
+def _patch_grad_batches(x_shape, z_shape, strides, padding):
+    """The images of each input-gradient batch in this build (similarity_gpu.h's PatchGradImages)."""
+    n, h, w, c = x_shape
+    kh, kw = z_shape[:2]
+    per_image = output_size(h, kh, strides[0], padding) * output_size(w, kw, strides[1], padding) * kh * kw * c
+    images = min(max(PATCH_GRAD_FLOATS // per_image, 1), n)
+    return [min(images, n - first) for first in range(0, n, images)]
+
+
+def _poisoned(shape, dtype):
+    """Outputs and workspaces filled with NaN (0xFF bytes): an entry the kernels do not write cannot pass
+    for a right one (np.empty may hand back a freed array holding the very values expected)."""
+    return np.full(shape, 0xFF if dtype == "uint8" else np.nan, dtype)
 
 
 @pytest.fixture(scope="module")
 def emulated(tmp_path_factory):
-    return _emulation(tmp_path_factory.mktemp("capi"))
+    """The CUDA kernels built once for the CPU emulation (in a pytest temporary folder, not the user's
+    cache), launched with LAUNCH (the op library loaded)."""
+    library.load()
+    folder = tmp_path_factory.mktemp("capi")
+    return capi.Kernels(capi.build(str(folder), defines=(f"KZ_PATCH_GRAD_FLOATS={PATCH_GRAD_FLOATS}",)),
+                        empty=_poisoned, launch=LAUNCH)
 
 
 def _cpu_value_and_grads(fn, tensors, seed=0):
@@ -66,6 +88,7 @@ def test_similarity_emulation_matches_cpu(emulated, kind, strides, padding, igno
     u = rng.uniform(0.2, 1.5, size=z.shape).astype("float32")
     p = (rng.uniform(0.6, 2.5, size=70) if kind == "lp" else np.full(70, {"l1": 1.0}.get(kind, 2.0))).astype("float32")
     kw = dict(similarity=kind, strides=strides, padding=padding, ignore_nan=ignore_nan)
+    assert _patch_grad_batches(x.shape, z.shape, strides, padding) == [2]  # one batch, as with the shipped size
     y, g, grads = _cpu_value_and_grads(lambda *t: custom.similarity(*t, **kw), [x, z, u, p])
     y_emu = emulated.similarity(x, z, u, p, **kw)
     _rel_close(y_emu, y, 1e-5, "output")
@@ -77,23 +100,19 @@ def test_similarity_emulation_matches_cpu(emulated, kind, strides, padding, igno
         _rel_close(got, want, 1e-4, f"grad {name}")
 
 
-@pytest.fixture(scope="module")
-def small_workspace(tmp_path_factory):
-    """The emulation built with a patch-gradient workspace of 2,000 floats."""
-    return _emulation(tmp_path_factory.mktemp("capi-small"), defines=("KZ_PATCH_GRAD_FLOATS=2000",))
-
-
 @pytest.mark.parametrize("kind", ["l2", "l1"])
-def test_similarity_emulation_input_gradient_in_image_batches(small_workspace, kind):
-    """A patch-gradient workspace of 2,000 floats holds one image (3 x 2 x 8 x 36 = 1,728): three batches."""
+def test_similarity_emulation_input_gradient_in_image_batches(emulated, kind):
+    """The workspace of PATCH_GRAD_FLOATS = 4,096 floats holds three images of 5 x 7 positions x 36 = 1,260
+    floats: five images in batches of three and two."""
     rng = np.random.default_rng(4)
-    x = rng.normal(size=(3, 5, 9, 4)).astype("float32")
+    x = rng.normal(size=(5, 7, 9, 4)).astype("float32")
     z = rng.normal(size=(3, 3, 4, 5)).astype("float32")
     u = rng.uniform(0.2, 1.5, size=z.shape).astype("float32")
     p = np.full(5, {"l1": 1.0, "l2": 2.0}[kind], "float32")
     kw = dict(similarity=kind, strides=(1, 1), padding="valid", ignore_nan=False)
+    assert _patch_grad_batches(x.shape, z.shape, (1, 1), "valid") == [3, 2]
     y, g, grads = _cpu_value_and_grads(lambda *t: custom.similarity(*t, **kw), [x, z, u, p])
-    _rel_close(small_workspace.similarity_grad(x, z, u, p, g, **kw)[0], grads[0], 1e-4, "grad input")
+    _rel_close(emulated.similarity_grad(x, z, u, p, g, **kw)[0], grads[0], 1e-4, "grad input")
 
 
 @pytest.mark.parametrize("kind", ["linear", "l1", "l2", "lp"])
@@ -113,12 +132,40 @@ def test_similarity_emulation_skips_the_input_gradient(emulated, kind):
         np.testing.assert_array_equal(a, b, err_msg=name)
 
 
-def test_similarity_emulation_propagates_nan_without_ignore_nan(emulated):
-    x = np.random.default_rng(1).normal(size=(1, 5, 5, 2)).astype("float32")
-    x[0, 2, 2, 1] = np.nan
-    z = np.ones((3, 3, 2, 4), "float32")
-    y = emulated.similarity(x, z, z, np.full(4, 2.0, "float32"), similarity="l2")
-    assert np.isnan(y).sum() == 9 * 4  # every window over (2, 2), every template
+def _windows_holding(x_shape, pixels, window, strides, padding):
+    """(N, H', W') mask of the output positions whose window (padding included) holds one of `pixels`
+    ((image, row, column) triples)."""
+    n, h, w, _ = x_shape
+    sizes = [output_size(size, k, s, padding) for size, k, s in zip((h, w), window, strides)]
+    pads = [max((out - 1) * s + k - size, 0) // 2 if padding == "same" else 0
+            for size, out, k, s in zip((h, w), sizes, window, strides)]
+    mask = np.zeros((n,) + tuple(sizes), bool)
+    for image, row, col in pixels:
+        for i, j in np.ndindex(*sizes):
+            top, left = i * strides[0] - pads[0], j * strides[1] - pads[1]
+            mask[image, i, j] |= top <= row < top + window[0] and left <= col < left + window[1]
+    return mask
+
+
+@pytest.mark.parametrize("padding,strides", [("valid", (1, 1)), ("same", (2, 1))])
+@pytest.mark.parametrize("kind", ["linear", "l1", "l2", "lp"])
+def test_similarity_emulation_propagates_nan_without_ignore_nan(emulated, kind, padding, strides):
+    """NaN in the outputs whose window holds the NaN pixel, for every template, and only there (a corner
+    pixel of image 0, an inner one of image 1); elsewhere the CPU op's values."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 6, 7, 2)).astype("float32")
+    x[0, 0, 0, 1] = x[1, 3, 4, 0] = np.nan
+    z = rng.normal(size=(3, 3, 2, 4)).astype("float32")
+    u = rng.uniform(0.2, 1.5, size=z.shape).astype("float32")
+    p = (rng.uniform(0.6, 2.5, size=4) if kind == "lp" else np.full(4, {"l1": 1.0}.get(kind, 2.0))).astype("float32")
+    kw = dict(similarity=kind, strides=strides, padding=padding, ignore_nan=False)
+    y = emulated.similarity(x, z, u, p, **kw)
+    want = np.broadcast_to(_windows_holding(x.shape, [(0, 0, 0), (1, 3, 4)], (3, 3), strides, padding)[..., None],
+                           y.shape)
+    assert 0 < want.sum() < want.size / 2  # some windows hold a NaN, most do not
+    np.testing.assert_array_equal(np.isnan(y), want, err_msg="NaN mask")
+    assert np.isfinite(y[~want]).all()
+    _rel_close(y, custom.similarity(x, z, u, p, **kw).numpy(), 1e-5, "output")
 
 
 def _mex_tensors(rng, x_shape, k, pool, channel_block, regions, use_c, xi):

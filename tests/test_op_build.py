@@ -112,6 +112,61 @@ def test_avx512fp16_enabled_explicitly_falls_back_to_portable_flags_loudly():
     assert all(error < 1e-5 for error in result["errors"].values()), result["errors"]
 
 
+# What the stand-in `_attempt` below answers for the first flag set: a compiler error like Eigen's under -mavx512fp16.
+_SIMULATED_FAILURE = ("Eigen/src/Core/arch/AVX512/PacketMathFP16.h:1:1: error: simulated failure of the first "
+                      "flag set\ncompilation terminated.")
+
+
+@pytest.mark.parametrize("override", [None, AVX512FP16_FLAGS])
+def test_a_failing_first_flag_set_falls_back_to_the_next_loudly(monkeypatch, capfd, tmp_path, override):
+    """The fallback of `build` on any CPU (test_avx512fp16_... needs AVX512-FP16): `library._attempt`, which
+    builds one flag set, replaced so that the first candidate (native, or $KERNELZOO_ARCH_FLAGS) fails and
+    the next one answers with the library this process already built (nothing compiled, no failure note
+    written: the cache is an empty temporary folder meanwhile). The build info records the fallback, load()
+    warns, build-ops reports it."""
+    import argparse
+
+    real = library.build_info()  # built (or found) with the default flags, as every other test uses it
+    monkeypatch.setenv("KERNELZOO_CACHE", str(tmp_path))
+    monkeypatch.setenv(library.GPU_KERNELS_ENV, "0")  # one attempt per flag set (no nvcc build first)
+    if override:
+        monkeypatch.setenv(library.ARCH_FLAGS_ENV, override)
+    else:
+        monkeypatch.delenv(library.ARCH_FLAGS_ENV, raising=False)
+    (first_variant, first_flags), (second_variant, second_flags) = library.arch_candidates()[:2]
+    assert first_variant == ("$KERNELZOO_ARCH_FLAGS" if override else "native")
+    tf_flags = library._tf_flags()[1]
+    attempts = []
+
+    def attempt(out_dir, compiler, compile_flags, lflags, units, headers, extra, force, cuda, note):
+        assert out_dir.startswith(str(tmp_path)) and cuda is None
+        assert list(compile_flags[len(compile_flags) - len(tf_flags):]) == tf_flags
+        attempts.append(tuple(compile_flags[:len(compile_flags) - len(tf_flags)]))
+        return (None, _SIMULATED_FAILURE) if attempts[-1] == first_flags else (real.path, None)
+
+    monkeypatch.setattr(library, "_attempt", attempt)
+    monkeypatch.setattr(library, "_module", None)  # restored afterwards: the process keeps its library
+    monkeypatch.setattr(library, "_build_info", None)
+    first, second = " ".join(first_flags), " ".join(second_flags) or "no -march"
+    with pytest.warns(RuntimeWarning) as caught:
+        library.load()
+    info = library.build_info()
+    assert attempts == [first_flags, second_flags]  # in order, stopping at the first that builds
+    assert info.fell_back and info.variant == second_variant and info.arch_flags == second_flags
+    assert info.failed == ((first_variant, first_flags, _SIMULATED_FAILURE),)
+    assert info.path == real.path
+    (message,) = [str(w.message) for w in caught if "custom op library was built with" in str(w.message)]
+    assert f"built with {second} because the build with {first} failed" in message, message
+    assert "kernelzoo build-ops" in message, message
+    assert f"the build with {first} failed; retrying with portable flags" in capfd.readouterr().err
+
+    assert library.run(argparse.Namespace(force=False, clean=False)) == 0  # `kernelzoo build-ops`
+    out, err = capfd.readouterr()
+    assert f"target: {second_variant} ({second}) [fallback: see the failures above]" in out, out
+    assert f"failed: {first_variant} ({first}):\n{_SIMULATED_FAILURE}" in err, err
+    assert not list(tmp_path.iterdir())
+
+
 def _failing_compiler_job():
     """build-ops, then the first op calls, in fresh processes with a $CXX that fails every compile; the
     compile count after each (the compiler logs every compile to a file)."""
