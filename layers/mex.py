@@ -4,6 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from kernelzoo.layers.custom_op_layer import CustomOpLayer
 from kernelzoo.ops import api
 from kernelzoo.ops.checks import (boolean, known_channels, normalize_padding, normalize_tuple, positive_int,
                                   real_or_reals, window_fits)
@@ -13,7 +14,7 @@ _OFFSET_MODES = ("shared", "unshared")
 
 
 @keras.saving.register_keras_serializable(package="kernelzoo")
-class Mex(keras.layers.Layer):
+class Mex(CustomOpLayer):
     """out = MEX_xi{inp(s) + b[region, instance, s] for s in block, c[instance]} (paper 000 Eq. 1).
 
     Blocks are pool_size spatially x channel_block channels; each block yields
@@ -36,12 +37,13 @@ class Mex(keras.layers.Layer):
     float32) and the variables float32 (not autocast); otherwise it computes in float32.
     """
 
+    OP = "mex"
+
     def __init__(self, num_instances=1, pool_size=(1, 1), channel_block=None, strides=None, padding="valid",
                  xi=1.0, learn_xi=True, offsets=None, offsets_initializer="zeros", offsets_regularizer=None,
                  offsets_constraint=None, use_c=False, c_initializer="zeros", softmax_mode=False, **kwargs):
         kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
-        self.supports_jit = api.selected_implementation("mex") != "custom"  # custom ops have no XLA kernels
         self.num_instances = positive_int(num_instances, "num_instances")
         self.pool_size = normalize_tuple(pool_size, "pool_size")
         self.strides = self.pool_size if strides is None else normalize_tuple(strides, "strides")

@@ -4,6 +4,7 @@ import numpy as np
 from keras import ops
 
 from kernelzoo.layers.constraints import MinValue
+from kernelzoo.layers.custom_op_layer import CustomOpLayer
 from kernelzoo.ops import api
 from kernelzoo.ops.checks import (boolean, check_choice, known_channels, normalize_padding, normalize_tuple,
                                   positive_int, real_or_reals, window_fits)
@@ -14,7 +15,7 @@ P_MIN = 0.05
 
 
 @keras.saving.register_keras_serializable(package="kernelzoo")
-class Similarity(keras.layers.Layer):
+class Similarity(CustomOpLayer):
     """out[i, j, l] = sum_d u[d, l] * phi(x_ij[d], z[d, l]) over kernel_size patches (paper 000 Sec. 2).
 
     With similarity="linear" and weighted=False this is Conv2D without bias; "l2"
@@ -36,6 +37,8 @@ class Similarity(keras.layers.Layer):
     float32) and the variables float32 (not autocast); otherwise it computes in float32.
     """
 
+    OP = "similarity"
+
     def __init__(self, filters, kernel_size, strides=1, padding="valid", similarity="l2", weighted=True, p=None,
                  learn_p=False, normalization_term=False, ignore_nan=False,
                  templates_initializer="glorot_uniform", weights_initializer="ones",
@@ -43,7 +46,6 @@ class Similarity(keras.layers.Layer):
                  templates_constraint=None, weights_constraint="non_neg", **kwargs):
         kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
-        self.supports_jit = api.selected_implementation("similarity") != "custom"  # custom ops have no XLA kernels
         self.filters = positive_int(filters, "filters")
         self.kernel_size = normalize_tuple(kernel_size, "kernel_size")
         self.strides = normalize_tuple(strides, "strides")

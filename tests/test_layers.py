@@ -130,11 +130,15 @@ def test_functional_model_with_learned_p_and_xi_gets_their_gradients(impl, rng):
 
 def test_layers_on_the_custom_ops_opt_out_of_xla(impl):
     """The custom ops have no XLA kernels: under them the layers say supports_jit=False, and Keras then compiles
-    without XLA (jit_compile="auto" on a GPU, or True, would compile them with XLA otherwise)."""
-    layers = [Similarity(3, 2), Mex(pool_size=2)]
+    without XLA (jit_compile="auto" on a GPU, or True, would compile them with XLA otherwise), whichever
+    implementation was selected when the layers were built."""
+    from kernelzoo.ops import implementation
+    other = {"composite": "custom", "custom": "composite"}[impl]
+    with implementation(other):  # built under the other one: what counts is the implementation at compile time
+        layers = [Similarity(3, 2), Mex(pool_size=2)]
+        model = keras.Sequential([keras.Input((6, 6, 2))] + layers)
     jit = impl == "composite"
     assert [layer.supports_jit for layer in layers] == [jit, jit]
-    model = keras.Sequential([keras.Input((6, 6, 2))] + layers)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Model doesn't support `jit_compile=True`")
         model.compile("sgd", "mse", jit_compile=True)
