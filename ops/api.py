@@ -183,7 +183,7 @@ def similarity(inputs, templates, weights=None, *, similarity="l2", p=None, stri
     Args:
       inputs: (N, H, W, C) images or feature maps (NHWC).
       templates: (kh, kw, C, n), laid out like a Conv2D kernel.
-      weights: same shape as `templates`, >= 0 (not NaN); None means all ones (unweighted).
+      weights: same shape as `templates`, finite and >= 0; None means all ones (unweighted).
       similarity: "linear" (phi = x z), "l1" (-|x - z|), "l2" (-(x - z)^2) or "lp" (-|x - z|^p).
       p: for "lp": a scalar or per-template (n,) tensor, finite and > 0 (differentiable).
       strides, padding: as Conv2D. "same" pads with zeros, or NaN with `ignore_nan`.
@@ -216,8 +216,8 @@ def similarity(inputs, templates, weights=None, *, similarity="l2", p=None, stri
         if tuple(weights.shape) != tuple(templates.shape):
             raise ValueError(f"`weights` must have the shape of `templates` {tuple(templates.shape)}, "
                              f"got {tuple(weights.shape)}")
-        _check_concrete(weights, lambda w: np.all(w >= 0), "weights",
-                        "must be >= 0 (negative or NaN weights passed to the op)")
+        _check_concrete(weights, lambda w: np.all((w >= 0) & np.isfinite(w)), "weights",
+                        "must be finite and >= 0 (negative, NaN or infinite weights passed to the op)")
     p_vector = _similarity_p(kind, p, n)
     if normalization_term and kind == "linear":
         raise ValueError("`normalization_term` applies to the l1/l2/lp similarities, not 'linear'")

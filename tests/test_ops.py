@@ -411,6 +411,7 @@ BAD_CALLS = [
     (lambda x, z: kops.similarity(x, z, np.where(np.arange(z.size).reshape(z.shape) == 5, np.nan, 1.0)),
      "`weights`"),
     (lambda x, z: kops.similarity(x, z, tf.fill(z.shape, np.nan)), "`weights`"),
+    (lambda x, z: kops.similarity(x, z, np.full_like(z, np.inf)), "`weights`"),
     (lambda x, z: kops.similarity(x, z, np.ones((1, 1, 2, 2))), "`weights`"),
     (lambda x, z: kops.similarity(x, z, padding="full"), "`padding`"),
     (lambda x, z: kops.similarity(x, z, strides=0), "`strides`"),
