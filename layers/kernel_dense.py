@@ -13,8 +13,8 @@ import keras
 from keras import ops
 
 from kernelzoo.layers.kernels import DISTANCES, KERNELS, Grid2D, kernel_matrix
-from kernelzoo.ops.checks import (boolean, check_choice, finite_float, float_in_range, nonnegative_float, positive_float,
-                                   positive_int)
+from kernelzoo.ops.checks import (boolean, check_choice, finite_float, float_in_range, nonnegative_float,
+                                  positive_float, positive_int)
 
 
 def _initializer(value):
