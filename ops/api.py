@@ -216,8 +216,9 @@ def similarity(inputs, templates, weights=None, *, similarity="l2", p=None, stri
         if tuple(weights.shape) != tuple(templates.shape):
             raise ValueError(f"`weights` must have the shape of `templates` {tuple(templates.shape)}, "
                              f"got {tuple(weights.shape)}")
-        _check_concrete(weights, lambda w: np.all((w >= 0) & np.isfinite(w)), "weights",
-                        "must be finite and >= 0 (negative, NaN or infinite weights passed to the op)")
+        _check_concrete(weights, "weights", (lambda w: np.all((w >= 0) & np.isfinite(w)),
+                                             "must be finite and >= 0 (negative, NaN or infinite weights passed "
+                                             "to the op)"))
     p_vector = _similarity_p(kind, p, n)
     if normalization_term and kind == "linear":
         raise ValueError("`normalization_term` applies to the l1/l2/lp similarities, not 'linear'")
@@ -282,15 +283,16 @@ def mex(inputs, xi, *, num_instances=1, pool_size=(1, 1), channel_block=None, st
         raise ValueError(f"mex needs static spatial dimensions in `inputs`, got shape {tuple(inputs.shape)}")
     static_xi = xi
     xi = _one_or_each(xi, k, "xi", "instance")
-    _check_concrete(xi, lambda v: not np.any(np.isnan(v)), "xi", "must not be NaN")
+    xi_checks = [(_has_no_nan, "must not be NaN")]
     if softmax_mode:  # every spelling: 0, np.float32(0), [1.0, 0.0], a tensor
-        _check_concrete(xi, lambda v: np.all(v != 0), "xi", "must not be 0 with softmax_mode=True (log(n)/0 = inf)")
+        xi_checks.append((lambda v: np.all(v != 0), "must not be 0 with softmax_mode=True (log(n)/0 = inf)"))
+    _check_concrete(xi, "xi", *xi_checks)
     if _is_number(static_xi) or isinstance(static_xi, (list, tuple, np.ndarray)):
         # a fixed xi lets the composite drop the branches it does not need
         xi = np.broadcast_to(np.asarray(static_xi, "float32").reshape(-1), (k,))
     if c is not None:
         c = _one_or_each(c, k, "c", "instance")
-        _check_concrete(c, lambda v: not np.any(np.isnan(v)), "c", "must not be NaN")
+        _check_concrete(c, "c", (_has_no_nan, "must not be NaN"))
     if offsets is not None:
         offsets = _float32(offsets, "offsets")
         _check_offsets(offsets, inputs, k, pool_size, channel_block, strides, padding)
@@ -323,7 +325,7 @@ def _similarity_p(kind, p, n):
     if _is_number(p):
         return ops.full((n,), positive_float(p, "p"), dtype="float32")
     p = _one_or_each(p, n, "p", "template")
-    _check_concrete(p, lambda v: np.all(np.isfinite(v) & (v > 0)), "p", "must be > 0 and finite")
+    _check_concrete(p, "p", (lambda v: np.all(np.isfinite(v) & (v > 0)), "must be > 0 and finite"))
     return p
 
 
@@ -407,8 +409,12 @@ def _is_number(value):
     return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
 
 
-def _check_concrete(tensor, predicate, name, requirement):
-    """Check a tensor's values when they are known now (eager).
+def _has_no_nan(values):
+    return not np.any(np.isnan(values))
+
+
+def _check_concrete(tensor, name, *checks):
+    """Check a tensor's values against `(predicate, requirement)` pairs when they are known now (eager).
 
     Symbolic tensors (inside a tf.function, Keras tracing) pass unchecked: neither implementation checks
     them at run time, so e.g. negative or NaN weights, p <= 0 or inf, a NaN xi or c, or xi = 0 with
@@ -422,5 +428,6 @@ def _check_concrete(tensor, predicate, name, requirement):
         values = ops.convert_to_numpy(tensor)
     except Exception:  # symbolic (another backend's tracing): no values to check
         return
-    if not predicate(values):
-        raise ValueError(f"`{name}` {requirement}")
+    for predicate, requirement in checks:
+        if not predicate(values):
+            raise ValueError(f"`{name}` {requirement}")

@@ -195,8 +195,8 @@ MEASURED_HERE = {"kernelnet_mnist_prior"}
 SIBLINGS = {"ckn_cifar10_unsup_256_1024": "ckn_cifar10_unsup_64_256", "sc_cifar10_4k_noinit": "sc_cifar10_4k",
             "cnn_cifar10_tf_fc_random": "cnn_cifar10_tf_fc", "cnn_cifar10_tf_linear_random": "cnn_cifar10_tf_linear"}
 ALL_CARDS_ENV = "KERNELZOO_ALL_CARDS"
-ALL_CARDS = os.environ.get(ALL_CARDS_ENV) == "1"
-MEASURED_IN_BACKGROUND = [n for n in SHIPPED if n not in MEASURED_HERE and (ALL_CARDS or n not in SIBLINGS)]
+LEFT_TO_SIBLINGS = set() if os.environ.get(ALL_CARDS_ENV) == "1" else set(SIBLINGS)
+MEASURED_IN_BACKGROUND = [n for n in SHIPPED if n not in MEASURED_HERE | LEFT_TO_SIBLINGS]
 CARDS = background_job("card measurements", dict(
     args=[sys.executable, "-c", _MEASURE_SCRIPT, SHARED_DATA, *MEASURED_IN_BACKGROUND],
     env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), timeout=3600)) if os.path.isdir(SHARED_DATA) else None
@@ -237,7 +237,7 @@ def test_shipped_weights_reproduce_their_card(card_measurements, name):
     """
     if not os.path.isdir(SHARED_DATA):
         pytest.skip("../shared/data absent")
-    if name in SIBLINGS and not ALL_CARDS:
+    if name in LEFT_TO_SIBLINGS:
         pytest.skip(f"the code of {SIBLINGS[name]}, whose card is re-measured (test_card_siblings_run_the_same_code); "
                     f"{ALL_CARDS_ENV}=1 re-measures this card too")
     if name in MEASURED_HERE:
