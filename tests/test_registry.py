@@ -227,8 +227,9 @@ def test_viz_writes_the_autoencoder_embedding_and_walk(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     viz.add_arguments(parser, "viz")
     out, walk = tmp_path / "emb.png", tmp_path / "walk.png"
-    args = parser.parse_args(["embedding", "kernelnet_embedding_mnist_ae", "--data-dir", SHARED_DATA, "--samples", "300",
-                              "--out", str(out), "--walk", str(walk), "--steps", "3", "--window", "0.3", "0.7", "0.3", "0.7"])
+    args = parser.parse_args(["embedding", "kernelnet_embedding_mnist_ae", "--data-dir", SHARED_DATA,
+                              "--samples", "300", "--out", str(out), "--walk", str(walk), "--steps", "3",
+                              "--window", "0.3", "0.7", "0.3", "0.7"])
     assert viz.run(args, "viz") == 0
     assert out.read_bytes()[:8] == walk.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     between = float(capsys.readouterr().out.split("between ")[1].split(",")[0])
