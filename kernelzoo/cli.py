@@ -25,7 +25,8 @@ SUBCOMMANDS = {
     "protocol": ("kernelzoo.zoo.cli", "train a zoo model over a protocol's splits / seeds (and a grid of settings): "
                                       "mean +- std table and JSON, resumable"),
     "eval": ("kernelzoo.zoo.cli", "re-measure a zoo model's card figure (or a .keras file's) on its test split"),
-    "finetune": ("kernelzoo.zoo.finetune_cli", "fine-tune a pretrained zoo model on a new image dataset (-o OUT.keras)"),
+    "finetune": ("kernelzoo.zoo.finetune_cli", "fine-tune a pretrained zoo model on a new image dataset "
+                                               "(-o OUT.keras)"),
     "probe": ("kernelzoo.zoo.sc.probe", "what an SC network's layer holds: linear probe and SC-task accuracy on "
                                         "held-out training images, beside the pixels' colour statistics"),
     "ship": ("kernelzoo.zoo.shipping", "write a trained model as a zoo model's shipped weights (deflated, "

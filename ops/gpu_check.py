@@ -431,7 +431,8 @@ def markdown(bench_rows, env, check_rows, sanitizer):
     failed = [r for r in check_rows if not r[4]]
     lines += ["", f"Correctness: {len(check_rows)} comparisons with the CPU kernels, {len(failed)} failed."]
     for tool, (ok, summary) in sanitizer.items():
-        lines.append(f"compute-sanitizer {tool}: {'clean' if ok else ('FAILED' if ok is False else 'not run')} ({summary})")
+        lines.append(f"compute-sanitizer {tool}: {'clean' if ok else ('FAILED' if ok is False else 'not run')} "
+                     f"({summary})")
     return "\n".join(lines)
 
 

@@ -595,7 +595,8 @@ def load():
                     f"Try `kernelzoo build-ops --force`.") from e
             if _build_info.fell_back:
                 tried = ", ".join(" ".join(flags) or "no -march" for _, flags, _ in _build_info.failed)
-                warnings.warn(f"kernelzoo: the custom op library was built with {' '.join(_build_info.arch_flags) or 'no -march'} "
+                warnings.warn("kernelzoo: the custom op library was built with "
+                              f"{' '.join(_build_info.arch_flags) or 'no -march'} "
                               f"because the build with {tried} failed; the ops work, perhaps slower. "
                               "Run `kernelzoo build-ops` to see the compiler output.", RuntimeWarning, stacklevel=2)
             message = _no_gpu_kernels_warning(_build_info)

@@ -641,7 +641,8 @@ def test_rounding_floor_measures_how_far_float32_steps_move_a_model():
     from kernelzoo.export.verify import ROUNDING_MARGIN, rounding_floor
     images = np.full((8, 4), 100.0, "float32")
     for gain, low, high in ((1.0, 1e-6, 1e-4), (1e6, 1.0, 200.0)):
-        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, kernel_initializer=keras.initializers.Constant(gain))])
+        model = keras.Sequential([keras.Input((4,)),
+                                  keras.layers.Dense(2, kernel_initializer=keras.initializers.Constant(gain))])
         floor = rounding_floor(model, images, output=serving_spec(model).output_names[0])
         assert low < floor < high, (gain, floor)
     assert float32_tolerance(3.0, 0.1) == pytest.approx(ROUNDING_MARGIN * 0.1)

@@ -53,7 +53,8 @@ def test_with_nvcc_the_library_has_gpu_kernels_for_every_op_and_loads_without_a_
 
     library.load()  # on this machine: no GPU, no CUDA driver
     info = library.build_info()
-    assert info.gpu_kernels, f"nvcc is at {NVCC} but the GPU kernels were not built: {info.gpu_status}\n{info.gpu_failure}"
+    assert info.gpu_kernels, (f"nvcc is at {NVCC} but the GPU kernels were not built: "
+                              f"{info.gpu_status}\n{info.gpu_failure}")
     assert library.gpu_kernel_ops() == set(library.OP_NAMES)
     assert "-lcudart_static" in info.flags and "sm_90" in info.gpu_status
     if not tf.config.list_physical_devices("GPU"):

@@ -359,7 +359,8 @@ def test_gpu_check_harness_on_the_emulation(emulated, tmp_path):
     assert len(rows) > 1000 and all(ok for *_, ok in rows), [r for r in rows if not r[4]][:5]
     saved = dict(np.load(reference))
     key = "sim-l2-s11-valid-nan0/output"
-    saved[key] = saved[key] + 1e-3 * np.abs(saved[key]).max() * (np.arange(saved[key].size) == 7).reshape(saved[key].shape)
+    saved[key] = saved[key] + 1e-3 * np.abs(saved[key]).max() * (np.arange(saved[key].size) == 7).reshape(
+        saved[key].shape)
     np.savez(tmp_path / "bad.npz", **saved)
     failed = [r[:2] for r in gpu_check.check(emulated, str(tmp_path / "bad.npz")) if not r[4]]
     assert failed == [("sim-l2-s11-valid-nan0", "output")]

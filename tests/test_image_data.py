@@ -88,8 +88,10 @@ def test_mnist_idx_and_npz(tmp_path):
     x_test, y_test = rng.integers(0, 256, (3, 28, 28)), rng.integers(0, 10, 3)
     folder = tmp_path / "idx" / "mnist"
     folder.mkdir(parents=True)
-    for name, array, images in (("train-images-idx3-ubyte.gz", x_train, True), ("train-labels-idx1-ubyte.gz", y_train, False),
-                                ("t10k-images-idx3-ubyte.gz", x_test, True), ("t10k-labels-idx1-ubyte.gz", y_test, False)):
+    for name, array, images in (("train-images-idx3-ubyte.gz", x_train, True),
+                                ("train-labels-idx1-ubyte.gz", y_train, False),
+                                ("t10k-images-idx3-ubyte.gz", x_test, True),
+                                ("t10k-labels-idx1-ubyte.gz", y_test, False)):
         _write_idx(str(folder / name), array, images)
     data = load_images("mnist", data_dir=str(tmp_path / "idx"))
     _check(data, x_train[..., None], y_train, x_test[..., None], y_test)
@@ -239,7 +241,8 @@ def test_shared_cifar10_jpeg(monkeypatch):
     np.testing.assert_allclose(data.x_train.reshape(-1, 3).mean(0), [125.27, 122.93, 113.86], atol=0.05)
 
 
-@pytest.mark.skipif(not os.path.isfile(os.path.join(SHARED, "ml-100k", "u.data")), reason="../shared/data/ml-100k not present")
+@pytest.mark.skipif(not os.path.isfile(os.path.join(SHARED, "ml-100k", "u.data")),
+                    reason="../shared/data/ml-100k not present")
 def test_load_dataset_dispatches_ratings():
     data = load_dataset("ml-100k", data_dir=SHARED)
     assert len(data["ratings"]) == 100000 and data["n_users"] == 943

@@ -101,8 +101,8 @@ def test_cnn_random_trains_its_head_on_cached_features_with_the_keras_loops_step
     data = Data(train=stripes(48, size=12), test=stripes(12, size=12, seed=1), source="stripes",
                 class_names=("h", "v", "flat"))
     hp = recipe.hyperparameters(preset, epochs=2, batch_size=8, lr=0.3)
-    run = lambda folder: recipe.train(preset, data, str(tmp_path / folder), overrides=TINY, hp=hp, verbose=0,  # noqa: E731
-                                      tensorboard=False)
+    run = lambda folder: recipe.train(preset, data, str(tmp_path / folder),  # noqa: E731
+                                      overrides=TINY, hp=hp, verbose=0, tensorboard=False)
     cached = run("cached")
     rows = training.read_log(str(tmp_path / "cached" / training.LOG_FILE))
     assert [row["stage"] for row in rows] == [1, 1]  # the classifier stage of a network without blocks
@@ -121,7 +121,8 @@ def test_presets_and_their_recipe():
         "cnn_cifar10_tf_fc": ("fc", True, 0.759), "cnn_cifar10_tf_linear": ("linear", True, 0.735),
         "cnn_cifar10_tf_fc_random": ("fc", False, 0.645), "cnn_cifar10_tf_linear_random": ("linear", False, 0.616)}
     recipe = registry.recipe(presets["cnn_cifar10_tf_fc"])
-    assert isinstance(recipe, TutorialCNNRecipe) and isinstance(registry.recipe("layerwise_cifar10_fc"), LayerwiseRecipe)
+    assert isinstance(recipe, TutorialCNNRecipe) and isinstance(registry.recipe("layerwise_cifar10_fc"),
+                                                                LayerwiseRecipe)
     hp = recipe.hyperparameters(presets["cnn_cifar10_tf_fc"])
     assert {key: hp[key] for key in ("optimizer", "lr", "momentum", "schedule", "batch_size")} == {
         "optimizer": "sgd", "lr": 0.1, "momentum": 0.0, "schedule": "constant", "batch_size": 128}

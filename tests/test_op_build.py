@@ -181,9 +181,11 @@ def _failing_compiler_job():
               "from kernelzoo import ops\n"
               "with warnings.catch_warnings(record=True) as caught:\n"
               "    warnings.simplefilter('always')\n"
-              "    ops.similarity(np.ones((1, 4, 4, 2), 'float32'), np.zeros((2, 2, 2, 3), 'float32'), similarity='l1')\n"
+              "    ops.similarity(np.ones((1, 4, 4, 2), 'float32'), np.zeros((2, 2, 2, 3), 'float32'), "
+              "similarity='l1')\n"
               "    ops.mex(np.ones((1, 4, 4, 2), 'float32'), 1.0)\n"
-              "import json; print(json.dumps([str(w.message) for w in caught if 'custom op library' in str(w.message)]))\n"
+              "import json; print(json.dumps([str(w.message) for w in caught "
+              "if 'custom op library' in str(w.message)]))\n"
               "print(ops.describe_implementation())\n")
     count = dict(args=[sys.executable, "-c", "import sys; print(open(sys.argv[1]).read().count('compile'))", str(log)],
                  timeout=60)

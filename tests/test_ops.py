@@ -51,7 +51,8 @@ def pool_blocks(x, size):
         n, h // size, w // size, c, size * size)
 
 
-@pytest.mark.parametrize("kind,p", [("linear", None), ("l1", None), ("l2", None), ("lp", 1.5), ("lp", [0.7, 1.0, 2.0, 3.1])])
+@pytest.mark.parametrize("kind,p", [("linear", None), ("l1", None), ("l2", None), ("lp", 1.5),
+                                    ("lp", [0.7, 1.0, 2.0, 3.1])])
 @pytest.mark.parametrize("strides", [(1, 1), (2, 3)])
 def test_similarity_matches_reference(impl, rng, kind, p, strides):
     x = rng.normal(size=(2, 9, 10, 3)).astype("float32")

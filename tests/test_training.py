@@ -236,7 +236,8 @@ def test_hyperparameters_override_and_scale_the_lr():
     hp = recipe.hyperparameters(preset, epochs=4, batch_size=None)
     assert (hp["epochs"], hp["lr_drop_every"], hp["batch_size"]) == (4, 2, 64)
     linear = registry.info("kernelnet_mnist_prior")
-    scaled = recipe.hyperparameters(type(linear)(**{**linear.__dict__, "recipe": dict(linear.recipe, lr_scaling="linear")}),
+    scaled = recipe.hyperparameters(type(linear)(**{**linear.__dict__,
+                                                    "recipe": dict(linear.recipe, lr_scaling="linear")}),
                                     batch_size=256)
     assert scaled["lr"] == pytest.approx(2 * linear.recipe["lr"])
     assert recipe.hyperparameters(linear, batch_size=256)["lr"] == linear.recipe["lr"]
@@ -385,7 +386,8 @@ def test_cli_trains_a_family_builder_with_its_defaults(tmp_path, monkeypatch):
     args = _parse("train", ["simnet:convnet_baseline", "n=3", "patch_size=3", "--dataset", str(data), "--epochs", "1",
                             "--quiet", "--no-tensorboard"])
     assert cli.run(args, "train") == 0
-    out = tmp_path / "runs" / "simnet_convnet_baseline"  # its own folder, not the borrowed preset's runs/convnet_cifar10
+    # its own folder, not the borrowed preset's runs/convnet_cifar10
+    out = tmp_path / "runs" / "simnet_convnet_baseline"
     assert json.loads((out / "config.json").read_text())["preset"] == "convnet_cifar10"
     assert os.listdir(tmp_path / "runs") == ["simnet_convnet_baseline"]
     with pytest.raises(ValueError, match="builder"):

@@ -1,4 +1,4 @@
-"""PNG figures without a display: the headless pyplot and the lay-out, write and close every plot of the zoo ends with."""
+"""PNG figures without a display: the headless pyplot and the lay-out, write and close every zoo plot ends with."""
 
 
 def pyplot():

@@ -141,7 +141,8 @@ class Recipe:
         options = parser.parse_args([])
         for key, value in changes.items():
             if not hasattr(options, key):
-                raise ValueError(f"`{key}` is not an option of {type(self).__name__} (options: {sorted(vars(options))})")
+                raise ValueError(f"`{key}` is not an option of {type(self).__name__} "
+                                 f"(options: {sorted(vars(options))})")
             setattr(options, key, value)
         return options
 

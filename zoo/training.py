@@ -484,7 +484,8 @@ def plot_curves(history, path, title=None):
         axis.set_ylabel(metric)
         axis.grid(alpha=0.3)
         axis.legend()
-        for column, changed, style in (("learning_rate", lambda a, b: b < a, ":"), ("stage", lambda a, b: b != a, "-.")):
+        for column, changed, style in (("learning_rate", lambda a, b: b < a, ":"),
+                                       ("stage", lambda a, b: b != a, "-.")):
             values = [row.get(column) for row in history]
             for e, (before, after) in enumerate(zip(values, values[1:]), start=2):
                 if before is not None and after is not None and changed(before, after):

@@ -26,7 +26,8 @@ def _unsupervised(filters, kernel_sizes, paper, weights=None, sha256=None, measu
                   config={"filters": filters, "kernel_sizes": kernel_sizes, "subsamplings": (2, 6), "kernels": "exp",
                           "sigmas": 0.6, "whitening": "image", "trainable_anchors": False},
                   description=f"unsupervised CKN, 2 layers of {filters[0]} and {filters[1]} anchors (patches "
-                              f"{kernel_sizes[0]}x{kernel_sizes[0]}, {kernel_sizes[1]}x{kernel_sizes[1]}; pooling 2, 6), "
+                              f"{kernel_sizes[0]}x{kernel_sizes[0]}, {kernel_sizes[1]}x{kernel_sizes[1]}; "
+                              "pooling 2, 6), "
                               "spherical k-means + linear classifier (squared hinge), CIFAR-10",
                   inputs=_INPUTS, task="classification", dataset=_CIFAR10, class_names=CIFAR10_CLASSES,
                   recipe={**_UNSUPERVISED, **recipe}, card="ckn_cifar10_unsup.md", weights=weights, sha256=sha256,

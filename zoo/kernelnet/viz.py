@@ -144,6 +144,6 @@ def _train(preset, args):
     recipe = registry.recipe(preset)
     data = recipe.load_data(preset, args.data_dir)
     with tempfile.TemporaryDirectory(prefix="kernelzoo-viz-") as scratch:
-        result = recipe.train(preset, data, args.run_dir or scratch, hp=recipe.hyperparameters(preset, epochs=args.epochs),
-                              verbose=2, tensorboard=False)
+        result = recipe.train(preset, data, args.run_dir or scratch,
+                              hp=recipe.hyperparameters(preset, epochs=args.epochs), verbose=2, tensorboard=False)
     return result["model"]

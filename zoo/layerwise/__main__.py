@@ -31,7 +31,8 @@ def main(argv=None):
         else:
             from kernelzoo.zoo import registry
             from kernelzoo.zoo.layerwise.bench import bench
-            batch = args.batch_size or registry.recipe(args.name).hyperparameters(registry.info(args.name))["batch_size"]
+            batch = args.batch_size or registry.recipe(args.name).hyperparameters(
+                registry.info(args.name))["batch_size"]
             bench(args.name, images=args.images, batch_size=batch, train=args.train, test=args.test)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -93,7 +93,8 @@ def bench(name, images=256, batch_size=128, train=50_000, test=10_000, steps=3, 
     recipe.compile(classifier, recipe.stage_hyperparameters(hp, stages[-1]))
     features = rng.normal(size=(batch_size,) + tuple(classifier.input_shape[1:])).astype("float32")
     step = _timed(lambda: classifier.train_on_batch(features, y[:batch_size]), max(steps, 20))
-    out[f"classifier: {classifier_epochs} epochs of {steps_per_epoch} steps"] = step * steps_per_epoch * classifier_epochs
+    out[f"classifier: {classifier_epochs} epochs of {steps_per_epoch} steps"] = (step * steps_per_epoch
+                                                                                 * classifier_epochs)
     out[f"test: the network forward on {test:,} images"] = forward * test
     notes.update(forward_per_image_s=forward, classifier_step_s=step, params=int(model.count_params()))
     if verbose:

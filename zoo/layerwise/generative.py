@@ -311,7 +311,8 @@ def _distinct(rng, base, length, count, what):
 # Level 0 (C0, 9 classes, as the paper's 9 glyphs): line pieces drawn through the centre of a cell,
 # leaving it on the sides named: "─" left-right, "│" up-down, the four corners and the two T-junctions.
 GLYPHS = (" ", "─", "│", "┌", "┐", "└", "┘", "├", "┤")
-_EXITS = {" ": "", "─": "LR", "│": "UD", "┌": "RD", "┐": "LD", "└": "UR", "┘": "UL", "├": "UDR", "┤": "UDL"}
+_EXITS = {" ": "", "─": "LR", "│": "UD", "┌": "RD", "┐": "LD",
+          "└": "UR", "┘": "UL", "├": "UDR", "┤": "UDL"}
 # Level 1 (C1, 6 classes, as the paper's 6): background, horizontal and vertical strokes, the two
 # diagonals (rounded corners) and a dot (sharp corners, junctions, knots and specks of dust).
 STROKES = (" ", "─", "│", "╱", "╲", "•")
@@ -328,14 +329,16 @@ DIGITS = (
     ("┌─┐", "│ │", "├─┤", "│ │", "└─┘"),
     ("┌─┐", "│ │", "└─┤", "  │", "──┘"),
 )
-_ROUNDED = {"┌": "╱", "┐": "╲", "└": "╲", "┘": "╱", "├": "│", "┤": "│", "─": "•", "│": "•", " ": " "}
+_ROUNDED = {"┌": "╱", "┐": "╲", "└": "╲", "┘": "╱", "├": "│",
+            "┤": "│", "─": "•", "│": "•", " ": " "}
 
 
 def _glyph_patches(glyph):
     """The four 3 x 3 manifestations of a C0 glyph over C1 (Sec. 3.2: "four possible manifestations")."""
     exits = _EXITS[glyph]
     base = np.full((3, 3), " ", dtype=object)
-    for side, (row, col), stroke in (("U", (0, 1), "│"), ("D", (2, 1), "│"), ("L", (1, 0), "─"), ("R", (1, 2), "─")):
+    for side, (row, col), stroke in (("U", (0, 1), "│"), ("D", (2, 1), "│"),
+                                     ("L", (1, 0), "─"), ("R", (1, 2), "─")):
         if side in exits:
             base[row, col] = stroke
     base[1, 1] = {"": " ", "LR": "─", "UD": "│"}.get(exits, "•")

@@ -5,7 +5,8 @@ Every model takes raw 0-255 pixels (augmentation in training and normalisation a
 the MNIST and CIFAR-10 presets; `kernelzoo train NAME --data-dir ../shared/data` trains any (recipe.py; cards
 give the commands). The figures are accuracies; the paper gives MNIST as errors (0.34 % -> 99.66 %).
 """
-from kernelzoo.zoo.preset import CIFAR10_CLASSES, CIFAR10_JPEG_TEST, MNIST_CLASSES, DatasetSpec, Figure, InputSpec, Preset
+from kernelzoo.zoo.preset import (CIFAR10_CLASSES, CIFAR10_JPEG_TEST, MNIST_CLASSES, DatasetSpec, Figure, InputSpec,
+                                  Preset)
 
 STL10_CLASSES = ("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck")
 _PIXELS = "pixels 0-255; augmentation (training only) and normalisation are inside the model"

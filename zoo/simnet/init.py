@@ -241,7 +241,8 @@ def kmeans(x, k, iterations=10, seed=0, init="k-means++", verbose=False, block=2
     init = check_choice("init", init, KMEANS_INITS)
     block = positive_int(block, "block")
     if init == "normal":
-        centers = (0.1 * np.random.default_rng(seed).standard_normal((positive_int(k, "k"), x.shape[1]))).astype(x.dtype)
+        centers = (0.1 * np.random.default_rng(seed).standard_normal((positive_int(k, "k"), x.shape[1]))).astype(
+            x.dtype)
     else:
         centers = kmeans_pp(x, k, seed, verbose=verbose)
     rng = np.random.default_rng(seed + 1)

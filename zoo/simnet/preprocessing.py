@@ -22,7 +22,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from kernelzoo.ops.checks import image_batch, int_in_range, known_channels, matrix, nonnegative_float, positive_float, positive_int
+from kernelzoo.ops.checks import (image_batch, int_in_range, known_channels, matrix, nonnegative_float, positive_float,
+                                  positive_int)
 from kernelzoo.ops.checks import normalize_padding, normalize_tuple
 from kernelzoo.ops.shapes import output_size
 

@@ -18,7 +18,8 @@ _PAPER_SIMNET_RECIPE = {"epochs": 100, "batch_size": 64, "optimizer": "sgd", "lr
                         "weight_decay_grid": (0.0, 1e-8, 1e-7, 1e-6), "holdout": 5000, "unsupervised_init": True}
 # Ours: Adam at 3e-3, chosen on the 5k holdout (weighted l2, n = 100, 3 epochs: 0.6050 against SGD's 0.5528;
 # simnet_patch_labeling.md); 10 epochs, lr / 10 after 5: a session's budget at n = 400, not a held-out choice.
-# The paper's recipe: `--optimizer sgd --lr 0.01 --epochs 100` (and its model, for the wl1 and wl2 n400 presets: `xi1=1`).
+# The paper's recipe: `--optimizer sgd --lr 0.01 --epochs 100` (and its model, for the wl1 and wl2 n400 presets:
+# `xi1=1`).
 _SIMNET_RECIPE = dict(_PAPER_SIMNET_RECIPE, optimizer="adam", lr=3e-3, epochs=10, lr_drop_every=5)
 # 20 epochs, lr / 10 after 10, chosen on the 5k holdout: n = 100 (last held-out 0.6936 / 0.6910 against 0.6808 /
 # 0.6848 after 10 epochs, wl1 / wl2; simnet_cifar10.md), n = 400 with flips (wl1 0.7430 against 0.7346, wl2

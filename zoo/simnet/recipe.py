@@ -182,7 +182,8 @@ def tiny_runs():
     from kernelzoo.zoo.data.synthetic import stripes
     data = Data(train=stripes(96), test=stripes(30, seed=1), source="stripes 10x10x3", class_names=("h", "v", "flat"))
     hp = {"epochs": 4, "batch_size": 16, "lr": 0.05, "lr_drop_every": 3}
-    return [TinyRun("simnet_cifar10_wl2_n400", data, {"n": 4, "patch_size": 3}, dict(hp, lr=0.005)),  # logits summed over 64 positions
+    # the SimNet takes a smaller lr: its logits are sums over 64 positions
+    return [TinyRun("simnet_cifar10_wl2_n400", data, {"n": 4, "patch_size": 3}, dict(hp, lr=0.005)),
             TinyRun("convnet_cifar10", data, {"n": 4, "patch_size": 3, "dropout": 0.0}, hp),
             TinyRun("coates_cifar10_n1600", data, {"n": 8, "patch_size": 3},
                     {"epochs": 4, "batch_size": 16, "holdout": 24, "l2_grid": (1.0, 0.1, 0.01)})]
