@@ -67,8 +67,9 @@ def _states_the_figure(text, preset):
     return preset.measured.format(preset.metric) in text.replace("**", "") or f"{preset.measured.value:.4f}" in text
 
 
-_README_ZOO_ROWS = [line for line in open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                                       "README.md"), encoding="utf-8") if line.startswith("| `")]
+with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md"),
+          encoding="utf-8") as _readme:
+    _README_ZOO_ROWS = [line for line in _readme if line.startswith("| `")]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
