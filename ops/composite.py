@@ -204,7 +204,8 @@ def _mex_images(inputs, xi, offsets, c, *, num_instances, pool_size, channel_blo
         values = ops.concatenate([values, c_column], axis=-1)
         if valid is not None:
             valid = np.concatenate([valid, np.ones(valid.shape[:-1] + (1,), bool)], axis=-1)
-    out = mex_reduce(values, ops.reshape(xi, (k, 1)), valid, softmax_mode)
+    xi = xi.reshape(k, 1) if isinstance(xi, np.ndarray) else ops.reshape(xi, (k, 1))  # a fixed xi stays NumPy
+    out = mex_reduce(values, xi, valid, softmax_mode)
     return ops.reshape(out, (-1, out_h, out_w, nb * k))
 
 
@@ -214,8 +215,9 @@ def mex_reduce(values, xi, valid=None, softmax_mode=False):
     Stable for any xi in [-inf, inf]: shifted log-mean-exp (`_log_mean_exp`), the
     cumulant series mean + xi var / 2 + xi^2 mu3 / 6 when |xi| * range is tiny
     (so xi = 0 is exactly the mean with d/dxi = var / 2), max / min at +-inf.
-    A set holding +-inf gets the custom op's value: its max (xi > 0) / min (xi < 0) where
-    that is infinite, its mean at xi = 0; its gradients may be NaN here where the custom op's are not.
+    A set holding +-inf gets the custom op's value and input gradients: its max (xi > 0) / min (xi < 0)
+    where that is infinite, its mean at xi = 0, else the MEX with exp(-inf) = 0 for those entries; its
+    d/dxi at xi = 0 (undefined) is 0 here and NaN in the custom op.
     A fixed xi (a NumPy array, one value for all instances) builds only the branch it needs.
     """
     if valid is None:
@@ -237,19 +239,19 @@ def mex_reduce(values, xi, valid=None, softmax_mode=False):
 
     finite = ops.logical_and(ops.isfinite(xi), ops.not_equal(xi, 0.0))
     xi_safe = ops.where(finite, xi, 1.0)
+    # xi = 0 is small even for a set holding +-inf (0 * inf range is NaN).
+    small = ops.abs(ops.where(finite, xi, 0.0)) * (vmax - vmin) < SERIES_THRESHOLD
+    small = ops.logical_or(ops.logical_and(small, finite), ops.equal(xi, 0.0))
+    extreme = ops.where(xi > 0, vmax, vmin)
+    at_extreme = ops.logical_or(ops.isinf(xi), ops.logical_and(ops.isinf(extreme), ops.not_equal(xi, 0.0)))
+
     # The result does not depend on the shift. Around the max / min no exponent overflows; around the
     # mean (safe while |xi| * range < 1) the xi-gradient avoids cancelling two terms of size range / xi.
     moderate = ops.abs(xi_safe) * (vmax - vmin) < 1.0
     shift = ops.where(moderate, mean, ops.where(xi_safe > 0, vmax, vmin))
-    scaled = masked(xi_safe * (values - shift), 0.0)
-    general = shift + _log_mean_exp(scaled, count, masked, moderate) / xi_safe
-
-    # xi = 0 is small even for a set holding +-inf (0 * inf range is NaN).
-    small = ops.abs(ops.where(finite, xi, 0.0)) * (vmax - vmin) < SERIES_THRESHOLD
-    small = ops.logical_or(ops.logical_and(small, finite), ops.equal(xi, 0.0))
+    general_sets = ops.logical_not(ops.logical_or(small, at_extreme))
+    general = _shifted_mex(values, shift, xi_safe, count, masked, moderate, general_sets)
     out = ops.where(small, _mex_series(values, ops.where(small, xi, 0.0), mean, count, masked), general)
-    extreme = ops.where(xi > 0, vmax, vmin)
-    at_extreme = ops.logical_or(ops.isinf(xi), ops.logical_and(ops.isinf(extreme), ops.not_equal(xi, 0.0)))
     out = ops.where(at_extreme, extreme, out)
     if softmax_mode:
         xi_nonzero = ops.where(ops.equal(xi, 0.0), 1.0, xi)
@@ -262,12 +264,28 @@ def _mex_series(values, xi, mean, count, masked):
 
     xi^2 is taken of xi clipped to +-1e19: beyond, it overflows float32 (times the zero mu3 of an all-equal
     set, NaN in the value or its gradients), and there the series' |xi| * range < 1e-3 leaves mu3 = 0 anyway.
+    The moments of a set with an infinite mean are taken as 0, so that no NaN reaches the gradients.
     """
-    centred = masked(values - mean, 0.0)
+    centred = masked(ops.where(ops.isfinite(mean), values - mean, 0.0), 0.0)
     var = ops.sum(ops.square(centred), axis=-1, keepdims=True) / count
     mu3 = ops.sum(centred * ops.square(centred), axis=-1, keepdims=True) / count
     series = mean + xi * var / 2.0 + ops.square(ops.clip(xi, -1e19, 1e19)) * mu3 / 6.0
     return ops.where(ops.isfinite(mean), series, mean)
+
+
+def _shifted_mex(values, shift, xi, count, masked, moderate, selected):
+    """shift + log mean exp(xi (values - shift)) / xi (keepdims) for the sets where `selected`, 0 elsewhere.
+
+    A selected set's infinite entries lie beyond its shift on the side exp(-inf) = 0 (an infinite extreme of
+    xi's sign is not selected): they leave the sums, not the count. What is not selected is replaced by
+    zeros before any exp, so no NaN or inf reaches the gradients through the `ops.where` that drops it.
+    """
+    shift = ops.where(selected, shift, 0.0)
+    finite = ops.isfinite(values)
+    dropped = ops.logical_and(ops.logical_not(finite), selected)
+    masked_kept = lambda t, fill: masked(ops.where(dropped, fill, t), fill)  # noqa: E731
+    scaled = masked_kept(xi * (ops.where(ops.logical_and(finite, selected), values, 0.0) - shift), 0.0)
+    return shift + _log_mean_exp(scaled, count, masked_kept, moderate) / xi
 
 
 def _log_mean_exp(scaled, count, masked, moderate):
@@ -299,9 +317,9 @@ def _mex_fixed_xi(values, xi, count, masked):
     if xi == -np.inf:
         return vmin
     shift = vmax if xi > 0 else vmin
-    scaled = masked(xi * (values - shift), 0.0)
-    out = shift + _log_mean_exp(scaled, count, masked, abs(xi) * (vmax - vmin) < 1.0) / xi
-    return ops.where(ops.isinf(shift), shift, out)  # a set holding +inf (xi > 0) / -inf (xi < 0): that extreme
+    at_extreme = ops.isinf(shift)  # a set holding +inf (xi > 0) / -inf (xi < 0): that extreme
+    out = _shifted_mex(values, shift, xi, count, masked, abs(xi) * (vmax - vmin) < 1.0, ops.logical_not(at_extreme))
+    return ops.where(at_extreme, shift, out)
 
 
 def _extract_blocks(inputs, pool_size, strides, padding):

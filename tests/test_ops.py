@@ -217,6 +217,20 @@ def test_mex_matches_reference(impl, rng, xi):
         np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("xi", [0.5, 0.0, np.inf])
+def test_composite_mex_with_a_fixed_xi_builds_only_its_branch(xi):
+    """A fixed xi (a number) takes the composite's one-branch path: a graph of at most two thirds the nodes
+    of the same xi given as a tensor, whose branches are chosen at run time (what export traces)."""
+    from kernelzoo.ops import implementation
+
+    def nodes(given):
+        with implementation("composite"):
+            traced = tf.function(lambda x: kops.mex(x, given, pool_size=2, channel_block=1))
+            graph = traced.get_concrete_function(tf.TensorSpec((2, 4, 4, 3), tf.float32)).graph
+        return len(graph.as_graph_def().node)
+    assert 3 * nodes(xi) <= 2 * nodes(tf.constant(xi, tf.float32))
+
+
 def test_mex_channel_blocks_instances_offsets_and_c(impl, rng):
     """Overlapping 2x2 blocks, stride 1, two channel blocks of 2, three instances, region offsets, c."""
     x = rng.normal(size=(2, 5, 5, 4)).astype("float32")
@@ -553,16 +567,33 @@ def test_empty_batch_gives_empty_outputs_and_gradients(impl, name):
 def test_mex_of_a_set_holding_an_infinity(impl, channels, channel_block, infinity):
     """xi = 0: the mean, that infinity; xi of its sign: it; the other sign: the finite values' MEX (exp(-inf) = 0).
 
-    One channel and channel blocks > 1 take the custom op's scalar path, 16 channels its SIMD lanes.
+    The gradients are those limits': 1/n each; all to the infinite entries (split among ties), d/dxi = 0; the
+    finite entries' softmax weights (the infinite one 0), d/dxi = (E_w[v] - MEX) / xi. d/dxi at xi = 0 is
+    undefined (not checked). One channel and channel blocks > 1 take the custom op's scalar path, 16 channels
+    its SIMD lanes; a fixed xi and a tensor (learned) xi take different paths in the composite.
     """
     block = np.array([1.0, 2.0, infinity, 4.0])
-    x = np.repeat(block.reshape(1, 2, 2, 1), channels, axis=-1).astype("float32")
+    x = tf.constant(np.repeat(block.reshape(1, 2, 2, 1), channels, axis=-1).astype("float32"))
     sign = np.sign(infinity)
-    finite = np.log(np.sum(np.exp(-sign * 0.5 * block[np.isfinite(block)])) / 4) / (-sign * 0.5)
-    for xi, expected in [(0.0, infinity), (sign * 0.5, infinity), (-sign * 0.5, finite)]:
-        for given in (xi, tf.Variable(xi)):  # a fixed xi and a tensor (learned) xi take different paths
-            out = np.asarray(kops.mex(x, given, pool_size=2, channel_block=channel_block))
+    weights = np.where(np.isfinite(block), np.exp(-sign * 0.5 * np.where(np.isfinite(block), block, 0.0)), 0.0)
+    finite = np.log(weights.sum() / 4) / (-sign * 0.5)
+    softmax = weights / weights.sum()
+    cases = [(0.0, infinity, np.full(4, 0.25), None),
+             (sign * 0.5, infinity, np.isinf(block).astype(float), 0.0),
+             (-sign * 0.5, finite, softmax, (softmax[np.isfinite(block)] @ block[np.isfinite(block)] - finite)
+              / (-sign * 0.5))]
+    sets = channels // channel_block  # each set holds channel_block copies of the block
+    for xi, expected, expected_grad, expected_xi_grad in cases:
+        for given in (xi, tf.Variable(xi)):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                out = kops.mex(x, given, pool_size=2, channel_block=channel_block)
+            grad_x, grad_xi = tape.gradient(out, [x, given] if isinstance(given, tf.Variable) else [x, x])
             np.testing.assert_allclose(out, np.full(out.shape, expected), rtol=1e-6, err_msg=f"xi={given!r}")
+            expected_x = np.repeat((expected_grad / channel_block).reshape(1, 2, 2, 1), channels, axis=-1)
+            np.testing.assert_allclose(grad_x, expected_x, rtol=1e-5, atol=1e-7, err_msg=f"xi={given!r}")
+            if isinstance(given, tf.Variable) and expected_xi_grad is not None:
+                np.testing.assert_allclose(grad_xi, sets * expected_xi_grad, rtol=1e-5, err_msg=f"xi={given!r}")
 
 
 @pytest.mark.parametrize("xi", [1e20, -1e20, 3e38])
