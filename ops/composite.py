@@ -46,11 +46,11 @@ def _conv(inputs, kernel, strides, padding):
     batch of >= 2 one-channel images with a width stride > 1 when the windows leave a trailing input
     column unread or the output is one column wide. The same convolution on the zero-padded input
     ("same"), cropped to the extent the windows read, with stride 1 along an axis of one output, is
-    right. Spatial sizes unknown when traced are passed on as they are.
+    right. Spatial sizes unknown when traced take `_conv_dynamic`.
     """
     sizes, window = inputs.shape[1:3], kernel.shape[:2]
     if None in sizes:
-        return ops.conv(inputs, kernel, strides=strides, padding=padding)
+        return _conv_dynamic(inputs, kernel, strides, padding)
     pads = [pad_amounts(size, k, s, padding) for size, k, s in zip(sizes, window, strides)]
     if any(sum(pads, ())):
         inputs = ops.pad(inputs, [(0, 0), *pads, (0, 0)])
@@ -60,6 +60,21 @@ def _conv(inputs, kernel, strides, padding):
         inputs = inputs[:, :extents[0], :extents[1]]
     strides = tuple(s if out > 1 else 1 for out, s in zip(outs, strides))
     return ops.conv(inputs, kernel, strides=strides, padding="valid")
+
+
+def _conv_dynamic(inputs, kernel, strides, padding):
+    """`_conv` for spatial sizes unknown when traced: a one-channel input with a width stride > 1 (the case
+    of the oneDNN bug) is padded explicitly, convolved at width stride 1 and every strides[1]-th column kept."""
+    if inputs.shape[-1] != 1 or strides[1] == 1:
+        return ops.conv(inputs, kernel, strides=strides, padding=padding)
+    if padding == "same":
+        pads = []
+        for size, k, s in zip(ops.shape(inputs)[1:3], kernel.shape[:2], strides):
+            total = ops.maximum((-(-size // s) - 1) * s + k - size, 0)  # TensorFlow's "same"
+            pads.append((total // 2, total - total // 2))
+        inputs = ops.pad(inputs, [(0, 0), *pads, (0, 0)])
+    out = ops.conv(inputs, kernel, strides=(strides[0], 1), padding="valid")
+    return out[:, :, ::strides[1], :]
 
 
 @_handles_empty_batch

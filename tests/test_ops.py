@@ -518,6 +518,21 @@ def test_similarity_of_one_channel_batches_with_width_strides(impl, rng, kind, p
     np.testing.assert_allclose(out, similarity_reference(padded, z, u, kind, p, strides), rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("kind,p", [("linear", None), ("l1", None)])
+@pytest.mark.parametrize("padding", ["valid", "same"])
+@pytest.mark.parametrize("shape,window,strides", ONE_CHANNEL_STRIDED)
+def test_similarity_of_one_channel_batches_with_width_strides_traced_without_sizes(impl, rng, kind, p, padding,
+                                                                                   shape, window, strides):
+    """The same shapes in a function traced for any image size (None spatial dimensions)."""
+    x = rng.normal(size=shape).astype("float32")
+    z = rng.normal(size=window + (1, 3)).astype("float32")
+    u = rng.uniform(0.2, 2.0, size=z.shape).astype("float32")
+    traced = tf.function(lambda t: kops.similarity(t, z, u, similarity=kind, p=p, strides=strides, padding=padding),
+                         input_signature=[tf.TensorSpec((None, None, None, 1), tf.float32)])
+    padded = _same_padded(x, window, strides) if padding == "same" else x
+    np.testing.assert_allclose(traced(x), similarity_reference(padded, z, u, kind, p, strides), rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("padding", ["valid", "same"])
 @pytest.mark.parametrize("shape,window,strides", ONE_CHANNEL_STRIDED)
 def test_normalization_term_of_one_channel_batches_with_width_strides(impl, rng, padding, shape, window, strides):
