@@ -234,4 +234,10 @@ def _log1p(ctx, node, name, args):
     ctx.replace_inputs(node, [add.output[0]])
 
 
-_HANDLERS = {"Expm1": (_expm1, []), "Log1p": (_log1p, [])}
+def _select_v2(ctx, node, name, args):
+    """SelectV2(c, a, b) -> Where(c, a, b): tf2onnx's own handler computes c * a + (1 - c) * b, which is NaN
+    where the branch not taken holds an infinity (the composite MEX's ops.where branches do at xi = +-inf)."""
+    node.type, node.domain = "Where", ""
+
+
+_HANDLERS = {"Expm1": (_expm1, []), "Log1p": (_log1p, []), "SelectV2": (_select_v2, [])}

@@ -57,7 +57,7 @@ def _outside_autograph(fn):
 @contextlib.contextmanager
 def implementation(name):
     """Force "custom", "composite" or "auto" inside a `with` block (this thread only)."""
-    check_choice("implementation", name, IMPLEMENTATIONS)
+    name = check_choice("implementation", name, IMPLEMENTATIONS)
     previous = getattr(_override, "name", None)
     _override.name = name
     try:
@@ -67,9 +67,8 @@ def implementation(name):
 
 
 def _mode():
-    mode = getattr(_override, "name", None) or os.environ.get("KERNELZOO_OPS", "auto").lower()
-    check_choice("KERNELZOO_OPS", mode, IMPLEMENTATIONS)
-    return mode
+    mode = getattr(_override, "name", None) or os.environ.get("KERNELZOO_OPS", "auto")
+    return check_choice("KERNELZOO_OPS", mode, IMPLEMENTATIONS)
 
 
 def selected_implementation(op=None):
@@ -287,8 +286,10 @@ def mex(inputs, xi, *, num_instances=1, pool_size=(1, 1), channel_block=None, st
     if softmax_mode:  # every spelling: 0, np.float32(0), [1.0, 0.0], a tensor
         xi_checks.append((lambda v: np.all(v != 0), "must not be 0 with softmax_mode=True (log(n)/0 = inf)"))
     _check_concrete(xi, "xi", *xi_checks)
-    if _is_number(static_xi) or isinstance(static_xi, (list, tuple, np.ndarray)):
-        # a fixed xi lets the composite drop the branches it does not need
+    if _is_number(static_xi) or (isinstance(static_xi, (list, tuple, np.ndarray))
+                                 and all(_is_number(v) for v in np.ravel(np.asarray(static_xi, dtype=object)))):
+        # a fixed xi (numbers only: a list of variables is learned) lets the composite drop the branches it does
+        # not need
         xi = np.broadcast_to(np.asarray(static_xi, "float32").reshape(-1), (k,))
     if c is not None:
         c = _one_or_each(c, k, "c", "instance")
@@ -304,14 +305,15 @@ def log_gamma(x):
     """log Gamma(x) for x > 0 in keras.ops (differentiable; keras.ops has no lgamma).
 
     Shifts x up by 6 with Gamma(x + 1) = x Gamma(x), then Stirling's series
-    (absolute error < 1e-10 for arguments >= 6).
+    (absolute error < 1e-10 for arguments >= 6). The shift's log is a sum of logs: their product
+    overflows float32 for x above ~2.6e6 (p below ~4e-7 in the lp normalisation).
     """
-    shift = x * (x + 1) * (x + 2) * (x + 3) * (x + 4) * (x + 5)
+    shift = sum(ops.log(x + float(i)) for i in range(6))
     z = x + 6.0
     inv = 1.0 / z
     inv2 = inv * inv
     series = inv * (1.0 / 12 - inv2 * (1.0 / 360 - inv2 * (1.0 / 1260 - inv2 / 1680)))
-    return (z - 0.5) * ops.log(z) - z + 0.5 * math.log(2 * math.pi) + series - ops.log(shift)
+    return (z - 0.5) * ops.log(z) - z + 0.5 * math.log(2 * math.pi) + series - shift
 
 
 def _similarity_p(kind, p, n):
@@ -323,7 +325,11 @@ def _similarity_p(kind, p, n):
     if p is None:
         raise ValueError("similarity='lp' needs `p` (a scalar or one value per template), got None")
     if _is_number(p):
-        return ops.full((n,), positive_float(p, "p"), dtype="float32")
+        with np.errstate(over="ignore"):
+            single = np.float32(positive_float(p, "p"))
+        if not 0 < single < np.inf:  # the op takes float32: 1e-46 is 0 there, 1e39 inf
+            raise ValueError(f"`p`={p!r} must be > 0 and finite in float32, where it is {single}")
+        return ops.full((n,), single, dtype="float32")
     p = _one_or_each(p, n, "p", "template")
     _check_concrete(p, "p", (lambda v: np.all(np.isfinite(v) & (v > 0)), "must be > 0 and finite"))
     return p

@@ -51,8 +51,8 @@ def budget_bytes():
         value = float(megabytes or DEFAULT_BUDGET_MB)
     except ValueError:
         value = -1.0
-    if not value > 0:
-        raise ValueError(f"${BUDGET_ENV} must be a positive number of MiB, got {megabytes!r}")
+    if not (value > 0 and np.isfinite(value)):
+        raise ValueError(f"${BUDGET_ENV} must be a positive, finite number of MiB, got {megabytes!r}")
     return int(value * 2**20)
 
 

@@ -19,6 +19,9 @@ from kernelzoo.ops.shapes import output_size, pad_amounts
 
 # Below |xi| * (max - min) < this, MEX uses its cumulant series (stable at xi -> 0).
 SERIES_THRESHOLD = 1e-3
+# Below this |xi| (not 0) xi * (v - shift) can fall under float32's smallest normal number for differences
+# v - shift ~1e-18 and up, which the CPU flushes to 0 (log1p(0) / xi would then be the shift, or NaN).
+_FIXED_XI_MIN = 1e-20
 # Copies of the largest intermediate (patch x templates slab per patch, block values x instances per
 # image) alive while one block's gradient is computed: the block size is the memory budget over this.
 # Measured with TF's allocator peak (slope over budgets, docs/benchmarks.md): l1 4.6, lp 7.4, MEX 13.4.
@@ -26,16 +29,22 @@ _LIVE_COPIES = {"l1": 5, "lp": 8, "mex": 14}
 
 
 def _handles_empty_batch(fn):
-    """`fn(inputs, ...)` that also takes a batch known to hold no images: run on one zero image, sliced to none.
+    """`fn(inputs, ...)` that also takes a batch holding no images: run on one zero image, sliced to none.
 
     TF's Conv2D returns an empty input unchanged (not the output's shape) and keras.ops.max refuses an
-    empty tensor; the slice keeps the output's shape and the (empty, zero) gradients connected.
+    empty tensor; the slice keeps the output's shape and the (empty, zero) gradients connected. A batch
+    size unknown when traced gets the same at run time (max(1 - N, 0) zero images appended, N rows kept).
+    The zeros are concatenated, not padded: oneDNN fuses a Pad into the next Conv2D, and the fused op
+    passes an empty batch through unchanged too.
     """
     @functools.wraps(fn)
     def wrapper(inputs, *args, **kwargs):
-        if inputs.shape[0] != 0:
+        if inputs.shape[0] not in (None, 0):
             return fn(inputs, *args, **kwargs)
-        return fn(ops.pad(inputs, [(0, 1), (0, 0), (0, 0), (0, 0)]), *args, **kwargs)[:0]
+        count = ops.shape(inputs)[0]
+        extra = 1 if inputs.shape[0] == 0 else ops.maximum(1 - count, 0)
+        filler = ops.zeros((extra, *ops.shape(inputs)[1:]), dtype=inputs.dtype)
+        return fn(ops.concatenate([inputs, filler], axis=0), *args, **kwargs)[:count]
     return wrapper
 
 
@@ -233,7 +242,8 @@ def mex_reduce(values, xi, valid=None, softmax_mode=False):
     A set holding +-inf gets the custom op's value and input gradients: its max (xi > 0) / min (xi < 0)
     where that is infinite, its mean at xi = 0, else the MEX with exp(-inf) = 0 for those entries; its
     d/dxi at xi = 0 (undefined) is 0 here and NaN in the custom op.
-    A fixed xi (a NumPy array, one value for all instances) builds only the branch it needs.
+    A fixed xi (a NumPy array, one value for all instances) builds only the branch it needs, unless it is
+    below `_FIXED_XI_MIN` (not 0): that one takes the general path, whose moment series needs no exponent.
     """
     if valid is None:
         count = float(values.shape[-1])
@@ -242,7 +252,7 @@ def mex_reduce(values, xi, valid=None, softmax_mode=False):
         valid = ops.convert_to_tensor(np.asarray(valid, bool))
         count = ops.sum(ops.cast(valid, values.dtype), axis=-1, keepdims=True)
         masked = lambda t, fill: ops.where(valid, t, fill)  # noqa: E731
-    if isinstance(xi, np.ndarray) and np.all(xi == xi.flat[0]):
+    if isinstance(xi, np.ndarray) and np.all(xi == xi.flat[0]) and not 0 < abs(xi.flat[0]) < _FIXED_XI_MIN:
         fixed = float(xi.flat[0])
         out = _mex_fixed_xi(values, fixed, count, masked)
         if softmax_mode:

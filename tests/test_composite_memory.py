@@ -222,8 +222,9 @@ def test_memory_budget_is_validated_and_read_from_the_environment(monkeypatch):
     with kops.memory_budget(1000):  # the public name
         assert blockwise.budget_bytes() == 1000
     assert blockwise.budget_bytes() == 64 * 2**20
-    monkeypatch.setenv(blockwise.BUDGET_ENV, "lots")
-    with pytest.raises(ValueError, match=blockwise.BUDGET_ENV):
-        blockwise.budget_bytes()
+    for bad in ("lots", "inf", "nan", "-5"):
+        monkeypatch.setenv(blockwise.BUDGET_ENV, bad)
+        with pytest.raises(ValueError, match=blockwise.BUDGET_ENV):
+            blockwise.budget_bytes()
     monkeypatch.delenv(blockwise.BUDGET_ENV)
     assert blockwise.budget_bytes() == blockwise.DEFAULT_BUDGET_MB * 2**20

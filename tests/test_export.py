@@ -240,6 +240,16 @@ def test_nan_inputs_are_marginalised_in_both_artifacts(exported, reference_once)
         _check_parity(report, 16)
 
 
+@pytest.mark.parametrize("xi", [np.inf, -np.inf, [np.inf, 0.5]])
+def test_mex_at_an_infinite_learned_xi_exports_without_nan(tmp_path, xi):
+    """tf2onnx's own Select is c * a + (1 - c) * b: NaN where the branch not taken is infinite (ours: Where)."""
+    model = keras.Sequential([keras.Input((4, 4, 2)), Mex(2, (2, 2), xi=xi, learn_xi=True)])
+    images = np.random.default_rng(0).random((3, 4, 4, 2)).astype("float32")
+    path = to_onnx(model, str(tmp_path / "mex.onnx"), head="raw", input_dtype="float32")
+    np.testing.assert_allclose(artifact_outputs(path, images)["outputs"], model.predict(images, verbose=0),
+                               atol=1e-6)
+
+
 def test_onnx_files_hold_only_standard_domain_nodes(exported):
     import onnx
 

@@ -486,12 +486,44 @@ def test_bad_input_raises_under_each_implementation(impl, call, message):
 def test_log_gamma_matches_scipy():
     x = np.array([0.05, 0.3, 0.5, 1.0, 2.0, 7.5, 40.0])
     np.testing.assert_allclose(np.asarray(kops.log_gamma(x)), gammaln(x), rtol=1e-6, atol=1e-6)
+    large = np.array([1 / 3e-7, 1e9], "float32")  # 1/p of a tiny lp exponent, in the op's float32
+    np.testing.assert_allclose(np.asarray(kops.log_gamma(large)), gammaln(large.astype(float)), rtol=1e-6)
 
 
 def test_implementation_override_is_validated():
     with pytest.raises(ValueError, match="implementation"):
         with kops.implementation("cuda"):
             pass
+
+
+def test_implementation_override_takes_any_case():
+    with kops.implementation("Composite"):
+        assert kops.selected_implementation("mex") == "composite"
+
+
+def test_a_list_of_variables_is_a_learned_xi(impl):
+    """Only a list of numbers is a fixed xi; variables in a list keep their gradients."""
+    x = tf.constant(np.random.default_rng(0).normal(size=(1, 4, 4, 1)).astype("float32"))
+    a, b = tf.Variable(0.5), tf.Variable(1.5)
+    with tf.GradientTape() as tape:
+        out = kops.mex(x, [a, b], num_instances=2, pool_size=2)
+    grads = tape.gradient(out, [a, b])
+    assert all(g is not None and np.isfinite(g) and g != 0 for g in grads)
+
+
+@pytest.mark.parametrize("xi", [1e-39, -1e-39, 1e-25, -1e-21])
+def test_mex_at_a_tiny_fixed_xi_is_the_mean(impl, xi):
+    """xi * (v - shift) below float32's smallest normal number (flushed to 0 on CPUs): still the mean."""
+    x = tf.constant(np.array([0.0, 1.0, 2.0, 10.0], "float32").reshape(1, 2, 2, 1))
+    np.testing.assert_allclose(np.asarray(kops.mex(x, xi, pool_size=2)).ravel(), [3.25], rtol=1e-6)
+
+
+@pytest.mark.parametrize("p", [1e-46, 1e39])
+def test_a_scalar_p_is_checked_as_float32(p):
+    """1e-46 is 0 and 1e39 inf in float32, the op's dtype: refused, as the same values in a list are."""
+    x, z = np.ones((1, 2, 2, 1), "float32"), np.zeros((2, 2, 1, 1), "float32")
+    with pytest.raises(ValueError, match="`p`"):
+        kops.similarity(x, z, similarity="lp", p=p)
 
 
 # Batches of >= 2 one-channel images with a width stride > 1 and a trailing column no window reads, or
@@ -561,6 +593,16 @@ EMPTY_BATCH_CALLS = {  # name: (fn(x, parameter), parameter, output shape for x 
     "mex offsets c": (lambda x, c: kops.mex(x, 0.5, num_instances=2, pool_size=2, strides=1, padding="same",
                                             offsets=np.ones((1, 1, 2, 2, 2, 2), "float32"), c=c), (2,), (0, 4, 4, 2)),
 }
+
+
+@pytest.mark.parametrize("name", list(EMPTY_BATCH_CALLS))
+def test_empty_batch_traced_without_a_batch_size(impl, name):
+    """A function traced for any batch size (None) gets the same shapes for an empty batch and a full one."""
+    fn, parameter_shape, expected = EMPTY_BATCH_CALLS[name]
+    parameter = np.full(parameter_shape, 0.5, "float32")
+    traced = tf.function(lambda x: fn(x, parameter), input_signature=[tf.TensorSpec((None, 4, 4, 2), tf.float32)])
+    assert tuple(traced(tf.zeros((0, 4, 4, 2))).shape) == expected
+    assert tuple(traced(tf.ones((3, 4, 4, 2))).shape) == (3,) + expected[1:]
 
 
 @pytest.mark.parametrize("name", list(EMPTY_BATCH_CALLS))
