@@ -101,6 +101,8 @@ def model_input(images, dtype, shape):
     size), or ValueError saying what is wrong: what OnnxPredictor and `verify_artifact` feed a model."""
     images = _as_array(images)
     _check_shape(images, shape)
+    if images.dtype.kind not in "uif":
+        raise ValueError(f"images must be numbers (float, int or uint8), got dtype {images.dtype}")
     dtype = np.dtype(dtype)
     if dtype == np.uint8:
         return _as_pixels(images)
@@ -130,22 +132,16 @@ def _check_shape(images, shape):
 
 
 def _as_pixels(images):
-    """uint8 images, or whole-number floats in [0, 255], as uint8."""
-    kind = images.dtype.kind
-    if images.dtype != np.uint8 and kind != "f":
-        raise ValueError(f"images must be uint8 or float, got dtype {images.dtype} "
-                         "(convert with images.astype(np.uint8) for 0-255 pixels)")
-    if kind == "f" and (not np.isfinite(images).all() or images.min(initial=0) < 0 or images.max(initial=0) > 255
-                        or not np.array_equal(images, np.round(images))):
-        raise ValueError("this model takes raw pixel values 0-255 (uint8 input); got float images that "
+    """Integer images (uint8, or int64 from np.asarray of a list) or whole-number floats in [0, 255], as uint8."""
+    whole = images.dtype.kind != "f" or (np.isfinite(images).all() and np.array_equal(images, np.round(images)))
+    if not whole or images.min(initial=0) < 0 or images.max(initial=0) > 255:
+        raise ValueError(f"this model takes raw pixel values 0-255 (uint8 input); got {images.dtype} images that "
                          "are not whole numbers in [0, 255] (already scaled? pass the uint8 pixels)")
     return np.ascontiguousarray(images, dtype=np.uint8)
 
 
 def _as_float(images, dtype):
     """Numbers (ints included) as `dtype`; values a narrower float cannot hold are an error, not inf."""
-    if images.dtype.kind not in "uif":
-        raise ValueError(f"images must be numbers (float, int or uint8), got dtype {images.dtype}")
     with np.errstate(over="ignore"):
         cast = np.ascontiguousarray(images, dtype=dtype)
     if images.dtype.kind == "f" and images.dtype.itemsize > dtype.itemsize \

@@ -28,7 +28,8 @@ class CKNConv2D(keras.layers.Layer):
     Args:
       filters: number of anchors p (output channels).
       kernel_size: patch size, as Conv2D.
-      subsampling: pooling stride s; the Gaussian filter has sigma s / sqrt(2) and width 2s + 1 (1: none).
+      subsampling: pooling stride s; the Gaussian filter has sigma s / sqrt(2) and width 2s + 1 (1: none). s > 1
+        needs a static input height and width (the pooling matrices are built for them): build raises otherwise.
       kernel_function: the dot-product kernel kappa on the sphere: "exp" (default), kappa(u) = exp((u - 1) / sigma^2),
         or "poly2", kappa(u) = u^2 (called `kernel` in the first experiments' saved configs, still read).
       sigma: bandwidth of the "exp" kernel (on the unit sphere); "poly2" has none and ignores it.
@@ -89,6 +90,9 @@ class CKNConv2D(keras.layers.Layer):
     def build(self, input_shape):
         channels = known_channels(input_shape, "CKNConv2D")
         window_fits(input_shape[1:3], self.kernel_size, self.padding, "kernel_size")
+        if self.subsampling > 1 and None in tuple(input_shape[1:3]):  # `pool` lays its matrices out on a known grid
+            raise ValueError(f"CKNConv2D with subsampling={self.subsampling} needs a static spatial input size, got "
+                             f"{tuple(input_shape)}: give keras.Input a fixed height and width (or subsampling=1)")
         self.anchors = self.add_weight(name="anchors", shape=self.kernel_size + (channels, self.filters),
                                        initializer=self.anchors_initializer, regularizer=self.anchors_regularizer,
                                        constraint=keras.constraints.UnitNorm(axis=(0, 1, 2)))

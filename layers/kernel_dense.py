@@ -327,7 +327,7 @@ class SparseKernelDense(_LocationsLayer):
             regularizer=self.kernel_regularizer, constraint=self.kernel_constraint, autocast=False)
 
     def _weights_from(self, k):
-        return self.kernel * k
+        return ops.cast(self.kernel, k.dtype) * k  # the kernel is float64 under a float64 policy, K float32
 
     def get_config(self):
         config = super().get_config()

@@ -49,9 +49,10 @@ class Mex(CustomOpLayer):
         self.strides = self.pool_size if strides is None else normalize_tuple(strides, "strides")
         self.padding = normalize_padding(padding)
         self.channel_block = None if channel_block is None else positive_int(channel_block, "channel_block")
+        self.softmax_mode = boolean(softmax_mode, "softmax_mode")  # before the xi check that reads it
         k = self.num_instances
         self.xi = real_or_reals(xi, "xi", k, f"a real (inf allowed) or a list of {k} reals")
-        if softmax_mode and np.any(np.asarray(self.xi) == 0):  # (a learned xi that reaches 0 gives inf too)
+        if self.softmax_mode and np.any(np.asarray(self.xi) == 0):  # (a learned xi that reaches 0 gives inf too)
             raise ValueError("`xi`=0 with softmax_mode=True is log(n)/0 = inf; use xi != 0")
         self.learn_xi = boolean(learn_xi, "learn_xi")
         self.offsets = _check_offsets_mode(offsets)
@@ -60,7 +61,6 @@ class Mex(CustomOpLayer):
         self.offsets_constraint = keras.constraints.get(offsets_constraint)
         self.use_c = boolean(use_c, "use_c")
         self.c_initializer = keras.initializers.get(c_initializer)
-        self.softmax_mode = boolean(softmax_mode, "softmax_mode")
         self.input_spec = keras.layers.InputSpec(ndim=4)
 
     def build(self, input_shape):

@@ -54,9 +54,9 @@ class Similarity(CustomOpLayer):
         self.weighted = boolean(weighted, "weighted")
         self.learn_p = boolean(learn_p, "learn_p")
         self.p = _check_p(p, self.similarity, self.learn_p, self.filters)
-        if normalization_term and self.similarity == "linear":
-            raise ValueError("`normalization_term` applies to the l1/l2/lp similarities, not 'linear'")
         self.normalization_term = boolean(normalization_term, "normalization_term")
+        if self.normalization_term and self.similarity == "linear":
+            raise ValueError("`normalization_term` applies to the l1/l2/lp similarities, not 'linear'")
         self.ignore_nan = boolean(ignore_nan, "ignore_nan")
         self.templates_initializer = keras.initializers.get(templates_initializer)
         self.weights_initializer = keras.initializers.get(weights_initializer)

@@ -137,8 +137,18 @@ def test_gaussian_pooling_gradient_is_the_direct_sum_adjoint(rng):
 
 
 def test_pooling_needs_a_known_map_size():
+    layer = CKNConv2D(4, 1, subsampling=2)
+    layer.build((None, 8, 8, 3))  # built on a known size, then traced on an unknown one
     with pytest.raises(ValueError, match="known map size"):
-        tf.function(CKNConv2D(4, 1, subsampling=2)).get_concrete_function(tf.TensorSpec((None, None, None, 3)))
+        tf.function(layer).get_concrete_function(tf.TensorSpec((None, None, None, 3)))
+
+
+@pytest.mark.parametrize("size", [(None, None), (8, None)])
+def test_subsampling_needs_a_static_input_size_at_build(size):
+    """At build, not at a later predict on another input size (which retraces with unknown sizes)."""
+    with pytest.raises(ValueError, match="subsampling=2 needs a static spatial input size"):
+        CKNConv2D(4, 3, subsampling=2)(keras.Input(size + (3,)))
+    assert CKNConv2D(4, 3)(keras.Input(size + (3,))).shape == (None,) + size + (4,)  # s = 1: any size
 
 
 @pytest.mark.parametrize("kernel_function", ["exp", "poly2"])

@@ -62,12 +62,16 @@ def test_kernel_dense_forward_is_alpha_times_kernel():
     np.testing.assert_allclose(y, np.tanh(x @ w + 0.3), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", KERNELS)
-def test_kernel_dense_with_alpha_runs_under_a_float64_policy(kind):
-    """alpha is a float64 variable there, the kernel values float32: W is their product in float32."""
+@pytest.mark.parametrize("kind", KERNELS + ("sparse",))
+def test_kernel_layers_keep_w_float32_under_a_float64_policy(kind):
+    """alpha (SparseKernelDense's kernel A) is a float64 variable there, the kernel values float32: W is their
+    product in float32."""
     x = RNG.normal(size=(3, 6))
     with dtype_policy("float64"):
-        layer = KernelDense(4, kernel_function=kind, bias_initializer="random_normal")
+        if kind == "sparse":
+            layer = SparseKernelDense(4, bias_initializer="random_normal")
+        else:
+            layer = KernelDense(4, kernel_function=kind, bias_initializer="random_normal")
         y = layer(x)
     assert keras.backend.standardize_dtype(y.dtype) == "float64"
     w = keras.ops.convert_to_numpy(layer.effective_kernel())

@@ -224,6 +224,9 @@ def test_saved_model_loads_in_a_fresh_process(tmp_path, rng):
     (lambda: Mex(xi=[1.0, 0.0], num_instances=2, learn_xi=True, softmax_mode=True), "`xi`=0 with softmax_mode"),
     (lambda: Mex(learn_xi="no"), "`learn_xi`"),
     (lambda: Mex(softmax_mode=1), "`softmax_mode`"),
+    # a bad boolean is named before a check that combines it with another argument reads it
+    (lambda: Mex(xi=0.0, softmax_mode="no"), "`softmax_mode` must be True or False"),
+    (lambda: Similarity(3, 3, similarity="linear", normalization_term="no"), "`normalization_term` must be True or"),
     (lambda: Similarity(3, 2, weighted="False"), "`weighted`"),
     (lambda: Similarity(3, 2, ignore_nan=None), "`ignore_nan`"),
     (lambda: __import__("kernelzoo.layers", fromlist=["KernelDense"]).KernelDense(3, use_bias="false"), "`use_bias`"),

@@ -49,6 +49,17 @@ def test_predict_any_batch_size_returns_probabilities(paths, batch):
         np.testing.assert_allclose(predictor.predict(images.astype("float64")), probabilities)
 
 
+def test_uint8_model_takes_integer_pixels(paths):
+    """Integers in [0, 255] of any integer dtype are pixels, as whole-number floats are (np.asarray of a list of
+    pixels is int64)."""
+    predictor = OnnxPredictor(paths[0])
+    images = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    expected = predictor.predict(images)
+    for dtype in (np.int64, np.int32, np.uint16):
+        np.testing.assert_array_equal(predictor.predict(images.astype(dtype)), expected)
+    np.testing.assert_array_equal(predictor.predict(images.tolist()), expected)
+
+
 def test_float_model_takes_uint8_and_float(paths):
     predictor = OnnxPredictor(paths[1])
     x = np.arange(10, dtype=np.uint8).reshape(2, 5)
@@ -74,12 +85,13 @@ def test_float_model_casts_ints_and_refuses_values_float32_cannot_hold(paths):
     (np.zeros((8, 8, 3), np.uint8), r"shape \(N, 8, 8, 3\).*add a batch axis"),
     (np.zeros((2, 9, 8, 3), np.uint8), r"axis 1 is 9, expected 8"),
     (np.zeros((2, 8, 8, 1), np.uint8), r"axis 3 is 1, expected 3"),
-    (np.zeros((2, 8, 8, 3), np.int32), r"uint8 or float, got dtype int32"),
-    (np.zeros((2, 8, 8, 3), bool), r"uint8 or float, got dtype bool"),
+    (np.full((2, 8, 8, 3), 256, np.int32), r"raw pixel values 0-255.*got int32"),
+    (np.full((2, 8, 8, 3), -1), r"raw pixel values 0-255.*got int64"),
+    (np.zeros((2, 8, 8, 3), bool), r"numbers \(float, int or uint8\), got dtype bool"),
     (np.full((2, 8, 8, 3), 0.5, np.float32), r"raw pixel values 0-255"),
     (np.full((2, 8, 8, 3), 300.0), r"raw pixel values 0-255"),
     (np.full((2, 8, 8, 3), np.nan), r"raw pixel values 0-255"),
-    (np.array(["a"]), r"uint8 or float|shape"),
+    (np.array(["a"]), r"numbers|shape"),
 ])
 def test_rejects_bad_input_clearly(paths, images, message):
     with pytest.raises(ValueError, match=message):
