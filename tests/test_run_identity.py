@@ -1,5 +1,6 @@
-"""A run folder knows the data it trained on: a resume or a protocol's reuse on other data is refused, and
-`kernelzoo eval` of its model measures that data, checks the class count and compares with no card or paper."""
+"""A run folder knows the data and settings it trained with: a resume or a protocol's reuse on other data (or with
+another --max-steps-per-epoch) is refused, a longer resume keeps its lr drops, and `kernelzoo eval` of its model
+measures that data, checks the class count and compares with no card or paper."""
 import argparse
 import json
 import os
@@ -70,6 +71,28 @@ def test_a_resume_on_another_dataset_is_refused_but_an_older_run_that_does_not_s
         _train(["--dataset", b, "--epochs", "2", "--out", copy, "--resume"])
     older, _ = _copy(run_dir, tmp_path / "older", dataset=None)  # written before runs recorded their dataset
     training.check_resumed_config(older, dict(config, dataset=os.path.abspath(b)))
+
+
+def test_a_resume_with_another_max_steps_per_epoch_is_refused(run, tmp_path):
+    run_dir, a, _ = run
+    copy, config = _copy(run_dir, tmp_path)
+    assert config["hyperparameters"]["max_steps_per_epoch"] is None
+    with pytest.raises(ValueError, match=re.escape("hyperparameters.max_steps_per_epoch None -> 1")):
+        _train(["--dataset", a, "--epochs", "2", "--out", copy, "--resume", "--max-steps-per-epoch", "1"])
+
+
+def test_a_longer_resume_keeps_the_lr_drops_the_run_started_with(run, tmp_path):
+    """--epochs 1 made convnet_cifar10's drop every 10 of 20 epochs a drop every epoch: resumed to 4 epochs, the run
+    goes on dropping every epoch (not every 2, as a new 4-epoch run would); a --lr-drop-every given is compared."""
+    run_dir, a, _ = run
+    copy, config = _copy(run_dir, tmp_path)
+    assert config["hyperparameters"]["lr_drop_every"] == 1
+    with pytest.raises(ValueError, match=re.escape("hyperparameters.lr_drop_every 1 -> 2")):
+        _train(["--dataset", a, "--epochs", "4", "--out", copy, "--resume", "--lr-drop-every", "2"])
+    assert _train(["--dataset", a, "--epochs", "4", "--out", copy, "--resume"]) == 0
+    lr = config["hyperparameters"]["lr"]
+    rates = [row["learning_rate"] for row in training.read_log(os.path.join(copy, training.LOG_FILE))]
+    assert rates == pytest.approx([lr, lr / 10, lr / 100, lr / 1000])
 
 
 def test_a_protocol_reuses_a_finished_run_only_on_its_dataset(run):

@@ -76,6 +76,17 @@ def test_other_epochs_move_the_milestones_with_them():
             scaled_milestones((60, 85, 100), epochs, new_epochs)
 
 
+def test_other_epochs_move_the_lr_drops_in_proportion_and_the_recipes_own_epochs_not_at_all():
+    """convnet_cifar10_n6400 drops every 45 of its 150 epochs: --epochs 150 given changes nothing, 30 drop every 9;
+    a drop at half a run stays at E // 2 (the cards' short runs: 3 epochs of a 20-epoch recipe drop every epoch)."""
+    recipe, preset = Recipe(), registry.info("convnet_cifar10_n6400")
+    assert recipe.hyperparameters(preset, epochs=150)["lr_drop_every"] == 45
+    assert recipe.hyperparameters(preset, epochs=30)["lr_drop_every"] == 9
+    assert recipe.hyperparameters(preset, epochs=30, lr_drop_every=7)["lr_drop_every"] == 7
+    half = registry.info("simnet_cifar10_wl2_n400")  # 20 epochs, a drop every 10
+    assert [recipe.hyperparameters(half, epochs=e)["lr_drop_every"] for e in (3, 27, 40)] == [1, 13, 20]
+
+
 def test_dataset_visits_every_example_once_per_epoch():
     x, y = stripes(10)
     batches = list(training.make_dataset(x, y, 4, epochs=2, seed=1))
@@ -151,6 +162,23 @@ def test_a_kill_inside_a_checkpoint_resumes_from_a_matching_state(tmp_path):
     assert training.read_state(str(old))["epoch"] == 3 and training.load_last(str(old)).count_params() > 0
 
 
+def test_a_state_whose_checkpoint_is_gone_is_refused_not_restarted(tmp_path):
+    """state.json names epoch-001.keras, deleted: neither a resume nor a new run (which would overwrite config.json
+    and log.csv) goes on."""
+    x, y = stripes(12)
+    model = Recipe().compile(models.convnet_baseline(n=2, input_shape=(10, 10, 3), num_classes=3, patch_size=3),
+                             DEFAULTS)
+    training.train(model, (x, y), out_dir=str(tmp_path), epochs=1, batch_size=6, verbose=0, tensorboard=False,
+                   config={"seed": 0})
+    os.remove(tmp_path / "checkpoints" / "epoch-001.keras")
+    files = {name: (tmp_path / name).read_text() for name in ("config.json", "log.csv")}
+    for resume in (False, True):
+        with pytest.raises(ValueError, match="`out_dir` .*epoch-001.keras, which is missing"):
+            training.train(model, (x, y), out_dir=str(tmp_path), epochs=2, batch_size=6, resume=resume, verbose=0,
+                           tensorboard=False, config={"seed": 1})
+    assert {name: (tmp_path / name).read_text() for name in files} == files
+
+
 def test_a_resumed_run_draws_the_dropout_masks_of_the_uninterrupted_one(tmp_path):
     """The Keras random generators' states (not in the .keras file) are in state.json and restored on resume: the
     ConvNet baseline with dropout 0.5, killed at the start of epoch 2 and resumed, ends with the same weights."""
@@ -187,6 +215,26 @@ def test_a_run_resumes_only_with_its_own_settings(tmp_path):
                              (dict(config, overrides={}), "overrides.n 2 -> None")):
         with pytest.raises(ValueError, match=re.escape(message)):
             training.start_run(str(tmp_path), True, changed)
+
+
+def test_a_cosine_run_resumes_only_with_its_own_epochs(tmp_path):
+    """The cosine decay's length is fixed when the run starts (its checkpoint keeps it): resumed with more epochs it
+    would train at lr 0, so another --epochs is refused; its own resumes."""
+    preset = registry.info("kernelnet_mnist_prior")
+    recipe = registry.recipe(preset)
+    grid = {"grids": (2,), "grid_sides": (4,), "gammas": (25.0,), "image_size": 12}
+    data = Data(train=stripes(32, size=12, channels=1), test=None, source="stripes", class_names=("h", "v", "f"))
+
+    def train(epochs, resume):
+        hp = recipe.hyperparameters(preset, epochs=epochs, batch_size=16)
+        assert hp["schedule"] == "cosine"
+        return recipe.train(preset, data, str(tmp_path), overrides=grid, hp=hp, resume=resume, verbose=0,
+                            tensorboard=False)
+
+    train(1, False)
+    with pytest.raises(ValueError, match="`--epochs` 2: .* cosine over 1 epochs, a length fixed when it started"):
+        train(2, True)
+    assert len(train(1, True)["history"]) == 1
 
 
 def test_eval_draws_the_run_folders_split_with_its_seed(tmp_path, monkeypatch):
@@ -418,6 +466,37 @@ def test_cli_bad_arguments(capsys):
         "n": 4, "weighted": False, "p": 1.5, "name": "x"}
 
 
+@pytest.mark.parametrize("flag, name", [("--epochs", "epochs"), ("--batch-size", "batch_size"),
+                                        ("--max-steps-per-epoch", "max_steps_per_epoch"), ("--holdout", "--holdout"),
+                                        ("--limit-train", "--limit-train")])
+def test_cli_refuses_a_bad_size_before_the_data_loads(tmp_path, monkeypatch, capsys, flag, name):
+    """Named before the data loads and before the run folder gets anything (the ConvNet baseline's recipe
+    checkpoints its initialisation): the corrected command then runs in the same folder."""
+    def load_data(*args, **kwargs):
+        raise RuntimeError("data loaded")
+
+    monkeypatch.setattr(Recipe, "load_data", load_data)
+    out = tmp_path / "run"
+    assert main_cli.main(["train", "convnet_cifar10", "--out", str(out), flag, "0"]) == 2
+    assert f"`{name}` must be a positive int, got 0" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_recipe_refuses_a_bad_size_before_writing_the_run_folder(tmp_path):
+    """The same checks when the hyper-parameters are given as a dict (no `hyperparameters` call)."""
+    from kernelzoo.zoo.simnet.recipe import tiny_runs
+
+    run = next(run for run in tiny_runs() if run.preset == "convnet_cifar10")
+    preset = registry.info(run.preset)
+    recipe = registry.recipe(preset)
+    hp = recipe.hyperparameters(preset, **run.hp)
+    for name in ("epochs", "batch_size", "max_steps_per_epoch"):
+        with pytest.raises(ValueError, match=f"`{name}` must be a positive int, got 0"):
+            recipe.train(preset, run.data, str(tmp_path / "run"), overrides=run.overrides, hp=dict(hp, **{name: 0}),
+                         verbose=0, tensorboard=False)
+        assert not (tmp_path / "run").exists()
+
+
 def test_recipe_holdout_and_validate_only(tmp_path):
     """The base recipe's validation protocol: --holdout N trains on the rest and logs val_* every epoch
     (the test split still measured at the end); --validate-only reports the held-out figures and never
@@ -502,3 +581,13 @@ def test_recipe_load_data_decodes_quietly_when_not_verbose(tmp_path, capsys):
     assert len(data.train[0]) == 36 and capsys.readouterr().out == ""
     Recipe().load_data(preset, dataset=str(tmp_path / "stripes"))
     assert "decoding" in capsys.readouterr().out
+
+
+def test_recipe_load_data_refuses_a_limit_train_above_the_training_set(tmp_path):
+    _write_folder_dataset(str(tmp_path / "stripes"))
+    recipe, preset = Recipe(), registry.info("convnet_cifar10")
+    with pytest.raises(ValueError, match=re.escape("`--limit-train` must be an int in [1, 36], got 37")):
+        recipe.load_data(preset, dataset=str(tmp_path / "stripes"), options=recipe.options(limit_train=37), verbose=0)
+    data = recipe.load_data(preset, dataset=str(tmp_path / "stripes"), options=recipe.options(limit_train=36),
+                            verbose=0)
+    assert len(data.train[0]) == 36

@@ -12,6 +12,11 @@ on the training set minus N images of a seeded permutation (`holdout_split`, the
 measures those N as `Data.val` after every epoch (val_* columns of log.csv); `--validate-only`
 also drops the test split: the run reports its held-out figures (val_*) and never touches the
 test set (design choices: schedule, epochs, sizes).
+
+Bad sizes (--epochs, --batch-size, --max-steps-per-epoch: `hyperparameters`; --holdout, --limit-train: `options`)
+are refused before the data loads or the run folder is written. A resumed run (`train_run`, `resumed_hyperparameters`)
+keeps the lr drops it started with unless they are given again, so a longer --epochs continues its schedule; a
+cosine decay's length is fixed when its run starts, so there another --epochs is refused.
 """
 import argparse
 import contextlib
@@ -32,9 +37,14 @@ SCHEDULES = ("step", "milestones", "cosine", "constant")
 LR_SCALING = ("none", "linear")
 # Hyper-parameters every recipe understands (the preset's recipe overrides them).
 # schedule "step": lr / 10 every `lr_drop_every` epochs (default half the run); "milestones": lr / 10 at each epoch
-# of `lr_milestones`; "cosine": a cosine decay over the run; "constant".
+# of `lr_milestones`; "cosine": a cosine decay over the run; "constant". `max_steps_per_epoch`: a cap on the steps
+# of each epoch (None: whole epochs).
 DEFAULTS = {"epochs": 10, "batch_size": 64, "optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "schedule": "step",
-            "lr_drop_every": None, "lr_milestones": None, "lr_scaling": "none"}
+            "lr_drop_every": None, "lr_milestones": None, "lr_scaling": "none", "max_steps_per_epoch": None}
+# The hyper-parameters that place the lr drops, and the entry of `Recipe.hyperparameters` naming those of them that
+# are the recipe's (not given): a resumed run takes its own instead (`resumed_hyperparameters`).
+LR_DROPS = ("lr_drop_every", "lr_milestones")
+RECIPE_DROPS = "recipe_lr_drops"
 
 
 def scaled_milestones(milestones, epochs, new_epochs):
@@ -42,6 +52,16 @@ def scaled_milestones(milestones, epochs, new_epochs):
     epoch 1, repeats merged): a shortened run keeps the shape of its schedule."""
     scale = positive_int(new_epochs, "epochs") / positive_int(epochs, "epochs")
     return tuple(sorted({max(1, round(milestone * scale)) for milestone in milestones}))
+
+
+def check_run_sizes(hp):
+    """`hp` once its `epochs`, `batch_size` (positive ints) and `max_steps_per_epoch` (None or a positive int) are
+    checked: a bad one is named before the data loads or the run folder is written."""
+    positive_int(hp["epochs"], "epochs")
+    positive_int(hp["batch_size"], "batch_size")
+    if hp.get("max_steps_per_epoch") is not None:
+        positive_int(hp["max_steps_per_epoch"], "max_steps_per_epoch")
+    return hp
 
 
 @dataclasses.dataclass
@@ -144,25 +164,33 @@ class Recipe:
                 raise ValueError(f"`{key}` is not an option of {type(self).__name__} "
                                  f"(options: {sorted(vars(options))})")
             setattr(options, key, value)
+        for key in ("holdout", "limit_train"):  # sizes: refused before the data loads
+            if getattr(options, key, None) is not None:
+                positive_int(getattr(options, key), f"--{key.replace('_', '-')}")
         return options
 
     def hyperparameters(self, preset, **changes):
-        """DEFAULTS < the preset's recipe < `changes` (None values ignored).
+        """DEFAULTS < the preset's recipe < `changes` (None values ignored), the run's sizes checked
+        (`check_run_sizes`).
 
         With lr_scaling "linear", a batch size other than the recipe's scales the lr by the same factor. Other
-        `epochs` than the recipe's move its lr drops with them (unless `changes` sets them too): "step" drops after
-        half the run, "milestones" at the same fractions of it (60/85/100 of 105 epochs: 23/32/38 of 40).
+        `epochs` than the recipe's move its lr drops to the same fractions of the run (unless `changes` sets them
+        too): `lr_drop_every` 45 of 150 epochs is 9 of 30 (rounded down: 10 of 20 is 1 of 3),
+        `lr_milestones` 60/85/100 of 105 are 23/32/38 of 40.
+        hp[RECIPE_DROPS] names the lr drops (LR_DROPS) that are the recipe's, not given in `changes`.
         """
         hp = {**DEFAULTS, **preset.recipe}
         batch, epochs = hp["batch_size"], hp["epochs"]
         hp.update({key: value for key, value in changes.items() if value is not None})
         check_choice("lr_scaling", hp["lr_scaling"], LR_SCALING)
         check_choice("optimizer", hp["optimizer"], self.optimizers)
+        check_run_sizes(hp)
         if hp["lr_scaling"] == "linear" and changes.get("lr") is None and hp["batch_size"] != batch:
             hp["lr"] = hp["lr"] * hp["batch_size"] / batch
-        if changes.get("epochs") is not None and changes.get("lr_drop_every") is None and hp["lr_drop_every"]:
-            hp["lr_drop_every"] = max(1, hp["epochs"] // 2)  # "after half the epochs" of a shortened run
-        if changes.get("epochs") is not None and changes.get("lr_milestones") is None and hp["lr_milestones"]:
+        hp[RECIPE_DROPS] = tuple(key for key in LR_DROPS if changes.get(key) is None and hp[key] is not None)
+        if hp["epochs"] != epochs and "lr_drop_every" in hp[RECIPE_DROPS]:  # rounded down: half a run stays E // 2
+            hp["lr_drop_every"] = max(1, hp["lr_drop_every"] * hp["epochs"] // epochs)
+        if hp["epochs"] != epochs and "lr_milestones" in hp[RECIPE_DROPS]:
             hp["lr_milestones"] = scaled_milestones(hp["lr_milestones"], epochs, hp["epochs"])
         return hp
 
@@ -174,7 +202,8 @@ class Recipe:
         x, y = images.train
         limit = getattr(options, "limit_train", None)
         if limit is not None:
-            keep = np.sort(np.random.default_rng(seed).permutation(len(x))[:positive_int(limit, "limit_train")])
+            limit = int_in_range(limit, "--limit-train", 1, len(x))  # at most the training images there are
+            keep = np.sort(np.random.default_rng(seed).permutation(len(x))[:limit])
             x, y = x[keep], y[keep]
         return Data(train=(x, y), test=images.test, source=images.source, class_names=images.class_names,
                     dataset=dataset_name(preset, dataset))
@@ -313,15 +342,21 @@ class Recipe:
         """build -> initialise -> compile -> fit -> evaluate into the run folder `out_dir`, on `data` as
         given (data.val, when set, is measured after every epoch).
 
+        `max_steps_per_epoch`, when given, is the run's hyper-parameter of that name (recorded in config.json).
+        A resume takes `resumed_hyperparameters` and is refused with other settings than its config.json's.
         Returns the fit result with "metrics" (test_* figures, also in metrics.json when data.test is given).
         """
         hp = self.hyperparameters(preset) if hp is None else hp
+        if max_steps_per_epoch is not None:
+            hp = dict(hp, max_steps_per_epoch=max_steps_per_epoch)
+        max_steps_per_epoch = check_run_sizes(hp).get("max_steps_per_epoch")
         options = self.options() if options is None else options
         if isinstance(strategy, str) or strategy is None:
             strategy = training.make_strategy(strategy)
         scope = strategy.scope if strategy else contextlib.nullcontext
         config = None
         if resume and training.read_state(out_dir):
+            hp = resumed_hyperparameters(out_dir, hp)
             training.check_resumed_config(out_dir, run_config(preset, overrides, hp, options, seed, data, None,
                                                               strategy))
             with scope():
@@ -362,12 +397,28 @@ def dataset_name(preset, dataset=None):
 def run_settings(preset, overrides, hp, options, seed, dataset=None):
     """The settings that make a run what it is (a resume or a reuse must not change them).
 
-    `dataset`: the run's `dataset_name`; None when not known (then not recorded, and not compared).
+    `dataset`: the run's `dataset_name`; None when not known (then not recorded, and not compared). The
+    hyper-parameters leave out hp[RECIPE_DROPS]: how `hp` was made, not what the run is.
     """
     settings = {"preset": preset.name, "family": preset.family, "builder": preset.builder,
-                "config": dict(preset.config), "overrides": dict(overrides or {}), "hyperparameters": hp,
+                "config": dict(preset.config), "overrides": dict(overrides or {}),
+                "hyperparameters": {key: value for key, value in hp.items() if key != RECIPE_DROPS},
                 "options": vars(options), "seed": seed}
     return settings if dataset is None else {**settings, "dataset": dataset}
+
+
+def resumed_hyperparameters(out_dir, hp):
+    """`hp` to resume the run in `out_dir` with: the lr drops that are the recipe's (hp[RECIPE_DROPS]) are the
+    run's own (its config.json), so a longer --epochs continues its schedule; given ones are compared as any setting.
+
+    ValueError naming --epochs when a cosine decay's run is asked for other epochs: its length is fixed at the start.
+    """
+    saved = (training.read_config(out_dir) or {}).get("hyperparameters", {})
+    if hp["schedule"] == "cosine" and saved.get("epochs", hp["epochs"]) != hp["epochs"]:
+        raise ValueError(f"`--epochs` {hp['epochs']}: the run in {os.fspath(out_dir)!r} decays its lr by a cosine "
+                         f"over {saved['epochs']} epochs, a length fixed when it started; resume it with --epochs "
+                         f"{saved['epochs']}, or start a new run in another folder")
+    return {**hp, **{key: saved[key] for key in hp.get(RECIPE_DROPS, ()) if key in saved}}
 
 
 def run_config(preset, overrides, hp, options, seed, data, report, strategy):

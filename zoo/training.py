@@ -19,7 +19,8 @@ A run folder holds:
   learning rate, so a killed run ends with the weights of an uninterrupted one; random layers (Dropout,
   location noise) included: the states of their Keras random generators, which the .keras file leaves
   out, are in state.json (`random_states`). A resumed run must have the settings of its config.json
-  (`start_run` checks), and log.csv loses the rows of epochs after the checkpoint.
+  (`start_run` checks), and log.csv loses the rows of epochs after the checkpoint. A folder whose state.json
+  names a checkpoint that is gone is refused (`read_state`): neither resumed nor started again.
 Loops that are not Keras `fit` (the kernelNet L-BFGS-B) write the same files with
 `save_checkpoint`, `append_log` and `finish`.
 """
@@ -202,13 +203,23 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
 
 def read_state(out_dir):
-    """The resume state of a run folder (dict with "epoch"), or None."""
+    """The resume state of a run folder (dict with "epoch"), or None when it has no state.json.
+
+    ValueError naming `out_dir` when the checkpoint state.json names is missing: the run could not resume, and a
+    new one would overwrite its config.json and log.csv. (last.keras, a copy of the newest checkpoint saved, does
+    not say its epoch: a kill between state.json and the copy leaves the previous one.)
+    """
     path = os.path.join(out_dir, CHECKPOINTS, STATE_FILE)
     if not os.path.isfile(path):
         return None
     with open(path, encoding="utf-8") as handle:
         state = json.load(handle)
-    return state if os.path.isfile(_checkpoint_path(out_dir, state)) else None
+    checkpoint = _checkpoint_path(out_dir, state)
+    if not os.path.isfile(checkpoint):
+        raise ValueError(f"`out_dir` {os.fspath(out_dir)!r} holds a run whose {CHECKPOINTS}/{STATE_FILE} (epoch "
+                         f"{state.get('epoch')}) names {os.path.basename(checkpoint)}, which is missing: restore it "
+                         "to resume the run, or choose another out_dir")
+    return state
 
 
 def _checkpoint_path(out_dir, state):
@@ -399,6 +410,8 @@ def train(model, train_data, *, out_dir, epochs, batch_size=64, lr_schedule=None
     """
     epochs = positive_int(epochs, "epochs")
     batch_size = positive_int(batch_size, "batch_size")
+    if max_steps_per_epoch is not None:
+        max_steps_per_epoch = positive_int(max_steps_per_epoch, "max_steps_per_epoch")
     x, y = check_pair(train_data, "train_data")
     start_epoch = start_run(out_dir, resume, config)
     out_dir = os.fspath(out_dir)
@@ -414,7 +427,7 @@ def train(model, train_data, *, out_dir, epochs, batch_size=64, lr_schedule=None
         raise ValueError(f"`model` {model.name!r} must be compiled (the family recipe's compile hook does it)")
     steps = math.ceil(len(x) / batch_size)
     if max_steps_per_epoch is not None:
-        steps = min(steps, positive_int(max_steps_per_epoch, "max_steps_per_epoch"))
+        steps = min(steps, max_steps_per_epoch)
     callbacks = list(callbacks or [])
     if lr_schedule is not None:
         callbacks.append(keras.callbacks.LearningRateScheduler(lr_schedule))
