@@ -133,20 +133,20 @@ def load_model(name, pretrained_optional=False):
         return zoo.create(name)
     try:
         return zoo.load(name, compile=False)
-    except (OSError, RuntimeError, ValueError) as error:
+    except (OSError, ValueError) as error:  # a missing weight file, a SHA-256 mismatch (ChecksumError)
         raise ExportError(f"cannot load zoo model {name!r}: {error}") from None
 
 
 def _load_file(name):
-    import keras
+    from kernelzoo.zoo.registry import load_file
 
     if os.path.isdir(name):
         raise ExportError(f"{name!r} is a directory: give a .keras file (a run folder's model.keras) or a zoo name")
     if not os.path.isfile(name):
         raise ExportError(f"no model file at {name!r}")
     try:
-        return keras.saving.load_model(name, compile=False)
-    except (ValueError, TypeError, OSError) as error:
+        return load_file(name)
+    except (ValueError, TypeError) as error:
         raise ExportError(f"cannot load {name!r} as a Keras model: {error}") from None
 
 

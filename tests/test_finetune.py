@@ -323,3 +323,46 @@ def test_cli_finetune_resumes_writes_atomically_and_its_card_reproduces_the_comm
     assert _cli_finetune(monkeypatch, *argv, "--epochs", "2", "--resume", "--compare-scratch") == 2
     assert "scratch failed" in capsys.readouterr().err
     assert open(out, "rb").read() == before and open(card, encoding="utf-8").read() == first_card
+
+
+def test_cli_finetune_resume_refuses_other_data(image_folder, tmp_path, monkeypatch, capsys):
+    """--dataset (a path made absolute; where it was read from), --limit-train, --val-size and --limit-test make
+    the run's data: config.json records them, and a resume with others is refused."""
+    import shutil
+
+    source = str(tmp_path / "tiny.keras")
+    _tiny_kernelnet().save(source)
+    argv = [source, "-o", str(tmp_path / "tuned.keras"), "--batch-size", "16", "--max-steps-per-epoch", "1",
+            "--run-dir", str(tmp_path / "run"), "--quiet"]
+    data = {"--dataset": image_folder, "--limit-train": "40", "--val-size": "8", "--limit-test": "10"}
+
+    def finetune_on(**changes):
+        return _cli_finetune(monkeypatch, *argv, *[word for item in {**data, **changes}.items() for word in item],
+                             "--epochs", "2" if changes else "1", *(["--resume"] if changes else []))
+
+    assert finetune_on() == 0
+    elsewhere = str(shutil.copytree(image_folder, tmp_path / "elsewhere"))  # the same images, another dataset
+    for flag, value, change in (("--dataset", elsewhere, f"options.dataset {image_folder!r} -> {elsewhere!r}"),
+                                ("--limit-train", "50", "options.limit_train 40 -> 50"),
+                                ("--val-size", "9", "options.val_size 8 -> 9"),
+                                ("--limit-test", "12", "options.limit_test 10 -> 12")):
+        assert finetune_on(**{flag: value}) == 2, flag
+        err = capsys.readouterr().err
+        assert "was started with other settings" in err and change in err, flag
+
+
+def test_eval_of_a_finetune_run_measures_the_dataset_given(image_folder, tmp_path):
+    """A fine-tune run folder's config.json names no preset: its model is measured on --dataset (tfds:NAME is
+    NAME under --data-dir, as for `kernelzoo finetune`), with no card or paper figure."""
+    from kernelzoo.zoo.evaluation import measure
+
+    train = _blob_images(24, np.random.default_rng(0))
+    ft.finetune(_tiny_kernelnet(), train, None, NUM_CLASSES, epochs=1, batch_size=8, out_dir=tmp_path / "run",
+                max_steps_per_epoch=1, verbose=0)
+    path = str(tmp_path / "run" / "model.keras")
+    with pytest.raises(ValueError, match="no preset is known"):
+        measure(path)
+    result = measure(path, dataset=image_folder)
+    assert result["examples"] == 90 and result["preset"] is None and result["card"] is None
+    named = measure(path, os.path.dirname(image_folder), dataset="tfds:" + os.path.basename(image_folder))
+    assert named["accuracy"] == result["accuracy"] and named["examples"] == 90

@@ -3,6 +3,8 @@ import argparse
 import dataclasses
 import json
 import os
+import re
+import shutil
 import zipfile
 
 import keras
@@ -113,11 +115,40 @@ def test_image_models_take_raw_pixels():
         assert spec.shape == info(name).inputs.shape and spec.dtype == info(name).inputs.dtype, name
 
 
-def test_sha256_mismatch_is_refused(monkeypatch):
+def test_sha256_mismatch_is_refused_in_one_line(monkeypatch, capsys):
+    """A ValueError (ChecksumError): the CLI reports it in one line, not a traceback."""
+    from kernelzoo import cli as main_cli
     real = info("kernelnet_mnist_prior")
     monkeypatch.setattr(registry, "info", lambda name: dataclasses.replace(real, sha256="0" * 64))
-    with pytest.raises(RuntimeError, match="SHA-256"):
+    with pytest.raises(ValueError, match="SHA-256 mismatch"):
         load("kernelnet_mnist_prior")
+    assert main_cli.main(["info", "kernelnet_mnist_prior", "--cost", "1"]) == 2
+    assert "kernelzoo info: error: SHA-256 mismatch" in capsys.readouterr().err
+
+
+def test_every_loader_names_a_damaged_keras_file(tmp_path, capsys):
+    """A truncated .keras file (Keras says "File not found") and one with a damaged member (zipfile.BadZipFile)
+    are ValueErrors naming the file, in eval, finetune and export alike."""
+    from kernelzoo import cli as main_cli
+    from kernelzoo.export.cli import load_model
+    from kernelzoo.zoo.evaluation import measure
+    from kernelzoo.zoo.finetune import resolve_model
+    path = str(tmp_path / "tiny.keras")
+    keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]).save(path)
+    data = open(path, "rb").read()
+    with zipfile.ZipFile(path) as archive:
+        weights = archive.read("model.weights.h5")
+    at = data.find(weights) + len(weights) // 2  # a stored member: its bytes as they are; its CRC-32 now wrong
+    truncated, corrupted = str(tmp_path / "truncated.keras"), str(tmp_path / "corrupted.keras")
+    open(truncated, "wb").write(data[:len(data) // 2])
+    open(corrupted, "wb").write(data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1:])
+    for damaged, message in ((truncated, "is not a whole .keras (zip) file"), (corrupted, "is damaged: Bad CRC-32")):
+        for call in (lambda: measure(damaged, preset="kernelnet_mnist_prior"), lambda: resolve_model(damaged),
+                     lambda: load_model(damaged)):
+            with pytest.raises(ValueError, match=re.escape(f"{damaged!r} {message}")):
+                call()
+    assert main_cli.main(["eval", truncated, "--preset", "kernelnet_mnist_prior"]) == 2
+    assert "truncated or damaged" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("call", [lambda: create("resnet50"), lambda: load("nope"), lambda: card(3),
@@ -167,6 +198,64 @@ def test_cli_list_and_info(capsys):
     assert capsys.readouterr().out.strip() == "kernelnet_mnist_prior params 249322 macs 14315488"
     with pytest.raises(ValueError, match="command"):
         cli.add_arguments(argparse.ArgumentParser(), "remove")
+
+
+@pytest.mark.parametrize("density", ["1/0", "2", "-0.1", "half"])
+def test_cli_info_cost_names_the_flag_and_its_range(density, capsys):
+    with pytest.raises(SystemExit):
+        _run("info", ["kernelnet_mnist_prior", "--cost", density])
+    assert f"argument --cost: must be a number or a fraction in [0, 1] (e.g. 10/943), got {density!r}" in \
+        capsys.readouterr().err
+
+
+def test_cost_counts_conv2d_macs_and_refuses_layers_it_cannot_count():
+    """Conv2D: its non-zero kernel entries at each output position; the first counted layer scaled by the input
+    density. A layer with weights it cannot count (a SimNet's Similarity) is refused, not counted as 0."""
+    from kernelzoo.layers.cost import cost_report
+    from kernelzoo.zoo.augment import RandomShiftFlip
+    inputs = keras.Input((6, 7, 2))
+    x = RandomShiftFlip()(inputs)  # its only weight is an integer call counter: no MACs
+    conv = keras.layers.Conv2D(3, (3, 2), strides=(1, 2), name="conv")
+    x = keras.layers.Dense(4, name="dense")(keras.layers.Flatten()(conv(x)))
+    model = keras.Model(inputs, x)
+    kernel = conv.get_weights()[0]
+    kernel[0, 0, 0, 0] = 0.0  # a pruned weight counts no MAC
+    conv.set_weights([kernel, conv.get_weights()[1]])
+    positions, conv_macs = 4 * 3, 3 * 2 * 2 * 3 - 1  # output 4x3; (3x2 kernel x 2 channels x 3 filters) - 1
+    assert cost_report(model, 0.5) == {"params": 13 * 3 + 37 * 4, "macs": 0.5 * positions * conv_macs + 36 * 4}
+    with pytest.raises(ValueError, match="--cost: .* cannot count the MACs of its Mex, PatchWhitening, Similarity "
+                                         "layers"):
+        _run("info", ["simnet_cifar10_l1", "--cost", "1"])
+
+
+def _mnist_folder(root):
+    """root/mnist: a class folder copy of MNIST, one 28x28 image per digit and split."""
+    from PIL import Image
+    for split in ("train", "test"):
+        for digit in range(10):
+            os.makedirs(root / "mnist" / split / str(digit))
+            Image.fromarray(np.full((28, 28), 25 * digit, np.uint8)).save(root / "mnist" / split / str(digit) / "0.png")
+    return str(root)
+
+
+def test_eval_shows_the_card_only_for_the_shipped_weights(tmp_path, capsys):
+    """The card figure is that of the shipped file: a zoo name or a file with its SHA-256 gets it, other weights
+    measured with the preset's protocol get the paper's figure only; a zoo name measured as another preset is
+    refused (so `eval A B --preset X` cannot average two presets' models as one)."""
+    from kernelzoo.zoo.evaluation import measure
+    data_dir, name = _mnist_folder(tmp_path), "kernelnet_mnist_prior"
+    copy, other = str(tmp_path / "copy.keras"), str(tmp_path / "other.keras")
+    shutil.copyfile(registry.weights_path(name), copy)
+    load(name, compile=False).save(other)  # the same weights in another file
+    assert measure(copy, data_dir)["card"] == info(name).measured
+    out = tmp_path / "other.json"
+    assert _run("eval", [other, "--preset", name, "--data-dir", data_dir, "--quiet", "--json", str(out)]) == 0
+    assert "no card figure: not the shipped weights | paper 99.03 %" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert result["card"] is None and result["paper"]["value"] == info(name).paper.value and not result["shipped"]
+    with pytest.raises(ValueError, match="`preset` \\(--preset\\) 'kernelnet_mnist_learned' is not the preset of the "
+                                         "zoo model 'kernelnet_mnist_prior'"):
+        _run("eval", [name, "kernelnet_mnist_learned", "--preset", "kernelnet_mnist_learned", "--data-dir", data_dir])
 
 
 @pytest.mark.data

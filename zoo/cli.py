@@ -6,6 +6,7 @@ family with its own defaults, trained and measured like the family's first prese
 `protocol` trains the same way over several splits / seeds (and a grid of settings) and reports
 mean +- std (kernelzoo.zoo.protocol).
 """
+import argparse
 import ast
 import dataclasses
 import os
@@ -29,9 +30,11 @@ def add_arguments(parser, command):
                             help="zoo names (shipped weights) or .keras files (a run folder's: its preset and "
                                  "split come from its config.json); several: also their mean +- std")
         parser.add_argument("--data-dir", default=None, help="local dataset root (default $KERNELZOO_DATA_DIR)")
-        parser.add_argument("--preset", default=None, help="the protocol of a .keras file outside a run folder")
+        parser.add_argument("--preset", default=None,
+                            help="the protocol of a .keras file outside a run folder (a zoo name has its own)")
         parser.add_argument("--dataset", default=None,
-                            help="measure image-classification accuracy on this dataset (a name or a path) instead")
+                            help="measure image-classification accuracy on this dataset (a name, tfds:NAME or a path) "
+                                 "instead")
         parser.add_argument("--holdout", type=int, default=None, metavar="N",
                             help="measure on the N training images that `kernelzoo train --holdout N --seed S` "
                                  "holds out instead of the test split")
@@ -45,9 +48,20 @@ def add_arguments(parser, command):
         parser.add_argument("--pretrained", action="store_true", help="only models with shipped weights")
     else:  # info
         parser.add_argument("name", help="a model name from `kernelzoo list`")
-        parser.add_argument("--cost", type=lambda text: float(Fraction(text)), default=None, metavar="DENSITY",
+        parser.add_argument("--cost", type=_density, default=None, metavar="DENSITY",
                             help="print parameters and expected MACs (kernelNet Table 4) of the shipped weights for "
                                  "this input density (e.g. 10/943: ten rated users) instead of the card")
+
+
+def _density(text):
+    """--cost DENSITY: a number or a fraction (10/943) in [0, 1]; argparse names the flag when it is not."""
+    try:
+        value = Fraction(text)
+    except (ValueError, ZeroDivisionError):
+        value = None
+    if value is None or not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number or a fraction in [0, 1] (e.g. 10/943), got {text!r}")
+    return float(value)
 
 
 def run(args, command):
@@ -305,13 +319,15 @@ def _plain(value):
 
 
 def format_result(result):
-    """One line: the measured figure beside the card's and the paper's."""
+    """One line: the measured figure beside the card's (or why not: other weights) and the paper's."""
     metric = result["metric"]
     data = f"[{result['data']}, {result['examples']:,} examples]"
     from kernelzoo.zoo.preset import Figure
     parts = [f"{result['model']}: {metric} measured {Figure(result['value']).format(metric)}"]
     if result["card"] is not None:
         parts.append(f"card {result['card'].format(metric)}")
+    elif result["preset"] is not None and not result.get("shipped", True):
+        parts.append("no card figure: not the shipped weights")
     if result["paper"] is not None:
         parts.append(f"paper {result['paper'].format(metric)} ({result['paper'].where})")
     return " | ".join(parts) + f" {data}"
@@ -332,7 +348,11 @@ def _info(args):
     preset = registry.info(args.name)
     if args.cost is not None:
         from kernelzoo.layers.cost import cost_report
-        report = cost_report(registry.load(args.name, compile=False), args.cost)
+        model = registry.load(args.name, compile=False)
+        try:
+            report = cost_report(model, args.cost)
+        except ValueError as error:  # layers it cannot count
+            raise ValueError(f"--cost: {error}") from None
         print(f"{args.name} params {report['params']} macs {report['macs']:.0f}")
         return 0
     print(f"{preset.name} ({preset.family} family): {preset.description}")

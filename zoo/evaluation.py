@@ -4,8 +4,9 @@ A model is a zoo name (its shipped weights, SHA-256 checked), a .keras file (its
 options and dataset read from the config.json of the run folder it sits in, or given; a copy of a
 shipped weight file is known by its SHA-256), or a keras.Model with its preset. The family recipe loads
 the preset's dataset (a run's: the one it trained on) and split and measures the preset's metric
-(accuracy on the test split, RMSE on the held-out ratings of a MovieLens fold). The card's and the
-paper's figures are shown beside it only when it is measured on the preset's own test split.
+(accuracy on the test split, RMSE on the held-out ratings of a MovieLens fold). The paper's figure is
+shown beside it only when it is measured on the preset's own test split, the card's only when the model
+is also the preset's shipped weights (a zoo name, or a file with their SHA-256).
 """
 import os
 import warnings
@@ -13,6 +14,7 @@ import warnings
 import keras
 import numpy as np
 
+from kernelzoo.ops import checks
 from kernelzoo.zoo import registry, training
 from kernelzoo.zoo.recipe import Recipe, dataset_name
 
@@ -41,28 +43,50 @@ def preset_of(model):
 def _file_preset(path, config):
     """The preset of the .keras file `path`: its run folder's (`config`, or None), else that of the shipped weights
     with its SHA-256; None when neither says."""
-    if config is not None:
+    if config is not None and config.get("preset") is not None:  # a fine-tune run folder has no preset
         return registry.info(config["preset"])
     return registry.shipped_preset(path) if os.path.isfile(path) else None
 
 
 def _load(model, preset):
     """(keras.Model, Preset or None, run) for a name, a .keras path or a model; `run` is the config.json of the
-    run folder the file sits in when it is a run of that preset, else {}."""
+    run folder the file sits in when it is a run of that preset, else {}. A zoo name with another preset is
+    refused."""
     if isinstance(model, keras.Model):
         return model, preset, {}
     preset = registry.info(preset) if isinstance(preset, str) else preset
     path = os.fspath(model)
     if not path.endswith(".keras"):
         named = registry.info(path)
-        return registry.load(path), preset or named, {}
+        if preset is not None and preset.name != named.name:
+            raise ValueError(f"`preset` (--preset) {preset.name!r} is not the preset of the zoo model {path!r}: a zoo "
+                             "name is measured with its own preset; leave --preset out")
+        return registry.load(path), named, {}
     if not os.path.isfile(path):
         raise ValueError(f"`model`: no such file {path!r}")
-    import kernelzoo  # noqa: F401  (registers the custom layers)
     config = run_config(path)
     preset = preset or _file_preset(path, config)
-    own = config is not None and preset.name == config["preset"]
-    return keras.models.load_model(path, compile=False), preset, config if own else {}
+    own = config is not None and preset is not None and preset.name == config.get("preset")
+    return registry.load_file(path), preset, config if own else {}
+
+
+def _is_shipped(model, preset):
+    """Whether `model` (a zoo name, a .keras path or a keras.Model) holds `preset`'s shipped weights: a zoo name
+    (`_load` measures it with its own preset), or a file with their SHA-256."""
+    if preset is None or isinstance(model, keras.Model):
+        return False
+    path = os.fspath(model)
+    return not path.endswith(".keras") or registry.sha256(path) == preset.sha256
+
+
+def dataset_spec(spec):
+    """The dataset --dataset names: 'tfds:NAME' is NAME (its copy under --data-dir, else TensorFlow Datasets),
+    anything else a name or a path as given."""
+    spec = checks.path(spec, "dataset")
+    name = spec[len("tfds:"):] if spec.startswith("tfds:") else spec
+    if not name:
+        raise ValueError(f"`dataset`={spec!r}: tfds: needs a dataset name")
+    return name
 
 
 def run_dataset(run):
@@ -103,17 +127,20 @@ def measure(model, data_dir=None, *, preset=None, dataset=None, split="test", ho
     With `holdout`: on the `holdout` training images that `kernelzoo train --holdout N --seed S` holds out
     instead (the validation split; e.g. to compare a shipped model with a held-out run on the same images).
     `seed`: the run's --seed, which draws its held-out images and its random splits (MovieLens --split
-    random); None: the seed in the run folder's config.json, else 0. `dataset` None: the run folder's
-    (`run_dataset`), else the preset's. A classifier whose class count differs from the data's is refused.
+    random); None: the seed in the run folder's config.json, else 0. `dataset` (`dataset_spec`) None: the run
+    folder's (`run_dataset`), else the preset's. A classifier whose class count differs from the data's is refused.
 
     Returns {"metric", "value" (of the preset's metric), every measured metric, "data",
-    "preset", "card" and "paper" (Figures or None)}.
+    "preset", "card" and "paper" (Figures or None), "shipped" (whether it holds the preset's shipped weights)}.
     """
-    model, preset, run = _load(model, preset)
+    loaded, preset, run = _load(model, preset)
+    shipped = _is_shipped(model, preset)
+    model = loaded
+    dataset = None if dataset is None else dataset_spec(dataset)
     seed = (0 if run.get("seed") is None else int(run["seed"])) if seed is None else int(seed)
     if preset is None and dataset is None:
         raise ValueError(f"`preset`: no preset is known for {getattr(model, 'name', model)!r} (no zoo name, no "
-                         "run folder config.json): give the preset (--preset NAME) or a dataset (--dataset)")
+                         "run folder config.json naming one): give the preset (--preset NAME) or a dataset (--dataset)")
     recipe = Recipe() if preset is None else registry.recipe(preset)
     known = vars(recipe.options())
     options = recipe.options(**{k: v for k, v in run.get("options", {}).items() if k in known})
@@ -135,8 +162,8 @@ def measure(model, data_dir=None, *, preset=None, dataset=None, split="test", ho
     # the card's and the paper's figures are of the preset's test split (the card: of its shipped weights)
     comparable = own_data and holdout is None
     return dict(scores, metric=metric, value=scores.get(metric), data=source,
-                preset=None if preset is None else preset.name,
-                card=preset.measured if comparable and not run else None, paper=preset.paper if comparable else None)
+                preset=None if preset is None else preset.name, shipped=shipped,
+                card=preset.measured if comparable and shipped else None, paper=preset.paper if comparable else None)
 
 
 def test_split(preset, data_dir=None, num=None):

@@ -208,7 +208,7 @@ def _reinitialise_unsupervised(model, images, seed, verbose):
 
 def finetune(model, train_ds, val_ds, num_classes, *, freeze="features", epochs=10, batch_size=64, lr=0.01,
              momentum=0.9, lr_drop_every=None, test_ds=None, spatial="pad_crop", from_scratch=False, out_dir=None,
-             seed=0, verbose=1, max_steps_per_epoch=None, resume=False):
+             seed=0, verbose=1, max_steps_per_epoch=None, resume=False, data_settings=None):
     """Fine-tune `model` on a new image-classification dataset; returns (fine-tuned model, metrics).
 
     Args:
@@ -227,6 +227,8 @@ def finetune(model, train_ds, val_ds, num_classes, *, freeze="features", epochs=
       max_steps_per_epoch: cap the steps of each epoch (quick runs, tests).
       resume: continue the run in `out_dir` from its last checkpoint (`training.train`; refused when its
         config.json holds other settings, the number of epochs aside); without it a run there is refused.
+      data_settings: what made the arrays (e.g. the CLI's dataset, its source, --limit-train, --val-size,
+        --limit-test), a dict recorded with the options in config.json: a resume on other data is refused.
     Returns (model, metrics): metrics holds freeze, epochs, from_scratch, trainable / total params,
     history (per-epoch dicts), val_accuracy / val_loss, test_accuracy / test_loss (when given), examples.
     """
@@ -259,7 +261,7 @@ def finetune(model, train_ds, val_ds, num_classes, *, freeze="features", epochs=
             _reinitialise_unsupervised(new_model, x_train, seed, bool(verbose))
         Recipe().compile(new_model, dict(DEFAULTS, lr=lr, momentum=momentum))  # SGD, loss on logits or probabilities
     config = {"options": {"model": source, "freeze": freeze, "spatial": spatial, "from_scratch": bool(from_scratch),
-                          "num_classes": num_classes},
+                          "num_classes": num_classes, **(data_settings or {})},
               "hyperparameters": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "momentum": momentum,
                                   "lr_drop_every": lr_drop_every, "max_steps_per_epoch": max_steps_per_epoch},
               "seed": seed}
@@ -304,12 +306,11 @@ def resolve_model(model):
         return model
     if isinstance(model, (str, os.PathLike)):
         path = os.fspath(model)
+        from kernelzoo.zoo import registry
         if path.endswith(".keras"):
             if not os.path.isfile(path):
                 raise ValueError(f"`model`={path!r}: no such .keras file")
-            import kernelzoo  # noqa: F401  (registers the custom layers)
-            return keras.models.load_model(path, compile=False)
-        from kernelzoo.zoo import registry
+            return registry.load_file(path)
         if path in registry.list_models():
             if not registry.info(path).pretrained:
                 raise ValueError(f"`model`={path!r} has no pretrained weights yet: nothing to fine-tune "

@@ -55,11 +55,8 @@ def add_arguments(parser, command="finetune"):
 def load(spec, data_dir=None, verbose=True):
     """An ImageDataset from 'tfds:NAME', a path, or a name under data_dir (`verbose`: the decoding bar)."""
     from kernelzoo.zoo.data import load_images
-    spec = checks.path(spec, "dataset")  # tfds:NAME or a folder / archive path
-    name = spec[len("tfds:"):] if spec.startswith("tfds:") else spec
-    if not name:
-        raise ValueError(f"`dataset`={spec!r}: tfds: needs a dataset name")
-    return load_images(name, data_dir, verbose=verbose)
+    from kernelzoo.zoo.evaluation import dataset_spec
+    return load_images(dataset_spec(spec), data_dir, verbose=verbose)
 
 
 # option -> its check (positive ints, the learning rate, momentum in [0, 1)); None is an unset optional.
@@ -93,6 +90,14 @@ def _run_dirs(args):
     return args.run_dir, os.path.join(args.run_dir, "scratch") if args.compare_scratch else None
 
 
+def _data_settings(args, data, val_size):
+    """What makes the data of a run (config.json's options; a resume with others is refused): the dataset (a path
+    made absolute), where it was read from, the training images kept, the held-out and the test images."""
+    dataset = os.path.abspath(args.dataset) if os.path.exists(args.dataset) else args.dataset
+    return {"dataset": dataset, "data": data.source, "limit_train": args.limit_train, "val_size": val_size,
+            "limit_test": args.limit_test}
+
+
 def run(args, command="finetune"):
     from kernelzoo.zoo import training
     from kernelzoo.zoo.data import holdout_split
@@ -119,7 +124,8 @@ def run(args, command="finetune"):
           f"{args.epochs} epochs", flush=True)
     common = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                   test_ds=(x_test, y_test), spatial=args.spatial, seed=args.seed, verbose=0 if args.quiet else 1,
-                  max_steps_per_epoch=args.max_steps_per_epoch, resume=args.resume)
+                  max_steps_per_epoch=args.max_steps_per_epoch, resume=args.resume,
+                  data_settings=_data_settings(args, data, len(val[0])))
     started = time.time()
     tuned, metrics = finetune(model, train, val, data.num_classes, freeze=args.freeze, out_dir=run_dir, **common)
     metrics["seconds"] = round(time.time() - started, 1)

@@ -11,6 +11,8 @@ import hashlib
 import importlib
 import inspect
 import os
+import zipfile
+import zlib
 
 import keras
 
@@ -35,11 +37,14 @@ def _presets():
     return presets
 
 
+class ChecksumError(ValueError):
+    """A weight file whose SHA-256 is not its preset's (a bad download or an edited file)."""
+
+
 def info(name):
     """The Preset called `name` (ValueError listing the known names otherwise)."""
     presets = _presets()
     return presets[check_choice("name", name, sorted(presets))]
-
 
 
 def list_models(pattern=None, pretrained=None):
@@ -111,18 +116,35 @@ def weights_path(name):
 
 
 def load(name, compile=True):
-    """The pretrained model after checking its file's SHA-256; compiled by its recipe unless compile=False."""
+    """The pretrained model after checking its file's SHA-256 (ChecksumError when it differs); compiled by its recipe
+    unless compile=False."""
     preset = info(name)
     path = weights_path(name)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights of {name!r} missing: {path}")
     digest = sha256(path)
     if digest != preset.sha256:
-        raise RuntimeError(f"SHA-256 mismatch for {path}: expected {preset.sha256}, got {digest}")
-    model = keras.models.load_model(path, compile=False)
+        raise ChecksumError(f"SHA-256 mismatch for {path}: expected {preset.sha256}, got {digest}")
+    model = load_file(path)
     if compile:
         recipe(preset).compile(model, dict(preset.recipe))
     return model
+
+
+def load_file(path):
+    """The uncompiled model in the Keras file `path` (every zoo layer registered).
+
+    ValueError naming the file when a .keras file is not a whole zip archive (Keras calls a truncated one
+    "File not found") or a member of it is damaged.
+    """
+    import kernelzoo  # noqa: F401  (registers the custom layers)
+    path = os.fspath(path)
+    if path.endswith(".keras") and not zipfile.is_zipfile(path):
+        raise ValueError(f"{path!r} is not a whole .keras (zip) file: truncated or damaged")
+    try:
+        return keras.models.load_model(path, compile=False)
+    except (zipfile.BadZipFile, zlib.error, OSError) as error:
+        raise ValueError(f"{path!r} is damaged: {error}") from None
 
 
 def card(name):
