@@ -6,6 +6,8 @@ from kernelzoo.layers.kernel_dense import KernelDense, SparseKernelDense
 from kernelzoo.ops.checks import float_in_range
 
 COUNTED = (KernelDense, SparseKernelDense, keras.layers.Dense, keras.layers.Conv2D)
+# At inference an affine map folded into the layer before it: no MACs of its own.
+FOLDED = (keras.layers.BatchNormalization,)
 
 
 def _leaf_layers(model):
@@ -38,13 +40,14 @@ def cost_report(model, input_density=1.0):
     The first counted layer's MACs are scaled by `input_density` (the expected fraction of non-zero inputs,
     Table 4 assumes 10 rated items); kernel layers count their non-zero effective weights, Dense and Conv2D
     their non-zero kernel entries (Conv2D: at each output position). Only these layers are counted: a model
-    with other layers holding weights (a Similarity, a batch normalisation, ...) is refused (ValueError naming
-    their types) rather than given too low a count; layers without floating-point weights (pooling, activations,
-    reshaping; a RandomShiftFlip, whose only weight is its call counter) count no MACs.
+    with other layers holding weights (a Similarity, a MEX, ...) is refused (ValueError naming their types)
+    rather than given too low a count; batch normalisation (folded into the layer before it at inference) and
+    layers without floating-point weights (pooling, activations, reshaping; a RandomShiftFlip, whose only weight
+    is its call counter) count no MACs.
     """
     input_density = float_in_range(input_density, "input_density", 0.0, 1.0)
     layers = list(_leaf_layers(model))
-    unknown = sorted({type(layer).__name__ for layer in layers if not isinstance(layer, COUNTED)
+    unknown = sorted({type(layer).__name__ for layer in layers if not isinstance(layer, COUNTED + FOLDED)
                       and any(keras.backend.is_float_dtype(w.dtype) for w in layer.weights)})
     if unknown:
         raise ValueError(f"`model` {model.name!r}: cannot count the MACs of its {', '.join(unknown)} layers (only "

@@ -210,7 +210,8 @@ def test_cli_info_cost_names_the_flag_and_its_range(density, capsys):
 
 def test_cost_counts_conv2d_macs_and_refuses_layers_it_cannot_count():
     """Conv2D: its non-zero kernel entries at each output position; the first counted layer scaled by the input
-    density. A layer with weights it cannot count (a SimNet's Similarity) is refused, not counted as 0."""
+    density. A layer with weights it cannot count (a SimNet's Similarity) is refused, not counted as 0; a batch
+    normalisation counts none (the shipped kernelnet_embedding_mnist_ae's card shows its count)."""
     from kernelzoo.layers.cost import cost_report
     from kernelzoo.zoo.augment import RandomShiftFlip
     inputs = keras.Input((6, 7, 2))
@@ -226,6 +227,9 @@ def test_cost_counts_conv2d_macs_and_refuses_layers_it_cannot_count():
     with pytest.raises(ValueError, match="--cost: .* cannot count the MACs of its Mex, PatchWhitening, Similarity "
                                          "layers"):
         _run("info", ["simnet_cifar10_l1", "--cost", "1"])
+    folded = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4), keras.layers.BatchNormalization(),
+                               keras.layers.Dense(2)])  # batch normalisation folds into the Dense before it
+    assert cost_report(folded)["macs"] == 3 * 4 + 4 * 2
 
 
 def _mnist_folder(root):
