@@ -295,6 +295,9 @@ def test_generated_synthetic_digits_name_their_dataset():
     recipe = registry.recipe(preset)
     data = recipe.load_data(preset, options=recipe.options(limit_train=10), verbose=0)
     assert data.dataset == dataset_name(preset) == "synthetic_digits" and len(data.train[0]) == 10
+    too_many = recipe.hyperparameters(preset)["train_size"] + 1  # refused, not capped
+    with pytest.raises(ValueError, match="`--limit-train` must be an int in"):
+        recipe.load_data(preset, options=recipe.options(limit_train=too_many), verbose=0)
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,8 @@ import shutil
 import keras
 import numpy as np
 
-from kernelzoo.ops.checks import check_choice, float_in_range, nonnegative_int, positive_float, positive_int
+from kernelzoo.ops.checks import (check_choice, float_in_range, int_in_range, nonnegative_int, positive_float,
+                                  positive_int)
 from kernelzoo.zoo import training
 from kernelzoo.zoo.frozen_features import cached_features
 from kernelzoo.zoo.layerwise import algorithm
@@ -102,7 +103,7 @@ class LayerwiseRecipe(Recipe):
         count = hp["train_size"]
         limit = getattr(options, "limit_train", None)
         if limit is not None:
-            count = min(count, positive_int(limit, "limit_train"))
+            count = int_in_range(limit, "--limit-train", 1, count)  # at most the preset's train_size
         train, test = model.sample(count, seed=(seed, 0)), model.sample(hp["test_size"], seed=(seed, 1))
         return Data(train=(to_uint8(train.images), train.labels), test=(to_uint8(test.images), test.labels),
                     source=f"synthetic digits (paper 003 Sec. 3.2, ours), seed {seed}: {count:,} train, "

@@ -24,7 +24,7 @@ import os
 
 import numpy as np
 
-from kernelzoo.ops.checks import boolean, check_choice, nonnegative_int, positive_float, positive_int
+from kernelzoo.ops.checks import boolean, check_choice, int_in_range, nonnegative_int, positive_float, positive_int
 from kernelzoo.zoo import training
 from kernelzoo.zoo.precision import MixedPrecisionMixin
 from kernelzoo.zoo.recipe import DEFAULTS, Recipe, TinyRun, dataset_name, run_settings
@@ -132,7 +132,8 @@ class SCRecipe(MixedPrecisionMixin, Recipe):
             pool, test, source, class_names = images.train, images.test, images.source, images.class_names
         limit = getattr(options, "limit_train", None)
         if limit is not None:
-            keep = np.sort(np.random.default_rng(seed).permutation(len(pool[0]))[:positive_int(limit, "limit_train")])
+            limit = int_in_range(limit, "--limit-train", 1, len(pool[0]))  # at most the training images there are
+            keep = np.sort(np.random.default_rng(seed).permutation(len(pool[0]))[:limit])
             pool = (pool[0][keep], pool[1][keep])
         per_class = getattr(options, "labels_per_class", None)
         per_class = preset.recipe.get("labels_per_class") if per_class is None else per_class
