@@ -286,8 +286,7 @@ def mex(inputs, xi, *, num_instances=1, pool_size=(1, 1), channel_block=None, st
     if softmax_mode:  # every spelling: 0, np.float32(0), [1.0, 0.0], a tensor
         xi_checks.append((lambda v: np.all(v != 0), "must not be 0 with softmax_mode=True (log(n)/0 = inf)"))
     _check_concrete(xi, "xi", *xi_checks)
-    if _is_number(static_xi) or (isinstance(static_xi, (list, tuple, np.ndarray))
-                                 and all(_is_number(v) for v in np.ravel(np.asarray(static_xi, dtype=object)))):
+    if _is_number(static_xi) or _numbers_only(static_xi):
         # a fixed xi (numbers only: a list of variables is learned) lets the composite drop the branches it does
         # not need
         xi = np.broadcast_to(np.asarray(static_xi, "float32").reshape(-1), (k,))
@@ -390,6 +389,8 @@ def _activations(value, name):
 
 
 def _numeric(value, name):
+    if isinstance(value, (list, tuple)) and _numbers_only(value):
+        value = np.asarray(value, "float64")  # TF would guess float32 and call 1e39 "out of range for a double"
     try:
         tensor = ops.convert_to_tensor(value)
     except (TypeError, ValueError) as error:
@@ -413,6 +414,12 @@ def _check_rank(tensor, rank, name, layout):
 
 def _is_number(value):
     return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+
+
+def _numbers_only(value):
+    """Whether `value` is a list, tuple or array of numbers only (no tensors or variables in it)."""
+    return isinstance(value, (list, tuple, np.ndarray)) and all(
+        _is_number(v) for v in np.ravel(np.asarray(value, dtype=object)))
 
 
 def _has_no_nan(values):

@@ -518,11 +518,11 @@ def test_mex_at_a_tiny_fixed_xi_is_the_mean(impl, xi):
     np.testing.assert_allclose(np.asarray(kops.mex(x, xi, pool_size=2)).ravel(), [3.25], rtol=1e-6)
 
 
-@pytest.mark.parametrize("p", [1e-46, 1e39])
-def test_a_scalar_p_is_checked_as_float32(p):
-    """1e-46 is 0 and 1e39 inf in float32, the op's dtype: refused, as the same values in a list are."""
+@pytest.mark.parametrize("p", [1e-46, 1e39, [1e-46], [1e39]])
+def test_p_is_checked_as_float32(p):
+    """1e-46 is 0 and 1e39 inf in float32, the op's dtype: refused by the API's own check, scalar or list."""
     x, z = np.ones((1, 2, 2, 1), "float32"), np.zeros((2, 2, 1, 1), "float32")
-    with pytest.raises(ValueError, match="`p`"):
+    with pytest.raises(ValueError, match="`p`.* must be > 0 and finite"):
         kops.similarity(x, z, similarity="lp", p=p)
 
 
