@@ -23,6 +23,7 @@ import warnings
 
 import keras
 
+from kernelzoo.layers.weights import set_weights
 from kernelzoo.ops import checks
 
 INPUT_DTYPES = ("auto", "uint8", "float32")
@@ -110,7 +111,7 @@ def float32_model(model):
         return model
     try:
         copy = keras.models.clone_model(model, clone_function=_float32_layer, recursive=True)
-        copy.set_weights(model.get_weights())
+        set_weights(copy, model.get_weights())
     except (ValueError, TypeError, NotImplementedError) as error:
         raise ExportError(f"model {model.name!r} computes under the dtype policy {', '.join(policies)} and cannot be "
                           f"copied to float32 for export ({error}): build it under the 'float32' policy and "

@@ -145,6 +145,19 @@ def test_baseline_heads_are_their_dense_logits(builder):
     assert output_activation(tuned) is None  # logits: trained with from_logits=True
 
 
+def test_adapted_model_keeps_the_fitted_normalization():
+    """A Coates baseline's features standardised by its unsupervised initialisation stay so in the adapted
+    model (its Normalization copied with set_weights needs finalize_state)."""
+    from kernelzoo.zoo.simnet.init import unsupervised_init
+    images = np.random.default_rng(0).integers(0, 256, (8, 16, 16, 3)).astype("float32")
+    model = coates_baseline(n=4, input_shape=(16, 16, 3))
+    unsupervised_init(model, images, num_patches=200, kmeans_patches=200)
+    adapted = ft.adapt_model(model, NUM_CLASSES, (16, 16, 3))
+    features = [keras.Model(m.input, m.get_layer("features").output).predict(images, verbose=0)
+                for m in (model, adapted)]
+    np.testing.assert_allclose(features[1], features[0], rtol=1e-5, atol=1e-5)
+
+
 def test_finetune_is_exported_from_the_zoo():
     assert zoo.finetune is ft.finetune and "finetune" in zoo.__all__
 

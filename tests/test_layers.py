@@ -331,3 +331,30 @@ def test_get_config_holds_exactly_the_constructor_arguments(make):
     arguments = set(inspect.signature(type(layer).__init__).parameters) - {"self", "kwargs"}
     keras_keys = set(keras.layers.Layer().get_config())  # name, trainable, dtype
     assert set(layer.get_config()) - keras_keys == arguments
+
+
+def _normalised_model():
+    """Input -> Normalization adapted to data of mean ~107 -> Dense: a copy that loses the statistics differs."""
+    inputs = keras.Input((4,))
+    norm = keras.layers.Normalization(name="norm")
+    norm.adapt(np.arange(40, dtype="float32").reshape(10, 4) * 3.0 + 50.0)
+    return keras.Model(inputs, keras.layers.Dense(2, name="dense")(norm(inputs)))
+
+
+def _float32_export_copy(model):
+    from kernelzoo.export._common import float32_model
+    with pytest.warns(RuntimeWarning, match="float32 copy"):
+        return float32_model(model)
+
+
+@pytest.mark.parametrize("copy_name", ["float32_copy", "export float32_model", "with_cluster_dtype"])
+def test_model_copies_keep_adapted_normalization(copy_name):
+    """Copies made with set_weights: Normalization reads statistics finalize_state derives (layers.weights)."""
+    from kernelzoo.zoo.layerwise.models import with_cluster_dtype
+    from kernelzoo.zoo.precision import float32_copy, precision_policy
+    copy_fn = {"float32_copy": float32_copy, "export float32_model": _float32_export_copy,
+               "with_cluster_dtype": lambda m: with_cluster_dtype(m, "float32")}[copy_name]
+    with precision_policy("mixed_bfloat16" if copy_name == "export float32_model" else "float32"):
+        model = _normalised_model()
+    x = np.linspace(40.0, 200.0, 12, dtype="float32").reshape(3, 4)
+    np.testing.assert_allclose(copy_fn(model).predict(x, verbose=0), model.predict(x, verbose=0), rtol=0.02, atol=0.02)

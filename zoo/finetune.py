@@ -40,6 +40,7 @@ import tempfile
 import keras
 import numpy as np
 
+from kernelzoo.layers.weights import set_weights
 from kernelzoo.ops.checks import (check_choice, float_in_range, image_batch, image_shape, int_in_range, positive_float,
                                   positive_int)
 from kernelzoo.zoo.inputs import takes_raw_pixels
@@ -186,7 +187,7 @@ def adapt_model(model, num_classes, input_shape, *, freeze="features", spatial="
     new_model = keras.Model(inputs, outputs, name=f"{model.name}_finetuned_{num_classes}")
     for old, new in clones.values():
         if old is not head and copy_weights and old.weights:
-            new.set_weights(old.get_weights())
+            set_weights(new, old.get_weights())
         if freeze == "features" and old is not head and old not in after_head:
             new.trainable = False
     return new_model

@@ -10,6 +10,7 @@ import warnings
 
 import keras
 
+from kernelzoo.layers.weights import set_weights
 from kernelzoo.ops.checks import check_choice
 from kernelzoo.ops.library import cpu_flags
 from kernelzoo.zoo import training
@@ -56,7 +57,7 @@ def float32_copy(model):
         layer["config"]["dtype"] = "float32"
     with precision_policy("float32"):  # the input layer follows the global policy
         copy = keras.Model.from_config(config)
-    copy.set_weights(model.get_weights())
+    set_weights(copy, model.get_weights())
     return copy
 
 

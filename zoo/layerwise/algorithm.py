@@ -21,6 +21,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from kernelzoo.layers.weights import set_weights
 from kernelzoo.ops.checks import positive_int
 from kernelzoo.zoo.ckn.kmeans import spherical_kmeans
 from kernelzoo.zoo.layerwise.models import FEATURE_STANDARDIZATION, FEATURES
@@ -207,9 +208,7 @@ def copy_weights(source, target):
     for layer in source.layers:
         other = targets.get(layer.name)
         if other is not None and other is not layer and layer.weights:
-            other.set_weights(layer.get_weights())
-            if isinstance(other, keras.layers.Normalization):
-                other.finalize_state()  # its call reads the statistics finalize_state derives from the weights
+            set_weights(other, layer.get_weights())
 
 
 def adapt_feature_standardization(model, features, chunk=4096):

@@ -21,6 +21,7 @@ raw pixels -> per-image standardisation -> "conv1" -> "pool1" -> "norm1" -> "con
 import keras
 
 from kernelzoo.layers.regularizers import sgd_weight_decay
+from kernelzoo.layers.weights import set_weights
 from kernelzoo.ops.checks import (boolean, check_choice, image_shape, nonnegative_float, normalize_padding,
                                   positive_int, positive_ints, real)
 from kernelzoo.zoo.layerwise.layers import CentroidConv2D, LocalResponseNormalization, PerImageStandardization
@@ -178,7 +179,7 @@ def with_cluster_dtype(model, cluster_dtype):
         if layer["class_name"].endswith("CentroidConv2D"):
             layer["config"]["dtype"] = policy
     copy = keras.Model.from_config(config)
-    copy.set_weights(model.get_weights())
+    set_weights(copy, model.get_weights())
     return copy
 
 
