@@ -149,6 +149,8 @@ def test_kmeans_finds_separated_clusters(start):
     np.testing.assert_array_equal(init.kmeans(x, 3, iterations=10, seed=0, init=start, block=7), centers)
     with pytest.raises(ValueError, match="`init`"):
         init.kmeans(x, 3, init="random")
+    with pytest.raises(ValueError, match="`k`=4 exceeds the number of rows"):  # either start
+        init.kmeans(x[:3], 4, init=start)
 
 
 def test_bad_arguments():

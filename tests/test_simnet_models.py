@@ -201,7 +201,7 @@ def test_augmentation_mirrors_raw_images_in_training_only(tmp_path, builder, fir
     ({"patch_size": 40}, "patch_size"), ({"num_classes": 1.5}, "num_classes"),
     ({"position_pooling": "max"}, "position_pooling"), ({"zca_eps": -0.1}, "zca_eps"),
     ({"augment_flip": "yes"}, "augment_flip"), ({"augment_shift": -1}, "augment_shift"),
-    ({"whitening": "no"}, "`whitening`")])
+    ({"augment_shift": 32}, "`augment_shift`=32 must be smaller"), ({"whitening": "no"}, "`whitening`")])
 def test_simnet_bad_arguments(kwargs, name):
     with pytest.raises(ValueError, match=name):
         models.simnet_patch_labeling(**kwargs)

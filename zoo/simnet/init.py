@@ -204,12 +204,18 @@ def _squared_distances(x, centers):
     return np.maximum((x * x).sum(1)[:, None] - 2.0 * x @ centers.T + (centers * centers).sum(1)[None], 0.0)
 
 
-def kmeans_pp(x, k, seed=0, verbose=False):
-    """k-means++ seeds: k rows of x (M, d) drawn with probability proportional to D^2 (a bar when `verbose`)."""
-    x = matrix(x, "x")
+def _centers_count(k, x):
+    """`k` as a positive int of at most the rows of `x` (ValueError naming it otherwise)."""
     k = positive_int(k, "k")
     if k > x.shape[0]:
         raise ValueError(f"`k`={k} exceeds the number of rows ({x.shape[0]})")
+    return k
+
+
+def kmeans_pp(x, k, seed=0, verbose=False):
+    """k-means++ seeds: k rows of x (M, d) drawn with probability proportional to D^2 (a bar when `verbose`)."""
+    x = matrix(x, "x")
+    k = _centers_count(k, x)
     rng = np.random.default_rng(seed)
     centers = np.empty((k, x.shape[1]), x.dtype)
     centers[0] = x[rng.integers(x.shape[0])]
@@ -240,9 +246,9 @@ def kmeans(x, k, iterations=10, seed=0, init="k-means++", verbose=False, block=2
     iterations = nonnegative_int(iterations, "iterations")
     init = check_choice("init", init, KMEANS_INITS)
     block = positive_int(block, "block")
+    k = _centers_count(k, x)  # re-seeding empty clusters draws distinct rows
     if init == "normal":
-        centers = (0.1 * np.random.default_rng(seed).standard_normal((positive_int(k, "k"), x.shape[1]))).astype(
-            x.dtype)
+        centers = (0.1 * np.random.default_rng(seed).standard_normal((k, x.shape[1]))).astype(x.dtype)
     else:
         centers = kmeans_pp(x, k, seed, verbose=verbose)
     rng = np.random.default_rng(seed + 1)

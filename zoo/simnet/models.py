@@ -167,6 +167,9 @@ def _augmented(images, augment_flip, augment_shift):
     augment_flip, augment_shift = boolean(augment_flip, "augment_flip"), nonnegative_int(augment_shift, "augment_shift")
     if not (augment_flip or augment_shift):
         return images
+    if None not in images.shape[1:3] and augment_shift >= min(images.shape[1:3]):  # reflection needs a smaller shift
+        raise ValueError(f"`augment_shift`={augment_shift} must be smaller than the image "
+                         f"({images.shape[1]}x{images.shape[2]})")
     return RandomShiftFlip(augment_shift, augment_flip, "reflect", dtype="float32", name="augment")(images)
 
 
