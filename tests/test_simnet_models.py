@@ -43,6 +43,16 @@ def test_the_run_seed_draws_the_random_templates_and_the_dropout_masks():
         assert not np.array_equal(a, c)
 
 
+@pytest.mark.parametrize("augment_flip", [False, True])
+def test_simnet_without_whitening_takes_raw_pixels(augment_flip):
+    """Its similarity reads the 0-255 pixels, as with whitening: export and fine-tuning feed uint8 either way."""
+    from kernelzoo.zoo.inputs import input_spec
+    for whitening in (True, False):
+        model = models.simnet_patch_labeling(n=4, input_shape=(16, 16, 3), whitening=whitening,
+                                             augment_flip=augment_flip)
+        assert input_spec(model).dtype == "uint8"
+
+
 def test_simnet_computes_the_patch_labeling_rule():
     """logits[r] = mean_ij log mean_l exp(s_ijl + b[r, l, q(i, j)]) (xi1 = 1, xi2 = 0), minus their mean over r."""
     model = models.simnet_patch_labeling(n=3, p=2, input_shape=(9, 9, 3), num_classes=4, patch_size=4,

@@ -237,7 +237,8 @@ def simnet_patch_labeling(n=400, p=2, weighted=True, xi1=1.0, xi2=0.0, learn_xi=
     if whitening:
         x = PatchWhitening(patch, zca_eps=zca_eps, name="patch_whitening")(x)
         kernel = 1
-    else:
+    else:  # the similarity reads the 0-255 pixels: an identity preprocessing layer says so (zoo.inputs)
+        x = keras.layers.Rescaling(1.0, name="pixels")(x)
         kernel = patch
     x = Similarity(n, kernel, similarity=similarity, weighted=weighted, p=p_value, learn_p=learn_p,
                    templates_initializer=keras.initializers.RandomNormal(stddev=1.0),
