@@ -3,20 +3,12 @@ import keras
 import numpy as np
 
 from kernelzoo.layers.kernel_dense import KernelDense, SparseKernelDense
+from kernelzoo.layers.weights import leaf_layers
 from kernelzoo.ops.checks import float_in_range
 
 COUNTED = (KernelDense, SparseKernelDense, keras.layers.Dense, keras.layers.Conv2D)
 # At inference an affine map folded into the layer before it: no MACs of its own.
 FOLDED = (keras.layers.BatchNormalization,)
-
-
-def _leaf_layers(model):
-    """The layers of `model` in order, those of nested models in their place."""
-    for layer in model.layers:
-        if hasattr(layer, "layers"):
-            yield from _leaf_layers(layer)
-        else:
-            yield layer
 
 
 def _nonzero(kernel):
@@ -46,7 +38,7 @@ def cost_report(model, input_density=1.0):
     is its call counter) count no MACs.
     """
     input_density = float_in_range(input_density, "input_density", 0.0, 1.0)
-    layers = list(_leaf_layers(model))
+    layers = list(leaf_layers(model))
     unknown = sorted({type(layer).__name__ for layer in layers if not isinstance(layer, COUNTED + FOLDED)
                       and any(keras.backend.is_float_dtype(w.dtype) for w in layer.weights)})
     if unknown:

@@ -1,4 +1,4 @@
-"""Setting a model's weights so that layers holding state derived from them use the new values."""
+"""A model's layers, and setting its weights so that layers holding state derived from them use the new values."""
 import keras
 
 
@@ -14,7 +14,15 @@ def set_weights(model, weights):
 
 def finalize_adapted(layer):
     """`finalize_state` on every Normalization layer of `layer` (a layer or a model, nested models included)."""
-    for inner in getattr(layer, "layers", ()):
-        finalize_adapted(inner)
-    if isinstance(layer, keras.layers.Normalization) and layer.built:
-        layer.finalize_state()
+    for leaf in leaf_layers(layer):
+        if isinstance(leaf, keras.layers.Normalization) and leaf.built:
+            leaf.finalize_state()
+
+
+def leaf_layers(layer):
+    """The layers of `layer` (a model: in order, those of nested models in their place; a layer: itself)."""
+    if not hasattr(layer, "layers"):
+        yield layer
+        return
+    for inner in layer.layers:
+        yield from leaf_layers(inner)
