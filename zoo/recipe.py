@@ -54,6 +54,18 @@ def scaled_milestones(milestones, epochs, new_epochs):
     return tuple(sorted({max(1, round(milestone * scale)) for milestone in milestones}))
 
 
+def limited_train(train, options, seed):
+    """The (x, y) training pair, or `options.limit_train` of its examples (--limit-train: a seeded draw, kept in
+    order; more than there are is refused)."""
+    limit = getattr(options, "limit_train", None)
+    if limit is None:
+        return train
+    x, y = train
+    limit = int_in_range(limit, "--limit-train", 1, len(x))
+    keep = np.sort(np.random.default_rng(seed).permutation(len(x))[:limit])
+    return x[keep], y[keep]
+
+
 def check_run_sizes(hp):
     """`hp` once its `epochs`, `batch_size` (positive ints) and `max_steps_per_epoch` (None or a positive int) are
     checked: a bad one is named before the data loads or the run folder is written."""
@@ -199,14 +211,8 @@ class Recipe:
         bar while images are decoded (0 with --quiet)."""
         from kernelzoo.zoo.data import load_images
         images = load_images(dataset or preset.dataset.name, data_dir, verbose=bool(verbose))
-        x, y = images.train
-        limit = getattr(options, "limit_train", None)
-        if limit is not None:
-            limit = int_in_range(limit, "--limit-train", 1, len(x))  # at most the training images there are
-            keep = np.sort(np.random.default_rng(seed).permutation(len(x))[:limit])
-            x, y = x[keep], y[keep]
-        return Data(train=(x, y), test=images.test, source=images.source, class_names=images.class_names,
-                    dataset=dataset_name(preset, dataset))
+        return Data(train=limited_train(images.train, options, seed), test=images.test, source=images.source,
+                    class_names=images.class_names, dataset=dataset_name(preset, dataset))
 
     def holdout(self, hp, options):
         """Training examples to hold out for validation: --holdout, else (with --validate-only) the

@@ -24,10 +24,10 @@ import os
 
 import numpy as np
 
-from kernelzoo.ops.checks import boolean, check_choice, int_in_range, nonnegative_int, positive_float, positive_int
+from kernelzoo.ops.checks import boolean, check_choice, nonnegative_int, positive_float, positive_int
 from kernelzoo.zoo import training
 from kernelzoo.zoo.precision import MixedPrecisionMixin
-from kernelzoo.zoo.recipe import DEFAULTS, Recipe, TinyRun, dataset_name, run_settings
+from kernelzoo.zoo.recipe import DEFAULTS, Recipe, TinyRun, dataset_name, limited_train, run_settings
 from kernelzoo.zoo.sc.data import as_sc_data, carve_validation, sc_images, semi_supervised
 from kernelzoo.zoo.sc.loss import DISTANCES, POOLINGS, SAMPLINGS
 from kernelzoo.zoo.sc.models import rescale_batch_normalized_kernels
@@ -130,11 +130,7 @@ class SCRecipe(MixedPrecisionMixin, Recipe):
             from kernelzoo.zoo.data import load_images
             images = load_images(name, data_dir, verbose=bool(verbose))
             pool, test, source, class_names = images.train, images.test, images.source, images.class_names
-        limit = getattr(options, "limit_train", None)
-        if limit is not None:
-            limit = int_in_range(limit, "--limit-train", 1, len(pool[0]))  # at most the training images there are
-            keep = np.sort(np.random.default_rng(seed).permutation(len(pool[0]))[:limit])
-            pool = (pool[0][keep], pool[1][keep])
+        pool = limited_train(pool, options, seed)
         per_class = getattr(options, "labels_per_class", None)
         per_class = preset.recipe.get("labels_per_class") if per_class is None else per_class
         return dataclasses.replace(semi_supervised(pool, test, source, class_names, per_class,
