@@ -741,6 +741,9 @@ def test_mex_bad_shapes_raise(lib):
             _mex(lib, a, b, grad=tf.zeros((2, 3, 3, 8)), **case)
     with pytest.raises(tf.errors.InvalidArgumentError):  # grad of the wrong shape
         _mex(lib, x, xi, grad=tf.zeros((2, 3, 2, 8)))
+    # an input of height 0 gives an output of height 0 that still takes one region: the message says so
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"1 <= Rh <= 1 and 1 <= Rw <= 3, got \[2,1,"):
+        _mex(lib, tf.zeros((2, 0, 6, 4)), xi, off=tf.zeros((2, 1, 2, 2, 2, 1)), padding="same")
 
 
 def test_sizes_that_overflow_int64_raise_instead_of_aborting():

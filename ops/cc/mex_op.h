@@ -107,14 +107,15 @@ class MexOpBase : public ::tensorflow::OpKernel {
     }
     if (use_offsets_) {
       // dimension by dimension: a TensorShape built from unchecked sizes aborts on overflow
+      const int64_t max_h = std::max<int64_t>(g.out_h, 1);  // an empty output still takes one region
+      const int64_t max_w = std::max<int64_t>(g.out_w, 1);
       if (offsets.dims() != 6 || offsets.dim_size(2) != K || offsets.dim_size(3) != b_h_ ||
           offsets.dim_size(4) != b_w_ || offsets.dim_size(5) != channel_block_ ||
           offsets.dim_size(0) < 1 || offsets.dim_size(1) < 1 ||
-          offsets.dim_size(0) > std::max<int64_t>(g.out_h, 1) ||
-          offsets.dim_size(1) > std::max<int64_t>(g.out_w, 1)) {
+          offsets.dim_size(0) > max_h || offsets.dim_size(1) > max_w) {
         return absl::InvalidArgumentError(absl::StrCat(
             "offsets must have shape (Rh, Rw, ", K, ", ", b_h_, ", ", b_w_, ", ",
-            channel_block_, ") with 1 <= Rh <= ", g.out_h, " and 1 <= Rw <= ", g.out_w,
+            channel_block_, ") with 1 <= Rh <= ", max_h, " and 1 <= Rw <= ", max_w,
             ", got ", offsets.shape().DebugString()));
       }
       prm->regions_h = offsets.dim_size(0);
