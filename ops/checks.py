@@ -1,6 +1,7 @@
 """Argument checks shared by the whole package: each returns the normalised value or raises
 ValueError naming the argument. Only numpy here, so every package can use it.
 """
+import numbers
 import os
 
 import numpy as np
@@ -54,6 +55,17 @@ def positive_ints(value, name, allow_empty=False):
         what = "a sequence" if allow_empty else "a non-empty sequence"
         raise ValueError(f"`{name}` must be {what} of positive ints, got {value!r}")
     return tuple(int(v) for v in items)
+
+
+def per_item(value, count, name, item, allow_none=False):
+    """`value` repeated `count` times if it is one value (a str or number, numpy's too; None where `allow_none`),
+    else its `count` items as a list (one per `item`, e.g. "layer")."""
+    if isinstance(value, (str, numbers.Number, np.generic)) or (allow_none and value is None):
+        return [value] * count
+    items = list(value) if isinstance(value, (list, tuple)) else None
+    if items is None or len(items) != count:
+        raise ValueError(f"`{name}` must be one value or {count} values (one per {item}), got {value!r}")
+    return items
 
 
 def real(value, name):

@@ -32,6 +32,11 @@ def test_checks_return_normalised_values():
     assert checks.image_batch(np.zeros((2, 4, 4, 1), np.uint8)).shape == (2, 4, 4, 1)
     assert checks.path(pathlib.Path("/tmp/x"), "data_dir") == "/tmp/x"
     assert checks.matrix([[1, 2], [3, 4]], "rows", min_rows=2).shape == (2, 2)
+    assert checks.per_item(np.int64(3), 2, "strides", "block") == [3, 3]        # numpy scalars are one value
+    assert checks.per_item(np.float32(0.5), 2, "sigmas", "layer") == [0.5, 0.5]
+    assert checks.per_item("exp", 2, "kernels", "layer") == ["exp", "exp"]
+    assert checks.per_item(None, 2, "embeddings", "block", allow_none=True) == [None, None]
+    assert checks.per_item((1, np.int64(2)), 2, "strides", "block") == [1, 2]
 
 
 @pytest.mark.parametrize("call, argument", [
@@ -77,6 +82,9 @@ def test_checks_return_normalised_values():
     (lambda: checks.matrix(np.zeros((1, 3)), "patches", min_rows=2), "patches"),
     (lambda: checks.matrix([[1.0, float("nan")]], "x"), "x"),
     (lambda: checks.matrix([["a"]], "x"), "x"),
+    (lambda: checks.per_item((1, 2, 3), 2, "strides", "block"), "strides"),
+    (lambda: checks.per_item(None, 2, "strides", "block"), "strides"),
+    (lambda: checks.per_item({1, 2}, 2, "strides", "block"), "strides"),
 ])
 def test_bad_values_raise_value_error_naming_the_argument(call, argument):
     with pytest.raises(ValueError, match=f"`{argument}`"):

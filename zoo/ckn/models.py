@@ -10,8 +10,8 @@ import keras
 
 from kernelzoo.layers import CKNConv2D
 from kernelzoo.layers.ckn import KERNELS
-from kernelzoo.ops.checks import (boolean, check_choice, image_shape, normalize_tuple, positive_float, positive_int,
-                                  positive_ints)
+from kernelzoo.ops.checks import (boolean, check_choice, image_shape, normalize_tuple, per_item, positive_float,
+                                  positive_int, positive_ints)
 from kernelzoo.zoo.augment import RandomShiftFlip
 from kernelzoo.zoo.ckn.preprocessing import ImageWhitening, PerImageWhitening
 
@@ -48,12 +48,12 @@ def ckn(filters=(64, 256), kernel_sizes=(3, 3), subsamplings=(2, 6), kernels="ex
     """
     filters = positive_ints(filters, "filters")
     depth = len(filters)
-    kernel_sizes = _per_layer(kernel_sizes, depth, "kernel_sizes")
+    kernel_sizes = per_item(kernel_sizes, depth, "kernel_sizes", "layer")
     kernel_sizes = [positive_int(kernel_sizes[0], "kernel_sizes")] + [normalize_tuple(size, "kernel_sizes")
                                                                        for size in kernel_sizes[1:]]
-    subsamplings = positive_ints(_per_layer(subsamplings, depth, "subsamplings"), "subsamplings")
-    kernels = [check_choice("kernels", kernel, KERNELS) for kernel in _per_layer(kernels, depth, "kernels")]
-    sigmas = [positive_float(sigma, "sigmas") for sigma in _per_layer(sigmas, depth, "sigmas")]
+    subsamplings = positive_ints(per_item(subsamplings, depth, "subsamplings", "layer"), "subsamplings")
+    kernels = [check_choice("kernels", kernel, KERNELS) for kernel in per_item(kernels, depth, "kernels", "layer")]
+    sigmas = [positive_float(sigma, "sigmas") for sigma in per_item(sigmas, depth, "sigmas", "layer")]
     trainable_anchors = boolean(trainable_anchors, "trainable_anchors")
     num_classes = positive_int(num_classes, "num_classes")
     whitening = check_choice("whitening", whitening, WHITENINGS)
@@ -80,13 +80,3 @@ def ckn(filters=(64, 256), kernel_sizes=(3, 3), subsamplings=(2, 6), kernels="ex
         x = keras.layers.Flatten(name="features")(x)
     outputs = keras.layers.Dense(num_classes, kernel_initializer="zeros", name="logits")(x)
     return keras.Model(inputs, outputs, name=name or "ckn_" + "_".join(map(str, filters)))
-
-
-def _per_layer(value, depth, name):
-    """`value` repeated for every layer, or its `depth` items."""
-    if isinstance(value, (str, int, float)):
-        return [value] * depth
-    items = list(value) if isinstance(value, (list, tuple)) else None
-    if items is None or len(items) != depth:
-        raise ValueError(f"`{name}` must be one value or {depth} values (one per layer), got {value!r}")
-    return items

@@ -22,7 +22,7 @@ import keras
 
 from kernelzoo.layers.regularizers import sgd_weight_decay
 from kernelzoo.layers.weights import set_weights
-from kernelzoo.ops.checks import (boolean, check_choice, image_shape, nonnegative_float, normalize_padding,
+from kernelzoo.ops.checks import (boolean, check_choice, image_shape, nonnegative_float, normalize_padding, per_item,
                                   positive_int, positive_ints, real)
 from kernelzoo.zoo.layerwise.layers import CentroidConv2D, LocalResponseNormalization, PerImageStandardization
 
@@ -67,12 +67,12 @@ def layerwise_cnn(clusters=(1377, 3534), embeddings=(155, 216), patch_sizes=3, s
     """
     clusters = positive_ints(clusters, "clusters")
     blocks = len(clusters)
-    embeddings = _per_block(embeddings, blocks, "embeddings", allow_none=True)
+    embeddings = per_item(embeddings, blocks, "embeddings", "block", allow_none=True)
     embeddings = [None if n is None else positive_int(n, "embeddings") for n in embeddings]
-    patch_sizes = [positive_int(s, "patch_sizes") for s in _per_block(patch_sizes, blocks, "patch_sizes")]
-    strides = [positive_int(s, "strides") for s in _per_block(strides, blocks, "strides")]
-    pool_sizes = [positive_int(p, "pool_sizes") for p in _per_block(pool_sizes, blocks, "pool_sizes")]
-    biases = [real(b, "bias") for b in _per_block(bias, blocks, "bias")]
+    patch_sizes = [positive_int(s, "patch_sizes") for s in per_item(patch_sizes, blocks, "patch_sizes", "block")]
+    strides = [positive_int(s, "strides") for s in per_item(strides, blocks, "strides", "block")]
+    pool_sizes = [positive_int(p, "pool_sizes") for p in per_item(pool_sizes, blocks, "pool_sizes", "block")]
+    biases = [real(b, "bias") for b in per_item(bias, blocks, "bias", "block")]
     padding = normalize_padding(padding)
     normalize_patches = boolean(normalize_patches, "normalize_patches")
     projection = check_choice("projection", projection, PROJECTIONS)
@@ -189,13 +189,3 @@ def head_layers(head, num_classes, fc_units=(384, 192)):
         return [keras.layers.Dense(num_classes, name="logits")]
     return ([keras.layers.Dense(units, activation="relu", name=f"fc{index}") for index, units in enumerate(fc_units, 1)]
             + [keras.layers.Dense(num_classes, name="logits")])
-
-
-def _per_block(value, blocks, name, allow_none=False):
-    """`value` repeated for every block, or its `blocks` items."""
-    if isinstance(value, (int, float)) or (allow_none and value is None):
-        return [value] * blocks
-    items = list(value) if isinstance(value, (list, tuple)) else None
-    if items is None or len(items) != blocks:
-        raise ValueError(f"`{name}` must be one value or {blocks} values (one per block), got {value!r}")
-    return items
