@@ -15,7 +15,7 @@ import numpy as np
 from keras import ops
 
 from kernelzoo.ops import blockwise
-from kernelzoo.ops.shapes import output_size, pad_amounts
+from kernelzoo.ops.shapes import output_size, pad_amounts, same_overhang
 
 # Below |xi| * (max - min) < this, MEX uses its cumulant series (stable at xi -> 0).
 SERIES_THRESHOLD = 1e-3
@@ -79,7 +79,7 @@ def _conv_dynamic(inputs, kernel, strides, padding):
     if padding == "same":
         pads = []
         for size, k, s in zip(ops.shape(inputs)[1:3], kernel.shape[:2], strides):
-            total = ops.maximum((-(-size // s) - 1) * s + k - size, 0)  # TensorFlow's "same"
+            total = ops.maximum(same_overhang(size, k, s), 0)
             pads.append((total // 2, total - total // 2))
         inputs = ops.pad(inputs, [(0, 0), *pads, (0, 0)])
     out = ops.conv(inputs, kernel, strides=(strides[0], 1), padding="valid")

@@ -20,6 +20,11 @@ def pad_amounts(size, window, stride, padding):
     """(before, after) padding that "same" adds on one spatial axis."""
     if padding != "same":
         return (0, 0)
-    out = output_size(size, window, stride, padding)
-    total = max((out - 1) * stride + window - size, 0)
+    total = max(same_overhang(size, window, stride), 0)
     return (total // 2, total - total // 2)
+
+
+def same_overhang(size, window, stride):
+    """How far "same"'s windows reach past the input on one axis (negative: they stop short); arithmetic only, so a
+    traced tensor `size` works too (its padding is `ops.maximum` of this and 0, split as in `pad_amounts`)."""
+    return (-(-size // stride) - 1) * stride + window - size
