@@ -275,6 +275,10 @@ def test_cli_finetune_checks_numbers_run_dir_and_head_before_loading_the_data(im
     monkeypatch.undo()
     assert _cli_finetune(monkeypatch, source, *base, "--val-size", "240") == 2  # the folder has 240 training images
     assert "`--val-size` must be an int in [1, 239]" in capsys.readouterr().err
+    assert _cli_finetune(monkeypatch, source, *base, "--limit-train", "241") == 2  # more than there are: refused
+    assert "`--limit-train` must be an int in [1, 240]" in capsys.readouterr().err
+    assert _cli_finetune(monkeypatch, source, *base, "--limit-test", "1000") == 2
+    assert "`--limit-test` must be an int in [1, " in capsys.readouterr().err
     import kernelzoo.zoo.data as data_module
     seen = []
 

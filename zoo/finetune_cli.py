@@ -15,8 +15,6 @@ import os
 import shlex
 import time
 
-import numpy as np
-
 from kernelzoo.ops import checks
 
 
@@ -76,13 +74,6 @@ def check_numbers(args):
             check(value, "--" + dest.replace("_", "-"))
 
 
-def _subset(x, y, limit, seed):
-    if limit is None or limit >= len(x):
-        return x, y
-    keep = np.sort(np.random.default_rng(seed).permutation(len(x))[:limit])
-    return x[keep], y[keep]
-
-
 def _run_dirs(args):
     """The run folders of the fine-tuning and (--compare-scratch) the scratch run; None: temporary ones."""
     if args.run_dir is None:
@@ -102,6 +93,7 @@ def run(args, command="finetune"):
     from kernelzoo.zoo import training
     from kernelzoo.zoo.data import holdout_split
     from kernelzoo.zoo.finetune import check_run_dir, find_head, finetune, resolve_model
+    from kernelzoo.zoo.recipe import seeded_subset
 
     output = os.fspath(args.output)
     if not output.endswith(".keras"):
@@ -114,8 +106,8 @@ def run(args, command="finetune"):
     model = resolve_model(args.model)
     find_head(model)
     data = load(args.dataset, args.data_dir, verbose=not args.quiet)
-    x_train, y_train = _subset(data.x_train, data.y_train, args.limit_train, args.seed)
-    x_test, y_test = _subset(data.x_test, data.y_test, args.limit_test, args.seed + 1)
+    x_train, y_train = seeded_subset((data.x_train, data.y_train), args.limit_train, "--limit-train", args.seed)
+    x_test, y_test = seeded_subset((data.x_test, data.y_test), args.limit_test, "--limit-test", args.seed + 1)
     val_size = args.val_size if args.val_size is not None else max(1, min(5000, len(x_train) // 10))
     train, val = holdout_split(x_train, y_train, checks.int_in_range(val_size, "--val-size", 1, len(x_train) - 1),
                                seed=args.seed)

@@ -55,13 +55,17 @@ def scaled_milestones(milestones, epochs, new_epochs):
 
 
 def limited_train(train, options, seed):
-    """The (x, y) training pair, or `options.limit_train` of its examples (--limit-train: a seeded draw, kept in
-    order; more than there are is refused)."""
-    limit = getattr(options, "limit_train", None)
+    """The (x, y) training pair, or `options.limit_train` of its examples (--limit-train)."""
+    return seeded_subset(train, getattr(options, "limit_train", None), "--limit-train", seed)
+
+
+def seeded_subset(pair, limit, name, seed):
+    """The (x, y) pair, or `limit` of its examples: a seeded draw kept in order; more than there are is refused,
+    naming the option `name`."""
     if limit is None:
-        return train
-    x, y = train
-    limit = int_in_range(limit, "--limit-train", 1, len(x))
+        return pair
+    x, y = pair
+    limit = int_in_range(limit, name, 1, len(x))
     keep = np.sort(np.random.default_rng(seed).permutation(len(x))[:limit])
     return x[keep], y[keep]
 
