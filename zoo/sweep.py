@@ -4,8 +4,11 @@ A held-out metric logged every epoch is noisy (at a constant learning rate it ca
 from one epoch to the next), so its single best epoch overstates what a run with that many epochs will
 reach. For each run this prints the best epoch, the best centred moving average over `--smooth` epochs
 (the epoch at its centre: an epoch count to retrain with) and the mean and standard deviation of the last
-`--last` epochs, and plots every run's curve with its moving average. A run whose metric is not finite in
-some epoch (diverged) is skipped with a message; runs are labelled by their path below their common parent.
+`--last` epochs, and plots every run's curve with its moving average. Epochs are the run's (log.csv's `epoch`
+column, from 1; a repeated epoch counts once, its last row). A staged run (layerwise: a `stage` column) is
+summarised on its last stage, the classifier: the block stages' figures are their temporary heads'. A run whose
+metric is not finite in some epoch (diverged) or that is shorter than the window is skipped with a message; runs
+are labelled by their path below their common parent.
 
     kernelzoo viz runs runs/holdout_lr0.01 runs/holdout_lr0.003 [--metric val_accuracy] [--smooth 21] [--out sweep.png]
 """
@@ -24,6 +27,7 @@ class RunSummary:
     """One run's metric curve, summarised (epochs count from 1)."""
 
     label: str
+    epochs: tuple
     values: tuple
     smoothed_values: tuple
     smooth: int
@@ -46,30 +50,43 @@ def moving_average(values, window):
     return np.convolve(values, np.ones(window) / window, mode="valid")
 
 
-def summarize(values, label, smooth=21, last=50, mode="max"):
-    """A `RunSummary` of a metric's per-epoch values; `mode` "max" (accuracy) or "min" (a loss)."""
+def summarize(values, label, smooth=21, last=50, mode="max", epochs=None):
+    """A `RunSummary` of a metric's per-epoch values; `mode` "max" (accuracy) or "min" (a loss); `epochs` the
+    values' epochs (from 1; default 1, 2, ...)."""
     check_choice("mode", mode, ("max", "min"))
     values = np.asarray(values, dtype="float64")
     if values.ndim != 1 or len(values) == 0 or not np.all(np.isfinite(values)):
         raise ValueError(f"run {label!r}: expected finite per-epoch values, got {values}")
+    epochs = np.arange(1, len(values) + 1) if epochs is None else np.asarray(epochs, dtype="int64")
+    if epochs.shape != values.shape:
+        raise ValueError(f"run {label!r}: {len(epochs)} epochs for {len(values)} values")
     pick = np.argmax if mode == "max" else np.argmin
     smoothed = moving_average(values, smooth)
     best, centre = int(pick(values)), int(pick(smoothed))
     tail = values[-positive_int(last, "last"):]
-    return RunSummary(label, tuple(values), tuple(smoothed), smooth, best + 1, float(values[best]),
-                      centre + smooth // 2 + 1, float(smoothed[centre]), float(tail.mean()),
-                      float(tail.std(ddof=1)) if len(tail) > 1 else 0.0)
+    return RunSummary(label, tuple(int(e) for e in epochs), tuple(values), tuple(smoothed), smooth,
+                      int(epochs[best]), float(values[best]), int(epochs[centre + smooth // 2]),
+                      float(smoothed[centre]), float(tail.mean()), float(tail.std(ddof=1)) if len(tail) > 1 else 0.0)
 
 
 def read_run(folder, metric="val_accuracy"):
-    """The per-epoch values of `metric` in a run folder's log.csv; ValueError naming what is missing."""
-    rows = training.read_log(os.path.join(folder, training.LOG_FILE))
+    """(epochs from 1, values of `metric`, stage or None) of a run folder's log.csv: one row per epoch (the last
+    of a repeated one), a staged run's last stage only; ValueError naming what is missing."""
+    path = os.path.join(folder, training.LOG_FILE)
+    rows = training.read_log(path)
     if not rows:
-        raise ValueError(f"run folder {folder!r} has no {training.LOG_FILE}")
+        raise ValueError(f"run folder {folder!r} has no {training.LOG_FILE}" if not os.path.isfile(path) else
+                         f"run folder {folder!r}: its {training.LOG_FILE} has no rows")
     if not all(metric in row for row in rows):
         raise ValueError(f"run folder {folder!r}: `metric` {metric!r} is not in every row of its log "
                          f"(columns: {sorted(rows[0])})")
-    return [row[metric] for row in rows]
+    by_epoch = {int(row.get("epoch", index)): row for index, row in enumerate(rows)}
+    rows = [by_epoch[epoch] for epoch in sorted(by_epoch)]
+    stage = max(row["stage"] for row in rows) if all("stage" in row for row in rows) else None
+    if stage is not None:
+        rows = [row for row in rows if row["stage"] == stage]
+    epochs = [int(row.get("epoch", index)) + 1 for index, row in enumerate(rows)]
+    return epochs, [row[metric] for row in rows], stage
 
 
 def plot(summaries, path, metric):
@@ -78,7 +95,7 @@ def plot(summaries, path, metric):
     figure, axis = plt.subplots(figsize=(9, 5))
     for index, summary in enumerate(summaries):
         color = f"C{index % 10}"
-        epochs = np.arange(1, len(summary.values) + 1)
+        epochs = np.asarray(summary.epochs)
         axis.plot(epochs, summary.values, color=color, linewidth=0.6, alpha=0.45)
         half = summary.smooth // 2
         axis.plot(epochs[half:len(epochs) - half], summary.smoothed_values, color=color, linewidth=2,
@@ -111,15 +128,23 @@ def run(args, command):
     check_choice("command", command, ("viz",))
     mode = args.mode or default_mode(args.metric)
     summaries = []
+    moving_average(np.zeros(args.smooth), args.smooth)  # --smooth checked before any run is read
     for folder, label in zip(args.runs, run_labels(args.runs)):
-        values = np.asarray(read_run(folder, args.metric), dtype="float64")
+        epochs, values, stage = read_run(folder, args.metric)
+        values = np.asarray(values, dtype="float64")
+        if stage is not None:
+            print(f"{label}: its last stage ({stage:g}, epochs {epochs[0]}-{epochs[-1]}) only")
         if not np.all(np.isfinite(values)):  # a diverged run is an outcome of a sweep, not an error
             print(f"{label}: skipped, its {args.metric} is not finite from epoch "
-                  f"{int(np.argmin(np.isfinite(values))) + 1} (diverged)")
+                  f"{epochs[int(np.argmin(np.isfinite(values)))]} (diverged)")
             continue
-        summaries.append(summarize(values, label, smooth=args.smooth, last=args.last, mode=mode))
+        if len(values) < args.smooth:  # a run stopped early is an outcome too
+            print(f"{label}: skipped, {len(values)} epochs are fewer than --smooth {args.smooth}")
+            continue
+        summaries.append(summarize(values, label, smooth=args.smooth, last=args.last, mode=mode, epochs=epochs))
     if not summaries:
-        raise ValueError(f"no run has a finite {args.metric} in every epoch: nothing to compare")
+        raise ValueError(f"no run has a finite {args.metric} in at least --smooth {args.smooth} epochs: nothing to "
+                         "compare")
     print(f"{'run':<48} {'epochs':>6} {'best (epoch)':>17} {f'{args.smooth}-epoch mean (centre)':>24} "
           f"{f'last {args.last}: mean (sd)':>22}")
     for s in summaries:
