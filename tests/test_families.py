@@ -82,6 +82,18 @@ def test_resumed_run_equals_the_uninterrupted_one(trained, tiny_runs, key):
     assert [int(row["epoch"]) for row in resumed["history"]] == list(range(run.hp["epochs"]))
 
 
+@pytest.mark.parametrize("key", TINY_IDS)
+def test_training_into_a_folder_holding_a_run_is_refused_before_any_work(trained, key, monkeypatch):
+    """Without --resume a run folder is never overwritten, and the refusal comes before the model is built or
+    initialised (k-means, L-BFGS or a pre-training stage can take an hour)."""
+    run, _, folder = trained[key]
+    recipe = type(registry.recipe(registry.info(run.preset)))
+    for method in ("build", "initialise"):
+        monkeypatch.setattr(recipe, method, lambda *args, **kwargs: pytest.fail("work before the refusal"))
+    with pytest.raises(ValueError, match="already holds a run"):
+        _train(run, folder)
+
+
 def _checkpoints_initialisation(run):
     return registry.recipe(registry.info(run.preset)).checkpoints_initialisation
 

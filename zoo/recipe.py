@@ -356,6 +356,7 @@ class Recipe:
         A resume takes `resumed_hyperparameters` and is refused with other settings than its config.json's.
         Returns the fit result with "metrics" (test_* figures, also in metrics.json when data.test is given).
         """
+        training.check_not_overwriting(out_dir, resume)
         hp = self.hyperparameters(preset) if hp is None else hp
         if max_steps_per_epoch is not None:
             hp = dict(hp, max_steps_per_epoch=max_steps_per_epoch)

@@ -262,10 +262,7 @@ def start_run(out_dir, resume, config=None):
     the data order, the held-out images or the model would silently change half-way.
     """
     out_dir = checks.path(out_dir, "out_dir")
-    state = read_state(out_dir)
-    if state is not None and not resume:
-        raise ValueError(f"`out_dir`={out_dir!r} already holds a run ({CHECKPOINTS}/{STATE_FILE}); pass "
-                         "resume=True (--resume) to continue it, or choose another out_dir")
+    state = check_not_overwriting(out_dir, resume)
     os.makedirs(out_dir, exist_ok=True)
     if state is None and config is not None:
         write_json(os.path.join(out_dir, CONFIG_FILE), config)
@@ -274,6 +271,16 @@ def start_run(out_dir, resume, config=None):
     if state is not None:
         _trim_log(out_dir, int(state["epoch"]))
     return 0 if state is None else int(state["epoch"])
+
+
+def check_not_overwriting(out_dir, resume):
+    """The resume state of the run in `out_dir` (None: no run there); a run there without `resume` is refused.
+    Recipes call it before their initialisation (k-means, L-BFGS, a pre-training stage) too, not only here."""
+    state = read_state(out_dir)
+    if state is not None and not resume:
+        raise ValueError(f"`out_dir`={out_dir!r} already holds a run ({CHECKPOINTS}/{STATE_FILE}); pass "
+                         "resume=True (--resume) to continue it, or choose another out_dir")
+    return state
 
 
 def _trim_log(out_dir, epochs):

@@ -137,6 +137,7 @@ class LayerwiseRecipe(Recipe):
         if strategy is not None:
             raise ValueError("strategy: the layerwise recipe trains stage by stage in one process; it takes no "
                              "tf.distribute strategy (--strategy none)")
+        training.check_not_overwriting(out_dir, resume)
         hp = self.hyperparameters(preset) if hp is None else hp
         options = self.options() if options is None else options
         keras.utils.set_random_seed(seed)
