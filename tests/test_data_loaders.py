@@ -159,3 +159,9 @@ def test_shared_data_matches_its_readme():
     (xt, yt), (xs, ys) = load_mnist(SHARED)
     assert xt.shape == (60_000, 28, 28) and xs.shape == (10_000, 28, 28)
     assert np.bincount(ys).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def test_missing_mnist_names_the_environment_variable_that_set_the_data_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERNELZOO_DATA_DIR", str(tmp_path))
+    with pytest.raises(ValueError, match="^KERNELZOO_DATA_DIR="):
+        load_mnist()

@@ -316,3 +316,101 @@ def test_a_data_dir_holding_only_another_dataset_is_not_read_as_the_one_asked(tm
     with pytest.raises(ValueError, match="no copy of 'mnist' found .* a subfolder mnist/ holding"):
         load_images("mnist", data_dir=str(tmp_path / "dd"))
     assert load_images("shapes", data_dir=str(tmp_path / "dd")).class_names == ["a", "b"]  # named after it
+
+
+# ----------------------------------------------------------------------------- STL-10
+
+STL10_CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
+
+
+def _write_stl10(folder, counts=(3, 2)):
+    """A tiny STL-10 binary copy (channels stored column-major, labels 1..10); {split: (images, 0-based labels)}."""
+    rng = np.random.default_rng(4)
+    os.makedirs(folder)
+    copy = {}
+    for split, count in zip(("train", "test", "unlabeled"), counts + (1,)):
+        images = rng.integers(0, 256, (count, 96, 96, 3), dtype=np.uint8)
+        images.transpose(0, 3, 2, 1).tofile(os.path.join(folder, f"{split}_X.bin"))
+        copy[split] = images, np.arange(count) % 10
+        (copy[split][1] + 1).astype(np.uint8).tofile(os.path.join(folder, f"{split}_y.bin"))
+    (folder / "class_names.txt").write_text("\n".join(STL10_CLASSES) + "\n")
+    return copy
+
+
+def test_a_mistyped_stl10_path_is_refused_not_replaced_by_another_copy(tmp_path):
+    from kernelzoo.zoo import registry
+    from kernelzoo.zoo.data.stl10 import load_stl10
+    from kernelzoo.zoo.sc.recipe import SCRecipe
+    data = tmp_path / "data"
+    _write_stl10(data / "stl10" / "stl10_binary")
+    typo = str(tmp_path / "stl10_TYPO")
+    assert load_stl10("stl10", str(data)).train[0].shape == (3, 96, 96, 3)  # a name reads the data dir's copy
+    for data_dir in (str(data), None):  # neither the data dir's copy nor tfds (whose error would not name it)
+        with pytest.raises(ValueError, match="`dataset`='.*stl10_TYPO': no such path"):
+            load_stl10(typo, data_dir)
+    recipe = SCRecipe()
+    with pytest.raises(ValueError, match="`dataset`='.*stl10_TYPO': no such path"):
+        recipe.load_data(registry.info("sc_stl10"), str(data), dataset=typo, options=recipe.options())
+
+
+def test_load_images_reads_the_stl10_binary_copy(tmp_path):
+    copy = _write_stl10(tmp_path / "data" / "stl10" / "stl10_binary")
+    for name, data_dir in (("stl10", tmp_path / "data"), ("stl-10", tmp_path / "data"),
+                           (tmp_path / "data" / "stl10" / "stl10_binary", None)):
+        data = load_dataset(name, data_dir)
+        _check(data, *copy["train"], *copy["test"])  # the labelled splits, not the unlabelled one
+        assert data.class_names == STL10_CLASSES and data.input_shape == (96, 96, 3)
+
+
+# ----------------------------------------------------------------------------- decoding and finding copies
+
+
+def test_16_bit_grey_pngs_are_scaled_as_tf_does_and_32_bit_images_refused(tmp_path):
+    import tensorflow as tf
+    from PIL import Image
+    rng = np.random.default_rng(5)
+    root = tmp_path / "deep"
+    for place in ("train/a", "train/b", "test/a", "test/b"):
+        os.makedirs(root / place)
+        Image.fromarray(rng.integers(0, 65536, (8, 8)).astype(np.uint16)).save(root / place / "0.png")
+    data = load_images(str(root))
+    reference = tf.io.decode_png((root / "train" / "a" / "0.png").read_bytes(), channels=1).numpy()
+    np.testing.assert_array_equal(data.x_train[0], reference)
+    np.testing.assert_array_equal(reference[..., 0], np.asarray(Image.open(root / "train" / "a" / "0.png")) >> 8)
+    os.remove(root / "test" / "b" / "0.png")
+    for pixels in (np.zeros((8, 8), np.int32), np.zeros((8, 8), np.float32)):  # Pillow modes I and F
+        Image.fromarray(pixels).save(root / "test" / "b" / "0.tif")
+        with pytest.raises(ValueError, match=r"test/b/0\.tif': 32-bit .* pixels"):
+            load_images(str(root))
+
+
+def test_hyphenated_and_capitalised_names_find_their_copy_in_the_data_dir(tmp_path, tiny_cifar):
+    cifar.write_python_copy(str(tmp_path / "cifar10" / "cifar-10-batches-py"), *tiny_cifar, CLASSES)
+    for name in ("cifar-10", "CIFAR-10", "cifar_10"):
+        _check(load_images(name, data_dir=str(tmp_path)), *tiny_cifar)
+
+
+def test_an_archive_of_two_dataset_folders_is_refused_as_their_folder_is(tmp_path):
+    for copy in ("v1", "v2"):
+        _grey_folders(str(tmp_path / "two" / copy))
+    with pytest.raises(ValueError):
+        load_images(str(tmp_path / "two"))
+    with tarfile.open(tmp_path / "two.tar.gz", "w:gz") as archive:
+        for copy in ("v1", "v2"):
+            archive.add(str(tmp_path / "two" / copy), arcname=copy)
+    with pytest.raises(ValueError, match="two.tar.gz': v1/ and v2/ both hold train/ or test/"):
+        load_images(str(tmp_path / "two.tar.gz"), cache=False)
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+def test_random_shift_flip_takes_images_of_any_size():
+    import keras
+    from kernelzoo.zoo.augment import RandomShiftFlip
+    layer = RandomShiftFlip(shift=2)
+    assert layer(keras.Input((None, None, 3))).shape == (None, None, None, 3)  # the size is checked when known
+    images = np.arange(2 * 5 * 5 * 3, dtype="float32").reshape(2, 5, 5, 3)
+    assert layer(images, training=True).shape == (2, 5, 5, 3)
+    with pytest.raises(ValueError, match=r"`shift`=2 must be smaller than the image \(2x2\)"):
+        layer(images[:, :2, :2], training=True)

@@ -30,9 +30,7 @@ class RandomShiftFlip(keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(ndim=4)
 
     def build(self, input_shape):
-        if self.fill == "reflect" and self.shift >= min(input_shape[1], input_shape[2]):
-            raise ValueError(f"`shift`={self.shift} must be smaller than the image ({input_shape[1]}x"
-                             f"{input_shape[2]}) for fill='reflect'")
+        self._check_size(input_shape)
         self.calls = self.add_weight(name="calls", shape=(), dtype="int64", initializer="zeros", trainable=False,
                                      aggregation="only_first_replica")
 
@@ -45,6 +43,7 @@ class RandomShiftFlip(keras.layers.Layer):
         x = inputs
         batch = tf.shape(x)[0]
         if self.shift:
+            self._check_size(x.shape)
             s = self.shift
             height, width = tf.shape(x)[1], tf.shape(x)[2]
             mode = "REFLECT" if self.fill == "reflect" else "CONSTANT"
@@ -57,6 +56,14 @@ class RandomShiftFlip(keras.layers.Layer):
             mirror = tf.random.stateless_uniform([batch], seeds[1]) < 0.5
             x = tf.where(mirror[:, None, None, None], tf.reverse(x, axis=[2]), x)
         return x
+
+    def _check_size(self, shape):
+        """ValueError unless reflecting pads by `shift` fit an image of `shape` (N, H, W, C); a size unknown here
+        (a model for any size) is checked when known, or by tf.pad when the step runs."""
+        sizes = [size for size in shape[1:3] if size is not None]
+        if self.fill == "reflect" and sizes and self.shift >= min(sizes):
+            raise ValueError(f"`shift`={self.shift} must be smaller than the image ({shape[1]}x{shape[2]}) for "
+                             "fill='reflect'")
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)

@@ -6,6 +6,15 @@ from kernelzoo.ops import checks
 ENV_VAR = "KERNELZOO_DATA_DIR"
 
 
+def data_root(data_dir):
+    """(root, argument): `data_dir`, else $KERNELZOO_DATA_DIR, with the name an error about it gives ("data_dir"
+    or the variable, whichever set it); (None, None) when neither is set."""
+    if data_dir is not None:
+        return checks.path(data_dir, "data_dir"), "data_dir"
+    root = os.environ.get(ENV_VAR)
+    return (None, None) if root is None else (checks.path(root, ENV_VAR), ENV_VAR)
+
+
 def local_dir(data_dir, subdir, marker):
     """The folder holding `marker`: data_dir/subdir or data_dir itself.
 
@@ -13,14 +22,12 @@ def local_dir(data_dir, subdir, marker):
     (the caller may then use TensorFlow Datasets); raises a ValueError naming
     the path and the expected file when a directory is set but lacks it.
     """
-    root = data_dir if data_dir is not None else os.environ.get(ENV_VAR)
+    root, source = data_root(data_dir)
     if root is None:
         return None
-    root = checks.path(root, "data_dir")
     for folder in (os.path.join(root, subdir), root):
         if os.path.isfile(os.path.join(folder, marker)):
             return folder
-    source = "data_dir" if data_dir is not None else ENV_VAR
     raise ValueError(
         f"{source}={root!r}: expected {marker!r} in {os.path.join(root, subdir)!r} "
         f"or in {root!r} itself")

@@ -7,12 +7,12 @@
 2. `data_dir` (else $KERNELZOO_DATA_DIR) is set: look for `name` in it (in
    data_dir/<name>, data_dir/<alias>, their .tar.gz, or data_dir itself) in any standard form:
    the CIFAR-10/100 python or binary folders or archives, the MNIST IDX files or
-   mnist.npz, a folder of class subfolders of images (train/<class>/*, test/<class>/*,
-   possibly one folder down), or a .tar.gz of such a folder (read without
-   extracting). Class folders and archives count in data_dir itself only when its
-   name is the dataset's (a lone archive of another dataset is not it). Nothing is
-   downloaded; a missing or malformed copy raises a ValueError naming the path and
-   the expected files.
+   mnist.npz, the STL-10 binary folder stl10_binary/ (its labelled train and test splits),
+   a folder of class subfolders of images (train/<class>/*, test/<class>/*, possibly one
+   folder down), or a .tar.gz of such a folder (read without extracting). Class folders
+   and archives count in data_dir itself only when its name is the dataset's (a lone
+   archive of another dataset is not it). Nothing is downloaded; a missing or malformed
+   copy raises a ValueError naming the path and the expected files.
 3. Otherwise TensorFlow Datasets `name` (any tfds image-classification dataset).
 
 Decoded class-folder archives are cached as .npz under $KERNELZOO_CACHE/data
@@ -21,7 +21,9 @@ JPEGs are decoded with Pillow (identical to tf.io.decode_jpeg with
 dct_method="INTEGER_ACCURATE", never TF's default). Class folders: names starting with
 "." (macOS ._* files, .ipynb_checkpoints) are skipped, an empty class folder or a folder
 inside a class folder is refused; grey images (1-bit, grey + alpha, grey palettes) are
-read as one channel, colour ones as RGB, and grey ones among colour ones as RGB (a warning).
+read as one channel, colour ones as RGB, and grey ones among colour ones as RGB (a warning);
+16-bit grey is scaled to 8 bits (its high byte, as tf.io.decode_png), 32-bit grey (integer or
+float, with no one range) is refused.
 """
 import contextlib
 import hashlib
@@ -35,13 +37,14 @@ import numpy as np
 
 from kernelzoo.ops import checks
 from kernelzoo.progress import progress
-from kernelzoo.zoo.data import cifar
-from kernelzoo.zoo.data._paths import ENV_VAR
+from kernelzoo.zoo.data import cifar, stl10
+from kernelzoo.zoo.data._paths import ENV_VAR, data_root
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 ALIASES = {"cifar10": ("cifar10", "cifar-10"), "cifar100": ("cifar100", "cifar-100"), "mnist": ("mnist",),
            "stl10": ("stl10", "stl-10")}
 SPLITS = ("train", "test")
+WIDE_MODES = {"I": "integer", "F": "float"}  # Pillow modes of 32-bit grey: their range is the file's own
 
 
 class ImageDataset:
@@ -101,12 +104,11 @@ def load_images(name, data_dir=None, *, cache=True, verbose=True):
         data_dir = checks.path(data_dir, "data_dir")
     if os.path.exists(name):
         return _load_local(name, _guess_name(name), cache, source_arg="name", verbose=verbose)
-    root = os.fspath(data_dir) if data_dir is not None else os.environ.get(ENV_VAR)
+    root, argument = data_root(data_dir)
     if root is not None:
-        argument = "data_dir" if data_dir is not None else ENV_VAR
         if not os.path.isdir(root):
             raise ValueError(f"{argument}={root!r} is not a directory")
-        key = name.lower().replace("_", "")
+        key = _key(name)
         for candidate in _candidates(root, name):
             if os.path.exists(candidate):
                 return _load_local(candidate, key, cache, source_arg=argument, verbose=verbose)
@@ -119,9 +121,15 @@ def load_images(name, data_dir=None, *, cache=True, verbose=True):
     return _load_tfds(name)
 
 
+def _key(name):
+    """The ALIASES key of dataset `name` ("CIFAR-10", "cifar_10" -> "cifar10"); any other name as given."""
+    key = name.lower().replace("_", "").replace("-", "")
+    return key if key in ALIASES else name
+
+
 def _candidates(root, name):
     """Where data_dir `root` may hold dataset `name`: a folder or a .tar.gz named after it (or an alias)."""
-    aliases = ALIASES.get(name.lower().replace("_", ""), (name,))
+    aliases = ALIASES.get(_key(name), (name,))
     return [os.path.join(root, alias + suffix) for alias in aliases for suffix in ("", ".tar.gz", ".tgz")]
 
 
@@ -162,6 +170,8 @@ def _guess_name(path):
         return "cifar10"
     if "mnist" in base:
         return "mnist"
+    if "stl10" in base.replace("-", ""):
+        return "stl10"
     return base
 
 
@@ -173,6 +183,8 @@ def _expected(name, any_form=True):
         return f"{cifar.expected_files(name)}, or {forms}"
     if name == "mnist":
         return f"the four MNIST IDX .gz files or mnist.npz, or {forms}"
+    if name == "stl10":
+        return f"the STL-10 binary files {[stl10.FILES[key] for key in stl10.REQUIRED]} (stl10_binary/), or {forms}"
     return forms
 
 
@@ -193,6 +205,10 @@ def _load_local(path, name, cache, source_arg, verbose=True, any_form=True):
             (x_train, y_train), (x_test, y_test) = mnist.load_mnist(path)
             return ImageDataset(x_train[..., None], y_train.astype(np.int64), x_test[..., None],
                                 y_test.astype(np.int64), [str(i) for i in range(10)], source=f"{path} (mnist)")
+    binary = stl10.find_binary(path) if name == "stl10" else None
+    if binary is not None:
+        copy = stl10.load_binary(binary)  # its labelled splits (the SC recipe's load_stl10 adds the unlabelled one)
+        return ImageDataset(*copy.train, *copy.test, copy.class_names, source=copy.source)
     folder = _find_class_folders(path) if any_form else None
     if folder is not None:
         return _read_class_folders(folder, verbose)
@@ -234,18 +250,30 @@ def _hidden(name):
 
 
 def _decode(raw, where):
-    """(H, W, 1) for a grey image, (H, W, 3) for a colour one (alpha dropped)."""
+    """(H, W, 1) for a grey image, (H, W, 3) for a colour one (alpha dropped); ValueError for 32-bit pixels."""
     from PIL import Image
     try:
         with Image.open(io.BytesIO(raw)) as image:
-            array = np.asarray(image.convert(_base_mode(image)), dtype=np.uint8)
+            mode = image.mode
+            array = None if mode in WIDE_MODES else _pixels(image)
     except Exception as error:  # noqa: BLE001 - Pillow raises many kinds
         raise ValueError(f"{where!r} is not a readable image: {error}") from None
+    if array is None:
+        raise ValueError(f"{where!r}: 32-bit {WIDE_MODES[mode]} pixels have no one scaling to 8 bits: "
+                         "save the image with 8 or 16 bits per channel")
     return array[..., None] if array.ndim == 2 else array
 
 
+def _pixels(image):
+    """uint8 pixels of a Pillow image in its `_base_mode`; 16-bit grey by its high byte (as tf.io.decode_png), not
+    clipped to 255."""
+    if image.mode.startswith("I;16"):
+        return (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
+    return np.asarray(image.convert(_base_mode(image)), dtype=np.uint8)
+
+
 def _base_mode(image):
-    """"L" for grey modes (1-bit, grey + alpha, 16-bit) and palettes of greys, else "RGB"."""
+    """"L" for grey modes (1-bit, grey + alpha) and palettes of greys, else "RGB"."""
     from PIL import ImageMode
     if image.mode != "P":
         return ImageMode.getmode(image.mode).basemode
@@ -291,6 +319,14 @@ def _nested(where, folder):
     """The error for a folder inside a class folder (both readers refuse it: its images would silently not count)."""
     return ValueError(f"{where!r}: {folder} is a folder inside a class folder (its images would not be read): "
                       "move them up into the class folder, or remove it")
+
+
+def _several(where, tops):
+    """The error for an archive with train/ and test/ in two folders: read together, two datasets would merge into
+    one (in a folder, `_find_class_folders` finds no one dataset folder either)."""
+    folders = " and ".join(f"{top}/" if top else "its top" for top in tops)
+    return ValueError(f"{where!r}: {folders} both hold train/ or test/: expected one dataset, train/<class>/* + "
+                      "test/<class>/* at the top or one folder down")
 
 
 def _split_arrays(records, where):
@@ -344,7 +380,7 @@ def _cache_path(archive):
     """The cache file of an archive, named by its content: a copy of the same file (a fresh checkout, another
     folder, a new mtime) reuses it, a changed file gets its own."""
     from kernelzoo.zoo.registry import sha256
-    key = hashlib.sha256(f"{sha256(archive)}|v2".encode()).hexdigest()  # v2: grey palettes and 1-bit as grey
+    key = hashlib.sha256(f"{sha256(archive)}|v3".encode()).hexdigest()  # v3: 16-bit grey scaled, not clipped
     root = os.environ.get("KERNELZOO_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "kernelzoo"))
     return os.path.join(root, "data", f"{os.path.basename(archive).split('.')[0]}-{key[:16]}.npz")
 
@@ -355,7 +391,7 @@ def _read_class_archive(archive, cache, verbose=True):
         with np.load(cached) as npz:
             return ImageDataset(npz["x_train"], npz["y_train"], npz["x_test"], npz["y_test"],
                                 [str(c) for c in npz["class_names"]], source=archive)
-    records = {split: {} for split in SPLITS}
+    records, tops = {split: {} for split in SPLITS}, set()
     try:
         handle = tarfile.open(archive, "r:*")
     except (OSError, tarfile.TarError) as error:
@@ -365,7 +401,10 @@ def _read_class_archive(archive, cache, verbose=True):
             place = _archive_place(member, archive)
             if place is None:
                 continue
-            split, cls, filename = place
+            top, split, cls, filename = place
+            tops.add(top)
+            if len(tops) > 1:
+                raise _several(archive, sorted(tops))
             images = records[split].setdefault(cls, [])  # a class folder counts even when empty
             if filename is not None and filename.lower().endswith(IMAGE_EXTENSIONS):
                 where = f"{archive}:{member.name}"
@@ -378,8 +417,9 @@ def _read_class_archive(archive, cache, verbose=True):
 
 
 def _archive_place(member, archive):
-    """(split, class, file name or None for the class folder) of a tar member under <split>/<class>/ at the
-    archive's top or one folder down (as `_find_class_folders`); None for anything else, hidden names included."""
+    """(folder, split, class, file name or None for the class folder) of a tar member under <split>/<class>/ at the
+    archive's top (folder "") or one folder down (as `_find_class_folders`); None for anything else, hidden names
+    included."""
     parts = [part for part in member.name.split("/") if part not in ("", ".")]
     top = next((i for i in (0, 1) if len(parts) > i + 1 and parts[i] in SPLITS), None)
     if top is None or any(_hidden(part) for part in parts) or not (member.isdir() or member.isfile()):
@@ -389,7 +429,7 @@ def _archive_place(member, archive):
         raise _nested(archive, f"{split}/{cls}/{inside[0]}/")
     if not inside and not member.isdir():
         return None  # a file beside the class folders
-    return split, cls, inside[0] if inside else None
+    return "/".join(parts[:top]), split, cls, inside[0] if inside else None
 
 
 def _write_cache(cached, data):

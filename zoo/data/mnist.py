@@ -4,8 +4,7 @@ import os
 
 import numpy as np
 
-from kernelzoo.ops import checks
-from kernelzoo.zoo.data._paths import ENV_VAR
+from kernelzoo.zoo.data._paths import data_root
 
 IDX_FILES = {"x_train": "train-images-idx3-ubyte.gz", "y_train": "train-labels-idx1-ubyte.gz",
              "x_test": "t10k-images-idx3-ubyte.gz", "y_test": "t10k-labels-idx1-ubyte.gz"}
@@ -35,15 +34,16 @@ def _read_idx(path, images):
     return data.reshape(shape)
 
 
-def _find_local(root):
-    """(kind, folder) for IDX files or mnist.npz under root or root/mnist."""
+def _find_local(root, argument):
+    """(kind, folder) for IDX files or mnist.npz under root or root/mnist; a ValueError naming `argument` (what set
+    root: data_dir or the environment variable) when neither is there."""
     for folder in (os.path.join(root, "mnist"), root):
         if all(os.path.isfile(os.path.join(folder, f)) for f in IDX_FILES.values()):
             return "idx", folder
         if os.path.isfile(os.path.join(folder, NPZ_FILE)):
             return "npz", folder
     raise ValueError(
-        f"data_dir={root!r}: expected the four MNIST IDX files {sorted(IDX_FILES.values())} "
+        f"{argument}={root!r}: expected the four MNIST IDX files {sorted(IDX_FILES.values())} "
         f"or {NPZ_FILE!r} in {os.path.join(root, 'mnist')!r} or in {root!r}")
 
 
@@ -62,7 +62,7 @@ def load_mnist(data_dir=None):
     Reads `data_dir` (else $KERNELZOO_DATA_DIR) when set, never downloading;
     otherwise loads tfds `mnist`.
     """
-    root = data_dir if data_dir is not None else os.environ.get(ENV_VAR)
+    root, argument = data_root(data_dir)
     if root is None:
         import tensorflow_datasets as tfds
 
@@ -72,7 +72,7 @@ def load_mnist(data_dir=None):
                                            as_supervised=True))
             out[f"x_{split}"], out[f"y_{split}"] = x[..., 0], y
         return _check(out, "tfds mnist")
-    kind, folder = _find_local(checks.path(root, "data_dir"))
+    kind, folder = _find_local(root, argument)
     if kind == "npz":
         path = os.path.join(folder, NPZ_FILE)
         with np.load(path) as npz:

@@ -5,26 +5,29 @@ unlabelled images, 96x96 RGB, 10 classes.
 
 1. a local copy in the dataset's standard binary form: a folder `stl10_binary/` (as extracted from
    `stl10_binary.tar.gz`) holding train_X.bin, train_y.bin, test_X.bin, test_y.bin,
-   unlabeled_X.bin and class_names.txt; looked for at `source` when it is a path, else under the
-   data directory (`data_dir`, else $KERNELZOO_DATA_DIR) as DATA/stl10/stl10_binary, DATA/stl10,
-   DATA/stl10_binary or DATA itself. Each *_X.bin holds uint8 images of 3 x 96 x 96 bytes stored
-   channel by channel, each channel column-major (MATLAB order); *_y.bin holds labels 1..10.
+   unlabeled_X.bin and class_names.txt; looked for at `source` when it is a path (a missing one is
+   refused, not replaced by another copy), else under the data directory (`data_dir`, else
+   $KERNELZOO_DATA_DIR) as DATA/stl10/stl10_binary, DATA/stl10, DATA/stl10_binary or DATA itself.
+   Each *_X.bin holds uint8 images of 3 x 96 x 96 bytes stored channel by channel, each channel
+   column-major (MATLAB order); *_y.bin holds labels 1..10.
 2. TensorFlow Datasets "stl10" (splits train, test, unlabelled) when no data directory is set.
 
 The unlabelled images (2.8 GB) are not read until `unlabelled()` of the result is called (a
 memory map of unlabeled_X.bin, or the tfds split).
 """
 import os
+import re
 
 import numpy as np
 
 from kernelzoo.ops import checks
-from kernelzoo.zoo.data._paths import ENV_VAR
+from kernelzoo.zoo.data._paths import data_root
 
 SIZE = (96, 96, 3)
 FILES = {"train_x": "train_X.bin", "train_y": "train_y.bin", "test_x": "test_X.bin", "test_y": "test_y.bin",
          "unlabelled_x": "unlabeled_X.bin", "class_names": "class_names.txt"}
 REQUIRED = ("train_x", "train_y", "test_x", "test_y")
+TFDS_NAME = re.compile(r"[A-Za-z]\w*(:\d+\.\d+\.\d+)?")  # "stl10", "stl10:1.0.0"; anything else is a path
 
 
 class STL10:
@@ -109,18 +112,21 @@ def load_tfds(name="stl10", data_dir=None):
 
 def load_stl10(source=None, data_dir=None):
     """STL-10 from a path, the data directory or tfds (module docstring); ValueError naming the argument
-    whose copy is missing or malformed."""
-    if source is not None and os.path.exists(checks.path(source, "dataset")):
-        folder = find_binary(os.fspath(source))
+    whose copy is missing or malformed, or `dataset` for a `source` that is neither a path nor a tfds name (a
+    mistyped path must not fall back on another copy)."""
+    source = None if source is None else checks.path(source, "dataset")
+    if source is not None and os.path.exists(source):
+        folder = find_binary(source)
         if folder is None:
             raise ValueError(f"`dataset`={source!r}: expected the STL-10 binary files {sorted(FILES.values())} "
                              "(stl10_binary/)")
         return load_binary(folder)
-    root = data_dir if data_dir is not None else os.environ.get(ENV_VAR)
+    if source is not None and not TFDS_NAME.fullmatch(source):
+        raise ValueError(f"`dataset`={source!r}: no such path (nor a TensorFlow Datasets name such as 'stl10')")
+    root, argument = data_root(data_dir)
     if root is None:
         return load_tfds(source or "stl10")
-    argument = "data_dir" if data_dir is not None else ENV_VAR
-    folder = find_binary(checks.path(root, argument))
+    folder = find_binary(root)
     if folder is None:
         raise ValueError(f"{argument}={root!r}: no STL-10 copy: expected the binary files "
                          f"{[FILES[k] for k in REQUIRED]} in {root}/stl10/stl10_binary, {root}/stl10, "

@@ -124,7 +124,7 @@ class SCRecipe(MixedPrecisionMixin, Recipe):
         extra = None
         if os.path.basename(os.path.normpath(str(name))).lower().replace("-", "").startswith("stl10"):
             from kernelzoo.zoo.data.stl10 import load_stl10
-            stl = load_stl10(name if os.path.exists(str(name)) else None, data_dir)
+            stl = load_stl10(name, data_dir)
             pool, test, source, class_names, extra = stl.train, stl.test, stl.source, stl.class_names, stl.unlabelled
         else:
             from kernelzoo.zoo.data import load_images
