@@ -65,7 +65,7 @@ def test_an_ensemble_killed_anywhere_resumes_to_the_uninterrupted_one(ensemble, 
         with pytest.raises(KeyboardInterrupt):
             _train(out, ENSEMBLE, resume=True)
     resumed = _train(out, ENSEMBLE, resume=True)
-    for member in ("member-0", "member-0/refit", "member-1"):
+    for member in ("member-0", "member-0/refit", "member-1", "member-1/refit"):
         assert (training.read_log(str(out / member / training.LOG_FILE))
                 == training.read_log(str(straight / member / training.LOG_FILE))), member
     np.testing.assert_array_equal(_weights(resumed["model"]), _weights(result["model"]))

@@ -268,8 +268,7 @@ def start_run(out_dir, resume, config=None):
         write_json(os.path.join(out_dir, CONFIG_FILE), config)
     if state is not None and config is not None:
         check_resumed_config(out_dir, config)
-    if state is not None:
-        _trim_log(out_dir, int(state["epoch"]))
+    _trim_log(out_dir, 0 if state is None else int(state["epoch"]))  # rows a kill left after the checkpoint
     return 0 if state is None else int(state["epoch"])
 
 
@@ -284,7 +283,8 @@ def check_not_overwriting(out_dir, resume):
 
 
 def _trim_log(out_dir, epochs):
-    """Drop the log.csv rows of epochs after the checkpoint (a kill between a row and its checkpoint)."""
+    """Drop the log.csv rows of epochs after the checkpoint (a kill between a row and its checkpoint; with no
+    checkpoint yet, every row: a run killed in its first epoch starts again)."""
     path = os.path.join(out_dir, LOG_FILE)
     if not os.path.isfile(path):
         return
