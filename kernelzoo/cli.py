@@ -19,7 +19,7 @@ import sys
 SUBCOMMANDS = {
     "build-ops": ("kernelzoo.ops.library", "build or rebuild the custom op library"),
     "bench": (None, "benchmarks: `kernelzoo bench ops`, `kernelzoo bench deploy NAME`, `kernelzoo bench sc`, "
-                    "`kernelzoo bench ckn` or `kernelzoo bench simnet`"),
+                    "`kernelzoo bench ckn`, `kernelzoo bench simnet` or `kernelzoo bench layerwise NAME`"),
     "demo": ("kernelzoo.zoo.demo", "offline demo on embedded data"),
     "train": ("kernelzoo.zoo.cli", "train a zoo model: kernelzoo train NAME|FAMILY:BUILDER [KEY=VALUE ...]"),
     "protocol": ("kernelzoo.zoo.cli", "train a zoo model over a protocol's splits / seeds (and a grid of settings): "
@@ -36,16 +36,19 @@ SUBCOMMANDS = {
     "info": ("kernelzoo.zoo.cli", "show a zoo model's card"),
     "viz": (None, "figures: `kernelzoo viz embedding NAME`, `kernelzoo viz dimensionality` (kernelNet Fig. 5/6, "
                   "Fig. 3), `kernelzoo viz simnet-size RUN_DIR ...` (SimNets Fig. 4/5) or `kernelzoo viz runs "
-                  "RUN_DIR ...` (a held-out sweep's curves, smoothed)"),
+                  "RUN_DIR ...` (a held-out sweep's curves, smoothed) or `kernelzoo viz layerwise-samples` (paper 003 "
+                  "Fig. 2)"),
 }
 
 
 # `kernelzoo bench WHAT ...` / `kernelzoo viz WHAT ...` -> the module that does WHAT (it parses WHAT itself).
 WHATS = {
     "bench": {"ops": "kernelzoo.ops.bench", "deploy": "kernelzoo.export.bench", "sc": "kernelzoo.zoo.sc.bench",
-              "ckn": "kernelzoo.zoo.ckn.bench", "simnet": "kernelzoo.zoo.simnet.bench_train"},
+              "ckn": "kernelzoo.zoo.ckn.bench", "simnet": "kernelzoo.zoo.simnet.bench_train",
+              "layerwise": "kernelzoo.zoo.layerwise.bench"},
     "viz": {"embedding": "kernelzoo.zoo.kernelnet.viz", "dimensionality": "kernelzoo.zoo.kernelnet.viz",
-            "simnet-size": "kernelzoo.zoo.simnet.figures", "runs": "kernelzoo.zoo.sweep"},
+            "simnet-size": "kernelzoo.zoo.simnet.figures", "runs": "kernelzoo.zoo.sweep",
+            "layerwise-samples": "kernelzoo.zoo.layerwise.viz"},
 }
 VERBOSE_FLAGS = ("-v", "--verbose")
 

@@ -21,9 +21,9 @@ def test_unknown_command_and_bad_bench_target_are_usage_errors(capsys):
         cli.main(["frobnicate"])
     assert exit_info.value.code == 2
     assert cli.main(["bench", "gpu"]) == 2
-    assert "kernelzoo bench {ops,deploy,sc,ckn,simnet}" in capsys.readouterr().err
+    assert "kernelzoo bench {ops,deploy,sc,ckn,simnet,layerwise}" in capsys.readouterr().err
     assert cli.main(["viz", "loss-landscape"]) == 2
-    assert "kernelzoo viz {embedding,dimensionality,simnet-size,runs}" in capsys.readouterr().err
+    assert "kernelzoo viz {embedding,dimensionality,simnet-size,runs,layerwise-samples}" in capsys.readouterr().err
 
 
 # `kernelzoo demo` in a user's shell (TF_CPP_MIN_LOG_LEVEL unset), run beside the in-process tests.

@@ -119,10 +119,10 @@ def test_synthetic_digits_reconstruction():
 
 def test_samples_command_draws_the_digits_png(tmp_path, capsys):
     from PIL import Image
-    from kernelzoo.zoo.layerwise.__main__ import main
+    from kernelzoo.cli import main
 
-    out = tmp_path / "digits.png"
-    main(["samples", "--out", str(out), "--count", "4", "--seed", "1"])
+    out = tmp_path / "figures" / "digits.png"  # its folder is made
+    assert main(["viz", "layerwise-samples", "--out", str(out), "--count", "4", "--seed", "1"]) == 0
     assert f"wrote {out}" in capsys.readouterr().out
     with Image.open(out) as image:   # a real figure: the level-by-level row above the grid of examples
         assert image.format == "PNG" and image.width > 400 and image.height > 300

@@ -12,11 +12,13 @@ def pyplot():
     return plt
 
 
-def save_figure(figure, path, dpi="figure", **layout):
-    """Lay `figure` out tightly (`layout`: `tight_layout`'s arguments), write it to `path` (making its folder) and
-    close it (pyplot keeps every open figure alive otherwise); returns `path`."""
+def save_figure(figure, path, dpi="figure", crop=False, **layout):
+    """Lay `figure` out tightly (`layout`: `tight_layout`'s arguments; `crop`: keep the figure's own layout, a
+    nested grid's, and crop the file to what is drawn), write it to `path` (making its folder) and close it (pyplot
+    keeps every open figure alive otherwise); returns `path`."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    figure.tight_layout(**layout)
-    figure.savefig(path, dpi=dpi)
+    if not crop:
+        figure.tight_layout(**layout)
+    figure.savefig(path, dpi=dpi, bbox_inches="tight" if crop else None)
     pyplot().close(figure)
     return path

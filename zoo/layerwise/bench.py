@@ -1,6 +1,6 @@
 """How long each stage of a layerwise preset takes at its full size, on this machine.
 
-    python -m kernelzoo.zoo.layerwise bench layerwise_cifar10_fc [--images 256] [--batch-size 128]
+    kernelzoo bench layerwise layerwise_cifar10_fc [--images 256] [--batch-size 128]
 
 Times every stage on random 0-255 images (the cost does not depend on the pixels) and extrapolates to
 the preset's run: the training set of `--train` images (50,000; 40,000 with the paper's 10,000
@@ -111,3 +111,20 @@ def _duration(seconds):
     if seconds < 7200:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def add_arguments(parser, command=None):
+    parser.description = "Each stage's time of a layerwise preset, extrapolated to its full run."
+    parser.add_argument("what", choices=["layerwise"], help="what to benchmark")
+    parser.add_argument("name", help="a layerwise preset, e.g. layerwise_cifar10_fc")
+    parser.add_argument("--images", type=int, default=256, help="images the per-image costs are timed on")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the preset's")
+    parser.add_argument("--train", type=int, default=50_000, help="training images of the run (40,000 with "
+                                                                   "--holdout 10000)")
+    parser.add_argument("--test", type=int, default=10_000, help="test images")
+
+
+def run(args, command=None):
+    batch = args.batch_size or registry.recipe(args.name).hyperparameters(registry.info(args.name))["batch_size"]
+    bench(args.name, images=args.images, batch_size=batch, train=args.train, test=args.test)
+    return 0

@@ -3,12 +3,12 @@ HierarchicalModel with 2-D images), the generation of one example level by level
 left) and the mean image of each label (flat for the synthetic digits: nothing for a linear
 classifier to use), above a grid of generated images with their labels (Fig. 2, right).
 
-    python -m kernelzoo.zoo.layerwise samples --out digits.png [--count 24] [--seed 0]
+    kernelzoo viz layerwise-samples --out digits.png [--count 24] [--seed 0]
 """
 import numpy as np
 
-from kernelzoo.ops.checks import positive_int
-from kernelzoo.zoo.plotting import pyplot
+from kernelzoo.ops.checks import check_choice, positive_int
+from kernelzoo.zoo.plotting import pyplot, save_figure
 
 
 def plot_samples(model, path, count=24, seed=0, columns=8, mean_of=2000):
@@ -52,9 +52,23 @@ def plot_samples(model, path, count=24, seed=0, columns=8, mean_of=2000):
         axis.axis("off")
     figure.suptitle(f"hierarchical generative model (paper 003 Sec. 3): one example level by level, the mean "
                     f"image per label, {count} samples (seed {seed})", fontsize=10)
-    figure.savefig(path, bbox_inches="tight")
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, crop=True)
+
+
+def add_arguments(parser, command):
+    check_choice("command", command, ("viz",))
+    what = parser.add_subparsers(dest="what", required=True, metavar="WHAT")
+    samples = what.add_parser("layerwise-samples", help="paper 003 Fig. 2: the synthetic digits, level by level")
+    samples.add_argument("--out", default="synthetic_digits.png", help="the PNG to write")
+    samples.add_argument("--count", type=int, default=24, help="examples in the grid")
+    samples.add_argument("--seed", type=int, default=0)
+
+
+def run(args, command):
+    check_choice("command", command, ("viz",))
+    from kernelzoo.zoo.layerwise.generative import synthetic_digits
+    print(f"wrote {plot_samples(synthetic_digits(), args.out, count=args.count, seed=args.seed)}")
+    return 0
 
 
 def _image(image):
