@@ -409,7 +409,9 @@ def test_bad_arguments_are_named(kwargs, name):
     (dict(kernel_sizes=(3, (2, 0))), "kernel_sizes"), (dict(kernels="rbf"), "kernels"),
     (dict(whitening="image", whitening_power=0.3), "whitening_power"),
     (dict(whitening="patches", whitening_power=0.5), "whitening_power"),  # it would be ignored
-    (dict(trainable_anchors="no"), "trainable_anchors"), (dict(trainable_anchors=0), "trainable_anchors")])
+    (dict(trainable_anchors="no"), "trainable_anchors"), (dict(trainable_anchors=0), "trainable_anchors"),
+    (dict(whitening="image", kernel_sizes=(1, 3)), "kernel_sizes"),  # the whitening's patches: 1x1 ones whiten to 0
+    (dict(whitening="patches", kernel_sizes=(1, 3)), "kernel_sizes")])
 def test_builder_errors_name_the_builder_arguments(kwargs, name):
     """Not the layers' own (`eps`, `patch_size`, `kernel_function`, `power`); no argument is silently ignored."""
     with pytest.raises(ValueError, match=f"`{name}`"):
@@ -536,6 +538,14 @@ def test_image_whitening_matches_a_numpy_reference(rng, power, eps, k):
         ImageWhitening(3, eps=0)
 
 
+@pytest.mark.parametrize("layer", [ImageWhitening, PerImageWhitening])
+def test_whitening_refuses_1x1_patches(layer):
+    """A 1x1 patch centred per channel is 0: every image would whiten to zeros, so all get the same features."""
+    with pytest.raises(ValueError, match="`patch_size`"):
+        layer(patch_size=1)
+    assert layer(patch_size=2).patch_size == 2
+
+
 @pytest.mark.parametrize("init", ["k-means++", "random"])
 def test_spherical_kmeans_finds_planted_directions(rng, init):
     directions = np.linalg.qr(rng.normal(size=(10, 5)))[0].T  # 5 orthonormal directions
@@ -562,13 +572,81 @@ def test_l2_path_plot_needs_the_chosen_score(tmp_path):
 # ----------------------------------------------------------------------------- the unsupervised recipe
 
 
-@pytest.mark.parametrize("key, value", [("kmeans_init", "kmeans"), ("kmeans_patches", -5), ("kmeans_iterations", 0)])
-def test_unsupervised_recipe_checks_its_kmeans_hyperparameters(key, value):
-    """As the supervised recipe (the same check), before any work and with the hyper-parameter's name."""
+@pytest.mark.parametrize("key, value", [
+    ("kmeans_init", "kmeans"), ("kmeans_patches", -5), ("kmeans_iterations", 0), ("l2_grid", (-1.0,)), ("l2_grid", ()),
+    ("l2_grid", (float("inf"),)), ("l2_grid", (0.1, 0.1)), ("l2_grid", (1e-3, 0.001)), ("l2_patience", 0),
+    ("l2_patience", -2), ("lbfgs_iterations", 0), ("classifier_loss", "hinge"), ("holdout", 0), ("holdout", -1)])
+def test_unsupervised_recipe_checks_its_hyperparameters(key, value):
+    """The k-means ones as the supervised recipe (the same check), the classifier's as every frozen-features recipe:
+    before any work (k-means and the feature pass would leave a run folder that cannot resume) and by name."""
     from kernelzoo.zoo import registry
     preset = registry.info("ckn_cifar10_unsup_64_256")
     with pytest.raises(ValueError, match=f"`{key}`"):
         registry.recipe(preset).hyperparameters(preset, **{key: value})
+
+
+def _never(what):
+    """A stand-in for `what` that fails the test when called."""
+    def call(*args, **kwargs):
+        raise AssertionError(f"{what} ran")
+    return call
+
+
+def _frozen_fit(out_dir, rng, **hp):
+    """FrozenFeaturesRecipe.fit (the L2 path, then the refit) of a Dense "features" layer on 40 random inputs."""
+    from kernelzoo.zoo.frozen_features import FrozenFeaturesRecipe
+    from kernelzoo.zoo.recipe import Data
+    inputs = keras.Input((6,))
+    features = keras.layers.Dense(4, name="features")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(3, kernel_initializer="zeros", name="logits")(features))
+    train = (rng.normal(size=(40, 6)).astype("float32"), np.arange(40) % 3)
+    hp = {"batch_size": 8, "feature_dtype": "float32", "holdout": 10, "l2_grid": (1.0, 0.1), "l2_patience": 2,
+          "lbfgs_iterations": 20, "classifier_loss": "logistic", **hp}
+    return FrozenFeaturesRecipe().fit(model, Data(train=train, test=None, source="random"), str(out_dir), hp,
+                                      verbose=0)
+
+
+def test_l2_path_refuses_a_repeated_value_and_always_ends_with_the_refit(tmp_path, rng):
+    """A repeated L2 value (however written) left the path short of its refit on all images, silently; `fit` (a
+    hand-made `hp` reaches it unchecked) refuses it by name before writing anything."""
+    from kernelzoo.zoo import training
+    for grid in [(0.1, 0.1), (1e-3, 0.001)]:
+        with pytest.raises(ValueError, match="`l2_grid`"):
+            _frozen_fit(tmp_path / "repeated", rng, l2_grid=grid)
+    assert not (tmp_path / "repeated").exists()
+    result = _frozen_fit(tmp_path / "run", rng, l2_grid=(1.0, 0.1))
+    assert [row["epoch"] for row in result["history"]] == [0, 1, 2] and training.read_state(tmp_path / "run")["final"]
+
+
+@pytest.mark.parametrize("hp, options", [({"holdout": 240}, {}), ({}, {"holdout": 500})])
+def test_unsupervised_recipe_checks_the_holdout_against_the_training_images_first(tmp_path, monkeypatch, hp, options):
+    """The tiny run has 240 training images: a holdout of them all (the recipe's or --holdout) is refused by name
+    before the k-means (the split failed after it and the feature pass, leaving a run folder)."""
+    from kernelzoo.zoo import registry
+    from kernelzoo.zoo.ckn import recipe as ckn_recipe
+    run = ckn_recipe.tiny_runs()[0]
+    preset = registry.info(run.preset)
+    recipe = registry.recipe(preset)
+    monkeypatch.setattr(ckn_recipe, "kmeans_anchors", _never("k-means"))
+    with pytest.raises(ValueError, match="`holdout` must be an int in \\[1, 239\\]"):
+        recipe.train(preset, run.data, str(tmp_path / "run"), overrides=run.overrides,
+                     hp=recipe.hyperparameters(preset, **{**run.hp, **hp}), options=recipe.options(**options),
+                     verbose=0, tensorboard=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_kmeans_patches_are_checked_against_the_widest_layer_before_any_kmeans(rng, monkeypatch):
+    """Fewer patches than a layer's anchors failed that layer's k-means (naming `rows`), after the earlier layers'."""
+    from kernelzoo.zoo.ckn import recipe as ckn_recipe
+    calls = []
+    monkeypatch.setattr(ckn_recipe, "init_ckn_layers", lambda model, images, **kwargs: calls.append(kwargs) or {})
+    images = rng.integers(0, 256, (4, 12, 12, 3)).astype("uint8")
+    hp = {"kmeans_patches": 7, "kmeans_init": "k-means++", "kmeans_iterations": 3}
+    with pytest.raises(ValueError, match="`kmeans_patches` must be an int >= 8"):  # _tiny_model: 6 and 8 anchors
+        ckn_recipe.kmeans_anchors(_tiny_model(), images, hp, 0, 0)
+    assert not calls
+    ckn_recipe.kmeans_anchors(_tiny_model(), images, dict(hp, kmeans_patches=8), 0, 0)
+    assert [kwargs["max_patches"] for kwargs in calls] == [8]
 
 
 def test_tiny_unsupervised_ckn_beats_chance_and_resumes_exactly(tiny_runs):

@@ -13,7 +13,8 @@ Coates et al. baseline): the classifier is fitted once on cached features instea
   memory independent of the number of images). --validate-only stops before the refit (the test split
   is never touched). tuning.json and l2_path.png (held-out accuracy against L2) record the choice.
 The test split is measured once, by `Recipe.train_run`, after fit. Hyper-parameters the recipe reads:
-batch_size (feature passes), holdout, l2_grid, l2_patience, lbfgs_iterations, classifier_loss, feature_dtype.
+batch_size (feature passes), holdout, l2_grid, l2_patience, lbfgs_iterations, classifier_loss, feature_dtype;
+checked before the unsupervised stage (`hyperparameters`; `holdout` against the training images: `train_run`).
 """
 import argparse
 import dataclasses
@@ -23,7 +24,7 @@ import os
 import keras
 import numpy as np
 
-from kernelzoo.ops.checks import check_choice
+from kernelzoo.ops.checks import check_choice, int_in_range, nonnegative_float, positive_int
 from kernelzoo.progress import progress
 from kernelzoo.zoo import training
 from kernelzoo.zoo.data import holdout_split
@@ -35,6 +36,8 @@ FEATURES = "features"
 TUNING_FILE = "tuning.json"
 L2_PATH_FILE = "l2_path.png"
 FEATURE_DTYPES = ("float32", "float16")
+# What FrozenFeaturesRecipe reads besides recipe.DEFAULTS when the preset does not say.
+FROZEN_DEFAULTS = {"feature_dtype": "float32", "classifier_loss": "logistic"}
 
 
 class FrozenFeaturesRecipe(Recipe):
@@ -51,9 +54,14 @@ class FrozenFeaturesRecipe(Recipe):
                             help="the cached features' dtype (default the recipe's)")
 
     def hyperparameters(self, preset, **changes):
-        """`feature_dtype` "float32" unless the preset or `changes` say "float16"."""
-        hp = {"feature_dtype": "float32", **super().hyperparameters(preset, **changes)}
+        """FROZEN_DEFAULTS < the base's; the classifier's checked by name here, as the unsupervised stage and the
+        feature pass come before their first use (and leave a run folder that cannot resume)."""
+        hp = {**FROZEN_DEFAULTS, **super().hyperparameters(preset, **changes)}
         hp["feature_dtype"] = check_choice("feature_dtype", hp["feature_dtype"], FEATURE_DTYPES)
+        hp["classifier_loss"] = check_choice("classifier_loss", hp["classifier_loss"], LOSSES)
+        check_l2_grid(hp["l2_grid"])
+        for key in ("holdout", "l2_patience", "lbfgs_iterations"):
+            positive_int(hp[key], key)
         return hp
 
     def validation_split(self, data, hp, options, seed=0):
@@ -62,10 +70,12 @@ class FrozenFeaturesRecipe(Recipe):
         return dataclasses.replace(data, test=None) if options.validate_only else data
 
     def train_run(self, preset, data, out_dir, *, hp=None, options=None, **kwargs):
+        """The base's, with `holdout` (--holdout, else the recipe's) checked against the training images before the
+        unsupervised stage: `fit` is the first to split them."""
         hp = self.hyperparameters(preset) if hp is None else hp
         options = self.options() if options is None else options
-        if options.holdout is not None:
-            hp = dict(hp, holdout=options.holdout)
+        size = hp["holdout"] if options.holdout is None else options.holdout
+        hp = dict(hp, holdout=int_in_range(size, "holdout", 1, len(data.train[0]) - 1))
         if options.validate_only:
             hp = dict(hp, validate_only=True)
         return super().train_run(preset, data, out_dir, hp=hp, options=options, **kwargs)
@@ -80,6 +90,7 @@ class FrozenFeaturesRecipe(Recipe):
         value, then the refit) is an "epoch" of the run folder: a log row, a checkpoint, and
         on_epoch_begin / on_epoch_end of `callbacks`; --resume continues after the last one. The
         Keras-loop options (strategy, tensorboard, max_steps_per_epoch) do not apply."""
+        grid = sorted(check_l2_grid(hp["l2_grid"]), reverse=True)
         state = training.read_state(out_dir) if resume else None
         training.start_run(out_dir, resume, config)
         if state is None:
@@ -91,22 +102,21 @@ class FrozenFeaturesRecipe(Recipe):
         features = cached_features(model, x, os.path.join(out_dir, FEATURES, f"train-{len(x)}.npy"),
                                    hp["batch_size"], dtype=hp["feature_dtype"], verbose=verbose)
         (rest, _), (held, _) = holdout_split(np.arange(len(y)), y, int(hp["holdout"]), seed=seed)
-        grid = sorted((float(value) for value in hp["l2_grid"]), reverse=True)
         scores = {float(key): value for key, value in state["scores"].items()}
         head = model.get_layer("logits")
         first = len(grid) + 1 if state.get("final") else int(state["epoch"])
         for step in range(first, len(grid) + 1):
             best = best_l2(scores)
-            final = len(scores) == len(grid) or (best is not None and len(scores) - list(scores).index(best)
-                                                 > hp["l2_patience"])
+            final = step == len(grid) or (best is not None and len(scores) - list(scores).index(best)
+                                          > hp["l2_patience"])
             if final and hp.get("validate_only"):
                 break
             for callback in callbacks or ():
                 callback.on_epoch_begin(step)
-            l2 = best if final else grid[len(scores)]
+            l2 = best if final else grid[step]
             kernel, bias, report = fit_logistic(features, y, head.units, l2, rows=None if final else rest,
                                                 start=head.get_weights(), max_iter=hp["lbfgs_iterations"],
-                                                loss=hp.get("classifier_loss", "logistic"))
+                                                loss=hp["classifier_loss"])
             head.set_weights([kernel, bias])
             if not final:
                 scores[l2] = accuracy(features, y, kernel, bias, rows=held)
@@ -140,6 +150,15 @@ def _floats(text):
     if not values:
         raise argparse.ArgumentTypeError("expected at least one value")
     return values
+
+
+def check_l2_grid(values):
+    """The L2 strengths to try as a tuple of distinct finite floats >= 0, at least one (1e-3 and 0.001 are one: each
+    value is a step of the path, its score a key)."""
+    grid = tuple(nonnegative_float(value, "l2_grid") for value in np.atleast_1d(values))
+    if not grid or len(set(grid)) < len(grid):
+        raise ValueError(f"`l2_grid` must hold at least one value, each once, got {values!r}")
+    return grid
 
 
 def best_l2(scores):

@@ -13,7 +13,7 @@ from kernelzoo.layers.ckn import KERNELS
 from kernelzoo.ops.checks import (boolean, check_choice, image_shape, normalize_tuple, per_item, positive_float,
                                   positive_int, positive_ints)
 from kernelzoo.zoo.augment import RandomShiftFlip
-from kernelzoo.zoo.ckn.preprocessing import ImageWhitening, PerImageWhitening
+from kernelzoo.zoo.ckn.preprocessing import ImageWhitening, PerImageWhitening, whitening_patch_size
 
 WHITENINGS = ("image", "patches")
 _WHITENING_EPS = {"image": 1e-3, "patches": 0.1}
@@ -27,7 +27,8 @@ def ckn(filters=(64, 256), kernel_sizes=(3, 3), subsamplings=(2, 6), kernels="ex
 
     Args:
       filters, kernel_sizes, subsamplings: per CKN layer (anchors, patch size, pooling stride); the
-        first patch size (an int) is the whitening's, read by a 1x1 first CKN layer.
+        first patch size (an int >= 2) is the whitening's too: the first CKN layer reads k x k patches of the
+        whitened image ("image"), or the whitened patches as channels with a 1x1 window ("patches").
       kernels: "exp" or "poly2" (see CKNConv2D); sigmas: the exp kernels' bandwidths.
       whitening: "image", the reference's (ImageWhitening: per-patch centring, the image's patches times
         their Gram matrix to the -`whitening_power`, image rebuilt; the first CKN layer reads its k x k
@@ -49,8 +50,8 @@ def ckn(filters=(64, 256), kernel_sizes=(3, 3), subsamplings=(2, 6), kernels="ex
     filters = positive_ints(filters, "filters")
     depth = len(filters)
     kernel_sizes = per_item(kernel_sizes, depth, "kernel_sizes", "layer")
-    kernel_sizes = [positive_int(kernel_sizes[0], "kernel_sizes")] + [normalize_tuple(size, "kernel_sizes")
-                                                                       for size in kernel_sizes[1:]]
+    kernel_sizes = [whitening_patch_size(kernel_sizes[0], "kernel_sizes")] + [normalize_tuple(size, "kernel_sizes")
+                                                                               for size in kernel_sizes[1:]]
     subsamplings = positive_ints(per_item(subsamplings, depth, "subsamplings", "layer"), "subsamplings")
     kernels = [check_choice("kernels", kernel, KERNELS) for kernel in per_item(kernels, depth, "kernels", "layer")]
     sigmas = [positive_float(sigma, "sigmas") for sigma in per_item(sigmas, depth, "sigmas", "layer")]

@@ -18,7 +18,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from kernelzoo.ops.checks import positive_float, positive_int, real
+from kernelzoo.ops.checks import int_in_range, positive_float, real
 
 
 @keras.saving.register_keras_serializable(package="kernelzoo")
@@ -35,7 +35,7 @@ class PerImageWhitening(keras.layers.Layer):
 
     def __init__(self, patch_size=3, eps=0.1, **kwargs):
         super().__init__(**kwargs)
-        self.patch_size = positive_int(patch_size, "patch_size")
+        self.patch_size = whitening_patch_size(patch_size)
         self.eps = positive_float(eps, "eps")
         self.input_spec = keras.layers.InputSpec(ndim=4)
 
@@ -79,7 +79,7 @@ class ImageWhitening(keras.layers.Layer):
 
     def __init__(self, patch_size=3, power=0.25, eps=1e-3, **kwargs):
         super().__init__(**kwargs)
-        self.patch_size = positive_int(patch_size, "patch_size")
+        self.patch_size = whitening_patch_size(patch_size)
         self.power = self.check_power(power)
         self.eps = positive_float(eps, "eps")
         self.input_spec = keras.layers.InputSpec(ndim=4)
@@ -132,6 +132,12 @@ class ImageWhitening(keras.layers.Layer):
         config = super().get_config()
         config.update({"patch_size": self.patch_size, "power": self.power, "eps": self.eps})
         return config
+
+
+def whitening_patch_size(value, name="patch_size"):
+    """`value` as an int >= 2, else ValueError naming `name` (the `ckn` builder's is `kernel_sizes`): both layers
+    centre each patch per channel, which maps a 1x1 patch to 0 and so every image to zeros."""
+    return int_in_range(value, name, 2)
 
 
 # Added to ImageWhitening's trace (in [0, 1] pixel units): a flat image (G = 0) stays finite and maps to 0.

@@ -37,7 +37,7 @@ import inspect
 import keras
 import numpy as np
 
-from kernelzoo.ops.checks import boolean, check_choice, nonnegative_float, positive_int
+from kernelzoo.ops.checks import boolean, check_choice, int_in_range, nonnegative_float, positive_int
 from kernelzoo.zoo.ckn.kmeans import INITS, ckn_layers, init_ckn_layers
 from kernelzoo.zoo.ckn.models import ckn
 from kernelzoo.zoo.frozen_features import FrozenFeaturesRecipe, feature_extractor
@@ -71,8 +71,11 @@ def check_kmeans(hp):
 
 
 def kmeans_anchors(model, images, hp, seed, verbose):
-    """Every CKN layer's anchors by spherical k-means, in order, each frozen once set; {layer: report}."""
-    return init_ckn_layers(model, np.asarray(images), max_patches=hp["kmeans_patches"], init=hp["kmeans_init"],
+    """Every CKN layer's anchors by spherical k-means, in order, each frozen once set; {layer: report}.
+    `kmeans_patches` is checked against the widest layer first: too few would fail at its k-means, after the others'."""
+    widest = max((layer.filters for layer in ckn_layers(model)), default=1)
+    patches = int_in_range(hp["kmeans_patches"], "kmeans_patches", widest)
+    return init_ckn_layers(model, np.asarray(images), max_patches=patches, init=hp["kmeans_init"],
                            max_iter=hp["kmeans_iterations"], seed=seed, verbose=bool(verbose))
 
 
