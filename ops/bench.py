@@ -40,9 +40,12 @@ Progress goes to stderr, the table to stdout.
 import argparse
 import functools
 import os
+import statistics
 import subprocess
 import sys
 import time
+
+from kernelzoo.ops.checks import nonnegative_int, positive_int
 
 SHAPES = {
     # name: (batch, height, width, channels, patch, templates, mex pool)
@@ -60,13 +63,12 @@ def add_arguments(parser, command=None):
                         help="shapes to run (default: cifar small)")
     parser.add_argument("--reps", type=int, default=7,
                         help="timed runs per case (median; at most 3 for cases over 2 s)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed runs per case (>= 1)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs per case (at least 1 runs: the first "
+                        "traces)")
     parser.add_argument("--memory", choices=["tf", "rss", "none"], default="tf",
                         help="peak memory measurement (default: tf allocator peak)")
     parser.add_argument("--no-xla", action="store_true", help="skip the XLA composite rows")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="TF intra-op threads (0: TF default = all cores); 1 gives steadier "
-                             "ratios on a shared machine")
+    add_threads_option(parser)
     parser.add_argument("--only", nargs="*", default=None,
                         help="run only rows whose label contains one of these words")
     steps = parser.add_mutually_exclusive_group()
@@ -74,6 +76,24 @@ def add_arguments(parser, command=None):
                        help="skip the training-step rows (time and peak RSS, a fresh process each)")
     steps.add_argument("--steps-only", action="store_true",
                        help="only the training-step rows (at the CIFAR shape, whatever --shapes says)")
+
+
+def add_threads_option(parser):
+    """--threads (`set_threads`), which every benchmark takes."""
+    parser.add_argument("--threads", type=int, default=0,
+                        help="TF intra-op threads (0: $TF_NUM_INTRAOP_THREADS, else all cores); 1 gives steadier "
+                             "timings on a shared machine")
+
+
+def set_threads(threads):
+    """Sets TensorFlow's intra-op threads to --threads unless 0; returns those it runs with, for the header:
+    `threads`, else $TF_NUM_INTRAOP_THREADS (TensorFlow reads it), else "default" (all cores). Not what TensorFlow
+    reports: 0 unless set here."""
+    import tensorflow as tf
+
+    if nonnegative_int(threads, "--threads"):
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+    return threads or os.environ.get("TF_NUM_INTRAOP_THREADS", "default")
 
 
 def _log(msg):
@@ -265,8 +285,7 @@ def _time(fn, reps, warmup):
         start = time.perf_counter()
         _materialise(fn())
         times.append(time.perf_counter() - start)
-    times.sort()
-    return times[len(times) // 2]
+    return statistics.median(times)
 
 
 def _tf_peak(fn):
@@ -285,8 +304,7 @@ def _rss_case(shape, label, no_xla, threads=0):
 
     import tensorflow as tf
 
-    if threads:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
+    set_threads(threads)
     tf.constant(1.0).numpy()
     for _, lab, _, builder in _cases(shape, no_xla):
         if lab == label:
@@ -326,10 +344,11 @@ def run(args, command=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
-    if args.threads:
-        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-
     from kernelzoo.ops import library
+
+    positive_int(args.reps, "--reps")
+    nonnegative_int(args.warmup, "--warmup")
+    threads = set_threads(args.threads)
 
     if not library.available():
         _log("kernelzoo bench: the custom op library is not available; building to show why:")
@@ -376,20 +395,19 @@ def run(args, command=None):
                 base = (t_f, t_b)
             rows.append((group, label, t_f, t_b, peak, base, err))
     steps = _step_rows(args) if args.steps_only or (not args.no_steps and "cifar" in args.shapes) else []
-    _print_table(rows, memory, args)
+    _print_table(rows, memory, args, threads)
     _print_step_table(steps, args)
     return 0
 
 
-def _print_table(rows, memory, args):
+def _print_table(rows, memory, args, threads):
+    """The header (`threads`: `set_threads`'s), the op library's build line and the op rows, group by group."""
     import platform
 
     import tensorflow as tf
 
     mem_head = {"tf": "peak MB (TF alloc)", "rss": "peak MB (RSS delta)", "none": ""}[memory]
-    threads = args.threads or tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()
-    print(f"kernelzoo bench ops — TF {tf.__version__}, {os.cpu_count()} CPU cores "
-          f"({threads} intra-op threads), "
+    print(f"kernelzoo bench ops — TF {tf.__version__}, {os.cpu_count()} CPU cores, intra-op threads {threads}, "
           f"{platform.processor() or platform.machine()}; median of {args.reps} runs after "
           f"{args.warmup} warm-up; ratio = time / baseline (first row of each group)")
     print(_build_line())
@@ -468,9 +486,8 @@ def _step_case(what, reps, warmup, threads=0):
     """Runs in a fresh process: prints STEP <median seconds> <RSS before the first step> <peak RSS> (bytes)."""
     import keras
 
-    if threads and keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
+    if keras.backend.backend() == "tensorflow":
+        set_threads(threads)
     step = _step_function(what)
     before = _peak_rss()
     seconds = _time(step, reps, warmup)
@@ -563,12 +580,13 @@ def _print_step_table(rows, args):
     print()
     print(f"training steps, batch {STEP_BATCH}, each case in a fresh process: median of {args.reps} steps "
           f"(at most 3 over 2 s) after {args.warmup} warm-up; peak RSS = the process's resident high-water "
-          "mark; ratio = time / custom")
+          "mark; ratio = time / custom (- where --only leaves the custom row out)")
     header = f"{'case':<30} {'step ms':>10} {'ratio':>7} {'RSS before MB':>14} {'peak RSS MB':>12}"
-    group = base = None
+    group = None
     for g, label, seconds, before, peak, err in rows:
         if g != group:
-            group, base = g, seconds
+            group = g
+            base = next((row[2] for row in rows if row[:2] == (g, "custom")), None)
             _print_group_header(g, header)
         if err:
             _print_error_row(label, err)

@@ -8,6 +8,7 @@ import statistics
 import tempfile
 import time
 
+from kernelzoo.ops.bench import add_threads_option, set_threads
 from kernelzoo.ops.checks import check_choice, nonnegative_int, positive_int
 from kernelzoo.ops.library import cpu_flags
 
@@ -18,8 +19,7 @@ def add_step_options(parser):
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=5, help="timed steps (median)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (>= 1: the first traces)")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="TF intra-op threads (0: $TF_NUM_INTRAOP_THREADS, else all cores)")
+    add_threads_option(parser)
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="under each row, the N longest ops of --steps more steps (TF profiler; 0: none)")
 
@@ -29,17 +29,21 @@ def listed(text, choices, name):
     return [check_choice(name, item.strip(), choices) for item in text.split(",") if item.strip()]
 
 
+def reference_first(items, reference):
+    """`items` with `reference` first where listed, the others in their order: measured first, the reference gives
+    every row its ratio."""
+    return sorted(items, key=lambda item: item != reference)
+
+
 def environment(command, threads, batch_size, steps):
     """The benchmark's first line: TensorFlow, the CPUs and whether they have AMX / AVX512-BF16, oneDNN, threads;
-    sets TensorFlow's intra-op threads when `threads` (0: $TF_NUM_INTRAOP_THREADS, else TensorFlow's default)."""
+    sets TensorFlow's intra-op threads (`set_threads`)."""
     import tensorflow as tf
 
-    if threads:
-        tf.config.threading.set_intra_op_parallelism_threads(positive_int(threads, "threads"))
+    threads = set_threads(threads)
     flags = cpu_flags()
     amx = "amx_bf16" if "amx_bf16" in flags else "no amx_bf16"
     onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on for x86)")
-    threads = threads or os.environ.get("TF_NUM_INTRAOP_THREADS", "default")
     return (f"{command}: TensorFlow {tf.__version__}, {os.cpu_count()} CPUs ({amx}, avx512_bf16: "
             f"{'avx512_bf16' in flags}), TF_ENABLE_ONEDNN_OPTS={onednn}, intra-op threads {threads}, "
             f"batch {batch_size}, median of {steps} steps")

@@ -17,7 +17,8 @@ import sys
 import numpy as np
 
 from kernelzoo.ops.checks import check_choice, nonnegative_int, positive_int
-from kernelzoo.zoo.step_bench import add_step_options, environment, listed, print_profile, time_step
+from kernelzoo.zoo.step_bench import (add_step_options, environment, listed, print_profile, reference_first,
+                                      time_step)
 
 PRESETS = ("ckn_cifar10_sup5",)
 EPOCH_IMAGES = 50_000
@@ -59,7 +60,7 @@ def run(args, command=None):
     from kernelzoo.zoo.precision import PRECISIONS
 
     presets = listed(args.presets, PRESETS, "--presets")
-    precisions = listed(args.precisions, PRECISIONS, "--precisions")
+    precisions = reference_first(listed(args.precisions, PRECISIONS, "--precisions"), "float32")
     top = nonnegative_int(args.profile, "--profile")
     print(environment("kernelzoo bench ckn", args.threads, args.batch_size, args.steps), flush=True)
     print(f"{'preset':18s} {'precision':15s} {'ms/step':>9s} {'images/s':>9s} {'vs float32':>10s} {'s/epoch':>9s}  "

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from kernelzoo.ops.checks import check_choice, int_in_range, positive_int
+from kernelzoo.ops.checks import check_choice, float_in_range, int_in_range, positive_int
 from kernelzoo.zoo.plotting import pyplot, save_figure
 
 
@@ -112,6 +112,8 @@ def _embedding(args):
 
     positive_int(args.samples, "--samples")
     int_in_range(args.steps, "--steps", 2)
+    window = _window(args.window)
+    _training_flags(args)
     preset = registry.info(args.name)
     if not preset.builder.endswith("kernelnet_embedding"):
         raise ValueError(f"name must be an embedding network, got {args.name!r}")
@@ -122,17 +124,33 @@ def _embedding(args):
     x_test, y_test = x_test[:args.samples], y_test[:args.samples]
     points = embedding.embed(model, x_test)
     plot_embedding(points, y_test, args.out, f"{args.name}: {len(points)} MNIST test digits (Eq. 10)",
-                   window=args.window if args.walk else None)
+                   window=window if args.walk else None)
     print(f"wrote {args.out}; " + ", ".join(f"{key} {value:.4f}" for key, value in
                                              embedding.spread(points, y_test).items()))
     if args.walk:
-        x0, x1, y0, y1 = args.window
+        x0, x1, y0, y1 = window
         rows, cols = np.meshgrid(np.linspace(y0, y1, args.steps),
                                  np.linspace(x0, x1, args.steps), indexing="ij")
         centers = np.stack([rows.ravel(), cols.ravel()], axis=1)
         plot_walk(embedding.latent_walk(model, centers), args.steps, args.walk)
         print(f"wrote {args.walk}")
     return 0
+
+
+def _window(window):
+    """--window's (x0, x1, y0, y1): a box of the embedding's [0, 1]^2 with x0 < x1 and y0 < y1 (the walk's grid)."""
+    x0, x1, y0, y1 = (float_in_range(value, "--window", 0.0, 1.0) for value in window)
+    if x0 >= x1 or y0 >= y1:
+        raise ValueError(f"`--window` must be X0 X1 Y0 Y1 with X0 < X1 and Y0 < Y1, got {' '.join(map(str, window))}")
+    return x0, x1, y0, y1
+
+
+def _training_flags(args):
+    """Refuses --epochs and --run-dir without --train: they set how a fresh network trains, and nothing else."""
+    given = [flag for flag, value in (("--epochs", args.epochs), ("--run-dir", args.run_dir)) if value is not None]
+    if given and not args.train:
+        raise ValueError(f"{' and '.join(given)} only apply with --train (the pretrained weights are loaded "
+                         "otherwise)")
 
 
 def _train(preset, args):

@@ -22,7 +22,8 @@ import sys
 import numpy as np
 
 from kernelzoo.ops.checks import check_choice, nonnegative_int, positive_int
-from kernelzoo.zoo.step_bench import add_step_options, environment, listed, print_profile, time_step
+from kernelzoo.zoo.step_bench import (add_step_options, environment, listed, print_profile, reference_first,
+                                      time_step)
 
 NETWORKS = {"cifar10": ("sc_cifar10", "sc_cifar10_4k"), "mnist": ("sc_mnist", "sc_mnist"),
             "stl10": ("sc_stl10", "sc_stl10")}
@@ -98,9 +99,9 @@ def run(args, command=None):
     from kernelzoo.zoo.precision import PRECISIONS
 
     networks = listed(args.networks, NETWORKS, "--networks")
-    precisions = listed(args.precisions, PRECISIONS, "--precisions")
+    precisions = reference_first(listed(args.precisions, PRECISIONS, "--precisions"), "float32")
     stages = listed(args.stages, STAGES, "--stages")
-    batch_norms = sorted(listed(args.batch_norm, BATCH_NORMS, "--batch-norm"), key=lambda kind: kind != "keras")
+    batch_norms = reference_first(listed(args.batch_norm, BATCH_NORMS, "--batch-norm"), "keras")
     top = nonnegative_int(args.profile, "--profile")
     print(environment("kernelzoo bench sc", args.threads, args.batch_size, args.steps), flush=True)
     print(f"{'network':8s} {'stage':10s} {'batch norm':10s} {'precision':15s} {'ms/step':>9s} {'images/s':>9s} "

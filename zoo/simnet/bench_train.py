@@ -25,7 +25,8 @@ import numpy as np
 
 from kernelzoo.ops.checks import check_choice, nonnegative_int, positive_int
 from kernelzoo.zoo.simnet import models
-from kernelzoo.zoo.step_bench import add_step_options, environment, listed, print_profile, time_step
+from kernelzoo.zoo.step_bench import (add_step_options, environment, listed, print_profile, reference_first,
+                                      time_step)
 
 FLOAT32_ONLY = ("simnet_wl1", "simnet_wl2")
 EPOCH_IMAGES = 50_000
@@ -82,8 +83,8 @@ def run(args, command=None):
     from kernelzoo import ops
     from kernelzoo.zoo.precision import PRECISIONS
 
-    kinds = listed(args.models, models.KINDS, "--models")
-    precisions = listed(args.precisions, PRECISIONS, "--precisions")
+    kinds = reference_first(listed(args.models, models.KINDS, "--models"), "convnet")
+    precisions = reference_first(listed(args.precisions, PRECISIONS, "--precisions"), "float32")
     poolings = listed(args.pooling, models.POOL_IMPLEMENTATIONS, "--pooling")
     top = nonnegative_int(args.profile, "--profile")  # before the first row
     with ops.implementation(args.implementation):
@@ -92,7 +93,7 @@ def run(args, command=None):
         print(f"{'model':10s} {'n':>5s} {'precision':15s} {'pooling':7s} {'ms/step':>9s} {'images/s':>9s} "
               f"{'vs convnet':>10s} {'min/epoch':>9s} {'peak RSS MiB':>12s}", flush=True)
         convnet_ms = None
-        for kind in sorted(kinds, key=lambda k: k != "convnet"):  # the reference first
+        for kind in kinds:
             for precision, pooling in itertools.product(precisions, poolings):
                 if kind in FLOAT32_ONLY and (precision != "float32" or pooling != poolings[0]):
                     continue

@@ -28,17 +28,32 @@ PAPER_POINTS = (("simnet_wl1", 200, 0.760), ("simnet_wl1", 400, 0.768), ("simnet
                 ("coates", 6400, 0.778))
 
 
+BUILDERS = {"simnet_patch_labeling": models.simnet_patch_labeling, "convnet_baseline": models.convnet_baseline,
+            "coates_baseline": models.coates_baseline}
+
+
+def builder_arguments(builder, config):
+    """The arguments a model was built with, from its builder's name and configuration: the builder's defaults, then
+    `config` (a FAMILY:BUILDER run records no configuration); None for a builder other than the four curves'."""
+    function = BUILDERS.get(builder.rsplit(".", 1)[-1])
+    if function is None:
+        return None
+    return {**{key: parameter.default for key, parameter in inspect.signature(function).parameters.items()},
+            **config}
+
+
 def model_kind(builder, config):
     """The curve a model belongs to ("simnet_wl1", ...), from its builder name and configuration (the builder's
     defaults for the arguments it leaves out); None for a model of none of the four (an unweighted SimNet, or
     one that learns its p, say)."""
+    arguments = builder_arguments(builder, config)
+    if arguments is None:
+        return None
     name = builder.rsplit(".", 1)[-1]
     if name == "simnet_patch_labeling":
-        parameters = inspect.signature(models.simnet_patch_labeling).parameters
-        arguments = {**{key: parameter.default for key, parameter in parameters.items()}, **config}
         p = arguments["p"]
-        return f"simnet_wl{p}" if arguments["weighted"] and not arguments["learn_p"] and p in (1, 2) else None
-    return {"convnet_baseline": "convnet", "coates_baseline": "coates"}.get(name)
+        return f"simnet_wl{int(p)}" if arguments["weighted"] and not arguments["learn_p"] and p in (1, 2) else None
+    return {"convnet_baseline": "convnet", "coates_baseline": "coates"}[name]
 
 
 def learned_parameters(kind, n):
@@ -64,7 +79,8 @@ def run_point(folder):
                          f"accuracy, got builder {config['builder']!r} and metrics {sorted(metrics)}")
     import keras
     model = keras.models.load_model(paths["model.keras"], compile=False)
-    return (kind, int(built["n"]), models.parameter_count(model), float(metrics["test_accuracy"]),
+    n = builder_arguments(config["builder"], built)["n"]
+    return (kind, int(n), models.parameter_count(model), float(metrics["test_accuracy"]),
             os.path.basename(os.path.normpath(folder)))
 
 
@@ -75,7 +91,7 @@ def shipped_points():
     for preset in registry.family_presets("simnet"):
         kind = model_kind(preset.builder, preset.config)
         if preset.weights and preset.measured is not None and kind is not None:
-            n = int(preset.config["n"])
+            n = int(builder_arguments(preset.builder, preset.config)["n"])
             points.append((kind, n, learned_parameters(kind, n), preset.measured.value, preset.name))
     return points
 
