@@ -1,5 +1,7 @@
 """kernelNet zoo models: MovieLens autoencoder, MNIST grids, embedding network."""
 import os
+import re
+import warnings
 
 import keras
 import numpy as np
@@ -7,8 +9,8 @@ import pytest
 import tensorflow as tf
 
 from kernelzoo.layers.kernel_dense import KernelDense, SparseKernelDense
-from kernelzoo.zoo.data import rating_matrix, random_split
-from kernelzoo.zoo.data.synthetic import planted_ratings
+from kernelzoo.zoo.data import load_ml100k_fold, rating_matrix, random_split
+from kernelzoo.zoo.data.synthetic import planted_ratings, write_ml100k
 from kernelzoo.zoo.kernelnet import embedding, movielens as ml
 from kernelzoo.zoo.kernelnet.mnist import kernelnet_mnist
 from kernelzoo.zoo.kernelnet.optimize import adam_steps, fit_adam, fit_lbfgs
@@ -227,6 +229,10 @@ def test_spread_of_separated_and_collapsed_points():
     (lambda: embedding.kernelnet_embedding(grid_side=1), "grid_side"),
     (lambda: embedding.kernelnet_embedding(center="yes"), "center"),
     (lambda: fit_lbfgs(None, None, maxiter=0), "maxiter"),
+    (lambda: fit_lbfgs(None, None, maxcor=0), "maxcor"),  # scipy: 0 iterations, "ERROR: M <= 0"
+    (lambda: fit_lbfgs(None, None, maxcor=-1), "maxcor"),
+    (lambda: fit_lbfgs(None, None, maxcor=2.5), "maxcor"),
+    (lambda: fit_lbfgs(None, None, callback=print), "every"),  # a callback never called
     (lambda: fit_adam(None, None, steps=0), "steps"),
 ])
 def test_bad_arguments(call, argument):
@@ -341,3 +347,104 @@ def test_lbfgs_restart_rounds_drop_the_memory_and_stop_on_request():
     assert seen == [2]
     with pytest.raises(ValueError, match="every"):
         fit_lbfgs(fresh(), loss_fn, maxiter=4, restart=True)
+
+
+def _quadratic(model, target=1.0, gradient_sign=1.0):
+    """A traced-objective stand-in for `fit_lbfgs`: sum (w - target)^2 over the model's weights, with its gradient
+    (times `gradient_sign`: -1 points uphill, where no line search finds a lower loss)."""
+    variables = model.trainable_variables
+
+    def objective():
+        loss = tf.add_n([tf.reduce_sum((v - target) ** 2) for v in variables])
+        return loss, [gradient_sign * 2 * (v - target) for v in variables]
+
+    return objective
+
+
+def test_lbfgs_restart_rounds_use_the_given_objective():
+    model = ml.kernelnet_movielens(n_users=5, hidden=(3,), seed=0)
+    calls = []
+    quadratic = _quadratic(model)
+
+    def objective():
+        calls.append(1)
+        return quadratic()
+
+    fit_lbfgs(model, None, maxiter=4, every=2, restart=True, objective=objective)
+    assert calls
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_lbfgs_warns_of_an_abnormal_stop_and_refuses_a_non_finite_loss(restart):
+    """scipy's abnormal stop (its line search found no lower loss) is a warning naming scipy's message, the model
+    on the last iterate scipy accepted; a non-finite loss is an error. Convergence, the iteration limit and a
+    callback's StopIteration end quietly."""
+    model = ml.kernelnet_movielens(n_users=5, hidden=(3,), seed=0)
+    start = model.get_weights()
+    with pytest.warns(RuntimeWarning, match="ABNORMAL"):
+        fit_lbfgs(model, None, maxiter=5, every=5, restart=restart, objective=_quadratic(model, gradient_sign=-1.0))
+    for a, b in zip(model.get_weights(), start):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(RuntimeError, match="loss"):
+        fit_lbfgs(model, None, maxiter=5, every=5, restart=restart, objective=_quadratic(model, target=np.nan))
+
+    def stop(step, loss):
+        raise StopIteration
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        assert fit_lbfgs(model, None, maxiter=50, every=50, restart=restart, objective=_quadratic(model)).nit < 50
+        fit_lbfgs(model, None, maxiter=2, every=2, restart=restart, objective=_quadratic(model, target=3.0))
+        fit_lbfgs(model, None, maxiter=6, every=2, restart=restart, objective=_quadratic(model, target=5.0),
+                  callback=stop)
+
+
+def test_test_fraction_is_refused_with_a_canonical_fold_and_checked_before_the_data_loads(tmp_path, capsys):
+    """--test-fraction is the held-out share of --split random; a canonical fold's test ratings are fixed, so with
+    one (given, or the preset's u1) it is refused, not ignored; one outside (0, 1) is refused before any data loads.
+    Without it a random split holds out 0.1, what its config.json records."""
+    from kernelzoo import cli
+    from kernelzoo.zoo import registry
+    from kernelzoo.zoo.kernelnet.recipe import RatingsRecipe
+
+    empty, out = tmp_path / "empty", tmp_path / "run"  # no ratings in `empty`: an error about them = data loaded
+    empty.mkdir()
+
+    def run(command, data_dir, *argv):
+        return cli.main([command, "kernelnet_movielens_100k", "hidden=(4,)", "--data-dir", str(data_dir), "--epochs",
+                         "1", "--iterations-per-epoch", "1", "--quiet", "--no-tensorboard", "--out", str(out), *argv])
+
+    for argv in (("--split", "random", "--test-fraction", "7.0"), ("--split", "random", "--test-fraction", "0"),
+                 ("--split", "u1", "--test-fraction", "7.0")):
+        assert run("train", empty, *argv) == 2, argv
+        assert "`--test-fraction` must be a number in (0.0, 1.0)" in capsys.readouterr().err
+    ratings = write_ml100k(tmp_path, planted_ratings(n_items=40, n_users=30))
+    for command, argv in (("train", ("--split", "u1")), ("train", ()), ("protocol", ("--splits", "u1"))):
+        assert run(command, tmp_path, *argv, "--test-fraction", "0.2") == 2, argv
+        assert "--test-fraction: the canonical fold u1" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("config.json"))  # no run started
+    recipe, preset = RatingsRecipe(), registry.info("kernelnet_movielens_100k")
+    options = recipe.options(split="random")
+    assert options.test_fraction == 0.1  # the run's config.json records what it held out
+    data = recipe.load_data(preset, tmp_path, options=options)
+    assert len(data.test["ratings"]) == round(0.1 * len(ratings["ratings"]))
+    # older run folders recorded the default 0.1 beside their fold: `kernelzoo eval` still reloads their ratings
+    old = recipe.load_data(preset, tmp_path, options=recipe.options(split="u1", test_fraction=0.1))
+    np.testing.assert_array_equal(old.test["ratings"], load_ml100k_fold(1, tmp_path)[1]["ratings"])
+
+
+def test_the_movielens_card_names_only_options_of_the_commands():
+    """Every --option the card names is one of `kernelzoo train`, `protocol`, `eval` or `info` (a builder argument
+    is a KEY=VALUE override: `location_stddev=0.3`)."""
+    import argparse
+
+    from kernelzoo.zoo import card, cli
+
+    helps = ""
+    for command in ("train", "protocol", "eval", "info"):
+        parser = argparse.ArgumentParser()
+        cli.add_arguments(parser, command)
+        helps += parser.format_help()
+    flags = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", card("kernelnet_movielens_100k")))
+    assert "--test-fraction" in flags
+    assert {flag for flag in flags if not re.search(rf"(?<![\w-]){flag}(?![\w-])", helps)} == set()

@@ -7,7 +7,8 @@ one, the loaders fall back to TensorFlow Datasets.
 """
 from kernelzoo.zoo.data.images import ImageDataset, holdout_split, load_dataset, load_images
 from kernelzoo.zoo.data.mnist import load_mnist
-from kernelzoo.zoo.data.ratings import load_ml100k, load_ml100k_fold, load_tfds_ratings, random_split, rating_matrix
+from kernelzoo.zoo.data.ratings import (load_ml1m, load_ml100k, load_ml100k_fold, load_ratings, load_tfds_ratings,
+                                        random_split, rating_matrix)
 
 __all__ = ["load_images", "load_dataset", "ImageDataset", "holdout_split", "load_mnist", "load_ml100k",
-           "load_ml100k_fold", "load_tfds_ratings", "random_split", "rating_matrix"]
+           "load_ml100k_fold", "load_ml1m", "load_ratings", "load_tfds_ratings", "random_split", "rating_matrix"]

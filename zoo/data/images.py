@@ -136,16 +136,14 @@ def _candidates(root, name):
 def load_dataset(name, data_dir=None):
     """The one entry point for the zoo's datasets: ratings names go to kernelzoo.zoo.data.ratings.
 
-    "ml-100k" -> load_ml100k(data_dir) (a dict of rating triples); "movielens/..." -> tfds
-    ratings; anything else -> load_images(name, data_dir) (an ImageDataset).
+    "ml-100k" / "ml-1m" (local copies) and "movielens/..." (tfds) -> `ratings.load_ratings` (a dict of rating
+    triples); anything else -> load_images(name, data_dir) (an ImageDataset).
     """
     key = checks.path(name, "name").lower()
-    if key in ("ml-100k", "ml100k", "movielens-100k"):
-        from kernelzoo.zoo.data.ratings import load_ml100k
-        return load_ml100k(data_dir)
-    if key.startswith("movielens/"):
-        from kernelzoo.zoo.data.ratings import load_tfds_ratings
-        return load_tfds_ratings(key, data_dir=data_dir)
+    key = {"ml100k": "ml-100k", "movielens-100k": "ml-100k", "ml1m": "ml-1m", "movielens-1m": "ml-1m"}.get(key, key)
+    if key in ("ml-100k", "ml-1m") or key.startswith("movielens/"):
+        from kernelzoo.zoo.data.ratings import load_ratings
+        return load_ratings(key, data_dir)
     return load_images(name, data_dir)
 
 

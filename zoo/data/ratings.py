@@ -1,9 +1,10 @@
 """MovieLens ratings as (user, item, rating) triples and item x user matrices.
 
 ML-100K is read from a local copy of the `ml-100k` folder (u.data and the
-canonical u1..u5 base/test splits); any `movielens/*-ratings` dataset of
-TensorFlow Datasets (e.g. ML-1M) is read through tfds. Ids become 0-based
-contiguous indices.
+canonical u1..u5 base/test splits), ML-1M from a local copy of the `ml-1m`
+folder (ratings.dat); any `movielens/*-ratings` dataset of TensorFlow
+Datasets (e.g. ML-1M) is read through tfds. Ids become 0-based contiguous
+indices.
 """
 import os
 
@@ -13,12 +14,15 @@ from kernelzoo.ops.checks import float_in_range, int_in_range
 from kernelzoo.zoo.data._paths import ENV_VAR, local_dir
 
 
-def _read_triples(path):
-    """Tab-separated `user item rating timestamp` lines -> int arrays (1-based ids)."""
+def _read_triples(path, separator=None):
+    """`user item rating timestamp` lines (split at whitespace, or at `separator`) -> int arrays (1-based ids)."""
     try:
-        table = np.loadtxt(path, dtype=np.int64, ndmin=2)
-    except ValueError as err:
-        raise ValueError(f"{path!r} is not a tab-separated user/item/rating/timestamp file: {err}")
+        with open(path, encoding="ascii") as handle:
+            lines = handle if separator is None else (line.replace(separator, ",") for line in handle)
+            table = np.loadtxt(lines, dtype=np.int64, ndmin=2, delimiter=None if separator is None else ",")
+    except ValueError as err:  # UnicodeDecodeError too
+        layout = "tab-separated" if separator is None else f"{separator!r}-separated"
+        raise ValueError(f"{path!r} is not a {layout} user/item/rating/timestamp file: {err}")
     if table.shape[1] != 4 or len(table) == 0:
         raise ValueError(f"{path!r}: expected 4 columns (user item rating timestamp), "
                          f"got shape {table.shape}")
@@ -28,13 +32,17 @@ def _read_triples(path):
     return users - 1, items - 1, ratings.astype(np.float32)
 
 
-def _ml100k_dir(data_dir):
-    folder = local_dir(data_dir, "ml-100k", "u.data")
+def _local_copy(data_dir, name, marker, tfds_name):
+    """The folder of the local copy of MovieLens dataset `name` (`local_dir`); ValueError when none is set."""
+    folder = local_dir(data_dir, name, marker)
     if folder is None:
-        raise ValueError("ML-100K needs a local copy: pass data_dir (a folder with "
-                         "ml-100k/u.data) or set KERNELZOO_DATA_DIR; "
-                         "for tfds use load_tfds_ratings('movielens/100k-ratings')")
+        raise ValueError(f"{name} needs a local copy: pass data_dir (a folder with {name}/{marker}) or set "
+                         f"{ENV_VAR}; for tfds use load_tfds_ratings({tfds_name!r})")
     return folder
+
+
+def _ml100k_dir(data_dir):
+    return _local_copy(data_dir, "ml-100k", "u.data", "movielens/100k-ratings")
 
 
 def load_ml100k(data_dir=None):
@@ -59,6 +67,21 @@ def load_ml100k_fold(fold, data_dir=None):
         parts.append({"users": users, "items": items, "ratings": ratings,
                       "n_users": full["n_users"], "n_items": full["n_items"]})
     return tuple(parts)
+
+
+def load_ml1m(data_dir=None):
+    """All ratings of a local `ml-1m` folder (ratings.dat, `UserID::MovieID::Rating::Timestamp` lines): dict as
+    load_ml100k. Its movie ids have gaps (1..3952, 3,706 rated): ids become indices in id order, one per rated
+    movie (`_indexed`), so no item row is empty."""
+    folder = _local_copy(data_dir, "ml-1m", "ratings.dat", "movielens/1m-ratings")
+    return _indexed(*_read_triples(os.path.join(folder, "ratings.dat"), separator="::"))
+
+
+def load_ratings(name, data_dir=None):
+    """Every rating of MovieLens dataset `name`: "ml-100k" or "ml-1m" (a local copy: `load_ml100k`, `load_ml1m`),
+    else a tfds `movielens/*-ratings` name (`load_tfds_ratings`)."""
+    local = {"ml-100k": load_ml100k, "ml-1m": load_ml1m}
+    return local[name](data_dir) if name in local else load_tfds_ratings(name, data_dir=data_dir)
 
 
 def random_split(data, test_fraction=0.1, seed=0):
@@ -101,10 +124,14 @@ def triples_from_records(batches):
         ratings.append(np.asarray(batch["user_rating"], np.float32))
     if not ratings:
         raise ValueError("records are empty")
-    user_ids, users = np.unique(np.concatenate(users), return_inverse=True)
-    item_ids, items = np.unique(np.concatenate(items), return_inverse=True)
-    return {"users": users.astype(np.int64), "items": items.astype(np.int64),
-            "ratings": np.concatenate(ratings),
+    return _indexed(np.concatenate(users), np.concatenate(items), np.concatenate(ratings))
+
+
+def _indexed(users, items, ratings):
+    """Ratings dict with user and item ids mapped to contiguous 0-based indices in sorted order."""
+    user_ids, users = np.unique(users, return_inverse=True)
+    item_ids, items = np.unique(items, return_inverse=True)
+    return {"users": users.astype(np.int64), "items": items.astype(np.int64), "ratings": ratings,
             "n_users": len(user_ids), "n_items": len(item_ids)}
 
 

@@ -4,6 +4,7 @@
 regularisation losses (`model.losses`) are added here.
 """
 import math
+import warnings
 
 import numpy as np
 import scipy.optimize
@@ -53,21 +54,27 @@ def fit_lbfgs(model, loss_fn, maxiter=500, maxcor=10, every=None, callback=None,
     """L-BFGS-B (scipy) on the model's flat weights, full batch.
 
     Every `every` iterations `callback(iteration, loss)` runs with the model
-    holding the current iterate (to evaluate or checkpoint). With `restart`,
-    every `every` iterations are a fresh L-BFGS-B call (its curvature memory
-    dropped, as the rounds of kernelNet's public code), the callback after each
-    round with the iterations run so far; at most ceil(maxiter / every) rounds, the
-    last one a round that ended before its iterations (converged) or whose callback
-    raised StopIteration. Returns scipy's result (of the last round, `nit` counting
-    every round); the model ends with its final weights. `objective`: the traced
-    loss-and-gradients function to reuse.
+    holding the current iterate (to evaluate or checkpoint); a callback needs
+    `every`. With `restart`, every `every` iterations are a fresh L-BFGS-B call
+    (its curvature memory dropped, as the rounds of kernelNet's public code), the
+    callback after each round with the iterations run so far; at most
+    ceil(maxiter / every) rounds, the last one a round that ended before its
+    iterations (converged) or whose callback raised StopIteration. Returns scipy's
+    result (of the last round, `nit` counting every round); the model ends with its
+    final weights. `objective`: the traced loss-and-gradients function to reuse.
+    scipy's abnormal stop (no lower loss found along its search direction) ends a
+    call as a convergence does, with a RuntimeWarning; a non-finite loss is a
+    RuntimeError (`_check_result`).
     """
     maxiter = positive_int(maxiter, "maxiter")
+    maxcor = positive_int(maxcor, "maxcor")
     every = None if every is None else positive_int(every, "every")
+    if callback is not None and every is None:
+        raise ValueError("callback: give `every` (iterations between two calls); without it none is made")
     if restart:
         if every is None:
             raise ValueError("restart: the rounds need `every` (iterations per round)")
-        return _lbfgs_rounds(model, loss_fn, maxiter, maxcor, every, callback)
+        return _lbfgs_rounds(model, loss_fn, maxiter, maxcor, every, callback, objective)
     flat = FlatWeights(model.trainable_variables)
     value_and_grads = objective or _objective(model, loss_fn)
     count = [0]
@@ -79,7 +86,7 @@ def fit_lbfgs(model, loss_fn, maxiter=500, maxcor=10, every=None, callback=None,
 
     def on_step(intermediate_result):
         count[0] += 1
-        if callback is not None and every and count[0] % every == 0:
+        if callback is not None and count[0] % every == 0:
             flat.set(intermediate_result.x)
             callback(count[0], float(intermediate_result.fun))
 
@@ -87,12 +94,25 @@ def fit_lbfgs(model, loss_fn, maxiter=500, maxcor=10, every=None, callback=None,
                                      callback=on_step,
                                      options={"maxiter": maxiter, "maxcor": maxcor})
     flat.set(result.x)
+    return _check_result(result)
+
+
+def _check_result(result):
+    """scipy's L-BFGS-B `result`, after a RuntimeError on a non-finite loss and a RuntimeWarning on an abnormal
+    stop (status 2: typically a line search that found no lower loss, as float32 gradients near a minimum cause;
+    the iterate is the last one scipy accepted). Statuses 0 (converged), 1 (iteration or evaluation limit) and 99
+    (the callback raised StopIteration) pass."""
+    if not math.isfinite(result.fun):
+        raise RuntimeError(f"L-BFGS-B: the loss is {result.fun} after {result.nit} iterations ({result.message})")
+    if result.status not in (0, 1, 99):
+        warnings.warn(f"L-BFGS-B stopped abnormally after {result.nit} iterations (scipy status {result.status}: "
+                      f"{result.message}); training ends on its last accepted iterate", RuntimeWarning, stacklevel=3)
     return result
 
 
-def _lbfgs_rounds(model, loss_fn, maxiter, maxcor, every, callback):
+def _lbfgs_rounds(model, loss_fn, maxiter, maxcor, every, callback, objective):
     """`fit_lbfgs` with `restart`: rounds of `every` iterations, each a fresh L-BFGS-B call."""
-    value_and_grads = _objective(model, loss_fn)
+    value_and_grads = objective or _objective(model, loss_fn)
     done = 0
     for _ in range(math.ceil(maxiter / every)):
         asked = min(every, maxiter - done)

@@ -10,12 +10,12 @@
   ratings); --validate-only reports that choice's val_rmse and never measures the test ratings
   (hyper-parameter choices, `kernelzoo protocol --grid`). `lbfgs_restart`: each epoch is a fresh
   L-BFGS-B call (its curvature memory dropped, as the rounds of kernelNet's public code); else one
-  call runs through all epochs; a run whose L-BFGS-B converged, or whose patience ran out, is over
-  (`stopped` in its state: --resume trains it no further). --resume restarts L-BFGS-B from the last
-  checkpoint (its curvature memory is not saved, so a resumed run is not bit-identical to an
-  uninterrupted one unless `lbfgs_restart`); Adam's moments are saved with every checkpoint. `refit`:
-  then the same initial weights trained on all training ratings (held-out ones included) for the
-  selected number of epochs, the run's model (not under --validate-only).
+  call runs through all epochs; a run whose L-BFGS-B converged (or stopped abnormally: a warning), or
+  whose patience ran out, is over (`stopped` in its state: --resume trains it no further). --resume
+  restarts L-BFGS-B from the last checkpoint (its curvature memory is not saved, so a resumed run is not
+  bit-identical to an uninterrupted one unless `lbfgs_restart`); Adam's moments are saved with every
+  checkpoint. `refit`: then the same initial weights trained on all training ratings (held-out ones
+  included) for the selected number of epochs, the run's model (not under --validate-only).
 """
 import dataclasses
 import os
@@ -32,6 +32,7 @@ from kernelzoo.zoo.recipe import Data, Recipe, TinyRun, add_optimizer_argument, 
 BEST_CHECKPOINT, INITIAL_CHECKPOINT, REFIT_DIR = "best.keras", "initial.keras", "refit"
 BEST_FILES = re.compile(r"best-\d+\.keras")
 FOLDS = ("u1", "u2", "u3", "u4", "u5")
+TEST_FRACTION = 0.1  # the held-out share of --split random without --test-fraction
 
 
 class ImageRecipe(Recipe):
@@ -73,8 +74,9 @@ class RatingsRecipe(Recipe):
     def add_arguments(self, parser):
         parser.add_argument("--split", default=None,
                             help="u1..u5 (canonical ML-100K 80/20 folds; default the preset's) or random "
-                                 "(--test-fraction, --seed; also for tfds movielens/* datasets)")
-        parser.add_argument("--test-fraction", type=float, default=0.1, help="held-out share with --split random")
+                                 "(--test-fraction, --seed; also for ml-1m and tfds movielens/* datasets)")
+        parser.add_argument("--test-fraction", type=float, default=None,
+                            help=f"held-out share with --split random (default {TEST_FRACTION}); a fold's is fixed")
         add_optimizer_argument(parser)
         parser.add_argument("--iterations-per-epoch", type=int, default=None,
                             help="optimizer iterations between two checks (log row, checkpoint)")
@@ -90,6 +92,14 @@ class RatingsRecipe(Recipe):
         parser.add_argument("--validate-only", action="store_true",
                             help="report the RMSE on the --val-fraction ratings held out of the training part "
                                  "(val_rmse) and never measure the test ratings (hyper-parameter choices)")
+
+    def options(self, **changes):
+        """As `Recipe.options`; --test-fraction checked before the data loads, and with --split random set to the
+        share held out (what config.json records)."""
+        options = super().options(**changes)
+        if options.split == "random" or options.test_fraction is not None:
+            options.test_fraction = _test_fraction(options.test_fraction)
+        return options
 
     def hyperparameters(self, preset, **changes):
         """As `Recipe.hyperparameters`; refuses what full-batch training would ignore: a batch size, and a
@@ -111,20 +121,34 @@ class RatingsRecipe(Recipe):
         return dataclasses.replace(data, test=None)
 
     def load_data(self, preset, data_dir=None, dataset=None, options=None, seed=0, verbose=1):
-        """(train, test) ratings of a canonical fold or of a seeded random split (read at once: `verbose`
-        draws nothing)."""
-        from kernelzoo.zoo.data import load_ml100k, load_ml100k_fold, load_tfds_ratings, random_split
+        """(train, test) ratings of a canonical fold (ML-100K's) or of a seeded random split of any MovieLens
+        dataset (`ratings.load_ratings`; read at once: `verbose` draws nothing). A fold ignores --test-fraction
+        here (`train` refuses it): `kernelzoo eval` reloads older fold runs, whose config.json records 0.1."""
+        from kernelzoo.zoo.data.ratings import load_ml100k_fold, load_ratings, random_split
         options = self.options() if options is None else options
         name = dataset or preset.dataset.name
         split = options.split or preset.dataset.split
-        if split in FOLDS and name == "ml-100k":
+        fraction = _test_fraction(options.test_fraction)  # checked before the data loads
+        if split in FOLDS:
+            if name != "ml-100k":
+                raise ValueError(f"--split {split}: u1..u5 are ML-100K's canonical folds: {name!r} has none; use "
+                                 "--split random")
             train, test = load_ml100k_fold(int(split[1]), data_dir)
         elif split == "random":
-            ratings = load_ml100k(data_dir) if name == "ml-100k" else load_tfds_ratings(name, data_dir=data_dir)
-            train, test = random_split(ratings, options.test_fraction, seed)
+            train, test = random_split(load_ratings(name, data_dir), fraction, seed)
         else:
             raise ValueError(f"split must be one of {FOLDS} (ml-100k) or 'random', got {split!r}")
         return Data(train=train, test=test, source=f"{name} {split}", dataset=dataset_name(preset, dataset))
+
+    def train(self, preset, data, out_dir, *, options=None, **kwargs):
+        """As `Recipe.train`; refuses --test-fraction with a canonical fold, whose test ratings are fixed, before a
+        run folder is written (not in `load_data`: see there)."""
+        options = self.options() if options is None else options
+        split = options.split or preset.dataset.split
+        if split in FOLDS and options.test_fraction is not None:
+            raise ValueError(f"--test-fraction: the canonical fold {split} has fixed test ratings; --test-fraction "
+                             "is the held-out share of --split random")
+        return super().train(preset, data, out_dir, options=options, **kwargs)
 
     def build(self, preset, data, overrides=None, hp=None):
         return super().build(preset, None, dict({"n_users": data.train["n_users"]}, **(overrides or {})))
@@ -349,6 +373,11 @@ def _start_ensemble(model, out_dir, hp, resume, config):
         raise ValueError(f"`resume`: the ensemble in {out_dir!r} was started with {'; '.join(changes)}: its members "
                          "share one recipe, so resume it with those settings or start a new run in another folder")
     return config
+
+
+def _test_fraction(value):
+    """The held-out share of a random split: `value` (--test-fraction) in (0, 1), or TEST_FRACTION when None."""
+    return TEST_FRACTION if value is None else float_in_range(value, "--test-fraction", 0.0, 1.0, "()")
 
 
 def _held_out_ratings(train, hp, seed):
