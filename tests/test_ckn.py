@@ -592,14 +592,14 @@ def _never(what):
     return call
 
 
-def _frozen_fit(out_dir, rng, **hp):
+def _frozen_fit(out_dir, rng, train=None, **hp):
     """FrozenFeaturesRecipe.fit (the L2 path, then the refit) of a Dense "features" layer on 40 random inputs."""
     from kernelzoo.zoo.frozen_features import FrozenFeaturesRecipe
     from kernelzoo.zoo.recipe import Data
     inputs = keras.Input((6,))
     features = keras.layers.Dense(4, name="features")(inputs)
     model = keras.Model(inputs, keras.layers.Dense(3, kernel_initializer="zeros", name="logits")(features))
-    train = (rng.normal(size=(40, 6)).astype("float32"), np.arange(40) % 3)
+    train = (rng.normal(size=(40, 6)).astype("float32"), np.arange(40) % 3) if train is None else train
     hp = {"batch_size": 8, "feature_dtype": "float32", "holdout": 10, "l2_grid": (1.0, 0.1), "l2_patience": 2,
           "lbfgs_iterations": 20, "classifier_loss": "logistic", **hp}
     return FrozenFeaturesRecipe().fit(model, Data(train=train, test=None, source="random"), str(out_dir), hp,
@@ -616,6 +616,20 @@ def test_l2_path_refuses_a_repeated_value_and_always_ends_with_the_refit(tmp_pat
     assert not (tmp_path / "repeated").exists()
     result = _frozen_fit(tmp_path / "run", rng, l2_grid=(1.0, 0.1))
     assert [row["epoch"] for row in result["history"]] == [0, 1, 2] and training.read_state(tmp_path / "run")["final"]
+
+
+def test_held_out_images_of_eval_are_those_the_l2_path_held_out(tmp_path, rng):
+    """`kernelzoo eval --holdout` measures `recipe.held_out`'s images (it found none for this recipe, which keeps
+    its data whole and splits inside `fit`): a --validate-only model scores its l2 step's held-out accuracy."""
+    from kernelzoo.zoo.frozen_features import FrozenFeaturesRecipe
+    from kernelzoo.zoo.recipe import Data
+    train = (rng.normal(size=(40, 6)).astype("float32"), np.arange(40) % 3)
+    result = _frozen_fit(tmp_path / "run", rng, train=train, l2_grid=(0.1,), validate_only=True)
+    recipe = FrozenFeaturesRecipe()
+    held = recipe.held_out(Data(train=train, test=None, source="random"), 10, seed=0)
+    assert len(held.val[1]) == 10 and len(held.train[1]) == 30
+    scores = recipe.evaluate(result["model"], held, "val")
+    assert scores["accuracy"] == pytest.approx(result["metrics"]["val_accuracy"])
 
 
 @pytest.mark.parametrize("hp, options", [({"holdout": 240}, {}), ({}, {"holdout": 500})])

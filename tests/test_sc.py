@@ -17,7 +17,7 @@ import tensorflow as tf
 from scipy import stats
 
 import kernelzoo  # noqa: F401  (registers the layers)
-from kernelzoo.zoo import registry
+from kernelzoo.zoo import registry, training
 from kernelzoo.zoo.augment import LUMA, distort_colors, jitter_colors
 from kernelzoo.zoo.inputs import takes_raw_pixels
 from kernelzoo.zoo.precision import float32_copy, precision_policy
@@ -282,35 +282,62 @@ def test_color_jitter_distorts_each_crop_before_the_network(rng):
     assert vars(parser.parse_args(["--sc-color-jitter", "0.5"]))["sc_color_jitter"] == 0.5
 
 
+class _KillAtEpoch2(keras.callbacks.Callback):
+    """A run killed as its third epoch starts."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+
+def _pretrain_toy(folder, images=None, **kwargs):
+    """The toy model after `pretrain` on `images` (64 toy images) into run folder `folder`: (model, result)."""
+    keras.utils.set_random_seed(0)
+    model = _toy_model()
+    images = _toy(64) if images is None else images
+    arguments = {"patch_size": 3, "epochs": 3, "batch_size": 16, "lr": 0.05, "patience": 1, **kwargs}
+    result = pretrain(model, "proj", images, out_dir=str(folder), verbose=0, **arguments)
+    return model, result
+
+
+def _assert_same_weights(model, other):
+    for a, b in zip(model.weights, other.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7, err_msg=a.path)
+
+
 def test_pretrain_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path):
-    class Kill(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            if epoch == 2:
-                raise KeyboardInterrupt
-
-    def run(folder, **kwargs):
-        keras.utils.set_random_seed(0)
-        model = _toy_model()
-        arguments = {"patch_size": 3, "epochs": 3, "batch_size": 16, "lr": 0.05, "patience": 1, **kwargs}
-        result = pretrain(model, "proj", _toy(64), out_dir=str(folder), verbose=0, **arguments)
-        return model, result
-
-    straight, result = run(tmp_path / "a")
+    straight, result = _pretrain_toy(tmp_path / "a")
     assert [int(r["epoch"]) for r in result["history"]] == [0, 1, 2]
     assert {"model.keras", "log.csv", "config.json", "checkpoints"} <= set(os.listdir(tmp_path / "a"))
     with pytest.raises(KeyboardInterrupt):
-        run(tmp_path / "b", callbacks=[Kill()])
+        _pretrain_toy(tmp_path / "b", callbacks=[_KillAtEpoch2()])
     with pytest.raises(ValueError, match="resume"):
-        run(tmp_path / "b")
+        _pretrain_toy(tmp_path / "b")
     with open(tmp_path / "b" / "log.csv", "a", encoding="utf-8") as handle:
         handle.write("2,9.9,0.05\n")  # as a run killed between its log row and its checkpoint
     for changed in ({"seed": 7}, {"distance": "euclidean"}, {"lr": 0.5}):  # another run: refused, not continued
         with pytest.raises(ValueError, match=f"`resume`: .*hyperparameters.{next(iter(changed))} "):
-            run(tmp_path / "b", resume=True, **changed)
-    resumed, again = run(tmp_path / "b", resume=True)
+            _pretrain_toy(tmp_path / "b", resume=True, **changed)
+    resumed, again = _pretrain_toy(tmp_path / "b", resume=True)
     assert [int(r["epoch"]) for r in again["history"]] == [0, 1, 2] and again["history"][-1]["loss"] != 9.9
-    for a, b in zip(straight.weights, resumed.weights):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7, err_msg=a.path)
+    _assert_same_weights(straight, resumed)
+
+
+def test_pretrain_resumed_after_a_plateau_drop_keeps_the_dropped_rate_and_the_plateau_count(tmp_path):
+    """Killed after the rate has dropped: the resumed run goes on at the dropped rate (the optimizer's) and drops
+    again when the uninterrupted run did (PlateauDrop's count replayed from log.csv). On noise the loss cannot
+    fall: the rate drops after every epoch from the second."""
+    noise = np.random.default_rng(0).normal(size=(64, 6, 6, 4)).astype("float32")
+    arguments = {"images": noise, "epochs": 4, "lr": 1e-3, "min_lr": 1e-9}
+    straight, _ = _pretrain_toy(tmp_path / "a", **arguments)
+    with pytest.raises(KeyboardInterrupt):
+        _pretrain_toy(tmp_path / "b", callbacks=[_KillAtEpoch2()], **arguments)
+    resumed, _ = _pretrain_toy(tmp_path / "b", resume=True, **arguments)
+    rates = [[row["learning_rate"] for row in training.read_log(os.path.join(folder, training.LOG_FILE))]
+             for folder in (tmp_path / "a", tmp_path / "b")]
+    np.testing.assert_allclose(rates[0], [1e-3, 1e-3, 1e-4, 1e-5], rtol=1e-6)   # before the kill and after
+    np.testing.assert_allclose(rates[1], rates[0], rtol=1e-6)
+    _assert_same_weights(straight, resumed)
 
 
 def test_pretrain_keeps_the_two_newest_optimizer_files_past_epoch_999(tmp_path):
@@ -373,6 +400,49 @@ def test_pretrain_errors_name_the_argument():
         pretrain(sc_cifar10(), "sc_features", np.zeros((4, 32, 32, 3), "uint8"), patch_size=3, sampling="image")
 
 
+def test_spatial_contrasting_needs_two_images_per_batch():
+    """With one image the softmax over the batch has one term: loss 0, no gradient, nothing trained. A batch size
+    or an image set that would give only such batches is refused, naming the argument."""
+    one = tf.zeros((1, 5))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="at least 2 images"):
+        spatial_contrasting_loss(one, one)
+    images = _toy(8)
+    with pytest.raises(ValueError, match="`batch_size` must be an int >= 2, got 1"):
+        pretrain(_toy_model(), "proj", images, patch_size=3, batch_size=1, verbose=0)
+    with pytest.raises(ValueError, match="`images`: .*at least 2"):
+        pretrain(_toy_model(), "proj", images[:1], patch_size=3, verbose=0)
+    with pytest.raises(ValueError, match="`sc_batch_size` must be an int >= 2, got 1"):
+        SCRecipe().hyperparameters(registry.info("sc_mnist"), sc_batch_size=1)
+    trainer = SpatialContrastingTrainer(feature_layer(_toy_model(), "proj"), 3)
+    trainer.compile(optimizer=keras.optimizers.SGD(0.1))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="at least 2 images"):
+        trainer.fit(images[:3], batch_size=2, verbose=0)       # a trailing batch of one image
+
+
+def test_a_trailing_batch_of_one_image_does_not_count():
+    """33 images in batches of 32: the epoch is the batch of 32 (the 33rd image, a different one each epoch, waits
+    for the next); its loss is not averaged with the 0 of a one-image batch."""
+    losses = []
+    for count in (32, 33):
+        keras.utils.set_random_seed(0)
+        result = pretrain(_toy_model(), "proj", _toy(count), patch_size=3, epochs=1, batch_size=32, lr=1e-4,
+                          verbose=0)
+        losses.append(result["history"][0]["loss"])
+    assert losses[1] == pytest.approx(losses[0], rel=0.1), losses
+
+
+def test_min_lr_and_min_delta_errors_name_the_argument():
+    for bad in (-1.0, "x", float("nan")):
+        with pytest.raises(ValueError, match="`min_lr`"):
+            pretrain(_toy_model(), "proj", _toy(8), patch_size=3, min_lr=bad, verbose=0)
+        with pytest.raises(ValueError, match="`min_lr`"):
+            PlateauDrop(min_lr=bad)
+        with pytest.raises(ValueError, match="`min_delta`"):
+            PlateauDrop(min_delta=bad)
+        with pytest.raises(ValueError, match="`min_lr`"):
+            SCRecipe().hyperparameters(registry.info("sc_mnist"), min_lr=bad)
+
+
 def test_plateau_drop_divides_by_ten_and_replays_its_history():
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
     model.compile(keras.optimizers.SGD(0.1), "mse")
@@ -414,6 +484,8 @@ def test_cifar10_4k_labels_are_400_per_class_and_disjoint_from_validation():
     assert not set(held.validation) & set(held.unlabelled) and len(held.unlabelled) == 45_000
     np.testing.assert_array_equal(held.val[0].ravel(), held.validation)
     assert len(sc_images(held)) == 45_000
+    evaluated = recipe.held_out(data, 5000, seed=7)  # what `kernelzoo eval --holdout 5000 --seed 7` measures
+    np.testing.assert_array_equal(evaluated.val[0], held.val[0])
     again = semi_supervised((x, y), None, "pool", labels_per_class=400, label_seed=2017)
     np.testing.assert_array_equal(again.labelled, data.labelled)       # the recorded seed fixes the subset
     other = semi_supervised((x, y), None, "pool", labels_per_class=400, label_seed=1)

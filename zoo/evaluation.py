@@ -149,8 +149,7 @@ def measure(model, data_dir=None, *, preset=None, dataset=None, split="test", ho
     trained_on = None if dataset is not None else run_dataset(run)
     data = recipe.load_data(preset, data_dir, dataset or trained_on, options, seed=seed)
     if holdout is not None:
-        options.holdout = holdout
-        data, split = recipe.validation_split(data, {}, options, seed=seed), "val"
+        data, split = recipe.held_out(data, holdout, seed), "val"
     check_classes(model, data, preset)
     _warn_validate_only(run, split)
     scores = recipe.evaluate(model, data, split, verbose=verbose)

@@ -236,11 +236,16 @@ class Recipe:
         size = self.holdout(hp, options)
         if size is None:
             return data
+        data = self.held_out(data, size, seed)
+        return dataclasses.replace(data, test=None) if getattr(options, "validate_only", False) else data
+
+    def held_out(self, data, size, seed=0):
+        """`data` with the `size` training images a run with --holdout `size` --seed `seed` holds out moved to
+        `data.val` (what `kernelzoo eval --holdout` measures)."""
         from kernelzoo.zoo.data import holdout_split
         size = int_in_range(size, "holdout", 1, len(data.train[0]) - 1)
         train, val = holdout_split(*data.train, size, seed=seed)
-        test = None if getattr(options, "validate_only", False) else data.test
-        return dataclasses.replace(data, train=train, val=val, test=test)
+        return dataclasses.replace(data, train=train, val=val)
 
     def build(self, preset, data, overrides=None, hp=None):
         """The preset's model for `data` (its input shape and class count when the builder takes them).

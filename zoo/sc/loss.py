@@ -133,7 +133,12 @@ def spatial_contrasting_loss(first, second, distance="squared", symmetric=True):
     """Eq. 4 on patch features: first[i], second[i] from image i (N, D each); a scalar.
 
     -(1/N) sum_i log softmax_j(-Dist(i, j))[i], averaged with the same on Dist^T when `symmetric`.
+    N >= 2 (InvalidArgumentError otherwise; XLA drops the check): the other images are the negatives; with none
+    the softmax has one term, the loss is 0 and trains nothing.
     """
+    tf.debugging.assert_greater_equal(tf.shape(first)[0], 2, message=(
+        "spatial contrasting needs at least 2 images per batch (the others are the negatives): batch_size >= 2, "
+        "and no trailing batch of one image"))
     dist = pairwise_distances(first, second, distance)
     logits = -dist
     positive = tf.linalg.diag_part(logits)

@@ -26,8 +26,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kernelzoo.ops.checks import (boolean, check_choice, float_in_range, image_batch, nonnegative_int,
-                                  normalize_tuple, positive_float, positive_int)
+from kernelzoo.ops.checks import (boolean, check_choice, float_in_range, image_batch, int_in_range,
+                                  nonnegative_float, nonnegative_int, normalize_tuple, positive_float, positive_int)
 from kernelzoo.zoo import training
 from kernelzoo.zoo.inputs import as_model_input
 from kernelzoo.zoo.sc.loss import (DISTANCES, POOLINGS, SAMPLINGS, positions_grid, spatial_contrasting_from_images,
@@ -50,7 +50,9 @@ class SpatialContrastingTrainer(keras.Model):
     (`seed`, the optimizer's iteration count; folded with SC_STREAM). Regularisation losses of the backbone's layers are
     added. `color_jitter` (with sampling="image"): each crop's colours distorted on its own
     (`jitter_colors`). `map_shape` is the (h, w, C) map the criterion reads (one crop's with sampling="image").
-    It is a training device, not a model to save: save the backbone's model instead.
+    Every batch needs at least 2 images (the others are the negatives; InvalidArgumentError otherwise, a trailing
+    batch of one image included, except where Keras compiles the step with XLA, as on a GPU: `pretrain` never
+    makes such a batch). It is a training device, not a model to save: save the backbone's model instead.
     """
 
     def __init__(self, backbone, patch_size, distance="squared", pooling="mean", symmetric=True, seed=0,
@@ -156,7 +158,7 @@ class PlateauDrop(keras.callbacks.Callback):
         self.monitor = monitor
         self.factor = positive_float(factor, "factor")
         self.patience = positive_int(patience, "patience")
-        self.min_delta, self.min_lr = float(min_delta), float(min_lr)
+        self.min_delta, self.min_lr = nonnegative_float(min_delta, "min_delta"), nonnegative_float(min_lr, "min_lr")
         self.verbose = verbose
         self.best, self.wait = float("inf"), 0
         for row in history:
@@ -235,7 +237,9 @@ def pretrain(model, layer_name, images, *, patch_size, epochs=10, batch_size=128
         preprocessing is inside them); reshaped to the model's input when only a unit channel differs.
       patch_size: int or (ph, pw), in cells of that feature map, or in pixels of the images with
         sampling="image" (at least 2 positions must remain).
-      epochs, batch_size, lr, momentum: SGD; lr * 0.1 on a plateau of `patience` epochs, >= `min_lr`.
+      epochs, batch_size, lr, momentum: SGD; lr * 0.1 on a plateau of `patience` epochs, >= `min_lr`. A batch's
+        other images are its negatives: batch_size >= 2, and an epoch whose last batch would hold one image drops
+        it (the shuffled order leaves out another image each epoch).
       distance: "squared" or "euclidean"; pooling: "mean" or "flatten"; symmetric: Eq. 3's average.
       sampling: "features" (patches of the layer's map, Algorithm 1) or "image" (crops of the images,
         each through the network: `SpatialContrastingTrainer`); color_jitter: with "image", SimCLR's
@@ -255,8 +259,12 @@ def pretrain(model, layer_name, images, *, patch_size, epochs=10, batch_size=128
     trainer = SpatialContrastingTrainer(backbone, patch_size, distance, pooling, symmetric, seed, sampling,
                                         color_jitter, name=f"sc_{model.name}")
     images = as_model_input(image_batch(images, "images"), model)
-    epochs, batch_size = positive_int(epochs, "epochs"), positive_int(batch_size, "batch_size")
+    if len(images) < 2:
+        raise ValueError(f"`images`: spatial contrasting needs at least 2 images (the others are each one's "
+                         f"negatives), got {len(images)}")
+    epochs, batch_size = positive_int(epochs, "epochs"), int_in_range(batch_size, "batch_size", 2)
     lr, momentum = positive_float(lr, "lr"), float(momentum)
+    patience, min_lr = positive_int(patience, "patience"), nonnegative_float(min_lr, "min_lr")
     arguments = {"layer_name": layer_name, "patch_size": list(trainer.patch_size), "epochs": epochs,
                  "batch_size": batch_size, "lr": lr, "momentum": momentum, "distance": trainer.distance,
                  "pooling": trainer.pooling, "symmetric": trainer.symmetric, "sampling": trainer.sampling,
@@ -274,7 +282,7 @@ def pretrain(model, layer_name, images, *, patch_size, epochs=10, batch_size=128
     trainer.optimizer.build(backbone.trainable_variables)  # not inside the traced step (a second trace)
     if start:
         _restore_optimizer(trainer, out_dir, start)
-    steps = -(-len(images) // batch_size)
+    steps = -(-(len(images) - 1) // batch_size)  # the batches of at least 2 images: a trailing one of 1 is dropped
     if max_steps_per_epoch is not None:
         steps = min(steps, positive_int(max_steps_per_epoch, "max_steps_per_epoch"))
     if verbose:

@@ -3,8 +3,8 @@
 - load_data: the dataset's training images as the pool of the semi-supervised protocol
   (kernelzoo.zoo.sc.data): `labels_per_class` of each class drawn with the recipe's fixed
   `label_seed` (CIFAR-10 4k: 400), every image for spatial contrasting (STL-10: + the unlabelled split).
-- validation_split: --holdout N images carved from the pool, disjoint from the labelled subset when it
-  can be (CIFAR-10 4k), and out of the SC set.
+- held_out (of validation_split and `kernelzoo eval --holdout`): --holdout N images carved from the pool,
+  disjoint from the labelled subset when it can be (CIFAR-10 4k), and out of the SC set.
 - initialise: the SC stage (`kernelzoo.zoo.sc.pretrain`) at `sc_layer` on the SC images: SGD lr `sc_lr`
   (0.1), momentum, lr / 10 whenever the epoch's loss stops decreasing (`plateau_patience` epochs),
   `sc_epochs` epochs (`sc_sampling`: patches of that layer's map, or crops of the images), into the run
@@ -24,7 +24,8 @@ import os
 
 import numpy as np
 
-from kernelzoo.ops.checks import boolean, check_choice, nonnegative_int, positive_float, positive_int
+from kernelzoo.ops.checks import (boolean, check_choice, int_in_range, nonnegative_float, nonnegative_int,
+                                  positive_float, positive_int)
 from kernelzoo.zoo import training
 from kernelzoo.zoo.precision import MixedPrecisionMixin
 from kernelzoo.zoo.recipe import DEFAULTS, Recipe, TinyRun, dataset_name, limited_train, run_settings
@@ -70,7 +71,7 @@ class SCRecipe(MixedPrecisionMixin, Recipe):
         parser.add_argument("--sc-epochs", type=int, default=None,
                             help="epochs of spatial contrasting pre-training (0: none, the *_noinit protocol)")
         parser.add_argument("--sc-lr", type=float, default=None, help="initial learning rate of the SC stage")
-        parser.add_argument("--sc-batch-size", type=int, default=None, help="images per SC batch (the contrasted set)")
+        parser.add_argument("--sc-batch-size", type=int, default=None, help="images per SC batch (the contrasted set; at least 2)")
         parser.add_argument("--sc-patch-size", type=int, default=None,
                             help="patch side in cells of the SC layer's map (in pixels with --sc-sampling image)")
         parser.add_argument("--sc-sampling", choices=SAMPLINGS, default=None,
@@ -111,8 +112,9 @@ class SCRecipe(MixedPrecisionMixin, Recipe):
                              "(--sc-sampling image)")
         nonnegative_int(hp["sc_epochs"], "sc_epochs")
         positive_float(hp["sc_lr"], "sc_lr")
-        positive_int(hp["sc_batch_size"], "sc_batch_size")
+        int_in_range(hp["sc_batch_size"], "sc_batch_size", 2)  # a batch's other images are its negatives
         positive_int(hp["plateau_patience"], "plateau_patience")
+        nonnegative_float(hp["min_lr"], "min_lr")
         boolean(hp["sc_symmetric"], "sc_symmetric")
         boolean(hp["sc_rescale"], "sc_rescale")
         return hp
@@ -137,13 +139,9 @@ class SCRecipe(MixedPrecisionMixin, Recipe):
                                                    preset.recipe.get("label_seed", 0), extra),
                                    dataset=dataset_name(preset, dataset))
 
-    def validation_split(self, data, hp, options, seed=0):
-        data = as_sc_data(data)
-        size = self.holdout(hp, options)
-        if size is None:
-            return data
-        data = carve_validation(data, size, seed)
-        return dataclasses.replace(data, test=None) if getattr(options, "validate_only", False) else data
+    def held_out(self, data, size, seed=0):
+        """`carve_validation`: the --holdout images come from the pool and leave the SC set too."""
+        return carve_validation(data, size, seed)
 
     def train_run(self, preset, data, out_dir, *, overrides=None, hp=None, options=None, seed=0, resume=False,
                   max_steps_per_epoch=None, strategy=None, **kwargs):
