@@ -184,3 +184,51 @@ def test_bad_arguments():
             init.gmm_init(Similarity(2, 1, similarity="l2"), images, min_scale=min_scale)
     with pytest.raises(ValueError, match="`model`"):
         init.unsupervised_init(linear, images)
+
+
+@pytest.mark.parametrize("offset", [255.0, 3000.0])
+def test_a_fit_far_from_the_origin_equals_the_centred_fit(offset):
+    """The l2 kernels expanded sum u (x - mu)^2 in float32: 255 + N(0, 1) gave scales 1.29-1.53 for 1.41, 3000 +
+    N(0, 1) a mean log-likelihood of -2003 for -4.24. The fit centres the data: a shift moves the means only."""
+    x, _ = _planted(np.random.default_rng(8), 2000, 2.0, MEANS, SCALES, PRIORS)
+    centred = init.fit_gg_mixture(x, 3, 2.0, iterations=10)
+    shifted = init.fit_gg_mixture(x + np.float32(offset), 3, 2.0, iterations=10)
+    np.testing.assert_allclose(shifted.means - offset, centred.means, atol=0.02)
+    np.testing.assert_allclose(shifted.scales, centred.scales, rtol=0.01)
+    np.testing.assert_allclose(shifted.log_likelihood[-1], centred.log_likelihood[-1], rtol=1e-3)
+    np.testing.assert_allclose(shifted.log_likelihood_of(x + np.float32(offset)), centred.log_likelihood_of(x),
+                               rtol=1e-3)
+
+
+def test_offset_priors_come_from_images_drawn_at_random():
+    """The priors were fitted on the first `offset_images` images: the recipe's sample, sorted by class, gave them
+    all one class. Here the first half of the images is component A's, the second half B's."""
+    rng = np.random.default_rng(7)
+    centres = np.repeat([-4.0, 4.0], 100)[:, None, None]
+    images = (centres + rng.standard_normal((200, 8, 8)))[..., None].astype("float32")
+    model = models.simnet_patch_labeling(n=2, p=2, input_shape=(8, 8, 1), num_classes=3, patch_size=1,
+                                         whitening=False, offset_regions=(2, 2))
+    report = init.gmm_init(model, images, num_patches=2000, iterations=10, offset_images=50)
+    a = int(np.argmin(report["mixture"].means[:, 0]))
+    np.testing.assert_allclose(report["region_priors"][..., a], 0.5, atol=0.15)  # the first 50 images: 1.0
+
+
+def test_sizes_and_tolerances_are_named_at_the_entry_points():
+    """They reached the functions gmm_init and unsupervised_init call, whose errors named `n`, `x`, `max_patches`,
+    `iterations` (or a bare TypeError); a negative `prior_iterations` passed for 0."""
+    images = np.zeros((2, 3, 3, 4), "float32")
+    with pytest.raises(ValueError, match="`num_patches`=4 must be at least the 8 templates"):
+        init.gmm_init(Similarity(8, 1, similarity="l2"), images, num_patches=4)
+    with pytest.raises(ValueError, match="`images` give 4 patches"):
+        init.gmm_init(Similarity(8, 1, similarity="l2"), images[:1, :2, :2])
+    with pytest.raises(ValueError, match="`prior_iterations`"):
+        init.gmm_init(Similarity(2, 1, similarity="l2"), images, prior_iterations=-1)
+    with pytest.raises(ValueError, match="`num_patches`"):
+        init.unsupervised_init(models.simnet_patch_labeling(n=2, input_shape=(8, 8, 3), patch_size=2),
+                               np.zeros((2, 8, 8, 3)), num_patches=0)
+    x = np.random.default_rng(0).normal(size=(50, 3)).astype("float32")
+    with pytest.raises(ValueError, match="`kmeans_iterations`"):
+        init.fit_gg_mixture(x, 2, kmeans_iterations=-1)
+    for tol in ("x", -1.0, float("nan")):
+        with pytest.raises(ValueError, match="`tol`"):
+            init.fit_gg_mixture(x, 2, tol=tol)

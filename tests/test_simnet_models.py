@@ -328,3 +328,39 @@ def test_a_mixed_bfloat16_run_saves_a_float32_model(preset, tmp_path, monkeypatc
                                atol=1e-4)
     with pytest.raises(ValueError, match="precision"):
         recipe.hyperparameters(info, precision="float16")
+
+
+def test_weight_decay_is_the_recipes_never_a_builder_override():
+    """A `weight_decay=` override beat --weight-decay, every --tune-weight-decay value and adamw's decoupled decay
+    (the model got the override's L2 term on top)."""
+    from kernelzoo.zoo.data.synthetic import stripes
+    from kernelzoo.zoo.recipe import Data
+
+    preset = registry.info("simnet_cifar10_wl2_n400")
+    recipe = registry.recipe(preset)
+    data = Data(train=stripes(20), test=None, source="stripes", class_names=("h", "v", "flat"))
+    for optimizer in ("sgd", "adamw"):
+        hp = recipe.hyperparameters(preset, weight_decay=1e-6, optimizer=optimizer)
+        with pytest.raises(ValueError, match="`weight_decay`.*--weight-decay"):
+            recipe.build(preset, data, {"n": 2, "patch_size": 3, "weight_decay": 1e-3}, hp)
+
+
+def test_validate_only_refuses_tune_weight_decay():
+    """--validate-only ran one held-out run at the recipe's decay whatever --tune-weight-decay listed."""
+    from kernelzoo.zoo.data.synthetic import stripes
+    from kernelzoo.zoo.recipe import Data
+
+    preset = registry.info("simnet_cifar10_wl2_n400")
+    recipe = registry.recipe(preset)
+    recipe.train_run = lambda *args, **kwargs: {"history": [{"val_accuracy": 0.5}], "metrics": {}}
+    data = Data(train=stripes(20), test=None, source="stripes", class_names=("h", "v", "flat"))
+    options = recipe.options(validate_only=True, tune_weight_decay="1e-7,1e-6")
+    with pytest.raises(ValueError, match="--tune-weight-decay.*--validate-only"):
+        recipe.train(preset, data, "unused", hp=recipe.hyperparameters(preset, holdout=5), options=options, verbose=0)
+
+
+def test_the_card_formula_has_the_presets_xi1():
+    """simnet_cifar10.md wrote MEX_1 where both presets compute with xi1 = 0.1."""
+    for name in ("simnet_cifar10_l1", "simnet_cifar10_l2"):
+        xi1 = registry.create(name, n=2).get_layer("mex_templates").xi
+        assert f"logit(r) = sum_{{i,j}} MEX_{xi1:g}_l {{" in registry.card(name)

@@ -32,7 +32,8 @@ from keras import ops
 from scipy.special import gammaln
 
 from kernelzoo.layers import Mex, Similarity
-from kernelzoo.ops.checks import check_choice, image_batch, matrix, nonnegative_int, positive_float, positive_int
+from kernelzoo.ops.checks import (check_choice, image_batch, matrix, nonnegative_float, nonnegative_int,
+                                  positive_float, positive_int)
 from kernelzoo.ops.shapes import output_size, pad_amounts
 from kernelzoo.progress import progress
 from kernelzoo.zoo.simnet.preprocessing import sample_patch_rows
@@ -183,8 +184,11 @@ def _chunks(x, n_components):
 
 
 def _component_log_density(x, mixture):
+    """log p_l(x) with x and the means moved by the means' centroid (the l2 kernel cancels far from the origin)."""
     n = mixture.means.shape[0]
-    args = (mixture.means.astype("float32"), mixture.weights.astype("float32"),
+    centre = mixture.means.mean(axis=0)
+    x = (x - centre).astype("float32")
+    args = ((mixture.means - centre).astype("float32"), mixture.weights.astype("float32"),
             mixture.shapes.astype("float32")[:, None], mixture.log_normalizer().astype("float32"))
     out = np.empty((x.shape[0], n), "float32")
     for start, stop, part in _chunks(x, n):
@@ -281,13 +285,14 @@ def fit_gg_mixture(x, n, beta=2.0, *, scales="diagonal", iterations=30, tol=1e-5
       scales: "diagonal" (alpha_li fitted) or "fixed" (alpha = 1, the mixture an
         unweighted Similarity layer computes).
       iterations: EM iterations at most; stops early when the mean log-likelihood
-        improves by less than `tol`.
+        improves by less than `tol` (>= 0; 0 runs them all).
       seed: seeds k-means++ and re-seeding of empty components (the fit is deterministic).
       min_scale: scales are kept >= min_scale (> 0) * the data's per-coordinate scale (a constant
         coordinate: the mean of the others').
       kmeans_iterations: Lloyd iterations after the k-means++ seeding.
       verbose: progress bars (k-means, EM) and the final mean log-likelihood.
-    Returns a GGMixture.
+    Returns a GGMixture. The fit runs on the rows minus their per-coordinate median (the l2 kernels expand
+    sum u (x - mu)^2, which cancels in float32 far from the origin, e.g. on 0-255 pixels) and adds it to the means.
     """
     x = matrix(x, "x").astype("float32")
     n = positive_int(n, "n")
@@ -295,6 +300,8 @@ def fit_gg_mixture(x, n, beta=2.0, *, scales="diagonal", iterations=30, tol=1e-5
         raise ValueError(f"`n`={n} components need at least {n} rows in `x`, got {x.shape[0]}")
     scales = check_choice("scales", scales, ("diagonal", "fixed"))
     iterations = nonnegative_int(iterations, "iterations")
+    tol = nonnegative_float(tol, "tol")
+    kmeans_iterations = nonnegative_int(kmeans_iterations, "kmeans_iterations")
     min_scale = positive_float(min_scale, "min_scale")
     learn_beta = isinstance(beta, str)
     if learn_beta and beta != "learn":
@@ -302,19 +309,20 @@ def fit_gg_mixture(x, n, beta=2.0, *, scales="diagonal", iterations=30, tol=1e-5
     shapes = np.full((n,), 2.0) if learn_beta else _shape_vector(beta, n)
     rows, d = x.shape
     rng = np.random.default_rng(seed)
+    centre = np.median(x, axis=0)
+    x = x - centre
 
     means = kmeans(x, n, iterations=kmeans_iterations, seed=seed, verbose=verbose).astype("float64")
     # The per-coordinate scale of the data; a constant coordinate takes the others' mean, as a floor relative to
     # its 0 would give it weights ~1e12 / min_scale.
-    deviation = np.mean(np.abs(x - np.median(x, axis=0)), axis=0)
+    deviation = np.mean(np.abs(x), axis=0)
     live = deviation > 0
     spread = np.where(live, deviation, deviation[live].mean() if live.any() else 1.0) + 1e-12
     floor = min_scale * spread
     if scales == "fixed":
         alphas = np.ones((n, d))
     else:  # alpha^beta = beta E|x - mu|^beta over the whole data, as a start
-        alphas = np.stack([(b * np.mean(np.abs(x - np.median(x, axis=0)) ** b, axis=0)) ** (1.0 / b)
-                           for b in shapes])
+        alphas = np.stack([(b * np.mean(np.abs(x) ** b, axis=0)) ** (1.0 / b) for b in shapes])
         alphas = np.maximum(alphas, floor)
     priors = np.full((n,), 1.0 / n)
     mixture = GGMixture(means, alphas, shapes, priors, [])
@@ -371,6 +379,7 @@ def fit_gg_mixture(x, n, beta=2.0, *, scales="diagonal", iterations=30, tol=1e-5
         priors = np.maximum(counts, 1e-3) / np.maximum(counts, 1e-3).sum()
         mixture = GGMixture(means, alphas, shapes.copy(), priors, history)
     mixture.log_likelihood = history
+    mixture.means = mixture.means + centre
     if verbose and history:
         print(f"GG-mixture EM: {len(history)} iterations, mean log-likelihood {history[-1]:.5f} "
               f"({time.time() - started:.0f} s)", flush=True)
@@ -487,8 +496,9 @@ def gmm_init(model_or_layer, images, *, layer=None, beta=None, num_patches=20_00
       iterations: EM iterations at most.
       seed: makes the sampling and the fit deterministic.
       offsets: also set the offsets of a Mex layer with offsets fed by this layer (location priors).
-      offset_images: images used to estimate the per-region priors.
-      prior_iterations: EM iterations of the per-region prior estimation.
+      offset_images: images drawn at random (seeded) to estimate the per-region priors: the first ones would
+        follow the caller's order (a class-sorted training set gave them all one class).
+      prior_iterations: EM iterations of the per-region prior estimation (0: the global priors everywhere).
       min_scale: scale floor relative to the data's per-coordinate scale.
     Returns a dict: the GGMixture ("mixture"), the layer names set, the per-region priors.
     Unweighted layers get a mixture with alpha fixed to 1 (u = 1 is what they compute).
@@ -496,7 +506,11 @@ def gmm_init(model_or_layer, images, *, layer=None, beta=None, num_patches=20_00
     model, sim = _find_similarity(model_or_layer, layer)
     images = image_batch(images)
     num_patches = positive_int(num_patches, "num_patches")
+    if num_patches < sim.filters:
+        raise ValueError(f"`num_patches`={num_patches} must be at least the {sim.filters} templates of {sim.name!r} "
+                         "(one patch per mixture component)")
     offset_images = positive_int(offset_images, "offset_images")
+    prior_iterations = nonnegative_int(prior_iterations, "prior_iterations")
     if sim.similarity == "linear":
         raise ValueError("`model_or_layer`: gmm_init needs an l1/l2/lp Similarity layer, "
                          f"{sim.name!r} has similarity='linear'")
@@ -517,6 +531,9 @@ def gmm_init(model_or_layer, images, *, layer=None, beta=None, num_patches=20_00
 
     rng = np.random.default_rng(seed)
     rows = _sample_layer_patches(model, sim, images, num_patches, rng)
+    if rows.shape[0] < sim.filters:
+        raise ValueError(f"`images` give {rows.shape[0]} patches of {sim.name!r}'s input, fewer than its "
+                         f"{sim.filters} templates")
     if verbose:
         print(f"gmm_init: {sim.name}: {sim.filters} components on {rows.shape[0]} patches of dim "
               f"{rows.shape[1]}, beta={beta}", flush=True)
@@ -532,7 +549,8 @@ def gmm_init(model_or_layer, images, *, layer=None, beta=None, num_patches=20_00
 
     mex = _following_mex(model, sim) if offsets else None
     if mex is not None:
-        priors = _set_location_offsets(model, sim, mex, mixture, images[:offset_images], prior_iterations)
+        picked = rng.choice(len(images), min(offset_images, len(images)), replace=False)
+        priors = _set_location_offsets(model, sim, mex, mixture, images[picked], prior_iterations)
         report.update(mex_layer=mex.name, region_priors=priors)
     return report
 
@@ -606,6 +624,7 @@ def unsupervised_init(model, images, *, seed=0, num_patches=20_000, iterations=1
     if not isinstance(model, keras.Model):
         raise ValueError(f"`model` must be a keras.Model, got {type(model).__name__}")
     images = image_batch(images)
+    num_patches = positive_int(num_patches, "num_patches")
     kmeans_patches = positive_int(kmeans_patches, "kmeans_patches")
     kmeans_iterations = nonnegative_int(kmeans_iterations, "kmeans_iterations")
     reports = {}

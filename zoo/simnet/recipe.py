@@ -55,7 +55,7 @@ class SimNetRecipe(MixedPrecisionMixin, Recipe):
         parser.add_argument("--tune-weight-decay", default=None, metavar="W1,W2,...",
                             help="choose the weight decay among these on --holdout training images first "
                                  "(default the recipe's 5000; 'preset' = the recipe's grid), then train on "
-                                 "the whole training set with it")
+                                 "the whole training set with it; not with --validate-only")
         add_init_images_argument(parser)
         parser.add_argument("--no-init", action="store_true",
                             help="random templates, unit weights, zero offsets (paper Sec. 6.3 ablation); the "
@@ -63,7 +63,11 @@ class SimNetRecipe(MixedPrecisionMixin, Recipe):
 
     def build(self, preset, data, overrides=None, hp=None):
         """The builder's `weight_decay` is the recipe's (tuned by --tune-weight-decay); 0 with adamw, whose
-        decay is the optimizer's (checked here all the same, before the initialisation's minutes)."""
+        decay is the optimizer's (checked here all the same, before the initialisation's minutes). An override of
+        it is refused: it would silently beat --weight-decay, every tuned value and adamw's decoupled decay."""
+        if "weight_decay" in (overrides or {}):
+            raise ValueError("overrides: `weight_decay` is the recipe's: give it as --weight-decay (or choose it "
+                             "with --tune-weight-decay)")
         decoupled = hp is not None and hp["optimizer"] == "adamw"
         if decoupled:
             nonnegative_float(hp["weight_decay"], "weight_decay")
@@ -88,7 +92,11 @@ class SimNetRecipe(MixedPrecisionMixin, Recipe):
         --tune-weight-decay: one held-out run per value, then the whole training set with the best."""
         hp = self.hyperparameters(preset) if hp is None else hp
         options = self.options() if options is None else options
-        if options.validate_only or not options.tune_weight_decay:
+        if options.validate_only and options.tune_weight_decay:
+            raise ValueError("--tune-weight-decay with --validate-only: the tuning is held-out already (one "
+                             "--holdout run per value) and ends with a run on the whole training set measured on the "
+                             "test split; drop --validate-only, or give --weight-decay W for one held-out run")
+        if not options.tune_weight_decay:
             return super().train(preset, data, out_dir, overrides=overrides, hp=hp, options=options, seed=seed,
                                  verbose=verbose, **kwargs)
 
