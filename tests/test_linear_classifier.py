@@ -44,6 +44,23 @@ def test_linear_classifier_reaches_the_optimum(rng, loss, chunk_rows):
     assert accuracy(x, y, kernel, bias, rows=np.arange(150, 200)) > 0.7
 
 
+@pytest.mark.parametrize("column", ["zeros", "ones", "nearly constant"])
+def test_a_constant_feature_column_does_not_stop_the_fit(rng, column):
+    """A dead or nearly constant feature (a ReLU never or once active) made the penalty of its standardised weight
+    l2 / std^2 ~ 1e24: L-BFGS stopped after 1-2 iterations at log 3, reporting convergence. The fit with it equals
+    the fit without it, from zeros and from a random start (as the L2 path warm-starts from the head's weights)."""
+    x = rng.normal(size=(500, 8)).astype("float32")
+    y = np.argmax(x[:, :3] + 0.3 * rng.normal(size=(500, 3)), axis=1)
+    x[:, 5] = {"zeros": np.zeros(500), "ones": np.ones(500),
+               "nearly constant": 0.5 + 1e-6 * rng.normal(size=500)}[column]
+    reference = fit_logistic(np.delete(x, 5, axis=1), y, 3, 1e-2)
+    start = (rng.uniform(-0.5, 0.5, size=(8, 3)).astype("float32"), np.zeros(3, "float32"))
+    for begin in (None, start):
+        kernel, bias, report = fit_logistic(x, y, 3, 1e-2, start=begin)
+        assert report["loss"] == pytest.approx(reference[2]["loss"], rel=1e-4), (column, begin is None)
+        assert accuracy(x, y, kernel, bias) == pytest.approx(accuracy(np.delete(x, 5, axis=1), y, *reference[:2]))
+
+
 @pytest.mark.parametrize("loss", LOSSES)
 def test_chunked_fit_equals_the_in_memory_fit(rng, loss):
     """One chunk is the computation the fit did on its whole in-memory standardised copy before it read

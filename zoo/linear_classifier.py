@@ -29,8 +29,9 @@ def fit_logistic(features, labels, num_classes, l2, *, rows=None, start=None, ma
     features (N, D) of any dtype cast to float32 (float16, Keras's bfloat16...; a read-only np.memmap too),
     labels (N,) ints in [0, K); `rows`
     the indices of the rows to fit on (default all; sorted ones read a memory map in order); `start` a
-    previous (kernel, bias). L-BFGS runs on standardised features, (x - mean) / std per column, with the
-    penalty rewritten for them: the same objective, better conditioned (fewer passes over the features).
+    previous (kernel, bias). L-BFGS runs on standardised features, (x - mean) / std per column (a constant column
+    only centred: `_scales`), with the penalty rewritten for them: the same objective, better conditioned (fewer
+    passes over the features).
     The features are never copied whole: one float64 pass for the column means and deviations, then each
     objective evaluation is one pass over `chunk_rows` rows at a time (default: CHUNK_BYTES of float32),
     each cast to float32 and standardised on the fly, so the memory used is O(chunk_rows D + D K) whatever N.
@@ -41,8 +42,8 @@ def fit_logistic(features, labels, num_classes, l2, *, rows=None, start=None, ma
     loss_name = check_choice("loss", loss, LOSSES)
     data_term = {"logistic": _cross_entropy, "squared_hinge": _squared_hinge}[loss_name]
     d = x.shape[1]
-    count, mean, scale = _column_moments(x, rows, chunk_rows)
-    scale = 1.0 / np.maximum(scale, 1e-12)
+    count, mean, std = _column_moments(x, rows, chunk_rows)
+    scale = _scales(std)
     penalty = l2 * np.repeat(scale ** 2, k)  # l2 ||kernel||^2 with kernel = scale * v
 
     def objective(theta):
@@ -70,6 +71,15 @@ def fit_logistic(features, labels, num_classes, l2, *, rows=None, start=None, ma
     report = {"l2": l2, "loss": float(result.fun), "loss_function": loss_name,
               "iterations": int(result.nit), "converged": bool(result.success)}
     return kernel.astype("float32"), bias.astype("float32"), report
+
+
+def _scales(std):
+    """1 / std per column, but 1 for a column (nearly) constant, its std below 1e-4 of the columns' RMS: its
+    penalty, l2 / std^2 on the standardised weight, would make the problem too ill-conditioned for L-BFGS, which
+    then stops at once far from the optimum and reports convergence (a dead ReLU feature did that)."""
+    floor = 1e-4 * np.sqrt(np.mean(std ** 2))
+    constant = std <= floor
+    return np.where(constant, 1.0, 1.0 / np.where(constant, 1.0, std))
 
 
 def accuracy(features, labels, kernel, bias, *, rows=None, chunk_rows=None):
