@@ -3,6 +3,7 @@ seeding, the layers and builder, the two-level analysis (Sec. 4) and the algorit
 generated data. The family contract (training, resume, save/load, ONNX) is tests/test_families.py."""
 import json
 import os
+import shutil
 
 import keras
 import numpy as np
@@ -286,6 +287,17 @@ def test_embedding_gaps_need_a_pair_of_one_class_and_two_classes():
             theory.embedding_gaps(kernel, patches, classes)
 
 
+def test_theorem1_schedule_names_a_bad_setting():
+    """Each setting by its name: a zero lr or fail probability divided by zero, a probability of 1 or more, a
+    negative delta or an empty set gave a meaningless schedule, no classes a math domain error."""
+    good = {"theta": 0.5, "xi": 0.2, "num_classes": 5, "set_size": 3, "delta": 0.1, "lr": 0.5, "fail": 0.05}
+    theory.theorem1_schedule(**good)
+    for name, value in (("num_classes", 0), ("set_size", 0), ("set_size", 1.5), ("delta", -1.0), ("lr", 0.0),
+                        ("fail", 0.0), ("fail", 1.0), ("fail", 2.0), ("theta", 0.0), ("xi", -1.0)):
+        with pytest.raises(ValueError, match=f"`{name}`"):
+            theory.theorem1_schedule(**dict(good, **{name: value}))
+
+
 # ----------------------------------------------------------------------------- Sec. 5.1: the algorithm
 
 
@@ -298,6 +310,14 @@ def test_generated_synthetic_digits_name_their_dataset():
     too_many = recipe.hyperparameters(preset)["train_size"] + 1  # refused, not capped
     with pytest.raises(ValueError, match="`--limit-train` must be an int in"):
         recipe.load_data(preset, options=recipe.options(limit_train=too_many), verbose=0)
+
+
+def test_synthetic_digits_are_the_synthetic_presets_own_dataset():
+    """--dataset synthetic_digits with another preset: a ValueError naming --dataset (it was a KeyError
+    'train_size': the generated sizes are the synthetic preset's recipe's)."""
+    preset = registry.info("layerwise_cifar10_jl_fc")
+    with pytest.raises(ValueError, match="`--dataset` 'synthetic_digits'.*layerwise_synthetic_digits"):
+        registry.recipe(preset).load_data(preset, dataset="synthetic_digits", verbose=0)
 
 
 @pytest.fixture(scope="module")
@@ -464,3 +484,65 @@ def test_block_settings_are_checked_under_their_own_names_and_refused_without_a_
             recipe.train(jl, data, str(tmp_path / name), overrides={"clusters": (6, 8), "embeddings": (4, 5)}, hp=hp,
                          verbose=0, tensorboard=False)
         assert not os.path.exists(tmp_path / name)  # refused before the run folder
+
+
+def _tiny_jl_run(folder, seed=0, kmeans_patches=300, **kwargs):
+    """The JL network (its feature standardisation too) shrunk: 2 epochs on 48 stripes, the features kept."""
+    preset = registry.info("layerwise_cifar10_jl_fc")
+    recipe = registry.recipe(preset)
+    data = Data(train=stripes(48, size=12), test=stripes(16, size=12, seed=1), source="stripes",
+                class_names=("h", "v", "flat"))
+    hp = recipe.hyperparameters(preset, epochs=2, batch_size=16, kmeans_patches=kmeans_patches, kmeans_iterations=3)
+    return recipe.train(preset, data, str(folder), overrides={"clusters": (6, 8), "embeddings": (4, 5),
+                                                               "fc_units": (8, 4), "bias": 0.5},
+                        hp=dict(hp, keep_features=True), seed=seed, verbose=0, tensorboard=False, **kwargs)
+
+
+def test_kmeans_settings_are_refused_by_name_before_the_run_folder(tmp_path, monkeypatch):
+    """kmeans_patches and kmeans_iterations are checked by name with the other hyper-parameters (they were
+    refused as `count` or `max_iter` after config.json was written), and kmeans_patches against the widest
+    block's clusters before anything runs (too few for block 2 failed after block 1 had trained)."""
+    preset = registry.info("layerwise_synthetic_digits")
+    recipe = registry.recipe(preset)
+    for name, value in (("kmeans_patches", -5), ("kmeans_patches", 2.5), ("kmeans_iterations", 0)):
+        with pytest.raises(ValueError, match=f"`{name}` must be a positive int"):
+            recipe.hyperparameters(preset, **{name: value})
+    monkeypatch.setattr(algorithm, "cluster_block", lambda *args, **kwargs: pytest.fail("k-means before the refusal"))
+    with pytest.raises(ValueError, match="`kmeans_patches` must be an int >= 8, got 7"):  # block 2's 8 clusters
+        _tiny_jl_run(tmp_path / "run", kmeans_patches=7)
+    assert not (tmp_path / "run").exists()
+
+
+class _KillAtFirstEpoch(keras.callbacks.Callback):
+    """Interrupts a run as its first epoch begins: after the JL network's k-means and feature pass."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        raise KeyboardInterrupt("killed")
+
+
+def test_a_run_killed_before_its_first_epoch_leaves_its_kmeans_and_features_to_itself_alone(tmp_path, monkeypatch):
+    """The run's state is saved (epoch 0) before its k-means: a new run in the folder is refused, a resume with
+    another seed too, and the resume with the same settings reads the k-means and features back and ends as the
+    unbroken run. A folder with k-means and features but no state (a run killed before this state was saved) is a
+    new run's: they are recomputed, not read (they were: another network's centroids and features)."""
+    straight = _tiny_jl_run(tmp_path / "straight")
+    with pytest.raises(KeyboardInterrupt):
+        _tiny_jl_run(tmp_path / "killed", callbacks=[_KillAtFirstEpoch()])
+    assert training.read_state(tmp_path / "killed")["epoch"] == 0
+    assert (tmp_path / "killed" / "kmeans" / "block2.npy").is_file()
+    assert (tmp_path / "killed" / "features" / "train-48.npy").is_file()
+    with pytest.raises(ValueError, match="already holds a run"):
+        _tiny_jl_run(tmp_path / "killed", seed=1)
+    with pytest.raises(ValueError, match="other settings .*seed 0 -> 1"):
+        _tiny_jl_run(tmp_path / "killed", seed=1, resume=True)
+    with monkeypatch.context() as patch:
+        patch.setattr(algorithm, "cluster_block", lambda *args, **kwargs: pytest.fail("k-means again"))
+        resumed = _tiny_jl_run(tmp_path / "killed", resume=True)
+    with pytest.raises(KeyboardInterrupt):
+        _tiny_jl_run(tmp_path / "left", seed=1, callbacks=[_KillAtFirstEpoch()])
+    shutil.rmtree(tmp_path / "left" / training.CHECKPOINTS)
+    fresh = _tiny_jl_run(tmp_path / "left")
+    for result in (resumed, fresh):
+        assert [int(row["epoch"]) for row in result["history"]] == [0, 1]
+        for a, b in zip(straight["model"].weights, result["model"].weights):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)

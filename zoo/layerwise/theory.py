@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from kernelzoo.ops.checks import nonnegative_int, positive_float, positive_int
+from kernelzoo.ops.checks import float_in_range, nonnegative_int, positive_float, positive_int
 
 
 def patch_columns(images, patch_size):
@@ -95,8 +95,12 @@ def embedding_gaps(kernel, patches, classes):
 def theorem1_schedule(theta, xi, num_classes, set_size, delta, lr, fail=0.05):
     """(n, T) of Theorem 1: n > pi / (0.23 theta) log(|C0|^2 / fail) (the union bound over the pairs of
     classes of Lemma 5) and T > (delta + 2) k / (lr xi) (our reading of the garbled condition; each
-    step adds lr |w_i . F_c| / k to a kernel's response to a patch of class c)."""
+    step adds lr |w_i . F_c| / k to a kernel's response to a patch of class c). Each setting is checked by name:
+    fail is a probability in (0, 1), delta, lr, theta and xi are positive, |C0| and k positive ints."""
     theta, xi = positive_float(theta, "theta"), positive_float(xi, "xi")
+    num_classes, set_size = positive_int(num_classes, "num_classes"), positive_int(set_size, "set_size")
+    delta, lr = positive_float(delta, "delta"), positive_float(lr, "lr")
+    fail = float_in_range(fail, "fail", 0, 1, "()")
     n = math.floor(math.pi / (0.23 * theta) * math.log(num_classes ** 2 / fail)) + 1
     steps = math.floor((delta + 2.0) * set_size / (lr * xi)) + 1
     return n, steps
