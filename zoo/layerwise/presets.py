@@ -4,13 +4,13 @@ The CIFAR-10 networks are Appendix C's configurations (found by the paper's rand
 held-out training images): two blocks of CentroidConv2D 3 x 3 (stride 1, same padding) + ReLU with
 the fixed bias b, 2 x 2 max pooling, Conv1x1; then a linear classifier or the TensorFlow CIFAR-10
 tutorial's three fully connected layers (384, 192, 10). Every model takes raw 0-255 pixels (per-image
-standardization inside). No weights yet: `kernelzoo train NAME` runs the recipe.
+standardization inside). No weights shipped (beyond the repository's weight budget: layerwise_cifar10.md):
+`kernelzoo train NAME` runs the recipe.
 
 The cnn_cifar10_tf_* presets are the paper's SGD baseline (Sec. 6, Fig. 3 "CNN" and "CNN(Random)"): the
 TensorFlow CIFAR-10 tutorial CNN (`tf_tutorial_cnn`) with its three fully connected layers or one linear
-layer, trained whole, or with its two convolutions frozen at their random initialisation. Weights:
-cnn_cifar10_tf_linear, cnn_cifar10_tf_linear_random and cnn_cifar10_tf_fc_random (their lr or epochs chosen on
-held-out images: the card).
+layer, trained whole, or with its two convolutions frozen at their random initialisation. All four are shipped
+(their lr or epochs chosen on held-out images: the card).
 
 The synthetic preset is Algorithm 1 itself on our reconstruction of the Sec. 3.2 digits: aligned,
 non-overlapping patches (stride = patch size, no pooling), cosine responses, k_i = k |C_{i-1}| clusters
