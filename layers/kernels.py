@@ -40,6 +40,7 @@ def kernel_matrix(u, v, kernel, gamma=1.0, degree=2, offset=1.0, scale=1.0,
     by the paper's MovieLens code).
     """
     kernel = check_choice("kernel", kernel, KERNELS)
+    distance = check_choice("distance", distance, DISTANCES)
     if kernel in ("dot", "poly", "tanh"):
         dot = ops.matmul(u, ops.transpose(v))
         if kernel == "dot":

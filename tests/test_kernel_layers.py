@@ -176,6 +176,10 @@ def test_grid_initializer_gives_pixel_locations():
     grid = keras.ops.convert_to_numpy(Grid2D(28, 28)((784, 2)))
     assert grid[0].tolist() == [0.0, 0.0] and grid[-1].tolist() == [1.0, 1.0]
     np.testing.assert_allclose(grid[29], [1 / 27, 1 / 27], rtol=1e-6)   # pixel (1, 1)
+    np.testing.assert_allclose(grid[1], [0, 1 / 27], atol=1e-7)          # pixel (row 0, column 1): (row, col)
+    np.testing.assert_allclose(grid[28], [1 / 27, 0], atol=1e-7)         # pixel (row 1, column 0)
+    wide = keras.ops.convert_to_numpy(Grid2D(2, 3)((6, 2)))              # 2 rows of 3: row-major
+    np.testing.assert_allclose(wide, [[0, 0], [0, 0.5], [0, 1], [1, 0], [1, 0.5], [1, 1]], atol=1e-7)
     stacked = keras.ops.convert_to_numpy(Grid2D(repeats=3)((3 * 16, 2)))
     np.testing.assert_array_equal(stacked[:16], stacked[32:])
     assert len(np.unique(stacked[:16], axis=0)) == 16
@@ -264,6 +268,7 @@ def test_location_noise_moves_the_input_locations_in_training_only(tmp_path):
     (lambda: Grid2D(minval=-float("inf")), "`minval`"),
     (lambda: Grid2D(rows=3)((8, 2)), "grid 3x2 does not hold 8 locations"),
     (lambda: KernelDense(3).expected_macs(2.0), "`input_density`"),
+    (lambda: kernel_matrix(np.zeros((2, 2)), np.zeros((3, 2)), "finite_support", distance="squard"), "`distance`"),
 ])
 def test_bad_arguments_raise_value_error_naming_them(make, argument):
     with pytest.raises(ValueError, match=argument):

@@ -54,3 +54,14 @@ def test_float32_copy_keeps_every_weight_and_computes_in_float32():
     exact, rounded = np.asarray(copy(x)), np.asarray(model(x), "float32")
     assert exact.dtype == np.float32 and not np.array_equal(exact, rounded)
     np.testing.assert_allclose(exact, rounded, rtol=0, atol=0.02 * np.abs(exact).max())
+
+
+def test_float32_copy_reaches_the_layers_of_a_nested_model():
+    import keras
+
+    with precision.precision_policy("mixed_bfloat16"):
+        inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="inner_dense")], name="inner")
+        inputs = keras.Input((4,))
+        model = keras.Model(inputs, keras.layers.Dense(2, name="outer_dense")(inner(inputs)))
+    copy = precision.float32_copy(model)
+    assert copy.get_layer("inner").get_layer("inner_dense").dtype_policy.name == "float32"

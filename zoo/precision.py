@@ -53,12 +53,19 @@ def float32_copy(model):
     """An uncompiled copy of the functional `model` with every layer computing in float32 (the same weights): what
     a mixed-precision run saves (uncompiled: no optimizer state of the run)."""
     config = model.get_config()
-    for layer in config["layers"]:
-        layer["config"]["dtype"] = "float32"
+    _float32_layers(config)
     with precision_policy("float32"):  # the input layer follows the global policy
         copy = keras.Model.from_config(config)
     set_weights(copy, model.get_weights())
     return copy
+
+
+def _float32_layers(config):
+    """Every layer of a functional model's `config` set to compute in float32, inside nested models too."""
+    for layer in config["layers"]:
+        layer["config"]["dtype"] = "float32"
+        if "layers" in layer["config"]:
+            _float32_layers(layer["config"])
 
 
 class MixedPrecisionMixin:
