@@ -504,7 +504,8 @@ def test_kmeans_settings_are_refused_by_name_before_the_run_folder(tmp_path, mon
     block's clusters before anything runs (too few for block 2 failed after block 1 had trained)."""
     preset = registry.info("layerwise_synthetic_digits")
     recipe = registry.recipe(preset)
-    for name, value in (("kmeans_patches", -5), ("kmeans_patches", 2.5), ("kmeans_iterations", 0)):
+    for name, value in (("kmeans_patches", -5), ("kmeans_patches", 2.5), ("kmeans_iterations", 0),
+                        ("kmeans_candidates", 0)):
         with pytest.raises(ValueError, match=f"`{name}` must be a positive int"):
             recipe.hyperparameters(preset, **{name: value})
     monkeypatch.setattr(algorithm, "cluster_block", lambda *args, **kwargs: pytest.fail("k-means before the refusal"))

@@ -92,6 +92,8 @@ class LayerwiseRecipe(Recipe):
         hp = super().hyperparameters(preset, **changes)
         for key in ("kmeans_patches", "kmeans_iterations"):
             positive_int(hp[key], key)
+        if hp.get("kmeans_candidates") is not None:
+            positive_int(hp["kmeans_candidates"], "kmeans_candidates")
         if hp.get("block_optimizer") is not None:
             check_choice("block_optimizer", hp["block_optimizer"], self.optimizers)
         if hp.get("block_lr") is not None:
