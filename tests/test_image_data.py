@@ -345,6 +345,8 @@ def test_a_mistyped_stl10_path_is_refused_not_replaced_by_another_copy(tmp_path)
     _write_stl10(data / "stl10" / "stl10_binary")
     typo = str(tmp_path / "stl10_TYPO")
     assert load_stl10("stl10", str(data)).train[0].shape == (3, 96, 96, 3)  # a name reads the data dir's copy
+    with pytest.raises(ValueError, match="`dataset`='stl10_typo': data_dir is read for STL-10"):
+        load_stl10("stl10_typo", str(data))  # another name is not STL-10
     for data_dir in (str(data), None):  # neither the data dir's copy nor tfds (whose error would not name it)
         with pytest.raises(ValueError, match="`dataset`='.*stl10_TYPO': no such path"):
             load_stl10(typo, data_dir)

@@ -126,6 +126,8 @@ def load_stl10(source=None, data_dir=None):
     root, argument = data_root(data_dir)
     if root is None:
         return load_tfds(source or "stl10")
+    if source is not None and source.split(":")[0].lower() != "stl10":
+        raise ValueError(f"`dataset`={source!r}: {argument} is read for STL-10 ('stl10') only; no such path either")
     folder = find_binary(root)
     if folder is None:
         raise ValueError(f"{argument}={root!r}: no STL-10 copy: expected the binary files "
