@@ -78,15 +78,18 @@ def test_approximation_error_falls_as_anchors_grow(rng):
     assert all(later < 0.8 * earlier for earlier, later in zip(errors, errors[1:])), errors
 
 
+@pytest.mark.parametrize("shift", [0.0, 0.05])
 @pytest.mark.parametrize("kernel_function", ["exp", "poly2"])
-def test_forward_matches_a_numpy_reference(rng, kernel_function):
-    layer = CKNConv2D(5, 3, subsampling=2, kernel_function=kernel_function, sigma=0.7)
+def test_forward_matches_a_numpy_reference(rng, kernel_function, shift):
+    """The factor is V diag(1 / (sqrt(lambda) + c)) V^T with c = `nystrom_shift` (0: the exact inverse square root
+    of kappa(Z^T Z))."""
+    layer = CKNConv2D(5, 3, subsampling=2, kernel_function=kernel_function, sigma=0.7, nystrom_shift=shift)
     x = rng.normal(size=(2, 7, 6, 3)).astype("float32")
     out = np.asarray(layer(x))
     z = np.asarray(layer.anchors).reshape(-1, 5).astype("float64")
     z /= np.linalg.norm(z, axis=0)
     values, vectors = np.linalg.eigh(_kappa(z.T @ z, kernel_function, sigma=0.7))
-    factor = (vectors / np.sqrt(values)) @ vectors.T
+    factor = (vectors / (np.sqrt(values) + shift)) @ vectors.T
     padded = np.pad(x.astype("float64"), ((0, 0), (1, 1), (1, 1), (0, 0)))
     patches = np.stack([np.stack([padded[:, i:i + 3, j:j + 3].reshape(2, -1) for j in range(6)], axis=1)
                         for i in range(7)], axis=1)  # (2, 7, 6, 27) in (row, col, channel) order
@@ -374,6 +377,24 @@ def test_config_round_trip_and_output_shape(rng, config):
     clone.build(x.shape)
     clone.set_weights(layer.get_weights())
     np.testing.assert_allclose(np.asarray(clone(x)), np.asarray(out), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("regularizer, penalty", [(keras.regularizers.L2(0.1), lambda a: 0.1 * np.sum(a ** 2)),
+                                                  (keras.regularizers.L1(0.02), lambda a: 0.02 * np.sum(np.abs(a)))],
+                         ids=["l2", "l1"])
+def test_anchors_initializer_and_regularizer_reach_the_anchors_and_the_config(rng, regularizer, penalty):
+    """The regularizer of the anchors as the layer holds them (before their normalisation), in layer.losses; both
+    arguments through the config to a clone (the round trip above compares a clone with its own config)."""
+    layer = CKNConv2D(3, 2, anchors_initializer=keras.initializers.RandomUniform(0.5, 1.5, seed=4),
+                      anchors_regularizer=regularizer)
+    layer(rng.normal(size=(1, 4, 4, 2)).astype("float32"))
+    anchors = layer.anchors.numpy()
+    assert anchors.min() >= 0.5 and anchors.max() <= 1.5  # the initializer's, not random_normal's
+    np.testing.assert_allclose([float(loss) for loss in layer.losses], [penalty(anchors)], rtol=1e-5)
+    clone = CKNConv2D.from_config(layer.get_config())
+    for name in ("anchors_initializer", "anchors_regularizer", "nystrom_shift", "eigenvalue_floor"):
+        assert keras.saving.serialize_keras_object(getattr(clone, name)) == \
+            keras.saving.serialize_keras_object(getattr(layer, name)), name
 
 
 def test_kernel_function_is_a_string_attribute_not_kernel_and_old_configs_load():

@@ -62,6 +62,38 @@ def test_kernel_dense_forward_is_alpha_times_kernel():
     np.testing.assert_allclose(y, np.tanh(x @ w + 0.3), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind, options", [("poly", dict(degree=3, offset=0.5)), ("poly", dict(degree=1, offset=-0.75)),
+                                           ("rbf", dict(gamma=0.3))])
+def test_kernel_dense_hands_every_argument_on(kind, options):
+    """The kernel's options -> kernel_matrix (W against the NumPy kernel of the layer's locations), alpha_ and
+    bias_initializer -> the variables, alpha_ / bias_regularizer -> layer.losses, alpha_constraint -> an
+    optimizer step, and each argument through the config to a clone (not merely agreeing with its own config)."""
+    import tensorflow as tf
+    layer = KernelDense(4, kernel_function=kind, dim=3, activation="tanh",
+                        alpha_initializer=keras.initializers.Constant(0.8),
+                        bias_initializer=keras.initializers.Constant(0.2),
+                        input_locations_initializer=keras.initializers.RandomUniform(-1.0, 1.0, seed=1),
+                        output_locations_initializer=keras.initializers.RandomUniform(-1.0, 1.0, seed=2),
+                        alpha_regularizer=keras.regularizers.L2(0.1), bias_regularizer=keras.regularizers.L1(0.05),
+                        alpha_constraint=keras.constraints.NonNeg(), **options)
+    x = RNG.normal(size=(3, 5)).astype("float32")
+    y = keras.ops.convert_to_numpy(layer(x))
+    assert np.all(layer.alpha.numpy() == 0.8) and np.all(layer.bias.numpy() == 0.2)
+    u, v = layer.input_locations.numpy().astype("float64"), layer.output_locations.numpy().astype("float64")
+    w = 0.8 * _np_kernel(u, v, kind, **options)
+    np.testing.assert_allclose(y, np.tanh(x @ w + 0.2), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(sorted(float(loss) for loss in layer.losses), sorted([0.1 * 0.64 * 5, 0.05 * 0.2 * 4]),
+                               rtol=1e-5)
+    keras.optimizers.SGD(1.0).apply([tf.fill(layer.alpha.shape, 10.0)], [layer.alpha])
+    assert np.all(layer.alpha.numpy() == 0)
+    arguments = ("kernel_function", "gamma", "degree", "offset", "activation", "alpha_initializer", "bias_initializer",
+                 "alpha_regularizer", "bias_regularizer", "alpha_constraint")
+    clone = KernelDense.from_config(layer.get_config())
+    for name in arguments:
+        assert keras.saving.serialize_keras_object(getattr(clone, name)) == \
+            keras.saving.serialize_keras_object(getattr(layer, name)), name
+
+
 @pytest.mark.parametrize("kind", KERNELS + ("sparse",))
 def test_kernel_layers_keep_w_float32_under_a_float64_policy(kind):
     """alpha (SparseKernelDense's kernel A) is a float64 variable there, the kernel values float32: W is their

@@ -48,6 +48,90 @@ def test_config_round_trip_and_output_shape(rng, config):
     np.testing.assert_allclose(clone(x), out, rtol=1e-6, atol=1e-6)
 
 
+# Every constructor argument away from its default across a layer's configs (with the objects below: distinct
+# initial values, regularizers, constraints; a NaN in the input), so that one the layer drops on its way to its
+# variables, the op, layer.losses, the optimizer or the config fails `test_*_hands_every_argument_on`.
+SIMILARITY_FULL_CONFIGS = [
+    dict(filters=3, kernel_size=2, strides=(1, 2), padding="same", similarity="lp", weighted=True,
+         p=[1.0, 1.5, 2.5], learn_p=True, normalization_term=True, ignore_nan=True),
+    dict(filters=2, kernel_size=(2, 3), strides=2, similarity="l1", normalization_term=True, ignore_nan=True),
+]
+SIMILARITY_OBJECTS = dict(
+    templates_initializer=keras.initializers.Constant(0.3), weights_initializer=keras.initializers.Constant(0.7),
+    templates_regularizer=keras.regularizers.L2(0.01), weights_regularizer=keras.regularizers.L1(0.02),
+    templates_constraint=keras.constraints.NonNeg(), weights_constraint=MinValue(0.25))
+MEX_FULL_CONFIGS = [
+    dict(num_instances=2, pool_size=2, channel_block=2, strides=1, padding="same", xi=[1.5, -0.5], learn_xi=True,
+         offsets="shared", use_c=True, softmax_mode=True),
+    dict(num_instances=3, pool_size=(2, 3), channel_block=1, strides=(1, 2), xi=[2.0, -1.0, 0.5], learn_xi=False,
+         offsets=(2, 1), use_c=True, softmax_mode=True),
+]
+MEX_OBJECTS = dict(
+    offsets_initializer=keras.initializers.Constant(0.4), offsets_regularizer=keras.regularizers.L2(0.03),
+    offsets_constraint=keras.constraints.NonNeg(), c_initializer=keras.initializers.Constant(-0.6))
+
+
+def _arguments(layer):
+    """The layer's constructor arguments as it holds them, serialised (initializers, regularizers, constraints as
+    Keras objects): a clone's must be the original's, not merely agree with its own config."""
+    import inspect
+    names = set(inspect.signature(type(layer).__init__).parameters) - {"self", "kwargs"}
+    return {name: keras.saving.serialize_keras_object(getattr(layer, name)) for name in names}
+
+
+def _step_down(variables):
+    """One SGD step of gradient +10 on each variable: every entry far below its constraint's bound."""
+    import tensorflow as tf
+    keras.optimizers.SGD(1.0).apply([tf.fill(v.shape, 10.0) for v in variables], variables)
+
+
+@pytest.mark.parametrize("config", SIMILARITY_FULL_CONFIGS)
+def test_similarity_hands_every_argument_on(rng, config):
+    """Initializers -> the variables, normalization_term / ignore_nan / p / strides / padding -> the op (against a
+    direct kernelzoo.ops.similarity call on the layer's variables), regularizers -> layer.losses, constraints ->
+    an optimizer step, and each argument through the config to a clone."""
+    from kernelzoo import ops as kops
+    layer = Similarity(**config, **SIMILARITY_OBJECTS)
+    x = _input(rng, (2, 5, 7, 2))
+    x[0, 2, 3, 1] = np.nan
+    out = np.asarray(layer(x))
+    assert np.all(layer.templates.numpy() == 0.3) and np.all(layer.template_weights.numpy() == 0.7)
+    op_arguments = {k: v for k, v in config.items() if k not in ("filters", "kernel_size", "weighted", "learn_p")}
+    want = kops.similarity(x, layer.templates, layer.template_weights, **op_arguments)
+    assert np.all(np.isfinite(out))  # the NaN marginalised out
+    np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-6)
+    size = layer.templates.numpy().size
+    np.testing.assert_allclose(sorted(float(v) for v in layer.losses), [0.01 * 0.09 * size, 0.02 * 0.7 * size],
+                               rtol=1e-5)
+    _step_down([layer.templates, layer.template_weights])
+    assert np.all(layer.templates.numpy() == 0) and np.all(layer.template_weights.numpy() == 0.25)
+    assert _arguments(Similarity.from_config(layer.get_config())) == _arguments(layer)
+
+
+@pytest.mark.parametrize("config", MEX_FULL_CONFIGS)
+def test_mex_hands_every_argument_on(rng, config):
+    """As the similarity's: offsets_ / c_initializer -> the variables, softmax_mode / xi / blocks -> the op (against
+    kernelzoo.ops.mex on the layer's variables), offsets_regularizer -> layer.losses, offsets_constraint -> an
+    optimizer step, and each argument through the config to a clone."""
+    from kernelzoo import ops as kops
+    layer = Mex(**config, **MEX_OBJECTS)
+    x = _input(rng, (2, 5, 7, 2))
+    out = np.asarray(layer(x))
+    assert np.all(layer.offsets_variable.numpy() == 0.4) and np.all(layer.c.numpy() == -0.6)
+    xi = config["xi"]
+    if config["learn_xi"]:
+        np.testing.assert_array_equal(layer.xi_variable.numpy(), xi)
+        xi = layer.xi_variable
+    op_arguments = {k: v for k, v in config.items() if k not in ("xi", "learn_xi", "offsets", "use_c")}
+    want = kops.mex(x, xi, offsets=layer.offsets_variable, c=layer.c, **op_arguments)
+    np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose([float(v) for v in layer.losses], [0.03 * 0.16 * layer.offsets_variable.numpy().size],
+                               rtol=1e-5)
+    _step_down([layer.offsets_variable])
+    assert np.all(layer.offsets_variable.numpy() == 0)
+    assert _arguments(Mex.from_config(layer.get_config())) == _arguments(layer)
+
+
 def test_offsets_modes_create_the_right_shapes(rng):
     x = _input(rng)  # Mex pool 2 on 7x8 -> 3x4 outputs
     shapes = {"shared": (1, 1), "unshared": (3, 4), (3, 2): (3, 2)}

@@ -252,11 +252,19 @@ def test_mex_channel_blocks_instances_offsets_and_c(impl, rng):
                                                rtol=1e-5, atol=1e-5)
 
 
-def test_mex_softmax_mode_drops_the_mean(impl, rng):
-    x = rng.normal(size=(1, 4, 4, 2)).astype("float32")
-    out = np.asarray(kops.mex(x, 2.0, pool_size=2, softmax_mode=True))
-    blocks = x.reshape(1, 2, 2, 2, 2, 2).transpose(0, 1, 3, 2, 4, 5).reshape(1, 2, 2, 8)
-    expected = np.log(np.sum(np.exp(2.0 * blocks.astype(np.float64)), -1)) / 2.0
+@pytest.mark.parametrize("padding", ["valid", "same"])
+@pytest.mark.parametrize("tensor_xi", [False, True], ids=["fixed xi", "tensor xi"])
+def test_mex_softmax_mode_drops_the_mean(impl, rng, padding, tensor_xi):
+    """log sum exp(xi v) / xi over each block. "same" on 5 rows: the bottom row's blocks hold 4 entries of 8, the sum
+    runs over those (the log n the softmax adds back is their count, not the padded block's). A tensor xi (a
+    learned one) takes the composite's general path, a fixed one its one-branch path."""
+    x = rng.normal(size=(1, 5, 4, 2)).astype("float32")
+    xi = tf.constant(2.0) if tensor_xi else 2.0
+    out = np.asarray(kops.mex(x, xi, pool_size=2, padding=padding, softmax_mode=True))
+    padded = _same_padded(x, (2, 2), (2, 2), np.nan) if padding == "same" else x[:, :4]
+    blocks = pool_blocks(padded.astype(np.float64), 2).reshape(1, -1, 2, 8)  # (1, rows, 2, channels x 4)
+    expected = np.log(np.nansum(np.exp(2.0 * blocks), -1)) / 2.0
+    assert out.shape == expected.shape + (1,)
     np.testing.assert_allclose(out[..., 0], expected, rtol=1e-5)
 
 
