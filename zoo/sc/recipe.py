@@ -71,7 +71,8 @@ class SCRecipe(MixedPrecisionMixin, Recipe):
         parser.add_argument("--sc-epochs", type=int, default=None,
                             help="epochs of spatial contrasting pre-training (0: none, the *_noinit protocol)")
         parser.add_argument("--sc-lr", type=float, default=None, help="initial learning rate of the SC stage")
-        parser.add_argument("--sc-batch-size", type=int, default=None, help="images per SC batch (the contrasted set; at least 2)")
+        parser.add_argument("--sc-batch-size", type=int, default=None,
+                            help="images per SC batch (the contrasted set; at least 2)")
         parser.add_argument("--sc-patch-size", type=int, default=None,
                             help="patch side in cells of the SC layer's map (in pixels with --sc-sampling image)")
         parser.add_argument("--sc-sampling", choices=SAMPLINGS, default=None,
