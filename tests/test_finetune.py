@@ -129,6 +129,32 @@ def test_the_seed_fixes_the_new_heads_weights():
     assert not np.allclose(head(0), head(1))
 
 
+def test_a_finetuned_model_can_be_finetuned_again(tmp_path):
+    """The second adapter's layers take free names (adapt_scale_2, ...): the first one's stay in the model."""
+    path = str(tmp_path / "tuned.keras")
+    ft.adapt_model(_tiny_kernelnet(), NUM_CLASSES, (16, 16, 3)).save(path)
+    again = ft.adapt_model(ft.resolve_model(path), 2, (16, 16, 3))
+    names = [layer.name for layer in again.layers]
+    assert len(set(names)) == len(names) and "adapt_scale" in names and "adapt_scale_2" in names
+    assert again.predict(np.zeros((1, 16, 16, 3), np.uint8), verbose=0).shape == (1, 2)
+
+
+def test_the_adapted_model_has_no_augmentation(tmp_path):
+    """A RandomShiftFlip (convnet_cifar10, the n400 SimNets) would shift and mirror the new images in fit: it is
+    dropped (an identity of the same name), so training=True computes what inference does."""
+    from kernelzoo.zoo.augment import RandomShiftFlip
+
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Flatten()(RandomShiftFlip(shift=2, flip=True, name="augment")(inputs))
+    tuned = ft.adapt_model(keras.Model(inputs, keras.layers.Dense(4, name="logits")(x)), 2, (8, 8, 3))
+    images = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3)).astype(np.uint8)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(tuned(images, training=True)),
+                                  keras.ops.convert_to_numpy(tuned(images, training=False)))
+    path = str(tmp_path / "tuned.keras")
+    tuned.save(path)
+    assert isinstance(keras.models.load_model(path).get_layer("augment"), keras.layers.Identity)
+
+
 def test_sequential_models_with_a_dense_head():
     source = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(name="flat"),
                                keras.layers.Dense(5, activation="softmax", name="probs")])
@@ -158,6 +184,30 @@ def test_adapted_model_keeps_the_fitted_normalization():
     np.testing.assert_allclose(features[1], features[0], rtol=1e-5, atol=1e-5)
 
 
+def test_from_scratch_ckn_layers_get_kmeans_anchors():
+    """The from-scratch baseline of an unsupervised CKN (its CKN layers frozen, as saved) starts from k-means
+    anchors on the new training images, as its recipe does, not from the random ones it would never train."""
+    from kernelzoo.zoo.ckn import ckn, init_ckn_layers
+
+    source = ckn(filters=(4, 4), kernel_sizes=(3, 1), subsamplings=(2, 2), kernels=("exp", "poly2"), whitening="image",
+                 normalize_features=False, input_shape=(16, 16, 3))
+    images = _blob_images(30, np.random.default_rng(1))[0]
+
+    def scratch():
+        keras.utils.set_random_seed(0)
+        return ft.adapt_model(source, NUM_CLASSES, (16, 16, 3), freeze="none", copy_weights=False)
+
+    model, expected = scratch(), scratch()
+    random_anchors = model.get_layer("ckn1").get_weights()
+    ft._reinitialise_unsupervised(model, images, 0, False)
+    init_ckn_layers(expected, images, seed=0)
+    for name in ("ckn1", "ckn2"):
+        assert not model.get_layer(name).trainable
+        for new, old in zip(model.get_layer(name).get_weights(), expected.get_layer(name).get_weights()):
+            np.testing.assert_allclose(new, old, rtol=1e-6, atol=1e-6)
+    assert not np.allclose(model.get_layer("ckn1").get_weights()[0], random_anchors[0])
+
+
 def test_finetune_is_exported_from_the_zoo():
     assert zoo.finetune is ft.finetune and "finetune" in zoo.__all__
 
@@ -178,6 +228,15 @@ def test_bad_arguments_are_named():
         ft.adapt_model(headless, 2, (8, 8, 1))
     with pytest.raises(ValueError, match="no pretrained weights"):
         ft.resolve_model("simnet_cifar10_wl1_n200")
+
+
+def test_images_must_be_uint8_pixels():
+    """Float images in [0, 1] would reach a model reading 0-255 pixels nearly black: refused, naming the argument."""
+    images, labels = np.zeros((4, 12, 12, 1), np.uint8), np.array([0, 1, 0, 1])
+    for train, val, named in (((images / 255.0, labels), None, "train_ds"),
+                              ((images, labels), (images.astype(np.float32), labels), "val_ds")):
+        with pytest.raises(ValueError, match=f"`{named}` images must be uint8 pixels"):
+            ft.finetune(_tiny_kernelnet(), train, val, 2, epochs=1, verbose=0)
 
 
 def test_cli_finetune_writes_the_model_and_its_card(image_folder, tmp_path, monkeypatch, capsys):
@@ -290,6 +349,17 @@ def test_cli_finetune_checks_numbers_run_dir_and_head_before_loading_the_data(im
     assert _cli_finetune(monkeypatch, source, *base, "--quiet") == 2 and seen == [False]  # --quiet: no decoding bar
 
 
+def test_cli_finetune_limit_train_leaves_a_validation_image(image_folder, tmp_path, monkeypatch, capsys):
+    """--limit-train 1 leaves no image to train on once one is held out: refused naming it (not --val-size, which
+    was not given) with the default 10 % rule, before the dataset is decoded."""
+    finetune_cli = importlib.import_module("kernelzoo.zoo.finetune_cli")
+    monkeypatch.setattr(finetune_cli, "load", lambda *args, **kwargs: pytest.fail("the dataset was loaded"))
+    assert _cli_finetune(monkeypatch, "kernelnet_mnist_prior", "--dataset", image_folder, "--limit-train", "1",
+                         "-o", str(tmp_path / "x.keras")) == 2
+    err = capsys.readouterr().err
+    assert "`--limit-train` must be an int >= 2, got 1" in err and "default 10 %" in err and "`--val-size`" not in err
+
+
 def test_cli_finetune_resumes_writes_atomically_and_its_card_reproduces_the_command(image_folder, tmp_path,
                                                                                    monkeypatch, capsys):
     source = str(tmp_path / "tiny.keras")
@@ -340,6 +410,26 @@ def test_cli_finetune_resumes_writes_atomically_and_its_card_reproduces_the_comm
     assert _cli_finetune(monkeypatch, *argv, "--epochs", "2", "--resume", "--compare-scratch") == 2
     assert "scratch failed" in capsys.readouterr().err
     assert open(out, "rb").read() == before and open(card, encoding="utf-8").read() == first_card
+
+
+def test_cli_finetune_resume_refuses_epochs_that_move_the_lr_drop_into_the_trained_epochs(image_folder, tmp_path,
+                                                                                         monkeypatch, capsys):
+    """2 epochs drop the lr after epoch 1; resumed with --epochs 4 the drop would come after epoch 2, but epoch 2 was
+    trained at lr / 10: refused naming --epochs, before the dataset is decoded (the card would state another
+    schedule than log.csv's). --epochs 3 (drops after every epoch) keeps the trained epochs' lr: it resumes."""
+    finetune_cli = importlib.import_module("kernelzoo.zoo.finetune_cli")
+    source = str(tmp_path / "tiny.keras")
+    _tiny_kernelnet().save(source)
+    argv = [source, "--dataset", image_folder, "-o", str(tmp_path / "tuned.keras"), "--batch-size", "16",
+            "--limit-train", "20", "--max-steps-per-epoch", "1", "--run-dir", str(tmp_path / "run"), "--quiet"]
+    assert _cli_finetune(monkeypatch, *argv, "--epochs", "2") == 0
+    load = finetune_cli.load
+    monkeypatch.setattr(finetune_cli, "load", lambda *args, **kwargs: pytest.fail("the dataset was loaded"))
+    assert _cli_finetune(monkeypatch, *argv, "--epochs", "4", "--resume") == 2
+    err = capsys.readouterr().err
+    assert "`--epochs`=4" in err and "epoch 2 was trained at lr 0.001" in err
+    monkeypatch.setattr(finetune_cli, "load", load)
+    assert _cli_finetune(monkeypatch, *argv, "--epochs", "3", "--resume") == 0
 
 
 def test_cli_finetune_resume_refuses_other_data(image_folder, tmp_path, monkeypatch, capsys):

@@ -25,14 +25,17 @@ What it does to the model (the input model is left untouched; its layers are clo
   never trainable stay so).
 - **Training** with the zoo recipe (`kernelzoo.zoo.training.train`): SGD with momentum,
   lr / 10 after half the epochs, fixed data order per (seed, epoch), checkpoints and log.csv in
-  `out_dir`; then accuracy on the validation (and test) split.
+  `out_dir`; then accuracy on the validation (and test) split. No augmentation: the source model's
+  RandomShiftFlip becomes an identity of the same name.
 
 `from_scratch=True` builds the same adapted architecture with freshly initialised weights
-(plus the unsupervised initialisation of SimNet-type layers on the training images) and
-trains all of it with the same budget: the baseline fine-tuning is measured against.
+(plus the unsupervised initialisation on the training images: k-means anchors for CKN layers,
+which stay frozen, and that of SimNet-type layers) and trains the rest of it (every layer that
+trains by gradient) with the same budget: the baseline fine-tuning is measured against.
 
 The CLI hooks (`kernelzoo finetune`) are in `kernelzoo.zoo.finetune_cli`.
 """
+import functools
 import os
 import shutil
 import tempfile
@@ -43,6 +46,7 @@ import numpy as np
 from kernelzoo.layers.weights import set_weights
 from kernelzoo.ops.checks import (check_choice, float_in_range, image_batch, image_shape, int_in_range, positive_float,
                                   positive_int)
+from kernelzoo.zoo.augment import RandomShiftFlip
 from kernelzoo.zoo.inputs import takes_raw_pixels
 from kernelzoo.zoo.recipe import DEFAULTS, Recipe
 
@@ -112,15 +116,28 @@ def _target_shape(model):
     return shape
 
 
-def input_adapter(x, source_shape, target_shape, raw_pixels, spatial="pad_crop"):
-    """Apply the adapter layers (module docstring) to tensor `x` of shape source_shape; returns the tensor."""
+def _adapter_name(suffix, taken):
+    """adapt_<suffix>, or adapt_<suffix>_2, _3, ... when `taken` has it (a fine-tuned model's own adapter)."""
+    name, count = ADAPTER_PREFIX + suffix, 1
+    while name in taken:
+        count += 1
+        name = f"{ADAPTER_PREFIX}{suffix}_{count}"
+    return name
+
+
+def input_adapter(x, source_shape, target_shape, raw_pixels, spatial="pad_crop", taken=()):
+    """Apply the adapter layers (module docstring) to tensor `x` of shape source_shape; returns the tensor.
+
+    `taken`: the layer names the adapted model already has; the adapter's layers get other ones.
+    """
     spatial = check_choice("spatial", spatial, SPATIAL_MODES)
+    name = functools.partial(_adapter_name, taken=set(taken))
     height, width, channels = source_shape
     t_height, t_width = target_shape[:2]
     t_channels = target_shape[2] if len(target_shape) == 3 else 1
-    x = keras.layers.Rescaling(1.0 if raw_pixels else 1.0 / 255.0, name=ADAPTER_PREFIX + "scale")(x)
+    x = keras.layers.Rescaling(1.0 if raw_pixels else 1.0 / 255.0, name=name("scale"))(x)
     if channels != t_channels:
-        mixer = keras.layers.Conv2D(t_channels, 1, use_bias=False, trainable=False, name=ADAPTER_PREFIX + "channels")
+        mixer = keras.layers.Conv2D(t_channels, 1, use_bias=False, trainable=False, name=name("channels"))
         x = mixer(x)
         if channels == 3 and t_channels == 1:
             matrix = np.asarray(LUMA, "float32").reshape(3, 1)
@@ -129,7 +146,7 @@ def input_adapter(x, source_shape, target_shape, raw_pixels, spatial="pad_crop")
         mixer.set_weights([matrix.reshape(1, 1, channels, t_channels)])
     if (height, width) != (t_height, t_width):
         if spatial == "resize":
-            x = keras.layers.Resizing(t_height, t_width, interpolation="bilinear", name=ADAPTER_PREFIX + "resize")(x)
+            x = keras.layers.Resizing(t_height, t_width, interpolation="bilinear", name=name("resize"))(x)
         else:
             pad, crop = [], []
             for size, target in ((height, t_height), (width, t_width)):
@@ -137,11 +154,11 @@ def input_adapter(x, source_shape, target_shape, raw_pixels, spatial="pad_crop")
                 pad.append((max(delta, 0) // 2, max(delta, 0) - max(delta, 0) // 2))
                 crop.append((max(-delta, 0) // 2, max(-delta, 0) - max(-delta, 0) // 2))
             if any(sum(p) for p in pad):
-                x = keras.layers.ZeroPadding2D(tuple(pad), name=ADAPTER_PREFIX + "pad")(x)
+                x = keras.layers.ZeroPadding2D(tuple(pad), name=name("pad"))(x)
             if any(sum(c) for c in crop):
-                x = keras.layers.Cropping2D(tuple(crop), name=ADAPTER_PREFIX + "crop")(x)
+                x = keras.layers.Cropping2D(tuple(crop), name=name("crop"))(x)
     if len(target_shape) == 2:
-        x = keras.layers.Reshape(tuple(target_shape), name=ADAPTER_PREFIX + "reshape")(x)
+        x = keras.layers.Reshape(tuple(target_shape), name=name("reshape"))(x)
     return x
 
 
@@ -149,7 +166,7 @@ def input_adapter(x, source_shape, target_shape, raw_pixels, spatial="pad_crop")
 
 
 def adapt_model(model, num_classes, input_shape, *, freeze="features", spatial="pad_crop", copy_weights=True):
-    """A new model: input adapter + `model`'s layers (cloned, weights copied) + a new head.
+    """A new model: input adapter + `model`'s layers (cloned, weights copied; augmentation dropped) + a new head.
 
     Args:
       model: a functional keras.Model classifier (find_head must recognise its head).
@@ -174,6 +191,8 @@ def adapt_model(model, num_classes, input_shape, *, freeze="features", spatial="
     clones = {}
 
     def operation_fn(layer):
+        if isinstance(layer, RandomShiftFlip):  # fine-tuning has no augmentation (it would mirror digits)
+            return keras.layers.Identity(name=layer.name)
         if layer is head:
             new = _new_head(head, kind, num_classes)
         else:
@@ -182,7 +201,7 @@ def adapt_model(model, num_classes, input_shape, *, freeze="features", spatial="
         return new
 
     inputs = keras.Input(source, name="image")
-    x = input_adapter(inputs, source, target, takes_raw_pixels(model), spatial)
+    x = input_adapter(inputs, source, target, takes_raw_pixels(model), spatial, [layer.name for layer in order])
     outputs = model._run_through_graph(x, operation_fn=operation_fn)
     new_model = keras.Model(inputs, outputs, name=f"{model.name}_finetuned_{num_classes}")
     for old, new in clones.values():
@@ -194,10 +213,14 @@ def adapt_model(model, num_classes, input_shape, *, freeze="features", spatial="
 
 
 def _reinitialise_unsupervised(model, images, seed, verbose):
-    """The unsupervised initialisation of SimNet-type layers (ZCA, GMM, k-means), when the model has them."""
+    """The unsupervised initialisation of the layers that have one, when the model has them: CKN anchors by
+    spherical k-means (frozen, as the CKN recipes leave them), then SimNet-type layers (ZCA, GMM, k-means)."""
     from kernelzoo.layers import Similarity
+    from kernelzoo.zoo.ckn.kmeans import ckn_layers, init_ckn_layers
     from kernelzoo.zoo.simnet import PatchWhitening, TriangleCoding
 
+    if ckn_layers(model):
+        init_ckn_layers(model, images[:5000], seed=seed, verbose=verbose)
     kinds = (PatchWhitening, Similarity, TriangleCoding, keras.layers.Normalization)
     if any(isinstance(layer, kinds) for layer in model.layers):
         from kernelzoo.zoo.simnet.init import unsupervised_init
@@ -222,12 +245,14 @@ def finetune(model, train_ds, val_ds, num_classes, *, freeze="features", epochs=
         share of its class logit's gradient (docs/finetune.md).
       test_ds: optional (images, labels) evaluated at the end.
       spatial: "pad_crop" (centred zero padding / cropping) or "resize" (bilinear) to the model's input size.
-      from_scratch: same adapted architecture, fresh weights (and unsupervised init), all layers trained.
+      from_scratch: same adapted architecture, fresh weights (and unsupervised init: CKN layers get k-means
+        anchors and stay frozen), every other layer trained.
       out_dir: run folder (log.csv, checkpoints, model.keras); default a temporary folder, removed after.
       seed: data order and the new head's initial weights (every weight's with from_scratch).
       max_steps_per_epoch: cap the steps of each epoch (quick runs, tests).
       resume: continue the run in `out_dir` from its last checkpoint (`training.train`; refused when its
-        config.json holds other settings, the number of epochs aside); without it a run there is refused.
+        config.json holds other settings, the number of epochs aside, or when the epochs would change the lr of
+        an epoch already trained: `check_resume_epochs`); without it a run there is refused.
       data_settings: what made the arrays (e.g. the CLI's dataset, its source, --limit-train, --val-size,
         --limit-test), a dict recorded with the options in config.json: a resume on other data is refused.
     Returns (model, metrics): metrics holds freeze, epochs, from_scratch, trainable / total params,
@@ -243,6 +268,7 @@ def finetune(model, train_ds, val_ds, num_classes, *, freeze="features", epochs=
     lr = positive_float(lr, "lr")
     momentum = float_in_range(momentum, "momentum", 0, 1, "[)")
     check_run_dir(out_dir, resume)
+    check_resume_epochs(out_dir, epochs, lr, lr_drop_every)
     source = model.name if isinstance(model, keras.Model) else str(model)
     model = resolve_model(model)
     find_head(model)
@@ -301,6 +327,24 @@ def check_run_dir(run_dir, resume, names=("out_dir", "resume")):
                          f"it, or choose another `{run_name}`")
 
 
+def check_resume_epochs(run_dir, epochs, lr, lr_drop_every=None, name="epochs"):
+    """ValueError naming `name` (the epochs argument as the caller spells it) when resuming the run in `run_dir`
+    for `epochs` would give an epoch it already trained another lr: the default drop after half the epochs moves
+    with them, and the recipe the card states would not be the one log.csv shows."""
+    from kernelzoo.zoo import training
+
+    state = None if run_dir is None else training.read_state(os.fspath(run_dir))
+    if state is None:
+        return
+    trained = training.read_config(os.fspath(run_dir))["hyperparameters"]["epochs"]
+    used, wanted = (training.step_schedule(lr, n, lr_drop_every) for n in (trained, epochs))
+    for epoch in range(state["epoch"]):
+        if used(epoch) != wanted(epoch):
+            raise ValueError(f"`{name}`={epochs} would train epoch {epoch + 1} at lr {wanted(epoch):g}, but epoch "
+                             f"{epoch + 1} was trained at lr {used(epoch):g} (the run was started for {trained} "
+                             f"epochs): resume with epochs that keep the lr drop, or start a new run")
+
+
 def resolve_model(model):
     """A keras.Model from a model, a zoo model name (pretrained weights) or a .keras file path."""
     if isinstance(model, keras.Model):
@@ -323,12 +367,15 @@ def resolve_model(model):
 
 
 def _data(data, name, num_classes, shape=None):
+    """The checked (uint8 images (N, H, W, C), labels) of argument `name`: the adapter expects 0-255 pixels."""
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         raise ValueError(f"`{name}` must be an (images, labels) pair, got {type(data).__name__}")
     x, y = np.asarray(data[0]), np.asarray(data[1])
     if x.ndim == 3:  # (N, H, W) grey images
         x = x[..., None]
     x = image_batch(x, name)
+    if x.dtype != np.uint8:  # float [0, 1] images would reach a model reading 0-255 pixels nearly black
+        raise ValueError(f"`{name}` images must be uint8 pixels (0-255, as load_images gives them), got {x.dtype}")
     if shape is not None and tuple(x.shape[1:]) != tuple(shape):
         raise ValueError(f"`{name}` images are {tuple(x.shape[1:])}, the training images {tuple(shape)}")
     if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):

@@ -6,8 +6,8 @@ part of the training split, fine-tunes with `kernelzoo.zoo.finetune.finetune`, e
 validation and test splits, and writes OUT.keras and its card OUT.md (source model, dataset,
 recipe, measured accuracies, the command) once every run has finished, each atomically.
 --compare-scratch also trains the same architecture from scratch with the same budget and puts both
-figures in the card. The numbers, --run-dir (a run there needs --resume) and the model's head are checked
-before the dataset is decoded.
+figures in the card. The numbers, --run-dir (a run there needs --resume; a resume's --epochs must keep the lr its
+trained epochs had) and the model's head are checked before the dataset is decoded.
 """
 import argparse
 import json
@@ -44,7 +44,7 @@ def add_arguments(parser, command="finetune"):
     parser.add_argument("--run-dir", default=None, help="keep the training logs and checkpoints here")
     parser.add_argument("--resume", action="store_true",
                         help="continue the runs in --run-dir from their last checkpoints (same settings; --epochs "
-                             "may grow)")
+                             "may grow while the trained epochs keep their lr)")
     parser.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap steps (quick runs)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -57,11 +57,20 @@ def load(spec, data_dir=None, verbose=True):
     return load_images(dataset_spec(spec), data_dir, verbose=verbose)
 
 
-# option -> its check (positive ints, the learning rate, momentum in [0, 1)); None is an unset optional.
+def check_limit_train(value, name):
+    """`value` as an int >= 2: some of the training images (--val-size, at least 1) are held out for validation."""
+    try:
+        return checks.int_in_range(value, name, 2)
+    except ValueError as error:
+        raise ValueError(f"{error} (--val-size of them, default 10 %, at least 1, are held out for "
+                         "validation)") from None
+
+
+# option -> its check (positive ints, --limit-train >= 2, the learning rate, momentum in [0, 1)); None: unset.
 NUMBER_CHECKS = {
     "epochs": checks.positive_int, "batch_size": checks.positive_int, "lr": checks.positive_float,
     "momentum": lambda value, name: checks.float_in_range(value, name, 0, 1, "[)"),
-    "val_size": checks.positive_int, "limit_train": checks.positive_int, "limit_test": checks.positive_int,
+    "val_size": checks.positive_int, "limit_train": check_limit_train, "limit_test": checks.positive_int,
     "max_steps_per_epoch": checks.positive_int, "seed": checks.nonnegative_int,
 }
 
@@ -92,7 +101,7 @@ def _data_settings(args, data, val_size):
 def run(args, command="finetune"):
     from kernelzoo.zoo import training
     from kernelzoo.zoo.data import holdout_split
-    from kernelzoo.zoo.finetune import check_run_dir, find_head, finetune, resolve_model
+    from kernelzoo.zoo.finetune import check_resume_epochs, check_run_dir, find_head, finetune, resolve_model
     from kernelzoo.zoo.recipe import seeded_subset
 
     output = os.fspath(args.output)
@@ -100,9 +109,9 @@ def run(args, command="finetune"):
         raise ValueError(f"-o/--output must end in .keras, got {output!r}")
     check_numbers(args)
     run_dir, scratch_dir = _run_dirs(args)
-    check_run_dir(run_dir, args.resume, ("--run-dir", "--resume"))
-    if scratch_dir is not None:
-        check_run_dir(scratch_dir, args.resume, ("--run-dir", "--resume"))
+    for folder in (run_dir,) if scratch_dir is None else (run_dir, scratch_dir):
+        check_run_dir(folder, args.resume, ("--run-dir", "--resume"))
+        check_resume_epochs(folder, args.epochs, args.lr, name="--epochs")
     model = resolve_model(args.model)
     find_head(model)
     data = load(args.dataset, args.data_dir, verbose=not args.quiet)
