@@ -659,6 +659,29 @@ def test_mex_gradient_skips_a_fixed_xi(lib, kind, gemm, softmax, use_c):
 
 
 # ------------------------------------------------------------ bad shapes --
+def _lp_parameter_gradients(x, input_grad):
+    """The custom op's lp gradients w.r.t. templates, weights and p for input x, one template z = 10, p = 40 (and
+    w.r.t. x when `input_grad`: otherwise the op skips the input's gradient)."""
+    tensors = [tf.constant(x), tf.fill((1, 1, 1, 1), 10.0), tf.ones((1, 1, 1, 1)), tf.constant([40.0])]
+    with tf.GradientTape() as tape:
+        tape.watch(tensors if input_grad else tensors[1:])
+        y = custom.similarity(*tensors, similarity="lp", strides=(1, 1), padding="valid", ignore_nan=False)
+    return [g.numpy() for g in tape.gradient(y, tensors[1:], output_gradients=tf.ones_like(y))]
+
+
+@pytest.mark.parametrize("input_grad", [True, False])
+def test_lp_parameter_gradients_skip_the_rows_that_pad_a_tile(lib, input_grad):
+    """The lp backward works on tiles of 4 positions: a padding row (x = 0, gradient 0) gave 0 * |0 - z|^p = NaN
+    where |z|^p overflows float (z = 10, p = 40). Three positions give the gradients of four whose fourth adds
+    nothing (x = z: t = 0)."""
+    three = np.array([10.5, 10.0, 10.0], "float32").reshape(1, 3, 1, 1)
+    four = np.array([10.5, 10.0, 10.0, 10.0], "float32").reshape(1, 4, 1, 1)
+    got, want = _lp_parameter_gradients(three, input_grad), _lp_parameter_gradients(four, input_grad)
+    for name, a, b in zip(["templates", "weights", "p"], got, want):
+        assert np.all(np.isfinite(a)), name
+        np.testing.assert_allclose(a, b, rtol=1e-6, err_msg=name)
+
+
 def _sim(lib, x, z, u, p, grad=None, **attrs):
     kw = dict(similarity="l2", strides=[1, 1], padding="valid", ignore_nan=False)
     kw.update(attrs)

@@ -100,6 +100,19 @@ def test_similarity_emulation_matches_cpu(emulated, kind, strides, padding, igno
         _rel_close(got, want, 1e-4, f"grad {name}")
 
 
+def test_similarity_emulation_lp_gradients_skip_the_positions_past_a_split(emulated):
+    """The parameters' gradients stage positions in chunks of 16: one past the split (x = 0, gradient 0) gave
+    0 * |0 - z|^p = NaN where |z|^p overflows float (z = 10, p = 40); 3 positions: 13 past it. As the CPU op."""
+    x = np.array([10.5, 10.0, 10.0], "float32").reshape(1, 3, 1, 1)
+    z, u, p = np.full((1, 1, 1, 1), 10.0, "float32"), np.ones((1, 1, 1, 1), "float32"), np.array([40.0], "float32")
+    kw = dict(similarity="lp", strides=(1, 1), padding="valid", ignore_nan=False)
+    _, g, grads = _cpu_value_and_grads(lambda *t: custom.similarity(*t, **kw), [x, z, u, p])
+    for name, got, want in zip(["input", "templates", "weights", "p"], emulated.similarity_grad(x, z, u, p, g, **kw),
+                               grads):
+        assert np.all(np.isfinite(got)), name
+        _rel_close(got, want, 1e-4, f"grad {name}")
+
+
 @pytest.mark.parametrize("kind", ["l2", "l1"])
 def test_similarity_emulation_input_gradient_in_image_batches(emulated, kind):
     """The workspace of PATCH_GRAD_FLOATS = 4,096 floats holds three images of 5 x 7 positions x 36 = 1,260

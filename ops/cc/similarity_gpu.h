@@ -410,7 +410,7 @@ KZ_GLOBAL void KZ_LAUNCH_BOUNDS(kTileThreads, 2) SimilarityParamGradKernel(
       KZ_SYNC();
       KZ_FOR_THREADS(t) {
         const int tx = t % 16, ty = t / 16;
-        for (int pp = 0; pp < kGradChunk; ++pp) {
+        for (int pp = 0; pp < kGradChunk && c0 + pp < end; ++pp) {  // past the split: no position (0 * |z|^p)
           const Float4 x4 = Load4(&xs[pp][ty * kGradReg]), g4 = Load4(&gs[pp][tx * kGradReg]);
           const float xv[kGradReg] = {x4.x, x4.y, x4.z, x4.w}, gv[kGradReg] = {g4.x, g4.y, g4.z, g4.w};
           for (int r = 0; r < kGradReg; ++r) {

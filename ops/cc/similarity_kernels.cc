@@ -331,17 +331,19 @@ void LpForwardChunk(const float* X, int64_t rows, int64_t D, const Packed& pk,
 // GX (PT x D) = -sum_l u h (when kInputGrad); gz (D x npad) += sum_q h;
 // gu += sum_q g |t|^p; gp += sum_q g |t|^p log2|t|.
 // (grad templates = u gz, grad weights = -gu, grad p = -ln 2 sum_d u gp.)
+// Only the first `live` of the PT rows are positions: the others pad the tile (x = 0, g = 0), and are skipped, as
+// 0 * |0 - z|^p would be NaN where |z|^p overflows.
 template <int PT, bool kSkipNaN, bool kExact, bool kInputGrad>
 inline void LpBackwardTile(const float* X, int64_t D, const float* G, int64_t npad,
                            const float* z, const float* u, const float* p, float* GX,
-                           float* gz, float* gu, float* gp) {
+                           float* gz, float* gu, float* gp, int live) {
   const int64_t nv = npad / kVL;
   for (int64_t d = 0; d < D; ++d) {
     VF xb[PT], gxv[PT];
     bool skip[PT];
     for (int q = 0; q < PT; ++q) {
       const float x = X[q * D + d];
-      skip[q] = kSkipNaN && (x != x);
+      skip[q] = q >= live || (kSkipNaN && (x != x));
       xb[q] = Splat(skip[q] ? 0.f : x);
       gxv[q] = VF{};
     }
@@ -354,7 +356,7 @@ inline void LpBackwardTile(const float* X, int64_t D, const float* G, int64_t np
       const VF pm1 = pv - 1.f;
       VF sz = VF{}, su = VF{}, sp = VF{};
       for (int q = 0; q < PT; ++q) {
-        if (kSkipNaN && skip[q]) continue;
+        if (skip[q]) continue;
         const VF g = LoadU(G + q * npad + v * kVL);
         const VF t = xb[q] - zv;
         const VF a = Abs(t);
@@ -392,7 +394,7 @@ void LpBackwardChunk(const float* X, int64_t rows, int64_t D, const Packed& pk,
       std::memcpy(gtile + q * pk.npad, G + (r0 + q) * n, n * sizeof(float));
     LpBackwardTile<kLpBwdPT, kSkipNaN, kExact, kInputGrad>(
         X + r0 * D, D, gtile, pk.npad, pk.z.data(), pk.u.data(), pk.p.data(),
-        kInputGrad ? GX + r0 * D : nullptr, gz, gu, gp);
+        kInputGrad ? GX + r0 * D : nullptr, gz, gu, gp, static_cast<int>(pr));
   }
 }
 
