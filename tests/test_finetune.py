@@ -208,6 +208,19 @@ def test_from_scratch_ckn_layers_get_kmeans_anchors():
     assert not np.allclose(model.get_layer("ckn1").get_weights()[0], random_anchors[0])
 
 
+def test_the_scratch_initialisation_sees_images_of_every_class(monkeypatch):
+    """Beyond INIT_IMAGES training images the unsupervised initialisation takes a seeded random draw: the first ones
+    of a class-sorted dataset (image folders are read class by class) held one class only."""
+    from kernelzoo.zoo.ckn import kmeans
+    seen = []
+    monkeypatch.setattr(ft, "INIT_IMAGES", 10)
+    monkeypatch.setattr(kmeans, "ckn_layers", lambda model: [object()])
+    monkeypatch.setattr(kmeans, "init_ckn_layers", lambda model, images, **kwargs: seen.append(images))
+    images = np.repeat(np.array([0, 255], np.uint8), 10)[:, None, None, None]  # class 0's 10, then class 1's
+    ft._reinitialise_unsupervised(_tiny_kernelnet(), images, 0, False)
+    assert len(seen[0]) == 10 and set(np.unique(seen[0])) == {0, 255}
+
+
 def test_finetune_is_exported_from_the_zoo():
     assert zoo.finetune is ft.finetune and "finetune" in zoo.__all__
 

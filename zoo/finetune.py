@@ -54,6 +54,7 @@ FREEZE_MODES = ("features", "none")
 SPATIAL_MODES = ("pad_crop", "resize")
 LUMA = (0.299, 0.587, 0.114)
 ADAPTER_PREFIX = "adapt_"
+INIT_IMAGES = 5000  # training images the from-scratch baseline's unsupervised initialisation sees at most
 
 
 # ----------------------------------------------------------------------------- head
@@ -214,17 +215,20 @@ def adapt_model(model, num_classes, input_shape, *, freeze="features", spatial="
 
 def _reinitialise_unsupervised(model, images, seed, verbose):
     """The unsupervised initialisation of the layers that have one, when the model has them: CKN anchors by
-    spherical k-means (frozen, as the CKN recipes leave them), then SimNet-type layers (ZCA, GMM, k-means)."""
+    spherical k-means (frozen, as the CKN recipes leave them), then SimNet-type layers (ZCA, GMM, k-means), on
+    INIT_IMAGES of `images` drawn at random (seeded): the first ones would follow a class-sorted dataset's order."""
     from kernelzoo.layers import Similarity
     from kernelzoo.zoo.ckn.kmeans import ckn_layers, init_ckn_layers
     from kernelzoo.zoo.simnet import PatchWhitening, TriangleCoding
 
+    if len(images) > INIT_IMAGES:
+        images = images[np.sort(np.random.default_rng(seed).choice(len(images), INIT_IMAGES, replace=False))]
     if ckn_layers(model):
-        init_ckn_layers(model, images[:5000], seed=seed, verbose=verbose)
+        init_ckn_layers(model, images, seed=seed, verbose=verbose)
     kinds = (PatchWhitening, Similarity, TriangleCoding, keras.layers.Normalization)
     if any(isinstance(layer, kinds) for layer in model.layers):
         from kernelzoo.zoo.simnet.init import unsupervised_init
-        unsupervised_init(model, images[:5000], seed=seed, verbose=verbose)
+        unsupervised_init(model, images, seed=seed, verbose=verbose)
 
 
 # ----------------------------------------------------------------------------- training
