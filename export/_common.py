@@ -25,6 +25,7 @@ import keras
 
 from kernelzoo.layers.weights import set_weights
 from kernelzoo.ops import checks
+from kernelzoo.ops.composite import handles_empty_batch
 
 INPUT_DTYPES = ("auto", "uint8", "float32")
 HEADS = ("auto", "classifier", "raw")
@@ -186,14 +187,20 @@ def serving_function(model, spec):
     if spec.logits_source == "softmax_input":
         logits_model = keras.Model(model.inputs, _last_layer(model).input, name=f"{model.name}_logits")
 
-    def serve(inputs):
-        x = tf.cast(inputs, model.inputs[0].dtype or "float32")
+    @handles_empty_batch  # TF's oneDNN Conv2D passes an empty batch through unchanged
+    def first_output(x):
         y = logits_model(x, training=False)
         if isinstance(y, (list, tuple)):
-            y = y[0]
-        elif isinstance(y, dict):
-            y = next(iter(y.values()))
-        y = tf.cast(y, tf.float32)
+            return y[0]
+        if isinstance(y, dict):
+            return next(iter(y.values()))
+        return y
+
+    def serve(inputs):
+        # A call off the signature (no batch axis, a wrong size) is refused here, not deep in a kernel (oneDNN
+        # aborted the serving process on a missing batch axis).
+        inputs = tf.ensure_shape(inputs, spec.input_shape)
+        y = tf.cast(first_output(tf.cast(inputs, model.inputs[0].dtype or "float32")), tf.float32)
         if spec.head == "raw":
             return {"outputs": tf.identity(y, name="outputs")}
         return {"logits": tf.identity(y, name="logits"),

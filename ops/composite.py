@@ -28,7 +28,7 @@ _FIXED_XI_MIN = 1e-20
 _LIVE_COPIES = {"l1": 5, "lp": 8, "mex": 14}
 
 
-def _handles_empty_batch(fn):
+def handles_empty_batch(fn):
     """`fn(inputs, ...)` that also takes a batch holding no images: run on one zero image, sliced to none.
 
     TF's Conv2D returns an empty input unchanged (not the output's shape) and keras.ops.max refuses an
@@ -86,7 +86,7 @@ def _conv_dynamic(inputs, kernel, strides, padding):
     return out[:, :, ::strides[1], :]
 
 
-@_handles_empty_batch
+@handles_empty_batch
 def similarity(inputs, templates, weights, p, *, similarity, strides, padding, ignore_nan):
     """sum_d u[d, l] * phi(x_ij[d], z[d, l]) for every patch x_ij and template l.
 
@@ -105,7 +105,7 @@ def similarity(inputs, templates, weights, p, *, similarity, strides, padding, i
     return _lp_similarity(x, valid, templates, weights, p, similarity, strides, padding)
 
 
-@_handles_empty_batch
+@handles_empty_batch
 def valid_sum(inputs, kernel, *, strides, padding):
     """sum_d kernel[d, l] over the non-NaN entries of each patch (NaN padding for "same")."""
     return _conv(_split_nan(inputs)[1], kernel, strides, padding)
@@ -183,7 +183,7 @@ def _safe_pow(base, exponent):
     return ops.where(nonzero, ops.exp(exponent * ops.log(safe)), 0.0)
 
 
-@_handles_empty_batch
+@handles_empty_batch
 def mex(inputs, xi, offsets, c, *, num_instances, pool_size, channel_block, strides, padding, softmax_mode):
     """MEX over blocks of pool_size x channel_block entries, for each of num_instances instances.
 

@@ -65,7 +65,7 @@ def _keras_cnn():
     return keras.Sequential([
         keras.Input((12, 12, 1)), keras.layers.Rescaling(1 / 255.0),
         keras.layers.Conv2D(4, 3, activation="relu"), keras.layers.MaxPooling2D(),
-        keras.layers.Flatten(), keras.layers.Dropout(0.3), keras.layers.Dense(5), keras.layers.Softmax()],
+        keras.layers.Conv2D(4, 3, activation="relu"), keras.layers.Flatten(), keras.layers.Dropout(0.3), keras.layers.Dense(5), keras.layers.Softmax()],
         name="keras_cnn")
 
 
@@ -300,6 +300,38 @@ def test_dynamic_batch_sizes(exported, batch):
     assert logits.shape == (batch, 10)
     np.testing.assert_allclose(logits, reference, atol=MAX_ABS_GOAL)
     np.testing.assert_allclose(artifact_outputs(saved_path, images)["logits"], reference, atol=MAX_ABS_GOAL)
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_an_empty_batch_gives_empty_outputs_in_both_artifacts(exported, name):
+    """TF's oneDNN Conv2D passes an empty batch through unchanged (keras_cnn then fails); the signature runs
+    the model on one zero image instead, sliced to none, and plain onnxruntime gets the same graph."""
+    import onnxruntime
+    import tensorflow as tf
+
+    from kernelzoo.export.saved_model import load_signature
+
+    model, onnx_path, saved_path = exported[name]
+    signature = load_signature(saved_path)
+    (input_name, spec), = signature.structured_input_signature[1].items()
+    empty = np.zeros((0, *spec.shape[1:]), spec.dtype.as_numpy_dtype)
+    expected = (0, *model.output_shape[1:])
+    for outputs in (signature(**{input_name: tf.constant(empty)}),
+                    dict(zip(["first"], onnxruntime.InferenceSession(onnx_path).run(None, {input_name: empty})))):
+        for value in outputs.values():
+            assert tuple(value.shape) == expected, name
+
+
+@pytest.mark.parametrize("shape", [(12, 12, 3), (2, 14, 12, 3), (2, 12, 12, 1)])
+def test_the_saved_model_refuses_inputs_off_its_signature(exported, shape):
+    """A missing batch axis aborted the serving process inside oneDNN; a wrong size ran and answered."""
+    import tensorflow as tf
+
+    from kernelzoo.export.saved_model import load_signature
+
+    signature = load_signature(exported["simnet_l2"][2])
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        signature(images=tf.zeros(shape, tf.uint8))
 
 
 @pytest.mark.parametrize("opset", [13, 18])
