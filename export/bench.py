@@ -18,8 +18,9 @@ RUNTIMES = ("Keras (TF)", "SavedModel (TF)", "onnxruntime CPU")
 
 
 def bench_deploy(model, *, batch_sizes=(1, 64), min_time=1.0, max_calls=200, input_dtype="auto", opset=DEFAULT_OPSET,
-                 stream=None):
-    """Time the three runtimes on `model`; prints a table to `stream` (stdout) and returns the rows.
+                 stream=None, title=None):
+    """Time the three runtimes on `model`; prints a table headed `title` (default: the model's name) to `stream`
+    (stdout) and returns the rows.
 
     Returns {runtime: {"latency_ms": batch-1 median ms, "throughput": images/s at the last batch size,
     "latency_ratio": Keras latency / this latency, "throughput_ratio": this / Keras throughput}}.
@@ -45,7 +46,7 @@ def bench_deploy(model, *, batch_sizes=(1, 64), min_time=1.0, max_calls=200, inp
     for row in rows.values():
         row["latency_ratio"] = base["latency_ms"] / row["latency_ms"]
         row["throughput_ratio"] = row["throughput"] / base["throughput"]
-    _print_table(model, spec, rows, small, large, stream)
+    _print_table(title or model.name, spec, rows, small, large, stream)
     return rows
 
 
@@ -87,9 +88,9 @@ def _implementation():
         return f"unknown ({type(error).__name__}: {error})"
 
 
-def _print_table(model, spec, rows, small, large, stream):
+def _print_table(title, spec, rows, small, large, stream):
     shape = ", ".join(str(d) for d in spec.input_shape[1:])
-    print(f"bench deploy {model.name}: input {spec.input_dtype} (N, {shape}); Keras uses the "
+    print(f"bench deploy {title}: input {spec.input_dtype} (N, {shape}); Keras uses the "
           f"{_implementation()} ops, the exports the composite ones; "
           f"{os.cpu_count()} CPU cores, median of repeated calls", file=stream)
     header = (f"{'runtime':<18} {f'batch-{small} latency':>17} {'vs Keras':>9} "
@@ -120,7 +121,8 @@ def run_deploy(args):
     checked(positive_int, args.batch, "--batch")
     checked(positive_float, args.seconds, "--seconds")
     model = load_model(args.model, pretrained_optional=True)
-    bench_deploy(model, batch_sizes=(1, args.batch), min_time=args.seconds, input_dtype=args.input_dtype)
+    bench_deploy(model, batch_sizes=(1, args.batch), min_time=args.seconds, input_dtype=args.input_dtype,
+                 title=args.model)
     return 0
 
 

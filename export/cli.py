@@ -124,6 +124,8 @@ def load_model(name, pretrained_optional=False):
     if name.lower().endswith(MODEL_FILE_SUFFIXES) or any(s in name for s in separators) or os.path.isfile(name):
         return _load_file(name)
     known = zoo.list_models()
+    if name.lower() in known:  # as zoo.load and `kernelzoo info` take it
+        name = name.lower()
     if name not in known:
         if os.path.isdir(name):
             return _load_file(name)  # says it is a directory

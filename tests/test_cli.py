@@ -53,6 +53,21 @@ def test_demo_checks_the_special_cases_offline():
     assert len(correct) == len(mnist) and min(correct) >= 18, result.stdout
 
 
+def test_demo_refuses_a_negative_seed_naming_it(capsys):
+    assert cli.main(["demo", "--seed", "-1"]) == 2
+    assert "--seed" in capsys.readouterr().err
+
+
+def test_list_aligns_every_name(capsys):
+    from kernelzoo.zoo import list_models
+
+    assert cli.main(["list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(list_models())
+    family_columns = {len(line) - len(line.split(None, 1)[1]) for line in lines}
+    assert len(family_columns) == 1, lines
+
+
 def test_bundled_mnist_samples_are_the_attributed_t10k_digits():
     import os
 

@@ -782,15 +782,26 @@ def test_a_directory_named_like_a_zoo_model_does_not_hide_it(tmp_path, monkeypat
         load_model(os.path.join(".", name))
 
 
+def test_zoo_names_are_case_insensitive_as_in_the_library(monkeypatch):
+    """`kernelzoo.zoo.load` and `kernelzoo info` take SC_MNIST; export and bench deploy take it too."""
+    from kernelzoo.export.cli import load_model
+
+    name = registry.list_models(pretrained=True)[0]
+    monkeypatch.setattr(kernelzoo.zoo, "load", lambda model, compile=True: ("zoo model", model))
+    assert load_model(name.upper()) == ("zoo model", name)
+
+
 def test_bench_deploy_prints_all_runtimes(exported, capsys):
     from kernelzoo.export.bench import RUNTIMES, bench_deploy
 
-    rows = bench_deploy(exported["simnet_l2"][0], batch_sizes=(1, 8), min_time=0.02, max_calls=5)
+    rows = bench_deploy(exported["simnet_l2"][0], batch_sizes=(1, 8), min_time=0.02, max_calls=5,
+                        title="the_zoo_name")
     assert list(rows) == list(RUNTIMES)
     assert rows[RUNTIMES[0]]["latency_ratio"] == pytest.approx(1.0)
     assert all(row["latency_ms"] > 0 and row["throughput"] > 0 for row in rows.values())
     text = capsys.readouterr().out
     assert "batch-1 latency" in text and "batch-8 throughput" in text and "onnxruntime CPU" in text
+    assert text.startswith("bench deploy the_zoo_name: input uint8 (N, 12, 12, 3)")
 
 
 def test_bench_cli_parses_deploy():

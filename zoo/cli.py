@@ -337,10 +337,12 @@ def format_result(result):
 
 
 def _list(args):
-    for name in registry.list_models(args.pattern, pretrained=True if args.pretrained else None):
+    names = registry.list_models(args.pattern, pretrained=True if args.pretrained else None)
+    width = max(map(len, names), default=0)
+    for name in names:
         preset = registry.info(name)
         figure = preset.measured.format(preset.metric) if preset.measured else "-"
-        print(f"{name:30s} {preset.family:10s} {figure:>9s}  {preset.description}")
+        print(f"{name:{width}s} {preset.family:10s} {figure:>9s}  {preset.description}")
     return 0
 
 

@@ -27,8 +27,9 @@ def run(args, command):
     import tensorflow as tf
 
     from kernelzoo import ops
+    from kernelzoo.ops import checks
 
-    rng = np.random.default_rng(args.seed)
+    rng = np.random.default_rng(checks.nonnegative_int(args.seed, "--seed"))
     chosen = ops.selected_implementation()
     print(ops.describe_implementation())
 
