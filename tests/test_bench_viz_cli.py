@@ -51,7 +51,8 @@ def test_step_benches_give_every_row_its_ratio_to_float32(monkeypatch, capsys, m
 @pytest.mark.parametrize("argv,flag", [
     (["--epochs", "3"], "--epochs"), (["--run-dir", "runs/x"], "--run-dir"),
     (["--window", "1.5", "2.5", "-1", "-0.5"], "--window"), (["--window", "0.6", "0.4", "0.2", "0.8"], "--window"),
-    (["--window", "0.2", "0.8", "0.5", "0.5"], "--window")])
+    (["--window", "0.2", "0.8", "0.5", "0.5"], "--window"), (["--out", "embedding"], "--out"),
+    (["--walk", "walk.nope"], "--walk")])
 def test_viz_embedding_refuses_an_ignored_or_bad_flag(monkeypatch, capsys, argv, flag):
     """--epochs and --run-dir only apply with --train; --window is a box in [0, 1]^2, x0 < x1 and y0 < y1: refused
     before anything loads."""
@@ -59,3 +60,24 @@ def test_viz_embedding_refuses_an_ignored_or_bad_flag(monkeypatch, capsys, argv,
     monkeypatch.setattr(registry, "load", lambda name: pytest.fail("loaded the network before checking the flags"))
     assert cli.main(["viz", "embedding", "kernelnet_embedding_mnist", *argv]) == 2
     assert flag in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["simnet-size", "--shipped"], ["runs", "RUN"], ["layerwise-samples"]])
+@pytest.mark.parametrize("out,message", [
+    ("{tmp}", "is a folder"), ("{tmp}/figure", "must end in an image format's extension"),
+    ("{tmp}/a_file/figure.png", "cannot make the folder")])
+def test_viz_commands_check_the_figure_path_before_any_work(tmp_path, capsys, command, out, message):
+    """savefig wrote FIGURE.png for a bare FIGURE (the command said "wrote FIGURE") and into FOLDER.png for a
+    folder; a folder that cannot be made was a traceback after the work."""
+    (tmp_path / "a_file").write_text("not a folder")
+    assert cli.main(["viz", *command, "--out", out.format(tmp=tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert "`--out`" in error and message in error, error
+    assert sorted(os.listdir(tmp_path)) == ["a_file"]
+    assert not os.path.exists(f"{tmp_path}.png")
+
+
+def test_layerwise_samples_refuses_a_bad_count_or_seed_naming_it(capsys):
+    for flag, value in (("--count", "0"), ("--seed", "-1")):
+        assert cli.main(["viz", "layerwise-samples", flag, value]) == 2
+        assert f"`{flag}`" in capsys.readouterr().err

@@ -19,7 +19,7 @@ import numpy as np
 
 from kernelzoo.ops.checks import check_choice, positive_int
 from kernelzoo.zoo import protocol, training
-from kernelzoo.zoo.plotting import pyplot, save_figure
+from kernelzoo.zoo.plotting import figure_path, pyplot, save_figure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +129,8 @@ def run(args, command):
     mode = args.mode or default_mode(args.metric)
     summaries = []
     moving_average(np.zeros(args.smooth), args.smooth)  # --smooth checked before any run is read
+    if args.out:
+        figure_path(args.out, "--out")
     for folder, label in zip(args.runs, run_labels(args.runs)):
         epochs, values, stage = read_run(folder, args.metric)
         values = np.asarray(values, dtype="float64")

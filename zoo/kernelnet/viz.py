@@ -12,7 +12,7 @@ import os
 import numpy as np
 
 from kernelzoo.ops.checks import check_choice, float_in_range, int_in_range, positive_int
-from kernelzoo.zoo.plotting import pyplot, save_figure
+from kernelzoo.zoo.plotting import figure_path, pyplot, save_figure
 
 
 def add_arguments(parser, command):
@@ -112,6 +112,9 @@ def _embedding(args):
 
     positive_int(args.samples, "--samples")
     int_in_range(args.steps, "--steps", 2)
+    figure_path(args.out, "--out")
+    if args.walk:
+        figure_path(args.walk, "--walk")
     window = _window(args.window)
     _training_flags(args)
     preset = registry.info(args.name)

@@ -7,8 +7,8 @@ classifier to use), above a grid of generated images with their labels (Fig. 2, 
 """
 import numpy as np
 
-from kernelzoo.ops.checks import check_choice, positive_int
-from kernelzoo.zoo.plotting import pyplot, save_figure
+from kernelzoo.ops.checks import check_choice, nonnegative_int, positive_int
+from kernelzoo.zoo.plotting import figure_path, pyplot, save_figure
 
 
 def plot_samples(model, path, count=24, seed=0, columns=8, mean_of=2000):
@@ -66,6 +66,9 @@ def add_arguments(parser, command):
 
 def run(args, command):
     check_choice("command", command, ("viz",))
+    figure_path(args.out, "--out")
+    positive_int(args.count, "--count")
+    nonnegative_int(args.seed, "--seed")
     from kernelzoo.zoo.layerwise.generative import synthetic_digits
     print(f"wrote {plot_samples(synthetic_digits(), args.out, count=args.count, seed=args.seed)}")
     return 0

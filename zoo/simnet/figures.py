@@ -16,7 +16,7 @@ import json
 import os
 
 from kernelzoo.ops.checks import check_choice
-from kernelzoo.zoo.plotting import pyplot, save_figure
+from kernelzoo.zoo.plotting import figure_path, pyplot, save_figure
 from kernelzoo.zoo.simnet import models
 
 LABELS = {"simnet_wl1": "SimNet, weighted l1", "simnet_wl2": "SimNet, weighted l2", "convnet": "ConvNet",
@@ -154,6 +154,7 @@ def add_arguments(parser, command):
 
 def run(args, command):
     check_choice("command", command, ("viz",))
+    figure_path(args.out, "--out")
     ours = [run_point(folder) for folder in args.runs] + (shipped_points() if args.shipped else [])
     if not ours:
         raise ValueError("nothing to plot of ours: give RUN_DIR folders and/or --shipped")
