@@ -486,3 +486,96 @@ def test_eval_of_a_finetune_run_measures_the_dataset_given(image_folder, tmp_pat
     assert result["examples"] == 90 and result["preset"] is None and result["card"] is None
     named = measure(path, os.path.dirname(image_folder), dataset="tfds:" + os.path.basename(image_folder))
     assert named["accuracy"] == result["accuracy"] and named["examples"] == 90
+
+
+def _tiny_sc(num_classes=10):
+    """The SC MNIST network (Table 4 of paper 002) at small widths: ... conv3_2 (1x1, one filter per class) ->
+    conv3_2_bn -> conv3_2_act (ReLU) -> logits (GlobalAveragePooling2D)."""
+    return zoo.create("sc_mnist", widths=(4, 4, 8), num_classes=num_classes)
+
+
+def test_sc_head_is_the_classwise_conv_and_only_it_trains_with_freeze_features(tmp_path):
+    """A spatial-contrasting network ends in a 1x1 Conv2D with one filter per class, BN, ReLU and global average
+    pooling: the conv gets the new class count, the BN after it is fresh, everything before is copied and frozen."""
+    source = _tiny_sc()
+    head, kind = ft.find_head(source)
+    assert (head.name, kind) == ("conv3_2", "conv")
+    rng = np.random.default_rng(0)
+    train, val = _blob_images(24, rng, size=28, channels=1), _blob_images(12, rng, size=28, channels=1)
+    tuned, metrics = ft.finetune(source, train, val, NUM_CLASSES, freeze="features", epochs=2, batch_size=8,
+                                 max_steps_per_epoch=3, out_dir=tmp_path / "run", verbose=0)
+    assert tuple(tuned.output.shape) == (None, NUM_CLASSES) and np.isfinite(metrics["val_loss"])
+    names = [layer.name for layer in tuned.layers]
+    assert len(set(names)) == len(names)
+    assert names[-4:] == ["conv3_2", "conv3_2_bn", "conv3_2_act", "logits"]
+    conv = tuned.get_layer("conv3_2")
+    assert conv.kernel.shape == (1, 1, 8, NUM_CLASSES) and conv.kernel_size == (1, 1) and conv.strides == (1, 1)
+    assert conv.padding == "same" and not conv.use_bias
+    assert tuned.get_layer("conv3_2_bn").gamma.shape == (NUM_CLASSES,)
+    assert type(tuned.get_layer("conv3_2_bn")) is type(source.get_layer("conv3_2_bn"))  # FusedBatchNormalization
+    assert sorted(w.path for w in tuned.trainable_weights) == ["conv3_2/kernel", "conv3_2_bn/beta",
+                                                                "conv3_2_bn/gamma"]
+    assert metrics["trainable_params"] == 8 * NUM_CLASSES + 2 * NUM_CLASSES
+    # every layer before the head: the source's weights (BN moving statistics included), unchanged by the fit
+    compared = 0
+    for layer in source.layers[:[layer.name for layer in source.layers].index("conv3_2")]:
+        new = tuned.get_layer(layer.name)
+        if layer.weights and new.weights:
+            assert not new.trainable, layer.name
+            for a, b in zip(new.get_weights(), layer.get_weights()):
+                np.testing.assert_array_equal(a, b, err_msg=layer.name)
+            compared += 1
+    assert compared >= 8  # normalize, conv1_1, pool1_bn, conv2_1(_bn), conv2_2(_bn), sc_features, conv3_1(_bn)
+    # the new head trained: its BN's moving statistics left their fresh values
+    assert not np.allclose(tuned.get_layer("conv3_2_bn").moving_mean.numpy(), 0.0)
+    # round trip through .keras (kernelzoo imported: FusedBatchNormalization and the regularizer deserialise)
+    path = str(tmp_path / "sc_tuned.keras")
+    tuned.save(path)
+    loaded = keras.models.load_model(path)
+    images = val[0][:6]
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), tuned.predict(images, verbose=0), atol=1e-6)
+    assert loaded.predict(images, verbose=0).shape == (6, NUM_CLASSES)
+
+
+def test_sc_head_with_freeze_none_trains_everything_and_the_new_bn_is_fresh():
+    source = _tiny_sc()
+    source.get_layer("conv3_2_bn").moving_mean.assign(np.full(10, 3.0, "float32"))  # a "pretrained" statistic
+    tuned = ft.adapt_model(source, 4, (28, 28, 1), freeze="none")
+    assert tuple(tuned.output.shape) == (None, 4)
+    paths = {w.path for w in tuned.trainable_weights}
+    assert {"conv1_1/kernel", "conv3_1/kernel", "conv3_2/kernel", "conv3_2_bn/gamma"} <= paths
+    bn = tuned.get_layer("conv3_2_bn")
+    np.testing.assert_array_equal(bn.moving_mean.numpy(), np.zeros(4))
+    np.testing.assert_array_equal(bn.gamma.numpy(), np.ones(4))
+    for a, b in zip(tuned.get_layer("conv3_1").get_weights(), source.get_layer("conv3_1").get_weights()):
+        np.testing.assert_array_equal(a, b)
+    # fine-tuning a fine-tuned SC model again: its head is found again, names stay unique
+    again = ft.adapt_model(tuned, 2, (28, 28, 1))
+    names = [layer.name for layer in again.layers]
+    assert len(set(names)) == len(names) and "adapt_scale_2" in names
+    assert ft.find_head(again)[0].name == "conv3_2" and tuple(again.output.shape) == (None, 2)
+
+
+def test_a_class_conv_followed_by_other_layers_is_not_a_head():
+    """Only per-channel layers (BN, activation, global pooling) may follow the class-wise conv: a Flatten is not."""
+    inputs = keras.Input((1, 1, 4))
+    x = keras.layers.Conv2D(3, 1, name="conv")(inputs)
+    model = keras.Model(inputs, keras.layers.Flatten(name="flat")(x))
+    with pytest.raises(ValueError, match="no recognisable classification head.*'flat'.*Conv2D"):
+        ft.find_head(model)
+
+
+def test_sc_from_scratch_baseline_keeps_the_constant_normalization():
+    """The from-scratch baseline (`--compare-scratch`) of an SC network: fresh weights, every layer trained; its
+    Normalization holds constants (the per-channel mean / std), not a fit, so the unsupervised initialisation
+    leaves it (Keras cannot adapt it)."""
+    source = _tiny_sc()
+    rng = np.random.default_rng(0)
+    train = _blob_images(16, rng, size=28, channels=1)
+    model, metrics = ft.finetune(source, train, None, NUM_CLASSES, epochs=1, batch_size=8, max_steps_per_epoch=1,
+                                 from_scratch=True, verbose=0)
+    assert metrics["freeze"] == "none" and tuple(model.output.shape) == (None, NUM_CLASSES)
+    assert "conv1_1/kernel" in {w.path for w in model.trainable_weights}
+    assert not np.allclose(model.get_layer("conv1_1").kernel.numpy(), source.get_layer("conv1_1").kernel.numpy())
+    normalize = model.get_layer("normalize")
+    np.testing.assert_allclose(np.ravel(normalize.mean), np.ravel(source.get_layer("normalize").mean))

@@ -19,10 +19,14 @@ What it does to the model (the input model is left untouched; its layers are clo
   the final Dense (kernelNet MNIST classifiers, ConvNet and Coates baselines; its activation,
   softmax or none, is kept) or, for the SimNet patch-labeling network, the class-wise MEX
   (`mex_templates`: one instance per class, new offsets initialised at zero; the Similarity
-  templates and weights and the whitening are kept, as are the layers after it).
+  templates and weights and the whitening are kept, as are the layers after it), or, for the
+  spatial-contrasting (SC) networks, the last Conv2D with one filter per class followed only by
+  per-channel layers up to the output (`conv3_2` of `sc_mnist`: 1x1 conv, BN, ReLU, global average
+  pooling): a Conv2D with the new class count (same kernel size, strides, padding, activation) and
+  fresh per-channel layers after it (a new batch normalisation; names kept).
 - **freeze**: "features" trains only the head (for a SimNet: the class-wise MEX offsets, and
-  its xi when learned); "none" trains every layer (the fixed adapter and layers that were
-  never trainable stay so).
+  its xi when learned; for an SC network: the new conv and its batch normalisation); "none" trains
+  every layer (the fixed adapter and layers that were never trainable stay so).
 - **Training** with the zoo recipe (`kernelzoo.zoo.training.train`): SGD with momentum,
   lr / 10 after half the epochs, fixed data order per (seed, epoch), checkpoints and log.csv in
   `out_dir`; then accuracy on the validation (and test) split. No augmentation: the source model's
@@ -61,9 +65,11 @@ INIT_IMAGES = 5000  # training images the from-scratch baseline's unsupervised i
 
 
 def find_head(model):
-    """(head layer, kind) of a zoo classifier: kind "dense" (final Dense) or "mex" (class-wise MEX).
+    """(head layer, kind) of a zoo classifier: kind "dense" (final Dense), "mex" (class-wise MEX) or "conv" (the
+    last Conv2D with one filter per class, followed only by per-channel layers to the output: a spatial-contrasting
+    network's "1x1 conv classes, BN, ReLU, global average pooling").
 
-    Raises ValueError naming the model's last layer when neither is recognisable.
+    Raises ValueError naming the model's last layer when none is recognisable.
     """
     from kernelzoo.layers import Mex
 
@@ -82,9 +88,42 @@ def find_head(model):
     for layer in reversed(layers):
         if isinstance(layer, Mex) and layer.num_instances > 1 and layer.num_instances == classes:
             return layer, "mex"
+    conv = _class_conv(model.outputs[0], classes)
+    if conv is not None:
+        return conv, "conv"
     raise ValueError(f"`model` {model.name!r} has no recognisable classification head: its last layer "
-                     f"{last.name!r} ({type(last).__name__}) is not a Dense layer, and no Mex layer has one "
-                     f"instance per class ({classes})")
+                     f"{last.name!r} ({type(last).__name__}) is not a Dense layer, no Mex layer has one "
+                     f"instance per class ({classes}), and no Conv2D with one filter per class is followed only by "
+                     f"per-channel layers (batch normalization, activation, global pooling) up to the output")
+
+
+# Layers that act on each channel (class) of a class-wise Conv2D on its own, or across the class axis only:
+# what may follow the "conv" head up to the output (they are rebuilt, fresh, for the new class count).
+PER_CHANNEL_LAYERS = (keras.layers.BatchNormalization, keras.layers.ReLU, keras.layers.LeakyReLU, keras.layers.ELU,
+                      keras.layers.Activation, keras.layers.Softmax, keras.layers.Dropout, keras.layers.Identity,
+                      keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D)
+
+
+def _class_conv(output, classes):
+    """The Conv2D with `classes` filters whose output reaches `output` through PER_CHANNEL_LAYERS only (a chain of
+    one-input calls), or None."""
+    tensor = output
+    while True:
+        history = getattr(tensor, "_keras_history", None)
+        if history is None:
+            return None
+        layer = history.operation
+        inputs = layer._inbound_nodes[history.node_index].input_tensors  # the call that made `tensor`
+        if isinstance(layer, keras.layers.Conv2D):
+            if layer.filters == classes and layer.groups == 1 and layer.data_format == "channels_last":
+                return layer
+            return None
+        if not isinstance(layer, PER_CHANNEL_LAYERS) or len(inputs) != 1:
+            return None
+        axis = getattr(layer, "axis", -1)  # BN and Softmax: on the channel (class) axis only
+        if axis not in (-1, len(inputs[0].shape) - 1) or getattr(layer, "data_format", None) == "channels_first":
+            return None
+        tensor = inputs[0]
 
 
 def _shapes(tensors):
@@ -95,6 +134,8 @@ def _new_head(head, kind, num_classes):
     config = head.get_config()
     if kind == "dense":
         config["units"] = num_classes
+    elif kind == "conv":  # same kernel size, strides, padding, activation, bias and regularizers
+        config["filters"] = num_classes
     else:
         config["num_instances"] = num_classes
         xi = config.get("xi")
@@ -189,6 +230,8 @@ def adapt_model(model, num_classes, input_shape, *, freeze="features", spatial="
     target = _target_shape(model)
     order = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
     after_head = set(order[order.index(head) + 1:])
+    # a class-wise conv's per-channel layers (its BN) have one weight per old class: rebuilt fresh, not copied
+    fresh = after_head if kind == "conv" else set()
     clones = {}
 
     def operation_fn(layer):
@@ -206,7 +249,7 @@ def adapt_model(model, num_classes, input_shape, *, freeze="features", spatial="
     outputs = model._run_through_graph(x, operation_fn=operation_fn)
     new_model = keras.Model(inputs, outputs, name=f"{model.name}_finetuned_{num_classes}")
     for old, new in clones.values():
-        if old is not head and copy_weights and old.weights:
+        if old is not head and old not in fresh and copy_weights and old.weights:
             set_weights(new, old.get_weights())
         if freeze == "features" and old is not head and old not in after_head:
             new.trainable = False
@@ -215,7 +258,8 @@ def adapt_model(model, num_classes, input_shape, *, freeze="features", spatial="
 
 def _reinitialise_unsupervised(model, images, seed, verbose):
     """The unsupervised initialisation of the layers that have one, when the model has them: CKN anchors by
-    spherical k-means (frozen, as the CKN recipes leave them), then SimNet-type layers (ZCA, GMM, k-means), on
+    spherical k-means (frozen, as the CKN recipes leave them), then SimNet-type layers (ZCA, GMM, k-means, an
+    adaptable Normalization; one built with constants, as in the SC networks, keeps them), on
     INIT_IMAGES of `images` drawn at random (seeded): the first ones would follow a class-sorted dataset's order."""
     from kernelzoo.layers import Similarity
     from kernelzoo.zoo.ckn.kmeans import ckn_layers, init_ckn_layers
@@ -225,8 +269,14 @@ def _reinitialise_unsupervised(model, images, seed, verbose):
         images = images[np.sort(np.random.default_rng(seed).choice(len(images), INIT_IMAGES, replace=False))]
     if ckn_layers(model):
         init_ckn_layers(model, images, seed=seed, verbose=verbose)
-    kinds = (PatchWhitening, Similarity, TriangleCoding, keras.layers.Normalization)
-    if any(isinstance(layer, kinds) for layer in model.layers):
+    kinds = (PatchWhitening, Similarity, TriangleCoding)
+
+    def fitted(layer):  # a Normalization built with constants (an SC network's per-channel mean / std) has no fit
+        if isinstance(layer, keras.layers.Normalization):
+            return layer.input_mean is None
+        return isinstance(layer, kinds)
+
+    if any(fitted(layer) for layer in model.layers):
         from kernelzoo.zoo.simnet.init import unsupervised_init
         unsupervised_init(model, images, seed=seed, verbose=verbose)
 
