@@ -3,7 +3,7 @@
 `to_saved_model(model, path)` and `to_onnx(model, path, opset=17)` write a model with its
 preprocessing and a documented serving signature (docs/export.md); `OnnxPredictor` runs an
 exported ONNX file with onnxruntime (`load_signature` serves a SavedModel); `verify_artifact`
-measures parity with the Keras model, `median_seconds` times a call.
+measures parity with the Keras model, `median_seconds` times calls side by side.
 TensorFlow, tf2onnx and onnxruntime are imported on first use, not with kernelzoo.
 """
 import importlib

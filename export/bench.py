@@ -37,11 +37,10 @@ def bench_deploy(model, *, batch_sizes=(1, 64), min_time=1.0, max_calls=200, inp
     with tempfile.TemporaryDirectory(prefix="kernelzoo-bench-") as tmp:
         saved_path = to_saved_model(model, os.path.join(tmp, "saved_model"), input_dtype=input_dtype)
         onnx_path = to_onnx(model, os.path.join(tmp, "model.onnx"), opset=opset, input_dtype=input_dtype)
-        rows = {}
-        for name, fn in runtime_calls(model, spec, saved_path, onnx_path).items():
-            latency = median_seconds(fn, images[:small], min_time, max_calls)
-            per_call = median_seconds(fn, images[:large], min_time, max_calls)
-            rows[name] = {"latency_ms": 1000 * latency, "throughput": large / per_call}
+        calls = runtime_calls(model, spec, saved_path, onnx_path)
+        latency = median_seconds(calls, images[:small], min_time, max_calls)
+        per_call = median_seconds(calls, images[:large], min_time, max_calls)
+        rows = {name: {"latency_ms": 1000 * latency[name], "throughput": large / per_call[name]} for name in calls}
     base = rows[RUNTIMES[0]]
     for row in rows.values():
         row["latency_ratio"] = base["latency_ms"] / row["latency_ms"]
@@ -68,16 +67,22 @@ def runtime_calls(model, spec, saved_path, onnx_path):
     }
 
 
-def median_seconds(fn, x, min_time, max_calls):
-    """Median seconds of fn(x) over repeated calls (at least 3, up to max_calls or min_time) after 2 warm-ups."""
-    fn(x)
-    fn(x)
-    times, start = [], time.perf_counter()
-    while len(times) < 3 or (len(times) < max_calls and time.perf_counter() - start < min_time):
-        tick = time.perf_counter()
-        fn(x)
-        times.append(time.perf_counter() - tick)
-    return statistics.median(times)
+def median_seconds(calls, x, min_time, max_calls):
+    """{name: median seconds of fn(x)} for `calls` {name: fn}, timed in rounds, one call of each in turn (after 2
+    warm-up rounds), so that a busier stretch of the machine falls on every runtime alike and their ratios hold:
+    at least 3 rounds, more up to `max_calls` while the rounds take under `min_time` seconds per function."""
+    for _ in range(2):
+        for fn in calls.values():
+            fn(x)
+    times, start = {name: [] for name in calls}, time.perf_counter()
+    rounds = 0
+    while rounds < 3 or (rounds < max_calls and time.perf_counter() - start < min_time * len(calls)):
+        for name, fn in calls.items():
+            tick = time.perf_counter()
+            fn(x)
+            times[name].append(time.perf_counter() - tick)
+        rounds += 1
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def _implementation():
@@ -92,7 +97,7 @@ def _print_table(title, spec, rows, small, large, stream):
     shape = ", ".join(str(d) for d in spec.input_shape[1:])
     print(f"bench deploy {title}: input {spec.input_dtype} (N, {shape}); Keras uses the "
           f"{_implementation()} ops, the exports the composite ones; "
-          f"{os.cpu_count()} CPU cores, median of repeated calls", file=stream)
+          f"{os.cpu_count()} CPU cores, median of repeated calls, the runtimes in turn", file=stream)
     header = (f"{'runtime':<18} {f'batch-{small} latency':>17} {'vs Keras':>9} "
               f"{f'batch-{large} throughput':>21} {'vs Keras':>9}")
     print(header, file=stream)

@@ -804,6 +804,16 @@ def test_bench_deploy_prints_all_runtimes(exported, capsys):
     assert text.startswith("bench deploy the_zoo_name: input uint8 (N, 12, 12, 3)")
 
 
+def test_runtimes_are_timed_in_turn():
+    """Timed one after another, a busy stretch of the machine fell on one runtime and moved the ratios."""
+    from kernelzoo.export.bench import median_seconds
+
+    order = []
+    medians = median_seconds({name: (lambda x, name=name: order.append(name)) for name in "abc"}, None, 0.0, 10)
+    assert set(medians) == set("abc") and all(value >= 0 for value in medians.values())
+    assert order == list("abc") * 5  # 2 warm-up rounds, then 3
+
+
 def test_bench_cli_parses_deploy():
     from kernelzoo.export import bench
     parser = argparse.ArgumentParser(prog="kernelzoo bench")

@@ -138,8 +138,8 @@ def _mnist_samples(latency_time=0.3):
                     print(f"    {'ok ' if report['ok'] else 'BAD'}  parity {runtime:<11} vs Keras: max |logit diff| "
                           f"{report['max_abs']:.2e} (goal <= {MAX_ABS_GOAL:g}), top-1 agreement "
                           f"{100 * report['top1_agreement']:.0f} %")
-                latency = {runtime: 1000 * median_seconds(fn, x[:1], latency_time, 200)
-                           for runtime, fn in runtime_calls(model, spec, saved_path, onnx_path).items()}
+                seconds = median_seconds(runtime_calls(model, spec, saved_path, onnx_path), x[:1], latency_time, 200)
+                latency = {runtime: 1000 * value for runtime, value in seconds.items()}
                 print("    latency (batch 1, median): " + ", ".join(f"{k} {v:.2f} ms" for k, v in latency.items())
                       + f"  ({time.perf_counter() - start:.1f}s)")
             except Exception as error:  # noqa: BLE001 - reported, and the demo fails
