@@ -169,8 +169,15 @@ def make_reference(path):
 
 
 # ------------------------------------------------------------------ check --
-def relative_error(actual, expected):
-    """max |a - b| / max |b| over finite entries; inf when NaN / inf patterns differ."""
+# relative_error's floor, as a fraction of the largest finite |reference| entry: entries at least this
+# large are checked relative to themselves; smaller ones (sums that cancel, where float rounding is set by
+# the terms, not the result) against this floor.
+RELATIVE_FLOOR = 1e-2
+
+
+def relative_error(actual, expected, floor=RELATIVE_FLOOR):
+    """max over finite entries of |a - b| / max(|b|, floor * max |b|), entry by entry (a small entry badly
+    wrong fails, as it would not against max |b| alone); inf when NaN / inf patterns differ."""
     actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
     if actual.shape != expected.shape or not np.array_equal(np.isnan(actual), np.isnan(expected)):
         return float("inf")
@@ -179,8 +186,9 @@ def relative_error(actual, expected):
         return float("inf")
     if not finite.any():
         return 0.0
-    scale = max(np.max(np.abs(expected[finite])), 1e-30)
-    return float(np.max(np.abs(actual[finite] - expected[finite])) / scale)
+    ref = np.abs(expected[finite])
+    scale = np.maximum(ref, max(floor * ref.max(), 1e-30))
+    return float(np.max(np.abs(actual[finite] - expected[finite]) / scale))
 
 
 def _xi_error(actual, expected):

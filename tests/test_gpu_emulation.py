@@ -21,7 +21,7 @@ if library._compiler() is None:
 
 import tensorflow as tf  # noqa: E402
 
-from kernelzoo.ops import custom  # noqa: E402
+from kernelzoo.ops import composite, custom  # noqa: E402
 from test_custom_ops import XI_EDGE, _rel_close  # noqa: E402
 
 # Grids of 3 blocks: the tiled forward loops over its tiles, the per-item kernels over
@@ -379,6 +379,29 @@ def test_gpu_check_harness_on_the_emulation(emulated, tmp_path):
     assert failed == [("sim-l2-s11-valid-nan0", "output")]
 
 
+def test_gpu_check_relative_error_is_entry_by_entry():
+    """Each entry relative to itself, down to a floor of RELATIVE_FLOOR x the largest: a small entry that is
+    badly wrong fails (against max |b| alone, 1e-3 wrong by 100% was an error of 1e-5); float rounding of an
+    entry below the floor (a sum that cancels) does not."""
+    from kernelzoo.ops import gpu_check
+
+    expected = np.array([100.0, -40.0, 1e-3, 2.5, 1e-9, np.inf, np.nan])
+    assert gpu_check.relative_error(expected, expected) == 0.0
+    wrong = expected.copy()
+    wrong[2] = 2e-3  # 100% off, 1e-5 of the largest entry
+    assert abs(np.max(np.abs(wrong[:5] - expected[:5])) / 100.0 - 1e-5) < 1e-12  # what the old formula reported
+    assert gpu_check.relative_error(wrong, expected) == pytest.approx(1e-3)  # 1e-3 / max(1e-3, 1e-2 * 100)
+    assert gpu_check.relative_error(wrong, expected) > gpu_check.TOLERANCE["grad"]
+    rounded = expected * (1 + 1e-7)
+    rounded[4] = 1e-9 + 1e-7 * 100  # 1e-7 of the largest: rounding in a sum that cancels, below the floor
+    assert gpu_check.relative_error(rounded, expected) < gpu_check.TOLERANCE["output"]
+    wrong = expected.copy()
+    wrong[1] *= 1 + 1e-3  # a large entry off by 1e-3 of itself
+    assert gpu_check.relative_error(wrong, expected) == pytest.approx(1e-3)
+    for pattern in ([100.0, -40.0, 1e-3, 2.5, 1e-9, np.nan, np.nan], [100.0, -40.0, 1e-3, 2.5, 1e-9, -np.inf, np.nan]):
+        assert gpu_check.relative_error(np.array(pattern), expected) == np.inf
+
+
 def test_gpu_check_names_a_missing_reference(emulated, tmp_path):
     from kernelzoo.ops import gpu_check
     with pytest.raises(FileNotFoundError, match="gpu_check reference"):
@@ -394,3 +417,96 @@ def test_mex_emulation_of_sets_holding_an_infinity(emulated, infinity):
     y = emulated.mex(x, xi, None, None, **kw).reshape(-1, 3)
     np.testing.assert_array_equal(y[:, 0], infinity)
     _check_mex(emulated, x, xi, None, None, kw)
+
+
+# ------------------------------------------------- non-finite inputs (GPU, CPU, composite) --
+# A NaN (ignore_nan=False) or +-inf input entry, at a corner of image 0 (one window) and inside image 1 (six
+# windows), "valid", stride 1: the emulated GPU kernels against the CPU op, entry by entry (NaN and inf
+# patterns included), and both against the composite where it is a reference (see each test).
+NONFINITE_X, NONFINITE_WINDOW, NONFINITE_AT = (2, 5, 6, 2), (2, 3), [(0, 0, 0, 1), (1, 2, 3, 0)]
+
+
+def _nonfinite_case(kind, weighted, bad):
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=NONFINITE_X).astype("float32")
+    for at in NONFINITE_AT:
+        x[at] = bad
+    z = rng.normal(size=NONFINITE_WINDOW + (NONFINITE_X[-1], 5)).astype("float32")
+    u = (rng.uniform(0.2, 1.5, size=z.shape) if weighted else np.ones(z.shape)).astype("float32")
+    p = (np.array([0.7, 1.0, 1.5, 2.0, 2.5]) if kind == "lp" else np.full(5, {"l1": 1.0}.get(kind, 2.0)))
+    return x, z, u, p.astype("float32")
+
+
+def _entries_seen(x_mask, window):
+    """(D,) bool: patch entry d of some window ("valid", stride 1) is one of the masked input entries."""
+    n, h, w, c = x_mask.shape
+    kh, kw = window
+    return np.array([x_mask[:, a:a + h - kh + 1, b:b + w - kw + 1, ch].any()
+                     for a in range(kh) for b in range(kw) for ch in range(c)])
+
+
+def _three_ways(emulated, x, z, u, p, kw):
+    """(output, grads) of the CPU op, of the emulated GPU kernels and of the composite (same output gradient)."""
+    y, g, grads = _cpu_value_and_grads(lambda *t: custom.similarity(*t, **kw), [x, z, u, p])
+    y_ref, _, grads_ref = _cpu_value_and_grads(lambda *t: composite.similarity(*t, **kw), [x, z, u, p])
+    emu = (emulated.similarity(x, z, u, p, **kw), list(emulated.similarity_grad(x, z, u, p, g, **kw)))
+    if grads_ref[3] is None:  # the composite does not use p
+        grads_ref[3] = np.zeros_like(p)
+    return (y, grads), emu, (y_ref, grads_ref)
+
+
+NAMES = ["output", "grad input", "grad templates", "grad weights", "grad p"]
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("kind", ["linear", "l1", "l2", "lp"])
+def test_similarity_emulation_nan_without_ignore_nan_gradients(emulated, kind, weighted):
+    """NaN propagates as IEEE arithmetic gives it entry by entry: dphi/dx and dphi/dz are NaN at a NaN x
+    (sign(NaN) = NaN for l1, as |t|^(p-1) for lp and t for l2), so the input gradient is NaN at the NaN
+    entries only (linear: u z, finite) and the parameters' gradients at the patch entries that see one.
+    The composite is NaN there too; it is NaN at more entries (its one-hot patch convolution multiplies the
+    NaN by 0 into every entry of the window, for l1 and lp), and equal elsewhere."""
+    x, z, u, p = _nonfinite_case(kind, weighted, np.nan)
+    kw = dict(similarity=kind, strides=(1, 1), padding="valid", ignore_nan=False)
+    (y, grads), (y_emu, grads_emu), (y_ref, grads_ref) = _three_ways(emulated, x, z, u, p, kw)
+    seen = np.broadcast_to(_entries_seen(np.isnan(x), NONFINITE_WINDOW).reshape(NONFINITE_WINDOW + (-1, 1)), z.shape)
+    want_nan = [None, np.isnan(x) if kind != "linear" else np.zeros(x.shape, bool), seen, seen,
+                np.full(p.shape, kind == "lp")]
+    for name, cpu, emu, ref, nan in zip(NAMES, [y] + grads, [y_emu] + grads_emu, [y_ref] + grads_ref, want_nan):
+        if nan is not None:
+            np.testing.assert_array_equal(np.isnan(cpu), nan, err_msg=f"CPU {name}: NaN entries")
+        _rel_close(emu, cpu, 1e-5 if name == "output" else 1e-4, f"GPU vs CPU {name}")
+        assert np.isnan(ref[np.isnan(cpu)]).all(), f"composite {name}: a number where the op gives NaN"
+        finite = np.isfinite(ref)
+        _rel_close(cpu[finite], ref[finite], 1e-5 if name == "output" else 1e-4, f"CPU vs composite {name}")
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("ignore_nan", [False, True])
+@pytest.mark.parametrize("bad", [np.inf, -np.inf])
+@pytest.mark.parametrize("kind", ["linear", "l1", "l2", "lp"])
+def test_similarity_emulation_infinite_inputs(emulated, kind, bad, ignore_nan, weighted):
+    """+-inf inputs: the GPU kernels equal the CPU op entry by entry. linear and l2 equal the composite
+    (l2 is its expanded form -(u x^2 - 2 u z x + u z^2), with ignore_nan too: NaN where u z x > 0 at the inf
+    entry, else -inf; its weights' gradient likewise), except l2's input gradient at an inf entry in several
+    windows: the kernels sum -2 (x sum g u - sum g u z) window by window (inf - inf = NaN), the composite sums
+    over the windows first (+-inf). l1 and lp: -inf in the windows holding an inf (the composite is NaN
+    there: its one-hot patch convolution gives inf * 0)."""
+    x, z, u, p = _nonfinite_case(kind, weighted, bad)
+    kw = dict(similarity=kind, strides=(1, 1), padding="valid", ignore_nan=ignore_nan)
+    (y, grads), (y_emu, grads_emu), (y_ref, grads_ref) = _three_ways(emulated, x, z, u, p, kw)
+    for name, cpu, emu in zip(NAMES, [y] + grads, [y_emu] + grads_emu):
+        _rel_close(emu, cpu, 1e-5 if name == "output" else 1e-4, f"GPU vs CPU {name}")
+    if kind in ("l1", "lp"):
+        inf = _windows_holding(x.shape, [at[:3] for at in NONFINITE_AT], NONFINITE_WINDOW, (1, 1), "valid")
+        np.testing.assert_array_equal(y[inf], -np.inf)
+        assert np.isfinite(y[~inf]).all()
+        _rel_close(y[~inf], y_ref[~inf], 1e-5, "CPU vs composite output")
+        return
+    several = np.isinf(x) & ~np.isin(np.arange(x.size).reshape(x.shape), np.ravel_multi_index(NONFINITE_AT[0],
+                                                                                              x.shape))
+    for name, cpu, ref in zip(NAMES, [y] + grads, [y_ref] + grads_ref):
+        if name == "grad input" and kind == "l2":
+            assert np.isnan(cpu[several]).all() and np.isinf(ref[several]).all()
+            cpu, ref = cpu[~several], ref[~several]
+        _rel_close(cpu, ref, 1e-5 if name == "output" else 1e-4, f"CPU vs composite {name}")

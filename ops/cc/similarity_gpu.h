@@ -80,7 +80,9 @@ KZ_HOST_DEVICE inline float PowAbs(float t, float p) {
 //   linear: zs = u z                      term x zs
 //   l2:     us = u, zs = -2 u z, cz = u z^2  term us x^2 + zs x, plus sum_d cz: -phi u expanded
 //   l1, lp: us = u, zs = z                 term us |x - z|^p  (-phi u)
-// With ignore_nan, l2 takes the direct term us (x - z)^2 and NaN entries are skipped.
+// With ignore_nan, NaN entries are skipped; l2 then adds cz entry by entry (the non-NaN ones). l2 is
+// expanded as the CPU kernel and the composite are (-(sum u x^2 - 2 sum u z x + sum u z^2)), so an
+// infinite x gives their result: NaN where u z x > 0, else -inf (the direct (x - z)^2 would be -inf).
 template <int kKind, bool kIgnoreNaN, typename T>
 KZ_GLOBAL void KZ_LAUNCH_BOUNDS(kTileThreads, 2) SimilarityForwardKernel(SimilarityParams prm, const T* input,
                                        const float* templates, const float* weights,
@@ -89,13 +91,14 @@ KZ_GLOBAL void KZ_LAUNCH_BOUNDS(kTileThreads, 2) SimilarityForwardKernel(Similar
   const int64_t positions = g.positions(), n = prm.num_templates, D = prm.patch_size();
   const int64_t tiles_l = (n + kTileL - 1) / kTileL;
   const int64_t tiles = (positions + kTileP - 1) / kTileP * tiles_l;
-  constexpr bool kExpand = kKind == kSimL2 && !kIgnoreNaN;
+  constexpr bool kExpand = kKind == kSimL2;
+  constexpr bool kSumCz = kExpand && !kIgnoreNaN;  // sum_d cz once per tile; with ignore_nan entry by entry
   const float pad = kIgnoreNaN ? NAN : 0.f;
   // 16-byte aligned rows: the compute phase reads them with Load4.
   KZ_SHARED alignas(16) float xs[kTileD][kTileP + kPadP];
   KZ_SHARED alignas(16) float zs[kTileD][kTileL];
   KZ_SHARED alignas(16) float us[kTileD][kTileL];
-  KZ_SHARED float cz[kTileD][kTileL];  // l2 expanded: u z^2
+  KZ_SHARED alignas(16) float cz[kTileD][kTileL];  // l2 expanded: u z^2
   KZ_SHARED float cs[kTileL];          // l2 expanded: sum_d u z^2, accumulated by threads 0..kTileL-1
   KZ_SHARED WindowOrigin origin[kTileP];
   KZ_PER_THREAD(float, acc, [kRegP][kRegL]);
@@ -144,7 +147,7 @@ KZ_GLOBAL void KZ_LAUNCH_BOUNDS(kTileThreads, 2) SimilarityForwardKernel(Similar
           pr[s] = (kKind == kSimLp && l < n) ? p[l] : 1.f;
         }
         const int d_end = D - d0 < kTileD ? static_cast<int>(D - d0) : kTileD;
-        if (kExpand && t < kTileL) {
+        if (kSumCz && t < kTileL) {
           for (int dd = 0; dd < d_end; ++dd) cs[t] += cz[dd][t];
         }
         static_assert(kRegP == 8 && kRegL == 4, "the loads below read 2 x 4 patch and 4 template values");
@@ -152,8 +155,10 @@ KZ_GLOBAL void KZ_LAUNCH_BOUNDS(kTileThreads, 2) SimilarityForwardKernel(Similar
           const Float4 x_lo = Load4(&xs[dd][ty * kRegP]), x_hi = Load4(&xs[dd][ty * kRegP + 4]);
           const Float4 z4 = Load4(&zs[dd][tx * kRegL]);
           const Float4 u4 = kKind == kSimLinear ? Float4{0.f, 0.f, 0.f, 0.f} : Load4(&us[dd][tx * kRegL]);
+          const Float4 c4 = kExpand && kIgnoreNaN ? Load4(&cz[dd][tx * kRegL]) : Float4{0.f, 0.f, 0.f, 0.f};
           const float xr[kRegP] = {x_lo.x, x_lo.y, x_lo.z, x_lo.w, x_hi.x, x_hi.y, x_hi.z, x_hi.w};
           const float zr[kRegL] = {z4.x, z4.y, z4.z, z4.w}, ur[kRegL] = {u4.x, u4.y, u4.z, u4.w};
+          const float cr[kRegL] = {c4.x, c4.y, c4.z, c4.w};
           for (int r = 0; r < kRegP; ++r) {
             const float x = xr[r];
             if (kIgnoreNaN && x != x) continue;
@@ -163,9 +168,7 @@ KZ_GLOBAL void KZ_LAUNCH_BOUNDS(kTileThreads, 2) SimilarityForwardKernel(Similar
                 out = fmaf(x, zr[s], out);
               } else if (kExpand) {
                 out = fmaf(ur[s], x * x, fmaf(zr[s], x, out));  // two FMAs (x * x is hoisted)
-              } else if (kKind == kSimL2) {
-                const float diff = x - zr[s];
-                out += ur[s] * diff * diff;
+                if (kIgnoreNaN) out += cr[s];
               } else if (kKind == kSimL1) {
                 out = fmaf(ur[s], fabsf(x - zr[s]), out);
               } else {
@@ -185,7 +188,7 @@ KZ_GLOBAL void KZ_LAUNCH_BOUNDS(kTileThreads, 2) SimilarityForwardKernel(Similar
         if (pos >= positions) continue;
         for (int s = 0; s < kRegL; ++s) {
           const int64_t l = l0 + tx * kRegL + s;
-          const float extra = kExpand ? cs[tx * kRegL + s] : 0.f;
+          const float extra = kSumCz ? cs[tx * kRegL + s] : 0.f;
           if (l < n) output[pos * n + l] = FromFloat<T>(sign * (KZ_REG(acc, t)[r][s] + extra));
         }
       }
@@ -212,13 +215,23 @@ constexpr int64_t kPatchGradFloats = KZ_PATCH_GRAD_FLOATS;  // patch-gradient wo
 constexpr int64_t kParamBlocks = 1056;                   // ~8 blocks per multiprocessor of an H100/H200
 constexpr int64_t kParamPartialFloats = int64_t{1} << 22;
 
+// d|t|^p/dt = p |t|^(p-1) sign(t), 0 at t = 0, NaN at NaN t (powf(NaN, 0) is 1: p = 1 needs the test).
+// |t|^(p-1) by its own power (not |t|^p / |t|, SimilarityPhiGrad's form), as the CPU kernel: t = +-inf
+// gives the limit (0 for p < 1, p at p = 1, inf for p > 1), not inf / inf = NaN.
+KZ_HOST_DEVICE inline float LpSlope(float t, float p) {
+  const float a = fabsf(t);
+  if (a == 0.f || a != a) return a == 0.f ? 0.f : t;
+  return p * powf(a, p - 1.f) * (t > 0.f ? 1.f : -1.f);
+}
+
 // dphi/dx summed with weights g u, for the kinds without an expanded form.
 template <int kKind>
 KZ_HOST_DEVICE inline float WeightedDx(float gu, float x, float z, float p) {
+  const float t = x - z;
   if (kKind == kSimL1) {
-    const float t = x - z;
-    return gu * ((t < 0.f) - (t > 0.f));  // -sign(x - z)
+    return t != t ? t : gu * ((t < 0.f) - (t > 0.f));  // -sign(x - z); NaN at NaN x (IEEE, as the composite)
   }
+  if (kKind == kSimLp) return -gu * LpSlope(t, p);
   float dx, dz, dp;
   SimilarityPhiGrad(static_cast<SimilarityKind>(kKind), x, z, p, &dx, &dz, &dp);
   return gu * dx;
@@ -344,7 +357,9 @@ KZ_GLOBAL void SimilarityGatherKernel(SimilarityParams prm, int64_t image0, int6
 
 // Parameter gradients of split `split` of the positions, d tile and l tile (see above).
 //   linear: gz += g x              (gu = z gz)
-//   l2:     gz += g t, gu += g t^2 (t = x - z; then gz *= 2, gu = -gu)
+//   l2:     gz += g x, gu += g x^2, gp += g (the sums of the expanded form, as the CPU kernel and the
+//           composite: SimilarityGradParamsReduceKernel makes grad z = 2 u (gz - z gp) and
+//           grad u = -(gu - 2 z gz + z^2 gp) of them, in double; an infinite x gives their NaN / inf)
 //   l1:     gz += g sign(t), gu += g |t|  (then gu = -gu)
 //   lp:     gz += g dphi/dz, gu += g phi, gp += g dphi/dp
 template <int kKind, bool kIgnoreNaN, typename T>
@@ -421,19 +436,21 @@ KZ_GLOBAL void KZ_LAUNCH_BOUNDS(kTileThreads, 2) SimilarityParamGradKernel(
               if (kKind == kSimLinear) {
                 KZ_REG(gz, t)[r][s] = fmaf(go, x, KZ_REG(gz, t)[r][s]);
               } else if (kKind == kSimL2) {
-                const float diff = x - z, gd = go * diff;
-                KZ_REG(gz, t)[r][s] += gd;
-                KZ_REG(gu, t)[r][s] = fmaf(gd, diff, KZ_REG(gu, t)[r][s]);
+                const float gx = go * x;
+                KZ_REG(gz, t)[r][s] += gx;
+                KZ_REG(gu, t)[r][s] = fmaf(gx, x, KZ_REG(gu, t)[r][s]);
+                KZ_REG(gp, t)[r][s] += go;
               } else if (kKind == kSimL1) {
                 const float diff = x - z;
-                KZ_REG(gz, t)[r][s] = fmaf(go, (diff > 0.f) - (diff < 0.f), KZ_REG(gz, t)[r][s]);
+                const float sign = diff != diff ? diff : (diff > 0.f) - (diff < 0.f);  // sign(NaN) = NaN
+                KZ_REG(gz, t)[r][s] = fmaf(go, sign, KZ_REG(gz, t)[r][s]);
                 KZ_REG(gu, t)[r][s] = fmaf(go, fabsf(diff), KZ_REG(gu, t)[r][s]);
-              } else {
-                float dx, dz, dp;
-                SimilarityPhiGrad(kSimLp, x, z, KZ_REG(pr, t)[s], &dx, &dz, &dp);
-                KZ_REG(gz, t)[r][s] += go * dz;
-                KZ_REG(gu, t)[r][s] += go * SimilarityPhi(kSimLp, x, z, KZ_REG(pr, t)[s]);
-                KZ_REG(gp, t)[r][s] += go * dp;
+              } else {  // phi = -|t|^p, dphi/dz = p |t|^(p-1) sign(t), dphi/dp = -|t|^p log|t| (0 at t = 0)
+                const float pl = KZ_REG(pr, t)[s], diff = x - z, a = fabsf(diff);
+                const float pw = a == 0.f ? 0.f : powf(a, pl);
+                KZ_REG(gz, t)[r][s] += go * LpSlope(diff, pl);
+                KZ_REG(gu, t)[r][s] -= go * pw;
+                KZ_REG(gp, t)[r][s] -= a == 0.f ? 0.f : go * pw * logf(a);
               }
             }
           }
@@ -450,8 +467,7 @@ KZ_GLOBAL void KZ_LAUNCH_BOUNDS(kTileThreads, 2) SimilarityParamGradKernel(
           if (d >= D || l >= n) continue;
           float z_grad = KZ_REG(gz, t)[r][s], u_grad = KZ_REG(gu, t)[r][s];
           if (kKind == kSimLinear) u_grad = KZ_REG(zr, t)[r][s] * z_grad;
-          if (kKind == kSimL2) z_grad *= 2.f;
-          if (kKind == kSimL2 || kKind == kSimL1) u_grad = -u_grad;
+          if (kKind == kSimL1) u_grad = -u_grad;
           const int64_t at = split * pairs + d * n + l;
           partial[at] = z_grad;
           partial[splits * pairs + at] = u_grad;
@@ -480,9 +496,9 @@ inline int64_t PatchGradImages(const SimilarityParams& prm) {
   return images < 1 ? 1 : (images < prm.geo.batch ? images : prm.geo.batch);
 }
 
-KZ_GLOBAL void SimilarityGradParamsReduceKernel(SimilarityParams prm, int64_t slices, const float* weights,
-                                                const float* partial, float* grad_templates, float* grad_weights,
-                                                double* grad_p_partial) {
+KZ_GLOBAL void SimilarityGradParamsReduceKernel(SimilarityParams prm, int64_t slices, const float* templates,
+                                                const float* weights, const float* partial, float* grad_templates,
+                                                float* grad_weights, double* grad_p_partial) {
   const int64_t pairs = prm.patch_size() * prm.num_templates;
   KZ_FOR_THREADS(t) {
     KZ_GRID_STRIDE(pair, t, pairs) {
@@ -491,6 +507,13 @@ KZ_GLOBAL void SimilarityGradParamsReduceKernel(SimilarityParams prm, int64_t sl
         gz += partial[s * pairs + pair];
         gu += partial[(slices + s) * pairs + pair];
         gp += partial[(2 * slices + s) * pairs + pair];
+      }
+      if (prm.kind == kSimL2) {  // gz, gu, gp: sum g x, sum g x^2, sum g (see SimilarityParamGradKernel)
+        const double z = templates[pair];
+        grad_templates[pair] = static_cast<float>(2.0 * weights[pair] * (gz - z * gp));
+        grad_weights[pair] = static_cast<float>(-(gu - 2.0 * z * gz + z * z * gp));
+        grad_p_partial[pair] = 0.0;
+        continue;
       }
       grad_templates[pair] = static_cast<float>(weights[pair] * gz);
       grad_weights[pair] = static_cast<float>(gu);
@@ -619,7 +642,7 @@ void SimilarityBackward(const Launcher& launch, const SimilarityParams& prm, con
     default: with_nan(Constant<int, kSimLp>()); break;
   }
   launch(SimilarityGradParamsReduceKernel, BlocksFor(launch, D * n, threads), threads, prm, ParamSplits(prm),
-         weights, static_cast<const float*>(partial), grad_templates, grad_weights, grad_p_partial);
+         templates, weights, static_cast<const float*>(partial), grad_templates, grad_weights, grad_p_partial);
   launch(SimilarityGradPKernel, BlocksFor(launch, n, threads), threads, prm,
          static_cast<const double*>(grad_p_partial), grad_p);
 }

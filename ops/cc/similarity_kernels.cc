@@ -361,8 +361,11 @@ inline void LpBackwardTile(const float* X, int64_t D, const float* G, int64_t np
         const VF t = xb[q] - zv;
         const VF a = Abs(t);
         const VF l2 = LpLog2<kExact>(a);
-        const VF pm = LpExp2<kExact>(pm1 * l2);  // |t|^(p-1)
-        const VF gpw = g * ZeroWhere(a == 0.f, pm * a);
+        const VF pm0 = LpExp2<kExact>(pm1 * l2);  // |t|^(p-1)
+        // kExact (chunks with inf): |t|^p by its own power, not |t|^(p-1) |t| (0 * inf = NaN for p < 1 at
+        // |t| = inf), and |t|^0 = 1 at p = 1 (not 2^(0 * inf) = NaN); NaN t stays NaN.
+        const VF pm = kExact ? Select((pm1 == 0.f) & (a == a), Splat(1.f), pm0) : pm0;
+        const VF gpw = g * ZeroWhere(a == 0.f, kExact ? LpExp2<kExact>(pv * l2) : pm * a);
         const VF h = MulSign(g * pv * pm, t);
         sz += h;
         if constexpr (kInputGrad) gxv[q] += h * uv;
@@ -712,6 +715,16 @@ struct SimilarityGradFunctor<CPUDevice> {
                       input_grad ? s.gx.data() + r0 * D : nullptr, s.t0.data(), s.t1.data());
                 },
                 skip, input_grad);
+          }
+          if (!prm.ignore_nan) {
+            // sign(NaN) = NaN (IEEE, as the composite): MulSign gave +-g at a NaN x. Its input gradient and
+            // the templates' gradients of its patch entry are NaN (the weights' already are: g sign(t) t).
+            for (int64_t r = 0; r < rows; ++r)
+              for (int64_t d = 0; d < D; ++d) {
+                if (X[r * D + d] == X[r * D + d]) continue;
+                if (input_grad) s.gx[r * D + d] = kNaN;
+                std::fill(s.t0.begin() + d * pk.npad, s.t0.begin() + (d + 1) * pk.npad, kNaN);
+              }
           }
           for (int64_t t = 0; t < D * pk.npad; ++t) {
             s.acc0[t] += s.t0[t];
