@@ -596,3 +596,43 @@ def test_recipe_load_data_refuses_a_limit_train_above_the_training_set(tmp_path,
     data = recipe.load_data(preset, dataset=str(tmp_path / "stripes"), options=recipe.options(limit_train=36),
                             verbose=0)
     assert len(data.train[0]) == 36
+
+
+def test_train_steps_over_the_last_partial_batch(tmp_path):
+    """5 examples in batches of 4: 2 steps an epoch (the last batch of 1 is trained too), and 3 examples in batches
+    of 4: one step, never none."""
+    for size, steps in ((5, 2), (3, 1)):
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+        x, y = np.ones((size, 3), np.float32), np.zeros(size, np.int64)
+        result = training.train(model, (x, y), out_dir=str(tmp_path / str(size)), epochs=2, batch_size=4, verbose=0,
+                                tensorboard=False)
+        assert int(model.optimizer.iterations) == 2 * steps, size
+        assert [int(row["epoch"]) for row in result["history"]] == [0, 1]
+
+
+def test_a_new_run_drops_the_log_rows_a_run_killed_in_its_first_epoch_left(tmp_path):
+    """No checkpoint yet (killed before the end of its first epoch, after `append_log` wrote a row, as the
+    non-Keras loops do): `start_run` starts again from a log with no rows, so the next append is the only row."""
+    out = str(tmp_path)
+    training.append_log(out, {"epoch": 0, "loss": 1.0})
+    assert training.start_run(out, True, {"seed": 0}) == 0
+    assert training.read_log(os.path.join(out, training.LOG_FILE)) == []
+    training.append_log(out, {"epoch": 0, "loss": 0.5})
+    assert training.read_log(os.path.join(out, training.LOG_FILE)) == [{"epoch": 0, "loss": 0.5}]
+
+
+def test_a_state_with_another_count_of_random_states_is_refused_on_resume(tmp_path):
+    """One Dropout generator, state.json with two or no random states: load_last names the mismatch (zip would
+    silently restore part of them)."""
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dropout(0.5), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    training.save_checkpoint(model, str(tmp_path), 1)
+    path = str(tmp_path / "checkpoints" / "state.json")
+    with open(path, encoding="utf-8") as handle:
+        state = json.load(handle)
+    assert len(state["random_states"]) == 1
+    for saved in (state["random_states"] * 2, []):
+        training.write_json(path, dict(state, random_states=saved))
+        with pytest.raises(ValueError, match=f"holds {len(saved)} random states.*has 1 random generators"):
+            training.load_last(str(tmp_path))
