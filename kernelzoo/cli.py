@@ -125,6 +125,9 @@ def main(argv=None):
     args = sub_parser.parse_args(rest)
     try:
         return module.run(args, command) or 0
+    except BrokenPipeError:  # the reader is gone (`kernelzoo list | head -3`): stop quietly, as `ls | head` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not fail again
+        return 1
     except ValueError as error:  # bad arguments, data or model (ExportError too): one line, not a traceback
         if verbose:
             raise

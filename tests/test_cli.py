@@ -68,6 +68,17 @@ def test_list_aligns_every_name(capsys):
     assert len(family_columns) == 1, lines
 
 
+def test_a_closed_pipe_ends_the_listing_quietly():
+    """`kernelzoo list | head -3`: the reader leaves before the listing is written; no traceback."""
+    import subprocess
+
+    process = subprocess.Popen([sys.executable, "-m", "kernelzoo.cli", "list"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=300) == 1 and "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+
+
 def test_bundled_mnist_samples_are_the_attributed_t10k_digits():
     import os
 
