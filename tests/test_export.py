@@ -65,7 +65,8 @@ def _keras_cnn():
     return keras.Sequential([
         keras.Input((12, 12, 1)), keras.layers.Rescaling(1 / 255.0),
         keras.layers.Conv2D(4, 3, activation="relu"), keras.layers.MaxPooling2D(),
-        keras.layers.Conv2D(4, 3, activation="relu"), keras.layers.Flatten(), keras.layers.Dropout(0.3), keras.layers.Dense(5), keras.layers.Softmax()],
+        keras.layers.Conv2D(4, 3, activation="relu"), keras.layers.Flatten(), keras.layers.Dropout(0.3),
+        keras.layers.Dense(5), keras.layers.Softmax()],
         name="keras_cnn")
 
 
@@ -700,6 +701,128 @@ def test_float32_tolerance_is_absolute_for_small_outputs_relative_for_large():
     assert compare(reference, reference + [[0.5, 0.0, 0.0]])["max_abs"] > float32_tolerance(73010.0)
     lines = format_report(dict(report, inputs="given", output="logits", ok=False, ok_float32=True))
     assert "parity goal" in lines and "NOT met" in lines and "float32 goal" in lines and "spacing is 0.0078" in lines
+
+
+def test_an_infinite_keras_output_does_not_make_the_float32_goal_infinite():
+    """max_reference is the largest finite |output|: an inf Keras output against a finite exported one fails."""
+    report = compare(np.array([[np.inf, 2.0], [1.0, -3.0]]), np.array([[5.0, 2.0], [1.0, -3.0]]))
+    assert report["max_reference"] == 3.0 and report["max_abs"] == np.inf
+    assert not report["max_abs"] <= float32_tolerance(report["max_reference"])
+
+
+def test_ties_of_large_logits_are_relative_to_their_size():
+    """At |logit| ~ 7e4 float32 spacing is 0.0078: logits one step apart are a tie, not a disagreement."""
+    big = float(np.float32(73000.0) + np.spacing(np.float32(73000.0)))  # 73000.0078125
+    report = compare(np.array([[big, 73000.0, 1.0]]), np.array([[73000.0, big, 1.0]]), top1=True)
+    assert report["top1_agreement"] == 1.0 and report["top1_exact"] == 0.0
+    assert compare(np.array([[1.1, 1.0]]), np.array([[1.0, 1.1]]), top1=True)["top1_agreement"] == 0.0
+
+
+def _linear_model(kernel, bias=0.0, input_shape=None, name="linear"):
+    """Dense(len(kernel[0])) on the flattened input with a fixed kernel and bias (exact arithmetic for small
+    integer weights)."""
+    kernel = np.asarray(kernel, "float32")
+    dense = keras.layers.Dense(kernel.shape[1], kernel_initializer=keras.initializers.Constant(kernel),
+                               bias_initializer=keras.initializers.Constant(bias))
+    if input_shape is None:
+        return keras.Sequential([keras.Input((kernel.shape[0],)), dense], name=name)
+    return keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(), dense], name=name)
+
+
+def test_one_disagreeing_image_in_a_hundred_fails_both_goals(tmp_path, monkeypatch):
+    """An artifact of the same image classifier with two classes swapped: 99 images tie those classes exactly,
+    the hundredth's top two are 5e-5 apart (more than a tie, within the absolute goal). A NaN model-output
+    difference fails both goals too."""
+    from kernelzoo.export import verify
+
+    keras.utils.set_random_seed(0)
+    model = _linear_model(np.eye(3), input_shape=(1, 1, 3), name="identity")
+    swapped = _linear_model(np.eye(3)[:, [1, 0, 2]], input_shape=(1, 1, 3), name="swapped")
+    assert serving_spec(model).head == "classifier"
+    images = np.tile(np.float32([1.0, 1.0, 0.0]), (100, 1)).reshape(100, 1, 1, 3)
+    images[7, 0, 0, 1] = np.float32(1.0 - 5e-5)
+    path = to_onnx(swapped, str(tmp_path / "swapped.onnx"))
+    report = verify_artifact(model, path, images=images)
+    assert report["top1_agreement"] == 0.99 and 4e-5 < report["max_abs"] < MAX_ABS_GOAL, report
+    assert not report["ok"] and not report["ok_float32"], report
+    same = to_onnx(model, str(tmp_path / "same.onnx"))
+    assert verify_artifact(model, same, images=images)["ok"]
+    monkeypatch.setattr(verify, "_model_output_check", lambda *args: {"model_output": "logits",
+                                                                      "model_output_max_abs": float("nan")})
+    report = verify_artifact(model, same, images=images)
+    assert report["max_abs"] == 0.0 and report["top1_agreement"] == 1.0
+    assert not report["ok"] and not report["ok_float32"], report
+
+
+def test_rounding_floor_is_the_exact_largest_move_under_random_sign_steps():
+    """outputs x0 - x1 at x = (1, 1): a step of 2^-23 with opposite signs moves them by exactly 2^-22, with
+    the same sign not at all; the floor is the largest move over the images (some have the same signs)."""
+    from kernelzoo.export.verify import rounding_floor
+
+    model = _linear_model([[1.0], [-1.0]], name="difference")
+    assert serving_spec(model).output_names == ("outputs",)
+    images = np.ones((16, 2), "float32")
+    assert rounding_floor(model, images, output="outputs") == 2.0 ** -22
+    gained = _linear_model([[2.0 ** 20], [-2.0 ** 20]], name="gained")
+    assert rounding_floor(gained, images, output="outputs") == 0.25
+
+
+def test_the_float32_goal_allows_the_rounding_margin_times_the_floor(tmp_path):
+    """A model that moves by 0.25 under a float32 rounding step of its inputs (outputs 0): an artifact off by
+    0.5 meets the float32 goal (ROUNDING_MARGIN x 0.25 = 1), one off by 2 does not."""
+    from kernelzoo.export.verify import ROUNDING_MARGIN
+
+    assert ROUNDING_MARGIN == 4
+    kernel = [[2.0 ** 20], [-2.0 ** 20]]
+    model = _linear_model(kernel, name="gained")
+    images = np.ones((16, 2), "float32")
+    for offset, met in ((0.5, True), (2.0, False)):
+        path = to_onnx(_linear_model(kernel, bias=offset, name="offset"), str(tmp_path / f"offset{offset}.onnx"))
+        report = verify_artifact(model, path, images=images)
+        assert report["max_abs"] == offset and report["max_reference"] == 0.0, report
+        assert report["rounding_floor"] == 0.25 and not report["ok"], report
+        assert report["ok_float32"] is met, report
+
+
+def test_an_explicit_input_dtype_must_match_the_stored_signature(tmp_path):
+    from kernelzoo.export.verify import artifact_spec
+
+    keras.utils.set_random_seed(0)
+    model = _linear_model(np.eye(3), name="mlp")
+    path = to_onnx(model, str(tmp_path / "m.onnx"), input_dtype="uint8")
+    assert artifact_spec(model, path).input_dtype == "uint8"
+    assert artifact_spec(model, path, input_dtype="uint8").input_dtype == "uint8"
+    with pytest.raises(ExportError, match="`input_dtype`: .* was exported with input_dtype='uint8', not 'float32'"):
+        artifact_spec(model, path, input_dtype="float32")
+    with pytest.raises(ExportError, match="`input_dtype`: .* was exported with input_dtype='uint8'"):
+        verify_artifact(model, path, num=2, input_dtype="float32")
+
+
+def test_auto_rules_for_tabular_two_class_and_hard_sigmoid_models():
+    keras.utils.set_random_seed(0)
+    tabular = keras.Sequential([keras.Input((5,)), keras.layers.Normalization(mean=0.0, variance=1.0),
+                                keras.layers.Dense(3)])
+    assert serving_spec(tabular).input_dtype == "float32"  # Normalization first, but not pixels
+    assert serving_spec(_dense_head(keras.layers.Dense(2, activation="softmax"))).head == "classifier"
+    assert serving_spec(_dense_head(keras.layers.Dense(2))).head == "classifier"
+    softmax_mlp = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3, activation="softmax")])
+    assert serving_spec(softmax_mlp).head == "classifier"
+    assert serving_spec(keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)])).head == "raw"
+    assert serving_spec(_dense_head(keras.layers.Dense(3, activation="hard_sigmoid"))).head == "raw"
+
+
+def test_a_raw_head_exports_a_final_softmax_as_it_is(tmp_path):
+    """head='raw' on a model ending in Dense(softmax): `outputs` are the model's probabilities, not logits."""
+    keras.utils.set_random_seed(0)
+    model = _dense_head(keras.layers.Dense(3, activation="softmax"))
+    images = np.random.default_rng(0).random((4, 6, 6, 1)).astype("float32")
+    probabilities = keras.ops.convert_to_numpy(model(images))
+    for path in (to_onnx(model, str(tmp_path / "raw.onnx"), head="raw"),
+                 to_saved_model(model, str(tmp_path / "raw_savedmodel"), head="raw")):
+        outputs = artifact_outputs(path, images)["outputs"]
+        np.testing.assert_allclose(outputs, probabilities, atol=1e-6)
+        np.testing.assert_allclose(outputs.sum(1), 1.0, atol=1e-6)
+    assert serving_spec(model, head="raw").logits_source == "output"
 
 
 # --- command line ---------------------------------------------------------------------------------
