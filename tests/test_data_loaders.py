@@ -321,9 +321,10 @@ def _stl10(folder, counts=(3, 2)):
 @pytest.mark.parametrize("damage, file", [
     (lambda f: np.array([1, 11, 2], np.uint8).tofile(f / "train_y.bin"), "train_y.bin"),  # labels are 1..10
     (lambda f: np.array([1], np.uint8).tofile(f / "test_y.bin"), "test_y.bin"),  # 2 images, 1 label
+    (lambda f: (f / "test_y.bin").write_bytes(b""), "test_y.bin"),  # 2 images, no label (was: numpy's min() error)
     (lambda f: (f / "train_X.bin").write_bytes((f / "train_X.bin").read_bytes() + b"\x00"), "train_X.bin"),
     (lambda f: (f / "class_names.txt").write_text("a\nb\n"), "class_names.txt"),  # 2 names for 10 classes
-], ids=["label-11", "labels-short", "partial-image", "class-names"])
+], ids=["label-11", "labels-short", "labels-empty", "partial-image", "class-names"])
 def test_stl10_binary_copies_that_disagree_are_refused(tmp_path, damage, file):
     from kernelzoo.zoo.data.stl10 import load_stl10
     folder = tmp_path / "stl10_binary"

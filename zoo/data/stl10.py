@@ -55,8 +55,8 @@ def read_images(path):
 def read_labels(path, count):
     labels = np.fromfile(path, dtype=np.uint8).astype(np.int64) - 1
     if labels.shape != (count,) or (count and (labels.min() < 0 or labels.max() > 9)):
-        raise ValueError(f"{path!r}: expected {count} labels in 1..10, got {labels.shape[0]} "
-                         f"in {labels.min() + 1 if count else '-'}..{labels.max() + 1 if count else '-'}")
+        span = f"{labels.min() + 1}..{labels.max() + 1}" if labels.size else "-"
+        raise ValueError(f"{path!r}: expected {count} labels in 1..10, got {labels.shape[0]} in {span}")
     return labels
 
 
