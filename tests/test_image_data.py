@@ -416,3 +416,30 @@ def test_random_shift_flip_takes_images_of_any_size():
     assert layer(images, training=True).shape == (2, 5, 5, 3)
     with pytest.raises(ValueError, match=r"`shift`=2 must be smaller than the image \(2x2\)"):
         layer(images[:, :2, :2], training=True)
+
+
+def test_random_shift_flip_draws_every_shift_both_ways_and_flips_half_the_images():
+    """Shifts in [-shift, shift] along each axis, each drawn (the range's upper end included); with `flip`, about
+    half the images mirrored."""
+    from kernelzoo.zoo.augment import RandomShiftFlip
+    images = np.zeros((300, 5, 5, 1), "float32")
+    images[:, 2, 2] = 1.0
+    out = np.asarray(RandomShiftFlip(shift=1, flip=False, fill="constant", seed=1)(images, training=True))
+    where = np.argwhere(out[..., 0] == 1.0)
+    assert len(where) == 300  # one dot per image, moved by its shift
+    assert set(where[:, 1] - 2) == {-1, 0, 1} and set(where[:, 2] - 2) == {-1, 0, 1}
+    images = np.zeros((1000, 3, 3, 1), "float32")
+    images[:, :, 0] = 1.0  # the left column lit: mirrored, the right one
+    out = np.asarray(RandomShiftFlip(shift=0, flip=True, seed=1)(images, training=True))
+    mirrored = out[:, 0, 2, 0] == 1.0
+    assert np.all(mirrored == (out[:, 0, 0, 0] == 0.0)) and 0.45 < mirrored.mean() < 0.55
+
+
+def test_jitter_colors_brightness_spans_its_whole_range():
+    """On a uniform grey image only the brightness factor acts (contrast and saturation move nothing): the factors
+    drawn span [1 - 0.8 s, 1 + 0.8 s], the others 1 (no distortion, 20 %)."""
+    from kernelzoo.zoo.augment import jitter_colors
+    out = np.asarray(jitter_colors(np.full((2000, 2, 2, 3), 100.0, "float32"), 1.0, (4, 5)))
+    factors = out[:, 0, 0, 0] / 100.0
+    assert np.allclose(out, factors[:, None, None, None] * 100.0, rtol=1e-5, atol=1e-3)
+    assert 0.2 - 1e-5 <= factors.min() < 0.25 and 1.75 < factors.max() <= 1.8 + 1e-5

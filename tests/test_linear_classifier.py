@@ -175,3 +175,34 @@ def test_feature_dtype_is_a_checked_recipe_hyperparameter():
         == "float16"
     with pytest.raises(ValueError, match="`feature_dtype`"):
         recipe.hyperparameters(registry.info("ckn_cifar10_unsup_64_256"), feature_dtype="int8")
+
+
+def test_labels_outside_the_classes_are_refused(rng):
+    """A label K or -1 would index past the class scores (or wrap to the last one): refused, naming `labels`."""
+    x, y = _problem(rng, rows=30)
+    for bad in (3, -1):
+        labels = y.copy()
+        labels[4] = bad
+        with pytest.raises(ValueError, match=r"`labels` \(N,\) in \[0, 3\)"):
+            fit_logistic(x, labels, 3, 0.1, max_iter=5)
+    with pytest.raises(ValueError, match="`rows`"):
+        fit_logistic(x, y, 3, 0.1, rows=np.array([-1, 0]))
+
+
+def test_all_constant_features_fit_the_class_frequencies(rng):
+    """Every column constant (all features dead): nothing to standardise, the fit is finite and its bias the log
+    class frequencies (up to a constant) under the logistic loss."""
+    y = np.repeat([0, 1, 2], [10, 20, 30])
+    kernel, bias, report = fit_logistic(np.zeros((60, 4), "float32"), y, 3, 0.1)
+    assert np.all(np.isfinite(kernel)) and np.all(np.isfinite(bias))
+    np.testing.assert_allclose(bias - bias.mean(), np.log([10, 20, 30]) - np.log([10, 20, 30]).mean(), atol=1e-3)
+
+
+def test_squared_hinge_takes_column_labels():
+    """Keras passes sparse labels as (N, 1) as often as (N,): the same per-example loss."""
+    from kernelzoo.zoo.linear_classifier import one_vs_rest_squared_hinge
+    logits = np.array([[2.0, -1.0, 0.5], [0.0, 0.3, -2.0]], "float32")
+    labels = np.array([0, 2])
+    expected = np.asarray(one_vs_rest_squared_hinge(labels, logits))
+    assert expected.shape == (2,)
+    np.testing.assert_allclose(np.asarray(one_vs_rest_squared_hinge(labels[:, None], logits)), expected, rtol=1e-6)

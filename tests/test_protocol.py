@@ -226,3 +226,105 @@ def test_typos_and_a_seed_beside_seeds_are_refused_before_any_data_loads(tmp_pat
     assert "--grid: ['lamda_2'] are not arguments of" in err and "nor recipe hyper-parameters" in err
     assert _protocol(empty, "--seed", "5", "--seeds", "0", "1", "--out", str(tmp_path / "p")) == 2
     assert "give the seeds with --seeds, not --seed" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- kernelzoo.zoo.evaluation's helpers
+
+
+def test_eval_dataset_spec_and_the_dataset_a_run_names(tmp_path):
+    from kernelzoo.zoo import evaluation
+    assert evaluation.dataset_spec("tfds:mnist") == "mnist" and evaluation.dataset_spec("cifar10") == "cifar10"
+    with pytest.raises(ValueError, match="tfds: needs a dataset name"):
+        evaluation.dataset_spec("tfds:")
+    assert evaluation.run_dataset({"dataset": "mnist", "data": str(tmp_path)}) == "mnist"
+    assert evaluation.run_dataset({"data": str(tmp_path)}) == str(tmp_path)  # an older run: its local data path
+    assert evaluation.run_dataset({"data": str(tmp_path / "gone")}) is None  # not a local path: the preset's
+    assert evaluation.run_dataset({}) is None
+
+
+def test_eval_finds_the_config_of_a_checkpoint_and_refuses_other_class_counts(tmp_path):
+    from kernelzoo.zoo import evaluation
+    os.makedirs(tmp_path / "run" / "checkpoints")
+    with open(tmp_path / "run" / "config.json", "w", encoding="utf-8") as handle:
+        json.dump({"preset": "convnet_cifar10"}, handle)
+    for path in ("run/model.keras", "run/checkpoints/epoch_1.keras"):
+        assert evaluation.run_config(str(tmp_path / path)) == {"preset": "convnet_cifar10"}, path
+    assert evaluation.run_config(str(tmp_path / "elsewhere" / "model.keras")) is None
+    inputs = keras.Input((2,))
+    model = keras.Model(inputs, keras.layers.Dense(3)(inputs), name="tiny")
+    evaluation.check_scores(model, ["a", "b", "c"], "data")
+    for names in (["a", "b"], ["a", "b", "c", "d"]):
+        with pytest.raises(ValueError, match=f"scores 3 classes, data has {len(names)}"):
+            evaluation.check_scores(model, names, "data")
+    import types
+    from kernelzoo.zoo import registry
+    two = types.SimpleNamespace(class_names=["a", "b"], source="two")
+    for preset in (None, registry.info("convnet_cifar10")):  # no preset: a --dataset measurement of an image model
+        with pytest.raises(ValueError, match="scores 3 classes, two has 2"):
+            evaluation.check_classes(model, two, preset)
+    evaluation.check_classes(model, two, registry.info("kernelnet_movielens_100k"))  # not a classifier: no check
+
+
+def test_eval_warns_of_the_test_split_of_a_validate_only_run_only(recwarn):
+    from kernelzoo.zoo import evaluation
+    run = {"options": {"validate_only": True}}
+    evaluation._warn_validate_only(run, "val")  # --holdout: its held-out images, as it validated on
+    evaluation._warn_validate_only({"options": {}}, "test")
+    assert not recwarn.list
+    with pytest.warns(UserWarning, match="--validate-only"):
+        evaluation._warn_validate_only(run, "test")
+
+
+def test_eval_knows_shipped_weights_by_name_or_sha256_only(tmp_path):
+    from kernelzoo.zoo import evaluation, registry
+    name = next(iter(registry.list_models(pretrained=True)))
+    preset = registry.info(name)
+    other = tmp_path / "other.keras"
+    other.write_bytes(b"not the shipped weights")
+    assert evaluation._is_shipped(name, preset)
+    assert not evaluation._is_shipped(str(other), preset)
+    assert not evaluation._is_shipped(str(other), None) and not evaluation._is_shipped(name, None)
+
+
+def test_eval_test_split_takes_the_first_images_of_each_class(monkeypatch):
+    """`num` images: the first ceil(num / classes) of each class, class by class, then the first `num` of those."""
+    import types
+    from kernelzoo.zoo import data as data_module, evaluation
+    y = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 2])
+    fake = types.SimpleNamespace(test=(np.arange(10)[:, None], y), num_classes=3, source="fake")
+    monkeypatch.setattr(data_module, "load_images", lambda name, data_dir=None: fake)
+    x, labels, _ = evaluation.test_split("convnet_cifar10", num=5)
+    assert x[:, 0].tolist() == [0, 3, 1, 4, 2] and labels.tolist() == [0, 0, 1, 1, 2]
+    x, labels, _ = evaluation.test_split("convnet_cifar10")
+    assert len(x) == 10
+
+
+def test_eval_of_held_out_images_draws_them_with_seed_0_and_shows_no_paper_figure(monkeypatch):
+    """`measure(..., holdout=N)` measures the validation images `train --holdout N --seed 0` held out (seed 0 unless
+    said) and, not the preset's test split, shows neither the card's nor the paper's figure; the test split does."""
+    import types
+    from kernelzoo.zoo import evaluation, registry
+    preset = registry.info("convnet_cifar10")
+    drawn = []
+
+    class FakeRecipe:
+        def options(self, **changes):
+            return types.SimpleNamespace(holdout=None, **changes)
+
+        def load_data(self, preset, data_dir, dataset, options, seed=0):
+            return types.SimpleNamespace(class_names=[str(i) for i in range(10)], source="fake")
+
+        def held_out(self, data, holdout, seed):
+            drawn.append((holdout, seed))
+            return data
+
+        def evaluate(self, model, data, split, verbose=0):
+            return {"accuracy": 0.5, "split": split}
+
+    monkeypatch.setattr(registry, "recipe", lambda preset: FakeRecipe())
+    inputs = keras.Input((2,))
+    model = keras.Model(inputs, keras.layers.Dense(10)(inputs))
+    held = evaluation.measure(model, preset=preset, holdout=5)
+    assert drawn == [(5, 0)] and held["split"] == "val" and held["paper"] is None and held["card"] is None
+    test = evaluation.measure(model, preset=preset)
+    assert test["split"] == "test" and test["paper"] == preset.paper and test["card"] is None  # not shipped weights
