@@ -11,7 +11,9 @@
 //   linear: phi = x * z        l1: phi = -|x - z|
 //   l2:     phi = -(x - z)^2   lp: phi = -|x - z|^p_l
 // "same" padding pads with zeros; with ignore_nan, padding is NaN and every NaN
-// patch entry contributes 0 to the output and receives 0 gradient.
+// patch entry contributes 0 to the output and receives 0 gradient. Derivatives: sign(0) = 0,
+// d|t|^p/dt = p |t|^(p-1) sign(t) and d|t|^p/dp = |t|^p log|t|, both 0 at t = 0; a NaN entry
+// without ignore_nan gives NaN (IEEE, as the keras.ops composite).
 #ifndef KERNELZOO_OPS_CC_SIMILARITY_FUNCTOR_H_
 #define KERNELZOO_OPS_CC_SIMILARITY_FUNCTOR_H_
 
@@ -32,63 +34,6 @@ struct SimilarityParams {
 
   KZ_HOST_DEVICE int64_t patch_size() const { return geo.k_h * geo.k_w * geo.in_c; }
 };
-
-// phi(x, z; p) for one patch entry and one template entry.
-KZ_HOST_DEVICE inline float SimilarityPhi(SimilarityKind kind, float x, float z,
-                                          float p) {
-  switch (kind) {
-    case kSimLinear:
-      return x * z;
-    case kSimL1:
-      return -fabsf(x - z);
-    case kSimL2: {
-      const float t = x - z;
-      return -t * t;
-    }
-    default: {
-      const float a = fabsf(x - z);
-      return a == 0.f ? 0.f : -powf(a, p);  // 0 at t = 0 for every p
-    }
-  }
-}
-
-// Partial derivatives of phi w.r.t. x, z and p. Conventions: sign(0) = 0,
-// d|t|^p/dt = p |t|^(p-1) sign(t) and d|t|^p/dp = |t|^p log|t|, both 0 at t = 0.
-KZ_HOST_DEVICE inline void SimilarityPhiGrad(SimilarityKind kind, float x, float z,
-                                             float p, float* dx, float* dz,
-                                             float* dp) {
-  *dp = 0.f;
-  const float t = x - z;
-  switch (kind) {
-    case kSimLinear:
-      *dx = z;
-      *dz = x;
-      return;
-    case kSimL1: {
-      const float s = (t > 0.f) ? 1.f : ((t < 0.f) ? -1.f : 0.f);
-      *dx = -s;
-      *dz = s;
-      return;
-    }
-    case kSimL2:
-      *dx = -2.f * t;
-      *dz = 2.f * t;
-      return;
-    default: {
-      const float a = fabsf(t);
-      if (a == 0.f) {
-        *dx = *dz = 0.f;
-        return;
-      }
-      const float pw = powf(a, p);
-      const float g = p * pw / a * (t > 0.f ? 1.f : -1.f);
-      *dx = -g;
-      *dz = g;
-      *dp = -pw * logf(a);
-      return;
-    }
-  }
-}
 
 // Forward: output (N, out_h, out_w, n) from input (N, H, W, C), templates and
 // weights (k_h, k_w, C, n) and p (n).

@@ -1,5 +1,5 @@
-// GPU kernels of the similarity operator (launch code and memory layout only;
-// the math is SimilarityPhi / SimilarityPhiGrad of similarity_functor.h).
+// GPU kernels of the similarity operator (phi and its derivatives per kind as documented in
+// similarity_functor.h and the comments below, the same conventions as the CPU kernels).
 // Written against gpu_shim.h, so nvcc builds them for the GPU and a host
 // compiler builds the same source as an emulation for the tests.
 //
@@ -216,25 +216,23 @@ constexpr int64_t kParamBlocks = 1056;                   // ~8 blocks per multip
 constexpr int64_t kParamPartialFloats = int64_t{1} << 22;
 
 // d|t|^p/dt = p |t|^(p-1) sign(t), 0 at t = 0, NaN at NaN t (powf(NaN, 0) is 1: p = 1 needs the test).
-// |t|^(p-1) by its own power (not |t|^p / |t|, SimilarityPhiGrad's form), as the CPU kernel: t = +-inf
-// gives the limit (0 for p < 1, p at p = 1, inf for p > 1), not inf / inf = NaN.
+// |t|^(p-1) by its own power (not |t|^p / |t|), as the CPU kernel: t = +-inf gives the limit (0 for
+// p < 1, p at p = 1, inf for p > 1), not inf / inf = NaN.
 KZ_HOST_DEVICE inline float LpSlope(float t, float p) {
   const float a = fabsf(t);
   if (a == 0.f || a != a) return a == 0.f ? 0.f : t;
   return p * powf(a, p - 1.f) * (t > 0.f ? 1.f : -1.f);
 }
 
-// dphi/dx summed with weights g u, for the kinds without an expanded form.
+// dphi/dx summed with weights g u, for the kinds without an expanded form: l1, and lp for every other kKind
+// (linear and l2 never call it; they take their expanded forms).
 template <int kKind>
 KZ_HOST_DEVICE inline float WeightedDx(float gu, float x, float z, float p) {
   const float t = x - z;
   if (kKind == kSimL1) {
     return t != t ? t : gu * ((t < 0.f) - (t > 0.f));  // -sign(x - z); NaN at NaN x (IEEE, as the composite)
   }
-  if (kKind == kSimLp) return -gu * LpSlope(t, p);
-  float dx, dz, dp;
-  SimilarityPhiGrad(static_cast<SimilarityKind>(kKind), x, z, p, &dx, &dz, &dp);
-  return gu * dx;
+  return -gu * LpSlope(t, p);
 }
 
 // G for positions [pos0, pos0 + count) into gpatch[(pos - pos0) * D + d]. Per (pos, d) and
