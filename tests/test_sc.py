@@ -25,7 +25,8 @@ from kernelzoo.zoo.sc import (RandomShiftFlip, pretrain, sample_patch_positions,
                               spatial_contrasting_from_images, spatial_contrasting_from_maps,
                               spatial_contrasting_loss)
 from kernelzoo.zoo.sc import models
-from kernelzoo.zoo.sc.data import carve_validation, labelled_subset, sc_images, semi_supervised
+from kernelzoo.zoo.recipe import Data
+from kernelzoo.zoo.sc.data import as_sc_data, carve_validation, labelled_subset, sc_images, semi_supervised
 from kernelzoo.zoo.sc.loss import crop_patches, patch_features, pool_map, positions_grid
 from kernelzoo.zoo.sc.pretraining import SC_STREAM, PlateauDrop, SpatialContrastingTrainer, feature_layer
 from kernelzoo.zoo.sc.recipe import SCRecipe, tiny_runs
@@ -150,6 +151,26 @@ def test_patch_features_are_the_patch_cells(rng):
         np.testing.assert_allclose(flat[i], cells.ravel(), rtol=1e-6)
 
 
+@pytest.mark.parametrize("pooling, symmetric", [("mean", True), ("flatten", False)])
+def test_feature_map_loss_is_eq4_between_the_two_patches_the_seed_draws(pooling, symmetric, rng):
+    """Algorithm 1 on a map: each image's first and second patch at the positions drawn from the seed, pooled as
+    asked, Eq. 4 (one-sided or symmetrised) between them."""
+    maps = tf.constant(rng.normal(size=(6, 5, 4, 3)) * 0.5, tf.float32)
+    seed = (2, 9)
+    first, second = sample_patch_positions(6, positions_grid((5, 4), 2), seed)
+    features = [patch_features(maps, positions, 2, pooling).numpy() for positions in (first, second)]
+    got = spatial_contrasting_from_maps(maps, 2, seed, "euclidean", pooling, symmetric)
+    assert float(got) == pytest.approx(_reference_loss(*features, "euclidean", symmetric), rel=1e-5)
+
+
+def test_euclidean_loss_has_a_finite_gradient_where_two_patches_coincide():
+    """The square root is not differentiable at 0: patches with the same features (a flat map) give no NaN."""
+    features = tf.Variable(np.linspace(0.0, 1.0, 12, dtype="float32").reshape(4, 3))
+    with tf.GradientTape() as tape:
+        loss = spatial_contrasting_loss(features, features + 0.0, "euclidean")    # every positive at distance 0
+    assert np.isfinite(float(loss)) and np.all(np.isfinite(tape.gradient(loss, features).numpy()))
+
+
 def test_image_crops_through_the_backbone_match_a_direct_reference(rng):
     """sampling="image": the crops of each image at the sampled positions, the backbone run on them,
     each crop's map averaged whole, Eq. 4 (checked against numpy and the reference loss)."""
@@ -167,6 +188,8 @@ def test_image_crops_through_the_backbone_match_a_direct_reference(rng):
     f1 = np.stack([feature(images[i], *first.numpy()[i]) for i in range(5)])
     f2 = np.stack([feature(images[i], *second.numpy()[i]) for i in range(5)])
     assert float(loss) == pytest.approx(_reference_loss(f1, f2, "euclidean", True), rel=1e-5)
+    one_sided = spatial_contrasting_from_images(backbone, images, (4, 6), seed, "euclidean", symmetric=False)
+    assert float(one_sided) == pytest.approx(_reference_loss(f1, f2, "euclidean", False), rel=1e-5)  # first: anchors
     flat = spatial_contrasting_from_images(backbone, images, (4, 6), seed, "squared", "flatten")
     direct = spatial_contrasting_loss(*(pool_map(backbone(crop_patches(images, p, (4, 6))), "flatten")
                                         for p in (first, second)))
@@ -252,6 +275,19 @@ def test_image_sampling_trains_a_fixed_size_backbone_on_crops(tmp_path):
     seed = tf.random.experimental.stateless_fold_in(tf.constant([4, 7], tf.int64), SC_STREAM)  # (seed, step)
     expected = spatial_contrasting_from_images(crops_net, images, 3, seed, training=False)
     assert float(trainer.sc_loss(images, 7, training=False)) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_the_trainers_evaluation_runs_the_backbone_in_inference_mode():
+    """test_step (Keras's evaluate) calls the backbone with training=False, down to the crops: a dropout that
+    would zero 90 % of the pixels in training is the identity."""
+    inputs = keras.Input((6, 6, 4))
+    trainer = SpatialContrastingTrainer(keras.Model(inputs, keras.layers.Dropout(0.9)(inputs)), 3, sampling="image",
+                                        seed=4)
+    images = _toy(16)
+    seed = tf.random.experimental.stateless_fold_in(tf.constant([4, 0], tf.int64), SC_STREAM)  # (seed, step 0)
+    first, second = sample_patch_positions(16, positions_grid((6, 6), 3), seed)
+    expected = spatial_contrasting_loss(*(pool_map(crop_patches(images, p, 3)) for p in (first, second)))
+    assert float(trainer.test_step(images)["loss"]) == pytest.approx(float(expected), rel=1e-6)
 
 
 
@@ -371,6 +407,25 @@ def test_patch_positions_and_the_models_augmentation_draw_apart(monkeypatch):
     assert not np.array_equal(tf.random.experimental.stateless_split(seeds[0], 2).numpy(), augment.numpy())
 
 
+@pytest.mark.filterwarnings("ignore:Even though the `tf.config.experimental_run_functions_eagerly`")
+def test_pretrain_draws_each_steps_patches_from_its_seed_and_step(monkeypatch):
+    """Step k of `pretrain(seed=s)` samples its patches with (s, k) folded with SC_STREAM: new patches every step."""
+    import kernelzoo.zoo.sc.loss as loss_module
+
+    seeds = []
+    monkeypatch.setattr(loss_module, "sample_patch_positions", lambda count, grid, seed: seeds.append(
+        seed.numpy()) or sample_patch_positions(count, grid, seed))
+    eager = tf.config.functions_run_eagerly()
+    tf.config.run_functions_eagerly(True)  # the seeds as values, not symbolic tensors of a traced step
+    try:
+        pretrain(_toy_model(), "proj", _toy(8), patch_size=3, epochs=1, batch_size=4, seed=5, verbose=0)  # 2 steps
+    finally:
+        tf.config.run_functions_eagerly(eager)
+    want = [tf.random.experimental.stateless_fold_in(tf.constant([5, step], tf.int64), SC_STREAM).numpy()
+            for step in (0, 1)]
+    np.testing.assert_array_equal(seeds, want)
+
+
 def test_pretrain_refuses_a_backbone_of_unknown_spatial_size():
     inputs = keras.Input((None, None, 3))
     x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
@@ -461,6 +516,16 @@ def test_plateau_drop_divides_by_ten_and_replays_its_history():
     assert (callback.best, callback.wait) == (3.0, 0)
 
 
+def test_plateau_drop_stops_at_min_lr():
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    callback = PlateauDrop(patience=1, min_lr=0.05)
+    callback.set_model(model)
+    for epoch in range(3):
+        callback.on_epoch_end(epoch, {"loss": 1.0})                   # a plateau from the second epoch: 0.1 -> 0.05
+    assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(0.05)
+
+
 # ----------------------------------------------------------------------------- data protocol
 
 
@@ -506,6 +571,51 @@ def test_labelled_subset_errors_name_labels_per_class():
         carve_validation(semi_supervised(_pool(10), None, "pool"), 10, 0)
 
 
+def test_a_class_with_just_labels_per_class_images_is_all_labelled():
+    np.testing.assert_array_equal(labelled_subset(np.repeat(np.arange(3), 5), 5, 0), np.arange(15))
+
+
+def test_holding_out_leaves_at_least_one_labelled_image():
+    """24 labelled images, 6 others: a holdout of 24 must come from the labelled ones and would take them all."""
+    x, y = np.arange(30).reshape(30, 1, 1, 1), np.arange(30) % 3
+    data = semi_supervised((x, y), None, "pool", labels_per_class=8)
+    with pytest.raises(ValueError, match="`holdout`=24 leaves no labelled training image"):
+        carve_validation(data, 24, 0)
+    assert len(carve_validation(data, 23, 0).labelled) == 1
+
+
+def test_the_validation_images_are_drawn_with_the_runs_seed():
+    data = semi_supervised(_pool(600), None, "pool")
+    first, again, other = (carve_validation(data, 100, seed).validation for seed in (0, 0, 1))
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+def test_plain_data_is_an_all_labelled_pool_that_keeps_its_validation_images():
+    x, y = _pool(20)
+    plain = Data(train=(x[:15], y[:15]), test=None, source="pool", val=(x[15:], y[15:]))
+    data = as_sc_data(plain)
+    assert data.val is plain.val and len(data.labelled) == 15 and data.label_seed is None  # no subset was drawn
+
+
+def test_load_data_draws_the_presets_labelled_subset(monkeypatch):
+    """sc_cifar10_4k: 400 labels per class drawn with its label_seed 2017 (the card's subset), SC on the whole
+    pool; sc_mnist: every image labelled."""
+    from types import SimpleNamespace
+
+    import kernelzoo.zoo.data as data_module
+
+    x, y = _pool(5000)
+    monkeypatch.setattr(data_module, "load_images", lambda *args, **kwargs: SimpleNamespace(
+        train=(x, y), test=(x[:10], y[:10]), source="pool", class_names=None))
+    recipe = SCRecipe()
+    data = recipe.load_data(registry.info("sc_cifar10_4k"), verbose=0)
+    assert data.label_seed == 2017 and len(data.unlabelled) == 5000
+    np.testing.assert_array_equal(data.labelled, labelled_subset(y, 400, 2017))
+    everything = recipe.load_data(registry.info("sc_mnist"), verbose=0)
+    assert len(everything.labelled) == 5000 and everything.label_seed is None
+
+
 # ----------------------------------------------------------------------------- networks
 
 
@@ -519,6 +629,22 @@ def test_table4_networks(builder, shape, sc_map):
     assert takes_raw_pixels(model) and model.get_layer("logits").dtype_policy.name == "float32"
     convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
     assert len(convs) == {sc_mnist: 5, sc_cifar10: 9, sc_stl10: 11}[builder]
+
+
+@pytest.mark.parametrize("builder, head_map, flip, fill", [(sc_mnist, 5, False, "constant"),
+                                                           (sc_cifar10, 6, True, "reflect")])
+def test_networks_keep_their_documented_choices(builder, head_map, flip, fill):
+    """Module docstring: digits are shifted over their zero background and never mirrored; the first conv after
+    the SC layer is "valid"; no conv bias before a BN; Torch7's BN momentum; LeakyReLU slope 0.1."""
+    model = builder()
+    augment = model.get_layer("augment")
+    assert (augment.shift, augment.flip, augment.fill) == (2, flip, fill)
+    assert tuple(model.get_layer("conv3_1").output.shape[1:3]) == (head_map, head_map)
+    names = {layer.name for layer in model.layers}
+    assert all(not layer.use_bias for layer in model.layers
+               if isinstance(layer, keras.layers.Conv2D) and f"{layer.name}_bn" in names)
+    assert {layer.momentum for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)} == {0.9}
+    assert {layer.negative_slope for layer in model.layers if isinstance(layer, keras.layers.LeakyReLU)} <= {0.1}
 
 
 def test_cifar10_network_is_about_0_4_gmac():
@@ -612,6 +738,30 @@ def test_sc_rescale_option_rescales_after_the_sc_stage():
                                                recipe.options())["spatial_contrasting"]
 
 
+def test_the_sc_stage_runs_the_recipes_criterion_and_schedule_on_the_sc_images(monkeypatch):
+    """`initialise` hands `pretrain` the recipe's SC settings (not the fine-tuning's lr) and the SC images (the
+    pool less the validation images, not the labelled subset); sc_epochs 0 (the *_noinit presets) runs no SC."""
+    import kernelzoo.zoo.sc.recipe as recipe_module
+
+    calls = []
+    monkeypatch.setattr(recipe_module, "pretrain", lambda model, layer, images, **kwargs: calls.append(
+        (layer, images, kwargs)) or {"history": [{"loss": 1.0}]})
+    recipe = SCRecipe()
+    hp = recipe.hyperparameters(registry.info("sc_cifar10_4k"), sc_rescale=False, momentum=0.5, plateau_patience=5)
+    data = carve_validation(tiny_runs()[0].data, 6, 0)
+    report = recipe.initialise(None, data, hp, recipe.options(), seed=3)
+    (layer, images, kwargs), = calls
+    assert layer == "sc_features" and report["spatial_contrasting"]["images"] == 90
+    np.testing.assert_array_equal(images, sc_images(data))
+    assert {key: kwargs[key] for key in ("patch_size", "distance", "pooling", "symmetric", "sampling", "color_jitter",
+                                         "epochs", "batch_size", "lr", "momentum", "patience", "min_lr", "seed")} == {
+        "patch_size": 18, "distance": "euclidean", "pooling": "mean", "symmetric": True, "sampling": "image",
+        "color_jitter": 0.5, "epochs": 20, "batch_size": 128, "lr": 0.1, "momentum": 0.5, "patience": 5,
+        "min_lr": 1e-5, "seed": 3}
+    assert recipe.initialise(None, data, dict(hp, sc_epochs=0), recipe.options())["spatial_contrasting"] is None
+    assert len(calls) == 1
+
+
 def test_a_resumed_sc_stage_refuses_other_settings(tmp_path, monkeypatch):
     """Killed after its SC stage, before fine-tuning: `--resume` continues the SC run folder only with the
     run's own settings (its config.json holds them, not only the SC arguments)."""
@@ -644,6 +794,8 @@ def test_builder_errors_name_the_argument():
         sc_cifar10(mean=(1.0,))
     with pytest.raises(ValueError, match="weight_decay"):
         sc_mnist(weight_decay=-1e-4)
+    with pytest.raises(ValueError, match="dropout"):
+        sc_stl10(dropout=1.0)                                            # Keras's Dropout takes 1: all zeros
 
 
 def test_augmentation_shifts_and_flips_in_training_only():
@@ -760,6 +912,15 @@ def test_family_options_reach_the_hyperparameters():
     mnist = registry.info("sc_mnist")
     assert recipe.hyperparameters(mnist, **parsed("--sc-rescale"))["sc_rescale"] is True
     assert recipe.hyperparameters(mnist)["sc_rescale"] is False
+
+
+def test_presets_train_with_the_papers_learning_rates_and_mnist_patches():
+    """Paper 002 Sec. 5: SC at lr 0.1, fine-tuning at lr 0.01; MNIST: 6x6 patches of the 7x7 map."""
+    recipe = SCRecipe()
+    for name in ("sc_mnist", "sc_cifar10_4k", "sc_stl10"):
+        hp = recipe.hyperparameters(registry.info(name))
+        assert (hp["sc_lr"], hp["lr"]) == (0.1, 0.01), name
+    assert recipe.hyperparameters(registry.info("sc_mnist"))["sc_patch_size"] == 6
 
 
 def test_loss_reads_bfloat16_maps_in_float32(rng):
