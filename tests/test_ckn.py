@@ -248,6 +248,16 @@ def test_repeated_anchors_keep_gradients_finite(rng):
     assert np.all(np.isfinite(tape.gradient(loss, layer.anchors)))
 
 
+def test_eigenvalue_floor_bounds_the_factor_of_repeated_anchors():
+    """kappa(Z^T Z) of two equal anchors is singular: its zero eigenvalue is raised to the floor before ^(-1/2)."""
+    layer = CKNConv2D(2, 1)
+    layer.build((None, 1, 1, 3))
+    layer.set_anchors(np.ones((3, 2)))
+    values, vectors = np.linalg.eigh(np.ones((2, 2)))  # exp kernel: kappa(1) = 1 everywhere
+    expected = (vectors / np.sqrt(np.maximum(values, layer.eigenvalue_floor))) @ vectors.T
+    np.testing.assert_allclose(np.asarray(layer.nystrom_factor()), expected, rtol=1e-5)
+
+
 # ----------------------------------------------------------------------------- the frozen (inference) mode
 
 
@@ -445,6 +455,14 @@ def test_builder_whitening_power_defaults_to_the_reference():
     assert model.get_layer("whitening").power == 0.5
 
 
+def test_builder_patches_whitening_is_read_by_a_1x1_first_layer():
+    """whitening="patches" turns the k x k patches into channels: the first CKN layer reads them with a 1x1 window,
+    the later layers keep their patch sizes."""
+    model = ckn(filters=(4, 4), kernel_sizes=(3, 2), input_shape=(8, 8, 3), whitening="patches")
+    assert [model.get_layer(name).kernel_size for name in ("ckn1", "ckn2")] == [(1, 1), (2, 2)]
+    assert model.get_layer("ckn1").input.shape[-1] == 27
+
+
 def _tiny_model(whitening="patches", kernels=("exp", "poly2"), **kwargs):
     model = ckn(filters=(6, 8), kernel_sizes=(3, 2), subsamplings=(2, 3), kernels=kernels,
                 whitening=whitening, num_classes=3, input_shape=(12, 12, 3), **kwargs)
@@ -559,6 +577,19 @@ def test_image_whitening_matches_a_numpy_reference(rng, power, eps, k):
         ImageWhitening(3, eps=0)
 
 
+def test_whitening_configs_keep_power_and_eps():
+    """A saved model's whitening is rebuilt from its config: a non-default power or eps must not fall back."""
+    for layer in (ImageWhitening(3, power=0.5, eps=1e-4), PerImageWhitening(2, eps=0.3)):
+        clone = type(layer).from_config(layer.get_config())
+        assert (clone.patch_size, clone.eps, getattr(clone, "power", None)) == \
+            (layer.patch_size, layer.eps, getattr(layer, "power", None))
+
+
+def test_image_whitening_needs_an_image_of_at_least_a_patch():
+    with pytest.raises(ValueError, match="at least 3x3"):
+        ImageWhitening(3)(np.zeros((1, 2, 5, 3), "float32"))
+
+
 @pytest.mark.parametrize("layer", [ImageWhitening, PerImageWhitening])
 def test_whitening_refuses_1x1_patches(layer):
     """A 1x1 patch centred per channel is 0: every image would whiten to zeros, so all get the same features."""
@@ -579,6 +610,56 @@ def test_spherical_kmeans_finds_planted_directions(rng, init):
     np.testing.assert_array_equal(again, centroids)
     with pytest.raises(ValueError, match="k="):
         spherical_kmeans(rows[:4], 5)
+
+
+def test_spherical_kmeans_takes_exactly_k_rows_and_stops_once_converged(rng):
+    """M == k non-zero rows are enough (each its own centroid); a run that stops early stops on a gain below tol."""
+    directions = np.linalg.qr(rng.normal(size=(10, 5)))[0].T
+    centroids, _ = spherical_kmeans(np.vstack([directions * rng.uniform(0.5, 2, (5, 1)), np.zeros((1, 10))]), 5)
+    np.testing.assert_allclose(np.sort(np.max(centroids @ directions.T, axis=0)), 1, atol=1e-5)
+    rows = directions[rng.integers(0, 5, 500)] + 0.3 * rng.normal(size=(500, 10))
+    _, report = spherical_kmeans(rows, 5, init="random", max_iter=50, tol=1e-4, seed=0)
+    objective = report["objective"]
+    assert 2 <= report["steps"] == len(objective) < 50, report["steps"]
+    assert objective[-1] - objective[-2] <= 1e-4 * abs(objective[-2]), objective
+
+
+def test_spherical_kmeans_refills_an_empty_cluster_with_the_farthest_rows(rng):
+    """Random seeds from 30 copies of one row collide: the empty clusters take the rows least like their centroid
+    (the two other directions), not copies of a seed again nor a zero centroid."""
+    directions = rng.normal(size=(3, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    rows = np.vstack([np.repeat(directions[:1], 30, axis=0), directions[1:]])
+    for seed in range(3):
+        centroids, _ = spherical_kmeans(rows, 3, init="random", seed=seed)
+        np.testing.assert_allclose(np.sort(np.max(centroids @ directions.T, axis=0)), 1, atol=1e-5, err_msg=seed)
+
+
+@pytest.mark.parametrize("candidates", [1, 3])
+def test_kmeans_plus_plus_seeds_small_far_clusters_beside_a_large_one(rng, candidates):
+    """D^2 sampling (to the nearest seed so far; greedy: the best of `candidates` draws) seeds both small tight
+    clusters; uniform seeds fall in the large one, which Lloyd steps then split, missing a small cluster."""
+    basis = np.linalg.qr(rng.normal(size=(10, 3)))[0].T
+    rows = np.vstack([basis[0] + 0.05 * rng.normal(size=(1000, 10)), basis[1] + 0.01 * rng.normal(size=(50, 10)),
+                      basis[2] + 0.01 * rng.normal(size=(50, 10))])
+    for seed in range(5):
+        centroids, _ = spherical_kmeans(rows, 3, candidates=candidates, seed=seed)
+        assert np.sort(np.max(centroids @ basis.T, axis=0))[0] > 0.99, seed
+
+
+def test_layer_patches_are_the_inference_patches_the_layer_reads(rng):
+    """Every position of a "same" layer, its zero-padded border included; after an augmentation, the patches of the
+    inference graph (the augmentation is the identity), as the plain model's."""
+    from kernelzoo.zoo.ckn.kmeans import layer_patches
+    rows = layer_patches(lambda x, training: x, CKNConv2D(2, 3), np.ones((2, 5, 5, 1)), 1000)
+    assert rows.shape == (50, 9) and np.sum(rows == 0) == 2 * (3 * 20 - 4)  # 3 padded cells per edge position
+    kwargs = dict(filters=(4,), kernel_sizes=(3,), subsamplings=(2,), whitening="image", input_shape=(8, 8, 3))
+    images = rng.integers(0, 256, (4, 8, 8, 3)).astype("uint8")
+    patches = []
+    for model in (ckn(**kwargs), ckn(augment=True, **kwargs)):
+        layer = model.get_layer("ckn1")
+        patches.append(layer_patches(keras.Model(model.input, layer.input), layer, images, 40, seed=0))
+    np.testing.assert_allclose(patches[1], patches[0], atol=1e-6)
 
 
 def test_l2_path_plot_needs_the_chosen_score(tmp_path):
@@ -682,6 +763,26 @@ def test_kmeans_patches_are_checked_against_the_widest_layer_before_any_kmeans(r
     assert not calls
     ckn_recipe.kmeans_anchors(_tiny_model(), images, dict(hp, kmeans_patches=8), 0, 0)
     assert [kwargs["max_patches"] for kwargs in calls] == [8]
+
+
+def test_kmeans_anchors_passes_the_recipe_init_iterations_and_the_run_seed(rng, monkeypatch):
+    from kernelzoo.zoo.ckn import recipe as ckn_recipe
+    calls = []
+    monkeypatch.setattr(ckn_recipe, "init_ckn_layers", lambda model, images, **kwargs: calls.append(kwargs) or {})
+    for init in ("random", "k-means++"):
+        hp = {"kmeans_patches": 100, "kmeans_init": init, "kmeans_iterations": 3}
+        ckn_recipe.kmeans_anchors(_tiny_model(), rng.integers(0, 256, (4, 12, 12, 3)), hp, 7, 0)
+    assert calls == [{"max_patches": 100, "init": init, "max_iter": 3, "seed": 7, "verbose": False}
+                     for init in ("random", "k-means++")]
+
+
+@pytest.mark.parametrize("name", [f"ckn_cifar10_unsup_{size}" for size in ("64_256", "256_1024", "512_8192")])
+def test_unsupervised_presets_use_kmeans_plus_plus_and_the_reference_squared_hinge(name):
+    """The card's recipe: k-means++ seeds and the reference's loss, the one-vs-rest squared hinge (an L2-SVM)."""
+    from kernelzoo.zoo import registry
+    preset = registry.info(name)
+    hp = registry.recipe(preset).hyperparameters(preset)
+    assert (hp["kmeans_init"], hp["classifier_loss"]) == ("k-means++", "squared_hinge")
 
 
 def test_tiny_unsupervised_ckn_beats_chance_and_resumes_exactly(tiny_runs):

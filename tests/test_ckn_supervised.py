@@ -91,6 +91,8 @@ def test_sup5_hyperparameters_are_the_reference_and_bad_values_are_named():
     assert (hp["precision"], hp["augment"], hp["classifier_alpha"], hp["kmeans_patches"]) == ("float32", False, 1e-3,
                                                                                               150_000)
     assert hp["alternating"] is True  # cifar10_sup.sh's --alternating
+    assert (hp["kmeans_init"], hp["kmeans_iterations"], hp["lbfgs_iterations"], hp["holdout"]) == ("k-means++", 100,
+                                                                                                   1000, 5000)
     assert recipe.hyperparameters(preset, precision="mixed_bfloat16", augment=True)["precision"] == "mixed_bfloat16"
     for key, value in (("precision", "float16"), ("kmeans_init", "kmeans"), ("classifier_alpha", -1.0),
                        ("augment", "yes"), ("alternating", "no"), ("kmeans_patches", 0), ("lbfgs_iterations", 0)):
@@ -173,6 +175,24 @@ def test_classifier_refit_lowers_the_loss_from_the_current_weights_after_the_fir
     before = loss()
     refit.on_epoch_begin(1)
     assert loss() < 0.5 * before
+
+
+def test_fit_classifier_scales_l2_by_the_per_image_rms_and_warm_starts_from_the_current_weights(rng):
+    """s is the mean over images of each image's feature RMS; a warm start continues from the layer's weights (one
+    L-BFGS step from its optimum stays there; from zeros it would not)."""
+    from kernelzoo.zoo.ckn.recipe import fit_classifier
+    from kernelzoo.zoo.frozen_features import feature_extractor
+    inputs = keras.Input((6,))  # any model with "features" and "logits" layers: a Dense one is quick
+    features = keras.layers.Dense(5, name="features")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(3, kernel_initializer="zeros", name="logits")(features))
+    images, labels = rng.normal(size=(30, 6)).astype("float32"), np.arange(30) % 3
+    report = fit_classifier(model, images, labels, 1e-3, 500)
+    features = np.asarray(feature_extractor(model)(images), "float64")
+    assert report["feature_scale"] == pytest.approx(np.mean(np.sqrt(np.mean(features ** 2, axis=1))), rel=1e-6)
+    fitted = model.get_layer("logits").get_weights()
+    fit_classifier(model, images, labels, 1e-3, 1, warm_start=True)
+    for before, after in zip(fitted, model.get_layer("logits").get_weights()):
+        np.testing.assert_allclose(after, before, rtol=0, atol=1e-3 * np.abs(fitted[0]).max())
 
 
 def test_alternating_run_refits_before_every_epoch_but_the_first(monkeypatch, tmp_path):
