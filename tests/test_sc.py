@@ -290,6 +290,18 @@ def test_the_trainers_evaluation_runs_the_backbone_in_inference_mode():
     assert float(trainer.test_step(images)["loss"]) == pytest.approx(float(expected), rel=1e-6)
 
 
+def test_the_logged_training_loss_is_the_sc_criterion_without_weight_decay():
+    """PlateauDrop watches the logged loss: the SC criterion of the step, not the regularisation added to the
+    gradient (an L2 of 100 would dominate it)."""
+    inputs = keras.Input((6, 6, 4))
+    conv = keras.layers.Conv2D(8, 1, kernel_regularizer=keras.regularizers.L2(100.0))
+    trainer = SpatialContrastingTrainer(keras.Model(inputs, conv(inputs)), 3, seed=4)
+    trainer.compile(keras.optimizers.SGD(0.0))
+    images = _toy(16)
+    expected = float(trainer.sc_loss(images, 0))
+    assert float(trainer.backbone.losses[0]) > 10 * expected
+    assert float(trainer.train_step(images)["loss"]) == pytest.approx(expected, rel=1e-6)
+
 
 def test_color_jitter_distorts_each_crop_before_the_network(rng):
     images = rng.uniform(0, 255, size=(6, 8, 8, 3)).astype("float32")

@@ -106,6 +106,8 @@ class SpatialContrastingTrainer(keras.Model):
                                              self.symmetric)
 
     def train_step(self, data):
+        """One SGD step on the SC loss plus the backbone's regularisation losses; logs the SC loss alone (what
+        PlateauDrop watches: the criterion, whatever the weight decay)."""
         images = data[0] if isinstance(data, (tuple, list)) else data
         variables = self.backbone.trainable_variables
         with tf.GradientTape() as tape:
