@@ -18,7 +18,7 @@ from kernelzoo.zoo.layerwise import algorithm, theory
 from kernelzoo.zoo.layerwise.generative import (DIGITS, GLYPHS, STROKES, HierarchicalModel, random_model,
                                                 synthetic_digits, to_uint8)
 from kernelzoo.zoo.layerwise.layers import CentroidConv2D, PerImageStandardization
-from kernelzoo.zoo.layerwise.models import layerwise_cnn, with_cluster_dtype
+from kernelzoo.zoo.layerwise.models import layerwise_cnn, tf_tutorial_cnn, with_cluster_dtype
 from kernelzoo.zoo.recipe import Data, dataset_name
 
 
@@ -84,6 +84,13 @@ def test_the_label_enters_only_through_x0():
     assert np.abs(frequency - 0.25).max() < 5 * np.sqrt(0.25 * 0.75 / 4000)
 
 
+def test_the_label_and_the_refinement_draw_from_different_streams():
+    """Sharing one stream made the i-th label the i-th level-0 patch choice // 2 (a label leak into X(1))."""
+    drawn = synthetic_digits().sample(2000, seed=5)
+    agreement = np.mean(drawn.labels == drawn.choices[0].ravel()[:2000] // 2)
+    assert abs(agreement - 0.5) < 0.1
+
+
 def test_labeled_frequency_is_the_mean_of_y_times_the_class_indicator():
     model = synthetic_digits()
     drawn = model.sample(8000, seed=0)
@@ -116,6 +123,47 @@ def test_synthetic_digits_reconstruction():
     for level in (0, 1):
         theta, xi = model.separation(level)
         assert theta > 0.5 and xi > 0.05
+
+
+def test_separation_is_the_smallest_angle_and_the_smallest_norm_of_the_labeled_frequencies():
+    model = random_model((5, 4), patch_sizes=2, set_sizes=2, semantic_shape=(3, 3), templates=3, seed=4)
+    for level in (0, 1):
+        flat = model.labeled_frequency(level).reshape(model.num_classes[level], -1)
+        norms = np.linalg.norm(flat, axis=1)
+        angles = [np.arccos(np.clip(flat[i] @ flat[j] / (norms[i] * norms[j]), -1, 1))
+                  for i in range(len(flat)) for j in range(i + 1, len(flat))]
+        assert len(set(np.round(norms, 6))) > 1 and len(set(np.round(angles, 6))) > 1
+        assert model.separation(level) == pytest.approx((min(angles), norms.min()))
+
+
+def test_level_shapes_and_the_last_semantic_level():
+    model = random_model((3, 4, 5), patch_sizes=(2, 3, 2), set_sizes=2, semantic_shape=(2, 3))
+    assert [model.level_shape(level) for level in range(4)] == [(2, 3), (4, 6), (12, 18), (24, 36)]
+    assert model.labeled_frequency(2).shape == (5, 12, 18)
+    with pytest.raises(ValueError, match="`level`"):
+        model.labeled_frequency(3)                                      # X(3) is the image, not a semantic level
+
+
+def test_to_uint8_rounds_and_clips():
+    np.testing.assert_array_equal(to_uint8([-0.1, 0.0, 0.999, 1.0, 1.5, 0.2]), [0, 0, 255, 255, 255, 51])
+
+
+def test_the_model_refuses_classes_out_of_range_repeated_pixel_patches_and_one_label():
+    model = random_model((3, 2), patch_sizes=2, set_sizes=2, semantic_shape=(2, 2), seed=1)
+    rules = model.rules[0].copy()
+    rules[0, 0, 0, 0] = 2                                               # level 1 has classes 0..1
+    with pytest.raises(ValueError, match=r"rules\[0\]"):
+        HierarchicalModel(model.semantic, (rules,), model.pixels)
+    semantic = (model.semantic[0].copy(), model.semantic[1])
+    semantic[0][0, 0, 0] = 3                                            # level 0 has classes 0..2
+    with pytest.raises(ValueError, match=r"semantic\[0\]"):
+        HierarchicalModel(semantic, model.rules, model.pixels)
+    pixels = model.pixels.copy()
+    pixels[1, 0] = pixels[0, 1]
+    with pytest.raises(ValueError, match="disjoint"):
+        HierarchicalModel(model.semantic, model.rules, pixels)
+    with pytest.raises(ValueError, match="num_labels"):
+        random_model((3, 2), num_labels=1)
 
 
 def test_samples_command_draws_the_digits_png(tmp_path, capsys):
@@ -234,6 +282,48 @@ def test_builder_and_presets():
         layerwise_cnn(clusters=(4,), embeddings=(3,), head="svm")
 
 
+def test_centroid_convolution_config_holds_every_constructor_argument():
+    """Each non-default argument survives get_config / from_config (a saved model keeps its cosine responses)."""
+    layer = CentroidConv2D(3, (2, 3), strides=2, padding="valid", bias=0.25, normalize_patches=True)
+    restored = CentroidConv2D.from_config(layer.get_config())
+    assert ((restored.filters, restored.kernel_size, restored.strides, restored.padding, restored.bias,
+             restored.normalize_patches) == (3, (2, 3), (2, 2), "valid", 0.25, True))
+
+
+def test_per_image_standardization_floors_a_small_std_at_one_over_sqrt_n():
+    """A near-flat image (std 0.036 < 1 / sqrt(192) = 0.072) is divided by the floor, as TensorFlow does."""
+    import tensorflow as tf
+    x = np.zeros((1, 8, 8, 3), "float32")
+    x[0, 0, 0, 0] = 0.5
+    np.testing.assert_allclose(PerImageStandardization()(x), tf.image.per_image_standardization(x), atol=1e-5)
+
+
+def test_builder_hands_every_per_block_setting_to_its_layer():
+    keras.utils.set_random_seed(0)
+    model = layerwise_cnn(clusters=(40, 5), embeddings=(30, 2), patch_sizes=(2, 3), strides=(2, 1), pool_sizes=(1, 2),
+                          bias=(-0.5, 0.25), normalize_patches=True, embedding_bias=False, embedding_init_std=1e-3,
+                          preprocessing="rescale", head="linear", input_shape=(12, 12, 3), num_classes=3)
+    clusters = [model.get_layer(f"block{i}_cluster") for i in (1, 2)]
+    assert [(c.kernel_size, c.strides, c.bias, c.normalize_patches) for c in clusters] == [
+        ((2, 2), (2, 2), -0.5, True), ((3, 3), (1, 1), 0.25, True)]
+    assert algorithm.block_layer(model, 1, "pool") is None and model.get_layer("block2_pool").pool_size == (2, 2)
+    assert model.get_layer("features").output.shape[-1] == 3 * 3 * 2
+    embed = model.get_layer("block1_embed")
+    assert not embed.use_bias and 0 < np.abs(embed.kernel.numpy()).max() < 1e-2
+    assert model.get_layer("preprocess").scale == pytest.approx(1 / 255)
+    jl = layerwise_cnn(clusters=(50,), embeddings=(64,), projection="random", head="linear", input_shape=(4, 4, 3))
+    projection = jl.get_layer("block1_projection")
+    assert projection.bias is None and not projection.trainable_weights
+    assert np.std(projection.kernel.numpy()) == pytest.approx(64 ** -0.5, rel=0.1)
+
+
+def test_fc_head_is_relu_between_its_dense_layers():
+    from kernelzoo.zoo.layerwise.models import head_layers
+    layers = head_layers("fc", 3, fc_units=(4, 2))
+    assert [(layer.name, layer.activation.__name__) for layer in layers] == [("fc1", "relu"), ("fc2", "relu"),
+                                                                            ("logits", "linear")]
+
+
 def test_bfloat16_centroid_convolutions_and_their_float32_copy():
     """cluster_dtype="bfloat16" convolves in bfloat16 (features within its rounding of the float32 copy's, yet not
     equal: a policy named but not applied fails); with_cluster_dtype gives the float32 network ONNX export needs."""
@@ -298,6 +388,44 @@ def test_theorem1_schedule_names_a_bad_setting():
             theory.theorem1_schedule(**dict(good, **{name: value}))
 
 
+def test_correlation_is_the_expectation_of_y_times_the_patch_columns():
+    """E[y X] exact (sum_c F_c mean(S_c)) against its estimate on 20,000 images (entries within 5 standard errors)."""
+    model = random_model((4,), patch_sizes=2, set_sizes=3, semantic_shape=(2, 2), templates=2, seed=6)
+    exact = theory.correlation(model)
+    drawn = model.sample(20_000, seed=2)
+    sampled = theory.correlation_of_sample(drawn.images, drawn.labels, 2)
+    assert exact.shape == sampled.shape == (4, 4) and np.abs(exact).max() > 0.1
+    assert np.abs(exact - sampled).max() < 5 / np.sqrt(20_000)
+    with pytest.raises(ValueError, match="depth"):
+        theory.correlation(random_model((3, 2)))
+
+
+def test_patch_columns_orders_patches_row_major_and_their_values_row_column_channel():
+    images = np.arange(32, dtype=np.float32).reshape(1, 4, 4, 2)
+    columns = theory.patch_columns(images, 2)
+    assert columns.shape == (1, 8, 4)
+    np.testing.assert_array_equal(columns[0, :, 0], images[0, :2, :2].ravel())
+    np.testing.assert_array_equal(columns[0, :, 1], images[0, :2, 2:].ravel())
+    np.testing.assert_array_equal(columns[0, :, 2], images[0, 2:, :2].ravel())
+    with pytest.raises(ValueError, match="do not split"):
+        theory.patch_columns(np.zeros((1, 5, 4)), 2)
+
+
+def test_two_layer_gd_starts_on_the_sphere_and_steps_along_the_correlation():
+    corr = np.random.default_rng(0).normal(size=(6, 4))
+    start, w = theory.two_layer_gd(corr, 5, steps=0, delta=0.4, seed=3)
+    np.testing.assert_allclose(np.linalg.norm(start, axis=0), 0.4 / (2 * np.sqrt(5)))
+    after, same_w = theory.two_layer_gd(corr, 5, lr=0.1, steps=3, delta=0.4, seed=3)
+    np.testing.assert_array_equal(w, same_w)
+    np.testing.assert_allclose(after - start, 0.1 * 3 * corr @ w)
+
+
+def test_theorem1_schedule_values():
+    """n = floor(pi / (0.23 theta) log(|C0|^2 / fail)) + 1 = floor(169.8) + 1,
+    T = floor((delta + 2) k / (lr xi)) + 1 = 30 + 1."""
+    assert theory.theorem1_schedule(0.5, 0.25, 5, 3, 0.5, 1.0, fail=0.05) == (170, 31)
+
+
 # ----------------------------------------------------------------------------- Sec. 5.1: the algorithm
 
 
@@ -318,6 +446,108 @@ def test_synthetic_digits_are_the_synthetic_presets_own_dataset():
     preset = registry.info("layerwise_cifar10_jl_fc")
     with pytest.raises(ValueError, match="`--dataset` 'synthetic_digits'.*layerwise_synthetic_digits"):
         registry.recipe(preset).load_data(preset, dataset="synthetic_digits", verbose=0)
+
+
+def test_sample_patches_are_the_aligned_patches_at_distinct_positions_and_count():
+    """Block 1 of the synthetic preset (4 x 4 patches, stride 4) sees only the planted textures; asking for every
+    position of one image gives each of its 135 patches once; `count` is met exactly (ceil per image, then cut)."""
+    digits = synthetic_digits()
+    model = registry.create("layerwise_synthetic_digits")
+    drawn = digits.sample(3, seed=0)
+    images = to_uint8(drawn.images)
+    textures = digits.pixels.reshape(24, -1)
+    rows = algorithm.sample_patches(model, 1, images[:1], 135, seed=0)
+    truth = theory.patch_columns(drawn.images[:1], 4)[0].T                       # (135, 16) in (row, col) order
+    assert sorted(map(tuple, np.round(rows, 4))) == sorted(map(tuple, np.round(truth, 4)))
+    for count in (10, 11):
+        rows = algorithm.sample_patches(model, 1, images, count, seed=1)
+        assert rows.shape == (count, 16)
+        assert (np.abs(rows[:, None] - textures[None]).max(axis=-1) < 1e-6).any(axis=1).all()
+    np.testing.assert_array_equal(algorithm.sample_patches(model, 1, images, 11, seed=1), rows)
+
+
+def test_cluster_block_reports_the_default_candidates():
+    """The default k-means++ candidates are scikit-learn's 2 + log k (24 clusters: 5)."""
+    digits = synthetic_digits()
+    model = registry.create("layerwise_synthetic_digits")
+    images = to_uint8(digits.sample(20, seed=0).images)
+    report = algorithm.cluster_block(model, 1, images, patches=600, max_iter=3)
+    assert report["candidates"] == 2 + int(np.log(24)) == 5 and report["clusters"] == 24
+    assert report["patches"] == 600 and report["dims"] == 16
+
+
+def _two_block_model():
+    keras.utils.set_random_seed(0)
+    return layerwise_cnn(clusters=(4, 5), embeddings=(3, 3), pool_sizes=1, fc_units=(4, 3), input_shape=(6, 6, 3),
+                         num_classes=3)
+
+
+def test_block_trainer_trains_only_its_block_and_release_undoes_it():
+    model = _two_block_model()
+    trainer = algorithm.block_trainer(model, 2, 3, seed=0)
+    names = sorted(w.path for w in trainer.trainable_weights)
+    assert names == sorted(w.path for w in model.get_layer("block2_embed").trainable_weights
+                           + trainer.get_layer("block2_head").trainable_weights)
+    assert not model.get_layer("block1_embed").trainable
+    assert not any(model.get_layer(name).trainable for name in ("fc1", "fc2", "logits"))
+    algorithm.release(model)
+    assert all(model.get_layer(name).trainable for name in ("block1_embed", "block2_embed", "fc1", "fc2", "logits"))
+
+
+def test_block_trainer_heads_are_seeded_by_seed_and_block():
+    """A resumed run draws the same head (same seed and block); another block's head is drawn afresh."""
+    model = _two_block_model()
+    heads = [algorithm.block_trainer(model, block, 3, seed=seed).get_layer(f"block{block}_head").kernel.numpy()
+             for block, seed in ((1, 0), (1, 0), (2, 0), (1, 1))]
+    assert heads[0].shape == heads[2].shape
+    np.testing.assert_array_equal(heads[0], heads[1])
+    assert not np.array_equal(heads[0], heads[2]) and not np.array_equal(heads[0], heads[3])
+
+
+def test_block_count_refuses_a_network_trainable_below_its_features():
+    assert algorithm.block_count(tf_tutorial_cnn(filters=(2, 2), fc_units=(4, 3), train_conv=False,
+                                                 input_shape=(8, 8, 3))) == 0
+    with pytest.raises(ValueError, match="block1_cluster"):
+        algorithm.block_count(tf_tutorial_cnn(filters=(2, 2), fc_units=(4, 3), input_shape=(8, 8, 3)))
+
+
+def test_copy_weights_copies_every_layer_by_name():
+    source, target = _two_block_model(), _two_block_model()
+    source.get_layer("block1_cluster").set_centroids(np.ones((4, 27)))
+    algorithm.copy_weights(source, target)
+    for a, b in zip(source.weights, target.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_stages_skip_a_block_without_epochs_and_leave_the_classifier_at_least_one():
+    from kernelzoo.zoo.layerwise.recipe import LayerwiseRecipe, Stage
+    recipe, model = LayerwiseRecipe(), _two_block_model()
+    assert recipe.stages(model, {"epochs": 6, "block_epochs": [2, 0]}) == [Stage(1, 1, 0, 2), Stage(3, None, 2, 6)]
+    assert recipe.stages(model, {"epochs": 5, "block_epochs": 2})[-1] == Stage(3, None, 4, 5)
+    for hp, match in (({"epochs": 4, "block_epochs": 2}, "must exceed 4"),
+                      ({"epochs": 9, "block_epochs": [2, 2, 2]}, "one per trained block")):
+        with pytest.raises(ValueError, match=match):
+            recipe.stages(model, hp)
+
+
+def test_each_block_clusters_with_its_own_seed(tmp_path, monkeypatch):
+    """The k-means of block b in a run of seed s draws with seed 1000 s + b (and is saved to kmeans/)."""
+    from kernelzoo.zoo.layerwise.recipe import LayerwiseRecipe
+    seeds = []
+    monkeypatch.setattr(algorithm, "cluster_block", lambda *args, seed, **kwargs: seeds.append(seed) or {})
+    model = _two_block_model()
+    hp = {"kmeans_patches": 50, "kmeans_iterations": 2}
+    for block in (1, 2):
+        LayerwiseRecipe()._cluster(model, block, np.zeros((2, 6, 6, 3)), hp, str(tmp_path), 3, 0)
+    assert seeds == [3001, 3002] and (tmp_path / "kmeans" / "block2.npy").exists()
+
+
+def test_synthetic_test_digits_are_not_the_training_digits():
+    preset = registry.info("layerwise_synthetic_digits")
+    recipe = registry.recipe(preset)
+    data = recipe.load_data(preset, options=recipe.options(limit_train=2000), verbose=0)
+    assert len(data.train[0]) == len(data.test[0]) == 2000                 # drawn from different seeds
+    assert not np.array_equal(data.train[0], data.test[0])
 
 
 @pytest.fixture(scope="module")

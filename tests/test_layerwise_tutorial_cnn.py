@@ -45,6 +45,13 @@ def test_the_tutorial_cnn_at_full_size():
     assert fc.get_layer("preprocess").reads_raw_pixels
 
 
+def test_tutorial_logits_start_at_std_one_over_fan_in():
+    """The tutorial's softmax_linear: truncated normal of std 1 / fan-in (200 here): every weight within 2 / 200."""
+    model = tf_tutorial_cnn(filters=(2, 2), fc_units=(8, 200), input_shape=(8, 8, 3), num_classes=3)
+    kernel = model.get_layer("logits").kernel.numpy()
+    assert 0.5 / 200 < kernel.std() and np.abs(kernel).max() <= 2 / 200 + 1e-7
+
+
 def test_lrn_is_tensorflows_on_every_path():
     import tensorflow as tf
     x = np.random.default_rng(2).normal(scale=30.0, size=(2, 3, 3, 11)).astype("float32")
