@@ -275,15 +275,24 @@ def test_eval_warns_of_the_test_split_of_a_validate_only_run_only(recwarn):
         evaluation._warn_validate_only(run, "test")
 
 
-def test_eval_knows_shipped_weights_by_name_or_sha256_only(tmp_path):
+def test_eval_knows_shipped_weights_by_name_or_sha256_only(tmp_path, monkeypatch):
+    """A zoo name holds its shipped weights, a .keras file only with their SHA-256 (hashed once), a model never."""
     from kernelzoo.zoo import evaluation, registry
     name = next(iter(registry.list_models(pretrained=True)))
     preset = registry.info(name)
     other = tmp_path / "other.keras"
     other.write_bytes(b"not the shipped weights")
-    assert evaluation._is_shipped(name, preset)
-    assert not evaluation._is_shipped(str(other), preset)
-    assert not evaluation._is_shipped(str(other), None) and not evaluation._is_shipped(name, None)
+    hashed = []
+    digest = registry.sha256
+    monkeypatch.setattr(registry, "sha256", lambda path: hashed.append(path) or digest(path))
+    monkeypatch.setattr(registry, "load", lambda path: "model")
+    monkeypatch.setattr(registry, "load_file", lambda path: "model")
+    assert evaluation._load(name, None)[3] and not hashed
+    assert not evaluation._load(str(other), preset)[3] and hashed == [str(other)]
+    assert evaluation._load(str(other), None)[1:] == (None, {}, False)
+    monkeypatch.setattr(registry, "sha256", lambda path: preset.sha256)  # a copy of the shipped weights
+    assert evaluation._load(str(other), None)[1:] == (preset, {}, True)
+    assert not evaluation._load(keras.Sequential(), preset)[3]
 
 
 def test_eval_test_split_takes_the_first_images_of_each_class(monkeypatch):

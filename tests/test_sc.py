@@ -35,6 +35,11 @@ from kernelzoo.zoo.sc.recipe import SCRecipe, tiny_runs
 # ----------------------------------------------------------------------------- sampling
 
 
+def _step_seed(seed, step):
+    """The sampling seed of training step `step` of a trainer seeded `seed`: (seed, step) folded with SC_STREAM."""
+    return tf.random.experimental.stateless_fold_in(tf.constant([seed, step], tf.int64), SC_STREAM)
+
+
 def _draws(grid, count=200_000, seed=(3, 4)):
     first, second = sample_patch_positions(count, grid, seed)
     return first.numpy(), second.numpy()
@@ -272,7 +277,7 @@ def test_image_sampling_trains_a_fixed_size_backbone_on_crops(tmp_path):
     inputs = keras.Input((None, None, 4))
     crops_net = keras.Model(inputs, model.get_layer("proj")(inputs))
     images = _toy(16)
-    seed = tf.random.experimental.stateless_fold_in(tf.constant([4, 7], tf.int64), SC_STREAM)  # (seed, step)
+    seed = _step_seed(4, 7)
     expected = spatial_contrasting_from_images(crops_net, images, 3, seed, training=False)
     assert float(trainer.sc_loss(images, 7, training=False)) == pytest.approx(float(expected), rel=1e-6)
 
@@ -284,7 +289,7 @@ def test_the_trainers_evaluation_runs_the_backbone_in_inference_mode():
     trainer = SpatialContrastingTrainer(keras.Model(inputs, keras.layers.Dropout(0.9)(inputs)), 3, sampling="image",
                                         seed=4)
     images = _toy(16)
-    seed = tf.random.experimental.stateless_fold_in(tf.constant([4, 0], tf.int64), SC_STREAM)  # (seed, step 0)
+    seed = _step_seed(4, 0)
     first, second = sample_patch_positions(16, positions_grid((6, 6), 3), seed)
     expected = spatial_contrasting_loss(*(pool_map(crop_patches(images, p, 3)) for p in (first, second)))
     assert float(trainer.test_step(images)["loss"]) == pytest.approx(float(expected), rel=1e-6)
@@ -433,8 +438,7 @@ def test_pretrain_draws_each_steps_patches_from_its_seed_and_step(monkeypatch):
         pretrain(_toy_model(), "proj", _toy(8), patch_size=3, epochs=1, batch_size=4, seed=5, verbose=0)  # 2 steps
     finally:
         tf.config.run_functions_eagerly(eager)
-    want = [tf.random.experimental.stateless_fold_in(tf.constant([5, step], tf.int64), SC_STREAM).numpy()
-            for step in (0, 1)]
+    want = [_step_seed(5, step).numpy() for step in (0, 1)]
     np.testing.assert_array_equal(seeds, want)
 
 

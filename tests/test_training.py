@@ -411,8 +411,8 @@ def test_a_copy_of_shipped_weights_is_known_by_its_sha256(tmp_path):
     copy = tmp_path / "downloaded.keras"
     shutil.copyfile(registry.weights_path("simnet_cifar10_l1"), copy)
     assert preset_of(copy).name == "simnet_cifar10_l1"
-    model, preset, run = _load(str(copy), None)
-    assert preset.name == "simnet_cifar10_l1" and run == {} and model.count_params() > 0  # no run folder
+    model, preset, run, shipped = _load(str(copy), None)
+    assert preset.name == "simnet_cifar10_l1" and run == {} and shipped and model.count_params() > 0  # no run folder
     with open(copy, "ab") as handle:
         handle.write(b"\0")  # other content: no preset, and measure asks for one
     assert preset_of(copy) is None

@@ -37,23 +37,26 @@ def preset_of(model):
     model = os.fspath(model)
     if model in registry.list_models():
         return registry.info(model)
-    return _file_preset(model, run_config(model)) if model.endswith(".keras") else None
+    if not model.endswith(".keras"):
+        return None
+    return _file_preset(run_config(model), registry.sha256(model) if os.path.isfile(model) else None)
 
 
-def _file_preset(path, config):
-    """The preset of the .keras file `path`: its run folder's (`config`, or None), else that of the shipped weights
-    with its SHA-256; None when neither says."""
+def _file_preset(config, digest):
+    """The preset of a .keras file: its run folder's (`config`, or None), else that of the shipped weights with
+    SHA-256 `digest` (None: no file); None when neither says."""
     if config is not None and config.get("preset") is not None:  # a fine-tune run folder has no preset
         return registry.info(config["preset"])
-    return registry.shipped_preset(path) if os.path.isfile(path) else None
+    return None if digest is None else registry.shipped_preset(digest)
 
 
 def _load(model, preset):
-    """(keras.Model, Preset or None, run) for a name, a .keras path or a model; `run` is the config.json of the
-    run folder the file sits in when it is a run of that preset, else {}. A zoo name with another preset is
-    refused."""
+    """(keras.Model, Preset or None, run, shipped) for a name, a .keras path or a model; `run` is the config.json
+    of the run folder the file sits in when it is a run of that preset, else {}; `shipped`: whether it holds the
+    preset's shipped weights (a zoo name, or a file with their SHA-256, hashed once). A zoo name with another preset
+    is refused."""
     if isinstance(model, keras.Model):
-        return model, preset, {}
+        return model, preset, {}, False
     preset = registry.info(preset) if isinstance(preset, str) else preset
     path = os.fspath(model)
     if not path.endswith(".keras"):
@@ -61,22 +64,15 @@ def _load(model, preset):
         if preset is not None and preset.name != named.name:
             raise ValueError(f"`preset` (--preset) {preset.name!r} is not the preset of the zoo model {path!r}: a zoo "
                              "name is measured with its own preset; leave --preset out")
-        return registry.load(path), named, {}
+        return registry.load(path), named, {}, True
     if not os.path.isfile(path):
         raise ValueError(f"`model`: no such file {path!r}")
     config = run_config(path)
-    preset = preset or _file_preset(path, config)
+    digest = registry.sha256(path)
+    preset = preset or _file_preset(config, digest)
     own = config is not None and preset is not None and preset.name == config.get("preset")
-    return registry.load_file(path), preset, config if own else {}
-
-
-def _is_shipped(model, preset):
-    """Whether `model` (a zoo name, a .keras path or a keras.Model) holds `preset`'s shipped weights: a zoo name
-    (`_load` measures it with its own preset), or a file with their SHA-256."""
-    if preset is None or isinstance(model, keras.Model):
-        return False
-    path = os.fspath(model)
-    return not path.endswith(".keras") or registry.sha256(path) == preset.sha256
+    shipped = preset is not None and digest == preset.sha256
+    return registry.load_file(path), preset, config if own else {}, shipped
 
 
 def dataset_spec(spec):
@@ -133,9 +129,7 @@ def measure(model, data_dir=None, *, preset=None, dataset=None, split="test", ho
     Returns {"metric", "value" (of the preset's metric), every measured metric, "data",
     "preset", "card" and "paper" (Figures or None), "shipped" (whether it holds the preset's shipped weights)}.
     """
-    loaded, preset, run = _load(model, preset)
-    shipped = _is_shipped(model, preset)
-    model = loaded
+    model, preset, run, shipped = _load(model, preset)
     dataset = None if dataset is None else dataset_spec(dataset)
     seed = (0 if run.get("seed") is None else int(run["seed"])) if seed is None else int(seed)
     if preset is None and dataset is None:

@@ -100,10 +100,9 @@ def sha256(path):
     return digest.hexdigest()
 
 
-def shipped_preset(path):
-    """The pretrained preset whose weight file has the SHA-256 of the file `path` (a copy of shipped weights is
-    recognised by its content wherever it lies), or None."""
-    digest = sha256(path)
+def shipped_preset(digest):
+    """The pretrained preset whose weight file has the SHA-256 `digest` (of a file: `sha256(path)`; a copy of shipped
+    weights is recognised by its content wherever it lies), or None."""
     return next((preset for preset in _presets().values() if preset.pretrained and preset.sha256 == digest), None)
 
 
