@@ -5,6 +5,7 @@ import glob
 import os
 import re
 import statistics
+import sys
 import tempfile
 import time
 
@@ -33,6 +34,14 @@ def reference_first(items, reference):
     """`items` with `reference` first where listed, the others in their order: measured first, the reference gives
     every row its ratio."""
     return sorted(items, key=lambda item: item != reference)
+
+
+def standalone(what, add_arguments, run, argv=None):
+    """`python -m` of a step benchmark: `kernelzoo bench WHAT` with the command line's options (or `argv`)."""
+    import argparse
+    parser = argparse.ArgumentParser(prog="kernelzoo bench")
+    add_arguments(parser)
+    return run(parser.parse_args([what, *(sys.argv[1:] if argv is None else argv)]))
 
 
 def environment(command, threads, batch_size, steps):

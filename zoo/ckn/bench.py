@@ -12,13 +12,12 @@ patch-anchor products run in bfloat16 (oneDNN uses AMX where the CPU has it: the
 50,000 CIFAR-10 training images.
 """
 import os
-import sys
 
 import numpy as np
 
 from kernelzoo.ops.checks import check_choice, nonnegative_int, positive_int
 from kernelzoo.zoo.step_bench import (add_step_options, environment, listed, print_profile, reference_first,
-                                      time_step)
+                                      standalone, time_step)
 
 PRESETS = ("ckn_cifar10_sup5",)
 EPOCH_IMAGES = 50_000
@@ -78,10 +77,7 @@ def run(args, command=None):
 
 
 def main(argv=None):
-    import argparse
-    parser = argparse.ArgumentParser(prog="kernelzoo bench")
-    add_arguments(parser)
-    return run(parser.parse_args(["ckn", *(argv if argv is not None else sys.argv[1:])]))
+    return standalone("ckn", add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -17,13 +17,12 @@ columns estimate the seconds per epoch of the presets' data (SC: the SC images; 
 labelled images) from the step time.
 """
 import os
-import sys
 
 import numpy as np
 
 from kernelzoo.ops.checks import check_choice, nonnegative_int, positive_int
 from kernelzoo.zoo.step_bench import (add_step_options, environment, listed, print_profile, reference_first,
-                                      time_step)
+                                      standalone, time_step)
 
 NETWORKS = {"cifar10": ("sc_cifar10", "sc_cifar10_4k"), "mnist": ("sc_mnist", "sc_mnist"),
             "stl10": ("sc_stl10", "sc_stl10")}
@@ -129,10 +128,7 @@ def run(args, command=None):
 
 
 def main(argv=None):
-    import argparse
-    parser = argparse.ArgumentParser(prog="kernelzoo bench")
-    add_arguments(parser)
-    return run(parser.parse_args(["sc", *(argv if argv is not None else sys.argv[1:])]))
+    return standalone("sc", add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -19,14 +19,13 @@ ops that took longest in --steps more steps (TF profiler, ms per step) and all o
 import itertools
 import os
 import resource
-import sys
 
 import numpy as np
 
 from kernelzoo.ops.checks import check_choice, nonnegative_int, positive_int
 from kernelzoo.zoo.simnet import models
 from kernelzoo.zoo.step_bench import (add_step_options, environment, listed, print_profile, reference_first,
-                                      time_step)
+                                      standalone, time_step)
 
 FLOAT32_ONLY = ("simnet_wl1", "simnet_wl2")
 EPOCH_IMAGES = 50_000
@@ -112,10 +111,7 @@ def run(args, command=None):
 
 
 def main(argv=None):
-    import argparse
-    parser = argparse.ArgumentParser(prog="kernelzoo bench")
-    add_arguments(parser)
-    return run(parser.parse_args(["simnet", *(argv if argv is not None else sys.argv[1:])]))
+    return standalone("simnet", add_arguments, run, argv)
 
 
 if __name__ == "__main__":
