@@ -68,6 +68,35 @@ def test_fit_is_deterministic_for_a_seed():
     np.testing.assert_array_equal(a.scales, b.scales)
 
 
+@pytest.mark.parametrize("beta", [1.0, 1.5, 2.0])
+def test_component_log_density_is_the_generalized_gaussian_density(beta):
+    """log p_l(x) = sum_i log(beta / (2 alpha_li Gamma(1/beta))) - (|x_i - mu_li| / alpha_li)^beta (Sec. 5):
+    scipy's gennorm density, whatever the shape (the Similarity weights are u = alpha^(-beta))."""
+    from scipy.stats import gennorm
+    x = 3 * np.random.default_rng(9).normal(size=(5, 4))
+    mixture = init.GGMixture(MEANS, SCALES, np.full(3, beta), PRIORS, [])
+    expected = gennorm.logpdf(x[:, None, :], beta, loc=MEANS[None], scale=SCALES[None]).sum(axis=2)
+    np.testing.assert_allclose(mixture.component_log_density(x), expected, rtol=1e-5, atol=1e-3)
+
+
+def test_em_history_is_the_log_likelihood_of_overlapping_components():
+    """The history is the mean log sum_l lambda_l p_l(x) over all components, not the likeliest one's: two
+    components sharing one Gaussian blob end at the fitted mixture's own log-likelihood."""
+    x = np.random.default_rng(10).normal(size=(2000, 2)).astype("float32")
+    mixture = init.fit_gg_mixture(x, 2, 2.0, iterations=30, tol=0)
+    np.testing.assert_allclose(mixture.log_likelihood[-1], mixture.log_likelihood_of(x), rtol=2e-3)
+
+
+def test_a_component_starved_to_one_row_is_reseeded_in_the_data():
+    """k-means++ seeds a component at the one far outlier; with its single row it is starved (< 2 rows), so it is
+    re-seeded at a row of the bulk with the data's scale: not left on that row (the scale floor), nor given the
+    scale of that row's distance (~1400) to its new seed."""
+    x = np.random.default_rng(11).normal(size=(1000, 2)).astype("float32")
+    x[0] = 1000.0
+    mixture = init.fit_gg_mixture(x, 3, 2.0, iterations=10, tol=0)
+    assert np.abs(mixture.means).max() < 10 and 0.3 < mixture.scales.min() and mixture.scales.max() < 3
+
+
 def test_gmm_init_on_a_layer_gives_log_densities():
     rng = np.random.default_rng(3)
     x, _ = _planted(rng, 3000, 1.0, MEANS, SCALES, PRIORS)
@@ -102,6 +131,29 @@ def test_gmm_init_sets_location_priors_as_offsets():
     expected = np.log(report["region_priors"]) + report["mixture"].log_normalizer()
     np.testing.assert_allclose(offsets[:, :, 0, 0, 0, :], expected, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(offsets[:, :, 1], offsets[:, :, 2])  # the same for every class
+
+
+def test_location_priors_split_an_odd_map_as_the_mex_regions_do():
+    """A 7-row map: the Mex shares offset region (2 i) // 7 over row i, rows 0-3 and 4-6; here rows 0-3 are mostly
+    component A (0.9) and rows 4-6 mostly B, so the priors of A are 0.9 and 0.1 (not 0.3 with row 3 moved)."""
+    rng = np.random.default_rng(13)
+    is_a = rng.random((300, 7, 7)) < np.where(np.arange(7) < 4, 0.9, 0.1)[:, None]
+    images = (np.where(is_a, -4.0, 4.0) + rng.standard_normal(is_a.shape))[..., None].astype("float32")
+    model = models.simnet_patch_labeling(n=2, p=2, input_shape=(7, 7, 1), num_classes=2, patch_size=1,
+                                         whitening=False, offset_regions=(2, 1))
+    report = init.gmm_init(model, images, num_patches=3000, iterations=10, offset_images=300)
+    a = int(np.argmin(report["mixture"].means[:, 0]))
+    np.testing.assert_allclose(report["region_priors"][:, 0, a], [0.9, 0.1], atol=0.03)
+
+
+def test_extract_patches_lists_entries_in_conv_kernel_order():
+    """Patch (i, j) with strides (sh, sw) is maps[:, sh i:sh i + kh, sw j:sw j + kw, :] flattened by row, column,
+    channel: the (kh, kw, C) order of a Conv2D / Similarity kernel that gmm_init's templates are reshaped to."""
+    maps = np.random.default_rng(12).normal(size=(2, 7, 8, 3)).astype("float32")
+    patches = init.extract_patches(maps, (2, 3), (2, 1))
+    assert patches.shape == (2, 3, 6, 18)
+    for i, j in ((0, 0), (2, 5), (1, 3)):
+        np.testing.assert_array_equal(patches[:, i, j], maps[:, 2 * i:2 * i + 2, j:j + 3].reshape(2, -1))
 
 
 def test_a_region_no_position_maps_to_keeps_the_global_priors():

@@ -159,6 +159,15 @@ def test_finite_support_weights_vanish_outside_support(distance):
     assert layer.expected_macs(0.5) == 0.5 * np.count_nonzero(w)
 
 
+def test_sparse_kernel_dense_starts_with_every_weight_inside_the_support():
+    """The default locations are drawn from N(0, 1e-3) as in the paper's MovieLens code: every K_fs(u_i, v_j) starts
+    at ~1, so W = A * K starts as the free matrix A (no weight cut off before training moves the locations)."""
+    layer = SparseKernelDense(30)
+    layer.build((None, 40))
+    k = keras.ops.convert_to_numpy(layer.kernel_values())
+    assert k.shape == (40, 30) and np.all(k > 0.999)
+
+
 @pytest.mark.parametrize("policy", ["float32", "mixed_float16"])
 def test_finite_support_gradient_is_finite_at_coincident_locations(policy):
     """Under mixed_float16 the 1e-12 floor of the squared distance underflowed to 0 (sqrt: NaN gradient);
@@ -288,6 +297,8 @@ def test_location_noise_moves_the_input_locations_in_training_only(tmp_path):
     (lambda: KernelDense(3, distance="manhattan"), "`distance`"),
     (lambda: KernelDense(3, dim=3, input_locations_initializer="grid"),
      "`input_locations_initializer`='grid' needs dim=2"),
+    (lambda: SparseKernelDense(3, dim=1, output_locations_initializer="grid"),
+     "`output_locations_initializer`='grid' needs dim=2"),  # any d but 2, refused before the build
     (lambda: SparseKernelDense(3, distance="l1"), "`distance`"),
     (lambda: SparseKernelDense(-2), "`units`"),
     (lambda: SparsifyingActivation(eta=1.5), "`eta`"),

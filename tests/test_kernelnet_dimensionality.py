@@ -60,6 +60,18 @@ def test_sweep_writes_json_and_png_and_resumes_only_missing_runs(tmp_path, monke
         dm.sweep(data, tmp_path, **dict(TINY, hidden=16))
 
 
+def test_summary_picks_the_best_mean_held_out_accuracy_and_gives_its_standard_error():
+    """lr 0.01 has the higher mean held-out accuracy (0.8 against 0.6) though lr 0.1 has the best single run: the
+    row is lr 0.01's, test accuracies 0.7, 0.8, 0.9: mean 0.8, standard error s / sqrt(3) with s = 0.1 (ddof 1)."""
+    scores = {0.1: ([0.5, 0.4, 0.9], [0.9, 0.9, 0.9]), 0.01: ([0.8, 0.8, 0.8], [0.7, 0.8, 0.9])}
+    runs = {dm.run_key("dot", 2, lr, 0.0, seed): {"val_accuracy": val[seed], "test_accuracy": test[seed]}
+            for lr, (val, test) in scores.items() for seed in range(3)}
+    (row,) = dm.summarize(runs, ("dot",), (2,), (0.1, 0.01), (0.0,), 3)
+    assert row["lr"] == 0.01 and row["embedding_dim"] == 2
+    assert row["val_accuracy"] == pytest.approx(0.8) and row["test_accuracy"] == pytest.approx(0.8)
+    assert row["test_stderr"] == pytest.approx(0.1 / np.sqrt(3)) and row["val_stderr"] == pytest.approx(0.0)
+
+
 @pytest.mark.parametrize("change, name", [({"kernels": ("tanh",)}, "kernels"), ({"kernels": ()}, "kernels"),
                                           ({"dims": (2, 0)}, "dims"), ({"dims": ()}, "dims"),
                                           ({"repeats": 0}, "repeats"), ({"lrs": (0.0,)}, "lrs"),

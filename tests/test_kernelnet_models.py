@@ -41,6 +41,37 @@ def test_predictions_are_clipped_to_the_rating_scale():
     np.testing.assert_allclose(ml.predict_ratings(constant, [[1.5, 0, 4]]), 0.7)
 
 
+def test_rmse_is_the_root_mean_squared_error_over_the_listed_ratings_only():
+    """Eq. 11 on the (item, user) pairs of the ratings dict: errors 1 and -3 give sqrt(5); other entries of the
+    prediction matrix do not count."""
+    predictions = np.full((3, 4), 9.0)
+    predictions[0, 1], predictions[2, 3] = 4.0, 2.0
+    data = {"items": np.array([0, 2]), "users": np.array([1, 3]), "ratings": np.array([3.0, 5.0])}
+    assert ml.rmse(predictions, data) == pytest.approx(np.sqrt(5.0))
+
+
+def test_regularisers_are_the_papers_halves():
+    """The loss terms of Sec. 3.5 written as tf.nn.l2_loss like the paper's code: lambda_2 / 2 * sum A^2 over every
+    layer's free matrix A, lambda_0 / 2 * sum K^2 over its finite-support kernel values."""
+    x = np.zeros((1, 6), np.float32)
+    for lambda_2, lambda_0 in ((0.4, 0.0), (0.0, 0.3)):
+        model = ml.kernelnet_movielens(n_users=6, hidden=(4,), lambda_2=lambda_2, lambda_0=lambda_0,
+                                       location_stddev=0.3, seed=0)
+        model(x)
+        layers = model.layers[1:]
+        a2 = sum(float(np.sum(np.square(layer.kernel.numpy()))) for layer in layers)
+        k2 = sum(float(np.sum(np.square(keras.ops.convert_to_numpy(layer.kernel_values())))) for layer in layers)
+        np.testing.assert_allclose(float(sum(model.losses)), lambda_2 / 2 * a2 + lambda_0 / 2 * k2, rtol=1e-5)
+
+
+def test_kernel_variant_starts_with_unit_variance_of_u_dot_v():
+    """The "kernel" variant's locations start so that u_i . v_j has unit variance at d = 50: tanh(u . v) neither
+    saturates nor stays flat near 0 (a spread of about 0.02 would make W nearly linear in the locations)."""
+    layer = ml.kernelnet_movielens(n_users=400, variant="kernel", hidden=(300,), seed=0).get_layer("hidden_1")
+    dots = layer.input_locations.numpy() @ layer.output_locations.numpy().T
+    assert 0.8 < dots.var() < 1.25
+
+
 def test_variants_use_the_paper_layers():
     sparse = ml.kernelnet_movielens(n_users=10, hidden=(8, 8))
     kern = ml.kernelnet_movielens(n_users=10, variant="kernel", hidden=(8,))
@@ -73,31 +104,38 @@ def test_rmse_on_planted_low_rank_matrix_beats_mean_predictor(optimizer):
     assert error < 0.75 * baseline, (error, baseline)
 
 
+RATINGS = np.random.default_rng(0).uniform(1, 5, size=(6, 5)).astype("float32")  # 6 users, 5 items, all rated
+
+
+def _small_autoencoder():
+    """The 5-item autoencoder the optimizer tests fit; seed 0: every call gives the same start."""
+    return ml.kernelnet_movielens(n_users=5, hidden=(3,), seed=0)
+
+
+def _ratings_loss(model):
+    """The data term on RATINGS, every entry observed, with the model in training mode (as a step runs it)."""
+    return ml.masked_squared_error(RATINGS, np.ones_like(RATINGS), model(RATINGS, training=True))
+
+
+def _flat_weights(model):
+    return np.concatenate([np.ravel(w) for w in model.get_weights()])
+
+
 def test_adam_epochs_continue_one_run():
     """Epochs of full-batch Adam (the MovieLens recipe) share one optimizer: 3 + 3 steps are 6 steps,
     not two runs whose moments restart (which is what a fresh optimizer per epoch would give)."""
-    x = np.random.default_rng(0).uniform(1, 5, size=(6, 5)).astype("float32")
-
-    def fresh():
-        return ml.kernelnet_movielens(n_users=5, hidden=(3,), seed=0)
-
-    def loss_fn(m):
-        return ml.masked_squared_error(x, np.ones_like(x), m(x, training=True))
-
-    def weights(model):
-        return np.concatenate([w.reshape(-1) for w in model.get_weights()])
-
-    split, whole, restarted = fresh(), fresh(), fresh()
-    run = adam_steps(split, loss_fn, learning_rate=0.05)
+    split, whole, restarted = _small_autoencoder(), _small_autoencoder(), _small_autoencoder()
+    run = adam_steps(split, _ratings_loss, learning_rate=0.05)
     run(3), run(3)
-    adam_steps(whole, loss_fn, learning_rate=0.05)(6)
-    fit_adam(restarted, loss_fn, steps=3, learning_rate=0.05), fit_adam(restarted, loss_fn, steps=3, learning_rate=0.05)
-    np.testing.assert_allclose(weights(split), weights(whole), rtol=1e-5, atol=1e-6)
-    assert np.max(np.abs(weights(restarted) - weights(whole))) > 1e-3
+    adam_steps(whole, _ratings_loss, learning_rate=0.05)(6)
+    for _ in range(2):
+        fit_adam(restarted, _ratings_loss, steps=3, learning_rate=0.05)
+    np.testing.assert_allclose(_flat_weights(split), _flat_weights(whole), rtol=1e-5, atol=1e-6)
+    assert np.max(np.abs(_flat_weights(restarted) - _flat_weights(whole))) > 1e-3
 
 
 def test_adam_steps_names_bad_arguments():
-    model = ml.kernelnet_movielens(n_users=5, hidden=(3,), seed=0)
+    model = _small_autoencoder()
     with pytest.raises(ValueError, match="learning_rate"):
         adam_steps(model, lambda m: 0.0, learning_rate=0)
     with pytest.raises(ValueError, match="steps"):
@@ -107,7 +145,7 @@ def test_adam_steps_names_bad_arguments():
 def test_lbfgs_callback_sees_current_iterate():
     """The callback runs once every `every` iterations, the model holding the iterate whose objective (the data
     term plus the model's regularisation losses) it is given: what a checkpoint or an evaluation there sees."""
-    model = ml.kernelnet_movielens(n_users=5, hidden=(3,), seed=0)
+    model = _small_autoencoder()
     x = np.ones((4, 5), np.float32) * 3
 
     def loss_fn(m):
@@ -122,6 +160,35 @@ def test_lbfgs_callback_sees_current_iterate():
     assert model.losses  # the objective has a regularisation term
     fit_lbfgs(model, loss_fn, maxiter=6, every=2, callback=callback)
     assert seen == [2, 4, 6]
+
+
+def test_lbfgs_leaves_a_variable_the_loss_ignores_where_it_was():
+    """A variable without a gradient (None from the tape) has gradient 0: L-BFGS-B moves only what the loss uses."""
+    layer = KernelDense(3, dim=2)
+    layer.build((None, 4))
+    before = layer.input_locations.numpy().copy()
+    fit_lbfgs(layer, lambda lay: keras.ops.sum(keras.ops.square(lay.alpha - 2.0)), maxiter=20)
+    np.testing.assert_array_equal(layer.input_locations.numpy(), before)
+    np.testing.assert_allclose(layer.alpha.numpy(), 2.0, atol=1e-4)
+
+
+def test_lbfgs_hands_maxcor_to_scipy():
+    """The curvature memory changes the iterates: 6 iterations with maxcor 1 end elsewhere than with the default 10."""
+    ends = []
+    for maxcor in (1, 10):
+        model = _small_autoencoder()
+        fit_lbfgs(model, _ratings_loss, maxiter=6, maxcor=maxcor)
+        ends.append(_flat_weights(model))
+    assert np.max(np.abs(ends[0] - ends[1])) > 1e-4
+
+
+def test_lbfgs_restart_rounds_run_exactly_maxiter_iterations():
+    """maxiter 5 in rounds of 2: rounds of 2, 2 and 1 iterations (ceil(5 / 2) rounds, the last one shorter), the
+    callback after each with the iterations so far."""
+    seen = []
+    result = fit_lbfgs(_small_autoencoder(), _ratings_loss, maxiter=5, every=2, restart=True,
+                       callback=lambda step, loss: seen.append(step))
+    assert seen == [2, 4, 5] and result.nit == 5
 
 
 def test_mnist_prior_fixes_locations_learned_trains_them():
@@ -209,6 +276,52 @@ def test_spread_of_separated_and_collapsed_points():
         embedding.spread(apart, np.zeros(100))
 
 
+def test_latent_walk_decodes_a_narrow_bump_on_one_unit():
+    """A bump exp(-gamma ||v - c||^2) centred on grid unit j with the layer's gamma 400 (neighbours 1/3 apart: e^-44)
+    is one-hot; Eq. 9 with eta 0.5 leaves 1 - (0.5 + 0.5 / 16) = 15/32 on unit j, then the softmax reads it."""
+    model = embedding.kernelnet_embedding("classifier", encoder=(8,), grid_side=4, decoder=(), gamma=400.0, seed=0)
+    grid = model.get_layer(embedding.KERNEL_LAYER).output_locations.numpy()
+    kernel, bias = model.get_layer("softmax").get_weights()
+    logits = 15 / 32 * kernel[5] + bias
+    np.testing.assert_allclose(embedding.latent_walk(model, grid[5:6])[0], np.exp(logits) / np.exp(logits).sum(),
+                               rtol=1e-5)
+
+
+def test_spread_between_weighs_every_class_mean_alike():
+    """"between" is the RMS distance of the class means to their mean: 90 points of one class at (0.2, 0.2) and 10
+    of another at (0.8, 0.8) give 0.3 sqrt(2), as equal classes would (not the distance to the points' mean)."""
+    labels = np.repeat([0, 1], [90, 10])
+    points = np.where(labels[:, None] == 0, [0.2, 0.2], [0.8, 0.8])
+    assert embedding.spread(points, labels)["between"] == pytest.approx(0.3 * np.sqrt(2))
+
+
+def test_common_share_is_one_for_identical_images():
+    """Images with the same kernel-layer landscape share all of its variation over the grid: common share 1."""
+    model = embedding.kernelnet_embedding("classifier", encoder=(16,), grid_side=4, decoder=(), seed=0)
+    image = np.random.default_rng(0).integers(0, 256, (1, 28, 28)).astype("float32")
+    assert embedding.common_share(model, np.repeat(image, 5, axis=0)) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_autoencoder_centres_its_kernel_layer_and_the_classifier_does_not():
+    """center=None: on for the autoencoder (its embedding collapses without: the card), off for the classifier (its
+    shipped weights); the centred kernel layer has no bias (the centring removes any offset)."""
+    for objective, centred in (("autoencoder", True), ("classifier", False)):
+        model = embedding.kernelnet_embedding(objective, encoder=(8,), grid_side=3, decoder=(), seed=0)
+        names = [layer.name for layer in model.layers]
+        assert (embedding.CENTER_LAYER in names) == centred, objective
+        assert model.get_layer(embedding.KERNEL_LAYER).use_bias == (not centred), objective
+
+
+def test_pixel_losses_compare_with_pixels_over_255():
+    """The reconstruction is in [0, 1], the target raw 0-255 pixels: an exact reconstruction has error 0, a uniform
+    0.5 an error of 0.25 on black and white pixels."""
+    pixels = np.array([[[0.0, 255.0], [255.0, 0.0]]], np.float32)
+    assert float(embedding.pixel_squared_error(pixels, pixels / 255.0)[0]) == pytest.approx(0.0, abs=1e-7)
+    assert float(embedding.pixel_squared_error(pixels, np.full_like(pixels, 0.5))[0]) == pytest.approx(0.25)
+    half = float(np.mean(embedding.pixel_crossentropy(pixels, np.full_like(pixels, 0.5))))
+    assert half == pytest.approx(np.log(2.0), rel=1e-5)  # -log 0.5 per pixel
+
+
 @pytest.mark.parametrize("call, argument", [
     (lambda: ml.kernelnet_movielens(n_users=0), "n_users"),
     (lambda: ml.kernelnet_movielens(variant="dense"), "variant"),
@@ -234,6 +347,7 @@ def test_spread_of_separated_and_collapsed_points():
     (lambda: fit_lbfgs(None, None, maxcor=2.5), "maxcor"),
     (lambda: fit_lbfgs(None, None, callback=print), "every"),  # a callback never called
     (lambda: fit_adam(None, None, steps=0), "steps"),
+    (lambda: ml.average_models([ml.kernelnet_movielens(n_users=5, hidden=(3,))]), "models"),  # one is no ensemble
 ])
 def test_bad_arguments(call, argument):
     with pytest.raises(ValueError, match=argument):
@@ -319,21 +433,13 @@ def test_a_kill_between_saving_the_best_model_and_the_state_keeps_the_states_bes
 def test_lbfgs_restart_rounds_drop_the_memory_and_stop_on_request():
     """lbfgs_restart: rounds of `every` iterations, each a fresh L-BFGS-B (kernelNet's public code): one
     round of 4 equals a plain 4-iteration run, two rounds of 2 do not; StopIteration ends the rounds."""
-    x = np.random.default_rng(0).uniform(1, 5, size=(6, 5)).astype("float32")
-
-    def fresh():
-        return ml.kernelnet_movielens(n_users=5, hidden=(3,), seed=0)
-
-    def loss_fn(m):
-        return ml.masked_squared_error(x, np.ones_like(x), m(x, training=True))
-
-    plain, one_round, rounds = fresh(), fresh(), fresh()
-    fit_lbfgs(plain, loss_fn, maxiter=4)
-    fit_lbfgs(one_round, loss_fn, maxiter=4, every=4, restart=True)
+    plain, one_round, rounds = _small_autoencoder(), _small_autoencoder(), _small_autoencoder()
+    fit_lbfgs(plain, _ratings_loss, maxiter=4)
+    fit_lbfgs(one_round, _ratings_loss, maxiter=4, every=4, restart=True)
     seen = []
-    result = fit_lbfgs(rounds, loss_fn, maxiter=4, every=2, restart=True,
+    result = fit_lbfgs(rounds, _ratings_loss, maxiter=4, every=2, restart=True,
                        callback=lambda step, loss: seen.append((step, loss)))
-    weights = [np.concatenate([np.ravel(w) for w in m.get_weights()]) for m in (plain, one_round, rounds)]
+    weights = [_flat_weights(m) for m in (plain, one_round, rounds)]
     np.testing.assert_allclose(weights[1], weights[0], rtol=1e-6)
     assert not np.allclose(weights[2], weights[0])
     assert [step for step, _ in seen] == [2, 4] and seen[1][1] < seen[0][1] and result.nit == 4
@@ -343,10 +449,10 @@ def test_lbfgs_restart_rounds_drop_the_memory_and_stop_on_request():
         raise StopIteration
 
     seen.clear()
-    fit_lbfgs(fresh(), loss_fn, maxiter=10, every=2, restart=True, callback=stop)
+    fit_lbfgs(_small_autoencoder(), _ratings_loss, maxiter=10, every=2, restart=True, callback=stop)
     assert seen == [2]
     with pytest.raises(ValueError, match="every"):
-        fit_lbfgs(fresh(), loss_fn, maxiter=4, restart=True)
+        fit_lbfgs(_small_autoencoder(), _ratings_loss, maxiter=4, restart=True)
 
 
 def _quadratic(model, target=1.0, gradient_sign=1.0):
@@ -362,7 +468,7 @@ def _quadratic(model, target=1.0, gradient_sign=1.0):
 
 
 def test_lbfgs_restart_rounds_use_the_given_objective():
-    model = ml.kernelnet_movielens(n_users=5, hidden=(3,), seed=0)
+    model = _small_autoencoder()
     calls = []
     quadratic = _quadratic(model)
 
@@ -379,7 +485,7 @@ def test_lbfgs_warns_of_an_abnormal_stop_and_refuses_a_non_finite_loss(restart):
     """scipy's abnormal stop (its line search found no lower loss) is a warning naming scipy's message, the model
     on the last iterate scipy accepted; a non-finite loss is an error. Convergence, the iteration limit and a
     callback's StopIteration end quietly."""
-    model = ml.kernelnet_movielens(n_users=5, hidden=(3,), seed=0)
+    model = _small_autoencoder()
     start = model.get_weights()
     with pytest.warns(RuntimeWarning, match="ABNORMAL"):
         fit_lbfgs(model, None, maxiter=5, every=5, restart=restart, objective=_quadratic(model, gradient_sign=-1.0))

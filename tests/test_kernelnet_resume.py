@@ -2,6 +2,7 @@
 not reopened, nor reused with other settings (planted 40 x 30 ratings, a few L-BFGS-B or Adam epochs)."""
 import shutil
 
+import keras
 import numpy as np
 import pytest
 
@@ -86,6 +87,25 @@ def test_an_ensemble_folder_is_not_reused_unasked_or_with_other_settings(ensembl
         _train(older, ENSEMBLE, overrides=dict(OVERRIDES, lambda_2=50.0), resume=True)
 
 
+def test_ensemble_members_stop_patience_epochs_after_their_best_and_refit_for_that_many(ensemble):
+    """Each member's selection stops `patience` checks after its best epoch (not one later), and its refit trains
+    the selected number of epochs on every training rating, no more."""
+    out, _ = ensemble
+    for member in ("member-0", "member-1"):
+        state = training.read_state(str(out / member))
+        rows = training.read_log(str(out / member / training.LOG_FILE))
+        assert state["stopped"] and len(rows) == state["best"]["epoch"] + ENSEMBLE["patience"], member
+        assert len(training.read_log(str(out / member / "refit" / training.LOG_FILE))) == state["best"]["epoch"]
+
+
+def test_ensemble_members_start_from_different_weights(ensemble):
+    """Member m is initialised with seed + 10000 m: members of one seed would be one model trained twice."""
+    out, _ = ensemble
+    first, second = (keras.models.load_model(out / member / training.CHECKPOINTS / kernelnet_recipe.INITIAL_CHECKPOINT,
+                                             compile=False) for member in ("member-0", "member-1"))
+    assert not np.allclose(_weights(first), _weights(second))
+
+
 def test_a_run_stopped_by_patience_is_not_reopened_by_resume(tmp_path):
     out = tmp_path / "run"
     first = _train(out, EARLY_STOPPING)
@@ -137,6 +157,7 @@ def test_a_diverged_run_fails_at_once_naming_the_epoch(tmp_path):
 @pytest.mark.parametrize("change, argument", [({"val_fraction": 1.5}, "val_fraction"),
                                               ({"val_fraction": -0.1}, "val_fraction"),
                                               ({"val_fraction": 1e-4}, "val_fraction"),  # holds out none
+                                              ({"val_fraction": 1.0}, "val_fraction"),  # leaves none to fit
                                               ({"patience": -3}, "patience"), ({"patience": 0}, "patience")])
 def test_bad_hyperparameters_are_refused_by_name_before_the_run_folder(tmp_path, change, argument):
     out = tmp_path / "run"

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 import kernelzoo  # noqa: F401
-from kernelzoo.zoo.simnet.preprocessing import BrightnessContrastNormalization, PatchWhitening, fit_zca
+from kernelzoo.zoo.simnet.preprocessing import (BrightnessContrastNormalization, PatchWhitening, fit_zca,
+                                                sample_patch_rows)
 
 
 def _inverse_sqrt(cov, eps=0.0):
@@ -58,6 +59,43 @@ def test_brightness_contrast_normalization():
     out = keras.ops.convert_to_numpy(BrightnessContrastNormalization(eps=1e-3)(images))
     np.testing.assert_allclose(out.mean(axis=(1, 2, 3)), 0.0, atol=1e-4)
     np.testing.assert_allclose(out.std(axis=(1, 2, 3)), 1.0, atol=1e-3)
+
+
+def test_brightness_contrast_normalization_pools_the_channels_and_adds_eps():
+    """One mean and one variance per image over height, width and channels (its colour offsets survive), eps added
+    to the variance: out = (x - mean(x)) / sqrt(var(x) + eps), here with eps = 10 of a variance of ~70."""
+    rng = np.random.default_rng(5)
+    images = (rng.uniform(0, 4, (2, 5, 5, 3)) + np.array([0.0, 10.0, 20.0])).astype("float32")
+    out = keras.ops.convert_to_numpy(BrightnessContrastNormalization(eps=10.0)(images))
+    flat = images.reshape(2, -1).astype("float64")
+    expected = (flat - flat.mean(1, keepdims=True)) / np.sqrt(flat.var(1, keepdims=True) + 10.0)
+    np.testing.assert_allclose(out.reshape(2, -1), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_fit_zca_adds_eps_to_the_eigenvalues():
+    """W = V (D + eps)^(-1/2) V^T, so W (C + eps I) W = I for the rows' covariance C."""
+    rng = np.random.default_rng(6)
+    rows = rng.standard_normal((500, 4)) @ rng.standard_normal((4, 4))
+    _, zca = fit_zca(rows, eps=0.5)
+    cov = np.cov(rows, rowvar=False)
+    np.testing.assert_allclose(zca @ (cov + 0.5 * np.eye(4)) @ zca, np.eye(4), atol=1e-4)
+
+
+def test_fit_zca_refuses_eps_0_on_a_singular_covariance():
+    """Rows in a plane of R^3: no variance along its normal, no inverse square root there without eps."""
+    rows = np.random.default_rng(7).standard_normal((100, 2)) @ np.array([[1.0, 2.0, 3.0], [0.0, 1.0, -1.0]])
+    with pytest.raises(ValueError, match="`eps`=0 with a singular patch covariance"):
+        fit_zca(rows, 0.0)
+
+
+def test_fewer_patches_than_images_still_gives_the_patches_asked_for():
+    """max_patches below the number of images: at least one patch of each image, then max_patches of those
+    (rounding the per-image share down took none)."""
+    images = np.random.default_rng(8).uniform(0, 255, (10, 4, 4, 2)).astype("float32")
+    rows = sample_patch_rows(lambda batch: batch, images, 4, 3, np.random.default_rng(0))
+    assert rows.shape == (4, 2)
+    pixels = images.reshape(-1, 2)
+    assert all((pixels == row).all(axis=1).any() for row in rows)  # each row is one of the images' pixels
 
 
 def test_fitted_whitening_survives_save_and_load(tmp_path):

@@ -31,6 +31,14 @@ def test_learned_parameters_match_the_papers_size_statements():
         figures.learned_parameters("resnet", 10)
 
 
+def test_build_kind_gives_each_curve_its_lp_order():
+    """simnet_wl1 is the weighted l1 SimNet, simnet_wl2 the weighted l2 one: the same parameter count, so only
+    their similarity tells the two curves apart."""
+    for kind, similarity in (("simnet_wl1", "l1"), ("simnet_wl2", "l2")):
+        layer = models.build_kind(kind, 3).get_layer("similarity")
+        assert (layer.similarity, layer.weighted, layer.filters) == (similarity, True, 3)
+
+
 def _run_folder(path, accuracy):
     model = models.coates_baseline(n=2, input_shape=(10, 10, 3))
     os.makedirs(path)

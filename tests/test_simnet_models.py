@@ -71,12 +71,39 @@ def test_simnet_computes_the_patch_labeling_rule():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(model(x)), expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("p", [1, 2])
+def test_simnet_p_is_the_order_of_its_similarity(p):
+    """Unweighted and without whitening, channel l of the similarity map is -sum |x - z_l|^p over the patch
+    (paper 000 Eq. 3: the lp similarity of the p asked for)."""
+    model = models.simnet_patch_labeling(n=2, p=p, weighted=False, input_shape=(4, 4, 3), patch_size=4,
+                                         whitening=False, offset_regions=1)
+    x = _images(1, 4) / 255.0
+    similarity = keras.Model(model.inputs[0], model.get_layer("similarity").output)
+    s = keras.ops.convert_to_numpy(similarity(x))[0, 0, 0]
+    templates = model.get_layer("similarity").templates.numpy()  # (4, 4, 3, 2)
+    expected = -(np.abs(x[0, ..., None] - templates) ** p).sum(axis=(0, 1, 2))
+    np.testing.assert_allclose(s, expected, rtol=1e-4)
+
+
 def test_unsupervised_init_gives_equal_logits_per_class():
     model = models.simnet_patch_labeling(n=4, p=1, input_shape=(10, 10, 3), patch_size=3)
     init.unsupervised_init(model, _images(20), num_patches=600, iterations=3)
     logits = keras.ops.convert_to_numpy(model(_images(3, seed=1)))
     np.testing.assert_allclose(logits, logits[:, :1] * np.ones((1, 10)), rtol=1e-5)
     assert model.get_layer("patch_whitening").fitted
+
+
+def test_unsupervised_init_sets_the_coates_centroids_to_kmeans_centres():
+    """Coates et al.'s centroids are k-means centres of the whitened patches (here all 768 of them): each is the
+    mean of the patches nearest to it, a fixed point of Lloyd's iteration, not the random initialisation."""
+    model = models.coates_baseline(n=3, input_shape=(10, 10, 3), patch_size=3)
+    images = _images(12)
+    init.unsupervised_init(model, images, kmeans_iterations=50)
+    white = keras.Model(model.inputs[0], model.get_layer("patch_whitening").output)
+    rows = keras.ops.convert_to_numpy(white(images)).reshape(-1, 27)
+    centroids = model.get_layer("triangle_coding").centroids.numpy().T  # (3, 27)
+    nearest = np.argmin(((rows[:, None] - centroids[None]) ** 2).sum(-1), axis=1)
+    np.testing.assert_allclose(centroids, [rows[nearest == k].mean(0) for k in range(3)], atol=1e-3)
 
 
 @pytest.mark.parametrize("builder", [models.simnet_patch_labeling, models.convnet_baseline, models.coates_baseline])
@@ -163,6 +190,20 @@ def test_quadrant_pooling_by_window_equals_the_slices(mode, size, grid):
     assert models.QuadrantPooling.from_config(layer.get_config()).implementation == "slices"
 
 
+def test_quadrant_pooling_refuses_a_map_smaller_than_its_grid():
+    """A 1-row map has no second row of regions (both would be row 0): an error naming the grid."""
+    with pytest.raises(ValueError, match="grid"):
+        models.QuadrantPooling((2, 2))(np.zeros((1, 1, 5, 3), "float32"))
+
+
+def test_convnet_takes_the_max_of_each_quadrant_of_its_feature_maps():
+    """Fig. 3b: max pooling of the ReLU convolution maps over their four quadrants (8x8 maps: 4x4 each)."""
+    model = models.convnet_baseline(n=3, input_shape=(10, 10, 3), patch_size=3, dropout=0.0)
+    feed = keras.Model(model.inputs[0], [model.get_layer("conv").output, model.get_layer("pool").output])
+    conv, pooled = (keras.ops.convert_to_numpy(t) for t in feed(_images(2)))
+    np.testing.assert_allclose(pooled, conv.reshape(2, 2, 4, 2, 4, 3).max(axis=(2, 4)), rtol=1e-6)
+
+
 def test_quadrant_pooling_and_triangle_coding():
     assert models.QuadrantPooling._bounds(27, 2) == [(0, 14), (14, 27)]
     x = np.arange(2 * 5 * 5 * 1, dtype="float32").reshape(2, 5, 5, 1)
@@ -208,6 +249,7 @@ def test_augmentation_mirrors_raw_images_in_training_only(tmp_path, builder, fir
 @pytest.mark.parametrize("kwargs, name", [
     ({"n": 0}, "`n`"), ({"p": 3}, "`p`"), ({"xi1": float("nan")}, "`xi1`"), ({"input_shape": (32, 32)}, "input_shape"),
     ({"weight_decay": -1}, "weight_decay"), ({"offset_regions": (30, 2)}, "offset_regions"),
+    ({"offset_regions": (2, 30)}, "offset_regions"),
     ({"patch_size": 40}, "patch_size"), ({"num_classes": 1.5}, "num_classes"),
     ({"position_pooling": "max"}, "position_pooling"), ({"zca_eps": -0.1}, "zca_eps"),
     ({"augment_flip": "yes"}, "augment_flip"), ({"augment_shift": -1}, "augment_shift"),
@@ -254,15 +296,21 @@ def test_coates_recipe_fits_an_svm_on_frozen_standardised_features(tiny_runs):
     assert [row["l2"] for row in result["history"][:-1]] == [1.0, 0.1, 0.01][:len(result["history"]) - 1]
 
 
-def test_tune_weight_decay_checks_its_values_and_gives_each_its_own_folder(tmp_path):
-    """--tune-weight-decay: numbers >= 0, each once (errors name the option); one held-out run per value in
-    tune/wd=VALUE, named by :g where that reads back as the same float, else by repr (1e-7 and 1.0000001e-7 apart)."""
+def _wl2_recipe_on_stripes():
+    """(preset, recipe, data) of the recipe tests: the weighted l2 SimNet's preset and recipe, 20 synthetic
+    stripe images of 3 classes."""
     from kernelzoo.zoo.data.synthetic import stripes
     from kernelzoo.zoo.recipe import Data
 
     preset = registry.info("simnet_cifar10_wl2_n400")
-    recipe = registry.recipe(preset)
     data = Data(train=stripes(20), test=None, source="stripes", class_names=("h", "v", "flat"))
+    return preset, registry.recipe(preset), data
+
+
+def test_tune_weight_decay_checks_its_values_and_gives_each_its_own_folder(tmp_path):
+    """--tune-weight-decay: numbers >= 0, each once (errors name the option); one held-out run per value in
+    tune/wd=VALUE, named by :g where that reads back as the same float, else by repr (1e-7 and 1.0000001e-7 apart)."""
+    preset, recipe, data = _wl2_recipe_on_stripes()
     folders = []
 
     def train_run(preset, data, folder, hp=None, **kwargs):  # the held-out runs score their weight decay
@@ -288,6 +336,14 @@ def test_init_images_must_be_positive():
     data = types.SimpleNamespace(train=(_images(4), np.arange(4) % 2))
     with pytest.raises(ValueError, match="init_images"):
         initialise_from_images(models.coates_baseline(n=2, input_shape=(10, 10, 3)), data, 0)
+
+
+def test_initialise_from_images_takes_at_most_the_training_set():
+    """--init-images above the number of training images (the recipe's 5000 on a small set) uses them all."""
+    from kernelzoo.zoo.simnet.recipe import initialise_from_images
+    data = types.SimpleNamespace(train=(_images(4), np.arange(4) % 2))
+    report = initialise_from_images(models.coates_baseline(n=2, input_shape=(10, 10, 3), patch_size=3), data, 5000)
+    assert report == {"patch_whitening": "zca", "triangle_coding": "kmeans", "features": "standardize"}
 
 
 @pytest.mark.parametrize("argument", ["kmeans_patches", "kmeans_iterations"])
@@ -333,27 +389,43 @@ def test_a_mixed_bfloat16_run_saves_a_float32_model(preset, tmp_path, monkeypatc
 def test_weight_decay_is_the_recipes_never_a_builder_override():
     """A `weight_decay=` override beat --weight-decay, every --tune-weight-decay value and adamw's decoupled decay
     (the model got the override's L2 term on top)."""
-    from kernelzoo.zoo.data.synthetic import stripes
-    from kernelzoo.zoo.recipe import Data
-
-    preset = registry.info("simnet_cifar10_wl2_n400")
-    recipe = registry.recipe(preset)
-    data = Data(train=stripes(20), test=None, source="stripes", class_names=("h", "v", "flat"))
+    preset, recipe, data = _wl2_recipe_on_stripes()
     for optimizer in ("sgd", "adamw"):
         hp = recipe.hyperparameters(preset, weight_decay=1e-6, optimizer=optimizer)
         with pytest.raises(ValueError, match="`weight_decay`.*--weight-decay"):
             recipe.build(preset, data, {"n": 2, "patch_size": 3, "weight_decay": 1e-3}, hp)
 
 
+def test_adamw_decays_only_the_similarity_weights_and_offsets():
+    """--optimizer adamw: its decoupled decay is all the decay (the model gets no L2 term) and shrinks what the
+    paper decays, similarity weights and offsets, never the templates: with zero gradients a step scales exactly
+    those by 1 - lr * weight_decay."""
+    preset, recipe, data = _wl2_recipe_on_stripes()
+    hp = recipe.hyperparameters(preset, weight_decay=0.5, optimizer="adamw")
+    model = recipe.build(preset, data, {"n": 2, "patch_size": 3}, hp)
+    assert not model.losses
+    variables = model.trainable_variables
+    assert sorted(v.name for v in variables) == ["offsets", "templates", "weights"]
+    before = [v.numpy().copy() for v in variables]
+    recipe.optimizer("adamw", 0.1, hp, model).apply([keras.ops.zeros_like(v) for v in variables], variables)
+    for variable, value in zip(variables, before):
+        np.testing.assert_allclose(variable.numpy(), (1.0 if variable.name == "templates" else 0.95) * value, rtol=1e-6)
+
+
+def test_no_init_fits_the_whitening_but_keeps_the_random_templates():
+    """--no-init (paper Sec. 6.3 ablation): the whitening is fitted, the similarity keeps its random templates."""
+    preset, recipe, data = _wl2_recipe_on_stripes()
+    model = recipe.build(preset, data, {"n": 2, "patch_size": 3})
+    templates = model.get_layer("similarity").templates.numpy().copy()
+    report = recipe.initialise(model, data, recipe.hyperparameters(preset), recipe.options(no_init=True))
+    assert report == {"patch_whitening": "zca"} and model.get_layer("patch_whitening").fitted
+    np.testing.assert_array_equal(model.get_layer("similarity").templates.numpy(), templates)
+
+
 def test_validate_only_refuses_tune_weight_decay():
     """--validate-only ran one held-out run at the recipe's decay whatever --tune-weight-decay listed."""
-    from kernelzoo.zoo.data.synthetic import stripes
-    from kernelzoo.zoo.recipe import Data
-
-    preset = registry.info("simnet_cifar10_wl2_n400")
-    recipe = registry.recipe(preset)
+    preset, recipe, data = _wl2_recipe_on_stripes()
     recipe.train_run = lambda *args, **kwargs: {"history": [{"val_accuracy": 0.5}], "metrics": {}}
-    data = Data(train=stripes(20), test=None, source="stripes", class_names=("h", "v", "flat"))
     options = recipe.options(validate_only=True, tune_weight_decay="1e-7,1e-6")
     with pytest.raises(ValueError, match="--tune-weight-decay.*--validate-only"):
         recipe.train(preset, data, "unused", hp=recipe.hyperparameters(preset, holdout=5), options=options, verbose=0)
