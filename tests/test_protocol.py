@@ -265,6 +265,38 @@ def test_eval_finds_the_config_of_a_checkpoint_and_refuses_other_class_counts(tm
     evaluation.check_classes(model, two, registry.info("kernelnet_movielens_100k"))  # not a classifier: no check
 
 
+def test_eval_names_the_preset_of_a_run_folder_and_none_for_a_run_that_trained_no_preset(tmp_path):
+    """A run folder's config.json names its preset; a fine-tune run's names none: no preset, not an error."""
+    from kernelzoo.zoo import evaluation
+    os.makedirs(tmp_path / "run")
+    path = str(tmp_path / "run" / "model.keras")
+    for config, expected in (({"preset": "convnet_cifar10"}, "convnet_cifar10"), ({"dataset": "folder"}, None)):
+        with open(tmp_path / "run" / "config.json", "w", encoding="utf-8") as handle:
+            json.dump(config, handle)
+        assert getattr(evaluation.preset_of(path), "name", None) == expected, config
+
+
+def test_eval_reads_a_run_folders_settings_only_for_its_own_preset(tmp_path):
+    """The seed, options and dataset in config.json are those of the run's preset: measured as another preset
+    (--preset), the file is measured with that preset's own settings."""
+    from kernelzoo.zoo import evaluation, registry
+    os.makedirs(tmp_path / "run")
+    path = str(tmp_path / "run" / "model.keras")
+    keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]).save(path)
+    config = {"preset": "kernelnet_mnist_learned", "seed": 3}
+    with open(tmp_path / "run" / "config.json", "w", encoding="utf-8") as handle:
+        json.dump(config, handle)
+    assert evaluation._load(path, None)[1:3] == (registry.info("kernelnet_mnist_learned"), config)
+    assert evaluation._load(path, "kernelnet_mnist_prior")[2] == {}
+
+
+def test_eval_of_a_zoo_name_refuses_another_preset():
+    """A zoo name is measured with its own preset: another --preset is refused before anything loads."""
+    from kernelzoo.zoo import evaluation
+    with pytest.raises(ValueError, match="'kernelnet_mnist_learned' is not the preset of the zoo model"):
+        evaluation.measure("kernelnet_mnist_prior", "/no/such/data", preset="kernelnet_mnist_learned")
+
+
 def test_eval_warns_of_the_test_split_of_a_validate_only_run_only(recwarn):
     from kernelzoo.zoo import evaluation
     run = {"options": {"validate_only": True}}

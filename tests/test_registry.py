@@ -41,6 +41,25 @@ def test_create_builds_fresh_models_with_overrides():
     assert create("kernelnet_mnist_prior", grids=(1, 1), grid_sides=(4, 3)).output_shape == (None, 10)
 
 
+def test_create_overrides_win_over_the_presets_own_config():
+    """An override of a key the preset's config sets is the one the builder gets (943 users -> 20)."""
+    assert create("kernelnet_movielens_100k", n_users=20, hidden=(8,)).output_shape == (None, 20)
+
+
+def test_load_of_a_preset_without_weights_names_it():
+    """A known name with no shipped weights is a ValueError saying so, not a TypeError from a None path."""
+    name = list_models(pretrained=False)[0]
+    with pytest.raises(ValueError, match=f"name='{name}' has no pretrained weights"):
+        load(name)
+
+
+def test_a_preset_name_defined_twice_is_refused(monkeypatch):
+    """Two presets of one name (here a family listed twice) fail when the registry is built, not shadow each other."""
+    monkeypatch.setattr(registry, "FAMILIES", ("sc", "sc"))
+    with pytest.raises(RuntimeError, match="is defined twice"):
+        registry._presets.__wrapped__()
+
+
 def test_shipped_weights_stay_within_the_size_budget_and_are_deflated():
     sizes = shipping.shipped_sizes()
     assert sorted(sizes) == sorted(SHIPPED)
@@ -171,13 +190,24 @@ def _preset(**changes):
     ({"task": "detection"}, "task"), ({"class_names": ("one",)}, "class_names"), ({"card": "toy.txt"}, "card"),
     ({"weights": "toy.keras"}, "sha256"), ({"weights": "toy.keras", "sha256": "xyz"}, "sha256"),
     ({"measured": Figure(0.5)}, "measured"), ({"inputs": (8, 8, 3)}, "inputs"),
-    ({"task": "rating_prediction"}, "class_names")])
+    ({"task": "rating_prediction"}, "class_names"), ({"weights": "toy.keras", "sha256": "A" * 64}, "sha256")])
 def test_presets_validate_and_name_the_bad_field(changes, field):
     with pytest.raises(PresetError, match=f"`{field}`"):
         _preset(**changes)
     with pytest.raises(PresetError, match="`dtype`"):
         InputSpec((8, 8), "int8")
     assert _preset().config == {} and _preset().metric == "accuracy"
+
+
+def test_input_and_dataset_specs_refuse_empty_fields():
+    """A shape axis of 0 (or no axis) is no input a model can take, and an empty dataset name or split names no data:
+    refused when the preset is written."""
+    for shape in ((8, 0, 3), (), (8, True)):
+        with pytest.raises(PresetError, match="`shape`"):
+            InputSpec(shape)
+    for field in ("name", "local", "split"):
+        with pytest.raises(PresetError, match=f"`{field}`"):
+            DatasetSpec(**{"name": "cifar10", "local": "DATA/cifar10", field: ""})
 
 
 def _run(command, argv):

@@ -121,3 +121,28 @@ def test_ship_refuses_another_presets_run_and_a_model_of_other_classes(trained, 
     with pytest.raises(ValueError, match="scores 3 classes, 'kernelnet_mnist_prior' has 10"):
         shipping.ship(three, NAME, target=str(tmp_path / "x.keras"))
     assert not os.path.exists(tmp_path / "x.keras")
+
+
+def test_a_shipped_file_missing_weights_is_refused():
+    """A written file that holds only some of the model's weights (each of them equal) is refused, not shipped."""
+    def dense(*units):
+        model = keras.Sequential([keras.Input((3,))] + [keras.layers.Dense(n, name=f"d{n}") for n in units], name="m")
+        for variable in model.weights:
+            variable.assign(np.ones(variable.shape))
+        return model
+
+    shipping._check_same_weights(dense(2, 4), dense(2, 4), "run")
+    with pytest.raises(RuntimeError, match="the file written from run does not hold its weights"):
+        shipping._check_same_weights(dense(2, 4), dense(2), "run")
+
+
+def test_the_budget_allows_files_and_a_total_of_exactly_its_limits():
+    """At most MAX_FILE_BYTES a file and MAX_TOTAL_BYTES in all (the module docstring): the limits pass, a byte more
+    is refused, naming the file or the total."""
+    limit, total = shipping.MAX_FILE_BYTES, shipping.MAX_TOTAL_BYTES
+    full = {"a": limit, "b": limit, "c": total - 2 * limit}  # 16 + 16 + 16 MiB
+    assert shipping.check_budget(full) == total
+    with pytest.raises(ValueError, match="a: .* MiB a file"):
+        shipping.check_budget({"a": limit + 1})
+    with pytest.raises(ValueError, match="would total"):
+        shipping.check_budget({**full, "d": 1})

@@ -11,7 +11,7 @@ import pytest
 from kernelzoo import cli as main_cli
 from kernelzoo.zoo import cli, registry, training
 from kernelzoo.zoo.data.synthetic import stripes
-from kernelzoo.zoo.recipe import DEFAULTS, Data, Recipe, scaled_milestones
+from kernelzoo.zoo.recipe import DEFAULTS, Data, Recipe, scaled_milestones, seeded_subset
 from kernelzoo.zoo.simnet import init, models
 
 
@@ -74,6 +74,11 @@ def test_other_epochs_move_the_milestones_with_them():
     for epochs, new_epochs in ((0, 40), (105, 0), (105, 2.5)):
         with pytest.raises(ValueError, match="`epochs`"):
             scaled_milestones((60, 85, 100), epochs, new_epochs)
+
+
+def test_an_early_milestone_of_a_shortened_run_stays_at_epoch_1():
+    """A milestone at 5 of 100 epochs is at 0.2 of a 4-epoch run: epoch 1, not a drop before the first epoch."""
+    assert scaled_milestones((5, 50), 100, 4) == (1, 2)
 
 
 def test_other_epochs_move_the_lr_drops_in_proportion_and_the_recipes_own_epochs_not_at_all():
@@ -291,6 +296,31 @@ def test_hyperparameters_override_and_scale_the_lr():
     assert recipe.hyperparameters(linear, batch_size=256)["lr"] == linear.recipe["lr"]
     with pytest.raises(ValueError, match="no_such_option"):
         recipe.options(no_such_option=1)
+
+
+def test_a_given_lr_is_not_scaled_with_the_batch_size():
+    """lr_scaling "linear" scales the recipe's lr with another batch size; an lr given with it is used as given."""
+    import dataclasses
+    preset = registry.info("kernelnet_mnist_prior")
+    linear = dataclasses.replace(preset, recipe=dict(preset.recipe, lr_scaling="linear"))
+    assert Recipe().hyperparameters(linear, batch_size=4 * preset.recipe["batch_size"], lr=0.5)["lr"] == 0.5
+
+
+def test_a_limited_training_set_is_a_seeded_draw_kept_in_order():
+    """--limit-train N keeps N examples, each with its label, in their order; the seed picks them; more is refused."""
+    x, y = np.arange(20) * 10, np.arange(20)
+    kept_x, kept_y = seeded_subset((x, y), 6, "--limit-train", 0)
+    assert list(kept_x) == sorted(kept_x) and list(kept_x) == list(kept_y * 10) and len(set(kept_y)) == 6
+    assert list(seeded_subset((x, y), 6, "--limit-train", 1)[1]) != list(kept_y)
+    with pytest.raises(ValueError, match="--limit-train"):
+        seeded_subset((x, y), 21, "--limit-train", 0)
+
+
+def test_build_names_overrides_its_builder_does_not_take():
+    """A misspelt override is a ValueError naming it and the builder's arguments, not a TypeError from the builder."""
+    preset = registry.info("kernelnet_movielens_100k")
+    with pytest.raises(ValueError, match=r"overrides: \['hdden'\] are not arguments of .*'hidden'"):
+        Recipe().build(preset, None, {"hdden": (4,)})
 
 
 def test_optimizer_option_is_shared_and_checked_per_recipe_before_training():
