@@ -182,3 +182,24 @@ def test_eval_json_is_written_after_every_model(tmp_path, monkeypatch, capsys):
     assert cli.main(["eval", "a", "b", "--json", str(path)]) == 0
     written = json.loads(path.read_text())
     assert written["summary"]["n"] == 2 and not (tmp_path / "eval.json.tmp").exists()
+
+
+def test_eval_passes_its_options_to_measure(monkeypatch, capsys):
+    """--data-dir, --preset, --dataset, --holdout, --seed and --quiet reach the measurement; one model: its line, no
+    mean +- std."""
+    from kernelzoo.zoo import evaluation
+
+    seen = []
+
+    def fake_measure(model, data_dir, **kwargs):
+        seen.append(dict(kwargs, model=model, data_dir=data_dir))
+        return {"metric": "accuracy", "value": 0.5, "preset": "p", "data": "held-out", "examples": 40, "card": None,
+                "paper": None}
+
+    monkeypatch.setattr(evaluation, "measure", fake_measure)
+    assert cli.main(["eval", "a.keras", "--data-dir", "/my/data", "--preset", "p", "--dataset", "stripes",
+                     "--holdout", "40", "--seed", "3", "--quiet"]) == 0
+    assert seen == [{"model": "a.keras", "data_dir": "/my/data", "preset": "p", "dataset": "stripes", "holdout": 40,
+                     "seed": 3, "verbose": 0}]
+    out = capsys.readouterr().out
+    assert out.startswith("a.keras: accuracy measured") and "+-" not in out, out

@@ -362,6 +362,20 @@ def test_cli_finetune_checks_numbers_run_dir_and_head_before_loading_the_data(im
     assert _cli_finetune(monkeypatch, source, *base, "--quiet") == 2 and seen == [False]  # --quiet: no decoding bar
 
 
+def test_cli_finetune_refuses_a_negative_seed_before_loading_anything(tmp_path, monkeypatch, capsys):
+    """--seed draws the held-out and limited images: a negative one is named before the model or the data loads."""
+    finetune_cli = importlib.import_module("kernelzoo.zoo.finetune_cli")
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("loaded")
+
+    monkeypatch.setattr(finetune_cli, "load", no_load)
+    monkeypatch.setattr(importlib.import_module("kernelzoo.zoo.registry"), "load", no_load)
+    assert _cli_finetune(monkeypatch, "kernelnet_mnist_prior", "--dataset", "unused", "-o", str(tmp_path / "x.keras"),
+                         "--seed", "-1") == 2
+    assert "`--seed`" in capsys.readouterr().err
+
+
 def test_cli_finetune_limit_train_leaves_a_validation_image(image_folder, tmp_path, monkeypatch, capsys):
     """--limit-train 1 leaves no image to train on once one is held out: refused naming it (not --val-size, which
     was not given) with the default 10 % rule, before the dataset is decoded."""

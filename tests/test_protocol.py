@@ -228,6 +228,32 @@ def test_typos_and_a_seed_beside_seeds_are_refused_before_any_data_loads(tmp_pat
     assert "give the seeds with --seeds, not --seed" in capsys.readouterr().err
 
 
+def test_protocol_refuses_resume_strategy_and_splits_it_cannot_run_and_runs_the_seed_given(tmp_path, monkeypatch,
+                                                                                          capsys):
+    """--resume (a protocol always resumes), --strategy, --split beside --splits and --splits of a family without
+    splits are refused before anything runs; --seed S alone is the protocol's one seed."""
+    seen = []
+
+    def run_protocol(train_one, out, configs, settings, *args, **kwargs):
+        seen.append(list(settings))
+        raise ValueError("the protocol ran")
+
+    monkeypatch.setattr(protocol, "run_protocol", run_protocol)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = ("--out", str(tmp_path / "p"))
+    for argv, message in ((["--resume"], "--resume are not options of a protocol"),
+                          (["--strategy", "mirrored"], "--strategy and --resume are not options of a protocol"),
+                          (["--splits", "u1", "--split", "u2"], "give the splits with --splits, not --split")):
+        assert _protocol(empty, *argv, *out) == 2, argv
+        assert message in capsys.readouterr().err, argv
+    assert main_cli.main(["protocol", "convnet_cifar10", "--splits", "a", *out]) == 2
+    assert "--splits: SimNetRecipe has no --split option (use --seeds)" in capsys.readouterr().err
+    assert seen == []
+    assert _protocol(empty, "--seed", "5", *out) == 2
+    assert seen == [[("s5", None, 5)]]  # label, split, seed
+
+
 # ----------------------------------------------------------------------------- kernelzoo.zoo.evaluation's helpers
 
 

@@ -238,6 +238,13 @@ def test_cli_info_cost_names_the_flag_and_its_range(density, capsys):
         capsys.readouterr().err
 
 
+def test_cli_info_cost_zero_is_a_density_not_the_card(capsys):
+    """--cost 0 (no input pixel or rating set) counts the MACs of the layers after the first; it is not "no --cost"."""
+    assert _run("info", ["kernelnet_mnist_prior", "--cost", "0"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("kernelnet_mnist_prior params 249322 macs ") and "sha256" not in out
+
+
 def test_cost_counts_conv2d_macs_and_refuses_layers_it_cannot_count():
     """Conv2D: its non-zero kernel entries at each output position; the first counted layer scaled by the input
     density. A layer with weights it cannot count (a SimNet's Similarity) is refused, not counted as 0; a batch

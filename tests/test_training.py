@@ -496,6 +496,55 @@ def test_cli_bad_arguments(capsys):
         "n": 4, "weighted": False, "p": 1.5, "name": "x"}
 
 
+def test_cli_train_names_another_familys_option_as_its_flag(capsys):
+    """A MovieLens option given to an image preset is refused as the user typed it (--val-fraction, not
+    --val_fraction), before the data loads."""
+    assert main_cli.main(["train", "convnet_cifar10", "--val-fraction", "0.2"]) == 2
+    assert "--val-fraction is not an option of SimNetRecipe" in capsys.readouterr().err
+
+
+def test_overrides_read_none_and_refuse_a_key_that_is_not_a_name():
+    """KEY=none / KEY=null is None (a builder's "no such layer"), not the string; a KEY that is no Python name
+    would reach the builder as a keyword it cannot take: refused, naming the item."""
+    assert cli.parse_overrides(["a=none", "b=null", "c=(4,)"]) == {"a": None, "b": None, "c": (4,)}
+    for item in ("2n=3", "=3", "patch size=3"):
+        with pytest.raises(ValueError, match=re.escape(repr(item))):
+            cli.parse_overrides([item])
+
+
+def test_cli_train_passes_every_option_to_the_recipe(tmp_path, monkeypatch):
+    """What `kernelzoo train` is given reaches the recipe's load_data and train (nothing loads or trains here); with
+    no options: runs/NAME, seed 0, no resume, progress bars and TensorBoard."""
+    recipe_class = type(registry.recipe(registry.info("convnet_cifar10")))
+    seen = {}
+
+    def load_data(self, preset, data_dir, dataset, options, seed=0, verbose=1):
+        seen.update(data_dir=data_dir, dataset=dataset, load_seed=seed, load_verbose=verbose)
+        return Data(train=None, test=None, source="fake", class_names=())
+
+    def train(self, preset, data, out_dir, *, overrides, hp, seed, resume, verbose, tensorboard, max_steps_per_epoch,
+              **kwargs):
+        seen.update(out=out_dir, overrides=overrides, epochs=hp["epochs"], seed=seed, resume=resume, verbose=verbose,
+                    tensorboard=tensorboard, max_steps_per_epoch=max_steps_per_epoch)
+        return {"model_path": os.path.join(out_dir, "model.keras")}
+
+    monkeypatch.setattr(recipe_class, "load_data", load_data)
+    monkeypatch.setattr(recipe_class, "train", train)
+    monkeypatch.chdir(tmp_path)
+    out = str(tmp_path / "run")
+    assert main_cli.main(["train", "convnet_cifar10", "n=3", "dropout=none", "--data-dir", "/my/data", "--dataset",
+                          "stripes", "--out", out, "--epochs", "2", "--seed", "7", "--resume", "--quiet",
+                          "--no-tensorboard", "--max-steps-per-epoch", "3"]) == 0
+    assert seen == {"data_dir": "/my/data", "dataset": "stripes", "load_seed": 7, "load_verbose": 0, "out": out,
+                    "overrides": {"n": 3, "dropout": None}, "epochs": 2, "seed": 7, "resume": True, "verbose": 0,
+                    "tensorboard": False, "max_steps_per_epoch": 3}
+    seen.clear()
+    assert main_cli.main(["train", "convnet_cifar10"]) == 0
+    assert seen["out"] == os.path.join("runs", "convnet_cifar10") and seen["data_dir"] is None
+    defaults = {"seed": 0, "load_seed": 0, "resume": False, "verbose": 1, "tensorboard": True}
+    assert {key: seen[key] for key in defaults} == defaults
+
+
 @pytest.mark.parametrize("flag, name", [("--epochs", "epochs"), ("--batch-size", "batch_size"),
                                         ("--max-steps-per-epoch", "max_steps_per_epoch"), ("--holdout", "--holdout"),
                                         ("--limit-train", "--limit-train")])
