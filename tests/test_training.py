@@ -481,7 +481,16 @@ def test_unsupervised_init_without_similarity_keeps_random_templates():
     assert 0.8 < before.std() < 1.2      # the paper's unit-variance Gaussian templates
 
 
-def test_cli_bad_arguments(capsys):
+@pytest.fixture
+def no_data_loading(monkeypatch):
+    """Recipe.load_data fails the test: what must be refused before the data loads never reaches it (nor trains)."""
+    def load_data(*args, **kwargs):
+        raise RuntimeError("data loaded")
+
+    monkeypatch.setattr(Recipe, "load_data", load_data)
+
+
+def test_cli_bad_arguments(capsys, no_data_loading):
     with pytest.raises(ValueError, match="overrides"):
         cli.parse_overrides(["n"])
     with pytest.raises(ValueError, match="name"):
@@ -496,7 +505,7 @@ def test_cli_bad_arguments(capsys):
         "n": 4, "weighted": False, "p": 1.5, "name": "x"}
 
 
-def test_cli_train_names_another_familys_option_as_its_flag(capsys):
+def test_cli_train_names_another_familys_option_as_its_flag(capsys, no_data_loading):
     """A MovieLens option given to an image preset is refused as the user typed it (--val-fraction, not
     --val_fraction), before the data loads."""
     assert main_cli.main(["train", "convnet_cifar10", "--val-fraction", "0.2"]) == 2
@@ -548,13 +557,9 @@ def test_cli_train_passes_every_option_to_the_recipe(tmp_path, monkeypatch):
 @pytest.mark.parametrize("flag, name", [("--epochs", "epochs"), ("--batch-size", "batch_size"),
                                         ("--max-steps-per-epoch", "max_steps_per_epoch"), ("--holdout", "--holdout"),
                                         ("--limit-train", "--limit-train")])
-def test_cli_refuses_a_bad_size_before_the_data_loads(tmp_path, monkeypatch, capsys, flag, name):
+def test_cli_refuses_a_bad_size_before_the_data_loads(tmp_path, capsys, no_data_loading, flag, name):
     """Named before the data loads and before the run folder gets anything (the ConvNet baseline's recipe
     checkpoints its initialisation): the corrected command then runs in the same folder."""
-    def load_data(*args, **kwargs):
-        raise RuntimeError("data loaded")
-
-    monkeypatch.setattr(Recipe, "load_data", load_data)
     out = tmp_path / "run"
     assert main_cli.main(["train", "convnet_cifar10", "--out", str(out), flag, "0"]) == 2
     assert f"`{name}` must be a positive int, got 0" in capsys.readouterr().err
