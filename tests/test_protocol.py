@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from kernelzoo import cli as main_cli
-from kernelzoo.zoo import cli, protocol
+from kernelzoo.zoo import cli, protocol, training
 from kernelzoo.zoo.data import load_ml100k_fold
 from kernelzoo.zoo.data.synthetic import planted_ratings, write_ml100k
 from kernelzoo.zoo.kernelnet.recipe import best_checkpoint
@@ -55,7 +55,6 @@ def test_a_run_keeps_its_folder_whatever_the_other_settings_and_counts_once(tmp_
 
 
 def test_a_run_in_an_old_split_named_folder_is_reused_and_never_counted_twice(tmp_path):
-    from kernelzoo.zoo import training
 
     legacy = tmp_path / "default" / "u1"  # older versions: a fixed fold of one seed labelled by its split
     legacy.mkdir(parents=True)
@@ -142,7 +141,6 @@ def test_protocol_runs_splits_resumes_and_ensembles_without_test_ratings(tmp_pat
 
 
 def test_collect_groups_configurations_best_first(tmp_path):
-    from kernelzoo.zoo import training
 
     for config, values in (({"lambda_2": 5}, (0.95, 0.97)), ({"lambda_2": 40}, (0.90, 0.92)), ({}, (0.93,))):
         for seed, value in enumerate(values):
@@ -271,8 +269,7 @@ def test_eval_dataset_spec_and_the_dataset_a_run_names(tmp_path):
 def test_eval_finds_the_config_of_a_checkpoint_and_refuses_other_class_counts(tmp_path):
     from kernelzoo.zoo import evaluation
     os.makedirs(tmp_path / "run" / "checkpoints")
-    with open(tmp_path / "run" / "config.json", "w", encoding="utf-8") as handle:
-        json.dump({"preset": "convnet_cifar10"}, handle)
+    training.write_json(str(tmp_path / "run" / training.CONFIG_FILE), {"preset": "convnet_cifar10"})
     for path in ("run/model.keras", "run/checkpoints/epoch_1.keras"):
         assert evaluation.run_config(str(tmp_path / path)) == {"preset": "convnet_cifar10"}, path
     assert evaluation.run_config(str(tmp_path / "elsewhere" / "model.keras")) is None
@@ -297,8 +294,7 @@ def test_eval_names_the_preset_of_a_run_folder_and_none_for_a_run_that_trained_n
     os.makedirs(tmp_path / "run")
     path = str(tmp_path / "run" / "model.keras")
     for config, expected in (({"preset": "convnet_cifar10"}, "convnet_cifar10"), ({"dataset": "folder"}, None)):
-        with open(tmp_path / "run" / "config.json", "w", encoding="utf-8") as handle:
-            json.dump(config, handle)
+        training.write_json(str(tmp_path / "run" / training.CONFIG_FILE), config)
         assert getattr(evaluation.preset_of(path), "name", None) == expected, config
 
 
@@ -310,8 +306,7 @@ def test_eval_reads_a_run_folders_settings_only_for_its_own_preset(tmp_path):
     path = str(tmp_path / "run" / "model.keras")
     keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]).save(path)
     config = {"preset": "kernelnet_mnist_learned", "seed": 3}
-    with open(tmp_path / "run" / "config.json", "w", encoding="utf-8") as handle:
-        json.dump(config, handle)
+    training.write_json(str(tmp_path / "run" / training.CONFIG_FILE), config)
     assert evaluation._load(path, None)[1:3] == (registry.info("kernelnet_mnist_learned"), config)
     assert evaluation._load(path, "kernelnet_mnist_prior")[2] == {}
 
