@@ -302,6 +302,13 @@ def test_common_share_is_one_for_identical_images():
     assert embedding.common_share(model, np.repeat(image, 5, axis=0)) == pytest.approx(1.0, rel=1e-5)
 
 
+def test_common_share_is_undefined_when_no_activation_varies_over_the_grid():
+    """Black images give an untrained classifier all-zero kernel-layer activations (zero biases, ReLU): nothing
+    varies, so no share of it is common (NaN, where a floor on the denominator read 0, "each image its own")."""
+    model = embedding.kernelnet_embedding("classifier", encoder=(16,), grid_side=4, decoder=(), seed=0)
+    assert np.isnan(embedding.common_share(model, np.zeros((5, 28, 28), "float32")))
+
+
 def test_autoencoder_centres_its_kernel_layer_and_the_classifier_does_not():
     """center=None: on for the autoencoder (its embedding collapses without: the card), off for the classifier (its
     shipped weights); the centred kernel layer has no bias (the centring removes any offset)."""

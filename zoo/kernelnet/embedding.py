@@ -104,10 +104,12 @@ def common_share(model, images, batch_size=1000):
     var_j(mean_n y_nj) / mean_n var_j(y_nj) for the activations y (N, units) before Eq. 9: near 1,
     every image's landscape is the same one plus a small part of its own, so its peak, hence the
     embedding, hardly moves between images (the collapse); near 0, each image has its own.
+    NaN when no image's activations vary over the grid: there is no variation to share.
     """
     probe = keras.Model(model.input, model.get_layer(KERNEL_LAYER).output)
     acts = probe.predict(images, batch_size=batch_size, verbose=0).astype("float64")
-    return float(acts.mean(axis=0).var() / max(acts.var(axis=1).mean(), 1e-30))
+    variation = acts.var(axis=1).mean()
+    return float(acts.mean(axis=0).var() / variation) if variation > 0 else float("nan")
 
 
 def latent_walk(model, centers, width=None):
