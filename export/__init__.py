@@ -3,7 +3,8 @@
 `to_saved_model(model, path)` and `to_onnx(model, path, opset=17)` write a model with its
 preprocessing and a documented serving signature (docs/export.md); `OnnxPredictor` runs an
 exported ONNX file with onnxruntime (`load_signature` serves a SavedModel); `verify_artifact`
-measures parity with the Keras model, `median_seconds` times calls side by side.
+measures parity with the Keras model, `median_seconds` times calls side by side; `ends_in_softmax` says
+whether a model outputs probabilities (as export and the zoo's classification loss read it).
 TensorFlow, tf2onnx and onnxruntime are imported on first use, not with kernelzoo.
 """
 import importlib
@@ -17,6 +18,7 @@ _EXPORTS = {
     "median_seconds": "kernelzoo.export.bench",
     "ServingSpec": "kernelzoo.export._common",
     "serving_spec": "kernelzoo.export._common",
+    "ends_in_softmax": "kernelzoo.export._common",
     "ExportError": "kernelzoo.export._common",
     "UnsupportedLayerError": "kernelzoo.export._common",
 }

@@ -105,7 +105,8 @@ def float32_model(model):
 
     The signature and ONNX are float32 (a bfloat16 graph fails onnx.checker, float64 convolutions do not run in
     onnxruntime), so a model under another dtype policy is exported, and verified, as this copy. A model that
-    cannot be copied (subclassed) is an ExportError naming the policy, before any conversion."""
+    cannot be copied (a layer that its config does not rebuild) is an ExportError naming the policy, before any
+    conversion."""
     policies = sorted({layer.dtype_policy.name for layer in _all_layers(check_model(model))
                        if _computes_in_other_float(layer)})
     if not policies:
@@ -345,7 +346,8 @@ def checked(check, *args):
 
 def prepare_target(path, kind):
     """Absolute target path after checking it can be written ("file": an .onnx file, "dir": a SavedModel
-    directory), else ExportError. An existing file is replaced only when it is an .onnx file.
+    directory), else ExportError. An existing file is replaced only when it is an .onnx file or an ONNX model
+    kernelzoo wrote (under another name).
 
     Missing parent directories are created only when the artifact is written (and removed again if
     writing fails), so a failed export leaves nothing behind."""
@@ -361,7 +363,7 @@ def prepare_target(path, kind):
         raise ExportError(f"cannot write {path!r}: no write permission in {ancestor!r}")
     if kind == "file" and os.path.isdir(path):
         raise ExportError(f"cannot write {path!r}: it is a directory (give a file name, e.g. model.onnx)")
-    if kind == "file" and os.path.exists(path) and not path.lower().endswith(".onnx"):
+    if kind == "file" and os.path.exists(path) and not path.lower().endswith(".onnx") and not _kernelzoo_onnx(path):
         raise ExportError(f"cannot write {path!r}: a file of that name exists and is not an .onnx file "
                           "(refusing to replace it: is it the model itself?)")
     if kind == "dir" and os.path.exists(path):
@@ -371,6 +373,16 @@ def prepare_target(path, kind):
             raise ExportError(f"cannot write a SavedModel to {path!r}: the directory is not empty and "
                               "holds no SavedModel (refusing to replace it)")
     return path
+
+
+def _kernelzoo_onnx(path):
+    """Whether the file at `path` is an ONNX model with a kernelzoo signature: an earlier export, safe to replace."""
+    from kernelzoo.export.verify import stored_spec
+
+    try:
+        return stored_spec(path) is not None
+    except ExportError:  # not an ONNX model, or one with an unreadable signature
+        return False
 
 
 def _missing_parents(path):

@@ -25,11 +25,16 @@ def bench_deploy(model, *, batch_sizes=(1, 64), min_time=1.0, max_calls=200, inp
     Returns {runtime: {"latency_ms": batch-1 median ms, "throughput": images/s at the last batch size,
     "latency_ratio": Keras latency / this latency, "throughput_ratio": this / Keras throughput}}.
     """
-    from kernelzoo.export._common import serving_spec
-    from kernelzoo.export.onnx_export import to_onnx
+    from kernelzoo.export._common import checked, serving_spec
+    from kernelzoo.export.onnx_export import check_opset, to_onnx
     from kernelzoo.export.saved_model import to_saved_model
     from kernelzoo.export.verify import make_inputs
+    from kernelzoo.ops.checks import positive_float, positive_int, positive_ints
 
+    batch_sizes = checked(positive_ints, batch_sizes, "batch_sizes")  # before the exports, which take a while
+    min_time = checked(positive_float, min_time, "min_time")
+    max_calls = checked(positive_int, max_calls, "max_calls")
+    opset = check_opset(opset)
     stream = stream or sys.stdout
     spec = serving_spec(model, input_dtype=input_dtype)
     small, large = batch_sizes[0], batch_sizes[-1]

@@ -89,11 +89,12 @@ def _test_split_source(args):
                           f"(or ${DATA_DIR_VARIABLE}); give both, or leave it out")
     if not args.verify or data_dir is None:
         return None, None
-    option = "--data-dir" if explicit else f"${DATA_DIR_VARIABLE}"
-    if not os.path.isdir(data_dir):
-        raise ExportError(f"{option}: {data_dir!r} is not a directory")
     preset = _preset(args)
-    if preset is not None and preset.task == "classification":
+    has_test_split = preset is not None and preset.task == "classification"
+    if (explicit or has_test_split) and not os.path.isdir(data_dir):  # else the directory is not used
+        option = "--data-dir" if explicit else f"${DATA_DIR_VARIABLE}"
+        raise ExportError(f"{option}: {data_dir!r} is not a directory")
+    if has_test_split:
         return data_dir, preset
     why = f"no test split is known for {args.model!r}" if preset is None else \
         f"the {preset.task} preset {preset.name!r} has no test images"

@@ -9,7 +9,8 @@ from kernelzoo.ops.checks import positive_int
 from kernelzoo.progress import progress
 
 GPU_PROVIDER, CPU_PROVIDER = "CUDAExecutionProvider", "CPUExecutionProvider"
-_ORT_TYPES = {"tensor(uint8)": np.uint8, "tensor(float)": np.float32, "tensor(double)": np.float64}
+_INPUT_DTYPES = (np.dtype(np.uint8), np.dtype(np.float32), np.dtype(np.float64))
+_ONNX_NUMPY_NAMES = {"float": "float32", "double": "float64"}  # the ONNX element types numpy names otherwise
 
 
 class OnnxPredictor:
@@ -42,13 +43,16 @@ class OnnxPredictor:
         if len(inputs) != 1:
             raise ValueError(f"{path!r} has {len(inputs)} inputs; OnnxPredictor runs single-input models")
         self.input_name = inputs[0].name
-        if inputs[0].type not in _ORT_TYPES:
+        self.input_dtype = _numpy_dtype(inputs[0].type)
+        if self.input_dtype not in _INPUT_DTYPES:
             raise ValueError(f"{path!r}: input type {inputs[0].type} is not supported (uint8 or float)")
-        self.input_dtype = np.dtype(_ORT_TYPES[inputs[0].type])
         self.input_shape = tuple(d if isinstance(d, int) else None for d in inputs[0].shape)
         self.output_names = [o.name for o in self.session.get_outputs()]
         meta = self.session.get_modelmeta().custom_metadata_map
-        self.signature = json.loads(meta["kernelzoo_signature"]) if "kernelzoo_signature" in meta else {}
+        try:
+            self.signature = json.loads(meta["kernelzoo_signature"]) if "kernelzoo_signature" in meta else {}
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path!r}: unreadable kernelzoo_signature metadata ({error})") from None
 
     def __repr__(self):
         return (f"OnnxPredictor({self.path!r}, provider={self.provider!r}, input={self.input_name} "
@@ -78,7 +82,8 @@ class OnnxPredictor:
             for name, value in zip(self.output_names, self._run_batch(chunk)):
                 parts[name].append(value[:rows])
         if not len(images):
-            return {name: np.zeros((0,) + self._output_tail(name), np.float32) for name in self.output_names}
+            return {o.name: np.zeros((0,) + tuple(d if isinstance(d, int) else 0 for d in o.shape[1:]),
+                                     _numpy_dtype(o.type)) for o in self.session.get_outputs()}
         return {name: np.concatenate(chunks) for name, chunks in parts.items()}
 
     def check_images(self, images):
@@ -90,10 +95,6 @@ class OnnxPredictor:
             return self.session.run(self.output_names, {self.input_name: chunk})
         except _ort_errors() as error:
             raise ValueError(f"onnxruntime failed to run {self.path!r}: {type(error).__name__}: {error}") from error
-
-    def _output_tail(self, name):
-        output = next(o for o in self.session.get_outputs() if o.name == name)
-        return tuple(d if isinstance(d, int) else 0 for d in output.shape[1:])
 
 
 def model_input(images, dtype, shape):
@@ -151,6 +152,16 @@ def _as_float(images, dtype):
     return cast
 
 
+def _numpy_dtype(ort_type):
+    """The numpy dtype of an onnxruntime tensor type such as 'tensor(float)'; object where numpy has none (ONNX
+    strings, which onnxruntime returns as object arrays)."""
+    name = ort_type.removeprefix("tensor(").removesuffix(")")
+    try:
+        return np.dtype(_ONNX_NUMPY_NAMES.get(name, name))
+    except TypeError:
+        return np.dtype(object)
+
+
 def shape_text(shape):
     """A shape as text, the dynamic batch axis as N: (N, 28, 28, 1)."""
     return "(" + ", ".join("N" if d is None and i == 0 else str(d) for i, d in enumerate(shape)) + ")"
@@ -162,6 +173,8 @@ def _session(ort, path, providers):
     if providers is None:
         return _auto_session(ort, path, options)
     providers = [providers] if isinstance(providers, str) else list(providers)
+    if not providers:
+        raise ValueError("`providers` is empty: name at least one, or pass None to choose automatically")
     names = [p[0] if isinstance(p, tuple) else p for p in providers]
     available = ort.get_available_providers()
     missing = [name for name in names if name not in available]

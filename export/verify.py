@@ -11,9 +11,10 @@ import os
 import numpy as np
 
 from kernelzoo.export._common import (
-    ExportError, ServingSpec, checked, ends_in_softmax, float32_model, reference_outputs, serving_spec)
+    HEADS, INPUT_DTYPES, ExportError, ServingSpec, checked, ends_in_softmax, float32_model, reference_outputs,
+    serving_spec)
 from kernelzoo.export.predictor import CPU_PROVIDER, OnnxPredictor, model_input
-from kernelzoo.ops.checks import positive_int
+from kernelzoo.ops.checks import check_choice, positive_int
 from kernelzoo.progress import progress
 
 # Parity goal for zoo models (issue 6): all top-1 agree, logits within this absolute difference.
@@ -144,6 +145,7 @@ def _model_output_check(model, images, spec, reference, exported, batch_size):
     name = "probabilities" if ends_in_softmax(model) else "logits"
     if spec.logits_source == "output":
         if name == "logits":
+            _check_not_probabilities(model, reference["logits"])
             return {}
         own = reference["logits"]  # the signature's logits are the model's output, cast to float32
     else:
@@ -152,13 +154,28 @@ def _model_output_check(model, images, spec, reference, exported, batch_size):
     return {"model_output": name, "model_output_max_abs": compare(own, exported[name])["max_abs"]}
 
 
+def _check_not_probabilities(model, logits):
+    """ExportError when a classifier's outputs, read as logits, are probabilities (every row >= 0, summing to 1):
+    a final softmax that export did not recognise (e.g. in a Lambda layer), which the signature applies again."""
+    logits = np.asarray(logits, np.float64)
+    if len(logits) and (logits >= 0).all() and np.allclose(logits.sum(axis=-1), 1.0, rtol=0.0, atol=1e-5):
+        raise ExportError(f"the outputs of {model.name!r} are probabilities (rows >= 0 summing to 1), yet no final "
+                          "softmax layer or activation was recognised, so its signature applies a softmax again: "
+                          "export it with head='raw', or end it in a Softmax layer or Activation('softmax')")
+
+
 def stored_spec(path):
     """The ServingSpec an artifact stores (an .onnx file's `kernelzoo_signature` property, a SavedModel's
-    assets.extra/kernelzoo_signature.json), or None for an artifact kernelzoo did not write."""
+    assets.extra/kernelzoo_signature.json), or None for an artifact kernelzoo did not write.
+
+    ExportError naming `path` when it is neither an ONNX model nor a SavedModel directory (before any model runs).
+    """
     path = os.fspath(path)
     if os.path.isdir(path):
         from kernelzoo.export.saved_model import SIGNATURE_FILE
 
+        if not any(os.path.isfile(os.path.join(path, name)) for name in ("saved_model.pb", "saved_model.pbtxt")):
+            raise ExportError(f"{path!r} is not a SavedModel directory (no saved_model.pb)")
         file = os.path.join(path, SIGNATURE_FILE)
         if not os.path.isfile(file):
             return None
@@ -166,10 +183,15 @@ def stored_spec(path):
             text = handle.read()
     else:
         import onnx
+        from google.protobuf.message import DecodeError
 
         if not os.path.isfile(path):
             raise ExportError(f"no artifact at {path!r} (an .onnx file or a SavedModel directory)")
-        properties = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
+        try:
+            proto = onnx.load(path, load_external_data=False)
+        except DecodeError as error:
+            raise ExportError(f"{path!r} is not an ONNX model ({error})") from None
+        properties = {p.key: p.value for p in proto.metadata_props}
         text = properties.get("kernelzoo_signature")
         if text is None:
             return None
@@ -182,6 +204,8 @@ def stored_spec(path):
 def artifact_spec(model, path, input_dtype="auto", head="auto"):
     """The signature `path` was exported with: its stored one (ExportError when a non-"auto" `input_dtype`
     or `head` says otherwise), else `serving_spec(model, input_dtype, head)`."""
+    input_dtype = checked(check_choice, "input_dtype", input_dtype, INPUT_DTYPES)  # "UINT8" as serving_spec takes it
+    head = checked(check_choice, "head", head, HEADS)
     stored = stored_spec(path)
     if stored is None:
         return serving_spec(model, input_dtype=input_dtype, head=head)
@@ -242,7 +266,7 @@ def make_inputs(model, data_dir=None, num=1000, seed=0, input_dtype="auto", pres
     """(images, source): `num` inputs shaped and typed for the model's exported signature.
 
     With `data_dir` and a `preset` (a zoo name or Preset): its test split (`kernelzoo.zoo.test_split`:
-    an equal share of each class). Without `data_dir`: seeded random pixels 0-255 for a uint8 signature or an
+    the first images of each class in turn). Without `data_dir`: seeded random pixels 0-255 for a uint8 signature or an
     image model, else standard normal features. Float pixels are scaled to [0, 1] unless the model takes raw pixels.
     """
     from kernelzoo.zoo import takes_raw_pixels, test_split

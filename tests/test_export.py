@@ -200,6 +200,18 @@ def test_verify_holds_the_artifact_to_the_models_own_output(tmp_path, monkeypatc
     assert report["max_abs"] > 1e-3 and not report["ok"] and not report["ok_float32"]
 
 
+def test_verify_refuses_probabilities_read_as_logits(tmp_path):
+    """A softmax in a Lambda layer is no softmax export can recognise: the classifier signature applies another, on
+    the artifact's side and the reference's alike; verify sees probabilities where logits should be and says
+    head='raw', whose artifact then passes."""
+    keras.utils.set_random_seed(0)
+    model = _dense_head(keras.layers.Dense(3), keras.layers.Lambda(keras.ops.softmax))
+    images = np.random.default_rng(0).random((4, 6, 6, 1)).astype("float32")
+    with pytest.raises(ExportError, match="are probabilities .* head='raw'"):
+        verify_artifact(model, to_onnx(model, str(tmp_path / "twice.onnx")), images=images)
+    assert verify_artifact(model, to_onnx(model, str(tmp_path / "raw.onnx"), head="raw"), images=images)["ok"]
+
+
 def test_verify_reads_the_signature_stored_in_the_artifact(tmp_path):
     keras.utils.set_random_seed(0)
     model = _dense_head(keras.layers.Dense(3, activation="softmax"))
@@ -612,6 +624,8 @@ def test_unwritable_paths(tmp_path):
     with pytest.raises(ExportError, match="exists and is not an .onnx file"):
         to_onnx(model, str(victim))
     assert victim.read_bytes() == b"the model"
+    unsuffixed = to_onnx(model, str(tmp_path / "exported"))  # no .onnx, but an export of ours: replaced
+    assert to_onnx(model, unsuffixed) == unsuffixed
     if os.geteuid() != 0:
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
@@ -796,6 +810,23 @@ def test_an_explicit_input_dtype_must_match_the_stored_signature(tmp_path):
         artifact_spec(model, path, input_dtype="float32")
     with pytest.raises(ExportError, match="`input_dtype`: .* was exported with input_dtype='uint8'"):
         verify_artifact(model, path, num=2, input_dtype="float32")
+    assert artifact_spec(model, path, input_dtype="UINT8", head="Raw").input_dtype == "uint8"  # as serving_spec
+    with pytest.raises(ExportError, match="head.*'auto', 'classifier', 'raw'"):
+        artifact_spec(model, path, head="logits")
+
+
+def test_verify_refuses_what_is_no_artifact_before_the_model_runs(tmp_path, monkeypatch):
+    """A file that is not ONNX and a folder without a SavedModel: an ExportError naming the path, and no Keras pass."""
+    from kernelzoo.export import verify
+
+    monkeypatch.setattr(verify, "reference_outputs", lambda *args, **kwargs: pytest.fail("the model ran"))
+    model = _linear_model(np.eye(3), name="mlp")
+    (tmp_path / "notes.onnx").write_bytes(b"not a protobuf \xff\xff\xff")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ExportError, match="notes.onnx' is not an ONNX model"):
+        verify_artifact(model, str(tmp_path / "notes.onnx"), num=2)
+    with pytest.raises(ExportError, match="empty' is not a SavedModel directory"):
+        verify_artifact(model, str(tmp_path / "empty"), num=2)
 
 
 def test_auto_rules_for_tabular_two_class_and_hard_sigmoid_models():
@@ -882,10 +913,11 @@ def test_cli_checks_arguments_and_the_target_before_loading(tmp_path, capsys, no
 
 def test_cli_verifies_on_generated_inputs_when_only_the_environment_names_a_data_dir(tmp_path, capsys,
                                                                                     monkeypatch):
+    """A .keras file with no preset does not read $KERNELZOO_DATA_DIR, so a stale one (no such folder) is no error."""
     keras.utils.set_random_seed(0)
     keras_file = str(tmp_path / "tiny.keras")
     _with_layer(keras.layers.ReLU()).save(keras_file)
-    monkeypatch.setenv("KERNELZOO_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("KERNELZOO_DATA_DIR", str(tmp_path / "gone"))
     assert _cli([keras_file, "-o", str(tmp_path / "m.onnx"), "--verify", "--num", "4"]) == 0
     captured = capsys.readouterr()
     assert "no test split is known" in captured.err and "generated inputs, not $KERNELZOO_DATA_DIR" in captured.err
@@ -925,6 +957,19 @@ def test_bench_deploy_prints_all_runtimes(exported, capsys):
     text = capsys.readouterr().out
     assert "batch-1 latency" in text and "batch-8 throughput" in text and "onnxruntime CPU" in text
     assert text.startswith("bench deploy the_zoo_name: input uint8 (N, 12, 12, 3)")
+
+
+def test_bench_deploy_checks_its_arguments_before_exporting(monkeypatch):
+    """No batch size, a zero one, a zero time or an opset tf2onnx lacks: ExportError naming it, before any export."""
+    from kernelzoo.export import saved_model
+    from kernelzoo.export.bench import bench_deploy
+
+    monkeypatch.setattr(saved_model, "to_saved_model", lambda *args, **kwargs: pytest.fail("exported"))
+    model = _linear_model(np.eye(3), name="mlp")
+    for arguments, name in (({"batch_sizes": ()}, "batch_sizes"), ({"batch_sizes": (1, 0)}, "batch_sizes"),
+                            ({"min_time": 0}, "min_time"), ({"max_calls": 0}, "max_calls"), ({"opset": 99}, "opset")):
+        with pytest.raises(ExportError, match=f"`{name}`"):
+            bench_deploy(model, **arguments)
 
 
 def test_runtimes_are_timed_in_turn():

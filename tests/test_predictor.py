@@ -105,22 +105,35 @@ def test_constructor_errors(paths, tmp_path):
         OnnxPredictor(paths[0], providers=["NoSuchExecutionProvider"])
     with pytest.raises(ValueError, match="batch_size"):
         OnnxPredictor(paths[0], batch_size=0)
+    with pytest.raises(ValueError, match="`providers` is empty"):
+        OnnxPredictor(paths[0], providers=[])
     assert OnnxPredictor(paths[0], providers="CPUExecutionProvider").provider == "CPUExecutionProvider"
+
+
+def _foreign_model(path, node, inputs, outputs, constants=(), signature=None):
+    """Save a one-node ONNX model (opset 13) not written by kernelzoo: `inputs` / `outputs` as (name, ONNX element
+    type, shape), `constants` as (name, array) float32 or int64 initialisers; `signature` as kernelzoo_signature
+    metadata. Returns `path`."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    value_info = [helper.make_tensor_value_info(*entry) for entry in (*inputs, *outputs)]
+    graph = helper.make_graph([node], path.stem, value_info[:len(inputs)], value_info[len(inputs):],
+                              [numpy_helper.from_array(array, name) for name, array in constants])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    if signature is not None:
+        helper.set_model_props(model, {"kernelzoo_signature": signature})
+    onnx.save(model, str(path))
+    return path
 
 
 def test_a_fixed_batch_model_is_fed_that_many_rows_at_a_time(tmp_path):
     """A foreign ONNX file with input (2, 3): rows go in pairs, the last pair padded, its padding cut off."""
-    import onnx
     from onnx import TensorProto, helper
 
     weights = np.arange(12, dtype=np.float32).reshape(3, 4)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])], "fixed_batch",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
-        [helper.make_tensor("w", TensorProto.FLOAT, weights.shape, weights.ravel())])
-    path = tmp_path / "fixed.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    path = _foreign_model(tmp_path / "fixed.onnx", helper.make_node("MatMul", ["x", "w"], ["y"]),
+                          [("x", TensorProto.FLOAT, [2, 3])], [("y", TensorProto.FLOAT, [2, 4])], [("w", weights)])
     predictor = OnnxPredictor(path, batch_size=64)
     rows = np.random.default_rng(0).random((5, 3)).astype(np.float32)
     np.testing.assert_allclose(predictor.predict(rows), rows @ weights, rtol=1e-6)
@@ -146,22 +159,34 @@ def test_an_explicit_provider_that_does_not_start_is_an_error(paths, monkeypatch
 
 
 def test_files_onnxruntime_cannot_load_or_run_raise_value_error_naming_them(tmp_path):
-    import onnx
     from onnx import TensorProto, helper
 
     not_onnx = tmp_path / "model.keras"
     not_onnx.write_bytes(b"PK\x03\x04 not a protobuf")
     with pytest.raises(ValueError, match=f"onnxruntime cannot load '{not_onnx}'"):
         OnnxPredictor(not_onnx)
-    graph = helper.make_graph(  # reshapes any (N, 3) batch to 4 values: fails when it runs
-        [helper.make_node("Reshape", ["x", "shape"], ["y"])], "bad_reshape",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
-        [helper.make_tensor("shape", TensorProto.INT64, [1], [4])])
-    path = tmp_path / "reshape.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    path = _foreign_model(  # reshapes any (N, 3) batch to 4 values: fails when it runs
+        tmp_path / "reshape.onnx", helper.make_node("Reshape", ["x", "shape"], ["y"]),
+        [("x", TensorProto.FLOAT, ["N", 3])], [("y", TensorProto.FLOAT, [4])], [("shape", np.int64([4]))])
     with pytest.raises(ValueError, match=f"onnxruntime failed to run '{path}'"):
         OnnxPredictor(path).run(np.zeros((1, 3), np.float32))
+    unreadable = _foreign_model(tmp_path / "signed.onnx", helper.make_node("Identity", ["x"], ["y"]),
+                                [("x", TensorProto.FLOAT, ["N", 3])], [("y", TensorProto.FLOAT, ["N", 3])],
+                                signature="{not json")
+    with pytest.raises(ValueError, match=f"'{unreadable}': unreadable kernelzoo_signature metadata"):
+        OnnxPredictor(unreadable)
+
+
+def test_an_empty_batch_gives_each_output_its_own_dtype(tmp_path):
+    """Zero images run nothing, yet each output comes back with the dtype the model declares (here uint8)."""
+    from onnx import TensorProto, helper
+
+    path = _foreign_model(tmp_path / "cast.onnx", helper.make_node("Cast", ["x"], ["y"], to=TensorProto.UINT8),
+                          [("x", TensorProto.FLOAT, ["N", 3])], [("y", TensorProto.UINT8, ["N", 3])])
+    predictor = OnnxPredictor(path)
+    assert predictor.run(np.full((2, 3), 7.0, np.float32))["y"].dtype == np.uint8
+    empty = predictor.run(np.zeros((0, 3), np.float32))["y"]
+    assert empty.dtype == np.uint8 and empty.shape == (0, 3)
 
 
 def test_run_draws_a_progress_bar_when_verbose(paths, capsys):

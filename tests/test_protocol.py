@@ -349,14 +349,19 @@ def test_eval_knows_shipped_weights_by_name_or_sha256_only(tmp_path, monkeypatch
 
 
 def test_eval_test_split_takes_the_first_images_of_each_class(monkeypatch):
-    """`num` images: the first ceil(num / classes) of each class, class by class, then the first `num` of those."""
+    """`num` images: the first of each class, then the second of each, ...: 4 of 3 classes are 2, 1 and 1 (taking
+    ceil(4 / 3) = 2 of each class in turn gave 2, 2 and 0), and a class out of images leaves its turn to the rest."""
     import types
     from kernelzoo.zoo import data as data_module, evaluation
     y = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 2])
     fake = types.SimpleNamespace(test=(np.arange(10)[:, None], y), num_classes=3, source="fake")
     monkeypatch.setattr(data_module, "load_images", lambda name, data_dir=None: fake)
     x, labels, _ = evaluation.test_split("convnet_cifar10", num=5)
-    assert x[:, 0].tolist() == [0, 3, 1, 4, 2] and labels.tolist() == [0, 0, 1, 1, 2]
+    assert x[:, 0].tolist() == [0, 1, 2, 3, 4] and labels.tolist() == [0, 1, 2, 0, 1]
+    x, labels, _ = evaluation.test_split("convnet_cifar10", num=4)
+    assert sorted(labels.tolist()) == [0, 0, 1, 2]
+    x, labels, _ = evaluation.test_split("convnet_cifar10", num=10)  # classes 0 and 1 have 3: class 2 gives 4
+    assert labels.tolist() == [0, 1, 2] * 3 + [2]
     x, labels, _ = evaluation.test_split("convnet_cifar10")
     assert len(x) == 10
 

@@ -11,7 +11,7 @@ import pytest
 from kernelzoo import cli as main_cli
 from kernelzoo.zoo import cli, registry, training
 from kernelzoo.zoo.data.synthetic import stripes
-from kernelzoo.zoo.recipe import DEFAULTS, Data, Recipe, scaled_milestones, seeded_subset
+from kernelzoo.zoo.recipe import DEFAULTS, Data, Recipe, classification_loss, scaled_milestones, seeded_subset
 from kernelzoo.zoo.simnet import init, models
 
 
@@ -450,6 +450,12 @@ def test_a_copy_of_shipped_weights_is_known_by_its_sha256(tmp_path):
         measure(str(copy), "/no/such/data")
 
 
+def test_a_zoo_name_in_capitals_has_its_preset():
+    """`kernelzoo export SIMNET_CIFAR10_L1 --verify --data-dir ...` loads the zoo model, so its test split is known."""
+    from kernelzoo.zoo.evaluation import preset_of
+    assert preset_of("SIMNET_CIFAR10_L1").name == "simnet_cifar10_l1"
+
+
 def test_eval_holdout_needs_a_recipe_with_held_out_images():
     from kernelzoo.zoo.evaluation import measure
     with pytest.raises(ValueError, match="`holdout`: RatingsRecipe has no held-out image split"):
@@ -720,3 +726,17 @@ def test_a_state_with_another_count_of_random_states_is_refused_on_resume(tmp_pa
         training.write_json(path, dict(state, random_states=saved))
         with pytest.raises(ValueError, match=f"holds {len(saved)} random states.*has 1 random generators"):
             training.load_last(str(tmp_path))
+
+
+def test_the_loss_takes_probabilities_from_every_final_softmax_export_knows():
+    """A softmax as Dense's activation, as tf.nn.softmax or at the end of a nested head: the loss reads
+    probabilities (from_logits=False); a linear Dense: logits."""
+    import tensorflow as tf
+
+    def model(*head):
+        return keras.Sequential([keras.Input((4,)), *head])
+    nested = keras.Sequential([keras.Input((3,)), keras.layers.Dense(3, activation="softmax")])
+    for ends_in_softmax, head in ((True, [keras.layers.Dense(3, activation="softmax")]),
+                                  (True, [keras.layers.Dense(3, activation=tf.nn.softmax)]),
+                                  (True, [keras.layers.Dense(3), nested]), (False, [keras.layers.Dense(3)])):
+        assert classification_loss(model(*head)).get_config()["from_logits"] is not ends_in_softmax, head

@@ -35,7 +35,7 @@ def preset_of(model):
     if not isinstance(model, (str, os.PathLike)):
         raise ValueError(f"`model` must be a zoo name or a .keras path, got {type(model).__name__}")
     model = os.fspath(model)
-    if model in registry.list_models():
+    if model.lower() in registry.list_models():  # as registry.info and load take a name
         return registry.info(model)
     if not model.endswith(".keras"):
         return None
@@ -162,7 +162,8 @@ def measure(model, data_dir=None, *, preset=None, dataset=None, split="test", ho
 def test_split(preset, data_dir=None, num=None):
     """(images uint8, labels, source) of a classification preset's test split.
 
-    With `num`: the first ceil(num / classes) test images of each class, class by class.
+    With `num`: the first test images of each class in turn (the first of every class, then the second, ...), so
+    that no two classes' counts differ by more than one while they have images left.
     """
     preset = registry.info(preset) if isinstance(preset, str) else preset
     if preset.task != "classification":
@@ -171,7 +172,9 @@ def test_split(preset, data_dir=None, num=None):
     data = load_images(preset.dataset.name, data_dir)
     x, y = data.test
     if num is not None:
-        per_class = -(-int(num) // data.num_classes)
-        keep = np.concatenate([np.flatnonzero(y == label)[:per_class] for label in range(data.num_classes)])
-        x, y = x[keep][:num], y[keep][:num]
+        ranks = np.empty(len(y), np.int64)  # each image's position among the test images of its class
+        for label in range(data.num_classes):
+            ranks[y == label] = np.arange(np.count_nonzero(y == label))
+        keep = np.lexsort((y, ranks))[:num]  # by rank, then by class
+        x, y = x[keep], y[keep]
     return x, y, f"{preset.dataset.name} test split ({data.source})"

@@ -107,13 +107,6 @@ class TinyRun:
     exact_resume: bool = True
 
 
-def output_activation(model):
-    """"softmax" when the model's last layer applies a softmax (its loss takes probabilities), else None."""
-    last = model.layers[-1]
-    activation = getattr(getattr(last, "activation", None), "__name__", "")
-    return "softmax" if isinstance(last, keras.layers.Softmax) or activation == "softmax" else None
-
-
 def add_optimizer_argument(parser):
     """--optimizer, shared by the recipes that offer it (one CLI option); each recipe's `hyperparameters` checks
     the name against its own `optimizers` before anything runs."""
@@ -141,8 +134,10 @@ class AdamW(keras.optimizers.AdamW):
 
 
 def classification_loss(model):
-    """Sparse softmax cross-entropy on the model's output: probabilities when it ends in softmax, else logits."""
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=output_activation(model) != "softmax")
+    """Sparse softmax cross-entropy on the model's output: probabilities when it ends in softmax (as export reads
+    it), else logits."""
+    from kernelzoo.export import ends_in_softmax
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=not ends_in_softmax(model))
 
 
 class Recipe:
