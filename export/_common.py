@@ -18,7 +18,7 @@ import json
 import os
 import re
 import shutil
-import tempfile
+import uuid
 import warnings
 
 import keras
@@ -421,9 +421,9 @@ def write_file_atomic(path, data):
 
 
 def _write_file_atomic(path, data):
-    directory, base = os.path.split(path)
+    tmp = _temporary_name(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=directory)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)  # the process's umask applies, as to any file
     except OSError as error:
         raise ExportError(f"cannot write {path!r}: {error.strerror or error}") from None
     try:
@@ -431,7 +431,6 @@ def _write_file_atomic(path, data):
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644 & ~_umask())
         os.replace(tmp, path)
     except BaseException as error:
         with contextlib.suppress(OSError):
@@ -450,14 +449,13 @@ def atomic_directory(path):
 
 @contextlib.contextmanager
 def _atomic_directory(path):
-    directory, base = os.path.split(path)
+    tmp = _temporary_name(path)
     try:
-        tmp = tempfile.mkdtemp(prefix=f".{base}.", suffix=".tmp", dir=directory)
+        os.mkdir(tmp, 0o755)  # the process's umask applies, as to any directory
     except OSError as error:
         raise ExportError(f"cannot write {path!r}: {error.strerror or error}") from None
     try:
         yield tmp
-        os.chmod(tmp, 0o755 & ~_umask())
         old = None
         if os.path.exists(path):
             old = tmp + ".old"
@@ -477,7 +475,8 @@ def _atomic_directory(path):
         raise
 
 
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _temporary_name(path):
+    """A new hidden name beside `path` for writing it before the rename (the mode of a file created there follows
+    the umask, which tempfile's private 0600 / 0700 would not, and reading the umask changes it for every thread)."""
+    directory, base = os.path.split(path)
+    return os.path.join(directory, f".{base}.{uuid.uuid4().hex}.tmp")

@@ -633,6 +633,24 @@ def test_unwritable_paths(tmp_path):
             to_onnx(model, str(locked / "m.onnx"))
 
 
+def test_artifacts_are_written_with_the_modes_the_umask_gives(tmp_path, monkeypatch):
+    """Under umask 027 an ONNX file is rw-r----- and a SavedModel folder rwxr-x---, as any file the user writes;
+    export never sets the umask (reading it so would, for a moment, for every thread of the process)."""
+    import stat
+
+    model = _linear_model(np.eye(3), name="mlp")
+    mask = os.umask(0o027)
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(os, "umask", lambda *args: pytest.fail("export set the umask"))
+            onnx_path = to_onnx(model, str(tmp_path / "m.onnx"))
+            saved_path = to_saved_model(model, str(tmp_path / "saved"))
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(os.stat(onnx_path).st_mode) == 0o640
+    assert stat.S_IMODE(os.stat(saved_path).st_mode) == 0o750
+
+
 def test_failed_saved_model_write_keeps_the_old_one(tmp_path, monkeypatch):
     import tensorflow as tf
 
