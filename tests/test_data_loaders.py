@@ -55,6 +55,14 @@ def test_data_dir_from_environment(ml_dir, monkeypatch):
     assert len(load_ml100k()["ratings"]) == len(rows)
 
 
+def test_load_dataset_reads_the_ml100k_copy_under_its_other_names(ml_dir):
+    """"ml100k" and "MovieLens-100K" name the local ml-100k copy as "ml-100k" does (not an image dataset)."""
+    from kernelzoo.zoo.data import load_dataset
+    root, rows = ml_dir
+    for name in ("ml100k", "MovieLens-100K"):
+        assert len(load_dataset(name, str(root))["ratings"]) == len(rows)
+
+
 def test_random_split_is_disjoint_and_seeded(ml_dir):
     data = load_ml100k(str(ml_dir[0]))
     train, test = random_split(data, 0.25, seed=3)
@@ -64,6 +72,8 @@ def test_random_split_is_disjoint_and_seeded(ml_dir):
     assert not pairs(train) & pairs(test)
     assert pairs(train) | pairs(test) == pairs(data)
     assert pairs(again) == pairs(train)
+    for part in (train, test):  # each part in the order of u.data (here by user, then item)
+        assert list(zip(part["users"], part["items"])) == sorted(zip(part["users"], part["items"]))
 
 
 def test_tfds_ratings_records_format():
@@ -77,6 +87,8 @@ def test_tfds_ratings_records_format():
     assert mask.sum() == 4 and matrix.sum() == 12.0
     with pytest.raises(ValueError, match="movie_id"):
         triples_from_records([{"user_id": [b"1"], "user_rating": [3.0]}])
+    with pytest.raises(ValueError, match="records are empty"):
+        triples_from_records([])
 
 
 def _idx(path, magic, arr):
@@ -126,6 +138,8 @@ def test_missing_or_malformed_data_names_the_path(tmp_path):
 @pytest.mark.parametrize("call, argument", [
     (lambda: load_ml100k_fold(6, "."), "fold"),
     (lambda: random_split({"ratings": np.zeros(3)}, 1.5), "test_fraction"),
+    (lambda: random_split({"ratings": np.zeros(3)}, 0.0), "test_fraction"),  # nothing held out
+    (lambda: random_split({"ratings": np.zeros(3)}, 1.0), "test_fraction"),  # nothing left to train on
     (lambda: load_ml100k(data_dir=3), "data_dir"),
     (lambda: load_mnist(data_dir=3), "data_dir"),
 ])
@@ -179,6 +193,9 @@ def test_ml100k_fold_is_base_then_test_with_the_full_index_ranges(ml_dir):
     assert len(train["ratings"]) == len(rows) - len(held)
     for part in (train, test):  # one index space: u2.test rates items 1..3 only, yet its matrix has all 8 rows
         assert (part["n_users"], part["n_items"]) == (5, 8)
+    os.remove(root / "ml-100k" / "u3.test")
+    with pytest.raises(ValueError, match="data_dir: missing .*u3.test' \\(the canonical u3 split\\)"):
+        load_ml100k_fold(3, str(root))
 
 
 def test_random_split_and_rating_matrix_keep_each_rating_with_its_user_and_item(ml_dir):
@@ -192,6 +209,18 @@ def test_random_split_and_rating_matrix_keep_each_rating_with_its_user_and_item(
     tiny = {"users": np.arange(10), "items": np.arange(10), "ratings": np.ones(10, np.float32),
             "n_users": 10, "n_items": 10}
     assert len(random_split(tiny, 0.26)[1]["ratings"]) == 3  # round(2.6), not int(2.6)
+
+
+def test_a_generated_ml100k_copy_has_five_test_folds_that_partition_its_ratings(tmp_path):
+    """write_ml100k: the u1..u5 .test files hold every rating of u.data once, and each .base file the others."""
+    from kernelzoo.zoo.data.synthetic import planted_ratings, write_ml100k
+    write_ml100k(tmp_path, planted_ratings(n_items=12, n_users=10))
+    triples = lambda d: set(zip(d["users"].tolist(), d["items"].tolist(), d["ratings"].tolist()))
+    everything = triples(load_ml100k(str(tmp_path)))
+    folds = [load_ml100k_fold(fold, str(tmp_path)) for fold in range(1, 6)]
+    assert sum(len(test["ratings"]) for _, test in folds) == len(everything)
+    assert set().union(*(triples(test) for _, test in folds)) == everything
+    assert all(triples(base) == everything - triples(test) for base, test in folds)
 
 
 def test_ratings_files_with_0_ids_other_columns_or_ratings_outside_1_to_5_are_refused(tmp_path):
@@ -239,6 +268,11 @@ def test_mnist_idx_rows_and_columns_and_files_that_disagree(tmp_path):
     with gzip.open(folder / MNIST_FILES["x_test"], "ab") as handle:
         handle.write(b"\x00")  # a byte more than the header says
     with pytest.raises(ValueError, match="t10k-images"):
+        load_mnist(str(tmp_path))
+    write()
+    with gzip.open(folder / MNIST_FILES["y_test"], "wb") as handle:
+        handle.write(b"\x00\x00\x08\x01")  # 4 bytes of the 8-byte header
+    with pytest.raises(ValueError, match="t10k-labels-idx1-ubyte.gz': truncated IDX header"):
         load_mnist(str(tmp_path))
     for name in MNIST_FILES.values():
         os.remove(folder / name)
@@ -320,11 +354,12 @@ def _stl10(folder, counts=(3, 2)):
 
 @pytest.mark.parametrize("damage, file", [
     (lambda f: np.array([1, 11, 2], np.uint8).tofile(f / "train_y.bin"), "train_y.bin"),  # labels are 1..10
+    (lambda f: np.array([1, 0, 2], np.uint8).tofile(f / "train_y.bin"), "train_y.bin"),  # 0: a 0-based copy
     (lambda f: np.array([1], np.uint8).tofile(f / "test_y.bin"), "test_y.bin"),  # 2 images, 1 label
     (lambda f: (f / "test_y.bin").write_bytes(b""), "test_y.bin"),  # 2 images, no label (was: numpy's min() error)
     (lambda f: (f / "train_X.bin").write_bytes((f / "train_X.bin").read_bytes() + b"\x00"), "train_X.bin"),
     (lambda f: (f / "class_names.txt").write_text("a\nb\n"), "class_names.txt"),  # 2 names for 10 classes
-], ids=["label-11", "labels-short", "labels-empty", "partial-image", "class-names"])
+], ids=["label-11", "label-0", "labels-short", "labels-empty", "partial-image", "class-names"])
 def test_stl10_binary_copies_that_disagree_are_refused(tmp_path, damage, file):
     from kernelzoo.zoo.data.stl10 import load_stl10
     folder = tmp_path / "stl10_binary"
@@ -340,6 +375,8 @@ def test_image_dataset_labels_and_holdout_split_alignment():
     x = np.zeros((2, 4, 4, 1), np.uint8)
     with pytest.raises(ValueError, match="labels must lie in"):
         ImageDataset(x, np.array([0, 2]), x, np.array([0, 1]), ["a", "b"], source="test")
+    with pytest.raises(ValueError, match="train images must be uint8"):  # float pixels of unknown range
+        ImageDataset(x.astype("float32"), np.array([0, 1]), x, np.array([0, 1]), ["a", "b"], source="test")
     x, y = np.arange(20).reshape(20, 1, 1, 1), np.arange(20)
     (a, ya), (b, yb) = holdout_split(x, y, 5, seed=1)
     np.testing.assert_array_equal(a[:, 0, 0, 0], ya)  # each image keeps its label

@@ -49,17 +49,25 @@ def test_cifar_python_folder_and_archive(tmp_path, tiny_cifar):
     other.mkdir()
     _tar(str(other / "cifar-10-python.tar.gz"), str(root / "cifar10" / "cifar-10-batches-py"), "cifar-10-batches-py")
     _check(load_images("cifar10", data_dir=str(other)), *tiny_cifar)
+    _check(load_images(str(other / "cifar-10-python.tar.gz")), *tiny_cifar)  # the archive's own path
 
 
-def test_cifar_binary_folder_and_archive(tmp_path, tiny_cifar):
+def _write_cifar_binary(folder, tiny_cifar, class_names=CLASSES):
+    """`tiny_cifar` as a cifar-10-batches-bin folder (five training batches, the test batch, batches.meta.txt)."""
     x_train, y_train, x_test, y_test = tiny_cifar
-    folder = tmp_path / "cifar-10-batches-bin"
     folder.mkdir()
     for i, part in enumerate(np.array_split(np.arange(10), 5), 1):
         (folder / f"data_batch_{i}.bin").write_bytes(cifar.binary_records(x_train[part], y_train[part]))
     (folder / "test_batch.bin").write_bytes(cifar.binary_records(x_test, y_test))
-    (folder / "batches.meta.txt").write_text("\n".join(CLASSES) + "\n")
-    _check(load_images("cifar10", data_dir=str(tmp_path)), *tiny_cifar)
+    (folder / "batches.meta.txt").write_text("\n".join(class_names) + "\n\n")  # a blank line after the names
+
+
+def test_cifar_binary_folder_and_archive(tmp_path, tiny_cifar):
+    folder = tmp_path / "cifar-10-batches-bin"
+    _write_cifar_binary(folder, tiny_cifar)
+    data = load_images("cifar10", data_dir=str(tmp_path))
+    _check(data, *tiny_cifar)
+    assert data.class_names == CLASSES
     archive_dir = tmp_path / "archive"
     archive_dir.mkdir()
     _tar(str(archive_dir / "cifar-10-binary.tar.gz"), str(folder), "cifar-10-batches-bin")
@@ -74,6 +82,12 @@ def test_malformed_cifar_binary_names_the_file(tmp_path, tiny_cifar):
     (folder / "test_batch.bin").write_bytes(b"\x00" * 100)
     with pytest.raises(ValueError, match="data_batch_1.bin"):
         load_images("cifar10", data_dir=str(tmp_path))
+
+
+def test_cifar_class_names_of_another_count_give_numbered_names(tmp_path, tiny_cifar):
+    """A batches.meta.txt that does not name the 10 classes (here 11 lines) is not taken: names "0".."9"."""
+    _write_cifar_binary(tmp_path / "cifar-10-batches-bin", tiny_cifar, ["label names"] + CLASSES)
+    assert load_images("cifar10", data_dir=str(tmp_path)).class_names == [str(i) for i in range(10)]
 
 
 def _write_idx(path, array, images):
@@ -136,6 +150,37 @@ def test_class_folders_and_tar(tmp_path):
     _tar(str(copy), str(tmp_path / "data" / "pets" / "pets-png" / "train"), "pets-png/train")  # other content
     with pytest.raises(ValueError, match="no class subfolders with images under 'test/'"):  # decoded afresh, not cached
         load_images(str(copy))
+
+
+def test_a_tgz_archive_named_after_the_dataset_is_found_in_the_data_dir(tmp_path):
+    """data_dir/<name>.tgz is read as data_dir/<name>.tar.gz is."""
+    expected = _class_folders(str(tmp_path / "pets-png"), np.random.default_rng(3))
+    (tmp_path / "data").mkdir()
+    _tar(str(tmp_path / "data" / "pets.tgz"), str(tmp_path / "pets-png"), "pets-png")
+    _check(load_images("pets", data_dir=str(tmp_path / "data"), verbose=False), *expected["train"], *expected["test"])
+
+
+def test_images_with_upper_case_extensions_are_read_in_folders_and_archives(tmp_path):
+    """0000.PNG (a camera's or Windows' spelling) is an image, in class folders and in a .tar.gz of them."""
+    folder = tmp_path / "pets"
+    expected = _class_folders(str(folder), np.random.default_rng(5))
+    for path in folder.glob("*/*/*.png"):
+        path.rename(path.with_suffix(".PNG"))
+    _check(load_images(str(folder), verbose=False), *expected["train"], *expected["test"])
+    archive = tmp_path / "pets.tar.gz"
+    _tar(str(archive), str(folder), "pets")
+    _check(load_images(str(archive), cache=False, verbose=False), *expected["train"], *expected["test"])
+
+
+def test_a_cached_archive_is_not_decoded_again(tmp_path, monkeypatch):
+    """The second load of a class-folder archive reads the cached arrays: no image is decoded."""
+    from kernelzoo.zoo.data import images
+    expected = _class_folders(str(tmp_path / "pets-png"), np.random.default_rng(6))
+    archive = tmp_path / "pets-png.tar.gz"
+    _tar(str(archive), str(tmp_path / "pets-png"), "pets-png")
+    load_images(str(archive), verbose=False)
+    monkeypatch.setattr(images, "_decode", lambda raw, where: pytest.fail(f"{where} decoded again"))
+    _check(load_images(str(archive), verbose=False), *expected["train"], *expected["test"])
 
 
 def test_class_folders_without_images_or_of_other_shapes_are_refused(tmp_path):
@@ -215,11 +260,19 @@ def test_bad_arguments():
         holdout_split(np.zeros((4, 2, 2, 1)), np.zeros(4, int), 4)
 
 
+def test_a_data_dir_that_is_a_file_is_refused_as_not_a_directory(tmp_path):
+    """data_dir naming a file (say, an archive) is refused as such, not searched."""
+    (tmp_path / "cifar10.tar.gz").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"^data_dir='.*cifar10.tar.gz' is not a directory$"):
+        load_images("cifar10", data_dir=str(tmp_path / "cifar10.tar.gz"))
+
+
 def test_holdout_split_is_a_deterministic_partition():
     x, y = np.arange(20).reshape(20, 1, 1, 1), np.arange(20)
     (a, ya), (b, yb) = holdout_split(x, y, 5, seed=1)
     assert len(b) == 5 and sorted(np.concatenate([ya, yb]).tolist()) == list(range(20))
     np.testing.assert_array_equal(holdout_split(x, y, 5, seed=1)[1][1], yb)
+    assert ya.tolist() == sorted(ya) and yb.tolist() == sorted(yb)  # each part in the order of x
 
 
 @pytest.mark.skipif(not os.path.isfile(os.path.join(SHARED, "mnist", "train-images-idx3-ubyte.gz")),
@@ -304,8 +357,12 @@ def test_empty_and_nested_class_folders_are_refused_and_hidden_files_skipped_in_
     with pytest.raises(ValueError, match="train/a/sub/ is a folder inside a class folder"):
         load()
     os.remove(root / "train" / "a" / "sub" / "1.png")
+    with pytest.raises(ValueError, match="train/a/sub/ is a folder inside a class folder"):  # empty, too
+        load()
     (root / "train" / "a" / "sub").rmdir()
     (root / "train" / "a" / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # macOS metadata: skipped
+    (root / "train" / "notes.txt").write_text("a file beside the class folders is no class")
+    (root / "train" / ".ipynb_checkpoints").mkdir()  # a hidden folder is no class either
     assert load().class_names == ["a", "b"]
 
 
@@ -364,6 +421,12 @@ def test_load_images_reads_the_stl10_binary_copy(tmp_path):
         assert data.class_names == STL10_CLASSES and data.input_shape == (96, 96, 3)
 
 
+def test_a_path_named_stl_10_is_read_as_stl10(tmp_path):
+    """A folder named "STL-10" (hyphenated, capitalised) holding stl10_binary/ is an STL-10 copy."""
+    copy = _write_stl10(tmp_path / "STL-10" / "stl10_binary")
+    _check(load_images(str(tmp_path / "STL-10")), *copy["train"], *copy["test"])
+
+
 # ----------------------------------------------------------------------------- decoding and finding copies
 
 
@@ -416,6 +479,20 @@ def test_random_shift_flip_takes_images_of_any_size():
     assert layer(images, training=True).shape == (2, 5, 5, 3)
     with pytest.raises(ValueError, match=r"`shift`=2 must be smaller than the image \(2x2\)"):
         layer(images[:, :2, :2], training=True)
+    zeros = RandomShiftFlip(shift=2, fill="constant")  # no reflection: any shift fits (zeros may fill the image)
+    assert zeros(images[:, :2, :2], training=True).shape == (2, 2, 2, 3)
+
+
+def test_random_shift_flip_is_the_identity_when_training_is_not_said():
+    """Called without `training` (a model called on images outside fit), the layer passes them on unchanged and
+    draws nothing."""
+    import keras
+    from kernelzoo.zoo.augment import RandomShiftFlip
+    images = np.random.default_rng(3).integers(0, 256, (8, 6, 6, 3)).astype("float32")
+    layer = RandomShiftFlip(shift=2, seed=1)
+    np.testing.assert_array_equal(keras.Sequential([keras.Input((6, 6, 3)), layer])(images), images)
+    np.testing.assert_array_equal(layer(images), images)
+    assert int(layer.calls.numpy()) == 0
 
 
 def test_random_shift_flip_draws_every_shift_both_ways_and_flips_half_the_images():
@@ -435,6 +512,26 @@ def test_random_shift_flip_draws_every_shift_both_ways_and_flips_half_the_images
     assert np.all(mirrored == (out[:, 0, 0, 0] == 0.0)) and 0.45 < mirrored.mean() < 0.55
 
 
+def test_random_shift_flip_fills_the_border_by_reflection():
+    """fill='reflect' (the default): each shifted image is a crop of the image padded as np.pad's "reflect" (the
+    edge pixel not repeated), every shift drawn; no zeros come in."""
+    from kernelzoo.zoo.augment import RandomShiftFlip
+    image = np.arange(1, 17, dtype="float32").reshape(4, 4, 1)
+    out = np.asarray(RandomShiftFlip(shift=1, flip=False, seed=2)(np.stack([image] * 100), training=True))
+    padded = np.pad(image, ((1, 1), (1, 1), (0, 0)), mode="reflect")
+    assert {result.tobytes() for result in out} == {padded[r:r + 4, c:c + 4].tobytes() for r in range(3)
+                                                     for c in range(3)}
+
+
+def test_random_shift_flip_from_its_config_draws_as_the_layer_it_describes():
+    """get_config holds shift, flip, fill and seed: the layer a saved model reloads draws the very same images."""
+    from kernelzoo.zoo.augment import RandomShiftFlip
+    images = np.random.default_rng(4).integers(0, 256, (16, 6, 6, 1)).astype("float32")
+    layer = RandomShiftFlip(shift=3, flip=False, fill="constant", seed=5)
+    again = RandomShiftFlip.from_config(layer.get_config())
+    np.testing.assert_array_equal(again(images, training=True), layer(images, training=True))
+
+
 def test_jitter_colors_brightness_spans_its_whole_range():
     """On a uniform grey image only the brightness factor acts (contrast and saturation move nothing): the factors
     drawn span [1 - 0.8 s, 1 + 0.8 s], the others 1 (no distortion, 20 %)."""
@@ -443,3 +540,10 @@ def test_jitter_colors_brightness_spans_its_whole_range():
     factors = out[:, 0, 0, 0] / 100.0
     assert np.allclose(out, factors[:, None, None, None] * 100.0, rtol=1e-5, atol=1e-3)
     assert 0.2 - 1e-5 <= factors.min() < 0.25 and 1.75 < factors.max() <= 1.8 + 1e-5
+
+
+def test_jitter_colors_clips_to_max_value():
+    """Images in [0, 1] with max_value=1: the brightened ones are clipped at 1, not at 255."""
+    from kernelzoo.zoo.augment import jitter_colors
+    out = np.asarray(jitter_colors(np.full((200, 2, 2, 3), 0.9, "float32"), 1.0, (4, 5), max_value=1.0))
+    assert out.max() == pytest.approx(1.0) and out.min() >= 0.0

@@ -134,6 +134,39 @@ def test_image_models_take_raw_pixels():
         assert spec.shape == info(name).inputs.shape and spec.dtype == info(name).inputs.dtype, name
 
 
+def test_input_spec_looks_past_keras_augmentation_to_the_preprocessing():
+    """RandomFlip and MixUp pass on the range they get: a model starting with one, then Rescaling, takes uint8 pixels
+    (a (28, 28) grey one too); with no preprocessing after them, float32."""
+    from kernelzoo.zoo import input_spec
+
+    def spec(*layers, shape=(8, 8, 3)):
+        return input_spec(keras.Sequential([keras.Input(shape), *layers, keras.layers.Flatten()]))
+
+    assert spec(keras.layers.RandomFlip(), keras.layers.Rescaling(1 / 255)).dtype == "uint8"
+    assert spec(keras.layers.Rescaling(1 / 255), shape=(28, 28)).dtype == "uint8"
+    assert spec(keras.layers.RandomFlip()).dtype == spec(keras.layers.MixUp()).dtype == "float32"
+
+
+def test_input_spec_refuses_a_model_of_unknown_size_or_of_two_inputs():
+    """Neither an input of unknown size nor two inputs make one InputSpec: a ValueError naming `model`."""
+    from kernelzoo.zoo import input_spec
+    with pytest.raises(ValueError, match=r"`model` 'any_size' has an input of unknown size \(None, None, 3\)"):
+        input_spec(keras.Sequential([keras.Input((None, None, 3)), keras.layers.Rescaling(1 / 255)], name="any_size"))
+    a, b = keras.Input((2,)), keras.Input((2,))
+    with pytest.raises(ValueError, match="`model` must be a built single-input keras.Model"):
+        input_spec(keras.Model([a, b], keras.layers.Add()([a, b])))
+
+
+def test_as_model_input_reshapes_only_a_unit_channel_axis():
+    """(N, 28, 28, 1) MNIST arrays feed a (28, 28) model; flat (N, 784) rows, as many pixels, are refused."""
+    from kernelzoo.zoo.inputs import as_model_input
+    grey = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten()])
+    images = np.zeros((2, 28, 28, 1), np.uint8)
+    assert as_model_input(images, grey).shape == (2, 28, 28)
+    with pytest.raises(ValueError, match=r"`images` of shape \(784,\) do not fit the input \(28, 28\)"):
+        as_model_input(images.reshape(2, 784), grey)
+
+
 def test_sha256_mismatch_is_refused_in_one_line(monkeypatch, capsys):
     """A ValueError (ChecksumError): the CLI reports it in one line, not a traceback."""
     from kernelzoo import cli as main_cli

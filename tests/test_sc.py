@@ -242,6 +242,13 @@ def test_distort_colors_matches_numpy(rng):
         np.testing.assert_allclose(out, grey + (x - grey) * s, rtol=1e-4, atol=1e-3)
 
 
+def test_distort_colors_greys_with_the_bt601_weights():
+    """Saturation 0 leaves each pixel's ITU-R BT.601 grey, 0.299 R + 0.587 G + 0.114 B, in all three channels."""
+    pixels = np.array([[[[200.0, 0.0, 0.0], [0.0, 100.0, 0.0], [0.0, 0.0, 100.0]]]], "float32")
+    grey = distort_colors(pixels, [1.0], [1.0], [0.0]).numpy()[0, 0]
+    np.testing.assert_allclose(grey, np.repeat([[59.8], [58.7], [11.4]], 3, axis=1), rtol=1e-5)
+
+
 def test_color_jitter_draws_per_image(rng):
     images = np.repeat(rng.uniform(0, 255, size=(1, 5, 4, 3)), 1000, axis=0).astype("float32")
     out = jitter_colors(images, 0.5, (1, 2)).numpy()

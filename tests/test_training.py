@@ -31,6 +31,12 @@ def test_schedule_and_epoch_order():
     assert not np.array_equal(training.epoch_order(10, 3, 0), training.epoch_order(10, 4, 0))
 
 
+def test_step_schedule_drops_every_half_of_an_odd_run_rounded_down():
+    """drop_every defaults to epochs // 2: a 5-epoch run drops at epochs 2 and 4, not at 3."""
+    rates = [training.step_schedule(1.0, 5)(epoch) for epoch in range(5)]
+    assert rates == pytest.approx([1.0, 1.0, 0.1, 0.1, 0.01])
+
+
 def test_milestone_schedule_drops_at_each_milestone_as_multisteplr():
     schedule = training.milestone_schedule(0.1, (60, 85, 100))
     rates = [schedule(epoch) for epoch in range(105)]
@@ -100,6 +106,14 @@ def test_dataset_visits_every_example_once_per_epoch():
     assert sorted(map(bytes, first.astype(np.uint8))) == sorted(map(bytes, x))
 
 
+def test_a_capped_resumed_dataset_starts_each_epoch_at_the_head_of_its_own_order():
+    """steps_per_epoch=1 from start_epoch 1: one batch an epoch, the first of epoch_order(N, e, seed) for e = 1, 2
+    (an epoch never runs on into the rest of the one before)."""
+    x, y = np.zeros((12, 2), np.uint8), np.arange(12)
+    batches = list(training.make_dataset(x, y, 4, epochs=3, start_epoch=1, seed=2, steps_per_epoch=1))
+    assert [b[1].numpy().tolist() for b in batches] == [training.epoch_order(12, e, 2)[:4].tolist() for e in (1, 2)]
+
+
 def test_tiny_simnet_trains_into_a_run_folder(tmp_path):
     x, y = stripes(96)
     out = tmp_path / "run"
@@ -167,6 +181,18 @@ def test_a_kill_inside_a_checkpoint_resumes_from_a_matching_state(tmp_path):
     assert training.read_state(str(old))["epoch"] == 3 and training.load_last(str(old)).count_params() > 0
 
 
+def test_a_resume_without_a_model_continues_the_checkpoints_model(tmp_path):
+    """train(None, resume=True) loads the checkpoint's model, optimizer included: one more epoch, one more step."""
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    data = (np.ones((4, 3), np.float32), np.zeros((4, 2), np.float32))
+    training.train(model, data, out_dir=str(tmp_path), epochs=1, batch_size=4, verbose=0, tensorboard=False)
+    result = training.train(None, data, out_dir=str(tmp_path), epochs=2, batch_size=4, resume=True, verbose=0,
+                            tensorboard=False)
+    assert [int(row["epoch"]) for row in result["history"]] == [0, 1]
+    assert int(result["model"].optimizer.iterations) == 2
+
+
 def test_a_state_whose_checkpoint_is_gone_is_refused_not_restarted(tmp_path):
     """state.json names epoch-001.keras, deleted: neither a resume nor a new run (which would overwrite config.json
     and log.csv) goes on."""
@@ -222,6 +248,20 @@ def test_a_run_resumes_only_with_its_own_settings(tmp_path):
             training.start_run(str(tmp_path), True, changed)
 
 
+def test_a_resume_is_refused_when_the_preset_its_builder_or_its_config_changed(tmp_path):
+    """A preset renamed, or whose builder or builder config changed since the run started (another zoo version),
+    builds another model: each difference is named. Settings the resumed call does not give are not compared."""
+    config = {"preset": "p", "builder": "simnet:convnet_baseline", "config": {"n": 6, "patch_size": 3}, "seed": 0}
+    training.write_json(str(tmp_path / training.CONFIG_FILE), config)
+    training.check_resumed_config(str(tmp_path), config)
+    for changed, message in ((dict(config, preset="q"), "preset 'p' -> 'q'"),
+                             (dict(config, builder="simnet:simnet"), "builder 'simnet:convnet_baseline' -> 'simnet:"),
+                             (dict(config, config={"n": 8, "patch_size": 3}), "config.n 6 -> 8")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            training.check_resumed_config(str(tmp_path), changed)
+    training.check_resumed_config(str(tmp_path), {"seed": 0})
+
+
 def test_a_cosine_run_resumes_only_with_its_own_epochs(tmp_path):
     """The cosine decay's length is fixed when the run starts (its checkpoint keeps it): resumed with more epochs it
     would train at lr 0, so another --epochs is refused; its own resumes."""
@@ -271,8 +311,16 @@ def test_training_bad_arguments(tmp_path):
         training.train(model, (x, y), out_dir=str(tmp_path), epochs=0)
     with pytest.raises(ValueError, match="`train_data`"):
         training.train(model, x, out_dir=str(tmp_path), epochs=1)
+    for inputs, targets in ((x[:0], y[:0]), (np.arange(6), y)):  # no example, examples without a feature axis
+        with pytest.raises(ValueError, match=r"`train_data` inputs must be a non-empty array \(N, ...\)"):
+            training.train(model, (inputs, targets), out_dir=str(tmp_path), epochs=1)
+    for targets in (y[:5], y.astype(str)):  # a label short, labels that are not numbers
+        with pytest.raises(ValueError, match="`train_data` targets must hold 6 numeric rows"):
+            training.train(model, (x, targets), out_dir=str(tmp_path), epochs=1)
     with pytest.raises(ValueError, match="`out_dir`"):
         training.train(model, (x, y), out_dir=None, epochs=1)
+    with pytest.raises(ValueError, match=re.escape("`start_epoch` must be an int in [0, 1], got 2")):
+        training.make_dataset(x, y, 4, epochs=2, start_epoch=2)  # past the last epoch: nothing left to run
     with pytest.raises(ValueError, match="`model`"):
         training.train("model", (x, y), out_dir=str(tmp_path / "x"), epochs=1)
     with pytest.raises(ValueError, match="`lr`"):
@@ -663,6 +711,22 @@ def test_pruning_keeps_the_highest_numbers_or_the_named_files_and_nothing_else(t
     assert sorted(os.listdir(tmp_path)) == sorted(set(names) - {"epoch-9.keras", "epoch-100.keras"})
 
 
+def test_keep_checkpoints_is_the_count_of_epoch_files_kept(tmp_path):
+    """save_checkpoint(keep=3) keeps the three newest epoch files, train(keep_checkpoints=1) only the last one."""
+    def epoch_files(out):
+        return sorted(name for name in os.listdir(out / training.CHECKPOINTS) if training.EPOCH_FILES.fullmatch(name))
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    for epoch in range(1, 5):
+        training.save_checkpoint(model, str(tmp_path / "saved"), epoch, keep=3)
+    assert epoch_files(tmp_path / "saved") == ["epoch-002.keras", "epoch-003.keras", "epoch-004.keras"]
+    x, y = np.ones((4, 3), np.float32), np.zeros((4, 2), np.float32)
+    training.train(model, (x, y), out_dir=str(tmp_path / "run"), epochs=2, batch_size=4, keep_checkpoints=1,
+                   verbose=0, tensorboard=False)
+    assert epoch_files(tmp_path / "run") == ["epoch-002.keras"]
+
+
 def test_recipe_load_data_decodes_quietly_when_not_verbose(tmp_path, capsys):
     """--quiet: no image-decoding progress bar either."""
     _write_folder_dataset(str(tmp_path / "stripes"))
@@ -699,6 +763,25 @@ def test_train_steps_over_the_last_partial_batch(tmp_path):
                                 tensorboard=False)
         assert int(model.optimizer.iterations) == 2 * steps, size
         assert [int(row["epoch"]) for row in result["history"]] == [0, 1]
+
+
+def test_max_steps_per_epoch_caps_the_steps_of_every_epoch(tmp_path):
+    """8 examples in batches of 2 capped at 3 steps: each epoch ends after 3 steps (not 4), through to the last."""
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    ends = []
+    record = keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: ends.append(int(model.optimizer.iterations)))
+    training.train(model, (np.ones((8, 3), np.float32), np.zeros(8, np.int64)), out_dir=str(tmp_path), epochs=2,
+                   batch_size=2, max_steps_per_epoch=3, verbose=0, tensorboard=False, callbacks=[record])
+    assert ends == [3, 6]
+
+
+def test_evaluate_averages_over_every_example_and_counts_them():
+    """5 examples in batches of 2 (the last one partial): the loss is the mean over all 5, and "examples" is 5."""
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, kernel_initializer="zeros")])
+    model.compile(optimizer="sgd", loss="mse")
+    scores = training.evaluate(model, (np.ones((5, 1), np.float32), np.arange(1.0, 6.0)), batch_size=2)
+    assert scores == {"loss": pytest.approx((1 + 4 + 9 + 16 + 25) / 5), "examples": 5}
 
 
 def test_a_new_run_drops_the_log_rows_a_run_killed_in_its_first_epoch_left(tmp_path):
