@@ -24,6 +24,9 @@ def test_checks_return_normalised_values():
     assert checks.positive_float("0.5", "gamma") == 0.5 and checks.nonnegative_float(0, "decay") == 0.0
     assert checks.finite_float("-1e300", "offset") == -1e300
     assert checks.float_in_range(1, "eta", 0, 1) == 1.0 and checks.float_in_range(0.5, "f", 0, 1, "()") == 0.5
+    assert checks.float_in_range(0, "eta", 0, 1) == 0.0 and checks.float_in_range(0, "dropout", 0, 1, "[)") == 0.0
+    assert checks.real_or_reals(2, "xi", 3, "a real") == 2.0
+    assert checks.real_or_reals([1, -np.inf], "c", 2, "2 reals") == [1.0, -np.inf]
     assert checks.normalize_tuple(3, "kernel_size") == (3, 3) and checks.normalize_tuple([2, 1], "strides") == (2, 1)
     assert checks.normalize_tuple(np.int64(2), "pool_size") == (2, 2)
     assert checks.normalize_tuple(np.array([2, 1]), "strides") == (2, 1)
@@ -72,7 +75,14 @@ def test_checks_return_normalised_values():
     (lambda: checks.normalize_tuple(2.0, "strides"), "strides"),
     (lambda: checks.normalize_tuple((2, 2, 2), "strides"), "strides"),
     (lambda: checks.normalize_padding("full"), "padding"),
+    (lambda: checks.window_fits((5, 5), (2, 6), "valid", "pool_size"), "pool_size"),
     (lambda: checks.image_shape((32, 32)), "input_shape"),
+    (lambda: checks.image_shape((32, 0, 3)), "input_shape"),
+    (lambda: checks.real_or_reals([1.0, 2.0], "xi", 3, "one or 3 reals"), "xi"),
+    (lambda: checks.real_or_reals([1.0, True], "xi", 2, "two reals"), "xi"),
+    (lambda: checks.real_or_reals("1.5", "xi", 1, "a real"), "xi"),
+    (lambda: checks.real_or_reals([[1.0]], "xi", 1, "a real"), "xi"),
+    (lambda: checks.real_or_reals(float("nan"), "xi", 1, "a real"), "xi"),
     (lambda: checks.image_batch(np.zeros((4, 4, 1)), "x_train"), "x_train"),
     (lambda: checks.image_batch(np.zeros((0, 4, 4, 1)), "x_train"), "x_train"),
     (lambda: checks.image_batch(np.array([[[["a"]]]]), "x_train"), "x_train"),
@@ -80,6 +90,7 @@ def test_checks_return_normalised_values():
     (lambda: checks.path(3, "data_dir"), "data_dir"),
     (lambda: checks.matrix(np.zeros(5), "patches"), "patches"),
     (lambda: checks.matrix(np.zeros((1, 3)), "patches", min_rows=2), "patches"),
+    (lambda: checks.matrix(np.zeros((3, 0)), "patches"), "patches"),
     (lambda: checks.matrix([[1.0, float("nan")]], "x"), "x"),
     (lambda: checks.matrix([["a"]], "x"), "x"),
     (lambda: checks.per_item((1, 2, 3), 2, "strides", "block"), "strides"),

@@ -87,6 +87,7 @@ def test_blockwise_loops_one_block_at_a_time_and_skips_the_loop_when_one_block_h
         loops = [op for op in _ops_in(fn, tf.TensorSpec((None, 2))) if op.type in ("While", "StatelessWhile")]
         assert loops and all(op.get_attr("parallel_iterations") == 1 for op in loops)
         assert not [op for op in _ops_in(fn, tf.TensorSpec((8, 2))) if "While" in op.type]
+        assert [op for op in _ops_in(fn, tf.TensorSpec((9, 2))) if "While" in op.type]  # one row over a block
 
 
 # --------------------------------------------------------- similarity --
@@ -222,7 +223,7 @@ def test_memory_budget_is_validated_and_read_from_the_environment(monkeypatch):
     with kops.memory_budget(1000):  # the public name
         assert blockwise.budget_bytes() == 1000
     assert blockwise.budget_bytes() == 64 * 2**20
-    for bad in ("lots", "inf", "nan", "-5"):
+    for bad in ("lots", "inf", "nan", "-5", "0"):
         monkeypatch.setenv(blockwise.BUDGET_ENV, bad)
         with pytest.raises(ValueError, match=blockwise.BUDGET_ENV):
             blockwise.budget_bytes()

@@ -164,6 +164,7 @@ def test_self_check_passes_on_the_cpu_kernels_and_is_fast(fresh_selfcheck):
     assert results == {"similarity": None, "mex": None}
     assert not selfcheck.routed_to_composite()
     assert seconds < 1.0, seconds  # about 0.05 s alone on this 2-core machine; margin for a busy one
+    assert selfcheck.check("/CPU:0") is results  # once per device and process: the second call is the cached result
 
 
 def test_self_check_fault_warns_once_and_routes_only_that_op_to_the_composite(fresh_selfcheck, monkeypatch):
@@ -193,6 +194,22 @@ def test_self_check_fault_warns_once_and_routes_only_that_op_to_the_composite(fr
     monkeypatch.setattr(custom, "mex", refuse)
     x = np.random.default_rng(0).normal(size=(1, 4, 4, 2)).astype("float32")
     np.testing.assert_allclose(np.asarray(ops.mex(x, 1.0, pool_size=2)).shape, (1, 2, 2, 1))
+
+
+def test_an_op_routed_to_the_composite_stays_there(fresh_selfcheck, monkeypatch):
+    """An op a failed self-check routed to the composite (on any device) runs the composite on the GPU too."""
+    monkeypatch.setattr(api, "_gpu_visible", lambda: True)
+    monkeypatch.setattr(library, "gpu_kernel_ops", lambda: frozenset(library.OP_NAMES))
+    selfcheck._routed.add("mex")
+    assert ops.selected_implementation("mex") == "composite"
+    assert ops.selected_implementation("similarity") == "custom"
+
+
+def test_self_check_mismatch_compares_the_nan_pattern():
+    """A NaN where the composite has a number is a mismatch, though NaN-ignoring maxima see no error."""
+    reference = [np.array([1.0, 2.0], "float32")]
+    assert "NaN pattern" in selfcheck._mismatch([np.array([1.0, np.nan], "float32")], reference)
+    assert selfcheck._mismatch([np.array([1.0, 2.0005], "float32")], reference) is None
 
 
 def test_gpu_kernels_env_zero_sends_the_gpu_to_the_composite(fresh_selfcheck, monkeypatch):

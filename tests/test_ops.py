@@ -62,6 +62,15 @@ def test_similarity_matches_reference(impl, rng, kind, p, strides):
     np.testing.assert_allclose(out, similarity_reference(x, z, u, kind, p, strides), rtol=1e-5, atol=1e-4)
 
 
+def test_lp_of_entries_equal_to_the_template_is_zero(impl, rng):
+    """|x - z|^p is 0 where an entry equals its template entry (small integers make many such pairs), for any p."""
+    x = rng.integers(0, 3, size=(2, 4, 4, 2)).astype("float32")
+    z = rng.integers(0, 3, size=(2, 2, 2, 3)).astype("float32")
+    p = np.array([0.5, 1.5, 3.0], "float32")
+    out = np.asarray(kops.similarity(x, z, similarity="lp", p=p))
+    np.testing.assert_allclose(out, similarity_reference(x, z, np.ones(z.shape), "lp", p), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("kind", ["linear", "l1", "l2", "lp"])
 def test_same_padding_pads_with_zeros(impl, rng, kind):
     x = rng.normal(size=(1, 5, 6, 2)).astype("float32")
@@ -217,10 +226,10 @@ def test_mex_matches_reference(impl, rng, xi):
         np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("xi", [0.5, 0.0, np.inf])
+@pytest.mark.parametrize("xi", [0.5, 0.0, np.inf, [0.5]])
 def test_composite_mex_with_a_fixed_xi_builds_only_its_branch(xi):
-    """A fixed xi (a number) takes the composite's one-branch path: a graph of at most two thirds the nodes
-    of the same xi given as a tensor, whose branches are chosen at run time (what export traces)."""
+    """A fixed xi (a number, or a list of numbers) takes the composite's one-branch path: a graph of at most two
+    thirds the nodes of the same xi given as a tensor, whose branches are chosen at run time (what export traces)."""
     from kernelzoo.ops import implementation
 
     def nodes(given):
@@ -252,18 +261,50 @@ def test_mex_channel_blocks_instances_offsets_and_c(impl, rng):
                                                rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("xi", [0.0, 1e-4, 1.5])
+def test_mex_c_joins_blocks_that_reach_into_same_padding(impl, rng, xi):
+    """With "same" padding c joins every block, those reaching into the padding too: MEX over the block's entries
+    (the padding left out) and c, at xi = 0, in the series regime and beyond, fixed or a tensor."""
+    x = rng.normal(size=(1, 3, 3, 1)).astype("float32")
+    blocks = pool_blocks(_same_padded(x, (2, 2), (2, 2), np.nan), 2).reshape(4, 4)
+    expected = [mex_reference(np.append(block[~np.isnan(block)], 2.0), xi) for block in blocks]
+    for given in (xi, tf.constant(xi, tf.float32)):
+        out = np.asarray(kops.mex(x, given, pool_size=2, padding="same", c=2.0))
+        np.testing.assert_allclose(out.reshape(4), expected, rtol=1e-6)
+
+
+def test_same_padding_with_strides_beyond_the_window_pads_nothing(impl, rng):
+    """A 1x1 window at stride 4 over 6 entries: "same" gives 2 outputs per axis from entries 0 and 4, no padding."""
+    x = rng.normal(size=(1, 6, 6, 2)).astype("float32")
+    picked = x[:, ::4, ::4]
+    np.testing.assert_allclose(kops.mex(x, np.inf, pool_size=1, channel_block=1, padding="same", strides=4), picked)
+    z = np.ones((1, 1, 2, 1), "float32")
+    out = kops.similarity(x, z, similarity="linear", padding="same", strides=4)
+    np.testing.assert_allclose(out, picked.sum(-1, keepdims=True), rtol=1e-6)
+
+
+def test_mex_unshared_offsets_follow_the_strides(impl, rng):
+    """Overlapping 2x2 blocks at stride 1 on 5x5: a 4x4 offsets grid (one region per output position) is accepted."""
+    x = rng.normal(size=(1, 5, 5, 2)).astype("float32")
+    offsets = rng.normal(size=(4, 4, 1, 2, 2, 2)).astype("float32")
+    out = np.asarray(kops.mex(x, 0.0, pool_size=2, strides=1, offsets=offsets))
+    expected = [[np.mean(x[0, i:i + 2, j:j + 2] + offsets[i, j, 0]) for j in range(4)] for i in range(4)]
+    np.testing.assert_allclose(out[0, ..., 0], expected, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("padding", ["valid", "same"])
 @pytest.mark.parametrize("tensor_xi", [False, True], ids=["fixed xi", "tensor xi"])
-def test_mex_softmax_mode_drops_the_mean(impl, rng, padding, tensor_xi):
-    """log sum exp(xi v) / xi over each block. "same" on 5 rows: the bottom row's blocks hold 4 entries of 8, the sum
-    runs over those (the log n the softmax adds back is their count, not the padded block's). A tensor xi (a
-    learned one) takes the composite's general path, a fixed one its one-branch path."""
+@pytest.mark.parametrize("xi_value", [2.0, -2.0])
+def test_mex_softmax_mode_drops_the_mean(impl, rng, padding, tensor_xi, xi_value):
+    """log sum exp(xi v) / xi over each block, for either sign of xi. "same" on 5 rows: the bottom row's blocks hold
+    4 entries of 8, the sum runs over those (the log n the softmax adds back is their count, not the padded block's).
+    A tensor xi (a learned one) takes the composite's general path, a fixed one its one-branch path."""
     x = rng.normal(size=(1, 5, 4, 2)).astype("float32")
-    xi = tf.constant(2.0) if tensor_xi else 2.0
+    xi = tf.constant(xi_value) if tensor_xi else xi_value
     out = np.asarray(kops.mex(x, xi, pool_size=2, padding=padding, softmax_mode=True))
     padded = _same_padded(x, (2, 2), (2, 2), np.nan) if padding == "same" else x[:, :4]
     blocks = pool_blocks(padded.astype(np.float64), 2).reshape(1, -1, 2, 8)  # (1, rows, 2, channels x 4)
-    expected = np.log(np.nansum(np.exp(2.0 * blocks), -1)) / 2.0
+    expected = np.log(np.nansum(np.exp(xi_value * blocks), -1)) / xi_value
     assert out.shape == expected.shape + (1,)
     np.testing.assert_allclose(out[..., 0], expected, rtol=1e-5)
 
@@ -302,11 +343,19 @@ def test_mex_relu_special_case(impl, rng):
 
 
 @pytest.mark.parametrize("padding", ["valid", "same"])
-def test_mex_max_and_average_pooling_special_cases(impl, rng, padding):
+def test_mex_max_min_and_average_pooling_special_cases(impl, rng, padding):
+    """xi = +inf / 1e6, -inf (a tensor: the general path) and 0 pool like max, min and average pooling, padding left
+    out; also with unequal strides per axis."""
     x = rng.normal(size=(2, 7, 6, 3)).astype("float32")
-    for xi, pool in ((np.inf, tf.nn.max_pool2d), (1e6, tf.nn.max_pool2d), (0.0, tf.nn.avg_pool2d)):
+
+    def min_pool(v, *args):
+        return -tf.nn.max_pool2d(-v, *args)
+    for xi, pool in ((np.inf, tf.nn.max_pool2d), (1e6, tf.nn.max_pool2d), (0.0, tf.nn.avg_pool2d),
+                     (tf.constant(-np.inf), min_pool)):
         out = kops.mex(x, xi, pool_size=2, channel_block=1, padding=padding)
         np.testing.assert_allclose(out, pool(x, 2, 2, padding.upper()), atol=1e-5)
+    out = kops.mex(x, np.inf, pool_size=2, strides=(2, 1), channel_block=1, padding=padding)
+    np.testing.assert_allclose(out, tf.nn.max_pool2d(x, 2, (2, 1), padding.upper()))
 
 
 def test_mex_collapsing_property(impl, rng):
@@ -406,6 +455,19 @@ def test_mex_xi_gradient_is_accurate_for_small_xi(impl, rng, xi0):
     np.testing.assert_allclose(grad, expected, rtol=1e-4)
 
 
+@pytest.mark.parametrize("xi0", [9e-5, 9e-3])
+def test_mex_xi_gradient_is_accurate_on_a_skewed_set(impl, xi0):
+    """|xi| * range just under the series threshold (1e-3) and above it: d MEX / d xi against float64, on a set whose
+    skew (mu3) and kurtosis are large: the series' skew term and its threshold both matter."""
+    values = np.array([0.0] * 8 + [10.0])
+    xi = tf.Variable(xi0)
+    with tf.GradientTape() as tape:
+        out = kops.mex(values.reshape(1, 3, 3, 1).astype("float32"), xi, pool_size=3)
+    weights = np.exp(xi0 * (values - values.max()))
+    expected = (weights @ values / weights.sum() - mex_reference(values, xi0)) / xi0
+    np.testing.assert_allclose(tape.gradient(out, xi).numpy(), expected, rtol=1e-4)
+
+
 def test_mex_gradient_at_infinite_xi_goes_to_the_max(impl):
     x = tf.constant(np.array([[[[1.0], [3.0]], [[2.0], [-1.0]]]], "float32"))
     with tf.GradientTape() as tape:
@@ -453,6 +515,7 @@ BAD_CALLS = [
     (lambda x, z: kops.mex(x, 1.0, num_instances=0), "`num_instances`"),
     (lambda x, z: kops.mex(x, 1.0, offsets=np.zeros((1, 1, 1, 2, 2, 2))), "`offsets`"),
     (lambda x, z: kops.mex(x, 1.0, offsets=np.zeros((9, 1, 1, 1, 1, 2))), "`offsets`"),
+    (lambda x, z: kops.mex(x, 1.0, offsets=np.zeros((1, 9, 1, 1, 1, 2))), "`offsets`"),
     (lambda x, z: kops.mex(x, 1.0, c=[1.0, 2.0]), "`c`"),
     (lambda x, z: kops.mex(x, 1.0, c=np.nan), "`c`"),
     (lambda x, z: kops.mex(x, 1.0, num_instances=2, c=np.array([0.5, np.nan], "float32")), "`c`"),
@@ -506,6 +569,15 @@ def test_implementation_override_is_validated():
 
 def test_implementation_override_takes_any_case():
     with kops.implementation("Composite"):
+        assert kops.selected_implementation("mex") == "composite"
+
+
+def test_nested_implementation_override_restores_the_outer_one(monkeypatch):
+    """Leaving an inner `implementation` block restores the outer block's choice, not $KERNELZOO_OPS."""
+    monkeypatch.setenv("KERNELZOO_OPS", "custom")
+    with kops.implementation("composite"):
+        with kops.implementation("composite"):
+            pass
         assert kops.selected_implementation("mex") == "composite"
 
 
@@ -674,6 +746,23 @@ def test_mex_of_equal_values_at_a_huge_tensor_xi(impl, xi):
         np.testing.assert_array_equal(out, 3.0)
         np.testing.assert_allclose(grad_x, 1.0 / pool ** 2)
         assert grad_xi == 0.0
+
+
+@pytest.mark.parametrize("kind,p", [("l1", 1), ("l2", 2.0), ("l2", np.float32(2.0))])
+def test_p_equal_to_the_fixed_exponent_is_accepted(rng, kind, p):
+    """l1 with p=1 and l2 with p=2 (as a layer may pass them) give the plain l1 / l2 similarity."""
+    x = rng.normal(size=(1, 4, 4, 2)).astype("float32")
+    z = rng.normal(size=(2, 2, 2, 3)).astype("float32")
+    np.testing.assert_array_equal(kops.similarity(x, z, similarity=kind, p=p), kops.similarity(x, z, similarity=kind))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_inputs_give_outputs_of_their_dtype(impl, rng, dtype):
+    """float16 / bfloat16 activations come back in their dtype from both ops (the composite computes in float32)."""
+    x = tf.cast(rng.normal(size=(1, 4, 4, 2)), dtype)
+    z = rng.normal(size=(2, 2, 2, 3)).astype("float32")
+    assert kops.similarity(x, z, similarity="l1").dtype.name == dtype
+    assert kops.mex(x, 1.0, pool_size=2).dtype.name == dtype
 
 
 def test_lp_p_of_shape_one_is_shared_like_xi_and_c(impl, rng):
